@@ -1,69 +1,128 @@
-//! One chunk: an immutable poptrie over a 16-bit slice of the address.
+//! One chunk: an immutable poptrie over an 18-bit group of the address, in one allocation.
 //!
-//! A chunk answers "which code does 16-bit index `i` map to" with at most three popcount steps.
-//! Following Poptrie (Asai & Ohara, SIGCOMM 2015) the 16 bits are read as an 18-bit key
-//! (`i << 2`) in three 6-bit strides. A node keeps two 64-bit maps: `vector` marks the positions
-//! that continue in a child node, `leafvec` marks where a new run of equal leaves starts; children
-//! and leaf runs are stored contiguously, so a node needs only two base indices.
+//! A chunk answers "which code does 18-bit key `k` map to" with at most three popcount steps, one
+//! per 6-bit stride, as in Poptrie (Asai & Ohara, SIGCOMM 2015). A node keeps two 64-bit maps:
+//! `vector` marks positions that continue in a child node, `leafvec` marks where a new run of
+//! equal leaves starts; children and leaf runs are contiguous, so a node needs two base indices.
 //!
-//! Leaf codes are next hops, [`NONE`] (nothing in this chunk matches: the lookup falls back to the
-//! chunk's `fallback`, the best match from shorter prefixes above it), or [`CHILD_FLAG`]` | n`:
-//! continue in `children[n]`, the chunk for the next 16 bits (IPv6 only).
+//! Leaf codes are next hops, [`NONE`] (nothing in this chunk covers the key: the lookup returns
+//! the chunk's `fallback`, the best match among shorter prefixes above it), or
+//! [`CHILD_FLAG`]` | n`: continue in child `n`, the chunk for the next group (IPv6 only).
 //!
-//! Invariants the lookup relies on (established by [`Chunk::build`]): `nodes` is non-empty; for
-//! every node, `base1 + popcount(vector)` <= `nodes.len()` and every leaf position's run index
-//! lies inside `leaves`; every child code indexes `children`, whose pointers are never null.
+//! Layout, 64-byte aligned so the header and root node share a cache line:
+//! `[Header][Node; nodes][u32; leaves (padded to 8 bytes)][AtomicPtr; children]`.
+//!
+//! Invariants the lookup relies on (established by [`ChunkPtr::build`]): there is at least the
+//! root node; for every node, its `popcount(vector)` children start at `base_node` inside the
+//! node array; every leaf position has a run starting at or before it among the node's runs
+//! (the node's first leaf position always sets its `leafvec` bit), and those runs lie inside the
+//! leaf array; every child code indexes the child array, whose pointers are never null.
 
+use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
-/// Leaf code: no prefix of this chunk covers the index.
+/// Leaf code: no prefix of this chunk covers the key.
 pub(crate) const NONE: u32 = 0x7fff_ffff;
 /// Leaf code flag: the low bits index the chunk's children.
 pub(crate) const CHILD_FLAG: u32 = 0x8000_0000;
 /// The largest next hop a table can hold (codes above are reserved).
 pub const MAX_NEXT_HOP: u32 = NONE - 1;
 
-/// Key width inside a chunk: 16 index bits read as three 6-bit strides.
-const KEY_BITS: u32 = 18;
+/// Key width inside a chunk, read in three 6-bit strides.
+pub(crate) const KEY_BITS: u32 = 18;
 const STRIDE: u32 = 6;
+const ALIGN: usize = 64;
 
+#[repr(C)]
+pub(crate) struct Header {
+    fallback: u32,
+    node_count: u32,
+    leaf_count: u32,
+    child_count: u32,
+}
+
+#[repr(C)]
 #[derive(Clone, Copy, Default, Debug)]
 struct Node {
     vector: u64,
     leafvec: u64,
-    /// Index of this node's first leaf run in `leaves`.
+    /// Index of this node's first leaf run.
     base_leaf: u32,
-    /// Index of this node's first child in `nodes`.
+    /// Index of this node's first child node.
     base_node: u32,
 }
 
-/// A prefix local to a chunk: `bits` left-aligned in 16 bits, `len` in 1..=16.
+/// A prefix local to a chunk: `bits` left-aligned in the 18-bit key, `len` in 0..=18, packed
+/// into one word (a full table holds a million of these) that sorts by `(bits, len)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct LocalPrefix {
-    pub bits: u16,
-    pub len: u8,
+    bits_len: u32,
     pub next_hop: u32,
 }
 
 impl LocalPrefix {
+    pub fn new(bits: u32, len: u8, next_hop: u32) -> Self {
+        debug_assert!(bits < 1 << KEY_BITS && len as u32 <= KEY_BITS);
+        LocalPrefix { bits_len: (bits << 5) | len as u32, next_hop }
+    }
+
     #[inline]
-    pub fn covers(&self, index: u16) -> bool {
-        let shift = 16 - self.len as u32;
-        (index as u32) >> shift == (self.bits as u32) >> shift
+    pub fn bits(&self) -> u32 {
+        self.bits_len >> 5
+    }
+
+    #[inline]
+    pub fn len(&self) -> u8 {
+        (self.bits_len & 31) as u8
+    }
+
+    /// `(bits, len)` in one sortable word.
+    #[inline]
+    pub fn key(&self) -> u32 {
+        self.bits_len
+    }
+
+    #[inline]
+    pub fn covers(&self, key: u32) -> bool {
+        let shift = KEY_BITS - self.len() as u32;
+        key >> shift == self.bits() >> shift
     }
 }
 
-#[derive(Debug)]
-pub(crate) struct Chunk {
-    /// Best match from prefixes shorter than this chunk, for indices nothing here covers.
-    pub fallback: u32,
-    nodes: Box<[Node]>,
-    leaves: Box<[u32]>,
-    /// Chunks for the next 16 bits; swapped in place when only a child changes.
-    pub children: Box<[AtomicPtr<Chunk>]>,
+/// A position in a lookup: a node of a chunk and the shift of its stride.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NodeAt {
+    node: *const Node,
+    shift: u32,
 }
 
-/// A build input: an 18-bit-key prefix and the code its positions get.
+impl NodeAt {
+    pub fn as_ptr(self) -> *const u8 {
+        self.node as *const u8
+    }
+}
+
+/// Asks for the cache line at `p` ahead of use; a hint only, never faults.
+#[inline(always)]
+pub(crate) fn prefetch(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetch is a hint with no memory effects; any address is allowed.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(p as *const i8, std::arch::x86_64::_MM_HINT_T0)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// The outcome of one lookup stride.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Step {
+    Node(NodeAt),
+    Leaf(*const u32),
+}
+
+/// A build input: a prefix in key space and the code its positions get.
 #[derive(Clone, Copy)]
 struct Item {
     start: u32,
@@ -71,192 +130,313 @@ struct Item {
     code: u32,
 }
 
-impl Chunk {
-    /// Builds a chunk from its prefixes (sorted by `(bits, len)`) and its children, given as
-    /// `(index, chunk)` in increasing index order.
-    pub fn build(prefixes: &[LocalPrefix], children: &[(u16, *mut Chunk)], fallback: u32) -> Chunk {
-        debug_assert!(prefixes.windows(2).all(|w| (w[0].bits, w[0].len) < (w[1].bits, w[1].len)));
-        // A child is a full-length (18-bit) item so it wins over any prefix at its index; merging
-        // keeps the items in (start, len) order, which puts every prefix before its more-specifics.
+/// The one handle on a chunk allocation. `Copy`: ownership is tracked by the table (a chunk is
+/// owned by its parent entry and freed exactly once, by the table or the epoch collector).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct ChunkPtr(NonNull<Header>);
+
+fn layout(nodes: usize, leaves: usize, children: usize) -> Layout {
+    let leaf_bytes = (leaves * 4).next_multiple_of(8);
+    let size = size_of::<Header>() + nodes * size_of::<Node>() + leaf_bytes + children * size_of::<AtomicPtr<Header>>();
+    Layout::from_size_align(size, ALIGN).expect("chunk layout")
+}
+
+impl ChunkPtr {
+    /// Builds a chunk from its prefixes (sorted by `(bits, len)`, distinct) and its children,
+    /// given as `(key, chunk)` in increasing key order.
+    pub fn build(prefixes: &[LocalPrefix], children: &[(u32, ChunkPtr)], fallback: u32) -> ChunkPtr {
+        debug_assert!(prefixes.windows(2).all(|w| w[0].key() < w[1].key()));
+        // Items in (start, len) order put every prefix before its more-specifics, so filling
+        // positions in order lets longer prefixes overwrite shorter ones. A child is a full-length
+        // item placed after every prefix starting at or before its key, so it wins its position.
         let mut items = Vec::with_capacity(prefixes.len() + children.len());
         let mut kids = children.iter().enumerate().peekable();
         for p in prefixes {
-            let start = (p.bits as u32) << 2;
-            while let Some(&(n, &(index, _))) = kids.peek() {
-                if ((index as u32) << 2) >= start {
+            while let Some(&(n, &(key, _))) = kids.peek() {
+                if key >= p.bits() {
                     break;
                 }
-                items.push(Item { start: (index as u32) << 2, len: KEY_BITS, code: CHILD_FLAG | n as u32 });
+                items.push(Item { start: key, len: KEY_BITS, code: CHILD_FLAG | n as u32 });
                 kids.next();
             }
-            items.push(Item { start, len: p.len as u32, code: p.next_hop });
+            items.push(Item { start: p.bits(), len: p.len() as u32, code: p.next_hop });
         }
-        for (n, &(index, _)) in kids {
-            items.push(Item { start: (index as u32) << 2, len: KEY_BITS, code: CHILD_FLAG | n as u32 });
-        }
+        items.extend(kids.map(|(n, &(key, _))| Item { start: key, len: KEY_BITS, code: CHILD_FLAG | n as u32 }));
 
-        let mut nodes = vec![Node::default()];
-        let mut leaves = Vec::new();
-        // Breadth-first, so each node's children can be reserved as one contiguous block.
-        let mut queue = std::collections::VecDeque::new();
-        queue.push_back((0usize, 0u32, 0u32, 0usize, items.len(), NONE));
-        while let Some((node_index, depth, base, lo, hi, inherited)) = queue.pop_front() {
-            let covered_above = STRIDE * depth;
-            let covered_here = covered_above + STRIDE;
-            let shift = KEY_BITS - covered_here;
-            let mut values = [inherited; 64];
-            let mut vector = 0u64;
-            for item in &items[lo..hi] {
-                if item.len <= covered_above {
-                    continue; // already folded into `inherited`
-                }
-                let position = ((item.start - base) >> shift) as usize;
-                if item.len <= covered_here {
-                    let span = 1usize << (covered_here - item.len);
-                    values[position..position + span].fill(item.code);
-                } else {
-                    vector |= 1 << position;
-                }
+        let (nodes, leaves) = build_nodes(&items);
+        let chunk = ChunkPtr::allocate(nodes.len(), leaves.len(), children.len(), fallback);
+        // SAFETY: the allocation was sized for exactly these arrays.
+        unsafe {
+            std::ptr::copy_nonoverlapping(nodes.as_ptr(), chunk.nodes(), nodes.len());
+            std::ptr::copy_nonoverlapping(leaves.as_ptr(), chunk.leaves(), leaves.len());
+            for (i, (_, child)) in children.iter().enumerate() {
+                chunk.children().add(i).write(AtomicPtr::new(child.0.as_ptr()));
             }
-
-            let base_node = nodes.len();
-            nodes.resize(base_node + vector.count_ones() as usize, Node::default());
-            let mut next = lo;
-            let mut child_slot = base_node;
-            let mut rest = vector;
-            while rest != 0 {
-                let position = rest.trailing_zeros();
-                rest &= rest - 1;
-                let child_base = base + (position << shift);
-                let child_end = child_base + (1 << shift);
-                while items[next].start < child_base {
-                    next += 1;
-                }
-                let mut end = next;
-                while end < hi && items[end].start < child_end {
-                    end += 1;
-                }
-                queue.push_back((child_slot, depth + 1, child_base, next, end, values[position as usize]));
-                child_slot += 1;
-                next = end;
-            }
-
-            let base_leaf = leaves.len();
-            let mut leafvec = 0u64;
-            let mut previous = None;
-            for (position, &value) in values.iter().enumerate() {
-                if vector & (1 << position) != 0 {
-                    continue;
-                }
-                if previous != Some(value) {
-                    leafvec |= 1 << position;
-                    leaves.push(value);
-                    previous = Some(value);
-                }
-            }
-            nodes[node_index] =
-                Node { vector, leafvec, base_leaf: base_leaf as u32, base_node: base_node as u32 };
         }
-
-        Chunk {
-            fallback,
-            nodes: nodes.into_boxed_slice(),
-            leaves: leaves.into_boxed_slice(),
-            children: children.iter().map(|&(_, c)| AtomicPtr::new(c)).collect(),
-        }
+        chunk
     }
 
-    /// The same chunk with another fallback (a covering prefix above it changed).
-    pub fn with_fallback(&self, fallback: u32) -> Chunk {
-        Chunk {
-            fallback,
-            nodes: self.nodes.clone(),
-            leaves: self.leaves.clone(),
-            children: self.children.iter().map(|c| AtomicPtr::new(c.load(Ordering::Relaxed))).collect(),
-        }
+    fn allocate(nodes: usize, leaves: usize, children: usize, fallback: u32) -> ChunkPtr {
+        let layout = layout(nodes, leaves, children);
+        // SAFETY: the layout has non-zero size (the header).
+        let raw = unsafe { alloc(layout) } as *mut Header;
+        let Some(ptr) = NonNull::new(raw) else { handle_alloc_error(layout) };
+        // SAFETY: freshly allocated, aligned for Header.
+        unsafe {
+            ptr.as_ptr().write(Header {
+                fallback,
+                node_count: nodes as u32,
+                leaf_count: leaves as u32,
+                child_count: children as u32,
+            })
+        };
+        ChunkPtr(ptr)
     }
 
-    /// The code for a 16-bit index: a next hop, [`NONE`], or a child reference.
+    /// A copy of this chunk with another fallback (a covering prefix above it changed). The
+    /// copy shares the children.
+    pub fn with_fallback(self, fallback: u32) -> ChunkPtr {
+        let h = self.header();
+        let copy = ChunkPtr::allocate(h.node_count as usize, h.leaf_count as usize, h.child_count as usize, fallback);
+        let bytes = self.layout().size() - size_of::<Header>();
+        // SAFETY: same layout; the body (nodes, leaves, children) is plain data. Child pointers
+        // are only ever stored by the writer, which is the caller, so the copy is not torn.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                (self.0.as_ptr() as *const u8).add(size_of::<Header>()),
+                (copy.0.as_ptr() as *mut u8).add(size_of::<Header>()),
+                bytes,
+            )
+        };
+        copy
+    }
+
     #[inline(always)]
-    pub fn find(&self, index: usize) -> u32 {
-        let key = (index as u32) << 2;
-        // SAFETY: `nodes` is never empty (build always creates the root).
-        let mut node = unsafe { self.nodes.get_unchecked(0) };
-        let mut shift = KEY_BITS - STRIDE;
+    fn header(&self) -> &Header {
+        // SAFETY: a ChunkPtr always points at an initialised header.
+        unsafe { self.0.as_ref() }
+    }
+
+    fn layout(self) -> Layout {
+        let h = self.header();
+        layout(h.node_count as usize, h.leaf_count as usize, h.child_count as usize)
+    }
+
+    #[inline(always)]
+    fn nodes(self) -> *mut Node {
+        // SAFETY: nodes follow the header inside the allocation.
+        unsafe { self.0.as_ptr().add(1) as *mut Node }
+    }
+
+    #[inline(always)]
+    fn leaves(self) -> *mut u32 {
+        // SAFETY: leaves follow the nodes inside the allocation.
+        unsafe { self.nodes().add(self.header().node_count as usize) as *mut u32 }
+    }
+
+    #[inline(always)]
+    fn children(self) -> *mut AtomicPtr<Header> {
+        let leaf_words = (self.header().leaf_count as usize).next_multiple_of(2);
+        // SAFETY: children follow the (8-byte padded) leaves inside the allocation.
+        unsafe { self.leaves().add(leaf_words) as *mut AtomicPtr<Header> }
+    }
+
+    #[inline(always)]
+    pub fn fallback(self) -> u32 {
+        self.header().fallback
+    }
+
+    /// The slot holding child `n`, swapped in place when only that child changes.
+    #[inline(always)]
+    pub fn child_slot(&self, n: usize) -> &AtomicPtr<Header> {
+        debug_assert!(n < self.header().child_count as usize);
+        // SAFETY: child codes and callers only use indices below child_count.
+        unsafe { &*self.children().add(n) }
+    }
+
+    /// Loads child `n` (Acquire: its contents were written before it was published).
+    #[inline(always)]
+    pub fn child(self, n: usize) -> ChunkPtr {
+        // SAFETY: child pointers are never null.
+        ChunkPtr(unsafe { NonNull::new_unchecked(self.child_slot(n).load(Ordering::Acquire)) })
+    }
+
+    /// The code for an 18-bit key: a next hop, [`NONE`], or a child reference.
+    #[inline(always)]
+    pub fn find(self, key: usize) -> u32 {
+        let mut at = self.root();
         loop {
-            let bit = 1u64 << ((key >> shift) & 63);
-            if node.vector & bit != 0 {
-                let at = node.base_node as usize + (node.vector & (bit - 1)).count_ones() as usize;
-                // SAFETY: build reserved popcount(vector) children from base_node.
-                node = unsafe { self.nodes.get_unchecked(at) };
-                shift -= STRIDE;
-            } else {
-                let run = (node.leafvec & (bit | (bit - 1))).count_ones() as usize;
-                // SAFETY: a leaf position always has a run starting at or before it (the first
-                // leaf position of a node sets its leafvec bit), so run >= 1 and indexes the
-                // node's own runs in `leaves`.
-                return unsafe { *self.leaves.get_unchecked(node.base_leaf as usize + run - 1) };
+            match self.step(at, key as u32) {
+                Step::Node(next) => at = next,
+                // SAFETY: `step` only returns leaf pointers inside this chunk's leaf array.
+                Step::Leaf(leaf) => return unsafe { *leaf },
             }
         }
     }
 
-    /// Bytes this chunk occupies (header and arrays, not its children).
-    pub fn heap_bytes(&self) -> usize {
-        std::mem::size_of::<Chunk>()
-            + self.nodes.len() * std::mem::size_of::<Node>()
-            + self.leaves.len() * 4
-            + self.children.len() * std::mem::size_of::<AtomicPtr<Chunk>>()
+    /// Where a lookup for a key starts in this chunk.
+    #[inline(always)]
+    pub fn root(self) -> NodeAt {
+        NodeAt { node: self.nodes(), shift: KEY_BITS - STRIDE }
     }
 
-    /// Frees this chunk and, recursively, every chunk below it.
+    /// One stride of a lookup: the next node, or the leaf holding the answer. Split out so that
+    /// batched lookups can prefetch between steps.
+    #[inline(always)]
+    pub fn step(self, at: NodeAt, key: u32) -> Step {
+        // SAFETY (all accesses): `at` came from `root` or an earlier `step` on this chunk; see
+        // the module invariants.
+        let node = unsafe { &*at.node };
+        let bit = 1u64 << ((key >> at.shift) & 63);
+        if node.vector & bit != 0 {
+            let index = node.base_node as usize + (node.vector & (bit - 1)).count_ones() as usize;
+            Step::Node(NodeAt { node: unsafe { self.nodes().add(index) }, shift: at.shift - STRIDE })
+        } else {
+            let run = (node.leafvec & (bit | (bit - 1))).count_ones() as usize;
+            Step::Leaf(unsafe { self.leaves().add(node.base_leaf as usize + run - 1) })
+        }
+    }
+
+    /// Bytes this chunk occupies (not counting its children).
+    pub fn heap_bytes(self) -> usize {
+        self.layout().size()
+    }
+
+    pub fn as_raw(self) -> *mut Header {
+        self.0.as_ptr()
+    }
+
+    /// # Safety
+    /// `raw` came from [`ChunkPtr::as_raw`] of a chunk that is still allocated.
+    pub unsafe fn from_raw(raw: *mut Header) -> ChunkPtr {
+        // SAFETY: guaranteed by the caller.
+        ChunkPtr(unsafe { NonNull::new_unchecked(raw) })
+    }
+
+    /// Frees this chunk only.
     ///
     /// # Safety
-    /// `chunk` came from `Box::into_raw`, and no reader can reach it or its children any more.
-    pub unsafe fn free_tree(chunk: *mut Chunk) {
-        // SAFETY: guaranteed by the caller.
-        let owned = unsafe { Box::from_raw(chunk) };
-        for child in owned.children.iter() {
-            // SAFETY: children are owned by their parent and unreachable once it is.
-            unsafe { Chunk::free_tree(child.load(Ordering::Relaxed)) };
-        }
+    /// No reader can reach it any more, and it is freed once.
+    pub unsafe fn free(self) {
+        let layout = self.layout();
+        // SAFETY: allocated with this layout in `allocate`.
+        unsafe { dealloc(self.0.as_ptr() as *mut u8, layout) };
     }
+
+    /// Frees this chunk and every chunk below it.
+    ///
+    /// # Safety
+    /// As [`ChunkPtr::free`], for the whole subtree.
+    pub unsafe fn free_tree(self) {
+        for n in 0..self.header().child_count as usize {
+            // SAFETY: children are owned by their parent and unreachable once it is.
+            unsafe { self.child(n).free_tree() };
+        }
+        // SAFETY: guaranteed by the caller.
+        unsafe { self.free() };
+    }
+}
+
+/// Lays out the poptrie nodes for `items` breadth-first, so each node's children form one
+/// contiguous block.
+fn build_nodes(items: &[Item]) -> (Vec<Node>, Vec<u32>) {
+    let mut nodes = vec![Node::default()];
+    let mut leaves = Vec::new();
+    // (node index, depth, first key, item range, code inherited from covering prefixes)
+    let mut queue = std::collections::VecDeque::new();
+    queue.push_back((0usize, 0u32, 0u32, 0usize, items.len(), NONE));
+    while let Some((node_index, depth, base, lo, hi, inherited)) = queue.pop_front() {
+        let covered_above = STRIDE * depth;
+        let covered_here = covered_above + STRIDE;
+        let shift = KEY_BITS - covered_here;
+        let mut values = [inherited; 64];
+        let mut vector = 0u64;
+        for item in &items[lo..hi] {
+            if item.len <= covered_above {
+                continue; // already folded into `inherited`
+            }
+            let position = ((item.start - base) >> shift) as usize;
+            if item.len <= covered_here {
+                let span = 1usize << (covered_here - item.len);
+                values[position..position + span].fill(item.code);
+            } else {
+                vector |= 1 << position;
+            }
+        }
+
+        let base_node = nodes.len();
+        nodes.resize(base_node + vector.count_ones() as usize, Node::default());
+        let mut next = lo;
+        let mut rest = vector;
+        let mut child_index = base_node;
+        while rest != 0 {
+            let position = rest.trailing_zeros();
+            rest &= rest - 1;
+            let child_base = base + (position << shift);
+            let child_end = child_base + (1 << shift);
+            while items[next].start < child_base {
+                next += 1;
+            }
+            let mut end = next;
+            while end < hi && items[end].start < child_end {
+                end += 1;
+            }
+            queue.push_back((child_index, depth + 1, child_base, next, end, values[position as usize]));
+            child_index += 1;
+            next = end;
+        }
+
+        let base_leaf = leaves.len();
+        let mut leafvec = 0u64;
+        let mut previous = None;
+        for (position, &value) in values.iter().enumerate() {
+            if vector & (1 << position) == 0 && previous != Some(value) {
+                leafvec |= 1 << position;
+                leaves.push(value);
+                previous = Some(value);
+            }
+        }
+        nodes[node_index] = Node { vector, leafvec, base_leaf: base_leaf as u32, base_node: base_node as u32 };
+    }
+    (nodes, leaves)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn naive(prefixes: &[LocalPrefix], index: u16) -> u32 {
-        prefixes.iter().filter(|p| p.covers(index)).max_by_key(|p| p.len).map_or(NONE, |p| p.next_hop)
+    fn naive(prefixes: &[LocalPrefix], key: u32) -> u32 {
+        prefixes.iter().filter(|p| p.covers(key)).max_by_key(|p| p.len()).map_or(NONE, |p| p.next_hop)
     }
 
     fn check(mut prefixes: Vec<LocalPrefix>) {
         prefixes.sort();
-        prefixes.dedup_by_key(|p| (p.bits, p.len));
-        let chunk = Chunk::build(&prefixes, &[], 7);
-        for index in 0..=u16::MAX {
-            assert_eq!(chunk.find(index as usize), naive(&prefixes, index), "index {index:#x}");
+        prefixes.dedup_by_key(|p| p.key());
+        let chunk = ChunkPtr::build(&prefixes, &[], 7);
+        for key in 0..1u32 << KEY_BITS {
+            assert_eq!(chunk.find(key as usize), naive(&prefixes, key), "key {key:#x}");
         }
+        assert_eq!(chunk.fallback(), 7);
+        // SAFETY: never shared.
+        unsafe { chunk.free() };
+    }
+
+    fn prefix(bits: u32, len: u8, next_hop: u32) -> LocalPrefix {
+        let bits = bits & ((1 << KEY_BITS) - 1);
+        LocalPrefix::new((bits >> (KEY_BITS - len as u32)) << (KEY_BITS - len as u32), len, next_hop)
     }
 
     #[test]
     fn empty_chunk_is_all_none() {
-        let chunk = Chunk::build(&[], &[], 3);
-        assert_eq!(chunk.find(0), NONE);
-        assert_eq!(chunk.find(0xffff), NONE);
-        assert_eq!(chunk.fallback, 3);
+        check(Vec::new());
     }
 
     #[test]
     fn every_length_and_nesting() {
-        let mut prefixes = Vec::new();
-        for len in 1..=16u8 {
-            let bits = (0xa5a5u16 >> (16 - len)) << (16 - len);
-            prefixes.push(LocalPrefix { bits, len, next_hop: len as u32 });
-        }
-        prefixes.push(LocalPrefix { bits: 0xffff, len: 16, next_hop: 100 });
-        prefixes.push(LocalPrefix { bits: 0x0000, len: 16, next_hop: 101 });
-        prefixes.push(LocalPrefix { bits: 0x8000, len: 1, next_hop: 102 });
+        let mut prefixes: Vec<_> = (1..=18u8).map(|len| prefix(0x2a5a5, len, len as u32)).collect();
+        prefixes.push(prefix(0x3ffff, 18, 100));
+        prefixes.push(prefix(0, 18, 101));
+        prefixes.push(prefix(0x20000, 1, 102));
         check(prefixes);
     }
 
@@ -264,27 +444,29 @@ mod tests {
     fn random_chunks_match_the_naive_answer() {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        for _ in 0..20 {
-            let n = rng.gen_range(0..300);
-            let prefixes = (0..n)
-                .map(|i| {
-                    let len = rng.gen_range(1..=16u8);
-                    let bits = (rng.gen::<u16>() >> (16 - len)) << (16 - len);
-                    LocalPrefix { bits, len, next_hop: i }
-                })
-                .collect();
+        for _ in 0..10 {
+            let n = rng.gen_range(0..400);
+            let prefixes = (0..n).map(|i| prefix(rng.gen(), rng.gen_range(1..=18u8), i)).collect();
             check(prefixes);
         }
     }
 
     #[test]
-    fn children_win_over_prefixes_at_their_index() {
-        let prefixes = [LocalPrefix { bits: 0x1200, len: 8, next_hop: 5 }];
-        let dummy = std::ptr::NonNull::<Chunk>::dangling().as_ptr();
-        let chunk = Chunk::build(&prefixes, &[(0x1234, dummy), (0xfff0, dummy)], NONE);
-        assert_eq!(chunk.find(0x1234), CHILD_FLAG);
-        assert_eq!(chunk.find(0x1235), 5);
-        assert_eq!(chunk.find(0xfff0), CHILD_FLAG | 1);
-        assert_eq!(chunk.find(0xfff1), NONE);
+    fn children_win_over_prefixes_at_their_key_and_copies_keep_them() {
+        let leaf = ChunkPtr::build(&[], &[], 1);
+        let prefixes = [prefix(0x12000, 8, 5), prefix(0x12345, 18, 6)];
+        let chunk = ChunkPtr::build(&prefixes, &[(0x12345, leaf), (0x3fff0, leaf)], NONE);
+        assert_eq!(chunk.find(0x12345), CHILD_FLAG);
+        assert_eq!(chunk.find(0x12346), 5);
+        assert_eq!(chunk.find(0x3fff0), CHILD_FLAG | 1);
+        assert_eq!(chunk.find(0x3fff1), NONE);
+        let copy = chunk.with_fallback(9);
+        assert_eq!((copy.fallback(), copy.find(0x3fff0), copy.child(1)), (9, CHILD_FLAG | 1, leaf));
+        // SAFETY: never shared; `leaf` is freed once, the two parents without their children.
+        unsafe {
+            copy.free();
+            chunk.free();
+            leaf.free();
+        }
     }
 }

@@ -22,6 +22,8 @@
 //! read by [`routes`].
 
 mod chunk;
+#[cfg(feature = "cli")]
+pub mod compare;
 mod prefix;
 pub mod routes;
 mod table;

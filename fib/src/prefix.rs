@@ -28,8 +28,9 @@ mod sealed {
 
 /// An address family: [`Ipv4Addr`] or [`Ipv6Addr`].
 ///
-/// The table splits an address into 16-bit groups, most significant first: group 0 indexes the
-/// direct top-level array, each later group one chunk level.
+/// The table splits an address into 18-bit groups, most significant first: group 0 indexes the
+/// direct top-level array, each later group one chunk level. A group past the end of the address
+/// is zero-filled on the right (IPv4's second group has 14 real bits, IPv6's last has 2).
 pub trait Address:
     sealed::Sealed + Copy + Eq + Ord + Hash + fmt::Debug + fmt::Display + FromStr + Send + Sync + 'static
 {
@@ -39,8 +40,8 @@ pub trait Address:
     fn to_u128(self) -> u128;
     /// The inverse of [`Address::to_u128`]; bits beyond [`Address::BITS`] are ignored.
     fn from_u128(bits: u128) -> Self;
-    /// The 16-bit group number `level` (0 = most significant).
-    fn group16(self, level: usize) -> usize;
+    /// The 18-bit group number `level` (0 = most significant).
+    fn group(self, level: usize) -> usize;
 }
 
 impl Address for Ipv4Addr {
@@ -54,8 +55,14 @@ impl Address for Ipv4Addr {
         Ipv4Addr::from(bits as u32)
     }
     #[inline(always)]
-    fn group16(self, level: usize) -> usize {
-        ((u32::from(self) >> (16 - 16 * level as u32)) & 0xffff) as usize
+    fn group(self, level: usize) -> usize {
+        let bits = u32::from(self);
+        // Only two groups: bits 0..18, then bits 18..32 left-aligned.
+        if level == 0 {
+            (bits >> 14) as usize
+        } else {
+            ((bits & 0x3fff) << 4) as usize
+        }
     }
 }
 
@@ -70,10 +77,13 @@ impl Address for Ipv6Addr {
         Ipv6Addr::from(bits)
     }
     #[inline(always)]
-    fn group16(self, level: usize) -> usize {
-        ((u128::from(self) >> (112 - 16 * level as u32)) & 0xffff) as usize
+    fn group(self, level: usize) -> usize {
+        ((u128::from(self) << (GROUP_BITS * level as u32)) >> (128 - GROUP_BITS)) as usize
     }
 }
+
+/// Width of one address group: the top-level index and each chunk's key.
+pub(crate) const GROUP_BITS: u32 = 18;
 
 /// Mask keeping the top `len` bits of a `bits`-wide value (right-aligned in a u128).
 #[inline]
@@ -246,12 +256,13 @@ mod tests {
     }
 
     #[test]
-    fn group16_splits_most_significant_first() {
+    fn groups_split_most_significant_first() {
         let a: Ipv4Addr = "10.1.2.3".parse().unwrap();
-        assert_eq!(a.group16(0), 0x0a01);
-        assert_eq!(a.group16(1), 0x0203);
-        let b: Ipv6Addr = "2001:db8:1:2:3:4:5:6".parse().unwrap();
-        assert_eq!(b.group16(0), 0x2001);
-        assert_eq!(b.group16(7), 6);
+        assert_eq!(a.group(0), 0x0a01_0203 >> 14);
+        assert_eq!(a.group(1), (0x0203 & 0x3fff) << 4);
+        let b: Ipv6Addr = "2001:db8:1:2:3:4:5:7".parse().unwrap();
+        assert_eq!(b.group(0), 0x2001 << 2);
+        // Group 7 holds the last two bits, left-aligned in 18.
+        assert_eq!(b.group(7), 0b11 << 16);
     }
 }

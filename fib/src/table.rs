@@ -1,10 +1,11 @@
 //! The table: one writer ([`Fib`]) staging changes and publishing them, any number of lock-free
 //! readers ([`FibReader`]).
 //!
-//! Layout: a direct array indexed by the top 16 address bits. An entry is either a leaf (the best
-//! match among prefixes of length <= 16) or a pointer to a [`Chunk`] for the next 16 bits; IPv6
-//! chunks can point to further chunks, down to /128. Prefixes of length `16k+1 ..= 16k+16` live in
-//! the chunks of level `k`.
+//! Layout: a direct array indexed by the top 18 address bits. An entry is either a leaf (the best
+//! match among prefixes of length <= 18) or a pointer to a chunk (see `chunk`) for the next 18
+//! bits; IPv6 chunks can point to further chunks, down to /128. Prefixes of length
+//! `18k+1 ..= 18k+18` live in the chunks of level `k`. For IPv4 a /24 is found in the chunk's root
+//! node: three memory accesses (top entry, chunk line, leaf).
 //!
 //! Concurrency: readers load entries and child pointers with `Acquire` and never write. The writer
 //! keeps its own mirror of every chunk's prefixes (readers never see it), builds replacement chunks
@@ -13,17 +14,17 @@
 //! publish is atomic per chunk: a lookup racing with it sees, for the one chunk path it follows,
 //! either the table before or after that publish.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crossbeam_epoch::{self as epoch, Guard};
 
-use crate::chunk::{Chunk, LocalPrefix, CHILD_FLAG, MAX_NEXT_HOP, NONE};
-use crate::prefix::{net_mask, Address, Prefix};
+use crate::chunk::{prefetch, ChunkPtr, Header, LocalPrefix, NodeAt, Step, CHILD_FLAG, MAX_NEXT_HOP, NONE};
+use crate::prefix::{net_mask, Address, Prefix, GROUP_BITS};
 
-const TOP_SLOTS: usize = 1 << 16;
+const TOP_SLOTS: usize = 1 << GROUP_BITS;
 
 /// Errors from table updates.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,7 +53,7 @@ impl<A> Drop for Shared<A> {
             if e & 1 == 0 {
                 // SAFETY: no reader or writer is left, and every chunk reachable from the top
                 // array is owned by it (replaced chunks were handed to the epoch collector).
-                unsafe { Chunk::free_tree(e as *mut Chunk) };
+                unsafe { ChunkPtr::from_raw(e as *mut Header).free_tree() };
             }
         }
     }
@@ -61,26 +62,94 @@ impl<A> Drop for Shared<A> {
 impl<A: Address> Shared<A> {
     #[inline(always)]
     fn lookup_code(&self, addr: A, _guard: &Guard) -> u32 {
-        // SAFETY: group16(0) < 2^16 = top.len().
-        let entry = unsafe { self.top.get_unchecked(addr.group16(0)) }.load(Ordering::Acquire);
+        // SAFETY: group(0) < 2^18 = top.len().
+        let entry = unsafe { self.top.get_unchecked(addr.group(0)) }.load(Ordering::Acquire);
         if entry & 1 != 0 {
             return (entry >> 1) as u32;
         }
         // SAFETY: a chunk stays allocated while any guard pinned before its retirement lives.
-        let mut chunk = unsafe { &*(entry as *const Chunk) };
+        let mut chunk = unsafe { ChunkPtr::from_raw(entry as *mut Header) };
         let mut level = 1;
         loop {
-            let code = chunk.find(addr.group16(level));
+            let code = chunk.find(addr.group(level));
             if code == NONE {
-                return chunk.fallback;
+                return chunk.fallback();
             }
             if code & CHILD_FLAG == 0 {
                 return code;
             }
-            let child = &chunk.children[(code & !CHILD_FLAG) as usize];
-            // SAFETY: as above; child pointers are never null.
-            chunk = unsafe { &*child.load(Ordering::Acquire) };
+            chunk = chunk.child((code & !CHILD_FLAG) as usize);
             level += 1;
+        }
+    }
+}
+
+/// Lookups interleaved per batch: enough independent lookups in flight to hide memory latency.
+const BATCH: usize = 16;
+
+/// Where one lookup of a batch stands.
+#[derive(Clone, Copy)]
+enum Lane {
+    Done,
+    /// At a node of the chunk for address group `level`.
+    Node(ChunkPtr, usize, NodeAt),
+    /// At the leaf holding the chunk's answer.
+    Leaf(ChunkPtr, usize, *const u32),
+}
+
+impl<A: Address> Shared<A> {
+    /// Looks up to [`BATCH`] addresses at once. Each round advances every unfinished lookup by
+    /// one memory access and prefetches the next, so the misses of different lookups overlap
+    /// instead of queueing behind each other (as VPP and DPDK's lpm_lookupx4 do).
+    #[inline]
+    fn lookup_group(&self, addrs: &[A], out: &mut [u32], _guard: &Guard) {
+        debug_assert!(addrs.len() <= BATCH && out.len() == addrs.len());
+        let mut lanes = [Lane::Done; BATCH];
+        for addr in addrs {
+            prefetch(&self.top[addr.group(0)] as *const AtomicUsize as *const u8);
+        }
+        let mut active = 0;
+        for (i, addr) in addrs.iter().enumerate() {
+            let entry = self.top[addr.group(0)].load(Ordering::Acquire);
+            if entry & 1 != 0 {
+                out[i] = (entry >> 1) as u32;
+            } else {
+                // SAFETY: live while the guard is pinned (see `lookup_code`).
+                let chunk = unsafe { ChunkPtr::from_raw(entry as *mut Header) };
+                prefetch(chunk.as_raw() as *const u8);
+                lanes[i] = Lane::Node(chunk, 1, chunk.root());
+                active += 1;
+            }
+        }
+        while active > 0 {
+            for (i, addr) in addrs.iter().enumerate() {
+                lanes[i] = match lanes[i] {
+                    Lane::Done => continue,
+                    Lane::Node(chunk, level, at) => match chunk.step(at, addr.group(level) as u32) {
+                        Step::Node(next) => {
+                            prefetch(next.as_ptr());
+                            Lane::Node(chunk, level, next)
+                        }
+                        Step::Leaf(leaf) => {
+                            prefetch(leaf as *const u8);
+                            Lane::Leaf(chunk, level, leaf)
+                        }
+                    },
+                    Lane::Leaf(chunk, level, leaf) => {
+                        // SAFETY: `step` returns leaf pointers inside the chunk's leaf array.
+                        let code = unsafe { *leaf };
+                        if code & CHILD_FLAG == 0 || code == NONE {
+                            out[i] = if code == NONE { chunk.fallback() } else { code };
+                            active -= 1;
+                            Lane::Done
+                        } else {
+                            let child = chunk.child((code & !CHILD_FLAG) as usize);
+                            prefetch(child.as_raw() as *const u8);
+                            Lane::Node(child, level + 1, child.root())
+                        }
+                    }
+                };
+            }
         }
     }
 }
@@ -143,10 +212,17 @@ impl<A: Address> FibView<'_, A> {
         decode(self.shared.lookup_code(addr, &self.guard))
     }
 
+    /// Looks up many addresses, interleaving their memory accesses: several times the rate of
+    /// one-at-a-time lookups on tables larger than the cache.
     pub fn lookup_batch(&self, addrs: &[A], out: &mut [Option<u32>]) {
         assert_eq!(addrs.len(), out.len(), "one output slot per address");
-        for (addr, slot) in addrs.iter().zip(out.iter_mut()) {
-            *slot = decode(self.shared.lookup_code(*addr, &self.guard));
+        let mut codes = [0u32; BATCH];
+        for (addrs, out) in addrs.chunks(BATCH).zip(out.chunks_mut(BATCH)) {
+            let codes = &mut codes[..addrs.len()];
+            self.shared.lookup_group(addrs, codes, &self.guard);
+            for (slot, &code) in out.iter_mut().zip(codes.iter()) {
+                *slot = decode(code);
+            }
         }
     }
 }
@@ -156,45 +232,92 @@ impl<A: Address> FibView<'_, A> {
 struct ChunkMirror {
     /// Sorted by `(bits, len)`.
     prefixes: Vec<LocalPrefix>,
-    children: BTreeMap<u16, ChunkMirror>,
-    published: Option<*mut Chunk>,
+    /// Sorted by key; a child's position here is its index in the published chunk.
+    children: Vec<(u32, ChunkMirror)>,
+    /// Keys of children changed since the last publish (each once: see `queued`).
+    dirty_children: Vec<u32>,
+    published: Option<ChunkPtr>,
     published_fallback: u32,
     /// Own prefixes or the set of children changed: rebuild on publish.
     dirty: bool,
     /// Something below changed.
     dirty_below: bool,
-}
-
-/// The longest of `prefixes` (sorted by `(bits, len)`) covering `index`: among covering prefixes
-/// the sort puts longer ones later.
-fn best_match(prefixes: &[LocalPrefix], index: u16) -> Option<u32> {
-    prefixes.iter().filter(|p| p.covers(index)).last().map(|p| p.next_hop)
+    /// This mirror's key is in its parent's `dirty_children`.
+    queued: bool,
 }
 
 impl ChunkMirror {
     fn is_empty(&self) -> bool {
         self.prefixes.is_empty() && self.children.is_empty()
     }
+
+    fn child_position(&self, key: u32) -> Result<usize, usize> {
+        self.children.binary_search_by_key(&key, |c| c.0)
+    }
+
+    fn child(&self, key: u32) -> Option<&ChunkMirror> {
+        self.child_position(key).ok().map(|at| &self.children[at].1)
+    }
+
+    /// The child at `key`, queued for the next publish; created when `create` is set.
+    fn child_for_update(&mut self, key: u32, create: bool) -> Option<&mut ChunkMirror> {
+        let at = match self.child_position(key) {
+            Ok(at) => at,
+            Err(at) if create => {
+                self.children.insert(at, (key, ChunkMirror::default()));
+                self.dirty = true;
+                at
+            }
+            Err(_) => return None,
+        };
+        self.dirty_below = true;
+        let child = &mut self.children[at].1;
+        if !child.queued {
+            child.queued = true;
+            self.dirty_children.push(key);
+        }
+        Some(&mut self.children[at].1)
+    }
+}
+
+/// For each child key (ascending), the best match among `prefixes` (sorted by `(bits, len)`, so
+/// in pre-order) or `fallback`: one sweep with a stack of nested prefixes. A prefix popped for
+/// not covering a key ends before it, so it covers no later key either.
+fn child_fallbacks(prefixes: &[LocalPrefix], keys: impl Iterator<Item = u32>, fallback: u32) -> Vec<u32> {
+    let mut stack: Vec<&LocalPrefix> = Vec::new();
+    let mut next = prefixes.iter().peekable();
+    keys.map(|key| {
+        while let Some(p) = next.next_if(|p| p.bits() <= key) {
+            while stack.last().is_some_and(|top| !top.covers(p.bits())) {
+                stack.pop();
+            }
+            stack.push(p);
+        }
+        while stack.last().is_some_and(|top| !top.covers(key)) {
+            stack.pop();
+        }
+        stack.last().map_or(fallback, |p| p.next_hop)
+    })
+    .collect()
 }
 
 /// Things the publisher collects: chunks to retire once the new ones are visible, and the change
 /// in published bytes.
 #[derive(Default)]
 struct PublishLog {
-    retired: Vec<*mut Chunk>,
+    retired: Vec<ChunkPtr>,
     bytes_added: usize,
     bytes_removed: usize,
 }
 
 impl PublishLog {
-    fn install(&mut self, chunk: Chunk) -> *mut Chunk {
+    fn install(&mut self, chunk: ChunkPtr) -> ChunkPtr {
         self.bytes_added += chunk.heap_bytes();
-        Box::into_raw(Box::new(chunk))
+        chunk
     }
 
-    fn retire(&mut self, chunk: *mut Chunk) {
-        // SAFETY: `chunk` is a live published chunk; only the writer frees chunks.
-        self.bytes_removed += unsafe { (*chunk).heap_bytes() };
+    fn retire(&mut self, chunk: ChunkPtr) {
+        self.bytes_removed += chunk.heap_bytes();
         self.retired.push(chunk);
     }
 }
@@ -206,12 +329,12 @@ impl PublishLog {
 /// [`iter`](Fib::iter) describe the staged table; [`lookup`](Fib::lookup) the published one.
 pub struct Fib<A: Address> {
     shared: Arc<Shared<A>>,
-    /// Prefixes of length 0..=16, keyed by (len, top 16 bits).
-    short: HashMap<(u8, u16), u32>,
+    /// Prefixes of length 0..=18, keyed by (len, top 18 bits).
+    short: HashMap<(u8, u32), u32>,
     /// Per top slot: the best short match and its length (-1: none).
     short_best: Box<[(u32, i8)]>,
-    slots: Box<[Option<ChunkMirror>]>,
-    dirty_slots: Vec<u16>,
+    slots: Box<[Option<Box<ChunkMirror>>]>,
+    dirty_slots: Vec<u32>,
     dirty_mark: Box<[u64]>,
     len: usize,
     published_bytes: usize,
@@ -237,8 +360,8 @@ impl<A: Address> Default for Fib<A> {
 /// Where a prefix lives: its top slot and, past /16, the path of chunk indices below it.
 struct Placement {
     slot: usize,
-    /// 16-bit indices for chunk levels 1.. down to the owning chunk (empty for len <= 16).
-    path: Vec<u16>,
+    /// Group keys for chunk levels 1.. down to the owning chunk (empty for len <= 18).
+    path: Vec<u32>,
     local: LocalPrefix,
 }
 
@@ -277,36 +400,36 @@ impl<A: Address> Fib<A> {
     fn place(prefix: &Prefix<A>, next_hop: u32) -> Placement {
         let addr = prefix.addr();
         let len = prefix.len();
-        let slot = addr.group16(0);
-        if len <= 16 {
-            return Placement { slot, path: Vec::new(), local: LocalPrefix { bits: slot as u16, len, next_hop } };
+        let slot = addr.group(0);
+        if len as u32 <= GROUP_BITS {
+            return Placement { slot, path: Vec::new(), local: LocalPrefix::new(slot as u32, len, next_hop) };
         }
-        let level = (len as usize - 1) / 16;
-        let path = (1..=level).map(|l| addr.group16(l) as u16).collect();
-        let local_len = len - 16 * level as u8;
-        let bits = addr.group16(level) as u16;
-        Placement { slot, path, local: LocalPrefix { bits, len: local_len, next_hop } }
+        let level = (len as usize - 1) / GROUP_BITS as usize;
+        let path = (1..=level).map(|l| addr.group(l) as u32).collect();
+        let local_len = len - (GROUP_BITS as usize * level) as u8;
+        let bits = addr.group(level) as u32;
+        Placement { slot, path, local: LocalPrefix::new(bits, local_len, next_hop) }
     }
 
     fn mark_slot(&mut self, slot: usize) {
         let (word, bit) = (slot / 64, 1u64 << (slot % 64));
         if self.dirty_mark[word] & bit == 0 {
             self.dirty_mark[word] |= bit;
-            self.dirty_slots.push(slot as u16);
+            self.dirty_slots.push(slot as u32);
         }
     }
 
-    /// Slots covered by a short prefix (len <= 16) whose top bits are `bits`.
-    fn short_span(bits: u16, len: u8) -> std::ops::Range<usize> {
+    /// Slots covered by a short prefix (len <= 18) whose top bits are `bits`.
+    fn short_span(bits: u32, len: u8) -> std::ops::Range<usize> {
         let start = bits as usize;
-        start..start + (1usize << (16 - len))
+        start..start + (1usize << (GROUP_BITS - len as u32))
     }
 
     fn recompute_short_best(&self, slot: usize) -> (u32, i8) {
-        (0..=16u8)
+        (0..=GROUP_BITS as u8)
             .rev()
             .find_map(|len| {
-                let bits = (net_mask(16, len) as usize & slot) as u16;
+                let bits = (net_mask(GROUP_BITS as u8, len) as usize & slot) as u32;
                 self.short.get(&(len, bits)).map(|&nh| (nh, len as i8))
             })
             .unwrap_or((NONE, -1))
@@ -319,7 +442,7 @@ impl<A: Address> Fib<A> {
         }
         let place = Self::place(&prefix, next_hop);
         let previous = if place.path.is_empty() {
-            let LocalPrefix { bits, len, .. } = place.local;
+            let (bits, len) = (place.local.bits(), place.local.len());
             let previous = self.short.insert((len, bits), next_hop);
             for slot in Self::short_span(bits, len) {
                 if self.short_best[slot].1 <= len as i8 {
@@ -330,15 +453,11 @@ impl<A: Address> Fib<A> {
             previous
         } else {
             self.mark_slot(place.slot);
-            let mut mirror = self.slots[place.slot].get_or_insert_with(ChunkMirror::default);
-            for &index in &place.path[..place.path.len() - 1] {
-                mirror.dirty_below = true;
-                let known = mirror.children.contains_key(&index);
-                mirror.dirty |= !known;
-                mirror = mirror.children.entry(index).or_default();
+            let mut mirror: &mut ChunkMirror = self.slots[place.slot].get_or_insert_with(Default::default);
+            for &key in &place.path[..place.path.len() - 1] {
+                mirror = mirror.child_for_update(key, true).expect("created");
             }
-            let key = (place.local.bits, place.local.len);
-            match mirror.prefixes.binary_search_by_key(&key, |p| (p.bits, p.len)) {
+            match mirror.prefixes.binary_search_by_key(&place.local.key(), LocalPrefix::key) {
                 Ok(at) => {
                     let old = std::mem::replace(&mut mirror.prefixes[at].next_hop, next_hop);
                     mirror.dirty |= old != next_hop;
@@ -361,7 +480,7 @@ impl<A: Address> Fib<A> {
     pub fn remove(&mut self, prefix: &Prefix<A>) -> Option<u32> {
         let place = Self::place(prefix, 0);
         let removed = if place.path.is_empty() {
-            let LocalPrefix { bits, len, .. } = place.local;
+            let (bits, len) = (place.local.bits(), place.local.len());
             let removed = self.short.remove(&(len, bits))?;
             for slot in Self::short_span(bits, len) {
                 if self.short_best[slot].1 == len as i8 {
@@ -381,17 +500,17 @@ impl<A: Address> Fib<A> {
 
     /// Removes `local` from the chunk at `path` below `mirror`; empty chunks on the way are left
     /// in place (marked dirty) and dropped by `publish`, which also retires what they published.
-    fn remove_below(mirror: &mut ChunkMirror, path: &[u16], local: &LocalPrefix) -> Option<u32> {
+    fn remove_below(mirror: &mut ChunkMirror, path: &[u32], local: &LocalPrefix) -> Option<u32> {
         match path.split_first() {
             None => {
-                let at = mirror.prefixes.binary_search_by_key(&(local.bits, local.len), |p| (p.bits, p.len)).ok()?;
+                let at = mirror.prefixes.binary_search_by_key(&local.key(), LocalPrefix::key).ok()?;
                 mirror.dirty = true;
                 Some(mirror.prefixes.remove(at).next_hop)
             }
-            Some((index, rest)) => {
-                let removed = Self::remove_below(mirror.children.get_mut(index)?, rest, local)?;
-                mirror.dirty_below = true;
-                Some(removed)
+            Some((&key, rest)) => {
+                // Queue only when something is found, so a miss leaves no trace.
+                mirror.child(key)?;
+                Self::remove_below(mirror.child_for_update(key, false)?, rest, local)
             }
         }
     }
@@ -400,13 +519,13 @@ impl<A: Address> Fib<A> {
     pub fn get(&self, prefix: &Prefix<A>) -> Option<u32> {
         let place = Self::place(prefix, 0);
         if place.path.is_empty() {
-            return self.short.get(&(place.local.len, place.local.bits)).copied();
+            return self.short.get(&(place.local.len(), place.local.bits())).copied();
         }
-        let mut mirror = self.slots[place.slot].as_ref()?;
-        for index in &place.path[..place.path.len() - 1] {
-            mirror = mirror.children.get(index)?;
+        let mut mirror: &ChunkMirror = self.slots[place.slot].as_ref()?;
+        for &key in &place.path[..place.path.len() - 1] {
+            mirror = mirror.child(key)?;
         }
-        let at = mirror.prefixes.binary_search_by_key(&(place.local.bits, place.local.len), |p| (p.bits, p.len)).ok()?;
+        let at = mirror.prefixes.binary_search_by_key(&place.local.key(), LocalPrefix::key).ok()?;
         Some(mirror.prefixes[at].next_hop)
     }
 
@@ -420,11 +539,11 @@ impl<A: Address> Fib<A> {
         let mut routes: Vec<(Prefix<A>, u32)> = self
             .short
             .iter()
-            .map(|(&(len, bits), &nh)| (prefix_at::<A>((bits as u128) << (A::BITS - 16), len), nh))
+            .map(|(&(len, bits), &nh)| (prefix_at::<A>(group_bits::<A>(bits, 0), len), nh))
             .collect();
         for (slot, mirror) in self.slots.iter().enumerate() {
             if let Some(mirror) = mirror {
-                collect_routes::<A>(mirror, (slot as u128) << (A::BITS - 16), 1, &mut routes);
+                collect_routes::<A>(mirror, group_bits::<A>(slot as u32, 0), 1, &mut routes);
             }
         }
         routes.sort_unstable_by_key(|(p, _)| (p.addr(), p.len()));
@@ -434,10 +553,10 @@ impl<A: Address> Fib<A> {
     /// Bytes used: the published lookup structure (what readers touch) and the writer's mirror.
     pub fn memory(&self) -> MemoryUse {
         let top = TOP_SLOTS * std::mem::size_of::<AtomicUsize>();
-        let mut mirror = TOP_SLOTS * (std::mem::size_of::<Option<ChunkMirror>>() + std::mem::size_of::<(u32, i8)>())
-            + self.short.capacity() * (std::mem::size_of::<((u8, u16), u32)>() + 1);
+        let mut mirror = TOP_SLOTS * (size_of::<Option<Box<ChunkMirror>>>() + size_of::<(u32, i8)>())
+            + self.short.capacity() * (size_of::<((u8, u32), u32)>() + 1);
         for m in self.slots.iter().flatten() {
-            mirror += mirror_bytes(m);
+            mirror += size_of::<ChunkMirror>() + mirror_bytes(m);
         }
         MemoryUse { lookup_bytes: top + self.published_bytes, writer_bytes: mirror }
     }
@@ -455,7 +574,7 @@ impl<A: Address> Fib<A> {
             let keep = match self.slots[slot].as_mut() {
                 Some(mirror) => {
                     if let Some(new) = publish_chunk(mirror, fallback, &mut log) {
-                        entry.store(new as usize, Ordering::Release);
+                        entry.store(new.as_raw() as usize, Ordering::Release);
                     }
                     !mirror.is_empty()
                 }
@@ -475,13 +594,14 @@ impl<A: Address> Fib<A> {
         self.dirty_slots = dirty;
         self.published_bytes = self.published_bytes + log.bytes_added - log.bytes_removed;
         for chunk in log.retired {
-            let chunk = SendPtr(chunk);
+            let chunk = Retired(chunk);
             // SAFETY: every store that unlinked `chunk` happened above, before this defer; readers
             // that loaded it are pinned in an epoch the collector waits out before running this.
+            // Only the chunk itself is freed: its children live on in its replacement.
             unsafe {
                 guard.defer_unchecked(move || {
                     let chunk = chunk;
-                    drop(Box::from_raw(chunk.0));
+                    chunk.0.free();
                 })
             };
         }
@@ -489,43 +609,45 @@ impl<A: Address> Fib<A> {
     }
 }
 
-struct SendPtr(*mut Chunk);
+struct Retired(ChunkPtr);
 // SAFETY: a retired chunk is no longer reachable; whichever thread runs the destructor owns it.
-unsafe impl Send for SendPtr {}
+unsafe impl Send for Retired {}
 
 /// Brings the published chunk for `mirror` up to date; returns the new pointer if it changed.
 /// Children left empty are dropped here (their chunks retired); a mirror that is itself empty
 /// publishes nothing, and its parent drops it.
-fn publish_chunk(mirror: &mut ChunkMirror, fallback: u32, log: &mut PublishLog) -> Option<*mut Chunk> {
+fn publish_chunk(mirror: &mut ChunkMirror, fallback: u32, log: &mut PublishLog) -> Option<ChunkPtr> {
     let own_changed = mirror.dirty || mirror.published.is_none();
     let fallback_changed = mirror.published_fallback != fallback;
-
-    if mirror.dirty_below || own_changed || fallback_changed {
-        let mut emptied = Vec::new();
-        let ChunkMirror { prefixes, children, published, .. } = &mut *mirror;
-        for (position, (&index, child)) in children.iter_mut().enumerate() {
-            let child_fallback = best_match(prefixes, index).unwrap_or(fallback);
-            let stale = child.dirty || child.dirty_below || child.published.is_none();
-            if !stale && child.published_fallback == child_fallback {
-                continue;
-            }
-            let new = publish_chunk(child, child_fallback, log);
-            if child.is_empty() {
-                emptied.push(index);
-            } else if let (Some(new), Some(current), false) = (new, *published, own_changed) {
-                // The parent's shape is unchanged: swap the child in place.
-                // SAFETY: `current` is this mirror's live published chunk.
-                unsafe { (*current).children[position].store(new, Ordering::Release) };
-            }
+    let dirty_children = std::mem::take(&mut mirror.dirty_children);
+    // Unless the parent is rebuilt from the mirror, a replaced child is swapped into it in place.
+    let in_place = if own_changed { None } else { mirror.published };
+    let mut emptied = false;
+    if own_changed || fallback_changed {
+        // Every child's fallback may have moved.
+        let fallbacks = child_fallbacks(&mirror.prefixes, mirror.children.iter().map(|c| c.0), fallback);
+        for (position, ((_, child), child_fallback)) in mirror.children.iter_mut().zip(fallbacks).enumerate() {
+            emptied |= refresh_child(child, child_fallback, position, in_place, log);
         }
-        if !emptied.is_empty() {
-            for index in emptied {
-                if let Some(chunk) = mirror.children.remove(&index).and_then(|c| c.published) {
+    } else {
+        // Only queued children changed, and their fallbacks did not.
+        for key in dirty_children {
+            let position = mirror.child_position(key).expect("children are removed only here");
+            let child = &mut mirror.children[position].1;
+            let child_fallback = child.published_fallback;
+            emptied |= refresh_child(child, child_fallback, position, in_place, log);
+        }
+    }
+    if emptied {
+        mirror.children.retain(|(_, child)| {
+            if child.is_empty() {
+                if let Some(chunk) = child.published {
                     log.retire(chunk);
                 }
             }
-            mirror.dirty = true;
-        }
+            !child.is_empty()
+        });
+        mirror.dirty = true;
     }
     mirror.dirty_below = false;
     if mirror.is_empty() {
@@ -537,12 +659,14 @@ fn publish_chunk(mirror: &mut ChunkMirror, fallback: u32, log: &mut PublishLog) 
         return None;
     }
     let chunk = match mirror.published {
-        // SAFETY: the live published chunk of this mirror.
-        Some(current) if !rebuild => unsafe { (*current).with_fallback(fallback) },
+        Some(current) if !rebuild => current.with_fallback(fallback),
         _ => {
-            let children: Vec<(u16, *mut Chunk)> =
-                mirror.children.iter().map(|(&i, c)| (i, c.published.expect("children publish first"))).collect();
-            Chunk::build(&mirror.prefixes, &children, fallback)
+            let children: Vec<(u32, ChunkPtr)> =
+                mirror.children.iter().map(|(i, c)| (*i, c.published.expect("children publish first"))).collect();
+            if mirror.prefixes.capacity() > mirror.prefixes.len() * 5 / 4 + 4 {
+                mirror.prefixes.shrink_to_fit(); // bulk loads leave Vec growth slack behind
+            }
+            ChunkPtr::build(&mirror.prefixes, &children, fallback)
         }
     };
     let new = log.install(chunk);
@@ -554,24 +678,58 @@ fn publish_chunk(mirror: &mut ChunkMirror, fallback: u32, log: &mut PublishLog) 
     Some(new)
 }
 
+/// Publishes `child` if it is stale; returns whether it is now empty (for its parent to drop).
+fn refresh_child(
+    child: &mut ChunkMirror,
+    fallback: u32,
+    position: usize,
+    in_place: Option<ChunkPtr>,
+    log: &mut PublishLog,
+) -> bool {
+    child.queued = false;
+    let stale = child.dirty || child.dirty_below || child.published.is_none();
+    if !stale && child.published_fallback == fallback {
+        return false;
+    }
+    let new = publish_chunk(child, fallback, log);
+    if child.is_empty() {
+        return true;
+    }
+    if let (Some(new), Some(parent)) = (new, in_place) {
+        parent.child_slot(position).store(new.as_raw(), Ordering::Release);
+    }
+    false
+}
+
 fn prefix_at<A: Address>(bits: u128, len: u8) -> Prefix<A> {
     Prefix::new_masked(A::from_u128(bits), len).expect("length within family")
 }
 
-fn collect_routes<A: Address>(mirror: &ChunkMirror, base: u128, level: u32, out: &mut Vec<(Prefix<A>, u32)>) {
-    let shift = A::BITS as u32 - 16 * (level + 1);
-    for p in &mirror.prefixes {
-        out.push((prefix_at(base | ((p.bits as u128) << shift), 16 * level as u8 + p.len), p.next_hop));
+/// The address bits of 18-bit group `key` at `level` (inverse of [`Address::group`]).
+fn group_bits<A: Address>(key: u32, level: u32) -> u128 {
+    let end = GROUP_BITS * (level + 1);
+    let bits = A::BITS as u32;
+    if end <= bits {
+        (key as u128) << (bits - end)
+    } else {
+        (key as u128) >> (end - bits)
     }
-    for (&index, child) in &mirror.children {
-        collect_routes(child, base | ((index as u128) << shift), level + 1, out);
+}
+
+fn collect_routes<A: Address>(mirror: &ChunkMirror, base: u128, level: u32, out: &mut Vec<(Prefix<A>, u32)>) {
+    for p in &mirror.prefixes {
+        out.push((prefix_at(base | group_bits::<A>(p.bits(), level), (GROUP_BITS * level) as u8 + p.len()), p.next_hop));
+    }
+    for (key, child) in &mirror.children {
+        collect_routes(child, base | group_bits::<A>(*key, level), level + 1, out);
     }
 }
 
 fn mirror_bytes(m: &ChunkMirror) -> usize {
-    let own = m.prefixes.capacity() * std::mem::size_of::<LocalPrefix>();
+    let own = m.prefixes.capacity() * size_of::<LocalPrefix>();
     // A BTreeMap entry costs roughly its key and value plus node overhead.
-    let kids: usize = m.children.values().map(|c| mirror_bytes(c) + std::mem::size_of::<(u16, ChunkMirror)>() + 16).sum();
+    let kids: usize = m.children.iter().map(|(_, c)| mirror_bytes(c)).sum::<usize>()
+        + m.children.capacity() * size_of::<(u32, ChunkMirror)>();
     own + kids
 }
 
