@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crossbeam_epoch::{self as epoch, Guard};
@@ -85,7 +85,7 @@ impl<A: Address> Shared<A> {
 }
 
 /// Lookups interleaved per batch: enough independent lookups in flight to hide memory latency.
-const BATCH: usize = 16;
+const BATCH: usize = 32;
 
 /// Where one lookup of a batch stands.
 #[derive(Clone, Copy)]
@@ -95,6 +95,8 @@ enum Lane {
     Node(ChunkPtr, usize, NodeAt),
     /// At the leaf holding the chunk's answer.
     Leaf(ChunkPtr, usize, *const u32),
+    /// At the parent's slot for the child chunk of address group `level`.
+    Child(*const AtomicPtr<Header>, usize),
 }
 
 impl<A: Address> Shared<A> {
@@ -143,10 +145,17 @@ impl<A: Address> Shared<A> {
                             active -= 1;
                             Lane::Done
                         } else {
-                            let child = chunk.child((code & !CHILD_FLAG) as usize);
-                            prefetch(child.as_raw() as *const u8);
-                            Lane::Node(child, level + 1, child.root())
+                            let slot: *const AtomicPtr<Header> = chunk.child_slot((code & !CHILD_FLAG) as usize);
+                            prefetch(slot as *const u8);
+                            Lane::Child(slot, level + 1)
                         }
+                    }
+                    Lane::Child(slot, level) => {
+                        // SAFETY: the slot lives inside a chunk kept alive by the guard; child
+                        // pointers are never null.
+                        let child = unsafe { ChunkPtr::from_raw((*slot).load(Ordering::Acquire)) };
+                        prefetch(child.as_raw() as *const u8);
+                        Lane::Node(child, level, child.root())
                     }
                 };
             }
