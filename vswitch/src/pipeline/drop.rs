@@ -1,0 +1,74 @@
+//! Why a packet was dropped: one named counter per reason.
+
+macro_rules! drop_reasons {
+    ($($variant:ident => $name:literal, $help:literal;)*) => {
+        /// Every reason the pipeline drops a packet. Each has a counter; none is logged per packet.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum DropReason {
+            $($variant,)*
+        }
+
+        impl DropReason {
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$variant,)*];
+            pub const COUNT: usize = Self::ALL.len();
+
+            /// The metric label, e.g. `ipv4_bad_checksum`.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(DropReason::$variant => $name,)*
+                }
+            }
+
+            pub fn help(self) -> &'static str {
+                match self {
+                    $(DropReason::$variant => $help,)*
+                }
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    BadVnetHeader => "bad_vnet_header", "virtio_net_hdr inconsistent with the frame";
+    FrameTooShort => "frame_too_short", "shorter than an Ethernet header";
+    FrameTooLong => "frame_too_long", "longer than the port accepts";
+    VlanTagged => "vlan_tagged", "802.1Q/802.1ad tagged frames are not switched";
+    UnsupportedEtherType => "unsupported_ethertype", "neither IPv4 nor ARP";
+    SpoofedSourceMac => "spoofed_source_mac", "Ethernet source is not the port's MAC";
+    NotToGateway => "not_to_gateway", "IPv4 frame not addressed to the gateway MAC";
+    ArpMalformed => "arp_malformed", "ARP that is not a well-formed Ethernet/IPv4 request or reply";
+    ArpSpoofed => "arp_spoofed", "ARP sender MAC or IP is not the port's own";
+    ArpReplyFromPod => "arp_reply_from_pod", "ARP reply from a pod (the switch never asks pods)";
+    ArpOwnAddress => "arp_own_address", "ARP for the asker's own IP, unanswered so duplicate detection passes";
+    ArpNotOurs => "arp_not_ours", "ARP on the host or uplink for an address the switch does not answer for";
+    Ipv4Truncated => "ipv4_truncated", "shorter than an IPv4 header";
+    Ipv4BadVersion => "ipv4_bad_version", "IP version field is not 4";
+    Ipv4BadHeaderLength => "ipv4_bad_header_length", "IHL below 5 or beyond the packet";
+    Ipv4BadTotalLength => "ipv4_bad_total_length", "total length below the header or beyond the frame";
+    Ipv4BadChecksum => "ipv4_bad_checksum", "IPv4 header checksum does not verify";
+    SpoofedSourceIp => "spoofed_source_ip", "IPv4 source is not the pod's own address";
+    TtlExpired => "ttl_expired", "TTL 0 or 1 on arrival (time exceeded sent)";
+    NoRoute => "no_route", "no FIB entry or adjacency for the destination";
+    Hairpin => "hairpin", "the route points back out of the arrival port";
+    FragmentationNeeded => "fragmentation_needed", "DF set and larger than the egress MTU (fragmentation-needed sent)";
+    FragmentationUnsupported => "fragmentation_unsupported", "larger than the egress MTU without DF (the switch does not fragment)";
+    IcmpRateLimited => "icmp_rate_limited", "an ICMP error was due but the rate limit held it back";
+    PortDown => "port_down", "the egress port is gone";
+    TxQueueFull => "tx_queue_full", "the egress TAP queue was full";
+    TxError => "tx_error", "write to the egress port failed";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_metric_labels() {
+        let mut names: Vec<_> = DropReason::ALL.iter().map(|r| r.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), DropReason::COUNT);
+        assert!(names.iter().all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit())));
+    }
+}

@@ -1,0 +1,286 @@
+//! The packet pipeline: what happens to one frame, free of I/O and clocks.
+//!
+//! Stages, in order: vnet header check, Ethernet classify, then ARP (answered in place) or IPv4
+//! input checks (version, header length, total length, checksum), port security (a pod sends
+//! only from its own MAC and IP), TTL, FIB lookup to an adjacency, MTU, rewrite (MACs, TTL minus
+//! one with an incremental checksum). The result is a [`Next`]: transmit on a port, or drop with
+//! a [`DropReason`] (possibly sending an ICMP error back, rate-limited). Time comes in as an
+//! argument; [`Tracer`] lets `vswitchctl trace` watch every stage without slowing the fast path.
+
+mod drop;
+mod icmp_limit;
+
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use fib::FibView;
+
+pub use drop::DropReason;
+pub use icmp_limit::IcmpLimiter;
+
+use crate::state::{ForwardingState, PortId, PortInfo, PortRole};
+use crate::wire::arp::{self, ArpPacket, Operation};
+use crate::wire::ethernet::{self, EthernetFrame};
+use crate::wire::icmp::{self, IcmpError};
+use crate::wire::ipv4::{Ipv4Error, Ipv4Packet};
+use crate::wire::vnet::{self, VnetHeader};
+use crate::wire::{EtherType, MacAddr};
+
+/// The fate of a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Send the first `len` bytes of the buffer (vnet header included) out of `port`.
+    Tx { port: PortId, len: usize },
+    Drop(DropReason),
+    /// The frame is dropped for `reason`, and the buffer now holds an ICMP error of `len` bytes
+    /// to send out of `port`.
+    Respond { reason: DropReason, port: PortId, len: usize },
+}
+
+/// Watches the pipeline stage by stage.
+pub trait Tracer {
+    fn step(&mut self, stage: &'static str, detail: fmt::Arguments<'_>);
+}
+
+/// The fast path's tracer: does nothing, and compiles to nothing.
+#[derive(Debug, Default)]
+pub struct NoTrace;
+
+impl Tracer for NoTrace {
+    #[inline(always)]
+    fn step(&mut self, _: &'static str, _: fmt::Arguments<'_>) {}
+}
+
+/// Records every stage, for `vswitchctl trace`.
+#[derive(Debug, Default)]
+pub struct Trace {
+    pub steps: Vec<(String, String)>,
+}
+
+impl Tracer for Trace {
+    fn step(&mut self, stage: &'static str, detail: fmt::Arguments<'_>) {
+        self.steps.push((stage.to_string(), detail.to_string()));
+    }
+}
+
+/// Per-worker pipeline state: just the ICMP error budget.
+#[derive(Debug)]
+pub struct Pipeline {
+    icmp: IcmpLimiter,
+}
+
+/// Largest frame a port reads: a 64 KB GSO frame plus Ethernet and the vnet header.
+pub const MAX_FRAME: usize = 65535 + ethernet::HEADER_LEN + vnet::LEN;
+
+const ETH: usize = ethernet::HEADER_LEN;
+const L2: usize = vnet::LEN + ETH;
+
+impl Pipeline {
+    pub fn new(icmp: IcmpLimiter) -> Pipeline {
+        Pipeline { icmp }
+    }
+
+    /// Decides the fate of `buf[..len]` (vnet header, then the frame) that arrived on `in_port`,
+    /// rewriting the buffer in place for whatever is sent.
+    pub fn process<T: Tracer>(
+        &mut self,
+        state: &ForwardingState,
+        fib: &FibView<'_, Ipv4Addr>,
+        in_port: PortId,
+        buf: &mut [u8],
+        len: usize,
+        now_ns: u64,
+        trace: &mut T,
+    ) -> Next {
+        let Some(port) = state.port(in_port) else {
+            return Next::Drop(DropReason::PortDown);
+        };
+        if len < vnet::LEN {
+            return Next::Drop(DropReason::BadVnetHeader);
+        }
+        let vnet = match VnetHeader::parse(&buf[..vnet::LEN], len - vnet::LEN) {
+            Ok(v) => v,
+            Err(e) => {
+                trace.step("vnet", format_args!("{e}"));
+                return Next::Drop(DropReason::BadVnetHeader);
+            }
+        };
+        trace.step("vnet", format_args!("{vnet:?}"));
+        let frame = &mut buf[vnet::LEN..len];
+        let Ok(eth) = EthernetFrame::new_checked(&*frame) else {
+            return Next::Drop(DropReason::FrameTooShort);
+        };
+        let (src_mac, dst_mac, ethertype) = (eth.src(), eth.dst(), eth.ethertype());
+        trace.step("ethernet", format_args!("{src_mac} > {dst_mac} {ethertype:?} on {} ({})", port.name, in_port));
+        if let PortRole::Pod { mac, .. } = port.role {
+            if src_mac != mac {
+                return Next::Drop(DropReason::SpoofedSourceMac);
+            }
+        }
+        match ethertype {
+            EtherType::Arp => self.arp(state, fib, port, buf, len, trace),
+            EtherType::Ipv4 => self.ipv4(state, fib, port, &vnet, buf, len, now_ns, trace),
+            EtherType::Vlan => Next::Drop(DropReason::VlanTagged),
+            _ => Next::Drop(DropReason::UnsupportedEtherType),
+        }
+    }
+
+    fn arp<T: Tracer>(
+        &mut self,
+        state: &ForwardingState,
+        fib: &FibView<'_, Ipv4Addr>,
+        port: &PortInfo,
+        buf: &mut [u8],
+        len: usize,
+        trace: &mut T,
+    ) -> Next {
+        let Ok(mut arp) = ArpPacket::new_checked(&mut buf[L2..len]) else {
+            return Next::Drop(DropReason::ArpMalformed);
+        };
+        let (op, sender_mac, sender_ip, target_ip) = (arp.operation(), arp.sender_mac(), arp.sender_ip(), arp.target_ip());
+        trace.step("arp", format_args!("{op:?} who-has {target_ip} tell {sender_ip} ({sender_mac})"));
+        let answer = match port.role {
+            PortRole::Pod { ip, mac } => {
+                // A probe (sender 0.0.0.0, RFC 5227) is allowed; anything else must be the pod itself.
+                if sender_mac != mac || (sender_ip != ip && !sender_ip.is_unspecified()) {
+                    return Next::Drop(DropReason::ArpSpoofed);
+                }
+                if op == Operation::Reply {
+                    return Next::Drop(DropReason::ArpReplyFromPod);
+                }
+                if target_ip == ip {
+                    return Next::Drop(DropReason::ArpOwnAddress);
+                }
+                true // proxy-ARP: the gateway answers for everything else
+            }
+            PortRole::Host { .. } => {
+                op == Operation::Request
+                    && (target_ip == state.gateway_ip || self.is_local_pod(state, fib, target_ip))
+            }
+        };
+        if !answer {
+            return Next::Drop(DropReason::ArpNotOurs);
+        }
+        arp.make_reply(state.gateway_mac);
+        let mut eth = EthernetFrame::new_checked(&mut buf[vnet::LEN..len]).expect("checked above");
+        eth.set_dst(sender_mac);
+        eth.set_src(state.gateway_mac);
+        VnetHeader::default().write(&mut buf[..vnet::LEN]);
+        trace.step("arp", format_args!("reply {target_ip} is-at {}", state.gateway_mac));
+        Next::Tx { port: port.id, len: L2 + arp::PACKET_LEN }
+    }
+
+    fn is_local_pod(&self, state: &ForwardingState, fib: &FibView<'_, Ipv4Addr>, ip: Ipv4Addr) -> bool {
+        fib.lookup(ip)
+            .and_then(|a| state.adjacency(a))
+            .and_then(|a| state.port(a.port))
+            .is_some_and(|p| matches!(p.role, PortRole::Pod { ip: pod_ip, .. } if pod_ip == ip))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn ipv4<T: Tracer>(
+        &mut self,
+        state: &ForwardingState,
+        fib: &FibView<'_, Ipv4Addr>,
+        port: &PortInfo,
+        vnet: &VnetHeader,
+        buf: &mut [u8],
+        len: usize,
+        now_ns: u64,
+        trace: &mut T,
+    ) -> Next {
+        let dst_mac = MacAddr(buf[vnet::LEN..vnet::LEN + 6].try_into().expect("6 bytes"));
+        if dst_mac != state.gateway_mac {
+            return Next::Drop(DropReason::NotToGateway);
+        }
+        let ip = match Ipv4Packet::new_checked(&buf[L2..len]) {
+            Ok(ip) => ip,
+            Err(e) => {
+                trace.step("ipv4", format_args!("{e}"));
+                return Next::Drop(match e {
+                    Ipv4Error::Truncated => DropReason::Ipv4Truncated,
+                    Ipv4Error::BadVersion => DropReason::Ipv4BadVersion,
+                    Ipv4Error::BadHeaderLength => DropReason::Ipv4BadHeaderLength,
+                    Ipv4Error::BadTotalLength => DropReason::Ipv4BadTotalLength,
+                    Ipv4Error::BadChecksum => DropReason::Ipv4BadChecksum,
+                });
+            }
+        };
+        let (src, dst, ttl) = (ip.src(), ip.dst(), ip.ttl());
+        trace.step("ipv4", format_args!("{src} > {dst} ttl {ttl} proto {} len {}", ip.protocol(), ip.total_len()));
+        if let PortRole::Pod { ip: pod_ip, .. } = port.role {
+            if src != pod_ip {
+                return Next::Drop(DropReason::SpoofedSourceIp);
+            }
+        }
+        if ttl <= 1 {
+            return self.icmp_error(state, port, buf, len, IcmpError::TimeExceeded, DropReason::TtlExpired, now_ns, trace);
+        }
+        let Some(adjacency_index) = fib.lookup(dst) else {
+            trace.step("fib", format_args!("{dst}: no route"));
+            return Next::Drop(DropReason::NoRoute);
+        };
+        let Some(adj) = state.adjacency(adjacency_index).copied() else {
+            return Next::Drop(DropReason::NoRoute);
+        };
+        trace.step("fib", format_args!("{dst} -> adjacency {adjacency_index}: port {} {} > {} mtu {}", adj.port, adj.src_mac, adj.dst_mac, adj.mtu));
+        if adj.port == port.id {
+            return Next::Drop(DropReason::Hairpin);
+        }
+        // A GSO frame leaves as segments of gso_size payload plus its headers (hdr_len counts
+        // Ethernet too); judge those, not the 64 KB whole.
+        let ip_size = if vnet.is_gso() {
+            (vnet.hdr_len as usize).saturating_sub(ETH) + vnet.gso_size as usize
+        } else {
+            ip.total_len()
+        };
+        if ip_size > adj.mtu as usize {
+            trace.step("mtu", format_args!("{ip_size} bytes > mtu {}", adj.mtu));
+            if ip.dont_fragment() {
+                let error = IcmpError::FragmentationNeeded { mtu: adj.mtu };
+                return self.icmp_error(state, port, buf, len, error, DropReason::FragmentationNeeded, now_ns, trace);
+            }
+            return Next::Drop(DropReason::FragmentationUnsupported);
+        }
+        let mut ip = Ipv4Packet::new_checked(&mut buf[L2..len]).expect("checked above");
+        ip.decrement_ttl();
+        let mut eth = EthernetFrame::new_checked(&mut buf[vnet::LEN..len]).expect("checked above");
+        eth.set_src(adj.src_mac);
+        eth.set_dst(adj.dst_mac);
+        trace.step("rewrite", format_args!("ttl {} -> {}, {} > {}", ttl, ttl - 1, adj.src_mac, adj.dst_mac));
+        Next::Tx { port: adj.port, len }
+    }
+
+    /// Replaces the buffer with an ICMP error about the packet in it, addressed back to where it
+    /// came from (out of the arrival port, to the sender's MAC), if the rate limit allows.
+    #[allow(clippy::too_many_arguments)]
+    fn icmp_error<T: Tracer>(
+        &mut self,
+        state: &ForwardingState,
+        port: &PortInfo,
+        buf: &mut [u8],
+        len: usize,
+        error: IcmpError,
+        reason: DropReason,
+        now_ns: u64,
+        trace: &mut T,
+    ) -> Next {
+        if !self.icmp.allow(now_ns) {
+            trace.step("icmp", format_args!("{error:?} rate-limited"));
+            return Next::Drop(DropReason::IcmpRateLimited);
+        }
+        let ip = Ipv4Packet::new_checked(&buf[L2..len]).expect("validated by the caller");
+        let to = ip.src();
+        let mut quoted = [0u8; 60 + 8];
+        let quoted_len = icmp::quoted_len(&buf[L2..len], ip.header_len());
+        quoted[..quoted_len].copy_from_slice(&buf[L2..L2 + quoted_len]);
+        let sender_mac = MacAddr(buf[vnet::LEN + 6..vnet::LEN + 12].try_into().expect("6 bytes"));
+        let ip_len = icmp::emit_error(&mut buf[L2..], state.gateway_ip, to, error, &quoted[..quoted_len]);
+        let mut eth = EthernetFrame::new_checked(&mut buf[vnet::LEN..]).expect("buffer holds a frame");
+        eth.set_dst(sender_mac);
+        eth.set_src(state.gateway_mac);
+        VnetHeader::default().write(&mut buf[..vnet::LEN]);
+        trace.step("icmp", format_args!("{error:?} to {to}"));
+        Next::Respond { reason, port: port.id, len: L2 + ip_len }
+    }
+}

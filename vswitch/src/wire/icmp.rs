@@ -1,0 +1,72 @@
+//! ICMPv4 (RFC 792): the error messages a router sends.
+
+use std::net::Ipv4Addr;
+
+use super::{checksum, ipv4};
+
+pub const HEADER_LEN: usize = 8;
+pub const TYPE_ECHO_REPLY: u8 = 0;
+pub const TYPE_DEST_UNREACHABLE: u8 = 3;
+pub const CODE_FRAG_NEEDED: u8 = 4;
+pub const TYPE_TIME_EXCEEDED: u8 = 11;
+pub const TYPE_ECHO_REQUEST: u8 = 8;
+
+/// An ICMP error to emit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IcmpError {
+    TimeExceeded,
+    /// Fragmentation needed, with the next-hop MTU (RFC 1191).
+    FragmentationNeeded { mtu: u16 },
+}
+
+/// Bytes of the offending packet quoted in an error: its IP header and 8 bytes more (RFC 792).
+pub fn quoted_len(offending: &[u8], header_len: usize) -> usize {
+    offending.len().min(header_len + 8)
+}
+
+/// Writes IP header + ICMP error quoting `quoted` into `buf`; returns the IP packet length.
+/// `buf` must hold `ipv4::MIN_HEADER_LEN + HEADER_LEN + quoted.len()` bytes.
+pub fn emit_error(buf: &mut [u8], from: Ipv4Addr, to: Ipv4Addr, error: IcmpError, quoted: &[u8]) -> usize {
+    let icmp_len = HEADER_LEN + quoted.len();
+    let (ip, icmp) = buf.split_at_mut(ipv4::MIN_HEADER_LEN);
+    let icmp = &mut icmp[..icmp_len];
+    let (kind, code, rest) = match error {
+        IcmpError::TimeExceeded => (TYPE_TIME_EXCEEDED, 0, [0u8; 4]),
+        IcmpError::FragmentationNeeded { mtu } => {
+            let m = mtu.to_be_bytes();
+            (TYPE_DEST_UNREACHABLE, CODE_FRAG_NEEDED, [0, 0, m[0], m[1]])
+        }
+    };
+    icmp[0] = kind;
+    icmp[1] = code;
+    icmp[2..4].fill(0);
+    icmp[4..8].copy_from_slice(&rest);
+    icmp[HEADER_LEN..].copy_from_slice(quoted);
+    let c = checksum::checksum(icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    ipv4::emit_header(ip, from, to, ipv4::PROTO_ICMP, icmp_len, 64);
+    ipv4::MIN_HEADER_LEN + icmp_len
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frag_needed_carries_the_mtu_and_verifies() {
+        let quoted = [0x45u8; 28];
+        let mut buf = [0u8; 56];
+        let len = emit_error(
+            &mut buf,
+            Ipv4Addr::new(10, 0, 0, 1),
+            Ipv4Addr::new(10, 0, 0, 9),
+            IcmpError::FragmentationNeeded { mtu: 1400 },
+            &quoted,
+        );
+        assert_eq!(len, 56);
+        let ip = ipv4::Ipv4Packet::new_checked(&buf[..len]).unwrap();
+        let icmp = ip.payload();
+        assert_eq!((icmp[0], icmp[1], u16::from_be_bytes([icmp[6], icmp[7]])), (3, 4, 1400));
+        assert_eq!(checksum::sum(icmp), 0xffff);
+    }
+}

@@ -1,0 +1,268 @@
+//! The pipeline on every path and every drop reason, with frames built by etherparse and every
+//! frame it sends parsed back by etherparse (an independent implementation).
+
+use std::net::Ipv4Addr;
+
+use etherparse::{PacketBuilder, SlicedPacket};
+use fib::{Fib, Ipv4Prefix};
+use vswitch::pipeline::{DropReason, IcmpLimiter, Next, NoTrace, Pipeline, Trace};
+use vswitch::state::{Adjacency, ForwardingState, PortInfo, PortRole};
+use vswitch::wire::vnet::{self, VnetHeader};
+use vswitch::wire::MacAddr;
+
+const GW_IP: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 1);
+const GW_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 1]);
+const HOST_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0xee]);
+const A_IP: Ipv4Addr = Ipv4Addr::new(10, 10, 1, 2);
+const A_MAC: MacAddr = MacAddr([0x02, 0, 10, 10, 1, 2]);
+const B_IP: Ipv4Addr = Ipv4Addr::new(10, 10, 1, 3);
+const B_MAC: MacAddr = MacAddr([0x02, 0, 10, 10, 1, 3]);
+const VM_IP: Ipv4Addr = Ipv4Addr::new(10, 10, 9, 9);
+const A: u16 = 0;
+const B: u16 = 1;
+const HOST: u16 = 2;
+
+struct Switch {
+    state: ForwardingState,
+    fib: Fib<Ipv4Addr>,
+    pipeline: Pipeline,
+}
+
+impl Switch {
+    /// Pods A and B (MTU 1500) and the host port; the host adjacency is the default route.
+    fn new() -> Switch {
+        let mut fib = Fib::new();
+        let ports = vec![
+            Some(PortInfo { id: A, name: "pod-a".into(), role: PortRole::Pod { ip: A_IP, mac: A_MAC }, mtu: 1500 }),
+            Some(PortInfo { id: B, name: "pod-b".into(), role: PortRole::Pod { ip: B_IP, mac: B_MAC }, mtu: 1500 }),
+            Some(PortInfo { id: HOST, name: "vsw0".into(), role: PortRole::Host { peer_mac: HOST_MAC }, mtu: 9000 }),
+        ];
+        let adjacencies = vec![
+            Some(Adjacency { port: A, src_mac: GW_MAC, dst_mac: A_MAC, mtu: 1500 }),
+            Some(Adjacency { port: B, src_mac: GW_MAC, dst_mac: B_MAC, mtu: 1500 }),
+            Some(Adjacency { port: HOST, src_mac: GW_MAC, dst_mac: HOST_MAC, mtu: 9000 }),
+        ];
+        fib.insert(Ipv4Prefix::host(A_IP), 0).unwrap();
+        fib.insert(Ipv4Prefix::host(B_IP), 1).unwrap();
+        fib.insert("0.0.0.0/0".parse().unwrap(), 2).unwrap();
+        fib.publish();
+        let state = ForwardingState { gateway_ip: GW_IP, gateway_mac: GW_MAC, ports, adjacencies, fib: fib.reader() };
+        Switch { state, fib, pipeline: Pipeline::new(IcmpLimiter::new(1000, 10)) }
+    }
+
+    fn send(&mut self, port: u16, buf: &mut Vec<u8>) -> Next {
+        let len = buf.len();
+        buf.resize(len + 128, 0); // room for an ICMP error longer than the offending frame
+        let view = self.state.fib.pin();
+        self.pipeline.process(&self.state, &view, port, buf, len, 0, &mut NoTrace)
+    }
+}
+
+fn with_vnet(vnet: VnetHeader, frame: Vec<u8>) -> Vec<u8> {
+    let mut buf = vec![0u8; vnet::LEN];
+    vnet.write(&mut buf);
+    buf.extend(frame);
+    buf
+}
+
+fn icmp_echo(src_mac: MacAddr, dst_mac: MacAddr, src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, payload: usize) -> Vec<u8> {
+    let builder = PacketBuilder::ethernet2(src_mac.0, dst_mac.0).ipv4(src.octets(), dst.octets(), ttl).icmpv4_echo_request(1, 1);
+    let payload = vec![0xab; payload];
+    let mut frame = Vec::new();
+    builder.write(&mut frame, &payload).unwrap();
+    with_vnet(VnetHeader::default(), frame)
+}
+
+fn arp(src_mac: MacAddr, op: u16, sender: (MacAddr, Ipv4Addr), target_ip: Ipv4Addr) -> Vec<u8> {
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&MacAddr::BROADCAST.0);
+    frame.extend_from_slice(&src_mac.0);
+    frame.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, op as u8]);
+    frame.extend_from_slice(&sender.0 .0);
+    frame.extend_from_slice(&sender.1.octets());
+    frame.extend_from_slice(&[0; 6]);
+    frame.extend_from_slice(&target_ip.octets());
+    with_vnet(VnetHeader::default(), frame)
+}
+
+/// Parses what the switch sent and returns (src MAC, dst MAC, IPv4 src, dst, TTL).
+fn sent_ipv4(buf: &[u8], len: usize) -> (MacAddr, MacAddr, Ipv4Addr, Ipv4Addr, u8) {
+    let p = SlicedPacket::from_ethernet(&buf[vnet::LEN..len]).expect("the switch sent a well-formed frame");
+    let Some(etherparse::LinkSlice::Ethernet2(eth)) = p.link else { panic!("not Ethernet II") };
+    let ip = match p.net.unwrap() {
+        etherparse::NetSlice::Ipv4(ip) => ip.header().to_header(),
+        _ => panic!("not IPv4"),
+    };
+    let expected = ip.calc_header_checksum();
+    assert_eq!(ip.header_checksum, expected, "header checksum after rewrite");
+    (MacAddr(eth.source()), MacAddr(eth.destination()), ip.source.into(), ip.destination.into(), ip.time_to_live)
+}
+
+#[test]
+fn pod_to_pod_is_routed_with_macs_rewritten_and_ttl_decremented() {
+    let mut sw = Switch::new();
+    let mut buf = icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, 64, 56);
+    let Next::Tx { port, len } = sw.send(A, &mut buf) else { panic!("not forwarded") };
+    assert_eq!(port, B);
+    assert_eq!(sent_ipv4(&buf, len), (GW_MAC, B_MAC, A_IP, B_IP, 63));
+}
+
+#[test]
+fn pod_to_node_and_beyond_goes_to_the_host_port_and_back() {
+    let mut sw = Switch::new();
+    let mut buf = icmp_echo(A_MAC, GW_MAC, A_IP, VM_IP, 64, 10);
+    let Next::Tx { port, len } = sw.send(A, &mut buf) else { panic!("not forwarded") };
+    assert_eq!((port, sent_ipv4(&buf, len)), (HOST, (GW_MAC, HOST_MAC, A_IP, VM_IP, 63)));
+    // The node's stack answers from anywhere (no port security on the host port).
+    let mut buf = icmp_echo(HOST_MAC, GW_MAC, VM_IP, A_IP, 63, 10);
+    let Next::Tx { port, len } = sw.send(HOST, &mut buf) else { panic!("not forwarded") };
+    assert_eq!((port, sent_ipv4(&buf, len)), (A, (GW_MAC, A_MAC, VM_IP, A_IP, 62)));
+}
+
+#[test]
+fn a_64k_tso_frame_crosses_unsegmented() {
+    let mut sw = Switch::new();
+    let builder = PacketBuilder::ethernet2(A_MAC.0, GW_MAC.0).ipv4(A_IP.octets(), B_IP.octets(), 64).tcp(40000, 5201, 1, 65535);
+    let mut frame = Vec::new();
+    builder.write(&mut frame, &vec![7u8; 65000]).unwrap();
+    let tso = VnetHeader { flags: vnet::FLAG_NEEDS_CSUM, gso_type: vnet::GSO_TCPV4, hdr_len: 54, gso_size: 1448, csum_start: 34, csum_offset: 16 };
+    let mut buf = with_vnet(tso, frame);
+    let original_len = buf.len();
+    let Next::Tx { port, len } = sw.send(A, &mut buf) else { panic!("not forwarded") };
+    assert_eq!((port, len), (B, original_len), "one frame in, the same one frame out");
+    assert_eq!(VnetHeader::parse(&buf[..vnet::LEN], len - vnet::LEN).unwrap(), tso, "offload metadata kept");
+}
+
+#[test]
+fn arp_from_pods_is_answered_by_the_gateway_except_for_their_own_address() {
+    let mut sw = Switch::new();
+    for target in [GW_IP, B_IP, VM_IP] {
+        let mut buf = arp(A_MAC, 1, (A_MAC, A_IP), target);
+        let Next::Tx { port, len } = sw.send(A, &mut buf) else { panic!("no reply for {target}") };
+        assert_eq!(port, A);
+        let p = SlicedPacket::from_ethernet(&buf[vnet::LEN..len]).unwrap();
+        let Some(etherparse::NetSlice::Arp(reply)) = p.net else { panic!("not ARP") };
+        assert_eq!(reply.operation(), etherparse::ArpOperation::REPLY);
+        assert_eq!((reply.sender_hw_addr(), reply.sender_protocol_addr()), (&GW_MAC.0[..], &target.octets()[..]));
+        assert_eq!(reply.target_hw_addr(), &A_MAC.0[..]);
+    }
+    // Duplicate address detection: a probe (sender 0.0.0.0) or announcement for its own IP
+    // must stay unanswered.
+    let mut buf = arp(A_MAC, 1, (A_MAC, Ipv4Addr::UNSPECIFIED), A_IP);
+    assert_eq!(sw.send(A, &mut buf), Next::Drop(DropReason::ArpOwnAddress));
+    let mut buf = arp(A_MAC, 1, (A_MAC, A_IP), A_IP);
+    assert_eq!(sw.send(A, &mut buf), Next::Drop(DropReason::ArpOwnAddress));
+}
+
+#[test]
+fn arp_on_the_host_port_is_answered_for_local_pods_only() {
+    let mut sw = Switch::new();
+    let mut buf = arp(HOST_MAC, 1, (HOST_MAC, Ipv4Addr::new(10, 10, 0, 5)), B_IP);
+    assert!(matches!(sw.send(HOST, &mut buf), Next::Tx { port: HOST, .. }));
+    let mut buf = arp(HOST_MAC, 1, (HOST_MAC, Ipv4Addr::new(10, 10, 0, 5)), VM_IP);
+    assert_eq!(sw.send(HOST, &mut buf), Next::Drop(DropReason::ArpNotOurs));
+}
+
+#[test]
+fn ttl_expiry_sends_time_exceeded_back_to_the_sender() {
+    let mut sw = Switch::new();
+    let mut buf = icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, 1, 20);
+    let Next::Respond { reason, port, len } = sw.send(A, &mut buf) else { panic!("no ICMP error") };
+    assert_eq!((reason, port), (DropReason::TtlExpired, A));
+    assert_eq!(sent_ipv4(&buf, len), (GW_MAC, A_MAC, GW_IP, A_IP, 64));
+    let p = SlicedPacket::from_ethernet(&buf[vnet::LEN..len]).unwrap();
+    let Some(etherparse::TransportSlice::Icmpv4(icmp)) = p.transport else { panic!("not ICMP") };
+    assert!(matches!(icmp.icmp_type(), etherparse::Icmpv4Type::TimeExceeded(_)));
+}
+
+#[test]
+fn too_big_with_df_gets_fragmentation_needed_with_the_mtu() {
+    let mut sw = Switch::new();
+    // etherparse sets DF on the packets it builds.
+    let mut buf = icmp_echo(HOST_MAC, GW_MAC, VM_IP, A_IP, 64, 3000);
+    let Next::Respond { reason, port, len } = sw.send(HOST, &mut buf) else { panic!("no ICMP error") };
+    assert_eq!((reason, port), (DropReason::FragmentationNeeded, HOST));
+    let p = SlicedPacket::from_ethernet(&buf[vnet::LEN..len]).unwrap();
+    let Some(etherparse::TransportSlice::Icmpv4(icmp)) = p.transport else { panic!("not ICMP") };
+    let etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu }) = icmp.icmp_type() else {
+        panic!("not fragmentation needed: {:?}", icmp.icmp_type())
+    };
+    assert_eq!(next_hop_mtu, 1500);
+    // A GSO frame is judged by its segments: 1448 + headers fits in 1500, 8000 does not.
+    let builder = PacketBuilder::ethernet2(HOST_MAC.0, GW_MAC.0).ipv4(VM_IP.octets(), A_IP.octets(), 64).tcp(1, 2, 3, 4);
+    let mut frame = Vec::new();
+    builder.write(&mut frame, &vec![0u8; 20000]).unwrap();
+    let gso = |size| VnetHeader { gso_type: vnet::GSO_TCPV4, gso_size: size, hdr_len: 54, ..Default::default() };
+    assert!(matches!(sw.send(HOST, &mut with_vnet(gso(1448), frame.clone())), Next::Tx { port: A, .. }));
+    assert!(matches!(sw.send(HOST, &mut with_vnet(gso(8000), frame)), Next::Respond { reason: DropReason::FragmentationNeeded, .. }));
+}
+
+#[test]
+fn icmp_errors_are_rate_limited() {
+    let mut sw = Switch::new();
+    sw.pipeline = Pipeline::new(IcmpLimiter::new(1, 2));
+    let results: Vec<_> = (0..4).map(|_| sw.send(A, &mut icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, 0, 8))).collect();
+    assert!(matches!(results[0], Next::Respond { .. }) && matches!(results[1], Next::Respond { .. }));
+    assert_eq!(results[2], Next::Drop(DropReason::IcmpRateLimited));
+}
+
+/// Flips one byte of a valid echo from A to B (frame offset, after the vnet header).
+fn corrupted(offset: usize, value: u8) -> Vec<u8> {
+    let mut buf = icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, 64, 8);
+    buf[vnet::LEN + offset] = value;
+    buf
+}
+
+#[test]
+fn every_drop_reason_is_reachable_and_named() {
+    let mut sw = Switch::new();
+    let mut check = |port, mut buf: Vec<u8>, reason| assert_eq!(sw.send(port, &mut buf), Next::Drop(reason), "{reason:?}");
+    check(A, vec![0; 5], DropReason::BadVnetHeader);
+    check(A, with_vnet(VnetHeader { flags: 0x40, ..Default::default() }, vec![0; 60]), DropReason::BadVnetHeader);
+    check(A, with_vnet(VnetHeader::default(), vec![0; 13]), DropReason::FrameTooShort);
+    check(A, corrupted(6, 0x66), DropReason::SpoofedSourceMac);
+    check(A, corrupted(12, 0x81), DropReason::VlanTagged);
+    check(A, corrupted(13, 0xdd).iter().enumerate().map(|(i, &b)| if i == vnet::LEN + 12 { 0x86 } else { b }).collect(), DropReason::UnsupportedEtherType);
+    check(A, corrupted(0, 0xff), DropReason::NotToGateway);
+    check(A, icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, 64, 8)[..vnet::LEN + 14 + 19].to_vec(), DropReason::Ipv4Truncated);
+    check(A, corrupted(14, 0x65), DropReason::Ipv4BadVersion);
+    check(A, corrupted(14, 0x43), DropReason::Ipv4BadHeaderLength);
+    check(A, corrupted(17, 0xff), DropReason::Ipv4BadTotalLength);
+    check(A, corrupted(24, 0x00), DropReason::Ipv4BadChecksum);
+    check(A, icmp_echo(A_MAC, GW_MAC, B_IP, VM_IP, 64, 8), DropReason::SpoofedSourceIp);
+    check(A, icmp_echo(A_MAC, GW_MAC, A_IP, A_IP, 64, 8), DropReason::Hairpin);
+    check(A, arp(A_MAC, 1, (A_MAC, A_IP), GW_IP)[..vnet::LEN + 14 + 20].to_vec(), DropReason::ArpMalformed);
+    check(A, arp(A_MAC, 1, (B_MAC, A_IP), GW_IP), DropReason::ArpSpoofed);
+    check(A, arp(A_MAC, 1, (A_MAC, B_IP), GW_IP), DropReason::ArpSpoofed);
+    check(A, arp(A_MAC, 2, (A_MAC, A_IP), B_IP), DropReason::ArpReplyFromPod);
+    check(7, icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, 64, 8), DropReason::PortDown);
+    // Without DF the switch would have to fragment, which it does not do.
+    let mut big = icmp_echo(HOST_MAC, GW_MAC, VM_IP, A_IP, 64, 3000);
+    big[vnet::LEN + 14 + 6] = 0; // clear DF
+    let c = {
+        big[vnet::LEN + 24..vnet::LEN + 26].fill(0);
+        etherparse::Ipv4HeaderSlice::from_slice(&big[vnet::LEN + 14..]).unwrap().to_header().calc_header_checksum()
+    };
+    big[vnet::LEN + 24..vnet::LEN + 26].copy_from_slice(&c.to_be_bytes());
+    check(HOST, big, DropReason::FragmentationUnsupported);
+    // No route once the default is gone.
+    sw.fib.remove(&"0.0.0.0/0".parse().unwrap());
+    sw.fib.publish();
+    let mut buf = icmp_echo(A_MAC, GW_MAC, A_IP, VM_IP, 64, 8);
+    assert_eq!(sw.send(A, &mut buf), Next::Drop(DropReason::NoRoute));
+}
+
+#[test]
+fn trace_names_each_stage() {
+    let sw = Switch::new();
+    let mut pipeline = Pipeline::new(IcmpLimiter::new(10, 10));
+    let mut buf = icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, 64, 8);
+    let len = buf.len();
+    let mut trace = Trace::default();
+    let view = sw.state.fib.pin();
+    let next = pipeline.process(&sw.state, &view, A, &mut buf, len, 0, &mut trace);
+    assert!(matches!(next, Next::Tx { port: B, .. }));
+    let stages: Vec<_> = trace.steps.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(stages, ["vnet", "ethernet", "ipv4", "fib", "rewrite"]);
+    assert!(trace.steps[3].1.contains("adjacency 1"), "{:?}", trace.steps[3]);
+}
