@@ -353,6 +353,9 @@ pub struct Fib<A: Address> {
 // SAFETY: the raw chunk pointers in the mirror are owned by this writer (or the shared top array
 // it also owns); moving the writer to another thread moves that ownership with it.
 unsafe impl<A: Address> Send for Fib<A> {}
+// SAFETY: every `&self` method only reads the mirror (plain data) or looks up the published
+// table like any reader; mutation needs `&mut self`.
+unsafe impl<A: Address> Sync for Fib<A> {}
 
 impl<A: Address> std::fmt::Debug for Fib<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

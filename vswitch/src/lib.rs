@@ -10,3 +10,6 @@
 pub mod pipeline;
 pub mod state;
 pub mod wire;
+pub mod datapath;
+pub mod port;
+pub mod control;

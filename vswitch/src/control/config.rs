@@ -1,0 +1,129 @@
+//! `vswitchd --config FILE` (TOML). Every field has a default; with no file the daemon runs on
+//! the defaults: a host port only, no uplink.
+//!
+//! ```toml
+//! socket = "/run/vswitchd/vswitchd.sock"   # control API (mode 0600)
+//! state_dir = "/var/lib/vswitchd"          # attached ports survive restarts here
+//! metrics_addr = "127.0.0.1:9477"          # Prometheus text at /metrics; "" disables
+//! workers = 1                               # forwarding threads (one TAP queue each)
+//! gateway_ip = "169.254.1.1"               # pods' default gateway (answered by proxy-ARP)
+//! gateway_mac = "02:00:a9:fe:01:01"        # its MAC; default derived from gateway_ip
+//! pod_mtu = 1500
+//! icmp_errors_per_second = 100             # per worker
+//! icmp_burst = 50
+//!
+//! [host_port]
+//! name = "vsw0"                             # TAP in the node's namespace
+//! mtu = 1500
+//! default_route = true                      # send what no other route matches to the node
+//! ```
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::wire::MacAddr;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub metrics_addr: String,
+    pub workers: usize,
+    pub gateway_ip: Ipv4Addr,
+    pub gateway_mac: Option<MacAddr>,
+    pub pod_mtu: u16,
+    pub icmp_errors_per_second: u64,
+    pub icmp_burst: u64,
+    pub host_port: HostPortConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HostPortConfig {
+    pub name: String,
+    pub mtu: u16,
+    pub default_route: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            socket: "/run/vswitchd/vswitchd.sock".into(),
+            state_dir: "/var/lib/vswitchd".into(),
+            metrics_addr: "127.0.0.1:9477".into(),
+            workers: 1,
+            gateway_ip: Ipv4Addr::new(169, 254, 1, 1),
+            gateway_mac: None,
+            pod_mtu: 1500,
+            icmp_errors_per_second: 100,
+            icmp_burst: 50,
+            host_port: HostPortConfig::default(),
+        }
+    }
+}
+
+impl Default for HostPortConfig {
+    fn default() -> Self {
+        HostPortConfig { name: "vsw0".into(), mtu: 1500, default_route: true }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.workers == 0 || self.workers > 64 {
+            return Err(ConfigError::Invalid(format!("workers must be 1..=64, not {}", self.workers)));
+        }
+        if !(576..=9000).contains(&self.pod_mtu) || !(576..=65535).contains(&self.host_port.mtu) {
+            return Err(ConfigError::Invalid("MTUs must be at least 576 (pod MTU at most 9000)".into()));
+        }
+        Ok(())
+    }
+
+    pub fn gateway_mac(&self) -> MacAddr {
+        self.gateway_mac.unwrap_or_else(|| MacAddr::local_from(self.gateway_ip.octets()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_parses_and_defaults_fill_the_rest() {
+        let doc: String = include_str!("config.rs")
+            .lines()
+            .filter_map(|l| l.strip_prefix("//! "))
+            .skip_while(|l| !l.starts_with("```toml"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("```"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c: Config = toml::from_str(&doc).unwrap();
+        assert_eq!(c.gateway_mac().to_string(), "02:00:a9:fe:01:01");
+        assert_eq!(c.host_port.name, "vsw0");
+        let partial: Config = toml::from_str("workers = 2").unwrap();
+        assert_eq!((partial.workers, partial.pod_mtu), (2, 1500));
+        assert!(toml::from_str::<Config>("wrkers = 2").is_err(), "unknown keys are errors");
+        assert!(Config { workers: 0, ..Config::default() }.validate().is_err());
+    }
+}

@@ -1,0 +1,40 @@
+//! The datapath: worker threads, each polling one queue of every port and running the pipeline.
+//!
+//! The control plane publishes a [`Snapshot`] (forwarding state plus every port's queues) with
+//! one atomic swap and wakes the workers; a worker picks it up between batches. Per packet there
+//! is no lock, no allocation, no log line and no system call beyond the port's own read and write.
+
+pub mod stats;
+mod worker;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+pub use stats::{PortTotals, WorkerStats};
+pub use worker::spawn_worker;
+
+use crate::port::PortQueue;
+use crate::state::ForwardingState;
+
+/// Everything a worker needs for one batch.
+pub struct Snapshot {
+    pub generation: u64,
+    pub forwarding: ForwardingState,
+    /// Indexed by port id: one queue per worker.
+    pub queues: Vec<Option<Arc<[Arc<dyn PortQueue>]>>>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot").field("generation", &self.generation).finish_non_exhaustive()
+    }
+}
+
+/// What the control plane and the workers share.
+#[derive(Debug)]
+pub struct Datapath {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub stop: AtomicBool,
+}

@@ -1,0 +1,100 @@
+//! Per-worker counters. Each worker is the only writer of its own counters, so an increment is
+//! a relaxed load and store (no locked instruction); readers sum over workers.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::pipeline::DropReason;
+use crate::state::{PortId, MAX_PORTS};
+
+#[derive(Debug, Default)]
+pub struct PortCounters {
+    pub rx_packets: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    pub tx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+}
+
+/// A snapshot of one port's counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PortTotals {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+}
+
+impl PortTotals {
+    pub fn since(self, base: PortTotals) -> PortTotals {
+        PortTotals {
+            rx_packets: self.rx_packets.wrapping_sub(base.rx_packets),
+            rx_bytes: self.rx_bytes.wrapping_sub(base.rx_bytes),
+            tx_packets: self.tx_packets.wrapping_sub(base.tx_packets),
+            tx_bytes: self.tx_bytes.wrapping_sub(base.tx_bytes),
+        }
+    }
+}
+
+#[inline(always)]
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.store(counter.load(Ordering::Relaxed).wrapping_add(by), Ordering::Relaxed);
+}
+
+#[derive(Debug)]
+pub struct WorkerStats {
+    drops: Box<[AtomicU64]>,
+    ports: Box<[PortCounters]>,
+}
+
+impl Default for WorkerStats {
+    fn default() -> Self {
+        WorkerStats {
+            drops: (0..DropReason::COUNT).map(|_| AtomicU64::new(0)).collect(),
+            ports: (0..MAX_PORTS).map(|_| PortCounters::default()).collect(),
+        }
+    }
+}
+
+impl WorkerStats {
+    #[inline(always)]
+    pub fn dropped(&self, reason: DropReason) {
+        bump(&self.drops[reason as usize], 1);
+    }
+
+    #[inline(always)]
+    pub fn rx(&self, port: PortId, bytes: usize) {
+        let c = &self.ports[port as usize];
+        bump(&c.rx_packets, 1);
+        bump(&c.rx_bytes, bytes as u64);
+    }
+
+    #[inline(always)]
+    pub fn tx(&self, port: PortId, bytes: usize) {
+        let c = &self.ports[port as usize];
+        bump(&c.tx_packets, 1);
+        bump(&c.tx_bytes, bytes as u64);
+    }
+
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn port(&self, port: PortId) -> PortTotals {
+        let c = &self.ports[port as usize];
+        PortTotals {
+            rx_packets: c.rx_packets.load(Ordering::Relaxed),
+            rx_bytes: c.rx_bytes.load(Ordering::Relaxed),
+            tx_packets: c.tx_packets.load(Ordering::Relaxed),
+            tx_bytes: c.tx_bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Sums a port's counters over all workers.
+pub fn port_totals(workers: &[std::sync::Arc<WorkerStats>], port: PortId) -> PortTotals {
+    workers.iter().map(|w| w.port(port)).fold(PortTotals::default(), |a, b| PortTotals {
+        rx_packets: a.rx_packets + b.rx_packets,
+        rx_bytes: a.rx_bytes + b.rx_bytes,
+        tx_packets: a.tx_packets + b.tx_packets,
+        tx_bytes: a.tx_bytes + b.tx_bytes,
+    })
+}

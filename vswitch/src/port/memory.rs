@@ -1,0 +1,42 @@
+//! An in-memory port queue: frames pushed by a test come out of `recv`, frames the switch sends
+//! are collected. For unit tests, benches and fuzzing only; the end-to-end tests use real TAPs.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::Mutex;
+
+use super::PortQueue;
+
+#[derive(Debug, Default)]
+pub struct MemoryPort {
+    inbound: Mutex<VecDeque<Vec<u8>>>,
+    outbound: Mutex<Vec<Vec<u8>>>,
+}
+
+impl MemoryPort {
+    pub fn push(&self, frame: Vec<u8>) {
+        self.inbound.lock().expect("not poisoned").push_back(frame);
+    }
+
+    pub fn take_sent(&self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut *self.outbound.lock().expect("not poisoned"))
+    }
+}
+
+impl PortQueue for MemoryPort {
+    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let frame = self.inbound.lock().expect("not poisoned").pop_front().ok_or(io::ErrorKind::WouldBlock)?;
+        let n = frame.len().min(buf.len());
+        buf[..n].copy_from_slice(&frame[..n]);
+        Ok(n)
+    }
+
+    fn send(&self, buf: &[u8]) -> io::Result<()> {
+        self.outbound.lock().expect("not poisoned").push(buf.to_vec());
+        Ok(())
+    }
+
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+}

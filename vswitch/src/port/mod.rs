@@ -1,0 +1,21 @@
+//! Ports: TAP devices (one queue per worker) and an in-memory port for tests and benches.
+
+pub mod memory;
+pub mod netns;
+pub mod tap;
+
+pub use memory::MemoryPort;
+pub use tap::{TapError, TapQueue};
+
+use std::io;
+
+/// One queue of a port, as a worker uses it: non-blocking reads and writes of whole frames,
+/// each preceded by a virtio_net_hdr.
+pub trait PortQueue: Send + Sync {
+    /// Reads one frame into `buf`; `WouldBlock` when the queue is empty.
+    fn recv(&self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Writes one frame; `WouldBlock` when the queue is full.
+    fn send(&self, buf: &[u8]) -> io::Result<()>;
+    /// The descriptor to poll, if the queue has one.
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd>;
+}
