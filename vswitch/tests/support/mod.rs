@@ -1,0 +1,219 @@
+//! Real network namespaces for end-to-end tests. Every name is unique per process and test, and
+//! everything made here is removed on drop, also when a test fails.
+#![allow(dead_code)]
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub const GATEWAY_IP: &str = "169.254.1.1";
+pub const GATEWAY_MAC: &str = "02:00:a9:fe:01:01";
+
+/// Fails (never skips) when not root: these tests are part of CI, which runs as root.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root to create network namespaces and TAP devices; run the suite as root (CI does)"
+    );
+    for tool in ["ip", "ping", "iperf3"] {
+        assert!(
+            Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success()),
+            "this test needs `{tool}` (tests/run.sh installs it)"
+        );
+    }
+}
+
+/// A short unique name: `prefix` + pid + a per-process counter.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!("{prefix}{:x}{}", std::process::id() & 0xffff, NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Runs a command and returns its output; panics with its stderr if it fails.
+pub fn run(args: &[&str]) -> Output {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{}: {e}", args[0]));
+    assert!(out.status.success(), "{:?} failed: {}{}", args, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+pub fn try_run(args: &[&str]) -> Output {
+    Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{}: {e}", args[0]))
+}
+
+/// A network namespace, deleted (with every device in it) on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(prefix: &str) -> Netns {
+        let name = unique(prefix);
+        run(&["ip", "netns", "add", &name]);
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    pub fn ip(&self, args: &[&str]) -> Output {
+        let mut full = vec!["ip", "-n", &self.name];
+        full.extend_from_slice(args);
+        run(&full)
+    }
+
+    pub fn exec(&self, args: &[&str]) -> Output {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        try_run(&full)
+    }
+
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn in namespace")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// A pod: a namespace whose eth0 is a persistent multi-queue TAP, addressed the way vpc-cni does.
+pub struct Pod {
+    pub ns: Netns,
+    pub ip: Ipv4Addr,
+    pub mac: String,
+}
+
+impl Pod {
+    pub fn new(ip: Ipv4Addr) -> Pod {
+        let ns = Netns::new("vtp");
+        let o = ip.octets();
+        let mac = format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
+        ns.ip(&["tuntap", "add", "dev", "eth0", "mode", "tap", "multi_queue", "vnet_hdr"]);
+        ns.ip(&["link", "set", "eth0", "address", &mac, "mtu", "1500", "up"]);
+        ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
+        ns.ip(&["route", "add", GATEWAY_IP, "dev", "eth0", "scope", "link"]);
+        ns.ip(&["route", "add", "default", "via", GATEWAY_IP, "dev", "eth0"]);
+        ns.ip(&["neigh", "add", GATEWAY_IP, "lladdr", GATEWAY_MAC, "dev", "eth0", "nud", "permanent"]);
+        Pod { ns, ip, mac }
+    }
+
+    pub fn ifindex(&self) -> String {
+        String::from_utf8_lossy(&self.ns.exec(&["cat", "/sys/class/net/eth0/ifindex"]).stdout).trim().to_string()
+    }
+
+    /// Pings `to` `count` times; true if every reply came back.
+    pub fn ping(&self, to: &str, count: u32) -> bool {
+        self.ns.exec(&["ping", "-c", &count.to_string(), "-i", "0.2", "-W", "1", to]).status.success()
+    }
+}
+
+/// vswitchd running in a node namespace, killed on drop.
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub socket: PathBuf,
+    pub dir: PathBuf,
+    pub host_port: String,
+}
+
+impl Daemon {
+    pub fn start(node: &Netns, dir: &Path, workers: usize) -> Daemon {
+        std::fs::create_dir_all(dir).unwrap();
+        let socket = dir.join("vswitchd.sock");
+        let host_port = "vsw0".to_string();
+        let mut d = Daemon { child: None, socket, dir: dir.into(), host_port };
+        d.spawn(node, workers);
+        d
+    }
+
+    pub fn spawn(&mut self, node: &Netns, workers: usize) {
+        let log = std::fs::File::create(self.dir.join(format!("vswitchd-{}.log", unique("")))).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &node.name, env!("CARGO_BIN_EXE_vswitchd")])
+            .args(["--socket", self.socket.to_str().unwrap(), "--state-dir", self.dir.join("state").to_str().unwrap()])
+            .args(["--metrics-addr", "127.0.0.1:9477", "--host-port", &self.host_port, "--workers", &workers.to_string()])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start vswitchd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.ctl(&["ports"]).status.success() {
+            assert!(Instant::now() < deadline, "vswitchd did not come up; logs in {}", self.dir.display());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_vswitchctl"))
+            .args(["--socket", self.socket.to_str().unwrap()])
+            .args(args)
+            .output()
+            .expect("run vswitchctl")
+    }
+
+    pub fn ctl_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut full = vec!["--json"];
+        full.extend_from_slice(args);
+        let out = self.ctl(&full);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("vswitchctl {args:?}: {e}: {}", String::from_utf8_lossy(&out.stderr)))
+    }
+
+    pub fn attach(&self, name: &str, pod: &Pod) {
+        let out = self.ctl(&["add-port", name, "--netns", pod.ns.path().to_str().unwrap(), "--ip", &pod.ip.to_string(), "--mac", &pod.mac]);
+        assert!(out.status.success(), "add-port {name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+
+    /// A port's counters from `vswitchctl ports --json`.
+    pub fn port_counters(&self, name: &str) -> serde_json::Value {
+        let ports = self.ctl_json(&["ports"]);
+        ports["result"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap_or_else(|| panic!("no port {name}"))["counters"].clone()
+    }
+
+    pub fn drops(&self, reason: &str) -> u64 {
+        let c = self.ctl_json(&["counters"]);
+        c["result"]["drops"].as_array().unwrap().iter().find(|d| d[0] == reason).map_or(0, |d| d[1].as_u64().unwrap())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        let dir = std::env::temp_dir().join(unique("vswitch-test-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
