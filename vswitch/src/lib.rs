@@ -7,6 +7,7 @@
 //!   on the packet path.
 //! - `control`: the control plane: API socket, port registry, persistence, metrics.
 
+pub mod neighbor;
 pub mod pipeline;
 pub mod state;
 pub mod wire;

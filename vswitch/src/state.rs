@@ -6,7 +6,9 @@
 //! `adjacencies`. Adjacency indices are never reused while the daemon runs, so a worker holding a
 //! slightly older FIB view can only find a missing adjacency (a counted drop), never a wrong one.
 
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use fib::FibReader;
 use serde::{Deserialize, Serialize};
@@ -27,6 +29,9 @@ pub enum PortRole {
     Pod { ip: Ipv4Addr, mac: MacAddr },
     /// The node's own stack (a TAP in the node namespace); `peer_mac` is the kernel side's MAC.
     Host { peer_mac: MacAddr },
+    /// A NIC dedicated to pod traffic, on the VPC subnet; `mac` is the NIC's own MAC, which the
+    /// switch uses as its address there (it answers ARP for local pods with it).
+    Uplink { mac: MacAddr },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,12 +43,23 @@ pub struct PortInfo {
     pub mtu: u16,
 }
 
-/// How to send to a next hop: out of `port`, with these MACs, at most `mtu` bytes of IP.
+/// Where an adjacency's destination MAC comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NextHop {
+    /// Known when the port was attached (a pod, the node's stack).
+    Mac(MacAddr),
+    /// Resolved with ARP on the uplink: the neighbour `via`, or the destination itself when the
+    /// route is the directly connected subnet.
+    Arp { via: Option<Ipv4Addr> },
+}
+
+/// How to send to a next hop: out of `port`, from `src_mac`, at most `mtu` bytes of IP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Adjacency {
     pub port: PortId,
     pub src_mac: MacAddr,
-    pub dst_mac: MacAddr,
+    pub next_hop: NextHop,
     pub mtu: u16,
 }
 
@@ -55,6 +71,8 @@ pub struct ForwardingState {
     pub ports: Vec<Option<PortInfo>>,
     pub adjacencies: Vec<Option<Adjacency>>,
     pub fib: FibReader<Ipv4Addr>,
+    /// Resolved uplink neighbours.
+    pub neighbors: Arc<HashMap<Ipv4Addr, MacAddr>>,
 }
 
 impl ForwardingState {
@@ -64,5 +82,14 @@ impl ForwardingState {
 
     pub fn adjacency(&self, index: u32) -> Option<&Adjacency> {
         self.adjacencies.get(index as usize).and_then(Option::as_ref)
+    }
+
+    /// The switch's own MAC on a port: the gateway MAC toward pods and the node, the NIC's MAC
+    /// on the uplink.
+    pub fn own_mac(&self, port: &PortInfo) -> MacAddr {
+        match port.role {
+            PortRole::Uplink { mac } => mac,
+            PortRole::Pod { .. } | PortRole::Host { .. } => self.gateway_mac,
+        }
     }
 }

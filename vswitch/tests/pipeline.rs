@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use etherparse::{PacketBuilder, SlicedPacket};
 use fib::{Fib, Ipv4Prefix};
 use vswitch::pipeline::{DropReason, IcmpLimiter, Next, NoTrace, Pipeline, Trace};
-use vswitch::state::{Adjacency, ForwardingState, PortInfo, PortRole};
+use vswitch::state::{Adjacency, ForwardingState, NextHop, PortInfo, PortRole};
 use vswitch::wire::vnet::{self, VnetHeader};
 use vswitch::wire::MacAddr;
 
@@ -38,15 +38,15 @@ impl Switch {
             Some(PortInfo { id: HOST, name: "vsw0".into(), role: PortRole::Host { peer_mac: HOST_MAC }, mtu: 9000 }),
         ];
         let adjacencies = vec![
-            Some(Adjacency { port: A, src_mac: GW_MAC, dst_mac: A_MAC, mtu: 1500 }),
-            Some(Adjacency { port: B, src_mac: GW_MAC, dst_mac: B_MAC, mtu: 1500 }),
-            Some(Adjacency { port: HOST, src_mac: GW_MAC, dst_mac: HOST_MAC, mtu: 9000 }),
+            Some(Adjacency { port: A, src_mac: GW_MAC, next_hop: NextHop::Mac(A_MAC), mtu: 1500 }),
+            Some(Adjacency { port: B, src_mac: GW_MAC, next_hop: NextHop::Mac(B_MAC), mtu: 1500 }),
+            Some(Adjacency { port: HOST, src_mac: GW_MAC, next_hop: NextHop::Mac(HOST_MAC), mtu: 9000 }),
         ];
         fib.insert(Ipv4Prefix::host(A_IP), 0).unwrap();
         fib.insert(Ipv4Prefix::host(B_IP), 1).unwrap();
         fib.insert("0.0.0.0/0".parse().unwrap(), 2).unwrap();
         fib.publish();
-        let state = ForwardingState { gateway_ip: GW_IP, gateway_mac: GW_MAC, ports, adjacencies, fib: fib.reader() };
+        let state = ForwardingState { gateway_ip: GW_IP, gateway_mac: GW_MAC, ports, adjacencies, fib: fib.reader(), neighbors: Default::default() };
         Switch { state, fib, pipeline: Pipeline::new(IcmpLimiter::new(1000, 10)) }
     }
 
@@ -223,7 +223,7 @@ fn every_drop_reason_is_reachable_and_named() {
     check(A, corrupted(6, 0x66), DropReason::SpoofedSourceMac);
     check(A, corrupted(12, 0x81), DropReason::VlanTagged);
     check(A, corrupted(13, 0xdd).iter().enumerate().map(|(i, &b)| if i == vnet::LEN + 12 { 0x86 } else { b }).collect(), DropReason::UnsupportedEtherType);
-    check(A, corrupted(0, 0xff), DropReason::NotToGateway);
+    check(A, corrupted(0, 0xff), DropReason::NotOurMac);
     check(A, icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, 64, 8)[..vnet::LEN + 14 + 19].to_vec(), DropReason::Ipv4Truncated);
     check(A, corrupted(14, 0x65), DropReason::Ipv4BadVersion);
     check(A, corrupted(14, 0x43), DropReason::Ipv4BadHeaderLength);
@@ -265,4 +265,64 @@ fn trace_names_each_stage() {
     let stages: Vec<_> = trace.steps.iter().map(|(s, _)| s.as_str()).collect();
     assert_eq!(stages, ["vnet", "ethernet", "ipv4", "fib", "rewrite"]);
     assert!(trace.steps[3].1.contains("adjacency 1"), "{:?}", trace.steps[3]);
+}
+
+const UPLINK: u16 = 3;
+const UP_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x99]);
+const VPC_GW: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 1);
+const VM_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x42]);
+
+/// The same switch with a dedicated uplink: the VPC subnet on it (ARP per destination), the
+/// default route through the VPC gateway, and nothing else to the host port.
+fn with_uplink(known_neighbors: &[(Ipv4Addr, MacAddr)]) -> Switch {
+    let mut sw = Switch::new();
+    sw.state.ports.push(Some(PortInfo { id: UPLINK, name: "eth1".into(), role: PortRole::Uplink { mac: UP_MAC }, mtu: 1500 }));
+    sw.state.adjacencies.push(Some(Adjacency { port: UPLINK, src_mac: UP_MAC, next_hop: NextHop::Arp { via: None }, mtu: 1500 }));
+    sw.state.adjacencies.push(Some(Adjacency { port: UPLINK, src_mac: UP_MAC, next_hop: NextHop::Arp { via: Some(VPC_GW) }, mtu: 1500 }));
+    sw.fib.insert("10.10.0.0/16".parse().unwrap(), 3).unwrap();
+    sw.fib.insert("0.0.0.0/0".parse().unwrap(), 4).unwrap();
+    sw.fib.publish();
+    sw.state.neighbors = std::sync::Arc::new(known_neighbors.iter().copied().collect());
+    sw
+}
+
+#[test]
+fn the_uplink_answers_arp_for_local_pods_only_and_passes_replies_to_the_control_plane() {
+    let mut sw = with_uplink(&[]);
+    let mut buf = arp(VM_MAC, 1, (VM_MAC, VM_IP), A_IP);
+    let Next::Tx { port: UPLINK, len } = sw.send(UPLINK, &mut buf) else { panic!("no reply") };
+    let p = SlicedPacket::from_ethernet(&buf[vnet::LEN..len]).unwrap();
+    let Some(etherparse::NetSlice::Arp(reply)) = p.net else { panic!("not ARP") };
+    assert_eq!((reply.sender_hw_addr(), reply.sender_protocol_addr()), (&UP_MAC.0[..], &A_IP.octets()[..]));
+    let mut buf = arp(VM_MAC, 1, (VM_MAC, VM_IP), Ipv4Addr::new(10, 10, 7, 7));
+    assert_eq!(sw.send(UPLINK, &mut buf), Next::Drop(DropReason::ArpNotOurs));
+    let mut buf = arp(VM_MAC, 2, (VM_MAC, VM_IP), A_IP);
+    assert!(matches!(sw.send(UPLINK, &mut buf), Next::ToControl { .. }));
+}
+
+#[test]
+fn pod_traffic_to_the_vpc_waits_for_arp_then_leaves_on_the_uplink() {
+    let mut sw = with_uplink(&[]);
+    let mut buf = icmp_echo(A_MAC, GW_MAC, A_IP, VM_IP, 64, 8);
+    assert!(matches!(sw.send(A, &mut buf), Next::Resolve { port: UPLINK, next_hop: VM_IP, .. }));
+    // Beyond the subnet the next hop is the VPC gateway.
+    let mut buf = icmp_echo(A_MAC, GW_MAC, A_IP, Ipv4Addr::new(192, 0, 2, 1), 64, 8);
+    assert!(matches!(sw.send(A, &mut buf), Next::Resolve { port: UPLINK, next_hop: VPC_GW, .. }));
+
+    let mut sw = with_uplink(&[(VM_IP, VM_MAC)]);
+    let mut buf = icmp_echo(A_MAC, GW_MAC, A_IP, VM_IP, 64, 8);
+    let Next::Tx { port: UPLINK, len } = sw.send(A, &mut buf) else { panic!("not sent") };
+    assert_eq!(sent_ipv4(&buf, len), (UP_MAC, VM_MAC, A_IP, VM_IP, 63));
+}
+
+#[test]
+fn traffic_from_the_uplink_reaches_pods_and_nothing_else() {
+    let mut sw = with_uplink(&[(VM_IP, VM_MAC)]);
+    let mut buf = icmp_echo(VM_MAC, UP_MAC, VM_IP, A_IP, 64, 8);
+    let Next::Tx { port: A, len } = sw.send(UPLINK, &mut buf) else { panic!("not forwarded") };
+    assert_eq!(sent_ipv4(&buf, len), (GW_MAC, A_MAC, VM_IP, A_IP, 63));
+    let mut buf = icmp_echo(VM_MAC, GW_MAC, VM_IP, A_IP, 64, 8);
+    assert_eq!(sw.send(UPLINK, &mut buf), Next::Drop(DropReason::NotOurMac));
+    let mut buf = icmp_echo(VM_MAC, UP_MAC, VM_IP, Ipv4Addr::new(10, 10, 7, 7), 64, 8);
+    assert_eq!(sw.send(UPLINK, &mut buf), Next::Drop(DropReason::Hairpin));
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use vswitch::control::api::{CountersView, PortView, Reply, Request, RouteView, TraceView};
+use vswitch::control::api::{CountersView, NeighborView, PortView, Reply, Request, RouteView, TraceView};
 use vswitch::state::PortRole;
 use vswitch::wire::MacAddr;
 
@@ -108,6 +108,7 @@ fn print_human(request: &Request, result: serde_json::Value) {
                 let (role, ip, mac) = match p.role {
                     PortRole::Pod { ip, mac } => ("pod", ip.to_string(), mac.to_string()),
                     PortRole::Host { peer_mac } => ("host", "-".into(), peer_mac.to_string()),
+                    PortRole::Uplink { mac } => ("uplink", "-".into(), mac.to_string()),
                 };
                 let c = p.counters;
                 println!("{:<4} {:<20} {:<5} {:<16} {:<18} {:>5} {:>12} {:>12} {:>12} {:>12}", p.id, p.name, role, ip, mac, p.mtu, c.rx_packets, c.rx_bytes, c.tx_packets, c.tx_bytes);
@@ -115,9 +116,9 @@ fn print_human(request: &Request, result: serde_json::Value) {
         }
         Request::ListRoutes => {
             let routes: Vec<RouteView> = serde_json::from_value(result).unwrap_or_default();
-            println!("{:<20} {:<20} {:<18} {:>5}", "PREFIX", "PORT", "NEXT HOP MAC", "MTU");
+            println!("{:<20} {:<20} {:<20} {:>5}", "PREFIX", "PORT", "NEXT HOP", "MTU");
             for r in routes {
-                println!("{:<20} {:<20} {:<18} {:>5}", r.prefix, r.port, r.next_hop_mac.to_string(), r.mtu);
+                println!("{:<20} {:<20} {:<20} {:>5}", r.prefix, r.port, r.next_hop, r.mtu);
             }
         }
         Request::Counters => {
@@ -140,7 +141,12 @@ fn print_human(request: &Request, result: serde_json::Value) {
             println!("   verdict: {}", t.verdict);
         }
         Request::ListNeighbors => {
+            let neighbors: Vec<NeighborView> = serde_json::from_value(result).unwrap_or_default();
             println!("{:<16} {:<18} {:<20} STATE", "IP", "MAC", "PORT");
+            for n in neighbors {
+                let mac = n.mac.map_or_else(|| "-".to_string(), |m| m.to_string());
+                println!("{:<16} {:<18} {:<20} {}", n.ip, mac, n.port, n.state);
+            }
         }
         Request::AddPort { .. } | Request::DelPort { .. } | Request::AddRoute { .. } | Request::DelRoute { .. } => {
             println!("ok");

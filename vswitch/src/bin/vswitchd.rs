@@ -87,6 +87,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let api = server::bind_api(&socket).map_err(|e| format!("API socket {}: {e}", socket.display()))?;
     let switch = Arc::new(Mutex::new(Switch::start(config).await?));
     tokio::spawn(server::serve_api(api, switch.clone()));
+    tokio::spawn(server::serve_slow_path(switch.clone()));
     if !metrics_addr.is_empty() {
         let listener = tokio::net::TcpListener::bind(&metrics_addr).await.map_err(|e| format!("metrics {metrics_addr}: {e}"))?;
         tracing::info!(addr = %listener.local_addr()?, "metrics at /metrics");

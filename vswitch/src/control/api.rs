@@ -74,14 +74,15 @@ pub struct PortView {
 pub struct RouteView {
     pub prefix: String,
     pub port: String,
-    pub next_hop_mac: MacAddr,
+    /// A MAC, `arp <via>`, or `arp` (each destination on the connected subnet).
+    pub next_hop: String,
     pub mtu: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NeighborView {
     pub ip: Ipv4Addr,
-    pub mac: MacAddr,
+    pub mac: Option<MacAddr>,
     pub port: String,
     pub state: String,
 }

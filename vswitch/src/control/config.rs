@@ -16,7 +16,17 @@
 //! name = "vsw0"                             # TAP in the node's namespace
 //! mtu = 1500
 //! default_route = true                      # send what no other route matches to the node
+//! routes = ["10.96.0.0/12"]                 # more prefixes for the node (Services, its IPs)
+//!
+//! # Optional: a NIC dedicated to pod traffic (without it, traffic leaves through the node).
+//! [uplink]
+//! interface = "eth1"
+//! subnet = "10.10.0.0/16"                   # the VPC subnet: each host resolved with ARP
+//! gateway = "10.10.0.1"                     # the VPC gateway, for everything else
+//! mtu = 1500
 //! ```
+//!
+//! With an uplink, `host_port.default_route` must be false: the default goes to the gateway.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -38,6 +48,21 @@ pub struct Config {
     pub icmp_errors_per_second: u64,
     pub icmp_burst: u64,
     pub host_port: HostPortConfig,
+    pub uplink: Option<UplinkConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkConfig {
+    pub interface: String,
+    pub subnet: String,
+    pub gateway: Option<Ipv4Addr>,
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+}
+
+fn default_mtu() -> u16 {
+    1500
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -46,6 +71,7 @@ pub struct HostPortConfig {
     pub name: String,
     pub mtu: u16,
     pub default_route: bool,
+    pub routes: Vec<String>,
 }
 
 impl Default for Config {
@@ -61,13 +87,14 @@ impl Default for Config {
             icmp_errors_per_second: 100,
             icmp_burst: 50,
             host_port: HostPortConfig::default(),
+            uplink: None,
         }
     }
 }
 
 impl Default for HostPortConfig {
     fn default() -> Self {
-        HostPortConfig { name: "vsw0".into(), mtu: 1500, default_route: true }
+        HostPortConfig { name: "vsw0".into(), mtu: 1500, default_route: true, routes: Vec::new() }
     }
 }
 
@@ -96,6 +123,17 @@ impl Config {
         if !(576..=9000).contains(&self.pod_mtu) || !(576..=65535).contains(&self.host_port.mtu) {
             return Err(ConfigError::Invalid("MTUs must be at least 576 (pod MTU at most 9000)".into()));
         }
+        for route in &self.host_port.routes {
+            route.parse::<fib::Ipv4Prefix>().map_err(|e| ConfigError::Invalid(format!("host_port.routes: {e}")))?;
+        }
+        if let Some(uplink) = &self.uplink {
+            uplink.subnet.parse::<fib::Ipv4Prefix>().map_err(|e| ConfigError::Invalid(format!("uplink.subnet: {e}")))?;
+            if uplink.gateway.is_some() && self.host_port.default_route {
+                return Err(ConfigError::Invalid(
+                    "uplink.gateway and host_port.default_route both claim the default route; set host_port.default_route = false".into(),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -119,6 +157,8 @@ mod tests {
             .collect::<Vec<_>>()
             .join("\n");
         let c: Config = toml::from_str(&doc).unwrap();
+        assert!(c.validate().is_err(), "the example has both default routes, which is refused");
+        assert_eq!(c.uplink.as_ref().unwrap().interface, "eth1");
         assert_eq!(c.gateway_mac().to_string(), "02:00:a9:fe:01:01");
         assert_eq!(c.host_port.name, "vsw0");
         let partial: Config = toml::from_str("workers = 2").unwrap();

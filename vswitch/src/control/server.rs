@@ -78,6 +78,22 @@ async fn write_reply(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply
     write.write_all(&bytes).await
 }
 
+/// Feeds the workers' slow path (ARP resolution and learning) and the neighbour timers to the
+/// controller.
+pub async fn serve_slow_path(switch: Arc<Mutex<Switch>>) {
+    let Some(mut packets) = switch.lock().await.take_slow_path() else { return };
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            packet = packets.recv() => match packet {
+                Some(packet) => switch.lock().await.on_slow_packet(packet),
+                None => return,
+            },
+            _ = tick.tick() => switch.lock().await.on_neighbor_tick(),
+        }
+    }
+}
+
 /// Serves `GET /metrics` in the Prometheus text format.
 pub async fn serve_metrics(listener: TcpListener, switch: Arc<Mutex<Switch>>) {
     loop {

@@ -6,20 +6,25 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use fib::{Fib, Ipv4Prefix};
 
-use super::api::{CountersView, PortView, Request, RouteView, TraceView};
-use super::config::Config;
+use super::api::{CountersView, NeighborView, PortView, Request, RouteView, TraceView};
+use super::config::{Config, UplinkConfig};
 use super::hostnet::{HostNet, HostNetError};
 use super::store::PortStore;
-use crate::datapath::{spawn_worker, stats, Datapath, PortTotals, Snapshot, WorkerStats};
+use crate::datapath::{spawn_worker, stats, Datapath, PortTotals, SlowPacket, SlowReason, Snapshot, WorkerStats, SLOW_PATH_DEPTH};
+use crate::neighbor::{Action, NeighborLimits, NeighborTable};
 use crate::pipeline::{DropReason, IcmpLimiter, Next, Pipeline, Trace, MAX_FRAME};
+use crate::port::packet::PacketSocket;
 use crate::port::tap::{Attach, TapQueue};
 use crate::port::PortQueue;
-use crate::state::{Adjacency, ForwardingState, PortId, PortInfo, PortRole, MAX_PORTS};
-use crate::wire::{vnet, MacAddr};
+use crate::state::{Adjacency, ForwardingState, NextHop, PortId, PortInfo, PortRole, MAX_PORTS};
+use crate::wire::arp::{self, ArpPacket, Operation};
+use crate::wire::ethernet::{self, EthernetFrame};
+use crate::wire::{vnet, EtherType, MacAddr};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -45,6 +50,15 @@ pub enum ControlError {
     NoSuchRoute(String),
     #[error("route {0} belongs to a port; remove the port instead")]
     RouteOwnedByPort(String),
+    #[error("uplink {name}: {source}")]
+    Uplink { name: String, source: std::io::Error },
+}
+
+/// The uplink NIC as the control plane uses it: to send ARP and packets that waited for it.
+struct Uplink {
+    port: PortId,
+    mac: MacAddr,
+    sender: PacketSocket,
 }
 
 /// How a pod port was attached (what `add_port` said), kept for listing and persistence.
@@ -93,6 +107,12 @@ pub struct Switch {
     hostnet: HostNet,
     host_ifindex: u32,
     store: PortStore,
+    uplink: Option<Uplink>,
+    neighbors: NeighborTable,
+    /// Counters for what the control plane itself sends or drops (ARP, resolved packets).
+    control_stats: Arc<WorkerStats>,
+    slow_path: Option<tokio::sync::mpsc::Receiver<SlowPacket>>,
+    started: Instant,
 }
 
 impl std::fmt::Debug for Switch {
@@ -113,10 +133,13 @@ impl Switch {
             ports: Vec::new(),
             adjacencies: Vec::new(),
             fib: fib.reader(),
+            neighbors: Default::default(),
         };
+        let (slow_tx, slow_rx) = tokio::sync::mpsc::channel(SLOW_PATH_DEPTH);
         let datapath = Arc::new(Datapath {
             snapshot: ArcSwap::from_pointee(Snapshot { generation: 0, forwarding: empty, queues: Vec::new() }),
             stop: Default::default(),
+            slow_path: slow_tx,
         });
         let mut wakers = Vec::new();
         let mut workers = Vec::new();
@@ -129,8 +152,11 @@ impl Switch {
             workers.push(handle);
             stats.push(s);
         }
+        let control_stats = Arc::new(WorkerStats::default());
+        stats.push(control_stats.clone());
         let store = PortStore::open(&config.state_dir).map_err(ControlError::Store)?;
         let hostnet = HostNet::connect()?;
+        let uplink_config = config.uplink.clone();
         let mut switch = Switch {
             config,
             datapath,
@@ -145,10 +171,148 @@ impl Switch {
             hostnet,
             host_ifindex: 0,
             store,
+            uplink: None,
+            neighbors: NeighborTable::new(NeighborLimits::default()),
+            control_stats,
+            slow_path: Some(slow_rx),
+            started: Instant::now(),
         };
         switch.attach_host_port().await?;
+        if let Some(uplink) = uplink_config {
+            switch.attach_uplink(&uplink).await?;
+        }
         switch.restore().await;
         Ok(switch)
+    }
+
+    /// The receiving end of the workers' slow path; the server's loop takes it once.
+    pub fn take_slow_path(&mut self) -> Option<tokio::sync::mpsc::Receiver<SlowPacket>> {
+        self.slow_path.take()
+    }
+
+    /// Attaches the dedicated NIC: one fanout socket per worker, the subnet and the default
+    /// route through it, and the kernel kept off it (no forwarding, no ARP replies, no IPv6).
+    async fn attach_uplink(&mut self, config: &UplinkConfig) -> Result<(), ControlError> {
+        let name = config.interface.clone();
+        let uplink_error = |source| ControlError::Uplink { name: name.clone(), source };
+        let (ifindex, mac) = self.hostnet.bring_up(&name, config.mtu).await?;
+        for (key, value) in [("ipv4/conf/{}/forwarding", "0"), ("ipv4/conf/{}/arp_ignore", "8"), ("ipv6/conf/{}/disable_ipv6", "1")] {
+            let path = format!("/proc/sys/net/{}", key.replace("{}", &name));
+            std::fs::write(&path, value).map_err(|e| uplink_error(std::io::Error::new(e.kind(), format!("{path}: {e}"))))?;
+        }
+        // Fanout groups are per namespace; the pid keeps two daemons' groups apart.
+        let group = (std::process::id() & 0xffff) as u16;
+        let queues: Vec<Arc<dyn PortQueue>> = (0..self.config.workers)
+            .map(|_| PacketSocket::open_queue(ifindex, group).map(|s| Arc::new(s) as Arc<dyn PortQueue>))
+            .collect::<Result<_, _>>()
+            .map_err(uplink_error)?;
+        let sender = PacketSocket::open_sender(ifindex).map_err(uplink_error)?;
+        let id = self.free_port_id()?;
+        let info = PortInfo { id, name: name.clone(), role: PortRole::Uplink { mac }, mtu: config.mtu };
+        let attachment = Attachment { netns: None, ifname: name.clone(), request: None };
+        self.install_port(info, attachment, queues.into(), NextHop::Arp { via: None }, mac);
+        let subnet: Ipv4Prefix = config.subnet.parse().map_err(|e| ControlError::Invalid(format!("uplink.subnet: {e}")))?;
+        let connected = self.record(id).adjacency;
+        self.routes.insert(subnet, Route { port: id, adjacency: connected, owner: RouteOwner::Static });
+        self.fib.insert(subnet, connected).expect("adjacency index in range");
+        if let Some(gateway) = config.gateway {
+            let via_gateway = self.adjacencies.len() as u32;
+            self.adjacencies.push(Some(Adjacency { port: id, src_mac: mac, next_hop: NextHop::Arp { via: Some(gateway) }, mtu: config.mtu }));
+            let default: Ipv4Prefix = "0.0.0.0/0".parse().expect("valid");
+            self.routes.insert(default, Route { port: id, adjacency: via_gateway, owner: RouteOwner::Static });
+            self.fib.insert(default, via_gateway).expect("adjacency index in range");
+        }
+        self.uplink = Some(Uplink { port: id, mac, sender });
+        self.publish();
+        tracing::info!(uplink = %name, %mac, ifindex, %subnet, "uplink attached");
+        Ok(())
+    }
+
+    fn free_port_id(&self) -> Result<PortId, ControlError> {
+        (1..MAX_PORTS as PortId)
+            .find(|&id| self.ports.get(id as usize).is_none_or(|p| p.is_none()))
+            .ok_or(ControlError::TooManyPorts)
+    }
+
+    fn now(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
+    /// Sends a frame (vnet header first) out of the uplink from the control plane.
+    fn send_on_uplink(&self, frame: &[u8]) {
+        let Some(uplink) = &self.uplink else { return };
+        match uplink.sender.send(frame) {
+            Ok(()) => self.control_stats.tx(uplink.port, frame.len()),
+            Err(_) => self.control_stats.dropped(DropReason::TxError),
+        }
+    }
+
+    /// Broadcasts an ARP request on the uplink: `who-has target tell sender`. With sender
+    /// 0.0.0.0 it is a probe (RFC 5227), which hosts answer without learning anything.
+    fn send_arp(&self, op: Operation, sender_ip: Ipv4Addr, target_ip: Ipv4Addr) {
+        let Some(uplink) = &self.uplink else { return };
+        let mut frame = [0u8; vnet::LEN + ethernet::HEADER_LEN + arp::PACKET_LEN];
+        let mut eth = EthernetFrame::new_checked(&mut frame[vnet::LEN..]).expect("sized");
+        eth.set_dst(MacAddr::BROADCAST);
+        eth.set_src(uplink.mac);
+        eth.set_ethertype(EtherType::Arp);
+        arp::emit(eth.payload_mut(), op, (uplink.mac, sender_ip), (MacAddr::ZERO, target_ip));
+        self.send_on_uplink(&frame);
+    }
+
+    fn run_actions(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Ask(ip) => self.send_arp(Operation::Request, Ipv4Addr::UNSPECIFIED, ip),
+                Action::Dropped { unresolved, queue_full } => {
+                    (0..unresolved).for_each(|_| self.control_stats.dropped(DropReason::NeighborUnresolved));
+                    (0..queue_full).for_each(|_| self.control_stats.dropped(DropReason::NeighborQueueFull));
+                }
+            }
+        }
+    }
+
+    /// Sends a packet that waited for its next hop's MAC.
+    fn send_resolved(&self, mut data: Vec<u8>, mac: MacAddr) {
+        data[vnet::LEN..vnet::LEN + 6].copy_from_slice(&mac.0);
+        self.send_on_uplink(&data);
+    }
+
+    /// A packet from a worker's slow path.
+    pub fn on_slow_packet(&mut self, packet: SlowPacket) {
+        let now = self.now();
+        match packet.reason {
+            SlowReason::Resolve { next_hop, .. } => match self.neighbors.mac_of(next_hop) {
+                Some(mac) => self.send_resolved(packet.data, mac),
+                None => {
+                    let actions = self.neighbors.on_miss(next_hop, packet.data, now);
+                    self.run_actions(actions);
+                }
+            },
+            SlowReason::Arp { .. } => {
+                let Some(body) = packet.data.get(vnet::LEN + ethernet::HEADER_LEN..) else { return };
+                let Ok(reply) = ArpPacket::new_checked(body) else { return };
+                if reply.operation() != Operation::Reply {
+                    return;
+                }
+                let (waiting, changed) = self.neighbors.on_reply(reply.sender_ip(), reply.sender_mac(), now);
+                if changed {
+                    self.publish();
+                }
+                for data in waiting {
+                    self.send_resolved(data, reply.sender_mac());
+                }
+            }
+        }
+    }
+
+    /// Neighbour timers: retries, failures, re-confirmation.
+    pub fn on_neighbor_tick(&mut self) {
+        let (actions, changed) = self.neighbors.on_tick(self.now());
+        self.run_actions(actions);
+        if changed {
+            self.publish();
+        }
     }
 
     async fn attach_host_port(&mut self) -> Result<(), ControlError> {
@@ -158,12 +322,17 @@ impl Switch {
         self.host_ifindex = ifindex;
         let info = PortInfo { id: HOST_PORT, name: name.clone(), role: PortRole::Host { peer_mac }, mtu: self.config.host_port.mtu };
         let attachment = Attachment { netns: None, ifname: name, request: None };
-        self.install_port(info, attachment, queues, peer_mac);
+        let gateway_mac = self.config.gateway_mac();
+        self.install_port(info, attachment, queues, NextHop::Mac(peer_mac), gateway_mac);
+        let adjacency = self.record(HOST_PORT).adjacency;
+        let mut prefixes = self.config.host_port.routes.clone();
         if self.config.host_port.default_route {
-            let adjacency = self.record(HOST_PORT).adjacency;
-            let default: Ipv4Prefix = "0.0.0.0/0".parse().expect("valid");
-            self.routes.insert(default, Route { port: HOST_PORT, adjacency, owner: RouteOwner::Static });
-            self.fib.insert(default, adjacency).expect("adjacency index in range");
+            prefixes.push("0.0.0.0/0".into());
+        }
+        for prefix in prefixes {
+            let prefix = Self::parse_prefix(&prefix)?;
+            self.routes.insert(prefix, Route { port: HOST_PORT, adjacency, owner: RouteOwner::Static });
+            self.fib.insert(prefix, adjacency).expect("adjacency index in range");
         }
         self.publish();
         tracing::info!(port = %self.config.host_port.name, %peer_mac, ifindex, "host port attached");
@@ -221,11 +390,18 @@ impl Switch {
         self.ports.iter().flatten().find(|p| p.info.name == name).map(|p| p.info.id)
     }
 
-    fn install_port(&mut self, info: PortInfo, attachment: Attachment, queues: Arc<[Arc<dyn PortQueue>]>, dst_mac: MacAddr) {
+    fn install_port(
+        &mut self,
+        info: PortInfo,
+        attachment: Attachment,
+        queues: Arc<[Arc<dyn PortQueue>]>,
+        next_hop: NextHop,
+        src_mac: MacAddr,
+    ) {
         let id = info.id;
         // Adjacency indices are never reused (see `state`).
         let adjacency = self.adjacencies.len() as u32;
-        self.adjacencies.push(Some(Adjacency { port: id, src_mac: self.config.gateway_mac(), dst_mac, mtu: info.mtu }));
+        self.adjacencies.push(Some(Adjacency { port: id, src_mac, next_hop, mtu: info.mtu }));
         if self.ports.len() <= id as usize {
             self.ports.resize_with(id as usize + 1, || None);
         }
@@ -243,6 +419,7 @@ impl Switch {
             ports: self.ports.iter().map(|p| p.as_ref().map(|p| p.info.clone())).collect(),
             adjacencies: self.adjacencies.clone(),
             fib: self.fib.reader(),
+            neighbors: Arc::new(self.neighbors.resolved()),
         };
         let queues = self.ports.iter().map(|p| p.as_ref().map(|p| p.queues.clone())).collect();
         self.datapath.snapshot.store(Arc::new(Snapshot { generation: self.generation, forwarding, queues }));
@@ -269,7 +446,7 @@ impl Switch {
             Request::DelRoute { prefix } => self.del_route(&prefix).map(|()| serde_json::Value::Null),
             Request::ListPorts => Ok(value(self.list_ports())),
             Request::ListRoutes => Ok(value(self.list_routes())),
-            Request::ListNeighbors => Ok(value(Vec::<super::api::NeighborView>::new())),
+            Request::ListNeighbors => Ok(value(self.list_neighbors())),
             Request::Counters => Ok(value(self.counters())),
             Request::Trace { port, frame } => self.trace(&port, &frame).map(value),
         }
@@ -293,21 +470,22 @@ impl Switch {
         if !(576..=9000).contains(&mtu) {
             return Err(ControlError::Invalid(format!("MTU {mtu} is outside 576..=9000")));
         }
-        let id = (1..MAX_PORTS as PortId)
-            .find(|&id| self.ports.get(id as usize).is_none_or(|p| p.is_none()))
-            .ok_or(ControlError::TooManyPorts)?;
+        let id = self.free_port_id()?;
         let queues = self.open_queues(name, ifname, Some(netns.clone()), Attach::Existing).await?;
         self.hostnet.route_to_pod(*ip, self.host_ifindex).await?;
 
         let info = PortInfo { id, name: name.clone(), role: PortRole::Pod { ip: *ip, mac: *mac }, mtu };
         let attachment = Attachment { netns: Some(netns.clone()), ifname: ifname.clone(), request: Some(request.clone()) };
-        self.install_port(info, attachment, queues, *mac);
+        let gateway_mac = self.config.gateway_mac();
+        self.install_port(info, attachment, queues, NextHop::Mac(*mac), gateway_mac);
         let adjacency = self.record(id).adjacency;
         let host_route = Ipv4Prefix::host(*ip);
         self.fib.insert(host_route, adjacency).expect("adjacency index in range");
         self.routes.insert(host_route, Route { port: id, adjacency, owner: RouteOwner::Port });
         self.publish();
         self.persist()?;
+        // Tell the VPC subnet where this address lives now (a gratuitous ARP).
+        self.send_arp(Operation::Request, *ip, *ip);
         tracing::info!(port = %name, %ip, %mac, id, "pod port attached");
         Ok(self.port_view(self.record(id)))
     }
@@ -384,13 +562,22 @@ impl Switch {
             .iter()
             .filter_map(|(prefix, r)| {
                 let adj = self.adjacencies.get(r.adjacency as usize)?.as_ref()?;
-                Some(RouteView {
-                    prefix: prefix.to_string(),
-                    port: self.record(r.port).info.name.clone(),
-                    next_hop_mac: adj.dst_mac,
-                    mtu: adj.mtu,
-                })
+                let next_hop = match adj.next_hop {
+                    NextHop::Mac(mac) => mac.to_string(),
+                    NextHop::Arp { via: Some(via) } => format!("arp {via}"),
+                    NextHop::Arp { via: None } => "arp".to_string(),
+                };
+                Some(RouteView { prefix: prefix.to_string(), port: self.record(r.port).info.name.clone(), next_hop, mtu: adj.mtu })
             })
+            .collect()
+    }
+
+    pub fn list_neighbors(&self) -> Vec<NeighborView> {
+        let port = self.uplink.as_ref().map_or_else(String::new, |u| self.record(u.port).info.name.clone());
+        self.neighbors
+            .list()
+            .into_iter()
+            .map(|n| NeighborView { ip: n.ip, mac: n.mac, port: port.clone(), state: n.state.to_string() })
             .collect()
     }
 
@@ -402,7 +589,7 @@ impl Switch {
                 .map(|&r| (r.name().to_string(), self.stats.iter().map(|s| s.drops(r)).sum()))
                 .collect(),
             fib_routes: self.fib.len(),
-            neighbors: 0,
+            neighbors: self.neighbors.len(),
         }
     }
 
@@ -428,6 +615,8 @@ impl Switch {
             Next::Respond { reason, port, len } => {
                 format!("drop: {}; ICMP error of {} bytes to {}", reason.name(), len - vnet::LEN, name(port))
             }
+            Next::Resolve { port, next_hop, .. } => format!("to {} once ARP resolves {next_hop}", name(port)),
+            Next::ToControl { .. } => "to the control plane (ARP learning)".to_string(),
         };
         Ok(TraceView { steps: trace.steps, verdict })
     }
@@ -455,7 +644,7 @@ impl Switch {
         }
         let _ = writeln!(out, "# HELP vswitch_fib_routes Routes in the FIB.\n# TYPE vswitch_fib_routes gauge\nvswitch_fib_routes {}", self.fib.len());
         let _ = writeln!(out, "# HELP vswitch_fib_memory_bytes Memory of the FIB.\n# TYPE vswitch_fib_memory_bytes gauge\nvswitch_fib_memory_bytes {}", self.fib.memory().total());
-        let _ = writeln!(out, "# HELP vswitch_neighbors Neighbour entries.\n# TYPE vswitch_neighbors gauge\nvswitch_neighbors 0");
+        let _ = writeln!(out, "# HELP vswitch_neighbors Neighbour entries.\n# TYPE vswitch_neighbors gauge\nvswitch_neighbors {}", self.neighbors.len());
         let _ = writeln!(out, "# HELP vswitch_ports Attached ports.\n# TYPE vswitch_ports gauge\nvswitch_ports {}", ports.len());
         out
     }

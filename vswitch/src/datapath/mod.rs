@@ -7,6 +7,7 @@
 pub mod stats;
 mod worker;
 
+use std::net::Ipv4Addr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ pub use stats::{PortTotals, WorkerStats};
 pub use worker::spawn_worker;
 
 use crate::port::PortQueue;
-use crate::state::ForwardingState;
+use crate::state::{ForwardingState, PortId};
 
 /// Everything a worker needs for one batch.
 pub struct Snapshot {
@@ -32,9 +33,30 @@ impl std::fmt::Debug for Snapshot {
     }
 }
 
+/// Why a packet left the fast path for the control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowReason {
+    /// Waiting for ARP: send out of `port` to `next_hop` once resolved.
+    Resolve { port: PortId, next_hop: Ipv4Addr },
+    /// An ARP reply that arrived on `port`.
+    Arp { port: PortId },
+}
+
+/// A packet for the control plane: the vnet header and frame, copied out of the worker's buffer.
+#[derive(Debug)]
+pub struct SlowPacket {
+    pub reason: SlowReason,
+    pub data: Vec<u8>,
+}
+
+/// Packets that may wait for the control plane at once; beyond this they are dropped (counted),
+/// so a flood of unresolvable traffic cannot grow memory without bound.
+pub const SLOW_PATH_DEPTH: usize = 1024;
+
 /// What the control plane and the workers share.
 #[derive(Debug)]
 pub struct Datapath {
     pub snapshot: ArcSwap<Snapshot>,
     pub stop: AtomicBool,
+    pub slow_path: tokio::sync::mpsc::Sender<SlowPacket>,
 }

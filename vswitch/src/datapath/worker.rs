@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use super::{Datapath, Snapshot, WorkerStats};
+use super::{Datapath, SlowPacket, SlowReason, Snapshot, WorkerStats};
 use crate::pipeline::{DropReason, IcmpLimiter, Next, NoTrace, Pipeline, MAX_FRAME};
 use crate::port::PortQueue;
 use crate::state::PortId;
@@ -173,6 +173,14 @@ impl Worker {
                     self.stats.dropped(reason);
                     (port, len)
                 }
+                Next::Resolve { port: out, next_hop, len } => {
+                    to_control(&self.datapath, &self.stats, SlowReason::Resolve { port: out, next_hop }, &buf[..len]);
+                    continue;
+                }
+                Next::ToControl { len } => {
+                    to_control(&self.datapath, &self.stats, SlowReason::Arp { port }, &buf[..len]);
+                    continue;
+                }
             };
             let Some(out) = snapshot.queues.get(out_port as usize).and_then(|q| q.as_ref()).and_then(|q| q.get(self.index)) else {
                 self.stats.dropped(DropReason::PortDown);
@@ -185,5 +193,13 @@ impl Worker {
             }
         }
         !drained
+    }
+}
+
+/// Copies a packet to the control plane (the slow path: ARP only, never steady traffic).
+fn to_control(datapath: &Datapath, stats: &WorkerStats, reason: SlowReason, data: &[u8]) {
+    let packet = SlowPacket { reason, data: data.to_vec() };
+    if datapath.slow_path.try_send(packet).is_err() {
+        stats.dropped(DropReason::SlowPathFull);
     }
 }

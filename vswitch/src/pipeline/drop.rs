@@ -36,7 +36,7 @@ drop_reasons! {
     VlanTagged => "vlan_tagged", "802.1Q/802.1ad tagged frames are not switched";
     UnsupportedEtherType => "unsupported_ethertype", "neither IPv4 nor ARP";
     SpoofedSourceMac => "spoofed_source_mac", "Ethernet source is not the port's MAC";
-    NotToGateway => "not_to_gateway", "IPv4 frame not addressed to the gateway MAC";
+    NotOurMac => "not_our_mac", "IPv4 frame not addressed to the switch's MAC on that port";
     ArpMalformed => "arp_malformed", "ARP that is not a well-formed Ethernet/IPv4 request or reply";
     ArpSpoofed => "arp_spoofed", "ARP sender MAC or IP is not the port's own";
     ArpReplyFromPod => "arp_reply_from_pod", "ARP reply from a pod (the switch never asks pods)";
@@ -50,6 +50,9 @@ drop_reasons! {
     SpoofedSourceIp => "spoofed_source_ip", "IPv4 source is not the pod's own address";
     TtlExpired => "ttl_expired", "TTL 0 or 1 on arrival (time exceeded sent)";
     NoRoute => "no_route", "no FIB entry or adjacency for the destination";
+    NeighborUnresolved => "neighbor_unresolved", "the uplink next hop did not answer ARP";
+    NeighborQueueFull => "neighbor_queue_full", "too many packets already waiting for that next hop's ARP reply";
+    SlowPathFull => "slow_path_full", "the queue to the control plane (ARP resolution and learning) was full";
     Hairpin => "hairpin", "the route points back out of the arrival port";
     FragmentationNeeded => "fragmentation_needed", "DF set and larger than the egress MTU (fragmentation-needed sent)";
     FragmentationUnsupported => "fragmentation_unsupported", "larger than the egress MTU without DF (the switch does not fragment)";

@@ -18,7 +18,7 @@ use fib::FibView;
 pub use drop::DropReason;
 pub use icmp_limit::IcmpLimiter;
 
-use crate::state::{ForwardingState, PortId, PortInfo, PortRole};
+use crate::state::{ForwardingState, NextHop, PortId, PortInfo, PortRole};
 use crate::wire::arp::{self, ArpPacket, Operation};
 use crate::wire::ethernet::{self, EthernetFrame};
 use crate::wire::icmp::{self, IcmpError};
@@ -35,6 +35,11 @@ pub enum Next {
     /// The frame is dropped for `reason`, and the buffer now holds an ICMP error of `len` bytes
     /// to send out of `port`.
     Respond { reason: DropReason, port: PortId, len: usize },
+    /// Ready for `port` but for the destination MAC: hand it to the control plane, which
+    /// resolves `next_hop` with ARP and sends it.
+    Resolve { port: PortId, next_hop: Ipv4Addr, len: usize },
+    /// An ARP reply on the uplink: the control plane learns from it.
+    ToControl { len: usize },
 }
 
 /// Watches the pipeline stage by stage.
@@ -140,6 +145,9 @@ impl Pipeline {
         let (op, sender_mac, sender_ip, target_ip) = (arp.operation(), arp.sender_mac(), arp.sender_ip(), arp.target_ip());
         trace.step("arp", format_args!("{op:?} who-has {target_ip} tell {sender_ip} ({sender_mac})"));
         let answer = match port.role {
+            PortRole::Uplink { .. } if op == Operation::Reply => return Next::ToControl { len },
+            // On the VPC subnet the switch speaks for its pods, and only for them.
+            PortRole::Uplink { .. } => self.is_local_pod(state, fib, target_ip),
             PortRole::Pod { ip, mac } => {
                 // A probe (sender 0.0.0.0, RFC 5227) is allowed; anything else must be the pod itself.
                 if sender_mac != mac || (sender_ip != ip && !sender_ip.is_unspecified()) {
@@ -161,12 +169,13 @@ impl Pipeline {
         if !answer {
             return Next::Drop(DropReason::ArpNotOurs);
         }
-        arp.make_reply(state.gateway_mac);
+        let own_mac = state.own_mac(port);
+        arp.make_reply(own_mac);
         let mut eth = EthernetFrame::new_checked(&mut buf[vnet::LEN..len]).expect("checked above");
         eth.set_dst(sender_mac);
-        eth.set_src(state.gateway_mac);
+        eth.set_src(own_mac);
         VnetHeader::default().write(&mut buf[..vnet::LEN]);
-        trace.step("arp", format_args!("reply {target_ip} is-at {}", state.gateway_mac));
+        trace.step("arp", format_args!("reply {target_ip} is-at {own_mac}"));
         Next::Tx { port: port.id, len: L2 + arp::PACKET_LEN }
     }
 
@@ -190,8 +199,8 @@ impl Pipeline {
         trace: &mut T,
     ) -> Next {
         let dst_mac = MacAddr(buf[vnet::LEN..vnet::LEN + 6].try_into().expect("6 bytes"));
-        if dst_mac != state.gateway_mac {
-            return Next::Drop(DropReason::NotToGateway);
+        if dst_mac != state.own_mac(port) {
+            return Next::Drop(DropReason::NotOurMac);
         }
         let ip = match Ipv4Packet::new_checked(&buf[L2..len]) {
             Ok(ip) => ip,
@@ -223,7 +232,7 @@ impl Pipeline {
         let Some(adj) = state.adjacency(adjacency_index).copied() else {
             return Next::Drop(DropReason::NoRoute);
         };
-        trace.step("fib", format_args!("{dst} -> adjacency {adjacency_index}: port {} {} > {} mtu {}", adj.port, adj.src_mac, adj.dst_mac, adj.mtu));
+        trace.step("fib", format_args!("{dst} -> adjacency {adjacency_index}: port {} from {} to {:?} mtu {}", adj.port, adj.src_mac, adj.next_hop, adj.mtu));
         if adj.port == port.id {
             return Next::Drop(DropReason::Hairpin);
         }
@@ -242,13 +251,28 @@ impl Pipeline {
             }
             return Next::Drop(DropReason::FragmentationUnsupported);
         }
+        let dst_mac = match adj.next_hop {
+            NextHop::Mac(mac) => Ok(mac),
+            NextHop::Arp { via } => {
+                let hop = via.unwrap_or(dst);
+                state.neighbors.get(&hop).copied().ok_or(hop)
+            }
+        };
         let mut ip = Ipv4Packet::new_checked(&mut buf[L2..len]).expect("checked above");
         ip.decrement_ttl();
         let mut eth = EthernetFrame::new_checked(&mut buf[vnet::LEN..len]).expect("checked above");
         eth.set_src(adj.src_mac);
-        eth.set_dst(adj.dst_mac);
-        trace.step("rewrite", format_args!("ttl {} -> {}, {} > {}", ttl, ttl - 1, adj.src_mac, adj.dst_mac));
-        Next::Tx { port: adj.port, len }
+        match dst_mac {
+            Ok(mac) => {
+                eth.set_dst(mac);
+                trace.step("rewrite", format_args!("ttl {} -> {}, {} > {mac}", ttl, ttl - 1, adj.src_mac));
+                Next::Tx { port: adj.port, len }
+            }
+            Err(next_hop) => {
+                trace.step("neighbor", format_args!("{next_hop} unresolved: to the control plane for ARP"));
+                Next::Resolve { port: adj.port, next_hop, len }
+            }
+        }
     }
 
     /// Replaces the buffer with an ICMP error about the packet in it, addressed back to where it

@@ -2,6 +2,7 @@
 
 pub mod memory;
 pub mod netns;
+pub mod packet;
 pub mod tap;
 
 pub use memory::MemoryPort;

@@ -130,7 +130,13 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(node: &Netns, dir: &Path, workers: usize) -> Daemon {
+        Self::start_with_config(node, dir, workers, "")
+    }
+
+    /// Starts with `config` (TOML) as the configuration file.
+    pub fn start_with_config(node: &Netns, dir: &Path, workers: usize, config: &str) -> Daemon {
         std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("vswitchd.toml"), config).unwrap();
         let socket = dir.join("vswitchd.sock");
         let host_port = "vsw0".to_string();
         let mut d = Daemon { child: None, socket, dir: dir.into(), host_port };
@@ -142,6 +148,7 @@ impl Daemon {
         let log = std::fs::File::create(self.dir.join(format!("vswitchd-{}.log", unique("")))).unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", &node.name, env!("CARGO_BIN_EXE_vswitchd")])
+            .args(["--config", self.dir.join("vswitchd.toml").to_str().unwrap()])
             .args(["--socket", self.socket.to_str().unwrap(), "--state-dir", self.dir.join("state").to_str().unwrap()])
             .args(["--metrics-addr", "127.0.0.1:9477", "--host-port", &self.host_port, "--workers", &workers.to_string()])
             .stdout(log.try_clone().unwrap())

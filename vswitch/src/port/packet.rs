@@ -1,0 +1,103 @@
+//! The uplink: an AF_PACKET socket on a NIC dedicated to pod traffic, with PACKET_VNET_HDR so
+//! GSO frames cross it whole, like the TAPs. Each worker has its own socket in one fanout group
+//! (the kernel spreads flows over them by hash, as a multi-queue TAP does); the control plane has
+//! a send-only socket for ARP and for packets that waited for ARP.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use super::PortQueue;
+
+const ETH_P_ALL: u16 = 0x0003;
+const PACKET_VNET_HDR: libc::c_int = 15;
+const PACKET_FANOUT: libc::c_int = 18;
+const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+const PACKET_FANOUT_HASH: u32 = 0;
+
+#[derive(Debug)]
+pub struct PacketSocket {
+    fd: OwnedFd,
+}
+
+fn check(ret: libc::c_int) -> io::Result<()> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn set_int(fd: RawFd, option: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: `value` lives across the call and its size is passed.
+    check(unsafe {
+        libc::setsockopt(fd, libc::SOL_PACKET, option, (&value as *const libc::c_int).cast(), size_of::<libc::c_int>() as u32)
+    })
+}
+
+impl PacketSocket {
+    /// A receiving and sending queue on interface `ifindex`, member of fanout group `group`.
+    pub fn open_queue(ifindex: u32, group: u16) -> io::Result<PacketSocket> {
+        let socket = Self::open(ifindex, ETH_P_ALL)?;
+        // Frames we send must not come back to us.
+        set_int(socket.fd.as_raw_fd(), PACKET_IGNORE_OUTGOING, 1)?;
+        set_int(socket.fd.as_raw_fd(), PACKET_FANOUT, (group as u32 | (PACKET_FANOUT_HASH << 16)) as libc::c_int)?;
+        Ok(socket)
+    }
+
+    /// A socket that only sends (protocol 0 receives nothing).
+    pub fn open_sender(ifindex: u32) -> io::Result<PacketSocket> {
+        Self::open(ifindex, 0)
+    }
+
+    fn open(ifindex: u32, protocol: u16) -> io::Result<PacketSocket> {
+        // SAFETY: plain socket(2) call.
+        let raw = unsafe {
+            libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, protocol.to_be() as libc::c_int)
+        };
+        check(raw)?;
+        // SAFETY: `raw` is a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        set_int(fd.as_raw_fd(), PACKET_VNET_HDR, 1)?;
+        // SAFETY: sockaddr_ll is plain data; zeroed is a valid starting value.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = protocol.to_be();
+        addr.sll_ifindex = ifindex as i32;
+        // SAFETY: `addr` is a valid sockaddr_ll and its size is passed.
+        check(unsafe {
+            libc::bind(fd.as_raw_fd(), (&addr as *const libc::sockaddr_ll).cast(), size_of::<libc::sockaddr_ll>() as u32)
+        })?;
+        Ok(PacketSocket { fd })
+    }
+}
+
+impl PortQueue for PacketSocket {
+    #[inline]
+    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: `buf` is valid for writes of its length.
+        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_TRUNC) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n as usize > buf.len() {
+            // Truncated: never forward a partial frame.
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "frame larger than the buffer"));
+        }
+        Ok(n as usize)
+    }
+
+    #[inline]
+    fn send(&self, buf: &[u8]) -> io::Result<()> {
+        // SAFETY: `buf` is valid for reads of its length.
+        let n = unsafe { libc::send(self.fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn raw_fd(&self) -> Option<RawFd> {
+        Some(self.fd.as_raw_fd())
+    }
+}
