@@ -4,6 +4,7 @@
 //! one atomic swap and wakes the workers; a worker picks it up between batches. Per packet there
 //! is no lock, no allocation, no log line and no system call beyond the port's own read and write.
 
+mod forward;
 pub mod stats;
 mod worker;
 
@@ -13,6 +14,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+pub use forward::{Forwarder, BATCH};
 pub use stats::{PortTotals, WorkerStats};
 pub use worker::spawn_worker;
 

@@ -5,32 +5,26 @@ use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use super::{Datapath, SlowPacket, SlowReason, Snapshot, WorkerStats};
-use crate::pipeline::{DropReason, IcmpLimiter, Next, NoTrace, Pipeline, MAX_FRAME};
+use super::{Datapath, Forwarder, Snapshot, WorkerStats};
+use crate::pipeline::{IcmpLimiter, Pipeline};
 use crate::port::PortQueue;
 use crate::state::PortId;
 
-/// Frames read from one port before moving on to the next (fairness between ports).
-const BATCH: usize = 32;
 const WAKE: Token = Token(usize::MAX);
 
 struct Worker {
     index: usize,
     datapath: Arc<Datapath>,
-    stats: Arc<WorkerStats>,
-    pipeline: Pipeline,
+    forwarder: Forwarder,
     poll: Poll,
     /// What this worker has registered: port -> (fd, the queue, kept alive until deregistered).
     registered: HashMap<PortId, (RawFd, Arc<dyn PortQueue>)>,
     generation: u64,
-    buffers: Vec<Box<[u8]>>,
-    lengths: [usize; BATCH],
-    started: Instant,
 }
 
 /// Starts worker `index`; returns its waker (to call after publishing a snapshot) and handle.
@@ -42,18 +36,8 @@ pub fn spawn_worker(
 ) -> io::Result<(Arc<Waker>, std::thread::JoinHandle<()>)> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
-    let mut worker = Worker {
-        index,
-        datapath,
-        stats,
-        pipeline: Pipeline::new(icmp),
-        poll,
-        registered: HashMap::new(),
-        generation: u64::MAX,
-        buffers: (0..BATCH).map(|_| vec![0u8; MAX_FRAME].into_boxed_slice()).collect(),
-        lengths: [0; BATCH],
-        started: Instant::now(),
-    };
+    let forwarder = Forwarder::new(index, stats, Pipeline::new(icmp), datapath.slow_path.clone());
+    let mut worker = Worker { index, datapath, forwarder, poll, registered: HashMap::new(), generation: u64::MAX };
     let handle = std::thread::Builder::new().name(format!("vsw-worker-{index}")).spawn(move || worker.run())?;
     Ok((waker, handle))
 }
@@ -130,76 +114,9 @@ impl Worker {
         }
     }
 
-    /// Reads up to a batch from `port` and forwards it; true if the queue may hold more.
     fn serve(&mut self, snapshot: &Snapshot, port: PortId) -> bool {
         let Some((_, queue)) = self.registered.get(&port) else { return false };
         let queue = queue.clone();
-        let mut count = 0;
-        let mut drained = false;
-        while count < BATCH {
-            match queue.recv(&mut self.buffers[count]) {
-                Ok(n) => {
-                    self.lengths[count] = n;
-                    self.stats.rx(port, n);
-                    count += 1;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    drained = true;
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    // EIO/EBADFD while a device goes away: the next snapshot removes the port.
-                    drained = true;
-                    break;
-                }
-            }
-        }
-        if count == 0 {
-            return false;
-        }
-        let now_ns = self.started.elapsed().as_nanos() as u64;
-        let fib = snapshot.forwarding.fib.pin();
-        for i in 0..count {
-            let buf = &mut self.buffers[i];
-            let next = self.pipeline.process(&snapshot.forwarding, &fib, port, buf, self.lengths[i], now_ns, &mut NoTrace);
-            let (out_port, len) = match next {
-                Next::Tx { port, len } => (port, len),
-                Next::Drop(reason) => {
-                    self.stats.dropped(reason);
-                    continue;
-                }
-                Next::Respond { reason, port, len } => {
-                    self.stats.dropped(reason);
-                    (port, len)
-                }
-                Next::Resolve { port: out, next_hop, len } => {
-                    to_control(&self.datapath, &self.stats, SlowReason::Resolve { port: out, next_hop }, &buf[..len]);
-                    continue;
-                }
-                Next::ToControl { len } => {
-                    to_control(&self.datapath, &self.stats, SlowReason::Arp { port }, &buf[..len]);
-                    continue;
-                }
-            };
-            let Some(out) = snapshot.queues.get(out_port as usize).and_then(|q| q.as_ref()).and_then(|q| q.get(self.index)) else {
-                self.stats.dropped(DropReason::PortDown);
-                continue;
-            };
-            match out.send(&buf[..len]) {
-                Ok(()) => self.stats.tx(out_port, len),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.stats.dropped(DropReason::TxQueueFull),
-                Err(_) => self.stats.dropped(DropReason::TxError),
-            }
-        }
-        !drained
-    }
-}
-
-/// Copies a packet to the control plane (the slow path: ARP only, never steady traffic).
-fn to_control(datapath: &Datapath, stats: &WorkerStats, reason: SlowReason, data: &[u8]) {
-    let packet = SlowPacket { reason, data: data.to_vec() };
-    if datapath.slow_path.try_send(packet).is_err() {
-        stats.dropped(DropReason::SlowPathFull);
+        self.forwarder.forward_batch(snapshot, port, &*queue)
     }
 }

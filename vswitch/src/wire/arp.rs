@@ -107,15 +107,15 @@ pub fn emit(buf: &mut [u8], op: Operation, sender: (MacAddr, Ipv4Addr), target: 
 mod tests {
     use super::*;
 
-    // ARP payload of a captured request: who-has 10.0.0.2 tell 10.0.0.1 (from 02:42:ac:11:00:02).
-    const REQUEST: [u8; 28] = [
-        0x00, 0x01, 0x08, 0x00, 0x06, 0x04, 0x00, 0x01, 0x02, 0x42, 0xac, 0x11, 0x00, 0x02, //
-        10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 10, 0, 0, 2,
-    ];
+    use crate::wire::captured::{ARP_REPLY, ARP_REQUEST};
+
+    fn payload(frame: &[u8; 42]) -> [u8; 28] {
+        frame[14..].try_into().unwrap()
+    }
 
     #[test]
     fn parses_and_answers_a_captured_request() {
-        let mut bytes = REQUEST;
+        let mut bytes = payload(&ARP_REQUEST);
         let mut arp = ArpPacket::new_checked(&mut bytes[..]).unwrap();
         assert_eq!(arp.operation(), Operation::Request);
         assert_eq!(arp.sender_ip(), Ipv4Addr::new(10, 0, 0, 1));
@@ -126,16 +126,21 @@ mod tests {
         assert_eq!((arp.sender_mac(), arp.sender_ip()), (gw, Ipv4Addr::new(10, 0, 0, 2)));
         assert_eq!(arp.target_mac().to_string(), "02:42:ac:11:00:02");
         assert_eq!(arp.target_ip(), Ipv4Addr::new(10, 0, 0, 1));
+        // The captured reply parses to the same fields a real host sent.
+        let reply_bytes = payload(&ARP_REPLY);
+        let reply = ArpPacket::new_checked(&reply_bytes[..]).unwrap();
+        assert_eq!((reply.operation(), reply.sender_ip()), (Operation::Reply, Ipv4Addr::new(10, 0, 0, 2)));
+        assert_eq!(reply.sender_mac().to_string(), "02:42:ac:11:00:03");
     }
 
     #[test]
     fn refuses_non_ipv4_and_bad_operations() {
-        let mut bad = REQUEST;
+        let mut bad = payload(&ARP_REQUEST);
         bad[2] = 0x86; // IPv6 protocol type
         assert!(ArpPacket::new_checked(&bad[..]).is_err());
-        let mut bad = REQUEST;
+        let mut bad = payload(&ARP_REQUEST);
         bad[7] = 9;
         assert!(ArpPacket::new_checked(&bad[..]).is_err());
-        assert!(ArpPacket::new_checked(&REQUEST[..27]).is_err());
+        assert!(ArpPacket::new_checked(&payload(&ARP_REQUEST)[..27]).is_err());
     }
 }

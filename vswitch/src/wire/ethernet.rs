@@ -161,26 +161,23 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> EthernetFrame<T> {
 mod tests {
     use super::*;
 
-    // An ARP request captured on a veth: who-has 10.0.0.2 tell 10.0.0.1.
-    const CAPTURED: [u8; 42] = [
-        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 0x42, 0xac, 0x11, 0x00, 0x02, 0x08, 0x06, //
-        0x00, 0x01, 0x08, 0x00, 0x06, 0x04, 0x00, 0x01, 0x02, 0x42, 0xac, 0x11, 0x00, 0x02, //
-        10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 10, 0, 0, 2,
-    ];
+    use crate::wire::captured::{ARP_REQUEST, ICMP_ECHO_REQUEST};
 
     #[test]
     fn parses_captured_header() {
-        let f = EthernetFrame::new_checked(&CAPTURED[..]).unwrap();
+        let f = EthernetFrame::new_checked(&ARP_REQUEST[..]).unwrap();
         assert_eq!(f.dst(), MacAddr::BROADCAST);
         assert_eq!(f.src().to_string(), "02:42:ac:11:00:02");
         assert_eq!(f.ethertype(), EtherType::Arp);
         assert_eq!(f.payload().len(), 28);
+        let f = EthernetFrame::new_checked(&ICMP_ECHO_REQUEST[..]).unwrap();
+        assert_eq!((f.dst().to_string(), f.ethertype()), ("02:42:ac:11:00:03".to_string(), EtherType::Ipv4));
     }
 
     #[test]
     fn truncated_frames_are_refused() {
         assert_eq!(
-            EthernetFrame::new_checked(&CAPTURED[..13]).unwrap_err(),
+            EthernetFrame::new_checked(&ARP_REQUEST[..13]).unwrap_err(),
             WireError::Truncated { need: 14, have: 13 }
         );
     }

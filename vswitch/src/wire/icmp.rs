@@ -53,6 +53,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn captured_echo_messages_verify() {
+        use crate::wire::captured::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST};
+        for (frame, kind) in [(ICMP_ECHO_REQUEST, TYPE_ECHO_REQUEST), (ICMP_ECHO_REPLY, TYPE_ECHO_REPLY)] {
+            let ip = ipv4::Ipv4Packet::new_checked(&frame[14..]).unwrap();
+            assert_eq!(ip.payload()[0], kind);
+            assert_eq!(checksum::sum(ip.payload()), 0xffff, "ICMP checksum over the captured message");
+        }
+    }
+
+    #[test]
     fn frag_needed_carries_the_mtu_and_verifies() {
         let quoted = [0x45u8; 28];
         let mut buf = [0u8; 56];

@@ -137,25 +137,30 @@ pub fn emit_header(buf: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, p
 mod tests {
     use super::*;
 
-    // The IP header and first 8 bytes of the echo request `ping -c1 10.0.0.2` sends from 10.0.0.1.
-    pub(crate) const CAPTURED: [u8; 28] = [
-        0x45, 0x00, 0x00, 0x1c, 0x6a, 0x4f, 0x40, 0x00, 0x40, 0x01, 0xbc, 0x8f, 10, 0, 0, 1, 10, 0, 0, 2, //
-        0x08, 0x00, 0xf7, 0xfe, 0x00, 0x01, 0x00, 0x00,
-    ];
+    use crate::wire::captured::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST};
+
+    /// The IP packet of a captured frame.
+    fn ip(frame: &[u8; 50]) -> [u8; 36] {
+        frame[14..].try_into().unwrap()
+    }
 
     #[test]
     fn parses_captured_header() {
-        let p = Ipv4Packet::new_checked(&CAPTURED[..]).unwrap();
+        let bytes = ip(&ICMP_ECHO_REQUEST);
+        let p = Ipv4Packet::new_checked(&bytes[..]).unwrap();
         assert_eq!((p.src(), p.dst()), (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)));
-        assert_eq!((p.ttl(), p.protocol(), p.total_len(), p.header_len()), (64, PROTO_ICMP, 28, 20));
+        assert_eq!((p.ttl(), p.protocol(), p.total_len(), p.header_len()), (64, PROTO_ICMP, 36, 20));
         assert!(p.dont_fragment() && !p.is_later_fragment());
-        assert_eq!(p.payload().len(), 8);
+        assert_eq!(p.payload().len(), 16);
+        let bytes = ip(&ICMP_ECHO_REPLY);
+        let p = Ipv4Packet::new_checked(&bytes[..]).unwrap();
+        assert!(!p.dont_fragment());
     }
 
     #[test]
     fn every_bad_field_has_its_error() {
-        let check = |mutate: fn(&mut [u8; 28])| {
-            let mut b = CAPTURED;
+        let check = |mutate: fn(&mut [u8; 36])| {
+            let mut b = ip(&ICMP_ECHO_REQUEST);
             mutate(&mut b);
             Ipv4Packet::new_checked(&b[..]).unwrap_err()
         };
@@ -163,14 +168,15 @@ mod tests {
         assert_eq!(check(|b| b[0] = 0x44), Ipv4Error::BadHeaderLength);
         assert_eq!(check(|b| b[0] = 0x4f), Ipv4Error::BadHeaderLength);
         assert_eq!(check(|b| b[3] = 0x40), Ipv4Error::BadTotalLength);
+        assert_eq!(check(|b| b[10] ^= 0xff), Ipv4Error::BadChecksum);
         assert_eq!(check(|b| b[3] = 0x10), Ipv4Error::BadTotalLength);
         assert_eq!(check(|b| b[11] ^= 1), Ipv4Error::BadChecksum);
-        assert_eq!(Ipv4Packet::new_checked(&CAPTURED[..19]).unwrap_err(), Ipv4Error::Truncated);
+        assert_eq!(Ipv4Packet::new_checked(&ip(&ICMP_ECHO_REQUEST)[..19]).unwrap_err(), Ipv4Error::Truncated);
     }
 
     #[test]
     fn ttl_decrement_keeps_the_checksum_valid() {
-        let mut b = CAPTURED;
+        let mut b = ip(&ICMP_ECHO_REQUEST);
         let mut p = Ipv4Packet::new_checked(&mut b[..]).unwrap();
         p.decrement_ttl();
         assert_eq!(p.ttl(), 63);

@@ -5,6 +5,7 @@
 //! Parsing knows nothing of ports or packets' fates; see `pipeline` for that.
 
 pub mod arp;
+pub mod captured;
 pub mod checksum;
 pub mod ethernet;
 pub mod icmp;

@@ -1,0 +1,188 @@
+//! One batch through the pipeline: read up to [`BATCH`] frames from a port queue, decide each
+//! one's fate, write it out. Shared by the workers (TAP and packet-socket queues) and by tests
+//! and benches (in-memory queues), so both exercise the same code.
+
+use std::io;
+use std::time::Instant;
+
+use super::{SlowPacket, SlowReason, Snapshot, WorkerStats};
+use crate::pipeline::{DropReason, Next, NoTrace, Pipeline, MAX_FRAME};
+use crate::port::PortQueue;
+use crate::state::PortId;
+use std::sync::Arc;
+
+/// Frames read from one port before moving on to the next (fairness between ports).
+pub const BATCH: usize = 32;
+
+pub struct Forwarder {
+    /// Which queue of each port is ours.
+    index: usize,
+    stats: Arc<WorkerStats>,
+    pipeline: Pipeline,
+    slow_path: tokio::sync::mpsc::Sender<SlowPacket>,
+    buffers: Vec<Box<[u8]>>,
+    lengths: [usize; BATCH],
+    started: Instant,
+}
+
+impl std::fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarder").field("index", &self.index).finish_non_exhaustive()
+    }
+}
+
+impl Forwarder {
+    pub fn new(index: usize, stats: Arc<WorkerStats>, pipeline: Pipeline, slow_path: tokio::sync::mpsc::Sender<SlowPacket>) -> Self {
+        Forwarder {
+            index,
+            stats,
+            pipeline,
+            slow_path,
+            buffers: (0..BATCH).map(|_| vec![0u8; MAX_FRAME].into_boxed_slice()).collect(),
+            lengths: [0; BATCH],
+            started: Instant::now(),
+        }
+    }
+
+    /// Reads up to a batch from `queue` (port `port`) and forwards it; true if the queue may
+    /// hold more.
+    pub fn forward_batch(&mut self, snapshot: &Snapshot, port: PortId, queue: &dyn PortQueue) -> bool {
+        let mut count = 0;
+        let mut drained = false;
+        while count < BATCH {
+            match queue.recv(&mut self.buffers[count]) {
+                Ok(n) => {
+                    self.lengths[count] = n;
+                    self.stats.rx(port, n);
+                    count += 1;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    drained = true;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    // EIO/EBADFD while a device goes away: the next snapshot removes the port.
+                    drained = true;
+                    break;
+                }
+            }
+        }
+        if count == 0 {
+            return false;
+        }
+        let now_ns = self.started.elapsed().as_nanos() as u64;
+        let fib = snapshot.forwarding.fib.pin();
+        for i in 0..count {
+            let buf = &mut self.buffers[i];
+            let next = self.pipeline.process(&snapshot.forwarding, &fib, port, buf, self.lengths[i], now_ns, &mut NoTrace);
+            let (out_port, len) = match next {
+                Next::Tx { port, len } => (port, len),
+                Next::Drop(reason) => {
+                    self.stats.dropped(reason);
+                    continue;
+                }
+                Next::Respond { reason, port, len } => {
+                    self.stats.dropped(reason);
+                    (port, len)
+                }
+                Next::Resolve { port: out, next_hop, len } => {
+                    to_control(&self.slow_path, &self.stats, SlowReason::Resolve { port: out, next_hop }, &buf[..len]);
+                    continue;
+                }
+                Next::ToControl { len } => {
+                    to_control(&self.slow_path, &self.stats, SlowReason::Arp { port }, &buf[..len]);
+                    continue;
+                }
+            };
+            let Some(out) = snapshot.queues.get(out_port as usize).and_then(|q| q.as_ref()).and_then(|q| q.get(self.index)) else {
+                self.stats.dropped(DropReason::PortDown);
+                continue;
+            };
+            match out.send(&buf[..len]) {
+                Ok(()) => self.stats.tx(out_port, len),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.stats.dropped(DropReason::TxQueueFull),
+                Err(_) => self.stats.dropped(DropReason::TxError),
+            }
+        }
+        !drained
+    }
+}
+
+/// Copies a packet to the control plane (the slow path: ARP only, never steady traffic).
+fn to_control(slow_path: &tokio::sync::mpsc::Sender<SlowPacket>, stats: &WorkerStats, reason: SlowReason, data: &[u8]) {
+    let packet = SlowPacket { reason, data: data.to_vec() };
+    if slow_path.try_send(packet).is_err() {
+        stats.dropped(DropReason::SlowPathFull);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use fib::{Fib, Ipv4Prefix};
+
+    use super::*;
+    use crate::pipeline::IcmpLimiter;
+    use crate::port::MemoryPort;
+    use crate::state::{Adjacency, ForwardingState, NextHop, PortInfo, PortRole};
+    use crate::wire::captured::ICMP_ECHO_REQUEST;
+    use crate::wire::{vnet, MacAddr};
+
+    /// Two pods on in-memory ports: 10.0.0.1 (port 0) and 10.0.0.2 (port 1), as in the capture.
+    fn setup() -> (Snapshot, Vec<Arc<MemoryPort>>, Fib<Ipv4Addr>, Forwarder, tokio::sync::mpsc::Receiver<SlowPacket>) {
+        let gw: MacAddr = "02:42:ac:11:00:03".parse().unwrap(); // the capture's destination MAC
+        let macs: [MacAddr; 2] = ["02:42:ac:11:00:02".parse().unwrap(), "02:00:00:00:00:22".parse().unwrap()];
+        let mut fib = Fib::new();
+        fib.insert(Ipv4Prefix::host(Ipv4Addr::new(10, 0, 0, 1)), 0).unwrap();
+        fib.insert(Ipv4Prefix::host(Ipv4Addr::new(10, 0, 0, 2)), 1).unwrap();
+        fib.publish();
+        let ports = (0..2u16)
+            .map(|i| Some(PortInfo { id: i, name: format!("p{i}"), role: PortRole::Pod { ip: Ipv4Addr::new(10, 0, 0, i as u8 + 1), mac: macs[i as usize] }, mtu: 1500 }))
+            .collect();
+        let adjacencies = (0..2u16).map(|i| Some(Adjacency { port: i, src_mac: gw, next_hop: NextHop::Mac(macs[i as usize]), mtu: 1500 })).collect();
+        let forwarding = ForwardingState { gateway_ip: Ipv4Addr::new(169, 254, 1, 1), gateway_mac: gw, ports, adjacencies, fib: fib.reader(), neighbors: Default::default() };
+        let memory: Vec<Arc<MemoryPort>> = (0..2).map(|_| Arc::new(MemoryPort::default())).collect();
+        let queues = memory.iter().map(|m| Some(Arc::from(vec![m.clone() as Arc<dyn PortQueue>]))).collect();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let stats = Arc::new(WorkerStats::default());
+        let forwarder = Forwarder::new(0, stats, Pipeline::new(IcmpLimiter::new(10, 10)), tx);
+        (Snapshot { generation: 1, forwarding, queues }, memory, fib, forwarder, rx)
+    }
+
+    fn with_vnet(frame: &[u8]) -> Vec<u8> {
+        let mut buf = vec![0u8; vnet::LEN];
+        buf.extend_from_slice(frame);
+        buf
+    }
+
+    #[test]
+    fn a_batch_is_forwarded_counted_and_drops_are_named() {
+        let (snapshot, ports, _fib, mut forwarder, _rx) = setup();
+        for _ in 0..3 {
+            ports[0].push(with_vnet(&ICMP_ECHO_REQUEST));
+        }
+        let mut bad = with_vnet(&ICMP_ECHO_REQUEST);
+        bad[vnet::LEN + 24] ^= 0xff; // header checksum
+        ports[0].push(bad);
+        assert!(!forwarder.forward_batch(&snapshot, 0, &*ports[0]), "queue drained");
+        let sent = ports[1].take_sent();
+        assert_eq!(sent.len(), 3);
+        assert_eq!(sent[0][vnet::LEN + 22], 63, "TTL decremented");
+        assert_eq!(forwarder.stats.port(0).rx_packets, 4);
+        assert_eq!(forwarder.stats.port(1).tx_packets, 3);
+        assert_eq!(forwarder.stats.drops(DropReason::Ipv4BadChecksum), 1);
+    }
+
+    #[test]
+    fn a_full_batch_reports_more_to_read() {
+        let (snapshot, ports, _fib, mut forwarder, _rx) = setup();
+        for _ in 0..BATCH + 1 {
+            ports[0].push(with_vnet(&ICMP_ECHO_REQUEST));
+        }
+        assert!(forwarder.forward_batch(&snapshot, 0, &*ports[0]));
+        assert!(!forwarder.forward_batch(&snapshot, 0, &*ports[0]));
+        assert_eq!(ports[1].take_sent().len(), BATCH + 1);
+    }
+}
