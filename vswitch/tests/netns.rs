@@ -1,14 +1,13 @@
 //! vswitchd end to end, in real network namespaces, with real TAPs, ping and iperf3.
 //! Needs root (CI runs as root); without it every test here fails with a clear message.
 
-mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use support::{require_root, Daemon, Netns, Pod, TempDir};
+use vpc_lab::netns::{self as support, require_root, Binaries, Daemon, Netns, Pod, TempDir};
 
 /// A node namespace with vswitchd and two attached pods, and an address on the node itself.
 struct Node {
@@ -27,7 +26,7 @@ fn node(workers: usize, subnet: u8) -> Node {
     let dir = TempDir::new();
     let node = Netns::new("vtn");
     node.ip(&["addr", "add", &format!("{NODE_IP}/32"), "dev", "lo"]);
-    let daemon = Daemon::start(&node, &dir.0, workers);
+    let daemon = Daemon::start(&bins(), &node, &dir.0, workers);
     let a = Pod::new(Ipv4Addr::new(10, 10, subnet, 2));
     let b = Pod::new(Ipv4Addr::new(10, 10, subnet, 3));
     daemon.attach("pod-a", &a);
@@ -180,4 +179,8 @@ fn trace_shows_each_stage_for_a_frame() {
 
 fn mac(s: &str) -> [u8; 6] {
     s.parse::<vswitch::wire::MacAddr>().unwrap().0
+}
+
+fn bins() -> Binaries {
+    Binaries { vswitchd: env!("CARGO_BIN_EXE_vswitchd").into(), vswitchctl: env!("CARGO_BIN_EXE_vswitchctl").into() }
 }

@@ -3,11 +3,10 @@
 //! for their addresses, which the switch answers; pods reach the VM after the switch resolves
 //! it with ARP itself. Needs root, like every namespace test.
 
-mod support;
 
 use std::net::Ipv4Addr;
 
-use support::{require_root, Daemon, Netns, Pod, TempDir};
+use vpc_lab::netns::{require_root, Binaries, Daemon, Netns, Pod, TempDir};
 
 #[test]
 fn pods_and_a_vpc_host_reach_each_other_over_the_uplink() {
@@ -32,7 +31,7 @@ fn pods_and_a_vpc_host_reach_each_other_over_the_uplink() {
         interface = "up0"
         subnet = "10.10.0.0/16"
     "#;
-    let daemon = Daemon::start_with_config(&node, &dir.0, 2, config);
+    let daemon = Daemon::start_with_config(&bins(), &node, &dir.0, 2, config);
     let pod = Pod::new(Ipv4Addr::new(10, 10, 40, 2));
     daemon.attach("pod-a", &pod);
 
@@ -59,4 +58,8 @@ fn pods_and_a_vpc_host_reach_each_other_over_the_uplink() {
     std::thread::sleep(std::time::Duration::from_secs(4));
     assert!(daemon.drops("neighbor_unresolved") >= 1, "{}", daemon.ctl_json(&["counters"]));
     let _keep = (&fabric, &node);
+}
+
+fn bins() -> Binaries {
+    Binaries { vswitchd: env!("CARGO_BIN_EXE_vswitchd").into(), vswitchctl: env!("CARGO_BIN_EXE_vswitchctl").into() }
 }

@@ -1,6 +1,5 @@
-//! Real network namespaces for end-to-end tests. Every name is unique per process and test, and
-//! everything made here is removed on drop, also when a test fails.
-#![allow(dead_code)]
+//! Real network namespaces, pods and daemons. Every name is unique per process and use, and
+//! everything made here is removed on drop, also when a test fails or a tool is interrupted.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -43,6 +42,7 @@ pub fn try_run(args: &[&str]) -> Output {
 }
 
 /// A network namespace, deleted (with every device in it) on drop.
+#[derive(Debug)]
 pub struct Netns {
     pub name: String,
 }
@@ -90,6 +90,7 @@ impl Drop for Netns {
 }
 
 /// A pod: a namespace whose eth0 is a persistent multi-queue TAP, addressed the way vpc-cni does.
+#[derive(Debug)]
 pub struct Pod {
     pub ns: Netns,
     pub ip: Ipv4Addr,
@@ -121,25 +122,51 @@ impl Pod {
 }
 
 /// vswitchd running in a node namespace, killed on drop.
+#[derive(Debug)]
 pub struct Daemon {
     pub child: Option<Child>,
     pub socket: PathBuf,
     pub dir: PathBuf,
     pub host_port: String,
+    bins: Binaries,
+}
+
+/// Where the project's binaries are (tests get them from Cargo, tools from their own folder).
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub vswitchd: PathBuf,
+    pub vswitchctl: PathBuf,
+}
+
+impl Binaries {
+    /// The binaries next to the running executable (`target/release/` for the tools, the parent
+    /// of `target/release/deps/` for tests); fails clearly if they were not built.
+    pub fn beside_current_exe() -> Binaries {
+        let exe = std::env::current_exe().expect("current exe");
+        let mut dir = exe.parent().expect("exe dir").to_path_buf();
+        if dir.ends_with("deps") {
+            dir.pop();
+        }
+        let bins = Binaries { vswitchd: dir.join("vswitchd"), vswitchctl: dir.join("vswitchctl") };
+        for b in [&bins.vswitchd, &bins.vswitchctl] {
+            assert!(b.exists(), "{} is missing: build the workspace first (cargo build --release --workspace)", b.display());
+        }
+        bins
+    }
 }
 
 impl Daemon {
-    pub fn start(node: &Netns, dir: &Path, workers: usize) -> Daemon {
-        Self::start_with_config(node, dir, workers, "")
+    pub fn start(bins: &Binaries, node: &Netns, dir: &Path, workers: usize) -> Daemon {
+        Self::start_with_config(bins, node, dir, workers, "")
     }
 
     /// Starts with `config` (TOML) as the configuration file.
-    pub fn start_with_config(node: &Netns, dir: &Path, workers: usize, config: &str) -> Daemon {
+    pub fn start_with_config(bins: &Binaries, node: &Netns, dir: &Path, workers: usize, config: &str) -> Daemon {
         std::fs::create_dir_all(dir).unwrap();
         std::fs::write(dir.join("vswitchd.toml"), config).unwrap();
         let socket = dir.join("vswitchd.sock");
         let host_port = "vsw0".to_string();
-        let mut d = Daemon { child: None, socket, dir: dir.into(), host_port };
+        let mut d = Daemon { child: None, socket, dir: dir.into(), host_port, bins: bins.clone() };
         d.spawn(node, workers);
         d
     }
@@ -147,7 +174,8 @@ impl Daemon {
     pub fn spawn(&mut self, node: &Netns, workers: usize) {
         let log = std::fs::File::create(self.dir.join(format!("vswitchd-{}.log", unique("")))).unwrap();
         let child = Command::new("ip")
-            .args(["netns", "exec", &node.name, env!("CARGO_BIN_EXE_vswitchd")])
+            .args(["netns", "exec", &node.name])
+            .arg(&self.bins.vswitchd)
             .args(["--config", self.dir.join("vswitchd.toml").to_str().unwrap()])
             .args(["--socket", self.socket.to_str().unwrap(), "--state-dir", self.dir.join("state").to_str().unwrap()])
             .args(["--metrics-addr", "127.0.0.1:9477", "--host-port", &self.host_port, "--workers", &workers.to_string()])
@@ -164,7 +192,7 @@ impl Daemon {
     }
 
     pub fn ctl(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_vswitchctl"))
+        Command::new(&self.bins.vswitchctl)
             .args(["--socket", self.socket.to_str().unwrap()])
             .args(args)
             .output()
@@ -209,7 +237,14 @@ impl Drop for Daemon {
 }
 
 /// A scratch directory removed on drop.
+#[derive(Debug)]
 pub struct TempDir(pub PathBuf);
+
+impl Default for TempDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl TempDir {
     pub fn new() -> TempDir {
