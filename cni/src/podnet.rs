@@ -1,0 +1,159 @@
+//! The pod side: a persistent TAP in the pod's namespace, configured over rtnetlink from a
+//! thread that entered that namespace (so the netlink socket belongs to it).
+//!
+//! eth0 gets the pod's MAC (derived from its IP), the MTU, `IP/32`, a link-scope route to the
+//! gateway, the default route via the gateway, and a permanent neighbour entry for the gateway
+//! (so the pod never has to ARP for it, and a vswitchd restart does not stall its first packets).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+
+use futures::TryStreamExt;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
+use rtnetlink::packet_route::neighbour::NeighbourState;
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteScope};
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use vswitch::port::netns;
+use vswitch::port::tap::{Attach, TapQueue};
+use vswitch::wire::MacAddr;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PodNetError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("creating the TAP: {0}")]
+    Tap(#[from] vswitch::port::TapError),
+    #[error("netlink: {0}")]
+    Netlink(#[from] rtnetlink::Error),
+    #[error("{0}")]
+    Check(String),
+}
+
+/// What the pod's interface should look like.
+#[derive(Debug, Clone, Copy)]
+pub struct PodInterface<'a> {
+    pub ifname: &'a str,
+    pub mac: MacAddr,
+    pub mtu: u16,
+    pub ip: Ipv4Addr,
+    pub gateway: Ipv4Addr,
+    pub gateway_mac: MacAddr,
+}
+
+/// Runs netlink work inside `ns` on its own small runtime.
+fn in_netns<T: Send, F, Fut>(ns: &Path, work: F) -> Result<T, PodNetError>
+where
+    F: FnOnce(Handle) -> Fut + Send,
+    Fut: std::future::Future<Output = Result<T, PodNetError>>,
+{
+    let mut result = None;
+    netns::run_in(Some(ns), || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        result = Some(runtime.block_on(async {
+            let (connection, handle, _) = rtnetlink::new_connection()?;
+            tokio::spawn(connection);
+            work(handle).await
+        }));
+        Ok(())
+    })?;
+    result.expect("ran")
+}
+
+async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, PodNetError> {
+    match handle.link().get().match_name(name.to_string()).execute().try_next().await {
+        Ok(link) => Ok(link.map(|l| l.header.index)),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Creates and configures the pod's TAP. On error, what was created is left for [`remove`].
+pub fn create(ns: &Path, pod: PodInterface<'_>) -> Result<(), PodNetError> {
+    // The queue is closed again at once: the device persists, and vswitchd attaches its own.
+    TapQueue::open(pod.ifname, Some(ns), Attach::CreatePersistent)?;
+    in_netns(ns, move |handle: Handle| async move {
+        let index = link_index(&handle, pod.ifname).await?.ok_or_else(|| PodNetError::Check(format!("{} vanished", pod.ifname)))?;
+        handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).address(pod.mac.0.to_vec()).mtu(pod.mtu as u32).up().build())
+            .execute()
+            .await?;
+        handle.address().add(index, IpAddr::V4(pod.ip), 32).execute().await?;
+        let to_gateway = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(pod.gateway, 32)
+            .output_interface(index)
+            .scope(RouteScope::Link)
+            .build();
+        handle.route().add(to_gateway).execute().await?;
+        let default = RouteMessageBuilder::<Ipv4Addr>::new().gateway(pod.gateway).output_interface(index).build();
+        handle.route().add(default).execute().await?;
+        handle
+            .neighbours()
+            .add(index, IpAddr::V4(pod.gateway))
+            .link_layer_address(&pod.gateway_mac.0)
+            .state(NeighbourState::Permanent)
+            .execute()
+            .await?;
+        Ok(())
+    })
+}
+
+/// Deletes the pod's TAP; a namespace or link already gone is success.
+pub fn remove(ns: &Path, ifname: &str) -> Result<(), PodNetError> {
+    if !ns.exists() {
+        return Ok(());
+    }
+    let ifname = ifname.to_string();
+    in_netns(ns, move |handle: Handle| async move {
+        if let Some(index) = link_index(&handle, &ifname).await? {
+            match handle.link().del(index).execute().await {
+                Ok(()) => {}
+                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Verifies the interface is as [`create`] left it.
+pub fn check(ns: &Path, pod: PodInterface<'_>) -> Result<(), PodNetError> {
+    let fail = |what: String| Err(PodNetError::Check(what));
+    if !ns.exists() {
+        return fail(format!("network namespace {} is gone", ns.display()));
+    }
+    in_netns(ns, move |handle: Handle| async move {
+        let Some(link) = handle.link().get().match_name(pod.ifname.to_string()).execute().try_next().await.ok().flatten() else {
+            return fail(format!("{} does not exist", pod.ifname));
+        };
+        let index = link.header.index;
+        if !link.header.flags.contains(LinkFlags::Up) {
+            return fail(format!("{} is down", pod.ifname));
+        }
+        let has = |want: &LinkAttribute| link.attributes.iter().any(|a| a == want);
+        if !has(&LinkAttribute::Address(pod.mac.0.to_vec())) {
+            return fail(format!("{} does not have MAC {}", pod.ifname, pod.mac));
+        }
+        if !has(&LinkAttribute::Mtu(pod.mtu as u32)) {
+            return fail(format!("{} does not have MTU {}", pod.ifname, pod.mtu));
+        }
+        let addresses: Vec<_> = handle.address().get().set_link_index_filter(index).execute().try_collect().await?;
+        let has_ip = addresses.iter().any(|a| {
+            a.header.prefix_len == 32 && a.attributes.iter().any(|attr| matches!(attr, AddressAttribute::Address(IpAddr::V4(ip)) if *ip == pod.ip))
+        });
+        if !has_ip {
+            return fail(format!("{} does not have {}/32", pod.ifname, pod.ip));
+        }
+        let routes: Vec<_> = handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute().try_collect().await?;
+        let default_via_gateway = routes.iter().any(|r| {
+            r.header.destination_prefix_length == 0
+                && r.attributes.iter().any(|a| matches!(a, RouteAttribute::Gateway(RouteAddress::Inet(gw)) if *gw == pod.gateway))
+                && r.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index))
+        });
+        if !default_via_gateway {
+            return fail(format!("no default route via {} on {}", pod.gateway, pod.ifname));
+        }
+        Ok(())
+    })
+}
