@@ -1,6 +1,9 @@
-//! Shared helpers for the benchmarks.
+//! Shared pieces of the benchmarks: route data for the FIB benches, and the measurements
+//! `vpc-bench` runs.
 
 use std::path::PathBuf;
+
+pub mod cni_latency;
 
 /// A file of the RIS route data set in `shared/data/routes` beside the repository.
 pub fn route_data(name: &str) -> PathBuf {

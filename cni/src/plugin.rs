@@ -124,7 +124,7 @@ impl Plugin {
                 if !msg.contains("already exists") {
                     return Err(ClientError::Refused(msg).into());
                 }
-                self.vswitch().call(&Request::DelPort { name: name.clone() })?;
+                self.vswitch().call(&Request::DelPort { name: name.clone(), remove_device: false })?;
                 self.vswitch().call(&add)?;
             }
             Ok(add_result(&self.conf, &owner.ifname, &interface.mac.to_string(), &netns.display().to_string(), ip))
@@ -143,13 +143,18 @@ impl Plugin {
     }
 
     /// Removes the port, the TAP (if the namespace is known and still there) and the address.
+    ///
+    /// vswitchd deletes the TAP of a port it knows right after detaching it, without making DEL
+    /// wait for the kernel to unregister the device (tens of milliseconds on a busy node); a TAP
+    /// vswitchd never knew (an ADD that died half-way) is deleted here.
     fn detach(&self, owner: &Attachment, netns: Option<&Path>) -> Result<(), CniError> {
-        match self.vswitch().call(&Request::DelPort { name: port_name(owner) }) {
-            Ok(_) => {}
-            Err(ClientError::Refused(msg)) if msg.contains("no port named") => {}
+        let request = Request::DelPort { name: port_name(owner), remove_device: true };
+        let known = match self.vswitch().call(&request) {
+            Ok(_) => true,
+            Err(ClientError::Refused(msg)) if msg.contains("no port named") => false,
             Err(e) => return Err(e.into()),
-        }
-        if let Some(netns) = netns {
+        };
+        if let (false, Some(netns)) = (known, netns) {
             podnet::remove(netns, &owner.ifname)?;
         }
         self.ipam().release(owner)?;

@@ -14,7 +14,7 @@ use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
 use rtnetlink::packet_route::neighbour::NeighbourState;
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteScope};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
-use vswitch::port::netns;
+use vswitch::control::hostnet::{self, in_netns, link_index};
 use vswitch::port::tap::{Attach, TapQueue};
 use vswitch::wire::MacAddr;
 
@@ -22,6 +22,8 @@ use vswitch::wire::MacAddr;
 pub enum PodNetError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    HostNet(#[from] vswitch::control::hostnet::HostNetError),
     #[error("creating the TAP: {0}")]
     Tap(#[from] vswitch::port::TapError),
     #[error("netlink: {0}")]
@@ -41,39 +43,15 @@ pub struct PodInterface<'a> {
     pub gateway_mac: MacAddr,
 }
 
-/// Runs netlink work inside `ns` on its own small runtime.
-fn in_netns<T: Send, F, Fut>(ns: &Path, work: F) -> Result<T, PodNetError>
-where
-    F: FnOnce(Handle) -> Fut + Send,
-    Fut: std::future::Future<Output = Result<T, PodNetError>>,
-{
-    let mut result = None;
-    netns::run_in(Some(ns), || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        result = Some(runtime.block_on(async {
-            let (connection, handle, _) = rtnetlink::new_connection()?;
-            tokio::spawn(connection);
-            work(handle).await
-        }));
-        Ok(())
-    })?;
-    result.expect("ran")
-}
-
-async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, PodNetError> {
-    match handle.link().get().match_name(name.to_string()).execute().try_next().await {
-        Ok(link) => Ok(link.map(|l| l.header.index)),
-        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// Creates and configures the pod's TAP. On error, what was created is left for [`remove`].
 pub fn create(ns: &Path, pod: PodInterface<'_>) -> Result<(), PodNetError> {
+    // A leftover from an earlier attachment of this sandbox would be attached to, not created.
+    remove(ns, pod.ifname)?;
     // The queue is closed again at once: the device persists, and vswitchd attaches its own.
     TapQueue::open(pod.ifname, Some(ns), Attach::CreatePersistent)?;
     in_netns(ns, move |handle: Handle| async move {
         let index = link_index(&handle, pod.ifname).await?.ok_or_else(|| PodNetError::Check(format!("{} vanished", pod.ifname)))?;
+        hostnet::set_noqueue(&handle, index).await?;
         handle
             .link()
             .set(LinkUnspec::new_with_index(index).address(pod.mac.0.to_vec()).mtu(pod.mtu as u32).up().build())
@@ -99,22 +77,9 @@ pub fn create(ns: &Path, pod: PodInterface<'_>) -> Result<(), PodNetError> {
     })
 }
 
-/// Deletes the pod's TAP; a namespace or link already gone is success.
+/// Deletes the pod's TAP now; a namespace or link already gone is success.
 pub fn remove(ns: &Path, ifname: &str) -> Result<(), PodNetError> {
-    if !ns.exists() {
-        return Ok(());
-    }
-    let ifname = ifname.to_string();
-    in_netns(ns, move |handle: Handle| async move {
-        if let Some(index) = link_index(&handle, &ifname).await? {
-            match handle.link().del(index).execute().await {
-                Ok(()) => {}
-                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(())
-    })
+    Ok(hostnet::delete_link_in(ns, ifname)?)
 }
 
 /// Verifies the interface is as [`create`] left it.

@@ -39,7 +39,12 @@ enum Command {
         #[arg(long)]
         mtu: Option<u16>,
     },
-    DelPort { name: String },
+    DelPort {
+        name: String,
+        /// Also delete the port's TAP device.
+        #[arg(long)]
+        remove_device: bool,
+    },
     /// Route a prefix out of a port.
     AddRoute { prefix: String, port: String },
     DelRoute { prefix: String },
@@ -59,7 +64,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let request = match cli.command {
         Command::AddPort { name, netns, ifname, ip, mac, mtu } => Request::AddPort { name, netns, ifname, ip, mac, mtu },
-        Command::DelPort { name } => Request::DelPort { name },
+        Command::DelPort { name, remove_device } => Request::DelPort { name, remove_device },
         Command::AddRoute { prefix, port } => Request::AddRoute { prefix, port },
         Command::DelRoute { prefix } => Request::DelRoute { prefix },
         Command::Ports => Request::ListPorts,

@@ -26,7 +26,13 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mtu: Option<u16>,
     },
-    DelPort { name: String },
+    /// Detach a port; with `remove_device`, also delete its TAP afterwards (in the background:
+    /// the reply does not wait for the kernel to unregister the device).
+    DelPort {
+        name: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        remove_device: bool,
+    },
     /// Route `prefix` (e.g. `10.20.0.0/16`) out of port `port`.
     AddRoute { prefix: String, port: String },
     DelRoute { prefix: String },

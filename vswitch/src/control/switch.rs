@@ -441,7 +441,7 @@ impl Switch {
         }
         match request {
             Request::AddPort { .. } => self.add_port(request).await.map(value),
-            Request::DelPort { name } => self.del_port(&name).await.map(|()| serde_json::Value::Null),
+            Request::DelPort { name, remove_device } => self.del_port(&name, remove_device).await.map(|()| serde_json::Value::Null),
             Request::AddRoute { prefix, port } => self.add_route(&prefix, &port).map(|()| serde_json::Value::Null),
             Request::DelRoute { prefix } => self.del_route(&prefix).map(|()| serde_json::Value::Null),
             Request::ListPorts => Ok(value(self.list_ports())),
@@ -490,7 +490,7 @@ impl Switch {
         Ok(self.port_view(self.record(id)))
     }
 
-    async fn del_port(&mut self, name: &str) -> Result<(), ControlError> {
+    async fn del_port(&mut self, name: &str, remove_device: bool) -> Result<(), ControlError> {
         let id = self.port_id(name).ok_or_else(|| ControlError::NoSuchPort(name.into()))?;
         if id == HOST_PORT {
             return Err(ControlError::Invalid("the host port cannot be removed".into()));
@@ -507,6 +507,15 @@ impl Switch {
             self.hostnet.remove_route_to_pod(ip, self.host_ifindex).await?;
         }
         self.persist()?;
+        if let (true, Some(netns)) = (remove_device, record.attachment.netns.clone()) {
+            let ifname = record.attachment.ifname.clone();
+            // Our queues go when the workers drop the old snapshot; the device can go now.
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = super::hostnet::delete_link_in(&netns, &ifname) {
+                    tracing::warn!(netns = %netns.display(), %ifname, error = %e, "could not delete the TAP");
+                }
+            });
+        }
         tracing::info!(port = %name, id, "port removed");
         Ok(())
     }
