@@ -52,6 +52,13 @@ fn invoke(plugin: &Path, command: &str, container: &str, netns: &Path, conf: &Va
     elapsed
 }
 
+fn wait_until_gone(pod: &Netns) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pod.exec(&["ip", "link", "show", "eth0"]).status.success() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Runs the comparison with `pods` pods per plugin. Needs root.
 pub fn run(pods: usize) -> CniReport {
     let reference = PathBuf::from("/usr/lib/cni/bridge");
@@ -85,6 +92,9 @@ pub fn run(pods: usize) -> CniReport {
     for (i, (o, r)) in sandboxes.iter().enumerate() {
         let id = format!("bench-{i}");
         ours_del.push(invoke(&ours, "DEL", &id, &o.path(), &ours_conf));
+        // vswitchd deletes our TAP right after answering; let that finish (untimed) so the
+        // kernel's device teardown does not land on the reference's measurement.
+        wait_until_gone(o);
         ref_del.push(invoke(&reference, "DEL", &id, &r.path(), &reference_conf));
     }
     nix::sched::setns(&original, nix::sched::CloneFlags::CLONE_NEWNET).expect("back to own namespace");

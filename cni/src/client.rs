@@ -48,6 +48,11 @@ impl<'a> Vswitch<'a> {
         }
     }
 
+    /// Is it up and answering? (Cheap, unlike listing every port.)
+    pub fn status(&self) -> Result<(), ClientError> {
+        self.call(&Request::Status).map(|_| ())
+    }
+
     pub fn ports(&self) -> Result<Vec<PortView>, ClientError> {
         let value = self.call(&Request::ListPorts)?;
         serde_json::from_value(value).map_err(|e| ClientError::Refused(format!("unexpected port list: {e}")))

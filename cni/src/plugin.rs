@@ -94,7 +94,7 @@ impl Plugin {
             return Err(CniError::with_details(Code::UnknownContainer, "network namespace does not exist", netns.display()));
         }
         // Fail before touching anything when the switch is down: the runtime retries later.
-        self.vswitch().ports()?;
+        self.vswitch().status()?;
 
         let mut undo: Vec<Box<dyn FnOnce()>> = Vec::new();
         let result = (|| {
@@ -197,7 +197,7 @@ impl Plugin {
 
     /// Ready for ADDs: vswitchd answers and the pool has an address.
     pub fn status(&self) -> Result<(), CniError> {
-        self.vswitch().ports().map_err(|e| CniError::with_details(Code::NotAvailable, "vswitchd is unreachable", e))?;
+        self.vswitch().status().map_err(|e| CniError::with_details(Code::NotAvailable, "vswitchd is unreachable", e))?;
         if self.ipam().free()? == 0 {
             return Err(CniError::new(Code::NotAvailable, "the address pool is empty"));
         }

@@ -45,11 +45,15 @@ pub struct PodInterface<'a> {
 
 /// Creates and configures the pod's TAP. On error, what was created is left for [`remove`].
 pub fn create(ns: &Path, pod: PodInterface<'_>) -> Result<(), PodNetError> {
-    // A leftover from an earlier attachment of this sandbox would be attached to, not created.
-    remove(ns, pod.ifname)?;
-    // The queue is closed again at once: the device persists, and vswitchd attaches its own.
-    TapQueue::open(pod.ifname, Some(ns), Attach::CreatePersistent)?;
     in_netns(ns, move |handle: Handle| async move {
+        // A leftover from an earlier attachment of this sandbox would be attached to, not
+        // created: start clean.
+        if let Some(index) = link_index(&handle, pod.ifname).await? {
+            handle.link().del(index).execute().await?;
+        }
+        // Already inside the namespace. The queue is closed again at once: the device persists,
+        // and vswitchd attaches its own.
+        TapQueue::open(pod.ifname, None, Attach::CreatePersistent)?;
         let index = link_index(&handle, pod.ifname).await?.ok_or_else(|| PodNetError::Check(format!("{} vanished", pod.ifname)))?;
         hostnet::set_noqueue(&handle, index).await?;
         handle

@@ -48,6 +48,8 @@ enum Command {
     /// Route a prefix out of a port.
     AddRoute { prefix: String, port: String },
     DelRoute { prefix: String },
+    /// Is the daemon up (ports attached, state generation).
+    Status,
     Ports,
     Routes,
     Neighbors,
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
         Command::DelPort { name, remove_device } => Request::DelPort { name, remove_device },
         Command::AddRoute { prefix, port } => Request::AddRoute { prefix, port },
         Command::DelRoute { prefix } => Request::DelRoute { prefix },
+        Command::Status => Request::Status,
         Command::Ports => Request::ListPorts,
         Command::Routes => Request::ListRoutes,
         Command::Neighbors => Request::ListNeighbors,
@@ -145,6 +148,7 @@ fn print_human(request: &Request, result: serde_json::Value) {
             }
             println!("   verdict: {}", t.verdict);
         }
+        Request::Status => println!("up: {} ports, generation {}", result["ports"], result["generation"]),
         Request::ListNeighbors => {
             let neighbors: Vec<NeighborView> = serde_json::from_value(result).unwrap_or_default();
             println!("{:<16} {:<18} {:<20} STATE", "IP", "MAC", "PORT");

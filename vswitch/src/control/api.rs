@@ -36,6 +36,8 @@ pub enum Request {
     /// Route `prefix` (e.g. `10.20.0.0/16`) out of port `port`.
     AddRoute { prefix: String, port: String },
     DelRoute { prefix: String },
+    /// A cheap liveness answer: the number of ports and the state generation.
+    Status,
     ListPorts,
     ListRoutes,
     ListNeighbors,

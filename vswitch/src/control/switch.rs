@@ -372,9 +372,8 @@ impl Switch {
     ) -> Result<Arc<[Arc<dyn PortQueue>]>, ControlError> {
         let (port, ifname, workers) = (port.to_string(), ifname.to_string(), self.config.workers);
         let opened = tokio::task::spawn_blocking(move || {
-            (0..workers)
-                .map(|_| TapQueue::open(&ifname, netns.as_deref(), attach).map(|q| Arc::new(q) as Arc<dyn PortQueue>))
-                .collect::<Result<Vec<_>, _>>()
+            TapQueue::open_many(&ifname, netns.as_deref(), attach, workers)
+                .map(|queues| queues.into_iter().map(|q| Arc::new(q) as Arc<dyn PortQueue>).collect::<Vec<_>>())
                 .map_err(|source| ControlError::Attach { name: port, source })
         })
         .await
@@ -444,6 +443,7 @@ impl Switch {
             Request::DelPort { name, remove_device } => self.del_port(&name, remove_device).await.map(|()| serde_json::Value::Null),
             Request::AddRoute { prefix, port } => self.add_route(&prefix, &port).map(|()| serde_json::Value::Null),
             Request::DelRoute { prefix } => self.del_route(&prefix).map(|()| serde_json::Value::Null),
+            Request::Status => Ok(value(serde_json::json!({"ports": self.ports.iter().flatten().count(), "generation": self.generation}))),
             Request::ListPorts => Ok(value(self.list_ports())),
             Request::ListRoutes => Ok(value(self.list_routes())),
             Request::ListNeighbors => Ok(value(self.list_neighbors())),

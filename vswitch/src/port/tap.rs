@@ -71,6 +71,11 @@ impl TapQueue {
     /// Opens one queue of TAP `name` in network namespace `netns` (`None`: this one), with
     /// IFF_VNET_HDR and TSO/checksum offloads.
     pub fn open(name: &str, netns: Option<&Path>, attach: Attach) -> Result<TapQueue, TapError> {
+        Ok(Self::open_many(name, netns, attach, 1)?.pop().expect("one queue"))
+    }
+
+    /// Opens `count` queues of TAP `name` (one per worker) with a single visit to the namespace.
+    pub fn open_many(name: &str, netns: Option<&Path>, attach: Attach, count: usize) -> Result<Vec<TapQueue>, TapError> {
         let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE, _pad: [0; 22] };
         let c_name = CString::new(name).map_err(|_| TapError::BadName(name.into()))?;
         let bytes = c_name.as_bytes();
@@ -79,29 +84,33 @@ impl TapQueue {
         }
         req.name[..bytes.len()].copy_from_slice(bytes);
 
-        let fd = netns::run_in(netns, || {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-                .open("/dev/net/tun")?;
-            let fd: OwnedFd = file.into();
+        let fds = netns::run_in(netns, || {
             // TUNSETIFF would create a missing device; a pod's must already exist. The lookup
             // runs on this thread, so it sees the namespace just entered.
             if attach == Attach::Existing && nix::net::if_::if_nametoindex(name).is_err() {
                 return Err(io::Error::new(io::ErrorKind::NotFound, "no such device in that namespace"));
             }
-            // SAFETY: `req` is a valid, initialised ifreq that outlives the call.
-            if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req as *mut IfReq) } < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if attach == Attach::CreatePersistent {
-                // SAFETY: TUNSETPERSIST takes an integer argument.
-                if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETPERSIST, 1 as libc::c_ulong) } < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            Ok(fd)
+            (0..count)
+                .map(|_| {
+                    let file = OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+                        .open("/dev/net/tun")?;
+                    let fd: OwnedFd = file.into();
+                    // SAFETY: `req` is a valid, initialised ifreq that outlives the call.
+                    if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req as *mut IfReq) } < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    if attach == Attach::CreatePersistent {
+                        // SAFETY: TUNSETPERSIST takes an integer argument.
+                        if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETPERSIST, 1 as libc::c_ulong) } < 0 {
+                            return Err(io::Error::last_os_error());
+                        }
+                    }
+                    Ok(fd)
+                })
+                .collect::<io::Result<Vec<_>>>()
         })
         .map_err(|source| match source.kind() {
             io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied | io::ErrorKind::InvalidInput => {
@@ -111,9 +120,13 @@ impl TapQueue {
             _ => TapError::Namespace(source),
         })?;
 
-        let queue = TapQueue { fd, name: name.into() };
-        queue.set_offloads()?;
-        Ok(queue)
+        fds.into_iter()
+            .map(|fd| {
+                let queue = TapQueue { fd, name: name.into() };
+                queue.set_offloads()?;
+                Ok(queue)
+            })
+            .collect()
     }
 
     fn set_offloads(&self) -> Result<(), TapError> {
