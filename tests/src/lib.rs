@@ -1,4 +1,5 @@
-//! The VPC lab on one machine: real network namespaces, pods wired like vpc-cni wires them, and
-//! vswitchd daemons. Used by the end-to-end tests of every crate.
+//! The VPC lab on one machine: real network namespaces, pods wired by the real vpc-cni, and
+//! vswitchd daemons. Used by the `vpc-lab` tool and by the end-to-end tests of every crate.
 
+pub mod lab;
 pub mod netns;

@@ -138,20 +138,29 @@ pub struct Binaries {
     pub vswitchctl: PathBuf,
 }
 
+/// The directory of the project's built binaries, seen from the running executable
+/// (`target/release/` for the tools, its `deps/` for tests).
+pub fn binary_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// A built binary of the project; fails clearly if it was not built.
+pub fn binary(name: &str) -> PathBuf {
+    let path = binary_dir().join(name);
+    assert!(path.exists(), "{} is missing: build the workspace first (cargo build --release --workspace)", path.display());
+    path
+}
+
 impl Binaries {
     /// The binaries next to the running executable (`target/release/` for the tools, the parent
     /// of `target/release/deps/` for tests); fails clearly if they were not built.
     pub fn beside_current_exe() -> Binaries {
-        let exe = std::env::current_exe().expect("current exe");
-        let mut dir = exe.parent().expect("exe dir").to_path_buf();
-        if dir.ends_with("deps") {
-            dir.pop();
-        }
-        let bins = Binaries { vswitchd: dir.join("vswitchd"), vswitchctl: dir.join("vswitchctl") };
-        for b in [&bins.vswitchd, &bins.vswitchctl] {
-            assert!(b.exists(), "{} is missing: build the workspace first (cargo build --release --workspace)", b.display());
-        }
-        bins
+        Binaries { vswitchd: binary("vswitchd"), vswitchctl: binary("vswitchctl") }
     }
 }
 

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# What the lab and the tests need on a fresh Debian 12 machine (as root).
+set -euo pipefail
+packages=(iproute2 iperf3 iputils-ping iptables containernetworking-plugins)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

@@ -1,0 +1,252 @@
+//! vpc-lab: a whole VPC on this machine, with every communication path proven end to end.
+//!
+//! `vpc-lab demo` stands the lab up, checks every path, measures pod-to-pod iperf3 and takes it
+//! all down again, failing if any path fails. `up`, `check` and `down` do the same in steps.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use vpc_lab::lab::{Lab, LabSpec, LabState, PathCheck, UplinkMode};
+
+#[derive(Parser)]
+#[command(name = "vpc-lab", about = "A VPC on one machine: nodes with vswitchd, pods through vpc-cni, every path checked")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Mode {
+    /// Pod traffic leaves through the node's own stack.
+    HostRouted,
+    /// Each node has a NIC dedicated to pod traffic, driven by vswitchd.
+    Uplink,
+}
+
+#[derive(clap::Args, Clone)]
+struct Shape {
+    #[arg(long, value_enum, default_value_t = Mode::HostRouted)]
+    mode: Mode,
+    #[arg(long, default_value_t = 1500)]
+    pod_mtu: u16,
+    /// Forwarding threads per vswitchd.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Stand the lab up and leave it running.
+    Up(Shape),
+    /// Check every path of a running lab (the only one, or NAME).
+    Check { name: Option<String>, #[arg(long)] json: bool },
+    /// Take a running lab down (the only one, NAME, or --all).
+    Down { name: Option<String>, #[arg(long)] all: bool },
+    /// Up, check, a short iperf3, down. Exits non-zero if any path fails.
+    Demo {
+        #[command(flatten)]
+        shape: Shape,
+        /// Seconds of iperf3 per measurement.
+        #[arg(long, default_value_t = 3)]
+        seconds: u32,
+    },
+    /// (inside the lab) Answer every TCP connection with this server's name and the peer it saw.
+    Serve { #[arg(long)] name: String, #[arg(long)] port: u16 },
+    /// (inside the lab) Connect, print the server's answer and the time it took.
+    Probe { address: SocketAddr },
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+#[allow(non_camel_case_types)]
+type libc_int = std::os::raw::c_int;
+
+fn spec(shape: &Shape) -> LabSpec {
+    LabSpec {
+        mode: match shape.mode {
+            Mode::HostRouted => UplinkMode::HostRouted,
+            Mode::Uplink => UplinkMode::Uplink,
+        },
+        pod_mtu: shape.pod_mtu,
+        workers: shape.workers,
+        ..LabSpec::default()
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Serve { name, port } => serve(&name, port),
+        Cmd::Probe { address } => probe(address),
+        command => {
+            if !nix::unistd::geteuid().is_root() {
+                eprintln!("vpc-lab: needs root (it creates network namespaces)");
+                return ExitCode::from(2);
+            }
+            match command {
+                Cmd::Up(shape) => up(&shape),
+                Cmd::Check { name, json } => with_state(name, |s| report(&s.topology.check(), json)),
+                Cmd::Down { name, all } => down(name, all),
+                Cmd::Demo { shape, seconds } => demo(&shape, seconds),
+                Cmd::Serve { .. } | Cmd::Probe { .. } => unreachable!("handled above"),
+            }
+        }
+    }
+}
+
+fn serve(name: &str, port: u16) -> ExitCode {
+    let listener = match TcpListener::bind(("0.0.0.0", port)) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("vpc-lab serve: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for stream in listener.incoming().flatten() {
+        let peer = stream.peer_addr().map_or_else(|_| "?".into(), |p| p.to_string());
+        let mut stream = stream;
+        let _ = writeln!(stream, "name={name} peer={peer}");
+    }
+    ExitCode::SUCCESS
+}
+
+fn probe(address: SocketAddr) -> ExitCode {
+    let start = Instant::now();
+    let result = TcpStream::connect_timeout(&address, Duration::from_secs(2)).and_then(|s| {
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line)?;
+        Ok(line)
+    });
+    match result {
+        Ok(line) if !line.is_empty() => {
+            println!("{} rtt_ms={:.3}", line.trim(), start.elapsed().as_secs_f64() * 1e3);
+            ExitCode::SUCCESS
+        }
+        Ok(_) => {
+            eprintln!("no answer from {address}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{address}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn up(shape: &Shape) -> ExitCode {
+    let lab = Lab::up(spec(shape), |step| println!("  {step}"));
+    let state = lab.detach();
+    println!("lab {} is up; `vpc-lab check` checks it, `vpc-lab down` removes it", state.topology.name);
+    ExitCode::SUCCESS
+}
+
+fn with_state(name: Option<String>, f: impl FnOnce(LabState) -> ExitCode) -> ExitCode {
+    let labs = LabState::list();
+    let name = match (name, labs.as_slice()) {
+        (Some(n), _) => n,
+        (None, [only]) => only.clone(),
+        (None, []) => {
+            eprintln!("vpc-lab: no lab is up");
+            return ExitCode::FAILURE;
+        }
+        (None, many) => {
+            eprintln!("vpc-lab: several labs are up ({}); name one", many.join(", "));
+            return ExitCode::FAILURE;
+        }
+    };
+    match LabState::load(&name) {
+        Ok(state) => f(state),
+        Err(e) => {
+            eprintln!("vpc-lab: lab {name}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn down(name: Option<String>, all: bool) -> ExitCode {
+    if all {
+        for name in LabState::list() {
+            if let Ok(state) = LabState::load(&name) {
+                state.teardown();
+                println!("lab {name} removed");
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    with_state(name, |state| {
+        state.teardown();
+        println!("lab {} removed", state.topology.name);
+        ExitCode::SUCCESS
+    })
+}
+
+fn report(checks: &[PathCheck], json: bool) -> ExitCode {
+    if json {
+        println!("{}", serde_json::to_string_pretty(checks).expect("serialisable"));
+    } else {
+        println!("{:<38} {:<7} {:<12} {:<5} {:>9}  DETAIL", "PATH", "FROM", "TO", "", "RTT ms");
+        for c in checks {
+            let rtt = c.rtt_ms.map_or_else(|| "-".to_string(), |r| format!("{r:.3}"));
+            println!("{:<38} {:<7} {:<12} {:<5} {:>9}  {}", c.path, c.from, c.to, if c.ok { "PASS" } else { "FAIL" }, rtt, c.detail);
+        }
+        let failed = checks.iter().filter(|c| !c.ok).count();
+        println!("{} passed, {} failed", checks.len() - failed, failed);
+    }
+    if checks.iter().all(|c| c.ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn demo(shape: &Shape, seconds: u32) -> ExitCode {
+    // Ctrl-C or SIGTERM stops between steps; dropping the lab removes everything either way.
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        let handler = nix::sys::signal::SigHandler::Handler(on_signal);
+        let _ = nix::sys::signal::signal(nix::sys::signal::Signal::SIGINT, handler);
+        let _ = nix::sys::signal::signal(nix::sys::signal::Signal::SIGTERM, handler);
+    }
+    let started = Instant::now();
+    println!("[1/4] standing up the lab VPC");
+    let mut lab = Lab::up(spec(shape), |step| println!("  {step}"));
+    let stopped = || INTERRUPTED.load(Ordering::SeqCst);
+    let mut ok = !stopped();
+    if ok {
+        println!("[2/4] checking every path");
+        ok = report(&lab.check(), false) == ExitCode::SUCCESS;
+    }
+    if !stopped() {
+        println!("[3/4] iperf3, one TCP stream, {seconds} s");
+        for (what, from, to) in [("pod -> pod, same node", "n1a", "n1b"), ("pod -> pod, across nodes", "n1a", "n2a")] {
+            match lab.iperf3(from, to, seconds) {
+                Ok(gbps) => println!("  {what:<28} {gbps:>7.2} Gbit/s"),
+                Err(e) => {
+                    println!("  {what:<28} failed: {e}");
+                    ok = false;
+                }
+            }
+        }
+    }
+    println!("[4/4] taking the lab down (pods through vpc-cni DEL, then daemons and namespaces)");
+    lab.delete_pods();
+    drop(lab);
+    if stopped() {
+        println!("interrupted; everything removed");
+        return ExitCode::from(130);
+    }
+    println!("done in {:.1} s: {}", started.elapsed().as_secs_f64(), if ok { "every path works" } else { "SOME PATHS FAILED" });
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
