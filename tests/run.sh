@@ -6,3 +6,4 @@ cd "$(dirname "$0")/.."
 tests/install-deps.sh
 cargo build --release --workspace --locked
 cargo test --release --workspace --locked
+tests/fuzz.sh

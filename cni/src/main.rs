@@ -3,16 +3,11 @@
 //! Reads the network configuration on stdin and the CNI_* environment, runs the verb, prints the
 //! result (ADD, VERSION) or the spec's error JSON, and exits non-zero on error.
 
-mod client;
-mod ipam;
-mod plugin;
-mod podnet;
-mod spec;
-
 use std::io::Read;
 use std::process::ExitCode;
 
-use spec::{CniError, Code, Command, Environment, NetConf, SUPPORTED_VERSIONS};
+use cni::plugin;
+use cni::spec::{CniError, Code, Command, Environment, NetConf, SUPPORTED_VERSIONS};
 
 fn main() -> ExitCode {
     let mut stdin = Vec::new();

@@ -51,6 +51,7 @@ pub fn pod_mac(ip: Ipv4Addr) -> MacAddr {
     MacAddr::local_from(ip.octets())
 }
 
+#[derive(Debug)]
 pub struct Plugin {
     pub conf: NetConf,
     pub env: Environment,

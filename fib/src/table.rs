@@ -437,12 +437,14 @@ impl<A: Address> Fib<A> {
         start..start + (1usize << (GROUP_BITS - len as u32))
     }
 
-    fn recompute_short_best(&self, slot: usize) -> (u32, i8) {
-        (0..=GROUP_BITS as u8)
+    /// The best short prefix strictly shorter than `len` covering the block `bits/len`: the
+    /// same for every slot of the block, so a removal computes it once.
+    fn best_shorter_than(&self, bits: u32, len: u8) -> (u32, i8) {
+        (0..len)
             .rev()
-            .find_map(|len| {
-                let bits = (net_mask(GROUP_BITS as u8, len) as usize & slot) as u32;
-                self.short.get(&(len, bits)).map(|&nh| (nh, len as i8))
+            .find_map(|l| {
+                let covering = (net_mask(GROUP_BITS as u8, l) as u32) & bits;
+                self.short.get(&(l, covering)).map(|&nh| (nh, l as i8))
             })
             .unwrap_or((NONE, -1))
     }
@@ -494,9 +496,12 @@ impl<A: Address> Fib<A> {
         let removed = if place.path.is_empty() {
             let (bits, len) = (place.local.bits(), place.local.len());
             let removed = self.short.remove(&(len, bits))?;
+            // Slots whose best was this prefix fall back to the best shorter one; slots with a
+            // longer best keep it.
+            let fallback = self.best_shorter_than(bits, len);
             for slot in Self::short_span(bits, len) {
                 if self.short_best[slot].1 == len as i8 {
-                    self.short_best[slot] = self.recompute_short_best(slot);
+                    self.short_best[slot] = fallback;
                     self.mark_slot(slot);
                 }
             }
