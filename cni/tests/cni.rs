@@ -211,7 +211,7 @@ fn kill_9_during_add_leaves_nothing_once_del_has_run() {
         assert!(link_gone_soon(&pod, "eth0"), "TAP left behind ({delay_ms} ms)");
         let ports = lab.daemon.ctl_json(&["ports"]);
         assert!(ports["result"].as_array().unwrap().iter().all(|p| p["name"] != format!("{id}:eth0")), "port left behind: {ports}");
-        assert!(lab.ipam_state()["allocations"].as_object().map_or(true, |a| a.is_empty()), "address left behind ({delay_ms} ms)");
+        assert!(lab.ipam_state()["allocations"].as_object().is_none_or(|a| a.is_empty()), "address left behind ({delay_ms} ms)");
     }
 }
 
@@ -255,7 +255,7 @@ fn bad_input_gets_the_specs_error_codes() {
     down["vswitchSocket"] = json!(lab.dir.0.join("nobody-here.sock"));
     assert_eq!(code(cni("ADD", "x", Some(&pod.path()), &down)), 11);
     assert!(!has_link(&pod, "eth0"));
-    assert!(lab.ipam_state()["allocations"].as_object().map_or(true, |a| a.is_empty()));
+    assert!(lab.ipam_state()["allocations"].as_object().is_none_or(|a| a.is_empty()));
     // STATUS: fine when up, 50 when down or out of addresses.
     assert!(cni_env("STATUS", &[], None, &conf).0);
     assert_eq!(code(cni_env("STATUS", &[], None, &down)), 50);

@@ -284,15 +284,18 @@ impl ChunkPtr {
     /// batched lookups can prefetch between steps.
     #[inline(always)]
     pub fn step(self, at: NodeAt, key: u32) -> Step {
-        // SAFETY (all accesses): `at` came from `root` or an earlier `step` on this chunk; see
-        // the module invariants.
+        // SAFETY: `at` came from `root` or an earlier `step` on this chunk, so it points at one
+        // of its nodes.
         let node = unsafe { &*at.node };
         let bit = 1u64 << ((key >> at.shift) & 63);
         if node.vector & bit != 0 {
             let index = node.base_node as usize + (node.vector & (bit - 1)).count_ones() as usize;
+            // SAFETY: a node's popcount(vector) children start at base_node (module invariants).
             Step::Node(NodeAt { node: unsafe { self.nodes().add(index) }, shift: at.shift - STRIDE })
         } else {
             let run = (node.leafvec & (bit | (bit - 1))).count_ones() as usize;
+            // SAFETY: a leaf position has a run starting at or before it inside the node's runs
+            // (module invariants), so run >= 1 and the index is inside the leaf array.
             Step::Leaf(unsafe { self.leaves().add(node.base_leaf as usize + run - 1) })
         }
     }

@@ -220,9 +220,12 @@ pub fn addresses_in_prefixes<A: Address>(routes: &[(Prefix<A>, u32)], n: usize, 
         .collect()
 }
 
+/// Announcements (`Some(next_hop)`) and withdrawals (`None`) of one family, in order.
+pub type UpdateTrace<A> = Vec<(Prefix<A>, Option<u32>)>;
+
 /// Splits an update trace by family; an announcement's next hop is its line index, so that
 /// re-announcements really change the table.
-pub fn split_updates(updates: &[Update]) -> (Vec<(Prefix<Ipv4Addr>, Option<u32>)>, Vec<(Prefix<Ipv6Addr>, Option<u32>)>) {
+pub fn split_updates(updates: &[Update]) -> (UpdateTrace<Ipv4Addr>, UpdateTrace<Ipv6Addr>) {
     let (mut v4, mut v6) = (Vec::new(), Vec::new());
     for (i, u) in updates.iter().enumerate() {
         let nh = (i as u32) % crate::MAX_NEXT_HOP;

@@ -41,10 +41,8 @@ fn for_each_line(
     path: &Path,
     mut each: impl FnMut(usize, &str) -> Result<(), RouteFileError>,
 ) -> Result<(), RouteFileError> {
-    let mut lines = open(path)?.lines();
-    let mut number = 0;
-    while let Some(line) = lines.next() {
-        number += 1;
+    for (index, line) in open(path)?.lines().enumerate() {
+        let number = index + 1;
         let line = line.map_err(|source| RouteFileError::Io { path: path.into(), source })?;
         let text = line.split('#').next().unwrap_or("").trim();
         if !text.is_empty() {

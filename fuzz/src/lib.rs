@@ -27,7 +27,7 @@ pub fn ethernet(data: &[u8]) {
     if let (Ok(o), Ok(t)) = (ours, theirs) {
         assert_eq!(o.src().0, t.source());
         assert_eq!(o.dst().0, t.destination());
-        assert_eq!(u16::from(o.ethertype()) == 0x8100 || u16::from(o.ethertype()) == 0x88a8 || u16::from(o.ethertype()) == t.ether_type().0, true);
+        assert_eq!(o.ethertype_raw(), t.ether_type().0);
         assert_eq!(o.payload(), t.payload_slice());
     }
 }
@@ -93,7 +93,7 @@ pub fn icmp(data: &[u8]) {
     let quoted = &data[..data.len().min(68)];
     let mtu = data.first().map_or(1500, |b| 576 + *b as u16);
     let mut buf = vec![0u8; 20 + 8 + quoted.len()];
-    let error = if data.len() % 2 == 0 { IcmpError::TimeExceeded } else { IcmpError::FragmentationNeeded { mtu } };
+    let error = if data.len().is_multiple_of(2) { IcmpError::TimeExceeded } else { IcmpError::FragmentationNeeded { mtu } };
     let len = icmp::emit_error(&mut buf, Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), error, quoted);
     let ip = Ipv4Packet::new_checked(&buf[..len]).expect("our ICMP error is valid IPv4");
     assert_eq!(vswitch::wire::checksum::sum(ip.payload()), 0xffff, "ICMP checksum");

@@ -195,7 +195,7 @@ impl Topology {
             return Err(text.lines().last().unwrap_or("no reply").to_string());
         }
         // rtt min/avg/max/mdev = 0.1/0.2/0.3/0.0 ms
-        let avg = text.lines().last().and_then(|l| l.split('=').nth(1)).and_then(|v| v.trim().split('/').nth(1)).and_then(|v| v.parse().ok());
+        let avg = text.lines().next_back().and_then(|l| l.split('=').nth(1)).and_then(|v| v.trim().split('/').nth(1)).and_then(|v| v.parse().ok());
         Ok(avg.unwrap_or(0.0))
     }
 
@@ -284,7 +284,7 @@ impl Topology {
             to: "hybrid".into(),
             ok,
             rtt_ms: None,
-            detail: if ok { format!("fragmentation needed, mtu {mtu}") } else { text.lines().filter(|l| !l.is_empty()).last().unwrap_or("").to_string() },
+            detail: if ok { format!("fragmentation needed, mtu {mtu}") } else { text.lines().rfind(|l| !l.is_empty()).unwrap_or("").to_string() },
         }
     }
 

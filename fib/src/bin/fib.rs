@@ -309,10 +309,10 @@ fn bench(
     for (name, r) in [("IPv4", &v4), ("IPv6", &v6)] {
         println!("{name}: {} prefixes", r.prefixes);
         println!("  {:<18} {:>14} {:>14} {:>12}", "table", "uniform M/s", "in-prefix M/s", "heap MiB");
-        for i in 0..4 {
+        for (i, name) in NAMES.iter().enumerate() {
             println!(
                 "  {:<18} {:>14.1} {:>14.1} {:>12.1}",
-                NAMES[i],
+                name,
                 r.uniform[i] / 1e6,
                 r.in_prefixes[i] / 1e6,
                 r.heap[i] as f64 / (1 << 20) as f64

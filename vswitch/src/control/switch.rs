@@ -15,7 +15,7 @@ use super::api::{CountersView, NeighborView, PortView, Request, RouteView, Trace
 use super::config::{Config, UplinkConfig};
 use super::hostnet::{HostNet, HostNetError};
 use super::store::PortStore;
-use crate::datapath::{spawn_worker, stats, Datapath, PortTotals, SlowPacket, SlowReason, Snapshot, WorkerStats, SLOW_PATH_DEPTH};
+use crate::datapath::{spawn_worker, stats, Datapath, PortQueues, PortTotals, SlowPacket, SlowReason, Snapshot, WorkerStats, SLOW_PATH_DEPTH};
 use crate::neighbor::{Action, NeighborLimits, NeighborTable};
 use crate::pipeline::{DropReason, IcmpLimiter, Next, Pipeline, Trace, MAX_FRAME};
 use crate::port::packet::PacketSocket;
@@ -72,7 +72,7 @@ struct Attachment {
 struct PortRecord {
     info: PortInfo,
     attachment: Attachment,
-    queues: Arc<[Arc<dyn PortQueue>]>,
+    queues: PortQueues,
     adjacency: u32,
     /// Counters at attach time (ids are reused; counters are per id).
     baseline: PortTotals,
@@ -369,7 +369,7 @@ impl Switch {
         ifname: &str,
         netns: Option<PathBuf>,
         attach: Attach,
-    ) -> Result<Arc<[Arc<dyn PortQueue>]>, ControlError> {
+    ) -> Result<PortQueues, ControlError> {
         let (port, ifname, workers) = (port.to_string(), ifname.to_string(), self.config.workers);
         let opened = tokio::task::spawn_blocking(move || {
             TapQueue::open_many(&ifname, netns.as_deref(), attach, workers)
@@ -393,7 +393,7 @@ impl Switch {
         &mut self,
         info: PortInfo,
         attachment: Attachment,
-        queues: Arc<[Arc<dyn PortQueue>]>,
+        queues: PortQueues,
         next_hop: NextHop,
         src_mac: MacAddr,
     ) {

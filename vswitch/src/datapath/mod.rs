@@ -21,12 +21,15 @@ pub use worker::spawn_worker;
 use crate::port::PortQueue;
 use crate::state::{ForwardingState, PortId};
 
+/// A port's queues, one per worker.
+pub type PortQueues = Arc<[Arc<dyn PortQueue>]>;
+
 /// Everything a worker needs for one batch.
 pub struct Snapshot {
     pub generation: u64,
     pub forwarding: ForwardingState,
-    /// Indexed by port id: one queue per worker.
-    pub queues: Vec<Option<Arc<[Arc<dyn PortQueue>]>>>,
+    /// Indexed by port id.
+    pub queues: Vec<Option<PortQueues>>,
 }
 
 impl std::fmt::Debug for Snapshot {

@@ -86,7 +86,9 @@ impl Pipeline {
     }
 
     /// Decides the fate of `buf[..len]` (vnet header, then the frame) that arrived on `in_port`,
-    /// rewriting the buffer in place for whatever is sent.
+    /// rewriting the buffer in place for whatever is sent. Everything it depends on is an
+    /// argument (state, FIB view, time), which is what keeps it testable and fuzzable.
+    #[allow(clippy::too_many_arguments)]
     pub fn process<T: Tracer>(
         &mut self,
         state: &ForwardingState,

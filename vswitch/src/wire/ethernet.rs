@@ -130,8 +130,13 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
     }
 
     pub fn ethertype(&self) -> EtherType {
+        self.ethertype_raw().into()
+    }
+
+    /// The EtherType field as on the wire.
+    pub fn ethertype_raw(&self) -> u16 {
         let b = &self.buffer.as_ref()[field::ETHERTYPE];
-        u16::from_be_bytes([b[0], b[1]]).into()
+        u16::from_be_bytes([b[0], b[1]])
     }
 
     pub fn payload(&self) -> &[u8] {
