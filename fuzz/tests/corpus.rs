@@ -16,39 +16,15 @@ fn replay(target: &str, check: fn(&[u8])) {
     assert!(count > 0, "{target}: empty corpus");
 }
 
-#[test]
-fn ethernet() {
-    replay("ethernet", vpc_fuzz::ethernet);
+macro_rules! replay_tests {
+    ($($target:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $target() {
+                replay(stringify!($target), vpc_fuzz::$target);
+            }
+        )*
+    };
 }
-#[test]
-fn arp() {
-    replay("arp", vpc_fuzz::arp);
-}
-#[test]
-fn ipv4() {
-    replay("ipv4", vpc_fuzz::ipv4);
-}
-#[test]
-fn vnet() {
-    replay("vnet", vpc_fuzz::vnet);
-}
-#[test]
-fn icmp() {
-    replay("icmp", vpc_fuzz::icmp);
-}
-#[test]
-fn pipeline() {
-    replay("pipeline", vpc_fuzz::pipeline);
-}
-#[test]
-fn fib() {
-    replay("fib", vpc_fuzz::fib);
-}
-#[test]
-fn cni_input() {
-    replay("cni_input", vpc_fuzz::cni_input);
-}
-#[test]
-fn control_request() {
-    replay("control_request", vpc_fuzz::control_request);
-}
+
+replay_tests!(ethernet, arp, ipv4, vnet, icmp, pipeline, fib, cni_input, control_request);

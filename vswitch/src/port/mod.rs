@@ -10,6 +10,16 @@ pub use tap::{TapError, TapQueue};
 
 use std::io;
 
+/// The result of a read/write/recv/send system call: the byte count, or the errno.
+#[inline]
+pub(crate) fn byte_count(n: isize) -> io::Result<usize> {
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 /// One queue of a port, as a worker uses it: non-blocking reads and writes of whole frames,
 /// each preceded by a virtio_net_hdr.
 pub trait PortQueue: Send + Sync {

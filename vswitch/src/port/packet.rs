@@ -6,7 +6,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use super::PortQueue;
+use super::{byte_count, PortQueue};
 
 const ETH_P_ALL: u16 = 0x0003;
 const PACKET_VNET_HDR: libc::c_int = 15;
@@ -75,26 +75,18 @@ impl PortQueue for PacketSocket {
     #[inline]
     fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         // SAFETY: `buf` is valid for writes of its length.
-        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_TRUNC) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if n as usize > buf.len() {
+        let n = byte_count(unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_TRUNC) })?;
+        if n > buf.len() {
             // Truncated: never forward a partial frame.
             return Err(io::Error::new(io::ErrorKind::InvalidData, "frame larger than the buffer"));
         }
-        Ok(n as usize)
+        Ok(n)
     }
 
     #[inline]
     fn send(&self, buf: &[u8]) -> io::Result<()> {
         // SAFETY: `buf` is valid for reads of its length.
-        let n = unsafe { libc::send(self.fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        byte_count(unsafe { libc::send(self.fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), 0) }).map(drop)
     }
 
     fn raw_fd(&self) -> Option<RawFd> {

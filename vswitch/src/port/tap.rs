@@ -13,7 +13,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use super::{netns, PortQueue};
+use super::{byte_count, netns, PortQueue};
 use crate::wire::vnet;
 
 // From <linux/if_tun.h>.
@@ -161,23 +161,13 @@ impl PortQueue for TapQueue {
     #[inline]
     fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         // SAFETY: `buf` is valid for writes of its length.
-        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        byte_count(unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) })
     }
 
     #[inline]
     fn send(&self, buf: &[u8]) -> io::Result<()> {
         // SAFETY: `buf` is valid for reads of its length.
-        let n = unsafe { libc::write(self.fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        byte_count(unsafe { libc::write(self.fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) }).map(drop)
     }
 
     fn raw_fd(&self) -> Option<RawFd> {
