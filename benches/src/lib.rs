@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 pub mod cni_latency;
+pub mod e2e;
 
 /// A file of the RIS route data set in `shared/data/routes` beside the repository.
 pub fn route_data(name: &str) -> PathBuf {

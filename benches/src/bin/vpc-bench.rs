@@ -20,12 +20,52 @@ enum Bench {
         #[arg(long, default_value_t = 200)]
         pods: usize,
     },
+    /// Pod-to-pod TCP throughput and latency: veth, Linux bridge, kernel-routed, vswitchd.
+    E2e {
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+        /// vswitchd forwarding threads.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Where the markdown report, chart and JSON go.
+        #[arg(long, default_value = "vpc-bench-report")]
+        out: std::path::PathBuf,
+    },
+    /// (inside a namespace) Echo UDP datagrams.
+    RrServer {
+        #[arg(long)]
+        port: u16,
+    },
+    /// (inside a namespace) Request-response round trips; prints p50/p99 in microseconds as JSON.
+    RrClient {
+        address: std::net::SocketAddr,
+        #[arg(long, default_value_t = 20_000)]
+        count: u32,
+    },
 }
 
 fn main() {
     let cli = Cli::parse();
+    match cli.command {
+        Bench::RrServer { port } => return rr_server(port),
+        Bench::RrClient { address, count } => return rr_client(address, count),
+        _ => {}
+    }
     assert!(nix::unistd::geteuid().is_root(), "vpc-bench needs root (network namespaces)");
     match cli.command {
+        Bench::RrServer { .. } | Bench::RrClient { .. } => unreachable!("handled above"),
+        Bench::E2e { reps, seconds, workers, out } => {
+            let results = benches::e2e::run(reps, seconds, workers, |step| eprintln!("  {step}"));
+            benches::e2e::report_dir(&out, &results, reps, seconds).expect("write the report");
+            if cli.json {
+                println!("{}", benches::e2e::to_json(&results, reps, seconds));
+            } else {
+                print!("{}", benches::e2e::table(&results));
+                println!("report: {}", out.join("report.md").display());
+            }
+        }
         Bench::Cni { pods } => {
             let r = benches::cni_latency::run(pods);
             if cli.json {
@@ -49,4 +89,30 @@ fn main() {
             }
         }
     }
+}
+
+fn rr_server(port: u16) {
+    let socket = std::net::UdpSocket::bind(("0.0.0.0", port)).expect("bind");
+    let mut buf = [0u8; 64];
+    while let Ok((n, peer)) = socket.recv_from(&mut buf) {
+        let _ = socket.send_to(&buf[..n], peer);
+    }
+}
+
+fn rr_client(address: std::net::SocketAddr, count: u32) {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+    socket.connect(address).expect("connect");
+    socket.set_read_timeout(Some(std::time::Duration::from_secs(1))).expect("timeout");
+    let mut samples = Vec::with_capacity(count as usize);
+    let mut buf = [0u8; 64];
+    for i in 0..count {
+        let start = std::time::Instant::now();
+        socket.send(&i.to_be_bytes()).expect("send");
+        if socket.recv(&mut buf).is_ok() {
+            samples.push(start.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples.get(((samples.len() as f64 - 1.0) * q) as usize).copied().unwrap_or(f64::NAN);
+    println!("{}", serde_json::json!({"p50_us": at(0.5), "p99_us": at(0.99), "received": samples.len(), "sent": count}));
 }
