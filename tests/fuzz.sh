@@ -9,6 +9,7 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 cd fuzz
 export RUSTC_BOOTSTRAP=1
 cargo fuzz build --features libfuzzer -O
+passed=0
 for target in $(cargo fuzz list); do
     echo "fuzzing $target for ${seconds}s"
     # A scratch copy: the run adds what it finds without touching the committed corpus.
@@ -20,4 +21,6 @@ for target in $(cargo fuzz list); do
         exit 1
     fi
     rm -rf "$work"
+    passed=$((passed + 1))
 done
+echo "fuzz: $passed passed, 0 failed"
