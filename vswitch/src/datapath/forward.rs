@@ -105,6 +105,10 @@ impl Forwarder {
                 Err(_) => self.stats.dropped(DropReason::TxError),
             }
         }
+        let suppressed = self.pipeline.take_icmp_suppressed();
+        if suppressed > 0 {
+            self.stats.dropped_many(DropReason::IcmpRateLimited, suppressed);
+        }
         !drained
     }
 }

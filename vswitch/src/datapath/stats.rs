@@ -60,6 +60,10 @@ impl WorkerStats {
         bump(&self.drops[reason as usize], 1);
     }
 
+    pub fn dropped_many(&self, reason: DropReason, count: u64) {
+        bump(&self.drops[reason as usize], count);
+    }
+
     #[inline(always)]
     pub fn rx(&self, port: PortId, bytes: usize) {
         let c = &self.ports[port as usize];

@@ -56,7 +56,7 @@ drop_reasons! {
     Hairpin => "hairpin", "the route points back out of the arrival port";
     FragmentationNeeded => "fragmentation_needed", "DF set and larger than the egress MTU (fragmentation-needed sent)";
     FragmentationUnsupported => "fragmentation_unsupported", "larger than the egress MTU without DF (the switch does not fragment)";
-    IcmpRateLimited => "icmp_rate_limited", "an ICMP error was due but the rate limit held it back";
+    IcmpRateLimited => "icmp_rate_limited", "ICMP errors not sent because of the rate limit (the packets count under their own reason)";
     PortDown => "port_down", "the egress port is gone";
     TxQueueFull => "tx_queue_full", "the egress TAP queue was full";
     TxError => "tx_error", "write to the egress port failed";

@@ -68,10 +68,11 @@ impl Tracer for Trace {
     }
 }
 
-/// Per-worker pipeline state: just the ICMP error budget.
+/// Per-worker pipeline state: the ICMP error budget, and how many errors it held back.
 #[derive(Debug)]
 pub struct Pipeline {
     icmp: IcmpLimiter,
+    icmp_suppressed: u64,
 }
 
 /// Largest frame a port reads: a 64 KB GSO frame plus Ethernet and the vnet header.
@@ -82,7 +83,14 @@ const L2: usize = vnet::LEN + ETH;
 
 impl Pipeline {
     pub fn new(icmp: IcmpLimiter) -> Pipeline {
-        Pipeline { icmp }
+        Pipeline { icmp, icmp_suppressed: 0 }
+    }
+
+    /// ICMP errors the rate limit held back since the last call. The packets themselves are
+    /// dropped under their own reason (`ttl_expired`, `fragmentation_needed`); this is the
+    /// `icmp_rate_limited` count of errors not sent.
+    pub fn take_icmp_suppressed(&mut self) -> u64 {
+        std::mem::take(&mut self.icmp_suppressed)
     }
 
     /// Decides the fate of `buf[..len]` (vnet header, then the frame) that arrived on `in_port`,
@@ -292,8 +300,9 @@ impl Pipeline {
         trace: &mut T,
     ) -> Next {
         if !self.icmp.allow(now_ns) {
-            trace.step("icmp", format_args!("{error:?} rate-limited"));
-            return Next::Drop(DropReason::IcmpRateLimited);
+            trace.step("icmp", format_args!("{error:?} rate-limited: not sent"));
+            self.icmp_suppressed += 1;
+            return Next::Drop(reason);
         }
         let ip = Ipv4Packet::new_checked(&buf[L2..len]).expect("validated by the caller");
         let to = ip.src();
