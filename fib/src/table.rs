@@ -91,8 +91,9 @@ const BATCH: usize = 32;
 #[derive(Clone, Copy)]
 enum Lane {
     Done,
-    /// At a node of the chunk for address group `level`.
-    Node(ChunkPtr, usize, NodeAt),
+    /// At a node of the chunk for address group `level`, whose key is the last field
+    /// (computed once per chunk, not per step).
+    Node(ChunkPtr, usize, NodeAt, u32),
     /// At the leaf holding the chunk's answer.
     Leaf(ChunkPtr, usize, *const u32),
     /// At the parent's slot for the child chunk of address group `level`.
@@ -119,7 +120,7 @@ impl<A: Address> Shared<A> {
                 // SAFETY: live while the guard is pinned (see `lookup_code`).
                 let chunk = unsafe { ChunkPtr::from_raw(entry as *mut Header) };
                 prefetch(chunk.as_raw() as *const u8);
-                lanes[i] = Lane::Node(chunk, 1, chunk.root());
+                lanes[i] = Lane::Node(chunk, 1, chunk.root(), addr.group(1) as u32);
                 active += 1;
             }
         }
@@ -127,10 +128,10 @@ impl<A: Address> Shared<A> {
             for (i, addr) in addrs.iter().enumerate() {
                 lanes[i] = match lanes[i] {
                     Lane::Done => continue,
-                    Lane::Node(chunk, level, at) => match chunk.step(at, addr.group(level) as u32) {
+                    Lane::Node(chunk, level, at, key) => match chunk.step(at, key) {
                         Step::Node(next) => {
                             prefetch(next.as_ptr());
-                            Lane::Node(chunk, level, next)
+                            Lane::Node(chunk, level, next, key)
                         }
                         Step::Leaf(leaf) => {
                             prefetch(leaf as *const u8);
@@ -155,7 +156,7 @@ impl<A: Address> Shared<A> {
                         // pointers are never null.
                         let child = unsafe { ChunkPtr::from_raw((*slot).load(Ordering::Acquire)) };
                         prefetch(child.as_raw() as *const u8);
-                        Lane::Node(child, level, child.root())
+                        Lane::Node(child, level, child.root(), addr.group(level) as u32)
                     }
                 };
             }
