@@ -2,13 +2,12 @@
 //! the same number of pods, the plugins invoked as a runtime invokes them (fresh process, CNI_*
 //! environment, config on stdin), alternating between the two so machine noise hits both alike.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use vpc_lab::netns::{Binaries, Daemon, Netns, TempDir};
+use vpc_lab::netns::{cni_command, run_cni, Binaries, Daemon, Netns, TempDir};
 
 /// Latency percentiles in milliseconds.
 #[derive(Debug, Clone, Copy)]
@@ -34,19 +33,7 @@ pub struct CniReport {
 
 fn invoke(plugin: &Path, command: &str, container: &str, netns: &Path, conf: &Value) -> Duration {
     let start = Instant::now();
-    let mut child = Command::new(plugin)
-        .env_clear()
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", container)
-        .env("CNI_NETNS", netns)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e}", plugin.display()));
-    child.stdin.take().expect("stdin").write_all(conf.to_string().as_bytes()).expect("write config");
-    let out = child.wait_with_output().expect("plugin ran");
+    let out = run_cni(cni_command(plugin, command, container, netns), conf);
     let elapsed = start.elapsed();
     assert!(out.status.success(), "{} {command} failed: {}", plugin.display(), String::from_utf8_lossy(&out.stdout));
     elapsed

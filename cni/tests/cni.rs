@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use vpc_lab::netns::{require_root, Binaries, Daemon, Netns, TempDir};
+use vpc_lab::netns::{cni_command, require_root, run_cni, Binaries, Daemon, Netns, TempDir};
 
 const CNI: &str = env!("CARGO_BIN_EXE_vpc-cni");
 
@@ -52,20 +52,6 @@ impl Lab {
 /// Runs the plugin like containerd does; returns (success, stdout JSON or Null).
 fn cni(command: &str, container: &str, netns: Option<&Path>, conf: &Value) -> (bool, Value) {
     cni_env(command, &[("CNI_CONTAINERID", container), ("CNI_IFNAME", "eth0")], netns, conf)
-}
-
-/// A plugin process as a runtime starts it: CNI_* environment, config on stdin.
-fn plugin_command(plugin: &Path, command: &str, container: &str, netns: &Path) -> Command {
-    let mut cmd = Command::new(plugin);
-    cmd.env_clear()
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", container)
-        .env("CNI_NETNS", netns)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
-    cmd
 }
 
 fn cni_env(command: &str, vars: &[(&str, &str)], netns: Option<&Path>, conf: &Value) -> (bool, Value) {
@@ -206,7 +192,7 @@ fn kill_9_during_add_leaves_nothing_once_del_has_run() {
     for (i, delay_ms) in [0u64, 2, 5, 10, 20, 40].into_iter().enumerate() {
         let pod = Netns::new("vtp");
         let id = format!("ctr-kill-{i}");
-        let mut child = plugin_command(Path::new(CNI), "ADD", &id, &pod.path()).stdout(Stdio::null()).spawn().unwrap();
+        let mut child = cni_command(Path::new(CNI), "ADD", &id, &pod.path()).stdout(Stdio::null()).spawn().unwrap();
         child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
         let _ = child.kill();
@@ -310,9 +296,7 @@ fn a_chained_reference_plugin_runs_after_vpc_cni() {
     let tuning_conf = json!({"cniVersion": "1.0.0", "name": "vpc", "type": "tuning",
         "sysctl": {"net.ipv4.conf.eth0.rp_filter": "2"}, "prevResult": result});
     let run_tuning = |command: &str| {
-        let mut child = plugin_command(&tuning, command, "chain", &pod.path()).spawn().unwrap();
-        child.stdin.take().unwrap().write_all(tuning_conf.to_string().as_bytes()).unwrap();
-        child.wait_with_output().unwrap()
+        run_cni(cni_command(&tuning, command, "chain", &pod.path()), &tuning_conf)
     };
     let out = run_tuning("ADD");
     assert!(out.status.success(), "tuning ADD: {}", String::from_utf8_lossy(&out.stdout));

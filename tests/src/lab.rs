@@ -15,7 +15,6 @@
 //! node driven by vswitchd. Every server in the lab reports who connected, which proves there is
 //! no NAT on the way.
 
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -24,7 +23,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::netns::{binary, try_run, unique, Binaries, Daemon, Netns, TempDir};
+use crate::netns::{binary, cni_command, run_cni, try_run, unique, Binaries, Daemon, Netns, TempDir};
 
 /// How pod traffic reaches the VPC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -469,21 +468,9 @@ impl Lab {
 
     /// Runs vpc-cni as containerd does; panics with its error JSON on failure.
     fn run_cni(&self, command: &str, node: usize, container: &str, netns: &Path) -> Value {
-        let mut child = Command::new(&self.cni)
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", container)
-            .env("CNI_NETNS", netns)
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", "/opt/cni/bin")
-            .env("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={container}"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("run vpc-cni");
-        child.stdin.take().expect("stdin").write_all(self.cni_conf(node).to_string().as_bytes()).expect("config");
-        let out = child.wait_with_output().expect("vpc-cni ran");
+        let mut cmd = cni_command(&self.cni, command, container, netns);
+        cmd.env("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={container}"));
+        let out = run_cni(cmd, &self.cni_conf(node));
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "vpc-cni {command} {container}: {text}");
         if text.trim().is_empty() {

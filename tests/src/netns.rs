@@ -1,6 +1,7 @@
 //! Real network namespaces, pods and daemons. Every name is unique per process and use, and
 //! everything made here is removed on drop, also when a test fails or a tool is interrupted.
 
+use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -243,6 +244,29 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// A CNI plugin invocation as a container runtime makes it: a clean environment with the CNI_*
+/// variables (interface eth0), stdin and stdout piped for the configuration and the result.
+pub fn cni_command(plugin: &Path, command: &str, container: &str, netns: &Path) -> Command {
+    let mut cmd = Command::new(plugin);
+    cmd.env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/opt/cni/bin:/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    cmd
+}
+
+/// Runs a prepared plugin command with `conf` on stdin; returns its output.
+pub fn run_cni(mut command: Command, conf: &serde_json::Value) -> Output {
+    let mut child = command.spawn().expect("start the CNI plugin");
+    child.stdin.take().expect("stdin").write_all(conf.to_string().as_bytes()).expect("write the configuration");
+    child.wait_with_output().expect("CNI plugin ran")
 }
 
 /// A scratch directory removed on drop.

@@ -268,7 +268,7 @@ impl Pipeline {
                 state.neighbors.get(&hop).copied().ok_or(hop)
             }
         };
-        let mut ip = Ipv4Packet::new_checked(&mut buf[L2..len]).expect("checked above");
+        let mut ip = Ipv4Packet::new_unchecked(&mut buf[L2..len]);
         ip.decrement_ttl();
         let mut eth = EthernetFrame::new_checked(&mut buf[vnet::LEN..len]).expect("checked above");
         eth.set_src(adj.src_mac);
@@ -304,7 +304,7 @@ impl Pipeline {
             self.icmp_suppressed += 1;
             return Next::Drop(reason);
         }
-        let ip = Ipv4Packet::new_checked(&buf[L2..len]).expect("validated by the caller");
+        let ip = Ipv4Packet::new_unchecked(&buf[L2..len]);
         let to = ip.src();
         let mut quoted = [0u8; 60 + 8];
         let quoted_len = icmp::quoted_len(&buf[L2..len], ip.header_len());

@@ -146,15 +146,6 @@ impl TapQueue {
     pub fn name(&self) -> &str {
         &self.name
     }
-
-    /// Makes the device non-persistent, so it disappears when its last queue closes.
-    pub fn clear_persist(&self) -> io::Result<()> {
-        // SAFETY: TUNSETPERSIST takes an integer argument.
-        if unsafe { libc::ioctl(self.fd.as_raw_fd(), TUNSETPERSIST, 0 as libc::c_ulong) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
 }
 
 impl PortQueue for TapQueue {

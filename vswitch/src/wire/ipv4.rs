@@ -65,6 +65,13 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         Ok(Ipv4Packet { buffer })
     }
 
+    /// A view of bytes that already passed [`Ipv4Packet::new_checked`] (the pipeline re-wraps a
+    /// validated header to rewrite it; checking the checksum twice per packet buys nothing).
+    pub(crate) fn new_unchecked(buffer: T) -> Self {
+        debug_assert!(Ipv4Packet::new_checked(buffer.as_ref()).is_ok());
+        Ipv4Packet { buffer }
+    }
+
     pub fn header_len(&self) -> usize {
         ((self.buffer.as_ref()[field::VER_IHL] & 0x0f) as usize) * 4
     }
