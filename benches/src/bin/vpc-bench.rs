@@ -20,18 +20,38 @@ enum Bench {
         #[arg(long, default_value_t = 200)]
         pods: usize,
     },
-    /// Pod-to-pod TCP throughput and latency: veth, Linux bridge, kernel-routed, vswitchd.
+    /// Pod-to-pod forwarding side by side: veth, Linux bridge, kernel-routed, vswitchd, Open
+    /// vSwitch netdev (TCP x1/x4, 64-byte UDP rate, request-response latency, CPU cost).
     E2e {
         #[arg(long, default_value_t = 3)]
         reps: usize,
+        /// Length of each iperf3 run and each 64-byte flood.
         #[arg(long, default_value_t = 5)]
         seconds: u32,
         /// vswitchd forwarding threads.
         #[arg(long, default_value_t = 2)]
         workers: usize,
+        /// UDP flows (source ports) in the 64-byte flood.
+        #[arg(long, default_value_t = 8)]
+        flows: u16,
+        /// Round trips per latency sample.
+        #[arg(long, default_value_t = 20_000)]
+        round_trips: u32,
+        /// Comma-separated subset of: veth, linux_bridge, kernel_routed, vswitchd, ovs_netdev.
+        #[arg(long, value_delimiter = ',', default_values_t = benches::e2e::PATHS.iter().map(|p| p.to_string()))]
+        paths: Vec<String>,
         /// Where the markdown report, chart and JSON go.
         #[arg(long, default_value = "vpc-bench-report")]
         out: std::path::PathBuf,
+    },
+    /// (inside a namespace) Send 64-byte UDP frames to ADDRESS as fast as the path takes them;
+    /// prints what was sent as JSON.
+    UdpFlood {
+        address: std::net::SocketAddrV4,
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+        #[arg(long, default_value_t = 8)]
+        flows: u16,
     },
     /// (inside a namespace) Echo UDP datagrams.
     RrServer {
@@ -51,18 +71,26 @@ fn main() {
     match cli.command {
         Bench::RrServer { port } => return rr_server(port),
         Bench::RrClient { address, count } => return rr_client(address, count),
+        Bench::UdpFlood { address, seconds, flows } => return udp_flood(address, seconds, flows),
         _ => {}
     }
     assert!(nix::unistd::geteuid().is_root(), "vpc-bench needs root (network namespaces)");
     match cli.command {
-        Bench::RrServer { .. } | Bench::RrClient { .. } => unreachable!("handled above"),
-        Bench::E2e { reps, seconds, workers, out } => {
-            let results = benches::e2e::run(reps, seconds, workers, |step| eprintln!("  {step}"));
-            benches::e2e::report_dir(&out, &results, reps, seconds).expect("write the report");
+        Bench::RrServer { .. } | Bench::RrClient { .. } | Bench::UdpFlood { .. } => unreachable!("handled above"),
+        Bench::E2e { reps, seconds, workers, flows, round_trips, paths, out } => {
+            if let Some(bad) = paths.iter().find(|p| !benches::e2e::PATHS.contains(&p.as_str())) {
+                eprintln!("vpc-bench: unknown path {bad:?}; paths are {}", benches::e2e::PATHS.join(", "));
+                std::process::exit(2);
+            }
+            let options = benches::e2e::Options { reps, seconds, workers, flows, round_trips, paths };
+            let results = benches::e2e::run(&options, |step| eprintln!("  {step}"));
+            let command = std::env::args().collect::<Vec<_>>().join(" ");
+            benches::e2e::report_dir(&out, &results, &options, &command).expect("write the report");
             if cli.json {
-                println!("{}", benches::e2e::to_json(&results, reps, seconds));
+                println!("{}", benches::e2e::to_json(&results, &options));
             } else {
                 print!("{}", benches::e2e::table(&results));
+                print!("{}", benches::e2e::targets_text(&results));
                 println!("report: {}", out.join("report.md").display());
             }
         }
@@ -115,4 +143,17 @@ fn rr_client(address: std::net::SocketAddr, count: u32) {
     samples.sort_by(f64::total_cmp);
     let at = |q: f64| samples.get(((samples.len() as f64 - 1.0) * q) as usize).copied().unwrap_or(f64::NAN);
     println!("{}", serde_json::json!({"p50_us": at(0.5), "p99_us": at(0.99), "received": samples.len(), "sent": count}));
+}
+
+fn udp_flood(address: std::net::SocketAddrV4, seconds: u32, flows: u16) {
+    use benches::udp_flood::{flood, Target};
+    let target = Target::resolve(*address.ip(), address.port()).unwrap_or_else(|e| {
+        eprintln!("udp-flood: {e}");
+        std::process::exit(1);
+    });
+    let sent = flood(&target, &target.frames(flows), std::time::Duration::from_secs(seconds.into())).unwrap_or_else(|e| {
+        eprintln!("udp-flood on {}: {e}", target.dev);
+        std::process::exit(1);
+    });
+    println!("{}", serde_json::json!({"sent": sent.packets, "refused": sent.refused, "seconds": sent.seconds, "pps": sent.packets as f64 / sent.seconds}));
 }

@@ -1,0 +1,130 @@
+//! The measurements, each run between the two pods of a [`Topology`]: iperf3 TCP, the 64-byte
+//! UDP forwarding rate (our AF_PACKET generator in A, B's receive counter), UDP request-response
+//! latency, and the forwarding process's CPU time from /proc.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use vpc_lab::netns::{binary, try_run};
+
+use super::topology::{Topology, B};
+
+/// CPU seconds (user + system) a process has used so far, from /proc/PID/stat.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces; fields after its closing parenthesis are fixed.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let (utime, stime): (u64, u64) = (fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?);
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some((utime + stime) as f64 / ticks)
+}
+
+/// Resident memory of a process in bytes, from /proc/PID/status.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
+/// CPU the forwarding process spent while `work` ran, with `work`'s result.
+fn with_cpu<T>(t: &Topology, work: impl FnOnce() -> Option<T>) -> Option<(T, Option<f64>)> {
+    let before = t.forwarder_pid.and_then(cpu_seconds);
+    let result = work()?;
+    let after = t.forwarder_pid.and_then(cpu_seconds);
+    Some((result, before.zip(after).map(|(b, a)| a - b)))
+}
+
+/// One iperf3 TCP run.
+#[derive(Debug, Clone, Copy)]
+pub struct Tcp {
+    pub gbps: f64,
+    pub bytes: f64,
+    /// The forwarding process's CPU seconds during the run.
+    pub cpu_s: Option<f64>,
+}
+
+pub fn iperf3(t: &Topology, streams: u32, seconds: u32) -> Option<Tcp> {
+    let mut server = Command::new("ip").args(["netns", "exec", &t.b, "iperf3", "-s", "-1", "-p", "5201"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().ok()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let run = with_cpu(t, || {
+        let out = try_run(&["ip", "netns", "exec", &t.a, "iperf3", "-c", &B.to_string(), "-p", "5201", "-t", &seconds.to_string(), "-P", &streams.to_string(), "-J"]);
+        let report: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let received = &report["end"]["sum_received"];
+        Some((received["bits_per_second"].as_f64()? / 1e9, received["bytes"].as_f64()?))
+    });
+    let _ = server.kill();
+    let _ = server.wait();
+    let ((gbps, bytes), cpu_s) = run?;
+    Some(Tcp { gbps, bytes, cpu_s })
+}
+
+/// Request-response latency percentiles (p50, p99) in microseconds over `count` round trips.
+pub fn rr(t: &Topology, count: u32) -> Option<(f64, f64)> {
+    let tool = binary("vpc-bench");
+    let mut server = Command::new("ip").args(["netns", "exec", &t.b]).arg(&tool).args(["rr-server", "--port", "7777"]).stdout(Stdio::null()).spawn().ok()?;
+    std::thread::sleep(Duration::from_millis(200));
+    let out = Command::new("ip").args(["netns", "exec", &t.a]).arg(&tool).args(["rr-client", &format!("{B}:7777"), "--count", &count.to_string()]).output().ok()?;
+    let _ = server.kill();
+    let _ = server.wait();
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some((v["p50_us"].as_f64()?, v["p99_us"].as_f64()?))
+}
+
+/// Frames B's interface has received.
+fn rx_packets(t: &Topology) -> Option<u64> {
+    let out = try_run(&["ip", "netns", "exec", &t.b, "cat", &format!("/sys/class/net/{}/statistics/rx_packets", t.b_dev)]);
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+/// One 64-byte UDP flood.
+#[derive(Debug, Clone, Copy)]
+pub struct Flood {
+    /// Frames per second B received.
+    pub delivered_pps: f64,
+    pub sent_pps: f64,
+    pub delivered: u64,
+    pub cpu_s: Option<f64>,
+}
+
+/// Floods B from A with 64-byte UDP frames (`flows` source ports) and counts what B receives
+/// over `seconds`, after half a second of warm-up.
+///
+/// B drops the flood at its first netfilter hook (raw PREROUTING), after its device counted it:
+/// without that, B's stack routes an ICMP port-unreachable for every datagram before the rate
+/// limit says no, and that cost (on whichever CPU delivers) would swamp the path's.
+pub fn udp64(t: &Topology, seconds: u32, flows: u16) -> Option<Flood> {
+    let drop = try_run(&["ip", "netns", "exec", &t.b, "iptables", "-t", "raw", "-A", "PREROUTING", "-p", "udp", "--dport", "9", "-j", "DROP"]);
+    if !drop.status.success() {
+        eprintln!("  udp64: cannot install the drop rule in B: {}", String::from_utf8_lossy(&drop.stderr).trim());
+        return None;
+    }
+    let tool = binary("vpc-bench");
+    let generator = Command::new("ip")
+        .args(["netns", "exec", &t.a])
+        .arg(&tool)
+        .args(["udp-flood", &format!("{B}:9"), "--seconds", &(seconds + 1).to_string(), "--flows", &flows.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    std::thread::sleep(Duration::from_millis(500));
+    let start = Instant::now();
+    let measured = with_cpu(t, || {
+        let before = rx_packets(t)?;
+        std::thread::sleep(Duration::from_secs(seconds.into()));
+        Some(rx_packets(t)? - before)
+    });
+    let elapsed = start.elapsed().as_secs_f64();
+    let out = generator.wait_with_output().ok()?;
+    let sent: Value = match serde_json::from_slice(&out.stdout) {
+        Ok(v) => v,
+        Err(_) => {
+            eprintln!("  udp-flood failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+            return None;
+        }
+    };
+    let (delivered, cpu_s) = measured?;
+    Some(Flood { delivered_pps: delivered as f64 / elapsed, sent_pps: sent["pps"].as_f64()?, delivered, cpu_s })
+}

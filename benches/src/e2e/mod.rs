@@ -1,0 +1,95 @@
+//! `vpc-bench e2e`: pod-to-pod forwarding, side by side. For every path of [`topology::PATHS`]
+//! it measures iperf3 TCP with 1 and 4 streams, the 64-byte UDP forwarding rate, UDP
+//! request-response latency, and (for the userspace switches) CPU seconds per GB and per million
+//! packets; several repetitions, interleaved across paths so machine noise hits all alike.
+
+pub mod measure;
+pub mod report;
+pub mod topology;
+
+use vpc_lab::netns::try_run;
+
+pub use report::{chart, report_dir, table, targets, targets_text, to_json};
+pub use topology::PATHS;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub reps: usize,
+    /// Length of each iperf3 run and each flood.
+    pub seconds: u32,
+    /// vswitchd's forwarding threads.
+    pub workers: usize,
+    /// UDP flows (source ports) of the 64-byte flood.
+    pub flows: u16,
+    /// Round trips per latency sample.
+    pub round_trips: u32,
+    pub paths: Vec<String>,
+}
+
+/// Every sample of one path.
+#[derive(Debug, Clone, Default)]
+pub struct PathResult {
+    pub tcp_1_gbps: Vec<f64>,
+    pub tcp_4_gbps: Vec<f64>,
+    pub udp64_pps: Vec<f64>,
+    pub udp64_sent_pps: Vec<f64>,
+    pub rr_p50_us: Vec<f64>,
+    pub rr_p99_us: Vec<f64>,
+    /// The forwarding process's CPU seconds per GB received (single-stream TCP runs).
+    pub cpu_s_per_gb: Vec<f64>,
+    /// ... and per million 64-byte packets delivered.
+    pub cpu_s_per_mpkt: Vec<f64>,
+}
+
+pub fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    if s.is_empty() { f64::NAN } else { s[s.len() / 2] }
+}
+
+/// Measures every path `reps` times; paths whose software is missing are left out.
+pub fn run(options: &Options, mut progress: impl FnMut(&str)) -> Vec<(String, PathResult)> {
+    let mut results: Vec<(String, PathResult)> = options.paths.iter().map(|p| (p.clone(), PathResult::default())).collect();
+    let mut missing = Vec::new();
+    for rep in 0..options.reps {
+        for (name, result) in results.iter_mut() {
+            if missing.contains(name) {
+                continue;
+            }
+            progress(&format!("repetition {}/{}: {name}", rep + 1, options.reps));
+            let Some(t) = topology::build(name, options.workers) else {
+                missing.push(name.clone());
+                continue;
+            };
+            // Warm the path (ARP, proxy-ARP, MAC learning) before timing anything.
+            let _ = try_run(&["ip", "netns", "exec", &t.a, "ping", "-c", "2", "-i", "0.2", "-W", "1", &topology::B.to_string()]);
+            measure_once(&t, options, result);
+        }
+    }
+    results.retain(|(name, _)| !missing.contains(name));
+    results
+}
+
+fn measure_once(t: &topology::Topology, options: &Options, result: &mut PathResult) {
+    if let Some(tcp) = measure::iperf3(t, 1, options.seconds) {
+        result.tcp_1_gbps.push(tcp.gbps);
+        if let Some(cpu) = tcp.cpu_s {
+            result.cpu_s_per_gb.push(cpu / (tcp.bytes / 1e9));
+        }
+    }
+    if let Some(tcp) = measure::iperf3(t, 4, options.seconds) {
+        result.tcp_4_gbps.push(tcp.gbps);
+    }
+    if let Some(flood) = measure::udp64(t, options.seconds, options.flows) {
+        result.udp64_pps.push(flood.delivered_pps);
+        result.udp64_sent_pps.push(flood.sent_pps);
+        if let (Some(cpu), true) = (flood.cpu_s, flood.delivered > 0) {
+            result.cpu_s_per_mpkt.push(cpu / (flood.delivered as f64 / 1e6));
+        }
+    }
+    if let Some((p50, p99)) = measure::rr(t, options.round_trips) {
+        result.rr_p50_us.push(p50);
+        result.rr_p99_us.push(p99);
+    }
+}

@@ -1,0 +1,209 @@
+//! The paths under test: two "pods" (network namespaces) A and B, connected by a veth pair
+//! directly, through a Linux bridge, through the kernel's own router (host /32 routes and a
+//! proxy-ARP gateway, as UK8S and Calico wire pods), through vswitchd, and through Open
+//! vSwitch's userspace (netdev) datapath. Each topology owns what it made and removes it on drop.
+
+use std::any::Any;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use vpc_lab::netns::{Binaries, Daemon, Netns, Pod, TempDir};
+
+pub const A: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+pub const B: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 3);
+
+/// Every path, in the order the report shows them.
+pub const PATHS: &[&str] = &["veth", "linux_bridge", "kernel_routed", "vswitchd", "ovs_netdev"];
+
+/// Two endpoints and whatever connects them.
+#[allow(missing_debug_implementations)] // holds type-erased guards
+pub struct Topology {
+    /// Namespace names of the sender (A) and the receiver (B).
+    pub a: String,
+    pub b: String,
+    /// B's interface, whose receive counter says what was delivered.
+    pub b_dev: String,
+    /// The userspace process that forwards (vswitchd, ovs-vswitchd), for CPU accounting.
+    pub forwarder_pid: Option<u32>,
+    /// Dropped in order: pods first, then daemons, then the host namespace and scratch dirs.
+    _keep: Vec<Box<dyn Any>>,
+}
+
+/// Builds `path`; `workers` is vswitchd's forwarding threads. None if the path's software is
+/// missing (Open vSwitch is optional).
+pub fn build(path: &str, workers: usize) -> Option<Topology> {
+    match path {
+        "veth" => Some(veth_direct()),
+        "linux_bridge" => Some(linux_bridge()),
+        "kernel_routed" => Some(kernel_routed()),
+        "vswitchd" => Some(vswitchd(workers)),
+        "ovs_netdev" => ovs_netdev(),
+        other => panic!("unknown path {other:?}; paths are {PATHS:?}"),
+    }
+}
+
+fn addressed(ns: &Netns, dev: &str, ip: Ipv4Addr, prefix_len: u8) {
+    ns.ip(&["addr", "add", &format!("{ip}/{prefix_len}"), "dev", dev]);
+    ns.ip(&["link", "set", dev, "up"]);
+}
+
+fn veth_direct() -> Topology {
+    let (a, b) = (Netns::new("vba"), Netns::new("vbb"));
+    a.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &b.name]);
+    addressed(&a, "eth0", A, 24);
+    addressed(&b, "eth0", B, 24);
+    Topology { a: a.name.clone(), b: b.name.clone(), b_dev: "eth0".into(), forwarder_pid: None, _keep: vec![Box::new(a), Box::new(b)] }
+}
+
+fn linux_bridge() -> Topology {
+    let (host, a, b) = (Netns::new("vbh"), Netns::new("vba"), Netns::new("vbb"));
+    host.ip(&["link", "add", "br0", "type", "bridge"]);
+    host.ip(&["link", "set", "br0", "up"]);
+    for (ns, ip, port) in [(&a, A, "va"), (&b, B, "vb")] {
+        ns.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", port, "netns", &host.name]);
+        host.ip(&["link", "set", port, "master", "br0", "up"]);
+        addressed(ns, "eth0", ip, 24);
+    }
+    Topology { a: a.name.clone(), b: b.name.clone(), b_dev: "eth0".into(), forwarder_pid: None, _keep: vec![Box::new(a), Box::new(b), Box::new(host)] }
+}
+
+/// Pods with /32 addresses and a default route via 169.254.1.1, which the host answers by
+/// proxy-ARP; the host routes each pod's /32 out of its veth.
+fn kernel_routed() -> Topology {
+    let (host, a, b) = (Netns::new("vbh"), Netns::new("vba"), Netns::new("vbb"));
+    // Proxy-ARP answers only for addresses routed out of another interface: give the host a
+    // default route of its own.
+    host.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up1"]);
+    host.ip(&["link", "set", "up1", "up"]);
+    addressed(&host, "up0", Ipv4Addr::new(192, 0, 2, 1), 24);
+    host.ip(&["route", "add", "default", "via", "192.0.2.2"]);
+    let _ = host.exec(&["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
+    for (ns, ip, port) in [(&a, A, "va"), (&b, B, "vb")] {
+        ns.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", port, "netns", &host.name]);
+        host.ip(&["link", "set", port, "up"]);
+        let _ = host.exec(&["sh", "-c", &format!("echo 1 > /proc/sys/net/ipv4/conf/{port}/proxy_arp; echo 0 > /proc/sys/net/ipv4/neigh/{port}/proxy_delay")]);
+        host.ip(&["route", "add", &format!("{ip}/32"), "dev", port]);
+        addressed(ns, "eth0", ip, 32);
+        ns.ip(&["route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"]);
+        ns.ip(&["route", "add", "default", "via", "169.254.1.1", "dev", "eth0"]);
+    }
+    Topology { a: a.name.clone(), b: b.name.clone(), b_dev: "eth0".into(), forwarder_pid: None, _keep: vec![Box::new(a), Box::new(b), Box::new(host)] }
+}
+
+fn vswitchd(workers: usize) -> Topology {
+    let dir = TempDir::new();
+    let node = Netns::new("vbn");
+    let daemon = Daemon::start(&Binaries::beside_current_exe(), &node, &dir.0, workers);
+    let (a, b) = (Pod::new(A), Pod::new(B));
+    daemon.attach("a", &a);
+    daemon.attach("b", &b);
+    // `ip netns exec` execs the daemon, so the child's pid is vswitchd's.
+    let pid = daemon.child.as_ref().map(|c| c.id());
+    let (na, nb) = (a.ns.name.clone(), b.ns.name.clone());
+    Topology { a: na, b: nb, b_dev: "eth0".into(), forwarder_pid: pid, _keep: vec![Box::new(a), Box::new(b), Box::new(daemon), Box::new(node), Box::new(dir)] }
+}
+
+/// ovsdb-server and ovs-vswitchd started by hand (no systemd, no kernel module) in their own run
+/// directory, inside a host namespace of their own; killed on drop.
+struct OvsDaemons {
+    dir: TempDir,
+}
+
+impl OvsDaemons {
+    fn vsctl(&self, args: &[&str]) -> Result<(), String> {
+        let db = format!("unix:{}", self.dir.0.join("db.sock").display());
+        let out = ovs_command("ovs-vsctl", &self.dir.0).arg(format!("--db={db}")).args(args).output().map_err(|e| e.to_string())?;
+        if out.status.success() { Ok(()) } else { Err(format!("ovs-vsctl {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim())) }
+    }
+
+    fn pid(&self, name: &str) -> Option<u32> {
+        std::fs::read_to_string(self.dir.0.join(name)).ok()?.trim().parse().ok()
+    }
+}
+
+impl Drop for OvsDaemons {
+    fn drop(&mut self) {
+        for pidfile in ["vswitchd.pid", "ovsdb.pid"] {
+            if let Some(pid) = self.pid(pidfile) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+fn ovs_command(program: &str, dir: &Path) -> Command {
+    let mut command = Command::new(program);
+    for var in ["OVS_RUNDIR", "OVS_LOGDIR", "OVS_DBDIR", "OVS_SYSCONFDIR"] {
+        command.env(var, dir);
+    }
+    command
+}
+
+fn run_ok(mut command: Command) -> Result<(), String> {
+    let out = command.output().map_err(|e| e.to_string())?;
+    if out.status.success() { Ok(()) } else { Err(format!("{command:?}: {}", String::from_utf8_lossy(&out.stderr).trim())) }
+}
+
+/// Open vSwitch 3.x userspace datapath with userspace TSO, `internal` (tap) ports moved into the
+/// pods: the setup `shared/docs/peers.md` measured. None if Open vSwitch is not installed.
+fn ovs_netdev() -> Option<Topology> {
+    if which("ovs-vswitchd").is_none() {
+        eprintln!("  ovs_netdev: not measured (openvswitch-switch is not installed)");
+        return None;
+    }
+    let host = Netns::new("vbh");
+    let ovs = OvsDaemons { dir: TempDir::new() };
+    let d = ovs.dir.0.clone();
+    let db = d.join("conf.db");
+    let started = (|| -> Result<(), String> {
+        let mut create = ovs_command("ovsdb-tool", &d);
+        create.args(["create", db.to_str().unwrap(), "/usr/share/openvswitch/vswitch.ovsschema"]);
+        run_ok(create)?;
+        let mut server = ovs_command("ip", &d);
+        server.args(["netns", "exec", &host.name, "ovsdb-server", db.to_str().unwrap()]);
+        server.arg(format!("--remote=punix:{}", d.join("db.sock").display()));
+        server.arg(format!("--pidfile={}", d.join("ovsdb.pid").display()));
+        server.arg(format!("--log-file={}", d.join("ovsdb.log").display())).arg("--detach");
+        run_ok(server)?;
+        ovs.vsctl(&["--no-wait", "init"])?;
+        // Read once at start-up: must be set before ovs-vswitchd starts.
+        ovs.vsctl(&["--no-wait", "set", "Open_vSwitch", ".", "other_config:userspace-tso-enable=true"])?;
+        let mut switch = ovs_command("ip", &d);
+        switch.args(["netns", "exec", &host.name, "ovs-vswitchd", &format!("unix:{}", d.join("db.sock").display())]);
+        switch.arg(format!("--pidfile={}", d.join("vswitchd.pid").display()));
+        switch.arg(format!("--log-file={}", d.join("vswitchd.log").display())).arg("--detach");
+        run_ok(switch)?;
+        ovs.vsctl(&["add-br", "br0", "--", "set", "bridge", "br0", "datapath_type=netdev"])?;
+        for port in ["pa", "pb"] {
+            ovs.vsctl(&["add-port", "br0", port, "--", "set", "Interface", port, "type=internal"])?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = started {
+        eprintln!("  ovs_netdev: not measured, Open vSwitch did not start: {e}");
+        return None;
+    }
+    let (a, b) = (Netns::new("vba"), Netns::new("vbb"));
+    for (ns, ip, port) in [(&a, A, "pa"), (&b, B, "pb")] {
+        wait_for_link(&host, port);
+        host.ip(&["link", "set", port, "netns", &ns.name]);
+        addressed(ns, port, ip, 24);
+    }
+    let pid = ovs.pid("vswitchd.pid");
+    Some(Topology { a: a.name.clone(), b: b.name.clone(), b_dev: "pb".into(), forwarder_pid: pid, _keep: vec![Box::new(a), Box::new(b), Box::new(ovs), Box::new(host)] })
+}
+
+fn wait_for_link(ns: &Netns, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ns.exec(&["ip", "link", "show", name]).status.success() {
+        assert!(Instant::now() < deadline, "Open vSwitch did not create {name}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn which(program: &str) -> Option<String> {
+    let out = Command::new("sh").args(["-c", &format!("command -v {program}")]).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
