@@ -44,6 +44,18 @@ enum Bench {
         #[arg(long, default_value = "vpc-bench-report")]
         out: std::path::PathBuf,
     },
+    /// vswitchd with 2 pods against vswitchd with --pods pods (the rest attached through vpc-cni
+    /// and idle): 64-byte UDP rate, TCP, resident memory.
+    Scale {
+        #[arg(long, default_value_t = 250)]
+        pods: usize,
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+    },
     /// (inside a namespace) Send 64-byte UDP frames to ADDRESS as fast as the path takes them;
     /// prints what was sent as JSON.
     UdpFlood {
@@ -92,6 +104,14 @@ fn main() {
                 print!("{}", benches::e2e::table(&results));
                 print!("{}", benches::e2e::targets_text(&results));
                 println!("report: {}", out.join("report.md").display());
+            }
+        }
+        Bench::Scale { pods, reps, seconds, workers } => {
+            let report = benches::scale::run(pods, reps, seconds, workers, |step| eprintln!("  {step}"));
+            if cli.json {
+                println!("{}", benches::scale::to_json(&report));
+            } else {
+                print!("{}", benches::scale::table(&report));
             }
         }
         Bench::Cni { pods } => {

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use vpc_lab::netns::{Binaries, Daemon, Netns, Pod, TempDir};
+use vpc_lab::netns::{cni_command, run_cni, Binaries, Daemon, Netns, Pod, TempDir};
 
 pub const A: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 pub const B: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 3);
@@ -27,6 +27,8 @@ pub struct Topology {
     pub b_dev: String,
     /// The userspace process that forwards (vswitchd, ovs-vswitchd), for CPU accounting.
     pub forwarder_pid: Option<u32>,
+    /// Addresses of the idle pods attached beside A and B (the scale measurement).
+    pub idle_pods: Vec<String>,
     /// Dropped in order: pods first, then daemons, then the host namespace and scratch dirs.
     _keep: Vec<Box<dyn Any>>,
 }
@@ -54,7 +56,7 @@ fn veth_direct() -> Topology {
     a.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &b.name]);
     addressed(&a, "eth0", A, 24);
     addressed(&b, "eth0", B, 24);
-    Topology { a: a.name.clone(), b: b.name.clone(), b_dev: "eth0".into(), forwarder_pid: None, _keep: vec![Box::new(a), Box::new(b)] }
+    Topology { a: a.name.clone(), b: b.name.clone(), b_dev: "eth0".into(), forwarder_pid: None, idle_pods: Vec::new(), _keep: vec![Box::new(a), Box::new(b)] }
 }
 
 fn linux_bridge() -> Topology {
@@ -66,7 +68,7 @@ fn linux_bridge() -> Topology {
         host.ip(&["link", "set", port, "master", "br0", "up"]);
         addressed(ns, "eth0", ip, 24);
     }
-    Topology { a: a.name.clone(), b: b.name.clone(), b_dev: "eth0".into(), forwarder_pid: None, _keep: vec![Box::new(a), Box::new(b), Box::new(host)] }
+    Topology { a: a.name.clone(), b: b.name.clone(), b_dev: "eth0".into(), forwarder_pid: None, idle_pods: Vec::new(), _keep: vec![Box::new(a), Box::new(b), Box::new(host)] }
 }
 
 /// Pods with /32 addresses and a default route via 169.254.1.1, which the host answers by
@@ -89,20 +91,49 @@ fn kernel_routed() -> Topology {
         ns.ip(&["route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"]);
         ns.ip(&["route", "add", "default", "via", "169.254.1.1", "dev", "eth0"]);
     }
-    Topology { a: a.name.clone(), b: b.name.clone(), b_dev: "eth0".into(), forwarder_pid: None, _keep: vec![Box::new(a), Box::new(b), Box::new(host)] }
+    Topology { a: a.name.clone(), b: b.name.clone(), b_dev: "eth0".into(), forwarder_pid: None, idle_pods: Vec::new(), _keep: vec![Box::new(a), Box::new(b), Box::new(host)] }
 }
 
 fn vswitchd(workers: usize) -> Topology {
+    vswitchd_with_pods(workers, 0)
+}
+
+/// vswitchd with pods A and B, plus `extra` more pods attached through vpc-cni (called the way
+/// a container runtime calls it) and left idle: the scale measurement.
+pub fn vswitchd_with_pods(workers: usize, extra: usize) -> Topology {
     let dir = TempDir::new();
     let node = Netns::new("vbn");
-    let daemon = Daemon::start(&Binaries::beside_current_exe(), &node, &dir.0, workers);
+    let bins = Binaries::beside_current_exe();
+    let daemon = Daemon::start(&bins, &node, &dir.0, workers);
     let (a, b) = (Pod::new(A), Pod::new(B));
     daemon.attach("a", &a);
     daemon.attach("b", &b);
+    let plugin = bins.vswitchd.with_file_name("vpc-cni");
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0", "name": "vpc", "type": "vpc-cni", "vswitchSocket": daemon.socket,
+        "ipam": {"ranges": [{"rangeStart": "10.77.1.1", "rangeEnd": "10.77.31.250"}], "dataDir": dir.0.join("ipam")}
+    });
+    let (mut idle, mut idle_pods) = (Vec::with_capacity(extra), Vec::with_capacity(extra));
+    for i in 0..extra {
+        let sandbox = Netns::new("vbp");
+        let out = run_cni(cni_command(&plugin, "ADD", &format!("idle-{i}"), &sandbox.path()), &conf);
+        assert!(out.status.success(), "vpc-cni ADD for idle pod {i}: {}", String::from_utf8_lossy(&out.stdout));
+        let result: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a CNI result");
+        let address = result["ips"][0]["address"].as_str().expect("an address in the result");
+        idle_pods.push(address.split('/').next().unwrap_or(address).to_string());
+        idle.push(sandbox);
+    }
     // `ip netns exec` execs the daemon, so the child's pid is vswitchd's.
     let pid = daemon.child.as_ref().map(|c| c.id());
     let (na, nb) = (a.ns.name.clone(), b.ns.name.clone());
-    Topology { a: na, b: nb, b_dev: "eth0".into(), forwarder_pid: pid, _keep: vec![Box::new(a), Box::new(b), Box::new(daemon), Box::new(node), Box::new(dir)] }
+    Topology {
+        a: na,
+        b: nb,
+        b_dev: "eth0".into(),
+        forwarder_pid: pid,
+        idle_pods,
+        _keep: vec![Box::new(a), Box::new(b), Box::new(idle), Box::new(daemon), Box::new(node), Box::new(dir)],
+    }
 }
 
 /// ovsdb-server and ovs-vswitchd started by hand (no systemd, no kernel module) in their own run
@@ -192,7 +223,7 @@ fn ovs_netdev() -> Option<Topology> {
         addressed(ns, port, ip, 24);
     }
     let pid = ovs.pid("vswitchd.pid");
-    Some(Topology { a: a.name.clone(), b: b.name.clone(), b_dev: "pb".into(), forwarder_pid: pid, _keep: vec![Box::new(a), Box::new(b), Box::new(ovs), Box::new(host)] })
+    Some(Topology { a: a.name.clone(), b: b.name.clone(), b_dev: "pb".into(), forwarder_pid: pid, idle_pods: Vec::new(), _keep: vec![Box::new(a), Box::new(b), Box::new(ovs), Box::new(host)] })
 }
 
 fn wait_for_link(ns: &Netns, name: &str) {
