@@ -86,14 +86,19 @@ fn main() {
         Bench::UdpFlood { address, seconds, flows } => return udp_flood(address, seconds, flows),
         _ => {}
     }
-    assert!(nix::unistd::geteuid().is_root(), "vpc-bench needs root (network namespaces)");
+    if let Bench::E2e { paths, .. } = &cli.command {
+        if let Some(bad) = paths.iter().find(|p| !benches::e2e::PATHS.contains(&p.as_str())) {
+            eprintln!("vpc-bench: unknown path {bad:?}; paths are {}", benches::e2e::PATHS.join(", "));
+            std::process::exit(2);
+        }
+    }
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("vpc-bench: needs root (it creates network namespaces, TAP devices and daemons)");
+        std::process::exit(1);
+    }
     match cli.command {
         Bench::RrServer { .. } | Bench::RrClient { .. } | Bench::UdpFlood { .. } => unreachable!("handled above"),
         Bench::E2e { reps, seconds, workers, flows, round_trips, paths, out } => {
-            if let Some(bad) = paths.iter().find(|p| !benches::e2e::PATHS.contains(&p.as_str())) {
-                eprintln!("vpc-bench: unknown path {bad:?}; paths are {}", benches::e2e::PATHS.join(", "));
-                std::process::exit(2);
-            }
             let options = benches::e2e::Options { reps, seconds, workers, flows, round_trips, paths };
             let results = benches::e2e::run(&options, |step| eprintln!("  {step}"));
             let command = std::env::args().collect::<Vec<_>>().join(" ");

@@ -49,27 +49,43 @@ pub fn to_json(results: &[(String, PathResult)], options: &Options) -> Value {
     })
 }
 
+/// A column of the table and a panel of the chart.
+struct Metric {
+    column: &'static str,
+    panel: &'static str,
+    samples: fn(&PathResult) -> &Vec<f64>,
+    /// Applied for display (packets/s shown as Mpps).
+    scale: f64,
+}
+
+impl Metric {
+    fn scaled(&self, r: &PathResult) -> Vec<f64> {
+        (self.samples)(r).iter().map(|x| x * self.scale).collect()
+    }
+}
+
+const METRICS: [Metric; 5] = [
+    Metric { column: "TCP x1 Gbit/s", panel: "TCP, 1 stream (Gbit/s)", samples: |r| &r.tcp_1_gbps, scale: 1.0 },
+    Metric { column: "TCP x4 Gbit/s", panel: "TCP, 4 streams (Gbit/s)", samples: |r| &r.tcp_4_gbps, scale: 1.0 },
+    Metric { column: "UDP 64B Mpps", panel: "UDP 64 B delivered (Mpps)", samples: |r| &r.udp64_pps, scale: 1e-6 },
+    Metric { column: "RR p50 us", panel: "request-response p50 (us, lower is better)", samples: |r| &r.rr_p50_us, scale: 1.0 },
+    Metric { column: "RR p99 us", panel: "request-response p99 (us, lower is better)", samples: |r| &r.rr_p99_us, scale: 1.0 },
+];
+
 /// The main table: median [min-max] and the ratio to the Linux bridge, per metric.
 pub fn table(results: &[(String, PathResult)]) -> String {
     let bridge = find(results, "linux_bridge").cloned().unwrap_or_default();
-    let columns: [(&str, fn(&PathResult) -> &Vec<f64>, f64); 5] = [
-        ("TCP x1 Gbit/s", |r| &r.tcp_1_gbps, 1.0),
-        ("TCP x4 Gbit/s", |r| &r.tcp_4_gbps, 1.0),
-        ("UDP 64B Mpps", |r| &r.udp64_pps, 1e-6),
-        ("RR p50 us", |r| &r.rr_p50_us, 1.0),
-        ("RR p99 us", |r| &r.rr_p99_us, 1.0),
-    ];
     let mut out = format!("{:<14}", "path");
-    for (title, _, _) in &columns {
-        out.push_str(&format!(" {title:>25}"));
+    for metric in &METRICS {
+        out.push_str(&format!(" {:>25}", metric.column));
     }
     out.push('\n');
     for (name, r) in results {
         out.push_str(&format!("{name:<14}"));
-        for (_, metric, scale) in &columns {
-            let v: Vec<f64> = metric(r).iter().map(|x| x * scale).collect();
+        for metric in &METRICS {
+            let v = metric.scaled(r);
             let (lo, hi) = spread(&v);
-            let ratio = median(metric(r)) / median(metric(&bridge));
+            let ratio = median(&v) / median(&metric.scaled(&bridge));
             let cell = if v.is_empty() { "-".to_string() } else { format!("{:.2} [{lo:.2}-{hi:.2}] {ratio:.2}x", median(&v)) };
             out.push_str(&format!(" {cell:>25}"));
         }
@@ -125,26 +141,20 @@ pub fn targets_text(results: &[(String, PathResult)]) -> String {
     out
 }
 
-/// Four bar charts (TCP x1, TCP x4, 64-byte Mpps, RR p50), one bar per path, as SVG.
+/// One bar chart per metric, one bar per path, as SVG.
 pub fn chart(results: &[(String, PathResult)]) -> String {
-    let panels: [(&str, fn(&PathResult) -> &Vec<f64>, f64); 4] = [
-        ("TCP, 1 stream (Gbit/s)", |r| &r.tcp_1_gbps, 1.0),
-        ("TCP, 4 streams (Gbit/s)", |r| &r.tcp_4_gbps, 1.0),
-        ("UDP 64 B delivered (Mpps)", |r| &r.udp64_pps, 1e-6),
-        ("request-response p50 (us, lower is better)", |r| &r.rr_p50_us, 1.0),
-    ];
     let row = 26;
     let panel_height = 30 + row * results.len();
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"640\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n",
-        panels.len() * panel_height + 10
+        METRICS.len() * panel_height + 10
     );
-    for (p, (title, metric, scale)) in panels.iter().enumerate() {
+    for (p, metric) in METRICS.iter().enumerate() {
         let top = p * panel_height;
-        svg.push_str(&format!("<text x=\"10\" y=\"{}\" font-weight=\"bold\">{title}, median</text>\n", top + 18));
-        let max = results.iter().map(|(_, r)| median(metric(r)) * scale).filter(|v| v.is_finite()).fold(f64::MIN_POSITIVE, f64::max);
+        svg.push_str(&format!("<text x=\"10\" y=\"{}\" font-weight=\"bold\">{}, median</text>\n", top + 18, metric.panel));
+        let max = results.iter().map(|(_, r)| median(&metric.scaled(r))).filter(|v| v.is_finite()).fold(f64::MIN_POSITIVE, f64::max);
         for (i, (name, r)) in results.iter().enumerate() {
-            let v = median(metric(r)) * scale;
+            let v = median(&metric.scaled(r));
             let w = if v.is_finite() { 400.0 * v / max } else { 0.0 };
             let y = top + 28 + i * row;
             let fill = if name == "vswitchd" { "#d9822b" } else { "#4a7ebb" };
