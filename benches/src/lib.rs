@@ -6,6 +6,7 @@ use std::path::PathBuf;
 pub mod cni_latency;
 pub mod e2e;
 pub mod scale;
+pub mod tap_cost;
 pub mod udp_flood;
 
 /// A file of the RIS route data set in `shared/data/routes` beside the repository.

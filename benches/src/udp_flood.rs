@@ -20,7 +20,7 @@ use serde_json::Value;
 pub const FRAME_LEN: usize = 60;
 const UDP_PAYLOAD: usize = FRAME_LEN - 14 - 20 - 8;
 /// Frames per `sendmmsg` call.
-const BURST: usize = 64;
+pub const BURST: usize = 64;
 
 /// Where the flood goes, resolved from the namespace's routing and neighbour tables.
 #[derive(Debug, Clone)]
@@ -93,50 +93,76 @@ pub struct Sent {
     pub seconds: f64,
 }
 
+/// An AF_PACKET socket on one device that sends bursts of prebuilt frames with `sendmmsg`,
+/// bypassing the qdisc (as trafgen does). The socket belongs to the namespace it was opened in.
+#[derive(Debug)]
+pub struct RawSender {
+    socket: OwnedFd,
+}
+
+impl RawSender {
+    pub fn open(ifindex: i32) -> io::Result<RawSender> {
+        // SAFETY: plain socket(2); the result is checked before it is owned.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor nobody else owns.
+        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+        let one: libc::c_int = 1;
+        // SAFETY: the option value is a c_int that outlives the call.
+        let rc = unsafe { libc::setsockopt(fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, (&one as *const libc::c_int).cast(), size_of::<libc::c_int>() as u32) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
+        let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        address.sll_family = libc::AF_PACKET as u16;
+        address.sll_ifindex = ifindex;
+        // SAFETY: address is a sockaddr_ll of the size passed.
+        let rc = unsafe { libc::bind(fd, (&address as *const libc::sockaddr_ll).cast(), size_of::<libc::sockaddr_ll>() as u32) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(RawSender { socket })
+    }
+
+    /// Sends up to [`BURST`] frames of `frames` in one call; returns how many the kernel took
+    /// (0 when the device queue was full).
+    pub fn send_burst(&self, frames: &[[u8; FRAME_LEN]]) -> io::Result<usize> {
+        let count = frames.len().min(BURST);
+        let mut iovecs: [libc::iovec; BURST] = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; BURST];
+        // SAFETY: mmsghdr is plain data; zeroed is a valid value.
+        let mut messages: [libc::mmsghdr; BURST] = unsafe { std::mem::zeroed() };
+        for i in 0..count {
+            iovecs[i] = libc::iovec { iov_base: frames[i].as_ptr() as *mut _, iov_len: FRAME_LEN };
+            messages[i].msg_hdr.msg_iov = &mut iovecs[i];
+            messages[i].msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: the first `count` messages point at iovecs of frames that outlive the call.
+        let n = unsafe { libc::sendmmsg(self.socket.as_raw_fd(), messages.as_mut_ptr(), count as u32, 0) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ENOBUFS) | Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(0),
+            _ => Err(e),
+        }
+    }
+}
+
 /// Sends `frames` round-robin out of the target device for `duration`.
 pub fn flood(target: &Target, frames: &[[u8; FRAME_LEN]], duration: Duration) -> io::Result<Sent> {
-    // SAFETY: plain socket(2); the result is checked before it is owned.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh descriptor nobody else owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    let one: libc::c_int = 1;
-    // SAFETY: the option value is a c_int that outlives the call.
-    let rc = unsafe { libc::setsockopt(fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, (&one as *const libc::c_int).cast(), size_of::<libc::c_int>() as u32) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
-    let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    address.sll_family = libc::AF_PACKET as u16;
-    address.sll_ifindex = target.ifindex;
-    // SAFETY: address is a sockaddr_ll of the size passed.
-    let rc = unsafe { libc::bind(fd, (&address as *const libc::sockaddr_ll).cast(), size_of::<libc::sockaddr_ll>() as u32) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut iovecs: Vec<libc::iovec> = (0..BURST).map(|i| libc::iovec { iov_base: frames[i % frames.len()].as_ptr() as *mut _, iov_len: FRAME_LEN }).collect();
-    // SAFETY: mmsghdr is plain data; zeroed is a valid value.
-    let mut messages: Vec<libc::mmsghdr> = (0..BURST).map(|_| unsafe { std::mem::zeroed() }).collect();
-    for (message, iovec) in messages.iter_mut().zip(iovecs.iter_mut()) {
-        message.msg_hdr.msg_iov = iovec;
-        message.msg_hdr.msg_iovlen = 1;
-    }
+    let sender = RawSender::open(target.ifindex)?;
+    // One burst's worth of frames, cycling through the flows.
+    let burst: Vec<[u8; FRAME_LEN]> = (0..BURST).map(|i| frames[i % frames.len()]).collect();
     let (mut packets, mut refused) = (0u64, 0u64);
     let start = Instant::now();
     while start.elapsed() < duration {
-        // SAFETY: every message points at an iovec of a frame that outlives the call.
-        let n = unsafe { libc::sendmmsg(socket.as_raw_fd(), messages.as_mut_ptr(), BURST as u32, 0) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::ENOBUFS) | Some(libc::EAGAIN) | Some(libc::EINTR) => refused += 1,
-                _ => return Err(e),
-            }
-        } else {
-            packets += n as u64;
+        match sender.send_burst(&burst)? {
+            0 => refused += 1,
+            n => packets += n as u64,
         }
     }
     Ok(Sent { packets, refused, seconds: start.elapsed().as_secs_f64() })

@@ -66,3 +66,14 @@ fn a_bad_path_name_is_refused_clearly() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown path \"nonsense\""), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn tap_cost_measures_both_directions() {
+    require_root();
+    let cost = vpc_bench(&["tap-cost", "--seconds", "0.5", "--json"]);
+    let write = positive(&cost["write_ns"], "write_ns");
+    let read = positive(&cost["read_ns"], "read_ns");
+    assert!(write < 1e6 && read < 1e6, "{cost}");
+    let bound = positive(&cost["bound_pps"], "bound_pps");
+    assert!((bound - 1e9 / (write + read)).abs() < 1.0, "{cost}");
+}

@@ -56,6 +56,12 @@ enum Bench {
         #[arg(long, default_value_t = 2)]
         workers: usize,
     },
+    /// The kernel's per-packet price of TAP I/O for 64-byte frames (write into a pod, read what a
+    /// pod sent): the floor under any TAP-based switch's small-packet rate on this machine.
+    TapCost {
+        #[arg(long, default_value_t = 4.0)]
+        seconds: f64,
+    },
     /// (inside a namespace) Send 64-byte UDP frames to ADDRESS as fast as the path takes them;
     /// prints what was sent as JSON.
     UdpFlood {
@@ -117,6 +123,18 @@ fn main() {
                 println!("{}", benches::scale::to_json(&report));
             } else {
                 print!("{}", benches::scale::table(&report));
+            }
+        }
+        Bench::TapCost { seconds } => {
+            let cost = benches::tap_cost::run(seconds).unwrap_or_else(|e| {
+                eprintln!("vpc-bench tap-cost: {e}");
+                std::process::exit(1);
+            });
+            if cli.json {
+                println!("{}", serde_json::json!({"write_ns": cost.write_ns, "read_ns": cost.read_ns, "bound_pps": cost.bound_pps(), "frames": cost.frames}));
+            } else {
+                println!("TAP I/O per 64-byte frame: write {:.0} ns, read {:.0} ns", cost.write_ns, cost.read_ns);
+                println!("one thread doing one read and one write per frame: at most {:.2} Mpps", cost.bound_pps() / 1e6);
             }
         }
         Bench::Cni { pods } => {

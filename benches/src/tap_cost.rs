@@ -1,0 +1,89 @@
+//! `vpc-bench tap-cost`: the kernel's own per-packet price for a 64-byte frame through a pod's
+//! TAP, measured the way vswitchd pays it: write() of a frame into the pod (the pod's stack
+//! takes it up to its first netfilter hook, where it is dropped, as in the e2e flood) and read()
+//! of a frame the pod sent. Their sum bounds what one forwarding thread can do with TAP I/O,
+//! whatever the switch does in userspace.
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use vpc_lab::netns::Pod;
+use vswitch::port::netns::run_in;
+use vswitch::port::tap::{Attach, TapQueue};
+use vswitch::port::PortQueue;
+use vswitch::wire::vnet;
+
+use crate::udp_flood::{RawSender, Target, BURST, FRAME_LEN};
+
+#[derive(Debug, Clone, Copy)]
+pub struct TapCost {
+    pub write_ns: f64,
+    pub read_ns: f64,
+    pub frames: u64,
+}
+
+impl TapCost {
+    /// Frames per second one thread could move with one read and one write each.
+    pub fn bound_pps(&self) -> f64 {
+        1e9 / (self.write_ns + self.read_ns)
+    }
+}
+
+fn parse_mac(text: &str) -> [u8; 6] {
+    let bytes: Vec<u8> = text.split(':').map(|b| u8::from_str_radix(b, 16).expect("hex")).collect();
+    bytes.try_into().expect("six bytes")
+}
+
+/// Measures over about `seconds` (half writing, half reading).
+pub fn run(seconds: f64) -> io::Result<TapCost> {
+    let pod = Pod::new(Ipv4Addr::new(10, 78, 0, 2));
+    let drop = pod.ns.exec(&["iptables", "-t", "raw", "-A", "PREROUTING", "-p", "udp", "-j", "DROP"]);
+    if !drop.status.success() {
+        return Err(io::Error::other(format!("iptables in the pod: {}", String::from_utf8_lossy(&drop.stderr).trim())));
+    }
+    let queue = TapQueue::open("eth0", Some(&pod.ns.path()), Attach::Existing).map_err(io::Error::other)?;
+    let gateway = parse_mac(vpc_lab::netns::GATEWAY_MAC);
+    let ifindex: i32 = pod.ifindex().parse().map_err(io::Error::other)?;
+    let inbound = Target { dev: "eth0".into(), ifindex, src_mac: gateway, dst_mac: parse_mac(&pod.mac), src_ip: Ipv4Addr::new(10, 78, 9, 9), dst_ip: pod.ip, dst_port: 9 };
+    let mut frame = vec![0u8; vnet::LEN];
+    frame.extend_from_slice(&inbound.frames(1)[0]);
+
+    // Writes: vswitchd delivering to the pod.
+    let budget = Duration::from_secs_f64(seconds / 2.0);
+    let (mut writes, start) = (0u64, Instant::now());
+    while start.elapsed() < budget {
+        for _ in 0..1024 {
+            queue.send(&frame)?;
+        }
+        writes += 1024;
+    }
+    let write_ns = start.elapsed().as_nanos() as f64 / writes as f64;
+
+    // Reads: the pod sends a burst (untimed), vswitchd reads it back (timed).
+    let outbound = Target { src_mac: inbound.dst_mac, dst_mac: gateway, src_ip: pod.ip, dst_ip: Ipv4Addr::new(10, 78, 9, 9), ..inbound };
+    let burst = vec![outbound.frames(1)[0]; BURST];
+    let sender = run_in(Some(&pod.ns.path()), || RawSender::open(ifindex))?;
+    let mut buf = vec![0u8; 2048];
+    let (mut reads, mut reading, start) = (0u64, Duration::ZERO, Instant::now());
+    while start.elapsed() < budget {
+        // The TAP's queue holds 500 frames; four bursts stay below that.
+        for _ in 0..4 {
+            sender.send_burst(&burst)?;
+        }
+        let t = Instant::now();
+        loop {
+            match queue.recv(&mut buf) {
+                Ok(n) if n >= vnet::LEN + FRAME_LEN => reads += 1,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        reading += t.elapsed();
+    }
+    if reads == 0 {
+        return Err(io::Error::other("no frame came back out of the TAP"));
+    }
+    Ok(TapCost { write_ns, read_ns: reading.as_nanos() as f64 / reads as f64, frames: writes + reads })
+}
