@@ -98,6 +98,11 @@ pub(crate) struct NodeAt {
 }
 
 impl NodeAt {
+    /// A placeholder for lanes not in a chunk; never stepped from.
+    pub fn dangling() -> NodeAt {
+        NodeAt { node: std::ptr::null(), shift: 0 }
+    }
+
     pub fn as_ptr(self) -> *const u8 {
         self.node as *const u8
     }
@@ -298,6 +303,23 @@ impl ChunkPtr {
             // (module invariants), so run >= 1 and the index is inside the leaf array.
             Step::Leaf(unsafe { self.leaves().add(node.base_leaf as usize + run - 1) })
         }
+    }
+
+    /// [`ChunkPtr::step`] without a data-dependent branch, for batched lookups (where the
+    /// outcome differs lane by lane and a branch on it mispredicts often): computes both
+    /// outcomes and says which holds. Only the one that holds may be dereferenced; the other is
+    /// an arbitrary address (computed with wrapping arithmetic, never read).
+    #[inline(always)]
+    pub fn step_both(self, at: NodeAt, key: u32) -> (bool, NodeAt, *const u32) {
+        // SAFETY: as in `step`: `at` points at one of this chunk's nodes.
+        let node = unsafe { &*at.node };
+        let bit = 1u64 << ((key >> at.shift) & 63);
+        let is_node = node.vector & bit != 0;
+        let child = node.base_node as usize + (node.vector & (bit - 1)).count_ones() as usize;
+        let run = (node.leafvec & (bit | (bit - 1))).count_ones() as usize;
+        let next = NodeAt { node: self.nodes().wrapping_add(child) as *const Node, shift: at.shift.wrapping_sub(STRIDE) };
+        let leaf = (self.leaves() as *const u32).wrapping_add((node.base_leaf as usize + run).wrapping_sub(1));
+        (is_node, next, leaf)
     }
 
     /// Bytes this chunk occupies (not counting its children).

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use crossbeam_epoch::{self as epoch, Guard};
 
-use crate::chunk::{prefetch, ChunkPtr, Header, LocalPrefix, NodeAt, Step, CHILD_FLAG, MAX_NEXT_HOP, NONE};
+use crate::chunk::{prefetch, ChunkPtr, Header, LocalPrefix, NodeAt, CHILD_FLAG, MAX_NEXT_HOP, NONE};
 use crate::prefix::{net_mask, Address, Prefix, GROUP_BITS};
 
 const TOP_SLOTS: usize = 1 << GROUP_BITS;
@@ -87,79 +87,120 @@ impl<A: Address> Shared<A> {
 /// Lookups interleaved per batch: enough independent lookups in flight to hide memory latency.
 const BATCH: usize = 32;
 
-/// Where one lookup of a batch stands.
-#[derive(Clone, Copy)]
-enum Lane {
-    Done,
-    /// At a node of the chunk for address group `level`, whose key is the last field
-    /// (computed once per chunk, not per step).
-    Node(ChunkPtr, usize, NodeAt, u32),
-    /// At the leaf holding the chunk's answer.
-    Leaf(ChunkPtr, usize, *const u32),
-    /// At the parent's slot for the child chunk of address group `level`.
-    Child(*const AtomicPtr<Header>, usize),
+/// The lanes of a batched lookup, as parallel arrays indexed by lane. A lane's fields are
+/// written before they are read in every batch; the arrays are only set up once per call of
+/// `lookup_batch` (zeroing them per batch of 32 costs as much as a fast batch).
+struct Lanes {
+    chunk: [*mut Header; BATCH],
+    at: [NodeAt; BATCH],
+    /// The chunk's key, computed once per chunk.
+    key: [u32; BATCH],
+    /// The address group the lane's chunk covers.
+    level: [u8; BATCH],
+    /// The leaf a lane reached, or the child slot it follows.
+    leaf: [*const u32; BATCH],
+    slot: [*const AtomicPtr<Header>; BATCH],
+}
+
+impl Lanes {
+    fn new() -> Lanes {
+        Lanes {
+            chunk: [std::ptr::null_mut(); BATCH],
+            at: [NodeAt::dangling(); BATCH],
+            key: [0; BATCH],
+            level: [0; BATCH],
+            leaf: [std::ptr::null(); BATCH],
+            slot: [std::ptr::null(); BATCH],
+        }
+    }
 }
 
 impl<A: Address> Shared<A> {
-    /// Looks up to [`BATCH`] addresses at once. Each round advances every unfinished lookup by
-    /// one memory access and prefetches the next, so the misses of different lookups overlap
-    /// instead of queueing behind each other (as VPP and DPDK's lpm_lookupx4 do).
+    /// Looks up to [`BATCH`] addresses at once. Each round moves every unfinished lookup one
+    /// memory access on and prefetches the next, so the misses of different lookups overlap
+    /// instead of queueing behind each other (as VPP and DPDK's lpm_lookupx4 do). Lanes sit in
+    /// three worklists (stepping through nodes, reading a leaf, following a child pointer) kept
+    /// compact without branches on the outcome of a step, which differs lane by lane: a
+    /// mispredicted branch costs as much as the work of a step.
     #[inline]
-    fn lookup_group(&self, addrs: &[A], out: &mut [u32], _guard: &Guard) {
+    fn lookup_group(&self, addrs: &[A], out: &mut [u32], lanes: &mut Lanes, _guard: &Guard) {
         debug_assert!(addrs.len() <= BATCH && out.len() == addrs.len());
-        let mut lanes = [Lane::Done; BATCH];
+        let (mut stepping, mut n_stepping) = ([0u8; BATCH], 0);
+        let (mut at_leaf, mut n_at_leaf) = ([0u8; BATCH], 0);
+        let (mut at_child, mut n_at_child) = ([0u8; BATCH], 0);
         for addr in addrs {
-            prefetch(&self.top[addr.group(0)] as *const AtomicUsize as *const u8);
+            // SAFETY (both): group(0) < 2^18 = top.len().
+            prefetch(unsafe { self.top.get_unchecked(addr.group(0)) } as *const AtomicUsize as *const u8);
         }
-        let mut active = 0;
         for (i, addr) in addrs.iter().enumerate() {
-            let entry = self.top[addr.group(0)].load(Ordering::Acquire);
+            let entry = unsafe { self.top.get_unchecked(addr.group(0)) }.load(Ordering::Acquire);
             if entry & 1 != 0 {
                 out[i] = (entry >> 1) as u32;
             } else {
                 // SAFETY: live while the guard is pinned (see `lookup_code`).
                 let chunk = unsafe { ChunkPtr::from_raw(entry as *mut Header) };
                 prefetch(chunk.as_raw() as *const u8);
-                lanes[i] = Lane::Node(chunk, 1, chunk.root(), addr.group(1) as u32);
-                active += 1;
+                lanes.chunk[i] = chunk.as_raw();
+                lanes.at[i] = chunk.root();
+                lanes.key[i] = addr.group(1) as u32;
+                lanes.level[i] = 1;
+                stepping[n_stepping] = i as u8;
+                n_stepping += 1;
             }
         }
-        while active > 0 {
-            for (i, addr) in addrs.iter().enumerate() {
-                lanes[i] = match lanes[i] {
-                    Lane::Done => continue,
-                    Lane::Node(chunk, level, at, key) => match chunk.step(at, key) {
-                        Step::Node(next) => {
-                            prefetch(next.as_ptr());
-                            Lane::Node(chunk, level, next, key)
-                        }
-                        Step::Leaf(leaf) => {
-                            prefetch(leaf as *const u8);
-                            Lane::Leaf(chunk, level, leaf)
-                        }
-                    },
-                    Lane::Leaf(chunk, level, leaf) => {
-                        // SAFETY: `step` returns leaf pointers inside the chunk's leaf array.
-                        let code = unsafe { *leaf };
-                        if code & CHILD_FLAG == 0 || code == NONE {
-                            out[i] = if code == NONE { chunk.fallback() } else { code };
-                            active -= 1;
-                            Lane::Done
-                        } else {
-                            let slot: *const AtomicPtr<Header> = chunk.child_slot((code & !CHILD_FLAG) as usize);
-                            prefetch(slot as *const u8);
-                            Lane::Child(slot, level + 1)
-                        }
-                    }
-                    Lane::Child(slot, level) => {
-                        // SAFETY: the slot lives inside a chunk kept alive by the guard; child
-                        // pointers are never null.
-                        let child = unsafe { ChunkPtr::from_raw((*slot).load(Ordering::Acquire)) };
-                        prefetch(child.as_raw() as *const u8);
-                        Lane::Node(child, level, child.root(), addr.group(level) as u32)
-                    }
-                };
+        while n_stepping + n_at_leaf + n_at_child > 0 {
+            // Leaves reached last round (their lines prefetched since).
+            let (mut next_child, mut n_next_child) = ([0u8; BATCH], 0);
+            for &i in &at_leaf[..n_at_leaf] {
+                let i = i as usize;
+                // SAFETY: the lane's chunk is live under the guard; `leaf` came from a step that
+                // reached a leaf, so it lies inside that chunk's leaf array.
+                let (chunk, code) = unsafe { (ChunkPtr::from_raw(lanes.chunk[i]), *lanes.leaf[i]) };
+                if code & CHILD_FLAG == 0 || code == NONE {
+                    out[i] = if code == NONE { chunk.fallback() } else { code };
+                } else {
+                    let slot: *const AtomicPtr<Header> = chunk.child_slot((code & !CHILD_FLAG) as usize);
+                    prefetch(slot as *const u8);
+                    lanes.slot[i] = slot;
+                    next_child[n_next_child] = i as u8;
+                    n_next_child += 1;
+                }
             }
+            // One stride for every lane inside a chunk; compacted in place.
+            let (mut kept, mut n_leaf) = (0, 0);
+            for k in 0..n_stepping {
+                let i = stepping[k] as usize;
+                // SAFETY: the lane's chunk is live under the guard and `at` is one of its nodes.
+                let chunk = unsafe { ChunkPtr::from_raw(lanes.chunk[i]) };
+                let (is_node, next, leaf) = chunk.step_both(lanes.at[i], lanes.key[i]);
+                lanes.at[i] = next;
+                lanes.leaf[i] = leaf;
+                prefetch(if is_node { next.as_ptr() } else { leaf as *const u8 });
+                stepping[kept] = i as u8;
+                kept += is_node as usize;
+                at_leaf[n_leaf] = i as u8;
+                n_leaf += !is_node as usize;
+            }
+            n_stepping = kept;
+            n_at_leaf = n_leaf;
+            // Child pointers whose slots were prefetched last round: start in the child's root
+            // next round.
+            for &i in &at_child[..n_at_child] {
+                let i = i as usize;
+                // SAFETY: the slot lives inside a chunk kept alive by the guard; child pointers
+                // are never null.
+                let child = unsafe { ChunkPtr::from_raw((*lanes.slot[i]).load(Ordering::Acquire)) };
+                prefetch(child.as_raw() as *const u8);
+                let level = lanes.level[i] as usize + 1;
+                lanes.chunk[i] = child.as_raw();
+                lanes.at[i] = child.root();
+                lanes.key[i] = addrs[i].group(level) as u32;
+                lanes.level[i] = level as u8;
+                stepping[n_stepping] = i as u8;
+                n_stepping += 1;
+            }
+            at_child = next_child;
+            n_at_child = n_next_child;
         }
     }
 }
@@ -227,9 +268,10 @@ impl<A: Address> FibView<'_, A> {
     pub fn lookup_batch(&self, addrs: &[A], out: &mut [Option<u32>]) {
         assert_eq!(addrs.len(), out.len(), "one output slot per address");
         let mut codes = [0u32; BATCH];
+        let mut lanes = Lanes::new();
         for (addrs, out) in addrs.chunks(BATCH).zip(out.chunks_mut(BATCH)) {
             let codes = &mut codes[..addrs.len()];
-            self.shared.lookup_group(addrs, codes, &self.guard);
+            self.shared.lookup_group(addrs, codes, &mut lanes, &self.guard);
             for (slot, &code) in out.iter_mut().zip(codes.iter()) {
                 *slot = decode(code);
             }
