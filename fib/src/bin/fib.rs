@@ -129,19 +129,36 @@ fn lookup(table: &std::path::Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// Lookups per second: the median of repeated full passes over `addrs`.
-fn rate<A: Address, T: LpmTable<A>>(table: &T, addrs: &[A], seconds: f64) -> f64 {
-    let mut rates = Vec::new();
-    let start = Instant::now();
+/// One full pass of a table's lookups over some addresses (returns a checksum).
+type Pass<'a, A> = &'a dyn Fn(&[A]) -> u64;
+
+/// Lookups per second of each table. The tables take turns in blocks (three rounds), each block
+/// repeated full passes over `addrs` whose median counts (so its first, cache-cold pass does
+/// not); a table's figure is the median of its blocks. Taking turns means the machine speeding
+/// up or slowing down (by 2x here, on a shared host) moves every table's figure alike.
+fn rates<A: Address, const N: usize>(tables: [Pass<'_, A>; N], addrs: &[A], seconds: f64) -> [f64; N] {
+    const ROUNDS: usize = 3;
+    let mut blocks: [Vec<f64>; N] = std::array::from_fn(|_| Vec::new());
     let mut sink = 0u64;
-    while rates.len() < 3 || start.elapsed().as_secs_f64() < seconds {
-        let t = Instant::now();
-        sink = sink.wrapping_add(table.lookup_sum(addrs));
-        rates.push(addrs.len() as f64 / t.elapsed().as_secs_f64());
+    for _ in 0..ROUNDS {
+        for (table, blocks) in tables.iter().zip(blocks.iter_mut()) {
+            let mut passes = Vec::new();
+            let start = Instant::now();
+            while passes.len() < 3 || start.elapsed().as_secs_f64() < seconds / ROUNDS as f64 {
+                let t = Instant::now();
+                sink = sink.wrapping_add(table(addrs));
+                passes.push(addrs.len() as f64 / t.elapsed().as_secs_f64());
+            }
+            blocks.push(median(passes));
+        }
     }
     std::hint::black_box(sink);
-    rates.sort_by(f64::total_cmp);
-    rates[rates.len() / 2]
+    blocks.map(median)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 /// Builds `T` and returns it with the heap bytes its build left allocated.
@@ -185,7 +202,11 @@ where
         })
         .count();
     let run = |addrs: &[A]| {
-        [rate(&ours, addrs, seconds), rate(&trie, addrs, seconds), rate(&tbl, addrs, seconds), rate(&single, addrs, seconds)]
+        rates::<A, 4>(
+            [&|a| ours.lookup_sum(a), &|a| trie.lookup_sum(a), &|a| tbl.lookup_sum(a), &|a| single.lookup_sum(a)],
+            addrs,
+            seconds,
+        )
     };
     let memory = ours.memory();
     FamilyReport {
