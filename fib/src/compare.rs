@@ -64,9 +64,9 @@ impl<A: Address> LpmTable<A> for Fib<A> {
     fn lookup_sum(&self, addrs: &[A]) -> u64 {
         let reader = self.reader();
         let view = reader.pin();
-        let mut out = [None; 64];
+        let mut out = [None; 256];
         addrs
-            .chunks(64)
+            .chunks(256)
             .map(|batch| {
                 let out = &mut out[..batch.len()];
                 view.lookup_batch(batch, out);

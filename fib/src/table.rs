@@ -84,71 +84,115 @@ impl<A: Address> Shared<A> {
     }
 }
 
-/// Lookups interleaved per batch: enough independent lookups in flight to hide memory latency.
+/// Lookups walking chunks at once: enough independent lookups in flight to hide memory latency.
 const BATCH: usize = 32;
+/// Room for lanes waiting to walk: a batch, plus what one more top-level group can add.
+const POOL: usize = 2 * BATCH;
 
-/// The lanes of a batched lookup, as parallel arrays indexed by lane. A lane's fields are
-/// written before they are read in every batch; the arrays are only set up once per call of
-/// `lookup_batch` (zeroing them per batch of 32 costs as much as a fast batch).
+/// Lookups that continue below the top level, as parallel arrays indexed by lane. A lane's
+/// fields are written before they are read; the arrays are set up once per `lookup_batch` call
+/// (zeroing them per batch costs as much as a fast batch).
 struct Lanes {
-    chunk: [*mut Header; BATCH],
-    at: [NodeAt; BATCH],
+    /// Which address (and output slot) the lane serves.
+    index: [u32; POOL],
+    chunk: [*mut Header; POOL],
+    at: [NodeAt; POOL],
     /// The chunk's key, computed once per chunk.
-    key: [u32; BATCH],
+    key: [u32; POOL],
     /// The address group the lane's chunk covers.
-    level: [u8; BATCH],
+    level: [u8; POOL],
     /// The leaf a lane reached, or the child slot it follows.
-    leaf: [*const u32; BATCH],
-    slot: [*const AtomicPtr<Header>; BATCH],
+    leaf: [*const u32; POOL],
+    slot: [*const AtomicPtr<Header>; POOL],
+    /// Lanes `0..pending` hold lookups that left the top level and wait to walk.
+    pending: usize,
 }
 
 impl Lanes {
     fn new() -> Lanes {
         Lanes {
-            chunk: [std::ptr::null_mut(); BATCH],
-            at: [NodeAt::dangling(); BATCH],
-            key: [0; BATCH],
-            level: [0; BATCH],
-            leaf: [std::ptr::null(); BATCH],
-            slot: [std::ptr::null(); BATCH],
+            index: [0; POOL],
+            chunk: [std::ptr::null_mut(); POOL],
+            at: [NodeAt::dangling(); POOL],
+            key: [0; POOL],
+            level: [0; POOL],
+            leaf: [std::ptr::null(); POOL],
+            slot: [std::ptr::null(); POOL],
+            pending: 0,
         }
+    }
+
+    /// Moves lane `from` to lane `to` (only the fields a pending lane has).
+    fn move_pending(&mut self, from: usize, to: usize) {
+        self.index[to] = self.index[from];
+        self.chunk[to] = self.chunk[from];
+        self.at[to] = self.at[from];
+        self.key[to] = self.key[from];
+        self.level[to] = self.level[from];
     }
 }
 
 impl<A: Address> Shared<A> {
-    /// Looks up to [`BATCH`] addresses at once. Each round moves every unfinished lookup one
+    /// Batched lookups in two stages. The top level answers most random addresses on its own
+    /// (three in four, for a full IPv4 table); the others are queued as lanes and walk their
+    /// chunks [`BATCH`] at a time, so that the chunk walks always overlap a full batch of
+    /// misses, however few addresses of each group of 32 need them.
+    #[inline(always)]
+    fn lookup_many_portable(&self, addrs: &[A], out: &mut [Option<u32>], _guard: &Guard) {
+        let mut lanes = Lanes::new();
+        for (n, group) in addrs.chunks(BATCH).enumerate() {
+            let base = n * BATCH;
+            for addr in group {
+                // SAFETY: group(0) < 2^18 = top.len().
+                prefetch(unsafe { self.top.get_unchecked(addr.group(0)) } as *const AtomicUsize as *const u8);
+            }
+            for (i, addr) in group.iter().enumerate() {
+                // SAFETY: group(0) < 2^18 = top.len().
+                let entry = unsafe { self.top.get_unchecked(addr.group(0)) }.load(Ordering::Acquire);
+                if entry & 1 != 0 {
+                    out[base + i] = decode((entry >> 1) as u32);
+                } else {
+                    // SAFETY: live while the guard is pinned (see `lookup_code`).
+                    let chunk = unsafe { ChunkPtr::from_raw(entry as *mut Header) };
+                    prefetch(chunk.as_raw() as *const u8);
+                    let lane = lanes.pending;
+                    lanes.index[lane] = (base + i) as u32;
+                    lanes.chunk[lane] = chunk.as_raw();
+                    lanes.at[lane] = chunk.root();
+                    lanes.key[lane] = addr.group(1) as u32;
+                    lanes.level[lane] = 1;
+                    lanes.pending += 1;
+                }
+            }
+            if lanes.pending >= BATCH {
+                let count = lanes.pending.min(BATCH);
+                self.walk(addrs, out, &mut lanes, count);
+                // The rest, prefetched but not walked, moves to the front.
+                for lane in count..lanes.pending {
+                    lanes.move_pending(lane, lane - count);
+                }
+                lanes.pending -= count;
+            }
+        }
+        let rest = lanes.pending;
+        self.walk(addrs, out, &mut lanes, rest);
+    }
+
+    /// Walks lanes `0..count` to their answers. Each round moves every unfinished lookup one
     /// memory access on and prefetches the next, so the misses of different lookups overlap
     /// instead of queueing behind each other (as VPP and DPDK's lpm_lookupx4 do). Lanes sit in
     /// three worklists (stepping through nodes, reading a leaf, following a child pointer) kept
     /// compact without branches on the outcome of a step, which differs lane by lane: a
     /// mispredicted branch costs as much as the work of a step.
     #[inline(always)]
-    fn lookup_group(&self, addrs: &[A], out: &mut [u32], lanes: &mut Lanes, _guard: &Guard) {
-        debug_assert!(addrs.len() <= BATCH && out.len() == addrs.len());
-        let (mut stepping, mut n_stepping) = ([0u8; BATCH], 0);
+    fn walk(&self, addrs: &[A], out: &mut [Option<u32>], lanes: &mut Lanes, count: usize) {
+        debug_assert!(count <= BATCH);
+        let (mut stepping, mut n_stepping) = ([0u8; BATCH], count);
+        for (lane, slot) in stepping.iter_mut().enumerate().take(count) {
+            *slot = lane as u8;
+        }
         let (mut at_leaf, mut n_at_leaf) = ([0u8; BATCH], 0);
         let (mut at_child, mut n_at_child) = ([0u8; BATCH], 0);
-        for addr in addrs {
-            // SAFETY: group(0) < 2^18 = top.len().
-            prefetch(unsafe { self.top.get_unchecked(addr.group(0)) } as *const AtomicUsize as *const u8);
-        }
-        for (i, addr) in addrs.iter().enumerate() {
-            // SAFETY: group(0) < 2^18 = top.len().
-            let entry = unsafe { self.top.get_unchecked(addr.group(0)) }.load(Ordering::Acquire);
-            if entry & 1 != 0 {
-                out[i] = (entry >> 1) as u32;
-            } else {
-                // SAFETY: live while the guard is pinned (see `lookup_code`).
-                let chunk = unsafe { ChunkPtr::from_raw(entry as *mut Header) };
-                prefetch(chunk.as_raw() as *const u8);
-                lanes.chunk[i] = chunk.as_raw();
-                lanes.at[i] = chunk.root();
-                lanes.key[i] = addr.group(1) as u32;
-                lanes.level[i] = 1;
-                stepping[n_stepping] = i as u8;
-                n_stepping += 1;
-            }
-        }
         while n_stepping + n_at_leaf + n_at_child > 0 {
             // Leaves reached last round (their lines prefetched since).
             let (mut next_child, mut n_next_child) = ([0u8; BATCH], 0);
@@ -158,7 +202,7 @@ impl<A: Address> Shared<A> {
                 // reached a leaf, so it lies inside that chunk's leaf array.
                 let (chunk, code) = unsafe { (ChunkPtr::from_raw(lanes.chunk[i]), *lanes.leaf[i]) };
                 if code & CHILD_FLAG == 0 || code == NONE {
-                    out[i] = if code == NONE { chunk.fallback() } else { code };
+                    out[lanes.index[i] as usize] = decode(if code == NONE { chunk.fallback() } else { code });
                 } else {
                     let slot: *const AtomicPtr<Header> = chunk.child_slot((code & !CHILD_FLAG) as usize);
                     prefetch(slot as *const u8);
@@ -195,7 +239,7 @@ impl<A: Address> Shared<A> {
                 let level = lanes.level[i] as usize + 1;
                 lanes.chunk[i] = child.as_raw();
                 lanes.at[i] = child.root();
-                lanes.key[i] = addrs[i].group(level) as u32;
+                lanes.key[i] = addrs[lanes.index[i] as usize].group(level) as u32;
                 lanes.level[i] = level as u8;
                 stepping[n_stepping] = i as u8;
                 n_stepping += 1;
@@ -241,24 +285,6 @@ impl<A: Address> Shared<A> {
     #[target_feature(enable = "popcnt")]
     unsafe fn lookup_many_popcnt(&self, addrs: &[A], out: &mut [Option<u32>], guard: &Guard) {
         self.lookup_many_portable(addrs, out, guard)
-    }
-
-    #[inline(always)]
-    fn lookup_many_portable(&self, addrs: &[A], out: &mut [Option<u32>], guard: &Guard) {
-        let mut codes = [0u32; BATCH];
-        let mut lanes = Lanes::new();
-        for (n, (group, out)) in addrs.chunks(BATCH).zip(out.chunks_mut(BATCH)).enumerate() {
-            // The next group's top entries load while this group walks its chunks.
-            for addr in addrs.iter().skip((n + 1) * BATCH).take(BATCH) {
-                // SAFETY: group(0) < 2^18 = top.len().
-                prefetch(unsafe { self.top.get_unchecked(addr.group(0)) } as *const AtomicUsize as *const u8);
-            }
-            let codes = &mut codes[..group.len()];
-            self.lookup_group(group, codes, &mut lanes, guard);
-            for (slot, &code) in out.iter_mut().zip(codes.iter()) {
-                *slot = decode(code);
-            }
-        }
     }
 }
 
