@@ -193,6 +193,7 @@ impl<A: Address> Shared<A> {
         }
         let (mut at_leaf, mut n_at_leaf) = ([0u8; BATCH], 0);
         let (mut at_child, mut n_at_child) = ([0u8; BATCH], 0);
+        let mut codes = [0u32; BATCH];
         while n_stepping + n_at_leaf + n_at_child > 0 {
             // Leaves reached last round (their lines prefetched since).
             let (mut next_child, mut n_next_child) = ([0u8; BATCH], 0);
@@ -202,7 +203,7 @@ impl<A: Address> Shared<A> {
                 // reached a leaf, so it lies inside that chunk's leaf array.
                 let (chunk, code) = unsafe { (ChunkPtr::from_raw(lanes.chunk[i]), *lanes.leaf[i]) };
                 if code & CHILD_FLAG == 0 || code == NONE {
-                    out[lanes.index[i] as usize] = decode(if code == NONE { chunk.fallback() } else { code });
+                    codes[i] = if code == NONE { chunk.fallback() } else { code };
                 } else {
                     let slot: *const AtomicPtr<Header> = chunk.child_slot((code & !CHILD_FLAG) as usize);
                     prefetch(slot as *const u8);
@@ -246,6 +247,9 @@ impl<A: Address> Shared<A> {
             }
             at_child = next_child;
             n_at_child = n_next_child;
+        }
+        for (lane, &code) in codes.iter().enumerate().take(count) {
+            out[lanes.index[lane] as usize] = decode(code);
         }
     }
 }
