@@ -220,9 +220,13 @@ pub fn fib(data: &[u8]) {
             }
             if i % 16 == 15 {
                 fib.publish();
-                for &a in &probes {
+                // Batched lookups too: up to 96 probes queue, carry over and walk in the ring.
+                let mut batched = vec![None; probes.len()];
+                reader.lookup_batch(&probes, &mut batched);
+                for (&a, got) in probes.iter().zip(batched) {
                     let want = naive.iter().filter(|(p, _)| p.contains(a)).max_by_key(|(p, _)| p.len()).map(|(_, &nh)| nh);
                     assert_eq!(reader.lookup(a), want, "lookup {a}");
+                    assert_eq!(got, want, "batched lookup {a}");
                 }
             }
         }
