@@ -50,7 +50,7 @@ pub fn run(pods: usize, reps: usize, seconds: u32, workers: usize, mut progress:
     }
     // A sample of the idle pods, first to last.
     let idle: Vec<&String> = large_topology.idle_pods.iter().step_by((extra / 8).max(1)).chain(large_topology.idle_pods.last()).collect();
-    let answered = idle.iter().filter(|ip| try_run(&["ip", "netns", "exec", &large_topology.a, "ping", "-c", "1", "-W", "1", ip.as_str()]).status.success()).count();
+    let answered = idle.iter().filter(|ip| try_run(&["ip", "netns", "exec", &large_topology.a, "ping", "-c", "2", "-i", "0.2", "-W", "1", ip.as_str()]).status.success()).count();
     let (mut small, mut large) = (Sample::default(), Sample::default());
     for rep in 0..reps {
         progress(&format!("repetition {}/{reps}", rep + 1));

@@ -29,9 +29,12 @@ fn e2e_measures_every_figure_for_the_bridge_and_vswitchd() {
         for metric in ["tcp_1_gbps", "tcp_4_gbps", "udp64_pps", "rr_p50_us", "rr_p99_us"] {
             positive(&p[metric], &format!("{path}.{metric}"));
         }
-        // Delivered cannot exceed what the generator sent (same flood, same seconds, +-5% for
-        // the counters being read a few milliseconds apart).
-        assert!(positive(&p["udp64_pps"], "delivered") <= 1.05 * positive(&p["udp64_sent_pps"], "sent"), "{path}: {p}");
+        // B cannot receive more frames in the window than the generator sent in its whole run
+        // (give or take a few frames of ARP and IPv6 housekeeping on B's interface).
+        for pair in p["samples"]["udp64_delivered_sent"].as_array().expect("flood counts") {
+            let (delivered, sent) = (pair[0].as_u64().unwrap(), pair[1].as_u64().unwrap());
+            assert!(delivered > 0 && delivered <= sent + 100, "{path}: delivered {delivered}, sent {sent}: {p}");
+        }
     }
     // The bridge is in the kernel; only vswitchd has a process whose CPU is counted.
     assert!(report["paths"]["linux_bridge"]["cpu_s_per_gb"].is_null());

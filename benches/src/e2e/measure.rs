@@ -83,8 +83,12 @@ fn rx_packets(t: &Topology) -> Option<u64> {
 pub struct Flood {
     /// Frames per second B received.
     pub delivered_pps: f64,
+    /// The generator's average over its whole run (warm-up included).
     pub sent_pps: f64,
+    /// Frames B received in the measured window, and frames the generator sent in all: the
+    /// window lies inside the generator's run, so the first can never exceed the second.
     pub delivered: u64,
+    pub sent: u64,
     pub cpu_s: Option<f64>,
 }
 
@@ -126,5 +130,5 @@ pub fn udp64(t: &Topology, seconds: u32, flows: u16) -> Option<Flood> {
         }
     };
     let (delivered, cpu_s) = measured?;
-    Some(Flood { delivered_pps: delivered as f64 / elapsed, sent_pps: sent["pps"].as_f64()?, delivered, cpu_s })
+    Some(Flood { delivered_pps: delivered as f64 / elapsed, sent_pps: sent["pps"].as_f64()?, delivered, sent: sent["sent"].as_u64()?, cpu_s })
 }

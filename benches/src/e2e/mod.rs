@@ -34,6 +34,8 @@ pub struct PathResult {
     pub tcp_4_gbps: Vec<f64>,
     pub udp64_pps: Vec<f64>,
     pub udp64_sent_pps: Vec<f64>,
+    /// Per flood: frames delivered in the measured window, frames sent in all.
+    pub udp64_delivered_sent: Vec<(u64, u64)>,
     pub rr_p50_us: Vec<f64>,
     pub rr_p99_us: Vec<f64>,
     /// The forwarding process's CPU seconds per GB received (single-stream TCP runs).
@@ -84,6 +86,7 @@ fn measure_once(t: &topology::Topology, options: &Options, result: &mut PathResu
     if let Some(flood) = measure::udp64(t, options.seconds, options.flows) {
         result.udp64_pps.push(flood.delivered_pps);
         result.udp64_sent_pps.push(flood.sent_pps);
+        result.udp64_delivered_sent.push((flood.delivered, flood.sent));
         if let (Some(cpu), true) = (flood.cpu_s, flood.delivered > 0) {
             result.cpu_s_per_mpkt.push(cpu / (flood.delivered as f64 / 1e6));
         }

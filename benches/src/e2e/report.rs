@@ -37,6 +37,7 @@ pub fn to_json(results: &[(String, PathResult)], options: &Options) -> Value {
             "cpu_s_per_mpkt": number(&r.cpu_s_per_mpkt),
             "samples": {
                 "tcp_1_gbps": r.tcp_1_gbps, "tcp_4_gbps": r.tcp_4_gbps, "udp64_pps": r.udp64_pps,
+                "udp64_delivered_sent": r.udp64_delivered_sent,
                 "rr_p50_us": r.rr_p50_us, "rr_p99_us": r.rr_p99_us,
                 "cpu_s_per_gb": r.cpu_s_per_gb, "cpu_s_per_mpkt": r.cpu_s_per_mpkt,
             },
