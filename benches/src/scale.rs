@@ -39,7 +39,7 @@ fn measure_into(t: &Topology, seconds: u32, flows: u16, into: &mut Sample) {
 }
 
 /// Runs the comparison: `pods` pods in all (at least 2), `reps` alternating repetitions.
-pub fn run(pods: usize, reps: usize, seconds: u32, workers: usize, mut progress: impl FnMut(&str)) -> ScaleReport {
+pub fn run(pods: usize, reps: usize, seconds: u32, workers: usize, flows: u16, mut progress: impl FnMut(&str)) -> ScaleReport {
     let extra = pods.max(2) - 2;
     progress("vswitchd with 2 pods");
     let small_topology = vswitchd_with_pods(workers, 0);
@@ -54,8 +54,8 @@ pub fn run(pods: usize, reps: usize, seconds: u32, workers: usize, mut progress:
     let (mut small, mut large) = (Sample::default(), Sample::default());
     for rep in 0..reps {
         progress(&format!("repetition {}/{reps}", rep + 1));
-        measure_into(&small_topology, seconds, 8, &mut small);
-        measure_into(&large_topology, seconds, 8, &mut large);
+        measure_into(&small_topology, seconds, flows, &mut small);
+        measure_into(&large_topology, seconds, flows, &mut large);
     }
     ScaleReport { pods, small, large, idle_pinged: idle.len(), idle_answered: answered }
 }

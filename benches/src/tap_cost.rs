@@ -14,7 +14,12 @@ use vswitch::port::tap::{Attach, TapQueue};
 use vswitch::port::PortQueue;
 use vswitch::wire::vnet;
 
-use crate::udp_flood::{RawSender, Target, BURST, FRAME_LEN};
+use vswitch::wire::MacAddr;
+
+use crate::udp_flood::{drop_at_receiver, RawSender, Target, BURST, FRAME_LEN};
+
+/// The UDP port of the frames written into the pod (dropped there).
+const PORT: u16 = 9;
 
 #[derive(Debug, Clone, Copy)]
 pub struct TapCost {
@@ -30,22 +35,14 @@ impl TapCost {
     }
 }
 
-fn parse_mac(text: &str) -> [u8; 6] {
-    let bytes: Vec<u8> = text.split(':').map(|b| u8::from_str_radix(b, 16).expect("hex")).collect();
-    bytes.try_into().expect("six bytes")
-}
-
 /// Measures over about `seconds` (half writing, half reading).
 pub fn run(seconds: f64) -> io::Result<TapCost> {
     let pod = Pod::new(Ipv4Addr::new(10, 78, 0, 2));
-    let drop = pod.ns.exec(&["iptables", "-t", "raw", "-A", "PREROUTING", "-p", "udp", "-j", "DROP"]);
-    if !drop.status.success() {
-        return Err(io::Error::other(format!("iptables in the pod: {}", String::from_utf8_lossy(&drop.stderr).trim())));
-    }
+    drop_at_receiver(&pod.ns.name, PORT)?;
     let queue = TapQueue::open("eth0", Some(&pod.ns.path()), Attach::Existing).map_err(io::Error::other)?;
-    let gateway = parse_mac(vpc_lab::netns::GATEWAY_MAC);
+    let gateway: MacAddr = vpc_lab::netns::GATEWAY_MAC.parse().map_err(io::Error::other)?;
     let ifindex: i32 = pod.ifindex().parse().map_err(io::Error::other)?;
-    let inbound = Target { dev: "eth0".into(), ifindex, src_mac: gateway, dst_mac: parse_mac(&pod.mac), src_ip: Ipv4Addr::new(10, 78, 9, 9), dst_ip: pod.ip, dst_port: 9 };
+    let inbound = Target { dev: "eth0".into(), ifindex, src_mac: gateway, dst_mac: pod.mac.parse().map_err(io::Error::other)?, src_ip: Ipv4Addr::new(10, 78, 9, 9), dst_ip: pod.ip, dst_port: PORT };
     let mut frame = vec![0u8; vnet::LEN];
     frame.extend_from_slice(&inbound.frames(1)[0]);
 

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use etherparse::PacketBuilder;
 use serde_json::Value;
+use vswitch::wire::MacAddr;
 
 /// Ethernet frame length without the FCS: the 64-byte frame on the wire.
 pub const FRAME_LEN: usize = 60;
@@ -27,8 +28,8 @@ pub const BURST: usize = 64;
 pub struct Target {
     pub dev: String,
     pub ifindex: i32,
-    pub src_mac: [u8; 6],
-    pub dst_mac: [u8; 6],
+    pub src_mac: MacAddr,
+    pub dst_mac: MacAddr,
     pub src_ip: Ipv4Addr,
     pub dst_ip: Ipv4Addr,
     pub dst_port: u16,
@@ -42,9 +43,23 @@ fn ip_json(args: &[&str]) -> io::Result<Value> {
     serde_json::from_slice(&out.stdout).map_err(io::Error::other)
 }
 
-fn parse_mac(text: &str) -> io::Result<[u8; 6]> {
-    let bytes: Vec<u8> = text.split(':').filter_map(|b| u8::from_str_radix(b, 16).ok()).collect();
-    bytes.try_into().map_err(|_| io::Error::other(format!("bad MAC {text:?}")))
+fn parse_mac(text: &str) -> io::Result<MacAddr> {
+    text.parse().map_err(|e| io::Error::other(format!("MAC {text:?}: {e}")))
+}
+
+/// Makes namespace `netns` (the flood's receiver) drop the flood at its first netfilter hook
+/// (raw PREROUTING), after its device counted it: otherwise its stack routes an ICMP
+/// port-unreachable for every datagram before the rate limit says no, and that cost swamps what
+/// is being measured.
+pub fn drop_at_receiver(netns: &str, dst_port: u16) -> io::Result<()> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns, "iptables", "-t", "raw", "-A", "PREROUTING", "-p", "udp", "--dport", &dst_port.to_string(), "-j", "DROP"])
+        .output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!("cannot install the drop rule in {netns}: {}", String::from_utf8_lossy(&out.stderr).trim())))
+    }
 }
 
 impl Target {
@@ -73,7 +88,7 @@ impl Target {
         (0..flows.max(1))
             .map(|flow| {
                 let mut frame = Vec::with_capacity(FRAME_LEN);
-                PacketBuilder::ethernet2(self.src_mac, self.dst_mac)
+                PacketBuilder::ethernet2(self.src_mac.0, self.dst_mac.0)
                     .ipv4(self.src_ip.octets(), self.dst_ip.octets(), 64)
                     .udp(10_000 + flow, self.dst_port)
                     .write(&mut frame, &[0x5a; UDP_PAYLOAD])
@@ -178,8 +193,8 @@ mod tests {
         let target = Target {
             dev: "eth0".into(),
             ifindex: 2,
-            src_mac: [2, 0, 0, 0, 0, 1],
-            dst_mac: [2, 0, 0, 0, 0, 2],
+            src_mac: MacAddr([2, 0, 0, 0, 0, 1]),
+            dst_mac: MacAddr([2, 0, 0, 0, 0, 2]),
             src_ip: Ipv4Addr::new(10, 0, 0, 1),
             dst_ip: Ipv4Addr::new(10, 0, 0, 2),
             dst_port: 9,

@@ -120,13 +120,6 @@ pub(crate) fn prefetch(p: *const u8) {
     let _ = p;
 }
 
-/// The outcome of one lookup stride.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Step {
-    Node(NodeAt),
-    Leaf(*const u32),
-}
-
 /// A build input: a prefix in key space and the code its positions get.
 #[derive(Clone, Copy)]
 struct Item {
@@ -271,11 +264,12 @@ impl ChunkPtr {
     pub fn find(self, key: usize) -> u32 {
         let mut at = self.root();
         loop {
-            match self.step(at, key as u32) {
-                Step::Node(next) => at = next,
-                // SAFETY: `step` only returns leaf pointers inside this chunk's leaf array.
-                Step::Leaf(leaf) => return unsafe { *leaf },
+            let (is_node, next, leaf) = self.step(at, key as u32);
+            if !is_node {
+                // SAFETY: when a step ends at a leaf, `leaf` lies inside this chunk's leaf array.
+                return unsafe { *leaf };
             }
+            at = next;
         }
     }
 
@@ -285,33 +279,15 @@ impl ChunkPtr {
         NodeAt { node: self.nodes(), shift: KEY_BITS - STRIDE }
     }
 
-    /// One stride of a lookup: the next node, or the leaf holding the answer. Split out so that
-    /// batched lookups can prefetch between steps.
+    /// One stride of a lookup, from node `at`: whether the key continues in a child node, that
+    /// node, and the leaf holding the answer otherwise. Both outcomes are computed without a
+    /// branch on which holds (batched lookups step many lanes whose outcomes differ, and a
+    /// mispredicted branch costs as much as the step). Only the one that holds may be
+    /// dereferenced; the other is an arbitrary address (wrapping arithmetic, never read).
     #[inline(always)]
-    pub fn step(self, at: NodeAt, key: u32) -> Step {
-        // SAFETY: `at` came from `root` or an earlier `step` on this chunk, so it points at one
-        // of its nodes.
-        let node = unsafe { &*at.node };
-        let bit = 1u64 << ((key >> at.shift) & 63);
-        if node.vector & bit != 0 {
-            let index = node.base_node as usize + (node.vector & (bit - 1)).count_ones() as usize;
-            // SAFETY: a node's popcount(vector) children start at base_node (module invariants).
-            Step::Node(NodeAt { node: unsafe { self.nodes().add(index) }, shift: at.shift - STRIDE })
-        } else {
-            let run = (node.leafvec & (bit | (bit - 1))).count_ones() as usize;
-            // SAFETY: a leaf position has a run starting at or before it inside the node's runs
-            // (module invariants), so run >= 1 and the index is inside the leaf array.
-            Step::Leaf(unsafe { self.leaves().add(node.base_leaf as usize + run - 1) })
-        }
-    }
-
-    /// [`ChunkPtr::step`] without a data-dependent branch, for batched lookups (where the
-    /// outcome differs lane by lane and a branch on it mispredicts often): computes both
-    /// outcomes and says which holds. Only the one that holds may be dereferenced; the other is
-    /// an arbitrary address (computed with wrapping arithmetic, never read).
-    #[inline(always)]
-    pub fn step_both(self, at: NodeAt, key: u32) -> (bool, NodeAt, *const u32) {
-        // SAFETY: as in `step`: `at` points at one of this chunk's nodes.
+    pub fn step(self, at: NodeAt, key: u32) -> (bool, NodeAt, *const u32) {
+        // SAFETY: `at` came from `root` or an earlier `step` on this chunk that continued in a
+        // node, so it points at one of its nodes.
         let node = unsafe { &*at.node };
         let bit = 1u64 << ((key >> at.shift) & 63);
         let is_node = node.vector & bit != 0;

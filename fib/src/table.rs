@@ -167,12 +167,11 @@ impl<A: Address> Shared<A> {
         self.walk(addrs, out, &mut lanes, rest);
     }
 
-    /// Walks the oldest `count` waiting lanes to their answers. Each round moves every unfinished lookup one
-    /// memory access on and prefetches the next, so the misses of different lookups overlap
-    /// instead of queueing behind each other (as VPP and DPDK's lpm_lookupx4 do). Lanes sit in
-    /// three worklists (stepping through nodes, reading a leaf, following a child pointer) kept
-    /// compact without branches on the outcome of a step, which differs lane by lane: a
-    /// mispredicted branch costs as much as the work of a step.
+    /// Walks the oldest `count` waiting lanes to their answers. Each round moves every unfinished
+    /// lookup one memory access on and prefetches the next, so the misses of different lookups
+    /// overlap instead of queueing behind each other (as VPP and DPDK's lpm_lookupx4 do). Lanes
+    /// sit in three worklists (stepping through nodes, reading a leaf, following a child
+    /// pointer) kept compact without branches on the outcome of a step.
     #[inline(always)]
     fn walk(&self, addrs: &[A], out: &mut [Option<u32>], lanes: &mut Lanes, count: usize) {
         debug_assert!(count <= BATCH);
@@ -207,7 +206,7 @@ impl<A: Address> Shared<A> {
                 let i = stepping[k] as usize;
                 // SAFETY: the lane's chunk is live under the guard and `at` is one of its nodes.
                 let chunk = unsafe { ChunkPtr::from_raw(lanes.chunk[i]) };
-                let (is_node, next, leaf) = chunk.step_both(lanes.at[i], lanes.key[i]);
+                let (is_node, next, leaf) = chunk.step(lanes.at[i], lanes.key[i]);
                 lanes.at[i] = next;
                 lanes.leaf[i] = leaf;
                 prefetch(if is_node { next.as_ptr() } else { leaf as *const u8 });

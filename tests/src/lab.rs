@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::netns::{binary, cni_command, run_cni, try_run, unique, Binaries, Daemon, Netns, TempDir};
+use crate::netns::{binary, cni_command, run_cni, unique, Binaries, Daemon, Netns, TempDir};
 
 /// How pod traffic reaches the VPC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -311,15 +311,10 @@ impl Topology {
     pub fn iperf3(&self, from: &str, to: &str, seconds: u32) -> Result<f64, String> {
         let (from_ns, _) = self.ns_of(from);
         let (to_ns, to_ip) = self.ns_of(to);
-        let mut server = Command::new("ip").args(["netns", "exec", &to_ns, "iperf3", "-s", "-1", "-p", "5201"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| e.to_string())?;
-        std::thread::sleep(Duration::from_millis(300));
-        let out = try_run(&["ip", "netns", "exec", &from_ns, "iperf3", "-c", &to_ip.to_string(), "-p", "5201", "-t", &seconds.to_string(), "-J"]);
-        let _ = server.kill();
-        let _ = server.wait();
-        let report: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-        match report["end"]["sum_received"]["bits_per_second"].as_f64() {
+        let received = crate::netns::iperf3(&from_ns, &to_ns, to_ip, 1, seconds)?;
+        match received["bits_per_second"].as_f64() {
             Some(b) if b > 0.0 => Ok(b / 1e9),
-            _ => Err(format!("iperf3: {} {}", report["error"], report["end"])),
+            _ => Err(format!("iperf3 received nothing: {received}")),
         }
     }
 

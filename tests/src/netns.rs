@@ -18,10 +18,33 @@ pub fn require_root() {
         "this test needs root to create network namespaces and TAP devices; run the suite as root (CI does)"
     );
     for tool in ["ip", "ping", "iperf3"] {
-        assert!(
-            Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success()),
-            "this test needs `{tool}` (tests/run.sh installs it)"
-        );
+        assert!(have_tool(tool), "this test needs `{tool}` (tests/run.sh installs it)");
+    }
+}
+
+/// Whether `tool` is on the PATH.
+pub fn have_tool(tool: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success())
+}
+
+/// One iperf3 TCP run: a one-shot server in namespace `server` (reached at `server_ip`), the
+/// client in `client`. Returns the report's `end.sum_received` (`bits_per_second`, `bytes`), or
+/// what iperf3 said instead.
+pub fn iperf3(client: &str, server: &str, server_ip: Ipv4Addr, streams: u32, seconds: u32) -> Result<serde_json::Value, String> {
+    let mut listener = Command::new("ip")
+        .args(["netns", "exec", server, "iperf3", "-s", "-1", "-p", "5201"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("iperf3 server: {e}"))?;
+    std::thread::sleep(Duration::from_millis(300));
+    let out = try_run(&["ip", "netns", "exec", client, "iperf3", "-c", &server_ip.to_string(), "-p", "5201", "-t", &seconds.to_string(), "-P", &streams.to_string(), "-J"]);
+    let _ = listener.kill();
+    let _ = listener.wait();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("iperf3 printed no report: {e}"))?;
+    match &report["end"]["sum_received"] {
+        received if received["bits_per_second"].is_f64() => Ok(received.clone()),
+        _ => Err(format!("iperf3: {} {}", report["error"], report["end"])),
     }
 }
 

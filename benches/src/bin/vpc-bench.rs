@@ -1,7 +1,7 @@
 //! vpc-bench: measurements that need the real system (root, namespaces, real plugins), printed
 //! side by side with their baselines from the same run.
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "vpc-bench", about = "End-to-end benchmarks of vswitchd and vpc-cni against their baselines")]
@@ -11,6 +11,22 @@ struct Cli {
     json: bool,
     #[command(subcommand)]
     command: Bench,
+}
+
+/// How long and how often the forwarding measurements run, and on how many vswitchd threads.
+#[derive(Args)]
+struct Runs {
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Length of each iperf3 run and each 64-byte flood.
+    #[arg(long, default_value_t = 5)]
+    seconds: u32,
+    /// vswitchd forwarding threads.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// UDP flows (source ports) in the 64-byte flood.
+    #[arg(long, default_value_t = 8)]
+    flows: u16,
 }
 
 #[derive(Subcommand)]
@@ -23,17 +39,8 @@ enum Bench {
     /// Pod-to-pod forwarding side by side: veth, Linux bridge, kernel-routed, vswitchd, Open
     /// vSwitch netdev (TCP x1/x4, 64-byte UDP rate, request-response latency, CPU cost).
     E2e {
-        #[arg(long, default_value_t = 3)]
-        reps: usize,
-        /// Length of each iperf3 run and each 64-byte flood.
-        #[arg(long, default_value_t = 5)]
-        seconds: u32,
-        /// vswitchd forwarding threads.
-        #[arg(long, default_value_t = 2)]
-        workers: usize,
-        /// UDP flows (source ports) in the 64-byte flood.
-        #[arg(long, default_value_t = 8)]
-        flows: u16,
+        #[command(flatten)]
+        runs: Runs,
         /// Round trips per latency sample.
         #[arg(long, default_value_t = 20_000)]
         round_trips: u32,
@@ -49,12 +56,8 @@ enum Bench {
     Scale {
         #[arg(long, default_value_t = 250)]
         pods: usize,
-        #[arg(long, default_value_t = 3)]
-        reps: usize,
-        #[arg(long, default_value_t = 5)]
-        seconds: u32,
-        #[arg(long, default_value_t = 2)]
-        workers: usize,
+        #[command(flatten)]
+        runs: Runs,
     },
     /// The kernel's per-packet price of TAP I/O for 64-byte frames (write into a pod, read what a
     /// pod sent): the floor under any TAP-based switch's small-packet rate on this machine.
@@ -104,7 +107,7 @@ fn main() {
     }
     match cli.command {
         Bench::RrServer { .. } | Bench::RrClient { .. } | Bench::UdpFlood { .. } => unreachable!("handled above"),
-        Bench::E2e { reps, seconds, workers, flows, round_trips, paths, out } => {
+        Bench::E2e { runs: Runs { reps, seconds, workers, flows }, round_trips, paths, out } => {
             let options = benches::e2e::Options { reps, seconds, workers, flows, round_trips, paths };
             let results = benches::e2e::run(&options, |step| eprintln!("  {step}"));
             let command = std::env::args().collect::<Vec<_>>().join(" ");
@@ -117,8 +120,8 @@ fn main() {
                 println!("report: {}", out.join("report.md").display());
             }
         }
-        Bench::Scale { pods, reps, seconds, workers } => {
-            let report = benches::scale::run(pods, reps, seconds, workers, |step| eprintln!("  {step}"));
+        Bench::Scale { pods, runs: Runs { reps, seconds, workers, flows } } => {
+            let report = benches::scale::run(pods, reps, seconds, workers, flows, |step| eprintln!("  {step}"));
             if cli.json {
                 println!("{}", benches::scale::to_json(&report));
             } else {

@@ -6,9 +6,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vpc_lab::netns::{binary, try_run};
+use vpc_lab::netns::{self, binary, try_run};
 
 use super::topology::{Topology, B};
+use crate::udp_flood::drop_at_receiver;
 
 /// CPU seconds (user + system) a process has used so far, from /proc/PID/stat.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
@@ -46,17 +47,10 @@ pub struct Tcp {
 }
 
 pub fn iperf3(t: &Topology, streams: u32, seconds: u32) -> Option<Tcp> {
-    let mut server = Command::new("ip").args(["netns", "exec", &t.b, "iperf3", "-s", "-1", "-p", "5201"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().ok()?;
-    std::thread::sleep(Duration::from_millis(300));
-    let run = with_cpu(t, || {
-        let out = try_run(&["ip", "netns", "exec", &t.a, "iperf3", "-c", &B.to_string(), "-p", "5201", "-t", &seconds.to_string(), "-P", &streams.to_string(), "-J"]);
-        let report: Value = serde_json::from_slice(&out.stdout).ok()?;
-        let received = &report["end"]["sum_received"];
+    let ((gbps, bytes), cpu_s) = with_cpu(t, || {
+        let received = netns::iperf3(&t.a, &t.b, B, streams, seconds).ok()?;
         Some((received["bits_per_second"].as_f64()? / 1e9, received["bytes"].as_f64()?))
-    });
-    let _ = server.kill();
-    let _ = server.wait();
-    let ((gbps, bytes), cpu_s) = run?;
+    })?;
     Some(Tcp { gbps, bytes, cpu_s })
 }
 
@@ -92,23 +86,22 @@ pub struct Flood {
     pub cpu_s: Option<f64>,
 }
 
+/// The flood's destination port (B listens on none).
+const FLOOD_PORT: u16 = 9;
+
 /// Floods B from A with 64-byte UDP frames (`flows` source ports) and counts what B receives
-/// over `seconds`, after half a second of warm-up.
-///
-/// B drops the flood at its first netfilter hook (raw PREROUTING), after its device counted it:
-/// without that, B's stack routes an ICMP port-unreachable for every datagram before the rate
-/// limit says no, and that cost (on whichever CPU delivers) would swamp the path's.
+/// over `seconds`, after half a second of warm-up; B drops them once counted (see
+/// [`drop_at_receiver`]).
 pub fn udp64(t: &Topology, seconds: u32, flows: u16) -> Option<Flood> {
-    let drop = try_run(&["ip", "netns", "exec", &t.b, "iptables", "-t", "raw", "-A", "PREROUTING", "-p", "udp", "--dport", "9", "-j", "DROP"]);
-    if !drop.status.success() {
-        eprintln!("  udp64: cannot install the drop rule in B: {}", String::from_utf8_lossy(&drop.stderr).trim());
+    if let Err(e) = drop_at_receiver(&t.b, FLOOD_PORT) {
+        eprintln!("  udp64: {e}");
         return None;
     }
     let tool = binary("vpc-bench");
     let generator = Command::new("ip")
         .args(["netns", "exec", &t.a])
         .arg(&tool)
-        .args(["udp-flood", &format!("{B}:9"), "--seconds", &(seconds + 1).to_string(), "--flows", &flows.to_string()])
+        .args(["udp-flood", &format!("{B}:{FLOOD_PORT}"), "--seconds", &(seconds + 1).to_string(), "--flows", &flows.to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use vpc_lab::netns::{cni_command, run_cni, Binaries, Daemon, Netns, Pod, TempDir};
+use vpc_lab::netns::{cni_command, have_tool, run_cni, Binaries, Daemon, Netns, Pod, TempDir};
 
 pub const A: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 pub const B: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 3);
@@ -180,7 +180,7 @@ fn run_ok(mut command: Command) -> Result<(), String> {
 /// Open vSwitch 3.x userspace datapath with userspace TSO, `internal` (tap) ports moved into the
 /// pods: the setup `shared/docs/peers.md` measured. None if Open vSwitch is not installed.
 fn ovs_netdev() -> Option<Topology> {
-    if which("ovs-vswitchd").is_none() {
+    if !have_tool("ovs-vswitchd") {
         eprintln!("  ovs_netdev: not measured (openvswitch-switch is not installed)");
         return None;
     }
@@ -232,9 +232,4 @@ fn wait_for_link(ns: &Netns, name: &str) {
         assert!(Instant::now() < deadline, "Open vSwitch did not create {name}");
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn which(program: &str) -> Option<String> {
-    let out = Command::new("sh").args(["-c", &format!("command -v {program}")]).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
