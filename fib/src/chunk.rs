@@ -10,13 +10,26 @@
 //! [`CHILD_FLAG`]` | n`: continue in child `n`, the chunk for the next group (IPv6 only).
 //!
 //! Layout, 64-byte aligned so the header and root node share a cache line:
-//! `[Header][Node; nodes][u32; leaves (padded to 8 bytes)][AtomicPtr; children]`.
+//! `[root index?][Header][Node; nodes][u32; leaves (padded to 8 bytes)][AtomicPtr; children]`.
+//!
+//! The root index (chunks hung from the top level with more than [`INDEX_MIN_RUNS`] root leaf
+//! runs) holds, for each of the root's 64 positions, the leaf code the root would give with the
+//! fallback applied (so that no answer needs the header) or [`NODE_FLAG`]` | n`: continue at
+//! node `n`. It sits in the four lines before the header, so a
+//! reader that knows a chunk is indexed (the top-level entry says so) reads the one line that
+//! answers a /19../24 match without first reading the header and root node: two memory accesses
+//! per lookup instead of three, and batched lookups are bound by how many accesses are in
+//! flight. The index replaces the root's leaves (an indexed root node is never stepped from; its
+//! `leafvec` marks the positions that answer the fallback instead, for copies with another), so
+//! it costs 256 bytes less four per root run.
 //!
 //! Invariants the lookup relies on (established by [`ChunkPtr::build`]): there is at least the
 //! root node; for every node, its `popcount(vector)` children start at `base_node` inside the
 //! node array; every leaf position has a run starting at or before it among the node's runs
 //! (the node's first leaf position always sets its `leafvec` bit), and those runs lie inside the
-//! leaf array; every child code indexes the child array, whose pointers are never null.
+//! leaf array, except at an indexed chunk's root, which has no leaves and is never stepped
+//! from; every node code in the index indexes the node array; every child code indexes the
+//! child array, whose pointers are never null.
 
 use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
 use std::ptr::NonNull;
@@ -24,8 +37,11 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 
 /// Leaf code: no prefix of this chunk covers the key.
 pub(crate) const NONE: u32 = 0x7fff_ffff;
-/// Leaf code flag: the low bits index the chunk's children.
+/// Leaf code flag: the low bits index the chunk's children. Child codes never appear at the root
+/// (a child sits under a full-length key, so its root position is a node).
 pub(crate) const CHILD_FLAG: u32 = 0x8000_0000;
+/// Root index code flag: the low bits index the chunk's nodes (a node below the root).
+pub(crate) const NODE_FLAG: u32 = 0xc000_0000;
 /// The largest next hop a table can hold (codes above are reserved).
 pub const MAX_NEXT_HOP: u32 = NONE - 1;
 
@@ -33,13 +49,22 @@ pub const MAX_NEXT_HOP: u32 = NONE - 1;
 pub(crate) const KEY_BITS: u32 = 18;
 const STRIDE: u32 = 6;
 const ALIGN: usize = 64;
+/// The root index: one code per root position, four cache lines.
+const INDEX_BYTES: usize = 64 * size_of::<u32>();
+const _: () = assert!(size_of::<Header>() == 16 && INDEX_BYTES % ALIGN == 0);
+/// Chunks that may have an index get one above this many root leaf runs. Below it, the leaves
+/// mostly share the first line with the root node, and an index would cost more memory than
+/// it saves in leaves. Each step down adds about a MiB to a full IPv4 table.
+pub(crate) const INDEX_MIN_RUNS: u32 = 8;
 
 #[repr(C)]
 pub(crate) struct Header {
     fallback: u32,
-    node_count: u32,
     leaf_count: u32,
     child_count: u32,
+    /// At most 1 + 64 + 64 * 64 nodes in three strides.
+    node_count: u16,
+    indexed: bool,
 }
 
 #[repr(C)]
@@ -64,7 +89,10 @@ pub(crate) struct LocalPrefix {
 impl LocalPrefix {
     pub fn new(bits: u32, len: u8, next_hop: u32) -> Self {
         debug_assert!(bits < 1 << KEY_BITS && len as u32 <= KEY_BITS);
-        LocalPrefix { bits_len: (bits << 5) | len as u32, next_hop }
+        LocalPrefix {
+            bits_len: (bits << 5) | len as u32,
+            next_hop,
+        }
     }
 
     #[inline]
@@ -100,7 +128,10 @@ pub(crate) struct NodeAt {
 impl NodeAt {
     /// A placeholder for lanes not in a chunk; never stepped from.
     pub fn dangling() -> NodeAt {
-        NodeAt { node: std::ptr::null(), shift: 0 }
+        NodeAt {
+            node: std::ptr::null(),
+            shift: 0,
+        }
     }
 
     pub fn as_ptr(self) -> *const u8 {
@@ -133,16 +164,27 @@ struct Item {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) struct ChunkPtr(NonNull<Header>);
 
-fn layout(nodes: usize, leaves: usize, children: usize) -> Layout {
+fn layout(nodes: usize, leaves: usize, children: usize, indexed: bool) -> Layout {
     let leaf_bytes = (leaves * 4).next_multiple_of(8);
-    let size = size_of::<Header>() + nodes * size_of::<Node>() + leaf_bytes + children * size_of::<AtomicPtr<Header>>();
+    let index_bytes = if indexed { INDEX_BYTES } else { 0 };
+    let size = index_bytes
+        + size_of::<Header>()
+        + nodes * size_of::<Node>()
+        + leaf_bytes
+        + children * size_of::<AtomicPtr<Header>>();
     Layout::from_size_align(size, ALIGN).expect("chunk layout")
 }
 
 impl ChunkPtr {
     /// Builds a chunk from its prefixes (sorted by `(bits, len)`, distinct) and its children,
-    /// given as `(key, chunk)` in increasing key order.
-    pub fn build(prefixes: &[LocalPrefix], children: &[(u32, ChunkPtr)], fallback: u32) -> ChunkPtr {
+    /// given as `(key, chunk)` in increasing key order. With `may_index`, the chunk gets a root
+    /// index if its root has more than [`INDEX_MIN_RUNS`] leaf runs.
+    pub fn build(
+        prefixes: &[LocalPrefix],
+        children: &[(u32, ChunkPtr)],
+        fallback: u32,
+        may_index: bool,
+    ) -> ChunkPtr {
         debug_assert!(prefixes.windows(2).all(|w| w[0].key() < w[1].key()));
         // Items in (start, len) order put every prefix before its more-specifics, so filling
         // positions in order lets longer prefixes overwrite shorter ones. A child is a full-length
@@ -154,58 +196,176 @@ impl ChunkPtr {
                 if key >= p.bits() {
                     break;
                 }
-                items.push(Item { start: key, len: KEY_BITS, code: CHILD_FLAG | n as u32 });
+                items.push(Item {
+                    start: key,
+                    len: KEY_BITS,
+                    code: CHILD_FLAG | n as u32,
+                });
                 kids.next();
             }
-            items.push(Item { start: p.bits(), len: p.len() as u32, code: p.next_hop });
+            items.push(Item {
+                start: p.bits(),
+                len: p.len() as u32,
+                code: p.next_hop,
+            });
         }
-        items.extend(kids.map(|(n, &(key, _))| Item { start: key, len: KEY_BITS, code: CHILD_FLAG | n as u32 }));
+        items.extend(kids.map(|(n, &(key, _))| Item {
+            start: key,
+            len: KEY_BITS,
+            code: CHILD_FLAG | n as u32,
+        }));
 
-        let (nodes, leaves) = build_nodes(&items);
-        let chunk = ChunkPtr::allocate(nodes.len(), leaves.len(), children.len(), fallback);
+        let (mut nodes, mut leaves) = build_nodes(&items);
+        let root_runs = nodes[0].leafvec.count_ones();
+        let index = (may_index && root_runs > INDEX_MIN_RUNS).then(|| {
+            let root = nodes[0];
+            let mut answers_fallback = 0u64;
+            let index: [u32; 64] = std::array::from_fn(|position| {
+                let bit = 1u64 << position;
+                if root.vector & bit != 0 {
+                    return NODE_FLAG | (root.base_node + (root.vector & (bit - 1)).count_ones());
+                }
+                match leaves[(root.base_leaf + (root.leafvec & (bit | (bit - 1))).count_ones() - 1)
+                    as usize]
+                {
+                    NONE => {
+                        answers_fallback |= bit;
+                        fallback
+                    }
+                    code => code,
+                }
+            });
+            // Breadth-first, the root's runs are the first leaves; the index takes their place.
+            debug_assert_eq!(root.base_leaf, 0);
+            leaves.drain(..root_runs as usize);
+            for node in &mut nodes[1..] {
+                node.base_leaf -= root_runs;
+            }
+            nodes[0].leafvec = answers_fallback;
+            index
+        });
+        let chunk = ChunkPtr::allocate(
+            nodes.len(),
+            leaves.len(),
+            children.len(),
+            fallback,
+            index.is_some(),
+        );
         // SAFETY: the allocation was sized for exactly these arrays.
         unsafe {
             std::ptr::copy_nonoverlapping(nodes.as_ptr(), chunk.nodes(), nodes.len());
             std::ptr::copy_nonoverlapping(leaves.as_ptr(), chunk.leaves(), leaves.len());
             for (i, (_, child)) in children.iter().enumerate() {
-                chunk.children().add(i).write(AtomicPtr::new(child.0.as_ptr()));
+                chunk
+                    .children()
+                    .add(i)
+                    .write(AtomicPtr::new(child.0.as_ptr()));
+            }
+            if let Some(index) = index {
+                std::ptr::copy_nonoverlapping(
+                    index.as_ptr(),
+                    chunk.index_slot(0) as *mut u32,
+                    index.len(),
+                );
             }
         }
         chunk
     }
 
-    fn allocate(nodes: usize, leaves: usize, children: usize, fallback: u32) -> ChunkPtr {
-        let layout = layout(nodes, leaves, children);
+    fn allocate(
+        nodes: usize,
+        leaves: usize,
+        children: usize,
+        fallback: u32,
+        indexed: bool,
+    ) -> ChunkPtr {
+        let layout = layout(nodes, leaves, children, indexed);
         // SAFETY: the layout has non-zero size (the header).
-        let raw = unsafe { alloc(layout) } as *mut Header;
-        let Some(ptr) = NonNull::new(raw) else { handle_alloc_error(layout) };
+        let base = unsafe { alloc(layout) };
+        if base.is_null() {
+            handle_alloc_error(layout);
+        }
+        let index_bytes = if indexed { INDEX_BYTES } else { 0 };
+        // SAFETY: the header follows the index inside the allocation; INDEX_BYTES keeps it
+        // 64-byte aligned.
+        let raw = unsafe { base.add(index_bytes) } as *mut Header;
         // SAFETY: freshly allocated, aligned for Header.
         unsafe {
-            ptr.as_ptr().write(Header {
+            raw.write(Header {
                 fallback,
-                node_count: nodes as u32,
                 leaf_count: leaves as u32,
                 child_count: children as u32,
+                node_count: u16::try_from(nodes).expect("three strides hold at most 4161 nodes"),
+                indexed,
             })
         };
-        ChunkPtr(ptr)
+        // SAFETY: inside a non-null allocation.
+        ChunkPtr(unsafe { NonNull::new_unchecked(raw) })
+    }
+
+    #[inline(always)]
+    pub fn is_indexed(self) -> bool {
+        self.header().indexed
+    }
+
+    fn index_bytes(self) -> usize {
+        if self.is_indexed() {
+            INDEX_BYTES
+        } else {
+            0
+        }
+    }
+
+    /// The root index slot for an 18-bit key. Computed from the pointer alone, without reading
+    /// the chunk: only meaningful (and only read) when the chunk is indexed.
+    #[inline(always)]
+    pub fn index_slot(self, key: u32) -> *const u32 {
+        let index = (self.0.as_ptr() as *const u8).wrapping_sub(INDEX_BYTES) as *const u32;
+        index.wrapping_add((key >> (KEY_BITS - STRIDE)) as usize)
+    }
+
+    /// Where a root index code `NODE_FLAG | n` continues: node `n`, one stride below the root.
+    #[inline(always)]
+    pub fn below_root(self, code: u32) -> NodeAt {
+        NodeAt {
+            node: self.nodes().wrapping_add((code & !NODE_FLAG) as usize),
+            shift: KEY_BITS - 2 * STRIDE,
+        }
     }
 
     /// A copy of this chunk with another fallback (a covering prefix above it changed). The
     /// copy shares the children.
     pub fn with_fallback(self, fallback: u32) -> ChunkPtr {
         let h = self.header();
-        let copy = ChunkPtr::allocate(h.node_count as usize, h.leaf_count as usize, h.child_count as usize, fallback);
-        let bytes = self.layout().size() - size_of::<Header>();
-        // SAFETY: same layout; the body (nodes, leaves, children) is plain data. Child pointers
-        // are only ever stored by the writer, which is the caller, so the copy is not torn.
+        let copy = ChunkPtr::allocate(
+            h.node_count as usize,
+            h.leaf_count as usize,
+            h.child_count as usize,
+            fallback,
+            h.indexed,
+        );
+        let bytes = self.layout().size() - self.index_bytes() - size_of::<Header>();
+        // SAFETY: same layout; the index and body (nodes, leaves, children) are plain data.
+        // Child pointers are only ever stored by the writer, which is the caller, so the copy is
+        // not torn.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 (self.0.as_ptr() as *const u8).add(size_of::<Header>()),
                 (copy.0.as_ptr() as *mut u8).add(size_of::<Header>()),
                 bytes,
-            )
-        };
+            );
+            if h.indexed {
+                let index = copy.index_slot(0) as *mut u32;
+                std::ptr::copy_nonoverlapping(self.index_slot(0), index, 64);
+                let mut answers_fallback = (*copy.nodes()).leafvec;
+                while answers_fallback != 0 {
+                    index
+                        .add(answers_fallback.trailing_zeros() as usize)
+                        .write(fallback);
+                    answers_fallback &= answers_fallback - 1;
+                }
+            }
+        }
         copy
     }
 
@@ -217,7 +377,12 @@ impl ChunkPtr {
 
     fn layout(self) -> Layout {
         let h = self.header();
-        layout(h.node_count as usize, h.leaf_count as usize, h.child_count as usize)
+        layout(
+            h.node_count as usize,
+            h.leaf_count as usize,
+            h.child_count as usize,
+            h.indexed,
+        )
     }
 
     #[inline(always)]
@@ -262,9 +427,28 @@ impl ChunkPtr {
     /// The code for an 18-bit key: a next hop, [`NONE`], or a child reference.
     #[inline(always)]
     pub fn find(self, key: usize) -> u32 {
-        let mut at = self.root();
+        if self.is_indexed() {
+            return self.find_indexed(key);
+        }
+        self.find_from(self.root(), key as u32)
+    }
+
+    /// As [`find`](Self::find), for a caller that knows the chunk has a root index (and need not
+    /// read the header to learn it). An answer from the index has the fallback applied.
+    #[inline(always)]
+    pub fn find_indexed(self, key: usize) -> u32 {
+        // SAFETY: the chunk is indexed, so the slot lies inside its index.
+        let code = unsafe { *self.index_slot(key as u32) };
+        if code < NODE_FLAG {
+            return code;
+        }
+        self.find_from(self.below_root(code), key as u32)
+    }
+
+    #[inline(always)]
+    fn find_from(self, mut at: NodeAt, key: u32) -> u32 {
         loop {
-            let (is_node, next, leaf) = self.step(at, key as u32);
+            let (is_node, next, leaf) = self.step(at, key);
             if !is_node {
                 // SAFETY: when a step ends at a leaf, `leaf` lies inside this chunk's leaf array.
                 return unsafe { *leaf };
@@ -273,10 +457,13 @@ impl ChunkPtr {
         }
     }
 
-    /// Where a lookup for a key starts in this chunk.
+    /// Where a lookup for a key starts in a chunk without a root index.
     #[inline(always)]
     pub fn root(self) -> NodeAt {
-        NodeAt { node: self.nodes(), shift: KEY_BITS - STRIDE }
+        NodeAt {
+            node: self.nodes(),
+            shift: KEY_BITS - STRIDE,
+        }
     }
 
     /// One stride of a lookup, from node `at`: whether the key continues in a child node, that
@@ -293,8 +480,12 @@ impl ChunkPtr {
         let is_node = node.vector & bit != 0;
         let child = node.base_node as usize + (node.vector & (bit - 1)).count_ones() as usize;
         let run = (node.leafvec & (bit | (bit - 1))).count_ones() as usize;
-        let next = NodeAt { node: self.nodes().wrapping_add(child) as *const Node, shift: at.shift.wrapping_sub(STRIDE) };
-        let leaf = (self.leaves() as *const u32).wrapping_add((node.base_leaf as usize + run).wrapping_sub(1));
+        let next = NodeAt {
+            node: self.nodes().wrapping_add(child) as *const Node,
+            shift: at.shift.wrapping_sub(STRIDE),
+        };
+        let leaf = (self.leaves() as *const u32)
+            .wrapping_add((node.base_leaf as usize + run).wrapping_sub(1));
         (is_node, next, leaf)
     }
 
@@ -320,8 +511,8 @@ impl ChunkPtr {
     /// No reader can reach it any more, and it is freed once.
     pub unsafe fn free(self) {
         let layout = self.layout();
-        // SAFETY: allocated with this layout in `allocate`.
-        unsafe { dealloc(self.0.as_ptr() as *mut u8, layout) };
+        // SAFETY: allocated with this layout in `allocate`, starting at the index.
+        unsafe { dealloc((self.0.as_ptr() as *mut u8).sub(self.index_bytes()), layout) };
     }
 
     /// Frees this chunk and every chunk below it.
@@ -382,7 +573,14 @@ fn build_nodes(items: &[Item]) -> (Vec<Node>, Vec<u32>) {
             while end < hi && items[end].start < child_end {
                 end += 1;
             }
-            queue.push_back((child_index, depth + 1, child_base, next, end, values[position as usize]));
+            queue.push_back((
+                child_index,
+                depth + 1,
+                child_base,
+                next,
+                end,
+                values[position as usize],
+            ));
             child_index += 1;
             next = end;
         }
@@ -397,7 +595,12 @@ fn build_nodes(items: &[Item]) -> (Vec<Node>, Vec<u32>) {
                 previous = Some(value);
             }
         }
-        nodes[node_index] = Node { vector, leafvec, base_leaf: base_leaf as u32, base_node: base_node as u32 };
+        nodes[node_index] = Node {
+            vector,
+            leafvec,
+            base_leaf: base_leaf as u32,
+            base_node: base_node as u32,
+        };
     }
     (nodes, leaves)
 }
@@ -407,24 +610,84 @@ mod tests {
     use super::*;
 
     fn naive(prefixes: &[LocalPrefix], key: u32) -> u32 {
-        prefixes.iter().filter(|p| p.covers(key)).max_by_key(|p| p.len()).map_or(NONE, |p| p.next_hop)
+        prefixes
+            .iter()
+            .filter(|p| p.covers(key))
+            .max_by_key(|p| p.len())
+            .map_or(NONE, |p| p.next_hop)
     }
 
+    /// Checks both builds (the one allowed an index goes through it when it has one) and a copy
+    /// of the second with another fallback.
     fn check(mut prefixes: Vec<LocalPrefix>) {
         prefixes.sort();
         prefixes.dedup_by_key(|p| p.key());
-        let chunk = ChunkPtr::build(&prefixes, &[], 7);
+        let chunk = ChunkPtr::build(&prefixes, &[], 7, false);
+        let indexed = ChunkPtr::build(&prefixes, &[], 7, true);
+        let copy = indexed.with_fallback(8);
+        // An index answers with the fallback applied; the nodes leave that to the caller.
+        let answer = |chunk: ChunkPtr, key: u32| match chunk.find(key as usize) {
+            NONE => chunk.fallback(),
+            code => code,
+        };
         for key in 0..1u32 << KEY_BITS {
-            assert_eq!(chunk.find(key as usize), naive(&prefixes, key), "key {key:#x}");
+            let want = naive(&prefixes, key);
+            let want_or = |fallback| if want == NONE { fallback } else { want };
+            assert_eq!(chunk.find(key as usize), want, "key {key:#x}");
+            assert_eq!(
+                answer(indexed, key),
+                want_or(7),
+                "key {key:#x}, chunk allowed an index"
+            );
+            assert_eq!(answer(copy, key), want_or(8), "key {key:#x}, its copy");
         }
-        assert_eq!(chunk.fallback(), 7);
+        assert!(!chunk.is_indexed());
+        assert_eq!((chunk.fallback(), copy.fallback()), (7, 8));
         // SAFETY: never shared.
-        unsafe { chunk.free() };
+        unsafe {
+            chunk.free();
+            indexed.free();
+            copy.free();
+        }
+    }
+
+    #[test]
+    fn only_chunks_with_many_root_runs_get_an_index() {
+        let runs = |n: u32| -> Vec<_> { (0..n).map(|i| prefix(i << 12, 6, i)).collect() };
+        // n prefixes at the start of the root, then one run of NONE.
+        let small = ChunkPtr::build(&runs(INDEX_MIN_RUNS - 1), &[], NONE, true);
+        let mut many = runs(64);
+        many.push(prefix(0x3f800, 18, 99)); // below the root: the index points at a node
+        let large = ChunkPtr::build(&many, &[], NONE, true);
+        assert!(!small.is_indexed());
+        assert!(large.is_indexed());
+        assert_eq!(
+            (large.find_indexed(0x3f000), large.find_indexed(0x3f800)),
+            (63, 99)
+        );
+        let plain = ChunkPtr::build(&many, &[], NONE, false);
+        // The index replaces the root's 63 runs (the leaves are padded to 8 bytes).
+        assert!(
+            large
+                .heap_bytes()
+                .abs_diff(plain.heap_bytes() + INDEX_BYTES - 63 * 4)
+                <= 4
+        );
+        // SAFETY: never shared.
+        unsafe {
+            small.free();
+            plain.free();
+            large.free();
+        }
     }
 
     fn prefix(bits: u32, len: u8, next_hop: u32) -> LocalPrefix {
         let bits = bits & ((1 << KEY_BITS) - 1);
-        LocalPrefix::new((bits >> (KEY_BITS - len as u32)) << (KEY_BITS - len as u32), len, next_hop)
+        LocalPrefix::new(
+            (bits >> (KEY_BITS - len as u32)) << (KEY_BITS - len as u32),
+            len,
+            next_hop,
+        )
     }
 
     #[test]
@@ -434,7 +697,9 @@ mod tests {
 
     #[test]
     fn every_length_and_nesting() {
-        let mut prefixes: Vec<_> = (1..=18u8).map(|len| prefix(0x2a5a5, len, len as u32)).collect();
+        let mut prefixes: Vec<_> = (1..=18u8)
+            .map(|len| prefix(0x2a5a5, len, len as u32))
+            .collect();
         prefixes.push(prefix(0x3ffff, 18, 100));
         prefixes.push(prefix(0, 18, 101));
         prefixes.push(prefix(0x20000, 1, 102));
@@ -447,22 +712,27 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         for _ in 0..10 {
             let n = rng.gen_range(0..400);
-            let prefixes = (0..n).map(|i| prefix(rng.gen(), rng.gen_range(1..=18u8), i)).collect();
+            let prefixes = (0..n)
+                .map(|i| prefix(rng.gen(), rng.gen_range(1..=18u8), i))
+                .collect();
             check(prefixes);
         }
     }
 
     #[test]
     fn children_win_over_prefixes_at_their_key_and_copies_keep_them() {
-        let leaf = ChunkPtr::build(&[], &[], 1);
+        let leaf = ChunkPtr::build(&[], &[], 1, false);
         let prefixes = [prefix(0x12000, 8, 5), prefix(0x12345, 18, 6)];
-        let chunk = ChunkPtr::build(&prefixes, &[(0x12345, leaf), (0x3fff0, leaf)], NONE);
+        let chunk = ChunkPtr::build(&prefixes, &[(0x12345, leaf), (0x3fff0, leaf)], NONE, false);
         assert_eq!(chunk.find(0x12345), CHILD_FLAG);
         assert_eq!(chunk.find(0x12346), 5);
         assert_eq!(chunk.find(0x3fff0), CHILD_FLAG | 1);
         assert_eq!(chunk.find(0x3fff1), NONE);
         let copy = chunk.with_fallback(9);
-        assert_eq!((copy.fallback(), copy.find(0x3fff0), copy.child(1)), (9, CHILD_FLAG | 1, leaf));
+        assert_eq!(
+            (copy.fallback(), copy.find(0x3fff0), copy.child(1)),
+            (9, CHILD_FLAG | 1, leaf)
+        );
         // SAFETY: never shared; `leaf` is freed once, the two parents without their children.
         unsafe {
             copy.free();

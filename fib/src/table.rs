@@ -21,7 +21,9 @@ use std::sync::Arc;
 
 use crossbeam_epoch::{self as epoch, Guard};
 
-use crate::chunk::{prefetch, ChunkPtr, Header, LocalPrefix, NodeAt, CHILD_FLAG, MAX_NEXT_HOP, NONE};
+use crate::chunk::{
+    prefetch, ChunkPtr, Header, LocalPrefix, NodeAt, CHILD_FLAG, MAX_NEXT_HOP, NODE_FLAG, NONE,
+};
 use crate::prefix::{net_mask, Address, Prefix, GROUP_BITS};
 
 const TOP_SLOTS: usize = 1 << GROUP_BITS;
@@ -33,10 +35,29 @@ pub enum FibError {
     NextHopOutOfRange(u32),
 }
 
-/// A top-level entry: a chunk pointer (even, non-null) or `code << 1 | 1`.
+/// A top-level entry: `code << 1 | 1`, or a chunk pointer (64-byte aligned, non-null) with
+/// [`INDEXED`] set when the chunk has a root index.
 #[inline(always)]
 fn leaf_entry(code: u32) -> usize {
     ((code as usize) << 1) | 1
+}
+
+/// Top-level entry tag: the chunk has a root index (readers go there without reading the chunk).
+const INDEXED: usize = 2;
+
+fn chunk_entry(chunk: ChunkPtr) -> usize {
+    chunk.as_raw() as usize | if chunk.is_indexed() { INDEXED } else { 0 }
+}
+
+/// The chunk of a top-level entry that is not a leaf.
+///
+/// # Safety
+/// The chunk must still be allocated: the caller is pinned since before it was retired, or is
+/// its owner.
+#[inline(always)]
+unsafe fn entry_chunk(entry: usize) -> ChunkPtr {
+    // SAFETY: guaranteed by the caller.
+    unsafe { ChunkPtr::from_raw((entry & !INDEXED) as *mut Header) }
 }
 
 /// What readers share: the top-level array. Dropped (with every chunk) when the writer and all
@@ -53,7 +74,7 @@ impl<A> Drop for Shared<A> {
             if e & 1 == 0 {
                 // SAFETY: no reader or writer is left, and every chunk reachable from the top
                 // array is owned by it (replaced chunks were handed to the epoch collector).
-                unsafe { ChunkPtr::from_raw(e as *mut Header).free_tree() };
+                unsafe { entry_chunk(e).free_tree() };
             }
         }
     }
@@ -68,18 +89,21 @@ impl<A: Address> Shared<A> {
             return (entry >> 1) as u32;
         }
         // SAFETY: a chunk stays allocated while any guard pinned before its retirement lives.
-        let mut chunk = unsafe { ChunkPtr::from_raw(entry as *mut Header) };
+        let mut chunk = unsafe { entry_chunk(entry) };
+        let mut code = if entry & INDEXED != 0 {
+            chunk.find_indexed(addr.group(1))
+        } else {
+            chunk.find(addr.group(1))
+        };
         let mut level = 1;
         loop {
-            let code = chunk.find(addr.group(level));
-            if code == NONE {
-                return chunk.fallback();
-            }
             if code & CHILD_FLAG == 0 {
-                return code;
+                // After an index answer of NONE this reads NONE again (the index applied it).
+                return if code == NONE { chunk.fallback() } else { code };
             }
             chunk = chunk.child((code & !CHILD_FLAG) as usize);
             level += 1;
+            code = chunk.find(addr.group(level));
         }
     }
 }
@@ -103,6 +127,9 @@ struct Lanes {
     level: [u8; POOL],
     /// The leaf a lane reached, or the child slot it follows.
     leaf: [*const u32; POOL],
+    /// The lane's `leaf` is a slot in its chunk's root index (where it starts, rather than at the
+    /// root node, when the top-level entry says the chunk has one); a NONE there is final.
+    from_index: [bool; POOL],
     slot: [*const AtomicPtr<Header>; POOL],
     /// A ring: lanes `head..head + pending` (mod [`POOL`]) hold lookups that left the top level
     /// and wait to walk. A ring, because moving the lanes left behind by a walk to the front
@@ -120,6 +147,7 @@ impl Lanes {
             key: [0; POOL],
             level: [0; POOL],
             leaf: [std::ptr::null(); POOL],
+            from_index: [false; POOL],
             slot: [std::ptr::null(); POOL],
             head: 0,
             pending: 0,
@@ -139,22 +167,35 @@ impl<A: Address> Shared<A> {
             let base = n * BATCH;
             for addr in group {
                 // SAFETY: group(0) < 2^18 = top.len().
-                prefetch(unsafe { self.top.get_unchecked(addr.group(0)) } as *const AtomicUsize as *const u8);
+                prefetch(
+                    unsafe { self.top.get_unchecked(addr.group(0)) } as *const AtomicUsize
+                        as *const u8,
+                );
             }
             for (i, addr) in group.iter().enumerate() {
                 // SAFETY: group(0) < 2^18 = top.len().
-                let entry = unsafe { self.top.get_unchecked(addr.group(0)) }.load(Ordering::Acquire);
+                let entry =
+                    unsafe { self.top.get_unchecked(addr.group(0)) }.load(Ordering::Acquire);
                 if entry & 1 != 0 {
                     out[base + i] = decode((entry >> 1) as u32);
                 } else {
                     // SAFETY: live while the guard is pinned (see `lookup_code`).
-                    let chunk = unsafe { ChunkPtr::from_raw(entry as *mut Header) };
-                    prefetch(chunk.as_raw() as *const u8);
+                    let chunk = unsafe { entry_chunk(entry) };
+                    let key = addr.group(1) as u32;
+                    let from_index = entry & INDEXED != 0;
+                    let leaf = chunk.index_slot(key);
+                    prefetch(if from_index {
+                        leaf as *const u8
+                    } else {
+                        chunk.as_raw() as *const u8
+                    });
                     let lane = (lanes.head + lanes.pending) % POOL;
                     lanes.index[lane] = (base + i) as u32;
                     lanes.chunk[lane] = chunk.as_raw();
                     lanes.at[lane] = chunk.root();
-                    lanes.key[lane] = addr.group(1) as u32;
+                    lanes.leaf[lane] = leaf;
+                    lanes.from_index[lane] = from_index;
+                    lanes.key[lane] = key;
                     lanes.level[lane] = 1;
                     lanes.pending += 1;
                 }
@@ -170,30 +211,49 @@ impl<A: Address> Shared<A> {
     /// Walks the oldest `count` waiting lanes to their answers. Each round moves every unfinished
     /// lookup one memory access on and prefetches the next, so the misses of different lookups
     /// overlap instead of queueing behind each other (as VPP and DPDK's lpm_lookupx4 do). Lanes
-    /// sit in three worklists (stepping through nodes, reading a leaf, following a child
-    /// pointer) kept compact without branches on the outcome of a step.
+    /// sit in three worklists (stepping through nodes, reading a leaf or root index slot,
+    /// following a child pointer) kept compact without branches on the outcome of a step.
     #[inline(always)]
     fn walk(&self, addrs: &[A], out: &mut [Option<u32>], lanes: &mut Lanes, count: usize) {
         debug_assert!(count <= BATCH);
-        let (mut stepping, mut n_stepping) = ([0u8; BATCH], count);
-        for (k, slot) in stepping.iter_mut().enumerate().take(count) {
-            *slot = ((lanes.head + k) % POOL) as u8;
-        }
+        let (mut stepping, mut n_stepping) = ([0u8; BATCH], 0);
         let (mut at_leaf, mut n_at_leaf) = ([0u8; BATCH], 0);
+        for k in 0..count {
+            let i = (lanes.head + k) % POOL;
+            let from_index = lanes.from_index[i];
+            stepping[n_stepping] = i as u8;
+            n_stepping += !from_index as usize;
+            at_leaf[n_at_leaf] = i as u8;
+            n_at_leaf += from_index as usize;
+        }
         let (mut at_child, mut n_at_child) = ([0u8; BATCH], 0);
         let mut codes = [0u32; POOL];
         while n_stepping + n_at_leaf + n_at_child > 0 {
-            // Leaves reached last round (their lines prefetched since).
+            // Leaves and index slots reached last round (their lines prefetched since).
             let (mut next_child, mut n_next_child) = ([0u8; BATCH], 0);
+            let (mut next_node, mut n_next_node) = ([0u8; BATCH], 0);
             for &i in &at_leaf[..n_at_leaf] {
                 let i = i as usize;
                 // SAFETY: the lane's chunk is live under the guard; `leaf` came from a step that
-                // reached a leaf, so it lies inside that chunk's leaf array.
+                // reached a leaf, so it lies inside that chunk's leaf array, or is the lane's
+                // slot in the root index of an indexed chunk.
                 let (chunk, code) = unsafe { (ChunkPtr::from_raw(lanes.chunk[i]), *lanes.leaf[i]) };
-                if code & CHILD_FLAG == 0 || code == NONE {
-                    codes[i] = if code == NONE { chunk.fallback() } else { code };
+                if code & CHILD_FLAG == 0 {
+                    codes[i] = if code == NONE && !lanes.from_index[i] {
+                        chunk.fallback()
+                    } else {
+                        code
+                    };
+                } else if code >= NODE_FLAG {
+                    let at = chunk.below_root(code);
+                    prefetch(at.as_ptr());
+                    lanes.at[i] = at;
+                    lanes.from_index[i] = false;
+                    next_node[n_next_node] = i as u8;
+                    n_next_node += 1;
                 } else {
-                    let slot: *const AtomicPtr<Header> = chunk.child_slot((code & !CHILD_FLAG) as usize);
+                    let slot: *const AtomicPtr<Header> =
+                        chunk.child_slot((code & !CHILD_FLAG) as usize);
                     prefetch(slot as *const u8);
                     lanes.slot[i] = slot;
                     next_child[n_next_child] = i as u8;
@@ -209,7 +269,11 @@ impl<A: Address> Shared<A> {
                 let (is_node, next, leaf) = chunk.step(lanes.at[i], lanes.key[i]);
                 lanes.at[i] = next;
                 lanes.leaf[i] = leaf;
-                prefetch(if is_node { next.as_ptr() } else { leaf as *const u8 });
+                prefetch(if is_node {
+                    next.as_ptr()
+                } else {
+                    leaf as *const u8
+                });
                 stepping[kept] = i as u8;
                 kept += is_node as usize;
                 at_leaf[n_leaf] = i as u8;
@@ -217,6 +281,11 @@ impl<A: Address> Shared<A> {
             }
             n_stepping = kept;
             n_at_leaf = n_leaf;
+            // Lanes the index sent to a node (prefetched above) step from there next round.
+            for &i in &next_node[..n_next_node] {
+                stepping[n_stepping] = i;
+                n_stepping += 1;
+            }
             // Child pointers whose slots were prefetched last round: start in the child's root
             // next round.
             for &i in &at_child[..n_at_child] {
@@ -295,7 +364,9 @@ pub struct FibReader<A: Address> {
 
 impl<A: Address> Clone for FibReader<A> {
     fn clone(&self) -> Self {
-        FibReader { shared: self.shared.clone() }
+        FibReader {
+            shared: self.shared.clone(),
+        }
     }
 }
 
@@ -319,7 +390,10 @@ impl<A: Address> FibReader<A> {
     /// A view for many lookups under one pin: what a packet worker holds for one batch. Holding
     /// it for long delays freeing replaced chunks, nothing else.
     pub fn pin(&self) -> FibView<'_, A> {
-        FibView { shared: &self.shared, guard: epoch::pin() }
+        FibView {
+            shared: &self.shared,
+            guard: epoch::pin(),
+        }
     }
 }
 
@@ -354,10 +428,9 @@ impl<A: Address> FibView<'_, A> {
 struct ChunkMirror {
     /// Sorted by `(bits, len)`.
     prefixes: Vec<LocalPrefix>,
-    /// Sorted by key; a child's position here is its index in the published chunk.
-    children: Vec<(u32, ChunkMirror)>,
-    /// Keys of children changed since the last publish (each once: see `queued`).
-    dirty_children: Vec<u32>,
+    /// The chunks below (IPv6 only). Boxed: most chunks have none, and a full IPv4 table has
+    /// 69,000 mirrors.
+    below: Option<Box<Below>>,
     published: Option<ChunkPtr>,
     published_fallback: u32,
     /// Own prefixes or the set of children changed: rebuild on publish.
@@ -368,17 +441,37 @@ struct ChunkMirror {
     queued: bool,
 }
 
+#[derive(Default)]
+struct Below {
+    /// Sorted by key; a child's position here is its index in the published chunk.
+    children: Vec<(u32, ChunkMirror)>,
+    /// Keys of children changed since the last publish (each once: see `queued`).
+    dirty_children: Vec<u32>,
+}
+
 impl ChunkMirror {
     fn is_empty(&self) -> bool {
-        self.prefixes.is_empty() && self.children.is_empty()
+        self.prefixes.is_empty() && self.children().is_empty()
+    }
+
+    fn children(&self) -> &[(u32, ChunkMirror)] {
+        self.below.as_ref().map_or(&[], |below| &below.children)
+    }
+
+    fn children_mut(&mut self) -> &mut [(u32, ChunkMirror)] {
+        self.below
+            .as_mut()
+            .map_or(&mut [], |below| &mut below.children)
     }
 
     fn child_position(&self, key: u32) -> Result<usize, usize> {
-        self.children.binary_search_by_key(&key, |c| c.0)
+        self.children().binary_search_by_key(&key, |c| c.0)
     }
 
     fn child(&self, key: u32) -> Option<&ChunkMirror> {
-        self.child_position(key).ok().map(|at| &self.children[at].1)
+        self.child_position(key)
+            .ok()
+            .map(|at| &self.children()[at].1)
     }
 
     /// The child at `key`, queued for the next publish; created when `create` is set.
@@ -386,26 +479,34 @@ impl ChunkMirror {
         let at = match self.child_position(key) {
             Ok(at) => at,
             Err(at) if create => {
-                self.children.insert(at, (key, ChunkMirror::default()));
+                self.below
+                    .get_or_insert_with(Default::default)
+                    .children
+                    .insert(at, (key, ChunkMirror::default()));
                 self.dirty = true;
                 at
             }
             Err(_) => return None,
         };
         self.dirty_below = true;
-        let child = &mut self.children[at].1;
+        let below = self.below.as_mut().expect("the child exists");
+        let child = &mut below.children[at].1;
         if !child.queued {
             child.queued = true;
-            self.dirty_children.push(key);
+            below.dirty_children.push(key);
         }
-        Some(&mut self.children[at].1)
+        Some(&mut below.children[at].1)
     }
 }
 
 /// For each child key (ascending), the best match among `prefixes` (sorted by `(bits, len)`, so
 /// in pre-order) or `fallback`: one sweep with a stack of nested prefixes. A prefix popped for
 /// not covering a key ends before it, so it covers no later key either.
-fn child_fallbacks(prefixes: &[LocalPrefix], keys: impl Iterator<Item = u32>, fallback: u32) -> Vec<u32> {
+fn child_fallbacks(
+    prefixes: &[LocalPrefix],
+    keys: impl Iterator<Item = u32>,
+    fallback: u32,
+) -> Vec<u32> {
     let mut stack: Vec<&LocalPrefix> = Vec::new();
     let mut next = prefixes.iter().peekable();
     keys.map(|key| {
@@ -472,7 +573,9 @@ unsafe impl<A: Address> Sync for Fib<A> {}
 
 impl<A: Address> std::fmt::Debug for Fib<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Fib").field("len", &self.len).finish_non_exhaustive()
+        f.debug_struct("Fib")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
     }
 }
 
@@ -494,7 +597,9 @@ impl<A: Address> Fib<A> {
     pub fn new() -> Self {
         Fib {
             shared: Arc::new(Shared {
-                top: (0..TOP_SLOTS).map(|_| AtomicUsize::new(leaf_entry(NONE))).collect(),
+                top: (0..TOP_SLOTS)
+                    .map(|_| AtomicUsize::new(leaf_entry(NONE)))
+                    .collect(),
                 _family: PhantomData,
             }),
             short: HashMap::new(),
@@ -510,7 +615,9 @@ impl<A: Address> Fib<A> {
 
     /// A read handle on the published table.
     pub fn reader(&self) -> FibReader<A> {
-        FibReader { shared: self.shared.clone() }
+        FibReader {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Number of prefixes in the (staged) table.
@@ -527,13 +634,21 @@ impl<A: Address> Fib<A> {
         let len = prefix.len();
         let slot = addr.group(0);
         if len as u32 <= GROUP_BITS {
-            return Placement { slot, path: Vec::new(), local: LocalPrefix::new(slot as u32, len, next_hop) };
+            return Placement {
+                slot,
+                path: Vec::new(),
+                local: LocalPrefix::new(slot as u32, len, next_hop),
+            };
         }
         let level = (len as usize - 1) / GROUP_BITS as usize;
         let path = (1..=level).map(|l| addr.group(l) as u32).collect();
         let local_len = len - (GROUP_BITS as usize * level) as u8;
         let bits = addr.group(level) as u32;
-        Placement { slot, path, local: LocalPrefix::new(bits, local_len, next_hop) }
+        Placement {
+            slot,
+            path,
+            local: LocalPrefix::new(bits, local_len, next_hop),
+        }
     }
 
     fn mark_slot(&mut self, slot: usize) {
@@ -580,17 +695,26 @@ impl<A: Address> Fib<A> {
             previous
         } else {
             self.mark_slot(place.slot);
-            let mut mirror: &mut ChunkMirror = self.slots[place.slot].get_or_insert_with(Default::default);
+            let mut mirror: &mut ChunkMirror =
+                self.slots[place.slot].get_or_insert_with(Default::default);
             for &key in &place.path[..place.path.len() - 1] {
                 mirror = mirror.child_for_update(key, true).expect("created");
             }
-            match mirror.prefixes.binary_search_by_key(&place.local.key(), LocalPrefix::key) {
+            match mirror
+                .prefixes
+                .binary_search_by_key(&place.local.key(), LocalPrefix::key)
+            {
                 Ok(at) => {
                     let old = std::mem::replace(&mut mirror.prefixes[at].next_hop, next_hop);
                     mirror.dirty |= old != next_hop;
                     Some(old)
                 }
                 Err(at) => {
+                    // Grow by an eighth rather than double: a full table's mirrors hold a
+                    // million prefixes, and doubling leaves a quarter of that unused on average.
+                    if mirror.prefixes.len() == mirror.prefixes.capacity() {
+                        mirror.prefixes.reserve_exact(mirror.prefixes.len() / 8 + 2);
+                    }
                     mirror.prefixes.insert(at, place.local);
                     mirror.dirty = true;
                     None
@@ -620,7 +744,11 @@ impl<A: Address> Fib<A> {
             }
             removed
         } else {
-            let removed = Self::remove_below(self.slots[place.slot].as_mut()?, &place.path[..place.path.len() - 1], &place.local)?;
+            let removed = Self::remove_below(
+                self.slots[place.slot].as_mut()?,
+                &place.path[..place.path.len() - 1],
+                &place.local,
+            )?;
             self.mark_slot(place.slot);
             removed
         };
@@ -633,7 +761,10 @@ impl<A: Address> Fib<A> {
     fn remove_below(mirror: &mut ChunkMirror, path: &[u32], local: &LocalPrefix) -> Option<u32> {
         match path.split_first() {
             None => {
-                let at = mirror.prefixes.binary_search_by_key(&local.key(), LocalPrefix::key).ok()?;
+                let at = mirror
+                    .prefixes
+                    .binary_search_by_key(&local.key(), LocalPrefix::key)
+                    .ok()?;
                 mirror.dirty = true;
                 Some(mirror.prefixes.remove(at).next_hop)
             }
@@ -649,13 +780,19 @@ impl<A: Address> Fib<A> {
     pub fn get(&self, prefix: &Prefix<A>) -> Option<u32> {
         let place = Self::place(prefix, 0);
         if place.path.is_empty() {
-            return self.short.get(&(place.local.len(), place.local.bits())).copied();
+            return self
+                .short
+                .get(&(place.local.len(), place.local.bits()))
+                .copied();
         }
         let mut mirror: &ChunkMirror = self.slots[place.slot].as_ref()?;
         for &key in &place.path[..place.path.len() - 1] {
             mirror = mirror.child(key)?;
         }
-        let at = mirror.prefixes.binary_search_by_key(&place.local.key(), LocalPrefix::key).ok()?;
+        let at = mirror
+            .prefixes
+            .binary_search_by_key(&place.local.key(), LocalPrefix::key)
+            .ok()?;
         Some(mirror.prefixes[at].next_hop)
     }
 
@@ -683,12 +820,16 @@ impl<A: Address> Fib<A> {
     /// Bytes used: the published lookup structure (what readers touch) and the writer's mirror.
     pub fn memory(&self) -> MemoryUse {
         let top = TOP_SLOTS * std::mem::size_of::<AtomicUsize>();
-        let mut mirror = TOP_SLOTS * (size_of::<Option<Box<ChunkMirror>>>() + size_of::<(u32, i8)>())
+        let mut mirror = TOP_SLOTS
+            * (size_of::<Option<Box<ChunkMirror>>>() + size_of::<(u32, i8)>())
             + self.short.capacity() * (size_of::<((u8, u32), u32)>() + 1);
         for m in self.slots.iter().flatten() {
             mirror += size_of::<ChunkMirror>() + mirror_bytes(m);
         }
-        MemoryUse { lookup_bytes: top + self.published_bytes, writer_bytes: mirror }
+        MemoryUse {
+            lookup_bytes: top + self.published_bytes,
+            writer_bytes: mirror,
+        }
     }
 
     /// Makes every staged change visible to readers.
@@ -703,8 +844,8 @@ impl<A: Address> Fib<A> {
             let entry = &self.shared.top[slot];
             let keep = match self.slots[slot].as_mut() {
                 Some(mirror) => {
-                    if let Some(new) = publish_chunk(mirror, fallback, &mut log) {
-                        entry.store(new.as_raw() as usize, Ordering::Release);
+                    if let Some(new) = publish_chunk(mirror, fallback, true, &mut log) {
+                        entry.store(chunk_entry(new), Ordering::Release);
                     }
                     !mirror.is_empty()
                 }
@@ -745,31 +886,50 @@ unsafe impl Send for Retired {}
 
 /// Brings the published chunk for `mirror` up to date; returns the new pointer if it changed.
 /// Children left empty are dropped here (their chunks retired); a mirror that is itself empty
-/// publishes nothing, and its parent drops it.
-fn publish_chunk(mirror: &mut ChunkMirror, fallback: u32, log: &mut PublishLog) -> Option<ChunkPtr> {
+/// publishes nothing, and its parent drops it. Only chunks hung from the top level may get a
+/// root index (`may_index`): the tag that tells readers so lives in the top-level entry.
+fn publish_chunk(
+    mirror: &mut ChunkMirror,
+    fallback: u32,
+    may_index: bool,
+    log: &mut PublishLog,
+) -> Option<ChunkPtr> {
     let own_changed = mirror.dirty || mirror.published.is_none();
     let fallback_changed = mirror.published_fallback != fallback;
-    let dirty_children = std::mem::take(&mut mirror.dirty_children);
+    let dirty_children = mirror
+        .below
+        .as_mut()
+        .map(|below| std::mem::take(&mut below.dirty_children))
+        .unwrap_or_default();
     // Unless the parent is rebuilt from the mirror, a replaced child is swapped into it in place.
     let in_place = if own_changed { None } else { mirror.published };
     let mut emptied = false;
     if own_changed || fallback_changed {
         // Every child's fallback may have moved.
-        let fallbacks = child_fallbacks(&mirror.prefixes, mirror.children.iter().map(|c| c.0), fallback);
-        for (position, ((_, child), child_fallback)) in mirror.children.iter_mut().zip(fallbacks).enumerate() {
+        let fallbacks = child_fallbacks(
+            &mirror.prefixes,
+            mirror.children().iter().map(|c| c.0),
+            fallback,
+        );
+        for (position, ((_, child), child_fallback)) in
+            mirror.children_mut().iter_mut().zip(fallbacks).enumerate()
+        {
             emptied |= refresh_child(child, child_fallback, position, in_place, log);
         }
     } else {
         // Only queued children changed, and their fallbacks did not.
         for key in dirty_children {
-            let position = mirror.child_position(key).expect("children are removed only here");
-            let child = &mut mirror.children[position].1;
+            let position = mirror
+                .child_position(key)
+                .expect("children are removed only here");
+            let child = &mut mirror.children_mut()[position].1;
             let child_fallback = child.published_fallback;
             emptied |= refresh_child(child, child_fallback, position, in_place, log);
         }
     }
     if emptied {
-        mirror.children.retain(|(_, child)| {
+        let below = mirror.below.as_mut().expect("a child emptied");
+        below.children.retain(|(_, child)| {
             if child.is_empty() {
                 if let Some(chunk) = child.published {
                     log.retire(chunk);
@@ -777,6 +937,9 @@ fn publish_chunk(mirror: &mut ChunkMirror, fallback: u32, log: &mut PublishLog) 
             }
             !child.is_empty()
         });
+        if below.children.is_empty() {
+            mirror.below = None;
+        }
         mirror.dirty = true;
     }
     mirror.dirty_below = false;
@@ -791,12 +954,15 @@ fn publish_chunk(mirror: &mut ChunkMirror, fallback: u32, log: &mut PublishLog) 
     let chunk = match mirror.published {
         Some(current) if !rebuild => current.with_fallback(fallback),
         _ => {
-            let children: Vec<(u32, ChunkPtr)> =
-                mirror.children.iter().map(|(i, c)| (*i, c.published.expect("children publish first"))).collect();
+            let children: Vec<(u32, ChunkPtr)> = mirror
+                .children()
+                .iter()
+                .map(|(i, c)| (*i, c.published.expect("children publish first")))
+                .collect();
             if mirror.prefixes.capacity() > mirror.prefixes.len() * 5 / 4 + 4 {
                 mirror.prefixes.shrink_to_fit(); // bulk loads leave Vec growth slack behind
             }
-            ChunkPtr::build(&mirror.prefixes, &children, fallback)
+            ChunkPtr::build(&mirror.prefixes, &children, fallback, may_index)
         }
     };
     let new = log.install(chunk);
@@ -821,12 +987,14 @@ fn refresh_child(
     if !stale && child.published_fallback == fallback {
         return false;
     }
-    let new = publish_chunk(child, fallback, log);
+    let new = publish_chunk(child, fallback, false, log);
     if child.is_empty() {
         return true;
     }
     if let (Some(new), Some(parent)) = (new, in_place) {
-        parent.child_slot(position).store(new.as_raw(), Ordering::Release);
+        parent
+            .child_slot(position)
+            .store(new.as_raw(), Ordering::Release);
     }
     false
 }
@@ -846,20 +1014,38 @@ fn group_bits<A: Address>(key: u32, level: u32) -> u128 {
     }
 }
 
-fn collect_routes<A: Address>(mirror: &ChunkMirror, base: u128, level: u32, out: &mut Vec<(Prefix<A>, u32)>) {
+fn collect_routes<A: Address>(
+    mirror: &ChunkMirror,
+    base: u128,
+    level: u32,
+    out: &mut Vec<(Prefix<A>, u32)>,
+) {
     for p in &mirror.prefixes {
-        out.push((prefix_at(base | group_bits::<A>(p.bits(), level), (GROUP_BITS * level) as u8 + p.len()), p.next_hop));
+        out.push((
+            prefix_at(
+                base | group_bits::<A>(p.bits(), level),
+                (GROUP_BITS * level) as u8 + p.len(),
+            ),
+            p.next_hop,
+        ));
     }
-    for (key, child) in &mirror.children {
+    for (key, child) in mirror.children() {
         collect_routes(child, base | group_bits::<A>(*key, level), level + 1, out);
     }
 }
 
 fn mirror_bytes(m: &ChunkMirror) -> usize {
     let own = m.prefixes.capacity() * size_of::<LocalPrefix>();
-    // A BTreeMap entry costs roughly its key and value plus node overhead.
-    let kids: usize = m.children.iter().map(|(_, c)| mirror_bytes(c)).sum::<usize>()
-        + m.children.capacity() * size_of::<(u32, ChunkMirror)>();
+    let kids: usize = m
+        .children()
+        .iter()
+        .map(|(_, c)| mirror_bytes(c))
+        .sum::<usize>()
+        + m.below.as_ref().map_or(0, |below| {
+            size_of::<Below>()
+                + below.children.capacity() * size_of::<(u32, ChunkMirror)>()
+                + below.dirty_children.capacity() * size_of::<u32>()
+        });
     own + kids
 }
 
@@ -891,7 +1077,17 @@ mod tests {
     fn portable_and_dispatched_lookups_agree() {
         let mut fib = Fib::<Ipv6Addr>::new();
         let mut routes = Vec::new();
-        for (i, p) in ["::/0", "2001:db8::/32", "2001:db8:1::/48", "2001:db8:1:2::/64", "2001:db8:1:2:3:4:5:6/128", "2400::/12"].iter().enumerate() {
+        for (i, p) in [
+            "::/0",
+            "2001:db8::/32",
+            "2001:db8:1::/48",
+            "2001:db8:1:2::/64",
+            "2001:db8:1:2:3:4:5:6/128",
+            "2400::/12",
+        ]
+        .iter()
+        .enumerate()
+        {
             let prefix: Prefix<Ipv6Addr> = p.parse().unwrap();
             fib.insert(prefix, i as u32).unwrap();
             routes.push((prefix, i as u32));
@@ -901,7 +1097,8 @@ mod tests {
         addrs.extend(uniform_addresses::<Ipv6Addr>(2000, 10));
         let guard = epoch::pin();
         let (mut portable, mut dispatched) = (vec![None; addrs.len()], vec![None; addrs.len()]);
-        fib.shared.lookup_many_portable(&addrs, &mut portable, &guard);
+        fib.shared
+            .lookup_many_portable(&addrs, &mut portable, &guard);
         fib.shared.lookup_many(&addrs, &mut dispatched, &guard);
         assert_eq!(portable, dispatched);
         for (a, got) in addrs.iter().zip(&portable) {

@@ -14,7 +14,12 @@ use rand::{Rng, SeedableRng};
 const CHURN_BASE: u32 = 1_000_000;
 const VERSIONS: u32 = 1000;
 
-fn random_prefix<A: Address>(rng: &mut impl Rng, around: u128, min_len: u8, max_len: u8) -> Prefix<A> {
+fn random_prefix<A: Address>(
+    rng: &mut impl Rng,
+    around: u128,
+    min_len: u8,
+    max_len: u8,
+) -> Prefix<A> {
     let len = rng.gen_range(min_len..=max_len);
     // Stay near `around` so that churn nests over and under the stable routes.
     let noise: u128 = rng.gen::<u128>() >> (128 - A::BITS as u32 + 12).min(127);
@@ -94,7 +99,8 @@ fn stress<A: Address>(seconds: f64) {
             let i = rng.gen_range(0..churn.len());
             if rng.gen_bool(0.5) {
                 version[i] = (version[i] + 1) % VERSIONS;
-                fib.insert(churn[i], CHURN_BASE + i as u32 * VERSIONS + version[i]).unwrap();
+                fib.insert(churn[i], CHURN_BASE + i as u32 * VERSIONS + version[i])
+                    .unwrap();
             } else {
                 fib.remove(&churn[i]);
             }
@@ -103,15 +109,29 @@ fn stress<A: Address>(seconds: f64) {
         publishes += 1;
     }
     stop.store(true, Ordering::Relaxed);
-    let must_hit: u64 = readers.into_iter().map(|r| r.join().expect("reader saw an inconsistent answer")).sum();
+    let must_hit: u64 = readers
+        .into_iter()
+        .map(|r| r.join().expect("reader saw an inconsistent answer"))
+        .sum();
     let total = lookups.load(Ordering::Relaxed);
     eprintln!("{}-bit: {publishes} publishes, {total} lookups, {must_hit} on never-shadowed stable routes", A::BITS);
-    assert!(publishes > 100 && total > 10_000 && must_hit > 1000, "stress ran too little to mean anything");
+    assert!(
+        publishes > 100 && total > 10_000 && must_hit > 1000,
+        "stress ran too little to mean anything"
+    );
 }
 
 fn mask<A: Address>(len: u8) -> u128 {
-    let width = if A::BITS == 128 { u128::MAX } else { (1u128 << A::BITS) - 1 };
-    if len == 0 { 0 } else { (u128::MAX << (A::BITS - len)) & width }
+    let width = if A::BITS == 128 {
+        u128::MAX
+    } else {
+        (1u128 << A::BITS) - 1
+    };
+    if len == 0 {
+        0
+    } else {
+        (u128::MAX << (A::BITS - len)) & width
+    }
 }
 
 #[test]

@@ -18,7 +18,11 @@ impl<A: Address> Default for Naive<A> {
 
 impl<A: Address> Naive<A> {
     fn lookup(&self, addr: A) -> Option<u32> {
-        self.0.iter().filter(|(p, _)| p.contains(addr)).max_by_key(|(p, _)| p.len()).map(|(_, &nh)| nh)
+        self.0
+            .iter()
+            .filter(|(p, _)| p.contains(addr))
+            .max_by_key(|(p, _)| p.len())
+            .map(|(_, &nh)| nh)
     }
 }
 
@@ -31,17 +35,47 @@ enum Op {
 
 /// Prefixes clustered around a few bases so that nesting, siblings and shared chunks are common.
 fn op_strategy(bits: u8) -> impl Strategy<Value = Op> {
-    let base = prop_oneof![Just(0u128), Just(u128::MAX), Just(0x0a00_0000u128 << (bits - 32)), any::<u128>()];
+    let base = prop_oneof![
+        Just(0u128),
+        Just(u128::MAX),
+        Just(0x0a00_0000u128 << (bits - 32)),
+        any::<u128>()
+    ];
     let addr = (base, any::<u128>(), 0..=bits).prop_map(move |(base, noise, scatter)| {
         // Keep the top bits of `base`, randomise the rest below `scatter` bits of depth.
-        let keep = if scatter == 0 { 0 } else { u128::MAX << (128 - scatter as u32) };
+        let keep = if scatter == 0 {
+            0
+        } else {
+            u128::MAX << (128 - scatter as u32)
+        };
         let value = (base << (128 - bits as u32) & keep) | (noise & !keep);
         value >> (128 - bits as u32)
     });
-    let len = prop_oneof![Just(0u8), Just(bits), Just(16), Just(17), Just(24), 0..=bits];
+    let len = prop_oneof![
+        Just(0u8),
+        Just(bits),
+        Just(16),
+        Just(17),
+        Just(24),
+        0..=bits
+    ];
     prop_oneof![
         6 => (addr.clone(), len.clone(), 0u32..1000).prop_map(|(a, l, nh)| Op::Insert(a, l, nh)),
         3 => (addr, len).prop_map(|(a, l)| Op::Remove(a, l)),
+        1 => Just(Op::Publish),
+    ]
+}
+
+/// Prefixes crowded into one /18 (one chunk under one top-level slot), mostly /19../24, so that
+/// the chunk's root has many runs and gets a root index, with longer prefixes below it and
+/// covering prefixes above it coming and going (which rewrites the index's fallback answers).
+fn dense_op_strategy(bits: u8) -> impl Strategy<Value = Op> {
+    let base = (0x0a01_0000u128 >> 14) << (bits - 18); // 10.1.0.0/18, or its IPv6 namesake
+    let addr = any::<u128>().prop_map(move |noise| base | (noise & ((1u128 << (bits - 18)) - 1)));
+    let len = prop_oneof![6 => 19..=24u8, 2 => 25..=bits, 1 => 0..=18u8];
+    prop_oneof![
+        6 => (addr.clone(), len.clone(), 0u32..4).prop_map(|(a, l, nh)| Op::Insert(a, l, nh)),
+        2 => (addr, len).prop_map(|(a, l)| Op::Remove(a, l)),
         1 => Just(Op::Publish),
     ]
 }
@@ -82,7 +116,12 @@ fn run<A: Address>(ops: Vec<Op>, probes: Vec<u128>) -> Result<(), TestCaseError>
         addrs.push(A::from_u128(p.addr().to_u128() | !fib_mask::<A>(p.len())));
     }
     for &a in &addrs {
-        prop_assert_eq!(reader.lookup(a), published.lookup(a), "unpublished changes leaked at {}", a);
+        prop_assert_eq!(
+            reader.lookup(a),
+            published.lookup(a),
+            "unpublished changes leaked at {}",
+            a
+        );
     }
     fib.publish();
     let mut out = vec![None; addrs.len()];
@@ -102,8 +141,16 @@ fn run<A: Address>(ops: Vec<Op>, probes: Vec<u128>) -> Result<(), TestCaseError>
 }
 
 fn fib_mask<A: Address>(len: u8) -> u128 {
-    let width = if A::BITS == 128 { u128::MAX } else { (1u128 << A::BITS) - 1 };
-    if len == 0 { 0 } else { (u128::MAX << (A::BITS - len)) & width }
+    let width = if A::BITS == 128 {
+        u128::MAX
+    } else {
+        (1u128 << A::BITS) - 1
+    };
+    if len == 0 {
+        0
+    } else {
+        (u128::MAX << (A::BITS - len)) & width
+    }
 }
 
 proptest! {
@@ -119,6 +166,17 @@ proptest! {
     fn ipv6_matches_reference(ops in prop::collection::vec(op_strategy(128), 1..120),
                               probes in prop::collection::vec(any::<u128>(), 50)) {
         run::<Ipv6Addr>(ops, probes)?;
+    }
+
+    #[test]
+    fn crowded_chunks_match_reference(ops4 in prop::collection::vec(dense_op_strategy(32), 1..200),
+                                      ops6 in prop::collection::vec(dense_op_strategy(128), 1..200),
+                                      probes in prop::collection::vec(any::<u16>(), 50)) {
+        let near = |bits: u8| -> Vec<u128> {
+            probes.iter().map(|&p| ((0x0a01_0000u128 >> 14) << (bits - 18)) | (u128::from(p) << (bits - 32))).collect()
+        };
+        run::<Ipv4Addr>(ops4, near(32))?;
+        run::<Ipv6Addr>(ops6, near(128))?;
     }
 }
 
