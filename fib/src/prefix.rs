@@ -166,6 +166,11 @@ impl<A: Address> Prefix<A> {
         self.len
     }
 
+    /// The highest address in the prefix (every host bit set).
+    pub fn last(&self) -> A {
+        A::from_u128(self.addr.to_u128() | (net_mask(A::BITS, A::BITS) & !net_mask(A::BITS, self.len)))
+    }
+
     /// Does this prefix contain `addr`?
     pub fn contains(&self, addr: A) -> bool {
         addr.to_u128() & net_mask(A::BITS, self.len) == self.addr.to_u128()
@@ -289,6 +294,9 @@ mod tests {
         assert!(p.covers(&q) && !q.covers(&p));
         let all: Ipv6Prefix = "::/0".parse().unwrap();
         assert!(all.contains("2001:db8::1".parse().unwrap()));
+        assert_eq!(p.last(), "10.1.255.255".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(all.last(), Ipv6Addr::from(u128::MAX));
+        assert_eq!(Prefix::host(Ipv4Addr::new(10, 0, 0, 1)).last(), Ipv4Addr::new(10, 0, 0, 1));
     }
 
     #[test]
