@@ -307,14 +307,15 @@ impl Topology {
         ]
     }
 
-    /// iperf3 between two pods: Gbit/s received.
-    pub fn iperf3(&self, from: &str, to: &str, seconds: u32) -> Result<f64, String> {
+    /// One iperf3 TCP stream between two pods.
+    pub fn iperf3(&self, from: &str, to: &str, seconds: u32) -> Result<crate::netns::TcpRun, String> {
         let (from_ns, _) = self.ns_of(from);
         let (to_ns, to_ip) = self.ns_of(to);
-        let received = crate::netns::iperf3(&from_ns, &to_ns, to_ip, 1, seconds)?;
-        match received["bits_per_second"].as_f64() {
-            Some(b) if b > 0.0 => Ok(b / 1e9),
-            _ => Err(format!("iperf3 received nothing: {received}")),
+        let run = crate::netns::iperf3(&from_ns, &to_ns, to_ip, 1, seconds)?;
+        if run.bits_per_second > 0.0 {
+            Ok(run)
+        } else {
+            Err(format!("iperf3 received nothing: {run:?}"))
         }
     }
 

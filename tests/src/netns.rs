@@ -27,10 +27,26 @@ pub fn have_tool(tool: &str) -> bool {
     Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success())
 }
 
+/// What one iperf3 TCP run measured.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpRun {
+    /// At the receiver.
+    pub bits_per_second: f64,
+    pub bytes: f64,
+    /// Segments the sender sent again.
+    pub retransmits: u64,
+}
+
+impl TcpRun {
+    /// Retransmitted segments per segment sent (taking full-size segments of a 1500-byte MTU).
+    pub fn retransmit_ratio(&self) -> f64 {
+        self.retransmits as f64 / (self.bytes / 1448.0).max(1.0)
+    }
+}
+
 /// One iperf3 TCP run: a one-shot server in namespace `server` (reached at `server_ip`), the
-/// client in `client`. Returns the report's `end.sum_received` (`bits_per_second`, `bytes`), or
-/// what iperf3 said instead.
-pub fn iperf3(client: &str, server: &str, server_ip: Ipv4Addr, streams: u32, seconds: u32) -> Result<serde_json::Value, String> {
+/// client in `client`. Returns what it measured, or what iperf3 said instead.
+pub fn iperf3(client: &str, server: &str, server_ip: Ipv4Addr, streams: u32, seconds: u32) -> Result<TcpRun, String> {
     let mut listener = Command::new("ip")
         .args(["netns", "exec", server, "iperf3", "-s", "-1", "-p", "5201"])
         .stdout(Stdio::null())
@@ -42,9 +58,12 @@ pub fn iperf3(client: &str, server: &str, server_ip: Ipv4Addr, streams: u32, sec
     let _ = listener.kill();
     let _ = listener.wait();
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("iperf3 printed no report: {e}"))?;
-    match &report["end"]["sum_received"] {
-        received if received["bits_per_second"].is_f64() => Ok(received.clone()),
-        _ => Err(format!("iperf3: {} {}", report["error"], report["end"])),
+    let end = &report["end"];
+    match (end["sum_received"]["bits_per_second"].as_f64(), end["sum_received"]["bytes"].as_f64()) {
+        (Some(bits_per_second), Some(bytes)) => {
+            Ok(TcpRun { bits_per_second, bytes, retransmits: end["sum_sent"]["retransmits"].as_u64().unwrap_or(0) })
+        }
+        _ => Err(format!("iperf3: {} {}", report["error"], end)),
     }
 }
 

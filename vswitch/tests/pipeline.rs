@@ -188,13 +188,15 @@ fn too_big_with_df_gets_fragmentation_needed_with_the_mtu() {
         panic!("not fragmentation needed: {:?}", icmp.icmp_type())
     };
     assert_eq!(next_hop_mtu, 1500);
-    // A GSO frame is judged by its segments: 1448 + headers fits in 1500, 8000 does not.
+    // A GSO frame is judged by its segments: 20 + 20 bytes of headers + 1460 fits in 1500, one
+    // more byte does not. The headers are measured in the packet: hdr_len is what the kernel
+    // reports on receive, the skb's linear length, here 1000 bytes (headers and payload).
     let builder = PacketBuilder::ethernet2(HOST_MAC.0, GW_MAC.0).ipv4(VM_IP.octets(), A_IP.octets(), 64).tcp(1, 2, 3, 4);
     let mut frame = Vec::new();
     builder.write(&mut frame, &vec![0u8; 20000]).unwrap();
-    let gso = |size| VnetHeader { gso_type: vnet::GSO_TCPV4, gso_size: size, hdr_len: 54, ..Default::default() };
-    assert!(matches!(sw.send(HOST, &mut with_vnet(gso(1448), frame.clone())), Next::Tx { port: A, .. }));
-    assert!(matches!(sw.send(HOST, &mut with_vnet(gso(8000), frame)), Next::Respond { reason: DropReason::FragmentationNeeded, .. }));
+    let gso = |size| VnetHeader { gso_type: vnet::GSO_TCPV4, gso_size: size, hdr_len: 1000, ..Default::default() };
+    assert!(matches!(sw.send(HOST, &mut with_vnet(gso(1460), frame.clone())), Next::Tx { port: A, .. }));
+    assert!(matches!(sw.send(HOST, &mut with_vnet(gso(1461), frame)), Next::Respond { reason: DropReason::FragmentationNeeded, .. }));
 }
 
 #[test]

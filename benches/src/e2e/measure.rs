@@ -48,8 +48,8 @@ pub struct Tcp {
 
 pub fn iperf3(t: &Topology, streams: u32, seconds: u32) -> Option<Tcp> {
     let ((gbps, bytes), cpu_s) = with_cpu(t, || {
-        let received = netns::iperf3(&t.a, &t.b, B, streams, seconds).ok()?;
-        Some((received["bits_per_second"].as_f64()? / 1e9, received["bytes"].as_f64()?))
+        let run = netns::iperf3(&t.a, &t.b, B, streams, seconds).ok()?;
+        Some((run.bits_per_second / 1e9, run.bytes))
     })?;
     Some(Tcp { gbps, bytes, cpu_s })
 }

@@ -228,7 +228,11 @@ fn demo(shape: &Shape, seconds: u32) -> ExitCode {
         println!("[3/4] iperf3, one TCP stream, {seconds} s");
         for (what, from, to) in [("pod -> pod, same node", "n1a", "n1b"), ("pod -> pod, across nodes", "n1a", "n2a")] {
             match lab.iperf3(from, to, seconds) {
-                Ok(gbps) => println!("  {what:<28} {gbps:>7.2} Gbit/s"),
+                Ok(run) => println!(
+                    "  {what:<28} {:>7.2} Gbit/s, {} segments retransmitted",
+                    run.bits_per_second / 1e9,
+                    run.retransmits
+                ),
                 Err(e) => {
                     println!("  {what:<28} failed: {e}");
                     ok = false;

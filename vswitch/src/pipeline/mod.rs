@@ -246,13 +246,7 @@ impl Pipeline {
         if adj.port == port.id {
             return Next::Drop(DropReason::Hairpin);
         }
-        // A GSO frame leaves as segments of gso_size payload plus its headers (hdr_len counts
-        // Ethernet too); judge those, not the 64 KB whole.
-        let ip_size = if vnet.is_gso() {
-            (vnet.hdr_len as usize).saturating_sub(ETH) + vnet.gso_size as usize
-        } else {
-            ip.total_len()
-        };
+        let ip_size = if vnet.is_gso() { gso_segment_ip_len(&ip, vnet.gso_type, vnet.gso_size) } else { ip.total_len() };
         if ip_size > adj.mtu as usize {
             trace.step("mtu", format_args!("{ip_size} bytes > mtu {}", adj.mtu));
             if ip.dont_fragment() {
@@ -318,4 +312,20 @@ impl Pipeline {
         trace.step("icmp", format_args!("{error:?} to {to}"));
         Next::Respond { reason, port: port.id, len: L2 + ip_len }
     }
+}
+
+/// The IP length of each segment a GSO frame leaves as: its IP and transport headers plus
+/// `gso_size` bytes of payload. The headers are measured in the packet, not taken from the vnet
+/// header's `hdr_len`: the kernel fills that with the skb's linear length on receive (AF_PACKET,
+/// TAP), which can hold payload too, and judging by it dropped good frames as too big.
+fn gso_segment_ip_len(ip: &Ipv4Packet<&[u8]>, gso_type: u8, gso_size: u16) -> usize {
+    const TCP: u8 = 6;
+    let transport = match (gso_type & !vnet::GSO_ECN, ip.protocol()) {
+        // The TCP header's data offset, in 32-bit words (a truncated header counts as minimal).
+        (vnet::GSO_TCPV4, TCP) => ip.payload().get(12).map_or(20, |offset| (offset >> 4) as usize * 4),
+        (vnet::GSO_UDP_L4, _) => 8,
+        // UFO: the datagram, UDP header included, is cut into gso_size-byte IP fragments.
+        _ => 0,
+    };
+    ip.header_len() + transport + gso_size as usize
 }

@@ -13,6 +13,10 @@ const PACKET_VNET_HDR: libc::c_int = 15;
 const PACKET_FANOUT: libc::c_int = 18;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 const PACKET_FANOUT_HASH: u32 = 0;
+/// Receive buffer of an uplink queue. The default (212 KB) holds two or three 64 KB GSO frames:
+/// a worker a moment late (it shares cores with the pods) made the socket drop whole TSO bursts,
+/// and TCP across nodes collapsed into retransmissions. 16 MiB is 2 ms at 64 Gbit/s.
+const UPLINK_RCVBUF: libc::c_int = 16 << 20;
 
 #[derive(Debug)]
 pub struct PacketSocket {
@@ -28,9 +32,13 @@ fn check(ret: libc::c_int) -> io::Result<()> {
 }
 
 fn set_int(fd: RawFd, option: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    set_option(fd, libc::SOL_PACKET, option, value)
+}
+
+fn set_option(fd: RawFd, level: libc::c_int, option: libc::c_int, value: libc::c_int) -> io::Result<()> {
     // SAFETY: `value` lives across the call and its size is passed.
     check(unsafe {
-        libc::setsockopt(fd, libc::SOL_PACKET, option, (&value as *const libc::c_int).cast(), size_of::<libc::c_int>() as u32)
+        libc::setsockopt(fd, level, option, (&value as *const libc::c_int).cast(), size_of::<libc::c_int>() as u32)
     })
 }
 
@@ -41,6 +49,10 @@ impl PacketSocket {
         // Frames we send must not come back to us.
         set_int(socket.fd.as_raw_fd(), PACKET_IGNORE_OUTGOING, 1)?;
         set_int(socket.fd.as_raw_fd(), PACKET_FANOUT, (group as u32 | (PACKET_FANOUT_HASH << 16)) as libc::c_int)?;
+        // FORCE passes net.core.rmem_max (vswitchd runs with CAP_NET_ADMIN); the plain option,
+        // capped there, is the fallback.
+        set_option(socket.fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, UPLINK_RCVBUF)
+            .or_else(|_| set_option(socket.fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, UPLINK_RCVBUF))?;
         Ok(socket)
     }
 
