@@ -5,17 +5,19 @@ use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::{Datapath, Forwarder, Snapshot, WorkerStats};
-use crate::pipeline::{IcmpLimiter, Pipeline};
+use crate::pipeline::{DropReason, IcmpLimiter, Pipeline};
 use crate::port::PortQueue;
 use crate::state::PortId;
 
 const WAKE: Token = Token(usize::MAX);
+/// How often a worker asks the kernel what it dropped on the way into its queues.
+const KERNEL_DROPS_EVERY: Duration = Duration::from_millis(500);
 
 struct Worker {
     index: usize,
@@ -25,6 +27,8 @@ struct Worker {
     /// What this worker has registered: port -> (fd, the queue, kept alive until deregistered).
     registered: HashMap<PortId, (RawFd, Arc<dyn PortQueue>)>,
     generation: u64,
+    stats: Arc<WorkerStats>,
+    kernel_drops_read: Instant,
 }
 
 /// Starts worker `index`; returns its waker (to call after publishing a snapshot) and handle.
@@ -36,8 +40,17 @@ pub fn spawn_worker(
 ) -> io::Result<(Arc<Waker>, std::thread::JoinHandle<()>)> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
-    let forwarder = Forwarder::new(index, stats, Pipeline::new(icmp), datapath.slow_path.clone());
-    let mut worker = Worker { index, datapath, forwarder, poll, registered: HashMap::new(), generation: u64::MAX };
+    let forwarder = Forwarder::new(index, stats.clone(), Pipeline::new(icmp), datapath.slow_path.clone());
+    let mut worker = Worker {
+        index,
+        datapath,
+        forwarder,
+        poll,
+        registered: HashMap::new(),
+        generation: u64::MAX,
+        stats,
+        kernel_drops_read: Instant::now(),
+    };
     let handle = std::thread::Builder::new().name(format!("vsw-worker-{index}")).spawn(move || worker.run())?;
     Ok((waker, handle))
 }
@@ -74,6 +87,20 @@ impl Worker {
                 }
             }
             busy = still_busy;
+            if self.kernel_drops_read.elapsed() >= KERNEL_DROPS_EVERY {
+                self.count_kernel_drops();
+            }
+        }
+    }
+
+    /// Adds what the kernel dropped on the way into this worker's queues to its counters.
+    fn count_kernel_drops(&mut self) {
+        self.kernel_drops_read = Instant::now();
+        for (_, queue) in self.registered.values() {
+            let dropped = queue.take_kernel_drops();
+            if dropped > 0 {
+                self.stats.dropped_many(DropReason::RxOverflow, dropped);
+            }
         }
     }
 

@@ -29,4 +29,9 @@ pub trait PortQueue: Send + Sync {
     fn send(&self, buf: &[u8]) -> io::Result<()>;
     /// The descriptor to poll, if the queue has one.
     fn raw_fd(&self) -> Option<std::os::fd::RawFd>;
+    /// Frames the kernel dropped on this queue's way in (its buffer was full) since the last
+    /// call; 0 where the kernel does not say.
+    fn take_kernel_drops(&self) -> u64 {
+        0
+    }
 }

@@ -9,6 +9,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use super::{byte_count, PortQueue};
 
 const ETH_P_ALL: u16 = 0x0003;
+const PACKET_STATISTICS: libc::c_int = 6;
 const PACKET_VNET_HDR: libc::c_int = 15;
 const PACKET_FANOUT: libc::c_int = 18;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
@@ -103,5 +104,21 @@ impl PortQueue for PacketSocket {
 
     fn raw_fd(&self) -> Option<RawFd> {
         Some(self.fd.as_raw_fd())
+    }
+
+    /// PACKET_STATISTICS: the kernel counts what it dropped for want of receive buffer, and
+    /// resets the count on each read.
+    fn take_kernel_drops(&self) -> u64 {
+        let mut stats = libc::tpacket_stats { tp_packets: 0, tp_drops: 0 };
+        let mut len = size_of::<libc::tpacket_stats>() as libc::socklen_t;
+        // SAFETY: `stats` and `len` are valid for writes and `len` holds the size of `stats`.
+        let ret = unsafe {
+            libc::getsockopt(self.fd.as_raw_fd(), libc::SOL_PACKET, PACKET_STATISTICS, (&mut stats as *mut libc::tpacket_stats).cast(), &mut len)
+        };
+        if ret < 0 {
+            0
+        } else {
+            u64::from(stats.tp_drops)
+        }
     }
 }
