@@ -5,6 +5,7 @@
 use std::io;
 use std::time::Instant;
 
+use super::tx_ring::TxRing;
 use super::{SlowPacket, SlowReason, Snapshot, WorkerStats};
 use crate::pipeline::{DropReason, Next, NoTrace, Pipeline, MAX_FRAME};
 use crate::port::PortQueue;
@@ -23,6 +24,9 @@ pub struct Forwarder {
     buffers: Vec<Box<[u8]>>,
     lengths: [usize; BATCH],
     started: Instant,
+    /// Writes the batch's frames in one system call; `None` where io_uring is unavailable
+    /// (frames then go out with a write each).
+    tx_ring: Option<TxRing>,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -41,6 +45,9 @@ impl Forwarder {
             buffers: (0..BATCH).map(|_| vec![0u8; MAX_FRAME].into_boxed_slice()).collect(),
             lengths: [0; BATCH],
             started: Instant::now(),
+            tx_ring: TxRing::new(BATCH)
+                .inspect_err(|e| tracing::warn!(worker = index, error = %e, "no io_uring: one write per frame"))
+                .ok(),
         }
     }
 
@@ -99,10 +106,22 @@ impl Forwarder {
                 self.stats.dropped(DropReason::PortDown);
                 continue;
             };
-            match out.send(&buf[..len]) {
-                Ok(()) => self.stats.tx(out_port, len),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.stats.dropped(DropReason::TxQueueFull),
-                Err(_) => self.stats.dropped(DropReason::TxError),
+            match (self.tx_ring.as_mut(), out.raw_fd()) {
+                // SAFETY: the frame is in this batch's buffer and `fd` belongs to a queue the
+                // snapshot holds; both outlive the submission below, which completes every write
+                // before the buffers are read into again.
+                (Some(ring), Some(fd)) => unsafe { ring.stage(fd, &buf[..len], out_port) },
+                _ => match out.send(&buf[..len]) {
+                    Ok(()) => self.stats.tx(out_port, len),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.stats.dropped(DropReason::TxQueueFull),
+                    Err(_) => self.stats.dropped(DropReason::TxError),
+                },
+            }
+        }
+        if let Some(ring) = self.tx_ring.as_mut() {
+            if let Err(e) = ring.submit(&self.stats) {
+                tracing::error!(worker = self.index, error = %e, "io_uring failed: one write per frame from now on");
+                self.tx_ring = None;
             }
         }
         let suppressed = self.pipeline.take_icmp_suppressed();

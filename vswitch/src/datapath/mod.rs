@@ -2,10 +2,12 @@
 //!
 //! The control plane publishes a [`Snapshot`] (forwarding state plus every port's queues) with
 //! one atomic swap and wakes the workers; a worker picks it up between batches. Per packet there
-//! is no lock, no allocation, no log line and no system call beyond the port's own read and write.
+//! is no lock, no allocation, no log line and no system call beyond the port's own read (the
+//! batch's writes go out together, one io_uring submission per batch).
 
 mod forward;
 pub mod stats;
+mod tx_ring;
 mod worker;
 
 use std::net::Ipv4Addr;
