@@ -41,7 +41,7 @@ pub fn run(seconds: f64) -> io::Result<TapCost> {
     drop_at_receiver(&pod.ns.name, PORT)?;
     let queue = TapQueue::open("eth0", Some(&pod.ns.path()), Attach::Existing).map_err(io::Error::other)?;
     let gateway: MacAddr = vpc_lab::netns::GATEWAY_MAC.parse().map_err(io::Error::other)?;
-    let ifindex: i32 = pod.ifindex().parse().map_err(io::Error::other)?;
+    let ifindex = pod.ifindex() as i32;
     let inbound = Target { dev: "eth0".into(), ifindex, src_mac: gateway, dst_mac: pod.mac.parse().map_err(io::Error::other)?, src_ip: Ipv4Addr::new(10, 78, 9, 9), dst_ip: pod.ip, dst_port: PORT };
     let mut frame = vec![0u8; vnet::LEN];
     frame.extend_from_slice(&inbound.frames(1)[0]);

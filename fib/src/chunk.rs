@@ -308,12 +308,10 @@ impl ChunkPtr {
         self.header().indexed
     }
 
-    fn index_bytes(self) -> usize {
-        if self.is_indexed() {
-            INDEX_BYTES
-        } else {
-            0
-        }
+    /// Where the allocation starts: at the index, when the chunk has one.
+    fn allocation(self) -> *mut u8 {
+        let index_bytes = if self.is_indexed() { INDEX_BYTES } else { 0 };
+        (self.0.as_ptr() as *mut u8).wrapping_sub(index_bytes)
     }
 
     /// The root index slot for an 18-bit key. Computed from the pointer alone, without reading
@@ -344,24 +342,18 @@ impl ChunkPtr {
             fallback,
             h.indexed,
         );
-        let bytes = self.layout().size() - self.index_bytes() - size_of::<Header>();
-        // SAFETY: same layout; the index and body (nodes, leaves, children) are plain data.
-        // Child pointers are only ever stored by the writer, which is the caller, so the copy is
-        // not torn.
+        // SAFETY: same layout; the index, header and body are plain data (the copied header is
+        // the same but for the fallback, set again below). Child pointers are only ever stored by
+        // the writer, which is the caller, so the copy is not torn.
         unsafe {
-            std::ptr::copy_nonoverlapping(
-                (self.0.as_ptr() as *const u8).add(size_of::<Header>()),
-                (copy.0.as_ptr() as *mut u8).add(size_of::<Header>()),
-                bytes,
-            );
+            std::ptr::copy_nonoverlapping(self.allocation(), copy.allocation(), self.layout().size());
+            (*copy.0.as_ptr()).fallback = fallback;
             if h.indexed {
+                // Index positions that answered the old fallback answer the new one.
                 let index = copy.index_slot(0) as *mut u32;
-                std::ptr::copy_nonoverlapping(self.index_slot(0), index, 64);
                 let mut answers_fallback = (*copy.nodes()).leafvec;
                 while answers_fallback != 0 {
-                    index
-                        .add(answers_fallback.trailing_zeros() as usize)
-                        .write(fallback);
+                    index.add(answers_fallback.trailing_zeros() as usize).write(fallback);
                     answers_fallback &= answers_fallback - 1;
                 }
             }
@@ -511,8 +503,8 @@ impl ChunkPtr {
     /// No reader can reach it any more, and it is freed once.
     pub unsafe fn free(self) {
         let layout = self.layout();
-        // SAFETY: allocated with this layout in `allocate`, starting at the index.
-        unsafe { dealloc((self.0.as_ptr() as *mut u8).sub(self.index_bytes()), layout) };
+        // SAFETY: allocated with this layout in `allocate`.
+        unsafe { dealloc(self.allocation(), layout) };
     }
 
     /// Frees this chunk and every chunk below it.

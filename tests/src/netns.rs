@@ -109,6 +109,13 @@ impl Netns {
         run(&full)
     }
 
+    /// The interface index of `dev` in this namespace.
+    pub fn ifindex(&self, dev: &str) -> u32 {
+        let out = self.exec(&["cat", &format!("/sys/class/net/{dev}/ifindex")]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.trim().parse().unwrap_or_else(|_| panic!("{dev} in {}: no ifindex ({text})", self.name))
+    }
+
     pub fn exec(&self, args: &[&str]) -> Output {
         let mut full = vec!["ip", "netns", "exec", &self.name];
         full.extend_from_slice(args);
@@ -154,8 +161,8 @@ impl Pod {
         Pod { ns, ip, mac }
     }
 
-    pub fn ifindex(&self) -> String {
-        String::from_utf8_lossy(&self.ns.exec(&["cat", "/sys/class/net/eth0/ifindex"]).stdout).trim().to_string()
+    pub fn ifindex(&self) -> u32 {
+        self.ns.ifindex("eth0")
     }
 
     /// Pings `to` `count` times; true if every reply came back.

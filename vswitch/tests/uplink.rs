@@ -62,7 +62,7 @@ fn pods_and_a_vpc_host_reach_each_other_over_the_uplink() {
     // it reports what the kernel dropped under rx_overflow.
     let pid = nix::unistd::Pid::from_raw(daemon.child.as_ref().unwrap().id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
-    let vm_nic: u32 = String::from_utf8_lossy(&vm.exec(&["cat", "/sys/class/net/eth0/ifindex"]).stdout).trim().parse().unwrap();
+    let vm_nic = vm.ifindex("eth0");
     let sender = vswitch::port::netns::run_in(Some(&vm.path()), || vswitch::port::packet::PacketSocket::open_sender(vm_nic)).unwrap();
     send_frames(&sender, 30_000);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
@@ -87,10 +87,7 @@ fn the_uplink_socket_reports_what_the_kernel_dropped() {
     for dev in ["nic", "wire"] {
         ns.ip(&["link", "set", dev, "up"]);
     }
-    let ifindex = |dev: &str| -> u32 {
-        String::from_utf8_lossy(&ns.exec(&["cat", &format!("/sys/class/net/{dev}/ifindex")]).stdout).trim().parse().unwrap()
-    };
-    let (nic, wire) = (ifindex("nic"), ifindex("wire"));
+    let (nic, wire) = (ns.ifindex("nic"), ns.ifindex("wire"));
     let (uplink, sender) =
         run_in(Some(&ns.path()), || Ok((PacketSocket::open_queue(nic, 7)?, PacketSocket::open_sender(wire)?))).unwrap();
     // Into the uplink, which nobody reads, more than its 16 MiB receive buffer holds.

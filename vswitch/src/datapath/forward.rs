@@ -51,6 +51,11 @@ impl Forwarder {
         }
     }
 
+    /// This worker's counters.
+    pub fn stats(&self) -> &WorkerStats {
+        &self.stats
+    }
+
     /// Reads up to a batch from `queue` (port `port`) and forwards it; true if the queue may
     /// hold more.
     pub fn forward_batch(&mut self, snapshot: &Snapshot, port: PortId, queue: &dyn PortQueue) -> bool {
@@ -111,11 +116,7 @@ impl Forwarder {
                 // snapshot holds; both outlive the submission below, which completes every write
                 // before the buffers are read into again.
                 (Some(ring), Some(fd)) => unsafe { ring.stage(fd, &buf[..len], out_port) },
-                _ => match out.send(&buf[..len]) {
-                    Ok(()) => self.stats.tx(out_port, len),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.stats.dropped(DropReason::TxQueueFull),
-                    Err(_) => self.stats.dropped(DropReason::TxError),
-                },
+                _ => self.stats.sent(out_port, len, &out.send(&buf[..len])),
             }
         }
         if let Some(ring) = self.tx_ring.as_mut() {

@@ -71,6 +71,17 @@ impl WorkerStats {
         bump(&c.rx_bytes, bytes as u64);
     }
 
+    /// Counts a write of `bytes` to `port` by its outcome: sent, dropped for a full queue
+    /// (EAGAIN), or failed.
+    #[inline(always)]
+    pub fn sent(&self, port: PortId, bytes: usize, outcome: &std::io::Result<()>) {
+        match outcome {
+            Ok(()) => self.tx(port, bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.dropped(DropReason::TxQueueFull),
+            Err(_) => self.dropped(DropReason::TxError),
+        }
+    }
+
     #[inline(always)]
     pub fn tx(&self, port: PortId, bytes: usize) {
         let c = &self.ports[port as usize];

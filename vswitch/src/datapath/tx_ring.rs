@@ -76,11 +76,11 @@ impl TxRing {
         }
         for completion in self.ring.completion() {
             let (port, len) = self.staged[completion.user_data() as usize];
-            match completion.result() {
-                n if n >= 0 => stats.tx(port, len),
-                n if -n == libc::EAGAIN => stats.dropped(DropReason::TxQueueFull),
-                _ => stats.dropped(DropReason::TxError),
-            }
+            let outcome = match completion.result() {
+                n if n >= 0 => Ok(()),
+                n => Err(io::Error::from_raw_os_error(-n)),
+            };
+            stats.sent(port, len, &outcome);
         }
         self.staged.clear();
         Ok(())

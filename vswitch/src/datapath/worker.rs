@@ -27,7 +27,6 @@ struct Worker {
     /// What this worker has registered: port -> (fd, the queue, kept alive until deregistered).
     registered: HashMap<PortId, (RawFd, Arc<dyn PortQueue>)>,
     generation: u64,
-    stats: Arc<WorkerStats>,
     kernel_drops_read: Instant,
 }
 
@@ -40,7 +39,7 @@ pub fn spawn_worker(
 ) -> io::Result<(Arc<Waker>, std::thread::JoinHandle<()>)> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
-    let forwarder = Forwarder::new(index, stats.clone(), Pipeline::new(icmp), datapath.slow_path.clone());
+    let forwarder = Forwarder::new(index, stats, Pipeline::new(icmp), datapath.slow_path.clone());
     let mut worker = Worker {
         index,
         datapath,
@@ -48,7 +47,6 @@ pub fn spawn_worker(
         poll,
         registered: HashMap::new(),
         generation: u64::MAX,
-        stats,
         kernel_drops_read: Instant::now(),
     };
     let handle = std::thread::Builder::new().name(format!("vsw-worker-{index}")).spawn(move || worker.run())?;
@@ -99,7 +97,7 @@ impl Worker {
         for (_, queue) in self.registered.values() {
             let dropped = queue.take_kernel_drops();
             if dropped > 0 {
-                self.stats.dropped_many(DropReason::RxOverflow, dropped);
+                self.forwarder.stats().dropped_many(DropReason::RxOverflow, dropped);
             }
         }
     }
