@@ -53,7 +53,14 @@ fn switch(routes: &[(Ipv4Prefix, u32)]) -> (ForwardingState, Fib<Ipv4Addr>) {
         Some(Adjacency { port: B, src_mac: GW_MAC, next_hop: NextHop::Mac(B_MAC), mtu: 1500 }),
         Some(Adjacency { port: UPLINK, src_mac: GW_MAC, next_hop: NextHop::Mac(ROUTER_MAC), mtu: 1500 }),
     ];
-    let state = ForwardingState { gateway_ip: GW_IP, gateway_mac: GW_MAC, ports, adjacencies, fib: fib.reader(), neighbors: Default::default() };
+    let state = ForwardingState {
+        gateway_ip: GW_IP,
+        gateway_mac: GW_MAC,
+        ports,
+        adjacencies,
+        fib: fib.reader(),
+        neighbors: Default::default(),
+    };
     (state, fib)
 }
 
@@ -61,7 +68,11 @@ fn switch(routes: &[(Ipv4Prefix, u32)]) -> (ForwardingState, Fib<Ipv4Addr>) {
 fn udp64(dst: Ipv4Addr) -> Vec<u8> {
     let mut buf = vec![0u8; vnet::LEN];
     VnetHeader::default().write(&mut buf);
-    PacketBuilder::ethernet2(A_MAC.0, GW_MAC.0).ipv4(A_IP.octets(), dst.octets(), 64).udp(10_000, 9).write(&mut buf, &[0x5a; 18]).unwrap();
+    PacketBuilder::ethernet2(A_MAC.0, GW_MAC.0)
+        .ipv4(A_IP.octets(), dst.octets(), 64)
+        .udp(10_000, 9)
+        .write(&mut buf, &[0x5a; 18])
+        .unwrap();
     buf
 }
 
@@ -165,7 +176,11 @@ fn pipeline(c: &mut Criterion) {
     let routes: Vec<(Ipv4Prefix, u32)> = set.v4.iter().filter(|(p, _)| p.len() > 0).cloned().collect();
     let (full, _fib) = switch(&routes);
     // Destinations inside announced prefixes, none of them the pods'.
-    let templates: Vec<Vec<u8>> = compare::addresses_in_prefixes(&routes, 4096, 7).into_iter().filter(|a| *a != A_IP && *a != B_IP).map(udp64).collect();
+    let templates: Vec<Vec<u8>> = compare::addresses_in_prefixes(&routes, 4096, 7)
+        .into_iter()
+        .filter(|a| *a != A_IP && *a != B_IP)
+        .map(udp64)
+        .collect();
     bench_pipeline(c, "pod_to_uplink_full_fib_udp64", &full, &templates, UPLINK);
 }
 

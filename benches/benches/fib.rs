@@ -31,7 +31,12 @@ fn lookups<A: ToIpnet + Into<IpAddr>>(c: &mut Criterion, family: &str, routes: &
     }
 }
 
-fn updates<A: ToIpnet>(c: &mut Criterion, family: &str, routes: &[(Prefix<A>, u32)], trace: &[(Prefix<A>, Option<u32>)]) {
+fn updates<A: ToIpnet>(
+    c: &mut Criterion,
+    family: &str,
+    routes: &[(Prefix<A>, u32)],
+    trace: &[(Prefix<A>, Option<u32>)],
+) {
     let trace = &trace[..trace.len().min(100_000)];
     let mut group = c.benchmark_group(format!("{family}_updates"));
     group.sample_size(10);

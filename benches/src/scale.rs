@@ -39,7 +39,14 @@ fn measure_into(t: &Topology, seconds: u32, flows: u16, into: &mut Sample) {
 }
 
 /// Runs the comparison: `pods` pods in all (at least 2), `reps` alternating repetitions.
-pub fn run(pods: usize, reps: usize, seconds: u32, workers: usize, flows: u16, mut progress: impl FnMut(&str)) -> ScaleReport {
+pub fn run(
+    pods: usize,
+    reps: usize,
+    seconds: u32,
+    workers: usize,
+    flows: u16,
+    mut progress: impl FnMut(&str),
+) -> ScaleReport {
     let extra = pods.max(2) - 2;
     progress("vswitchd with 2 pods");
     let small_topology = vswitchd_with_pods(workers, 0);
@@ -49,8 +56,16 @@ pub fn run(pods: usize, reps: usize, seconds: u32, workers: usize, flows: u16, m
         let _ = try_run(&["ip", "netns", "exec", &t.a, "ping", "-c", "2", "-i", "0.2", "-W", "1", &B.to_string()]);
     }
     // A sample of the idle pods, first to last.
-    let idle: Vec<&String> = large_topology.idle_pods.iter().step_by((extra / 8).max(1)).chain(large_topology.idle_pods.last()).collect();
-    let answered = idle.iter().filter(|ip| try_run(&["ip", "netns", "exec", &large_topology.a, "ping", "-c", "2", "-i", "0.2", "-W", "1", ip.as_str()]).status.success()).count();
+    let idle: Vec<&String> =
+        large_topology.idle_pods.iter().step_by((extra / 8).max(1)).chain(large_topology.idle_pods.last()).collect();
+    let answered = idle
+        .iter()
+        .filter(|ip| {
+            try_run(&["ip", "netns", "exec", &large_topology.a, "ping", "-c", "2", "-i", "0.2", "-W", "1", ip.as_str()])
+                .status
+                .success()
+        })
+        .count();
     let (mut small, mut large) = (Sample::default(), Sample::default());
     for rep in 0..reps {
         progress(&format!("repetition {}/{reps}", rep + 1));
@@ -61,10 +76,12 @@ pub fn run(pods: usize, reps: usize, seconds: u32, workers: usize, flows: u16, m
 }
 
 pub fn to_json(r: &ScaleReport) -> Value {
-    let sample = |s: &Sample| json!({
-        "udp64_pps": median(&s.udp64_pps), "tcp_1_gbps": median(&s.tcp_1_gbps), "rss_bytes": median(&s.rss_bytes),
-        "samples": {"udp64_pps": s.udp64_pps, "tcp_1_gbps": s.tcp_1_gbps, "rss_bytes": s.rss_bytes},
-    });
+    let sample = |s: &Sample| {
+        json!({
+            "udp64_pps": median(&s.udp64_pps), "tcp_1_gbps": median(&s.tcp_1_gbps), "rss_bytes": median(&s.rss_bytes),
+            "samples": {"udp64_pps": s.udp64_pps, "tcp_1_gbps": s.tcp_1_gbps, "rss_bytes": s.rss_bytes},
+        })
+    };
     json!({
         "pods": r.pods, "two_pods": sample(&r.small), "many_pods": sample(&r.large),
         "udp64_ratio": median(&r.large.udp64_pps) / median(&r.small.udp64_pps),
@@ -77,7 +94,12 @@ pub fn table(r: &ScaleReport) -> String {
     let mib = |s: &Sample| median(&s.rss_bytes) / (1024.0 * 1024.0);
     let mut out = format!("{:<12} {:>14} {:>16} {:>16}\n", "pods", "UDP 64B Mpps", "TCP x1 Gbit/s", "vswitchd RSS MiB");
     for (label, s) in [("2".to_string(), &r.small), (r.pods.to_string(), &r.large)] {
-        out.push_str(&format!("{label:<12} {:>14.3} {:>16.2} {:>16.1}\n", median(&s.udp64_pps) / 1e6, median(&s.tcp_1_gbps), mib(s)));
+        out.push_str(&format!(
+            "{label:<12} {:>14.3} {:>16.2} {:>16.1}\n",
+            median(&s.udp64_pps) / 1e6,
+            median(&s.tcp_1_gbps),
+            mib(s)
+        ));
     }
     out.push_str(&format!(
         "{} pods / 2 pods: UDP 64B {:.2}x, TCP {:.2}x; idle pods answering ping: {}/{}\nRSS with {} pods: {:.1} MiB (target <= 64 MiB: {})\n",

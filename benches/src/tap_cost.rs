@@ -42,7 +42,15 @@ pub fn run(seconds: f64) -> io::Result<TapCost> {
     let queue = TapQueue::open("eth0", Some(&pod.ns.path()), Attach::Existing).map_err(io::Error::other)?;
     let gateway: MacAddr = vpc_lab::netns::GATEWAY_MAC.parse().map_err(io::Error::other)?;
     let ifindex = pod.ifindex() as i32;
-    let inbound = Target { dev: "eth0".into(), ifindex, src_mac: gateway, dst_mac: pod.mac.parse().map_err(io::Error::other)?, src_ip: Ipv4Addr::new(10, 78, 9, 9), dst_ip: pod.ip, dst_port: PORT };
+    let inbound = Target {
+        dev: "eth0".into(),
+        ifindex,
+        src_mac: gateway,
+        dst_mac: pod.mac.parse().map_err(io::Error::other)?,
+        src_ip: Ipv4Addr::new(10, 78, 9, 9),
+        dst_ip: pod.ip,
+        dst_port: PORT,
+    };
     let mut frame = vec![0u8; vnet::LEN];
     frame.extend_from_slice(&inbound.frames(1)[0]);
 
@@ -58,7 +66,13 @@ pub fn run(seconds: f64) -> io::Result<TapCost> {
     let write_ns = start.elapsed().as_nanos() as f64 / writes as f64;
 
     // Reads: the pod sends a burst (untimed), vswitchd reads it back (timed).
-    let outbound = Target { src_mac: inbound.dst_mac, dst_mac: gateway, src_ip: pod.ip, dst_ip: Ipv4Addr::new(10, 78, 9, 9), ..inbound };
+    let outbound = Target {
+        src_mac: inbound.dst_mac,
+        dst_mac: gateway,
+        src_ip: pod.ip,
+        dst_ip: Ipv4Addr::new(10, 78, 9, 9),
+        ..inbound
+    };
     let burst = vec![outbound.frames(1)[0]; BURST];
     let sender = run_in(Some(&pod.ns.path()), || RawSender::open(ifindex))?;
     let mut buf = vec![0u8; 2048];

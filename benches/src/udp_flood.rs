@@ -38,7 +38,11 @@ pub struct Target {
 fn ip_json(args: &[&str]) -> io::Result<Value> {
     let out = Command::new("ip").arg("-j").args(args).output()?;
     if !out.status.success() {
-        return Err(io::Error::other(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())));
+        return Err(io::Error::other(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
     serde_json::from_slice(&out.stdout).map_err(io::Error::other)
 }
@@ -53,12 +57,30 @@ fn parse_mac(text: &str) -> io::Result<MacAddr> {
 /// is being measured.
 pub fn drop_at_receiver(netns: &str, dst_port: u16) -> io::Result<()> {
     let out = Command::new("ip")
-        .args(["netns", "exec", netns, "iptables", "-t", "raw", "-A", "PREROUTING", "-p", "udp", "--dport", &dst_port.to_string(), "-j", "DROP"])
+        .args([
+            "netns",
+            "exec",
+            netns,
+            "iptables",
+            "-t",
+            "raw",
+            "-A",
+            "PREROUTING",
+            "-p",
+            "udp",
+            "--dport",
+            &dst_port.to_string(),
+            "-j",
+            "DROP",
+        ])
         .output()?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(io::Error::other(format!("cannot install the drop rule in {netns}: {}", String::from_utf8_lossy(&out.stderr).trim())))
+        Err(io::Error::other(format!(
+            "cannot install the drop rule in {netns}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
     }
 }
 
@@ -69,18 +91,31 @@ impl Target {
         let route = ip_json(&["route", "get", &dst_ip.to_string()])?;
         let route = &route[0];
         let dev = route["dev"].as_str().ok_or_else(|| io::Error::other("route without a device"))?.to_string();
-        let src_ip: Ipv4Addr = route["prefsrc"].as_str().and_then(|s| s.parse().ok()).ok_or_else(|| io::Error::other("route without a source"))?;
+        let src_ip: Ipv4Addr = route["prefsrc"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| io::Error::other("route without a source"))?;
         let next_hop = route["gateway"].as_str().unwrap_or(&dst_ip.to_string()).to_string();
         let neighbours = ip_json(&["neigh", "show", "dev", &dev])?;
         let dst_mac = neighbours
             .as_array()
             .and_then(|n| n.iter().find(|e| e["dst"] == next_hop.as_str()))
             .and_then(|e| e["lladdr"].as_str())
-            .ok_or_else(|| io::Error::other(format!("{next_hop} is not in the neighbour table of {dev}: ping it first")))?;
+            .ok_or_else(|| {
+                io::Error::other(format!("{next_hop} is not in the neighbour table of {dev}: ping it first"))
+            })?;
         let link = ip_json(&["link", "show", "dev", &dev])?;
         let src_mac = link[0]["address"].as_str().ok_or_else(|| io::Error::other("device without a MAC"))?;
         let ifindex = link[0]["ifindex"].as_i64().ok_or_else(|| io::Error::other("device without an index"))? as i32;
-        Ok(Target { dev, ifindex, src_mac: parse_mac(src_mac)?, dst_mac: parse_mac(dst_mac)?, src_ip, dst_ip, dst_port })
+        Ok(Target {
+            dev,
+            ifindex,
+            src_mac: parse_mac(src_mac)?,
+            dst_mac: parse_mac(dst_mac)?,
+            src_ip,
+            dst_ip,
+            dst_port,
+        })
     }
 
     /// One frame per flow, flows differing by UDP source port.
@@ -126,7 +161,15 @@ impl RawSender {
         let socket = unsafe { OwnedFd::from_raw_fd(fd) };
         let one: libc::c_int = 1;
         // SAFETY: the option value is a c_int that outlives the call.
-        let rc = unsafe { libc::setsockopt(fd, libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, (&one as *const libc::c_int).cast(), size_of::<libc::c_int>() as u32) };
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_PACKET,
+                libc::PACKET_QDISC_BYPASS,
+                (&one as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as u32,
+            )
+        };
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }
@@ -135,7 +178,9 @@ impl RawSender {
         address.sll_family = libc::AF_PACKET as u16;
         address.sll_ifindex = ifindex;
         // SAFETY: address is a sockaddr_ll of the size passed.
-        let rc = unsafe { libc::bind(fd, (&address as *const libc::sockaddr_ll).cast(), size_of::<libc::sockaddr_ll>() as u32) };
+        let rc = unsafe {
+            libc::bind(fd, (&address as *const libc::sockaddr_ll).cast(), size_of::<libc::sockaddr_ll>() as u32)
+        };
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }

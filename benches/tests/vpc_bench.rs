@@ -9,7 +9,9 @@ use vpc_lab::netns::{binary, require_root, TempDir};
 fn vpc_bench(args: &[&str]) -> Value {
     let out = Command::new(binary("vpc-bench")).args(args).output().expect("run vpc-bench");
     assert!(out.status.success(), "vpc-bench {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("vpc-bench {args:?} printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("vpc-bench {args:?} printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+    })
 }
 
 fn positive(v: &Value, what: &str) -> f64 {
@@ -23,7 +25,20 @@ fn e2e_measures_every_figure_for_the_bridge_and_vswitchd() {
     require_root();
     let dir = TempDir::new();
     let out = dir.0.join("report");
-    let report = vpc_bench(&["e2e", "--reps", "1", "--seconds", "1", "--round-trips", "500", "--paths", "linux_bridge,vswitchd", "--out", out.to_str().unwrap(), "--json"]);
+    let report = vpc_bench(&[
+        "e2e",
+        "--reps",
+        "1",
+        "--seconds",
+        "1",
+        "--round-trips",
+        "500",
+        "--paths",
+        "linux_bridge,vswitchd",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
     for path in ["linux_bridge", "vswitchd"] {
         let p = &report["paths"][path];
         for metric in ["tcp_1_gbps", "tcp_4_gbps", "udp64_pps", "rr_p50_us", "rr_p99_us"] {
@@ -65,9 +80,14 @@ fn scale_attaches_pods_through_the_plugin_and_forwards_to_them() {
 
 #[test]
 fn a_bad_path_name_is_refused_clearly() {
-    let out = Command::new(binary("vpc-bench")).args(["e2e", "--paths", "veth,nonsense"]).output().expect("run vpc-bench");
+    let out =
+        Command::new(binary("vpc-bench")).args(["e2e", "--paths", "veth,nonsense"]).output().expect("run vpc-bench");
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown path \"nonsense\""), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown path \"nonsense\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

@@ -64,11 +64,19 @@ impl Ipam {
     fn with_state<T>(&self, f: impl FnOnce(&mut State) -> Result<(T, bool), IpamError>) -> Result<T, IpamError> {
         std::fs::create_dir_all(&self.dir).map_err(self.io(&self.dir))?;
         let lock_path = self.dir.join("lock");
-        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(self.io(&lock_path))?;
-        let _guard = Flock::lock(lock, FlockArg::LockExclusive).map_err(|(_, e)| IpamError::Io { path: lock_path.clone(), source: e.into() })?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(self.io(&lock_path))?;
+        let _guard = Flock::lock(lock, FlockArg::LockExclusive)
+            .map_err(|(_, e)| IpamError::Io { path: lock_path.clone(), source: e.into() })?;
         let path = self.dir.join("state.json");
         let mut state = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| IpamError::Corrupt { path: path.clone(), source })?,
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|source| IpamError::Corrupt { path: path.clone(), source })?
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
             Err(e) => return Err(IpamError::Io { path, source: e }),
         };
@@ -151,8 +159,13 @@ mod tests {
 
     fn fresh(delay: u64) -> (Ipam, PathBuf) {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!("vpc-ipam-{}-{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
-        let ranges = vec![RangeConf { range_start: "10.0.0.1".parse().unwrap(), range_end: "10.0.0.3".parse().unwrap() }];
+        let dir = std::env::temp_dir().join(format!(
+            "vpc-ipam-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let ranges =
+            vec![RangeConf { range_start: "10.0.0.1".parse().unwrap(), range_end: "10.0.0.3".parse().unwrap() }];
         (Ipam::new(&dir, ranges, Duration::from_secs(delay)), dir)
     }
 
@@ -195,12 +208,20 @@ mod tests {
     #[test]
     fn concurrent_allocations_never_collide() {
         let (ipam, dir) = fresh(120);
-        let ipam = Ipam { ranges: vec![RangeConf { range_start: "10.0.1.0".parse().unwrap(), range_end: "10.0.1.255".parse().unwrap() }], ..ipam };
+        let ipam = Ipam {
+            ranges: vec![RangeConf {
+                range_start: "10.0.1.0".parse().unwrap(),
+                range_end: "10.0.1.255".parse().unwrap(),
+            }],
+            ..ipam
+        };
         let got: Vec<Ipv4Addr> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..8)
                 .map(|t| {
                     let ipam = ipam.clone();
-                    s.spawn(move || (0..25).map(|i| ipam.allocate(&owner(&format!("{t}-{i}"))).unwrap()).collect::<Vec<_>>())
+                    s.spawn(move || {
+                        (0..25).map(|i| ipam.allocate(&owner(&format!("{t}-{i}"))).unwrap()).collect::<Vec<_>>()
+                    })
                 })
                 .collect();
             handles.into_iter().flat_map(|h| h.join().unwrap()).collect()

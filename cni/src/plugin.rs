@@ -20,7 +20,9 @@ impl From<IpamError> for CniError {
     fn from(e: IpamError) -> Self {
         match e {
             IpamError::Exhausted(_) => CniError::with_details(Code::PoolExhausted, "no free address", e),
-            IpamError::Io { .. } | IpamError::Corrupt { .. } => CniError::with_details(Code::IoFailure, "IPAM state", e),
+            IpamError::Io { .. } | IpamError::Corrupt { .. } => {
+                CniError::with_details(Code::IoFailure, "IPAM state", e)
+            }
         }
     }
 }
@@ -28,7 +30,9 @@ impl From<IpamError> for CniError {
 impl From<ClientError> for CniError {
     fn from(e: ClientError) -> Self {
         match e {
-            ClientError::Unreachable { .. } => CniError::with_details(Code::TryAgainLater, "vswitchd is unreachable", e),
+            ClientError::Unreachable { .. } => {
+                CniError::with_details(Code::TryAgainLater, "vswitchd is unreachable", e)
+            }
             ClientError::Refused(_) => CniError::with_details(Code::SwitchRefused, "vswitchd refused the request", e),
         }
     }
@@ -59,7 +63,11 @@ pub struct Plugin {
 
 impl Plugin {
     fn ipam(&self) -> Ipam {
-        Ipam::new(&self.conf.ipam_dir(), self.conf.ipam.ranges.clone(), Duration::from_secs(self.conf.ipam.reuse_delay_seconds))
+        Ipam::new(
+            &self.conf.ipam_dir(),
+            self.conf.ipam.ranges.clone(),
+            Duration::from_secs(self.conf.ipam.reuse_delay_seconds),
+        )
     }
 
     fn vswitch(&self) -> Vswitch<'_> {
@@ -92,7 +100,11 @@ impl Plugin {
         let owner = self.owner();
         let netns = self.netns();
         if !netns.exists() {
-            return Err(CniError::with_details(Code::UnknownContainer, "network namespace does not exist", netns.display()));
+            return Err(CniError::with_details(
+                Code::UnknownContainer,
+                "network namespace does not exist",
+                netns.display(),
+            ));
         }
         // Fail before touching anything when the switch is down: the runtime retries later.
         self.vswitch().status()?;
@@ -164,19 +176,38 @@ impl Plugin {
 
     pub fn check(&self) -> Result<(), CniError> {
         let owner = self.owner();
-        let prev = self.conf.prev_result.as_ref().ok_or_else(|| CniError::new(Code::InvalidConfig, "CHECK needs prevResult"))?;
-        let expected: Option<Ipv4Addr> = prev["ips"][0]["address"].as_str().and_then(|a| a.split('/').next()).and_then(|a| a.parse().ok());
-        let ip = self.ipam().lookup(&owner)?.ok_or_else(|| CniError::new(Code::UnknownContainer, "no address is reserved for this container"))?;
+        let prev = self
+            .conf
+            .prev_result
+            .as_ref()
+            .ok_or_else(|| CniError::new(Code::InvalidConfig, "CHECK needs prevResult"))?;
+        let expected: Option<Ipv4Addr> =
+            prev["ips"][0]["address"].as_str().and_then(|a| a.split('/').next()).and_then(|a| a.parse().ok());
+        let ip = self
+            .ipam()
+            .lookup(&owner)?
+            .ok_or_else(|| CniError::new(Code::UnknownContainer, "no address is reserved for this container"))?;
         if expected != Some(ip) {
-            return Err(CniError::with_details(Code::InvalidConfig, "prevResult's address is not the reserved one", format!("{expected:?} vs {ip}")));
+            return Err(CniError::with_details(
+                Code::InvalidConfig,
+                "prevResult's address is not the reserved one",
+                format!("{expected:?} vs {ip}"),
+            ));
         }
         podnet::check(&self.netns(), self.interface(&owner, ip))?;
         let name = port_name(&owner);
         let ports = self.vswitch().ports()?;
-        let port = ports.iter().find(|p| p.name == name).ok_or_else(|| CniError::new(Code::SwitchRefused, format!("vswitchd has no port {name}")))?;
-        let matches = matches!(port.role, vswitch::state::PortRole::Pod { ip: pip, mac } if pip == ip && mac == pod_mac(ip));
+        let port = ports
+            .iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| CniError::new(Code::SwitchRefused, format!("vswitchd has no port {name}")))?;
+        let matches =
+            matches!(port.role, vswitch::state::PortRole::Pod { ip: pip, mac } if pip == ip && mac == pod_mac(ip));
         if !matches {
-            return Err(CniError::new(Code::SwitchRefused, format!("vswitchd's port {name} has another address or MAC")));
+            return Err(CniError::new(
+                Code::SwitchRefused,
+                format!("vswitchd's port {name} has another address or MAC"),
+            ));
         }
         Ok(())
     }
@@ -198,7 +229,9 @@ impl Plugin {
 
     /// Ready for ADDs: vswitchd answers and the pool has an address.
     pub fn status(&self) -> Result<(), CniError> {
-        self.vswitch().status().map_err(|e| CniError::with_details(Code::NotAvailable, "vswitchd is unreachable", e))?;
+        self.vswitch()
+            .status()
+            .map_err(|e| CniError::with_details(Code::NotAvailable, "vswitchd is unreachable", e))?;
         if self.ipam().free()? == 0 {
             return Err(CniError::new(Code::NotAvailable, "the address pool is empty"));
         }

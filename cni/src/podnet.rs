@@ -54,7 +54,9 @@ pub fn create(ns: &Path, pod: PodInterface<'_>) -> Result<(), PodNetError> {
         // Already inside the namespace. The queue is closed again at once: the device persists,
         // and vswitchd attaches its own.
         TapQueue::open(pod.ifname, None, Attach::CreatePersistent)?;
-        let index = link_index(&handle, pod.ifname).await?.ok_or_else(|| PodNetError::Check(format!("{} vanished", pod.ifname)))?;
+        let index = link_index(&handle, pod.ifname)
+            .await?
+            .ok_or_else(|| PodNetError::Check(format!("{} vanished", pod.ifname)))?;
         hostnet::set_noqueue(&handle, index).await?;
         handle
             .link()
@@ -93,7 +95,9 @@ pub fn check(ns: &Path, pod: PodInterface<'_>) -> Result<(), PodNetError> {
         return fail(format!("network namespace {} is gone", ns.display()));
     }
     in_netns(ns, move |handle: Handle| async move {
-        let Some(link) = handle.link().get().match_name(pod.ifname.to_string()).execute().try_next().await.ok().flatten() else {
+        let Some(link) =
+            handle.link().get().match_name(pod.ifname.to_string()).execute().try_next().await.ok().flatten()
+        else {
             return fail(format!("{} does not exist", pod.ifname));
         };
         let index = link.header.index;
@@ -109,15 +113,21 @@ pub fn check(ns: &Path, pod: PodInterface<'_>) -> Result<(), PodNetError> {
         }
         let addresses: Vec<_> = handle.address().get().set_link_index_filter(index).execute().try_collect().await?;
         let has_ip = addresses.iter().any(|a| {
-            a.header.prefix_len == 32 && a.attributes.iter().any(|attr| matches!(attr, AddressAttribute::Address(IpAddr::V4(ip)) if *ip == pod.ip))
+            a.header.prefix_len == 32
+                && a.attributes
+                    .iter()
+                    .any(|attr| matches!(attr, AddressAttribute::Address(IpAddr::V4(ip)) if *ip == pod.ip))
         });
         if !has_ip {
             return fail(format!("{} does not have {}/32", pod.ifname, pod.ip));
         }
-        let routes: Vec<_> = handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute().try_collect().await?;
+        let routes: Vec<_> =
+            handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute().try_collect().await?;
         let default_via_gateway = routes.iter().any(|r| {
             r.header.destination_prefix_length == 0
-                && r.attributes.iter().any(|a| matches!(a, RouteAttribute::Gateway(RouteAddress::Inet(gw)) if *gw == pod.gateway))
+                && r.attributes
+                    .iter()
+                    .any(|a| matches!(a, RouteAttribute::Gateway(RouteAddress::Inet(gw)) if *gw == pod.gateway))
                 && r.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index))
         });
         if !default_via_gateway {

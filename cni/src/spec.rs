@@ -96,9 +96,9 @@ impl CniArgs {
     pub fn parse(raw: &str) -> Result<CniArgs, CniError> {
         let mut pairs = BTreeMap::new();
         for part in raw.split(';').filter(|p| !p.is_empty()) {
-            let (k, v) = part
-                .split_once('=')
-                .ok_or_else(|| CniError::with_details(Code::InvalidEnvironment, "CNI_ARGS must be K=V pairs separated by ';'", part))?;
+            let (k, v) = part.split_once('=').ok_or_else(|| {
+                CniError::with_details(Code::InvalidEnvironment, "CNI_ARGS must be K=V pairs separated by ';'", part)
+            })?;
             pairs.insert(k.to_string(), v.to_string());
         }
         let ignore_unknown = pairs.get("IgnoreUnknown").is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
@@ -111,7 +111,13 @@ impl CniArgs {
                 "K8S_POD_UID" => args.pod_uid = Some(v),
                 "K8S_POD_INFRA_CONTAINER_ID" => args.infra_container_id = Some(v),
                 _ if ignore_unknown => {}
-                _ => return Err(CniError::with_details(Code::InvalidEnvironment, "unknown CNI_ARGS key (set IgnoreUnknown=1 to allow)", k)),
+                _ => {
+                    return Err(CniError::with_details(
+                        Code::InvalidEnvironment,
+                        "unknown CNI_ARGS key (set IgnoreUnknown=1 to allow)",
+                        k,
+                    ))
+                }
             }
         }
         Ok(args)
@@ -121,7 +127,8 @@ impl CniArgs {
 impl Environment {
     /// Reads and checks the environment for the command it names.
     pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Environment, CniError> {
-        let missing = |name: &str| CniError::new(Code::InvalidEnvironment, format!("{name} is required for this command"));
+        let missing =
+            |name: &str| CniError::new(Code::InvalidEnvironment, format!("{name} is required for this command"));
         let command = match get("CNI_COMMAND").as_deref() {
             Some("ADD") => Command::Add,
             Some("DEL") => Command::Del,
@@ -153,13 +160,26 @@ impl Environment {
             }
         }
         if let Some(ifname) = &env.ifname {
-            if ifname.len() > 15 || ifname.contains('/') || ifname.contains(char::is_whitespace) || ifname == "." || ifname == ".." {
-                return Err(CniError::with_details(Code::InvalidEnvironment, "CNI_IFNAME is not a valid interface name", ifname));
+            if ifname.len() > 15
+                || ifname.contains('/')
+                || ifname.contains(char::is_whitespace)
+                || ifname == "."
+                || ifname == ".."
+            {
+                return Err(CniError::with_details(
+                    Code::InvalidEnvironment,
+                    "CNI_IFNAME is not a valid interface name",
+                    ifname,
+                ));
             }
         }
         if let Some(id) = &env.container_id {
             if !id.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) {
-                return Err(CniError::with_details(Code::InvalidEnvironment, "CNI_CONTAINERID has characters outside [A-Za-z0-9_.-]", id));
+                return Err(CniError::with_details(
+                    Code::InvalidEnvironment,
+                    "CNI_CONTAINERID has characters outside [A-Za-z0-9_.-]",
+                    id,
+                ));
             }
         }
         Ok(env)
@@ -245,8 +265,8 @@ fn default_reuse_delay() -> u64 {
 impl NetConf {
     /// Parses stdin: undecodable is code 6, a bad version 1, a bad field 7.
     pub fn parse(bytes: &[u8]) -> Result<NetConf, CniError> {
-        let value: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|e| CniError::with_details(Code::DecodeFailure, "network configuration is not JSON", e))?;
+        let value: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|e| CniError::with_details(Code::DecodeFailure, "network configuration is not JSON", e))?;
         if let Some(v) = value.get("cniVersion").and_then(|v| v.as_str()) {
             if !SUPPORTED_VERSIONS.contains(&v) {
                 return Err(CniError::with_details(
@@ -256,7 +276,8 @@ impl NetConf {
                 ));
             }
         }
-        let conf: NetConf = serde_json::from_value(value).map_err(|e| CniError::with_details(Code::InvalidConfig, "invalid network configuration", e))?;
+        let conf: NetConf = serde_json::from_value(value)
+            .map_err(|e| CniError::with_details(Code::InvalidConfig, "invalid network configuration", e))?;
         conf.validate()?;
         Ok(conf)
     }
@@ -284,7 +305,8 @@ impl NetConf {
             }
         }
         if let Some(mac) = &self.gateway_mac {
-            mac.parse::<vswitch::wire::MacAddr>().map_err(|e| CniError::with_details(Code::InvalidConfig, "gatewayMac", e))?;
+            mac.parse::<vswitch::wire::MacAddr>()
+                .map_err(|e| CniError::with_details(Code::InvalidConfig, "gatewayMac", e))?;
         }
         Ok(())
     }
@@ -304,7 +326,8 @@ impl NetConf {
 
 /// The ADD result, in the shape of the configuration's `cniVersion`.
 pub fn add_result(conf: &NetConf, ifname: &str, mac: &str, sandbox: &str, ip: Ipv4Addr) -> serde_json::Value {
-    let mut ip_entry = serde_json::json!({"address": format!("{ip}/32"), "gateway": conf.gateway.to_string(), "interface": 0});
+    let mut ip_entry =
+        serde_json::json!({"address": format!("{ip}/32"), "gateway": conf.gateway.to_string(), "interface": 0});
     if conf.cni_version == "0.4.0" {
         ip_entry["version"] = serde_json::json!("4");
     }
@@ -334,14 +357,21 @@ mod tests {
 
     #[test]
     fn each_command_needs_its_variables() {
-        let full = [("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "abc"), ("CNI_NETNS", "/run/netns/x"), ("CNI_IFNAME", "eth0"), ("CNI_PATH", "/opt/cni/bin")];
+        let full = [
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "abc"),
+            ("CNI_NETNS", "/run/netns/x"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/opt/cni/bin"),
+        ];
         assert!(env(&full).is_ok());
         for skip in 1..full.len() {
             let partial: Vec<_> = full.iter().enumerate().filter(|(i, _)| *i != skip).map(|(_, p)| *p).collect();
             assert_eq!(env(&partial).unwrap_err().code, Code::InvalidEnvironment, "without {}", full[skip].0);
         }
         // DEL works without the namespace.
-        assert!(env(&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "abc"), ("CNI_IFNAME", "eth0"), ("CNI_PATH", "/x")]).is_ok());
+        assert!(env(&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "abc"), ("CNI_IFNAME", "eth0"), ("CNI_PATH", "/x")])
+            .is_ok());
         assert!(env(&[("CNI_COMMAND", "VERSION")]).is_ok());
         assert_eq!(env(&[("CNI_COMMAND", "FROB")]).unwrap_err().code, Code::InvalidEnvironment);
         assert_eq!(env(&[]).unwrap_err().code, Code::InvalidEnvironment);
@@ -364,10 +394,19 @@ mod tests {
         let good = r#"{"cniVersion":"1.1.0","name":"vpc","type":"vpc-cni","ipam":{"ranges":[{"rangeStart":"10.10.40.10","rangeEnd":"10.10.40.20"}]}}"#;
         assert!(NetConf::parse(good.as_bytes()).is_ok());
         assert_eq!(NetConf::parse(b"{nope").unwrap_err().code, Code::DecodeFailure);
-        assert_eq!(NetConf::parse(good.replace("1.1.0", "0.3.1").as_bytes()).unwrap_err().code, Code::IncompatibleVersion);
+        assert_eq!(
+            NetConf::parse(good.replace("1.1.0", "0.3.1").as_bytes()).unwrap_err().code,
+            Code::IncompatibleVersion
+        );
         assert_eq!(NetConf::parse(good.replace("vpc-cni", "bridge").as_bytes()).unwrap_err().code, Code::InvalidConfig);
-        assert_eq!(NetConf::parse(good.replace("10.10.40.20", "10.10.40.1").as_bytes()).unwrap_err().code, Code::InvalidConfig);
-        assert_eq!(NetConf::parse(good.replace(r#""ipam""#, r#""ipam2""#).as_bytes()).unwrap_err().code, Code::InvalidConfig);
+        assert_eq!(
+            NetConf::parse(good.replace("10.10.40.20", "10.10.40.1").as_bytes()).unwrap_err().code,
+            Code::InvalidConfig
+        );
+        assert_eq!(
+            NetConf::parse(good.replace(r#""ipam""#, r#""ipam2""#).as_bytes()).unwrap_err().code,
+            Code::InvalidConfig
+        );
         let gc = r#"{"cniVersion":"1.1.0","name":"vpc","type":"vpc-cni","ipam":{"ranges":[{"rangeStart":"10.10.40.10","rangeEnd":"10.10.40.20"}]},"cni.dev/attachments":[{"containerID":"a","ifname":"eth0"}]}"#;
         assert_eq!(NetConf::parse(gc.as_bytes()).unwrap().valid_attachments.unwrap().len(), 1);
     }

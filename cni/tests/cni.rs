@@ -71,7 +71,11 @@ fn cni_env(command: &str, vars: &[(&str, &str)], netns: Option<&Path>, conf: &Va
     child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let value = if stdout.trim().is_empty() { Value::Null } else { serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}")) };
+    let value = if stdout.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+    };
     (out.status.success(), value)
 }
 
@@ -160,22 +164,36 @@ fn fifty_concurrent_adds_give_fifty_distinct_working_addresses() {
     let conf = lab.conf("1.1.0");
     let pods: Vec<Netns> = (0..50).map(|_| Netns::new("vtp")).collect();
     let results: Vec<(bool, Value)> = std::thread::scope(|s| {
-        let handles: Vec<_> = pods.iter().enumerate().map(|(i, ns)| {
-            let conf = &conf;
-            s.spawn(move || cni("ADD", &format!("ctr-{i}"), Some(&ns.path()), conf))
-        }).collect();
+        let handles: Vec<_> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| {
+                let conf = &conf;
+                s.spawn(move || cni("ADD", &format!("ctr-{i}"), Some(&ns.path()), conf))
+            })
+            .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let mut addresses: Vec<Ipv4Addr> = results.iter().map(|(ok, r)| { assert!(ok, "{r}"); address(r) }).collect();
+    let mut addresses: Vec<Ipv4Addr> = results
+        .iter()
+        .map(|(ok, r)| {
+            assert!(ok, "{r}");
+            address(r)
+        })
+        .collect();
     addresses.sort();
     addresses.dedup();
     assert_eq!(addresses.len(), 50);
     // Every one works: each pod pings the next.
     let failures: Vec<String> = std::thread::scope(|s| {
-        let handles: Vec<_> = pods.iter().enumerate().map(|(i, ns)| {
-            let to = address(&results[(i + 1) % 50].1).to_string();
-            s.spawn(move || (ns.exec(&["ping", "-c", "1", "-W", "2", &to]).status.success(), to))
-        }).collect();
+        let handles: Vec<_> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| {
+                let to = address(&results[(i + 1) % 50].1).to_string();
+                s.spawn(move || (ns.exec(&["ping", "-c", "1", "-W", "2", &to]).status.success(), to))
+            })
+            .collect();
         handles.into_iter().map(|h| h.join().unwrap()).filter(|(ok, _)| !ok).map(|(_, to)| to).collect()
     });
     assert!(failures.is_empty(), "unreachable: {failures:?}");
@@ -200,8 +218,14 @@ fn kill_9_during_add_leaves_nothing_once_del_has_run() {
         assert!(cni("DEL", &id, Some(&pod.path()), &conf).0, "DEL after a killed ADD ({delay_ms} ms)");
         assert!(link_gone_soon(&pod, "eth0"), "TAP left behind ({delay_ms} ms)");
         let ports = lab.daemon.ctl_json(&["ports"]);
-        assert!(ports["result"].as_array().unwrap().iter().all(|p| p["name"] != format!("{id}:eth0")), "port left behind: {ports}");
-        assert!(lab.ipam_state()["allocations"].as_object().is_none_or(|a| a.is_empty()), "address left behind ({delay_ms} ms)");
+        assert!(
+            ports["result"].as_array().unwrap().iter().all(|p| p["name"] != format!("{id}:eth0")),
+            "port left behind: {ports}"
+        );
+        assert!(
+            lab.ipam_state()["allocations"].as_object().is_none_or(|a| a.is_empty()),
+            "address left behind ({delay_ms} ms)"
+        );
     }
 }
 
@@ -222,15 +246,34 @@ fn bad_input_gets_the_specs_error_codes() {
     assert_eq!(code(cni_env("FROB", &[], None, &conf)), 4);
     let (ok, v) = {
         let mut cmd = Command::new(CNI);
-        cmd.env_clear().env("CNI_COMMAND", "ADD").env("CNI_CONTAINERID", "x").env("CNI_IFNAME", "eth0").env("CNI_NETNS", pod.path()).env("CNI_PATH", "/x").env("CNI_ARGS", "FOO=bar");
+        cmd.env_clear()
+            .env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", "x")
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_NETNS", pod.path())
+            .env("CNI_PATH", "/x")
+            .env("CNI_ARGS", "FOO=bar");
         let out = cmd.stdin(Stdio::null()).output().unwrap();
         (out.status.success(), serde_json::from_slice::<Value>(&out.stdout).unwrap())
     };
     assert!(!ok && v["code"] == 4, "unknown CNI_ARGS key: {v}");
     // Configuration.
     let mut cmd = Command::new(CNI);
-    let out = cmd.env_clear().env("CNI_COMMAND", "ADD").env("CNI_CONTAINERID", "x").env("CNI_IFNAME", "eth0").env("CNI_NETNS", pod.path()).env("CNI_PATH", "/x")
-        .stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().and_then(|mut c| { c.stdin.take().unwrap().write_all(b"{not json")?; c.wait_with_output() }).unwrap();
+    let out = cmd
+        .env_clear()
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", "x")
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_NETNS", pod.path())
+        .env("CNI_PATH", "/x")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(b"{not json")?;
+            c.wait_with_output()
+        })
+        .unwrap();
     assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap()["code"], 6);
     let mut old = conf.clone();
     old["cniVersion"] = json!("0.3.1");
@@ -274,7 +317,12 @@ fn gc_removes_every_attachment_not_in_the_valid_list() {
     let allocations = lab.ipam_state()["allocations"].clone();
     assert_eq!(allocations.as_object().unwrap().len(), 1, "{allocations}");
     assert!(link_gone_soon(&pods[0], "eth0") && has_link(&pods[1], "eth0") && link_gone_soon(&pods[2], "eth0"));
-    let names: Vec<String> = lab.daemon.ctl_json(&["ports"])["result"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string()).collect();
+    let names: Vec<String> = lab.daemon.ctl_json(&["ports"])["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(names, ["vsw0", "gc-1:eth0"]);
     // The other spelling of the key works too.
     let mut gc = conf.clone();
@@ -295,9 +343,7 @@ fn a_chained_reference_plugin_runs_after_vpc_cni() {
     assert!(ok, "{result}");
     let tuning_conf = json!({"cniVersion": "1.0.0", "name": "vpc", "type": "tuning",
         "sysctl": {"net.ipv4.conf.eth0.rp_filter": "2"}, "prevResult": result});
-    let run_tuning = |command: &str| {
-        run_cni(cni_command(&tuning, command, "chain", &pod.path()), &tuning_conf)
-    };
+    let run_tuning = |command: &str| run_cni(cni_command(&tuning, command, "chain", &pod.path()), &tuning_conf);
     let out = run_tuning("ADD");
     assert!(out.status.success(), "tuning ADD: {}", String::from_utf8_lossy(&out.stdout));
     let chained: Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -89,10 +89,7 @@ pub(crate) struct LocalPrefix {
 impl LocalPrefix {
     pub fn new(bits: u32, len: u8, next_hop: u32) -> Self {
         debug_assert!(bits < 1 << KEY_BITS && len as u32 <= KEY_BITS);
-        LocalPrefix {
-            bits_len: (bits << 5) | len as u32,
-            next_hop,
-        }
+        LocalPrefix { bits_len: (bits << 5) | len as u32, next_hop }
     }
 
     #[inline]
@@ -128,10 +125,7 @@ pub(crate) struct NodeAt {
 impl NodeAt {
     /// A placeholder for lanes not in a chunk; never stepped from.
     pub fn dangling() -> NodeAt {
-        NodeAt {
-            node: std::ptr::null(),
-            shift: 0,
-        }
+        NodeAt { node: std::ptr::null(), shift: 0 }
     }
 
     pub fn as_ptr(self) -> *const u8 {
@@ -179,12 +173,7 @@ impl ChunkPtr {
     /// Builds a chunk from its prefixes (sorted by `(bits, len)`, distinct) and its children,
     /// given as `(key, chunk)` in increasing key order. With `may_index`, the chunk gets a root
     /// index if its root has more than [`INDEX_MIN_RUNS`] leaf runs.
-    pub fn build(
-        prefixes: &[LocalPrefix],
-        children: &[(u32, ChunkPtr)],
-        fallback: u32,
-        may_index: bool,
-    ) -> ChunkPtr {
+    pub fn build(prefixes: &[LocalPrefix], children: &[(u32, ChunkPtr)], fallback: u32, may_index: bool) -> ChunkPtr {
         debug_assert!(prefixes.windows(2).all(|w| w[0].key() < w[1].key()));
         // Items in (start, len) order put every prefix before its more-specifics, so filling
         // positions in order lets longer prefixes overwrite shorter ones. A child is a full-length
@@ -196,24 +185,12 @@ impl ChunkPtr {
                 if key >= p.bits() {
                     break;
                 }
-                items.push(Item {
-                    start: key,
-                    len: KEY_BITS,
-                    code: CHILD_FLAG | n as u32,
-                });
+                items.push(Item { start: key, len: KEY_BITS, code: CHILD_FLAG | n as u32 });
                 kids.next();
             }
-            items.push(Item {
-                start: p.bits(),
-                len: p.len() as u32,
-                code: p.next_hop,
-            });
+            items.push(Item { start: p.bits(), len: p.len() as u32, code: p.next_hop });
         }
-        items.extend(kids.map(|(n, &(key, _))| Item {
-            start: key,
-            len: KEY_BITS,
-            code: CHILD_FLAG | n as u32,
-        }));
+        items.extend(kids.map(|(n, &(key, _))| Item { start: key, len: KEY_BITS, code: CHILD_FLAG | n as u32 }));
 
         let (mut nodes, mut leaves) = build_nodes(&items);
         let root_runs = nodes[0].leafvec.count_ones();
@@ -225,9 +202,7 @@ impl ChunkPtr {
                 if root.vector & bit != 0 {
                     return NODE_FLAG | (root.base_node + (root.vector & (bit - 1)).count_ones());
                 }
-                match leaves[(root.base_leaf + (root.leafvec & (bit | (bit - 1))).count_ones() - 1)
-                    as usize]
-                {
+                match leaves[(root.base_leaf + (root.leafvec & (bit | (bit - 1))).count_ones() - 1) as usize] {
                     NONE => {
                         answers_fallback |= bit;
                         fallback
@@ -244,41 +219,22 @@ impl ChunkPtr {
             nodes[0].leafvec = answers_fallback;
             index
         });
-        let chunk = ChunkPtr::allocate(
-            nodes.len(),
-            leaves.len(),
-            children.len(),
-            fallback,
-            index.is_some(),
-        );
+        let chunk = ChunkPtr::allocate(nodes.len(), leaves.len(), children.len(), fallback, index.is_some());
         // SAFETY: the allocation was sized for exactly these arrays.
         unsafe {
             std::ptr::copy_nonoverlapping(nodes.as_ptr(), chunk.nodes(), nodes.len());
             std::ptr::copy_nonoverlapping(leaves.as_ptr(), chunk.leaves(), leaves.len());
             for (i, (_, child)) in children.iter().enumerate() {
-                chunk
-                    .children()
-                    .add(i)
-                    .write(AtomicPtr::new(child.0.as_ptr()));
+                chunk.children().add(i).write(AtomicPtr::new(child.0.as_ptr()));
             }
             if let Some(index) = index {
-                std::ptr::copy_nonoverlapping(
-                    index.as_ptr(),
-                    chunk.index_slot(0) as *mut u32,
-                    index.len(),
-                );
+                std::ptr::copy_nonoverlapping(index.as_ptr(), chunk.index_slot(0) as *mut u32, index.len());
             }
         }
         chunk
     }
 
-    fn allocate(
-        nodes: usize,
-        leaves: usize,
-        children: usize,
-        fallback: u32,
-        indexed: bool,
-    ) -> ChunkPtr {
+    fn allocate(nodes: usize, leaves: usize, children: usize, fallback: u32, indexed: bool) -> ChunkPtr {
         let layout = layout(nodes, leaves, children, indexed);
         // SAFETY: the layout has non-zero size (the header).
         let base = unsafe { alloc(layout) };
@@ -325,10 +281,7 @@ impl ChunkPtr {
     /// Where a root index code `NODE_FLAG | n` continues: node `n`, one stride below the root.
     #[inline(always)]
     pub fn below_root(self, code: u32) -> NodeAt {
-        NodeAt {
-            node: self.nodes().wrapping_add((code & !NODE_FLAG) as usize),
-            shift: KEY_BITS - 2 * STRIDE,
-        }
+        NodeAt { node: self.nodes().wrapping_add((code & !NODE_FLAG) as usize), shift: KEY_BITS - 2 * STRIDE }
     }
 
     /// A copy of this chunk with another fallback (a covering prefix above it changed). The
@@ -369,12 +322,7 @@ impl ChunkPtr {
 
     fn layout(self) -> Layout {
         let h = self.header();
-        layout(
-            h.node_count as usize,
-            h.leaf_count as usize,
-            h.child_count as usize,
-            h.indexed,
-        )
+        layout(h.node_count as usize, h.leaf_count as usize, h.child_count as usize, h.indexed)
     }
 
     #[inline(always)]
@@ -452,10 +400,7 @@ impl ChunkPtr {
     /// Where a lookup for a key starts in a chunk without a root index.
     #[inline(always)]
     pub fn root(self) -> NodeAt {
-        NodeAt {
-            node: self.nodes(),
-            shift: KEY_BITS - STRIDE,
-        }
+        NodeAt { node: self.nodes(), shift: KEY_BITS - STRIDE }
     }
 
     /// One stride of a lookup, from node `at`: whether the key continues in a child node, that
@@ -472,12 +417,9 @@ impl ChunkPtr {
         let is_node = node.vector & bit != 0;
         let child = node.base_node as usize + (node.vector & (bit - 1)).count_ones() as usize;
         let run = (node.leafvec & (bit | (bit - 1))).count_ones() as usize;
-        let next = NodeAt {
-            node: self.nodes().wrapping_add(child) as *const Node,
-            shift: at.shift.wrapping_sub(STRIDE),
-        };
-        let leaf = (self.leaves() as *const u32)
-            .wrapping_add((node.base_leaf as usize + run).wrapping_sub(1));
+        let next =
+            NodeAt { node: self.nodes().wrapping_add(child) as *const Node, shift: at.shift.wrapping_sub(STRIDE) };
+        let leaf = (self.leaves() as *const u32).wrapping_add((node.base_leaf as usize + run).wrapping_sub(1));
         (is_node, next, leaf)
     }
 
@@ -565,14 +507,7 @@ fn build_nodes(items: &[Item]) -> (Vec<Node>, Vec<u32>) {
             while end < hi && items[end].start < child_end {
                 end += 1;
             }
-            queue.push_back((
-                child_index,
-                depth + 1,
-                child_base,
-                next,
-                end,
-                values[position as usize],
-            ));
+            queue.push_back((child_index, depth + 1, child_base, next, end, values[position as usize]));
             child_index += 1;
             next = end;
         }
@@ -587,12 +522,7 @@ fn build_nodes(items: &[Item]) -> (Vec<Node>, Vec<u32>) {
                 previous = Some(value);
             }
         }
-        nodes[node_index] = Node {
-            vector,
-            leafvec,
-            base_leaf: base_leaf as u32,
-            base_node: base_node as u32,
-        };
+        nodes[node_index] = Node { vector, leafvec, base_leaf: base_leaf as u32, base_node: base_node as u32 };
     }
     (nodes, leaves)
 }
@@ -602,11 +532,7 @@ mod tests {
     use super::*;
 
     fn naive(prefixes: &[LocalPrefix], key: u32) -> u32 {
-        prefixes
-            .iter()
-            .filter(|p| p.covers(key))
-            .max_by_key(|p| p.len())
-            .map_or(NONE, |p| p.next_hop)
+        prefixes.iter().filter(|p| p.covers(key)).max_by_key(|p| p.len()).map_or(NONE, |p| p.next_hop)
     }
 
     /// Checks both builds (the one allowed an index goes through it when it has one) and a copy
@@ -626,11 +552,7 @@ mod tests {
             let want = naive(&prefixes, key);
             let want_or = |fallback| if want == NONE { fallback } else { want };
             assert_eq!(chunk.find(key as usize), want, "key {key:#x}");
-            assert_eq!(
-                answer(indexed, key),
-                want_or(7),
-                "key {key:#x}, chunk allowed an index"
-            );
+            assert_eq!(answer(indexed, key), want_or(7), "key {key:#x}, chunk allowed an index");
             assert_eq!(answer(copy, key), want_or(8), "key {key:#x}, its copy");
         }
         assert!(!chunk.is_indexed());
@@ -653,18 +575,10 @@ mod tests {
         let large = ChunkPtr::build(&many, &[], NONE, true);
         assert!(!small.is_indexed());
         assert!(large.is_indexed());
-        assert_eq!(
-            (large.find_indexed(0x3f000), large.find_indexed(0x3f800)),
-            (63, 99)
-        );
+        assert_eq!((large.find_indexed(0x3f000), large.find_indexed(0x3f800)), (63, 99));
         let plain = ChunkPtr::build(&many, &[], NONE, false);
         // The index replaces the root's 63 runs (the leaves are padded to 8 bytes).
-        assert!(
-            large
-                .heap_bytes()
-                .abs_diff(plain.heap_bytes() + INDEX_BYTES - 63 * 4)
-                <= 4
-        );
+        assert!(large.heap_bytes().abs_diff(plain.heap_bytes() + INDEX_BYTES - 63 * 4) <= 4);
         // SAFETY: never shared.
         unsafe {
             small.free();
@@ -675,11 +589,7 @@ mod tests {
 
     fn prefix(bits: u32, len: u8, next_hop: u32) -> LocalPrefix {
         let bits = bits & ((1 << KEY_BITS) - 1);
-        LocalPrefix::new(
-            (bits >> (KEY_BITS - len as u32)) << (KEY_BITS - len as u32),
-            len,
-            next_hop,
-        )
+        LocalPrefix::new((bits >> (KEY_BITS - len as u32)) << (KEY_BITS - len as u32), len, next_hop)
     }
 
     #[test]
@@ -689,9 +599,7 @@ mod tests {
 
     #[test]
     fn every_length_and_nesting() {
-        let mut prefixes: Vec<_> = (1..=18u8)
-            .map(|len| prefix(0x2a5a5, len, len as u32))
-            .collect();
+        let mut prefixes: Vec<_> = (1..=18u8).map(|len| prefix(0x2a5a5, len, len as u32)).collect();
         prefixes.push(prefix(0x3ffff, 18, 100));
         prefixes.push(prefix(0, 18, 101));
         prefixes.push(prefix(0x20000, 1, 102));
@@ -704,9 +612,7 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         for _ in 0..10 {
             let n = rng.gen_range(0..400);
-            let prefixes = (0..n)
-                .map(|i| prefix(rng.gen(), rng.gen_range(1..=18u8), i))
-                .collect();
+            let prefixes = (0..n).map(|i| prefix(rng.gen(), rng.gen_range(1..=18u8), i)).collect();
             check(prefixes);
         }
     }
@@ -721,10 +627,7 @@ mod tests {
         assert_eq!(chunk.find(0x3fff0), CHILD_FLAG | 1);
         assert_eq!(chunk.find(0x3fff1), NONE);
         let copy = chunk.with_fallback(9);
-        assert_eq!(
-            (copy.fallback(), copy.find(0x3fff0), copy.child(1)),
-            (9, CHILD_FLAG | 1, leaf)
-        );
+        assert_eq!((copy.fallback(), copy.find(0x3fff0), copy.child(1)), (9, CHILD_FLAG | 1, leaf));
         // SAFETY: never shared; `leaf` is freed once, the two parents without their children.
         unsafe {
             copy.free();

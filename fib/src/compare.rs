@@ -94,10 +94,7 @@ impl<A: Address> LpmTable<A> for OneByOne<A> {
     fn lookup_sum(&self, addrs: &[A]) -> u64 {
         let reader = self.0.reader();
         let view = reader.pin();
-        addrs
-            .iter()
-            .map(|&a| view.lookup(a).map_or(0, u64::from))
-            .sum()
+        addrs.iter().map(|&a| view.lookup(a).map_or(0, u64::from)).sum()
     }
     fn lookup(&self, addr: A) -> Option<u32> {
         self.0.lookup(addr)
@@ -153,14 +150,7 @@ impl<A: ToIpnet> LpmTable<A> for PrefixTrie<A> {
         }
     }
     fn lookup_sum(&self, addrs: &[A]) -> u64 {
-        addrs
-            .iter()
-            .map(|&a| {
-                self.0
-                    .get_lpm(&A::host(a))
-                    .map_or(0, |(_, &nh)| u64::from(nh))
-            })
-            .sum()
+        addrs.iter().map(|&a| self.0.get_lpm(&A::host(a)).map_or(0, |(_, &nh)| u64::from(nh))).sum()
     }
     fn lookup(&self, addr: A) -> Option<u32> {
         self.0.get_lpm(&A::host(addr)).map(|(_, &nh)| nh)
@@ -168,10 +158,7 @@ impl<A: ToIpnet> LpmTable<A> for PrefixTrie<A> {
 }
 
 /// `ip_network_table::IpNetworkTable` (a tree bitmap).
-pub struct IpNetworkTable<A>(
-    pub ip_network_table::IpNetworkTable<u32>,
-    std::marker::PhantomData<A>,
-);
+pub struct IpNetworkTable<A>(pub ip_network_table::IpNetworkTable<u32>, std::marker::PhantomData<A>);
 
 impl<A> std::fmt::Debug for IpNetworkTable<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -180,11 +167,7 @@ impl<A> std::fmt::Debug for IpNetworkTable<A> {
 }
 
 fn ip_network<A: Address>(p: &Prefix<A>) -> ip_network::IpNetwork {
-    let addr: IpAddr = p
-        .addr()
-        .to_string()
-        .parse()
-        .expect("an address prints as one");
+    let addr: IpAddr = p.addr().to_string().parse().expect("an address prints as one");
     ip_network::IpNetwork::new(addr, p.len()).expect("valid prefix")
 }
 
@@ -206,14 +189,7 @@ impl<A: Address + Into<IpAddr>> LpmTable<A> for IpNetworkTable<A> {
         }
     }
     fn lookup_sum(&self, addrs: &[A]) -> u64 {
-        addrs
-            .iter()
-            .map(|&a| {
-                self.0
-                    .longest_match(a.into())
-                    .map_or(0, |(_, &nh)| u64::from(nh))
-            })
-            .sum()
+        addrs.iter().map(|&a| self.0.longest_match(a.into()).map_or(0, |(_, &nh)| u64::from(nh))).sum()
     }
     fn lookup(&self, addr: A) -> Option<u32> {
         self.0.longest_match(addr.into()).map(|(_, &nh)| nh)
@@ -228,11 +204,7 @@ pub fn uniform_addresses<A: Address>(n: usize, seed: u64) -> Vec<A> {
     (0..n).map(|_| A::from_u128(rng.gen::<u128>())).collect()
 }
 
-pub fn addresses_in_prefixes<A: Address>(
-    routes: &[(Prefix<A>, u32)],
-    n: usize,
-    seed: u64,
-) -> Vec<A> {
+pub fn addresses_in_prefixes<A: Address>(routes: &[(Prefix<A>, u32)], n: usize, seed: u64) -> Vec<A> {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     if routes.is_empty() {
@@ -242,11 +214,7 @@ pub fn addresses_in_prefixes<A: Address>(
         .map(|_| {
             let (p, _) = routes[rng.gen_range(0..routes.len())];
             let host_bits = A::BITS - p.len();
-            let host = if host_bits == 0 {
-                0
-            } else {
-                rng.gen::<u128>() >> (128 - host_bits as u32)
-            };
+            let host = if host_bits == 0 { 0 } else { rng.gen::<u128>() >> (128 - host_bits as u32) };
             A::from_u128(p.addr().to_u128() | host)
         })
         .collect()

@@ -15,11 +15,7 @@ pub enum PrefixError {
     #[error("prefix length {len} is longer than {max} bits")]
     LengthTooLong { len: u8, max: u8 },
     #[error("{addr}/{len} has host bits set (did you mean {masked}?)")]
-    HostBitsSet {
-        addr: String,
-        len: u8,
-        masked: String,
-    },
+    HostBitsSet { addr: String, len: u8, masked: String },
     #[error("'{0}' is not an address/length prefix")]
     Syntax(String),
 }
@@ -36,17 +32,7 @@ mod sealed {
 /// direct top-level array, each later group one chunk level. A group past the end of the address
 /// is zero-filled on the right (IPv4's second group has 14 real bits, IPv6's last has 2).
 pub trait Address:
-    sealed::Sealed
-    + Copy
-    + Eq
-    + Ord
-    + Hash
-    + fmt::Debug
-    + fmt::Display
-    + FromStr
-    + Send
-    + Sync
-    + 'static
+    sealed::Sealed + Copy + Eq + Ord + Hash + fmt::Debug + fmt::Display + FromStr + Send + Sync + 'static
 {
     /// Address width in bits.
     const BITS: u8;
@@ -102,11 +88,7 @@ pub(crate) const GROUP_BITS: u32 = 18;
 /// Mask keeping the top `len` bits of a `bits`-wide value (right-aligned in a u128).
 #[inline]
 pub(crate) fn net_mask(bits: u8, len: u8) -> u128 {
-    let width_mask = if bits == 128 {
-        u128::MAX
-    } else {
-        (1u128 << bits) - 1
-    };
+    let width_mask = if bits == 128 { u128::MAX } else { (1u128 << bits) - 1 };
     if len == 0 {
         0
     } else {
@@ -131,11 +113,7 @@ impl<A: Address> Prefix<A> {
     pub fn new(addr: A, len: u8) -> Result<Self, PrefixError> {
         let masked = Self::new_masked(addr, len)?;
         if masked.addr != addr {
-            return Err(PrefixError::HostBitsSet {
-                addr: addr.to_string(),
-                len,
-                masked: masked.to_string(),
-            });
+            return Err(PrefixError::HostBitsSet { addr: addr.to_string(), len, masked: masked.to_string() });
         }
         Ok(masked)
     }
@@ -146,10 +124,7 @@ impl<A: Address> Prefix<A> {
             return Err(PrefixError::LengthTooLong { len, max: A::BITS });
         }
         let bits = addr.to_u128() & net_mask(A::BITS, len);
-        Ok(Prefix {
-            addr: A::from_u128(bits),
-            len,
-        })
+        Ok(Prefix { addr: A::from_u128(bits), len })
     }
 
     /// The host route for one address (/32 or /128).
@@ -257,32 +232,17 @@ mod tests {
     #[test]
     fn host_bits_are_an_error_naming_the_intended_prefix() {
         let err = "10.1.2.3/8".parse::<Ipv4Prefix>().unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "10.1.2.3/8 has host bits set (did you mean 10.0.0.0/8?)"
-        );
+        assert_eq!(err.to_string(), "10.1.2.3/8 has host bits set (did you mean 10.0.0.0/8?)");
         let masked = Ipv4Prefix::new_masked("10.1.2.3".parse().unwrap(), 8).unwrap();
         assert_eq!(masked.to_string(), "10.0.0.0/8");
     }
 
     #[test]
     fn rejects_bad_lengths_and_syntax() {
-        assert!(matches!(
-            "10.0.0.0/33".parse::<Ipv4Prefix>(),
-            Err(PrefixError::LengthTooLong { .. })
-        ));
-        assert!(matches!(
-            "::/129".parse::<Ipv6Prefix>(),
-            Err(PrefixError::LengthTooLong { .. })
-        ));
-        assert!(matches!(
-            "10.0.0/8".parse::<Ipv4Prefix>(),
-            Err(PrefixError::Syntax(_))
-        ));
-        assert!(matches!(
-            "10.0.0.0/x".parse::<Ipv4Prefix>(),
-            Err(PrefixError::Syntax(_))
-        ));
+        assert!(matches!("10.0.0.0/33".parse::<Ipv4Prefix>(), Err(PrefixError::LengthTooLong { .. })));
+        assert!(matches!("::/129".parse::<Ipv6Prefix>(), Err(PrefixError::LengthTooLong { .. })));
+        assert!(matches!("10.0.0/8".parse::<Ipv4Prefix>(), Err(PrefixError::Syntax(_))));
+        assert!(matches!("10.0.0.0/x".parse::<Ipv4Prefix>(), Err(PrefixError::Syntax(_))));
     }
 
     #[test]

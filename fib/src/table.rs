@@ -21,9 +21,7 @@ use std::sync::Arc;
 
 use crossbeam_epoch::{self as epoch, Guard};
 
-use crate::chunk::{
-    prefetch, ChunkPtr, Header, LocalPrefix, NodeAt, CHILD_FLAG, MAX_NEXT_HOP, NODE_FLAG, NONE,
-};
+use crate::chunk::{prefetch, ChunkPtr, Header, LocalPrefix, NodeAt, CHILD_FLAG, MAX_NEXT_HOP, NODE_FLAG, NONE};
 use crate::prefix::{net_mask, Address, Prefix, GROUP_BITS};
 
 const TOP_SLOTS: usize = 1 << GROUP_BITS;
@@ -90,11 +88,7 @@ impl<A: Address> Shared<A> {
         }
         // SAFETY: a chunk stays allocated while any guard pinned before its retirement lives.
         let mut chunk = unsafe { entry_chunk(entry) };
-        let mut code = if entry & INDEXED != 0 {
-            chunk.find_indexed(addr.group(1))
-        } else {
-            chunk.find(addr.group(1))
-        };
+        let mut code = if entry & INDEXED != 0 { chunk.find_indexed(addr.group(1)) } else { chunk.find(addr.group(1)) };
         let mut level = 1;
         loop {
             if code & CHILD_FLAG == 0 {
@@ -167,15 +161,11 @@ impl<A: Address> Shared<A> {
             let base = n * BATCH;
             for addr in group {
                 // SAFETY: group(0) < 2^18 = top.len().
-                prefetch(
-                    unsafe { self.top.get_unchecked(addr.group(0)) } as *const AtomicUsize
-                        as *const u8,
-                );
+                prefetch(unsafe { self.top.get_unchecked(addr.group(0)) } as *const AtomicUsize as *const u8);
             }
             for (i, addr) in group.iter().enumerate() {
                 // SAFETY: group(0) < 2^18 = top.len().
-                let entry =
-                    unsafe { self.top.get_unchecked(addr.group(0)) }.load(Ordering::Acquire);
+                let entry = unsafe { self.top.get_unchecked(addr.group(0)) }.load(Ordering::Acquire);
                 if entry & 1 != 0 {
                     out[base + i] = decode((entry >> 1) as u32);
                 } else {
@@ -184,11 +174,7 @@ impl<A: Address> Shared<A> {
                     let key = addr.group(1) as u32;
                     let from_index = entry & INDEXED != 0;
                     let leaf = chunk.index_slot(key);
-                    prefetch(if from_index {
-                        leaf as *const u8
-                    } else {
-                        chunk.as_raw() as *const u8
-                    });
+                    prefetch(if from_index { leaf as *const u8 } else { chunk.as_raw() as *const u8 });
                     let lane = (lanes.head + lanes.pending) % POOL;
                     lanes.index[lane] = (base + i) as u32;
                     lanes.chunk[lane] = chunk.as_raw();
@@ -239,11 +225,7 @@ impl<A: Address> Shared<A> {
                 // slot in the root index of an indexed chunk.
                 let (chunk, code) = unsafe { (ChunkPtr::from_raw(lanes.chunk[i]), *lanes.leaf[i]) };
                 if code & CHILD_FLAG == 0 {
-                    codes[i] = if code == NONE && !lanes.from_index[i] {
-                        chunk.fallback()
-                    } else {
-                        code
-                    };
+                    codes[i] = if code == NONE && !lanes.from_index[i] { chunk.fallback() } else { code };
                 } else if code >= NODE_FLAG {
                     let at = chunk.below_root(code);
                     prefetch(at.as_ptr());
@@ -252,8 +234,7 @@ impl<A: Address> Shared<A> {
                     next_node[n_next_node] = i as u8;
                     n_next_node += 1;
                 } else {
-                    let slot: *const AtomicPtr<Header> =
-                        chunk.child_slot((code & !CHILD_FLAG) as usize);
+                    let slot: *const AtomicPtr<Header> = chunk.child_slot((code & !CHILD_FLAG) as usize);
                     prefetch(slot as *const u8);
                     lanes.slot[i] = slot;
                     next_child[n_next_child] = i as u8;
@@ -269,11 +250,7 @@ impl<A: Address> Shared<A> {
                 let (is_node, next, leaf) = chunk.step(lanes.at[i], lanes.key[i]);
                 lanes.at[i] = next;
                 lanes.leaf[i] = leaf;
-                prefetch(if is_node {
-                    next.as_ptr()
-                } else {
-                    leaf as *const u8
-                });
+                prefetch(if is_node { next.as_ptr() } else { leaf as *const u8 });
                 stepping[kept] = i as u8;
                 kept += is_node as usize;
                 at_leaf[n_leaf] = i as u8;
@@ -364,9 +341,7 @@ pub struct FibReader<A: Address> {
 
 impl<A: Address> Clone for FibReader<A> {
     fn clone(&self) -> Self {
-        FibReader {
-            shared: self.shared.clone(),
-        }
+        FibReader { shared: self.shared.clone() }
     }
 }
 
@@ -390,10 +365,7 @@ impl<A: Address> FibReader<A> {
     /// A view for many lookups under one pin: what a packet worker holds for one batch. Holding
     /// it for long delays freeing replaced chunks, nothing else.
     pub fn pin(&self) -> FibView<'_, A> {
-        FibView {
-            shared: &self.shared,
-            guard: epoch::pin(),
-        }
+        FibView { shared: &self.shared, guard: epoch::pin() }
     }
 }
 
@@ -459,9 +431,7 @@ impl ChunkMirror {
     }
 
     fn children_mut(&mut self) -> &mut [(u32, ChunkMirror)] {
-        self.below
-            .as_mut()
-            .map_or(&mut [], |below| &mut below.children)
+        self.below.as_mut().map_or(&mut [], |below| &mut below.children)
     }
 
     fn child_position(&self, key: u32) -> Result<usize, usize> {
@@ -469,9 +439,7 @@ impl ChunkMirror {
     }
 
     fn child(&self, key: u32) -> Option<&ChunkMirror> {
-        self.child_position(key)
-            .ok()
-            .map(|at| &self.children()[at].1)
+        self.child_position(key).ok().map(|at| &self.children()[at].1)
     }
 
     /// The child at `key`, queued for the next publish; created when `create` is set.
@@ -479,10 +447,7 @@ impl ChunkMirror {
         let at = match self.child_position(key) {
             Ok(at) => at,
             Err(at) if create => {
-                self.below
-                    .get_or_insert_with(Default::default)
-                    .children
-                    .insert(at, (key, ChunkMirror::default()));
+                self.below.get_or_insert_with(Default::default).children.insert(at, (key, ChunkMirror::default()));
                 self.dirty = true;
                 at
             }
@@ -502,11 +467,7 @@ impl ChunkMirror {
 /// For each child key (ascending), the best match among `prefixes` (sorted by `(bits, len)`, so
 /// in pre-order) or `fallback`: one sweep with a stack of nested prefixes. A prefix popped for
 /// not covering a key ends before it, so it covers no later key either.
-fn child_fallbacks(
-    prefixes: &[LocalPrefix],
-    keys: impl Iterator<Item = u32>,
-    fallback: u32,
-) -> Vec<u32> {
+fn child_fallbacks(prefixes: &[LocalPrefix], keys: impl Iterator<Item = u32>, fallback: u32) -> Vec<u32> {
     let mut stack: Vec<&LocalPrefix> = Vec::new();
     let mut next = prefixes.iter().peekable();
     keys.map(|key| {
@@ -573,9 +534,7 @@ unsafe impl<A: Address> Sync for Fib<A> {}
 
 impl<A: Address> std::fmt::Debug for Fib<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Fib")
-            .field("len", &self.len)
-            .finish_non_exhaustive()
+        f.debug_struct("Fib").field("len", &self.len).finish_non_exhaustive()
     }
 }
 
@@ -597,9 +556,7 @@ impl<A: Address> Fib<A> {
     pub fn new() -> Self {
         Fib {
             shared: Arc::new(Shared {
-                top: (0..TOP_SLOTS)
-                    .map(|_| AtomicUsize::new(leaf_entry(NONE)))
-                    .collect(),
+                top: (0..TOP_SLOTS).map(|_| AtomicUsize::new(leaf_entry(NONE))).collect(),
                 _family: PhantomData,
             }),
             short: HashMap::new(),
@@ -615,9 +572,7 @@ impl<A: Address> Fib<A> {
 
     /// A read handle on the published table.
     pub fn reader(&self) -> FibReader<A> {
-        FibReader {
-            shared: self.shared.clone(),
-        }
+        FibReader { shared: self.shared.clone() }
     }
 
     /// Number of prefixes in the (staged) table.
@@ -634,21 +589,13 @@ impl<A: Address> Fib<A> {
         let len = prefix.len();
         let slot = addr.group(0);
         if len as u32 <= GROUP_BITS {
-            return Placement {
-                slot,
-                path: Vec::new(),
-                local: LocalPrefix::new(slot as u32, len, next_hop),
-            };
+            return Placement { slot, path: Vec::new(), local: LocalPrefix::new(slot as u32, len, next_hop) };
         }
         let level = (len as usize - 1) / GROUP_BITS as usize;
         let path = (1..=level).map(|l| addr.group(l) as u32).collect();
         let local_len = len - (GROUP_BITS as usize * level) as u8;
         let bits = addr.group(level) as u32;
-        Placement {
-            slot,
-            path,
-            local: LocalPrefix::new(bits, local_len, next_hop),
-        }
+        Placement { slot, path, local: LocalPrefix::new(bits, local_len, next_hop) }
     }
 
     fn mark_slot(&mut self, slot: usize) {
@@ -695,15 +642,11 @@ impl<A: Address> Fib<A> {
             previous
         } else {
             self.mark_slot(place.slot);
-            let mut mirror: &mut ChunkMirror =
-                self.slots[place.slot].get_or_insert_with(Default::default);
+            let mut mirror: &mut ChunkMirror = self.slots[place.slot].get_or_insert_with(Default::default);
             for &key in &place.path[..place.path.len() - 1] {
                 mirror = mirror.child_for_update(key, true).expect("created");
             }
-            match mirror
-                .prefixes
-                .binary_search_by_key(&place.local.key(), LocalPrefix::key)
-            {
+            match mirror.prefixes.binary_search_by_key(&place.local.key(), LocalPrefix::key) {
                 Ok(at) => {
                     let old = std::mem::replace(&mut mirror.prefixes[at].next_hop, next_hop);
                     mirror.dirty |= old != next_hop;
@@ -761,10 +704,7 @@ impl<A: Address> Fib<A> {
     fn remove_below(mirror: &mut ChunkMirror, path: &[u32], local: &LocalPrefix) -> Option<u32> {
         match path.split_first() {
             None => {
-                let at = mirror
-                    .prefixes
-                    .binary_search_by_key(&local.key(), LocalPrefix::key)
-                    .ok()?;
+                let at = mirror.prefixes.binary_search_by_key(&local.key(), LocalPrefix::key).ok()?;
                 mirror.dirty = true;
                 Some(mirror.prefixes.remove(at).next_hop)
             }
@@ -780,19 +720,13 @@ impl<A: Address> Fib<A> {
     pub fn get(&self, prefix: &Prefix<A>) -> Option<u32> {
         let place = Self::place(prefix, 0);
         if place.path.is_empty() {
-            return self
-                .short
-                .get(&(place.local.len(), place.local.bits()))
-                .copied();
+            return self.short.get(&(place.local.len(), place.local.bits())).copied();
         }
         let mut mirror: &ChunkMirror = self.slots[place.slot].as_ref()?;
         for &key in &place.path[..place.path.len() - 1] {
             mirror = mirror.child(key)?;
         }
-        let at = mirror
-            .prefixes
-            .binary_search_by_key(&place.local.key(), LocalPrefix::key)
-            .ok()?;
+        let at = mirror.prefixes.binary_search_by_key(&place.local.key(), LocalPrefix::key).ok()?;
         Some(mirror.prefixes[at].next_hop)
     }
 
@@ -803,11 +737,8 @@ impl<A: Address> Fib<A> {
 
     /// Every staged route, in address then length order.
     pub fn iter(&self) -> impl Iterator<Item = (Prefix<A>, u32)> + '_ {
-        let mut routes: Vec<(Prefix<A>, u32)> = self
-            .short
-            .iter()
-            .map(|(&(len, bits), &nh)| (prefix_at::<A>(group_bits::<A>(bits, 0), len), nh))
-            .collect();
+        let mut routes: Vec<(Prefix<A>, u32)> =
+            self.short.iter().map(|(&(len, bits), &nh)| (prefix_at::<A>(group_bits::<A>(bits, 0), len), nh)).collect();
         for (slot, mirror) in self.slots.iter().enumerate() {
             if let Some(mirror) = mirror {
                 collect_routes::<A>(mirror, group_bits::<A>(slot as u32, 0), 1, &mut routes);
@@ -820,16 +751,12 @@ impl<A: Address> Fib<A> {
     /// Bytes used: the published lookup structure (what readers touch) and the writer's mirror.
     pub fn memory(&self) -> MemoryUse {
         let top = TOP_SLOTS * std::mem::size_of::<AtomicUsize>();
-        let mut mirror = TOP_SLOTS
-            * (size_of::<Option<Box<ChunkMirror>>>() + size_of::<(u32, i8)>())
+        let mut mirror = TOP_SLOTS * (size_of::<Option<Box<ChunkMirror>>>() + size_of::<(u32, i8)>())
             + self.short.capacity() * (size_of::<((u8, u32), u32)>() + 1);
         for m in self.slots.iter().flatten() {
             mirror += size_of::<ChunkMirror>() + mirror_bytes(m);
         }
-        MemoryUse {
-            lookup_bytes: top + self.published_bytes,
-            writer_bytes: mirror,
-        }
+        MemoryUse { lookup_bytes: top + self.published_bytes, writer_bytes: mirror }
     }
 
     /// Makes every staged change visible to readers.
@@ -888,40 +815,24 @@ unsafe impl Send for Retired {}
 /// Children left empty are dropped here (their chunks retired); a mirror that is itself empty
 /// publishes nothing, and its parent drops it. Only chunks hung from the top level may get a
 /// root index (`may_index`): the tag that tells readers so lives in the top-level entry.
-fn publish_chunk(
-    mirror: &mut ChunkMirror,
-    fallback: u32,
-    may_index: bool,
-    log: &mut PublishLog,
-) -> Option<ChunkPtr> {
+fn publish_chunk(mirror: &mut ChunkMirror, fallback: u32, may_index: bool, log: &mut PublishLog) -> Option<ChunkPtr> {
     let own_changed = mirror.dirty || mirror.published.is_none();
     let fallback_changed = mirror.published_fallback != fallback;
-    let dirty_children = mirror
-        .below
-        .as_mut()
-        .map(|below| std::mem::take(&mut below.dirty_children))
-        .unwrap_or_default();
+    let dirty_children =
+        mirror.below.as_mut().map(|below| std::mem::take(&mut below.dirty_children)).unwrap_or_default();
     // Unless the parent is rebuilt from the mirror, a replaced child is swapped into it in place.
     let in_place = if own_changed { None } else { mirror.published };
     let mut emptied = false;
     if own_changed || fallback_changed {
         // Every child's fallback may have moved.
-        let fallbacks = child_fallbacks(
-            &mirror.prefixes,
-            mirror.children().iter().map(|c| c.0),
-            fallback,
-        );
-        for (position, ((_, child), child_fallback)) in
-            mirror.children_mut().iter_mut().zip(fallbacks).enumerate()
-        {
+        let fallbacks = child_fallbacks(&mirror.prefixes, mirror.children().iter().map(|c| c.0), fallback);
+        for (position, ((_, child), child_fallback)) in mirror.children_mut().iter_mut().zip(fallbacks).enumerate() {
             emptied |= refresh_child(child, child_fallback, position, in_place, log);
         }
     } else {
         // Only queued children changed, and their fallbacks did not.
         for key in dirty_children {
-            let position = mirror
-                .child_position(key)
-                .expect("children are removed only here");
+            let position = mirror.child_position(key).expect("children are removed only here");
             let child = &mut mirror.children_mut()[position].1;
             let child_fallback = child.published_fallback;
             emptied |= refresh_child(child, child_fallback, position, in_place, log);
@@ -954,11 +865,8 @@ fn publish_chunk(
     let chunk = match mirror.published {
         Some(current) if !rebuild => current.with_fallback(fallback),
         _ => {
-            let children: Vec<(u32, ChunkPtr)> = mirror
-                .children()
-                .iter()
-                .map(|(i, c)| (*i, c.published.expect("children publish first")))
-                .collect();
+            let children: Vec<(u32, ChunkPtr)> =
+                mirror.children().iter().map(|(i, c)| (*i, c.published.expect("children publish first"))).collect();
             if mirror.prefixes.capacity() > mirror.prefixes.len() * 5 / 4 + 4 {
                 mirror.prefixes.shrink_to_fit(); // bulk loads leave Vec growth slack behind
             }
@@ -992,9 +900,7 @@ fn refresh_child(
         return true;
     }
     if let (Some(new), Some(parent)) = (new, in_place) {
-        parent
-            .child_slot(position)
-            .store(new.as_raw(), Ordering::Release);
+        parent.child_slot(position).store(new.as_raw(), Ordering::Release);
     }
     false
 }
@@ -1014,18 +920,10 @@ fn group_bits<A: Address>(key: u32, level: u32) -> u128 {
     }
 }
 
-fn collect_routes<A: Address>(
-    mirror: &ChunkMirror,
-    base: u128,
-    level: u32,
-    out: &mut Vec<(Prefix<A>, u32)>,
-) {
+fn collect_routes<A: Address>(mirror: &ChunkMirror, base: u128, level: u32, out: &mut Vec<(Prefix<A>, u32)>) {
     for p in &mirror.prefixes {
         out.push((
-            prefix_at(
-                base | group_bits::<A>(p.bits(), level),
-                (GROUP_BITS * level) as u8 + p.len(),
-            ),
+            prefix_at(base | group_bits::<A>(p.bits(), level), (GROUP_BITS * level) as u8 + p.len()),
             p.next_hop,
         ));
     }
@@ -1036,11 +934,7 @@ fn collect_routes<A: Address>(
 
 fn mirror_bytes(m: &ChunkMirror) -> usize {
     let own = m.prefixes.capacity() * size_of::<LocalPrefix>();
-    let kids: usize = m
-        .children()
-        .iter()
-        .map(|(_, c)| mirror_bytes(c))
-        .sum::<usize>()
+    let kids: usize = m.children().iter().map(|(_, c)| mirror_bytes(c)).sum::<usize>()
         + m.below.as_ref().map_or(0, |below| {
             size_of::<Below>()
                 + below.children.capacity() * size_of::<(u32, ChunkMirror)>()
@@ -1077,16 +971,10 @@ mod tests {
     fn portable_and_dispatched_lookups_agree() {
         let mut fib = Fib::<Ipv6Addr>::new();
         let mut routes = Vec::new();
-        for (i, p) in [
-            "::/0",
-            "2001:db8::/32",
-            "2001:db8:1::/48",
-            "2001:db8:1:2::/64",
-            "2001:db8:1:2:3:4:5:6/128",
-            "2400::/12",
-        ]
-        .iter()
-        .enumerate()
+        for (i, p) in
+            ["::/0", "2001:db8::/32", "2001:db8:1::/48", "2001:db8:1:2::/64", "2001:db8:1:2:3:4:5:6/128", "2400::/12"]
+                .iter()
+                .enumerate()
         {
             let prefix: Prefix<Ipv6Addr> = p.parse().unwrap();
             fib.insert(prefix, i as u32).unwrap();
@@ -1097,8 +985,7 @@ mod tests {
         addrs.extend(uniform_addresses::<Ipv6Addr>(2000, 10));
         let guard = epoch::pin();
         let (mut portable, mut dispatched) = (vec![None; addrs.len()], vec![None; addrs.len()]);
-        fib.shared
-            .lookup_many_portable(&addrs, &mut portable, &guard);
+        fib.shared.lookup_many_portable(&addrs, &mut portable, &guard);
         fib.shared.lookup_many(&addrs, &mut dispatched, &guard);
         assert_eq!(portable, dispatched);
         for (a, got) in addrs.iter().zip(&portable) {

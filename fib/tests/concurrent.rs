@@ -14,12 +14,7 @@ use rand::{Rng, SeedableRng};
 const CHURN_BASE: u32 = 1_000_000;
 const VERSIONS: u32 = 1000;
 
-fn random_prefix<A: Address>(
-    rng: &mut impl Rng,
-    around: u128,
-    min_len: u8,
-    max_len: u8,
-) -> Prefix<A> {
+fn random_prefix<A: Address>(rng: &mut impl Rng, around: u128, min_len: u8, max_len: u8) -> Prefix<A> {
     let len = rng.gen_range(min_len..=max_len);
     // Stay near `around` so that churn nests over and under the stable routes.
     let noise: u128 = rng.gen::<u128>() >> (128 - A::BITS as u32 + 12).min(127);
@@ -71,12 +66,17 @@ fn stress<A: Address>(seconds: f64) {
                         let got = view.lookup(addr).expect("a stable route covers this address");
                         let shadowing = churn.iter().any(|c| c.contains(addr) && c.len() > best_stable.len());
                         if got < CHURN_BASE {
-                            assert_eq!(got, stable.iter().position(|p| p == best_stable).unwrap() as u32,
-                                       "{addr}: stable answer from the wrong route");
+                            assert_eq!(
+                                got,
+                                stable.iter().position(|p| p == best_stable).unwrap() as u32,
+                                "{addr}: stable answer from the wrong route"
+                            );
                         } else {
                             let c = churn[((got - CHURN_BASE) / VERSIONS) as usize];
-                            assert!(c.contains(addr) && c.len() > best_stable.len(),
-                                    "{addr}: answer from churn route {c} which cannot be the best match");
+                            assert!(
+                                c.contains(addr) && c.len() > best_stable.len(),
+                                "{addr}: answer from churn route {c} which cannot be the best match"
+                            );
                         }
                         if !shadowing {
                             must_hit += 1;
@@ -99,8 +99,7 @@ fn stress<A: Address>(seconds: f64) {
             let i = rng.gen_range(0..churn.len());
             if rng.gen_bool(0.5) {
                 version[i] = (version[i] + 1) % VERSIONS;
-                fib.insert(churn[i], CHURN_BASE + i as u32 * VERSIONS + version[i])
-                    .unwrap();
+                fib.insert(churn[i], CHURN_BASE + i as u32 * VERSIONS + version[i]).unwrap();
             } else {
                 fib.remove(&churn[i]);
             }
@@ -109,16 +108,10 @@ fn stress<A: Address>(seconds: f64) {
         publishes += 1;
     }
     stop.store(true, Ordering::Relaxed);
-    let must_hit: u64 = readers
-        .into_iter()
-        .map(|r| r.join().expect("reader saw an inconsistent answer"))
-        .sum();
+    let must_hit: u64 = readers.into_iter().map(|r| r.join().expect("reader saw an inconsistent answer")).sum();
     let total = lookups.load(Ordering::Relaxed);
     eprintln!("{}-bit: {publishes} publishes, {total} lookups, {must_hit} on never-shadowed stable routes", A::BITS);
-    assert!(
-        publishes > 100 && total > 10_000 && must_hit > 1000,
-        "stress ran too little to mean anything"
-    );
+    assert!(publishes > 100 && total > 10_000 && must_hit > 1000, "stress ran too little to mean anything");
 }
 
 #[test]

@@ -18,11 +18,7 @@ impl<A: Address> Default for Naive<A> {
 
 impl<A: Address> Naive<A> {
     fn lookup(&self, addr: A) -> Option<u32> {
-        self.0
-            .iter()
-            .filter(|(p, _)| p.contains(addr))
-            .max_by_key(|(p, _)| p.len())
-            .map(|(_, &nh)| nh)
+        self.0.iter().filter(|(p, _)| p.contains(addr)).max_by_key(|(p, _)| p.len()).map(|(_, &nh)| nh)
     }
 }
 
@@ -35,30 +31,14 @@ enum Op {
 
 /// Prefixes clustered around a few bases so that nesting, siblings and shared chunks are common.
 fn op_strategy(bits: u8) -> impl Strategy<Value = Op> {
-    let base = prop_oneof![
-        Just(0u128),
-        Just(u128::MAX),
-        Just(0x0a00_0000u128 << (bits - 32)),
-        any::<u128>()
-    ];
+    let base = prop_oneof![Just(0u128), Just(u128::MAX), Just(0x0a00_0000u128 << (bits - 32)), any::<u128>()];
     let addr = (base, any::<u128>(), 0..=bits).prop_map(move |(base, noise, scatter)| {
         // Keep the top bits of `base`, randomise the rest below `scatter` bits of depth.
-        let keep = if scatter == 0 {
-            0
-        } else {
-            u128::MAX << (128 - scatter as u32)
-        };
+        let keep = if scatter == 0 { 0 } else { u128::MAX << (128 - scatter as u32) };
         let value = (base << (128 - bits as u32) & keep) | (noise & !keep);
         value >> (128 - bits as u32)
     });
-    let len = prop_oneof![
-        Just(0u8),
-        Just(bits),
-        Just(16),
-        Just(17),
-        Just(24),
-        0..=bits
-    ];
+    let len = prop_oneof![Just(0u8), Just(bits), Just(16), Just(17), Just(24), 0..=bits];
     prop_oneof![
         6 => (addr.clone(), len.clone(), 0u32..1000).prop_map(|(a, l, nh)| Op::Insert(a, l, nh)),
         3 => (addr, len).prop_map(|(a, l)| Op::Remove(a, l)),
@@ -116,12 +96,7 @@ fn run<A: Address>(ops: Vec<Op>, probes: Vec<u128>) -> Result<(), TestCaseError>
         addrs.push(p.last());
     }
     for &a in &addrs {
-        prop_assert_eq!(
-            reader.lookup(a),
-            published.lookup(a),
-            "unpublished changes leaked at {}",
-            a
-        );
+        prop_assert_eq!(reader.lookup(a), published.lookup(a), "unpublished changes leaked at {}", a);
     }
     fib.publish();
     let mut out = vec![None; addrs.len()];

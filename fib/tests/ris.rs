@@ -19,12 +19,7 @@ fn data(name: &str) -> PathBuf {
     path
 }
 
-fn compare_family<A: ToIpnet>(
-    fib: &Fib<A>,
-    trie: &PrefixTrie<A>,
-    routes: &[(Prefix<A>, u32)],
-    what: &str,
-) {
+fn compare_family<A: ToIpnet>(fib: &Fib<A>, trie: &PrefixTrie<A>, routes: &[(Prefix<A>, u32)], what: &str) {
     let mut addrs = compare::uniform_addresses::<A>(500_000, 11);
     addrs.extend(compare::addresses_in_prefixes(routes, 500_000, 12));
     let mut ours = vec![None; addrs.len()];
@@ -36,10 +31,7 @@ fn compare_family<A: ToIpnet>(
         assert_eq!(fib.lookup(*addr), want, "{what}: single lookup {addr}");
         checked_hits += want.is_some() as usize;
     }
-    assert!(
-        checked_hits > 500_000,
-        "{what}: too few addresses matched a route ({checked_hits})"
-    );
+    assert!(checked_hits > 500_000, "{what}: too few addresses matched a route ({checked_hits})");
 }
 
 fn run<A: ToIpnet>(table: &[(Prefix<A>, u32)], updates: &[(Prefix<A>, Option<u32>)], what: &str) {
@@ -53,34 +45,23 @@ fn run<A: ToIpnet>(table: &[(Prefix<A>, u32)], updates: &[(Prefix<A>, Option<u32
     trie.apply(updates, 1);
     assert_eq!(fib.len(), trie.0.len(), "{what}: route count after updates");
     let after: Vec<_> = fib.iter().collect();
-    compare_family(
-        &fib,
-        &trie,
-        &after,
-        &format!("{what} after {} updates", updates.len()),
-    );
+    compare_family(&fib, &trie, &after, &format!("{what} after {} updates", updates.len()));
 }
 
 #[test]
 fn ipv4_full_table_matches_prefix_trie_before_and_after_updates() {
-    let set = RouteSet::from_prefixes(
-        &routes::read_table(&data("ris-as3333-2026-05-11-v4.txt.gz")).unwrap(),
-    );
+    let set = RouteSet::from_prefixes(&routes::read_table(&data("ris-as3333-2026-05-11-v4.txt.gz")).unwrap());
     assert!(set.v4.len() > 1_000_000);
-    let (updates, _) = compare::split_updates(
-        &routes::read_updates(&data("ris-as3333-2026-05-11-updates-v4.txt.gz")).unwrap(),
-    );
+    let (updates, _) =
+        compare::split_updates(&routes::read_updates(&data("ris-as3333-2026-05-11-updates-v4.txt.gz")).unwrap());
     run::<Ipv4Addr>(&set.v4, &updates, "IPv4");
 }
 
 #[test]
 fn ipv6_full_table_matches_prefix_trie_before_and_after_updates() {
-    let set = RouteSet::from_prefixes(
-        &routes::read_table(&data("ris-as3333-2026-05-11-v6.txt.gz")).unwrap(),
-    );
+    let set = RouteSet::from_prefixes(&routes::read_table(&data("ris-as3333-2026-05-11-v6.txt.gz")).unwrap());
     assert!(set.v6.len() > 200_000);
-    let (_, updates) = compare::split_updates(
-        &routes::read_updates(&data("ris-as3333-2026-05-11-updates-v6.txt.gz")).unwrap(),
-    );
+    let (_, updates) =
+        compare::split_updates(&routes::read_updates(&data("ris-as3333-2026-05-11-updates-v6.txt.gz")).unwrap());
     run::<Ipv6Addr>(&set.v6, &updates, "IPv6");
 }

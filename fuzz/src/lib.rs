@@ -93,7 +93,8 @@ pub fn icmp(data: &[u8]) {
     let quoted = &data[..data.len().min(68)];
     let mtu = data.first().map_or(1500, |b| 576 + *b as u16);
     let mut buf = vec![0u8; 20 + 8 + quoted.len()];
-    let error = if data.len().is_multiple_of(2) { IcmpError::TimeExceeded } else { IcmpError::FragmentationNeeded { mtu } };
+    let error =
+        if data.len().is_multiple_of(2) { IcmpError::TimeExceeded } else { IcmpError::FragmentationNeeded { mtu } };
     let len = icmp::emit_error(&mut buf, Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), error, quoted);
     let ip = Ipv4Packet::new_checked(&buf[..len]).expect("our ICMP error is valid IPv4");
     assert_eq!(vswitch::wire::checksum::sum(ip.payload()), 0xffff, "ICMP checksum");
@@ -110,11 +111,24 @@ fn state() -> &'static (ForwardingState, Fib<Ipv4Addr>) {
     STATE.get_or_init(|| {
         let pod = |id: u16, last: u8| {
             let ip = Ipv4Addr::new(10, 10, 1, last);
-            (PortInfo { id, name: format!("pod{id}"), role: PortRole::Pod { ip, mac: MacAddr::local_from(ip.octets()) }, mtu: 1500 }, ip)
+            (
+                PortInfo {
+                    id,
+                    name: format!("pod{id}"),
+                    role: PortRole::Pod { ip, mac: MacAddr::local_from(ip.octets()) },
+                    mtu: 1500,
+                },
+                ip,
+            )
         };
         let (a, a_ip) = pod(0, 2);
         let (b, b_ip) = pod(1, 3);
-        let host = PortInfo { id: 2, name: "vsw0".into(), role: PortRole::Host { peer_mac: MacAddr([2, 0, 0, 0, 0, 0xee]) }, mtu: 9000 };
+        let host = PortInfo {
+            id: 2,
+            name: "vsw0".into(),
+            role: PortRole::Host { peer_mac: MacAddr([2, 0, 0, 0, 0, 0xee]) },
+            mtu: 9000,
+        };
         let uplink = PortInfo { id: 3, name: "eth1".into(), role: PortRole::Uplink { mac: UP_MAC }, mtu: 1500 };
         let adjacency = |port: u16, src_mac, next_hop, mtu| Some(Adjacency { port, src_mac, next_hop, mtu });
         let adjacencies = vec![
@@ -209,7 +223,13 @@ pub fn fib(data: &[u8]) {
             let addr = Ipv4Addr::new(op[1], op[2], op[3], op[4]);
             // Mostly /12 and longer: a short prefix fans out over many top-level slots, which is
             // correct but slow, and speed is what finds bugs. /0-/11 still come up, rarely.
-            let len = match op[5] { 0 => 0, 1 => 8, 2 => 10, 3 => 11, n => 12 + n % 21 };
+            let len = match op[5] {
+                0 => 0,
+                1 => 8,
+                2 => 10,
+                3 => 11,
+                n => 12 + n % 21,
+            };
             let prefix = Ipv4Prefix::new_masked(addr, len).expect("len <= 32");
             probes.push(addr);
             if op[0] % 3 == 2 {
@@ -224,7 +244,8 @@ pub fn fib(data: &[u8]) {
                 let mut batched = vec![None; probes.len()];
                 reader.lookup_batch(&probes, &mut batched);
                 for (&a, got) in probes.iter().zip(batched) {
-                    let want = naive.iter().filter(|(p, _)| p.contains(a)).max_by_key(|(p, _)| p.len()).map(|(_, &nh)| nh);
+                    let want =
+                        naive.iter().filter(|(p, _)| p.contains(a)).max_by_key(|(p, _)| p.len()).map(|(_, &nh)| nh);
                     assert_eq!(reader.lookup(a), want, "lookup {a}");
                     assert_eq!(got, want, "batched lookup {a}");
                 }
@@ -247,11 +268,8 @@ pub fn cni_input(data: &[u8]) {
     let _ = cni::spec::NetConf::parse(data);
     let text = String::from_utf8_lossy(data);
     let _ = cni::spec::CniArgs::parse(&text);
-    let vars: BTreeMap<String, String> = text
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let vars: BTreeMap<String, String> =
+        text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let _ = cni::spec::Environment::from_env(|k| vars.get(k).cloned());
 }
 

@@ -47,7 +47,14 @@ pub struct LabSpec {
 
 impl Default for LabSpec {
     fn default() -> Self {
-        LabSpec { mode: UplinkMode::HostRouted, nodes: 2, pods_per_node: 2, pod_mtu: 1500, hybrid_mtu: 1400, workers: 1 }
+        LabSpec {
+            mode: UplinkMode::HostRouted,
+            nodes: 2,
+            pods_per_node: 2,
+            pod_mtu: 1500,
+            hybrid_mtu: 1400,
+            workers: 1,
+        }
     }
 }
 
@@ -103,7 +110,9 @@ impl LabState {
     /// The labs that are up.
     pub fn list() -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(STATE_DIR)
-            .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.strip_suffix(".json").map(str::to_string)).collect())
+            .map(|d| {
+                d.flatten().filter_map(|e| e.file_name().to_str()?.strip_suffix(".json").map(str::to_string)).collect()
+            })
             .unwrap_or_default();
         names.sort();
         names
@@ -188,13 +197,21 @@ impl Topology {
 
     /// Pings; returns the average RTT.
     pub fn ping(&self, from: &str, to: Ipv4Addr) -> Result<f64, String> {
-        let out = Command::new("ip").args(["netns", "exec", from, "ping", "-c", "2", "-i", "0.2", "-W", "2", &to.to_string()]).output().map_err(|e| e.to_string())?;
+        let out = Command::new("ip")
+            .args(["netns", "exec", from, "ping", "-c", "2", "-i", "0.2", "-W", "2", &to.to_string()])
+            .output()
+            .map_err(|e| e.to_string())?;
         let text = String::from_utf8_lossy(&out.stdout);
         if !out.status.success() {
             return Err(text.lines().last().unwrap_or("no reply").to_string());
         }
         // rtt min/avg/max/mdev = 0.1/0.2/0.3/0.0 ms
-        let avg = text.lines().next_back().and_then(|l| l.split('=').nth(1)).and_then(|v| v.trim().split('/').nth(1)).and_then(|v| v.parse().ok());
+        let avg = text
+            .lines()
+            .next_back()
+            .and_then(|l| l.split('=').nth(1))
+            .and_then(|v| v.trim().split('/').nth(1))
+            .and_then(|v| v.parse().ok());
         Ok(avg.unwrap_or(0.0))
     }
 
@@ -217,7 +234,14 @@ impl Topology {
     fn check_path(&self, path: &str, from: &str, to: &str) -> PathCheck {
         let (from_ns, from_ip) = self.ns_of(from);
         let (_, to_ip) = self.ns_of(to);
-        let mut check = PathCheck { path: path.into(), from: from.into(), to: to.into(), ok: false, rtt_ms: None, detail: String::new() };
+        let mut check = PathCheck {
+            path: path.into(),
+            from: from.into(),
+            to: to.into(),
+            ok: false,
+            rtt_ms: None,
+            detail: String::new(),
+        };
         match self.ping(&from_ns, to_ip) {
             Err(e) => check.detail = format!("ping: {e}"),
             Ok(rtt) => {
@@ -227,7 +251,14 @@ impl Topology {
                     Ok((name, peer, _)) => {
                         let peer_ip = peer.split(':').next().unwrap_or("");
                         check.ok = name == to && peer_ip == from_ip.to_string();
-                        check.detail = format!("{to} saw {peer_ip}{}", if check.ok { " (its own address: no NAT)" } else { " - expected the sender's own address" });
+                        check.detail = format!(
+                            "{to} saw {peer_ip}{}",
+                            if check.ok {
+                                " (its own address: no NAT)"
+                            } else {
+                                " - expected the sender's own address"
+                            }
+                        );
                     }
                 }
             }
@@ -273,8 +304,28 @@ impl Topology {
     fn check_mtu(&self, from: &str) -> PathCheck {
         let (from_ns, _) = self.ns_of(from);
         let size = (self.pod_mtu - 28).to_string();
-        let out = Command::new("ip").args(["netns", "exec", &from_ns, "ping", "-c", "2", "-i", "0.3", "-W", "1", "-M", "do", "-s", &size, &HYBRID_IP.to_string()]).output();
-        let text = out.map(|o| String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)).unwrap_or_default();
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &from_ns,
+                "ping",
+                "-c",
+                "2",
+                "-i",
+                "0.3",
+                "-W",
+                "1",
+                "-M",
+                "do",
+                "-s",
+                &size,
+                &HYBRID_IP.to_string(),
+            ])
+            .output();
+        let text = out
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr))
+            .unwrap_or_default();
         let mtu = self.hybrid_mtu.to_string();
         let ok = text.contains(&format!("mtu = {mtu}")) || text.contains(&format!("mtu={mtu}"));
         PathCheck {
@@ -283,7 +334,11 @@ impl Topology {
             to: "hybrid".into(),
             ok,
             rtt_ms: None,
-            detail: if ok { format!("fragmentation needed, mtu {mtu}") } else { text.lines().rfind(|l| !l.is_empty()).unwrap_or("").to_string() },
+            detail: if ok {
+                format!("fragmentation needed, mtu {mtu}")
+            } else {
+                text.lines().rfind(|l| !l.is_empty()).unwrap_or("").to_string()
+            },
         }
     }
 
@@ -318,7 +373,6 @@ impl Topology {
             Err(format!("iperf3 received nothing: {run:?}"))
         }
     }
-
 }
 
 fn sh(ns: &Netns, script: &str) {
@@ -392,10 +446,15 @@ impl Lab {
             cni,
         };
         for i in 0..spec.nodes {
-            progress(&format!("node{} ({}): vswitchd, {}", i + 1, node_ip(i), match spec.mode {
-                UplinkMode::HostRouted => "host-routed".to_string(),
-                UplinkMode::Uplink => "with a dedicated uplink NIC".to_string(),
-            }));
+            progress(&format!(
+                "node{} ({}): vswitchd, {}",
+                i + 1,
+                node_ip(i),
+                match spec.mode {
+                    UplinkMode::HostRouted => "host-routed".to_string(),
+                    UplinkMode::Uplink => "with a dedicated uplink NIC".to_string(),
+                }
+            ));
             lab.add_node(i);
         }
         for i in 0..spec.nodes {
@@ -481,7 +540,8 @@ impl Lab {
         let ns = Netns::new(&format!("{}p{}", self.name, name));
         let container = format!("{}-{name}", self.name);
         let result = self.run_cni("ADD", node, &container, &ns.path());
-        let ip = result["ips"][0]["address"].as_str().expect("address").split('/').next().unwrap().parse().expect("IPv4");
+        let ip =
+            result["ips"][0]["address"].as_str().expect("address").split('/').next().unwrap().parse().expect("IPv4");
         let pod = LabPod { name, netns: ns.name.clone(), container_id: container, ip, node };
         self.pod_ns.push(ns);
         self.topology.pods.push(pod.clone());
@@ -495,19 +555,30 @@ impl Lab {
             rules.push(format!("iptables -t nat -A PREROUTING -d {SERVICE_IP}/32 -p tcp --dport 80 -j KUBE-SVC-LAB"));
             for (k, b) in backends.iter().enumerate() {
                 let remaining = backends.len() - k;
-                let pick = if remaining > 1 { format!("-m statistic --mode random --probability {:.5} ", 1.0 / remaining as f64) } else { String::new() };
-                rules.push(format!("iptables -t nat -A KUBE-SVC-LAB {pick}-p tcp -j DNAT --to-destination {}:{SERVER_PORT}", b.ip));
+                let pick = if remaining > 1 {
+                    format!("-m statistic --mode random --probability {:.5} ", 1.0 / remaining as f64)
+                } else {
+                    String::new()
+                };
+                rules.push(format!(
+                    "iptables -t nat -A KUBE-SVC-LAB {pick}-p tcp -j DNAT --to-destination {}:{SERVER_PORT}",
+                    b.ip
+                ));
             }
             // A backend's reply must come back through this node's conntrack to be un-DNATed,
             // but the switch forwards pod to pod (and, with an uplink, node to node) directly:
             // so Service traffic leaves with the node's address, as kube-proxy masquerades.
-            rules.push(format!("iptables -t nat -A POSTROUTING -m conntrack --ctstate DNAT -j SNAT --to-source {}", node_ip(i)));
+            rules.push(format!(
+                "iptables -t nat -A POSTROUTING -m conntrack --ctstate DNAT -j SNAT --to-source {}",
+                node_ip(i)
+            ));
             sh(node, &rules.join(" && "));
         }
     }
 
     fn start_servers(&mut self) {
-        let mut targets: Vec<(String, String)> = self.topology.pods.iter().map(|p| (p.netns.clone(), p.name.clone())).collect();
+        let mut targets: Vec<(String, String)> =
+            self.topology.pods.iter().map(|p| (p.netns.clone(), p.name.clone())).collect();
         targets.extend(self.nodes.iter().enumerate().map(|(i, n)| (n.name.clone(), format!("node{}", i + 1))));
         targets.push((self.vm.name.clone(), "vm".into()));
         targets.push((self.hybrid.name.clone(), "hybrid".into()));
@@ -545,12 +616,14 @@ impl Lab {
     pub fn detach(self) -> LabState {
         let mut pids: Vec<u32> = self.servers.iter().map(|c| c.id()).collect();
         pids.extend(self.daemons.iter().filter_map(|d| d.child.as_ref().map(|c| c.id())));
-        let mut namespaces = vec![self.fabric.name.clone(), self.gateway.name.clone(), self.hybrid.name.clone(), self.vm.name.clone()];
+        let mut namespaces =
+            vec![self.fabric.name.clone(), self.gateway.name.clone(), self.hybrid.name.clone(), self.vm.name.clone()];
         namespaces.extend(self.nodes.iter().map(|n| n.name.clone()));
         namespaces.extend(self.pod_ns.iter().map(|n| n.name.clone()));
         let state = LabState { topology: self.topology.clone(), dir: self.dir.0.clone(), namespaces, pids };
         std::fs::create_dir_all(STATE_DIR).expect("state dir");
-        std::fs::write(LabState::path(&state.topology.name), serde_json::to_vec_pretty(&state).expect("serialisable")).expect("save lab state");
+        std::fs::write(LabState::path(&state.topology.name), serde_json::to_vec_pretty(&state).expect("serialisable"))
+            .expect("save lab state");
         // Everything stays: the state file is now how it is found and removed.
         std::mem::forget(self);
         state

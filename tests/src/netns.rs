@@ -54,10 +54,26 @@ pub fn iperf3(client: &str, server: &str, server_ip: Ipv4Addr, streams: u32, sec
         .spawn()
         .map_err(|e| format!("iperf3 server: {e}"))?;
     std::thread::sleep(Duration::from_millis(300));
-    let out = try_run(&["ip", "netns", "exec", client, "iperf3", "-c", &server_ip.to_string(), "-p", "5201", "-t", &seconds.to_string(), "-P", &streams.to_string(), "-J"]);
+    let out = try_run(&[
+        "ip",
+        "netns",
+        "exec",
+        client,
+        "iperf3",
+        "-c",
+        &server_ip.to_string(),
+        "-p",
+        "5201",
+        "-t",
+        &seconds.to_string(),
+        "-P",
+        &streams.to_string(),
+        "-J",
+    ]);
     let _ = listener.kill();
     let _ = listener.wait();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("iperf3 printed no report: {e}"))?;
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("iperf3 printed no report: {e}"))?;
     let end = &report["end"];
     match (end["sum_received"]["bits_per_second"].as_f64(), end["sum_received"]["bytes"].as_f64()) {
         (Some(bits_per_second), Some(bytes)) => {
@@ -76,7 +92,13 @@ pub fn unique(prefix: &str) -> String {
 /// Runs a command and returns its output; panics with its stderr if it fails.
 pub fn run(args: &[&str]) -> Output {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{}: {e}", args[0]));
-    assert!(out.status.success(), "{:?} failed: {}{}", args, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{:?} failed: {}{}",
+        args,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -202,7 +224,11 @@ pub fn binary_dir() -> PathBuf {
 /// A built binary of the project; fails clearly if it was not built.
 pub fn binary(name: &str) -> PathBuf {
     let path = binary_dir().join(name);
-    assert!(path.exists(), "{} is missing: build the workspace first (cargo build --release --workspace)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (cargo build --release --workspace)",
+        path.display()
+    );
     path
 }
 
@@ -237,7 +263,14 @@ impl Daemon {
             .arg(&self.bins.vswitchd)
             .args(["--config", self.dir.join("vswitchd.toml").to_str().unwrap()])
             .args(["--socket", self.socket.to_str().unwrap(), "--state-dir", self.dir.join("state").to_str().unwrap()])
-            .args(["--metrics-addr", "127.0.0.1:9477", "--host-port", &self.host_port, "--workers", &workers.to_string()])
+            .args([
+                "--metrics-addr",
+                "127.0.0.1:9477",
+                "--host-port",
+                &self.host_port,
+                "--workers",
+                &workers.to_string(),
+            ])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -262,17 +295,30 @@ impl Daemon {
         let mut full = vec!["--json"];
         full.extend_from_slice(args);
         let out = self.ctl(&full);
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("vswitchctl {args:?}: {e}: {}", String::from_utf8_lossy(&out.stderr)))
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("vswitchctl {args:?}: {e}: {}", String::from_utf8_lossy(&out.stderr)))
     }
 
     pub fn attach(&self, name: &str, pod: &Pod) {
-        let out = self.ctl(&["add-port", name, "--netns", pod.ns.path().to_str().unwrap(), "--ip", &pod.ip.to_string(), "--mac", &pod.mac]);
+        let out = self.ctl(&[
+            "add-port",
+            name,
+            "--netns",
+            pod.ns.path().to_str().unwrap(),
+            "--ip",
+            &pod.ip.to_string(),
+            "--mac",
+            &pod.mac,
+        ]);
         assert!(out.status.success(), "add-port {name}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
             let _ = child.wait();
         }
     }
@@ -280,7 +326,13 @@ impl Daemon {
     /// A port's counters from `vswitchctl ports --json`.
     pub fn port_counters(&self, name: &str) -> serde_json::Value {
         let ports = self.ctl_json(&["ports"]);
-        ports["result"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap_or_else(|| panic!("no port {name}"))["counters"].clone()
+        ports["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no port {name}"))["counters"]
+            .clone()
     }
 
     pub fn drops(&self, reason: &str) -> u64 {

@@ -9,7 +9,8 @@ fn every_path_works(spec: LabSpec) {
     require_root();
     let mut lab = Lab::up(spec, |_| {});
     let checks = lab.check();
-    let failed: Vec<String> = checks.iter().filter(|c| !c.ok).map(|c| format!("{} ({} -> {}): {}", c.path, c.from, c.to, c.detail)).collect();
+    let failed: Vec<String> =
+        checks.iter().filter(|c| !c.ok).map(|c| format!("{} ({} -> {}): {}", c.path, c.from, c.to, c.detail)).collect();
     assert!(failed.is_empty(), "paths failed:\n{}", failed.join("\n"));
     assert!(checks.len() >= 12, "the matrix lost paths: {}", checks.len());
     // A working TCP stream across nodes; how fast it goes is vpc-bench's business (three labs

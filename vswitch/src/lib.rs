@@ -7,10 +7,10 @@
 //!   on the packet path.
 //! - `control`: the control plane: API socket, port registry, persistence, metrics.
 
+pub mod control;
+pub mod datapath;
 pub mod neighbor;
 pub mod pipeline;
+pub mod port;
 pub mod state;
 pub mod wire;
-pub mod datapath;
-pub mod port;
-pub mod control;

@@ -38,11 +38,24 @@ impl Default for NeighborLimits {
 
 #[derive(Debug)]
 enum State {
-    Incomplete { queued: VecDeque<Vec<u8>>, attempts: u32, next_try: Duration },
-    Reachable { mac: MacAddr, until: Duration },
+    Incomplete {
+        queued: VecDeque<Vec<u8>>,
+        attempts: u32,
+        next_try: Duration,
+    },
+    Reachable {
+        mac: MacAddr,
+        until: Duration,
+    },
     /// Being re-confirmed: still used, and a request is out.
-    Probing { mac: MacAddr, attempts: u32, next_try: Duration },
-    Failed { until: Duration },
+    Probing {
+        mac: MacAddr,
+        attempts: u32,
+        next_try: Duration,
+    },
+    Failed {
+        until: Duration,
+    },
 }
 
 /// What the caller must do.
@@ -78,7 +91,8 @@ impl NeighborTable {
         if !self.entries.contains_key(&ip) && self.entries.len() >= limits.max_entries && !self.evict_failed() {
             return vec![Action::Dropped { unresolved: 0, queue_full: 1 }];
         }
-        let entry = self.entries.entry(ip).or_insert(State::Incomplete { queued: VecDeque::new(), attempts: 0, next_try: now });
+        let entry =
+            self.entries.entry(ip).or_insert(State::Incomplete { queued: VecDeque::new(), attempts: 0, next_try: now });
         match entry {
             State::Incomplete { queued, attempts, next_try } => {
                 let mut actions = Vec::new();
@@ -263,7 +277,10 @@ mod tests {
         assert!(t.is_empty());
         t.on_miss(Ipv4Addr::new(10, 0, 0, 1), vec![], Duration::ZERO);
         t.on_miss(Ipv4Addr::new(10, 0, 0, 2), vec![], Duration::ZERO);
-        assert_eq!(t.on_miss(Ipv4Addr::new(10, 0, 0, 3), vec![], Duration::ZERO), vec![Action::Dropped { unresolved: 0, queue_full: 1 }]);
+        assert_eq!(
+            t.on_miss(Ipv4Addr::new(10, 0, 0, 3), vec![], Duration::ZERO),
+            vec![Action::Dropped { unresolved: 0, queue_full: 1 }]
+        );
         assert_eq!(t.len(), 2);
     }
 }

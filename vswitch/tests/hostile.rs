@@ -44,7 +44,14 @@ fn checksum(header: &[u8]) -> u16 {
 }
 
 /// An IPv4 frame from `src_mac` to the gateway, carrying the marker; `mutate` breaks it.
-fn ipv4_frame(src_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, payload: usize, mutate: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+fn ipv4_frame(
+    src_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ttl: u8,
+    payload: usize,
+    mutate: impl FnOnce(&mut Vec<u8>),
+) -> Vec<u8> {
     let mut f = vec![0u8; vnet::LEN];
     f.extend_from_slice(&GW_MAC);
     f.extend_from_slice(&src_mac);
@@ -91,8 +98,20 @@ fn a_hostile_pod_cannot_hurt_anyone() {
     require_root();
     let dir = TempDir::new();
     let node = Netns::new("vtn");
-    let daemon = Daemon::start(&Binaries { vswitchd: env!("CARGO_BIN_EXE_vswitchd").into(), vswitchctl: env!("CARGO_BIN_EXE_vswitchctl").into() }, &node, &dir.0, 2);
-    let (a, b, h) = (Pod::new(Ipv4Addr::new(10, 10, 60, 2)), Pod::new(Ipv4Addr::new(10, 10, 60, 3)), Pod::new(Ipv4Addr::new(10, 10, 60, 66)));
+    let daemon = Daemon::start(
+        &Binaries {
+            vswitchd: env!("CARGO_BIN_EXE_vswitchd").into(),
+            vswitchctl: env!("CARGO_BIN_EXE_vswitchctl").into(),
+        },
+        &node,
+        &dir.0,
+        2,
+    );
+    let (a, b, h) = (
+        Pod::new(Ipv4Addr::new(10, 10, 60, 2)),
+        Pod::new(Ipv4Addr::new(10, 10, 60, 3)),
+        Pod::new(Ipv4Addr::new(10, 10, 60, 66)),
+    );
     for (name, pod) in [("pod-a", &a), ("pod-b", &b), ("hostile", &h)] {
         daemon.attach(name, pod);
     }
@@ -108,12 +127,23 @@ fn a_hostile_pod_cannot_hurt_anyone() {
     let (am, bm) = (mac_of(&a), mac_of(&b));
     let other = Ipv4Addr::new(10, 10, 60, 99);
     let kinds: Vec<(&str, Vec<u8>)> = vec![
-        ("truncated ethernet", { let mut f = vec![0u8; vnet::LEN]; f.extend_from_slice(&GW_MAC[..]); f.extend_from_slice(&hm[..4]); f }),
+        ("truncated ethernet", {
+            let mut f = vec![0u8; vnet::LEN];
+            f.extend_from_slice(&GW_MAC[..]);
+            f.extend_from_slice(&hm[..4]);
+            f
+        }),
         ("truncated ipv4", ipv4_frame(hm, h.ip, b.ip, 64, 0, |f| f.truncate(vnet::LEN + 14 + 12))),
         ("header length 3", ipv4_frame(hm, h.ip, b.ip, 64, 0, |f| f[vnet::LEN + 14] = 0x43)),
         ("header length 15", ipv4_frame(hm, h.ip, b.ip, 64, 0, |f| f[vnet::LEN + 14] = 0x4f)),
         ("total length too big", ipv4_frame(hm, h.ip, b.ip, 64, 0, |f| f[vnet::LEN + 16] = 0x7f)),
-        ("total length too small", ipv4_frame(hm, h.ip, b.ip, 64, 0, |f| { f[vnet::LEN + 16] = 0; f[vnet::LEN + 17] = 10 })),
+        (
+            "total length too small",
+            ipv4_frame(hm, h.ip, b.ip, 64, 0, |f| {
+                f[vnet::LEN + 16] = 0;
+                f[vnet::LEN + 17] = 10
+            }),
+        ),
         ("bad checksum", ipv4_frame(hm, h.ip, b.ip, 64, 0, |f| f[vnet::LEN + 24] ^= 0x55)),
         ("ttl 0", ipv4_frame(hm, h.ip, b.ip, 0, 0, |_| {})),
         ("ttl 1", ipv4_frame(hm, h.ip, b.ip, 1, 0, |_| {})),
@@ -125,14 +155,23 @@ fn a_hostile_pod_cannot_hurt_anyone() {
         ("arp request as pod-a", arp_frame(hm, 1, hm, a.ip, b.ip)),
         ("arp with forged sender mac", arp_frame(hm, 1, bm, h.ip, b.ip)),
         ("oversized with DF", ipv4_frame(hm, h.ip, b.ip, 64, 6000, |_| {})),
-        ("vlan tagged", ipv4_frame(hm, h.ip, b.ip, 64, 0, |f| { f.splice(vnet::LEN + 12..vnet::LEN + 12, [0x81, 0x00, 0x00, 0x05]); })),
+        (
+            "vlan tagged",
+            ipv4_frame(hm, h.ip, b.ip, 64, 0, |f| {
+                f.splice(vnet::LEN + 12..vnet::LEN + 12, [0x81, 0x00, 0x00, 0x05]);
+            }),
+        ),
         ("not to the gateway", ipv4_frame(hm, h.ip, b.ip, 64, 0, |f| f[vnet::LEN..vnet::LEN + 6].copy_from_slice(&bm))),
-        ("ipv6 ethertype", ipv4_frame(hm, h.ip, b.ip, 64, 0, |f| f[vnet::LEN + 12..vnet::LEN + 14].copy_from_slice(&[0x86, 0xdd]))),
+        (
+            "ipv6 ethertype",
+            ipv4_frame(hm, h.ip, b.ip, 64, 0, |f| f[vnet::LEN + 12..vnet::LEN + 14].copy_from_slice(&[0x86, 0xdd])),
+        ),
     ];
     // Bad virtio_net_hdr: the kernel itself refuses these at the socket, which is worth knowing.
     let bad_vnet = {
         let mut f = ipv4_frame(hm, h.ip, b.ip, 64, 0, |_| {});
-        VnetHeader { flags: 1, gso_type: 1, hdr_len: 9000, gso_size: 0, csum_start: 4000, csum_offset: 3000 }.write(&mut f[..vnet::LEN]);
+        VnetHeader { flags: 1, gso_type: 1, hdr_len: 9000, gso_size: 0, csum_start: 4000, csum_offset: 3000 }
+            .write(&mut f[..vnet::LEN]);
         f
     };
 
@@ -186,9 +225,20 @@ fn a_hostile_pod_cannot_hurt_anyone() {
     let hostile_rx = daemon.port_counters("hostile")["rx_packets"].as_u64().unwrap();
     assert!(hostile_rx >= 10_000, "vswitchd saw {hostile_rx} frames from the hostile pod");
     for reason in [
-        "ipv4_truncated", "ipv4_bad_header_length", "ipv4_bad_total_length", "ipv4_bad_checksum",
-        "ttl_expired", "spoofed_source_ip", "spoofed_source_mac", "arp_reply_from_pod", "arp_spoofed",
-        "fragmentation_needed", "icmp_rate_limited", "vlan_tagged", "not_our_mac", "unsupported_ethertype",
+        "ipv4_truncated",
+        "ipv4_bad_header_length",
+        "ipv4_bad_total_length",
+        "ipv4_bad_checksum",
+        "ttl_expired",
+        "spoofed_source_ip",
+        "spoofed_source_mac",
+        "arp_reply_from_pod",
+        "arp_spoofed",
+        "fragmentation_needed",
+        "icmp_rate_limited",
+        "vlan_tagged",
+        "not_our_mac",
+        "unsupported_ethertype",
     ] {
         let n = daemon.drops(reason);
         assert!(n > 0, "no drops counted as {reason}: {}", daemon.ctl_json(&["counters"]));
@@ -196,9 +246,13 @@ fn a_hostile_pod_cannot_hurt_anyone() {
     // Every hostile frame that reached the switch was dropped (the pair's own traffic was not).
     let c = daemon.ctl_json(&["counters"]);
     let dropped: u64 = c["result"]["drops"].as_array().unwrap().iter().map(|d| d[1].as_u64().unwrap()).sum();
-    let sent_to_others = daemon.port_counters("pod-a")["tx_packets"].as_u64().unwrap() + daemon.port_counters("pod-b")["tx_packets"].as_u64().unwrap();
+    let sent_to_others = daemon.port_counters("pod-a")["tx_packets"].as_u64().unwrap()
+        + daemon.port_counters("pod-b")["tx_packets"].as_u64().unwrap();
     eprintln!("switch: {hostile_rx} frames from the hostile pod, {dropped} drops in all, {sent_to_others} frames delivered to the pair");
-    assert!(dropped + 50 >= hostile_rx, "some hostile frames were not dropped: {dropped} drops for {hostile_rx} frames");
+    assert!(
+        dropped + 50 >= hostile_rx,
+        "some hostile frames were not dropped: {dropped} drops for {hostile_rx} frames"
+    );
     drop(daemon);
     let _ = (&node, &dir);
 }

@@ -1,7 +1,6 @@
 //! vswitchd end to end, in real network namespaces, with real TAPs, ping and iperf3.
 //! Needs root (CI runs as root); without it every test here fails with a clear message.
 
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
@@ -106,10 +105,15 @@ fn bad_requests_get_error_replies_and_the_daemon_keeps_serving() {
         reader.read_line(&mut reply).unwrap();
         serde_json::from_str(&reply).unwrap()
     };
-    for bad in ["not json", r#"{"op":"reboot"}"#, r#"{"op":"del_port"}"#, r#"{"op":"del_port","name":"nope"}"#,
-                r#"{"op":"add_port","name":"x","netns":"/run/netns/does-not-exist","ifname":"eth0","ip":"10.10.23.9","mac":"02:00:00:00:00:09"}"#,
-                r#"{"op":"add_port","name":"pod-a","netns":"/x","ifname":"eth0","ip":"10.10.23.9","mac":"02:00:00:00:00:09"}"#,
-                r#"{"op":"add_route","prefix":"10.1.2.3/8","port":"vsw0"}"#] {
+    for bad in [
+        "not json",
+        r#"{"op":"reboot"}"#,
+        r#"{"op":"del_port"}"#,
+        r#"{"op":"del_port","name":"nope"}"#,
+        r#"{"op":"add_port","name":"x","netns":"/run/netns/does-not-exist","ifname":"eth0","ip":"10.10.23.9","mac":"02:00:00:00:00:09"}"#,
+        r#"{"op":"add_port","name":"pod-a","netns":"/x","ifname":"eth0","ip":"10.10.23.9","mac":"02:00:00:00:00:09"}"#,
+        r#"{"op":"add_route","prefix":"10.1.2.3/8","port":"vsw0"}"#,
+    ] {
         let reply = ask(bad);
         assert_eq!(reply["ok"], false, "{bad} -> {reply}");
         assert!(reply["error"].as_str().is_some_and(|e| !e.is_empty()));
@@ -126,7 +130,11 @@ fn drops_are_counted_by_reason_and_exported_as_metrics() {
     let n = node(1, 24);
     // A packet with TTL 1 through the switch: time exceeded comes back, counted.
     let out = n.a.ns.exec(&["ping", "-c", "1", "-W", "1", "-t", "1", &n.b.ip.to_string()]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("Time to live exceeded"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Time to live exceeded"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert_eq!(n.daemon.drops("ttl_expired"), 1);
     // Too big with DF: fragmentation needed with the MTU. The host port MTU is 1500 here and the
     // pods' too, so raise pod-a's MTU to send a bigger frame.

@@ -46,7 +46,14 @@ impl Switch {
         fib.insert(Ipv4Prefix::host(B_IP), 1).unwrap();
         fib.insert("0.0.0.0/0".parse().unwrap(), 2).unwrap();
         fib.publish();
-        let state = ForwardingState { gateway_ip: GW_IP, gateway_mac: GW_MAC, ports, adjacencies, fib: fib.reader(), neighbors: Default::default() };
+        let state = ForwardingState {
+            gateway_ip: GW_IP,
+            gateway_mac: GW_MAC,
+            ports,
+            adjacencies,
+            fib: fib.reader(),
+            neighbors: Default::default(),
+        };
         Switch { state, fib, pipeline: Pipeline::new(IcmpLimiter::new(1000, 10)) }
     }
 
@@ -66,7 +73,8 @@ fn with_vnet(vnet: VnetHeader, frame: Vec<u8>) -> Vec<u8> {
 }
 
 fn icmp_echo(src_mac: MacAddr, dst_mac: MacAddr, src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, payload: usize) -> Vec<u8> {
-    let builder = PacketBuilder::ethernet2(src_mac.0, dst_mac.0).ipv4(src.octets(), dst.octets(), ttl).icmpv4_echo_request(1, 1);
+    let builder =
+        PacketBuilder::ethernet2(src_mac.0, dst_mac.0).ipv4(src.octets(), dst.octets(), ttl).icmpv4_echo_request(1, 1);
     let payload = vec![0xab; payload];
     let mut frame = Vec::new();
     builder.write(&mut frame, &payload).unwrap();
@@ -122,10 +130,18 @@ fn pod_to_node_and_beyond_goes_to_the_host_port_and_back() {
 #[test]
 fn a_64k_tso_frame_crosses_unsegmented() {
     let mut sw = Switch::new();
-    let builder = PacketBuilder::ethernet2(A_MAC.0, GW_MAC.0).ipv4(A_IP.octets(), B_IP.octets(), 64).tcp(40000, 5201, 1, 65535);
+    let builder =
+        PacketBuilder::ethernet2(A_MAC.0, GW_MAC.0).ipv4(A_IP.octets(), B_IP.octets(), 64).tcp(40000, 5201, 1, 65535);
     let mut frame = Vec::new();
     builder.write(&mut frame, &vec![7u8; 65000]).unwrap();
-    let tso = VnetHeader { flags: vnet::FLAG_NEEDS_CSUM, gso_type: vnet::GSO_TCPV4, hdr_len: 54, gso_size: 1448, csum_start: 34, csum_offset: 16 };
+    let tso = VnetHeader {
+        flags: vnet::FLAG_NEEDS_CSUM,
+        gso_type: vnet::GSO_TCPV4,
+        hdr_len: 54,
+        gso_size: 1448,
+        csum_start: 34,
+        csum_offset: 16,
+    };
     let mut buf = with_vnet(tso, frame);
     let original_len = buf.len();
     let Next::Tx { port, len } = sw.send(A, &mut buf) else { panic!("not forwarded") };
@@ -184,19 +200,26 @@ fn too_big_with_df_gets_fragmentation_needed_with_the_mtu() {
     assert_eq!((reason, port), (DropReason::FragmentationNeeded, HOST));
     let p = SlicedPacket::from_ethernet(&buf[vnet::LEN..len]).unwrap();
     let Some(etherparse::TransportSlice::Icmpv4(icmp)) = p.transport else { panic!("not ICMP") };
-    let etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu }) = icmp.icmp_type() else {
+    let etherparse::Icmpv4Type::DestinationUnreachable(
+        etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu },
+    ) = icmp.icmp_type()
+    else {
         panic!("not fragmentation needed: {:?}", icmp.icmp_type())
     };
     assert_eq!(next_hop_mtu, 1500);
     // A GSO frame is judged by its segments: 20 + 20 bytes of headers + 1460 fits in 1500, one
     // more byte does not. The headers are measured in the packet: hdr_len is what the kernel
     // reports on receive, the skb's linear length, here 1000 bytes (headers and payload).
-    let builder = PacketBuilder::ethernet2(HOST_MAC.0, GW_MAC.0).ipv4(VM_IP.octets(), A_IP.octets(), 64).tcp(1, 2, 3, 4);
+    let builder =
+        PacketBuilder::ethernet2(HOST_MAC.0, GW_MAC.0).ipv4(VM_IP.octets(), A_IP.octets(), 64).tcp(1, 2, 3, 4);
     let mut frame = Vec::new();
     builder.write(&mut frame, &vec![0u8; 20000]).unwrap();
     let gso = |size| VnetHeader { gso_type: vnet::GSO_TCPV4, gso_size: size, hdr_len: 1000, ..Default::default() };
     assert!(matches!(sw.send(HOST, &mut with_vnet(gso(1460), frame.clone())), Next::Tx { port: A, .. }));
-    assert!(matches!(sw.send(HOST, &mut with_vnet(gso(1461), frame)), Next::Respond { reason: DropReason::FragmentationNeeded, .. }));
+    assert!(matches!(
+        sw.send(HOST, &mut with_vnet(gso(1461), frame)),
+        Next::Respond { reason: DropReason::FragmentationNeeded, .. }
+    ));
 }
 
 #[test]
@@ -221,13 +244,18 @@ fn corrupted(offset: usize, value: u8) -> Vec<u8> {
 #[test]
 fn every_drop_reason_is_reachable_and_named() {
     let mut sw = Switch::new();
-    let mut check = |port, mut buf: Vec<u8>, reason| assert_eq!(sw.send(port, &mut buf), Next::Drop(reason), "{reason:?}");
+    let mut check =
+        |port, mut buf: Vec<u8>, reason| assert_eq!(sw.send(port, &mut buf), Next::Drop(reason), "{reason:?}");
     check(A, vec![0; 5], DropReason::BadVnetHeader);
     check(A, with_vnet(VnetHeader { flags: 0x40, ..Default::default() }, vec![0; 60]), DropReason::BadVnetHeader);
     check(A, with_vnet(VnetHeader::default(), vec![0; 13]), DropReason::FrameTooShort);
     check(A, corrupted(6, 0x66), DropReason::SpoofedSourceMac);
     check(A, corrupted(12, 0x81), DropReason::VlanTagged);
-    check(A, corrupted(13, 0xdd).iter().enumerate().map(|(i, &b)| if i == vnet::LEN + 12 { 0x86 } else { b }).collect(), DropReason::UnsupportedEtherType);
+    check(
+        A,
+        corrupted(13, 0xdd).iter().enumerate().map(|(i, &b)| if i == vnet::LEN + 12 { 0x86 } else { b }).collect(),
+        DropReason::UnsupportedEtherType,
+    );
     check(A, corrupted(0, 0xff), DropReason::NotOurMac);
     check(A, icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, 64, 8)[..vnet::LEN + 14 + 19].to_vec(), DropReason::Ipv4Truncated);
     check(A, corrupted(14, 0x65), DropReason::Ipv4BadVersion);
@@ -281,9 +309,24 @@ const VM_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x42]);
 /// default route through the VPC gateway, and nothing else to the host port.
 fn with_uplink(known_neighbors: &[(Ipv4Addr, MacAddr)]) -> Switch {
     let mut sw = Switch::new();
-    sw.state.ports.push(Some(PortInfo { id: UPLINK, name: "eth1".into(), role: PortRole::Uplink { mac: UP_MAC }, mtu: 1500 }));
-    sw.state.adjacencies.push(Some(Adjacency { port: UPLINK, src_mac: UP_MAC, next_hop: NextHop::Arp { via: None }, mtu: 1500 }));
-    sw.state.adjacencies.push(Some(Adjacency { port: UPLINK, src_mac: UP_MAC, next_hop: NextHop::Arp { via: Some(VPC_GW) }, mtu: 1500 }));
+    sw.state.ports.push(Some(PortInfo {
+        id: UPLINK,
+        name: "eth1".into(),
+        role: PortRole::Uplink { mac: UP_MAC },
+        mtu: 1500,
+    }));
+    sw.state.adjacencies.push(Some(Adjacency {
+        port: UPLINK,
+        src_mac: UP_MAC,
+        next_hop: NextHop::Arp { via: None },
+        mtu: 1500,
+    }));
+    sw.state.adjacencies.push(Some(Adjacency {
+        port: UPLINK,
+        src_mac: UP_MAC,
+        next_hop: NextHop::Arp { via: Some(VPC_GW) },
+        mtu: 1500,
+    }));
     sw.fib.insert("10.10.0.0/16".parse().unwrap(), 3).unwrap();
     sw.fib.insert("0.0.0.0/0".parse().unwrap(), 4).unwrap();
     sw.fib.publish();

@@ -3,7 +3,6 @@
 //! for their addresses, which the switch answers; pods reach the VM after the switch resolves
 //! it with ARP itself. Needs root, like every namespace test.
 
-
 use std::net::Ipv4Addr;
 
 use vpc_lab::netns::{require_root, Binaries, Daemon, Netns, Pod, TempDir};
@@ -63,7 +62,9 @@ fn pods_and_a_vpc_host_reach_each_other_over_the_uplink() {
     let pid = nix::unistd::Pid::from_raw(daemon.child.as_ref().unwrap().id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
     let vm_nic = vm.ifindex("eth0");
-    let sender = vswitch::port::netns::run_in(Some(&vm.path()), || vswitch::port::packet::PacketSocket::open_sender(vm_nic)).unwrap();
+    let sender =
+        vswitch::port::netns::run_in(Some(&vm.path()), || vswitch::port::packet::PacketSocket::open_sender(vm_nic))
+            .unwrap();
     send_frames(&sender, 30_000);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1500));

@@ -134,26 +134,40 @@ fn main() {
                 std::process::exit(1);
             });
             if cli.json {
-                println!("{}", serde_json::json!({"write_ns": cost.write_ns, "read_ns": cost.read_ns, "bound_pps": cost.bound_pps(), "frames": cost.frames}));
+                println!(
+                    "{}",
+                    serde_json::json!({"write_ns": cost.write_ns, "read_ns": cost.read_ns, "bound_pps": cost.bound_pps(), "frames": cost.frames})
+                );
             } else {
                 println!("TAP I/O per 64-byte frame: write {:.0} ns, read {:.0} ns", cost.write_ns, cost.read_ns);
-                println!("one thread doing one read and one write per frame: at most {:.2} Mpps", cost.bound_pps() / 1e6);
+                println!(
+                    "one thread doing one read and one write per frame: at most {:.2} Mpps",
+                    cost.bound_pps() / 1e6
+                );
             }
         }
         Bench::Cni { pods } => {
             let r = benches::cni_latency::run(pods);
             if cli.json {
                 let l = |l: benches::cni_latency::Latency| serde_json::json!({"p50_ms": l.p50_ms, "p99_ms": l.p99_ms});
-                println!("{}", serde_json::json!({
-                    "pods": r.pods,
-                    "vpc_cni": {"add": l(r.ours_add), "del": l(r.ours_del)},
-                    "bridge_host_local": {"add": l(r.reference_add), "del": l(r.reference_del)},
-                }));
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "pods": r.pods,
+                        "vpc_cni": {"add": l(r.ours_add), "del": l(r.ours_del)},
+                        "bridge_host_local": {"add": l(r.reference_add), "del": l(r.reference_del)},
+                    })
+                );
             } else {
                 println!("CNI latency over {} pods (ms)", r.pods);
                 println!("{:<24} {:>9} {:>9} {:>9} {:>9}", "plugin", "ADD p50", "ADD p99", "DEL p50", "DEL p99");
-                for (name, add, del) in [("vpc-cni", r.ours_add, r.ours_del), ("bridge + host-local", r.reference_add, r.reference_del)] {
-                    println!("{:<24} {:>9.2} {:>9.2} {:>9.2} {:>9.2}", name, add.p50_ms, add.p99_ms, del.p50_ms, del.p99_ms);
+                for (name, add, del) in
+                    [("vpc-cni", r.ours_add, r.ours_del), ("bridge + host-local", r.reference_add, r.reference_del)]
+                {
+                    println!(
+                        "{:<24} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+                        name, add.p50_ms, add.p99_ms, del.p50_ms, del.p99_ms
+                    );
                 }
                 println!(
                     "vpc-cni / reference: ADD p50 {:.2}x, DEL p50 {:.2}x",
@@ -188,7 +202,10 @@ fn rr_client(address: std::net::SocketAddr, count: u32) {
     }
     samples.sort_by(f64::total_cmp);
     let at = |q: f64| samples.get(((samples.len() as f64 - 1.0) * q) as usize).copied().unwrap_or(f64::NAN);
-    println!("{}", serde_json::json!({"p50_us": at(0.5), "p99_us": at(0.99), "received": samples.len(), "sent": count}));
+    println!(
+        "{}",
+        serde_json::json!({"p50_us": at(0.5), "p99_us": at(0.99), "received": samples.len(), "sent": count})
+    );
 }
 
 fn udp_flood(address: std::net::SocketAddrV4, seconds: u32, flows: u16) {
@@ -197,9 +214,13 @@ fn udp_flood(address: std::net::SocketAddrV4, seconds: u32, flows: u16) {
         eprintln!("udp-flood: {e}");
         std::process::exit(1);
     });
-    let sent = flood(&target, &target.frames(flows), std::time::Duration::from_secs(seconds.into())).unwrap_or_else(|e| {
-        eprintln!("udp-flood on {}: {e}", target.dev);
-        std::process::exit(1);
-    });
-    println!("{}", serde_json::json!({"sent": sent.packets, "refused": sent.refused, "seconds": sent.seconds, "pps": sent.packets as f64 / sent.seconds}));
+    let sent =
+        flood(&target, &target.frames(flows), std::time::Duration::from_secs(seconds.into())).unwrap_or_else(|e| {
+            eprintln!("udp-flood on {}: {e}", target.dev);
+            std::process::exit(1);
+        });
+    println!(
+        "{}",
+        serde_json::json!({"sent": sent.packets, "refused": sent.refused, "seconds": sent.seconds, "pps": sent.packets as f64 / sent.seconds})
+    );
 }

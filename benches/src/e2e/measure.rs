@@ -57,9 +57,20 @@ pub fn iperf3(t: &Topology, streams: u32, seconds: u32) -> Option<Tcp> {
 /// Request-response latency percentiles (p50, p99) in microseconds over `count` round trips.
 pub fn rr(t: &Topology, count: u32) -> Option<(f64, f64)> {
     let tool = binary("vpc-bench");
-    let mut server = Command::new("ip").args(["netns", "exec", &t.b]).arg(&tool).args(["rr-server", "--port", "7777"]).stdout(Stdio::null()).spawn().ok()?;
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", &t.b])
+        .arg(&tool)
+        .args(["rr-server", "--port", "7777"])
+        .stdout(Stdio::null())
+        .spawn()
+        .ok()?;
     std::thread::sleep(Duration::from_millis(200));
-    let out = Command::new("ip").args(["netns", "exec", &t.a]).arg(&tool).args(["rr-client", &format!("{B}:7777"), "--count", &count.to_string()]).output().ok()?;
+    let out = Command::new("ip")
+        .args(["netns", "exec", &t.a])
+        .arg(&tool)
+        .args(["rr-client", &format!("{B}:7777"), "--count", &count.to_string()])
+        .output()
+        .ok()?;
     let _ = server.kill();
     let _ = server.wait();
     let v: Value = serde_json::from_slice(&out.stdout).ok()?;
@@ -68,7 +79,8 @@ pub fn rr(t: &Topology, count: u32) -> Option<(f64, f64)> {
 
 /// Frames B's interface has received.
 fn rx_packets(t: &Topology) -> Option<u64> {
-    let out = try_run(&["ip", "netns", "exec", &t.b, "cat", &format!("/sys/class/net/{}/statistics/rx_packets", t.b_dev)]);
+    let out =
+        try_run(&["ip", "netns", "exec", &t.b, "cat", &format!("/sys/class/net/{}/statistics/rx_packets", t.b_dev)]);
     String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
 
@@ -101,7 +113,14 @@ pub fn udp64(t: &Topology, seconds: u32, flows: u16) -> Option<Flood> {
     let generator = Command::new("ip")
         .args(["netns", "exec", &t.a])
         .arg(&tool)
-        .args(["udp-flood", &format!("{B}:{FLOOD_PORT}"), "--seconds", &(seconds + 1).to_string(), "--flows", &flows.to_string()])
+        .args([
+            "udp-flood",
+            &format!("{B}:{FLOOD_PORT}"),
+            "--seconds",
+            &(seconds + 1).to_string(),
+            "--flows",
+            &flows.to_string(),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -123,5 +142,11 @@ pub fn udp64(t: &Topology, seconds: u32, flows: u16) -> Option<Flood> {
         }
     };
     let (delivered, cpu_s) = measured?;
-    Some(Flood { delivered_pps: delivered as f64 / elapsed, sent_pps: sent["pps"].as_f64()?, delivered, sent: sent["sent"].as_u64()?, cpu_s })
+    Some(Flood {
+        delivered_pps: delivered as f64 / elapsed,
+        sent_pps: sent["pps"].as_f64()?,
+        delivered,
+        sent: sent["sent"].as_u64()?,
+        cpu_s,
+    })
 }

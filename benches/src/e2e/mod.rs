@@ -47,12 +47,17 @@ pub struct PathResult {
 pub fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
-    if s.is_empty() { f64::NAN } else { s[s.len() / 2] }
+    if s.is_empty() {
+        f64::NAN
+    } else {
+        s[s.len() / 2]
+    }
 }
 
 /// Measures every path `reps` times; paths whose software is missing are left out.
 pub fn run(options: &Options, mut progress: impl FnMut(&str)) -> Vec<(String, PathResult)> {
-    let mut results: Vec<(String, PathResult)> = options.paths.iter().map(|p| (p.clone(), PathResult::default())).collect();
+    let mut results: Vec<(String, PathResult)> =
+        options.paths.iter().map(|p| (p.clone(), PathResult::default())).collect();
     let mut missing = Vec::new();
     for rep in 0..options.reps {
         for (name, result) in results.iter_mut() {
@@ -65,7 +70,20 @@ pub fn run(options: &Options, mut progress: impl FnMut(&str)) -> Vec<(String, Pa
                 continue;
             };
             // Warm the path (ARP, proxy-ARP, MAC learning) before timing anything.
-            let _ = try_run(&["ip", "netns", "exec", &t.a, "ping", "-c", "2", "-i", "0.2", "-W", "1", &topology::B.to_string()]);
+            let _ = try_run(&[
+                "ip",
+                "netns",
+                "exec",
+                &t.a,
+                "ping",
+                "-c",
+                "2",
+                "-i",
+                "0.2",
+                "-W",
+                "1",
+                &topology::B.to_string(),
+            ]);
             measure_once(&t, options, result);
         }
     }

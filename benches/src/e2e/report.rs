@@ -20,30 +20,38 @@ fn find<'a>(results: &'a [(String, PathResult)], name: &str) -> Option<&'a PathR
 /// A median, or null when there is no sample.
 fn number(v: &[f64]) -> Value {
     let m = median(v);
-    if m.is_finite() { json!(m) } else { Value::Null }
+    if m.is_finite() {
+        json!(m)
+    } else {
+        Value::Null
+    }
 }
 
 pub fn to_json(results: &[(String, PathResult)], options: &Options) -> Value {
     let mut paths = serde_json::Map::new();
     for (name, r) in results {
-        paths.insert(name.clone(), json!({
-            "tcp_1_gbps": number(&r.tcp_1_gbps),
-            "tcp_4_gbps": number(&r.tcp_4_gbps),
-            "udp64_pps": number(&r.udp64_pps),
-            "udp64_sent_pps": number(&r.udp64_sent_pps),
-            "rr_p50_us": number(&r.rr_p50_us),
-            "rr_p99_us": number(&r.rr_p99_us),
-            "cpu_s_per_gb": number(&r.cpu_s_per_gb),
-            "cpu_s_per_mpkt": number(&r.cpu_s_per_mpkt),
-            "samples": {
-                "tcp_1_gbps": r.tcp_1_gbps, "tcp_4_gbps": r.tcp_4_gbps, "udp64_pps": r.udp64_pps,
-                "udp64_delivered_sent": r.udp64_delivered_sent,
-                "rr_p50_us": r.rr_p50_us, "rr_p99_us": r.rr_p99_us,
-                "cpu_s_per_gb": r.cpu_s_per_gb, "cpu_s_per_mpkt": r.cpu_s_per_mpkt,
-            },
-        }));
+        paths.insert(
+            name.clone(),
+            json!({
+                "tcp_1_gbps": number(&r.tcp_1_gbps),
+                "tcp_4_gbps": number(&r.tcp_4_gbps),
+                "udp64_pps": number(&r.udp64_pps),
+                "udp64_sent_pps": number(&r.udp64_sent_pps),
+                "rr_p50_us": number(&r.rr_p50_us),
+                "rr_p99_us": number(&r.rr_p99_us),
+                "cpu_s_per_gb": number(&r.cpu_s_per_gb),
+                "cpu_s_per_mpkt": number(&r.cpu_s_per_mpkt),
+                "samples": {
+                    "tcp_1_gbps": r.tcp_1_gbps, "tcp_4_gbps": r.tcp_4_gbps, "udp64_pps": r.udp64_pps,
+                    "udp64_delivered_sent": r.udp64_delivered_sent,
+                    "rr_p50_us": r.rr_p50_us, "rr_p99_us": r.rr_p99_us,
+                    "cpu_s_per_gb": r.cpu_s_per_gb, "cpu_s_per_mpkt": r.cpu_s_per_mpkt,
+                },
+            }),
+        );
     }
-    let targets: Vec<Value> = targets(results).into_iter().map(|t| json!({"target": t.what, "value": t.value, "met": t.met})).collect();
+    let targets: Vec<Value> =
+        targets(results).into_iter().map(|t| json!({"target": t.what, "value": t.value, "met": t.met})).collect();
     json!({
         "repetitions": options.reps, "seconds": options.seconds, "vswitchd_workers": options.workers,
         "udp64_flows": options.flows, "paths": paths, "targets": targets,
@@ -69,8 +77,18 @@ const METRICS: [Metric; 5] = [
     Metric { column: "TCP x1 Gbit/s", panel: "TCP, 1 stream (Gbit/s)", samples: |r| &r.tcp_1_gbps, scale: 1.0 },
     Metric { column: "TCP x4 Gbit/s", panel: "TCP, 4 streams (Gbit/s)", samples: |r| &r.tcp_4_gbps, scale: 1.0 },
     Metric { column: "UDP 64B Mpps", panel: "UDP 64 B delivered (Mpps)", samples: |r| &r.udp64_pps, scale: 1e-6 },
-    Metric { column: "RR p50 us", panel: "request-response p50 (us, lower is better)", samples: |r| &r.rr_p50_us, scale: 1.0 },
-    Metric { column: "RR p99 us", panel: "request-response p99 (us, lower is better)", samples: |r| &r.rr_p99_us, scale: 1.0 },
+    Metric {
+        column: "RR p50 us",
+        panel: "request-response p50 (us, lower is better)",
+        samples: |r| &r.rr_p50_us,
+        scale: 1.0,
+    },
+    Metric {
+        column: "RR p99 us",
+        panel: "request-response p99 (us, lower is better)",
+        samples: |r| &r.rr_p99_us,
+        scale: 1.0,
+    },
 ];
 
 /// The main table: median [min-max] and the ratio to the Linux bridge, per metric.
@@ -87,7 +105,8 @@ pub fn table(results: &[(String, PathResult)]) -> String {
             let v = metric.scaled(r);
             let (lo, hi) = spread(&v);
             let ratio = median(&v) / median(&metric.scaled(&bridge));
-            let cell = if v.is_empty() { "-".to_string() } else { format!("{:.2} [{lo:.2}-{hi:.2}] {ratio:.2}x", median(&v)) };
+            let cell =
+                if v.is_empty() { "-".to_string() } else { format!("{:.2} [{lo:.2}-{hi:.2}] {ratio:.2}x", median(&v)) };
             out.push_str(&format!(" {cell:>25}"));
         }
         out.push('\n');
@@ -123,10 +142,27 @@ pub fn targets(results: &[(String, PathResult)]) -> Vec<Target> {
             out.push(Target { what: what.to_string(), value, met: pass(value) });
         }
     };
-    ratio("TCP x1 vs linux_bridge >= 0.9x", &ours.tcp_1_gbps, find(results, "linux_bridge").map(|r| &r.tcp_1_gbps), |v| v >= 0.9);
-    ratio("TCP x1 vs kernel_routed >= 0.9x", &ours.tcp_1_gbps, find(results, "kernel_routed").map(|r| &r.tcp_1_gbps), |v| v >= 0.9);
-    ratio("TCP x1 vs ovs_netdev >= 1.5x", &ours.tcp_1_gbps, find(results, "ovs_netdev").map(|r| &r.tcp_1_gbps), |v| v >= 1.5);
-    ratio("RR p50 vs linux_bridge <= 1.5x", &ours.rr_p50_us, find(results, "linux_bridge").map(|r| &r.rr_p50_us), |v| v <= 1.5);
+    ratio(
+        "TCP x1 vs linux_bridge >= 0.9x",
+        &ours.tcp_1_gbps,
+        find(results, "linux_bridge").map(|r| &r.tcp_1_gbps),
+        |v| v >= 0.9,
+    );
+    ratio(
+        "TCP x1 vs kernel_routed >= 0.9x",
+        &ours.tcp_1_gbps,
+        find(results, "kernel_routed").map(|r| &r.tcp_1_gbps),
+        |v| v >= 0.9,
+    );
+    ratio("TCP x1 vs ovs_netdev >= 1.5x", &ours.tcp_1_gbps, find(results, "ovs_netdev").map(|r| &r.tcp_1_gbps), |v| {
+        v >= 1.5
+    });
+    ratio(
+        "RR p50 vs linux_bridge <= 1.5x",
+        &ours.rr_p50_us,
+        find(results, "linux_bridge").map(|r| &r.rr_p50_us),
+        |v| v <= 1.5,
+    );
     if !ours.cpu_s_per_mpkt.is_empty() {
         let value = 1.0 / median(&ours.cpu_s_per_mpkt);
         out.push(Target { what: "64 B Mpps per forwarding thread >= 1".into(), value, met: value >= 1.0 });
@@ -152,8 +188,16 @@ pub fn chart(results: &[(String, PathResult)]) -> String {
     );
     for (p, metric) in METRICS.iter().enumerate() {
         let top = p * panel_height;
-        svg.push_str(&format!("<text x=\"10\" y=\"{}\" font-weight=\"bold\">{}, median</text>\n", top + 18, metric.panel));
-        let max = results.iter().map(|(_, r)| median(&metric.scaled(r))).filter(|v| v.is_finite()).fold(f64::MIN_POSITIVE, f64::max);
+        svg.push_str(&format!(
+            "<text x=\"10\" y=\"{}\" font-weight=\"bold\">{}, median</text>\n",
+            top + 18,
+            metric.panel
+        ));
+        let max = results
+            .iter()
+            .map(|(_, r)| median(&metric.scaled(r)))
+            .filter(|v| v.is_finite())
+            .fold(f64::MIN_POSITIVE, f64::max);
         for (i, (name, r)) in results.iter().enumerate() {
             let v = median(&metric.scaled(r));
             let w = if v.is_finite() { 400.0 * v / max } else { 0.0 };
@@ -171,7 +215,12 @@ pub fn chart(results: &[(String, PathResult)]) -> String {
     svg
 }
 
-pub fn report_dir(out: &Path, results: &[(String, PathResult)], options: &Options, command: &str) -> std::io::Result<()> {
+pub fn report_dir(
+    out: &Path,
+    results: &[(String, PathResult)],
+    options: &Options,
+    command: &str,
+) -> std::io::Result<()> {
     std::fs::create_dir_all(out)?;
     let md = format!(
         "# vpc-bench e2e\n\n`{command}`\n\n{} repetitions, {} s per iperf3 run and per 64-byte flood ({} flows), {} UDP round trips per latency sample, vswitchd with {} worker(s). Median [min-max] and ratio to the Linux bridge.\n\n```\n{}{}```\n\n![charts](chart.svg)\n",

@@ -56,7 +56,14 @@ fn veth_direct() -> Topology {
     a.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &b.name]);
     addressed(&a, "eth0", A, 24);
     addressed(&b, "eth0", B, 24);
-    Topology { a: a.name.clone(), b: b.name.clone(), b_dev: "eth0".into(), forwarder_pid: None, idle_pods: Vec::new(), _keep: vec![Box::new(a), Box::new(b)] }
+    Topology {
+        a: a.name.clone(),
+        b: b.name.clone(),
+        b_dev: "eth0".into(),
+        forwarder_pid: None,
+        idle_pods: Vec::new(),
+        _keep: vec![Box::new(a), Box::new(b)],
+    }
 }
 
 fn linux_bridge() -> Topology {
@@ -68,7 +75,14 @@ fn linux_bridge() -> Topology {
         host.ip(&["link", "set", port, "master", "br0", "up"]);
         addressed(ns, "eth0", ip, 24);
     }
-    Topology { a: a.name.clone(), b: b.name.clone(), b_dev: "eth0".into(), forwarder_pid: None, idle_pods: Vec::new(), _keep: vec![Box::new(a), Box::new(b), Box::new(host)] }
+    Topology {
+        a: a.name.clone(),
+        b: b.name.clone(),
+        b_dev: "eth0".into(),
+        forwarder_pid: None,
+        idle_pods: Vec::new(),
+        _keep: vec![Box::new(a), Box::new(b), Box::new(host)],
+    }
 }
 
 /// Pods with /32 addresses and a default route via 169.254.1.1, which the host answers by
@@ -91,7 +105,14 @@ fn kernel_routed() -> Topology {
         ns.ip(&["route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"]);
         ns.ip(&["route", "add", "default", "via", "169.254.1.1", "dev", "eth0"]);
     }
-    Topology { a: a.name.clone(), b: b.name.clone(), b_dev: "eth0".into(), forwarder_pid: None, idle_pods: Vec::new(), _keep: vec![Box::new(a), Box::new(b), Box::new(host)] }
+    Topology {
+        a: a.name.clone(),
+        b: b.name.clone(),
+        b_dev: "eth0".into(),
+        forwarder_pid: None,
+        idle_pods: Vec::new(),
+        _keep: vec![Box::new(a), Box::new(b), Box::new(host)],
+    }
 }
 
 fn vswitchd(workers: usize) -> Topology {
@@ -145,8 +166,16 @@ struct OvsDaemons {
 impl OvsDaemons {
     fn vsctl(&self, args: &[&str]) -> Result<(), String> {
         let db = format!("unix:{}", self.dir.0.join("db.sock").display());
-        let out = ovs_command("ovs-vsctl", &self.dir.0).arg(format!("--db={db}")).args(args).output().map_err(|e| e.to_string())?;
-        if out.status.success() { Ok(()) } else { Err(format!("ovs-vsctl {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim())) }
+        let out = ovs_command("ovs-vsctl", &self.dir.0)
+            .arg(format!("--db={db}"))
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("ovs-vsctl {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim()))
+        }
     }
 
     fn pid(&self, name: &str) -> Option<u32> {
@@ -158,7 +187,8 @@ impl Drop for OvsDaemons {
     fn drop(&mut self) {
         for pidfile in ["vswitchd.pid", "ovsdb.pid"] {
             if let Some(pid) = self.pid(pidfile) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+                let _ =
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
             }
         }
     }
@@ -174,7 +204,11 @@ fn ovs_command(program: &str, dir: &Path) -> Command {
 
 fn run_ok(mut command: Command) -> Result<(), String> {
     let out = command.output().map_err(|e| e.to_string())?;
-    if out.status.success() { Ok(()) } else { Err(format!("{command:?}: {}", String::from_utf8_lossy(&out.stderr).trim())) }
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{command:?}: {}", String::from_utf8_lossy(&out.stderr).trim()))
+    }
 }
 
 /// Open vSwitch 3.x userspace datapath with userspace TSO, `internal` (tap) ports moved into the
@@ -223,7 +257,14 @@ fn ovs_netdev() -> Option<Topology> {
         addressed(ns, port, ip, 24);
     }
     let pid = ovs.pid("vswitchd.pid");
-    Some(Topology { a: a.name.clone(), b: b.name.clone(), b_dev: "pb".into(), forwarder_pid: pid, idle_pods: Vec::new(), _keep: vec![Box::new(a), Box::new(b), Box::new(ovs), Box::new(host)] })
+    Some(Topology {
+        a: a.name.clone(),
+        b: b.name.clone(),
+        b_dev: "pb".into(),
+        forwarder_pid: pid,
+        idle_pods: Vec::new(),
+        _keep: vec![Box::new(a), Box::new(b), Box::new(ovs), Box::new(host)],
+    })
 }
 
 fn wait_for_link(ns: &Netns, name: &str) {

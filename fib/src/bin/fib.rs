@@ -42,10 +42,7 @@ unsafe impl GlobalAlloc for CountingAlloc {
 static ALLOC: CountingAlloc = CountingAlloc;
 
 #[derive(Parser)]
-#[command(
-    name = "fib",
-    about = "Longest-prefix-match lookups and benchmarks on route tables"
-)]
+#[command(name = "fib", about = "Longest-prefix-match lookups and benchmarks on route tables")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -88,14 +85,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Lookup { table } => lookup(&table),
-        Command::Bench {
-            table,
-            updates,
-            json,
-            addresses,
-            seconds,
-            publish_every,
-        } => bench(&table, &updates, json, addresses, seconds, publish_every),
+        Command::Bench { table, updates, json, addresses, seconds, publish_every } => {
+            bench(&table, &updates, json, addresses, seconds, publish_every)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -126,9 +118,8 @@ fn lookup(table: &std::path::Path) -> Result<(), Error> {
         if text.is_empty() {
             continue;
         }
-        let addr: IpAddr = text
-            .parse()
-            .map_err(|_| format!("stdin line {}: '{text}' is not an IP address", number + 1))?;
+        let addr: IpAddr =
+            text.parse().map_err(|_| format!("stdin line {}: '{text}' is not an IP address", number + 1))?;
         let matched = match addr {
             IpAddr::V4(a) => reader4.lookup(a).map(|i| v4[i as usize].0.to_string()),
             IpAddr::V6(a) => reader6.lookup(a).map(|i| v6[i as usize].0.to_string()),
@@ -146,11 +137,7 @@ type Pass<'a, A> = &'a dyn Fn(&[A]) -> u64;
 /// repeated full passes over `addrs` whose median counts (so its first, cache-cold pass does
 /// not); a table's figure is the median of its blocks. Taking turns means the machine speeding
 /// up or slowing down (by 2x here, on a shared host) moves every table's figure alike.
-fn rates<A: Address, const N: usize>(
-    tables: [Pass<'_, A>; N],
-    addrs: &[A],
-    seconds: f64,
-) -> [f64; N] {
+fn rates<A: Address, const N: usize>(tables: [Pass<'_, A>; N], addrs: &[A], seconds: f64) -> [f64; N] {
     const ROUNDS: usize = 3;
     let mut blocks: [Vec<f64>; N] = std::array::from_fn(|_| Vec::new());
     let mut sink = 0u64;
@@ -179,10 +166,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn measured_build<A: Address, T: LpmTable<A>>(routes: &[(Prefix<A>, u32)]) -> (T, usize) {
     let before = LIVE_BYTES.load(Ordering::Relaxed);
     let table = T::build(routes);
-    (
-        table,
-        LIVE_BYTES.load(Ordering::Relaxed).saturating_sub(before),
-    )
+    (table, LIVE_BYTES.load(Ordering::Relaxed).saturating_sub(before))
 }
 
 #[derive(Default)]
@@ -220,12 +204,7 @@ where
         .count();
     let run = |addrs: &[A]| {
         rates::<A, 4>(
-            [
-                &|a| ours.lookup_sum(a),
-                &|a| trie.lookup_sum(a),
-                &|a| tbl.lookup_sum(a),
-                &|a| single.lookup_sum(a),
-            ],
+            [&|a| ours.lookup_sum(a), &|a| trie.lookup_sum(a), &|a| tbl.lookup_sum(a), &|a| single.lookup_sum(a)],
             addrs,
             seconds,
         )
@@ -314,25 +293,18 @@ fn bench(
     let set = RouteSet::from_prefixes(&prefixes);
     let mut trace = None;
     for file in updates {
-        trace
-            .get_or_insert_with(Vec::new)
-            .extend(routes::read_updates(file)?);
+        trace.get_or_insert_with(Vec::new).extend(routes::read_updates(file)?);
     }
     let v4 = bench_family::<Ipv4Addr>(&set.v4, n, seconds);
     let v6 = bench_family::<Ipv6Addr>(&set.v6, n, seconds);
-    let upd = trace
-        .as_ref()
-        .map(|t| bench_updates(&set, t, publish_every));
+    let upd = trace.as_ref().map(|t| bench_updates(&set, t, publish_every));
     if v4.mismatches + v6.mismatches > 0 {
-        return Err(format!(
-            "tables disagree on {} of the checked lookups",
-            v4.mismatches + v6.mismatches
-        )
-        .into());
+        return Err(format!("tables disagree on {} of the checked lookups", v4.mismatches + v6.mismatches).into());
     }
     if json {
         let family = |r: &FamilyReport| {
-            let by_name = |v: &[f64; 4]| serde_json::json!({NAMES[0]: v[0], NAMES[1]: v[1], NAMES[2]: v[2], NAMES[3]: v[3]});
+            let by_name =
+                |v: &[f64; 4]| serde_json::json!({NAMES[0]: v[0], NAMES[1]: v[1], NAMES[2]: v[2], NAMES[3]: v[3]});
             serde_json::json!({
                 "prefixes": r.prefixes,
                 // Headline figures: addresses inside announced prefixes (every lookup walks to a
@@ -359,10 +331,7 @@ fn bench(
     }
     for (name, r) in [("IPv4", &v4), ("IPv6", &v6)] {
         println!("{name}: {} prefixes", r.prefixes);
-        println!(
-            "  {:<18} {:>14} {:>14} {:>12}",
-            "table", "uniform M/s", "in-prefix M/s", "heap MiB"
-        );
+        println!("  {:<18} {:>14} {:>14} {:>12}", "table", "uniform M/s", "in-prefix M/s", "heap MiB");
         for (i, name) in NAMES.iter().enumerate() {
             println!(
                 "  {:<18} {:>14.1} {:>14.1} {:>12.1}",
@@ -389,8 +358,6 @@ fn bench(
             u.prefix_trie_per_sec / 1e6
         );
     }
-    println!(
-        "published anchors (other machines): Poptrie 174-240+ M/s on one core, DXR 100-200+ M/s"
-    );
+    println!("published anchors (other machines): Poptrie 174-240+ M/s on one core, DXR 100-200+ M/s");
     Ok(())
 }

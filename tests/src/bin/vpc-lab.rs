@@ -13,7 +13,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use vpc_lab::lab::{Lab, LabSpec, LabState, PathCheck, UplinkMode};
 
 #[derive(Parser)]
-#[command(name = "vpc-lab", about = "A VPC on one machine: nodes with vswitchd, pods through vpc-cni, every path checked")]
+#[command(
+    name = "vpc-lab",
+    about = "A VPC on one machine: nodes with vswitchd, pods through vpc-cni, every path checked"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -43,9 +46,17 @@ enum Cmd {
     /// Stand the lab up and leave it running.
     Up(Shape),
     /// Check every path of a running lab (the only one, or NAME).
-    Check { name: Option<String>, #[arg(long)] json: bool },
+    Check {
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Take a running lab down (the only one, NAME, or --all).
-    Down { name: Option<String>, #[arg(long)] all: bool },
+    Down {
+        name: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
     /// Up, check, a short iperf3, down. Exits non-zero if any path fails.
     Demo {
         #[command(flatten)]
@@ -55,7 +66,12 @@ enum Cmd {
         seconds: u32,
     },
     /// (inside the lab) Answer every TCP connection with this server's name and the peer it saw.
-    Serve { #[arg(long)] name: String, #[arg(long)] port: u16 },
+    Serve {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        port: u16,
+    },
     /// (inside the lab) Connect, print the server's answer and the time it took.
     Probe { address: SocketAddr },
 }
@@ -195,7 +211,15 @@ fn report(checks: &[PathCheck], json: bool) -> ExitCode {
         println!("{:<38} {:<7} {:<12} {:<5} {:>9}  DETAIL", "PATH", "FROM", "TO", "", "RTT ms");
         for c in checks {
             let rtt = c.rtt_ms.map_or_else(|| "-".to_string(), |r| format!("{r:.3}"));
-            println!("{:<38} {:<7} {:<12} {:<5} {:>9}  {}", c.path, c.from, c.to, if c.ok { "PASS" } else { "FAIL" }, rtt, c.detail);
+            println!(
+                "{:<38} {:<7} {:<12} {:<5} {:>9}  {}",
+                c.path,
+                c.from,
+                c.to,
+                if c.ok { "PASS" } else { "FAIL" },
+                rtt,
+                c.detail
+            );
         }
         let failed = checks.iter().filter(|c| !c.ok).count();
         println!("{} passed, {} failed", checks.len() - failed, failed);
@@ -247,7 +271,11 @@ fn demo(shape: &Shape, seconds: u32) -> ExitCode {
         println!("interrupted; everything removed");
         return ExitCode::from(130);
     }
-    println!("done in {:.1} s: {}", started.elapsed().as_secs_f64(), if ok { "every path works" } else { "SOME PATHS FAILED" });
+    println!(
+        "done in {:.1} s: {}",
+        started.elapsed().as_secs_f64(),
+        if ok { "every path works" } else { "SOME PATHS FAILED" }
+    );
     if ok {
         ExitCode::SUCCESS
     } else {

@@ -46,8 +46,13 @@ enum Command {
         remove_device: bool,
     },
     /// Route a prefix out of a port.
-    AddRoute { prefix: String, port: String },
-    DelRoute { prefix: String },
+    AddRoute {
+        prefix: String,
+        port: String,
+    },
+    DelRoute {
+        prefix: String,
+    },
     /// Is the daemon up (ports attached, state generation).
     Status,
     Ports,
@@ -65,7 +70,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let request = match cli.command {
-        Command::AddPort { name, netns, ifname, ip, mac, mtu } => Request::AddPort { name, netns, ifname, ip, mac, mtu },
+        Command::AddPort { name, netns, ifname, ip, mac, mtu } => {
+            Request::AddPort { name, netns, ifname, ip, mac, mtu }
+        }
         Command::DelPort { name, remove_device } => Request::DelPort { name, remove_device },
         Command::AddRoute { prefix, port } => Request::AddRoute { prefix, port },
         Command::DelRoute { prefix } => Request::DelRoute { prefix },
@@ -111,7 +118,10 @@ fn print_human(request: &Request, result: serde_json::Value) {
     match request {
         Request::ListPorts => {
             let ports: Vec<PortView> = serde_json::from_value(result).unwrap_or_default();
-            println!("{:<4} {:<20} {:<5} {:<16} {:<18} {:>5} {:>12} {:>12} {:>12} {:>12}", "ID", "NAME", "ROLE", "IP", "MAC", "MTU", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES");
+            println!(
+                "{:<4} {:<20} {:<5} {:<16} {:<18} {:>5} {:>12} {:>12} {:>12} {:>12}",
+                "ID", "NAME", "ROLE", "IP", "MAC", "MTU", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES"
+            );
             for p in ports {
                 let (role, ip, mac) = match p.role {
                     PortRole::Pod { ip, mac } => ("pod", ip.to_string(), mac.to_string()),
@@ -119,7 +129,10 @@ fn print_human(request: &Request, result: serde_json::Value) {
                     PortRole::Uplink { mac } => ("uplink", "-".into(), mac.to_string()),
                 };
                 let c = p.counters;
-                println!("{:<4} {:<20} {:<5} {:<16} {:<18} {:>5} {:>12} {:>12} {:>12} {:>12}", p.id, p.name, role, ip, mac, p.mtu, c.rx_packets, c.rx_bytes, c.tx_packets, c.tx_bytes);
+                println!(
+                    "{:<4} {:<20} {:<5} {:<16} {:<18} {:>5} {:>12} {:>12} {:>12} {:>12}",
+                    p.id, p.name, role, ip, mac, p.mtu, c.rx_packets, c.rx_bytes, c.tx_packets, c.tx_bytes
+                );
             }
         }
         Request::ListRoutes => {
@@ -134,7 +147,10 @@ fn print_human(request: &Request, result: serde_json::Value) {
             println!("fib routes: {}   neighbours: {}", c.fib_routes, c.neighbors);
             println!("{:<20} {:>12} {:>14} {:>12} {:>14}", "PORT", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES");
             for (name, t) in c.ports {
-                println!("{:<20} {:>12} {:>14} {:>12} {:>14}", name, t.rx_packets, t.rx_bytes, t.tx_packets, t.tx_bytes);
+                println!(
+                    "{:<20} {:>12} {:>14} {:>12} {:>14}",
+                    name, t.rx_packets, t.rx_bytes, t.tx_packets, t.tx_bytes
+                );
             }
             println!("drops:");
             for (reason, n) in c.drops.into_iter().filter(|(_, n)| *n > 0) {

@@ -34,8 +34,13 @@ pub enum Request {
         remove_device: bool,
     },
     /// Route `prefix` (e.g. `10.20.0.0/16`) out of port `port`.
-    AddRoute { prefix: String, port: String },
-    DelRoute { prefix: String },
+    AddRoute {
+        prefix: String,
+        port: String,
+    },
+    DelRoute {
+        prefix: String,
+    },
     /// A cheap liveness answer: the number of ports and the state generation.
     Status,
     ListPorts,
@@ -43,7 +48,10 @@ pub enum Request {
     ListNeighbors,
     Counters,
     /// Run a frame (hex, Ethernet onwards) through the pipeline as if it arrived on `port`.
-    Trace { port: String, frame: String },
+    Trace {
+        port: String,
+        frame: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -111,7 +111,8 @@ pub enum ConfigError {
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })?;
+        let config: Config =
+            toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })?;
         config.validate()?;
         Ok(config)
     }
@@ -127,7 +128,10 @@ impl Config {
             route.parse::<fib::Ipv4Prefix>().map_err(|e| ConfigError::Invalid(format!("host_port.routes: {e}")))?;
         }
         if let Some(uplink) = &self.uplink {
-            uplink.subnet.parse::<fib::Ipv4Prefix>().map_err(|e| ConfigError::Invalid(format!("uplink.subnet: {e}")))?;
+            uplink
+                .subnet
+                .parse::<fib::Ipv4Prefix>()
+                .map_err(|e| ConfigError::Invalid(format!("uplink.subnet: {e}")))?;
             if uplink.gateway.is_some() && self.host_port.default_route {
                 return Err(ConfigError::Invalid(
                     "uplink.gateway and host_port.default_route both claim the default route; set host_port.default_route = false".into(),

@@ -15,7 +15,10 @@ use super::api::{CountersView, NeighborView, PortView, Request, RouteView, Trace
 use super::config::{Config, UplinkConfig};
 use super::hostnet::{HostNet, HostNetError};
 use super::store::PortStore;
-use crate::datapath::{spawn_worker, stats, Datapath, PortQueues, PortTotals, SlowPacket, SlowReason, Snapshot, WorkerStats, SLOW_PATH_DEPTH};
+use crate::datapath::{
+    spawn_worker, stats, Datapath, PortQueues, PortTotals, SlowPacket, SlowReason, Snapshot, WorkerStats,
+    SLOW_PATH_DEPTH,
+};
 use crate::neighbor::{Action, NeighborLimits, NeighborTable};
 use crate::pipeline::{DropReason, IcmpLimiter, Next, Pipeline, Trace, MAX_FRAME};
 use crate::port::packet::PacketSocket;
@@ -147,7 +150,8 @@ impl Switch {
         for index in 0..config.workers {
             let s = Arc::new(WorkerStats::default());
             let icmp = IcmpLimiter::new(config.icmp_errors_per_second, config.icmp_burst);
-            let (waker, handle) = spawn_worker(index, datapath.clone(), s.clone(), icmp).map_err(ControlError::Workers)?;
+            let (waker, handle) =
+                spawn_worker(index, datapath.clone(), s.clone(), icmp).map_err(ControlError::Workers)?;
             wakers.push(waker);
             workers.push(handle);
             stats.push(s);
@@ -196,9 +200,12 @@ impl Switch {
         let name = config.interface.clone();
         let uplink_error = |source| ControlError::Uplink { name: name.clone(), source };
         let (ifindex, mac) = self.hostnet.bring_up(&name, config.mtu).await?;
-        for (key, value) in [("ipv4/conf/{}/forwarding", "0"), ("ipv4/conf/{}/arp_ignore", "8"), ("ipv6/conf/{}/disable_ipv6", "1")] {
+        for (key, value) in
+            [("ipv4/conf/{}/forwarding", "0"), ("ipv4/conf/{}/arp_ignore", "8"), ("ipv6/conf/{}/disable_ipv6", "1")]
+        {
             let path = format!("/proc/sys/net/{}", key.replace("{}", &name));
-            std::fs::write(&path, value).map_err(|e| uplink_error(std::io::Error::new(e.kind(), format!("{path}: {e}"))))?;
+            std::fs::write(&path, value)
+                .map_err(|e| uplink_error(std::io::Error::new(e.kind(), format!("{path}: {e}"))))?;
         }
         // Fanout groups are per namespace; the pid keeps two daemons' groups apart.
         let group = (std::process::id() & 0xffff) as u16;
@@ -211,13 +218,19 @@ impl Switch {
         let info = PortInfo { id, name: name.clone(), role: PortRole::Uplink { mac }, mtu: config.mtu };
         let attachment = Attachment { netns: None, ifname: name.clone(), request: None };
         self.install_port(info, attachment, queues.into(), NextHop::Arp { via: None }, mac);
-        let subnet: Ipv4Prefix = config.subnet.parse().map_err(|e| ControlError::Invalid(format!("uplink.subnet: {e}")))?;
+        let subnet: Ipv4Prefix =
+            config.subnet.parse().map_err(|e| ControlError::Invalid(format!("uplink.subnet: {e}")))?;
         let connected = self.record(id).adjacency;
         self.routes.insert(subnet, Route { port: id, adjacency: connected, owner: RouteOwner::Static });
         self.fib.insert(subnet, connected).expect("adjacency index in range");
         if let Some(gateway) = config.gateway {
             let via_gateway = self.adjacencies.len() as u32;
-            self.adjacencies.push(Some(Adjacency { port: id, src_mac: mac, next_hop: NextHop::Arp { via: Some(gateway) }, mtu: config.mtu }));
+            self.adjacencies.push(Some(Adjacency {
+                port: id,
+                src_mac: mac,
+                next_hop: NextHop::Arp { via: Some(gateway) },
+                mtu: config.mtu,
+            }));
             let default: Ipv4Prefix = "0.0.0.0/0".parse().expect("valid");
             self.routes.insert(default, Route { port: id, adjacency: via_gateway, owner: RouteOwner::Static });
             self.fib.insert(default, via_gateway).expect("adjacency index in range");
@@ -320,7 +333,12 @@ impl Switch {
         let queues = self.open_queues(&name, &name, None, Attach::CreatePersistent).await?;
         let (ifindex, peer_mac) = self.hostnet.bring_up(&name, self.config.host_port.mtu).await?;
         self.host_ifindex = ifindex;
-        let info = PortInfo { id: HOST_PORT, name: name.clone(), role: PortRole::Host { peer_mac }, mtu: self.config.host_port.mtu };
+        let info = PortInfo {
+            id: HOST_PORT,
+            name: name.clone(),
+            role: PortRole::Host { peer_mac },
+            mtu: self.config.host_port.mtu,
+        };
         let attachment = Attachment { netns: None, ifname: name, request: None };
         let gateway_mac = self.config.gateway_mac();
         self.install_port(info, attachment, queues, NextHop::Mac(peer_mac), gateway_mac);
@@ -440,10 +458,14 @@ impl Switch {
         }
         match request {
             Request::AddPort { .. } => self.add_port(request).await.map(value),
-            Request::DelPort { name, remove_device } => self.del_port(&name, remove_device).await.map(|()| serde_json::Value::Null),
+            Request::DelPort { name, remove_device } => {
+                self.del_port(&name, remove_device).await.map(|()| serde_json::Value::Null)
+            }
             Request::AddRoute { prefix, port } => self.add_route(&prefix, &port).map(|()| serde_json::Value::Null),
             Request::DelRoute { prefix } => self.del_route(&prefix).map(|()| serde_json::Value::Null),
-            Request::Status => Ok(value(serde_json::json!({"ports": self.ports.iter().flatten().count(), "generation": self.generation}))),
+            Request::Status => Ok(value(
+                serde_json::json!({"ports": self.ports.iter().flatten().count(), "generation": self.generation}),
+            )),
             Request::ListPorts => Ok(value(self.list_ports())),
             Request::ListRoutes => Ok(value(self.list_routes())),
             Request::ListNeighbors => Ok(value(self.list_neighbors())),
@@ -453,11 +475,15 @@ impl Switch {
     }
 
     async fn add_port(&mut self, request: Request) -> Result<PortView, ControlError> {
-        let Request::AddPort { name, netns, ifname, ip, mac, mtu } = &request else { unreachable!("checked by caller") };
+        let Request::AddPort { name, netns, ifname, ip, mac, mtu } = &request else {
+            unreachable!("checked by caller")
+        };
         if self.port_id(name).is_some() {
             return Err(ControlError::PortExists(name.clone()));
         }
-        if let Some(p) = self.ports.iter().flatten().find(|p| matches!(p.info.role, PortRole::Pod { ip: other, .. } if other == *ip)) {
+        if let Some(p) =
+            self.ports.iter().flatten().find(|p| matches!(p.info.role, PortRole::Pod { ip: other, .. } if other == *ip))
+        {
             return Err(ControlError::AddressInUse { ip: *ip, port: p.info.name.clone() });
         }
         if mac.is_multicast() || *mac == MacAddr::ZERO {
@@ -475,7 +501,8 @@ impl Switch {
         self.hostnet.route_to_pod(*ip, self.host_ifindex).await?;
 
         let info = PortInfo { id, name: name.clone(), role: PortRole::Pod { ip: *ip, mac: *mac }, mtu };
-        let attachment = Attachment { netns: Some(netns.clone()), ifname: ifname.clone(), request: Some(request.clone()) };
+        let attachment =
+            Attachment { netns: Some(netns.clone()), ifname: ifname.clone(), request: Some(request.clone()) };
         let gateway_mac = self.config.gateway_mac();
         self.install_port(info, attachment, queues, NextHop::Mac(*mac), gateway_mac);
         let adjacency = self.record(id).adjacency;
@@ -576,7 +603,12 @@ impl Switch {
                     NextHop::Arp { via: Some(via) } => format!("arp {via}"),
                     NextHop::Arp { via: None } => "arp".to_string(),
                 };
-                Some(RouteView { prefix: prefix.to_string(), port: self.record(r.port).info.name.clone(), next_hop, mtu: adj.mtu })
+                Some(RouteView {
+                    prefix: prefix.to_string(),
+                    port: self.record(r.port).info.name.clone(),
+                    next_hop,
+                    mtu: adj.mtu,
+                })
             })
             .collect()
     }
@@ -606,7 +638,8 @@ impl Switch {
     /// sending anything.
     pub fn trace(&self, port: &str, frame_hex: &str) -> Result<TraceView, ControlError> {
         let id = self.port_id(port).ok_or_else(|| ControlError::NoSuchPort(port.into()))?;
-        let frame = decode_hex(frame_hex).ok_or_else(|| ControlError::Invalid("frame must be an even number of hex digits".into()))?;
+        let frame = decode_hex(frame_hex)
+            .ok_or_else(|| ControlError::Invalid("frame must be an even number of hex digits".into()))?;
         if frame.len() + vnet::LEN > MAX_FRAME {
             return Err(ControlError::Invalid("frame too long".into()));
         }
@@ -636,7 +669,11 @@ impl Switch {
         let mut out = String::new();
         let ports = self.list_ports();
         for (metric, help, get) in [
-            ("vswitch_port_rx_packets_total", "Frames received from the port.", (|c: &PortTotals| c.rx_packets) as fn(&PortTotals) -> u64),
+            (
+                "vswitch_port_rx_packets_total",
+                "Frames received from the port.",
+                (|c: &PortTotals| c.rx_packets) as fn(&PortTotals) -> u64,
+            ),
             ("vswitch_port_rx_bytes_total", "Bytes received from the port (vnet header included).", |c| c.rx_bytes),
             ("vswitch_port_tx_packets_total", "Frames sent to the port.", |c| c.tx_packets),
             ("vswitch_port_tx_bytes_total", "Bytes sent to the port (vnet header included).", |c| c.tx_bytes),
@@ -646,15 +683,28 @@ impl Switch {
                 let _ = writeln!(out, "{metric}{{port=\"{}\"}} {}", p.name, get(&p.counters));
             }
         }
-        let _ = writeln!(out, "# HELP vswitch_drops_total Frames dropped, by reason.\n# TYPE vswitch_drops_total counter");
+        let _ =
+            writeln!(out, "# HELP vswitch_drops_total Frames dropped, by reason.\n# TYPE vswitch_drops_total counter");
         for &reason in DropReason::ALL {
             let n: u64 = self.stats.iter().map(|s| s.drops(reason)).sum();
             let _ = writeln!(out, "vswitch_drops_total{{reason=\"{}\"}} {n}", reason.name());
         }
-        let _ = writeln!(out, "# HELP vswitch_fib_routes Routes in the FIB.\n# TYPE vswitch_fib_routes gauge\nvswitch_fib_routes {}", self.fib.len());
+        let _ = writeln!(
+            out,
+            "# HELP vswitch_fib_routes Routes in the FIB.\n# TYPE vswitch_fib_routes gauge\nvswitch_fib_routes {}",
+            self.fib.len()
+        );
         let _ = writeln!(out, "# HELP vswitch_fib_memory_bytes Memory of the FIB.\n# TYPE vswitch_fib_memory_bytes gauge\nvswitch_fib_memory_bytes {}", self.fib.memory().total());
-        let _ = writeln!(out, "# HELP vswitch_neighbors Neighbour entries.\n# TYPE vswitch_neighbors gauge\nvswitch_neighbors {}", self.neighbors.len());
-        let _ = writeln!(out, "# HELP vswitch_ports Attached ports.\n# TYPE vswitch_ports gauge\nvswitch_ports {}", ports.len());
+        let _ = writeln!(
+            out,
+            "# HELP vswitch_neighbors Neighbour entries.\n# TYPE vswitch_neighbors gauge\nvswitch_neighbors {}",
+            self.neighbors.len()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP vswitch_ports Attached ports.\n# TYPE vswitch_ports gauge\nvswitch_ports {}",
+            ports.len()
+        );
         out
     }
 

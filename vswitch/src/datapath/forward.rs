@@ -36,7 +36,12 @@ impl std::fmt::Debug for Forwarder {
 }
 
 impl Forwarder {
-    pub fn new(index: usize, stats: Arc<WorkerStats>, pipeline: Pipeline, slow_path: tokio::sync::mpsc::Sender<SlowPacket>) -> Self {
+    pub fn new(
+        index: usize,
+        stats: Arc<WorkerStats>,
+        pipeline: Pipeline,
+        slow_path: tokio::sync::mpsc::Sender<SlowPacket>,
+    ) -> Self {
         Forwarder {
             index,
             stats,
@@ -87,7 +92,8 @@ impl Forwarder {
         let fib = snapshot.forwarding.fib.pin();
         for i in 0..count {
             let buf = &mut self.buffers[i];
-            let next = self.pipeline.process(&snapshot.forwarding, &fib, port, buf, self.lengths[i], now_ns, &mut NoTrace);
+            let next =
+                self.pipeline.process(&snapshot.forwarding, &fib, port, buf, self.lengths[i], now_ns, &mut NoTrace);
             let (out_port, len) = match next {
                 Next::Tx { port, len } => (port, len),
                 Next::Drop(reason) => {
@@ -107,7 +113,9 @@ impl Forwarder {
                     continue;
                 }
             };
-            let Some(out) = snapshot.queues.get(out_port as usize).and_then(|q| q.as_ref()).and_then(|q| q.get(self.index)) else {
+            let Some(out) =
+                snapshot.queues.get(out_port as usize).and_then(|q| q.as_ref()).and_then(|q| q.get(self.index))
+            else {
                 self.stats.dropped(DropReason::PortDown);
                 continue;
             };
@@ -163,10 +171,26 @@ mod tests {
         fib.insert(Ipv4Prefix::host(Ipv4Addr::new(10, 0, 0, 2)), 1).unwrap();
         fib.publish();
         let ports = (0..2u16)
-            .map(|i| Some(PortInfo { id: i, name: format!("p{i}"), role: PortRole::Pod { ip: Ipv4Addr::new(10, 0, 0, i as u8 + 1), mac: macs[i as usize] }, mtu: 1500 }))
+            .map(|i| {
+                Some(PortInfo {
+                    id: i,
+                    name: format!("p{i}"),
+                    role: PortRole::Pod { ip: Ipv4Addr::new(10, 0, 0, i as u8 + 1), mac: macs[i as usize] },
+                    mtu: 1500,
+                })
+            })
             .collect();
-        let adjacencies = (0..2u16).map(|i| Some(Adjacency { port: i, src_mac: gw, next_hop: NextHop::Mac(macs[i as usize]), mtu: 1500 })).collect();
-        let forwarding = ForwardingState { gateway_ip: Ipv4Addr::new(169, 254, 1, 1), gateway_mac: gw, ports, adjacencies, fib: fib.reader(), neighbors: Default::default() };
+        let adjacencies = (0..2u16)
+            .map(|i| Some(Adjacency { port: i, src_mac: gw, next_hop: NextHop::Mac(macs[i as usize]), mtu: 1500 }))
+            .collect();
+        let forwarding = ForwardingState {
+            gateway_ip: Ipv4Addr::new(169, 254, 1, 1),
+            gateway_mac: gw,
+            ports,
+            adjacencies,
+            fib: fib.reader(),
+            neighbors: Default::default(),
+        };
         let memory: Vec<Arc<MemoryPort>> = (0..2).map(|_| Arc::new(MemoryPort::default())).collect();
         let queues = memory.iter().map(|m| Some(Arc::from(vec![m.clone() as Arc<dyn PortQueue>]))).collect();
         let (tx, rx) = tokio::sync::mpsc::channel(4);

@@ -30,16 +30,29 @@ use crate::wire::{EtherType, MacAddr};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Next {
     /// Send the first `len` bytes of the buffer (vnet header included) out of `port`.
-    Tx { port: PortId, len: usize },
+    Tx {
+        port: PortId,
+        len: usize,
+    },
     Drop(DropReason),
     /// The frame is dropped for `reason`, and the buffer now holds an ICMP error of `len` bytes
     /// to send out of `port`.
-    Respond { reason: DropReason, port: PortId, len: usize },
+    Respond {
+        reason: DropReason,
+        port: PortId,
+        len: usize,
+    },
     /// Ready for `port` but for the destination MAC: hand it to the control plane, which
     /// resolves `next_hop` with ARP and sends it.
-    Resolve { port: PortId, next_hop: Ipv4Addr, len: usize },
+    Resolve {
+        port: PortId,
+        next_hop: Ipv4Addr,
+        len: usize,
+    },
     /// An ARP reply on the uplink: the control plane learns from it.
-    ToControl { len: usize },
+    ToControl {
+        len: usize,
+    },
 }
 
 /// Watches the pipeline stage by stage.
@@ -152,7 +165,8 @@ impl Pipeline {
         let Ok(mut arp) = ArpPacket::new_checked(&mut buf[L2..len]) else {
             return Next::Drop(DropReason::ArpMalformed);
         };
-        let (op, sender_mac, sender_ip, target_ip) = (arp.operation(), arp.sender_mac(), arp.sender_ip(), arp.target_ip());
+        let (op, sender_mac, sender_ip, target_ip) =
+            (arp.operation(), arp.sender_mac(), arp.sender_ip(), arp.target_ip());
         trace.step("arp", format_args!("{op:?} who-has {target_ip} tell {sender_ip} ({sender_mac})"));
         let answer = match port.role {
             PortRole::Uplink { .. } if op == Operation::Reply => return Next::ToControl { len },
@@ -172,8 +186,7 @@ impl Pipeline {
                 true // proxy-ARP: the gateway answers for everything else
             }
             PortRole::Host { .. } => {
-                op == Operation::Request
-                    && (target_ip == state.gateway_ip || self.is_local_pod(state, fib, target_ip))
+                op == Operation::Request && (target_ip == state.gateway_ip || self.is_local_pod(state, fib, target_ip))
             }
         };
         if !answer {
@@ -233,7 +246,16 @@ impl Pipeline {
             }
         }
         if ttl <= 1 {
-            return self.icmp_error(state, port, buf, len, IcmpError::TimeExceeded, DropReason::TtlExpired, now_ns, trace);
+            return self.icmp_error(
+                state,
+                port,
+                buf,
+                len,
+                IcmpError::TimeExceeded,
+                DropReason::TtlExpired,
+                now_ns,
+                trace,
+            );
         }
         let Some(adjacency_index) = fib.lookup(dst) else {
             trace.step("fib", format_args!("{dst}: no route"));
@@ -242,11 +264,18 @@ impl Pipeline {
         let Some(adj) = state.adjacency(adjacency_index).copied() else {
             return Next::Drop(DropReason::NoRoute);
         };
-        trace.step("fib", format_args!("{dst} -> adjacency {adjacency_index}: port {} from {} to {:?} mtu {}", adj.port, adj.src_mac, adj.next_hop, adj.mtu));
+        trace.step(
+            "fib",
+            format_args!(
+                "{dst} -> adjacency {adjacency_index}: port {} from {} to {:?} mtu {}",
+                adj.port, adj.src_mac, adj.next_hop, adj.mtu
+            ),
+        );
         if adj.port == port.id {
             return Next::Drop(DropReason::Hairpin);
         }
-        let ip_size = if vnet.is_gso() { gso_segment_ip_len(&ip, vnet.gso_type, vnet.gso_size) } else { ip.total_len() };
+        let ip_size =
+            if vnet.is_gso() { gso_segment_ip_len(&ip, vnet.gso_type, vnet.gso_size) } else { ip.total_len() };
         if ip_size > adj.mtu as usize {
             trace.step("mtu", format_args!("{ip_size} bytes > mtu {}", adj.mtu));
             if ip.dont_fragment() {

@@ -15,7 +15,8 @@ use nix::sched::{setns, CloneFlags};
 /// `/proc/PID/ns/net`); `None` runs it here.
 pub fn run_in<T: Send>(netns: Option<&Path>, work: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
     let Some(path) = netns else { return work() };
-    let ns = File::open(path).map_err(|e| io::Error::new(e.kind(), format!("network namespace {}: {e}", path.display())))?;
+    let ns =
+        File::open(path).map_err(|e| io::Error::new(e.kind(), format!("network namespace {}: {e}", path.display())))?;
     std::thread::scope(|s| {
         s.spawn(move || {
             setns(&ns, CloneFlags::CLONE_NEWNET)

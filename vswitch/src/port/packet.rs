@@ -65,7 +65,11 @@ impl PacketSocket {
     fn open(ifindex: u32, protocol: u16) -> io::Result<PacketSocket> {
         // SAFETY: plain socket(2) call.
         let raw = unsafe {
-            libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, protocol.to_be() as libc::c_int)
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                protocol.to_be() as libc::c_int,
+            )
         };
         check(raw)?;
         // SAFETY: `raw` is a fresh descriptor we own.
@@ -78,7 +82,11 @@ impl PacketSocket {
         addr.sll_ifindex = ifindex as i32;
         // SAFETY: `addr` is a valid sockaddr_ll and its size is passed.
         check(unsafe {
-            libc::bind(fd.as_raw_fd(), (&addr as *const libc::sockaddr_ll).cast(), size_of::<libc::sockaddr_ll>() as u32)
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_ll).cast(),
+                size_of::<libc::sockaddr_ll>() as u32,
+            )
         })?;
         Ok(PacketSocket { fd })
     }
@@ -88,7 +96,9 @@ impl PortQueue for PacketSocket {
     #[inline]
     fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         // SAFETY: `buf` is valid for writes of its length.
-        let n = byte_count(unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_TRUNC) })?;
+        let n = byte_count(unsafe {
+            libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_TRUNC)
+        })?;
         if n > buf.len() {
             // Truncated: never forward a partial frame.
             return Err(io::Error::new(io::ErrorKind::InvalidData, "frame larger than the buffer"));
@@ -113,7 +123,13 @@ impl PortQueue for PacketSocket {
         let mut len = size_of::<libc::tpacket_stats>() as libc::socklen_t;
         // SAFETY: `stats` and `len` are valid for writes and `len` holds the size of `stats`.
         let ret = unsafe {
-            libc::getsockopt(self.fd.as_raw_fd(), libc::SOL_PACKET, PACKET_STATISTICS, (&mut stats as *mut libc::tpacket_stats).cast(), &mut len)
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                PACKET_STATISTICS,
+                (&mut stats as *mut libc::tpacket_stats).cast(),
+                &mut len,
+            )
         };
         if ret < 0 {
             0

@@ -75,8 +75,17 @@ impl TapQueue {
     }
 
     /// Opens `count` queues of TAP `name` (one per worker) with a single visit to the namespace.
-    pub fn open_many(name: &str, netns: Option<&Path>, attach: Attach, count: usize) -> Result<Vec<TapQueue>, TapError> {
-        let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE, _pad: [0; 22] };
+    pub fn open_many(
+        name: &str,
+        netns: Option<&Path>,
+        attach: Attach,
+        count: usize,
+    ) -> Result<Vec<TapQueue>, TapError> {
+        let mut req = IfReq {
+            name: [0; libc::IFNAMSIZ],
+            flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE,
+            _pad: [0; 22],
+        };
         let c_name = CString::new(name).map_err(|_| TapError::BadName(name.into()))?;
         let bytes = c_name.as_bytes();
         if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ {

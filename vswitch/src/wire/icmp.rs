@@ -16,7 +16,9 @@ pub const TYPE_ECHO_REQUEST: u8 = 8;
 pub enum IcmpError {
     TimeExceeded,
     /// Fragmentation needed, with the next-hop MTU (RFC 1191).
-    FragmentationNeeded { mtu: u16 },
+    FragmentationNeeded {
+        mtu: u16,
+    },
 }
 
 /// Bytes of the offending packet quoted in an error: its IP header and 8 bytes more (RFC 792).

@@ -47,9 +47,7 @@ impl VnetHeader {
             GSO_TCPV4 | GSO_TCPV6 | GSO_UDP | GSO_UDP_L4 if h.gso_size > 0 => {}
             _ => return Err(WireError::Malformed("bad virtio_net_hdr GSO type or size")),
         }
-        if h.flags & FLAG_NEEDS_CSUM != 0
-            && (h.csum_start as usize + h.csum_offset as usize + 2 > frame_len)
-        {
+        if h.flags & FLAG_NEEDS_CSUM != 0 && (h.csum_start as usize + h.csum_offset as usize + 2 > frame_len) {
             return Err(WireError::Malformed("virtio_net_hdr checksum position beyond the frame"));
         }
         Ok(h)
@@ -76,7 +74,8 @@ mod tests {
     #[test]
     fn parses_a_tso_header_and_round_trips() {
         // A TCPv4 TSO header as the kernel writes it for a 64 KB segment, MSS 1448.
-        let h = VnetHeader { flags: 1, gso_type: GSO_TCPV4, hdr_len: 66, gso_size: 1448, csum_start: 34, csum_offset: 16 };
+        let h =
+            VnetHeader { flags: 1, gso_type: GSO_TCPV4, hdr_len: 66, gso_size: 1448, csum_start: 34, csum_offset: 16 };
         let mut b = [0u8; LEN];
         h.write(&mut b);
         assert_eq!(VnetHeader::parse(&b, 65000).unwrap(), h);
