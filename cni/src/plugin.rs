@@ -8,8 +8,8 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use vswitch::control::api::Request;
-use vswitch::wire::MacAddr;
+use vswitch_api::api::{ErrorCode, PortRole, PortSpec};
+use vswitch_api::MacAddr;
 
 use crate::client::{ClientError, Vswitch};
 use crate::ipam::{Ipam, IpamError};
@@ -30,10 +30,10 @@ impl From<IpamError> for CniError {
 impl From<ClientError> for CniError {
     fn from(e: ClientError) -> Self {
         match e {
-            ClientError::Unreachable { .. } => {
+            ClientError::Unreachable { .. } | ClientError::Protocol { .. } => {
                 CniError::with_details(Code::TryAgainLater, "vswitchd is unreachable", e)
             }
-            ClientError::Refused(_) => CniError::with_details(Code::SwitchRefused, "vswitchd refused the request", e),
+            ClientError::Api(_) => CniError::with_details(Code::SwitchRefused, "vswitchd refused the request", e),
         }
     }
 }
@@ -70,7 +70,7 @@ impl Plugin {
         )
     }
 
-    fn vswitch(&self) -> Vswitch<'_> {
+    fn vswitch(&self) -> Vswitch {
         Vswitch::new(&self.conf.vswitch_socket)
     }
 
@@ -124,21 +124,23 @@ impl Plugin {
             }
             podnet::create(&netns, interface)?;
             let name = port_name(&owner);
-            let add = Request::AddPort {
+            let spec = PortSpec {
                 name: name.clone(),
                 netns: netns.clone(),
                 ifname: owner.ifname.clone(),
                 ip,
                 mac: interface.mac,
                 mtu: Some(self.conf.mtu),
+                pod: None,
+                bandwidth: None,
             };
             // A repeated ADD (the runtime retrying) finds its port: replace it.
-            if let Err(ClientError::Refused(msg)) = self.vswitch().call(&add) {
-                if !msg.contains("already exists") {
-                    return Err(ClientError::Refused(msg).into());
+            match self.vswitch().add_port(spec.clone()) {
+                Err(e) if e.code() == Some(ErrorCode::Exists) => {
+                    self.vswitch().del_port(&name, false)?;
+                    self.vswitch().add_port(spec)?;
                 }
-                self.vswitch().call(&Request::DelPort { name: name.clone(), remove_device: false })?;
-                self.vswitch().call(&add)?;
+                other => drop(other?),
             }
             Ok(add_result(&self.conf, &owner.ifname, &interface.mac.to_string(), &netns.display().to_string(), ip))
         })();
@@ -161,10 +163,9 @@ impl Plugin {
     /// wait for the kernel to unregister the device (tens of milliseconds on a busy node); a TAP
     /// vswitchd never knew (an ADD that died half-way) is deleted here.
     fn detach(&self, owner: &Attachment, netns: Option<&Path>) -> Result<(), CniError> {
-        let request = Request::DelPort { name: port_name(owner), remove_device: true };
-        let known = match self.vswitch().call(&request) {
-            Ok(_) => true,
-            Err(ClientError::Refused(msg)) if msg.contains("no port named") => false,
+        let known = match self.vswitch().del_port(&port_name(owner), true) {
+            Ok(()) => true,
+            Err(e) if e.code() == Some(ErrorCode::NotFound) => false,
             Err(e) => return Err(e.into()),
         };
         if let (false, Some(netns)) = (known, netns) {
@@ -201,8 +202,7 @@ impl Plugin {
             .iter()
             .find(|p| p.name == name)
             .ok_or_else(|| CniError::new(Code::SwitchRefused, format!("vswitchd has no port {name}")))?;
-        let matches =
-            matches!(port.role, vswitch::state::PortRole::Pod { ip: pip, mac } if pip == ip && mac == pod_mac(ip));
+        let matches = matches!(port.role, PortRole::Pod { ip: pip, mac } if pip == ip && mac == pod_mac(ip));
         if !matches {
             return Err(CniError::new(
                 Code::SwitchRefused,

@@ -14,18 +14,15 @@ use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
 use rtnetlink::packet_route::neighbour::NeighbourState;
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteScope};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
-use vswitch::control::hostnet::{self, in_netns, link_index};
-use vswitch::port::tap::{Attach, TapQueue};
-use vswitch::wire::MacAddr;
+use vswitch_api::link::{self, in_netns, link_index};
+use vswitch_api::MacAddr;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodNetError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
-    HostNet(#[from] vswitch::control::hostnet::HostNetError),
-    #[error("creating the TAP: {0}")]
-    Tap(#[from] vswitch::port::TapError),
+    Link(#[from] vswitch_api::link::LinkError),
     #[error("netlink: {0}")]
     Netlink(#[from] rtnetlink::Error),
     #[error("{0}")]
@@ -53,11 +50,12 @@ pub fn create(ns: &Path, pod: PodInterface<'_>) -> Result<(), PodNetError> {
         }
         // Already inside the namespace. The queue is closed again at once: the device persists,
         // and vswitchd attaches its own.
-        TapQueue::open(pod.ifname, None, Attach::CreatePersistent)?;
+        vswitch_api::tap::create_persistent(pod.ifname)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("creating the TAP {}: {e}", pod.ifname)))?;
         let index = link_index(&handle, pod.ifname)
             .await?
             .ok_or_else(|| PodNetError::Check(format!("{} vanished", pod.ifname)))?;
-        hostnet::set_noqueue(&handle, index).await?;
+        link::set_noqueue(&handle, index).await?;
         handle
             .link()
             .set(LinkUnspec::new_with_index(index).address(pod.mac.0.to_vec()).mtu(pod.mtu as u32).up().build())
@@ -85,7 +83,7 @@ pub fn create(ns: &Path, pod: PodInterface<'_>) -> Result<(), PodNetError> {
 
 /// Deletes the pod's TAP now; a namespace or link already gone is success.
 pub fn remove(ns: &Path, ifname: &str) -> Result<(), PodNetError> {
-    Ok(hostnet::delete_link_in(ns, ifname)?)
+    Ok(link::delete_link_in(ns, ifname)?)
 }
 
 /// Verifies the interface is as [`create`] left it.

@@ -305,17 +305,17 @@ impl NetConf {
             }
         }
         if let Some(mac) = &self.gateway_mac {
-            mac.parse::<vswitch::wire::MacAddr>()
+            mac.parse::<vswitch_api::MacAddr>()
                 .map_err(|e| CniError::with_details(Code::InvalidConfig, "gatewayMac", e))?;
         }
         Ok(())
     }
 
-    pub fn gateway_mac(&self) -> vswitch::wire::MacAddr {
+    pub fn gateway_mac(&self) -> vswitch_api::MacAddr {
         self.gateway_mac
             .as_deref()
             .and_then(|m| m.parse().ok())
-            .unwrap_or_else(|| vswitch::wire::MacAddr::local_from(self.gateway.octets()))
+            .unwrap_or_else(|| vswitch_api::MacAddr::local_from(self.gateway.octets()))
     }
 
     /// Where this network's IPAM state lives.

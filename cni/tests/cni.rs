@@ -129,7 +129,7 @@ fn add_check_del_cycles_and_a_second_del() {
 
     assert!(cni("DEL", "ctr-a", Some(&a.path()), &conf).0);
     assert!(link_gone_soon(&a, "eth0"), "DEL removed the TAP");
-    assert!(lab.daemon.ctl_json(&["ports"])["result"].as_array().unwrap().iter().all(|p| p["name"] != "ctr-a:eth0"));
+    assert!(lab.daemon.ctl_json(&["ports"]).as_array().unwrap().iter().all(|p| p["name"] != "ctr-a:eth0"));
     assert!(!lab.ipam_state()["allocations"].as_object().unwrap().contains_key(&ip_a.to_string()));
     let (ok, out) = cni("DEL", "ctr-a", Some(&a.path()), &conf);
     assert!(ok && out.is_null(), "a second DEL succeeds quietly: {out}");
@@ -154,7 +154,7 @@ fn del_after_the_namespace_is_gone_still_releases_port_and_address() {
     drop(pod); // the runtime deleted the sandbox first
     assert!(cni("DEL", "ctr-gone", Some(&path), &conf).0, "DEL with a stale netns path");
     assert!(cni("DEL", "ctr-gone", None, &conf).0, "DEL without CNI_NETNS");
-    assert!(lab.daemon.ctl_json(&["ports"])["result"].as_array().unwrap().len() == 1, "only the host port is left");
+    assert!(lab.daemon.ctl_json(&["ports"]).as_array().unwrap().len() == 1, "only the host port is left");
     assert!(lab.ipam_state()["allocations"].as_object().unwrap().is_empty());
 }
 
@@ -219,7 +219,7 @@ fn kill_9_during_add_leaves_nothing_once_del_has_run() {
         assert!(link_gone_soon(&pod, "eth0"), "TAP left behind ({delay_ms} ms)");
         let ports = lab.daemon.ctl_json(&["ports"]);
         assert!(
-            ports["result"].as_array().unwrap().iter().all(|p| p["name"] != format!("{id}:eth0")),
+            ports.as_array().unwrap().iter().all(|p| p["name"] != format!("{id}:eth0")),
             "port left behind: {ports}"
         );
         assert!(
@@ -317,7 +317,9 @@ fn gc_removes_every_attachment_not_in_the_valid_list() {
     let allocations = lab.ipam_state()["allocations"].clone();
     assert_eq!(allocations.as_object().unwrap().len(), 1, "{allocations}");
     assert!(link_gone_soon(&pods[0], "eth0") && has_link(&pods[1], "eth0") && link_gone_soon(&pods[2], "eth0"));
-    let names: Vec<String> = lab.daemon.ctl_json(&["ports"])["result"]
+    let names: Vec<String> = lab
+        .daemon
+        .ctl_json(&["ports"])
         .as_array()
         .unwrap()
         .iter()

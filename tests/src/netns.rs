@@ -326,18 +326,14 @@ impl Daemon {
     /// A port's counters from `vswitchctl ports --json`.
     pub fn port_counters(&self, name: &str) -> serde_json::Value {
         let ports = self.ctl_json(&["ports"]);
-        ports["result"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == name)
-            .unwrap_or_else(|| panic!("no port {name}"))["counters"]
+        ports.as_array().unwrap().iter().find(|p| p["name"] == name).unwrap_or_else(|| panic!("no port {name}"))
+            ["counters"]
             .clone()
     }
 
     pub fn drops(&self, reason: &str) -> u64 {
         let c = self.ctl_json(&["counters"]);
-        c["result"]["drops"].as_array().unwrap().iter().find(|d| d[0] == reason).map_or(0, |d| d[1].as_u64().unwrap())
+        c["drops"].as_array().unwrap().iter().find(|d| d[0] == reason).map_or(0, |d| d[1].as_u64().unwrap())
     }
 }
 

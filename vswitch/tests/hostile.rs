@@ -245,7 +245,7 @@ fn a_hostile_pod_cannot_hurt_anyone() {
     }
     // Every hostile frame that reached the switch was dropped (the pair's own traffic was not).
     let c = daemon.ctl_json(&["counters"]);
-    let dropped: u64 = c["result"]["drops"].as_array().unwrap().iter().map(|d| d[1].as_u64().unwrap()).sum();
+    let dropped: u64 = c["drops"].as_array().unwrap().iter().map(|d| d[1].as_u64().unwrap()).sum();
     let sent_to_others = daemon.port_counters("pod-a")["tx_packets"].as_u64().unwrap()
         + daemon.port_counters("pod-b")["tx_packets"].as_u64().unwrap();
     eprintln!("switch: {hostile_rx} frames from the hostile pod, {dropped} drops in all, {sent_to_others} frames delivered to the pair");

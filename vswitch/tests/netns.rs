@@ -81,7 +81,7 @@ fn kill_9_then_restart_resumes_forwarding_without_touching_the_pods() {
     assert!(!n.a.ping(&n.b.ip.to_string(), 1), "nothing forwards while vswitchd is down");
     n.daemon.spawn(&n.node, 1);
     let ports = n.daemon.ctl_json(&["ports"]);
-    assert_eq!(ports["result"].as_array().unwrap().len(), 3, "host port and both pods re-attached: {ports}");
+    assert_eq!(ports.as_array().unwrap().len(), 3, "host port and both pods re-attached: {ports}");
     assert!(n.a.ping(&n.b.ip.to_string(), 3), "forwarding resumed after restart");
     let out = flood.wait_with_output().unwrap();
     let summary = String::from_utf8_lossy(&out.stdout);
@@ -113,11 +113,21 @@ fn bad_requests_get_error_replies_and_the_daemon_keeps_serving() {
         r#"{"op":"add_port","name":"x","netns":"/run/netns/does-not-exist","ifname":"eth0","ip":"10.10.23.9","mac":"02:00:00:00:00:09"}"#,
         r#"{"op":"add_port","name":"pod-a","netns":"/x","ifname":"eth0","ip":"10.10.23.9","mac":"02:00:00:00:00:09"}"#,
         r#"{"op":"add_route","prefix":"10.1.2.3/8","port":"vsw0"}"#,
+        // Non-ASCII where hex is expected: this once killed the connection's task (no reply).
+        r#"{"op":"trace","port":"vsw0","frame":"aéa"}"#,
+        r#"{"op":"trace","port":"vsw0","frame":"é"}"#,
     ] {
         let reply = ask(bad);
         assert_eq!(reply["ok"], false, "{bad} -> {reply}");
-        assert!(reply["error"].as_str().is_some_and(|e| !e.is_empty()));
+        assert!(reply["error"]["message"].as_str().is_some_and(|e| !e.is_empty()), "{reply}");
+        assert!(reply["error"]["code"].as_str().is_some_and(|e| !e.is_empty()), "{reply}");
     }
+    // Codes say what happened, for programs.
+    assert_eq!(ask(r#"{"op":"del_port","name":"nope"}"#)["error"]["code"], "not_found");
+    assert_eq!(ask("not json")["error"]["code"], "invalid");
+    let existing =
+        r#"{"op":"add_port","name":"pod-a","netns":"/x","ifname":"eth0","ip":"10.10.23.9","mac":"02:00:00:00:00:09"}"#;
+    assert_eq!(ask(existing)["error"]["code"], "exists");
     // Same connection, still served; and the pods still forward.
     assert_eq!(ask(r#"{"op":"list_ports"}"#)["result"].as_array().unwrap().len(), 3);
     assert!(n.a.ping(&n.b.ip.to_string(), 2));
@@ -154,7 +164,8 @@ fn drops_are_counted_by_reason_and_exported_as_metrics() {
     .unwrap();
     assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
     assert!(metrics.contains("vswitch_drops_total{reason=\"ttl_expired\"} 1"), "{metrics}");
-    assert!(metrics.contains("vswitch_port_rx_packets_total{port=\"pod-a\"}"));
+    assert!(metrics.contains("vswitch_port_rx_packets_total{port=\"pod-a\",role=\"pod\"}"), "{metrics}");
+    assert!(metrics.contains("vswitch_port_up{port=\"pod-a\",role=\"pod\"} 1"), "{metrics}");
     assert!(metrics.contains("vswitch_fib_routes 3"), "{metrics}");
 }
 

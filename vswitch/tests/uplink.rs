@@ -42,7 +42,7 @@ fn pods_and_a_vpc_host_reach_each_other_over_the_uplink() {
     assert!(pod.ping("10.10.0.50", 3), "pod to VM over the uplink");
 
     let neighbors = daemon.ctl_json(&["neighbors"]);
-    let vm_entry = neighbors["result"].as_array().unwrap().iter().find(|n| n["ip"] == "10.10.0.50").cloned();
+    let vm_entry = neighbors.as_array().unwrap().iter().find(|n| n["ip"] == "10.10.0.50").cloned();
     let vm_mac = String::from_utf8_lossy(&vm.exec(&["cat", "/sys/class/net/eth0/address"]).stdout).trim().to_string();
     assert_eq!(vm_entry.as_ref().map(|e| e["mac"].clone()), Some(serde_json::json!(vm_mac)), "{neighbors}");
     assert_eq!(vm_entry.unwrap()["state"], "reachable");

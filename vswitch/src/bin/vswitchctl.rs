@@ -1,22 +1,29 @@
-//! vswitchctl: talks to vswitchd's API socket; human tables by default, `--json` for scripts.
+//! vswitchctl: talks to vswitchd's API socket; tables for people by default, `--json` for
+//! scripts.
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::Ipv4Addr;
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use vswitch::control::api::{CountersView, NeighborView, PortView, Reply, Request, RouteView, TraceView};
-use vswitch::state::PortRole;
-use vswitch::wire::MacAddr;
+use serde::Serialize;
+use vswitch_api::api::{
+    CountersView, NeighborView, PortRole, PortSpec, PortView, Request, RouteView, StatusView, TraceView,
+};
+use vswitch_api::client::{Client, ClientError, DEFAULT_SOCKET};
+use vswitch_api::MacAddr;
+
+const EXIT_CODES: &str = "Exit codes: 0 done; 1 vswitchd refused the request (the error says why); \
+2 bad command line; 3 vswitchd unreachable or answered something unexpected.\n\
+With --json, stdout is always one JSON document: the result, or {\"ok\":false,\"error\":{\"code\",\"message\"}}.";
 
 #[derive(Parser)]
-#[command(name = "vswitchctl", about = "Control and inspect vswitchd")]
+#[command(name = "vswitchctl", version, about = "Control and inspect vswitchd", after_help = EXIT_CODES)]
 struct Cli {
-    #[arg(long, global = true, default_value = "/run/vswitchd/vswitchd.sock")]
+    /// vswitchd's API socket.
+    #[arg(long, global = true, default_value = DEFAULT_SOCKET)]
     socket: PathBuf,
-    /// Print the daemon's JSON reply instead of a table.
+    /// Print JSON instead of a table (errors too).
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
@@ -25,156 +32,199 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Attach a pod's TAP.
+    /// Attach a pod's existing TAP (vpc-cni does this; for debugging by hand).
     AddPort {
+        /// Port name, unique on the node (vpc-cni uses CONTAINER_ID:IFNAME).
         name: String,
+        /// The pod's network namespace (a path such as /run/netns/NAME or /proc/PID/ns/net).
         #[arg(long)]
         netns: PathBuf,
+        /// The TAP's name inside that namespace.
         #[arg(long, default_value = "eth0")]
         ifname: String,
+        /// The pod's address; the only source address the port may send from.
         #[arg(long)]
         ip: Ipv4Addr,
+        /// The pod's MAC; the only source MAC the port may send from.
         #[arg(long)]
         mac: MacAddr,
+        /// MTU (default: vswitchd's pod_mtu).
         #[arg(long)]
         mtu: Option<u16>,
     },
+    /// Detach a port.
     DelPort {
+        /// The port's name.
         name: String,
         /// Also delete the port's TAP device.
         #[arg(long)]
         remove_device: bool,
     },
-    /// Route a prefix out of a port.
+    /// Route a prefix out of a port. Routes added here are saved and restored at restart.
     AddRoute {
+        /// The prefix, e.g. 10.96.0.0/12.
         prefix: String,
+        /// The port to send it out of.
         port: String,
+        /// Replace an existing route for the prefix (without it, an existing route is an error).
+        #[arg(long)]
+        replace: bool,
     },
+    /// Remove a route added with add-route (or one from the configuration, until restart).
     DelRoute {
+        /// The prefix, exactly as listed by `routes`.
         prefix: String,
     },
-    /// Is the daemon up (ports attached, state generation).
+    /// Is the daemon up: version, uptime, ports, routes, workers.
     Status,
+    /// The attached ports with their pods, link state and counters.
     Ports,
+    /// The routes: prefix, port, next hop, MTU and where each came from.
     Routes,
+    /// The uplink's ARP neighbours.
     Neighbors,
+    /// Per-port counters and drops by reason.
     Counters,
-    /// Show what the pipeline does with a frame (hex, from the Ethernet header) on a port.
+    /// Show what the pipeline does with a frame arriving on a port, without sending anything.
     Trace {
+        /// The port the frame arrives on.
         #[arg(long)]
         port: String,
+        /// The frame in hex, from the Ethernet header (':' and spaces allowed).
         frame: String,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let request = match cli.command {
+    let client = Client::new(&cli.socket);
+    let outcome = match cli.command {
         Command::AddPort { name, netns, ifname, ip, mac, mtu } => {
-            Request::AddPort { name, netns, ifname, ip, mac, mtu }
+            let spec = PortSpec { name, netns, ifname, ip, mac, mtu, pod: None, bandwidth: None };
+            show(&client, cli.json, &Request::AddPort(spec), |p: PortView| print_ports(&[p]))
         }
-        Command::DelPort { name, remove_device } => Request::DelPort { name, remove_device },
-        Command::AddRoute { prefix, port } => Request::AddRoute { prefix, port },
-        Command::DelRoute { prefix } => Request::DelRoute { prefix },
-        Command::Status => Request::Status,
-        Command::Ports => Request::ListPorts,
-        Command::Routes => Request::ListRoutes,
-        Command::Neighbors => Request::ListNeighbors,
-        Command::Counters => Request::Counters,
-        Command::Trace { port, frame } => Request::Trace { port, frame },
+        Command::DelPort { name, remove_device } => {
+            show(&client, cli.json, &Request::DelPort { name, remove_device }, |()| println!("ok"))
+        }
+        Command::AddRoute { prefix, port, replace } => {
+            show(&client, cli.json, &Request::AddRoute { prefix, port, replace }, |()| println!("ok"))
+        }
+        Command::DelRoute { prefix } => show(&client, cli.json, &Request::DelRoute { prefix }, |()| println!("ok")),
+        Command::Status => show(&client, cli.json, &Request::Status, print_status),
+        Command::Ports => show(&client, cli.json, &Request::ListPorts, |p: Vec<PortView>| print_ports(&p)),
+        Command::Routes => show(&client, cli.json, &Request::ListRoutes, print_routes),
+        Command::Neighbors => show(&client, cli.json, &Request::ListNeighbors, print_neighbors),
+        Command::Counters => show(&client, cli.json, &Request::Counters, print_counters),
+        Command::Trace { port, frame } => show(&client, cli.json, &Request::Trace { port, frame }, print_trace),
     };
-    let reply = match call(&cli.socket, &request) {
-        Ok(r) => r,
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("vswitchctl: {}: {e}", cli.socket.display());
-            return ExitCode::from(3);
-        }
-    };
-    if cli.json {
-        println!("{}", serde_json::to_string_pretty(&reply).expect("serialisable"));
-    } else if !reply.ok {
-        eprintln!("vswitchctl: {}", reply.error.as_deref().unwrap_or("failed"));
-    } else {
-        print_human(&request, reply.result.unwrap_or_default());
-    }
-    if reply.ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
-}
-
-fn call(socket: &PathBuf, request: &Request) -> std::io::Result<Reply> {
-    let mut stream = UnixStream::connect(socket)?;
-    let mut line = serde_json::to_vec(request)?;
-    line.push(b'\n');
-    stream.write_all(&line)?;
-    let mut reply = String::new();
-    BufReader::new(stream).read_line(&mut reply)?;
-    serde_json::from_str(&reply).map_err(std::io::Error::other)
-}
-
-fn print_human(request: &Request, result: serde_json::Value) {
-    match request {
-        Request::ListPorts => {
-            let ports: Vec<PortView> = serde_json::from_value(result).unwrap_or_default();
-            println!(
-                "{:<4} {:<20} {:<5} {:<16} {:<18} {:>5} {:>12} {:>12} {:>12} {:>12}",
-                "ID", "NAME", "ROLE", "IP", "MAC", "MTU", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES"
-            );
-            for p in ports {
-                let (role, ip, mac) = match p.role {
-                    PortRole::Pod { ip, mac } => ("pod", ip.to_string(), mac.to_string()),
-                    PortRole::Host { peer_mac } => ("host", "-".into(), peer_mac.to_string()),
-                    PortRole::Uplink { mac } => ("uplink", "-".into(), mac.to_string()),
+            if cli.json {
+                let (code, message) = match &e {
+                    ClientError::Api(api) => (serde_json::to_value(api.code).expect("serialises"), api.message.clone()),
+                    other => (serde_json::json!("unreachable"), other.to_string()),
                 };
-                let c = p.counters;
-                println!(
-                    "{:<4} {:<20} {:<5} {:<16} {:<18} {:>5} {:>12} {:>12} {:>12} {:>12}",
-                    p.id, p.name, role, ip, mac, p.mtu, c.rx_packets, c.rx_bytes, c.tx_packets, c.tx_bytes
-                );
+                println!("{}", serde_json::json!({"ok": false, "error": {"code": code, "message": message}}));
+            } else {
+                eprintln!("vswitchctl: {e}");
             }
-        }
-        Request::ListRoutes => {
-            let routes: Vec<RouteView> = serde_json::from_value(result).unwrap_or_default();
-            println!("{:<20} {:<20} {:<20} {:>5}", "PREFIX", "PORT", "NEXT HOP", "MTU");
-            for r in routes {
-                println!("{:<20} {:<20} {:<20} {:>5}", r.prefix, r.port, r.next_hop, r.mtu);
+            match e {
+                ClientError::Api(_) => ExitCode::FAILURE,
+                ClientError::Unreachable { .. } | ClientError::Protocol { .. } => ExitCode::from(3),
             }
-        }
-        Request::Counters => {
-            let Ok(c) = serde_json::from_value::<CountersView>(result) else { return };
-            println!("fib routes: {}   neighbours: {}", c.fib_routes, c.neighbors);
-            println!("{:<20} {:>12} {:>14} {:>12} {:>14}", "PORT", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES");
-            for (name, t) in c.ports {
-                println!(
-                    "{:<20} {:>12} {:>14} {:>12} {:>14}",
-                    name, t.rx_packets, t.rx_bytes, t.tx_packets, t.tx_bytes
-                );
-            }
-            println!("drops:");
-            for (reason, n) in c.drops.into_iter().filter(|(_, n)| *n > 0) {
-                println!("  {reason:<28} {n:>12}");
-            }
-        }
-        Request::Trace { .. } => {
-            let Ok(t) = serde_json::from_value::<TraceView>(result) else { return };
-            for (stage, detail) in t.steps {
-                println!("{stage:>10}: {detail}");
-            }
-            println!("   verdict: {}", t.verdict);
-        }
-        Request::Status => println!("up: {} ports, generation {}", result["ports"], result["generation"]),
-        Request::ListNeighbors => {
-            let neighbors: Vec<NeighborView> = serde_json::from_value(result).unwrap_or_default();
-            println!("{:<16} {:<18} {:<20} STATE", "IP", "MAC", "PORT");
-            for n in neighbors {
-                let mac = n.mac.map_or_else(|| "-".to_string(), |m| m.to_string());
-                println!("{:<16} {:<18} {:<20} {}", n.ip, mac, n.port, n.state);
-            }
-        }
-        Request::AddPort { .. } | Request::DelPort { .. } | Request::AddRoute { .. } | Request::DelRoute { .. } => {
-            println!("ok");
         }
     }
+}
+
+/// Sends `request`, then prints its result as JSON or with `human`.
+fn show<T: serde::de::DeserializeOwned + Serialize>(
+    client: &Client,
+    json: bool,
+    request: &Request,
+    human: impl FnOnce(T),
+) -> Result<(), ClientError> {
+    let result: T = client.call(request)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&result).expect("serialises"));
+    } else {
+        human(result);
+    }
+    Ok(())
+}
+
+fn print_status(s: StatusView) {
+    println!(
+        "vswitchd {}: up {}s, {} ports, {} routes, {} workers, state generation {}",
+        s.version, s.uptime_seconds, s.ports, s.routes, s.workers, s.generation
+    );
+}
+
+fn print_ports(ports: &[PortView]) {
+    println!(
+        "{:<4} {:<22} {:<24} {:<6} {:<5} {:<16} {:<18} {:>5} {:>10} {:>12} {:>10} {:>12}",
+        "ID", "NAME", "POD", "ROLE", "LINK", "IP", "MAC", "MTU", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES"
+    );
+    for p in ports {
+        let (role, ip, mac) = match p.role {
+            PortRole::Pod { ip, mac } => ("pod", ip.to_string(), mac),
+            PortRole::Host { peer_mac } => ("host", "-".into(), peer_mac),
+            PortRole::Uplink { mac } => ("uplink", "-".into(), mac),
+        };
+        let pod = p.pod.as_ref().map_or_else(|| "-".to_string(), |p| p.to_string());
+        let link = match p.link {
+            vswitch_api::api::LinkState::Up => "up",
+            vswitch_api::api::LinkState::Gone => "gone",
+        };
+        let c = p.counters;
+        println!(
+            "{:<4} {:<22} {:<24} {:<6} {:<5} {:<16} {:<18} {:>5} {:>10} {:>12} {:>10} {:>12}",
+            p.id,
+            p.name,
+            pod,
+            role,
+            link,
+            ip,
+            mac.to_string(),
+            p.mtu,
+            c.rx_packets,
+            c.rx_bytes,
+            c.tx_packets,
+            c.tx_bytes
+        );
+    }
+}
+
+fn print_routes(routes: Vec<RouteView>) {
+    println!("{:<20} {:<22} {:<20} {:>5} ORIGIN", "PREFIX", "PORT", "NEXT HOP", "MTU");
+    for r in routes {
+        println!("{:<20} {:<22} {:<20} {:>5} {}", r.prefix, r.port, r.next_hop, r.mtu, r.origin);
+    }
+}
+
+fn print_neighbors(neighbors: Vec<NeighborView>) {
+    println!("{:<16} {:<18} {:<20} STATE", "IP", "MAC", "PORT");
+    for n in neighbors {
+        let mac = n.mac.map_or_else(|| "-".to_string(), |m| m.to_string());
+        println!("{:<16} {:<18} {:<20} {}", n.ip, mac, n.port, n.state);
+    }
+}
+
+fn print_counters(c: CountersView) {
+    println!("fib routes: {}   neighbours: {}", c.fib_routes, c.neighbors);
+    println!("{:<22} {:>12} {:>14} {:>12} {:>14}", "PORT", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES");
+    for (name, t) in c.ports {
+        println!("{:<22} {:>12} {:>14} {:>12} {:>14}", name, t.rx_packets, t.rx_bytes, t.tx_packets, t.tx_bytes);
+    }
+    println!("drops:");
+    for (reason, n) in c.drops.into_iter().filter(|(_, n)| *n > 0) {
+        println!("  {reason:<28} {n:>12}");
+    }
+}
+
+fn print_trace(t: TraceView) {
+    for (stage, detail) in t.steps {
+        println!("{stage:>10}: {detail}");
+    }
+    println!("   verdict: {}", t.verdict);
 }

@@ -2,10 +2,8 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::Parser;
-use tokio::sync::Mutex;
 use vswitch::control::{server, Config, Switch};
 
 #[derive(Parser)]
@@ -86,9 +84,9 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let socket = config.socket.clone();
     let metrics_addr = config.metrics_addr.clone();
     let api = server::bind_api(&socket).map_err(|e| format!("API socket {}: {e}", socket.display()))?;
-    let switch = Arc::new(Mutex::new(Switch::start(config).await?));
+    let (switch, slow_path) = Switch::start(config).await?;
     tokio::spawn(server::serve_api(api, switch.clone()));
-    tokio::spawn(server::serve_slow_path(switch.clone()));
+    tokio::spawn(server::serve_slow_path(slow_path, switch.clone()));
     if !metrics_addr.is_empty() {
         let listener =
             tokio::net::TcpListener::bind(&metrics_addr).await.map_err(|e| format!("metrics {metrics_addr}: {e}"))?;
@@ -102,7 +100,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         _ = term.recv() => {}
     }
     tracing::info!("stopping; pod TAPs persist for the next start");
-    switch.lock().await.shutdown();
+    switch.shutdown();
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }

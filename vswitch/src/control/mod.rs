@@ -1,11 +1,17 @@
-//! The control plane: configuration, the API, the controller, persistence and metrics.
+//! The control plane: the sans-I/O [`registry`] (ports, adjacencies, routes, neighbours, the
+//! published snapshot) and the I/O around it: the [`switch`] driver, the API socket and the
+//! metrics endpoint ([`server`], [`metrics`]), the node's netlink plumbing ([`hostnet`]), the
+//! state file ([`persist`]) and the configuration ([`config`]). The API types and client are in
+//! the `vswitch-api` crate, re-exported here as [`api`].
 
-pub mod api;
 pub mod config;
 pub mod hostnet;
+pub mod metrics;
+pub mod persist;
+pub mod registry;
 pub mod server;
-pub mod store;
 pub mod switch;
 
 pub use config::Config;
 pub use switch::{ControlError, Switch};
+pub use vswitch_api::api;

@@ -1,19 +1,24 @@
-//! The API socket and the metrics endpoint. A request is served under the controller's lock;
-//! a malformed one gets an error reply and the connection stays open.
+//! The daemon's event sources: the API socket, the metrics endpoint, the workers' slow path and
+//! the timers. Each runs as its own task; none holds the registry's lock across an `.await`.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener, UnixStream};
-use tokio::sync::Mutex;
+use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Framed};
+use vswitch_api::api::{ApiError, ErrorCode, Reply, Request, Response, MAX_REQUEST_BYTES};
 
-use super::api::{Reply, Request};
 use super::Switch;
+use crate::datapath::SlowPacket;
 
-/// Longest request line accepted; longer ones are refused, not buffered.
-const MAX_REQUEST: usize = 1 << 20;
+/// How long an HTTP client may take to send its request head.
+const HTTP_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often pod namespaces are checked for having vanished without a DEL.
+const DEVICE_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Binds the API socket with mode 0600 (replacing a stale one).
 pub fn bind_api(path: &Path) -> std::io::Result<UnixListener> {
@@ -30,7 +35,7 @@ pub fn bind_api(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-pub async fn serve_api(listener: UnixListener, switch: Arc<Mutex<Switch>>) {
+pub async fn serve_api(listener: UnixListener, switch: Arc<Switch>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
@@ -41,87 +46,101 @@ pub async fn serve_api(listener: UnixListener, switch: Arc<Mutex<Switch>>) {
     }
 }
 
-async fn serve_connection(stream: UnixStream, switch: Arc<Mutex<Switch>>) {
-    let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read.take(u64::MAX));
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        let n = match (&mut lines).take(MAX_REQUEST as u64 + 1).read_until(b'\n', &mut line).await {
-            Ok(0) => return,
-            Ok(n) => n,
-            Err(_) => return,
-        };
-        let reply = if n > MAX_REQUEST {
-            // Refuse and close: the rest of the oversized line is not worth reading.
-            let reply = Reply::error(format!("request longer than {MAX_REQUEST} bytes"));
-            let _ = write_reply(&mut write, &reply).await;
-            return;
-        } else {
-            match serde_json::from_slice::<Request>(&line) {
-                Err(e) => Reply::error(format!("bad request: {e}")),
-                Ok(request) => match switch.lock().await.handle(request).await {
-                    Ok(value) => Reply { ok: true, result: Some(value), error: None },
-                    Err(e) => Reply::error(e),
-                },
+/// Parses one request line; anything that is not a request is an `invalid` error.
+pub fn parse_request(line: &[u8]) -> Result<Request, ApiError> {
+    serde_json::from_slice(line).map_err(|e| ApiError::new(ErrorCode::Invalid, format!("bad request: {e}")))
+}
+
+/// Serves one client: a reply line for every request line, in order, until it hangs up. An
+/// oversized line gets its error reply and the connection is closed (the rest is not read).
+async fn serve_connection(stream: UnixStream, switch: Arc<Switch>) {
+    let codec = AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), b"\n".to_vec(), MAX_REQUEST_BYTES);
+    let mut framed = Framed::new(stream, codec);
+    while let Some(line) = framed.next().await {
+        let (reply, close) = match line {
+            Ok(line) => {
+                let result = match parse_request(&line) {
+                    Ok(request) => switch.handle(request).await,
+                    Err(e) => Err(e),
+                };
+                (Reply::from_result(result), false)
             }
+            Err(AnyDelimiterCodecError::MaxChunkLengthExceeded) => {
+                let e = ApiError::new(ErrorCode::Invalid, format!("request longer than {MAX_REQUEST_BYTES} bytes"));
+                (Reply::<Response>::from_result(Err(e)), true)
+            }
+            Err(AnyDelimiterCodecError::Io(_)) => return,
         };
-        if write_reply(&mut write, &reply).await.is_err() {
+        let line = serde_json::to_string(&reply).expect("replies serialise");
+        if framed.send(line).await.is_err() || close {
             return;
         }
     }
-}
-
-async fn write_reply(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> std::io::Result<()> {
-    let mut bytes = serde_json::to_vec(reply).expect("serialisable");
-    bytes.push(b'\n');
-    write.write_all(&bytes).await
 }
 
 /// Feeds the workers' slow path (ARP resolution and learning) and the neighbour timers to the
-/// controller.
-pub async fn serve_slow_path(switch: Arc<Mutex<Switch>>) {
-    let Some(mut packets) = switch.lock().await.take_slow_path() else { return };
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+/// controller, and checks pod namespaces for having vanished.
+pub async fn serve_slow_path(mut packets: tokio::sync::mpsc::Receiver<SlowPacket>, switch: Arc<Switch>) {
+    let mut neighbor_tick = tokio::time::interval(Duration::from_millis(250));
+    let mut device_tick = tokio::time::interval(DEVICE_CHECK_EVERY);
     loop {
         tokio::select! {
             packet = packets.recv() => match packet {
-                Some(packet) => switch.lock().await.on_slow_packet(packet),
+                Some(packet) => switch.on_slow_packet(packet),
                 None => return,
             },
-            _ = tick.tick() => switch.lock().await.on_neighbor_tick(),
+            _ = neighbor_tick.tick() => switch.on_neighbor_tick(),
+            _ = device_tick.tick() => {
+                // Namespace lookups stat files; keep them off the runtime's thread.
+                let switch = switch.clone();
+                let _ = tokio::task::spawn_blocking(move || switch.check_devices()).await;
+            }
         }
     }
 }
 
-/// Serves `GET /metrics` in the Prometheus text format.
-pub async fn serve_metrics(listener: TcpListener, switch: Arc<Mutex<Switch>>) {
+/// Serves `GET /metrics` (Prometheus text) and `GET /healthz`.
+pub async fn serve_metrics(listener: TcpListener, switch: Arc<Switch>) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else { continue };
         let switch = switch.clone();
         tokio::spawn(async move {
-            let mut head = vec![0u8; 4096];
-            let mut filled = 0;
-            while filled < head.len() {
-                match stream.read(&mut head[filled..]).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => filled += n,
-                }
-                if head[..filled].windows(4).any(|w| w == b"\r\n\r\n") {
-                    break;
-                }
-            }
-            let request_line = String::from_utf8_lossy(&head[..filled]).lines().next().unwrap_or("").to_string();
-            let response = if request_line.starts_with("GET /metrics ") {
-                let body = switch.lock().await.metrics();
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                )
-            } else {
-                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+            let Ok(Some(request_line)) = tokio::time::timeout(HTTP_READ_TIMEOUT, read_head(&mut stream)).await else {
+                return;
             };
+            let (status, content_type, body) = if request_line.starts_with("GET /metrics ") {
+                (
+                    "200 OK",
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    switch.metrics_snapshot().render(),
+                )
+            } else if request_line.starts_with("GET /healthz ") {
+                let status = switch.status();
+                ("200 OK", "text/plain", format!("ok: {} ports, generation {}\n", status.ports, status.generation))
+            } else {
+                ("404 Not Found", "text/plain", String::new())
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
             let _ = stream.write_all(response.as_bytes()).await;
         });
     }
+}
+
+/// Reads an HTTP request head (at most 4 KiB); returns its first line.
+async fn read_head(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    let mut head = vec![0u8; 4096];
+    let mut filled = 0;
+    while filled < head.len() {
+        match stream.read(&mut head[filled..]).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => filled += n,
+        }
+        if head[..filled].windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    Some(String::from_utf8_lossy(&head[..filled]).lines().next().unwrap_or("").to_string())
 }

@@ -1,149 +1,107 @@
-//! The controller: owns the FIB writer, the port registry and the workers, and turns API
-//! requests into a new published forwarding state. It never touches packets.
+//! The control plane's I/O driver around the sans-I/O [`Registry`]: it opens TAP queues (on a
+//! thread inside the pod's namespace), keeps the node's routes to pods over netlink, sends ARP on
+//! the uplink, saves the state file, and answers the API.
+//!
+//! Locking: the registry sits behind a plain mutex that is only ever held for in-memory work,
+//! never across an `.await` or a system call that can block (netlink, namespace threads, file
+//! syncs). So attaching a pod never stalls ARP handling, the slow path or /metrics. An attach
+//! reserves its name and address first, does its I/O unlocked, then commits.
 
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::Instant;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
-use fib::{Fib, Ipv4Prefix};
+use vswitch_api::api::{
+    ApiError, CountersView, ErrorCode, NeighborView, PortCounters, PortRole as ApiPortRole, PortSpec, PortView,
+    Request, Response, RouteView, StatusView, TraceView,
+};
 
-use super::api::{CountersView, NeighborView, PortView, Request, RouteView, TraceView};
 use super::config::{Config, UplinkConfig};
 use super::hostnet::{HostNet, HostNetError};
-use super::store::PortStore;
-use crate::datapath::{
-    spawn_worker, stats, Datapath, PortQueues, PortTotals, SlowPacket, SlowReason, Snapshot, WorkerStats,
-    SLOW_PATH_DEPTH,
-};
-use crate::neighbor::{Action, NeighborLimits, NeighborTable};
+use super::persist::{SavedPort, SavedRoute, SavedState, StateError, StateFile, FORMAT};
+use super::registry::{parse_prefix, PodReservation, PortRecord, Registry, UplinkWork, HOST_PORT};
+use crate::datapath::{spawn_worker, stats, Datapath, PortQueues, PortTotals, SlowPacket, SlowReason, WorkerStats};
 use crate::pipeline::{DropReason, IcmpLimiter, Next, Pipeline, Trace, MAX_FRAME};
 use crate::port::packet::PacketSocket;
 use crate::port::tap::{Attach, TapQueue};
 use crate::port::PortQueue;
-use crate::state::{Adjacency, ForwardingState, NextHop, PortId, PortInfo, PortRole, MAX_PORTS};
+use crate::state::{NextHop, PortId, PortRole};
 use crate::wire::arp::{self, ArpPacket, Operation};
 use crate::wire::ethernet::{self, EthernetFrame};
 use crate::wire::{vnet, EtherType, MacAddr};
 
+/// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("port '{0}' already exists")]
-    PortExists(String),
-    #[error("no port named '{0}'")]
-    NoSuchPort(String),
-    #[error("{ip} is already used by port '{port}'")]
-    AddressInUse { ip: Ipv4Addr, port: String },
-    #[error("{0}")]
-    Invalid(String),
-    #[error("no free port id (at most {MAX_PORTS} ports)")]
-    TooManyPorts,
-    #[error("attaching port '{name}': {source}")]
-    Attach { name: String, source: crate::port::TapError },
     #[error("host networking: {0}")]
     HostNet(#[from] HostNetError),
-    #[error("state directory: {0}")]
-    Store(std::io::Error),
+    #[error("{0}")]
+    State(#[from] StateError),
     #[error("starting workers: {0}")]
     Workers(std::io::Error),
-    #[error("no route for {0}")]
-    NoSuchRoute(String),
-    #[error("route {0} belongs to a port; remove the port instead")]
-    RouteOwnedByPort(String),
+    #[error("attaching {name}: {source}")]
+    Attach { name: String, source: crate::port::TapError },
     #[error("uplink {name}: {source}")]
     Uplink { name: String, source: std::io::Error },
+    #[error("{0}")]
+    Api(#[from] ApiError),
 }
 
 /// The uplink NIC as the control plane uses it: to send ARP and packets that waited for it.
+#[derive(Debug)]
 struct Uplink {
     port: PortId,
     mac: MacAddr,
     sender: PacketSocket,
 }
 
-/// How a pod port was attached (what `add_port` said), kept for listing and persistence.
-#[derive(Debug, Clone)]
-struct Attachment {
-    netns: Option<PathBuf>,
-    ifname: String,
-    request: Option<Request>,
-}
-
-struct PortRecord {
-    info: PortInfo,
-    attachment: Attachment,
-    queues: PortQueues,
-    adjacency: u32,
-    /// Counters at attach time (ids are reused; counters are per id).
-    baseline: PortTotals,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RouteOwner {
-    /// The /32 of a pod port (removed with it).
-    Port,
-    /// Added through the API, or the host port's default route.
-    Static,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Route {
-    port: PortId,
-    adjacency: u32,
-    owner: RouteOwner,
-}
-
 pub struct Switch {
     config: Config,
+    registry: Mutex<Registry>,
     datapath: Arc<Datapath>,
     wakers: Vec<Arc<mio::Waker>>,
-    workers: Vec<std::thread::JoinHandle<()>>,
+    workers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Every worker's counters, and the control plane's own last.
     stats: Vec<Arc<WorkerStats>>,
-    fib: Fib<Ipv4Addr>,
-    ports: Vec<Option<PortRecord>>,
-    adjacencies: Vec<Option<Adjacency>>,
-    routes: BTreeMap<Ipv4Prefix, Route>,
-    generation: u64,
+    control_stats: Arc<WorkerStats>,
     hostnet: HostNet,
     host_ifindex: u32,
-    store: PortStore,
     uplink: Option<Uplink>,
-    neighbors: NeighborTable,
-    /// Counters for what the control plane itself sends or drops (ARP, resolved packets).
-    control_stats: Arc<WorkerStats>,
-    slow_path: Option<tokio::sync::mpsc::Receiver<SlowPacket>>,
+    /// Also serialises saves, so the file always ends with the latest state.
+    state_file: Mutex<StateFile>,
     started: Instant,
 }
 
 impl std::fmt::Debug for Switch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Switch").field("generation", &self.generation).finish_non_exhaustive()
+        f.debug_struct("Switch").field("config", &self.config).finish_non_exhaustive()
     }
 }
 
-const HOST_PORT: PortId = 0;
+fn unavailable(what: impl std::fmt::Display) -> ApiError {
+    ApiError::new(ErrorCode::Unavailable, what)
+}
+
+/// The identity (device, inode) of the namespace at `path`, to notice it being replaced.
+fn netns_id(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
 
 impl Switch {
-    /// Starts the workers, attaches the host port, and re-attaches every persisted pod port.
-    pub async fn start(config: Config) -> Result<Switch, ControlError> {
-        let fib = Fib::new();
-        let empty = ForwardingState {
-            gateway_ip: config.gateway_ip,
-            gateway_mac: config.gateway_mac(),
-            ports: Vec::new(),
-            adjacencies: Vec::new(),
-            fib: fib.reader(),
-            neighbors: Default::default(),
-        };
-        let (slow_tx, slow_rx) = tokio::sync::mpsc::channel(SLOW_PATH_DEPTH);
-        let datapath = Arc::new(Datapath {
-            snapshot: ArcSwap::from_pointee(Snapshot { generation: 0, forwarding: empty, queues: Vec::new() }),
-            stop: Default::default(),
-            slow_path: slow_tx,
-        });
+    /// Starts the workers, attaches the host port and the uplink, and re-attaches the saved pod
+    /// ports. Returns the switch and the receiving end of the workers' slow path.
+    pub async fn start(config: Config) -> Result<(Arc<Switch>, tokio::sync::mpsc::Receiver<SlowPacket>), ControlError> {
+        // Read the state first: a file this version cannot read stops the start before anything
+        // is touched.
+        let state_file = StateFile::open(&config.state_dir, config.pod_mtu)?;
+        let saved = state_file.load()?;
+
+        let gateway_mac = config.gateway_mac();
+        let (slow_tx, slow_rx) = tokio::sync::mpsc::channel(crate::datapath::SLOW_PATH_DEPTH);
+        let datapath =
+            Arc::new(Datapath::new(Registry::empty_snapshot(config.gateway_ip, gateway_mac), slow_tx, config.workers));
         let mut wakers = Vec::new();
         let mut workers = Vec::new();
         let mut stats = Vec::new();
@@ -158,97 +116,230 @@ impl Switch {
         }
         let control_stats = Arc::new(WorkerStats::default());
         stats.push(control_stats.clone());
-        let store = PortStore::open(&config.state_dir).map_err(ControlError::Store)?;
         let hostnet = HostNet::connect()?;
-        let uplink_config = config.uplink.clone();
-        let mut switch = Switch {
+        let mut registry = Registry::new(config.gateway_ip, gateway_mac, config.pod_mtu, datapath.clone());
+
+        // The host port.
+        let name = config.host_port.name.clone();
+        let queues = open_queues(&name, &name, None, Attach::CreatePersistent, config.workers).await?;
+        let (host_ifindex, peer_mac) = hostnet.bring_up(&name, config.host_port.mtu).await?;
+        let mut routes = config.host_port.routes.iter().map(|p| parse_prefix(p)).collect::<Result<Vec<_>, _>>()?;
+        if config.host_port.default_route {
+            routes.push(parse_prefix("0.0.0.0/0").expect("valid"));
+        }
+        let baseline = stats::port_totals(&stats, HOST_PORT);
+        registry.attach_host(&name, config.host_port.mtu, peer_mac, queues, &routes, baseline);
+        tracing::info!(port = %name, %peer_mac, ifindex = host_ifindex, "host port attached");
+
+        let uplink = match &config.uplink {
+            Some(uplink) => Some(attach_uplink(&mut registry, &hostnet, uplink, &stats, config.workers).await?),
+            None => None,
+        };
+
+        let switch = Arc::new(Switch {
             config,
+            registry: Mutex::new(registry),
             datapath,
             wakers,
-            workers,
+            workers: Mutex::new(workers),
             stats,
-            fib,
-            ports: Vec::new(),
-            adjacencies: Vec::new(),
-            routes: BTreeMap::new(),
-            generation: 0,
-            hostnet,
-            host_ifindex: 0,
-            store,
-            uplink: None,
-            neighbors: NeighborTable::new(NeighborLimits::default()),
             control_stats,
-            slow_path: Some(slow_rx),
+            hostnet,
+            host_ifindex,
+            uplink,
+            state_file: Mutex::new(state_file),
             started: Instant::now(),
-        };
-        switch.attach_host_port().await?;
-        if let Some(uplink) = uplink_config {
-            switch.attach_uplink(&uplink).await?;
-        }
-        switch.restore().await;
-        Ok(switch)
+        });
+        switch.wake_workers();
+        switch.restore(saved).await;
+        Ok((switch, slow_rx))
     }
 
-    /// The receiving end of the workers' slow path; the server's loop takes it once.
-    pub fn take_slow_path(&mut self) -> Option<tokio::sync::mpsc::Receiver<SlowPacket>> {
-        self.slow_path.take()
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        // A panic while holding the lock leaves the registry as consistent as any other
+        // interrupted in-memory update; keep serving rather than poison every later request.
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Attaches the dedicated NIC: one fanout socket per worker, the subnet and the default
-    /// route through it, and the kernel kept off it (no forwarding, no ARP replies, no IPv6).
-    async fn attach_uplink(&mut self, config: &UplinkConfig) -> Result<(), ControlError> {
-        let name = config.interface.clone();
-        let uplink_error = |source| ControlError::Uplink { name: name.clone(), source };
-        let (ifindex, mac) = self.hostnet.bring_up(&name, config.mtu).await?;
-        for (key, value) in
-            [("ipv4/conf/{}/forwarding", "0"), ("ipv4/conf/{}/arp_ignore", "8"), ("ipv6/conf/{}/disable_ipv6", "1")]
-        {
-            let path = format!("/proc/sys/net/{}", key.replace("{}", &name));
-            std::fs::write(&path, value)
-                .map_err(|e| uplink_error(std::io::Error::new(e.kind(), format!("{path}: {e}"))))?;
+    fn wake_workers(&self) {
+        for waker in &self.wakers {
+            let _ = waker.wake();
         }
-        // Fanout groups are per namespace; the pid keeps two daemons' groups apart.
-        let group = (std::process::id() & 0xffff) as u16;
-        let queues: Vec<Arc<dyn PortQueue>> = (0..self.config.workers)
-            .map(|_| PacketSocket::open_queue(ifindex, group).map(|s| Arc::new(s) as Arc<dyn PortQueue>))
-            .collect::<Result<_, _>>()
-            .map_err(uplink_error)?;
-        let sender = PacketSocket::open_sender(ifindex).map_err(uplink_error)?;
-        let id = self.free_port_id()?;
-        let info = PortInfo { id, name: name.clone(), role: PortRole::Uplink { mac }, mtu: config.mtu };
-        let attachment = Attachment { netns: None, ifname: name.clone(), request: None };
-        self.install_port(info, attachment, queues.into(), NextHop::Arp { via: None }, mac);
-        let subnet: Ipv4Prefix =
-            config.subnet.parse().map_err(|e| ControlError::Invalid(format!("uplink.subnet: {e}")))?;
-        let connected = self.record(id).adjacency;
-        self.routes.insert(subnet, Route { port: id, adjacency: connected, owner: RouteOwner::Static });
-        self.fib.insert(subnet, connected).expect("adjacency index in range");
-        if let Some(gateway) = config.gateway {
-            let via_gateway = self.adjacencies.len() as u32;
-            self.adjacencies.push(Some(Adjacency {
-                port: id,
-                src_mac: mac,
-                next_hop: NextHop::Arp { via: Some(gateway) },
-                mtu: config.mtu,
-            }));
-            let default: Ipv4Prefix = "0.0.0.0/0".parse().expect("valid");
-            self.routes.insert(default, Route { port: id, adjacency: via_gateway, owner: RouteOwner::Static });
-            self.fib.insert(default, via_gateway).expect("adjacency index in range");
+    }
+
+    fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Re-attaches the saved pods and API routes; a pod whose namespace or TAP is gone is
+    /// dropped (its DEL may never come, or came while we were down).
+    async fn restore(self: &Arc<Self>, saved: SavedState) {
+        for port in &saved.ports {
+            match self.add_port(port.to_spec()).await {
+                Ok(_) => tracing::info!(port = %port.name, "re-attached"),
+                Err(e) => {
+                    tracing::warn!(port = %port.name, error = %e, "not re-attached (its namespace or TAP is gone)")
+                }
+            }
         }
-        self.uplink = Some(Uplink { port: id, mac, sender });
-        self.publish();
-        tracing::info!(uplink = %name, %mac, ifindex, %subnet, "uplink attached");
+        for route in &saved.routes {
+            let restored =
+                parse_prefix(&route.prefix).and_then(|prefix| self.registry().add_route(prefix, &route.port, true));
+            if let Err(e) = restored {
+                tracing::warn!(prefix = %route.prefix, port = %route.port, error = %e, "saved route not restored");
+            }
+        }
+        self.wake_workers();
+        if let Err(e) = self.persist().await {
+            tracing::error!(error = %e, "cannot save state");
+        }
+    }
+
+    /// Saves pods and API routes. The state is read under the file's lock, so saves that race
+    /// end with the newest state on disk.
+    async fn persist(self: &Arc<Self>) -> Result<(), ApiError> {
+        let switch = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let file = switch.state_file.lock().unwrap_or_else(|e| e.into_inner());
+            let state = switch.saved_state();
+            file.save(&state)
+        })
+        .await
+        .map_err(|e| unavailable(format!("saving state: {e}")))?
+        .map_err(|e| unavailable(format!("saving state: {e}")))
+    }
+
+    fn saved_state(&self) -> SavedState {
+        let registry = self.registry();
+        let ports = registry.ports().filter_map(|p| Some(SavedPort::from_spec(&spec_of(p)?, p.info.mtu))).collect();
+        let routes = registry
+            .api_routes()
+            .into_iter()
+            .map(|(prefix, port)| SavedRoute { prefix: prefix.to_string(), port })
+            .collect();
+        SavedState { format: FORMAT, ports, routes }
+    }
+
+    /// Serves one API request.
+    pub async fn handle(self: &Arc<Self>, request: Request) -> Result<Response, ApiError> {
+        match request {
+            Request::AddPort(spec) => self.add_port(spec).await.map(|view| Response::Port(Box::new(view))),
+            Request::DelPort { name, remove_device } => {
+                self.del_port(&name, remove_device).await.map(|()| Response::Done)
+            }
+            Request::AddRoute { prefix, port, replace } => {
+                let prefix = parse_prefix(&prefix)?;
+                self.registry().add_route(prefix, &port, replace)?;
+                self.wake_workers();
+                self.persist().await.map(|()| Response::Done)
+            }
+            Request::DelRoute { prefix } => {
+                let prefix = parse_prefix(&prefix)?;
+                self.registry().del_route(prefix)?;
+                self.wake_workers();
+                self.persist().await.map(|()| Response::Done)
+            }
+            Request::Status => Ok(Response::Status(self.status())),
+            Request::ListPorts => Ok(Response::Ports(self.list_ports())),
+            Request::ListRoutes => Ok(Response::Routes(self.list_routes())),
+            Request::ListNeighbors => Ok(Response::Neighbors(self.list_neighbors())),
+            Request::Counters => Ok(Response::Counters(self.counters())),
+            Request::Trace { port, frame } => self.trace(&port, &frame).map(Response::Trace),
+        }
+    }
+
+    async fn add_port(self: &Arc<Self>, spec: PortSpec) -> Result<PortView, ApiError> {
+        let reservation = self.registry().reserve_pod(spec)?;
+        match self.open_pod(&reservation).await {
+            Ok((queues, netns_id)) => {
+                let ip = reservation.spec.ip;
+                let id = {
+                    let mut registry = self.registry();
+                    let quiesced = self.datapath.quiesced();
+                    let baseline = |id| stats::port_totals(&self.stats, id);
+                    registry.commit_pod(reservation, queues, netns_id, baseline, quiesced)?
+                };
+                self.wake_workers();
+                self.persist().await?;
+                // Tell the VPC subnet where this address lives now (a gratuitous ARP).
+                self.send_arp(Operation::Request, ip, ip);
+                let registry = self.registry();
+                let record = registry.record(id);
+                tracing::info!(port = %record.info.name, %ip, id, pod = ?record.attachment.pod, "pod port attached");
+                Ok(self.port_view(record))
+            }
+            Err(e) => {
+                self.registry().cancel(&reservation);
+                Err(e)
+            }
+        }
+    }
+
+    /// The I/O of an attach: the pod's TAP queues and the node's route to it.
+    async fn open_pod(&self, reservation: &PodReservation) -> Result<(PortQueues, Option<(u64, u64)>), ApiError> {
+        let spec = &reservation.spec;
+        let netns_id = netns_id(&spec.netns).ok_or_else(|| {
+            ApiError::new(ErrorCode::NotFound, format!("network namespace {} does not exist", spec.netns.display()))
+        })?;
+        let queues =
+            open_queues(&spec.name, &spec.ifname, Some(spec.netns.clone()), Attach::Existing, self.config.workers)
+                .await
+                .map_err(|e| match e {
+                    ControlError::Attach { source: crate::port::TapError::Attach { ref source, .. }, .. }
+                        if source.kind() == std::io::ErrorKind::NotFound =>
+                    {
+                        ApiError::new(ErrorCode::NotFound, e)
+                    }
+                    e => unavailable(e),
+                })?;
+        self.hostnet.route_to_pod(spec.ip, self.host_ifindex).await.map_err(unavailable)?;
+        Ok((queues, Some(netns_id)))
+    }
+
+    async fn del_port(self: &Arc<Self>, name: &str, remove_device: bool) -> Result<(), ApiError> {
+        let record = self.registry().detach(name)?;
+        self.wake_workers();
+        // Saved before anything else can fail, so a deleted port never comes back at restart.
+        self.persist().await?;
+        if let PortRole::Pod { ip, .. } = record.info.role {
+            // A route left behind only misroutes the node's traffic to an address nobody holds;
+            // it must not make the DEL fail (the port is gone already). Logged and counted.
+            if let Err(e) = self.hostnet.remove_route_to_pod(ip, self.host_ifindex).await {
+                tracing::warn!(port = %name, %ip, error = %e, "could not remove the node's route to the pod");
+                self.control_stats.dropped(DropReason::TxError);
+            }
+        }
+        if let (true, Some(netns)) = (remove_device, record.attachment.netns.clone()) {
+            let ifname = record.attachment.ifname.clone();
+            // Our queues go when the workers drop the old snapshot; the device can go now.
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = vswitch_api::link::delete_link_in(&netns, &ifname) {
+                    tracing::warn!(netns = %netns.display(), %ifname, error = %e, "could not delete the TAP");
+                }
+            });
+        }
+        tracing::info!(port = %name, id = record.info.id, "port removed");
         Ok(())
     }
 
-    fn free_port_id(&self) -> Result<PortId, ControlError> {
-        (1..MAX_PORTS as PortId)
-            .find(|&id| self.ports.get(id as usize).is_none_or(|p| p.is_none()))
-            .ok_or(ControlError::TooManyPorts)
-    }
-
-    fn now(&self) -> std::time::Duration {
-        self.started.elapsed()
+    /// Marks pod ports whose namespace disappeared (or was replaced) without a DEL: they stop
+    /// being polled and forwarded to, and show as `gone` until a DEL or GC removes them.
+    pub fn check_devices(&self) {
+        let mut registry = self.registry();
+        let gone: Vec<(PortId, String)> = registry
+            .ports()
+            .filter(|p| p.link == vswitch_api::api::LinkState::Up)
+            .filter_map(|p| {
+                let (netns, attached) = (p.attachment.netns.as_ref()?, p.attachment.netns_id?);
+                (netns_id(netns) != Some(attached)).then(|| (p.info.id, p.info.name.clone()))
+            })
+            .collect();
+        for (id, name) in gone {
+            registry.mark_gone(id);
+            tracing::warn!(port = %name, "the port's network namespace is gone without a DEL; port marked gone");
+        }
+        drop(registry);
+        self.wake_workers();
     }
 
     /// Sends a frame (vnet header first) out of the uplink from the control plane.
@@ -273,331 +364,89 @@ impl Switch {
         self.send_on_uplink(&frame);
     }
 
-    fn run_actions(&mut self, actions: Vec<Action>) {
-        for action in actions {
-            match action {
-                Action::Ask(ip) => self.send_arp(Operation::Request, Ipv4Addr::UNSPECIFIED, ip),
-                Action::Dropped { unresolved, queue_full } => {
-                    (0..unresolved).for_each(|_| self.control_stats.dropped(DropReason::NeighborUnresolved));
-                    (0..queue_full).for_each(|_| self.control_stats.dropped(DropReason::NeighborQueueFull));
-                }
-            }
+    /// Does what the neighbour machinery asked for, outside the registry's lock.
+    fn run_uplink_work(&self, work: UplinkWork) {
+        for ip in work.ask {
+            self.send_arp(Operation::Request, Ipv4Addr::UNSPECIFIED, ip);
         }
-    }
-
-    /// Sends a packet that waited for its next hop's MAC.
-    fn send_resolved(&self, mut data: Vec<u8>, mac: MacAddr) {
-        data[vnet::LEN..vnet::LEN + 6].copy_from_slice(&mac.0);
-        self.send_on_uplink(&data);
+        for (mut data, mac) in work.send {
+            data[vnet::LEN..vnet::LEN + 6].copy_from_slice(&mac.0);
+            self.send_on_uplink(&data);
+        }
+        self.control_stats.dropped_many(DropReason::NeighborUnresolved, work.unresolved_drops);
+        self.control_stats.dropped_many(DropReason::NeighborQueueFull, work.queue_full_drops);
     }
 
     /// A packet from a worker's slow path.
-    pub fn on_slow_packet(&mut self, packet: SlowPacket) {
+    pub fn on_slow_packet(&self, packet: SlowPacket) {
         let now = self.now();
-        match packet.reason {
-            SlowReason::Resolve { next_hop, .. } => match self.neighbors.mac_of(next_hop) {
-                Some(mac) => self.send_resolved(packet.data, mac),
-                None => {
-                    let actions = self.neighbors.on_miss(next_hop, packet.data, now);
-                    self.run_actions(actions);
-                }
-            },
+        let work = match packet.reason {
+            SlowReason::Resolve { next_hop, .. } => self.registry().on_unresolved(next_hop, packet.data, now),
             SlowReason::Arp { .. } => {
                 let Some(body) = packet.data.get(vnet::LEN + ethernet::HEADER_LEN..) else { return };
                 let Ok(reply) = ArpPacket::new_checked(body) else { return };
                 if reply.operation() != Operation::Reply {
                     return;
                 }
-                let (waiting, changed) = self.neighbors.on_reply(reply.sender_ip(), reply.sender_mac(), now);
-                if changed {
-                    self.publish();
-                }
-                for data in waiting {
-                    self.send_resolved(data, reply.sender_mac());
-                }
+                let work = self.registry().on_arp_reply(reply.sender_ip(), reply.sender_mac(), now);
+                self.wake_workers();
+                work
             }
-        }
+        };
+        self.run_uplink_work(work);
     }
 
     /// Neighbour timers: retries, failures, re-confirmation.
-    pub fn on_neighbor_tick(&mut self) {
-        let (actions, changed) = self.neighbors.on_tick(self.now());
-        self.run_actions(actions);
-        if changed {
-            self.publish();
-        }
-    }
-
-    async fn attach_host_port(&mut self) -> Result<(), ControlError> {
-        let name = self.config.host_port.name.clone();
-        let queues = self.open_queues(&name, &name, None, Attach::CreatePersistent).await?;
-        let (ifindex, peer_mac) = self.hostnet.bring_up(&name, self.config.host_port.mtu).await?;
-        self.host_ifindex = ifindex;
-        let info = PortInfo {
-            id: HOST_PORT,
-            name: name.clone(),
-            role: PortRole::Host { peer_mac },
-            mtu: self.config.host_port.mtu,
-        };
-        let attachment = Attachment { netns: None, ifname: name, request: None };
-        let gateway_mac = self.config.gateway_mac();
-        self.install_port(info, attachment, queues, NextHop::Mac(peer_mac), gateway_mac);
-        let adjacency = self.record(HOST_PORT).adjacency;
-        let mut prefixes = self.config.host_port.routes.clone();
-        if self.config.host_port.default_route {
-            prefixes.push("0.0.0.0/0".into());
-        }
-        for prefix in prefixes {
-            let prefix = Self::parse_prefix(&prefix)?;
-            self.routes.insert(prefix, Route { port: HOST_PORT, adjacency, owner: RouteOwner::Static });
-            self.fib.insert(prefix, adjacency).expect("adjacency index in range");
-        }
-        self.publish();
-        tracing::info!(port = %self.config.host_port.name, %peer_mac, ifindex, "host port attached");
-        Ok(())
-    }
-
-    /// Re-attaches the persisted pods; a pod whose namespace or TAP is gone is dropped.
-    async fn restore(&mut self) {
-        let saved = match self.store.load() {
-            Ok(saved) => saved,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read saved ports; starting without them");
-                return;
-            }
-        };
-        for request in saved {
-            if let Request::AddPort { name, .. } = &request {
-                let name = name.clone();
-                match self.handle(request).await {
-                    Ok(_) => tracing::info!(port = %name, "re-attached"),
-                    Err(e) => tracing::warn!(port = %name, error = %e, "not re-attached"),
-                }
-            }
-        }
-        if let Err(e) = self.persist() {
-            tracing::error!(error = %e, "cannot save ports");
-        }
-    }
-
-    /// Opens one queue per worker of TAP `ifname` for port `port`.
-    async fn open_queues(
-        &self,
-        port: &str,
-        ifname: &str,
-        netns: Option<PathBuf>,
-        attach: Attach,
-    ) -> Result<PortQueues, ControlError> {
-        let (port, ifname, workers) = (port.to_string(), ifname.to_string(), self.config.workers);
-        let opened = tokio::task::spawn_blocking(move || {
-            TapQueue::open_many(&ifname, netns.as_deref(), attach, workers)
-                .map(|queues| queues.into_iter().map(|q| Arc::new(q) as Arc<dyn PortQueue>).collect::<Vec<_>>())
-                .map_err(|source| ControlError::Attach { name: port, source })
-        })
-        .await
-        .map_err(|e| ControlError::Invalid(format!("attach task failed: {e}")))??;
-        Ok(opened.into())
-    }
-
-    fn record(&self, id: PortId) -> &PortRecord {
-        self.ports[id as usize].as_ref().expect("live port id")
-    }
-
-    fn port_id(&self, name: &str) -> Option<PortId> {
-        self.ports.iter().flatten().find(|p| p.info.name == name).map(|p| p.info.id)
-    }
-
-    fn install_port(
-        &mut self,
-        info: PortInfo,
-        attachment: Attachment,
-        queues: PortQueues,
-        next_hop: NextHop,
-        src_mac: MacAddr,
-    ) {
-        let id = info.id;
-        // Adjacency indices are never reused (see `state`).
-        let adjacency = self.adjacencies.len() as u32;
-        self.adjacencies.push(Some(Adjacency { port: id, src_mac, next_hop, mtu: info.mtu }));
-        if self.ports.len() <= id as usize {
-            self.ports.resize_with(id as usize + 1, || None);
-        }
-        let baseline = stats::port_totals(&self.stats, id);
-        self.ports[id as usize] = Some(PortRecord { info, attachment, queues, adjacency, baseline });
-    }
-
-    /// Publishes the forwarding state (ports, adjacencies) and the FIB, then wakes the workers.
-    /// The snapshot goes first, so a route published by the FIB always finds its adjacency.
-    fn publish(&mut self) {
-        self.generation += 1;
-        let forwarding = ForwardingState {
-            gateway_ip: self.config.gateway_ip,
-            gateway_mac: self.config.gateway_mac(),
-            ports: self.ports.iter().map(|p| p.as_ref().map(|p| p.info.clone())).collect(),
-            adjacencies: self.adjacencies.clone(),
-            fib: self.fib.reader(),
-            neighbors: Arc::new(self.neighbors.resolved()),
-        };
-        let queues = self.ports.iter().map(|p| p.as_ref().map(|p| p.queues.clone())).collect();
-        self.datapath.snapshot.store(Arc::new(Snapshot { generation: self.generation, forwarding, queues }));
-        self.fib.publish();
-        for waker in &self.wakers {
-            let _ = waker.wake();
-        }
-    }
-
-    fn persist(&self) -> Result<(), ControlError> {
-        let requests: Vec<Request> = self.ports.iter().flatten().filter_map(|p| p.attachment.request.clone()).collect();
-        self.store.save(&requests).map_err(ControlError::Store)
-    }
-
-    /// Serves one API request.
-    pub async fn handle(&mut self, request: Request) -> Result<serde_json::Value, ControlError> {
-        fn value(v: impl serde::Serialize) -> serde_json::Value {
-            serde_json::to_value(v).expect("serialisable")
-        }
-        match request {
-            Request::AddPort { .. } => self.add_port(request).await.map(value),
-            Request::DelPort { name, remove_device } => {
-                self.del_port(&name, remove_device).await.map(|()| serde_json::Value::Null)
-            }
-            Request::AddRoute { prefix, port } => self.add_route(&prefix, &port).map(|()| serde_json::Value::Null),
-            Request::DelRoute { prefix } => self.del_route(&prefix).map(|()| serde_json::Value::Null),
-            Request::Status => Ok(value(
-                serde_json::json!({"ports": self.ports.iter().flatten().count(), "generation": self.generation}),
-            )),
-            Request::ListPorts => Ok(value(self.list_ports())),
-            Request::ListRoutes => Ok(value(self.list_routes())),
-            Request::ListNeighbors => Ok(value(self.list_neighbors())),
-            Request::Counters => Ok(value(self.counters())),
-            Request::Trace { port, frame } => self.trace(&port, &frame).map(value),
-        }
-    }
-
-    async fn add_port(&mut self, request: Request) -> Result<PortView, ControlError> {
-        let Request::AddPort { name, netns, ifname, ip, mac, mtu } = &request else {
-            unreachable!("checked by caller")
-        };
-        if self.port_id(name).is_some() {
-            return Err(ControlError::PortExists(name.clone()));
-        }
-        if let Some(p) =
-            self.ports.iter().flatten().find(|p| matches!(p.info.role, PortRole::Pod { ip: other, .. } if other == *ip))
-        {
-            return Err(ControlError::AddressInUse { ip: *ip, port: p.info.name.clone() });
-        }
-        if mac.is_multicast() || *mac == MacAddr::ZERO {
-            return Err(ControlError::Invalid(format!("{mac} is not a unicast MAC")));
-        }
-        if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || *ip == self.config.gateway_ip {
-            return Err(ControlError::Invalid(format!("{ip} cannot be a pod address")));
-        }
-        let mtu = mtu.unwrap_or(self.config.pod_mtu);
-        if !(576..=9000).contains(&mtu) {
-            return Err(ControlError::Invalid(format!("MTU {mtu} is outside 576..=9000")));
-        }
-        let id = self.free_port_id()?;
-        let queues = self.open_queues(name, ifname, Some(netns.clone()), Attach::Existing).await?;
-        self.hostnet.route_to_pod(*ip, self.host_ifindex).await?;
-
-        let info = PortInfo { id, name: name.clone(), role: PortRole::Pod { ip: *ip, mac: *mac }, mtu };
-        let attachment =
-            Attachment { netns: Some(netns.clone()), ifname: ifname.clone(), request: Some(request.clone()) };
-        let gateway_mac = self.config.gateway_mac();
-        self.install_port(info, attachment, queues, NextHop::Mac(*mac), gateway_mac);
-        let adjacency = self.record(id).adjacency;
-        let host_route = Ipv4Prefix::host(*ip);
-        self.fib.insert(host_route, adjacency).expect("adjacency index in range");
-        self.routes.insert(host_route, Route { port: id, adjacency, owner: RouteOwner::Port });
-        self.publish();
-        self.persist()?;
-        // Tell the VPC subnet where this address lives now (a gratuitous ARP).
-        self.send_arp(Operation::Request, *ip, *ip);
-        tracing::info!(port = %name, %ip, %mac, id, "pod port attached");
-        Ok(self.port_view(self.record(id)))
-    }
-
-    async fn del_port(&mut self, name: &str, remove_device: bool) -> Result<(), ControlError> {
-        let id = self.port_id(name).ok_or_else(|| ControlError::NoSuchPort(name.into()))?;
-        if id == HOST_PORT {
-            return Err(ControlError::Invalid("the host port cannot be removed".into()));
-        }
-        let record = self.ports[id as usize].take().expect("found above");
-        let gone: Vec<Ipv4Prefix> = self.routes.iter().filter(|(_, r)| r.port == id).map(|(p, _)| *p).collect();
-        for prefix in gone {
-            self.routes.remove(&prefix);
-            self.fib.remove(&prefix);
-        }
-        self.adjacencies[record.adjacency as usize] = None;
-        self.publish();
-        if let PortRole::Pod { ip, .. } = record.info.role {
-            self.hostnet.remove_route_to_pod(ip, self.host_ifindex).await?;
-        }
-        self.persist()?;
-        if let (true, Some(netns)) = (remove_device, record.attachment.netns.clone()) {
-            let ifname = record.attachment.ifname.clone();
-            // Our queues go when the workers drop the old snapshot; the device can go now.
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = super::hostnet::delete_link_in(&netns, &ifname) {
-                    tracing::warn!(netns = %netns.display(), %ifname, error = %e, "could not delete the TAP");
-                }
-            });
-        }
-        tracing::info!(port = %name, id, "port removed");
-        Ok(())
-    }
-
-    fn parse_prefix(prefix: &str) -> Result<Ipv4Prefix, ControlError> {
-        prefix.parse().map_err(|e| ControlError::Invalid(format!("prefix '{prefix}': {e}")))
-    }
-
-    fn add_route(&mut self, prefix: &str, port: &str) -> Result<(), ControlError> {
-        let prefix = Self::parse_prefix(prefix)?;
-        let id = self.port_id(port).ok_or_else(|| ControlError::NoSuchPort(port.into()))?;
-        if self.routes.get(&prefix).is_some_and(|r| r.owner == RouteOwner::Port) {
-            return Err(ControlError::RouteOwnedByPort(prefix.to_string()));
-        }
-        let adjacency = self.record(id).adjacency;
-        self.routes.insert(prefix, Route { port: id, adjacency, owner: RouteOwner::Static });
-        self.fib.insert(prefix, adjacency).expect("adjacency index in range");
-        self.publish();
-        Ok(())
-    }
-
-    fn del_route(&mut self, prefix: &str) -> Result<(), ControlError> {
-        let prefix = Self::parse_prefix(prefix)?;
-        match self.routes.get(&prefix) {
-            None => return Err(ControlError::NoSuchRoute(prefix.to_string())),
-            Some(r) if r.owner == RouteOwner::Port => return Err(ControlError::RouteOwnedByPort(prefix.to_string())),
-            Some(_) => {}
-        }
-        self.routes.remove(&prefix);
-        self.fib.remove(&prefix);
-        self.publish();
-        Ok(())
+    pub fn on_neighbor_tick(&self) {
+        let work = self.registry().on_neighbor_tick(self.now());
+        self.wake_workers();
+        self.run_uplink_work(work);
     }
 
     fn port_view(&self, p: &PortRecord) -> PortView {
+        let role = match p.info.role {
+            PortRole::Pod { ip, mac } => ApiPortRole::Pod { ip, mac },
+            PortRole::Host { peer_mac } => ApiPortRole::Host { peer_mac },
+            PortRole::Uplink { mac } => ApiPortRole::Uplink { mac },
+        };
+        let c = stats::port_totals(&self.stats, p.info.id).since(p.baseline);
         PortView {
             id: p.info.id,
             name: p.info.name.clone(),
-            role: p.info.role.clone(),
+            role,
             mtu: p.info.mtu,
             netns: p.attachment.netns.clone(),
             ifname: p.attachment.ifname.clone(),
-            counters: stats::port_totals(&self.stats, p.info.id).since(p.baseline),
+            pod: p.attachment.pod.clone(),
+            bandwidth: p.attachment.bandwidth,
+            link: p.link,
+            counters: counters(c),
+        }
+    }
+
+    pub fn status(&self) -> StatusView {
+        let registry = self.registry();
+        StatusView {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            ports: registry.ports().count(),
+            routes: registry.routes().count(),
+            workers: self.config.workers,
+            generation: registry.generation(),
         }
     }
 
     pub fn list_ports(&self) -> Vec<PortView> {
-        self.ports.iter().flatten().map(|p| self.port_view(p)).collect()
+        let registry = self.registry();
+        registry.ports().map(|p| self.port_view(p)).collect()
     }
 
     pub fn list_routes(&self) -> Vec<RouteView> {
-        self.routes
-            .iter()
+        let registry = self.registry();
+        registry
+            .routes()
             .filter_map(|(prefix, r)| {
-                let adj = self.adjacencies.get(r.adjacency as usize)?.as_ref()?;
+                let adj = registry.adjacency(r.adjacency)?;
                 let next_hop = match adj.next_hop {
                     NextHop::Mac(mac) => mac.to_string(),
                     NextHop::Arp { via: Some(via) } => format!("arp {via}"),
@@ -605,43 +454,72 @@ impl Switch {
                 };
                 Some(RouteView {
                     prefix: prefix.to_string(),
-                    port: self.record(r.port).info.name.clone(),
+                    port: registry.record(r.port).info.name.clone(),
                     next_hop,
                     mtu: adj.mtu,
+                    origin: r.origin.name().to_string(),
                 })
             })
             .collect()
     }
 
     pub fn list_neighbors(&self) -> Vec<NeighborView> {
-        let port = self.uplink.as_ref().map_or_else(String::new, |u| self.record(u.port).info.name.clone());
-        self.neighbors
+        let registry = self.registry();
+        let port = registry.uplink().map_or_else(String::new, |u| u.info.name.clone());
+        registry
+            .neighbors()
             .list()
             .into_iter()
             .map(|n| NeighborView { ip: n.ip, mac: n.mac, port: port.clone(), state: n.state.to_string() })
             .collect()
     }
 
+    /// Every drop reason with its count over all workers and the control plane.
+    pub fn drops(&self) -> Vec<(DropReason, u64)> {
+        DropReason::ALL.iter().map(|&r| (r, self.stats.iter().map(|s| s.drops(r)).sum())).collect()
+    }
+
     pub fn counters(&self) -> CountersView {
+        let (fib_routes, neighbors) = {
+            let registry = self.registry();
+            (registry.fib_routes(), registry.neighbors().len())
+        };
         CountersView {
             ports: self.list_ports().into_iter().map(|p| (p.name, p.counters)).collect(),
-            drops: DropReason::ALL
-                .iter()
-                .map(|&r| (r.name().to_string(), self.stats.iter().map(|s| s.drops(r)).sum()))
-                .collect(),
-            fib_routes: self.fib.len(),
-            neighbors: self.neighbors.len(),
+            drops: self.drops().into_iter().map(|(r, n)| (r.name().to_string(), n)).collect(),
+            fib_routes,
+            neighbors,
+        }
+    }
+
+    /// What /metrics shows, gathered under the lock once; rendered by [`super::metrics`].
+    pub fn metrics_snapshot(&self) -> super::metrics::MetricsSnapshot {
+        let (fib_routes, fib_memory, neighbors) = {
+            let registry = self.registry();
+            (registry.fib_routes(), registry.fib_memory(), registry.neighbors().len())
+        };
+        super::metrics::MetricsSnapshot {
+            ports: self.list_ports(),
+            drops: self.drops(),
+            fib_routes,
+            fib_memory,
+            neighbors,
+            uptime: self.started.elapsed(),
         }
     }
 
     /// Runs a frame through the pipeline with a recording tracer, on the live state, without
     /// sending anything.
-    pub fn trace(&self, port: &str, frame_hex: &str) -> Result<TraceView, ControlError> {
-        let id = self.port_id(port).ok_or_else(|| ControlError::NoSuchPort(port.into()))?;
-        let frame = decode_hex(frame_hex)
-            .ok_or_else(|| ControlError::Invalid("frame must be an even number of hex digits".into()))?;
+    pub fn trace(&self, port: &str, frame_hex: &str) -> Result<TraceView, ApiError> {
+        let id = self
+            .registry()
+            .port_id(port)
+            .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no port named '{port}'")))?;
+        let digits: String = frame_hex.chars().filter(|c| !c.is_whitespace() && *c != ':').collect();
+        let frame =
+            hex::decode(&digits).map_err(|e| ApiError::new(ErrorCode::Invalid, format!("frame is not hex: {e}")))?;
         if frame.len() + vnet::LEN > MAX_FRAME {
-            return Err(ControlError::Invalid("frame too long".into()));
+            return Err(ApiError::new(ErrorCode::Invalid, "frame too long"));
         }
         let mut buf = vec![0u8; MAX_FRAME];
         buf[vnet::LEN..vnet::LEN + frame.len()].copy_from_slice(&frame);
@@ -663,67 +541,87 @@ impl Switch {
         Ok(TraceView { steps: trace.steps, verdict })
     }
 
-    /// Prometheus text exposition.
-    pub fn metrics(&self) -> String {
-        use std::fmt::Write;
-        let mut out = String::new();
-        let ports = self.list_ports();
-        for (metric, help, get) in [
-            (
-                "vswitch_port_rx_packets_total",
-                "Frames received from the port.",
-                (|c: &PortTotals| c.rx_packets) as fn(&PortTotals) -> u64,
-            ),
-            ("vswitch_port_rx_bytes_total", "Bytes received from the port (vnet header included).", |c| c.rx_bytes),
-            ("vswitch_port_tx_packets_total", "Frames sent to the port.", |c| c.tx_packets),
-            ("vswitch_port_tx_bytes_total", "Bytes sent to the port (vnet header included).", |c| c.tx_bytes),
-        ] {
-            let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
-            for p in &ports {
-                let _ = writeln!(out, "{metric}{{port=\"{}\"}} {}", p.name, get(&p.counters));
-            }
-        }
-        let _ =
-            writeln!(out, "# HELP vswitch_drops_total Frames dropped, by reason.\n# TYPE vswitch_drops_total counter");
-        for &reason in DropReason::ALL {
-            let n: u64 = self.stats.iter().map(|s| s.drops(reason)).sum();
-            let _ = writeln!(out, "vswitch_drops_total{{reason=\"{}\"}} {n}", reason.name());
-        }
-        let _ = writeln!(
-            out,
-            "# HELP vswitch_fib_routes Routes in the FIB.\n# TYPE vswitch_fib_routes gauge\nvswitch_fib_routes {}",
-            self.fib.len()
-        );
-        let _ = writeln!(out, "# HELP vswitch_fib_memory_bytes Memory of the FIB.\n# TYPE vswitch_fib_memory_bytes gauge\nvswitch_fib_memory_bytes {}", self.fib.memory().total());
-        let _ = writeln!(
-            out,
-            "# HELP vswitch_neighbors Neighbour entries.\n# TYPE vswitch_neighbors gauge\nvswitch_neighbors {}",
-            self.neighbors.len()
-        );
-        let _ = writeln!(
-            out,
-            "# HELP vswitch_ports Attached ports.\n# TYPE vswitch_ports gauge\nvswitch_ports {}",
-            ports.len()
-        );
-        out
-    }
-
     /// Stops the workers. TAP devices persist, so pods keep their interfaces.
-    pub fn shutdown(&mut self) {
-        self.datapath.stop.store(true, Ordering::Relaxed);
-        for waker in &self.wakers {
-            let _ = waker.wake();
-        }
-        for handle in self.workers.drain(..) {
+    pub fn shutdown(&self) {
+        self.datapath.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.wake_workers();
+        let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
+        for handle in workers {
             let _ = handle.join();
         }
     }
 }
 
-fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    let s: String = s.chars().filter(|c| !c.is_whitespace() && *c != ':').collect();
-    if s.len() % 2 != 0 {
-        return None;
+fn counters(c: PortTotals) -> PortCounters {
+    PortCounters { rx_packets: c.rx_packets, rx_bytes: c.rx_bytes, tx_packets: c.tx_packets, tx_bytes: c.tx_bytes }
+}
+
+/// What a pod port was attached with, for the state file; `None` for the host port and uplink.
+fn spec_of(p: &PortRecord) -> Option<PortSpec> {
+    let PortRole::Pod { ip, mac } = p.info.role else { return None };
+    Some(PortSpec {
+        name: p.info.name.clone(),
+        netns: p.attachment.netns.clone()?,
+        ifname: p.attachment.ifname.clone(),
+        ip,
+        mac,
+        mtu: Some(p.info.mtu),
+        pod: p.attachment.pod.clone(),
+        bandwidth: p.attachment.bandwidth,
+    })
+}
+
+/// Opens one queue per worker of TAP `ifname` for port `port`, on a blocking thread (the
+/// namespace switch and the ioctls block).
+async fn open_queues(
+    port: &str,
+    ifname: &str,
+    netns: Option<PathBuf>,
+    attach: Attach,
+    workers: usize,
+) -> Result<PortQueues, ControlError> {
+    let (port, ifname) = (port.to_string(), ifname.to_string());
+    let opened = tokio::task::spawn_blocking(move || {
+        TapQueue::open_many(&ifname, netns.as_deref(), attach, workers)
+            .map(|queues| queues.into_iter().map(|q| Arc::new(q) as Arc<dyn PortQueue>).collect::<Vec<_>>())
+            .map_err(|source| ControlError::Attach { name: port, source })
+    })
+    .await
+    .map_err(|e| ControlError::Api(unavailable(format!("attach task failed: {e}"))))??;
+    Ok(opened.into())
+}
+
+/// Attaches the dedicated NIC: one fanout socket per worker, the subnet and the default route
+/// through it, and the kernel kept off it (no forwarding, no ARP replies, no IPv6).
+async fn attach_uplink(
+    registry: &mut Registry,
+    hostnet: &HostNet,
+    config: &UplinkConfig,
+    stats: &[Arc<WorkerStats>],
+    workers: usize,
+) -> Result<Uplink, ControlError> {
+    let name = config.interface.clone();
+    let uplink_error = |source| ControlError::Uplink { name: name.clone(), source };
+    let (ifindex, mac) = hostnet.bring_up(&name, config.mtu).await?;
+    for (key, value) in
+        [("ipv4/conf/{}/forwarding", "0"), ("ipv4/conf/{}/arp_ignore", "8"), ("ipv6/conf/{}/disable_ipv6", "1")]
+    {
+        let path = format!("/proc/sys/net/{}", key.replace("{}", &name));
+        std::fs::write(&path, value)
+            .map_err(|e| uplink_error(std::io::Error::new(e.kind(), format!("{path}: {e}"))))?;
     }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect()
+    // Fanout groups are per namespace; the pid keeps two daemons' groups apart.
+    let group = (std::process::id() & 0xffff) as u16;
+    let queues: Vec<Arc<dyn PortQueue>> = (0..workers)
+        .map(|_| PacketSocket::open_queue(ifindex, group).map(|s| Arc::new(s) as Arc<dyn PortQueue>))
+        .collect::<Result<_, _>>()
+        .map_err(uplink_error)?;
+    let sender = PacketSocket::open_sender(ifindex).map_err(uplink_error)?;
+    let subnet = parse_prefix(&config.subnet)?;
+    // Attached at start, before any traffic: its counters start from zero.
+    let _ = stats;
+    let port =
+        registry.attach_uplink(&name, config.mtu, mac, queues.into(), subnet, config.gateway, PortTotals::default())?;
+    tracing::info!(uplink = %name, %mac, ifindex, %subnet, "uplink attached");
+    Ok(Uplink { port, mac, sender })
 }

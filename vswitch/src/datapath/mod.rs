@@ -11,7 +11,7 @@ mod tx_ring;
 mod worker;
 
 use std::net::Ipv4Addr;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -66,4 +66,28 @@ pub struct Datapath {
     pub snapshot: ArcSwap<Snapshot>,
     pub stop: AtomicBool,
     pub slow_path: tokio::sync::mpsc::Sender<SlowPacket>,
+    /// The snapshot generation each worker loaded last (see [`Datapath::quiesced`]).
+    loaded: Box<[AtomicU64]>,
+}
+
+impl Datapath {
+    pub fn new(snapshot: Snapshot, slow_path: tokio::sync::mpsc::Sender<SlowPacket>, workers: usize) -> Datapath {
+        Datapath {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            stop: AtomicBool::new(false),
+            slow_path,
+            loaded: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Worker `index` now forwards with `generation` (and a FIB view at least as new).
+    pub fn note_loaded(&self, index: usize, generation: u64) {
+        self.loaded[index].store(generation, Ordering::Release);
+    }
+
+    /// The oldest generation any worker may still be using: state retired before it can no
+    /// longer be seen by any worker. `u64::MAX` without workers.
+    pub fn quiesced(&self) -> u64 {
+        self.loaded.iter().map(|g| g.load(Ordering::Acquire)).min().unwrap_or(u64::MAX)
+    }
 }

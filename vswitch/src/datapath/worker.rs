@@ -60,6 +60,7 @@ impl Worker {
         let mut busy: Vec<PortId> = Vec::new();
         while !self.datapath.stop.load(Ordering::Relaxed) {
             let snapshot = self.datapath.snapshot.load_full();
+            self.datapath.note_loaded(self.index, snapshot.generation);
             if snapshot.generation != self.generation {
                 self.sync_registrations(&snapshot);
             }

@@ -1,8 +1,5 @@
 //! Ethernet II frames, with the 802.1Q tag recognised (so it can be refused by name).
 
-use std::fmt;
-use std::str::FromStr;
-
 use super::{need, WireError};
 
 mod field {
@@ -14,67 +11,8 @@ mod field {
 
 pub const HEADER_LEN: usize = 14;
 
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
-pub struct MacAddr(pub [u8; 6]);
-
-impl MacAddr {
-    pub const BROADCAST: MacAddr = MacAddr([0xff; 6]);
-    pub const ZERO: MacAddr = MacAddr([0; 6]);
-
-    pub fn is_multicast(&self) -> bool {
-        self.0[0] & 1 != 0
-    }
-
-    /// A locally administered unicast MAC made from four bytes (e.g. an IPv4 address).
-    pub fn local_from(bytes: [u8; 4]) -> MacAddr {
-        MacAddr([0x02, 0x00, bytes[0], bytes[1], bytes[2], bytes[3]])
-    }
-}
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
-    }
-}
-
-impl fmt::Debug for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl FromStr for MacAddr {
-    type Err = WireError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut out = [0u8; 6];
-        let mut parts = s.split(':');
-        for byte in out.iter_mut() {
-            let part = parts.next().ok_or(WireError::Malformed("MAC address needs six bytes"))?;
-            if part.len() != 2 {
-                return Err(WireError::Malformed("MAC address bytes are two hex digits"));
-            }
-            *byte = u8::from_str_radix(part, 16).map_err(|_| WireError::Malformed("MAC address is hex"))?;
-        }
-        if parts.next().is_some() {
-            return Err(WireError::Malformed("MAC address needs six bytes"));
-        }
-        Ok(MacAddr(out))
-    }
-}
-
-impl serde::Serialize for MacAddr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for MacAddr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+/// MAC addresses are a value type shared with the control API.
+pub use vswitch_api::MacAddr;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum EtherType {

@@ -1,0 +1,300 @@
+//! The control protocol: one JSON [`Request`] per line on vswitchd's unix socket, one
+//! [`Reply`] per line back.
+//!
+//! `{"op":"add_port","name":"pod1","netns":"/run/netns/pod1","ifname":"eth0","ip":"10.10.1.5","mac":"02:00:0a:0a:01:05"}`
+//! is answered `{"ok":true,"result":{...}}` or
+//! `{"ok":false,"error":{"code":"exists","message":"port 'pod1' already exists"}}`. Clients
+//! decide what an error means by its [`ErrorCode`] only; the message is for people and may be
+//! reworded. A malformed request gets an `invalid` error on its own line; the connection and
+//! the daemon carry on.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::MacAddr;
+
+/// The longest request line the daemon reads; a longer one is refused and the connection closed.
+pub const MAX_REQUEST_BYTES: usize = 1 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Attach a pod's existing TAP. Answered with the new [`PortView`].
+    AddPort(PortSpec),
+    /// Detach a port; with `remove_device`, also delete its TAP afterwards (in the background:
+    /// the reply does not wait for the kernel to unregister the device).
+    DelPort {
+        name: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        remove_device: bool,
+    },
+    /// Route `prefix` (e.g. `10.20.0.0/16`) out of port `port`. An existing route is an
+    /// `exists` error unless `replace` is set.
+    AddRoute {
+        prefix: String,
+        port: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        replace: bool,
+    },
+    DelRoute {
+        prefix: String,
+    },
+    /// A cheap liveness answer: [`StatusView`].
+    Status,
+    ListPorts,
+    ListRoutes,
+    ListNeighbors,
+    Counters,
+    /// Run a frame (hex, Ethernet onwards) through the pipeline as if it arrived on `port`.
+    Trace {
+        port: String,
+        frame: String,
+    },
+}
+
+/// A pod port as the CNI plugin asks for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSpec {
+    /// Unique per attachment; the plugin uses `CONTAINER_ID:IFNAME`.
+    pub name: String,
+    pub netns: PathBuf,
+    pub ifname: String,
+    pub ip: Ipv4Addr,
+    pub mac: MacAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
+    /// The Kubernetes pod this port belongs to, from the runtime's CNI_ARGS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodRef>,
+    /// Traffic limits (kubernetes.io/ingress-bandwidth and egress-bandwidth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<Bandwidth>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for PodRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Rates in bits per second and bursts in bits, as CNI's `bandwidth` capability gives them.
+/// Ingress is traffic into the pod, egress traffic from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bandwidth {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<RateLimit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<RateLimit>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub rate_bps: u64,
+    pub burst_bits: u64,
+}
+
+/// What kind of error, for programs. Stable: clients branch on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request is malformed or names impossible values.
+    Invalid,
+    /// The named port or route does not exist.
+    NotFound,
+    /// A port of that name, or that route, exists already.
+    Exists,
+    /// The request collides with something else (an address another port holds, a route a port
+    /// owns).
+    Conflict,
+    /// The daemon cannot take more (ports).
+    Exhausted,
+    /// The daemon could not do it now (a netlink or file error); retrying may work.
+    Unavailable,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message} ({code:?})")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl std::fmt::Display) -> ApiError {
+        ApiError { code, message: message.to_string() }
+    }
+}
+
+/// One reply line. `T` is the request's result type ([`Response`] on the daemon's side; the
+/// specific view on the client's).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reply<T> {
+    pub ok: bool,
+    #[serde(default = "Option::default", skip_serializing_if = "Option::is_none")]
+    pub result: Option<T>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ApiError>,
+}
+
+impl<T> Reply<T> {
+    pub fn from_result(result: Result<T, ApiError>) -> Reply<T> {
+        match result {
+            Ok(value) => Reply { ok: true, result: Some(value), error: None },
+            Err(error) => Reply { ok: false, result: None, error: Some(error) },
+        }
+    }
+}
+
+/// Every result the daemon sends; serialised without a tag (the request says what to expect).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Response {
+    Done,
+    Port(Box<PortView>),
+    Ports(Vec<PortView>),
+    Routes(Vec<RouteView>),
+    Neighbors(Vec<NeighborView>),
+    Counters(CountersView),
+    Status(StatusView),
+    Trace(TraceView),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "role", rename_all = "snake_case")]
+pub enum PortRole {
+    /// A pod's eth0: may only send from `ip` and `mac`.
+    Pod { ip: Ipv4Addr, mac: MacAddr },
+    /// The node's own stack; `peer_mac` is the kernel side's MAC.
+    Host { peer_mac: MacAddr },
+    /// A NIC dedicated to pod traffic on the VPC subnet.
+    Uplink { mac: MacAddr },
+}
+
+/// Whether a port's device is there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkState {
+    Up,
+    /// The TAP (or its namespace) disappeared without a DEL; the port forwards nothing.
+    Gone,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortCounters {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortView {
+    pub id: u16,
+    pub name: String,
+    #[serde(flatten)]
+    pub role: PortRole,
+    pub mtu: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<PathBuf>,
+    pub ifname: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<Bandwidth>,
+    pub link: LinkState,
+    pub counters: PortCounters,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteView {
+    pub prefix: String,
+    pub port: String,
+    /// A MAC, `arp <via>`, or `arp` (each destination on the connected subnet).
+    pub next_hop: String,
+    pub mtu: u16,
+    /// `port` (a pod's /32, removed with it), `config` (from vswitchd.toml) or `api`.
+    pub origin: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NeighborView {
+    pub ip: Ipv4Addr,
+    pub mac: Option<MacAddr>,
+    pub port: String,
+    pub state: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountersView {
+    pub ports: Vec<(String, PortCounters)>,
+    pub drops: Vec<(String, u64)>,
+    pub fib_routes: usize,
+    pub neighbors: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusView {
+    pub version: String,
+    pub uptime_seconds: u64,
+    pub ports: usize,
+    pub routes: usize,
+    pub workers: usize,
+    pub generation: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceView {
+    pub steps: Vec<(String, String)>,
+    pub verdict: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_and_unknown_ones_are_errors() {
+        let r: Request = serde_json::from_str(
+            r#"{"op":"add_port","name":"p","netns":"/run/netns/p","ifname":"eth0","ip":"10.0.0.2","mac":"02:00:00:00:00:02"}"#,
+        )
+        .unwrap();
+        assert!(matches!(r, Request::AddPort(PortSpec { mtu: None, pod: None, .. })));
+        assert_eq!(serde_json::from_str::<Request>(r#"{"op":"list_ports"}"#).unwrap(), Request::ListPorts);
+        assert!(serde_json::from_str::<Request>(r#"{"op":"reboot"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"op":"del_port"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"op":"del_port","name":"p","x":1}"#).is_err());
+        assert!(serde_json::from_str::<Request>(
+            r#"{"op":"add_port","name":"p","netns":"/n","ifname":"eth0","ip":"10.0.0.2","mac":"02:00:00:00:00:02","x":1}"#
+        )
+        .is_err());
+        assert!(serde_json::from_str::<Request>(
+            r#"{"op":"add_port","name":"p","netns":"/n","ifname":"eth0","ip":"10.0.0.300","mac":"02:00:00:00:00:02"}"#
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn replies_carry_codes_and_round_trip() {
+        let error = Reply::<Response>::from_result(Err(ApiError::new(ErrorCode::NotFound, "no port named 'x'")));
+        let line = serde_json::to_string(&error).unwrap();
+        assert_eq!(line, r#"{"ok":false,"error":{"code":"not_found","message":"no port named 'x'"}}"#);
+        let back: Reply<serde_json::Value> = serde_json::from_str(&line).unwrap();
+        assert_eq!(back.error.unwrap().code, ErrorCode::NotFound);
+        let done = serde_json::to_string(&Reply::from_result(Ok(Response::Done))).unwrap();
+        assert_eq!(done, r#"{"ok":true,"result":null}"#);
+        let back: Reply<()> = serde_json::from_str(&done).unwrap();
+        assert!(back.ok);
+    }
+}

@@ -1,0 +1,155 @@
+//! The Prometheus exposition of what the control plane gathered, encoded by `prometheus-client`.
+//! Label values that come from outside (port and pod names) are escaped here: the crate (0.23)
+//! writes label values as they are, so a `"` or a newline in a name would break the format.
+//!
+//! Label sets are bounded by what is attached: one series per port (with its pod's namespace and
+//! name when it has one) and one per drop reason.
+
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelValue, EncodeMetric, LabelValueEncoder};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use vswitch_api::api::{LinkState, PortCounters, PortRole, PortView};
+
+use crate::pipeline::DropReason;
+
+/// One scrape's worth of figures, gathered under the registry's lock and encoded without it.
+#[derive(Debug)]
+pub struct MetricsSnapshot {
+    pub ports: Vec<PortView>,
+    pub drops: Vec<(DropReason, u64)>,
+    pub fib_routes: usize,
+    pub fib_memory: usize,
+    pub neighbors: usize,
+    pub uptime: Duration,
+}
+
+impl MetricsSnapshot {
+    /// The text exposition format.
+    pub fn render(self) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String");
+        out
+    }
+}
+
+/// A label value escaped as the exposition formats require (`\\`, `\"`, `\n`).
+#[derive(Debug)]
+struct Escaped(String);
+
+impl Escaped {
+    fn new(value: &str) -> Escaped {
+        Escaped(value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"))
+    }
+}
+
+impl EncodeLabelValue for Escaped {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, &self.0)
+    }
+}
+
+fn port_labels(p: &PortView) -> Vec<(&'static str, Escaped)> {
+    let role = match p.role {
+        PortRole::Pod { .. } => "pod",
+        PortRole::Host { .. } => "host",
+        PortRole::Uplink { .. } => "uplink",
+    };
+    let mut labels = vec![("port", Escaped::new(&p.name)), ("role", Escaped::new(role))];
+    if let Some(pod) = &p.pod {
+        labels.push(("namespace", Escaped::new(&pod.namespace)));
+        labels.push(("pod", Escaped::new(&pod.name)));
+    }
+    labels
+}
+
+impl Collector for MetricsSnapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let port_counters: [(&str, &str, fn(&PortCounters) -> u64); 4] = [
+            ("vswitch_port_rx_packets", "Frames received from the port.", |c| c.rx_packets),
+            ("vswitch_port_rx_bytes", "Bytes received from the port (vnet header included).", |c| c.rx_bytes),
+            ("vswitch_port_tx_packets", "Frames sent to the port.", |c| c.tx_packets),
+            ("vswitch_port_tx_bytes", "Bytes sent to the port (vnet header included).", |c| c.tx_bytes),
+        ];
+        for (name, help, get) in port_counters {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for p in &self.ports {
+                let labels = port_labels(p);
+                ConstCounter::new(get(&p.counters)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "vswitch_port_up",
+            "1 while the port's device exists; 0 once it vanished without a DEL (gone).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for p in &self.ports {
+            let labels = port_labels(p);
+            ConstGauge::new(i64::from(p.link == LinkState::Up)).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family =
+            encoder.encode_descriptor("vswitch_drops", "Frames dropped, by reason.", None, MetricType::Counter)?;
+        for (reason, n) in &self.drops {
+            ConstCounter::new(*n).encode(family.encode_family(&[("reason", reason.name())])?)?;
+        }
+        for (name, help, value) in [
+            ("vswitch_fib_routes", "Routes in the FIB.", self.fib_routes as i64),
+            ("vswitch_fib_memory_bytes", "Memory of the FIB.", self.fib_memory as i64),
+            ("vswitch_neighbors", "Neighbour entries.", self.neighbors as i64),
+            ("vswitch_ports", "Attached ports.", self.ports.len() as i64),
+            ("vswitch_uptime_seconds", "Seconds since vswitchd started.", self.uptime.as_secs() as i64),
+        ] {
+            ConstGauge::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)?;
+        }
+        let mut family =
+            encoder.encode_descriptor("vswitch_build_info", "The running build.", None, MetricType::Gauge)?;
+        ConstGauge::new(1i64).encode(family.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vswitch_api::api::PodRef;
+    use vswitch_api::MacAddr;
+
+    #[test]
+    fn label_values_are_escaped_and_every_family_is_there() {
+        let port = PortView {
+            id: 1,
+            name: "evil\"}\nname".into(),
+            role: PortRole::Pod { ip: "10.0.0.2".parse().unwrap(), mac: MacAddr::local_from([10, 0, 0, 2]) },
+            mtu: 1500,
+            netns: None,
+            ifname: "eth0".into(),
+            pod: Some(PodRef { namespace: "default".into(), name: "web-0".into() }),
+            bandwidth: None,
+            link: LinkState::Gone,
+            counters: PortCounters { rx_packets: 7, ..Default::default() },
+        };
+        let text = MetricsSnapshot {
+            ports: vec![port],
+            drops: vec![(DropReason::ALL[0], 5)],
+            fib_routes: 3,
+            fib_memory: 1024,
+            neighbors: 0,
+            uptime: Duration::from_secs(9),
+        }
+        .render();
+        assert!(text.contains(r#"port="evil\"}\nname""#), "{text}");
+        assert!(!text.contains("evil\"}\nname\""), "a raw newline in a label breaks the format");
+        assert!(text.contains(r#"namespace="default",pod="web-0"} 7"#), "{text}");
+        assert!(text.contains(&format!("vswitch_drops_total{{reason=\"{}\"}} 5", DropReason::ALL[0].name())), "{text}");
+        assert!(text.contains("vswitch_port_up{") && text.contains("} 0\n"), "{text}");
+        assert!(text.contains("vswitch_fib_routes 3"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
