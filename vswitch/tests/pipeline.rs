@@ -234,6 +234,80 @@ fn icmp_errors_are_rate_limited() {
     assert_eq!(sw.pipeline.take_icmp_suppressed(), 0);
 }
 
+/// Overwrites bytes of the IPv4 header (`offset` from its start) and makes its checksum valid
+/// again.
+fn patch_ipv4(mut buf: Vec<u8>, offset: usize, bytes: &[u8]) -> Vec<u8> {
+    let ip = vnet::LEN + 14;
+    buf[ip + offset..ip + offset + bytes.len()].copy_from_slice(bytes);
+    buf[ip + 10..ip + 12].fill(0);
+    let c = etherparse::Ipv4HeaderSlice::from_slice(&buf[ip..]).unwrap().to_header().calc_header_checksum();
+    buf[ip + 10..ip + 12].copy_from_slice(&c.to_be_bytes());
+    buf
+}
+
+/// An echo request from A to B turned into another ICMP type (the pipeline reads only the type).
+fn icmp_of_type(kind: u8, ttl: u8, payload: usize) -> Vec<u8> {
+    let mut buf = icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, ttl, payload);
+    buf[vnet::LEN + 14 + 20] = kind;
+    buf
+}
+
+#[test]
+fn no_icmp_error_about_an_icmp_error() {
+    let mut sw = Switch::new();
+    // Destination unreachable, source quench, redirect, time exceeded, parameter problem, and a
+    // type nobody defined: dropped, no error back.
+    for kind in [3, 4, 5, 11, 12, 42] {
+        assert_eq!(sw.send(A, &mut icmp_of_type(kind, 1, 20)), Next::Drop(DropReason::TtlExpired), "type {kind}");
+    }
+    // Queries and their answers still earn one.
+    for kind in [0, 8, 13, 17] {
+        let next = sw.send(A, &mut icmp_of_type(kind, 1, 20));
+        assert!(matches!(next, Next::Respond { reason: DropReason::TtlExpired, .. }), "type {kind}: {next:?}");
+    }
+    // Too big with DF: an error is dropped without fragmentation-needed.
+    let mut big = icmp_echo(HOST_MAC, GW_MAC, VM_IP, A_IP, 64, 3000);
+    big[vnet::LEN + 14 + 20] = 3;
+    assert_eq!(sw.send(HOST, &mut big), Next::Drop(DropReason::FragmentationNeeded));
+}
+
+#[test]
+fn no_icmp_error_about_a_later_fragment() {
+    let mut sw = Switch::new();
+    // Offset 185 (1480 bytes), more fragments.
+    let later = patch_ipv4(icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, 1, 20), 6, &[0x20, 0xb9]);
+    assert_eq!(sw.send(A, &mut later.clone()), Next::Drop(DropReason::TtlExpired));
+    let last = patch_ipv4(icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, 1, 20), 6, &[0x00, 0xb9]);
+    assert_eq!(sw.send(A, &mut last.clone()), Next::Drop(DropReason::TtlExpired));
+    // The first fragment (offset 0, more fragments) does get one.
+    let first = patch_ipv4(icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, 1, 20), 6, &[0x20, 0x00]);
+    assert!(matches!(sw.send(A, &mut first.clone()), Next::Respond { reason: DropReason::TtlExpired, .. }));
+    // Too big, DF and a later fragment (a sender's own bug): no fragmentation-needed either.
+    let big = patch_ipv4(icmp_echo(HOST_MAC, GW_MAC, VM_IP, A_IP, 64, 3000), 6, &[0x40, 0xb9]);
+    assert_eq!(sw.send(HOST, &mut big.clone()), Next::Drop(DropReason::FragmentationNeeded));
+}
+
+#[test]
+fn no_icmp_error_about_broadcast_or_multicast() {
+    let mut sw = Switch::new();
+    for dst in [Ipv4Addr::BROADCAST, Ipv4Addr::new(224, 0, 0, 251), Ipv4Addr::new(239, 1, 2, 3)] {
+        let mut buf = icmp_echo(A_MAC, GW_MAC, A_IP, dst, 1, 20);
+        assert_eq!(sw.send(A, &mut buf), Next::Drop(DropReason::TtlExpired), "to {dst}");
+    }
+    // The host port has no source check, so it can carry these sources.
+    for src in [Ipv4Addr::BROADCAST, Ipv4Addr::new(224, 0, 0, 1), Ipv4Addr::UNSPECIFIED] {
+        let mut buf = icmp_echo(HOST_MAC, GW_MAC, src, A_IP, 1, 20);
+        assert_eq!(sw.send(HOST, &mut buf), Next::Drop(DropReason::TtlExpired), "from {src}");
+        let mut big = icmp_echo(HOST_MAC, GW_MAC, src, A_IP, 64, 3000);
+        assert_eq!(sw.send(HOST, &mut big), Next::Drop(DropReason::FragmentationNeeded), "from {src}");
+    }
+    // A link-layer group address as the sender: the error would go to a group.
+    let mut buf = icmp_echo(MacAddr([0x03, 0, 0, 0, 0, 0xee]), GW_MAC, VM_IP, A_IP, 1, 20);
+    assert_eq!(sw.send(HOST, &mut buf), Next::Drop(DropReason::TtlExpired));
+    // Nothing suppressed counts against the rate limit.
+    assert_eq!(sw.pipeline.take_icmp_suppressed(), 0);
+}
+
 /// Flips one byte of a valid echo from A to B (frame offset, after the vnet header).
 fn corrupted(offset: usize, value: u8) -> Vec<u8> {
     let mut buf = icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, 64, 8);

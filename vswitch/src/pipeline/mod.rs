@@ -22,7 +22,7 @@ use crate::state::{ForwardingState, NextHop, PortId, PortInfo, PortRole};
 use crate::wire::arp::{self, ArpPacket, Operation};
 use crate::wire::ethernet::{self, EthernetFrame};
 use crate::wire::icmp::{self, IcmpError};
-use crate::wire::ipv4::{Ipv4Error, Ipv4Packet};
+use crate::wire::ipv4::{self, Ipv4Error, Ipv4Packet};
 use crate::wire::vnet::{self, VnetHeader};
 use crate::wire::{EtherType, MacAddr};
 
@@ -309,7 +309,9 @@ impl Pipeline {
     }
 
     /// Replaces the buffer with an ICMP error about the packet in it, addressed back to where it
-    /// came from (out of the arrival port, to the sender's MAC), if the rate limit allows.
+    /// came from (out of the arrival port, to the sender's MAC), if RFC 1812 allows an error about
+    /// that packet (see [`no_error_about`]) and the rate limit allows one now. Otherwise the
+    /// packet is only dropped, for `reason`.
     #[allow(clippy::too_many_arguments)]
     fn icmp_error<T: Tracer>(
         &mut self,
@@ -322,17 +324,21 @@ impl Pipeline {
         now_ns: u64,
         trace: &mut T,
     ) -> Next {
+        let ip = Ipv4Packet::new_unchecked(&buf[L2..len]);
+        let sender_mac = MacAddr(buf[vnet::LEN + 6..vnet::LEN + 12].try_into().expect("6 bytes"));
+        if let Some(why) = no_error_about(&ip, sender_mac) {
+            trace.step("icmp", format_args!("{error:?} not sent: {why}"));
+            return Next::Drop(reason);
+        }
         if !self.icmp.allow(now_ns) {
             trace.step("icmp", format_args!("{error:?} rate-limited: not sent"));
             self.icmp_suppressed += 1;
             return Next::Drop(reason);
         }
-        let ip = Ipv4Packet::new_unchecked(&buf[L2..len]);
         let to = ip.src();
         let mut quoted = [0u8; 60 + 8];
         let quoted_len = icmp::quoted_len(&buf[L2..len], ip.header_len());
         quoted[..quoted_len].copy_from_slice(&buf[L2..L2 + quoted_len]);
-        let sender_mac = MacAddr(buf[vnet::LEN + 6..vnet::LEN + 12].try_into().expect("6 bytes"));
         let ip_len = icmp::emit_error(&mut buf[L2..], state.gateway_ip, to, error, &quoted[..quoted_len]);
         let mut eth = EthernetFrame::new_checked(&mut buf[vnet::LEN..]).expect("buffer holds a frame");
         eth.set_dst(sender_mac);
@@ -340,6 +346,28 @@ impl Pipeline {
         VnetHeader::default().write(&mut buf[..vnet::LEN]);
         trace.step("icmp", format_args!("{error:?} to {to}"));
         Next::Respond { reason, port: port.id, len: L2 + ip_len }
+    }
+}
+
+/// Why RFC 1812 §4.3.2.7 forbids an ICMP error about this packet, if it does: it is itself an
+/// ICMP error (two routers would bounce errors forever), a fragment other than the first (the
+/// first one already earns the error, and a later one has no transport header to quote), or it
+/// comes from or goes to a broadcast or multicast address (one packet would draw an error from
+/// every router that sees it, and the error would go to a group or to nobody).
+fn no_error_about(ip: &Ipv4Packet<&[u8]>, sender_mac: MacAddr) -> Option<&'static str> {
+    let (src, dst) = (ip.src(), ip.dst());
+    if ip.is_later_fragment() {
+        Some("not the first fragment")
+    } else if ip.protocol() == ipv4::PROTO_ICMP
+        && !ip.payload().first().is_some_and(|&kind| icmp::is_informational(kind))
+    {
+        Some("about an ICMP error")
+    } else if dst.is_broadcast() || dst.is_multicast() {
+        Some("to a broadcast or multicast destination")
+    } else if src.is_broadcast() || src.is_multicast() || src.is_unspecified() || sender_mac.is_multicast() {
+        Some("from a broadcast, multicast or unspecified source")
+    } else {
+        None
     }
 }
 
