@@ -378,6 +378,8 @@ const UPLINK: u16 = 3;
 const UP_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x99]);
 const VPC_GW: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 1);
 const VM_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x42]);
+/// The uplink NIC's own address on the VPC subnet.
+const UP_IP: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 7);
 
 /// The same switch with a dedicated uplink: the VPC subnet on it (ARP per destination), the
 /// default route through the VPC gateway, and nothing else to the host port.
@@ -386,7 +388,7 @@ fn with_uplink(known_neighbors: &[(Ipv4Addr, MacAddr)]) -> Switch {
     sw.state.ports.push(Some(PortInfo {
         id: UPLINK,
         name: "eth1".into(),
-        role: PortRole::Uplink { mac: UP_MAC },
+        role: PortRole::Uplink { mac: UP_MAC, ip: Some(UP_IP) },
         mtu: 1500,
     }));
     sw.state.adjacencies.push(Some(Adjacency {
@@ -447,4 +449,35 @@ fn traffic_from_the_uplink_reaches_pods_and_nothing_else() {
     assert_eq!(sw.send(UPLINK, &mut buf), Next::Drop(DropReason::NotOurMac));
     let mut buf = icmp_echo(VM_MAC, UP_MAC, VM_IP, Ipv4Addr::new(10, 10, 7, 7), 64, 8);
     assert_eq!(sw.send(UPLINK, &mut buf), Next::Drop(DropReason::Hairpin));
+}
+
+#[test]
+fn icmp_errors_out_of_the_uplink_come_from_the_nic_not_the_gateway() {
+    let mut sw = with_uplink(&[(VM_IP, VM_MAC)]);
+    let mut buf = icmp_echo(VM_MAC, UP_MAC, VM_IP, A_IP, 1, 20);
+    let Next::Respond { reason, port, len } = sw.send(UPLINK, &mut buf) else { panic!("no ICMP error") };
+    assert_eq!((reason, port), (DropReason::TtlExpired, UPLINK));
+    assert_eq!(sent_ipv4(&buf, len), (UP_MAC, VM_MAC, UP_IP, VM_IP, 64));
+    // Fragmentation needed too (the uplink does not police its own MTU on the way in).
+    let mut buf = icmp_echo(VM_MAC, UP_MAC, VM_IP, A_IP, 64, 3000);
+    let Next::Respond { reason, port, len } = sw.send(UPLINK, &mut buf) else { panic!("no ICMP error") };
+    assert_eq!((reason, port), (DropReason::FragmentationNeeded, UPLINK));
+    assert_eq!(sent_ipv4(&buf, len), (UP_MAC, VM_MAC, UP_IP, VM_IP, 64));
+    // Toward a pod the error still comes from the gateway.
+    let mut buf = icmp_echo(A_MAC, GW_MAC, A_IP, VM_IP, 1, 20);
+    let Next::Respond { port: A, len, .. } = sw.send(A, &mut buf) else { panic!("no ICMP error") };
+    assert_eq!(sent_ipv4(&buf, len), (GW_MAC, A_MAC, GW_IP, A_IP, 64));
+}
+
+#[test]
+fn an_uplink_without_an_address_sends_no_icmp_errors() {
+    let mut sw = with_uplink(&[(VM_IP, VM_MAC)]);
+    if let Some(port) = sw.state.ports[UPLINK as usize].as_mut() {
+        port.role = PortRole::Uplink { mac: UP_MAC, ip: None };
+    }
+    let mut buf = icmp_echo(VM_MAC, UP_MAC, VM_IP, A_IP, 1, 20);
+    assert_eq!(sw.send(UPLINK, &mut buf), Next::Drop(DropReason::TtlExpired));
+    let mut buf = icmp_echo(VM_MAC, UP_MAC, VM_IP, A_IP, 64, 3000);
+    assert_eq!(sw.send(UPLINK, &mut buf), Next::Drop(DropReason::FragmentationNeeded));
+    assert_eq!(sw.pipeline.take_icmp_suppressed(), 0, "not a rate-limit suppression");
 }

@@ -126,7 +126,7 @@ fn print_human(request: &Request, result: serde_json::Value) {
                 let (role, ip, mac) = match p.role {
                     PortRole::Pod { ip, mac } => ("pod", ip.to_string(), mac.to_string()),
                     PortRole::Host { peer_mac } => ("host", "-".into(), peer_mac.to_string()),
-                    PortRole::Uplink { mac } => ("uplink", "-".into(), mac.to_string()),
+                    PortRole::Uplink { mac, .. } => ("uplink", "-".into(), mac.to_string()),
                 };
                 let c = p.counters;
                 println!(

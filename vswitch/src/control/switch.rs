@@ -215,7 +215,7 @@ impl Switch {
             .map_err(uplink_error)?;
         let sender = PacketSocket::open_sender(ifindex).map_err(uplink_error)?;
         let id = self.free_port_id()?;
-        let info = PortInfo { id, name: name.clone(), role: PortRole::Uplink { mac }, mtu: config.mtu };
+        let info = PortInfo { id, name: name.clone(), role: PortRole::Uplink { mac, ip: None }, mtu: config.mtu };
         let attachment = Attachment { netns: None, ifname: name.clone(), request: None };
         self.install_port(info, attachment, queues.into(), NextHop::Arp { via: None }, mac);
         let subnet: Ipv4Prefix =

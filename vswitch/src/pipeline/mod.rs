@@ -330,6 +330,13 @@ impl Pipeline {
             trace.step("icmp", format_args!("{error:?} not sent: {why}"));
             return Next::Drop(reason);
         }
+        // Toward pods and the node the error comes from the gateway; out of the uplink from the
+        // NIC's own addresses, or not at all (a link-local source would not get through the VPC).
+        let Some(own_ip) = state.own_ip(port) else {
+            trace.step("icmp", format_args!("{error:?} not sent: {} has no IPv4 address", port.name));
+            return Next::Drop(reason);
+        };
+        let own_mac = state.own_mac(port);
         if !self.icmp.allow(now_ns) {
             trace.step("icmp", format_args!("{error:?} rate-limited: not sent"));
             self.icmp_suppressed += 1;
@@ -339,10 +346,10 @@ impl Pipeline {
         let mut quoted = [0u8; 60 + 8];
         let quoted_len = icmp::quoted_len(&buf[L2..len], ip.header_len());
         quoted[..quoted_len].copy_from_slice(&buf[L2..L2 + quoted_len]);
-        let ip_len = icmp::emit_error(&mut buf[L2..], state.gateway_ip, to, error, &quoted[..quoted_len]);
+        let ip_len = icmp::emit_error(&mut buf[L2..], own_ip, to, error, &quoted[..quoted_len]);
         let mut eth = EthernetFrame::new_checked(&mut buf[vnet::LEN..]).expect("buffer holds a frame");
         eth.set_dst(sender_mac);
-        eth.set_src(state.gateway_mac);
+        eth.set_src(own_mac);
         VnetHeader::default().write(&mut buf[..vnet::LEN]);
         trace.step("icmp", format_args!("{error:?} to {to}"));
         Next::Respond { reason, port: port.id, len: L2 + ip_len }
