@@ -123,6 +123,10 @@ impl Pipeline {
         let Some(port) = state.port(in_port) else {
             return Next::Drop(DropReason::PortDown);
         };
+        if len > buf.len() {
+            // A port that reported more than it could store (it should have refused the frame).
+            return Next::Drop(DropReason::FrameTooLong);
+        }
         if len < vnet::LEN {
             return Next::Drop(DropReason::BadVnetHeader);
         }

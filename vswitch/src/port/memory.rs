@@ -26,9 +26,10 @@ impl MemoryPort {
 impl PortQueue for MemoryPort {
     fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         let frame = self.inbound.lock().expect("not poisoned").pop_front().ok_or(io::ErrorKind::WouldBlock)?;
-        let n = frame.len().min(buf.len());
-        buf[..n].copy_from_slice(&frame[..n]);
-        Ok(n)
+        // As a packet socket does: a frame that does not fit is consumed and refused.
+        let Some(dst) = buf.get_mut(..frame.len()) else { return Err(super::frame_too_long()) };
+        dst.copy_from_slice(&frame);
+        Ok(frame.len())
     }
 
     fn send(&self, buf: &[u8]) -> io::Result<()> {
