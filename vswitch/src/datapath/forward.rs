@@ -126,10 +126,16 @@ impl Forwarder {
                 continue;
             };
             match (self.tx_ring.as_mut(), out.raw_fd()) {
-                // SAFETY: the frame is in this batch's buffer and `fd` belongs to a queue the
-                // snapshot holds; both outlive the submission below, which completes every write
-                // before the buffers are read into again.
-                (Some(ring), Some(fd)) => unsafe { ring.stage(fd, &buf[..len], out_port) },
+                (Some(ring), Some(fd)) => {
+                    // SAFETY: the frame is in this batch's buffer and `fd` belongs to a queue the
+                    // snapshot holds; both outlive the submission below, which completes every
+                    // write before the buffers are read into again.
+                    if let Err(e) = unsafe { ring.stage(fd, &buf[..len], out_port, &self.stats) } {
+                        tracing::error!(worker = self.index, error = %e, "io_uring failed: one write per frame from now on");
+                        self.tx_ring = None;
+                        self.stats.sent(out_port, len, &out.send(&buf[..len]));
+                    }
+                }
                 _ => self.stats.sent(out_port, len, &out.send(&buf[..len])),
             }
         }
