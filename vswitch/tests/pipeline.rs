@@ -1,11 +1,15 @@
 //! The pipeline on every path and every drop reason, with frames built by etherparse and every
 //! frame it sends parsed back by etherparse (an independent implementation).
 
+use std::collections::HashSet;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use etherparse::{PacketBuilder, SlicedPacket};
 use fib::{Fib, Ipv4Prefix};
+use vswitch::datapath::{Forwarder, PortQueues, Snapshot, WorkerStats};
 use vswitch::pipeline::{DropReason, IcmpLimiter, Next, NoTrace, Pipeline, Trace};
+use vswitch::port::{MemoryPort, PortQueue};
 use vswitch::state::{Adjacency, ForwardingState, NextHop, PortInfo, PortRole};
 use vswitch::wire::vnet::{self, VnetHeader};
 use vswitch::wire::MacAddr;
@@ -318,8 +322,11 @@ fn corrupted(offset: usize, value: u8) -> Vec<u8> {
 #[test]
 fn every_drop_reason_is_reachable_and_named() {
     let mut sw = Switch::new();
-    let mut check =
-        |port, mut buf: Vec<u8>, reason| assert_eq!(sw.send(port, &mut buf), Next::Drop(reason), "{reason:?}");
+    let mut seen = HashSet::new();
+    let mut check = |port, mut buf: Vec<u8>, reason| {
+        assert_eq!(sw.send(port, &mut buf), Next::Drop(reason), "{reason:?}");
+        seen.insert(reason);
+    };
     check(A, vec![0; 5], DropReason::BadVnetHeader);
     check(A, with_vnet(VnetHeader { flags: 0x40, ..Default::default() }, vec![0; 60]), DropReason::BadVnetHeader);
     check(A, with_vnet(VnetHeader::default(), vec![0; 13]), DropReason::FrameTooShort);
@@ -342,7 +349,13 @@ fn every_drop_reason_is_reachable_and_named() {
     check(A, arp(A_MAC, 1, (B_MAC, A_IP), GW_IP), DropReason::ArpSpoofed);
     check(A, arp(A_MAC, 1, (A_MAC, B_IP), GW_IP), DropReason::ArpSpoofed);
     check(A, arp(A_MAC, 2, (A_MAC, A_IP), B_IP), DropReason::ArpReplyFromPod);
+    check(A, arp(A_MAC, 1, (A_MAC, A_IP), A_IP), DropReason::ArpOwnAddress);
+    check(HOST, arp(HOST_MAC, 1, (HOST_MAC, Ipv4Addr::new(10, 10, 0, 5)), VM_IP), DropReason::ArpNotOurs);
     check(7, icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, 64, 8), DropReason::PortDown);
+    check(A, icmp_of_type(3, 1, 8), DropReason::TtlExpired); // an ICMP error: no error back
+    let mut big = icmp_echo(HOST_MAC, GW_MAC, VM_IP, A_IP, 64, 3000);
+    big[vnet::LEN + 14 + 20] = 3; // an ICMP error, so no error comes back about it
+    check(HOST, big, DropReason::FragmentationNeeded);
     // Without DF the switch would have to fragment, which it does not do.
     let mut big = icmp_echo(HOST_MAC, GW_MAC, VM_IP, A_IP, 64, 3000);
     big[vnet::LEN + 14 + 6] = 0; // clear DF
@@ -357,6 +370,61 @@ fn every_drop_reason_is_reachable_and_named() {
     sw.fib.publish();
     let mut buf = icmp_echo(A_MAC, GW_MAC, A_IP, VM_IP, 64, 8);
     assert_eq!(sw.send(A, &mut buf), Next::Drop(DropReason::NoRoute));
+    seen.insert(DropReason::NoRoute);
+    // A length beyond the buffer (a port that failed to refuse the frame).
+    let mut buf = icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, 64, 8);
+    let view = sw.state.fib.pin();
+    let next = sw.pipeline.process(&sw.state, &view, A, &mut buf, 100_000, 0, &mut NoTrace);
+    assert_eq!(next, Next::Drop(DropReason::FrameTooLong));
+    seen.insert(DropReason::FrameTooLong);
+    drop(view);
+
+    // The rest are counted around the pipeline, by the forwarder.
+    seen.extend(forwarder_drops());
+
+    // Produced only outside the datapath, so no frame given to the forwarder can cause them.
+    let elsewhere: &[(DropReason, &str)] = &[
+        (DropReason::NeighborUnresolved, "the control plane, when ARP for a waiting packet's next hop gives up"),
+        (DropReason::NeighborQueueFull, "the control plane, when too many packets wait for one next hop"),
+        (DropReason::RxOverflow, "the worker loop, from the kernel's PACKET_STATISTICS on the uplink"),
+    ];
+    for &reason in DropReason::ALL {
+        let why = elsewhere.iter().find(|(r, _)| *r == reason);
+        match (seen.contains(&reason), why) {
+            (true, None) | (false, Some(_)) => {}
+            (false, None) => panic!("no input produces {reason:?} ({})", reason.name()),
+            (true, Some(_)) => panic!("{reason:?} is produced here: take it off the list of others' reasons"),
+        }
+    }
+}
+
+/// Runs frames through a [`Forwarder`] on in-memory ports (pods A and B, the host, the uplink
+/// without resolved neighbours) and returns the drop reasons it counted.
+fn forwarder_drops() -> HashSet<DropReason> {
+    let sw = with_uplink(&[]);
+    let ports: Vec<Arc<MemoryPort>> = (0..4).map(|_| Arc::new(MemoryPort::default())).collect();
+    let mut queues: Vec<Option<PortQueues>> =
+        ports.iter().map(|p| Some(Arc::from(vec![p.clone() as Arc<dyn PortQueue>]))).collect();
+    queues[HOST as usize] = None; // attached, but its queues are gone
+    let snapshot = Snapshot { generation: 1, forwarding: sw.state.clone(), queues };
+    // A slow path with room for one packet, an ICMP budget of none.
+    let (slow_path, _slow_rx) = tokio::sync::mpsc::channel(1);
+    let stats = Arc::new(WorkerStats::default());
+    let mut forwarder = Forwarder::new(0, stats.clone(), Pipeline::new(IcmpLimiter::new(0, 0)), slow_path);
+    let mut run = |port: u16, frame: Vec<u8>| {
+        ports[port as usize].push(frame);
+        forwarder.forward_batch(&snapshot, port, &*ports[port as usize]);
+    };
+    run(A, vec![0; vswitch::pipeline::MAX_FRAME + 1]); // frame_too_long
+    run(A, icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, 1, 8)); // ttl_expired, and its error rate-limited
+    run(A, icmp_echo(A_MAC, GW_MAC, A_IP, Ipv4Addr::new(192, 0, 2, 9), 64, 8)); // port_down (host)
+    run(A, icmp_echo(A_MAC, GW_MAC, A_IP, VM_IP, 64, 8)); // to the slow path, which is now full
+    run(A, icmp_echo(A_MAC, GW_MAC, A_IP, VM_IP, 64, 8)); // slow_path_full
+    ports[B as usize].fail_sends(Some(std::io::ErrorKind::WouldBlock));
+    run(A, icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, 64, 8)); // tx_queue_full
+    ports[B as usize].fail_sends(Some(std::io::ErrorKind::BrokenPipe));
+    run(A, icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, 64, 8)); // tx_error
+    DropReason::ALL.iter().copied().filter(|&r| stats.drops(r) > 0).collect()
 }
 
 #[test]
@@ -406,7 +474,7 @@ fn with_uplink(known_neighbors: &[(Ipv4Addr, MacAddr)]) -> Switch {
     sw.fib.insert("10.10.0.0/16".parse().unwrap(), 3).unwrap();
     sw.fib.insert("0.0.0.0/0".parse().unwrap(), 4).unwrap();
     sw.fib.publish();
-    sw.state.neighbors = std::sync::Arc::new(known_neighbors.iter().copied().collect());
+    sw.state.neighbors = Arc::new(known_neighbors.iter().copied().collect());
     sw
 }
 

@@ -387,10 +387,9 @@ fn no_error_about(ip: &Ipv4Packet<&[u8]>, sender_mac: MacAddr) -> Option<&'stati
 /// header's `hdr_len`: the kernel fills that with the skb's linear length on receive (AF_PACKET,
 /// TAP), which can hold payload too, and judging by it dropped good frames as too big.
 fn gso_segment_ip_len(ip: &Ipv4Packet<&[u8]>, gso_type: u8, gso_size: u16) -> usize {
-    const TCP: u8 = 6;
     let transport = match (gso_type & !vnet::GSO_ECN, ip.protocol()) {
         // The TCP header's data offset, in 32-bit words (a truncated header counts as minimal).
-        (vnet::GSO_TCPV4, TCP) => ip.payload().get(12).map_or(20, |offset| (offset >> 4) as usize * 4),
+        (vnet::GSO_TCPV4, ipv4::PROTO_TCP) => ip.payload().get(12).map_or(20, |offset| (offset >> 4) as usize * 4),
         (vnet::GSO_UDP_L4, _) => 8,
         // UFO: the datagram, UDP header included, is cut into gso_size-byte IP fragments.
         _ => 0,

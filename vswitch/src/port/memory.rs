@@ -11,11 +11,18 @@ use super::PortQueue;
 pub struct MemoryPort {
     inbound: Mutex<VecDeque<Vec<u8>>>,
     outbound: Mutex<Vec<Vec<u8>>>,
+    /// When set, every send fails with this (a full queue is `WouldBlock`).
+    send_error: Mutex<Option<io::ErrorKind>>,
 }
 
 impl MemoryPort {
     pub fn push(&self, frame: Vec<u8>) {
         self.inbound.lock().expect("not poisoned").push_back(frame);
+    }
+
+    /// Makes every later send fail with `error` (`None`: succeed again).
+    pub fn fail_sends(&self, error: Option<io::ErrorKind>) {
+        *self.send_error.lock().expect("not poisoned") = error;
     }
 
     pub fn take_sent(&self) -> Vec<Vec<u8>> {
@@ -33,6 +40,9 @@ impl PortQueue for MemoryPort {
     }
 
     fn send(&self, buf: &[u8]) -> io::Result<()> {
+        if let Some(kind) = *self.send_error.lock().expect("not poisoned") {
+            return Err(kind.into());
+        }
         self.outbound.lock().expect("not poisoned").push(buf.to_vec());
         Ok(())
     }

@@ -34,8 +34,6 @@ const TUN_F_TSO_ECN: libc::c_uint = 0x08;
 pub enum TapError {
     #[error("TAP name '{0}' is empty, too long (max 15) or contains a NUL")]
     BadName(String),
-    #[error("opening /dev/net/tun: {0}")]
-    Open(io::Error),
     #[error("attaching to TAP '{name}': {source}")]
     Attach { name: String, source: io::Error },
     #[error("setting offloads on TAP '{name}': {source}")]
