@@ -46,7 +46,7 @@ fn switch(routes: &[(Ipv4Prefix, u32)]) -> (ForwardingState, Fib<Ipv4Addr>) {
     let ports = vec![
         Some(PortInfo { id: A, name: "pod-a".into(), role: PortRole::Pod { ip: A_IP, mac: A_MAC }, mtu: 1500 }),
         Some(PortInfo { id: B, name: "pod-b".into(), role: PortRole::Pod { ip: B_IP, mac: B_MAC }, mtu: 1500 }),
-        Some(PortInfo { id: UPLINK, name: "eth1".into(), role: PortRole::Uplink { mac: GW_MAC }, mtu: 1500 }),
+        Some(PortInfo { id: UPLINK, name: "eth1".into(), role: PortRole::Uplink { mac: GW_MAC, ip: None }, mtu: 1500 }),
     ];
     let adjacencies = vec![
         Some(Adjacency { port: A, src_mac: GW_MAC, next_hop: NextHop::Mac(A_MAC), mtu: 1500 }),

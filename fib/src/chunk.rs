@@ -350,45 +350,65 @@ impl ChunkPtr {
     }
 
     /// The slot holding child `n`, swapped in place when only that child changes.
+    ///
+    /// # Safety
+    /// `n` is below the chunk's child count: it comes from one of this chunk's child codes
+    /// (`CHILD_FLAG | n`), or is the position of a child the chunk was built with.
     #[inline(always)]
-    pub fn child_slot(&self, n: usize) -> &AtomicPtr<Header> {
+    pub unsafe fn child_slot(&self, n: usize) -> &AtomicPtr<Header> {
         debug_assert!(n < self.header().child_count as usize);
-        // SAFETY: child codes and callers only use indices below child_count.
+        // SAFETY: the caller guarantees n < child_count, so the slot lies in the child array.
         unsafe { &*self.children().add(n) }
     }
 
     /// Loads child `n` (Acquire: its contents were written before it was published).
+    ///
+    /// # Safety
+    /// As [`ChunkPtr::child_slot`]: `n` is below the chunk's child count.
     #[inline(always)]
-    pub fn child(self, n: usize) -> ChunkPtr {
-        // SAFETY: child pointers are never null.
+    pub unsafe fn child(self, n: usize) -> ChunkPtr {
+        // SAFETY: the caller guarantees `n` is in range; child pointers are never null.
         ChunkPtr(unsafe { NonNull::new_unchecked(self.child_slot(n).load(Ordering::Acquire)) })
     }
 
-    /// The code for an 18-bit key: a next hop, [`NONE`], or a child reference.
+    /// The code for an 18-bit key (higher bits are ignored): a next hop, [`NONE`], or a child
+    /// reference.
     #[inline(always)]
     pub fn find(self, key: usize) -> u32 {
+        let key = key & ((1 << KEY_BITS) - 1);
         if self.is_indexed() {
-            return self.find_indexed(key);
+            // SAFETY: the header says the chunk is indexed, and the key has 18 bits.
+            return unsafe { self.find_indexed(key) };
         }
-        self.find_from(self.root(), key as u32)
+        // SAFETY: the root is one of this chunk's nodes.
+        unsafe { self.find_from(self.root(), key as u32) }
     }
 
     /// As [`find`](Self::find), for a caller that knows the chunk has a root index (and need not
     /// read the header to learn it). An answer from the index has the fallback applied.
+    ///
+    /// # Safety
+    /// The chunk has a root index (its top-level entry says so), and `key < 2^18`: the slot read
+    /// is computed from the pointer and the key alone, and lies inside the index only then.
     #[inline(always)]
-    pub fn find_indexed(self, key: usize) -> u32 {
-        // SAFETY: the chunk is indexed, so the slot lies inside its index.
+    pub unsafe fn find_indexed(self, key: usize) -> u32 {
+        debug_assert!(self.is_indexed() && key < 1 << KEY_BITS);
+        // SAFETY: the caller guarantees an index and an 18-bit key, so the slot lies inside it.
         let code = unsafe { *self.index_slot(key as u32) };
         if code < NODE_FLAG {
             return code;
         }
-        self.find_from(self.below_root(code), key as u32)
+        // SAFETY: a node code in the index indexes this chunk's node array.
+        unsafe { self.find_from(self.below_root(code), key as u32) }
     }
 
+    /// # Safety
+    /// As [`ChunkPtr::step`]: `at` is one of this chunk's nodes.
     #[inline(always)]
-    fn find_from(self, mut at: NodeAt, key: u32) -> u32 {
+    unsafe fn find_from(self, mut at: NodeAt, key: u32) -> u32 {
         loop {
-            let (is_node, next, leaf) = self.step(at, key);
+            // SAFETY: `at` is the caller's node, or one a step from it continued to.
+            let (is_node, next, leaf) = unsafe { self.step(at, key) };
             if !is_node {
                 // SAFETY: when a step ends at a leaf, `leaf` lies inside this chunk's leaf array.
                 return unsafe { *leaf };
@@ -408,10 +428,15 @@ impl ChunkPtr {
     /// branch on which holds (batched lookups step many lanes whose outcomes differ, and a
     /// mispredicted branch costs as much as the step). Only the one that holds may be
     /// dereferenced; the other is an arbitrary address (wrapping arithmetic, never read).
+    ///
+    /// # Safety
+    /// `at` is one of this chunk's nodes: it came from [`ChunkPtr::root`] of a chunk without an
+    /// index, from [`ChunkPtr::below_root`] with a node code read from this chunk's index, or
+    /// from an earlier step on this chunk that continued in a node. (A [`NodeAt::dangling`] or
+    /// another chunk's node would be read as this one's.)
     #[inline(always)]
-    pub fn step(self, at: NodeAt, key: u32) -> (bool, NodeAt, *const u32) {
-        // SAFETY: `at` came from `root` or an earlier `step` on this chunk that continued in a
-        // node, so it points at one of its nodes.
+    pub unsafe fn step(self, at: NodeAt, key: u32) -> (bool, NodeAt, *const u32) {
+        // SAFETY: the caller guarantees `at` points at one of this chunk's nodes.
         let node = unsafe { &*at.node };
         let bit = 1u64 << ((key >> at.shift) & 63);
         let is_node = node.vector & bit != 0;
@@ -455,7 +480,8 @@ impl ChunkPtr {
     /// As [`ChunkPtr::free`], for the whole subtree.
     pub unsafe fn free_tree(self) {
         for n in 0..self.header().child_count as usize {
-            // SAFETY: children are owned by their parent and unreachable once it is.
+            // SAFETY: n < child_count; children are owned by their parent and unreachable once
+            // it is.
             unsafe { self.child(n).free_tree() };
         }
         // SAFETY: guaranteed by the caller.
@@ -575,7 +601,9 @@ mod tests {
         let large = ChunkPtr::build(&many, &[], NONE, true);
         assert!(!small.is_indexed());
         assert!(large.is_indexed());
-        assert_eq!((large.find_indexed(0x3f000), large.find_indexed(0x3f800)), (63, 99));
+        // SAFETY: `large` is indexed and the keys have 18 bits.
+        let found = unsafe { (large.find_indexed(0x3f000), large.find_indexed(0x3f800)) };
+        assert_eq!(found, (63, 99));
         let plain = ChunkPtr::build(&many, &[], NONE, false);
         // The index replaces the root's 63 runs (the leaves are padded to 8 bytes).
         assert!(large.heap_bytes().abs_diff(plain.heap_bytes() + INDEX_BYTES - 63 * 4) <= 4);
@@ -627,7 +655,9 @@ mod tests {
         assert_eq!(chunk.find(0x3fff0), CHILD_FLAG | 1);
         assert_eq!(chunk.find(0x3fff1), NONE);
         let copy = chunk.with_fallback(9);
-        assert_eq!((copy.fallback(), copy.find(0x3fff0), copy.child(1)), (9, CHILD_FLAG | 1, leaf));
+        // SAFETY: the chunk was built with two children.
+        let child = unsafe { copy.child(1) };
+        assert_eq!((copy.fallback(), copy.find(0x3fff0), child), (9, CHILD_FLAG | 1, leaf));
         // SAFETY: never shared; `leaf` is freed once, the two parents without their children.
         unsafe {
             copy.free();

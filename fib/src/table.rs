@@ -88,14 +88,20 @@ impl<A: Address> Shared<A> {
         }
         // SAFETY: a chunk stays allocated while any guard pinned before its retirement lives.
         let mut chunk = unsafe { entry_chunk(entry) };
-        let mut code = if entry & INDEXED != 0 { chunk.find_indexed(addr.group(1)) } else { chunk.find(addr.group(1)) };
+        let mut code = if entry & INDEXED != 0 {
+            // SAFETY: the entry says the chunk has an index; a group has 18 bits.
+            unsafe { chunk.find_indexed(addr.group(1)) }
+        } else {
+            chunk.find(addr.group(1))
+        };
         let mut level = 1;
         loop {
             if code & CHILD_FLAG == 0 {
                 // After an index answer of NONE this reads NONE again (the index applied it).
                 return if code == NONE { chunk.fallback() } else { code };
             }
-            chunk = chunk.child((code & !CHILD_FLAG) as usize);
+            // SAFETY: a child code of this chunk indexes its child array (ChunkPtr::build).
+            chunk = unsafe { chunk.child((code & !CHILD_FLAG) as usize) };
             level += 1;
             code = chunk.find(addr.group(level));
         }
@@ -234,7 +240,8 @@ impl<A: Address> Shared<A> {
                     next_node[n_next_node] = i as u8;
                     n_next_node += 1;
                 } else {
-                    let slot: *const AtomicPtr<Header> = chunk.child_slot((code & !CHILD_FLAG) as usize);
+                    // SAFETY: a child code of this chunk indexes its child array (ChunkPtr::build).
+                    let slot: *const AtomicPtr<Header> = unsafe { chunk.child_slot((code & !CHILD_FLAG) as usize) };
                     prefetch(slot as *const u8);
                     lanes.slot[i] = slot;
                     next_child[n_next_child] = i as u8;
@@ -247,7 +254,9 @@ impl<A: Address> Shared<A> {
                 let i = stepping[k] as usize;
                 // SAFETY: the lane's chunk is live under the guard and `at` is one of its nodes.
                 let chunk = unsafe { ChunkPtr::from_raw(lanes.chunk[i]) };
-                let (is_node, next, leaf) = chunk.step(lanes.at[i], lanes.key[i]);
+                // SAFETY: `at` is one of this chunk's nodes: the lane is stepping only after its
+                // root, an index node code or a step that continued was stored there.
+                let (is_node, next, leaf) = unsafe { chunk.step(lanes.at[i], lanes.key[i]) };
                 lanes.at[i] = next;
                 lanes.leaf[i] = leaf;
                 prefetch(if is_node { next.as_ptr() } else { leaf as *const u8 });
@@ -900,7 +909,10 @@ fn refresh_child(
         return true;
     }
     if let (Some(new), Some(parent)) = (new, in_place) {
-        parent.child_slot(position).store(new.as_raw(), Ordering::Release);
+        // SAFETY: `in_place` is the parent as published from this mirror, given only when the
+        // mirror has not changed since (`publish_chunk`), so it has a child at each of the
+        // mirror's positions, `position` among them.
+        unsafe { parent.child_slot(position) }.store(new.as_raw(), Ordering::Release);
     }
     false
 }

@@ -129,7 +129,12 @@ fn state() -> &'static (ForwardingState, Fib<Ipv4Addr>) {
             role: PortRole::Host { peer_mac: MacAddr([2, 0, 0, 0, 0, 0xee]) },
             mtu: 9000,
         };
-        let uplink = PortInfo { id: 3, name: "eth1".into(), role: PortRole::Uplink { mac: UP_MAC }, mtu: 1500 };
+        let uplink = PortInfo {
+            id: 3,
+            name: "eth1".into(),
+            role: PortRole::Uplink { mac: UP_MAC, ip: Some(Ipv4Addr::new(10, 10, 0, 7)) },
+            mtu: 1500,
+        };
         let adjacency = |port: u16, src_mac, next_hop, mtu| Some(Adjacency { port, src_mac, next_hop, mtu });
         let adjacencies = vec![
             adjacency(0, GW_MAC, NextHop::Mac(MacAddr::local_from(a_ip.octets())), 1500),

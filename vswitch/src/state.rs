@@ -30,8 +30,15 @@ pub enum PortRole {
     /// The node's own stack (a TAP in the node namespace); `peer_mac` is the kernel side's MAC.
     Host { peer_mac: MacAddr },
     /// A NIC dedicated to pod traffic, on the VPC subnet; `mac` is the NIC's own MAC, which the
-    /// switch uses as its address there (it answers ARP for local pods with it).
-    Uplink { mac: MacAddr },
+    /// switch uses as its address there (it answers ARP for local pods with it). `ip` is the
+    /// NIC's own address, the source of the ICMP errors the switch sends out of it: the pods'
+    /// gateway address is link-local, and VPC hosts drop packets from it. Without one, no ICMP
+    /// error leaves through the uplink.
+    Uplink {
+        mac: MacAddr,
+        #[serde(default)]
+        ip: Option<Ipv4Addr>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,8 +95,35 @@ impl ForwardingState {
     /// on the uplink.
     pub fn own_mac(&self, port: &PortInfo) -> MacAddr {
         match port.role {
-            PortRole::Uplink { mac } => mac,
+            PortRole::Uplink { mac, .. } => mac,
             PortRole::Pod { .. } | PortRole::Host { .. } => self.gateway_mac,
         }
+    }
+
+    /// The switch's own IPv4 address on a port, the source of the ICMP errors it sends there:
+    /// the gateway address toward pods and the node, the NIC's address on the uplink (`None` if
+    /// it has none configured).
+    pub fn own_ip(&self, port: &PortInfo) -> Option<Ipv4Addr> {
+        match port.role {
+            PortRole::Uplink { ip, .. } => ip,
+            PortRole::Pod { .. } | PortRole::Host { .. } => Some(self.gateway_ip),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_uplink_without_an_address_still_parses() {
+        let port: PortInfo =
+            serde_json::from_str(r#"{"id":3,"name":"eth1","role":"uplink","mac":"02:00:00:00:00:99","mtu":1500}"#)
+                .unwrap();
+        assert_eq!(port.role, PortRole::Uplink { mac: MacAddr([2, 0, 0, 0, 0, 0x99]), ip: None });
+        let with_ip =
+            PortInfo { role: PortRole::Uplink { mac: MacAddr([2; 6]), ip: Some(Ipv4Addr::new(10, 0, 0, 7)) }, ..port };
+        let json = serde_json::to_string(&with_ip).unwrap();
+        assert_eq!(serde_json::from_str::<PortInfo>(&json).unwrap(), with_ip);
     }
 }

@@ -1,11 +1,15 @@
 //! The pipeline on every path and every drop reason, with frames built by etherparse and every
 //! frame it sends parsed back by etherparse (an independent implementation).
 
+use std::collections::HashSet;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use etherparse::{PacketBuilder, SlicedPacket};
 use fib::{Fib, Ipv4Prefix};
+use vswitch::datapath::{Forwarder, PortQueues, Snapshot, WorkerStats};
 use vswitch::pipeline::{DropReason, IcmpLimiter, Next, NoTrace, Pipeline, Trace};
+use vswitch::port::{MemoryPort, PortQueue};
 use vswitch::state::{Adjacency, ForwardingState, NextHop, PortInfo, PortRole};
 use vswitch::wire::vnet::{self, VnetHeader};
 use vswitch::wire::MacAddr;
@@ -234,6 +238,80 @@ fn icmp_errors_are_rate_limited() {
     assert_eq!(sw.pipeline.take_icmp_suppressed(), 0);
 }
 
+/// Overwrites bytes of the IPv4 header (`offset` from its start) and makes its checksum valid
+/// again.
+fn patch_ipv4(mut buf: Vec<u8>, offset: usize, bytes: &[u8]) -> Vec<u8> {
+    let ip = vnet::LEN + 14;
+    buf[ip + offset..ip + offset + bytes.len()].copy_from_slice(bytes);
+    buf[ip + 10..ip + 12].fill(0);
+    let c = etherparse::Ipv4HeaderSlice::from_slice(&buf[ip..]).unwrap().to_header().calc_header_checksum();
+    buf[ip + 10..ip + 12].copy_from_slice(&c.to_be_bytes());
+    buf
+}
+
+/// An echo request from A to B turned into another ICMP type (the pipeline reads only the type).
+fn icmp_of_type(kind: u8, ttl: u8, payload: usize) -> Vec<u8> {
+    let mut buf = icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, ttl, payload);
+    buf[vnet::LEN + 14 + 20] = kind;
+    buf
+}
+
+#[test]
+fn no_icmp_error_about_an_icmp_error() {
+    let mut sw = Switch::new();
+    // Destination unreachable, source quench, redirect, time exceeded, parameter problem, and a
+    // type nobody defined: dropped, no error back.
+    for kind in [3, 4, 5, 11, 12, 42] {
+        assert_eq!(sw.send(A, &mut icmp_of_type(kind, 1, 20)), Next::Drop(DropReason::TtlExpired), "type {kind}");
+    }
+    // Queries and their answers still earn one.
+    for kind in [0, 8, 13, 17] {
+        let next = sw.send(A, &mut icmp_of_type(kind, 1, 20));
+        assert!(matches!(next, Next::Respond { reason: DropReason::TtlExpired, .. }), "type {kind}: {next:?}");
+    }
+    // Too big with DF: an error is dropped without fragmentation-needed.
+    let mut big = icmp_echo(HOST_MAC, GW_MAC, VM_IP, A_IP, 64, 3000);
+    big[vnet::LEN + 14 + 20] = 3;
+    assert_eq!(sw.send(HOST, &mut big), Next::Drop(DropReason::FragmentationNeeded));
+}
+
+#[test]
+fn no_icmp_error_about_a_later_fragment() {
+    let mut sw = Switch::new();
+    // Offset 185 (1480 bytes), more fragments.
+    let later = patch_ipv4(icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, 1, 20), 6, &[0x20, 0xb9]);
+    assert_eq!(sw.send(A, &mut later.clone()), Next::Drop(DropReason::TtlExpired));
+    let last = patch_ipv4(icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, 1, 20), 6, &[0x00, 0xb9]);
+    assert_eq!(sw.send(A, &mut last.clone()), Next::Drop(DropReason::TtlExpired));
+    // The first fragment (offset 0, more fragments) does get one.
+    let first = patch_ipv4(icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, 1, 20), 6, &[0x20, 0x00]);
+    assert!(matches!(sw.send(A, &mut first.clone()), Next::Respond { reason: DropReason::TtlExpired, .. }));
+    // Too big, DF and a later fragment (a sender's own bug): no fragmentation-needed either.
+    let big = patch_ipv4(icmp_echo(HOST_MAC, GW_MAC, VM_IP, A_IP, 64, 3000), 6, &[0x40, 0xb9]);
+    assert_eq!(sw.send(HOST, &mut big.clone()), Next::Drop(DropReason::FragmentationNeeded));
+}
+
+#[test]
+fn no_icmp_error_about_broadcast_or_multicast() {
+    let mut sw = Switch::new();
+    for dst in [Ipv4Addr::BROADCAST, Ipv4Addr::new(224, 0, 0, 251), Ipv4Addr::new(239, 1, 2, 3)] {
+        let mut buf = icmp_echo(A_MAC, GW_MAC, A_IP, dst, 1, 20);
+        assert_eq!(sw.send(A, &mut buf), Next::Drop(DropReason::TtlExpired), "to {dst}");
+    }
+    // The host port has no source check, so it can carry these sources.
+    for src in [Ipv4Addr::BROADCAST, Ipv4Addr::new(224, 0, 0, 1), Ipv4Addr::UNSPECIFIED] {
+        let mut buf = icmp_echo(HOST_MAC, GW_MAC, src, A_IP, 1, 20);
+        assert_eq!(sw.send(HOST, &mut buf), Next::Drop(DropReason::TtlExpired), "from {src}");
+        let mut big = icmp_echo(HOST_MAC, GW_MAC, src, A_IP, 64, 3000);
+        assert_eq!(sw.send(HOST, &mut big), Next::Drop(DropReason::FragmentationNeeded), "from {src}");
+    }
+    // A link-layer group address as the sender: the error would go to a group.
+    let mut buf = icmp_echo(MacAddr([0x03, 0, 0, 0, 0, 0xee]), GW_MAC, VM_IP, A_IP, 1, 20);
+    assert_eq!(sw.send(HOST, &mut buf), Next::Drop(DropReason::TtlExpired));
+    // Nothing suppressed counts against the rate limit.
+    assert_eq!(sw.pipeline.take_icmp_suppressed(), 0);
+}
+
 /// Flips one byte of a valid echo from A to B (frame offset, after the vnet header).
 fn corrupted(offset: usize, value: u8) -> Vec<u8> {
     let mut buf = icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, 64, 8);
@@ -244,8 +322,11 @@ fn corrupted(offset: usize, value: u8) -> Vec<u8> {
 #[test]
 fn every_drop_reason_is_reachable_and_named() {
     let mut sw = Switch::new();
-    let mut check =
-        |port, mut buf: Vec<u8>, reason| assert_eq!(sw.send(port, &mut buf), Next::Drop(reason), "{reason:?}");
+    let mut seen = HashSet::new();
+    let mut check = |port, mut buf: Vec<u8>, reason| {
+        assert_eq!(sw.send(port, &mut buf), Next::Drop(reason), "{reason:?}");
+        seen.insert(reason);
+    };
     check(A, vec![0; 5], DropReason::BadVnetHeader);
     check(A, with_vnet(VnetHeader { flags: 0x40, ..Default::default() }, vec![0; 60]), DropReason::BadVnetHeader);
     check(A, with_vnet(VnetHeader::default(), vec![0; 13]), DropReason::FrameTooShort);
@@ -268,7 +349,13 @@ fn every_drop_reason_is_reachable_and_named() {
     check(A, arp(A_MAC, 1, (B_MAC, A_IP), GW_IP), DropReason::ArpSpoofed);
     check(A, arp(A_MAC, 1, (A_MAC, B_IP), GW_IP), DropReason::ArpSpoofed);
     check(A, arp(A_MAC, 2, (A_MAC, A_IP), B_IP), DropReason::ArpReplyFromPod);
+    check(A, arp(A_MAC, 1, (A_MAC, A_IP), A_IP), DropReason::ArpOwnAddress);
+    check(HOST, arp(HOST_MAC, 1, (HOST_MAC, Ipv4Addr::new(10, 10, 0, 5)), VM_IP), DropReason::ArpNotOurs);
     check(7, icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, 64, 8), DropReason::PortDown);
+    check(A, icmp_of_type(3, 1, 8), DropReason::TtlExpired); // an ICMP error: no error back
+    let mut big = icmp_echo(HOST_MAC, GW_MAC, VM_IP, A_IP, 64, 3000);
+    big[vnet::LEN + 14 + 20] = 3; // an ICMP error, so no error comes back about it
+    check(HOST, big, DropReason::FragmentationNeeded);
     // Without DF the switch would have to fragment, which it does not do.
     let mut big = icmp_echo(HOST_MAC, GW_MAC, VM_IP, A_IP, 64, 3000);
     big[vnet::LEN + 14 + 6] = 0; // clear DF
@@ -283,6 +370,61 @@ fn every_drop_reason_is_reachable_and_named() {
     sw.fib.publish();
     let mut buf = icmp_echo(A_MAC, GW_MAC, A_IP, VM_IP, 64, 8);
     assert_eq!(sw.send(A, &mut buf), Next::Drop(DropReason::NoRoute));
+    seen.insert(DropReason::NoRoute);
+    // A length beyond the buffer (a port that failed to refuse the frame).
+    let mut buf = icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, 64, 8);
+    let view = sw.state.fib.pin();
+    let next = sw.pipeline.process(&sw.state, &view, A, &mut buf, 100_000, 0, &mut NoTrace);
+    assert_eq!(next, Next::Drop(DropReason::FrameTooLong));
+    seen.insert(DropReason::FrameTooLong);
+    drop(view);
+
+    // The rest are counted around the pipeline, by the forwarder.
+    seen.extend(forwarder_drops());
+
+    // Produced only outside the datapath, so no frame given to the forwarder can cause them.
+    let elsewhere: &[(DropReason, &str)] = &[
+        (DropReason::NeighborUnresolved, "the control plane, when ARP for a waiting packet's next hop gives up"),
+        (DropReason::NeighborQueueFull, "the control plane, when too many packets wait for one next hop"),
+        (DropReason::RxOverflow, "the worker loop, from the kernel's PACKET_STATISTICS on the uplink"),
+    ];
+    for &reason in DropReason::ALL {
+        let why = elsewhere.iter().find(|(r, _)| *r == reason);
+        match (seen.contains(&reason), why) {
+            (true, None) | (false, Some(_)) => {}
+            (false, None) => panic!("no input produces {reason:?} ({})", reason.name()),
+            (true, Some(_)) => panic!("{reason:?} is produced here: take it off the list of others' reasons"),
+        }
+    }
+}
+
+/// Runs frames through a [`Forwarder`] on in-memory ports (pods A and B, the host, the uplink
+/// without resolved neighbours) and returns the drop reasons it counted.
+fn forwarder_drops() -> HashSet<DropReason> {
+    let sw = with_uplink(&[]);
+    let ports: Vec<Arc<MemoryPort>> = (0..4).map(|_| Arc::new(MemoryPort::default())).collect();
+    let mut queues: Vec<Option<PortQueues>> =
+        ports.iter().map(|p| Some(Arc::from(vec![p.clone() as Arc<dyn PortQueue>]))).collect();
+    queues[HOST as usize] = None; // attached, but its queues are gone
+    let snapshot = Snapshot { generation: 1, forwarding: sw.state.clone(), queues };
+    // A slow path with room for one packet, an ICMP budget of none.
+    let (slow_path, _slow_rx) = tokio::sync::mpsc::channel(1);
+    let stats = Arc::new(WorkerStats::default());
+    let mut forwarder = Forwarder::new(0, stats.clone(), Pipeline::new(IcmpLimiter::new(0, 0)), slow_path);
+    let mut run = |port: u16, frame: Vec<u8>| {
+        ports[port as usize].push(frame);
+        forwarder.forward_batch(&snapshot, port, &*ports[port as usize]);
+    };
+    run(A, vec![0; vswitch::pipeline::MAX_FRAME + 1]); // frame_too_long
+    run(A, icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, 1, 8)); // ttl_expired, and its error rate-limited
+    run(A, icmp_echo(A_MAC, GW_MAC, A_IP, Ipv4Addr::new(192, 0, 2, 9), 64, 8)); // port_down (host)
+    run(A, icmp_echo(A_MAC, GW_MAC, A_IP, VM_IP, 64, 8)); // to the slow path, which is now full
+    run(A, icmp_echo(A_MAC, GW_MAC, A_IP, VM_IP, 64, 8)); // slow_path_full
+    ports[B as usize].fail_sends(Some(std::io::ErrorKind::WouldBlock));
+    run(A, icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, 64, 8)); // tx_queue_full
+    ports[B as usize].fail_sends(Some(std::io::ErrorKind::BrokenPipe));
+    run(A, icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, 64, 8)); // tx_error
+    DropReason::ALL.iter().copied().filter(|&r| stats.drops(r) > 0).collect()
 }
 
 #[test]
@@ -304,6 +446,8 @@ const UPLINK: u16 = 3;
 const UP_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x99]);
 const VPC_GW: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 1);
 const VM_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x42]);
+/// The uplink NIC's own address on the VPC subnet.
+const UP_IP: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 7);
 
 /// The same switch with a dedicated uplink: the VPC subnet on it (ARP per destination), the
 /// default route through the VPC gateway, and nothing else to the host port.
@@ -312,7 +456,7 @@ fn with_uplink(known_neighbors: &[(Ipv4Addr, MacAddr)]) -> Switch {
     sw.state.ports.push(Some(PortInfo {
         id: UPLINK,
         name: "eth1".into(),
-        role: PortRole::Uplink { mac: UP_MAC },
+        role: PortRole::Uplink { mac: UP_MAC, ip: Some(UP_IP) },
         mtu: 1500,
     }));
     sw.state.adjacencies.push(Some(Adjacency {
@@ -330,7 +474,7 @@ fn with_uplink(known_neighbors: &[(Ipv4Addr, MacAddr)]) -> Switch {
     sw.fib.insert("10.10.0.0/16".parse().unwrap(), 3).unwrap();
     sw.fib.insert("0.0.0.0/0".parse().unwrap(), 4).unwrap();
     sw.fib.publish();
-    sw.state.neighbors = std::sync::Arc::new(known_neighbors.iter().copied().collect());
+    sw.state.neighbors = Arc::new(known_neighbors.iter().copied().collect());
     sw
 }
 
@@ -373,4 +517,35 @@ fn traffic_from_the_uplink_reaches_pods_and_nothing_else() {
     assert_eq!(sw.send(UPLINK, &mut buf), Next::Drop(DropReason::NotOurMac));
     let mut buf = icmp_echo(VM_MAC, UP_MAC, VM_IP, Ipv4Addr::new(10, 10, 7, 7), 64, 8);
     assert_eq!(sw.send(UPLINK, &mut buf), Next::Drop(DropReason::Hairpin));
+}
+
+#[test]
+fn icmp_errors_out_of_the_uplink_come_from_the_nic_not_the_gateway() {
+    let mut sw = with_uplink(&[(VM_IP, VM_MAC)]);
+    let mut buf = icmp_echo(VM_MAC, UP_MAC, VM_IP, A_IP, 1, 20);
+    let Next::Respond { reason, port, len } = sw.send(UPLINK, &mut buf) else { panic!("no ICMP error") };
+    assert_eq!((reason, port), (DropReason::TtlExpired, UPLINK));
+    assert_eq!(sent_ipv4(&buf, len), (UP_MAC, VM_MAC, UP_IP, VM_IP, 64));
+    // Fragmentation needed too (the uplink does not police its own MTU on the way in).
+    let mut buf = icmp_echo(VM_MAC, UP_MAC, VM_IP, A_IP, 64, 3000);
+    let Next::Respond { reason, port, len } = sw.send(UPLINK, &mut buf) else { panic!("no ICMP error") };
+    assert_eq!((reason, port), (DropReason::FragmentationNeeded, UPLINK));
+    assert_eq!(sent_ipv4(&buf, len), (UP_MAC, VM_MAC, UP_IP, VM_IP, 64));
+    // Toward a pod the error still comes from the gateway.
+    let mut buf = icmp_echo(A_MAC, GW_MAC, A_IP, VM_IP, 1, 20);
+    let Next::Respond { port: A, len, .. } = sw.send(A, &mut buf) else { panic!("no ICMP error") };
+    assert_eq!(sent_ipv4(&buf, len), (GW_MAC, A_MAC, GW_IP, A_IP, 64));
+}
+
+#[test]
+fn an_uplink_without_an_address_sends_no_icmp_errors() {
+    let mut sw = with_uplink(&[(VM_IP, VM_MAC)]);
+    if let Some(port) = sw.state.ports[UPLINK as usize].as_mut() {
+        port.role = PortRole::Uplink { mac: UP_MAC, ip: None };
+    }
+    let mut buf = icmp_echo(VM_MAC, UP_MAC, VM_IP, A_IP, 1, 20);
+    assert_eq!(sw.send(UPLINK, &mut buf), Next::Drop(DropReason::TtlExpired));
+    let mut buf = icmp_echo(VM_MAC, UP_MAC, VM_IP, A_IP, 64, 3000);
+    assert_eq!(sw.send(UPLINK, &mut buf), Next::Drop(DropReason::FragmentationNeeded));
+    assert_eq!(sw.pipeline.take_icmp_suppressed(), 0, "not a rate-limit suppression");
 }

@@ -23,6 +23,7 @@
 //! interface = "eth1"
 //! subnet = "10.10.0.0/16"                   # the VPC subnet: each host resolved with ARP
 //! gateway = "10.10.0.1"                     # the VPC gateway, for everything else
+//! address = "10.10.0.11"                    # source of ICMP errors sent out of it; default: the NIC's first IPv4
 //! mtu = 1500
 //! ```
 //!
@@ -57,6 +58,9 @@ pub struct UplinkConfig {
     pub interface: String,
     pub subnet: String,
     pub gateway: Option<Ipv4Addr>,
+    /// The node's own address on the VPC subnet, used as the source of ICMP errors sent out of
+    /// the uplink; default: the NIC's first IPv4 address (without any, none are sent).
+    pub address: Option<Ipv4Addr>,
     #[serde(default = "default_mtu")]
     pub mtu: u16,
 }

@@ -5,6 +5,7 @@
 use std::net::Ipv4Addr;
 
 use futures::TryStreamExt;
+use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 use vswitch_api::link::set_noqueue;
@@ -57,6 +58,16 @@ impl HostNet {
         set_noqueue(&self.handle, index).await?;
         self.handle.link().set(LinkUnspec::new_with_index(index).mtu(mtu as u32).up().build()).execute().await?;
         Ok((index, mac))
+    }
+
+    /// The first IPv4 address on link `index`, if it has one.
+    pub async fn first_ipv4(&self, index: u32) -> Result<Option<Ipv4Addr>, HostNetError> {
+        let addresses: Vec<_> =
+            self.handle.address().get().set_link_index_filter(index).execute().try_collect().await?;
+        Ok(addresses.iter().flat_map(|a| a.attributes.iter()).find_map(|attr| match attr {
+            AddressAttribute::Address(std::net::IpAddr::V4(ip)) => Some(*ip),
+            _ => None,
+        }))
     }
 
     fn host_route(ip: Ipv4Addr, ifindex: u32) -> rtnetlink::packet_route::route::RouteMessage {

@@ -311,14 +311,14 @@ impl Registry {
         &mut self,
         name: &str,
         mtu: u16,
-        mac: MacAddr,
+        (mac, ip): (MacAddr, Option<Ipv4Addr>),
         queues: PortQueues,
         subnet: Ipv4Prefix,
         gateway: Option<Ipv4Addr>,
         baseline: PortTotals,
     ) -> Result<PortId, ApiError> {
         let id = self.free_port_id()?;
-        let info = PortInfo { id, name: name.into(), role: PortRole::Uplink { mac }, mtu };
+        let info = PortInfo { id, name: name.into(), role: PortRole::Uplink { mac, ip }, mtu };
         let attachment = Attachment { ifname: name.into(), netns: None, netns_id: None, pod: None, bandwidth: None };
         self.install(info, attachment, queues, NextHop::Arp { via: None }, mac, baseline, u64::MAX);
         let connected = self.record(id).adjacency;
@@ -764,8 +764,16 @@ mod tests {
         let mut r = registry();
         let nic = MacAddr([2, 0, 0, 0, 0, 9]);
         let subnet = parse_prefix("10.10.0.0/16").unwrap();
-        r.attach_uplink("eth1", 1500, nic, queues(), subnet, Some(Ipv4Addr::new(10, 10, 0, 1)), PortTotals::default())
-            .unwrap();
+        r.attach_uplink(
+            "eth1",
+            1500,
+            (nic, None),
+            queues(),
+            subnet,
+            Some(Ipv4Addr::new(10, 10, 0, 1)),
+            PortTotals::default(),
+        )
+        .unwrap();
         let now = Duration::from_secs(1);
         let work = r.on_unresolved(Ipv4Addr::new(10, 10, 0, 9), vec![0; 64], now);
         assert_eq!(work.ask, vec![Ipv4Addr::new(10, 10, 0, 9)]);

@@ -407,7 +407,7 @@ impl Switch {
         let role = match p.info.role {
             PortRole::Pod { ip, mac } => ApiPortRole::Pod { ip, mac },
             PortRole::Host { peer_mac } => ApiPortRole::Host { peer_mac },
-            PortRole::Uplink { mac } => ApiPortRole::Uplink { mac },
+            PortRole::Uplink { mac, .. } => ApiPortRole::Uplink { mac },
         };
         let c = stats::port_totals(&self.stats, p.info.id).since(p.baseline);
         PortView {
@@ -620,8 +620,20 @@ async fn attach_uplink(
     let subnet = parse_prefix(&config.subnet)?;
     // Attached at start, before any traffic: its counters start from zero.
     let _ = stats;
-    let port =
-        registry.attach_uplink(&name, config.mtu, mac, queues.into(), subnet, config.gateway, PortTotals::default())?;
-    tracing::info!(uplink = %name, %mac, ifindex, %subnet, "uplink attached");
+    // ICMP errors sent out of the uplink come from this address (none without one).
+    let ip = match config.address {
+        Some(ip) => Some(ip),
+        None => hostnet.first_ipv4(ifindex).await?,
+    };
+    let port = registry.attach_uplink(
+        &name,
+        config.mtu,
+        (mac, ip),
+        queues.into(),
+        subnet,
+        config.gateway,
+        PortTotals::default(),
+    )?;
+    tracing::info!(uplink = %name, %mac, ?ip, ifindex, %subnet, "uplink attached");
     Ok(Uplink { port, mac, sender })
 }

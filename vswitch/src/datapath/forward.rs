@@ -62,11 +62,14 @@ impl Forwarder {
     }
 
     /// Reads up to a batch from `queue` (port `port`) and forwards it; true if the queue may
-    /// hold more.
+    /// hold more. At most [`BATCH`] reads per call, frames too long to read included, so one
+    /// port cannot hold the worker.
     pub fn forward_batch(&mut self, snapshot: &Snapshot, port: PortId, queue: &dyn PortQueue) -> bool {
         let mut count = 0;
         let mut drained = false;
-        while count < BATCH {
+        let mut reads = 0;
+        while reads < BATCH {
+            reads += 1;
             match queue.recv(&mut self.buffers[count]) {
                 Ok(n) => {
                     self.lengths[count] = n;
@@ -78,6 +81,9 @@ impl Forwarder {
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // One frame was refused, not the queue: the rest must still be read now, since
+                // an edge-triggered poll raises no new event for frames already waiting.
+                Err(e) if crate::port::is_frame_too_long(&e) => self.stats.dropped(DropReason::FrameTooLong),
                 Err(_) => {
                     // EIO/EBADFD while a device goes away: the next snapshot removes the port.
                     drained = true;
@@ -86,7 +92,7 @@ impl Forwarder {
             }
         }
         if count == 0 {
-            return false;
+            return !drained;
         }
         let now_ns = self.started.elapsed().as_nanos() as u64;
         let fib = snapshot.forwarding.fib.pin();
@@ -120,10 +126,16 @@ impl Forwarder {
                 continue;
             };
             match (self.tx_ring.as_mut(), out.raw_fd()) {
-                // SAFETY: the frame is in this batch's buffer and `fd` belongs to a queue the
-                // snapshot holds; both outlive the submission below, which completes every write
-                // before the buffers are read into again.
-                (Some(ring), Some(fd)) => unsafe { ring.stage(fd, &buf[..len], out_port) },
+                (Some(ring), Some(fd)) => {
+                    // SAFETY: the frame is in this batch's buffer and `fd` belongs to a queue the
+                    // snapshot holds; both outlive the submission below, which completes every
+                    // write before the buffers are read into again.
+                    if let Err(e) = unsafe { ring.stage(fd, &buf[..len], out_port, &self.stats) } {
+                        tracing::error!(worker = self.index, error = %e, "io_uring failed: one write per frame from now on");
+                        self.tx_ring = None;
+                        self.stats.sent(out_port, len, &out.send(&buf[..len]));
+                    }
+                }
                 _ => self.stats.sent(out_port, len, &out.send(&buf[..len])),
             }
         }
@@ -221,6 +233,27 @@ mod tests {
         assert_eq!(forwarder.stats.port(0).rx_packets, 4);
         assert_eq!(forwarder.stats.port(1).tx_packets, 3);
         assert_eq!(forwarder.stats.drops(DropReason::Ipv4BadChecksum), 1);
+    }
+
+    #[test]
+    fn a_frame_too_long_is_counted_and_the_queue_still_drained() {
+        let (snapshot, ports, _fib, mut forwarder, _rx) = setup();
+        ports[0].push(vec![0u8; MAX_FRAME + 1]);
+        for _ in 0..3 {
+            ports[0].push(with_vnet(&ICMP_ECHO_REQUEST));
+        }
+        assert!(!forwarder.forward_batch(&snapshot, 0, &*ports[0]), "queue drained");
+        assert_eq!(ports[1].take_sent().len(), 3, "the frames behind it go out in the same batch");
+        assert_eq!(forwarder.stats.drops(DropReason::FrameTooLong), 1);
+        // A batch of nothing but refused frames still says there may be more.
+        for _ in 0..BATCH {
+            ports[0].push(vec![0u8; MAX_FRAME + 1]);
+        }
+        ports[0].push(with_vnet(&ICMP_ECHO_REQUEST));
+        assert!(forwarder.forward_batch(&snapshot, 0, &*ports[0]), "more to read");
+        assert!(!forwarder.forward_batch(&snapshot, 0, &*ports[0]));
+        assert_eq!(ports[1].take_sent().len(), 1);
+        assert_eq!(forwarder.stats.drops(DropReason::FrameTooLong), 1 + BATCH as u64);
     }
 
     #[test]

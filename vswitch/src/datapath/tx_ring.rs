@@ -15,7 +15,8 @@ use super::WorkerStats;
 use crate::pipeline::DropReason;
 use crate::state::PortId;
 
-/// Frames staged for one submission: one batch (see `forward::BATCH`) at most.
+/// Frames staged for one submission: normally one batch (see `forward::BATCH`); staging more than
+/// the ring holds submits early rather than overrunning the queue.
 pub(super) struct TxRing {
     ring: IoUring,
     /// Per staged write: its egress port and length, for the counters.
@@ -36,21 +37,31 @@ impl TxRing {
         Ok(TxRing { ring: IoUring::new(entries)?, staged: Vec::with_capacity(capacity) })
     }
 
-    /// Queues a write of `frame` to `fd` (port `port`).
+    /// Queues a write of `frame` to `fd` (port `port`). When the submission queue is full, the
+    /// writes staged so far are submitted and reaped first (counted in `stats`), so a caller
+    /// staging more than the ring holds gets its frames out, never a wait for completions that
+    /// were not submitted. An error is the ring failing, as from [`TxRing::submit`]: `frame` was
+    /// not staged, and the ring must not be used again.
     ///
     /// # Safety
     /// `frame` and `fd` must stay valid until [`TxRing::submit`] returns: the kernel reads them
     /// then, not now.
-    pub unsafe fn stage(&mut self, fd: RawFd, frame: &[u8], port: PortId) {
+    pub unsafe fn stage(&mut self, fd: RawFd, frame: &[u8], port: PortId, stats: &WorkerStats) -> io::Result<()> {
+        if self.ring.submission().is_full() {
+            self.submit(stats)?;
+        }
         let write = opcode::Write::new(types::Fd(fd), frame.as_ptr(), frame.len() as u32)
             .rw_flags(libc::RWF_NOWAIT as _)
             .build()
             .user_data(self.staged.len() as u64);
         // SAFETY: the caller keeps the buffer and descriptor valid until `submit` has reaped
-        // every completion. The queue has room: it holds a batch and `submit` empties it.
-        let pushed = unsafe { self.ring.submission().push(&write) };
-        debug_assert!(pushed.is_ok(), "more writes staged than one batch");
+        // every completion.
+        if unsafe { self.ring.submission().push(&write) }.is_err() {
+            // `submit` consumed every entry, so a queue still full is the ring misbehaving.
+            return Err(io::Error::other("io_uring submission queue full after a submit"));
+        }
         self.staged.push((port, frame.len()));
+        Ok(())
     }
 
     /// Submits every staged write, waits for their completions and counts each as sent,
@@ -112,15 +123,35 @@ mod tests {
         let frames: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 60 + i as usize]).collect();
         for frame in &frames {
             // SAFETY: the frames and the socket outlive the submission.
-            unsafe { ring.stage(ours.as_raw_fd(), frame, 3) };
+            unsafe { ring.stage(ours.as_raw_fd(), frame, 3, &stats) }.unwrap();
         }
         // A descriptor that is not open fails its write; the others still go.
         // SAFETY: as above (the write fails with EBADF and reads nothing).
-        unsafe { ring.stage(-1, &frames[0], 4) };
+        unsafe { ring.stage(-1, &frames[0], 4, &stats) }.unwrap();
         ring.submit(&stats).unwrap();
         assert_eq!(stats.port(3).tx_packets, 5);
         assert_eq!(stats.port(3).tx_bytes, frames.iter().map(|f| f.len() as u64).sum::<u64>());
         assert_eq!((stats.port(4).tx_packets, stats.drops(DropReason::TxError)), (0, 1));
+        let mut buf = [0u8; 128];
+        for frame in &frames {
+            // SAFETY: `buf` is valid for writes of its length.
+            let n = unsafe { libc::recv(theirs.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            assert_eq!(&buf[..n as usize], &frame[..], "frames arrive whole and in order");
+        }
+    }
+
+    #[test]
+    fn staging_more_than_the_ring_holds_submits_early() {
+        let mut ring = TxRing::new(4).expect("io_uring");
+        let stats = WorkerStats::default();
+        let (ours, theirs) = socket_pair();
+        let frames: Vec<Vec<u8>> = (0..11u8).map(|i| vec![i; 60 + i as usize]).collect();
+        for frame in &frames {
+            // SAFETY: the frames and the socket outlive the submission.
+            unsafe { ring.stage(ours.as_raw_fd(), frame, 2, &stats) }.unwrap();
+        }
+        ring.submit(&stats).unwrap();
+        assert_eq!(stats.port(2).tx_packets, 11);
         let mut buf = [0u8; 128];
         for frame in &frames {
             // SAFETY: `buf` is valid for writes of its length.
@@ -139,7 +170,7 @@ mod tests {
         for _ in 0..20 {
             for _ in 0..32 {
                 // SAFETY: the frame and the socket outlive the submission.
-                unsafe { ring.stage(ours.as_raw_fd(), &frame, 1) };
+                unsafe { ring.stage(ours.as_raw_fd(), &frame, 1, &stats) }.unwrap();
             }
             ring.submit(&stats).unwrap();
         }

@@ -32,7 +32,7 @@ macro_rules! drop_reasons {
 drop_reasons! {
     BadVnetHeader => "bad_vnet_header", "virtio_net_hdr inconsistent with the frame";
     FrameTooShort => "frame_too_short", "shorter than an Ethernet header";
-    FrameTooLong => "frame_too_long", "longer than the port accepts";
+    FrameTooLong => "frame_too_long", "longer than the read buffer (a 64 KB GSO frame and its headers): refused whole";
     VlanTagged => "vlan_tagged", "802.1Q/802.1ad tagged frames are not switched";
     UnsupportedEtherType => "unsupported_ethertype", "neither IPv4 nor ARP";
     SpoofedSourceMac => "spoofed_source_mac", "Ethernet source is not the port's MAC";

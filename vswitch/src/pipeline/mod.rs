@@ -22,7 +22,7 @@ use crate::state::{ForwardingState, NextHop, PortId, PortInfo, PortRole};
 use crate::wire::arp::{self, ArpPacket, Operation};
 use crate::wire::ethernet::{self, EthernetFrame};
 use crate::wire::icmp::{self, IcmpError};
-use crate::wire::ipv4::{Ipv4Error, Ipv4Packet};
+use crate::wire::ipv4::{self, Ipv4Error, Ipv4Packet};
 use crate::wire::vnet::{self, VnetHeader};
 use crate::wire::{EtherType, MacAddr};
 
@@ -123,6 +123,10 @@ impl Pipeline {
         let Some(port) = state.port(in_port) else {
             return Next::Drop(DropReason::PortDown);
         };
+        if len > buf.len() {
+            // A port that reported more than it could store (it should have refused the frame).
+            return Next::Drop(DropReason::FrameTooLong);
+        }
         if len < vnet::LEN {
             return Next::Drop(DropReason::BadVnetHeader);
         }
@@ -309,7 +313,9 @@ impl Pipeline {
     }
 
     /// Replaces the buffer with an ICMP error about the packet in it, addressed back to where it
-    /// came from (out of the arrival port, to the sender's MAC), if the rate limit allows.
+    /// came from (out of the arrival port, to the sender's MAC), if RFC 1812 allows an error about
+    /// that packet (see [`no_error_about`]) and the rate limit allows one now. Otherwise the
+    /// packet is only dropped, for `reason`.
     #[allow(clippy::too_many_arguments)]
     fn icmp_error<T: Tracer>(
         &mut self,
@@ -322,24 +328,57 @@ impl Pipeline {
         now_ns: u64,
         trace: &mut T,
     ) -> Next {
+        let ip = Ipv4Packet::new_unchecked(&buf[L2..len]);
+        let sender_mac = MacAddr(buf[vnet::LEN + 6..vnet::LEN + 12].try_into().expect("6 bytes"));
+        if let Some(why) = no_error_about(&ip, sender_mac) {
+            trace.step("icmp", format_args!("{error:?} not sent: {why}"));
+            return Next::Drop(reason);
+        }
+        // Toward pods and the node the error comes from the gateway; out of the uplink from the
+        // NIC's own addresses, or not at all (a link-local source would not get through the VPC).
+        let Some(own_ip) = state.own_ip(port) else {
+            trace.step("icmp", format_args!("{error:?} not sent: {} has no IPv4 address", port.name));
+            return Next::Drop(reason);
+        };
+        let own_mac = state.own_mac(port);
         if !self.icmp.allow(now_ns) {
             trace.step("icmp", format_args!("{error:?} rate-limited: not sent"));
             self.icmp_suppressed += 1;
             return Next::Drop(reason);
         }
-        let ip = Ipv4Packet::new_unchecked(&buf[L2..len]);
         let to = ip.src();
         let mut quoted = [0u8; 60 + 8];
         let quoted_len = icmp::quoted_len(&buf[L2..len], ip.header_len());
         quoted[..quoted_len].copy_from_slice(&buf[L2..L2 + quoted_len]);
-        let sender_mac = MacAddr(buf[vnet::LEN + 6..vnet::LEN + 12].try_into().expect("6 bytes"));
-        let ip_len = icmp::emit_error(&mut buf[L2..], state.gateway_ip, to, error, &quoted[..quoted_len]);
+        let ip_len = icmp::emit_error(&mut buf[L2..], own_ip, to, error, &quoted[..quoted_len]);
         let mut eth = EthernetFrame::new_checked(&mut buf[vnet::LEN..]).expect("buffer holds a frame");
         eth.set_dst(sender_mac);
-        eth.set_src(state.gateway_mac);
+        eth.set_src(own_mac);
         VnetHeader::default().write(&mut buf[..vnet::LEN]);
         trace.step("icmp", format_args!("{error:?} to {to}"));
         Next::Respond { reason, port: port.id, len: L2 + ip_len }
+    }
+}
+
+/// Why RFC 1812 §4.3.2.7 forbids an ICMP error about this packet, if it does: it is itself an
+/// ICMP error (two routers would bounce errors forever), a fragment other than the first (the
+/// first one already earns the error, and a later one has no transport header to quote), or it
+/// comes from or goes to a broadcast or multicast address (one packet would draw an error from
+/// every router that sees it, and the error would go to a group or to nobody).
+fn no_error_about(ip: &Ipv4Packet<&[u8]>, sender_mac: MacAddr) -> Option<&'static str> {
+    let (src, dst) = (ip.src(), ip.dst());
+    if ip.is_later_fragment() {
+        Some("not the first fragment")
+    } else if ip.protocol() == ipv4::PROTO_ICMP
+        && !ip.payload().first().is_some_and(|&kind| icmp::is_informational(kind))
+    {
+        Some("about an ICMP error")
+    } else if dst.is_broadcast() || dst.is_multicast() {
+        Some("to a broadcast or multicast destination")
+    } else if src.is_broadcast() || src.is_multicast() || src.is_unspecified() || sender_mac.is_multicast() {
+        Some("from a broadcast, multicast or unspecified source")
+    } else {
+        None
     }
 }
 
@@ -348,10 +387,9 @@ impl Pipeline {
 /// header's `hdr_len`: the kernel fills that with the skb's linear length on receive (AF_PACKET,
 /// TAP), which can hold payload too, and judging by it dropped good frames as too big.
 fn gso_segment_ip_len(ip: &Ipv4Packet<&[u8]>, gso_type: u8, gso_size: u16) -> usize {
-    const TCP: u8 = 6;
     let transport = match (gso_type & !vnet::GSO_ECN, ip.protocol()) {
         // The TCP header's data offset, in 32-bit words (a truncated header counts as minimal).
-        (vnet::GSO_TCPV4, TCP) => ip.payload().get(12).map_or(20, |offset| (offset >> 4) as usize * 4),
+        (vnet::GSO_TCPV4, ipv4::PROTO_TCP) => ip.payload().get(12).map_or(20, |offset| (offset >> 4) as usize * 4),
         (vnet::GSO_UDP_L4, _) => 8,
         // UFO: the datagram, UDP header included, is cut into gso_size-byte IP fragments.
         _ => 0,

@@ -11,11 +11,18 @@ use super::PortQueue;
 pub struct MemoryPort {
     inbound: Mutex<VecDeque<Vec<u8>>>,
     outbound: Mutex<Vec<Vec<u8>>>,
+    /// When set, every send fails with this (a full queue is `WouldBlock`).
+    send_error: Mutex<Option<io::ErrorKind>>,
 }
 
 impl MemoryPort {
     pub fn push(&self, frame: Vec<u8>) {
         self.inbound.lock().expect("not poisoned").push_back(frame);
+    }
+
+    /// Makes every later send fail with `error` (`None`: succeed again).
+    pub fn fail_sends(&self, error: Option<io::ErrorKind>) {
+        *self.send_error.lock().expect("not poisoned") = error;
     }
 
     pub fn take_sent(&self) -> Vec<Vec<u8>> {
@@ -26,12 +33,16 @@ impl MemoryPort {
 impl PortQueue for MemoryPort {
     fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         let frame = self.inbound.lock().expect("not poisoned").pop_front().ok_or(io::ErrorKind::WouldBlock)?;
-        let n = frame.len().min(buf.len());
-        buf[..n].copy_from_slice(&frame[..n]);
-        Ok(n)
+        // As a packet socket does: a frame that does not fit is consumed and refused.
+        let Some(dst) = buf.get_mut(..frame.len()) else { return Err(super::frame_too_long()) };
+        dst.copy_from_slice(&frame);
+        Ok(frame.len())
     }
 
     fn send(&self, buf: &[u8]) -> io::Result<()> {
+        if let Some(kind) = *self.send_error.lock().expect("not poisoned") {
+            return Err(kind.into());
+        }
         self.outbound.lock().expect("not poisoned").push(buf.to_vec());
         Ok(())
     }

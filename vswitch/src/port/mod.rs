@@ -20,10 +20,23 @@ pub(crate) fn byte_count(n: isize) -> io::Result<usize> {
     }
 }
 
+/// The error [`PortQueue::recv`] returns for a frame longer than the buffer. The frame is gone
+/// from the queue (it is never forwarded cut short); the queue may hold more behind it.
+pub fn frame_too_long() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, "frame longer than the buffer")
+}
+
+/// Whether a [`PortQueue::recv`] error is [`frame_too_long`]. No errno maps to `InvalidData`,
+/// so the kind alone tells it from an I/O failure.
+pub fn is_frame_too_long(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::InvalidData
+}
+
 /// One queue of a port, as a worker uses it: non-blocking reads and writes of whole frames,
 /// each preceded by a virtio_net_hdr.
 pub trait PortQueue: Send + Sync {
-    /// Reads one frame into `buf`; `WouldBlock` when the queue is empty.
+    /// Reads one frame into `buf`; `WouldBlock` when the queue is empty, [`frame_too_long`]
+    /// when the frame did not fit (it is consumed, and the next read gets the next frame).
     fn recv(&self, buf: &mut [u8]) -> io::Result<usize>;
     /// Writes one frame; `WouldBlock` when the queue is full.
     fn send(&self, buf: &[u8]) -> io::Result<()>;

@@ -100,8 +100,8 @@ impl PortQueue for PacketSocket {
             libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_TRUNC)
         })?;
         if n > buf.len() {
-            // Truncated: never forward a partial frame.
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "frame larger than the buffer"));
+            // MSG_TRUNC returned the frame's real length: never forward a partial frame.
+            return Err(super::frame_too_long());
         }
         Ok(n)
     }

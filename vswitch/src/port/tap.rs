@@ -34,8 +34,6 @@ const TUN_F_TSO_ECN: libc::c_uint = 0x08;
 pub enum TapError {
     #[error("TAP name '{0}' is empty, too long (max 15) or contains a NUL")]
     BadName(String),
-    #[error("opening /dev/net/tun: {0}")]
-    Open(io::Error),
     #[error("attaching to TAP '{name}': {source}")]
     Attach { name: String, source: io::Error },
     #[error("setting offloads on TAP '{name}': {source}")]
@@ -161,7 +159,13 @@ impl PortQueue for TapQueue {
     #[inline]
     fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         // SAFETY: `buf` is valid for writes of its length.
-        byte_count(unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) })
+        let n = byte_count(unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) })?;
+        // A TAP read of a frame longer than the buffer copies what fits and returns the whole
+        // length (a device whose gso_max_size was raised past 64 KB can hand one over).
+        if n > buf.len() {
+            return Err(super::frame_too_long());
+        }
+        Ok(n)
     }
 
     #[inline]

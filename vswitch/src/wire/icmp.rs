@@ -11,6 +11,16 @@ pub const CODE_FRAG_NEEDED: u8 = 4;
 pub const TYPE_TIME_EXCEEDED: u8 = 11;
 pub const TYPE_ECHO_REQUEST: u8 = 8;
 
+/// Whether an ICMP message of type `kind` is an informational query or its answer (RFC 792,
+/// RFC 950, RFC 1256), as opposed to an error. RFC 1812 §4.3.2.7 forbids answering an error with
+/// an error, so that two routers cannot bounce errors at each other; a type this list does not
+/// know counts as an error (the safe side: it gets no answer).
+pub fn is_informational(kind: u8) -> bool {
+    // Echo reply/request, router advertisement/solicitation, timestamp, information and
+    // address-mask requests and replies.
+    matches!(kind, 0 | 8 | 9 | 10 | 13..=18)
+}
+
 /// An ICMP error to emit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IcmpError {
@@ -61,6 +71,18 @@ mod tests {
             let ip = ipv4::Ipv4Packet::new_checked(&frame[14..]).unwrap();
             assert_eq!(ip.payload()[0], kind);
             assert_eq!(checksum::sum(ip.payload()), 0xffff, "ICMP checksum over the captured message");
+        }
+    }
+
+    #[test]
+    fn errors_are_told_from_queries() {
+        for kind in [TYPE_ECHO_REPLY, TYPE_ECHO_REQUEST, 9, 10, 13, 14, 15, 16, 17, 18] {
+            assert!(is_informational(kind), "{kind}");
+        }
+        // Destination unreachable, source quench, redirect, time exceeded, parameter problem,
+        // and types nobody defined.
+        for kind in [TYPE_DEST_UNREACHABLE, 4, 5, TYPE_TIME_EXCEEDED, 12, 1, 42, 255] {
+            assert!(!is_informational(kind), "{kind}");
         }
     }
 
