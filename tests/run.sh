@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tests/install-deps.sh
+# Habits the whole workspace holds: rustfmt's layout and no clippy warnings.
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --release --workspace --locked
 cargo test --release --workspace --locked
 tests/fuzz.sh

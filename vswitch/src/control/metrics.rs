@@ -71,7 +71,8 @@ fn port_labels(p: &PortView) -> Vec<(&'static str, Escaped)> {
 
 impl Collector for MetricsSnapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let port_counters: [(&str, &str, fn(&PortCounters) -> u64); 4] = [
+        type Field = fn(&PortCounters) -> u64;
+        let port_counters: [(&str, &str, Field); 4] = [
             ("vswitch_port_rx_packets", "Frames received from the port.", |c| c.rx_packets),
             ("vswitch_port_rx_bytes", "Bytes received from the port (vnet header included).", |c| c.rx_bytes),
             ("vswitch_port_tx_packets", "Frames sent to the port.", |c| c.tx_packets),

@@ -264,11 +264,15 @@ impl Registry {
         attachment: Attachment,
         queues: PortQueues,
         next_hop: NextHop,
-        src_mac: MacAddr,
         baseline: PortTotals,
         quiesced: u64,
     ) -> PortId {
         let id = info.id;
+        // The switch's own MAC toward the port: the NIC's on the uplink, the gateway's elsewhere.
+        let src_mac = match info.role {
+            PortRole::Uplink { mac, .. } => mac,
+            PortRole::Pod { .. } | PortRole::Host { .. } => self.gateway_mac,
+        };
         let adjacency = self.new_adjacency(Adjacency { port: id, src_mac, next_hop, mtu: info.mtu }, quiesced);
         if self.ports.len() <= id as usize {
             self.ports.resize_with(id as usize + 1, || None);
@@ -295,8 +299,7 @@ impl Registry {
     ) -> PortId {
         let info = PortInfo { id: HOST_PORT, name: name.into(), role: PortRole::Host { peer_mac }, mtu };
         let attachment = Attachment { ifname: name.into(), netns: None, netns_id: None, pod: None, bandwidth: None };
-        let gateway_mac = self.gateway_mac;
-        self.install(info, attachment, queues, NextHop::Mac(peer_mac), gateway_mac, baseline, u64::MAX);
+        self.install(info, attachment, queues, NextHop::Mac(peer_mac), baseline, u64::MAX);
         let adjacency = self.record(HOST_PORT).adjacency;
         for prefix in routes {
             self.insert_route(*prefix, Route { port: HOST_PORT, adjacency, origin: RouteOrigin::Config });
@@ -315,12 +318,12 @@ impl Registry {
         queues: PortQueues,
         subnet: Ipv4Prefix,
         gateway: Option<Ipv4Addr>,
-        baseline: PortTotals,
     ) -> Result<PortId, ApiError> {
         let id = self.free_port_id()?;
         let info = PortInfo { id, name: name.into(), role: PortRole::Uplink { mac, ip }, mtu };
         let attachment = Attachment { ifname: name.into(), netns: None, netns_id: None, pod: None, bandwidth: None };
-        self.install(info, attachment, queues, NextHop::Arp { via: None }, mac, baseline, u64::MAX);
+        // Attached at start, before any traffic: its counters start from zero.
+        self.install(info, attachment, queues, NextHop::Arp { via: None }, PortTotals::default(), u64::MAX);
         let connected = self.record(id).adjacency;
         self.insert_route(subnet, Route { port: id, adjacency: connected, origin: RouteOrigin::Config });
         if let Some(gateway) = gateway {
@@ -414,8 +417,7 @@ impl Registry {
         let PortSpec { name, netns, ifname, ip, mac, pod, bandwidth, .. } = reservation.spec;
         let info = PortInfo { id, name, role: PortRole::Pod { ip, mac }, mtu: reservation.mtu };
         let attachment = Attachment { ifname, netns: Some(netns), netns_id, pod, bandwidth };
-        let gateway_mac = self.gateway_mac;
-        self.install(info, attachment, queues, NextHop::Mac(mac), gateway_mac, baseline(id), quiesced);
+        self.install(info, attachment, queues, NextHop::Mac(mac), baseline(id), quiesced);
         let adjacency = self.record(id).adjacency;
         self.insert_route(Ipv4Prefix::host(ip), Route { port: id, adjacency, origin: RouteOrigin::Port });
         self.publish();
@@ -764,16 +766,7 @@ mod tests {
         let mut r = registry();
         let nic = MacAddr([2, 0, 0, 0, 0, 9]);
         let subnet = parse_prefix("10.10.0.0/16").unwrap();
-        r.attach_uplink(
-            "eth1",
-            1500,
-            (nic, None),
-            queues(),
-            subnet,
-            Some(Ipv4Addr::new(10, 10, 0, 1)),
-            PortTotals::default(),
-        )
-        .unwrap();
+        r.attach_uplink("eth1", 1500, (nic, None), queues(), subnet, Some(Ipv4Addr::new(10, 10, 0, 1))).unwrap();
         let now = Duration::from_secs(1);
         let work = r.on_unresolved(Ipv4Addr::new(10, 10, 0, 9), vec![0; 64], now);
         assert_eq!(work.ask, vec![Ipv4Addr::new(10, 10, 0, 9)]);

@@ -132,7 +132,7 @@ impl Switch {
         tracing::info!(port = %name, %peer_mac, ifindex = host_ifindex, "host port attached");
 
         let uplink = match &config.uplink {
-            Some(uplink) => Some(attach_uplink(&mut registry, &hostnet, uplink, &stats, config.workers).await?),
+            Some(uplink) => Some(attach_uplink(&mut registry, &hostnet, uplink, config.workers).await?),
             None => None,
         };
 
@@ -597,7 +597,6 @@ async fn attach_uplink(
     registry: &mut Registry,
     hostnet: &HostNet,
     config: &UplinkConfig,
-    stats: &[Arc<WorkerStats>],
     workers: usize,
 ) -> Result<Uplink, ControlError> {
     let name = config.interface.clone();
@@ -618,22 +617,12 @@ async fn attach_uplink(
         .map_err(uplink_error)?;
     let sender = PacketSocket::open_sender(ifindex).map_err(uplink_error)?;
     let subnet = parse_prefix(&config.subnet)?;
-    // Attached at start, before any traffic: its counters start from zero.
-    let _ = stats;
     // ICMP errors sent out of the uplink come from this address (none without one).
     let ip = match config.address {
         Some(ip) => Some(ip),
         None => hostnet.first_ipv4(ifindex).await?,
     };
-    let port = registry.attach_uplink(
-        &name,
-        config.mtu,
-        (mac, ip),
-        queues.into(),
-        subnet,
-        config.gateway,
-        PortTotals::default(),
-    )?;
+    let port = registry.attach_uplink(&name, config.mtu, (mac, ip), queues.into(), subnet, config.gateway)?;
     tracing::info!(uplink = %name, %mac, ?ip, ifindex, %subnet, "uplink attached");
     Ok(Uplink { port, mac, sender })
 }
