@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::Ipv4Addr;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Duration;
 
 use vpc_lab::netns::{self as support, require_root, Binaries, Daemon, Netns, Pod, TempDir};
@@ -202,4 +202,31 @@ fn mac(s: &str) -> [u8; 6] {
 
 fn bins() -> Binaries {
     Binaries { vswitchd: env!("CARGO_BIN_EXE_vswitchd").into(), vswitchctl: env!("CARGO_BIN_EXE_vswitchctl").into() }
+}
+
+#[test]
+fn a_second_vswitchd_on_the_node_is_refused_and_the_first_keeps_serving() {
+    let n = node(1, 24);
+    let before = std::fs::metadata(&n.daemon.socket).unwrap().ino();
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &n.node.name, env!("CARGO_BIN_EXE_vswitchd")])
+        .args(["--socket", n.daemon.socket.to_str().unwrap()])
+        .args(["--state-dir", n.daemon.dir.join("state").to_str().unwrap(), "--metrics-addr", ""])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a second start must fail: {stderr}");
+    assert!(stderr.contains("another vswitchd"), "{stderr}");
+    // It touched nothing: the first one's socket is the same file and it still answers.
+    assert_eq!(std::fs::metadata(&n.daemon.socket).unwrap().ino(), before);
+    assert_eq!(n.daemon.ctl_json(&["ports"]).as_array().unwrap().len(), 3);
+    assert!(n.a.ping(&n.b.ip.to_string(), 2));
+    // Its log (a file, not a terminal) has no colour codes.
+    let logs: String = std::fs::read_dir(&n.daemon.dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("vswitchd-"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    assert!(logs.contains("ready") && !logs.contains('\x1b'), "{logs}");
 }

@@ -35,10 +35,12 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // Logs go to stderr (stdout stays free), with colour only on a terminal.
+    let logs = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
     if args.log_json {
-        tracing_subscriber::fmt().json().with_env_filter(filter).init();
+        logs.json().init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
     }
     let mut config = match &args.config {
         Some(path) => match Config::load(path) {
@@ -80,7 +82,40 @@ fn main() -> ExitCode {
     }
 }
 
+/// Takes `STATE_DIR/vswitchd.lock` for the life of the process, before anything else is touched:
+/// a second vswitchd on the node would take over the API socket and open extra queues on every
+/// pod's TAP. Refused with the running one's pid instead.
+fn lock_node(config: &Config) -> Result<nix::fcntl::Flock<std::fs::File>, String> {
+    use std::io::{Read, Seek, Write};
+    let path = config.state_dir.join("vswitchd.lock");
+    std::fs::create_dir_all(&config.state_dir).map_err(|e| format!("{}: {e}", config.state_dir.display()))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            let _ = lock.set_len(0).and_then(|()| lock.rewind()).and_then(|()| write!(lock, "{}", std::process::id()));
+            Ok(lock)
+        }
+        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            Err(format!(
+                "another vswitchd (pid {}) is running with state directory {}; refusing to start a second one",
+                pid.trim(),
+                config.state_dir.display()
+            ))
+        }
+        Err((_, e)) => Err(format!("locking {}: {e}", path.display())),
+    }
+}
+
 async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let _lock = lock_node(&config)?;
     let socket = config.socket.clone();
     let metrics_addr = config.metrics_addr.clone();
     let api = server::bind_api(&socket).map_err(|e| format!("API socket {}: {e}", socket.display()))?;
