@@ -195,7 +195,12 @@ impl Containerd {
     pub fn status(&self, id: &str) -> cri::Result<cri::SandboxStatus> {
         let status = self.cri().pod_sandbox_status(id)?;
         if let Some(path) = status.netns_path() {
-            self.netns_seen.lock().unwrap().insert(path);
+            // containerd says /var/run/netns/..., mountinfo /run/netns/...: keep the real path.
+            let real = match (path.parent().and_then(|p| p.canonicalize().ok()), path.file_name()) {
+                (Some(dir), Some(name)) => dir.join(name),
+                _ => path,
+            };
+            self.netns_seen.lock().unwrap().insert(real);
         }
         Ok(status)
     }
@@ -236,6 +241,29 @@ impl Containerd {
         format!("containerd log ({}):\n{}", self.log.display(), lines[lines.len().saturating_sub(30)..].join("\n"))
     }
 
+    /// Kills containerd with SIGKILL (its shims and sandboxes stay), as a crash would.
+    pub fn kill_containerd(&mut self) {
+        self.client = None;
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Processes containerd started that are still running: its shims and everything under them.
+    pub fn processes(&self) -> Vec<i32> {
+        let shims = processes_with_arg(&self.socket);
+        let mut all = descendants(&shims);
+        all.extend(&shims);
+        all.retain(|&p| alive(p));
+        all
+    }
+
+    /// Namespaces of this containerd's sandboxes that were seen (see [`Containerd::status`]).
+    pub fn netns_seen(&self) -> Vec<PathBuf> {
+        self.netns_seen.lock().unwrap().iter().cloned().collect()
+    }
+
     /// The directory everything of this containerd is in.
     pub fn dir(&self) -> &Path {
         &self.dir.0
@@ -269,8 +297,7 @@ impl Containerd {
         // given, note their sockets, and kill them with every process under them.
         let shims = processes_with_arg(&self.socket);
         let shim_sockets: Vec<PathBuf> = shims.iter().flat_map(|&pid| unix_sockets_of(pid)).collect();
-        let mut victims = descendants(&shims);
-        victims.extend(&shims);
+        let victims = self.processes();
         for &pid in &victims {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
@@ -534,7 +561,8 @@ fn descendants(roots: &[i32]) -> Vec<i32> {
     found
 }
 
-fn alive(pid: i32) -> bool {
+/// Whether process `pid` is running (not gone, not a zombie).
+pub fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .is_ok_and(|s| s.rfind(')').and_then(|i| s[i + 1..].split_whitespace().next()) != Some("Z"))
 }
@@ -564,7 +592,7 @@ fn unix_sockets_of(pid: i32) -> Vec<PathBuf> {
 }
 
 /// Mount points of this mount namespace, in mount order.
-fn mount_points() -> Vec<PathBuf> {
+pub fn mount_points() -> Vec<PathBuf> {
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
         .lines()
@@ -572,15 +600,21 @@ fn mount_points() -> Vec<PathBuf> {
         .collect()
 }
 
+/// The directories of cgroup `parent` in every hierarchy that has it.
+pub fn cgroup_dirs(parent: &str) -> Vec<PathBuf> {
+    let rel = parent.trim_start_matches('/');
+    let mut roots: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+        .map(|d| d.flatten().map(|h| h.path().join(rel)).collect())
+        .unwrap_or_default();
+    // cgroup v2 alone: /sys/fs/cgroup is the hierarchy itself.
+    roots.push(Path::new("/sys/fs/cgroup").join(rel));
+    roots.into_iter().filter(|r| r.is_dir()).collect()
+}
+
 /// Removes cgroup `parent` and everything below it in every hierarchy (deepest first).
 fn remove_cgroups(parent: &str) {
-    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else { return };
     let mut dirs: Vec<PathBuf> = Vec::new();
-    let mut roots: Vec<PathBuf> =
-        hierarchies.flatten().map(|h| h.path().join(parent.trim_start_matches('/'))).collect();
-    // cgroup v2 alone: /sys/fs/cgroup is the hierarchy itself.
-    roots.push(Path::new("/sys/fs/cgroup").join(parent.trim_start_matches('/')));
-    let mut stack: Vec<PathBuf> = roots.into_iter().filter(|r| r.is_dir()).collect();
+    let mut stack = cgroup_dirs(parent);
     while let Some(d) = stack.pop() {
         if let Ok(entries) = std::fs::read_dir(&d) {
             stack.extend(entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));

@@ -13,7 +13,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use serde_json::Value;
-use vpc_lab::containerd::{require_containerd, CniCall, CniPlugin, Containerd};
+use vpc_lab::containerd::{alive, cgroup_dirs, mount_points, require_containerd, CniCall, CniPlugin, Containerd};
 use vpc_lab::cri::{pod_config, tcp_port, PortMapping, SandboxStatus};
 use vpc_lab::netns::{binary, iperf3, try_run, unique, Binaries, Daemon, Netns, TempDir};
 
@@ -263,10 +263,14 @@ fn three_pods_through_cri_get_addresses_talk_map_a_host_port_and_leave_nothing()
         calls_for(&calls, "portmap", "ADD", &sandboxes[0].0)[0].stdin["runtimeConfig"]
     );
 
-    // Stop and remove through CRI: nothing of the pods is left.
+    // StopPodSandbox reclaims the network: no TAP, no port, no address, no portmap rule.
+    let dels = |calls: &[CniCall]| calls.iter().filter(|c| c.plugin == "vpc-cni" && c.command == "DEL").count();
+    let before_stop = dels(&node.containerd.cni_calls());
     for (id, _, _) in &sandboxes {
-        node.containerd.remove_pod(id).unwrap_or_else(|e| panic!("{e}\n{}", node.containerd.cni_failures()));
+        let stopped = node.containerd.cri().stop_pod_sandbox(id);
+        stopped.unwrap_or_else(|e| panic!("{e}\n{}", node.containerd.cni_failures()));
     }
+    let at_stop = dels(&node.containerd.cni_calls()) - before_stop;
     for (id, _, netns) in &sandboxes {
         assert!(
             !netns.exists() || !in_netns(netns, &["ip", "link", "show", "eth0"]).status.success(),
@@ -275,12 +279,23 @@ fn three_pods_through_cri_get_addresses_talk_map_a_host_port_and_leave_nothing()
     }
     assert_eq!(node.port_names(), ["vsw0"], "vswitchd still has pod ports");
     assert!(node.ipam_allocations().is_empty(), "addresses still allocated: {:?}", node.ipam_allocations());
-    let left = node.containerd.cri().list_pod_sandbox().unwrap();
-    assert!(left.is_empty(), "containerd still has sandboxes: {left:?}");
     let nat = node.iptables_nat();
     assert!(!nat.contains(&format!("--dport {HOST_PORT}")), "portmap's rule for {HOST_PORT} is still there:\n{nat}");
     for (id, _, _) in &sandboxes {
         assert!(!nat.contains(id.as_str()), "iptables still mention {id}:\n{nat}");
+    }
+    // RemovePodSandbox: containerd forgets them, and nothing it ran is left.
+    for (id, _, _) in &sandboxes {
+        let removed = node.containerd.cri().remove_pod_sandbox(id);
+        removed.unwrap_or_else(|e| panic!("{e}\n{}", node.containerd.cni_failures()));
+    }
+    let at_remove = dels(&node.containerd.cni_calls()) - before_stop - at_stop;
+    eprintln!("vpc-cni DELs: {at_stop} during StopPodSandbox, {at_remove} during RemovePodSandbox (3 pods)");
+    let left = node.containerd.cri().list_pod_sandbox().unwrap();
+    assert!(left.is_empty(), "containerd still has sandboxes: {left:?}");
+    assert!(node.containerd.processes().is_empty(), "processes left: {:?}", node.containerd.processes());
+    for (id, _, netns) in &sandboxes {
+        assert!(!netns.exists(), "{id}'s namespace {} is still there", netns.display());
     }
 
     // The DELs containerd sent vpc-cni: every one succeeded; each pod got at least one with its
@@ -330,4 +345,40 @@ fn ingress_bandwidth_annotation_limits_traffic_into_the_pod_to_10_mbit() {
     eprintln!("node -> pod with ingress-bandwidth 10M: {mbit:.2} Mbit/s");
     node.containerd.remove_pod(&id).unwrap();
     assert!((9.0..=11.0).contains(&mbit), "ingress-bandwidth 10M, measured {mbit:.2} Mbit/s");
+}
+
+/// What a failing test leaves when it panics with pods running: dropping the node (containerd
+/// first) must remove every sandbox process, mount, namespace, cgroup and directory, also when
+/// containerd itself died first and so never ran the plugins' DEL.
+#[test]
+fn dropping_a_node_with_pods_running_leaves_nothing_even_after_containerd_crashed() {
+    for (crashed, subnet) in [(false, 63), (true, 64)] {
+        let mut node = node(subnet);
+        let mut netns = Vec::new();
+        for (i, name) in ["left-0", "left-1"].into_iter().enumerate() {
+            let ports = if i == 0 { vec![tcp_port(CONTAINER_PORT, HOST_PORT)] } else { vec![] };
+            let (_, status) = node.run_pod(&Pod::new(name), &[], ports);
+            netns.push(status.netns_path().expect("netns path").canonicalize().unwrap());
+        }
+        let pids = node.containerd.processes();
+        assert!(pids.len() >= 4, "two shims and two sandbox processes: {pids:?}");
+        let dir = node.containerd.dir().to_path_buf();
+        let cgroup = node.containerd.cgroup_parent.clone();
+        assert!(!cgroup_dirs(&cgroup).is_empty(), "runc made no cgroup under {cgroup}");
+        if crashed {
+            node.containerd.kill_containerd();
+        }
+        drop(node);
+        let case = if crashed { "after containerd was killed" } else { "with containerd up" };
+        let running: Vec<i32> = pids.into_iter().filter(|&p| alive(p)).collect();
+        assert!(running.is_empty(), "{case}: processes left: {running:?}");
+        for ns in &netns {
+            assert!(!ns.exists(), "{case}: {} is left", ns.display());
+        }
+        let mounts: Vec<PathBuf> =
+            mount_points().into_iter().filter(|m| m.starts_with(&dir) || netns.contains(m)).collect();
+        assert!(mounts.is_empty(), "{case}: mounts left: {mounts:?}");
+        assert!(!dir.exists(), "{case}: {} is left", dir.display());
+        assert!(cgroup_dirs(&cgroup).is_empty(), "{case}: cgroups left: {:?}", cgroup_dirs(&cgroup));
+    }
 }
