@@ -339,6 +339,20 @@ fn ingress_bandwidth_annotation_limits_traffic_into_the_pod_to_10_mbit() {
     let netns = status.netns_path().expect("netns path");
     let ns_name = netns.file_name().unwrap().to_str().unwrap().to_string();
     let ip: Ipv4Addr = status.ip().parse().expect("pod IP");
+    // containerd passes the annotation on only to a plugin whose conflist entry declares
+    // `"capabilities": {"bandwidth": true}`, as runtimeConfig.bandwidth.
+    let calls = node.containerd.cni_calls();
+    let add = calls_for(&calls, "vpc-cni", "ADD", &id)[0];
+    eprintln!("vpc-cni's runtimeConfig from containerd: {}", add.stdin["runtimeConfig"]);
+    // Seen with the capability declared: {"bandwidth":{"EgressBurst":0,"EgressRate":0,
+    // "IngressBurst":4294967295,"IngressRate":10000000}} (Go's field names, bits per second).
+    let bandwidth = field(&add.stdin["runtimeConfig"], "bandwidth");
+    assert_eq!(
+        field(bandwidth, "ingressRate"),
+        &Value::from(10_000_000),
+        "vpc-cni got no runtimeConfig.bandwidth (does cni/vpc-cni.conflist declare the bandwidth capability?): {}",
+        add.stdin
+    );
     // Into the pod: the node sends, the pod receives.
     let run = iperf3(&node.ns.name, &ns_name, ip, 1, 5).expect("iperf3 node -> pod");
     let mbit = run.bits_per_second / 1e6;
