@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What the lab and the tests need on a fresh Debian 12 machine (as root).
 set -euo pipefail
-packages=(iproute2 iperf3 iputils-ping iptables containernetworking-plugins)
+packages=(iproute2 iperf3 iputils-ping iptables containernetworking-plugins
+    containerd runc protobuf-compiler busybox-static)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
