@@ -129,14 +129,13 @@ impl Plugin {
 
     /// The sandbox must exist (code 3) and must not be the node's own namespace (code 4).
     fn check_sandbox(&self, netns: &Path) -> Result<(), CniError> {
-        if !netns.exists() {
-            return Err(CniError::with_details(
-                Code::UnknownContainer,
-                "network namespace does not exist",
-                netns.display(),
-            ));
+        match std::fs::metadata(netns) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(CniError::with_details(Code::UnknownContainer, "network namespace does not exist", netns.display()))
+            }
+            Err(e) => Err(CniError::with_details(Code::IoFailure, format!("network namespace {}", netns.display()), e)),
+            Ok(_) => self.refuse_node_netns(netns),
         }
-        self.refuse_node_netns(netns)
     }
 
     fn refuse_node_netns(&self, netns: &Path) -> Result<(), CniError> {

@@ -621,7 +621,7 @@ mod tests {
         assert!(NetConf::parse(good.as_bytes()).is_ok());
         assert_eq!(NetConf::parse(b"{nope").unwrap_err().code, Code::DecodeFailure);
         assert_eq!(
-            NetConf::parse(good.replace("1.1.0", "0.3.1").as_bytes()).unwrap_err().code,
+            NetConf::parse(good.replace("1.1.0", "0.2.0").as_bytes()).unwrap_err().code,
             Code::IncompatibleVersion
         );
         assert_eq!(NetConf::parse(good.replace("vpc-cni", "bridge").as_bytes()).unwrap_err().code, Code::InvalidConfig);
@@ -634,7 +634,136 @@ mod tests {
             Code::InvalidConfig
         );
         let gc = r#"{"cniVersion":"1.1.0","name":"vpc","type":"vpc-cni","ipam":{"ranges":[{"rangeStart":"10.10.40.10","rangeEnd":"10.10.40.20"}]},"cni.dev/attachments":[{"containerID":"a","ifname":"eth0"}]}"#;
-        assert_eq!(NetConf::parse(gc.as_bytes()).unwrap().valid_attachments.unwrap().len(), 1);
+        assert_eq!(NetConf::parse(gc.as_bytes()).unwrap().keep_attachments().len(), 1);
+        for name in ["", "-vpc", ".vpc", "vpc/x", "vpc net"] {
+            let bad = good.replace(r#""name":"vpc""#, &format!(r#""name":"{name}""#));
+            assert_eq!(NetConf::parse(bad.as_bytes()).unwrap_err().code, Code::InvalidConfig, "name {name:?}");
+        }
+        for version in SUPPORTED_VERSIONS {
+            assert!(NetConf::parse(good.replace("1.1.0", version).as_bytes()).is_ok(), "{version}");
+        }
+    }
+
+    fn conf_with(extra: &str) -> Result<NetConf, CniError> {
+        let text = format!(
+            r#"{{"cniVersion":"1.1.0","name":"vpc","type":"vpc-cni","ipam":{{"ranges":[{{"rangeStart":"10.10.40.10","rangeEnd":"10.10.40.20"}}]}}{extra}}}"#
+        );
+        NetConf::parse(text.as_bytes())
+    }
+
+    #[test]
+    fn gc_takes_the_union_of_both_attachment_keys() {
+        // libcni 1.2.3+ sends both; this used to be a "duplicate field" error.
+        let conf = conf_with(
+            r#","cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"},{"containerID":"b","ifname":"eth0"}],
+               "cni.dev/attachments":[{"containerID":"b","ifname":"eth0"},{"containerID":"c","ifname":"net1"}]"#,
+        )
+        .unwrap();
+        let keep: Vec<String> =
+            conf.keep_attachments().iter().map(|a| format!("{}:{}", a.container_id, a.ifname)).collect();
+        assert_eq!(keep, ["a:eth0", "b:eth0", "c:net1"]);
+    }
+
+    #[test]
+    fn container_ids_and_interface_names_follow_the_spec() {
+        let with = |id: &str, ifname: &str| {
+            env(&[
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", id),
+                ("CNI_NETNS", "/run/netns/x"),
+                ("CNI_IFNAME", ifname),
+                ("CNI_PATH", "/opt/cni/bin"),
+            ])
+        };
+        for id in ["abc", "0abc", "a_b.c-d", "A"] {
+            assert!(with(id, "eth0").is_ok(), "{id}");
+        }
+        for id in ["", "_abc", ".abc", "-abc", "a/b", "a b", "a:b", "é"] {
+            assert_eq!(with(id, "eth0").unwrap_err().code, Code::InvalidEnvironment, "{id:?}");
+        }
+        for ifname in ["eth0", "net1", "a", "fifteen-bytes-x"] {
+            assert!(with("abc", ifname).is_ok(), "{ifname}");
+        }
+        for ifname in ["", ".", "..", "a/b", "a:b", "a b", "a\tb", "sixteen-bytes-xx"] {
+            assert_eq!(with("abc", ifname).unwrap_err().code, Code::InvalidEnvironment, "{ifname:?}");
+        }
+    }
+
+    #[test]
+    fn cni_args_carry_a_static_ip_and_mac() {
+        let a = CniArgs::parse("IP=10.10.40.77;MAC=02:00:00:00:00:77").unwrap();
+        assert_eq!(a.ip, Some(Ipv4Addr::new(10, 10, 40, 77)));
+        assert_eq!(a.mac.unwrap().to_string(), "02:00:00:00:00:77");
+        assert_eq!(CniArgs::parse("IP=10.10.40.77/24").unwrap().ip, Some(Ipv4Addr::new(10, 10, 40, 77)));
+        for bad in [
+            "IP=10.10.40.300",
+            "IP=fd00::1",
+            "IP=10.0.0.1/33",
+            "MAC=01:00:5e:00:00:01",
+            "MAC=00:00:00:00:00:00",
+            "MAC=zz",
+        ] {
+            assert_eq!(CniArgs::parse(bad).unwrap_err().code, Code::InvalidEnvironment, "{bad}");
+        }
+    }
+
+    #[test]
+    fn runtime_config_is_read_in_go_and_camel_case_spelling() {
+        let go = serde_json::json!({
+            "portMappings": [{"HostPort": 18080, "ContainerPort": 8080, "Protocol": "tcp", "HostIP": ""}],
+            "bandwidth": {"IngressRate": 10_000_000u64, "IngressBurst": 4_294_967_295u64, "EgressRate": 0, "EgressBurst": 0},
+            "io.kubernetes.cri.pod-annotations": null,
+            "IPs": ["10.10.40.77/24"],
+            "Mac": "02:00:00:00:00:77",
+        });
+        let camel = serde_json::json!({
+            "portMappings": [{"hostPort": 18080, "containerPort": 8080, "protocol": "tcp"}],
+            "bandwidth": {"ingressRate": 10_000_000u64, "ingressBurst": 0, "egressRate": 0, "egressBurst": 0},
+            "io.kubernetes.cri.pod-annotations": {"a": "b"},
+            "ips": ["10.10.40.77"],
+            "mac": "02:00:00:00:00:77",
+        });
+        let expected = RuntimeConfig {
+            ip: Some(Ipv4Addr::new(10, 10, 40, 77)),
+            mac: Some("02:00:00:00:00:77".parse().unwrap()),
+            bandwidth: Some(vswitch_api::api::Bandwidth {
+                ingress: Some(vswitch_api::api::RateLimit { rate_bps: 10_000_000, burst_bits: 1_000_000 }),
+                egress: None,
+            }),
+            port_mappings: 1,
+        };
+        assert_eq!(RuntimeConfig::from_value(&go).unwrap(), expected);
+        assert_eq!(RuntimeConfig::from_value(&camel).unwrap(), expected);
+        // An explicit burst is kept; a small rate gets the 64 KiB floor.
+        let explicit =
+            RuntimeConfig::from_value(&serde_json::json!({"bandwidth": {"egressRate": 1000, "egressBurst": 5000}}))
+                .unwrap();
+        assert_eq!(explicit.bandwidth.unwrap().egress.unwrap().burst_bits, 5000);
+        assert_eq!(default_burst_bits(1000), 8 * 64 * 1024);
+        assert_eq!(RuntimeConfig::from_value(&serde_json::json!({"bandwidth": {}})).unwrap().bandwidth, None);
+        for bad in [
+            serde_json::json!({"ips": ["fd00::1"]}),
+            serde_json::json!({"ips": ["10.0.0.1", "10.0.0.2"]}),
+            serde_json::json!({"ips": "10.0.0.1"}),
+            serde_json::json!({"mac": "ff:ff:ff:ff:ff:ff"}),
+            serde_json::json!({"bandwidth": {"ingressRate": -1}}),
+            serde_json::json!([]),
+        ] {
+            assert_eq!(RuntimeConfig::from_value(&bad).unwrap_err().code, Code::InvalidConfig, "{bad}");
+        }
+        // Checked at parse time too.
+        assert_eq!(conf_with(r#","runtimeConfig":{"mac":"01:00:00:00:00:00"}"#).unwrap_err().code, Code::InvalidConfig);
+        assert!(conf_with(r#","runtimeConfig":{"ips":["10.10.40.15"]}"#).unwrap().runtime().unwrap().ip.is_some());
+    }
+
+    #[test]
+    fn capabilities_vpc_cni_cannot_honour_are_refused() {
+        assert!(conf_with(r#","capabilities":{"ips":true,"mac":true,"bandwidth":true}"#).is_ok());
+        assert!(conf_with(r#","capabilities":{"portMappings":false}"#).is_ok(), "declared off");
+        let err = conf_with(r#","capabilities":{"ips":true,"portMappings":true}"#).unwrap_err();
+        assert_eq!(err.code, Code::InvalidConfig);
+        assert!(err.msg.contains("portMappings"), "{err}");
+        assert_eq!(conf_with(r#","capabilities":{"infinibandGUID":true}"#).unwrap_err().code, Code::InvalidConfig);
     }
 
     #[test]
@@ -644,5 +773,35 @@ mod tests {
         assert_eq!(r["ips"][0]["version"], "4");
         assert_eq!(r["dns"]["nameservers"][0], "10.96.0.10");
         assert!(r["interfaces"][0].get("mtu").is_none());
+        for version in ["0.3.0", "0.3.1"] {
+            let conf = conf_with("").map(|c| NetConf { cni_version: version.into(), ..c }).unwrap();
+            let r = add_result(&conf, "eth0", "02:00:0a:0a:28:0a", "/run/netns/x", Ipv4Addr::new(10, 10, 40, 10));
+            assert_eq!((r["cniVersion"].as_str(), r["ips"][0]["version"].as_str()), (Some(version), Some("4")));
+            assert!(r["interfaces"][0].get("mtu").is_none());
+        }
+        let conf = conf_with("").unwrap();
+        let r = add_result(&conf, "eth0", "02:00:0a:0a:28:0a", "/run/netns/x", Ipv4Addr::new(10, 10, 40, 10));
+        assert!(r["ips"][0].get("version").is_none());
+        assert_eq!(r["interfaces"][0]["mtu"], 1500);
+    }
+
+    #[test]
+    fn a_prev_result_is_kept_and_extended() {
+        let conf = conf_with(
+            r#","dns":{"nameservers":["10.96.0.10"]},"prevResult":{"cniVersion":"1.1.0",
+               "interfaces":[{"name":"lo","sandbox":"/run/netns/x"}],"ips":[{"address":"127.0.0.1/8","interface":0}],
+               "dns":{"nameservers":["1.1.1.1"]}}"#,
+        )
+        .unwrap();
+        let r = add_result(&conf, "eth0", "02:00:0a:0a:28:0a", "/run/netns/x", Ipv4Addr::new(10, 10, 40, 10));
+        assert_eq!(r["interfaces"].as_array().unwrap().len(), 2);
+        assert_eq!(r["interfaces"][1]["name"], "eth0");
+        assert_eq!(
+            r["ips"][1],
+            serde_json::json!({"address": "10.10.40.10/32", "gateway": "169.254.1.1", "interface": 1})
+        );
+        assert_eq!(r["ips"][0]["address"], "127.0.0.1/8");
+        assert_eq!(r["routes"][0]["dst"], "0.0.0.0/0");
+        assert_eq!(r["dns"]["nameservers"][0], "1.1.1.1", "an earlier plugin's DNS stays");
     }
 }
