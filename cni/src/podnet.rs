@@ -1,9 +1,11 @@
 //! The pod side: a persistent TAP in the pod's namespace, configured over rtnetlink from a
 //! thread that entered that namespace (so the netlink socket belongs to it).
 //!
-//! eth0 gets the pod's MAC (derived from its IP), the MTU, `IP/32`, a link-scope route to the
-//! gateway, the default route via the gateway, and a permanent neighbour entry for the gateway
-//! (so the pod never has to ARP for it, and a vswitchd restart does not stall its first packets).
+//! eth0 gets the pod's MAC (derived from its IP, or the runtime's `mac`), the MTU, `IP/32`, a
+//! link-scope route to the gateway, the default route via the gateway, and a permanent neighbour
+//! entry for the gateway (so the pod never has to ARP for it, and a vswitchd restart does not
+//! stall its first packets). An interface of that name already in the namespace is refused,
+//! never deleted.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
