@@ -24,6 +24,12 @@ use crate::spec::{Attachment, RangeConf};
 pub enum IpamError {
     #[error("no free address in {0} (released ones wait out their reuse delay)")]
     Exhausted(String),
+    #[error("{ip} is outside this node's ranges ({ranges})")]
+    OutOfRange { ip: Ipv4Addr, ranges: String },
+    #[error("{ip} is in use by container {holder}")]
+    Taken { ip: Ipv4Addr, holder: String },
+    #[error("container {owner} already has {has}; it cannot also take {wanted}")]
+    OwnerHasAnother { owner: String, has: Ipv4Addr, wanted: Ipv4Addr },
     #[error("IPAM state {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("IPAM state {path} is corrupt: {source}")]
@@ -37,6 +43,17 @@ struct State {
     released: BTreeMap<Ipv4Addr, u64>,
     /// Where the next search starts, so addresses are used round-robin.
     last: Option<Ipv4Addr>,
+    /// The sandbox each allocation was made for, so GC can remove a TAP without vswitchd.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    sandboxes: BTreeMap<Ipv4Addr, PathBuf>,
+}
+
+/// One allocation as GC sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allocation {
+    pub ip: Ipv4Addr,
+    pub owner: Attachment,
+    pub netns: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -103,22 +120,63 @@ impl Ipam {
 
     /// The address for `owner`: the one it already has, or the next usable one.
     pub fn allocate(&self, owner: &Attachment) -> Result<Ipv4Addr, IpamError> {
+        self.allocate_for(owner, None, None).map(|(ip, _)| ip)
+    }
+
+    /// `ip` for `owner`, if it is in the ranges and nobody else holds it (a recently released
+    /// address may be asked for by name: the reuse delay only steers automatic choice).
+    pub fn allocate_specific(&self, owner: &Attachment, ip: Ipv4Addr) -> Result<Ipv4Addr, IpamError> {
+        self.allocate_for(owner, Some(ip), None).map(|(ip, _)| ip)
+    }
+
+    /// The address for `owner` (the requested one, or the next usable one), recording the
+    /// sandbox; also says whether this call made the allocation (false: `owner` had it already,
+    /// so undoing a failed ADD must not release it).
+    pub fn allocate_for(
+        &self,
+        owner: &Attachment,
+        requested: Option<Ipv4Addr>,
+        netns: Option<&Path>,
+    ) -> Result<(Ipv4Addr, bool), IpamError> {
         self.with_state(|state| {
-            if let Some((ip, _)) = state.allocations.iter().find(|(_, o)| *o == owner) {
-                return Ok((*ip, false));
-            }
             let now = now_secs();
-            let all: Vec<Ipv4Addr> = self.candidates().collect();
-            let start = state.last.and_then(|l| all.iter().position(|&ip| ip == l)).map_or(0, |p| p + 1);
-            let ip = (0..all.len())
-                .map(|i| all[(start + i) % all.len()])
-                .find(|&ip| self.usable(state, ip, now))
-                .ok_or_else(|| IpamError::Exhausted(self.describe()))?;
+            let existing = state.allocations.iter().find(|(_, o)| *o == owner).map(|(ip, _)| *ip);
+            if let Some(ip) = existing {
+                return match requested {
+                    Some(wanted) if wanted != ip => {
+                        Err(IpamError::OwnerHasAnother { owner: owner.container_id.clone(), has: ip, wanted })
+                    }
+                    _ => Ok(((ip, false), false)),
+                };
+            }
+            let ip = match requested {
+                Some(ip) => {
+                    if !self.candidates().any(|c| c == ip) {
+                        return Err(IpamError::OutOfRange { ip, ranges: self.describe() });
+                    }
+                    if let Some(holder) = state.allocations.get(&ip) {
+                        return Err(IpamError::Taken { ip, holder: holder.container_id.clone() });
+                    }
+                    ip
+                }
+                None => {
+                    let all: Vec<Ipv4Addr> = self.candidates().collect();
+                    let start = state.last.and_then(|l| all.iter().position(|&ip| ip == l)).map_or(0, |p| p + 1);
+                    let ip = (0..all.len())
+                        .map(|i| all[(start + i) % all.len()])
+                        .find(|&ip| self.usable(state, ip, now))
+                        .ok_or_else(|| IpamError::Exhausted(self.describe()))?;
+                    state.last = Some(ip);
+                    ip
+                }
+            };
             state.allocations.insert(ip, owner.clone());
+            if let Some(netns) = netns {
+                state.sandboxes.insert(ip, netns.to_path_buf());
+            }
             state.released.remove(&ip);
             state.released.retain(|_, t| now.saturating_sub(*t) < self.reuse_delay.as_secs());
-            state.last = Some(ip);
-            Ok((ip, true))
+            Ok(((ip, true), true))
         })
     }
 
@@ -129,6 +187,7 @@ impl Ipam {
                 return Ok((None, false));
             };
             state.allocations.remove(&ip);
+            state.sandboxes.remove(&ip);
             state.released.insert(ip, now_secs());
             Ok((Some(ip), true))
         })
@@ -140,6 +199,18 @@ impl Ipam {
 
     pub fn allocations(&self) -> Result<Vec<(Ipv4Addr, Attachment)>, IpamError> {
         self.with_state(|state| Ok((state.allocations.iter().map(|(ip, o)| (*ip, o.clone())).collect(), false)))
+    }
+
+    /// Every allocation with the sandbox it was made for (when recorded).
+    pub fn allocations_with_sandbox(&self) -> Result<Vec<Allocation>, IpamError> {
+        self.with_state(|state| {
+            let list = state
+                .allocations
+                .iter()
+                .map(|(ip, o)| Allocation { ip: *ip, owner: o.clone(), netns: state.sandboxes.get(ip).cloned() })
+                .collect();
+            Ok((list, false))
+        })
     }
 
     /// Addresses that could be handed out now.
@@ -202,6 +273,33 @@ mod tests {
         ipam.release(&owner("a")).unwrap();
         // Round-robin: the next allocation does not take the just-released address first.
         assert_ne!(ipam.allocate(&owner("e")).unwrap(), a);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn specific_addresses_are_checked() {
+        let (ipam, dir) = fresh(120);
+        assert_eq!(ipam.allocate_specific(&owner("a"), "10.0.0.2".parse().unwrap()).unwrap().to_string(), "10.0.0.2");
+        assert_eq!(ipam.allocate_specific(&owner("a"), "10.0.0.2".parse().unwrap()).unwrap().to_string(), "10.0.0.2");
+        assert!(matches!(
+            ipam.allocate_specific(&owner("b"), "10.0.0.2".parse().unwrap()),
+            Err(IpamError::Taken { .. })
+        ));
+        assert!(matches!(
+            ipam.allocate_specific(&owner("b"), "10.0.0.9".parse().unwrap()),
+            Err(IpamError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            ipam.allocate_specific(&owner("a"), "10.0.0.3".parse().unwrap()),
+            Err(IpamError::OwnerHasAnother { .. })
+        ));
+        let (ip, new) = ipam.allocate_for(&owner("c"), None, Some(Path::new("/run/netns/c"))).unwrap();
+        assert!(new && ip.to_string() != "10.0.0.2");
+        assert!(!ipam.allocate_for(&owner("c"), None, None).unwrap().1, "already had it");
+        let all = ipam.allocations_with_sandbox().unwrap();
+        assert_eq!(all.iter().find(|a| a.ip == ip).unwrap().netns.as_deref(), Some(Path::new("/run/netns/c")));
+        ipam.release(&owner("c")).unwrap();
+        assert!(ipam.allocations_with_sandbox().unwrap().iter().all(|a| a.netns.is_none()));
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod ipam;
+pub mod log;
 pub mod plugin;
 pub mod podnet;
 pub mod spec;

@@ -1,15 +1,19 @@
 //! vpc-cni: the CNI plugin kubelet runs (through containerd or CRI-O) for every pod.
 //!
 //! Reads the network configuration on stdin and the CNI_* environment, runs the verb, prints the
-//! result (ADD, VERSION) or the spec's error JSON, and exits non-zero on error.
+//! result (ADD, VERSION) or the spec's error JSON, and exits non-zero on error. Each run is
+//! logged as one JSON line to the configuration's `logFile` (never to stdout).
 
 use std::io::Read;
 use std::process::ExitCode;
+use std::time::{Instant, SystemTime};
 
-use cni::plugin;
-use cni::spec::{CniError, Code, Command, Environment, NetConf, SUPPORTED_VERSIONS};
+use cni::log::{timestamp, LogTarget};
+use cni::plugin::{Notes, Plugin};
+use cni::spec::{is_pre_1_0, CniError, Code, Command, Environment, NetConf, GC_STATUS_VERSION, SUPPORTED_VERSIONS};
 
 fn main() -> ExitCode {
+    let started = (Instant::now(), SystemTime::now());
     let mut stdin = Vec::new();
     let read = std::io::stdin().read_to_end(&mut stdin);
     // Errors are reported in the configuration's version when it can be read.
@@ -18,35 +22,94 @@ fn main() -> ExitCode {
         .and_then(|v| v.get("cniVersion").and_then(|v| v.as_str()).map(str::to_string))
         .filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()))
         .unwrap_or_else(|| "1.1.0".to_string());
+    let mut notes = Notes::default();
     let outcome = read
         .map_err(|e| CniError::with_details(Code::IoFailure, "reading stdin", e))
-        .and_then(|_| run(&stdin, &version));
-    match outcome {
-        Ok(Some(output)) => {
-            println!("{output}");
-            ExitCode::SUCCESS
-        }
-        Ok(None) => ExitCode::SUCCESS,
-        Err(e) => {
-            println!("{}", e.to_json(&version));
-            ExitCode::FAILURE
-        }
+        .and_then(|_| run(&stdin, &version, &mut notes));
+    let (code, output) = match &outcome {
+        Ok(output) => (ExitCode::SUCCESS, output.clone()),
+        Err(e) => (ExitCode::FAILURE, Some(e.to_json(&version))),
+    };
+    if let Some(output) = &output {
+        println!("{output}");
     }
+    log(&stdin, started, &outcome, &notes);
+    code
 }
 
-fn run(stdin: &[u8], version: &str) -> Result<Option<serde_json::Value>, CniError> {
+fn run(stdin: &[u8], version: &str, notes: &mut Notes) -> Result<Option<serde_json::Value>, CniError> {
     let env = Environment::from_env(|name| std::env::var(name).ok())?;
     if env.command == Command::Version {
         return Ok(Some(serde_json::json!({"cniVersion": version, "supportedVersions": SUPPORTED_VERSIONS})));
     }
     let conf = NetConf::parse(stdin)?;
-    let plugin = plugin::Plugin { conf, env };
-    match plugin.env.command {
+    let too_old = |verb: &str, since: &str| {
+        CniError::with_details(
+            Code::IncompatibleVersion,
+            format!("{verb} needs cniVersion {since} or later; the configuration says {}", conf.cni_version),
+            &conf.cni_version,
+        )
+    };
+    match env.command {
+        Command::Gc | Command::Status if conf.cni_version != GC_STATUS_VERSION => {
+            let verb = if env.command == Command::Gc { "GC" } else { "STATUS" };
+            return Err(too_old(verb, GC_STATUS_VERSION));
+        }
+        Command::Check if is_pre_1_0(&conf.cni_version) && conf.cni_version != "0.4.0" => {
+            return Err(too_old("CHECK", "0.4.0"));
+        }
+        _ => {}
+    }
+    let plugin = Plugin::new(conf, env);
+    let result = match plugin.env.command {
         Command::Add => plugin.add().map(Some),
         Command::Del => plugin.del().map(|()| None),
         Command::Check => plugin.check().map(|()| None),
         Command::Gc => plugin.gc().map(|()| None),
         Command::Status => plugin.status().map(|()| None),
         Command::Version => unreachable!("answered above"),
+    };
+    *notes = plugin.notes.take();
+    result
+}
+
+/// One JSON line about this run; fields come from the raw environment, so a run refused for a
+/// bad environment is logged too.
+fn log(
+    stdin: &[u8],
+    (began, at): (Instant, SystemTime),
+    outcome: &Result<Option<serde_json::Value>, CniError>,
+    notes: &Notes,
+) {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    if var("CNI_COMMAND").as_deref() == Some("VERSION") {
+        return;
     }
+    let args = var("CNI_ARGS").unwrap_or_default();
+    let arg = |key: &str| {
+        args.split(';').filter_map(|p| p.split_once('=')).find(|(k, _)| *k == key).map(|(_, v)| v.to_string())
+    };
+    let conf = serde_json::from_slice::<serde_json::Value>(stdin).unwrap_or_default();
+    let mut line = serde_json::json!({
+        "time": timestamp(at),
+        "command": var("CNI_COMMAND"),
+        "containerID": var("CNI_CONTAINERID"),
+        "ifname": var("CNI_IFNAME"),
+        "netns": var("CNI_NETNS"),
+        "podNamespace": arg("K8S_POD_NAMESPACE"),
+        "podName": arg("K8S_POD_NAME"),
+        "network": conf.get("name"),
+        "cniVersion": conf.get("cniVersion"),
+        "address": notes.address.map(|a| a.to_string()),
+        "durationMs": (began.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+        "ok": outcome.is_ok(),
+    });
+    if let Err(e) = outcome {
+        line["code"] = serde_json::json!(e.code as u32);
+        line["error"] = serde_json::json!(e.to_string());
+    }
+    if !notes.warnings.is_empty() {
+        line["warnings"] = serde_json::json!(notes.warnings);
+    }
+    LogTarget::from_config(stdin).write(&line);
 }

@@ -1,25 +1,36 @@
 //! The verbs: ADD, DEL, CHECK, GC, STATUS (VERSION is answered in `main`).
 //!
 //! Every ADD step that can fail registers how to undo it; a failure undoes them in reverse, so a
-//! failed ADD leaves no TAP, no port and no address behind. DEL treats everything already gone as
-//! done, so it can be repeated and works after the namespace was deleted.
+//! failed ADD leaves no TAP, no port and no address behind (and never touches what it did not
+//! make: an interface already in the namespace is refused, an address the container already had
+//! is kept). DEL treats everything already gone as done, so it can be repeated and works after
+//! the namespace was deleted, and it never blocks a pod's removal on vswitchd: unreachable, the
+//! plugin removes the TAP itself and releases the address. GC keeps going past failures and
+//! reports them at the end. The plugin decides on vswitchd's answers by their error code only.
 
+use std::cell::RefCell;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use vswitch_api::api::{ErrorCode, PortRole, PortSpec};
+use vswitch_api::api::{ErrorCode, PodRef, PortRole, PortSpec};
 use vswitch_api::MacAddr;
 
 use crate::client::{ClientError, Vswitch};
 use crate::ipam::{Ipam, IpamError};
-use crate::podnet::{self, PodInterface};
+use crate::podnet::{self, PodInterface, PodNetError};
 use crate::spec::{add_result, Attachment, CniError, Code, Environment, NetConf};
 
 impl From<IpamError> for CniError {
     fn from(e: IpamError) -> Self {
         match e {
             IpamError::Exhausted(_) => CniError::with_details(Code::PoolExhausted, "no free address", e),
+            IpamError::Taken { .. } | IpamError::OwnerHasAnother { .. } => {
+                CniError::with_details(Code::AddressTaken, "the requested address is not available", e)
+            }
+            IpamError::OutOfRange { .. } => {
+                CniError::with_details(Code::InvalidConfig, "the requested address is not in this network", e)
+            }
             IpamError::Io { .. } | IpamError::Corrupt { .. } => {
                 CniError::with_details(Code::IoFailure, "IPAM state", e)
             }
@@ -55,13 +66,34 @@ pub fn pod_mac(ip: Ipv4Addr) -> MacAddr {
     MacAddr::local_from(ip.octets())
 }
 
+/// What an invocation did, for the log line.
+#[derive(Debug, Default, Clone)]
+pub struct Notes {
+    /// The pod's address (assigned, checked or released).
+    pub address: Option<Ipv4Addr>,
+    /// Things done differently than usual (vswitchd unreachable, ...).
+    pub warnings: Vec<String>,
+}
+
 #[derive(Debug)]
 pub struct Plugin {
     pub conf: NetConf,
     pub env: Environment,
+    pub notes: RefCell<Notes>,
+}
+
+/// Is `ns` a path GC may trust to still name the sandbox it was recorded for? `/proc/PID/ns/net`
+/// may name another process's namespace once the PID is reused; bind mounts (`/run/netns/...`,
+/// what Kubernetes runtimes use) do not move.
+fn stable_netns_path(ns: &Path) -> bool {
+    !ns.starts_with("/proc")
 }
 
 impl Plugin {
+    pub fn new(conf: NetConf, env: Environment) -> Plugin {
+        Plugin { conf, env, notes: RefCell::default() }
+    }
+
     fn ipam(&self) -> Ipam {
         Ipam::new(
             &self.conf.ipam_dir(),
@@ -85,10 +117,42 @@ impl Plugin {
         self.env.netns.clone().expect("validated")
     }
 
-    fn interface<'a>(&'a self, owner: &'a Attachment, ip: Ipv4Addr) -> PodInterface<'a> {
+    fn warn(&self, warning: String) {
+        self.notes.borrow_mut().warnings.push(warning);
+    }
+
+    fn note_address(&self, ip: Option<Ipv4Addr>) {
+        if ip.is_some() {
+            self.notes.borrow_mut().address = ip;
+        }
+    }
+
+    /// The sandbox must exist (code 3) and must not be the node's own namespace (code 4).
+    fn check_sandbox(&self, netns: &Path) -> Result<(), CniError> {
+        match std::fs::metadata(netns) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(CniError::with_details(Code::UnknownContainer, "network namespace does not exist", netns.display()))
+            }
+            Err(e) => Err(CniError::with_details(Code::IoFailure, format!("network namespace {}", netns.display()), e)),
+            Ok(_) => self.refuse_node_netns(netns),
+        }
+    }
+
+    fn refuse_node_netns(&self, netns: &Path) -> Result<(), CniError> {
+        if podnet::is_node_netns(netns).unwrap_or(false) {
+            return Err(CniError::with_details(
+                Code::InvalidEnvironment,
+                "CNI_NETNS is the node's own network namespace, not a pod's",
+                netns.display(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn interface<'a>(&'a self, owner: &'a Attachment, ip: Ipv4Addr, mac: MacAddr) -> PodInterface<'a> {
         PodInterface {
             ifname: &owner.ifname,
-            mac: pod_mac(ip),
+            mac,
             mtu: self.conf.mtu,
             ip,
             gateway: self.conf.gateway,
@@ -96,45 +160,80 @@ impl Plugin {
         }
     }
 
+    /// The static address asked for by `runtimeConfig.ips` or `CNI_ARGS IP=` (they must agree).
+    fn requested_ip(&self, from_runtime: Option<Ipv4Addr>) -> Result<Option<Ipv4Addr>, CniError> {
+        match (from_runtime, self.env.args.ip) {
+            (Some(a), Some(b)) if a != b => Err(CniError::new(
+                Code::InvalidConfig,
+                format!("runtimeConfig.ips asks for {a} but CNI_ARGS IP= for {b}"),
+            )),
+            (a, b) => Ok(a.or(b)),
+        }
+    }
+
+    fn requested_mac(&self, from_runtime: Option<MacAddr>) -> Result<Option<MacAddr>, CniError> {
+        match (from_runtime, self.env.args.mac) {
+            (Some(a), Some(b)) if a != b => Err(CniError::new(
+                Code::InvalidConfig,
+                format!("runtimeConfig.mac asks for {a} but CNI_ARGS MAC= for {b}"),
+            )),
+            (a, b) => Ok(a.or(b)),
+        }
+    }
+
+    fn pod_ref(&self) -> Option<PodRef> {
+        match (&self.env.args.pod_namespace, &self.env.args.pod_name) {
+            (Some(namespace), Some(name)) => Some(PodRef { namespace: namespace.clone(), name: name.clone() }),
+            _ => None,
+        }
+    }
+
     pub fn add(&self) -> Result<serde_json::Value, CniError> {
         let owner = self.owner();
         let netns = self.netns();
-        if !netns.exists() {
-            return Err(CniError::with_details(
-                Code::UnknownContainer,
-                "network namespace does not exist",
-                netns.display(),
-            ));
-        }
+        self.check_sandbox(&netns)?;
+        let runtime = self.conf.runtime()?;
+        let requested_ip = self.requested_ip(runtime.ip)?;
+        let requested_mac = self.requested_mac(runtime.mac)?;
         // Fail before touching anything when the switch is down: the runtime retries later.
         self.vswitch().status()?;
+        // An interface of that name is not ours to replace or delete (the runtime calls ADD
+        // once per container and interface; a failed ADD of ours leaves nothing behind).
+        if vswitch_api::link::exists_in(&netns, &owner.ifname).map_err(PodNetError::from)? {
+            return Err(PodNetError::Exists(owner.ifname.clone()).into());
+        }
 
         let mut undo: Vec<Box<dyn FnOnce()>> = Vec::new();
         let result = (|| {
             let ipam = self.ipam();
-            let ip = ipam.allocate(&owner)?;
-            {
+            let (ip, new) = ipam.allocate_for(&owner, requested_ip, Some(&netns))?;
+            if new {
                 let (ipam, owner) = (ipam.clone(), owner.clone());
                 undo.push(Box::new(move || drop(ipam.release(&owner))));
             }
-            let interface = self.interface(&owner, ip);
-            {
-                let (netns, ifname) = (netns.clone(), owner.ifname.clone());
-                undo.push(Box::new(move || drop(podnet::remove(&netns, &ifname))));
+            let mac = requested_mac.unwrap_or_else(|| pod_mac(ip));
+            let interface = self.interface(&owner, ip, mac);
+            match podnet::create(&netns, interface) {
+                // Appeared since the check above: still not ours.
+                Err(e @ PodNetError::Exists(_)) => return Err(e.into()),
+                created => {
+                    let (netns, ifname) = (netns.clone(), owner.ifname.clone());
+                    undo.push(Box::new(move || drop(podnet::remove(&netns, &ifname))));
+                    created?;
+                }
             }
-            podnet::create(&netns, interface)?;
             let name = port_name(&owner);
             let spec = PortSpec {
                 name: name.clone(),
                 netns: netns.clone(),
                 ifname: owner.ifname.clone(),
                 ip,
-                mac: interface.mac,
+                mac,
                 mtu: Some(self.conf.mtu),
-                pod: None,
-                bandwidth: None,
+                pod: self.pod_ref(),
+                bandwidth: runtime.bandwidth,
             };
-            // A repeated ADD (the runtime retrying) finds its port: replace it.
+            // The port outlived its TAP (deleted behind our back): replace it.
             match self.vswitch().add_port(spec.clone()) {
                 Err(e) if e.code() == Some(ErrorCode::Exists) => {
                     self.vswitch().del_port(&name, false)?;
@@ -142,7 +241,8 @@ impl Plugin {
                 }
                 other => drop(other?),
             }
-            Ok(add_result(&self.conf, &owner.ifname, &interface.mac.to_string(), &netns.display().to_string(), ip))
+            self.note_address(Some(ip));
+            Ok(add_result(&self.conf, &owner.ifname, &mac.to_string(), &netns.display().to_string(), ip))
         })();
         if result.is_err() {
             for step in undo.into_iter().rev() {
@@ -154,40 +254,74 @@ impl Plugin {
 
     pub fn del(&self) -> Result<(), CniError> {
         let owner = self.owner();
-        self.detach(&owner, self.env.netns.as_deref())
+        let netns = self.env.netns.as_deref();
+        if let Some(ns) = netns {
+            self.refuse_node_netns(ns)?;
+        }
+        self.detach(&owner, netns)
     }
 
     /// Removes the port, the TAP (if the namespace is known and still there) and the address.
     ///
     /// vswitchd deletes the TAP of a port it knows right after detaching it, without making DEL
     /// wait for the kernel to unregister the device (tens of milliseconds on a busy node); a TAP
-    /// vswitchd never knew (an ADD that died half-way) is deleted here.
+    /// vswitchd never knew (an ADD that died half-way), or any TAP while vswitchd is
+    /// unreachable, is deleted here. Unreachable, the port stays in vswitchd until it notices
+    /// the TAP is gone (running) or drops it at restore (restarting).
     fn detach(&self, owner: &Attachment, netns: Option<&Path>) -> Result<(), CniError> {
-        let known = match self.vswitch().del_port(&port_name(owner), true) {
+        let name = port_name(owner);
+        let device_removed = match self.vswitch().del_port(&name, true) {
             Ok(()) => true,
             Err(e) if e.code() == Some(ErrorCode::NotFound) => false,
+            Err(e) if e.code().is_none() => {
+                self.warn(format!(
+                    "{e}; removed the TAP and released the address without it: vswitchd drops the stale port {name} \
+                     once it sees the TAP gone (or on restart)"
+                ));
+                false
+            }
             Err(e) => return Err(e.into()),
         };
-        if let (false, Some(netns)) = (known, netns) {
-            podnet::remove(netns, &owner.ifname)?;
-        }
-        self.ipam().release(owner)?;
+        let removal = match (device_removed, netns) {
+            (false, Some(ns)) => podnet::remove(ns, &owner.ifname),
+            _ => Ok(()),
+        };
+        let released = self.ipam().release(owner)?;
+        self.note_address(released);
+        removal?;
         Ok(())
     }
 
     pub fn check(&self) -> Result<(), CniError> {
         let owner = self.owner();
+        let netns = self.netns();
+        self.check_sandbox(&netns)?;
         let prev = self
             .conf
             .prev_result
             .as_ref()
             .ok_or_else(|| CniError::new(Code::InvalidConfig, "CHECK needs prevResult"))?;
+        // Our address in prevResult: the IP entry pointing at our interface (by name in this
+        // sandbox), or the first one when the result has no interface indexes.
+        let ours = prev["interfaces"].as_array().and_then(|list| {
+            list.iter().position(|i| {
+                i["name"] == owner.ifname.as_str()
+                    && i["sandbox"].as_str().is_none_or(|s| s.is_empty() || Path::new(s) == netns)
+            })
+        });
+        let ips = prev["ips"].as_array().cloned().unwrap_or_default();
+        let entry = ips
+            .iter()
+            .find(|e| ours.is_some_and(|i| e["interface"].as_u64() == Some(i as u64)))
+            .or_else(|| ips.iter().find(|e| e.get("interface").is_none()))
+            .or(ips.first());
         let expected: Option<Ipv4Addr> =
-            prev["ips"][0]["address"].as_str().and_then(|a| a.split('/').next()).and_then(|a| a.parse().ok());
+            entry.and_then(|e| e["address"].as_str()).and_then(|a| a.split('/').next()).and_then(|a| a.parse().ok());
         let ip = self
             .ipam()
             .lookup(&owner)?
             .ok_or_else(|| CniError::new(Code::UnknownContainer, "no address is reserved for this container"))?;
+        self.note_address(Some(ip));
         if expected != Some(ip) {
             return Err(CniError::with_details(
                 Code::InvalidConfig,
@@ -195,43 +329,106 @@ impl Plugin {
                 format!("{expected:?} vs {ip}"),
             ));
         }
-        podnet::check(&self.netns(), self.interface(&owner, ip))?;
+        // MAC and MTU are not compared: a chained plugin (tuning) may have changed them.
+        podnet::check(&netns, self.interface(&owner, ip, pod_mac(ip)))?;
         let name = port_name(&owner);
         let ports = self.vswitch().ports()?;
         let port = ports
             .iter()
             .find(|p| p.name == name)
             .ok_or_else(|| CniError::new(Code::SwitchRefused, format!("vswitchd has no port {name}")))?;
-        let matches = matches!(port.role, PortRole::Pod { ip: pip, mac } if pip == ip && mac == pod_mac(ip));
-        if !matches {
-            return Err(CniError::new(
-                Code::SwitchRefused,
-                format!("vswitchd's port {name} has another address or MAC"),
-            ));
+        if !matches!(port.role, PortRole::Pod { ip: pip, .. } if pip == ip) {
+            return Err(CniError::new(Code::SwitchRefused, format!("vswitchd's port {name} has another address")));
+        }
+        if port.link != vswitch_api::api::LinkState::Up {
+            return Err(CniError::new(Code::SwitchRefused, format!("vswitchd's port {name} lost its TAP")));
         }
         Ok(())
     }
 
-    /// Removes every attachment of this network that is not in the valid list.
+    /// Removes every attachment of this network that is not in the valid lists (both keys).
+    ///
+    /// Keeps going past failures: each stale attachment loses its port (vswitchd deletes the
+    /// TAP), or, with vswitchd unreachable, its TAP (removed here, where the sandbox is known)
+    /// and in any case its address, except when vswitchd answered and refused to drop the port
+    /// (the address stays with the port then). What could not be done is reported at the end.
     pub fn gc(&self) -> Result<(), CniError> {
-        let valid = self.conf.valid_attachments.clone().unwrap_or_default();
-        let ports = self.vswitch().ports()?;
-        for (_, owner) in self.ipam().allocations()? {
-            if valid.contains(&owner) {
-                continue;
+        let keep = self.conf.keep_attachments();
+        let mut failures = Vec::new();
+        let mut unreachable = false;
+        let ports = match self.vswitch().ports() {
+            Ok(ports) => Some(ports),
+            Err(e) => {
+                unreachable = true;
+                failures.push(format!("listing ports: {e}"));
+                None
             }
-            let name = port_name(&owner);
-            let netns = ports.iter().find(|p| p.name == name).and_then(|p| p.netns.clone());
-            self.detach(&owner, netns.as_deref())?;
+        };
+        let allocations = self.ipam().allocations_with_sandbox()?;
+        let stale: Vec<_> = allocations.into_iter().filter(|a| !keep.contains(&a.owner)).collect();
+        for allocation in &stale {
+            let owner = &allocation.owner;
+            let name = port_name(owner);
+            let known = ports.as_ref().and_then(|ps| ps.iter().find(|p| p.name == name));
+            let netns = known.and_then(|p| p.netns.clone()).or_else(|| allocation.netns.clone());
+            let mut device_removed = false;
+            if ports.is_some() {
+                match self.vswitch().del_port(&name, true) {
+                    Ok(()) => device_removed = true,
+                    Err(e) if e.code() == Some(ErrorCode::NotFound) => {}
+                    Err(e) if e.code().is_none() => {
+                        unreachable = true;
+                        failures.push(format!("{name}: {e}"));
+                    }
+                    Err(e) => {
+                        failures
+                            .push(format!("{name}: vswitchd kept the port, so {} stays reserved: {e}", allocation.ip));
+                        continue;
+                    }
+                }
+            }
+            if !device_removed {
+                match netns {
+                    Some(ns) if stable_netns_path(&ns) && !podnet::is_node_netns(&ns).unwrap_or(false) => {
+                        if let Err(e) = podnet::remove(&ns, &owner.ifname) {
+                            failures.push(format!("{name}: removing {} in {}: {e}", owner.ifname, ns.display()));
+                        }
+                    }
+                    Some(ns) => failures.push(format!(
+                        "{name}: its TAP in {} is left alone (a /proc path may name another sandbox now)",
+                        ns.display()
+                    )),
+                    None if ports.is_none() => {
+                        failures.push(format!("{name}: its sandbox is unknown, so its TAP is left for vswitchd"))
+                    }
+                    None => {}
+                }
+            }
+            if let Err(e) = self.ipam().release(owner) {
+                failures.push(format!("{name}: releasing {}: {e}", allocation.ip));
+            }
         }
-        Ok(())
+        if failures.is_empty() {
+            return Ok(());
+        }
+        let code = if unreachable { Code::TryAgainLater } else { Code::SwitchRefused };
+        Err(CniError::with_details(
+            code,
+            format!("GC removed what it could of {} stale attachments; {} problems", stale.len(), failures.len()),
+            failures.join("; "),
+        ))
     }
 
-    /// Ready for ADDs: vswitchd answers and the pool has an address.
+    /// Ready for ADDs: vswitchd answers (51 otherwise: existing pods may have limited
+    /// connectivity) and the pool has an address (50 otherwise).
     pub fn status(&self) -> Result<(), CniError> {
-        self.vswitch()
-            .status()
-            .map_err(|e| CniError::with_details(Code::NotAvailable, "vswitchd is unreachable", e))?;
+        self.vswitch().status().map_err(|e| {
+            CniError::with_details(
+                Code::LimitedConnectivity,
+                "vswitchd is unreachable: no new pods, and existing ones may have limited connectivity",
+                e,
+            )
+        })?;
         if self.ipam().free()? == 0 {
             return Err(CniError::new(Code::NotAvailable, "the address pool is empty"));
         }

@@ -1,16 +1,18 @@
 //! The pod side: a persistent TAP in the pod's namespace, configured over rtnetlink from a
 //! thread that entered that namespace (so the netlink socket belongs to it).
 //!
-//! eth0 gets the pod's MAC (derived from its IP), the MTU, `IP/32`, a link-scope route to the
-//! gateway, the default route via the gateway, and a permanent neighbour entry for the gateway
-//! (so the pod never has to ARP for it, and a vswitchd restart does not stall its first packets).
+//! eth0 gets the pod's MAC (derived from its IP, or the runtime's `mac`), the MTU, `IP/32`, a
+//! link-scope route to the gateway, the default route via the gateway, and a permanent neighbour
+//! entry for the gateway (so the pod never has to ARP for it, and a vswitchd restart does not
+//! stall its first packets). An interface of that name already in the namespace is refused,
+//! never deleted.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
+use rtnetlink::packet_route::link::LinkFlags;
 use rtnetlink::packet_route::neighbour::NeighbourState;
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteScope};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
@@ -27,6 +29,24 @@ pub enum PodNetError {
     Netlink(#[from] rtnetlink::Error),
     #[error("{0}")]
     Check(String),
+    /// ADD found an interface of that name in the namespace: never ours to delete.
+    #[error("an interface named {0} already exists in the pod's network namespace")]
+    Exists(String),
+}
+
+/// Is `ns` the node's own network namespace (the one pid 1 or this process is in)? Creating or
+/// deleting a pod interface there would touch the node itself.
+pub fn is_node_netns(ns: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let target = std::fs::metadata(ns)?;
+    for own in ["/proc/self/ns/net", "/proc/1/ns/net"] {
+        if let Ok(m) = std::fs::metadata(own) {
+            if (m.dev(), m.ino()) == (target.dev(), target.ino()) {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// What the pod's interface should look like.
@@ -40,13 +60,15 @@ pub struct PodInterface<'a> {
     pub gateway_mac: MacAddr,
 }
 
-/// Creates and configures the pod's TAP. On error, what was created is left for [`remove`].
+/// Creates and configures the pod's TAP. An interface of that name already there is
+/// [`PodNetError::Exists`] and left alone; on any other error, what was created is left for
+/// [`remove`].
 pub fn create(ns: &Path, pod: PodInterface<'_>) -> Result<(), PodNetError> {
     in_netns(ns, move |handle: Handle| async move {
-        // A leftover from an earlier attachment of this sandbox would be attached to, not
-        // created: start clean.
-        if let Some(index) = link_index(&handle, pod.ifname).await? {
-            handle.link().del(index).execute().await?;
+        // TUNSETIFF would attach to an existing TAP rather than fail, and the interface may not
+        // be ours at all (another plugin's, or the runtime's): refuse, and touch nothing.
+        if link_index(&handle, pod.ifname).await?.is_some() {
+            return Err(PodNetError::Exists(pod.ifname.to_string()));
         }
         // Already inside the namespace. The queue is closed again at once: the device persists,
         // and vswitchd attaches its own.
@@ -86,7 +108,9 @@ pub fn remove(ns: &Path, ifname: &str) -> Result<(), PodNetError> {
     Ok(link::delete_link_in(ns, ifname)?)
 }
 
-/// Verifies the interface is as [`create`] left it.
+/// Verifies the interface is there, up, with the pod's address and the default route via the
+/// gateway. Its MAC and MTU are not compared: a chained plugin (tuning) may legitimately have
+/// changed them.
 pub fn check(ns: &Path, pod: PodInterface<'_>) -> Result<(), PodNetError> {
     let fail = |what: String| Err(PodNetError::Check(what));
     if !ns.exists() {
@@ -101,13 +125,6 @@ pub fn check(ns: &Path, pod: PodInterface<'_>) -> Result<(), PodNetError> {
         let index = link.header.index;
         if !link.header.flags.contains(LinkFlags::Up) {
             return fail(format!("{} is down", pod.ifname));
-        }
-        let has = |want: &LinkAttribute| link.attributes.iter().any(|a| a == want);
-        if !has(&LinkAttribute::Address(pod.mac.0.to_vec())) {
-            return fail(format!("{} does not have MAC {}", pod.ifname, pod.mac));
-        }
-        if !has(&LinkAttribute::Mtu(pod.mtu as u32)) {
-            return fail(format!("{} does not have MTU {}", pod.ifname, pod.mtu));
         }
         let addresses: Vec<_> = handle.address().get().set_link_index_filter(index).execute().try_collect().await?;
         let has_ip = addresses.iter().any(|a| {

@@ -1,5 +1,6 @@
 //! The CNI specification's side of the plugin: the environment, the network configuration, the
-//! result and the error, for versions 0.4.0, 1.0.0 and 1.1.0.
+//! result and the error, for versions 0.3.0, 0.3.1, 0.4.0, 1.0.0 and 1.1.0, and the runtime
+//! capabilities this plugin honours (`ips`, `mac`, `bandwidth`).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -7,7 +8,18 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub const SUPPORTED_VERSIONS: &[&str] = &["0.4.0", "1.0.0", "1.1.0"];
+pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
+/// GC and STATUS exist from this version on; older configurations get code 1 for them.
+pub const GC_STATUS_VERSION: &str = "1.1.0";
+
+/// The capabilities vpc-cni honours when its own plugin entry declares them.
+pub const CAPABILITIES: &[&str] = &["ips", "mac", "bandwidth"];
+
+/// Is `version` one whose result has `"version"` per IP and no interface MTU (0.3.x, 0.4.0)?
+pub fn is_pre_1_0(version: &str) -> bool {
+    matches!(version, "0.3.0" | "0.3.1" | "0.4.0")
+}
 
 /// The spec's error codes this plugin returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,14 +32,19 @@ pub enum Code {
     DecodeFailure = 6,
     InvalidConfig = 7,
     TryAgainLater = 11,
-    /// STATUS: the plugin cannot serve ADDs now.
+    /// STATUS: the plugin cannot serve ADDs now (no address to hand out).
     NotAvailable = 50,
+    /// STATUS: the plugin is not available, and existing containers in the network may have
+    /// limited connectivity (vswitchd is unreachable).
+    LimitedConnectivity = 51,
     /// Ours (100+ is plugin-specific): the address pool is exhausted.
     PoolExhausted = 100,
     /// Ours: setting up the pod's interface failed.
     InterfaceSetup = 101,
     /// Ours: vswitchd refused the port.
     SwitchRefused = 102,
+    /// Ours: the requested static address is held by another container.
+    AddressTaken = 103,
 }
 
 /// A CNI error: printed as the spec's error JSON on stdout, with a non-zero exit.
@@ -90,6 +107,10 @@ pub struct CniArgs {
     pub pod_name: Option<String>,
     pub pod_uid: Option<String>,
     pub infra_container_id: Option<String>,
+    /// `IP=10.10.40.77` (or `10.10.40.77/24`): a requested static address.
+    pub ip: Option<Ipv4Addr>,
+    /// `MAC=02:..`: the pod's MAC instead of the derived one.
+    pub mac: Option<vswitch_api::MacAddr>,
 }
 
 impl CniArgs {
@@ -110,6 +131,17 @@ impl CniArgs {
                 "K8S_POD_NAME" => args.pod_name = Some(v),
                 "K8S_POD_UID" => args.pod_uid = Some(v),
                 "K8S_POD_INFRA_CONTAINER_ID" => args.infra_container_id = Some(v),
+                "IP" => {
+                    args.ip = Some(
+                        parse_ip(&v).map_err(|e| CniError::with_details(Code::InvalidEnvironment, "CNI_ARGS IP", e))?,
+                    )
+                }
+                "MAC" => {
+                    args.mac = Some(
+                        parse_mac(&v)
+                            .map_err(|e| CniError::with_details(Code::InvalidEnvironment, "CNI_ARGS MAC", e))?,
+                    )
+                }
                 _ if ignore_unknown => {}
                 _ => {
                     return Err(CniError::with_details(
@@ -122,6 +154,41 @@ impl CniArgs {
         }
         Ok(args)
     }
+}
+
+/// An IPv4 address, alone or with a prefix length (`10.10.40.77` or `10.10.40.77/24`); the
+/// prefix is checked and dropped (pods get a /32 here).
+pub fn parse_ip(text: &str) -> Result<Ipv4Addr, String> {
+    let (addr, prefix) = match text.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (text, None),
+    };
+    if let Some(p) = prefix {
+        if !p.parse::<u8>().is_ok_and(|p| p <= 32) {
+            return Err(format!("'{text}' has no valid prefix length"));
+        }
+    }
+    addr.parse::<Ipv4Addr>().map_err(|_| format!("'{text}' is not an IPv4 address (this network is IPv4 only)"))
+}
+
+/// A MAC the pod may have: unicast and not all zeros.
+pub fn parse_mac(text: &str) -> Result<vswitch_api::MacAddr, String> {
+    let mac: vswitch_api::MacAddr = text.parse().map_err(|e: vswitch_api::MacParseError| e.to_string())?;
+    if mac.is_multicast() || mac == vswitch_api::MacAddr::ZERO {
+        return Err(format!("{mac} is not a unicast MAC"));
+    }
+    Ok(mac)
+}
+
+/// The spec's rule for container IDs: alphanumeric first, then alphanumerics, `_`, `.`, `-`.
+pub fn valid_container_id(id: &str) -> bool {
+    id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+/// The spec's rule for network names (same alphabet as container IDs, so also a safe file name).
+pub fn valid_network_name(name: &str) -> bool {
+    valid_container_id(name)
 }
 
 impl Environment {
@@ -160,24 +227,19 @@ impl Environment {
             }
         }
         if let Some(ifname) = &env.ifname {
-            if ifname.len() > 15
-                || ifname.contains('/')
-                || ifname.contains(char::is_whitespace)
-                || ifname == "."
-                || ifname == ".."
-            {
+            if !vswitch_api::tap::valid_name(ifname) {
                 return Err(CniError::with_details(
                     Code::InvalidEnvironment,
-                    "CNI_IFNAME is not a valid interface name",
+                    "CNI_IFNAME is not a valid interface name (1-15 bytes, no '/', ':' or whitespace, not '.' or '..')",
                     ifname,
                 ));
             }
         }
         if let Some(id) = &env.container_id {
-            if !id.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) {
+            if !valid_container_id(id) {
                 return Err(CniError::with_details(
                     Code::InvalidEnvironment,
-                    "CNI_CONTAINERID has characters outside [A-Za-z0-9_.-]",
+                    "CNI_CONTAINERID must start with a letter or digit and contain only [A-Za-z0-9_.-]",
                     id,
                 ));
             }
@@ -208,15 +270,27 @@ pub struct NetConf {
     pub ipam: IpamConf,
     #[serde(default)]
     pub dns: Option<serde_json::Value>,
-    /// Accepted as the spec requires; this plugin has no runtime capabilities.
+    /// What the runtime sends for the declared capabilities; read with [`RuntimeConfig::from_value`].
     #[serde(default)]
-    #[allow(dead_code)]
     pub runtime_config: Option<serde_json::Value>,
+    /// The capabilities this plugin entry declares (`{"ips": true, ...}`); one vpc-cni cannot
+    /// honour is a configuration error.
+    #[serde(default)]
+    pub capabilities: Option<BTreeMap<String, serde_json::Value>>,
     #[serde(default)]
     pub prev_result: Option<serde_json::Value>,
-    /// GC: the attachments that must stay (both spellings of the 1.1 key are accepted).
-    #[serde(default, rename = "cni.dev/valid-attachments", alias = "cni.dev/attachments")]
+    /// GC: the attachments that must stay. libcni 1.2.3+ sends both spellings of the 1.1 key;
+    /// the union is kept.
+    #[serde(default, rename = "cni.dev/valid-attachments")]
     pub valid_attachments: Option<Vec<Attachment>>,
+    #[serde(default, rename = "cni.dev/attachments")]
+    pub attachments: Option<Vec<Attachment>>,
+    /// One JSON line per invocation goes here; empty disables the log.
+    #[serde(default = "default_log_file")]
+    pub log_file: PathBuf,
+    /// The log is moved to `<logFile>.1` once it is larger than this.
+    #[serde(default = "default_log_max_bytes")]
+    pub log_max_bytes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -261,6 +335,12 @@ fn default_data_dir() -> PathBuf {
 fn default_reuse_delay() -> u64 {
     120
 }
+pub fn default_log_file() -> PathBuf {
+    "/var/log/vpc-cni.log".into()
+}
+pub fn default_log_max_bytes() -> u64 {
+    10 << 20
+}
 
 impl NetConf {
     /// Parses stdin: undecodable is code 6, a bad version 1, a bad field 7.
@@ -287,8 +367,26 @@ impl NetConf {
         if self.plugin_type != "vpc-cni" {
             return invalid(format!("type is '{}', this plugin is vpc-cni", self.plugin_type));
         }
-        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) {
-            return invalid(format!("network name '{}' must be non-empty [A-Za-z0-9_.-]", self.name));
+        if !valid_network_name(&self.name) {
+            return invalid(format!(
+                "network name '{}' must start with a letter or digit and contain only [A-Za-z0-9_.-]",
+                self.name
+            ));
+        }
+        for (capability, enabled) in self.capabilities.iter().flatten() {
+            if enabled.as_bool() != Some(false) && !CAPABILITIES.contains(&capability.as_str()) {
+                return Err(CniError::with_details(
+                    Code::InvalidConfig,
+                    format!(
+                        "capability '{capability}' is declared, but vpc-cni cannot honour it (it honours {})",
+                        CAPABILITIES.join(", ")
+                    ),
+                    capability,
+                ));
+            }
+        }
+        if let Some(rc) = &self.runtime_config {
+            RuntimeConfig::from_value(rc)?;
         }
         if !(576..=9000).contains(&self.mtu) {
             return invalid(format!("mtu {} is outside 576..=9000", self.mtu));
@@ -318,30 +416,158 @@ impl NetConf {
             .unwrap_or_else(|| vswitch_api::MacAddr::local_from(self.gateway.octets()))
     }
 
+    /// GC: the attachments to keep, from both keys.
+    pub fn keep_attachments(&self) -> Vec<Attachment> {
+        let mut keep: Vec<Attachment> =
+            self.valid_attachments.iter().chain(self.attachments.iter()).flatten().cloned().collect();
+        keep.sort();
+        keep.dedup();
+        keep
+    }
+
+    /// The runtime's capability arguments (validated in [`NetConf::parse`]).
+    pub fn runtime(&self) -> Result<RuntimeConfig, CniError> {
+        self.runtime_config.as_ref().map_or(Ok(RuntimeConfig::default()), RuntimeConfig::from_value)
+    }
+
     /// Where this network's IPAM state lives.
     pub fn ipam_dir(&self) -> PathBuf {
         self.ipam.data_dir.join(&self.name)
     }
 }
 
-/// The ADD result, in the shape of the configuration's `cniVersion`.
+/// The runtime's arguments for the capabilities vpc-cni honours, from `runtimeConfig`.
+///
+/// Keys are matched case-insensitively: CONVENTIONS.md spells them camelCase (`ingressRate`),
+/// containerd's go-cni writes Go field names (`IngressRate`, `HostPort`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// `ips`: the requested static address (one IPv4 address; a prefix length is accepted).
+    pub ip: Option<Ipv4Addr>,
+    /// `mac`: the pod's MAC.
+    pub mac: Option<vswitch_api::MacAddr>,
+    /// `bandwidth`: limits for vswitchd (None when no direction is limited).
+    pub bandwidth: Option<vswitch_api::api::Bandwidth>,
+    /// `portMappings`: the chained portmap plugin's business; counted, not acted on.
+    pub port_mappings: usize,
+}
+
+/// The burst used when the runtime gives none (0, or go-cni's MaxUint32 for "unset"): 100 ms
+/// worth of the rate, and at least 64 KiB (so one TSO-sized burst always passes).
+pub fn default_burst_bits(rate_bps: u64) -> u64 {
+    (rate_bps / 10).max(8 * 64 * 1024)
+}
+
+fn lookup<'a>(object: &'a serde_json::Map<String, serde_json::Value>, key: &str) -> Option<&'a serde_json::Value> {
+    object.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v).filter(|v| !v.is_null())
+}
+
+impl RuntimeConfig {
+    pub fn from_value(value: &serde_json::Value) -> Result<RuntimeConfig, CniError> {
+        let bad = |what: &str, detail: String| {
+            CniError::with_details(Code::InvalidConfig, format!("runtimeConfig.{what}"), detail)
+        };
+        let invalid = |what: &str, detail: String| Err(bad(what, detail));
+        let mut rc = RuntimeConfig::default();
+        let object = match value {
+            serde_json::Value::Null => return Ok(rc),
+            serde_json::Value::Object(o) => o,
+            other => return invalid("", format!("must be an object, not {other}")),
+        };
+        if let Some(ips) = lookup(object, "ips") {
+            let Some(list) = ips.as_array() else { return invalid("ips", format!("must be a list, not {ips}")) };
+            let mut parsed = Vec::new();
+            for entry in list {
+                let Some(text) = entry.as_str() else { return invalid("ips", format!("{entry} is not a string")) };
+                match parse_ip(text) {
+                    Ok(ip) => parsed.push(ip),
+                    Err(e) => return invalid("ips", e),
+                }
+            }
+            if parsed.len() > 1 {
+                return invalid(
+                    "ips",
+                    format!("{} addresses requested; a pod here has one IPv4 address", parsed.len()),
+                );
+            }
+            rc.ip = parsed.pop();
+        }
+        if let Some(mac) = lookup(object, "mac") {
+            let Some(text) = mac.as_str() else { return invalid("mac", format!("{mac} is not a string")) };
+            rc.mac = Some(parse_mac(text).map_err(|e| bad("mac", e))?);
+        }
+        if let Some(bw) = lookup(object, "bandwidth") {
+            let Some(bw) = bw.as_object() else { return invalid("bandwidth", format!("must be an object, not {bw}")) };
+            let number = |key: &str| -> Result<u64, CniError> {
+                match lookup(bw, key) {
+                    None => Ok(0),
+                    Some(v) => v.as_u64().ok_or_else(|| bad("bandwidth", format!("{key} is {v}, not a count"))),
+                }
+            };
+            let limit = |rate: &str, burst: &str| -> Result<Option<vswitch_api::api::RateLimit>, CniError> {
+                let rate_bps = number(rate)?;
+                let burst = number(burst)?;
+                if rate_bps == 0 {
+                    return Ok(None);
+                }
+                let burst_bits =
+                    if burst == 0 || burst == u64::from(u32::MAX) { default_burst_bits(rate_bps) } else { burst };
+                Ok(Some(vswitch_api::api::RateLimit { rate_bps, burst_bits }))
+            };
+            let ingress = limit("ingressRate", "ingressBurst")?;
+            let egress = limit("egressRate", "egressBurst")?;
+            if ingress.is_some() || egress.is_some() {
+                rc.bandwidth = Some(vswitch_api::api::Bandwidth { ingress, egress });
+            }
+        }
+        if let Some(pm) = lookup(object, "portMappings") {
+            let Some(list) = pm.as_array() else { return invalid("portMappings", format!("must be a list, not {pm}")) };
+            rc.port_mappings = list.len();
+        }
+        // io.kubernetes.cri.pod-annotations and anything else a runtime adds: not ours.
+        Ok(rc)
+    }
+}
+
+/// The ADD result, in the shape of the configuration's `cniVersion`. When vpc-cni is not first
+/// in a chain, the `prevResult` it was given is kept and our interface, address and route are
+/// appended to it.
 pub fn add_result(conf: &NetConf, ifname: &str, mac: &str, sandbox: &str, ip: Ipv4Addr) -> serde_json::Value {
+    let old = is_pre_1_0(&conf.cni_version);
+    let mut result = match &conf.prev_result {
+        Some(serde_json::Value::Object(prev)) => serde_json::Value::Object(prev.clone()),
+        _ => serde_json::json!({}),
+    };
+    result["cniVersion"] = serde_json::json!(conf.cni_version);
+    let mut interface = serde_json::json!({"name": ifname, "mac": mac, "sandbox": sandbox});
+    if !old {
+        interface["mtu"] = serde_json::json!(conf.mtu);
+    }
+    let array = |result: &mut serde_json::Value, key: &str| -> usize {
+        if !result.get(key).is_some_and(|v| v.is_array()) {
+            result[key] = serde_json::json!([]);
+        }
+        result[key].as_array().map_or(0, |a| a.len())
+    };
+    let index = array(&mut result, "interfaces");
+    result["interfaces"].as_array_mut().expect("array").push(interface);
     let mut ip_entry =
-        serde_json::json!({"address": format!("{ip}/32"), "gateway": conf.gateway.to_string(), "interface": 0});
-    if conf.cni_version == "0.4.0" {
+        serde_json::json!({"address": format!("{ip}/32"), "gateway": conf.gateway.to_string(), "interface": index});
+    if old {
         ip_entry["version"] = serde_json::json!("4");
     }
-    let mut result = serde_json::json!({
-        "cniVersion": conf.cni_version,
-        "interfaces": [{"name": ifname, "mac": mac, "sandbox": sandbox, "mtu": conf.mtu}],
-        "ips": [ip_entry],
-        "routes": [{"dst": "0.0.0.0/0", "gw": conf.gateway.to_string()}],
-    });
-    if conf.cni_version == "0.4.0" {
-        result["interfaces"][0].as_object_mut().expect("object").remove("mtu");
+    array(&mut result, "ips");
+    result["ips"].as_array_mut().expect("array").push(ip_entry);
+    array(&mut result, "routes");
+    let default = serde_json::json!({"dst": "0.0.0.0/0", "gw": conf.gateway.to_string()});
+    let routes = result["routes"].as_array_mut().expect("array");
+    if !routes.iter().any(|r| r["dst"] == "0.0.0.0/0") {
+        routes.push(default);
     }
     if let Some(dns) = &conf.dns {
-        result["dns"] = dns.clone();
+        if result.get("dns").is_none_or(|d| d.is_null() || d.as_object().is_some_and(|o| o.is_empty())) {
+            result["dns"] = dns.clone();
+        }
     }
     result
 }
@@ -395,7 +621,7 @@ mod tests {
         assert!(NetConf::parse(good.as_bytes()).is_ok());
         assert_eq!(NetConf::parse(b"{nope").unwrap_err().code, Code::DecodeFailure);
         assert_eq!(
-            NetConf::parse(good.replace("1.1.0", "0.3.1").as_bytes()).unwrap_err().code,
+            NetConf::parse(good.replace("1.1.0", "0.2.0").as_bytes()).unwrap_err().code,
             Code::IncompatibleVersion
         );
         assert_eq!(NetConf::parse(good.replace("vpc-cni", "bridge").as_bytes()).unwrap_err().code, Code::InvalidConfig);
@@ -408,7 +634,136 @@ mod tests {
             Code::InvalidConfig
         );
         let gc = r#"{"cniVersion":"1.1.0","name":"vpc","type":"vpc-cni","ipam":{"ranges":[{"rangeStart":"10.10.40.10","rangeEnd":"10.10.40.20"}]},"cni.dev/attachments":[{"containerID":"a","ifname":"eth0"}]}"#;
-        assert_eq!(NetConf::parse(gc.as_bytes()).unwrap().valid_attachments.unwrap().len(), 1);
+        assert_eq!(NetConf::parse(gc.as_bytes()).unwrap().keep_attachments().len(), 1);
+        for name in ["", "-vpc", ".vpc", "vpc/x", "vpc net"] {
+            let bad = good.replace(r#""name":"vpc""#, &format!(r#""name":"{name}""#));
+            assert_eq!(NetConf::parse(bad.as_bytes()).unwrap_err().code, Code::InvalidConfig, "name {name:?}");
+        }
+        for version in SUPPORTED_VERSIONS {
+            assert!(NetConf::parse(good.replace("1.1.0", version).as_bytes()).is_ok(), "{version}");
+        }
+    }
+
+    fn conf_with(extra: &str) -> Result<NetConf, CniError> {
+        let text = format!(
+            r#"{{"cniVersion":"1.1.0","name":"vpc","type":"vpc-cni","ipam":{{"ranges":[{{"rangeStart":"10.10.40.10","rangeEnd":"10.10.40.20"}}]}}{extra}}}"#
+        );
+        NetConf::parse(text.as_bytes())
+    }
+
+    #[test]
+    fn gc_takes_the_union_of_both_attachment_keys() {
+        // libcni 1.2.3+ sends both; this used to be a "duplicate field" error.
+        let conf = conf_with(
+            r#","cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"},{"containerID":"b","ifname":"eth0"}],
+               "cni.dev/attachments":[{"containerID":"b","ifname":"eth0"},{"containerID":"c","ifname":"net1"}]"#,
+        )
+        .unwrap();
+        let keep: Vec<String> =
+            conf.keep_attachments().iter().map(|a| format!("{}:{}", a.container_id, a.ifname)).collect();
+        assert_eq!(keep, ["a:eth0", "b:eth0", "c:net1"]);
+    }
+
+    #[test]
+    fn container_ids_and_interface_names_follow_the_spec() {
+        let with = |id: &str, ifname: &str| {
+            env(&[
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", id),
+                ("CNI_NETNS", "/run/netns/x"),
+                ("CNI_IFNAME", ifname),
+                ("CNI_PATH", "/opt/cni/bin"),
+            ])
+        };
+        for id in ["abc", "0abc", "a_b.c-d", "A"] {
+            assert!(with(id, "eth0").is_ok(), "{id}");
+        }
+        for id in ["", "_abc", ".abc", "-abc", "a/b", "a b", "a:b", "é"] {
+            assert_eq!(with(id, "eth0").unwrap_err().code, Code::InvalidEnvironment, "{id:?}");
+        }
+        for ifname in ["eth0", "net1", "a", "fifteen-bytes-x"] {
+            assert!(with("abc", ifname).is_ok(), "{ifname}");
+        }
+        for ifname in ["", ".", "..", "a/b", "a:b", "a b", "a\tb", "sixteen-bytes-xx"] {
+            assert_eq!(with("abc", ifname).unwrap_err().code, Code::InvalidEnvironment, "{ifname:?}");
+        }
+    }
+
+    #[test]
+    fn cni_args_carry_a_static_ip_and_mac() {
+        let a = CniArgs::parse("IP=10.10.40.77;MAC=02:00:00:00:00:77").unwrap();
+        assert_eq!(a.ip, Some(Ipv4Addr::new(10, 10, 40, 77)));
+        assert_eq!(a.mac.unwrap().to_string(), "02:00:00:00:00:77");
+        assert_eq!(CniArgs::parse("IP=10.10.40.77/24").unwrap().ip, Some(Ipv4Addr::new(10, 10, 40, 77)));
+        for bad in [
+            "IP=10.10.40.300",
+            "IP=fd00::1",
+            "IP=10.0.0.1/33",
+            "MAC=01:00:5e:00:00:01",
+            "MAC=00:00:00:00:00:00",
+            "MAC=zz",
+        ] {
+            assert_eq!(CniArgs::parse(bad).unwrap_err().code, Code::InvalidEnvironment, "{bad}");
+        }
+    }
+
+    #[test]
+    fn runtime_config_is_read_in_go_and_camel_case_spelling() {
+        let go = serde_json::json!({
+            "portMappings": [{"HostPort": 18080, "ContainerPort": 8080, "Protocol": "tcp", "HostIP": ""}],
+            "bandwidth": {"IngressRate": 10_000_000u64, "IngressBurst": 4_294_967_295u64, "EgressRate": 0, "EgressBurst": 0},
+            "io.kubernetes.cri.pod-annotations": null,
+            "IPs": ["10.10.40.77/24"],
+            "Mac": "02:00:00:00:00:77",
+        });
+        let camel = serde_json::json!({
+            "portMappings": [{"hostPort": 18080, "containerPort": 8080, "protocol": "tcp"}],
+            "bandwidth": {"ingressRate": 10_000_000u64, "ingressBurst": 0, "egressRate": 0, "egressBurst": 0},
+            "io.kubernetes.cri.pod-annotations": {"a": "b"},
+            "ips": ["10.10.40.77"],
+            "mac": "02:00:00:00:00:77",
+        });
+        let expected = RuntimeConfig {
+            ip: Some(Ipv4Addr::new(10, 10, 40, 77)),
+            mac: Some("02:00:00:00:00:77".parse().unwrap()),
+            bandwidth: Some(vswitch_api::api::Bandwidth {
+                ingress: Some(vswitch_api::api::RateLimit { rate_bps: 10_000_000, burst_bits: 1_000_000 }),
+                egress: None,
+            }),
+            port_mappings: 1,
+        };
+        assert_eq!(RuntimeConfig::from_value(&go).unwrap(), expected);
+        assert_eq!(RuntimeConfig::from_value(&camel).unwrap(), expected);
+        // An explicit burst is kept; a small rate gets the 64 KiB floor.
+        let explicit =
+            RuntimeConfig::from_value(&serde_json::json!({"bandwidth": {"egressRate": 1000, "egressBurst": 5000}}))
+                .unwrap();
+        assert_eq!(explicit.bandwidth.unwrap().egress.unwrap().burst_bits, 5000);
+        assert_eq!(default_burst_bits(1000), 8 * 64 * 1024);
+        assert_eq!(RuntimeConfig::from_value(&serde_json::json!({"bandwidth": {}})).unwrap().bandwidth, None);
+        for bad in [
+            serde_json::json!({"ips": ["fd00::1"]}),
+            serde_json::json!({"ips": ["10.0.0.1", "10.0.0.2"]}),
+            serde_json::json!({"ips": "10.0.0.1"}),
+            serde_json::json!({"mac": "ff:ff:ff:ff:ff:ff"}),
+            serde_json::json!({"bandwidth": {"ingressRate": -1}}),
+            serde_json::json!([]),
+        ] {
+            assert_eq!(RuntimeConfig::from_value(&bad).unwrap_err().code, Code::InvalidConfig, "{bad}");
+        }
+        // Checked at parse time too.
+        assert_eq!(conf_with(r#","runtimeConfig":{"mac":"01:00:00:00:00:00"}"#).unwrap_err().code, Code::InvalidConfig);
+        assert!(conf_with(r#","runtimeConfig":{"ips":["10.10.40.15"]}"#).unwrap().runtime().unwrap().ip.is_some());
+    }
+
+    #[test]
+    fn capabilities_vpc_cni_cannot_honour_are_refused() {
+        assert!(conf_with(r#","capabilities":{"ips":true,"mac":true,"bandwidth":true}"#).is_ok());
+        assert!(conf_with(r#","capabilities":{"portMappings":false}"#).is_ok(), "declared off");
+        let err = conf_with(r#","capabilities":{"ips":true,"portMappings":true}"#).unwrap_err();
+        assert_eq!(err.code, Code::InvalidConfig);
+        assert!(err.msg.contains("portMappings"), "{err}");
+        assert_eq!(conf_with(r#","capabilities":{"infinibandGUID":true}"#).unwrap_err().code, Code::InvalidConfig);
     }
 
     #[test]
@@ -418,5 +773,35 @@ mod tests {
         assert_eq!(r["ips"][0]["version"], "4");
         assert_eq!(r["dns"]["nameservers"][0], "10.96.0.10");
         assert!(r["interfaces"][0].get("mtu").is_none());
+        for version in ["0.3.0", "0.3.1"] {
+            let conf = conf_with("").map(|c| NetConf { cni_version: version.into(), ..c }).unwrap();
+            let r = add_result(&conf, "eth0", "02:00:0a:0a:28:0a", "/run/netns/x", Ipv4Addr::new(10, 10, 40, 10));
+            assert_eq!((r["cniVersion"].as_str(), r["ips"][0]["version"].as_str()), (Some(version), Some("4")));
+            assert!(r["interfaces"][0].get("mtu").is_none());
+        }
+        let conf = conf_with("").unwrap();
+        let r = add_result(&conf, "eth0", "02:00:0a:0a:28:0a", "/run/netns/x", Ipv4Addr::new(10, 10, 40, 10));
+        assert!(r["ips"][0].get("version").is_none());
+        assert_eq!(r["interfaces"][0]["mtu"], 1500);
+    }
+
+    #[test]
+    fn a_prev_result_is_kept_and_extended() {
+        let conf = conf_with(
+            r#","dns":{"nameservers":["10.96.0.10"]},"prevResult":{"cniVersion":"1.1.0",
+               "interfaces":[{"name":"lo","sandbox":"/run/netns/x"}],"ips":[{"address":"127.0.0.1/8","interface":0}],
+               "dns":{"nameservers":["1.1.1.1"]}}"#,
+        )
+        .unwrap();
+        let r = add_result(&conf, "eth0", "02:00:0a:0a:28:0a", "/run/netns/x", Ipv4Addr::new(10, 10, 40, 10));
+        assert_eq!(r["interfaces"].as_array().unwrap().len(), 2);
+        assert_eq!(r["interfaces"][1]["name"], "eth0");
+        assert_eq!(
+            r["ips"][1],
+            serde_json::json!({"address": "10.10.40.10/32", "gateway": "169.254.1.1", "interface": 1})
+        );
+        assert_eq!(r["ips"][0]["address"], "127.0.0.1/8");
+        assert_eq!(r["routes"][0]["dst"], "0.0.0.0/0");
+        assert_eq!(r["dns"]["nameservers"][0], "1.1.1.1", "an earlier plugin's DNS stays");
     }
 }

@@ -40,8 +40,17 @@ impl Lab {
             "ipam": {
                 "ranges": [{"rangeStart": format!("10.10.{}.10", self.subnet), "rangeEnd": format!("10.10.{}.250", self.subnet)}],
                 "dataDir": self.dir.0.join("ipam"),
-            }
+            },
+            "logFile": self.dir.0.join("vpc-cni.log"),
         })
+    }
+
+    fn allocations(&self) -> serde_json::Map<String, Value> {
+        self.ipam_state()["allocations"].as_object().cloned().unwrap_or_default()
+    }
+
+    fn port(&self, name: &str) -> Option<Value> {
+        self.daemon.ctl_json(&["ports"]).as_array().unwrap().iter().find(|p| p["name"] == name).cloned()
     }
 
     fn ipam_state(&self) -> Value {
@@ -240,7 +249,7 @@ fn bad_input_gets_the_specs_error_codes() {
     };
     // VERSION.
     let (ok, v) = cni_env("VERSION", &[], None, &json!({"cniVersion": "1.0.0"}));
-    assert!(ok && v["supportedVersions"] == json!(["0.4.0", "1.0.0", "1.1.0"]), "{v}");
+    assert!(ok && v["supportedVersions"] == json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]), "{v}");
     // Environment.
     assert_eq!(code(cni_env("ADD", &[("CNI_IFNAME", "eth0")], Some(&pod.path()), &conf)), 4, "no container id");
     assert_eq!(code(cni_env("FROB", &[], None, &conf)), 4);
@@ -276,7 +285,7 @@ fn bad_input_gets_the_specs_error_codes() {
         .unwrap();
     assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap()["code"], 6);
     let mut old = conf.clone();
-    old["cniVersion"] = json!("0.3.1");
+    old["cniVersion"] = json!("0.2.0");
     assert_eq!(code(cni("ADD", "x", Some(&pod.path()), &old)), 1);
     let mut wrong = conf.clone();
     wrong["ipam"]["ranges"] = json!([]);
@@ -289,9 +298,9 @@ fn bad_input_gets_the_specs_error_codes() {
     assert_eq!(code(cni("ADD", "x", Some(&pod.path()), &down)), 11);
     assert!(!has_link(&pod, "eth0"));
     assert!(lab.ipam_state()["allocations"].as_object().is_none_or(|a| a.is_empty()));
-    // STATUS: fine when up, 50 when down or out of addresses.
+    // STATUS: fine when up, 51 when vswitchd is down, 50 when out of addresses.
     assert!(cni_env("STATUS", &[], None, &conf).0);
-    assert_eq!(code(cni_env("STATUS", &[], None, &down)), 50);
+    assert_eq!(code(cni_env("STATUS", &[], None, &down)), 51);
     let mut tiny = conf.clone();
     tiny["ipam"]["ranges"] = json!([{"rangeStart": "10.10.55.200", "rangeEnd": "10.10.55.200"}]);
     tiny["name"] = json!("tiny");
@@ -354,4 +363,236 @@ fn a_chained_reference_plugin_runs_after_vpc_cni() {
     assert_eq!(String::from_utf8_lossy(&sysctl.stdout).trim(), "2");
     assert!(run_tuning("DEL").status.success());
     assert!(cni("DEL", "chain", Some(&pod.path()), &conf).0);
+}
+
+/// Runs the plugin with the lab's environment but `args` as CNI_ARGS.
+fn cni_args(command: &str, container: &str, netns: &Path, args: &str, conf: &Value) -> (bool, Value) {
+    cni_env(command, &[("CNI_CONTAINERID", container), ("CNI_IFNAME", "eth0"), ("CNI_ARGS", args)], Some(netns), conf)
+}
+
+fn code_of((ok, v): (bool, Value)) -> u64 {
+    assert!(!ok, "should fail: {v}");
+    v["code"].as_u64().unwrap_or_else(|| panic!("no code: {v}"))
+}
+
+fn link_field(ns: &Netns, dev: &str, field: &str) -> Value {
+    let out = ns.exec(&["ip", "-j", "link", "show", dev]);
+    serde_json::from_slice::<Value>(&out.stdout).unwrap()[0][field].clone()
+}
+
+#[test]
+fn gc_with_both_attachment_keys_keeps_their_union() {
+    let lab = lab(58);
+    let conf = lab.conf("1.1.0");
+    let pods: Vec<Netns> = (0..3).map(|_| Netns::new("vtp")).collect();
+    for (i, ns) in pods.iter().enumerate() {
+        assert!(cni("ADD", &format!("gc-{i}"), Some(&ns.path()), &conf).0);
+    }
+    // libcni 1.2.3+ sends both keys.
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "gc-0", "ifname": "eth0"}]);
+    gc["cni.dev/attachments"] = json!([{"containerID": "gc-1", "ifname": "eth0"}]);
+    let (ok, out) = cni_env("GC", &[], None, &gc);
+    assert!(ok, "{out}");
+    assert_eq!(lab.allocations().len(), 2);
+    assert!(has_link(&pods[0], "eth0") && has_link(&pods[1], "eth0") && link_gone_soon(&pods[2], "eth0"));
+    assert!(lab.port("gc-2:eth0").is_none() && lab.port("gc-0:eth0").is_some() && lab.port("gc-1:eth0").is_some());
+    // GC is a 1.1.0 verb.
+    let mut old = gc.clone();
+    old["cniVersion"] = json!("1.0.0");
+    assert_eq!(code_of(cni_env("GC", &[], None, &old)), 1);
+    assert_eq!(code_of(cni_env("STATUS", &[], None, &old)), 1);
+    assert_eq!(lab.allocations().len(), 2, "a refused GC removed nothing");
+    for (i, ns) in pods.iter().enumerate().take(2) {
+        assert!(cni("DEL", &format!("gc-{i}"), Some(&ns.path()), &conf).0);
+    }
+}
+
+#[test]
+fn del_and_gc_with_vswitchd_down_remove_taps_and_release_addresses() {
+    let mut lab = lab(59);
+    let conf = lab.conf("1.1.0");
+    let pods: Vec<Netns> = (0..3).map(|_| Netns::new("vtp")).collect();
+    for (i, ns) in pods.iter().enumerate() {
+        assert!(cni("ADD", &format!("down-{i}"), Some(&ns.path()), &conf).0);
+    }
+    lab.daemon.kill9();
+    // DEL never blocks the pod's removal.
+    let (ok, out) = cni("DEL", "down-0", Some(&pods[0].path()), &conf);
+    assert!(ok && out.is_null(), "DEL with vswitchd down: {out}");
+    assert!(!has_link(&pods[0], "eth0"), "the plugin removed the TAP itself");
+    assert_eq!(lab.allocations().len(), 2);
+    assert!(cni("DEL", "down-0", Some(&pods[0].path()), &conf).0, "and stays idempotent");
+    let log = std::fs::read_to_string(lab.dir.0.join("vpc-cni.log")).unwrap();
+    assert!(log.lines().any(|l| l.contains("\"command\":\"DEL\"") && l.contains("warnings")), "{log}");
+    // STATUS: not available, existing pods may have limited connectivity.
+    assert_eq!(code_of(cni_env("STATUS", &[], None, &conf)), 51);
+    // GC keeps going: the stale attachment's TAP (its sandbox is in the IPAM state) and address
+    // go, and the error says vswitchd could not be reached.
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "down-1", "ifname": "eth0"}]);
+    let (ok, err) = cni_env("GC", &[], None, &gc);
+    assert!(!ok && err["code"] == 11 && err["details"].as_str().unwrap().contains("unreachable"), "{err}");
+    assert!(!has_link(&pods[2], "eth0") && has_link(&pods[1], "eth0"));
+    assert_eq!(lab.allocations().len(), 1);
+    // A restarted vswitchd drops the ports whose TAP is gone.
+    let node = &lab.node;
+    lab.daemon.spawn(node, 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while lab.port("down-0:eth0").is_some() || lab.port("down-2:eth0").is_some() {
+        assert!(std::time::Instant::now() < deadline, "stale ports kept: {}", lab.daemon.ctl_json(&["ports"]));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(cni("DEL", "down-1", Some(&pods[1].path()), &conf).0);
+    assert!(lab.allocations().is_empty());
+}
+
+#[test]
+fn environment_edges_are_refused_before_anything_happens() {
+    let lab = lab(60);
+    let conf = lab.conf("1.1.0");
+    let pod = Netns::new("vtp");
+    let run = |id: &str, ifname: &str| {
+        cni_env("ADD", &[("CNI_CONTAINERID", id), ("CNI_IFNAME", ifname)], Some(&pod.path()), &conf)
+    };
+    for (id, ifname) in [
+        ("_x", "eth0"),
+        ("-x", "eth0"),
+        ("x/y", "eth0"),
+        ("x", "a-name-too-long!"),
+        ("x", "eth:0"),
+        ("x", "eth 0"),
+        ("x", ".."),
+        ("x", "a/b"),
+    ] {
+        assert_eq!(code_of(run(id, ifname)), 4, "{id:?} {ifname:?}");
+    }
+    assert!(!has_link(&pod, "eth0") && lab.allocations().is_empty());
+    // The node's own namespace is never a pod's.
+    // (/proc/1/ns/net only where this sandbox lets root stat it.)
+    for node in ["/proc/self/ns/net", "/proc/1/ns/net"].into_iter().filter(|p| std::fs::metadata(p).is_ok()) {
+        assert_eq!(code_of(cni("ADD", "x", Some(Path::new(node)), &conf)), 4, "ADD in {node}");
+        assert_eq!(code_of(cni("DEL", "x", Some(Path::new(node)), &conf)), 4, "DEL in {node}");
+    }
+    assert!(lab.allocations().is_empty());
+    // An interface of that name already in the namespace: refused, and left alone.
+    pod.ip(&["tuntap", "add", "dev", "eth0", "mode", "tun"]); // not ours: a TUN, not a TAP
+    let (ok, err) = cni("ADD", "taken", Some(&pod.path()), &conf);
+    assert!(!ok && err["code"] == 101 && err["msg"].as_str().unwrap().contains("interface"), "{err}");
+    assert!(has_link(&pod, "eth0"), "the existing interface was not deleted");
+    assert!(lab.allocations().is_empty() && lab.port("taken:eth0").is_none());
+    // A second ADD for a running pod is refused without disturbing it.
+    let other = Netns::new("vtp");
+    let (ok, first) = cni("ADD", "twice", Some(&other.path()), &conf);
+    assert!(ok, "{first}");
+    assert_eq!(code_of(cni("ADD", "twice", Some(&other.path()), &conf)), 101);
+    assert!(has_link(&other, "eth0") && lab.port("twice:eth0").is_some());
+    assert!(lab.allocations().contains_key(&address(&first).to_string()), "the pod kept its address");
+    let mut checked = conf.clone();
+    checked["prevResult"] = first;
+    assert!(cni("CHECK", "twice", Some(&other.path()), &checked).0);
+    assert!(cni("DEL", "twice", Some(&other.path()), &conf).0);
+}
+
+#[test]
+fn capabilities_static_ip_mac_bandwidth_and_old_result_shapes() {
+    let lab = lab(61);
+    let conf = lab.conf("1.0.0");
+    let pods: Vec<Netns> = (0..4).map(|_| Netns::new("vtp")).collect();
+    let args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart-0";
+    // runtimeConfig as containerd's go-cni writes it: Go field names.
+    let mut caps = conf.clone();
+    caps["capabilities"] = json!({"ips": true, "mac": true, "bandwidth": true});
+    caps["runtimeConfig"] = json!({
+        "ips": ["10.10.61.77/24"],
+        "mac": "02:42:ac:11:00:77",
+        "bandwidth": {"IngressRate": 10_000_000u64, "IngressBurst": 4_294_967_295u64, "EgressRate": 20_000_000u64, "EgressBurst": 3_000_000u64},
+        "portMappings": [{"HostPort": 18080, "ContainerPort": 8080, "Protocol": "tcp", "HostIP": ""}],
+        "io.kubernetes.cri.pod-annotations": null,
+    });
+    let (ok, r) = cni_args("ADD", "cap-0", &pods[0].path(), args, &caps);
+    assert!(ok, "{r}");
+    assert_eq!(address(&r).to_string(), "10.10.61.77");
+    assert_eq!(r["interfaces"][0]["mac"], "02:42:ac:11:00:77");
+    assert_eq!(link_field(&pods[0], "eth0", "address"), "02:42:ac:11:00:77");
+    let port = lab.port("cap-0:eth0").unwrap();
+    assert_eq!(port["mac"], "02:42:ac:11:00:77", "{port}");
+    assert_eq!(port["pod"], json!({"namespace": "shop", "name": "cart-0"}));
+    assert_eq!(
+        port["bandwidth"],
+        json!({"ingress": {"rate_bps": 10_000_000u64, "burst_bits": 1_000_000u64},
+               "egress": {"rate_bps": 20_000_000u64, "burst_bits": 3_000_000u64}}),
+        "{port}"
+    );
+    // The same address through CNI_ARGS: taken. Outside the ranges: refused. Nothing is left.
+    assert_eq!(code_of(cni_args("ADD", "cap-1", &pods[1].path(), "IP=10.10.61.77", &conf)), 103);
+    assert_eq!(code_of(cni_args("ADD", "cap-1", &pods[1].path(), "IP=10.10.99.1", &conf)), 7);
+    assert!(!has_link(&pods[1], "eth0") && lab.allocations().len() == 1);
+    let (ok, r1) = cni_args("ADD", "cap-1", &pods[1].path(), "IP=10.10.61.78;MAC=02:00:00:00:61:78", &conf);
+    assert!(
+        ok && address(&r1).to_string() == "10.10.61.78" && r1["interfaces"][0]["mac"] == "02:00:00:00:61:78",
+        "{r1}"
+    );
+    // A capability vpc-cni cannot honour, declared on its own entry, is a configuration error.
+    let mut wrong = conf.clone();
+    wrong["capabilities"] = json!({"portMappings": true});
+    let (ok, err) = cni("ADD", "cap-2", Some(&pods[2].path()), &wrong);
+    assert!(!ok && err["code"] == 7 && err["msg"].as_str().unwrap().contains("portMappings"), "{err}");
+    // 0.3.1 (Multus attachments): "version" per address, no interface MTU; no CHECK.
+    let mut old = conf.clone();
+    old["cniVersion"] = json!("0.3.1");
+    let (ok, r3) = cni("ADD", "cap-3", Some(&pods[3].path()), &old);
+    assert!(ok, "{r3}");
+    assert_eq!((r3["cniVersion"].as_str(), r3["ips"][0]["version"].as_str()), (Some("0.3.1"), Some("4")));
+    assert!(r3["interfaces"][0].get("mtu").is_none(), "{r3}");
+    let mut check = old.clone();
+    check["prevResult"] = r3;
+    assert_eq!(code_of(cni("CHECK", "cap-3", Some(&pods[3].path()), &check)), 1);
+    assert!(cni("DEL", "cap-3", Some(&pods[3].path()), &old).0);
+    for (i, ns) in pods.iter().enumerate().take(2) {
+        assert!(cni("DEL", &format!("cap-{i}"), Some(&ns.path()), &conf).0);
+    }
+    assert!(lab.allocations().is_empty());
+}
+
+#[test]
+fn every_verb_is_logged_the_log_rotates_and_check_tolerates_an_mtu_change() {
+    let lab = lab(62);
+    let mut conf = lab.conf("1.1.0");
+    let log = lab.dir.0.join("logs/vpc-cni.log");
+    conf["logFile"] = json!(log);
+    let pod = Netns::new("vtp");
+    let (ok, r) = cni("ADD", "logged", Some(&pod.path()), &conf);
+    assert!(ok, "{r}");
+    // A chained plugin (tuning) changing the MTU and MAC does not fail CHECK.
+    pod.ip(&["link", "set", "eth0", "mtu", "1400", "address", "02:00:00:00:00:99"]);
+    let mut checked = conf.clone();
+    checked["prevResult"] = r.clone();
+    let (ok, out) = cni("CHECK", "logged", Some(&pod.path()), &checked);
+    assert!(ok, "CHECK after an MTU change: {out}");
+    assert!(cni("DEL", "logged", Some(&pod.path()), &conf).0);
+    let (ok, _) = cni("CHECK", "logged", Some(&pod.path()), &checked);
+    assert!(!ok, "CHECK after DEL fails");
+    let lines: Vec<Value> =
+        std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let commands: Vec<&str> = lines.iter().map(|l| l["command"].as_str().unwrap()).collect();
+    assert_eq!(commands, ["ADD", "CHECK", "DEL", "CHECK"]);
+    for line in &lines {
+        assert_eq!((line["podNamespace"].as_str(), line["podName"].as_str()), (Some("default"), Some("web-0")));
+        assert_eq!(line["containerID"], "logged");
+        assert!(line["durationMs"].as_f64().is_some() && line["time"].is_string());
+    }
+    assert_eq!(lines[0]["address"], r["ips"][0]["address"].as_str().unwrap().trim_end_matches("/32"));
+    assert!(lines[0]["ok"] == true && lines[3]["ok"] == false && lines[3]["code"].is_u64(), "{:?}", lines[3]);
+    // Bounded: past logMaxBytes the file moves to .1.
+    conf["logMaxBytes"] = json!(1000);
+    for _ in 0..12 {
+        cni_env("STATUS", &[], None, &conf);
+    }
+    let size = std::fs::metadata(&log).unwrap().len();
+    let rotated = lab.dir.0.join("logs/vpc-cni.log.1");
+    assert!(size <= 1000 && rotated.exists() && std::fs::metadata(&rotated).unwrap().len() <= 1000, "{size}");
+    // An unwritable log never fails the verb.
+    conf["logFile"] = json!("/proc/vpc-cni-cannot-log-here.log");
+    assert!(cni_env("STATUS", &[], None, &conf).0);
 }
