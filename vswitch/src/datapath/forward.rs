@@ -165,44 +165,22 @@ fn to_control(slow_path: &tokio::sync::mpsc::Sender<SlowPacket>, stats: &WorkerS
 mod tests {
     use std::net::Ipv4Addr;
 
-    use fib::{Fib, Ipv4Prefix};
+    use fib::Fib;
 
     use super::*;
     use crate::pipeline::IcmpLimiter;
     use crate::port::MemoryPort;
-    use crate::state::{Adjacency, ForwardingState, NextHop, PortInfo, PortRole};
+    use crate::state::ForwardingStateBuilder;
     use crate::wire::captured::ICMP_ECHO_REQUEST;
     use crate::wire::{vnet, MacAddr};
 
     /// Two pods on in-memory ports: 10.0.0.1 (port 0) and 10.0.0.2 (port 1), as in the capture.
     fn setup() -> (Snapshot, Vec<Arc<MemoryPort>>, Fib<Ipv4Addr>, Forwarder, tokio::sync::mpsc::Receiver<SlowPacket>) {
         let gw: MacAddr = "02:42:ac:11:00:03".parse().unwrap(); // the capture's destination MAC
-        let macs: [MacAddr; 2] = ["02:42:ac:11:00:02".parse().unwrap(), "02:00:00:00:00:22".parse().unwrap()];
-        let mut fib = Fib::new();
-        fib.insert(Ipv4Prefix::host(Ipv4Addr::new(10, 0, 0, 1)), 0).unwrap();
-        fib.insert(Ipv4Prefix::host(Ipv4Addr::new(10, 0, 0, 2)), 1).unwrap();
-        fib.publish();
-        let ports = (0..2u16)
-            .map(|i| {
-                Some(PortInfo {
-                    id: i,
-                    name: format!("p{i}"),
-                    role: PortRole::Pod { ip: Ipv4Addr::new(10, 0, 0, i as u8 + 1), mac: macs[i as usize] },
-                    mtu: 1500,
-                })
-            })
-            .collect();
-        let adjacencies = (0..2u16)
-            .map(|i| Some(Adjacency { port: i, src_mac: gw, next_hop: NextHop::Mac(macs[i as usize]), mtu: 1500 }))
-            .collect();
-        let forwarding = ForwardingState {
-            gateway_ip: Ipv4Addr::new(169, 254, 1, 1),
-            gateway_mac: gw,
-            ports,
-            adjacencies,
-            fib: fib.reader(),
-            neighbors: Default::default(),
-        };
+        let (forwarding, fib) = ForwardingStateBuilder::new(Ipv4Addr::new(169, 254, 1, 1), gw)
+            .pod(Ipv4Addr::new(10, 0, 0, 1), "02:42:ac:11:00:02".parse().unwrap(), 1500)
+            .pod(Ipv4Addr::new(10, 0, 0, 2), "02:00:00:00:00:22".parse().unwrap(), 1500)
+            .build();
         let memory: Vec<Arc<MemoryPort>> = (0..2).map(|_| Arc::new(MemoryPort::default())).collect();
         let queues = memory.iter().map(|m| Some(Arc::from(vec![m.clone() as Arc<dyn PortQueue>]))).collect();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
