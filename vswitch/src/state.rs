@@ -13,6 +13,7 @@ use std::sync::Arc;
 use fib::{Fib, FibReader, Ipv4Prefix};
 use serde::{Deserialize, Serialize};
 
+use crate::pipeline::PortRateLimit;
 use crate::wire::MacAddr;
 
 /// A port's index in [`ForwardingState::ports`] and in every worker's queue table.
@@ -48,6 +49,10 @@ pub struct PortInfo {
     #[serde(flatten)]
     pub role: PortRole,
     pub mtu: u16,
+    /// Bandwidth limits, policed by the workers. Shared (`Arc`) so the buckets' state carries
+    /// over into every snapshot the control plane publishes: pass the same `Arc` on.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::pipeline::rate_limit::serde_config")]
+    pub rate_limit: Option<Arc<PortRateLimit>>,
 }
 
 /// Where an adjacency's destination MAC comes from.
@@ -159,7 +164,7 @@ impl ForwardingStateBuilder {
 
     fn add_port(&mut self, name: String, role: PortRole, mtu: u16, src_mac: MacAddr, next_hop: NextHop) -> PortId {
         let id = self.next_port();
-        self.ports.push(Some(PortInfo { id, name, role, mtu }));
+        self.ports.push(Some(PortInfo { id, name, role, mtu, rate_limit: None }));
         self.route_adjacency.push(self.adjacencies.len() as u32);
         self.adjacencies.push(Some(Adjacency { port: id, src_mac, next_hop, mtu }));
         id
@@ -211,6 +216,13 @@ impl ForwardingStateBuilder {
     pub fn route(mut self, prefix: Ipv4Prefix, port: PortId) -> Self {
         let adjacency = *self.route_adjacency.get(port as usize).expect("route to a port added before");
         self.routes.push((prefix, adjacency));
+        self
+    }
+
+    /// Bandwidth limits on a port added before.
+    pub fn rate_limit(mut self, port: PortId, limit: Arc<PortRateLimit>) -> Self {
+        let info = self.ports.get_mut(port as usize).and_then(Option::as_mut).expect("a port added before");
+        info.rate_limit = Some(limit);
         self
     }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use etherparse::{PacketBuilder, SlicedPacket};
 use fib::Fib;
 use vswitch::datapath::{Forwarder, PortQueues, Snapshot, WorkerStats};
-use vswitch::pipeline::{DropReason, IcmpLimiter, Next, NoTrace, Pipeline, Trace};
+use vswitch::pipeline::{DropReason, IcmpLimiter, Next, NoTrace, Pipeline, PortRateLimit, Trace};
 use vswitch::port::{MemoryPort, PortQueue};
 use vswitch::state::{ForwardingState, ForwardingStateBuilder, PortRole};
 use vswitch::wire::vnet::{self, VnetHeader};
@@ -411,6 +411,14 @@ fn forwarder_drops() -> HashSet<DropReason> {
     run(A, icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, 64, 8)); // tx_queue_full
     ports[B as usize].fail_sends(Some(std::io::ErrorKind::BrokenPipe));
     run(A, icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, 64, 8)); // tx_error
+                                                         // Nothing refills at 1 bit/s: the first frame out of the bucket empties it.
+    let mut snapshot = snapshot;
+    let limit = Arc::new(PortRateLimit::new(None, Some(1), 8));
+    snapshot.forwarding.ports[A as usize].as_mut().unwrap().rate_limit = Some(limit);
+    for _ in 0..2 {
+        ports[A as usize].push(icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, 64, 8));
+    }
+    forwarder.forward_batch(&snapshot, A, &*ports[A as usize]); // rate_limited
     DropReason::ALL.iter().copied().filter(|&r| stats.drops(r) > 0).collect()
 }
 

@@ -215,7 +215,13 @@ impl Switch {
             .map_err(uplink_error)?;
         let sender = PacketSocket::open_sender(ifindex).map_err(uplink_error)?;
         let id = self.free_port_id()?;
-        let info = PortInfo { id, name: name.clone(), role: PortRole::Uplink { mac, ip: None }, mtu: config.mtu };
+        let info = PortInfo {
+            id,
+            name: name.clone(),
+            role: PortRole::Uplink { mac, ip: None },
+            mtu: config.mtu,
+            rate_limit: None,
+        };
         let attachment = Attachment { netns: None, ifname: name.clone(), request: None };
         self.install_port(info, attachment, queues.into(), NextHop::Arp { via: None }, mac);
         let subnet: Ipv4Prefix =
@@ -338,6 +344,7 @@ impl Switch {
             name: name.clone(),
             role: PortRole::Host { peer_mac },
             mtu: self.config.host_port.mtu,
+            rate_limit: None,
         };
         let attachment = Attachment { netns: None, ifname: name, request: None };
         let gateway_mac = self.config.gateway_mac();
@@ -500,7 +507,8 @@ impl Switch {
         let queues = self.open_queues(name, ifname, Some(netns.clone()), Attach::Existing).await?;
         self.hostnet.route_to_pod(*ip, self.host_ifindex).await?;
 
-        let info = PortInfo { id, name: name.clone(), role: PortRole::Pod { ip: *ip, mac: *mac }, mtu };
+        let info =
+            PortInfo { id, name: name.clone(), role: PortRole::Pod { ip: *ip, mac: *mac }, mtu, rate_limit: None };
         let attachment =
             Attachment { netns: Some(netns.clone()), ifname: ifname.clone(), request: Some(request.clone()) };
         let gateway_mac = self.config.gateway_mac();
