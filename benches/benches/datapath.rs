@@ -14,7 +14,7 @@ use etherparse::{PacketBuilder, SlicedPacket};
 use fib::compare::{self, RouteSet};
 use fib::{routes, Fib, Ipv4Prefix};
 use vswitch::pipeline::{IcmpLimiter, Next, NoTrace, Pipeline};
-use vswitch::state::{Adjacency, ForwardingState, NextHop, PortInfo, PortRole};
+use vswitch::state::{ForwardingState, ForwardingStateBuilder};
 use vswitch::wire::arp::ArpPacket;
 use vswitch::wire::ethernet::EthernetFrame;
 use vswitch::wire::ipv4::Ipv4Packet;
@@ -24,7 +24,9 @@ use vswitch::wire::MacAddr;
 const BATCH: usize = 32;
 const GW_IP: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 1);
 const GW_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 1]);
+const ROUTER_IP: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 254);
 const ROUTER_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0xfe]);
+const UP_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x99]);
 const A_IP: Ipv4Addr = Ipv4Addr::new(10, 10, 1, 2);
 const A_MAC: MacAddr = MacAddr([0x02, 0, 10, 10, 1, 2]);
 const B_IP: Ipv4Addr = Ipv4Addr::new(10, 10, 1, 3);
@@ -33,35 +35,16 @@ const A: u16 = 0;
 const B: u16 = 1;
 const UPLINK: u16 = 2;
 
-/// Pods A and B and an uplink; `routes` (the full table, for the uplink case) point at the
-/// uplink's router, the pods' /32s at the pods.
+/// Pods A and B and an uplink; `routes` (the full table, for the uplink case) go out of the
+/// uplink through its router (a resolved neighbour), the pods' /32s to the pods.
 fn switch(routes: &[(Ipv4Prefix, u32)]) -> (ForwardingState, Fib<Ipv4Addr>) {
-    let mut fib = Fib::new();
-    for (prefix, _) in routes {
-        fib.insert(*prefix, 2).expect("insert");
-    }
-    fib.insert(Ipv4Prefix::host(A_IP), 0).unwrap();
-    fib.insert(Ipv4Prefix::host(B_IP), 1).unwrap();
-    fib.publish();
-    let ports = vec![
-        Some(PortInfo { id: A, name: "pod-a".into(), role: PortRole::Pod { ip: A_IP, mac: A_MAC }, mtu: 1500 }),
-        Some(PortInfo { id: B, name: "pod-b".into(), role: PortRole::Pod { ip: B_IP, mac: B_MAC }, mtu: 1500 }),
-        Some(PortInfo { id: UPLINK, name: "eth1".into(), role: PortRole::Uplink { mac: GW_MAC, ip: None }, mtu: 1500 }),
-    ];
-    let adjacencies = vec![
-        Some(Adjacency { port: A, src_mac: GW_MAC, next_hop: NextHop::Mac(A_MAC), mtu: 1500 }),
-        Some(Adjacency { port: B, src_mac: GW_MAC, next_hop: NextHop::Mac(B_MAC), mtu: 1500 }),
-        Some(Adjacency { port: UPLINK, src_mac: GW_MAC, next_hop: NextHop::Mac(ROUTER_MAC), mtu: 1500 }),
-    ];
-    let state = ForwardingState {
-        gateway_ip: GW_IP,
-        gateway_mac: GW_MAC,
-        ports,
-        adjacencies,
-        fib: fib.reader(),
-        neighbors: Default::default(),
-    };
-    (state, fib)
+    let builder = ForwardingStateBuilder::new(GW_IP, GW_MAC)
+        .pod(A_IP, A_MAC, 1500)
+        .pod(B_IP, B_MAC, 1500)
+        .uplink(UP_MAC, None, "10.10.0.0/16".parse().unwrap(), Some(ROUTER_IP), 1500)
+        .neighbor(ROUTER_IP, ROUTER_MAC);
+    assert_eq!(builder.next_port(), UPLINK + 1);
+    routes.iter().fold(builder, |b, (prefix, _)| b.route(*prefix, UPLINK)).build()
 }
 
 /// A 64-byte UDP frame from pod A to `dst`, behind a vnet header.

@@ -51,7 +51,7 @@ const STRIDE: u32 = 6;
 const ALIGN: usize = 64;
 /// The root index: one code per root position, four cache lines.
 const INDEX_BYTES: usize = 64 * size_of::<u32>();
-const _: () = assert!(size_of::<Header>() == 16 && INDEX_BYTES % ALIGN == 0);
+const _: () = assert!(size_of::<Header>() == 16 && INDEX_BYTES.is_multiple_of(ALIGN));
 /// Chunks that may have an index get one above this many root leaf runs. Below it, the leaves
 /// mostly share the first line with the root node, and an index would cost more memory than
 /// it saves in leaves. Each step down adds about a MiB to a full IPv4 table.

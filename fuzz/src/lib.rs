@@ -7,12 +7,12 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use etherparse::{Ethernet2Slice, Ipv4HeaderSlice};
 use fib::{Fib, Ipv4Prefix};
 use vswitch::pipeline::{IcmpLimiter, Next, NoTrace, Pipeline};
-use vswitch::state::{Adjacency, ForwardingState, NextHop, PortInfo, PortRole};
+use vswitch::state::{ForwardingState, ForwardingStateBuilder, PortRole};
 use vswitch::wire::arp::ArpPacket;
 use vswitch::wire::icmp::{self, IcmpError};
 use vswitch::wire::ipv4::Ipv4Packet;
@@ -109,57 +109,22 @@ const UP_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 0x99]);
 fn state() -> &'static (ForwardingState, Fib<Ipv4Addr>) {
     static STATE: OnceLock<(ForwardingState, Fib<Ipv4Addr>)> = OnceLock::new();
     STATE.get_or_init(|| {
-        let pod = |id: u16, last: u8| {
-            let ip = Ipv4Addr::new(10, 10, 1, last);
-            (
-                PortInfo {
-                    id,
-                    name: format!("pod{id}"),
-                    role: PortRole::Pod { ip, mac: MacAddr::local_from(ip.octets()) },
-                    mtu: 1500,
-                },
-                ip,
+        let pod = |last| Ipv4Addr::new(10, 10, 1, last);
+        let mac = |ip: Ipv4Addr| MacAddr::local_from(ip.octets());
+        ForwardingStateBuilder::new(GW_IP, GW_MAC)
+            .pod(pod(2), mac(pod(2)), 1500)
+            .pod(pod(3), mac(pod(3)), 1500)
+            .host_port(MacAddr([2, 0, 0, 0, 0, 0xee]), 9000)
+            .route("10.96.0.0/12".parse().expect("prefix"), 2)
+            .uplink(
+                UP_MAC,
+                Some(Ipv4Addr::new(10, 10, 0, 7)),
+                "10.10.0.0/16".parse().expect("prefix"),
+                Some(Ipv4Addr::new(10, 10, 0, 1)),
+                1500,
             )
-        };
-        let (a, a_ip) = pod(0, 2);
-        let (b, b_ip) = pod(1, 3);
-        let host = PortInfo {
-            id: 2,
-            name: "vsw0".into(),
-            role: PortRole::Host { peer_mac: MacAddr([2, 0, 0, 0, 0, 0xee]) },
-            mtu: 9000,
-        };
-        let uplink = PortInfo {
-            id: 3,
-            name: "eth1".into(),
-            role: PortRole::Uplink { mac: UP_MAC, ip: Some(Ipv4Addr::new(10, 10, 0, 7)) },
-            mtu: 1500,
-        };
-        let adjacency = |port: u16, src_mac, next_hop, mtu| Some(Adjacency { port, src_mac, next_hop, mtu });
-        let adjacencies = vec![
-            adjacency(0, GW_MAC, NextHop::Mac(MacAddr::local_from(a_ip.octets())), 1500),
-            adjacency(1, GW_MAC, NextHop::Mac(MacAddr::local_from(b_ip.octets())), 1500),
-            adjacency(2, GW_MAC, NextHop::Mac(MacAddr([2, 0, 0, 0, 0, 0xee])), 9000),
-            adjacency(3, UP_MAC, NextHop::Arp { via: None }, 1500),
-            adjacency(3, UP_MAC, NextHop::Arp { via: Some(Ipv4Addr::new(10, 10, 0, 1)) }, 1500),
-        ];
-        let mut fib = Fib::new();
-        fib.insert(Ipv4Prefix::host(a_ip), 0).expect("nh");
-        fib.insert(Ipv4Prefix::host(b_ip), 1).expect("nh");
-        fib.insert("10.96.0.0/12".parse().expect("prefix"), 2).expect("nh");
-        fib.insert("10.10.0.0/16".parse().expect("prefix"), 3).expect("nh");
-        fib.insert("0.0.0.0/0".parse().expect("prefix"), 4).expect("nh");
-        fib.publish();
-        let neighbors = [(Ipv4Addr::new(10, 10, 0, 50), MacAddr([2, 0, 0, 0, 0, 0x50]))].into_iter().collect();
-        let state = ForwardingState {
-            gateway_ip: GW_IP,
-            gateway_mac: GW_MAC,
-            ports: vec![Some(a), Some(b), Some(host), Some(uplink)],
-            adjacencies,
-            fib: fib.reader(),
-            neighbors: Arc::new(neighbors),
-        };
-        (state, fib)
+            .neighbor(Ipv4Addr::new(10, 10, 0, 50), MacAddr([2, 0, 0, 0, 0, 0x50]))
+            .build()
     })
 }
 

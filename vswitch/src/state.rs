@@ -10,9 +10,10 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use fib::FibReader;
+use fib::{Fib, FibReader, Ipv4Prefix};
 use serde::{Deserialize, Serialize};
 
+use crate::pipeline::PortRateLimit;
 use crate::wire::MacAddr;
 
 /// A port's index in [`ForwardingState::ports`] and in every worker's queue table.
@@ -48,6 +49,10 @@ pub struct PortInfo {
     #[serde(flatten)]
     pub role: PortRole,
     pub mtu: u16,
+    /// Bandwidth limits, policed by the workers. Shared (`Arc`) so the buckets' state carries
+    /// over into every snapshot the control plane publishes: pass the same `Arc` on.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::pipeline::rate_limit::serde_config")]
+    pub rate_limit: Option<Arc<PortRateLimit>>,
 }
 
 /// Where an adjacency's destination MAC comes from.
@@ -108,6 +113,142 @@ impl ForwardingState {
             PortRole::Uplink { ip, .. } => ip,
             PortRole::Pod { .. } | PortRole::Host { .. } => Some(self.gateway_ip),
         }
+    }
+}
+
+/// Builds a [`ForwardingState`] the way the control plane lays one out, for tests, benches and
+/// fuzzing (one fixture instead of four hand-built ones). Ports get ids 0, 1, 2… in the order
+/// they are added, adjacencies likewise; each port has one adjacency (the uplink two with a
+/// gateway). Pods get their /32, the uplink its subnet and, with a gateway, the default route.
+///
+/// ```
+/// # use std::net::Ipv4Addr;
+/// # use vswitch::state::ForwardingStateBuilder;
+/// # use vswitch::wire::MacAddr;
+/// let (state, _fib) = ForwardingStateBuilder::new(Ipv4Addr::new(169, 254, 1, 1), MacAddr([2, 0, 0, 0, 0, 1]))
+///     .pod(Ipv4Addr::new(10, 0, 0, 2), MacAddr([2, 0, 0, 0, 0, 2]), 1500)
+///     .host_port(MacAddr([2, 0, 0, 0, 0, 0xee]), 9000)
+///     .route("0.0.0.0/0".parse().unwrap(), 1)
+///     .build();
+/// assert_eq!(state.fib.lookup(Ipv4Addr::new(192, 0, 2, 1)), Some(1));
+/// ```
+#[derive(Debug)]
+pub struct ForwardingStateBuilder {
+    gateway_ip: Ipv4Addr,
+    gateway_mac: MacAddr,
+    ports: Vec<Option<PortInfo>>,
+    adjacencies: Vec<Option<Adjacency>>,
+    /// Per port, the adjacency [`ForwardingStateBuilder::route`] points at.
+    route_adjacency: Vec<u32>,
+    routes: Vec<(Ipv4Prefix, u32)>,
+    neighbors: HashMap<Ipv4Addr, MacAddr>,
+}
+
+impl ForwardingStateBuilder {
+    pub fn new(gateway_ip: Ipv4Addr, gateway_mac: MacAddr) -> Self {
+        ForwardingStateBuilder {
+            gateway_ip,
+            gateway_mac,
+            ports: Vec::new(),
+            adjacencies: Vec::new(),
+            route_adjacency: Vec::new(),
+            routes: Vec::new(),
+            neighbors: HashMap::new(),
+        }
+    }
+
+    /// The id the next port added gets.
+    pub fn next_port(&self) -> PortId {
+        self.ports.len() as PortId
+    }
+
+    fn add_port(&mut self, name: String, role: PortRole, mtu: u16, src_mac: MacAddr, next_hop: NextHop) -> PortId {
+        let id = self.next_port();
+        self.ports.push(Some(PortInfo { id, name, role, mtu, rate_limit: None }));
+        self.route_adjacency.push(self.adjacencies.len() as u32);
+        self.adjacencies.push(Some(Adjacency { port: id, src_mac, next_hop, mtu }));
+        id
+    }
+
+    /// A pod at `ip` with `mac`, and its /32.
+    pub fn pod(mut self, ip: Ipv4Addr, mac: MacAddr, mtu: u16) -> Self {
+        let id = self.next_port();
+        let gateway_mac = self.gateway_mac;
+        self.add_port(format!("pod{id}"), PortRole::Pod { ip, mac }, mtu, gateway_mac, NextHop::Mac(mac));
+        self.route(Ipv4Prefix::host(ip), id)
+    }
+
+    /// The node's stack, whose side of the TAP has `peer_mac`; no routes (add them with
+    /// [`ForwardingStateBuilder::route`]).
+    pub fn host_port(mut self, peer_mac: MacAddr, mtu: u16) -> Self {
+        let gateway_mac = self.gateway_mac;
+        self.add_port("vsw0".into(), PortRole::Host { peer_mac }, mtu, gateway_mac, NextHop::Mac(peer_mac));
+        self
+    }
+
+    /// The uplink NIC (`mac`, `ip`) on `subnet`, resolved with ARP; with a `gateway`, the
+    /// default route through it, and later [`ForwardingStateBuilder::route`]s to the uplink go
+    /// through it too.
+    pub fn uplink(
+        mut self,
+        mac: MacAddr,
+        ip: Option<Ipv4Addr>,
+        subnet: Ipv4Prefix,
+        gateway: Option<Ipv4Addr>,
+        mtu: u16,
+    ) -> Self {
+        let id = self.add_port("eth1".into(), PortRole::Uplink { mac, ip }, mtu, mac, NextHop::Arp { via: None });
+        self = self.route(subnet, id);
+        if let Some(via) = gateway {
+            self.route_adjacency[id as usize] = self.adjacencies.len() as u32;
+            self.adjacencies.push(Some(Adjacency {
+                port: id,
+                src_mac: mac,
+                next_hop: NextHop::Arp { via: Some(via) },
+                mtu,
+            }));
+            self = self.route("0.0.0.0/0".parse().expect("valid prefix"), id);
+        }
+        self
+    }
+
+    /// A route for `prefix` out of `port` (through the uplink's gateway if it has one).
+    pub fn route(mut self, prefix: Ipv4Prefix, port: PortId) -> Self {
+        let adjacency = *self.route_adjacency.get(port as usize).expect("route to a port added before");
+        self.routes.push((prefix, adjacency));
+        self
+    }
+
+    /// Bandwidth limits on a port added before.
+    pub fn rate_limit(mut self, port: PortId, limit: Arc<PortRateLimit>) -> Self {
+        let info = self.ports.get_mut(port as usize).and_then(Option::as_mut).expect("a port added before");
+        info.rate_limit = Some(limit);
+        self
+    }
+
+    /// A resolved uplink neighbour.
+    pub fn neighbor(mut self, ip: Ipv4Addr, mac: MacAddr) -> Self {
+        self.neighbors.insert(ip, mac);
+        self
+    }
+
+    /// The state, and the FIB writer behind its reader (keep it: it owns the table, and it is
+    /// how routes change afterwards).
+    pub fn build(self) -> (ForwardingState, Fib<Ipv4Addr>) {
+        let mut fib = Fib::new();
+        for (prefix, adjacency) in self.routes {
+            fib.insert(prefix, adjacency).expect("adjacency index below MAX_NEXT_HOP");
+        }
+        fib.publish();
+        let state = ForwardingState {
+            gateway_ip: self.gateway_ip,
+            gateway_mac: self.gateway_mac,
+            ports: self.ports,
+            adjacencies: self.adjacencies,
+            fib: fib.reader(),
+            neighbors: Arc::new(self.neighbors),
+        };
+        (state, fib)
     }
 }
 

@@ -6,11 +6,11 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use etherparse::{PacketBuilder, SlicedPacket};
-use fib::{Fib, Ipv4Prefix};
+use fib::Fib;
 use vswitch::datapath::{Forwarder, PortQueues, Snapshot, WorkerStats};
-use vswitch::pipeline::{DropReason, IcmpLimiter, Next, NoTrace, Pipeline, Trace};
+use vswitch::pipeline::{DropReason, IcmpLimiter, Next, NoTrace, Pipeline, PortRateLimit, Trace};
 use vswitch::port::{MemoryPort, PortQueue};
-use vswitch::state::{Adjacency, ForwardingState, NextHop, PortInfo, PortRole};
+use vswitch::state::{ForwardingState, ForwardingStateBuilder, PortRole};
 use vswitch::wire::vnet::{self, VnetHeader};
 use vswitch::wire::MacAddr;
 
@@ -26,6 +26,11 @@ const A: u16 = 0;
 const B: u16 = 1;
 const HOST: u16 = 2;
 
+/// Pods A and B (ports 0 and 1, MTU 1500) and the host port (2, MTU 9000), no other routes.
+fn base() -> ForwardingStateBuilder {
+    ForwardingStateBuilder::new(GW_IP, GW_MAC).pod(A_IP, A_MAC, 1500).pod(B_IP, B_MAC, 1500).host_port(HOST_MAC, 9000)
+}
+
 struct Switch {
     state: ForwardingState,
     fib: Fib<Ipv4Addr>,
@@ -35,29 +40,11 @@ struct Switch {
 impl Switch {
     /// Pods A and B (MTU 1500) and the host port; the host adjacency is the default route.
     fn new() -> Switch {
-        let mut fib = Fib::new();
-        let ports = vec![
-            Some(PortInfo { id: A, name: "pod-a".into(), role: PortRole::Pod { ip: A_IP, mac: A_MAC }, mtu: 1500 }),
-            Some(PortInfo { id: B, name: "pod-b".into(), role: PortRole::Pod { ip: B_IP, mac: B_MAC }, mtu: 1500 }),
-            Some(PortInfo { id: HOST, name: "vsw0".into(), role: PortRole::Host { peer_mac: HOST_MAC }, mtu: 9000 }),
-        ];
-        let adjacencies = vec![
-            Some(Adjacency { port: A, src_mac: GW_MAC, next_hop: NextHop::Mac(A_MAC), mtu: 1500 }),
-            Some(Adjacency { port: B, src_mac: GW_MAC, next_hop: NextHop::Mac(B_MAC), mtu: 1500 }),
-            Some(Adjacency { port: HOST, src_mac: GW_MAC, next_hop: NextHop::Mac(HOST_MAC), mtu: 9000 }),
-        ];
-        fib.insert(Ipv4Prefix::host(A_IP), 0).unwrap();
-        fib.insert(Ipv4Prefix::host(B_IP), 1).unwrap();
-        fib.insert("0.0.0.0/0".parse().unwrap(), 2).unwrap();
-        fib.publish();
-        let state = ForwardingState {
-            gateway_ip: GW_IP,
-            gateway_mac: GW_MAC,
-            ports,
-            adjacencies,
-            fib: fib.reader(),
-            neighbors: Default::default(),
-        };
+        Switch::from(base().route("0.0.0.0/0".parse().unwrap(), HOST))
+    }
+
+    fn from(builder: ForwardingStateBuilder) -> Switch {
+        let (state, fib) = builder.build();
         Switch { state, fib, pipeline: Pipeline::new(IcmpLimiter::new(1000, 10)) }
     }
 
@@ -424,6 +411,14 @@ fn forwarder_drops() -> HashSet<DropReason> {
     run(A, icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, 64, 8)); // tx_queue_full
     ports[B as usize].fail_sends(Some(std::io::ErrorKind::BrokenPipe));
     run(A, icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, 64, 8)); // tx_error
+                                                         // Nothing refills at 1 bit/s: the first frame out of the bucket empties it.
+    let mut snapshot = snapshot;
+    let limit = Arc::new(PortRateLimit::new(None, Some(1), 8));
+    snapshot.forwarding.ports[A as usize].as_mut().unwrap().rate_limit = Some(limit);
+    for _ in 0..2 {
+        ports[A as usize].push(icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, 64, 8));
+    }
+    forwarder.forward_batch(&snapshot, A, &*ports[A as usize]); // rate_limited
     DropReason::ALL.iter().copied().filter(|&r| stats.drops(r) > 0).collect()
 }
 
@@ -452,30 +447,10 @@ const UP_IP: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 7);
 /// The same switch with a dedicated uplink: the VPC subnet on it (ARP per destination), the
 /// default route through the VPC gateway, and nothing else to the host port.
 fn with_uplink(known_neighbors: &[(Ipv4Addr, MacAddr)]) -> Switch {
-    let mut sw = Switch::new();
-    sw.state.ports.push(Some(PortInfo {
-        id: UPLINK,
-        name: "eth1".into(),
-        role: PortRole::Uplink { mac: UP_MAC, ip: Some(UP_IP) },
-        mtu: 1500,
-    }));
-    sw.state.adjacencies.push(Some(Adjacency {
-        port: UPLINK,
-        src_mac: UP_MAC,
-        next_hop: NextHop::Arp { via: None },
-        mtu: 1500,
-    }));
-    sw.state.adjacencies.push(Some(Adjacency {
-        port: UPLINK,
-        src_mac: UP_MAC,
-        next_hop: NextHop::Arp { via: Some(VPC_GW) },
-        mtu: 1500,
-    }));
-    sw.fib.insert("10.10.0.0/16".parse().unwrap(), 3).unwrap();
-    sw.fib.insert("0.0.0.0/0".parse().unwrap(), 4).unwrap();
-    sw.fib.publish();
-    sw.state.neighbors = Arc::new(known_neighbors.iter().copied().collect());
-    sw
+    let builder = base().uplink(UP_MAC, Some(UP_IP), "10.10.0.0/16".parse().unwrap(), Some(VPC_GW), 1500);
+    let builder = known_neighbors.iter().fold(builder, |b, &(ip, mac)| b.neighbor(ip, mac));
+    assert_eq!(builder.next_port(), UPLINK + 1);
+    Switch::from(builder)
 }
 
 #[test]

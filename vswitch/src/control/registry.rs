@@ -22,10 +22,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fib::{Fib, Ipv4Prefix};
-use vswitch_api::api::{ApiError, Bandwidth, ErrorCode, LinkState, PodRef, PortSpec};
+use vswitch_api::api::{ApiError, Bandwidth, ErrorCode, LinkState, PodRef, PortSpec, RateLimit};
 
 use crate::datapath::{Datapath, PortQueues, PortTotals, Snapshot};
 use crate::neighbor::{Action, NeighborLimits, NeighborTable};
+use crate::pipeline::{PortRateLimit, TokenBucket};
 use crate::state::{Adjacency, ForwardingState, NextHop, PortId, PortInfo, PortRole, MAX_PORTS};
 use crate::wire::MacAddr;
 
@@ -297,7 +298,8 @@ impl Registry {
         routes: &[Ipv4Prefix],
         baseline: PortTotals,
     ) -> PortId {
-        let info = PortInfo { id: HOST_PORT, name: name.into(), role: PortRole::Host { peer_mac }, mtu };
+        let info =
+            PortInfo { id: HOST_PORT, name: name.into(), role: PortRole::Host { peer_mac }, mtu, rate_limit: None };
         let attachment = Attachment { ifname: name.into(), netns: None, netns_id: None, pod: None, bandwidth: None };
         self.install(info, attachment, queues, NextHop::Mac(peer_mac), baseline, u64::MAX);
         let adjacency = self.record(HOST_PORT).adjacency;
@@ -320,7 +322,7 @@ impl Registry {
         gateway: Option<Ipv4Addr>,
     ) -> Result<PortId, ApiError> {
         let id = self.free_port_id()?;
-        let info = PortInfo { id, name: name.into(), role: PortRole::Uplink { mac, ip }, mtu };
+        let info = PortInfo { id, name: name.into(), role: PortRole::Uplink { mac, ip }, mtu, rate_limit: None };
         let attachment = Attachment { ifname: name.into(), netns: None, netns_id: None, pod: None, bandwidth: None };
         // Attached at start, before any traffic: its counters start from zero.
         self.install(info, attachment, queues, NextHop::Arp { via: None }, PortTotals::default(), u64::MAX);
@@ -415,7 +417,10 @@ impl Registry {
         }
         let id = self.free_port_id()?;
         let PortSpec { name, netns, ifname, ip, mac, pod, bandwidth, .. } = reservation.spec;
-        let info = PortInfo { id, name, role: PortRole::Pod { ip, mac }, mtu: reservation.mtu };
+        let bucket = |r: Option<RateLimit>| r.map(|r| TokenBucket::new(r.rate_bps, r.burst_bits));
+        let rate_limit =
+            bandwidth.map(|b| Arc::new(PortRateLimit { ingress: bucket(b.ingress), egress: bucket(b.egress) }));
+        let info = PortInfo { id, name, role: PortRole::Pod { ip, mac }, mtu: reservation.mtu, rate_limit };
         let attachment = Attachment { ifname, netns: Some(netns), netns_id, pod, bandwidth };
         self.install(info, attachment, queues, NextHop::Mac(mac), baseline(id), quiesced);
         let adjacency = self.record(id).adjacency;
@@ -744,6 +749,24 @@ mod tests {
         // Not a timing test: the table sizes above are the property; this only guards against a
         // publish that grows with the number of cycles (it would be ~10,000x).
         assert!(last_publish < first_publish * 50 + Duration::from_millis(5), "{first_publish:?} -> {last_publish:?}");
+    }
+
+    #[test]
+    fn bandwidth_limits_reach_the_published_port() {
+        let mut r = registry();
+        let limit = RateLimit { rate_bps: 10_000_000, burst_bits: 1_000_000 };
+        let spec =
+            PortSpec { bandwidth: Some(Bandwidth { ingress: Some(limit), egress: None }), ..spec("a", [10, 0, 0, 5]) };
+        let reservation = r.reserve_pod(spec).unwrap();
+        let id = r.commit_pod(reservation, queues(), None, |_| PortTotals::default(), u64::MAX).unwrap();
+        let snapshot = r.datapath.snapshot.load();
+        let limits = snapshot.forwarding.port(id).unwrap().rate_limit.clone().expect("a limit");
+        assert_eq!(
+            limits.ingress.as_ref().map(|b| (b.bits_per_second(), b.burst_bits())),
+            Some((10_000_000, 1_000_000))
+        );
+        assert!(limits.egress.is_none());
+        assert!(snapshot.forwarding.port(HOST_PORT).unwrap().rate_limit.is_none());
     }
 
     #[test]

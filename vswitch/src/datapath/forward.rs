@@ -3,13 +3,16 @@
 //! and benches (in-memory queues), so both exercise the same code.
 
 use std::io;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use super::tx_ring::TxRing;
 use super::{SlowPacket, SlowReason, Snapshot, WorkerStats};
+use crate::pipeline::TokenBucket;
 use crate::pipeline::{DropReason, Next, NoTrace, Pipeline, MAX_FRAME};
 use crate::port::PortQueue;
-use crate::state::PortId;
+use crate::state::{ForwardingState, PortId};
+use crate::wire::vnet;
 use std::sync::Arc;
 
 /// Frames read from one port before moving on to the next (fairness between ports).
@@ -23,7 +26,6 @@ pub struct Forwarder {
     slow_path: tokio::sync::mpsc::Sender<SlowPacket>,
     buffers: Vec<Box<[u8]>>,
     lengths: [usize; BATCH],
-    started: Instant,
     /// Writes the batch's frames in one system call; `None` where io_uring is unavailable
     /// (frames then go out with a write each).
     tx_ring: Option<TxRing>,
@@ -49,7 +51,6 @@ impl Forwarder {
             slow_path,
             buffers: (0..BATCH).map(|_| vec![0u8; MAX_FRAME].into_boxed_slice()).collect(),
             lengths: [0; BATCH],
-            started: Instant::now(),
             tx_ring: TxRing::new(BATCH)
                 .inspect_err(|e| tracing::warn!(worker = index, error = %e, "no io_uring: one write per frame"))
                 .ok(),
@@ -94,10 +95,19 @@ impl Forwarder {
         if count == 0 {
             return !drained;
         }
-        let now_ns = self.started.elapsed().as_nanos() as u64;
+        let now_ns = now_ns();
         let fib = snapshot.forwarding.fib.pin();
+        // What leaves the pod is policed as it is read: this batch's port, looked up once.
+        let egress =
+            snapshot.forwarding.port(port).and_then(|p| p.rate_limit.as_deref()).and_then(|l| l.egress.as_ref());
         for i in 0..count {
             let buf = &mut self.buffers[i];
+            if let Some(bucket) = egress {
+                if !bucket.admit(now_ns, self.lengths[i].saturating_sub(vnet::LEN)) {
+                    self.stats.dropped(DropReason::RateLimited);
+                    continue;
+                }
+            }
             let next =
                 self.pipeline.process(&snapshot.forwarding, &fib, port, buf, self.lengths[i], now_ns, &mut NoTrace);
             let (out_port, len) = match next {
@@ -125,6 +135,13 @@ impl Forwarder {
                 self.stats.dropped(DropReason::PortDown);
                 continue;
             };
+            // What enters a pod is policed as it is written.
+            if let Some(bucket) = ingress_limit(&snapshot.forwarding, out_port) {
+                if !bucket.admit(now_ns, len - vnet::LEN) {
+                    self.stats.dropped(DropReason::RateLimited);
+                    continue;
+                }
+            }
             match (self.tx_ring.as_mut(), out.raw_fd()) {
                 (Some(ring), Some(fd)) => {
                     // SAFETY: the frame is in this batch's buffer and `fd` belongs to a queue the
@@ -153,6 +170,19 @@ impl Forwarder {
     }
 }
 
+/// The datapath's clock: nanoseconds since its first reading, one origin for every worker (they
+/// share the rate-limit buckets, which compare their times).
+fn now_ns() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// The ingress bucket of `port`, if it has one: for a port without, the cost is this lookup.
+#[inline(always)]
+fn ingress_limit(state: &ForwardingState, port: PortId) -> Option<&TokenBucket> {
+    state.port(port)?.rate_limit.as_deref()?.ingress.as_ref()
+}
+
 /// Copies a packet to the control plane (the slow path: ARP only, never steady traffic).
 fn to_control(slow_path: &tokio::sync::mpsc::Sender<SlowPacket>, stats: &WorkerStats, reason: SlowReason, data: &[u8]) {
     let packet = SlowPacket { reason, data: data.to_vec() };
@@ -165,44 +195,23 @@ fn to_control(slow_path: &tokio::sync::mpsc::Sender<SlowPacket>, stats: &WorkerS
 mod tests {
     use std::net::Ipv4Addr;
 
-    use fib::{Fib, Ipv4Prefix};
+    use fib::Fib;
 
     use super::*;
-    use crate::pipeline::IcmpLimiter;
+    use crate::pipeline::{IcmpLimiter, PortRateLimit};
     use crate::port::MemoryPort;
-    use crate::state::{Adjacency, ForwardingState, NextHop, PortInfo, PortRole};
+    use crate::state::ForwardingStateBuilder;
     use crate::wire::captured::ICMP_ECHO_REQUEST;
+    use crate::wire::VnetHeader;
     use crate::wire::{vnet, MacAddr};
 
     /// Two pods on in-memory ports: 10.0.0.1 (port 0) and 10.0.0.2 (port 1), as in the capture.
     fn setup() -> (Snapshot, Vec<Arc<MemoryPort>>, Fib<Ipv4Addr>, Forwarder, tokio::sync::mpsc::Receiver<SlowPacket>) {
         let gw: MacAddr = "02:42:ac:11:00:03".parse().unwrap(); // the capture's destination MAC
-        let macs: [MacAddr; 2] = ["02:42:ac:11:00:02".parse().unwrap(), "02:00:00:00:00:22".parse().unwrap()];
-        let mut fib = Fib::new();
-        fib.insert(Ipv4Prefix::host(Ipv4Addr::new(10, 0, 0, 1)), 0).unwrap();
-        fib.insert(Ipv4Prefix::host(Ipv4Addr::new(10, 0, 0, 2)), 1).unwrap();
-        fib.publish();
-        let ports = (0..2u16)
-            .map(|i| {
-                Some(PortInfo {
-                    id: i,
-                    name: format!("p{i}"),
-                    role: PortRole::Pod { ip: Ipv4Addr::new(10, 0, 0, i as u8 + 1), mac: macs[i as usize] },
-                    mtu: 1500,
-                })
-            })
-            .collect();
-        let adjacencies = (0..2u16)
-            .map(|i| Some(Adjacency { port: i, src_mac: gw, next_hop: NextHop::Mac(macs[i as usize]), mtu: 1500 }))
-            .collect();
-        let forwarding = ForwardingState {
-            gateway_ip: Ipv4Addr::new(169, 254, 1, 1),
-            gateway_mac: gw,
-            ports,
-            adjacencies,
-            fib: fib.reader(),
-            neighbors: Default::default(),
-        };
+        let (forwarding, fib) = ForwardingStateBuilder::new(Ipv4Addr::new(169, 254, 1, 1), gw)
+            .pod(Ipv4Addr::new(10, 0, 0, 1), "02:42:ac:11:00:02".parse().unwrap(), 1500)
+            .pod(Ipv4Addr::new(10, 0, 0, 2), "02:00:00:00:00:22".parse().unwrap(), 1500)
+            .build();
         let memory: Vec<Arc<MemoryPort>> = (0..2).map(|_| Arc::new(MemoryPort::default())).collect();
         let queues = memory.iter().map(|m| Some(Arc::from(vec![m.clone() as Arc<dyn PortQueue>]))).collect();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -254,6 +263,60 @@ mod tests {
         assert!(!forwarder.forward_batch(&snapshot, 0, &*ports[0]));
         assert_eq!(ports[1].take_sent().len(), 1);
         assert_eq!(forwarder.stats.drops(DropReason::FrameTooLong), 1 + BATCH as u64);
+    }
+
+    #[test]
+    fn rate_limits_let_a_burst_through_then_drop_in_both_directions() {
+        let (mut snapshot, ports, _fib, mut forwarder, _rx) = setup();
+        let frame_bits = ICMP_ECHO_REQUEST.len() as u64 * 8;
+        // 1 kbit/s: nothing refills while the test runs. Into pod 1, a burst of three frames.
+        let into_b = Arc::new(PortRateLimit::new(Some(1000), None, 3 * frame_bits));
+        snapshot.forwarding.ports[1].as_mut().unwrap().rate_limit = Some(into_b.clone());
+        for _ in 0..5 {
+            ports[0].push(with_vnet(&ICMP_ECHO_REQUEST));
+        }
+        forwarder.forward_batch(&snapshot, 0, &*ports[0]);
+        assert_eq!(ports[1].take_sent().len(), 3);
+        assert_eq!(forwarder.stats.drops(DropReason::RateLimited), 2);
+        // The next snapshot carries the same bucket on: still empty.
+        let next = Snapshot { generation: 2, forwarding: snapshot.forwarding.clone(), queues: snapshot.queues.clone() };
+        ports[0].push(with_vnet(&ICMP_ECHO_REQUEST));
+        forwarder.forward_batch(&next, 0, &*ports[0]);
+        assert_eq!((ports[1].take_sent().len(), forwarder.stats.drops(DropReason::RateLimited)), (0, 3));
+
+        // Out of pod 0, a burst of two frames; the rest are read (counted) and dropped.
+        snapshot.forwarding.ports[1].as_mut().unwrap().rate_limit = None;
+        let from_a = Arc::new(PortRateLimit::new(None, Some(1000), 2 * frame_bits));
+        snapshot.forwarding.ports[0].as_mut().unwrap().rate_limit = Some(from_a);
+        for _ in 0..5 {
+            ports[0].push(with_vnet(&ICMP_ECHO_REQUEST));
+        }
+        forwarder.forward_batch(&snapshot, 0, &*ports[0]);
+        assert_eq!(ports[1].take_sent().len(), 2);
+        assert_eq!(forwarder.stats.drops(DropReason::RateLimited), 6);
+        assert_eq!(forwarder.stats.port(0).rx_packets, 11);
+    }
+
+    #[test]
+    fn a_gso_frame_costs_its_whole_size() {
+        let (mut snapshot, ports, _fib, mut forwarder, _rx) = setup();
+        // A bucket of 10 000 bytes: one 9000-byte frame passes, a second does not.
+        let into_b = Arc::new(PortRateLimit::new(Some(1000), None, 80_000));
+        snapshot.forwarding.ports[1].as_mut().unwrap().rate_limit = Some(into_b);
+        let mut big = with_vnet(&ICMP_ECHO_REQUEST);
+        let ip_len = 9000 - 14;
+        big.resize(vnet::LEN + 9000, 0);
+        big[vnet::LEN + 16..vnet::LEN + 18].copy_from_slice(&(ip_len as u16).to_be_bytes());
+        big[vnet::LEN + 24..vnet::LEN + 26].fill(0);
+        let c = crate::wire::checksum::checksum(&big[vnet::LEN + 14..vnet::LEN + 34]);
+        big[vnet::LEN + 24..vnet::LEN + 26].copy_from_slice(&c.to_be_bytes());
+        // Segments of 1400 bytes fit the MTU; the frame is still charged 9000.
+        VnetHeader { gso_type: vnet::GSO_UDP_L4, gso_size: 1400, ..Default::default() }.write(&mut big);
+        ports[0].push(big.clone());
+        ports[0].push(big);
+        forwarder.forward_batch(&snapshot, 0, &*ports[0]);
+        assert_eq!(ports[1].take_sent().len(), 1);
+        assert_eq!(forwarder.stats.drops(DropReason::RateLimited), 1);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 mod drop;
 mod icmp_limit;
+pub(crate) mod rate_limit;
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -17,6 +18,7 @@ use fib::FibView;
 
 pub use drop::DropReason;
 pub use icmp_limit::IcmpLimiter;
+pub use rate_limit::{PortRateLimit, RateLimitConfig, TokenBucket};
 
 use crate::state::{ForwardingState, NextHop, PortId, PortInfo, PortRole};
 use crate::wire::arp::{self, ArpPacket, Operation};

@@ -6,18 +6,16 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+use nix::sys::socket::{setsockopt, sockopt};
+
 use super::{byte_count, PortQueue};
 
-const ETH_P_ALL: u16 = 0x0003;
-const PACKET_STATISTICS: libc::c_int = 6;
-const PACKET_VNET_HDR: libc::c_int = 15;
-const PACKET_FANOUT: libc::c_int = 18;
-const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
-const PACKET_FANOUT_HASH: u32 = 0;
+/// Every protocol, in the 16 bits a packet socket's protocol field holds.
+const ETH_P_ALL: u16 = libc::ETH_P_ALL as u16;
 /// Receive buffer of an uplink queue. The default (212 KB) holds two or three 64 KB GSO frames:
 /// a worker a moment late (it shares cores with the pods) made the socket drop whole TSO bursts,
 /// and TCP across nodes collapsed into retransmissions. 16 MiB is 2 ms at 64 Gbit/s.
-const UPLINK_RCVBUF: libc::c_int = 16 << 20;
+const UPLINK_RCVBUF: usize = 16 << 20;
 
 #[derive(Debug)]
 pub struct PacketSocket {
@@ -32,14 +30,17 @@ fn check(ret: libc::c_int) -> io::Result<()> {
     }
 }
 
-fn set_int(fd: RawFd, option: libc::c_int, value: libc::c_int) -> io::Result<()> {
-    set_option(fd, libc::SOL_PACKET, option, value)
-}
-
-fn set_option(fd: RawFd, level: libc::c_int, option: libc::c_int, value: libc::c_int) -> io::Result<()> {
+/// Sets an integer SOL_PACKET option (nix has none of these).
+fn set_packet_option(fd: RawFd, option: libc::c_int, value: libc::c_int) -> io::Result<()> {
     // SAFETY: `value` lives across the call and its size is passed.
     check(unsafe {
-        libc::setsockopt(fd, level, option, (&value as *const libc::c_int).cast(), size_of::<libc::c_int>() as u32)
+        libc::setsockopt(
+            fd,
+            libc::SOL_PACKET,
+            option,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
     })
 }
 
@@ -48,12 +49,13 @@ impl PacketSocket {
     pub fn open_queue(ifindex: u32, group: u16) -> io::Result<PacketSocket> {
         let socket = Self::open(ifindex, ETH_P_ALL)?;
         // Frames we send must not come back to us.
-        set_int(socket.fd.as_raw_fd(), PACKET_IGNORE_OUTGOING, 1)?;
-        set_int(socket.fd.as_raw_fd(), PACKET_FANOUT, (group as u32 | (PACKET_FANOUT_HASH << 16)) as libc::c_int)?;
+        set_packet_option(socket.fd.as_raw_fd(), libc::PACKET_IGNORE_OUTGOING, 1)?;
+        let fanout = group as libc::c_uint | (libc::PACKET_FANOUT_HASH << 16);
+        set_packet_option(socket.fd.as_raw_fd(), libc::PACKET_FANOUT, fanout as libc::c_int)?;
         // FORCE passes net.core.rmem_max (vswitchd runs with CAP_NET_ADMIN); the plain option,
         // capped there, is the fallback.
-        set_option(socket.fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, UPLINK_RCVBUF)
-            .or_else(|_| set_option(socket.fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, UPLINK_RCVBUF))?;
+        setsockopt(&socket.fd, sockopt::RcvBufForce, &UPLINK_RCVBUF)
+            .or_else(|_| setsockopt(&socket.fd, sockopt::RcvBuf, &UPLINK_RCVBUF))?;
         Ok(socket)
     }
 
@@ -74,10 +76,10 @@ impl PacketSocket {
         check(raw)?;
         // SAFETY: `raw` is a fresh descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        set_int(fd.as_raw_fd(), PACKET_VNET_HDR, 1)?;
+        set_packet_option(fd.as_raw_fd(), libc::PACKET_VNET_HDR, 1)?;
         // SAFETY: sockaddr_ll is plain data; zeroed is a valid starting value.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_family = libc::AF_PACKET as libc::c_ushort;
         addr.sll_protocol = protocol.to_be();
         addr.sll_ifindex = ifindex as i32;
         // SAFETY: `addr` is a valid sockaddr_ll and its size is passed.
@@ -85,7 +87,7 @@ impl PacketSocket {
             libc::bind(
                 fd.as_raw_fd(),
                 (&addr as *const libc::sockaddr_ll).cast(),
-                size_of::<libc::sockaddr_ll>() as u32,
+                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
             )
         })?;
         Ok(PacketSocket { fd })
@@ -126,7 +128,7 @@ impl PortQueue for PacketSocket {
             libc::getsockopt(
                 self.fd.as_raw_fd(),
                 libc::SOL_PACKET,
-                PACKET_STATISTICS,
+                libc::PACKET_STATISTICS,
                 (&mut stats as *mut libc::tpacket_stats).cast(),
                 &mut len,
             )

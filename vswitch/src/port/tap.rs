@@ -16,19 +16,40 @@ use std::path::Path;
 use super::{byte_count, netns, PortQueue};
 use crate::wire::vnet;
 
-// From <linux/if_tun.h>.
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
-const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
-const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
-const IFF_TAP: libc::c_short = 0x0002;
-const IFF_NO_PI: libc::c_short = 0x1000;
-const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
-const IFF_VNET_HDR: libc::c_short = 0x4000;
-const TUN_F_CSUM: libc::c_uint = 0x01;
-const TUN_F_TSO4: libc::c_uint = 0x02;
-const TUN_F_TSO6: libc::c_uint = 0x04;
-const TUN_F_TSO_ECN: libc::c_uint = 0x08;
+// <linux/if_tun.h>, from libc, whose request numbers are right on every architecture (the
+// direction bits of _IOW differ on mips, powerpc and sparc).
+//
+// TUNSETIFF is declared _IOW, but the kernel writes the ifreq back (with the name it chose), so
+// the wrapper takes a mutable pointer.
+nix::ioctl_readwrite_bad!(tun_set_iff, libc::TUNSETIFF, libc::ifreq);
+nix::ioctl_write_ptr_bad!(tun_set_vnet_hdr_sz, libc::TUNSETVNETHDRSZ, libc::c_int);
+
+/// An ioctl whose argument is a value, not a pointer (TUNSETPERSIST, TUNSETOFFLOAD). The kernel
+/// reads it as an unsigned long: passed as one, since a C int in a variadic call leaves the
+/// register's upper half undefined (nix's `ioctl_write_int_bad!` passes an int).
+///
+/// # Safety
+/// `request` takes its argument by value.
+unsafe fn ioctl_with_value(fd: RawFd, request: libc::Ioctl, value: libc::c_ulong) -> io::Result<()> {
+    // SAFETY: the caller guarantees the request reads no memory through its argument.
+    if unsafe { libc::ioctl(fd, request, value) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The ifreq TUNSETIFF takes: the device's name and the TAP flags.
+fn tap_ifreq(name: &[u8]) -> libc::ifreq {
+    // SAFETY: ifreq is plain data (a name and a union of integers, addresses and a pointer
+    // nobody reads here); all zeroes is a valid value of it.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, &src) in req.ifr_name.iter_mut().zip(name) {
+        *dst = src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags =
+        (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR | libc::IFF_MULTI_QUEUE) as libc::c_short;
+    req
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TapError {
@@ -40,13 +61,6 @@ pub enum TapError {
     Offload { name: String, source: io::Error },
     #[error("{0}")]
     Namespace(io::Error),
-}
-
-#[repr(C)]
-struct IfReq {
-    name: [u8; libc::IFNAMSIZ],
-    flags: libc::c_short,
-    _pad: [u8; 22],
 }
 
 /// One queue of a TAP device, owning its descriptor.
@@ -79,17 +93,12 @@ impl TapQueue {
         attach: Attach,
         count: usize,
     ) -> Result<Vec<TapQueue>, TapError> {
-        let mut req = IfReq {
-            name: [0; libc::IFNAMSIZ],
-            flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE,
-            _pad: [0; 22],
-        };
         let c_name = CString::new(name).map_err(|_| TapError::BadName(name.into()))?;
         let bytes = c_name.as_bytes();
+        // The name and its NUL must fit in ifr_name.
         if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ {
             return Err(TapError::BadName(name.into()));
         }
-        req.name[..bytes.len()].copy_from_slice(bytes);
 
         let fds = netns::run_in(netns, || {
             // TUNSETIFF would create a missing device; a pod's must already exist. The lookup
@@ -105,15 +114,12 @@ impl TapQueue {
                         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
                         .open("/dev/net/tun")?;
                     let fd: OwnedFd = file.into();
+                    let mut req = tap_ifreq(bytes);
                     // SAFETY: `req` is a valid, initialised ifreq that outlives the call.
-                    if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req as *mut IfReq) } < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
+                    unsafe { tun_set_iff(fd.as_raw_fd(), &mut req) }?;
                     if attach == Attach::CreatePersistent {
-                        // SAFETY: TUNSETPERSIST takes an integer argument.
-                        if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETPERSIST, 1 as libc::c_ulong) } < 0 {
-                            return Err(io::Error::last_os_error());
-                        }
+                        // SAFETY: TUNSETPERSIST takes its flag by value.
+                        unsafe { ioctl_with_value(fd.as_raw_fd(), libc::TUNSETPERSIST, 1) }?;
                     }
                     Ok(fd)
                 })
@@ -137,17 +143,13 @@ impl TapQueue {
     }
 
     fn set_offloads(&self) -> Result<(), TapError> {
+        let offload_error = |source| TapError::Offload { name: self.name.clone(), source };
         let size: libc::c_int = vnet::LEN as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads an int through the pointer, which is valid for the call.
-        if unsafe { libc::ioctl(self.fd.as_raw_fd(), TUNSETVNETHDRSZ, &size as *const libc::c_int) } < 0 {
-            return Err(TapError::Offload { name: self.name.clone(), source: io::Error::last_os_error() });
-        }
-        let offloads = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN;
-        // SAFETY: TUNSETOFFLOAD takes the flags as an integer argument.
-        if unsafe { libc::ioctl(self.fd.as_raw_fd(), TUNSETOFFLOAD, offloads as libc::c_ulong) } < 0 {
-            return Err(TapError::Offload { name: self.name.clone(), source: io::Error::last_os_error() });
-        }
-        Ok(())
+        unsafe { tun_set_vnet_hdr_sz(self.fd.as_raw_fd(), &size) }.map_err(|e| offload_error(e.into()))?;
+        let offloads = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN;
+        // SAFETY: TUNSETOFFLOAD takes the flags by value.
+        unsafe { ioctl_with_value(self.fd.as_raw_fd(), libc::TUNSETOFFLOAD, offloads.into()) }.map_err(offload_error)
     }
 
     pub fn name(&self) -> &str {
