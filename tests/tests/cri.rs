@@ -333,7 +333,6 @@ fn three_pods_through_cri_get_addresses_talk_map_a_host_port_and_leave_nothing()
 }
 
 #[test]
-#[ignore = "needs vpc-cni bandwidth (issue 12.7)"]
 fn ingress_bandwidth_annotation_limits_traffic_into_the_pod_to_10_mbit() {
     let node = node(62);
     let pod = Pod::new("shaped");
