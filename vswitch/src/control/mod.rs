@@ -1,6 +1,6 @@
 //! The control plane: the sans-I/O [`registry`] (ports, adjacencies, routes, neighbours, the
 //! published snapshot) and the I/O around it: the [`switch`] driver, the API socket and the
-//! metrics endpoint ([`server`], [`metrics`]), the node's netlink plumbing ([`hostnet`]), the
+//! metrics endpoint ([`server`], [`metrics`]), the node's netlink plumbing ([`hostnet`]) and pod I/O ([`podio`]), the
 //! state file ([`persist`]) and the configuration ([`config`]). The API types and client are in
 //! the `vswitch-api` crate, re-exported here as [`api`].
 
@@ -8,6 +8,7 @@ pub mod config;
 pub mod hostnet;
 pub mod metrics;
 pub mod persist;
+pub mod podio;
 pub mod registry;
 pub mod server;
 pub mod switch;

@@ -8,8 +8,6 @@
 //! reserves its name and address first, does its I/O unlocked, then commits.
 
 use std::net::Ipv4Addr;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -21,11 +19,12 @@ use vswitch_api::api::{
 use super::config::{Config, UplinkConfig};
 use super::hostnet::{HostNet, HostNetError};
 use super::persist::{SavedPort, SavedRoute, SavedState, StateError, StateFile, FORMAT};
+use super::podio::{open_tap_queues, KernelPodIo, MemoryPodIo, PodIo};
 use super::registry::{parse_prefix, PodReservation, PortRecord, Registry, UplinkWork, HOST_PORT};
 use crate::datapath::{spawn_worker, stats, Datapath, PortQueues, PortTotals, SlowPacket, SlowReason, WorkerStats};
 use crate::pipeline::{DropReason, IcmpLimiter, Next, Pipeline, Trace, MAX_FRAME};
 use crate::port::packet::PacketSocket;
-use crate::port::tap::{Attach, TapQueue};
+use crate::port::tap::Attach;
 use crate::port::PortQueue;
 use crate::state::{NextHop, PortId, PortRole};
 use crate::wire::arp::{self, ArpPacket, Operation};
@@ -66,11 +65,11 @@ pub struct Switch {
     /// Every worker's counters, and the control plane's own last.
     stats: Vec<Arc<WorkerStats>>,
     control_stats: Arc<WorkerStats>,
-    hostnet: HostNet,
-    host_ifindex: u32,
+    /// Pod TAPs and the node's routes to pods: the kernel, or memory for tests and fuzzing.
+    pods: Box<dyn PodIo>,
     uplink: Option<Uplink>,
-    /// Also serialises saves, so the file always ends with the latest state.
-    state_file: Mutex<StateFile>,
+    /// Also serialises saves, so the file always ends with the latest state. None in memory.
+    state_file: Option<Mutex<StateFile>>,
     started: Instant,
 }
 
@@ -82,11 +81,6 @@ impl std::fmt::Debug for Switch {
 
 fn unavailable(what: impl std::fmt::Display) -> ApiError {
     ApiError::new(ErrorCode::Unavailable, what)
-}
-
-/// The identity (device, inode) of the namespace at `path`, to notice it being replaced.
-fn netns_id(path: &Path) -> Option<(u64, u64)> {
-    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 impl Switch {
@@ -121,7 +115,9 @@ impl Switch {
 
         // The host port.
         let name = config.host_port.name.clone();
-        let queues = open_queues(&name, &name, None, Attach::CreatePersistent, config.workers).await?;
+        let queues = open_tap_queues(&name, None, Attach::CreatePersistent, config.workers)
+            .await
+            .map_err(|source| ControlError::Attach { name: name.clone(), source })?;
         let (host_ifindex, peer_mac) = hostnet.bring_up(&name, config.host_port.mtu).await?;
         let mut routes = config.host_port.routes.iter().map(|p| parse_prefix(p)).collect::<Result<Vec<_>, _>>()?;
         if config.host_port.default_route {
@@ -144,15 +140,52 @@ impl Switch {
             workers: Mutex::new(workers),
             stats,
             control_stats,
-            hostnet,
-            host_ifindex,
+            pods: Box::new(KernelPodIo { hostnet, host_ifindex }),
             uplink,
-            state_file: Mutex::new(state_file),
+            state_file: Some(Mutex::new(state_file)),
             started: Instant::now(),
         });
         switch.wake_workers();
         switch.restore(saved).await;
         Ok((switch, slow_rx))
+    }
+
+    /// A switch with everything in memory: no workers, a host port of memory queues, pods
+    /// attached with [`MemoryPodIo`], no uplink and no state file. The request dispatch is the
+    /// real one; tests and the control-request fuzz target drive it.
+    pub fn in_memory(config: Config) -> Result<Arc<Switch>, ApiError> {
+        let gateway_mac = config.gateway_mac();
+        let (slow_tx, _) = tokio::sync::mpsc::channel(1);
+        let datapath = Arc::new(Datapath::new(Registry::empty_snapshot(config.gateway_ip, gateway_mac), slow_tx, 0));
+        let control_stats = Arc::new(WorkerStats::default());
+        let mut registry = Registry::new(config.gateway_ip, gateway_mac, config.pod_mtu, datapath.clone());
+        let mut routes = config.host_port.routes.iter().map(|p| parse_prefix(p)).collect::<Result<Vec<_>, _>>()?;
+        if config.host_port.default_route {
+            routes.push(parse_prefix("0.0.0.0/0").expect("valid"));
+        }
+        let queue: Arc<dyn PortQueue> = Arc::new(crate::port::MemoryPort::default());
+        let peer_mac = MacAddr([0x02, 0, 0, 0, 0, 1]);
+        registry.attach_host(
+            &config.host_port.name,
+            config.host_port.mtu,
+            peer_mac,
+            vec![queue].into(),
+            &routes,
+            PortTotals::default(),
+        );
+        Ok(Arc::new(Switch {
+            config,
+            registry: Mutex::new(registry),
+            datapath,
+            wakers: Vec::new(),
+            workers: Mutex::new(Vec::new()),
+            stats: vec![control_stats.clone()],
+            control_stats,
+            pods: Box::new(MemoryPodIo),
+            uplink: None,
+            state_file: None,
+            started: Instant::now(),
+        }))
     }
 
     fn registry(&self) -> MutexGuard<'_, Registry> {
@@ -200,7 +233,8 @@ impl Switch {
     async fn persist(self: &Arc<Self>) -> Result<(), ApiError> {
         let switch = self.clone();
         tokio::task::spawn_blocking(move || {
-            let file = switch.state_file.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(file) = &switch.state_file else { return Ok(()) };
+            let file = file.lock().unwrap_or_else(|e| e.into_inner());
             let state = switch.saved_state();
             file.save(&state)
         })
@@ -278,21 +312,11 @@ impl Switch {
     /// The I/O of an attach: the pod's TAP queues and the node's route to it.
     async fn open_pod(&self, reservation: &PodReservation) -> Result<(PortQueues, Option<(u64, u64)>), ApiError> {
         let spec = &reservation.spec;
-        let netns_id = netns_id(&spec.netns).ok_or_else(|| {
+        let netns_id = self.pods.netns_id(&spec.netns).ok_or_else(|| {
             ApiError::new(ErrorCode::NotFound, format!("network namespace {} does not exist", spec.netns.display()))
         })?;
-        let queues =
-            open_queues(&spec.name, &spec.ifname, Some(spec.netns.clone()), Attach::Existing, self.config.workers)
-                .await
-                .map_err(|e| match e {
-                    ControlError::Attach { source: crate::port::TapError::Attach { ref source, .. }, .. }
-                        if source.kind() == std::io::ErrorKind::NotFound =>
-                    {
-                        ApiError::new(ErrorCode::NotFound, e)
-                    }
-                    e => unavailable(e),
-                })?;
-        self.hostnet.route_to_pod(spec.ip, self.host_ifindex).await.map_err(unavailable)?;
+        let queues = self.pods.open_queues(spec, self.config.workers).await?;
+        self.pods.add_host_route(spec.ip).await?;
         Ok((queues, Some(netns_id)))
     }
 
@@ -304,19 +328,14 @@ impl Switch {
         if let PortRole::Pod { ip, .. } = record.info.role {
             // A route left behind only misroutes the node's traffic to an address nobody holds;
             // it must not make the DEL fail (the port is gone already). Logged and counted.
-            if let Err(e) = self.hostnet.remove_route_to_pod(ip, self.host_ifindex).await {
+            if let Err(e) = self.pods.remove_host_route(ip).await {
                 tracing::warn!(port = %name, %ip, error = %e, "could not remove the node's route to the pod");
                 self.control_stats.dropped(DropReason::TxError);
             }
         }
         if let (true, Some(netns)) = (remove_device, record.attachment.netns.clone()) {
-            let ifname = record.attachment.ifname.clone();
             // Our queues go when the workers drop the old snapshot; the device can go now.
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = vswitch_api::link::delete_link_in(&netns, &ifname) {
-                    tracing::warn!(netns = %netns.display(), %ifname, error = %e, "could not delete the TAP");
-                }
-            });
+            self.pods.delete_device(netns, record.attachment.ifname.clone());
         }
         tracing::info!(port = %name, id = record.info.id, "port removed");
         Ok(())
@@ -331,7 +350,7 @@ impl Switch {
             .filter(|p| p.link == vswitch_api::api::LinkState::Up)
             .filter_map(|p| {
                 let (netns, attached) = (p.attachment.netns.as_ref()?, p.attachment.netns_id?);
-                (netns_id(netns) != Some(attached)).then(|| (p.info.id, p.info.name.clone()))
+                (self.pods.netns_id(netns) != Some(attached)).then(|| (p.info.id, p.info.name.clone()))
             })
             .collect();
         for (id, name) in gone {
@@ -569,26 +588,6 @@ fn spec_of(p: &PortRecord) -> Option<PortSpec> {
         pod: p.attachment.pod.clone(),
         bandwidth: p.attachment.bandwidth,
     })
-}
-
-/// Opens one queue per worker of TAP `ifname` for port `port`, on a blocking thread (the
-/// namespace switch and the ioctls block).
-async fn open_queues(
-    port: &str,
-    ifname: &str,
-    netns: Option<PathBuf>,
-    attach: Attach,
-    workers: usize,
-) -> Result<PortQueues, ControlError> {
-    let (port, ifname) = (port.to_string(), ifname.to_string());
-    let opened = tokio::task::spawn_blocking(move || {
-        TapQueue::open_many(&ifname, netns.as_deref(), attach, workers)
-            .map(|queues| queues.into_iter().map(|q| Arc::new(q) as Arc<dyn PortQueue>).collect::<Vec<_>>())
-            .map_err(|source| ControlError::Attach { name: port, source })
-    })
-    .await
-    .map_err(|e| ControlError::Api(unavailable(format!("attach task failed: {e}"))))??;
-    Ok(opened.into())
 }
 
 /// Attaches the dedicated NIC: one fanout socket per worker, the subnet and the default route

@@ -1,0 +1,125 @@
+//! The node-side I/O of pod ports, behind [`PodIo`] so the driver's whole request dispatch also
+//! runs in memory ([`MemoryPodIo`], for tests and the control-request fuzz target) while vswitchd
+//! uses the kernel ([`KernelPodIo`]: TAP queues opened from inside the pod's namespace, the node's
+//! `POD/32 dev vsw0` routes over netlink, TAP deletion).
+
+use std::hash::{Hash, Hasher};
+use std::net::Ipv4Addr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use vswitch_api::api::{ApiError, ErrorCode, PortSpec};
+
+use super::hostnet::HostNet;
+use crate::datapath::PortQueues;
+use crate::port::tap::{Attach, TapQueue};
+use crate::port::{MemoryPort, PortQueue, TapError};
+
+pub trait PodIo: Send + Sync + std::fmt::Debug {
+    /// The identity (device, inode) of the namespace at `path`; `None` if it names none. Compared
+    /// later to notice a namespace that vanished or was replaced without a DEL.
+    fn netns_id(&self, path: &Path) -> Option<(u64, u64)>;
+    /// One queue per worker of the pod's TAP.
+    fn open_queues<'a>(&'a self, spec: &'a PortSpec, workers: usize) -> BoxFuture<'a, Result<PortQueues, ApiError>>;
+    /// The node's route to the pod (so its stack and kube-proxy's DNAT reach it).
+    fn add_host_route(&self, ip: Ipv4Addr) -> BoxFuture<'_, Result<(), ApiError>>;
+    fn remove_host_route(&self, ip: Ipv4Addr) -> BoxFuture<'_, Result<(), ApiError>>;
+    /// Deletes the pod's TAP in the background (the reply does not wait for the kernel).
+    fn delete_device(&self, netns: PathBuf, ifname: String);
+}
+
+fn unavailable(what: impl std::fmt::Display) -> ApiError {
+    ApiError::new(ErrorCode::Unavailable, what)
+}
+
+/// Opens one queue per worker of TAP `ifname`, on a blocking thread (the namespace switch and
+/// the ioctls block).
+pub async fn open_tap_queues(
+    ifname: &str,
+    netns: Option<PathBuf>,
+    attach: Attach,
+    workers: usize,
+) -> Result<PortQueues, TapError> {
+    let ifname = ifname.to_string();
+    let opened = tokio::task::spawn_blocking(move || TapQueue::open_many(&ifname, netns.as_deref(), attach, workers))
+        .await
+        .map_err(|e| TapError::Namespace(std::io::Error::other(format!("attach task failed: {e}"))))??;
+    Ok(opened.into_iter().map(|q| Arc::new(q) as Arc<dyn PortQueue>).collect::<Vec<_>>().into())
+}
+
+#[derive(Debug)]
+pub struct KernelPodIo {
+    pub hostnet: HostNet,
+    pub host_ifindex: u32,
+}
+
+impl PodIo for KernelPodIo {
+    fn netns_id(&self, path: &Path) -> Option<(u64, u64)> {
+        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    }
+
+    fn open_queues<'a>(&'a self, spec: &'a PortSpec, workers: usize) -> BoxFuture<'a, Result<PortQueues, ApiError>> {
+        Box::pin(async move {
+            open_tap_queues(&spec.ifname, Some(spec.netns.clone()), Attach::Existing, workers).await.map_err(|e| {
+                let missing =
+                    matches!(&e, TapError::Attach { source, .. } if source.kind() == std::io::ErrorKind::NotFound);
+                let message = format!("attaching {}: {e}", spec.name);
+                if missing {
+                    ApiError::new(ErrorCode::NotFound, message)
+                } else {
+                    unavailable(message)
+                }
+            })
+        })
+    }
+
+    fn add_host_route(&self, ip: Ipv4Addr) -> BoxFuture<'_, Result<(), ApiError>> {
+        Box::pin(async move { self.hostnet.route_to_pod(ip, self.host_ifindex).await.map_err(unavailable) })
+    }
+
+    fn remove_host_route(&self, ip: Ipv4Addr) -> BoxFuture<'_, Result<(), ApiError>> {
+        Box::pin(async move { self.hostnet.remove_route_to_pod(ip, self.host_ifindex).await.map_err(unavailable) })
+    }
+
+    fn delete_device(&self, netns: PathBuf, ifname: String) {
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = vswitch_api::link::delete_link_in(&netns, &ifname) {
+                tracing::warn!(netns = %netns.display(), %ifname, error = %e, "could not delete the TAP");
+            }
+        });
+    }
+}
+
+/// Pods in memory: every absolute namespace path exists (except under `/nonexistent`), queues are
+/// [`MemoryPort`]s, routes and devices are nothing.
+#[derive(Debug, Default)]
+pub struct MemoryPodIo;
+
+impl PodIo for MemoryPodIo {
+    fn netns_id(&self, path: &Path) -> Option<(u64, u64)> {
+        if !path.is_absolute() || path.starts_with("/nonexistent") {
+            return None;
+        }
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        path.hash(&mut hasher);
+        Some((0, hasher.finish()))
+    }
+
+    fn open_queues<'a>(&'a self, _: &'a PortSpec, workers: usize) -> BoxFuture<'a, Result<PortQueues, ApiError>> {
+        let queues: Vec<Arc<dyn PortQueue>> =
+            (0..workers.max(1)).map(|_| Arc::new(MemoryPort::default()) as Arc<dyn PortQueue>).collect();
+        Box::pin(async move { Ok(queues.into()) })
+    }
+
+    fn add_host_route(&self, _: Ipv4Addr) -> BoxFuture<'_, Result<(), ApiError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn remove_host_route(&self, _: Ipv4Addr) -> BoxFuture<'_, Result<(), ApiError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn delete_device(&self, _: PathBuf, _: String) {}
+}
