@@ -1,16 +1,15 @@
 //! Node IPAM: VPC addresses from the ranges this node was given.
 //!
 //! One JSON state file per network, changed only under an exclusive `flock` and replaced with
-//! write-to-temporary, fsync, rename, fsync-directory: a crash at any instant leaves either the
-//! old or the new state, so an address is never handed out twice and an allocation is never lost
+//! `vswitch_api::file::write_atomic` (temporary, fsync, rename, fsync the directory): a crash at
+//! any instant leaves either the old or the new state, so an address is never handed out twice and an allocation is never lost
 //! (the DEL or GC that follows a crashed ADD releases it). Allocations are keyed by container ID
 //! and interface, so a repeated ADD gets the same address. A released address stays out of use
 //! for `reuse_delay` (conntrack's SYN_SENT timeout is 120 s), so a new pod never receives the old
 //! one's connections.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::fs::OpenOptions;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -99,12 +98,8 @@ impl Ipam {
         };
         let (value, changed) = f(&mut state)?;
         if changed {
-            let tmp = self.dir.join("state.json.tmp");
-            let mut file = File::create(&tmp).map_err(self.io(&tmp))?;
-            file.write_all(&serde_json::to_vec_pretty(&state).expect("serialisable")).map_err(self.io(&tmp))?;
-            file.sync_all().map_err(self.io(&tmp))?;
-            std::fs::rename(&tmp, &path).map_err(self.io(&path))?;
-            File::open(&self.dir).and_then(|d| d.sync_all()).map_err(self.io(&self.dir))?;
+            let bytes = serde_json::to_vec_pretty(&state).expect("serialisable");
+            vswitch_api::file::write_atomic(&path, &bytes).map_err(self.io(&path))?;
         }
         Ok(value)
     }

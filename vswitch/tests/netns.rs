@@ -230,3 +230,30 @@ fn a_second_vswitchd_on_the_node_is_refused_and_the_first_keeps_serving() {
         .collect();
     assert!(logs.contains("ready") && !logs.contains('\x1b'), "{logs}");
 }
+
+#[test]
+fn a_pod_namespace_deleted_without_del_marks_its_port_gone() {
+    let n = node(1, 25);
+    let c = Pod::new(Ipv4Addr::new(10, 10, 25, 4));
+    n.daemon.attach("pod-c", &c);
+    let port = |name: &str| {
+        n.daemon.ctl_json(&["ports"]).as_array().unwrap().iter().find(|p| p["name"] == name).cloned().unwrap()
+    };
+    assert_eq!(port("pod-c")["link"], "up");
+    // The runtime removes the sandbox's namespace and never calls DEL.
+    std::process::Command::new("ip").args(["netns", "del", &c.ns.name]).status().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while port("pod-c")["link"] != "gone" {
+        assert!(std::time::Instant::now() < deadline, "not marked gone: {}", port("pod-c"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Shown to operators, and the others keep working.
+    let table = String::from_utf8_lossy(&n.daemon.ctl(&["ports"]).stdout).to_string();
+    assert!(table.lines().any(|l| l.contains("pod-c") && l.contains("gone")), "{table}");
+    assert!(n.a.ping(&n.b.ip.to_string(), 2));
+    // Its address can go to a new pod, which replaces the gone port.
+    let d = Pod::new(Ipv4Addr::new(10, 10, 25, 4));
+    n.daemon.attach("pod-d", &d);
+    assert!(n.daemon.ctl_json(&["ports"]).as_array().unwrap().iter().all(|p| p["name"] != "pod-c"));
+    assert!(d.ping(&n.a.ip.to_string(), 2), "the new pod at the old address is reachable");
+}

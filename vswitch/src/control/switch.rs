@@ -154,6 +154,15 @@ impl Switch {
     /// attached with [`MemoryPodIo`], no uplink and no state file. The request dispatch is the
     /// real one; tests and the control-request fuzz target drive it.
     pub fn in_memory(config: Config) -> Result<Arc<Switch>, ApiError> {
+        Self::in_memory_with(config, Box::new(MemoryPodIo), None)
+    }
+
+    /// [`Switch::in_memory`] with another pod I/O (to inject failures) and a state file.
+    pub fn in_memory_with(
+        config: Config,
+        pods: Box<dyn PodIo>,
+        state_file: Option<StateFile>,
+    ) -> Result<Arc<Switch>, ApiError> {
         let gateway_mac = config.gateway_mac();
         let (slow_tx, _) = tokio::sync::mpsc::channel(1);
         let datapath = Arc::new(Datapath::new(Registry::empty_snapshot(config.gateway_ip, gateway_mac), slow_tx, 0));
@@ -181,9 +190,9 @@ impl Switch {
             workers: Mutex::new(Vec::new()),
             stats: vec![control_stats.clone()],
             control_stats,
-            pods: Box::new(MemoryPodIo),
+            pods,
             uplink: None,
-            state_file: None,
+            state_file: state_file.map(Mutex::new),
             started: Instant::now(),
         }))
     }
@@ -624,4 +633,108 @@ async fn attach_uplink(
     let port = registry.attach_uplink(&name, config.mtu, (mac, ip), queues.into(), subnet, config.gateway)?;
     tracing::info!(uplink = %name, %mac, ?ip, ifindex, %subnet, "uplink attached");
     Ok(Uplink { port, mac, sender })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::future::BoxFuture;
+    use vswitch_api::api::PortView;
+
+    fn spec(name: &str, last: u8) -> PortSpec {
+        PortSpec {
+            name: name.into(),
+            netns: format!("/run/netns/{name}").into(),
+            ifname: "eth0".into(),
+            ip: Ipv4Addr::new(10, 0, 0, last),
+            mac: MacAddr::local_from([10, 0, 0, last]),
+            mtu: None,
+            pod: None,
+            bandwidth: None,
+        }
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    }
+
+    fn names(ports: &[PortView]) -> Vec<(String, String)> {
+        ports.iter().map(|p| (p.name.clone(), format!("{:?}", p.role))).collect()
+    }
+
+    #[test]
+    fn a_restored_switch_has_the_saved_ports_and_api_routes() {
+        let rt = runtime();
+        let first = Switch::in_memory(Config::default()).unwrap();
+        for (name, last) in [("a", 2), ("b", 3)] {
+            rt.block_on(first.handle(Request::AddPort(spec(name, last)))).unwrap();
+        }
+        let route = Request::AddRoute { prefix: "10.96.0.0/12".into(), port: "b".into(), replace: false };
+        rt.block_on(first.handle(route)).unwrap();
+        let saved = first.saved_state();
+        assert_eq!(saved.ports.len(), 2);
+        assert_eq!(saved.routes, vec![SavedRoute { prefix: "10.96.0.0/12".into(), port: "b".into() }]);
+
+        let second = Switch::in_memory(Config::default()).unwrap();
+        rt.block_on(second.restore(saved));
+        assert_eq!(names(&second.list_ports()), names(&first.list_ports()));
+        let routes = |s: &Switch| s.list_routes().into_iter().map(|r| (r.prefix, r.port, r.origin)).collect::<Vec<_>>();
+        assert_eq!(routes(&second), routes(&first));
+    }
+
+    /// Pod I/O whose node route removal always fails.
+    #[derive(Debug)]
+    struct RouteRemovalFails;
+
+    impl PodIo for RouteRemovalFails {
+        fn netns_id(&self, path: &std::path::Path) -> Option<(u64, u64)> {
+            MemoryPodIo.netns_id(path)
+        }
+        fn open_queues<'a>(
+            &'a self,
+            spec: &'a PortSpec,
+            workers: usize,
+        ) -> BoxFuture<'a, Result<PortQueues, ApiError>> {
+            MemoryPodIo.open_queues(spec, workers)
+        }
+        fn add_host_route(&self, _: Ipv4Addr) -> BoxFuture<'_, Result<(), ApiError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn remove_host_route(&self, _: Ipv4Addr) -> BoxFuture<'_, Result<(), ApiError>> {
+            Box::pin(async { Err(unavailable("netlink: no buffer space")) })
+        }
+        fn delete_device(&self, _: std::path::PathBuf, _: String) {}
+    }
+
+    #[test]
+    fn a_deleted_port_stays_deleted_when_netlink_fails() {
+        let rt = runtime();
+        let dir = tempfile::tempdir().unwrap();
+        let file = StateFile::open(dir.path(), 1500).unwrap();
+        let switch = Switch::in_memory_with(Config::default(), Box::new(RouteRemovalFails), Some(file)).unwrap();
+        rt.block_on(switch.handle(Request::AddPort(spec("a", 2)))).unwrap();
+        assert_eq!(StateFile::open(dir.path(), 1500).unwrap().load().unwrap().ports.len(), 1);
+        rt.block_on(switch.handle(Request::DelPort { name: "a".into(), remove_device: false })).unwrap();
+        // Saved before the failing netlink call: a restart does not bring the port back.
+        assert!(StateFile::open(dir.path(), 1500).unwrap().load().unwrap().ports.is_empty());
+        assert_eq!(switch.drops().iter().find(|(r, _)| *r == DropReason::TxError).map(|(_, n)| *n), Some(1));
+    }
+
+    #[test]
+    fn requests_get_typed_answers_and_error_codes() {
+        let rt = runtime();
+        let switch = Switch::in_memory(Config::default()).unwrap();
+        let added = rt.block_on(switch.handle(Request::AddPort(spec("a", 2)))).unwrap();
+        assert!(matches!(added, Response::Port(ref p) if p.name == "a"));
+        let code = |r: Request| rt.block_on(switch.handle(r)).unwrap_err().code;
+        assert_eq!(code(Request::AddPort(spec("a", 3))), ErrorCode::Exists);
+        assert_eq!(code(Request::AddPort(spec("b", 2))), ErrorCode::Conflict);
+        let missing = PortSpec { netns: "/nonexistent/ns".into(), ..spec("c", 4) };
+        assert_eq!(code(Request::AddPort(missing)), ErrorCode::NotFound);
+        assert_eq!(code(Request::DelPort { name: "zz".into(), remove_device: false }), ErrorCode::NotFound);
+        assert_eq!(code(Request::Trace { port: "a".into(), frame: "aéa".into() }), ErrorCode::Invalid);
+        assert_eq!(code(Request::DelRoute { prefix: "10.0.0.2/32".into() }), ErrorCode::Conflict);
+        // A failed attach left nothing reserved: the name and address can be used.
+        rt.block_on(switch.handle(Request::AddPort(spec("c", 4)))).unwrap();
+    }
 }
