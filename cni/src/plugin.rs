@@ -44,6 +44,10 @@ impl From<ClientError> for CniError {
             ClientError::Unreachable { .. } | ClientError::Protocol { .. } => {
                 CniError::with_details(Code::TryAgainLater, "vswitchd is unreachable", e)
             }
+            // Busy for a moment (handing over to an upgrade, a netlink hiccup): the runtime retries.
+            ClientError::Api(ref api) if api.code == ErrorCode::Unavailable => {
+                CniError::with_details(Code::TryAgainLater, "vswitchd is busy", e)
+            }
             ClientError::Api(_) => CniError::with_details(Code::SwitchRefused, "vswitchd refused the request", e),
         }
     }

@@ -257,10 +257,29 @@ impl Daemon {
     }
 
     pub fn spawn(&mut self, node: &Netns, workers: usize) {
+        self.child = Some(self.start_process(node, workers, &[]));
+        self.wait_ready();
+    }
+
+    /// Starts `vswitchd --upgrade` next to the running one and waits until the old one has
+    /// handed over and exited; the new one is this daemon from then on.
+    pub fn upgrade(&mut self, node: &Netns, workers: usize) {
+        let new = self.start_process(node, workers, &["--upgrade"]);
+        let mut old = self.child.replace(new).expect("a running vswitchd to upgrade");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while old.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "the old vswitchd did not exit; logs in {}", self.dir.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.wait_ready();
+    }
+
+    fn start_process(&self, node: &Netns, workers: usize, extra: &[&str]) -> Child {
         let log = std::fs::File::create(self.dir.join(format!("vswitchd-{}.log", unique("")))).unwrap();
-        let child = Command::new("ip")
+        Command::new("ip")
             .args(["netns", "exec", &node.name])
             .arg(&self.bins.vswitchd)
+            .args(extra)
             .args(["--config", self.dir.join("vswitchd.toml").to_str().unwrap()])
             .args(["--socket", self.socket.to_str().unwrap(), "--state-dir", self.dir.join("state").to_str().unwrap()])
             .args([
@@ -274,8 +293,10 @@ impl Daemon {
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .expect("start vswitchd");
-        self.child = Some(child);
+            .expect("start vswitchd")
+    }
+
+    fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.ctl(&["ports"]).status.success() {
             assert!(Instant::now() < deadline, "vswitchd did not come up; logs in {}", self.dir.display());

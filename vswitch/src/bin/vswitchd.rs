@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use vswitch::control::{server, Config, Switch};
+use vswitch::control::{handover, server, Config, Switch};
 
 #[derive(Parser)]
 #[command(name = "vswitchd", about = "Userspace L3 switch for pods with native VPC addresses")]
@@ -30,6 +30,11 @@ struct Args {
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
+    /// Take over from the vswitchd running with this state directory without losing traffic
+    /// (same configuration): its ports' queues are handed over, then it exits. With none
+    /// running, a plain start.
+    #[arg(long)]
+    upgrade: bool,
 }
 
 fn main() -> ExitCode {
@@ -73,7 +78,7 @@ fn main() -> ExitCode {
     }
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("tokio runtime");
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(config, args.upgrade)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -85,7 +90,7 @@ fn main() -> ExitCode {
 /// Takes `STATE_DIR/vswitchd.lock` for the life of the process, before anything else is touched:
 /// a second vswitchd on the node would take over the API socket and open extra queues on every
 /// pod's TAP. Refused with the running one's pid instead.
-fn lock_node(config: &Config) -> Result<nix::fcntl::Flock<std::fs::File>, String> {
+fn lock_node(config: &Config) -> Result<NodeLock, String> {
     use std::io::{Read, Seek, Write};
     let path = config.state_dir.join("vswitchd.lock");
     std::fs::create_dir_all(&config.state_dir).map_err(|e| format!("{}: {e}", config.state_dir.display()))?;
@@ -114,28 +119,84 @@ fn lock_node(config: &Config) -> Result<nix::fcntl::Flock<std::fs::File>, String
     }
 }
 
-async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
-    let _lock = lock_node(&config)?;
+type NodeLock = nix::fcntl::Flock<std::fs::File>;
+
+/// The lock an upgraded instance releases by exiting; waits up to the handover's timeout.
+async fn take_lock_after_handover(config: &Config) -> Result<NodeLock, String> {
+    let deadline = std::time::Instant::now() + handover::CONFIRM_TIMEOUT;
+    loop {
+        match lock_node(config) {
+            Ok(lock) => return Ok(lock),
+            Err(e) if std::time::Instant::now() > deadline => {
+                return Err(format!("the old vswitchd did not exit: {e}"))
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
+}
+
+async fn run(config: Config, upgrade: bool) -> Result<(), Box<dyn std::error::Error>> {
+    let upgrade_socket = handover::socket_path(&config.state_dir);
+    // An upgrade asks the running instance for its ports first; with none running it is a plain
+    // start, which must hold the node lock before touching anything.
+    let taken = if upgrade {
+        let path = upgrade_socket.clone();
+        tokio::task::spawn_blocking(move || handover::request(&path)).await??
+    } else {
+        None
+    };
+    let (handed, old) = taken.map_or((None, None), |(h, stream)| (Some(h), Some(stream)));
+    let lock = if old.is_none() { Some(lock_node(&config)?) } else { None };
     let socket = config.socket.clone();
     let metrics_addr = config.metrics_addr.clone();
-    let api = server::bind_api(&socket).map_err(|e| format!("API socket {}: {e}", socket.display()))?;
-    let (switch, slow_path) = Switch::start(config).await?;
+    // Bound beside the path and moved over it once this instance works, so a failed upgrade
+    // leaves the running instance reachable.
+    let staging = socket.with_extension(format!("new-{}", std::process::id()));
+    let api = server::bind_api(&staging).map_err(|e| format!("API socket {}: {e}", staging.display()))?;
+    let started = Switch::start(config.clone(), handed).await;
+    let (switch, slow_path) = match started {
+        Ok(started) => started,
+        Err(e) => {
+            let _ = std::fs::remove_file(&staging);
+            return Err(e.into());
+        }
+    };
+    std::fs::rename(&staging, &socket).map_err(|e| format!("API socket {}: {e}", socket.display()))?;
     tokio::spawn(server::serve_api(api, switch.clone()));
     tokio::spawn(server::serve_slow_path(slow_path, switch.clone()));
+    let _lock = match (lock, old) {
+        (Some(lock), _) => lock,
+        (None, Some(old)) => {
+            handover::confirm(&old)?;
+            tracing::info!("took over from the running vswitchd; waiting for it to exit");
+            take_lock_after_handover(&config).await?
+        }
+        (None, None) => unreachable!("a plain start took the lock above"),
+    };
     if !metrics_addr.is_empty() {
         let listener =
             tokio::net::TcpListener::bind(&metrics_addr).await.map_err(|e| format!("metrics {metrics_addr}: {e}"))?;
         tracing::info!(addr = %listener.local_addr()?, "metrics at /metrics");
         tokio::spawn(server::serve_metrics(listener, switch.clone()));
     }
+    let (handed_over, mut taken_over) = tokio::sync::oneshot::channel();
+    let upgrades = server::bind_api(&upgrade_socket).map_err(|e| format!("{}: {e}", upgrade_socket.display()))?;
+    tokio::spawn(server::serve_upgrades(upgrades, switch.clone(), handed_over));
     tracing::info!(socket = %socket.display(), "ready");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("stopping; pod TAPs persist for the next start");
+    let replaced = tokio::select! {
+        _ = tokio::signal::ctrl_c() => false,
+        _ = term.recv() => false,
+        _ = &mut taken_over => true,
+    };
     switch.shutdown();
-    let _ = std::fs::remove_file(&socket);
+    if replaced {
+        // The sockets' paths belong to the new instance now.
+        tracing::info!("handed over to the upgrade; exiting");
+    } else {
+        tracing::info!("stopping; pod TAPs persist for the next start");
+        let _ = std::fs::remove_file(&socket);
+        let _ = std::fs::remove_file(&upgrade_socket);
+    }
     Ok(())
 }

@@ -53,6 +53,9 @@ pub async fn open_tap_queues(
 pub struct KernelPodIo {
     pub hostnet: HostNet,
     pub host_ifindex: u32,
+    /// Queues handed over by the vswitchd this one upgrades, by port name: used instead of
+    /// opening new ones (see `handover`).
+    pub handed: std::sync::Mutex<std::collections::HashMap<String, Vec<std::os::fd::OwnedFd>>>,
 }
 
 impl PodIo for KernelPodIo {
@@ -61,6 +64,12 @@ impl PodIo for KernelPodIo {
     }
 
     fn open_queues<'a>(&'a self, spec: &'a PortSpec, workers: usize) -> BoxFuture<'a, Result<PortQueues, ApiError>> {
+        let handed = self.handed.lock().unwrap_or_else(|e| e.into_inner()).remove(&spec.name);
+        if let Some(fds) = handed.filter(|fds| fds.len() == workers) {
+            let queues: Vec<Arc<dyn PortQueue>> =
+                fds.into_iter().map(|fd| Arc::new(TapQueue::from_fd(fd, &spec.ifname)) as Arc<dyn PortQueue>).collect();
+            return Box::pin(async move { Ok(queues.into()) });
+        }
         Box::pin(async move {
             open_tap_queues(&spec.ifname, Some(spec.netns.clone()), Attach::Existing, workers).await.map_err(|e| {
                 let missing =

@@ -144,3 +144,37 @@ async fn read_head(stream: &mut tokio::net::TcpStream) -> Option<String> {
     }
     Some(String::from_utf8_lossy(&head[..filled]).lines().next().unwrap_or("").to_string())
 }
+
+/// Serves `STATE_DIR/upgrade.sock`: a new instance asks for this one's ports (see `handover`).
+/// When one takes over, `taken_over` fires and the daemon exits; otherwise it carries on.
+pub async fn serve_upgrades(listener: UnixListener, switch: Arc<Switch>, taken_over: tokio::sync::oneshot::Sender<()>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok(stream) = stream.into_std().and_then(|s| s.set_nonblocking(false).map(|()| s)) else { continue };
+        let switch = switch.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(&stream), &mut line)?;
+            if line.trim() != "handover" {
+                return Ok(false);
+            }
+            let offer = switch.freeze_and_offer();
+            tracing::info!(ports = offer.ports.len(), "handing the ports over to an upgrade");
+            let taken = super::handover::offer(&stream, &offer);
+            if !matches!(taken, Ok(true)) {
+                switch.thaw();
+            }
+            taken
+        })
+        .await;
+        match outcome {
+            Ok(Ok(true)) => {
+                let _ = taken_over.send(());
+                return;
+            }
+            Ok(Ok(false)) => tracing::warn!("an upgrade connected but did not take over; carrying on"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "an upgrade failed; carrying on"),
+            Err(e) => tracing::warn!(error = %e, "the handover task failed; carrying on"),
+        }
+    }
+}

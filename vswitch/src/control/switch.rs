@@ -8,6 +8,8 @@
 //! reserves its name and address first, does its I/O unlocked, then commits.
 
 use std::net::Ipv4Addr;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -17,6 +19,7 @@ use vswitch_api::api::{
 };
 
 use super::config::{Config, UplinkConfig};
+use super::handover::{Handover, Offer};
 use super::hostnet::{HostNet, HostNetError};
 use super::persist::{SavedPort, SavedRoute, SavedState, StateError, StateFile, FORMAT};
 use super::podio::{open_tap_queues, KernelPodIo, MemoryPodIo, PodIo};
@@ -24,7 +27,7 @@ use super::registry::{parse_prefix, PodReservation, PortRecord, Registry, Uplink
 use crate::datapath::{spawn_worker, stats, Datapath, PortQueues, PortTotals, SlowPacket, SlowReason, WorkerStats};
 use crate::pipeline::{DropReason, IcmpLimiter, Next, Pipeline, Trace, MAX_FRAME};
 use crate::port::packet::PacketSocket;
-use crate::port::tap::Attach;
+use crate::port::tap::{Attach, TapQueue};
 use crate::port::PortQueue;
 use crate::state::{NextHop, PortId, PortRole};
 use crate::wire::arp::{self, ArpPacket, Operation};
@@ -67,6 +70,9 @@ pub struct Switch {
     control_stats: Arc<WorkerStats>,
     /// Pod TAPs and the node's routes to pods: the kernel, or memory for tests and fuzzing.
     pods: Box<dyn PodIo>,
+    /// Set while handing over to a new instance: changes are refused (retryable) so the state
+    /// handed over stays the state.
+    frozen: AtomicBool,
     uplink: Option<Uplink>,
     /// Also serialises saves, so the file always ends with the latest state. None in memory.
     state_file: Option<Mutex<StateFile>>,
@@ -86,11 +92,29 @@ fn unavailable(what: impl std::fmt::Display) -> ApiError {
 impl Switch {
     /// Starts the workers, attaches the host port and the uplink, and re-attaches the saved pod
     /// ports. Returns the switch and the receiving end of the workers' slow path.
-    pub async fn start(config: Config) -> Result<(Arc<Switch>, tokio::sync::mpsc::Receiver<SlowPacket>), ControlError> {
+    ///
+    /// With a `handover` (an upgrade), the state and the queues come from the instance being
+    /// replaced instead of the state file and new opens.
+    pub async fn start(
+        config: Config,
+        mut handover: Option<Handover>,
+    ) -> Result<(Arc<Switch>, tokio::sync::mpsc::Receiver<SlowPacket>), ControlError> {
         // Read the state first: a file this version cannot read stops the start before anything
         // is touched.
         let state_file = StateFile::open(&config.state_dir, config.pod_mtu)?;
-        let saved = state_file.load()?;
+        let saved = match &handover {
+            Some(h) if h.workers != config.workers => {
+                return Err(ControlError::Api(ApiError::new(
+                    ErrorCode::Invalid,
+                    format!(
+                        "the running vswitchd has {} workers, this one {}: upgrade with the same configuration",
+                        h.workers, config.workers
+                    ),
+                )))
+            }
+            Some(h) => h.state.clone(),
+            None => state_file.load()?,
+        };
 
         let gateway_mac = config.gateway_mac();
         let (slow_tx, slow_rx) = tokio::sync::mpsc::channel(crate::datapath::SLOW_PATH_DEPTH);
@@ -115,9 +139,15 @@ impl Switch {
 
         // The host port.
         let name = config.host_port.name.clone();
-        let queues = open_tap_queues(&name, None, Attach::CreatePersistent, config.workers)
-            .await
-            .map_err(|source| ControlError::Attach { name: name.clone(), source })?;
+        let handed = handover.as_mut().and_then(|h| h.take_queues(&name)).filter(|q| q.len() == config.workers);
+        let queues = match handed {
+            Some(fds) => {
+                fds.into_iter().map(|fd| Arc::new(TapQueue::from_fd(fd, &name)) as Arc<dyn PortQueue>).collect()
+            }
+            None => open_tap_queues(&name, None, Attach::CreatePersistent, config.workers)
+                .await
+                .map_err(|source| ControlError::Attach { name: name.clone(), source })?,
+        };
         let (host_ifindex, peer_mac) = hostnet.bring_up(&name, config.host_port.mtu).await?;
         let mut routes = config.host_port.routes.iter().map(|p| parse_prefix(p)).collect::<Result<Vec<_>, _>>()?;
         if config.host_port.default_route {
@@ -128,7 +158,9 @@ impl Switch {
         tracing::info!(port = %name, %peer_mac, ifindex = host_ifindex, "host port attached");
 
         let uplink = match &config.uplink {
-            Some(uplink) => Some(attach_uplink(&mut registry, &hostnet, uplink, config.workers).await?),
+            Some(uplink) => {
+                Some(attach_uplink(&mut registry, &hostnet, uplink, config.workers, handover.as_mut()).await?)
+            }
             None => None,
         };
 
@@ -140,7 +172,12 @@ impl Switch {
             workers: Mutex::new(workers),
             stats,
             control_stats,
-            pods: Box::new(KernelPodIo { hostnet, host_ifindex }),
+            pods: Box::new(KernelPodIo {
+                hostnet,
+                host_ifindex,
+                handed: Mutex::new(handover.map(|mut h| h.take_all()).unwrap_or_default()),
+            }),
+            frozen: AtomicBool::new(false),
             uplink,
             state_file: Some(Mutex::new(state_file)),
             started: Instant::now(),
@@ -191,6 +228,7 @@ impl Switch {
             stats: vec![control_stats.clone()],
             control_stats,
             pods,
+            frozen: AtomicBool::new(false),
             uplink: None,
             state_file: state_file.map(Mutex::new),
             started: Instant::now(),
@@ -265,6 +303,13 @@ impl Switch {
 
     /// Serves one API request.
     pub async fn handle(self: &Arc<Self>, request: Request) -> Result<Response, ApiError> {
+        let changes = matches!(
+            request,
+            Request::AddPort(_) | Request::DelPort { .. } | Request::AddRoute { .. } | Request::DelRoute { .. }
+        );
+        if changes && self.frozen.load(Ordering::Acquire) {
+            return Err(unavailable("vswitchd is handing over to its upgrade; retry in a moment"));
+        }
         match request {
             Request::AddPort(spec) => self.add_port(spec).await.map(|view| Response::Port(Box::new(view))),
             Request::DelPort { name, remove_device } => {
@@ -353,6 +398,10 @@ impl Switch {
     /// Marks pod ports whose namespace disappeared (or was replaced) without a DEL: they stop
     /// being polled and forwarded to, and show as `gone` until a DEL or GC removes them.
     pub fn check_devices(&self) {
+        // While handing over, the queues' descriptors must stay as offered.
+        if self.frozen.load(Ordering::Acquire) {
+            return;
+        }
         let mut registry = self.registry();
         let gone: Vec<(PortId, String)> = registry
             .ports()
@@ -569,9 +618,34 @@ impl Switch {
         Ok(TraceView { steps: trace.steps, verdict })
     }
 
+    /// Stops taking changes and lists what an upgrade takes over: the state and every port's
+    /// queue descriptors (which stay open here until this process exits).
+    pub fn freeze_and_offer(&self) -> Offer {
+        self.frozen.store(true, Ordering::Release);
+        let ports = self
+            .registry()
+            .ports()
+            .filter_map(|p| {
+                let fds: Vec<RawFd> = p.queues.as_ref()?.iter().filter_map(|q| q.raw_fd()).collect();
+                Some((p.info.name.clone(), fds))
+            })
+            .collect();
+        Offer {
+            state: self.saved_state(),
+            workers: self.config.workers,
+            ports,
+            uplink_sender: self.uplink.as_ref().and_then(|u| u.sender.raw_fd()),
+        }
+    }
+
+    /// The upgrade did not take over: take changes again.
+    pub fn thaw(&self) {
+        self.frozen.store(false, Ordering::Release);
+    }
+
     /// Stops the workers. TAP devices persist, so pods keep their interfaces.
     pub fn shutdown(&self) {
-        self.datapath.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.datapath.stop.store(true, Ordering::Relaxed);
         self.wake_workers();
         let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
         for handle in workers {
@@ -606,6 +680,7 @@ async fn attach_uplink(
     hostnet: &HostNet,
     config: &UplinkConfig,
     workers: usize,
+    handover: Option<&mut Handover>,
 ) -> Result<Uplink, ControlError> {
     let name = config.interface.clone();
     let uplink_error = |source| ControlError::Uplink { name: name.clone(), source };
@@ -619,11 +694,21 @@ async fn attach_uplink(
     }
     // Fanout groups are per namespace; the pid keeps two daemons' groups apart.
     let group = (std::process::id() & 0xffff) as u16;
-    let queues: Vec<Arc<dyn PortQueue>> = (0..workers)
-        .map(|_| PacketSocket::open_queue(ifindex, group).map(|s| Arc::new(s) as Arc<dyn PortQueue>))
-        .collect::<Result<_, _>>()
-        .map_err(uplink_error)?;
-    let sender = PacketSocket::open_sender(ifindex).map_err(uplink_error)?;
+    // Handed over by the instance being upgraded: the same sockets, already in their group.
+    let handed = handover.and_then(|h| Some((h.take_queues(&name)?, h.uplink_sender.take()?)));
+    let (queues, sender): (Vec<Arc<dyn PortQueue>>, PacketSocket) = match handed {
+        Some((fds, sender)) if fds.len() == workers => (
+            fds.into_iter().map(|fd| Arc::new(PacketSocket::from_fd(fd)) as Arc<dyn PortQueue>).collect(),
+            PacketSocket::from_fd(sender),
+        ),
+        _ => (
+            (0..workers)
+                .map(|_| PacketSocket::open_queue(ifindex, group).map(|s| Arc::new(s) as Arc<dyn PortQueue>))
+                .collect::<Result<_, _>>()
+                .map_err(uplink_error)?,
+            PacketSocket::open_sender(ifindex).map_err(uplink_error)?,
+        ),
+    };
     let subnet = parse_prefix(&config.subnet)?;
     // ICMP errors sent out of the uplink come from this address (none without one).
     let ip = match config.address {

@@ -45,6 +45,12 @@ fn set_packet_option(fd: RawFd, option: libc::c_int, value: libc::c_int) -> io::
 }
 
 impl PacketSocket {
+    /// A socket opened elsewhere (handed over by the vswitchd being upgraded, already bound
+    /// and in its fanout group).
+    pub fn from_fd(fd: OwnedFd) -> PacketSocket {
+        PacketSocket { fd }
+    }
+
     /// A receiving and sending queue on interface `ifindex`, member of fanout group `group`.
     pub fn open_queue(ifindex: u32, group: u16) -> io::Result<PacketSocket> {
         let socket = Self::open(ifindex, ETH_P_ALL)?;

@@ -80,6 +80,12 @@ pub enum Attach {
 }
 
 impl TapQueue {
+    /// A queue of TAP `name` from a descriptor opened elsewhere (handed over by the vswitchd
+    /// being upgraded, with its flags and offloads already set).
+    pub fn from_fd(fd: OwnedFd, name: &str) -> TapQueue {
+        TapQueue { fd, name: name.into() }
+    }
+
     /// Opens one queue of TAP `name` in network namespace `netns` (`None`: this one), with
     /// IFF_VNET_HDR and TSO/checksum offloads.
     pub fn open(name: &str, netns: Option<&Path>, attach: Attach) -> Result<TapQueue, TapError> {
