@@ -76,7 +76,7 @@ impl Node {
     }
 
     fn port_names(&self) -> Vec<String> {
-        self.daemon.ctl_json(&["ports"])["result"]
+        self.daemon.ctl_json(&["ports"])
             .as_array()
             .unwrap()
             .iter()
