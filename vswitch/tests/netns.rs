@@ -167,6 +167,16 @@ fn drops_are_counted_by_reason_and_exported_as_metrics() {
     assert!(metrics.contains("vswitch_port_rx_packets_total{port=\"pod-a\",role=\"pod\"}"), "{metrics}");
     assert!(metrics.contains("vswitch_port_up{port=\"pod-a\",role=\"pod\"} 1"), "{metrics}");
     assert!(metrics.contains("vswitch_fib_routes 3"), "{metrics}");
+    assert!(metrics.contains("process_resident_memory_bytes "), "{metrics}");
+    let health = vswitch::port::netns::run_in(Some(&n.node.path()), || {
+        let mut s = std::net::TcpStream::connect("127.0.0.1:9477")?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        Ok(body)
+    })
+    .unwrap();
+    assert!(health.starts_with("HTTP/1.1 200 OK") && health.contains("ok: 1 workers forwarding"), "{health}");
 }
 
 /// An ICMP echo from pod-a's MAC to the gateway MAC, Ethernet onwards, as hex.

@@ -26,6 +26,36 @@ pub struct MetricsSnapshot {
     pub fib_memory: usize,
     pub neighbors: usize,
     pub uptime: Duration,
+    pub process: ProcessStats,
+}
+
+/// The process's own figures, from /proc/self (zero where unreadable).
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct ProcessStats {
+    pub resident_bytes: u64,
+    pub cpu_seconds: f64,
+    pub open_fds: u64,
+    pub threads: u64,
+}
+
+impl ProcessStats {
+    pub fn read() -> ProcessStats {
+        // SAFETY: sysconf has no preconditions.
+        let (page, ticks) = unsafe { (libc::sysconf(libc::_SC_PAGESIZE), libc::sysconf(libc::_SC_CLK_TCK)) };
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+        let resident_pages: u64 = statm.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+        // Fields after the command (which may hold spaces) in /proc/self/stat: utime, stime are
+        // the 14th and 15th of the whole line, threads the 20th.
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let rest: Vec<&str> = stat.rsplit_once(')').map_or(Vec::new(), |(_, r)| r.split_whitespace().collect());
+        let field = |n: usize| rest.get(n - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        ProcessStats {
+            resident_bytes: resident_pages * page.max(0) as u64,
+            cpu_seconds: (field(14) + field(15)) as f64 / ticks.max(1) as f64,
+            open_fds: std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64),
+            threads: field(20),
+        }
+    }
 }
 
 impl MetricsSnapshot {
@@ -109,6 +139,19 @@ impl Collector for MetricsSnapshot {
         ] {
             ConstGauge::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)?;
         }
+        for (name, help, value) in [
+            ("process_resident_memory_bytes", "Resident memory.", self.process.resident_bytes as i64),
+            ("process_open_fds", "Open file descriptors.", self.process.open_fds as i64),
+            ("process_threads", "Threads.", self.process.threads as i64),
+        ] {
+            ConstGauge::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)?;
+        }
+        ConstCounter::new(self.process.cpu_seconds).encode(encoder.encode_descriptor(
+            "process_cpu_seconds",
+            "User and system CPU time.",
+            None,
+            MetricType::Counter,
+        )?)?;
         let mut family =
             encoder.encode_descriptor("vswitch_build_info", "The running build.", None, MetricType::Gauge)?;
         ConstGauge::new(1i64).encode(family.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?)?;
@@ -143,6 +186,7 @@ mod tests {
             fib_memory: 1024,
             neighbors: 0,
             uptime: Duration::from_secs(9),
+            process: ProcessStats::read(),
         }
         .render();
         assert!(text.contains(r#"port="evil\"}\nname""#), "{text}");
@@ -151,6 +195,8 @@ mod tests {
         assert!(text.contains(&format!("vswitch_drops_total{{reason=\"{}\"}} 5", DropReason::ALL[0].name())), "{text}");
         assert!(text.contains("vswitch_port_up{") && text.contains("} 0\n"), "{text}");
         assert!(text.contains("vswitch_fib_routes 3"));
+        assert!(text.contains("process_cpu_seconds_total ") && text.contains("process_open_fds "), "{text}");
+        assert!(ProcessStats::read().resident_bytes > 0 && ProcessStats::read().threads >= 1);
         assert!(text.ends_with("# EOF\n"));
     }
 }

@@ -115,8 +115,17 @@ pub async fn serve_metrics(listener: TcpListener, switch: Arc<Switch>) {
                     switch.metrics_snapshot().render(),
                 )
             } else if request_line.starts_with("GET /healthz ") {
+                let health = switch.health();
                 let status = switch.status();
-                ("200 OK", "text/plain", format!("ok: {} ports, generation {}\n", status.ports, status.generation))
+                if health.problems.is_empty() {
+                    let body = format!(
+                        "ok: {} workers forwarding with state {}, {} ports, up {}s\n",
+                        health.workers, health.generation, status.ports, status.uptime_seconds
+                    );
+                    ("200 OK", "text/plain", body)
+                } else {
+                    ("503 Service Unavailable", "text/plain", format!("unhealthy: {}\n", health.problems.join("; ")))
+                }
             } else {
                 ("404 Not Found", "text/plain", String::new())
             };

@@ -74,6 +74,8 @@ pub struct Switch {
     /// handed over stays the state.
     frozen: AtomicBool,
     uplink: Option<Uplink>,
+    /// Since when some worker has been behind the latest state (for `health`).
+    behind_since: Mutex<Option<Instant>>,
     /// Also serialises saves, so the file always ends with the latest state. None in memory.
     state_file: Option<Mutex<StateFile>>,
     started: Instant,
@@ -178,6 +180,7 @@ impl Switch {
                 handed: Mutex::new(handover.map(|mut h| h.take_all()).unwrap_or_default()),
             }),
             frozen: AtomicBool::new(false),
+            behind_since: Mutex::new(None),
             uplink,
             state_file: Some(Mutex::new(state_file)),
             started: Instant::now(),
@@ -229,6 +232,7 @@ impl Switch {
             control_stats,
             pods,
             frozen: AtomicBool::new(false),
+            behind_since: Mutex::new(None),
             uplink: None,
             state_file: state_file.map(Mutex::new),
             started: Instant::now(),
@@ -582,7 +586,33 @@ impl Switch {
             fib_memory,
             neighbors,
             uptime: self.started.elapsed(),
+            process: super::metrics::ProcessStats::read(),
         }
+    }
+
+    /// Is the datapath sound: every worker thread alive, and every worker forwarding with the
+    /// latest published state (an idle worker takes it up within its 200 ms poll timeout, so one
+    /// still behind after `STALE_AFTER` is stuck).
+    pub fn health(&self) -> Health {
+        const STALE_AFTER: Duration = Duration::from_secs(2);
+        let generation = self.registry().generation();
+        let quiesced = self.datapath.quiesced();
+        let dead = self.workers.lock().unwrap_or_else(|e| e.into_inner()).iter().filter(|w| w.is_finished()).count();
+        let mut behind = self.behind_since.lock().unwrap_or_else(|e| e.into_inner());
+        let stuck_for = if quiesced >= generation {
+            *behind = None;
+            Duration::ZERO
+        } else {
+            behind.get_or_insert_with(Instant::now).elapsed()
+        };
+        let mut problems = Vec::new();
+        if dead > 0 {
+            problems.push(format!("{dead} of {} workers died", self.config.workers));
+        }
+        if stuck_for > STALE_AFTER {
+            problems.push(format!("a worker has not taken up state {generation} for {stuck_for:?}"));
+        }
+        Health { generation, workers: self.config.workers, problems }
     }
 
     /// Runs a frame through the pipeline with a recording tracer, on the live state, without
@@ -652,6 +682,15 @@ impl Switch {
             let _ = handle.join();
         }
     }
+}
+
+/// What /healthz reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    pub generation: u64,
+    pub workers: usize,
+    /// Empty when healthy.
+    pub problems: Vec<String>,
 }
 
 fn counters(c: PortTotals) -> PortCounters {
@@ -803,6 +842,12 @@ mod tests {
         // Saved before the failing netlink call: a restart does not bring the port back.
         assert!(StateFile::open(dir.path(), 1500).unwrap().load().unwrap().ports.is_empty());
         assert_eq!(switch.drops().iter().find(|(r, _)| *r == DropReason::TxError).map(|(_, n)| *n), Some(1));
+    }
+
+    #[test]
+    fn an_in_memory_switch_is_healthy() {
+        let switch = Switch::in_memory(Config::default()).unwrap();
+        assert_eq!(switch.health().problems, Vec::<String>::new());
     }
 
     #[test]
