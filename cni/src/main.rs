@@ -2,7 +2,8 @@
 //!
 //! Reads the network configuration on stdin and the CNI_* environment, runs the verb, prints the
 //! result (ADD, VERSION) or the spec's error JSON, and exits non-zero on error. Each run is
-//! logged as one JSON line to the configuration's `logFile` (never to stdout).
+//! logged as one JSON line to the configuration's `logFile` (never to stdout). `vpc-cni
+//! --version` prints the plugin's version and the CNI versions it speaks.
 
 use std::io::Read;
 use std::process::ExitCode;
@@ -13,6 +14,13 @@ use cni::plugin::{Notes, Plugin};
 use cni::spec::{is_pre_1_0, CniError, Code, Command, Environment, NetConf, GC_STATUS_VERSION, SUPPORTED_VERSIONS};
 
 fn main() -> ExitCode {
+    // For people and packaging scripts: runtimes never pass arguments (they set CNI_COMMAND and
+    // write the configuration on stdin), so this cannot shadow a CNI call, and stdin is not read.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "--version") {
+        println!("vpc-cni {}", env!("CARGO_PKG_VERSION"));
+        println!("CNI versions: {}", SUPPORTED_VERSIONS.join(", "));
+        return ExitCode::SUCCESS;
+    }
     let started = (Instant::now(), SystemTime::now());
     let mut stdin = Vec::new();
     let read = std::io::stdin().read_to_end(&mut stdin);

@@ -4,7 +4,8 @@
 //! eth0 gets the pod's MAC (derived from its IP, or the runtime's `mac`), the MTU, `IP/32`, a
 //! link-scope route to the gateway, the default route via the gateway, and a permanent neighbour
 //! entry for the gateway (so the pod never has to ARP for it, and a vswitchd restart does not
-//! stall its first packets). An interface of that name already in the namespace is refused,
+//! stall its first packets), and IPv6 disabled on it (the network is IPv4 only; an idle pod sends
+//! nothing). An interface of that name already in the namespace is refused,
 //! never deleted.
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -78,6 +79,7 @@ pub fn create(ns: &Path, pod: PodInterface<'_>) -> Result<(), PodNetError> {
             .await?
             .ok_or_else(|| PodNetError::Check(format!("{} vanished", pod.ifname)))?;
         link::set_noqueue(&handle, index).await?;
+        disable_ipv6(pod.ifname)?;
         handle
             .link()
             .set(LinkUnspec::new_with_index(index).address(pod.mac.0.to_vec()).mtu(pod.mtu as u32).up().build())
@@ -101,6 +103,20 @@ pub fn create(ns: &Path, pod: PodInterface<'_>) -> Result<(), PodNetError> {
             .await?;
         Ok(())
     })
+}
+
+/// The network is IPv4 only: without this, the pod's kernel sends IPv6 router solicitations and
+/// MLD reports as soon as the link is up, which vswitchd can only drop (`unsupported_ethertype`),
+/// and an idle pod would never be quiet. Written before the link goes up, from the thread inside
+/// the pod's namespace (`/proc/sys/net` is the namespace of the thread that opens it). A kernel
+/// without IPv6 has no such file, which is fine.
+fn disable_ipv6(ifname: &str) -> Result<(), PodNetError> {
+    let path = format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6");
+    match std::fs::write(&path, "1") {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(std::io::Error::new(e.kind(), format!("writing {path}: {e}")).into()),
+    }
 }
 
 /// Deletes the pod's TAP now; a namespace or link already gone is success.

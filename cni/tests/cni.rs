@@ -596,3 +596,26 @@ fn every_verb_is_logged_the_log_rotates_and_check_tolerates_an_mtu_change() {
     conf["logFile"] = json!("/proc/vpc-cni-cannot-log-here.log");
     assert!(cni_env("STATUS", &[], None, &conf).0);
 }
+
+#[test]
+fn an_idle_ipv4_pod_sends_nothing_ipv6_is_off_on_its_interface() {
+    let lab = lab(70);
+    let conf = lab.conf("1.0.0");
+    let pod = Netns::new("vtp");
+    // The host port vsw0 is an interface of the node, whose own IPv6 chatter (router
+    // solicitations, MLD) also ends up as unsupported_ethertype; silence it here so the counter
+    // measures the pod.
+    lab.node.exec(&["sysctl", "-qw", "net.ipv6.conf.vsw0.disable_ipv6=1"]);
+    std::thread::sleep(Duration::from_millis(200));
+    let before = lab.daemon.drops("unsupported_ethertype");
+    let (ok, r) = cni("ADD", "ctr-quiet", Some(&pod.path()), &conf);
+    assert!(ok, "{r}");
+    let out = pod.exec(&["cat", "/proc/sys/net/ipv6/conf/eth0/disable_ipv6"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1", "disable_ipv6 on the pod's eth0");
+    // With IPv6 on, the pod's kernel sends MLD reports and router solicitations once eth0 is up,
+    // which vswitchd drops as unsupported_ethertype.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(lab.daemon.port_counters("ctr-quiet:eth0")["rx_packets"], 0, "the idle pod sent frames");
+    assert_eq!(lab.daemon.drops("unsupported_ethertype"), before, "non-IPv4 frames while idle");
+    assert!(cni("DEL", "ctr-quiet", Some(&pod.path()), &conf).0);
+}

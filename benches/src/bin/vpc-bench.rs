@@ -4,7 +4,7 @@
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "vpc-bench", about = "End-to-end benchmarks of vswitchd and vpc-cni against their baselines")]
+#[command(name = "vpc-bench", version, about = "End-to-end benchmarks of vswitchd and vpc-cni against their baselines")]
 struct Cli {
     /// Print one JSON object instead of a table.
     #[arg(long, global = true)]

@@ -42,7 +42,7 @@ unsafe impl GlobalAlloc for CountingAlloc {
 static ALLOC: CountingAlloc = CountingAlloc;
 
 #[derive(Parser)]
-#[command(name = "fib", about = "Longest-prefix-match lookups and benchmarks on route tables")]
+#[command(name = "fib", version, about = "Longest-prefix-match lookups and benchmarks on route tables")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

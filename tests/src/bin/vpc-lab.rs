@@ -15,6 +15,7 @@ use vpc_lab::lab::{Lab, LabSpec, LabState, PathCheck, UplinkMode};
 #[derive(Parser)]
 #[command(
     name = "vpc-lab",
+    version,
     about = "A VPC on one machine: nodes with vswitchd, pods through vpc-cni, every path checked"
 )]
 struct Cli {

@@ -1,5 +1,8 @@
 //! vswitchctl: talks to vswitchd's API socket; tables for people by default, `--json` for
-//! scripts.
+//! scripts. `vswitchctl doctor` checks that the node is ready for pods (see `doctor.rs`).
+
+#[path = "vswitchctl/doctor.rs"]
+mod doctor;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -15,14 +18,15 @@ use vswitch_api::MacAddr;
 
 const EXIT_CODES: &str = "Exit codes: 0 done; 1 vswitchd refused the request (the error says why); \
 2 bad command line; 3 vswitchd unreachable or answered something unexpected.\n\
+doctor: 0 no check failed, 1 at least one did (vswitchd unreachable included).\n\
 With --json, stdout is always one JSON document: the result, or {\"ok\":false,\"error\":{\"code\",\"message\"}}.";
 
 #[derive(Parser)]
 #[command(name = "vswitchctl", version, about = "Control and inspect vswitchd", after_help = EXIT_CODES)]
 struct Cli {
-    /// vswitchd's API socket.
-    #[arg(long, global = true, default_value = DEFAULT_SOCKET)]
-    socket: PathBuf,
+    /// vswitchd's API socket [default: /run/vswitchd/vswitchd.sock; for doctor, vswitchd.toml's].
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
     /// Print JSON instead of a table (errors too).
     #[arg(long, global = true)]
     json: bool,
@@ -93,11 +97,26 @@ enum Command {
         /// The frame in hex, from the Ethernet header (':' and spaces allowed).
         frame: String,
     },
+    /// Is this node ready for pods: node prerequisites, vswitchd answering, the CNI conflist
+    /// agreeing with vswitchd.toml, addresses left. One line per check: ok, warn or FAIL (with
+    /// what to do); exits 1 if any check failed. --json: [{check, status, detail}].
+    Doctor {
+        /// The CNI conflist that holds vpc-cni.
+        #[arg(long, default_value = doctor::DEFAULT_CONFLIST)]
+        conflist: PathBuf,
+        /// vswitchd's configuration [default: /etc/vswitchd/vswitchd.toml; if that is absent,
+        /// vswitchd's defaults].
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let client = Client::new(&cli.socket);
+    if let Command::Doctor { conflist, config } = cli.command {
+        return run_doctor(&doctor::Options { conflist, config, socket: cli.socket }, cli.json);
+    }
+    let client = Client::new(cli.socket.as_deref().unwrap_or(DEFAULT_SOCKET.as_ref()));
     let outcome = match cli.command {
         Command::AddPort { name, netns, ifname, ip, mac, mtu } => {
             let spec = PortSpec { name, netns, ifname, ip, mac, mtu, pod: None, bandwidth: None };
@@ -116,6 +135,7 @@ fn main() -> ExitCode {
         Command::Neighbors => show(&client, cli.json, &Request::ListNeighbors, print_neighbors),
         Command::Counters => show(&client, cli.json, &Request::Counters, print_counters),
         Command::Trace { port, frame } => show(&client, cli.json, &Request::Trace { port, frame }, print_trace),
+        Command::Doctor { .. } => unreachable!("run above"),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -134,6 +154,27 @@ fn main() -> ExitCode {
                 ClientError::Unreachable { .. } | ClientError::Protocol { .. } => ExitCode::from(3),
             }
         }
+    }
+}
+
+fn run_doctor(options: &doctor::Options, json: bool) -> ExitCode {
+    let checks = doctor::run(options);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&checks).expect("serialises"));
+    } else {
+        for c in &checks {
+            let status = match c.status {
+                doctor::Status::Ok => "ok",
+                doctor::Status::Warn => "warn",
+                doctor::Status::Fail => "FAIL",
+            };
+            println!("{status:<4}  {}: {}", c.check, c.detail);
+        }
+    }
+    if checks.iter().any(|c| c.status == doctor::Status::Fail) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

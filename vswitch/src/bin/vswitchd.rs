@@ -7,7 +7,7 @@ use clap::Parser;
 use vswitch::control::{handover, server, Config, Switch};
 
 #[derive(Parser)]
-#[command(name = "vswitchd", about = "Userspace L3 switch for pods with native VPC addresses")]
+#[command(name = "vswitchd", version, about = "Userspace L3 switch for pods with native VPC addresses")]
 struct Args {
     /// TOML configuration; without it the documented defaults apply.
     #[arg(long)]

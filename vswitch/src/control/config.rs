@@ -28,15 +28,17 @@
 //! ```
 //!
 //! With an uplink, `host_port.default_route` must be false: the default goes to the gateway.
+//! Every key, its type, default and meaning: `docs/configuration.md` (a test keeps it in step with
+//! these structs, which serialise for that reason).
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::wire::MacAddr;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub socket: PathBuf,
@@ -52,7 +54,7 @@ pub struct Config {
     pub uplink: Option<UplinkConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UplinkConfig {
     pub interface: String,
@@ -69,7 +71,7 @@ fn default_mtu() -> u16 {
     1500
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HostPortConfig {
     pub name: String,

@@ -1,0 +1,139 @@
+//! docs/configuration.md against the code, so they cannot drift: every key of vswitchd's
+//! `Config` is documented and every documented key exists, with the documented TOML defaults
+//! equal to `Config::default()`; every key of the shipped conflist is documented, and every
+//! documented vpc-cni key is a field of the plugin's configuration (`cni/src/spec.rs`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::Value;
+use vswitch::control::config::UplinkConfig;
+use vswitch::control::Config;
+
+const DOC: &str = include_str!("../../docs/configuration.md");
+const CONFLIST: &str = include_str!("../../cni/vpc-cni.conflist");
+const CNI_SPEC: &str = include_str!("../../cni/src/spec.rs");
+
+/// The first column of every table row under the `heading` section (up to the next heading of
+/// the same or a higher level), with the row's third column (the default).
+fn documented(heading: &str) -> BTreeMap<String, String> {
+    let level = heading.chars().take_while(|c| *c == '#').count();
+    let mut rows = BTreeMap::new();
+    let mut inside = false;
+    for line in DOC.lines() {
+        if line.starts_with('#') {
+            let l = line.chars().take_while(|c| *c == '#').count();
+            if line == heading {
+                inside = true;
+                continue;
+            }
+            if inside && l <= level {
+                break;
+            }
+        }
+        if !inside {
+            continue;
+        }
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        if cells.len() > 4 && cells[1].starts_with('`') {
+            let key = cells[1].trim_matches('`').to_string();
+            assert!(rows.insert(key.clone(), cells[3].to_string()).is_none(), "{key} is listed twice");
+        }
+    }
+    assert!(!rows.is_empty(), "no table under {heading}");
+    rows
+}
+
+/// Dotted paths of every key in `value` (tables too, so `host_port` and `host_port.name`).
+fn paths(value: &Value, prefix: &str, list_marker: &str, out: &mut BTreeSet<String>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                out.insert(path.clone());
+                paths(v, &path, list_marker, out);
+            }
+        }
+        Value::Array(items) => {
+            for item in items.iter().filter(|i| i.is_object()) {
+                paths(item, &format!("{prefix}{list_marker}"), list_marker, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn every_vswitchd_key_is_documented_and_every_documented_key_exists() {
+    // Optional parts filled in, so that their keys serialise too.
+    let full = Config {
+        gateway_mac: Some("02:00:00:00:00:01".parse().unwrap()),
+        uplink: Some(UplinkConfig {
+            interface: "eth1".into(),
+            subnet: "10.10.0.0/16".into(),
+            gateway: Some("10.10.0.1".parse().unwrap()),
+            address: Some("10.10.0.11".parse().unwrap()),
+            mtu: 1500,
+        }),
+        ..Config::default()
+    };
+    let mut in_code = BTreeSet::new();
+    paths(&serde_json::to_value(&full).unwrap(), "", "[]", &mut in_code);
+    let doc = documented("## vswitchd.toml");
+    let in_doc: BTreeSet<String> = doc.keys().cloned().collect();
+    let undocumented: Vec<_> = in_code.difference(&in_doc).collect();
+    let unknown: Vec<_> = in_doc.difference(&in_code).collect();
+    assert!(undocumented.is_empty(), "keys of Config missing from docs/configuration.md: {undocumented:?}");
+    assert!(unknown.is_empty(), "docs/configuration.md lists keys Config does not have: {unknown:?}");
+
+    // A default written as a TOML literal is the code's default.
+    let defaults = serde_json::to_value(Config::default()).unwrap();
+    let mut checked = 0;
+    for (key, default) in &doc {
+        let Some(literal) = default.strip_prefix('`').and_then(|d| d.strip_suffix('`')) else { continue };
+        let Some(code) = key.split('.').try_fold(&defaults, |v, k| v.get(k)) else { continue };
+        let parsed: toml::Value = toml::from_str::<toml::Table>(&format!("v = {literal}"))
+            .unwrap_or_else(|e| panic!("{key}: default {literal} is not TOML: {e}"))["v"]
+            .clone();
+        assert_eq!(serde_json::to_value(parsed).unwrap(), *code, "the documented default of {key}");
+        checked += 1;
+    }
+    assert!(checked >= 12, "only {checked} defaults compared");
+    // And the file of documented defaults is accepted as a whole.
+    let literals: Vec<String> = doc
+        .iter()
+        .filter(|(k, _)| !k.contains('.'))
+        .filter_map(|(k, d)| Some(format!("{k} = {}", d.strip_prefix('`')?.strip_suffix('`')?)))
+        .collect();
+    let parsed: Config = toml::from_str(&literals.join("\n")).expect("the documented defaults parse");
+    parsed.validate().unwrap();
+}
+
+#[test]
+fn every_conflist_key_is_documented_and_every_documented_plugin_key_exists() {
+    let conflist: Value = serde_json::from_str(CONFLIST).unwrap();
+    let top = documented("### Top level");
+    let entry_doc = documented("### The vpc-cni entry");
+    for key in conflist.as_object().unwrap().keys() {
+        assert!(top.contains_key(key), "the conflist's {key} is not documented");
+    }
+    let entry = conflist["plugins"].as_array().unwrap().iter().find(|p| p["type"] == "vpc-cni").unwrap();
+    let mut keys = BTreeSet::new();
+    paths(entry, "", "[]", &mut keys);
+    for key in keys {
+        // Opaque values (capabilities, dns) are documented as a whole.
+        let documented_as = |k: &str| entry_doc.contains_key(k);
+        let parent_opaque = ["capabilities.", "dns."].iter().any(|p| key.starts_with(p));
+        assert!(documented_as(&key) || parent_opaque, "the shipped vpc-cni entry's {key} is not documented");
+    }
+    for key in entry_doc.keys() {
+        let last = key.rsplit('.').next().unwrap().trim_end_matches("[]");
+        let snake: String = last
+            .chars()
+            .flat_map(|c| if c.is_ascii_uppercase() { vec!['_', c.to_ascii_lowercase()] } else { vec![c] })
+            .collect();
+        assert!(
+            CNI_SPEC.contains(&format!("pub {snake}:")) || CNI_SPEC.contains(&format!("rename = \"{last}\"")),
+            "docs/configuration.md lists {key}, which vpc-cni's NetConf does not have"
+        );
+    }
+}
