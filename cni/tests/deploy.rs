@@ -65,7 +65,9 @@ fn prometheus_the_probes_the_init_containers_and_the_update_strategy() {
     let ds = of_kind("DaemonSet");
     let spec = &ds["spec"];
     assert_eq!(spec["updateStrategy"]["type"], "RollingUpdate");
-    assert_eq!(spec["updateStrategy"]["rollingUpdate"]["maxUnavailable"], 1);
+    // Upgrades run the new pod next to the old one, which hands its ports over.
+    assert_eq!(spec["updateStrategy"]["rollingUpdate"]["maxSurge"], 1);
+    assert_eq!(spec["updateStrategy"]["rollingUpdate"]["maxUnavailable"], 0);
     let pod = &spec["template"];
     let annotations = &pod["metadata"]["annotations"];
     assert_eq!(annotations["prometheus.io/scrape"], "true");
@@ -74,8 +76,8 @@ fn prometheus_the_probes_the_init_containers_and_the_update_strategy() {
 
     let containers = pod["spec"]["containers"].as_sequence().unwrap();
     let vswitchd = containers.iter().find(|c| c["name"] == "vswitchd").expect("the vswitchd container");
-    let ports = vswitchd["ports"].as_sequence().expect("ports");
-    assert!(ports.iter().any(|p| p["name"] == "metrics" && p["containerPort"] == 9477), "{ports:?}");
+    // A declared port would be a hostPort (hostNetwork), which forbids the upgrade's surge pod.
+    assert!(vswitchd.get("ports").is_none(), "no hostPort: {:?}", vswitchd.get("ports"));
     let ready = &vswitchd["readinessProbe"]["httpGet"];
     assert_eq!((str_of(&ready["path"]), ready["port"].as_u64()), ("/healthz", Some(9477)));
     let live: Vec<&str> =
@@ -83,6 +85,7 @@ fn prometheus_the_probes_the_init_containers_and_the_update_strategy() {
     assert_eq!(live, ["/usr/bin/vswitchctl", "status"]);
     let command: Vec<&str> = vswitchd["command"].as_sequence().unwrap().iter().map(str_of).collect();
     assert_eq!(&command[..3], ["/usr/bin/vswitchd", "--config", "/etc/vswitchd/vswitchd.toml"]);
+    assert!(command.contains(&"--upgrade") && command.contains(&"--idle-after-handover"), "{command:?}");
 
     let inits = pod["spec"]["initContainers"].as_sequence().unwrap();
     let script = |c: &Value| c["args"].as_sequence().map(|a| a.iter().map(str_of).collect::<Vec<_>>().join(" "));

@@ -76,7 +76,8 @@ impl Node {
     }
 
     fn port_names(&self) -> Vec<String> {
-        self.daemon.ctl_json(&["ports"])
+        self.daemon
+            .ctl_json(&["ports"])
             .as_array()
             .unwrap()
             .iter()

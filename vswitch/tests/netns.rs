@@ -168,6 +168,8 @@ fn drops_are_counted_by_reason_and_exported_as_metrics() {
     assert!(metrics.contains("vswitch_port_up{port=\"pod-a\",role=\"pod\"} 1"), "{metrics}");
     assert!(metrics.contains("vswitch_fib_routes 3"), "{metrics}");
     assert!(metrics.contains("process_resident_memory_bytes "), "{metrics}");
+    let v6 = n.node.exec(&["cat", "/proc/sys/net/ipv6/conf/vsw0/disable_ipv6"]);
+    assert_eq!(String::from_utf8_lossy(&v6.stdout).trim(), "1", "the host port sends no IPv6 solicitations");
     let health = vswitch::port::netns::run_in(Some(&n.node.path()), || {
         let mut s = std::net::TcpStream::connect("127.0.0.1:9477")?;
         s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")?;

@@ -35,6 +35,11 @@ struct Args {
     /// running, a plain start.
     #[arg(long)]
     upgrade: bool,
+    /// After handing over to an upgrade, release everything and wait for SIGTERM instead of
+    /// exiting (in a DaemonSet, an exit would restart the container, which would take over
+    /// again).
+    #[arg(long)]
+    idle_after_handover: bool,
 }
 
 fn main() -> ExitCode {
@@ -79,7 +84,22 @@ fn main() -> ExitCode {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("tokio runtime");
     match runtime.block_on(run(config, args.upgrade)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Stopped::Signalled) => ExitCode::SUCCESS,
+        Ok(Stopped::HandedOver(lock)) => {
+            // Sockets and listeners close with the runtime, before the lock is released: the new
+            // instance binds the metrics address once it holds the lock.
+            drop(runtime);
+            drop(lock);
+            if args.idle_after_handover {
+                tracing::info!("handed over; idle until terminated");
+                let mut signals = nix::sys::signal::SigSet::empty();
+                signals.add(nix::sys::signal::Signal::SIGTERM);
+                signals.add(nix::sys::signal::Signal::SIGINT);
+                let _ = signals.thread_block();
+                let _ = signals.wait();
+            }
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             tracing::error!("{e}");
             ExitCode::FAILURE
@@ -135,7 +155,14 @@ async fn take_lock_after_handover(config: &Config) -> Result<NodeLock, String> {
     }
 }
 
-async fn run(config: Config, upgrade: bool) -> Result<(), Box<dyn std::error::Error>> {
+/// How the daemon stopped.
+enum Stopped {
+    Signalled,
+    /// An upgrade took over; the node lock is released by dropping it.
+    HandedOver(NodeLock),
+}
+
+async fn run(config: Config, upgrade: bool) -> Result<Stopped, Box<dyn std::error::Error>> {
     let upgrade_socket = handover::socket_path(&config.state_dir);
     // An upgrade asks the running instance for its ports first; with none running it is a plain
     // start, which must hold the node lock before touching anything.
@@ -164,7 +191,7 @@ async fn run(config: Config, upgrade: bool) -> Result<(), Box<dyn std::error::Er
     std::fs::rename(&staging, &socket).map_err(|e| format!("API socket {}: {e}", socket.display()))?;
     tokio::spawn(server::serve_api(api, switch.clone()));
     tokio::spawn(server::serve_slow_path(slow_path, switch.clone()));
-    let _lock = match (lock, old) {
+    let lock = match (lock, old) {
         (Some(lock), _) => lock,
         (None, Some(old)) => {
             handover::confirm(&old)?;
@@ -174,8 +201,7 @@ async fn run(config: Config, upgrade: bool) -> Result<(), Box<dyn std::error::Er
         (None, None) => unreachable!("a plain start took the lock above"),
     };
     if !metrics_addr.is_empty() {
-        let listener =
-            tokio::net::TcpListener::bind(&metrics_addr).await.map_err(|e| format!("metrics {metrics_addr}: {e}"))?;
+        let listener = bind_metrics(&metrics_addr).await?;
         tracing::info!(addr = %listener.local_addr()?, "metrics at /metrics");
         tokio::spawn(server::serve_metrics(listener, switch.clone()));
     }
@@ -192,11 +218,25 @@ async fn run(config: Config, upgrade: bool) -> Result<(), Box<dyn std::error::Er
     switch.shutdown();
     if replaced {
         // The sockets' paths belong to the new instance now.
-        tracing::info!("handed over to the upgrade; exiting");
-    } else {
-        tracing::info!("stopping; pod TAPs persist for the next start");
-        let _ = std::fs::remove_file(&socket);
-        let _ = std::fs::remove_file(&upgrade_socket);
+        tracing::info!("handed over to the upgrade");
+        return Ok(Stopped::HandedOver(lock));
     }
-    Ok(())
+    tracing::info!("stopping; pod TAPs persist for the next start");
+    let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(&upgrade_socket);
+    Ok(Stopped::Signalled)
+}
+
+/// Binds the metrics address; right after an upgrade the old instance may still be closing it.
+async fn bind_metrics(addr: &str) -> Result<tokio::net::TcpListener, String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => return Ok(listener),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            Err(e) => return Err(format!("metrics {addr}: {e}")),
+        }
+    }
 }

@@ -150,6 +150,14 @@ impl Switch {
                 .await
                 .map_err(|source| ControlError::Attach { name: name.clone(), source })?,
         };
+        // The switch forwards IPv4 only: without this the node's side of the host port sends
+        // router solicitations and MLD reports that the switch can only drop (and count).
+        match std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1") {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(port = %name, error = %e, "could not turn IPv6 off on the host port")
+            }
+            _ => {}
+        }
         let (host_ifindex, peer_mac) = hostnet.bring_up(&name, config.host_port.mtu).await?;
         let mut routes = config.host_port.routes.iter().map(|p| parse_prefix(p)).collect::<Result<Vec<_>, _>>()?;
         if config.host_port.default_route {
