@@ -204,6 +204,20 @@ fn trace_shows_each_stage_for_a_frame() {
     let forged = echo_hex(&n, Ipv4Addr::new(10, 10, 9, 9), n.b.ip);
     let text = String::from_utf8_lossy(&n.daemon.ctl(&["trace", "--port", "pod-a", &forged]).stdout).to_string();
     assert!(text.contains("verdict: drop: spoofed_source_ip"), "{text}");
+    // A flow built by vswitchd: the route in words and the frame as it leaves.
+    let b = n.b.ip.to_string();
+    let out = n.daemon.ctl(&["trace", "--from", "pod-a", "--to", &b, "--tcp", "443"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains(&format!("route: {b}/32 out of pod-b")), "{text}");
+    assert!(text.contains(&format!("leaves: 02:00:a9:fe:01:01 > {}", n.b.mac)), "{text}");
+    assert!(text.contains(&format!("> {b} ttl 63, tcp 40000 > 443")), "{text}");
+    assert!(!text.contains("VnetHeader {"), "words, not debug output: {text}");
+    let gso = n.daemon.ctl_json(&["trace", "--from", "pod-a", "--to", &b, "--gso"]);
+    assert!(gso["output"].as_str().is_some_and(|o| o.contains("GSO TCPv4 in segments of 1460")), "{gso}");
+    assert!(gso["output_hex"].as_str().is_some_and(|h| h.len() > 2 * 60_000), "the whole super-frame");
+    let unknown = n.daemon.ctl_json(&["trace", "--from", "nobody/none", "--to", &b]);
+    assert_eq!(unknown["error"]["code"], "not_found", "{unknown}");
     // Tracing sends nothing.
     assert_eq!(n.daemon.port_counters("pod-b")["tx_packets"], 0);
 }

@@ -52,6 +52,31 @@ pub enum Request {
         port: String,
         frame: String,
     },
+    /// Build a frame from a pod to an address and run it through the pipeline.
+    TraceFlow(FlowSpec),
+}
+
+/// A flow to trace: from a pod (its port name, or `NAMESPACE/POD`) to an address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowSpec {
+    pub from: String,
+    pub to: Ipv4Addr,
+    pub protocol: FlowProtocol,
+    /// The IP packet's size in bytes (default: a small packet of the protocol).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u16>,
+    /// Send it as a GSO super-frame (TCP or UDP), as a pod's kernel hands TSO frames over.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gso: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FlowProtocol {
+    Tcp { port: u16 },
+    Udp { port: u16 },
+    Icmp,
 }
 
 /// A pod port as the CNI plugin asks for it.
@@ -256,8 +281,17 @@ pub struct StatusView {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TraceView {
+    /// Each pipeline stage and what it decided, in words.
     pub steps: Vec<(String, String)>,
     pub verdict: String,
+    /// The route that matched the destination: prefix, port, next hop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
+    /// The frame as it leaves (or the ICMP error sent back), in words and in hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_hex: Option<String>,
 }
 
 #[cfg(test)]

@@ -11,7 +11,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 use vswitch_api::api::{
-    CountersView, NeighborView, PortRole, PortSpec, PortView, Request, RouteView, StatusView, TraceView,
+    CountersView, FlowProtocol, FlowSpec, NeighborView, PortRole, PortSpec, PortView, Request, RouteView, StatusView,
+    TraceView,
 };
 use vswitch_api::client::{Client, ClientError, DEFAULT_SOCKET};
 use vswitch_api::MacAddr;
@@ -89,13 +90,38 @@ enum Command {
     Neighbors,
     /// Per-port counters and drops by reason.
     Counters,
-    /// Show what the pipeline does with a frame arriving on a port, without sending anything.
+    /// Show what the pipeline does with a packet, without sending anything: each stage, the
+    /// route that matched, the verdict and the frame as it leaves. Either a flow from a pod
+    /// (`--from NAMESPACE/POD --to ADDRESS --tcp 80`), built by vswitchd, or a frame in hex
+    /// arriving on a port (`--port NAME FRAME`).
+    #[command(group(clap::ArgGroup::new("l4").args(["tcp", "udp", "icmp"])))]
     Trace {
-        /// The port the frame arrives on.
+        /// The pod the packet comes from: NAMESPACE/POD, or its port's name.
+        #[arg(long, conflicts_with_all = ["port", "frame"], requires = "to")]
+        from: Option<String>,
+        /// The destination address.
+        #[arg(long, requires = "from")]
+        to: Option<Ipv4Addr>,
+        /// A TCP packet to this port (the default: TCP port 80).
         #[arg(long)]
-        port: String,
-        /// The frame in hex, from the Ethernet header (':' and spaces allowed).
-        frame: String,
+        tcp: Option<u16>,
+        /// A UDP packet to this port.
+        #[arg(long)]
+        udp: Option<u16>,
+        /// An ICMP echo request.
+        #[arg(long)]
+        icmp: bool,
+        /// The IP packet's size in bytes.
+        #[arg(long)]
+        size: Option<u16>,
+        /// As a GSO super-frame (65,000 bytes unless --size), as a pod hands TSO frames over.
+        #[arg(long)]
+        gso: bool,
+        /// With a hex frame: the port it arrives on.
+        #[arg(long, requires = "frame")]
+        port: Option<String>,
+        /// A frame in hex, from the Ethernet header (':' and spaces allowed).
+        frame: Option<String>,
     },
     /// Is this node ready for pods: node prerequisites, vswitchd answering, the CNI conflist
     /// agreeing with vswitchd.toml, addresses left. One line per check: ok, warn or FAIL (with
@@ -134,7 +160,24 @@ fn main() -> ExitCode {
         Command::Routes => show(&client, cli.json, &Request::ListRoutes, print_routes),
         Command::Neighbors => show(&client, cli.json, &Request::ListNeighbors, print_neighbors),
         Command::Counters => show(&client, cli.json, &Request::Counters, print_counters),
-        Command::Trace { port, frame } => show(&client, cli.json, &Request::Trace { port, frame }, print_trace),
+        Command::Trace { from, to, tcp, udp, icmp, size, gso, port, frame } => {
+            let request = match (from, to, port, frame) {
+                (Some(from), Some(to), _, _) => {
+                    let protocol = match (tcp, udp, icmp) {
+                        (_, Some(port), _) => FlowProtocol::Udp { port },
+                        (_, _, true) => FlowProtocol::Icmp,
+                        (port, _, _) => FlowProtocol::Tcp { port: port.unwrap_or(80) },
+                    };
+                    Request::TraceFlow(FlowSpec { from, to, protocol, size, gso })
+                }
+                (_, _, Some(port), Some(frame)) => Request::Trace { port, frame },
+                _ => {
+                    eprintln!("vswitchctl trace: give --from POD --to ADDRESS, or --port NAME FRAME");
+                    return ExitCode::from(2);
+                }
+            };
+            show(&client, cli.json, &request, print_trace)
+        }
         Command::Doctor { .. } => unreachable!("run above"),
     };
     match outcome {
@@ -267,5 +310,11 @@ fn print_trace(t: TraceView) {
     for (stage, detail) in t.steps {
         println!("{stage:>10}: {detail}");
     }
+    if let Some(route) = t.route {
+        println!("     route: {route}");
+    }
     println!("   verdict: {}", t.verdict);
+    if let Some(output) = t.output {
+        println!("    leaves: {output}");
+    }
 }

@@ -13,6 +13,7 @@ pub mod podio;
 pub mod registry;
 pub mod server;
 pub mod switch;
+pub mod trace;
 
 pub use config::Config;
 pub use switch::{ControlError, Switch};

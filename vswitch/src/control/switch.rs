@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use vswitch_api::api::{
-    ApiError, CountersView, ErrorCode, NeighborView, PortCounters, PortRole as ApiPortRole, PortSpec, PortView,
-    Request, Response, RouteView, StatusView, TraceView,
+    ApiError, CountersView, ErrorCode, FlowSpec, NeighborView, PortCounters, PortRole as ApiPortRole, PortSpec,
+    PortView, Request, Response, RouteView, StatusView, TraceView,
 };
 
 use super::config::{Config, UplinkConfig};
@@ -24,8 +24,9 @@ use super::hostnet::{HostNet, HostNetError};
 use super::persist::{SavedPort, SavedRoute, SavedState, StateError, StateFile, FORMAT};
 use super::podio::{open_tap_queues, KernelPodIo, MemoryPodIo, PodIo};
 use super::registry::{parse_prefix, PodReservation, PortRecord, Registry, UplinkWork, HOST_PORT};
+use super::trace;
 use crate::datapath::{spawn_worker, stats, Datapath, PortQueues, PortTotals, SlowPacket, SlowReason, WorkerStats};
-use crate::pipeline::{DropReason, IcmpLimiter, Next, Pipeline, Trace, MAX_FRAME};
+use crate::pipeline::{DropReason, IcmpLimiter, MAX_FRAME};
 use crate::port::packet::PacketSocket;
 use crate::port::tap::{Attach, TapQueue};
 use crate::port::PortQueue;
@@ -345,6 +346,7 @@ impl Switch {
             Request::ListNeighbors => Ok(Response::Neighbors(self.list_neighbors())),
             Request::Counters => Ok(Response::Counters(self.counters())),
             Request::Trace { port, frame } => self.trace(&port, &frame).map(Response::Trace),
+            Request::TraceFlow(flow) => self.trace_flow(&flow).map(Response::Trace),
         }
     }
 
@@ -623,8 +625,8 @@ impl Switch {
         Health { generation, workers: self.config.workers, problems }
     }
 
-    /// Runs a frame through the pipeline with a recording tracer, on the live state, without
-    /// sending anything.
+    /// Runs a frame (hex, Ethernet onwards) through the pipeline as if it arrived on `port`, on
+    /// the live state, without sending anything.
     pub fn trace(&self, port: &str, frame_hex: &str) -> Result<TraceView, ApiError> {
         let id = self
             .registry()
@@ -636,24 +638,30 @@ impl Switch {
         if frame.len() + vnet::LEN > MAX_FRAME {
             return Err(ApiError::new(ErrorCode::Invalid, "frame too long"));
         }
-        let mut buf = vec![0u8; MAX_FRAME];
-        buf[vnet::LEN..vnet::LEN + frame.len()].copy_from_slice(&frame);
-        let snapshot = self.datapath.snapshot.load();
-        let fib = snapshot.forwarding.fib.pin();
-        let mut pipeline = Pipeline::new(IcmpLimiter::new(1, 1));
-        let mut trace = Trace::default();
-        let next = pipeline.process(&snapshot.forwarding, &fib, id, &mut buf, vnet::LEN + frame.len(), 0, &mut trace);
-        let name = |id: PortId| snapshot.forwarding.port(id).map_or_else(|| id.to_string(), |p| p.name.clone());
-        let verdict = match next {
-            Next::Tx { port, len } => format!("output to {} ({} bytes)", name(port), len - vnet::LEN),
-            Next::Drop(reason) => format!("drop: {} ({})", reason.name(), reason.help()),
-            Next::Respond { reason, port, len } => {
-                format!("drop: {}; ICMP error of {} bytes to {}", reason.name(), len - vnet::LEN, name(port))
-            }
-            Next::Resolve { port, next_hop, .. } => format!("to {} once ARP resolves {next_hop}", name(port)),
-            Next::ToControl { .. } => "to the control plane (ARP learning)".to_string(),
+        let mut buf = vec![0u8; vnet::LEN];
+        buf.extend_from_slice(&frame);
+        let len = buf.len();
+        Ok(trace::run(&self.datapath.snapshot.load(), &self.list_routes(), id, buf, len))
+    }
+
+    /// Builds a frame from a pod (port name or `NAMESPACE/POD`) to an address and traces it.
+    pub fn trace_flow(&self, flow: &FlowSpec) -> Result<TraceView, ApiError> {
+        let (id, ip, mac, mtu) = {
+            let registry = self.registry();
+            let pod = registry
+                .ports()
+                .find(|p| {
+                    p.info.name == flow.from
+                        || p.attachment.pod.as_ref().is_some_and(|pod| pod.to_string() == flow.from)
+                })
+                .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no pod or port '{}'", flow.from)))?;
+            let PortRole::Pod { ip, mac } = pod.info.role else {
+                return Err(ApiError::new(ErrorCode::Invalid, format!("'{}' is not a pod port", flow.from)));
+            };
+            (pod.info.id, ip, mac, pod.info.mtu)
         };
-        Ok(TraceView { steps: trace.steps, verdict })
+        let (buf, len) = trace::flow_frame(flow, ip, mac, self.config.gateway_mac(), mtu)?;
+        Ok(trace::run(&self.datapath.snapshot.load(), &self.list_routes(), id, buf, len))
     }
 
     /// Stops taking changes and lists what an upgrade takes over: the state and every port's

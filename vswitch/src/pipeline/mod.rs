@@ -139,7 +139,7 @@ impl Pipeline {
                 return Next::Drop(DropReason::BadVnetHeader);
             }
         };
-        trace.step("vnet", format_args!("{vnet:?}"));
+        trace.step("vnet", format_args!("{vnet}"));
         let frame = &mut buf[vnet::LEN..len];
         let Ok(eth) = EthernetFrame::new_checked(&*frame) else {
             return Next::Drop(DropReason::FrameTooShort);

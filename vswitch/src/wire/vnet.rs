@@ -67,6 +67,28 @@ impl VnetHeader {
     }
 }
 
+/// In words, for `vswitchctl trace`: "no offload", or the GSO kind and segment size.
+impl std::fmt::Display for VnetHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.gso_type & !GSO_ECN {
+            GSO_NONE => None,
+            GSO_TCPV4 => Some("TCPv4"),
+            GSO_TCPV6 => Some("TCPv6"),
+            GSO_UDP => Some("UDP (UFO)"),
+            GSO_UDP_L4 => Some("UDP"),
+            _ => Some("unknown"),
+        };
+        match kind {
+            None => write!(f, "no offload")?,
+            Some(kind) => write!(f, "GSO {kind} in segments of {} bytes", self.gso_size)?,
+        }
+        if self.flags & FLAG_NEEDS_CSUM != 0 {
+            write!(f, ", checksum left to complete")?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
