@@ -411,14 +411,18 @@ fn forwarder_drops() -> HashSet<DropReason> {
     run(A, icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, 64, 8)); // tx_queue_full
     ports[B as usize].fail_sends(Some(std::io::ErrorKind::BrokenPipe));
     run(A, icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, 64, 8)); // tx_error
-                                                         // Nothing refills at 1 bit/s: the first frame out of the bucket empties it.
+    ports[B as usize].fail_sends(None);
+    // Nothing refills at 1 bit/s: the first frame into B empties its bucket, the next ones wait
+    // in the delay queue, and once that holds its bound (256 KiB) the rest are rate_limited.
     let mut snapshot = snapshot;
-    let limit = Arc::new(PortRateLimit::new(None, Some(1), 8));
-    snapshot.forwarding.ports[A as usize].as_mut().unwrap().rate_limit = Some(limit);
-    for _ in 0..2 {
-        ports[A as usize].push(icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, 64, 8));
+    let limit = Arc::new(PortRateLimit::new(Some(1), None, 8));
+    snapshot.forwarding.ports[B as usize].as_mut().unwrap().rate_limit = Some(limit);
+    for _ in 0..200 {
+        ports[A as usize].push(icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, 64, 1400));
     }
-    forwarder.forward_batch(&snapshot, A, &*ports[A as usize]); // rate_limited
+    for _ in 0..200 / vswitch::datapath::BATCH + 1 {
+        forwarder.forward_batch(&snapshot, A, &*ports[A as usize]);
+    }
     DropReason::ALL.iter().copied().filter(|&r| stats.drops(r) > 0).collect()
 }
 

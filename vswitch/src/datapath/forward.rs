@@ -6,6 +6,7 @@ use std::io;
 use std::sync::OnceLock;
 use std::time::Instant;
 
+use super::shaper::Shaper;
 use super::tx_ring::TxRing;
 use super::{SlowPacket, SlowReason, Snapshot, WorkerStats};
 use crate::pipeline::TokenBucket;
@@ -18,6 +19,18 @@ use std::sync::Arc;
 /// Frames read from one port before moving on to the next (fairness between ports).
 pub const BATCH: usize = 32;
 
+/// What a batch left behind on its port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Batch {
+    /// The queue is empty: wait for it to become readable.
+    Drained,
+    /// The batch was full: the queue may hold more (serve it again before sleeping).
+    More,
+    /// The port's egress bucket is empty: frames are left where they are (the pod's queues hold
+    /// them) until `until_ns`, when the bucket has room again; nothing signals that time.
+    Throttled { until_ns: u64 },
+}
+
 pub struct Forwarder {
     /// Which queue of each port is ours.
     index: usize,
@@ -29,6 +42,8 @@ pub struct Forwarder {
     /// Writes the batch's frames in one system call; `None` where io_uring is unavailable
     /// (frames then go out with a write each).
     tx_ring: Option<TxRing>,
+    /// Frames over a port's ingress limit, waiting for its bucket.
+    shaper: Shaper,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -54,6 +69,7 @@ impl Forwarder {
             tx_ring: TxRing::new(BATCH)
                 .inspect_err(|e| tracing::warn!(worker = index, error = %e, "no io_uring: one write per frame"))
                 .ok(),
+            shaper: Shaper::default(),
         }
     }
 
@@ -62,19 +78,42 @@ impl Forwarder {
         &self.stats
     }
 
-    /// Reads up to a batch from `queue` (port `port`) and forwards it; true if the queue may
-    /// hold more. At most [`BATCH`] reads per call, frames too long to read included, so one
-    /// port cannot hold the worker.
-    pub fn forward_batch(&mut self, snapshot: &Snapshot, port: PortId, queue: &dyn PortQueue) -> bool {
+    /// Reads up to a batch from `queue` (port `port`) and forwards it, at the datapath clock's
+    /// time. At most [`BATCH`] reads per call, frames too long to read included, so one port
+    /// cannot hold the worker.
+    pub fn forward_batch(&mut self, snapshot: &Snapshot, port: PortId, queue: &dyn PortQueue) -> Batch {
+        self.forward_batch_at(snapshot, port, queue, now_ns())
+    }
+
+    /// [`Forwarder::forward_batch`] at `now_ns` (the clock of the rate-limit buckets).
+    ///
+    /// A port with an egress limit is read only while its bucket has room, and each frame read
+    /// is charged in full (a GSO frame may leave the bucket in debt): what is read is never
+    /// dropped for the limit. A frame into a port with an ingress limit that its bucket refuses
+    /// waits in this worker's delay queue (see [`Forwarder::release_delayed`]).
+    pub fn forward_batch_at(&mut self, snapshot: &Snapshot, port: PortId, queue: &dyn PortQueue, now_ns: u64) -> Batch {
         let mut count = 0;
         let mut drained = false;
+        let mut throttled = false;
         let mut reads = 0;
+        // What leaves the pod is shaped as it is read: this batch's port, looked up once.
+        let egress =
+            snapshot.forwarding.port(port).and_then(|p| p.rate_limit.as_deref()).and_then(|l| l.egress.as_ref());
         while reads < BATCH {
+            if let Some(bucket) = egress {
+                if !bucket.has_room(now_ns) {
+                    throttled = true;
+                    break;
+                }
+            }
             reads += 1;
             match queue.recv(&mut self.buffers[count]) {
                 Ok(n) => {
                     self.lengths[count] = n;
                     self.stats.rx(port, n);
+                    if let Some(bucket) = egress {
+                        bucket.charge(now_ns, n.saturating_sub(vnet::LEN));
+                    }
                     count += 1;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -92,22 +131,20 @@ impl Forwarder {
                 }
             }
         }
+        let outcome = match (throttled, egress) {
+            (true, Some(bucket)) => {
+                self.stats.throttled();
+                Batch::Throttled { until_ns: bucket.room_at_ns().max(now_ns + 1) }
+            }
+            _ if drained => Batch::Drained,
+            _ => Batch::More,
+        };
         if count == 0 {
-            return !drained;
+            return outcome;
         }
-        let now_ns = now_ns();
         let fib = snapshot.forwarding.fib.pin();
-        // What leaves the pod is policed as it is read: this batch's port, looked up once.
-        let egress =
-            snapshot.forwarding.port(port).and_then(|p| p.rate_limit.as_deref()).and_then(|l| l.egress.as_ref());
         for i in 0..count {
             let buf = &mut self.buffers[i];
-            if let Some(bucket) = egress {
-                if !bucket.admit(now_ns, self.lengths[i].saturating_sub(vnet::LEN)) {
-                    self.stats.dropped(DropReason::RateLimited);
-                    continue;
-                }
-            }
             let next =
                 self.pipeline.process(&snapshot.forwarding, &fib, port, buf, self.lengths[i], now_ns, &mut NoTrace);
             let (out_port, len) = match next {
@@ -135,10 +172,10 @@ impl Forwarder {
                 self.stats.dropped(DropReason::PortDown);
                 continue;
             };
-            // What enters a pod is policed as it is written.
+            // What enters a pod is shaped as it is written: sent, delayed, or (over the delay
+            // queue's bound) dropped.
             if let Some(bucket) = ingress_limit(&snapshot.forwarding, out_port) {
-                if !bucket.admit(now_ns, len - vnet::LEN) {
-                    self.stats.dropped(DropReason::RateLimited);
+                if !self.shaper.offer(out_port, out, bucket, &buf[..len], now_ns, &self.stats) {
                     continue;
                 }
             }
@@ -166,20 +203,31 @@ impl Forwarder {
         if suppressed > 0 {
             self.stats.dropped_many(DropReason::IcmpRateLimited, suppressed);
         }
-        !drained
+        outcome
+    }
+
+    /// Sends the delayed frames that their ports' ingress buckets admit at `now_ns`; returns
+    /// when the next one is due (the worker sleeps no longer), `None` if none waits.
+    pub fn release_delayed(&mut self, snapshot: &Snapshot, now_ns: u64) -> Option<u64> {
+        self.shaper.release(snapshot, self.index, now_ns, &self.stats)
+    }
+
+    /// Frames waiting in this worker's delay queues.
+    pub fn delayed_frames(&self) -> usize {
+        self.shaper.queued_frames()
     }
 }
 
 /// The datapath's clock: nanoseconds since its first reading, one origin for every worker (they
 /// share the rate-limit buckets, which compare their times).
-fn now_ns() -> u64 {
+pub fn now_ns() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
 /// The ingress bucket of `port`, if it has one: for a port without, the cost is this lookup.
 #[inline(always)]
-fn ingress_limit(state: &ForwardingState, port: PortId) -> Option<&TokenBucket> {
+pub(super) fn ingress_limit(state: &ForwardingState, port: PortId) -> Option<&TokenBucket> {
     state.port(port)?.rate_limit.as_deref()?.ingress.as_ref()
 }
 
@@ -235,7 +283,7 @@ mod tests {
         let mut bad = with_vnet(&ICMP_ECHO_REQUEST);
         bad[vnet::LEN + 24] ^= 0xff; // header checksum
         ports[0].push(bad);
-        assert!(!forwarder.forward_batch(&snapshot, 0, &*ports[0]), "queue drained");
+        assert_eq!(forwarder.forward_batch(&snapshot, 0, &*ports[0]), Batch::Drained, "queue drained");
         let sent = ports[1].take_sent();
         assert_eq!(sent.len(), 3);
         assert_eq!(sent[0][vnet::LEN + 22], 63, "TTL decremented");
@@ -251,7 +299,7 @@ mod tests {
         for _ in 0..3 {
             ports[0].push(with_vnet(&ICMP_ECHO_REQUEST));
         }
-        assert!(!forwarder.forward_batch(&snapshot, 0, &*ports[0]), "queue drained");
+        assert_eq!(forwarder.forward_batch(&snapshot, 0, &*ports[0]), Batch::Drained, "queue drained");
         assert_eq!(ports[1].take_sent().len(), 3, "the frames behind it go out in the same batch");
         assert_eq!(forwarder.stats.drops(DropReason::FrameTooLong), 1);
         // A batch of nothing but refused frames still says there may be more.
@@ -259,48 +307,133 @@ mod tests {
             ports[0].push(vec![0u8; MAX_FRAME + 1]);
         }
         ports[0].push(with_vnet(&ICMP_ECHO_REQUEST));
-        assert!(forwarder.forward_batch(&snapshot, 0, &*ports[0]), "more to read");
-        assert!(!forwarder.forward_batch(&snapshot, 0, &*ports[0]));
+        assert_eq!(forwarder.forward_batch(&snapshot, 0, &*ports[0]), Batch::More, "more to read");
+        assert_eq!(forwarder.forward_batch(&snapshot, 0, &*ports[0]), Batch::Drained);
         assert_eq!(ports[1].take_sent().len(), 1);
         assert_eq!(forwarder.stats.drops(DropReason::FrameTooLong), 1 + BATCH as u64);
     }
 
+    /// The echo request with its last payload byte set to `mark`, to tell frames apart.
+    fn marked(mark: u8) -> Vec<u8> {
+        let mut frame = with_vnet(&ICMP_ECHO_REQUEST);
+        *frame.last_mut().unwrap() = mark;
+        frame
+    }
+
+    fn marks(sent: &[Vec<u8>]) -> Vec<u8> {
+        sent.iter().map(|f| *f.last().unwrap()).collect()
+    }
+
+    const MS: u64 = 1_000_000;
+
     #[test]
-    fn rate_limits_let_a_burst_through_then_drop_in_both_directions() {
+    fn ingress_over_the_limit_is_delayed_then_delivered_in_order() {
         let (mut snapshot, ports, _fib, mut forwarder, _rx) = setup();
         let frame_bits = ICMP_ECHO_REQUEST.len() as u64 * 8;
-        // 1 kbit/s: nothing refills while the test runs. Into pod 1, a burst of three frames.
-        let into_b = Arc::new(PortRateLimit::new(Some(1000), None, 3 * frame_bits));
-        snapshot.forwarding.ports[1].as_mut().unwrap().rate_limit = Some(into_b.clone());
-        for _ in 0..5 {
-            ports[0].push(with_vnet(&ICMP_ECHO_REQUEST));
+        // Into pod 1: 8 Mbit/s (a byte per us: a frame per T), a burst of three frames.
+        const T: u64 = ICMP_ECHO_REQUEST.len() as u64 * 1000;
+        let into_b = Arc::new(PortRateLimit::new(Some(8_000_000), None, 3 * frame_bits));
+        snapshot.forwarding.ports[1].as_mut().unwrap().rate_limit = Some(into_b);
+        for mark in 0..5 {
+            ports[0].push(marked(mark));
         }
-        forwarder.forward_batch(&snapshot, 0, &*ports[0]);
-        assert_eq!(ports[1].take_sent().len(), 3);
-        assert_eq!(forwarder.stats.drops(DropReason::RateLimited), 2);
-        // The next snapshot carries the same bucket on: still empty.
+        assert_eq!(forwarder.forward_batch_at(&snapshot, 0, &*ports[0], 0), Batch::Drained);
+        assert_eq!(marks(&ports[1].take_sent()), [0, 1, 2], "the burst");
+        assert_eq!((forwarder.delayed_frames(), forwarder.stats.delayed_frames()), (2, 2));
+        assert_eq!(forwarder.release_delayed(&snapshot, 0), Some(T), "the next is due in a frame's time");
+        assert_eq!(forwarder.release_delayed(&snapshot, T - 1), Some(T));
+        assert!(ports[1].take_sent().is_empty());
+        assert_eq!(forwarder.release_delayed(&snapshot, T), Some(2 * T));
+        assert_eq!(marks(&ports[1].take_sent()), [3]);
+        // The next snapshot carries the same bucket and queue on. After 10 frames' time the bucket is full
+        // again, yet a new frame waits behind the one still queued: none overtakes.
         let next = Snapshot { generation: 2, forwarding: snapshot.forwarding.clone(), queues: snapshot.queues.clone() };
-        ports[0].push(with_vnet(&ICMP_ECHO_REQUEST));
-        forwarder.forward_batch(&next, 0, &*ports[0]);
-        assert_eq!((ports[1].take_sent().len(), forwarder.stats.drops(DropReason::RateLimited)), (0, 3));
+        ports[0].push(marked(5));
+        forwarder.forward_batch_at(&next, 0, &*ports[0], 10 * T);
+        assert!(ports[1].take_sent().is_empty());
+        assert_eq!(forwarder.release_delayed(&next, 10 * T), None, "all sent");
+        assert_eq!(marks(&ports[1].take_sent()), [4, 5]);
+        assert_eq!(forwarder.stats.drops(DropReason::RateLimited), 0);
+        assert_eq!(forwarder.stats.port(1).tx_packets, 6);
+        assert_eq!(forwarder.stats.delayed_frames(), 3);
+    }
 
-        // Out of pod 0, a burst of two frames; the rest are read (counted) and dropped.
-        snapshot.forwarding.ports[1].as_mut().unwrap().rate_limit = None;
-        let from_a = Arc::new(PortRateLimit::new(None, Some(1000), 2 * frame_bits));
-        snapshot.forwarding.ports[0].as_mut().unwrap().rate_limit = Some(from_a);
-        for _ in 0..5 {
-            ports[0].push(with_vnet(&ICMP_ECHO_REQUEST));
+    #[test]
+    fn beyond_the_delay_bound_frames_are_dropped_and_a_lifted_limit_frees_the_rest() {
+        let (mut snapshot, ports, _fib, mut forwarder, _rx) = setup();
+        // 1 bit/s: nothing refills while the test runs.
+        let into_b = Arc::new(PortRateLimit::new(Some(1), None, 8));
+        snapshot.forwarding.ports[1].as_mut().unwrap().rate_limit = Some(into_b);
+        let frame = with_vnet(&ICMP_ECHO_REQUEST);
+        let total = 300 * 1024 / frame.len() + 100;
+        for _ in 0..total {
+            ports[0].push(frame.clone());
         }
-        forwarder.forward_batch(&snapshot, 0, &*ports[0]);
-        assert_eq!(ports[1].take_sent().len(), 2);
-        assert_eq!(forwarder.stats.drops(DropReason::RateLimited), 6);
-        assert_eq!(forwarder.stats.port(0).rx_packets, 11);
+        while forwarder.forward_batch_at(&snapshot, 0, &*ports[0], 0) == Batch::More {}
+        // The first passes (a full bucket admits any frame), 256 KiB wait, the rest are dropped.
+        let queued = 256 * 1024 / frame.len();
+        assert_eq!(ports[1].take_sent().len(), 1);
+        assert_eq!(forwarder.delayed_frames(), queued);
+        assert_eq!(forwarder.stats.drops(DropReason::RateLimited), (total - 1 - queued) as u64);
+        assert!(forwarder.release_delayed(&snapshot, 0).is_some());
+        // The limit removed: the queue goes out at once.
+        snapshot.forwarding.ports[1].as_mut().unwrap().rate_limit = None;
+        assert_eq!(forwarder.release_delayed(&snapshot, 0), None);
+        assert_eq!(ports[1].take_sent().len(), queued);
+        // The port gone (its queue replaced): what waited is dropped as port_down, never sent.
+        snapshot.forwarding.ports[1].as_mut().unwrap().rate_limit =
+            Some(Arc::new(PortRateLimit::new(Some(1), None, 8)));
+        for _ in 0..3 {
+            ports[0].push(frame.clone());
+        }
+        forwarder.forward_batch_at(&snapshot, 0, &*ports[0], 0);
+        assert_eq!(forwarder.delayed_frames(), 2);
+        snapshot.queues[1] = Some(Arc::from(vec![Arc::new(MemoryPort::default()) as Arc<dyn PortQueue>]));
+        assert_eq!(forwarder.release_delayed(&snapshot, 0), None);
+        assert_eq!(forwarder.stats.drops(DropReason::PortDown), 2);
+        assert_eq!(ports[1].take_sent().len(), 1);
+    }
+
+    #[test]
+    fn egress_over_the_limit_is_left_in_the_port_until_the_bucket_has_room() {
+        let (mut snapshot, ports, _fib, mut forwarder, _rx) = setup();
+        let frame_bits = ICMP_ECHO_REQUEST.len() as u64 * 8;
+        // Out of pod 0: 8 Mbit/s (a byte per us: a frame per T), a burst of two frames.
+        const T: u64 = ICMP_ECHO_REQUEST.len() as u64 * 1000;
+        let from_a = Arc::new(PortRateLimit::new(None, Some(8_000_000), 2 * frame_bits));
+        snapshot.forwarding.ports[0].as_mut().unwrap().rate_limit = Some(from_a);
+        for mark in 0..5 {
+            ports[0].push(marked(mark));
+        }
+        // The burst is read; then nothing, until the bucket has room.
+        let Batch::Throttled { until_ns } = forwarder.forward_batch_at(&snapshot, 0, &*ports[0], 0) else {
+            panic!("not throttled")
+        };
+        assert_eq!(marks(&ports[1].take_sent()), [0, 1]);
+        assert_eq!(forwarder.stats.port(0).rx_packets, 2, "the rest are left in the port");
+        assert!(until_ns > 0 && until_ns <= T, "room again at {until_ns} ns");
+        assert_eq!(forwarder.forward_batch_at(&snapshot, 0, &*ports[0], until_ns - 1), Batch::Throttled { until_ns });
+        assert_eq!(forwarder.stats.port(0).rx_packets, 2);
+        // A frame read on a token's fraction leaves the bucket in debt: one frame per T.
+        let Batch::Throttled { until_ns: next } = forwarder.forward_batch_at(&snapshot, 0, &*ports[0], until_ns) else {
+            panic!("not throttled")
+        };
+        assert_eq!(marks(&ports[1].take_sent()), [2]);
+        assert_eq!(next, until_ns + T);
+        // Later, a burst again: the rest; the bucket is then empty, the port drained.
+        assert!(matches!(forwarder.forward_batch_at(&snapshot, 0, &*ports[0], 100 * T), Batch::Throttled { .. }));
+        assert_eq!(marks(&ports[1].take_sent()), [3, 4]);
+        assert_eq!(forwarder.forward_batch_at(&snapshot, 0, &*ports[0], 200 * T), Batch::Drained);
+        assert_eq!(forwarder.stats.drops(DropReason::RateLimited), 0, "what is read is never dropped");
+        assert_eq!(forwarder.stats.port(0).rx_packets, 5);
+        assert_eq!(forwarder.stats.throttled_batches(), 4);
     }
 
     #[test]
     fn a_gso_frame_costs_its_whole_size() {
         let (mut snapshot, ports, _fib, mut forwarder, _rx) = setup();
-        // A bucket of 10 000 bytes: one 9000-byte frame passes, a second does not.
+        // 1000 bit/s, a bucket of 10 000 bytes: one 9000-byte frame passes, a second waits for
+        // the tokens of 8000 bytes more: 64 s.
         let into_b = Arc::new(PortRateLimit::new(Some(1000), None, 80_000));
         snapshot.forwarding.ports[1].as_mut().unwrap().rate_limit = Some(into_b);
         let mut big = with_vnet(&ICMP_ECHO_REQUEST);
@@ -313,10 +446,26 @@ mod tests {
         // Segments of 1400 bytes fit the MTU; the frame is still charged 9000.
         VnetHeader { gso_type: vnet::GSO_UDP_L4, gso_size: 1400, ..Default::default() }.write(&mut big);
         ports[0].push(big.clone());
-        ports[0].push(big);
-        forwarder.forward_batch(&snapshot, 0, &*ports[0]);
+        ports[0].push(big.clone());
+        forwarder.forward_batch_at(&snapshot, 0, &*ports[0], 0);
         assert_eq!(ports[1].take_sent().len(), 1);
-        assert_eq!(forwarder.stats.drops(DropReason::RateLimited), 1);
+        assert_eq!(forwarder.delayed_frames(), 1);
+        assert_eq!(forwarder.release_delayed(&snapshot, 0), Some(64_000 * MS));
+        assert_eq!(forwarder.release_delayed(&snapshot, 64_000 * MS), None);
+        assert_eq!(ports[1].take_sent().len(), 1);
+        assert_eq!(forwarder.stats.drops(DropReason::RateLimited), 0);
+
+        // Out of a pod, the same: the frame is read whole and its 9000 bytes leave the bucket in
+        // debt (72 s of tokens against a bucket of 80 s, then 72 s more).
+        snapshot.forwarding.ports[1].as_mut().unwrap().rate_limit = None;
+        snapshot.forwarding.ports[0].as_mut().unwrap().rate_limit =
+            Some(Arc::new(PortRateLimit::new(None, Some(1000), 80_000)));
+        for _ in 0..3 {
+            ports[0].push(big.clone());
+        }
+        let batch = forwarder.forward_batch_at(&snapshot, 0, &*ports[0], 0);
+        assert_eq!(batch, Batch::Throttled { until_ns: 64_000 * MS + 1 });
+        assert_eq!(ports[1].take_sent().len(), 2);
     }
 
     #[test]
@@ -325,8 +474,8 @@ mod tests {
         for _ in 0..BATCH + 1 {
             ports[0].push(with_vnet(&ICMP_ECHO_REQUEST));
         }
-        assert!(forwarder.forward_batch(&snapshot, 0, &*ports[0]));
-        assert!(!forwarder.forward_batch(&snapshot, 0, &*ports[0]));
+        assert_eq!(forwarder.forward_batch(&snapshot, 0, &*ports[0]), Batch::More);
+        assert_eq!(forwarder.forward_batch(&snapshot, 0, &*ports[0]), Batch::Drained);
         assert_eq!(ports[1].take_sent().len(), BATCH + 1);
     }
 }

@@ -6,6 +6,7 @@
 //! batch's writes go out together, one io_uring submission per batch).
 
 mod forward;
+mod shaper;
 pub mod stats;
 mod tx_ring;
 mod worker;
@@ -16,7 +17,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-pub use forward::{Forwarder, BATCH};
+pub use forward::{Batch, Forwarder, BATCH};
 pub use stats::{PortTotals, WorkerStats};
 pub use worker::spawn_worker;
 

@@ -43,6 +43,10 @@ fn bump(counter: &AtomicU64, by: u64) {
 pub struct WorkerStats {
     drops: Box<[AtomicU64]>,
     ports: Box<[PortCounters]>,
+    /// Frames over a port's ingress limit held in a delay queue (sent later, not dropped).
+    delayed: AtomicU64,
+    /// Times a batch stopped reading a port because its egress bucket was empty.
+    throttled: AtomicU64,
 }
 
 impl Default for WorkerStats {
@@ -50,6 +54,8 @@ impl Default for WorkerStats {
         WorkerStats {
             drops: (0..DropReason::COUNT).map(|_| AtomicU64::new(0)).collect(),
             ports: (0..MAX_PORTS).map(|_| PortCounters::default()).collect(),
+            delayed: AtomicU64::new(0),
+            throttled: AtomicU64::new(0),
         }
     }
 }
@@ -87,6 +93,26 @@ impl WorkerStats {
         let c = &self.ports[port as usize];
         bump(&c.tx_packets, 1);
         bump(&c.tx_bytes, bytes as u64);
+    }
+
+    /// A frame over its port's ingress limit was queued to be sent later.
+    pub fn delayed(&self) {
+        bump(&self.delayed, 1);
+    }
+
+    /// A port's egress bucket stopped a batch from reading it.
+    pub fn throttled(&self) {
+        bump(&self.throttled, 1);
+    }
+
+    /// Frames delayed by ingress shaping (see [`WorkerStats::delayed`]).
+    pub fn delayed_frames(&self) -> u64 {
+        self.delayed.load(Ordering::Relaxed)
+    }
+
+    /// Batches cut short by egress shaping (see [`WorkerStats::throttled`]).
+    pub fn throttled_batches(&self) -> u64 {
+        self.throttled.load(Ordering::Relaxed)
     }
 
     pub fn drops(&self, reason: DropReason) -> u64 {

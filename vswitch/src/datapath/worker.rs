@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use super::{Datapath, Forwarder, Snapshot, WorkerStats};
+use super::forward::now_ns;
+use super::{Batch, Datapath, Forwarder, Snapshot, WorkerStats};
 use crate::pipeline::{DropReason, IcmpLimiter, Pipeline};
 use crate::port::PortQueue;
 use crate::state::PortId;
@@ -18,6 +19,8 @@ use crate::state::PortId;
 const WAKE: Token = Token(usize::MAX);
 /// How often a worker asks the kernel what it dropped on the way into its queues.
 const KERNEL_DROPS_EVERY: Duration = Duration::from_millis(500);
+/// The longest a worker sleeps with nothing to do (it checks for a new snapshot, and stop).
+const IDLE_POLL: Duration = Duration::from_millis(200);
 
 struct Worker {
     index: usize,
@@ -58,14 +61,41 @@ impl Worker {
         let mut events = Events::with_capacity(256);
         // Ports with frames left after a full batch: served again before sleeping.
         let mut busy: Vec<PortId> = Vec::new();
+        // Ports whose egress bucket stopped a batch, with the time (datapath clock, ns) it has
+        // room again: served then, as no event says so.
+        let mut throttled: Vec<(PortId, u64)> = Vec::new();
         while !self.datapath.stop.load(Ordering::Relaxed) {
             let snapshot = self.datapath.snapshot.load_full();
             self.datapath.note_loaded(self.index, snapshot.generation);
             if snapshot.generation != self.generation {
                 self.sync_registrations(&snapshot);
+                // Edge-triggered: frames that arrived before registration raise no event. Serve
+                // every port once so none is left waiting.
+                for &port in self.registered.keys() {
+                    if !busy.contains(&port) {
+                        busy.push(port);
+                    }
+                }
             }
-            let timeout = if busy.is_empty() { Some(Duration::from_millis(200)) } else { Some(Duration::ZERO) };
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
+            // Shaping: frames due out of the delay queues go now, throttled ports due are served.
+            let now = now_ns();
+            let mut wake_at = self.forwarder.release_delayed(&snapshot, now);
+            throttled.retain(|&(port, at)| {
+                if at <= now {
+                    if !busy.contains(&port) {
+                        busy.push(port);
+                    }
+                    return false;
+                }
+                wake_at = Some(wake_at.map_or(at, |w| w.min(at)));
+                true
+            });
+            let timeout = if busy.is_empty() {
+                wake_at.map_or(IDLE_POLL, |at| Duration::from_nanos(at.saturating_sub(now)).min(IDLE_POLL))
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     tracing::error!(worker = self.index, error = %e, "poll failed");
                 }
@@ -81,8 +111,13 @@ impl Worker {
             }
             let mut still_busy = Vec::new();
             for &port in &busy {
-                if self.serve(&snapshot, port) {
-                    still_busy.push(port);
+                match self.serve(&snapshot, port) {
+                    Batch::Drained => {}
+                    Batch::More => still_busy.push(port),
+                    Batch::Throttled { until_ns } => match throttled.iter_mut().find(|(p, _)| *p == port) {
+                        Some(entry) => entry.1 = until_ns,
+                        None => throttled.push((port, until_ns)),
+                    },
                 }
             }
             busy = still_busy;
@@ -133,15 +168,10 @@ impl Worker {
             }
         }
         self.generation = snapshot.generation;
-        // Edge-triggered: frames that arrived before registration raise no event. Serve every
-        // port once so none is left waiting.
-        for port in self.registered.keys().copied().collect::<Vec<_>>() {
-            self.serve(snapshot, port);
-        }
     }
 
-    fn serve(&mut self, snapshot: &Snapshot, port: PortId) -> bool {
-        let Some((_, queue)) = self.registered.get(&port) else { return false };
+    fn serve(&mut self, snapshot: &Snapshot, port: PortId) -> Batch {
+        let Some((_, queue)) = self.registered.get(&port) else { return Batch::Drained };
         let queue = queue.clone();
         self.forwarder.forward_batch(snapshot, port, &*queue)
     }
