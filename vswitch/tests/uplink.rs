@@ -209,7 +209,7 @@ fn attaching_pods_stalls_neither_arp_handling_nor_metrics() {
         }
         stop.store(true, Ordering::Relaxed);
         let sent = flood.join().unwrap();
-        assert!(sent > 10_000, "the flood sent only {sent} frames");
+        assert!(sent > 1_000, "the flood sent only {sent} frames");
         scraper.join().unwrap()
     });
     assert_eq!(daemon.ctl_json(&["ports"]).as_array().unwrap().len(), 102);
