@@ -314,3 +314,51 @@ fn an_upgrade_in_place_loses_at_most_half_a_percent_of_pings() {
     n.daemon.upgrade(&n.node, 2);
     assert!(n.a.ping(&n.b.ip.to_string(), 2));
 }
+
+/// Drops are sampled with the pod, reason and addresses while someone follows them; every pod has
+/// its own dropped counter; byte counters agree with the pod's own `ip -s link`.
+#[test]
+fn drops_name_the_pod_and_bytes_agree_with_the_kernel() {
+    let n = node(1, 27);
+    let a_ns = &n.a.ns;
+    for pod in [&n.a, &n.b] {
+        pod.ns.exec(&["sysctl", "-qw", "net.ipv6.conf.eth0.disable_ipv6=1"]);
+    }
+    let b_dropped = n.daemon.port_counters("pod-b")["rx_dropped"].as_u64().unwrap();
+    let tx_bytes = || -> u64 {
+        let out = a_ns.exec(&["cat", "/sys/class/net/eth0/statistics/tx_bytes"]);
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    let (kernel_before, ours_before) = (tx_bytes(), n.daemon.port_counters("pod-a")["rx_bytes"].as_u64().unwrap());
+    let b = n.b.ip.to_string();
+    let out = a_ns.exec(&["ping", "-c", "20", "-i", "0.01", "-s", "1000", "-q", &b]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let (kernel, ours) =
+        (tx_bytes() - kernel_before, n.daemon.port_counters("pod-a")["rx_bytes"].as_u64().unwrap() - ours_before);
+    assert_eq!(ours, kernel, "vswitchd's rx_bytes for the pod and the pod's own tx_bytes");
+
+    // Someone starts following; the pod sends from an address that is not its own.
+    let first = n.daemon.ctl_json(&["drops"]);
+    assert!(first["samples"].is_array(), "{first}");
+    a_ns.ip(&["addr", "add", "10.10.27.99/32", "dev", "eth0"]);
+    a_ns.exec(&["ping", "-c", "3", "-i", "0.05", "-W", "1", "-I", "10.10.27.99", &b]);
+    let out = n.daemon.ctl(&["--json", "drops", "--follow", "--seconds", "1"]);
+    let lines = String::from_utf8_lossy(&out.stdout).to_string();
+    let spoofed: Vec<serde_json::Value> = lines
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|d| d["reason"] == "spoofed_source_ip")
+        .collect();
+    assert!(!spoofed.is_empty(), "no spoofed_source_ip sample in:\n{lines}");
+    assert_eq!(
+        (&spoofed[0]["port"], &spoofed[0]["src"], &spoofed[0]["dst"]),
+        (&"pod-a".into(), &"10.10.27.99".into(), &b.clone().into())
+    );
+    assert!(n.daemon.port_counters("pod-a")["rx_dropped"].as_u64().unwrap() >= 3);
+    assert_eq!(n.daemon.port_counters("pod-b")["rx_dropped"], b_dropped, "pod-b dropped nothing meanwhile");
+    let table = String::from_utf8_lossy(&n.daemon.ctl(&["drops"]).stdout).to_string();
+    assert!(
+        table.lines().any(|l| l.contains("pod-a") && l.contains("spoofed_source_ip") && l.contains("10.10.27.99")),
+        "{table}"
+    );
+}

@@ -54,6 +54,42 @@ pub enum Request {
     },
     /// Build a frame from a pod to an address and run it through the pipeline.
     TraceFlow(FlowSpec),
+    /// Recent drops with sequence numbers from `after` on ([`DropsView`]). Asking turns sampling
+    /// on for a few seconds; a follower asks again with `next`.
+    Drops {
+        #[serde(default)]
+        after: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropsView {
+    pub samples: Vec<DropSampleView>,
+    /// The `after` for the next request.
+    pub next: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropSampleView {
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+    /// The port the dropped frame came from, and its pod.
+    pub port: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodRef>,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst: Option<Ipv4Addr>,
+    /// `tcp`, `udp`, `icmp` or the protocol number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_port: Option<u16>,
 }
 
 /// A flow to trace: from a pod (its port name, or `NAMESPACE/POD`) to an address.
@@ -194,6 +230,7 @@ pub enum Response {
     Counters(CountersView),
     Status(StatusView),
     Trace(TraceView),
+    Drops(DropsView),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -219,9 +256,13 @@ pub enum LinkState {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortCounters {
     pub rx_packets: u64,
+    /// Ethernet frame bytes, as `ip -s link` counts them (no virtio-net header).
     pub rx_bytes: u64,
     pub tx_packets: u64,
     pub tx_bytes: u64,
+    /// Frames received from the port that the switch dropped (`vswitchctl drops` says why).
+    #[serde(default)]
+    pub rx_dropped: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,8 +11,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 use vswitch_api::api::{
-    CountersView, FlowProtocol, FlowSpec, NeighborView, PortRole, PortSpec, PortView, Request, RouteView, StatusView,
-    TraceView,
+    CountersView, DropsView, FlowProtocol, FlowSpec, NeighborView, PortRole, PortSpec, PortView, Request, RouteView,
+    StatusView, TraceView,
 };
 use vswitch_api::client::{Client, ClientError, DEFAULT_SOCKET};
 use vswitch_api::MacAddr;
@@ -123,6 +123,17 @@ enum Command {
         /// A frame in hex, from the Ethernet header (':' and spaces allowed).
         frame: Option<String>,
     },
+    /// Recent drops, sampled: time, pod, reason, addresses and ports. Sampling runs while
+    /// someone asks (and a few seconds after); the first call starts it.
+    Drops {
+        /// Keep printing new drops as they come (until interrupted, or for --seconds); with
+        /// --json, one JSON object per line.
+        #[arg(long)]
+        follow: bool,
+        /// With --follow: stop after this many seconds.
+        #[arg(long, requires = "follow")]
+        seconds: Option<u64>,
+    },
     /// Is this node ready for pods: node prerequisites, vswitchd answering, the CNI conflist
     /// agreeing with vswitchd.toml, addresses left. One line per check: ok, warn or FAIL (with
     /// what to do); exits 1 if any check failed. --json: [{check, status, detail}].
@@ -178,6 +189,7 @@ fn main() -> ExitCode {
             };
             show(&client, cli.json, &request, print_trace)
         }
+        Command::Drops { follow, seconds } => follow_drops(&client, cli.json, follow, seconds),
         Command::Doctor { .. } => unreachable!("run above"),
     };
     match outcome {
@@ -303,6 +315,55 @@ fn print_counters(c: CountersView) {
     println!("drops:");
     for (reason, n) in c.drops.into_iter().filter(|(_, n)| *n > 0) {
         println!("  {reason:<28} {n:>12}");
+    }
+}
+
+/// Prints the sampled drops; with `follow`, asks again every half second for new ones.
+fn follow_drops(client: &Client, json: bool, follow: bool, seconds: Option<u64>) -> Result<(), ClientError> {
+    let until = seconds.map(|s| std::time::Instant::now() + std::time::Duration::from_secs(s));
+    let mut after = 0;
+    if !json {
+        println!(
+            "{:<12} {:<22} {:<24} {:<26} {:<22} {:<22} PROTO",
+            "TIME", "PORT", "POD", "REASON", "SOURCE", "DESTINATION"
+        );
+    }
+    loop {
+        let view: DropsView = client.call(&Request::Drops { after })?;
+        if json && !follow {
+            println!("{}", serde_json::to_string_pretty(&view).expect("serialises"));
+            return Ok(());
+        }
+        after = view.next;
+        for d in view.samples {
+            if json {
+                println!("{}", serde_json::to_string(&d).expect("serialises"));
+                continue;
+            }
+            let at = |ip: Option<Ipv4Addr>, port: Option<u16>| match (ip, port) {
+                (Some(ip), Some(port)) => format!("{ip}:{port}"),
+                (Some(ip), None) => ip.to_string(),
+                _ => "-".to_string(),
+            };
+            let secs = d.unix_ms / 1000;
+            let time =
+                format!("{:02}:{:02}:{:02}.{:03}", secs / 3600 % 24, secs / 60 % 60, secs % 60, d.unix_ms % 1000);
+            let pod = d.pod.as_ref().map_or_else(|| "-".to_string(), |p| p.to_string());
+            println!(
+                "{:<12} {:<22} {:<24} {:<26} {:<22} {:<22} {}",
+                time,
+                d.port,
+                pod,
+                d.reason,
+                at(d.src, d.src_port),
+                at(d.dst, d.dst_port),
+                d.protocol.as_deref().unwrap_or("-")
+            );
+        }
+        if !follow || until.is_some_and(|u| std::time::Instant::now() >= u) {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
     }
 }
 

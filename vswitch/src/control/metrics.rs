@@ -102,11 +102,12 @@ fn port_labels(p: &PortView) -> Vec<(&'static str, Escaped)> {
 impl Collector for MetricsSnapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         type Field = fn(&PortCounters) -> u64;
-        let port_counters: [(&str, &str, Field); 4] = [
+        let port_counters: [(&str, &str, Field); 5] = [
             ("vswitch_port_rx_packets", "Frames received from the port.", |c| c.rx_packets),
-            ("vswitch_port_rx_bytes", "Bytes received from the port (vnet header included).", |c| c.rx_bytes),
+            ("vswitch_port_rx_bytes", "Ethernet bytes received from the port (as ip -s link counts).", |c| c.rx_bytes),
             ("vswitch_port_tx_packets", "Frames sent to the port.", |c| c.tx_packets),
-            ("vswitch_port_tx_bytes", "Bytes sent to the port (vnet header included).", |c| c.tx_bytes),
+            ("vswitch_port_tx_bytes", "Ethernet bytes sent to the port (as ip -s link counts).", |c| c.tx_bytes),
+            ("vswitch_port_rx_dropped", "Frames from the port that the switch dropped.", |c| c.rx_dropped),
         ];
         for (name, help, get) in port_counters {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;

@@ -89,7 +89,10 @@ pub async fn serve_slow_path(mut packets: tokio::sync::mpsc::Receiver<SlowPacket
                 Some(packet) => switch.on_slow_packet(packet),
                 None => return,
             },
-            _ = neighbor_tick.tick() => switch.on_neighbor_tick(),
+            _ = neighbor_tick.tick() => {
+                switch.on_neighbor_tick();
+                switch.expire_drop_watch();
+            }
             _ = device_tick.tick() => {
                 // Namespace lookups stat files; keep them off the runtime's thread.
                 let switch = switch.clone();

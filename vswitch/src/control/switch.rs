@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use vswitch_api::api::{
-    ApiError, CountersView, ErrorCode, FlowSpec, NeighborView, PortCounters, PortRole as ApiPortRole, PortSpec,
-    PortView, Request, Response, RouteView, StatusView, TraceView,
+    ApiError, CountersView, DropSampleView, DropsView, ErrorCode, FlowSpec, NeighborView, PortCounters,
+    PortRole as ApiPortRole, PortSpec, PortView, Request, Response, RouteView, StatusView, TraceView,
 };
 
 use super::config::{Config, UplinkConfig};
@@ -75,6 +75,8 @@ pub struct Switch {
     /// handed over stays the state.
     frozen: AtomicBool,
     uplink: Option<Uplink>,
+    /// When drops were last asked for (sampling is on until a while after).
+    watched_at: Mutex<Option<Instant>>,
     /// Since when some worker has been behind the latest state (for `health`).
     behind_since: Mutex<Option<Instant>>,
     /// Also serialises saves, so the file always ends with the latest state. None in memory.
@@ -190,6 +192,7 @@ impl Switch {
             }),
             frozen: AtomicBool::new(false),
             behind_since: Mutex::new(None),
+            watched_at: Mutex::new(None),
             uplink,
             state_file: Some(Mutex::new(state_file)),
             started: Instant::now(),
@@ -242,6 +245,7 @@ impl Switch {
             pods,
             frozen: AtomicBool::new(false),
             behind_since: Mutex::new(None),
+            watched_at: Mutex::new(None),
             uplink: None,
             state_file: state_file.map(Mutex::new),
             started: Instant::now(),
@@ -347,6 +351,7 @@ impl Switch {
             Request::Counters => Ok(Response::Counters(self.counters())),
             Request::Trace { port, frame } => self.trace(&port, &frame).map(Response::Trace),
             Request::TraceFlow(flow) => self.trace_flow(&flow).map(Response::Trace),
+            Request::Drops { after } => Ok(Response::Drops(self.drop_samples(after))),
         }
     }
 
@@ -664,6 +669,48 @@ impl Switch {
         Ok(trace::run(&self.datapath.snapshot.load(), &self.list_routes(), id, buf, len))
     }
 
+    /// Recent drops from `after` on, with their pods; turns sampling on for `WATCH_FOR`.
+    pub fn drop_samples(&self, after: u64) -> DropsView {
+        *self.watched_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        self.datapath.drops.set_watching(true);
+        let (samples, next) = self.datapath.drops.since(after);
+        let registry = self.registry();
+        let samples = samples
+            .into_iter()
+            .map(|s| {
+                let record = registry.ports().find(|p| p.info.id == s.port);
+                DropSampleView {
+                    seq: s.seq,
+                    unix_ms: s.unix_ms,
+                    port: record.map_or_else(|| s.port.to_string(), |r| r.info.name.clone()),
+                    pod: record.and_then(|r| r.attachment.pod.clone()),
+                    reason: s.reason.name().to_string(),
+                    src: s.src,
+                    dst: s.dst,
+                    protocol: s.protocol.map(|p| match p {
+                        1 => "icmp".to_string(),
+                        6 => "tcp".to_string(),
+                        17 => "udp".to_string(),
+                        other => other.to_string(),
+                    }),
+                    src_port: s.ports.map(|p| p.0),
+                    dst_port: s.ports.map(|p| p.1),
+                }
+            })
+            .collect();
+        DropsView { samples, next }
+    }
+
+    /// Sampling stops when nobody asked for drops for a while (no cost when nobody watches).
+    pub fn expire_drop_watch(&self) {
+        const WATCH_FOR: Duration = Duration::from_secs(5);
+        let mut watched = self.watched_at.lock().unwrap_or_else(|e| e.into_inner());
+        if watched.is_some_and(|at| at.elapsed() > WATCH_FOR) {
+            *watched = None;
+            self.datapath.drops.set_watching(false);
+        }
+    }
+
     /// Stops taking changes and lists what an upgrade takes over: the state and every port's
     /// queue descriptors (which stay open here until this process exits).
     pub fn freeze_and_offer(&self) -> Offer {
@@ -710,7 +757,13 @@ pub struct Health {
 }
 
 fn counters(c: PortTotals) -> PortCounters {
-    PortCounters { rx_packets: c.rx_packets, rx_bytes: c.rx_bytes, tx_packets: c.tx_packets, tx_bytes: c.tx_bytes }
+    PortCounters {
+        rx_packets: c.rx_packets,
+        rx_bytes: c.rx_bytes,
+        tx_packets: c.tx_packets,
+        tx_bytes: c.tx_bytes,
+        rx_dropped: c.rx_dropped,
+    }
 }
 
 /// What a pod port was attached with, for the state file; `None` for the host port and uplink.

@@ -6,6 +6,7 @@ use std::io;
 use std::sync::OnceLock;
 use std::time::Instant;
 
+use super::drop_sampler::DropSampler;
 use super::shaper::Shaper;
 use super::tx_ring::TxRing;
 use super::{SlowPacket, SlowReason, Snapshot, WorkerStats};
@@ -44,6 +45,8 @@ pub struct Forwarder {
     tx_ring: Option<TxRing>,
     /// Frames over a port's ingress limit, waiting for its bucket.
     shaper: Shaper,
+    /// Where drops are sampled while someone watches.
+    sampler: Arc<DropSampler>,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -70,7 +73,14 @@ impl Forwarder {
                 .inspect_err(|e| tracing::warn!(worker = index, error = %e, "no io_uring: one write per frame"))
                 .ok(),
             shaper: Shaper::default(),
+            sampler: Arc::default(),
         }
+    }
+
+    /// Samples drops into `sampler` (shared with the control plane) instead of a private one.
+    pub fn with_drop_sampler(mut self, sampler: Arc<DropSampler>) -> Self {
+        self.sampler = sampler;
+        self
     }
 
     /// This worker's counters.
@@ -151,11 +161,15 @@ impl Forwarder {
                 Next::Tx { port, len } => (port, len),
                 Next::Drop(reason) => {
                     self.stats.dropped(reason);
+                    self.stats.dropped_from(port);
+                    self.sampler.sample(port, reason, &buf[..self.lengths[i]]);
                     continue;
                 }
-                Next::Respond { reason, port, len } => {
+                Next::Respond { reason, port: back, len } => {
                     self.stats.dropped(reason);
-                    (port, len)
+                    self.stats.dropped_from(port);
+                    self.sampler.sample(port, reason, &buf[..len]);
+                    (back, len)
                 }
                 Next::Resolve { port: out, next_hop, len } => {
                     to_control(&self.slow_path, &self.stats, SlowReason::Resolve { port: out, next_hop }, &buf[..len]);

@@ -5,6 +5,7 @@
 //! is no lock, no allocation, no log line and no system call beyond the port's own read (the
 //! batch's writes go out together, one io_uring submission per batch).
 
+pub mod drop_sampler;
 mod forward;
 mod shaper;
 pub mod stats;
@@ -69,6 +70,8 @@ pub struct Datapath {
     pub slow_path: tokio::sync::mpsc::Sender<SlowPacket>,
     /// The snapshot generation each worker loaded last (see [`Datapath::quiesced`]).
     loaded: Box<[AtomicU64]>,
+    /// Recent drops, sampled while someone watches.
+    pub drops: Arc<drop_sampler::DropSampler>,
 }
 
 impl Datapath {
@@ -78,6 +81,7 @@ impl Datapath {
             stop: AtomicBool::new(false),
             slow_path,
             loaded: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+            drops: Default::default(),
         }
     }
 

@@ -1,10 +1,14 @@
 //! Per-worker counters. Each worker is the only writer of its own counters, so an increment is
 //! a relaxed load and store (no locked instruction); readers sum over workers.
+//!
+//! Byte counters count Ethernet frames as the pod's own `ip -s link` does: the virtio-net header
+//! every TAP read and write carries is not part of the traffic.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::pipeline::DropReason;
 use crate::state::{PortId, MAX_PORTS};
+use crate::wire::vnet;
 
 #[derive(Debug, Default)]
 pub struct PortCounters {
@@ -12,6 +16,8 @@ pub struct PortCounters {
     pub rx_bytes: AtomicU64,
     pub tx_packets: AtomicU64,
     pub tx_bytes: AtomicU64,
+    /// Frames received from the port that the switch dropped (by any reason).
+    pub rx_dropped: AtomicU64,
 }
 
 /// A snapshot of one port's counters.
@@ -21,6 +27,7 @@ pub struct PortTotals {
     pub rx_bytes: u64,
     pub tx_packets: u64,
     pub tx_bytes: u64,
+    pub rx_dropped: u64,
 }
 
 impl PortTotals {
@@ -30,6 +37,7 @@ impl PortTotals {
             rx_bytes: self.rx_bytes.wrapping_sub(base.rx_bytes),
             tx_packets: self.tx_packets.wrapping_sub(base.tx_packets),
             tx_bytes: self.tx_bytes.wrapping_sub(base.tx_bytes),
+            rx_dropped: self.rx_dropped.wrapping_sub(base.rx_dropped),
         }
     }
 }
@@ -74,7 +82,7 @@ impl WorkerStats {
     pub fn rx(&self, port: PortId, bytes: usize) {
         let c = &self.ports[port as usize];
         bump(&c.rx_packets, 1);
-        bump(&c.rx_bytes, bytes as u64);
+        bump(&c.rx_bytes, bytes.saturating_sub(vnet::LEN) as u64);
     }
 
     /// Counts a write of `bytes` to `port` by its outcome: sent, dropped for a full queue
@@ -92,7 +100,13 @@ impl WorkerStats {
     pub fn tx(&self, port: PortId, bytes: usize) {
         let c = &self.ports[port as usize];
         bump(&c.tx_packets, 1);
-        bump(&c.tx_bytes, bytes as u64);
+        bump(&c.tx_bytes, bytes.saturating_sub(vnet::LEN) as u64);
+    }
+
+    /// A frame read from `port` was dropped (its reason is counted apart).
+    #[inline(always)]
+    pub fn dropped_from(&self, port: PortId) {
+        bump(&self.ports[port as usize].rx_dropped, 1);
     }
 
     /// A frame over its port's ingress limit was queued to be sent later.
@@ -126,6 +140,7 @@ impl WorkerStats {
             rx_bytes: c.rx_bytes.load(Ordering::Relaxed),
             tx_packets: c.tx_packets.load(Ordering::Relaxed),
             tx_bytes: c.tx_bytes.load(Ordering::Relaxed),
+            rx_dropped: c.rx_dropped.load(Ordering::Relaxed),
         }
     }
 }
@@ -137,5 +152,6 @@ pub fn port_totals(workers: &[std::sync::Arc<WorkerStats>], port: PortId) -> Por
         rx_bytes: a.rx_bytes + b.rx_bytes,
         tx_packets: a.tx_packets + b.tx_packets,
         tx_bytes: a.tx_bytes + b.tx_bytes,
+        rx_dropped: a.rx_dropped + b.rx_dropped,
     })
 }

@@ -42,7 +42,8 @@ pub fn spawn_worker(
 ) -> io::Result<(Arc<Waker>, std::thread::JoinHandle<()>)> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
-    let forwarder = Forwarder::new(index, stats, Pipeline::new(icmp), datapath.slow_path.clone());
+    let forwarder = Forwarder::new(index, stats, Pipeline::new(icmp), datapath.slow_path.clone())
+        .with_drop_sampler(datapath.drops.clone());
     let mut worker = Worker {
         index,
         datapath,
