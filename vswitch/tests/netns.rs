@@ -154,14 +154,7 @@ fn drops_are_counted_by_reason_and_exported_as_metrics() {
     assert!(text.contains("mtu = 1500") || text.contains("mtu=1500") || text.contains("Frag needed"), "{text}");
     assert!(n.daemon.drops("fragmentation_needed") >= 1);
 
-    let metrics = vswitch::port::netns::run_in(Some(&n.node.path()), || {
-        let mut s = std::net::TcpStream::connect("127.0.0.1:9477")?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
-        let mut body = String::new();
-        s.read_to_string(&mut body)?;
-        Ok(body)
-    })
-    .unwrap();
+    let metrics = http_get(&n.node, "/metrics");
     assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
     assert!(metrics.contains("vswitch_drops_total{reason=\"ttl_expired\"} 1"), "{metrics}");
     assert!(metrics.contains("vswitch_port_rx_packets_total{port=\"pod-a\",role=\"pod\"}"), "{metrics}");
@@ -170,15 +163,20 @@ fn drops_are_counted_by_reason_and_exported_as_metrics() {
     assert!(metrics.contains("process_resident_memory_bytes "), "{metrics}");
     let v6 = n.node.exec(&["cat", "/proc/sys/net/ipv6/conf/vsw0/disable_ipv6"]);
     assert_eq!(String::from_utf8_lossy(&v6.stdout).trim(), "1", "the host port sends no IPv6 solicitations");
-    let health = vswitch::port::netns::run_in(Some(&n.node.path()), || {
+    let health = http_get(&n.node, "/healthz");
+    assert!(health.starts_with("HTTP/1.1 200 OK") && health.contains("ok: 1 workers forwarding"), "{health}");
+}
+
+/// The whole HTTP response of vswitchd's metrics server in `node` to `GET path`.
+fn http_get(node: &Netns, path: &str) -> String {
+    vswitch::port::netns::run_in(Some(&node.path()), || {
         let mut s = std::net::TcpStream::connect("127.0.0.1:9477")?;
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())?;
         let mut body = String::new();
         s.read_to_string(&mut body)?;
         Ok(body)
     })
-    .unwrap();
-    assert!(health.starts_with("HTTP/1.1 200 OK") && health.contains("ok: 1 workers forwarding"), "{health}");
+    .unwrap()
 }
 
 /// An ICMP echo from pod-a's MAC to the gateway MAC, Ethernet onwards, as hex.

@@ -9,28 +9,9 @@ use vpc_lab::netns::{require_root, Binaries, Daemon, Netns, Pod, TempDir};
 
 #[test]
 fn pods_and_a_vpc_host_reach_each_other_over_the_uplink() {
-    require_root();
-    let dir = TempDir::new();
-    let fabric = Netns::new("vtf");
-    fabric.ip(&["link", "add", "br0", "type", "bridge"]);
-    fabric.ip(&["link", "set", "br0", "up"]);
-    let node = Netns::new("vtn");
-    let vm = Netns::new("vtv");
-    // Node NIC and VM NIC, each a veth whose other end is a bridge port in the fabric.
-    for (ns, inside, outside) in [(&node, "up0", "fnode"), (&vm, "eth0", "fvm")] {
-        ns.ip(&["link", "add", inside, "type", "veth", "peer", "name", outside, "netns", &fabric.name]);
-        fabric.ip(&["link", "set", outside, "master", "br0", "up"]);
-    }
-    vm.ip(&["addr", "add", "10.10.0.50/16", "dev", "eth0"]);
-    vm.ip(&["link", "set", "eth0", "up"]);
-
-    let config = r#"
-        host_port = { default_route = false, routes = ["10.10.0.5/32"] }
-        [uplink]
-        interface = "up0"
-        subnet = "10.10.0.0/16"
-    "#;
-    let daemon = Daemon::start_with_config(&bins(), &node, &dir.0, 2, config);
+    let lab = uplink_fabric(2);
+    let (node, vm, fabric) = (&lab.node, &lab.vm, &lab.fabric);
+    let daemon = &lab.daemon;
     let pod = Pod::new(Ipv4Addr::new(10, 10, 40, 2));
     daemon.attach("pod-a", &pod);
 
@@ -70,6 +51,42 @@ fn pods_and_a_vpc_host_reach_each_other_over_the_uplink() {
     std::thread::sleep(std::time::Duration::from_millis(1500));
     assert!(daemon.drops("rx_overflow") > 0, "{}", daemon.ctl_json(&["counters"]));
     let _keep = (&fabric, &node);
+}
+
+/// A VPC fabric (a bridge in its own namespace), a node whose vswitchd owns the NIC `up0` on it
+/// (the dedicated-uplink mode), and a VM (10.10.0.50) on it. Fields drop in order: the daemon
+/// before the namespaces it uses.
+struct UplinkFabric {
+    daemon: Daemon,
+    node: Netns,
+    vm: Netns,
+    fabric: Netns,
+    _dir: TempDir,
+}
+
+fn uplink_fabric(workers: usize) -> UplinkFabric {
+    require_root();
+    let dir = TempDir::new();
+    let fabric = Netns::new("vtf");
+    fabric.ip(&["link", "add", "br0", "type", "bridge"]);
+    fabric.ip(&["link", "set", "br0", "up"]);
+    let node = Netns::new("vtn");
+    let vm = Netns::new("vtv");
+    // Node NIC and VM NIC, each a veth whose other end is a bridge port in the fabric.
+    for (ns, inside, outside) in [(&node, "up0", "fnode"), (&vm, "eth0", "fvm")] {
+        ns.ip(&["link", "add", inside, "type", "veth", "peer", "name", outside, "netns", &fabric.name]);
+        fabric.ip(&["link", "set", outside, "master", "br0", "up"]);
+    }
+    vm.ip(&["addr", "add", "10.10.0.50/16", "dev", "eth0"]);
+    vm.ip(&["link", "set", "eth0", "up"]);
+    let config = r#"
+        host_port = { default_route = false, routes = ["10.10.0.5/32"] }
+        [uplink]
+        interface = "up0"
+        subnet = "10.10.0.0/16"
+    "#;
+    let daemon = Daemon::start_with_config(&bins(), &node, &dir.0, workers, config);
+    UplinkFabric { daemon, node, vm, fabric, _dir: dir }
 }
 
 fn bins() -> Binaries {
@@ -133,25 +150,8 @@ fn attaching_pods_stalls_neither_arp_handling_nor_metrics() {
     use vswitch::port::PortQueue;
     use vswitch::wire::vnet;
 
-    require_root();
-    let dir = TempDir::new();
-    let fabric = Netns::new("vtf");
-    fabric.ip(&["link", "add", "br0", "type", "bridge"]);
-    fabric.ip(&["link", "set", "br0", "up"]);
-    let node = Netns::new("vtn");
-    let vm = Netns::new("vtv");
-    for (ns, inside, outside) in [(&node, "up0", "fnode"), (&vm, "eth0", "fvm")] {
-        ns.ip(&["link", "add", inside, "type", "veth", "peer", "name", outside, "netns", &fabric.name]);
-        fabric.ip(&["link", "set", outside, "master", "br0", "up"]);
-    }
-    vm.ip(&["link", "set", "eth0", "up"]);
-    let config = r#"
-        host_port = { default_route = false, routes = ["10.10.0.5/32"] }
-        [uplink]
-        interface = "up0"
-        subnet = "10.10.0.0/16"
-    "#;
-    let daemon = Daemon::start_with_config(&bins(), &node, &dir.0, 1, config);
+    let lab = uplink_fabric(1);
+    let (daemon, node, vm, fabric) = (&lab.daemon, &lab.node, &lab.vm, &lab.fabric);
     let pods: Vec<Pod> = (0..100).map(|i| Pod::new(Ipv4Addr::new(10, 10, 60 + i / 200, 2 + i % 200))).collect();
 
     // Unsolicited ARP replies from a host the switch never asked about: each one reaches the
