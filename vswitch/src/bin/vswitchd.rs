@@ -155,6 +155,13 @@ async fn take_lock_after_handover(config: &Config) -> Result<NodeLock, String> {
     }
 }
 
+/// How the daemon starts: holding the node lock, or taking over from the instance that holds it
+/// (which answers on this stream).
+enum Start {
+    Plain(NodeLock),
+    TakeOver(std::os::unix::net::UnixStream),
+}
+
 /// How the daemon stopped.
 enum Stopped {
     Signalled,
@@ -172,8 +179,10 @@ async fn run(config: Config, upgrade: bool) -> Result<Stopped, Box<dyn std::erro
     } else {
         None
     };
-    let (handed, old) = taken.map_or((None, None), |(h, stream)| (Some(h), Some(stream)));
-    let lock = if old.is_none() { Some(lock_node(&config)?) } else { None };
+    let (handed, start) = match taken {
+        Some((handover, old)) => (Some(handover), Start::TakeOver(old)),
+        None => (None, Start::Plain(lock_node(&config)?)),
+    };
     let socket = config.socket.clone();
     let metrics_addr = config.metrics_addr.clone();
     // Bound beside the path and moved over it once this instance works, so a failed upgrade
@@ -191,14 +200,13 @@ async fn run(config: Config, upgrade: bool) -> Result<Stopped, Box<dyn std::erro
     std::fs::rename(&staging, &socket).map_err(|e| format!("API socket {}: {e}", socket.display()))?;
     tokio::spawn(server::serve_api(api, switch.clone()));
     tokio::spawn(server::serve_slow_path(slow_path, switch.clone()));
-    let lock = match (lock, old) {
-        (Some(lock), _) => lock,
-        (None, Some(old)) => {
+    let lock = match start {
+        Start::Plain(lock) => lock,
+        Start::TakeOver(old) => {
             handover::confirm(&old)?;
             tracing::info!("took over from the running vswitchd; waiting for it to exit");
             take_lock_after_handover(&config).await?
         }
-        (None, None) => unreachable!("a plain start took the lock above"),
     };
     if !metrics_addr.is_empty() {
         let listener = bind_metrics(&metrics_addr).await?;
