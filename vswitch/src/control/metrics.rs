@@ -27,6 +27,10 @@ pub struct MetricsSnapshot {
     pub neighbors: usize,
     pub uptime: Duration,
     pub process: ProcessStats,
+    /// Bandwidth shaping: frames held back for a pod's ingress limit, and batches a pod's egress
+    /// limit stopped reading.
+    pub shaping_delayed: u64,
+    pub shaping_throttled: u64,
 }
 
 /// The process's own figures, from /proc/self (zero where unreadable).
@@ -132,6 +136,12 @@ impl Collector for MetricsSnapshot {
             ConstCounter::new(*n).encode(family.encode_family(&[("reason", reason.name())])?)?;
         }
         for (name, help, value) in [
+            ("vswitch_shaping_delayed_frames", "Frames held back for a port's ingress limit.", self.shaping_delayed),
+            ("vswitch_shaping_throttled_batches", "Reads a port's egress limit held back.", self.shaping_throttled),
+        ] {
+            ConstCounter::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)?;
+        }
+        for (name, help, value) in [
             ("vswitch_fib_routes", "Routes in the FIB.", self.fib_routes as i64),
             ("vswitch_fib_memory_bytes", "Memory of the FIB.", self.fib_memory as i64),
             ("vswitch_neighbors", "Neighbour entries.", self.neighbors as i64),
@@ -188,6 +198,8 @@ mod tests {
             neighbors: 0,
             uptime: Duration::from_secs(9),
             process: ProcessStats::read(),
+            shaping_delayed: 4,
+            shaping_throttled: 0,
         }
         .render();
         assert!(text.contains(r#"port="evil\"}\nname""#), "{text}");
@@ -196,6 +208,7 @@ mod tests {
         assert!(text.contains(&format!("vswitch_drops_total{{reason=\"{}\"}} 5", DropReason::ALL[0].name())), "{text}");
         assert!(text.contains("vswitch_port_up{") && text.contains("} 0\n"), "{text}");
         assert!(text.contains("vswitch_fib_routes 3"));
+        assert!(text.contains("vswitch_shaping_delayed_frames_total 4"), "{text}");
         assert!(text.contains("process_cpu_seconds_total ") && text.contains("process_open_fds "), "{text}");
         assert!(ProcessStats::read().resident_bytes > 0 && ProcessStats::read().threads >= 1);
         assert!(text.ends_with("# EOF\n"));

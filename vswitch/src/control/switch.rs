@@ -602,6 +602,8 @@ impl Switch {
             neighbors,
             uptime: self.started.elapsed(),
             process: super::metrics::ProcessStats::read(),
+            shaping_delayed: self.stats.iter().map(|s| s.delayed_frames()).sum(),
+            shaping_throttled: self.stats.iter().map(|s| s.throttled_batches()).sum(),
         }
     }
 
