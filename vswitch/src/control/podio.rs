@@ -49,6 +49,11 @@ pub async fn open_tap_queues(
     Ok(opened.into_iter().map(|q| Arc::new(q) as Arc<dyn PortQueue>).collect::<Vec<_>>().into())
 }
 
+/// Queues of TAP `ifname` from descriptors an upgraded instance handed over.
+pub fn tap_queues_from(fds: Vec<std::os::fd::OwnedFd>, ifname: &str) -> PortQueues {
+    fds.into_iter().map(|fd| Arc::new(TapQueue::from_fd(fd, ifname)) as Arc<dyn PortQueue>).collect::<Vec<_>>().into()
+}
+
 #[derive(Debug)]
 pub struct KernelPodIo {
     pub hostnet: HostNet,
@@ -66,9 +71,8 @@ impl PodIo for KernelPodIo {
     fn open_queues<'a>(&'a self, spec: &'a PortSpec, workers: usize) -> BoxFuture<'a, Result<PortQueues, ApiError>> {
         let handed = self.handed.lock().unwrap_or_else(|e| e.into_inner()).remove(&spec.name);
         if let Some(fds) = handed.filter(|fds| fds.len() == workers) {
-            let queues: Vec<Arc<dyn PortQueue>> =
-                fds.into_iter().map(|fd| Arc::new(TapQueue::from_fd(fd, &spec.ifname)) as Arc<dyn PortQueue>).collect();
-            return Box::pin(async move { Ok(queues.into()) });
+            let queues = tap_queues_from(fds, &spec.ifname);
+            return Box::pin(async move { Ok(queues) });
         }
         Box::pin(async move {
             open_tap_queues(&spec.ifname, Some(spec.netns.clone()), Attach::Existing, workers).await.map_err(|e| {

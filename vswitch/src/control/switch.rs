@@ -22,13 +22,13 @@ use super::config::{Config, UplinkConfig};
 use super::handover::{Handover, Offer};
 use super::hostnet::{HostNet, HostNetError};
 use super::persist::{SavedPort, SavedRoute, SavedState, StateError, StateFile, FORMAT};
-use super::podio::{open_tap_queues, KernelPodIo, MemoryPodIo, PodIo};
+use super::podio::{open_tap_queues, tap_queues_from, KernelPodIo, MemoryPodIo, PodIo};
 use super::registry::{parse_prefix, PodReservation, PortRecord, Registry, UplinkWork, HOST_PORT};
 use super::trace;
 use crate::datapath::{spawn_worker, stats, Datapath, PortQueues, PortTotals, SlowPacket, SlowReason, WorkerStats};
 use crate::pipeline::{DropReason, IcmpLimiter, MAX_FRAME};
 use crate::port::packet::PacketSocket;
-use crate::port::tap::{Attach, TapQueue};
+use crate::port::tap::Attach;
 use crate::port::PortQueue;
 use crate::state::{NextHop, PortId, PortRole};
 use crate::wire::arp::{self, ArpPacket, Operation};
@@ -146,9 +146,7 @@ impl Switch {
         let name = config.host_port.name.clone();
         let handed = handover.as_mut().and_then(|h| h.take_queues(&name)).filter(|q| q.len() == config.workers);
         let queues = match handed {
-            Some(fds) => {
-                fds.into_iter().map(|fd| Arc::new(TapQueue::from_fd(fd, &name)) as Arc<dyn PortQueue>).collect()
-            }
+            Some(fds) => tap_queues_from(fds, &name),
             None => open_tap_queues(&name, None, Attach::CreatePersistent, config.workers)
                 .await
                 .map_err(|source| ControlError::Attach { name: name.clone(), source })?,
@@ -162,10 +160,7 @@ impl Switch {
             _ => {}
         }
         let (host_ifindex, peer_mac) = hostnet.bring_up(&name, config.host_port.mtu).await?;
-        let mut routes = config.host_port.routes.iter().map(|p| parse_prefix(p)).collect::<Result<Vec<_>, _>>()?;
-        if config.host_port.default_route {
-            routes.push(parse_prefix("0.0.0.0/0").expect("valid"));
-        }
+        let routes = host_routes(&config)?;
         let baseline = stats::port_totals(&stats, HOST_PORT);
         registry.attach_host(&name, config.host_port.mtu, peer_mac, queues, &routes, baseline);
         tracing::info!(port = %name, %peer_mac, ifindex = host_ifindex, "host port attached");
@@ -220,10 +215,7 @@ impl Switch {
         let datapath = Arc::new(Datapath::new(Registry::empty_snapshot(config.gateway_ip, gateway_mac), slow_tx, 0));
         let control_stats = Arc::new(WorkerStats::default());
         let mut registry = Registry::new(config.gateway_ip, gateway_mac, config.pod_mtu, datapath.clone());
-        let mut routes = config.host_port.routes.iter().map(|p| parse_prefix(p)).collect::<Result<Vec<_>, _>>()?;
-        if config.host_port.default_route {
-            routes.push(parse_prefix("0.0.0.0/0").expect("valid"));
-        }
+        let routes = host_routes(&config)?;
         let queue: Arc<dyn PortQueue> = Arc::new(crate::port::MemoryPort::default());
         let peer_mac = MacAddr([0x02, 0, 0, 0, 0, 1]);
         registry.attach_host(
@@ -756,6 +748,15 @@ pub struct Health {
     pub workers: usize,
     /// Empty when healthy.
     pub problems: Vec<String>,
+}
+
+/// The host port's routes from the configuration: its extra prefixes, and the default if asked.
+fn host_routes(config: &Config) -> Result<Vec<fib::Ipv4Prefix>, ApiError> {
+    let mut routes = config.host_port.routes.iter().map(|p| parse_prefix(p)).collect::<Result<Vec<_>, _>>()?;
+    if config.host_port.default_route {
+        routes.push(parse_prefix("0.0.0.0/0").expect("valid"));
+    }
+    Ok(routes)
 }
 
 fn counters(c: PortTotals) -> PortCounters {

@@ -110,18 +110,18 @@ impl Worker {
                     }
                 }
             }
-            let mut still_busy = Vec::new();
-            for &port in &busy {
-                match self.serve(&snapshot, port) {
-                    Batch::Drained => {}
-                    Batch::More => still_busy.push(port),
-                    Batch::Throttled { until_ns } => match throttled.iter_mut().find(|(p, _)| *p == port) {
+            // In place: no allocation per loop.
+            busy.retain(|&port| match self.serve(&snapshot, port) {
+                Batch::Drained => false,
+                Batch::More => true,
+                Batch::Throttled { until_ns } => {
+                    match throttled.iter_mut().find(|(p, _)| *p == port) {
                         Some(entry) => entry.1 = until_ns,
                         None => throttled.push((port, until_ns)),
-                    },
+                    }
+                    false
                 }
-            }
-            busy = still_busy;
+            });
             if self.kernel_drops_read.elapsed() >= KERNEL_DROPS_EVERY {
                 self.count_kernel_drops();
             }
