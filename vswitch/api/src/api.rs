@@ -8,7 +8,7 @@
 //! reworded. A malformed request gets an `invalid` error on its own line; the connection and
 //! the daemon carry on.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -60,6 +60,122 @@ pub enum Request {
         #[serde(default)]
         after: u64,
     },
+    /// Cluster IPAM: the address of an attachment (the one it has, `ip` if asked for, a sticky
+    /// pod's own, or one from the node's warm pool). Answered with an [`AddressView`].
+    IpamAssign(AssignSpec),
+    /// Gives an attachment's address back (to the pool after the reuse delay, or held for a
+    /// sticky pod). Answered with a [`ReleasedView`]; releasing twice is fine.
+    IpamRelease {
+        owner: Attachment,
+    },
+    /// The attachment's address, or `not_found`.
+    IpamLookup {
+        owner: Attachment,
+    },
+    /// Releases every address of this node held by an attachment not in `keep` (CNI GC).
+    IpamGc {
+        keep: Vec<Attachment>,
+    },
+    /// Pools, nodes, warm pools, sticky and quarantined addresses: [`IpamView`].
+    Ipam,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssignSpec {
+    pub owner: Attachment,
+    pub netns: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodRef>,
+    /// A specific address (runtimeConfig.ips / CNI_ARGS IP=).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<IpAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressView {
+    pub ip: IpAddr,
+    /// False when the attachment had it already (a repeated ADD).
+    pub new: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleasedView {
+    pub released: Vec<IpAddr>,
+}
+
+/// The cluster's address allocation as one node sees it. Times are seconds since the epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpamView {
+    pub node: String,
+    /// `etcd https://...` or `file /var/lib/...`.
+    pub store: String,
+    /// False: the cluster part below is missing and only this node's own state is shown.
+    pub store_reachable: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_error: Option<String>,
+    pub pools: Vec<String>,
+    pub exclude: Vec<String>,
+    /// Usable IPv4 addresses in the pools (exclusions applied).
+    pub pool_size: u64,
+    /// Of those, held by nobody (claimable now or after their reuse delay is not counted).
+    pub free: u64,
+    pub nodes: Vec<IpamNodeView>,
+    pub sticky: Vec<StickyView>,
+    /// Released addresses waiting out the reuse delay.
+    pub cooling: Vec<CoolingView>,
+    pub this_node: LocalIpamView,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpamNodeView {
+    pub name: String,
+    /// Holds its lease now.
+    pub live: bool,
+    /// Seen without a lease since then; its addresses return to the pool at `quarantine_ends`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub down_since: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine_ends: Option<u64>,
+    pub warm: Vec<IpAddr>,
+    pub assigned: Vec<AssignmentView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignmentView {
+    pub ip: IpAddr,
+    pub owner: Attachment,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodRef>,
+    pub since: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StickyView {
+    pub ip: IpAddr,
+    pub pod: PodRef,
+    pub until: u64,
+    pub last_node: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoolingView {
+    pub ip: IpAddr,
+    pub released_at: u64,
+    pub free_at: u64,
+    pub last_node: String,
+}
+
+/// This node's side: what it holds and what it still has to tell the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalIpamView {
+    pub warm: u64,
+    pub warm_target: u64,
+    pub assigned: u64,
+    /// Changes made while the store was unreachable (or not yet written).
+    pub pending_sync: u64,
+    /// Addresses this node lost to another owner while it was cut off (ports detached).
+    pub fenced_total: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,11 +251,24 @@ pub struct PortSpec {
     pub bandwidth: Option<Bandwidth>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PodRef {
     pub namespace: String,
     pub name: String,
+}
+
+/// The port name of an attachment in vswitchd: `CONTAINER_ID:IFNAME`.
+pub fn port_name(owner: &Attachment) -> String {
+    format!("{}:{}", owner.container_id, owner.ifname)
+}
+
+/// One network attachment as the runtime names it (CNI's container ID and interface name).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Attachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
 }
 
 impl std::fmt::Display for PodRef {
@@ -231,6 +360,9 @@ pub enum Response {
     Status(StatusView),
     Trace(TraceView),
     Drops(DropsView),
+    Address(AddressView),
+    Released(ReleasedView),
+    Ipam(Box<IpamView>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use crate::api::{ApiError, PortSpec, PortView, Reply, Request, StatusView};
+use crate::api::{
+    AddressView, ApiError, AssignSpec, Attachment, IpamView, PortSpec, PortView, ReleasedView, Reply, Request,
+    StatusView,
+};
 
 /// The default socket path, as vswitchd's configuration has it.
 pub const DEFAULT_SOCKET: &str = "/run/vswitchd/vswitchd.sock";
@@ -114,6 +117,26 @@ impl Client {
 
     pub fn del_port(&self, name: &str, remove_device: bool) -> Result<(), ClientError> {
         self.call(&Request::DelPort { name: name.to_string(), remove_device })
+    }
+
+    pub fn ipam_assign(&self, spec: AssignSpec) -> Result<AddressView, ClientError> {
+        self.call(&Request::IpamAssign(spec))
+    }
+
+    pub fn ipam_release(&self, owner: &Attachment) -> Result<ReleasedView, ClientError> {
+        self.call(&Request::IpamRelease { owner: owner.clone() })
+    }
+
+    pub fn ipam_lookup(&self, owner: &Attachment) -> Result<AddressView, ClientError> {
+        self.call(&Request::IpamLookup { owner: owner.clone() })
+    }
+
+    pub fn ipam_gc(&self, keep: Vec<Attachment>) -> Result<ReleasedView, ClientError> {
+        self.call(&Request::IpamGc { keep })
+    }
+
+    pub fn ipam(&self) -> Result<IpamView, ClientError> {
+        self.call(&Request::Ipam)
     }
 }
 

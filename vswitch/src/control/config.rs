@@ -25,6 +25,20 @@
 //! gateway = "10.10.0.1"                     # the VPC gateway, for everything else
 //! address = "10.10.0.11"                    # source of ICMP errors sent out of it; default: the NIC's first IPv4
 //! mtu = 1500
+//!
+//! # Optional: cluster-wide address allocation (vpc-cni's `"ipam": {"type": "vswitchd"}`).
+//! [ipam]
+//! node_name = "node1"                       # default: the host name
+//! pools = ["10.10.0.0/16"]                  # the VPC subnet (or parts of it) for pods
+//! exclude = ["10.10.0.0/24"]                # nodes, the gateway, other hosts
+//! warm_target = 8                           # addresses claimed ahead of ADDs
+//! sticky = ["db/*"]                         # NAMESPACE/NAME patterns that keep their address
+//!
+//! [ipam.etcd]                               # without it: a node-local file store
+//! endpoints = ["https://10.10.0.5:2379"]
+//! ca_file = "/etc/vswitchd/etcd/ca.crt"
+//! cert_file = "/etc/vswitchd/etcd/client.crt"
+//! key_file = "/etc/vswitchd/etcd/client.key"
 //! ```
 //!
 //! With an uplink, `host_port.default_route` must be false: the default goes to the gateway.
@@ -52,6 +66,8 @@ pub struct Config {
     pub icmp_burst: u64,
     pub host_port: HostPortConfig,
     pub uplink: Option<UplinkConfig>,
+    /// Cluster-wide address allocation; without it, vpc-cni uses its node-local ranges.
+    pub ipam: Option<crate::ipam::IpamConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -94,6 +110,7 @@ impl Default for Config {
             icmp_burst: 50,
             host_port: HostPortConfig::default(),
             uplink: None,
+            ipam: None,
         }
     }
 }
@@ -143,6 +160,9 @@ impl Config {
                     "uplink.gateway and host_port.default_route both claim the default route; set host_port.default_route = false".into(),
                 ));
             }
+        }
+        if let Some(ipam) = &self.ipam {
+            ipam.settings().map_err(ConfigError::Invalid)?;
         }
         Ok(())
     }

@@ -15,6 +15,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use vswitch_api::api::{LinkState, PortCounters, PortRole, PortView};
 
+use crate::ipam::node::IpamMetrics;
 use crate::pipeline::DropReason;
 
 /// One scrape's worth of figures, gathered under the registry's lock and encoded without it.
@@ -31,6 +32,8 @@ pub struct MetricsSnapshot {
     /// limit stopped reading.
     pub shaping_delayed: u64,
     pub shaping_throttled: u64,
+    /// The cluster IPAM's figures, when it is on.
+    pub ipam: Option<IpamMetrics>,
 }
 
 /// The process's own figures, from /proc/self (zero where unreadable).
@@ -163,11 +166,83 @@ impl Collector for MetricsSnapshot {
             None,
             MetricType::Counter,
         )?)?;
+        if let Some(ipam) = &self.ipam {
+            encode_ipam(ipam, &mut encoder)?;
+        }
         let mut family =
             encoder.encode_descriptor("vswitch_build_info", "The running build.", None, MetricType::Gauge)?;
         ConstGauge::new(1i64).encode(family.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?)?;
         Ok(())
     }
+}
+
+fn encode_ipam(ipam: &IpamMetrics, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        "vswitch_ipam_node_addresses",
+        "Addresses this node holds, by state (warm: claimed ahead of ADDs; pending: not yet written to the store).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (state, n) in
+        [("warm", ipam.local.warm), ("assigned", ipam.local.assigned), ("pending", ipam.local.pending_sync)]
+    {
+        ConstGauge::new(n as i64).encode(family.encode_family(&[("state", state)])?)?;
+    }
+    let mut family = encoder.encode_descriptor(
+        "vswitch_ipam_cluster_addresses",
+        "Addresses held cluster-wide, by state, from this node's last scan of the store.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (state, n) in &ipam.cluster {
+        ConstGauge::new(*n as i64).encode(family.encode_family(&[("state", *state)])?)?;
+    }
+    let mut family = encoder.encode_descriptor(
+        "vswitch_ipam_address_info",
+        "1 for each address a pod on this node holds.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (ip, pod) in &ipam.addresses {
+        let mut labels = vec![("ip", Escaped::new(&ip.to_string()))];
+        if let Some(pod) = pod {
+            labels.push(("namespace", Escaped::new(&pod.namespace)));
+            labels.push(("pod", Escaped::new(&pod.name)));
+        }
+        ConstGauge::new(1i64).encode(family.encode_family(&labels)?)?;
+    }
+    for (name, help, value) in [
+        ("vswitch_ipam_store_up", "1 while the address store answers.", i64::from(ipam.store_up)),
+        ("vswitch_ipam_warm_target", "Warm addresses the node keeps claimed.", ipam.local.warm_target as i64),
+    ] {
+        ConstGauge::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)?;
+    }
+    let mut family = encoder.encode_descriptor(
+        "vswitch_ipam_assignments",
+        "Addresses handed to pods, by where they came from (warm: the local pool; store: a round trip).",
+        None,
+        MetricType::Counter,
+    )?;
+    for (from, n) in [("warm", ipam.assigned_from_warm), ("store", ipam.assigned_from_store)] {
+        ConstCounter::new(n).encode(family.encode_family(&[("from", from)])?)?;
+    }
+    for (name, help, value) in [
+        ("vswitch_ipam_store_errors", "Upkeep rounds that could not reach the store.", ipam.store_errors),
+        (
+            "vswitch_ipam_fenced",
+            "Addresses this node lost while cut off from the store (their pods were detached).",
+            ipam.local.fenced_total,
+        ),
+        ("vswitch_ipam_reclaimed", "Addresses of dead nodes this node returned to the pool.", ipam.reclaimed),
+        (
+            "vswitch_ipam_refused_unavailable",
+            "ADDs refused because the warm pool was empty and the store unreachable.",
+            ipam.refused_unavailable,
+        ),
+    ] {
+        ConstCounter::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -200,6 +275,7 @@ mod tests {
             process: ProcessStats::read(),
             shaping_delayed: 4,
             shaping_throttled: 0,
+            ipam: None,
         }
         .render();
         assert!(text.contains(r#"port="evil\"}\nname""#), "{text}");

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod handover;
 pub mod hostnet;
+pub mod ipam;
 pub mod metrics;
 pub mod persist;
 pub mod podio;

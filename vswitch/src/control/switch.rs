@@ -21,6 +21,7 @@ use vswitch_api::api::{
 use super::config::{Config, UplinkConfig};
 use super::handover::{Handover, Offer};
 use super::hostnet::{HostNet, HostNetError};
+use super::ipam::IpamRequest;
 use super::persist::{SavedPort, SavedRoute, SavedState, StateError, StateFile, FORMAT};
 use super::podio::{open_tap_queues, tap_queues_from, KernelPodIo, MemoryPodIo, PodIo};
 use super::registry::{parse_prefix, PodReservation, PortRecord, Registry, UplinkWork, HOST_PORT};
@@ -73,7 +74,7 @@ pub struct Switch {
     pods: Box<dyn PodIo>,
     /// Set while handing over to a new instance: changes are refused (retryable) so the state
     /// handed over stays the state.
-    frozen: AtomicBool,
+    pub(super) frozen: AtomicBool,
     uplink: Option<Uplink>,
     /// When drops were last asked for (sampling is on until a while after).
     watched_at: Mutex<Option<Instant>>,
@@ -82,6 +83,8 @@ pub struct Switch {
     /// Also serialises saves, so the file always ends with the latest state. None in memory.
     state_file: Option<Mutex<StateFile>>,
     started: Instant,
+    /// Cluster address allocation (`[ipam]`), if configured.
+    pub(super) ipam: Option<Arc<super::ipam::Ipam>>,
 }
 
 impl std::fmt::Debug for Switch {
@@ -139,6 +142,7 @@ impl Switch {
         }
         let control_stats = Arc::new(WorkerStats::default());
         stats.push(control_stats.clone());
+        let ipam = super::ipam::open(&config)?;
         let hostnet = HostNet::connect()?;
         let mut registry = Registry::new(config.gateway_ip, gateway_mac, config.pod_mtu, datapath.clone());
 
@@ -191,9 +195,11 @@ impl Switch {
             uplink,
             state_file: Some(Mutex::new(state_file)),
             started: Instant::now(),
+            ipam,
         });
         switch.wake_workers();
         switch.restore(saved).await;
+        switch.adopt_ports_into_ipam().await;
         Ok((switch, slow_rx))
     }
 
@@ -210,6 +216,7 @@ impl Switch {
         pods: Box<dyn PodIo>,
         state_file: Option<StateFile>,
     ) -> Result<Arc<Switch>, ApiError> {
+        let ipam = super::ipam::open(&config)?;
         let gateway_mac = config.gateway_mac();
         let (slow_tx, _) = tokio::sync::mpsc::channel(1);
         let datapath = Arc::new(Datapath::new(Registry::empty_snapshot(config.gateway_ip, gateway_mac), slow_tx, 0));
@@ -241,6 +248,7 @@ impl Switch {
             uplink: None,
             state_file: state_file.map(Mutex::new),
             started: Instant::now(),
+            ipam,
         }))
     }
 
@@ -314,7 +322,13 @@ impl Switch {
     pub async fn handle(self: &Arc<Self>, request: Request) -> Result<Response, ApiError> {
         let changes = matches!(
             request,
-            Request::AddPort(_) | Request::DelPort { .. } | Request::AddRoute { .. } | Request::DelRoute { .. }
+            Request::AddPort(_)
+                | Request::DelPort { .. }
+                | Request::AddRoute { .. }
+                | Request::DelRoute { .. }
+                | Request::IpamAssign(_)
+                | Request::IpamRelease { .. }
+                | Request::IpamGc { .. }
         );
         if changes && self.frozen.load(Ordering::Acquire) {
             return Err(unavailable("vswitchd is handing over to its upgrade; retry in a moment"));
@@ -344,6 +358,11 @@ impl Switch {
             Request::Trace { port, frame } => self.trace(&port, &frame).map(Response::Trace),
             Request::TraceFlow(flow) => self.trace_flow(&flow).map(Response::Trace),
             Request::Drops { after } => Ok(Response::Drops(self.drop_samples(after))),
+            Request::IpamAssign(spec) => self.handle_ipam(IpamRequest::Assign(spec)).await,
+            Request::IpamRelease { owner } => self.handle_ipam(IpamRequest::Release(owner)).await,
+            Request::IpamLookup { owner } => self.handle_ipam(IpamRequest::Lookup(owner)).await,
+            Request::IpamGc { keep } => self.handle_ipam(IpamRequest::Gc(keep)).await,
+            Request::Ipam => self.handle_ipam(IpamRequest::View).await,
         }
     }
 
@@ -385,7 +404,7 @@ impl Switch {
         Ok((queues, Some(netns_id)))
     }
 
-    async fn del_port(self: &Arc<Self>, name: &str, remove_device: bool) -> Result<(), ApiError> {
+    pub(super) async fn del_port(self: &Arc<Self>, name: &str, remove_device: bool) -> Result<(), ApiError> {
         let record = self.registry().detach(name)?;
         self.wake_workers();
         // Saved before anything else can fail, so a deleted port never comes back at restart.
@@ -596,6 +615,7 @@ impl Switch {
             process: super::metrics::ProcessStats::read(),
             shaping_delayed: self.stats.iter().map(|s| s.delayed_frames()).sum(),
             shaping_throttled: self.stats.iter().map(|s| s.throttled_batches()).sum(),
+            ipam: self.ipam.as_ref().map(|i| i.metrics()),
         }
     }
 

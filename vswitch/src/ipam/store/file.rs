@@ -1,0 +1,234 @@
+//! The node-local store: the whole key space in one JSON file, changed under an exclusive
+//! `flock` and replaced atomically, so it keeps its promises across processes and crashes on one
+//! node. Leases expire by the wall clock.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use super::{ClusterStore, Entry, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    path: PathBuf,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Data {
+    revision: i64,
+    keys: BTreeMap<String, Stored>,
+    /// Lease id -> expiry (milliseconds since the epoch) and time to live.
+    leases: BTreeMap<i64, (u64, u64)>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Stored {
+    value: String,
+    version: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lease: Option<i64>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Data {
+    fn expire(&mut self) -> bool {
+        let now = now_ms();
+        let dead: Vec<i64> = self.leases.iter().filter(|(_, (until, _))| *until <= now).map(|(id, _)| *id).collect();
+        for id in &dead {
+            self.leases.remove(id);
+        }
+        let before = self.keys.len();
+        self.keys.retain(|_, s| s.lease.is_none_or(|l| !dead.contains(&l)));
+        !dead.is_empty() || before != self.keys.len()
+    }
+
+    fn version(&self, key: &str) -> i64 {
+        self.keys.get(key).map_or(0, |s| s.version)
+    }
+
+    fn write(&mut self, key: &str, value: Vec<u8>, lease: Option<i64>) -> i64 {
+        self.revision += 1;
+        let value = String::from_utf8(value).unwrap_or_default();
+        self.keys.insert(key.to_string(), Stored { value, version: self.revision, lease });
+        self.revision
+    }
+}
+
+impl FileStore {
+    pub fn new(path: &Path) -> FileStore {
+        FileStore { path: path.into() }
+    }
+
+    /// Runs `f` on the data under the lock (off the async runtime: it is file I/O), saving it
+    /// when `f` says it changed.
+    async fn with_data<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Data) -> (T, bool) + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let path = self.path.clone();
+        let shown = self.path.display().to_string();
+        tokio::task::spawn_blocking(move || {
+            let fail = |e: std::io::Error| StoreError(format!("{}: {e}", path.display()));
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(fail)?;
+            }
+            let lock_path = path.with_extension("lock");
+            let lock = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(fail)?;
+            let _guard = Flock::lock(lock, FlockArg::LockExclusive).map_err(|(_, e)| fail(e.into()))?;
+            let mut data: Data = match std::fs::read(&path) {
+                Ok(bytes) => serde_json::from_slice(&bytes)
+                    .map_err(|e| StoreError(format!("{} is corrupt: {e}", path.display())))?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Data::default(),
+                Err(e) => return Err(fail(e)),
+            };
+            let expired = data.expire();
+            let (value, changed) = f(&mut data);
+            if changed || expired {
+                let bytes = serde_json::to_vec(&data).expect("serialisable");
+                vswitch_api::file::write_atomic(&path, &bytes).map_err(fail)?;
+            }
+            Ok(value)
+        })
+        .await
+        .map_err(|e| StoreError(format!("{shown}: {e}")))?
+    }
+}
+
+fn entry(key: &str, s: &Stored) -> Entry {
+    Entry { key: key.to_string(), value: s.value.clone().into_bytes(), version: s.version }
+}
+
+impl ClusterStore for FileStore {
+    fn describe(&self) -> String {
+        format!("file {}", self.path.display())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        let prefix = prefix.to_string();
+        self.with_data(move |d| {
+            (
+                d.keys
+                    .range(prefix.clone()..)
+                    .take_while(|(k, _)| k.starts_with(&prefix))
+                    .map(|(k, s)| entry(k, s))
+                    .collect(),
+                false,
+            )
+        })
+        .await
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        let key = key.to_string();
+        self.with_data(move |d| (d.keys.get(&key).map(|s| entry(&key, s)), false)).await
+    }
+
+    async fn put_if(&self, key: &str, value: Vec<u8>, expected: i64) -> Result<Option<i64>, StoreError> {
+        let key = key.to_string();
+        self.with_data(move |d| {
+            if d.version(&key) != expected {
+                return (None, false);
+            }
+            (Some(d.write(&key, value, None)), true)
+        })
+        .await
+    }
+
+    async fn delete_if(&self, key: &str, expected: i64) -> Result<bool, StoreError> {
+        let key = key.to_string();
+        self.with_data(move |d| {
+            let matches = expected != 0 && d.version(&key) == expected;
+            if matches {
+                d.keys.remove(&key);
+            }
+            (matches, matches)
+        })
+        .await
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
+        let key = key.to_string();
+        self.with_data(move |d| {
+            d.write(&key, value, None);
+            ((), true)
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let key = key.to_string();
+        self.with_data(move |d| ((), d.keys.remove(&key).is_some())).await
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<i64, StoreError> {
+        let ttl = ttl.as_millis() as u64;
+        self.with_data(move |d| {
+            d.revision += 1;
+            let id = d.revision;
+            d.leases.insert(id, (now_ms() + ttl, ttl));
+            (id, true)
+        })
+        .await
+    }
+
+    async fn keep_alive(&self, lease: i64) -> Result<bool, StoreError> {
+        self.with_data(move |d| match d.leases.get_mut(&lease) {
+            Some((until, ttl)) => {
+                *until = now_ms() + *ttl;
+                (true, true)
+            }
+            None => (false, false),
+        })
+        .await
+    }
+
+    async fn put_leased(&self, key: &str, value: Vec<u8>, lease: i64) -> Result<(), StoreError> {
+        let key = key.to_string();
+        self.with_data(move |d| {
+            if !d.leases.contains_key(&lease) {
+                return (Err(StoreError(format!("lease {lease} has expired"))), false);
+            }
+            d.write(&key, value, Some(lease));
+            (Ok(()), true)
+        })
+        .await?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn compare_and_swap_and_leases() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::new(&dir.path().join("store.json"));
+        let v1 = store.put_if("/a/ip/1", b"x".to_vec(), 0).await.unwrap().expect("created");
+        assert_eq!(store.put_if("/a/ip/1", b"y".to_vec(), 0).await.unwrap(), None, "exists already");
+        let v2 = store.put_if("/a/ip/1", b"y".to_vec(), v1).await.unwrap().expect("updated");
+        assert!(v2 > v1);
+        assert_eq!(store.put_if("/a/ip/1", b"z".to_vec(), v1).await.unwrap(), None, "stale version");
+        assert!(!store.delete_if("/a/ip/1", v1).await.unwrap());
+        store.put("/a/ip/2", b"w".to_vec()).await.unwrap();
+        store.put("/b", b"other".to_vec()).await.unwrap();
+        let listed: Vec<String> = store.list("/a/").await.unwrap().into_iter().map(|e| e.key).collect();
+        assert_eq!(listed, ["/a/ip/1", "/a/ip/2"]);
+        assert!(store.delete_if("/a/ip/1", v2).await.unwrap());
+        assert_eq!(store.get("/a/ip/1").await.unwrap(), None);
+
+        let lease = store.grant_lease(Duration::from_millis(200)).await.unwrap();
+        store.put_leased("/a/node/n1", b"{}".to_vec(), lease).await.unwrap();
+        assert!(store.keep_alive(lease).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(store.get("/a/node/n1").await.unwrap(), None, "the key went with its lease");
+        assert!(!store.keep_alive(lease).await.unwrap());
+        assert!(store.put_leased("/a/node/n1", b"{}".to_vec(), lease).await.is_err());
+    }
+}

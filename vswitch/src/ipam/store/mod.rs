@@ -1,0 +1,103 @@
+//! Where the cluster's allocations live, behind a small compare-and-swap interface: every write
+//! names the version it expects the key to have (0: the key must not exist), so two nodes can
+//! never both win an address. One key per object and one version per key is all it needs, so a
+//! Kubernetes backend (one custom resource per address, `resourceVersion` as the version,
+//! `coordination.k8s.io` Leases as leases) fits the same trait.
+//!
+//! - [`file::FileStore`]: a JSON file on this node, for a single node without etcd (and tests).
+//! - [`etcd::EtcdStore`]: etcd v3 over TLS with client certificates.
+
+pub mod etcd;
+pub mod file;
+
+use std::future::Future;
+use std::time::Duration;
+
+/// The store could not answer now (unreachable, no quorum, timed out, ...): retry later.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreError(pub String);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub key: String,
+    pub value: Vec<u8>,
+    /// Changes on every write of the key (etcd: its mod revision); never 0 for a present key.
+    pub version: i64,
+}
+
+pub trait ClusterStore: Send + Sync + 'static {
+    /// What the store is, for logs and `vswitchctl ipam`.
+    fn describe(&self) -> String;
+    /// Every key under `prefix`.
+    fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<Entry>, StoreError>> + Send;
+    fn get(&self, key: &str) -> impl Future<Output = Result<Option<Entry>, StoreError>> + Send;
+    /// Writes `value` if the key's version is `expected` (0: absent). `Ok(Some(version))` on
+    /// success, `Ok(None)` when the key was changed by someone else.
+    fn put_if(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected: i64,
+    ) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
+    /// Deletes the key if its version is `expected`; false when it was changed (or is gone).
+    fn delete_if(&self, key: &str, expected: i64) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Writes unconditionally (hints only: the sticky index, down marks).
+    fn put(&self, key: &str, value: Vec<u8>) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn delete(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// A lease that ends `ttl` after the last keep-alive.
+    fn grant_lease(&self, ttl: Duration) -> impl Future<Output = Result<i64, StoreError>> + Send;
+    /// Renews the lease; `Ok(false)` when it has expired already (its keys are gone).
+    fn keep_alive(&self, lease: i64) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Writes a key that disappears with the lease.
+    fn put_leased(&self, key: &str, value: Vec<u8>, lease: i64) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// The store a daemon runs with (chosen by configuration).
+#[derive(Debug)]
+pub enum AnyStore {
+    File(file::FileStore),
+    Etcd(etcd::EtcdStore),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $store:ident => $call:expr) => {
+        match $self {
+            AnyStore::File($store) => $call,
+            AnyStore::Etcd($store) => $call,
+        }
+    };
+}
+
+impl ClusterStore for AnyStore {
+    fn describe(&self) -> String {
+        dispatch!(self, s => s.describe())
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        dispatch!(self, s => s.list(prefix).await)
+    }
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        dispatch!(self, s => s.get(key).await)
+    }
+    async fn put_if(&self, key: &str, value: Vec<u8>, expected: i64) -> Result<Option<i64>, StoreError> {
+        dispatch!(self, s => s.put_if(key, value, expected).await)
+    }
+    async fn delete_if(&self, key: &str, expected: i64) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.delete_if(key, expected).await)
+    }
+    async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
+        dispatch!(self, s => s.put(key, value).await)
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.delete(key).await)
+    }
+    async fn grant_lease(&self, ttl: Duration) -> Result<i64, StoreError> {
+        dispatch!(self, s => s.grant_lease(ttl).await)
+    }
+    async fn keep_alive(&self, lease: i64) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.keep_alive(lease).await)
+    }
+    async fn put_leased(&self, key: &str, value: Vec<u8>, lease: i64) -> Result<(), StoreError> {
+        dispatch!(self, s => s.put_leased(key, value, lease).await)
+    }
+}
