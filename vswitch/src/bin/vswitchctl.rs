@@ -11,8 +11,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 use vswitch_api::api::{
-    CountersView, DropsView, FlowProtocol, FlowSpec, NeighborView, PortRole, PortSpec, PortView, Request, RouteView,
-    StatusView, TraceView,
+    CountersView, DropsView, FlowProtocol, FlowSpec, IpamView, NeighborView, PortRole, PortSpec, PortView, Request,
+    RouteView, StatusView, TraceView,
 };
 use vswitch_api::client::{Client, ClientError, DEFAULT_SOCKET};
 use vswitch_api::MacAddr;
@@ -90,6 +90,9 @@ enum Command {
     Neighbors,
     /// Per-port counters and drops by reason.
     Counters,
+    /// Cluster address allocation: pool usage, each node's pods and warm pool, sticky and
+    /// cooling (quarantined) addresses, and what this node still has to write to the store.
+    Ipam,
     /// Show what the pipeline does with a packet, without sending anything: each stage, the
     /// route that matched, the verdict and the frame as it leaves. Either a flow from a pod
     /// (`--from NAMESPACE/POD --to ADDRESS --tcp 80`), built by vswitchd, or a frame in hex
@@ -171,6 +174,7 @@ fn main() -> ExitCode {
         Command::Routes => show(&client, cli.json, &Request::ListRoutes, print_routes),
         Command::Neighbors => show(&client, cli.json, &Request::ListNeighbors, print_neighbors),
         Command::Counters => show(&client, cli.json, &Request::Counters, print_counters),
+        Command::Ipam => show(&client, cli.json, &Request::Ipam, print_ipam),
         Command::Trace { from, to, tcp, udp, icmp, size, gso, port, frame } => {
             let request = match (from, to, port, frame) {
                 (Some(from), Some(to), _, _) => {
@@ -303,6 +307,69 @@ fn print_neighbors(neighbors: Vec<NeighborView>) {
     for n in neighbors {
         let mac = n.mac.map_or_else(|| "-".to_string(), |m| m.to_string());
         println!("{:<16} {:<18} {:<20} {}", n.ip, mac, n.port, n.state);
+    }
+}
+
+fn print_ipam(v: IpamView) {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let until = |t: u64| if t > now { format!("in {}s", t - now) } else { "now".to_string() };
+    println!("node {}   store {}", v.node, v.store);
+    println!(
+        "pools {}   excluded {}",
+        v.pools.join(", "),
+        if v.exclude.is_empty() { "-".into() } else { v.exclude.join(", ") }
+    );
+    let l = &v.this_node;
+    println!(
+        "this node: {} assigned, {} warm (target {}), {} changes not yet in the store, {} addresses lost to fencing",
+        l.assigned, l.warm, l.warm_target, l.pending_sync, l.fenced_total
+    );
+    if !v.store_reachable {
+        println!("the store is unreachable: {}", v.store_error.unwrap_or_default());
+        return;
+    }
+    let held: usize =
+        v.nodes.iter().map(|n| n.warm.len() + n.assigned.len()).sum::<usize>() + v.sticky.len() + v.cooling.len();
+    println!(
+        "pool: {} usable, {} free, {} held ({} sticky, {} cooling)",
+        v.pool_size,
+        v.free,
+        held,
+        v.sticky.len(),
+        v.cooling.len()
+    );
+    for n in &v.nodes {
+        let state = match (n.live, n.quarantine_ends) {
+            (true, _) => "live".to_string(),
+            (false, Some(t)) => format!("DOWN, addresses reclaimed {}", until(t)),
+            (false, None) => "DOWN".to_string(),
+        };
+        println!("\nnode {} ({state}): {} pods, {} warm", n.name, n.assigned.len(), n.warm.len());
+        for a in &n.assigned {
+            let pod = a.pod.as_ref().map_or_else(|| "-".to_string(), |p| p.to_string());
+            println!("  {:<40} {:<32} {}:{}", a.ip.to_string(), pod, a.owner.container_id, a.owner.ifname);
+        }
+        if !n.warm.is_empty() {
+            println!("  warm: {}", n.warm.iter().map(|ip| ip.to_string()).collect::<Vec<_>>().join(" "));
+        }
+    }
+    if !v.sticky.is_empty() {
+        println!("\nsticky (held for a pod that may come back on any node):");
+        for s in &v.sticky {
+            println!(
+                "  {:<40} {:<32} last on {}, held until {}",
+                s.ip.to_string(),
+                s.pod.to_string(),
+                s.last_node,
+                until(s.until)
+            );
+        }
+    }
+    if !v.cooling.is_empty() {
+        println!("\ncooling (released; free again after the reuse delay):");
+        for c in &v.cooling {
+            println!("  {:<40} last on {:<16} free {}", c.ip.to_string(), c.last_node, until(c.free_at));
+        }
     }
 }
 

@@ -210,3 +210,6 @@ mod tests {
         assert!(bad.settings().is_err());
     }
 }
+
+#[cfg(test)]
+mod cluster_tests;

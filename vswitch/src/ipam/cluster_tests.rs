@@ -1,0 +1,193 @@
+//! The node agent against the node-local file store, with several "nodes" sharing one store
+//! file: the same rules etcd enforces, without a cluster. The proof against a real etcd cluster
+//! is in `vswitch/tests/ipam_etcd.rs`.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use vswitch_api::api::{AssignSpec, Attachment, ErrorCode, PodRef};
+
+use super::record::{AddressRecord, Keys};
+use super::store::file::FileStore;
+use super::store::ClusterStore;
+use super::{IpamConfig, NodeIpam};
+
+fn config(node: &str, pool: &str, extra: &str) -> IpamConfig {
+    toml::from_str(&format!(
+        "node_name = \"{node}\"\npools = [\"{pool}\"]\nlease_ttl_seconds = 2\nquarantine_seconds = 1\n{extra}"
+    ))
+    .unwrap()
+}
+
+fn node(dir: &Path, name: &str, pool: &str, extra: &str) -> Arc<NodeIpam<FileStore>> {
+    let state = dir.join(name);
+    std::fs::create_dir_all(&state).unwrap();
+    let settings = config(name, pool, extra).settings().unwrap();
+    Arc::new(NodeIpam::open(settings, FileStore::new(&dir.join("store.json")), &state).unwrap())
+}
+
+fn spec(id: &str, pod: Option<(&str, &str)>) -> AssignSpec {
+    AssignSpec {
+        owner: Attachment { container_id: id.into(), ifname: "eth0".into() },
+        netns: format!("/run/netns/{id}").into(),
+        pod: pod.map(|(ns, name)| PodRef { namespace: ns.into(), name: name.into() }),
+        ip: None,
+    }
+}
+
+async fn records(dir: &Path) -> Vec<(IpAddr, AddressRecord)> {
+    let store = FileStore::new(&dir.join("store.json"));
+    let keys = Keys::new("/vpc-ipam/default");
+    store
+        .list(&keys.ips())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (keys.ip_of(&e.key).unwrap(), AddressRecord::decode(&e.value).unwrap()))
+        .collect()
+}
+
+fn none() -> HashSet<IpAddr> {
+    HashSet::new()
+}
+
+#[tokio::test]
+async fn nodes_sharing_a_pool_never_hand_out_the_same_address() {
+    let dir = tempfile::tempdir().unwrap();
+    // 14 usable addresses, two nodes with warm pools of 4.
+    let (a, b) = (
+        node(dir.path(), "a", "10.0.0.0/28", "warm_target = 4"),
+        node(dir.path(), "b", "10.0.0.0/28", "warm_target = 4"),
+    );
+    a.tick(|_| false).await;
+    b.tick(|_| false).await;
+    assert_eq!(a.local_view().warm, 4);
+    assert_eq!(b.local_view().warm, 4);
+    let mut got = Vec::new();
+    for i in 0..7 {
+        got.push(a.assign(&spec(&format!("a{i}"), None), &none()).await.unwrap().ip);
+        got.push(b.assign(&spec(&format!("b{i}"), None), &none()).await.unwrap().ip);
+    }
+    let unique: HashSet<_> = got.iter().collect();
+    assert_eq!(unique.len(), 14, "{got:?}");
+    let err = a.assign(&spec("a-more", None), &none()).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::Exhausted, "{err:?}");
+    // Repeated ADD: same address, not new.
+    let again = a.assign(&spec("a0", None), &none()).await.unwrap();
+    assert_eq!((again.ip, again.new), (got[0], false));
+    // The store knows every assignment once the nodes have synced.
+    a.tick(|_| true).await;
+    b.tick(|_| true).await;
+    let assigned = records(dir.path()).await.iter().filter(|(_, r)| r.state_name() == "assigned").count();
+    assert_eq!(assigned, 14);
+}
+
+#[tokio::test]
+async fn released_addresses_cool_down_cluster_wide_and_ports_are_never_handed_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(dir.path(), "a", "10.0.0.0/29", "warm_target = 2\nwarm_max = 2");
+    let b = node(dir.path(), "b", "10.0.0.0/29", "warm_target = 2\nwarm_max = 2");
+    a.tick(|_| false).await;
+    let ip = a.assign(&spec("p", None), &none()).await.unwrap().ip;
+    assert_eq!(a.release(&spec("p", None).owner).await.unwrap(), Some(ip));
+    assert_eq!(a.release(&spec("p", None).owner).await.unwrap(), None, "twice is fine");
+    a.tick(|_| false).await;
+    assert!(records(dir.path()).await.iter().any(|(i, r)| *i == ip && r.state_name() == "cooling"));
+    // b fills its warm pool from what is left: never the cooling address.
+    b.tick(|_| false).await;
+    let mut b_ips = Vec::new();
+    for i in 0..2 {
+        b_ips.push(b.assign(&spec(&format!("b{i}"), None), &none()).await.unwrap().ip);
+    }
+    assert!(!b_ips.contains(&ip), "{ip} was released a moment ago: {b_ips:?}");
+    // An address a port uses is never handed out, whatever the state says.
+    let warm: Vec<IpAddr> = records(dir.path())
+        .await
+        .into_iter()
+        .filter(|(_, r)| matches!(r, AddressRecord::Warm { node, .. } if node == "a"))
+        .map(|(i, _)| i)
+        .collect();
+    let in_use: HashSet<IpAddr> = warm.iter().copied().collect();
+    let err = a.assign(&spec("q", None), &in_use).await;
+    assert!(err.as_ref().map_or(true, |v| !in_use.contains(&v.ip)), "{err:?} {in_use:?}");
+}
+
+#[tokio::test]
+async fn a_dead_node_is_quarantined_reclaimed_and_fenced_when_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(dir.path(), "a", "10.0.0.0/28", "warm_target = 2");
+    let b = node(dir.path(), "b", "10.0.0.0/28", "warm_target = 2");
+    a.tick(|_| false).await;
+    let ip = a.assign(&spec("victim", None), &none()).await.unwrap().ip;
+    a.tick(|_| true).await;
+    b.tick(|_| false).await;
+    // a stops renewing (cut off); b sees it without a lease, quarantines, then reclaims.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    for _ in 0..6 {
+        b.tick(|_| false).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let now = records(dir.path()).await;
+    assert!(
+        now.iter().any(|(i, r)| *i == ip && matches!(r, AddressRecord::Cooling { last_node, .. } if last_node == "a")),
+        "{now:?}"
+    );
+    assert!(now.iter().all(|(_, r)| r.node() != Some("a")), "nothing stays a's: {now:?}");
+    // a comes back: its lease is gone, it re-registers and learns that it lost the address.
+    let fenced = a.tick(|_| true).await;
+    assert_eq!(fenced.len(), 1, "{fenced:?}");
+    assert_eq!((fenced[0].ip, fenced[0].owner.container_id.as_str()), (ip, "victim"));
+    assert_eq!(a.lookup(&spec("victim", None).owner), None);
+    assert_eq!(a.local_view().fenced_total, 1);
+}
+
+#[tokio::test]
+async fn a_sticky_pod_keeps_its_address_on_another_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "warm_target = 2\nsticky = [\"db/*\"]";
+    let a = node(dir.path(), "a", "10.0.0.0/28", extra);
+    let b = node(dir.path(), "b", "10.0.0.0/28", extra);
+    a.tick(|_| false).await;
+    b.tick(|_| false).await;
+    let first = a.assign(&spec("c1", Some(("db", "pg-0"))), &none()).await.unwrap().ip;
+    // Still on a: the new node must wait for the DEL.
+    let err = b.assign(&spec("c2", Some(("db", "pg-0"))), &none()).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::Unavailable, "{err:?}");
+    a.release(&spec("c1", None).owner).await.unwrap();
+    a.tick(|_| false).await;
+    let moved = b.assign(&spec("c2", Some(("db", "pg-0"))), &none()).await.unwrap();
+    assert_eq!(moved.ip, first, "the sticky pod keeps its address on b");
+    // A pod that is not sticky gets a fresh address.
+    let other = b.assign(&spec("c3", Some(("web", "x"))), &none()).await.unwrap().ip;
+    assert_ne!(other, first);
+}
+
+#[tokio::test]
+async fn a_claim_written_before_a_crash_is_adopted_and_the_warm_pool_serves_without_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(dir.path(), "a", "10.0.0.0/28", "warm_target = 3");
+    a.tick(|_| false).await;
+    drop(a);
+    // The local file is lost (a crash between the store's write and the local one).
+    std::fs::remove_file(dir.path().join("a/ipam.json")).unwrap();
+    let a = node(dir.path(), "a", "10.0.0.0/28", "warm_target = 3");
+    a.tick(|_| false).await;
+    assert_eq!(a.local_view().warm, 3, "the claims in the store were adopted, not claimed again");
+    let mine = records(dir.path()).await.iter().filter(|(_, r)| r.node() == Some("a")).count();
+    assert_eq!(mine, 3);
+    // The store goes away: ADD still works from the warm pool, then says try later.
+    let store = dir.path().join("store.json");
+    std::fs::remove_file(&store).unwrap();
+    std::fs::create_dir(&store).unwrap();
+    for i in 0..3 {
+        a.assign(&spec(&format!("w{i}"), None), &none()).await.unwrap();
+    }
+    let err = a.assign(&spec("w3", None), &none()).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::Unavailable, "{err:?}");
+    let fenced = a.tick(|_| true).await;
+    assert!(fenced.is_empty());
+    assert_eq!(a.local_view().pending_sync, 3, "written once the store is back");
+}
