@@ -16,10 +16,11 @@ use std::time::Duration;
 use vswitch_api::api::{ErrorCode, PodRef, PortRole, PortSpec};
 use vswitch_api::MacAddr;
 
+use crate::addresses::Addresses;
 use crate::client::{ClientError, Vswitch};
 use crate::ipam::{Ipam, IpamError};
 use crate::podnet::{self, PodInterface, PodNetError};
-use crate::spec::{add_result, Attachment, CniError, Code, Environment, NetConf};
+use crate::spec::{add_result, Attachment, CniError, Code, Environment, IpamSource, NetConf};
 
 impl From<IpamError> for CniError {
     fn from(e: IpamError) -> Self {
@@ -59,10 +60,7 @@ impl From<podnet::PodNetError> for CniError {
     }
 }
 
-/// The port name in vswitchd for one attachment.
-pub fn port_name(owner: &Attachment) -> String {
-    format!("{}:{}", owner.container_id, owner.ifname)
-}
+pub use vswitch_api::api::port_name;
 
 /// The pod's MAC: locally administered, derived from its address, so it is stable across
 /// re-attachments and easy to read in a capture.
@@ -98,12 +96,20 @@ impl Plugin {
         Plugin { conf, env, notes: RefCell::default() }
     }
 
+    /// The node-local store (`ipam.type` local).
     fn ipam(&self) -> Ipam {
         Ipam::new(
             &self.conf.ipam_dir(),
             self.conf.ipam.ranges.clone(),
             Duration::from_secs(self.conf.ipam.reuse_delay_seconds),
         )
+    }
+
+    fn addresses(&self) -> Addresses {
+        match self.conf.ipam.source {
+            IpamSource::Local => Addresses::Local(self.ipam()),
+            IpamSource::Vswitchd => Addresses::Cluster(self.vswitch()),
+        }
     }
 
     fn vswitch(&self) -> Vswitch {
@@ -209,11 +215,11 @@ impl Plugin {
 
         let mut undo: Vec<Box<dyn FnOnce()>> = Vec::new();
         let result = (|| {
-            let ipam = self.ipam();
-            let (ip, new) = ipam.allocate_for(&owner, requested_ip, Some(&netns))?;
+            let addresses = self.addresses();
+            let (ip, new) = addresses.assign(&owner, requested_ip, &netns, self.pod_ref())?;
             if new {
-                let (ipam, owner) = (ipam.clone(), owner.clone());
-                undo.push(Box::new(move || drop(ipam.release(&owner))));
+                let owner = owner.clone();
+                undo.push(Box::new(move || drop(addresses.release(&owner))));
             }
             let mac = requested_mac.unwrap_or_else(|| pod_mac(ip));
             let interface = self.interface(&owner, ip, mac);
@@ -290,7 +296,15 @@ impl Plugin {
             (false, Some(ns)) => podnet::remove(ns, &owner.ifname),
             _ => Ok(()),
         };
-        let released = self.ipam().release(owner)?;
+        let released = match self.addresses().release(owner) {
+            // vswitchd holds the cluster's addresses: unreachable, it releases this one itself
+            // once the sandbox is gone (a DEL never waits on vswitchd).
+            Err(e) if e.code == Code::TryAgainLater && self.conf.ipam.source == IpamSource::Vswitchd => {
+                self.warn(format!("{e}; vswitchd releases the address once it sees the sandbox gone"));
+                None
+            }
+            other => other?,
+        };
         self.note_address(released);
         removal?;
         Ok(())
@@ -322,7 +336,7 @@ impl Plugin {
         let expected: Option<Ipv4Addr> =
             entry.and_then(|e| e["address"].as_str()).and_then(|a| a.split('/').next()).and_then(|a| a.parse().ok());
         let ip = self
-            .ipam()
+            .addresses()
             .lookup(&owner)?
             .ok_or_else(|| CniError::new(Code::UnknownContainer, "no address is reserved for this container"))?;
         self.note_address(Some(ip));
@@ -357,6 +371,9 @@ impl Plugin {
     /// and in any case its address, except when vswitchd answered and refused to drop the port
     /// (the address stays with the port then). What could not be done is reported at the end.
     pub fn gc(&self) -> Result<(), CniError> {
+        if self.conf.ipam.source == IpamSource::Vswitchd {
+            return self.gc_cluster();
+        }
         let keep = self.conf.keep_attachments();
         let mut failures = Vec::new();
         let mut unreachable = false;
@@ -423,6 +440,40 @@ impl Plugin {
         ))
     }
 
+    /// GC with vswitchd's IPAM: vswitchd knows every port and address of this node, so it is
+    /// asked to drop the stale ports (and their TAPs) and then the stale addresses.
+    fn gc_cluster(&self) -> Result<(), CniError> {
+        let keep = self.conf.keep_attachments();
+        let vswitch = self.vswitch();
+        let mut failures = Vec::new();
+        for port in vswitch.ports()? {
+            if !matches!(port.role, PortRole::Pod { .. }) {
+                continue;
+            }
+            let Some((container_id, ifname)) = port.name.rsplit_once(':') else { continue };
+            let owner = Attachment { container_id: container_id.into(), ifname: ifname.into() };
+            if keep.contains(&owner) {
+                continue;
+            }
+            match vswitch.del_port(&port.name, true) {
+                Ok(()) => {}
+                Err(e) if e.code() == Some(ErrorCode::NotFound) => {}
+                Err(e) => failures.push(format!("{}: {e}", port.name)),
+            }
+        }
+        match vswitch.ipam_gc(keep) {
+            Ok(released) => self.note_address(released.released.iter().find_map(|ip| match ip {
+                std::net::IpAddr::V4(v4) => Some(*v4),
+                _ => None,
+            })),
+            Err(e) => failures.push(format!("releasing stale addresses: {e}")),
+        }
+        if failures.is_empty() {
+            return Ok(());
+        }
+        Err(CniError::with_details(Code::SwitchRefused, "GC could not remove everything", failures.join("; ")))
+    }
+
     /// Ready for ADDs: vswitchd answers (51 otherwise: existing pods may have limited
     /// connectivity) and the pool has an address (50 otherwise).
     pub fn status(&self) -> Result<(), CniError> {
@@ -433,7 +484,7 @@ impl Plugin {
                 e,
             )
         })?;
-        if self.ipam().free()? == 0 {
+        if !self.addresses().can_assign()? {
             return Err(CniError::new(Code::NotAvailable, "the address pool is empty"));
         }
         Ok(())

@@ -293,24 +293,32 @@ pub struct NetConf {
     pub log_max_bytes: u64,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[serde(rename_all = "camelCase")]
-pub struct Attachment {
-    #[serde(rename = "containerID")]
-    pub container_id: String,
-    pub ifname: String,
-}
+/// One attachment (container ID and interface), as CNI names it.
+pub use vswitch_api::api::Attachment;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct IpamConf {
-    /// Address ranges of the VPC subnet given to this node.
+    /// Where addresses come from: `local` (default: `ranges` of this node, kept in files by the
+    /// plugin itself) or `vswitchd` (the cluster-wide pool vswitchd allocates from, on etcd).
+    #[serde(rename = "type", default)]
+    pub source: IpamSource,
+    /// Address ranges of the VPC subnet given to this node (`local` only).
+    #[serde(default)]
     pub ranges: Vec<RangeConf>,
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
     /// Seconds a released address stays out of use (conntrack's SYN_SENT timeout is 120 s).
     #[serde(default = "default_reuse_delay")]
     pub reuse_delay_seconds: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum IpamSource {
+    #[default]
+    Local,
+    Vswitchd,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
@@ -391,8 +399,14 @@ impl NetConf {
         if !(576..=9000).contains(&self.mtu) {
             return invalid(format!("mtu {} is outside 576..=9000", self.mtu));
         }
-        if self.ipam.ranges.is_empty() {
-            return invalid("ipam.ranges is empty".into());
+        match (self.ipam.source, self.ipam.ranges.is_empty()) {
+            (IpamSource::Local, true) => return invalid("ipam.ranges is empty".into()),
+            (IpamSource::Vswitchd, false) => {
+                return invalid(
+                    "ipam.ranges is for type local; with type vswitchd the pool is vswitchd's [ipam]".into(),
+                )
+            }
+            _ => {}
         }
         for r in &self.ipam.ranges {
             if u32::from(r.range_start) > u32::from(r.range_end) {
