@@ -74,6 +74,19 @@ fn every_vswitchd_key_is_documented_and_every_documented_key_exists() {
             address: Some("10.10.0.11".parse().unwrap()),
             mtu: 1500,
         }),
+        host_port: vswitch::control::config::HostPortConfig { announce_on: Some("eth0".into()), ..Default::default() },
+        ipam: Some(
+            toml::from_str(
+                r#"node_name = "n1"
+                   pools = ["10.10.0.0/16"]
+                   [etcd]
+                   endpoints = ["https://10.10.0.5:2379"]
+                   ca_file = "ca.crt"
+                   cert_file = "c.crt"
+                   key_file = "c.key""#,
+            )
+            .unwrap(),
+        ),
         ..Config::default()
     };
     let mut in_code = BTreeSet::new();

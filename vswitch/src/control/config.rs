@@ -17,6 +17,7 @@
 //! mtu = 1500
 //! default_route = true                      # send what no other route matches to the node
 //! routes = ["10.96.0.0/12"]                 # more prefixes for the node (Services, its IPs)
+//! announce_on = "eth0"                      # no uplink: gratuitous ARP for new pods from this NIC
 //!
 //! # Optional: a NIC dedicated to pod traffic (without it, traffic leaves through the node).
 //! [uplink]
@@ -94,6 +95,11 @@ pub struct HostPortConfig {
     pub mtu: u16,
     pub default_route: bool,
     pub routes: Vec<String>,
+    /// Without an uplink: the node's NIC on the VPC subnet. vswitchd announces every pod it
+    /// attaches with a gratuitous ARP from this NIC (the node answers ARP for its pods by
+    /// proxy-ARP), so the VPC learns at once where an address that moved between nodes lives.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub announce_on: Option<String>,
 }
 
 impl Default for Config {
@@ -117,7 +123,7 @@ impl Default for Config {
 
 impl Default for HostPortConfig {
     fn default() -> Self {
-        HostPortConfig { name: "vsw0".into(), mtu: 1500, default_route: true, routes: Vec::new() }
+        HostPortConfig { name: "vsw0".into(), mtu: 1500, default_route: true, routes: Vec::new(), announce_on: None }
     }
 }
 
@@ -155,6 +161,11 @@ impl Config {
                 .subnet
                 .parse::<fib::Ipv4Prefix>()
                 .map_err(|e| ConfigError::Invalid(format!("uplink.subnet: {e}")))?;
+            if self.host_port.announce_on.is_some() {
+                return Err(ConfigError::Invalid(
+                    "host_port.announce_on is for nodes without an uplink (the uplink announces pods itself)".into(),
+                ));
+            }
             if uplink.gateway.is_some() && self.host_port.default_route {
                 return Err(ConfigError::Invalid(
                     "uplink.gateway and host_port.default_route both claim the default route; set host_port.default_route = false".into(),

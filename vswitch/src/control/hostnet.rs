@@ -37,6 +37,14 @@ impl HostNet {
 
     /// Sets `name` up with `mtu`; returns its index and MAC.
     pub async fn bring_up(&self, name: &str, mtu: u16) -> Result<(u32, MacAddr), HostNetError> {
+        let (index, mac) = self.link(name).await?;
+        set_noqueue(&self.handle, index).await?;
+        self.handle.link().set(LinkUnspec::new_with_index(index).mtu(mtu as u32).up().build()).execute().await?;
+        Ok((index, mac))
+    }
+
+    /// The index and MAC of link `name`, leaving it as it is.
+    pub async fn link(&self, name: &str) -> Result<(u32, MacAddr), HostNetError> {
         let link = self
             .handle
             .link()
@@ -55,8 +63,6 @@ impl HostNet {
                 _ => None,
             })
             .unwrap_or(MacAddr::ZERO);
-        set_noqueue(&self.handle, index).await?;
-        self.handle.link().set(LinkUnspec::new_with_index(index).mtu(mtu as u32).up().build()).execute().await?;
         Ok((index, mac))
     }
 

@@ -61,6 +61,14 @@ struct Uplink {
     sender: PacketSocket,
 }
 
+/// Without an uplink, the node's own NIC (`host_port.announce_on`), used only to announce pods.
+#[derive(Debug)]
+struct Announcer {
+    name: String,
+    mac: MacAddr,
+    sender: PacketSocket,
+}
+
 pub struct Switch {
     config: Config,
     registry: Mutex<Registry>,
@@ -76,6 +84,7 @@ pub struct Switch {
     /// handed over stays the state.
     pub(super) frozen: AtomicBool,
     uplink: Option<Uplink>,
+    announcer: Option<Announcer>,
     /// When drops were last asked for (sampling is on until a while after).
     watched_at: Mutex<Option<Instant>>,
     /// Since when some worker has been behind the latest state (for `health`).
@@ -175,6 +184,16 @@ impl Switch {
             }
             None => None,
         };
+        let announcer = match &config.host_port.announce_on {
+            Some(name) => {
+                let (ifindex, mac) = hostnet.link(name).await?;
+                let sender = PacketSocket::open_sender(ifindex)
+                    .map_err(|source| ControlError::Uplink { name: name.clone(), source })?;
+                tracing::info!(interface = %name, %mac, "pods are announced with gratuitous ARP from the node's NIC");
+                Some(Announcer { name: name.clone(), mac, sender })
+            }
+            None => None,
+        };
 
         let switch = Arc::new(Switch {
             config,
@@ -193,6 +212,7 @@ impl Switch {
             behind_since: Mutex::new(None),
             watched_at: Mutex::new(None),
             uplink,
+            announcer,
             state_file: Some(Mutex::new(state_file)),
             started: Instant::now(),
             ipam,
@@ -246,6 +266,7 @@ impl Switch {
             behind_since: Mutex::new(None),
             watched_at: Mutex::new(None),
             uplink: None,
+            announcer: None,
             state_file: state_file.map(Mutex::new),
             started: Instant::now(),
             ipam,
@@ -380,7 +401,7 @@ impl Switch {
                 self.wake_workers();
                 self.persist().await?;
                 // Tell the VPC subnet where this address lives now (a gratuitous ARP).
-                self.send_arp(Operation::Request, ip, ip);
+                self.announce(ip);
                 let registry = self.registry();
                 let record = registry.record(id);
                 tracing::info!(port = %record.info.name, %ip, id, pod = ?record.attachment.pod, "pod port attached");
@@ -462,13 +483,20 @@ impl Switch {
     /// 0.0.0.0 it is a probe (RFC 5227), which hosts answer without learning anything.
     fn send_arp(&self, op: Operation, sender_ip: Ipv4Addr, target_ip: Ipv4Addr) {
         let Some(uplink) = &self.uplink else { return };
-        let mut frame = [0u8; vnet::LEN + ethernet::HEADER_LEN + arp::PACKET_LEN];
-        let mut eth = EthernetFrame::new_checked(&mut frame[vnet::LEN..]).expect("sized");
-        eth.set_dst(MacAddr::BROADCAST);
-        eth.set_src(uplink.mac);
-        eth.set_ethertype(EtherType::Arp);
-        arp::emit(eth.payload_mut(), op, (uplink.mac, sender_ip), (MacAddr::ZERO, target_ip));
-        self.send_on_uplink(&frame);
+        self.send_on_uplink(&arp_frame(uplink.mac, op, sender_ip, target_ip));
+    }
+
+    /// A gratuitous ARP for `ip` (a pod just attached here): from the uplink, or from the node's
+    /// NIC in host-routed mode, so hosts that knew the address elsewhere update at once.
+    fn announce(&self, ip: Ipv4Addr) {
+        if self.uplink.is_some() {
+            return self.send_arp(Operation::Request, ip, ip);
+        }
+        let Some(announcer) = &self.announcer else { return };
+        let frame = arp_frame(announcer.mac, Operation::Request, ip, ip);
+        if let Err(e) = announcer.sender.send(&frame) {
+            tracing::warn!(interface = %announcer.name, %ip, error = %e, "could not announce the pod");
+        }
     }
 
     /// Does what the neighbour machinery asked for, outside the registry's lock.
@@ -802,6 +830,22 @@ fn spec_of(p: &PortRecord) -> Option<PortSpec> {
         pod: p.attachment.pod.clone(),
         bandwidth: p.attachment.bandwidth,
     })
+}
+
+/// A broadcast ARP packet from `mac` (with the packet socket's virtio-net header in front).
+fn arp_frame(
+    mac: MacAddr,
+    op: Operation,
+    sender_ip: Ipv4Addr,
+    target_ip: Ipv4Addr,
+) -> [u8; vnet::LEN + ethernet::HEADER_LEN + arp::PACKET_LEN] {
+    let mut frame = [0u8; vnet::LEN + ethernet::HEADER_LEN + arp::PACKET_LEN];
+    let mut eth = EthernetFrame::new_checked(&mut frame[vnet::LEN..]).expect("sized");
+    eth.set_dst(MacAddr::BROADCAST);
+    eth.set_src(mac);
+    eth.set_ethertype(EtherType::Arp);
+    arp::emit(eth.payload_mut(), op, (mac, sender_ip), (MacAddr::ZERO, target_ip));
+    frame
 }
 
 /// Attaches the dedicated NIC: one fanout socket per worker, the subnet and the default route
