@@ -104,6 +104,47 @@ fn prometheus_the_probes_the_init_containers_and_the_update_strategy() {
     }
 }
 
+/// Addresses are allocated cluster-wide: the conflist (the same on every node) carries no range,
+/// vswitchd's [ipam] names the etcd cluster, its client certificate comes from a Secret mounted
+/// where the config says, and each node registers under its Kubernetes node name.
+#[test]
+fn every_node_allocates_from_the_cluster_pool_on_etcd_with_a_client_certificate() {
+    let config = config();
+    let conflist: serde_json::Value = serde_json::from_str(CONFLIST).unwrap();
+    let entry = conflist["plugins"].as_array().unwrap().iter().find(|p| p["type"] == "vpc-cni").unwrap();
+    assert_eq!(entry["ipam"], serde_json::json!({"type": "vswitchd"}), "no node carries a hand-written range");
+    let ipam = config.ipam.as_ref().expect("[ipam] in the ConfigMap");
+    assert!(ipam.node_name.is_none(), "the node name comes from the node, not the shared ConfigMap");
+    let settings = ipam.clone().settings().expect("valid [ipam]");
+    assert!(!settings.pools.is_empty());
+    let etcd = ipam.etcd.as_ref().expect("[ipam.etcd]");
+    assert!(
+        etcd.endpoints.len() >= 3 && etcd.endpoints.iter().all(|e| e.starts_with("https://")),
+        "{:?}",
+        etcd.endpoints
+    );
+
+    let pod = &of_kind("DaemonSet")["spec"]["template"];
+    let vswitchd = &pod["spec"]["containers"].as_sequence().unwrap()[0];
+    let mount = vswitchd["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "etcd-client")
+        .expect("the etcd client certificate is mounted");
+    let dir = PathBuf::from(str_of(&mount["mountPath"]));
+    for file in [&etcd.ca_file, &etcd.cert_file, &etcd.key_file] {
+        assert_eq!(file.parent(), Some(dir.as_path()), "{} is not in the Secret's mount", file.display());
+    }
+    let volume = pod["spec"]["volumes"].as_sequence().unwrap().iter().find(|v| v["name"] == "etcd-client").unwrap();
+    assert!(volume["secret"]["secretName"].as_str().is_some(), "the certificate is a Secret: {volume:?}");
+    let command: Vec<&str> = vswitchd["command"].as_sequence().unwrap().iter().map(str_of).collect();
+    let at = command.iter().position(|a| *a == "--node-name").expect("--node-name");
+    assert_eq!(command[at + 1], "$(NODE_NAME)");
+    let env = vswitchd["env"].as_sequence().unwrap().iter().find(|e| e["name"] == "NODE_NAME").expect("NODE_NAME");
+    assert_eq!(env["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");
+}
+
 #[test]
 fn the_containerfile_builds_what_the_daemonset_runs() {
     for needed in [

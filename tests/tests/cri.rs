@@ -32,28 +32,26 @@ struct Node {
     dir: TempDir,
 }
 
-/// The shipped conflist with only what must differ here: the vswitchd socket, the IPAM data
-/// directory and this node's range (10.10.`subnet`.10-250).
-fn shipped_conflist(socket: &Path, ipam_dir: &Path, subnet: u8) -> Value {
+/// The shipped conflist with only what must differ here: the vswitchd socket. Addresses come
+/// from vswitchd's IPAM, as shipped (`"ipam": {"type": "vswitchd"}`).
+fn shipped_conflist(socket: &Path) -> Value {
     let text = std::fs::read_to_string(SHIPPED_CONFLIST).expect("read cni/vpc-cni.conflist");
     let mut conf: Value = serde_json::from_str(&text).expect("cni/vpc-cni.conflist is JSON");
     let plugins = conf["plugins"].as_array_mut().expect("a conflist has plugins");
     let vpc = plugins.iter_mut().find(|p| p["type"] == "vpc-cni").expect("the conflist has vpc-cni");
     vpc["vswitchSocket"] = socket.to_str().unwrap().into();
-    vpc["ipam"]["dataDir"] = ipam_dir.to_str().unwrap().into();
-    vpc["ipam"]["ranges"] = serde_json::json!([
-        {"rangeStart": format!("10.10.{subnet}.10"), "rangeEnd": format!("10.10.{subnet}.250")}
-    ]);
     conf
 }
 
+/// A node whose vswitchd hands out 10.10.`subnet`.0/24 from its node-local store.
 fn node(subnet: u8) -> Node {
     require_containerd();
     let dir = TempDir::new();
     let ns = Netns::new("vcn");
     ns.ip(&["addr", "add", &format!("{NODE_IP}/32"), "dev", "lo"]);
-    let daemon = Daemon::start(&Binaries::beside_current_exe(), &ns, &dir.0.join("vswitchd"), 1);
-    let conflist = shipped_conflist(&daemon.socket, &dir.0.join("ipam"), subnet);
+    let config = format!("[ipam]\nnode_name = \"cri-node\"\npools = [\"10.10.{subnet}.0/24\"]\nwarm_target = 4\n");
+    let daemon = Daemon::start_with_config(&Binaries::beside_current_exe(), &ns, &dir.0.join("vswitchd"), 1, &config);
+    let conflist = shipped_conflist(&daemon.socket);
     let plugins = [
         CniPlugin::logged("vpc-cni", &binary("vpc-cni")),
         CniPlugin::logged("portmap", Path::new("/usr/lib/cni/portmap")),
@@ -64,15 +62,9 @@ fn node(subnet: u8) -> Node {
 }
 
 impl Node {
-    fn network(&self) -> String {
-        let text = std::fs::read_to_string(SHIPPED_CONFLIST).unwrap();
-        serde_json::from_str::<Value>(&text).unwrap()["name"].as_str().unwrap().to_string()
-    }
-
-    fn ipam_allocations(&self) -> serde_json::Map<String, Value> {
-        let path = self.dir.0.join("ipam").join(self.network()).join("state.json");
-        let state: Value = std::fs::read(&path).map_or(Value::Null, |b| serde_json::from_slice(&b).unwrap());
-        state["allocations"].as_object().cloned().unwrap_or_default()
+    /// Addresses vswitchd's IPAM has handed to pods on this node.
+    fn assigned_addresses(&self) -> u64 {
+        self.daemon.ctl_json(&["ipam"])["this_node"]["assigned"].as_u64().expect("vswitchctl ipam")
     }
 
     fn port_names(&self) -> Vec<String> {
@@ -281,7 +273,8 @@ fn three_pods_through_cri_get_addresses_talk_map_a_host_port_and_leave_nothing()
         );
     }
     assert_eq!(node.port_names(), ["vsw0"], "vswitchd still has pod ports");
-    assert!(node.ipam_allocations().is_empty(), "addresses still allocated: {:?}", node.ipam_allocations());
+    let ipam = String::from_utf8_lossy(&node.daemon.ctl(&["ipam"]).stdout).to_string();
+    assert_eq!(node.assigned_addresses(), 0, "addresses still assigned:\n{ipam}");
     let nat = node.iptables_nat();
     assert!(!nat.contains(&format!("--dport {HOST_PORT}")), "portmap's rule for {HOST_PORT} is still there:\n{nat}");
     for (id, _, _) in &sandboxes {

@@ -27,6 +27,10 @@ struct Args {
     /// Override: number of forwarding threads.
     #[arg(long)]
     workers: Option<usize>,
+    /// Override: this node's name in the cluster IPAM (`ipam.node_name`); a DaemonSet passes
+    /// the Kubernetes node name.
+    #[arg(long)]
+    node_name: Option<String>,
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
@@ -76,6 +80,9 @@ fn main() -> ExitCode {
     }
     if let Some(v) = args.workers {
         config.workers = v;
+    }
+    if let (Some(name), Some(ipam)) = (args.node_name, config.ipam.as_mut()) {
+        ipam.node_name = Some(name);
     }
     if let Err(e) = config.validate() {
         eprintln!("vswitchd: {e}");

@@ -86,7 +86,11 @@ pub fn run(options: &Options) -> Vec<Check> {
             if let Some(c) = &config {
                 checks.extend(agreement(&entry, c, &socket));
             }
-            checks.push(pool(&entry, SystemTime::now()));
+            if entry.cluster {
+                checks.push(cluster_pool(&socket));
+            } else {
+                checks.push(pool(&entry, SystemTime::now()));
+            }
         }
         Err(detail) => checks.push(check("conflist", Status::Fail, detail)),
     }
@@ -209,6 +213,8 @@ pub struct CniEntry {
     pub gateway: Ipv4Addr,
     pub gateway_mac: Option<MacAddr>,
     pub mtu: u16,
+    /// `ipam.type` vswitchd: addresses come from vswitchd's cluster pool (no ranges).
+    pub cluster: bool,
     pub ranges: Vec<(Ipv4Addr, Ipv4Addr)>,
     pub data_dir: PathBuf,
     pub reuse_delay_seconds: u64,
@@ -229,6 +235,8 @@ struct RawEntry {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RawIpam {
+    #[serde(rename = "type")]
+    source: Option<String>,
     #[serde(default)]
     ranges: Vec<RawRange>,
     data_dir: Option<PathBuf>,
@@ -244,7 +252,7 @@ struct RawRange {
 
 pub fn read_conflist(path: &Path) -> Result<CniEntry, String> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        format!("reading {}: {e}; install the conflist there (cni/vpc-cni.conflist, ranges edited for this node) or pass --conflist", path.display())
+        format!("reading {}: {e}; install the conflist there (cni/vpc-cni.conflist) or pass --conflist", path.display())
     })?;
     parse_conflist(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
@@ -263,7 +271,8 @@ pub fn parse_conflist(text: &str) -> Result<CniEntry, String> {
         .filter(|r: &RawEntry| r.plugin_type.as_deref() == Some("vpc-cni"))
         .ok_or("no plugin of type vpc-cni")?;
     let ipam = raw.ipam.ok_or("the vpc-cni entry has no ipam")?;
-    if ipam.ranges.is_empty() {
+    let cluster = ipam.source.as_deref() == Some("vswitchd");
+    if ipam.ranges.is_empty() && !cluster {
         return Err("ipam.ranges is empty".into());
     }
     Ok(CniEntry {
@@ -272,6 +281,7 @@ pub fn parse_conflist(text: &str) -> Result<CniEntry, String> {
         gateway: raw.gateway.unwrap_or(Ipv4Addr::new(169, 254, 1, 1)),
         gateway_mac: raw.gateway_mac,
         mtu: raw.mtu.unwrap_or(1500),
+        cluster,
         ranges: ipam.ranges.iter().map(|r| (r.range_start, r.range_end)).collect(),
         data_dir: ipam.data_dir.unwrap_or_else(|| "/var/lib/vpc-cni".into()),
         reuse_delay_seconds: ipam.reuse_delay_seconds.unwrap_or(120),
@@ -309,6 +319,66 @@ struct IpamState {
     allocations: BTreeMap<Ipv4Addr, serde_json::Value>,
     #[serde(default)]
     released: BTreeMap<Ipv4Addr, u64>,
+}
+
+/// The cluster IPAM as vswitchd sees it: fails when no ADD can get an address (the warm pool is
+/// empty and the store unreachable, or the pool is used up), warns when the store is unreachable
+/// or under 10 % of the pool is free.
+pub fn cluster_pool(socket: &Path) -> Check {
+    let client = Client::new(socket).with_timeouts(Duration::from_secs(2), Duration::from_secs(5));
+    let view = match client.ipam() {
+        Ok(v) => v,
+        Err(e) => {
+            return check(
+                "address_pool",
+                Status::Fail,
+                format!("the conflist uses vswitchd's IPAM, which answers: {e}"),
+            )
+        }
+    };
+    cluster_pool_of(&view)
+}
+
+pub fn cluster_pool_of(view: &vswitch_api::api::IpamView) -> Check {
+    let local = &view.this_node;
+    let node = format!(
+        "node {}: {} pods, {} warm addresses (target {})",
+        view.node, local.assigned, local.warm, local.warm_target
+    );
+    if !view.store_reachable {
+        let why = view.store_error.clone().unwrap_or_default();
+        return if local.warm == 0 {
+            check(
+                "address_pool",
+                Status::Fail,
+                format!(
+                    "{node}; the store ({}) is unreachable ({why}): ADDs fail with code 11 until it returns",
+                    view.store
+                ),
+            )
+        } else {
+            check(
+                "address_pool",
+                Status::Warn,
+                format!(
+                    "{node}; the store ({}) is unreachable ({why}): ADDs are served from the warm pool",
+                    view.store
+                ),
+            )
+        };
+    }
+    let detail = format!("{node}; pool {}: {} of {} addresses free", view.pools.join(", "), view.free, view.pool_size);
+    if view.free == 0 && local.warm == 0 {
+        check("address_pool", Status::Fail, format!("{detail}; no pod can start: add prefixes to ipam.pools"))
+    } else if view.free * 100 < view.pool_size * LOW_POOL_PERCENT {
+        check(
+            "address_pool",
+            Status::Warn,
+            format!("{detail}; under {LOW_POOL_PERCENT}% free: add prefixes to ipam.pools soon"),
+        )
+    } else {
+        check("address_pool", Status::Ok, detail)
+    }
 }
 
 /// Free addresses in the node IPAM (`dataDir/<network>/state.json`): warn under 10 %, fail at
@@ -390,6 +460,7 @@ mod tests {
             gateway: Ipv4Addr::new(169, 254, 1, 1),
             gateway_mac: None,
             mtu: 1500,
+            cluster: false,
             ranges: vec![(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 20))],
             data_dir: dir.path().into(),
             reuse_delay_seconds: 120,
@@ -411,5 +482,40 @@ mod tests {
         assert_eq!(pool(&entry, SystemTime::now()).status, Status::Warn);
         write(20);
         assert_eq!(pool(&entry, SystemTime::now()).status, Status::Fail);
+    }
+
+    #[test]
+    fn the_cluster_pool_fails_only_when_no_add_can_get_an_address() {
+        let mut view = vswitch_api::api::IpamView {
+            node: "n1".into(),
+            store: "etcd https://e:2379".into(),
+            store_reachable: true,
+            store_error: None,
+            pools: vec!["10.0.0.0/24".into()],
+            exclude: vec![],
+            pool_size: 254,
+            free: 200,
+            nodes: vec![],
+            sticky: vec![],
+            cooling: vec![],
+            this_node: vswitch_api::api::LocalIpamView {
+                warm: 2,
+                warm_target: 8,
+                assigned: 3,
+                pending_sync: 0,
+                fenced_total: 0,
+            },
+        };
+        assert_eq!(cluster_pool_of(&view).status, Status::Ok);
+        view.free = 10;
+        assert_eq!(cluster_pool_of(&view).status, Status::Warn, "under 10 %");
+        view.store_reachable = false;
+        assert_eq!(cluster_pool_of(&view).status, Status::Warn, "the warm pool serves");
+        view.this_node.warm = 0;
+        let c = cluster_pool_of(&view);
+        assert_eq!(c.status, Status::Fail, "{}", c.detail);
+        assert!(c.detail.contains("code 11"), "{}", c.detail);
+        let cluster = parse_conflist(r#"{"name":"n","type":"vpc-cni","ipam":{"type":"vswitchd"}}"#).unwrap();
+        assert!(cluster.cluster && cluster.ranges.is_empty());
     }
 }
