@@ -29,7 +29,8 @@ struct Node {
     containerd: Containerd,
     daemon: Daemon,
     ns: Netns,
-    dir: TempDir,
+    /// Holds vswitchd's state and logs; removed last.
+    _dir: TempDir,
 }
 
 /// The shipped conflist with only what must differ here: the vswitchd socket. Addresses come
@@ -58,7 +59,7 @@ fn node(subnet: u8) -> Node {
         CniPlugin::linked("loopback", Path::new("/usr/lib/cni/loopback")),
     ];
     let containerd = Containerd::start(&ns, &plugins, &conflist);
-    Node { containerd, daemon, ns, dir }
+    Node { containerd, daemon, ns, _dir: dir }
 }
 
 impl Node {
