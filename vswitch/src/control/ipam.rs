@@ -82,6 +82,7 @@ impl Switch {
     /// One upkeep round; detaches the pods whose addresses this node lost.
     async fn ipam_tick(self: &Arc<Self>) {
         let Some(ipam) = &self.ipam else { return };
+        let _in_flight = self.in_flight.read().await;
         if self.frozen.load(Ordering::Acquire) {
             return;
         }

@@ -83,6 +83,10 @@ pub struct Switch {
     /// Set while handing over to a new instance: changes are refused (retryable) so the state
     /// handed over stays the state.
     pub(super) frozen: AtomicBool,
+    /// Held (shared) by every request that changes state and by the IPAM's upkeep, for their
+    /// whole run; freezing for an upgrade takes it exclusively, so the state handed over
+    /// includes every change that was already answered, and none lands after.
+    pub(super) in_flight: tokio::sync::RwLock<()>,
     uplink: Option<Uplink>,
     announcer: Option<Announcer>,
     /// When drops were last asked for (sampling is on until a while after).
@@ -209,6 +213,7 @@ impl Switch {
                 handed: Mutex::new(handover.map(|mut h| h.take_all()).unwrap_or_default()),
             }),
             frozen: AtomicBool::new(false),
+            in_flight: tokio::sync::RwLock::new(()),
             behind_since: Mutex::new(None),
             watched_at: Mutex::new(None),
             uplink,
@@ -263,6 +268,7 @@ impl Switch {
             control_stats,
             pods,
             frozen: AtomicBool::new(false),
+            in_flight: tokio::sync::RwLock::new(()),
             behind_since: Mutex::new(None),
             watched_at: Mutex::new(None),
             uplink: None,
@@ -351,6 +357,7 @@ impl Switch {
                 | Request::IpamRelease { .. }
                 | Request::IpamGc { .. }
         );
+        let _in_flight = if changes { Some(self.in_flight.read().await) } else { None };
         if changes && self.frozen.load(Ordering::Acquire) {
             return Err(unavailable("vswitchd is handing over to its upgrade; retry in a moment"));
         }
@@ -755,8 +762,10 @@ impl Switch {
 
     /// Stops taking changes and lists what an upgrade takes over: the state and every port's
     /// queue descriptors (which stay open here until this process exits).
+    /// Blocks until the changes in flight are done (call it off the async runtime).
     pub fn freeze_and_offer(&self) -> Offer {
         self.frozen.store(true, Ordering::Release);
+        let _no_changes = self.in_flight.blocking_write();
         let ports = self
             .registry()
             .ports()
