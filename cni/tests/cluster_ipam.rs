@@ -2,13 +2,11 @@
 //! with its node-local file store; the etcd cluster is exercised in vswitch/tests/ipam_etcd.rs
 //! and the lab). Called as a runtime calls it, in real namespaces. Needs root.
 
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
-use vpc_lab::netns::{require_root, Binaries, Daemon, Netns, TempDir};
+use vpc_lab::netns::{cni_command, require_root, run_cni, Binaries, Daemon, Netns, TempDir};
 
 const CNI: &str = env!("CARGO_BIN_EXE_vpc-cni");
 
@@ -30,30 +28,16 @@ fn conf(daemon: &Daemon, dir: &TempDir) -> Value {
     })
 }
 
+/// Runs the plugin as a runtime does (no CNI_NETNS for GC and STATUS), with the pod's name in
+/// CNI_ARGS; returns (success, stdout JSON or Null).
 fn cni(command: &str, container: &str, pod: &str, netns: Option<&Path>, conf: &Value) -> (bool, Value) {
-    let mut cmd = Command::new(CNI);
-    cmd.env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("CNI_COMMAND", command)
-        .env("CNI_PATH", "/opt/cni/bin")
-        .env("CNI_CONTAINERID", container)
-        .env("CNI_IFNAME", "eth0")
-        .env(
-            "CNI_ARGS",
-            format!(
-                "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={}",
-                pod.split('/').next().unwrap(),
-                pod.split('/').nth(1).unwrap()
-            ),
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
-    if let Some(ns) = netns {
-        cmd.env("CNI_NETNS", ns);
+    let mut cmd = cni_command(Path::new(CNI), command, container, netns.unwrap_or(Path::new("")));
+    if netns.is_none() {
+        cmd.env_remove("CNI_NETNS");
     }
-    let mut child = cmd.spawn().expect("run vpc-cni");
-    child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let (namespace, name) = pod.split_once('/').expect("NAMESPACE/NAME");
+    cmd.env("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}"));
+    let out = run_cni(cmd, conf);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let value = if stdout.trim().is_empty() { Value::Null } else { serde_json::from_str(&stdout).unwrap() };
     (out.status.success(), value)

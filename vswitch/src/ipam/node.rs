@@ -319,24 +319,17 @@ impl<S: ClusterStore> NodeIpam<S> {
             let current = self.store.get(&key).await.map_err(|e| unavailable("sticky address", &e))?;
             match current.as_ref().and_then(|e| Some((AddressRecord::decode(&e.value)?, e.version))) {
                 Some((AddressRecord::Sticky { pod: held, .. }, version)) if held == pod => {
-                    let record = self.assigned_record(spec);
-                    match self.store.put_if(&key, record.encode(), version).await {
-                        Ok(Some(version)) => {
-                            let entry = LocalEntry { record, version, dirty: false, netns: Some(spec.netns.clone()) };
-                            self.local().entries.insert(ip, entry);
-                            self.save().await?;
-                            self.stats.assigned_from_store.fetch_add(1, Ordering::Relaxed);
+                    return match self.take_from_store(spec, ip, version).await {
+                        Ok(Some(view)) => {
                             tracing::info!(%ip, %pod, "sticky address taken over");
-                            return Ok(AddressView { ip, new: true });
+                            Ok(view)
                         }
-                        Ok(None) => {
-                            return Err(ApiError::new(
-                                ErrorCode::Unavailable,
-                                format!("{pod}'s address {ip} changed while taking it; retry"),
-                            ))
-                        }
-                        Err(e) => return Err(unavailable("sticky address", &e)),
-                    }
+                        Ok(None) => Err(ApiError::new(
+                            ErrorCode::Unavailable,
+                            format!("{pod}'s address {ip} changed while taking it; retry"),
+                        )),
+                        Err(e) => Err(e),
+                    };
                 }
                 Some((AddressRecord::Assigned { pod: Some(held), node, .. }, _)) if held == pod => {
                     return Err(ApiError::new(
@@ -412,18 +405,28 @@ impl<S: ClusterStore> NodeIpam<S> {
             }
             Some((None, _)) => return Err(taken("an unreadable record")),
         };
+        self.take_from_store(spec, ip, version).await?.ok_or_else(|| taken("another node (it changed while asking)"))
+    }
+
+    /// Assigns `ip` to `spec` by a CAS from the record's `version`, then records it locally.
+    /// `Ok(None)`: the record changed meanwhile.
+    async fn take_from_store(
+        self: &Arc<Self>,
+        spec: &AssignSpec,
+        ip: IpAddr,
+        version: i64,
+    ) -> Result<Option<AddressView>, ApiError> {
         let record = self.assigned_record(spec);
-        match self.store.put_if(&key, record.encode(), version).await {
-            Ok(Some(version)) => {
-                let entry = LocalEntry { record, version, dirty: false, netns: Some(spec.netns.clone()) };
-                self.local().entries.insert(ip, entry);
-                self.save().await?;
-                self.stats.assigned_from_store.fetch_add(1, Ordering::Relaxed);
-                Ok(AddressView { ip, new: true })
-            }
-            Ok(None) => Err(taken("another node (it changed while asking)")),
-            Err(e) => Err(unavailable("static address", &e)),
-        }
+        let written = self.store.put_if(&self.keys.ip(ip), record.encode(), version).await;
+        let version = match written.map_err(|e| unavailable("taking the address", &e))? {
+            Some(version) => version,
+            None => return Ok(None),
+        };
+        let entry = LocalEntry { record, version, dirty: false, netns: Some(spec.netns.clone()) };
+        self.local().entries.insert(ip, entry);
+        self.save().await?;
+        self.stats.assigned_from_store.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(AddressView { ip, new: true }))
     }
 
     /// Gives the attachment's address back: cooling (free after the reuse delay) or, for a
