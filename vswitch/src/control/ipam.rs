@@ -112,13 +112,14 @@ pub enum IpamRequest {
 
 /// Runs the upkeep every [`node::TICK`].
 pub async fn serve_ipam(switch: Arc<Switch>) {
-    if switch.ipam.is_none() {
-        return;
-    }
+    let Some(ipam) = switch.ipam.clone() else { return };
     let mut tick = tokio::time::interval(node::TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = ipam.kicked() => {}
+        }
         switch.ipam_tick().await;
     }
 }

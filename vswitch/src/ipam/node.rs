@@ -24,7 +24,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use vswitch_api::api::{
@@ -125,6 +125,12 @@ pub struct NodeIpam<S: ClusterStore> {
     /// Holds a lease that the store confirmed in this process (reconciled since).
     registered: AtomicBool,
     ticks: AtomicU64,
+    /// When the lease was last renewed and dead nodes last looked for: a round run early (after
+    /// an ADD) does only the work that cannot wait.
+    last_keep_alive: Mutex<Option<Instant>>,
+    last_reclaim: Mutex<Option<Instant>>,
+    /// Wakes the upkeep task early: an ADD took from the warm pool, a DEL released.
+    kick: tokio::sync::Notify,
     pub stats: IpamStats,
 }
 
@@ -166,6 +172,9 @@ impl<S: ClusterStore> NodeIpam<S> {
             save_lock: Mutex::new(()),
             registered: AtomicBool::new(false),
             ticks: AtomicU64::new(0),
+            last_keep_alive: Mutex::new(None),
+            last_reclaim: Mutex::new(None),
+            kick: tokio::sync::Notify::new(),
             stats: IpamStats::default(),
         })
     }
@@ -271,6 +280,8 @@ impl<S: ClusterStore> NodeIpam<S> {
             if let Some(ip) = self.take_warm(spec, in_use) {
                 self.save().await?;
                 self.stats.assigned_from_warm.fetch_add(1, Ordering::Relaxed);
+                // Refill (and tell the store) now rather than at the next round.
+                self.kick.notify_one();
                 return Ok(AddressView { ip, new: true });
             }
             // The warm pool is empty: claim from the store now.
@@ -449,6 +460,7 @@ impl<S: ClusterStore> NodeIpam<S> {
             *ip
         };
         self.save().await?;
+        self.kick.notify_one();
         tracing::info!(ip = %released, owner = %owner.container_id, "address released");
         Ok(Some(released))
     }
@@ -501,8 +513,9 @@ impl<S: ClusterStore> NodeIpam<S> {
             self.sync(&mut fenced).await?;
             self.refill(self.settings.warm_target).await?;
             self.trim().await?;
-            if round.is_multiple_of(2) {
+            if due(&self.last_reclaim, RECLAIM_EVERY) {
                 self.reclaim_dead().await?;
+                *self.last_reclaim.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
             }
             Ok::<(), StoreError>(())
         }
@@ -562,8 +575,12 @@ impl<S: ClusterStore> NodeIpam<S> {
     /// new one and reconciles with the store before doing anything else.
     async fn ensure_registered(self: &Arc<Self>, fenced: &mut Vec<Fenced>) -> Result<(), StoreError> {
         let lease = self.local().lease;
+        if self.registered.load(Ordering::Acquire) && !due(&self.last_keep_alive, self.settings.lease_ttl / 3) {
+            return Ok(());
+        }
         if let Some(lease) = lease {
             if self.store.keep_alive(lease).await? {
+                *self.last_keep_alive.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
                 if !self.registered.load(Ordering::Acquire) {
                     self.register(lease, fenced).await?;
                 }
@@ -583,6 +600,7 @@ impl<S: ClusterStore> NodeIpam<S> {
         let value = serde_json::to_vec(&node).expect("serialisable");
         self.store.put_leased(&self.keys.node(&self.settings.node), value, lease).await?;
         self.store.delete(&self.keys.down(&self.settings.node)).await?;
+        *self.last_keep_alive.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         self.registered.store(true, Ordering::Release);
         tracing::info!(node = %self.settings.node, lease, store = %self.store.describe(), "registered with the address store");
         Ok(())
@@ -963,5 +981,19 @@ fn describe(record: &AddressRecord) -> String {
     }
 }
 
-/// How long the node waits between upkeep rounds.
+/// How long the node waits between upkeep rounds (an ADD or DEL starts one at once).
 pub const TICK: Duration = Duration::from_secs(1);
+/// How often a node looks for dead nodes to reclaim.
+const RECLAIM_EVERY: Duration = Duration::from_secs(2);
+
+/// Has `interval` passed since `last` (or never happened)?
+fn due(last: &Mutex<Option<Instant>>, interval: Duration) -> bool {
+    last.lock().unwrap_or_else(|p| p.into_inner()).is_none_or(|t| t.elapsed() >= interval)
+}
+
+impl<S: ClusterStore> NodeIpam<S> {
+    /// Waits until an ADD or DEL asks for an early round.
+    pub async fn kicked(&self) {
+        self.kick.notified().await
+    }
+}
