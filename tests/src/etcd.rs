@@ -7,7 +7,9 @@
 //! loopback addresses in the current namespace, [`EtcdCluster::start_in`] each in a given
 //! namespace. Dropping the cluster kills every member and removes the directory, also when a
 //! test fails; should no `Drop` run at all (a test binary killed on timeout, `process::exit`),
-//! the kernel kills the members when the process ends (see [`spawn_tied_to_process`]).
+//! the kernel kills the members when the process ends (see [`spawn_tied_to_process`]). A cluster
+//! that must outlive its process (`vpc-lab up`) is started with [`EtcdCluster::start_in_detached`]
+//! and handed over with [`EtcdCluster::detach`]: its pids and directory go to whoever removes it.
 
 use std::fs::OpenOptions;
 use std::io;
@@ -89,6 +91,8 @@ pub struct EtcdCluster {
     server_key: PathBuf,
     initial_cluster: String,
     token: String,
+    /// Members run in their own session, not tied to this process (see [`EtcdCluster::detach`]).
+    detached: bool,
     /// Dropped after `Drop::drop` has killed the members.
     dir: TempDir,
 }
@@ -102,7 +106,7 @@ impl EtcdCluster {
         assert!((1..=254).contains(&members), "1 to 254 members, not {members}");
         require_etcd();
         let [a, x, y] = free_loopback_block(members);
-        Self::launch((1..=members).map(|i| (None, Ipv4Addr::new(a, x, y, i as u8))).collect())
+        Self::launch((1..=members).map(|i| (None, Ipv4Addr::new(a, x, y, i as u8))).collect(), false)
     }
 
     /// One member per entry, in namespace `netns` (a name under /run/netns, run through
@@ -115,10 +119,35 @@ impl EtcdCluster {
         for (i, (_, ip)) in members.iter().enumerate() {
             assert!(!members[..i].iter().any(|(_, other)| other == ip), "two members on {ip}");
         }
-        Self::launch(members.iter().map(|(ns, ip)| (Some(ns.clone()), *ip)).collect())
+        Self::launch(members.iter().map(|(ns, ip)| (Some(ns.clone()), *ip)).collect(), false)
     }
 
-    fn launch(placement: Vec<(Option<String>, Ipv4Addr)>) -> EtcdCluster {
+    /// [`EtcdCluster::start_in`], but the members are not tied to this process: each runs in a
+    /// session of its own and lives on when the process ends, also without a `Drop`. Dropping
+    /// the cluster still kills them; [`EtcdCluster::detach`] leaves them running. For
+    /// `vpc-lab up`, whose lab outlives it; tests keep the tie.
+    pub fn start_in_detached(members: &[(String, Ipv4Addr)]) -> EtcdCluster {
+        assert!(!members.is_empty(), "an etcd cluster needs a member");
+        require_etcd();
+        for (i, (_, ip)) in members.iter().enumerate() {
+            assert!(!members[..i].iter().any(|(_, other)| other == ip), "two members on {ip}");
+        }
+        Self::launch(members.iter().map(|(ns, ip)| (Some(ns.clone()), *ip)).collect(), true)
+    }
+
+    /// Leaves a detached cluster running and its directory in place; returns the members' pids
+    /// and the directory, for whoever removes it later (`vpc-lab down`: kill the pids, remove
+    /// the directory).
+    pub fn detach(mut self) -> DetachedEtcd {
+        assert!(self.detached, "only a cluster from start_in_detached outlives this process");
+        let pids = self.members.iter_mut().filter_map(|m| m.child.take()).map(|c| c.id()).collect();
+        let dir = std::mem::take(&mut self.dir.0);
+        // Nothing is left to kill, and an empty path is nothing to remove.
+        drop(self);
+        DetachedEtcd { pids, dir }
+    }
+
+    fn launch(placement: Vec<(Option<String>, Ipv4Addr)>, detached: bool) -> EtcdCluster {
         let dir = TempDir(std::env::temp_dir().join(unique("vpc-etcd-")));
         std::fs::create_dir_all(&dir.0).unwrap_or_else(|e| panic!("create {}: {e}", dir.0.display()));
         let members: Vec<Member> = placement
@@ -131,8 +160,16 @@ impl EtcdCluster {
         let initial_cluster =
             members.iter().map(|m| format!("{}={}", m.name, m.peer_url())).collect::<Vec<_>>().join(",");
         // Built before any member starts, so a panic from here on still kills them all.
-        let mut cluster =
-            EtcdCluster { members, tls, server_cert, server_key, initial_cluster, token: unique("vpc-etcd-"), dir };
+        let mut cluster = EtcdCluster {
+            members,
+            tls,
+            server_cert,
+            server_key,
+            initial_cluster,
+            token: unique("vpc-etcd-"),
+            detached,
+            dir,
+        };
         for i in 0..cluster.members.len() {
             cluster.spawn_member(i, "new");
         }
@@ -333,7 +370,8 @@ impl EtcdCluster {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log file"))
             .stderr(log);
-        let child = spawn_tied_to_process(cmd).unwrap_or_else(|e| panic!("start etcd member {i}: {e}"));
+        let child = if self.detached { spawn_detached(cmd) } else { spawn_tied_to_process(cmd) }
+            .unwrap_or_else(|e| panic!("start etcd member {i}: {e}"));
         self.members[i].child = Some(child);
     }
 
@@ -385,6 +423,24 @@ fn free_loopback_block(members: usize) -> [u8; 3] {
         }
     }
     panic!("no free loopback block for an etcd cluster after 1000 tries");
+}
+
+/// What [`EtcdCluster::detach`] leaves behind: running members and their directory.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DetachedEtcd {
+    pub pids: Vec<u32>,
+    pub dir: PathBuf,
+}
+
+/// Starts `cmd` in a session of its own, so it outlives this process and no signal for this
+/// process's terminal or group reaches it.
+fn spawn_detached(mut cmd: Command) -> io::Result<Child> {
+    // SAFETY: the closure runs in the forked child before exec and makes only the setsid system
+    // call, which is async-signal-safe; it takes no lock and allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(io::Error::from));
+    }
+    cmd.spawn()
 }
 
 /// A CA, one server and peer certificate for every member (subjectAltName: their addresses,

@@ -4,16 +4,25 @@
 //!   hybrid (172.16.50.10) ── gateway (172.16.50.1 | 10.10.0.1) ──┐
 //!                                                                  │  fabric: a Linux bridge,
 //!   vm (10.10.0.50) ───────────────────────────────────────────────┤  the VPC subnet 10.10.0.0/16
-//!   node1 (10.10.0.11): vswitchd, pods 10.10.1.x via vpc-cni ─────┤
-//!   node2 (10.10.0.12): vswitchd, pods 10.10.2.x via vpc-cni ─────┘
+//!   etcd members e1-e3 (10.10.0.21-23; --ipam etcd only) ──────────┤
+//!   node1 (10.10.0.11): vswitchd, pods via vpc-cni ───────────────┤
+//!   node2 (10.10.0.12): vswitchd, pods via vpc-cni ───────────────┤
+//!   ... up to node4 (10.10.0.14) ──────────────────────────────────┘
 //! ```
 //!
-//! Pods are created only by the real `vpc-cni` binary, called as containerd calls it. Each node
-//! holds a ClusterIP Service (10.96.0.10:80) made of iptables DNAT rules as kube-proxy makes
-//! them, with a backend on each node. Two uplink modes: host-routed (pod traffic leaves through
-//! the node's stack, which answers ARP for its pods by proxy-ARP) and a dedicated uplink NIC per
-//! node driven by vswitchd. Every server in the lab reports who connected, which proves there is
-//! no NAT on the way.
+//! Pods are created only by the real `vpc-cni` binary, called as containerd calls it. Their
+//! addresses come either from each node's own range 10.10.<node>.10-250, kept by vpc-cni in files
+//! on the node ([`IpamMode::Local`]), or from one pool for the whole cluster, 10.10.64.0/18, which
+//! the nodes' vswitchd allocate from a 3-member TLS etcd cluster ([`IpamMode::Etcd`]; there a
+//! sticky pod keeps its address when it is re-created on another node). Each node holds a
+//! ClusterIP Service (10.96.0.10:80) and a NodePort (30080) made of iptables DNAT rules as
+//! kube-proxy makes them, with a backend on each node. Two uplink modes: host-routed (pod
+//! traffic leaves through the node's stack, which answers ARP for its pods by proxy-ARP) and a
+//! dedicated uplink NIC per node driven by vswitchd. Every server in the lab reports who
+//! connected, which proves there is no NAT on the way.
+
+mod paths;
+mod sticky;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -23,7 +32,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::netns::{binary, cni_command, run_cni, unique, Binaries, Daemon, Netns, TempDir};
+use crate::etcd::{DetachedEtcd, EtcdCluster};
+use crate::netns::{binary, cni_command, pids_in, run_cni, unique, Binaries, Daemon, Netns, TempDir};
+
+pub use sticky::StickyMove;
 
 /// How pod traffic reaches the VPC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,26 +46,44 @@ pub enum UplinkMode {
     Uplink,
 }
 
+/// Where pods' addresses come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IpamMode {
+    /// Each node its own range, 10.10.<node>.10-250, kept by vpc-cni in files on the node.
+    #[default]
+    Local,
+    /// One pool for the cluster ([`POD_POOL`]), allocated by the nodes' vswitchd in a 3-member
+    /// etcd cluster (vpc-cni's `"ipam": {"type": "vswitchd"}`).
+    Etcd,
+}
+
 #[derive(Debug, Clone)]
 pub struct LabSpec {
     pub mode: UplinkMode,
+    pub ipam: IpamMode,
+    /// 2 to 4.
     pub nodes: usize,
     pub pods_per_node: usize,
     pub pod_mtu: u16,
     /// MTU of the link to the hybrid-cloud network (smaller, to show fragmentation-needed).
     pub hybrid_mtu: u16,
     pub workers: usize,
+    /// The lab outlives this process (`vpc-lab up`): the etcd members are started in sessions
+    /// of their own instead of being killed by the kernel when this process ends (tests).
+    pub detachable: bool,
 }
 
 impl Default for LabSpec {
     fn default() -> Self {
         LabSpec {
             mode: UplinkMode::HostRouted,
+            ipam: IpamMode::Local,
             nodes: 2,
             pods_per_node: 2,
             pod_mtu: 1500,
             hybrid_mtu: 1400,
             workers: 1,
+            detachable: false,
         }
     }
 }
@@ -63,10 +93,32 @@ pub const VM_IP: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 50);
 pub const HYBRID_IP: Ipv4Addr = Ipv4Addr::new(172, 16, 50, 10);
 pub const SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 pub const SERVER_PORT: u16 = 8080;
+/// The Service's NodePort on every node.
+pub const NODE_PORT: u16 = 30080;
+/// The etcd members, each in its own namespace on the fabric ([`IpamMode::Etcd`]).
+pub const ETCD_IPS: [Ipv4Addr; 3] =
+    [Ipv4Addr::new(10, 10, 0, 21), Ipv4Addr::new(10, 10, 0, 22), Ipv4Addr::new(10, 10, 0, 23)];
+/// The cluster pool ([`IpamMode::Etcd`]): the quarter 10.10.64.0/18 of the VPC subnet. Every
+/// fixed address of the lab (the gateway 10.10.0.1, the nodes 10.10.0.11-14, the etcd members
+/// 10.10.0.21-23, the VM 10.10.0.50) lies in 10.10.0.0/24, and the local mode's ranges in
+/// 10.10.1-4.x, so the pool holds none of them and needs no `exclude` list; the hybrid network
+/// (172.16.50.0/24) and the Service range (10.96.0.0/12) are outside the VPC subnet altogether.
+pub const POD_POOL: &str = "10.10.64.0/18";
+/// Where the lab's IPAM keys live in etcd.
+pub const IPAM_PREFIX: &str = "/vpc-ipam/lab";
+/// Pods live in this Kubernetes namespace (CNI_ARGS K8S_POD_NAMESPACE).
+pub const POD_NAMESPACE: &str = "default";
+/// The sticky pod ([`IpamMode::Etcd`]): `ipam.sticky` is `["default/sticky-*"]`.
+pub const STICKY_POD: &str = "sticky-0";
 const STATE_DIR: &str = "/run/vpc-lab";
 
 pub fn node_ip(node: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 10, 0, 11 + node as u8)
+}
+
+/// The lab's name of pod `index` on `node` (both from 0): n1a, n1b, n2a, ...
+pub fn pod_name(node: usize, index: usize) -> String {
+    format!("n{}{}", node + 1, (b'a' + index as u8) as char)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,16 +130,24 @@ pub struct LabPod {
     pub node: usize,
 }
 
-/// Who is where in a lab: enough to check every path, from the process that built the lab or
-/// from a later `vpc-lab check`.
+/// Who is where in a lab: enough to check every path, and to move the sticky pod, from the
+/// process that built the lab or from a later `vpc-lab check`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Topology {
     pub name: String,
     pub mode: UplinkMode,
+    #[serde(default)]
+    pub ipam: IpamMode,
     pub pod_mtu: u16,
     pub hybrid_mtu: u16,
     /// Node namespaces, node1 first.
     pub nodes: Vec<String>,
+    /// Each node's vswitchd control socket, node1 first.
+    #[serde(default)]
+    pub sockets: Vec<PathBuf>,
+    /// The lab's directory (each node's vswitchd state and node-local IPAM files).
+    #[serde(default)]
+    pub dir: PathBuf,
     pub pods: Vec<LabPod>,
     pub vm: String,
     pub hybrid: String,
@@ -100,6 +160,13 @@ pub struct LabState {
     pub dir: PathBuf,
     pub namespaces: Vec<String>,
     pub pids: Vec<u32>,
+    /// The etcd members ([`IpamMode::Etcd`]): their pids and directory (certificates, data, logs).
+    #[serde(default)]
+    pub etcd: Option<DetachedEtcd>,
+}
+
+fn kill9(pid: u32) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
 }
 
 impl LabState {
@@ -123,15 +190,49 @@ impl LabState {
         serde_json::from_slice(&bytes).map_err(std::io::Error::other)
     }
 
-    /// Kills the lab's processes and deletes its namespaces (and so every link in them).
+    pub fn save(&self) -> std::io::Result<()> {
+        std::fs::create_dir_all(STATE_DIR)?;
+        std::fs::write(Self::path(&self.topology.name), serde_json::to_vec_pretty(self).expect("serialisable"))
+    }
+
+    /// Moves the sticky pod to the next node (see [`Topology::move_sticky`]) and records where
+    /// it is now: its new namespace and server replace the old ones in the state.
+    pub fn move_sticky(&mut self) -> StickyMove {
+        let moved = self.topology.move_sticky();
+        self.namespaces.retain(|n| *n != moved.old_netns);
+        self.pids.retain(|p| !moved.killed.contains(p));
+        self.namespaces.push(moved.new_netns.keep());
+        // Not waited for: it serves on after this process ends, until `vpc-lab down`.
+        self.pids.push(moved.server.id());
+        if let Err(e) = self.save() {
+            eprintln!("vpc-lab: saving the lab's state: {e}");
+        }
+        moved.report
+    }
+
+    /// Kills the lab's processes (the recorded ones, the etcd members and anything else still
+    /// running in its namespaces) and deletes its namespaces (and so every link in them).
     pub fn teardown(&self) {
         for &pid in &self.pids {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            kill9(pid);
+        }
+        if let Some(etcd) = &self.etcd {
+            for &pid in &etcd.pids {
+                kill9(pid);
+            }
+        }
+        for ns in &self.namespaces {
+            for pid in pids_in(ns) {
+                kill9(pid);
+            }
         }
         for ns in self.namespaces.iter().rev() {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(etcd) = &self.etcd {
+            let _ = std::fs::remove_dir_all(&etcd.dir);
+        }
         let _ = std::fs::remove_file(Self::path(&self.topology.name));
     }
 }
@@ -143,14 +244,16 @@ pub struct Lab {
     pub spec: LabSpec,
     servers: Vec<Child>,
     daemons: Vec<Daemon>,
+    /// Killed after the daemons that use it, before the namespaces it runs in go.
+    etcd: Option<EtcdCluster>,
     nodes: Vec<Netns>,
     pod_ns: Vec<Netns>,
+    etcd_ns: Vec<Netns>,
     vm: Netns,
     hybrid: Netns,
     gateway: Netns,
     fabric: Netns,
     dir: TempDir,
-    cni: PathBuf,
 }
 
 impl std::ops::Deref for Lab {
@@ -168,7 +271,31 @@ pub struct PathCheck {
     pub to: String,
     pub ok: bool,
     pub rtt_ms: Option<f64>,
+    /// The sticky move: from the ADD on the new node to the first answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub elapsed_ms: Option<f64>,
     pub detail: String,
+}
+
+impl PathCheck {
+    fn new(path: &str, from: &str, to: &str) -> PathCheck {
+        PathCheck {
+            path: path.into(),
+            from: from.into(),
+            to: to.into(),
+            ok: false,
+            rtt_ms: None,
+            elapsed_ms: None,
+            detail: String::new(),
+        }
+    }
+}
+
+/// A failed vpc-cni call: its CNI error code (0 if it printed none) and what it said.
+#[derive(Debug, Clone)]
+pub struct CniFailure {
+    pub code: u64,
+    pub message: String,
 }
 
 impl Topology {
@@ -177,201 +304,50 @@ impl Topology {
         (0..self.nodes.len()).filter_map(|n| self.pods.iter().find(|p| p.node == n)).collect()
     }
 
-    /// Connects from namespace `from` to `to:port`; returns (server name, the peer address the
-    /// server saw, connect+reply time).
-    pub fn probe(&self, from: &str, to: Ipv4Addr, port: u16) -> Result<(String, String, f64), String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", from])
-            .arg(binary("vpc-lab"))
-            .args(["probe", &format!("{to}:{port}")])
-            .output()
-            .map_err(|e| e.to_string())?;
+    pub fn pod(&self, name: &str) -> Option<&LabPod> {
+        self.pods.iter().find(|p| p.name == name)
+    }
+
+    /// vpc-cni's network configuration on `node`, as the node's conflist gives it.
+    pub fn cni_conf(&self, node: usize) -> Value {
+        let ipam = match self.ipam {
+            IpamMode::Local => json!({
+                "ranges": [{"rangeStart": format!("10.10.{}.10", node + 1), "rangeEnd": format!("10.10.{}.250", node + 1)}],
+                "dataDir": self.dir.join(format!("node{}/ipam", node + 1)),
+            }),
+            IpamMode::Etcd => json!({"type": "vswitchd"}),
+        };
+        json!({
+            "cniVersion": "1.1.0",
+            "name": "vpc",
+            "type": "vpc-cni",
+            "vswitchSocket": self.sockets[node],
+            "mtu": self.pod_mtu,
+            "ipam": ipam,
+        })
+    }
+
+    /// Runs vpc-cni as containerd does for pod `default/<pod>` (sandbox `container` in `netns`).
+    pub fn cni(
+        &self,
+        command: &str,
+        node: usize,
+        container: &str,
+        netns: &Path,
+        pod: &str,
+    ) -> Result<Value, CniFailure> {
+        let mut cmd = cni_command(&binary("vpc-cni"), command, container, netns);
+        cmd.env("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={POD_NAMESPACE};K8S_POD_NAME={pod}"));
+        let out = run_cni(cmd, &self.cni_conf(node));
         let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if !out.status.success() {
-            return Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr).trim()));
+            let code = serde_json::from_str::<Value>(&text).ok().and_then(|v| v["code"].as_u64()).unwrap_or(0);
+            return Err(CniFailure {
+                code,
+                message: format!("vpc-cni {command} {container} on node{}: {text}", node + 1),
+            });
         }
-        // "name=X peer=IP:PORT rtt_ms=F"
-        let field = |k: &str| text.split_whitespace().find_map(|f| f.strip_prefix(k)).unwrap_or("").to_string();
-        Ok((field("name="), field("peer="), field("rtt_ms=").parse().unwrap_or(0.0)))
-    }
-
-    /// Pings; returns the average RTT.
-    pub fn ping(&self, from: &str, to: Ipv4Addr) -> Result<f64, String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", from, "ping", "-c", "2", "-i", "0.2", "-W", "2", &to.to_string()])
-            .output()
-            .map_err(|e| e.to_string())?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        if !out.status.success() {
-            return Err(text.lines().last().unwrap_or("no reply").to_string());
-        }
-        // rtt min/avg/max/mdev = 0.1/0.2/0.3/0.0 ms
-        let avg = text
-            .lines()
-            .next_back()
-            .and_then(|l| l.split('=').nth(1))
-            .and_then(|v| v.trim().split('/').nth(1))
-            .and_then(|v| v.parse().ok());
-        Ok(avg.unwrap_or(0.0))
-    }
-
-    fn ns_of(&self, who: &str) -> (String, Ipv4Addr) {
-        if let Some(p) = self.pods.iter().find(|p| p.name == who) {
-            return (p.netns.clone(), p.ip);
-        }
-        match who {
-            "vm" => (self.vm.clone(), VM_IP),
-            "hybrid" => (self.hybrid.clone(), HYBRID_IP),
-            n if n.starts_with("node") => {
-                let i: usize = n[4..].parse::<usize>().expect("node number") - 1;
-                (self.nodes[i].clone(), node_ip(i))
-            }
-            _ => panic!("no {who} in the lab"),
-        }
-    }
-
-    /// One path: ping, then a TCP connection whose server must report `from`'s own address.
-    fn check_path(&self, path: &str, from: &str, to: &str) -> PathCheck {
-        let (from_ns, from_ip) = self.ns_of(from);
-        let (_, to_ip) = self.ns_of(to);
-        let mut check = PathCheck {
-            path: path.into(),
-            from: from.into(),
-            to: to.into(),
-            ok: false,
-            rtt_ms: None,
-            detail: String::new(),
-        };
-        match self.ping(&from_ns, to_ip) {
-            Err(e) => check.detail = format!("ping: {e}"),
-            Ok(rtt) => {
-                check.rtt_ms = Some(rtt);
-                match self.probe(&from_ns, to_ip, SERVER_PORT) {
-                    Err(e) => check.detail = format!("tcp: {e}"),
-                    Ok((name, peer, _)) => {
-                        let peer_ip = peer.split(':').next().unwrap_or("");
-                        check.ok = name == to && peer_ip == from_ip.to_string();
-                        check.detail = format!(
-                            "{to} saw {peer_ip}{}",
-                            if check.ok {
-                                " (its own address: no NAT)"
-                            } else {
-                                " - expected the sender's own address"
-                            }
-                        );
-                    }
-                }
-            }
-        }
-        check
-    }
-
-    /// The Service from a pod: every backend must answer (kube-proxy spreads connections).
-    fn check_service(&self, from: &str) -> PathCheck {
-        let (from_ns, _) = self.ns_of(from);
-        let wanted: Vec<String> = self.backends().iter().map(|b| b.name.clone()).collect();
-        let mut seen = std::collections::BTreeSet::new();
-        let mut rtts = Vec::new();
-        let mut error = None;
-        for _ in 0..24 {
-            match self.probe(&from_ns, SERVICE_IP, 80) {
-                Ok((name, _, rtt)) => {
-                    seen.insert(name);
-                    rtts.push(rtt);
-                }
-                Err(e) => error = Some(e),
-            }
-            if wanted.iter().all(|w| seen.contains(w)) {
-                break;
-            }
-        }
-        let ok = error.is_none() && wanted.iter().all(|w| seen.contains(w));
-        PathCheck {
-            path: "pod -> Service ClusterIP".into(),
-            from: from.into(),
-            to: format!("{SERVICE_IP}:80"),
-            ok,
-            rtt_ms: (!rtts.is_empty()).then(|| rtts.iter().sum::<f64>() / rtts.len() as f64),
-            detail: match error {
-                Some(e) => format!("tcp: {e}"),
-                None => format!("backends reached: {}", seen.into_iter().collect::<Vec<_>>().join(", ")),
-            },
-        }
-    }
-
-    /// A DF ping larger than the hybrid link's MTU must come back as fragmentation-needed with
-    /// that MTU.
-    fn check_mtu(&self, from: &str) -> PathCheck {
-        let (from_ns, _) = self.ns_of(from);
-        let size = (self.pod_mtu - 28).to_string();
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &from_ns,
-                "ping",
-                "-c",
-                "2",
-                "-i",
-                "0.3",
-                "-W",
-                "1",
-                "-M",
-                "do",
-                "-s",
-                &size,
-                &HYBRID_IP.to_string(),
-            ])
-            .output();
-        let text = out
-            .map(|o| String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr))
-            .unwrap_or_default();
-        let mtu = self.hybrid_mtu.to_string();
-        let ok = text.contains(&format!("mtu = {mtu}")) || text.contains(&format!("mtu={mtu}"));
-        PathCheck {
-            path: "MTU: DF ping too big for the hybrid link".into(),
-            from: from.into(),
-            to: "hybrid".into(),
-            ok,
-            rtt_ms: None,
-            detail: if ok {
-                format!("fragmentation needed, mtu {mtu}")
-            } else {
-                text.lines().rfind(|l| !l.is_empty()).unwrap_or("").to_string()
-            },
-        }
-    }
-
-    /// The whole matrix.
-    pub fn check(&self) -> Vec<PathCheck> {
-        let pod = |node: usize, index: usize| format!("n{}{}", node + 1, (b'a' + index as u8) as char);
-        let (a1, b1, a2) = (pod(0, 0), pod(0, 1), pod(1, 0));
-        vec![
-            self.check_path("pod -> pod, same node", &a1, &b1),
-            self.check_path("pod -> pod, across nodes", &a1, &a2),
-            self.check_path("pod -> pod, across nodes (back)", &a2, &b1),
-            self.check_path("pod -> its own node", &a1, "node1"),
-            self.check_path("pod -> the other node", &a1, "node2"),
-            self.check_path("node -> pod on another node", "node2", &b1),
-            self.check_service(&b1),
-            self.check_path("pod -> VPC host (VM)", &a1, "vm"),
-            self.check_path("VPC host (VM) -> pod", "vm", &a2),
-            self.check_path("pod -> hybrid-cloud host", &b1, "hybrid"),
-            self.check_path("hybrid-cloud host -> pod", "hybrid", &a1),
-            self.check_mtu(&a1),
-        ]
-    }
-
-    /// One iperf3 TCP stream between two pods.
-    pub fn iperf3(&self, from: &str, to: &str, seconds: u32) -> Result<crate::netns::TcpRun, String> {
-        let (from_ns, _) = self.ns_of(from);
-        let (to_ns, to_ip) = self.ns_of(to);
-        let run = crate::netns::iperf3(&from_ns, &to_ns, to_ip, 1, seconds)?;
-        if run.bits_per_second > 0.0 {
-            Ok(run)
-        } else {
-            Err(format!("iperf3 received nothing: {run:?}"))
-        }
+        Ok(if text.is_empty() { Value::Null } else { serde_json::from_str(&text).expect("CNI result JSON") })
     }
 }
 
@@ -384,28 +360,38 @@ fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) {
     a.ip(&["link", "add", a_name, "type", "veth", "peer", "name", b_name, "netns", &b.name]);
 }
 
+/// A string as a TOML basic string (JSON's escapes are TOML's).
+fn toml_str(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serialises")
+}
+
+/// Starts `vpc-lab serve` in namespace `ns` under `name`.
+fn start_server(ns: &str, name: &str) -> Child {
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(binary("vpc-lab"))
+        .args(["serve", "--name", name, "--port", &SERVER_PORT.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start server")
+}
+
 impl Lab {
     /// Builds the lab; `progress` is told about each step.
     pub fn up(spec: LabSpec, mut progress: impl FnMut(&str)) -> Lab {
+        assert!((2..=4).contains(&spec.nodes), "the lab has 2 to 4 nodes, not {}", spec.nodes);
+        assert!((1..=26).contains(&spec.pods_per_node), "1 to 26 pods per node, not {}", spec.pods_per_node);
         let name = unique("vl");
         let dir = TempDir::new();
-        let cni = binary("vpc-cni");
         progress("fabric: a bridge for the VPC subnet 10.10.0.0/16");
         let fabric = Netns::new(&format!("{name}f"));
         fabric.ip(&["link", "add", "br0", "type", "bridge"]);
         fabric.ip(&["link", "set", "br0", "up"]);
-        let attach = |ns: &Netns, inside: &str, port: &str, addr: Option<&str>| {
-            veth(ns, inside, &fabric, port);
-            fabric.ip(&["link", "set", port, "master", "br0", "up"]);
-            if let Some(addr) = addr {
-                ns.ip(&["addr", "add", addr, "dev", inside]);
-            }
-            ns.ip(&["link", "set", inside, "up"]);
-        };
 
         progress("VPC gateway, and the hybrid-cloud network behind it (link MTU 1400)");
         let gateway = Netns::new(&format!("{name}g"));
-        attach(&gateway, "eth0", "fgw", Some("10.10.0.1/16"));
+        attach(&fabric, &gateway, "eth0", "fgw", "10.10.0.1/16");
         let hybrid = Netns::new(&format!("{name}h"));
         veth(&gateway, "eth1", &hybrid, "eth0");
         let hybrid_mtu = spec.hybrid_mtu.to_string();
@@ -418,15 +404,18 @@ impl Lab {
 
         progress("a VM on the VPC subnet (10.10.0.50)");
         let vm = Netns::new(&format!("{name}v"));
-        attach(&vm, "eth0", "fvm", Some("10.10.0.50/16"));
+        attach(&fabric, &vm, "eth0", "fvm", "10.10.0.50/16");
         vm.ip(&["route", "add", "default", "via", "10.10.0.1"]);
 
         let topology = Topology {
             name: name.clone(),
             mode: spec.mode,
+            ipam: spec.ipam,
             pod_mtu: spec.pod_mtu,
             hybrid_mtu: spec.hybrid_mtu,
             nodes: Vec::new(),
+            sockets: Vec::new(),
+            dir: dir.0.clone(),
             pods: Vec::new(),
             vm: vm.name.clone(),
             hybrid: hybrid.name.clone(),
@@ -436,55 +425,130 @@ impl Lab {
             spec: spec.clone(),
             servers: Vec::new(),
             daemons: Vec::new(),
+            etcd: None,
             nodes: Vec::new(),
             pod_ns: Vec::new(),
+            etcd_ns: Vec::new(),
             vm,
             hybrid,
             gateway,
             fabric,
             dir,
-            cni,
         };
+        if spec.ipam == IpamMode::Etcd {
+            progress(&format!(
+                "etcd: 3 members, each in its own namespace on the fabric ({}-{}), TLS with client certificates",
+                ETCD_IPS[0], ETCD_IPS[2]
+            ));
+            lab.start_etcd();
+        }
         for i in 0..spec.nodes {
             progress(&format!(
-                "node{} ({}): vswitchd, {}",
+                "node{} ({}): vswitchd, {}{}",
                 i + 1,
                 node_ip(i),
                 match spec.mode {
-                    UplinkMode::HostRouted => "host-routed".to_string(),
-                    UplinkMode::Uplink => "with a dedicated uplink NIC".to_string(),
+                    UplinkMode::HostRouted => "host-routed",
+                    UplinkMode::Uplink => "with a dedicated uplink NIC",
+                },
+                match spec.ipam {
+                    IpamMode::Local => format!(", pods from its own range 10.10.{}.10-250", i + 1),
+                    IpamMode::Etcd => format!(", pods from the cluster pool {POD_POOL} (in etcd)"),
                 }
             ));
             lab.add_node(i);
         }
         for i in 0..spec.nodes {
             for p in 0..spec.pods_per_node {
-                let pod = lab.add_pod(i, p);
+                let pod = lab.add_pod(i, &pod_name(i, p));
                 progress(&format!("pod {} on node{}: {} (through vpc-cni ADD)", pod.name, i + 1, pod.ip));
             }
         }
-        progress("ClusterIP Service 10.96.0.10:80 as kube-proxy's DNAT rules on every node");
+        if spec.ipam == IpamMode::Etcd {
+            let pod = lab.add_pod(0, STICKY_POD);
+            progress(&format!(
+                "sticky pod {POD_NAMESPACE}/{STICKY_POD} on node1: {} (keeps its address on any node)",
+                pod.ip
+            ));
+        }
+        progress(&format!(
+            "ClusterIP Service {SERVICE_IP}:80 and NodePort {NODE_PORT} as kube-proxy's DNAT rules on every node"
+        ));
         lab.add_service();
         progress("servers that report their peer's address, in every pod, node, the VM and the hybrid host");
         lab.start_servers();
         lab
     }
 
+    /// Three etcd members, each in a namespace of its own on the fabric.
+    fn start_etcd(&mut self) {
+        let mut placement = Vec::new();
+        for (i, ip) in ETCD_IPS.iter().enumerate() {
+            let ns = Netns::new(&format!("{}e{}", self.name, i + 1));
+            attach(&self.fabric, &ns, "eth0", &format!("fe{}", i + 1), &format!("{ip}/16"));
+            placement.push((ns.name.clone(), *ip));
+            self.etcd_ns.push(ns);
+        }
+        self.etcd = Some(if self.spec.detachable {
+            EtcdCluster::start_in_detached(&placement)
+        } else {
+            EtcdCluster::start_in(&placement)
+        });
+    }
+
+    /// The etcd cluster ([`IpamMode::Etcd`]).
+    pub fn etcd(&self) -> Option<&EtcdCluster> {
+        self.etcd.as_ref()
+    }
+
+    /// vswitchd on `node` (from 0).
+    pub fn daemon(&self, node: usize) -> &Daemon {
+        &self.daemons[node]
+    }
+
+    /// `vswitchctl ipam` on node1: the cluster's allocations, every node's pods from one pool.
+    pub fn ipam_report(&self) -> String {
+        let out = self.daemons[0].ctl(&["ipam"]);
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    }
+
+    /// `[ipam]` for node `i`: the same on every node but for its name (one ConfigMap).
+    fn ipam_config(&self, i: usize) -> String {
+        let etcd = self.etcd.as_ref().expect("etcd runs in IpamMode::Etcd");
+        let tls = etcd.tls();
+        let endpoints: Vec<String> = etcd.endpoints().iter().map(|e| toml_str(e)).collect();
+        // A small warm pool: a lab node has a few pods. The rest as in production: a released
+        // address waits 120 s before reuse; a node without its lease for 10 s is quarantined.
+        format!(
+            "[ipam]\nnode_name = \"node{}\"\npools = [\"{POD_POOL}\"]\nprefix = \"{IPAM_PREFIX}\"\n\
+             warm_target = 4\nwarm_max = 8\nsticky = [\"{POD_NAMESPACE}/sticky-*\"]\n\
+             [ipam.etcd]\nendpoints = [{}]\nca_file = {}\ncert_file = {}\nkey_file = {}\n",
+            i + 1,
+            endpoints.join(", "),
+            toml_str(&tls.ca.to_string_lossy()),
+            toml_str(&tls.cert.to_string_lossy()),
+            toml_str(&tls.key.to_string_lossy()),
+        )
+    }
+
     fn add_node(&mut self, i: usize) {
         let ns = Netns::new(&format!("{}n{}", self.name, i + 1));
         let ip = node_ip(i);
-        veth(&ns, "eth0", &self.fabric, &format!("fn{}", i + 1));
-        self.fabric.ip(&["link", "set", &format!("fn{}", i + 1), "master", "br0", "up"]);
-        ns.ip(&["addr", "add", &format!("{ip}/16"), "dev", "eth0"]);
-        ns.ip(&["link", "set", "eth0", "up"]);
+        attach(&self.fabric, &ns, "eth0", &format!("fn{}", i + 1), &format!("{ip}/16"));
         ns.ip(&["route", "add", "default", "via", "10.10.0.1"]);
         sh(&ns, "echo 1 > /proc/sys/net/ipv4/ip_forward");
-        let config = match self.spec.mode {
+        let mut config = match self.spec.mode {
             UplinkMode::HostRouted => {
                 // The node answers ARP on the VPC subnet for its pods (it routes them via vsw0),
                 // at once rather than after the default random proxy delay of up to 0.8 s.
                 sh(&ns, "echo 1 > /proc/sys/net/ipv4/conf/eth0/proxy_arp && echo 0 > /proc/sys/net/ipv4/neigh/eth0/proxy_delay");
-                "".to_string()
+                match self.spec.ipam {
+                    IpamMode::Local => String::new(),
+                    // Any address may come to this node from another one (a sticky pod that
+                    // moved): vswitchd announces each pod it attaches from the node's NIC, so the
+                    // VPC forgets the old node at once.
+                    IpamMode::Etcd => "[host_port]\nannounce_on = \"eth0\"\n".to_string(),
+                }
             }
             UplinkMode::Uplink => {
                 veth(&ns, "up0", &self.fabric, &format!("fu{}", i + 1));
@@ -495,6 +559,9 @@ impl Lab {
                 )
             }
         };
+        if self.spec.ipam == IpamMode::Etcd {
+            config.push_str(&self.ipam_config(i));
+        }
         let daemon = Daemon::start_with_config(
             &Binaries::beside_current_exe(),
             &ns,
@@ -502,47 +569,20 @@ impl Lab {
             self.spec.workers,
             &config,
         );
+        self.topology.sockets.push(daemon.socket.clone());
         self.daemons.push(daemon);
         self.topology.nodes.push(ns.name.clone());
         self.nodes.push(ns);
     }
 
-    fn cni_conf(&self, node: usize) -> Value {
-        json!({
-            "cniVersion": "1.1.0",
-            "name": "vpc",
-            "type": "vpc-cni",
-            "vswitchSocket": self.daemons[node].socket,
-            "mtu": self.spec.pod_mtu,
-            "ipam": {
-                "ranges": [{"rangeStart": format!("10.10.{}.10", node + 1), "rangeEnd": format!("10.10.{}.250", node + 1)}],
-                "dataDir": self.dir.0.join(format!("node{}/ipam", node + 1)),
-            }
-        })
-    }
-
-    /// Runs vpc-cni as containerd does; panics with its error JSON on failure.
-    fn run_cni(&self, command: &str, node: usize, container: &str, netns: &Path) -> Value {
-        let mut cmd = cni_command(&self.cni, command, container, netns);
-        cmd.env("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={container}"));
-        let out = run_cni(cmd, &self.cni_conf(node));
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "vpc-cni {command} {container}: {text}");
-        if text.trim().is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).expect("CNI result JSON")
-        }
-    }
-
-    fn add_pod(&mut self, node: usize, index: usize) -> LabPod {
-        let name = format!("n{}{}", node + 1, (b'a' + index as u8) as char);
-        let ns = Netns::new(&format!("{}p{}", self.name, name));
+    /// Pod `name` on `node` through vpc-cni ADD; panics with vpc-cni's error on failure.
+    fn add_pod(&mut self, node: usize, name: &str) -> LabPod {
+        let ns = Netns::new(&format!("{}p{name}", self.name));
         let container = format!("{}-{name}", self.name);
-        let result = self.run_cni("ADD", node, &container, &ns.path());
+        let result = self.cni("ADD", node, &container, &ns.path(), name).unwrap_or_else(|e| panic!("{}", e.message));
         let ip =
             result["ips"][0]["address"].as_str().expect("address").split('/').next().unwrap().parse().expect("IPv4");
-        let pod = LabPod { name, netns: ns.name.clone(), container_id: container, ip, node };
+        let pod = LabPod { name: name.to_string(), netns: ns.name.clone(), container_id: container, ip, node };
         self.pod_ns.push(ns);
         self.topology.pods.push(pod.clone());
         pod
@@ -553,6 +593,11 @@ impl Lab {
         for (i, node) in self.nodes.iter().enumerate() {
             let mut rules = vec![format!("iptables -t nat -N KUBE-SVC-LAB")];
             rules.push(format!("iptables -t nat -A PREROUTING -d {SERVICE_IP}/32 -p tcp --dport 80 -j KUBE-SVC-LAB"));
+            // The NodePort: kube-proxy sends what comes to any of the node's own addresses on the
+            // port to the same Service chain (its KUBE-NODEPORTS, last in KUBE-SERVICES).
+            rules.push("iptables -t nat -N KUBE-NODEPORTS".to_string());
+            rules.push("iptables -t nat -A PREROUTING -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS".to_string());
+            rules.push(format!("iptables -t nat -A KUBE-NODEPORTS -p tcp --dport {NODE_PORT} -j KUBE-SVC-LAB"));
             for (k, b) in backends.iter().enumerate() {
                 let remaining = backends.len() - k;
                 let pick = if remaining > 1 {
@@ -566,8 +611,11 @@ impl Lab {
                 ));
             }
             // A backend's reply must come back through this node's conntrack to be un-DNATed,
-            // but the switch forwards pod to pod (and, with an uplink, node to node) directly:
-            // so Service traffic leaves with the node's address, as kube-proxy masquerades.
+            // but the switch forwards pod to pod (and, with an uplink, node to node) directly,
+            // and a backend on another node answers a NodePort client straight through the VPC:
+            // so Service traffic leaves with the node's address, as kube-proxy masquerades
+            // (for a NodePort, externalTrafficPolicy: Cluster; Local would keep the client's
+            // address but serve only from this node's own backends).
             rules.push(format!(
                 "iptables -t nat -A POSTROUTING -m conntrack --ctstate DNAT -j SNAT --to-source {}",
                 node_ip(i)
@@ -582,17 +630,8 @@ impl Lab {
         targets.extend(self.nodes.iter().enumerate().map(|(i, n)| (n.name.clone(), format!("node{}", i + 1))));
         targets.push((self.vm.name.clone(), "vm".into()));
         targets.push((self.hybrid.name.clone(), "hybrid".into()));
-        let tool = binary("vpc-lab");
         for (ns, name) in targets {
-            let child = Command::new("ip")
-                .args(["netns", "exec", &ns])
-                .arg(&tool)
-                .args(["serve", "--name", &name, "--port", &SERVER_PORT.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start server");
-            self.servers.push(child);
+            self.servers.push(start_server(&ns, &name));
         }
         // Wait until every server listens.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -604,30 +643,53 @@ impl Lab {
         }
     }
 
+    /// Moves the sticky pod to the next node ([`Topology::move_sticky`]).
+    pub fn move_sticky(&mut self) -> StickyMove {
+        let moved = self.topology.move_sticky();
+        if let Some(i) = self.pod_ns.iter().position(|n| n.name == moved.old_netns) {
+            // Deleted by the move already.
+            let _ = self.pod_ns.swap_remove(i).keep();
+        }
+        self.pod_ns.push(moved.new_netns);
+        self.servers.push(moved.server);
+        moved.report
+    }
+
     /// Every pod back through vpc-cni DEL.
     pub fn delete_pods(&mut self) {
         for pod in std::mem::take(&mut self.topology.pods) {
             let path = Path::new("/run/netns").join(&pod.netns);
-            self.run_cni("DEL", pod.node, &pod.container_id, &path);
+            if let Err(e) = self.cni("DEL", pod.node, &pod.container_id, &path, &pod.name) {
+                panic!("{}", e.message);
+            }
         }
     }
 
     /// Leaves the lab running after this process ends (`vpc-lab up`); `vpc-lab down` removes it.
-    pub fn detach(self) -> LabState {
+    pub fn detach(mut self) -> LabState {
+        let etcd = self.etcd.take().map(EtcdCluster::detach);
         let mut pids: Vec<u32> = self.servers.iter().map(|c| c.id()).collect();
         pids.extend(self.daemons.iter().filter_map(|d| d.child.as_ref().map(|c| c.id())));
         let mut namespaces =
             vec![self.fabric.name.clone(), self.gateway.name.clone(), self.hybrid.name.clone(), self.vm.name.clone()];
+        namespaces.extend(self.etcd_ns.iter().map(|n| n.name.clone()));
         namespaces.extend(self.nodes.iter().map(|n| n.name.clone()));
         namespaces.extend(self.pod_ns.iter().map(|n| n.name.clone()));
-        let state = LabState { topology: self.topology.clone(), dir: self.dir.0.clone(), namespaces, pids };
-        std::fs::create_dir_all(STATE_DIR).expect("state dir");
-        std::fs::write(LabState::path(&state.topology.name), serde_json::to_vec_pretty(&state).expect("serialisable"))
-            .expect("save lab state");
+        let state = LabState { topology: self.topology.clone(), dir: self.dir.0.clone(), namespaces, pids, etcd };
+        state.save().expect("save lab state");
         // Everything stays: the state file is now how it is found and removed.
         std::mem::forget(self);
         state
     }
+}
+
+/// Connects namespace `ns` to the fabric bridge: `inside` (addressed `addr`) there, `port` on
+/// the bridge.
+fn attach(fabric: &Netns, ns: &Netns, inside: &str, port: &str, addr: &str) {
+    veth(ns, inside, fabric, port);
+    fabric.ip(&["link", "set", port, "master", "br0", "up"]);
+    ns.ip(&["addr", "add", addr, "dev", inside]);
+    ns.ip(&["link", "set", inside, "up"]);
 }
 
 impl Drop for Lab {
@@ -636,7 +698,8 @@ impl Drop for Lab {
             let _ = server.kill();
             let _ = server.wait();
         }
-        // Daemons, then namespaces (their own Drop), then the directory: field order does the rest.
+        // Daemons, then etcd, then namespaces (their own Drop), then the directory: field order
+        // does the rest.
         self.daemons.clear();
     }
 }

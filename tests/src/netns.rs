@@ -106,6 +106,12 @@ pub fn try_run(args: &[&str]) -> Output {
     Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{}: {e}", args[0]))
 }
 
+/// The processes running in namespace `name` (`ip netns pids`); none if it does not exist.
+pub fn pids_in(name: &str) -> Vec<u32> {
+    let out = try_run(&["ip", "netns", "pids", name]);
+    String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect()
+}
+
 /// A network namespace, deleted (with every device in it) on drop.
 #[derive(Debug)]
 pub struct Netns {
@@ -142,6 +148,13 @@ impl Netns {
         let mut full = vec!["ip", "netns", "exec", &self.name];
         full.extend_from_slice(args);
         try_run(&full)
+    }
+
+    /// Leaves the namespace in place and returns its name (who keeps the name removes it).
+    pub fn keep(self) -> String {
+        let name = self.name.clone();
+        std::mem::forget(self);
+        name
     }
 
     pub fn spawn(&self, args: &[&str]) -> Child {

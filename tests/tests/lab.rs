@@ -1,8 +1,17 @@
 //! The lab's path matrix as integration tests: each test stands up its own uniquely named VPC
-//! (namespaces, two vswitchd nodes, pods through vpc-cni), checks every path, and tears it all
-//! down, also when an assertion fails. Needs root, like every namespace test.
+//! (namespaces, vswitchd nodes, pods through vpc-cni, with --ipam etcd a 3-member etcd cluster),
+//! checks every path, and tears it all down, also when an assertion fails. Needs root, like
+//! every namespace test.
 
-use vpc_lab::lab::{Lab, LabSpec, UplinkMode};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
+use vpc_lab::etcd::require_etcd;
+use vpc_lab::lab::{IpamMode, Lab, LabSpec, LabState, UplinkMode, IPAM_PREFIX, POD_NAMESPACE, POD_POOL};
 use vpc_lab::netns::require_root;
 
 fn every_path_works(spec: LabSpec) {
@@ -37,4 +46,178 @@ fn dedicated_uplink_lab_every_path_works() {
 fn a_smaller_pod_mtu_is_honoured() {
     // Pods at 1300: a DF ping at the pod MTU fits the 1400 hybrid link, so set that link lower.
     every_path_works(LabSpec { pod_mtu: 1300, hybrid_mtu: 1280, ..LabSpec::default() });
+}
+
+/// Three nodes allocating from one pool in etcd: every path for every node pair, the NodePort
+/// through every node, every pod's address distinct, from the pool and as etcd records it, and
+/// the sticky pod moved to another node answering within a second.
+fn three_nodes_on_etcd(mode: UplinkMode) {
+    require_root();
+    require_etcd();
+    let started = Instant::now();
+    let spec = LabSpec { mode, ipam: IpamMode::Etcd, nodes: 3, ..LabSpec::default() };
+    let mut lab = Lab::up(spec, |_| {});
+    let up = started.elapsed();
+    let checks = lab.check();
+    let failed: Vec<String> =
+        checks.iter().filter(|c| !c.ok).map(|c| format!("{} ({} -> {}): {}", c.path, c.from, c.to, c.detail)).collect();
+    assert!(failed.is_empty(), "paths failed:\n{}", failed.join("\n"));
+    // 3 same node, 6 across, 3 own node, 6 other node, 6 node to pod, 3 ClusterIP, 3 NodePort,
+    // 3 + 3 VM, 3 + 3 hybrid, 3 MTU.
+    assert_eq!(checks.len(), 45, "the matrix lost paths");
+    let node_ports: Vec<&str> =
+        checks.iter().filter(|c| c.path == "outside client -> NodePort").map(|c| c.to.as_str()).collect();
+    assert_eq!(node_ports, ["node1:30080", "node2:30080", "node3:30080"]);
+    let matrix = started.elapsed() - up;
+
+    assert_addresses_are_etcds(&lab);
+    let before = lab.sticky_pod().expect("a sticky pod").clone();
+    assert_eq!(before.node, 0);
+    let moved = lab.move_sticky();
+    eprintln!("{}", serde_json::to_string_pretty(&moved).unwrap());
+    assert!(moved.ok(), "the sticky move failed: {:#?}", moved.checks);
+    assert_eq!((moved.from_node, moved.to_node, moved.ip_after), (0, 1, Some(before.ip)));
+    assert_eq!(moved.observer, "n3a", "a pod on the third node watched the move");
+    for (who, ms) in [("VM", moved.vm_ms), ("pod", moved.pod_ms)] {
+        let ms = ms.unwrap_or_else(|| panic!("the {who} never reached the moved pod"));
+        assert!(ms < 1000.0, "the {who} reached the moved pod only {ms:.0} ms after the ADD");
+    }
+    let after = lab.sticky_pod().unwrap().clone();
+    assert_eq!((after.node, after.ip), (1, before.ip));
+    assert_ne!((&after.netns, &after.container_id), (&before.netns, &before.container_id), "a new sandbox");
+    assert_addresses_are_etcds(&lab);
+    lab.delete_pods();
+    eprintln!(
+        "{mode:?}: up {up:?}, {} paths {matrix:?}, sticky move: ADD {:.0} ms after the DEL ({} tries), VM {:.0} ms, pod {:.0} ms; total {:?}",
+        checks.len(),
+        moved.del_to_add_ms,
+        moved.add_attempts,
+        moved.vm_ms.unwrap(),
+        moved.pod_ms.unwrap(),
+        started.elapsed()
+    );
+}
+
+/// Every pod's address is distinct, in the pool, and assigned to that pod on its node in etcd;
+/// vswitchctl ipam on every node shows the same.
+fn assert_addresses_are_etcds(lab: &Lab) {
+    let pool: u32 = u32::from(Ipv4Addr::new(10, 10, 64, 0));
+    let ips: BTreeSet<Ipv4Addr> = lab.pods.iter().map(|p| p.ip).collect();
+    assert_eq!(ips.len(), lab.pods.len(), "two pods share an address: {:?}", lab.pods);
+    assert_eq!(lab.pods.len(), 3 * 2 + 1);
+    for ip in &ips {
+        assert_eq!(u32::from(*ip) & 0xffff_c000, pool, "{ip} is outside the pool {POD_POOL}");
+    }
+    let wanted: BTreeMap<Ipv4Addr, (String, String)> = lab
+        .pods
+        .iter()
+        .map(|p| (p.ip, (format!("node{}", p.node + 1), format!("{POD_NAMESPACE}/{}", p.name))))
+        .collect();
+    let records = lab.etcd().expect("etcd").get_prefix(&format!("{IPAM_PREFIX}/ip/"));
+    let assigned: BTreeMap<Ipv4Addr, (String, String)> = records
+        .iter()
+        .filter_map(|(key, value)| {
+            let record: serde_json::Value = serde_json::from_str(value).ok()?;
+            (record["state"] == "assigned").then(|| {
+                let ip = key.rsplit('/').next().unwrap().parse().unwrap();
+                let pod = format!("{}/{}", record["pod"]["namespace"].as_str()?, record["pod"]["name"].as_str()?);
+                Some((ip, (record["node"].as_str()?.to_string(), pod)))
+            })?
+        })
+        .collect();
+    assert_eq!(assigned, wanted, "etcd's assigned records against the lab's pods");
+    for node in 0..3 {
+        let view = lab.daemon(node).ctl_json(&["ipam"]);
+        let shown: BTreeMap<Ipv4Addr, (String, String)> = view["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|n| {
+                n["assigned"].as_array().unwrap().iter().map(move |a| {
+                    let pod =
+                        format!("{}/{}", a["pod"]["namespace"].as_str().unwrap(), a["pod"]["name"].as_str().unwrap());
+                    (a["ip"].as_str().unwrap().parse().unwrap(), (n["name"].as_str().unwrap().to_string(), pod))
+                })
+            })
+            .collect();
+        assert_eq!(shown, wanted, "vswitchctl ipam on node{}: {view}", node + 1);
+    }
+}
+
+#[test]
+fn three_nodes_on_etcd_host_routed() {
+    three_nodes_on_etcd(UplinkMode::HostRouted);
+}
+
+#[test]
+fn three_nodes_on_etcd_dedicated_uplink() {
+    three_nodes_on_etcd(UplinkMode::Uplink);
+}
+
+/// `vpc-lab up`, `check` and `down` each in its own process, as a person runs them: the etcd
+/// members outlive `up`, each `check` moves the sticky pod on (state kept in between), and
+/// `down` removes every namespace, process and directory.
+#[test]
+fn up_check_and_down_in_separate_processes_leave_nothing_behind() {
+    require_root();
+    require_etcd();
+    let tool = env!("CARGO_BIN_EXE_vpc-lab");
+    let run = |args: &[&str]| {
+        let out = Command::new(tool).args(args).output().expect("run vpc-lab");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    };
+    let (ok, text) = run(&["up", "--nodes", "2", "--ipam", "etcd"]);
+    let name = text
+        .lines()
+        .find_map(|l| l.strip_prefix("lab ")?.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no lab name in: {text}"))
+        .to_string();
+    // Down also when an assertion fails.
+    struct Down<'a>(&'a str, String);
+    impl Drop for Down<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new(self.0).args(["down", &self.1]).output();
+        }
+    }
+    let guard = Down(tool, name.clone());
+    assert!(ok, "vpc-lab up: {text}");
+    assert!(text.contains("node node1 (live)") && text.contains("default/sticky-0"), "vswitchctl ipam: {text}");
+    let state = LabState::load(&name).expect("the lab's state");
+    let etcd = state.etcd.clone().expect("etcd in the state");
+    assert_eq!(etcd.pids.len(), 3);
+    let alive = |pid: u32| kill(Pid::from_raw(pid as i32), None).is_ok();
+    assert!(etcd.pids.iter().all(|&p| alive(p)), "the etcd members died with `vpc-lab up`");
+
+    // Two checks: the sticky pod goes to node2 and back to node1, each from a new process.
+    for to in ["node2", "node1"] {
+        let (ok, text) = run(&["check", &name, "--json"]);
+        assert!(ok, "vpc-lab check: {text}");
+        let checks: serde_json::Value = serde_json::from_str(&text).expect("check --json");
+        let checks = checks.as_array().unwrap();
+        let moved = checks.iter().find(|c| c["path"] == "sticky pod: same address, next node").expect("sticky row");
+        assert_eq!(moved["to"], to, "{moved}");
+        for c in checks.iter().filter(|c| c["path"].as_str().unwrap().starts_with("sticky pod moved")) {
+            assert!(c["elapsed_ms"].as_f64().unwrap() < 1000.0, "{c}");
+        }
+        assert!(checks.iter().all(|c| c["ok"] == true), "{text}");
+    }
+    let state = LabState::load(&name).expect("the lab's state");
+    let (ok, text) = run(&["down", &name]);
+    assert!(ok, "vpc-lab down: {text}");
+    std::mem::forget(guard);
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while state.pids.iter().chain(&etcd.pids).any(|&p| alive(p)) {
+        assert!(Instant::now() < deadline, "processes outlived `vpc-lab down`");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let namespaces = String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output().unwrap().stdout)
+        .lines()
+        .filter(|l| l.starts_with(&name))
+        .map(str::to_string)
+        .collect::<Vec<_>>();
+    assert!(namespaces.is_empty(), "namespaces left: {namespaces:?}");
+    assert!(!state.dir.exists() && !etcd.dir.exists(), "directories left");
+    assert!(!LabState::list().contains(&name));
 }

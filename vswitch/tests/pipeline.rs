@@ -469,6 +469,12 @@ fn the_uplink_answers_arp_for_local_pods_only_and_passes_replies_to_the_control_
     assert_eq!(sw.send(UPLINK, &mut buf), Next::Drop(DropReason::ArpNotOurs));
     let mut buf = arp(VM_MAC, 2, (VM_MAC, VM_IP), A_IP);
     assert!(matches!(sw.send(UPLINK, &mut buf), Next::ToControl { .. }));
+    // A host announcing its address (a gratuitous request) goes to the control plane too, which
+    // moves the neighbour if it knows it; a probe (sender 0.0.0.0) does not.
+    let mut buf = arp(VM_MAC, 1, (VM_MAC, VM_IP), VM_IP);
+    assert!(matches!(sw.send(UPLINK, &mut buf), Next::ToControl { .. }));
+    let mut buf = arp(VM_MAC, 1, (VM_MAC, Ipv4Addr::UNSPECIFIED), Ipv4Addr::UNSPECIFIED);
+    assert_eq!(sw.send(UPLINK, &mut buf), Next::Drop(DropReason::ArpNotOurs));
 }
 
 #[test]

@@ -53,6 +53,37 @@ fn pods_and_a_vpc_host_reach_each_other_over_the_uplink() {
     let _keep = (&fabric, &node);
 }
 
+#[test]
+fn a_neighbour_that_announces_a_new_mac_is_followed_at_once() {
+    let lab = uplink_fabric(1);
+    let (vm, daemon) = (&lab.vm, &lab.daemon);
+    let pod = Pod::new(Ipv4Addr::new(10, 10, 40, 3));
+    daemon.attach("pod-g", &pod);
+    assert!(pod.ping("10.10.0.50", 2), "pod to VM over the uplink");
+    let mac_of_vm = |daemon: &Daemon| {
+        let neighbors = daemon.ctl_json(&["neighbors"]);
+        neighbors.as_array().unwrap().iter().find(|n| n["ip"] == "10.10.0.50").map(|n| n["mac"].clone())
+    };
+    let old = mac_of_vm(daemon);
+    // The address moves to another MAC (a sticky pod re-created on another node, a replaced NIC,
+    // a failed-over VIP) and is announced with a gratuitous ARP: the kernel sends one when the
+    // MAC changes with arp_notify on. The switch's entry is still fresh (re-confirmed only after
+    // 60 s), so only the announcement can move it.
+    let new = "02:00:00:00:50:99";
+    assert_ne!(old, Some(serde_json::json!(new)));
+    let out = vm.exec(&["sysctl", "-qw", "net.ipv4.conf.eth0.arp_notify=1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    vm.ip(&["link", "set", "eth0", "address", new]);
+    let start = std::time::Instant::now();
+    while mac_of_vm(daemon) != Some(serde_json::json!(new)) {
+        assert!(start.elapsed() < std::time::Duration::from_secs(2), "still {:?}", mac_of_vm(daemon));
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    eprintln!("the switch followed the announcement after {:?}", start.elapsed());
+    assert!(pod.ping("10.10.0.50", 2), "pod to the VM at its new MAC");
+    let _keep = (&lab.fabric, &lab.node);
+}
+
 /// A VPC fabric (a bridge in its own namespace), a node whose vswitchd owns the NIC `up0` on it
 /// (the dedicated-uplink mode), and a VM (10.10.0.50) on it. Fields drop in order: the daemon
 /// before the namespaces it uses.

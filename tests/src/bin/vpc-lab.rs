@@ -2,6 +2,9 @@
 //!
 //! `vpc-lab demo` stands the lab up, checks every path, measures pod-to-pod iperf3 and takes it
 //! all down again, failing if any path fails. `up`, `check` and `down` do the same in steps.
+//! `--nodes N` (2 to 4) sets the number of nodes; `--ipam etcd` allocates every pod from one
+//! pool in a 3-member etcd cluster, and then `demo` and every `check` also move a sticky pod to
+//! the next node and time how soon it answers there.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -10,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use vpc_lab::lab::{Lab, LabSpec, LabState, PathCheck, UplinkMode};
+use vpc_lab::lab::{IpamMode, Lab, LabSpec, LabState, PathCheck, UplinkMode};
 
 #[derive(Parser)]
 #[command(
@@ -31,10 +34,24 @@ enum Mode {
     Uplink,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum Ipam {
+    /// Each node its own range, kept by vpc-cni in files on the node.
+    Local,
+    /// One pool for the cluster, allocated by the nodes' vswitchd in a 3-member etcd cluster.
+    Etcd,
+}
+
 #[derive(clap::Args, Clone)]
 struct Shape {
     #[arg(long, value_enum, default_value_t = Mode::HostRouted)]
     mode: Mode,
+    /// Nodes, each with vswitchd and its pods.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(2..=4))]
+    nodes: u8,
+    /// Where pods' addresses come from.
+    #[arg(long, value_enum, default_value_t = Ipam::Local)]
+    ipam: Ipam,
     #[arg(long, default_value_t = 1500)]
     pod_mtu: u16,
     /// Forwarding threads per vswitchd.
@@ -46,7 +63,8 @@ struct Shape {
 enum Cmd {
     /// Stand the lab up and leave it running.
     Up(Shape),
-    /// Check every path of a running lab (the only one, or NAME).
+    /// Check every path of a running lab (the only one, or NAME); with --ipam etcd, also move
+    /// its sticky pod to the next node.
     Check {
         name: Option<String>,
         #[arg(long)]
@@ -91,6 +109,11 @@ fn spec(shape: &Shape) -> LabSpec {
             Mode::HostRouted => UplinkMode::HostRouted,
             Mode::Uplink => UplinkMode::Uplink,
         },
+        ipam: match shape.ipam {
+            Ipam::Local => IpamMode::Local,
+            Ipam::Etcd => IpamMode::Etcd,
+        },
+        nodes: shape.nodes.into(),
         pod_mtu: shape.pod_mtu,
         workers: shape.workers,
         ..LabSpec::default()
@@ -109,7 +132,13 @@ fn main() -> ExitCode {
             }
             match command {
                 Cmd::Up(shape) => up(&shape),
-                Cmd::Check { name, json } => with_state(name, |s| report(&s.topology.check(), json)),
+                Cmd::Check { name, json } => with_state(name, |mut state| {
+                    let mut checks = state.topology.check();
+                    if state.topology.sticky_pod().is_some() {
+                        checks.extend(state.move_sticky().checks);
+                    }
+                    report(&checks, json)
+                }),
                 Cmd::Down { name, all } => down(name, all),
                 Cmd::Demo { shape, seconds } => demo(&shape, seconds),
                 Cmd::Serve { .. } | Cmd::Probe { .. } => unreachable!("handled above"),
@@ -159,7 +188,10 @@ fn probe(address: SocketAddr) -> ExitCode {
 }
 
 fn up(shape: &Shape) -> ExitCode {
-    let lab = Lab::up(spec(shape), |step| println!("  {step}"));
+    let lab = Lab::up(LabSpec { detachable: true, ..spec(shape) }, |step| println!("  {step}"));
+    if lab.ipam == IpamMode::Etcd {
+        print_ipam(&lab);
+    }
     let state = lab.detach();
     println!("lab {} is up; `vpc-lab check` checks it, `vpc-lab down` removes it", state.topology.name);
     ExitCode::SUCCESS
@@ -205,15 +237,27 @@ fn down(name: Option<String>, all: bool) -> ExitCode {
     })
 }
 
+/// `vswitchctl ipam` on node1: every node's pods from the one pool.
+fn print_ipam(lab: &Lab) {
+    println!("  vswitchctl ipam (on node1):");
+    for line in lab.ipam_report().lines() {
+        println!("    {line}");
+    }
+}
+
 fn report(checks: &[PathCheck], json: bool) -> ExitCode {
     if json {
         println!("{}", serde_json::to_string_pretty(checks).expect("serialisable"));
     } else {
-        println!("{:<38} {:<7} {:<12} {:<5} {:>9}  DETAIL", "PATH", "FROM", "TO", "", "RTT ms");
+        let width = |f: fn(&PathCheck) -> &str, title: &str| {
+            checks.iter().map(|c| f(c).len()).max().unwrap_or(0).max(title.len())
+        };
+        let (wp, wf, wt) = (width(|c| &c.path, "PATH"), width(|c| &c.from, "FROM"), width(|c| &c.to, "TO"));
+        println!("{:<wp$} {:<wf$} {:<wt$} {:<4} {:>8}  DETAIL", "PATH", "FROM", "TO", "", "RTT ms");
         for c in checks {
             let rtt = c.rtt_ms.map_or_else(|| "-".to_string(), |r| format!("{r:.3}"));
             println!(
-                "{:<38} {:<7} {:<12} {:<5} {:>9}  {}",
+                "{:<wp$} {:<wf$} {:<wt$} {:<4} {:>8}  {}",
                 c.path,
                 c.from,
                 c.to,
@@ -247,7 +291,14 @@ fn demo(shape: &Shape, seconds: u32) -> ExitCode {
     let mut ok = !stopped();
     if ok {
         println!("[2/4] checking every path");
-        ok = report(&lab.check(), false) == ExitCode::SUCCESS;
+        let mut checks = lab.check();
+        if lab.ipam == IpamMode::Etcd && !stopped() {
+            checks.extend(lab.move_sticky().checks);
+        }
+        ok = report(&checks, false) == ExitCode::SUCCESS;
+        if lab.ipam == IpamMode::Etcd {
+            print_ipam(&lab);
+        }
     }
     if !stopped() {
         println!("[3/4] iperf3, one TCP stream, {seconds} s");

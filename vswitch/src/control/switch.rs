@@ -527,7 +527,10 @@ impl Switch {
             SlowReason::Arp { .. } => {
                 let Some(body) = packet.data.get(vnet::LEN + ethernet::HEADER_LEN..) else { return };
                 let Ok(reply) = ArpPacket::new_checked(body) else { return };
-                if reply.operation() != Operation::Reply {
+                // A reply, or an announcement (a gratuitous request): either says where the
+                // sender's address is now; only neighbours already in the table are updated.
+                let announcement = reply.sender_ip() == reply.target_ip();
+                if reply.operation() != Operation::Reply && !announcement {
                     return;
                 }
                 let work = self.registry().on_arp_reply(reply.sender_ip(), reply.sender_mac(), now);

@@ -177,7 +177,15 @@ impl Pipeline {
         let answer = match port.role {
             PortRole::Uplink { .. } if op == Operation::Reply => return Next::ToControl { len },
             // On the VPC subnet the switch speaks for its pods, and only for them.
-            PortRole::Uplink { .. } => self.is_local_pod(state, fib, target_ip),
+            PortRole::Uplink { .. } if self.is_local_pod(state, fib, target_ip) => true,
+            // Another host announces an address (a gratuitous ARP: sender and target the same):
+            // the control plane moves a neighbour it knows to the new MAC at once, e.g. a sticky
+            // pod re-created on another node, instead of sending to the old one until the entry
+            // is re-confirmed.
+            PortRole::Uplink { .. } if sender_ip == target_ip && !sender_ip.is_unspecified() => {
+                return Next::ToControl { len }
+            }
+            PortRole::Uplink { .. } => false,
             PortRole::Pod { ip, mac } => {
                 // A probe (sender 0.0.0.0, RFC 5227) is allowed; anything else must be the pod itself.
                 if sender_mac != mac || (sender_ip != ip && !sender_ip.is_unspecified()) {
