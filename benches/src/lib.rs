@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 pub mod cni_latency;
 pub mod e2e;
+pub mod ipam;
 pub mod scale;
 pub mod tap_cost;
 pub mod udp_flood;

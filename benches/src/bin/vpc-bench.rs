@@ -36,6 +36,17 @@ enum Bench {
         #[arg(long, default_value_t = 200)]
         pods: usize,
     },
+    /// Address allocation: vswitchd's cluster IPAM on a 3-member etcd cluster, vpc-cni's
+    /// node-local store and the reference host-local, in one run on the lab's nodes (ADD and
+    /// DEL latency, allocations per second with ADDs racing on every node, and an audit of every
+    /// address against etcd and the nodes' ports).
+    Ipam {
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Pods per backend and phase.
+        #[arg(long, default_value_t = 300)]
+        pods: usize,
+    },
     /// Pod-to-pod forwarding side by side: veth, Linux bridge, kernel-routed, vswitchd, Open
     /// vSwitch netdev (TCP x1/x4, 64-byte UDP rate, request-response latency, CPU cost).
     E2e {
@@ -144,6 +155,14 @@ fn main() {
                     "one thread doing one read and one write per frame: at most {:.2} Mpps",
                     cost.bound_pps() / 1e6
                 );
+            }
+        }
+        Bench::Ipam { nodes, pods } => {
+            let report = benches::ipam::run(nodes, pods);
+            if cli.json {
+                println!("{}", report.json());
+            } else {
+                print!("{}", report.table());
             }
         }
         Bench::Cni { pods } => {

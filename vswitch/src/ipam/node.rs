@@ -308,7 +308,9 @@ impl<S: ClusterStore> NodeIpam<S> {
     /// Writes one entry to the store now (sticky pods and specific addresses cannot wait).
     async fn sync_now(self: &Arc<Self>, ip: IpAddr) -> Result<(), StoreError> {
         let mut fenced = Vec::new();
-        self.sync_entry(ip, &mut fenced).await?;
+        let synced = self.sync_entry(ip, &mut fenced).await;
+        drop(self.save().await);
+        synced?;
         if fenced.is_empty() && self.local().entries.get(&ip).is_some_and(|e| !e.dirty) {
             Ok(())
         } else {
@@ -658,12 +660,21 @@ impl<S: ClusterStore> NodeIpam<S> {
     /// Writes every pending change.
     async fn sync(self: &Arc<Self>, fenced: &mut Vec<Fenced>) -> Result<(), StoreError> {
         let dirty: Vec<IpAddr> = self.local().entries.iter().filter(|(_, e)| e.dirty).map(|(ip, _)| *ip).collect();
-        for ip in dirty {
-            self.sync_entry(ip, fenced).await?;
+        let mut result = Ok(());
+        for ip in &dirty {
+            result = self.sync_entry(*ip, fenced).await;
+            if result.is_err() {
+                break;
+            }
         }
-        Ok(())
+        // One save for the round (the versions learnt, the entries released).
+        if !dirty.is_empty() {
+            drop(self.save().await);
+        }
+        result
     }
 
+    /// Writes one pending change (the caller saves the local state).
     async fn sync_entry(self: &Arc<Self>, ip: IpAddr, fenced: &mut Vec<Fenced>) -> Result<(), StoreError> {
         let Some(entry) = self.local().entries.get(&ip).cloned().filter(|e| e.dirty) else { return Ok(()) };
         let key = self.keys.ip(ip);
@@ -703,7 +714,6 @@ impl<S: ClusterStore> NodeIpam<S> {
                 }
             }
         }
-        drop(self.save().await);
         Ok(())
     }
 
