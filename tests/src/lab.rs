@@ -506,8 +506,30 @@ impl Lab {
         &self.daemons[node]
     }
 
-    /// `vswitchctl ipam` on node1: the cluster's allocations, every node's pods from one pool.
+    /// Waits until every node has written its pods' addresses to etcd: an ADD takes a warm
+    /// address in the node's own state and the node's next upkeep round (every second) writes it
+    /// to the store. False if that took longer than `timeout`.
+    pub fn wait_ipam_synced(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let pending = |d: &Daemon| {
+                let out = d.ctl(&["--json", "ipam"]);
+                serde_json::from_slice::<Value>(&out.stdout).ok().and_then(|v| v["this_node"]["pending_sync"].as_u64())
+            };
+            if self.daemons.iter().all(|d| pending(d) == Some(0)) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `vswitchctl ipam` on node1: the cluster's allocations, every node's pods from one pool
+    /// (once every node has written its pods to etcd).
     pub fn ipam_report(&self) -> String {
+        self.wait_ipam_synced(Duration::from_secs(5));
         let out = self.daemons[0].ctl(&["ipam"]);
         format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
     }

@@ -101,6 +101,7 @@ fn three_nodes_on_etcd(mode: UplinkMode) {
 /// Every pod's address is distinct, in the pool, and assigned to that pod on its node in etcd;
 /// vswitchctl ipam on every node shows the same.
 fn assert_addresses_are_etcds(lab: &Lab) {
+    assert!(lab.wait_ipam_synced(Duration::from_secs(5)), "the nodes did not write their pods to etcd");
     let pool: u32 = u32::from(Ipv4Addr::new(10, 10, 64, 0));
     let ips: BTreeSet<Ipv4Addr> = lab.pods.iter().map(|p| p.ip).collect();
     assert_eq!(ips.len(), lab.pods.len(), "two pods share an address: {:?}", lab.pods);

@@ -283,7 +283,7 @@ impl Topology {
             (Err(e), _) | (_, Err(e)) => e.message.clone(),
             _ if listening != Ok(true) => format!("the new sandbox's server did not start: {listening:?}"),
             _ => format!(
-                "{} {}: DEL on {}, ADD on {} {:.0} ms later ({} tries; error 11 until {}'s release was in etcd)",
+                "{} {}: DEL on {}, ADD on {} {:.0} ms later ({})",
                 report.pod,
                 match ip_after {
                     Some(ip) if ip == old.ip => format!("kept {ip}"),
@@ -293,8 +293,10 @@ impl Topology {
                 node(from),
                 node(to),
                 report.del_to_add_ms,
-                report.add_attempts,
-                node(from),
+                match report.add_attempts {
+                    1 => "at the first try".to_string(),
+                    n => format!("{n} tries: error 11 until {}'s release was in etcd", node(from)),
+                },
             ),
         };
 
