@@ -276,33 +276,36 @@ impl<S: ClusterStore> NodeIpam<S> {
         spec: &AssignSpec,
         in_use: &HashSet<IpAddr>,
     ) -> Result<AddressView, ApiError> {
-        for _ in 0..3 {
-            if let Some(ip) = self.take_warm(spec, in_use) {
-                self.save().await?;
-                self.stats.assigned_from_warm.fetch_add(1, Ordering::Relaxed);
-                // Refill (and tell the store) now rather than at the next round.
-                self.kick.notify_one();
-                return Ok(AddressView { ip, new: true });
-            }
-            // The warm pool is empty: claim from the store now.
-            match self.refill(1).await {
-                Ok(0) => {
-                    return Err(ApiError::new(
-                        ErrorCode::Exhausted,
-                        format!("no free address in the pool {}", self.settings.pools.join(", ")),
-                    ))
+        if let Some(ip) = self.take_warm(spec, in_use) {
+            self.save().await?;
+            self.stats.assigned_from_warm.fetch_add(1, Ordering::Relaxed);
+            // Refill (and tell the store) now rather than at the next round.
+            self.kick.notify_one();
+            return Ok(AddressView { ip, new: true });
+        }
+        // The warm pool is empty (ADDs faster than it refills): claim one for this ADD alone,
+        // straight as assigned, and have the pool refilled behind it.
+        self.kick.notify_one();
+        let record = self.assigned_record(spec);
+        match self.claim(1, &record, in_use).await {
+            Ok(won) => match won.first() {
+                Some(&(ip, version)) => {
+                    let entry = LocalEntry { record, version, dirty: false, netns: Some(spec.netns.clone()) };
+                    self.local().entries.insert(ip, entry);
+                    self.save().await?;
+                    self.stats.assigned_from_store.fetch_add(1, Ordering::Relaxed);
+                    Ok(AddressView { ip, new: true })
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    self.stats.refused_unavailable.fetch_add(1, Ordering::Relaxed);
-                    return Err(unavailable("the warm pool is empty", &e));
-                }
+                None => Err(ApiError::new(
+                    ErrorCode::Exhausted,
+                    format!("no free address in the pool {}", self.settings.pools.join(", ")),
+                )),
+            },
+            Err(e) => {
+                self.stats.refused_unavailable.fetch_add(1, Ordering::Relaxed);
+                Err(unavailable("the warm pool is empty", &e))
             }
         }
-        Err(ApiError::new(
-            ErrorCode::Unavailable,
-            "addresses claimed for the warm pool were taken by other ADDs; retry",
-        ))
     }
 
     /// Writes one entry to the store now (sticky pods and specific addresses cannot wait).
@@ -723,36 +726,52 @@ impl<S: ClusterStore> NodeIpam<S> {
         if warm >= target {
             return Ok(warm);
         }
+        let record = AddressRecord::Warm { node: self.settings.node.clone(), since: now_secs() };
+        let won = self.claim(target - warm, &record, &HashSet::new()).await?;
+        for &(ip, version) in &won {
+            self.local().entries.insert(ip, LocalEntry { record: record.clone(), version, dirty: false, netns: None });
+        }
+        if !won.is_empty() {
+            self.save().await.map_err(|e| StoreError(e.message))?;
+        }
+        Ok(warm + won.len())
+    }
+
+    /// Claims up to `count` free addresses in the store as `record`, one CAS each (from absent,
+    /// or from a record whose reuse delay is over), from a random place in the pool so that
+    /// nodes rarely race for the same one. Skips what this node knows and `also_skip`. Returns
+    /// the addresses won with their versions (the caller records them locally).
+    async fn claim(
+        &self,
+        count: usize,
+        record: &AddressRecord,
+        also_skip: &HashSet<IpAddr>,
+    ) -> Result<Vec<(IpAddr, i64)>, StoreError> {
         let records = self.records().await?;
         let now = now_secs();
         let reuse = self.settings.reuse_delay.as_secs();
         let known: HashSet<IpAddr> = self.local().entries.keys().copied().collect();
         let start = rand::random::<u64>() as u128;
-        let mut claimed = 0;
+        let mut won = Vec::new();
         let mut tried = 0;
         for ip in self.settings.pool.candidates(false, start) {
-            if warm + claimed >= target || tried > 64 + 4 * target {
+            if won.len() >= count || tried > 64 + 4 * count {
                 break;
             }
-            if known.contains(&ip) {
+            if known.contains(&ip) || also_skip.contains(&ip) {
                 continue;
             }
             let expected = match records.get(&ip) {
                 None => 0,
-                Some((record, version)) if record.claimable(now, reuse) => *version,
+                Some((existing, version)) if existing.claimable(now, reuse) => *version,
                 Some(_) => continue,
             };
             tried += 1;
-            let record = AddressRecord::Warm { node: self.settings.node.clone(), since: now };
             if let Some(version) = self.store.put_if(&self.keys.ip(ip), record.encode(), expected).await? {
-                self.local().entries.insert(ip, LocalEntry { record, version, dirty: false, netns: None });
-                claimed += 1;
+                won.push((ip, version));
             }
         }
-        if claimed > 0 {
-            self.save().await.map_err(|e| StoreError(e.message))?;
-        }
-        Ok(warm + claimed)
+        Ok(won)
     }
 
     fn warm_count(&self) -> usize {
