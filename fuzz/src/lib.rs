@@ -6,16 +6,24 @@
 //! FIB agrees with a naive reference, parsers round-trip).
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::OnceLock;
 
-use etherparse::{Ethernet2Slice, Ipv4HeaderSlice};
+use etherparse::icmpv6::{NdpOptionSlice, NdpOptionsIterator};
+use etherparse::{
+    Ethernet2Slice, Icmpv6Slice, Icmpv6Type, Ipv4HeaderSlice, Ipv6ExtensionSlice, Ipv6HeaderSlice, Ipv6Slice,
+};
 use fib::{Fib, Ipv4Prefix};
 use vswitch::pipeline::{IcmpLimiter, Next, NoTrace, Pipeline};
 use vswitch::state::{ForwardingState, ForwardingStateBuilder, PortRole};
 use vswitch::wire::arp::ArpPacket;
 use vswitch::wire::icmp::{self, IcmpError};
+use vswitch::wire::icmpv6::{
+    self, Icmpv6Error, Icmpv6Packet, NdpOption, NdpOptions, NeighborAdvert, NeighborSolicit, PrefixInfo, RouterAdvert,
+    RouterSolicit,
+};
 use vswitch::wire::ipv4::Ipv4Packet;
+use vswitch::wire::ipv6::{self, Ipv6Packet};
 use vswitch::wire::vnet::{self, VnetHeader};
 use vswitch::wire::{EthernetFrame, MacAddr};
 
@@ -98,6 +106,290 @@ pub fn icmp(data: &[u8]) {
     let len = icmp::emit_error(&mut buf, Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2), error, quoted);
     let ip = Ipv4Packet::new_checked(&buf[..len]).expect("our ICMP error is valid IPv4");
     assert_eq!(vswitch::wire::checksum::sum(ip.payload()), 0xffff, "ICMP checksum");
+}
+
+/// IPv6: we accept exactly the fixed headers etherparse accepts whose payload length fits, with
+/// the same fields; the extension-header walk agrees with etherparse's on the upper protocol, its
+/// offset and the Fragment header, except where we refuse on purpose (more than
+/// `MAX_EXTENSION_HEADERS`, two Fragment headers) or stop on purpose (after the Fragment header
+/// of a later fragment, where etherparse reads the data as headers). ICMPv6 inside is checked as
+/// in [`icmpv6`], with the packet's own addresses.
+pub fn ipv6(data: &[u8]) {
+    let ours = Ipv6Packet::new_checked(data);
+    let theirs = Ipv6HeaderSlice::from_slice(data);
+    let fits = |t: &Ipv6HeaderSlice| data.len() >= ipv6::HEADER_LEN + t.payload_length() as usize;
+    assert_eq!(ours.is_ok(), theirs.as_ref().is_ok_and(fits), "accept/reject differs");
+    let (Ok(o), Ok(t)) = (ours, theirs) else { return };
+    assert_eq!(o.version(), 6);
+    assert_eq!(o.traffic_class(), t.traffic_class());
+    assert_eq!(o.flow_label(), t.flow_label().value());
+    assert_eq!(o.payload_len(), t.payload_length() as usize);
+    assert_eq!(o.next_header(), t.next_header().0);
+    assert_eq!(o.hop_limit(), t.hop_limit());
+    assert_eq!(o.src(), t.source_addr());
+    assert_eq!(o.dst(), t.destination_addr());
+
+    // Trailing bytes are padding: the packet alone reads the same. etherparse gets the packet
+    // alone too (it would read a zero payload length with bytes after it as a jumbogram's).
+    let packet = o.packet();
+    assert_eq!(packet.len(), o.total_len());
+    let walk = o.upper_layer();
+    assert_eq!(Ipv6Packet::new_checked(packet).expect("the packet alone").upper_layer(), walk);
+    let theirs = Ipv6Slice::from_slice(packet);
+    match (&walk, &theirs) {
+        (Ok(up), Ok(t)) => {
+            let headers: Vec<_> = t.extensions().clone().into_iter().collect();
+            let fragments: Vec<_> = headers
+                .iter()
+                .enumerate()
+                .filter_map(|(i, h)| if let Ipv6ExtensionSlice::Fragment(f) = h { Some((i, f)) } else { None })
+                .collect();
+            let first_fragment = fragments.first().map(|(_, f)| ipv6::Fragment {
+                offset: f.fragment_offset().value() * 8,
+                more: f.more_fragments(),
+                id: f.identification(),
+            });
+            assert_eq!(up.fragment, first_fragment, "Fragment header");
+            if up.fragment.is_some_and(|f| f.is_later()) {
+                // We stop after it; etherparse carries on through the data.
+                let (i, _) = fragments[0];
+                let through: usize = headers[..=i].iter().map(ext_len).sum();
+                assert_eq!(up.offset, ipv6::HEADER_LEN + through);
+                assert_eq!(up.extensions, i + 1);
+            } else {
+                assert_eq!(up.protocol, t.payload().ip_number.0, "upper protocol");
+                assert_eq!(up.offset, ipv6::HEADER_LEN + t.extensions().slice().len(), "upper offset");
+                assert_eq!(up.extensions, headers.len());
+                assert_eq!(&packet[up.offset..], t.payload().payload);
+            }
+        }
+        (Ok(up), Err(_)) => {
+            assert!(up.fragment.is_some_and(|f| f.is_later()), "we walk a chain etherparse refuses: {up:?}")
+        }
+        (Err(e), Ok(t)) => {
+            let headers: Vec<_> = t.extensions().clone().into_iter().collect();
+            let fragments = headers.iter().filter(|h| matches!(h, Ipv6ExtensionSlice::Fragment(_))).count();
+            assert!(
+                headers.len() > ipv6::MAX_EXTENSION_HEADERS || fragments > 1,
+                "we refuse ({e}) a chain etherparse walks"
+            );
+        }
+        (Err(_), Err(_)) => {}
+    }
+    if let Ok(up) = walk {
+        assert!(up.offset <= packet.len() && up.extensions <= ipv6::MAX_EXTENSION_HEADERS);
+        if up.protocol == ipv6::PROTO_ICMPV6 && !up.fragment.is_some_and(|f| f.is_fragmenting()) {
+            icmpv6_message(o.src(), o.dst(), &packet[up.offset..]);
+        }
+    }
+
+    // The setters write what the accessors read, and nothing else.
+    let mut copy = data.to_vec();
+    let mut p = Ipv6Packet::new_checked(&mut copy[..]).expect("same bytes");
+    let (hop_limit, src, dst) = (o.hop_limit().wrapping_sub(1), Ipv6Addr::from(!o.dst().to_bits()), o.src());
+    p.set_hop_limit(hop_limit);
+    p.set_src(src);
+    p.set_dst(dst);
+    assert_eq!((p.hop_limit(), p.src(), p.dst(), p.payload()), (hop_limit, src, dst, o.payload()));
+    assert_eq!((&copy[..7], &copy[40..]), (&data[..7], &data[40..]));
+}
+
+fn ext_len(h: &Ipv6ExtensionSlice) -> usize {
+    match h {
+        Ipv6ExtensionSlice::HopByHop(s)
+        | Ipv6ExtensionSlice::Routing(s)
+        | Ipv6ExtensionSlice::DestinationOptions(s) => s.slice().len(),
+        Ipv6ExtensionSlice::Fragment(s) => s.slice().len(),
+        Ipv6ExtensionSlice::Authentication(s) => s.slice().len(),
+    }
+}
+
+/// ICMPv6 and NDP: the input is the source and destination addresses (32 bytes) then an ICMPv6
+/// message. We accept the messages etherparse accepts and read the same type, code and checksum,
+/// and verify the checksum when it does; the NDP views accept what etherparse parses as that
+/// message with valid options, with the same fields and options, except where we refuse on
+/// purpose (a multicast target, a link-layer address option not 8 bytes long, a prefix longer
+/// than 128 bits). The errors and Neighbor Advertisements we write are valid to etherparse.
+pub fn icmpv6(data: &[u8]) {
+    let Some((addrs, message)) = data.split_first_chunk::<32>() else { return };
+    let src = Ipv6Addr::from(<[u8; 16]>::try_from(&addrs[..16]).expect("16 bytes"));
+    let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&addrs[16..]).expect("16 bytes"));
+    icmpv6_message(src, dst, message);
+
+    // An error quoting the message as the offending packet.
+    let mut buf = vec![0u8; ipv6::MIN_MTU];
+    let error = match message.first() {
+        Some(&b) if b % 2 == 0 => Icmpv6Error::TimeExceeded,
+        _ => Icmpv6Error::PacketTooBig { mtu: 1280 + message.len() as u32 },
+    };
+    let len = icmpv6::emit_error(&mut buf, src, dst, error, message);
+    assert!(len <= ipv6::MIN_MTU);
+    let out = Ipv6Slice::from_slice(&buf[..len]).expect("etherparse reads the error we write");
+    assert_eq!(out.payload().ip_number, etherparse::IpNumber::IPV6_ICMP);
+    let icmp = Icmpv6Slice::from_slice(out.payload().payload).expect("an ICMPv6 message");
+    assert!(icmp.is_checksum_valid(src.octets(), dst.octets()), "bad checksum on our error");
+    match (error, icmp.icmp_type()) {
+        (
+            Icmpv6Error::TimeExceeded,
+            Icmpv6Type::TimeExceeded(etherparse::icmpv6::TimeExceededCode::HopLimitExceeded),
+        ) => {}
+        (Icmpv6Error::PacketTooBig { mtu }, Icmpv6Type::PacketTooBig { mtu: theirs }) => assert_eq!(mtu, theirs),
+        (ours, theirs) => panic!("we wrote {ours:?}, etherparse reads {theirs:?}"),
+    }
+    assert_eq!(icmp.payload(), &message[..icmpv6::quoted_len(message)]);
+
+    // A Neighbor Advertisement answering `src` for `dst`, at a MAC from the message.
+    if !dst.is_multicast() {
+        let mac = MacAddr(message.get(..6).and_then(|m| m.try_into().ok()).unwrap_or([2, 0, 0, 0, 0, 1]));
+        let router = message.len() % 2 == 1;
+        let len = icmpv6::emit_neighbor_advert_reply(&mut buf, src, dst, mac, router);
+        let out = Ipv6Slice::from_slice(&buf[..len]).expect("etherparse reads the NA we write");
+        assert_eq!(out.header().hop_limit(), 255);
+        let (from, to) = (out.header().source_addr(), out.header().destination_addr());
+        assert_eq!((from, to), (dst, if src.is_unspecified() { ipv6::ALL_NODES } else { src }));
+        let icmp = Icmpv6Slice::from_slice(out.payload().payload).expect("an ICMPv6 message");
+        assert!(icmp.is_checksum_valid(from.octets(), to.octets()), "bad checksum on our NA");
+        let Icmpv6Type::NeighborAdvertisement(flags) = icmp.icmp_type() else { panic!("not an NA") };
+        assert_eq!((flags.router, flags.solicited, flags.r#override), (router, !src.is_unspecified(), true));
+        let Ok(etherparse::icmpv6::Icmpv6PayloadSlice::NeighborAdvertisement(na)) = icmp.payload_slice() else {
+            panic!("etherparse reads no NA")
+        };
+        assert_eq!(na.target_address(), dst);
+        let options: Vec<_> = na.options_iterator().collect::<Result<_, _>>().expect("valid options");
+        assert!(matches!(&options[..], [NdpOptionSlice::TargetLinkLayerAddress(o)] if o.link_layer_address() == mac.0));
+        icmpv6_message(from, to, out.payload().payload);
+    }
+}
+
+/// One ICMPv6 message between `src` and `dst`, against etherparse.
+fn icmpv6_message(src: Ipv6Addr, dst: Ipv6Addr, message: &[u8]) {
+    let ours = Icmpv6Packet::new_checked(message);
+    let theirs = Icmpv6Slice::from_slice(message);
+    assert_eq!(ours.is_ok(), theirs.is_ok(), "accept/reject differs");
+    let (Ok(o), Ok(t)) = (ours, theirs) else { return };
+    assert_eq!((o.msg_type(), o.code(), o.checksum()), (t.type_u8(), t.code_u8(), t.checksum()));
+    assert_eq!((o.rest_of_header(), o.payload()), (t.bytes5to8(), t.payload()));
+    assert_eq!(
+        o.verify_checksum(src, dst),
+        t.is_checksum_valid(src.octets(), dst.octets()),
+        "checksum verdicts differ"
+    );
+    let mut copy = message.to_vec();
+    Icmpv6Packet::new_checked(&mut copy[..]).expect("same bytes").fill_checksum(src, dst);
+    assert!(Icmpv6Packet::new_checked(&copy[..]).expect("same bytes").verify_checksum(src, dst));
+    let filled = Icmpv6Slice::from_slice(&copy).expect("same length");
+    assert!(filled.is_checksum_valid(src.octets(), dst.octets()), "etherparse refuses our checksum");
+
+    use etherparse::icmpv6::Icmpv6PayloadSlice as P;
+    let payload = t.payload_slice();
+    let (ndp_type, fixed) = match o.msg_type() {
+        icmpv6::TYPE_NEIGHBOR_SOLICIT => (true, icmpv6::NEIGHBOR_SOLICIT_LEN),
+        icmpv6::TYPE_NEIGHBOR_ADVERT => (true, icmpv6::NEIGHBOR_ADVERT_LEN),
+        icmpv6::TYPE_ROUTER_SOLICIT => (true, icmpv6::ROUTER_SOLICIT_LEN),
+        icmpv6::TYPE_ROUTER_ADVERT => (true, icmpv6::ROUTER_ADVERT_LEN),
+        _ => (false, 0),
+    };
+    // What etherparse makes of the message as NDP: None when it is not that message (type,
+    // code, length), else its options as ours would read them.
+    let expected = match &payload {
+        Ok(P::NeighborSolicitation(p)) => Some(expected_options(p.options())),
+        Ok(P::NeighborAdvertisement(p)) => Some(expected_options(p.options())),
+        Ok(P::RouterSolicitation(p)) => Some(expected_options(p.options())),
+        Ok(P::RouterAdvertisement(p)) => Some(expected_options(p.options())),
+        _ => None,
+    };
+    let same_options = |ours: NdpOptions| match &expected {
+        Some(Ok(theirs)) => assert_eq!(&ours.collect::<Vec<_>>(), theirs, "options differ"),
+        theirs => panic!("we accept NDP options {:?}, etherparse has {theirs:?}", ours.collect::<Vec<_>>()),
+    };
+    let target_multicast = message.get(8) == Some(&0xff);
+    let ours = match o.msg_type() {
+        icmpv6::TYPE_NEIGHBOR_SOLICIT => NeighborSolicit::new_checked(message).map(|ns| {
+            let Ok(P::NeighborSolicitation(p)) = &payload else { panic!("etherparse reads no NS") };
+            assert_eq!(ns.target(), p.target_address());
+            assert_eq!(ns.source_mac(), ns.options().find_map(|o| source_mac(&o)));
+            same_options(ns.options())
+        }),
+        icmpv6::TYPE_NEIGHBOR_ADVERT => NeighborAdvert::new_checked(message).map(|na| {
+            let Ok(P::NeighborAdvertisement(p)) = &payload else { panic!("etherparse reads no NA") };
+            let Icmpv6Type::NeighborAdvertisement(h) = t.icmp_type() else { panic!("etherparse reads no NA") };
+            assert_eq!((na.is_router(), na.is_solicited(), na.is_override()), (h.router, h.solicited, h.r#override));
+            assert_eq!(na.target(), p.target_address());
+            same_options(na.options())
+        }),
+        icmpv6::TYPE_ROUTER_SOLICIT => RouterSolicit::new_checked(message).map(|rs| same_options(rs.options())),
+        icmpv6::TYPE_ROUTER_ADVERT => RouterAdvert::new_checked(message).map(|ra| {
+            let Ok(P::RouterAdvertisement(p)) = &payload else { panic!("etherparse reads no RA") };
+            let Icmpv6Type::RouterAdvertisement(h) = t.icmp_type() else { panic!("etherparse reads no RA") };
+            assert_eq!(
+                (ra.cur_hop_limit(), ra.is_managed(), ra.is_other_config()),
+                (h.cur_hop_limit, h.managed_address_config, h.other_config)
+            );
+            assert_eq!(
+                (ra.router_lifetime(), ra.reachable_time(), ra.retrans_timer()),
+                (h.router_lifetime, p.reachable_time(), p.retrans_timer())
+            );
+            same_options(ra.options())
+        }),
+        _ => return,
+    };
+    match (ours, expected) {
+        (Ok(()), _) => {}
+        // Refused on purpose, or etherparse refuses it too.
+        (Err(_), Some(Err(_)) | None) => {}
+        (Err(e), Some(Ok(_))) => {
+            assert!(
+                matches!(o.msg_type(), icmpv6::TYPE_NEIGHBOR_SOLICIT | icmpv6::TYPE_NEIGHBOR_ADVERT)
+                    && target_multicast,
+                "we refuse ({e}) NDP etherparse accepts"
+            )
+        }
+    }
+    // Any options area parses the same way on its own.
+    if ndp_type && message.len() >= fixed {
+        let alone = NdpOptions::new_checked(&message[fixed..]).map(|o| o.collect::<Vec<_>>());
+        match (alone, expected_options(&message[fixed..])) {
+            (Ok(ours), Ok(theirs)) => assert_eq!(ours, theirs),
+            (Ok(ours), Err(theirs)) => panic!("we accept options {ours:?}, etherparse: {theirs}"),
+            (Err(_), _) => {}
+        }
+    }
+}
+
+fn source_mac(o: &NdpOption) -> Option<MacAddr> {
+    if let NdpOption::SourceLinkAddr(mac) = o {
+        Some(*mac)
+    } else {
+        None
+    }
+}
+
+/// etherparse's reading of NDP options in our terms, or why we must refuse them: etherparse
+/// refuses them too, or they break one of our stricter rules.
+fn expected_options(bytes: &[u8]) -> Result<Vec<NdpOption<'_>>, &'static str> {
+    let mut out = Vec::new();
+    for option in NdpOptionsIterator::from_slice(bytes) {
+        let option = option.map_err(|_| "etherparse refuses them")?;
+        let mac = |addr: &[u8]| addr.try_into().map(MacAddr).map_err(|_| "a link-layer address not 6 bytes long");
+        out.push(match option {
+            NdpOptionSlice::SourceLinkLayerAddress(o) => NdpOption::SourceLinkAddr(mac(o.link_layer_address())?),
+            NdpOptionSlice::TargetLinkLayerAddress(o) => NdpOption::TargetLinkAddr(mac(o.link_layer_address())?),
+            NdpOptionSlice::PrefixInformation(o) if o.prefix_length() > 128 => return Err("a prefix over 128 bits"),
+            NdpOptionSlice::PrefixInformation(o) => NdpOption::PrefixInfo(PrefixInfo {
+                prefix_len: o.prefix_length(),
+                on_link: o.on_link(),
+                autonomous: o.autonomous_address_configuration(),
+                valid_lifetime: o.valid_lifetime(),
+                preferred_lifetime: o.preferred_lifetime(),
+                prefix: Ipv6Addr::from(o.prefix()),
+            }),
+            NdpOptionSlice::Mtu(o) => NdpOption::Mtu(o.mtu()),
+            NdpOptionSlice::RedirectedHeader(o) => NdpOption::Other { kind: 4, data: &o.as_bytes()[2..] },
+            NdpOptionSlice::Unknown(o) => NdpOption::Other { kind: o.option_type().0, data: o.data() },
+            other => panic!("an option etherparse added: {other:?}"),
+        });
+    }
+    Ok(out)
 }
 
 const GW_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);

@@ -27,4 +27,4 @@ macro_rules! replay_tests {
     };
 }
 
-replay_tests!(ethernet, arp, ipv4, vnet, icmp, pipeline, fib, cni_input, control_request);
+replay_tests!(ethernet, arp, ipv4, ipv6, vnet, icmp, icmpv6, pipeline, fib, cni_input, control_request);

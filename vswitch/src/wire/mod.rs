@@ -9,12 +9,16 @@ pub mod captured;
 pub mod checksum;
 pub mod ethernet;
 pub mod icmp;
+pub mod icmpv6;
 pub mod ipv4;
+pub mod ipv6;
 pub mod vnet;
 
 pub use arp::ArpPacket;
 pub use ethernet::{EtherType, EthernetFrame, MacAddr};
+pub use icmpv6::Icmpv6Packet;
 pub use ipv4::Ipv4Packet;
+pub use ipv6::Ipv6Packet;
 pub use vnet::VnetHeader;
 
 /// Why bytes could not be viewed as a header.

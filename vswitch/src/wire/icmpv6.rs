@@ -1,0 +1,851 @@
+//! ICMPv6 (RFC 4443) and Neighbor Discovery (RFC 4861): views of the messages a router reads,
+//! and the Neighbor Advertisements and errors it writes.
+//!
+//! The views take the ICMPv6 message alone, from its type byte to the end of the IPv6 packet
+//! (where [`ipv6::UpperLayer`] says it starts). Its checksum covers the IPv6 addresses, so it is
+//! checked by [`Icmpv6Packet::verify_checksum`], not by `new_checked`. What NDP asks of the IPv6
+//! header (hop limit [`NDP_HOP_LIMIT`], no source link-layer address from the unspecified
+//! address, link-local sources for Router Advertisements) is the caller's to check too.
+
+use std::net::Ipv6Addr;
+
+use super::ipv6::{self, PROTO_ICMPV6};
+use super::{checksum, need, MacAddr, WireError};
+
+mod field {
+    use std::ops::Range;
+    pub const TYPE: usize = 0;
+    pub const CODE: usize = 1;
+    pub const CHECKSUM: Range<usize> = 2..4;
+    pub const REST: Range<usize> = 4..8;
+    // Neighbor Solicitation and Advertisement (RFC 4861 §4.3, §4.4).
+    pub const NA_FLAGS: usize = 4;
+    pub const TARGET: Range<usize> = 8..24;
+    // Router Advertisement (§4.2).
+    pub const RA_HOP_LIMIT: usize = 4;
+    pub const RA_FLAGS: usize = 5;
+    pub const RA_LIFETIME: Range<usize> = 6..8;
+    pub const RA_REACHABLE: Range<usize> = 8..12;
+    pub const RA_RETRANS: Range<usize> = 12..16;
+}
+
+/// Offsets within an NDP option (RFC 4861 §4.6).
+mod opt {
+    use std::ops::Range;
+    pub const TYPE: usize = 0;
+    pub const LEN: usize = 1;
+    pub const LINK_ADDR: Range<usize> = 2..8;
+    pub const PREFIX_LEN: usize = 2;
+    pub const PREFIX_FLAGS: usize = 3;
+    pub const VALID_LIFETIME: Range<usize> = 4..8;
+    pub const PREFERRED_LIFETIME: Range<usize> = 8..12;
+    pub const PREFIX: Range<usize> = 16..32;
+    pub const MTU: Range<usize> = 4..8;
+}
+
+pub const HEADER_LEN: usize = 8;
+pub const TYPE_DEST_UNREACHABLE: u8 = 1;
+pub const TYPE_PACKET_TOO_BIG: u8 = 2;
+pub const TYPE_TIME_EXCEEDED: u8 = 3;
+pub const TYPE_PARAM_PROBLEM: u8 = 4;
+pub const TYPE_ECHO_REQUEST: u8 = 128;
+pub const TYPE_ECHO_REPLY: u8 = 129;
+pub const TYPE_ROUTER_SOLICIT: u8 = 133;
+pub const TYPE_ROUTER_ADVERT: u8 = 134;
+pub const TYPE_NEIGHBOR_SOLICIT: u8 = 135;
+pub const TYPE_NEIGHBOR_ADVERT: u8 = 136;
+pub const TYPE_REDIRECT: u8 = 137;
+/// Time Exceeded's code for a hop limit run out in transit.
+pub const CODE_HOP_LIMIT_EXCEEDED: u8 = 0;
+
+/// NDP messages arrive with this hop limit, or were forwarded and must be ignored (RFC 4861
+/// §6.1, §7.1); the ones written here leave with it.
+pub const NDP_HOP_LIMIT: u8 = 255;
+/// The fixed parts, header included, of a Router Solicitation, Router Advertisement, Neighbor
+/// Solicitation and Neighbor Advertisement; their options follow.
+pub const ROUTER_SOLICIT_LEN: usize = 8;
+pub const ROUTER_ADVERT_LEN: usize = 16;
+pub const NEIGHBOR_SOLICIT_LEN: usize = 24;
+pub const NEIGHBOR_ADVERT_LEN: usize = 24;
+
+pub const NA_FLAG_ROUTER: u8 = 0x80;
+pub const NA_FLAG_SOLICITED: u8 = 0x40;
+pub const NA_FLAG_OVERRIDE: u8 = 0x20;
+pub const RA_FLAG_MANAGED: u8 = 0x80;
+pub const RA_FLAG_OTHER_CONFIG: u8 = 0x40;
+pub const PREFIX_FLAG_ON_LINK: u8 = 0x80;
+pub const PREFIX_FLAG_AUTONOMOUS: u8 = 0x40;
+
+pub const OPTION_SOURCE_LINK_ADDR: u8 = 1;
+pub const OPTION_TARGET_LINK_ADDR: u8 = 2;
+pub const OPTION_PREFIX_INFO: u8 = 3;
+pub const OPTION_REDIRECTED_HEADER: u8 = 4;
+pub const OPTION_MTU: u8 = 5;
+/// A link-layer address option for Ethernet (RFC 2464 §6), and the MTU option: 8 bytes.
+const OPTION_SHORT_LEN: usize = 8;
+const OPTION_PREFIX_INFO_LEN: usize = 32;
+
+/// Whether an ICMPv6 message of type `msg_type` is an error (types 0 to 127, RFC 4443 §2.1), as
+/// opposed to an informational message. No error may answer an error (§2.4 (e)).
+pub fn is_error(msg_type: u8) -> bool {
+    msg_type < 128
+}
+
+/// A view of an ICMPv6 message; at least [`HEADER_LEN`] bytes.
+#[derive(Debug)]
+pub struct Icmpv6Packet<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> Icmpv6Packet<T> {
+    pub fn new_checked(buffer: T) -> Result<Self, WireError> {
+        need(buffer.as_ref(), HEADER_LEN)?;
+        Ok(Icmpv6Packet { buffer })
+    }
+
+    pub fn msg_type(&self) -> u8 {
+        self.buffer.as_ref()[field::TYPE]
+    }
+
+    pub fn code(&self) -> u8 {
+        self.buffer.as_ref()[field::CODE]
+    }
+
+    pub fn checksum(&self) -> u16 {
+        let b = &self.buffer.as_ref()[field::CHECKSUM];
+        u16::from_be_bytes([b[0], b[1]])
+    }
+
+    /// The four bytes after the checksum: an echo's identifier and sequence number, Packet Too
+    /// Big's MTU, Parameter Problem's pointer, NDP's flags.
+    pub fn rest_of_header(&self) -> [u8; 4] {
+        self.buffer.as_ref()[field::REST].try_into().expect("4 bytes")
+    }
+
+    /// What follows the 8-byte header: the quoted packet of an error, an echo's data, NDP's
+    /// target and options.
+    pub fn payload(&self) -> &[u8] {
+        &self.buffer.as_ref()[HEADER_LEN..]
+    }
+
+    /// Whether the checksum verifies over the pseudo-header of `src` and `dst` and the whole
+    /// message.
+    pub fn verify_checksum(&self, src: Ipv6Addr, dst: Ipv6Addr) -> bool {
+        let b = self.buffer.as_ref();
+        checksum::add(pseudo_header(src, dst, b.len()), checksum::sum(b)) == 0xffff
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Icmpv6Packet<T> {
+    /// Computes the checksum over the pseudo-header of `src` and `dst` and the whole message.
+    pub fn fill_checksum(&mut self, src: Ipv6Addr, dst: Ipv6Addr) {
+        let b = self.buffer.as_mut();
+        b[field::CHECKSUM].fill(0);
+        let c = !checksum::add(pseudo_header(src, dst, b.len()), checksum::sum(b));
+        b[field::CHECKSUM].copy_from_slice(&c.to_be_bytes());
+    }
+}
+
+fn pseudo_header(src: Ipv6Addr, dst: Ipv6Addr, len: usize) -> u16 {
+    checksum::ipv6_pseudo_header(&src, &dst, PROTO_ICMPV6, len as u32)
+}
+
+/// An NDP option (RFC 4861 §4.6, with RFC 2464's 8-byte Ethernet link-layer addresses).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NdpOption<'a> {
+    SourceLinkAddr(MacAddr),
+    TargetLinkAddr(MacAddr),
+    PrefixInfo(PrefixInfo),
+    Mtu(u32),
+    /// Any other option (Redirected Header, Nonce, RDNSS...): its bytes after type and length.
+    Other {
+        kind: u8,
+        data: &'a [u8],
+    },
+}
+
+/// The prefix information option of a Router Advertisement (RFC 4861 §4.6.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrefixInfo {
+    /// At most 128.
+    pub prefix_len: u8,
+    pub on_link: bool,
+    /// Usable for stateless address autoconfiguration (RFC 4862).
+    pub autonomous: bool,
+    /// Seconds; 0xffffffff is forever.
+    pub valid_lifetime: u32,
+    pub preferred_lifetime: u32,
+    pub prefix: Ipv6Addr,
+}
+
+/// The options after an NDP message's fixed part, in order, validated whole when the message
+/// was: the iterator never fails.
+#[derive(Clone, Debug)]
+pub struct NdpOptions<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> NdpOptions<'a> {
+    /// Every option must have a nonzero length (RFC 4861 §4.6: a message with one is discarded)
+    /// and end within `bytes`; those read here must have their size: 8 bytes for a link-layer
+    /// address or the MTU, 32 for prefix information, whose prefix length is at most 128.
+    pub fn new_checked(bytes: &'a [u8]) -> Result<Self, WireError> {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let (_, len) = parse_option(rest)?;
+            rest = &rest[len..];
+        }
+        Ok(NdpOptions { rest: bytes })
+    }
+}
+
+impl<'a> Iterator for NdpOptions<'a> {
+    type Item = NdpOption<'a>;
+
+    fn next(&mut self) -> Option<NdpOption<'a>> {
+        // Validated, so only the end of the options stops this.
+        let (option, len) = parse_option(self.rest).ok()?;
+        self.rest = &self.rest[len..];
+        Some(option)
+    }
+}
+
+/// The option `b` starts with, and its length in bytes.
+fn parse_option(b: &[u8]) -> Result<(NdpOption<'_>, usize), WireError> {
+    if b.len() < 2 {
+        return Err(WireError::Malformed("NDP option runs past the end of the message"));
+    }
+    let len = b[opt::LEN] as usize * 8;
+    if len == 0 {
+        return Err(WireError::Malformed("NDP option of length 0"));
+    }
+    let o = b.get(..len).ok_or(WireError::Malformed("NDP option runs past the end of the message"))?;
+    let word = |r: std::ops::Range<usize>| u32::from_be_bytes(o[r].try_into().expect("4 bytes"));
+    let option = match o[opt::TYPE] {
+        kind @ (OPTION_SOURCE_LINK_ADDR | OPTION_TARGET_LINK_ADDR) => {
+            if len != OPTION_SHORT_LEN {
+                return Err(WireError::Malformed("NDP link-layer address option is not 8 bytes"));
+            }
+            let mac = MacAddr(o[opt::LINK_ADDR].try_into().expect("6 bytes"));
+            if kind == OPTION_SOURCE_LINK_ADDR {
+                NdpOption::SourceLinkAddr(mac)
+            } else {
+                NdpOption::TargetLinkAddr(mac)
+            }
+        }
+        OPTION_PREFIX_INFO => {
+            if len != OPTION_PREFIX_INFO_LEN {
+                return Err(WireError::Malformed("NDP prefix information option is not 32 bytes"));
+            }
+            if o[opt::PREFIX_LEN] > 128 {
+                return Err(WireError::Malformed("NDP prefix longer than 128 bits"));
+            }
+            NdpOption::PrefixInfo(PrefixInfo {
+                prefix_len: o[opt::PREFIX_LEN],
+                on_link: o[opt::PREFIX_FLAGS] & PREFIX_FLAG_ON_LINK != 0,
+                autonomous: o[opt::PREFIX_FLAGS] & PREFIX_FLAG_AUTONOMOUS != 0,
+                valid_lifetime: word(opt::VALID_LIFETIME),
+                preferred_lifetime: word(opt::PREFERRED_LIFETIME),
+                prefix: Ipv6Addr::from(<[u8; 16]>::try_from(&o[opt::PREFIX]).expect("16 bytes")),
+            })
+        }
+        OPTION_MTU => {
+            if len != OPTION_SHORT_LEN {
+                return Err(WireError::Malformed("NDP MTU option is not 8 bytes"));
+            }
+            NdpOption::Mtu(word(opt::MTU))
+        }
+        kind => NdpOption::Other { kind, data: &o[2..] },
+    };
+    Ok((option, len))
+}
+
+/// The checks every NDP message gets: its type, code 0, its fixed part, valid options.
+fn check_ndp(b: &[u8], msg_type: u8, fixed_len: usize, not_it: &'static str) -> Result<(), WireError> {
+    need(b, HEADER_LEN)?;
+    if b[field::TYPE] != msg_type {
+        return Err(WireError::Malformed(not_it));
+    }
+    if b[field::CODE] != 0 {
+        return Err(WireError::Malformed("NDP message with a code other than 0"));
+    }
+    need(b, fixed_len)?;
+    NdpOptions::new_checked(&b[fixed_len..])?;
+    Ok(())
+}
+
+/// RFC 4861 §7.1.1, §7.1.2: a target is never a multicast address.
+fn check_target(b: &[u8]) -> Result<(), WireError> {
+    if b[field::TARGET.start] == 0xff {
+        return Err(WireError::Malformed("NDP target is a multicast address"));
+    }
+    Ok(())
+}
+
+fn target(b: &[u8]) -> Ipv6Addr {
+    Ipv6Addr::from(<[u8; 16]>::try_from(&b[field::TARGET]).expect("16 bytes"))
+}
+
+fn source_mac(options: NdpOptions<'_>) -> Option<MacAddr> {
+    options.into_iter().find_map(|o| if let NdpOption::SourceLinkAddr(mac) = o { Some(mac) } else { None })
+}
+
+/// Neighbor Solicitation (RFC 4861 §4.3): who has the target? Asked by a host resolving an
+/// address, or (from the unspecified address) checking that its own is not taken.
+#[derive(Debug)]
+pub struct NeighborSolicit<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> NeighborSolicit<T> {
+    /// Validates type, code, length, options, and a target that is not multicast.
+    pub fn new_checked(buffer: T) -> Result<Self, WireError> {
+        let b = buffer.as_ref();
+        check_ndp(b, TYPE_NEIGHBOR_SOLICIT, NEIGHBOR_SOLICIT_LEN, "ICMPv6 message is not a Neighbor Solicitation")?;
+        check_target(b)?;
+        Ok(NeighborSolicit { buffer })
+    }
+
+    pub fn target(&self) -> Ipv6Addr {
+        target(self.buffer.as_ref())
+    }
+
+    pub fn options(&self) -> NdpOptions<'_> {
+        NdpOptions { rest: &self.buffer.as_ref()[NEIGHBOR_SOLICIT_LEN..] }
+    }
+
+    /// The solicitor's MAC from its first source link-layer address option (none when it comes
+    /// from the unspecified address).
+    pub fn source_mac(&self) -> Option<MacAddr> {
+        source_mac(self.options())
+    }
+}
+
+/// Neighbor Advertisement (RFC 4861 §4.4): the target is at the target link-layer address.
+#[derive(Debug)]
+pub struct NeighborAdvert<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> NeighborAdvert<T> {
+    /// Validates type, code, length, options, and a target that is not multicast.
+    pub fn new_checked(buffer: T) -> Result<Self, WireError> {
+        let b = buffer.as_ref();
+        check_ndp(b, TYPE_NEIGHBOR_ADVERT, NEIGHBOR_ADVERT_LEN, "ICMPv6 message is not a Neighbor Advertisement")?;
+        check_target(b)?;
+        Ok(NeighborAdvert { buffer })
+    }
+
+    fn flag(&self, flag: u8) -> bool {
+        self.buffer.as_ref()[field::NA_FLAGS] & flag != 0
+    }
+
+    /// The sender is a router.
+    pub fn is_router(&self) -> bool {
+        self.flag(NA_FLAG_ROUTER)
+    }
+
+    /// An answer to a solicitation (which confirms reachability).
+    pub fn is_solicited(&self) -> bool {
+        self.flag(NA_FLAG_SOLICITED)
+    }
+
+    /// The advertised address replaces a cached one.
+    pub fn is_override(&self) -> bool {
+        self.flag(NA_FLAG_OVERRIDE)
+    }
+
+    pub fn target(&self) -> Ipv6Addr {
+        target(self.buffer.as_ref())
+    }
+
+    pub fn options(&self) -> NdpOptions<'_> {
+        NdpOptions { rest: &self.buffer.as_ref()[NEIGHBOR_ADVERT_LEN..] }
+    }
+
+    /// The first target link-layer address option's MAC (an answer to a unicast solicitation may
+    /// leave it out).
+    pub fn target_mac(&self) -> Option<MacAddr> {
+        self.options().find_map(|o| if let NdpOption::TargetLinkAddr(mac) = o { Some(mac) } else { None })
+    }
+}
+
+/// Router Solicitation (RFC 4861 §4.1): a host asking for Router Advertisements now.
+#[derive(Debug)]
+pub struct RouterSolicit<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> RouterSolicit<T> {
+    /// Validates type, code, length and options.
+    pub fn new_checked(buffer: T) -> Result<Self, WireError> {
+        let b = buffer.as_ref();
+        check_ndp(b, TYPE_ROUTER_SOLICIT, ROUTER_SOLICIT_LEN, "ICMPv6 message is not a Router Solicitation")?;
+        Ok(RouterSolicit { buffer })
+    }
+
+    pub fn options(&self) -> NdpOptions<'_> {
+        NdpOptions { rest: &self.buffer.as_ref()[ROUTER_SOLICIT_LEN..] }
+    }
+
+    pub fn source_mac(&self) -> Option<MacAddr> {
+        source_mac(self.options())
+    }
+}
+
+/// Router Advertisement (RFC 4861 §4.2): a router's parameters for the link, and its prefixes.
+#[derive(Debug)]
+pub struct RouterAdvert<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> RouterAdvert<T> {
+    /// Validates type, code, length and options.
+    pub fn new_checked(buffer: T) -> Result<Self, WireError> {
+        let b = buffer.as_ref();
+        check_ndp(b, TYPE_ROUTER_ADVERT, ROUTER_ADVERT_LEN, "ICMPv6 message is not a Router Advertisement")?;
+        Ok(RouterAdvert { buffer })
+    }
+
+    /// The hop limit hosts should use; 0 leaves it to them.
+    pub fn cur_hop_limit(&self) -> u8 {
+        self.buffer.as_ref()[field::RA_HOP_LIMIT]
+    }
+
+    /// Addresses come from DHCPv6.
+    pub fn is_managed(&self) -> bool {
+        self.buffer.as_ref()[field::RA_FLAGS] & RA_FLAG_MANAGED != 0
+    }
+
+    /// Other configuration comes from DHCPv6.
+    pub fn is_other_config(&self) -> bool {
+        self.buffer.as_ref()[field::RA_FLAGS] & RA_FLAG_OTHER_CONFIG != 0
+    }
+
+    /// Seconds this router serves as a default router; 0: not a default router.
+    pub fn router_lifetime(&self) -> u16 {
+        let b = &self.buffer.as_ref()[field::RA_LIFETIME];
+        u16::from_be_bytes([b[0], b[1]])
+    }
+
+    /// Milliseconds; 0 is unspecified.
+    pub fn reachable_time(&self) -> u32 {
+        u32::from_be_bytes(self.buffer.as_ref()[field::RA_REACHABLE].try_into().expect("4 bytes"))
+    }
+
+    /// Milliseconds; 0 is unspecified.
+    pub fn retrans_timer(&self) -> u32 {
+        u32::from_be_bytes(self.buffer.as_ref()[field::RA_RETRANS].try_into().expect("4 bytes"))
+    }
+
+    pub fn options(&self) -> NdpOptions<'_> {
+        NdpOptions { rest: &self.buffer.as_ref()[ROUTER_ADVERT_LEN..] }
+    }
+
+    pub fn source_mac(&self) -> Option<MacAddr> {
+        source_mac(self.options())
+    }
+
+    /// The first MTU option's.
+    pub fn mtu(&self) -> Option<u32> {
+        self.options().find_map(|o| if let NdpOption::Mtu(mtu) = o { Some(mtu) } else { None })
+    }
+
+    pub fn prefixes(&self) -> impl Iterator<Item = PrefixInfo> + '_ {
+        self.options().filter_map(|o| if let NdpOption::PrefixInfo(p) = o { Some(p) } else { None })
+    }
+}
+
+/// The IPv6 packet length of the Neighbor Advertisements written here: header, message, and a
+/// target link-layer address option.
+pub const NA_PACKET_LEN: usize = ipv6::HEADER_LEN + NEIGHBOR_ADVERT_LEN + OPTION_SHORT_LEN;
+
+/// Writes an IPv6 packet holding a Neighbor Advertisement: `target` is at `mac` (in a target
+/// link-layer address option), with `flags` (`NA_FLAG_*`), hop limit 255, checksum filled.
+/// `buf` must hold [`NA_PACKET_LEN`] bytes; returns that length.
+pub fn emit_neighbor_advert(
+    buf: &mut [u8],
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    target: Ipv6Addr,
+    mac: MacAddr,
+    flags: u8,
+) -> usize {
+    let (ip, icmp) = buf[..NA_PACKET_LEN].split_at_mut(ipv6::HEADER_LEN);
+    icmp[field::TYPE] = TYPE_NEIGHBOR_ADVERT;
+    icmp[field::CODE] = 0;
+    icmp[field::REST].copy_from_slice(&[flags, 0, 0, 0]);
+    icmp[field::TARGET].copy_from_slice(&target.octets());
+    let option = &mut icmp[NEIGHBOR_ADVERT_LEN..];
+    option[opt::TYPE] = OPTION_TARGET_LINK_ADDR;
+    option[opt::LEN] = 1;
+    option[opt::LINK_ADDR].copy_from_slice(&mac.0);
+    Icmpv6Packet { buffer: &mut *icmp }.fill_checksum(src, dst);
+    ipv6::emit_header(ip, src, dst, PROTO_ICMPV6, icmp.len(), NDP_HOP_LIMIT);
+    NA_PACKET_LEN
+}
+
+/// Answers a Neighbor Solicitation from `solicitor` for `target`, an address of ours at `mac`
+/// (RFC 4861 §7.2.4): from `target`, Override set, Router set when `router`; back to the
+/// solicitor with Solicited set or, when it asked from the unspecified address (Duplicate
+/// Address Detection: the address is taken), to all nodes without. The Ethernet destination is
+/// then the solicitor's MAC, or [`ipv6::multicast_mac`] of all nodes. Returns
+/// [`NA_PACKET_LEN`].
+pub fn emit_neighbor_advert_reply(
+    buf: &mut [u8],
+    solicitor: Ipv6Addr,
+    target: Ipv6Addr,
+    mac: MacAddr,
+    router: bool,
+) -> usize {
+    let router = if router { NA_FLAG_ROUTER } else { 0 };
+    if solicitor.is_unspecified() {
+        emit_neighbor_advert(buf, target, ipv6::ALL_NODES, target, mac, router | NA_FLAG_OVERRIDE)
+    } else {
+        emit_neighbor_advert(buf, target, solicitor, target, mac, router | NA_FLAG_SOLICITED | NA_FLAG_OVERRIDE)
+    }
+}
+
+/// An unsolicited Neighbor Advertisement (RFC 4861 §7.2.6), IPv6's gratuitous ARP: `target` is
+/// at `mac`, to all nodes, Override set, Router set when `router`. Returns [`NA_PACKET_LEN`].
+pub fn emit_unsolicited_neighbor_advert(buf: &mut [u8], target: Ipv6Addr, mac: MacAddr, router: bool) -> usize {
+    let router = if router { NA_FLAG_ROUTER } else { 0 };
+    emit_neighbor_advert(buf, target, ipv6::ALL_NODES, target, mac, router | NA_FLAG_OVERRIDE)
+}
+
+/// An ICMPv6 error to emit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Icmpv6Error {
+    /// Hop limit exceeded in transit.
+    TimeExceeded,
+    /// Packet Too Big, with the next hop's MTU (RFC 4443 §3.2): IPv6 routers never fragment.
+    PacketTooBig { mtu: u32 },
+}
+
+/// Bytes of the offending packet an error quotes: as many as fit in the minimum MTU with the
+/// error's own headers (RFC 4443 §2.4 (c)), 1232 at most.
+pub fn quoted_len(offending: &[u8]) -> usize {
+    offending.len().min(ipv6::MIN_MTU - ipv6::HEADER_LEN - HEADER_LEN)
+}
+
+/// Writes an IPv6 packet holding an ICMPv6 error from `from` to `to` that quotes the first
+/// [`quoted_len`] bytes of `offending`; returns its length (at most 1280). `buf` must hold
+/// `ipv6::HEADER_LEN + HEADER_LEN + quoted_len(offending)` bytes.
+pub fn emit_error(buf: &mut [u8], from: Ipv6Addr, to: Ipv6Addr, error: Icmpv6Error, offending: &[u8]) -> usize {
+    let quoted = &offending[..quoted_len(offending)];
+    let icmp_len = HEADER_LEN + quoted.len();
+    let (ip, icmp) = buf[..ipv6::HEADER_LEN + icmp_len].split_at_mut(ipv6::HEADER_LEN);
+    let (kind, code, rest) = match error {
+        Icmpv6Error::TimeExceeded => (TYPE_TIME_EXCEEDED, CODE_HOP_LIMIT_EXCEEDED, [0u8; 4]),
+        Icmpv6Error::PacketTooBig { mtu } => (TYPE_PACKET_TOO_BIG, 0, mtu.to_be_bytes()),
+    };
+    icmp[field::TYPE] = kind;
+    icmp[field::CODE] = code;
+    icmp[field::REST].copy_from_slice(&rest);
+    icmp[HEADER_LEN..].copy_from_slice(quoted);
+    Icmpv6Packet { buffer: &mut *icmp }.fill_checksum(from, to);
+    ipv6::emit_header(ip, from, to, PROTO_ICMPV6, icmp_len, 64);
+    ipv6::HEADER_LEN + icmp_len
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::wire::captured::{
+        ICMPV6_ECHO_EXTENSION_HEADERS, ICMPV6_ECHO_HOP_LIMIT_1, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST,
+        ICMPV6_TIME_EXCEEDED, IPV6_FIRST_FRAGMENT, MLD_REPORT, NDP_DAD_SOLICIT, NDP_NEIGHBOR_ADVERT,
+        NDP_NEIGHBOR_ADVERT_NO_OPTIONS, NDP_NEIGHBOR_SOLICIT, NDP_ROUTER_ADVERT, NDP_ROUTER_SOLICIT, TCP6_SYN,
+    };
+    use crate::wire::ipv6::Ipv6Packet;
+
+    fn a(s: &str) -> Ipv6Addr {
+        s.parse().unwrap()
+    }
+
+    fn mac(s: &str) -> MacAddr {
+        s.parse().unwrap()
+    }
+
+    /// The ICMPv6 message of a captured frame, and its IPv6 addresses.
+    fn message(frame: &[u8]) -> (Vec<u8>, Ipv6Addr, Ipv6Addr) {
+        let ip = Ipv6Packet::new_checked(&frame[14..]).unwrap();
+        let up = ip.upper_layer().unwrap();
+        assert_eq!(up.protocol, PROTO_ICMPV6);
+        (ip.packet()[up.offset..].to_vec(), ip.src(), ip.dst())
+    }
+
+    #[test]
+    fn captured_messages_verify() {
+        let frames: [(&[u8], u8); 12] = [
+            (&NDP_NEIGHBOR_SOLICIT, TYPE_NEIGHBOR_SOLICIT),
+            (&NDP_DAD_SOLICIT, TYPE_NEIGHBOR_SOLICIT),
+            (&NDP_NEIGHBOR_ADVERT, TYPE_NEIGHBOR_ADVERT),
+            (&NDP_NEIGHBOR_ADVERT_NO_OPTIONS, TYPE_NEIGHBOR_ADVERT),
+            (&NDP_ROUTER_SOLICIT, TYPE_ROUTER_SOLICIT),
+            (&NDP_ROUTER_ADVERT, TYPE_ROUTER_ADVERT),
+            (&MLD_REPORT, 143),
+            (&ICMPV6_ECHO_REQUEST, TYPE_ECHO_REQUEST),
+            (&ICMPV6_ECHO_REPLY, TYPE_ECHO_REPLY),
+            (&ICMPV6_ECHO_EXTENSION_HEADERS, TYPE_ECHO_REQUEST),
+            (&ICMPV6_ECHO_HOP_LIMIT_1, TYPE_ECHO_REQUEST),
+            (&ICMPV6_TIME_EXCEEDED, TYPE_TIME_EXCEEDED),
+        ];
+        for (frame, kind) in frames {
+            let (mut bytes, src, dst) = message(frame);
+            let icmp = Icmpv6Packet::new_checked(&bytes[..]).unwrap();
+            assert_eq!((icmp.msg_type(), icmp.code()), (kind, 0));
+            assert!(icmp.verify_checksum(src, dst), "type {kind}");
+            let theirs = etherparse::Icmpv6Slice::from_slice(&bytes).unwrap();
+            assert!(theirs.is_checksum_valid(src.octets(), dst.octets()));
+            let elsewhere = Ipv6Addr::from(dst.to_bits() ^ 1);
+            assert!(!icmp.verify_checksum(src, elsewhere), "the addresses count");
+            // Filling recomputes what the sender wrote.
+            let sent = icmp.checksum();
+            let mut icmp = Icmpv6Packet::new_checked(&mut bytes[..]).unwrap();
+            icmp.fill_checksum(src, dst);
+            assert_eq!(icmp.checksum(), sent);
+            bytes[HEADER_LEN] ^= 1;
+            assert!(!Icmpv6Packet::new_checked(&bytes[..]).unwrap().verify_checksum(src, dst));
+        }
+        let (echo, _, _) = message(&ICMPV6_ECHO_REQUEST);
+        let echo = Icmpv6Packet::new_checked(&echo[..]).unwrap();
+        assert_eq!((echo.rest_of_header(), echo.payload()), ([0x2c, 0xe1, 0, 1], &[0, 1, 2, 3, 4, 5, 6, 7][..]));
+        assert_eq!(
+            Icmpv6Packet::new_checked(&[128u8, 0, 0, 0, 0, 0, 0][..]).unwrap_err(),
+            WireError::Truncated { need: 8, have: 7 }
+        );
+    }
+
+    #[test]
+    fn errors_are_told_from_informational_messages() {
+        for kind in [TYPE_DEST_UNREACHABLE, TYPE_PACKET_TOO_BIG, TYPE_TIME_EXCEEDED, TYPE_PARAM_PROBLEM, 0, 127] {
+            assert!(is_error(kind), "{kind}");
+        }
+        for kind in [TYPE_ECHO_REQUEST, TYPE_ECHO_REPLY, TYPE_NEIGHBOR_SOLICIT, TYPE_ROUTER_ADVERT, TYPE_REDIRECT, 255]
+        {
+            assert!(!is_error(kind), "{kind}");
+        }
+    }
+
+    #[test]
+    fn parses_captured_neighbor_discovery() {
+        let (b, _, _) = message(&NDP_NEIGHBOR_SOLICIT);
+        let ns = NeighborSolicit::new_checked(&b[..]).unwrap();
+        assert_eq!(ns.target(), a("fe80::42:acff:fe11:3"));
+        assert_eq!(ns.options().collect::<Vec<_>>(), [NdpOption::SourceLinkAddr(mac("02:42:ac:11:00:02"))]);
+        assert_eq!(ns.source_mac(), Some(mac("02:42:ac:11:00:02")));
+
+        let (b, src, _) = message(&NDP_DAD_SOLICIT);
+        let dad = NeighborSolicit::new_checked(&b[..]).unwrap();
+        assert!(src.is_unspecified());
+        assert_eq!((dad.target(), dad.source_mac()), (a("fe80::42:acff:fe11:3"), None));
+        let nonce = NdpOption::Other { kind: 14, data: &[0x05, 0x9d, 0x1b, 0x0d, 0xe4, 0xbc][..] };
+        assert_eq!(dad.options().collect::<Vec<_>>(), [nonce]);
+
+        let (b, _, _) = message(&NDP_NEIGHBOR_ADVERT);
+        let na = NeighborAdvert::new_checked(&b[..]).unwrap();
+        assert_eq!((na.is_router(), na.is_solicited(), na.is_override()), (false, true, true));
+        assert_eq!((na.target(), na.target_mac()), (a("fe80::42:acff:fe11:3"), Some(mac("02:42:ac:11:00:03"))));
+        let (b, _, _) = message(&NDP_NEIGHBOR_ADVERT_NO_OPTIONS);
+        let na = NeighborAdvert::new_checked(&b[..]).unwrap();
+        assert_eq!((na.is_router(), na.is_solicited(), na.is_override()), (false, true, false));
+        assert_eq!((na.target(), na.target_mac(), na.options().count()), (a("fe80::42:acff:fe11:2"), None, 0));
+
+        let (b, _, dst) = message(&NDP_ROUTER_SOLICIT);
+        let rs = RouterSolicit::new_checked(&b[..]).unwrap();
+        assert_eq!((dst, rs.source_mac()), (ipv6::ALL_ROUTERS, Some(mac("02:42:ac:11:00:02"))));
+
+        let (b, _, dst) = message(&NDP_ROUTER_ADVERT);
+        let ra = RouterAdvert::new_checked(&b[..]).unwrap();
+        assert_eq!(dst, ipv6::ALL_NODES);
+        assert_eq!((ra.cur_hop_limit(), ra.is_managed(), ra.is_other_config()), (64, false, false));
+        assert_eq!((ra.router_lifetime(), ra.reachable_time(), ra.retrans_timer()), (1800, 0, 0));
+        let prefix = PrefixInfo {
+            prefix_len: 64,
+            on_link: true,
+            autonomous: true,
+            valid_lifetime: 86400,
+            preferred_lifetime: 14400,
+            prefix: a("2001:db8:1::"),
+        };
+        assert_eq!(
+            ra.options().collect::<Vec<_>>(),
+            [NdpOption::SourceLinkAddr(mac("02:42:ac:11:00:02")), NdpOption::Mtu(1500), NdpOption::PrefixInfo(prefix)]
+        );
+        assert_eq!((ra.mtu(), ra.prefixes().collect::<Vec<_>>()), (Some(1500), vec![prefix]));
+    }
+
+    #[test]
+    fn each_view_takes_its_own_type_only() {
+        let (ns, _, _) = message(&NDP_NEIGHBOR_SOLICIT);
+        let (na, _, _) = message(&NDP_NEIGHBOR_ADVERT);
+        let (rs, _, _) = message(&NDP_ROUTER_SOLICIT);
+        let (ra, _, _) = message(&NDP_ROUTER_ADVERT);
+        let (echo, _, _) = message(&ICMPV6_ECHO_REQUEST);
+        for other in [&na, &rs, &ra, &echo] {
+            assert!(NeighborSolicit::new_checked(&other[..]).is_err());
+        }
+        for other in [&ns, &rs, &ra, &echo] {
+            assert!(NeighborAdvert::new_checked(&other[..]).is_err());
+        }
+        for other in [&ns, &na, &ra, &echo] {
+            assert!(RouterSolicit::new_checked(&other[..]).is_err());
+        }
+        for other in [&ns, &na, &rs, &echo] {
+            assert!(RouterAdvert::new_checked(&other[..]).is_err());
+        }
+        let mut coded = ns.clone();
+        coded[1] = 1;
+        assert_eq!(
+            NeighborSolicit::new_checked(&coded[..]).unwrap_err(),
+            WireError::Malformed("NDP message with a code other than 0")
+        );
+    }
+
+    #[test]
+    fn truncations_at_every_byte_keep_only_whole_options() {
+        type Check = fn(&[u8]) -> bool;
+        let cases: [(&[u8], Check, &[usize]); 4] = [
+            (&NDP_NEIGHBOR_SOLICIT, |b| NeighborSolicit::new_checked(b).is_ok(), &[24, 32]),
+            (&NDP_NEIGHBOR_ADVERT, |b| NeighborAdvert::new_checked(b).is_ok(), &[24, 32]),
+            (&NDP_ROUTER_SOLICIT, |b| RouterSolicit::new_checked(b).is_ok(), &[8, 16]),
+            (&NDP_ROUTER_ADVERT, |b| RouterAdvert::new_checked(b).is_ok(), &[16, 24, 32, 64]),
+        ];
+        for (frame, accepts, boundaries) in cases {
+            let (b, _, _) = message(frame);
+            for cut in 0..=b.len() {
+                assert_eq!(accepts(&b[..cut]), boundaries.contains(&cut), "cut at {cut} of {}", b.len());
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_options_are_refused() {
+        let (ns, _, _) = message(&NDP_NEIGHBOR_SOLICIT);
+        let (ra, _, _) = message(&NDP_ROUTER_ADVERT);
+        let refuse = |bytes: &[u8], mutate: &dyn Fn(&mut Vec<u8>)| {
+            let mut b = bytes.to_vec();
+            mutate(&mut b);
+            match b[0] {
+                TYPE_NEIGHBOR_SOLICIT => NeighborSolicit::new_checked(&b[..]).unwrap_err(),
+                _ => RouterAdvert::new_checked(&b[..]).unwrap_err(),
+            }
+        };
+        let malformed = WireError::Malformed;
+        // Length 0 (which would loop forever if believed), past the end, a lone trailing byte.
+        assert_eq!(refuse(&ns, &|b| b[25] = 0), malformed("NDP option of length 0"));
+        assert_eq!(refuse(&ns, &|b| b[25] = 2), malformed("NDP option runs past the end of the message"));
+        assert_eq!(refuse(&ns, &|b| b.push(1)), malformed("NDP option runs past the end of the message"));
+        assert_eq!(refuse(&ns, &|b| b.extend([3, 0])), malformed("NDP option of length 0"));
+        // Options read here must have their size; a link-layer address is Ethernet's.
+        let long_slla = |b: &mut Vec<u8>| {
+            b[25] = 2;
+            b.extend([0; 8]);
+        };
+        assert_eq!(refuse(&ns, &long_slla), malformed("NDP link-layer address option is not 8 bytes"));
+        // The RA's options: source link-layer address at 16, MTU at 24, prefix information at 32.
+        let long_mtu = |b: &mut Vec<u8>| {
+            b[25] = 2;
+            b.splice(32..32, [0; 8]);
+        };
+        assert_eq!(refuse(&ra, &long_mtu), malformed("NDP MTU option is not 8 bytes"));
+        let short_prefix = |b: &mut Vec<u8>| {
+            b[33] = 3;
+            b.truncate(56);
+        };
+        assert_eq!(refuse(&ra, &short_prefix), malformed("NDP prefix information option is not 32 bytes"));
+        assert_eq!(refuse(&ra, &|b| b[34] = 129), malformed("NDP prefix longer than 128 bits"));
+        // Unknown options of any length are kept whole.
+        let mut b = ra.clone();
+        b.extend([25, 3].iter().chain(&[0xaa; 22]));
+        let ra = RouterAdvert::new_checked(&b[..]).unwrap();
+        assert_eq!(ra.options().last(), Some(NdpOption::Other { kind: 25, data: &[0xaa; 22][..] }));
+        // A multicast target.
+        assert_eq!(refuse(&ns, &|b| b[8] = 0xff), malformed("NDP target is a multicast address"));
+        let (mut na, _, _) = message(&NDP_NEIGHBOR_ADVERT);
+        na[8] = 0xff;
+        assert_eq!(NeighborAdvert::new_checked(&na[..]).unwrap_err(), malformed("NDP target is a multicast address"));
+    }
+
+    #[test]
+    fn neighbor_advert_reply_is_what_linux_sends() {
+        // Answering the captured solicitation as the captured host did gives its very bytes.
+        let (b, solicitor, _) = message(&NDP_NEIGHBOR_SOLICIT);
+        let ns = NeighborSolicit::new_checked(&b[..]).unwrap();
+        let mut buf = [0u8; NA_PACKET_LEN];
+        let len = emit_neighbor_advert_reply(&mut buf, solicitor, ns.target(), mac("02:42:ac:11:00:03"), false);
+        assert_eq!(&buf[..len], &NDP_NEIGHBOR_ADVERT[14..]);
+
+        // The gateway answers as a router, and its checksum verifies.
+        let gw = mac("02:00:00:00:00:01");
+        let len = emit_neighbor_advert_reply(&mut buf, solicitor, a("fe80::1"), gw, true);
+        let ip = Ipv6Packet::new_checked(&buf[..len]).unwrap();
+        assert_eq!((ip.src(), ip.dst(), ip.hop_limit()), (a("fe80::1"), solicitor, NDP_HOP_LIMIT));
+        let icmp = Icmpv6Packet::new_checked(ip.payload()).unwrap();
+        assert!(icmp.verify_checksum(ip.src(), ip.dst()));
+        let na = NeighborAdvert::new_checked(ip.payload()).unwrap();
+        assert_eq!((na.is_router(), na.is_solicited(), na.is_override()), (true, true, true));
+        assert_eq!((na.target(), na.target_mac()), (a("fe80::1"), Some(gw)));
+
+        // Duplicate Address Detection is answered to all nodes, unsolicited.
+        let len = emit_neighbor_advert_reply(&mut buf, Ipv6Addr::UNSPECIFIED, a("fe80::1"), gw, true);
+        let ip = Ipv6Packet::new_checked(&buf[..len]).unwrap();
+        assert_eq!(ip.dst(), ipv6::ALL_NODES);
+        assert!(Icmpv6Packet::new_checked(ip.payload()).unwrap().verify_checksum(ip.src(), ip.dst()));
+        let na = NeighborAdvert::new_checked(ip.payload()).unwrap();
+        assert_eq!((na.is_router(), na.is_solicited(), na.is_override()), (true, false, true));
+    }
+
+    #[test]
+    fn unsolicited_neighbor_advert_goes_to_all_nodes() {
+        let mut buf = [0u8; NA_PACKET_LEN];
+        let pod = mac("02:00:0a:0a:01:02");
+        let len = emit_unsolicited_neighbor_advert(&mut buf, a("2001:db8:1::5"), pod, false);
+        let ip = Ipv6Packet::new_checked(&buf[..len]).unwrap();
+        assert_eq!((ip.src(), ip.dst(), ip.hop_limit()), (a("2001:db8:1::5"), ipv6::ALL_NODES, 255));
+        let theirs = etherparse::Icmpv6Slice::from_slice(ip.payload()).unwrap();
+        assert!(theirs.is_checksum_valid(ip.src().octets(), ip.dst().octets()));
+        let na = NeighborAdvert::new_checked(ip.payload()).unwrap();
+        assert_eq!((na.is_router(), na.is_solicited(), na.is_override()), (false, false, true));
+        assert_eq!((na.target(), na.target_mac()), (a("2001:db8:1::5"), Some(pod)));
+    }
+
+    #[test]
+    fn time_exceeded_is_what_linux_sends() {
+        // The captured router's error about the captured echo request, but for the flow label
+        // (Linux hashes one; we leave it 0).
+        let mut buf = [0u8; ipv6::MIN_MTU];
+        let offending = &ICMPV6_ECHO_HOP_LIMIT_1[14..];
+        let len = emit_error(&mut buf, a("2001:db8:2::1"), a("2001:db8:2::2"), Icmpv6Error::TimeExceeded, offending);
+        let linux = &ICMPV6_TIME_EXCEEDED[14..];
+        assert_eq!(len, linux.len());
+        assert_eq!((&buf[..1], &buf[4..len]), (&linux[..1], &linux[4..]));
+        assert_eq!(Ipv6Packet::new_checked(linux).unwrap().flow_label(), 0x544eb);
+    }
+
+    #[test]
+    fn packet_too_big_quotes_what_fits_in_1280_bytes() {
+        // A 1500-byte packet: the TCP SYN's header with 1460 bytes of payload.
+        let mut offending = TCP6_SYN[14..54].to_vec();
+        offending[4..6].copy_from_slice(&1460u16.to_be_bytes());
+        offending.extend((0..1460).map(|i| i as u8));
+        let mut buf = [0u8; ipv6::MIN_MTU];
+        let (from, to) = (a("2001:db8::1"), a("2001:db8:1:0:42:acff:fe11:2"));
+        let len = emit_error(&mut buf, from, to, Icmpv6Error::PacketTooBig { mtu: 1400 }, &offending);
+        assert_eq!((len, quoted_len(&offending)), (1280, 1232));
+        let ip = Ipv6Packet::new_checked(&buf[..len]).unwrap();
+        assert_eq!((ip.src(), ip.dst(), ip.next_header(), ip.payload_len()), (from, to, PROTO_ICMPV6, 1240));
+        let icmp = Icmpv6Packet::new_checked(ip.payload()).unwrap();
+        assert_eq!((icmp.msg_type(), icmp.code(), icmp.rest_of_header()), (2, 0, 1400u32.to_be_bytes()));
+        assert_eq!(icmp.payload(), &offending[..1232]);
+        assert!(icmp.verify_checksum(from, to));
+        // A first fragment of 1280 bytes is quoted up to what fits; a small packet whole.
+        let len = emit_error(&mut buf, from, to, Icmpv6Error::TimeExceeded, &IPV6_FIRST_FRAGMENT[14..]);
+        assert_eq!(len, 1280);
+        let len = emit_error(&mut buf, from, to, Icmpv6Error::TimeExceeded, &TCP6_SYN[14..]);
+        assert_eq!(len, 40 + 8 + 80);
+        let ip = Ipv6Packet::new_checked(&buf[..len]).unwrap();
+        assert!(Icmpv6Packet::new_checked(ip.payload()).unwrap().verify_checksum(from, to));
+    }
+}
