@@ -153,7 +153,9 @@ impl IpamConfig {
     /// The configured store: etcd, or the node-local file in `state_dir`.
     pub fn store(&self, state_dir: &Path) -> Result<AnyStore, String> {
         match &self.etcd {
-            Some(etcd) => EtcdStore::new(etcd.clone()).map(AnyStore::Etcd).map_err(|e| format!("ipam.etcd: {e}")),
+            Some(etcd) => {
+                EtcdStore::new(etcd.clone()).map(|s| AnyStore::Etcd(Box::new(s))).map_err(|e| format!("ipam.etcd: {e}"))
+            }
             None => Ok(AnyStore::File(FileStore::new(&state_dir.join("ipam-store.json")))),
         }
     }

@@ -498,7 +498,7 @@ impl<S: ClusterStore> NodeIpam<S> {
             self.sync(&mut fenced).await?;
             self.refill(self.settings.warm_target).await?;
             self.trim().await?;
-            if round % 2 == 0 {
+            if round.is_multiple_of(2) {
                 self.reclaim_dead().await?;
             }
             Ok::<(), StoreError>(())

@@ -57,7 +57,7 @@ pub trait ClusterStore: Send + Sync + 'static {
 #[derive(Debug)]
 pub enum AnyStore {
     File(file::FileStore),
-    Etcd(etcd::EtcdStore),
+    Etcd(Box<etcd::EtcdStore>),
 }
 
 macro_rules! dispatch {
