@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use vswitch_api::api::{AssignSpec, Attachment, ErrorCode, PodRef};
 
 use super::record::{AddressRecord, Keys};
 use super::store::file::FileStore;
-use super::store::ClusterStore;
+use super::store::{ClusterStore, Entry, StoreError};
 use super::{IpamConfig, NodeIpam};
 
 fn config(node: &str, pool: &str, extra: &str) -> IpamConfig {
@@ -190,4 +191,93 @@ async fn a_claim_written_before_a_crash_is_adopted_and_the_warm_pool_serves_with
     let fenced = a.tick(|_| true).await;
     assert!(fenced.is_empty());
     assert_eq!(a.local_view().pending_sync, 3, "written once the store is back");
+}
+
+/// What [`Faulty`] does wrong, switched by the test.
+#[derive(Debug, Default)]
+struct Faults {
+    /// `list` fails: the store became unreachable half-way through a round.
+    lists: AtomicBool,
+}
+
+/// The file store with [`Faults`].
+#[derive(Debug)]
+struct Faulty {
+    inner: FileStore,
+    faults: Arc<Faults>,
+}
+
+impl ClusterStore for Faulty {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        if self.faults.lists.load(Ordering::Relaxed) {
+            return Err(StoreError("unreachable".into()));
+        }
+        self.inner.list(prefix).await
+    }
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn put_if(&self, key: &str, value: Vec<u8>, expected: i64) -> Result<Option<i64>, StoreError> {
+        self.inner.put_if(key, value, expected).await
+    }
+    async fn delete_if(&self, key: &str, expected: i64) -> Result<bool, StoreError> {
+        self.inner.delete_if(key, expected).await
+    }
+    async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
+        self.inner.put(key, value).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+    async fn grant_lease(&self, ttl: Duration) -> Result<i64, StoreError> {
+        self.inner.grant_lease(ttl).await
+    }
+    async fn keep_alive(&self, lease: i64) -> Result<bool, StoreError> {
+        self.inner.keep_alive(lease).await
+    }
+    async fn put_leased(&self, key: &str, value: Vec<u8>, lease: i64) -> Result<(), StoreError> {
+        self.inner.put_leased(key, value, lease).await
+    }
+}
+
+fn faulty_node(dir: &Path, name: &str, pool: &str, extra: &str, faults: &Arc<Faults>) -> Arc<NodeIpam<Faulty>> {
+    let state = dir.join(name);
+    std::fs::create_dir_all(&state).unwrap();
+    let settings = config(name, pool, extra).settings().unwrap();
+    let store = Faulty { inner: FileStore::new(&dir.join("store.json")), faults: faults.clone() };
+    Arc::new(NodeIpam::open(settings, store, &state).unwrap())
+}
+
+#[tokio::test]
+async fn a_node_whose_re_registration_fails_half_way_registers_again_and_is_fenced() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(Faults::default());
+    let a = faulty_node(dir.path(), "a", "10.0.0.0/28", "warm_target = 2", &faults);
+    let b = node(dir.path(), "b", "10.0.0.0/28", "warm_target = 2");
+    a.tick(|_| false).await;
+    let ip = a.assign(&spec("victim", None), &none()).await.unwrap().ip;
+    a.tick(|_| true).await;
+    // a is cut off until its lease has expired and b has reclaimed its addresses.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    for _ in 0..6 {
+        b.tick(|_| false).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert!(records(dir.path()).await.iter().all(|(_, r)| r.node() != Some("a")));
+    // a comes back, finds its lease gone and takes a new one, but the store goes away again
+    // before it has reconciled.
+    faults.lists.store(true, Ordering::Relaxed);
+    assert!(a.tick(|_| true).await.is_empty());
+    assert_eq!(a.lookup(&spec("victim", None).owner), Some(ip), "not reconciled yet");
+    // The next round's keep-alive of the new lease succeeds: a must still reconcile (and so
+    // learn that it lost the address), not carry on as if registered.
+    faults.lists.store(false, Ordering::Relaxed);
+    let fenced = a.tick(|_| true).await;
+    assert_eq!(fenced.iter().map(|f| f.ip).collect::<Vec<_>>(), [ip], "{fenced:?}");
+    assert_eq!(a.lookup(&spec("victim", None).owner), None);
+    let store = FileStore::new(&dir.path().join("store.json"));
+    assert!(store.get(&Keys::new("/vpc-ipam/default").node("a")).await.unwrap().is_some(), "a is live again");
 }

@@ -567,6 +567,10 @@ impl<S: ClusterStore> NodeIpam<S> {
                 return Ok(());
             }
             tracing::warn!(lease, "this node's lease expired (the node was cut off or down): re-registering");
+            // Until `register` has gone through with the new lease: should it fail half-way,
+            // the next round's keep-alive of the new lease succeeds, and must not count as
+            // registered (the node would never reconcile, fence or write its node key).
+            self.registered.store(false, Ordering::Release);
         }
         let lease = self.store.grant_lease(self.settings.lease_ttl).await?;
         self.local().lease = Some(lease);
