@@ -198,6 +198,10 @@ async fn a_claim_written_before_a_crash_is_adopted_and_the_warm_pool_serves_with
 struct Faults {
     /// `list` fails: the store became unreachable half-way through a round.
     lists: AtomicBool,
+    /// The next `put_if` / `delete_if` is carried out, but its reply is lost (a timeout, an
+    /// etcd member killed mid-request): the caller cannot tell whether it happened.
+    lose_put_if: AtomicBool,
+    lose_delete_if: AtomicBool,
 }
 
 /// The file store with [`Faults`].
@@ -205,6 +209,10 @@ struct Faults {
 struct Faulty {
     inner: FileStore,
     faults: Arc<Faults>,
+}
+
+fn lost() -> StoreError {
+    StoreError("the reply was lost".into())
 }
 
 impl ClusterStore for Faulty {
@@ -221,10 +229,18 @@ impl ClusterStore for Faulty {
         self.inner.get(key).await
     }
     async fn put_if(&self, key: &str, value: Vec<u8>, expected: i64) -> Result<Option<i64>, StoreError> {
-        self.inner.put_if(key, value, expected).await
+        let result = self.inner.put_if(key, value, expected).await?;
+        if self.faults.lose_put_if.swap(false, Ordering::Relaxed) {
+            return Err(lost());
+        }
+        Ok(result)
     }
     async fn delete_if(&self, key: &str, expected: i64) -> Result<bool, StoreError> {
-        self.inner.delete_if(key, expected).await
+        let result = self.inner.delete_if(key, expected).await?;
+        if self.faults.lose_delete_if.swap(false, Ordering::Relaxed) {
+            return Err(lost());
+        }
+        Ok(result)
     }
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
         self.inner.put(key, value).await
@@ -249,6 +265,12 @@ fn faulty_node(dir: &Path, name: &str, pool: &str, extra: &str, faults: &Arc<Fau
     let settings = config(name, pool, extra).settings().unwrap();
     let store = Faulty { inner: FileStore::new(&dir.join("store.json")), faults: faults.clone() };
     Arc::new(NodeIpam::open(settings, store, &state).unwrap())
+}
+
+/// Warm addresses the store gives `node`.
+async fn warm_in_store(dir: &Path, node: &str) -> u64 {
+    records(dir).await.iter().filter(|(_, r)| matches!(r, AddressRecord::Warm { node: n, .. } if n == node)).count()
+        as u64
 }
 
 #[tokio::test]
@@ -280,4 +302,51 @@ async fn a_node_whose_re_registration_fails_half_way_registers_again_and_is_fenc
     assert_eq!(a.lookup(&spec("victim", None).owner), None);
     let store = FileStore::new(&dir.path().join("store.json"));
     assert!(store.get(&Keys::new("/vpc-ipam/default").node("a")).await.unwrap().is_some(), "a is live again");
+}
+
+#[tokio::test]
+async fn a_claim_whose_reply_was_lost_is_taken_in_not_leaked() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(Faults::default());
+    let a = faulty_node(dir.path(), "a", "10.0.0.0/28", "warm_target = 3", &faults);
+    // The first claim is written, but a never hears so.
+    faults.lose_put_if.store(true, Ordering::Relaxed);
+    a.tick(|_| false).await;
+    assert_eq!(warm_in_store(dir.path(), "a").await, 1);
+    assert_eq!(a.local_view().warm, 0);
+    a.tick(|_| false).await;
+    assert_eq!(a.local_view().warm, 3, "the claim that went through counts, and two more");
+    assert_eq!(warm_in_store(dir.path(), "a").await, 3, "none claimed and forgotten");
+}
+
+#[tokio::test]
+async fn a_give_back_whose_reply_was_lost_leaves_nothing_in_the_warm_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(Faults::default());
+    let extra = "warm_target = 2\nwarm_max = 2";
+    let a = faulty_node(dir.path(), "a", "10.0.0.0/28", extra, &faults);
+    a.tick(|_| false).await;
+    // A claim a crash kept from the local state: a restarted a adopts it, one above warm_max.
+    let taken: HashSet<IpAddr> = records(dir.path()).await.into_iter().map(|(ip, _)| ip).collect();
+    let spare: IpAddr = (1..15).map(|i| format!("10.0.0.{i}").parse().unwrap()).find(|ip| !taken.contains(ip)).unwrap();
+    let keys = Keys::new("/vpc-ipam/default");
+    let store = FileStore::new(&dir.path().join("store.json"));
+    let record = AddressRecord::Warm { node: "a".into(), since: 0 };
+    store.put_if(&keys.ip(spare), record.encode(), 0).await.unwrap().unwrap();
+    drop(a);
+    let a = faulty_node(dir.path(), "a", "10.0.0.0/28", extra, &faults);
+    // The round adopts it and gives the excess back; the delete happens, its reply is lost.
+    faults.lose_delete_if.store(true, Ordering::Relaxed);
+    a.tick(|_| false).await;
+    assert_eq!(warm_in_store(dir.path(), "a").await, 2);
+    assert_eq!(a.local_view().warm, 2, "the address being given back left the warm pool first");
+    a.tick(|_| false).await;
+    assert_eq!((a.local_view().warm, warm_in_store(dir.path(), "a").await), (2, 2));
+    // Every warm address a hands out is one the store gives it.
+    let mine: HashSet<IpAddr> =
+        records(dir.path()).await.into_iter().filter(|(_, r)| r.node() == Some("a")).map(|(ip, _)| ip).collect();
+    for i in 0..2 {
+        let ip = a.assign(&spec(&format!("p{i}"), None), &none()).await.unwrap().ip;
+        assert!(mine.contains(&ip), "{ip} is not a's in the store: {mine:?}");
+    }
 }

@@ -124,6 +124,11 @@ pub struct NodeIpam<S: ClusterStore> {
     save_lock: Mutex<()>,
     /// Holds a lease that the store confirmed in this process (reconciled since).
     registered: AtomicBool,
+    /// Addresses whose claim or give-back may or may not have reached the store: the request
+    /// failed without an answer (a timeout, a member lost mid-request). Looked up again before
+    /// the next refill, so a claim that went through is not leaked, and a give-back that went
+    /// through leaves nothing behind in the warm pool. (Across a restart, `reconcile` does it.)
+    unsure: Mutex<HashSet<IpAddr>>,
     ticks: AtomicU64,
     pub stats: IpamStats,
 }
@@ -165,6 +170,7 @@ impl<S: ClusterStore> NodeIpam<S> {
             path,
             save_lock: Mutex::new(()),
             registered: AtomicBool::new(false),
+            unsure: Mutex::new(HashSet::new()),
             ticks: AtomicU64::new(0),
             stats: IpamStats::default(),
         })
@@ -422,7 +428,11 @@ impl<S: ClusterStore> NodeIpam<S> {
                 Ok(AddressView { ip, new: true })
             }
             Ok(None) => Err(taken("another node (it changed while asking)")),
-            Err(e) => Err(unavailable("static address", &e)),
+            Err(e) => {
+                // It may be this node's now: looked up again, and then found by the retried ADD.
+                self.unsure_about(ip);
+                Err(unavailable("static address", &e))
+            }
         }
     }
 
@@ -690,8 +700,41 @@ impl<S: ClusterStore> NodeIpam<S> {
         Ok(())
     }
 
+    fn unsure_about(&self, ip: IpAddr) {
+        self.unsure.lock().unwrap_or_else(|p| p.into_inner()).insert(ip);
+    }
+
+    /// Looks up the addresses whose last write went unanswered: one the store gives this node
+    /// and that it does not know is taken in (warm, or assigned as the store says); anything
+    /// else is not this node's.
+    async fn resolve_unsure(self: &Arc<Self>) -> Result<(), StoreError> {
+        let unsure: Vec<IpAddr> = self.unsure.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
+        if unsure.is_empty() {
+            return Ok(());
+        }
+        let mut adopted = false;
+        for ip in unsure {
+            let current = self.store.get(&self.keys.ip(ip)).await?;
+            let record = current.and_then(|e| Some((AddressRecord::decode(&e.value)?, e.version)));
+            if let Some((record, version)) = record.filter(|(r, _)| r.node() == Some(self.settings.node.as_str())) {
+                let mut local = self.local();
+                if let std::collections::btree_map::Entry::Vacant(slot) = local.entries.entry(ip) {
+                    tracing::info!(%ip, state = record.state_name(), "a write whose reply was lost went through: the address is this node's");
+                    slot.insert(LocalEntry { record, version, dirty: false, netns: None });
+                    adopted = true;
+                }
+            }
+            self.unsure.lock().unwrap_or_else(|p| p.into_inner()).remove(&ip);
+        }
+        if adopted {
+            self.save().await.map_err(|e| StoreError(e.message))?;
+        }
+        Ok(())
+    }
+
     /// Claims up to `target - warm` addresses for the warm pool; returns how many are warm now.
     async fn refill(self: &Arc<Self>, target: usize) -> Result<usize, StoreError> {
+        self.resolve_unsure().await?;
         let warm = self.warm_count();
         if warm >= target {
             return Ok(warm);
@@ -717,9 +760,21 @@ impl<S: ClusterStore> NodeIpam<S> {
             };
             tried += 1;
             let record = AddressRecord::Warm { node: self.settings.node.clone(), since: now };
-            if let Some(version) = self.store.put_if(&self.keys.ip(ip), record.encode(), expected).await? {
-                self.local().entries.insert(ip, LocalEntry { record, version, dirty: false, netns: None });
-                claimed += 1;
+            match self.store.put_if(&self.keys.ip(ip), record.encode(), expected).await {
+                Ok(Some(version)) => {
+                    // (Adopted meanwhile by `resolve_unsure`: the same record; keep that entry.)
+                    let entry = LocalEntry { record, version, dirty: false, netns: None };
+                    self.local().entries.entry(ip).or_insert(entry);
+                    claimed += 1;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.unsure_about(ip);
+                    if claimed > 0 {
+                        let _ = self.save().await;
+                    }
+                    return Err(e);
+                }
             }
         }
         if claimed > 0 {
@@ -733,32 +788,43 @@ impl<S: ClusterStore> NodeIpam<S> {
     }
 
     /// Gives warm addresses above `warm_max` back (deleting their records: no pod used them).
+    /// Each leaves the warm pool before its record is deleted, so no ADD can take it meanwhile
+    /// (and nothing else of this node touches a record naming it that it does not know); a
+    /// delete that went unanswered or found the record changed is looked up again later.
     async fn trim(self: &Arc<Self>) -> Result<(), StoreError> {
         let excess: Vec<(IpAddr, i64)> = {
-            let local = self.local();
-            let warm: Vec<(IpAddr, i64)> = local
+            let mut local = self.local();
+            let warm: Vec<IpAddr> = local
                 .entries
                 .iter()
                 .filter(|(_, e)| matches!(e.record, AddressRecord::Warm { .. }) && !e.dirty)
-                .map(|(ip, e)| (*ip, e.version))
+                .map(|(ip, _)| *ip)
                 .collect();
-            warm.into_iter().skip(self.settings.warm_max).collect()
+            warm.into_iter()
+                .skip(self.settings.warm_max)
+                .filter_map(|ip| Some((ip, local.entries.remove(&ip)?.version)))
+                .collect()
         };
-        for (ip, version) in &excess {
-            // Taken by an ADD meanwhile: it stays.
-            let still_warm = self
-                .local()
-                .entries
-                .get(ip)
-                .is_some_and(|e| matches!(e.record, AddressRecord::Warm { .. }) && !e.dirty);
-            if still_warm && self.store.delete_if(&self.keys.ip(*ip), *version).await? {
-                self.local().entries.remove(ip);
+        if excess.is_empty() {
+            return Ok(());
+        }
+        // Saved without them first: after a crash from here on, `reconcile` adopts what is left.
+        let mut result = self.save().await.map_err(|e| StoreError(e.message));
+        for (ip, version) in excess {
+            if result.is_err() {
+                self.unsure_about(ip);
+                continue;
+            }
+            match self.store.delete_if(&self.keys.ip(ip), version).await {
+                Ok(true) => {}
+                Ok(false) => self.unsure_about(ip),
+                Err(e) => {
+                    self.unsure_about(ip);
+                    result = Err(e);
+                }
             }
         }
-        if !excess.is_empty() {
-            self.save().await.map_err(|e| StoreError(e.message))?;
-        }
-        Ok(())
+        result
     }
 
     /// Nodes that hold addresses but no lease: marked down, and after the quarantine their
