@@ -202,6 +202,11 @@ struct Faults {
     /// etcd member killed mid-request): the caller cannot tell whether it happened.
     lose_put_if: AtomicBool,
     lose_delete_if: AtomicBool,
+    /// While `gated`, `put_if_absent` (a reclaim's write) waits for `gate`, which the test
+    /// holds; `at_gate` says one is waiting.
+    gated: AtomicBool,
+    gate: tokio::sync::Mutex<()>,
+    at_gate: AtomicBool,
 }
 
 /// The file store with [`Faults`].
@@ -234,6 +239,19 @@ impl ClusterStore for Faulty {
             return Err(lost());
         }
         Ok(result)
+    }
+    async fn put_if_absent(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected: i64,
+        absent: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        if self.faults.gated.load(Ordering::Relaxed) {
+            self.faults.at_gate.store(true, Ordering::Relaxed);
+            let _wait = self.faults.gate.lock().await;
+        }
+        self.inner.put_if_absent(key, value, expected, absent).await
     }
     async fn delete_if(&self, key: &str, expected: i64) -> Result<bool, StoreError> {
         let result = self.inner.delete_if(key, expected).await?;
@@ -349,4 +367,62 @@ async fn a_give_back_whose_reply_was_lost_leaves_nothing_in_the_warm_pool() {
         let ip = a.assign(&spec(&format!("p{i}"), None), &none()).await.unwrap().ip;
         assert!(mine.contains(&ip), "{ip} is not a's in the store: {mine:?}");
     }
+}
+
+#[tokio::test]
+async fn a_reclaim_planned_while_a_node_was_away_does_not_take_its_addresses_once_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(Faults::default());
+    let a = node(dir.path(), "a", "10.0.0.0/28", "warm_target = 2");
+    let b = faulty_node(dir.path(), "b", "10.0.0.0/28", "warm_target = 2", &faults);
+    a.tick(|_| false).await;
+    let ip = a.assign(&spec("victim", None), &none()).await.unwrap().ip;
+    a.tick(|_| true).await;
+    b.tick(|_| false).await;
+    // a is away until its lease has expired and b has marked it down.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let store = FileStore::new(&dir.path().join("store.json"));
+    let keys = Keys::new("/vpc-ipam/default");
+    for round in 0.. {
+        assert!(round < 20, "b never marked a down");
+        b.tick(|_| false).await;
+        if store.get(&keys.down("a")).await.unwrap().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Once the quarantine is over, b plans the reclaim with a still away; its first write waits.
+    let gate = faults.gate.lock().await;
+    faults.gated.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let reclaim = tokio::spawn({
+        let b = b.clone();
+        async move {
+            // (Every other round reclaims.)
+            b.tick(|_| false).await;
+            b.tick(|_| false).await;
+        }
+    });
+    for round in 0.. {
+        assert!(round < 500, "b's reclaim never got to its first write");
+        if faults.at_gate.load(Ordering::Relaxed) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // a comes back and registers again before b's writes land.
+    let fenced = a.tick(|_| true).await;
+    drop(gate);
+    reclaim.await.unwrap();
+    // Either way round, a keeps only what the store gives it.
+    let now = records(dir.path()).await;
+    match a.lookup(&spec("victim", None).owner) {
+        Some(kept) => assert!(
+            now.iter().any(|(i, r)| *i == kept && r.node() == Some("a")),
+            "a still uses {kept} but the store says {:?}",
+            now.iter().find(|(i, _)| *i == kept)
+        ),
+        None => assert_eq!(fenced.iter().map(|f| f.ip).collect::<Vec<_>>(), [ip]),
+    }
+    assert_eq!(warm_in_store(dir.path(), "a").await, a.local_view().warm, "{now:?}");
 }

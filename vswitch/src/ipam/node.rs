@@ -588,11 +588,17 @@ impl<S: ClusterStore> NodeIpam<S> {
         self.register(lease, fenced).await
     }
 
+    /// The node key goes in first, and only then does the node compare its state with the
+    /// store: other nodes take a dead node's addresses only while its node key is absent
+    /// (`put_if_absent`), so any address taken from this node was taken before the key was
+    /// written, and so before `reconcile` reads the records. (The other way round, a reclaim
+    /// planned while the node was away could land just after `reconcile`, and the node would
+    /// keep addresses the store gave back to the pool.)
     async fn register(self: &Arc<Self>, lease: i64, fenced: &mut Vec<Fenced>) -> Result<(), StoreError> {
-        self.reconcile(fenced).await?;
         let node = NodeRecord { lease, since: now_secs() };
         let value = serde_json::to_vec(&node).expect("serialisable");
         self.store.put_leased(&self.keys.node(&self.settings.node), value, lease).await?;
+        self.reconcile(fenced).await?;
         self.store.delete(&self.keys.down(&self.settings.node)).await?;
         self.registered.store(true, Ordering::Release);
         tracing::info!(node = %self.settings.node, lease, store = %self.store.describe(), "registered with the address store");
@@ -862,7 +868,11 @@ impl<S: ClusterStore> NodeIpam<S> {
                             }
                             _ => AddressRecord::Cooling { released_at: now, last_node },
                         };
-                        if self.store.put_if(&self.keys.ip(*ip), next.encode(), *version).await?.is_some() {
+                        // Only while the node is still without a lease (it may have come back
+                        // since `live` was read).
+                        let key = self.keys.ip(*ip);
+                        let node_key = self.keys.node(node);
+                        if self.store.put_if_absent(&key, next.encode(), *version, &node_key).await?.is_some() {
                             n += 1;
                             if let AddressRecord::Sticky { pod, .. } = &next {
                                 self.store.put(&self.keys.sticky(pod), ip.to_string().into_bytes()).await?;

@@ -206,6 +206,24 @@ impl ClusterStore for EtcdStore {
         Ok(succeeded.then_some(revision))
     }
 
+    async fn put_if_absent(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected: i64,
+        absent: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        // A missing key's version is 0.
+        let txn = Txn::new()
+            .when([
+                Compare::mod_revision(key, CompareOp::Equal, expected),
+                Compare::version(absent, CompareOp::Equal, 0),
+            ])
+            .and_then([TxnOp::put(key, value, None)]);
+        let (succeeded, revision) = self.txn(txn).await?;
+        Ok(succeeded.then_some(revision))
+    }
+
     async fn delete_if(&self, key: &str, expected: i64) -> Result<bool, StoreError> {
         if expected == 0 {
             return Ok(false);
