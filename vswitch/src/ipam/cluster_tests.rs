@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use vswitch_api::api::{AssignSpec, Attachment, ErrorCode, PodRef};
 
 use super::record::{AddressRecord, Keys};
 use super::store::file::FileStore;
-use super::store::ClusterStore;
+use super::store::{ClusterStore, Entry, StoreError};
 use super::{IpamConfig, NodeIpam};
 
 fn config(node: &str, pool: &str, extra: &str) -> IpamConfig {
@@ -190,4 +191,244 @@ async fn a_claim_written_before_a_crash_is_adopted_and_the_warm_pool_serves_with
     let fenced = a.tick(|_| true).await;
     assert!(fenced.is_empty());
     assert_eq!(a.local_view().pending_sync, 3, "written once the store is back");
+}
+
+/// What [`Faulty`] does wrong, switched by the test.
+#[derive(Debug, Default)]
+struct Faults {
+    /// `list` fails: the store became unreachable half-way through a round.
+    lists: AtomicBool,
+    /// The next `put_if` / `delete_if` is carried out, but its reply is lost (a timeout, an
+    /// etcd member killed mid-request): the caller cannot tell whether it happened.
+    lose_put_if: AtomicBool,
+    lose_delete_if: AtomicBool,
+    /// While `gated`, `put_if_absent` (a reclaim's write) waits for `gate`, which the test
+    /// holds; `at_gate` says one is waiting.
+    gated: AtomicBool,
+    gate: tokio::sync::Mutex<()>,
+    at_gate: AtomicBool,
+}
+
+/// The file store with [`Faults`].
+#[derive(Debug)]
+struct Faulty {
+    inner: FileStore,
+    faults: Arc<Faults>,
+}
+
+fn lost() -> StoreError {
+    StoreError("the reply was lost".into())
+}
+
+impl ClusterStore for Faulty {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        if self.faults.lists.load(Ordering::Relaxed) {
+            return Err(StoreError("unreachable".into()));
+        }
+        self.inner.list(prefix).await
+    }
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn put_if(&self, key: &str, value: Vec<u8>, expected: i64) -> Result<Option<i64>, StoreError> {
+        let result = self.inner.put_if(key, value, expected).await?;
+        if self.faults.lose_put_if.swap(false, Ordering::Relaxed) {
+            return Err(lost());
+        }
+        Ok(result)
+    }
+    async fn put_if_absent(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected: i64,
+        absent: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        if self.faults.gated.load(Ordering::Relaxed) {
+            self.faults.at_gate.store(true, Ordering::Relaxed);
+            let _wait = self.faults.gate.lock().await;
+        }
+        self.inner.put_if_absent(key, value, expected, absent).await
+    }
+    async fn delete_if(&self, key: &str, expected: i64) -> Result<bool, StoreError> {
+        let result = self.inner.delete_if(key, expected).await?;
+        if self.faults.lose_delete_if.swap(false, Ordering::Relaxed) {
+            return Err(lost());
+        }
+        Ok(result)
+    }
+    async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
+        self.inner.put(key, value).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+    async fn grant_lease(&self, ttl: Duration) -> Result<i64, StoreError> {
+        self.inner.grant_lease(ttl).await
+    }
+    async fn keep_alive(&self, lease: i64) -> Result<bool, StoreError> {
+        self.inner.keep_alive(lease).await
+    }
+    async fn put_leased(&self, key: &str, value: Vec<u8>, lease: i64) -> Result<(), StoreError> {
+        self.inner.put_leased(key, value, lease).await
+    }
+}
+
+fn faulty_node(dir: &Path, name: &str, pool: &str, extra: &str, faults: &Arc<Faults>) -> Arc<NodeIpam<Faulty>> {
+    let state = dir.join(name);
+    std::fs::create_dir_all(&state).unwrap();
+    let settings = config(name, pool, extra).settings().unwrap();
+    let store = Faulty { inner: FileStore::new(&dir.join("store.json")), faults: faults.clone() };
+    Arc::new(NodeIpam::open(settings, store, &state).unwrap())
+}
+
+/// Warm addresses the store gives `node`.
+async fn warm_in_store(dir: &Path, node: &str) -> u64 {
+    records(dir).await.iter().filter(|(_, r)| matches!(r, AddressRecord::Warm { node: n, .. } if n == node)).count()
+        as u64
+}
+
+#[tokio::test]
+async fn a_node_whose_re_registration_fails_half_way_registers_again_and_is_fenced() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(Faults::default());
+    let a = faulty_node(dir.path(), "a", "10.0.0.0/28", "warm_target = 2", &faults);
+    let b = node(dir.path(), "b", "10.0.0.0/28", "warm_target = 2");
+    a.tick(|_| false).await;
+    let ip = a.assign(&spec("victim", None), &none()).await.unwrap().ip;
+    a.tick(|_| true).await;
+    // a is cut off until its lease has expired and b has reclaimed its addresses.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    for _ in 0..6 {
+        b.tick(|_| false).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert!(records(dir.path()).await.iter().all(|(_, r)| r.node() != Some("a")));
+    // a comes back, finds its lease gone and takes a new one, but the store goes away again
+    // before it has reconciled.
+    faults.lists.store(true, Ordering::Relaxed);
+    assert!(a.tick(|_| true).await.is_empty());
+    assert_eq!(a.lookup(&spec("victim", None).owner), Some(ip), "not reconciled yet");
+    // The next round's keep-alive of the new lease succeeds: a must still reconcile (and so
+    // learn that it lost the address), not carry on as if registered.
+    faults.lists.store(false, Ordering::Relaxed);
+    let fenced = a.tick(|_| true).await;
+    assert_eq!(fenced.iter().map(|f| f.ip).collect::<Vec<_>>(), [ip], "{fenced:?}");
+    assert_eq!(a.lookup(&spec("victim", None).owner), None);
+    let store = FileStore::new(&dir.path().join("store.json"));
+    assert!(store.get(&Keys::new("/vpc-ipam/default").node("a")).await.unwrap().is_some(), "a is live again");
+}
+
+#[tokio::test]
+async fn a_claim_whose_reply_was_lost_is_taken_in_not_leaked() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(Faults::default());
+    let a = faulty_node(dir.path(), "a", "10.0.0.0/28", "warm_target = 3", &faults);
+    // The first claim is written, but a never hears so.
+    faults.lose_put_if.store(true, Ordering::Relaxed);
+    a.tick(|_| false).await;
+    assert_eq!(warm_in_store(dir.path(), "a").await, 1);
+    assert_eq!(a.local_view().warm, 0);
+    a.tick(|_| false).await;
+    assert_eq!(a.local_view().warm, 3, "the claim that went through counts, and two more");
+    assert_eq!(warm_in_store(dir.path(), "a").await, 3, "none claimed and forgotten");
+}
+
+#[tokio::test]
+async fn a_give_back_whose_reply_was_lost_leaves_nothing_in_the_warm_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(Faults::default());
+    let extra = "warm_target = 2\nwarm_max = 2";
+    let a = faulty_node(dir.path(), "a", "10.0.0.0/28", extra, &faults);
+    a.tick(|_| false).await;
+    // A claim a crash kept from the local state: a restarted a adopts it, one above warm_max.
+    let taken: HashSet<IpAddr> = records(dir.path()).await.into_iter().map(|(ip, _)| ip).collect();
+    let spare: IpAddr = (1..15).map(|i| format!("10.0.0.{i}").parse().unwrap()).find(|ip| !taken.contains(ip)).unwrap();
+    let keys = Keys::new("/vpc-ipam/default");
+    let store = FileStore::new(&dir.path().join("store.json"));
+    let record = AddressRecord::Warm { node: "a".into(), since: 0 };
+    store.put_if(&keys.ip(spare), record.encode(), 0).await.unwrap().unwrap();
+    drop(a);
+    let a = faulty_node(dir.path(), "a", "10.0.0.0/28", extra, &faults);
+    // The round adopts it and gives the excess back; the delete happens, its reply is lost.
+    faults.lose_delete_if.store(true, Ordering::Relaxed);
+    a.tick(|_| false).await;
+    assert_eq!(warm_in_store(dir.path(), "a").await, 2);
+    assert_eq!(a.local_view().warm, 2, "the address being given back left the warm pool first");
+    a.tick(|_| false).await;
+    assert_eq!((a.local_view().warm, warm_in_store(dir.path(), "a").await), (2, 2));
+    // Every warm address a hands out is one the store gives it.
+    let mine: HashSet<IpAddr> =
+        records(dir.path()).await.into_iter().filter(|(_, r)| r.node() == Some("a")).map(|(ip, _)| ip).collect();
+    for i in 0..2 {
+        let ip = a.assign(&spec(&format!("p{i}"), None), &none()).await.unwrap().ip;
+        assert!(mine.contains(&ip), "{ip} is not a's in the store: {mine:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_reclaim_planned_while_a_node_was_away_does_not_take_its_addresses_once_it_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(Faults::default());
+    let a = node(dir.path(), "a", "10.0.0.0/28", "warm_target = 2");
+    let b = faulty_node(dir.path(), "b", "10.0.0.0/28", "warm_target = 2", &faults);
+    a.tick(|_| false).await;
+    let ip = a.assign(&spec("victim", None), &none()).await.unwrap().ip;
+    a.tick(|_| true).await;
+    b.tick(|_| false).await;
+    // a is away until its lease has expired and b has marked it down.
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let store = FileStore::new(&dir.path().join("store.json"));
+    let keys = Keys::new("/vpc-ipam/default");
+    for round in 0.. {
+        assert!(round < 20, "b never marked a down");
+        b.tick(|_| false).await;
+        if store.get(&keys.down("a")).await.unwrap().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Once the quarantine is over, b plans the reclaim with a still away; its first write waits.
+    let gate = faults.gate.lock().await;
+    faults.gated.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let reclaim = tokio::spawn({
+        let (b, faults) = (b.clone(), faults.clone());
+        async move {
+            // The dead-node scan runs every 2 s: tick until a round has got to the gated write
+            // (that round waits there until the gate opens).
+            for _ in 0..40 {
+                b.tick(|_| false).await;
+                if faults.at_gate.load(Ordering::Relaxed) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    for round in 0.. {
+        assert!(round < 500, "b's reclaim never got to its first write");
+        if faults.at_gate.load(Ordering::Relaxed) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // a comes back and registers again before b's writes land.
+    let fenced = a.tick(|_| true).await;
+    drop(gate);
+    reclaim.await.unwrap();
+    // Either way round, a keeps only what the store gives it.
+    let now = records(dir.path()).await;
+    match a.lookup(&spec("victim", None).owner) {
+        Some(kept) => assert!(
+            now.iter().any(|(i, r)| *i == kept && r.node() == Some("a")),
+            "a still uses {kept} but the store says {:?}",
+            now.iter().find(|(i, _)| *i == kept)
+        ),
+        None => assert_eq!(fenced.iter().map(|f| f.ip).collect::<Vec<_>>(), [ip]),
+    }
+    assert_eq!(warm_in_store(dir.path(), "a").await, a.local_view().warm, "{now:?}");
 }

@@ -124,6 +124,11 @@ pub struct NodeIpam<S: ClusterStore> {
     save_lock: Mutex<()>,
     /// Holds a lease that the store confirmed in this process (reconciled since).
     registered: AtomicBool,
+    /// Addresses whose claim or give-back may or may not have reached the store: the request
+    /// failed without an answer (a timeout, a member lost mid-request). Looked up again before
+    /// the next refill, so a claim that went through is not leaked, and a give-back that went
+    /// through leaves nothing behind in the warm pool. (Across a restart, `reconcile` does it.)
+    unsure: Mutex<HashSet<IpAddr>>,
     ticks: AtomicU64,
     /// When the lease was last renewed and dead nodes last looked for: a round run early (after
     /// an ADD) does only the work that cannot wait.
@@ -171,6 +176,7 @@ impl<S: ClusterStore> NodeIpam<S> {
             path,
             save_lock: Mutex::new(()),
             registered: AtomicBool::new(false),
+            unsure: Mutex::new(HashSet::new()),
             ticks: AtomicU64::new(0),
             last_keep_alive: Mutex::new(None),
             last_reclaim: Mutex::new(None),
@@ -287,11 +293,9 @@ impl<S: ClusterStore> NodeIpam<S> {
         // straight as assigned, and have the pool refilled behind it.
         self.kick.notify_one();
         let record = self.assigned_record(spec);
-        match self.claim(1, &record, in_use).await {
+        match self.claim(1, &record, in_use, Some(spec.netns.clone())).await {
             Ok(won) => match won.first() {
-                Some(&(ip, version)) => {
-                    let entry = LocalEntry { record, version, dirty: false, netns: Some(spec.netns.clone()) };
-                    self.local().entries.insert(ip, entry);
+                Some(&(ip, _)) => {
                     self.save().await?;
                     self.stats.assigned_from_store.fetch_add(1, Ordering::Relaxed);
                     Ok(AddressView { ip, new: true })
@@ -434,9 +438,14 @@ impl<S: ClusterStore> NodeIpam<S> {
     ) -> Result<Option<AddressView>, ApiError> {
         let record = self.assigned_record(spec);
         let written = self.store.put_if(&self.keys.ip(ip), record.encode(), version).await;
-        let version = match written.map_err(|e| unavailable("taking the address", &e))? {
-            Some(version) => version,
-            None => return Ok(None),
+        let version = match written {
+            Ok(Some(version)) => version,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                // It may be this node's now: looked up again, and then found by the retried ADD.
+                self.unsure_about(ip);
+                return Err(unavailable("taking the address", &e));
+            }
         };
         let entry = LocalEntry { record, version, dirty: false, netns: Some(spec.netns.clone()) };
         self.local().entries.insert(ip, entry);
@@ -592,6 +601,10 @@ impl<S: ClusterStore> NodeIpam<S> {
                 return Ok(());
             }
             tracing::warn!(lease, "this node's lease expired (the node was cut off or down): re-registering");
+            // Until `register` has gone through with the new lease: should it fail half-way,
+            // the next round's keep-alive of the new lease succeeds, and must not count as
+            // registered (the node would never reconcile, fence or write its node key).
+            self.registered.store(false, Ordering::Release);
         }
         let lease = self.store.grant_lease(self.settings.lease_ttl).await?;
         self.local().lease = Some(lease);
@@ -599,11 +612,17 @@ impl<S: ClusterStore> NodeIpam<S> {
         self.register(lease, fenced).await
     }
 
+    /// The node key goes in first, and only then does the node compare its state with the
+    /// store: other nodes take a dead node's addresses only while its node key is absent
+    /// (`put_if_absent`), so any address taken from this node was taken before the key was
+    /// written, and so before `reconcile` reads the records. (The other way round, a reclaim
+    /// planned while the node was away could land just after `reconcile`, and the node would
+    /// keep addresses the store gave back to the pool.)
     async fn register(self: &Arc<Self>, lease: i64, fenced: &mut Vec<Fenced>) -> Result<(), StoreError> {
-        self.reconcile(fenced).await?;
         let node = NodeRecord { lease, since: now_secs() };
         let value = serde_json::to_vec(&node).expect("serialisable");
         self.store.put_leased(&self.keys.node(&self.settings.node), value, lease).await?;
+        self.reconcile(fenced).await?;
         self.store.delete(&self.keys.down(&self.settings.node)).await?;
         *self.last_keep_alive.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         self.registered.store(true, Ordering::Release);
@@ -708,8 +727,9 @@ impl<S: ClusterStore> NodeIpam<S> {
                         }
                     }
                     other => {
-                        let entry = local.entries.remove(&ip).expect("cloned above");
-                        if let Some(owner) = entry.owner() {
+                        // (Gone already when another sync of the same address got here first.)
+                        let lost = local.entries.remove(&ip);
+                        if let Some(owner) = lost.as_ref().and_then(LocalEntry::owner) {
                             let now = other.map_or("free".to_string(), |(r, _)| describe(&r));
                             fenced.push(Fenced { ip, owner: owner.clone(), now });
                         }
@@ -720,17 +740,47 @@ impl<S: ClusterStore> NodeIpam<S> {
         Ok(())
     }
 
+    fn unsure_about(&self, ip: IpAddr) {
+        self.unsure.lock().unwrap_or_else(|p| p.into_inner()).insert(ip);
+    }
+
+    /// Looks up the addresses whose last write went unanswered: one the store gives this node
+    /// and that it does not know is taken in (warm, or assigned as the store says); anything
+    /// else is not this node's.
+    async fn resolve_unsure(self: &Arc<Self>) -> Result<(), StoreError> {
+        let unsure: Vec<IpAddr> = self.unsure.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
+        if unsure.is_empty() {
+            return Ok(());
+        }
+        let mut adopted = false;
+        for ip in unsure {
+            let current = self.store.get(&self.keys.ip(ip)).await?;
+            let record = current.and_then(|e| Some((AddressRecord::decode(&e.value)?, e.version)));
+            if let Some((record, version)) = record.filter(|(r, _)| r.node() == Some(self.settings.node.as_str())) {
+                let mut local = self.local();
+                if let std::collections::btree_map::Entry::Vacant(slot) = local.entries.entry(ip) {
+                    tracing::info!(%ip, state = record.state_name(), "a write whose reply was lost went through: the address is this node's");
+                    slot.insert(LocalEntry { record, version, dirty: false, netns: None });
+                    adopted = true;
+                }
+            }
+            self.unsure.lock().unwrap_or_else(|p| p.into_inner()).remove(&ip);
+        }
+        if adopted {
+            self.save().await.map_err(|e| StoreError(e.message))?;
+        }
+        Ok(())
+    }
+
     /// Claims up to `target - warm` addresses for the warm pool; returns how many are warm now.
     async fn refill(self: &Arc<Self>, target: usize) -> Result<usize, StoreError> {
+        self.resolve_unsure().await?;
         let warm = self.warm_count();
         if warm >= target {
             return Ok(warm);
         }
         let record = AddressRecord::Warm { node: self.settings.node.clone(), since: now_secs() };
-        let won = self.claim(target - warm, &record, &HashSet::new()).await?;
-        for &(ip, version) in &won {
-            self.local().entries.insert(ip, LocalEntry { record: record.clone(), version, dirty: false, netns: None });
-        }
+        let won = self.claim(target - warm, &record, &HashSet::new(), None).await?;
         if !won.is_empty() {
             self.save().await.map_err(|e| StoreError(e.message))?;
         }
@@ -739,13 +789,15 @@ impl<S: ClusterStore> NodeIpam<S> {
 
     /// Claims up to `count` free addresses in the store as `record`, one CAS each (from absent,
     /// or from a record whose reuse delay is over), from a random place in the pool so that
-    /// nodes rarely race for the same one. Skips what this node knows and `also_skip`. Returns
-    /// the addresses won with their versions (the caller records them locally).
+    /// nodes rarely race for the same one. Skips what this node knows and `also_skip`. Each
+    /// address won is recorded locally at once (with `netns`); the caller saves. A write whose
+    /// reply was lost is looked up again later (`resolve_unsure`).
     async fn claim(
-        &self,
+        self: &Arc<Self>,
         count: usize,
         record: &AddressRecord,
         also_skip: &HashSet<IpAddr>,
+        netns: Option<PathBuf>,
     ) -> Result<Vec<(IpAddr, i64)>, StoreError> {
         let records = self.records().await?;
         let now = now_secs();
@@ -767,8 +819,22 @@ impl<S: ClusterStore> NodeIpam<S> {
                 Some(_) => continue,
             };
             tried += 1;
-            if let Some(version) = self.store.put_if(&self.keys.ip(ip), record.encode(), expected).await? {
-                won.push((ip, version));
+            match self.store.put_if(&self.keys.ip(ip), record.encode(), expected).await {
+                Ok(Some(version)) => {
+                    // Recorded at once (a later failure must not lose it); adopted meanwhile by
+                    // `resolve_unsure` it is the same record: that entry stays.
+                    let entry = LocalEntry { record: record.clone(), version, dirty: false, netns: netns.clone() };
+                    self.local().entries.entry(ip).or_insert(entry);
+                    won.push((ip, version));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.unsure_about(ip);
+                    if !won.is_empty() {
+                        let _ = self.save().await;
+                    }
+                    return Err(e);
+                }
             }
         }
         Ok(won)
@@ -779,32 +845,43 @@ impl<S: ClusterStore> NodeIpam<S> {
     }
 
     /// Gives warm addresses above `warm_max` back (deleting their records: no pod used them).
+    /// Each leaves the warm pool before its record is deleted, so no ADD can take it meanwhile
+    /// (and nothing else of this node touches a record naming it that it does not know); a
+    /// delete that went unanswered or found the record changed is looked up again later.
     async fn trim(self: &Arc<Self>) -> Result<(), StoreError> {
         let excess: Vec<(IpAddr, i64)> = {
-            let local = self.local();
-            let warm: Vec<(IpAddr, i64)> = local
+            let mut local = self.local();
+            let warm: Vec<IpAddr> = local
                 .entries
                 .iter()
                 .filter(|(_, e)| matches!(e.record, AddressRecord::Warm { .. }) && !e.dirty)
-                .map(|(ip, e)| (*ip, e.version))
+                .map(|(ip, _)| *ip)
                 .collect();
-            warm.into_iter().skip(self.settings.warm_max).collect()
+            warm.into_iter()
+                .skip(self.settings.warm_max)
+                .filter_map(|ip| Some((ip, local.entries.remove(&ip)?.version)))
+                .collect()
         };
-        for (ip, version) in &excess {
-            // Taken by an ADD meanwhile: it stays.
-            let still_warm = self
-                .local()
-                .entries
-                .get(ip)
-                .is_some_and(|e| matches!(e.record, AddressRecord::Warm { .. }) && !e.dirty);
-            if still_warm && self.store.delete_if(&self.keys.ip(*ip), *version).await? {
-                self.local().entries.remove(ip);
+        if excess.is_empty() {
+            return Ok(());
+        }
+        // Saved without them first: after a crash from here on, `reconcile` adopts what is left.
+        let mut result = self.save().await.map_err(|e| StoreError(e.message));
+        for (ip, version) in excess {
+            if result.is_err() {
+                self.unsure_about(ip);
+                continue;
+            }
+            match self.store.delete_if(&self.keys.ip(ip), version).await {
+                Ok(true) => {}
+                Ok(false) => self.unsure_about(ip),
+                Err(e) => {
+                    self.unsure_about(ip);
+                    result = Err(e);
+                }
             }
         }
-        if !excess.is_empty() {
-            self.save().await.map_err(|e| StoreError(e.message))?;
-        }
-        Ok(())
+        result
     }
 
     /// Nodes that hold addresses but no lease: marked down, and after the quarantine their
@@ -842,7 +919,11 @@ impl<S: ClusterStore> NodeIpam<S> {
                             }
                             _ => AddressRecord::Cooling { released_at: now, last_node },
                         };
-                        if self.store.put_if(&self.keys.ip(*ip), next.encode(), *version).await?.is_some() {
+                        // Only while the node is still without a lease (it may have come back
+                        // since `live` was read).
+                        let key = self.keys.ip(*ip);
+                        let node_key = self.keys.node(node);
+                        if self.store.put_if_absent(&key, next.encode(), *version, &node_key).await?.is_some() {
                             n += 1;
                             if let AddressRecord::Sticky { pod, .. } = &next {
                                 self.store.put(&self.keys.sticky(pod), ip.to_string().into_bytes()).await?;

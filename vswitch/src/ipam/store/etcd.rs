@@ -2,8 +2,17 @@
 //! compare-and-swap as a one-key transaction on the key's mod revision (0 for an absent key),
 //! leases with etcd's own keep-alive. Requests need a leader (`require_leader`), so without a
 //! quorum they fail at once instead of hanging, and every request has a deadline.
+//!
+//! Requests go to one member at a time (the last one that answered), as etcd's own Go client
+//! does, and move on to the next member when this one cannot be reached or has no leader:
+//! etcd-client's balanced channel spreads requests over every endpoint, a member that is down
+//! included, so with one member of three stopped some requests failed although the cluster had
+//! its quorum. Only requests that certainly did not reach the member are sent again; one that
+//! may have been carried out (a timeout, a connection lost mid-request) is reported as failed.
 
+use std::error::Error as _;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use etcd_client::{
@@ -35,7 +44,10 @@ fn default_timeout_ms() -> u64 {
 pub struct EtcdStore {
     config: EtcdConfig,
     options: ConnectOptions,
-    client: tokio::sync::Mutex<Option<Client>>,
+    /// One client per member (in `config.endpoints` order), made on first use.
+    clients: Vec<tokio::sync::Mutex<Option<Client>>>,
+    /// The member requests go to first: the last one that answered.
+    current: AtomicUsize,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -46,6 +58,30 @@ impl std::fmt::Debug for EtcdStore {
 
 fn fail(e: impl std::fmt::Display) -> StoreError {
     StoreError(format!("etcd: {e}"))
+}
+
+/// Whether a request certainly did not reach etcd: the member could not be connected to, or it
+/// refused the request for want of a leader (`require_leader`) before looking at it. Such a
+/// request may go to another member; anything else (a timeout, a connection lost mid-request,
+/// etcd's own "request timed out") may have been carried out, so it is not sent again.
+fn undelivered(e: &etcd_client::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = match e {
+        etcd_client::Error::GRpcStatus(status) if status.message() == "etcdserver: no leader" => return true,
+        etcd_client::Error::GRpcStatus(status) => status.source(),
+        etcd_client::Error::TransportError(e) => e.source(),
+        _ => None,
+    };
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            // Only a connect fails this way: nothing was sent.
+            if matches!(io.kind(), ConnectionRefused | NetworkUnreachable | HostUnreachable | AddrNotAvailable) {
+                return true;
+            }
+        }
+        source = e.source();
+    }
+    false
 }
 
 impl EtcdStore {
@@ -66,38 +102,58 @@ impl EtcdStore {
             .with_connect_timeout(timeout)
             .with_keep_alive(Duration::from_secs(2), timeout)
             .with_require_leader(true);
-        Ok(EtcdStore { config, options, client: tokio::sync::Mutex::new(None) })
+        let clients = config.endpoints.iter().map(|_| tokio::sync::Mutex::new(None)).collect();
+        Ok(EtcdStore { config, options, clients, current: AtomicUsize::new(0) })
     }
 
-    async fn client(&self) -> Result<Client, StoreError> {
-        let mut slot = self.client.lock().await;
+    /// The client of member `i` (connecting is lazy: the first request makes the connection).
+    async fn client(&self, i: usize) -> Result<Client, etcd_client::Error> {
+        let mut slot = self.clients[i].lock().await;
         if let Some(client) = slot.as_ref() {
             return Ok(client.clone());
         }
-        let connect = Client::connect(&self.config.endpoints, Some(self.options.clone()));
-        let client = tokio::time::timeout(Duration::from_millis(self.config.timeout_ms), connect)
-            .await
-            .map_err(|_| fail("connect timed out"))?
-            .map_err(fail)?;
+        let client = Client::connect([&self.config.endpoints[i]], Some(self.options.clone())).await?;
         *slot = Some(client.clone());
         Ok(client)
     }
 
     /// Runs one request with the deadline (the client's own timeout does not cover a channel
-    /// that is still connecting).
-    async fn call<T, F>(&self, f: impl FnOnce(Client) -> F) -> Result<T, StoreError>
+    /// that is still connecting), on the current member and, while it certainly did not get
+    /// there, on the next ones.
+    async fn call<T, F>(&self, f: impl Fn(Client) -> F) -> Result<T, StoreError>
     where
         F: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
-        let client = self.client().await?;
-        tokio::time::timeout(Duration::from_millis(self.config.timeout_ms), f(client))
-            .await
-            .map_err(|_| fail("request timed out"))?
-            .map_err(fail)
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.config.timeout_ms);
+        let members = self.clients.len();
+        let first = self.current.load(Ordering::Relaxed) % members;
+        let mut failures = Vec::new();
+        for i in (first..members).chain(0..first) {
+            let attempt = async { f(self.client(i).await?).await };
+            match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok(value)) => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return Ok(value);
+                }
+                Ok(Err(e)) if undelivered(&e) => failures.push(format!("{}: {e}", self.config.endpoints[i])),
+                Ok(Err(e)) => return Err(fail(format!("{}: {e}", self.config.endpoints[i]))),
+                Err(_) => {
+                    // The member may be cut off: the next request starts with the next one.
+                    self.current.store((i + 1) % members, Ordering::Relaxed);
+                    failures.push(format!("{}: request timed out", self.config.endpoints[i]));
+                    break;
+                }
+            }
+        }
+        Err(fail(failures.join("; ")))
     }
 
     async fn txn(&self, txn: Txn) -> Result<(bool, i64), StoreError> {
-        let response = self.call(|mut c| async move { c.txn(txn).await }).await?;
+        let response = self.call(|mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        });
+        let response = response.await?;
         Ok((response.succeeded(), response.header().map_or(0, |h| h.revision())))
     }
 }
@@ -109,8 +165,12 @@ impl ClusterStore for EtcdStore {
 
     async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
         let prefix = prefix.to_string();
-        let response =
-            self.call(|mut c| async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }).await?;
+        let response = self
+            .call(|mut c| {
+                let prefix = prefix.clone();
+                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            })
+            .await?;
         Ok(response
             .kvs()
             .iter()
@@ -124,7 +184,12 @@ impl ClusterStore for EtcdStore {
 
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         let key = key.to_string();
-        let response = self.call(|mut c| async move { c.get(key, None).await }).await?;
+        let response = self
+            .call(|mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
+            .await?;
         Ok(response.kvs().first().map(|kv| Entry {
             key: String::from_utf8_lossy(kv.key()).into_owned(),
             value: kv.value().to_vec(),
@@ -141,6 +206,24 @@ impl ClusterStore for EtcdStore {
         Ok(succeeded.then_some(revision))
     }
 
+    async fn put_if_absent(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected: i64,
+        absent: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        // A missing key's version is 0.
+        let txn = Txn::new()
+            .when([
+                Compare::mod_revision(key, CompareOp::Equal, expected),
+                Compare::version(absent, CompareOp::Equal, 0),
+            ])
+            .and_then([TxnOp::put(key, value, None)]);
+        let (succeeded, revision) = self.txn(txn).await?;
+        Ok(succeeded.then_some(revision))
+    }
+
     async fn delete_if(&self, key: &str, expected: i64) -> Result<bool, StoreError> {
         if expected == 0 {
             return Ok(false);
@@ -153,12 +236,22 @@ impl ClusterStore for EtcdStore {
 
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
         let key = key.to_string();
-        self.call(|mut c| async move { c.put(key, value, None).await }).await.map(drop)
+        self.call(|mut c| {
+            let (key, value) = (key.clone(), value.clone());
+            async move { c.put(key, value, None).await }
+        })
+        .await
+        .map(drop)
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let key = key.to_string();
-        self.call(|mut c| async move { c.delete(key, None).await }).await.map(drop)
+        self.call(|mut c| {
+            let key = key.clone();
+            async move { c.delete(key, None).await }
+        })
+        .await
+        .map(drop)
     }
 
     async fn grant_lease(&self, ttl: Duration) -> Result<i64, StoreError> {
@@ -167,18 +260,26 @@ impl ClusterStore for EtcdStore {
     }
 
     async fn keep_alive(&self, lease: i64) -> Result<bool, StoreError> {
+        // etcd-client sends the first keep-alive itself and reports a lease that has expired
+        // (etcd answers with TTL 0) as this error: the lease is gone, which is an answer, not a
+        // failure (the node must re-register, and learn what it lost meanwhile).
         self.call(|mut c| async move {
-            let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
-            keeper.keep_alive().await?;
-            Ok(stream.message().await?.is_some_and(|r| r.ttl() > 0))
+            match c.lease_keep_alive(lease).await {
+                Ok(_) => Ok(true),
+                Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok(false),
+                Err(e) => Err(e),
+            }
         })
         .await
     }
 
     async fn put_leased(&self, key: &str, value: Vec<u8>, lease: i64) -> Result<(), StoreError> {
         let key = key.to_string();
-        self.call(|mut c| async move { c.put(key, value, Some(PutOptions::new().with_lease(lease))).await })
-            .await
-            .map(drop)
+        self.call(|mut c| {
+            let (key, value) = (key.clone(), value.clone());
+            async move { c.put(key, value, Some(PutOptions::new().with_lease(lease))).await }
+        })
+        .await
+        .map(drop)
     }
 }

@@ -141,6 +141,23 @@ impl ClusterStore for FileStore {
         .await
     }
 
+    async fn put_if_absent(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected: i64,
+        absent: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let (key, absent) = (key.to_string(), absent.to_string());
+        self.with_data(move |d| {
+            if d.version(&key) != expected || d.keys.contains_key(&absent) {
+                return (None, false);
+            }
+            (Some(d.write(&key, value, None)), true)
+        })
+        .await
+    }
+
     async fn delete_if(&self, key: &str, expected: i64) -> Result<bool, StoreError> {
         let key = key.to_string();
         self.with_data(move |d| {
@@ -216,6 +233,11 @@ mod tests {
         assert!(v2 > v1);
         assert_eq!(store.put_if("/a/ip/1", b"z".to_vec(), v1).await.unwrap(), None, "stale version");
         assert!(!store.delete_if("/a/ip/1", v1).await.unwrap());
+        store.put("/a/node/n1", b"{}".to_vec()).await.unwrap();
+        assert_eq!(store.put_if_absent("/a/ip/1", b"w".to_vec(), v2, "/a/node/n1").await.unwrap(), None);
+        store.delete("/a/node/n1").await.unwrap();
+        assert_eq!(store.put_if_absent("/a/ip/1", b"w".to_vec(), v1, "/a/node/n1").await.unwrap(), None);
+        let v2 = store.put_if_absent("/a/ip/1", b"y".to_vec(), v2, "/a/node/n1").await.unwrap().expect("updated");
         store.put("/a/ip/2", b"w".to_vec()).await.unwrap();
         store.put("/b", b"other".to_vec()).await.unwrap();
         let listed: Vec<String> = store.list("/a/").await.unwrap().into_iter().map(|e| e.key).collect();

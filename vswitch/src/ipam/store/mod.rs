@@ -40,6 +40,16 @@ pub trait ClusterStore: Send + Sync + 'static {
         value: Vec<u8>,
         expected: i64,
     ) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
+    /// [`ClusterStore::put_if`], and only while `absent` does not exist: a dead node's address is
+    /// taken from it only while the node's lease key is still gone, so a node that registers
+    /// again and then reconciles sees every address it lost (see `NodeIpam::register`).
+    fn put_if_absent(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected: i64,
+        absent: &str,
+    ) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
     /// Deletes the key if its version is `expected`; false when it was changed (or is gone).
     fn delete_if(&self, key: &str, expected: i64) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Writes unconditionally (hints only: the sticky index, down marks).
@@ -81,6 +91,15 @@ impl ClusterStore for AnyStore {
     }
     async fn put_if(&self, key: &str, value: Vec<u8>, expected: i64) -> Result<Option<i64>, StoreError> {
         dispatch!(self, s => s.put_if(key, value, expected).await)
+    }
+    async fn put_if_absent(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected: i64,
+        absent: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        dispatch!(self, s => s.put_if_absent(key, value, expected, absent).await)
     }
     async fn delete_if(&self, key: &str, expected: i64) -> Result<bool, StoreError> {
         dispatch!(self, s => s.delete_if(key, expected).await)
