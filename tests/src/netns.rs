@@ -184,7 +184,12 @@ pub struct Pod {
 
 impl Pod {
     pub fn new(ip: Ipv4Addr) -> Pod {
-        let ns = Netns::new("vtp");
+        Pod::in_netns(Netns::new("vtp"), ip)
+    }
+
+    /// The same in a namespace made beforehand (when the address comes from an IPAM that wants
+    /// the namespace first).
+    pub fn in_netns(ns: Netns, ip: Ipv4Addr) -> Pod {
         let o = ip.octets();
         let mac = format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
         ns.ip(&["tuntap", "add", "dev", "eth0", "mode", "tap", "multi_queue", "vnet_hdr"]);

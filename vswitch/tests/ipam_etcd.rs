@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use vpc_lab::etcd::{require_etcd, EtcdCluster};
-use vpc_lab::netns::{require_root, Binaries, Daemon, Netns, Pod, TempDir, GATEWAY_IP, GATEWAY_MAC};
+use vpc_lab::netns::{require_root, Binaries, Daemon, Netns, Pod, TempDir};
 use vswitch::ipam::record::{AddressRecord, Keys};
 use vswitch::ipam::Pool;
 use vswitch_api::api::{AddressView, AssignSpec, Attachment, ErrorCode, IpamView, PodRef};
@@ -778,20 +778,6 @@ fn three_nodes_racing_on_32_addresses_never_duplicate_or_lose() {
 // 2. Fencing.
 // ---------------------------------------------------------------------------------------------
 
-/// A pod namespace with a TAP set up as [`Pod::new`] does, in a namespace made beforehand (the
-/// address comes from the IPAM, which wants the namespace first).
-fn pod_in(ns: Netns, ip: Ipv4Addr) -> Pod {
-    let o = ip.octets();
-    let mac = format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
-    ns.ip(&["tuntap", "add", "dev", "eth0", "mode", "tap", "multi_queue", "vnet_hdr"]);
-    ns.ip(&["link", "set", "eth0", "address", &mac, "mtu", "1500", "up"]);
-    ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
-    ns.ip(&["route", "add", GATEWAY_IP, "dev", "eth0", "scope", "link"]);
-    ns.ip(&["route", "add", "default", "via", GATEWAY_IP, "dev", "eth0"]);
-    ns.ip(&["neigh", "add", GATEWAY_IP, "lladdr", GATEWAY_MAC, "dev", "eth0", "nud", "permanent"]);
-    Pod { ns, ip, mac }
-}
-
 fn has_port(node: &Node, name: &str) -> bool {
     node.daemon.ctl_json(&["ports"]).as_array().unwrap().iter().any(|p| p["name"] == name)
 }
@@ -815,7 +801,7 @@ fn a_partitioned_node_is_fenced_when_it_returns() {
         })
         .unwrap();
     let IpAddr::V4(ip) = assigned.ip else { panic!("an IPv4 pool gave {}", assigned.ip) };
-    let pod = pod_in(pod_ns, ip);
+    let pod = Pod::in_netns(pod_ns, ip);
     let port = vswitch_api::api::port_name(&victim);
     a.daemon.attach(&port, &pod);
     assert!(has_port(a, &port));
