@@ -95,7 +95,6 @@ pub struct IpamStats {
     pub reclaimed: AtomicU64,
     /// Cluster-wide counts by state, from the last scan.
     pub cluster: Mutex<BTreeMap<&'static str, u64>>,
-    pub last_error: Mutex<Option<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -185,14 +184,6 @@ impl<S: ClusterStore> NodeIpam<S> {
         })
     }
 
-    pub fn node(&self) -> &str {
-        &self.settings.node
-    }
-
-    pub fn settings(&self) -> &IpamSettings {
-        &self.settings
-    }
-
     fn local(&self) -> MutexGuard<'_, Local> {
         self.local.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -221,10 +212,9 @@ impl<S: ClusterStore> NodeIpam<S> {
         self.local().entries.iter().find(|(_, e)| e.owner() == Some(owner)).map(|(ip, _)| *ip)
     }
 
-    /// Addresses of this node that attachments hold, with their sandboxes.
-    pub fn assignments(&self) -> Vec<(IpAddr, Attachment, Option<PathBuf>)> {
-        let local = self.local();
-        local.entries.iter().filter_map(|(ip, e)| Some((*ip, e.owner()?.clone(), e.netns.clone()))).collect()
+    /// The attachments that hold an address of this node.
+    fn owners(&self) -> Vec<Attachment> {
+        self.local().entries.values().filter_map(|e| e.owner().cloned()).collect()
     }
 
     /// The address for an ADD. `in_use`: addresses ports of this node hold (never handed out).
@@ -481,8 +471,7 @@ impl<S: ClusterStore> NodeIpam<S> {
 
     /// CNI GC: releases every address held by an attachment not in `keep`.
     pub async fn gc(self: &Arc<Self>, keep: &[Attachment]) -> Result<Vec<IpAddr>, ApiError> {
-        let stale: Vec<Attachment> =
-            self.assignments().into_iter().map(|(_, o, _)| o).filter(|o| !keep.contains(o)).collect();
+        let stale: Vec<Attachment> = self.owners().into_iter().filter(|o| !keep.contains(o)).collect();
         let mut released = Vec::new();
         for owner in stale {
             released.extend(self.release(&owner).await?);
@@ -539,14 +528,12 @@ impl<S: ClusterStore> NodeIpam<S> {
                 if !self.stats.store_reachable.swap(true, Ordering::Relaxed) {
                     tracing::info!(store = %self.store.describe(), "address store reachable");
                 }
-                *self.stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
             }
             Err(e) => {
                 self.stats.store_errors.fetch_add(1, Ordering::Relaxed);
                 if self.stats.store_reachable.swap(false, Ordering::Relaxed) || round == 0 {
                     tracing::warn!(store = %self.store.describe(), error = %e, "address store unreachable: ADD uses the warm pool");
                 }
-                *self.stats.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.0);
             }
         }
         self.release_orphans(has_port).await;

@@ -84,11 +84,6 @@ impl Pool {
             && !self.excluded.iter().any(|e| e.contains(&ip))
     }
 
-    /// Addresses in the prefixes, before exclusions (for gauges).
-    pub fn size(&self) -> u128 {
-        self.ranges.iter().map(Range::len).sum()
-    }
-
     /// Every usable address of the family, starting at position `start` (modulo the size) and
     /// wrapping around once: nodes start at random places so that they rarely race for the
     /// same address.
@@ -108,10 +103,6 @@ impl Pool {
             unreachable!("p < total")
         };
         (0..total).map(nth).filter(move |ip| !self.excluded.iter().any(|e| e.contains(ip)))
-    }
-
-    pub fn has_family(&self, v6: bool) -> bool {
-        self.ranges.iter().any(|r| r.v6 == v6)
     }
 }
 

@@ -118,10 +118,6 @@ impl Keys {
         format!("{}/down/{node}", self.prefix)
     }
 
-    pub fn stickies(&self) -> String {
-        format!("{}/sticky/", self.prefix)
-    }
-
     pub fn sticky(&self, pod: &PodRef) -> String {
         format!("{}/sticky/{}/{}", self.prefix, pod.namespace, pod.name)
     }
