@@ -8,7 +8,7 @@
 //! reworded. A malformed request gets an `invalid` error on its own line; the connection and
 //! the daemon carry on.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -60,8 +60,9 @@ pub enum Request {
         #[serde(default)]
         after: u64,
     },
-    /// Cluster IPAM: the address of an attachment (the one it has, `ip` if asked for, a sticky
-    /// pod's own, or one from the node's warm pool). Answered with an [`AddressView`].
+    /// Cluster IPAM: the addresses of an attachment, one per family asked for (the ones it has,
+    /// `ips` if asked for, a sticky pod's own, or ones from the node's warm pools). Answered
+    /// with an [`AddressView`].
     IpamAssign(AssignSpec),
     /// Gives an attachment's address back (to the pool after the reuse delay, or held for a
     /// sticky pod). Answered with a [`ReleasedView`]; releasing twice is fine.
@@ -87,15 +88,38 @@ pub struct AssignSpec {
     pub netns: PathBuf,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<PodRef>,
-    /// A specific address (runtimeConfig.ips / CNI_ARGS IP=).
+    /// Specific addresses, at most one per family (runtimeConfig.ips / CNI_ARGS IP=).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<IpAddr>,
+    /// The families wanted; `None`: every family the cluster's pools hold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ip: Option<IpAddr>,
+    pub families: Option<IpFamilies>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Which address families a pod gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IpFamilies {
+    Ipv4,
+    Ipv6,
+    Dual,
+}
+
+impl IpFamilies {
+    pub fn has_ipv4(self) -> bool {
+        self != IpFamilies::Ipv6
+    }
+
+    pub fn has_ipv6(self) -> bool {
+        self != IpFamilies::Ipv4
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AddressView {
-    pub ip: IpAddr,
-    /// False when the attachment had it already (a repeated ADD).
+    /// One per family, IPv4 first.
+    pub ips: Vec<IpAddr>,
+    /// False when the attachment had them already (a repeated ADD).
     pub new: bool,
 }
 
@@ -196,9 +220,9 @@ pub struct DropSampleView {
     pub pod: Option<PodRef>,
     pub reason: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub src: Option<Ipv4Addr>,
+    pub src: Option<IpAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dst: Option<Ipv4Addr>,
+    pub dst: Option<IpAddr>,
     /// `tcp`, `udp`, `icmp` or the protocol number.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
@@ -213,7 +237,7 @@ pub struct DropSampleView {
 #[serde(deny_unknown_fields)]
 pub struct FlowSpec {
     pub from: String,
-    pub to: Ipv4Addr,
+    pub to: IpAddr,
     pub protocol: FlowProtocol,
     /// The IP packet's size in bytes (default: a small packet of the protocol).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -239,7 +263,11 @@ pub struct PortSpec {
     pub name: String,
     pub netns: PathBuf,
     pub ifname: String,
-    pub ip: Ipv4Addr,
+    /// The pod's addresses: at least one of the two.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
     pub mac: MacAddr,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u16>,
@@ -368,8 +396,14 @@ pub enum Response {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "role", rename_all = "snake_case")]
 pub enum PortRole {
-    /// A pod's eth0: may only send from `ip` and `mac`.
-    Pod { ip: Ipv4Addr, mac: MacAddr },
+    /// A pod's eth0: may only send from `ip`, `ipv6` (and its link-local address) and `mac`.
+    Pod {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ip: Option<Ipv4Addr>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ipv6: Option<Ipv6Addr>,
+        mac: MacAddr,
+    },
     /// The node's own stack; `peer_mac` is the kernel side's MAC.
     Host { peer_mac: MacAddr },
     /// A NIC dedicated to pod traffic on the VPC subnet.
@@ -428,7 +462,7 @@ pub struct RouteView {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NeighborView {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub mac: Option<MacAddr>,
     pub port: String,
     pub state: String,

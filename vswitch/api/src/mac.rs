@@ -18,6 +18,16 @@ impl MacAddr {
     pub fn local_from(bytes: [u8; 4]) -> MacAddr {
         MacAddr([0x02, 0x00, bytes[0], bytes[1], bytes[2], bytes[3]])
     }
+
+    /// The IPv6 link-local address the kernel gives an interface with this MAC (modified EUI-64,
+    /// RFC 4291 appendix A; `addr_gen_mode` 0). The pods' IPv6 gateway is the gateway MAC's, and
+    /// a pod may send from its own MAC's.
+    pub fn link_local(&self) -> std::net::Ipv6Addr {
+        let m = self.0;
+        std::net::Ipv6Addr::from([
+            0xfe, 0x80, 0, 0, 0, 0, 0, 0, m[0] ^ 0x02, m[1], m[2], 0xff, 0xfe, m[3], m[4], m[5],
+        ])
+    }
 }
 
 impl fmt::Display for MacAddr {
@@ -84,5 +94,12 @@ mod tests {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
         }
         assert!(MacAddr::BROADCAST.is_multicast() && !m.is_multicast());
+    }
+
+    #[test]
+    fn link_local_is_the_kernels_eui64() {
+        // `ip -6 addr` on an interface with MAC 02:42:ac:11:00:02 shows fe80::42:acff:fe11:2.
+        let m: MacAddr = "02:42:ac:11:00:02".parse().unwrap();
+        assert_eq!(m.link_local(), "fe80::42:acff:fe11:2".parse::<std::net::Ipv6Addr>().unwrap());
     }
 }
