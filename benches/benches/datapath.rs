@@ -12,9 +12,9 @@ use benches::route_data;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use etherparse::{PacketBuilder, SlicedPacket};
 use fib::compare::{self, RouteSet};
-use fib::{routes, Fib, Ipv4Prefix};
+use fib::{routes, Ipv4Prefix};
 use vswitch::pipeline::{IcmpLimiter, Next, NoTrace, Pipeline};
-use vswitch::state::{ForwardingState, ForwardingStateBuilder};
+use vswitch::state::{Fibs, ForwardingState, ForwardingStateBuilder};
 use vswitch::wire::arp::ArpPacket;
 use vswitch::wire::ethernet::EthernetFrame;
 use vswitch::wire::ipv4::Ipv4Packet;
@@ -37,7 +37,7 @@ const UPLINK: u16 = 2;
 
 /// Pods A and B and an uplink; `routes` (the full table, for the uplink case) go out of the
 /// uplink through its router (a resolved neighbour), the pods' /32s to the pods.
-fn switch(routes: &[(Ipv4Prefix, u32)]) -> (ForwardingState, Fib<Ipv4Addr>) {
+fn switch(routes: &[(Ipv4Prefix, u32)]) -> (ForwardingState, Fibs) {
     let builder = ForwardingStateBuilder::new(GW_IP, GW_MAC)
         .pod(A_IP, A_MAC, 1500)
         .pod(B_IP, B_MAC, 1500)
@@ -76,7 +76,7 @@ fn arp_request() -> Vec<u8> {
 fn bench_pipeline(c: &mut Criterion, name: &str, state: &ForwardingState, templates: &[Vec<u8>], expect_port: u16) {
     let mut pipeline = Pipeline::new(IcmpLimiter::new(1000, 10));
     let mut buffers: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; 256]).collect();
-    let view = state.fib.pin();
+    let view = state.pin();
     for t in templates.iter().take(BATCH) {
         let mut buf = t.clone();
         buf.resize(256, 0);
@@ -91,7 +91,7 @@ fn bench_pipeline(c: &mut Criterion, name: &str, state: &ForwardingState, templa
     let mut next = 0;
     group.bench_function(name, |b| {
         b.iter(|| {
-            let view = state.fib.pin();
+            let view = state.pin();
             let mut sent = 0;
             for buf in buffers.iter_mut() {
                 let t = &templates[next % templates.len()];

@@ -56,9 +56,15 @@ impl Addresses {
         match self {
             Addresses::Local(ipam) => Ok(ipam.allocate_for(owner, requested, Some(netns))?),
             Addresses::Cluster(vswitch) => {
-                let spec = AssignSpec { owner: owner.clone(), netns: netns.into(), pod, ip: requested.map(IpAddr::V4) };
+                let spec = AssignSpec {
+                    owner: owner.clone(),
+                    netns: netns.into(),
+                    pod,
+                    ips: requested.map(IpAddr::V4).into_iter().collect(),
+                    families: None,
+                };
                 let view = vswitch.ipam_assign(spec).map_err(cluster_error)?;
-                Ok((ipv4(view.ip)?, view.new))
+                Ok((ipv4(view.ips[0])?, view.new))
             }
         }
     }
@@ -78,7 +84,7 @@ impl Addresses {
         match self {
             Addresses::Local(ipam) => Ok(ipam.lookup(owner)?),
             Addresses::Cluster(vswitch) => match vswitch.ipam_lookup(owner) {
-                Ok(view) => Ok(Some(ipv4(view.ip)?)),
+                Ok(view) => Ok(Some(ipv4(view.ips[0])?)),
                 Err(e) if e.code() == Some(ErrorCode::NotFound) => Ok(None),
                 Err(e) => Err(cluster_error(e)),
             },

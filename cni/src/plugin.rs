@@ -237,7 +237,8 @@ impl Plugin {
                 name: name.clone(),
                 netns: netns.clone(),
                 ifname: owner.ifname.clone(),
-                ip,
+                ip: Some(ip),
+                ipv6: None,
                 mac,
                 mtu: Some(self.conf.mtu),
                 pod: self.pod_ref(),
@@ -355,7 +356,7 @@ impl Plugin {
             .iter()
             .find(|p| p.name == name)
             .ok_or_else(|| CniError::new(Code::SwitchRefused, format!("vswitchd has no port {name}")))?;
-        if !matches!(port.role, PortRole::Pod { ip: pip, .. } if pip == ip) {
+        if !matches!(port.role, PortRole::Pod { ip: pip, .. } if pip == Some(ip)) {
             return Err(CniError::new(Code::SwitchRefused, format!("vswitchd's port {name} has another address")));
         }
         if port.link != vswitch_api::api::LinkState::Up {

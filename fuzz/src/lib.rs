@@ -15,6 +15,7 @@ use etherparse::{
 };
 use fib::{Fib, Ipv4Prefix};
 use vswitch::pipeline::{IcmpLimiter, Next, NoTrace, Pipeline};
+use vswitch::state::Fibs;
 use vswitch::state::{ForwardingState, ForwardingStateBuilder, PortRole};
 use vswitch::wire::arp::ArpPacket;
 use vswitch::wire::icmp::{self, IcmpError};
@@ -396,18 +397,20 @@ const GW_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 const GW_MAC: MacAddr = MacAddr([2, 0, 0xa9, 0xfe, 1, 1]);
 const UP_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 0x99]);
 
-/// Pods A (10.10.1.2) and B (10.10.1.3), the host port, an uplink with the VPC subnet and a known
-/// neighbour, a default route through the VPC gateway.
-fn state() -> &'static (ForwardingState, Fib<Ipv4Addr>) {
-    static STATE: OnceLock<(ForwardingState, Fib<Ipv4Addr>)> = OnceLock::new();
+/// Pods A (10.10.1.2, fd00:10::1:2) and B (10.10.1.3, fd00:10::1:3), the host port, an uplink
+/// with the VPC subnets and known neighbours, default routes through the VPC gateways.
+fn state() -> &'static (ForwardingState, Fibs) {
+    static STATE: OnceLock<(ForwardingState, Fibs)> = OnceLock::new();
     STATE.get_or_init(|| {
         let pod = |last| Ipv4Addr::new(10, 10, 1, last);
+        let pod6 = |last| Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 1, last);
         let mac = |ip: Ipv4Addr| MacAddr::local_from(ip.octets());
         ForwardingStateBuilder::new(GW_IP, GW_MAC)
-            .pod(pod(2), mac(pod(2)), 1500)
-            .pod(pod(3), mac(pod(3)), 1500)
+            .dual_stack_pod(Some(pod(2)), Some(pod6(2)), mac(pod(2)), 1500)
+            .dual_stack_pod(Some(pod(3)), Some(pod6(3)), mac(pod(3)), 1500)
             .host_port(MacAddr([2, 0, 0, 0, 0, 0xee]), 9000)
             .route("10.96.0.0/12".parse().expect("prefix"), 2)
+            .route6("fd00:96::/108".parse().expect("prefix"), 2)
             .uplink(
                 UP_MAC,
                 Some(Ipv4Addr::new(10, 10, 0, 7)),
@@ -415,14 +418,20 @@ fn state() -> &'static (ForwardingState, Fib<Ipv4Addr>) {
                 Some(Ipv4Addr::new(10, 10, 0, 1)),
                 1500,
             )
+            .uplink_ipv6(
+                Some(Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, 7)),
+                "fd00:10::/64".parse().expect("prefix"),
+                Some(Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, 1)),
+            )
             .neighbor(Ipv4Addr::new(10, 10, 0, 50), MacAddr([2, 0, 0, 0, 0, 0x50]))
+            .neighbor(Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, 0x50), MacAddr([2, 0, 0, 0, 0, 0x50]))
             .build()
     })
 }
 
 /// The whole pipeline: first byte picks the arrival port (5 is no port), the rest is the vnet
-/// header and frame. Nothing panics; what leaves is well formed; forwarded IPv4 has TTL - 1; a
-/// pod's frame only leaves if its source MAC and IP are the pod's own.
+/// header and frame. Nothing panics; what leaves is well formed; forwarded IPv4 has TTL - 1 and
+/// IPv6 hop limit - 1; a pod's frame only leaves if its source MAC and IP are the pod's own.
 pub fn pipeline(data: &[u8]) {
     let Some((&selector, packet)) = data.split_first() else { return };
     let (state, _) = state();
@@ -430,7 +439,7 @@ pub fn pipeline(data: &[u8]) {
     let mut buf = vec![0u8; packet.len().max(128) + 128];
     buf[..packet.len()].copy_from_slice(packet);
     let mut pipeline = Pipeline::new(IcmpLimiter::new(1_000_000, 1_000_000));
-    let view = state.fib.pin();
+    let view = state.pin();
     let next = pipeline.process(state, &view, in_port, &mut buf, packet.len(), 0, &mut NoTrace);
     let sent = match next {
         Next::Tx { len, .. } | Next::Respond { len, .. } | Next::Resolve { len, .. } => &buf[..len],
@@ -452,17 +461,42 @@ pub fn pipeline(data: &[u8]) {
             assert_eq!(header.time_to_live + 1, original.ttl(), "TTL not decremented");
             assert_eq!(header.source, original.src().octets());
         }
+    } else if eth.ether_type() == etherparse::EtherType::IPV6 {
+        let slice = etherparse::Ipv6Slice::from_slice(eth.payload_slice()).expect("etherparse reads the IPv6 we send");
+        let header = slice.header();
+        if matches!(next, Next::Tx { .. } | Next::Resolve { .. })
+            && u16::from(EthernetFrame::new_checked(arrived).expect("parsed").ethertype()) == 0x86dd
+        {
+            let original = Ipv6Packet::new_checked(&arrived[14..]).expect("forwarded only valid IPv6");
+            if header.source_addr() == original.src() && header.destination_addr() == original.dst() {
+                // Forwarded (not an answer the switch wrote): one hop older.
+                assert_eq!(header.hop_limit() + 1, original.hop_limit(), "hop limit not decremented");
+            }
+        }
+        if header.next_header() == etherparse::IpNumber::IPV6_ICMP
+            && !matches!(next, Next::Tx { .. } | Next::Resolve { .. })
+        {
+            // An error the switch wrote: it verifies.
+            let icmp = Icmpv6Packet::new_checked(slice.payload().payload).expect("ICMPv6 out");
+            assert!(icmp.verify_checksum(header.source_addr(), header.destination_addr()), "bad ICMPv6 checksum out");
+        }
     } else if eth.ether_type() == etherparse::EtherType::ARP {
         etherparse::ArpPacketSlice::from_slice(eth.payload_slice()).expect("etherparse reads the ARP we send");
     }
     // Port security: nothing from a pod leaves unless it came from the pod's own addresses
     // (ICMP errors and ARP replies go back to the pod itself).
-    if let Some(PortRole::Pod { ip, mac }) = state.port(in_port).map(|p| &p.role) {
+    if let Some(PortRole::Pod { ip, ipv6, mac }) = state.port(in_port).map(|p| &p.role) {
         let eth = EthernetFrame::new_checked(arrived).expect("sent something, so it parsed");
         assert_eq!(eth.src(), *mac, "a spoofed source MAC left the switch");
+        let forwarded = matches!(next, Next::Tx { port, .. } | Next::Resolve { port, .. } if port != in_port);
         if let Ok(original) = Ipv4Packet::new_checked(&arrived[14..]) {
-            if matches!(next, Next::Tx { .. } | Next::Resolve { .. }) && u16::from(eth.ethertype()) == 0x0800 {
-                assert_eq!(original.src(), *ip, "a spoofed source IP left the switch");
+            if forwarded && u16::from(eth.ethertype()) == 0x0800 {
+                assert_eq!(Some(original.src()), *ip, "a spoofed source IP left the switch");
+            }
+        }
+        if let Ok(original) = Ipv6Packet::new_checked(&arrived[14..]) {
+            if forwarded && u16::from(eth.ethertype()) == 0x86dd {
+                assert_eq!(Some(original.src()), *ipv6, "a spoofed source IPv6 address left the switch");
             }
         }
     }

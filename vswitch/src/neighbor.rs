@@ -1,14 +1,15 @@
-//! Next-hop resolution on the uplink: the ARP neighbour table, sans I/O.
+//! Next-hop resolution on the uplink: the neighbour table of both families (ARP for IPv4,
+//! neighbour discovery for IPv6), sans I/O.
 //!
 //! Workers look neighbours up in the published snapshot. A miss hands the packet to the control
 //! plane, which calls [`NeighborTable::on_miss`]: the packet waits in a bounded per-neighbour
-//! queue and an ARP request goes out, retried a few times before the neighbour is marked failed
+//! queue and an ARP request or neighbour solicitation goes out, retried a few times before the neighbour is marked failed
 //! (and its packets dropped). A reply ([`NeighborTable::on_reply`]) makes it reachable and
 //! releases the queue. Reachable entries are re-confirmed after `reachable_for`; the table is
 //! bounded. Time comes in as an argument, so all of this is tested without clocks or sockets.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::wire::MacAddr;
@@ -62,14 +63,14 @@ enum State {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action {
     /// Broadcast an ARP request for this address.
-    Ask(Ipv4Addr),
+    Ask(IpAddr),
     /// These packets were dropped: the neighbour did not answer or its queue was full.
     Dropped { unresolved: usize, queue_full: usize },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct NeighborEntry {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub mac: Option<MacAddr>,
     pub state: &'static str,
 }
@@ -77,7 +78,7 @@ pub struct NeighborEntry {
 #[derive(Debug, Default)]
 pub struct NeighborTable {
     limits: NeighborLimits,
-    entries: HashMap<Ipv4Addr, State>,
+    entries: HashMap<IpAddr, State>,
 }
 
 impl NeighborTable {
@@ -86,7 +87,7 @@ impl NeighborTable {
     }
 
     /// A packet for `ip` found no neighbour in the snapshot.
-    pub fn on_miss(&mut self, ip: Ipv4Addr, packet: Vec<u8>, now: Duration) -> Vec<Action> {
+    pub fn on_miss(&mut self, ip: IpAddr, packet: Vec<u8>, now: Duration) -> Vec<Action> {
         let limits = self.limits;
         if !self.entries.contains_key(&ip) && self.entries.len() >= limits.max_entries && !self.evict_failed() {
             return vec![Action::Dropped { unresolved: 0, queue_full: 1 }];
@@ -116,7 +117,7 @@ impl NeighborTable {
 
     /// An ARP reply (or announcement) says `ip` is at `mac`. Returns the packets that were
     /// waiting for it, and whether the published table must change.
-    pub fn on_reply(&mut self, ip: Ipv4Addr, mac: MacAddr, now: Duration) -> (Vec<Vec<u8>>, bool) {
+    pub fn on_reply(&mut self, ip: IpAddr, mac: MacAddr, now: Duration) -> (Vec<Vec<u8>>, bool) {
         let until = now + self.limits.reachable_for;
         match self.entries.insert(ip, State::Reachable { mac, until }) {
             Some(State::Incomplete { queued, .. }) => (queued.into(), true),
@@ -181,7 +182,7 @@ impl NeighborTable {
     }
 
     /// The MAC for `ip`, if known (reachable or being re-confirmed).
-    pub fn mac_of(&self, ip: Ipv4Addr) -> Option<MacAddr> {
+    pub fn mac_of(&self, ip: IpAddr) -> Option<MacAddr> {
         match self.entries.get(&ip)? {
             State::Reachable { mac, .. } | State::Probing { mac, .. } => Some(*mac),
             _ => None,
@@ -189,7 +190,7 @@ impl NeighborTable {
     }
 
     /// What workers may use: every known neighbour.
-    pub fn resolved(&self) -> HashMap<Ipv4Addr, MacAddr> {
+    pub fn resolved(&self) -> HashMap<IpAddr, MacAddr> {
         self.entries.keys().filter_map(|&ip| Some((ip, self.mac_of(ip)?))).collect()
     }
 
@@ -224,7 +225,9 @@ impl NeighborTable {
 mod tests {
     use super::*;
 
-    const IP: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 50);
+    use std::net::Ipv4Addr;
+
+    const IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 10, 0, 50));
     const MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 0x50]);
     const S: Duration = Duration::from_secs(1);
 
@@ -275,10 +278,10 @@ mod tests {
         let mut t = table();
         assert_eq!(t.on_reply(IP, MAC, Duration::ZERO), (vec![], false));
         assert!(t.is_empty());
-        t.on_miss(Ipv4Addr::new(10, 0, 0, 1), vec![], Duration::ZERO);
-        t.on_miss(Ipv4Addr::new(10, 0, 0, 2), vec![], Duration::ZERO);
+        t.on_miss(IpAddr::from([10, 0, 0, 1]), vec![], Duration::ZERO);
+        t.on_miss(IpAddr::from([10, 0, 0, 2]), vec![], Duration::ZERO);
         assert_eq!(
-            t.on_miss(Ipv4Addr::new(10, 0, 0, 3), vec![], Duration::ZERO),
+            t.on_miss(IpAddr::from([10, 0, 0, 3]), vec![], Duration::ZERO),
             vec![Action::Dropped { unresolved: 0, queue_full: 1 }]
         );
         assert_eq!(t.len(), 2);

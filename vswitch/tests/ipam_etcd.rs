@@ -318,7 +318,7 @@ fn owner(id: &str) -> Attachment {
 }
 
 fn spec(id: &str) -> AssignSpec {
-    AssignSpec { owner: owner(id), netns: format!("/run/netns/{id}").into(), pod: None, ip: None }
+    AssignSpec { owner: owner(id), netns: format!("/run/netns/{id}").into(), pod: None, ips: vec![], families: None }
 }
 
 /// Whether the daemon could not be reached or its answer was cut off (killed mid-request).
@@ -468,7 +468,8 @@ impl Client1<'_> {
             Slot::Holding(owner, ip) if rng.gen_bool(0.2) => {
                 // Asking again must give the same address, not a new one.
                 match self.client.ipam_assign(spec(&owner)) {
-                    Ok(AddressView { ip: again, new }) => {
+                    Ok(AddressView { ips, new }) => {
+                        let again = ips[0];
                         if again != ip || new {
                             anomaly(format!("{owner} holds {ip} but asking again gave {again} (new: {new})"));
                         }
@@ -495,7 +496,8 @@ impl Client1<'_> {
 
     fn assign(&self, owner: String, retry: bool) -> Slot {
         match self.client.ipam_assign(spec(&owner)) {
-            Ok(AddressView { ip, new }) => {
+            Ok(AddressView { ips, new }) => {
+                let ip = ips[0];
                 let at = Instant::now();
                 let mut model = self.model.lock().unwrap();
                 if !new && !retry {
@@ -797,10 +799,11 @@ fn a_partitioned_node_is_fenced_when_it_returns() {
             owner: victim.clone(),
             netns: pod_ns.path(),
             pod: Some(PodRef { namespace: "default".into(), name: "victim".into() }),
-            ip: None,
+            ips: vec![],
+            families: None,
         })
         .unwrap();
-    let IpAddr::V4(ip) = assigned.ip else { panic!("an IPv4 pool gave {}", assigned.ip) };
+    let IpAddr::V4(ip) = assigned.ips[0] else { panic!("an IPv4 pool gave {}", assigned.ips[0]) };
     let pod = Pod::in_netns(pod_ns, ip);
     let port = vswitch_api::api::port_name(&victim);
     a.daemon.attach(&port, &pod);
@@ -808,9 +811,9 @@ fn a_partitioned_node_is_fenced_when_it_returns() {
     lab.wait_synced(Duration::from_secs(10));
     let before = lab.records();
     assert!(
-        matches!(&before[&assigned.ip], AddressRecord::Assigned { node, owner, .. } if node == "n0" && *owner == victim),
+        matches!(&before[&assigned.ips[0]], AddressRecord::Assigned { node, owner, .. } if node == "n0" && *owner == victim),
         "{:?}",
-        before.get(&assigned.ip)
+        before.get(&assigned.ips[0])
     );
     let a_warm: Vec<IpAddr> =
         before.iter().filter(|(_, r)| r.state_name() == "warm" && r.node() == Some("n0")).map(|(ip, _)| *ip).collect();
@@ -821,7 +824,7 @@ fn a_partitioned_node_is_fenced_when_it_returns() {
     let reclaimed = wait_for(
         Duration::from_secs(LEASE_TTL + QUARANTINE + 20),
         "node B has reclaimed A's addresses (the victim's record is cooling, last on A)",
-        || matches!(lab.records().get(&assigned.ip), Some(AddressRecord::Cooling { last_node, .. }) if last_node == "n0"),
+        || matches!(lab.records().get(&assigned.ips[0]), Some(AddressRecord::Cooling { last_node, .. }) if last_node == "n0"),
     );
     eprintln!(
         "A cut off: B reclaimed its addresses after {:.1}s (lease {LEASE_TTL}s + quarantine {QUARANTINE}s)",
@@ -870,7 +873,7 @@ fn a_partitioned_node_is_fenced_when_it_returns() {
         lab.live_nodes().contains("n0") && warm_is_full(&a.view())
     });
     let now = lab.records();
-    assert!(now.get(&assigned.ip).is_none_or(|r| r.node() != Some("n0")), "{:?}", now.get(&assigned.ip));
+    assert!(now.get(&assigned.ips[0]).is_none_or(|r| r.node() != Some("n0")), "{:?}", now.get(&assigned.ips[0]));
     let audit = lab.audit();
     eprintln!("etcd after healing: {audit}");
     assert!(audit.lost.is_empty(), "{:#?}", audit.lost);
@@ -895,7 +898,7 @@ fn quorum_loss_serves_adds_from_the_warm_pool_then_code_unavailable() {
     let errors_before = node.store_errors();
     let quiet = Instant::now();
     let first = c.ipam_assign(spec("q-first")).unwrap();
-    assert_eq!(c.ipam_release(&owner("q-first")).unwrap().released, [first.ip]);
+    assert_eq!(c.ipam_release(&owner("q-first")).unwrap().released, [first.ips[0]]);
     let kept = c.ipam_assign(spec("q-kept")).unwrap();
     let t = wait_for(Duration::from_secs(10), "synced with one member down", || {
         let v = node.view();
@@ -907,8 +910,8 @@ fn quorum_loss_serves_adds_from_the_warm_pool_then_code_unavailable() {
     eprintln!("one member down: {failed} failed upkeep rounds in {:.1}s", quiet.elapsed().as_secs_f64());
     assert_eq!(failed, 0, "with a quorum up, upkeep must not fail:\n{}", node.logs());
     let records = lab.records();
-    assert!(matches!(&records[&first.ip], AddressRecord::Cooling { .. }), "{:?}", records[&first.ip]);
-    assert!(matches!(&records[&kept.ip], AddressRecord::Assigned { owner, .. } if owner.container_id == "q-kept"));
+    assert!(matches!(&records[&first.ips[0]], AddressRecord::Cooling { .. }), "{:?}", records[&first.ips[0]]);
+    assert!(matches!(&records[&kept.ips[0]], AddressRecord::Assigned { owner, .. } if owner.container_id == "q-kept"));
 
     // Two down: no quorum. ADDs are served from the warm pool (3), then refused with code
     // unavailable; DELs are accepted and wait.
@@ -919,7 +922,7 @@ fn quorum_loss_serves_adds_from_the_warm_pool_then_code_unavailable() {
     for i in 0..3 {
         let v = c.ipam_assign(spec(&format!("q{i}"))).unwrap_or_else(|e| panic!("assign {i} without quorum: {e}"));
         assert!(v.new);
-        got.push(v.ip);
+        got.push(v.ips[0]);
     }
     let t = Instant::now();
     let refused = c.ipam_assign(spec("q3")).unwrap_err();
@@ -927,7 +930,7 @@ fn quorum_loss_serves_adds_from_the_warm_pool_then_code_unavailable() {
     assert_eq!(refused.code(), Some(ErrorCode::Unavailable), "{refused}");
     assert_eq!(c.ipam_release(&owner("q0")).unwrap().released, [got[0]]);
     assert_eq!(c.ipam_release(&owner("q1")).unwrap().released, [got[1]]);
-    assert_eq!(c.ipam_lookup(&owner("q2")).unwrap().ip, got[2]);
+    assert_eq!(c.ipam_lookup(&owner("q2")).unwrap().ips[0], got[2]);
     wait_for(Duration::from_secs(10), "the node's upkeep finds the store unreachable", || {
         node.metrics().contains("\nvswitch_ipam_store_up 0\n")
     });
@@ -969,7 +972,7 @@ fn quorum_loss_serves_adds_from_the_warm_pool_then_code_unavailable() {
     assert!(
         matches!(&records[&got[2]], AddressRecord::Assigned { owner, node, .. } if owner.container_id == "q2" && node == "n0")
     );
-    assert!(matches!(&records[&kept.ip], AddressRecord::Assigned { owner, .. } if owner.container_id == "q-kept"));
+    assert!(matches!(&records[&kept.ips[0]], AddressRecord::Assigned { owner, .. } if owner.container_id == "q-kept"));
     let logs = node.logs();
     assert!(!logs.contains("this node's lease expired") && !logs.contains(FENCING_MESSAGE), "{logs}");
     let audit = lab.audit();
@@ -979,7 +982,7 @@ fn quorum_loss_serves_adds_from_the_warm_pool_then_code_unavailable() {
     assert_eq!(audit.assigned.len(), 2, "{:?}", audit.assigned);
     // And the refused ADD goes through now.
     let retried = c.ipam_assign(spec("q3")).unwrap();
-    assert!(!got.contains(&retried.ip) && retried.ip != kept.ip);
+    assert!(!got.contains(&retried.ips[0]) && retried.ips[0] != kept.ips[0]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1036,7 +1039,7 @@ fn a_node_killed_mid_allocation_loses_and_duplicates_nothing() {
                 Ok(v) => {
                     assert!(v.new, "{o}: {v:?}");
                     replied += 1;
-                    held.insert(o, Some(v.ip));
+                    held.insert(o, Some(v.ips[0]));
                 }
                 Err(e) if cut_off(&e) => {
                     add_cut += 1;
@@ -1070,7 +1073,7 @@ fn a_node_killed_mid_allocation_loses_and_duplicates_nothing() {
         let mut seen: HashMap<IpAddr, String> = HashMap::new();
         for (o, known) in held.iter_mut() {
             let now = match c.ipam_lookup(&owner(o)) {
-                Ok(v) => Some(v.ip),
+                Ok(v) => Some(v.ips[0]),
                 Err(e) if e.code() == Some(ErrorCode::NotFound) => None,
                 Err(e) => panic!("lookup {o}: {e}"),
             };
@@ -1136,7 +1139,7 @@ fn a_node_killed_mid_allocation_loses_and_duplicates_nothing() {
         );
         // Asking again gives the same address.
         let again = c.ipam_assign(spec(o)).unwrap();
-        assert_eq!((Some(again.ip), again.new), (*ip, false), "{o}");
+        assert_eq!((Some(again.ips[0]), again.new), (*ip, false), "{o}");
     }
     let audit = lab.audit();
     eprintln!("etcd after {ROUNDS} kills: {audit}");

@@ -2,15 +2,14 @@
 //! frame it sends parsed back by etherparse (an independent implementation).
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use etherparse::{PacketBuilder, SlicedPacket};
-use fib::Fib;
 use vswitch::datapath::{Forwarder, PortQueues, Snapshot, WorkerStats};
 use vswitch::pipeline::{DropReason, IcmpLimiter, Next, NoTrace, Pipeline, PortRateLimit, Trace};
 use vswitch::port::{MemoryPort, PortQueue};
-use vswitch::state::{ForwardingState, ForwardingStateBuilder, PortRole};
+use vswitch::state::{Fibs, ForwardingState, ForwardingStateBuilder, PortRole};
 use vswitch::wire::vnet::{self, VnetHeader};
 use vswitch::wire::MacAddr;
 
@@ -33,7 +32,7 @@ fn base() -> ForwardingStateBuilder {
 
 struct Switch {
     state: ForwardingState,
-    fib: Fib<Ipv4Addr>,
+    fib: Fibs,
     pipeline: Pipeline,
 }
 
@@ -51,7 +50,7 @@ impl Switch {
     fn send(&mut self, port: u16, buf: &mut Vec<u8>) -> Next {
         let len = buf.len();
         buf.resize(len + 128, 0); // room for an ICMP error longer than the offending frame
-        let view = self.state.fib.pin();
+        let view = self.state.pin();
         self.pipeline.process(&self.state, &view, port, buf, len, 0, &mut NoTrace)
     }
 }
@@ -353,14 +352,14 @@ fn every_drop_reason_is_reachable_and_named() {
     big[vnet::LEN + 24..vnet::LEN + 26].copy_from_slice(&c.to_be_bytes());
     check(HOST, big, DropReason::FragmentationUnsupported);
     // No route once the default is gone.
-    sw.fib.remove(&"0.0.0.0/0".parse().unwrap());
-    sw.fib.publish();
+    sw.fib.v4.remove(&"0.0.0.0/0".parse().unwrap());
+    sw.fib.v4.publish();
     let mut buf = icmp_echo(A_MAC, GW_MAC, A_IP, VM_IP, 64, 8);
     assert_eq!(sw.send(A, &mut buf), Next::Drop(DropReason::NoRoute));
     seen.insert(DropReason::NoRoute);
     // A length beyond the buffer (a port that failed to refuse the frame).
     let mut buf = icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, 64, 8);
-    let view = sw.state.fib.pin();
+    let view = sw.state.pin();
     let next = sw.pipeline.process(&sw.state, &view, A, &mut buf, 100_000, 0, &mut NoTrace);
     assert_eq!(next, Next::Drop(DropReason::FrameTooLong));
     seen.insert(DropReason::FrameTooLong);
@@ -433,7 +432,7 @@ fn trace_names_each_stage() {
     let mut buf = icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, 64, 8);
     let len = buf.len();
     let mut trace = Trace::default();
-    let view = sw.state.fib.pin();
+    let view = sw.state.pin();
     let next = pipeline.process(&sw.state, &view, A, &mut buf, len, 0, &mut trace);
     assert!(matches!(next, Next::Tx { port: B, .. }));
     let stages: Vec<_> = trace.steps.iter().map(|(s, _)| s.as_str()).collect();
@@ -481,10 +480,10 @@ fn the_uplink_answers_arp_for_local_pods_only_and_passes_replies_to_the_control_
 fn pod_traffic_to_the_vpc_waits_for_arp_then_leaves_on_the_uplink() {
     let mut sw = with_uplink(&[]);
     let mut buf = icmp_echo(A_MAC, GW_MAC, A_IP, VM_IP, 64, 8);
-    assert!(matches!(sw.send(A, &mut buf), Next::Resolve { port: UPLINK, next_hop: VM_IP, .. }));
+    assert!(matches!(sw.send(A, &mut buf), Next::Resolve { port: UPLINK, next_hop: IpAddr::V4(VM_IP), .. }));
     // Beyond the subnet the next hop is the VPC gateway.
     let mut buf = icmp_echo(A_MAC, GW_MAC, A_IP, Ipv4Addr::new(192, 0, 2, 1), 64, 8);
-    assert!(matches!(sw.send(A, &mut buf), Next::Resolve { port: UPLINK, next_hop: VPC_GW, .. }));
+    assert!(matches!(sw.send(A, &mut buf), Next::Resolve { port: UPLINK, next_hop: IpAddr::V4(VPC_GW), .. }));
 
     let mut sw = with_uplink(&[(VM_IP, VM_MAC)]);
     let mut buf = icmp_echo(A_MAC, GW_MAC, A_IP, VM_IP, 64, 8);
@@ -526,7 +525,7 @@ fn icmp_errors_out_of_the_uplink_come_from_the_nic_not_the_gateway() {
 fn an_uplink_without_an_address_sends_no_icmp_errors() {
     let mut sw = with_uplink(&[(VM_IP, VM_MAC)]);
     if let Some(port) = sw.state.ports[UPLINK as usize].as_mut() {
-        port.role = PortRole::Uplink { mac: UP_MAC, ip: None };
+        port.role = PortRole::Uplink { mac: UP_MAC, ip: None, ipv6: None };
     }
     let mut buf = icmp_echo(VM_MAC, UP_MAC, VM_IP, A_IP, 1, 20);
     assert_eq!(sw.send(UPLINK, &mut buf), Next::Drop(DropReason::TtlExpired));

@@ -24,9 +24,7 @@ impl MacAddr {
     /// a pod may send from its own MAC's.
     pub fn link_local(&self) -> std::net::Ipv6Addr {
         let m = self.0;
-        std::net::Ipv6Addr::from([
-            0xfe, 0x80, 0, 0, 0, 0, 0, 0, m[0] ^ 0x02, m[1], m[2], 0xff, 0xfe, m[3], m[4], m[5],
-        ])
+        std::net::Ipv6Addr::from([0xfe, 0x80, 0, 0, 0, 0, 0, 0, m[0] ^ 0x02, m[1], m[2], 0xff, 0xfe, m[3], m[4], m[5]])
     }
 }
 

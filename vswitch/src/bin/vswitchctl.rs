@@ -4,7 +4,7 @@
 #[path = "vswitchctl/doctor.rs"]
 mod doctor;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -47,9 +47,12 @@ enum Command {
         /// The TAP's name inside that namespace.
         #[arg(long, default_value = "eth0")]
         ifname: String,
-        /// The pod's address; the only source address the port may send from.
+        /// The pod's IPv4 address; the only IPv4 source address the port may send from.
+        #[arg(long, required_unless_present = "ipv6")]
+        ip: Option<Ipv4Addr>,
+        /// The pod's IPv6 address; with the MAC's link-local address, the only IPv6 sources.
         #[arg(long)]
-        ip: Ipv4Addr,
+        ipv6: Option<Ipv6Addr>,
         /// The pod's MAC; the only source MAC the port may send from.
         #[arg(long)]
         mac: MacAddr,
@@ -102,9 +105,9 @@ enum Command {
         /// The pod the packet comes from: NAMESPACE/POD, or its port's name.
         #[arg(long, conflicts_with_all = ["port", "frame"], requires = "to")]
         from: Option<String>,
-        /// The destination address.
+        /// The destination address (IPv4 or IPv6).
         #[arg(long, requires = "from")]
-        to: Option<Ipv4Addr>,
+        to: Option<IpAddr>,
         /// A TCP packet to this port (the default: TCP port 80).
         #[arg(long)]
         tcp: Option<u16>,
@@ -158,8 +161,8 @@ fn main() -> ExitCode {
     }
     let client = Client::new(cli.socket.as_deref().unwrap_or(DEFAULT_SOCKET.as_ref()));
     let outcome = match cli.command {
-        Command::AddPort { name, netns, ifname, ip, mac, mtu } => {
-            let spec = PortSpec { name, netns, ifname, ip, mac, mtu, pod: None, bandwidth: None };
+        Command::AddPort { name, netns, ifname, ip, ipv6, mac, mtu } => {
+            let spec = PortSpec { name, netns, ifname, ip, ipv6, mac, mtu, pod: None, bandwidth: None };
             show(&client, cli.json, &Request::AddPort(spec), |p: PortView| print_ports(&[p]))
         }
         Command::DelPort { name, remove_device } => {
@@ -267,7 +270,11 @@ fn print_ports(ports: &[PortView]) {
     );
     for p in ports {
         let (role, ip, mac) = match p.role {
-            PortRole::Pod { ip, mac } => ("pod", ip.to_string(), mac),
+            PortRole::Pod { ip, ipv6, mac } => {
+                let ips: Vec<String> =
+                    ip.map(IpAddr::V4).into_iter().chain(ipv6.map(IpAddr::V6)).map(|ip| ip.to_string()).collect();
+                ("pod", ips.join(","), mac)
+            }
             PortRole::Host { peer_mac } => ("host", "-".into(), peer_mac),
             PortRole::Uplink { mac } => ("uplink", "-".into(), mac),
         };
@@ -407,7 +414,8 @@ fn follow_drops(client: &Client, json: bool, follow: bool, seconds: Option<u64>)
                 println!("{}", serde_json::to_string(&d).expect("serialises"));
                 continue;
             }
-            let at = |ip: Option<Ipv4Addr>, port: Option<u16>| match (ip, port) {
+            let at = |ip: Option<IpAddr>, port: Option<u16>| match (ip, port) {
+                (Some(IpAddr::V6(ip)), Some(port)) => format!("[{ip}]:{port}"),
                 (Some(ip), Some(port)) => format!("{ip}:{port}"),
                 (Some(ip), None) => ip.to_string(),
                 _ => "-".to_string(),

@@ -46,7 +46,7 @@
 //! Every key, its type, default and meaning: `docs/configuration.md` (a test keeps it in step with
 //! these structs, which serialise for that reason).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -80,6 +80,17 @@ pub struct UplinkConfig {
     /// The node's own address on the VPC subnet, used as the source of ICMP errors sent out of
     /// the uplink; default: the NIC's first IPv4 address (without any, none are sent).
     pub address: Option<Ipv4Addr>,
+    /// The VPC's IPv6 subnet (dual-stack): resolved with neighbour discovery.
+    #[serde(default)]
+    pub subnet6: Option<String>,
+    /// The VPC router's IPv6 address: the IPv6 default route goes through it.
+    #[serde(default)]
+    pub gateway6: Option<Ipv6Addr>,
+    /// The node's own IPv6 address on the VPC subnet, the source of ICMPv6 errors sent out of the
+    /// uplink (without it none are sent; neighbour solicitations then come from the NIC MAC's
+    /// link-local address).
+    #[serde(default)]
+    pub address6: Option<Ipv6Addr>,
     #[serde(default = "default_mtu")]
     pub mtu: u16,
 }
@@ -154,19 +165,25 @@ impl Config {
             return Err(ConfigError::Invalid("MTUs must be at least 576 (pod MTU at most 9000)".into()));
         }
         for route in &self.host_port.routes {
-            route.parse::<fib::Ipv4Prefix>().map_err(|e| ConfigError::Invalid(format!("host_port.routes: {e}")))?;
+            route.parse::<fib::AnyPrefix>().map_err(|e| ConfigError::Invalid(format!("host_port.routes: {e}")))?;
         }
         if let Some(uplink) = &self.uplink {
             uplink
                 .subnet
                 .parse::<fib::Ipv4Prefix>()
                 .map_err(|e| ConfigError::Invalid(format!("uplink.subnet: {e}")))?;
+            if let Some(subnet6) = &uplink.subnet6 {
+                subnet6.parse::<fib::Ipv6Prefix>().map_err(|e| ConfigError::Invalid(format!("uplink.subnet6: {e}")))?;
+            }
+            if uplink.gateway6.is_some() && uplink.subnet6.is_none() {
+                return Err(ConfigError::Invalid("uplink.gateway6 needs uplink.subnet6".into()));
+            }
             if self.host_port.announce_on.is_some() {
                 return Err(ConfigError::Invalid(
                     "host_port.announce_on is for nodes without an uplink (the uplink announces pods itself)".into(),
                 ));
             }
-            if uplink.gateway.is_some() && self.host_port.default_route {
+            if (uplink.gateway.is_some() || uplink.gateway6.is_some()) && self.host_port.default_route {
                 return Err(ConfigError::Invalid(
                     "uplink.gateway and host_port.default_route both claim the default route; set host_port.default_route = false".into(),
                 ));

@@ -1,8 +1,9 @@
 //! The node-side plumbing of the host port, over rtnetlink: bring the TAP up, and keep one
-//! `POD/32 dev vsw0` route per local pod so the node's stack (and kube-proxy's DNAT) can reach it.
+//! `POD/32 dev vsw0` (and `POD/128 dev vsw0`) route per local pod so the node's stack (and
+//! kube-proxy's DNAT) can reach it.
 //! (The link helpers vpc-cni uses as well live in `vswitch_api::link`.)
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
@@ -76,18 +77,53 @@ impl HostNet {
         }))
     }
 
-    fn host_route(ip: Ipv4Addr, ifindex: u32) -> rtnetlink::packet_route::route::RouteMessage {
-        RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(ip, 32).output_interface(ifindex).build()
+    fn host_route(ip: IpAddr, ifindex: u32) -> rtnetlink::packet_route::route::RouteMessage {
+        match ip {
+            IpAddr::V4(ip) => {
+                RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(ip, 32).output_interface(ifindex).build()
+            }
+            IpAddr::V6(ip) => {
+                RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(ip, 128).output_interface(ifindex).build()
+            }
+        }
     }
 
-    /// `ip route replace IP/32 dev IFINDEX`.
-    pub async fn route_to_pod(&self, ip: Ipv4Addr, ifindex: u32) -> Result<(), HostNetError> {
+    /// `ip route replace IP/32 dev IFINDEX` (`/128` for IPv6: the node resolves it with a
+    /// neighbour solicitation, which the switch answers with the gateway MAC).
+    pub async fn route_to_pod(&self, ip: IpAddr, ifindex: u32) -> Result<(), HostNetError> {
         self.handle.route().add(Self::host_route(ip, ifindex)).replace().execute().await?;
         Ok(())
     }
 
+    /// `ip -6 neigh replace proxy IP dev IFINDEX`: the node answers neighbour solicitations for a
+    /// pod's IPv6 address on its NIC (IPv6 has no proxy-ARP for everything routed elsewhere;
+    /// `proxy_ndp` answers only for the addresses listed).
+    pub async fn proxy_ndp(&self, ip: Ipv6Addr, ifindex: u32) -> Result<(), HostNetError> {
+        use rtnetlink::packet_route::neighbour::NeighbourFlags;
+        self.handle.neighbours().add(ifindex, ip.into()).flags(NeighbourFlags::Proxy).replace().execute().await?;
+        Ok(())
+    }
+
+    /// Removes that entry; one already gone is fine.
+    pub async fn remove_proxy_ndp(&self, ip: Ipv6Addr, ifindex: u32) -> Result<(), HostNetError> {
+        use rtnetlink::packet_route::neighbour::{
+            NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage,
+        };
+        use rtnetlink::packet_route::AddressFamily;
+        let mut message = NeighbourMessage::default();
+        message.header.family = AddressFamily::Inet6;
+        message.header.ifindex = ifindex;
+        message.header.flags = NeighbourFlags::Proxy;
+        message.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)));
+        match self.handle.neighbours().del(message).execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e)) if [-libc::ENOENT, -libc::ESRCH].contains(&e.raw_code()) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Removes that route; a route already gone is fine.
-    pub async fn remove_route_to_pod(&self, ip: Ipv4Addr, ifindex: u32) -> Result<(), HostNetError> {
+    pub async fn remove_route_to_pod(&self, ip: IpAddr, ifindex: u32) -> Result<(), HostNetError> {
         match self.handle.route().del(Self::host_route(ip, ifindex)).execute().await {
             Ok(()) => Ok(()),
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => Ok(()),

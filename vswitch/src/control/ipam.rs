@@ -37,10 +37,11 @@ impl Switch {
     fn addresses_in_use(&self) -> HashSet<IpAddr> {
         self.list_ports()
             .into_iter()
-            .filter_map(|p| match p.role {
-                PortRole::Pod { ip, .. } => Some(IpAddr::V4(ip)),
-                _ => None,
+            .flat_map(|p| match p.role {
+                PortRole::Pod { ip, ipv6, .. } => [ip.map(IpAddr::V4), ipv6.map(IpAddr::V6)],
+                _ => [None, None],
             })
+            .flatten()
             .collect()
     }
 
@@ -53,7 +54,7 @@ impl Switch {
                 .await
                 .map(|ip| Response::Released(ReleasedView { released: ip.into_iter().collect() })),
             IpamRequest::Lookup(owner) => match ipam.lookup(&owner) {
-                Some(ip) => Ok(Response::Address(vswitch_api::api::AddressView { ip, new: false })),
+                Some(ip) => Ok(Response::Address(vswitch_api::api::AddressView { ips: vec![ip], new: false })),
                 None => Err(ApiError::new(ErrorCode::NotFound, format!("{} has no address here", owner.container_id))),
             },
             IpamRequest::Gc(keep) => ipam.gc(&keep).await.map(|released| Response::Released(ReleasedView { released })),
@@ -68,7 +69,7 @@ impl Switch {
             .list_ports()
             .into_iter()
             .filter_map(|p| match p.role {
-                PortRole::Pod { ip, .. } => {
+                PortRole::Pod { ip: Some(ip), .. } => {
                     let (container_id, ifname) = p.name.rsplit_once(':')?;
                     let owner = Attachment { container_id: container_id.into(), ifname: ifname.into() };
                     Some((IpAddr::V4(ip), owner, p.pod.clone(), p.netns.clone()?))

@@ -10,7 +10,7 @@
 //!
 //! Written with [`vswitch_api::file::write_atomic`], so a crash leaves the old or the new file.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -46,7 +46,11 @@ pub struct SavedPort {
     pub name: String,
     pub netns: PathBuf,
     pub ifname: String,
-    pub ip: Ipv4Addr,
+    /// Format 2 files from before dual-stack always have `ip`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
     pub mac: MacAddr,
     pub mtu: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -91,6 +95,7 @@ impl SavedPort {
             netns: spec.netns.clone(),
             ifname: spec.ifname.clone(),
             ip: spec.ip,
+            ipv6: spec.ipv6,
             mac: spec.mac,
             mtu,
             pod_namespace: spec.pod.as_ref().map(|p| p.namespace.clone()),
@@ -113,6 +118,7 @@ impl SavedPort {
             netns: self.netns.clone(),
             ifname: self.ifname.clone(),
             ip: self.ip,
+            ipv6: self.ipv6,
             mac: self.mac,
             mtu: Some(self.mtu),
             pod,
@@ -165,7 +171,8 @@ impl StateFile {
                         name: p.name,
                         netns: p.netns,
                         ifname: p.ifname,
-                        ip: p.ip,
+                        ip: Some(p.ip),
+                        ipv6: None,
                         mac: p.mac,
                         mtu: p.mtu.unwrap_or(self.default_mtu),
                         pod_namespace: None,
@@ -232,7 +239,10 @@ mod tests {
         let state = store.load().unwrap();
         assert_eq!(state.ports.len(), 2);
         let spec = state.ports[0].to_spec();
-        assert_eq!((spec.name.as_str(), spec.ip, spec.mtu), ("f00d:eth0", Ipv4Addr::new(10, 10, 40, 10), Some(1400)));
+        assert_eq!(
+            (spec.name.as_str(), spec.ip, spec.ipv6, spec.mtu),
+            ("f00d:eth0", Some(Ipv4Addr::new(10, 10, 40, 10)), None, Some(1400))
+        );
         assert_eq!(state.ports[1].mtu, 1500, "entries without an MTU get the pod MTU");
         // Saved again, it is format 2 and reads back the same.
         store.save(&state).unwrap();
@@ -266,7 +276,8 @@ mod tests {
             name: "c1:eth0".into(),
             netns: "/run/netns/x".into(),
             ifname: "eth0".into(),
-            ip: Ipv4Addr::new(10, 0, 0, 2),
+            ip: Some(Ipv4Addr::new(10, 0, 0, 2)),
+            ipv6: Some("fd00:10::2".parse().unwrap()),
             mac: MacAddr::local_from([10, 0, 0, 2]),
             mtu: Some(1500),
             pod: Some(PodRef { namespace: "default".into(), name: "web-0".into() }),

@@ -4,7 +4,7 @@
 //! `POD/32 dev vsw0` routes over netlink, TAP deletion).
 
 use std::hash::{Hash, Hasher};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,8 +24,8 @@ pub trait PodIo: Send + Sync + std::fmt::Debug {
     /// One queue per worker of the pod's TAP.
     fn open_queues<'a>(&'a self, spec: &'a PortSpec, workers: usize) -> BoxFuture<'a, Result<PortQueues, ApiError>>;
     /// The node's route to the pod (so its stack and kube-proxy's DNAT reach it).
-    fn add_host_route(&self, ip: Ipv4Addr) -> BoxFuture<'_, Result<(), ApiError>>;
-    fn remove_host_route(&self, ip: Ipv4Addr) -> BoxFuture<'_, Result<(), ApiError>>;
+    fn add_host_route(&self, ip: IpAddr) -> BoxFuture<'_, Result<(), ApiError>>;
+    fn remove_host_route(&self, ip: IpAddr) -> BoxFuture<'_, Result<(), ApiError>>;
     /// Deletes the pod's TAP in the background (the reply does not wait for the kernel).
     fn delete_device(&self, netns: PathBuf, ifname: String);
 }
@@ -58,6 +58,9 @@ pub fn tap_queues_from(fds: Vec<std::os::fd::OwnedFd>, ifname: &str) -> PortQueu
 pub struct KernelPodIo {
     pub hostnet: HostNet,
     pub host_ifindex: u32,
+    /// Without an uplink, the node's NIC on the VPC subnet (`host_port.announce_on`): each pod's
+    /// IPv6 address gets a proxy-NDP entry there, so VPC hosts resolve it to the node.
+    pub proxy_ndp_ifindex: Option<u32>,
     /// Queues handed over by the vswitchd this one upgrades, by port name: used instead of
     /// opening new ones (see `handover`).
     pub handed: std::sync::Mutex<std::collections::HashMap<String, Vec<std::os::fd::OwnedFd>>>,
@@ -88,12 +91,23 @@ impl PodIo for KernelPodIo {
         })
     }
 
-    fn add_host_route(&self, ip: Ipv4Addr) -> BoxFuture<'_, Result<(), ApiError>> {
-        Box::pin(async move { self.hostnet.route_to_pod(ip, self.host_ifindex).await.map_err(unavailable) })
+    fn add_host_route(&self, ip: IpAddr) -> BoxFuture<'_, Result<(), ApiError>> {
+        Box::pin(async move {
+            self.hostnet.route_to_pod(ip, self.host_ifindex).await.map_err(unavailable)?;
+            if let (IpAddr::V6(ip), Some(nic)) = (ip, self.proxy_ndp_ifindex) {
+                self.hostnet.proxy_ndp(ip, nic).await.map_err(unavailable)?;
+            }
+            Ok(())
+        })
     }
 
-    fn remove_host_route(&self, ip: Ipv4Addr) -> BoxFuture<'_, Result<(), ApiError>> {
-        Box::pin(async move { self.hostnet.remove_route_to_pod(ip, self.host_ifindex).await.map_err(unavailable) })
+    fn remove_host_route(&self, ip: IpAddr) -> BoxFuture<'_, Result<(), ApiError>> {
+        Box::pin(async move {
+            if let (IpAddr::V6(ip), Some(nic)) = (ip, self.proxy_ndp_ifindex) {
+                self.hostnet.remove_proxy_ndp(ip, nic).await.map_err(unavailable)?;
+            }
+            self.hostnet.remove_route_to_pod(ip, self.host_ifindex).await.map_err(unavailable)
+        })
     }
 
     fn delete_device(&self, netns: PathBuf, ifname: String) {
@@ -126,11 +140,11 @@ impl PodIo for MemoryPodIo {
         Box::pin(async move { Ok(queues.into()) })
     }
 
-    fn add_host_route(&self, _: Ipv4Addr) -> BoxFuture<'_, Result<(), ApiError>> {
+    fn add_host_route(&self, _: IpAddr) -> BoxFuture<'_, Result<(), ApiError>> {
         Box::pin(async { Ok(()) })
     }
 
-    fn remove_host_route(&self, _: Ipv4Addr) -> BoxFuture<'_, Result<(), ApiError>> {
+    fn remove_host_route(&self, _: IpAddr) -> BoxFuture<'_, Result<(), ApiError>> {
         Box::pin(async { Ok(()) })
     }
 

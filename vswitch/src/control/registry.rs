@@ -4,7 +4,7 @@
 //! Nothing here opens a file, a socket or a device; the driver ([`super::Switch`]) does the I/O
 //! (TAP queues, netlink, ARP frames, the state file) and hands the results in. That keeps every
 //! rule of the registry testable on its own:
-//! - a pod port owns its /32; static routes (from the configuration or the API) cannot replace
+//! - a pod port owns its /32 and /128; static routes (from the configuration or the API) cannot replace
 //!   it, and an API route replaces another only when asked to;
 //! - publishing stores the snapshot (ports, adjacencies) before the FIB, so a route a worker finds
 //!   always has its adjacency;
@@ -16,12 +16,12 @@
 //!   without the registry's lock) cannot both take them.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fib::{Fib, Ipv4Prefix};
+use fib::{AnyPrefix, Fib, Ipv4Prefix, Ipv6Prefix};
 use vswitch_api::api::{ApiError, Bandwidth, ErrorCode, LinkState, PodRef, PortSpec, RateLimit};
 
 use crate::datapath::{Datapath, PortQueues, PortTotals, Snapshot};
@@ -36,7 +36,7 @@ pub const HOST_PORT: PortId = 0;
 /// Where a route came from, which decides who may change it and whether it is saved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteOrigin {
-    /// A pod port's /32, removed with the port.
+    /// A pod port's /32 or /128, removed with the port.
     Port,
     /// From vswitchd.toml (host port routes, the uplink's subnet and default); made again at
     /// every start, not saved.
@@ -104,8 +104,8 @@ pub struct PodReservation {
 /// What the neighbour machinery wants done on the uplink.
 #[derive(Debug, Default)]
 pub struct UplinkWork {
-    /// ARP requests to send (probes: sender 0.0.0.0).
-    pub ask: Vec<Ipv4Addr>,
+    /// Neighbours to ask for: ARP requests (probes: sender 0.0.0.0) or neighbour solicitations.
+    pub ask: Vec<IpAddr>,
     /// Packets (vnet header first) to send to `mac`.
     pub send: Vec<(Vec<u8>, MacAddr)>,
     pub unresolved_drops: u64,
@@ -118,15 +118,16 @@ pub struct Registry {
     pod_mtu: u16,
     datapath: Arc<Datapath>,
     fib: Fib<Ipv4Addr>,
+    fib6: Fib<Ipv6Addr>,
     ports: Vec<Option<PortRecord>>,
     adjacencies: Vec<Option<Adjacency>>,
     /// Freed slots with the generation that freed them, oldest first.
     free_adjacencies: VecDeque<(u32, u64)>,
-    routes: BTreeMap<Ipv4Prefix, Route>,
+    routes: BTreeMap<AnyPrefix, Route>,
     neighbors: NeighborTable,
     uplink: Option<PortId>,
-    /// Attaches in flight: name -> address.
-    pending: HashMap<String, Ipv4Addr>,
+    /// Attaches in flight: name -> addresses.
+    pending: HashMap<String, PodAddresses>,
     generation: u64,
 }
 
@@ -144,8 +145,58 @@ fn no_such_port(name: &str) -> ApiError {
     ApiError::new(ErrorCode::NotFound, format!("no port named '{name}'"))
 }
 
-pub fn parse_prefix(prefix: &str) -> Result<Ipv4Prefix, ApiError> {
+pub fn parse_prefix(prefix: &str) -> Result<AnyPrefix, ApiError> {
     prefix.parse().map_err(|e| invalid(format!("prefix '{prefix}': {e}")))
+}
+
+/// A pod's addresses: either family or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodAddresses {
+    pub ip: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+}
+
+impl PodAddresses {
+    pub fn of(spec: &PortSpec) -> PodAddresses {
+        PodAddresses { ip: spec.ip, ipv6: spec.ipv6 }
+    }
+
+    fn of_role(role: &PortRole) -> Option<PodAddresses> {
+        match *role {
+            PortRole::Pod { ip, ipv6, .. } => Some(PodAddresses { ip, ipv6 }),
+            _ => None,
+        }
+    }
+
+    /// The address both have, if any.
+    fn shared_with(&self, other: &PodAddresses) -> Option<IpAddr> {
+        match (self.ip, other.ip, self.ipv6, other.ipv6) {
+            (Some(a), Some(b), ..) if a == b => Some(a.into()),
+            (.., Some(a), Some(b)) if a == b => Some(a.into()),
+            _ => None,
+        }
+    }
+
+    /// The routes a pod port owns.
+    pub fn host_prefixes(&self) -> impl Iterator<Item = AnyPrefix> {
+        let v4 = self.ip.map(|ip| AnyPrefix::V4(Ipv4Prefix::host(ip)));
+        v4.into_iter().chain(self.ipv6.map(|ip| AnyPrefix::V6(Ipv6Prefix::host(ip))))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = IpAddr> {
+        self.ip.map(IpAddr::V4).into_iter().chain(self.ipv6.map(IpAddr::V6))
+    }
+}
+
+/// The uplink NIC: its MAC and addresses, the connected subnets, and the VPC gateways (a default
+/// route per family through each).
+#[derive(Debug, Clone, Default)]
+pub struct UplinkSpec {
+    pub mac: MacAddr,
+    pub ip: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+    pub subnets: Vec<AnyPrefix>,
+    pub gateways: Vec<IpAddr>,
 }
 
 impl Registry {
@@ -157,6 +208,7 @@ impl Registry {
             pod_mtu,
             datapath,
             fib: Fib::new(),
+            fib6: Fib::new(),
             ports: Vec::new(),
             adjacencies: Vec::new(),
             free_adjacencies: VecDeque::new(),
@@ -170,13 +222,14 @@ impl Registry {
 
     /// The snapshot a worker starts from before anything is attached.
     pub fn empty_snapshot(gateway_ip: Ipv4Addr, gateway_mac: MacAddr) -> Snapshot {
-        let fib: Fib<Ipv4Addr> = Fib::new();
         let forwarding = ForwardingState {
             gateway_ip,
             gateway_mac,
+            gateway_ip6: gateway_mac.link_local(),
             ports: Vec::new(),
             adjacencies: Vec::new(),
-            fib: fib.reader(),
+            fib: Fib::new().reader(),
+            fib6: Fib::new().reader(),
             neighbors: Default::default(),
         };
         Snapshot { generation: 0, forwarding, queues: Vec::new() }
@@ -187,11 +240,11 @@ impl Registry {
     }
 
     pub fn fib_routes(&self) -> usize {
-        self.fib.len()
+        self.fib.len() + self.fib6.len()
     }
 
     pub fn fib_memory(&self) -> usize {
-        self.fib.memory().total()
+        self.fib.memory().total() + self.fib6.memory().total()
     }
 
     pub fn adjacency_slots(&self) -> usize {
@@ -206,7 +259,7 @@ impl Registry {
         self.ports.iter().flatten()
     }
 
-    pub fn routes(&self) -> impl Iterator<Item = (&Ipv4Prefix, &Route)> {
+    pub fn routes(&self) -> impl Iterator<Item = (&AnyPrefix, &Route)> {
         self.routes.iter()
     }
 
@@ -283,9 +336,21 @@ impl Registry {
         id
     }
 
-    fn insert_route(&mut self, prefix: Ipv4Prefix, route: Route) {
-        self.fib.insert(prefix, route.adjacency).expect("adjacency index in range");
+    fn insert_route(&mut self, prefix: AnyPrefix, route: Route) {
+        match prefix {
+            AnyPrefix::V4(p) => self.fib.insert(p, route.adjacency),
+            AnyPrefix::V6(p) => self.fib6.insert(p, route.adjacency),
+        }
+        .expect("adjacency index in range");
         self.routes.insert(prefix, route);
+    }
+
+    fn remove_route(&mut self, prefix: &AnyPrefix) -> Option<Route> {
+        match prefix {
+            AnyPrefix::V4(p) => self.fib.remove(p),
+            AnyPrefix::V6(p) => self.fib6.remove(p),
+        };
+        self.routes.remove(prefix)
     }
 
     /// Attaches the host port (id 0) with the configuration's routes.
@@ -295,7 +360,7 @@ impl Registry {
         mtu: u16,
         peer_mac: MacAddr,
         queues: PortQueues,
-        routes: &[Ipv4Prefix],
+        routes: &[AnyPrefix],
         baseline: PortTotals,
     ) -> PortId {
         let info =
@@ -310,28 +375,30 @@ impl Registry {
         HOST_PORT
     }
 
-    /// Attaches the uplink NIC: the connected subnet resolved by ARP, and the default route via
-    /// the VPC gateway when there is one.
+    /// Attaches the uplink NIC: the connected subnets resolved by ARP and neighbour discovery,
+    /// and a default route via each VPC gateway.
     pub fn attach_uplink(
         &mut self,
         name: &str,
         mtu: u16,
-        (mac, ip): (MacAddr, Option<Ipv4Addr>),
+        spec: UplinkSpec,
         queues: PortQueues,
-        subnet: Ipv4Prefix,
-        gateway: Option<Ipv4Addr>,
     ) -> Result<PortId, ApiError> {
         let id = self.free_port_id()?;
-        let info = PortInfo { id, name: name.into(), role: PortRole::Uplink { mac, ip }, mtu, rate_limit: None };
+        let UplinkSpec { mac, ip, ipv6, subnets, gateways } = spec;
+        let role = PortRole::Uplink { mac, ip, ipv6 };
+        let info = PortInfo { id, name: name.into(), role, mtu, rate_limit: None };
         let attachment = Attachment { ifname: name.into(), netns: None, netns_id: None, pod: None, bandwidth: None };
         // Attached at start, before any traffic: its counters start from zero.
-        self.install(info, attachment, queues, NextHop::Arp { via: None }, PortTotals::default(), u64::MAX);
+        self.install(info, attachment, queues, NextHop::Resolve { via: None }, PortTotals::default(), u64::MAX);
         let connected = self.record(id).adjacency;
-        self.insert_route(subnet, Route { port: id, adjacency: connected, origin: RouteOrigin::Config });
-        if let Some(gateway) = gateway {
-            let next_hop = NextHop::Arp { via: Some(gateway) };
+        for subnet in subnets {
+            self.insert_route(subnet, Route { port: id, adjacency: connected, origin: RouteOrigin::Config });
+        }
+        for gateway in gateways {
+            let next_hop = NextHop::Resolve { via: Some(gateway) };
             let via = self.new_adjacency(Adjacency { port: id, src_mac: mac, next_hop, mtu }, u64::MAX);
-            let default = parse_prefix("0.0.0.0/0").expect("valid");
+            let default = parse_prefix(if gateway.is_ipv4() { "0.0.0.0/0" } else { "::/0" }).expect("valid");
             self.insert_route(default, Route { port: id, adjacency: via, origin: RouteOrigin::Config });
         }
         self.uplink = Some(id);
@@ -342,10 +409,11 @@ impl Registry {
     /// Validates a pod port and reserves its name and address.
     pub fn reserve_pod(&mut self, spec: PortSpec) -> Result<PodReservation, ApiError> {
         let mut replaces = None;
+        let addresses = PodAddresses::of(&spec);
         for p in self.ports() {
             let same_name = p.info.name == spec.name;
-            let same_ip = matches!(p.info.role, PortRole::Pod { ip, .. } if ip == spec.ip);
-            if !(same_name || same_ip) {
+            let same_ip = PodAddresses::of_role(&p.info.role).and_then(|a| a.shared_with(&addresses));
+            if !same_name && same_ip.is_none() {
                 continue;
             }
             // A port whose device vanished without a DEL gives way to the new attachment.
@@ -353,18 +421,18 @@ impl Registry {
                 replaces = Some(p.info.id);
             } else if same_name {
                 return Err(ApiError::new(ErrorCode::Exists, format!("port '{}' already exists", spec.name)));
-            } else {
+            } else if let Some(ip) = same_ip {
                 return Err(ApiError::new(
                     ErrorCode::Conflict,
-                    format!("{} is already used by port '{}'", spec.ip, p.info.name),
+                    format!("{ip} is already used by port '{}'", p.info.name),
                 ));
             }
         }
         if self.pending.contains_key(&spec.name) {
             return Err(ApiError::new(ErrorCode::Exists, format!("port '{}' is being attached", spec.name)));
         }
-        if let Some((other, _)) = self.pending.iter().find(|(_, ip)| **ip == spec.ip) {
-            return Err(ApiError::new(ErrorCode::Conflict, format!("{} is being attached as port '{other}'", spec.ip)));
+        if let Some((other, ip)) = self.pending.iter().find_map(|(n, a)| Some((n, a.shared_with(&addresses)?))) {
+            return Err(ApiError::new(ErrorCode::Conflict, format!("{ip} is being attached as port '{other}'")));
         }
         if spec.name.is_empty() || spec.name.len() > 256 {
             return Err(invalid("a port name has 1 to 256 characters"));
@@ -375,9 +443,24 @@ impl Registry {
         if spec.mac.is_multicast() || spec.mac == MacAddr::ZERO {
             return Err(invalid(format!("{} is not a unicast MAC", spec.mac)));
         }
-        let ip = spec.ip;
-        if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() || ip == self.gateway_ip {
-            return Err(invalid(format!("{ip} cannot be a pod address")));
+        if addresses.ip.is_none() && addresses.ipv6.is_none() {
+            return Err(invalid("a pod port needs an IPv4 or an IPv6 address"));
+        }
+        if let Some(ip) = addresses.ip {
+            if ip.is_unspecified()
+                || ip.is_broadcast()
+                || ip.is_multicast()
+                || ip.is_loopback()
+                || ip == self.gateway_ip
+            {
+                return Err(invalid(format!("{ip} cannot be a pod address")));
+            }
+        }
+        if let Some(ip) = addresses.ipv6 {
+            // Link-local addresses are the link's own (the pod has its MAC's), never routed.
+            if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() || ip.is_unicast_link_local() {
+                return Err(invalid(format!("{ip} cannot be a pod address")));
+            }
         }
         let mtu = spec.mtu.unwrap_or(self.pod_mtu);
         if !(576..=9000).contains(&mtu) {
@@ -393,7 +476,7 @@ impl Registry {
         if self.ports().count() + self.pending.len() >= MAX_PORTS - 1 && replaces.is_none() {
             return Err(ApiError::new(ErrorCode::Exhausted, format!("no free port id (at most {MAX_PORTS} ports)")));
         }
-        self.pending.insert(spec.name.clone(), ip);
+        self.pending.insert(spec.name.clone(), addresses);
         Ok(PodReservation { spec, mtu, replaces })
     }
 
@@ -416,15 +499,17 @@ impl Registry {
             self.remove_port(old);
         }
         let id = self.free_port_id()?;
-        let PortSpec { name, netns, ifname, ip, mac, pod, bandwidth, .. } = reservation.spec;
+        let PortSpec { name, netns, ifname, ip, ipv6, mac, pod, bandwidth, .. } = reservation.spec;
         let bucket = |r: Option<RateLimit>| r.map(|r| TokenBucket::new(r.rate_bps, r.burst_bits));
         let rate_limit =
             bandwidth.map(|b| Arc::new(PortRateLimit { ingress: bucket(b.ingress), egress: bucket(b.egress) }));
-        let info = PortInfo { id, name, role: PortRole::Pod { ip, mac }, mtu: reservation.mtu, rate_limit };
+        let info = PortInfo { id, name, role: PortRole::Pod { ip, ipv6, mac }, mtu: reservation.mtu, rate_limit };
         let attachment = Attachment { ifname, netns: Some(netns), netns_id, pod, bandwidth };
         self.install(info, attachment, queues, NextHop::Mac(mac), baseline(id), quiesced);
         let adjacency = self.record(id).adjacency;
-        self.insert_route(Ipv4Prefix::host(ip), Route { port: id, adjacency, origin: RouteOrigin::Port });
+        for prefix in (PodAddresses { ip, ipv6 }).host_prefixes() {
+            self.insert_route(prefix, Route { port: id, adjacency, origin: RouteOrigin::Port });
+        }
         self.publish();
         Ok(id)
     }
@@ -432,10 +517,9 @@ impl Registry {
     /// Removes a port and every route through it; frees its adjacencies.
     fn remove_port(&mut self, id: PortId) -> PortRecord {
         let record = self.ports[id as usize].take().expect("live port id");
-        let gone: Vec<Ipv4Prefix> = self.routes.iter().filter(|(_, r)| r.port == id).map(|(p, _)| *p).collect();
+        let gone: Vec<AnyPrefix> = self.routes.iter().filter(|(_, r)| r.port == id).map(|(p, _)| *p).collect();
         for prefix in gone {
-            if let Some(route) = self.routes.remove(&prefix) {
-                self.fib.remove(&prefix);
+            if let Some(route) = self.remove_route(&prefix) {
                 if route.adjacency != record.adjacency {
                     self.free_adjacency(route.adjacency);
                 }
@@ -465,21 +549,20 @@ impl Registry {
         }
         record.link = LinkState::Gone;
         record.queues = None;
-        let owned: Vec<Ipv4Prefix> = self
+        let owned: Vec<AnyPrefix> = self
             .routes
             .iter()
             .filter(|(_, r)| r.port == id && r.origin == RouteOrigin::Port)
             .map(|(p, _)| *p)
             .collect();
         for prefix in owned {
-            self.fib.remove(&prefix);
-            self.routes.remove(&prefix);
+            self.remove_route(&prefix);
         }
         self.publish();
     }
 
     /// Routes `prefix` out of `port` (an API route).
-    pub fn add_route(&mut self, prefix: Ipv4Prefix, port: &str, replace: bool) -> Result<(), ApiError> {
+    pub fn add_route(&mut self, prefix: AnyPrefix, port: &str, replace: bool) -> Result<(), ApiError> {
         let id = self.port_id(port).ok_or_else(|| no_such_port(port))?;
         if self.record(id).link == LinkState::Gone {
             return Err(ApiError::new(ErrorCode::Conflict, format!("port '{port}' has no device")));
@@ -505,7 +588,7 @@ impl Registry {
         Ok(())
     }
 
-    pub fn del_route(&mut self, prefix: Ipv4Prefix) -> Result<(), ApiError> {
+    pub fn del_route(&mut self, prefix: AnyPrefix) -> Result<(), ApiError> {
         match self.routes.get(&prefix) {
             None => return Err(ApiError::new(ErrorCode::NotFound, format!("no route for {prefix}"))),
             Some(r) if r.origin == RouteOrigin::Port => {
@@ -516,14 +599,13 @@ impl Registry {
             }
             Some(_) => {}
         }
-        self.routes.remove(&prefix);
-        self.fib.remove(&prefix);
+        self.remove_route(&prefix);
         self.publish();
         Ok(())
     }
 
     /// The routes added through the API (the ones the state file keeps), as (prefix, port).
-    pub fn api_routes(&self) -> Vec<(Ipv4Prefix, String)> {
+    pub fn api_routes(&self) -> Vec<(AnyPrefix, String)> {
         self.routes
             .iter()
             .filter(|(_, r)| r.origin == RouteOrigin::Api)
@@ -532,7 +614,7 @@ impl Registry {
     }
 
     /// A packet waiting for `next_hop`'s MAC on the uplink.
-    pub fn on_unresolved(&mut self, next_hop: Ipv4Addr, packet: Vec<u8>, now: Duration) -> UplinkWork {
+    pub fn on_unresolved(&mut self, next_hop: IpAddr, packet: Vec<u8>, now: Duration) -> UplinkWork {
         match self.neighbors.mac_of(next_hop) {
             Some(mac) => UplinkWork { send: vec![(packet, mac)], ..Default::default() },
             None => {
@@ -542,8 +624,8 @@ impl Registry {
         }
     }
 
-    /// An ARP reply heard on the uplink.
-    pub fn on_arp_reply(&mut self, ip: Ipv4Addr, mac: MacAddr, now: Duration) -> UplinkWork {
+    /// An ARP reply or neighbour advertisement heard on the uplink.
+    pub fn on_neighbor_reply(&mut self, ip: IpAddr, mac: MacAddr, now: Duration) -> UplinkWork {
         let (waiting, changed) = self.neighbors.on_reply(ip, mac, now);
         if changed {
             self.publish();
@@ -582,14 +664,17 @@ impl Registry {
         let forwarding = ForwardingState {
             gateway_ip: self.gateway_ip,
             gateway_mac: self.gateway_mac,
+            gateway_ip6: self.gateway_mac.link_local(),
             ports: self.ports.iter().map(|p| p.as_ref().map(|p| p.info.clone())).collect(),
             adjacencies: self.adjacencies.clone(),
             fib: self.fib.reader(),
+            fib6: self.fib6.reader(),
             neighbors: Arc::new(self.neighbors.resolved()),
         };
         let queues = self.ports.iter().map(|p| p.as_ref().and_then(|p| p.queues.clone())).collect();
         self.datapath.snapshot.store(Arc::new(Snapshot { generation: self.generation, forwarding, queues }));
         self.fib.publish();
+        self.fib6.publish();
     }
 }
 
@@ -620,7 +705,8 @@ mod tests {
             name: name.into(),
             netns: format!("/run/netns/{name}").into(),
             ifname: "eth0".into(),
-            ip: Ipv4Addr::from(ip),
+            ip: Some(Ipv4Addr::from(ip)),
+            ipv6: None,
             mac: MacAddr::local_from(ip),
             mtu: None,
             pod: None,
@@ -667,7 +753,9 @@ mod tests {
         r.cancel(&pending);
         assert!(r.reserve_pod(spec("d", [10, 0, 0, 7])).is_ok(), "a cancelled reservation frees its address");
         for (bad, why) in [
-            (PortSpec { ip: Ipv4Addr::new(169, 254, 1, 1), ..spec("x", [0; 4]) }, "the gateway"),
+            (PortSpec { ip: Some(Ipv4Addr::new(169, 254, 1, 1)), ..spec("x", [0; 4]) }, "the gateway"),
+            (PortSpec { ip: None, ..spec("x", [10, 0, 0, 9]) }, "no address at all"),
+            (PortSpec { ipv6: Some("fe80::1".parse().unwrap()), ..spec("x", [10, 0, 0, 9]) }, "a link-local address"),
             (PortSpec { mac: MacAddr::BROADCAST, ..spec("x", [10, 0, 0, 9]) }, "a multicast MAC"),
             (PortSpec { mtu: Some(100), ..spec("x", [10, 0, 0, 9]) }, "a tiny MTU"),
             (PortSpec { ifname: "a/b".into(), ..spec("x", [10, 0, 0, 9]) }, "a bad ifname"),
@@ -789,17 +877,25 @@ mod tests {
         let mut r = registry();
         let nic = MacAddr([2, 0, 0, 0, 0, 9]);
         let subnet = parse_prefix("10.10.0.0/16").unwrap();
-        r.attach_uplink("eth1", 1500, (nic, None), queues(), subnet, Some(Ipv4Addr::new(10, 10, 0, 1))).unwrap();
+        let subnet6 = parse_prefix("fd00:10::/64").unwrap();
+        let gateways = vec![IpAddr::from([10, 10, 0, 1]), "fd00:10::1".parse().unwrap()];
+        let uplink = UplinkSpec { mac: nic, subnets: vec![subnet, subnet6], gateways, ..Default::default() };
+        r.attach_uplink("eth1", 1500, uplink, queues()).unwrap();
         let now = Duration::from_secs(1);
-        let work = r.on_unresolved(Ipv4Addr::new(10, 10, 0, 9), vec![0; 64], now);
-        assert_eq!(work.ask, vec![Ipv4Addr::new(10, 10, 0, 9)]);
-        assert!(work.send.is_empty());
-        let generation = r.generation();
-        let peer = MacAddr([2, 0, 0, 0, 0, 10]);
-        let work = r.on_arp_reply(Ipv4Addr::new(10, 10, 0, 9), peer, now);
-        assert_eq!(work.send.len(), 1, "the waiting packet goes out");
-        assert!(r.generation() > generation, "a resolved neighbour is published");
-        assert_eq!(r.datapath.snapshot.load().forwarding.neighbors.get(&Ipv4Addr::new(10, 10, 0, 9)), Some(&peer));
-        assert_eq!(r.on_unresolved(Ipv4Addr::new(10, 10, 0, 9), vec![0; 64], now).send.len(), 1);
+        for vm in [IpAddr::from([10, 10, 0, 9]), "fd00:10::9".parse().unwrap()] {
+            let work = r.on_unresolved(vm, vec![0; 64], now);
+            assert_eq!(work.ask, vec![vm]);
+            assert!(work.send.is_empty());
+            let generation = r.generation();
+            let peer = MacAddr([2, 0, 0, 0, 0, 10]);
+            let work = r.on_neighbor_reply(vm, peer, now);
+            assert_eq!(work.send.len(), 1, "the waiting packet goes out");
+            assert!(r.generation() > generation, "a resolved neighbour is published");
+            assert_eq!(r.datapath.snapshot.load().forwarding.neighbors.get(&vm), Some(&peer));
+            assert_eq!(r.on_unresolved(vm, vec![0; 64], now).send.len(), 1);
+        }
+        // Both defaults go through the uplink's gateways.
+        let routes: Vec<String> = r.routes().map(|(p, _)| p.to_string()).collect();
+        assert!(routes.contains(&"0.0.0.0/0".to_string()) && routes.contains(&"::/0".to_string()), "{routes:?}");
     }
 }

@@ -7,7 +7,7 @@
 //! syncs). So attaching a pod never stalls ARP handling, the slow path or /metrics. An attach
 //! reserves its name and address first, does its I/O unlocked, then commits.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -24,7 +24,9 @@ use super::hostnet::{HostNet, HostNetError};
 use super::ipam::IpamRequest;
 use super::persist::{SavedPort, SavedRoute, SavedState, StateError, StateFile, FORMAT};
 use super::podio::{open_tap_queues, tap_queues_from, KernelPodIo, MemoryPodIo, PodIo};
-use super::registry::{parse_prefix, PodReservation, PortRecord, Registry, UplinkWork, HOST_PORT};
+use super::registry::{
+    parse_prefix, PodAddresses, PodReservation, PortRecord, Registry, UplinkSpec, UplinkWork, HOST_PORT,
+};
 use super::trace;
 use crate::datapath::{spawn_worker, stats, Datapath, PortQueues, PortTotals, SlowPacket, SlowReason, WorkerStats};
 use crate::pipeline::{DropReason, IcmpLimiter, MAX_FRAME};
@@ -34,6 +36,8 @@ use crate::port::PortQueue;
 use crate::state::{NextHop, PortId, PortRole};
 use crate::wire::arp::{self, ArpPacket, Operation};
 use crate::wire::ethernet::{self, EthernetFrame};
+use crate::wire::icmpv6::{self, NeighborAdvert};
+use crate::wire::ipv6::{self, Ipv6Packet};
 use crate::wire::{vnet, EtherType, MacAddr};
 
 /// Why the daemon could not start.
@@ -58,6 +62,9 @@ pub enum ControlError {
 struct Uplink {
     port: PortId,
     mac: MacAddr,
+    /// The source of neighbour solicitations: the NIC's configured IPv6 address, or its MAC's
+    /// link-local address.
+    ndp_source: Ipv6Addr,
     sender: PacketSocket,
 }
 
@@ -65,6 +72,7 @@ struct Uplink {
 #[derive(Debug)]
 struct Announcer {
     name: String,
+    ifindex: u32,
     mac: MacAddr,
     sender: PacketSocket,
 }
@@ -168,13 +176,16 @@ impl Switch {
                 .await
                 .map_err(|source| ControlError::Attach { name: name.clone(), source })?,
         };
-        // The switch forwards IPv4 only: without this the node's side of the host port sends
-        // router solicitations and MLD reports that the switch can only drop (and count).
-        match std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1") {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                tracing::warn!(port = %name, error = %e, "could not turn IPv6 off on the host port")
+        // IPv6 on (the node resolves its /128 routes to pods here with neighbour discovery, from
+        // its link-local address), but no autoconfiguration from the router advertisements the
+        // switch never sends. A node booted without IPv6 has none of these files.
+        for (key, value) in [("disable_ipv6", "0"), ("accept_ra", "0"), ("autoconf", "0")] {
+            match std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/{key}"), value) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!(port = %name, error = %e, "could not set ipv6 {key} on the host port")
+                }
+                _ => {}
             }
-            _ => {}
         }
         let (host_ifindex, peer_mac) = hostnet.bring_up(&name, config.host_port.mtu).await?;
         let routes = host_routes(&config)?;
@@ -194,7 +205,7 @@ impl Switch {
                 let sender = PacketSocket::open_sender(ifindex)
                     .map_err(|source| ControlError::Uplink { name: name.clone(), source })?;
                 tracing::info!(interface = %name, %mac, "pods are announced with gratuitous ARP from the node's NIC");
-                Some(Announcer { name: name.clone(), mac, sender })
+                Some(Announcer { name: name.clone(), ifindex, mac, sender })
             }
             None => None,
         };
@@ -208,6 +219,7 @@ impl Switch {
             stats,
             control_stats,
             pods: Box::new(KernelPodIo {
+                proxy_ndp_ifindex: announcer.as_ref().map(|a| a.ifindex),
                 hostnet,
                 host_ifindex,
                 handed: Mutex::new(handover.map(|mut h| h.take_all()).unwrap_or_default()),
@@ -398,7 +410,7 @@ impl Switch {
         let reservation = self.registry().reserve_pod(spec)?;
         match self.open_pod(&reservation).await {
             Ok((queues, netns_id)) => {
-                let ip = reservation.spec.ip;
+                let addresses = PodAddresses::of(&reservation.spec);
                 let id = {
                     let mut registry = self.registry();
                     let quiesced = self.datapath.quiesced();
@@ -407,11 +419,13 @@ impl Switch {
                 };
                 self.wake_workers();
                 self.persist().await?;
-                // Tell the VPC subnet where this address lives now (a gratuitous ARP).
-                self.announce(ip);
+                // Tell the VPC subnet where these addresses live now (a gratuitous ARP, an
+                // unsolicited neighbour advertisement).
+                addresses.iter().for_each(|ip| self.announce(ip));
                 let registry = self.registry();
                 let record = registry.record(id);
-                tracing::info!(port = %record.info.name, %ip, id, pod = ?record.attachment.pod, "pod port attached");
+                let ips = addresses.iter().map(|ip| ip.to_string()).collect::<Vec<_>>().join(" ");
+                tracing::info!(port = %record.info.name, %ips, id, pod = ?record.attachment.pod, "pod port attached");
                 Ok(self.port_view(record))
             }
             Err(e) => {
@@ -428,7 +442,9 @@ impl Switch {
             ApiError::new(ErrorCode::NotFound, format!("network namespace {} does not exist", spec.netns.display()))
         })?;
         let queues = self.pods.open_queues(spec, self.config.workers).await?;
-        self.pods.add_host_route(spec.ip).await?;
+        for ip in PodAddresses::of(spec).iter() {
+            self.pods.add_host_route(ip).await?;
+        }
         Ok((queues, Some(netns_id)))
     }
 
@@ -437,12 +453,14 @@ impl Switch {
         self.wake_workers();
         // Saved before anything else can fail, so a deleted port never comes back at restart.
         self.persist().await?;
-        if let PortRole::Pod { ip, .. } = record.info.role {
+        if let PortRole::Pod { ip, ipv6, .. } = record.info.role {
             // A route left behind only misroutes the node's traffic to an address nobody holds;
             // it must not make the DEL fail (the port is gone already). Logged and counted.
-            if let Err(e) = self.pods.remove_host_route(ip).await {
-                tracing::warn!(port = %name, %ip, error = %e, "could not remove the node's route to the pod");
-                self.control_stats.dropped(DropReason::TxError);
+            for ip in (PodAddresses { ip, ipv6 }).iter() {
+                if let Err(e) = self.pods.remove_host_route(ip).await {
+                    tracing::warn!(port = %name, %ip, error = %e, "could not remove the node's route to the pod");
+                    self.control_stats.dropped(DropReason::TxError);
+                }
             }
         }
         if let (true, Some(netns)) = (remove_device, record.attachment.netns.clone()) {
@@ -493,23 +511,53 @@ impl Switch {
         self.send_on_uplink(&arp_frame(uplink.mac, op, sender_ip, target_ip));
     }
 
-    /// A gratuitous ARP for `ip` (a pod just attached here): from the uplink, or from the node's
-    /// NIC in host-routed mode, so hosts that knew the address elsewhere update at once.
-    fn announce(&self, ip: Ipv4Addr) {
-        if self.uplink.is_some() {
-            return self.send_arp(Operation::Request, ip, ip);
-        }
-        let Some(announcer) = &self.announcer else { return };
-        let frame = arp_frame(announcer.mac, Operation::Request, ip, ip);
-        if let Err(e) = announcer.sender.send(&frame) {
-            tracing::warn!(interface = %announcer.name, %ip, error = %e, "could not announce the pod");
+    /// Asks the uplink's VPC subnet for `target`'s MAC (a multicast neighbour solicitation).
+    fn send_neighbor_solicit(&self, target: Ipv6Addr) {
+        let Some(uplink) = &self.uplink else { return };
+        let mut frame = [0u8; vnet::LEN + ethernet::HEADER_LEN + icmpv6::NS_PACKET_LEN];
+        let mut eth = EthernetFrame::new_checked(&mut frame[vnet::LEN..]).expect("sized");
+        eth.set_dst(ipv6::multicast_mac(ipv6::solicited_node(target)));
+        eth.set_src(uplink.mac);
+        eth.set_ethertype(EtherType::Ipv6);
+        icmpv6::emit_neighbor_solicit(eth.payload_mut(), uplink.ndp_source, target, uplink.mac);
+        self.send_on_uplink(&frame);
+    }
+
+    /// Announces `ip` (a pod just attached here), so hosts that knew the address elsewhere
+    /// update at once: a gratuitous ARP or an unsolicited neighbour advertisement, from the
+    /// uplink, or from the node's NIC in host-routed mode.
+    fn announce(&self, ip: IpAddr) {
+        let (mac, sender, name) = match (&self.uplink, &self.announcer) {
+            (Some(uplink), _) => {
+                (uplink.mac, &uplink.sender, self.config.uplink.as_ref().map(|u| u.interface.as_str()))
+            }
+            (None, Some(announcer)) => (announcer.mac, &announcer.sender, Some(announcer.name.as_str())),
+            (None, None) => return,
+        };
+        let sent = match ip {
+            IpAddr::V4(ip) => sender.send(&arp_frame(mac, Operation::Request, ip, ip)),
+            IpAddr::V6(ip) => {
+                let mut frame = [0u8; vnet::LEN + ethernet::HEADER_LEN + icmpv6::NA_PACKET_LEN];
+                let mut eth = EthernetFrame::new_checked(&mut frame[vnet::LEN..]).expect("sized");
+                eth.set_dst(ipv6::multicast_mac(ipv6::ALL_NODES));
+                eth.set_src(mac);
+                eth.set_ethertype(EtherType::Ipv6);
+                icmpv6::emit_unsolicited_neighbor_advert(eth.payload_mut(), ip, mac, false);
+                sender.send(&frame)
+            }
+        };
+        if let Err(e) = sent {
+            tracing::warn!(interface = ?name, %ip, error = %e, "could not announce the pod");
         }
     }
 
     /// Does what the neighbour machinery asked for, outside the registry's lock.
     fn run_uplink_work(&self, work: UplinkWork) {
         for ip in work.ask {
-            self.send_arp(Operation::Request, Ipv4Addr::UNSPECIFIED, ip);
+            match ip {
+                IpAddr::V4(ip) => self.send_arp(Operation::Request, Ipv4Addr::UNSPECIFIED, ip),
+                IpAddr::V6(ip) => self.send_neighbor_solicit(ip),
+            }
         }
         for (mut data, mac) in work.send {
             data[vnet::LEN..vnet::LEN + 6].copy_from_slice(&mac.0);
@@ -524,16 +572,9 @@ impl Switch {
         let now = self.now();
         let work = match packet.reason {
             SlowReason::Resolve { next_hop, .. } => self.registry().on_unresolved(next_hop, packet.data, now),
-            SlowReason::Arp { .. } => {
-                let Some(body) = packet.data.get(vnet::LEN + ethernet::HEADER_LEN..) else { return };
-                let Ok(reply) = ArpPacket::new_checked(body) else { return };
-                // A reply, or an announcement (a gratuitous request): either says where the
-                // sender's address is now; only neighbours already in the table are updated.
-                let announcement = reply.sender_ip() == reply.target_ip();
-                if reply.operation() != Operation::Reply && !announcement {
-                    return;
-                }
-                let work = self.registry().on_arp_reply(reply.sender_ip(), reply.sender_mac(), now);
+            SlowReason::Learn { .. } => {
+                let Some((ip, mac)) = learned_neighbor(&packet.data) else { return };
+                let work = self.registry().on_neighbor_reply(ip, mac, now);
                 self.wake_workers();
                 work
             }
@@ -550,7 +591,7 @@ impl Switch {
 
     fn port_view(&self, p: &PortRecord) -> PortView {
         let role = match p.info.role {
-            PortRole::Pod { ip, mac } => ApiPortRole::Pod { ip, mac },
+            PortRole::Pod { ip, ipv6, mac } => ApiPortRole::Pod { ip, ipv6, mac },
             PortRole::Host { peer_mac } => ApiPortRole::Host { peer_mac },
             PortRole::Uplink { mac, .. } => ApiPortRole::Uplink { mac },
         };
@@ -592,10 +633,11 @@ impl Switch {
             .routes()
             .filter_map(|(prefix, r)| {
                 let adj = registry.adjacency(r.adjacency)?;
+                let protocol = if matches!(prefix, fib::AnyPrefix::V4(_)) { "arp" } else { "ndp" };
                 let next_hop = match adj.next_hop {
                     NextHop::Mac(mac) => mac.to_string(),
-                    NextHop::Arp { via: Some(via) } => format!("arp {via}"),
-                    NextHop::Arp { via: None } => "arp".to_string(),
+                    NextHop::Resolve { via: Some(via) } => format!("{protocol} {via}"),
+                    NextHop::Resolve { via: None } => protocol.to_string(),
                 };
                 Some(RouteView {
                     prefix: prefix.to_string(),
@@ -712,9 +754,13 @@ impl Switch {
                         || p.attachment.pod.as_ref().is_some_and(|pod| pod.to_string() == flow.from)
                 })
                 .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no pod or port '{}'", flow.from)))?;
-            let PortRole::Pod { ip, mac } = pod.info.role else {
+            let PortRole::Pod { ip, ipv6, mac } = pod.info.role else {
                 return Err(ApiError::new(ErrorCode::Invalid, format!("'{}' is not a pod port", flow.from)));
             };
+            let ip = if flow.to.is_ipv6() { ipv6.map(IpAddr::V6) } else { ip.map(IpAddr::V4) };
+            let ip = ip.ok_or_else(|| {
+                ApiError::new(ErrorCode::Invalid, format!("'{}' has no address of {}'s family", flow.from, flow.to))
+            })?;
             (pod.info.id, ip, mac, pod.info.mtu)
         };
         let (buf, len) = trace::flow_frame(flow, ip, mac, self.config.gateway_mac(), mtu)?;
@@ -810,13 +856,37 @@ pub struct Health {
     pub problems: Vec<String>,
 }
 
-/// The host port's routes from the configuration: its extra prefixes, and the default if asked.
-fn host_routes(config: &Config) -> Result<Vec<fib::Ipv4Prefix>, ApiError> {
+/// The host port's routes from the configuration: its extra prefixes, and the defaults of both
+/// families if asked.
+fn host_routes(config: &Config) -> Result<Vec<fib::AnyPrefix>, ApiError> {
     let mut routes = config.host_port.routes.iter().map(|p| parse_prefix(p)).collect::<Result<Vec<_>, _>>()?;
     if config.host_port.default_route {
         routes.push(parse_prefix("0.0.0.0/0").expect("valid"));
+        routes.push(parse_prefix("::/0").expect("valid"));
     }
     Ok(routes)
+}
+
+/// What an ARP reply or announcement, or a neighbour advertisement, heard on the uplink says:
+/// where an address is now. Only neighbours already in the table are updated with it.
+fn learned_neighbor(data: &[u8]) -> Option<(IpAddr, MacAddr)> {
+    let eth = EthernetFrame::new_checked(data.get(vnet::LEN..)?).ok()?;
+    match eth.ethertype() {
+        EtherType::Arp => {
+            let arp = ArpPacket::new_checked(eth.payload()).ok()?;
+            // A reply, or an announcement (a gratuitous request).
+            let announcement = arp.sender_ip() == arp.target_ip();
+            (arp.operation() == Operation::Reply || announcement).then(|| (arp.sender_ip().into(), arp.sender_mac()))
+        }
+        EtherType::Ipv6 => {
+            let ip = Ipv6Packet::new_checked(eth.payload()).ok()?;
+            let upper = ip.upper_layer().ok()?;
+            let na = NeighborAdvert::new_checked(ip.packet().get(upper.offset..)?).ok()?;
+            // Without a target link-layer option (allowed in a solicited reply), the sender's MAC.
+            Some((na.target().into(), na.target_mac().unwrap_or(eth.src())))
+        }
+        _ => None,
+    }
 }
 
 fn counters(c: PortTotals) -> PortCounters {
@@ -831,12 +901,13 @@ fn counters(c: PortTotals) -> PortCounters {
 
 /// What a pod port was attached with, for the state file; `None` for the host port and uplink.
 fn spec_of(p: &PortRecord) -> Option<PortSpec> {
-    let PortRole::Pod { ip, mac } = p.info.role else { return None };
+    let PortRole::Pod { ip, ipv6, mac } = p.info.role else { return None };
     Some(PortSpec {
         name: p.info.name.clone(),
         netns: p.attachment.netns.clone()?,
         ifname: p.attachment.ifname.clone(),
         ip,
+        ipv6,
         mac,
         mtu: Some(p.info.mtu),
         pod: p.attachment.pod.clone(),
@@ -896,15 +967,21 @@ async fn attach_uplink(
             PacketSocket::open_sender(ifindex).map_err(uplink_error)?,
         ),
     };
-    let subnet = parse_prefix(&config.subnet)?;
+    let mut subnets = vec![parse_prefix(&config.subnet)?];
+    if let Some(subnet6) = &config.subnet6 {
+        subnets.push(parse_prefix(subnet6)?);
+    }
     // ICMP errors sent out of the uplink come from this address (none without one).
     let ip = match config.address {
         Some(ip) => Some(ip),
         None => hostnet.first_ipv4(ifindex).await?,
     };
-    let port = registry.attach_uplink(&name, config.mtu, (mac, ip), queues.into(), subnet, config.gateway)?;
-    tracing::info!(uplink = %name, %mac, ?ip, ifindex, %subnet, "uplink attached");
-    Ok(Uplink { port, mac, sender })
+    let gateways = config.gateway.map(IpAddr::V4).into_iter().chain(config.gateway6.map(IpAddr::V6)).collect();
+    let spec = UplinkSpec { mac, ip, ipv6: config.address6, subnets: subnets.clone(), gateways };
+    let port = registry.attach_uplink(&name, config.mtu, spec, queues.into())?;
+    tracing::info!(uplink = %name, %mac, ?ip, ipv6 = ?config.address6, ifindex, ?subnets, "uplink attached");
+    let ndp_source = config.address6.unwrap_or_else(|| mac.link_local());
+    Ok(Uplink { port, mac, ndp_source, sender })
 }
 
 #[cfg(test)]
@@ -918,7 +995,8 @@ mod tests {
             name: name.into(),
             netns: format!("/run/netns/{name}").into(),
             ifname: "eth0".into(),
-            ip: Ipv4Addr::new(10, 0, 0, last),
+            ip: Some(Ipv4Addr::new(10, 0, 0, last)),
+            ipv6: None,
             mac: MacAddr::local_from([10, 0, 0, last]),
             mtu: None,
             pod: None,
@@ -969,10 +1047,10 @@ mod tests {
         ) -> BoxFuture<'a, Result<PortQueues, ApiError>> {
             MemoryPodIo.open_queues(spec, workers)
         }
-        fn add_host_route(&self, _: Ipv4Addr) -> BoxFuture<'_, Result<(), ApiError>> {
+        fn add_host_route(&self, _: IpAddr) -> BoxFuture<'_, Result<(), ApiError>> {
             Box::pin(async { Ok(()) })
         }
-        fn remove_host_route(&self, _: Ipv4Addr) -> BoxFuture<'_, Result<(), ApiError>> {
+        fn remove_host_route(&self, _: IpAddr) -> BoxFuture<'_, Result<(), ApiError>> {
             Box::pin(async { Err(unavailable("netlink: no buffer space")) })
         }
         fn delete_device(&self, _: std::path::PathBuf, _: String) {}

@@ -4,7 +4,7 @@
 //! The frame is either given in hex or built here from a flow (a pod to an address, TCP, UDP or
 //! ICMP, of a size, optionally as a GSO super-frame the way a pod's kernel hands TSO frames over).
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use vswitch_api::api::{ApiError, ErrorCode, FlowProtocol, FlowSpec, RouteView, TraceView};
 
@@ -13,6 +13,7 @@ use crate::pipeline::{IcmpLimiter, Next, Pipeline, Trace, MAX_FRAME};
 use crate::state::PortId;
 use crate::wire::ethernet::{self, EthernetFrame};
 use crate::wire::ipv4::{self, Ipv4Packet};
+use crate::wire::ipv6::{self, Ipv6Packet};
 use crate::wire::vnet::{self, VnetHeader};
 use crate::wire::{checksum, EtherType, MacAddr};
 
@@ -24,23 +25,30 @@ fn invalid(message: impl std::fmt::Display) -> ApiError {
     ApiError::new(ErrorCode::Invalid, message)
 }
 
-/// A frame (vnet header first) from `src` (`src_mac`) to `flow.to`, addressed to the gateway MAC
-/// as the pod's kernel would send it. Returns the buffer and the frame's length in it.
+/// A frame (vnet header first) from `src` (`src_mac`) to `flow.to` (of the same family),
+/// addressed to the gateway MAC as the pod's kernel would send it. Returns the buffer and the
+/// frame's length in it.
 pub fn flow_frame(
     flow: &FlowSpec,
-    src: Ipv4Addr,
+    src: IpAddr,
     src_mac: MacAddr,
     gateway_mac: MacAddr,
     mtu: u16,
 ) -> Result<(Vec<u8>, usize), ApiError> {
+    let v6 = src.is_ipv6();
+    if v6 != flow.to.is_ipv6() {
+        return Err(invalid(format!("{src} and {} are of different families", flow.to)));
+    }
+    let ip_header = if v6 { ipv6::HEADER_LEN } else { ipv4::MIN_HEADER_LEN };
     let (protocol, l4_header) = match flow.protocol {
         FlowProtocol::Tcp { .. } => (ipv4::PROTO_TCP, TCP_HEADER),
         FlowProtocol::Udp { .. } => (ipv4::PROTO_UDP, UDP_HEADER),
+        FlowProtocol::Icmp if v6 => (ipv6::PROTO_ICMPV6, crate::wire::icmpv6::HEADER_LEN),
         FlowProtocol::Icmp => (ipv4::PROTO_ICMP, crate::wire::icmp::HEADER_LEN),
     };
-    let default = if flow.gso { 65_000 } else { ipv4::MIN_HEADER_LEN + l4_header + 56 };
+    let default = if flow.gso { 65_000 } else { ip_header + l4_header + 56 };
     let size = flow.size.map_or(default, usize::from);
-    let min = ipv4::MIN_HEADER_LEN + l4_header;
+    let min = ip_header + l4_header;
     let max = MAX_FRAME - vnet::LEN - ethernet::HEADER_LEN;
     if !(min..=max.min(65_535)).contains(&size) {
         return Err(invalid(format!("size {size} is outside {min}..={}", max.min(65_535))));
@@ -50,14 +58,19 @@ pub fn flow_frame(
     }
     let mut buf = vec![0u8; vnet::LEN + ethernet::HEADER_LEN + size];
     let l3 = vnet::LEN + ethernet::HEADER_LEN;
-    let l4 = l3 + ipv4::MIN_HEADER_LEN;
+    let l4 = l3 + ip_header;
+    let l4_len = size - ip_header;
     {
         let mut eth = EthernetFrame::new_checked(&mut buf[vnet::LEN..]).expect("sized");
         eth.set_dst(gateway_mac);
         eth.set_src(src_mac);
-        eth.set_ethertype(EtherType::Ipv4);
+        eth.set_ethertype(if v6 { EtherType::Ipv6 } else { EtherType::Ipv4 });
     }
-    ipv4::emit_header(&mut buf[l3..], src, flow.to, protocol, size - ipv4::MIN_HEADER_LEN, 64);
+    match (src, flow.to) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => ipv4::emit_header(&mut buf[l3..], src, dst, protocol, l4_len, 64),
+        (IpAddr::V6(src), IpAddr::V6(dst)) => ipv6::emit_header(&mut buf[l3..], src, dst, protocol, l4_len, 64),
+        _ => unreachable!("families checked above"),
+    }
     let segment = &mut buf[l4..];
     match flow.protocol {
         FlowProtocol::Tcp { port } => {
@@ -72,15 +85,16 @@ pub fn flow_frame(
         FlowProtocol::Udp { port } => {
             segment[0..2].copy_from_slice(&SOURCE_PORT.to_be_bytes());
             segment[2..4].copy_from_slice(&port.to_be_bytes());
-            segment[4..6].copy_from_slice(&((size - ipv4::MIN_HEADER_LEN) as u16).to_be_bytes());
+            segment[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
         }
         FlowProtocol::Icmp => {
-            segment[0] = crate::wire::icmp::TYPE_ECHO_REQUEST;
+            segment[0] = if v6 { crate::wire::icmpv6::TYPE_ECHO_REQUEST } else { crate::wire::icmp::TYPE_ECHO_REQUEST };
             segment[4..6].copy_from_slice(&1u16.to_be_bytes());
             segment[6..8].copy_from_slice(&1u16.to_be_bytes());
         }
     }
     let (checksum_at, gso_type) = match flow.protocol {
+        FlowProtocol::Tcp { .. } if v6 => (16, vnet::GSO_TCPV6),
         FlowProtocol::Tcp { .. } => (16, vnet::GSO_TCPV4),
         FlowProtocol::Udp { .. } => (6, vnet::GSO_UDP_L4),
         FlowProtocol::Icmp => (2, vnet::GSO_NONE),
@@ -88,20 +102,21 @@ pub fn flow_frame(
     if flow.gso {
         // As the kernel hands it over: the checksum left for the device (the pseudo-header sum
         // in place), the segment size of the path's MTU.
-        let pseudo = pseudo_header_sum(src, flow.to, protocol, size - ipv4::MIN_HEADER_LEN);
+        let pseudo = checksum::sum(&pseudo_header(src, flow.to, protocol, l4_len));
         buf[l4 + checksum_at..l4 + checksum_at + 2].copy_from_slice(&pseudo.to_be_bytes());
         VnetHeader {
             flags: vnet::FLAG_NEEDS_CSUM,
             gso_type,
-            hdr_len: (ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN + l4_header) as u16,
-            gso_size: mtu.saturating_sub((ipv4::MIN_HEADER_LEN + l4_header) as u16),
-            csum_start: (ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN) as u16,
+            hdr_len: (ethernet::HEADER_LEN + ip_header + l4_header) as u16,
+            gso_size: mtu.saturating_sub((ip_header + l4_header) as u16),
+            csum_start: (ethernet::HEADER_LEN + ip_header) as u16,
             csum_offset: checksum_at as u16,
         }
         .write(&mut buf);
     } else {
+        // ICMP's checksum covers the message only; ICMPv6's, TCP's and UDP's a pseudo-header too.
         let sum = match flow.protocol {
-            FlowProtocol::Icmp => checksum::checksum(&buf[l4..]),
+            FlowProtocol::Icmp if !v6 => checksum::checksum(&buf[l4..]),
             _ => l4_checksum(src, flow.to, protocol, &buf[l4..]),
         };
         buf[l4 + checksum_at..l4 + checksum_at + 2].copy_from_slice(&sum.to_be_bytes());
@@ -110,23 +125,31 @@ pub fn flow_frame(
     Ok((buf, len))
 }
 
-fn pseudo_header(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, len: usize) -> [u8; 12] {
-    let mut pseudo = [0u8; 12];
-    pseudo[0..4].copy_from_slice(&src.octets());
-    pseudo[4..8].copy_from_slice(&dst.octets());
-    pseudo[9] = protocol;
-    pseudo[10..12].copy_from_slice(&(len as u16).to_be_bytes());
-    pseudo
+/// The transport checksum's pseudo-header (RFC 793 for IPv4, RFC 8200 §8.1 for IPv6); its folded
+/// sum is what a device expects in place for a checksum it completes.
+fn pseudo_header(src: IpAddr, dst: IpAddr, protocol: u8, len: usize) -> Vec<u8> {
+    match (src, dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            let mut pseudo = [src.octets(), dst.octets()].concat();
+            pseudo.extend_from_slice(&[0, protocol]);
+            pseudo.extend_from_slice(&(len as u16).to_be_bytes());
+            pseudo
+        }
+        _ => {
+            let octets = |ip: IpAddr| match ip {
+                IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+                IpAddr::V6(v6) => v6.octets(),
+            };
+            let mut pseudo = [octets(src), octets(dst)].concat();
+            pseudo.extend_from_slice(&(len as u32).to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, protocol]);
+            pseudo
+        }
+    }
 }
 
-/// The folded (not complemented) pseudo-header sum, as a device expects it for a checksum it
-/// completes.
-fn pseudo_header_sum(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, len: usize) -> u16 {
-    checksum::sum(&pseudo_header(src, dst, protocol, len))
-}
-
-fn l4_checksum(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, segment: &[u8]) -> u16 {
-    let mut data = pseudo_header(src, dst, protocol, segment.len()).to_vec();
+fn l4_checksum(src: IpAddr, dst: IpAddr, protocol: u8, segment: &[u8]) -> u16 {
+    let mut data = pseudo_header(src, dst, protocol, segment.len());
     data.extend_from_slice(segment);
     checksum::checksum(&data)
 }
@@ -150,17 +173,40 @@ pub fn describe(frame: &[u8]) -> String {
             other => format!("protocol {other}"),
         };
         words += &format!(": {} > {} ttl {}, {protocol}", ip.src(), ip.dst(), ip.ttl());
+    } else if let Ok(ip) = Ipv6Packet::new_checked(eth.payload()) {
+        let upper = ip.upper_layer().ok();
+        let l4 = upper.and_then(|u| ip.packet().get(u.offset..)).unwrap_or_default();
+        let ports = |name: &str| match l4.get(0..4) {
+            Some(p) => format!("{name} {} > {}", u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]])),
+            None => name.to_string(),
+        };
+        let protocol = match upper.map(|u| u.protocol) {
+            Some(ipv6::PROTO_TCP) => ports("tcp"),
+            Some(ipv6::PROTO_UDP) => ports("udp"),
+            Some(ipv6::PROTO_ICMPV6) => {
+                format!("icmpv6 type {} code {}", l4.first().unwrap_or(&0), l4.get(1).unwrap_or(&0))
+            }
+            Some(other) => format!("protocol {other}"),
+            None => "malformed extension headers".to_string(),
+        };
+        words += &format!(": {} > {} hop limit {}, {protocol}", ip.src(), ip.dst(), ip.hop_limit());
     }
     words
 }
 
 /// The most specific route for `dst` among `routes`, in words.
-pub fn matching_route(routes: &[RouteView], dst: Ipv4Addr) -> Option<String> {
+pub fn matching_route(routes: &[RouteView], dst: IpAddr) -> Option<String> {
     routes
         .iter()
-        .filter_map(|r| Some((r.prefix.parse::<fib::Ipv4Prefix>().ok()?, r)))
-        .filter(|(prefix, _)| prefix.contains(dst))
-        .max_by_key(|(prefix, _)| prefix.len())
+        .filter_map(|r| {
+            let len = match (r.prefix.parse::<fib::AnyPrefix>().ok()?, dst) {
+                (fib::AnyPrefix::V4(p), IpAddr::V4(dst)) if p.contains(dst) => p.len(),
+                (fib::AnyPrefix::V6(p), IpAddr::V6(dst)) if p.contains(dst) => p.len(),
+                _ => return None,
+            };
+            Some((len, r))
+        })
+        .max_by_key(|(len, _)| *len)
         .map(|(_, r)| {
             format!("{} out of {} (next hop {}, mtu {}, from {})", r.prefix, r.port, r.next_hop, r.mtu, r.origin)
         })
@@ -169,14 +215,16 @@ pub fn matching_route(routes: &[RouteView], dst: Ipv4Addr) -> Option<String> {
 /// Runs `buf[..len]` (vnet header first) through the pipeline as if it arrived on `port`.
 pub fn run(snapshot: &Snapshot, routes: &[RouteView], port: PortId, mut buf: Vec<u8>, len: usize) -> TraceView {
     buf.resize(MAX_FRAME.max(len), 0);
-    let destination = buf
-        .get(vnet::LEN..len)
-        .and_then(|f| EthernetFrame::new_checked(f).ok())
-        .and_then(|eth| Ipv4Packet::new_checked(eth.payload()).ok().map(|ip| ip.dst()));
-    let fib = snapshot.forwarding.fib.pin();
+    let destination = buf.get(vnet::LEN..len).and_then(|f| EthernetFrame::new_checked(f).ok()).and_then(|eth| {
+        match Ipv4Packet::new_checked(eth.payload()) {
+            Ok(ip) => Some(IpAddr::V4(ip.dst())),
+            Err(_) => Ipv6Packet::new_checked(eth.payload()).ok().map(|ip| IpAddr::V6(ip.dst())),
+        }
+    });
+    let fibs = snapshot.forwarding.pin();
     let mut pipeline = Pipeline::new(IcmpLimiter::new(1, 1));
     let mut trace = Trace::default();
-    let next = pipeline.process(&snapshot.forwarding, &fib, port, &mut buf, len, 0, &mut trace);
+    let next = pipeline.process(&snapshot.forwarding, &fibs, port, &mut buf, len, 0, &mut trace);
     let name = |id: PortId| snapshot.forwarding.port(id).map_or_else(|| id.to_string(), |p| p.name.clone());
     let (verdict, out) = match next {
         Next::Tx { port, len } => (format!("output to {} ({} bytes)", name(port), len - vnet::LEN), Some(len)),
@@ -185,8 +233,8 @@ pub fn run(snapshot: &Snapshot, routes: &[RouteView], port: PortId, mut buf: Vec
             format!("drop: {}; ICMP error of {} bytes back to {}", reason.name(), len - vnet::LEN, name(port)),
             Some(len),
         ),
-        Next::Resolve { port, next_hop, .. } => (format!("to {} once ARP resolves {next_hop}", name(port)), None),
-        Next::ToControl { .. } => ("to the control plane (ARP learning)".to_string(), None),
+        Next::Resolve { port, next_hop, .. } => (format!("to {} once {next_hop} is resolved", name(port)), None),
+        Next::ToControl { .. } => ("to the control plane (neighbour learning)".to_string(), None),
     };
     TraceView {
         steps: trace.steps,

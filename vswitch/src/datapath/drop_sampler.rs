@@ -7,7 +7,7 @@
 //! ring holds a sample of the drops, not all of them (the counters still count every one).
 
 use std::collections::VecDeque;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -15,7 +15,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::pipeline::DropReason;
 use crate::state::PortId;
 use crate::wire::ipv4::{self, Ipv4Packet};
-use crate::wire::{icmp, vnet, EtherType, EthernetFrame};
+use crate::wire::ipv6::{self, Ipv6Packet};
+use crate::wire::{icmp, icmpv6, vnet, EtherType, EthernetFrame};
 
 /// Samples kept; older ones are overwritten.
 pub const CAPACITY: usize = 512;
@@ -27,8 +28,8 @@ pub struct DropSample {
     /// The port the frame came from.
     pub port: PortId,
     pub reason: DropReason,
-    pub src: Option<Ipv4Addr>,
-    pub dst: Option<Ipv4Addr>,
+    pub src: Option<IpAddr>,
+    pub dst: Option<IpAddr>,
     pub protocol: Option<u8>,
     pub ports: Option<(u16, u16)>,
 }
@@ -88,16 +89,37 @@ impl DropSampler {
 }
 
 /// Source, destination, protocol and (TCP/UDP) ports.
-type Addresses = (Ipv4Addr, Ipv4Addr, u8, Option<(u16, u16)>);
+type Addresses = (IpAddr, IpAddr, u8, Option<(u16, u16)>);
 
-/// The addresses of an IPv4 frame; of the quoted packet when the frame is an ICMP error (the
+/// The addresses of an IP frame; of the quoted packet when the frame is an ICMP error (the
 /// switch's answer to the dropped frame).
 fn addresses(frame: &[u8]) -> Option<Addresses> {
     let eth = EthernetFrame::new_checked(frame.get(vnet::LEN..)?).ok()?;
-    if eth.ethertype() != EtherType::Ipv4 {
-        return None;
+    match eth.ethertype() {
+        EtherType::Ipv4 => ipv4_addresses(eth.payload()),
+        EtherType::Ipv6 => ipv6_addresses(eth.payload()),
+        _ => None,
     }
-    let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+}
+
+fn ipv6_addresses(packet: &[u8]) -> Option<Addresses> {
+    let ip = Ipv6Packet::new_checked(packet).ok()?;
+    let upper = ip.upper_layer().ok()?;
+    let l4 = ip.packet().get(upper.offset..);
+    if upper.protocol == ipv6::PROTO_ICMPV6 && l4.and_then(|m| m.first()).is_some_and(|&t| icmpv6::is_error(t)) {
+        // An error the switch sent: what it quotes is the dropped packet, maybe cut short (so
+        // read field by field): next header at 6, addresses at 8 and 24, ports after 40.
+        let quoted = l4?.get(icmpv6::HEADER_LEN..)?;
+        let src = Ipv6Addr::from(<[u8; 16]>::try_from(quoted.get(8..24)?).ok()?);
+        let dst = Ipv6Addr::from(<[u8; 16]>::try_from(quoted.get(24..40)?).ok()?);
+        let protocol = *quoted.get(6)?;
+        return Some((src.into(), dst.into(), protocol, l4_ports(protocol, quoted.get(ipv6::HEADER_LEN..))));
+    }
+    Some((ip.src().into(), ip.dst().into(), upper.protocol, l4_ports(upper.protocol, l4)))
+}
+
+fn ipv4_addresses(packet: &[u8]) -> Option<Addresses> {
+    let ip = Ipv4Packet::new_checked(packet).ok()?;
     let payload = ip.payload();
     if ip.protocol() == ipv4::PROTO_ICMP && payload.first().is_some_and(|&t| !icmp::is_informational(t)) {
         // The quoted header: version/IHL, ..., protocol at 9, addresses at 12 and 16.
@@ -105,9 +127,9 @@ fn addresses(frame: &[u8]) -> Option<Addresses> {
         let header_len = usize::from(quoted.first()? & 0x0f) * 4;
         let src = Ipv4Addr::from(<[u8; 4]>::try_from(quoted.get(12..16)?).ok()?);
         let dst = Ipv4Addr::from(<[u8; 4]>::try_from(quoted.get(16..20)?).ok()?);
-        return Some((src, dst, *quoted.get(9)?, l4_ports(quoted[9], quoted.get(header_len..))));
+        return Some((src.into(), dst.into(), *quoted.get(9)?, l4_ports(quoted[9], quoted.get(header_len..))));
     }
-    Some((ip.src(), ip.dst(), ip.protocol(), l4_ports(ip.protocol(), Some(payload))))
+    Some((ip.src().into(), ip.dst().into(), ip.protocol(), l4_ports(ip.protocol(), Some(payload))))
 }
 
 fn l4_ports(protocol: u8, l4: Option<&[u8]>) -> Option<(u16, u16)> {
@@ -143,7 +165,7 @@ mod tests {
         assert_eq!((all.len(), next), (CAPACITY, CAPACITY as u64 + 10));
         let s = &all[0];
         assert_eq!((s.port, s.reason), (3, DropReason::SpoofedSourceIp));
-        assert_eq!((s.src, s.dst), (Some(Ipv4Addr::new(10, 9, 9, 9)), Some(Ipv4Addr::new(10, 0, 0, 3))));
+        assert_eq!((s.src, s.dst), (Some([10, 9, 9, 9].into()), Some([10, 0, 0, 3].into())));
         assert_eq!((s.protocol, s.ports), (Some(ipv4::PROTO_UDP), Some((40000, 53))));
         assert!(sampler.since(next).0.is_empty(), "nothing new");
         sampler.sample(3, DropReason::TtlExpired, &[0u8; 4]);

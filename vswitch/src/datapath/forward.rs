@@ -152,11 +152,11 @@ impl Forwarder {
         if count == 0 {
             return outcome;
         }
-        let fib = snapshot.forwarding.fib.pin();
+        let fibs = snapshot.forwarding.pin();
         for i in 0..count {
             let buf = &mut self.buffers[i];
             let next =
-                self.pipeline.process(&snapshot.forwarding, &fib, port, buf, self.lengths[i], now_ns, &mut NoTrace);
+                self.pipeline.process(&snapshot.forwarding, &fibs, port, buf, self.lengths[i], now_ns, &mut NoTrace);
             let (out_port, len) = match next {
                 Next::Tx { port, len } => (port, len),
                 Next::Drop(reason) => {
@@ -176,7 +176,7 @@ impl Forwarder {
                     continue;
                 }
                 Next::ToControl { len } => {
-                    to_control(&self.slow_path, &self.stats, SlowReason::Arp { port }, &buf[..len]);
+                    to_control(&self.slow_path, &self.stats, SlowReason::Learn { port }, &buf[..len]);
                     continue;
                 }
             };
@@ -257,18 +257,16 @@ fn to_control(slow_path: &tokio::sync::mpsc::Sender<SlowPacket>, stats: &WorkerS
 mod tests {
     use std::net::Ipv4Addr;
 
-    use fib::Fib;
-
     use super::*;
     use crate::pipeline::{IcmpLimiter, PortRateLimit};
     use crate::port::MemoryPort;
-    use crate::state::ForwardingStateBuilder;
+    use crate::state::{Fibs, ForwardingStateBuilder};
     use crate::wire::captured::ICMP_ECHO_REQUEST;
     use crate::wire::VnetHeader;
     use crate::wire::{vnet, MacAddr};
 
     /// Two pods on in-memory ports: 10.0.0.1 (port 0) and 10.0.0.2 (port 1), as in the capture.
-    fn setup() -> (Snapshot, Vec<Arc<MemoryPort>>, Fib<Ipv4Addr>, Forwarder, tokio::sync::mpsc::Receiver<SlowPacket>) {
+    fn setup() -> (Snapshot, Vec<Arc<MemoryPort>>, Fibs, Forwarder, tokio::sync::mpsc::Receiver<SlowPacket>) {
         let gw: MacAddr = "02:42:ac:11:00:03".parse().unwrap(); // the capture's destination MAC
         let (forwarding, fib) = ForwardingStateBuilder::new(Ipv4Addr::new(169, 254, 1, 1), gw)
             .pod(Ipv4Addr::new(10, 0, 0, 1), "02:42:ac:11:00:02".parse().unwrap(), 1500)

@@ -12,7 +12,7 @@ pub mod stats;
 mod tx_ring;
 mod worker;
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -45,10 +45,10 @@ impl std::fmt::Debug for Snapshot {
 /// Why a packet left the fast path for the control plane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlowReason {
-    /// Waiting for ARP: send out of `port` to `next_hop` once resolved.
-    Resolve { port: PortId, next_hop: Ipv4Addr },
-    /// An ARP reply that arrived on `port`.
-    Arp { port: PortId },
+    /// Waiting for ARP or neighbour discovery: send out of `port` to `next_hop` once resolved.
+    Resolve { port: PortId, next_hop: IpAddr },
+    /// An ARP reply or announcement, or a neighbour advertisement, that arrived on `port`.
+    Learn { port: PortId },
 }
 
 /// A packet for the control plane: the vnet header and frame, copied out of the worker's buffer.

@@ -35,7 +35,8 @@ fn spec(id: &str, pod: Option<(&str, &str)>) -> AssignSpec {
         owner: Attachment { container_id: id.into(), ifname: "eth0".into() },
         netns: format!("/run/netns/{id}").into(),
         pod: pod.map(|(ns, name)| PodRef { namespace: ns.into(), name: name.into() }),
-        ip: None,
+        ips: vec![],
+        families: None,
     }
 }
 
@@ -69,8 +70,8 @@ async fn nodes_sharing_a_pool_never_hand_out_the_same_address() {
     assert_eq!(b.local_view().warm, 4);
     let mut got = Vec::new();
     for i in 0..7 {
-        got.push(a.assign(&spec(&format!("a{i}"), None), &none()).await.unwrap().ip);
-        got.push(b.assign(&spec(&format!("b{i}"), None), &none()).await.unwrap().ip);
+        got.push(a.assign(&spec(&format!("a{i}"), None), &none()).await.unwrap().ips[0]);
+        got.push(b.assign(&spec(&format!("b{i}"), None), &none()).await.unwrap().ips[0]);
     }
     let unique: HashSet<_> = got.iter().collect();
     assert_eq!(unique.len(), 14, "{got:?}");
@@ -78,7 +79,7 @@ async fn nodes_sharing_a_pool_never_hand_out_the_same_address() {
     assert_eq!(err.code, ErrorCode::Exhausted, "{err:?}");
     // Repeated ADD: same address, not new.
     let again = a.assign(&spec("a0", None), &none()).await.unwrap();
-    assert_eq!((again.ip, again.new), (got[0], false));
+    assert_eq!((again.ips[0], again.new), (got[0], false));
     // The store knows every assignment once the nodes have synced.
     a.tick(|_| true).await;
     b.tick(|_| true).await;
@@ -92,7 +93,7 @@ async fn released_addresses_cool_down_cluster_wide_and_ports_are_never_handed_ou
     let a = node(dir.path(), "a", "10.0.0.0/29", "warm_target = 2\nwarm_max = 2");
     let b = node(dir.path(), "b", "10.0.0.0/29", "warm_target = 2\nwarm_max = 2");
     a.tick(|_| false).await;
-    let ip = a.assign(&spec("p", None), &none()).await.unwrap().ip;
+    let ip = a.assign(&spec("p", None), &none()).await.unwrap().ips[0];
     assert_eq!(a.release(&spec("p", None).owner).await.unwrap(), Some(ip));
     assert_eq!(a.release(&spec("p", None).owner).await.unwrap(), None, "twice is fine");
     a.tick(|_| false).await;
@@ -101,7 +102,7 @@ async fn released_addresses_cool_down_cluster_wide_and_ports_are_never_handed_ou
     b.tick(|_| false).await;
     let mut b_ips = Vec::new();
     for i in 0..2 {
-        b_ips.push(b.assign(&spec(&format!("b{i}"), None), &none()).await.unwrap().ip);
+        b_ips.push(b.assign(&spec(&format!("b{i}"), None), &none()).await.unwrap().ips[0]);
     }
     assert!(!b_ips.contains(&ip), "{ip} was released a moment ago: {b_ips:?}");
     // An address a port uses is never handed out, whatever the state says.
@@ -113,7 +114,7 @@ async fn released_addresses_cool_down_cluster_wide_and_ports_are_never_handed_ou
         .collect();
     let in_use: HashSet<IpAddr> = warm.iter().copied().collect();
     let err = a.assign(&spec("q", None), &in_use).await;
-    assert!(err.as_ref().map_or(true, |v| !in_use.contains(&v.ip)), "{err:?} {in_use:?}");
+    assert!(err.as_ref().map_or(true, |v| !in_use.contains(&v.ips[0])), "{err:?} {in_use:?}");
 }
 
 #[tokio::test]
@@ -122,7 +123,7 @@ async fn a_dead_node_is_quarantined_reclaimed_and_fenced_when_it_returns() {
     let a = node(dir.path(), "a", "10.0.0.0/28", "warm_target = 2");
     let b = node(dir.path(), "b", "10.0.0.0/28", "warm_target = 2");
     a.tick(|_| false).await;
-    let ip = a.assign(&spec("victim", None), &none()).await.unwrap().ip;
+    let ip = a.assign(&spec("victim", None), &none()).await.unwrap().ips[0];
     a.tick(|_| true).await;
     b.tick(|_| false).await;
     // a stops renewing (cut off); b sees it without a lease, quarantines, then reclaims.
@@ -153,16 +154,16 @@ async fn a_sticky_pod_keeps_its_address_on_another_node() {
     let b = node(dir.path(), "b", "10.0.0.0/28", extra);
     a.tick(|_| false).await;
     b.tick(|_| false).await;
-    let first = a.assign(&spec("c1", Some(("db", "pg-0"))), &none()).await.unwrap().ip;
+    let first = a.assign(&spec("c1", Some(("db", "pg-0"))), &none()).await.unwrap().ips[0];
     // Still on a: the new node must wait for the DEL.
     let err = b.assign(&spec("c2", Some(("db", "pg-0"))), &none()).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::Unavailable, "{err:?}");
     a.release(&spec("c1", None).owner).await.unwrap();
     a.tick(|_| false).await;
     let moved = b.assign(&spec("c2", Some(("db", "pg-0"))), &none()).await.unwrap();
-    assert_eq!(moved.ip, first, "the sticky pod keeps its address on b");
+    assert_eq!(moved.ips[0], first, "the sticky pod keeps its address on b");
     // A pod that is not sticky gets a fresh address.
-    let other = b.assign(&spec("c3", Some(("web", "x"))), &none()).await.unwrap().ip;
+    let other = b.assign(&spec("c3", Some(("web", "x"))), &none()).await.unwrap().ips[0];
     assert_ne!(other, first);
 }
 
@@ -298,7 +299,7 @@ async fn a_node_whose_re_registration_fails_half_way_registers_again_and_is_fenc
     let a = faulty_node(dir.path(), "a", "10.0.0.0/28", "warm_target = 2", &faults);
     let b = node(dir.path(), "b", "10.0.0.0/28", "warm_target = 2");
     a.tick(|_| false).await;
-    let ip = a.assign(&spec("victim", None), &none()).await.unwrap().ip;
+    let ip = a.assign(&spec("victim", None), &none()).await.unwrap().ips[0];
     a.tick(|_| true).await;
     // a is cut off until its lease has expired and b has reclaimed its addresses.
     tokio::time::sleep(Duration::from_millis(2200)).await;
@@ -364,7 +365,7 @@ async fn a_give_back_whose_reply_was_lost_leaves_nothing_in_the_warm_pool() {
     let mine: HashSet<IpAddr> =
         records(dir.path()).await.into_iter().filter(|(_, r)| r.node() == Some("a")).map(|(ip, _)| ip).collect();
     for i in 0..2 {
-        let ip = a.assign(&spec(&format!("p{i}"), None), &none()).await.unwrap().ip;
+        let ip = a.assign(&spec(&format!("p{i}"), None), &none()).await.unwrap().ips[0];
         assert!(mine.contains(&ip), "{ip} is not a's in the store: {mine:?}");
     }
 }
@@ -376,7 +377,7 @@ async fn a_reclaim_planned_while_a_node_was_away_does_not_take_its_addresses_onc
     let a = node(dir.path(), "a", "10.0.0.0/28", "warm_target = 2");
     let b = faulty_node(dir.path(), "b", "10.0.0.0/28", "warm_target = 2", &faults);
     a.tick(|_| false).await;
-    let ip = a.assign(&spec("victim", None), &none()).await.unwrap().ip;
+    let ip = a.assign(&spec("victim", None), &none()).await.unwrap().ips[0];
     a.tick(|_| true).await;
     b.tick(|_| false).await;
     // a is away until its lease has expired and b has marked it down.

@@ -224,22 +224,22 @@ impl<S: ClusterStore> NodeIpam<S> {
         in_use: &HashSet<IpAddr>,
     ) -> Result<AddressView, ApiError> {
         if let Some(ip) = self.lookup(&spec.owner) {
-            if spec.ip.is_some_and(|wanted| wanted != ip) {
+            if spec.ips.first().is_some_and(|wanted| *wanted != ip) {
                 return Err(ApiError::new(
                     ErrorCode::Conflict,
-                    format!("{} already has {ip}; it cannot also take {}", spec.owner.container_id, spec.ip.unwrap()),
+                    format!("{} already has {ip}; it cannot also take {}", spec.owner.container_id, spec.ips[0]),
                 ));
             }
-            return Ok(AddressView { ip, new: false });
+            return Ok(AddressView { ips: vec![ip], new: false });
         }
-        let view = if let Some(ip) = spec.ip {
+        let view = if let Some(ip) = spec.ips.first().copied() {
             self.assign_specific(spec, ip, in_use).await?
         } else if self.is_sticky(spec.pod.as_ref()) {
             self.assign_sticky(spec, in_use).await?
         } else {
             self.assign_warm(spec, in_use).await?
         };
-        tracing::info!(ip = %view.ip, owner = %spec.owner.container_id, pod = ?spec.pod, "address assigned");
+        tracing::info!(ip = %view.ips[0], owner = %spec.owner.container_id, pod = ?spec.pod, "address assigned");
         Ok(view)
     }
 
@@ -277,7 +277,7 @@ impl<S: ClusterStore> NodeIpam<S> {
             self.stats.assigned_from_warm.fetch_add(1, Ordering::Relaxed);
             // Refill (and tell the store) now rather than at the next round.
             self.kick.notify_one();
-            return Ok(AddressView { ip, new: true });
+            return Ok(AddressView { ips: vec![ip], new: true });
         }
         // The warm pool is empty (ADDs faster than it refills): claim one for this ADD alone,
         // straight as assigned, and have the pool refilled behind it.
@@ -288,7 +288,7 @@ impl<S: ClusterStore> NodeIpam<S> {
                 Some(&(ip, _)) => {
                     self.save().await?;
                     self.stats.assigned_from_store.fetch_add(1, Ordering::Relaxed);
-                    Ok(AddressView { ip, new: true })
+                    Ok(AddressView { ips: vec![ip], new: true })
                 }
                 None => Err(ApiError::new(
                     ErrorCode::Exhausted,
@@ -352,13 +352,13 @@ impl<S: ClusterStore> NodeIpam<S> {
             }
         }
         let view = self.assign_warm(spec, in_use).await?;
-        if let Err(e) = self.sync_now(view.ip).await {
-            self.undo_assign(view.ip).await;
+        if let Err(e) = self.sync_now(view.ips[0]).await {
+            self.undo_assign(view.ips[0]).await;
             return Err(unavailable("sticky address", &e));
         }
-        if let Err(e) = self.store.put(&self.keys.sticky(&pod), view.ip.to_string().into_bytes()).await {
+        if let Err(e) = self.store.put(&self.keys.sticky(&pod), view.ips[0].to_string().into_bytes()).await {
             // The record names the pod; the index is written again when the pod is released.
-            tracing::warn!(ip = %view.ip, %pod, error = %e, "sticky index not written yet");
+            tracing::warn!(ip = %view.ips[0], %pod, error = %e, "sticky index not written yet");
         }
         Ok(view)
     }
@@ -402,7 +402,7 @@ impl<S: ClusterStore> NodeIpam<S> {
         }
         if self.local().entries.contains_key(&ip) {
             self.save().await?;
-            return Ok(AddressView { ip, new: true });
+            return Ok(AddressView { ips: vec![ip], new: true });
         }
         let key = self.keys.ip(ip);
         let current = self.store.get(&key).await.map_err(|e| unavailable("static address", &e))?;
@@ -441,7 +441,7 @@ impl<S: ClusterStore> NodeIpam<S> {
         self.local().entries.insert(ip, entry);
         self.save().await?;
         self.stats.assigned_from_store.fetch_add(1, Ordering::Relaxed);
-        Ok(Some(AddressView { ip, new: true }))
+        Ok(Some(AddressView { ips: vec![ip], new: true }))
     }
 
     /// Gives the attachment's address back: cooling (free after the reuse delay) or, for a

@@ -3,24 +3,26 @@
 //! Stages, in order: vnet header check, Ethernet classify, then ARP (answered in place) or IPv4
 //! input checks (version, header length, total length, checksum), port security (a pod sends
 //! only from its own MAC and IP), TTL, FIB lookup to an adjacency, MTU, rewrite (MACs, TTL minus
-//! one with an incremental checksum). The result is a [`Next`]: transmit on a port, or drop with
-//! a [`DropReason`] (possibly sending an ICMP error back, rate-limited). Time comes in as an
-//! argument; [`Tracer`] lets `vswitchctl trace` watch every stage without slowing the fast path.
+//! one with an incremental checksum). IPv6 ([`ipv6`]) goes through the same stages, with
+//! neighbour discovery ([`ndp`]) in ARP's place. The result is a [`Next`]: transmit on a port, or
+//! drop with a [`DropReason`] (possibly sending an ICMP error back, rate-limited). Time comes in
+//! as an argument; [`Tracer`] lets `vswitchctl trace` watch every stage without slowing the fast
+//! path.
 
 mod drop;
 mod icmp_limit;
+mod ipv6;
+mod ndp;
 pub(crate) mod rate_limit;
 
 use std::fmt;
-use std::net::Ipv4Addr;
-
-use fib::FibView;
+use std::net::IpAddr;
 
 pub use drop::DropReason;
 pub use icmp_limit::IcmpLimiter;
 pub use rate_limit::{PortRateLimit, RateLimitConfig, TokenBucket};
 
-use crate::state::{ForwardingState, NextHop, PortId, PortInfo, PortRole};
+use crate::state::{FibViews, ForwardingState, NextHop, PortId, PortInfo, PortRole};
 use crate::wire::arp::{self, ArpPacket, Operation};
 use crate::wire::ethernet::{self, EthernetFrame};
 use crate::wire::icmp::{self, IcmpError};
@@ -45,13 +47,13 @@ pub enum Next {
         len: usize,
     },
     /// Ready for `port` but for the destination MAC: hand it to the control plane, which
-    /// resolves `next_hop` with ARP and sends it.
+    /// resolves `next_hop` (ARP or neighbour discovery) and sends it.
     Resolve {
         port: PortId,
-        next_hop: Ipv4Addr,
+        next_hop: IpAddr,
         len: usize,
     },
-    /// An ARP reply on the uplink: the control plane learns from it.
+    /// An ARP reply or neighbour advertisement on the uplink: the control plane learns from it.
     ToControl {
         len: usize,
     },
@@ -115,7 +117,7 @@ impl Pipeline {
     pub fn process<T: Tracer>(
         &mut self,
         state: &ForwardingState,
-        fib: &FibView<'_, Ipv4Addr>,
+        fibs: &FibViews<'_>,
         in_port: PortId,
         buf: &mut [u8],
         len: usize,
@@ -152,8 +154,9 @@ impl Pipeline {
             }
         }
         match ethertype {
-            EtherType::Arp => self.arp(state, fib, port, buf, len, trace),
-            EtherType::Ipv4 => self.ipv4(state, fib, port, &vnet, buf, len, now_ns, trace),
+            EtherType::Arp => self.arp(state, fibs, port, buf, len, trace),
+            EtherType::Ipv4 => self.ipv4(state, fibs, port, &vnet, buf, len, now_ns, trace),
+            EtherType::Ipv6 => self.ipv6(state, fibs, port, &vnet, buf, len, now_ns, trace),
             EtherType::Vlan => Next::Drop(DropReason::VlanTagged),
             _ => Next::Drop(DropReason::UnsupportedEtherType),
         }
@@ -162,7 +165,7 @@ impl Pipeline {
     fn arp<T: Tracer>(
         &mut self,
         state: &ForwardingState,
-        fib: &FibView<'_, Ipv4Addr>,
+        fibs: &FibViews<'_>,
         port: &PortInfo,
         buf: &mut [u8],
         len: usize,
@@ -177,7 +180,7 @@ impl Pipeline {
         let answer = match port.role {
             PortRole::Uplink { .. } if op == Operation::Reply => return Next::ToControl { len },
             // On the VPC subnet the switch speaks for its pods, and only for them.
-            PortRole::Uplink { .. } if self.is_local_pod(state, fib, target_ip) => true,
+            PortRole::Uplink { .. } if is_local_pod(state, fibs, IpAddr::V4(target_ip)) => true,
             // Another host announces an address (a gratuitous ARP: sender and target the same):
             // the control plane moves a neighbour it knows to the new MAC at once, e.g. a sticky
             // pod re-created on another node, instead of sending to the old one until the entry
@@ -186,21 +189,22 @@ impl Pipeline {
                 return Next::ToControl { len }
             }
             PortRole::Uplink { .. } => false,
-            PortRole::Pod { ip, mac } => {
+            PortRole::Pod { ip, mac, .. } => {
                 // A probe (sender 0.0.0.0, RFC 5227) is allowed; anything else must be the pod itself.
-                if sender_mac != mac || (sender_ip != ip && !sender_ip.is_unspecified()) {
+                if sender_mac != mac || (Some(sender_ip) != ip && !sender_ip.is_unspecified()) {
                     return Next::Drop(DropReason::ArpSpoofed);
                 }
                 if op == Operation::Reply {
                     return Next::Drop(DropReason::ArpReplyFromPod);
                 }
-                if target_ip == ip {
+                if Some(target_ip) == ip {
                     return Next::Drop(DropReason::ArpOwnAddress);
                 }
                 true // proxy-ARP: the gateway answers for everything else
             }
             PortRole::Host { .. } => {
-                op == Operation::Request && (target_ip == state.gateway_ip || self.is_local_pod(state, fib, target_ip))
+                op == Operation::Request
+                    && (target_ip == state.gateway_ip || is_local_pod(state, fibs, IpAddr::V4(target_ip)))
             }
         };
         if !answer {
@@ -216,18 +220,11 @@ impl Pipeline {
         Next::Tx { port: port.id, len: L2 + arp::PACKET_LEN }
     }
 
-    fn is_local_pod(&self, state: &ForwardingState, fib: &FibView<'_, Ipv4Addr>, ip: Ipv4Addr) -> bool {
-        fib.lookup(ip)
-            .and_then(|a| state.adjacency(a))
-            .and_then(|a| state.port(a.port))
-            .is_some_and(|p| matches!(p.role, PortRole::Pod { ip: pod_ip, .. } if pod_ip == ip))
-    }
-
     #[allow(clippy::too_many_arguments)]
     fn ipv4<T: Tracer>(
         &mut self,
         state: &ForwardingState,
-        fib: &FibView<'_, Ipv4Addr>,
+        fibs: &FibViews<'_>,
         port: &PortInfo,
         vnet: &VnetHeader,
         buf: &mut [u8],
@@ -255,7 +252,7 @@ impl Pipeline {
         let (src, dst, ttl) = (ip.src(), ip.dst(), ip.ttl());
         trace.step("ipv4", format_args!("{src} > {dst} ttl {ttl} proto {} len {}", ip.protocol(), ip.total_len()));
         if let PortRole::Pod { ip: pod_ip, .. } = port.role {
-            if src != pod_ip {
+            if Some(src) != pod_ip {
                 return Next::Drop(DropReason::SpoofedSourceIp);
             }
         }
@@ -271,7 +268,7 @@ impl Pipeline {
                 trace,
             );
         }
-        let Some(adjacency_index) = fib.lookup(dst) else {
+        let Some(adjacency_index) = fibs.v4.lookup(dst) else {
             trace.step("fib", format_args!("{dst}: no route"));
             return Next::Drop(DropReason::NoRoute);
         };
@@ -298,13 +295,7 @@ impl Pipeline {
             }
             return Next::Drop(DropReason::FragmentationUnsupported);
         }
-        let dst_mac = match adj.next_hop {
-            NextHop::Mac(mac) => Ok(mac),
-            NextHop::Arp { via } => {
-                let hop = via.unwrap_or(dst);
-                state.neighbors.get(&hop).copied().ok_or(hop)
-            }
-        };
+        let dst_mac = next_hop_mac(state, adj.next_hop, IpAddr::V4(dst));
         let mut ip = Ipv4Packet::new_unchecked(&mut buf[L2..len]);
         ip.decrement_ttl();
         let mut eth = EthernetFrame::new_checked(&mut buf[vnet::LEN..len]).expect("checked above");
@@ -316,7 +307,7 @@ impl Pipeline {
                 Next::Tx { port: adj.port, len }
             }
             Err(next_hop) => {
-                trace.step("neighbor", format_args!("{next_hop} unresolved: to the control plane for ARP"));
+                trace.step("neighbor", format_args!("{next_hop} unresolved: to the control plane to resolve"));
                 Next::Resolve { port: adj.port, next_hop, len }
             }
         }
@@ -367,6 +358,33 @@ impl Pipeline {
         VnetHeader::default().write(&mut buf[..vnet::LEN]);
         trace.step("icmp", format_args!("{error:?} to {to}"));
         Next::Respond { reason, port: port.id, len: L2 + ip_len }
+    }
+}
+
+/// Is `ip` the address of a pod on this switch (what the switch answers ARP and neighbour
+/// solicitations for on the uplink and toward the node)?
+fn is_local_pod(state: &ForwardingState, fibs: &FibViews<'_>, ip: IpAddr) -> bool {
+    let adjacency = match ip {
+        IpAddr::V4(v4) => fibs.v4.lookup(v4),
+        IpAddr::V6(v6) => fibs.v6.lookup(v6),
+    };
+    adjacency.and_then(|a| state.adjacency(a)).and_then(|a| state.port(a.port)).is_some_and(|p| match p.role {
+        PortRole::Pod { ip: v4, ipv6, .. } => match ip {
+            IpAddr::V4(ip) => v4 == Some(ip),
+            IpAddr::V6(ip) => ipv6 == Some(ip),
+        },
+        _ => false,
+    })
+}
+
+/// The destination MAC of an adjacency's next hop for `dst`, or the neighbour to resolve first.
+fn next_hop_mac(state: &ForwardingState, next_hop: NextHop, dst: IpAddr) -> Result<MacAddr, IpAddr> {
+    match next_hop {
+        NextHop::Mac(mac) => Ok(mac),
+        NextHop::Resolve { via } => {
+            let hop = via.unwrap_or(dst);
+            state.neighbors.get(&hop).copied().ok_or(hop)
+        }
     }
 }
 

@@ -513,6 +513,30 @@ pub fn emit_unsolicited_neighbor_advert(buf: &mut [u8], target: Ipv6Addr, mac: M
     emit_neighbor_advert(buf, target, ipv6::ALL_NODES, target, mac, router | NA_FLAG_OVERRIDE)
 }
 
+/// The IPv6 packet length of the Neighbor Solicitations written here: header, message, and a
+/// source link-layer address option.
+pub const NS_PACKET_LEN: usize = ipv6::HEADER_LEN + NEIGHBOR_SOLICIT_LEN + OPTION_SHORT_LEN;
+
+/// Writes an IPv6 packet holding a Neighbor Solicitation for `target` from `src` at `mac`, to
+/// the target's solicited-node multicast address (RFC 4861 §7.2.2), hop limit 255, checksum
+/// filled. Send it to [`ipv6::multicast_mac`] of [`ipv6::solicited_node`]`(target)`. `buf` must
+/// hold [`NS_PACKET_LEN`] bytes; returns that length.
+pub fn emit_neighbor_solicit(buf: &mut [u8], src: Ipv6Addr, target: Ipv6Addr, mac: MacAddr) -> usize {
+    let dst = ipv6::solicited_node(target);
+    let (ip, icmp) = buf[..NS_PACKET_LEN].split_at_mut(ipv6::HEADER_LEN);
+    icmp[field::TYPE] = TYPE_NEIGHBOR_SOLICIT;
+    icmp[field::CODE] = 0;
+    icmp[field::REST].copy_from_slice(&[0; 4]);
+    icmp[field::TARGET].copy_from_slice(&target.octets());
+    let option = &mut icmp[NEIGHBOR_SOLICIT_LEN..];
+    option[opt::TYPE] = OPTION_SOURCE_LINK_ADDR;
+    option[opt::LEN] = 1;
+    option[opt::LINK_ADDR].copy_from_slice(&mac.0);
+    Icmpv6Packet { buffer: &mut *icmp }.fill_checksum(src, dst);
+    ipv6::emit_header(ip, src, dst, PROTO_ICMPV6, icmp.len(), NDP_HOP_LIMIT);
+    NS_PACKET_LEN
+}
+
 /// An ICMPv6 error to emit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Icmpv6Error {
