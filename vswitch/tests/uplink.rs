@@ -1,9 +1,10 @@
 //! The dedicated-uplink mode end to end: the node's vswitchd owns a NIC (a veth) on the VPC
 //! fabric (a Linux bridge in its own namespace) where a VM lives. The VM reaches pods by ARPing
 //! for their addresses, which the switch answers; pods reach the VM after the switch resolves
-//! it with ARP itself. Needs root, like every namespace test.
+//! it with ARP itself; the same over IPv6 with neighbour discovery. Needs root, like every
+//! namespace test.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use vpc_lab::netns::{require_root, Binaries, Daemon, Netns, Pod, TempDir};
 
@@ -84,9 +85,43 @@ fn a_neighbour_that_announces_a_new_mac_is_followed_at_once() {
     let _keep = (&lab.fabric, &lab.node);
 }
 
+#[test]
+fn pods_and_a_vpc_host_reach_each_other_over_the_uplink_with_ipv6() {
+    let lab = uplink_fabric(2);
+    let (node, vm, daemon) = (&lab.node, &lab.vm, &lab.daemon);
+    let pod6 = Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 40, 2);
+    let pod = Pod::new(Ipv4Addr::new(10, 10, 40, 4)).with_ipv6(pod6);
+    daemon.attach("pod-6", &pod);
+    // VM to pod: the VM's neighbour solicitation for the pod's address is answered by the switch
+    // with the uplink's MAC.
+    let out = vm.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "1", &pod6.to_string()]);
+    assert!(out.status.success(), "VM to pod over IPv6: {}", String::from_utf8_lossy(&out.stdout));
+    let up0_mac = String::from_utf8_lossy(&node.exec(&["cat", "/sys/class/net/up0/address"]).stdout).trim().to_string();
+    let entry = String::from_utf8_lossy(&vm.exec(&["ip", "-6", "neigh", "show", &pod6.to_string()]).stdout).to_string();
+    assert!(entry.contains(&up0_mac), "the VM reaches the pod through the uplink's MAC: {entry}");
+    // Pod to VM: the switch resolves the VM with a neighbour solicitation of its own.
+    vm.ip(&["-6", "neigh", "flush", "dev", "eth0"]);
+    assert!(pod.ping("fd00:10::50", 3), "pod to VM over the uplink, IPv6");
+    let neighbors = daemon.ctl_json(&["neighbors"]);
+    let vm_entry = neighbors.as_array().unwrap().iter().find(|n| n["ip"] == "fd00:10::50").cloned();
+    let vm_mac = String::from_utf8_lossy(&vm.exec(&["cat", "/sys/class/net/eth0/address"]).stdout).trim().to_string();
+    assert_eq!(vm_entry.as_ref().map(|e| e["mac"].clone()), Some(serde_json::json!(vm_mac)), "{neighbors}");
+    let routes = daemon.ctl_json(&["routes"]);
+    assert!(
+        routes.as_array().unwrap().iter().any(|r| r["prefix"] == "fd00:10::/64" && r["next_hop"] == "ndp"),
+        "{routes}"
+    );
+    // An IPv6 address nobody has: given up after the retries, counted.
+    let before = daemon.drops("neighbor_unresolved");
+    assert!(!pod.ping("fd00:10::99", 1));
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert!(daemon.drops("neighbor_unresolved") > before, "{}", daemon.ctl_json(&["counters"]));
+    let _keep = &lab.fabric;
+}
+
 /// A VPC fabric (a bridge in its own namespace), a node whose vswitchd owns the NIC `up0` on it
-/// (the dedicated-uplink mode), and a VM (10.10.0.50) on it. Fields drop in order: the daemon
-/// before the namespaces it uses.
+/// (the dedicated-uplink mode, on both VPC subnets), and a VM (10.10.0.50, fd00:10::50) on it.
+/// Fields drop in order: the daemon before the namespaces it uses.
 struct UplinkFabric {
     daemon: Daemon,
     node: Netns,
@@ -109,12 +144,15 @@ fn uplink_fabric(workers: usize) -> UplinkFabric {
         fabric.ip(&["link", "set", outside, "master", "br0", "up"]);
     }
     vm.ip(&["addr", "add", "10.10.0.50/16", "dev", "eth0"]);
+    vm.ip(&["-6", "addr", "add", "fd00:10::50/64", "dev", "eth0", "nodad"]);
     vm.ip(&["link", "set", "eth0", "up"]);
     let config = r#"
         host_port = { default_route = false, routes = ["10.10.0.5/32"] }
         [uplink]
         interface = "up0"
         subnet = "10.10.0.0/16"
+        subnet6 = "fd00:10::/64"
+        address6 = "fd00:10::7"
     "#;
     let daemon = Daemon::start_with_config(&bins(), &node, &dir.0, workers, config);
     UplinkFabric { daemon, node, vm, fabric, _dir: dir }
