@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
 use vpc_lab::etcd::require_etcd;
-use vpc_lab::lab::{IpamMode, Lab, LabSpec, LabState, UplinkMode, IPAM_PREFIX, POD_NAMESPACE, POD_POOL};
+use vpc_lab::lab::{Family, IpamMode, Lab, LabSpec, LabState, UplinkMode, IPAM_PREFIX, POD_NAMESPACE, POD_POOL};
 use vpc_lab::netns::require_root;
 
 fn every_path_works(spec: LabSpec) {
@@ -26,7 +26,7 @@ fn every_path_works(spec: LabSpec) {
     // share two cores here, so a figure from a test would say little). What a test can say: the
     // switches do not lose its segments. When the uplink socket's receive buffer held only
     // three GSO frames, 5-7% of the segments were sent again and the stream fell to 3 Gbit/s.
-    let run = lab.iperf3("n1a", "n2a", 3).expect("iperf3 across nodes");
+    let run = lab.iperf3(Family::V4, "n1a", "n2a", 3).expect("iperf3 across nodes");
     eprintln!("iperf3 n1a -> n2a: {:.2} Gbit/s, {} retransmitted", run.bits_per_second / 1e9, run.retransmits);
     assert!(run.retransmit_ratio() < 0.01, "segments lost across nodes: {run:?}");
     lab.delete_pods();
@@ -76,7 +76,7 @@ fn three_nodes_on_etcd(mode: UplinkMode) {
     let moved = lab.move_sticky();
     eprintln!("{}", serde_json::to_string_pretty(&moved).unwrap());
     assert!(moved.ok(), "the sticky move failed: {:#?}", moved.checks);
-    assert_eq!((moved.from_node, moved.to_node, moved.ip_after), (0, 1, Some(before.ip)));
+    assert_eq!((moved.from_node, moved.to_node, moved.ip_after), (0, 1, before.ip));
     assert_eq!(moved.observer, "n3a", "a pod on the third node watched the move");
     for (who, ms) in [("VM", moved.vm_ms), ("pod", moved.pod_ms)] {
         let ms = ms.unwrap_or_else(|| panic!("the {who} never reached the moved pod"));
@@ -103,7 +103,7 @@ fn three_nodes_on_etcd(mode: UplinkMode) {
 fn assert_addresses_are_etcds(lab: &Lab) {
     assert!(lab.wait_ipam_synced(Duration::from_secs(5)), "the nodes did not write their pods to etcd");
     let pool: u32 = u32::from(Ipv4Addr::new(10, 10, 64, 0));
-    let ips: BTreeSet<Ipv4Addr> = lab.pods.iter().map(|p| p.ip).collect();
+    let ips: BTreeSet<Ipv4Addr> = lab.pods.iter().map(|p| p.ip4()).collect();
     assert_eq!(ips.len(), lab.pods.len(), "two pods share an address: {:?}", lab.pods);
     assert_eq!(lab.pods.len(), 3 * 2 + 1);
     for ip in &ips {
@@ -112,7 +112,7 @@ fn assert_addresses_are_etcds(lab: &Lab) {
     let wanted: BTreeMap<Ipv4Addr, (String, String)> = lab
         .pods
         .iter()
-        .map(|p| (p.ip, (format!("node{}", p.node + 1), format!("{POD_NAMESPACE}/{}", p.name))))
+        .map(|p| (p.ip4(), (format!("node{}", p.node + 1), format!("{POD_NAMESPACE}/{}", p.name))))
         .collect();
     let records = lab.etcd().expect("etcd").get_prefix(&format!("{IPAM_PREFIX}/ip/"));
     let assigned: BTreeMap<Ipv4Addr, (String, String)> = records
