@@ -787,7 +787,13 @@ impl Lab {
     fn add_pod(&mut self, node: usize, name: &str) -> LabPod {
         let ns = Netns::new(&format!("{}p{name}", self.name));
         let container = format!("{}-{name}", self.name);
-        let result = self.cni("ADD", node, &container, &ns.path(), name).unwrap_or_else(|e| panic!("{}", e.message));
+        let result = self.cni("ADD", node, &container, &ns.path(), name).unwrap_or_else(|e| {
+            match self.spec.family {
+                IpFamily::Ipv4 => panic!("{}", e.message),
+                // The likeliest cause: a vpc-cni without dual-stack ranges.
+                family => panic!("{} (--ip-family {family:?}: ipam {})", e.message, self.cni_conf(node)["ipam"]),
+            }
+        });
         let (ip, ipv6) = LabPod::from_result(&result);
         let wanted = self.spec.family.families();
         let has = |f: Family| match f {
