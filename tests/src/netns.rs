@@ -2,7 +2,7 @@
 //! everything made here is removed on drop, also when a test fails or a tool is interrupted.
 
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -183,6 +183,8 @@ pub struct Pod {
     pub ns: Netns,
     pub ip: Ipv4Addr,
     pub mac: String,
+    /// Set by [`Pod::with_ipv6`].
+    pub ipv6: Option<Ipv6Addr>,
 }
 
 impl Pod {
@@ -201,7 +203,23 @@ impl Pod {
         ns.ip(&["route", "add", GATEWAY_IP, "dev", "eth0", "scope", "link"]);
         ns.ip(&["route", "add", "default", "via", GATEWAY_IP, "dev", "eth0"]);
         ns.ip(&["neigh", "add", GATEWAY_IP, "lladdr", GATEWAY_MAC, "dev", "eth0", "nud", "permanent"]);
-        Pod { ns, ip, mac }
+        Pod { ns, ip, mac, ipv6: None }
+    }
+
+    /// Adds an IPv6 address the way vpc-cni does: no autoconfiguration from router
+    /// advertisements, `ADDR/128`, the default route via the gateway's link-local address
+    /// (resolved by neighbour discovery through vswitchd). No duplicate address detection: the
+    /// test picks unique addresses, and vpc-cni's own tests prove DAD.
+    pub fn with_ipv6(mut self, ipv6: Ipv6Addr) -> Pod {
+        for (key, value) in [("accept_ra", "0"), ("autoconf", "0"), ("accept_dad", "0")] {
+            let out = self.ns.exec(&["sysctl", "-qw", &format!("net.ipv6.conf.eth0.{key}={value}")]);
+            assert!(out.status.success(), "sysctl {key}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        self.ns.ip(&["-6", "addr", "add", &format!("{ipv6}/128"), "dev", "eth0", "nodad"]);
+        let gateway: vswitch_api::MacAddr = GATEWAY_MAC.parse().expect("a MAC");
+        self.ns.ip(&["-6", "route", "add", "default", "via", &gateway.link_local().to_string(), "dev", "eth0"]);
+        self.ipv6 = Some(ipv6);
+        self
     }
 
     pub fn ifindex(&self) -> u32 {
@@ -342,16 +360,22 @@ impl Daemon {
     }
 
     pub fn attach(&self, name: &str, pod: &Pod) {
-        let out = self.ctl(&[
-            "add-port",
-            name,
-            "--netns",
-            pod.ns.path().to_str().unwrap(),
-            "--ip",
-            &pod.ip.to_string(),
-            "--mac",
-            &pod.mac,
-        ]);
+        let out = self.ctl(
+            &[
+                "add-port",
+                name,
+                "--netns",
+                pod.ns.path().to_str().unwrap(),
+                "--ip",
+                &pod.ip.to_string(),
+                "--mac",
+                &pod.mac,
+            ]
+            .into_iter()
+            .chain(pod.ipv6.as_ref().map(|_| "--ipv6"))
+            .chain(pod.ipv6.map(|ip| ip.to_string()).as_deref())
+            .collect::<Vec<_>>(),
+        );
         assert!(out.status.success(), "add-port {name}: {}", String::from_utf8_lossy(&out.stderr));
     }
 

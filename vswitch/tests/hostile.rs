@@ -1,8 +1,9 @@
-//! A hostile pod, live: it sends well over 10,000 malformed and spoofed frames while two other
-//! pods run traffic through the same vswitchd. The switch stays up, the pair's traffic goes on,
-//! no hostile frame reaches anyone, and every drop is counted by reason. Needs root.
+//! A hostile pod, live: it sends well over 10,000 malformed and spoofed frames, IPv4 and IPv6,
+//! while two other dual-stack pods run traffic through the same vswitchd. The switch stays up,
+//! the pair's traffic goes on, no hostile frame reaches anyone, and every drop is counted by
+//! reason. Needs root.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,6 +71,85 @@ fn ipv4_frame(
     f
 }
 
+/// MACs (source, destination) and IPv6 source, destination and hop limit.
+type Addressing = (([u8; 6], [u8; 6]), (Ipv6Addr, Ipv6Addr, u8));
+
+/// An IPv6 frame from `src_mac` to `dst_mac`: `headers` (extension headers, each `(protocol,
+/// bytes)`, in order) then `upper` (its protocol and bytes; for ICMPv6 the checksum is filled),
+/// then the marker. `mutate` breaks it.
+fn ipv6_frame(
+    ((src_mac, dst_mac), (src, dst, hop)): Addressing,
+    headers: &[(u8, Vec<u8>)],
+    (protocol, upper): (u8, Vec<u8>),
+    mutate: impl FnOnce(&mut Vec<u8>),
+) -> Vec<u8> {
+    let mut upper = upper;
+    if protocol == 58 {
+        let mut pseudo = [src.octets(), dst.octets()].concat();
+        pseudo.extend_from_slice(&(upper.len() as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, 58]);
+        upper[2..4].fill(0);
+        pseudo.extend_from_slice(&upper);
+        let c = checksum(&pseudo);
+        upper[2..4].copy_from_slice(&c.to_be_bytes());
+    }
+    let mut payload = Vec::new();
+    let protocols: Vec<u8> = headers.iter().map(|h| h.0).chain([protocol]).collect();
+    for (i, (_, bytes)) in headers.iter().enumerate() {
+        let mut header = bytes.clone();
+        header[0] = protocols[i + 1];
+        payload.extend_from_slice(&header);
+    }
+    payload.extend_from_slice(&upper);
+    let mut f = vec![0u8; vnet::LEN];
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+    f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[protocols[0], hop]);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    f.extend_from_slice(&payload);
+    mutate(&mut f);
+    f
+}
+
+/// A UDP header (no checksum) and the marker, as an upper layer.
+fn udp6() -> (u8, Vec<u8>) {
+    let mut udp = vec![0x30, 0x39, 0x30, 0x39, 0, (8 + MARKER.len()) as u8, 0, 0];
+    udp.extend_from_slice(MARKER);
+    (17, udp)
+}
+
+/// A neighbour discovery message: type, 4 bytes of flags, then `body`, then the marker in an
+/// option of an unassigned type (a well-formed message, so it is judged on what it says).
+fn ndp(kind: u8, flags: [u8; 4], body: &[&[u8]]) -> (u8, Vec<u8>) {
+    let mut message = vec![kind, 0, 0, 0];
+    message.extend_from_slice(&flags);
+    body.iter().for_each(|part| message.extend_from_slice(part));
+    let mut option = vec![0xfd, 2];
+    option.extend_from_slice(MARKER);
+    option.resize(16, 0);
+    message.extend_from_slice(&option);
+    (58, message)
+}
+
+/// A Destination Options header of 8 bytes (its next header is filled in by [`ipv6_frame`]).
+fn dest_options() -> (u8, Vec<u8>) {
+    (60, vec![0, 0, 1, 4, 0, 0, 0, 0])
+}
+
+/// A Fragment header at `offset` (bytes) with the more-fragments flag.
+fn fragment(offset: u16, more: bool) -> (u8, Vec<u8>) {
+    let word = (offset & 0xfff8) | more as u16;
+    (44, vec![0, 0, (word >> 8) as u8, word as u8, 0, 0, 0x12, 0x34])
+}
+
+fn solicited_node_mac(ip: Ipv6Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0x33, 0x33, 0xff, o[13], o[14], o[15]]
+}
+
 fn arp_frame(src_mac: [u8; 6], op: u8, sender_mac: [u8; 6], sender_ip: Ipv4Addr, target_ip: Ipv4Addr) -> Vec<u8> {
     let mut f = vec![0u8; vnet::LEN];
     f.extend_from_slice(&[0xff; 6]);
@@ -107,10 +187,11 @@ fn a_hostile_pod_cannot_hurt_anyone() {
         &dir.0,
         2,
     );
+    let v6 = |last| Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 60, last);
     let (a, b, h) = (
-        Pod::new(Ipv4Addr::new(10, 10, 60, 2)),
-        Pod::new(Ipv4Addr::new(10, 10, 60, 3)),
-        Pod::new(Ipv4Addr::new(10, 10, 60, 66)),
+        Pod::new(Ipv4Addr::new(10, 10, 60, 2)).with_ipv6(v6(2)),
+        Pod::new(Ipv4Addr::new(10, 10, 60, 3)).with_ipv6(v6(3)),
+        Pod::new(Ipv4Addr::new(10, 10, 60, 66)).with_ipv6(v6(0x66)),
     );
     for (name, pod) in [("pod-a", &a), ("pod-b", &b), ("hostile", &h)] {
         daemon.attach(name, pod);
@@ -120,6 +201,7 @@ fn a_hostile_pod_cannot_hurt_anyone() {
     let capture_a = raw_socket(&a, true);
     let capture_b = raw_socket(&b, true);
     assert!(a.ping(&b.ip.to_string(), 2));
+    assert!(a.ping(&v6(3).to_string(), 2));
     drain(&capture_a);
     drain(&capture_b);
 
@@ -163,10 +245,11 @@ fn a_hostile_pod_cannot_hurt_anyone() {
         ),
         ("not to the gateway", ipv4_frame(hm, h.ip, b.ip, 64, 0, |f| f[vnet::LEN..vnet::LEN + 6].copy_from_slice(&bm))),
         (
-            "ipv6 ethertype",
-            ipv4_frame(hm, h.ip, b.ip, 64, 0, |f| f[vnet::LEN + 12..vnet::LEN + 14].copy_from_slice(&[0x86, 0xdd])),
+            "lldp ethertype",
+            ipv4_frame(hm, h.ip, b.ip, 64, 0, |f| f[vnet::LEN + 12..vnet::LEN + 14].copy_from_slice(&[0x88, 0xcc])),
         ),
     ];
+    let kinds: Vec<(&str, Vec<u8>)> = kinds.into_iter().chain(ipv6_kinds(&h, (am, bm), v6)).collect();
     // Bad virtio_net_hdr: the kernel itself refuses these at the socket, which is worth knowing.
     let bad_vnet = {
         let mut f = ipv4_frame(hm, h.ip, b.ip, 64, 0, |_| {});
@@ -196,8 +279,11 @@ fn a_hostile_pod_cannot_hurt_anyone() {
             (sent, refused)
         })
     };
-    // Meanwhile the pair runs traffic: pings must all come back, iperf3 must finish.
+    // Meanwhile the pair runs traffic: pings of both families must all come back, iperf3 must
+    // finish.
+    let ping6 = a.ns.spawn(&["ping", "-c", "30", "-i", "0.05", "-W", "1", &v6(3).to_string()]);
     let ping = a.ns.exec(&["ping", "-c", "30", "-i", "0.05", "-W", "1", &b.ip.to_string()]);
+    let ping6 = ping6.wait_with_output().expect("ping6");
     let mut server = b.ns.spawn(&["iperf3", "-s", "-1", "-p", "5201"]);
     std::thread::sleep(Duration::from_millis(200));
     let iperf = a.ns.exec(&["iperf3", "-c", &b.ip.to_string(), "-p", "5201", "-t", "2", "-J"]);
@@ -207,6 +293,7 @@ fn a_hostile_pod_cannot_hurt_anyone() {
     eprintln!("hostile pod: {sent} frames sent, {refused} refused by its own kernel");
     assert!(sent >= 10_000, "only {sent} hostile frames got onto the wire");
     assert!(ping.status.success(), "the pair lost pings during the attack:\n{}", String::from_utf8_lossy(&ping.stdout));
+    assert!(ping6.status.success(), "the pair lost IPv6 pings:\n{}", String::from_utf8_lossy(&ping6.stdout));
     let report: serde_json::Value = serde_json::from_slice(&iperf.stdout).expect("iperf3 JSON");
     let gbps = report["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9;
     eprintln!("pair iperf3 during the attack: {gbps:.2} Gbit/s");
@@ -239,6 +326,14 @@ fn a_hostile_pod_cannot_hurt_anyone() {
         "vlan_tagged",
         "not_our_mac",
         "unsupported_ethertype",
+        "ipv6_truncated",
+        "ipv6_bad_version",
+        "ipv6_bad_extension_headers",
+        "ipv6_link_local",
+        "ipv6_multicast",
+        "ndp_malformed",
+        "ndp_spoofed",
+        "ra_guard",
     ] {
         let n = daemon.drops(reason);
         assert!(n > 0, "no drops counted as {reason}: {}", daemon.ctl_json(&["counters"]));
@@ -255,4 +350,115 @@ fn a_hostile_pod_cannot_hurt_anyone() {
     );
     drop(daemon);
     let _ = (&node, &dir);
+}
+
+/// The IPv6 attacks: spoofed sources (global and link-local), rogue router advertisements and
+/// redirects (also hidden behind a fragment header), advertisements and solicitations naming
+/// another pod, long and malformed extension-header chains, atomic and overlapping fragments
+/// that hide or split a router advertisement, hop limits 0 and 1, bad payload lengths.
+fn ipv6_kinds(h: &Pod, (am, bm): ([u8; 6], [u8; 6]), v6: impl Fn(u16) -> Ipv6Addr) -> Vec<(&'static str, Vec<u8>)> {
+    let hm = mac_of(h);
+    let (h6, b6) = (h.ipv6.unwrap(), v6(3));
+    let ll = |mac: [u8; 6]| vswitch::wire::MacAddr(mac).link_local();
+    let all_nodes: Ipv6Addr = "ff02::1".parse().unwrap();
+    let all_nodes_mac = [0x33, 0x33, 0, 0, 0, 1];
+    let to_b = |src: Ipv6Addr, hop: u8| ((hm, GW_MAC), (src, b6, hop));
+    let ra = || ndp(134, [64, 0, 0x07, 0x08], &[&[0; 8]]);
+    let option = |kind: u8, mac: [u8; 6]| [&[kind, 1][..], &mac[..]].concat();
+    let nothing = |_: &mut Vec<u8>| {};
+    vec![
+        ("v6 forged source", ipv6_frame(to_b(v6(0x99), 64), &[], udp6(), nothing)),
+        ("v6 forged source of a pod", ipv6_frame(to_b(v6(2), 64), &[], udp6(), nothing)),
+        ("v6 forged link-local source", ipv6_frame(to_b(ll(bm), 64), &[], udp6(), nothing)),
+        ("v6 own link-local to a pod", ipv6_frame(to_b(ll(hm), 64), &[], udp6(), nothing)),
+        ("v6 forged source mac", ipv6_frame(((am, GW_MAC), (h6, b6, 64)), &[], udp6(), nothing)),
+        ("rogue router advertisement", ipv6_frame(((hm, all_nodes_mac), (ll(hm), all_nodes, 255)), &[], ra(), nothing)),
+        (
+            "redirect",
+            ipv6_frame(
+                ((hm, bm), (ll(hm), ll(bm), 255)),
+                &[],
+                ndp(137, [0; 4], &[&b6.octets(), &h6.octets()]),
+                nothing,
+            ),
+        ),
+        (
+            "advertisement claiming pod-b",
+            ipv6_frame(
+                ((hm, all_nodes_mac), (h6, all_nodes, 255)),
+                &[],
+                ndp(136, [0x20, 0, 0, 0], &[&b6.octets(), &option(2, hm)]),
+                nothing,
+            ),
+        ),
+        (
+            "solicitation with pod-b's mac",
+            ipv6_frame(
+                ((hm, solicited_node_mac(v6(2))), (h6, "ff02::1:ff00:2".parse().unwrap(), 255)),
+                &[],
+                ndp(135, [0; 4], &[&v6(2).octets(), &option(1, bm)]),
+                nothing,
+            ),
+        ),
+        (
+            "duplicate address detection for pod-b's address",
+            ipv6_frame(
+                ((hm, solicited_node_mac(b6)), (Ipv6Addr::UNSPECIFIED, "ff02::1:ff00:3".parse().unwrap(), 255)),
+                &[],
+                ndp(135, [0; 4], &[&b6.octets()]),
+                nothing,
+            ),
+        ),
+        (
+            "routed solicitation (hop limit 64)",
+            ipv6_frame(
+                ((hm, GW_MAC), (h6, ll(GW_MAC), 64)),
+                &[],
+                ndp(135, [0; 4], &[&ll(GW_MAC).octets(), &option(1, hm)]),
+                nothing,
+            ),
+        ),
+        (
+            "router advertisement in an atomic fragment",
+            ipv6_frame(((hm, all_nodes_mac), (ll(hm), all_nodes, 255)), &[fragment(0, false)], ra(), nothing),
+        ),
+        (
+            "router advertisement behind its first fragment's headers",
+            ipv6_frame(
+                ((hm, all_nodes_mac), (ll(hm), all_nodes, 255)),
+                &[fragment(0, true), dest_options(), dest_options()],
+                ra(),
+                |f| f.truncate(vnet::LEN + 14 + 40 + 24),
+            ),
+        ),
+        (
+            "overlapping fragment of a router advertisement",
+            ipv6_frame(((hm, all_nodes_mac), (ll(hm), all_nodes, 255)), &[fragment(8, false)], ra(), nothing),
+        ),
+        ("nine extension headers", ipv6_frame(to_b(h6, 64), &vec![dest_options(); 9], udp6(), nothing)),
+        ("a hundred extension headers", ipv6_frame(to_b(h6, 64), &vec![dest_options(); 100], udp6(), nothing)),
+        (
+            "hop-by-hop options not first",
+            ipv6_frame(to_b(h6, 64), &[dest_options(), (0, vec![0, 0, 1, 4, 0, 0, 0, 0])], udp6(), nothing),
+        ),
+        (
+            "extension header beyond the payload",
+            ipv6_frame(to_b(h6, 64), &[dest_options()], udp6(), |f| f[vnet::LEN + 14 + 41] = 200),
+        ),
+        ("v6 hop limit 0", ipv6_frame(to_b(h6, 0), &[], udp6(), nothing)),
+        ("v6 hop limit 1", ipv6_frame(to_b(h6, 1), &[], udp6(), nothing)),
+        (
+            "payload length beyond the frame",
+            ipv6_frame(to_b(h6, 64), &[], udp6(), |f| f[vnet::LEN + 18..vnet::LEN + 20].copy_from_slice(&[0x7f, 0xff])),
+        ),
+        (
+            "payload length 0 before a hop-by-hop header",
+            ipv6_frame(to_b(h6, 64), &[(0, vec![0, 0, 1, 4, 0, 0, 0, 0])], udp6(), |f| {
+                f[vnet::LEN + 18..vnet::LEN + 20].fill(0)
+            }),
+        ),
+        ("truncated ipv6", ipv6_frame(to_b(h6, 64), &[], udp6(), |f| f.truncate(vnet::LEN + 14 + 30))),
+        ("ipv6 ethertype, version 4", ipv6_frame(to_b(h6, 64), &[], udp6(), |f| f[vnet::LEN + 14] = 0x40)),
+        ("v6 multicast", ipv6_frame(((hm, all_nodes_mac), (h6, all_nodes, 64)), &[], udp6(), nothing)),
+    ]
 }

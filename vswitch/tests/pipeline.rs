@@ -13,6 +13,9 @@ use vswitch::state::{Fibs, ForwardingState, ForwardingStateBuilder, PortRole};
 use vswitch::wire::vnet::{self, VnetHeader};
 use vswitch::wire::MacAddr;
 
+#[path = "pipeline/ipv6.rs"]
+mod ipv6;
+
 const GW_IP: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 1);
 const GW_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 1]);
 const HOST_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0xee]);
@@ -320,7 +323,7 @@ fn every_drop_reason_is_reachable_and_named() {
     check(A, corrupted(12, 0x81), DropReason::VlanTagged);
     check(
         A,
-        corrupted(13, 0xdd).iter().enumerate().map(|(i, &b)| if i == vnet::LEN + 12 { 0x86 } else { b }).collect(),
+        corrupted(13, 0xcc).iter().enumerate().map(|(i, &b)| if i == vnet::LEN + 12 { 0x88 } else { b }).collect(),
         DropReason::UnsupportedEtherType,
     );
     check(A, corrupted(0, 0xff), DropReason::NotOurMac);
@@ -365,6 +368,7 @@ fn every_drop_reason_is_reachable_and_named() {
     seen.insert(DropReason::FrameTooLong);
     drop(view);
 
+    seen.extend(ipv6::drop_reasons());
     // The rest are counted around the pipeline, by the forwarder.
     seen.extend(forwarder_drops());
 
