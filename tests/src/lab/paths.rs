@@ -276,6 +276,9 @@ impl Topology {
                 .map(|o| String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr))
                 .unwrap_or_else(|e| e.to_string())
         };
+        // Forget what an earlier check taught the pod (the learnt MTU lasts 10 minutes), so the
+        // Packet Too Big comes again on every `vpc-lab check`.
+        output(&["ip", "-6", "route", "flush", "cache"]);
         let size = (self.pod_mtu - 48).to_string();
         let ping =
             output(&["ping", "-6", "-c", "2", "-i", "0.3", "-W", "1", "-M", "do", "-s", &size, &hybrid.to_string()]);
