@@ -778,3 +778,39 @@ fn an_ipv6_only_pod_has_no_ipv4_and_a_mac_from_its_ipv6_address() {
     assert!(cni("DEL", "v6-only", Some(&pod.path()), &conf).0);
     assert!(link_gone_soon(&pod, "eth0") && lab.allocations().is_empty());
 }
+
+/// `podnet::settle` on its own, over a veth pair: DAD failing (the other end has the address
+/// already) is an error at once, naming it; an address that stays tentative (no carrier) is one
+/// after the timeout; a pair that is up settles in about one DAD round.
+#[test]
+fn settle_reports_dad_failure_and_gives_up_on_a_link_that_never_settles() {
+    require_root();
+    let (a, b) = (Netns::new("vtd"), Netns::new("vtd"));
+    a.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth1", "netns", &b.name]);
+    b.ip(&["link", "set", "eth1", "up"]);
+    b.ip(&["addr", "add", "fd00:99::1/128", "dev", "eth1", "nodad"]);
+    for ns in [&a, &b] {
+        ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.router_solicitation_delay=0"]);
+    }
+    a.ip(&["link", "set", "eth0", "up"]);
+    let wanted: Ipv6Addr = "fd00:99::2".parse().unwrap();
+    a.ip(&["addr", "add", "fd00:99::2/128", "dev", "eth0"]);
+    let started = std::time::Instant::now();
+    cni::podnet::settle(&a.path(), "eth0", &[wanted], Duration::from_secs(10)).unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+
+    a.ip(&["addr", "add", "fd00:99::1/128", "dev", "eth0"]);
+    let started = std::time::Instant::now();
+    let err = cni::podnet::settle(&a.path(), "eth0", &["fd00:99::1".parse().unwrap()], Duration::from_secs(10))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("duplicate address detection failed for fd00:99::1"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "DAD failure is reported at once");
+
+    b.ip(&["link", "set", "eth1", "down"]); // no carrier on eth0: DAD never runs
+    a.ip(&["addr", "add", "fd00:99::3/128", "dev", "eth0"]);
+    let err = cni::podnet::settle(&a.path(), "eth0", &["fd00:99::3".parse().unwrap()], Duration::from_secs(1))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not usable after 1 s") && err.contains("fd00:99::3 (tentative)"), "{err}");
+}
