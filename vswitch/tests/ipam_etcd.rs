@@ -150,6 +150,10 @@ struct Lab {
 impl Lab {
     /// `ipam` is added to each node's `[ipam]` section (warm_target, reuse_delay_seconds, ...).
     fn new(nodes: usize, ipam: &str) -> Lab {
+        Lab::with_pools(nodes, &POOLS, ipam)
+    }
+
+    fn with_pools(nodes: usize, pools: &[&str], ipam: &str) -> Lab {
         require_root();
         require_etcd();
         let bins = Binaries::beside_current_exe();
@@ -175,7 +179,7 @@ impl Lab {
             wire(&fabric, &ns, &format!("n{i}"), node_ip(i));
             let name = format!("n{i}");
             let config = format!(
-                "[ipam]\nnode_name = \"{name}\"\npools = {POOLS:?}\nprefix = \"{PREFIX}\"\n\
+                "[ipam]\nnode_name = \"{name}\"\npools = {pools:?}\nprefix = \"{PREFIX}\"\n\
                  lease_ttl_seconds = {LEASE_TTL}\nquarantine_seconds = {QUARANTINE}\n{ipam}\n\n\
                  [ipam.etcd]\nendpoints = {:?}\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\n\
                  timeout_ms = 1000\n",
@@ -187,7 +191,7 @@ impl Lab {
             let daemon = Daemon::start_with_config(&bins, &ns, &dir.0.join(&name), 1, &config);
             started_nodes.push(Node { daemon, name, ns });
         }
-        let pool_strings: Vec<String> = POOLS.iter().map(|p| p.to_string()).collect();
+        let pool_strings: Vec<String> = pools.iter().map(|p| p.to_string()).collect();
         let lab = Lab {
             nodes: started_nodes,
             etcd,
@@ -318,7 +322,7 @@ fn owner(id: &str) -> Attachment {
 }
 
 fn spec(id: &str) -> AssignSpec {
-    AssignSpec { owner: owner(id), netns: format!("/run/netns/{id}").into(), pod: None, ip: None }
+    AssignSpec { owner: owner(id), netns: format!("/run/netns/{id}").into(), pod: None, ips: vec![], families: None }
 }
 
 /// Whether the daemon could not be reached or its answer was cut off (killed mid-request).
@@ -468,9 +472,9 @@ impl Client1<'_> {
             Slot::Holding(owner, ip) if rng.gen_bool(0.2) => {
                 // Asking again must give the same address, not a new one.
                 match self.client.ipam_assign(spec(&owner)) {
-                    Ok(AddressView { ip: again, new }) => {
-                        if again != ip || new {
-                            anomaly(format!("{owner} holds {ip} but asking again gave {again} (new: {new})"));
+                    Ok(AddressView { ips: again, new }) => {
+                        if again != [ip] || new {
+                            anomaly(format!("{owner} holds {ip} but asking again gave {again:?} (new: {new})"));
                         }
                         self.counts.repeat_assign.fetch_add(1, Ordering::Relaxed);
                     }
@@ -495,7 +499,8 @@ impl Client1<'_> {
 
     fn assign(&self, owner: String, retry: bool) -> Slot {
         match self.client.ipam_assign(spec(&owner)) {
-            Ok(AddressView { ip, new }) => {
+            Ok(AddressView { ips, new }) => {
+                let ip = ips[0];
                 let at = Instant::now();
                 let mut model = self.model.lock().unwrap();
                 if !new && !retry {
@@ -797,10 +802,12 @@ fn a_partitioned_node_is_fenced_when_it_returns() {
             owner: victim.clone(),
             netns: pod_ns.path(),
             pod: Some(PodRef { namespace: "default".into(), name: "victim".into() }),
-            ip: None,
+            ips: vec![],
+            families: None,
         })
         .unwrap();
-    let IpAddr::V4(ip) = assigned.ip else { panic!("an IPv4 pool gave {}", assigned.ip) };
+    let assigned_ip = assigned.ips[0];
+    let IpAddr::V4(ip) = assigned_ip else { panic!("an IPv4 pool gave {assigned_ip}") };
     let pod = Pod::in_netns(pod_ns, ip);
     let port = vswitch_api::api::port_name(&victim);
     a.daemon.attach(&port, &pod);
@@ -808,9 +815,9 @@ fn a_partitioned_node_is_fenced_when_it_returns() {
     lab.wait_synced(Duration::from_secs(10));
     let before = lab.records();
     assert!(
-        matches!(&before[&assigned.ip], AddressRecord::Assigned { node, owner, .. } if node == "n0" && *owner == victim),
+        matches!(&before[&assigned_ip], AddressRecord::Assigned { node, owner, .. } if node == "n0" && *owner == victim),
         "{:?}",
-        before.get(&assigned.ip)
+        before.get(&assigned_ip)
     );
     let a_warm: Vec<IpAddr> =
         before.iter().filter(|(_, r)| r.state_name() == "warm" && r.node() == Some("n0")).map(|(ip, _)| *ip).collect();
@@ -821,7 +828,7 @@ fn a_partitioned_node_is_fenced_when_it_returns() {
     let reclaimed = wait_for(
         Duration::from_secs(LEASE_TTL + QUARANTINE + 20),
         "node B has reclaimed A's addresses (the victim's record is cooling, last on A)",
-        || matches!(lab.records().get(&assigned.ip), Some(AddressRecord::Cooling { last_node, .. }) if last_node == "n0"),
+        || matches!(lab.records().get(&assigned_ip), Some(AddressRecord::Cooling { last_node, .. }) if last_node == "n0"),
     );
     eprintln!(
         "A cut off: B reclaimed its addresses after {:.1}s (lease {LEASE_TTL}s + quarantine {QUARANTINE}s)",
@@ -870,7 +877,7 @@ fn a_partitioned_node_is_fenced_when_it_returns() {
         lab.live_nodes().contains("n0") && warm_is_full(&a.view())
     });
     let now = lab.records();
-    assert!(now.get(&assigned.ip).is_none_or(|r| r.node() != Some("n0")), "{:?}", now.get(&assigned.ip));
+    assert!(now.get(&assigned_ip).is_none_or(|r| r.node() != Some("n0")), "{:?}", now.get(&assigned_ip));
     let audit = lab.audit();
     eprintln!("etcd after healing: {audit}");
     assert!(audit.lost.is_empty(), "{:#?}", audit.lost);
@@ -895,7 +902,7 @@ fn quorum_loss_serves_adds_from_the_warm_pool_then_code_unavailable() {
     let errors_before = node.store_errors();
     let quiet = Instant::now();
     let first = c.ipam_assign(spec("q-first")).unwrap();
-    assert_eq!(c.ipam_release(&owner("q-first")).unwrap().released, [first.ip]);
+    assert_eq!(c.ipam_release(&owner("q-first")).unwrap().released, [first.ips[0]]);
     let kept = c.ipam_assign(spec("q-kept")).unwrap();
     let t = wait_for(Duration::from_secs(10), "synced with one member down", || {
         let v = node.view();
@@ -907,8 +914,8 @@ fn quorum_loss_serves_adds_from_the_warm_pool_then_code_unavailable() {
     eprintln!("one member down: {failed} failed upkeep rounds in {:.1}s", quiet.elapsed().as_secs_f64());
     assert_eq!(failed, 0, "with a quorum up, upkeep must not fail:\n{}", node.logs());
     let records = lab.records();
-    assert!(matches!(&records[&first.ip], AddressRecord::Cooling { .. }), "{:?}", records[&first.ip]);
-    assert!(matches!(&records[&kept.ip], AddressRecord::Assigned { owner, .. } if owner.container_id == "q-kept"));
+    assert!(matches!(&records[&first.ips[0]], AddressRecord::Cooling { .. }), "{:?}", records[&first.ips[0]]);
+    assert!(matches!(&records[&kept.ips[0]], AddressRecord::Assigned { owner, .. } if owner.container_id == "q-kept"));
 
     // Two down: no quorum. ADDs are served from the warm pool (3), then refused with code
     // unavailable; DELs are accepted and wait.
@@ -919,7 +926,7 @@ fn quorum_loss_serves_adds_from_the_warm_pool_then_code_unavailable() {
     for i in 0..3 {
         let v = c.ipam_assign(spec(&format!("q{i}"))).unwrap_or_else(|e| panic!("assign {i} without quorum: {e}"));
         assert!(v.new);
-        got.push(v.ip);
+        got.push(v.ips[0]);
     }
     let t = Instant::now();
     let refused = c.ipam_assign(spec("q3")).unwrap_err();
@@ -927,7 +934,7 @@ fn quorum_loss_serves_adds_from_the_warm_pool_then_code_unavailable() {
     assert_eq!(refused.code(), Some(ErrorCode::Unavailable), "{refused}");
     assert_eq!(c.ipam_release(&owner("q0")).unwrap().released, [got[0]]);
     assert_eq!(c.ipam_release(&owner("q1")).unwrap().released, [got[1]]);
-    assert_eq!(c.ipam_lookup(&owner("q2")).unwrap().ip, got[2]);
+    assert_eq!(c.ipam_lookup(&owner("q2")).unwrap().ips, [got[2]]);
     wait_for(Duration::from_secs(10), "the node's upkeep finds the store unreachable", || {
         node.metrics().contains("\nvswitch_ipam_store_up 0\n")
     });
@@ -969,7 +976,7 @@ fn quorum_loss_serves_adds_from_the_warm_pool_then_code_unavailable() {
     assert!(
         matches!(&records[&got[2]], AddressRecord::Assigned { owner, node, .. } if owner.container_id == "q2" && node == "n0")
     );
-    assert!(matches!(&records[&kept.ip], AddressRecord::Assigned { owner, .. } if owner.container_id == "q-kept"));
+    assert!(matches!(&records[&kept.ips[0]], AddressRecord::Assigned { owner, .. } if owner.container_id == "q-kept"));
     let logs = node.logs();
     assert!(!logs.contains("this node's lease expired") && !logs.contains(FENCING_MESSAGE), "{logs}");
     let audit = lab.audit();
@@ -979,7 +986,7 @@ fn quorum_loss_serves_adds_from_the_warm_pool_then_code_unavailable() {
     assert_eq!(audit.assigned.len(), 2, "{:?}", audit.assigned);
     // And the refused ADD goes through now.
     let retried = c.ipam_assign(spec("q3")).unwrap();
-    assert!(!got.contains(&retried.ip) && retried.ip != kept.ip);
+    assert!(!got.contains(&retried.ips[0]) && retried.ips[0] != kept.ips[0]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1036,7 +1043,7 @@ fn a_node_killed_mid_allocation_loses_and_duplicates_nothing() {
                 Ok(v) => {
                     assert!(v.new, "{o}: {v:?}");
                     replied += 1;
-                    held.insert(o, Some(v.ip));
+                    held.insert(o, Some(v.ips[0]));
                 }
                 Err(e) if cut_off(&e) => {
                     add_cut += 1;
@@ -1070,7 +1077,7 @@ fn a_node_killed_mid_allocation_loses_and_duplicates_nothing() {
         let mut seen: HashMap<IpAddr, String> = HashMap::new();
         for (o, known) in held.iter_mut() {
             let now = match c.ipam_lookup(&owner(o)) {
-                Ok(v) => Some(v.ip),
+                Ok(v) => Some(v.ips[0]),
                 Err(e) if e.code() == Some(ErrorCode::NotFound) => None,
                 Err(e) => panic!("lookup {o}: {e}"),
             };
@@ -1136,7 +1143,7 @@ fn a_node_killed_mid_allocation_loses_and_duplicates_nothing() {
         );
         // Asking again gives the same address.
         let again = c.ipam_assign(spec(o)).unwrap();
-        assert_eq!((Some(again.ip), again.new), (*ip, false), "{o}");
+        assert_eq!((again.ips.first().copied(), again.new), (*ip, false), "{o}");
     }
     let audit = lab.audit();
     eprintln!("etcd after {ROUNDS} kills: {audit}");
@@ -1154,4 +1161,72 @@ fn a_node_killed_mid_allocation_loses_and_duplicates_nothing() {
     let audit = lab.audit();
     eprintln!("etcd after releasing everything: {audit}");
     assert!(audit.assigned.is_empty() && audit.lost.is_empty(), "{audit:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Dual stack: pods on three nodes race for an IPv4 and an IPv6 address each.
+
+#[test]
+fn dual_stack_pods_racing_on_three_nodes_get_one_address_per_family_and_never_share_one() {
+    let _serial = one_at_a_time();
+    // 30 IPv4 addresses and a /64, probed rather than listed.
+    let lab = Lab::with_pools(3, &["10.98.0.0/27", "fd98::/64"], "warm_target = 2\nwarm_max = 4\nreuse_delay_seconds = 3");
+    const PODS_PER_NODE: usize = 8;
+    let replies: Vec<(String, usize, AddressView)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..lab.nodes.len())
+            .flat_map(|n| (0..PODS_PER_NODE).map(move |i| (n, format!("d{n}-{i}"))))
+            .map(|(n, id)| {
+                let socket = lab.nodes[n].daemon.socket.clone();
+                s.spawn(move || {
+                    let reply = client(&socket).ipam_assign(spec(&id)).unwrap_or_else(|e| panic!("{id} on n{n}: {e}"));
+                    (id, n, reply)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut seen: HashMap<IpAddr, String> = HashMap::new();
+    for (id, _, reply) in &replies {
+        assert!(reply.new, "{id}: {reply:?}");
+        let [v4, v6] = reply.ips[..] else { panic!("{id} got {:?}, not one address per family", reply.ips) };
+        assert!(v4.is_ipv4() && v6.is_ipv6() && lab.pool.contains(v4) && lab.pool.contains(v6), "{id}: {v4} {v6}");
+        for ip in [v4, v6] {
+            if let Some(other) = seen.insert(ip, id.clone()) {
+                panic!("{ip} given to both {other} and {id}");
+            }
+        }
+    }
+    // Asked again: the same two. And etcd says the same, with both families' keys.
+    for (id, n, reply) in &replies {
+        let again = lab.nodes[*n].client().ipam_assign(spec(id)).unwrap();
+        assert_eq!((&again.ips, again.new), (&reply.ips, false), "{id}");
+    }
+    lab.wait_synced(Duration::from_secs(20));
+    let records = lab.records();
+    for (id, n, reply) in &replies {
+        for ip in &reply.ips {
+            assert!(
+                matches!(&records[ip], AddressRecord::Assigned { node, owner, .. }
+                    if *node == format!("n{n}") && owner.container_id == *id),
+                "{ip} of {id}: {:?}",
+                records.get(ip)
+            );
+        }
+    }
+    // The view and the metrics count both families.
+    let ctl = lab.nodes[0].ctl_ipam();
+    assert!(ctl["this_node"]["warm"].as_u64().unwrap() >= 2, "{ctl}");
+    let metrics = lab.nodes[0].metrics();
+    assert!(metrics.contains("vswitch_ipam_pool_addresses{family=\"ipv6\"}"), "{metrics}");
+    assert!(metrics.contains("vswitch_ipam_node_addresses{family=\"ipv4\",state=\"assigned\"} 8"), "{metrics}");
+    // Released: both addresses of every pod cool down.
+    for (id, n, reply) in &replies {
+        let released = lab.nodes[*n].client().ipam_release(&owner(id)).unwrap().released;
+        assert_eq!(released, reply.ips, "{id}");
+    }
+    lab.wait_synced(Duration::from_secs(20));
+    let records = lab.records();
+    for ip in seen.keys() {
+        assert!(matches!(records.get(ip), Some(AddressRecord::Cooling { .. })), "{ip}: {:?}", records.get(ip));
+    }
 }
