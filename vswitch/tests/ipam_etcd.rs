@@ -1170,7 +1170,8 @@ fn a_node_killed_mid_allocation_loses_and_duplicates_nothing() {
 fn dual_stack_pods_racing_on_three_nodes_get_one_address_per_family_and_never_share_one() {
     let _serial = one_at_a_time();
     // 30 IPv4 addresses and a /64, probed rather than listed.
-    let lab = Lab::with_pools(3, &["10.98.0.0/27", "fd98::/64"], "warm_target = 2\nwarm_max = 4\nreuse_delay_seconds = 3");
+    let lab =
+        Lab::with_pools(3, &["10.98.0.0/27", "fd98::/64"], "warm_target = 2\nwarm_max = 4\nreuse_delay_seconds = 3");
     const PODS_PER_NODE: usize = 8;
     let replies: Vec<(String, usize, AddressView)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..lab.nodes.len())

@@ -49,10 +49,9 @@ impl Switch {
         let ipam = self.ipam_or_refuse()?;
         match request {
             IpamRequest::Assign(spec) => ipam.assign(&spec, &self.addresses_in_use()).await.map(Response::Address),
-            IpamRequest::Release(owner) => ipam
-                .release(&owner)
-                .await
-                .map(|released| Response::Released(ReleasedView { released })),
+            IpamRequest::Release(owner) => {
+                ipam.release(&owner).await.map(|released| Response::Released(ReleasedView { released }))
+            }
             IpamRequest::Lookup(owner) => match ipam.lookup(&owner) {
                 ips if ips.is_empty() => {
                     Err(ApiError::new(ErrorCode::NotFound, format!("{} has no address here", owner.container_id)))

@@ -185,7 +185,8 @@ fn encode_ipam(ipam: &IpamMetrics, encoder: &mut DescriptorEncoder) -> Result<()
     )?;
     for f in &ipam.families {
         for (state, n) in [("warm", f.warm), ("assigned", f.assigned), ("pending", f.pending)] {
-            ConstGauge::new(n as i64).encode(family.encode_family(&[("family", f.family.name()), ("state", state)])?)?;
+            ConstGauge::new(n as i64)
+                .encode(family.encode_family(&[("family", f.family.name()), ("state", state)])?)?;
         }
     }
     let mut family = encoder.encode_descriptor(

@@ -879,7 +879,6 @@ impl<S: ClusterStore> NodeIpam<S> {
             })
             .collect())
     }
-
 }
 
 fn describe(record: &AddressRecord) -> String {

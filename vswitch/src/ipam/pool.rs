@@ -193,7 +193,11 @@ mod tests {
         assert!(!pool.contains("10.0.0.7".parse().unwrap()), "broadcast");
         assert!(!pool.contains("10.0.0.5".parse().unwrap()), "excluded");
         let wrapped: Vec<String> = pool.candidates(Family::Ipv4, 2).map(|ip| ip.to_string()).collect();
-        assert_eq!(wrapped, ["10.0.0.6", "10.0.0.1", "10.0.0.3"], "starts anywhere (positions count usable addresses) and wraps once");
+        assert_eq!(
+            wrapped,
+            ["10.0.0.6", "10.0.0.1", "10.0.0.3"],
+            "starts anywhere (positions count usable addresses) and wraps once"
+        );
     }
 
     #[test]

@@ -9,9 +9,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use vswitch_api::api::{
-    AssignmentView, CoolingView, IpamNodeView, IpamView, LocalIpamView, PodRef, StickyView,
-};
+use vswitch_api::api::{AssignmentView, CoolingView, IpamNodeView, IpamView, LocalIpamView, PodRef, StickyView};
 
 use super::{LocalEntry, NodeIpam};
 use crate::ipam::pool::{Family, Pool};

@@ -86,8 +86,7 @@ impl<S: ClusterStore> NodeIpam<S> {
         also_skip: &HashSet<IpAddr>,
         netns: Option<PathBuf>,
     ) -> Result<Vec<(IpAddr, i64)>, StoreError> {
-        let listed =
-            if self.settings.pool.size(family) <= LISTED_UP_TO { Some(self.records().await?) } else { None };
+        let listed = if self.settings.pool.size(family) <= LISTED_UP_TO { Some(self.records().await?) } else { None };
         let now = now_secs();
         let reuse = self.settings.reuse_delay.as_secs();
         let known: HashSet<IpAddr> = self.local().entries.keys().copied().collect();
