@@ -159,7 +159,7 @@ fn main() -> ExitCode {
     let client = Client::new(cli.socket.as_deref().unwrap_or(DEFAULT_SOCKET.as_ref()));
     let outcome = match cli.command {
         Command::AddPort { name, netns, ifname, ip, mac, mtu } => {
-            let spec = PortSpec { name, netns, ifname, ip: Some(ip), ipv6: None, mac, mtu, pod: None, bandwidth: None };
+            let spec = PortSpec { name, netns, ifname, ip, mac, mtu, pod: None, bandwidth: None };
             show(&client, cli.json, &Request::AddPort(spec), |p: PortView| print_ports(&[p]))
         }
         Command::DelPort { name, remove_device } => {
@@ -183,7 +183,7 @@ fn main() -> ExitCode {
                         (_, _, true) => FlowProtocol::Icmp,
                         (port, _, _) => FlowProtocol::Tcp { port: port.unwrap_or(80) },
                     };
-                    Request::TraceFlow(FlowSpec { from, to: to.into(), protocol, size, gso })
+                    Request::TraceFlow(FlowSpec { from, to, protocol, size, gso })
                 }
                 (_, _, Some(port), Some(frame)) => Request::Trace { port, frame },
                 _ => {
@@ -267,7 +267,7 @@ fn print_ports(ports: &[PortView]) {
     );
     for p in ports {
         let (role, ip, mac) = match p.role {
-            PortRole::Pod { ip, mac, .. } => ("pod", ip.map_or_else(|| "-".into(), |ip| ip.to_string()), mac),
+            PortRole::Pod { ip, mac } => ("pod", ip.to_string(), mac),
             PortRole::Host { peer_mac } => ("host", "-".into(), peer_mac),
             PortRole::Uplink { mac } => ("uplink", "-".into(), mac),
         };
@@ -404,7 +404,7 @@ fn follow_drops(client: &Client, json: bool, follow: bool, seconds: Option<u64>)
                 println!("{}", serde_json::to_string(&d).expect("serialises"));
                 continue;
             }
-            let at = |ip: Option<std::net::IpAddr>, port: Option<u16>| match (ip, port) {
+            let at = |ip: Option<Ipv4Addr>, port: Option<u16>| match (ip, port) {
                 (Some(ip), Some(port)) => format!("{ip}:{port}"),
                 (Some(ip), None) => ip.to_string(),
                 _ => "-".to_string(),
