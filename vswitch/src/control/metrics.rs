@@ -279,7 +279,7 @@ mod tests {
         let port = PortView {
             id: 1,
             name: "evil\"}\nname".into(),
-            role: PortRole::Pod { ip: Some("10.0.0.2".parse().unwrap()), ipv6: None, mac: MacAddr::local_from([10, 0, 0, 2]) },
+            role: PortRole::Pod { ip: "10.0.0.2".parse().unwrap(), mac: MacAddr::local_from([10, 0, 0, 2]) },
             mtu: 1500,
             netns: None,
             ifname: "eth0".into(),

@@ -90,8 +90,7 @@ impl SavedPort {
             name: spec.name.clone(),
             netns: spec.netns.clone(),
             ifname: spec.ifname.clone(),
-            // stopgap: the registry admits IPv4 pods only for now.
-            ip: spec.ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            ip: spec.ip,
             mac: spec.mac,
             mtu,
             pod_namespace: spec.pod.as_ref().map(|p| p.namespace.clone()),
@@ -113,8 +112,7 @@ impl SavedPort {
             name: self.name.clone(),
             netns: self.netns.clone(),
             ifname: self.ifname.clone(),
-            ip: Some(self.ip),
-            ipv6: None,
+            ip: self.ip,
             mac: self.mac,
             mtu: Some(self.mtu),
             pod,
@@ -234,7 +232,7 @@ mod tests {
         let state = store.load().unwrap();
         assert_eq!(state.ports.len(), 2);
         let spec = state.ports[0].to_spec();
-        assert_eq!((spec.name.as_str(), spec.ip, spec.mtu), ("f00d:eth0", Some(Ipv4Addr::new(10, 10, 40, 10)), Some(1400)));
+        assert_eq!((spec.name.as_str(), spec.ip, spec.mtu), ("f00d:eth0", Ipv4Addr::new(10, 10, 40, 10), Some(1400)));
         assert_eq!(state.ports[1].mtu, 1500, "entries without an MTU get the pod MTU");
         // Saved again, it is format 2 and reads back the same.
         store.save(&state).unwrap();
@@ -268,8 +266,7 @@ mod tests {
             name: "c1:eth0".into(),
             netns: "/run/netns/x".into(),
             ifname: "eth0".into(),
-            ip: Some(Ipv4Addr::new(10, 0, 0, 2)),
-            ipv6: None,
+            ip: Ipv4Addr::new(10, 0, 0, 2),
             mac: MacAddr::local_from([10, 0, 0, 2]),
             mtu: Some(1500),
             pod: Some(PodRef { namespace: "default".into(), name: "web-0".into() }),

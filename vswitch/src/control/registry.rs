@@ -341,12 +341,10 @@ impl Registry {
 
     /// Validates a pod port and reserves its name and address.
     pub fn reserve_pod(&mut self, spec: PortSpec) -> Result<PodReservation, ApiError> {
-        // stopgap: IPv4 pods only until the dual-stack registry lands.
-        let Some(spec_ip) = spec.ip else { return Err(invalid("a pod port needs an IPv4 address")) };
         let mut replaces = None;
         for p in self.ports() {
             let same_name = p.info.name == spec.name;
-            let same_ip = matches!(p.info.role, PortRole::Pod { ip, .. } if ip == spec_ip);
+            let same_ip = matches!(p.info.role, PortRole::Pod { ip, .. } if ip == spec.ip);
             if !(same_name || same_ip) {
                 continue;
             }
@@ -358,15 +356,15 @@ impl Registry {
             } else {
                 return Err(ApiError::new(
                     ErrorCode::Conflict,
-                    format!("{} is already used by port '{}'", spec_ip, p.info.name),
+                    format!("{} is already used by port '{}'", spec.ip, p.info.name),
                 ));
             }
         }
         if self.pending.contains_key(&spec.name) {
             return Err(ApiError::new(ErrorCode::Exists, format!("port '{}' is being attached", spec.name)));
         }
-        if let Some((other, _)) = self.pending.iter().find(|(_, ip)| **ip == spec_ip) {
-            return Err(ApiError::new(ErrorCode::Conflict, format!("{} is being attached as port '{other}'", spec_ip)));
+        if let Some((other, _)) = self.pending.iter().find(|(_, ip)| **ip == spec.ip) {
+            return Err(ApiError::new(ErrorCode::Conflict, format!("{} is being attached as port '{other}'", spec.ip)));
         }
         if spec.name.is_empty() || spec.name.len() > 256 {
             return Err(invalid("a port name has 1 to 256 characters"));
@@ -377,7 +375,7 @@ impl Registry {
         if spec.mac.is_multicast() || spec.mac == MacAddr::ZERO {
             return Err(invalid(format!("{} is not a unicast MAC", spec.mac)));
         }
-        let ip = spec_ip;
+        let ip = spec.ip;
         if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() || ip == self.gateway_ip {
             return Err(invalid(format!("{ip} cannot be a pod address")));
         }
@@ -419,7 +417,6 @@ impl Registry {
         }
         let id = self.free_port_id()?;
         let PortSpec { name, netns, ifname, ip, mac, pod, bandwidth, .. } = reservation.spec;
-        let ip = ip.ok_or_else(|| invalid("a pod port needs an IPv4 address"))?;
         let bucket = |r: Option<RateLimit>| r.map(|r| TokenBucket::new(r.rate_bps, r.burst_bits));
         let rate_limit =
             bandwidth.map(|b| Arc::new(PortRateLimit { ingress: bucket(b.ingress), egress: bucket(b.egress) }));
@@ -623,8 +620,7 @@ mod tests {
             name: name.into(),
             netns: format!("/run/netns/{name}").into(),
             ifname: "eth0".into(),
-            ip: Some(Ipv4Addr::from(ip)),
-            ipv6: None,
+            ip: Ipv4Addr::from(ip),
             mac: MacAddr::local_from(ip),
             mtu: None,
             pod: None,
@@ -671,7 +667,7 @@ mod tests {
         r.cancel(&pending);
         assert!(r.reserve_pod(spec("d", [10, 0, 0, 7])).is_ok(), "a cancelled reservation frees its address");
         for (bad, why) in [
-            (PortSpec { ip: Some(Ipv4Addr::new(169, 254, 1, 1)), ..spec("x", [0; 4]) }, "the gateway"),
+            (PortSpec { ip: Ipv4Addr::new(169, 254, 1, 1), ..spec("x", [0; 4]) }, "the gateway"),
             (PortSpec { mac: MacAddr::BROADCAST, ..spec("x", [10, 0, 0, 9]) }, "a multicast MAC"),
             (PortSpec { mtu: Some(100), ..spec("x", [10, 0, 0, 9]) }, "a tiny MTU"),
             (PortSpec { ifname: "a/b".into(), ..spec("x", [10, 0, 0, 9]) }, "a bad ifname"),

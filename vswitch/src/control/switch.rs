@@ -398,8 +398,7 @@ impl Switch {
         let reservation = self.registry().reserve_pod(spec)?;
         match self.open_pod(&reservation).await {
             Ok((queues, netns_id)) => {
-                // stopgap: reserve_pod admits IPv4 pods only for now.
-                let Some(ip) = reservation.spec.ip else { unreachable!("reserve_pod checked it") };
+                let ip = reservation.spec.ip;
                 let id = {
                     let mut registry = self.registry();
                     let quiesced = self.datapath.quiesced();
@@ -429,9 +428,7 @@ impl Switch {
             ApiError::new(ErrorCode::NotFound, format!("network namespace {} does not exist", spec.netns.display()))
         })?;
         let queues = self.pods.open_queues(spec, self.config.workers).await?;
-        if let Some(ip) = spec.ip {
-            self.pods.add_host_route(ip).await?;
-        }
+        self.pods.add_host_route(spec.ip).await?;
         Ok((queues, Some(netns_id)))
     }
 
@@ -553,7 +550,7 @@ impl Switch {
 
     fn port_view(&self, p: &PortRecord) -> PortView {
         let role = match p.info.role {
-            PortRole::Pod { ip, mac } => ApiPortRole::Pod { ip: Some(ip), ipv6: None, mac },
+            PortRole::Pod { ip, mac } => ApiPortRole::Pod { ip, mac },
             PortRole::Host { peer_mac } => ApiPortRole::Host { peer_mac },
             PortRole::Uplink { mac, .. } => ApiPortRole::Uplink { mac },
         };
@@ -618,7 +615,7 @@ impl Switch {
             .neighbors()
             .list()
             .into_iter()
-            .map(|n| NeighborView { ip: n.ip.into(), mac: n.mac, port: port.clone(), state: n.state.to_string() })
+            .map(|n| NeighborView { ip: n.ip, mac: n.mac, port: port.clone(), state: n.state.to_string() })
             .collect()
     }
 
@@ -740,8 +737,8 @@ impl Switch {
                     port: record.map_or_else(|| s.port.to_string(), |r| r.info.name.clone()),
                     pod: record.and_then(|r| r.attachment.pod.clone()),
                     reason: s.reason.name().to_string(),
-                    src: s.src.map(Into::into),
-                    dst: s.dst.map(Into::into),
+                    src: s.src,
+                    dst: s.dst,
                     protocol: s.protocol.map(|p| match p {
                         1 => "icmp".to_string(),
                         6 => "tcp".to_string(),
@@ -839,8 +836,7 @@ fn spec_of(p: &PortRecord) -> Option<PortSpec> {
         name: p.info.name.clone(),
         netns: p.attachment.netns.clone()?,
         ifname: p.attachment.ifname.clone(),
-        ip: Some(ip),
-        ipv6: None,
+        ip,
         mac,
         mtu: Some(p.info.mtu),
         pod: p.attachment.pod.clone(),
@@ -922,8 +918,7 @@ mod tests {
             name: name.into(),
             netns: format!("/run/netns/{name}").into(),
             ifname: "eth0".into(),
-            ip: Some(Ipv4Addr::new(10, 0, 0, last)),
-            ipv6: None,
+            ip: Ipv4Addr::new(10, 0, 0, last),
             mac: MacAddr::local_from([10, 0, 0, last]),
             mtu: None,
             pod: None,

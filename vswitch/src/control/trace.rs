@@ -38,8 +38,6 @@ pub fn flow_frame(
         FlowProtocol::Udp { .. } => (ipv4::PROTO_UDP, UDP_HEADER),
         FlowProtocol::Icmp => (ipv4::PROTO_ICMP, crate::wire::icmp::HEADER_LEN),
     };
-    // stopgap: IPv4 flows only until the dual-stack pipeline lands.
-    let std::net::IpAddr::V4(to) = flow.to else { return Err(invalid("only IPv4 flows can be traced for now")) };
     let default = if flow.gso { 65_000 } else { ipv4::MIN_HEADER_LEN + l4_header + 56 };
     let size = flow.size.map_or(default, usize::from);
     let min = ipv4::MIN_HEADER_LEN + l4_header;
@@ -59,7 +57,7 @@ pub fn flow_frame(
         eth.set_src(src_mac);
         eth.set_ethertype(EtherType::Ipv4);
     }
-    ipv4::emit_header(&mut buf[l3..], src, to, protocol, size - ipv4::MIN_HEADER_LEN, 64);
+    ipv4::emit_header(&mut buf[l3..], src, flow.to, protocol, size - ipv4::MIN_HEADER_LEN, 64);
     let segment = &mut buf[l4..];
     match flow.protocol {
         FlowProtocol::Tcp { port } => {
@@ -90,7 +88,7 @@ pub fn flow_frame(
     if flow.gso {
         // As the kernel hands it over: the checksum left for the device (the pseudo-header sum
         // in place), the segment size of the path's MTU.
-        let pseudo = pseudo_header_sum(src, to, protocol, size - ipv4::MIN_HEADER_LEN);
+        let pseudo = pseudo_header_sum(src, flow.to, protocol, size - ipv4::MIN_HEADER_LEN);
         buf[l4 + checksum_at..l4 + checksum_at + 2].copy_from_slice(&pseudo.to_be_bytes());
         VnetHeader {
             flags: vnet::FLAG_NEEDS_CSUM,
@@ -104,7 +102,7 @@ pub fn flow_frame(
     } else {
         let sum = match flow.protocol {
             FlowProtocol::Icmp => checksum::checksum(&buf[l4..]),
-            _ => l4_checksum(src, to, protocol, &buf[l4..]),
+            _ => l4_checksum(src, flow.to, protocol, &buf[l4..]),
         };
         buf[l4 + checksum_at..l4 + checksum_at + 2].copy_from_slice(&sum.to_be_bytes());
     }
