@@ -153,6 +153,11 @@ pub const SERVICE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x1
 pub const SERVICE_RANGE6: &str = "fd00:96::/108";
 /// The Service's NodePort on every node.
 pub const NODE_PORT: u16 = 30080;
+/// The cluster pools of the families the pods get ([`IpamMode::Etcd`]).
+pub fn pools(family: IpFamily) -> Vec<&'static str> {
+    family.families().into_iter().map(|f| if f == Family::V4 { POD_POOL } else { POD_POOL6 }).collect()
+}
+
 /// The etcd members, each in its own namespace on the fabric ([`IpamMode::Etcd`]).
 pub const ETCD_IPS: [Ipv4Addr; 3] =
     [Ipv4Addr::new(10, 10, 0, 21), Ipv4Addr::new(10, 10, 0, 22), Ipv4Addr::new(10, 10, 0, 23)];
@@ -162,6 +167,10 @@ pub const ETCD_IPS: [Ipv4Addr; 3] =
 /// 10.10.1-4.x, so the pool holds none of them and needs no `exclude` list; the hybrid network
 /// (172.16.50.0/24) and the Service range (10.96.0.0/12) are outside the VPC subnet altogether.
 pub const POD_POOL: &str = "10.10.64.0/18";
+/// The cluster's IPv6 pool ([`IpamMode::Etcd`] with IPv6): fd00:10::64:0/112 of the VPC's /64,
+/// clear of every fixed address (::1, ::11-14, ::21-23, ::50) and of the local mode's ranges
+/// (fd00:10::<node>:10-250).
+pub const POD_POOL6: &str = "fd00:10::64:0/112";
 /// Where the lab's IPAM keys live in etcd.
 pub const IPAM_PREFIX: &str = "/vpc-ipam/lab";
 /// Pods live in this Kubernetes namespace (CNI_ARGS K8S_POD_NAMESPACE).
@@ -506,10 +515,6 @@ impl Lab {
     pub fn up(spec: LabSpec, mut progress: impl FnMut(&str)) -> Lab {
         assert!((2..=4).contains(&spec.nodes), "the lab has 2 to 4 nodes, not {}", spec.nodes);
         assert!((1..=26).contains(&spec.pods_per_node), "1 to 26 pods per node, not {}", spec.pods_per_node);
-        assert!(
-            spec.ipam == IpamMode::Local || spec.family == IpFamily::Ipv4,
-            "--ipam etcd is IPv4 only: vswitchd's cluster IPAM has no IPv6 pools yet"
-        );
         let v6 = spec.family.has_v6();
         let name = unique("vl");
         let dir = TempDir::new();
@@ -610,7 +615,8 @@ impl Lab {
                         pod_range6(i).0,
                         pod_range6(i).1
                     ),
-                    (IpamMode::Etcd, _) => format!(", pods from the cluster pool {POD_POOL} (in etcd)"),
+                    (IpamMode::Etcd, family) =>
+                        format!(", pods from the cluster pool {} (in etcd)", pools(family).join(" and ")),
                 }
             ));
             lab.add_node(i);
@@ -705,11 +711,13 @@ impl Lab {
         let endpoints: Vec<String> = etcd.endpoints().iter().map(|e| toml_str(e)).collect();
         // A small warm pool: a lab node has a few pods. The rest as in production: a released
         // address waits 120 s before reuse; a node without its lease for 10 s is quarantined.
+        let pools: Vec<String> = pools(self.spec.family).iter().map(|p| toml_str(p)).collect();
         format!(
-            "[ipam]\nnode_name = \"node{}\"\npools = [\"{POD_POOL}\"]\nprefix = \"{IPAM_PREFIX}\"\n\
+            "[ipam]\nnode_name = \"node{}\"\npools = [{}]\nprefix = \"{IPAM_PREFIX}\"\n\
              warm_target = 4\nwarm_max = 8\nsticky = [\"{POD_NAMESPACE}/sticky-*\"]\n\
              [ipam.etcd]\nendpoints = [{}]\nca_file = {}\ncert_file = {}\nkey_file = {}\n",
             i + 1,
+            pools.join(", "),
             endpoints.join(", "),
             toml_str(&tls.ca.to_string_lossy()),
             toml_str(&tls.cert.to_string_lossy()),

@@ -4,7 +4,7 @@
 //! every namespace test.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -12,7 +12,7 @@ use nix::sys::signal::kill;
 use nix::unistd::Pid;
 use vpc_lab::etcd::require_etcd;
 use vpc_lab::lab::{
-    Family, IpFamily, IpamMode, Lab, LabSpec, LabState, UplinkMode, IPAM_PREFIX, POD_NAMESPACE, POD_POOL,
+    Family, IpFamily, IpamMode, Lab, LabSpec, LabState, UplinkMode, IPAM_PREFIX, POD_NAMESPACE, POD_POOL, POD_POOL6,
 };
 use vpc_lab::netns::require_root;
 
@@ -84,35 +84,21 @@ fn ipv6_only_lab_every_path_works() {
     every_path_works(LabSpec { family: IpFamily::Ipv6, ..LabSpec::default() });
 }
 
-/// The cluster IPAM has no IPv6 pools: `--ipam etcd` with IPv6 is refused at once and clearly.
-#[test]
-fn etcd_ipam_with_ipv6_is_refused() {
-    require_root();
-    for family in ["dual", "ipv6"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_vpc-lab"))
-            .args(["up", "--ipam", "etcd", "--ip-family", family])
-            .output()
-            .expect("run vpc-lab");
-        let text = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "--ip-family {family}: {text}");
-        assert!(text.contains("--ipam etcd is IPv4 only"), "--ip-family {family}: {text}");
-    }
-}
-
 #[test]
 fn a_smaller_pod_mtu_is_honoured() {
     // Pods at 1300: a DF ping at the pod MTU fits the 1400 hybrid link, so set that link lower.
     every_path_works(LabSpec { pod_mtu: 1300, hybrid_mtu: 1280, ..LabSpec::default() });
 }
 
-/// Three nodes allocating from one pool in etcd: every path for every node pair, the NodePort
-/// through every node, every pod's address distinct, from the pool and as etcd records it, and
-/// the sticky pod moved to another node answering within a second.
-fn three_nodes_on_etcd(mode: UplinkMode) {
+/// Three nodes allocating from one pool in etcd (one per family): every path for every node
+/// pair, the NodePort through every node, every pod's addresses distinct, from the pools and as
+/// etcd records them, and the sticky pod moved to another node, keeping its addresses, answering
+/// within a second.
+fn three_nodes_on_etcd(mode: UplinkMode, family: IpFamily) {
     require_root();
     require_etcd();
     let started = Instant::now();
-    let spec = LabSpec { mode, ipam: IpamMode::Etcd, nodes: 3, ..LabSpec::default() };
+    let spec = LabSpec { mode, ipam: IpamMode::Etcd, nodes: 3, family, ..LabSpec::default() };
     let mut lab = Lab::up(spec, |_| {});
     let up = started.elapsed();
     let checks = lab.check();
@@ -121,10 +107,12 @@ fn three_nodes_on_etcd(mode: UplinkMode) {
     assert!(failed.is_empty(), "paths failed:\n{}", failed.join("\n"));
     // 3 same node, 6 across, 3 own node, 6 other node, 6 node to pod, 3 ClusterIP, 3 NodePort,
     // 3 + 3 VM, 3 + 3 hybrid, 3 MTU.
-    assert_eq!(checks.len(), 45, "the matrix lost paths");
+    assert_eq!(checks.len(), 45 * family.families().len(), "the matrix lost paths");
     let node_ports: Vec<&str> =
         checks.iter().filter(|c| c.path == "outside client -> NodePort").map(|c| c.to.as_str()).collect();
-    assert_eq!(node_ports, ["node1:30080", "node2:30080", "node3:30080"]);
+    assert_eq!(node_ports.len(), 3 * family.families().len(), "the NodePort through every node, per family");
+    let nodes: BTreeSet<&str> = node_ports.into_iter().collect();
+    assert_eq!(nodes, BTreeSet::from(["node1:30080", "node2:30080", "node3:30080"]));
     let matrix = started.elapsed() - up;
 
     assert_addresses_are_etcds(&lab);
@@ -134,13 +122,14 @@ fn three_nodes_on_etcd(mode: UplinkMode) {
     eprintln!("{}", serde_json::to_string_pretty(&moved).unwrap());
     assert!(moved.ok(), "the sticky move failed: {:#?}", moved.checks);
     assert_eq!((moved.from_node, moved.to_node, moved.ip_after), (0, 1, before.ip));
+    assert_eq!(lab.sticky_pod().unwrap().ipv6, before.ipv6, "the sticky pod keeps its IPv6 address too");
     assert_eq!(moved.observer, "n3a", "a pod on the third node watched the move");
     for (who, ms) in [("VM", moved.vm_ms), ("pod", moved.pod_ms)] {
         let ms = ms.unwrap_or_else(|| panic!("the {who} never reached the moved pod"));
         assert!(ms < 1000.0, "the {who} reached the moved pod only {ms:.0} ms after the ADD");
     }
     let after = lab.sticky_pod().unwrap().clone();
-    assert_eq!((after.node, after.ip), (1, before.ip));
+    assert_eq!((after.node, after.ip, after.ipv6), (1, before.ip, before.ipv6));
     assert_ne!((&after.netns, &after.container_id), (&before.netns, &before.container_id), "a new sandbox");
     assert_addresses_are_etcds(&lab);
     lab.delete_pods();
@@ -159,20 +148,28 @@ fn three_nodes_on_etcd(mode: UplinkMode) {
 /// vswitchctl ipam on every node shows the same.
 fn assert_addresses_are_etcds(lab: &Lab) {
     assert!(lab.wait_ipam_synced(Duration::from_secs(5)), "the nodes did not write their pods to etcd");
-    let pool: u32 = u32::from(Ipv4Addr::new(10, 10, 64, 0));
-    let ips: BTreeSet<Ipv4Addr> = lab.pods.iter().map(|p| p.ip4()).collect();
-    assert_eq!(ips.len(), lab.pods.len(), "two pods share an address: {:?}", lab.pods);
+    let addresses = |p: &vpc_lab::lab::LabPod| p.ip.map(IpAddr::V4).into_iter().chain(p.ipv6.map(IpAddr::V6));
+    let ips: BTreeSet<IpAddr> = lab.pods.iter().flat_map(addresses).collect();
+    let families = lab.spec.family.families().len();
+    assert_eq!(ips.len(), lab.pods.len() * families, "two pods share an address: {:?}", lab.pods);
     assert_eq!(lab.pods.len(), 3 * 2 + 1);
     for ip in &ips {
-        assert_eq!(u32::from(*ip) & 0xffff_c000, pool, "{ip} is outside the pool {POD_POOL}");
+        let in_pool = match ip {
+            IpAddr::V4(v4) => u32::from(*v4) & 0xffff_c000 == u32::from(Ipv4Addr::new(10, 10, 64, 0)),
+            IpAddr::V6(v6) => v6.segments()[..7] == [0xfd00, 0x10, 0, 0, 0, 0, 0x64],
+        };
+        assert!(in_pool, "{ip} is outside the pools {POD_POOL} and {POD_POOL6}");
     }
-    let wanted: BTreeMap<Ipv4Addr, (String, String)> = lab
+    let wanted: BTreeMap<IpAddr, (String, String)> = lab
         .pods
         .iter()
-        .map(|p| (p.ip4(), (format!("node{}", p.node + 1), format!("{POD_NAMESPACE}/{}", p.name))))
+        .flat_map(|p| {
+            let owner = (format!("node{}", p.node + 1), format!("{POD_NAMESPACE}/{}", p.name));
+            addresses(p).map(move |ip| (ip, owner.clone()))
+        })
         .collect();
     let records = lab.etcd().expect("etcd").get_prefix(&format!("{IPAM_PREFIX}/ip/"));
-    let assigned: BTreeMap<Ipv4Addr, (String, String)> = records
+    let assigned: BTreeMap<IpAddr, (String, String)> = records
         .iter()
         .filter_map(|(key, value)| {
             let record: serde_json::Value = serde_json::from_str(value).ok()?;
@@ -186,7 +183,7 @@ fn assert_addresses_are_etcds(lab: &Lab) {
     assert_eq!(assigned, wanted, "etcd's assigned records against the lab's pods");
     for node in 0..3 {
         let view = lab.daemon(node).ctl_json(&["ipam"]);
-        let shown: BTreeMap<Ipv4Addr, (String, String)> = view["nodes"]
+        let shown: BTreeMap<IpAddr, (String, String)> = view["nodes"]
             .as_array()
             .unwrap()
             .iter()
@@ -203,13 +200,13 @@ fn assert_addresses_are_etcds(lab: &Lab) {
 }
 
 #[test]
-fn three_nodes_on_etcd_host_routed() {
-    three_nodes_on_etcd(UplinkMode::HostRouted);
+fn three_nodes_on_etcd_host_routed_dual_stack() {
+    three_nodes_on_etcd(UplinkMode::HostRouted, IpFamily::Dual);
 }
 
 #[test]
 fn three_nodes_on_etcd_dedicated_uplink() {
-    three_nodes_on_etcd(UplinkMode::Uplink);
+    three_nodes_on_etcd(UplinkMode::Uplink, IpFamily::Ipv4);
 }
 
 /// `vpc-lab up`, `check` and `down` each in its own process, as a person runs them: the etcd

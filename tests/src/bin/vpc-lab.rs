@@ -4,9 +4,10 @@
 //! all down again, failing if any path fails. `up`, `check` and `down` do the same in steps.
 //! `--nodes N` (2 to 4) sets the number of nodes; `--ipam etcd` allocates every pod from one
 //! pool in a 3-member etcd cluster, and then `demo` and every `check` also move a sticky pod to
-//! the next node and time how soon it answers there. `--ip-family dual` (or `ipv6`) gives the VPC
-//! an IPv6 subnet next to the IPv4 one and the pods IPv6 addresses too (or only), and runs every
-//! path of the matrix over each family the pods have; `--ipam etcd` is IPv4 only.
+//! the next node and time how soon it answers there. The lab is dual-stack by default
+//! (`--ip-family dual`): the VPC has an IPv6 subnet next to the IPv4 one, the pods an address of
+//! each family (`ipv4` or `ipv6` for one only), and every path of the matrix runs over each
+//! family the pods have.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream};
@@ -65,7 +66,7 @@ struct Shape {
     #[arg(long, value_enum, default_value_t = Ipam::Local)]
     ipam: Ipam,
     /// The pods' address families (the VPC gets the IPv6 subnet fd00:10::/64 with dual or ipv6).
-    #[arg(long, value_enum, default_value_t = Families::Ipv4)]
+    #[arg(long, value_enum, default_value_t = Families::Dual)]
     ip_family: Families,
     #[arg(long, default_value_t = 1500)]
     pod_mtu: u16,
@@ -149,15 +150,6 @@ fn main() -> ExitCode {
             if !nix::unistd::geteuid().is_root() {
                 eprintln!("vpc-lab: needs root (it creates network namespaces)");
                 return ExitCode::from(2);
-            }
-            if let Cmd::Up(shape) | Cmd::Demo { shape, .. } = &command {
-                if matches!(shape.ipam, Ipam::Etcd) && shape.ip_family != Families::Ipv4 {
-                    eprintln!(
-                        "vpc-lab: --ipam etcd is IPv4 only (vswitchd's cluster IPAM has no IPv6 pools yet); \
-                         use --ip-family ipv4 with it, or --ipam local for dual or ipv6"
-                    );
-                    return ExitCode::from(2);
-                }
             }
             match command {
                 Cmd::Up(shape) => up(&shape),

@@ -184,7 +184,7 @@ impl Topology {
         let index =
             self.pods.iter().position(|p| p.name == STICKY_POD).expect("a sticky pod: the lab runs with --ipam etcd");
         let old = self.pods[index].clone();
-        // The etcd IPAM, the only one with sticky pods, is IPv4 only.
+        // The move is timed over IPv4; a dual-stack pod must keep its IPv6 address too.
         let old_ip = old.ip4();
         let n = self.nodes.len();
         let (from, to) = (old.node, (old.node + 1) % n);
@@ -258,15 +258,14 @@ impl Topology {
         };
         let added = Instant::now();
         report.del_to_add_ms = (added - deleted).as_secs_f64() * 1e3;
-        let ip_after: Option<Ipv4Addr> =
-            add.as_ref().ok().and_then(|r| r["ips"][0]["address"].as_str()?.split('/').next()?.parse().ok());
+        let (ip_after, ipv6_after) = add.as_ref().map_or((None, None), LabPod::from_result);
         report.ip_after = ip_after;
         self.pods[index] = LabPod {
             name: STICKY_POD.into(),
             netns: ns.name.clone(),
             container_id: container,
             ip: Some(ip_after.unwrap_or(old_ip)),
-            ipv6: None,
+            ipv6: ipv6_after,
             node: to,
         };
 
@@ -281,7 +280,8 @@ impl Topology {
         let observer_after = self.next_hop(observer_node, ip);
 
         let mut moved = PathCheck::new("sticky pod: same address, next node", &node(from), &node(to));
-        moved.ok = del.is_ok() && add.is_ok() && ip_after == Some(old_ip) && listening == Ok(true);
+        moved.ok =
+            del.is_ok() && add.is_ok() && ip_after == Some(old_ip) && ipv6_after == old.ipv6 && listening == Ok(true);
         moved.detail = match (&del, &add) {
             (Err(e), _) | (_, Err(e)) => e.message.clone(),
             _ if listening != Ok(true) => format!("the new sandbox's server did not start: {listening:?}"),
@@ -289,7 +289,8 @@ impl Topology {
                 "{} {}: DEL on {}, ADD on {} {:.0} ms later ({})",
                 report.pod,
                 match ip_after {
-                    Some(ip) if ip == old_ip => format!("kept {ip}"),
+                    Some(ip) if ip == old_ip && ipv6_after == old.ipv6 => format!("kept {}", old.addresses()),
+                    Some(ip) if ip == old_ip => format!("kept {ip}, but IPv6 {:?} became {ipv6_after:?}", old.ipv6),
                     Some(ip) => format!("had {}, got {ip}", old_ip),
                     None => format!("had {}, got none", old_ip),
                 },
