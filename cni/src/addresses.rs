@@ -1,15 +1,15 @@
-//! Where a pod's address comes from: this node's own ranges, kept in files by the plugin
+//! Where a pod's addresses come from: this node's own ranges, kept in files by the plugin
 //! (`"ipam": {"type": "local"}`, the default), or the cluster-wide pool vswitchd allocates from
 //! (`"ipam": {"type": "vswitchd"}`, on etcd). The verbs ask this, never a store directly.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::Path;
 
-use vswitch_api::api::{AssignSpec, ErrorCode, PodRef};
+use vswitch_api::api::{AssignSpec, ErrorCode, IpFamilies, PodRef};
 
 use crate::client::{ClientError, Vswitch};
 use crate::ipam::Ipam;
-use crate::spec::{Attachment, CniError, Code};
+use crate::spec::{Attachment, CniError, Code, PodIps};
 
 #[derive(Debug)]
 pub enum Addresses {
@@ -33,68 +33,62 @@ fn cluster_error(e: ClientError) -> CniError {
     }
 }
 
-fn ipv4(ip: IpAddr) -> Result<Ipv4Addr, CniError> {
-    match ip {
-        IpAddr::V4(v4) => Ok(v4),
-        IpAddr::V6(v6) => Err(CniError::new(
-            Code::InvalidConfig,
-            format!("vswitchd handed out {v6}: IPv6 pods are not supported yet"),
-        )),
-    }
+/// vswitchd's addresses as a pod's: one per family.
+fn pod_ips(ips: Vec<IpAddr>) -> Result<PodIps, CniError> {
+    PodIps::from_ips(ips).map_err(|e| CniError::with_details(Code::SwitchRefused, "vswitchd's addresses", e))
 }
 
 impl Addresses {
-    /// The address for `owner` (the one it has, the requested one, or a new one), and whether
-    /// this call assigned it (false: undoing a failed ADD must not release it).
+    /// The addresses for `owner` (the ones it has, the requested ones, or new ones; one per
+    /// family of the network), and whether this call assigned them (false: undoing a failed ADD
+    /// must not release them).
     pub fn assign(
         &self,
         owner: &Attachment,
-        requested: Option<Ipv4Addr>,
+        requested: PodIps,
+        families: Option<IpFamilies>,
         netns: &Path,
         pod: Option<PodRef>,
-    ) -> Result<(Ipv4Addr, bool), CniError> {
-        match self {
-            Addresses::Local(ipam) => Ok(ipam.allocate_for(owner, requested, Some(netns))?),
+    ) -> Result<(PodIps, bool), CniError> {
+        let (ips, new) = match self {
+            Addresses::Local(ipam) => ipam.allocate_for(owner, requested, Some(netns))?,
             Addresses::Cluster(vswitch) => {
-                let spec = AssignSpec {
-                    owner: owner.clone(),
-                    netns: netns.into(),
-                    pod,
-                    ips: requested.map(IpAddr::V4).into_iter().collect(),
-                    families: None,
-                };
+                let ips = requested.iter().collect();
+                let spec = AssignSpec { owner: owner.clone(), netns: netns.into(), pod, ips, families };
                 let view = vswitch.ipam_assign(spec).map_err(cluster_error)?;
-                Ok((ipv4(view.ips[0])?, view.new))
+                (pod_ips(view.ips)?, view.new)
             }
+        };
+        if ips.is_empty() {
+            return Err(CniError::new(Code::InvalidConfig, "the network has no address family to assign from"));
         }
+        Ok((ips, new))
     }
 
-    /// Gives `owner`'s address back (releasing twice is fine).
-    pub fn release(&self, owner: &Attachment) -> Result<Option<Ipv4Addr>, CniError> {
+    /// Gives `owner`'s addresses back (releasing twice is fine).
+    pub fn release(&self, owner: &Attachment) -> Result<PodIps, CniError> {
         match self {
             Addresses::Local(ipam) => Ok(ipam.release(owner)?),
-            Addresses::Cluster(vswitch) => {
-                let released = vswitch.ipam_release(owner).map_err(cluster_error)?;
-                Ok(released.released.into_iter().find_map(|ip| ipv4(ip).ok()))
-            }
+            Addresses::Cluster(vswitch) => pod_ips(vswitch.ipam_release(owner).map_err(cluster_error)?.released),
         }
     }
 
-    pub fn lookup(&self, owner: &Attachment) -> Result<Option<Ipv4Addr>, CniError> {
+    /// `owner`'s addresses (none: it has no allocation).
+    pub fn lookup(&self, owner: &Attachment) -> Result<PodIps, CniError> {
         match self {
             Addresses::Local(ipam) => Ok(ipam.lookup(owner)?),
             Addresses::Cluster(vswitch) => match vswitch.ipam_lookup(owner) {
-                Ok(view) => Ok(Some(ipv4(view.ips[0])?)),
-                Err(e) if e.code() == Some(ErrorCode::NotFound) => Ok(None),
+                Ok(view) => pod_ips(view.ips),
+                Err(e) if e.code() == Some(ErrorCode::NotFound) => Ok(PodIps::default()),
                 Err(e) => Err(cluster_error(e)),
             },
         }
     }
 
-    /// Could an ADD get an address now?
+    /// Could an ADD get its addresses now?
     pub fn can_assign(&self) -> Result<bool, CniError> {
         match self {
-            Addresses::Local(ipam) => Ok(ipam.free()? > 0),
+            Addresses::Local(ipam) => Ok(ipam.can_allocate()?),
             Addresses::Cluster(vswitch) => {
                 let view = vswitch.ipam().map_err(cluster_error)?;
                 Ok(view.this_node.warm > 0 || (view.store_reachable && view.free > 0))

@@ -1,56 +1,90 @@
-//! Node IPAM: VPC addresses from the ranges this node was given.
+//! Node IPAM: VPC addresses from the ranges this node was given, one per family the ranges
+//! have (IPv4, IPv6 or both).
 //!
 //! One JSON state file per network, changed only under an exclusive `flock` and replaced with
 //! `vswitch_api::file::write_atomic` (temporary, fsync, rename, fsync the directory): a crash at
 //! any instant leaves either the old or the new state, so an address is never handed out twice and an allocation is never lost
 //! (the DEL or GC that follows a crashed ADD releases it). Allocations are keyed by container ID
-//! and interface, so a repeated ADD gets the same address. A released address stays out of use
-//! for `reuse_delay` (conntrack's SYN_SENT timeout is 120 s), so a new pod never receives the old
-//! one's connections.
+//! and interface, so a repeated ADD gets the same addresses; a dual-stack pod's two addresses are
+//! taken in one change of the state, so it gets both or neither. A released address stays out of
+//! use for `reuse_delay` (conntrack's SYN_SENT timeout is 120 s), so a new pod never receives the
+//! old one's connections. Ranges are never enumerated (an IPv6 range may be a /64): the search
+//! for a free address only steps over the addresses the state names.
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{Attachment, RangeConf};
+use crate::spec::{ip_number, Attachment, PodIps, RangeConf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IpamError {
     #[error("no free address in {0} (released ones wait out their reuse delay)")]
     Exhausted(String),
     #[error("{ip} is outside this node's ranges ({ranges})")]
-    OutOfRange { ip: Ipv4Addr, ranges: String },
+    OutOfRange { ip: IpAddr, ranges: String },
     #[error("{ip} is in use by container {holder}")]
-    Taken { ip: Ipv4Addr, holder: String },
+    Taken { ip: IpAddr, holder: String },
     #[error("container {owner} already has {has}; it cannot also take {wanted}")]
-    OwnerHasAnother { owner: String, has: Ipv4Addr, wanted: Ipv4Addr },
+    OwnerHasAnother { owner: String, has: IpAddr, wanted: IpAddr },
     #[error("IPAM state {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("IPAM state {path} is corrupt: {source}")]
     Corrupt { path: PathBuf, source: serde_json::Error },
 }
 
+/// The state file. Addresses of both families share the maps (an IPv4-only file of an older
+/// vpc-cni reads as it is).
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct State {
-    allocations: BTreeMap<Ipv4Addr, Attachment>,
+    allocations: BTreeMap<IpAddr, Attachment>,
     /// Address -> release time (seconds since the epoch).
-    released: BTreeMap<Ipv4Addr, u64>,
-    /// Where the next search starts, so addresses are used round-robin.
+    released: BTreeMap<IpAddr, u64>,
+    /// Where the next IPv4 search starts, so addresses are used round-robin.
     last: Option<Ipv4Addr>,
+    /// The same for IPv6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last6: Option<Ipv6Addr>,
     /// The sandbox each allocation was made for, so GC can remove a TAP without vswitchd.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    sandboxes: BTreeMap<Ipv4Addr, PathBuf>,
+    sandboxes: BTreeMap<IpAddr, PathBuf>,
 }
 
-/// One allocation as GC sees it.
+impl State {
+    fn held_by(&self, owner: &Attachment) -> PodIps {
+        let mut ips = PodIps::default();
+        for (ip, _) in self.allocations.iter().filter(|(_, o)| *o == owner) {
+            // Two of one family cannot be written by this code; the first one counts.
+            let _ = ips.add(*ip);
+        }
+        ips
+    }
+
+    fn last(&self, ipv6: bool) -> Option<IpAddr> {
+        if ipv6 {
+            self.last6.map(IpAddr::V6)
+        } else {
+            self.last.map(IpAddr::V4)
+        }
+    }
+
+    fn set_last(&mut self, ip: IpAddr) {
+        match ip {
+            IpAddr::V4(v4) => self.last = Some(v4),
+            IpAddr::V6(v6) => self.last6 = Some(v6),
+        }
+    }
+}
+
+/// One attachment's allocation as GC sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allocation {
-    pub ip: Ipv4Addr,
+    pub ips: PodIps,
     pub owner: Attachment,
     pub netns: Option<PathBuf>,
 }
@@ -64,6 +98,14 @@ pub struct Ipam {
 
 fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn ip_of(number: u128, ipv6: bool) -> IpAddr {
+    if ipv6 {
+        IpAddr::V6(number.into())
+    } else {
+        IpAddr::V4(Ipv4Addr::from(number as u32))
+    }
 }
 
 impl Ipam {
@@ -104,118 +146,161 @@ impl Ipam {
         Ok(value)
     }
 
-    fn candidates(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
-        self.ranges.iter().flat_map(|r| (u32::from(r.range_start)..=u32::from(r.range_end)).map(Ipv4Addr::from))
+    /// The families the ranges have, IPv4 first (`true`: IPv6).
+    fn families(&self) -> impl Iterator<Item = bool> + '_ {
+        [false, true].into_iter().filter(|&ipv6| self.ranges.iter().any(|r| r.is_ipv6() == ipv6))
     }
 
-    fn usable(&self, state: &State, ip: Ipv4Addr, now: u64) -> bool {
+    fn usable(&self, state: &State, ip: IpAddr, now: u64) -> bool {
         !state.allocations.contains_key(&ip)
             && state.released.get(&ip).is_none_or(|&t| now.saturating_sub(t) >= self.reuse_delay.as_secs())
     }
 
-    /// The address for `owner`: the one it already has, or the next usable one.
-    pub fn allocate(&self, owner: &Attachment) -> Result<Ipv4Addr, IpamError> {
-        self.allocate_for(owner, None, None).map(|(ip, _)| ip)
+    /// The next usable address of a family after the last one handed out (round-robin over the
+    /// ranges in their order). Every unusable candidate is allocated or released, so looking at
+    /// that many plus one candidates finds a usable one if there is any: the walk is bounded by
+    /// the state's size, never by the ranges'.
+    fn next_free(&self, state: &State, ipv6: bool, now: u64) -> Option<IpAddr> {
+        let spans: Vec<(u128, u128)> =
+            self.ranges.iter().filter(|r| r.is_ipv6() == ipv6).map(RangeConf::span).collect();
+        let last = state.last(ipv6).map(ip_number);
+        let (first, from) =
+            match last.and_then(|l| spans.iter().position(|&(s, e)| (s..=e).contains(&l)).map(|i| (i, l))) {
+                Some((i, l)) if l < spans[i].1 => (i, l + 1),
+                Some((i, _)) => ((i + 1) % spans.len(), spans[(i + 1) % spans.len()].0),
+                None => (0, spans.first()?.0),
+            };
+        // From `from` to the end of its range, the ranges after it, those before it, and the
+        // start of its own range.
+        let walk = std::iter::once((from, spans[first].1))
+            .chain(spans[first + 1..].iter().chain(&spans[..first]).copied())
+            .chain((from > spans[first].0).then(|| (spans[first].0, from - 1)));
+        let bound = state.allocations.len() + state.released.len() + 1;
+        walk.flat_map(|(s, e)| s..=e).take(bound).map(|n| ip_of(n, ipv6)).find(|&ip| self.usable(state, ip, now))
     }
 
-    /// `ip` for `owner`, if it is in the ranges and nobody else holds it (a recently released
-    /// address may be asked for by name: the reuse delay only steers automatic choice).
-    pub fn allocate_specific(&self, owner: &Attachment, ip: Ipv4Addr) -> Result<Ipv4Addr, IpamError> {
-        self.allocate_for(owner, Some(ip), None).map(|(ip, _)| ip)
+    /// The addresses for `owner`: the ones it already has, or the next usable ones.
+    pub fn allocate(&self, owner: &Attachment) -> Result<PodIps, IpamError> {
+        self.allocate_for(owner, PodIps::default(), None).map(|(ips, _)| ips)
     }
 
-    /// The address for `owner` (the requested one, or the next usable one), recording the
-    /// sandbox; also says whether this call made the allocation (false: `owner` had it already,
-    /// so undoing a failed ADD must not release it).
+    /// `ip` for `owner` (and the next usable address of the other family, if the network has
+    /// it), if `ip` is in the ranges and nobody else holds it (a recently released address may be
+    /// asked for by name: the reuse delay only steers automatic choice).
+    pub fn allocate_specific(&self, owner: &Attachment, ip: IpAddr) -> Result<PodIps, IpamError> {
+        let requested = PodIps::from_ips([ip]).expect("one address");
+        self.allocate_for(owner, requested, None).map(|(ips, _)| ips)
+    }
+
+    /// One address per family of the ranges for `owner` (the requested one, or the next usable
+    /// one), recording the sandbox; also says whether this call made the allocation (false:
+    /// `owner` had addresses already, so undoing a failed ADD must not release them). All or
+    /// nothing: a family that fails leaves the state as it was.
     pub fn allocate_for(
         &self,
         owner: &Attachment,
-        requested: Option<Ipv4Addr>,
+        requested: PodIps,
         netns: Option<&Path>,
-    ) -> Result<(Ipv4Addr, bool), IpamError> {
+    ) -> Result<(PodIps, bool), IpamError> {
         self.with_state(|state| {
             let now = now_secs();
-            let existing = state.allocations.iter().find(|(_, o)| *o == owner).map(|(ip, _)| *ip);
-            if let Some(ip) = existing {
-                return match requested {
-                    Some(wanted) if wanted != ip => {
-                        Err(IpamError::OwnerHasAnother { owner: owner.container_id.clone(), has: ip, wanted })
+            for ip in requested.iter() {
+                if !self.ranges.iter().any(|r| r.contains(ip)) {
+                    return Err(IpamError::OutOfRange { ip, ranges: self.describe(None) });
+                }
+                match state.allocations.get(&ip) {
+                    Some(holder) if holder != owner => {
+                        return Err(IpamError::Taken { ip, holder: holder.container_id.clone() })
                     }
-                    _ => Ok(((ip, false), false)),
+                    _ => {}
+                }
+            }
+            let had = state.held_by(owner);
+            for (has, wanted) in had.iter().flat_map(|has| requested.iter().map(move |wanted| (has, wanted))) {
+                if has.is_ipv6() == wanted.is_ipv6() && has != wanted {
+                    return Err(IpamError::OwnerHasAnother { owner: owner.container_id.clone(), has, wanted });
+                }
+            }
+            let mut got = had;
+            for ipv6 in self.families() {
+                if got.iter().any(|ip| ip.is_ipv6() == ipv6) {
+                    continue;
+                }
+                let ip = match requested.iter().find(|ip| ip.is_ipv6() == ipv6) {
+                    Some(ip) => ip,
+                    None => {
+                        let ip = self
+                            .next_free(state, ipv6, now)
+                            .ok_or_else(|| IpamError::Exhausted(self.describe(Some(ipv6))))?;
+                        state.set_last(ip);
+                        ip
+                    }
                 };
-            }
-            let ip = match requested {
-                Some(ip) => {
-                    if !self.candidates().any(|c| c == ip) {
-                        return Err(IpamError::OutOfRange { ip, ranges: self.describe() });
-                    }
-                    if let Some(holder) = state.allocations.get(&ip) {
-                        return Err(IpamError::Taken { ip, holder: holder.container_id.clone() });
-                    }
-                    ip
+                state.allocations.insert(ip, owner.clone());
+                if let Some(netns) = netns {
+                    state.sandboxes.insert(ip, netns.to_path_buf());
                 }
-                None => {
-                    let all: Vec<Ipv4Addr> = self.candidates().collect();
-                    let start = state.last.and_then(|l| all.iter().position(|&ip| ip == l)).map_or(0, |p| p + 1);
-                    let ip = (0..all.len())
-                        .map(|i| all[(start + i) % all.len()])
-                        .find(|&ip| self.usable(state, ip, now))
-                        .ok_or_else(|| IpamError::Exhausted(self.describe()))?;
-                    state.last = Some(ip);
-                    ip
-                }
-            };
-            state.allocations.insert(ip, owner.clone());
-            if let Some(netns) = netns {
-                state.sandboxes.insert(ip, netns.to_path_buf());
+                state.released.remove(&ip);
+                got.add(ip).expect("one per family");
             }
-            state.released.remove(&ip);
-            state.released.retain(|_, t| now.saturating_sub(*t) < self.reuse_delay.as_secs());
-            Ok(((ip, true), true))
+            let changed = got != had;
+            if changed {
+                state.released.retain(|_, t| now.saturating_sub(*t) < self.reuse_delay.as_secs());
+            }
+            Ok(((got, had.is_empty()), changed))
         })
     }
 
-    /// Releases `owner`'s address, if it has one (releasing twice is fine).
-    pub fn release(&self, owner: &Attachment) -> Result<Option<Ipv4Addr>, IpamError> {
+    /// Releases `owner`'s addresses, if it has any (releasing twice is fine).
+    pub fn release(&self, owner: &Attachment) -> Result<PodIps, IpamError> {
         self.with_state(|state| {
-            let Some(ip) = state.allocations.iter().find(|(_, o)| *o == owner).map(|(ip, _)| *ip) else {
-                return Ok((None, false));
-            };
-            state.allocations.remove(&ip);
-            state.sandboxes.remove(&ip);
-            state.released.insert(ip, now_secs());
-            Ok((Some(ip), true))
+            let ips = state.held_by(owner);
+            let now = now_secs();
+            for ip in ips.iter() {
+                state.allocations.remove(&ip);
+                state.sandboxes.remove(&ip);
+                state.released.insert(ip, now);
+            }
+            Ok((ips, !ips.is_empty()))
         })
     }
 
-    pub fn lookup(&self, owner: &Attachment) -> Result<Option<Ipv4Addr>, IpamError> {
-        self.with_state(|state| Ok((state.allocations.iter().find(|(_, o)| *o == owner).map(|(ip, _)| *ip), false)))
+    /// `owner`'s addresses (none: it has no allocation).
+    pub fn lookup(&self, owner: &Attachment) -> Result<PodIps, IpamError> {
+        self.with_state(|state| Ok((state.held_by(owner), false)))
     }
 
-    pub fn allocations(&self) -> Result<Vec<(Ipv4Addr, Attachment)>, IpamError> {
+    pub fn allocations(&self) -> Result<Vec<(IpAddr, Attachment)>, IpamError> {
         self.with_state(|state| Ok((state.allocations.iter().map(|(ip, o)| (*ip, o.clone())).collect(), false)))
     }
 
-    /// Every allocation with the sandbox it was made for (when recorded).
+    /// Every attachment with its addresses and the sandbox they were allocated for (when recorded).
     pub fn allocations_with_sandbox(&self) -> Result<Vec<Allocation>, IpamError> {
         self.with_state(|state| {
-            let list = state
-                .allocations
-                .iter()
-                .map(|(ip, o)| Allocation { ip: *ip, owner: o.clone(), netns: state.sandboxes.get(ip).cloned() })
-                .collect();
-            Ok((list, false))
+            let mut by_owner: BTreeMap<&Attachment, Allocation> = BTreeMap::new();
+            for (ip, owner) in &state.allocations {
+                let entry = by_owner.entry(owner).or_insert_with(|| Allocation {
+                    ips: PodIps::default(),
+                    owner: owner.clone(),
+                    netns: None,
+                });
+                let _ = entry.ips.add(*ip);
+                entry.netns = entry.netns.take().or_else(|| state.sandboxes.get(ip).cloned());
+            }
+            Ok((by_owner.into_values().collect(), false))
         })
     }
 
-    /// Addresses that could be handed out now.
-    pub fn free(&self) -> Result<usize, IpamError> {
+    /// Could an ADD get its addresses now (a usable one in every family)?
+    pub fn can_allocate(&self) -> Result<bool, IpamError> {
         let now = now_secs();
-        self.with_state(|state| Ok((self.candidates().filter(|&ip| self.usable(state, ip, now)).count(), false)))
+        self.with_state(|state| Ok((self.families().all(|ipv6| self.next_free(state, ipv6, now).is_some()), false)))
     }
 
-    fn describe(&self) -> String {
-        self.ranges.iter().map(|r| format!("{}-{}", r.range_start, r.range_end)).collect::<Vec<_>>().join(", ")
+    /// The ranges, or those of one family (`Some(true)`: IPv6).
+    fn describe(&self, ipv6: Option<bool>) -> String {
+        let ranges = self.ranges.iter().filter(|r| ipv6.is_none_or(|v6| r.is_ipv6() == v6));
+        ranges.map(|r| r.to_string()).collect::<Vec<_>>().join(", ")
     }
 }
 
@@ -224,15 +309,112 @@ mod tests {
     use super::*;
 
     fn fresh(delay: u64) -> (Ipam, PathBuf) {
+        with_ranges(delay, &[("10.0.0.1", "10.0.0.3")])
+    }
+
+    fn with_ranges(delay: u64, ranges: &[(&str, &str)]) -> (Ipam, PathBuf) {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "vpc-ipam-{}-{}",
             std::process::id(),
             N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
-        let ranges =
-            vec![RangeConf { range_start: "10.0.0.1".parse().unwrap(), range_end: "10.0.0.3".parse().unwrap() }];
+        let ranges = ranges
+            .iter()
+            .map(|(start, end)| RangeConf { range_start: start.parse().unwrap(), range_end: end.parse().unwrap() })
+            .collect();
         (Ipam::new(&dir, ranges, Duration::from_secs(delay)), dir)
+    }
+
+    /// A /64 less its first address: 2^64 - 1 addresses, far too many to enumerate.
+    const SLASH_64: (&str, &str) = ("fd00:10::1", "fd00:10::ffff:ffff:ffff:ffff");
+
+    fn ips(text: &str) -> PodIps {
+        PodIps::parse_list(text.split(',')).unwrap()
+    }
+
+    #[test]
+    fn a_dual_stack_network_gives_one_address_per_family_from_a_slash_64_without_enumerating_it() {
+        let (ipam, dir) = with_ranges(0, &[SLASH_64, ("10.0.0.1", "10.0.0.3")]);
+        let a = ipam.allocate(&owner("a")).unwrap();
+        assert_eq!(a, ips("10.0.0.1,fd00:10::1"));
+        assert_eq!(ipam.allocate(&owner("a")).unwrap(), a, "repeated ADD gets the same addresses");
+        assert_eq!(ipam.lookup(&owner("a")).unwrap(), a);
+        assert_eq!(ipam.allocate(&owner("b")).unwrap(), ips("10.0.0.2,fd00:10::2"));
+        assert_eq!(ipam.release(&owner("a")).unwrap(), a);
+        // Round-robin per family: the next one follows the last handed out, not the released one.
+        assert_eq!(ipam.allocate(&owner("c")).unwrap(), ips("10.0.0.3,fd00:10::3"));
+        assert_eq!(ipam.allocations_with_sandbox().unwrap().len(), 2, "grouped by attachment");
+        // A requested IPv6 address, anywhere in the /64, with the next IPv4 one.
+        let d = ipam.allocate_specific(&owner("d"), "fd00:10::ffff:ffff:ffff:ffff".parse().unwrap()).unwrap();
+        assert_eq!(d, ips("10.0.0.1,fd00:10::ffff:ffff:ffff:ffff"));
+        // A requested address does not move the round-robin.
+        ipam.release(&owner("b")).unwrap();
+        assert_eq!(ipam.allocate(&owner("e")).unwrap().v6, Some("fd00:10::4".parse().unwrap()));
+        assert!(matches!(
+            ipam.allocate_specific(&owner("f"), "fd00:11::1".parse().unwrap()),
+            Err(IpamError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            ipam.allocate_specific(&owner("f"), "fd00:10::ffff:ffff:ffff:ffff".parse().unwrap()),
+            Err(IpamError::Taken { .. })
+        ));
+        assert!(ipam.lookup(&owner("f")).unwrap().is_empty());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn dual_stack_allocation_is_all_or_nothing() {
+        // IPv4 runs out first: no IPv6 address is taken for the pod that cannot have both.
+        let (ipam, dir) = with_ranges(120, &[("10.0.0.1", "10.0.0.1"), SLASH_64]);
+        ipam.allocate(&owner("a")).unwrap();
+        assert!(matches!(ipam.allocate(&owner("b")), Err(IpamError::Exhausted(r)) if r == "10.0.0.1-10.0.0.1"));
+        assert!(ipam.lookup(&owner("b")).unwrap().is_empty());
+        assert_eq!(ipam.allocations().unwrap().len(), 2);
+        assert!(!ipam.can_allocate().unwrap(), "one family exhausted is no ADD");
+        std::fs::remove_dir_all(dir).unwrap();
+        // IPv6 runs out first: the IPv4 address is not kept either.
+        let (ipam, dir) = with_ranges(120, &[("10.0.0.1", "10.0.0.9"), ("fd00::1", "fd00::1")]);
+        ipam.allocate(&owner("a")).unwrap();
+        assert!(matches!(ipam.allocate(&owner("b")), Err(IpamError::Exhausted(r)) if r == "fd00::1-fd00::1"));
+        assert_eq!(ipam.allocations().unwrap().len(), 2);
+        // Released, the address cools down before anyone gets it again.
+        ipam.release(&owner("a")).unwrap();
+        assert!(matches!(ipam.allocate(&owner("b")), Err(IpamError::Exhausted(_))));
+        assert!(ipam.allocations().unwrap().is_empty());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_ipv6_only_network_and_its_cooling_addresses() {
+        let (ipam, dir) = with_ranges(120, &[("fd00::a", "fd00::c"), ("fd00:1::", "fd00:1::1")]);
+        let got: Vec<PodIps> = (0..5).map(|i| ipam.allocate(&owner(&format!("p{i}"))).unwrap()).collect();
+        let text: Vec<String> = got.iter().map(|g| g.to_string()).collect();
+        assert_eq!(text, ["fd00::a", "fd00::b", "fd00::c", "fd00:1::", "fd00:1::1"]);
+        assert!(matches!(
+            ipam.allocate_specific(&owner("x"), "10.0.0.1".parse().unwrap()),
+            Err(IpamError::OutOfRange { .. })
+        ));
+        ipam.release(&owner("p1")).unwrap();
+        assert!(matches!(ipam.allocate(&owner("p5")), Err(IpamError::Exhausted(_))), "fd00::b is cooling");
+        // Asked for by name, a cooling address is given.
+        assert_eq!(ipam.allocate_specific(&owner("p5"), "fd00::b".parse().unwrap()).unwrap(), ips("fd00::b"));
+        assert!(matches!(
+            ipam.allocate_specific(&owner("p5"), "fd00::c".parse().unwrap()),
+            Err(IpamError::Taken { .. })
+        ));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_state_file_of_the_ipv4_only_plugin_reads_as_it_is() {
+        let (ipam, dir) = fresh(120);
+        std::fs::create_dir_all(&dir).unwrap();
+        let old = r#"{"allocations":{"10.0.0.2":{"containerID":"a","ifname":"eth0"}},"released":{"10.0.0.1":1},"last":"10.0.0.2","sandboxes":{"10.0.0.2":"/run/netns/a"}}"#;
+        std::fs::write(dir.join("state.json"), old).unwrap();
+        assert_eq!(ipam.lookup(&owner("a")).unwrap(), ips("10.0.0.2"));
+        assert_eq!(ipam.allocate(&owner("b")).unwrap(), ips("10.0.0.3"));
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     fn owner(id: &str) -> Attachment {
@@ -248,7 +430,7 @@ mod tests {
         let c = ipam.allocate(&owner("c")).unwrap();
         assert!(a != b && b != c && a != c);
         assert!(matches!(ipam.allocate(&owner("d")), Err(IpamError::Exhausted(_))));
-        assert_eq!(ipam.free().unwrap(), 0);
+        assert!(!ipam.can_allocate().unwrap());
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -258,8 +440,8 @@ mod tests {
         let a = ipam.allocate(&owner("a")).unwrap();
         ipam.allocate(&owner("b")).unwrap();
         ipam.allocate(&owner("c")).unwrap();
-        assert_eq!(ipam.release(&owner("a")).unwrap(), Some(a));
-        assert_eq!(ipam.release(&owner("a")).unwrap(), None, "second release is fine");
+        assert_eq!(ipam.release(&owner("a")).unwrap(), a);
+        assert!(ipam.release(&owner("a")).unwrap().is_empty(), "second release is fine");
         assert!(matches!(ipam.allocate(&owner("d")), Err(IpamError::Exhausted(_))), "{a} must not be reused yet");
         std::fs::remove_dir_all(dir).unwrap();
 
@@ -288,11 +470,11 @@ mod tests {
             ipam.allocate_specific(&owner("a"), "10.0.0.3".parse().unwrap()),
             Err(IpamError::OwnerHasAnother { .. })
         ));
-        let (ip, new) = ipam.allocate_for(&owner("c"), None, Some(Path::new("/run/netns/c"))).unwrap();
+        let (ip, new) = ipam.allocate_for(&owner("c"), PodIps::default(), Some(Path::new("/run/netns/c"))).unwrap();
         assert!(new && ip.to_string() != "10.0.0.2");
-        assert!(!ipam.allocate_for(&owner("c"), None, None).unwrap().1, "already had it");
+        assert!(!ipam.allocate_for(&owner("c"), PodIps::default(), None).unwrap().1, "already had it");
         let all = ipam.allocations_with_sandbox().unwrap();
-        assert_eq!(all.iter().find(|a| a.ip == ip).unwrap().netns.as_deref(), Some(Path::new("/run/netns/c")));
+        assert_eq!(all.iter().find(|a| a.ips == ip).unwrap().netns.as_deref(), Some(Path::new("/run/netns/c")));
         ipam.release(&owner("c")).unwrap();
         assert!(ipam.allocations_with_sandbox().unwrap().iter().all(|a| a.netns.is_none()));
         std::fs::remove_dir_all(dir).unwrap();
@@ -313,7 +495,9 @@ mod tests {
                 .map(|t| {
                     let ipam = ipam.clone();
                     s.spawn(move || {
-                        (0..25).map(|i| ipam.allocate(&owner(&format!("{t}-{i}"))).unwrap()).collect::<Vec<_>>()
+                        (0..25)
+                            .map(|i| ipam.allocate(&owner(&format!("{t}-{i}"))).unwrap().v4.unwrap())
+                            .collect::<Vec<_>>()
                     })
                 })
                 .collect();

@@ -108,7 +108,7 @@ fn log(
         "podName": arg("K8S_POD_NAME"),
         "network": conf.get("name"),
         "cniVersion": conf.get("cniVersion"),
-        "address": notes.address.map(|a| a.to_string()),
+        "address": (!notes.addresses.is_empty()).then(|| notes.addresses.to_string()),
         "durationMs": (began.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
         "ok": outcome.is_ok(),
     });

@@ -9,7 +9,6 @@
 //! reports them at the end. The plugin decides on vswitchd's answers by their error code only.
 
 use std::cell::RefCell;
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -20,7 +19,7 @@ use crate::addresses::Addresses;
 use crate::client::{ClientError, Vswitch};
 use crate::ipam::{Ipam, IpamError};
 use crate::podnet::{self, PodInterface, PodNetError};
-use crate::spec::{add_result, Attachment, CniError, Code, Environment, IpamSource, NetConf};
+use crate::spec::{add_result, Attachment, CniError, Code, Environment, IpamSource, NetConf, PodIps};
 
 impl From<IpamError> for CniError {
     fn from(e: IpamError) -> Self {
@@ -62,17 +61,19 @@ impl From<podnet::PodNetError> for CniError {
 
 pub use vswitch_api::api::port_name;
 
-/// The pod's MAC: locally administered, derived from its address, so it is stable across
-/// re-attachments and easy to read in a capture.
-pub fn pod_mac(ip: Ipv4Addr) -> MacAddr {
-    MacAddr::local_from(ip.octets())
+/// The pod's MAC: locally administered, derived from its IPv4 address (an IPv6-only pod's: the
+/// last four bytes of its IPv6 address), so it is stable across re-attachments and easy to read
+/// in a capture.
+pub fn pod_mac(ips: PodIps) -> MacAddr {
+    let v6_tail = |v6: std::net::Ipv6Addr| v6.octets()[12..].try_into().expect("four bytes");
+    MacAddr::local_from(ips.v4.map(|v4| v4.octets()).or_else(|| ips.v6.map(v6_tail)).unwrap_or_default())
 }
 
 /// What an invocation did, for the log line.
 #[derive(Debug, Default, Clone)]
 pub struct Notes {
-    /// The pod's address (assigned, checked or released).
-    pub address: Option<Ipv4Addr>,
+    /// The pod's addresses (assigned, checked or released).
+    pub addresses: PodIps,
     /// Things done differently than usual (vswitchd unreachable, ...).
     pub warnings: Vec<String>,
 }
@@ -131,9 +132,9 @@ impl Plugin {
         self.notes.borrow_mut().warnings.push(warning);
     }
 
-    fn note_address(&self, ip: Option<Ipv4Addr>) {
-        if ip.is_some() {
-            self.notes.borrow_mut().address = ip;
+    fn note_addresses(&self, ips: PodIps) {
+        if !ips.is_empty() {
+            self.notes.borrow_mut().addresses = ips;
         }
     }
 
@@ -159,25 +160,27 @@ impl Plugin {
         Ok(())
     }
 
-    fn interface<'a>(&'a self, owner: &'a Attachment, ip: Ipv4Addr, mac: MacAddr) -> PodInterface<'a> {
+    fn interface<'a>(&'a self, owner: &'a Attachment, ips: PodIps, mac: MacAddr) -> PodInterface<'a> {
         PodInterface {
             ifname: &owner.ifname,
             mac,
             mtu: self.conf.mtu,
-            ip,
+            ips,
             gateway: self.conf.gateway,
+            gateway6: self.conf.gateway6(),
             gateway_mac: self.conf.gateway_mac(),
         }
     }
 
-    /// The static address asked for by `runtimeConfig.ips` or `CNI_ARGS IP=` (they must agree).
-    fn requested_ip(&self, from_runtime: Option<Ipv4Addr>) -> Result<Option<Ipv4Addr>, CniError> {
-        match (from_runtime, self.env.args.ip) {
-            (Some(a), Some(b)) if a != b => Err(CniError::new(
+    /// The static addresses asked for by `runtimeConfig.ips` or `CNI_ARGS IP=` (they must agree).
+    fn requested_ips(&self, from_runtime: PodIps) -> Result<PodIps, CniError> {
+        match (from_runtime, self.env.args.ips) {
+            (a, b) if !a.is_empty() && !b.is_empty() && a != b => Err(CniError::new(
                 Code::InvalidConfig,
                 format!("runtimeConfig.ips asks for {a} but CNI_ARGS IP= for {b}"),
             )),
-            (a, b) => Ok(a.or(b)),
+            (a, b) if a.is_empty() => Ok(b),
+            (a, _) => Ok(a),
         }
     }
 
@@ -203,7 +206,7 @@ impl Plugin {
         let netns = self.netns();
         self.check_sandbox(&netns)?;
         let runtime = self.conf.runtime()?;
-        let requested_ip = self.requested_ip(runtime.ip)?;
+        let requested_ips = self.requested_ips(runtime.ips)?;
         let requested_mac = self.requested_mac(runtime.mac)?;
         // Fail before touching anything when the switch is down: the runtime retries later.
         self.vswitch().status()?;
@@ -216,13 +219,13 @@ impl Plugin {
         let mut undo: Vec<Box<dyn FnOnce()>> = Vec::new();
         let result = (|| {
             let addresses = self.addresses();
-            let (ip, new) = addresses.assign(&owner, requested_ip, &netns, self.pod_ref())?;
+            let (ips, new) = addresses.assign(&owner, requested_ips, self.conf.families(), &netns, self.pod_ref())?;
             if new {
                 let owner = owner.clone();
                 undo.push(Box::new(move || drop(addresses.release(&owner))));
             }
-            let mac = requested_mac.unwrap_or_else(|| pod_mac(ip));
-            let interface = self.interface(&owner, ip, mac);
+            let mac = requested_mac.unwrap_or_else(|| pod_mac(ips));
+            let interface = self.interface(&owner, ips, mac);
             match podnet::create(&netns, interface) {
                 // Appeared since the check above: still not ours.
                 Err(e @ PodNetError::Exists(_)) => return Err(e.into()),
@@ -237,8 +240,8 @@ impl Plugin {
                 name: name.clone(),
                 netns: netns.clone(),
                 ifname: owner.ifname.clone(),
-                ip: Some(ip),
-                ipv6: None,
+                ip: ips.v4,
+                ipv6: ips.v6,
                 mac,
                 mtu: Some(self.conf.mtu),
                 pod: self.pod_ref(),
@@ -252,8 +255,15 @@ impl Plugin {
                 }
                 other => drop(other?),
             }
-            self.note_address(Some(ip));
-            Ok(add_result(&self.conf, &owner.ifname, &mac.to_string(), &netns.display().to_string(), ip))
+            let vswitch = self.vswitch();
+            undo.push(Box::new(move || drop(vswitch.del_port(&name, true))));
+            // A tentative IPv6 address cannot be used yet; DAD only starts once vswitchd has
+            // attached the TAP (carrier up), so this waits here.
+            if let Some(v6) = ips.v6 {
+                podnet::settle(&netns, &owner.ifname, &[v6, mac.link_local()], podnet::SETTLE_TIMEOUT)?;
+            }
+            self.note_addresses(ips);
+            Ok(add_result(&self.conf, &owner.ifname, &mac.to_string(), &netns.display().to_string(), ips))
         })();
         if result.is_err() {
             for step in undo.into_iter().rev() {
@@ -302,11 +312,11 @@ impl Plugin {
             // once the sandbox is gone (a DEL never waits on vswitchd).
             Err(e) if e.code == Code::TryAgainLater && self.conf.ipam.source == IpamSource::Vswitchd => {
                 self.warn(format!("{e}; vswitchd releases the address once it sees the sandbox gone"));
-                None
+                PodIps::default()
             }
             other => other?,
         };
-        self.note_address(released);
+        self.note_addresses(released);
         removal?;
         Ok(())
     }
@@ -328,36 +338,41 @@ impl Plugin {
                     && i["sandbox"].as_str().is_none_or(|s| s.is_empty() || Path::new(s) == netns)
             })
         });
-        let ips = prev["ips"].as_array().cloned().unwrap_or_default();
-        let entry = ips
-            .iter()
-            .find(|e| ours.is_some_and(|i| e["interface"].as_u64() == Some(i as u64)))
-            .or_else(|| ips.iter().find(|e| e.get("interface").is_none()))
-            .or(ips.first());
-        let expected: Option<Ipv4Addr> =
-            entry.and_then(|e| e["address"].as_str()).and_then(|a| a.split('/').next()).and_then(|a| a.parse().ok());
-        let ip = self
-            .addresses()
-            .lookup(&owner)?
-            .ok_or_else(|| CniError::new(Code::UnknownContainer, "no address is reserved for this container"))?;
-        self.note_address(Some(ip));
-        if expected != Some(ip) {
+        let entries = prev["ips"].as_array().cloned().unwrap_or_default();
+        let pick = |keep: &dyn Fn(&serde_json::Value) -> bool| -> Vec<&str> {
+            entries.iter().filter(|e| keep(e)).filter_map(|e| e["address"].as_str()).collect()
+        };
+        let mut addresses = pick(&|e| ours.is_some_and(|i| e["interface"].as_u64() == Some(i as u64)));
+        if addresses.is_empty() {
+            addresses = pick(&|e| e.get("interface").is_none());
+        }
+        if addresses.is_empty() {
+            addresses = pick(&|_| true).into_iter().take(1).collect();
+        }
+        let expected = PodIps::parse_list(addresses.iter().copied())
+            .map_err(|e| CniError::with_details(Code::InvalidConfig, "prevResult's addresses", e))?;
+        let ips = self.addresses().lookup(&owner)?;
+        if ips.is_empty() {
+            return Err(CniError::new(Code::UnknownContainer, "no address is reserved for this container"));
+        }
+        self.note_addresses(ips);
+        if expected != ips {
             return Err(CniError::with_details(
                 Code::InvalidConfig,
-                "prevResult's address is not the reserved one",
-                format!("{expected:?} vs {ip}"),
+                "prevResult's addresses are not the reserved ones",
+                format!("{expected} vs {ips}"),
             ));
         }
         // MAC and MTU are not compared: a chained plugin (tuning) may have changed them.
-        podnet::check(&netns, self.interface(&owner, ip, pod_mac(ip)))?;
+        podnet::check(&netns, self.interface(&owner, ips, pod_mac(ips)))?;
         let name = port_name(&owner);
         let ports = self.vswitch().ports()?;
         let port = ports
             .iter()
             .find(|p| p.name == name)
             .ok_or_else(|| CniError::new(Code::SwitchRefused, format!("vswitchd has no port {name}")))?;
-        if !matches!(port.role, PortRole::Pod { ip: pip, .. } if pip == Some(ip)) {
-            return Err(CniError::new(Code::SwitchRefused, format!("vswitchd's port {name} has another address")));
+        if !matches!(port.role, PortRole::Pod { ip, ipv6, .. } if ip == ips.v4 && ipv6 == ips.v6) {
+            return Err(CniError::new(Code::SwitchRefused, format!("vswitchd's port {name} has other addresses")));
         }
         if port.link != vswitch_api::api::LinkState::Up {
             return Err(CniError::new(Code::SwitchRefused, format!("vswitchd's port {name} lost its TAP")));
@@ -404,7 +419,7 @@ impl Plugin {
                     }
                     Err(e) => {
                         failures
-                            .push(format!("{name}: vswitchd kept the port, so {} stays reserved: {e}", allocation.ip));
+                            .push(format!("{name}: vswitchd kept the port, so {} stays reserved: {e}", allocation.ips));
                         continue;
                     }
                 }
@@ -427,7 +442,7 @@ impl Plugin {
                 }
             }
             if let Err(e) = self.ipam().release(owner) {
-                failures.push(format!("{name}: releasing {}: {e}", allocation.ip));
+                failures.push(format!("{name}: releasing {}: {e}", allocation.ips));
             }
         }
         if failures.is_empty() {
@@ -463,10 +478,14 @@ impl Plugin {
             }
         }
         match vswitch.ipam_gc(keep) {
-            Ok(released) => self.note_address(released.released.iter().find_map(|ip| match ip {
-                std::net::IpAddr::V4(v4) => Some(*v4),
-                _ => None,
-            })),
+            Ok(released) => {
+                // The log line names one address per family; GC may have released many.
+                let mut first = PodIps::default();
+                for ip in released.released {
+                    let _ = first.add(ip);
+                }
+                self.note_addresses(first);
+            }
             Err(e) => failures.push(format!("releasing stale addresses: {e}")),
         }
         if failures.is_empty() {

@@ -3,10 +3,12 @@
 //! capabilities this plugin honours (`ips`, `mac`, `bandwidth`).
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+pub use vswitch_api::api::IpFamilies;
 
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
@@ -107,8 +109,9 @@ pub struct CniArgs {
     pub pod_name: Option<String>,
     pub pod_uid: Option<String>,
     pub infra_container_id: Option<String>,
-    /// `IP=10.10.40.77` (or `10.10.40.77/24`): a requested static address.
-    pub ip: Option<Ipv4Addr>,
+    /// `IP=10.10.40.77` (or `10.10.40.77/24`, or `10.10.40.77,fd00::77`): requested static
+    /// addresses, at most one per family.
+    pub ips: PodIps,
     /// `MAC=02:..`: the pod's MAC instead of the derived one.
     pub mac: Option<vswitch_api::MacAddr>,
 }
@@ -132,9 +135,8 @@ impl CniArgs {
                 "K8S_POD_UID" => args.pod_uid = Some(v),
                 "K8S_POD_INFRA_CONTAINER_ID" => args.infra_container_id = Some(v),
                 "IP" => {
-                    args.ip = Some(
-                        parse_ip(&v).map_err(|e| CniError::with_details(Code::InvalidEnvironment, "CNI_ARGS IP", e))?,
-                    )
+                    args.ips = PodIps::parse_list(v.split(','))
+                        .map_err(|e| CniError::with_details(Code::InvalidEnvironment, "CNI_ARGS IP", e))?
                 }
                 "MAC" => {
                     args.mac = Some(
@@ -156,19 +158,87 @@ impl CniArgs {
     }
 }
 
-/// An IPv4 address, alone or with a prefix length (`10.10.40.77` or `10.10.40.77/24`); the
-/// prefix is checked and dropped (pods get a /32 here).
-pub fn parse_ip(text: &str) -> Result<Ipv4Addr, String> {
+/// An address, alone or with a prefix length (`10.10.40.77`, `10.10.40.77/24`, `fd00::77/64`);
+/// the prefix is checked and dropped (pods get a /32 or /128 here).
+pub fn parse_ip(text: &str) -> Result<IpAddr, String> {
     let (addr, prefix) = match text.split_once('/') {
         Some((a, p)) => (a, Some(p)),
         None => (text, None),
     };
+    let ip = addr.parse::<IpAddr>().map_err(|_| format!("'{text}' is not an IP address"))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
     if let Some(p) = prefix {
-        if !p.parse::<u8>().is_ok_and(|p| p <= 32) {
+        if !p.parse::<u8>().is_ok_and(|p| p <= max) {
             return Err(format!("'{text}' has no valid prefix length"));
         }
     }
-    addr.parse::<Ipv4Addr>().map_err(|_| format!("'{text}' is not an IPv4 address (this network is IPv4 only)"))
+    Ok(ip)
+}
+
+/// A pod's addresses: at most one per family.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PodIps {
+    pub v4: Option<Ipv4Addr>,
+    pub v6: Option<Ipv6Addr>,
+}
+
+impl PodIps {
+    /// Adds `ip`; a second address of the same family is an error.
+    pub fn add(&mut self, ip: IpAddr) -> Result<(), String> {
+        match ip {
+            IpAddr::V4(v4) if self.v4.is_none() => self.v4 = Some(v4),
+            IpAddr::V6(v6) if self.v6.is_none() => self.v6 = Some(v6),
+            _ => return Err(format!("{ip} is a second address of its family; a pod has one per family")),
+        }
+        Ok(())
+    }
+
+    pub fn from_ips(ips: impl IntoIterator<Item = IpAddr>) -> Result<PodIps, String> {
+        let mut all = PodIps::default();
+        for ip in ips {
+            all.add(ip)?;
+        }
+        Ok(all)
+    }
+
+    /// Addresses as the runtime writes them ([`parse_ip`]).
+    pub fn parse_list<'a>(texts: impl IntoIterator<Item = &'a str>) -> Result<PodIps, String> {
+        let mut all = PodIps::default();
+        for text in texts {
+            all.add(parse_ip(text)?)?;
+        }
+        Ok(all)
+    }
+
+    /// IPv4 first.
+    pub fn iter(&self) -> impl Iterator<Item = IpAddr> {
+        self.v4.map(IpAddr::V4).into_iter().chain(self.v6.map(IpAddr::V6))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.v4.is_none() && self.v6.is_none()
+    }
+
+    pub fn families(&self) -> Option<IpFamilies> {
+        families(self.v4.is_some(), self.v6.is_some())
+    }
+}
+
+fn families(ipv4: bool, ipv6: bool) -> Option<IpFamilies> {
+    match (ipv4, ipv6) {
+        (true, true) => Some(IpFamilies::Dual),
+        (true, false) => Some(IpFamilies::Ipv4),
+        (false, true) => Some(IpFamilies::Ipv6),
+        (false, false) => None,
+    }
+}
+
+/// `10.10.40.77,fd00::77` (IPv4 first); empty when there is none.
+impl fmt::Display for PodIps {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let list: Vec<String> = self.iter().map(|ip| ip.to_string()).collect();
+        f.write_str(&list.join(","))
+    }
 }
 
 /// A MAC the pod may have: unicast and not all zeros.
@@ -306,6 +376,10 @@ pub struct IpamConf {
     /// Address ranges of the VPC subnet given to this node (`local` only).
     #[serde(default)]
     pub ranges: Vec<RangeConf>,
+    /// `vswitchd` only: the families a pod gets (`ipv4`, `ipv6`, `dual`); absent: every family
+    /// the cluster's pools hold. With `local` the ranges' families are the network's.
+    #[serde(default)]
+    pub ip_families: Option<IpFamilies>,
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
     /// Seconds a released address stays out of use (conntrack's SYN_SENT timeout is 120 s).
@@ -324,8 +398,38 @@ pub enum IpamSource {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct RangeConf {
-    pub range_start: Ipv4Addr,
-    pub range_end: Ipv4Addr,
+    pub range_start: IpAddr,
+    pub range_end: IpAddr,
+}
+
+/// An address as a number, so ranges of either family are spans of `u128`.
+pub fn ip_number(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u32::from(v4).into(),
+        IpAddr::V6(v6) => v6.into(),
+    }
+}
+
+impl RangeConf {
+    pub fn is_ipv6(&self) -> bool {
+        self.range_start.is_ipv6()
+    }
+
+    /// First and last address as numbers (inclusive).
+    pub fn span(&self) -> (u128, u128) {
+        (ip_number(self.range_start), ip_number(self.range_end))
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let (start, end) = self.span();
+        ip.is_ipv6() == self.is_ipv6() && (start..=end).contains(&ip_number(ip))
+    }
+}
+
+impl fmt::Display for RangeConf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.range_start, self.range_end)
+    }
 }
 
 fn default_socket() -> PathBuf {
@@ -408,19 +512,63 @@ impl NetConf {
             }
             _ => {}
         }
-        for r in &self.ipam.ranges {
-            if u32::from(r.range_start) > u32::from(r.range_end) {
-                return invalid(format!("range {}-{} is backwards", r.range_start, r.range_end));
-            }
-            if (u32::from(r.range_start)..=u32::from(r.range_end)).contains(&u32::from(self.gateway)) {
-                return invalid(format!("the gateway {} lies inside a pod range", self.gateway));
-            }
+        if self.ipam.source == IpamSource::Local && self.ipam.ip_families.is_some() {
+            return invalid(
+                "ipam.ipFamilies is for type vswitchd; with type local the ranges' families are used".into(),
+            );
         }
         if let Some(mac) = &self.gateway_mac {
             mac.parse::<vswitch_api::MacAddr>()
                 .map_err(|e| CniError::with_details(Code::InvalidConfig, "gatewayMac", e))?;
         }
+        for r in &self.ipam.ranges {
+            if r.range_start.is_ipv4() != r.range_end.is_ipv4() {
+                return invalid(format!("range {r} mixes IPv4 and IPv6"));
+            }
+            let (start, end) = r.span();
+            if start > end {
+                return invalid(format!("range {r} is backwards"));
+            }
+            for gateway in [IpAddr::V4(self.gateway), IpAddr::V6(self.gateway6())] {
+                if r.contains(gateway) {
+                    return invalid(format!("the gateway {gateway} lies inside the pod range {r}"));
+                }
+            }
+            // A range is contiguous, so this also keeps it out of fe80::/10 and ff00::/8 whole.
+            let special = |ip: IpAddr| match ip {
+                IpAddr::V6(v6) => v6.is_unspecified() || v6.is_multicast() || v6.segments()[0] & 0xffc0 == 0xfe80,
+                IpAddr::V4(v4) => v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast(),
+            };
+            if special(r.range_start) || special(r.range_end) {
+                return invalid(format!("range {r} starts or ends at an address a pod cannot have"));
+            }
+        }
+        // The IPAM's search for a free address counts on each address being in one range only.
+        for (i, a) in self.ipam.ranges.iter().enumerate() {
+            if let Some(b) =
+                self.ipam.ranges[i + 1..].iter().find(|b| b.contains(a.range_start) || a.contains(b.range_start))
+            {
+                return invalid(format!("ranges {a} and {b} overlap"));
+            }
+        }
         Ok(())
+    }
+
+    /// The pods' IPv6 gateway: the gateway MAC's link-local address (vswitchd answers it).
+    pub fn gateway6(&self) -> Ipv6Addr {
+        self.gateway_mac().link_local()
+    }
+
+    /// The families a pod of this network gets: the ranges' (local), or what `ipFamilies` asks
+    /// vswitchd for (None: whatever its pools hold).
+    pub fn families(&self) -> Option<IpFamilies> {
+        match self.ipam.source {
+            IpamSource::Vswitchd => self.ipam.ip_families,
+            IpamSource::Local => {
+                let any = |ipv6: bool| self.ipam.ranges.iter().any(|r| r.is_ipv6() == ipv6);
+                families(any(false), any(true))
+            }
+        }
     }
 
     pub fn gateway_mac(&self) -> vswitch_api::MacAddr {
@@ -456,8 +604,8 @@ impl NetConf {
 /// containerd's go-cni writes Go field names (`IngressRate`, `HostPort`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RuntimeConfig {
-    /// `ips`: the requested static address (one IPv4 address; a prefix length is accepted).
-    pub ip: Option<Ipv4Addr>,
+    /// `ips`: the requested static addresses (one per family; a prefix length is accepted).
+    pub ips: PodIps,
     /// `mac`: the pod's MAC.
     pub mac: Option<vswitch_api::MacAddr>,
     /// `bandwidth`: limits for vswitchd (None when no direction is limited).
@@ -490,21 +638,12 @@ impl RuntimeConfig {
         };
         if let Some(ips) = lookup(object, "ips") {
             let Some(list) = ips.as_array() else { return invalid("ips", format!("must be a list, not {ips}")) };
-            let mut parsed = Vec::new();
+            let mut texts = Vec::new();
             for entry in list {
                 let Some(text) = entry.as_str() else { return invalid("ips", format!("{entry} is not a string")) };
-                match parse_ip(text) {
-                    Ok(ip) => parsed.push(ip),
-                    Err(e) => return invalid("ips", e),
-                }
+                texts.push(text);
             }
-            if parsed.len() > 1 {
-                return invalid(
-                    "ips",
-                    format!("{} addresses requested; a pod here has one IPv4 address", parsed.len()),
-                );
-            }
-            rc.ip = parsed.pop();
+            rc.ips = PodIps::parse_list(texts).map_err(|e| bad("ips", e))?;
         }
         if let Some(mac) = lookup(object, "mac") {
             let Some(text) = mac.as_str() else { return invalid("mac", format!("{mac} is not a string")) };
@@ -544,9 +683,9 @@ impl RuntimeConfig {
 }
 
 /// The ADD result, in the shape of the configuration's `cniVersion`. When vpc-cni is not first
-/// in a chain, the `prevResult` it was given is kept and our interface, address and route are
-/// appended to it.
-pub fn add_result(conf: &NetConf, ifname: &str, mac: &str, sandbox: &str, ip: Ipv4Addr) -> serde_json::Value {
+/// in a chain, the `prevResult` it was given is kept and our interface, addresses and default
+/// routes (one per family, each via its gateway) are appended to it.
+pub fn add_result(conf: &NetConf, ifname: &str, mac: &str, sandbox: &str, ips: PodIps) -> serde_json::Value {
     let old = is_pre_1_0(&conf.cni_version);
     let mut result = match &conf.prev_result {
         Some(serde_json::Value::Object(prev)) => serde_json::Value::Object(prev.clone()),
@@ -565,18 +704,23 @@ pub fn add_result(conf: &NetConf, ifname: &str, mac: &str, sandbox: &str, ip: Ip
     };
     let index = array(&mut result, "interfaces");
     result["interfaces"].as_array_mut().expect("array").push(interface);
-    let mut ip_entry =
-        serde_json::json!({"address": format!("{ip}/32"), "gateway": conf.gateway.to_string(), "interface": index});
-    if old {
-        ip_entry["version"] = serde_json::json!("4");
-    }
     array(&mut result, "ips");
-    result["ips"].as_array_mut().expect("array").push(ip_entry);
     array(&mut result, "routes");
-    let default = serde_json::json!({"dst": "0.0.0.0/0", "gw": conf.gateway.to_string()});
-    let routes = result["routes"].as_array_mut().expect("array");
-    if !routes.iter().any(|r| r["dst"] == "0.0.0.0/0") {
-        routes.push(default);
+    for ip in ips.iter() {
+        let (prefix, gateway, version, default) = match ip {
+            IpAddr::V4(_) => (32, IpAddr::V4(conf.gateway), "4", "0.0.0.0/0"),
+            IpAddr::V6(_) => (128, IpAddr::V6(conf.gateway6()), "6", "::/0"),
+        };
+        let mut ip_entry =
+            serde_json::json!({"address": format!("{ip}/{prefix}"), "gateway": gateway, "interface": index});
+        if old {
+            ip_entry["version"] = serde_json::json!(version);
+        }
+        result["ips"].as_array_mut().expect("array").push(ip_entry);
+        let routes = result["routes"].as_array_mut().expect("array");
+        if !routes.iter().any(|r| r["dst"] == default) {
+            routes.push(serde_json::json!({"dst": default, "gw": gateway}));
+        }
     }
     if let Some(dns) = &conf.dns {
         if result.get("dns").is_none_or(|d| d.is_null() || d.as_object().is_some_and(|o| o.is_empty())) {
@@ -706,12 +850,17 @@ mod tests {
     #[test]
     fn cni_args_carry_a_static_ip_and_mac() {
         let a = CniArgs::parse("IP=10.10.40.77;MAC=02:00:00:00:00:77").unwrap();
-        assert_eq!(a.ip, Some(Ipv4Addr::new(10, 10, 40, 77)));
+        assert_eq!(a.ips, PodIps { v4: Some(Ipv4Addr::new(10, 10, 40, 77)), v6: None });
         assert_eq!(a.mac.unwrap().to_string(), "02:00:00:00:00:77");
-        assert_eq!(CniArgs::parse("IP=10.10.40.77/24").unwrap().ip, Some(Ipv4Addr::new(10, 10, 40, 77)));
+        assert_eq!(CniArgs::parse("IP=10.10.40.77/24").unwrap().ips.v4, Some(Ipv4Addr::new(10, 10, 40, 77)));
+        let dual = CniArgs::parse("IP=10.10.40.77/24,fd00::77/64").unwrap().ips;
+        assert_eq!(dual.to_string(), "10.10.40.77,fd00::77");
+        assert_eq!(CniArgs::parse("IP=fd00::77").unwrap().ips.families(), Some(IpFamilies::Ipv6));
         for bad in [
             "IP=10.10.40.300",
-            "IP=fd00::1",
+            "IP=10.0.0.1,10.0.0.2",
+            "IP=fd00::1,fd00::2",
+            "IP=fd00::1/129",
             "IP=10.0.0.1/33",
             "MAC=01:00:5e:00:00:01",
             "MAC=00:00:00:00:00:00",
@@ -738,7 +887,7 @@ mod tests {
             "mac": "02:00:00:00:00:77",
         });
         let expected = RuntimeConfig {
-            ip: Some(Ipv4Addr::new(10, 10, 40, 77)),
+            ips: PodIps { v4: Some(Ipv4Addr::new(10, 10, 40, 77)), v6: None },
             mac: Some("02:00:00:00:00:77".parse().unwrap()),
             bandwidth: Some(vswitch_api::api::Bandwidth {
                 ingress: Some(vswitch_api::api::RateLimit { rate_bps: 10_000_000, burst_bits: 1_000_000 }),
@@ -756,8 +905,9 @@ mod tests {
         assert_eq!(default_burst_bits(1000), 8 * 64 * 1024);
         assert_eq!(RuntimeConfig::from_value(&serde_json::json!({"bandwidth": {}})).unwrap().bandwidth, None);
         for bad in [
-            serde_json::json!({"ips": ["fd00::1"]}),
+            serde_json::json!({"ips": ["fd00::1", "fd00::2/64"]}),
             serde_json::json!({"ips": ["10.0.0.1", "10.0.0.2"]}),
+            serde_json::json!({"ips": ["10.0.0.1", "fe80::1/200"]}),
             serde_json::json!({"ips": "10.0.0.1"}),
             serde_json::json!({"mac": "ff:ff:ff:ff:ff:ff"}),
             serde_json::json!({"bandwidth": {"ingressRate": -1}}),
@@ -767,7 +917,9 @@ mod tests {
         }
         // Checked at parse time too.
         assert_eq!(conf_with(r#","runtimeConfig":{"mac":"01:00:00:00:00:00"}"#).unwrap_err().code, Code::InvalidConfig);
-        assert!(conf_with(r#","runtimeConfig":{"ips":["10.10.40.15"]}"#).unwrap().runtime().unwrap().ip.is_some());
+        assert!(conf_with(r#","runtimeConfig":{"ips":["10.10.40.15"]}"#).unwrap().runtime().unwrap().ips.v4.is_some());
+        let dual = RuntimeConfig::from_value(&serde_json::json!({"ips": ["fd00::15/64", "10.10.40.15/24"]})).unwrap();
+        assert_eq!(dual.ips.to_string(), "10.10.40.15,fd00::15");
     }
 
     #[test]
@@ -780,21 +932,104 @@ mod tests {
         assert_eq!(conf_with(r#","capabilities":{"infinibandGUID":true}"#).unwrap_err().code, Code::InvalidConfig);
     }
 
+    fn v4(ip: &str) -> PodIps {
+        PodIps { v4: Some(ip.parse().unwrap()), v6: None }
+    }
+
+    fn conf_ranges(ranges: &str, extra: &str) -> Result<NetConf, CniError> {
+        let text = format!(r#"{{"cniVersion":"1.1.0","name":"vpc","type":"vpc-cni","ipam":{{{ranges}}}{extra}}}"#);
+        NetConf::parse(text.as_bytes())
+    }
+
+    #[test]
+    fn ranges_of_either_family_make_the_networks_families() {
+        let v4 = r#"{"rangeStart":"10.10.40.10","rangeEnd":"10.10.40.20"}"#;
+        let v6 = r#"{"rangeStart":"fd00:10::a","rangeEnd":"fd00:10::ffff:ffff:ffff:ffff"}"#;
+        let families = |ranges: &str| conf_ranges(&format!(r#""ranges":[{ranges}]"#), "").unwrap().families();
+        assert_eq!(families(v4), Some(IpFamilies::Ipv4));
+        assert_eq!(families(v6), Some(IpFamilies::Ipv6));
+        assert_eq!(families(&format!("{v6},{v4}")), Some(IpFamilies::Dual));
+        // vswitchd's IPAM: what ipFamilies asks for, or whatever its pools hold.
+        let cluster = |extra: &str| conf_ranges(&format!(r#""type":"vswitchd"{extra}"#), "");
+        assert_eq!(cluster("").unwrap().families(), None);
+        assert_eq!(cluster(r#","ipFamilies":"dual""#).unwrap().families(), Some(IpFamilies::Dual));
+        assert_eq!(cluster(r#","ipFamilies":"ipv6""#).unwrap().families(), Some(IpFamilies::Ipv6));
+        assert_eq!(cluster(r#","ipFamilies":"both""#).unwrap_err().code, Code::InvalidConfig);
+        // The IPv6 gateway is the gateway MAC's link-local address.
+        let conf = conf_ranges(&format!(r#""ranges":[{v6}]"#), "").unwrap();
+        assert_eq!(conf.gateway6().to_string(), "fe80::a9ff:fefe:101");
+    }
+
+    #[test]
+    fn bad_ranges_are_invalid_config_with_a_reason() {
+        for (ranges, extra, reason) in [
+            (r#""ranges":[{"rangeStart":"10.10.40.10","rangeEnd":"fd00::20"}]"#, "", "mixes"),
+            (r#""ranges":[{"rangeStart":"fd00::20","rangeEnd":"fd00::10"}]"#, "", "backwards"),
+            (r#""ranges":[{"rangeStart":"169.254.1.0","rangeEnd":"169.254.1.9"}]"#, "", "gateway"),
+            (r#""ranges":[{"rangeStart":"fe80::1","rangeEnd":"fe80::ffff"}]"#, "", "cannot have"),
+            (r#""ranges":[{"rangeStart":"ff00::1","rangeEnd":"ff02::1"}]"#, "", "cannot have"),
+            (
+                r#""ranges":[{"rangeStart":"fe80::","rangeEnd":"fe80::a9ff:fefe:101"}]"#,
+                r#","gatewayMac":"02:00:a9:fe:01:01""#,
+                "gateway",
+            ),
+            (
+                r#""ranges":[{"rangeStart":"fd00::1","rangeEnd":"fd00::9"},{"rangeStart":"fd00::9","rangeEnd":"fd00::f"}]"#,
+                "",
+                "overlap",
+            ),
+            (r#""ranges":[{"rangeStart":"fd00::1","rangeEnd":"fd00::9"}],"ipFamilies":"dual""#, "", "ipFamilies"),
+            (r#""ranges":[{"rangeStart":"fd00::1"}]"#, "", "rangeEnd"),
+        ] {
+            let err = conf_ranges(ranges, extra).unwrap_err();
+            assert_eq!(err.code, Code::InvalidConfig, "{ranges}");
+            assert!(err.to_string().contains(reason), "{ranges}: {err}");
+        }
+    }
+
+    #[test]
+    fn dual_stack_and_ipv6_results_list_each_address_with_its_gateway_and_route() {
+        let dual = PodIps { v4: Some("10.10.40.10".parse().unwrap()), v6: Some("fd00:10::a".parse().unwrap()) };
+        let v6_only = PodIps { v4: None, v6: dual.v6 };
+        let conf = conf_with("").unwrap();
+        let r = add_result(&conf, "eth0", "02:00:0a:0a:28:0a", "/run/netns/x", dual);
+        assert_eq!(
+            r["ips"],
+            serde_json::json!([
+                {"address": "10.10.40.10/32", "gateway": "169.254.1.1", "interface": 0},
+                {"address": "fd00:10::a/128", "gateway": "fe80::a9ff:fefe:101", "interface": 0},
+            ])
+        );
+        assert_eq!(
+            r["routes"],
+            serde_json::json!([{"dst": "0.0.0.0/0", "gw": "169.254.1.1"}, {"dst": "::/0", "gw": "fe80::a9ff:fefe:101"}])
+        );
+        let r = add_result(&conf, "eth0", "02:00:00:00:00:0a", "/run/netns/x", v6_only);
+        assert_eq!(r["ips"].as_array().unwrap().len(), 1);
+        assert_eq!(r["ips"][0]["address"], "fd00:10::a/128");
+        assert_eq!(r["routes"], serde_json::json!([{"dst": "::/0", "gw": "fe80::a9ff:fefe:101"}]));
+        for version in ["0.3.0", "0.3.1", "0.4.0"] {
+            let conf = NetConf { cni_version: version.into(), ..conf.clone() };
+            let r = add_result(&conf, "eth0", "02:00:0a:0a:28:0a", "/run/netns/x", dual);
+            assert_eq!((r["ips"][0]["version"].as_str(), r["ips"][1]["version"].as_str()), (Some("4"), Some("6")));
+        }
+    }
+
     #[test]
     fn results_follow_the_requested_version() {
         let conf = NetConf::parse(br#"{"cniVersion":"0.4.0","name":"vpc","type":"vpc-cni","dns":{"nameservers":["10.96.0.10"]},"ipam":{"ranges":[{"rangeStart":"10.10.40.10","rangeEnd":"10.10.40.20"}]}}"#).unwrap();
-        let r = add_result(&conf, "eth0", "02:00:0a:0a:28:0a", "/run/netns/x", Ipv4Addr::new(10, 10, 40, 10));
+        let r = add_result(&conf, "eth0", "02:00:0a:0a:28:0a", "/run/netns/x", v4("10.10.40.10"));
         assert_eq!(r["ips"][0]["version"], "4");
         assert_eq!(r["dns"]["nameservers"][0], "10.96.0.10");
         assert!(r["interfaces"][0].get("mtu").is_none());
         for version in ["0.3.0", "0.3.1"] {
             let conf = conf_with("").map(|c| NetConf { cni_version: version.into(), ..c }).unwrap();
-            let r = add_result(&conf, "eth0", "02:00:0a:0a:28:0a", "/run/netns/x", Ipv4Addr::new(10, 10, 40, 10));
+            let r = add_result(&conf, "eth0", "02:00:0a:0a:28:0a", "/run/netns/x", v4("10.10.40.10"));
             assert_eq!((r["cniVersion"].as_str(), r["ips"][0]["version"].as_str()), (Some(version), Some("4")));
             assert!(r["interfaces"][0].get("mtu").is_none());
         }
         let conf = conf_with("").unwrap();
-        let r = add_result(&conf, "eth0", "02:00:0a:0a:28:0a", "/run/netns/x", Ipv4Addr::new(10, 10, 40, 10));
+        let r = add_result(&conf, "eth0", "02:00:0a:0a:28:0a", "/run/netns/x", v4("10.10.40.10"));
         assert!(r["ips"][0].get("version").is_none());
         assert_eq!(r["interfaces"][0]["mtu"], 1500);
     }
@@ -807,7 +1042,7 @@ mod tests {
                "dns":{"nameservers":["1.1.1.1"]}}"#,
         )
         .unwrap();
-        let r = add_result(&conf, "eth0", "02:00:0a:0a:28:0a", "/run/netns/x", Ipv4Addr::new(10, 10, 40, 10));
+        let r = add_result(&conf, "eth0", "02:00:0a:0a:28:0a", "/run/netns/x", v4("10.10.40.10"));
         assert_eq!(r["interfaces"].as_array().unwrap().len(), 2);
         assert_eq!(r["interfaces"][1]["name"], "eth0");
         assert_eq!(
