@@ -5,8 +5,7 @@
 //!
 //! Over IPv6 ([`IpFamily::Ipv6`]) the pods are [`A6`] and [`B6`] instead: on a /64 over the veth,
 //! the bridge and Open vSwitch; /128s with host /128 routes and a link-local gateway for the
-//! kernel router (Calico's IPv6 wiring); dual-stack pods attached with their IPv6 address for
-//! vswitchd.
+//! kernel router (Calico's IPv6 wiring); IPv6-only pods attached through vpc-cni for vswitchd.
 
 use std::any::Any;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -197,23 +196,48 @@ fn kernel_routed6() -> Topology {
     }
 }
 
+/// Runs vpc-cni ADD for `container` in `sandbox` with `conf`; returns the first address of the
+/// result.
+fn cni_add(plugin: &Path, conf: &serde_json::Value, container: &str, sandbox: &Netns) -> IpAddr {
+    let out = run_cni(cni_command(plugin, "ADD", container, &sandbox.path()), conf);
+    assert!(out.status.success(), "vpc-cni ADD for {container}: {}", String::from_utf8_lossy(&out.stdout));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a CNI result");
+    let address = result["ips"][0]["address"].as_str().expect("an address in the result");
+    address.split('/').next().unwrap_or(address).parse().expect("an IP address")
+}
+
 /// vswitchd with pods A and B, plus `extra` more pods attached through vpc-cni (called the way
-/// a container runtime calls it) and left idle: the scale measurement. Over IPv6, A and B are
-/// dual-stack pods given [`A6`] and [`B6`] the way vpc-cni addresses them (`/128`, `::/0` via
-/// the gateway's link-local address, no router advertisements) and attached with
-/// `vswitchctl add-port --ipv6`, as the test toolkit's `Pod::with_ipv6` does.
+/// a container runtime calls it) and left idle: the scale measurement.
+///
+/// Over IPv4, A and B are the test toolkit's pods (a multi-queue TAP addressed as vpc-cni
+/// addresses it) attached with `vswitchctl add-port`. Over IPv6 they are attached through
+/// vpc-cni itself on an IPv6-only network (`fd00:77::2`-`fd00:77::ff`): the pod gets its `/128`,
+/// `::/0` via the gateway's link-local address with a permanent neighbour entry, no router
+/// advertisements, and the ADD returns once duplicate address detection is done.
 pub fn vswitchd_with_pods(workers: usize, extra: usize, family: IpFamily) -> Topology {
     let dir = TempDir::new();
     let node = Netns::new("vbn");
     let bins = Binaries::beside_current_exe();
     let daemon = Daemon::start(&bins, &node, &dir.0, workers);
-    let (a, b) = match family {
-        IpFamily::Ipv4 => (Pod::new(A), Pod::new(B)),
-        IpFamily::Ipv6 => (Pod::new(A).with_ipv6(A6), Pod::new(B).with_ipv6(B6)),
-    };
-    daemon.attach("a", &a);
-    daemon.attach("b", &b);
     let plugin = bins.vswitchd.with_file_name("vpc-cni");
+    let (na, nb, b_ip, pods): (String, String, IpAddr, Box<dyn Any>) = match family {
+        IpFamily::Ipv4 => {
+            let (a, b) = (Pod::new(A), Pod::new(B));
+            daemon.attach("a", &a);
+            daemon.attach("b", &b);
+            (a.ns.name.clone(), b.ns.name.clone(), B.into(), Box::new((a, b)))
+        }
+        IpFamily::Ipv6 => {
+            let conf6 = serde_json::json!({
+                "cniVersion": "1.0.0", "name": "vpc6", "type": "vpc-cni", "vswitchSocket": daemon.socket,
+                "ipam": {"ranges": [{"rangeStart": A6, "rangeEnd": "fd00:77::ff"}], "dataDir": dir.0.join("ipam")}
+            });
+            let (a, b) = (Netns::new("vba"), Netns::new("vbb"));
+            cni_add(&plugin, &conf6, "pod-a", &a);
+            let b_ip = cni_add(&plugin, &conf6, "pod-b", &b);
+            (a.name.clone(), b.name.clone(), b_ip, Box::new((a, b)))
+        }
+    };
     let conf = serde_json::json!({
         "cniVersion": "1.0.0", "name": "vpc", "type": "vpc-cni", "vswitchSocket": daemon.socket,
         "ipam": {"ranges": [{"rangeStart": "10.77.1.1", "rangeEnd": "10.77.31.250"}], "dataDir": dir.0.join("ipam")}
@@ -221,24 +245,19 @@ pub fn vswitchd_with_pods(workers: usize, extra: usize, family: IpFamily) -> Top
     let (mut idle, mut idle_pods) = (Vec::with_capacity(extra), Vec::with_capacity(extra));
     for i in 0..extra {
         let sandbox = Netns::new("vbp");
-        let out = run_cni(cni_command(&plugin, "ADD", &format!("idle-{i}"), &sandbox.path()), &conf);
-        assert!(out.status.success(), "vpc-cni ADD for idle pod {i}: {}", String::from_utf8_lossy(&out.stdout));
-        let result: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a CNI result");
-        let address = result["ips"][0]["address"].as_str().expect("an address in the result");
-        idle_pods.push(address.split('/').next().unwrap_or(address).to_string());
+        idle_pods.push(cni_add(&plugin, &conf, &format!("idle-{i}"), &sandbox).to_string());
         idle.push(sandbox);
     }
     // `ip netns exec` execs the daemon, so the child's pid is vswitchd's.
     let pid = daemon.child.as_ref().map(|c| c.id());
-    let (na, nb) = (a.ns.name.clone(), b.ns.name.clone());
     Topology {
         a: na,
         b: nb,
         b_dev: "eth0".into(),
-        b_ip: endpoints(family).1,
+        b_ip,
         forwarder_pid: pid,
         idle_pods,
-        _keep: vec![Box::new(a), Box::new(b), Box::new(idle), Box::new(daemon), Box::new(node), Box::new(dir)],
+        _keep: vec![pods, Box::new(idle), Box::new(daemon), Box::new(node), Box::new(dir)],
     }
 }
 
