@@ -364,7 +364,8 @@ impl Plugin {
             ));
         }
         // MAC and MTU are not compared: a chained plugin (tuning) may have changed them.
-        podnet::check(&netns, self.interface(&owner, ips, pod_mac(ips)))?;
+        let mac = self.requested_mac(self.conf.runtime()?.mac)?.unwrap_or_else(|| pod_mac(ips));
+        podnet::check(&netns, self.interface(&owner, ips, mac))?;
         let name = port_name(&owner);
         let ports = self.vswitch().ports()?;
         let port = ports

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
-use rtnetlink::packet_route::link::LinkFlags;
-use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
+use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 use vswitch_api::link::{self, in_netns, link_index};
@@ -246,9 +246,10 @@ pub fn remove(ns: &Path, ifname: &str) -> Result<(), PodNetError> {
 }
 
 /// Verifies the interface is there and up and, per family of the pod, has its address (not a
-/// duplicate), the default route via the gateway and the gateway's permanent neighbour entry;
-/// with IPv6, that router advertisements, SLAAC and redirects are still off. Its MAC and MTU are
-/// not compared: a chained plugin (tuning) may legitimately have changed them.
+/// duplicate), the default route via the gateway and the gateway's permanent neighbour entry
+/// (while eth0 has `pod.mac`, the MAC ADD gave it); with IPv6, that router advertisements, SLAAC
+/// and redirects are still off. Its MAC and MTU are not compared: a chained plugin (tuning) may
+/// legitimately have changed them.
 pub fn check(ns: &Path, pod: PodInterface<'_>) -> Result<(), PodNetError> {
     let fail = |what: String| Err(PodNetError::Check(what));
     if !ns.exists() {
@@ -289,19 +290,29 @@ pub fn check(ns: &Path, pod: PodInterface<'_>) -> Result<(), PodNetError> {
             if !default_via_gateway {
                 return fail(format!("no default route via {gateway} on {}", pod.ifname));
             }
-            let gateway_known = neighbours.iter().any(|n| {
+            // Changing the MAC flushes the neighbour table, permanent entries too: once a chained
+            // plugin did, the pod resolves the gateway through vswitchd's answers, and an entry
+            // for it need only not point elsewhere.
+            let mut entries = neighbours.iter().filter(|n| {
                 n.header.ifindex == index
-                    && n.header.state == NeighbourState::Permanent
                     && n.attributes.iter().any(|a| match a {
                         NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => IpAddr::V4(*ip) == gateway,
                         NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => IpAddr::V6(*ip) == gateway,
                         _ => false,
                     })
-                    && n.attributes
-                        .iter()
-                        .any(|a| matches!(a, NeighbourAttribute::LinkLayerAddress(mac) if mac[..] == pod.gateway_mac.0))
             });
-            if !gateway_known {
+            let lladdr = |n: &NeighbourMessage| {
+                n.attributes.iter().find_map(|a| match a {
+                    NeighbourAttribute::LinkLayerAddress(mac) => Some(mac.clone()),
+                    _ => None,
+                })
+            };
+            if let Some(wrong) = entries.clone().filter_map(lladdr).find(|mac| mac[..] != pod.gateway_mac.0) {
+                return fail(format!("the gateway {gateway}'s neighbour entry on {} is {wrong:02x?}", pod.ifname));
+            }
+            let mac_is_ours =
+                link.attributes.iter().any(|a| matches!(a, LinkAttribute::Address(m) if m[..] == pod.mac.0));
+            if mac_is_ours && !entries.any(|n| n.header.state == NeighbourState::Permanent) {
                 return fail(format!("no permanent neighbour entry for the gateway {gateway} on {}", pod.ifname));
             }
         }

@@ -24,7 +24,7 @@
 mod paths;
 mod sticky;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -46,6 +46,50 @@ pub enum UplinkMode {
     Uplink,
 }
 
+/// The address families of the lab's pods. The VPC's hosts (gateway, VM, nodes, hybrid host)
+/// get IPv6 next to IPv4 whenever the pods have IPv6; a pod's IPv6 address is in the VPC's
+/// IPv6 subnet [`VPC_SUBNET6`] as its IPv4 address is in 10.10.0.0/16.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IpFamily {
+    #[default]
+    Ipv4,
+    /// Every pod both.
+    Dual,
+    /// Pods with IPv6 only (the VPC's hosts still have IPv4 too).
+    Ipv6,
+}
+
+impl IpFamily {
+    /// The families pods have, IPv4 first.
+    pub fn families(self) -> Vec<Family> {
+        match self {
+            IpFamily::Ipv4 => vec![Family::V4],
+            IpFamily::Dual => vec![Family::V4, Family::V6],
+            IpFamily::Ipv6 => vec![Family::V6],
+        }
+    }
+
+    pub fn has_v6(self) -> bool {
+        self != IpFamily::Ipv4
+    }
+}
+
+/// One address family: each path of the matrix runs once per family the pods have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
+    }
+}
+
 /// Where pods' addresses come from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum IpamMode {
@@ -61,6 +105,8 @@ pub enum IpamMode {
 pub struct LabSpec {
     pub mode: UplinkMode,
     pub ipam: IpamMode,
+    /// The pods' address families ([`IpamMode::Etcd`]: IPv4 only).
+    pub family: IpFamily,
     /// 2 to 4.
     pub nodes: usize,
     pub pods_per_node: usize,
@@ -78,6 +124,7 @@ impl Default for LabSpec {
         LabSpec {
             mode: UplinkMode::HostRouted,
             ipam: IpamMode::Local,
+            family: IpFamily::Ipv4,
             nodes: 2,
             pods_per_node: 2,
             pod_mtu: 1500,
@@ -93,6 +140,17 @@ pub const VM_IP: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 50);
 pub const HYBRID_IP: Ipv4Addr = Ipv4Addr::new(172, 16, 50, 10);
 pub const SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 pub const SERVER_PORT: u16 = 8080;
+/// The VPC's IPv6 subnet (a ULA prefix), next to 10.10.0.0/16: the gateway is fd00:10::1, node i
+/// fd00:10::11.., the VM fd00:10::50, node i's pods fd00:10::i:10-fd00:10::i:250.
+pub const VPC_SUBNET6: &str = "fd00:10::/64";
+pub const GATEWAY_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, 0x1);
+pub const VM_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, 0x50);
+/// The hybrid-cloud network's IPv6 subnet, behind the gateway on the same small-MTU link.
+pub const HYBRID_GATEWAY_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x172, 0x16, 0x50, 0, 0, 0, 0x1);
+pub const HYBRID_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x172, 0x16, 0x50, 0, 0, 0, 0x10);
+/// The Service's IPv6 ClusterIP (a dual-stack Service), in the IPv6 Service range.
+pub const SERVICE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x10);
+pub const SERVICE_RANGE6: &str = "fd00:96::/108";
 /// The Service's NodePort on every node.
 pub const NODE_PORT: u16 = 30080;
 /// The etcd members, each in its own namespace on the fabric ([`IpamMode::Etcd`]).
@@ -116,6 +174,16 @@ pub fn node_ip(node: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 10, 0, 11 + node as u8)
 }
 
+pub fn node_ip6(node: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, 0x11 + node as u16)
+}
+
+/// Node `node`'s IPv6 pod range (local IPAM): fd00:10::<node>:10 to fd00:10::<node>:250.
+pub fn pod_range6(node: usize) -> (Ipv6Addr, Ipv6Addr) {
+    let n = node as u16 + 1;
+    (Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, n, 0x10), Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, n, 0x250))
+}
+
 /// The lab's name of pod `index` on `node` (both from 0): n1a, n1b, n2a, ...
 pub fn pod_name(node: usize, index: usize) -> String {
     format!("n{}{}", node + 1, (b'a' + index as u8) as char)
@@ -126,8 +194,48 @@ pub struct LabPod {
     pub name: String,
     pub netns: String,
     pub container_id: String,
-    pub ip: Ipv4Addr,
+    /// None for an IPv6-only pod.
+    pub ip: Option<Ipv4Addr>,
+    /// None for an IPv4-only pod.
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Addr>,
     pub node: usize,
+}
+
+impl LabPod {
+    /// The pod's address of `family`, if it has one.
+    pub fn addr(&self, family: Family) -> Option<IpAddr> {
+        match family {
+            Family::V4 => self.ip.map(IpAddr::V4),
+            Family::V6 => self.ipv6.map(IpAddr::V6),
+        }
+    }
+
+    /// The pod's IPv4 address; panics for an IPv6-only pod (the etcd IPAM is IPv4 only).
+    pub fn ip4(&self) -> Ipv4Addr {
+        self.ip.unwrap_or_else(|| panic!("pod {} has no IPv4 address", self.name))
+    }
+
+    /// Its addresses, as `vpc-lab` prints them.
+    pub fn addresses(&self) -> String {
+        let all: Vec<String> =
+            self.ip.map(IpAddr::V4).into_iter().chain(self.ipv6.map(IpAddr::V6)).map(|a| a.to_string()).collect();
+        all.join(", ")
+    }
+
+    /// Its addresses from a CNI result's `ips`.
+    fn from_result(result: &Value) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
+        let mut v4 = None;
+        let mut v6 = None;
+        for ip in result["ips"].as_array().into_iter().flatten() {
+            match ip["address"].as_str().and_then(|a| a.split('/').next()).and_then(|a| a.parse().ok()) {
+                Some(IpAddr::V4(a)) if v4.is_none() => v4 = Some(a),
+                Some(IpAddr::V6(a)) if v6.is_none() => v6 = Some(a),
+                _ => {}
+            }
+        }
+        (v4, v6)
+    }
 }
 
 /// Who is where in a lab: enough to check every path, and to move the sticky pod, from the
@@ -138,6 +246,8 @@ pub struct Topology {
     pub mode: UplinkMode,
     #[serde(default)]
     pub ipam: IpamMode,
+    #[serde(default)]
+    pub family: IpFamily,
     pub pod_mtu: u16,
     pub hybrid_mtu: u16,
     /// Node namespaces, node1 first.
@@ -267,6 +377,8 @@ impl std::ops::Deref for Lab {
 #[derive(Debug, Clone, Serialize)]
 pub struct PathCheck {
     pub path: String,
+    /// IPv4 or IPv6.
+    pub family: String,
     pub from: String,
     pub to: String,
     pub ok: bool,
@@ -279,8 +391,13 @@ pub struct PathCheck {
 
 impl PathCheck {
     fn new(path: &str, from: &str, to: &str) -> PathCheck {
+        Self::of(Family::V4, path, from, to)
+    }
+
+    fn of(family: Family, path: &str, from: &str, to: &str) -> PathCheck {
         PathCheck {
             path: path.into(),
+            family: family.to_string(),
             from: from.into(),
             to: to.into(),
             ok: false,
@@ -311,10 +428,17 @@ impl Topology {
     /// vpc-cni's network configuration on `node`, as the node's conflist gives it.
     pub fn cni_conf(&self, node: usize) -> Value {
         let ipam = match self.ipam {
-            IpamMode::Local => json!({
-                "ranges": [{"rangeStart": format!("10.10.{}.10", node + 1), "rangeEnd": format!("10.10.{}.250", node + 1)}],
-                "dataDir": self.dir.join(format!("node{}/ipam", node + 1)),
-            }),
+            IpamMode::Local => {
+                let mut ranges = Vec::new();
+                if self.family != IpFamily::Ipv6 {
+                    ranges.push(json!({"rangeStart": format!("10.10.{}.10", node + 1), "rangeEnd": format!("10.10.{}.250", node + 1)}));
+                }
+                if self.family.has_v6() {
+                    let (start, end) = pod_range6(node);
+                    ranges.push(json!({"rangeStart": start, "rangeEnd": end}));
+                }
+                json!({"ranges": ranges, "dataDir": self.dir.join(format!("node{}/ipam", node + 1))})
+            }
             IpamMode::Etcd => json!({"type": "vswitchd"}),
         };
         json!({
@@ -382,6 +506,11 @@ impl Lab {
     pub fn up(spec: LabSpec, mut progress: impl FnMut(&str)) -> Lab {
         assert!((2..=4).contains(&spec.nodes), "the lab has 2 to 4 nodes, not {}", spec.nodes);
         assert!((1..=26).contains(&spec.pods_per_node), "1 to 26 pods per node, not {}", spec.pods_per_node);
+        assert!(
+            spec.ipam == IpamMode::Local || spec.family == IpFamily::Ipv4,
+            "--ipam etcd is IPv4 only: vswitchd's cluster IPAM has no IPv6 pools yet"
+        );
+        let v6 = spec.family.has_v6();
         let name = unique("vl");
         let dir = TempDir::new();
         progress("fabric: a bridge for the VPC subnet 10.10.0.0/16");
@@ -401,16 +530,31 @@ impl Lab {
         hybrid.ip(&["link", "set", "eth0", "mtu", &hybrid_mtu, "up"]);
         hybrid.ip(&["route", "add", "default", "via", "172.16.50.1"]);
         sh(&gateway, "echo 1 > /proc/sys/net/ipv4/ip_forward");
+        if v6 {
+            progress(&format!(
+                "IPv6: the VPC subnet {VPC_SUBNET6} (gateway {GATEWAY_IP6}), the hybrid network fd00:172:16:50::/64 on the same link"
+            ));
+            add6(&gateway, "eth0", GATEWAY_IP6);
+            add6(&gateway, "eth1", HYBRID_GATEWAY_IP6);
+            add6(&hybrid, "eth0", HYBRID_IP6);
+            hybrid.ip(&["-6", "route", "add", "default", "via", &HYBRID_GATEWAY_IP6.to_string()]);
+            sh(&gateway, "echo 1 > /proc/sys/net/ipv6/conf/all/forwarding");
+        }
 
         progress("a VM on the VPC subnet (10.10.0.50)");
         let vm = Netns::new(&format!("{name}v"));
         attach(&fabric, &vm, "eth0", "fvm", "10.10.0.50/16");
         vm.ip(&["route", "add", "default", "via", "10.10.0.1"]);
+        if v6 {
+            add6(&vm, "eth0", VM_IP6);
+            vm.ip(&["-6", "route", "add", "default", "via", &GATEWAY_IP6.to_string()]);
+        }
 
         let topology = Topology {
             name: name.clone(),
             mode: spec.mode,
             ipam: spec.ipam,
+            family: spec.family,
             pod_mtu: spec.pod_mtu,
             hybrid_mtu: spec.hybrid_mtu,
             nodes: Vec::new(),
@@ -451,9 +595,22 @@ impl Lab {
                     UplinkMode::HostRouted => "host-routed",
                     UplinkMode::Uplink => "with a dedicated uplink NIC",
                 },
-                match spec.ipam {
-                    IpamMode::Local => format!(", pods from its own range 10.10.{}.10-250", i + 1),
-                    IpamMode::Etcd => format!(", pods from the cluster pool {POD_POOL} (in etcd)"),
+                match (spec.ipam, spec.family) {
+                    (IpamMode::Local, IpFamily::Ipv4) => format!(", pods from its own range 10.10.{}.10-250", i + 1),
+                    (IpamMode::Local, IpFamily::Dual) => format!(
+                        ", {}: pods from its own ranges 10.10.{}.10-250 and {}-{}",
+                        node_ip6(i),
+                        i + 1,
+                        pod_range6(i).0,
+                        pod_range6(i).1
+                    ),
+                    (IpamMode::Local, IpFamily::Ipv6) => format!(
+                        ", {}: pods (IPv6 only) from its own range {}-{}",
+                        node_ip6(i),
+                        pod_range6(i).0,
+                        pod_range6(i).1
+                    ),
+                    (IpamMode::Etcd, _) => format!(", pods from the cluster pool {POD_POOL} (in etcd)"),
                 }
             ));
             lab.add_node(i);
@@ -461,19 +618,26 @@ impl Lab {
         for i in 0..spec.nodes {
             for p in 0..spec.pods_per_node {
                 let pod = lab.add_pod(i, &pod_name(i, p));
-                progress(&format!("pod {} on node{}: {} (through vpc-cni ADD)", pod.name, i + 1, pod.ip));
+                progress(&format!("pod {} on node{}: {} (through vpc-cni ADD)", pod.name, i + 1, pod.addresses()));
             }
         }
         if spec.ipam == IpamMode::Etcd {
             let pod = lab.add_pod(0, STICKY_POD);
             progress(&format!(
                 "sticky pod {POD_NAMESPACE}/{STICKY_POD} on node1: {} (keeps its address on any node)",
-                pod.ip
+                pod.addresses()
             ));
         }
-        progress(&format!(
-            "ClusterIP Service {SERVICE_IP}:80 and NodePort {NODE_PORT} as kube-proxy's DNAT rules on every node"
-        ));
+        progress(&if v6 {
+            format!(
+                "dual-stack ClusterIP Service {SERVICE_IP}:80 and [{SERVICE_IP6}]:80, NodePort {NODE_PORT} on both \
+                 families, as kube-proxy's iptables and ip6tables DNAT rules on every node"
+            )
+        } else {
+            format!(
+                "ClusterIP Service {SERVICE_IP}:80 and NodePort {NODE_PORT} as kube-proxy's DNAT rules on every node"
+            )
+        });
         lab.add_service();
         progress("servers that report their peer's address, in every pod, node, the VM and the hybrid host");
         lab.start_servers();
@@ -559,25 +723,47 @@ impl Lab {
         attach(&self.fabric, &ns, "eth0", &format!("fn{}", i + 1), &format!("{ip}/16"));
         ns.ip(&["route", "add", "default", "via", "10.10.0.1"]);
         sh(&ns, "echo 1 > /proc/sys/net/ipv4/ip_forward");
+        let v6 = self.spec.family.has_v6();
+        let ip6 = node_ip6(i);
+        if v6 {
+            add6(&ns, "eth0", ip6);
+            ns.ip(&["-6", "route", "add", "default", "via", &GATEWAY_IP6.to_string()]);
+            // The node routes its pods' IPv6 (host-routed: between vsw0 and eth0).
+            sh(&ns, "echo 1 > /proc/sys/net/ipv6/conf/all/forwarding");
+        }
         let mut config = match self.spec.mode {
             UplinkMode::HostRouted => {
                 // The node answers ARP on the VPC subnet for its pods (it routes them via vsw0),
                 // at once rather than after the default random proxy delay of up to 0.8 s.
                 sh(&ns, "echo 1 > /proc/sys/net/ipv4/conf/eth0/proxy_arp && echo 0 > /proc/sys/net/ipv4/neigh/eth0/proxy_delay");
-                match self.spec.ipam {
-                    IpamMode::Local => String::new(),
+                if v6 {
+                    // IPv6 has no proxy-everything: the node answers neighbour solicitations on
+                    // eth0 only for the addresses in its proxy list, which vswitchd fills with
+                    // its pods' IPv6 addresses when it has a NIC to announce them on.
+                    sh(&ns, "echo 1 > /proc/sys/net/ipv6/conf/eth0/proxy_ndp && echo 0 > /proc/sys/net/ipv6/neigh/eth0/proxy_delay");
+                }
+                match (self.spec.ipam, v6) {
+                    (IpamMode::Local, false) => String::new(),
                     // Any address may come to this node from another one (a sticky pod that
                     // moved): vswitchd announces each pod it attaches from the node's NIC, so the
-                    // VPC forgets the old node at once.
-                    IpamMode::Etcd => "[host_port]\nannounce_on = \"eth0\"\n".to_string(),
+                    // VPC forgets the old node at once; and its IPv6 pods get proxy-NDP entries.
+                    _ => "[host_port]\nannounce_on = \"eth0\"\n".to_string(),
                 }
             }
             UplinkMode::Uplink => {
                 veth(&ns, "up0", &self.fabric, &format!("fu{}", i + 1));
                 self.fabric.ip(&["link", "set", &format!("fu{}", i + 1), "master", "br0", "up"]);
+                let (routes6, uplink6) = if v6 {
+                    (
+                        format!(", \"{ip6}/128\", \"{SERVICE_RANGE6}\""),
+                        format!("subnet6 = \"{VPC_SUBNET6}\"\ngateway6 = \"{GATEWAY_IP6}\"\naddress6 = \"{ip6}\"\n"),
+                    )
+                } else {
+                    (String::new(), String::new())
+                };
                 format!(
-                    "[host_port]\ndefault_route = false\nroutes = [\"{ip}/32\", \"10.96.0.0/12\"]\n\
-                     [uplink]\ninterface = \"up0\"\nsubnet = \"10.10.0.0/16\"\ngateway = \"10.10.0.1\"\n"
+                    "[host_port]\ndefault_route = false\nroutes = [\"{ip}/32\", \"10.96.0.0/12\"{routes6}]\n\
+                     [uplink]\ninterface = \"up0\"\nsubnet = \"10.10.0.0/16\"\ngateway = \"10.10.0.1\"\n{uplink6}"
                 )
             }
         };
@@ -601,25 +787,55 @@ impl Lab {
     fn add_pod(&mut self, node: usize, name: &str) -> LabPod {
         let ns = Netns::new(&format!("{}p{name}", self.name));
         let container = format!("{}-{name}", self.name);
-        let result = self.cni("ADD", node, &container, &ns.path(), name).unwrap_or_else(|e| panic!("{}", e.message));
-        let ip =
-            result["ips"][0]["address"].as_str().expect("address").split('/').next().unwrap().parse().expect("IPv4");
-        let pod = LabPod { name: name.to_string(), netns: ns.name.clone(), container_id: container, ip, node };
+        let result = self.cni("ADD", node, &container, &ns.path(), name).unwrap_or_else(|e| {
+            match self.spec.family {
+                IpFamily::Ipv4 => panic!("{}", e.message),
+                // The likeliest cause: a vpc-cni without dual-stack ranges.
+                family => panic!("{} (--ip-family {family:?}: ipam {})", e.message, self.cni_conf(node)["ipam"]),
+            }
+        });
+        let (ip, ipv6) = LabPod::from_result(&result);
+        let wanted = self.spec.family.families();
+        let has = |f: Family| match f {
+            Family::V4 => ip.is_some(),
+            Family::V6 => ipv6.is_some(),
+        };
+        assert!(
+            wanted.iter().all(|&f| has(f)) && [Family::V4, Family::V6].iter().all(|&f| has(f) == wanted.contains(&f)),
+            "vpc-cni ADD {name} on node{}: wanted {:?} addresses, the result has {result}",
+            node + 1,
+            self.spec.family
+        );
+        let pod = LabPod { name: name.to_string(), netns: ns.name.clone(), container_id: container, ip, ipv6, node };
         self.pod_ns.push(ns);
         self.topology.pods.push(pod.clone());
         pod
     }
 
+    /// The Service on every node, in each family the pods have (a dual-stack Service: one
+    /// ClusterIP per family, the NodePort on the node's addresses of both).
     fn add_service(&self) {
+        for family in self.spec.family.families() {
+            self.add_service_family(family);
+        }
+    }
+
+    fn add_service_family(&self, family: Family) {
         let backends = self.topology.backends();
+        let (tables, cluster_ip, backend): (&str, String, fn(&LabPod) -> String) = match family {
+            Family::V4 => ("iptables", format!("{SERVICE_IP}/32"), |p: &LabPod| format!("{}:{SERVER_PORT}", p.ip4())),
+            Family::V6 => ("ip6tables", format!("{SERVICE_IP6}/128"), |p: &LabPod| {
+                format!("[{}]:{SERVER_PORT}", p.ipv6.expect("an IPv6 backend"))
+            }),
+        };
         for (i, node) in self.nodes.iter().enumerate() {
-            let mut rules = vec![format!("iptables -t nat -N KUBE-SVC-LAB")];
-            rules.push(format!("iptables -t nat -A PREROUTING -d {SERVICE_IP}/32 -p tcp --dport 80 -j KUBE-SVC-LAB"));
+            let mut rules = vec![format!("{tables} -t nat -N KUBE-SVC-LAB")];
+            rules.push(format!("{tables} -t nat -A PREROUTING -d {cluster_ip} -p tcp --dport 80 -j KUBE-SVC-LAB"));
             // The NodePort: kube-proxy sends what comes to any of the node's own addresses on the
             // port to the same Service chain (its KUBE-NODEPORTS, last in KUBE-SERVICES).
-            rules.push("iptables -t nat -N KUBE-NODEPORTS".to_string());
-            rules.push("iptables -t nat -A PREROUTING -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS".to_string());
-            rules.push(format!("iptables -t nat -A KUBE-NODEPORTS -p tcp --dport {NODE_PORT} -j KUBE-SVC-LAB"));
+            rules.push(format!("{tables} -t nat -N KUBE-NODEPORTS"));
+            rules.push(format!("{tables} -t nat -A PREROUTING -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS"));
+            rules.push(format!("{tables} -t nat -A KUBE-NODEPORTS -p tcp --dport {NODE_PORT} -j KUBE-SVC-LAB"));
             for (k, b) in backends.iter().enumerate() {
                 let remaining = backends.len() - k;
                 let pick = if remaining > 1 {
@@ -628,8 +844,8 @@ impl Lab {
                     String::new()
                 };
                 rules.push(format!(
-                    "iptables -t nat -A KUBE-SVC-LAB {pick}-p tcp -j DNAT --to-destination {}:{SERVER_PORT}",
-                    b.ip
+                    "{tables} -t nat -A KUBE-SVC-LAB {pick}-p tcp -j DNAT --to-destination {}",
+                    backend(b)
                 ));
             }
             // A backend's reply must come back through this node's conntrack to be un-DNATed,
@@ -638,9 +854,12 @@ impl Lab {
             // so Service traffic leaves with the node's address, as kube-proxy masquerades
             // (for a NodePort, externalTrafficPolicy: Cluster; Local would keep the client's
             // address but serve only from this node's own backends).
+            let node_addr = match family {
+                Family::V4 => IpAddr::V4(node_ip(i)),
+                Family::V6 => IpAddr::V6(node_ip6(i)),
+            };
             rules.push(format!(
-                "iptables -t nat -A POSTROUTING -m conntrack --ctstate DNAT -j SNAT --to-source {}",
-                node_ip(i)
+                "{tables} -t nat -A POSTROUTING -m conntrack --ctstate DNAT -j SNAT --to-source {node_addr}"
             ));
             sh(node, &rules.join(" && "));
         }
@@ -658,7 +877,9 @@ impl Lab {
         // Wait until every server listens.
         let deadline = Instant::now() + Duration::from_secs(10);
         for pod in self.topology.pods.clone() {
-            while self.probe(&pod.netns, pod.ip, SERVER_PORT).is_err() {
+            let family = self.spec.family.families()[0];
+            let ip = pod.addr(family).expect("the pod's address of its first family");
+            while self.probe(&pod.netns, ip, SERVER_PORT).is_err() {
                 assert!(Instant::now() < deadline, "server in {} did not start", pod.name);
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -703,6 +924,12 @@ impl Lab {
         std::mem::forget(self);
         state
     }
+}
+
+/// `addr`/64 on `dev`, usable at once (no duplicate address detection: the lab's static
+/// addresses are its own).
+fn add6(ns: &Netns, dev: &str, addr: Ipv6Addr) {
+    ns.ip(&["-6", "addr", "add", &format!("{addr}/64"), "dev", dev, "nodad"]);
 }
 
 /// Connects namespace `ns` to the fabric bridge: `inside` (addressed `addr`) there, `port` on

@@ -2,7 +2,7 @@
 //! everything made here is removed on drop, also when a test fails or a tool is interrupted.
 
 use std::io::Write;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -47,29 +47,32 @@ impl TcpRun {
 /// One iperf3 TCP run: a one-shot server in namespace `server` (reached at `server_ip`), the
 /// client in `client`. Returns what it measured, or what iperf3 said instead.
 pub fn iperf3(client: &str, server: &str, server_ip: Ipv4Addr, streams: u32, seconds: u32) -> Result<TcpRun, String> {
+    iperf3_ip(client, server, server_ip.into(), streams, seconds)
+}
+
+/// The same to an address of either family.
+pub fn iperf3_ip(client: &str, server: &str, server_ip: IpAddr, streams: u32, seconds: u32) -> Result<TcpRun, String> {
+    iperf3_run(client, server, server_ip, 5201, &["-t", &seconds.to_string(), "-P", &streams.to_string()])
+}
+
+/// One iperf3 TCP stream of `bytes` bytes, to a one-shot server on `port`.
+pub fn iperf3_bytes(client: &str, server: &str, server_ip: IpAddr, port: u16, bytes: u64) -> Result<TcpRun, String> {
+    iperf3_run(client, server, server_ip, port, &["-n", &bytes.to_string()])
+}
+
+fn iperf3_run(client: &str, server: &str, server_ip: IpAddr, port: u16, what: &[&str]) -> Result<TcpRun, String> {
+    let port = port.to_string();
     let mut listener = Command::new("ip")
-        .args(["netns", "exec", server, "iperf3", "-s", "-1", "-p", "5201"])
+        .args(["netns", "exec", server, "iperf3", "-s", "-1", "-p", &port])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("iperf3 server: {e}"))?;
     std::thread::sleep(Duration::from_millis(300));
-    let out = try_run(&[
-        "ip",
-        "netns",
-        "exec",
-        client,
-        "iperf3",
-        "-c",
-        &server_ip.to_string(),
-        "-p",
-        "5201",
-        "-t",
-        &seconds.to_string(),
-        "-P",
-        &streams.to_string(),
-        "-J",
-    ]);
+    let ip = server_ip.to_string();
+    let mut args = vec!["ip", "netns", "exec", client, "iperf3", "-c", &ip, "-p", &port, "-J"];
+    args.extend_from_slice(what);
+    let out = try_run(&args);
     let _ = listener.kill();
     let _ = listener.wait();
     let report: serde_json::Value =

@@ -150,6 +150,10 @@ struct Lab {
 impl Lab {
     /// `ipam` is added to each node's `[ipam]` section (warm_target, reuse_delay_seconds, ...).
     fn new(nodes: usize, ipam: &str) -> Lab {
+        Lab::with_pools(nodes, &POOLS, ipam)
+    }
+
+    fn with_pools(nodes: usize, pools: &[&str], ipam: &str) -> Lab {
         require_root();
         require_etcd();
         let bins = Binaries::beside_current_exe();
@@ -175,7 +179,7 @@ impl Lab {
             wire(&fabric, &ns, &format!("n{i}"), node_ip(i));
             let name = format!("n{i}");
             let config = format!(
-                "[ipam]\nnode_name = \"{name}\"\npools = {POOLS:?}\nprefix = \"{PREFIX}\"\n\
+                "[ipam]\nnode_name = \"{name}\"\npools = {pools:?}\nprefix = \"{PREFIX}\"\n\
                  lease_ttl_seconds = {LEASE_TTL}\nquarantine_seconds = {QUARANTINE}\n{ipam}\n\n\
                  [ipam.etcd]\nendpoints = {:?}\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\n\
                  timeout_ms = 1000\n",
@@ -187,7 +191,7 @@ impl Lab {
             let daemon = Daemon::start_with_config(&bins, &ns, &dir.0.join(&name), 1, &config);
             started_nodes.push(Node { daemon, name, ns });
         }
-        let pool_strings: Vec<String> = POOLS.iter().map(|p| p.to_string()).collect();
+        let pool_strings: Vec<String> = pools.iter().map(|p| p.to_string()).collect();
         let lab = Lab {
             nodes: started_nodes,
             etcd,
@@ -468,10 +472,9 @@ impl Client1<'_> {
             Slot::Holding(owner, ip) if rng.gen_bool(0.2) => {
                 // Asking again must give the same address, not a new one.
                 match self.client.ipam_assign(spec(&owner)) {
-                    Ok(AddressView { ips, new }) => {
-                        let again = ips[0];
-                        if again != ip || new {
-                            anomaly(format!("{owner} holds {ip} but asking again gave {again} (new: {new})"));
+                    Ok(AddressView { ips: again, new }) => {
+                        if again != [ip] || new {
+                            anomaly(format!("{owner} holds {ip} but asking again gave {again:?} (new: {new})"));
                         }
                         self.counts.repeat_assign.fetch_add(1, Ordering::Relaxed);
                     }
@@ -803,7 +806,8 @@ fn a_partitioned_node_is_fenced_when_it_returns() {
             families: None,
         })
         .unwrap();
-    let IpAddr::V4(ip) = assigned.ips[0] else { panic!("an IPv4 pool gave {}", assigned.ips[0]) };
+    let assigned_ip = assigned.ips[0];
+    let IpAddr::V4(ip) = assigned_ip else { panic!("an IPv4 pool gave {assigned_ip}") };
     let pod = Pod::in_netns(pod_ns, ip);
     let port = vswitch_api::api::port_name(&victim);
     a.daemon.attach(&port, &pod);
@@ -811,9 +815,9 @@ fn a_partitioned_node_is_fenced_when_it_returns() {
     lab.wait_synced(Duration::from_secs(10));
     let before = lab.records();
     assert!(
-        matches!(&before[&assigned.ips[0]], AddressRecord::Assigned { node, owner, .. } if node == "n0" && *owner == victim),
+        matches!(&before[&assigned_ip], AddressRecord::Assigned { node, owner, .. } if node == "n0" && *owner == victim),
         "{:?}",
-        before.get(&assigned.ips[0])
+        before.get(&assigned_ip)
     );
     let a_warm: Vec<IpAddr> =
         before.iter().filter(|(_, r)| r.state_name() == "warm" && r.node() == Some("n0")).map(|(ip, _)| *ip).collect();
@@ -824,7 +828,7 @@ fn a_partitioned_node_is_fenced_when_it_returns() {
     let reclaimed = wait_for(
         Duration::from_secs(LEASE_TTL + QUARANTINE + 20),
         "node B has reclaimed A's addresses (the victim's record is cooling, last on A)",
-        || matches!(lab.records().get(&assigned.ips[0]), Some(AddressRecord::Cooling { last_node, .. }) if last_node == "n0"),
+        || matches!(lab.records().get(&assigned_ip), Some(AddressRecord::Cooling { last_node, .. }) if last_node == "n0"),
     );
     eprintln!(
         "A cut off: B reclaimed its addresses after {:.1}s (lease {LEASE_TTL}s + quarantine {QUARANTINE}s)",
@@ -873,7 +877,7 @@ fn a_partitioned_node_is_fenced_when_it_returns() {
         lab.live_nodes().contains("n0") && warm_is_full(&a.view())
     });
     let now = lab.records();
-    assert!(now.get(&assigned.ips[0]).is_none_or(|r| r.node() != Some("n0")), "{:?}", now.get(&assigned.ips[0]));
+    assert!(now.get(&assigned_ip).is_none_or(|r| r.node() != Some("n0")), "{:?}", now.get(&assigned_ip));
     let audit = lab.audit();
     eprintln!("etcd after healing: {audit}");
     assert!(audit.lost.is_empty(), "{:#?}", audit.lost);
@@ -930,7 +934,7 @@ fn quorum_loss_serves_adds_from_the_warm_pool_then_code_unavailable() {
     assert_eq!(refused.code(), Some(ErrorCode::Unavailable), "{refused}");
     assert_eq!(c.ipam_release(&owner("q0")).unwrap().released, [got[0]]);
     assert_eq!(c.ipam_release(&owner("q1")).unwrap().released, [got[1]]);
-    assert_eq!(c.ipam_lookup(&owner("q2")).unwrap().ips[0], got[2]);
+    assert_eq!(c.ipam_lookup(&owner("q2")).unwrap().ips, [got[2]]);
     wait_for(Duration::from_secs(10), "the node's upkeep finds the store unreachable", || {
         node.metrics().contains("\nvswitch_ipam_store_up 0\n")
     });
@@ -1139,7 +1143,7 @@ fn a_node_killed_mid_allocation_loses_and_duplicates_nothing() {
         );
         // Asking again gives the same address.
         let again = c.ipam_assign(spec(o)).unwrap();
-        assert_eq!((Some(again.ips[0]), again.new), (*ip, false), "{o}");
+        assert_eq!((again.ips.first().copied(), again.new), (*ip, false), "{o}");
     }
     let audit = lab.audit();
     eprintln!("etcd after {ROUNDS} kills: {audit}");
@@ -1157,4 +1161,73 @@ fn a_node_killed_mid_allocation_loses_and_duplicates_nothing() {
     let audit = lab.audit();
     eprintln!("etcd after releasing everything: {audit}");
     assert!(audit.assigned.is_empty() && audit.lost.is_empty(), "{audit:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Dual stack: pods on three nodes race for an IPv4 and an IPv6 address each.
+
+#[test]
+fn dual_stack_pods_racing_on_three_nodes_get_one_address_per_family_and_never_share_one() {
+    let _serial = one_at_a_time();
+    // 30 IPv4 addresses and a /64, probed rather than listed.
+    let lab =
+        Lab::with_pools(3, &["10.98.0.0/27", "fd98::/64"], "warm_target = 2\nwarm_max = 4\nreuse_delay_seconds = 3");
+    const PODS_PER_NODE: usize = 8;
+    let replies: Vec<(String, usize, AddressView)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..lab.nodes.len())
+            .flat_map(|n| (0..PODS_PER_NODE).map(move |i| (n, format!("d{n}-{i}"))))
+            .map(|(n, id)| {
+                let socket = lab.nodes[n].daemon.socket.clone();
+                s.spawn(move || {
+                    let reply = client(&socket).ipam_assign(spec(&id)).unwrap_or_else(|e| panic!("{id} on n{n}: {e}"));
+                    (id, n, reply)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut seen: HashMap<IpAddr, String> = HashMap::new();
+    for (id, _, reply) in &replies {
+        assert!(reply.new, "{id}: {reply:?}");
+        let [v4, v6] = reply.ips[..] else { panic!("{id} got {:?}, not one address per family", reply.ips) };
+        assert!(v4.is_ipv4() && v6.is_ipv6() && lab.pool.contains(v4) && lab.pool.contains(v6), "{id}: {v4} {v6}");
+        for ip in [v4, v6] {
+            if let Some(other) = seen.insert(ip, id.clone()) {
+                panic!("{ip} given to both {other} and {id}");
+            }
+        }
+    }
+    // Asked again: the same two. And etcd says the same, with both families' keys.
+    for (id, n, reply) in &replies {
+        let again = lab.nodes[*n].client().ipam_assign(spec(id)).unwrap();
+        assert_eq!((&again.ips, again.new), (&reply.ips, false), "{id}");
+    }
+    lab.wait_synced(Duration::from_secs(20));
+    let records = lab.records();
+    for (id, n, reply) in &replies {
+        for ip in &reply.ips {
+            assert!(
+                matches!(&records[ip], AddressRecord::Assigned { node, owner, .. }
+                    if *node == format!("n{n}") && owner.container_id == *id),
+                "{ip} of {id}: {:?}",
+                records.get(ip)
+            );
+        }
+    }
+    // The view and the metrics count both families.
+    let ctl = lab.nodes[0].ctl_ipam();
+    assert!(ctl["this_node"]["warm"].as_u64().unwrap() >= 2, "{ctl}");
+    let metrics = lab.nodes[0].metrics();
+    assert!(metrics.contains("vswitch_ipam_pool_addresses{family=\"ipv6\"}"), "{metrics}");
+    assert!(metrics.contains("vswitch_ipam_node_addresses{family=\"ipv4\",state=\"assigned\"} 8"), "{metrics}");
+    // Released: both addresses of every pod cool down.
+    for (id, n, reply) in &replies {
+        let released = lab.nodes[*n].client().ipam_release(&owner(id)).unwrap().released;
+        assert_eq!(released, reply.ips, "{id}");
+    }
+    lab.wait_synced(Duration::from_secs(20));
+    let records = lab.records();
+    for ip in seen.keys() {
+        assert!(matches!(records.get(ip), Some(AddressRecord::Cooling { .. })), "{ip}: {:?}", records.get(ip));
+    }
 }

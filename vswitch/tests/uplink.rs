@@ -91,13 +91,23 @@ fn pods_and_a_vpc_host_reach_each_other_over_the_uplink_with_ipv6() {
     let (node, vm, daemon) = (&lab.node, &lab.vm, &lab.daemon);
     let pod6 = Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 40, 2);
     let pod = Pod::new(Ipv4Addr::new(10, 10, 40, 4)).with_ipv6(pod6);
+    // The VM still has the address at the MAC of the node the pod lived on before (a sticky pod
+    // that moved): the unsolicited advertisement sent when the pod attaches here corrects it.
+    vm.ip(&["-6", "neigh", "replace", &pod6.to_string(), "lladdr", "02:00:00:00:0b:ad", "dev", "eth0", "nud", "stale"]);
     daemon.attach("pod-6", &pod);
-    // VM to pod: the VM's neighbour solicitation for the pod's address is answered by the switch
-    // with the uplink's MAC.
+    let up0_mac = String::from_utf8_lossy(&node.exec(&["cat", "/sys/class/net/up0/address"]).stdout).trim().to_string();
+    let vm_entry =
+        || String::from_utf8_lossy(&vm.exec(&["ip", "-6", "neigh", "show", &pod6.to_string()]).stdout).to_string();
+    let start = std::time::Instant::now();
+    while !vm_entry().contains(&up0_mac) {
+        assert!(start.elapsed() < std::time::Duration::from_secs(2), "the VM still has {}", vm_entry());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // VM to pod: the VM's neighbour solicitations for the pod's address are answered by the
+    // switch with the uplink's MAC.
     let out = vm.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "1", &pod6.to_string()]);
     assert!(out.status.success(), "VM to pod over IPv6: {}", String::from_utf8_lossy(&out.stdout));
-    let up0_mac = String::from_utf8_lossy(&node.exec(&["cat", "/sys/class/net/up0/address"]).stdout).trim().to_string();
-    let entry = String::from_utf8_lossy(&vm.exec(&["ip", "-6", "neigh", "show", &pod6.to_string()]).stdout).to_string();
+    let entry = vm_entry();
     assert!(entry.contains(&up0_mac), "the VM reaches the pod through the uplink's MAC: {entry}");
     // Pod to VM: the switch resolves the VM with a neighbour solicitation of its own.
     vm.ip(&["-6", "neigh", "flush", "dev", "eth0"]);

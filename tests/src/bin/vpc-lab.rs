@@ -4,16 +4,18 @@
 //! all down again, failing if any path fails. `up`, `check` and `down` do the same in steps.
 //! `--nodes N` (2 to 4) sets the number of nodes; `--ipam etcd` allocates every pod from one
 //! pool in a 3-member etcd cluster, and then `demo` and every `check` also move a sticky pod to
-//! the next node and time how soon it answers there.
+//! the next node and time how soon it answers there. `--ip-family dual` (or `ipv6`) gives the VPC
+//! an IPv6 subnet next to the IPv4 one and the pods IPv6 addresses too (or only), and runs every
+//! path of the matrix over each family the pods have; `--ipam etcd` is IPv4 only.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use vpc_lab::lab::{IpamMode, Lab, LabSpec, LabState, PathCheck, UplinkMode};
+use vpc_lab::lab::{IpFamily, IpamMode, Lab, LabSpec, LabState, PathCheck, UplinkMode};
 
 #[derive(Parser)]
 #[command(
@@ -42,6 +44,16 @@ enum Ipam {
     Etcd,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Families {
+    /// Pods with IPv4 only.
+    Ipv4,
+    /// Pods with IPv4 and IPv6; every path checked over both.
+    Dual,
+    /// Pods with IPv6 only.
+    Ipv6,
+}
+
 #[derive(clap::Args, Clone)]
 struct Shape {
     #[arg(long, value_enum, default_value_t = Mode::HostRouted)]
@@ -52,6 +64,9 @@ struct Shape {
     /// Where pods' addresses come from.
     #[arg(long, value_enum, default_value_t = Ipam::Local)]
     ipam: Ipam,
+    /// The pods' address families (the VPC gets the IPv6 subnet fd00:10::/64 with dual or ipv6).
+    #[arg(long, value_enum, default_value_t = Families::Ipv4)]
+    ip_family: Families,
     #[arg(long, default_value_t = 1500)]
     pod_mtu: u16,
     /// Forwarding threads per vswitchd.
@@ -113,6 +128,11 @@ fn spec(shape: &Shape) -> LabSpec {
             Ipam::Local => IpamMode::Local,
             Ipam::Etcd => IpamMode::Etcd,
         },
+        family: match shape.ip_family {
+            Families::Ipv4 => IpFamily::Ipv4,
+            Families::Dual => IpFamily::Dual,
+            Families::Ipv6 => IpFamily::Ipv6,
+        },
         nodes: shape.nodes.into(),
         pod_mtu: shape.pod_mtu,
         workers: shape.workers,
@@ -129,6 +149,15 @@ fn main() -> ExitCode {
             if !nix::unistd::geteuid().is_root() {
                 eprintln!("vpc-lab: needs root (it creates network namespaces)");
                 return ExitCode::from(2);
+            }
+            if let Cmd::Up(shape) | Cmd::Demo { shape, .. } = &command {
+                if matches!(shape.ipam, Ipam::Etcd) && shape.ip_family != Families::Ipv4 {
+                    eprintln!(
+                        "vpc-lab: --ipam etcd is IPv4 only (vswitchd's cluster IPAM has no IPv6 pools yet); \
+                         use --ip-family ipv4 with it, or --ipam local for dual or ipv6"
+                    );
+                    return ExitCode::from(2);
+                }
             }
             match command {
                 Cmd::Up(shape) => up(&shape),
@@ -148,15 +177,20 @@ fn main() -> ExitCode {
 }
 
 fn serve(name: &str, port: u16) -> ExitCode {
-    let listener = match TcpListener::bind(("0.0.0.0", port)) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("vpc-lab serve: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    // Both families on one socket where the namespace has IPv6 (an IPv4 peer then shows as
+    // ::ffff:a.b.c.d, printed as a.b.c.d), IPv4 alone where it has not.
+    let listener =
+        match TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)).or_else(|_| TcpListener::bind(("0.0.0.0", port))) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("vpc-lab serve: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
     for stream in listener.incoming().flatten() {
-        let peer = stream.peer_addr().map_or_else(|_| "?".into(), |p| p.to_string());
+        let peer = stream
+            .peer_addr()
+            .map_or_else(|_| "?".into(), |p| SocketAddr::new(p.ip().to_canonical(), p.port()).to_string());
         let mut stream = stream;
         let _ = writeln!(stream, "name={name} peer={peer}");
     }
@@ -253,11 +287,12 @@ fn report(checks: &[PathCheck], json: bool) -> ExitCode {
             checks.iter().map(|c| f(c).len()).max().unwrap_or(0).max(title.len())
         };
         let (wp, wf, wt) = (width(|c| &c.path, "PATH"), width(|c| &c.from, "FROM"), width(|c| &c.to, "TO"));
-        println!("{:<wp$} {:<wf$} {:<wt$} {:<4} {:>8}  DETAIL", "PATH", "FROM", "TO", "", "RTT ms");
+        println!("{:<4} {:<wp$} {:<wf$} {:<wt$} {:<4} {:>8}  DETAIL", "IP", "PATH", "FROM", "TO", "", "RTT ms");
         for c in checks {
             let rtt = c.rtt_ms.map_or_else(|| "-".to_string(), |r| format!("{r:.3}"));
             println!(
-                "{:<wp$} {:<wf$} {:<wt$} {:<4} {:>8}  {}",
+                "{:<4} {:<wp$} {:<wf$} {:<wt$} {:<4} {:>8}  {}",
+                c.family.strip_prefix("IP").unwrap_or(&c.family),
                 c.path,
                 c.from,
                 c.to,
@@ -302,15 +337,20 @@ fn demo(shape: &Shape, seconds: u32) -> ExitCode {
     }
     if !stopped() {
         println!("[3/4] iperf3, one TCP stream, {seconds} s");
-        for (what, from, to) in [("pod -> pod, same node", "n1a", "n1b"), ("pod -> pod, across nodes", "n1a", "n2a")] {
-            match lab.iperf3(from, to, seconds) {
+        let runs = lab.family.families().into_iter().flat_map(|family| {
+            [("pod -> pod, same node", "n1a", "n1b"), ("pod -> pod, across nodes", "n1a", "n2a")]
+                .map(|(what, from, to)| (family, what, from, to))
+        });
+        for (family, what, from, to) in runs {
+            let what = format!("{family} {what}");
+            match lab.iperf3(family, from, to, seconds) {
                 Ok(run) => println!(
-                    "  {what:<28} {:>7.2} Gbit/s, {} segments retransmitted",
+                    "  {what:<33} {:>7.2} Gbit/s, {} segments retransmitted",
                     run.bits_per_second / 1e9,
                     run.retransmits
                 ),
                 Err(e) => {
-                    println!("  {what:<28} failed: {e}");
+                    println!("  {what:<33} failed: {e}");
                     ok = false;
                 }
             }

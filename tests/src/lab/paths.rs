@@ -1,13 +1,17 @@
-//! The path matrix: every communication path of the lab, for every node and every pair of nodes,
-//! each proven with a ping and a TCP connection whose server reports the address it saw.
+//! The path matrix: every communication path of the lab, for every node and every pair of nodes
+//! and for each address family the pods have, each proven with a ping and a TCP connection whose
+//! server reports the address it saw.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use super::{node_ip, pod_name, PathCheck, Topology, HYBRID_IP, NODE_PORT, SERVER_PORT, SERVICE_IP, VM_IP};
+use super::{
+    node_ip, node_ip6, pod_name, Family, PathCheck, Topology, HYBRID_IP, HYBRID_IP6, NODE_PORT, SERVER_PORT,
+    SERVICE_IP, SERVICE_IP6, VM_IP, VM_IP6,
+};
 use crate::netns::binary;
 
 /// How many checks run at once: they mostly wait for replies.
@@ -15,33 +19,58 @@ const PARALLEL: usize = 6;
 
 /// One row of the matrix, before it runs.
 enum Check {
-    Path { path: &'static str, from: String, to: String },
-    Service { from: String },
-    NodePort { node: usize },
-    Mtu { from: String },
+    Path {
+        family: Family,
+        path: &'static str,
+        from: String,
+        to: String,
+    },
+    Service {
+        family: Family,
+        from: String,
+    },
+    NodePort {
+        family: Family,
+        node: usize,
+    },
+    Mtu {
+        from: String,
+    },
+    /// IPv6: Packet Too Big, path MTU discovery, and a large transfer that completes; `port`
+    /// is the iperf3 server's on the hybrid host (one per check: they run in parallel).
+    Mtu6 {
+        from: String,
+        port: u16,
+    },
+}
+
+/// The peer address in a server's `peer=` field (`IP:PORT` or `[IPv6]:PORT`).
+fn peer_ip(peer: &str) -> String {
+    peer.parse::<SocketAddr>().map_or_else(|_| peer.to_string(), |a| a.ip().to_string())
 }
 
 impl Topology {
     /// Connects from namespace `from` to `to:port`; returns (server name, the peer address the
     /// server saw, connect+reply time).
-    pub fn probe(&self, from: &str, to: Ipv4Addr, port: u16) -> Result<(String, String, f64), String> {
+    pub fn probe(&self, from: &str, to: IpAddr, port: u16) -> Result<(String, String, f64), String> {
         let out = Command::new("ip")
             .args(["netns", "exec", from])
             .arg(binary("vpc-lab"))
-            .args(["probe", &format!("{to}:{port}")])
+            .args(["probe", &SocketAddr::new(to, port).to_string()])
             .output()
             .map_err(|e| e.to_string())?;
         let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if !out.status.success() {
             return Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr).trim()));
         }
-        // "name=X peer=IP:PORT rtt_ms=F"
+        // "name=X peer=IP:PORT rtt_ms=F"; the peer's address only is returned.
         let field = |k: &str| text.split_whitespace().find_map(|f| f.strip_prefix(k)).unwrap_or("").to_string();
-        Ok((field("name="), field("peer="), field("rtt_ms=").parse().unwrap_or(0.0)))
+        Ok((field("name="), peer_ip(&field("peer=")), field("rtt_ms=").parse().unwrap_or(0.0)))
     }
 
     /// Pings; returns the average RTT.
-    pub fn ping(&self, from: &str, to: Ipv4Addr) -> Result<f64, String> {
+    pub fn ping(&self, from: &str, to: impl Into<IpAddr>) -> Result<f64, String> {
+        let to: IpAddr = to.into();
         let out = Command::new("ip")
             .args(["netns", "exec", from, "ping", "-c", "2", "-i", "0.2", "-W", "2", &to.to_string()])
             .output()
@@ -60,35 +89,39 @@ impl Topology {
         Ok(avg.unwrap_or(0.0))
     }
 
-    /// The namespace and address of a pod, `nodeN`, `vm` or `hybrid`.
-    pub(super) fn ns_of(&self, who: &str) -> (String, Ipv4Addr) {
+    /// The namespace and address of `family` of a pod, `nodeN`, `vm` or `hybrid`.
+    pub(super) fn ns_of(&self, who: &str, family: Family) -> (String, IpAddr) {
         if let Some(p) = self.pods.iter().find(|p| p.name == who) {
-            return (p.netns.clone(), p.ip);
+            let ip = p.addr(family).unwrap_or_else(|| panic!("pod {who} has no {family} address"));
+            return (p.netns.clone(), ip);
         }
+        let v6 = family == Family::V6;
         match who {
-            "vm" => (self.vm.clone(), VM_IP),
-            "hybrid" => (self.hybrid.clone(), HYBRID_IP),
+            "vm" if v6 => (self.vm.clone(), VM_IP6.into()),
+            "vm" => (self.vm.clone(), VM_IP.into()),
+            "hybrid" if v6 => (self.hybrid.clone(), HYBRID_IP6.into()),
+            "hybrid" => (self.hybrid.clone(), HYBRID_IP.into()),
             n if n.starts_with("node") => {
                 let i: usize = n[4..].parse::<usize>().expect("node number") - 1;
-                (self.nodes[i].clone(), node_ip(i))
+                let ip = if v6 { node_ip6(i).into() } else { node_ip(i).into() };
+                (self.nodes[i].clone(), ip)
             }
             _ => panic!("no {who} in the lab"),
         }
     }
 
     /// One path: ping, then a TCP connection whose server must report `from`'s own address.
-    fn check_path(&self, path: &str, from: &str, to: &str) -> PathCheck {
-        let (from_ns, from_ip) = self.ns_of(from);
-        let (_, to_ip) = self.ns_of(to);
-        let mut check = PathCheck::new(path, from, to);
+    fn check_path(&self, family: Family, path: &str, from: &str, to: &str) -> PathCheck {
+        let (from_ns, from_ip) = self.ns_of(from, family);
+        let (_, to_ip) = self.ns_of(to, family);
+        let mut check = PathCheck::of(family, path, from, to);
         match self.ping(&from_ns, to_ip) {
             Err(e) => check.detail = format!("ping: {e}"),
             Ok(rtt) => {
                 check.rtt_ms = Some(rtt);
                 match self.probe(&from_ns, to_ip, SERVER_PORT) {
                     Err(e) => check.detail = format!("tcp: {e}"),
-                    Ok((name, peer, _)) => {
-                        let peer_ip = peer.split(':').next().unwrap_or("");
+                    Ok((name, peer_ip, _)) => {
                         check.ok = name == to && peer_ip == from_ip.to_string();
                         check.detail = format!(
                             "{to} saw {peer_ip}{}",
@@ -111,7 +144,7 @@ impl Topology {
     fn spread(
         &self,
         from_ns: &str,
-        to: Ipv4Addr,
+        to: IpAddr,
         port: u16,
     ) -> (BTreeSet<(String, String)>, Option<f64>, Option<String>) {
         let wanted: Vec<String> = self.backends().iter().map(|b| b.name.clone()).collect();
@@ -121,7 +154,7 @@ impl Topology {
         for _ in 0..24 {
             match self.probe(from_ns, to, port) {
                 Ok((name, peer, rtt)) => {
-                    seen.insert((name, peer.split(':').next().unwrap_or("").to_string()));
+                    seen.insert((name, peer));
                     rtts.push(rtt);
                 }
                 Err(e) => error = Some(e),
@@ -139,10 +172,14 @@ impl Topology {
     }
 
     /// The Service from a pod: every backend must answer.
-    fn check_service(&self, from: &str) -> PathCheck {
-        let (from_ns, _) = self.ns_of(from);
-        let (seen, rtt, error) = self.spread(&from_ns, SERVICE_IP, 80);
-        let mut check = PathCheck::new("pod -> Service ClusterIP", from, &format!("{SERVICE_IP}:80"));
+    fn check_service(&self, family: Family, from: &str) -> PathCheck {
+        let (from_ns, _) = self.ns_of(from, family);
+        let service = match family {
+            Family::V4 => SocketAddr::from((SERVICE_IP, 80)),
+            Family::V6 => SocketAddr::from((SERVICE_IP6, 80)),
+        };
+        let (seen, rtt, error) = self.spread(&from_ns, service.ip(), 80);
+        let mut check = PathCheck::of(family, "pod -> Service ClusterIP", from, &service.to_string());
         check.ok = error.is_none() && self.all_backends(&seen);
         check.rtt_ms = rtt;
         let names: BTreeSet<&str> = seen.iter().map(|(name, _)| name.as_str()).collect();
@@ -158,12 +195,12 @@ impl Topology {
     /// this node's address, because the node masquerades as kube-proxy does for
     /// externalTrafficPolicy: Cluster (a backend on another node would otherwise answer the
     /// client directly, past the conntrack entry that undoes the DNAT).
-    fn check_node_port(&self, node: usize) -> PathCheck {
-        let (from_ns, _) = self.ns_of("hybrid");
-        let via = node_ip(node);
+    fn check_node_port(&self, family: Family, node: usize) -> PathCheck {
+        let (from_ns, _) = self.ns_of("hybrid", family);
+        let (_, via) = self.ns_of(&format!("node{}", node + 1), family);
         let (seen, rtt, error) = self.spread(&from_ns, via, NODE_PORT);
         let mut check =
-            PathCheck::new("outside client -> NodePort", "hybrid", &format!("node{}:{NODE_PORT}", node + 1));
+            PathCheck::of(family, "outside client -> NodePort", "hybrid", &format!("node{}:{NODE_PORT}", node + 1));
         let peers: BTreeSet<&str> = seen.iter().map(|(_, peer)| peer.as_str()).collect();
         let snat = peers.iter().all(|p| *p == via.to_string());
         check.ok = error.is_none() && self.all_backends(&seen) && snat;
@@ -187,7 +224,7 @@ impl Topology {
     /// A DF ping larger than the hybrid link's MTU must come back as fragmentation-needed with
     /// that MTU.
     fn check_mtu(&self, from: &str) -> PathCheck {
-        let (from_ns, _) = self.ns_of(from);
+        let (from_ns, _) = self.ns_of(from, Family::V4);
         let size = (self.pod_mtu - 28).to_string();
         let out = Command::new("ip")
             .args([
@@ -222,6 +259,54 @@ impl Topology {
         check
     }
 
+    /// IPv6 routers do not fragment: a packet larger than the hybrid link's MTU must come back
+    /// as Packet Too Big with that MTU, the pod's kernel must then know the path's MTU (its
+    /// route to the hybrid host shows it), and a 2 MB TCP transfer to the hybrid host must
+    /// complete.
+    fn check_mtu6(&self, from: &str, port: u16) -> PathCheck {
+        let (from_ns, _) = self.ns_of(from, Family::V6);
+        let (hybrid_ns, hybrid) = self.ns_of("hybrid", Family::V6);
+        let mtu = self.hybrid_mtu.to_string();
+        let mut check = PathCheck::of(Family::V6, "MTU: ping too big for the hybrid link, PMTUD", from, "hybrid");
+        let output = |args: &[&str]| {
+            Command::new("ip")
+                .args(["netns", "exec", &from_ns])
+                .args(args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr))
+                .unwrap_or_else(|e| e.to_string())
+        };
+        // Forget what an earlier check taught the pod (the learnt MTU lasts 10 minutes), so the
+        // Packet Too Big comes again on every `vpc-lab check`.
+        output(&["ip", "-6", "route", "flush", "cache"]);
+        let size = (self.pod_mtu - 48).to_string();
+        let ping =
+            output(&["ping", "-6", "-c", "2", "-i", "0.3", "-W", "1", "-M", "do", "-s", &size, &hybrid.to_string()]);
+        let ptb = ping.lines().find(|l| l.contains("Packet too big") && l.contains(&format!("mtu={mtu}")));
+        let Some(ptb) = ptb else {
+            check.detail =
+                format!("no Packet Too Big with mtu={mtu}: {}", ping.lines().rfind(|l| !l.is_empty()).unwrap_or(""));
+            return check;
+        };
+        let route = output(&["ip", "-6", "route", "get", &hybrid.to_string()]);
+        if !route.contains(&format!("mtu {mtu}")) {
+            check.detail = format!("Packet Too Big came, but the pod's route did not learn the MTU: {}", route.trim());
+            return check;
+        }
+        let sender = ptb.split_whitespace().nth(1).unwrap_or("?");
+        match crate::netns::iperf3_bytes(&from_ns, &hybrid_ns, hybrid, port, 2 << 20) {
+            Ok(run) => {
+                check.ok = true;
+                check.detail = format!(
+                    "Packet Too Big mtu={mtu} from {sender}; path MTU learnt ({mtu}); 2 MB TCP to the hybrid host: {:.0} Mbit/s",
+                    run.bits_per_second / 1e6
+                );
+            }
+            Err(e) => check.detail = format!("PMTU {mtu} learnt, but the 2 MB transfer failed: {e}"),
+        }
+        check
+    }
+
     /// Pod `index` of `node`, or its first pod if it has fewer.
     fn pod_of(&self, node: usize, index: usize) -> String {
         let name = pod_name(node, index);
@@ -232,15 +317,23 @@ impl Topology {
         }
     }
 
-    /// The whole matrix, for every node and every pair of nodes (the sticky pod is not in it:
-    /// [`Topology::move_sticky`] checks that one).
+    /// The whole matrix, for every node and every pair of nodes, once for each address family
+    /// of the pods (the sticky pod is not in it: [`Topology::move_sticky`] checks that one).
     pub fn check(&self) -> Vec<PathCheck> {
+        let mut plan = Vec::new();
+        for family in self.family.families() {
+            plan.extend(self.plan(family));
+        }
+        self.run_all(&plan)
+    }
+
+    fn plan(&self, family: Family) -> Vec<Check> {
         let n = self.nodes.len();
         let (a, b) = (|i| self.pod_of(i, 0), |i| self.pod_of(i, 1));
         let node = |i: usize| format!("node{}", i + 1);
         let pairs: Vec<(usize, usize)> =
             (0..n).flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j))).collect();
-        let path = |path: &'static str, from: String, to: String| Check::Path { path, from, to };
+        let path = |path: &'static str, from: String, to: String| Check::Path { family, path, from, to };
         let mut plan = Vec::new();
         plan.extend((0..n).map(|i| path("pod -> pod, same node", a(i), b(i))));
         for i in 0..n {
@@ -252,14 +345,17 @@ impl Topology {
         plan.extend((0..n).map(|i| path("pod -> its own node", a(i), node(i))));
         plan.extend(pairs.iter().map(|&(i, j)| path("pod -> another node", a(i), node(j))));
         plan.extend(pairs.iter().map(|&(i, j)| path("node -> pod on another node", node(j), b(i))));
-        plan.extend((0..n).map(|i| Check::Service { from: b(i) }));
-        plan.extend((0..n).map(|i| Check::NodePort { node: i }));
+        plan.extend((0..n).map(|i| Check::Service { family, from: b(i) }));
+        plan.extend((0..n).map(|i| Check::NodePort { family, node: i }));
         plan.extend((0..n).map(|i| path("pod -> VPC host (VM)", a(i), "vm".into())));
         plan.extend((0..n).map(|i| path("VPC host (VM) -> pod", "vm".into(), a(i))));
         plan.extend((0..n).map(|i| path("pod -> hybrid-cloud host", b(i), "hybrid".into())));
         plan.extend((0..n).map(|i| path("hybrid-cloud host -> pod", "hybrid".into(), a(i))));
-        plan.extend((0..n).map(|i| Check::Mtu { from: a(i) }));
-        self.run_all(&plan)
+        match family {
+            Family::V4 => plan.extend((0..n).map(|i| Check::Mtu { from: a(i) })),
+            Family::V6 => plan.extend((0..n).map(|i| Check::Mtu6 { from: a(i), port: 5301 + i as u16 })),
+        }
+        plan
     }
 
     /// Runs the checks, [`PARALLEL`] at a time; results in plan order.
@@ -272,10 +368,11 @@ impl Topology {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(check) = plan.get(i) else { break };
                     let result = match check {
-                        Check::Path { path, from, to } => self.check_path(path, from, to),
-                        Check::Service { from } => self.check_service(from),
-                        Check::NodePort { node } => self.check_node_port(*node),
+                        Check::Path { family, path, from, to } => self.check_path(*family, path, from, to),
+                        Check::Service { family, from } => self.check_service(*family, from),
+                        Check::NodePort { family, node } => self.check_node_port(*family, *node),
                         Check::Mtu { from } => self.check_mtu(from),
+                        Check::Mtu6 { from, port } => self.check_mtu6(from, *port),
                     };
                     results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(result);
                 });
@@ -289,11 +386,11 @@ impl Topology {
             .collect()
     }
 
-    /// One iperf3 TCP stream between two pods.
-    pub fn iperf3(&self, from: &str, to: &str, seconds: u32) -> Result<crate::netns::TcpRun, String> {
-        let (from_ns, _) = self.ns_of(from);
-        let (to_ns, to_ip) = self.ns_of(to);
-        let run = crate::netns::iperf3(&from_ns, &to_ns, to_ip, 1, seconds)?;
+    /// One iperf3 TCP stream between two pods over `family`.
+    pub fn iperf3(&self, family: Family, from: &str, to: &str, seconds: u32) -> Result<crate::netns::TcpRun, String> {
+        let (from_ns, _) = self.ns_of(from, family);
+        let (to_ns, to_ip) = self.ns_of(to, family);
+        let run = crate::netns::iperf3_ip(&from_ns, &to_ns, to_ip, 1, seconds)?;
         if run.bits_per_second > 0.0 {
             Ok(run)
         } else {

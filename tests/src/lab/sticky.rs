@@ -101,7 +101,7 @@ fn first_answer(ns: &str, to: Ipv4Addr, since: Instant) -> Result<(f64, String),
             let error = match ask(addr, Duration::from_millis(100)) {
                 Ok(line) if line.starts_with(&format!("name={STICKY_POD} ")) => {
                     let peer = line.split_whitespace().find_map(|f| f.strip_prefix("peer=")).unwrap_or("");
-                    let peer = peer.split(':').next().unwrap_or("").to_string();
+                    let peer = peer.parse::<SocketAddr>().map_or_else(|_| peer.to_string(), |a| a.ip().to_string());
                     return Ok((since.elapsed().as_secs_f64() * 1e3, peer));
                 }
                 Ok(line) => format!("answered by someone else: {}", line.trim()),
@@ -184,12 +184,14 @@ impl Topology {
         let index =
             self.pods.iter().position(|p| p.name == STICKY_POD).expect("a sticky pod: the lab runs with --ipam etcd");
         let old = self.pods[index].clone();
+        // The etcd IPAM, the only one with sticky pods, is IPv4 only.
+        let old_ip = old.ip4();
         let n = self.nodes.len();
         let (from, to) = (old.node, (old.node + 1) % n);
         let node = |i: usize| format!("node{}", i + 1);
         // A pod on a third node, or (with two nodes) on the old node itself.
         let observer = (0..n).find(|&i| i != from && i != to).map_or_else(|| pod_name(from, 0), |i| pod_name(i, 0));
-        let (observer_ns, observer_ip) = self.ns_of(&observer);
+        let (observer_ns, observer_ip) = self.ns_of(&observer, super::Family::V4);
         let observer_node = self.pod(&observer).expect("the observer pod").node;
         let (old_mac, new_mac) = (self.vpc_mac(from), self.vpc_mac(to));
         let mac_name = |mac: &Option<String>| match mac {
@@ -202,7 +204,7 @@ impl Topology {
             pod: format!("{POD_NAMESPACE}/{STICKY_POD}"),
             from_node: from,
             to_node: to,
-            ip_before: old.ip,
+            ip_before: old_ip,
             ip_after: None,
             add_attempts: 0,
             del_to_add_ms: 0.0,
@@ -214,10 +216,10 @@ impl Topology {
 
         // Before: the VM and the observer talk to it on the old node, so their ARP caches (or
         // the observer's switch) point at the old node.
-        let vm_ping = self.ping(&self.vm, old.ip);
-        let observer_ping = self.ping(&observer_ns, old.ip);
-        let vm_before = self.vm_arp(old.ip);
-        let observer_before = self.next_hop(observer_node, old.ip);
+        let vm_ping = self.ping(&self.vm, old_ip);
+        let observer_ping = self.ping(&observer_ns, old_ip);
+        let vm_before = self.vm_arp(old_ip);
+        let observer_before = self.next_hop(observer_node, old_ip);
 
         // The pod is deleted: its containers (the server) stop, kubelet's DEL, the sandbox goes.
         let killed = pids_in(&old.netns);
@@ -263,12 +265,13 @@ impl Topology {
             name: STICKY_POD.into(),
             netns: ns.name.clone(),
             container_id: container,
-            ip: ip_after.unwrap_or(old.ip),
+            ip: Some(ip_after.unwrap_or(old_ip)),
+            ipv6: None,
             node: to,
         };
 
         // After: the first answers, timed from the ADD's return.
-        let ip = ip_after.unwrap_or(old.ip);
+        let ip = ip_after.unwrap_or(old_ip);
         let (vm_answer, pod_answer) = std::thread::scope(|s| {
             let vm = s.spawn(|| first_answer(&self.vm, ip, added));
             let pod = s.spawn(|| first_answer(&observer_ns, ip, added));
@@ -278,7 +281,7 @@ impl Topology {
         let observer_after = self.next_hop(observer_node, ip);
 
         let mut moved = PathCheck::new("sticky pod: same address, next node", &node(from), &node(to));
-        moved.ok = del.is_ok() && add.is_ok() && ip_after == Some(old.ip) && listening == Ok(true);
+        moved.ok = del.is_ok() && add.is_ok() && ip_after == Some(old_ip) && listening == Ok(true);
         moved.detail = match (&del, &add) {
             (Err(e), _) | (_, Err(e)) => e.message.clone(),
             _ if listening != Ok(true) => format!("the new sandbox's server did not start: {listening:?}"),
@@ -286,9 +289,9 @@ impl Topology {
                 "{} {}: DEL on {}, ADD on {} {:.0} ms later ({})",
                 report.pod,
                 match ip_after {
-                    Some(ip) if ip == old.ip => format!("kept {ip}"),
-                    Some(ip) => format!("had {}, got {ip}", old.ip),
-                    None => format!("had {}, got none", old.ip),
+                    Some(ip) if ip == old_ip => format!("kept {ip}"),
+                    Some(ip) => format!("had {}, got {ip}", old_ip),
+                    None => format!("had {}, got none", old_ip),
                 },
                 node(from),
                 node(to),
@@ -300,7 +303,7 @@ impl Topology {
             ),
         };
 
-        let within = |answer: &Result<(f64, String), String>, own: Ipv4Addr| -> (bool, Option<f64>, String) {
+        let within = |answer: &Result<(f64, String), String>, own: std::net::IpAddr| -> (bool, Option<f64>, String) {
             match answer {
                 Err(e) => (false, None, e.clone()),
                 Ok((ms, peer)) => {
@@ -316,7 +319,7 @@ impl Topology {
             }
         };
 
-        let (fast, ms, text) = within(&vm_answer, VM_IP);
+        let (fast, ms, text) = within(&vm_answer, VM_IP.into());
         report.vm_ms = ms;
         let mut vm = PathCheck::new("sticky pod moved: VM -> pod", "vm", STICKY_POD);
         vm.elapsed_ms = ms;

@@ -453,10 +453,11 @@ pub struct PortView {
 pub struct RouteView {
     pub prefix: String,
     pub port: String,
-    /// A MAC, `arp <via>`, or `arp` (each destination on the connected subnet).
+    /// A MAC, `arp <via>` or `ndp <via>`, or `arp`/`ndp` (each destination on the connected
+    /// subnet).
     pub next_hop: String,
     pub mtu: u16,
-    /// `port` (a pod's /32, removed with it), `config` (from vswitchd.toml) or `api`.
+    /// `port` (a pod's /32 or /128, removed with it), `config` (from vswitchd.toml) or `api`.
     pub origin: String,
 }
 

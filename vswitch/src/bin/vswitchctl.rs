@@ -337,14 +337,11 @@ fn print_ipam(v: IpamView) {
     }
     let held: usize =
         v.nodes.iter().map(|n| n.warm.len() + n.assigned.len()).sum::<usize>() + v.sticky.len() + v.cooling.len();
-    println!(
-        "pool: {} usable, {} free, {} held ({} sticky, {} cooling)",
-        v.pool_size,
-        v.free,
-        held,
-        v.sticky.len(),
-        v.cooling.len()
-    );
+    println!("pool: {} held ({} sticky, {} cooling)", held, v.sticky.len(), v.cooling.len());
+    // Per family from the view's pools (a /64 holds 2^64 addresses: counted in u128 here).
+    for (family, size, free) in vswitch::ipam::node::pool_summary(&v) {
+        println!("  {family}: {size} usable, {free} free");
+    }
     for n in &v.nodes {
         let state = match (n.live, n.quarantine_ends) {
             (true, _) => "live".to_string(),

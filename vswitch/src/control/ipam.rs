@@ -49,34 +49,35 @@ impl Switch {
         let ipam = self.ipam_or_refuse()?;
         match request {
             IpamRequest::Assign(spec) => ipam.assign(&spec, &self.addresses_in_use()).await.map(Response::Address),
-            IpamRequest::Release(owner) => ipam
-                .release(&owner)
-                .await
-                .map(|ip| Response::Released(ReleasedView { released: ip.into_iter().collect() })),
+            IpamRequest::Release(owner) => {
+                ipam.release(&owner).await.map(|released| Response::Released(ReleasedView { released }))
+            }
             IpamRequest::Lookup(owner) => match ipam.lookup(&owner) {
-                Some(ip) => Ok(Response::Address(vswitch_api::api::AddressView { ips: vec![ip], new: false })),
-                None => Err(ApiError::new(ErrorCode::NotFound, format!("{} has no address here", owner.container_id))),
+                ips if ips.is_empty() => {
+                    Err(ApiError::new(ErrorCode::NotFound, format!("{} has no address here", owner.container_id)))
+                }
+                ips => Ok(Response::Address(vswitch_api::api::AddressView { ips, new: false })),
             },
             IpamRequest::Gc(keep) => ipam.gc(&keep).await.map(|released| Response::Released(ReleasedView { released })),
             IpamRequest::View => Ok(Response::Ipam(Box::new(ipam.view().await))),
         }
     }
 
-    /// Pod ports the IPAM state may not know (its file lost): recorded as this node's.
+    /// Pod ports the IPAM state may not know (its file lost): recorded as this node's, each of
+    /// the port's addresses (IPv4 and/or IPv6) on its own.
     pub(super) async fn adopt_ports_into_ipam(&self) {
         let Some(ipam) = &self.ipam else { return };
-        let ports: Vec<_> = self
-            .list_ports()
-            .into_iter()
-            .filter_map(|p| match p.role {
-                PortRole::Pod { ip: Some(ip), .. } => {
-                    let (container_id, ifname) = p.name.rsplit_once(':')?;
-                    let owner = Attachment { container_id: container_id.into(), ifname: ifname.into() };
-                    Some((IpAddr::V4(ip), owner, p.pod.clone(), p.netns.clone()?))
-                }
-                _ => None,
-            })
-            .collect();
+        let mut ports = Vec::new();
+        for p in self.list_ports() {
+            let PortRole::Pod { ip, ipv6, .. } = p.role else { continue };
+            let (Some((container_id, ifname)), Some(netns)) = (p.name.rsplit_once(':'), p.netns.clone()) else {
+                continue;
+            };
+            let owner = Attachment { container_id: container_id.into(), ifname: ifname.into() };
+            for ip in [ip.map(IpAddr::V4), ipv6.map(IpAddr::V6)].into_iter().flatten() {
+                ports.push((ip, owner.clone(), p.pod.clone(), netns.clone()));
+            }
+        }
         ipam.adopt_ports(&ports).await;
     }
 

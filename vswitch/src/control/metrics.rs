@@ -179,23 +179,45 @@ impl Collector for MetricsSnapshot {
 fn encode_ipam(ipam: &IpamMetrics, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
     let mut family = encoder.encode_descriptor(
         "vswitch_ipam_node_addresses",
-        "Addresses this node holds, by state (warm: claimed ahead of ADDs; pending: not yet written to the store).",
+        "Addresses this node holds, by family and state (warm: claimed ahead of ADDs; pending: not yet written to the store).",
         None,
         MetricType::Gauge,
     )?;
-    for (state, n) in
-        [("warm", ipam.local.warm), ("assigned", ipam.local.assigned), ("pending", ipam.local.pending_sync)]
-    {
-        ConstGauge::new(n as i64).encode(family.encode_family(&[("state", state)])?)?;
+    for f in &ipam.families {
+        for (state, n) in [("warm", f.warm), ("assigned", f.assigned), ("pending", f.pending)] {
+            ConstGauge::new(n as i64)
+                .encode(family.encode_family(&[("family", f.family.name()), ("state", state)])?)?;
+        }
     }
     let mut family = encoder.encode_descriptor(
         "vswitch_ipam_cluster_addresses",
-        "Addresses held cluster-wide, by state, from this node's last scan of the store.",
+        "Addresses held cluster-wide, by family and state, from this node's last scan of the store.",
         None,
         MetricType::Gauge,
     )?;
-    for (state, n) in &ipam.cluster {
-        ConstGauge::new(*n as i64).encode(family.encode_family(&[("state", *state)])?)?;
+    for ((ip_family, state), n) in &ipam.cluster {
+        ConstGauge::new(*n as i64).encode(family.encode_family(&[("family", ip_family.name()), ("state", *state)])?)?;
+    }
+    // Float gauges: an IPv6 /64 holds 2^64 addresses, more than an integer gauge counts.
+    let mut family = encoder.encode_descriptor(
+        "vswitch_ipam_pool_addresses",
+        "Usable addresses in the cluster's pool, by family (exclusions applied).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for f in &ipam.families {
+        ConstGauge::new(f.pool_size as f64).encode(family.encode_family(&[("family", f.family.name())])?)?;
+    }
+    let mut family = encoder.encode_descriptor(
+        "vswitch_ipam_pool_free_addresses",
+        "Addresses of the pool no node holds, by family, from this node's last scan of the store.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for f in &ipam.families {
+        if let Some(free) = f.free {
+            ConstGauge::new(free as f64).encode(family.encode_family(&[("family", f.family.name())])?)?;
+        }
     }
     let mut family = encoder.encode_descriptor(
         "vswitch_ipam_address_info",
@@ -204,7 +226,8 @@ fn encode_ipam(ipam: &IpamMetrics, encoder: &mut DescriptorEncoder) -> Result<()
         MetricType::Gauge,
     )?;
     for (ip, pod) in &ipam.addresses {
-        let mut labels = vec![("ip", Escaped::new(&ip.to_string()))];
+        let ip_family = if ip.is_ipv6() { "ipv6" } else { "ipv4" };
+        let mut labels = vec![("ip", Escaped::new(&ip.to_string())), ("family", Escaped::new(ip_family))];
         if let Some(pod) = pod {
             labels.push(("namespace", Escaped::new(&pod.namespace)));
             labels.push(("pod", Escaped::new(&pod.name)));

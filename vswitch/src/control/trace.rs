@@ -244,3 +244,67 @@ pub fn run(snapshot: &Snapshot, routes: &[RouteView], port: PortId, mut buf: Vec
         output_hex: out.map(|len| hex::encode(&buf[vnet::LEN..len])),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+    use crate::state::ForwardingStateBuilder;
+    use crate::wire::icmpv6::Icmpv6Packet;
+
+    const GW_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
+    const A_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xa]);
+    const A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0xa);
+    const B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0xb);
+
+    fn snapshot() -> (Snapshot, crate::state::Fibs) {
+        let (forwarding, fibs) = ForwardingStateBuilder::new(Ipv4Addr::new(169, 254, 1, 1), GW_MAC)
+            .dual_stack_pod(Some(Ipv4Addr::new(10, 0, 0, 10)), Some(A6), A_MAC, 1500)
+            .dual_stack_pod(None, Some(B6), MacAddr([2, 0, 0, 0, 0, 0xb]), 1500)
+            .build();
+        (Snapshot { generation: 1, forwarding, queues: Vec::new() }, fibs)
+    }
+
+    fn flow(to: IpAddr, protocol: FlowProtocol, gso: bool) -> FlowSpec {
+        FlowSpec { from: "pod0".into(), to, protocol, size: None, gso }
+    }
+
+    #[test]
+    fn ipv6_flows_are_built_as_a_pod_would_send_them_and_forwarded() {
+        let (snapshot, _fibs) = snapshot();
+        let routes = [RouteView {
+            prefix: format!("{B6}/128"),
+            port: "pod1".into(),
+            next_hop: "02:00:00:00:00:0b".into(),
+            mtu: 1500,
+            origin: "port".into(),
+        }];
+        for (protocol, gso) in [
+            (FlowProtocol::Icmp, false),
+            (FlowProtocol::Udp { port: 53 }, false),
+            (FlowProtocol::Tcp { port: 80 }, false),
+            (FlowProtocol::Tcp { port: 80 }, true),
+        ] {
+            let (buf, len) = flow_frame(&flow(B6.into(), protocol, gso), A6.into(), A_MAC, GW_MAC, 1500).unwrap();
+            if protocol == FlowProtocol::Icmp {
+                let icmp =
+                    Icmpv6Packet::new_checked(&buf[vnet::LEN + ethernet::HEADER_LEN + ipv6::HEADER_LEN..len]).unwrap();
+                assert!(icmp.verify_checksum(A6, B6), "the echo request's checksum");
+            }
+            let view = run(&snapshot, &routes, 0, buf, len);
+            assert!(view.verdict.starts_with("output to pod1"), "{protocol:?} gso {gso}: {view:?}");
+            assert!(view.output.as_deref().is_some_and(|o| o.contains("hop limit 63")), "{view:?}");
+            assert_eq!(view.route.as_deref().map(|r| r.starts_with(&format!("{B6}/128"))), Some(true));
+        }
+        // A flow between families is refused, not built.
+        let mixed = flow_frame(
+            &flow(B6.into(), FlowProtocol::Icmp, false),
+            Ipv4Addr::new(10, 0, 0, 10).into(),
+            A_MAC,
+            GW_MAC,
+            1500,
+        );
+        assert_eq!(mixed.unwrap_err().code, ErrorCode::Invalid);
+    }
+}

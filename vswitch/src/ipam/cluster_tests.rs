@@ -9,16 +9,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use vswitch_api::api::{AssignSpec, Attachment, ErrorCode, PodRef};
+use vswitch_api::api::{AssignSpec, Attachment, ErrorCode, IpFamilies, PodRef};
 
+use super::pool::Family;
 use super::record::{AddressRecord, Keys};
 use super::store::file::FileStore;
 use super::store::{ClusterStore, Entry, StoreError};
 use super::{IpamConfig, NodeIpam};
 
+/// `pool`: one prefix, or several separated by commas.
 fn config(node: &str, pool: &str, extra: &str) -> IpamConfig {
+    let pools: Vec<String> = pool.split(',').map(|p| format!("\"{p}\"")).collect();
     toml::from_str(&format!(
-        "node_name = \"{node}\"\npools = [\"{pool}\"]\nlease_ttl_seconds = 2\nquarantine_seconds = 1\n{extra}"
+        "node_name = \"{node}\"\npools = [{}]\nlease_ttl_seconds = 2\nquarantine_seconds = 1\n{extra}",
+        pools.join(", ")
     ))
     .unwrap()
 }
@@ -56,6 +60,158 @@ fn none() -> HashSet<IpAddr> {
     HashSet::new()
 }
 
+fn with_families(mut spec: AssignSpec, families: IpFamilies) -> AssignSpec {
+    spec.families = Some(families);
+    spec
+}
+
+/// Each address once, and one of each family per pod (IPv4 first).
+fn assert_dual(views: &[Vec<IpAddr>]) {
+    let all: Vec<IpAddr> = views.iter().flatten().copied().collect();
+    assert_eq!(all.iter().collect::<HashSet<_>>().len(), all.len(), "an address twice: {views:?}");
+    for ips in views {
+        assert!(ips.len() == 2 && ips[0].is_ipv4() && ips[1].is_ipv6(), "{ips:?}");
+    }
+}
+
+const DUAL: &str = "10.0.0.0/28,fd00::/64";
+
+#[tokio::test]
+async fn dual_stack_pods_get_one_address_per_family_and_release_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (node(dir.path(), "a", DUAL, "warm_target = 2"), node(dir.path(), "b", DUAL, "warm_target = 2"));
+    a.tick(|_| false).await;
+    b.tick(|_| false).await;
+    assert_eq!((a.local_view().warm, b.local_view().warm), (4, 4), "a warm pool per family");
+    let mut views = Vec::new();
+    for i in 0..3 {
+        views.push(a.assign(&spec(&format!("a{i}"), None), &none()).await.unwrap().ips);
+        views.push(b.assign(&spec(&format!("b{i}"), None), &none()).await.unwrap().ips);
+    }
+    assert_dual(&views);
+    // Repeated ADD: the same two, not new.
+    let again = a.assign(&spec("a0", None), &none()).await.unwrap();
+    assert_eq!((&again.ips, again.new), (&views[0], false));
+    assert_eq!(a.lookup(&spec("a0", None).owner), views[0]);
+    // One family when asked for one.
+    let v6 = a.assign(&with_families(spec("v6", None), IpFamilies::Ipv6), &none()).await.unwrap().ips;
+    let v4 = a.assign(&with_families(spec("v4", None), IpFamilies::Ipv4), &none()).await.unwrap().ips;
+    assert!(v6.len() == 1 && v6[0].is_ipv6() && v4.len() == 1 && v4[0].is_ipv4(), "{v6:?} {v4:?}");
+    // Specific addresses, one per family.
+    let taken: HashSet<IpAddr> = records(dir.path()).await.into_iter().map(|(ip, _)| ip).collect();
+    let free_v4 = (1..15).map(|i| IpAddr::from([10, 0, 0, i])).find(|ip| !taken.contains(ip)).unwrap();
+    let wanted: Vec<IpAddr> = vec![free_v4, "fd00::beef".parse().unwrap()];
+    let mut fixed = spec("fixed", None);
+    fixed.ips = wanted.clone();
+    assert_eq!(a.assign(&fixed, &none()).await.unwrap().ips, wanted);
+    fixed.ips = vec!["fd00::1:2".parse().unwrap()];
+    assert_eq!(a.assign(&fixed, &none()).await.unwrap_err().code, ErrorCode::Conflict);
+    fixed.ips = vec!["fd00::1".parse().unwrap(), "fd00::2".parse().unwrap()];
+    assert_eq!(a.assign(&fixed, &none()).await.unwrap_err().code, ErrorCode::Invalid, "two IPv6 addresses");
+    // Released: both cool down in the store.
+    assert_eq!(a.release(&spec("a0", None).owner).await.unwrap(), views[0]);
+    a.tick(|_| true).await;
+    let now = records(dir.path()).await;
+    for ip in &views[0] {
+        assert!(now.iter().any(|(i, r)| i == ip && r.state_name() == "cooling"), "{ip}: {now:?}");
+    }
+    // Every IPv6 key is the canonical spelling.
+    let store = FileStore::new(&dir.path().join("store.json"));
+    let keys = Keys::new("/vpc-ipam/default");
+    assert!(store.get(&keys.ip("fd00::beef".parse().unwrap())).await.unwrap().is_some());
+    assert!(store.get("/vpc-ipam/default/ip/fd00:0::beef").await.unwrap().is_none());
+    let v4_only = node(dir.path(), "c", "10.0.0.0/28", "warm_target = 1");
+    let err = v4_only.assign(&with_families(spec("c0", None), IpFamilies::Dual), &none()).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::Invalid, "{err:?}");
+}
+
+#[tokio::test]
+async fn one_family_exhausted_takes_nothing_and_the_other_address_stays_warm() {
+    let dir = tempfile::tempdir().unwrap();
+    // Three IPv6 addresses (fd00::11-13; fd00::10 is the subnet-router anycast address).
+    let a = node(dir.path(), "a", "10.0.0.0/28,fd00::10/126", "warm_target = 1");
+    a.tick(|_| false).await;
+    let mut views = Vec::new();
+    for i in 0..3 {
+        views.push(a.assign(&spec(&format!("p{i}"), None), &none()).await.unwrap().ips);
+    }
+    assert_dual(&views);
+    a.tick(|_| true).await;
+    let warm_before = a.local_view().warm;
+    let err = a.assign(&spec("p3", None), &none()).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::Exhausted, "{err:?}");
+    assert!(err.message.contains("IPv6"), "{err:?}");
+    assert!(a.lookup(&spec("p3", None).owner).is_empty(), "nothing held for the failed ADD");
+    assert_eq!(a.local_view().assigned, 6);
+    assert_eq!(a.local_view().warm, warm_before, "the IPv4 address it took is warm again, not cooling");
+    a.tick(|_| true).await;
+    assert!(records(dir.path()).await.iter().all(|(_, r)| r.state_name() != "cooling"));
+    // IPv4 alone still works.
+    let v4 = a.assign(&with_families(spec("p4", None), IpFamilies::Ipv4), &none()).await.unwrap().ips;
+    assert!(v4.len() == 1 && v4[0].is_ipv4());
+    // Released, an IPv6 address cools down: only then may it be handed out again.
+    a.release(&spec("p0", None).owner).await.unwrap();
+    a.tick(|_| true).await;
+    let err = a.assign(&spec("p5", None), &none()).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::Exhausted, "{err:?}");
+}
+
+#[tokio::test]
+async fn a_sticky_dual_stack_pod_keeps_both_addresses_on_another_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "warm_target = 2\nsticky = [\"db/*\"]";
+    let (a, b) = (node(dir.path(), "a", DUAL, extra), node(dir.path(), "b", DUAL, extra));
+    a.tick(|_| false).await;
+    b.tick(|_| false).await;
+    let first = a.assign(&spec("c1", Some(("db", "pg-0"))), &none()).await.unwrap().ips;
+    assert_dual(std::slice::from_ref(&first));
+    a.release(&spec("c1", None).owner).await.unwrap();
+    a.tick(|_| false).await;
+    let sticky = records(dir.path()).await.into_iter().filter(|(_, r)| r.state_name() == "sticky").count();
+    assert_eq!(sticky, 2, "both are held for the pod");
+    let moved = b.assign(&spec("c2", Some(("db", "pg-0"))), &none()).await.unwrap();
+    assert_eq!((moved.ips, moved.new), (first, true), "the sticky pod keeps both on b");
+}
+
+#[tokio::test]
+async fn a_64_refills_quickly_by_probing_without_listing_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(Faults::default());
+    let a = faulty_node(dir.path(), "a", "fd00:1::/64", "warm_target = 16\nwarm_max = 16", &faults);
+    let started = std::time::Instant::now();
+    a.tick(|_| false).await;
+    assert_eq!(a.local_view().warm, 16);
+    for i in 0..16 {
+        let ips = a.assign(&spec(&format!("p{i}"), None), &none()).await.unwrap().ips;
+        assert!(ips.len() == 1 && ips[0].is_ipv6(), "{ips:?}");
+    }
+    // Listing fails from now on: the refill of a /64 never lists (it probes).
+    faults.lists.store(true, Ordering::Relaxed);
+    a.tick(|_| true).await;
+    assert_eq!(a.local_view().warm, 16, "refilled without a listing");
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    faults.lists.store(false, Ordering::Relaxed);
+    let metrics = a.metrics();
+    assert_eq!(metrics.families.len(), 1);
+    assert_eq!(metrics.families[0].pool_size, (1u128 << 64) - 1);
+    let summary = super::node::pool_summary(&a.view().await);
+    assert_eq!(summary, [(Family::Ipv6, (1u128 << 64) - 1, (1u128 << 64) - 1 - 32)]);
+}
+
+#[tokio::test]
+async fn a_lost_claim_reply_in_a_dual_pool_is_taken_in_for_its_family() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(Faults::default());
+    let a = faulty_node(dir.path(), "a", DUAL, "warm_target = 2", &faults);
+    faults.lose_put_if.store(true, Ordering::Relaxed);
+    a.tick(|_| false).await;
+    a.tick(|_| false).await;
+    assert_eq!(a.local_view().warm, 4, "two per family, the lost one among them");
+    assert_eq!(warm_in_store(dir.path(), "a").await, 4, "none claimed and forgotten");
+    let ips = a.assign(&spec("p", None), &none()).await.unwrap().ips;
+    assert_dual(&[ips]);
+}
+
 #[tokio::test]
 async fn nodes_sharing_a_pool_never_hand_out_the_same_address() {
     let dir = tempfile::tempdir().unwrap();
@@ -79,7 +235,7 @@ async fn nodes_sharing_a_pool_never_hand_out_the_same_address() {
     assert_eq!(err.code, ErrorCode::Exhausted, "{err:?}");
     // Repeated ADD: same address, not new.
     let again = a.assign(&spec("a0", None), &none()).await.unwrap();
-    assert_eq!((again.ips[0], again.new), (got[0], false));
+    assert_eq!((again.ips, again.new), (vec![got[0]], false));
     // The store knows every assignment once the nodes have synced.
     a.tick(|_| true).await;
     b.tick(|_| true).await;
@@ -94,8 +250,8 @@ async fn released_addresses_cool_down_cluster_wide_and_ports_are_never_handed_ou
     let b = node(dir.path(), "b", "10.0.0.0/29", "warm_target = 2\nwarm_max = 2");
     a.tick(|_| false).await;
     let ip = a.assign(&spec("p", None), &none()).await.unwrap().ips[0];
-    assert_eq!(a.release(&spec("p", None).owner).await.unwrap(), Some(ip));
-    assert_eq!(a.release(&spec("p", None).owner).await.unwrap(), None, "twice is fine");
+    assert_eq!(a.release(&spec("p", None).owner).await.unwrap(), [ip]);
+    assert!(a.release(&spec("p", None).owner).await.unwrap().is_empty(), "twice is fine");
     a.tick(|_| false).await;
     assert!(records(dir.path()).await.iter().any(|(i, r)| *i == ip && r.state_name() == "cooling"));
     // b fills its warm pool from what is left: never the cooling address.
@@ -142,7 +298,7 @@ async fn a_dead_node_is_quarantined_reclaimed_and_fenced_when_it_returns() {
     let fenced = a.tick(|_| true).await;
     assert_eq!(fenced.len(), 1, "{fenced:?}");
     assert_eq!((fenced[0].ip, fenced[0].owner.container_id.as_str()), (ip, "victim"));
-    assert_eq!(a.lookup(&spec("victim", None).owner), None);
+    assert!(a.lookup(&spec("victim", None).owner).is_empty());
     assert_eq!(a.local_view().fenced_total, 1);
 }
 
@@ -161,7 +317,7 @@ async fn a_sticky_pod_keeps_its_address_on_another_node() {
     a.release(&spec("c1", None).owner).await.unwrap();
     a.tick(|_| false).await;
     let moved = b.assign(&spec("c2", Some(("db", "pg-0"))), &none()).await.unwrap();
-    assert_eq!(moved.ips[0], first, "the sticky pod keeps its address on b");
+    assert_eq!(moved.ips, [first], "the sticky pod keeps its address on b");
     // A pod that is not sticky gets a fresh address.
     let other = b.assign(&spec("c3", Some(("web", "x"))), &none()).await.unwrap().ips[0];
     assert_ne!(other, first);
@@ -312,13 +468,13 @@ async fn a_node_whose_re_registration_fails_half_way_registers_again_and_is_fenc
     // before it has reconciled.
     faults.lists.store(true, Ordering::Relaxed);
     assert!(a.tick(|_| true).await.is_empty());
-    assert_eq!(a.lookup(&spec("victim", None).owner), Some(ip), "not reconciled yet");
+    assert_eq!(a.lookup(&spec("victim", None).owner), [ip], "not reconciled yet");
     // The next round's keep-alive of the new lease succeeds: a must still reconcile (and so
     // learn that it lost the address), not carry on as if registered.
     faults.lists.store(false, Ordering::Relaxed);
     let fenced = a.tick(|_| true).await;
     assert_eq!(fenced.iter().map(|f| f.ip).collect::<Vec<_>>(), [ip], "{fenced:?}");
-    assert_eq!(a.lookup(&spec("victim", None).owner), None);
+    assert!(a.lookup(&spec("victim", None).owner).is_empty());
     let store = FileStore::new(&dir.path().join("store.json"));
     assert!(store.get(&Keys::new("/vpc-ipam/default").node("a")).await.unwrap().is_some(), "a is live again");
 }
@@ -423,7 +579,7 @@ async fn a_reclaim_planned_while_a_node_was_away_does_not_take_its_addresses_onc
     reclaim.await.unwrap();
     // Either way round, a keeps only what the store gives it.
     let now = records(dir.path()).await;
-    match a.lookup(&spec("victim", None).owner) {
+    match a.lookup(&spec("victim", None).owner).first().copied() {
         Some(kept) => assert!(
             now.iter().any(|(i, r)| *i == kept && r.node() == Some("a")),
             "a still uses {kept} but the store says {:?}",

@@ -4,7 +4,9 @@
 //! atomically): its warm pool, its pods' addresses, and what it still has to tell the store.
 //! ADD and DEL change only that file, so they take no store round trip and keep working while
 //! the store is unreachable; [`NodeIpam::tick`] then brings the store in line, one
-//! compare-and-swap per address, and refills the warm pool.
+//! compare-and-swap per address, and refills the warm pools (one per address family; see
+//! [`warm`]). An attachment holds one address per family it asked for, each its own entry and
+//! its own store key; ADD takes them all or none.
 //!
 //! The rules that keep an address from ever having two owners:
 //! - Only the store's record says who may use an address. A node claims one by a CAS from
@@ -27,14 +29,17 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use vswitch_api::api::{
-    AddressView, ApiError, AssignSpec, AssignmentView, Attachment, CoolingView, ErrorCode, IpamNodeView, IpamView,
-    LocalIpamView, PodRef, StickyView,
-};
+use vswitch_api::api::{AddressView, ApiError, AssignSpec, Attachment, ErrorCode, IpFamilies, PodRef};
 
+use super::pool::Family;
 use super::record::{now_secs, AddressRecord, Keys, NodeRecord};
 use super::store::{ClusterStore, StoreError};
 use super::IpamSettings;
+
+mod report;
+mod warm;
+
+pub use report::{pool_summary, ClusterCounts, FamilyMetrics, IpamMetrics};
 
 /// The local state file's format.
 const FORMAT: u32 = 1;
@@ -93,23 +98,8 @@ pub struct IpamStats {
     pub assigned_from_store: AtomicU64,
     pub refused_unavailable: AtomicU64,
     pub reclaimed: AtomicU64,
-    /// Cluster-wide counts by state, from the last scan.
-    pub cluster: Mutex<BTreeMap<&'static str, u64>>,
-}
-
-#[derive(Debug, Clone)]
-pub struct IpamMetrics {
-    pub local: LocalIpamView,
-    /// This node's pods' addresses.
-    pub addresses: Vec<(IpAddr, Option<PodRef>)>,
-    /// Cluster-wide addresses by state, from the last scan.
-    pub cluster: BTreeMap<&'static str, u64>,
-    pub store_up: bool,
-    pub store_errors: u64,
-    pub reclaimed: u64,
-    pub assigned_from_warm: u64,
-    pub assigned_from_store: u64,
-    pub refused_unavailable: u64,
+    /// Cluster-wide counts, from the last scan.
+    pub cluster: Mutex<Option<ClusterCounts>>,
 }
 
 #[derive(Debug)]
@@ -140,6 +130,17 @@ pub struct NodeIpam<S: ClusterStore> {
 
 fn unavailable(what: &str, e: &StoreError) -> ApiError {
     ApiError::new(ErrorCode::Unavailable, format!("{what}: the address store is unreachable ({e}); retry later"))
+}
+
+fn invalid(message: String) -> ApiError {
+    ApiError::new(ErrorCode::Invalid, message)
+}
+
+fn asks_for(families: IpFamilies, family: Family) -> bool {
+    match family {
+        Family::Ipv4 => families.has_ipv4(),
+        Family::Ipv6 => families.has_ipv6(),
+    }
 }
 
 fn io_error(path: &Path, e: impl std::fmt::Display) -> ApiError {
@@ -207,40 +208,97 @@ impl<S: ClusterStore> NodeIpam<S> {
         pod.is_some_and(|p| self.settings.is_sticky(p))
     }
 
-    /// The attachment's address, if it has one here.
-    pub fn lookup(&self, owner: &Attachment) -> Option<IpAddr> {
-        self.local().entries.iter().find(|(_, e)| e.owner() == Some(owner)).map(|(ip, _)| *ip)
+    /// The attachment's addresses here, IPv4 first (empty: none).
+    pub fn lookup(&self, owner: &Attachment) -> Vec<IpAddr> {
+        self.local().entries.iter().filter(|(_, e)| e.owner() == Some(owner)).map(|(ip, _)| *ip).collect()
     }
 
-    /// The attachments that hold an address of this node.
+    /// The attachments that hold an address of this node (each once).
     fn owners(&self) -> Vec<Attachment> {
-        self.local().entries.values().filter_map(|e| e.owner().cloned()).collect()
+        let mut owners: Vec<Attachment> = Vec::new();
+        for owner in self.local().entries.values().filter_map(LocalEntry::owner) {
+            if !owners.contains(owner) {
+                owners.push(owner.clone());
+            }
+        }
+        owners
     }
 
-    /// The address for an ADD. `in_use`: addresses ports of this node hold (never handed out).
+    /// The families an ADD gets, IPv4 first, each with the specific address asked for if any:
+    /// those named in `families`, or every family the pool holds.
+    fn wanted(&self, spec: &AssignSpec) -> Result<Vec<(Family, Option<IpAddr>)>, ApiError> {
+        let held = self.settings.pool.families();
+        let asked: Vec<Family> = match spec.families {
+            None => held.clone(),
+            Some(families) => Family::ALL.into_iter().filter(|f| asks_for(families, *f)).collect(),
+        };
+        if let Some(missing) = asked.iter().find(|f| !held.contains(f)) {
+            return Err(invalid(format!("the pool {} has no {missing} addresses", self.settings.pools.join(", "))));
+        }
+        let mut wanted = Vec::new();
+        for family in asked {
+            let mut specific = spec.ips.iter().filter(|ip| Family::of(ip) == family);
+            let ip = specific.next().copied();
+            if specific.next().is_some() {
+                return Err(invalid(format!("at most one {family} address may be asked for")));
+            }
+            wanted.push((family, ip));
+        }
+        if let Some(ip) = spec.ips.iter().find(|ip| !wanted.iter().any(|(f, _)| *f == Family::of(ip))) {
+            return Err(invalid(format!("{ip} is not of a family this ADD asks for")));
+        }
+        Ok(wanted)
+    }
+
+    /// The addresses for an ADD, one per family wanted, IPv4 first; all or nothing. A repeated
+    /// ADD gets what the attachment has (and any family it still lacks). `in_use`: addresses
+    /// ports of this node hold (never handed out).
     pub async fn assign(
         self: &Arc<Self>,
         spec: &AssignSpec,
         in_use: &HashSet<IpAddr>,
     ) -> Result<AddressView, ApiError> {
-        if let Some(ip) = self.lookup(&spec.owner) {
-            if spec.ips.first().is_some_and(|wanted| *wanted != ip) {
-                return Err(ApiError::new(
-                    ErrorCode::Conflict,
-                    format!("{} already has {ip}; it cannot also take {}", spec.owner.container_id, spec.ips[0]),
-                ));
+        let wanted = self.wanted(spec)?;
+        let held = self.lookup(&spec.owner);
+        let has = |family: Family| held.iter().copied().find(|ip| Family::of(ip) == family);
+        for (family, specific) in &wanted {
+            if let (Some(has), Some(asked)) = (has(*family), specific) {
+                if has != *asked {
+                    return Err(ApiError::new(
+                        ErrorCode::Conflict,
+                        format!("{} already has {has}; it cannot also take {asked}", spec.owner.container_id),
+                    ));
+                }
             }
-            return Ok(AddressView { ips: vec![ip], new: false });
         }
-        let view = if let Some(ip) = spec.ips.first().copied() {
-            self.assign_specific(spec, ip, in_use).await?
-        } else if self.is_sticky(spec.pod.as_ref()) {
-            self.assign_sticky(spec, in_use).await?
-        } else {
-            self.assign_warm(spec, in_use).await?
-        };
-        tracing::info!(ip = %view.ips[0], owner = %spec.owner.container_id, pod = ?spec.pod, "address assigned");
-        Ok(view)
+        let missing: Vec<(Family, Option<IpAddr>)> = wanted.into_iter().filter(|(f, _)| has(*f).is_none()).collect();
+        if missing.is_empty() {
+            return Ok(AddressView { ips: held, new: false });
+        }
+        let mut taken = Vec::new();
+        for (family, specific) in missing {
+            let got = match specific {
+                Some(ip) => self.assign_specific(spec, ip, in_use).await,
+                None if self.is_sticky(spec.pod.as_ref()) => self.assign_sticky(spec, family, in_use).await,
+                None => self.assign_warm(spec, family, in_use).await,
+            };
+            match got {
+                Ok(ip) => taken.push(ip),
+                Err(e) => {
+                    // All or nothing: what this ADD took goes back to the warm pool (no pod
+                    // used it, so it need not cool down).
+                    for ip in taken {
+                        self.undo_assign(ip).await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        tracing::info!(ips = ?taken, owner = %spec.owner.container_id, pod = ?spec.pod, "addresses assigned");
+        let mut ips = held;
+        ips.extend(taken);
+        ips.sort();
+        Ok(AddressView { ips, new: true })
     }
 
     fn assigned_record(&self, spec: &AssignSpec) -> AddressRecord {
@@ -252,13 +310,15 @@ impl<S: ClusterStore> NodeIpam<S> {
         }
     }
 
-    /// Takes a warm address for `spec` in the local state (no store round trip).
-    fn take_warm(&self, spec: &AssignSpec, in_use: &HashSet<IpAddr>) -> Option<IpAddr> {
+    /// Takes a warm address of `family` for `spec` in the local state (no store round trip).
+    fn take_warm(&self, spec: &AssignSpec, family: Family, in_use: &HashSet<IpAddr>) -> Option<IpAddr> {
         let mut local = self.local();
         let ip = local
             .entries
             .iter()
-            .find(|(ip, e)| ip.is_ipv4() && matches!(e.record, AddressRecord::Warm { .. }) && !in_use.contains(*ip))
+            .find(|(ip, e)| {
+                Family::of(ip) == family && matches!(e.record, AddressRecord::Warm { .. }) && !in_use.contains(*ip)
+            })
             .map(|(ip, _)| *ip)?;
         let entry = local.entries.get_mut(&ip).expect("found above");
         entry.record = self.assigned_record(spec);
@@ -267,32 +327,34 @@ impl<S: ClusterStore> NodeIpam<S> {
         Some(ip)
     }
 
+    /// An address of `family` from the warm pool, or claimed for this ADD when it is empty.
     async fn assign_warm(
         self: &Arc<Self>,
         spec: &AssignSpec,
+        family: Family,
         in_use: &HashSet<IpAddr>,
-    ) -> Result<AddressView, ApiError> {
-        if let Some(ip) = self.take_warm(spec, in_use) {
+    ) -> Result<IpAddr, ApiError> {
+        if let Some(ip) = self.take_warm(spec, family, in_use) {
             self.save().await?;
             self.stats.assigned_from_warm.fetch_add(1, Ordering::Relaxed);
             // Refill (and tell the store) now rather than at the next round.
             self.kick.notify_one();
-            return Ok(AddressView { ips: vec![ip], new: true });
+            return Ok(ip);
         }
         // The warm pool is empty (ADDs faster than it refills): claim one for this ADD alone,
         // straight as assigned, and have the pool refilled behind it.
         self.kick.notify_one();
         let record = self.assigned_record(spec);
-        match self.claim(1, &record, in_use, Some(spec.netns.clone())).await {
+        match self.claim(family, 1, &record, in_use, Some(spec.netns.clone())).await {
             Ok(won) => match won.first() {
                 Some(&(ip, _)) => {
                     self.save().await?;
                     self.stats.assigned_from_store.fetch_add(1, Ordering::Relaxed);
-                    Ok(AddressView { ips: vec![ip], new: true })
+                    Ok(ip)
                 }
                 None => Err(ApiError::new(
                     ErrorCode::Exhausted,
-                    format!("no free address in the pool {}", self.settings.pools.join(", ")),
+                    format!("no free {family} address in the pool {}", self.settings.pools.join(", ")),
                 )),
             },
             Err(e) => {
@@ -315,24 +377,28 @@ impl<S: ClusterStore> NodeIpam<S> {
         }
     }
 
-    /// A sticky pod's address: the one it kept (from any node), or a new one recorded as its own.
+    /// A sticky pod's address of `family`: the one it kept (from any node), or a new one
+    /// recorded as its own.
     async fn assign_sticky(
         self: &Arc<Self>,
         spec: &AssignSpec,
+        family: Family,
         in_use: &HashSet<IpAddr>,
-    ) -> Result<AddressView, ApiError> {
+    ) -> Result<IpAddr, ApiError> {
         let pod = spec.pod.clone().expect("sticky pods have a name");
-        let index = self.store.get(&self.keys.sticky(&pod)).await.map_err(|e| unavailable("sticky address", &e))?;
+        let index_key = self.keys.sticky(&pod, family);
+        let index = self.store.get(&index_key).await.map_err(|e| unavailable("sticky address", &e))?;
         let kept = index.and_then(|e| std::str::from_utf8(&e.value).ok()?.parse::<IpAddr>().ok());
+        let kept = kept.filter(|ip| Family::of(ip) == family);
         if let Some(ip) = kept {
             let key = self.keys.ip(ip);
             let current = self.store.get(&key).await.map_err(|e| unavailable("sticky address", &e))?;
             match current.as_ref().and_then(|e| Some((AddressRecord::decode(&e.value)?, e.version))) {
                 Some((AddressRecord::Sticky { pod: held, .. }, version)) if held == pod => {
                     return match self.take_from_store(spec, ip, version).await {
-                        Ok(Some(view)) => {
+                        Ok(Some(ip)) => {
                             tracing::info!(%ip, %pod, "sticky address taken over");
-                            Ok(view)
+                            Ok(ip)
                         }
                         Ok(None) => Err(ApiError::new(
                             ErrorCode::Unavailable,
@@ -351,16 +417,16 @@ impl<S: ClusterStore> NodeIpam<S> {
                 _ => {}
             }
         }
-        let view = self.assign_warm(spec, in_use).await?;
-        if let Err(e) = self.sync_now(view.ips[0]).await {
-            self.undo_assign(view.ips[0]).await;
+        let ip = self.assign_warm(spec, family, in_use).await?;
+        if let Err(e) = self.sync_now(ip).await {
+            self.undo_assign(ip).await;
             return Err(unavailable("sticky address", &e));
         }
-        if let Err(e) = self.store.put(&self.keys.sticky(&pod), view.ips[0].to_string().into_bytes()).await {
+        if let Err(e) = self.store.put(&index_key, ip.to_string().into_bytes()).await {
             // The record names the pod; the index is written again when the pod is released.
-            tracing::warn!(ip = %view.ips[0], %pod, error = %e, "sticky index not written yet");
+            tracing::warn!(%ip, %pod, error = %e, "sticky index not written yet");
         }
-        Ok(view)
+        Ok(ip)
     }
 
     /// Back to the warm pool (an ADD that could not finish).
@@ -380,7 +446,7 @@ impl<S: ClusterStore> NodeIpam<S> {
         spec: &AssignSpec,
         ip: IpAddr,
         in_use: &HashSet<IpAddr>,
-    ) -> Result<AddressView, ApiError> {
+    ) -> Result<IpAddr, ApiError> {
         if !self.settings.pool.contains(ip) {
             return Err(ApiError::new(ErrorCode::Invalid, format!("{ip} is not in the pool")));
         }
@@ -402,7 +468,7 @@ impl<S: ClusterStore> NodeIpam<S> {
         }
         if self.local().entries.contains_key(&ip) {
             self.save().await?;
-            return Ok(AddressView { ips: vec![ip], new: true });
+            return Ok(ip);
         }
         let key = self.keys.ip(ip);
         let current = self.store.get(&key).await.map_err(|e| unavailable("static address", &e))?;
@@ -425,7 +491,7 @@ impl<S: ClusterStore> NodeIpam<S> {
         spec: &AssignSpec,
         ip: IpAddr,
         version: i64,
-    ) -> Result<Option<AddressView>, ApiError> {
+    ) -> Result<Option<IpAddr>, ApiError> {
         let record = self.assigned_record(spec);
         let written = self.store.put_if(&self.keys.ip(ip), record.encode(), version).await;
         let version = match written {
@@ -441,32 +507,37 @@ impl<S: ClusterStore> NodeIpam<S> {
         self.local().entries.insert(ip, entry);
         self.save().await?;
         self.stats.assigned_from_store.fetch_add(1, Ordering::Relaxed);
-        Ok(Some(AddressView { ips: vec![ip], new: true }))
+        Ok(Some(ip))
     }
 
-    /// Gives the attachment's address back: cooling (free after the reuse delay) or, for a
+    /// Gives the attachment's addresses back: cooling (free after the reuse delay) or, for a
     /// sticky pod, held for it. The store learns it on the next tick.
-    pub async fn release(self: &Arc<Self>, owner: &Attachment) -> Result<Option<IpAddr>, ApiError> {
-        let released = {
+    pub async fn release(self: &Arc<Self>, owner: &Attachment) -> Result<Vec<IpAddr>, ApiError> {
+        let released: Vec<IpAddr> = {
             let mut local = self.local();
-            let Some((ip, entry)) = local.entries.iter_mut().find(|(_, e)| e.owner() == Some(owner)) else {
-                return Ok(None);
-            };
-            let AddressRecord::Assigned { pod, .. } = &entry.record else { unreachable!("owner() matched") };
-            let last_node = self.settings.node.clone();
-            entry.record = match pod.clone() {
-                Some(pod) if self.settings.is_sticky(&pod) => {
-                    AddressRecord::Sticky { pod, until: now_secs() + self.settings.sticky_hold.as_secs(), last_node }
-                }
-                _ => AddressRecord::Cooling { released_at: now_secs(), last_node },
-            };
-            entry.dirty = true;
-            *ip
+            let now = now_secs();
+            let mut released = Vec::new();
+            for (ip, entry) in local.entries.iter_mut().filter(|(_, e)| e.owner() == Some(owner)) {
+                let AddressRecord::Assigned { pod, .. } = &entry.record else { unreachable!("owner() matched") };
+                let last_node = self.settings.node.clone();
+                entry.record = match pod.clone() {
+                    Some(pod) if self.settings.is_sticky(&pod) => {
+                        AddressRecord::Sticky { pod, until: now + self.settings.sticky_hold.as_secs(), last_node }
+                    }
+                    _ => AddressRecord::Cooling { released_at: now, last_node },
+                };
+                entry.dirty = true;
+                released.push(*ip);
+            }
+            released
         };
+        if released.is_empty() {
+            return Ok(released);
+        }
         self.save().await?;
         self.kick.notify_one();
-        tracing::info!(ip = %released, owner = %owner.container_id, "address released");
-        Ok(Some(released))
+        tracing::info!(ips = ?released, owner = %owner.container_id, "addresses released");
+        Ok(released)
     }
 
     /// CNI GC: releases every address held by an attachment not in `keep`.
@@ -514,7 +585,7 @@ impl<S: ClusterStore> NodeIpam<S> {
         let result = async {
             self.ensure_registered(&mut fenced).await?;
             self.sync(&mut fenced).await?;
-            self.refill(self.settings.warm_target).await?;
+            self.refill().await?;
             self.trim().await?;
             if due(&self.last_reclaim, RECLAIM_EVERY) {
                 self.reclaim_dead().await?;
@@ -690,7 +761,7 @@ impl<S: ClusterStore> NodeIpam<S> {
         match self.store.put_if(&key, entry.record.encode(), entry.version).await? {
             Some(version) => {
                 if let AddressRecord::Sticky { pod, .. } = &entry.record {
-                    self.store.put(&self.keys.sticky(pod), ip.to_string().into_bytes()).await?;
+                    self.store.put(&self.keys.sticky(pod, Family::of(&ip)), ip.to_string().into_bytes()).await?;
                 }
                 let mut local = self.local();
                 // Changed again meanwhile (a DEL right after the ADD): keep it dirty.
@@ -727,150 +798,6 @@ impl<S: ClusterStore> NodeIpam<S> {
         Ok(())
     }
 
-    fn unsure_about(&self, ip: IpAddr) {
-        self.unsure.lock().unwrap_or_else(|p| p.into_inner()).insert(ip);
-    }
-
-    /// Looks up the addresses whose last write went unanswered: one the store gives this node
-    /// and that it does not know is taken in (warm, or assigned as the store says); anything
-    /// else is not this node's.
-    async fn resolve_unsure(self: &Arc<Self>) -> Result<(), StoreError> {
-        let unsure: Vec<IpAddr> = self.unsure.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
-        if unsure.is_empty() {
-            return Ok(());
-        }
-        let mut adopted = false;
-        for ip in unsure {
-            let current = self.store.get(&self.keys.ip(ip)).await?;
-            let record = current.and_then(|e| Some((AddressRecord::decode(&e.value)?, e.version)));
-            if let Some((record, version)) = record.filter(|(r, _)| r.node() == Some(self.settings.node.as_str())) {
-                let mut local = self.local();
-                if let std::collections::btree_map::Entry::Vacant(slot) = local.entries.entry(ip) {
-                    tracing::info!(%ip, state = record.state_name(), "a write whose reply was lost went through: the address is this node's");
-                    slot.insert(LocalEntry { record, version, dirty: false, netns: None });
-                    adopted = true;
-                }
-            }
-            self.unsure.lock().unwrap_or_else(|p| p.into_inner()).remove(&ip);
-        }
-        if adopted {
-            self.save().await.map_err(|e| StoreError(e.message))?;
-        }
-        Ok(())
-    }
-
-    /// Claims up to `target - warm` addresses for the warm pool; returns how many are warm now.
-    async fn refill(self: &Arc<Self>, target: usize) -> Result<usize, StoreError> {
-        self.resolve_unsure().await?;
-        let warm = self.warm_count();
-        if warm >= target {
-            return Ok(warm);
-        }
-        let record = AddressRecord::Warm { node: self.settings.node.clone(), since: now_secs() };
-        let won = self.claim(target - warm, &record, &HashSet::new(), None).await?;
-        if !won.is_empty() {
-            self.save().await.map_err(|e| StoreError(e.message))?;
-        }
-        Ok(warm + won.len())
-    }
-
-    /// Claims up to `count` free addresses in the store as `record`, one CAS each (from absent,
-    /// or from a record whose reuse delay is over), from a random place in the pool so that
-    /// nodes rarely race for the same one. Skips what this node knows and `also_skip`. Each
-    /// address won is recorded locally at once (with `netns`); the caller saves. A write whose
-    /// reply was lost is looked up again later (`resolve_unsure`).
-    async fn claim(
-        self: &Arc<Self>,
-        count: usize,
-        record: &AddressRecord,
-        also_skip: &HashSet<IpAddr>,
-        netns: Option<PathBuf>,
-    ) -> Result<Vec<(IpAddr, i64)>, StoreError> {
-        let records = self.records().await?;
-        let now = now_secs();
-        let reuse = self.settings.reuse_delay.as_secs();
-        let known: HashSet<IpAddr> = self.local().entries.keys().copied().collect();
-        let start = rand::random::<u64>() as u128;
-        let mut won = Vec::new();
-        let mut tried = 0;
-        for ip in self.settings.pool.candidates(false, start) {
-            if won.len() >= count || tried > 64 + 4 * count {
-                break;
-            }
-            if known.contains(&ip) || also_skip.contains(&ip) {
-                continue;
-            }
-            let expected = match records.get(&ip) {
-                None => 0,
-                Some((existing, version)) if existing.claimable(now, reuse) => *version,
-                Some(_) => continue,
-            };
-            tried += 1;
-            match self.store.put_if(&self.keys.ip(ip), record.encode(), expected).await {
-                Ok(Some(version)) => {
-                    // Recorded at once (a later failure must not lose it); adopted meanwhile by
-                    // `resolve_unsure` it is the same record: that entry stays.
-                    let entry = LocalEntry { record: record.clone(), version, dirty: false, netns: netns.clone() };
-                    self.local().entries.entry(ip).or_insert(entry);
-                    won.push((ip, version));
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    self.unsure_about(ip);
-                    if !won.is_empty() {
-                        let _ = self.save().await;
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        Ok(won)
-    }
-
-    fn warm_count(&self) -> usize {
-        self.local().entries.values().filter(|e| matches!(e.record, AddressRecord::Warm { .. }) && !e.dirty).count()
-    }
-
-    /// Gives warm addresses above `warm_max` back (deleting their records: no pod used them).
-    /// Each leaves the warm pool before its record is deleted, so no ADD can take it meanwhile
-    /// (and nothing else of this node touches a record naming it that it does not know); a
-    /// delete that went unanswered or found the record changed is looked up again later.
-    async fn trim(self: &Arc<Self>) -> Result<(), StoreError> {
-        let excess: Vec<(IpAddr, i64)> = {
-            let mut local = self.local();
-            let warm: Vec<IpAddr> = local
-                .entries
-                .iter()
-                .filter(|(_, e)| matches!(e.record, AddressRecord::Warm { .. }) && !e.dirty)
-                .map(|(ip, _)| *ip)
-                .collect();
-            warm.into_iter()
-                .skip(self.settings.warm_max)
-                .filter_map(|ip| Some((ip, local.entries.remove(&ip)?.version)))
-                .collect()
-        };
-        if excess.is_empty() {
-            return Ok(());
-        }
-        // Saved without them first: after a crash from here on, `reconcile` adopts what is left.
-        let mut result = self.save().await.map_err(|e| StoreError(e.message));
-        for (ip, version) in excess {
-            if result.is_err() {
-                self.unsure_about(ip);
-                continue;
-            }
-            match self.store.delete_if(&self.keys.ip(ip), version).await {
-                Ok(true) => {}
-                Ok(false) => self.unsure_about(ip),
-                Err(e) => {
-                    self.unsure_about(ip);
-                    result = Err(e);
-                }
-            }
-        }
-        result
-    }
-
     /// Nodes that hold addresses but no lease: marked down, and after the quarantine their
     /// addresses become cooling (sticky pods' addresses: sticky). Any live node may do this;
     /// the CAS makes it happen once.
@@ -878,11 +805,8 @@ impl<S: ClusterStore> NodeIpam<S> {
         let live = self.live_nodes().await?;
         let downs = self.down_marks().await?;
         let records = self.records().await?;
-        let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
-        for (record, _) in records.values() {
-            *counts.entry(record.state_name()).or_default() += 1;
-        }
-        *self.stats.cluster.lock().unwrap_or_else(|p| p.into_inner()) = counts;
+        let counts = ClusterCounts::of(&self.settings.pool, records.iter().map(|(ip, (r, _))| (ip, r)));
+        *self.stats.cluster.lock().unwrap_or_else(|p| p.into_inner()) = Some(counts);
         let holders: HashSet<String> = records.values().filter_map(|(r, _)| r.node().map(str::to_string)).collect();
         let now = now_secs();
         for node in holders.iter().filter(|n| !live.contains(*n) && **n != self.settings.node) {
@@ -913,7 +837,8 @@ impl<S: ClusterStore> NodeIpam<S> {
                         if self.store.put_if_absent(&key, next.encode(), *version, &node_key).await?.is_some() {
                             n += 1;
                             if let AddressRecord::Sticky { pod, .. } = &next {
-                                self.store.put(&self.keys.sticky(pod), ip.to_string().into_bytes()).await?;
+                                let index = self.keys.sticky(pod, Family::of(ip));
+                                self.store.put(&index, ip.to_string().into_bytes()).await?;
                             }
                         }
                     }
@@ -953,121 +878,6 @@ impl<S: ClusterStore> NodeIpam<S> {
                 Some((e.key.strip_prefix(&prefix)?.to_string(), since))
             })
             .collect())
-    }
-
-    /// The figures `/metrics` shows.
-    pub fn metrics(&self) -> IpamMetrics {
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let addresses = {
-            let local = self.local();
-            local
-                .entries
-                .iter()
-                .filter_map(|(ip, e)| match &e.record {
-                    AddressRecord::Assigned { pod, .. } => Some((*ip, pod.clone())),
-                    _ => None,
-                })
-                .collect()
-        };
-        IpamMetrics {
-            local: self.local_view(),
-            addresses,
-            cluster: self.stats.cluster.lock().unwrap_or_else(|p| p.into_inner()).clone(),
-            store_up: self.stats.store_reachable.load(Ordering::Relaxed),
-            store_errors: load(&self.stats.store_errors),
-            reclaimed: load(&self.stats.reclaimed),
-            assigned_from_warm: load(&self.stats.assigned_from_warm),
-            assigned_from_store: load(&self.stats.assigned_from_store),
-            refused_unavailable: load(&self.stats.refused_unavailable),
-        }
-    }
-
-    pub fn local_view(&self) -> LocalIpamView {
-        let local = self.local();
-        let count = |f: &dyn Fn(&LocalEntry) -> bool| local.entries.values().filter(|e| f(e)).count() as u64;
-        LocalIpamView {
-            warm: count(&|e| matches!(e.record, AddressRecord::Warm { .. })),
-            warm_target: self.settings.warm_target as u64,
-            assigned: count(&|e| matches!(e.record, AddressRecord::Assigned { .. })),
-            pending_sync: count(&|e| e.dirty),
-            fenced_total: self.stats.fenced.load(Ordering::Relaxed),
-        }
-    }
-
-    /// The cluster's allocations from the store (this node's own state only when the store is
-    /// unreachable).
-    pub async fn view(&self) -> IpamView {
-        let pool_size = self.settings.pool.candidates(false, 0).count() as u64;
-        let mut view = IpamView {
-            node: self.settings.node.clone(),
-            store: self.store.describe(),
-            store_reachable: true,
-            store_error: None,
-            pools: self.settings.pools.clone(),
-            exclude: self.settings.exclude.clone(),
-            pool_size,
-            free: 0,
-            nodes: Vec::new(),
-            sticky: Vec::new(),
-            cooling: Vec::new(),
-            this_node: self.local_view(),
-        };
-        let cluster =
-            async { Ok::<_, StoreError>((self.records().await?, self.live_nodes().await?, self.down_marks().await?)) };
-        let (records, live, downs) = match cluster.await {
-            Ok(c) => c,
-            Err(e) => {
-                view.store_reachable = false;
-                view.store_error = Some(e.0);
-                return view;
-            }
-        };
-        let reuse = self.settings.reuse_delay.as_secs();
-        let mut nodes: BTreeMap<String, IpamNodeView> = BTreeMap::new();
-        let node_view = |name: &str| IpamNodeView {
-            name: name.to_string(),
-            live: live.contains(name),
-            down_since: downs.get(name).copied(),
-            quarantine_ends: downs.get(name).map(|s| s + self.settings.quarantine.as_secs()),
-            warm: Vec::new(),
-            assigned: Vec::new(),
-        };
-        for name in live.iter() {
-            nodes.insert(name.clone(), node_view(name));
-        }
-        let mut sorted: Vec<_> = records.iter().collect();
-        sorted.sort_by_key(|(ip, _)| **ip);
-        let mut held = 0;
-        for (ip, (record, _)) in sorted {
-            if self.settings.pool.contains(*ip) && ip.is_ipv4() {
-                held += 1;
-            }
-            match record {
-                AddressRecord::Warm { node, .. } => {
-                    nodes.entry(node.clone()).or_insert_with(|| node_view(node)).warm.push(*ip)
-                }
-                AddressRecord::Assigned { node, owner, pod, since } => nodes
-                    .entry(node.clone())
-                    .or_insert_with(|| node_view(node))
-                    .assigned
-                    .push(AssignmentView { ip: *ip, owner: owner.clone(), pod: pod.clone(), since: *since }),
-                AddressRecord::Sticky { pod, until, last_node } => view.sticky.push(StickyView {
-                    ip: *ip,
-                    pod: pod.clone(),
-                    until: *until,
-                    last_node: last_node.clone(),
-                }),
-                AddressRecord::Cooling { released_at, last_node } => view.cooling.push(CoolingView {
-                    ip: *ip,
-                    released_at: *released_at,
-                    free_at: released_at + reuse,
-                    last_node: last_node.clone(),
-                }),
-            }
-        }
-        view.free = pool_size.saturating_sub(held);
-        view.nodes = nodes.into_values().collect();
-        view
     }
 }
 

@@ -6,14 +6,21 @@
 //! <prefix>/ip/<address>          AddressRecord (absent: free)
 //! <prefix>/node/<node>           NodeRecord, bound to the node's lease: present while it lives
 //! <prefix>/down/<node>           when a node was first seen without its lease (quarantine)
-//! <prefix>/sticky/<ns>/<name>    the address a sticky pod keeps
+//! <prefix>/sticky/<ns>/<name>    the IPv4 address a sticky pod keeps
+//! <prefix>/sticky6/<ns>/<name>   the IPv6 address a sticky pod keeps
 //! ```
+//!
+//! An address's key text is the standard library's `Display` of it (RFC 5952 for IPv6: lower
+//! case, longest zero run compressed), so one address has exactly one key; a key spelt any
+//! other way is not read as an address.
 
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use vswitch_api::api::{Attachment, PodRef};
+
+use super::pool::Family;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -99,7 +106,8 @@ impl Keys {
     }
 
     pub fn ip_of(&self, key: &str) -> Option<IpAddr> {
-        key.strip_prefix(&self.ips())?.parse().ok()
+        let text = key.strip_prefix(&self.ips())?;
+        text.parse().ok().filter(|ip: &IpAddr| ip.to_string() == text)
     }
 
     pub fn nodes(&self) -> String {
@@ -118,8 +126,13 @@ impl Keys {
         format!("{}/down/{node}", self.prefix)
     }
 
-    pub fn sticky(&self, pod: &PodRef) -> String {
-        format!("{}/sticky/{}/{}", self.prefix, pod.namespace, pod.name)
+    /// The sticky index of the pod's address of `family` (IPv4 keeps the key it always had).
+    pub fn sticky(&self, pod: &PodRef, family: Family) -> String {
+        let dir = match family {
+            Family::Ipv4 => "sticky",
+            Family::Ipv6 => "sticky6",
+        };
+        format!("{}/{dir}/{}/{}", self.prefix, pod.namespace, pod.name)
     }
 }
 
@@ -144,5 +157,7 @@ mod tests {
         assert_eq!(keys.ip("10.0.0.1".parse().unwrap()), "/vpc/ip/10.0.0.1");
         assert_eq!(keys.ip_of("/vpc/ip/fd00::1"), Some("fd00::1".parse().unwrap()));
         assert_eq!(keys.ip_of("/vpc/node/x"), None);
+        assert_eq!(keys.ip("FD00:0:0::0001".parse().unwrap()), "/vpc/ip/fd00::1", "one spelling per address");
+        assert_eq!(keys.ip_of("/vpc/ip/fd00:0::1"), None, "not the canonical spelling");
     }
 }
