@@ -6,8 +6,8 @@ use serde_json::{json, Value};
 use vpc_lab::netns::try_run;
 
 use crate::e2e::measure::{self, rss_bytes};
-use crate::e2e::median;
 use crate::e2e::topology::{vswitchd_with_pods, Topology, B};
+use crate::e2e::{median, IpFamily};
 
 #[derive(Debug, Clone, Default)]
 pub struct Sample {
@@ -49,9 +49,9 @@ pub fn run(
 ) -> ScaleReport {
     let extra = pods.max(2) - 2;
     progress("vswitchd with 2 pods");
-    let small_topology = vswitchd_with_pods(workers, 0);
+    let small_topology = vswitchd_with_pods(workers, 0, IpFamily::Ipv4);
     progress(&format!("vswitchd with {pods} pods ({extra} through vpc-cni)"));
-    let large_topology = vswitchd_with_pods(workers, extra);
+    let large_topology = vswitchd_with_pods(workers, extra, IpFamily::Ipv4);
     for t in [&small_topology, &large_topology] {
         let _ = try_run(&["ip", "netns", "exec", &t.a, "ping", "-c", "2", "-i", "0.2", "-W", "1", &B.to_string()]);
     }

@@ -38,7 +38,7 @@ impl TapCost {
 /// Measures over about `seconds` (half writing, half reading).
 pub fn run(seconds: f64) -> io::Result<TapCost> {
     let pod = Pod::new(Ipv4Addr::new(10, 78, 0, 2));
-    drop_at_receiver(&pod.ns.name, PORT)?;
+    drop_at_receiver(&pod.ns.name, PORT, false)?;
     let queue = TapQueue::open("eth0", Some(&pod.ns.path()), Attach::Existing).map_err(io::Error::other)?;
     let gateway: MacAddr = vpc_lab::netns::GATEWAY_MAC.parse().map_err(io::Error::other)?;
     let ifindex = pod.ifindex() as i32;
@@ -47,8 +47,8 @@ pub fn run(seconds: f64) -> io::Result<TapCost> {
         ifindex,
         src_mac: gateway,
         dst_mac: pod.mac.parse().map_err(io::Error::other)?,
-        src_ip: Ipv4Addr::new(10, 78, 9, 9),
-        dst_ip: pod.ip,
+        src_ip: Ipv4Addr::new(10, 78, 9, 9).into(),
+        dst_ip: pod.ip.into(),
         dst_port: PORT,
     };
     let mut frame = vec![0u8; vnet::LEN];
@@ -69,11 +69,11 @@ pub fn run(seconds: f64) -> io::Result<TapCost> {
     let outbound = Target {
         src_mac: inbound.dst_mac,
         dst_mac: gateway,
-        src_ip: pod.ip,
-        dst_ip: Ipv4Addr::new(10, 78, 9, 9),
+        src_ip: pod.ip.into(),
+        dst_ip: Ipv4Addr::new(10, 78, 9, 9).into(),
         ..inbound
     };
-    let burst = vec![outbound.frames(1)[0]; BURST];
+    let burst = vec![outbound.frames(1).remove(0); BURST];
     let sender = run_in(Some(&pod.ns.path()), || RawSender::open(ifindex))?;
     let mut buf = vec![0u8; 2048];
     let (mut reads, mut reading, start) = (0u64, Duration::ZERO, Instant::now());

@@ -6,9 +6,13 @@
 //! The frames are what the pod's own stack would send: its MAC and IP, the next hop's MAC as
 //! the kernel resolved it (`ip route get` + the neighbour table), valid IPv4 and UDP checksums,
 //! and `flows` different source ports so multi-queue ports spread them across queues.
+//!
+//! Over IPv6 the header is 20 bytes longer than IPv4's and a 64-byte frame cannot hold it with
+//! UDP: the frames are then [`FRAME_LEN_V6`], 62 bytes (66 on the wire with the FCS), the
+//! smallest IPv6/UDP frame there is (an empty payload).
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -17,9 +21,12 @@ use etherparse::PacketBuilder;
 use serde_json::Value;
 use vswitch::wire::MacAddr;
 
-/// Ethernet frame length without the FCS: the 64-byte frame on the wire.
+/// Ethernet frame length without the FCS: the 64-byte frame on the wire (IPv4).
 pub const FRAME_LEN: usize = 60;
 const UDP_PAYLOAD: usize = FRAME_LEN - 14 - 20 - 8;
+/// The IPv6 flood's frame without the FCS: Ethernet, IPv6 and UDP headers and no payload, the
+/// smallest IPv6/UDP frame (66 bytes on the wire).
+pub const FRAME_LEN_V6: usize = 14 + 40 + 8;
 /// Frames per `sendmmsg` call.
 pub const BURST: usize = 64;
 
@@ -30,9 +37,18 @@ pub struct Target {
     pub ifindex: i32,
     pub src_mac: MacAddr,
     pub dst_mac: MacAddr,
-    pub src_ip: Ipv4Addr,
-    pub dst_ip: Ipv4Addr,
+    pub src_ip: IpAddr,
+    pub dst_ip: IpAddr,
     pub dst_port: u16,
+}
+
+/// The frame length (without the FCS) of a flood to `dst_ip`'s family.
+pub fn frame_len(dst_ip: IpAddr) -> usize {
+    if dst_ip.is_ipv6() {
+        FRAME_LEN_V6
+    } else {
+        FRAME_LEN
+    }
 }
 
 fn ip_json(args: &[&str]) -> io::Result<Value> {
@@ -54,14 +70,14 @@ fn parse_mac(text: &str) -> io::Result<MacAddr> {
 /// Makes namespace `netns` (the flood's receiver) drop the flood at its first netfilter hook
 /// (raw PREROUTING), after its device counted it: otherwise its stack routes an ICMP
 /// port-unreachable for every datagram before the rate limit says no, and that cost swamps what
-/// is being measured.
-pub fn drop_at_receiver(netns: &str, dst_port: u16) -> io::Result<()> {
+/// is being measured. `ipv6` picks ip6tables (the IPv6 flood).
+pub fn drop_at_receiver(netns: &str, dst_port: u16, ipv6: bool) -> io::Result<()> {
     let out = Command::new("ip")
         .args([
             "netns",
             "exec",
             netns,
-            "iptables",
+            if ipv6 { "ip6tables" } else { "iptables" },
             "-t",
             "raw",
             "-A",
@@ -87,11 +103,11 @@ pub fn drop_at_receiver(netns: &str, dst_port: u16) -> io::Result<()> {
 impl Target {
     /// Resolves the route to `dst_ip` in the current namespace. The next hop must already be in
     /// the neighbour table (ping it first).
-    pub fn resolve(dst_ip: Ipv4Addr, dst_port: u16) -> io::Result<Target> {
+    pub fn resolve(dst_ip: IpAddr, dst_port: u16) -> io::Result<Target> {
         let route = ip_json(&["route", "get", &dst_ip.to_string()])?;
         let route = &route[0];
         let dev = route["dev"].as_str().ok_or_else(|| io::Error::other("route without a device"))?.to_string();
-        let src_ip: Ipv4Addr = route["prefsrc"]
+        let src_ip: IpAddr = route["prefsrc"]
             .as_str()
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| io::Error::other("route without a source"))?;
@@ -118,17 +134,27 @@ impl Target {
         })
     }
 
-    /// One frame per flow, flows differing by UDP source port.
-    pub fn frames(&self, flows: u16) -> Vec<[u8; FRAME_LEN]> {
+    /// One frame per flow, flows differing by UDP source port: [`FRAME_LEN`] bytes over IPv4,
+    /// [`FRAME_LEN_V6`] over IPv6 (source and destination must be of one family).
+    pub fn frames(&self, flows: u16) -> Vec<Vec<u8>> {
         (0..flows.max(1))
             .map(|flow| {
-                let mut frame = Vec::with_capacity(FRAME_LEN);
-                PacketBuilder::ethernet2(self.src_mac.0, self.dst_mac.0)
-                    .ipv4(self.src_ip.octets(), self.dst_ip.octets(), 64)
-                    .udp(10_000 + flow, self.dst_port)
-                    .write(&mut frame, &[0x5a; UDP_PAYLOAD])
-                    .expect("a 60-byte frame always fits");
-                frame.try_into().expect("exactly FRAME_LEN bytes")
+                let mut frame = Vec::with_capacity(frame_len(self.dst_ip));
+                let ethernet = PacketBuilder::ethernet2(self.src_mac.0, self.dst_mac.0);
+                match (self.src_ip, self.dst_ip) {
+                    (IpAddr::V4(src), IpAddr::V4(dst)) => ethernet
+                        .ipv4(src.octets(), dst.octets(), 64)
+                        .udp(10_000 + flow, self.dst_port)
+                        .write(&mut frame, &[0x5a; UDP_PAYLOAD]),
+                    (IpAddr::V6(src), IpAddr::V6(dst)) => ethernet
+                        .ipv6(src.octets(), dst.octets(), 64)
+                        .udp(10_000 + flow, self.dst_port)
+                        .write(&mut frame, &[]),
+                    (src, dst) => panic!("a flood from {src} to {dst}: families differ"),
+                }
+                .expect("a minimal frame always fits");
+                assert_eq!(frame.len(), frame_len(self.dst_ip));
+                frame
             })
             .collect()
     }
@@ -189,13 +215,14 @@ impl RawSender {
 
     /// Sends up to [`BURST`] frames of `frames` in one call; returns how many the kernel took
     /// (0 when the device queue was full).
-    pub fn send_burst(&self, frames: &[[u8; FRAME_LEN]]) -> io::Result<usize> {
+    pub fn send_burst<F: AsRef<[u8]>>(&self, frames: &[F]) -> io::Result<usize> {
         let count = frames.len().min(BURST);
         let mut iovecs: [libc::iovec; BURST] = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; BURST];
         // SAFETY: mmsghdr is plain data; zeroed is a valid value.
         let mut messages: [libc::mmsghdr; BURST] = unsafe { std::mem::zeroed() };
         for i in 0..count {
-            iovecs[i] = libc::iovec { iov_base: frames[i].as_ptr() as *mut _, iov_len: FRAME_LEN };
+            let frame = frames[i].as_ref();
+            iovecs[i] = libc::iovec { iov_base: frame.as_ptr() as *mut _, iov_len: frame.len() };
             messages[i].msg_hdr.msg_iov = &mut iovecs[i];
             messages[i].msg_hdr.msg_iovlen = 1;
         }
@@ -213,10 +240,10 @@ impl RawSender {
 }
 
 /// Sends `frames` round-robin out of the target device for `duration`.
-pub fn flood(target: &Target, frames: &[[u8; FRAME_LEN]], duration: Duration) -> io::Result<Sent> {
+pub fn flood(target: &Target, frames: &[Vec<u8>], duration: Duration) -> io::Result<Sent> {
     let sender = RawSender::open(target.ifindex)?;
     // One burst's worth of frames, cycling through the flows.
-    let burst: Vec<[u8; FRAME_LEN]> = (0..BURST).map(|i| frames[i % frames.len()]).collect();
+    let burst: Vec<&[u8]> = (0..BURST).map(|i| frames[i % frames.len()].as_slice()).collect();
     let (mut packets, mut refused) = (0u64, 0u64);
     let start = Instant::now();
     while start.elapsed() < duration {
@@ -232,6 +259,7 @@ pub fn flood(target: &Target, frames: &[[u8; FRAME_LEN]], duration: Duration) ->
 mod tests {
     use super::*;
     use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+    use std::net::Ipv4Addr;
 
     #[test]
     fn frames_are_valid_64_byte_udp_with_distinct_flows() {
@@ -240,14 +268,15 @@ mod tests {
             ifindex: 2,
             src_mac: MacAddr([2, 0, 0, 0, 0, 1]),
             dst_mac: MacAddr([2, 0, 0, 0, 0, 2]),
-            src_ip: Ipv4Addr::new(10, 0, 0, 1),
-            dst_ip: Ipv4Addr::new(10, 0, 0, 2),
+            src_ip: Ipv4Addr::new(10, 0, 0, 1).into(),
+            dst_ip: Ipv4Addr::new(10, 0, 0, 2).into(),
             dst_port: 9,
         };
         let frames = target.frames(4);
         assert_eq!(frames.len(), 4);
         let mut ports = Vec::new();
         for frame in &frames {
+            assert_eq!(frame.len(), FRAME_LEN);
             let packet = SlicedPacket::from_ethernet(frame).expect("parses");
             let Some(NetSlice::Ipv4(ip)) = packet.net else { panic!("not IPv4") };
             assert_eq!(ip.header().destination_addr(), target.dst_ip);
@@ -256,6 +285,35 @@ mod tests {
             let Some(TransportSlice::Udp(udp)) = packet.transport else { panic!("not UDP") };
             assert_eq!(udp.destination_port(), 9);
             assert_eq!(udp.checksum(), udp.to_header().calc_checksum_ipv4(&header, udp.payload()).unwrap());
+            ports.push(udp.source_port());
+        }
+        ports.dedup();
+        assert_eq!(ports.len(), 4, "one source port per flow");
+    }
+
+    #[test]
+    fn ipv6_frames_are_the_smallest_valid_ipv6_udp_with_distinct_flows() {
+        let target = Target {
+            dev: "eth0".into(),
+            ifindex: 2,
+            src_mac: MacAddr([2, 0, 0, 0, 0, 1]),
+            dst_mac: MacAddr([2, 0, 0, 0, 0, 2]),
+            src_ip: "fd00:77::2".parse().unwrap(),
+            dst_ip: "fd00:77::3".parse().unwrap(),
+            dst_port: 9,
+        };
+        let frames = target.frames(4);
+        let mut ports = Vec::new();
+        for frame in &frames {
+            assert_eq!(frame.len(), FRAME_LEN_V6);
+            let packet = SlicedPacket::from_ethernet(frame).expect("parses");
+            let Some(NetSlice::Ipv6(ip)) = packet.net else { panic!("not IPv6") };
+            let header = ip.header().to_header();
+            assert_eq!(IpAddr::from(header.destination), target.dst_ip);
+            assert_eq!(header.payload_length, 8);
+            let Some(TransportSlice::Udp(udp)) = packet.transport else { panic!("not UDP") };
+            assert_eq!(udp.destination_port(), 9);
+            assert_eq!(udp.checksum(), udp.to_header().calc_checksum_ipv6(&header, udp.payload()).unwrap());
             ports.push(udp.source_port());
         }
         ports.dedup();

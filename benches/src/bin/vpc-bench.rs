@@ -61,6 +61,11 @@ enum Bench {
         /// Where the markdown report, chart and JSON go.
         #[arg(long, default_value = "vpc-bench-report")]
         out: std::path::PathBuf,
+        /// The family the pods talk over: ipv6 gives every path IPv6 addresses (/128 routes and a
+        /// link-local gateway on the kernel router) and measures over them; the 64-byte flood
+        /// then sends the smallest IPv6/UDP frame, 62 bytes (66 on the wire).
+        #[arg(long, value_enum, default_value_t = benches::e2e::IpFamily::Ipv4)]
+        ip_family: benches::e2e::IpFamily,
     },
     /// vswitchd with 2 pods against vswitchd with --pods pods (the rest attached through vpc-cni
     /// and idle): 64-byte UDP rate, TCP, resident memory.
@@ -76,10 +81,10 @@ enum Bench {
         #[arg(long, default_value_t = 4.0)]
         seconds: f64,
     },
-    /// (inside a namespace) Send 64-byte UDP frames to ADDRESS as fast as the path takes them;
-    /// prints what was sent as JSON.
+    /// (inside a namespace) Send 64-byte UDP frames (62-byte ones to an IPv6 ADDRESS) to ADDRESS
+    /// as fast as the path takes them; prints what was sent as JSON.
     UdpFlood {
-        address: std::net::SocketAddrV4,
+        address: std::net::SocketAddr,
         #[arg(long, default_value_t = 5)]
         seconds: u32,
         #[arg(long, default_value_t = 8)]
@@ -89,6 +94,9 @@ enum Bench {
     RrServer {
         #[arg(long)]
         port: u16,
+        /// The address to listen on (`::` for IPv6).
+        #[arg(long, default_value = "0.0.0.0")]
+        bind: std::net::IpAddr,
     },
     /// (inside a namespace) Request-response round trips; prints p50/p99 in microseconds as JSON.
     RrClient {
@@ -101,7 +109,7 @@ enum Bench {
 fn main() {
     let cli = Cli::parse();
     match cli.command {
-        Bench::RrServer { port } => return rr_server(port),
+        Bench::RrServer { port, bind } => return rr_server(bind, port),
         Bench::RrClient { address, count } => return rr_client(address, count),
         Bench::UdpFlood { address, seconds, flows } => return udp_flood(address, seconds, flows),
         _ => {}
@@ -118,8 +126,9 @@ fn main() {
     }
     match cli.command {
         Bench::RrServer { .. } | Bench::RrClient { .. } | Bench::UdpFlood { .. } => unreachable!("handled above"),
-        Bench::E2e { runs: Runs { reps, seconds, workers, flows }, round_trips, paths, out } => {
-            let options = benches::e2e::Options { reps, seconds, workers, flows, round_trips, paths };
+        Bench::E2e { runs: Runs { reps, seconds, workers, flows }, round_trips, paths, out, ip_family } => {
+            let options =
+                benches::e2e::Options { reps, seconds, workers, flows, round_trips, paths, family: ip_family };
             let results = benches::e2e::run(&options, |step| eprintln!("  {step}"));
             let command = std::env::args().collect::<Vec<_>>().join(" ");
             benches::e2e::report_dir(&out, &results, &options, &command).expect("write the report");
@@ -128,6 +137,7 @@ fn main() {
             } else {
                 print!("{}", benches::e2e::table(&results));
                 print!("{}", benches::e2e::targets_text(&results));
+                println!("{}", benches::e2e::family_text(&options));
                 println!("report: {}", out.join("report.md").display());
             }
         }
@@ -198,8 +208,8 @@ fn main() {
     }
 }
 
-fn rr_server(port: u16) {
-    let socket = std::net::UdpSocket::bind(("0.0.0.0", port)).expect("bind");
+fn rr_server(bind: std::net::IpAddr, port: u16) {
+    let socket = std::net::UdpSocket::bind((bind, port)).expect("bind");
     let mut buf = [0u8; 64];
     while let Ok((n, peer)) = socket.recv_from(&mut buf) {
         let _ = socket.send_to(&buf[..n], peer);
@@ -207,7 +217,9 @@ fn rr_server(port: u16) {
 }
 
 fn rr_client(address: std::net::SocketAddr, count: u32) {
-    let socket = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+    let any: std::net::IpAddr =
+        if address.is_ipv6() { std::net::Ipv6Addr::UNSPECIFIED.into() } else { std::net::Ipv4Addr::UNSPECIFIED.into() };
+    let socket = std::net::UdpSocket::bind((any, 0)).expect("bind");
     socket.connect(address).expect("connect");
     socket.set_read_timeout(Some(std::time::Duration::from_secs(1))).expect("timeout");
     let mut samples = Vec::with_capacity(count as usize);
@@ -227,9 +239,9 @@ fn rr_client(address: std::net::SocketAddr, count: u32) {
     );
 }
 
-fn udp_flood(address: std::net::SocketAddrV4, seconds: u32, flows: u16) {
+fn udp_flood(address: std::net::SocketAddr, seconds: u32, flows: u16) {
     use benches::udp_flood::{flood, Target};
-    let target = Target::resolve(*address.ip(), address.port()).unwrap_or_else(|e| {
+    let target = Target::resolve(address.ip(), address.port()).unwrap_or_else(|e| {
         eprintln!("udp-flood: {e}");
         std::process::exit(1);
     });

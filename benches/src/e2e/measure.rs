@@ -1,14 +1,16 @@
 //! The measurements, each run between the two pods of a [`Topology`]: iperf3 TCP, the 64-byte
 //! UDP forwarding rate (our AF_PACKET generator in A, B's receive counter), UDP request-response
-//! latency, and the forwarding process's CPU time from /proc.
+//! latency, and the forwarding process's CPU time from /proc. Each over the family of the
+//! topology's addresses (`iperf3 -6`, IPv6/UDP frames, a request-response over IPv6).
 
+use std::net::{IpAddr, SocketAddr};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vpc_lab::netns::{self, binary, try_run};
+use vpc_lab::netns::{binary, try_run, TcpRun};
 
-use super::topology::{Topology, B};
+use super::topology::Topology;
 use crate::udp_flood::drop_at_receiver;
 
 /// CPU seconds (user + system) a process has used so far, from /proc/PID/stat.
@@ -48,19 +50,50 @@ pub struct Tcp {
 
 pub fn iperf3(t: &Topology, streams: u32, seconds: u32) -> Option<Tcp> {
     let ((gbps, bytes), cpu_s) = with_cpu(t, || {
-        let run = netns::iperf3(&t.a, &t.b, B, streams, seconds).ok()?;
+        let run = iperf3_run(&t.a, &t.b, t.b_ip, streams, seconds).map_err(|e| eprintln!("  {e}")).ok()?;
         Some((run.bits_per_second / 1e9, run.bytes))
     })?;
     Some(Tcp { gbps, bytes, cpu_s })
 }
 
+/// One iperf3 TCP run: a one-shot server in namespace `server` (reached at `server_ip`, with
+/// `-6` when that is IPv6), the client in `client`. The toolkit's `vpc_lab::netns::iperf3`,
+/// for either family.
+pub fn iperf3_run(client: &str, server: &str, server_ip: IpAddr, streams: u32, seconds: u32) -> Result<TcpRun, String> {
+    let mut listener = Command::new("ip")
+        .args(["netns", "exec", server, "iperf3", "-s", "-1", "-p", "5201"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("iperf3 server: {e}"))?;
+    std::thread::sleep(Duration::from_millis(300));
+    let (ip, streams, seconds) = (server_ip.to_string(), streams.to_string(), seconds.to_string());
+    let mut args = vec!["ip", "netns", "exec", client, "iperf3"];
+    if server_ip.is_ipv6() {
+        args.push("-6");
+    }
+    args.extend(["-c", &ip, "-p", "5201", "-t", &seconds, "-P", &streams, "-J"]);
+    let out = try_run(&args);
+    let _ = listener.kill();
+    let _ = listener.wait();
+    let report: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("iperf3 printed no report: {e}"))?;
+    let end = &report["end"];
+    match (end["sum_received"]["bits_per_second"].as_f64(), end["sum_received"]["bytes"].as_f64()) {
+        (Some(bits_per_second), Some(bytes)) => {
+            Ok(TcpRun { bits_per_second, bytes, retransmits: end["sum_sent"]["retransmits"].as_u64().unwrap_or(0) })
+        }
+        _ => Err(format!("iperf3: {} {}", report["error"], end)),
+    }
+}
+
 /// Request-response latency percentiles (p50, p99) in microseconds over `count` round trips.
 pub fn rr(t: &Topology, count: u32) -> Option<(f64, f64)> {
     let tool = binary("vpc-bench");
+    let bind = if t.b_ip.is_ipv6() { "::" } else { "0.0.0.0" };
     let mut server = Command::new("ip")
         .args(["netns", "exec", &t.b])
         .arg(&tool)
-        .args(["rr-server", "--port", "7777"])
+        .args(["rr-server", "--port", "7777", "--bind", bind])
         .stdout(Stdio::null())
         .spawn()
         .ok()?;
@@ -68,7 +101,7 @@ pub fn rr(t: &Topology, count: u32) -> Option<(f64, f64)> {
     let out = Command::new("ip")
         .args(["netns", "exec", &t.a])
         .arg(&tool)
-        .args(["rr-client", &format!("{B}:7777"), "--count", &count.to_string()])
+        .args(["rr-client", &SocketAddr::new(t.b_ip, 7777).to_string(), "--count", &count.to_string()])
         .output()
         .ok()?;
     let _ = server.kill();
@@ -101,11 +134,12 @@ pub struct Flood {
 /// The flood's destination port (B listens on none).
 const FLOOD_PORT: u16 = 9;
 
-/// Floods B from A with 64-byte UDP frames (`flows` source ports) and counts what B receives
+/// Floods B from A with 64-byte UDP frames (62-byte IPv6 frames over IPv6, see
+/// [`crate::udp_flood`]) (`flows` source ports) and counts what B receives
 /// over `seconds`, after half a second of warm-up; B drops them once counted (see
 /// [`drop_at_receiver`]).
 pub fn udp64(t: &Topology, seconds: u32, flows: u16) -> Option<Flood> {
-    if let Err(e) = drop_at_receiver(&t.b, FLOOD_PORT) {
+    if let Err(e) = drop_at_receiver(&t.b, FLOOD_PORT, t.b_ip.is_ipv6()) {
         eprintln!("  udp64: {e}");
         return None;
     }
@@ -115,7 +149,7 @@ pub fn udp64(t: &Topology, seconds: u32, flows: u16) -> Option<Flood> {
         .arg(&tool)
         .args([
             "udp-flood",
-            &format!("{B}:{FLOOD_PORT}"),
+            &SocketAddr::new(t.b_ip, FLOOD_PORT).to_string(),
             "--seconds",
             &(seconds + 1).to_string(),
             "--flows",

@@ -2,6 +2,7 @@
 //! it measures iperf3 TCP with 1 and 4 streams, the 64-byte UDP forwarding rate, UDP
 //! request-response latency, and (for the userspace switches) CPU seconds per GB and per million
 //! packets; several repetitions, interleaved across paths so machine noise hits all alike.
+//! `--ip-family ipv6` runs the same paths and measurements over IPv6 (see [`topology`]).
 
 pub mod measure;
 pub mod report;
@@ -9,8 +10,31 @@ pub mod topology;
 
 use vpc_lab::netns::try_run;
 
-pub use report::{chart, report_dir, table, targets, targets_text, to_json};
+pub use report::{chart, family_text, report_dir, table, targets, targets_text, to_json, udp_frame_bytes};
 pub use topology::PATHS;
+
+/// The address family the pods talk over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum IpFamily {
+    #[default]
+    Ipv4,
+    Ipv6,
+}
+
+impl IpFamily {
+    pub fn name(self) -> &'static str {
+        match self {
+            IpFamily::Ipv4 => "ipv4",
+            IpFamily::Ipv6 => "ipv6",
+        }
+    }
+}
+
+impl std::fmt::Display for IpFamily {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -25,6 +49,7 @@ pub struct Options {
     /// Round trips per latency sample.
     pub round_trips: u32,
     pub paths: Vec<String>,
+    pub family: IpFamily,
 }
 
 /// Every sample of one path.
@@ -65,30 +90,35 @@ pub fn run(options: &Options, mut progress: impl FnMut(&str)) -> Vec<(String, Pa
                 continue;
             }
             progress(&format!("repetition {}/{}: {name}", rep + 1, options.reps));
-            let Some(t) = topology::build(name, options.workers) else {
+            let Some(t) = topology::build(name, options.workers, options.family) else {
                 missing.push(name.clone());
                 continue;
             };
-            // Warm the path (ARP, proxy-ARP, MAC learning) before timing anything.
-            let _ = try_run(&[
-                "ip",
-                "netns",
-                "exec",
-                &t.a,
-                "ping",
-                "-c",
-                "2",
-                "-i",
-                "0.2",
-                "-W",
-                "1",
-                &topology::B.to_string(),
-            ]);
+            warm(&t);
             measure_once(&t, options, result);
         }
     }
     results.retain(|(name, _)| !missing.contains(name));
     results
+}
+
+/// Warms the path (ARP or neighbour discovery, proxy-ARP, MAC learning) before timing anything.
+/// Over IPv6 it also waits out addresses still in duplicate address detection (the kernel's own
+/// link-local ones) by pinging until B answers, for up to 5 s.
+pub fn warm(t: &topology::Topology) {
+    let ping = || {
+        try_run(&["ip", "netns", "exec", &t.a, "ping", "-c", "2", "-i", "0.2", "-W", "1", &t.b_ip.to_string()])
+            .status
+            .success()
+    };
+    if t.b_ip.is_ipv6() {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !ping() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    } else {
+        ping();
+    }
 }
 
 fn measure_once(t: &topology::Topology, options: &Options, result: &mut PathResult) {

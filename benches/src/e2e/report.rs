@@ -5,7 +5,25 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use super::{median, Options, PathResult};
+use super::{median, IpFamily, Options, PathResult};
+use crate::udp_flood::{FRAME_LEN, FRAME_LEN_V6};
+
+/// The flood's frame length on the wire (with the FCS) in `family`.
+pub fn udp_frame_bytes(family: IpFamily) -> usize {
+    4 + match family {
+        IpFamily::Ipv4 => FRAME_LEN,
+        IpFamily::Ipv6 => FRAME_LEN_V6,
+    }
+}
+
+/// One line naming the family and the flood's frame size.
+pub fn family_text(options: &Options) -> String {
+    format!(
+        "ip family: {}; the \"UDP 64B\" flood sends {}-byte frames on the wire (with the FCS)",
+        options.family,
+        udp_frame_bytes(options.family)
+    )
+}
 
 fn spread(v: &[f64]) -> (f64, f64) {
     let min = v.iter().copied().fold(f64::INFINITY, f64::min);
@@ -55,6 +73,7 @@ pub fn to_json(results: &[(String, PathResult)], options: &Options) -> Value {
     json!({
         "repetitions": options.reps, "seconds": options.seconds, "vswitchd_workers": options.workers,
         "udp64_flows": options.flows, "paths": paths, "targets": targets,
+        "ip_family": options.family.name(), "udp64_frame_bytes": udp_frame_bytes(options.family),
     })
 }
 
@@ -223,12 +242,13 @@ pub fn report_dir(
 ) -> std::io::Result<()> {
     std::fs::create_dir_all(out)?;
     let md = format!(
-        "# vpc-bench e2e\n\n`{command}`\n\n{} repetitions, {} s per iperf3 run and per 64-byte flood ({} flows), {} UDP round trips per latency sample, vswitchd with {} worker(s). Median [min-max] and ratio to the Linux bridge.\n\n```\n{}{}```\n\n![charts](chart.svg)\n",
+        "# vpc-bench e2e\n\n`{command}`\n\n{} repetitions, {} s per iperf3 run and per 64-byte flood ({} flows), {} UDP round trips per latency sample, vswitchd with {} worker(s). Median [min-max] and ratio to the Linux bridge.\n\n{}.\n\n```\n{}{}```\n\n![charts](chart.svg)\n",
         options.reps,
         options.seconds,
         options.flows,
         options.round_trips,
         options.workers,
+        family_text(options),
         table(results),
         targets_text(results)
     );

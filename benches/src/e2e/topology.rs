@@ -2,17 +2,37 @@
 //! directly, through a Linux bridge, through the kernel's own router (host /32 routes and a
 //! proxy-ARP gateway, as UK8S and Calico wire pods), through vswitchd, and through Open
 //! vSwitch's userspace (netdev) datapath. Each topology owns what it made and removes it on drop.
+//!
+//! Over IPv6 ([`IpFamily::Ipv6`]) the pods are [`A6`] and [`B6`] instead: on a /64 over the veth,
+//! the bridge and Open vSwitch; /128s with host /128 routes and a link-local gateway for the
+//! kernel router (Calico's IPv6 wiring); IPv6-only pods attached through vpc-cni for vswitchd.
 
 use std::any::Any;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use vpc_lab::netns::{cni_command, have_tool, run_cni, Binaries, Daemon, Netns, Pod, TempDir};
 
+use super::IpFamily;
+
 pub const A: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 pub const B: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 3);
+pub const A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 2);
+pub const B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 3);
+/// The kernel router's IPv6 gateway, as Calico does it: every host-side veth has the MAC
+/// ee:ee:ee:ee:ee:ee and so this link-local address (its EUI-64), and the pods route ::/0 via it.
+const CALICO_MAC: &str = "ee:ee:ee:ee:ee:ee";
+const CALICO_GATEWAY6: &str = "fe80::ecee:eeff:feee:eeee";
+
+/// A and B of `family`.
+pub fn endpoints(family: IpFamily) -> (IpAddr, IpAddr) {
+    match family {
+        IpFamily::Ipv4 => (A.into(), B.into()),
+        IpFamily::Ipv6 => (A6.into(), B6.into()),
+    }
+}
 
 /// Every path, in the order the report shows them.
 pub const PATHS: &[&str] = &["veth", "linux_bridge", "kernel_routed", "vswitchd", "ovs_netdev"];
@@ -25,6 +45,8 @@ pub struct Topology {
     pub b: String,
     /// B's interface, whose receive counter says what was delivered.
     pub b_dev: String,
+    /// B's address in the family measured.
+    pub b_ip: IpAddr,
     /// The userspace process that forwards (vswitchd, ovs-vswitchd), for CPU accounting.
     pub forwarder_pid: Option<u32>,
     /// Addresses of the idle pods attached beside A and B (the scale measurement).
@@ -35,50 +57,72 @@ pub struct Topology {
 
 /// Builds `path`; `workers` is vswitchd's forwarding threads. None if the path's software is
 /// missing (Open vSwitch is optional).
-pub fn build(path: &str, workers: usize) -> Option<Topology> {
+pub fn build(path: &str, workers: usize, family: IpFamily) -> Option<Topology> {
     match path {
-        "veth" => Some(veth_direct()),
-        "linux_bridge" => Some(linux_bridge()),
-        "kernel_routed" => Some(kernel_routed()),
-        "vswitchd" => Some(vswitchd(workers)),
-        "ovs_netdev" => ovs_netdev(),
+        "veth" => Some(veth_direct(family)),
+        "linux_bridge" => Some(linux_bridge(family)),
+        "kernel_routed" => Some(kernel_routed(family)),
+        "vswitchd" => Some(vswitchd_with_pods(workers, 0, family)),
+        "ovs_netdev" => ovs_netdev(family),
         other => panic!("unknown path {other:?}; paths are {PATHS:?}"),
     }
 }
 
-fn addressed(ns: &Netns, dev: &str, ip: Ipv4Addr, prefix_len: u8) {
-    ns.ip(&["addr", "add", &format!("{ip}/{prefix_len}"), "dev", dev]);
+/// Adds `ip/prefix_len` to `dev` and sets it up. IPv6 addresses skip duplicate address detection
+/// (the benchmark picks unique ones) so they are usable at once.
+fn addressed(ns: &Netns, dev: &str, ip: IpAddr, prefix_len: u8) {
+    match ip {
+        IpAddr::V4(_) => ns.ip(&["addr", "add", &format!("{ip}/{prefix_len}"), "dev", dev]),
+        IpAddr::V6(_) => ns.ip(&["-6", "addr", "add", &format!("{ip}/{prefix_len}"), "dev", dev, "nodad"]),
+    };
     ns.ip(&["link", "set", dev, "up"]);
 }
 
-fn veth_direct() -> Topology {
+/// The prefix length of the shared subnet on the veth, the bridge and Open vSwitch.
+fn subnet_len(family: IpFamily) -> u8 {
+    match family {
+        IpFamily::Ipv4 => 24,
+        IpFamily::Ipv6 => 64,
+    }
+}
+
+fn sysctl(ns: &Netns, key: &str, value: &str) {
+    let out = ns.exec(&["sysctl", "-qw", &format!("{key}={value}")]);
+    assert!(out.status.success(), "sysctl {key}={value} in {}: {}", ns.name, String::from_utf8_lossy(&out.stderr));
+}
+
+fn veth_direct(family: IpFamily) -> Topology {
     let (a, b) = (Netns::new("vba"), Netns::new("vbb"));
+    let (a_ip, b_ip) = endpoints(family);
     a.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &b.name]);
-    addressed(&a, "eth0", A, 24);
-    addressed(&b, "eth0", B, 24);
+    addressed(&a, "eth0", a_ip, subnet_len(family));
+    addressed(&b, "eth0", b_ip, subnet_len(family));
     Topology {
         a: a.name.clone(),
         b: b.name.clone(),
         b_dev: "eth0".into(),
+        b_ip,
         forwarder_pid: None,
         idle_pods: Vec::new(),
         _keep: vec![Box::new(a), Box::new(b)],
     }
 }
 
-fn linux_bridge() -> Topology {
+fn linux_bridge(family: IpFamily) -> Topology {
     let (host, a, b) = (Netns::new("vbh"), Netns::new("vba"), Netns::new("vbb"));
+    let (a_ip, b_ip) = endpoints(family);
     host.ip(&["link", "add", "br0", "type", "bridge"]);
     host.ip(&["link", "set", "br0", "up"]);
-    for (ns, ip, port) in [(&a, A, "va"), (&b, B, "vb")] {
+    for (ns, ip, port) in [(&a, a_ip, "va"), (&b, b_ip, "vb")] {
         ns.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", port, "netns", &host.name]);
         host.ip(&["link", "set", port, "master", "br0", "up"]);
-        addressed(ns, "eth0", ip, 24);
+        addressed(ns, "eth0", ip, subnet_len(family));
     }
     Topology {
         a: a.name.clone(),
         b: b.name.clone(),
         b_dev: "eth0".into(),
+        b_ip,
         forwarder_pid: None,
         idle_pods: Vec::new(),
         _keep: vec![Box::new(a), Box::new(b), Box::new(host)],
@@ -86,14 +130,17 @@ fn linux_bridge() -> Topology {
 }
 
 /// Pods with /32 addresses and a default route via 169.254.1.1, which the host answers by
-/// proxy-ARP; the host routes each pod's /32 out of its veth.
-fn kernel_routed() -> Topology {
+/// proxy-ARP; the host routes each pod's /32 out of its veth. Over IPv6, see [`kernel_routed6`].
+fn kernel_routed(family: IpFamily) -> Topology {
+    if family == IpFamily::Ipv6 {
+        return kernel_routed6();
+    }
     let (host, a, b) = (Netns::new("vbh"), Netns::new("vba"), Netns::new("vbb"));
     // Proxy-ARP answers only for addresses routed out of another interface: give the host a
     // default route of its own.
     host.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up1"]);
     host.ip(&["link", "set", "up1", "up"]);
-    addressed(&host, "up0", Ipv4Addr::new(192, 0, 2, 1), 24);
+    addressed(&host, "up0", Ipv4Addr::new(192, 0, 2, 1).into(), 24);
     host.ip(&["route", "add", "default", "via", "192.0.2.2"]);
     let _ = host.exec(&["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
     for (ns, ip, port) in [(&a, A, "va"), (&b, B, "vb")] {
@@ -101,7 +148,7 @@ fn kernel_routed() -> Topology {
         host.ip(&["link", "set", port, "up"]);
         let _ = host.exec(&["sh", "-c", &format!("echo 1 > /proc/sys/net/ipv4/conf/{port}/proxy_arp; echo 0 > /proc/sys/net/ipv4/neigh/{port}/proxy_delay")]);
         host.ip(&["route", "add", &format!("{ip}/32"), "dev", port]);
-        addressed(ns, "eth0", ip, 32);
+        addressed(ns, "eth0", ip.into(), 32);
         ns.ip(&["route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"]);
         ns.ip(&["route", "add", "default", "via", "169.254.1.1", "dev", "eth0"]);
     }
@@ -109,27 +156,88 @@ fn kernel_routed() -> Topology {
         a: a.name.clone(),
         b: b.name.clone(),
         b_dev: "eth0".into(),
+        b_ip: B.into(),
         forwarder_pid: None,
         idle_pods: Vec::new(),
         _keep: vec![Box::new(a), Box::new(b), Box::new(host)],
     }
 }
 
-fn vswitchd(workers: usize) -> Topology {
-    vswitchd_with_pods(workers, 0)
+/// The IPv6 twin of [`kernel_routed`], wired as Calico wires IPv6 pods: pods with /128 addresses
+/// (no router advertisements, no autoconfiguration) and `::/0` via fe80::ecee:eeff:feee:eeee,
+/// the link-local address every host-side veth has from its MAC ee:ee:ee:ee:ee:ee, so the host
+/// answers the pods' neighbour solicitations for the gateway itself; proxy-NDP is enabled on the
+/// host veths as Calico does, though nothing here needs it. The host forwards, with a /128 route
+/// per pod out of its veth.
+fn kernel_routed6() -> Topology {
+    let (host, a, b) = (Netns::new("vbh"), Netns::new("vba"), Netns::new("vbb"));
+    sysctl(&host, "net.ipv6.conf.all.forwarding", "1");
+    for (ns, ip, port) in [(&a, A6, "va"), (&b, B6, "vb")] {
+        ns.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", port, "netns", &host.name]);
+        host.ip(&["link", "set", port, "address", CALICO_MAC]);
+        sysctl(&host, &format!("net.ipv6.conf.{port}.proxy_ndp"), "1");
+        sysctl(&host, &format!("net.ipv6.conf.{port}.accept_ra"), "0");
+        addressed(&host, port, CALICO_GATEWAY6.parse::<Ipv6Addr>().expect("an address").into(), 64);
+        host.ip(&["-6", "route", "add", &format!("{ip}/128"), "dev", port]);
+        for key in ["accept_ra", "autoconf"] {
+            sysctl(ns, &format!("net.ipv6.conf.eth0.{key}"), "0");
+        }
+        addressed(ns, "eth0", ip.into(), 128);
+        ns.ip(&["-6", "route", "add", "default", "via", CALICO_GATEWAY6, "dev", "eth0"]);
+    }
+    Topology {
+        a: a.name.clone(),
+        b: b.name.clone(),
+        b_dev: "eth0".into(),
+        b_ip: B6.into(),
+        forwarder_pid: None,
+        idle_pods: Vec::new(),
+        _keep: vec![Box::new(a), Box::new(b), Box::new(host)],
+    }
+}
+
+/// Runs vpc-cni ADD for `container` in `sandbox` with `conf`; returns the first address of the
+/// result.
+fn cni_add(plugin: &Path, conf: &serde_json::Value, container: &str, sandbox: &Netns) -> IpAddr {
+    let out = run_cni(cni_command(plugin, "ADD", container, &sandbox.path()), conf);
+    assert!(out.status.success(), "vpc-cni ADD for {container}: {}", String::from_utf8_lossy(&out.stdout));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a CNI result");
+    let address = result["ips"][0]["address"].as_str().expect("an address in the result");
+    address.split('/').next().unwrap_or(address).parse().expect("an IP address")
 }
 
 /// vswitchd with pods A and B, plus `extra` more pods attached through vpc-cni (called the way
 /// a container runtime calls it) and left idle: the scale measurement.
-pub fn vswitchd_with_pods(workers: usize, extra: usize) -> Topology {
+///
+/// Over IPv4, A and B are the test toolkit's pods (a multi-queue TAP addressed as vpc-cni
+/// addresses it) attached with `vswitchctl add-port`. Over IPv6 they are attached through
+/// vpc-cni itself on an IPv6-only network (`fd00:77::2`-`fd00:77::ff`): the pod gets its `/128`,
+/// `::/0` via the gateway's link-local address with a permanent neighbour entry, no router
+/// advertisements, and the ADD returns once duplicate address detection is done.
+pub fn vswitchd_with_pods(workers: usize, extra: usize, family: IpFamily) -> Topology {
     let dir = TempDir::new();
     let node = Netns::new("vbn");
     let bins = Binaries::beside_current_exe();
     let daemon = Daemon::start(&bins, &node, &dir.0, workers);
-    let (a, b) = (Pod::new(A), Pod::new(B));
-    daemon.attach("a", &a);
-    daemon.attach("b", &b);
     let plugin = bins.vswitchd.with_file_name("vpc-cni");
+    let (na, nb, b_ip, pods): (String, String, IpAddr, Box<dyn Any>) = match family {
+        IpFamily::Ipv4 => {
+            let (a, b) = (Pod::new(A), Pod::new(B));
+            daemon.attach("a", &a);
+            daemon.attach("b", &b);
+            (a.ns.name.clone(), b.ns.name.clone(), B.into(), Box::new((a, b)))
+        }
+        IpFamily::Ipv6 => {
+            let conf6 = serde_json::json!({
+                "cniVersion": "1.0.0", "name": "vpc6", "type": "vpc-cni", "vswitchSocket": daemon.socket,
+                "ipam": {"ranges": [{"rangeStart": A6, "rangeEnd": "fd00:77::ff"}], "dataDir": dir.0.join("ipam")}
+            });
+            let (a, b) = (Netns::new("vba"), Netns::new("vbb"));
+            cni_add(&plugin, &conf6, "pod-a", &a);
+            let b_ip = cni_add(&plugin, &conf6, "pod-b", &b);
+            (a.name.clone(), b.name.clone(), b_ip, Box::new((a, b)))
+        }
+    };
     let conf = serde_json::json!({
         "cniVersion": "1.0.0", "name": "vpc", "type": "vpc-cni", "vswitchSocket": daemon.socket,
         "ipam": {"ranges": [{"rangeStart": "10.77.1.1", "rangeEnd": "10.77.31.250"}], "dataDir": dir.0.join("ipam")}
@@ -137,23 +245,19 @@ pub fn vswitchd_with_pods(workers: usize, extra: usize) -> Topology {
     let (mut idle, mut idle_pods) = (Vec::with_capacity(extra), Vec::with_capacity(extra));
     for i in 0..extra {
         let sandbox = Netns::new("vbp");
-        let out = run_cni(cni_command(&plugin, "ADD", &format!("idle-{i}"), &sandbox.path()), &conf);
-        assert!(out.status.success(), "vpc-cni ADD for idle pod {i}: {}", String::from_utf8_lossy(&out.stdout));
-        let result: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a CNI result");
-        let address = result["ips"][0]["address"].as_str().expect("an address in the result");
-        idle_pods.push(address.split('/').next().unwrap_or(address).to_string());
+        idle_pods.push(cni_add(&plugin, &conf, &format!("idle-{i}"), &sandbox).to_string());
         idle.push(sandbox);
     }
     // `ip netns exec` execs the daemon, so the child's pid is vswitchd's.
     let pid = daemon.child.as_ref().map(|c| c.id());
-    let (na, nb) = (a.ns.name.clone(), b.ns.name.clone());
     Topology {
         a: na,
         b: nb,
         b_dev: "eth0".into(),
+        b_ip,
         forwarder_pid: pid,
         idle_pods,
-        _keep: vec![Box::new(a), Box::new(b), Box::new(idle), Box::new(daemon), Box::new(node), Box::new(dir)],
+        _keep: vec![pods, Box::new(idle), Box::new(daemon), Box::new(node), Box::new(dir)],
     }
 }
 
@@ -213,7 +317,7 @@ fn run_ok(mut command: Command) -> Result<(), String> {
 
 /// Open vSwitch 3.x userspace datapath with userspace TSO, `internal` (tap) ports moved into the
 /// pods: the setup `shared/docs/peers.md` measured. None if Open vSwitch is not installed.
-fn ovs_netdev() -> Option<Topology> {
+fn ovs_netdev(family: IpFamily) -> Option<Topology> {
     if !have_tool("ovs-vswitchd") {
         eprintln!("  ovs_netdev: not measured (openvswitch-switch is not installed)");
         return None;
@@ -251,16 +355,18 @@ fn ovs_netdev() -> Option<Topology> {
         return None;
     }
     let (a, b) = (Netns::new("vba"), Netns::new("vbb"));
-    for (ns, ip, port) in [(&a, A, "pa"), (&b, B, "pb")] {
+    let (a_ip, b_ip) = endpoints(family);
+    for (ns, ip, port) in [(&a, a_ip, "pa"), (&b, b_ip, "pb")] {
         wait_for_link(&host, port);
         host.ip(&["link", "set", port, "netns", &ns.name]);
-        addressed(ns, port, ip, 24);
+        addressed(ns, port, ip, subnet_len(family));
     }
     let pid = ovs.pid("vswitchd.pid");
     Some(Topology {
         a: a.name.clone(),
         b: b.name.clone(),
         b_dev: "pb".into(),
+        b_ip,
         forwarder_pid: pid,
         idle_pods: Vec::new(),
         _keep: vec![Box::new(a), Box::new(b), Box::new(ovs), Box::new(host)],
