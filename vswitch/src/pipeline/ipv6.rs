@@ -52,9 +52,11 @@ impl Pipeline {
             ),
         );
         if let PortRole::Pod { ipv6, mac, .. } = port.role {
-            // The unspecified source is for duplicate address detection only (checked there).
-            let own =
-                Some(src) == ipv6 || src == mac.link_local() || (src.is_unspecified() && is_ndp(&buf[L2..len], &upper));
+            // The unspecified source is what a pod uses before its addresses pass duplicate
+            // address detection: for the detection itself (checked there) and for multicast
+            // listener reports (RFC 3810 §5.2.13), which are never switched anyway.
+            let unspecified_ok = src.is_unspecified() && (dst.is_multicast() || is_ndp(&buf[L2..len], &upper));
+            let own = Some(src) == ipv6 || src == mac.link_local() || unspecified_ok;
             if !own {
                 trace.step("security", format_args!("{src} is not {}'s", port.name));
                 return Next::Drop(DropReason::SpoofedSourceIp);

@@ -214,6 +214,15 @@ fn a_pod_sends_only_from_its_own_address_and_link_local_never_leaves_the_link() 
     let mld = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x16);
     let mut buf = echo6(A_MAC, multicast_mac(mld), A6, mld, 1, 8);
     assert_eq!(sw.send(A, &mut buf), Next::Drop(DropReason::Ipv6Multicast));
+    // A listener report from the unspecified address, as every pod sends one while its addresses
+    // are tentative: not switched, and not taken for spoofing either.
+    let report = Icmpv6Type::Unknown { type_u8: 143, code_u8: 0, bytes5to8: [0, 0, 0, 1] };
+    let body = [[4, 0, 0, 0].as_slice(), &Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff01, 2).octets()].concat();
+    let mut buf = ndp(A_MAC, multicast_mac(mld), Ipv6Addr::UNSPECIFIED, mld, report, &body);
+    assert_eq!(sw.send(A, &mut buf), Next::Drop(DropReason::Ipv6Multicast));
+    // From the unspecified address to anyone else it is spoofing.
+    let mut buf = echo6(A_MAC, GW_MAC, Ipv6Addr::UNSPECIFIED, B6, 64, 8);
+    assert_eq!(sw.send(A, &mut buf), Next::Drop(DropReason::SpoofedSourceIp));
 }
 
 #[test]
