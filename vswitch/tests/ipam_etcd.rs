@@ -771,7 +771,17 @@ fn three_nodes_racing_on_32_addresses_never_duplicate_or_lose() {
         std::thread::sleep(Duration::from_millis(200));
     };
     eprintln!("etcd after the run: {audit}");
-    assert!(audit.assigned.is_empty(), "still assigned after releasing everything: {:?}", audit.assigned);
+    if !audit.assigned.is_empty() {
+        let mut history = String::new();
+        for (ip, _, owner) in &audit.assigned {
+            for node in &lab.nodes {
+                for line in node.logs().lines().filter(|l| l.contains(&ip.to_string()) || l.contains(owner.as_str())) {
+                    history.push_str(&format!("{}: {line}\n", node.name));
+                }
+            }
+        }
+        panic!("still assigned after releasing everything: {:?}\n{history}", audit.assigned);
+    }
     assert!(audit.lost.is_empty(), "lost addresses: {:#?}", audit.lost);
     assert_eq!(audit.free + audit.cooling + audit.warm.values().sum::<usize>(), POOL_SIZE);
     assert_eq!(audit.warm.values().sum::<usize>(), 3 * 4, "every node has its 4 warm addresses: {audit}");

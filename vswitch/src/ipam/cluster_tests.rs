@@ -494,6 +494,45 @@ async fn a_claim_whose_reply_was_lost_is_taken_in_not_leaked() {
     assert_eq!(warm_in_store(dir.path(), "a").await, 3, "none claimed and forgotten");
 }
 
+/// An ADD that finds the warm pool empty claims its address straight as assigned; if that write
+/// goes through but its reply is lost, the ADD is refused (unavailable): the address must not stay
+/// assigned to an owner who never got it (it would never be released), but join the warm pool.
+#[tokio::test]
+async fn an_add_whose_claim_reply_was_lost_leaves_no_address_assigned_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(Faults::default());
+    let a = faulty_node(dir.path(), "a", "10.0.0.0/28", "warm_target = 1", &faults);
+    a.tick(|_| false).await;
+    a.assign(&spec("first", None), &none()).await.unwrap();
+    assert_eq!(a.local_view().warm, 0, "the one warm address went to the first ADD");
+    faults.lose_put_if.store(true, Ordering::Relaxed);
+    let err = a.assign(&spec("refused", None), &none()).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::Unavailable, "{err:?}");
+    let assigned_to_it = |records: &[(IpAddr, AddressRecord)]| {
+        let refused =
+            |r: &AddressRecord| matches!(r, AddressRecord::Assigned { owner, .. } if owner.container_id == "refused");
+        records.iter().filter(|(_, r)| refused(r)).count()
+    };
+    let before = records(dir.path()).await;
+    assert_eq!(assigned_to_it(&before), 1, "the write went through");
+    let lost = before
+        .iter()
+        .find(|(_, r)| matches!(r, AddressRecord::Assigned { owner, .. } if owner.container_id == "refused"))
+        .unwrap()
+        .0;
+    a.tick(|_| false).await;
+    a.tick(|_| false).await;
+    assert!(a.lookup(&spec("refused", None).owner).is_empty(), "the refused ADD holds nothing");
+    assert_eq!(assigned_to_it(&records(dir.path()).await), 0, "nor does the store say so");
+    let after = records(dir.path()).await;
+    let now = after.iter().find(|(ip, _)| *ip == lost).map(|(_, r)| r.clone());
+    assert!(
+        matches!(now, Some(AddressRecord::Warm { ref node, .. }) if node == "a"),
+        "{lost} is a's warm address: {now:?}"
+    );
+    assert_eq!(a.local_view().assigned, 1, "only the first ADD's");
+}
+
 #[tokio::test]
 async fn a_give_back_whose_reply_was_lost_leaves_nothing_in_the_warm_pool() {
     let dir = tempfile::tempdir().unwrap();

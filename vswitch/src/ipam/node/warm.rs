@@ -29,8 +29,10 @@ impl<S: ClusterStore> NodeIpam<S> {
     }
 
     /// Looks up the addresses whose last write went unanswered: one the store gives this node
-    /// and that it does not know is taken in (warm, or assigned as the store says); anything
-    /// else is not this node's.
+    /// and that it does not know is taken in; anything else is not this node's. A claim made
+    /// straight as assigned for an ADD went unanswered only for an ADD that was refused (the
+    /// reply said unavailable, so no pod has the address): it joins the warm pool instead of
+    /// staying assigned to an owner who never got it (and would never release it).
     async fn resolve_unsure(self: &Arc<Self>) -> Result<(), StoreError> {
         let unsure: Vec<IpAddr> = self.unsure.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
         if unsure.is_empty() {
@@ -44,7 +46,13 @@ impl<S: ClusterStore> NodeIpam<S> {
                 let mut local = self.local();
                 if let std::collections::btree_map::Entry::Vacant(slot) = local.entries.entry(ip) {
                     tracing::info!(%ip, state = record.state_name(), "a write whose reply was lost went through: the address is this node's");
-                    slot.insert(LocalEntry { record, version, dirty: false, netns: None });
+                    let refused_add = matches!(record, AddressRecord::Assigned { .. });
+                    let record = if refused_add {
+                        AddressRecord::Warm { node: self.settings.node.clone(), since: now_secs() }
+                    } else {
+                        record
+                    };
+                    slot.insert(LocalEntry { record, version, dirty: refused_add, netns: None });
                     adopted = true;
                 }
             }
