@@ -994,9 +994,11 @@ fn quorum_loss_serves_adds_from_the_warm_pool_then_code_unavailable() {
     assert!(audit.lost.is_empty(), "{:#?}", audit.lost);
     assert_eq!(audit.warm.get("n0").copied(), Some(3));
     assert_eq!(audit.assigned.len(), 2, "{:?}", audit.assigned);
-    // And the refused ADD goes through now.
+    // And the refused ADD goes through now, with none of the addresses held. (One released
+    // during the outage may come back: its 3 s reuse delay is long over, and the check above
+    // lets the warm pool have it.)
     let retried = c.ipam_assign(spec("q3")).unwrap();
-    assert!(!got.contains(&retried.ips[0]) && retried.ips[0] != kept.ips[0]);
+    assert!(retried.ips[0] != got[2] && retried.ips[0] != kept.ips[0], "{retried:?} is held already");
 }
 
 // ---------------------------------------------------------------------------------------------
