@@ -210,10 +210,16 @@ fn drops_are_counted_by_reason_and_exported_as_metrics() {
     assert!(metrics.contains("vswitch_drops_total{reason=\"ttl_expired\"} 1"), "{metrics}");
     assert!(metrics.contains("vswitch_port_rx_packets_total{port=\"pod-a\",role=\"pod\"}"), "{metrics}");
     assert!(metrics.contains("vswitch_port_up{port=\"pod-a\",role=\"pod\"} 1"), "{metrics}");
-    assert!(metrics.contains("vswitch_fib_routes 3"), "{metrics}");
+    // The node's defaults of both families and the two pods' /32s.
+    assert!(metrics.contains("vswitch_fib_routes 4"), "{metrics}");
     assert!(metrics.contains("process_resident_memory_bytes "), "{metrics}");
-    let v6 = n.node.exec(&["cat", "/proc/sys/net/ipv6/conf/vsw0/disable_ipv6"]);
-    assert_eq!(String::from_utf8_lossy(&v6.stdout).trim(), "1", "the host port sends no IPv6 solicitations");
+    // IPv6 on the host port (the node resolves its /128 routes to pods there), without
+    // autoconfiguration from router advertisements.
+    let sysctl = |key: &str| {
+        let out = n.node.exec(&["cat", &format!("/proc/sys/net/ipv6/conf/vsw0/{key}")]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!((sysctl("disable_ipv6"), sysctl("accept_ra"), sysctl("autoconf")), ("0".into(), "0".into(), "0".into()));
     let health = http_get(&n.node, "/healthz");
     assert!(health.starts_with("HTTP/1.1 200 OK") && health.contains("ok: 1 workers forwarding"), "{health}");
 }

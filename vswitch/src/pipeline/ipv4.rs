@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use super::{next_hop_mac, DropReason, Next, Pipeline, Tracer, L2};
+use super::{to_next_hop, DropReason, Next, Pipeline, Tracer, L2};
 use crate::state::{FibViews, ForwardingState, PortInfo, PortRole};
 use crate::wire::ethernet::EthernetFrame;
 use crate::wire::icmp::{self, IcmpError};
@@ -88,22 +88,8 @@ impl Pipeline {
             }
             return Next::Drop(DropReason::FragmentationUnsupported);
         }
-        let dst_mac = next_hop_mac(state, adj.next_hop, IpAddr::V4(dst));
-        let mut ip = Ipv4Packet::new_unchecked(&mut buf[L2..len]);
-        ip.decrement_ttl();
-        let mut eth = EthernetFrame::new_checked(&mut buf[vnet::LEN..len]).expect("checked above");
-        eth.set_src(adj.src_mac);
-        match dst_mac {
-            Ok(mac) => {
-                eth.set_dst(mac);
-                trace.step("rewrite", format_args!("ttl {} -> {}, {} > {mac}", ttl, ttl - 1, adj.src_mac));
-                Next::Tx { port: adj.port, len }
-            }
-            Err(next_hop) => {
-                trace.step("neighbor", format_args!("{next_hop} unresolved: to the control plane to resolve"));
-                Next::Resolve { port: adj.port, next_hop, len }
-            }
-        }
+        Ipv4Packet::new_unchecked(&mut buf[L2..len]).decrement_ttl();
+        to_next_hop(state, &adj, IpAddr::V4(dst), buf, len, trace, format_args!("ttl {} -> {}", ttl, ttl - 1))
     }
 
     /// Replaces the buffer with an ICMP error about the packet in it, addressed back to where it

@@ -6,7 +6,7 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 
-use super::{next_hop_mac, DropReason, Next, Pipeline, Tracer, L2};
+use super::{to_next_hop, DropReason, Next, Pipeline, Tracer, L2};
 use crate::state::{FibViews, ForwardingState, PortInfo, PortRole};
 use crate::wire::ethernet::EthernetFrame;
 use crate::wire::icmpv6::{self, Icmpv6Error};
@@ -107,24 +107,9 @@ impl Pipeline {
             let error = Icmpv6Error::PacketTooBig { mtu: adj.mtu as u32 };
             return self.icmpv6_error(state, port, &checked, buf, len, error, DropReason::PacketTooBig, now_ns, trace);
         }
-        let dst_mac = next_hop_mac(state, adj.next_hop, IpAddr::V6(dst));
         Ipv6Packet::new_checked(&mut buf[L2..len]).expect("checked above").set_hop_limit(hop_limit - 1);
-        let mut eth = EthernetFrame::new_checked(&mut buf[vnet::LEN..len]).expect("checked above");
-        eth.set_src(adj.src_mac);
-        match dst_mac {
-            Ok(mac) => {
-                eth.set_dst(mac);
-                trace.step(
-                    "rewrite",
-                    format_args!("hop limit {} -> {}, {} > {mac}", hop_limit, hop_limit - 1, adj.src_mac),
-                );
-                Next::Tx { port: adj.port, len }
-            }
-            Err(next_hop) => {
-                trace.step("neighbor", format_args!("{next_hop} unresolved: to the control plane to resolve"));
-                Next::Resolve { port: adj.port, next_hop, len }
-            }
-        }
+        let rewritten = format_args!("hop limit {} -> {}", hop_limit, hop_limit - 1);
+        to_next_hop(state, &adj, IpAddr::V6(dst), buf, len, trace, rewritten)
     }
 
     /// Replaces the buffer with an ICMPv6 error about the packet in it, back out of the arrival

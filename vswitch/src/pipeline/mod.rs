@@ -24,7 +24,7 @@ pub use drop::DropReason;
 pub use icmp_limit::IcmpLimiter;
 pub use rate_limit::{PortRateLimit, RateLimitConfig, TokenBucket};
 
-use crate::state::{FibViews, ForwardingState, NextHop, PortId, PortRole};
+use crate::state::{Adjacency, FibViews, ForwardingState, NextHop, PortId, PortRole};
 use crate::wire::ethernet::{self, EthernetFrame};
 use crate::wire::vnet::{self, VnetHeader};
 use crate::wire::{EtherType, MacAddr};
@@ -176,6 +176,34 @@ fn is_local_pod(state: &ForwardingState, fibs: &FibViews<'_>, ip: IpAddr) -> boo
         },
         _ => false,
     })
+}
+
+/// The last stage of both families (`rewritten` says what the caller changed in the IP header):
+/// the MACs of the adjacency's port and next hop, and out; or, the next hop not yet resolved, to
+/// the control plane, which resolves it and sends the frame.
+fn to_next_hop<T: Tracer>(
+    state: &ForwardingState,
+    adj: &Adjacency,
+    dst: IpAddr,
+    buf: &mut [u8],
+    len: usize,
+    trace: &mut T,
+    rewritten: fmt::Arguments<'_>,
+) -> Next {
+    let dst_mac = next_hop_mac(state, adj.next_hop, dst);
+    let mut eth = EthernetFrame::new_checked(&mut buf[vnet::LEN..len]).expect("checked before");
+    eth.set_src(adj.src_mac);
+    match dst_mac {
+        Ok(mac) => {
+            eth.set_dst(mac);
+            trace.step("rewrite", format_args!("{rewritten}, {} > {mac}", adj.src_mac));
+            Next::Tx { port: adj.port, len }
+        }
+        Err(next_hop) => {
+            trace.step("neighbor", format_args!("{next_hop} unresolved: to the control plane to resolve"));
+            Next::Resolve { port: adj.port, next_hop, len }
+        }
+    }
 }
 
 /// The destination MAC of an adjacency's next hop for `dst`, or the neighbour to resolve first.
