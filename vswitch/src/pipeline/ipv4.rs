@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use super::{to_next_hop, DropReason, Next, Pipeline, Tracer, L2};
+use super::{route, to_next_hop, DropReason, Next, Pipeline, Tracer, L2};
 use crate::state::{FibViews, ForwardingState, PortInfo, PortRole};
 use crate::wire::ethernet::EthernetFrame;
 use crate::wire::icmp::{self, IcmpError};
@@ -61,23 +61,10 @@ impl Pipeline {
                 trace,
             );
         }
-        let Some(adjacency_index) = fibs.v4.lookup(dst) else {
-            trace.step("fib", format_args!("{dst}: no route"));
-            return Next::Drop(DropReason::NoRoute);
+        let adj = match route(state, fibs.v4.lookup(dst), IpAddr::V4(dst), port, trace) {
+            Ok(adj) => adj,
+            Err(dropped) => return dropped,
         };
-        let Some(adj) = state.adjacency(adjacency_index).copied() else {
-            return Next::Drop(DropReason::NoRoute);
-        };
-        trace.step(
-            "fib",
-            format_args!(
-                "{dst} -> adjacency {adjacency_index}: port {} from {} to {:?} mtu {}",
-                adj.port, adj.src_mac, adj.next_hop, adj.mtu
-            ),
-        );
-        if adj.port == port.id {
-            return Next::Drop(DropReason::Hairpin);
-        }
         let ip_size =
             if vnet.is_gso() { gso_segment_ip_len(&ip, vnet.gso_type, vnet.gso_size) } else { ip.total_len() };
         if ip_size > adj.mtu as usize {

@@ -6,7 +6,7 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 
-use super::{to_next_hop, DropReason, Next, Pipeline, Tracer, L2};
+use super::{route, to_next_hop, DropReason, Next, Pipeline, Tracer, L2};
 use crate::state::{FibViews, ForwardingState, PortInfo, PortRole};
 use crate::wire::ethernet::EthernetFrame;
 use crate::wire::icmpv6::{self, Icmpv6Error};
@@ -51,18 +51,19 @@ impl Pipeline {
                 upper.protocol, upper.extensions
             ),
         );
+        let ndp = is_ndp(&buf[L2..len], &upper);
         if let PortRole::Pod { ipv6, mac, .. } = port.role {
             // The unspecified source is what a pod uses before its addresses pass duplicate
             // address detection: for the detection itself (checked there) and for multicast
             // listener reports (RFC 3810 §5.2.13), which are never switched anyway.
-            let unspecified_ok = src.is_unspecified() && (dst.is_multicast() || is_ndp(&buf[L2..len], &upper));
+            let unspecified_ok = src.is_unspecified() && (dst.is_multicast() || ndp);
             let own = Some(src) == ipv6 || src == mac.link_local() || unspecified_ok;
             if !own {
                 trace.step("security", format_args!("{src} is not {}'s", port.name));
                 return Next::Drop(DropReason::SpoofedSourceIp);
             }
         }
-        if is_ndp(&buf[L2..len], &upper) {
+        if ndp {
             return self.ndp(state, fibs, port, &checked, buf, len, trace);
         }
         if dst.is_multicast() || src.is_multicast() {
@@ -72,30 +73,18 @@ impl Pipeline {
         if dst_mac != state.own_mac(port) {
             return Next::Drop(DropReason::NotOurMac);
         }
-        if is_link_local(src) || is_link_local(dst) {
+        // fe80::/10 is valid on one link only: never routed.
+        if src.is_unicast_link_local() || dst.is_unicast_link_local() {
             return Next::Drop(DropReason::Ipv6LinkLocal);
         }
         if hop_limit <= 1 {
             let error = Icmpv6Error::TimeExceeded;
             return self.icmpv6_error(state, port, &checked, buf, len, error, DropReason::TtlExpired, now_ns, trace);
         }
-        let Some(adjacency_index) = fibs.v6.lookup(dst) else {
-            trace.step("fib", format_args!("{dst}: no route"));
-            return Next::Drop(DropReason::NoRoute);
+        let adj = match route(state, fibs.v6.lookup(dst), IpAddr::V6(dst), port, trace) {
+            Ok(adj) => adj,
+            Err(dropped) => return dropped,
         };
-        let Some(adj) = state.adjacency(adjacency_index).copied() else {
-            return Next::Drop(DropReason::NoRoute);
-        };
-        trace.step(
-            "fib",
-            format_args!(
-                "{dst} -> adjacency {adjacency_index}: port {} from {} to {:?} mtu {}",
-                adj.port, adj.src_mac, adj.next_hop, adj.mtu
-            ),
-        );
-        if adj.port == port.id {
-            return Next::Drop(DropReason::Hairpin);
-        }
         let packet = &buf[L2..len];
         let ip_size = if vnet.is_gso() {
             gso_segment_ip_len(packet, &upper, vnet.gso_type, vnet.gso_size)
@@ -177,11 +166,6 @@ fn is_ndp(packet: &[u8], upper: &UpperLayer) -> bool {
         && packet
             .get(upper.offset)
             .is_some_and(|&kind| (icmpv6::TYPE_ROUTER_SOLICIT..=icmpv6::TYPE_REDIRECT).contains(&kind))
-}
-
-/// fe80::/10: valid on one link only, so never routed.
-pub(super) fn is_link_local(ip: Ipv6Addr) -> bool {
-    ip.segments()[0] & 0xffc0 == 0xfe80
 }
 
 /// Why RFC 4443 §2.4 (e) forbids an ICMPv6 error about this packet, if it does: it is itself an

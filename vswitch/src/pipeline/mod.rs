@@ -24,7 +24,7 @@ pub use drop::DropReason;
 pub use icmp_limit::IcmpLimiter;
 pub use rate_limit::{PortRateLimit, RateLimitConfig, TokenBucket};
 
-use crate::state::{Adjacency, FibViews, ForwardingState, NextHop, PortId, PortRole};
+use crate::state::{Adjacency, FibViews, ForwardingState, NextHop, PortId, PortInfo, PortRole};
 use crate::wire::ethernet::{self, EthernetFrame};
 use crate::wire::vnet::{self, VnetHeader};
 use crate::wire::{EtherType, MacAddr};
@@ -176,6 +176,33 @@ fn is_local_pod(state: &ForwardingState, fibs: &FibViews<'_>, ip: IpAddr) -> boo
         },
         _ => false,
     })
+}
+
+/// The FIB stage of both families: the adjacency of the route `index` the lookup for `dst` found,
+/// or the drop (no route, an adjacency already freed, or back out of the arrival port).
+fn route<T: Tracer>(
+    state: &ForwardingState,
+    index: Option<u32>,
+    dst: IpAddr,
+    port: &PortInfo,
+    trace: &mut T,
+) -> Result<Adjacency, Next> {
+    let Some(index) = index else {
+        trace.step("fib", format_args!("{dst}: no route"));
+        return Err(Next::Drop(DropReason::NoRoute));
+    };
+    let adj = *state.adjacency(index).ok_or(Next::Drop(DropReason::NoRoute))?;
+    trace.step(
+        "fib",
+        format_args!(
+            "{dst} -> adjacency {index}: port {} from {} to {:?} mtu {}",
+            adj.port, adj.src_mac, adj.next_hop, adj.mtu
+        ),
+    );
+    if adj.port == port.id {
+        return Err(Next::Drop(DropReason::Hairpin));
+    }
+    Ok(adj)
 }
 
 /// The last stage of both families (`rewritten` says what the caller changed in the IP header):
