@@ -367,9 +367,11 @@ impl<S: ClusterStore> NodeIpam<S> {
     /// Writes one entry to the store now (sticky pods and specific addresses cannot wait).
     async fn sync_now(self: &Arc<Self>, ip: IpAddr) -> Result<(), StoreError> {
         let mut fenced = Vec::new();
-        let synced = self.sync_entry(ip, &mut fenced).await;
-        drop(self.save().await);
-        synced?;
+        if let Some((ip, entry)) = self.pending(Some(ip)).await?.first() {
+            let synced = self.sync_entry(*ip, entry, &mut fenced).await;
+            drop(self.save().await);
+            synced?;
+        }
         if fenced.is_empty() && self.local().entries.get(&ip).is_some_and(|e| !e.dirty) {
             Ok(())
         } else {
@@ -737,12 +739,29 @@ impl<S: ClusterStore> NodeIpam<S> {
             .collect())
     }
 
+    /// The pending changes, each as it is now, once the local file holds them (or something
+    /// newer): the store must never learn a change a crash could take from the file, or the
+    /// restarted node would read its own release (say) as its address given away.
+    async fn pending(self: &Arc<Self>, only: Option<IpAddr>) -> Result<Vec<(IpAddr, LocalEntry)>, StoreError> {
+        let pending: Vec<(IpAddr, LocalEntry)> = self
+            .local()
+            .entries
+            .iter()
+            .filter(|(ip, e)| e.dirty && only.is_none_or(|only| only == **ip))
+            .map(|(ip, e)| (*ip, e.clone()))
+            .collect();
+        if !pending.is_empty() {
+            self.save().await.map_err(|e| StoreError(e.message))?;
+        }
+        Ok(pending)
+    }
+
     /// Writes every pending change.
     async fn sync(self: &Arc<Self>, fenced: &mut Vec<Fenced>) -> Result<(), StoreError> {
-        let dirty: Vec<IpAddr> = self.local().entries.iter().filter(|(_, e)| e.dirty).map(|(ip, _)| *ip).collect();
+        let dirty = self.pending(None).await?;
         let mut result = Ok(());
-        for ip in &dirty {
-            result = self.sync_entry(*ip, fenced).await;
+        for (ip, entry) in &dirty {
+            result = self.sync_entry(*ip, entry, fenced).await;
             if result.is_err() {
                 break;
             }
@@ -754,9 +773,13 @@ impl<S: ClusterStore> NodeIpam<S> {
         result
     }
 
-    /// Writes one pending change (the caller saves the local state).
-    async fn sync_entry(self: &Arc<Self>, ip: IpAddr, fenced: &mut Vec<Fenced>) -> Result<(), StoreError> {
-        let Some(entry) = self.local().entries.get(&ip).cloned().filter(|e| e.dirty) else { return Ok(()) };
+    /// Writes one pending change, `entry` as `pending` saw it (the caller saves the local state).
+    async fn sync_entry(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        entry: &LocalEntry,
+        fenced: &mut Vec<Fenced>,
+    ) -> Result<(), StoreError> {
         let key = self.keys.ip(ip);
         match self.store.put_if(&key, entry.record.encode(), entry.version).await? {
             Some(version) => {
