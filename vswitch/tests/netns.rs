@@ -68,6 +68,37 @@ fn two_pods_ping_and_run_iperf3_through_vswitchd_with_tso_frames_unsegmented() {
     assert!(largest_possible, "pod-b receives large frames too");
 }
 
+/// The TTL the echo replies from `to` arrive with.
+fn reply_ttl(from: &Pod, to: Ipv4Addr) -> Option<u8> {
+    let out = from.ns.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", &to.to_string()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split("ttl=").nth(1)?.split_whitespace().next()?.parse().ok()
+}
+
+/// `forwarding = "tap_bounce"` (the benchmark ceiling) bounces frames between the two pods with
+/// nothing but a MAC rewrite: echo replies keep the TTL they were sent with (the pipeline
+/// decrements it) and nothing reaches the node, while ARP for the gateway is still answered.
+#[test]
+fn tap_bounce_carries_pod_frames_to_the_other_pod_without_routing_them() {
+    require_root();
+    let routed = node(1, 23);
+    assert_eq!(reply_ttl(&routed.a, routed.b.ip), Some(63), "the pipeline decrements the TTL");
+    drop(routed);
+
+    let dir = TempDir::new();
+    let node = Netns::new("vtn");
+    node.ip(&["addr", "add", &format!("{NODE_IP}/32"), "dev", "lo"]);
+    let daemon = Daemon::start_with_config(&bins(), &node, &dir.0, 2, "forwarding = \"tap_bounce\"\n");
+    let (a, b) = (Pod::new(Ipv4Addr::new(10, 10, 24, 2)), Pod::new(Ipv4Addr::new(10, 10, 24, 3)));
+    daemon.attach("pod-a", &a);
+    daemon.attach("pod-b", &b);
+    assert_eq!(reply_ttl(&a, b.ip), Some(64), "bounced, not routed");
+    assert_eq!(reply_ttl(&b, a.ip), Some(64), "and the other way");
+    assert!(!a.ping(NODE_IP, 1), "the node is never reached: every frame goes to the other pod");
+    let gbps = iperf3_gbps(&b, &a, 2);
+    assert!(gbps > 0.5, "TCP through the bounce: {gbps:.2} Gbit/s");
+}
+
 const NODE_IP6: &str = "fd00:10::5";
 
 #[test]

@@ -11,6 +11,7 @@
 //! pod_mtu = 1500
 //! icmp_errors_per_second = 100             # per worker
 //! icmp_burst = 50
+//! forwarding = "pipeline"                  # "tap_bounce": the benchmark ceiling, no forwarding decision
 //!
 //! [host_port]
 //! name = "vsw0"                             # TAP in the node's namespace
@@ -65,6 +66,8 @@ pub struct Config {
     pub pod_mtu: u16,
     pub icmp_errors_per_second: u64,
     pub icmp_burst: u64,
+    /// `tap_bounce` measures the ceiling of any TAP switch here (benchmarks only).
+    pub forwarding: crate::datapath::Forwarding,
     pub host_port: HostPortConfig,
     pub uplink: Option<UplinkConfig>,
     /// Cluster-wide address allocation; without it, vpc-cni uses its node-local ranges.
@@ -125,6 +128,7 @@ impl Default for Config {
             pod_mtu: 1500,
             icmp_errors_per_second: 100,
             icmp_burst: 50,
+            forwarding: Default::default(),
             host_port: HostPortConfig::default(),
             uplink: None,
             ipam: None,

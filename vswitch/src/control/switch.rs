@@ -155,8 +155,8 @@ impl Switch {
         for index in 0..config.workers {
             let s = Arc::new(WorkerStats::default());
             let icmp = IcmpLimiter::new(config.icmp_errors_per_second, config.icmp_burst);
-            let (waker, handle) =
-                spawn_worker(index, datapath.clone(), s.clone(), icmp).map_err(ControlError::Workers)?;
+            let (waker, handle) = spawn_worker(index, datapath.clone(), s.clone(), icmp, config.forwarding)
+                .map_err(ControlError::Workers)?;
             wakers.push(waker);
             workers.push(handle);
             stats.push(s);

@@ -6,6 +6,7 @@ use std::io;
 use std::sync::OnceLock;
 use std::time::Instant;
 
+use super::bounce::{Forwarding, Peer};
 use super::drop_sampler::DropSampler;
 use super::shaper::Shaper;
 use super::tx_ring::TxRing;
@@ -47,6 +48,7 @@ pub struct Forwarder {
     shaper: Shaper,
     /// Where drops are sampled while someone watches.
     sampler: Arc<DropSampler>,
+    forwarding: Forwarding,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -74,7 +76,14 @@ impl Forwarder {
                 .ok(),
             shaper: Shaper::default(),
             sampler: Arc::default(),
+            forwarding: Forwarding::Pipeline,
         }
+    }
+
+    /// Forwards as `forwarding` says (the pipeline unless a benchmark asks for the ceiling).
+    pub fn with_forwarding(mut self, forwarding: Forwarding) -> Self {
+        self.forwarding = forwarding;
+        self
     }
 
     /// Samples drops into `sampler` (shared with the control plane) instead of a private one.
@@ -153,10 +162,17 @@ impl Forwarder {
             return outcome;
         }
         let fibs = snapshot.forwarding.pin();
+        let bounce_to = match self.forwarding {
+            Forwarding::Pipeline => None,
+            Forwarding::TapBounce => Peer::of(&snapshot.forwarding, port),
+        };
         for i in 0..count {
             let buf = &mut self.buffers[i];
-            let next =
-                self.pipeline.process(&snapshot.forwarding, &fibs, port, buf, self.lengths[i], now_ns, &mut NoTrace);
+            let len = self.lengths[i];
+            let next = match bounce_to.as_ref().and_then(|peer| peer.bounce(buf, len)) {
+                Some(next) => next,
+                None => self.pipeline.process(&snapshot.forwarding, &fibs, port, buf, len, now_ns, &mut NoTrace),
+            };
             let (out_port, len) = match next {
                 Next::Tx { port, len } => (port, len),
                 Next::Drop(reason) => {

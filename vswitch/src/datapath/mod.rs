@@ -5,6 +5,7 @@
 //! is no lock, no allocation, no log line and no system call beyond the port's own read (the
 //! batch's writes go out together, one io_uring submission per batch).
 
+mod bounce;
 pub mod drop_sampler;
 mod forward;
 mod shaper;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+pub use bounce::Forwarding;
 pub use forward::{Batch, Forwarder, BATCH};
 pub use stats::{PortTotals, WorkerStats};
 pub use worker::spawn_worker;

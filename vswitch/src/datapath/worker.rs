@@ -11,7 +11,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::forward::now_ns;
-use super::{Batch, Datapath, Forwarder, Snapshot, WorkerStats};
+use super::{Batch, Datapath, Forwarder, Forwarding, Snapshot, WorkerStats};
 use crate::pipeline::{DropReason, IcmpLimiter, Pipeline};
 use crate::port::PortQueue;
 use crate::state::PortId;
@@ -39,11 +39,13 @@ pub fn spawn_worker(
     datapath: Arc<Datapath>,
     stats: Arc<WorkerStats>,
     icmp: IcmpLimiter,
+    forwarding: Forwarding,
 ) -> io::Result<(Arc<Waker>, std::thread::JoinHandle<()>)> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
     let forwarder = Forwarder::new(index, stats, Pipeline::new(icmp), datapath.slow_path.clone())
-        .with_drop_sampler(datapath.drops.clone());
+        .with_drop_sampler(datapath.drops.clone())
+        .with_forwarding(forwarding);
     let mut worker = Worker {
         index,
         datapath,

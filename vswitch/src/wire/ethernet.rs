@@ -2,7 +2,7 @@
 
 use super::{need, WireError};
 
-mod field {
+pub mod field {
     use std::ops::Range;
     pub const DST: Range<usize> = 0..6;
     pub const SRC: Range<usize> = 6..12;
