@@ -533,6 +533,36 @@ async fn an_add_whose_claim_reply_was_lost_leaves_no_address_assigned_to_it() {
     assert_eq!(a.local_view().assigned, 1, "only the first ADD's");
 }
 
+/// The same refused ADD, retried and answered, and then the node crashes before it looked the
+/// lost write up: the restarted node finds the claim in the store naming an owner that holds
+/// another address of the family. It must take it in as warm, not give the owner two.
+#[tokio::test]
+async fn a_refused_adds_claim_found_after_a_crash_joins_the_warm_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(Faults::default());
+    let a = faulty_node(dir.path(), "a", "10.0.0.0/28", "warm_target = 1", &faults);
+    a.tick(|_| false).await;
+    a.assign(&spec("first", None), &none()).await.unwrap();
+    faults.lose_put_if.store(true, Ordering::Relaxed);
+    a.assign(&spec("retried", None), &none()).await.unwrap_err();
+    faults.lose_put_if.store(false, Ordering::Relaxed);
+    let got = a.assign(&spec("retried", None), &none()).await.unwrap().ips;
+    assert_eq!(got.len(), 1);
+    let claims = records(dir.path()).await;
+    let lost = claims
+        .iter()
+        .find(|(ip, r)| *ip != got[0] && r.owner().is_some_and(|o| o.container_id == "retried"))
+        .expect("the refused ADD's claim is in the store")
+        .0;
+    drop(a);
+    let a = faulty_node(dir.path(), "a", "10.0.0.0/28", "warm_target = 1", &faults);
+    a.tick(|_| false).await;
+    assert_eq!(a.lookup(&spec("retried", None).owner), got, "the owner keeps the address it was given, only");
+    a.tick(|_| false).await;
+    let now = records(dir.path()).await.into_iter().find(|(ip, _)| *ip == lost).map(|(_, r)| r);
+    assert!(matches!(now, Some(AddressRecord::Warm { ref node, .. }) if node == "a"), "{lost}: {now:?}");
+}
+
 #[tokio::test]
 async fn a_give_back_whose_reply_was_lost_leaves_nothing_in_the_warm_pool() {
     let dir = tempfile::tempdir().unwrap();

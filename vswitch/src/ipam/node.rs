@@ -73,10 +73,7 @@ impl LocalEntry {
     }
 
     fn owner(&self) -> Option<&Attachment> {
-        match &self.record {
-            AddressRecord::Assigned { owner, .. } => Some(owner),
-            _ => None,
-        }
+        self.record.owner()
     }
 }
 
@@ -703,11 +700,23 @@ impl<S: ClusterStore> NodeIpam<S> {
                 match local.entries.get_mut(ip) {
                     Some(entry) => entry.version = *version,
                     None => {
-                        tracing::info!(%ip, state = record.state_name(), "adopted an address the store gives this node");
-                        local.entries.insert(
-                            *ip,
-                            LocalEntry { record: record.clone(), version: *version, dirty: false, netns: None },
-                        );
+                        // A claim for an ADD whose owner holds another address of the family was
+                        // an ADD refused (its reply lost) and retried: nobody has this one.
+                        let refused_add = record.owner().is_some_and(|owner| {
+                            local
+                                .entries
+                                .iter()
+                                .any(|(held, e)| e.owner() == Some(owner) && Family::of(held) == Family::of(ip))
+                        });
+                        let entry = if refused_add {
+                            tracing::info!(%ip, "adopted a claim of a refused ADD into the warm pool");
+                            let warm = AddressRecord::Warm { node: self.settings.node.clone(), since: now_secs() };
+                            LocalEntry { record: warm, version: *version, dirty: true, netns: None }
+                        } else {
+                            tracing::info!(%ip, state = record.state_name(), "adopted an address the store gives this node");
+                            LocalEntry { record: record.clone(), version: *version, dirty: false, netns: None }
+                        };
+                        local.entries.insert(*ip, entry);
                     }
                 }
             }

@@ -51,6 +51,14 @@ impl AddressRecord {
         }
     }
 
+    /// The attachment it is assigned to.
+    pub fn owner(&self) -> Option<&Attachment> {
+        match self {
+            AddressRecord::Assigned { owner, .. } => Some(owner),
+            _ => None,
+        }
+    }
+
     /// May a node claim it at `now`? Released addresses after the reuse delay; sticky ones once
     /// their hold and then the reuse delay have passed.
     pub fn claimable(&self, now: u64, reuse_delay: u64) -> bool {
