@@ -1081,11 +1081,9 @@ fn a_node_killed_mid_allocation_loses_and_duplicates_nothing() {
                 Err(e) => panic!("round {round}: release {o}: {e}"),
             }
         }
+        // Asked at once: the restarted node answers only after its first round with the store,
+        // where it adopts the claims the kill cut off before they reached its file.
         lab.nodes[0].start();
-        // The restarted node's first round with the store (it adopts claims the kill cut off
-        // before they reached its file). Lookups answered before it may not know them yet: a
-        // known gap (see docs/decisions.md, "Cluster IPAM"), not what this test is about.
-        wait_for(Duration::from_secs(10), "the restarted node's first round", || warm_is_full(&lab.nodes[0].view()));
 
         // After the restart, each owner's address is what the test was told, or (reply lost)
         // whatever the node says now; a DEL whose reply was lost may or may not have happened.

@@ -47,6 +47,7 @@ impl Switch {
 
     pub(super) async fn handle_ipam(self: &Arc<Self>, request: IpamRequest) -> Result<Response, ApiError> {
         let ipam = self.ipam_or_refuse()?;
+        ipam.settled(SETTLE_AFTER_START).await;
         match request {
             IpamRequest::Assign(spec) => ipam.assign(&spec, &self.addresses_in_use()).await.map(Response::Address),
             IpamRequest::Release(owner) => {
@@ -111,6 +112,9 @@ pub enum IpamRequest {
     Gc(Vec<Attachment>),
     View,
 }
+
+/// The longest an IPAM request waits for the first upkeep round after vswitchd starts.
+const SETTLE_AFTER_START: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Runs the upkeep every [`node::TICK`].
 pub async fn serve_ipam(switch: Arc<Switch>) {

@@ -122,6 +122,8 @@ pub struct NodeIpam<S: ClusterStore> {
     last_reclaim: Mutex<Option<Instant>>,
     /// Wakes the upkeep task early: an ADD took from the warm pool, a DEL released.
     kick: tokio::sync::Notify,
+    /// True once this process's first upkeep round is over (see [`NodeIpam::settled`]).
+    first_round: tokio::sync::watch::Sender<bool>,
     pub stats: IpamStats,
 }
 
@@ -178,6 +180,7 @@ impl<S: ClusterStore> NodeIpam<S> {
             last_keep_alive: Mutex::new(None),
             last_reclaim: Mutex::new(None),
             kick: tokio::sync::Notify::new(),
+            first_round: tokio::sync::watch::channel(false).0,
             stats: IpamStats::default(),
         })
     }
@@ -539,6 +542,15 @@ impl<S: ClusterStore> NodeIpam<S> {
         Ok(released)
     }
 
+    /// Waits (at most `bound`) for this process's first upkeep round: a claim written to the
+    /// store just before a crash reaches the local state only there (`reconcile`), and requests
+    /// answered before it would not know it. Without the store the round fails quickly, and the
+    /// local state answers.
+    pub async fn settled(&self, bound: Duration) {
+        let mut done = self.first_round.subscribe();
+        let _ = tokio::time::timeout(bound, done.wait_for(|done| *done)).await;
+    }
+
     /// CNI GC: releases every address held by an attachment not in `keep`.
     pub async fn gc(self: &Arc<Self>, keep: &[Attachment]) -> Result<Vec<IpAddr>, ApiError> {
         let stale: Vec<Attachment> = self.owners().into_iter().filter(|o| !keep.contains(o)).collect();
@@ -607,6 +619,7 @@ impl<S: ClusterStore> NodeIpam<S> {
             }
         }
         self.release_orphans(has_port).await;
+        self.first_round.send_replace(true);
         for f in &fenced {
             self.stats.fenced.fetch_add(1, Ordering::Relaxed);
             tracing::error!(ip = %f.ip, owner = %f.owner.container_id, store_says = %f.now,
