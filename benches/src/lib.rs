@@ -9,6 +9,7 @@ pub mod ipam;
 pub mod scale;
 pub mod tap_cost;
 pub mod udp_flood;
+pub mod udp_gso;
 
 /// A file of the RIS route data set in `shared/data/routes` beside the repository.
 pub fn route_data(name: &str) -> PathBuf {

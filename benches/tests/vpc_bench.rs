@@ -20,6 +20,18 @@ fn positive(v: &Value, what: &str) -> f64 {
     x
 }
 
+/// B never receives more UDP GSO payload in its window than A sent in its whole run, and what
+/// it received is whole 1400-byte datagrams.
+fn udp_gso_is_plausible(path: &str, p: &Value) {
+    let pairs = p["samples"]["udp_gso_received_sent"].as_array().expect("UDP GSO counts");
+    assert!(!pairs.is_empty(), "{path}: {p}");
+    for pair in pairs {
+        let (received, sent) = (pair[0].as_u64().unwrap(), pair[1].as_u64().unwrap());
+        assert!(received > 0 && received <= sent, "{path}: received {received}, sent {sent}: {p}");
+        assert_eq!(received % 1400, 0, "{path}: {received} bytes is not whole datagrams");
+    }
+}
+
 #[test]
 fn e2e_measures_every_figure_for_the_bridge_and_vswitchd() {
     require_root();
@@ -41,9 +53,13 @@ fn e2e_measures_every_figure_for_the_bridge_and_vswitchd() {
     ]);
     for path in ["linux_bridge", "vswitchd"] {
         let p = &report["paths"][path];
-        for metric in ["tcp_1_gbps", "tcp_4_gbps", "udp64_pps", "rr_p50_us", "rr_p99_us"] {
+        for metric in ["tcp_1_gbps", "tcp_4_gbps", "udp64_pps", "udp_gso_gbps", "rr_p50_us", "rr_p99_us"] {
             positive(&p[metric], &format!("{path}.{metric}"));
         }
+        udp_gso_is_plausible(path, p);
+        // One repetition: nothing to disagree with.
+        assert_eq!(p["noisy"], serde_json::json!([]), "{path}: {p}");
+        assert_eq!(p["spread_pct"]["tcp_1_gbps"], 0.0, "{path}: {p}");
         // B cannot receive more frames in the window than the generator sent in its whole run
         // (give or take a few frames of ARP and IPv6 housekeeping on B's interface).
         for pair in p["samples"]["udp64_delivered_sent"].as_array().expect("flood counts") {
@@ -58,9 +74,50 @@ fn e2e_measures_every_figure_for_the_bridge_and_vswitchd() {
     assert!(report["paths"].get("veth").is_none(), "only the paths asked for");
     let targets = report["targets"].as_array().expect("targets");
     assert!(targets.iter().any(|t| t["target"].as_str().unwrap().contains("linux_bridge")), "{targets:?}");
+    assert!(
+        targets.iter().all(|t| t["met"].is_boolean() && t["noisy"] == false),
+        "one repetition is never noisy: {targets:?}"
+    );
+    assert!(report["cross_node"].is_null(), "not asked for: {report}");
     let md = std::fs::read_to_string(out.join("report.md")).expect("report.md");
     assert!(md.contains("vswitchd") && md.contains("linux_bridge"), "{md}");
     assert!(std::fs::read_to_string(out.join("chart.svg")).expect("chart.svg").starts_with("<svg"));
+}
+
+#[test]
+fn e2e_measures_across_nodes_through_the_kernel_and_both_vswitchd_modes() {
+    require_root();
+    let dir = TempDir::new();
+    let out = dir.0.join("report");
+    let report = vpc_bench(&[
+        "e2e",
+        "--reps",
+        "1",
+        "--seconds",
+        "1",
+        "--round-trips",
+        "500",
+        "--paths",
+        "",
+        "--cross-node",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(report["paths"], serde_json::json!({}), "--paths '': across nodes only");
+    let cross = &report["cross_node"]["paths"];
+    for path in ["kernel_routed", "vswitchd_host_routed", "vswitchd_uplink"] {
+        let p = &cross[path];
+        for metric in ["tcp_1_gbps", "tcp_4_gbps", "udp64_pps", "udp_gso_gbps", "rr_p50_us", "rr_p99_us"] {
+            positive(&p[metric], &format!("cross_node.{path}.{metric}"));
+        }
+        udp_gso_is_plausible(path, p);
+    }
+    positive(&cross["vswitchd_uplink"]["vs_kernel_routed"]["tcp_1_gbps"], "vswitchd_uplink vs kernel_routed");
+    let targets = report["targets"].as_array().expect("targets");
+    assert_eq!(targets.len(), 2, "one per vswitchd mode: {targets:?}");
+    let md = std::fs::read_to_string(out.join("report.md")).expect("report.md");
+    assert!(md.contains("across nodes") && md.contains("vswitchd_uplink"), "{md}");
 }
 
 #[test]

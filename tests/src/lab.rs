@@ -941,8 +941,8 @@ fn add6(ns: &Netns, dev: &str, addr: Ipv6Addr) {
 }
 
 /// Connects namespace `ns` to the fabric bridge: `inside` (addressed `addr`) there, `port` on
-/// the bridge.
-fn attach(fabric: &Netns, ns: &Netns, inside: &str, port: &str, addr: &str) {
+/// the bridge (`br0` in `fabric`). Public for benchmarks that build their own fabric.
+pub fn attach(fabric: &Netns, ns: &Netns, inside: &str, port: &str, addr: &str) {
     veth(ns, inside, fabric, port);
     fabric.ip(&["link", "set", port, "master", "br0", "up"]);
     ns.ip(&["addr", "add", addr, "dev", inside]);

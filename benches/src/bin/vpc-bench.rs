@@ -47,15 +47,18 @@ enum Bench {
         #[arg(long, default_value_t = 300)]
         pods: usize,
     },
-    /// Pod-to-pod forwarding side by side: veth, Linux bridge, kernel-routed, vswitchd, Open
-    /// vSwitch netdev (TCP x1/x4, 64-byte UDP rate, request-response latency, CPU cost).
+    /// Pod-to-pod forwarding side by side: veth, Linux bridge, kernel-routed, vswitchd, vswitchd
+    /// only bouncing frames between the pods' TAPs (tap_bounce, the ceiling), Open vSwitch
+    /// netdev (TCP x1/x4, 64-byte UDP rate, UDP GSO throughput, request-response latency, CPU
+    /// cost); each figure's median, range and spread, marked noisy past 15%.
     E2e {
         #[command(flatten)]
         runs: Runs,
         /// Round trips per latency sample.
         #[arg(long, default_value_t = 20_000)]
         round_trips: u32,
-        /// Comma-separated subset of: veth, linux_bridge, kernel_routed, vswitchd, ovs_netdev.
+        /// Comma-separated subset of: veth, linux_bridge, kernel_routed, vswitchd, tap_bounce,
+        /// ovs_netdev (empty with --cross-node: only across nodes).
         #[arg(long, value_delimiter = ',', default_values_t = benches::e2e::PATHS.iter().map(|p| p.to_string()))]
         paths: Vec<String>,
         /// Where the markdown report, chart and JSON go.
@@ -66,6 +69,12 @@ enum Bench {
         /// then sends the smallest IPv6/UDP frame, 62 bytes (66 on the wire).
         #[arg(long, value_enum, default_value_t = benches::e2e::IpFamily::Ipv4)]
         ip_family: benches::e2e::IpFamily,
+        /// Also measure across nodes, in the same run and repetitions: pod A on node 1, pod B on
+        /// node 2, two node namespaces on a fabric bridge, through the kernel's router
+        /// (kernel_routed, Calico's wiring), vswitchd host-routed and vswitchd with a dedicated
+        /// uplink NIC. Over IPv4 only, whatever --ip-family says.
+        #[arg(long)]
+        cross_node: bool,
     },
     /// vswitchd with 2 pods against vswitchd with --pods pods (the rest attached through vpc-cni
     /// and idle): 64-byte UDP rate, TCP, resident memory.
@@ -90,6 +99,25 @@ enum Bench {
         #[arg(long, default_value_t = 8)]
         flows: u16,
     },
+    /// (inside a namespace) Send UDP to ADDRESS as fast as the path takes it, in 64400-byte
+    /// writes the kernel cuts into 1400-byte datagrams (UDP_SEGMENT); prints what was sent as
+    /// JSON.
+    UdpGsoSend {
+        address: std::net::SocketAddr,
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+    },
+    /// (inside a namespace) Count UDP payload arriving on PORT (with UDP_GRO) for SECONDS after
+    /// the first datagram; prints bytes, datagrams, seconds and Gbit/s as JSON.
+    UdpSink {
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+        /// The address to listen on (`::` for IPv6).
+        #[arg(long, default_value = "0.0.0.0")]
+        bind: std::net::IpAddr,
+    },
     /// (inside a namespace) Echo UDP datagrams.
     RrServer {
         #[arg(long)]
@@ -107,14 +135,18 @@ enum Bench {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     match cli.command {
         Bench::RrServer { port, bind } => return rr_server(bind, port),
         Bench::RrClient { address, count } => return rr_client(address, count),
         Bench::UdpFlood { address, seconds, flows } => return udp_flood(address, seconds, flows),
+        Bench::UdpGsoSend { address, seconds } => return udp_gso_send(address, seconds),
+        Bench::UdpSink { port, seconds, bind } => return udp_sink(bind, port, seconds),
         _ => {}
     }
-    if let Bench::E2e { paths, .. } = &cli.command {
+    if let Bench::E2e { paths, .. } = &mut cli.command {
+        // `--paths ''` with --cross-node measures across nodes only.
+        paths.retain(|p| !p.is_empty());
         if let Some(bad) = paths.iter().find(|p| !benches::e2e::PATHS.contains(&p.as_str())) {
             eprintln!("vpc-bench: unknown path {bad:?}; paths are {}", benches::e2e::PATHS.join(", "));
             std::process::exit(2);
@@ -125,10 +157,22 @@ fn main() {
         std::process::exit(1);
     }
     match cli.command {
-        Bench::RrServer { .. } | Bench::RrClient { .. } | Bench::UdpFlood { .. } => unreachable!("handled above"),
-        Bench::E2e { runs: Runs { reps, seconds, workers, flows }, round_trips, paths, out, ip_family } => {
-            let options =
-                benches::e2e::Options { reps, seconds, workers, flows, round_trips, paths, family: ip_family };
+        Bench::RrServer { .. }
+        | Bench::RrClient { .. }
+        | Bench::UdpFlood { .. }
+        | Bench::UdpGsoSend { .. }
+        | Bench::UdpSink { .. } => unreachable!("handled above"),
+        Bench::E2e { runs: Runs { reps, seconds, workers, flows }, round_trips, paths, out, ip_family, cross_node } => {
+            let options = benches::e2e::Options {
+                reps,
+                seconds,
+                workers,
+                flows,
+                round_trips,
+                paths,
+                family: ip_family,
+                cross_node,
+            };
             let results = benches::e2e::run(&options, |step| eprintln!("  {step}"));
             let command = std::env::args().collect::<Vec<_>>().join(" ");
             benches::e2e::report_dir(&out, &results, &options, &command).expect("write the report");
@@ -253,5 +297,30 @@ fn udp_flood(address: std::net::SocketAddr, seconds: u32, flows: u16) {
     println!(
         "{}",
         serde_json::json!({"sent": sent.packets, "refused": sent.refused, "seconds": sent.seconds, "pps": sent.packets as f64 / sent.seconds})
+    );
+}
+
+fn udp_gso_send(address: std::net::SocketAddr, seconds: u32) {
+    let sent = benches::udp_gso::send(address, std::time::Duration::from_secs(seconds.into())).unwrap_or_else(|e| {
+        eprintln!("udp-gso-send to {address}: {e}");
+        std::process::exit(1);
+    });
+    println!(
+        "{}",
+        serde_json::json!({"bytes": sent.bytes, "datagrams": sent.datagrams, "retried": sent.retried, "seconds": sent.seconds})
+    );
+}
+
+fn udp_sink(bind: std::net::IpAddr, port: u16, seconds: u32) {
+    use std::time::Duration;
+    let received = benches::udp_gso::Sink::bind((bind, port).into())
+        .and_then(|sink| sink.count(Duration::from_secs(seconds.into()), Duration::from_secs(5)))
+        .unwrap_or_else(|e| {
+            eprintln!("udp-sink on port {port}: {e}");
+            std::process::exit(1);
+        });
+    println!(
+        "{}",
+        serde_json::json!({"bytes": received.bytes, "datagrams": received.datagrams, "seconds": received.seconds, "gbps": received.gbps()})
     );
 }

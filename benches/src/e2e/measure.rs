@@ -1,7 +1,8 @@
 //! The measurements, each run between the two pods of a [`Topology`]: iperf3 TCP, the 64-byte
 //! UDP forwarding rate (our AF_PACKET generator in A, B's receive counter), UDP request-response
-//! latency, and the forwarding process's CPU time from /proc. Each over the family of the
-//! topology's addresses (`iperf3 -6`, IPv6/UDP frames, a request-response over IPv6).
+//! latency, UDP throughput with segmentation offload (see [`crate::udp_gso`]), and the forwarding
+//! process's CPU time from /proc. Each over the family of the topology's addresses (`iperf3 -6`,
+//! IPv6/UDP frames, a request-response over IPv6).
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Command, Stdio};
@@ -108,6 +109,58 @@ pub fn rr(t: &Topology, count: u32) -> Option<(f64, f64)> {
     let _ = server.wait();
     let v: Value = serde_json::from_slice(&out.stdout).ok()?;
     Some((v["p50_us"].as_f64()?, v["p99_us"].as_f64()?))
+}
+
+/// One UDP GSO run: payload B received in its window, and what A sent in its whole run.
+#[derive(Debug, Clone, Copy)]
+pub struct UdpGso {
+    pub gbps: f64,
+    pub received_bytes: u64,
+    pub sent_bytes: u64,
+}
+
+const GSO_PORT: u16 = 5300;
+
+/// UDP GSO throughput from A to B over `seconds`: `vpc-bench udp-sink` in B counts what arrives
+/// in the `seconds` after its first datagram, `vpc-bench udp-gso-send` in A sends for a second
+/// longer so the window lies inside its run (received can never exceed sent).
+pub fn udp_gso(t: &Topology, seconds: u32) -> Option<UdpGso> {
+    let tool = binary("vpc-bench");
+    let bind = if t.b_ip.is_ipv6() { "::" } else { "0.0.0.0" };
+    let sink = Command::new("ip")
+        .args(["netns", "exec", &t.b])
+        .arg(&tool)
+        .args(["udp-sink", "--port", &GSO_PORT.to_string(), "--seconds", &seconds.to_string(), "--bind", bind])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    std::thread::sleep(Duration::from_millis(200));
+    let sent = Command::new("ip")
+        .args(["netns", "exec", &t.a])
+        .arg(&tool)
+        .args(["udp-gso-send", &SocketAddr::new(t.b_ip, GSO_PORT).to_string()])
+        .args(["--seconds", &(seconds + 1).to_string()])
+        .output()
+        .ok()?;
+    let received = sink.wait_with_output().ok()?;
+    let json = |out: &std::process::Output, what: &str| -> Option<Value> {
+        let v = serde_json::from_slice(&out.stdout).ok();
+        if v.is_none() {
+            eprintln!("  {what} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        v
+    };
+    let (sent, received) = (json(&sent, "udp-gso-send")?, json(&received, "udp-sink")?);
+    if received["bytes"].as_u64() == Some(0) {
+        eprintln!("  udp-sink: no datagram arrived");
+        return None;
+    }
+    Some(UdpGso {
+        gbps: received["gbps"].as_f64()?,
+        received_bytes: received["bytes"].as_u64()?,
+        sent_bytes: sent["bytes"].as_u64()?,
+    })
 }
 
 /// Frames B's interface has received.

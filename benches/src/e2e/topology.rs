@@ -1,7 +1,13 @@
 //! The paths under test: two "pods" (network namespaces) A and B, connected by a veth pair
 //! directly, through a Linux bridge, through the kernel's own router (host /32 routes and a
-//! proxy-ARP gateway, as UK8S and Calico wire pods), through vswitchd, and through Open
-//! vSwitch's userspace (netdev) datapath. Each topology owns what it made and removes it on drop.
+//! proxy-ARP gateway, as UK8S and Calico wire pods), through vswitchd, through vswitchd in its
+//! `tap_bounce` mode (the same ports and workers, but frames only bounced from one pod's TAP to
+//! the other's: the ceiling of any TAP-based switch on this machine), and through Open vSwitch's
+//! userspace (netdev) datapath. Each topology owns what it made and removes it on drop.
+//!
+//! Across nodes ([`CROSS_PATHS`], IPv4 only): pod A on node 1 and pod B on node 2, two node
+//! namespaces on a fabric bridge, wired the kernel's way (Calico's) or by vswitchd in either of
+//! the lab's uplink modes.
 //!
 //! Over IPv6 ([`IpFamily::Ipv6`]) the pods are [`A6`] and [`B6`] instead: on a /64 over the veth,
 //! the bridge and Open vSwitch; /128s with host /128 routes and a link-local gateway for the
@@ -13,6 +19,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use vpc_lab::lab::{attach, node_ip, Lab, LabSpec, UplinkMode};
 use vpc_lab::netns::{cni_command, have_tool, run_cni, Binaries, Daemon, Netns, Pod, TempDir};
 
 use super::IpFamily;
@@ -35,7 +42,13 @@ pub fn endpoints(family: IpFamily) -> (IpAddr, IpAddr) {
 }
 
 /// Every path, in the order the report shows them.
-pub const PATHS: &[&str] = &["veth", "linux_bridge", "kernel_routed", "vswitchd", "ovs_netdev"];
+pub const PATHS: &[&str] = &["veth", "linux_bridge", "kernel_routed", "vswitchd", "tap_bounce", "ovs_netdev"];
+
+/// Every cross-node path, in the order the report shows them.
+pub const CROSS_PATHS: &[&str] = &["kernel_routed", "vswitchd_host_routed", "vswitchd_uplink"];
+
+/// vswitchd's configuration for the `tap_bounce` path.
+const TAP_BOUNCE_CONFIG: &str = "forwarding = \"tap_bounce\"\n";
 
 /// Two endpoints and whatever connects them.
 #[allow(missing_debug_implementations)] // holds type-erased guards
@@ -63,8 +76,19 @@ pub fn build(path: &str, workers: usize, family: IpFamily) -> Option<Topology> {
         "linux_bridge" => Some(linux_bridge(family)),
         "kernel_routed" => Some(kernel_routed(family)),
         "vswitchd" => Some(vswitchd_with_pods(workers, 0, family)),
+        "tap_bounce" => Some(vswitchd_configured(workers, 0, family, TAP_BOUNCE_CONFIG)),
         "ovs_netdev" => ovs_netdev(family),
         other => panic!("unknown path {other:?}; paths are {PATHS:?}"),
+    }
+}
+
+/// Builds cross-node `path` (IPv4); `workers` is each vswitchd's forwarding threads.
+pub fn build_cross(path: &str, workers: usize) -> Option<Topology> {
+    match path {
+        "kernel_routed" => Some(kernel_routed_across()),
+        "vswitchd_host_routed" => Some(lab_pods(UplinkMode::HostRouted, workers)),
+        "vswitchd_uplink" => Some(lab_pods(UplinkMode::Uplink, workers)),
+        other => panic!("unknown cross-node path {other:?}; paths are {CROSS_PATHS:?}"),
     }
 }
 
@@ -142,16 +166,9 @@ fn kernel_routed(family: IpFamily) -> Topology {
     host.ip(&["link", "set", "up1", "up"]);
     addressed(&host, "up0", Ipv4Addr::new(192, 0, 2, 1).into(), 24);
     host.ip(&["route", "add", "default", "via", "192.0.2.2"]);
-    let _ = host.exec(&["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
-    for (ns, ip, port) in [(&a, A, "va"), (&b, B, "vb")] {
-        ns.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", port, "netns", &host.name]);
-        host.ip(&["link", "set", port, "up"]);
-        let _ = host.exec(&["sh", "-c", &format!("echo 1 > /proc/sys/net/ipv4/conf/{port}/proxy_arp; echo 0 > /proc/sys/net/ipv4/neigh/{port}/proxy_delay")]);
-        host.ip(&["route", "add", &format!("{ip}/32"), "dev", port]);
-        addressed(ns, "eth0", ip.into(), 32);
-        ns.ip(&["route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"]);
-        ns.ip(&["route", "add", "default", "via", "169.254.1.1", "dev", "eth0"]);
-    }
+    sysctl(&host, "net.ipv4.ip_forward", "1");
+    routed_pod(&host, &a, A, "va");
+    routed_pod(&host, &b, B, "vb");
     Topology {
         a: a.name.clone(),
         b: b.name.clone(),
@@ -161,6 +178,20 @@ fn kernel_routed(family: IpFamily) -> Topology {
         idle_pods: Vec::new(),
         _keep: vec![Box::new(a), Box::new(b), Box::new(host)],
     }
+}
+
+/// Wires `pod` to `host` as Calico does: a veth (`port` on the host side) with proxy-ARP and no
+/// proxy delay, the pod's /32 routed out of it, and in the pod `ip`/32 with a default route via
+/// 169.254.1.1, which the host answers for (it must route that address out of another interface).
+fn routed_pod(host: &Netns, pod: &Netns, ip: Ipv4Addr, port: &str) {
+    pod.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", port, "netns", &host.name]);
+    host.ip(&["link", "set", port, "up"]);
+    sysctl(host, &format!("net.ipv4.conf.{port}.proxy_arp"), "1");
+    sysctl(host, &format!("net.ipv4.neigh.{port}.proxy_delay"), "0");
+    host.ip(&["route", "add", &format!("{ip}/32"), "dev", port]);
+    addressed(pod, "eth0", ip.into(), 32);
+    pod.ip(&["route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"]);
+    pod.ip(&["route", "add", "default", "via", "169.254.1.1", "dev", "eth0"]);
 }
 
 /// The IPv6 twin of [`kernel_routed`], wired as Calico wires IPv6 pods: pods with /128 addresses
@@ -215,10 +246,17 @@ fn cni_add(plugin: &Path, conf: &serde_json::Value, container: &str, sandbox: &N
 /// `::/0` via the gateway's link-local address with a permanent neighbour entry, no router
 /// advertisements, and the ADD returns once duplicate address detection is done.
 pub fn vswitchd_with_pods(workers: usize, extra: usize, family: IpFamily) -> Topology {
+    vswitchd_configured(workers, extra, family, "")
+}
+
+/// [`vswitchd_with_pods`] with `config` as vswitchd's configuration file.
+fn vswitchd_configured(workers: usize, extra: usize, family: IpFamily, config: &str) -> Topology {
     let dir = TempDir::new();
     let node = Netns::new("vbn");
     let bins = Binaries::beside_current_exe();
-    let daemon = Daemon::start(&bins, &node, &dir.0, workers);
+    // Daemon panics if vswitchd never comes up; say why before the scratch dir with its log goes.
+    let daemon = std::panic::catch_unwind(|| Daemon::start_with_config(&bins, &node, &dir.0, workers, config))
+        .unwrap_or_else(|_| panic!("vswitchd with configuration {config:?} did not start: {}", logs(&dir.0)));
     let plugin = bins.vswitchd.with_file_name("vpc-cni");
     let (na, nb, b_ip, pods): (String, String, IpAddr, Box<dyn Any>) = match family {
         IpFamily::Ipv4 => {
@@ -258,6 +296,68 @@ pub fn vswitchd_with_pods(workers: usize, extra: usize, family: IpFamily) -> Top
         forwarder_pid: pid,
         idle_pods,
         _keep: vec![pods, Box::new(idle), Box::new(daemon), Box::new(node), Box::new(dir)],
+    }
+}
+
+/// The tail of the vswitchd logs in `dir`.
+fn logs(dir: &Path) -> String {
+    let mut text = String::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with("vswitchd-") {
+            text.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+        }
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join("\n")
+}
+
+/// Pods on different nodes through the kernel's router, wired as Calico wires them (see
+/// [`routed_pod`]): node i (the lab's address [`node_ip`]) on a fabric bridge, its pod at
+/// 10.10.i.10 from the pod block 10.10.i.0/24, and each node routing the other's block via the
+/// other node's fabric address. No kube-proxy rules, so no conntrack: a baseline in the kernel's
+/// favour.
+fn kernel_routed_across() -> Topology {
+    let fabric = Netns::new("vbf");
+    fabric.ip(&["link", "add", "br0", "type", "bridge"]);
+    fabric.ip(&["link", "set", "br0", "up"]);
+    let (nodes, pods) = ([Netns::new("vbn"), Netns::new("vbn")], [Netns::new("vba"), Netns::new("vbb")]);
+    let pod_ip = |i: usize| Ipv4Addr::new(10, 10, i as u8 + 1, 10);
+    for (i, (node, pod)) in nodes.iter().zip(&pods).enumerate() {
+        attach(&fabric, node, "eth0", &format!("fn{}", i + 1), &format!("{}/16", node_ip(i)));
+        // Where proxy-ARP sees 169.254.1.1 routed (out of eth0, not the pod's veth).
+        node.ip(&["route", "add", "default", "via", "10.10.0.1"]);
+        sysctl(node, "net.ipv4.ip_forward", "1");
+        routed_pod(node, pod, pod_ip(i), "cali0");
+        let other = 1 - i;
+        node.ip(&["route", "add", &format!("10.10.{}.0/24", other + 1), "via", &node_ip(other).to_string()]);
+    }
+    let [a, b] = pods;
+    Topology {
+        a: a.name.clone(),
+        b: b.name.clone(),
+        b_dev: "eth0".into(),
+        b_ip: pod_ip(1).into(),
+        forwarder_pid: None,
+        idle_pods: Vec::new(),
+        _keep: vec![Box::new(a), Box::new(b), Box::new(nodes), Box::new(fabric)],
+    }
+}
+
+/// Pods on different nodes through vswitchd: the lab with 2 nodes of one pod each (pods through
+/// vpc-cni, a kube-proxy Service on each node), in uplink mode `mode`. Two daemons forward, so
+/// no single process's CPU is counted.
+fn lab_pods(mode: UplinkMode, workers: usize) -> Topology {
+    let lab = Lab::up(LabSpec { mode, nodes: 2, pods_per_node: 1, workers, ..LabSpec::default() }, |_| {});
+    let (a, b) = (&lab.pods[0], &lab.pods[1]);
+    assert!(a.node == 0 && b.node == 1, "one pod on each node: {:?}", lab.pods);
+    Topology {
+        a: a.netns.clone(),
+        b: b.netns.clone(),
+        b_dev: "eth0".into(),
+        b_ip: b.ip4().into(),
+        forwarder_pid: None,
+        idle_pods: Vec::new(),
+        _keep: vec![Box::new(lab)],
     }
 }
 
