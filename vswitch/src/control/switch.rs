@@ -32,7 +32,7 @@ use crate::datapath::{spawn_worker, stats, Datapath, PortQueues, PortTotals, Slo
 use crate::pipeline::{DropReason, IcmpLimiter, MAX_FRAME};
 use crate::port::packet::PacketSocket;
 use crate::port::tap::Attach;
-use crate::port::PortQueue;
+use crate::port::{NoUdpGso, PortQueue};
 use crate::state::{NextHop, PortId, PortRole};
 use crate::wire::arp::{self, ArpPacket, Operation};
 use crate::wire::ethernet::{self, EthernetFrame};
@@ -187,6 +187,7 @@ impl Switch {
                 _ => {}
             }
         }
+        let queues = egress_queues(config.force_udp_segmentation, queues);
         let (host_ifindex, peer_mac) = hostnet.bring_up(&name, config.host_port.mtu).await?;
         let routes = host_routes(&config)?;
         let baseline = stats::port_totals(&stats, HOST_PORT);
@@ -195,7 +196,8 @@ impl Switch {
 
         let uplink = match &config.uplink {
             Some(uplink) => {
-                Some(attach_uplink(&mut registry, &hostnet, uplink, config.workers, handover.as_mut()).await?)
+                let force = config.force_udp_segmentation;
+                Some(attach_uplink(&mut registry, &hostnet, uplink, config.workers, force, handover.as_mut()).await?)
             }
             None => None,
         };
@@ -442,6 +444,7 @@ impl Switch {
             ApiError::new(ErrorCode::NotFound, format!("network namespace {} does not exist", spec.netns.display()))
         })?;
         let queues = self.pods.open_queues(spec, self.config.workers).await?;
+        let queues = egress_queues(self.config.force_udp_segmentation, queues);
         for ip in PodAddresses::of(spec).iter() {
             self.pods.add_host_route(ip).await?;
         }
@@ -896,7 +899,17 @@ fn counters(c: PortTotals) -> PortCounters {
         tx_packets: c.tx_packets,
         tx_bytes: c.tx_bytes,
         rx_dropped: c.rx_dropped,
+        tx_segmented: c.tx_segmented,
     }
+}
+
+/// A port's queues as the datapath gets them: with `force_udp_segmentation`, each wrapped to
+/// refuse UDP GSO frames, so the workers cut them into datagrams (tests and diagnosis).
+fn egress_queues(force_udp_segmentation: bool, queues: PortQueues) -> PortQueues {
+    if !force_udp_segmentation {
+        return queues;
+    }
+    queues.iter().map(|q| Arc::new(NoUdpGso(q.clone())) as Arc<dyn PortQueue>).collect::<Vec<_>>().into()
 }
 
 /// What a pod port was attached with, for the state file; `None` for the host port and uplink.
@@ -938,6 +951,7 @@ async fn attach_uplink(
     hostnet: &HostNet,
     config: &UplinkConfig,
     workers: usize,
+    force_udp_segmentation: bool,
     handover: Option<&mut Handover>,
 ) -> Result<Uplink, ControlError> {
     let name = config.interface.clone();
@@ -978,7 +992,7 @@ async fn attach_uplink(
     };
     let gateways = config.gateway.map(IpAddr::V4).into_iter().chain(config.gateway6.map(IpAddr::V6)).collect();
     let spec = UplinkSpec { mac, ip, ipv6: config.address6, subnets: subnets.clone(), gateways };
-    let port = registry.attach_uplink(&name, config.mtu, spec, queues.into())?;
+    let port = registry.attach_uplink(&name, config.mtu, spec, egress_queues(force_udp_segmentation, queues.into()))?;
     tracing::info!(uplink = %name, %mac, ?ip, ipv6 = ?config.address6, ifindex, ?subnets, "uplink attached");
     let ndp_source = config.address6.unwrap_or_else(|| mac.link_local());
     Ok(Uplink { port, mac, ndp_source, sender })
