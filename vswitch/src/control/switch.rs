@@ -38,6 +38,7 @@ use crate::wire::arp::{self, ArpPacket, Operation};
 use crate::wire::ethernet::{self, EthernetFrame};
 use crate::wire::icmpv6::{self, NeighborAdvert};
 use crate::wire::ipv6::{self, Ipv6Packet};
+use crate::wire::udp_gso::{self, UdpGso};
 use crate::wire::{vnet, EtherType, MacAddr};
 
 /// Why the daemon could not start.
@@ -498,12 +499,27 @@ impl Switch {
         self.wake_workers();
     }
 
-    /// Sends a frame (vnet header first) out of the uplink from the control plane.
+    /// Sends a frame (vnet header first) out of the uplink from the control plane. Frames that
+    /// waited for a neighbour come this way: a UDP GSO one is cut into datagrams here, as a
+    /// worker would, if the uplink cannot take it whole.
     fn send_on_uplink(&self, frame: &[u8]) {
         let Some(uplink) = &self.uplink else { return };
-        match uplink.sender.send(frame) {
+        let send = |frame: &[u8]| match uplink.sender.send(frame) {
             Ok(()) => self.control_stats.tx(uplink.port, frame.len()),
             Err(_) => self.control_stats.dropped(DropReason::TxError),
+        };
+        let cut = self.config.force_udp_segmentation || !uplink.sender.takes_udp_gso();
+        if !(cut && udp_gso::is_udp_gso(frame)) {
+            return send(frame);
+        }
+        let Ok(gso) = UdpGso::parse(frame) else {
+            return self.control_stats.dropped(DropReason::UdpGsoMalformed);
+        };
+        self.control_stats.segmented(uplink.port);
+        let mut datagram = vec![0u8; gso.max_segment_len()];
+        for index in 0..gso.segments() {
+            let len = gso.write_segment(frame, index, &mut datagram);
+            send(&datagram[..len]);
         }
     }
 
