@@ -8,13 +8,15 @@ use std::sync::Arc;
 use etherparse::{PacketBuilder, SlicedPacket};
 use vswitch::datapath::{Forwarder, PortQueues, Snapshot, WorkerStats};
 use vswitch::pipeline::{DropReason, IcmpLimiter, Next, NoTrace, Pipeline, PortRateLimit, Trace};
-use vswitch::port::{MemoryPort, PortQueue};
+use vswitch::port::{MemoryPort, NoUdpGso, PortQueue};
 use vswitch::state::{Fibs, ForwardingState, ForwardingStateBuilder, PortRole};
 use vswitch::wire::vnet::{self, VnetHeader};
 use vswitch::wire::MacAddr;
 
 #[path = "pipeline/ipv6.rs"]
 mod ipv6;
+#[path = "pipeline/udp_gso.rs"]
+mod udp_gso;
 
 const GW_IP: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 1);
 const GW_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 1]);
@@ -396,6 +398,8 @@ fn forwarder_drops() -> HashSet<DropReason> {
     let mut queues: Vec<Option<PortQueues>> =
         ports.iter().map(|p| Some(Arc::from(vec![p.clone() as Arc<dyn PortQueue>]))).collect();
     queues[HOST as usize] = None; // attached, but its queues are gone
+                                  // B takes no UDP GSO frames whole: the forwarder cuts them into datagrams for it.
+    queues[B as usize] = Some(Arc::from(vec![Arc::new(NoUdpGso(ports[B as usize].clone())) as Arc<dyn PortQueue>]));
     let snapshot = Snapshot { generation: 1, forwarding: sw.state.clone(), queues };
     // A slow path with room for one packet, an ICMP budget of none.
     let (slow_path, _slow_rx) = tokio::sync::mpsc::channel(1);
@@ -415,8 +419,12 @@ fn forwarder_drops() -> HashSet<DropReason> {
     ports[B as usize].fail_sends(Some(std::io::ErrorKind::BrokenPipe));
     run(A, icmp_echo(A_MAC, GW_MAC, A_IP, B_IP, 64, 8)); // tx_error
     ports[B as usize].fail_sends(None);
-    // Nothing refills at 1 bit/s: the first frame into B empties its bucket, the next ones wait
-    // in the delay queue, and once that holds its bound (256 KiB) the rest are rate_limited.
+    // A UDP GSO frame the pipeline passes but that cannot be cut (its checksum offset is TCP's).
+    let mut uncuttable = udp_gso::frame(IpAddr::V4(B_IP), &[7; 3000], 1400);
+    uncuttable[8] = 16;
+    run(A, uncuttable); // udp_gso_malformed
+                        // Nothing refills at 1 bit/s: the first frame into B empties its bucket, the next ones wait
+                        // in the delay queue, and once that holds its bound (256 KiB) the rest are rate_limited.
     let mut snapshot = snapshot;
     let limit = Arc::new(PortRateLimit::new(Some(1), None, 8));
     snapshot.forwarding.ports[B as usize].as_mut().unwrap().rate_limit = Some(limit);

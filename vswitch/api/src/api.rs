@@ -429,6 +429,10 @@ pub struct PortCounters {
     /// Frames received from the port that the switch dropped (`vswitchctl drops` says why).
     #[serde(default)]
     pub rx_dropped: u64,
+    /// UDP GSO frames the switch cut into datagrams for this port, which could not take them
+    /// whole (its kernel refused USO); the datagrams count in `tx_packets`.
+    #[serde(default)]
+    pub tx_segmented: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -379,9 +379,16 @@ fn print_ipam(v: IpamView) {
 
 fn print_counters(c: CountersView) {
     println!("fib routes: {}   neighbours: {}", c.fib_routes, c.neighbors);
-    println!("{:<22} {:>12} {:>14} {:>12} {:>14}", "PORT", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES");
+    // TX SEGMENTED: UDP GSO frames cut into datagrams for a port that could not take them whole.
+    println!(
+        "{:<22} {:>12} {:>14} {:>12} {:>14} {:>12}",
+        "PORT", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES", "TX SEGMENTED"
+    );
     for (name, t) in c.ports {
-        println!("{:<22} {:>12} {:>14} {:>12} {:>14}", name, t.rx_packets, t.rx_bytes, t.tx_packets, t.tx_bytes);
+        println!(
+            "{:<22} {:>12} {:>14} {:>12} {:>14} {:>12}",
+            name, t.rx_packets, t.rx_bytes, t.tx_packets, t.tx_bytes, t.tx_segmented
+        );
     }
     println!("drops:");
     for (reason, n) in c.drops.into_iter().filter(|(_, n)| *n > 0) {

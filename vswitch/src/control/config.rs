@@ -12,6 +12,7 @@
 //! icmp_errors_per_second = 100             # per worker
 //! icmp_burst = 50
 //! forwarding = "pipeline"                  # "tap_bounce": the benchmark ceiling, no forwarding decision
+//! force_udp_segmentation = false           # tests and diagnosis: cut every UDP GSO frame in vswitchd
 //!
 //! [host_port]
 //! name = "vsw0"                             # TAP in the node's namespace
@@ -68,6 +69,9 @@ pub struct Config {
     pub icmp_burst: u64,
     /// `tap_bounce` measures the ceiling of any TAP switch here (benchmarks only).
     pub forwarding: crate::datapath::Forwarding,
+    /// For tests and diagnosis: treat every port as unable to take UDP GSO frames whole, so
+    /// vswitchd segments them itself (as it must for a port whose kernel refused USO).
+    pub force_udp_segmentation: bool,
     pub host_port: HostPortConfig,
     pub uplink: Option<UplinkConfig>,
     /// Cluster-wide address allocation; without it, vpc-cni uses its node-local ranges.
@@ -129,6 +133,7 @@ impl Default for Config {
             icmp_errors_per_second: 100,
             icmp_burst: 50,
             forwarding: Default::default(),
+            force_udp_segmentation: false,
             host_port: HostPortConfig::default(),
             uplink: None,
             ipam: None,

@@ -109,12 +109,17 @@ fn port_labels(p: &PortView) -> Vec<(&'static str, Escaped)> {
 impl Collector for MetricsSnapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         type Field = fn(&PortCounters) -> u64;
-        let port_counters: [(&str, &str, Field); 5] = [
+        let port_counters: [(&str, &str, Field); 6] = [
             ("vswitch_port_rx_packets", "Frames received from the port.", |c| c.rx_packets),
             ("vswitch_port_rx_bytes", "Ethernet bytes received from the port (as ip -s link counts).", |c| c.rx_bytes),
             ("vswitch_port_tx_packets", "Frames sent to the port.", |c| c.tx_packets),
             ("vswitch_port_tx_bytes", "Ethernet bytes sent to the port (as ip -s link counts).", |c| c.tx_bytes),
             ("vswitch_port_rx_dropped", "Frames from the port that the switch dropped.", |c| c.rx_dropped),
+            (
+                "vswitch_port_tx_segmented",
+                "UDP GSO frames the switch cut into datagrams because the port could not take them whole.",
+                |c| c.tx_segmented,
+            ),
         ];
         for (name, help, get) in port_counters {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
@@ -290,7 +295,7 @@ mod tests {
             pod: Some(PodRef { namespace: "default".into(), name: "web-0".into() }),
             bandwidth: None,
             link: LinkState::Gone,
-            counters: PortCounters { rx_packets: 7, ..Default::default() },
+            counters: PortCounters { rx_packets: 7, tx_segmented: 3, ..Default::default() },
         };
         let text = MetricsSnapshot {
             ports: vec![port],
@@ -312,6 +317,8 @@ mod tests {
         assert!(text.contains("vswitch_port_up{") && text.contains("} 0\n"), "{text}");
         assert!(text.contains("vswitch_fib_routes 3"));
         assert!(text.contains("vswitch_shaping_delayed_frames_total 4"), "{text}");
+        let segmented = text.lines().find(|l| l.starts_with("vswitch_port_tx_segmented_total{")).expect(&text);
+        assert!(segmented.ends_with(r#"pod="web-0"} 3"#), "{segmented}");
         assert!(text.contains("process_cpu_seconds_total ") && text.contains("process_open_fds "), "{text}");
         assert!(ProcessStats::read().resident_bytes > 0 && ProcessStats::read().threads >= 1);
         assert!(text.ends_with("# EOF\n"));

@@ -32,12 +32,13 @@ use crate::datapath::{spawn_worker, stats, Datapath, PortQueues, PortTotals, Slo
 use crate::pipeline::{DropReason, IcmpLimiter, MAX_FRAME};
 use crate::port::packet::PacketSocket;
 use crate::port::tap::Attach;
-use crate::port::PortQueue;
+use crate::port::{NoUdpGso, PortQueue};
 use crate::state::{NextHop, PortId, PortRole};
 use crate::wire::arp::{self, ArpPacket, Operation};
 use crate::wire::ethernet::{self, EthernetFrame};
 use crate::wire::icmpv6::{self, NeighborAdvert};
 use crate::wire::ipv6::{self, Ipv6Packet};
+use crate::wire::udp_gso::{self, UdpGso};
 use crate::wire::{vnet, EtherType, MacAddr};
 
 /// Why the daemon could not start.
@@ -187,6 +188,7 @@ impl Switch {
                 _ => {}
             }
         }
+        let queues = egress_queues(config.force_udp_segmentation, queues);
         let (host_ifindex, peer_mac) = hostnet.bring_up(&name, config.host_port.mtu).await?;
         let routes = host_routes(&config)?;
         let baseline = stats::port_totals(&stats, HOST_PORT);
@@ -195,7 +197,8 @@ impl Switch {
 
         let uplink = match &config.uplink {
             Some(uplink) => {
-                Some(attach_uplink(&mut registry, &hostnet, uplink, config.workers, handover.as_mut()).await?)
+                let force = config.force_udp_segmentation;
+                Some(attach_uplink(&mut registry, &hostnet, uplink, config.workers, force, handover.as_mut()).await?)
             }
             None => None,
         };
@@ -442,6 +445,7 @@ impl Switch {
             ApiError::new(ErrorCode::NotFound, format!("network namespace {} does not exist", spec.netns.display()))
         })?;
         let queues = self.pods.open_queues(spec, self.config.workers).await?;
+        let queues = egress_queues(self.config.force_udp_segmentation, queues);
         for ip in PodAddresses::of(spec).iter() {
             self.pods.add_host_route(ip).await?;
         }
@@ -495,12 +499,27 @@ impl Switch {
         self.wake_workers();
     }
 
-    /// Sends a frame (vnet header first) out of the uplink from the control plane.
+    /// Sends a frame (vnet header first) out of the uplink from the control plane. Frames that
+    /// waited for a neighbour come this way: a UDP GSO one is cut into datagrams here, as a
+    /// worker would, if the uplink cannot take it whole.
     fn send_on_uplink(&self, frame: &[u8]) {
         let Some(uplink) = &self.uplink else { return };
-        match uplink.sender.send(frame) {
+        let send = |frame: &[u8]| match uplink.sender.send(frame) {
             Ok(()) => self.control_stats.tx(uplink.port, frame.len()),
             Err(_) => self.control_stats.dropped(DropReason::TxError),
+        };
+        let cut = self.config.force_udp_segmentation || !uplink.sender.takes_udp_gso();
+        if !(cut && udp_gso::is_udp_gso(frame)) {
+            return send(frame);
+        }
+        let Ok(gso) = UdpGso::parse(frame) else {
+            return self.control_stats.dropped(DropReason::UdpGsoMalformed);
+        };
+        self.control_stats.segmented(uplink.port);
+        let mut datagram = vec![0u8; gso.max_segment_len()];
+        for index in 0..gso.segments() {
+            let len = gso.write_segment(frame, index, &mut datagram);
+            send(&datagram[..len]);
         }
     }
 
@@ -896,7 +915,17 @@ fn counters(c: PortTotals) -> PortCounters {
         tx_packets: c.tx_packets,
         tx_bytes: c.tx_bytes,
         rx_dropped: c.rx_dropped,
+        tx_segmented: c.tx_segmented,
     }
+}
+
+/// A port's queues as the datapath gets them: with `force_udp_segmentation`, each wrapped to
+/// refuse UDP GSO frames, so the workers cut them into datagrams (tests and diagnosis).
+fn egress_queues(force_udp_segmentation: bool, queues: PortQueues) -> PortQueues {
+    if !force_udp_segmentation {
+        return queues;
+    }
+    queues.iter().map(|q| Arc::new(NoUdpGso(q.clone())) as Arc<dyn PortQueue>).collect::<Vec<_>>().into()
 }
 
 /// What a pod port was attached with, for the state file; `None` for the host port and uplink.
@@ -938,6 +967,7 @@ async fn attach_uplink(
     hostnet: &HostNet,
     config: &UplinkConfig,
     workers: usize,
+    force_udp_segmentation: bool,
     handover: Option<&mut Handover>,
 ) -> Result<Uplink, ControlError> {
     let name = config.interface.clone();
@@ -978,7 +1008,7 @@ async fn attach_uplink(
     };
     let gateways = config.gateway.map(IpAddr::V4).into_iter().chain(config.gateway6.map(IpAddr::V6)).collect();
     let spec = UplinkSpec { mac, ip, ipv6: config.address6, subnets: subnets.clone(), gateways };
-    let port = registry.attach_uplink(&name, config.mtu, spec, queues.into())?;
+    let port = registry.attach_uplink(&name, config.mtu, spec, egress_queues(force_udp_segmentation, queues.into()))?;
     tracing::info!(uplink = %name, %mac, ?ip, ipv6 = ?config.address6, ifindex, ?subnets, "uplink attached");
     let ndp_source = config.address6.unwrap_or_else(|| mac.link_local());
     Ok(Uplink { port, mac, ndp_source, sender })

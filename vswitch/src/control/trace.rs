@@ -102,7 +102,7 @@ pub fn flow_frame(
     if flow.gso {
         // As the kernel hands it over: the checksum left for the device (the pseudo-header sum
         // in place), the segment size of the path's MTU.
-        let pseudo = checksum::sum(&pseudo_header(src, flow.to, protocol, l4_len));
+        let pseudo = pseudo_header(src, flow.to, protocol, l4_len);
         buf[l4 + checksum_at..l4 + checksum_at + 2].copy_from_slice(&pseudo.to_be_bytes());
         VnetHeader {
             flags: vnet::FLAG_NEEDS_CSUM,
@@ -125,33 +125,18 @@ pub fn flow_frame(
     Ok((buf, len))
 }
 
-/// The transport checksum's pseudo-header (RFC 793 for IPv4, RFC 8200 §8.1 for IPv6); its folded
-/// sum is what a device expects in place for a checksum it completes.
-fn pseudo_header(src: IpAddr, dst: IpAddr, protocol: u8, len: usize) -> Vec<u8> {
+/// The folded sum of the transport checksum's pseudo-header (RFC 768 for IPv4, RFC 8200 §8.1 for
+/// IPv6): what a device expects in place for a checksum it completes.
+fn pseudo_header(src: IpAddr, dst: IpAddr, protocol: u8, len: usize) -> u16 {
     match (src, dst) {
-        (IpAddr::V4(src), IpAddr::V4(dst)) => {
-            let mut pseudo = [src.octets(), dst.octets()].concat();
-            pseudo.extend_from_slice(&[0, protocol]);
-            pseudo.extend_from_slice(&(len as u16).to_be_bytes());
-            pseudo
-        }
-        _ => {
-            let octets = |ip: IpAddr| match ip {
-                IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-                IpAddr::V6(v6) => v6.octets(),
-            };
-            let mut pseudo = [octets(src), octets(dst)].concat();
-            pseudo.extend_from_slice(&(len as u32).to_be_bytes());
-            pseudo.extend_from_slice(&[0, 0, 0, protocol]);
-            pseudo
-        }
+        (IpAddr::V4(src), IpAddr::V4(dst)) => checksum::ipv4_pseudo_header(src, dst, protocol, len as u16),
+        (IpAddr::V6(src), IpAddr::V6(dst)) => checksum::ipv6_pseudo_header(&src, &dst, protocol, len as u32),
+        _ => unreachable!("flow_frame refuses mixed families"),
     }
 }
 
 fn l4_checksum(src: IpAddr, dst: IpAddr, protocol: u8, segment: &[u8]) -> u16 {
-    let mut data = pseudo_header(src, dst, protocol, segment.len());
-    data.extend_from_slice(segment);
-    checksum::checksum(&data)
+    !checksum::add(pseudo_header(src, dst, protocol, segment.len()), checksum::sum(segment))
 }
 
 /// One frame (vnet header first) in words: the offload, the MACs, the addresses, the protocol.

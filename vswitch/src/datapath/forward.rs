@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use super::bounce::{Forwarding, Peer};
 use super::drop_sampler::DropSampler;
+use super::segment::{Egress, Segmenter};
 use super::shaper::Shaper;
 use super::tx_ring::TxRing;
 use super::{SlowPacket, SlowReason, Snapshot, WorkerStats};
@@ -15,7 +16,7 @@ use crate::pipeline::TokenBucket;
 use crate::pipeline::{DropReason, Next, NoTrace, Pipeline, MAX_FRAME};
 use crate::port::PortQueue;
 use crate::state::{ForwardingState, PortId};
-use crate::wire::vnet;
+use crate::wire::{udp_gso, vnet};
 use std::sync::Arc;
 
 /// Frames read from one port before moving on to the next (fairness between ports).
@@ -49,6 +50,8 @@ pub struct Forwarder {
     /// Where drops are sampled while someone watches.
     sampler: Arc<DropSampler>,
     forwarding: Forwarding,
+    /// Cuts UDP GSO frames for ports that cannot take them whole.
+    segmenter: Segmenter,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -77,6 +80,7 @@ impl Forwarder {
             shaper: Shaper::default(),
             sampler: Arc::default(),
             forwarding: Forwarding::Pipeline,
+            segmenter: Segmenter::default(),
         }
     }
 
@@ -202,6 +206,19 @@ impl Forwarder {
                 self.stats.dropped(DropReason::PortDown);
                 continue;
             };
+            // A UDP GSO frame the port cannot take whole leaves as datagrams, each shaped and
+            // sent as below; every other frame is only looked at for its GSO type.
+            if udp_gso::is_udp_gso(buf) && !out.takes_udp_gso() {
+                let to = Egress { port: out_port, queue: out, ingress: ingress_limit(&snapshot.forwarding, out_port) };
+                let frame = &buf[..len];
+                let sent = self.segmenter.send(frame, to, &mut self.shaper, &mut self.tx_ring, &self.stats, now_ns);
+                if let Err(reason) = sent {
+                    self.stats.dropped(reason);
+                    self.stats.dropped_from(port);
+                    self.sampler.sample(port, reason, frame);
+                }
+                continue;
+            }
             // What enters a pod is shaped as it is written: sent, delayed, or (over the delay
             // queue's bound) dropped.
             if let Some(bucket) = ingress_limit(&snapshot.forwarding, out_port) {

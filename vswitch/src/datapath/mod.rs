@@ -8,6 +8,7 @@
 mod bounce;
 pub mod drop_sampler;
 mod forward;
+mod segment;
 mod shaper;
 pub mod stats;
 mod tx_ring;

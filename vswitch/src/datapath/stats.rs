@@ -18,6 +18,9 @@ pub struct PortCounters {
     pub tx_bytes: AtomicU64,
     /// Frames received from the port that the switch dropped (by any reason).
     pub rx_dropped: AtomicU64,
+    /// UDP GSO frames cut into datagrams by the switch because this port could not take them
+    /// whole (each datagram then counts as a frame sent).
+    pub tx_segmented: AtomicU64,
 }
 
 /// A snapshot of one port's counters.
@@ -28,6 +31,8 @@ pub struct PortTotals {
     pub tx_packets: u64,
     pub tx_bytes: u64,
     pub rx_dropped: u64,
+    #[serde(default)]
+    pub tx_segmented: u64,
 }
 
 impl PortTotals {
@@ -38,6 +43,7 @@ impl PortTotals {
             tx_packets: self.tx_packets.wrapping_sub(base.tx_packets),
             tx_bytes: self.tx_bytes.wrapping_sub(base.tx_bytes),
             rx_dropped: self.rx_dropped.wrapping_sub(base.rx_dropped),
+            tx_segmented: self.tx_segmented.wrapping_sub(base.tx_segmented),
         }
     }
 }
@@ -109,6 +115,12 @@ impl WorkerStats {
         bump(&self.ports[port as usize].rx_dropped, 1);
     }
 
+    /// A UDP GSO frame for `port` was cut into datagrams (sent and counted one by one).
+    #[inline]
+    pub fn segmented(&self, port: PortId) {
+        bump(&self.ports[port as usize].tx_segmented, 1);
+    }
+
     /// A frame over its port's ingress limit was queued to be sent later.
     pub fn delayed(&self) {
         bump(&self.delayed, 1);
@@ -141,6 +153,7 @@ impl WorkerStats {
             tx_packets: c.tx_packets.load(Ordering::Relaxed),
             tx_bytes: c.tx_bytes.load(Ordering::Relaxed),
             rx_dropped: c.rx_dropped.load(Ordering::Relaxed),
+            tx_segmented: c.tx_segmented.load(Ordering::Relaxed),
         }
     }
 }
@@ -153,5 +166,6 @@ pub fn port_totals(workers: &[std::sync::Arc<WorkerStats>], port: PortId) -> Por
         tx_packets: a.tx_packets + b.tx_packets,
         tx_bytes: a.tx_bytes + b.tx_bytes,
         rx_dropped: a.rx_dropped + b.rx_dropped,
+        tx_segmented: a.tx_segmented + b.tx_segmented,
     })
 }

@@ -71,6 +71,7 @@ drop_reasons! {
     PortDown => "port_down", "the egress port is gone";
     TxQueueFull => "tx_queue_full", "the egress TAP queue was full";
     TxError => "tx_error", "write to the egress port failed";
+    UdpGsoMalformed => "udp_gso_malformed", "a UDP GSO frame that had to be segmented for an egress unable to take it whole was inconsistent (truncated or non-UDP headers, checksum offsets not at the UDP header, lengths beyond the frame, over 128 segments): dropped whole";
     RateLimited => "rate_limited", "over the port's bandwidth limit (kubernetes.io/ingress-bandwidth or egress-bandwidth)";
     RxOverflow => "rx_overflow", "dropped by the kernel before the switch read it: the port's receive buffer was full (the uplink reports these)";
 }

@@ -8,6 +8,9 @@ pub mod tap;
 pub use memory::MemoryPort;
 pub use tap::{TapError, TapQueue};
 
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
 use std::io;
 
 /// The result of a read/write/recv/send system call: the byte count, or the errno.
@@ -41,10 +44,49 @@ pub trait PortQueue: Send + Sync {
     /// Writes one frame; `WouldBlock` when the queue is full.
     fn send(&self, buf: &[u8]) -> io::Result<()>;
     /// The descriptor to poll, if the queue has one.
-    fn raw_fd(&self) -> Option<std::os::fd::RawFd>;
+    fn raw_fd(&self) -> Option<RawFd>;
+    /// Whether a UDP GSO super-frame (virtio-net `GSO_UDP_L4`) may be written to this queue
+    /// whole: false where the kernel side refused USO, and the worker then cuts such frames into
+    /// datagrams itself (`wire::udp_gso`). Read per GSO frame only, so it must be cheap.
+    fn takes_udp_gso(&self) -> bool {
+        true
+    }
     /// Frames the kernel dropped on this queue's way in (its buffer was full) since the last
     /// call; 0 where the kernel does not say.
     fn take_kernel_drops(&self) -> u64 {
         0
+    }
+}
+
+/// A queue that says it takes no UDP GSO frames, whatever the one it wraps says: vswitchd's
+/// `force_udp_segmentation` (for tests and diagnosis) puts every port's queues in one, so the
+/// worker's software segmentation runs on a kernel that would take the frames whole.
+pub struct NoUdpGso(pub Arc<dyn PortQueue>);
+
+impl std::fmt::Debug for NoUdpGso {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("NoUdpGso").field(&self.0.raw_fd()).finish()
+    }
+}
+
+impl PortQueue for NoUdpGso {
+    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.recv(buf)
+    }
+
+    fn send(&self, buf: &[u8]) -> io::Result<()> {
+        self.0.send(buf)
+    }
+
+    fn raw_fd(&self) -> Option<RawFd> {
+        self.0.raw_fd()
+    }
+
+    fn takes_udp_gso(&self) -> bool {
+        false
+    }
+
+    fn take_kernel_drops(&self) -> u64 {
+        self.0.take_kernel_drops()
     }
 }

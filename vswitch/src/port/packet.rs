@@ -20,6 +20,8 @@ const UPLINK_RCVBUF: usize = 16 << 20;
 #[derive(Debug)]
 pub struct PacketSocket {
     fd: OwnedFd,
+    /// GSO_UDP_L4 frames may be sent whole (see [`super::tap::kernel_takes_udp_gso`]).
+    udp_gso: bool,
 }
 
 fn check(ret: libc::c_int) -> io::Result<()> {
@@ -48,7 +50,7 @@ impl PacketSocket {
     /// A socket opened elsewhere (handed over by the vswitchd being upgraded, already bound
     /// and in its fanout group).
     pub fn from_fd(fd: OwnedFd) -> PacketSocket {
-        PacketSocket { fd }
+        PacketSocket { fd, udp_gso: super::tap::kernel_takes_udp_gso() }
     }
 
     /// A receiving and sending queue on interface `ifindex`, member of fanout group `group`.
@@ -96,7 +98,7 @@ impl PacketSocket {
                 size_of::<libc::sockaddr_ll>() as libc::socklen_t,
             )
         })?;
-        Ok(PacketSocket { fd })
+        Ok(PacketSocket { fd, udp_gso: super::tap::kernel_takes_udp_gso() })
     }
 }
 
@@ -122,6 +124,11 @@ impl PortQueue for PacketSocket {
 
     fn raw_fd(&self) -> Option<RawFd> {
         Some(self.fd.as_raw_fd())
+    }
+
+    #[inline]
+    fn takes_udp_gso(&self) -> bool {
+        self.udp_gso
     }
 
     /// PACKET_STATISTICS: the kernel counts what it dropped for want of receive buffer, and

@@ -12,6 +12,8 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Once;
 
 use super::{byte_count, netns, PortQueue};
 use crate::wire::vnet;
@@ -36,6 +38,24 @@ unsafe fn ioctl_with_value(fd: RawFd, request: libc::Ioctl, value: libc::c_ulong
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// What every queue asks for: checksums and TSO left to us, so TCP crosses in 64 KB frames.
+const OFFLOADS: libc::c_uint = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN;
+/// UDP segmentation offload (Linux 6.2): a pod's UDP_SEGMENT sends (QUIC, WireGuard) reach us as
+/// one GSO_UDP_L4 frame instead of one read per datagram. The kernel takes both or neither, and
+/// an older one refuses the unknown bits with EINVAL.
+const USO: libc::c_uint = libc::TUN_F_USO4 | libc::TUN_F_USO6;
+
+/// What the kernel said to USO on the first TAP that asked: 0 nobody asked yet, 1 yes, 2 no.
+static KERNEL_USO: AtomicU8 = AtomicU8::new(0);
+
+/// Whether this kernel takes UDP GSO frames, as far as a TAP has found out (false until one has
+/// asked). The uplink's packet socket goes by it: AF_PACKET parses its virtio-net headers with
+/// the kernel function that learned GSO_UDP_L4 in the release that gave TUN its USO (6.2), and
+/// the host port's TAP is opened before the uplink.
+pub fn kernel_takes_udp_gso() -> bool {
+    KERNEL_USO.load(Ordering::Relaxed) == 1
 }
 
 /// The ifreq TUNSETIFF takes: the device's name and the TAP flags.
@@ -68,6 +88,8 @@ pub enum TapError {
 pub struct TapQueue {
     fd: OwnedFd,
     name: String,
+    /// The kernel took USO on this device: GSO_UDP_L4 frames may be written to it whole.
+    udp_gso: bool,
 }
 
 /// How to open a queue.
@@ -81,13 +103,20 @@ pub enum Attach {
 
 impl TapQueue {
     /// A queue of TAP `name` from a descriptor opened elsewhere (handed over by the vswitchd
-    /// being upgraded, with its flags and offloads already set).
+    /// being upgraded, with its flags set). The offloads are asked for again: the instance
+    /// being replaced may predate some (USO), and this one must know what the device took.
     pub fn from_fd(fd: OwnedFd, name: &str) -> TapQueue {
-        TapQueue { fd, name: name.into() }
+        let mut queue = TapQueue { fd, name: name.into(), udp_gso: false };
+        match queue.set_offloads() {
+            Ok(uso) => queue.udp_gso = uso,
+            // It kept the offloads the old instance set (at least TSO and checksums).
+            Err(e) => tracing::warn!(port = %name, error = %e, "offloads not renewed on a handed-over queue"),
+        }
+        queue
     }
 
     /// Opens one queue of TAP `name` in network namespace `netns` (`None`: this one), with
-    /// IFF_VNET_HDR and TSO/checksum offloads.
+    /// IFF_VNET_HDR and TSO/USO/checksum offloads.
     pub fn open(name: &str, netns: Option<&Path>, attach: Attach) -> Result<TapQueue, TapError> {
         Ok(Self::open_many(name, netns, attach, 1)?.pop().expect("one queue"))
     }
@@ -141,21 +170,46 @@ impl TapQueue {
 
         fds.into_iter()
             .map(|fd| {
-                let queue = TapQueue { fd, name: name.into() };
-                queue.set_offloads()?;
+                let mut queue = TapQueue { fd, name: name.into(), udp_gso: false };
+                queue.udp_gso = queue.set_offloads()?;
                 Ok(queue)
             })
             .collect()
     }
 
-    fn set_offloads(&self) -> Result<(), TapError> {
+    /// Sets the vnet header size and the offloads, USO included where the kernel takes it;
+    /// returns whether it did. Without USO (EINVAL: a kernel before 6.2) the rest is set alone,
+    /// and the kernel segments UDP GSO sends before we read them, as it always did.
+    fn set_offloads(&self) -> Result<bool, TapError> {
         let offload_error = |source| TapError::Offload { name: self.name.clone(), source };
         let size: libc::c_int = vnet::LEN as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads an int through the pointer, which is valid for the call.
         unsafe { tun_set_vnet_hdr_sz(self.fd.as_raw_fd(), &size) }.map_err(|e| offload_error(e.into()))?;
-        let offloads = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN;
-        // SAFETY: TUNSETOFFLOAD takes the flags by value.
-        unsafe { ioctl_with_value(self.fd.as_raw_fd(), libc::TUNSETOFFLOAD, offloads.into()) }.map_err(offload_error)
+        let set = |offloads: libc::c_uint| {
+            // SAFETY: TUNSETOFFLOAD takes the flags by value.
+            unsafe { ioctl_with_value(self.fd.as_raw_fd(), libc::TUNSETOFFLOAD, offloads.into()) }
+        };
+        match set(OFFLOADS | USO) {
+            Ok(()) => {
+                KERNEL_USO.store(1, Ordering::Relaxed);
+                Ok(true)
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                set(OFFLOADS).map_err(offload_error)?;
+                KERNEL_USO.store(2, Ordering::Relaxed);
+                static SAID: Once = Once::new();
+                SAID.call_once(|| {
+                    tracing::info!(
+                        port = %self.name,
+                        "the kernel refused UDP segmentation offload (USO, Linux 6.2+): pods' UDP GSO sends are \
+                         segmented before vswitchd reads them, and any UDP GSO frame for such a port is \
+                         segmented by vswitchd"
+                    )
+                });
+                Ok(false)
+            }
+            Err(e) => Err(offload_error(e)),
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -184,5 +238,10 @@ impl PortQueue for TapQueue {
 
     fn raw_fd(&self) -> Option<RawFd> {
         Some(self.fd.as_raw_fd())
+    }
+
+    #[inline]
+    fn takes_udp_gso(&self) -> bool {
+        self.udp_gso
     }
 }

@@ -1,7 +1,7 @@
-//! The Internet checksum (RFC 1071), its incremental update (RFC 1624), and the IPv6
-//! pseudo-header the upper layers' checksums cover (RFC 8200 §8.1).
+//! The Internet checksum (RFC 1071), its incremental update (RFC 1624), and the IPv4 and IPv6
+//! pseudo-headers the upper layers' checksums cover (RFC 768, RFC 8200 §8.1).
 
-use std::net::Ipv6Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// One's-complement sum of `data` folded to 16 bits (not inverted).
 pub fn sum(data: &[u8]) -> u16 {
@@ -42,6 +42,13 @@ pub fn ipv6_pseudo_header(src: &Ipv6Addr, dst: &Ipv6Addr, next_header: u8, len: 
         + (len >> 16) as u64
         + (len & 0xffff) as u64
         + next_header as u64;
+    fold(acc)
+}
+
+/// Sum (not inverted) of the IPv4 pseudo-header (RFC 768: source, destination, zero, protocol,
+/// length) for an upper-layer packet of `len` bytes; used like [`ipv6_pseudo_header`].
+pub fn ipv4_pseudo_header(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, len: u16) -> u16 {
+    let acc = sum(&src.octets()) as u64 + sum(&dst.octets()) as u64 + len as u64 + protocol as u64;
     fold(acc)
 }
 

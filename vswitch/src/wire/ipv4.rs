@@ -91,6 +91,12 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         u16::from_be_bytes([b[0], b[1]]) & 0x1fff != 0
     }
 
+    /// True for any fragment, the first included (more fragments set, or an offset).
+    pub fn is_fragment(&self) -> bool {
+        let b = &self.buffer.as_ref()[field::FLAGS_FRAG];
+        u16::from_be_bytes([b[0], b[1]]) & 0x3fff != 0
+    }
+
     pub fn ttl(&self) -> u8 {
         self.buffer.as_ref()[field::TTL]
     }

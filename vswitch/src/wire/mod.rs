@@ -12,6 +12,7 @@ pub mod icmp;
 pub mod icmpv6;
 pub mod ipv4;
 pub mod ipv6;
+pub mod udp_gso;
 pub mod vnet;
 
 pub use arp::ArpPacket;
