@@ -32,12 +32,49 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
 }
 
+/// Busy CPU seconds of the whole machine so far, every core, from /proc/stat (user, nice,
+/// system, irq, softirq and steal: everything but idle and iowait).
+pub fn machine_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> =
+        stat.lines().next()?.strip_prefix("cpu ")?.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+    let busy: u64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| fields.get(i)).sum();
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(busy as f64 / ticks)
+}
+
+/// CPU time the whole machine and the forwarding process spent while some work ran.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Load {
+    pub wall_s: f64,
+    pub machine_s: Option<f64>,
+    pub forwarder_s: Option<f64>,
+}
+
+impl Load {
+    /// CPU seconds per GB moved at `gbps`, from `cpu_s` spent over the whole run (the rate's
+    /// window may be shorter than the run: the average busy cores are what count).
+    pub fn per_gb(&self, cpu_s: Option<f64>, gbps: f64) -> Option<f64> {
+        cpu_s.filter(|_| gbps > 0.0 && self.wall_s > 0.0).map(|s| s / self.wall_s / (gbps / 8.0))
+    }
+}
+
 /// CPU the forwarding process spent while `work` ran, with `work`'s result.
 fn with_cpu<T>(t: &Topology, work: impl FnOnce() -> Option<T>) -> Option<(T, Option<f64>)> {
     let before = t.forwarder_pid.and_then(cpu_seconds);
     let result = work()?;
     let after = t.forwarder_pid.and_then(cpu_seconds);
     Some((result, before.zip(after).map(|(b, a)| a - b)))
+}
+
+/// [`with_cpu`], with the whole machine's busy time and the wall time of `work`'s run.
+fn with_load<T>(t: &Topology, work: impl FnOnce() -> Option<T>) -> Option<(T, Load)> {
+    let (machine, start) = (machine_busy_seconds(), Instant::now());
+    let (result, forwarder_s) = with_cpu(t, work)?;
+    let wall_s = start.elapsed().as_secs_f64();
+    let machine_s = machine.zip(machine_busy_seconds()).map(|(b, a)| a - b);
+    Some((result, Load { wall_s, machine_s, forwarder_s }))
 }
 
 /// One iperf3 TCP run.
@@ -47,14 +84,15 @@ pub struct Tcp {
     pub bytes: f64,
     /// The forwarding process's CPU seconds during the run.
     pub cpu_s: Option<f64>,
+    pub load: Load,
 }
 
 pub fn iperf3(t: &Topology, streams: u32, seconds: u32) -> Option<Tcp> {
-    let ((gbps, bytes), cpu_s) = with_cpu(t, || {
+    let ((gbps, bytes), load) = with_load(t, || {
         let run = iperf3_run(&t.a, &t.b, t.b_ip, streams, seconds).map_err(|e| eprintln!("  {e}")).ok()?;
         Some((run.bits_per_second / 1e9, run.bytes))
     })?;
-    Some(Tcp { gbps, bytes, cpu_s })
+    Some(Tcp { gbps, bytes, cpu_s: load.forwarder_s, load })
 }
 
 /// One iperf3 TCP run: a one-shot server in namespace `server` (reached at `server_ip`, with
@@ -117,6 +155,7 @@ pub struct UdpGso {
     pub gbps: f64,
     pub received_bytes: u64,
     pub sent_bytes: u64,
+    pub load: Load,
 }
 
 const GSO_PORT: u16 = 5300;
@@ -136,13 +175,16 @@ pub fn udp_gso(t: &Topology, seconds: u32) -> Option<UdpGso> {
         .spawn()
         .ok()?;
     std::thread::sleep(Duration::from_millis(200));
-    let sent = Command::new("ip")
-        .args(["netns", "exec", &t.a])
-        .arg(&tool)
-        .args(["udp-gso-send", &SocketAddr::new(t.b_ip, GSO_PORT).to_string()])
-        .args(["--seconds", &(seconds + 1).to_string()])
-        .output()
-        .ok()?;
+    // The load is taken over the sender's run, which holds the sink's window.
+    let (sent, load) = with_load(t, || {
+        Command::new("ip")
+            .args(["netns", "exec", &t.a])
+            .arg(&tool)
+            .args(["udp-gso-send", &SocketAddr::new(t.b_ip, GSO_PORT).to_string()])
+            .args(["--seconds", &(seconds + 1).to_string()])
+            .output()
+            .ok()
+    })?;
     let received = sink.wait_with_output().ok()?;
     let json = |out: &std::process::Output, what: &str| -> Option<Value> {
         let v = serde_json::from_slice(&out.stdout).ok();
@@ -160,6 +202,7 @@ pub fn udp_gso(t: &Topology, seconds: u32) -> Option<UdpGso> {
         gbps: received["gbps"].as_f64()?,
         received_bytes: received["bytes"].as_u64()?,
         sent_bytes: sent["bytes"].as_u64()?,
+        load,
     })
 }
 
@@ -236,4 +279,30 @@ pub fn udp64(t: &Topology, seconds: u32, flows: u16) -> Option<Flood> {
         sent: sent["sent"].as_u64()?,
         cpu_s,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_per_gb_is_busy_cores_over_the_rate() {
+        let load = Load { wall_s: 2.0, machine_s: Some(4.0), forwarder_s: Some(1.0) };
+        // 2 cores busy moving 1 GB/s: 2 CPU seconds per GB; the forwarder's half a core, 0.5.
+        assert_eq!(load.per_gb(load.machine_s, 8.0), Some(2.0));
+        assert_eq!(load.per_gb(load.forwarder_s, 8.0), Some(0.5));
+        assert_eq!(load.per_gb(load.machine_s, 0.0), None, "nothing moved: no cost per GB");
+        assert_eq!(load.per_gb(None, 8.0), None);
+    }
+
+    #[test]
+    fn the_machine_busy_time_grows_while_a_core_spins() {
+        let before = machine_busy_seconds().expect("/proc/stat");
+        let spin = Instant::now();
+        while spin.elapsed() < Duration::from_millis(300) {
+            std::hint::black_box(0u64);
+        }
+        let after = machine_busy_seconds().unwrap();
+        assert!(after - before >= 0.2, "spun 0.3 s, the machine counted {:.2} s busy", after - before);
+    }
 }

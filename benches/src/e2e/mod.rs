@@ -75,6 +75,12 @@ pub struct PathResult {
     pub cpu_s_per_gb: Vec<f64>,
     /// ... and per million 64-byte packets delivered.
     pub cpu_s_per_mpkt: Vec<f64>,
+    /// What bounds throughput on a machine whose cores are all busy: CPU seconds the whole
+    /// machine (sender, receiver, kernel and switch) spends per GB moved, TCP x4 and UDP GSO...
+    pub tcp_4_machine_s_per_gb: Vec<f64>,
+    pub udp_gso_machine_s_per_gb: Vec<f64>,
+    /// ... and the forwarding process's share of it in the UDP GSO runs.
+    pub udp_gso_cpu_s_per_gb: Vec<f64>,
 }
 
 pub fn median(v: &[f64]) -> f64 {
@@ -196,6 +202,7 @@ fn measure_once(t: &topology::Topology, options: &Options, result: &mut PathResu
     }
     if let Some(tcp) = measure::iperf3(t, 4, options.seconds) {
         result.tcp_4_gbps.push(tcp.gbps);
+        result.tcp_4_machine_s_per_gb.extend(tcp.load.machine_s.map(|s| s / (tcp.bytes / 1e9)));
     }
     if let Some(flood) = measure::udp64(t, options.seconds, options.flows) {
         result.udp64_pps.push(flood.delivered_pps);
@@ -208,6 +215,8 @@ fn measure_once(t: &topology::Topology, options: &Options, result: &mut PathResu
     if let Some(gso) = measure::udp_gso(t, options.seconds) {
         result.udp_gso_gbps.push(gso.gbps);
         result.udp_gso_received_sent.push((gso.received_bytes, gso.sent_bytes));
+        result.udp_gso_machine_s_per_gb.extend(gso.load.per_gb(gso.load.machine_s, gso.gbps));
+        result.udp_gso_cpu_s_per_gb.extend(gso.load.per_gb(gso.load.forwarder_s, gso.gbps));
     }
     if let Some((p50, p99)) = measure::rr(t, options.round_trips) {
         result.rr_p50_us.push(p50);

@@ -165,11 +165,39 @@ pub const CPU_MPKT: Metric = Metric {
     scale: 1.0,
 };
 
+pub const MACHINE_TCP_4: Metric = Metric {
+    key: "tcp_4_machine_s_per_gb",
+    name: "machine CPU s/GB TCP x4",
+    unit: "",
+    panel: "whole machine's CPU seconds per GB of TCP x4 (lower is better)",
+    samples: |r| &r.tcp_4_machine_s_per_gb,
+    scale: 1.0,
+};
+pub const MACHINE_GSO: Metric = Metric {
+    key: "udp_gso_machine_s_per_gb",
+    name: "machine CPU s/GB UDP GSO",
+    unit: "",
+    panel: "whole machine's CPU seconds per GB of UDP GSO (lower is better)",
+    samples: |r| &r.udp_gso_machine_s_per_gb,
+    scale: 1.0,
+};
+pub const CPU_GSO: Metric = Metric {
+    key: "udp_gso_cpu_s_per_gb",
+    name: "CPU s/GB UDP GSO",
+    unit: "",
+    panel: "forwarding CPU seconds per GB of UDP GSO (lower is better)",
+    samples: |r| &r.udp_gso_cpu_s_per_gb,
+    scale: 1.0,
+};
+/// The CPU cost of moving bytes: what bounds throughput once every core is busy.
+const COST: [&Metric; 3] = [&MACHINE_TCP_4, &MACHINE_GSO, &CPU_GSO];
+
 /// The tables' columns and the chart's panels: throughput, then latency.
 const THROUGHPUT: [&Metric; 4] = [&TCP_1, &TCP_4, &UDP_64, &UDP_GSO];
 const LATENCY: [&Metric; 2] = [&RR_P50, &RR_P99];
 /// Every figure a path has: what spread, noise and ceiling ratios are reported for.
-pub const FIGURES: [&Metric; 8] = [&TCP_1, &TCP_4, &UDP_64, &UDP_GSO, &RR_P50, &RR_P99, &CPU_GB, &CPU_MPKT];
+pub const FIGURES: [&Metric; 11] =
+    [&TCP_1, &TCP_4, &UDP_64, &UDP_GSO, &RR_P50, &RR_P99, &CPU_GB, &CPU_MPKT, &MACHINE_TCP_4, &MACHINE_GSO, &CPU_GSO];
 
 /// The JSON keys of `r`'s noisy figures.
 pub fn noisy(r: &PathResult) -> Vec<&'static str> {
@@ -201,6 +229,9 @@ fn path_json(r: &PathResult) -> Value {
         "rr_p99_us": number(&r.rr_p99_us),
         "cpu_s_per_gb": number(&r.cpu_s_per_gb),
         "cpu_s_per_mpkt": number(&r.cpu_s_per_mpkt),
+        "tcp_4_machine_s_per_gb": number(&r.tcp_4_machine_s_per_gb),
+        "udp_gso_machine_s_per_gb": number(&r.udp_gso_machine_s_per_gb),
+        "udp_gso_cpu_s_per_gb": number(&r.udp_gso_cpu_s_per_gb),
         "spread_pct": spread,
         "noisy": noisy(r),
         "samples": {
@@ -209,6 +240,9 @@ fn path_json(r: &PathResult) -> Value {
             "udp_gso_gbps": r.udp_gso_gbps, "udp_gso_received_sent": r.udp_gso_received_sent,
             "rr_p50_us": r.rr_p50_us, "rr_p99_us": r.rr_p99_us,
             "cpu_s_per_gb": r.cpu_s_per_gb, "cpu_s_per_mpkt": r.cpu_s_per_mpkt,
+            "tcp_4_machine_s_per_gb": r.tcp_4_machine_s_per_gb,
+            "udp_gso_machine_s_per_gb": r.udp_gso_machine_s_per_gb,
+            "udp_gso_cpu_s_per_gb": r.udp_gso_cpu_s_per_gb,
         },
     })
 }
@@ -344,6 +378,13 @@ pub fn table(results: &Results) -> String {
             mark(&r.cpu_s_per_mpkt),
             1.0 / per_mpkt
         ));
+    }
+    if same.iter().any(|(_, r)| COST.iter().any(|m| !m.samples(r).is_empty())) {
+        out.push_str(
+            "\nwhat bounds throughput once every core is busy: CPU seconds per GB moved, the whole machine \
+             (sender, receiver, kernel, switch) and the switch alone; ratio to linux_bridge\n\n",
+        );
+        out.push_str(&metric_table(same, &COST, "linux_bridge"));
     }
     if !results.cross_node.is_empty() {
         out.push_str("\nacross nodes (IPv4; pod A on node 1, pod B on node 2), ratio to kernel_routed\n\n");
@@ -547,6 +588,9 @@ mod tests {
             rr_p99_us: three(60.0),
             cpu_s_per_gb: three(0.2),
             cpu_s_per_mpkt: three(0.5),
+            tcp_4_machine_s_per_gb: three(0.4),
+            udp_gso_machine_s_per_gb: three(0.6),
+            udp_gso_cpu_s_per_gb: three(0.3),
         }
     }
 
