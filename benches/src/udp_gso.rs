@@ -10,37 +10,15 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use nix::sys::socket::{setsockopt, sockopt};
+
 /// The datagram payload the sender asks the kernel to cut its writes into.
 pub const SEGMENT: usize = 1400;
 /// 46 segments: the largest whole number of segments under 64 KB of IP payload.
 pub const WRITE_BYTES: usize = 46 * SEGMENT;
 
-// Linux's values (include/uapi/linux/udp.h, asm-generic/socket.h); the libc crate has them
-// only for some C libraries.
-const SOL_UDP: libc::c_int = 17;
-const UDP_SEGMENT: libc::c_int = 103;
-const UDP_GRO: libc::c_int = 104;
-const SO_RCVBUFFORCE: libc::c_int = 33;
 /// The receive buffer the sink forces: a burst of 64 KB packets must not overflow it.
-const RCVBUF: libc::c_int = 64 << 20;
-
-fn setsockopt_int(socket: &UdpSocket, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
-    // SAFETY: the option value is a c_int that outlives the call, of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
+const RCVBUF: usize = 64 << 20;
 
 fn unspecified(like: IpAddr) -> IpAddr {
     match like {
@@ -67,7 +45,7 @@ pub struct Sent {
 pub fn send(address: SocketAddr, duration: Duration) -> io::Result<Sent> {
     let socket = UdpSocket::bind((unspecified(address.ip()), 0))?;
     socket.connect(address)?;
-    setsockopt_int(&socket, SOL_UDP, UDP_SEGMENT, SEGMENT as libc::c_int)?;
+    setsockopt(&socket, sockopt::UdpGsoSegment, &(SEGMENT as libc::c_int))?;
     let payload = vec![0x5au8; WRITE_BYTES];
     let (mut bytes, mut retried) = (0u64, 0u64);
     let start = Instant::now();
@@ -112,8 +90,8 @@ pub struct Sink {
 impl Sink {
     pub fn bind(address: SocketAddr) -> io::Result<Sink> {
         let socket = UdpSocket::bind(address)?;
-        setsockopt_int(&socket, SOL_UDP, UDP_GRO, 1)?;
-        setsockopt_int(&socket, libc::SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)?;
+        setsockopt(&socket, sockopt::UdpGroSegment, &true)?;
+        setsockopt(&socket, sockopt::RcvBufForce, &RCVBUF)?;
         Ok(Sink { socket })
     }
 
@@ -169,7 +147,7 @@ impl Sink {
         unsafe {
             let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
             while !cmsg.is_null() {
-                if (*cmsg).cmsg_level == SOL_UDP && (*cmsg).cmsg_type == UDP_GRO {
+                if (*cmsg).cmsg_level == libc::SOL_UDP && (*cmsg).cmsg_type == libc::UDP_GRO {
                     let size = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::c_int);
                     if size > 0 {
                         segments = n.div_ceil(size as usize) as u64;

@@ -7,16 +7,11 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use nix::sys::socket::{setsockopt, sockopt};
 use vpc_lab::netns::{require_root, Binaries, Daemon, Netns, Pod, TempDir};
 use vswitch::port::netns;
-
-/// <linux/udp.h>: the socket option that makes one send a train of datagrams of this size
-/// (the libc crate defines it for uclibc only).
-const SOL_UDP: libc::c_int = 17;
-const UDP_SEGMENT: libc::c_int = 103;
 
 const SEGMENT: usize = 1400;
 /// One send: 46 full datagrams and a short one of 700 bytes (the last of a train is shorter).
@@ -69,20 +64,6 @@ fn train(write: usize) -> Vec<u8> {
     (0..WRITE.div_ceil(SEGMENT)).flat_map(|i| datagram(write, i, SEGMENT.min(WRITE - i * SEGMENT))).collect()
 }
 
-fn set_int(fd: &impl AsRawFd, level: libc::c_int, option: libc::c_int, value: libc::c_int) {
-    // SAFETY: `value` lives across the call and its size is passed.
-    let ret = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            option,
-            (&value as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(ret, 0, "setsockopt {level}/{option}: {}", std::io::Error::last_os_error());
-}
-
 /// The counters that tell whether super-frames crossed whole.
 #[derive(Debug)]
 struct Seen {
@@ -105,7 +86,7 @@ fn send_trains(n: &Node, to: IpAddr) -> Seen {
     let target = SocketAddr::new(to, PORT);
     let receiver = netns::run_in(Some(&n.b.ns.path()), || UdpSocket::bind(target)).expect("bind in pod B");
     // The whole run fits in the receive buffer, so a slow reader loses nothing.
-    set_int(&receiver, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 64 << 20);
+    setsockopt(&receiver, sockopt::RcvBufForce, &(64 << 20)).expect("SO_RCVBUFFORCE");
     receiver.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let sender = netns::run_in(Some(&n.a.ns.path()), || {
         let any: IpAddr = if to.is_ipv6() { Ipv6Addr::UNSPECIFIED.into() } else { Ipv4Addr::UNSPECIFIED.into() };
@@ -114,7 +95,7 @@ fn send_trains(n: &Node, to: IpAddr) -> Seen {
         Ok(s)
     })
     .expect("socket in pod A");
-    set_int(&sender, SOL_UDP, UDP_SEGMENT, SEGMENT as libc::c_int);
+    setsockopt(&sender, sockopt::UdpGsoSegment, &(SEGMENT as libc::c_int)).expect("UDP_SEGMENT");
 
     let before = counters(&n.daemon);
     let reader = std::thread::spawn(move || {
