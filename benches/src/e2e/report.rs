@@ -213,38 +213,20 @@ pub fn ratios(r: &PathResult, base: &PathResult) -> Map<String, Value> {
         .collect()
 }
 
+/// A path's JSON: each figure of [`FIGURES`] (its median, its spread, its samples), the
+/// generator's own rate, which figures are noisy, and the sent/received counts behind the rates.
 fn path_json(r: &PathResult) -> Value {
-    let spread: Map<String, Value> = FIGURES
-        .iter()
-        .filter(|m| !m.samples(r).is_empty())
-        .map(|m| (m.key.to_string(), json!(spread_pct(m.samples(r)))))
-        .collect();
-    json!({
-        "tcp_1_gbps": number(&r.tcp_1_gbps),
-        "tcp_4_gbps": number(&r.tcp_4_gbps),
-        "udp64_pps": number(&r.udp64_pps),
-        "udp64_sent_pps": number(&r.udp64_sent_pps),
-        "udp_gso_gbps": number(&r.udp_gso_gbps),
-        "rr_p50_us": number(&r.rr_p50_us),
-        "rr_p99_us": number(&r.rr_p99_us),
-        "cpu_s_per_gb": number(&r.cpu_s_per_gb),
-        "cpu_s_per_mpkt": number(&r.cpu_s_per_mpkt),
-        "tcp_4_machine_s_per_gb": number(&r.tcp_4_machine_s_per_gb),
-        "udp_gso_machine_s_per_gb": number(&r.udp_gso_machine_s_per_gb),
-        "udp_gso_cpu_s_per_gb": number(&r.udp_gso_cpu_s_per_gb),
-        "spread_pct": spread,
-        "noisy": noisy(r),
-        "samples": {
-            "tcp_1_gbps": r.tcp_1_gbps, "tcp_4_gbps": r.tcp_4_gbps, "udp64_pps": r.udp64_pps,
-            "udp64_delivered_sent": r.udp64_delivered_sent,
-            "udp_gso_gbps": r.udp_gso_gbps, "udp_gso_received_sent": r.udp_gso_received_sent,
-            "rr_p50_us": r.rr_p50_us, "rr_p99_us": r.rr_p99_us,
-            "cpu_s_per_gb": r.cpu_s_per_gb, "cpu_s_per_mpkt": r.cpu_s_per_mpkt,
-            "tcp_4_machine_s_per_gb": r.tcp_4_machine_s_per_gb,
-            "udp_gso_machine_s_per_gb": r.udp_gso_machine_s_per_gb,
-            "udp_gso_cpu_s_per_gb": r.udp_gso_cpu_s_per_gb,
-        },
-    })
+    let measured = || FIGURES.iter().filter(|m| !m.samples(r).is_empty());
+    let spread: Map<String, Value> = measured().map(|m| (m.key.to_string(), json!(spread_pct(m.samples(r))))).collect();
+    let mut samples: Map<String, Value> = FIGURES.iter().map(|m| (m.key.to_string(), json!(m.samples(r)))).collect();
+    samples.insert("udp64_delivered_sent".into(), json!(r.udp64_delivered_sent));
+    samples.insert("udp_gso_received_sent".into(), json!(r.udp_gso_received_sent));
+    let mut path: Map<String, Value> = FIGURES.iter().map(|m| (m.key.to_string(), number(m.samples(r)))).collect();
+    path.insert("udp64_sent_pps".into(), number(&r.udp64_sent_pps));
+    path.insert("spread_pct".into(), Value::Object(spread));
+    path.insert("noisy".into(), json!(noisy(r)));
+    path.insert("samples".into(), Value::Object(samples));
+    Value::Object(path)
 }
 
 /// Every path's JSON; the paths named in `compared` also get `key`: their ratios to `base`.
