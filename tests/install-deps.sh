@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What the lab and the tests need on a fresh Debian 12 machine (as root).
 set -euo pipefail
+cd "$(dirname "$0")/.."
 # protobuf-compiler and libprotobuf-dev (google/protobuf/*.proto) build the etcd and CRI clients;
 # etcd-server, etcd-client and openssl run the tests' TLS etcd clusters.
 packages=(iproute2 iperf3 iputils-ping iptables containernetworking-plugins
@@ -14,4 +15,17 @@ if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# Python tools (tests/requirements.txt) in their own venv, built from Debian's python3 so the
+# machine's other Pythons don't matter; rebuilt when the requirements change.
+venv=/opt/vpc-lab-venv
+if ! cmp -s tests/requirements.txt "$venv/requirements.txt" 2>/dev/null; then
+    dpkg -s python3-venv >/dev/null 2>&1 || {
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv
+    }
+    rm -rf "$venv"
+    /usr/bin/python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check -r tests/requirements.txt
+    cp tests/requirements.txt "$venv/requirements.txt"
 fi

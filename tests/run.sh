@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 tests/install-deps.sh
 # Habits the whole workspace holds: rustfmt's layout and no clippy warnings.
 cargo fmt --all --check
+# The shipped manifests against Kubernetes' schemas and yamllint.
+tests/manifests.sh
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --release --workspace --locked
 cargo test --release --workspace --locked
