@@ -5,6 +5,7 @@
 //! the `vswitch-api` crate, re-exported here as [`api`].
 
 pub mod config;
+pub mod exposition;
 pub mod handover;
 pub mod hostnet;
 pub mod ipam;

@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Framed};
 use vswitch_api::api::{ApiError, ErrorCode, Reply, Request, Response, MAX_REQUEST_BYTES};
 
+use super::exposition::Exposition;
 use super::Switch;
 use crate::datapath::SlowPacket;
 
@@ -102,21 +103,20 @@ pub async fn serve_slow_path(mut packets: tokio::sync::mpsc::Receiver<SlowPacket
     }
 }
 
-/// Serves `GET /metrics` (Prometheus text) and `GET /healthz`.
+/// Serves `GET /metrics` (classic Prometheus text, or OpenMetrics to a client that asks for it)
+/// and `GET /healthz`.
 pub async fn serve_metrics(listener: TcpListener, switch: Arc<Switch>) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else { continue };
         let switch = switch.clone();
         tokio::spawn(async move {
-            let Ok(Some(request_line)) = tokio::time::timeout(HTTP_READ_TIMEOUT, read_head(&mut stream)).await else {
+            let Ok(Some(head)) = tokio::time::timeout(HTTP_READ_TIMEOUT, read_head(&mut stream)).await else {
                 return;
             };
+            let request_line = head.lines().next().unwrap_or("");
             let (status, content_type, body) = if request_line.starts_with("GET /metrics ") {
-                (
-                    "200 OK",
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    switch.metrics_snapshot().render(),
-                )
+                let format = Exposition::negotiate(header(&head, "accept"));
+                ("200 OK", format.content_type(), format.render(switch.metrics_snapshot().render()))
             } else if request_line.starts_with("GET /healthz ") {
                 let health = switch.health();
                 let status = switch.status();
@@ -141,7 +141,15 @@ pub async fn serve_metrics(listener: TcpListener, switch: Arc<Switch>) {
     }
 }
 
-/// Reads an HTTP request head (at most 4 KiB); returns its first line.
+/// The value of header `name` (lower case) in an HTTP request head.
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().skip(1).find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+    })
+}
+
+/// Reads an HTTP request head (at most 4 KiB): the request line and the headers.
 async fn read_head(stream: &mut tokio::net::TcpStream) -> Option<String> {
     let mut head = vec![0u8; 4096];
     let mut filled = 0;
@@ -154,7 +162,7 @@ async fn read_head(stream: &mut tokio::net::TcpStream) -> Option<String> {
             break;
         }
     }
-    Some(String::from_utf8_lossy(&head[..filled]).lines().next().unwrap_or("").to_string())
+    Some(String::from_utf8_lossy(&head[..filled]).into_owned())
 }
 
 /// Serves `STATE_DIR/upgrade.sock`: a new instance asks for this one's ports (see `handover`).
