@@ -3,10 +3,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # protobuf-compiler and libprotobuf-dev (google/protobuf/*.proto) build the etcd and CRI clients;
-# etcd-server, etcd-client and openssl run the tests' TLS etcd clusters.
+# etcd-server, etcd-client and openssl run the tests' TLS etcd clusters; prometheus (with
+# promtool) and curl check the metrics endpoint as Prometheus takes it.
 packages=(iproute2 iperf3 iputils-ping iptables containernetworking-plugins
     containerd runc protobuf-compiler libprotobuf-dev busybox-static
-    etcd-server etcd-client openssl)
+    etcd-server etcd-client openssl curl prometheus)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

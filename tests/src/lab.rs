@@ -671,6 +671,11 @@ impl Lab {
         self.etcd.as_ref()
     }
 
+    /// The network namespace of `node` (from 0): the node's own stack, where its vswitchd runs.
+    pub fn node_ns(&self, node: usize) -> &Netns {
+        &self.nodes[node]
+    }
+
     /// vswitchd on `node` (from 0).
     pub fn daemon(&self, node: usize) -> &Daemon {
         &self.daemons[node]
