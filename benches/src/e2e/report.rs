@@ -600,6 +600,54 @@ mod tests {
             .unwrap_or_else(|| panic!("no target {starts:?}: {targets:?}"))
     }
 
+    /// A whole run: every same-node path (the bridge without the switches' CPU figures, as
+    /// measured; veth with TCP only; one noisy figure for Open vSwitch) and three cross-node ones.
+    fn whole_run() -> Results {
+        let mut bridge = path(1.0, 0.02);
+        bridge.cpu_s_per_gb.clear();
+        bridge.cpu_s_per_mpkt.clear();
+        bridge.udp_gso_cpu_s_per_gb.clear();
+        let veth = PathResult { tcp_1_gbps: vec![40.0, 41.5, 44.0], tcp_4_gbps: vec![70.0; 3], ..Default::default() };
+        let mut ovs = path(0.5, 0.04);
+        ovs.tcp_1_gbps = vec![7.0, 10.0, 12.0];
+        Results {
+            paths: named(vec![
+                ("veth", veth),
+                ("linux_bridge", bridge),
+                ("kernel_routed", path(1.1, 0.03)),
+                ("vswitchd", path(0.9, 0.05)),
+                ("tap_bounce", path(0.95, 0.02)),
+                ("ovs_netdev", ovs),
+            ]),
+            cross_node: named(vec![
+                ("kernel_routed", path(1.0, 0.02)),
+                ("vswitchd_host_routed", path(0.93, 0.03)),
+                ("vswitchd_uplink", path(0.85, 0.1)),
+            ]),
+        }
+    }
+
+    /// What `report_dir` writes (the markdown holds the terminal's tables and targets) for
+    /// [`whole_run`], byte for byte as recorded in `benches/testdata/e2e-report/`: the output
+    /// format changes only on purpose. After such a change, `VPC_BENCH_RECORD=1 cargo test
+    /// --release -p benches --lib report` records the new output (review its diff).
+    #[test]
+    fn the_report_files_are_the_recorded_ones() {
+        let recorded = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/e2e-report");
+        let dir = vpc_lab::netns::TempDir::new();
+        report_dir(&dir.0, &whole_run(), &options(true), "vpc-bench e2e --reps 3 --cross-node").unwrap();
+        for file in ["report.md", "chart.svg", "report.json"] {
+            let written = std::fs::read_to_string(dir.0.join(file)).unwrap();
+            if std::env::var_os("VPC_BENCH_RECORD").is_some() {
+                std::fs::create_dir_all(&recorded).unwrap();
+                std::fs::write(recorded.join(file), &written).unwrap();
+            }
+            let want = std::fs::read_to_string(recorded.join(file))
+                .unwrap_or_else(|e| panic!("{}: {e} (VPC_BENCH_RECORD=1 records it)", recorded.join(file).display()));
+            assert!(written == want, "{file} differs from {}:\n{written}", recorded.join(file).display());
+        }
+    }
+
     #[test]
     fn spread_is_the_range_over_the_median_in_percent() {
         assert_eq!(spread_pct(&[9.0, 10.0, 11.0]), 20.0);
