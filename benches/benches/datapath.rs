@@ -8,10 +8,10 @@
 use std::hint::black_box;
 use std::net::Ipv4Addr;
 
-use benches::route_data;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use etherparse::{PacketBuilder, SlicedPacket};
 use fib::compare::{self, RouteSet};
+use fib::testdata::RisFile;
 use fib::{routes, Ipv4Prefix};
 use vswitch::pipeline::{IcmpLimiter, Next, NoTrace, Pipeline};
 use vswitch::state::{Fibs, ForwardingState, ForwardingStateBuilder};
@@ -154,7 +154,7 @@ fn pipeline(c: &mut Criterion) {
     bench_pipeline(c, "pod_to_pod_udp64", &small, &[udp64(B_IP)], B);
     bench_pipeline(c, "arp_reply", &small, &[arp_request()], A);
 
-    let mut prefixes = routes::read_table(&route_data("ris-as3333-2026-05-11-v4.txt.gz")).expect("v4 table");
+    let mut prefixes = routes::read_table(&RisFile::V4Table.path()).expect("v4 table");
     let set = RouteSet::from_prefixes(&std::mem::take(&mut prefixes));
     let routes: Vec<(Ipv4Prefix, u32)> = set.v4.iter().filter(|(p, _)| p.len() > 0).cloned().collect();
     let (full, _fib) = switch(&routes);

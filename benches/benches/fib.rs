@@ -4,9 +4,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use benches::route_data;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use fib::compare::{self, IpNetworkTable, LpmTable, OneByOne, PrefixTrie, RouteSet, ToIpnet};
+use fib::testdata::RisFile;
 use fib::{routes, Fib, Prefix};
 
 const ADDRESSES: usize = 1 << 16;
@@ -53,11 +53,11 @@ fn updates<A: ToIpnet>(
 }
 
 fn fib_benches(c: &mut Criterion) {
-    let mut prefixes = routes::read_table(&route_data("ris-as3333-2026-05-11-v4.txt.gz")).expect("v4 table");
-    prefixes.extend(routes::read_table(&route_data("ris-as3333-2026-05-11-v6.txt.gz")).expect("v6 table"));
+    let mut prefixes = routes::read_table(&RisFile::V4Table.path()).expect("v4 table");
+    prefixes.extend(routes::read_table(&RisFile::V6Table.path()).expect("v6 table"));
     let set = RouteSet::from_prefixes(&prefixes);
-    let mut trace = routes::read_updates(&route_data("ris-as3333-2026-05-11-updates-v4.txt.gz")).expect("v4 updates");
-    trace.extend(routes::read_updates(&route_data("ris-as3333-2026-05-11-updates-v6.txt.gz")).expect("v6 updates"));
+    let mut trace = routes::read_updates(&RisFile::V4Updates.path()).expect("v4 updates");
+    trace.extend(routes::read_updates(&RisFile::V6Updates.path()).expect("v6 updates"));
     let (up4, up6) = compare::split_updates(&trace);
     lookups::<Ipv4Addr>(c, "v4", &set.v4);
     lookups::<Ipv6Addr>(c, "v6", &set.v6);

@@ -27,6 +27,8 @@ pub mod compare;
 mod prefix;
 pub mod routes;
 mod table;
+#[cfg(feature = "cli")]
+pub mod testdata;
 
 pub use chunk::MAX_NEXT_HOP;
 pub use prefix::{Address, AnyPrefix, Ipv4Prefix, Ipv6Prefix, Prefix, PrefixError};

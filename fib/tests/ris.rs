@@ -1,23 +1,12 @@
-//! The real RIPE RIS tables (peer AS3333, 2026-05-11): ours against prefix-trie on a million
+//! The real RIPE RIS tables (peer AS3333, 2026-05-11, in `fib/testdata/routes`): ours against prefix-trie on a million
 //! random addresses per family, then again after applying the day's update trace.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::path::PathBuf;
 
 use fib::compare::{self, LpmTable, PrefixTrie, RouteSet, ToIpnet};
 use fib::routes;
+use fib::testdata::RisFile;
 use fib::{Fib, Prefix};
-
-fn data(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/routes");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: this test needs the RIS tables in shared/data/routes beside the repository",
-        path.display()
-    );
-    path
-}
 
 fn compare_family<A: ToIpnet>(fib: &Fib<A>, trie: &PrefixTrie<A>, routes: &[(Prefix<A>, u32)], what: &str) {
     let mut addrs = compare::uniform_addresses::<A>(500_000, 11);
@@ -50,18 +39,16 @@ fn run<A: ToIpnet>(table: &[(Prefix<A>, u32)], updates: &[(Prefix<A>, Option<u32
 
 #[test]
 fn ipv4_full_table_matches_prefix_trie_before_and_after_updates() {
-    let set = RouteSet::from_prefixes(&routes::read_table(&data("ris-as3333-2026-05-11-v4.txt.gz")).unwrap());
+    let set = RouteSet::from_prefixes(&routes::read_table(&RisFile::V4Table.path()).unwrap());
     assert!(set.v4.len() > 1_000_000);
-    let (updates, _) =
-        compare::split_updates(&routes::read_updates(&data("ris-as3333-2026-05-11-updates-v4.txt.gz")).unwrap());
+    let (updates, _) = compare::split_updates(&routes::read_updates(&RisFile::V4Updates.path()).unwrap());
     run::<Ipv4Addr>(&set.v4, &updates, "IPv4");
 }
 
 #[test]
 fn ipv6_full_table_matches_prefix_trie_before_and_after_updates() {
-    let set = RouteSet::from_prefixes(&routes::read_table(&data("ris-as3333-2026-05-11-v6.txt.gz")).unwrap());
+    let set = RouteSet::from_prefixes(&routes::read_table(&RisFile::V6Table.path()).unwrap());
     assert!(set.v6.len() > 200_000);
-    let (_, updates) =
-        compare::split_updates(&routes::read_updates(&data("ris-as3333-2026-05-11-updates-v6.txt.gz")).unwrap());
+    let (_, updates) = compare::split_updates(&routes::read_updates(&RisFile::V6Updates.path()).unwrap());
     run::<Ipv6Addr>(&set.v6, &updates, "IPv6");
 }

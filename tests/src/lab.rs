@@ -1,4 +1,4 @@
-//! A whole VPC on one machine (see `../shared/docs/design.md`):
+//! A whole VPC on one machine (see `docs/design.md`):
 //!
 //! ```text
 //!   hybrid (172.16.50.10) ── gateway (172.16.50.1 | 10.10.0.1) ──┐

@@ -5,6 +5,10 @@
 //! the `fib` crate's tables, whose own publish makes route changes visible; each maps a
 //! destination to an index into the one `adjacencies` table. Adjacency indices are never reused while the daemon runs, so a worker holding a
 //! slightly older FIB view can only find a missing adjacency (a counted drop), never a wrong one.
+//! Each port's bandwidth limits ([`rate_limit`]) ride in its [`PortInfo`]: the token buckets the
+//! datapath's shaper charges, carried from snapshot to snapshot.
+
+mod rate_limit;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -13,8 +17,9 @@ use std::sync::Arc;
 use fib::{Fib, FibReader, FibView, Ipv4Prefix, Ipv6Prefix};
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::PortRateLimit;
 use crate::wire::MacAddr;
+
+pub use rate_limit::{PortRateLimit, RateLimitConfig, TokenBucket};
 
 /// A port's index in [`ForwardingState::ports`] and in every worker's queue table.
 pub type PortId = u16;
@@ -60,7 +65,7 @@ pub struct PortInfo {
     pub mtu: u16,
     /// Bandwidth limits, policed by the workers. Shared (`Arc`) so the buckets' state carries
     /// over into every snapshot the control plane publishes: pass the same `Arc` on.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "crate::pipeline::rate_limit::serde_config")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "rate_limit::serde_config")]
     pub rate_limit: Option<Arc<PortRateLimit>>,
 }
 

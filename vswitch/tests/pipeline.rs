@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use etherparse::{PacketBuilder, SlicedPacket};
 use vswitch::datapath::{Forwarder, PortQueues, Snapshot, WorkerStats};
-use vswitch::pipeline::{DropReason, IcmpLimiter, Next, NoTrace, Pipeline, PortRateLimit, Trace};
+use vswitch::pipeline::{DropReason, IcmpLimiter, Next, NoTrace, Pipeline, Trace};
 use vswitch::port::{MemoryPort, NoUdpGso, PortQueue};
-use vswitch::state::{Fibs, ForwardingState, ForwardingStateBuilder, PortRole};
+use vswitch::state::{Fibs, ForwardingState, ForwardingStateBuilder, PortRateLimit, PortRole};
 use vswitch::wire::vnet::{self, VnetHeader};
 use vswitch::wire::MacAddr;
 

@@ -416,7 +416,8 @@ fn run_ok(mut command: Command) -> Result<(), String> {
 }
 
 /// Open vSwitch 3.x userspace datapath with userspace TSO, `internal` (tap) ports moved into the
-/// pods: the setup `shared/docs/peers.md` measured. None if Open vSwitch is not installed.
+/// pods: Open vSwitch as vswitchd's peer, in its fastest userspace setup (without userspace TSO
+/// it forwards TCP several times slower). None if Open vSwitch is not installed.
 fn ovs_netdev(family: IpFamily) -> Option<Topology> {
     if !have_tool("ovs-vswitchd") {
         eprintln!("  ovs_netdev: not measured (openvswitch-switch is not installed)");

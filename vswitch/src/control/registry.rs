@@ -26,8 +26,8 @@ use vswitch_api::api::{ApiError, Bandwidth, ErrorCode, LinkState, PodRef, PortSp
 
 use crate::datapath::{Datapath, PortQueues, PortTotals, Snapshot};
 use crate::neighbor::{Action, NeighborLimits, NeighborTable};
-use crate::pipeline::{PortRateLimit, TokenBucket};
 use crate::state::{Adjacency, ForwardingState, NextHop, PortId, PortInfo, PortRole, MAX_PORTS};
+use crate::state::{PortRateLimit, TokenBucket};
 use crate::wire::MacAddr;
 
 /// The host port's id: it is attached first and never removed.

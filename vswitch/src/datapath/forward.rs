@@ -3,21 +3,18 @@
 //! and benches (in-memory queues), so both exercise the same code.
 
 use std::io;
-use std::sync::OnceLock;
-use std::time::Instant;
+use std::sync::Arc;
 
 use super::bounce::{Forwarding, Peer};
 use super::drop_sampler::DropSampler;
 use super::segment::{Egress, Segmenter};
-use super::shaper::Shaper;
+use super::shaper::{egress_limit, ingress_limit, now_ns, Shaper};
 use super::tx_ring::TxRing;
 use super::{SlowPacket, SlowReason, Snapshot, WorkerStats};
-use crate::pipeline::TokenBucket;
 use crate::pipeline::{DropReason, Next, NoTrace, Pipeline, MAX_FRAME};
 use crate::port::PortQueue;
-use crate::state::{ForwardingState, PortId};
+use crate::state::PortId;
 use crate::wire::{udp_gso, vnet};
-use std::sync::Arc;
 
 /// Frames read from one port before moving on to the next (fairness between ports).
 pub const BATCH: usize = 32;
@@ -120,8 +117,7 @@ impl Forwarder {
         let mut throttled = false;
         let mut reads = 0;
         // What leaves the pod is shaped as it is read: this batch's port, looked up once.
-        let egress =
-            snapshot.forwarding.port(port).and_then(|p| p.rate_limit.as_deref()).and_then(|l| l.egress.as_ref());
+        let egress = egress_limit(&snapshot.forwarding, port);
         while reads < BATCH {
             if let Some(bucket) = egress {
                 if !bucket.has_room(now_ns) {
@@ -265,19 +261,6 @@ impl Forwarder {
     }
 }
 
-/// The datapath's clock: nanoseconds since its first reading, one origin for every worker (they
-/// share the rate-limit buckets, which compare their times).
-pub fn now_ns() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
-}
-
-/// The ingress bucket of `port`, if it has one: for a port without, the cost is this lookup.
-#[inline(always)]
-pub(super) fn ingress_limit(state: &ForwardingState, port: PortId) -> Option<&TokenBucket> {
-    state.port(port)?.rate_limit.as_deref()?.ingress.as_ref()
-}
-
 /// Copies a packet to the control plane (the slow path: ARP only, never steady traffic).
 fn to_control(slow_path: &tokio::sync::mpsc::Sender<SlowPacket>, stats: &WorkerStats, reason: SlowReason, data: &[u8]) {
     let packet = SlowPacket { reason, data: data.to_vec() };
@@ -291,9 +274,9 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::pipeline::{IcmpLimiter, PortRateLimit};
+    use crate::pipeline::IcmpLimiter;
     use crate::port::MemoryPort;
-    use crate::state::{Fibs, ForwardingStateBuilder};
+    use crate::state::{Fibs, ForwardingStateBuilder, PortRateLimit};
     use crate::wire::captured::ICMP_ECHO_REQUEST;
     use crate::wire::VnetHeader;
     use crate::wire::{vnet, MacAddr};

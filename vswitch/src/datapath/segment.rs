@@ -11,9 +11,9 @@ use std::sync::Arc;
 use super::shaper::Shaper;
 use super::tx_ring::TxRing;
 use super::WorkerStats;
-use crate::pipeline::{DropReason, TokenBucket, MAX_FRAME};
+use crate::pipeline::{DropReason, MAX_FRAME};
 use crate::port::PortQueue;
-use crate::state::PortId;
+use crate::state::{PortId, TokenBucket};
 use crate::wire::udp_gso::{UdpGso, MAX_SEGMENTS};
 
 /// Room for every datagram of the largest frame at once (its payload, plus headers and an empty

@@ -1,6 +1,9 @@
-//! Ingress shaping: a worker's delay queues for frames into rate-limited ports.
+//! The datapath's clock and its shaping of rate-limited ports (the buckets themselves are
+//! [`crate::state::TokenBucket`]s, carried in each port's [`crate::state::PortInfo`]).
 //!
-//! When a port's ingress bucket refuses a frame, the frame (vnet header included, already
+//! Egress (out of a pod) is shaped by the forwarder as it reads: a port is read only while its
+//! bucket has room ([`egress_limit`]). Ingress (into a pod) is shaped here, by a worker's delay
+//! queues: when a port's ingress bucket refuses a frame, the frame (vnet header included, already
 //! rewritten by the pipeline) is copied into this worker's delay queue for the port instead of
 //! being dropped; while that queue holds anything, later frames for the port join it at the
 //! back, so none overtakes. The worker releases queued frames as the bucket admits them (each
@@ -9,13 +12,33 @@
 //! an allocation per frame queued); the list of queues is empty otherwise.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use super::{Snapshot, WorkerStats};
-use crate::pipeline::{DropReason, TokenBucket};
+use crate::pipeline::DropReason;
 use crate::port::PortQueue;
-use crate::state::PortId;
+use crate::state::{ForwardingState, PortId, TokenBucket};
 use crate::wire::vnet;
+
+/// The datapath's clock: nanoseconds since its first reading, one origin for every worker (they
+/// share the rate-limit buckets, which compare their times).
+pub fn now_ns() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// The ingress bucket of `port`, if it has one: for a port without, the cost is this lookup.
+#[inline(always)]
+pub(super) fn ingress_limit(state: &ForwardingState, port: PortId) -> Option<&TokenBucket> {
+    state.port(port)?.rate_limit.as_deref()?.ingress.as_ref()
+}
+
+/// The egress bucket of `port`, if it has one.
+#[inline(always)]
+pub(super) fn egress_limit(state: &ForwardingState, port: PortId) -> Option<&TokenBucket> {
+    state.port(port)?.rate_limit.as_deref()?.egress.as_ref()
+}
 
 /// A delay queue holds at least this many bytes (four 64 KB GSO frames)...
 const MIN_QUEUE_BYTES: usize = 256 * 1024;
@@ -98,7 +121,7 @@ impl Shaper {
                 stats.dropped_many(DropReason::PortDown, queue.frames.len() as u64);
                 return false;
             }
-            let bucket = super::forward::ingress_limit(&snapshot.forwarding, queue.port);
+            let bucket = ingress_limit(&snapshot.forwarding, queue.port);
             while let Some(frame) = queue.frames.front() {
                 if let Some(bucket) = bucket {
                     if !bucket.admit(now_ns, frame.len().saturating_sub(vnet::LEN)) {

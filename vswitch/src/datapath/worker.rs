@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use super::forward::now_ns;
+use super::shaper::now_ns;
 use super::{Batch, Datapath, Forwarder, Forwarding, Snapshot, WorkerStats};
 use crate::pipeline::{DropReason, IcmpLimiter, Pipeline};
 use crate::port::PortQueue;

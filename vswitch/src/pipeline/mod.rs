@@ -15,14 +15,12 @@ mod icmp_limit;
 mod ipv4;
 mod ipv6;
 mod ndp;
-pub(crate) mod rate_limit;
 
 use std::fmt;
 use std::net::IpAddr;
 
 pub use drop::DropReason;
 pub use icmp_limit::IcmpLimiter;
-pub use rate_limit::{PortRateLimit, RateLimitConfig, TokenBucket};
 
 use crate::state::{Adjacency, FibViews, ForwardingState, NextHop, PortId, PortInfo, PortRole};
 use crate::wire::ethernet::{self, EthernetFrame};

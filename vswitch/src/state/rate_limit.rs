@@ -132,7 +132,7 @@ impl TokenBucket {
 
 /// A port's limits, one bucket per direction: ingress is traffic into the pod (frames the
 /// switch writes to the port), egress traffic from it (frames the switch reads). Held in an
-/// `Arc` by [`PortInfo`](crate::state::PortInfo), so the buckets carry over when the control
+/// `Arc` by [`PortInfo`](super::PortInfo), so the buckets carry over when the control
 /// plane publishes a new snapshot.
 #[derive(Debug, Default)]
 pub struct PortRateLimit {
