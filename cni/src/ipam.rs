@@ -2,7 +2,7 @@
 //! have (IPv4, IPv6 or both).
 //!
 //! One JSON state file per network, changed only under an exclusive `flock` and replaced with
-//! `vswitch_api::file::write_atomic` (temporary, fsync, rename, fsync the directory): a crash at
+//! `vswitch_host::file::write_atomic` (temporary, fsync, rename, fsync the directory): a crash at
 //! any instant leaves either the old or the new state, so an address is never handed out twice and an allocation is never lost
 //! (the DEL or GC that follows a crashed ADD releases it). Allocations are keyed by container ID
 //! and interface, so a repeated ADD gets the same addresses; a dual-stack pod's two addresses are
@@ -81,6 +81,32 @@ impl State {
     }
 }
 
+/// The state at `path`; none yet is the empty state.
+fn read_state(path: &Path) -> Result<State, IpamError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| IpamError::Corrupt { path: path.into(), source }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+        Err(source) => Err(IpamError::Io { path: path.into(), source }),
+    }
+}
+
+/// How much of one family's ranges is in use, as `vswitchctl doctor` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FamilyUsage {
+    pub ipv6: bool,
+    /// Addresses in the ranges (an IPv6 range may hold 2^64 of them).
+    pub total: u128,
+    pub allocated: u128,
+    /// Free, but released less than the reuse delay ago: not handed out automatically yet.
+    pub cooling: u128,
+}
+
+impl FamilyUsage {
+    pub fn free(&self) -> u128 {
+        self.total.saturating_sub(self.allocated)
+    }
+}
+
 /// One attachment's allocation as GC sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allocation {
@@ -130,18 +156,12 @@ impl Ipam {
             .map_err(self.io(&lock_path))?;
         let _guard = Flock::lock(lock, FlockArg::LockExclusive)
             .map_err(|(_, e)| IpamError::Io { path: lock_path.clone(), source: e.into() })?;
-        let path = self.dir.join("state.json");
-        let mut state = match std::fs::read(&path) {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes).map_err(|source| IpamError::Corrupt { path: path.clone(), source })?
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
-            Err(e) => return Err(IpamError::Io { path, source: e }),
-        };
+        let path = self.state_path();
+        let mut state = read_state(&path)?;
         let (value, changed) = f(&mut state)?;
         if changed {
             let bytes = serde_json::to_vec_pretty(&state).expect("serialisable");
-            vswitch_api::file::write_atomic(&path, &bytes).map_err(self.io(&path))?;
+            vswitch_host::file::write_atomic(&path, &bytes).map_err(self.io(&path))?;
         }
         Ok(value)
     }
@@ -295,6 +315,46 @@ impl Ipam {
     pub fn can_allocate(&self) -> Result<bool, IpamError> {
         let now = now_secs();
         self.with_state(|state| Ok((self.families().all(|ipv6| self.next_free(state, ipv6, now).is_some()), false)))
+    }
+
+    /// The state file (`<dataDir>/<network>/state.json`).
+    pub fn state_path(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+
+    /// Per family of the ranges, IPv4 first: how many addresses they hold, are allocated, and
+    /// are cooling at `now`. Reads without the lock and creates nothing (for an observer such as
+    /// vswitchctl doctor): the file is only ever replaced whole, so a read sees one state.
+    pub fn usage(&self, now: SystemTime) -> Result<Vec<FamilyUsage>, IpamError> {
+        let state = read_state(&self.state_path())?;
+        let now = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let in_ranges = |ip: &IpAddr, ipv6: bool| ip.is_ipv6() == ipv6 && self.ranges.iter().any(|r| r.contains(*ip));
+        let usage = self
+            .families()
+            .map(|ipv6| FamilyUsage {
+                ipv6,
+                total: self
+                    .ranges
+                    .iter()
+                    .filter(|r| r.is_ipv6() == ipv6)
+                    .map(|r| {
+                        let (start, end) = r.span();
+                        end - start + 1
+                    })
+                    .sum(),
+                allocated: state.allocations.keys().filter(|ip| in_ranges(ip, ipv6)).count() as u128,
+                cooling: state
+                    .released
+                    .iter()
+                    .filter(|(ip, &t)| {
+                        in_ranges(ip, ipv6)
+                            && !state.allocations.contains_key(ip)
+                            && now.saturating_sub(t) < self.reuse_delay.as_secs()
+                    })
+                    .count() as u128,
+            })
+            .collect();
+        Ok(usage)
     }
 
     /// The ranges, or those of one family (`Some(true)`: IPv6).
@@ -477,6 +537,29 @@ mod tests {
         assert_eq!(all.iter().find(|a| a.ips == ip).unwrap().netns.as_deref(), Some(Path::new("/run/netns/c")));
         ipam.release(&owner("c")).unwrap();
         assert!(ipam.allocations_with_sandbox().unwrap().iter().all(|a| a.netns.is_none()));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn usage_counts_each_family_of_the_ranges_without_touching_the_directory() {
+        let (ipam, dir) = with_ranges(120, &[("10.0.0.1", "10.0.0.3"), SLASH_64]);
+        let empty = ipam.usage(SystemTime::now()).unwrap();
+        assert!(!dir.exists(), "an observer creates nothing");
+        assert_eq!(
+            empty,
+            [
+                FamilyUsage { ipv6: false, total: 3, allocated: 0, cooling: 0 },
+                FamilyUsage { ipv6: true, total: (1 << 64) - 1, allocated: 0, cooling: 0 },
+            ]
+        );
+        ipam.allocate(&owner("a")).unwrap();
+        ipam.allocate(&owner("b")).unwrap();
+        ipam.release(&owner("b")).unwrap();
+        let used = ipam.usage(SystemTime::now()).unwrap();
+        assert_eq!((used[0].allocated, used[0].cooling, used[0].free()), (1, 1, 2));
+        assert_eq!((used[1].allocated, used[1].cooling), (1, 1));
+        let later = ipam.usage(SystemTime::now() + Duration::from_secs(121)).unwrap();
+        assert_eq!(later[0].cooling, 0, "the reuse delay is over");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

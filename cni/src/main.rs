@@ -11,14 +11,14 @@ use std::time::{Instant, SystemTime};
 
 use cni::log::{timestamp, LogTarget};
 use cni::plugin::{Notes, Plugin};
-use cni::spec::{is_pre_1_0, CniError, Code, Command, Environment, NetConf, GC_STATUS_VERSION, SUPPORTED_VERSIONS};
+use cni::spec::{supported_versions, CniError, CniVersion, Code, Command, Environment, NetConf, VersionResult};
 
 fn main() -> ExitCode {
     // For people and packaging scripts: runtimes never pass arguments (they set CNI_COMMAND and
     // write the configuration on stdin), so this cannot shadow a CNI call, and stdin is not read.
     if std::env::args_os().nth(1).is_some_and(|a| a == "--version") {
         println!("vpc-cni {}", env!("CARGO_PKG_VERSION"));
-        println!("CNI versions: {}", SUPPORTED_VERSIONS.join(", "));
+        println!("CNI versions: {}", supported_versions().join(", "));
         return ExitCode::SUCCESS;
     }
     let started = (Instant::now(), SystemTime::now());
@@ -27,16 +27,16 @@ fn main() -> ExitCode {
     // Errors are reported in the configuration's version when it can be read.
     let version = serde_json::from_slice::<serde_json::Value>(&stdin)
         .ok()
-        .and_then(|v| v.get("cniVersion").and_then(|v| v.as_str()).map(str::to_string))
-        .filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()))
-        .unwrap_or_else(|| "1.1.0".to_string());
+        .and_then(|v| v.get("cniVersion")?.as_str()?.parse::<CniVersion>().ok())
+        .filter(|v| v.is_supported())
+        .unwrap_or(CniVersion::LATEST);
     let mut notes = Notes::default();
     let outcome = read
         .map_err(|e| CniError::with_details(Code::IoFailure, "reading stdin", e))
-        .and_then(|_| run(&stdin, &version, &mut notes));
+        .and_then(|_| run(&stdin, version, &mut notes));
     let (code, output) = match &outcome {
         Ok(output) => (ExitCode::SUCCESS, output.clone()),
-        Err(e) => (ExitCode::FAILURE, Some(e.to_json(&version))),
+        Err(e) => (ExitCode::FAILURE, Some(json(e.reply(version)))),
     };
     if let Some(output) = &output {
         println!("{output}");
@@ -45,32 +45,38 @@ fn main() -> ExitCode {
     code
 }
 
-fn run(stdin: &[u8], version: &str, notes: &mut Notes) -> Result<Option<serde_json::Value>, CniError> {
+/// What is printed: through `Value`, whose keys are sorted, so the bytes do not depend on the
+/// order of the typed structs' fields.
+fn json(output: impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(output).expect("results serialise")
+}
+
+fn run(stdin: &[u8], version: CniVersion, notes: &mut Notes) -> Result<Option<serde_json::Value>, CniError> {
     let env = Environment::from_env(|name| std::env::var(name).ok())?;
     if env.command == Command::Version {
-        return Ok(Some(serde_json::json!({"cniVersion": version, "supportedVersions": SUPPORTED_VERSIONS})));
+        return Ok(Some(json(VersionResult::new(version))));
     }
     let conf = NetConf::parse(stdin)?;
-    let too_old = |verb: &str, since: &str| {
+    let too_old = |verb: &str, since: CniVersion| {
         CniError::with_details(
             Code::IncompatibleVersion,
             format!("{verb} needs cniVersion {since} or later; the configuration says {}", conf.cni_version),
-            &conf.cni_version,
+            conf.cni_version,
         )
     };
     match env.command {
-        Command::Gc | Command::Status if conf.cni_version != GC_STATUS_VERSION => {
+        Command::Gc | Command::Status if conf.cni_version < CniVersion::GC_STATUS => {
             let verb = if env.command == Command::Gc { "GC" } else { "STATUS" };
-            return Err(too_old(verb, GC_STATUS_VERSION));
+            return Err(too_old(verb, CniVersion::GC_STATUS));
         }
-        Command::Check if is_pre_1_0(&conf.cni_version) && conf.cni_version != "0.4.0" => {
-            return Err(too_old("CHECK", "0.4.0"));
+        Command::Check if conf.cni_version < CniVersion::CHECK => {
+            return Err(too_old("CHECK", CniVersion::CHECK));
         }
         _ => {}
     }
     let plugin = Plugin::new(conf, env);
     let result = match plugin.env.command {
-        Command::Add => plugin.add().map(Some),
+        Command::Add => plugin.add().map(|result| Some(json(result))),
         Command::Del => plugin.del().map(|()| None),
         Command::Check => plugin.check().map(|()| None),
         Command::Gc => plugin.gc().map(|()| None),

@@ -9,6 +9,7 @@
 //! reports them at the end. The plugin decides on vswitchd's answers by their error code only.
 
 use std::cell::RefCell;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -19,7 +20,9 @@ use crate::addresses::Addresses;
 use crate::client::{ClientError, Vswitch};
 use crate::ipam::{Ipam, IpamError};
 use crate::podnet::{self, PodInterface, PodNetError};
-use crate::spec::{add_result, Attachment, CniError, Code, Environment, IpamSource, NetConf, PodIps};
+use crate::spec::{
+    add_result, Attachment, CniError, CniResult, Code, Environment, IpConfig, IpamSource, NetConf, PodIps,
+};
 
 impl From<IpamError> for CniError {
     fn from(e: IpamError) -> Self {
@@ -201,18 +204,19 @@ impl Plugin {
         }
     }
 
-    pub fn add(&self) -> Result<serde_json::Value, CniError> {
+    pub fn add(&self) -> Result<CniResult, CniError> {
         let owner = self.owner();
         let netns = self.netns();
         self.check_sandbox(&netns)?;
         let runtime = self.conf.runtime()?;
+        let prev = self.conf.previous_result()?;
         let requested_ips = self.requested_ips(runtime.ips)?;
         let requested_mac = self.requested_mac(runtime.mac)?;
         // Fail before touching anything when the switch is down: the runtime retries later.
         self.vswitch().status()?;
         // An interface of that name is not ours to replace or delete (the runtime calls ADD
         // once per container and interface; a failed ADD of ours leaves nothing behind).
-        if vswitch_api::link::exists_in(&netns, &owner.ifname).map_err(PodNetError::from)? {
+        if vswitch_host::link::exists_in(&netns, &owner.ifname).map_err(PodNetError::from)? {
             return Err(PodNetError::Exists(owner.ifname.clone()).into());
         }
 
@@ -263,7 +267,7 @@ impl Plugin {
                 podnet::settle(&netns, &owner.ifname, &[v6, mac.link_local()], podnet::SETTLE_TIMEOUT)?;
             }
             self.note_addresses(ips);
-            Ok(add_result(&self.conf, &owner.ifname, &mac.to_string(), &netns.display().to_string(), ips))
+            Ok(add_result(&self.conf, prev, &owner.ifname, mac, &netns, ips))
         })();
         if result.is_err() {
             for step in undo.into_iter().rev() {
@@ -325,31 +329,24 @@ impl Plugin {
         let owner = self.owner();
         let netns = self.netns();
         self.check_sandbox(&netns)?;
-        let prev = self
-            .conf
-            .prev_result
-            .as_ref()
-            .ok_or_else(|| CniError::new(Code::InvalidConfig, "CHECK needs prevResult"))?;
+        let prev =
+            self.conf.previous_result()?.ok_or_else(|| CniError::new(Code::InvalidConfig, "CHECK needs prevResult"))?;
         // Our address in prevResult: the IP entry pointing at our interface (by name in this
         // sandbox), or the first one when the result has no interface indexes.
-        let ours = prev["interfaces"].as_array().and_then(|list| {
-            list.iter().position(|i| {
-                i["name"] == owner.ifname.as_str()
-                    && i["sandbox"].as_str().is_none_or(|s| s.is_empty() || Path::new(s) == netns)
-            })
+        let ours = prev.interfaces.iter().position(|i| {
+            i.name == owner.ifname && i.sandbox.as_deref().is_none_or(|s| s.is_empty() || Path::new(s) == netns)
         });
-        let entries = prev["ips"].as_array().cloned().unwrap_or_default();
-        let pick = |keep: &dyn Fn(&serde_json::Value) -> bool| -> Vec<&str> {
-            entries.iter().filter(|e| keep(e)).filter_map(|e| e["address"].as_str()).collect()
+        let pick = |keep: &dyn Fn(&IpConfig) -> bool| -> Vec<IpAddr> {
+            prev.ips.iter().filter(|e| keep(e)).map(|e| e.address.ip).collect()
         };
-        let mut addresses = pick(&|e| ours.is_some_and(|i| e["interface"].as_u64() == Some(i as u64)));
+        let mut addresses = pick(&|e| ours.is_some_and(|i| e.interface == Some(i)));
         if addresses.is_empty() {
-            addresses = pick(&|e| e.get("interface").is_none());
+            addresses = pick(&|e| e.interface.is_none());
         }
         if addresses.is_empty() {
             addresses = pick(&|_| true).into_iter().take(1).collect();
         }
-        let expected = PodIps::parse_list(addresses.iter().copied())
+        let expected = PodIps::from_ips(addresses)
             .map_err(|e| CniError::with_details(Code::InvalidConfig, "prevResult's addresses", e))?;
         let ips = self.addresses().lookup(&owner)?;
         if ips.is_empty() {

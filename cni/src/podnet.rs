@@ -20,8 +20,8 @@ use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
 use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
-use vswitch_api::link::{self, in_netns, link_index};
 use vswitch_api::MacAddr;
+use vswitch_host::link::{self, in_netns, link_index};
 
 use crate::spec::PodIps;
 
@@ -30,7 +30,9 @@ pub enum PodNetError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
-    Link(#[from] vswitch_api::link::LinkError),
+    Link(#[from] vswitch_host::link::LinkError),
+    #[error("{0}")]
+    Tap(#[from] vswitch_host::tap::TapError),
     #[error("netlink: {0}")]
     Netlink(#[from] rtnetlink::Error),
     #[error("{0}")]
@@ -111,8 +113,7 @@ pub fn create(ns: &Path, pod: PodInterface<'_>) -> Result<(), PodNetError> {
         }
         // Already inside the namespace. The queue is closed again at once: the device persists,
         // and vswitchd attaches its own.
-        vswitch_api::tap::create_persistent(pod.ifname)
-            .map_err(|e| std::io::Error::new(e.kind(), format!("creating the TAP {}: {e}", pod.ifname)))?;
+        vswitch_host::tap::create_persistent(pod.ifname)?;
         let index = link_index(&handle, pod.ifname)
             .await?
             .ok_or_else(|| PodNetError::Check(format!("{} vanished", pod.ifname)))?;

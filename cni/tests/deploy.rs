@@ -51,7 +51,7 @@ fn the_configmap_is_a_valid_vswitchd_config_that_agrees_with_the_shipped_conflis
     assert_eq!(net.mtu, config.pod_mtu, "mtu vs pod_mtu");
     assert_eq!(net.vswitch_socket, config.socket, "vswitchSocket vs socket");
     // The liveness probe runs vswitchctl without --socket: the config must use the default.
-    assert_eq!(config.socket, PathBuf::from(vswitch_api::client::DEFAULT_SOCKET));
+    assert_eq!(config.socket, PathBuf::from(vswitch_api::defaults::SOCKET));
     assert_eq!(config.gateway_ip, Ipv4Addr::new(169, 254, 1, 1));
 }
 

@@ -1,7 +1,9 @@
 //! docs/configuration.md against the code, so they cannot drift: every key of vswitchd's
 //! `Config` is documented and every documented key exists, with the documented TOML defaults
 //! equal to `Config::default()`; every key of the shipped conflist is documented, and every
-//! documented vpc-cni key is a field of the plugin's configuration (`cni/src/spec.rs`).
+//! documented vpc-cni key is a field of the plugin's configuration (`cni/src/spec/conf.rs`),
+//! with the documented defaults equal to the plugin's; and where the two files must agree, their
+//! defaults do.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -11,7 +13,7 @@ use vswitch::control::Config;
 
 const DOC: &str = include_str!("../../docs/configuration.md");
 const CONFLIST: &str = include_str!("../../cni/vpc-cni.conflist");
-const CNI_SPEC: &str = include_str!("../../cni/src/spec.rs");
+const CNI_SPEC: &str = include_str!("../../cni/src/spec/conf.rs");
 
 /// The first column of every table row under the `heading` section (up to the next heading of
 /// the same or a higher level), with the row's third column (the default).
@@ -152,4 +154,42 @@ fn every_conflist_key_is_documented_and_every_documented_plugin_key_exists() {
             "docs/configuration.md lists {key}, which vpc-cni's NetConf does not have"
         );
     }
+}
+
+#[test]
+fn the_documented_plugin_defaults_are_the_plugins_and_agree_with_vswitchd() {
+    let minimal = r#"{"cniVersion":"1.1.0","name":"vpc","type":"vpc-cni","ipam":{"ranges":[{"rangeStart":"10.10.40.1","rangeEnd":"10.10.40.9"}]}}"#;
+    let conf = cni::spec::NetConf::parse(minimal.as_bytes()).unwrap();
+    // Every key with a literal default, as the plugin filled it in.
+    let parsed = serde_json::json!({
+        "vswitchSocket": conf.vswitch_socket,
+        "gateway": conf.gateway,
+        "mtu": conf.mtu,
+        "logFile": conf.log_file,
+        "logMaxBytes": conf.log_max_bytes,
+        "ipam": {
+            "type": conf.ipam.source,
+            "dataDir": conf.ipam.data_dir,
+            "reuseDelaySeconds": conf.ipam.reuse_delay_seconds,
+        },
+    });
+    let mut checked = 0;
+    for (key, default) in documented("### The vpc-cni entry") {
+        let Some(literal) = default.strip_prefix('`').and_then(|d| d.strip_suffix('`')) else { continue };
+        let code = key.split('.').try_fold(&parsed, |v, k| v.get(k));
+        let code = code.unwrap_or_else(|| panic!("{key} has a documented default this test does not read"));
+        let documented: Value = serde_json::from_str(literal).unwrap_or_else(|e| panic!("{key}: {literal}: {e}"));
+        assert_eq!(&documented, code, "the documented default of {key}");
+        checked += 1;
+    }
+    assert_eq!(checked, 8, "every literal default compared");
+
+    // What both files must agree on, they agree on when neither says.
+    let vswitchd = Config::default();
+    assert_eq!(conf.vswitch_socket, vswitchd.socket);
+    assert_eq!(conf.gateway, vswitchd.gateway_ip);
+    assert_eq!(conf.gateway_mac(), vswitchd.gateway_mac());
+    assert_eq!(conf.mtu, vswitchd.pod_mtu);
+    let cluster: vswitch::ipam::IpamConfig = toml::from_str("pools = [\"10.10.0.0/16\"]").unwrap();
+    assert_eq!(conf.ipam.reuse_delay_seconds, cluster.reuse_delay_seconds);
 }

@@ -1,5 +1,6 @@
 //! `vswitchctl doctor` on temporary files: a conflist and a vswitchd.toml that agree and that
-//! disagree, an address pool running low, no daemon (FAIL) and a running one (ok).
+//! disagree, an address pool running low, a dual-stack conflist, no daemon (FAIL) and a running one
+//! (ok).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -157,4 +158,55 @@ fn a_running_vswitchd_passes_the_socket_check() {
     let (_, checks) = doctor(&["--socket", "/nonexistent.sock", "--config", &toml, "--conflist", &list]);
     assert_eq!((status(&checks, "vswitchd"), status(&checks, "socket")), ("fail", "fail"));
     drop(daemon);
+}
+
+#[test]
+fn a_dual_stack_conflist_is_read_and_each_familys_pool_checked() {
+    let dir = TempDir::new();
+    let socket = dir.0.join("nothing-here.sock");
+    let toml = write(&dir.0, "vswitchd.toml", &format!("socket = {:?}\n", socket));
+    let ranges = json!([
+        {"rangeStart": "10.10.40.1", "rangeEnd": "10.10.40.20"},
+        {"rangeStart": "fd00:10::1", "rangeEnd": "fd00:10::4"},
+    ]);
+    let mut list = conflist(&socket, &dir.0.join("ipam"), json!({}));
+    list["plugins"][0]["ipam"]["ranges"] = ranges;
+    list["cniVersions"] = json!(["1.0.0", "1.1.0"]);
+    let list = write(&dir.0, "dual.conflist", &list.to_string());
+    std::fs::create_dir_all(dir.0.join("ipam/vpc")).unwrap();
+    let state = |ips: &[&str]| {
+        let allocations: serde_json::Map<String, Value> = ips
+            .iter()
+            .map(|ip| (ip.to_string(), json!({"containerID": format!("c-{ip}"), "ifname": "eth0"})))
+            .collect();
+        let state = json!({"allocations": allocations, "released": {}, "last": null, "last6": null});
+        std::fs::write(dir.0.join("ipam/vpc/state.json"), state.to_string()).unwrap();
+    };
+
+    state(&["10.10.40.1", "fd00:10::1"]);
+    let (_, checks) = doctor(&["--config", &toml, "--conflist", &list]);
+    for name in ["conflist", "gateway", "gateway_mac", "mtu", "socket", "address_pool"] {
+        assert_eq!(status(&checks, name), "ok", "{name}: {:?}", checks[name]);
+    }
+    let conflist_detail = &checks["conflist"].1;
+    assert!(conflist_detail.contains("cniVersion 1.1.0, pods get IPv4 and IPv6"), "{conflist_detail}");
+    let pool = &checks["address_pool"].1;
+    assert!(pool.starts_with("IPv4: 19 of 20 addresses free (1 allocated"), "{pool}");
+    assert!(pool.contains("; IPv6: 3 of 4 addresses free (1 allocated"), "{pool}");
+
+    // The IPv6 range used up: no pod of a dual-stack network can start, whatever IPv4 has left.
+    state(&["10.10.40.1", "fd00:10::1", "fd00:10::2", "fd00:10::3", "fd00:10::4"]);
+    let (code, checks) = doctor(&["--config", &toml, "--conflist", &list]);
+    assert_eq!(status(&checks, "address_pool"), "fail", "{:?}", checks["address_pool"]);
+    assert!(checks["address_pool"].1.contains("IPv6: 0 of 4 addresses free"), "{:?}", checks["address_pool"]);
+    assert_eq!(code, 1);
+
+    // A range the plugin would refuse (mixing families) fails the conflist check, with its code.
+    let mut bad = conflist(&socket, &dir.0.join("ipam"), json!({}));
+    bad["plugins"][0]["ipam"]["ranges"] = json!([{"rangeStart": "10.10.40.1", "rangeEnd": "fd00:10::4"}]);
+    let bad = write(&dir.0, "bad.conflist", &bad.to_string());
+    let (_, checks) = doctor(&["--config", &toml, "--conflist", &bad]);
+    assert_eq!(status(&checks, "conflist"), "fail");
+    assert!(checks["conflist"].1.contains("mixes IPv4 and IPv6"), "{:?}", checks["conflist"]);
+    assert!(checks["conflist"].1.contains("code 7"), "{:?}", checks["conflist"]);
 }

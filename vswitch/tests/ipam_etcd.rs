@@ -119,7 +119,7 @@ impl Node {
 
     /// `GET /metrics` from inside the node's namespace (vswitchd listens on 127.0.0.1:9477 there).
     fn metrics(&self) -> String {
-        let text = vswitch_api::netns::run_in(Some(&self.ns.path()), || {
+        let text = vswitch_host::netns::run_in(Some(&self.ns.path()), || {
             let mut stream = TcpStream::connect("127.0.0.1:9477")?;
             stream.set_read_timeout(Some(Duration::from_secs(5)))?;
             stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: vswitchd\r\nConnection: close\r\n\r\n")?;

@@ -13,9 +13,6 @@ use crate::api::{
     StatusView,
 };
 
-/// The default socket path, as vswitchd's configuration has it.
-pub const DEFAULT_SOCKET: &str = "/run/vswitchd/vswitchd.sock";
-
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// Nothing answered (not running, restarting, or stuck), or the answer was cut off.

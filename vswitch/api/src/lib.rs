@@ -5,16 +5,14 @@
 //!   line, typed on both sides, errors with a machine-readable [`api::ErrorCode`].
 //! - [`client`]: the one blocking client (connect and read timeouts) used by vpc-cni and
 //!   vswitchctl.
-//! - [`netns`], [`link`], [`tap`]: entering a network namespace, netlink link helpers, and
-//!   creating the persistent multi-queue TAP a pod's eth0 is.
+//! - [`defaults`]: the values vswitchd.toml and the conflist must agree on, when neither says.
 //! - [`MacAddr`].
+//!
+//! What both sides do to the host (TAPs, namespaces, links, files) is `vswitch-host`.
 
 pub mod api;
 pub mod client;
-pub mod file;
-pub mod link;
+pub mod defaults;
 mod mac;
-pub mod netns;
-pub mod tap;
 
 pub use mac::{MacAddr, MacParseError};

@@ -14,7 +14,8 @@ use vswitch_api::api::{
     CountersView, DropsView, FlowProtocol, FlowSpec, IpamView, NeighborView, PortRole, PortSpec, PortView, Request,
     RouteView, StatusView, TraceView,
 };
-use vswitch_api::client::{Client, ClientError, DEFAULT_SOCKET};
+use vswitch_api::client::{Client, ClientError};
+use vswitch_api::defaults;
 use vswitch_api::MacAddr;
 
 const EXIT_CODES: &str = "Exit codes: 0 done; 1 vswitchd refused the request (the error says why); \
@@ -145,7 +146,7 @@ enum Command {
     /// what to do); exits 1 if any check failed. --json: [{check, status, detail}].
     Doctor {
         /// The CNI conflist that holds vpc-cni.
-        #[arg(long, default_value = doctor::DEFAULT_CONFLIST)]
+        #[arg(long, default_value = defaults::CONFLIST)]
         conflist: PathBuf,
         /// vswitchd's configuration [default: /etc/vswitchd/vswitchd.toml; if that is absent,
         /// vswitchd's defaults].
@@ -159,7 +160,7 @@ fn main() -> ExitCode {
     if let Command::Doctor { conflist, config } = cli.command {
         return run_doctor(&doctor::Options { conflist, config, socket: cli.socket }, cli.json);
     }
-    let client = Client::new(cli.socket.as_deref().unwrap_or(DEFAULT_SOCKET.as_ref()));
+    let client = Client::new(cli.socket.as_deref().unwrap_or(defaults::SOCKET.as_ref()));
     let outcome = match cli.command {
         Command::AddPort { name, netns, ifname, ip, ipv6, mac, mtu } => {
             let spec = PortSpec { name, netns, ifname, ip, ipv6, mac, mtu, pod: None, bandwidth: None };

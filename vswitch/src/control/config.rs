@@ -52,6 +52,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use vswitch_api::defaults;
 
 use crate::wire::MacAddr;
 
@@ -123,13 +124,13 @@ pub struct HostPortConfig {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            socket: "/run/vswitchd/vswitchd.sock".into(),
+            socket: defaults::SOCKET.into(),
             state_dir: "/var/lib/vswitchd".into(),
             metrics_addr: "127.0.0.1:9477".into(),
             workers: 1,
-            gateway_ip: Ipv4Addr::new(169, 254, 1, 1),
+            gateway_ip: defaults::GATEWAY_IP,
             gateway_mac: None,
-            pod_mtu: 1500,
+            pod_mtu: defaults::POD_MTU,
             icmp_errors_per_second: 100,
             icmp_burst: 50,
             forwarding: Default::default(),

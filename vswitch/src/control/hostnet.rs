@@ -1,7 +1,7 @@
 //! The node-side plumbing of the host port, over rtnetlink: bring the TAP up, and keep one
 //! `POD/32 dev vsw0` (and `POD/128 dev vsw0`) route per local pod so the node's stack (and
 //! kube-proxy's DNAT) can reach it.
-//! (The link helpers vpc-cni uses as well live in `vswitch_api::link`.)
+//! (The link helpers vpc-cni uses as well live in `vswitch_host::link`.)
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -9,7 +9,7 @@ use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
-use vswitch_api::link::set_noqueue;
+use vswitch_host::link::set_noqueue;
 
 use crate::wire::MacAddr;
 

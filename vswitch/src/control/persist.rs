@@ -8,7 +8,7 @@
 //! - a newer format is refused: the daemon stops with a message rather than run without the
 //!   ports and overwrite a file it does not understand.
 //!
-//! Written with [`vswitch_api::file::write_atomic`], so a crash leaves the old or the new file.
+//! Written with [`vswitch_host::file::write_atomic`], so a crash leaves the old or the new file.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
@@ -196,7 +196,7 @@ impl StateFile {
 
     pub fn save(&self, state: &SavedState) -> Result<(), StateError> {
         let bytes = serde_json::to_vec_pretty(state).expect("state serialises");
-        vswitch_api::file::write_atomic(&self.path, &bytes)
+        vswitch_host::file::write_atomic(&self.path, &bytes)
             .map_err(|source| StateError::Io { path: self.path.clone(), source })
     }
 }

@@ -112,7 +112,7 @@ impl PodIo for KernelPodIo {
 
     fn delete_device(&self, netns: PathBuf, ifname: String) {
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = vswitch_api::link::delete_link_in(&netns, &ifname) {
+            if let Err(e) = vswitch_host::link::delete_link_in(&netns, &ifname) {
                 tracing::warn!(netns = %netns.display(), %ifname, error = %e, "could not delete the TAP");
             }
         });

@@ -437,7 +437,7 @@ impl Registry {
         if spec.name.is_empty() || spec.name.len() > 256 {
             return Err(invalid("a port name has 1 to 256 characters"));
         }
-        if !vswitch_api::tap::valid_name(&spec.ifname) {
+        if !vswitch_host::tap::valid_name(&spec.ifname) {
             return Err(invalid(format!("'{}' is not an interface name", spec.ifname)));
         }
         if spec.mac.is_multicast() || spec.mac == MacAddr::ZERO {

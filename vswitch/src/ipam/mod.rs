@@ -79,7 +79,7 @@ fn default_warm_max() -> usize {
     16
 }
 fn default_reuse_delay() -> u64 {
-    120
+    vswitch_api::defaults::REUSE_DELAY_SECONDS
 }
 fn default_lease_ttl() -> u64 {
     10

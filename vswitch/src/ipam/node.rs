@@ -201,7 +201,7 @@ impl<S: ClusterStore> NodeIpam<S> {
     fn save_now(&self) -> std::io::Result<()> {
         let _order = self.save_lock.lock().unwrap_or_else(|p| p.into_inner());
         let bytes = serde_json::to_vec(&*self.local()).expect("serialisable");
-        vswitch_api::file::write_atomic(&self.path, &bytes)
+        vswitch_host::file::write_atomic(&self.path, &bytes)
     }
 
     fn is_sticky(&self, pod: Option<&PodRef>) -> bool {

@@ -1,7 +1,7 @@
 //! Ports: TAP devices (one queue per worker) and an in-memory port for tests and benches.
 
 pub mod memory;
-pub use vswitch_api::netns;
+pub use vswitch_host::netns;
 pub mod packet;
 pub mod tap;
 

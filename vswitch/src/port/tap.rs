@@ -6,39 +6,20 @@
 //! descriptor. Attaching to an existing persistent device (created by the CNI plugin with
 //! TUNSETPERSIST) is how a restarted vswitchd gets its pods back without recreating them.
 
-use std::ffi::CString;
-use std::fs::OpenOptions;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Once;
 
+use vswitch_host::tap::{self as host_tap, ioctl_with_value};
+
 use super::{byte_count, netns, PortQueue};
 use crate::wire::vnet;
 
-// <linux/if_tun.h>, from libc, whose request numbers are right on every architecture (the
-// direction bits of _IOW differ on mips, powerpc and sparc).
-//
-// TUNSETIFF is declared _IOW, but the kernel writes the ifreq back (with the name it chose), so
-// the wrapper takes a mutable pointer.
-nix::ioctl_readwrite_bad!(tun_set_iff, libc::TUNSETIFF, libc::ifreq);
+// TUNSETIFF, its request and the flags are vswitch-host's (shared with the plugin, whose queues
+// must match ours); the vnet header size and the offloads are vswitchd's alone.
 nix::ioctl_write_ptr_bad!(tun_set_vnet_hdr_sz, libc::TUNSETVNETHDRSZ, libc::c_int);
-
-/// An ioctl whose argument is a value, not a pointer (TUNSETPERSIST, TUNSETOFFLOAD). The kernel
-/// reads it as an unsigned long: passed as one, since a C int in a variadic call leaves the
-/// register's upper half undefined (nix's `ioctl_write_int_bad!` passes an int).
-///
-/// # Safety
-/// `request` takes its argument by value.
-unsafe fn ioctl_with_value(fd: RawFd, request: libc::Ioctl, value: libc::c_ulong) -> io::Result<()> {
-    // SAFETY: the caller guarantees the request reads no memory through its argument.
-    if unsafe { libc::ioctl(fd, request, value) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
 
 /// What every queue asks for: checksums and TSO left to us, so TCP crosses in 64 KB frames.
 const OFFLOADS: libc::c_uint = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN;
@@ -58,22 +39,9 @@ pub fn kernel_takes_udp_gso() -> bool {
     KERNEL_USO.load(Ordering::Relaxed) == 1
 }
 
-/// The ifreq TUNSETIFF takes: the device's name and the TAP flags.
-fn tap_ifreq(name: &[u8]) -> libc::ifreq {
-    // SAFETY: ifreq is plain data (a name and a union of integers, addresses and a pointer
-    // nobody reads here); all zeroes is a valid value of it.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, &src) in req.ifr_name.iter_mut().zip(name) {
-        *dst = src as libc::c_char;
-    }
-    req.ifr_ifru.ifru_flags =
-        (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR | libc::IFF_MULTI_QUEUE) as libc::c_short;
-    req
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum TapError {
-    #[error("TAP name '{0}' is empty, too long (max 15) or contains a NUL")]
+    #[error("TAP name '{0}' is not an interface name (1 to 15 bytes; no '/', ':', whitespace or NUL)")]
     BadName(String),
     #[error("attaching to TAP '{name}': {source}")]
     Attach { name: String, source: io::Error },
@@ -128,10 +96,7 @@ impl TapQueue {
         attach: Attach,
         count: usize,
     ) -> Result<Vec<TapQueue>, TapError> {
-        let c_name = CString::new(name).map_err(|_| TapError::BadName(name.into()))?;
-        let bytes = c_name.as_bytes();
-        // The name and its NUL must fit in ifr_name.
-        if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ {
+        if !host_tap::valid_name(name) {
             return Err(TapError::BadName(name.into()));
         }
 
@@ -143,18 +108,9 @@ impl TapQueue {
             }
             (0..count)
                 .map(|_| {
-                    let file = OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-                        .open("/dev/net/tun")?;
-                    let fd: OwnedFd = file.into();
-                    let mut req = tap_ifreq(bytes);
-                    // SAFETY: `req` is a valid, initialised ifreq that outlives the call.
-                    unsafe { tun_set_iff(fd.as_raw_fd(), &mut req) }?;
+                    let fd = host_tap::open_queue(name)?;
                     if attach == Attach::CreatePersistent {
-                        // SAFETY: TUNSETPERSIST takes its flag by value.
-                        unsafe { ioctl_with_value(fd.as_raw_fd(), libc::TUNSETPERSIST, 1) }?;
+                        host_tap::set_persistent(fd.as_fd(), name)?;
                     }
                     Ok(fd)
                 })

@@ -8,22 +8,20 @@
 //! conflist and whether its vpc-cni entry agrees with vswitchd.toml (gateway, gateway MAC, MTU,
 //! socket), and how many addresses the node IPAM has left.
 //!
-//! The conflist is read here with a few serde fields rather than through the `cni` crate, so the
-//! CLI does not depend on the plugin; the defaults below are the plugin's (`cni/src/spec.rs`).
+//! The conflist is read by the plugin's own parser (`cni::spec::NetConf::from_conflist`), so
+//! doctor accepts exactly what vpc-cni accepts, dual-stack ranges included, with the same
+//! defaults (`vswitch_api::defaults`), and the address pool is counted by the plugin's IPAM.
 
-use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use serde::{Deserialize, Serialize};
+use cni::ipam::{FamilyUsage, Ipam};
+use cni::spec::{IpFamilies, IpamSource, NetConf};
+use serde::Serialize;
 use vswitch::control::config::ConfigError;
 use vswitch::control::Config;
-use vswitch_api::client::{Client, DEFAULT_SOCKET};
-use vswitch_api::MacAddr;
-
-pub const DEFAULT_CONFLIST: &str = "/etc/cni/net.d/10-vpc.conflist";
-pub const DEFAULT_CONFIG: &str = "/etc/vswitchd/vswitchd.toml";
+use vswitch_api::client::Client;
+use vswitch_api::defaults;
 
 /// Below this share of free addresses the pool check warns.
 const LOW_POOL_PERCENT: u64 = 10;
@@ -74,22 +72,32 @@ pub fn run(options: &Options) -> Vec<Check> {
         .socket
         .clone()
         .or_else(|| config.as_ref().map(|c| c.socket.clone()))
-        .unwrap_or_else(|| DEFAULT_SOCKET.into());
+        .unwrap_or_else(|| defaults::SOCKET.into());
     checks.push(daemon(&socket));
     match read_conflist(&options.conflist) {
-        Ok(entry) => {
+        Ok(conf) => {
+            let families = match conf.families() {
+                Some(IpFamilies::Dual) => "IPv4 and IPv6",
+                Some(IpFamilies::Ipv4) => "IPv4",
+                Some(IpFamilies::Ipv6) => "IPv6",
+                None => "the families of vswitchd's pools",
+            };
             checks.push(check(
                 "conflist",
                 Status::Ok,
-                format!("{}: network {:?}, vpc-cni entry found", options.conflist.display(), entry.network),
+                format!(
+                    "{}: network {:?}, vpc-cni entry found (cniVersion {}, pods get {families})",
+                    options.conflist.display(),
+                    conf.name,
+                    conf.cni_version
+                ),
             ));
             if let Some(c) = &config {
-                checks.extend(agreement(&entry, c, &socket));
+                checks.extend(agreement(&conf, c, &socket));
             }
-            if entry.cluster {
-                checks.push(cluster_pool(&socket));
-            } else {
-                checks.push(pool(&entry, SystemTime::now()));
+            match conf.ipam.source {
+                IpamSource::Vswitchd => checks.push(cluster_pool(&socket)),
+                IpamSource::Local => checks.push(pool(&conf, SystemTime::now())),
             }
         }
         Err(detail) => checks.push(check("conflist", Status::Fail, detail)),
@@ -170,7 +178,7 @@ pub fn uplink(config: &Config, sys_class_net: &Path) -> Check {
 /// vswitchd.toml, or the defaults when the default path has no file.
 pub fn load_config(path: Option<&Path>) -> Result<(Config, String), String> {
     let explicit = path.is_some();
-    let path = path.unwrap_or(Path::new(DEFAULT_CONFIG));
+    let path = path.unwrap_or(Path::new(defaults::CONFIG));
     match Config::load(path) {
         Ok(c) => Ok((c, format!("{} parses and is valid", path.display()))),
         Err(ConfigError::Read { source, .. }) if !explicit && source.kind() == std::io::ErrorKind::NotFound => {
@@ -199,97 +207,28 @@ pub fn daemon(socket: &Path) -> Check {
             "vswitchd",
             Status::Fail,
             format!(
-                "{e}; start vswitchd (the DaemonSet, or `vswitchd --config {DEFAULT_CONFIG}`), or point doctor at its socket with --socket or --config"
+                "{e}; start vswitchd (the DaemonSet, or `vswitchd --config {}`), or point doctor at its socket with --socket or --config",
+                defaults::CONFIG
             ),
         ),
     }
 }
 
-/// The vpc-cni entry of a conflist, with the plugin's defaults filled in.
-#[derive(Debug, Clone)]
-pub struct CniEntry {
-    pub network: String,
-    pub socket: PathBuf,
-    pub gateway: Ipv4Addr,
-    pub gateway_mac: Option<MacAddr>,
-    pub mtu: u16,
-    /// `ipam.type` vswitchd: addresses come from vswitchd's cluster pool (no ranges).
-    pub cluster: bool,
-    pub ranges: Vec<(Ipv4Addr, Ipv4Addr)>,
-    pub data_dir: PathBuf,
-    pub reuse_delay_seconds: u64,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawEntry {
-    #[serde(rename = "type")]
-    plugin_type: Option<String>,
-    vswitch_socket: Option<PathBuf>,
-    gateway: Option<Ipv4Addr>,
-    gateway_mac: Option<MacAddr>,
-    mtu: Option<u16>,
-    ipam: Option<RawIpam>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawIpam {
-    #[serde(rename = "type")]
-    source: Option<String>,
-    #[serde(default)]
-    ranges: Vec<RawRange>,
-    data_dir: Option<PathBuf>,
-    reuse_delay_seconds: Option<u64>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawRange {
-    range_start: Ipv4Addr,
-    range_end: Ipv4Addr,
-}
-
-pub fn read_conflist(path: &Path) -> Result<CniEntry, String> {
+pub fn read_conflist(path: &Path) -> Result<NetConf, String> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         format!("reading {}: {e}; install the conflist there (cni/vpc-cni.conflist) or pass --conflist", path.display())
     })?;
     parse_conflist(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// A conflist (`plugins: [...]`) or a single network configuration whose type is vpc-cni.
-pub fn parse_conflist(text: &str) -> Result<CniEntry, String> {
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
-    let network = value.get("name").and_then(|n| n.as_str()).ok_or("no network \"name\"")?.to_string();
-    let entry = match value.get("plugins").and_then(|p| p.as_array()) {
-        Some(plugins) => plugins.iter().find(|p| p.get("type").and_then(|t| t.as_str()) == Some("vpc-cni")),
-        None => Some(&value),
-    };
-    let raw: RawEntry = entry
-        .map(|e| serde_json::from_value(e.clone()).map_err(|e| format!("the vpc-cni entry: {e}")))
-        .transpose()?
-        .filter(|r: &RawEntry| r.plugin_type.as_deref() == Some("vpc-cni"))
-        .ok_or("no plugin of type vpc-cni")?;
-    let ipam = raw.ipam.ok_or("the vpc-cni entry has no ipam")?;
-    let cluster = ipam.source.as_deref() == Some("vswitchd");
-    if ipam.ranges.is_empty() && !cluster {
-        return Err("ipam.ranges is empty".into());
-    }
-    Ok(CniEntry {
-        network,
-        socket: raw.vswitch_socket.unwrap_or_else(|| DEFAULT_SOCKET.into()),
-        gateway: raw.gateway.unwrap_or(Ipv4Addr::new(169, 254, 1, 1)),
-        gateway_mac: raw.gateway_mac,
-        mtu: raw.mtu.unwrap_or(1500),
-        cluster,
-        ranges: ipam.ranges.iter().map(|r| (r.range_start, r.range_end)).collect(),
-        data_dir: ipam.data_dir.unwrap_or_else(|| "/var/lib/vpc-cni".into()),
-        reuse_delay_seconds: ipam.reuse_delay_seconds.unwrap_or(120),
-    })
+/// A conflist (`plugins: [...]`) or a single network configuration: its vpc-cni entry as the
+/// plugin will read it, or why vpc-cni would refuse it (with the CNI error code it would return).
+pub fn parse_conflist(text: &str) -> Result<NetConf, String> {
+    NetConf::from_conflist(text.as_bytes()).map_err(|e| format!("{e} (vpc-cni would fail with code {})", e.code as u32))
 }
 
 /// The conflist's vpc-cni entry against vswitchd.toml: both sides must say the same.
-pub fn agreement(entry: &CniEntry, config: &Config, socket: &Path) -> Vec<Check> {
+pub fn agreement(conf: &NetConf, config: &Config, socket: &Path) -> Vec<Check> {
     let same = |name: &str, conflist_key: &str, ours: String, toml_key: &str, theirs: String| {
         if ours == theirs {
             check(name, Status::Ok, format!("conflist and vswitchd agree: {ours}"))
@@ -304,21 +243,24 @@ pub fn agreement(entry: &CniEntry, config: &Config, socket: &Path) -> Vec<Check>
         }
     };
     // Both sides derive the MAC from the gateway address the same way when it is not set.
-    let conflist_mac = entry.gateway_mac.unwrap_or_else(|| MacAddr::local_from(entry.gateway.octets()));
     vec![
-        same("gateway", "gateway", entry.gateway.to_string(), "gateway_ip", config.gateway_ip.to_string()),
-        same("gateway_mac", "gatewayMac", conflist_mac.to_string(), "gateway_mac", config.gateway_mac().to_string()),
-        same("mtu", "mtu", entry.mtu.to_string(), "pod_mtu", config.pod_mtu.to_string()),
-        same("socket", "vswitchSocket", entry.socket.display().to_string(), "socket", socket.display().to_string()),
+        same("gateway", "gateway", conf.gateway.to_string(), "gateway_ip", config.gateway_ip.to_string()),
+        same(
+            "gateway_mac",
+            "gatewayMac",
+            conf.gateway_mac().to_string(),
+            "gateway_mac",
+            config.gateway_mac().to_string(),
+        ),
+        same("mtu", "mtu", conf.mtu.to_string(), "pod_mtu", config.pod_mtu.to_string()),
+        same(
+            "socket",
+            "vswitchSocket",
+            conf.vswitch_socket.display().to_string(),
+            "socket",
+            socket.display().to_string(),
+        ),
     ]
-}
-
-#[derive(Deserialize, Default)]
-struct IpamState {
-    #[serde(default)]
-    allocations: BTreeMap<Ipv4Addr, serde_json::Value>,
-    #[serde(default)]
-    released: BTreeMap<Ipv4Addr, u64>,
 }
 
 /// The cluster IPAM as vswitchd sees it: fails when no ADD can get an address (the warm pool is
@@ -381,39 +323,39 @@ pub fn cluster_pool_of(view: &vswitch_api::api::IpamView) -> Check {
     }
 }
 
-/// Free addresses in the node IPAM (`dataDir/<network>/state.json`): warn under 10 %, fail at
-/// none.
-pub fn pool(entry: &CniEntry, now: SystemTime) -> Check {
-    let path = entry.data_dir.join(&entry.network).join("state.json");
-    let state: IpamState = match std::fs::read(&path) {
-        Ok(bytes) => match serde_json::from_slice(&bytes) {
-            Ok(s) => s,
-            Err(e) => return check("address_pool", Status::Fail, format!("{} is corrupt: {e}", path.display())),
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => IpamState::default(),
-        Err(e) => return check("address_pool", Status::Warn, format!("reading {}: {e}", path.display())),
+/// Free addresses in the node IPAM (`dataDir/<network>/state.json`), per family of the ranges:
+/// warn under 10 % in any family, fail at none (a pod needs one address of every family).
+pub fn pool(conf: &NetConf, now: SystemTime) -> Check {
+    let ipam =
+        Ipam::new(&conf.ipam_dir(), conf.ipam.ranges.clone(), Duration::from_secs(conf.ipam.reuse_delay_seconds));
+    let path = ipam.state_path();
+    let families = match ipam.usage(now) {
+        Ok(families) => families,
+        Err(e @ cni::ipam::IpamError::Corrupt { .. }) => return check("address_pool", Status::Fail, e.to_string()),
+        Err(e) => return check("address_pool", Status::Warn, e.to_string()),
     };
-    let in_ranges = |ip: &Ipv4Addr| entry.ranges.iter().any(|(a, b)| (*a..=*b).contains(ip));
-    let total: u64 =
-        entry.ranges.iter().map(|(a, b)| u64::from(u32::from(*b)).saturating_sub(u32::from(*a).into()) + 1).sum();
-    let allocated = state.allocations.keys().filter(|ip| in_ranges(ip)).count() as u64;
-    let now = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let waiting = state
-        .released
-        .iter()
-        .filter(|(ip, &t)| {
-            in_ranges(ip) && !state.allocations.contains_key(ip) && now.saturating_sub(t) < entry.reuse_delay_seconds
-        })
-        .count() as u64;
-    let free = total.saturating_sub(allocated);
-    let detail = format!(
-        "{free} of {total} addresses free ({allocated} allocated, {waiting} of the free ones released less than {}s ago and waiting out the reuse delay), state {}",
-        entry.reuse_delay_seconds,
-        path.display()
-    );
-    if free == 0 {
+    let describe = |u: &FamilyUsage| {
+        format!(
+            "{} of {} addresses free ({} allocated, {} of the free ones released less than {}s ago and waiting out the reuse delay)",
+            u.free(),
+            u.total,
+            u.allocated,
+            u.cooling,
+            conf.ipam.reuse_delay_seconds
+        )
+    };
+    let counts = match families.as_slice() {
+        [one] => describe(one),
+        all => all
+            .iter()
+            .map(|u| format!("{}: {}", if u.ipv6 { "IPv6" } else { "IPv4" }, describe(u)))
+            .collect::<Vec<_>>()
+            .join("; "),
+    };
+    let detail = format!("{counts}, state {}", path.display());
+    if families.iter().any(|u| u.free() == 0) {
         check("address_pool", Status::Fail, format!("{detail}; no pod can start: give the node more ipam.ranges"))
-    } else if free * 100 < total * LOW_POOL_PERCENT {
+    } else if families.iter().any(|u| u.free() * 100 < u.total * u128::from(LOW_POOL_PERCENT)) {
         check("address_pool", Status::Warn, format!("{detail}; under {LOW_POOL_PERCENT}% free: add ipam.ranges soon"))
     } else {
         check("address_pool", Status::Ok, detail)
@@ -445,35 +387,39 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (e.gateway, e.mtu, e.socket.to_str().unwrap()),
-            (Ipv4Addr::new(169, 254, 1, 1), 1500, DEFAULT_SOCKET)
+            (e.gateway, e.mtu, e.vswitch_socket.to_str().unwrap()),
+            (std::net::Ipv4Addr::new(169, 254, 1, 1), 1500, "/run/vswitchd/vswitchd.sock")
         );
         assert!(parse_conflist(r#"{"name":"n","plugins":[{"type":"bridge"}]}"#).unwrap_err().contains("vpc-cni"));
+    }
+
+    /// Network "vpc" with `ranges` (JSON), its IPAM state under `data_dir`.
+    fn local_network(data_dir: &Path, ranges: &str) -> NetConf {
+        let text = format!(
+            r#"{{"cniVersion":"1.1.0","name":"vpc","plugins":[{{"type":"vpc-cni","ipam":{{"ranges":{ranges},"dataDir":{:?}}}}}]}}"#,
+            data_dir
+        );
+        parse_conflist(&text).unwrap()
+    }
+
+    /// A state file of the plugin's format: `allocated` held, 10.0.0.20 released long ago.
+    fn write_state(data_dir: &Path, allocated: impl IntoIterator<Item = String>) {
+        let allocations: serde_json::Map<String, serde_json::Value> = allocated
+            .into_iter()
+            .enumerate()
+            .map(|(i, ip)| (ip, serde_json::json!({"containerID": format!("c{i}"), "ifname": "eth0"})))
+            .collect();
+        std::fs::create_dir_all(data_dir.join("vpc")).unwrap();
+        let state = serde_json::json!({"allocations": allocations, "released": {"10.0.0.20": 0}, "last": null});
+        std::fs::write(data_dir.join("vpc/state.json"), state.to_string()).unwrap();
     }
 
     #[test]
     fn the_pool_counts_allocations_in_the_ranges_and_warns_when_low() {
         let dir = tempfile::tempdir().unwrap();
-        let entry = CniEntry {
-            network: "vpc".into(),
-            socket: DEFAULT_SOCKET.into(),
-            gateway: Ipv4Addr::new(169, 254, 1, 1),
-            gateway_mac: None,
-            mtu: 1500,
-            cluster: false,
-            ranges: vec![(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 20))],
-            data_dir: dir.path().into(),
-            reuse_delay_seconds: 120,
-        };
+        let entry = local_network(dir.path(), r#"[{"rangeStart":"10.0.0.1","rangeEnd":"10.0.0.20"}]"#);
         assert_eq!(pool(&entry, SystemTime::now()).status, Status::Ok, "no state yet: all free");
-        let write = |n: u8| {
-            let allocations: BTreeMap<String, serde_json::Value> = (1..=n)
-                .map(|i| (format!("10.0.0.{i}"), serde_json::json!({"containerID": format!("c{i}"), "ifname": "eth0"})))
-                .collect();
-            std::fs::create_dir_all(dir.path().join("vpc")).unwrap();
-            let state = serde_json::json!({"allocations": allocations, "released": {"10.0.0.20": 0}, "last": null});
-            std::fs::write(dir.path().join("vpc/state.json"), state.to_string()).unwrap();
-        };
+        let write = |n: u8| write_state(dir.path(), (1..=n).map(|i| format!("10.0.0.{i}")));
         write(18);
         let c = pool(&entry, SystemTime::now());
         assert_eq!(c.status, Status::Ok, "{}", c.detail);
@@ -515,7 +461,31 @@ mod tests {
         let c = cluster_pool_of(&view);
         assert_eq!(c.status, Status::Fail, "{}", c.detail);
         assert!(c.detail.contains("code 11"), "{}", c.detail);
-        let cluster = parse_conflist(r#"{"name":"n","type":"vpc-cni","ipam":{"type":"vswitchd"}}"#).unwrap();
-        assert!(cluster.cluster && cluster.ranges.is_empty());
+        let cluster =
+            parse_conflist(r#"{"cniVersion":"1.1.0","name":"n","type":"vpc-cni","ipam":{"type":"vswitchd"}}"#).unwrap();
+        assert!(cluster.ipam.source == IpamSource::Vswitchd && cluster.ipam.ranges.is_empty());
+    }
+
+    #[test]
+    fn a_dual_stack_pool_is_counted_per_family_and_either_running_out_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = local_network(
+            dir.path(),
+            r#"[{"rangeStart":"10.0.0.1","rangeEnd":"10.0.0.20"},{"rangeStart":"fd00:10::1","rangeEnd":"fd00:10::ffff:ffff:ffff:ffff"}]"#,
+        );
+        assert_eq!(conf.families(), Some(IpFamilies::Dual));
+        write_state(dir.path(), ["10.0.0.1".to_string(), "fd00:10::1".to_string()]);
+        let c = pool(&conf, SystemTime::now());
+        assert_eq!(c.status, Status::Ok, "{}", c.detail);
+        assert!(c.detail.starts_with("IPv4: 19 of 20 addresses free (1 allocated"), "{}", c.detail);
+        assert!(
+            c.detail.contains("; IPv6: 18446744073709551614 of 18446744073709551615 addresses free (1 allocated"),
+            "{}",
+            c.detail
+        );
+        // IPv6 plenty, IPv4 gone: no pod of this network can start.
+        write_state(dir.path(), (1..=20).map(|i| format!("10.0.0.{i}")).chain(["fd00:10::1".to_string()]));
+        let c = pool(&conf, SystemTime::now());
+        assert_eq!(c.status, Status::Fail, "{}", c.detail);
     }
 }

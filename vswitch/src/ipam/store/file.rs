@@ -92,7 +92,7 @@ impl FileStore {
             let (value, changed) = f(&mut data);
             if changed || expired {
                 let bytes = serde_json::to_vec(&data).expect("serialisable");
-                vswitch_api::file::write_atomic(&path, &bytes).map_err(fail)?;
+                vswitch_host::file::write_atomic(&path, &bytes).map_err(fail)?;
             }
             Ok(value)
         })

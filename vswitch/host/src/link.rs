@@ -1,4 +1,4 @@
-//! Netlink link helpers shared by vswitchd and vpc-cni.
+//! Netlink link helpers shared by vswitchd and vpc-cni (the CNI plugins' `pkg/ip` in small).
 
 use std::path::Path;
 
