@@ -22,7 +22,9 @@
 //! connected, which proves there is no NAT on the way.
 
 mod paths;
+pub mod sdn;
 mod sticky;
+pub mod vpc_api;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
