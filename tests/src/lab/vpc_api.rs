@@ -114,8 +114,10 @@ impl VpcApi {
     /// name and the server's pid, which `vpc-lab down` removes and kills.
     pub fn detach(mut self) -> (String, Option<u32>) {
         let pid = self.child.take().map(|c| c.id());
-        let ns = std::mem::replace(&mut self.ns, Netns { name: String::new() });
-        (ns.keep(), pid)
+        let ns = self.ns.name.clone();
+        // Neither the process nor the namespace is to go: nothing of it is dropped.
+        std::mem::forget(self);
+        (ns, pid)
     }
 }
 
