@@ -290,3 +290,35 @@ fn the_sdn_delivers_only_what_the_api_registered() {
     assert!(!table.contains(&x.parse().unwrap()) && table.contains(&x6.parse().unwrap()), "flow table: {table:?}");
     assert_eq!(state["last_push_error"], Value::Null);
 }
+
+/// `--vpc ucloud`: the lab's nodes, VM and gateway reach each other from the start (their NICs
+/// and hosts are registered), a pod does not until its address is registered to its node's NIC
+/// through the API, and then does, within the flow-table delay.
+#[test]
+fn a_ucloud_lab_registers_its_hosts_and_not_its_pods() {
+    use vpc_lab::lab::{ucloud, Lab, LabSpec, VpcMode};
+    require_root();
+    SdkClient::require();
+    let lab = Lab::up(LabSpec { vpc: VpcMode::Ucloud, pods_per_node: 1, ..LabSpec::default() }, |_| {});
+    let info = lab.vpc.clone().expect("the lab's VPC API");
+    for (from, to) in [(&lab.nodes[0], "10.10.0.12"), (&lab.vm, "10.10.0.11"), (&lab.nodes[1], "172.16.50.10")] {
+        assert!(lab.ping(from, to.parse::<IpAddr>().unwrap()).is_ok(), "{from} -> {to} on the SDN");
+    }
+    let pod = lab.pod("n1a").expect("pod n1a").clone();
+    let ip = pod.ip4().to_string();
+    assert!(lab.ping(&lab.vm, pod.ip4()).is_err(), "an unregistered pod answered the VM");
+    let sdk = info.sdk(&lab.nodes[0]);
+    let asked = Instant::now();
+    let reply = sdk.call(
+        "AllocateSecondaryIp",
+        json!({"Zone": info.zone, "VPCId": info.vpc_id, "SubnetId": info.subnet_id, "Mac": ucloud::nic_mac(0),
+               "ObjectId": "uhost-node1", "Ip": ip}),
+    );
+    assert_eq!(reply.ret_code, 0, "AllocateSecondaryIp {ip}: {}", reply.message);
+    let delivered = until(asked, Duration::from_secs(3), true, || lab.ping(&lab.vm, pod.ip4()).is_ok());
+    assert!(delivered.is_some(), "the registered pod {ip} did not answer the VM");
+    eprintln!("pod {ip} answered the VM {delivered:?} after AllocateSecondaryIp");
+    let state = vpc_lab::lab::vpc_api::control(&info.control, &json!({"op": "state"})).unwrap();
+    // Before the push, the VM's ARP requests for the pod did not even reach node1.
+    assert!(state["counters"]["arp_unknown_target"]["packets"].as_u64().unwrap() > 0, "{state}");
+}

@@ -188,3 +188,18 @@ pub(super) fn start(lab: &str, fabric: &Netns, spec: &LabSpec, dir: &Path) -> (V
     };
     (api, info)
 }
+
+impl LabVpc {
+    /// UCloud's SDK run in namespace `netns` with the lab's credentials (read from their files).
+    pub fn sdk(&self, netns: &str) -> super::vpc_api::SdkClient {
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        super::vpc_api::SdkClient {
+            netns: netns.to_string(),
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            project_id: self.project_id.clone(),
+            public_key: read(&self.public_key_file),
+            private_key: read(&self.private_key_file),
+        }
+    }
+}
