@@ -112,7 +112,8 @@ fn move_mac(sdk: &SdkClient, ip: &str, old: &str, new: &str) -> vpc_lab::lab::vp
 }
 
 fn describe(sdk: &SdkClient, ip: &str) -> Vec<Value> {
-    let reply = sdk.call("DescribeSecondaryIp", json!({"Zone": ZONE, "VPCId": VPC_ID, "SubnetId": SUBNET_ID, "Ip": ip}));
+    let reply =
+        sdk.call("DescribeSecondaryIp", json!({"Zone": ZONE, "VPCId": VPC_ID, "SubnetId": SUBNET_ID, "Ip": ip}));
     assert_eq!(reply.ret_code, 0, "DescribeSecondaryIp: {}", reply.message);
     reply.response["DataSet"].as_array().cloned().unwrap_or_default()
 }
@@ -177,9 +178,18 @@ fn ucloud_sdk_drives_the_vpc_api() {
     // The server's own account of it: every call counted by action and RetCode.
     let state = vpc.api.state();
     let count = |action: &str, code: u64| {
-        state["calls"].as_array().unwrap().iter().find(|c| c["action"] == action && c["ret_code"] == code).map_or(0, |c| c["count"].as_u64().unwrap())
+        state["calls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["action"] == action && c["ret_code"] == code)
+            .map_or(0, |c| c["count"].as_u64().unwrap())
     };
-    assert_eq!((count("AllocateSecondaryIp", 57000), count("DescribeSubnet", 171), count("DescribeSubnet", 172)), (1, 1, 1), "{state}");
+    assert_eq!(
+        (count("AllocateSecondaryIp", 57000), count("DescribeSubnet", 171), count("DescribeSubnet", 172)),
+        (1, 1, 1),
+        "{state}"
+    );
     let nic2 = state["vpc"]["nics"].as_array().unwrap().iter().find(|n| n["mac"] == MAC2).unwrap().clone();
     assert_eq!(nic2["secondary"], json!(["10.20.0.102", "10.20.0.200", "fd00:20::64:1"]));
 
@@ -234,7 +244,8 @@ fn the_sdn_delivers_only_what_the_api_registered() {
     vpc.node1.ip(&["addr", "add", &format!("{x}/32"), "dev", "eth0"]);
     vpc.node1.ip(&["-6", "addr", "add", &format!("{x6}/128"), "dev", "eth0", "nodad"]);
     vpc.vm.ip(&["neigh", "replace", x, "lladdr", MAC1, "dev", "eth0", "nud", "permanent"]);
-    let vm_mac = String::from_utf8_lossy(&vpc.vm.exec(&["cat", "/sys/class/net/eth0/address"]).stdout).trim().to_string();
+    let vm_mac =
+        String::from_utf8_lossy(&vpc.vm.exec(&["cat", "/sys/class/net/eth0/address"]).stdout).trim().to_string();
     vpc.node1.ip(&["neigh", "replace", "10.20.0.50", "lladdr", &vm_mac, "dev", "eth0", "nud", "permanent"]);
     assert!(reaches(&vpc.vm, "10.20.0.11", None) && reaches(&vpc.vm, "fd00:20::11", None), "registered hosts talk");
 
@@ -252,7 +263,10 @@ fn the_sdn_delivers_only_what_the_api_registered() {
     let delivered = until(asked, DELAY + answered + MARGIN, true, || reaches(&vpc.vm, x, None))
         .unwrap_or_else(|| panic!("{x} not delivered within {:?} of AllocateSecondaryIp", DELAY + MARGIN));
     eprintln!("AllocateSecondaryIp answered in {answered:?}; {x} delivered {delivered:?} after the call");
-    assert!(delivered >= DELAY - Duration::from_millis(100), "{x} delivered {delivered:?} after the call, before the push");
+    assert!(
+        delivered >= DELAY - Duration::from_millis(100),
+        "{x} delivered {delivered:?} after the call, before the push"
+    );
     assert!(reaches(&vpc.node1, "10.20.0.50", Some(x)), "node1 sends from {x}");
     // Neighbour discovery works for what is registered: dynamic ARP and NDP.
     vpc.vm.ip(&["neigh", "del", x, "dev", "eth0"]);
@@ -261,7 +275,10 @@ fn the_sdn_delivers_only_what_the_api_registered() {
     assert_eq!(allocate(&sdk, MAC1, 1, Some(x6)).ret_code, 0);
     let delivered = until(asked, DELAY + asked.elapsed() + MARGIN, true, || reaches(&vpc.vm, x6, None))
         .unwrap_or_else(|| panic!("{x6} not delivered (NDP) within {:?} of AllocateSecondaryIp", DELAY + MARGIN));
-    assert!(delivered >= DELAY - Duration::from_millis(100), "{x6} delivered {delivered:?} after the call, before the push");
+    assert!(
+        delivered >= DELAY - Duration::from_millis(100),
+        "{x6} delivered {delivered:?} after the call, before the push"
+    );
 
     // MoveSecondaryIPMac to node2: the old NIC stops receiving and sending it, the new one starts.
     vpc.node2.ip(&["addr", "add", &format!("{x}/32"), "dev", "eth0"]);
@@ -271,7 +288,10 @@ fn the_sdn_delivers_only_what_the_api_registered() {
     assert_eq!(move_mac(&sdk, x, MAC1, MAC2).ret_code, 0);
     let stopped = until(asked, DELAY + MARGIN + asked.elapsed(), false, || reaches(&vpc.vm, x, None))
         .unwrap_or_else(|| panic!("{x} still delivered to node1 {:?} after the move", DELAY + MARGIN));
-    assert!(stopped >= DELAY - Duration::from_millis(100), "delivery stopped {stopped:?} after the move, before the push");
+    assert!(
+        stopped >= DELAY - Duration::from_millis(100),
+        "delivery stopped {stopped:?} after the move, before the push"
+    );
     assert!(vpc.api.counter("dst4_other_port") > stale_before, "the stale neighbour entry's drops are counted");
     assert!(!reaches(&vpc.node1, "10.20.0.50", Some(x)), "node1 still sends from the moved {x}");
     vpc.vm.ip(&["neigh", "replace", x, "lladdr", MAC2, "dev", "eth0", "nud", "permanent"]);

@@ -313,7 +313,10 @@ fn print_ipam(lab: &Lab) {
 
 /// Where the VPC API is and what its clients need.
 fn print_vpc(vpc: &vpc_lab::lab::ucloud::LabVpc) {
-    println!("  VPC API: {} (region {}, zone {}, project {}, VPC {}, subnet {})", vpc.endpoint, vpc.region, vpc.zone, vpc.project_id, vpc.vpc_id, vpc.subnet_id);
+    println!(
+        "  VPC API: {} (region {}, zone {}, project {}, VPC {}, subnet {})",
+        vpc.endpoint, vpc.region, vpc.zone, vpc.project_id, vpc.vpc_id, vpc.subnet_id
+    );
     println!("    credentials: {} and {}", vpc.public_key_file.display(), vpc.private_key_file.display());
     println!("    state and faults: {} (one JSON line: {{\"op\": \"state\"}})", vpc.control.display());
     for nic in &vpc.nics {

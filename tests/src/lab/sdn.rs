@@ -158,7 +158,13 @@ impl FlowTable {
         let mut script = String::new();
         let family = |a: &IpAddr| if a.is_ipv4() { "4" } else { "6" };
         for e in before.difference(&self.entries) {
-            let _ = writeln!(script, "delete element bridge {TABLE} own{} {{ \"{}\" . {} }}", family(&e.addr), e.port, e.addr);
+            let _ = writeln!(
+                script,
+                "delete element bridge {TABLE} own{} {{ \"{}\" . {} }}",
+                family(&e.addr),
+                e.port,
+                e.addr
+            );
         }
         for a in old_addrs.difference(&new_addrs) {
             let _ = writeln!(script, "delete element bridge {TABLE} addr{} {{ {a} }}", family(a));
@@ -167,7 +173,8 @@ impl FlowTable {
             let _ = writeln!(script, "add element bridge {TABLE} addr{} {{ {a} }}", family(a));
         }
         for e in self.entries.difference(&before) {
-            let _ = writeln!(script, "add element bridge {TABLE} own{} {{ \"{}\" . {} }}", family(&e.addr), e.port, e.addr);
+            let _ =
+                writeln!(script, "add element bridge {TABLE} own{} {{ \"{}\" . {} }}", family(&e.addr), e.port, e.addr);
         }
         (!script.is_empty()).then_some(script)
     }
@@ -209,7 +216,8 @@ pub fn counters(netns: &str) -> Result<BTreeMap<String, Counter>, SdnError> {
         .output()
         .map_err(|source| SdnError::Spawn { netns: netns.to_string(), source })?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| SdnError::Counters(format!("{e}: {text}")))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| SdnError::Counters(format!("{e}: {text}")))?;
     let items = json["nftables"].as_array().ok_or_else(|| SdnError::Counters(text.to_string()))?;
     Ok(items
         .iter()
@@ -255,7 +263,10 @@ mod tests {
         let prefixes: Vec<IpNet> = vec!["10.10.0.0/16".parse().unwrap(), "fd00:10::/64".parse().unwrap()];
         let rules = ruleset(Some("fgw"), &prefixes);
         assert!(rules.contains("iifname \"fgw\" ip saddr != { 10.10.0.0/16 } goto ip_dst"), "{rules}");
-        assert!(rules.contains("oifname \"fgw\" ip6 daddr != { fd00:10::/64 } counter name delivered6 accept"), "{rules}");
+        assert!(
+            rules.contains("oifname \"fgw\" ip6 daddr != { fd00:10::/64 } counter name delivered6 accept"),
+            "{rules}"
+        );
         assert!(rules.contains("        ip daddr != { 10.10.0.0/16 } accept\n"), "{rules}");
         for (name, _) in COUNTERS {
             assert!(rules.contains(&format!("counter {name} {{}}")), "{name}");

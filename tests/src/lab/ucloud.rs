@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use super::vpc_api::vpc::{Credential, Faults, FixedHost, NicConfig, SubnetConfig, VpcConfig};
 use super::vpc_api::VpcApi;
-use super::{node_ip, node_ip6, LabSpec, UplinkMode, ETCD_IPS, GATEWAY_IP, GATEWAY_IP6, IpamMode, VM_IP, VM_IP6, VPC_SUBNET6};
+use super::{
+    node_ip, node_ip6, IpamMode, LabSpec, UplinkMode, ETCD_IPS, GATEWAY_IP, GATEWAY_IP6, VM_IP, VM_IP6, VPC_SUBNET6,
+};
 use crate::netns::Netns;
 
 pub const API_IP: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 30);

@@ -84,7 +84,11 @@ impl VpcApi {
         let deadline = Instant::now() + Duration::from_secs(10);
         while control(&self.control, &json!({"op": "state"})).is_err() {
             let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
-            assert!(exited.is_none() && Instant::now() < deadline, "vpc-api did not come up ({exited:?}): {}", self.log_text());
+            assert!(
+                exited.is_none() && Instant::now() < deadline,
+                "vpc-api did not come up ({exited:?}): {}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(30));
         }
     }
@@ -95,7 +99,8 @@ impl VpcApi {
 
     /// The server's state ([`server`]'s `state`).
     pub fn state(&self) -> Value {
-        control(&self.control, &json!({"op": "state"})).unwrap_or_else(|e| panic!("vpc-api state: {e}; {}", self.log_text()))
+        control(&self.control, &json!({"op": "state"}))
+            .unwrap_or_else(|e| panic!("vpc-api state: {e}; {}", self.log_text()))
     }
 
     /// Changes some of the faults (`{"rate_per_sec": 5}`, `{"down": true}`, ...); returns them all.

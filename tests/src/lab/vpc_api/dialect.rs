@@ -187,7 +187,10 @@ mod tests {
             &mut p,
         )
         .unwrap();
-        assert_eq!(signature(&p, "46f09bb9fab4f12dfc160dae12273d5332b5debe"), "cba5cf5ec4d4233d206b1b54951e3787350a642f");
+        assert_eq!(
+            signature(&p, "46f09bb9fab4f12dfc160dae12273d5332b5debe"),
+            "cba5cf5ec4d4233d206b1b54951e3787350a642f"
+        );
     }
 
     /// A body captured from ucloud-sdk-python3 0.11.150 (`allocate_secondary_ip`, public key
@@ -224,7 +227,10 @@ mod tests {
     #[test]
     fn replies_carry_the_envelope() {
         let ok = reply("DescribeSubnet", Ok(serde_json::json!({"TotalCount": 1})));
-        assert_eq!(ok, serde_json::json!({"Action": "DescribeSubnetResponse", "RetCode": 0, "Message": "", "TotalCount": 1}));
+        assert_eq!(
+            ok,
+            serde_json::json!({"Action": "DescribeSubnetResponse", "RetCode": 0, "Message": "", "TotalCount": 1})
+        );
         let err = reply("X", Err(ApiError::new(RetCode::SubnetFull, "full")));
         assert_eq!(err["RetCode"], 57000);
         assert_eq!(err["Message"], "full");

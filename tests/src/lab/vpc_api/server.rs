@@ -147,7 +147,8 @@ impl Shared {
         if !changes.is_empty() {
             // Queued while the VPC is still locked: pushes reach the fabric in answer order.
             let mut flow = lock(&self.flow);
-            let due = (Instant::now() + Duration::from_millis(faults.push_delay_ms)).max(flow.last_due.unwrap_or_else(Instant::now));
+            let due = (Instant::now() + Duration::from_millis(faults.push_delay_ms))
+                .max(flow.last_due.unwrap_or_else(Instant::now));
             flow.last_due = Some(due);
             flow.pending += 1;
             let _ = self.pushes.send(Push { due, changes });
@@ -188,7 +189,8 @@ impl Shared {
 /// Runs the server until the process is killed.
 pub fn run(args: ServerArgs) -> Result<(), ServerError> {
     let text = std::fs::read(&args.config).map_err(|e| ServerError::ReadConfig(args.config.clone(), e))?;
-    let config: VpcConfig = serde_json::from_slice(&text).map_err(|e| ServerError::ParseConfig(args.config.clone(), e))?;
+    let config: VpcConfig =
+        serde_json::from_slice(&text).map_err(|e| ServerError::ParseConfig(args.config.clone(), e))?;
     let faults = config.faults.clone();
     let vpc = Vpc::new(config)?;
     let mut flow = FlowState::default();
@@ -209,7 +211,10 @@ pub fn run(args: ServerArgs) -> Result<(), ServerError> {
         let (pushes, queue) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             vpc: Mutex::new(vpc),
-            bucket: Mutex::new(TokenBucket { tokens: faults.rate_per_sec.unwrap_or(1.0).max(1.0), last: Instant::now() }),
+            bucket: Mutex::new(TokenBucket {
+                tokens: faults.rate_per_sec.unwrap_or(1.0).max(1.0),
+                last: Instant::now(),
+            }),
             faults: Mutex::new(faults),
             flow: Mutex::new(flow),
             calls: Mutex::new(BTreeMap::new()),
@@ -218,7 +223,8 @@ pub fn run(args: ServerArgs) -> Result<(), ServerError> {
         });
         let api = TcpListener::bind(args.listen).await.map_err(|e| ServerError::Io("binding the API's address", e))?;
         let _ = std::fs::remove_file(&args.control);
-        let control = UnixListener::bind(&args.control).map_err(|e| ServerError::Io("binding the control socket", e))?;
+        let control =
+            UnixListener::bind(&args.control).map_err(|e| ServerError::Io("binding the control socket", e))?;
         tokio::spawn(push_flows(shared.clone(), queue));
         tokio::spawn(serve_control(shared.clone(), control));
         println!("vpc-api: UCloud's VPC API on http://{}, control on {}", args.listen, args.control.display());
@@ -268,7 +274,9 @@ async fn answer(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     };
     let (action, result) = match parsed {
         Ok(()) => shared.call(&params),
-        Err(e) => (params.get("Action").cloned().unwrap_or_default(), Err(ApiError::new(RetCode::BadParams, e.to_string()))),
+        Err(e) => {
+            (params.get("Action").cloned().unwrap_or_default(), Err(ApiError::new(RetCode::BadParams, e.to_string())))
+        }
     };
     let latency = shared.faults().latency_ms;
     if latency > 0 {
@@ -314,13 +322,11 @@ async fn push_flows(shared: Arc<Shared>, mut incoming: mpsc::UnboundedReceiver<P
         }
         let script = lock(&shared.flow).table.apply(&changes);
         let error = match (shared.fabric.clone(), script) {
-            (Some(ns), Some(script)) => {
-                match tokio::task::spawn_blocking(move || sdn::run_nft(&ns, &script)).await {
-                    Ok(Ok(())) => None,
-                    Ok(Err(e)) => Some(e.to_string()),
-                    Err(e) => Some(e.to_string()),
-                }
-            }
+            (Some(ns), Some(script)) => match tokio::task::spawn_blocking(move || sdn::run_nft(&ns, &script)).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(e.to_string()),
+            },
             _ => None,
         };
         let mut flow = lock(&shared.flow);

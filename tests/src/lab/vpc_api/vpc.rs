@@ -291,9 +291,9 @@ impl Vpc {
     }
 
     fn nic(&self, mac: &str) -> Result<&NicConfig, ApiError> {
-        self.nics
-            .get(&mac_key(mac))
-            .ok_or_else(|| ApiError::new(RetCode::NoSuchNic, format!("no NIC with MAC {mac} in {}", self.config.vpc_id)))
+        self.nics.get(&mac_key(mac)).ok_or_else(|| {
+            ApiError::new(RetCode::NoSuchNic, format!("no NIC with MAC {mac} in {}", self.config.vpc_id))
+        })
     }
 
     fn secondaries(&self, mac: &str) -> impl Iterator<Item = IpAddr> + '_ {
@@ -333,20 +333,26 @@ impl Vpc {
             Some(ip) => {
                 let addr: IpAddr = ip.parse().map_err(|_| ApiError::param("Ip"))?;
                 let inside = match addr {
-                    IpAddr::V4(v4) => subnet.cidr.contains(&v4) && v4 != subnet.cidr.network() && v4 != subnet.cidr.broadcast(),
+                    IpAddr::V4(v4) => {
+                        subnet.cidr.contains(&v4) && v4 != subnet.cidr.network() && v4 != subnet.cidr.broadcast()
+                    }
                     IpAddr::V6(_) => subnet.ipv6.is_some_and(|n| n.contains(&addr)),
                 };
                 if !inside {
-                    return Err(ApiError::new(RetCode::BadParams, format!("Params [Ip] not available: {ip} is not in {subnet_id}")));
+                    return Err(ApiError::new(
+                        RetCode::BadParams,
+                        format!("Params [Ip] not available: {ip} is not in {subnet_id}"),
+                    ));
                 }
                 if self.owners.contains_key(&addr) {
                     return Err(ApiError::new(RetCode::IpInUse, format!("IP {ip} is already in use")));
                 }
                 addr
             }
-            None => IpAddr::V4(self.lowest_free(subnet).ok_or_else(|| {
-                ApiError::new(RetCode::SubnetFull, format!("no free IP in subnet {subnet_id}"))
-            })?),
+            None => IpAddr::V4(
+                self.lowest_free(subnet)
+                    .ok_or_else(|| ApiError::new(RetCode::SubnetFull, format!("no free IP in subnet {subnet_id}")))?,
+            ),
         };
         let info = self.ip_info(addr, mac, subnet);
         self.owners.insert(addr, Owner::Secondary(mac_key(mac)));
@@ -418,7 +424,10 @@ impl Vpc {
         let addr: IpAddr = ip.parse().map_err(|_| ApiError::param("Ip"))?;
         let (old_nic, new_nic) = (self.nic(old)?.clone(), self.nic(new)?.clone());
         if old_nic.subnet_id != subnet_id || new_nic.subnet_id != subnet_id {
-            return Err(ApiError::new(RetCode::BadParams, "Params [SubnetId] not available: Ip, OldMac and NewMac must share it"));
+            return Err(ApiError::new(
+                RetCode::BadParams,
+                "Params [SubnetId] not available: Ip, OldMac and NewMac must share it",
+            ));
         }
         if self.owners.get(&addr) != Some(&Owner::Secondary(mac_key(old))) {
             return Err(ApiError::new(RetCode::IpNotFound, format!("secondary IP {ip} not exists on {old}")));
@@ -427,7 +436,10 @@ impl Vpc {
             return Ok((json!({}), Vec::new()));
         }
         if self.secondaries(new).count() >= self.config.secondary_quota {
-            return Err(ApiError::new(RetCode::QuotaExceeded, format!("NIC {new} already holds its quota of secondary IPs")));
+            return Err(ApiError::new(
+                RetCode::QuotaExceeded,
+                format!("NIC {new} already holds its quota of secondary IPs"),
+            ));
         }
         self.owners.insert(addr, Owner::Secondary(mac_key(new)));
         let changes = vec![
@@ -469,8 +481,10 @@ impl Vpc {
         let subnets: Vec<Value> = self
             .subnets
             .iter()
-            .map(|s| json!({"subnet_id": s.config.subnet_id, "cidr": s.cidr.to_string(), "pool": s.pool.to_string(),
-                            "ipv6_cidr": s.ipv6.map(|n| n.to_string()), "available_ips": self.free_in_pool(s)}))
+            .map(|s| {
+                json!({"subnet_id": s.config.subnet_id, "cidr": s.cidr.to_string(), "pool": s.pool.to_string(),
+                            "ipv6_cidr": s.ipv6.map(|n| n.to_string()), "available_ips": self.free_in_pool(s)})
+            })
             .collect();
         let nics: Vec<Value> = self
             .nics
@@ -519,7 +533,11 @@ mod tests {
                 pool: Some("10.0.0.100/30".into()),
             }],
             nics: vec![nic(MAC1, 1), nic(MAC2, 2)],
-            fixed_hosts: vec![FixedHost { name: "vm".into(), port: "pvm".into(), addresses: vec!["10.0.0.50".parse().unwrap()] }],
+            fixed_hosts: vec![FixedHost {
+                name: "vm".into(),
+                port: "pvm".into(),
+                addresses: vec!["10.0.0.50".parse().unwrap()],
+            }],
             credentials: vec![],
             gateway_port: None,
             secondary_quota: quota,
@@ -529,9 +547,10 @@ mod tests {
     }
 
     fn params(pairs: &[(&str, &str)]) -> Params {
-        let mut p: Params = [("Region", "cn-lab"), ("Zone", "cn-lab-01"), ("ProjectId", "org-lab"), ("SubnetId", "subnet-t")]
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .into();
+        let mut p: Params =
+            [("Region", "cn-lab"), ("Zone", "cn-lab-01"), ("ProjectId", "org-lab"), ("SubnetId", "subnet-t")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into();
         p.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         p
     }
@@ -559,7 +578,10 @@ mod tests {
         let (subnet, _) = call(&mut vpc, "DescribeSubnet", &[]).unwrap();
         assert_eq!(subnet["DataSet"][0]["AvailableIPs"], 0);
         let deleted = call(&mut vpc, "DeleteSecondaryIp", &[("Ip", "10.0.0.101"), ("Mac", MAC1)]).unwrap();
-        assert_eq!(deleted.1, vec![FlowChange::Remove(FlowEntry { port: "p1".into(), addr: "10.0.0.101".parse().unwrap() })]);
+        assert_eq!(
+            deleted.1,
+            vec![FlowChange::Remove(FlowEntry { port: "p1".into(), addr: "10.0.0.101".parse().unwrap() })]
+        );
         let gone = call(&mut vpc, "DeleteSecondaryIp", &[("Ip", "10.0.0.101"), ("Mac", MAC1)]).unwrap_err();
         assert_eq!(gone.code, RetCode::IpNotFound);
         assert_eq!(allocate(&mut vpc, MAC1, None), Ok("10.0.0.101".into()));
@@ -588,7 +610,8 @@ mod tests {
         let (_, changes) = call(&mut vpc, "MoveSecondaryIPMac", &mv).unwrap();
         let entry = |port: &str| FlowEntry { port: port.into(), addr: "10.0.0.200".parse().unwrap() };
         assert_eq!(changes, vec![FlowChange::Remove(entry("p1")), FlowChange::Add(entry("p2"))]);
-        let (described, _) = call(&mut vpc, "DescribeSecondaryIp", &[("VPCId", "uvnet-t"), ("Ip", "10.0.0.200")]).unwrap();
+        let (described, _) =
+            call(&mut vpc, "DescribeSecondaryIp", &[("VPCId", "uvnet-t"), ("Ip", "10.0.0.200")]).unwrap();
         assert_eq!(described["DataSet"][0]["Mac"], MAC2);
         assert_eq!(described["DataSet"][0]["Mask"], "255.255.255.0");
         // Moved away: the old NIC no longer has it, the new one is full.
