@@ -87,6 +87,36 @@ fn private_key() -> String {
     hex::encode(bytes)
 }
 
+/// Each node's NICs: eth0 with the node's addresses, and with `--mode uplink` up0, which has
+/// none of its own; as a provider names them and as the VPC knows them.
+fn lab_nics(spec: &LabSpec) -> Vec<(LabNic, NicConfig)> {
+    let mut all = Vec::new();
+    for node in 0..spec.nodes {
+        let mut primary = vec![IpAddr::V4(node_ip(node))];
+        if spec.family.has_v6() {
+            primary.push(IpAddr::V6(node_ip6(node)));
+        }
+        let mut interfaces = vec![("eth0", nic_mac(node), "fn", primary)];
+        if spec.mode == UplinkMode::Uplink {
+            interfaces.push(("up0", uplink_mac(node), "fu", Vec::new()));
+        }
+        for (interface, mac, port, primary) in interfaces {
+            let object_id = format!("uhost-node{}", node + 1);
+            let lab = LabNic { node, interface: interface.into(), mac: mac.clone(), object_id: object_id.clone() };
+            let vpc = NicConfig {
+                mac,
+                object_id,
+                interface_id: Some(format!("uni-node{}-{interface}", node + 1)),
+                subnet_id: SUBNET_ID.into(),
+                port: format!("{port}{}", node + 1),
+                primary,
+            };
+            all.push((lab, vpc));
+        }
+    }
+    all
+}
+
 /// The lab's VPC: fixed hosts, the nodes' NICs, the subnet with its pool.
 fn config(spec: &LabSpec, credential: Credential) -> VpcConfig {
     let v6 = spec.family.has_v6();
@@ -111,27 +141,7 @@ fn config(spec: &LabSpec, credential: Credential) -> VpcConfig {
             });
         }
     }
-    let mut nics = Vec::new();
-    for node in 0..spec.nodes {
-        nics.push(NicConfig {
-            mac: nic_mac(node),
-            object_id: format!("uhost-node{}", node + 1),
-            interface_id: Some(format!("uni-node{}-eth0", node + 1)),
-            subnet_id: SUBNET_ID.into(),
-            port: format!("fn{}", node + 1),
-            primary: both(node_ip(node), node_ip6(node)),
-        });
-        if spec.mode == UplinkMode::Uplink {
-            nics.push(NicConfig {
-                mac: uplink_mac(node),
-                object_id: format!("uhost-node{}", node + 1),
-                interface_id: Some(format!("uni-node{}-up0", node + 1)),
-                subnet_id: SUBNET_ID.into(),
-                port: format!("fu{}", node + 1),
-                primary: Vec::new(),
-            });
-        }
-    }
+    let nics = lab_nics(spec).into_iter().map(|(_, nic)| nic).collect();
     VpcConfig {
         region: REGION.into(),
         zone: ZONE.into(),
@@ -168,14 +178,7 @@ pub(super) fn start(lab: &str, fabric: &Netns, spec: &LabSpec, dir: &Path) -> (V
     }
     let addrs: Vec<&str> = addrs.iter().map(String::as_str).collect();
     let api = VpcApi::start(&format!("{lab}a"), fabric, "fapi", &addrs, &config, dir);
-    let mut nics = Vec::new();
-    for node in 0..spec.nodes {
-        let object_id = format!("uhost-node{}", node + 1);
-        nics.push(LabNic { node, interface: "eth0".into(), mac: nic_mac(node), object_id: object_id.clone() });
-        if spec.mode == UplinkMode::Uplink {
-            nics.push(LabNic { node, interface: "up0".into(), mac: uplink_mac(node), object_id });
-        }
-    }
+    let nics = lab_nics(spec).into_iter().map(|(nic, _)| nic).collect();
     let info = LabVpc {
         endpoint: api.endpoint.clone(),
         region: REGION.into(),
