@@ -36,6 +36,12 @@ fn host(fabric: &Netns, prefix: &str, port: &str, mac: Option<&str>, v4: &str, v
         ns.ip(&["link", "set", "eth0", "address", mac]);
     }
     ns.ip(&["-6", "addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"]);
+    // Neighbour solicitations every 100 ms rather than every second: what the timing
+    // assertions measure is the SDN's flow-table delay, not ARP's and NDP's retries.
+    for family in ["ipv4", "ipv6"] {
+        let out = ns.exec(&["sysctl", "-qw", &format!("net.{family}.neigh.eth0.retrans_time_ms=100")]);
+        assert!(out.status.success(), "sysctl: {}", String::from_utf8_lossy(&out.stderr));
+    }
     ns
 }
 
