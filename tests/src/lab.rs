@@ -22,7 +22,10 @@
 //! connected, which proves there is no NAT on the way.
 
 mod paths;
+pub mod sdn;
 mod sticky;
+pub mod ucloud;
+pub mod vpc_api;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
@@ -90,6 +93,17 @@ impl std::fmt::Display for Family {
     }
 }
 
+/// What the VPC's fabric is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VpcMode {
+    /// A plain Linux bridge that learns from any frame: a gratuitous ARP moves an address.
+    #[default]
+    L2,
+    /// An SDN as on UCloud: a frame passes only between addresses registered to NICs through
+    /// the VPC API (UCloud's dialect), which the lab serves in its own namespace ([`ucloud`]).
+    Ucloud,
+}
+
 /// Where pods' addresses come from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum IpamMode {
@@ -117,6 +131,7 @@ pub struct LabSpec {
     /// The lab outlives this process (`vpc-lab up`): the etcd members are started in sessions
     /// of their own instead of being killed by the kernel when this process ends (tests).
     pub detachable: bool,
+    pub vpc: VpcMode,
 }
 
 impl Default for LabSpec {
@@ -131,6 +146,7 @@ impl Default for LabSpec {
             hybrid_mtu: 1400,
             workers: 1,
             detachable: false,
+            vpc: VpcMode::L2,
         }
     }
 }
@@ -270,6 +286,9 @@ pub struct Topology {
     pub pods: Vec<LabPod>,
     pub vm: String,
     pub hybrid: String,
+    /// The VPC API and what its clients need ([`VpcMode::Ucloud`]).
+    #[serde(default)]
+    pub vpc: Option<ucloud::LabVpc>,
 }
 
 /// Everything needed to find and remove a lab later (`vpc-lab down`).
@@ -368,6 +387,8 @@ pub struct Lab {
     nodes: Vec<Netns>,
     pod_ns: Vec<Netns>,
     etcd_ns: Vec<Netns>,
+    /// Killed before the fabric whose SDN it programs goes.
+    vpc_api: Option<vpc_api::VpcApi>,
     vm: Netns,
     hybrid: Netns,
     gateway: Netns,
@@ -522,6 +543,18 @@ impl Lab {
         let fabric = Netns::new(&format!("{name}f"));
         fabric.ip(&["link", "add", "br0", "type", "bridge"]);
         fabric.ip(&["link", "set", "br0", "up"]);
+        let (vpc_api, vpc) = match spec.vpc {
+            VpcMode::L2 => (None, None),
+            VpcMode::Ucloud => {
+                let (api, vpc) = ucloud::start(&name, &fabric, &spec, &dir.0.join("vpc"));
+                progress(&format!(
+                    "SDN on the fabric (nftables, bridge family): frames pass only between addresses registered to \
+                     their ports; the VPC API in UCloud's dialect at {} (VPC {}, subnet {}, flow-table push {} ms)",
+                    api.endpoint, vpc.vpc_id, vpc.subnet_id, api.config.faults.push_delay_ms
+                ));
+                (Some(api), Some(vpc))
+            }
+        };
 
         progress("VPC gateway, and the hybrid-cloud network behind it (link MTU 1400)");
         let gateway = Netns::new(&format!("{name}g"));
@@ -568,6 +601,7 @@ impl Lab {
             pods: Vec::new(),
             vm: vm.name.clone(),
             hybrid: hybrid.name.clone(),
+            vpc,
         };
         let mut lab = Lab {
             topology,
@@ -578,6 +612,7 @@ impl Lab {
             nodes: Vec::new(),
             pod_ns: Vec::new(),
             etcd_ns: Vec::new(),
+            vpc_api,
             vm,
             hybrid,
             gateway,
@@ -734,6 +769,10 @@ impl Lab {
         let ns = Netns::new(&format!("{}n{}", self.name, i + 1));
         let ip = node_ip(i);
         attach(&self.fabric, &ns, "eth0", &format!("fn{}", i + 1), &format!("{ip}/16"));
+        if self.spec.vpc == VpcMode::Ucloud {
+            // The MAC the VPC API knows this NIC by.
+            ns.ip(&["link", "set", "eth0", "address", &ucloud::nic_mac(i)]);
+        }
         ns.ip(&["route", "add", "default", "via", "10.10.0.1"]);
         sh(&ns, "echo 1 > /proc/sys/net/ipv4/ip_forward");
         let v6 = self.spec.family.has_v6();
@@ -765,6 +804,9 @@ impl Lab {
             }
             UplinkMode::Uplink => {
                 veth(&ns, "up0", &self.fabric, &format!("fu{}", i + 1));
+                if self.spec.vpc == VpcMode::Ucloud {
+                    ns.ip(&["link", "set", "up0", "address", &ucloud::uplink_mac(i)]);
+                }
                 self.fabric.ip(&["link", "set", &format!("fu{}", i + 1), "master", "br0", "up"]);
                 let (routes6, uplink6) = if v6 {
                     (
@@ -928,6 +970,11 @@ impl Lab {
         pids.extend(self.daemons.iter().filter_map(|d| d.child.as_ref().map(|c| c.id())));
         let mut namespaces =
             vec![self.fabric.name.clone(), self.gateway.name.clone(), self.hybrid.name.clone(), self.vm.name.clone()];
+        if let Some(api) = self.vpc_api.take() {
+            let (ns, pid) = api.detach();
+            namespaces.push(ns);
+            pids.extend(pid);
+        }
         namespaces.extend(self.etcd_ns.iter().map(|n| n.name.clone()));
         namespaces.extend(self.nodes.iter().map(|n| n.name.clone()));
         namespaces.extend(self.pod_ns.iter().map(|n| n.name.clone()));

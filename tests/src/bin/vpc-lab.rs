@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use vpc_lab::lab::{IpFamily, IpamMode, Lab, LabSpec, LabState, PathCheck, UplinkMode};
+use vpc_lab::lab::{vpc_api, IpFamily, IpamMode, Lab, LabSpec, LabState, PathCheck, UplinkMode, VpcMode};
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +43,15 @@ enum Ipam {
     Local,
     /// One pool for the cluster, allocated by the nodes' vswitchd in a 3-member etcd cluster.
     Etcd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Vpc {
+    /// A plain Linux bridge that learns from any frame.
+    L2,
+    /// UCloud's SDN: only addresses registered through the VPC API (UCloud's dialect, served by
+    /// the lab) pass; the nodes, the VM, the gateway and etcd are registered from the start.
+    Ucloud,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -73,6 +82,9 @@ struct Shape {
     /// Forwarding threads per vswitchd.
     #[arg(long, default_value_t = 1)]
     workers: usize,
+    /// The VPC's fabric.
+    #[arg(long, value_enum, default_value_t = Vpc::L2)]
+    vpc: Vpc,
 }
 
 #[derive(Subcommand)]
@@ -109,6 +121,18 @@ enum Cmd {
     },
     /// (inside the lab) Connect, print the server's answer and the time it took.
     Probe { address: SocketAddr },
+    /// (inside the lab) Serve UCloud's VPC API for the VPC in --config, programming the SDN of
+    /// the fabric namespace --fabric; its state and faults on the --control socket.
+    VpcApi {
+        #[arg(long)]
+        config: std::path::PathBuf,
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        control: std::path::PathBuf,
+        #[arg(long)]
+        fabric: Option<String>,
+    },
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -137,6 +161,10 @@ fn spec(shape: &Shape) -> LabSpec {
         nodes: shape.nodes.into(),
         pod_mtu: shape.pod_mtu,
         workers: shape.workers,
+        vpc: match shape.vpc {
+            Vpc::L2 => VpcMode::L2,
+            Vpc::Ucloud => VpcMode::Ucloud,
+        },
         ..LabSpec::default()
     }
 }
@@ -146,6 +174,15 @@ fn main() -> ExitCode {
     match cli.command {
         Cmd::Serve { name, port } => serve(&name, port),
         Cmd::Probe { address } => probe(address),
+        Cmd::VpcApi { config, listen, control, fabric } => {
+            match vpc_api::server::run(vpc_api::server::ServerArgs { config, listen, control, fabric }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("vpc-lab vpc-api: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         command => {
             if !nix::unistd::geteuid().is_root() {
                 eprintln!("vpc-lab: needs root (it creates network namespaces)");
@@ -162,7 +199,7 @@ fn main() -> ExitCode {
                 }),
                 Cmd::Down { name, all } => down(name, all),
                 Cmd::Demo { shape, seconds } => demo(&shape, seconds),
-                Cmd::Serve { .. } | Cmd::Probe { .. } => unreachable!("handled above"),
+                Cmd::Serve { .. } | Cmd::Probe { .. } | Cmd::VpcApi { .. } => unreachable!("handled above"),
             }
         }
     }
@@ -218,6 +255,9 @@ fn up(shape: &Shape) -> ExitCode {
     if lab.ipam == IpamMode::Etcd {
         print_ipam(&lab);
     }
+    if let Some(vpc) = &lab.vpc {
+        print_vpc(vpc);
+    }
     let state = lab.detach();
     println!("lab {} is up; `vpc-lab check` checks it, `vpc-lab down` removes it", state.topology.name);
     ExitCode::SUCCESS
@@ -271,6 +311,19 @@ fn print_ipam(lab: &Lab) {
     }
 }
 
+/// Where the VPC API is and what its clients need.
+fn print_vpc(vpc: &vpc_lab::lab::ucloud::LabVpc) {
+    println!(
+        "  VPC API: {} (region {}, zone {}, project {}, VPC {}, subnet {})",
+        vpc.endpoint, vpc.region, vpc.zone, vpc.project_id, vpc.vpc_id, vpc.subnet_id
+    );
+    println!("    credentials: {} and {}", vpc.public_key_file.display(), vpc.private_key_file.display());
+    println!("    state and faults: {} (one JSON line: {{\"op\": \"state\"}})", vpc.control.display());
+    for nic in &vpc.nics {
+        println!("    node{} {}: MAC {}, ObjectId {}", nic.node + 1, nic.interface, nic.mac, nic.object_id);
+    }
+}
+
 fn report(checks: &[PathCheck], json: bool) -> ExitCode {
     if json {
         println!("{}", serde_json::to_string_pretty(checks).expect("serialisable"));
@@ -314,6 +367,9 @@ fn demo(shape: &Shape, seconds: u32) -> ExitCode {
     let started = Instant::now();
     println!("[1/4] standing up the lab VPC");
     let mut lab = Lab::up(spec(shape), |step| println!("  {step}"));
+    if let Some(vpc) = &lab.vpc {
+        print_vpc(vpc);
+    }
     let stopped = || INTERRUPTED.load(Ordering::SeqCst);
     let mut ok = !stopped();
     if ok {
