@@ -8,6 +8,7 @@ pub mod config;
 pub mod handover;
 pub mod hostnet;
 pub mod ipam;
+pub mod ipam_errors;
 pub mod metrics;
 pub mod persist;
 pub mod podio;
