@@ -152,6 +152,7 @@ mod tests {
         let e = IpamError::StoreCorrupt {
             path: "/var/lib/vswitchd/ipam-store.json".into(),
             detail: "EOF while parsing an object at line 1 column 80".into(),
+            local: "/var/lib/vswitchd/ipam.json".into(),
         };
         let reply = api_error(e);
         assert_eq!(reply.code, ErrorCode::Invalid, "Unavailable would read as: retry, the store is down");

@@ -7,14 +7,16 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use vswitch_api::api::PodRef;
 
-use super::error::IpamError;
-use super::pool::{Excluded, Pool, PoolError, PoolPrefix};
+use super::error::{IpamError, SettingsError};
+use super::pool::{Excluded, Pool, PoolPrefix};
 use super::store::etcd::{EtcdConfig, EtcdStore};
-use super::store::file::FileStore;
+use super::store::file::{FileStore, FileStoreError};
 use super::store::AnyStore;
 
 /// The node-local store's file in the state directory (a single node without etcd).
 pub const FILE_STORE: &str = "ipam-store.json";
+/// The node's own state in the state directory (see `node`).
+pub const STATE_FILE: &str = "ipam.json";
 
 /// `[ipam]` in vswitchd.toml. The same for every node of a cluster (one ConfigMap).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -80,25 +82,6 @@ fn default_sticky_hold() -> u64 {
     900
 }
 
-/// What is wrong with `[ipam]` as a whole (each prefix was checked as it was read).
-#[derive(Debug, thiserror::Error)]
-pub enum SettingsError {
-    #[error("ipam.node_name is not set and the host name is unreadable: {0}")]
-    NoHostName(nix::Error),
-    #[error("ipam.node_name '{0}' must be non-empty and without '/'")]
-    NodeName(String),
-    #[error("ipam.prefix '{0}' must start with '/'")]
-    KeyPrefix(String),
-    #[error("ipam.warm_target must be at least 1 and at most warm_max")]
-    WarmTarget,
-    #[error("ipam.lease_ttl_seconds must be at least 2")]
-    LeaseTtl,
-    #[error("ipam.sticky pattern '{0}' must be NAMESPACE/NAME")]
-    StickyPattern(String),
-    #[error("ipam: {0}")]
-    Pool(#[from] PoolError),
-}
-
 /// [`IpamConfig`] checked and resolved.
 #[derive(Debug, Clone)]
 pub struct IpamSettings {
@@ -158,7 +141,13 @@ impl IpamConfig {
     pub fn store(&self, state_dir: &Path) -> Result<AnyStore, IpamError> {
         match &self.etcd {
             Some(etcd) => Ok(AnyStore::Etcd(Box::new(EtcdStore::new(etcd.clone())?))),
-            None => Ok(AnyStore::File(FileStore::open(&state_dir.join(FILE_STORE))?)),
+            None => match FileStore::open(&state_dir.join(FILE_STORE)) {
+                Ok(store) => Ok(AnyStore::File(store)),
+                Err(FileStoreError::Corrupt { path, detail }) => {
+                    Err(IpamError::StoreCorrupt { path, detail, local: state_dir.join(STATE_FILE) })
+                }
+                Err(FileStoreError::Unreadable { path, source }) => Err(IpamError::StoreUnreadable { path, source }),
+            },
         }
     }
 }

@@ -7,10 +7,8 @@ use std::path::PathBuf;
 
 use vswitch_api::api::PodRef;
 
-use super::config::SettingsError;
-use super::pool::Family;
+use super::pool::{Family, PoolError};
 use super::store::etcd::EtcdSetupError;
-use super::store::file::FileStoreError;
 use super::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,27 +42,38 @@ pub enum IpamError {
     #[error("{path} has format {found}, newer than this vswitchd knows ({known})")]
     StateTooNew { path: PathBuf, found: u32, known: u32 },
     /// The node-local store's file does not parse: not an unreachable store, a broken one.
+    /// (`local`: the node's state file beside it.)
     #[error(
         "the address store {path} is corrupt ({detail}); vswitchd does not start on it and leaves it as it is. \
          Restore it from a backup; or, to start with an empty store, stop vswitchd and move {path} and {local} \
          away: this node then records again the addresses of the pods it has ports for and claims new warm \
          ones (an address released less than ipam.reuse_delay_seconds ago may be handed out again at once)",
-        local = path.with_file_name("ipam.json").display()
+        local = local.display()
     )]
-    StoreCorrupt { path: PathBuf, detail: String },
+    StoreCorrupt { path: PathBuf, detail: String, local: PathBuf },
     #[error("address store {path}: {source}")]
     StoreUnreadable { path: PathBuf, source: std::io::Error },
     #[error("ipam.etcd: {0}")]
     Etcd(#[from] EtcdSetupError),
 }
 
-impl From<FileStoreError> for IpamError {
-    fn from(e: FileStoreError) -> IpamError {
-        match e {
-            FileStoreError::Corrupt { path, detail } => IpamError::StoreCorrupt { path, detail },
-            FileStoreError::Unreadable { path, source } => IpamError::StoreUnreadable { path, source },
-        }
-    }
+/// What is wrong with `[ipam]` as a whole (each prefix was checked as it was read).
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("ipam.node_name is not set and the host name is unreadable: {0}")]
+    NoHostName(nix::Error),
+    #[error("ipam.node_name '{0}' must be non-empty and without '/'")]
+    NodeName(String),
+    #[error("ipam.prefix '{0}' must start with '/'")]
+    KeyPrefix(String),
+    #[error("ipam.warm_target must be at least 1 and at most warm_max")]
+    WarmTarget,
+    #[error("ipam.lease_ttl_seconds must be at least 2")]
+    LeaseTtl,
+    #[error("ipam.sticky pattern '{0}' must be NAMESPACE/NAME")]
+    StickyPattern(String),
+    #[error("ipam: {0}")]
+    Pool(#[from] PoolError),
 }
 
 /// An ADD that asks for what the pool or the request itself rules out.

@@ -24,8 +24,8 @@ pub mod record;
 pub mod request;
 pub mod store;
 
-pub use config::{IpamConfig, IpamSettings, SettingsError};
-pub use error::IpamError;
+pub use config::{IpamConfig, IpamSettings};
+pub use error::{IpamError, SettingsError};
 pub use node::{Fenced, NodeIpam};
 pub use pool::Pool;
 pub use request::{AddressRequest, Assigned};

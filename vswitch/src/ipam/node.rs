@@ -38,12 +38,14 @@ mod reclaim;
 mod report;
 mod requests;
 mod state;
+mod stats;
 mod upkeep;
 mod warm;
 
-pub use report::{pool_summary, ClusterCounts, FamilyMetrics, IpamMetrics};
+pub use report::{pool_summary, FamilyMetrics, IpamMetrics};
 pub use requests::{PortAddress, Requests};
-pub use state::{Fenced, IpamStats, STATE_FILE};
+pub use state::Fenced;
+pub use stats::ClusterCounts;
 pub use upkeep::{Upkeep, TICK};
 
 /// The node's IPAM: its two sides over one shared state, and what it reports.

@@ -140,19 +140,6 @@ impl std::str::FromStr for PoolPrefix {
     }
 }
 
-impl TryFrom<String> for PoolPrefix {
-    type Error = PoolError;
-    fn try_from(text: String) -> Result<PoolPrefix, PoolError> {
-        text.parse()
-    }
-}
-
-impl From<PoolPrefix> for String {
-    fn from(prefix: PoolPrefix) -> String {
-        prefix.to_string()
-    }
-}
-
 impl std::fmt::Display for PoolPrefix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.fmt(f)
@@ -187,19 +174,6 @@ impl std::str::FromStr for Excluded {
     }
 }
 
-impl TryFrom<String> for Excluded {
-    type Error = PoolError;
-    fn try_from(text: String) -> Result<Excluded, PoolError> {
-        text.parse()
-    }
-}
-
-impl From<Excluded> for String {
-    fn from(excluded: Excluded) -> String {
-        excluded.to_string()
-    }
-}
-
 impl std::fmt::Display for Excluded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -208,6 +182,26 @@ impl std::fmt::Display for Excluded {
         }
     }
 }
+
+/// Serde reads and writes these as their text (`#[serde(try_from = "String", into = "String")]`).
+macro_rules! serde_as_text {
+    ($($t:ty),*) => {$(
+        impl TryFrom<String> for $t {
+            type Error = PoolError;
+            fn try_from(text: String) -> Result<$t, PoolError> {
+                text.parse()
+            }
+        }
+
+        impl From<$t> for String {
+            fn from(value: $t) -> String {
+                value.to_string()
+            }
+        }
+    )*};
+}
+
+serde_as_text!(PoolPrefix, Excluded);
 
 impl Pool {
     /// `prefixes` are the pool; the first and last address of each IPv4 prefix shorter than /31

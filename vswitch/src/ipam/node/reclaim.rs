@@ -5,12 +5,11 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use super::report::ClusterCounts;
-use super::state::NodeState;
-use super::upkeep::{due, mark_now};
+use super::state::{LastRun, NodeState};
+use super::stats::ClusterCounts;
 use crate::ipam::pool::Family;
 use crate::ipam::record::{now_secs, AddressRecord};
 use crate::ipam::store::{ClusterStore, StoreError};
@@ -20,15 +19,15 @@ const RECLAIM_EVERY: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Default)]
 pub(super) struct Reclaimer {
-    last_run: Mutex<Option<Instant>>,
+    last_run: LastRun,
 }
 
 impl Reclaimer {
     /// Looks for dead nodes if [`RECLAIM_EVERY`] has passed since the last look.
     pub(super) async fn run_if_due<S: ClusterStore>(&self, state: &Arc<NodeState<S>>) -> Result<(), StoreError> {
-        if due(&self.last_run, RECLAIM_EVERY) {
+        if self.last_run.due(RECLAIM_EVERY) {
             reclaim_dead(state).await?;
-            mark_now(&self.last_run);
+            self.last_run.ran();
         }
         Ok(())
     }

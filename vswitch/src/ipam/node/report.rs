@@ -12,37 +12,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use vswitch_api::api::{AssignmentView, CoolingView, IpamNodeView, IpamView, LocalIpamView, PodRef, StickyView};
 
 use super::state::{LocalEntry, NodeState};
+use super::stats::ClusterCounts;
 use crate::ipam::pool::{Family, Pool};
 use crate::ipam::record::AddressRecord;
 use crate::ipam::store::{ClusterStore, StoreError};
-
-/// Cluster-wide counts from one listing of the records.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ClusterCounts {
-    /// Records by family and state.
-    pub by_state: BTreeMap<(Family, &'static str), u64>,
-    /// Records of addresses in the pool, by family: the rest of the pool is free.
-    pub held: BTreeMap<Family, u128>,
-}
-
-impl ClusterCounts {
-    pub fn of<'a>(pool: &Pool, records: impl Iterator<Item = (&'a IpAddr, &'a AddressRecord)>) -> ClusterCounts {
-        let mut counts = ClusterCounts::default();
-        for (ip, record) in records {
-            let family = Family::of(ip);
-            *counts.by_state.entry((family, record.state_name())).or_default() += 1;
-            if pool.contains(*ip) {
-                *counts.held.entry(family).or_default() += 1;
-            }
-        }
-        counts
-    }
-
-    /// Addresses of the family in the pool that no record holds.
-    pub fn free(&self, pool: &Pool, family: Family) -> u128 {
-        pool.size(family).saturating_sub(self.held.get(&family).copied().unwrap_or(0))
-    }
-}
 
 fn saturating(n: u128) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)

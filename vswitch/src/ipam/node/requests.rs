@@ -140,11 +140,15 @@ impl<S: ClusterStore> Requests<S> {
             .iter()
             .find(|(ip, e)| Family::of(ip) == family && e.is_warm() && !in_use.contains(*ip))
             .map(|(ip, _)| *ip)?;
-        let entry = local.entries.get_mut(&ip).expect("found above");
+        self.assign_entry(local.entries.get_mut(&ip).expect("found above"), request);
+        Some(ip)
+    }
+
+    /// Turns a warm entry into the request's (the store learns it in the next round).
+    fn assign_entry(&self, entry: &mut LocalEntry, request: &AddressRequest) {
         entry.record = self.assigned_record(request);
         entry.dirty = true;
         entry.netns = Some(request.netns.clone());
-        Some(ip)
     }
 
     /// An address of `family` from the warm pool, or claimed for this ADD when it is empty.
@@ -270,9 +274,7 @@ impl<S: ClusterStore> Requests<S> {
             let mut local = self.state.local();
             match local.entries.get_mut(&ip) {
                 Some(entry) if entry.is_warm() => {
-                    entry.record = self.assigned_record(request);
-                    entry.dirty = true;
-                    entry.netns = Some(request.netns.clone());
+                    self.assign_entry(entry, request);
                     true
                 }
                 Some(entry) => return Err(taken(Holder::Local(entry.owner().map(|o| o.container_id.clone())))),

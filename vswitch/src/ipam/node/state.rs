@@ -5,15 +5,14 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use vswitch_api::api::Attachment;
 
-use super::report::ClusterCounts;
-use crate::ipam::config::IpamSettings;
+use super::stats::IpamStats;
+use crate::ipam::config::{IpamSettings, STATE_FILE};
 use crate::ipam::error::IpamError;
 use crate::ipam::pool::Family;
 use crate::ipam::record::{now_secs, AddressRecord, Keys};
@@ -21,8 +20,6 @@ use crate::ipam::store::{ClusterStore, StoreError};
 
 /// The local state file's format.
 const FORMAT: u32 = 1;
-/// The local state file in the state directory.
-pub const STATE_FILE: &str = "ipam.json";
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(super) struct Local {
@@ -69,19 +66,6 @@ pub struct Fenced {
     pub owner: Attachment,
     /// What the store says now.
     pub now: String,
-}
-
-#[derive(Debug, Default)]
-pub struct IpamStats {
-    pub store_reachable: AtomicBool,
-    pub store_errors: AtomicU64,
-    pub fenced: AtomicU64,
-    pub assigned_from_warm: AtomicU64,
-    pub assigned_from_store: AtomicU64,
-    pub refused_unavailable: AtomicU64,
-    pub reclaimed: AtomicU64,
-    /// Cluster-wide counts, from the last scan.
-    pub cluster: Mutex<Option<ClusterCounts>>,
 }
 
 /// The store's address records: address -> (record, version).
@@ -270,29 +254,20 @@ impl<S: ClusterStore> NodeState<S> {
 
     /// The nodes that hold a lease.
     pub(super) async fn live_nodes(&self) -> Result<HashSet<String>, StoreError> {
-        let prefix = self.keys.nodes();
-        Ok(self
-            .store
-            .list(&prefix)
-            .await?
-            .into_iter()
-            .filter_map(|e| Some(e.key.strip_prefix(&prefix)?.to_string()))
-            .collect())
+        Ok(self.named_under(&self.keys.nodes()).await?.into_iter().map(|(node, _)| node).collect())
     }
 
     /// Nodes marked down, and since when.
     pub(super) async fn down_marks(&self) -> Result<HashMap<String, u64>, StoreError> {
-        let prefix = self.keys.downs();
-        Ok(self
-            .store
-            .list(&prefix)
-            .await?
-            .into_iter()
-            .filter_map(|e| {
-                let since = std::str::from_utf8(&e.value).ok()?.parse().ok()?;
-                Some((e.key.strip_prefix(&prefix)?.to_string(), since))
-            })
-            .collect())
+        let marks = self.named_under(&self.keys.downs()).await?.into_iter();
+        Ok(marks.filter_map(|(node, value)| Some((node, std::str::from_utf8(&value).ok()?.parse().ok()?))).collect())
+    }
+
+    /// The keys under `prefix` as (the rest of the key, value): one per node for node keys and
+    /// down marks.
+    async fn named_under(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let entries = self.store.list(prefix).await?.into_iter();
+        Ok(entries.filter_map(|e| Some((e.key.strip_prefix(prefix)?.to_string(), e.value))).collect())
     }
 
     /// The pending changes, each as it is now, once the local file holds them (or something
@@ -361,6 +336,21 @@ impl<S: ClusterStore> NodeState<S> {
             }
         }
         Ok(())
+    }
+}
+
+/// When a periodic step of the upkeep last ran.
+#[derive(Debug, Default)]
+pub(super) struct LastRun(Mutex<Option<Instant>>);
+
+impl LastRun {
+    /// Has `interval` passed since the last run (or was there none)?
+    pub(super) fn due(&self, interval: Duration) -> bool {
+        lock(&self.0).is_none_or(|t| t.elapsed() >= interval)
+    }
+
+    pub(super) fn ran(&self) {
+        *lock(&self.0) = Some(Instant::now());
     }
 }
 

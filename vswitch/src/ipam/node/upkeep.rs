@@ -11,13 +11,13 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use vswitch_api::api::Attachment;
 
 use super::reclaim::Reclaimer;
-use super::state::{describe, Fenced, LocalEntry, NodeState};
+use super::state::{describe, Fenced, LastRun, LocalEntry, NodeState};
 use super::warm;
 use crate::ipam::pool::Family;
 use crate::ipam::record::{now_secs, AddressRecord, NodeRecord};
@@ -37,17 +37,8 @@ pub struct Upkeep<S: ClusterStore> {
     rounds: AtomicU64,
     /// When the lease was last renewed: a round run early (after an ADD) does only the work
     /// that cannot wait.
-    last_keep_alive: Mutex<Option<Instant>>,
+    last_keep_alive: LastRun,
     reclaimer: Reclaimer,
-}
-
-/// Has `interval` passed since `last` (or never happened)?
-pub(super) fn due(last: &Mutex<Option<Instant>>, interval: Duration) -> bool {
-    last.lock().unwrap_or_else(|p| p.into_inner()).is_none_or(|t| t.elapsed() >= interval)
-}
-
-pub(super) fn mark_now(last: &Mutex<Option<Instant>>) {
-    *last.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
 }
 
 impl<S: ClusterStore> Upkeep<S> {
@@ -56,7 +47,7 @@ impl<S: ClusterStore> Upkeep<S> {
             state,
             registered: AtomicBool::new(false),
             rounds: AtomicU64::new(0),
-            last_keep_alive: Mutex::new(None),
+            last_keep_alive: LastRun::default(),
             reclaimer: Reclaimer::default(),
         }
     }
@@ -137,12 +128,12 @@ impl<S: ClusterStore> Upkeep<S> {
     async fn ensure_registered(&self, fenced: &mut Vec<Fenced>) -> Result<(), StoreError> {
         let state = &self.state;
         let lease = state.local().lease;
-        if self.registered.load(Ordering::Acquire) && !due(&self.last_keep_alive, state.settings().lease_ttl / 3) {
+        if self.registered.load(Ordering::Acquire) && !self.last_keep_alive.due(state.settings().lease_ttl / 3) {
             return Ok(());
         }
         if let Some(lease) = lease {
             if state.store().keep_alive(lease).await? {
-                mark_now(&self.last_keep_alive);
+                self.last_keep_alive.ran();
                 if !self.registered.load(Ordering::Acquire) {
                     self.register(lease, fenced).await?;
                 }
@@ -173,7 +164,7 @@ impl<S: ClusterStore> Upkeep<S> {
         state.store().put_leased(&keys.node(state.node()), value, lease).await?;
         self.reconcile(fenced).await?;
         state.store().delete(&keys.down(state.node())).await?;
-        mark_now(&self.last_keep_alive);
+        self.last_keep_alive.ran();
         self.registered.store(true, Ordering::Release);
         tracing::info!(node = %state.node(), lease, store = %state.store().describe(), "registered with the address store");
         Ok(())
