@@ -1,6 +1,7 @@
 //! The IPAM's failures as the API replies with them: the one place an [`IpamError`] becomes an
-//! [`ErrorCode`]. The CNI plugin decides by code alone (retry on `Unavailable`, give up on the
-//! rest), so the codes here are a contract; the message is the IPAM's own.
+//! [`ErrorCode`]. vpc-cni turns the code alone into the runtime's (`Exhausted`: 100, pool
+//! exhausted; `Conflict`: 103, address taken; `Invalid`: 7; `Unavailable`: 11, try again
+//! later), so the codes here are a contract; the message is the IPAM's own.
 
 use vswitch_api::api::{ApiError, ErrorCode};
 

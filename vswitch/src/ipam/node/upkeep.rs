@@ -3,10 +3,11 @@
 //! reconcile), write pending changes, refill and trim the warm pools ([`super::warm`]), reclaim
 //! dead nodes' addresses ([`super::reclaim`]), release addresses whose sandbox is gone.
 //!
-//! Every step reads the cluster by listing keys and writes one compare-and-swap per address.
-//! A larger cluster changes how a step learns what the store holds (watches instead of
-//! listings) or who runs it (a leader for the reclaim), not the order or the rules: those are
-//! each in their own function here or in their own module.
+//! Every step reads the cluster by listing keys (`NodeState::{records, live_nodes, down_marks}`,
+//! the only reads of whole prefixes) and writes one compare-and-swap per address. A larger
+//! cluster changes how a step learns what the store holds (a watch-fed cache behind those three
+//! reads) or who runs it (a leader for the reclaim: [`super::reclaim`]), not the order of the
+//! round or the rules, which stay here.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
