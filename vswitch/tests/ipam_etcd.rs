@@ -41,7 +41,7 @@ const LEASE_TTL: u64 = 2;
 const QUARANTINE: u64 = 2;
 /// The interface each namespace has on the fabric.
 const FABRIC_DEV: &str = "fab0";
-/// What the daemons log when they lose an address while cut off (node.rs).
+/// What the daemons log when they lose an address while cut off (ipam/node/upkeep.rs).
 const FENCING_MESSAGE: &str = "address lost while this node was cut off";
 
 /// Held for a whole test (declared first, so it is released after everything else is gone): the

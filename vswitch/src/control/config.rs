@@ -200,7 +200,7 @@ impl Config {
             }
         }
         if let Some(ipam) = &self.ipam {
-            ipam.settings().map_err(ConfigError::Invalid)?;
+            ipam.settings().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         }
         Ok(())
     }

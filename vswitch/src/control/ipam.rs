@@ -7,32 +7,29 @@ use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use vswitch_api::api::{ApiError, AssignSpec, Attachment, ErrorCode, PortRole, ReleasedView, Response};
+use vswitch_api::api::{AddressView, ApiError, AssignSpec, Attachment, ErrorCode, PortRole, ReleasedView, Response};
 
 use super::config::Config;
+use super::ipam_errors::api_error;
 use super::Switch;
 use crate::ipam::store::AnyStore;
-use crate::ipam::{node, NodeIpam};
+use crate::ipam::{node, AddressRequest, IpamError, NodeIpam};
 
 pub type Ipam = NodeIpam<AnyStore>;
 
 /// The node's IPAM from `[ipam]`, if configured.
 pub fn open(config: &Config) -> Result<Option<Arc<Ipam>>, ApiError> {
     let Some(ipam) = &config.ipam else { return Ok(None) };
-    let invalid = |e: String| ApiError::new(ErrorCode::Invalid, e);
-    let settings = ipam.settings().map_err(invalid)?;
-    let store = ipam.store(&config.state_dir).map_err(invalid)?;
-    tracing::info!(node = %settings.node, pools = ?settings.pools, "cluster IPAM on");
-    Ok(Some(Arc::new(NodeIpam::open(settings, store, &config.state_dir).map_err(invalid)?)))
+    let open = || {
+        let settings = ipam.settings()?;
+        let store = ipam.store(&config.state_dir)?;
+        tracing::info!(node = %settings.node, pools = %settings.pool_list(), "cluster IPAM on");
+        NodeIpam::open(settings, store, &config.state_dir)
+    };
+    open().map(|ipam| Some(Arc::new(ipam))).map_err(api_error)
 }
 
 impl Switch {
-    fn ipam_or_refuse(&self) -> Result<&Arc<Ipam>, ApiError> {
-        self.ipam.as_ref().ok_or_else(|| {
-            ApiError::new(ErrorCode::Invalid, "this vswitchd has no [ipam] section: cluster address allocation is off")
-        })
-    }
-
     /// Addresses that ports of this node hold.
     fn addresses_in_use(&self) -> HashSet<IpAddr> {
         self.list_ports()
@@ -46,20 +43,26 @@ impl Switch {
     }
 
     pub(super) async fn handle_ipam(self: &Arc<Self>, request: IpamRequest) -> Result<Response, ApiError> {
-        let ipam = self.ipam_or_refuse()?;
-        ipam.settled(SETTLE_AFTER_START).await;
+        self.ipam_request(request).await.map_err(api_error)
+    }
+
+    async fn ipam_request(self: &Arc<Self>, request: IpamRequest) -> Result<Response, IpamError> {
+        let ipam = self.ipam.as_ref().ok_or(IpamError::Off)?;
+        let requests = ipam.requests();
+        requests.settled(SETTLE_AFTER_START).await;
         match request {
-            IpamRequest::Assign(spec) => ipam.assign(&spec, &self.addresses_in_use()).await.map(Response::Address),
-            IpamRequest::Release(owner) => {
-                ipam.release(&owner).await.map(|released| Response::Released(ReleasedView { released }))
+            IpamRequest::Assign(spec) => {
+                let assigned = requests.assign(&AddressRequest::try_from(spec)?, &self.addresses_in_use()).await?;
+                Ok(Response::Address(AddressView { ips: assigned.ips, new: assigned.new }))
             }
-            IpamRequest::Lookup(owner) => match ipam.lookup(&owner) {
-                ips if ips.is_empty() => {
-                    Err(ApiError::new(ErrorCode::NotFound, format!("{} has no address here", owner.container_id)))
-                }
-                ips => Ok(Response::Address(vswitch_api::api::AddressView { ips, new: false })),
+            IpamRequest::Release(owner) => {
+                Ok(Response::Released(ReleasedView { released: requests.release(&owner).await? }))
+            }
+            IpamRequest::Lookup(owner) => match requests.lookup(&owner) {
+                ips if ips.is_empty() => Err(IpamError::NotFound { container_id: owner.container_id }),
+                ips => Ok(Response::Address(AddressView { ips, new: false })),
             },
-            IpamRequest::Gc(keep) => ipam.gc(&keep).await.map(|released| Response::Released(ReleasedView { released })),
+            IpamRequest::Gc(keep) => Ok(Response::Released(ReleasedView { released: requests.gc(&keep).await? })),
             IpamRequest::View => Ok(Response::Ipam(Box::new(ipam.view().await))),
         }
     }
@@ -79,7 +82,7 @@ impl Switch {
                 ports.push((ip, owner.clone(), p.pod.clone(), netns.clone()));
             }
         }
-        ipam.adopt_ports(&ports).await;
+        ipam.requests().adopt_ports(&ports).await;
     }
 
     /// One upkeep round; detaches the pods whose addresses this node lost.
@@ -90,7 +93,7 @@ impl Switch {
             return;
         }
         let names: HashSet<String> = self.list_ports().into_iter().map(|p| p.name).collect();
-        for fenced in ipam.tick(|owner| names.contains(&vswitch_api::api::port_name(owner))).await {
+        for fenced in ipam.upkeep().tick(|owner| names.contains(&vswitch_api::api::port_name(owner))).await {
             let name = vswitch_api::api::port_name(&fenced.owner);
             match self.del_port(&name, true).await {
                 Ok(()) => {
@@ -124,7 +127,7 @@ pub async fn serve_ipam(switch: Arc<Switch>) {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = ipam.kicked() => {}
+            _ = ipam.upkeep().kicked() => {}
         }
         switch.ipam_tick().await;
     }

@@ -9,6 +9,7 @@ pub mod exposition;
 pub mod handover;
 pub mod hostnet;
 pub mod ipam;
+pub mod ipam_errors;
 pub mod metrics;
 pub mod persist;
 pub mod podio;

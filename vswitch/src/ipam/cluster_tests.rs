@@ -9,13 +9,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use vswitch_api::api::{AssignSpec, Attachment, ErrorCode, IpFamilies, PodRef};
+use vswitch_api::api::{AssignSpec, Attachment, IpFamilies, PodRef};
 
+use super::error::{Conflict, InvalidRequest, StickyBusy};
 use super::pool::Family;
 use super::record::{AddressRecord, Keys};
 use super::store::file::FileStore;
 use super::store::{ClusterStore, Entry, StoreError};
-use super::{IpamConfig, NodeIpam};
+use super::{AddressRequest, IpamConfig, IpamError, NodeIpam};
 
 /// `pool`: one prefix, or several separated by commas.
 fn config(node: &str, pool: &str, extra: &str) -> IpamConfig {
@@ -34,14 +35,12 @@ fn node(dir: &Path, name: &str, pool: &str, extra: &str) -> Arc<NodeIpam<FileSto
     Arc::new(NodeIpam::open(settings, FileStore::new(&dir.join("store.json")), &state).unwrap())
 }
 
-fn spec(id: &str, pod: Option<(&str, &str)>) -> AssignSpec {
-    AssignSpec {
-        owner: Attachment { container_id: id.into(), ifname: "eth0".into() },
-        netns: format!("/run/netns/{id}").into(),
-        pod: pod.map(|(ns, name)| PodRef { namespace: ns.into(), name: name.into() }),
-        ips: vec![],
-        families: None,
-    }
+fn spec(id: &str, pod: Option<(&str, &str)>) -> AddressRequest {
+    AddressRequest::new(
+        Attachment { container_id: id.into(), ifname: "eth0".into() },
+        format!("/run/netns/{id}").into(),
+        pod.map(|(ns, name)| PodRef { namespace: ns.into(), name: name.into() }),
+    )
 }
 
 async fn records(dir: &Path) -> Vec<(IpAddr, AddressRecord)> {
@@ -60,7 +59,7 @@ fn none() -> HashSet<IpAddr> {
     HashSet::new()
 }
 
-fn with_families(mut spec: AssignSpec, families: IpFamilies) -> AssignSpec {
+fn with_families(mut spec: AddressRequest, families: IpFamilies) -> AddressRequest {
     spec.families = Some(families);
     spec
 }
@@ -80,37 +79,44 @@ const DUAL: &str = "10.0.0.0/28,fd00::/64";
 async fn dual_stack_pods_get_one_address_per_family_and_release_both() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (node(dir.path(), "a", DUAL, "warm_target = 2"), node(dir.path(), "b", DUAL, "warm_target = 2"));
-    a.tick(|_| false).await;
-    b.tick(|_| false).await;
+    a.upkeep().tick(|_| false).await;
+    b.upkeep().tick(|_| false).await;
     assert_eq!((a.local_view().warm, b.local_view().warm), (4, 4), "a warm pool per family");
     let mut views = Vec::new();
     for i in 0..3 {
-        views.push(a.assign(&spec(&format!("a{i}"), None), &none()).await.unwrap().ips);
-        views.push(b.assign(&spec(&format!("b{i}"), None), &none()).await.unwrap().ips);
+        views.push(a.requests().assign(&spec(&format!("a{i}"), None), &none()).await.unwrap().ips);
+        views.push(b.requests().assign(&spec(&format!("b{i}"), None), &none()).await.unwrap().ips);
     }
     assert_dual(&views);
     // Repeated ADD: the same two, not new.
-    let again = a.assign(&spec("a0", None), &none()).await.unwrap();
+    let again = a.requests().assign(&spec("a0", None), &none()).await.unwrap();
     assert_eq!((&again.ips, again.new), (&views[0], false));
-    assert_eq!(a.lookup(&spec("a0", None).owner), views[0]);
+    assert_eq!(a.requests().lookup(&spec("a0", None).owner), views[0]);
     // One family when asked for one.
-    let v6 = a.assign(&with_families(spec("v6", None), IpFamilies::Ipv6), &none()).await.unwrap().ips;
-    let v4 = a.assign(&with_families(spec("v4", None), IpFamilies::Ipv4), &none()).await.unwrap().ips;
+    let v6 = a.requests().assign(&with_families(spec("v6", None), IpFamilies::Ipv6), &none()).await.unwrap().ips;
+    let v4 = a.requests().assign(&with_families(spec("v4", None), IpFamilies::Ipv4), &none()).await.unwrap().ips;
     assert!(v6.len() == 1 && v6[0].is_ipv6() && v4.len() == 1 && v4[0].is_ipv4(), "{v6:?} {v4:?}");
     // Specific addresses, one per family.
     let taken: HashSet<IpAddr> = records(dir.path()).await.into_iter().map(|(ip, _)| ip).collect();
     let free_v4 = (1..15).map(|i| IpAddr::from([10, 0, 0, i])).find(|ip| !taken.contains(ip)).unwrap();
     let wanted: Vec<IpAddr> = vec![free_v4, "fd00::beef".parse().unwrap()];
-    let mut fixed = spec("fixed", None);
-    fixed.ips = wanted.clone();
-    assert_eq!(a.assign(&fixed, &none()).await.unwrap().ips, wanted);
-    fixed.ips = vec!["fd00::1:2".parse().unwrap()];
-    assert_eq!(a.assign(&fixed, &none()).await.unwrap_err().code, ErrorCode::Conflict);
-    fixed.ips = vec!["fd00::1".parse().unwrap(), "fd00::2".parse().unwrap()];
-    assert_eq!(a.assign(&fixed, &none()).await.unwrap_err().code, ErrorCode::Invalid, "two IPv6 addresses");
+    let as_asked = |ips: Vec<IpAddr>| AssignSpec {
+        owner: spec("fixed", None).owner,
+        netns: "/run/netns/fixed".into(),
+        pod: None,
+        ips,
+        families: None,
+    };
+    let fixed = AddressRequest::try_from(as_asked(wanted.clone())).unwrap();
+    assert_eq!(a.requests().assign(&fixed, &none()).await.unwrap().ips, wanted);
+    let fixed = AddressRequest::try_from(as_asked(vec!["fd00::1:2".parse().unwrap()])).unwrap();
+    let err = a.requests().assign(&fixed, &none()).await.unwrap_err();
+    assert!(matches!(err, IpamError::Conflict(Conflict::AlreadyHas { .. })), "{err:?}");
+    let two = AddressRequest::try_from(as_asked(vec!["fd00::1".parse().unwrap(), "fd00::2".parse().unwrap()]));
+    assert_eq!(two, Err(InvalidRequest::TwoOfFamily(Family::Ipv6)), "two IPv6 addresses");
     // Released: both cool down in the store.
-    assert_eq!(a.release(&spec("a0", None).owner).await.unwrap(), views[0]);
-    a.tick(|_| true).await;
+    assert_eq!(a.requests().release(&spec("a0", None).owner).await.unwrap(), views[0]);
+    a.upkeep().tick(|_| true).await;
     let now = records(dir.path()).await;
     for ip in &views[0] {
         assert!(now.iter().any(|(i, r)| i == ip && r.state_name() == "cooling"), "{ip}: {now:?}");
@@ -121,8 +127,8 @@ async fn dual_stack_pods_get_one_address_per_family_and_release_both() {
     assert!(store.get(&keys.ip("fd00::beef".parse().unwrap())).await.unwrap().is_some());
     assert!(store.get("/vpc-ipam/default/ip/fd00:0::beef").await.unwrap().is_none());
     let v4_only = node(dir.path(), "c", "10.0.0.0/28", "warm_target = 1");
-    let err = v4_only.assign(&with_families(spec("c0", None), IpFamilies::Dual), &none()).await.unwrap_err();
-    assert_eq!(err.code, ErrorCode::Invalid, "{err:?}");
+    let err = v4_only.requests().assign(&with_families(spec("c0", None), IpFamilies::Dual), &none()).await.unwrap_err();
+    assert!(matches!(err, IpamError::Invalid(InvalidRequest::FamilyNotInPool { .. })), "{err:?}");
 }
 
 #[tokio::test]
@@ -130,30 +136,30 @@ async fn one_family_exhausted_takes_nothing_and_the_other_address_stays_warm() {
     let dir = tempfile::tempdir().unwrap();
     // Three IPv6 addresses (fd00::11-13; fd00::10 is the subnet-router anycast address).
     let a = node(dir.path(), "a", "10.0.0.0/28,fd00::10/126", "warm_target = 1");
-    a.tick(|_| false).await;
+    a.upkeep().tick(|_| false).await;
     let mut views = Vec::new();
     for i in 0..3 {
-        views.push(a.assign(&spec(&format!("p{i}"), None), &none()).await.unwrap().ips);
+        views.push(a.requests().assign(&spec(&format!("p{i}"), None), &none()).await.unwrap().ips);
     }
     assert_dual(&views);
-    a.tick(|_| true).await;
+    a.upkeep().tick(|_| true).await;
     let warm_before = a.local_view().warm;
-    let err = a.assign(&spec("p3", None), &none()).await.unwrap_err();
-    assert_eq!(err.code, ErrorCode::Exhausted, "{err:?}");
-    assert!(err.message.contains("IPv6"), "{err:?}");
-    assert!(a.lookup(&spec("p3", None).owner).is_empty(), "nothing held for the failed ADD");
+    let err = a.requests().assign(&spec("p3", None), &none()).await.unwrap_err();
+    assert!(matches!(err, IpamError::Exhausted { .. }), "{err:?}");
+    assert!(err.to_string().contains("IPv6"), "{err:?}");
+    assert!(a.requests().lookup(&spec("p3", None).owner).is_empty(), "nothing held for the failed ADD");
     assert_eq!(a.local_view().assigned, 6);
     assert_eq!(a.local_view().warm, warm_before, "the IPv4 address it took is warm again, not cooling");
-    a.tick(|_| true).await;
+    a.upkeep().tick(|_| true).await;
     assert!(records(dir.path()).await.iter().all(|(_, r)| r.state_name() != "cooling"));
     // IPv4 alone still works.
-    let v4 = a.assign(&with_families(spec("p4", None), IpFamilies::Ipv4), &none()).await.unwrap().ips;
+    let v4 = a.requests().assign(&with_families(spec("p4", None), IpFamilies::Ipv4), &none()).await.unwrap().ips;
     assert!(v4.len() == 1 && v4[0].is_ipv4());
     // Released, an IPv6 address cools down: only then may it be handed out again.
-    a.release(&spec("p0", None).owner).await.unwrap();
-    a.tick(|_| true).await;
-    let err = a.assign(&spec("p5", None), &none()).await.unwrap_err();
-    assert_eq!(err.code, ErrorCode::Exhausted, "{err:?}");
+    a.requests().release(&spec("p0", None).owner).await.unwrap();
+    a.upkeep().tick(|_| true).await;
+    let err = a.requests().assign(&spec("p5", None), &none()).await.unwrap_err();
+    assert!(matches!(err, IpamError::Exhausted { .. }), "{err:?}");
 }
 
 #[tokio::test]
@@ -161,15 +167,15 @@ async fn a_sticky_dual_stack_pod_keeps_both_addresses_on_another_node() {
     let dir = tempfile::tempdir().unwrap();
     let extra = "warm_target = 2\nsticky = [\"db/*\"]";
     let (a, b) = (node(dir.path(), "a", DUAL, extra), node(dir.path(), "b", DUAL, extra));
-    a.tick(|_| false).await;
-    b.tick(|_| false).await;
-    let first = a.assign(&spec("c1", Some(("db", "pg-0"))), &none()).await.unwrap().ips;
+    a.upkeep().tick(|_| false).await;
+    b.upkeep().tick(|_| false).await;
+    let first = a.requests().assign(&spec("c1", Some(("db", "pg-0"))), &none()).await.unwrap().ips;
     assert_dual(std::slice::from_ref(&first));
-    a.release(&spec("c1", None).owner).await.unwrap();
-    a.tick(|_| false).await;
+    a.requests().release(&spec("c1", None).owner).await.unwrap();
+    a.upkeep().tick(|_| false).await;
     let sticky = records(dir.path()).await.into_iter().filter(|(_, r)| r.state_name() == "sticky").count();
     assert_eq!(sticky, 2, "both are held for the pod");
-    let moved = b.assign(&spec("c2", Some(("db", "pg-0"))), &none()).await.unwrap();
+    let moved = b.requests().assign(&spec("c2", Some(("db", "pg-0"))), &none()).await.unwrap();
     assert_eq!((moved.ips, moved.new), (first, true), "the sticky pod keeps both on b");
 }
 
@@ -179,15 +185,15 @@ async fn a_64_refills_quickly_by_probing_without_listing_the_store() {
     let faults = Arc::new(Faults::default());
     let a = faulty_node(dir.path(), "a", "fd00:1::/64", "warm_target = 16\nwarm_max = 16", &faults);
     let started = std::time::Instant::now();
-    a.tick(|_| false).await;
+    a.upkeep().tick(|_| false).await;
     assert_eq!(a.local_view().warm, 16);
     for i in 0..16 {
-        let ips = a.assign(&spec(&format!("p{i}"), None), &none()).await.unwrap().ips;
+        let ips = a.requests().assign(&spec(&format!("p{i}"), None), &none()).await.unwrap().ips;
         assert!(ips.len() == 1 && ips[0].is_ipv6(), "{ips:?}");
     }
     // Listing fails from now on: the refill of a /64 never lists (it probes).
     faults.lists.store(true, Ordering::Relaxed);
-    a.tick(|_| true).await;
+    a.upkeep().tick(|_| true).await;
     assert_eq!(a.local_view().warm, 16, "refilled without a listing");
     assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
     faults.lists.store(false, Ordering::Relaxed);
@@ -204,11 +210,11 @@ async fn a_lost_claim_reply_in_a_dual_pool_is_taken_in_for_its_family() {
     let faults = Arc::new(Faults::default());
     let a = faulty_node(dir.path(), "a", DUAL, "warm_target = 2", &faults);
     faults.lose_put_if.store(true, Ordering::Relaxed);
-    a.tick(|_| false).await;
-    a.tick(|_| false).await;
+    a.upkeep().tick(|_| false).await;
+    a.upkeep().tick(|_| false).await;
     assert_eq!(a.local_view().warm, 4, "two per family, the lost one among them");
     assert_eq!(warm_in_store(dir.path(), "a").await, 4, "none claimed and forgotten");
-    let ips = a.assign(&spec("p", None), &none()).await.unwrap().ips;
+    let ips = a.requests().assign(&spec("p", None), &none()).await.unwrap().ips;
     assert_dual(&[ips]);
 }
 
@@ -220,25 +226,25 @@ async fn nodes_sharing_a_pool_never_hand_out_the_same_address() {
         node(dir.path(), "a", "10.0.0.0/28", "warm_target = 4"),
         node(dir.path(), "b", "10.0.0.0/28", "warm_target = 4"),
     );
-    a.tick(|_| false).await;
-    b.tick(|_| false).await;
+    a.upkeep().tick(|_| false).await;
+    b.upkeep().tick(|_| false).await;
     assert_eq!(a.local_view().warm, 4);
     assert_eq!(b.local_view().warm, 4);
     let mut got = Vec::new();
     for i in 0..7 {
-        got.push(a.assign(&spec(&format!("a{i}"), None), &none()).await.unwrap().ips[0]);
-        got.push(b.assign(&spec(&format!("b{i}"), None), &none()).await.unwrap().ips[0]);
+        got.push(a.requests().assign(&spec(&format!("a{i}"), None), &none()).await.unwrap().ips[0]);
+        got.push(b.requests().assign(&spec(&format!("b{i}"), None), &none()).await.unwrap().ips[0]);
     }
     let unique: HashSet<_> = got.iter().collect();
     assert_eq!(unique.len(), 14, "{got:?}");
-    let err = a.assign(&spec("a-more", None), &none()).await.unwrap_err();
-    assert_eq!(err.code, ErrorCode::Exhausted, "{err:?}");
+    let err = a.requests().assign(&spec("a-more", None), &none()).await.unwrap_err();
+    assert!(matches!(err, IpamError::Exhausted { .. }), "{err:?}");
     // Repeated ADD: same address, not new.
-    let again = a.assign(&spec("a0", None), &none()).await.unwrap();
+    let again = a.requests().assign(&spec("a0", None), &none()).await.unwrap();
     assert_eq!((again.ips, again.new), (vec![got[0]], false));
     // The store knows every assignment once the nodes have synced.
-    a.tick(|_| true).await;
-    b.tick(|_| true).await;
+    a.upkeep().tick(|_| true).await;
+    b.upkeep().tick(|_| true).await;
     let assigned = records(dir.path()).await.iter().filter(|(_, r)| r.state_name() == "assigned").count();
     assert_eq!(assigned, 14);
 }
@@ -248,17 +254,17 @@ async fn released_addresses_cool_down_cluster_wide_and_ports_are_never_handed_ou
     let dir = tempfile::tempdir().unwrap();
     let a = node(dir.path(), "a", "10.0.0.0/29", "warm_target = 2\nwarm_max = 2");
     let b = node(dir.path(), "b", "10.0.0.0/29", "warm_target = 2\nwarm_max = 2");
-    a.tick(|_| false).await;
-    let ip = a.assign(&spec("p", None), &none()).await.unwrap().ips[0];
-    assert_eq!(a.release(&spec("p", None).owner).await.unwrap(), [ip]);
-    assert!(a.release(&spec("p", None).owner).await.unwrap().is_empty(), "twice is fine");
-    a.tick(|_| false).await;
+    a.upkeep().tick(|_| false).await;
+    let ip = a.requests().assign(&spec("p", None), &none()).await.unwrap().ips[0];
+    assert_eq!(a.requests().release(&spec("p", None).owner).await.unwrap(), [ip]);
+    assert!(a.requests().release(&spec("p", None).owner).await.unwrap().is_empty(), "twice is fine");
+    a.upkeep().tick(|_| false).await;
     assert!(records(dir.path()).await.iter().any(|(i, r)| *i == ip && r.state_name() == "cooling"));
     // b fills its warm pool from what is left: never the cooling address.
-    b.tick(|_| false).await;
+    b.upkeep().tick(|_| false).await;
     let mut b_ips = Vec::new();
     for i in 0..2 {
-        b_ips.push(b.assign(&spec(&format!("b{i}"), None), &none()).await.unwrap().ips[0]);
+        b_ips.push(b.requests().assign(&spec(&format!("b{i}"), None), &none()).await.unwrap().ips[0]);
     }
     assert!(!b_ips.contains(&ip), "{ip} was released a moment ago: {b_ips:?}");
     // An address a port uses is never handed out, whatever the state says.
@@ -269,7 +275,7 @@ async fn released_addresses_cool_down_cluster_wide_and_ports_are_never_handed_ou
         .map(|(i, _)| i)
         .collect();
     let in_use: HashSet<IpAddr> = warm.iter().copied().collect();
-    let err = a.assign(&spec("q", None), &in_use).await;
+    let err = a.requests().assign(&spec("q", None), &in_use).await;
     assert!(err.as_ref().map_or(true, |v| !in_use.contains(&v.ips[0])), "{err:?} {in_use:?}");
 }
 
@@ -278,14 +284,14 @@ async fn a_dead_node_is_quarantined_reclaimed_and_fenced_when_it_returns() {
     let dir = tempfile::tempdir().unwrap();
     let a = node(dir.path(), "a", "10.0.0.0/28", "warm_target = 2");
     let b = node(dir.path(), "b", "10.0.0.0/28", "warm_target = 2");
-    a.tick(|_| false).await;
-    let ip = a.assign(&spec("victim", None), &none()).await.unwrap().ips[0];
-    a.tick(|_| true).await;
-    b.tick(|_| false).await;
+    a.upkeep().tick(|_| false).await;
+    let ip = a.requests().assign(&spec("victim", None), &none()).await.unwrap().ips[0];
+    a.upkeep().tick(|_| true).await;
+    b.upkeep().tick(|_| false).await;
     // a stops renewing (cut off); b sees it without a lease, quarantines, then reclaims.
     tokio::time::sleep(Duration::from_millis(2200)).await;
     for _ in 0..6 {
-        b.tick(|_| false).await;
+        b.upkeep().tick(|_| false).await;
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
     let now = records(dir.path()).await;
@@ -295,10 +301,10 @@ async fn a_dead_node_is_quarantined_reclaimed_and_fenced_when_it_returns() {
     );
     assert!(now.iter().all(|(_, r)| r.node() != Some("a")), "nothing stays a's: {now:?}");
     // a comes back: its lease is gone, it re-registers and learns that it lost the address.
-    let fenced = a.tick(|_| true).await;
+    let fenced = a.upkeep().tick(|_| true).await;
     assert_eq!(fenced.len(), 1, "{fenced:?}");
     assert_eq!((fenced[0].ip, fenced[0].owner.container_id.as_str()), (ip, "victim"));
-    assert!(a.lookup(&spec("victim", None).owner).is_empty());
+    assert!(a.requests().lookup(&spec("victim", None).owner).is_empty());
     assert_eq!(a.local_view().fenced_total, 1);
 }
 
@@ -308,18 +314,18 @@ async fn a_sticky_pod_keeps_its_address_on_another_node() {
     let extra = "warm_target = 2\nsticky = [\"db/*\"]";
     let a = node(dir.path(), "a", "10.0.0.0/28", extra);
     let b = node(dir.path(), "b", "10.0.0.0/28", extra);
-    a.tick(|_| false).await;
-    b.tick(|_| false).await;
-    let first = a.assign(&spec("c1", Some(("db", "pg-0"))), &none()).await.unwrap().ips[0];
+    a.upkeep().tick(|_| false).await;
+    b.upkeep().tick(|_| false).await;
+    let first = a.requests().assign(&spec("c1", Some(("db", "pg-0"))), &none()).await.unwrap().ips[0];
     // Still on a: the new node must wait for the DEL.
-    let err = b.assign(&spec("c2", Some(("db", "pg-0"))), &none()).await.unwrap_err();
-    assert_eq!(err.code, ErrorCode::Unavailable, "{err:?}");
-    a.release(&spec("c1", None).owner).await.unwrap();
-    a.tick(|_| false).await;
-    let moved = b.assign(&spec("c2", Some(("db", "pg-0"))), &none()).await.unwrap();
+    let err = b.requests().assign(&spec("c2", Some(("db", "pg-0"))), &none()).await.unwrap_err();
+    assert!(matches!(err, IpamError::StickyBusy(StickyBusy::StillHeld { .. })), "{err:?}");
+    a.requests().release(&spec("c1", None).owner).await.unwrap();
+    a.upkeep().tick(|_| false).await;
+    let moved = b.requests().assign(&spec("c2", Some(("db", "pg-0"))), &none()).await.unwrap();
     assert_eq!(moved.ips, [first], "the sticky pod keeps its address on b");
     // A pod that is not sticky gets a fresh address.
-    let other = b.assign(&spec("c3", Some(("web", "x"))), &none()).await.unwrap().ips[0];
+    let other = b.requests().assign(&spec("c3", Some(("web", "x"))), &none()).await.unwrap().ips[0];
     assert_ne!(other, first);
 }
 
@@ -327,12 +333,12 @@ async fn a_sticky_pod_keeps_its_address_on_another_node() {
 async fn a_claim_written_before_a_crash_is_adopted_and_the_warm_pool_serves_without_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let a = node(dir.path(), "a", "10.0.0.0/28", "warm_target = 3");
-    a.tick(|_| false).await;
+    a.upkeep().tick(|_| false).await;
     drop(a);
     // The local file is lost (a crash between the store's write and the local one).
     std::fs::remove_file(dir.path().join("a/ipam.json")).unwrap();
     let a = node(dir.path(), "a", "10.0.0.0/28", "warm_target = 3");
-    a.tick(|_| false).await;
+    a.upkeep().tick(|_| false).await;
     assert_eq!(a.local_view().warm, 3, "the claims in the store were adopted, not claimed again");
     let mine = records(dir.path()).await.iter().filter(|(_, r)| r.node() == Some("a")).count();
     assert_eq!(mine, 3);
@@ -341,11 +347,11 @@ async fn a_claim_written_before_a_crash_is_adopted_and_the_warm_pool_serves_with
     std::fs::remove_file(&store).unwrap();
     std::fs::create_dir(&store).unwrap();
     for i in 0..3 {
-        a.assign(&spec(&format!("w{i}"), None), &none()).await.unwrap();
+        a.requests().assign(&spec(&format!("w{i}"), None), &none()).await.unwrap();
     }
-    let err = a.assign(&spec("w3", None), &none()).await.unwrap_err();
-    assert_eq!(err.code, ErrorCode::Unavailable, "{err:?}");
-    let fenced = a.tick(|_| true).await;
+    let err = a.requests().assign(&spec("w3", None), &none()).await.unwrap_err();
+    assert!(matches!(err, IpamError::StoreUnavailable { .. }), "{err:?}");
+    let fenced = a.upkeep().tick(|_| true).await;
     assert!(fenced.is_empty());
     assert_eq!(a.local_view().pending_sync, 3, "written once the store is back");
 }
@@ -454,27 +460,27 @@ async fn a_node_whose_re_registration_fails_half_way_registers_again_and_is_fenc
     let faults = Arc::new(Faults::default());
     let a = faulty_node(dir.path(), "a", "10.0.0.0/28", "warm_target = 2", &faults);
     let b = node(dir.path(), "b", "10.0.0.0/28", "warm_target = 2");
-    a.tick(|_| false).await;
-    let ip = a.assign(&spec("victim", None), &none()).await.unwrap().ips[0];
-    a.tick(|_| true).await;
+    a.upkeep().tick(|_| false).await;
+    let ip = a.requests().assign(&spec("victim", None), &none()).await.unwrap().ips[0];
+    a.upkeep().tick(|_| true).await;
     // a is cut off until its lease has expired and b has reclaimed its addresses.
     tokio::time::sleep(Duration::from_millis(2200)).await;
     for _ in 0..6 {
-        b.tick(|_| false).await;
+        b.upkeep().tick(|_| false).await;
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
     assert!(records(dir.path()).await.iter().all(|(_, r)| r.node() != Some("a")));
     // a comes back, finds its lease gone and takes a new one, but the store goes away again
     // before it has reconciled.
     faults.lists.store(true, Ordering::Relaxed);
-    assert!(a.tick(|_| true).await.is_empty());
-    assert_eq!(a.lookup(&spec("victim", None).owner), [ip], "not reconciled yet");
+    assert!(a.upkeep().tick(|_| true).await.is_empty());
+    assert_eq!(a.requests().lookup(&spec("victim", None).owner), [ip], "not reconciled yet");
     // The next round's keep-alive of the new lease succeeds: a must still reconcile (and so
     // learn that it lost the address), not carry on as if registered.
     faults.lists.store(false, Ordering::Relaxed);
-    let fenced = a.tick(|_| true).await;
+    let fenced = a.upkeep().tick(|_| true).await;
     assert_eq!(fenced.iter().map(|f| f.ip).collect::<Vec<_>>(), [ip], "{fenced:?}");
-    assert!(a.lookup(&spec("victim", None).owner).is_empty());
+    assert!(a.requests().lookup(&spec("victim", None).owner).is_empty());
     let store = FileStore::new(&dir.path().join("store.json"));
     assert!(store.get(&Keys::new("/vpc-ipam/default").node("a")).await.unwrap().is_some(), "a is live again");
 }
@@ -486,10 +492,10 @@ async fn a_claim_whose_reply_was_lost_is_taken_in_not_leaked() {
     let a = faulty_node(dir.path(), "a", "10.0.0.0/28", "warm_target = 3", &faults);
     // The first claim is written, but a never hears so.
     faults.lose_put_if.store(true, Ordering::Relaxed);
-    a.tick(|_| false).await;
+    a.upkeep().tick(|_| false).await;
     assert_eq!(warm_in_store(dir.path(), "a").await, 1);
     assert_eq!(a.local_view().warm, 0);
-    a.tick(|_| false).await;
+    a.upkeep().tick(|_| false).await;
     assert_eq!(a.local_view().warm, 3, "the claim that went through counts, and two more");
     assert_eq!(warm_in_store(dir.path(), "a").await, 3, "none claimed and forgotten");
 }
@@ -502,12 +508,12 @@ async fn an_add_whose_claim_reply_was_lost_leaves_no_address_assigned_to_it() {
     let dir = tempfile::tempdir().unwrap();
     let faults = Arc::new(Faults::default());
     let a = faulty_node(dir.path(), "a", "10.0.0.0/28", "warm_target = 1", &faults);
-    a.tick(|_| false).await;
-    a.assign(&spec("first", None), &none()).await.unwrap();
+    a.upkeep().tick(|_| false).await;
+    a.requests().assign(&spec("first", None), &none()).await.unwrap();
     assert_eq!(a.local_view().warm, 0, "the one warm address went to the first ADD");
     faults.lose_put_if.store(true, Ordering::Relaxed);
-    let err = a.assign(&spec("refused", None), &none()).await.unwrap_err();
-    assert_eq!(err.code, ErrorCode::Unavailable, "{err:?}");
+    let err = a.requests().assign(&spec("refused", None), &none()).await.unwrap_err();
+    assert!(matches!(err, IpamError::StoreUnavailable { .. }), "{err:?}");
     let assigned_to_it = |records: &[(IpAddr, AddressRecord)]| {
         let refused =
             |r: &AddressRecord| matches!(r, AddressRecord::Assigned { owner, .. } if owner.container_id == "refused");
@@ -520,9 +526,9 @@ async fn an_add_whose_claim_reply_was_lost_leaves_no_address_assigned_to_it() {
         .find(|(_, r)| matches!(r, AddressRecord::Assigned { owner, .. } if owner.container_id == "refused"))
         .unwrap()
         .0;
-    a.tick(|_| false).await;
-    a.tick(|_| false).await;
-    assert!(a.lookup(&spec("refused", None).owner).is_empty(), "the refused ADD holds nothing");
+    a.upkeep().tick(|_| false).await;
+    a.upkeep().tick(|_| false).await;
+    assert!(a.requests().lookup(&spec("refused", None).owner).is_empty(), "the refused ADD holds nothing");
     assert_eq!(assigned_to_it(&records(dir.path()).await), 0, "nor does the store say so");
     let after = records(dir.path()).await;
     let now = after.iter().find(|(ip, _)| *ip == lost).map(|(_, r)| r.clone());
@@ -541,12 +547,12 @@ async fn a_refused_adds_claim_found_after_a_crash_joins_the_warm_pool() {
     let dir = tempfile::tempdir().unwrap();
     let faults = Arc::new(Faults::default());
     let a = faulty_node(dir.path(), "a", "10.0.0.0/28", "warm_target = 1", &faults);
-    a.tick(|_| false).await;
-    a.assign(&spec("first", None), &none()).await.unwrap();
+    a.upkeep().tick(|_| false).await;
+    a.requests().assign(&spec("first", None), &none()).await.unwrap();
     faults.lose_put_if.store(true, Ordering::Relaxed);
-    a.assign(&spec("retried", None), &none()).await.unwrap_err();
+    a.requests().assign(&spec("retried", None), &none()).await.unwrap_err();
     faults.lose_put_if.store(false, Ordering::Relaxed);
-    let got = a.assign(&spec("retried", None), &none()).await.unwrap().ips;
+    let got = a.requests().assign(&spec("retried", None), &none()).await.unwrap().ips;
     assert_eq!(got.len(), 1);
     let claims = records(dir.path()).await;
     let lost = claims
@@ -556,9 +562,13 @@ async fn a_refused_adds_claim_found_after_a_crash_joins_the_warm_pool() {
         .0;
     drop(a);
     let a = faulty_node(dir.path(), "a", "10.0.0.0/28", "warm_target = 1", &faults);
-    a.tick(|_| false).await;
-    assert_eq!(a.lookup(&spec("retried", None).owner), got, "the owner keeps the address it was given, only");
-    a.tick(|_| false).await;
+    a.upkeep().tick(|_| false).await;
+    assert_eq!(
+        a.requests().lookup(&spec("retried", None).owner),
+        got,
+        "the owner keeps the address it was given, only"
+    );
+    a.upkeep().tick(|_| false).await;
     let now = records(dir.path()).await.into_iter().find(|(ip, _)| *ip == lost).map(|(_, r)| r);
     assert!(matches!(now, Some(AddressRecord::Warm { ref node, .. }) if node == "a"), "{lost}: {now:?}");
 }
@@ -569,7 +579,7 @@ async fn a_give_back_whose_reply_was_lost_leaves_nothing_in_the_warm_pool() {
     let faults = Arc::new(Faults::default());
     let extra = "warm_target = 2\nwarm_max = 2";
     let a = faulty_node(dir.path(), "a", "10.0.0.0/28", extra, &faults);
-    a.tick(|_| false).await;
+    a.upkeep().tick(|_| false).await;
     // A claim a crash kept from the local state: a restarted a adopts it, one above warm_max.
     let taken: HashSet<IpAddr> = records(dir.path()).await.into_iter().map(|(ip, _)| ip).collect();
     let spare: IpAddr = (1..15).map(|i| format!("10.0.0.{i}").parse().unwrap()).find(|ip| !taken.contains(ip)).unwrap();
@@ -581,16 +591,16 @@ async fn a_give_back_whose_reply_was_lost_leaves_nothing_in_the_warm_pool() {
     let a = faulty_node(dir.path(), "a", "10.0.0.0/28", extra, &faults);
     // The round adopts it and gives the excess back; the delete happens, its reply is lost.
     faults.lose_delete_if.store(true, Ordering::Relaxed);
-    a.tick(|_| false).await;
+    a.upkeep().tick(|_| false).await;
     assert_eq!(warm_in_store(dir.path(), "a").await, 2);
     assert_eq!(a.local_view().warm, 2, "the address being given back left the warm pool first");
-    a.tick(|_| false).await;
+    a.upkeep().tick(|_| false).await;
     assert_eq!((a.local_view().warm, warm_in_store(dir.path(), "a").await), (2, 2));
     // Every warm address a hands out is one the store gives it.
     let mine: HashSet<IpAddr> =
         records(dir.path()).await.into_iter().filter(|(_, r)| r.node() == Some("a")).map(|(ip, _)| ip).collect();
     for i in 0..2 {
-        let ip = a.assign(&spec(&format!("p{i}"), None), &none()).await.unwrap().ips[0];
+        let ip = a.requests().assign(&spec(&format!("p{i}"), None), &none()).await.unwrap().ips[0];
         assert!(mine.contains(&ip), "{ip} is not a's in the store: {mine:?}");
     }
 }
@@ -601,17 +611,17 @@ async fn a_reclaim_planned_while_a_node_was_away_does_not_take_its_addresses_onc
     let faults = Arc::new(Faults::default());
     let a = node(dir.path(), "a", "10.0.0.0/28", "warm_target = 2");
     let b = faulty_node(dir.path(), "b", "10.0.0.0/28", "warm_target = 2", &faults);
-    a.tick(|_| false).await;
-    let ip = a.assign(&spec("victim", None), &none()).await.unwrap().ips[0];
-    a.tick(|_| true).await;
-    b.tick(|_| false).await;
+    a.upkeep().tick(|_| false).await;
+    let ip = a.requests().assign(&spec("victim", None), &none()).await.unwrap().ips[0];
+    a.upkeep().tick(|_| true).await;
+    b.upkeep().tick(|_| false).await;
     // a is away until its lease has expired and b has marked it down.
     tokio::time::sleep(Duration::from_millis(2200)).await;
     let store = FileStore::new(&dir.path().join("store.json"));
     let keys = Keys::new("/vpc-ipam/default");
     for round in 0.. {
         assert!(round < 20, "b never marked a down");
-        b.tick(|_| false).await;
+        b.upkeep().tick(|_| false).await;
         if store.get(&keys.down("a")).await.unwrap().is_some() {
             break;
         }
@@ -627,7 +637,7 @@ async fn a_reclaim_planned_while_a_node_was_away_does_not_take_its_addresses_onc
             // The dead-node scan runs every 2 s: tick until a round has got to the gated write
             // (that round waits there until the gate opens).
             for _ in 0..40 {
-                b.tick(|_| false).await;
+                b.upkeep().tick(|_| false).await;
                 if faults.at_gate.load(Ordering::Relaxed) {
                     break;
                 }
@@ -643,12 +653,12 @@ async fn a_reclaim_planned_while_a_node_was_away_does_not_take_its_addresses_onc
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // a comes back and registers again before b's writes land.
-    let fenced = a.tick(|_| true).await;
+    let fenced = a.upkeep().tick(|_| true).await;
     drop(gate);
     reclaim.await.unwrap();
     // Either way round, a keeps only what the store gives it.
     let now = records(dir.path()).await;
-    match a.lookup(&spec("victim", None).owner).first().copied() {
+    match a.requests().lookup(&spec("victim", None).owner).first().copied() {
         Some(kept) => assert!(
             now.iter().any(|(i, r)| *i == kept && r.node() == Some("a")),
             "a still uses {kept} but the store says {:?}",

@@ -8,6 +8,7 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
 
 /// An address family of the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -101,43 +102,140 @@ fn range_of(net: &IpNet) -> Range {
     Range { first: to_int(net.network()), last: to_int(net.broadcast()), family }
 }
 
-/// An address or a prefix: `10.10.0.5` means `10.10.0.5/32`.
-fn parse_net(text: &str) -> Result<IpNet, String> {
-    text.parse::<IpNet>()
-        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-        .map_err(|_| format!("'{text}' is neither an address nor a prefix"))
+/// What is wrong with a pool as configured.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PoolError {
+    #[error("pool prefix '{text}': {reason}")]
+    BadPrefix { text: String, reason: ipnet::AddrParseError },
+    #[error("pool prefix '{text}' has host bits set (did you mean {network}?)")]
+    HostBits { text: String, network: IpNet },
+    #[error("'{text}' is neither an address nor a prefix")]
+    BadExclude { text: String },
+    #[error("the pool is empty: give at least one prefix")]
+    Empty,
+    #[error("pool prefix '{0}' overlaps another one")]
+    Overlap(PoolPrefix),
 }
 
+/// One prefix of the pool (`ipam.pools`): a network address and its length, checked when the
+/// configuration is read. Written back as the text it was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PoolPrefix(IpNet);
+
+impl PoolPrefix {
+    pub fn net(&self) -> IpNet {
+        self.0
+    }
+}
+
+impl std::str::FromStr for PoolPrefix {
+    type Err = PoolError;
+    fn from_str(text: &str) -> Result<PoolPrefix, PoolError> {
+        let net: IpNet = text.parse().map_err(|reason| PoolError::BadPrefix { text: text.into(), reason })?;
+        if net.network() != net.addr() {
+            return Err(PoolError::HostBits { text: text.into(), network: net.trunc() });
+        }
+        Ok(PoolPrefix(net))
+    }
+}
+
+impl std::fmt::Display for PoolPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Never handed out (`ipam.exclude`): an address, or a prefix of any size. Kept as written, so
+/// `10.10.0.5` is shown as such and not as `10.10.0.5/32`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Excluded {
+    Address(IpAddr),
+    Prefix(IpNet),
+}
+
+impl Excluded {
+    fn net(&self) -> IpNet {
+        match *self {
+            Excluded::Address(ip) => IpNet::from(ip),
+            Excluded::Prefix(net) => net,
+        }
+    }
+}
+
+impl std::str::FromStr for Excluded {
+    type Err = PoolError;
+    fn from_str(text: &str) -> Result<Excluded, PoolError> {
+        text.parse()
+            .map(Excluded::Prefix)
+            .or_else(|_| text.parse().map(Excluded::Address))
+            .map_err(|_| PoolError::BadExclude { text: text.into() })
+    }
+}
+
+impl std::fmt::Display for Excluded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Excluded::Address(ip) => ip.fmt(f),
+            Excluded::Prefix(net) => net.fmt(f),
+        }
+    }
+}
+
+/// Serde reads and writes these as their text (`#[serde(try_from = "String", into = "String")]`).
+macro_rules! serde_as_text {
+    ($($t:ty),*) => {$(
+        impl TryFrom<String> for $t {
+            type Error = PoolError;
+            fn try_from(text: String) -> Result<$t, PoolError> {
+                text.parse()
+            }
+        }
+
+        impl From<$t> for String {
+            fn from(value: $t) -> String {
+                value.to_string()
+            }
+        }
+    )*};
+}
+
+serde_as_text!(PoolPrefix, Excluded);
+
 impl Pool {
-    /// `cidrs` are the pool; the first and last address of each IPv4 prefix shorter than /31
+    /// `prefixes` are the pool; the first and last address of each IPv4 prefix shorter than /31
     /// (network and broadcast) and the subnet-router anycast address of each IPv6 prefix are
-    /// never handed out, and neither is anything in `exclude` (addresses or prefixes).
-    pub fn parse(cidrs: &[String], exclude: &[String]) -> Result<Pool, String> {
-        if cidrs.is_empty() {
-            return Err("the pool is empty: give at least one prefix".into());
+    /// never handed out, and neither is anything in `exclude`.
+    pub fn new(prefixes: &[PoolPrefix], exclude: &[Excluded]) -> Result<Pool, PoolError> {
+        if prefixes.is_empty() {
+            return Err(PoolError::Empty);
         }
         let mut ranges: Vec<Range> = Vec::new();
-        for cidr in cidrs {
-            let net: IpNet = cidr.parse().map_err(|e| format!("pool prefix '{cidr}': {e}"))?;
-            if net.network() != net.addr() {
-                return Err(format!("pool prefix '{cidr}' has host bits set (did you mean {}?)", net.trunc()));
-            }
-            let mut range = range_of(&net);
-            match net {
+        for prefix in prefixes {
+            let mut range = range_of(&prefix.0);
+            match prefix.0 {
                 IpNet::V4(v4) if v4.prefix_len() < 31 => (range.first, range.last) = (range.first + 1, range.last - 1),
                 IpNet::V6(v6) if v6.prefix_len() < 127 => range.first += 1,
                 _ => {}
             }
             if ranges.iter().any(|r| r.family == range.family && r.first <= range.last && range.first <= r.last) {
-                return Err(format!("pool prefix '{cidr}' overlaps another one"));
+                return Err(PoolError::Overlap(*prefix));
             }
             ranges.push(range);
         }
-        for text in exclude {
-            let cut = range_of(&parse_net(text)?);
+        for excluded in exclude {
+            let cut = range_of(&excluded.net());
             ranges = ranges.into_iter().flat_map(|r| r.minus(cut)).collect();
         }
         Ok(Pool { usable: ranges })
+    }
+
+    /// [`Pool::new`] from text (the pools and exclusions an API view lists).
+    pub fn parse(prefixes: &[String], exclude: &[String]) -> Result<Pool, PoolError> {
+        let prefixes: Vec<PoolPrefix> = prefixes.iter().map(|p| p.parse()).collect::<Result<_, _>>()?;
+        let exclude: Vec<Excluded> = exclude.iter().map(|e| e.parse()).collect::<Result<_, _>>()?;
+        Pool::new(&prefixes, &exclude)
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
@@ -206,10 +304,15 @@ mod tests {
         assert_eq!(pool.candidates(Family::Ipv4, 0).count(), 4);
         let v6: Vec<String> = pool.candidates(Family::Ipv6, 0).map(|ip| ip.to_string()).collect();
         assert_eq!(v6, ["fd00::1", "fd00::2", "fd00::3"]);
-        assert!(Pool::parse(&s(&["10.0.0.0/24", "10.0.0.128/25"]), &[]).unwrap_err().contains("overlaps"));
-        assert!(Pool::parse(&s(&["10.0.0.1/24"]), &[]).unwrap_err().contains("host bits"));
-        assert!(Pool::parse(&[], &[]).is_err());
-        assert!(Pool::parse(&s(&["10.0.0.0/24"]), &s(&["nonsense"])).is_err());
+        let overlap = Pool::parse(&s(&["10.0.0.0/24", "10.0.0.128/25"]), &[]).unwrap_err();
+        assert_eq!(overlap.to_string(), "pool prefix '10.0.0.128/25' overlaps another one");
+        let host_bits = Pool::parse(&s(&["10.0.0.1/24"]), &[]).unwrap_err();
+        assert_eq!(host_bits.to_string(), "pool prefix '10.0.0.1/24' has host bits set (did you mean 10.0.0.0/24?)");
+        assert_eq!(Pool::parse(&[], &[]), Err(PoolError::Empty));
+        assert_eq!(
+            Pool::parse(&s(&["10.0.0.0/24"]), &s(&["nonsense"])),
+            Err(PoolError::BadExclude { text: "nonsense".into() })
+        );
     }
 
     #[test]

@@ -11,38 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use vswitch_api::api::{AssignmentView, CoolingView, IpamNodeView, IpamView, LocalIpamView, PodRef, StickyView};
 
-use super::{LocalEntry, NodeIpam};
+use super::state::{LocalEntry, NodeState};
+use super::stats::ClusterCounts;
 use crate::ipam::pool::{Family, Pool};
 use crate::ipam::record::AddressRecord;
 use crate::ipam::store::{ClusterStore, StoreError};
-
-/// Cluster-wide counts from one listing of the records.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ClusterCounts {
-    /// Records by family and state.
-    pub by_state: BTreeMap<(Family, &'static str), u64>,
-    /// Records of addresses in the pool, by family: the rest of the pool is free.
-    pub held: BTreeMap<Family, u128>,
-}
-
-impl ClusterCounts {
-    pub fn of<'a>(pool: &Pool, records: impl Iterator<Item = (&'a IpAddr, &'a AddressRecord)>) -> ClusterCounts {
-        let mut counts = ClusterCounts::default();
-        for (ip, record) in records {
-            let family = Family::of(ip);
-            *counts.by_state.entry((family, record.state_name())).or_default() += 1;
-            if pool.contains(*ip) {
-                *counts.held.entry(family).or_default() += 1;
-            }
-        }
-        counts
-    }
-
-    /// Addresses of the family in the pool that no record holds.
-    pub fn free(&self, pool: &Pool, family: Family) -> u128 {
-        pool.size(family).saturating_sub(self.held.get(&family).copied().unwrap_or(0))
-    }
-}
 
 fn saturating(n: u128) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
@@ -99,140 +72,136 @@ pub fn pool_summary(view: &IpamView) -> Vec<(Family, u128, u128)> {
         .collect()
 }
 
-impl<S: ClusterStore> NodeIpam<S> {
-    /// The figures `/metrics` shows.
-    pub fn metrics(&self) -> IpamMetrics {
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let scan = self.stats.cluster.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let (addresses, families) = {
-            let local = self.local();
-            let addresses = local
-                .entries
-                .iter()
-                .filter_map(|(ip, e)| match &e.record {
-                    AddressRecord::Assigned { pod, .. } => Some((*ip, pod.clone())),
-                    _ => None,
-                })
-                .collect();
-            let families = self
-                .settings
-                .pool
-                .families()
-                .into_iter()
-                .map(|family| {
-                    let mine = || local.entries.iter().filter(move |(ip, _)| Family::of(ip) == family).map(|(_, e)| e);
-                    let count = |f: &dyn Fn(&LocalEntry) -> bool| mine().filter(|e| f(e)).count() as u64;
-                    FamilyMetrics {
-                        family,
-                        warm: count(&|e| matches!(e.record, AddressRecord::Warm { .. })),
-                        assigned: count(&|e| matches!(e.record, AddressRecord::Assigned { .. })),
-                        pending: count(&|e| e.dirty),
-                        pool_size: self.settings.pool.size(family),
-                        free: scan.as_ref().map(|s| s.free(&self.settings.pool, family)),
-                    }
-                })
-                .collect();
-            (addresses, families)
-        };
-        IpamMetrics {
-            local: self.local_view(),
-            families,
-            addresses,
-            cluster: scan.map(|s| s.by_state).unwrap_or_default(),
-            store_up: self.stats.store_reachable.load(Ordering::Relaxed),
-            store_errors: load(&self.stats.store_errors),
-            reclaimed: load(&self.stats.reclaimed),
-            assigned_from_warm: load(&self.stats.assigned_from_warm),
-            assigned_from_store: load(&self.stats.assigned_from_store),
-            refused_unavailable: load(&self.stats.refused_unavailable),
-        }
-    }
-
-    /// This node's figures, both families together.
-    pub fn local_view(&self) -> LocalIpamView {
-        let local = self.local();
-        let count = |f: &dyn Fn(&LocalEntry) -> bool| local.entries.values().filter(|e| f(e)).count() as u64;
-        LocalIpamView {
-            warm: count(&|e| matches!(e.record, AddressRecord::Warm { .. })),
-            warm_target: self.settings.warm_target as u64,
-            assigned: count(&|e| matches!(e.record, AddressRecord::Assigned { .. })),
-            pending_sync: count(&|e| e.dirty),
-            fenced_total: self.stats.fenced.load(Ordering::Relaxed),
-        }
-    }
-
-    /// The cluster's allocations from the store (this node's own state only when the store is
-    /// unreachable).
-    pub async fn view(&self) -> IpamView {
-        // The view's pool_size and free are IPv4's (as the API says); `pool_summary` gives both
-        // families from the same view.
-        let pool_size = saturating(self.settings.pool.size(Family::Ipv4));
-        let mut view = IpamView {
-            node: self.settings.node.clone(),
-            store: self.store.describe(),
-            store_reachable: true,
-            store_error: None,
-            pools: self.settings.pools.clone(),
-            exclude: self.settings.exclude.clone(),
-            pool_size,
-            free: 0,
-            nodes: Vec::new(),
-            sticky: Vec::new(),
-            cooling: Vec::new(),
-            this_node: self.local_view(),
-        };
-        let cluster =
-            async { Ok::<_, StoreError>((self.records().await?, self.live_nodes().await?, self.down_marks().await?)) };
-        let (records, live, downs) = match cluster.await {
-            Ok(c) => c,
-            Err(e) => {
-                view.store_reachable = false;
-                view.store_error = Some(e.0);
-                return view;
-            }
-        };
-        let reuse = self.settings.reuse_delay.as_secs();
-        let mut nodes: BTreeMap<String, IpamNodeView> = BTreeMap::new();
-        let node_view = |name: &str| IpamNodeView {
-            name: name.to_string(),
-            live: live.contains(name),
-            down_since: downs.get(name).copied(),
-            quarantine_ends: downs.get(name).map(|s| s + self.settings.quarantine.as_secs()),
-            warm: Vec::new(),
-            assigned: Vec::new(),
-        };
-        for name in live.iter() {
-            nodes.insert(name.clone(), node_view(name));
-        }
-        let mut sorted: Vec<_> = records.iter().collect();
-        sorted.sort_by_key(|(ip, _)| **ip);
-        for (ip, (record, _)) in sorted {
-            match record {
-                AddressRecord::Warm { node, .. } => {
-                    nodes.entry(node.clone()).or_insert_with(|| node_view(node)).warm.push(*ip)
+/// The figures `/metrics` shows.
+pub(super) fn metrics<S: ClusterStore>(state: &NodeState<S>) -> IpamMetrics {
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let (settings, stats) = (state.settings(), state.stats());
+    let scan = stats.cluster.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let (addresses, families) = {
+        let local = state.local();
+        let addresses = local
+            .entries
+            .iter()
+            .filter_map(|(ip, e)| match &e.record {
+                AddressRecord::Assigned { pod, .. } => Some((*ip, pod.clone())),
+                _ => None,
+            })
+            .collect();
+        let families = settings
+            .pool
+            .families()
+            .into_iter()
+            .map(|family| {
+                let mine = || local.entries.iter().filter(move |(ip, _)| Family::of(ip) == family).map(|(_, e)| e);
+                let count = |f: &dyn Fn(&LocalEntry) -> bool| mine().filter(|e| f(e)).count() as u64;
+                FamilyMetrics {
+                    family,
+                    warm: count(&LocalEntry::is_warm),
+                    assigned: count(&LocalEntry::is_assigned),
+                    pending: count(&|e| e.dirty),
+                    pool_size: settings.pool.size(family),
+                    free: scan.as_ref().map(|s| s.free(&settings.pool, family)),
                 }
-                AddressRecord::Assigned { node, owner, pod, since } => nodes
-                    .entry(node.clone())
-                    .or_insert_with(|| node_view(node))
-                    .assigned
-                    .push(AssignmentView { ip: *ip, owner: owner.clone(), pod: pod.clone(), since: *since }),
-                AddressRecord::Sticky { pod, until, last_node } => view.sticky.push(StickyView {
-                    ip: *ip,
-                    pod: pod.clone(),
-                    until: *until,
-                    last_node: last_node.clone(),
-                }),
-                AddressRecord::Cooling { released_at, last_node } => view.cooling.push(CoolingView {
-                    ip: *ip,
-                    released_at: *released_at,
-                    free_at: released_at + reuse,
-                    last_node: last_node.clone(),
-                }),
-            }
-        }
-        let counts = ClusterCounts::of(&self.settings.pool, records.iter().map(|(ip, (r, _))| (ip, r)));
-        view.free = saturating(counts.free(&self.settings.pool, Family::Ipv4));
-        view.nodes = nodes.into_values().collect();
-        view
+            })
+            .collect();
+        (addresses, families)
+    };
+    IpamMetrics {
+        local: local_view(state),
+        families,
+        addresses,
+        cluster: scan.map(|s| s.by_state).unwrap_or_default(),
+        store_up: stats.store_reachable.load(Ordering::Relaxed),
+        store_errors: load(&stats.store_errors),
+        reclaimed: load(&stats.reclaimed),
+        assigned_from_warm: load(&stats.assigned_from_warm),
+        assigned_from_store: load(&stats.assigned_from_store),
+        refused_unavailable: load(&stats.refused_unavailable),
     }
+}
+
+/// This node's figures, both families together.
+pub(super) fn local_view<S: ClusterStore>(state: &NodeState<S>) -> LocalIpamView {
+    let local = state.local();
+    let count = |f: &dyn Fn(&LocalEntry) -> bool| local.entries.values().filter(|e| f(e)).count() as u64;
+    LocalIpamView {
+        warm: count(&LocalEntry::is_warm),
+        warm_target: state.settings().warm_target as u64,
+        assigned: count(&LocalEntry::is_assigned),
+        pending_sync: count(&|e| e.dirty),
+        fenced_total: state.stats().fenced.load(Ordering::Relaxed),
+    }
+}
+
+/// The cluster's allocations from the store (this node's own state only when the store is
+/// unreachable).
+pub(super) async fn view<S: ClusterStore>(state: &NodeState<S>) -> IpamView {
+    let settings = state.settings();
+    // The view's pool_size and free are IPv4's (as the API says); `pool_summary` gives both
+    // families from the same view.
+    let pool_size = saturating(settings.pool.size(Family::Ipv4));
+    let mut view = IpamView {
+        node: settings.node.clone(),
+        store: state.store().describe(),
+        store_reachable: true,
+        store_error: None,
+        pools: settings.pools.iter().map(ToString::to_string).collect(),
+        exclude: settings.exclude.iter().map(ToString::to_string).collect(),
+        pool_size,
+        free: 0,
+        nodes: Vec::new(),
+        sticky: Vec::new(),
+        cooling: Vec::new(),
+        this_node: local_view(state),
+    };
+    let cluster =
+        async { Ok::<_, StoreError>((state.records().await?, state.live_nodes().await?, state.down_marks().await?)) };
+    let (records, live, downs) = match cluster.await {
+        Ok(c) => c,
+        Err(e) => {
+            view.store_reachable = false;
+            view.store_error = Some(e.0);
+            return view;
+        }
+    };
+    let reuse = settings.reuse_delay.as_secs();
+    let mut nodes: BTreeMap<String, IpamNodeView> = BTreeMap::new();
+    let node_view = |name: &str| IpamNodeView {
+        name: name.to_string(),
+        live: live.contains(name),
+        down_since: downs.get(name).copied(),
+        quarantine_ends: downs.get(name).map(|s| s + settings.quarantine.as_secs()),
+        warm: Vec::new(),
+        assigned: Vec::new(),
+    };
+    for name in live.iter() {
+        nodes.insert(name.clone(), node_view(name));
+    }
+    let mut sorted: Vec<_> = records.iter().collect();
+    sorted.sort_by_key(|(ip, _)| **ip);
+    for (ip, (record, _)) in sorted {
+        match record {
+            AddressRecord::Warm { node, .. } => {
+                nodes.entry(node.clone()).or_insert_with(|| node_view(node)).warm.push(*ip)
+            }
+            AddressRecord::Assigned { node, owner, pod, since } => nodes
+                .entry(node.clone())
+                .or_insert_with(|| node_view(node))
+                .assigned
+                .push(AssignmentView { ip: *ip, owner: owner.clone(), pod: pod.clone(), since: *since }),
+            AddressRecord::Sticky { pod, until, last_node } => {
+                view.sticky.push(StickyView { ip: *ip, pod: pod.clone(), until: *until, last_node: last_node.clone() })
+            }
+            AddressRecord::Cooling { released_at, last_node } => view.cooling.push(CoolingView {
+                ip: *ip,
+                released_at: *released_at,
+                free_at: released_at + reuse,
+                last_node: last_node.clone(),
+            }),
+        }
+    }
+    let counts = ClusterCounts::of(&settings.pool, records.iter().map(|(ip, (r, _))| (ip, r)));
+    view.free = saturating(counts.free(&settings.pool, Family::Ipv4));
+    view.nodes = nodes.into_values().collect();
+    view
 }

@@ -1,12 +1,13 @@
 //! The warm pools, one per family: claiming free addresses in the store ahead of ADDs, and
 //! giving back what is above `warm_max`. `warm_target` and `warm_max` apply to each family.
+//! The upkeep refills and trims; [`claim`] also serves an ADD that found its warm pool empty.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{LocalEntry, NodeIpam};
+use super::state::{LocalEntry, NodeState};
 use crate::ipam::pool::Family;
 use crate::ipam::record::{now_secs, AddressRecord};
 use crate::ipam::store::{ClusterStore, StoreError};
@@ -23,176 +24,165 @@ fn max_tries(count: usize) -> usize {
     64 + 4 * count
 }
 
-impl<S: ClusterStore> NodeIpam<S> {
-    pub(super) fn unsure_about(&self, ip: IpAddr) {
-        self.unsure.lock().unwrap_or_else(|p| p.into_inner()).insert(ip);
+/// Looks up the addresses whose last write went unanswered: one the store gives this node
+/// and that it does not know is taken in; anything else is not this node's. A claim made
+/// straight as assigned for an ADD went unanswered only for an ADD that was refused (the
+/// reply said unavailable, so no pod has the address): it joins the warm pool instead of
+/// staying assigned to an owner who never got it (and would never release it).
+async fn resolve_unsure<S: ClusterStore>(state: &Arc<NodeState<S>>) -> Result<(), StoreError> {
+    let unsure = state.unsure();
+    if unsure.is_empty() {
+        return Ok(());
     }
-
-    /// Looks up the addresses whose last write went unanswered: one the store gives this node
-    /// and that it does not know is taken in; anything else is not this node's. A claim made
-    /// straight as assigned for an ADD went unanswered only for an ADD that was refused (the
-    /// reply said unavailable, so no pod has the address): it joins the warm pool instead of
-    /// staying assigned to an owner who never got it (and would never release it).
-    async fn resolve_unsure(self: &Arc<Self>) -> Result<(), StoreError> {
-        let unsure: Vec<IpAddr> = self.unsure.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
-        if unsure.is_empty() {
-            return Ok(());
-        }
-        let mut adopted = false;
-        for ip in unsure {
-            let current = self.store.get(&self.keys.ip(ip)).await?;
-            let record = current.and_then(|e| Some((AddressRecord::decode(&e.value)?, e.version)));
-            if let Some((record, version)) = record.filter(|(r, _)| r.node() == Some(self.settings.node.as_str())) {
-                let mut local = self.local();
-                if let std::collections::btree_map::Entry::Vacant(slot) = local.entries.entry(ip) {
-                    tracing::info!(%ip, state = record.state_name(), "a write whose reply was lost went through: the address is this node's");
-                    let refused_add = matches!(record, AddressRecord::Assigned { .. });
-                    let record = if refused_add {
-                        AddressRecord::Warm { node: self.settings.node.clone(), since: now_secs() }
-                    } else {
-                        record
-                    };
-                    slot.insert(LocalEntry { record, version, dirty: refused_add, netns: None });
-                    adopted = true;
-                }
-            }
-            self.unsure.lock().unwrap_or_else(|p| p.into_inner()).remove(&ip);
-        }
-        if adopted {
-            self.save().await.map_err(|e| StoreError(e.message))?;
-        }
-        Ok(())
-    }
-
-    /// Claims up to `warm_target - warm` addresses for each family's warm pool.
-    pub(super) async fn refill(self: &Arc<Self>) -> Result<(), StoreError> {
-        self.resolve_unsure().await?;
-        for family in self.settings.pool.families() {
-            let warm = self.warm_count(family);
-            if warm >= self.settings.warm_target {
-                continue;
-            }
-            let record = AddressRecord::Warm { node: self.settings.node.clone(), since: now_secs() };
-            let won = self.claim(family, self.settings.warm_target - warm, &record, &HashSet::new(), None).await?;
-            if !won.is_empty() {
-                self.save().await.map_err(|e| StoreError(e.message))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Claims up to `count` free addresses of `family` in the store as `record`, one CAS each
-    /// (from absent, or from a record whose reuse delay is over), from a random place in the
-    /// pool so that nodes rarely race for the same one. Skips what this node knows and
-    /// `also_skip`. Each address won is recorded locally at once (with `netns`); the caller
-    /// saves. A write whose reply was lost is looked up again later (`resolve_unsure`).
-    pub(super) async fn claim(
-        self: &Arc<Self>,
-        family: Family,
-        count: usize,
-        record: &AddressRecord,
-        also_skip: &HashSet<IpAddr>,
-        netns: Option<PathBuf>,
-    ) -> Result<Vec<(IpAddr, i64)>, StoreError> {
-        let listed = if self.settings.pool.size(family) <= LISTED_UP_TO { Some(self.records().await?) } else { None };
-        let now = now_secs();
-        let reuse = self.settings.reuse_delay.as_secs();
-        let known: HashSet<IpAddr> = self.local().entries.keys().copied().collect();
-        let mut won = Vec::new();
-        let mut tried = 0;
-        for ip in self.settings.pool.candidates(family, rand::random::<u128>()) {
-            if won.len() >= count || tried >= max_tries(count) {
-                break;
-            }
-            if known.contains(&ip) || also_skip.contains(&ip) {
-                continue;
-            }
-            let expected = match listed.as_ref().map(|records| records.get(&ip)) {
-                None | Some(None) => 0,
-                Some(Some((existing, version))) if existing.claimable(now, reuse) => *version,
-                Some(Some(_)) => continue,
-            };
-            tried += 1;
-            let key = self.keys.ip(ip);
-            let mut written = self.store.put_if(&key, record.encode(), expected).await;
-            if listed.is_none() && matches!(written, Ok(None)) {
-                // Probed, and the address has a record: taken only if it is free again.
-                written = match self.store.get(&key).await {
-                    Ok(Some(e)) if AddressRecord::decode(&e.value).is_some_and(|r| r.claimable(now, reuse)) => {
-                        self.store.put_if(&key, record.encode(), e.version).await
-                    }
-                    Ok(_) => Ok(None),
-                    Err(e) => Err(e),
+    let mut adopted = false;
+    for ip in unsure {
+        let current = state.store().get(&state.keys().ip(ip)).await?;
+        let record = current.and_then(|e| Some((AddressRecord::decode(&e.value)?, e.version)));
+        if let Some((record, version)) = record.filter(|(r, _)| r.node() == Some(state.node())) {
+            let mut local = state.local();
+            if let std::collections::btree_map::Entry::Vacant(slot) = local.entries.entry(ip) {
+                tracing::info!(%ip, state = record.state_name(), "a write whose reply was lost went through: the address is this node's");
+                let refused_add = matches!(record, AddressRecord::Assigned { .. });
+                let record = if refused_add {
+                    AddressRecord::Warm { node: state.node().to_string(), since: now_secs() }
+                } else {
+                    record
                 };
-            }
-            match written {
-                Ok(Some(version)) => {
-                    // Recorded at once (a later failure must not lose it); adopted meanwhile by
-                    // `resolve_unsure` it is the same record: that entry stays.
-                    let entry = LocalEntry { record: record.clone(), version, dirty: false, netns: netns.clone() };
-                    self.local().entries.entry(ip).or_insert(entry);
-                    won.push((ip, version));
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    self.unsure_about(ip);
-                    if !won.is_empty() {
-                        let _ = self.save().await;
-                    }
-                    return Err(e);
-                }
+                slot.insert(LocalEntry { record, version, dirty: refused_add, netns: None });
+                adopted = true;
             }
         }
-        Ok(won)
+        state.resolved(ip);
     }
-
-    /// Warm addresses of `family` the store knows are this node's.
-    fn warm_count(&self, family: Family) -> usize {
-        self.local()
-            .entries
-            .iter()
-            .filter(|(ip, e)| Family::of(ip) == family && matches!(e.record, AddressRecord::Warm { .. }) && !e.dirty)
-            .count()
+    if adopted {
+        state.save_in_round().await?;
     }
+    Ok(())
+}
 
-    /// Gives warm addresses above `warm_max` (per family) back, deleting their records: no pod
-    /// used them. Each leaves the warm pool before its record is deleted, so no ADD can take it
-    /// meanwhile (and nothing else of this node touches a record naming it that it does not
-    /// know); a delete that went unanswered or found the record changed is looked up again later.
-    pub(super) async fn trim(self: &Arc<Self>) -> Result<(), StoreError> {
-        let excess: Vec<(IpAddr, i64)> = {
-            let mut local = self.local();
-            let warm: Vec<IpAddr> = local
-                .entries
-                .iter()
-                .filter(|(_, e)| matches!(e.record, AddressRecord::Warm { .. }) && !e.dirty)
-                .map(|(ip, _)| *ip)
-                .collect();
-            Family::ALL
-                .into_iter()
-                .flat_map(|family| warm.iter().filter(move |ip| Family::of(ip) == family).skip(self.settings.warm_max))
-                .filter_map(|ip| Some((*ip, local.entries.remove(ip)?.version)))
-                .collect()
+/// Claims up to `warm_target - warm` addresses for each family's warm pool.
+pub(super) async fn refill<S: ClusterStore>(state: &Arc<NodeState<S>>) -> Result<(), StoreError> {
+    resolve_unsure(state).await?;
+    let target = state.settings().warm_target;
+    for family in state.settings().pool.families() {
+        let warm = warm_count(state, family);
+        if warm >= target {
+            continue;
+        }
+        let record = AddressRecord::Warm { node: state.node().to_string(), since: now_secs() };
+        let won = claim(state, family, target - warm, &record, &HashSet::new(), None).await?;
+        if !won.is_empty() {
+            state.save_in_round().await?;
+        }
+    }
+    Ok(())
+}
+
+/// Claims up to `count` free addresses of `family` in the store as `record`, one CAS each
+/// (from absent, or from a record whose reuse delay is over), from a random place in the
+/// pool so that nodes rarely race for the same one. Skips what this node knows and
+/// `also_skip`. Each address won is recorded locally at once (with `netns`); the caller
+/// saves. A write whose reply was lost is looked up again later (`resolve_unsure`).
+pub(super) async fn claim<S: ClusterStore>(
+    state: &Arc<NodeState<S>>,
+    family: Family,
+    count: usize,
+    record: &AddressRecord,
+    also_skip: &HashSet<IpAddr>,
+    netns: Option<PathBuf>,
+) -> Result<Vec<(IpAddr, i64)>, StoreError> {
+    let settings = state.settings();
+    let listed = if settings.pool.size(family) <= LISTED_UP_TO { Some(state.records().await?) } else { None };
+    let now = now_secs();
+    let reuse = settings.reuse_delay.as_secs();
+    let known: HashSet<IpAddr> = state.local().entries.keys().copied().collect();
+    let mut won = Vec::new();
+    let mut tried = 0;
+    for ip in settings.pool.candidates(family, rand::random::<u128>()) {
+        if won.len() >= count || tried >= max_tries(count) {
+            break;
+        }
+        if known.contains(&ip) || also_skip.contains(&ip) {
+            continue;
+        }
+        let expected = match listed.as_ref().map(|records| records.get(&ip)) {
+            None | Some(None) => 0,
+            Some(Some((existing, version))) if existing.claimable(now, reuse) => *version,
+            Some(Some(_)) => continue,
         };
-        if excess.is_empty() {
-            return Ok(());
-        }
-        // Saved without them first: after a crash from here on, `reconcile` adopts what is left.
-        let mut result = self.save().await.map_err(|e| StoreError(e.message));
-        for (ip, version) in excess {
-            if result.is_err() {
-                self.unsure_about(ip);
-                continue;
-            }
-            match self.store.delete_if(&self.keys.ip(ip), version).await {
-                Ok(true) => {}
-                Ok(false) => self.unsure_about(ip),
-                Err(e) => {
-                    self.unsure_about(ip);
-                    result = Err(e);
+        tried += 1;
+        let (store, key) = (state.store(), state.keys().ip(ip));
+        let mut written = store.put_if(&key, record.encode(), expected).await;
+        if listed.is_none() && matches!(written, Ok(None)) {
+            // Probed, and the address has a record: taken only if it is free again.
+            written = match store.get(&key).await {
+                Ok(Some(e)) if AddressRecord::decode(&e.value).is_some_and(|r| r.claimable(now, reuse)) => {
+                    store.put_if(&key, record.encode(), e.version).await
                 }
+                Ok(_) => Ok(None),
+                Err(e) => Err(e),
+            };
+        }
+        match written {
+            Ok(Some(version)) => {
+                // Recorded at once (a later failure must not lose it); adopted meanwhile by
+                // `resolve_unsure` it is the same record: that entry stays.
+                let entry = LocalEntry { record: record.clone(), version, dirty: false, netns: netns.clone() };
+                state.local().entries.entry(ip).or_insert(entry);
+                won.push((ip, version));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                state.unsure_about(ip);
+                if !won.is_empty() {
+                    let _ = state.save().await;
+                }
+                return Err(e);
             }
         }
-        result
     }
+    Ok(won)
+}
+
+/// Warm addresses of `family` the store knows are this node's.
+fn warm_count<S: ClusterStore>(state: &NodeState<S>, family: Family) -> usize {
+    state.local().entries.iter().filter(|(ip, e)| Family::of(ip) == family && e.is_warm() && !e.dirty).count()
+}
+
+/// Gives warm addresses above `warm_max` (per family) back, deleting their records: no pod
+/// used them. Each leaves the warm pool before its record is deleted, so no ADD can take it
+/// meanwhile (and nothing else of this node touches a record naming it that it does not
+/// know); a delete that went unanswered or found the record changed is looked up again later.
+pub(super) async fn trim<S: ClusterStore>(state: &Arc<NodeState<S>>) -> Result<(), StoreError> {
+    let warm_max = state.settings().warm_max;
+    let excess: Vec<(IpAddr, i64)> = {
+        let mut local = state.local();
+        let warm: Vec<IpAddr> =
+            local.entries.iter().filter(|(_, e)| e.is_warm() && !e.dirty).map(|(ip, _)| *ip).collect();
+        Family::ALL
+            .into_iter()
+            .flat_map(|family| warm.iter().filter(move |ip| Family::of(ip) == family).skip(warm_max))
+            .filter_map(|ip| Some((*ip, local.entries.remove(ip)?.version)))
+            .collect()
+    };
+    if excess.is_empty() {
+        return Ok(());
+    }
+    // Saved without them first: after a crash from here on, `reconcile` adopts what is left.
+    let mut result = state.save_in_round().await;
+    for (ip, version) in excess {
+        if result.is_err() {
+            state.unsure_about(ip);
+            continue;
+        }
+        match state.store().delete_if(&state.keys().ip(ip), version).await {
+            Ok(true) => {}
+            Ok(false) => state.unsure_about(ip),
+            Err(e) => {
+                state.unsure_about(ip);
+                result = Err(e);
+            }
+        }
+    }
+    result
 }

@@ -41,6 +41,15 @@ fn default_timeout_ms() -> u64 {
     2000
 }
 
+/// `[ipam.etcd]` that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdSetupError {
+    #[error("ipam.etcd.endpoints is empty")]
+    NoEndpoints,
+    #[error("{path}: {source}")]
+    Unreadable { path: PathBuf, source: std::io::Error },
+}
+
 pub struct EtcdStore {
     config: EtcdConfig,
     options: ConnectOptions,
@@ -87,10 +96,12 @@ fn undelivered(e: &etcd_client::Error) -> bool {
 impl EtcdStore {
     /// Reads the certificates now (a missing file is a configuration error); connects on first
     /// use, so a node can start while etcd is down.
-    pub fn new(config: EtcdConfig) -> Result<EtcdStore, String> {
-        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    pub fn new(config: EtcdConfig) -> Result<EtcdStore, EtcdSetupError> {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|source| EtcdSetupError::Unreadable { path: path.clone(), source })
+        };
         if config.endpoints.is_empty() {
-            return Err("ipam.etcd.endpoints is empty".into());
+            return Err(EtcdSetupError::NoEndpoints);
         }
         let tls = TlsOptions::new()
             .ca_certificate(Certificate::from_pem(read(&config.ca_file)?))

@@ -1,6 +1,10 @@
 //! The node-local store: the whole key space in one JSON file, changed under an exclusive
 //! `flock` and replaced atomically, so it keeps its promises across processes and crashes on one
 //! node. Leases expire by the wall clock.
+//!
+//! A file that does not parse is never written over: it is the only record of which addresses
+//! are taken. [`FileStore::open`] refuses it, and every request on it fails until an operator
+//! has dealt with it.
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
@@ -15,6 +19,25 @@ use super::{ClusterStore, Entry, StoreError};
 #[derive(Debug, Clone)]
 pub struct FileStore {
     path: PathBuf,
+}
+
+/// The store's file cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FileStoreError {
+    #[error("{path} is corrupt: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("{path}: {source}")]
+    Unreadable { path: PathBuf, source: std::io::Error },
+}
+
+/// The store's data as the file holds it (empty when there is no file yet).
+fn read(path: &Path) -> Result<Data, FileStoreError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| FileStoreError::Corrupt { path: path.into(), detail: e.to_string() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Data::default()),
+        Err(source) => Err(FileStoreError::Unreadable { path: path.into(), source }),
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -62,8 +85,17 @@ impl Data {
 }
 
 impl FileStore {
+    /// The store in `path`, read on every request (several processes may share it).
     pub fn new(path: &Path) -> FileStore {
         FileStore { path: path.into() }
+    }
+
+    /// [`FileStore::new`], once the file is known to be absent or readable: a daemon must not
+    /// start on a corrupt store (as if it were only unreachable) and hand out addresses that
+    /// it may record as taken.
+    pub fn open(path: &Path) -> Result<FileStore, FileStoreError> {
+        read(path)?;
+        Ok(FileStore::new(path))
     }
 
     /// Runs `f` on the data under the lock (off the async runtime: it is file I/O), saving it
@@ -82,12 +114,7 @@ impl FileStore {
             let lock_path = path.with_extension("lock");
             let lock = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(fail)?;
             let _guard = Flock::lock(lock, FlockArg::LockExclusive).map_err(|(_, e)| fail(e.into()))?;
-            let mut data: Data = match std::fs::read(&path) {
-                Ok(bytes) => serde_json::from_slice(&bytes)
-                    .map_err(|e| StoreError(format!("{} is corrupt: {e}", path.display())))?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Data::default(),
-                Err(e) => return Err(fail(e)),
-            };
+            let mut data = read(&path).map_err(|e| StoreError(e.to_string()))?;
             let expired = data.expire();
             let (value, changed) = f(&mut data);
             if changed || expired {
@@ -252,5 +279,32 @@ mod tests {
         assert_eq!(store.get("/a/node/n1").await.unwrap(), None, "the key went with its lease");
         assert!(!store.keep_alive(lease).await.unwrap());
         assert!(store.put_leased("/a/node/n1", b"{}".to_vec(), lease).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_truncated_file_is_refused_and_never_written_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ipam-store.json");
+        assert!(FileStore::open(&path).is_ok(), "no file yet: an empty store");
+        let store = FileStore::new(&path);
+        for i in 0..20 {
+            store.put(&format!("/a/ip/10.0.0.{i}"), b"{\"state\":\"cooling\"}".to_vec()).await.unwrap();
+        }
+        let whole = std::fs::read(&path).unwrap();
+        let truncated = &whole[..whole.len() / 2];
+        std::fs::write(&path, truncated).unwrap();
+
+        let refused = FileStore::open(&path).unwrap_err();
+        assert!(matches!(&refused, FileStoreError::Corrupt { path: p, .. } if *p == path), "{refused:?}");
+        assert!(refused.to_string().starts_with(&format!("{} is corrupt: ", path.display())), "{refused}");
+        // A store opened before the damage fails every request, writes included, and leaves
+        // the file as it found it.
+        assert!(store.get("/a/ip/10.0.0.1").await.unwrap_err().0.contains("is corrupt"));
+        assert!(store.put("/a/ip/10.0.0.99", b"x".to_vec()).await.is_err());
+        assert!(store.grant_lease(Duration::from_secs(5)).await.is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), truncated);
+        std::fs::write(&path, b"").unwrap();
+        assert!(matches!(FileStore::open(&path), Err(FileStoreError::Corrupt { .. })), "empty is corrupt too");
+        assert!(matches!(FileStore::open(dir.path()), Err(FileStoreError::Unreadable { .. })), "a directory");
     }
 }

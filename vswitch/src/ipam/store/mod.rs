@@ -42,7 +42,7 @@ pub trait ClusterStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
     /// [`ClusterStore::put_if`], and only while `absent` does not exist: a dead node's address is
     /// taken from it only while the node's lease key is still gone, so a node that registers
-    /// again and then reconciles sees every address it lost (see `NodeIpam::register`).
+    /// again and then reconciles sees every address it lost (see `Upkeep::register`).
     fn put_if_absent(
         &self,
         key: &str,

@@ -1,0 +1,247 @@
+//! The upkeep side: one round every [`TICK`] (or at once after an ADD or DEL) brings the store
+//! in line with the local state. In order: keep the lease (and, without one, register and
+//! reconcile), write pending changes, refill and trim the warm pools ([`super::warm`]), reclaim
+//! dead nodes' addresses ([`super::reclaim`]), release addresses whose sandbox is gone.
+//!
+//! Every step reads the cluster by listing keys (`NodeState::{records, live_nodes, down_marks}`,
+//! the only reads of whole prefixes) and writes one compare-and-swap per address. A larger
+//! cluster changes how a step learns what the store holds (a watch-fed cache behind those three
+//! reads) or who runs it (a leader for the reclaim: [`super::reclaim`]), not the order of the
+//! round or the rules, which stay here.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use vswitch_api::api::Attachment;
+
+use super::reclaim::Reclaimer;
+use super::state::{describe, Fenced, LastRun, LocalEntry, NodeState};
+use super::warm;
+use crate::ipam::pool::Family;
+use crate::ipam::record::{now_secs, AddressRecord, NodeRecord};
+use crate::ipam::store::{ClusterStore, StoreError};
+
+/// How long the node waits between upkeep rounds (an ADD or DEL starts one at once).
+pub const TICK: Duration = Duration::from_secs(1);
+/// An assigned address whose sandbox is gone and that no port uses is released after this long
+/// (a DEL that could not reach the daemon); younger ones may be an ADD in progress.
+const ORPHAN_AFTER_SECS: u64 = 30;
+
+#[derive(Debug)]
+pub struct Upkeep<S: ClusterStore> {
+    state: Arc<NodeState<S>>,
+    /// Holds a lease that the store confirmed in this process (reconciled since).
+    registered: AtomicBool,
+    rounds: AtomicU64,
+    /// When the lease was last renewed: a round run early (after an ADD) does only the work
+    /// that cannot wait.
+    last_keep_alive: LastRun,
+    reclaimer: Reclaimer,
+}
+
+impl<S: ClusterStore> Upkeep<S> {
+    pub(super) fn new(state: Arc<NodeState<S>>) -> Upkeep<S> {
+        Upkeep {
+            state,
+            registered: AtomicBool::new(false),
+            rounds: AtomicU64::new(0),
+            last_keep_alive: LastRun::default(),
+            reclaimer: Reclaimer::default(),
+        }
+    }
+
+    /// Waits until an ADD or DEL asks for an early round.
+    pub async fn kicked(&self) {
+        self.state.kicked().await
+    }
+
+    /// One round of upkeep: keep the lease, write pending changes, refill the warm pool,
+    /// reclaim dead nodes' addresses. Returns the addresses this node lost (their ports must be
+    /// detached). `has_port` says whether an attachment still has a port.
+    pub async fn tick(&self, has_port: impl Fn(&Attachment) -> bool) -> Vec<Fenced> {
+        let state = &self.state;
+        let stats = state.stats();
+        let mut fenced = Vec::new();
+        let round = self.rounds.fetch_add(1, Ordering::Relaxed);
+        let result = async {
+            self.ensure_registered(&mut fenced).await?;
+            self.sync(&mut fenced).await?;
+            warm::refill(state).await?;
+            warm::trim(state).await?;
+            self.reclaimer.run_if_due(state).await
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                if !stats.store_reachable.swap(true, Ordering::Relaxed) {
+                    tracing::info!(store = %state.store().describe(), "address store reachable");
+                }
+            }
+            Err(e) => {
+                stats.store_errors.fetch_add(1, Ordering::Relaxed);
+                if stats.store_reachable.swap(false, Ordering::Relaxed) || round == 0 {
+                    tracing::warn!(store = %state.store().describe(), error = %e, "address store unreachable: ADD uses the warm pool");
+                }
+            }
+        }
+        self.release_orphans(has_port).await;
+        state.first_round_done();
+        for f in &fenced {
+            stats.fenced.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(ip = %f.ip, owner = %f.owner.container_id, store_says = %f.now,
+                "address lost while this node was cut off: it belongs elsewhere now; detaching the pod");
+        }
+        fenced
+    }
+
+    /// Assigned addresses whose sandbox is gone and that no port uses (their DEL could not
+    /// reach this daemon) are released.
+    async fn release_orphans(&self, has_port: impl Fn(&Attachment) -> bool) {
+        let now = now_secs();
+        let orphans: Vec<Attachment> = {
+            let local = self.state.local();
+            local
+                .entries
+                .values()
+                .filter_map(|e| match &e.record {
+                    AddressRecord::Assigned { owner, since, .. }
+                        if now.saturating_sub(*since) >= ORPHAN_AFTER_SECS
+                            && !has_port(owner)
+                            && e.netns.as_ref().is_some_and(|ns| !ns.exists()) =>
+                    {
+                        Some(owner.clone())
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        for owner in orphans {
+            tracing::info!(owner = %owner.container_id, "its sandbox is gone and no port uses its address: released");
+            let _ = self.state.release(&owner).await;
+        }
+    }
+
+    /// Keeps the lease alive; without one (first start, or it expired while cut off), takes a
+    /// new one and reconciles with the store before doing anything else.
+    async fn ensure_registered(&self, fenced: &mut Vec<Fenced>) -> Result<(), StoreError> {
+        let state = &self.state;
+        let lease = state.local().lease;
+        if self.registered.load(Ordering::Acquire) && !self.last_keep_alive.due(state.settings().lease_ttl / 3) {
+            return Ok(());
+        }
+        if let Some(lease) = lease {
+            if state.store().keep_alive(lease).await? {
+                self.last_keep_alive.ran();
+                if !self.registered.load(Ordering::Acquire) {
+                    self.register(lease, fenced).await?;
+                }
+                return Ok(());
+            }
+            tracing::warn!(lease, "this node's lease expired (the node was cut off or down): re-registering");
+            // Until `register` has gone through with the new lease: should it fail half-way,
+            // the next round's keep-alive of the new lease succeeds, and must not count as
+            // registered (the node would never reconcile, fence or write its node key).
+            self.registered.store(false, Ordering::Release);
+        }
+        let lease = state.store().grant_lease(state.settings().lease_ttl).await?;
+        state.local().lease = Some(lease);
+        state.save_in_round().await?;
+        self.register(lease, fenced).await
+    }
+
+    /// The node key goes in first, and only then does the node compare its state with the
+    /// store: other nodes take a dead node's addresses only while its node key is absent
+    /// (`put_if_absent`), so any address taken from this node was taken before the key was
+    /// written, and so before `reconcile` reads the records. (The other way round, a reclaim
+    /// planned while the node was away could land just after `reconcile`, and the node would
+    /// keep addresses the store gave back to the pool.)
+    async fn register(&self, lease: i64, fenced: &mut Vec<Fenced>) -> Result<(), StoreError> {
+        let (state, keys) = (&self.state, self.state.keys());
+        let node = NodeRecord { lease, since: now_secs() };
+        let value = serde_json::to_vec(&node).expect("serialisable");
+        state.store().put_leased(&keys.node(state.node()), value, lease).await?;
+        self.reconcile(fenced).await?;
+        state.store().delete(&keys.down(state.node())).await?;
+        self.last_keep_alive.ran();
+        self.registered.store(true, Ordering::Release);
+        tracing::info!(node = %state.node(), lease, store = %state.store().describe(), "registered with the address store");
+        Ok(())
+    }
+
+    /// Compares the local state with the store: adopts records that name this node (a claim
+    /// that was written before a crash), and drops what the store gave to someone else.
+    async fn reconcile(&self, fenced: &mut Vec<Fenced>) -> Result<(), StoreError> {
+        let state = &self.state;
+        let me = Some(state.node());
+        let records = state.records().await?;
+        {
+            let mut local = state.local();
+            for (ip, (record, version)) in records.iter().filter(|(_, (r, _))| r.node() == me) {
+                match local.entries.get_mut(ip) {
+                    Some(entry) => entry.version = *version,
+                    None => {
+                        let entry = adopted(&local.entries, state.node(), *ip, record, *version);
+                        local.entries.insert(*ip, entry);
+                    }
+                }
+            }
+            let lost: Vec<IpAddr> = local
+                .entries
+                .iter()
+                .filter(|(ip, e)| e.version != 0 && records.get(*ip).is_none_or(|(r, _)| r.node() != me))
+                .map(|(ip, _)| *ip)
+                .collect();
+            for ip in lost {
+                let entry = local.entries.remove(&ip).expect("listed above");
+                let now = records.get(&ip).map_or("free".to_string(), |(r, _)| describe(r));
+                if let Some(owner) = entry.owner() {
+                    fenced.push(Fenced { ip, owner: owner.clone(), now });
+                }
+            }
+        }
+        state.save_in_round().await
+    }
+
+    /// Writes every pending change.
+    async fn sync(&self, fenced: &mut Vec<Fenced>) -> Result<(), StoreError> {
+        let dirty = self.state.pending(None).await?;
+        let mut result = Ok(());
+        for (ip, entry) in &dirty {
+            result = self.state.sync_entry(*ip, entry, fenced).await;
+            if result.is_err() {
+                break;
+            }
+        }
+        // One save for the round (the versions learnt, the entries released).
+        if !dirty.is_empty() {
+            drop(self.state.save().await);
+        }
+        result
+    }
+}
+
+/// The local entry for a record the store gives this node and the local state does not know.
+/// A claim for an ADD whose owner holds another address of the family was an ADD refused (its
+/// reply lost) and retried: nobody has this one, and it joins the warm pool.
+fn adopted(
+    entries: &BTreeMap<IpAddr, LocalEntry>,
+    node: &str,
+    ip: IpAddr,
+    record: &AddressRecord,
+    version: i64,
+) -> LocalEntry {
+    let refused_add = record.owner().is_some_and(|owner| {
+        entries.iter().any(|(held, e)| e.owner() == Some(owner) && Family::of(held) == Family::of(&ip))
+    });
+    if refused_add {
+        tracing::info!(%ip, "adopted a claim of a refused ADD into the warm pool");
+        let warm = AddressRecord::Warm { node: node.to_string(), since: now_secs() };
+        LocalEntry { record: warm, version, dirty: true, netns: None }
+    } else {
+        tracing::info!(%ip, state = record.state_name(), "adopted an address the store gives this node");
+        LocalEntry { record: record.clone(), version, dirty: false, netns: None }
+    }
+}
