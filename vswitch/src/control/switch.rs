@@ -1018,7 +1018,7 @@ async fn attach_uplink(
 mod tests {
     use super::*;
     use futures::future::BoxFuture;
-    use vswitch_api::api::PortView;
+    use vswitch_api::api::{PortView, Reply};
 
     fn spec(name: &str, last: u8) -> PortSpec {
         PortSpec {
@@ -1098,6 +1098,102 @@ mod tests {
         // Saved before the failing netlink call: a restart does not bring the port back.
         assert!(StateFile::open(dir.path(), 1500).unwrap().load().unwrap().ports.is_empty());
         assert_eq!(switch.drops().iter().find(|(r, _)| *r == DropReason::TxError).map(|(_, n)| *n), Some(1));
+    }
+
+    /// Where the recorded replies live: one request line, then its reply line.
+    const TRANSCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/control/testdata/replies.jsonl");
+
+    /// The replies to `status`, `list_ports`, `list_routes`, `counters` and `drops` on a switch
+    /// with pods of both families, a port removed, config, port and API routes, counted
+    /// traffic and sampled drops; times zeroed (they change run to run).
+    fn transcript() -> Vec<(String, String)> {
+        let rt = runtime();
+        let mut config = Config::default();
+        config.host_port.routes = vec!["10.96.0.0/12".into(), "fd00:96::/108".into()];
+        let switch = Switch::in_memory_with(config, Box::new(RouteRemovalFails), None).unwrap();
+        let dual = PortSpec {
+            ipv6: Some("fd00:10::3".parse().unwrap()),
+            pod: Some(vswitch_api::api::PodRef { namespace: "default".into(), name: "web-0".into() }),
+            bandwidth: Some(vswitch_api::api::Bandwidth {
+                ingress: Some(vswitch_api::api::RateLimit { rate_bps: 10_000_000, burst_bits: 80_000 }),
+                egress: None,
+            }),
+            ..spec("b", 3)
+        };
+        let v6_only = PortSpec { ip: None, ipv6: Some("fd00:10::4".parse().unwrap()), ..spec("c", 4) };
+        for port in [spec("a", 2), dual, v6_only] {
+            rt.block_on(switch.handle(Request::AddPort(port))).unwrap();
+        }
+        let route = Request::AddRoute { prefix: "10.20.0.0/16".into(), port: "b".into(), replace: false };
+        rt.block_on(switch.handle(route)).unwrap();
+        // The node's route to c cannot be removed: a tx_error.
+        rt.block_on(switch.handle(Request::DelPort { name: "c".into(), remove_device: false })).unwrap();
+        switch.control_stats.rx(1, 1500);
+        switch.control_stats.tx(2, 90);
+        // Asking turns sampling on; then a spoofed UDP packet from a and a frame that is not IP.
+        rt.block_on(switch.handle(Request::Drops { after: 0 })).unwrap();
+        let flow = FlowSpec {
+            from: "a".into(),
+            to: "10.0.0.3".parse().unwrap(),
+            protocol: vswitch_api::api::FlowProtocol::Udp { port: 53 },
+            size: None,
+            gso: false,
+        };
+        let gateway = switch.config.gateway_mac();
+        let (frame, len) =
+            trace::flow_frame(&flow, "10.0.0.9".parse().unwrap(), MacAddr([2, 0, 0, 0, 0, 9]), gateway, 1500).unwrap();
+        switch.datapath.drops.sample(1, DropReason::SpoofedSourceIp, &frame[..len]);
+        switch.datapath.drops.sample(0, DropReason::UnsupportedEtherType, &[0u8; 30]);
+
+        let requests =
+            [Request::Status, Request::ListPorts, Request::ListRoutes, Request::Counters, Request::Drops { after: 0 }];
+        requests
+            .into_iter()
+            .map(|request| {
+                let line = serde_json::to_string(&request).unwrap();
+                let reply = match rt.block_on(switch.handle(request)).unwrap() {
+                    Response::Status(status) => Response::Status(StatusView { uptime_seconds: 0, ..status }),
+                    Response::Drops(mut drops) => {
+                        drops.samples.iter_mut().for_each(|s| s.unix_ms = 0);
+                        Response::Drops(drops)
+                    }
+                    other => other,
+                };
+                (line, serde_json::to_string(&Reply::from_result(Ok(reply))).unwrap())
+            })
+            .collect()
+    }
+
+    /// A reply line read by a client as the view it expects, and written again.
+    fn as_client_reads_it<T: serde::de::DeserializeOwned + serde::Serialize>(line: &str) -> String {
+        let reply: Reply<T> = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        serde_json::to_string(&reply).unwrap()
+    }
+
+    /// The API's replies, byte for byte as recorded (set RECORD_REPLIES=1 to record them again,
+    /// only on purpose: clients read these lines).
+    #[test]
+    fn replies_are_the_recorded_ones_and_clients_read_them_back() {
+        let lines = transcript();
+        if std::env::var_os("RECORD_REPLIES").is_some() {
+            let text: String = lines.iter().map(|(q, a)| format!("{q}\n{a}\n")).collect();
+            std::fs::write(TRANSCRIPT, text).unwrap();
+        }
+        let recorded = std::fs::read_to_string(TRANSCRIPT).unwrap();
+        let recorded: Vec<&str> = recorded.lines().collect();
+        let produced: Vec<&str> = lines.iter().flat_map(|(q, a)| [q.as_str(), a.as_str()]).collect();
+        assert_eq!(produced, recorded);
+        for (request, reply) in &lines {
+            let again = match serde_json::from_str::<Request>(request).unwrap() {
+                Request::Status => as_client_reads_it::<StatusView>(reply),
+                Request::ListPorts => as_client_reads_it::<Vec<PortView>>(reply),
+                Request::ListRoutes => as_client_reads_it::<Vec<RouteView>>(reply),
+                Request::Counters => as_client_reads_it::<CountersView>(reply),
+                Request::Drops { .. } => as_client_reads_it::<DropsView>(reply),
+                other => panic!("no view for {other:?}"),
+            };
+            assert_eq!(&again, reply);
+        }
     }
 
     #[test]
