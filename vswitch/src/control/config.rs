@@ -261,7 +261,7 @@ mod tests {
         assert_eq!(c.host_port.routes[1].0, "fd00:96::/108".parse::<AnyPrefix>().unwrap());
         let uplink = c.uplink.unwrap();
         assert_eq!(uplink.subnet.0.to_string(), "10.10.0.0/16");
-        assert_eq!(serde_json::to_value(&uplink.subnet6).unwrap(), "fd00:10::/64", "written back as text");
+        assert_eq!(serde_json::to_value(uplink.subnet6).unwrap(), "fd00:10::/64", "written back as text");
 
         let dir = tempfile::tempdir().unwrap();
         for (file, key, reason) in [
