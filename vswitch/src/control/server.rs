@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Framed};
 use vswitch_api::api::{ApiError, ErrorCode, Reply, Request, Response, MAX_REQUEST_BYTES};
 
-use super::Switch;
+use super::driver::Switch;
 use crate::datapath::SlowPacket;
 use crate::ipam::node;
 

@@ -9,6 +9,7 @@ use super::publisher::Publisher;
 use super::saver::Saver;
 use super::uplink::UplinkSender;
 use super::workers::Counters;
+use crate::control::config::Config;
 use crate::control::podio::PodIo;
 use crate::control::registry::{LinkState, PodAddresses, PodReservation, PodSpec};
 use crate::datapath::PortQueues;
@@ -31,15 +32,14 @@ pub struct Ports {
 }
 
 impl Ports {
+    /// Pod ports through `pods`, with a queue per worker of `config`.
     pub fn new(
+        config: &Config,
         pods: Box<dyn PodIo>,
-        publisher: Arc<Publisher>,
-        counters: Arc<Counters>,
-        saver: Arc<Saver>,
-        uplink: Arc<UplinkSender>,
-        workers: usize,
-        force_udp_segmentation: bool,
+        parts: (Arc<Publisher>, Arc<Counters>, Arc<Saver>, Arc<UplinkSender>),
     ) -> Ports {
+        let (publisher, counters, saver, uplink) = parts;
+        let (workers, force_udp_segmentation) = (config.workers, config.force_udp_segmentation);
         Ports { pods, publisher, counters, saver, uplink, workers, force_udp_segmentation }
     }
 

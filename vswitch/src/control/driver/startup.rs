@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use fib::{AnyPrefix, Ipv4Prefix, Ipv6Prefix};
+use fib::AnyPrefix;
 
 use super::errors::ControlError;
 use super::ports::{egress_queues, Ports};
@@ -19,7 +19,7 @@ use crate::control::handover::Handover;
 use crate::control::hostnet::HostNet;
 use crate::control::persist::{SavedState, StateFile};
 use crate::control::podio::{open_tap_queues, tap_queues_from};
-use crate::control::registry::{UplinkSpec, HOST_PORT};
+use crate::control::registry::{default_route, UplinkSpec, HOST_PORT};
 use crate::port::packet::PacketSocket;
 use crate::port::tap::Attach;
 use crate::port::PortQueue;
@@ -45,8 +45,7 @@ pub fn saved_state(
 pub fn host_routes(config: &Config) -> Vec<AnyPrefix> {
     let mut routes: Vec<AnyPrefix> = config.host_port.routes.iter().map(|p| p.0).collect();
     if config.host_port.default_route {
-        routes.push(AnyPrefix::V4(Ipv4Prefix::new(Ipv4Addr::UNSPECIFIED, 0).expect("valid")));
-        routes.push(AnyPrefix::V6(Ipv6Prefix::new(Ipv6Addr::UNSPECIFIED, 0).expect("valid")));
+        routes.extend([Ipv4Addr::UNSPECIFIED.into(), Ipv6Addr::UNSPECIFIED.into()].map(default_route));
     }
     routes
 }

@@ -160,15 +160,8 @@ impl Switch {
         let gate = Arc::new(ChangeGate::default());
         let saver = Arc::new(Saver::new(state_file, publisher.clone()));
         let uplink = Arc::new(UplinkSender::new(uplink, announcer, counters.clone(), config.force_udp_segmentation));
-        let ports = Arc::new(Ports::new(
-            pods,
-            publisher.clone(),
-            counters.clone(),
-            saver.clone(),
-            uplink.clone(),
-            config.workers,
-            config.force_udp_segmentation,
-        ));
+        let ports =
+            Arc::new(Ports::new(&config, pods, (publisher.clone(), counters.clone(), saver.clone(), uplink.clone())));
         let ipam = ipam.map(|ipam| Arc::new(IpamService::new(ipam, publisher.clone(), ports.clone(), gate.clone())));
         Arc::new(Switch {
             started: Instant::now(),

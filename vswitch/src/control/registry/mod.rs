@@ -69,9 +69,9 @@ impl std::fmt::Debug for Registry {
     }
 }
 
-/// The default route of `gateway`'s family.
-fn default_route(gateway: IpAddr) -> AnyPrefix {
-    match gateway {
+/// The default route of `address`'s family.
+pub fn default_route(address: IpAddr) -> AnyPrefix {
+    match address {
         IpAddr::V4(_) => AnyPrefix::V4(Ipv4Prefix::new(Ipv4Addr::UNSPECIFIED, 0).expect("valid")),
         IpAddr::V6(_) => AnyPrefix::V6(Ipv6Prefix::new(Ipv6Addr::UNSPECIFIED, 0).expect("valid")),
     }
