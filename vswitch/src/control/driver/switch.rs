@@ -30,6 +30,8 @@ use crate::pipeline::DropReason;
 use crate::port::{MemoryPort, PortQueue};
 use crate::wire::MacAddr;
 
+/// vswitchd's control plane: answers the API, drives the registry with what the workers and the
+/// timers hand up, and keeps the state file, each through one of its parts.
 pub struct Switch {
     config: Config,
     started: Instant,
