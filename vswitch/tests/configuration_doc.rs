@@ -71,10 +71,10 @@ fn every_vswitchd_key_is_documented_and_every_documented_key_exists() {
         gateway_mac: Some("02:00:00:00:00:01".parse().unwrap()),
         uplink: Some(UplinkConfig {
             interface: "eth1".into(),
-            subnet: "10.10.0.0/16".into(),
+            subnet: "10.10.0.0/16".parse().unwrap(),
             gateway: Some("10.10.0.1".parse().unwrap()),
             address: Some("10.10.0.11".parse().unwrap()),
-            subnet6: Some("fd00:10::/64".into()),
+            subnet6: Some("fd00:10::/64".parse().unwrap()),
             gateway6: Some("fd00:10::1".parse().unwrap()),
             address6: Some("fd00:10::11".parse().unwrap()),
             mtu: 1500,

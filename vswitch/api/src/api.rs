@@ -218,7 +218,7 @@ pub struct DropSampleView {
     pub port: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<PodRef>,
-    pub reason: String,
+    pub reason: DropReason,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub src: Option<IpAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -461,8 +461,106 @@ pub struct RouteView {
     /// subnet).
     pub next_hop: String,
     pub mtu: u16,
-    /// `port` (a pod's /32 or /128, removed with it), `config` (from vswitchd.toml) or `api`.
-    pub origin: String,
+    pub origin: RouteOrigin,
+}
+
+/// Where a route came from: `port` (a pod's /32 or /128, removed with it), `config` (from
+/// vswitchd.toml) or `api`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteOrigin {
+    Port,
+    Config,
+    Api,
+}
+
+impl std::fmt::Display for RouteOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            RouteOrigin::Port => "port",
+            RouteOrigin::Config => "config",
+            RouteOrigin::Api => "api",
+        })
+    }
+}
+
+/// An enum with the list of its variants, in order.
+macro_rules! listed {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$variant_meta:meta])* $variant:ident,)* }) => {
+        $(#[$meta])*
+        pub enum $name {
+            $($(#[$variant_meta])* $variant,)*
+        }
+
+        impl $name {
+            /// Every variant, in the order declared.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
+        }
+    };
+}
+
+listed! {
+    /// Why the switch dropped a frame: the datapath's drop reasons, in its order, named as its
+    /// metric labels (`vswitch_drops_total{reason="..."}`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum DropReason {
+        BadVnetHeader,
+        FrameTooShort,
+        FrameTooLong,
+        VlanTagged,
+        #[serde(rename = "unsupported_ethertype")]
+        UnsupportedEtherType,
+        SpoofedSourceMac,
+        NotOurMac,
+        ArpMalformed,
+        ArpSpoofed,
+        ArpReplyFromPod,
+        ArpOwnAddress,
+        ArpNotOurs,
+        Ipv4Truncated,
+        Ipv4BadVersion,
+        Ipv4BadHeaderLength,
+        Ipv4BadTotalLength,
+        Ipv4BadChecksum,
+        Ipv6Truncated,
+        Ipv6BadVersion,
+        Ipv6BadExtensionHeaders,
+        Ipv6Multicast,
+        Ipv6LinkLocal,
+        SpoofedSourceIp,
+        TtlExpired,
+        NdpMalformed,
+        NdpSpoofed,
+        NdpOwnAddress,
+        NdpNotOurs,
+        RaGuard,
+        NoRoute,
+        NeighborUnresolved,
+        NeighborQueueFull,
+        SlowPathFull,
+        Hairpin,
+        FragmentationNeeded,
+        FragmentationUnsupported,
+        PacketTooBig,
+        IcmpRateLimited,
+        PortDown,
+        TxQueueFull,
+        TxError,
+        UdpGsoMalformed,
+        RateLimited,
+        RxOverflow,
+    }
+}
+
+impl std::fmt::Display for DropReason {
+    /// The name on the wire (`ttl_expired`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::String(name)) => f.pad(&name),
+            _ => unreachable!("a unit variant serialises as its name"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -476,7 +574,8 @@ pub struct NeighborView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CountersView {
     pub ports: Vec<(String, PortCounters)>,
-    pub drops: Vec<(String, u64)>,
+    /// Every reason, with how many frames it dropped.
+    pub drops: Vec<(DropReason, u64)>,
     pub fib_routes: usize,
     pub neighbors: usize,
 }
@@ -542,5 +641,22 @@ mod tests {
         assert_eq!(done, r#"{"ok":true,"result":null}"#);
         let back: Reply<()> = serde_json::from_str(&done).unwrap();
         assert!(back.ok);
+    }
+
+    #[test]
+    fn enums_are_their_names_on_the_wire() {
+        for reason in DropReason::ALL {
+            let name = serde_json::to_string(reason).unwrap();
+            assert_eq!(name, format!("\"{reason}\""));
+            assert_eq!(serde_json::from_str::<DropReason>(&name).unwrap(), *reason);
+        }
+        assert_eq!(DropReason::UnsupportedEtherType.to_string(), "unsupported_ethertype");
+        assert_eq!(format!("{:<8}|", DropReason::Hairpin), "hairpin |", "padded as a string");
+        for (origin, name) in [(RouteOrigin::Port, "port"), (RouteOrigin::Config, "config"), (RouteOrigin::Api, "api")]
+        {
+            assert_eq!(serde_json::to_string(&origin).unwrap(), format!("\"{name}\""));
+            assert_eq!(origin.to_string(), name);
+        }
+        assert!(serde_json::from_str::<DropReason>("\"no_such_reason\"").is_err());
     }
 }

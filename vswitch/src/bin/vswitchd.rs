@@ -207,7 +207,7 @@ async fn run(config: Config, upgrade: bool) -> Result<Stopped, Box<dyn std::erro
     std::fs::rename(&staging, &socket).map_err(|e| format!("API socket {}: {e}", socket.display()))?;
     tokio::spawn(server::serve_api(api, switch.clone()));
     tokio::spawn(server::serve_slow_path(slow_path, switch.clone()));
-    tokio::spawn(vswitch::control::ipam::serve_ipam(switch.clone()));
+    tokio::spawn(server::serve_ipam(switch.clone()));
     let lock = match start {
         Start::Plain(lock) => lock,
         Start::TakeOver(old) => {

@@ -50,8 +50,10 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
+use fib::{AnyPrefix, Ipv4Prefix, Ipv6Prefix, PrefixError};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use vswitch_api::defaults;
 
 use crate::wire::MacAddr;
@@ -83,14 +85,14 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct UplinkConfig {
     pub interface: String,
-    pub subnet: String,
+    pub subnet: ConfigPrefix<Ipv4Prefix>,
     pub gateway: Option<Ipv4Addr>,
     /// The node's own address on the VPC subnet, used as the source of ICMP errors sent out of
     /// the uplink; default: the NIC's first IPv4 address (without any, none are sent).
     pub address: Option<Ipv4Addr>,
     /// The VPC's IPv6 subnet (dual-stack): resolved with neighbour discovery.
     #[serde(default)]
-    pub subnet6: Option<String>,
+    pub subnet6: Option<ConfigPrefix<Ipv6Prefix>>,
     /// The VPC router's IPv6 address: the IPv6 default route goes through it.
     #[serde(default)]
     pub gateway6: Option<Ipv6Addr>,
@@ -107,13 +109,38 @@ fn default_mtu() -> u16 {
     1500
 }
 
+/// A prefix as the file writes it (`"10.96.0.0/12"`), parsed when the file is read: a bad one
+/// stops the load, pointing at the line, with the reason (`'10.1.2.3/8' has host bits set`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConfigPrefix<P>(pub P);
+
+impl<P: FromStr<Err = PrefixError>> FromStr for ConfigPrefix<P> {
+    type Err = PrefixError;
+    fn from_str(s: &str) -> Result<Self, PrefixError> {
+        s.parse().map(ConfigPrefix)
+    }
+}
+
+impl<'de, P: FromStr<Err = PrefixError>> Deserialize<'de> for ConfigPrefix<P> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl<P: std::fmt::Display> Serialize for ConfigPrefix<P> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HostPortConfig {
     pub name: String,
     pub mtu: u16,
     pub default_route: bool,
-    pub routes: Vec<String>,
+    pub routes: Vec<ConfigPrefix<AnyPrefix>>,
     /// Without an uplink: the node's NIC on the VPC subnet. vswitchd announces every pod it
     /// attaches with a gratuitous ARP from this NIC (the node answers ARP for its pods by
     /// proxy-ARP), so the VPC learns at once where an address that moved between nodes lives.
@@ -174,17 +201,7 @@ impl Config {
         if !(576..=9000).contains(&self.pod_mtu) || !(576..=65535).contains(&self.host_port.mtu) {
             return Err(ConfigError::Invalid("MTUs must be at least 576 (pod MTU at most 9000)".into()));
         }
-        for route in &self.host_port.routes {
-            route.parse::<fib::AnyPrefix>().map_err(|e| ConfigError::Invalid(format!("host_port.routes: {e}")))?;
-        }
         if let Some(uplink) = &self.uplink {
-            uplink
-                .subnet
-                .parse::<fib::Ipv4Prefix>()
-                .map_err(|e| ConfigError::Invalid(format!("uplink.subnet: {e}")))?;
-            if let Some(subnet6) = &uplink.subnet6 {
-                subnet6.parse::<fib::Ipv6Prefix>().map_err(|e| ConfigError::Invalid(format!("uplink.subnet6: {e}")))?;
-            }
             if uplink.gateway6.is_some() && uplink.subnet6.is_none() {
                 return Err(ConfigError::Invalid("uplink.gateway6 needs uplink.subnet6".into()));
             }
@@ -233,5 +250,35 @@ mod tests {
         assert_eq!((partial.workers, partial.pod_mtu), (2, 1500));
         assert!(toml::from_str::<Config>("wrkers = 2").is_err(), "unknown keys are errors");
         assert!(Config { workers: 0, ..Config::default() }.validate().is_err());
+    }
+
+    #[test]
+    fn prefixes_are_parsed_when_the_file_is_read() {
+        let c: Config = toml::from_str(
+            "[host_port]\nroutes = [\"10.96.0.0/12\", \"fd00:96::/108\"]\n\
+             [uplink]\ninterface = \"eth1\"\nsubnet = \"10.10.0.0/16\"\nsubnet6 = \"fd00:10::/64\"",
+        )
+        .unwrap();
+        assert_eq!(c.host_port.routes[1].0, "fd00:96::/108".parse::<AnyPrefix>().unwrap());
+        let uplink = c.uplink.unwrap();
+        assert_eq!(uplink.subnet.0.to_string(), "10.10.0.0/16");
+        assert_eq!(serde_json::to_value(uplink.subnet6).unwrap(), "fd00:10::/64", "written back as text");
+
+        let dir = tempfile::tempdir().unwrap();
+        for (file, key, reason) in [
+            ("[host_port]\nroutes = [\"10.1.2.3/8\"]", "routes", "has host bits set (did you mean 10.0.0.0/8?)"),
+            ("[host_port]\nroutes = [\"10.0.0.0/33\"]", "routes", "prefix length 33 is longer than 32 bits"),
+            ("[uplink]\ninterface = \"eth1\"\nsubnet = \"fd00::/64\"", "subnet", "is not an address/length prefix"),
+            (
+                "[uplink]\ninterface = \"eth1\"\nsubnet = \"10.0.0.0/8\"\nsubnet6 = \"10.0.0.0/8\"",
+                "subnet6",
+                "'10.0.0.0/8'",
+            ),
+        ] {
+            let path = dir.path().join("vswitchd.toml");
+            std::fs::write(&path, file).unwrap();
+            let e = Config::load(&path).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(reason) && e.contains("vswitchd.toml"), "{file}: {e}");
+        }
     }
 }

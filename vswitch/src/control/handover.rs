@@ -189,7 +189,7 @@ mod tests {
         // Real descriptors: pipes whose write ends we keep, to prove the copies are the same files.
         let pipes: Vec<(OwnedFd, OwnedFd)> = (0..205).map(|_| nix::unistd::pipe().unwrap()).collect();
         let offered = Offer {
-            state: SavedState { format: super::super::persist::FORMAT, ..Default::default() },
+            state: SavedState { format: crate::control::persist::FORMAT, ..Default::default() },
             workers: 2,
             ports: vec![
                 ("vsw0".into(), vec![pipes[0].0.as_raw_fd(), pipes[1].0.as_raw_fd()]),

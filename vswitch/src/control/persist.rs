@@ -14,8 +14,9 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use vswitch_api::api::{Bandwidth, PodRef, PortSpec, RateLimit};
 use vswitch_api::MacAddr;
+
+use super::registry::{BandwidthLimits, PodAddresses, PodName, PodSpec, Rate};
 
 pub const FORMAT: u32 = 2;
 
@@ -88,14 +89,14 @@ struct LegacyAddPort {
 }
 
 impl SavedPort {
-    pub fn from_spec(spec: &PortSpec, mtu: u16) -> SavedPort {
-        let rate = |r: Option<RateLimit>| r.map(|r| SavedRate { rate_bps: r.rate_bps, burst_bits: r.burst_bits });
+    pub fn from_spec(spec: &PodSpec, mtu: u16) -> SavedPort {
+        let rate = |r: Option<Rate>| r.map(|r| SavedRate { rate_bps: r.bits_per_second, burst_bits: r.burst_bits });
         SavedPort {
             name: spec.name.clone(),
             netns: spec.netns.clone(),
             ifname: spec.ifname.clone(),
-            ip: spec.ip,
-            ipv6: spec.ipv6,
+            ip: spec.addresses.ip,
+            ipv6: spec.addresses.ipv6,
             mac: spec.mac,
             mtu,
             pod_namespace: spec.pod.as_ref().map(|p| p.namespace.clone()),
@@ -105,20 +106,19 @@ impl SavedPort {
         }
     }
 
-    pub fn to_spec(&self) -> PortSpec {
-        let rate = |r: Option<SavedRate>| r.map(|r| RateLimit { rate_bps: r.rate_bps, burst_bits: r.burst_bits });
+    pub fn to_spec(&self) -> PodSpec {
+        let rate = |r: Option<SavedRate>| r.map(|r| Rate { bits_per_second: r.rate_bps, burst_bits: r.burst_bits });
         let bandwidth = (self.ingress.is_some() || self.egress.is_some())
-            .then(|| Bandwidth { ingress: rate(self.ingress), egress: rate(self.egress) });
+            .then(|| BandwidthLimits { ingress: rate(self.ingress), egress: rate(self.egress) });
         let pod = match (&self.pod_namespace, &self.pod_name) {
-            (Some(namespace), Some(name)) => Some(PodRef { namespace: namespace.clone(), name: name.clone() }),
+            (Some(namespace), Some(name)) => Some(PodName { namespace: namespace.clone(), name: name.clone() }),
             _ => None,
         };
-        PortSpec {
+        PodSpec {
             name: self.name.clone(),
             netns: self.netns.clone(),
             ifname: self.ifname.clone(),
-            ip: self.ip,
-            ipv6: self.ipv6,
+            addresses: PodAddresses { ip: self.ip, ipv6: self.ipv6 },
             mac: self.mac,
             mtu: Some(self.mtu),
             pod,
@@ -240,7 +240,7 @@ mod tests {
         assert_eq!(state.ports.len(), 2);
         let spec = state.ports[0].to_spec();
         assert_eq!(
-            (spec.name.as_str(), spec.ip, spec.ipv6, spec.mtu),
+            (spec.name.as_str(), spec.addresses.ip, spec.addresses.ipv6, spec.mtu),
             ("f00d:eth0", Some(Ipv4Addr::new(10, 10, 40, 10)), None, Some(1400))
         );
         assert_eq!(state.ports[1].mtu, 1500, "entries without an MTU get the pod MTU");
@@ -272,17 +272,16 @@ mod tests {
     fn pod_identity_bandwidth_and_routes_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let store = StateFile::open(dir.path(), 1500).unwrap();
-        let spec = PortSpec {
+        let spec = PodSpec {
             name: "c1:eth0".into(),
             netns: "/run/netns/x".into(),
             ifname: "eth0".into(),
-            ip: Some(Ipv4Addr::new(10, 0, 0, 2)),
-            ipv6: Some("fd00:10::2".parse().unwrap()),
+            addresses: PodAddresses { ip: Some(Ipv4Addr::new(10, 0, 0, 2)), ipv6: Some("fd00:10::2".parse().unwrap()) },
             mac: MacAddr::local_from([10, 0, 0, 2]),
             mtu: Some(1500),
-            pod: Some(PodRef { namespace: "default".into(), name: "web-0".into() }),
-            bandwidth: Some(Bandwidth {
-                ingress: Some(RateLimit { rate_bps: 10_000_000, burst_bits: 80_000 }),
+            pod: Some(PodName { namespace: "default".into(), name: "web-0".into() }),
+            bandwidth: Some(BandwidthLimits {
+                ingress: Some(Rate { bits_per_second: 10_000_000, burst_bits: 80_000 }),
                 egress: None,
             }),
         };

@@ -10,28 +10,33 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use vswitch_api::api::{ApiError, ErrorCode, PortSpec};
 
-use super::hostnet::HostNet;
+use super::hostnet::{HostNet, HostNetError};
+use super::registry::PodSpec;
 use crate::datapath::PortQueues;
 use crate::port::tap::{Attach, TapQueue};
 use crate::port::{MemoryPort, PortQueue, TapError};
+
+/// Why a pod's I/O failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PodIoError {
+    #[error("attaching {port}: {source}")]
+    Attach { port: String, source: TapError },
+    #[error(transparent)]
+    HostNet(#[from] HostNetError),
+}
 
 pub trait PodIo: Send + Sync + std::fmt::Debug {
     /// The identity (device, inode) of the namespace at `path`; `None` if it names none. Compared
     /// later to notice a namespace that vanished or was replaced without a DEL.
     fn netns_id(&self, path: &Path) -> Option<(u64, u64)>;
     /// One queue per worker of the pod's TAP.
-    fn open_queues<'a>(&'a self, spec: &'a PortSpec, workers: usize) -> BoxFuture<'a, Result<PortQueues, ApiError>>;
+    fn open_queues<'a>(&'a self, spec: &'a PodSpec, workers: usize) -> BoxFuture<'a, Result<PortQueues, PodIoError>>;
     /// The node's route to the pod (so its stack and kube-proxy's DNAT reach it).
-    fn add_host_route(&self, ip: IpAddr) -> BoxFuture<'_, Result<(), ApiError>>;
-    fn remove_host_route(&self, ip: IpAddr) -> BoxFuture<'_, Result<(), ApiError>>;
+    fn add_host_route(&self, ip: IpAddr) -> BoxFuture<'_, Result<(), PodIoError>>;
+    fn remove_host_route(&self, ip: IpAddr) -> BoxFuture<'_, Result<(), PodIoError>>;
     /// Deletes the pod's TAP in the background (the reply does not wait for the kernel).
     fn delete_device(&self, netns: PathBuf, ifname: String);
-}
-
-fn unavailable(what: impl std::fmt::Display) -> ApiError {
-    ApiError::new(ErrorCode::Unavailable, what)
 }
 
 /// Opens one queue per worker of TAP `ifname`, on a blocking thread (the namespace switch and
@@ -71,42 +76,35 @@ impl PodIo for KernelPodIo {
         std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
     }
 
-    fn open_queues<'a>(&'a self, spec: &'a PortSpec, workers: usize) -> BoxFuture<'a, Result<PortQueues, ApiError>> {
+    fn open_queues<'a>(&'a self, spec: &'a PodSpec, workers: usize) -> BoxFuture<'a, Result<PortQueues, PodIoError>> {
         let handed = self.handed.lock().unwrap_or_else(|e| e.into_inner()).remove(&spec.name);
         if let Some(fds) = handed.filter(|fds| fds.len() == workers) {
             let queues = tap_queues_from(fds, &spec.ifname);
             return Box::pin(async move { Ok(queues) });
         }
         Box::pin(async move {
-            open_tap_queues(&spec.ifname, Some(spec.netns.clone()), Attach::Existing, workers).await.map_err(|e| {
-                let missing =
-                    matches!(&e, TapError::Attach { source, .. } if source.kind() == std::io::ErrorKind::NotFound);
-                let message = format!("attaching {}: {e}", spec.name);
-                if missing {
-                    ApiError::new(ErrorCode::NotFound, message)
-                } else {
-                    unavailable(message)
-                }
-            })
+            open_tap_queues(&spec.ifname, Some(spec.netns.clone()), Attach::Existing, workers)
+                .await
+                .map_err(|source| PodIoError::Attach { port: spec.name.clone(), source })
         })
     }
 
-    fn add_host_route(&self, ip: IpAddr) -> BoxFuture<'_, Result<(), ApiError>> {
+    fn add_host_route(&self, ip: IpAddr) -> BoxFuture<'_, Result<(), PodIoError>> {
         Box::pin(async move {
-            self.hostnet.route_to_pod(ip, self.host_ifindex).await.map_err(unavailable)?;
+            self.hostnet.route_to_pod(ip, self.host_ifindex).await?;
             if let (IpAddr::V6(ip), Some(nic)) = (ip, self.proxy_ndp_ifindex) {
-                self.hostnet.proxy_ndp(ip, nic).await.map_err(unavailable)?;
+                self.hostnet.proxy_ndp(ip, nic).await?;
             }
             Ok(())
         })
     }
 
-    fn remove_host_route(&self, ip: IpAddr) -> BoxFuture<'_, Result<(), ApiError>> {
+    fn remove_host_route(&self, ip: IpAddr) -> BoxFuture<'_, Result<(), PodIoError>> {
         Box::pin(async move {
             if let (IpAddr::V6(ip), Some(nic)) = (ip, self.proxy_ndp_ifindex) {
-                self.hostnet.remove_proxy_ndp(ip, nic).await.map_err(unavailable)?;
+                self.hostnet.remove_proxy_ndp(ip, nic).await?;
             }
-            self.hostnet.remove_route_to_pod(ip, self.host_ifindex).await.map_err(unavailable)
+            Ok(self.hostnet.remove_route_to_pod(ip, self.host_ifindex).await?)
         })
     }
 
@@ -134,17 +132,17 @@ impl PodIo for MemoryPodIo {
         Some((0, hasher.finish()))
     }
 
-    fn open_queues<'a>(&'a self, _: &'a PortSpec, workers: usize) -> BoxFuture<'a, Result<PortQueues, ApiError>> {
+    fn open_queues<'a>(&'a self, _: &'a PodSpec, workers: usize) -> BoxFuture<'a, Result<PortQueues, PodIoError>> {
         let queues: Vec<Arc<dyn PortQueue>> =
             (0..workers.max(1)).map(|_| Arc::new(MemoryPort::default()) as Arc<dyn PortQueue>).collect();
         Box::pin(async move { Ok(queues.into()) })
     }
 
-    fn add_host_route(&self, _: IpAddr) -> BoxFuture<'_, Result<(), ApiError>> {
+    fn add_host_route(&self, _: IpAddr) -> BoxFuture<'_, Result<(), PodIoError>> {
         Box::pin(async { Ok(()) })
     }
 
-    fn remove_host_route(&self, _: IpAddr) -> BoxFuture<'_, Result<(), ApiError>> {
+    fn remove_host_route(&self, _: IpAddr) -> BoxFuture<'_, Result<(), PodIoError>> {
         Box::pin(async { Ok(()) })
     }
 

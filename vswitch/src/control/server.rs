@@ -1,5 +1,5 @@
 //! The daemon's event sources: the API socket, the metrics endpoint, the workers' slow path and
-//! the timers. Each runs as its own task; none holds the registry's lock across an `.await`.
+//! the timers (neighbours, vanished namespaces, the IPAM's upkeep). Each runs as its own task; none holds the registry's lock across an `.await`.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -12,9 +12,10 @@ use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Framed};
 use vswitch_api::api::{ApiError, ErrorCode, Reply, Request, Response, MAX_REQUEST_BYTES};
 
+use super::driver::Switch;
 use super::exposition::Exposition;
-use super::Switch;
 use crate::datapath::SlowPacket;
+use crate::ipam::node;
 
 /// How long an HTTP client may take to send its request head.
 const HTTP_READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -100,6 +101,21 @@ pub async fn serve_slow_path(mut packets: tokio::sync::mpsc::Receiver<SlowPacket
                 let _ = tokio::task::spawn_blocking(move || switch.check_devices()).await;
             }
         }
+    }
+}
+
+/// Runs the cluster IPAM's upkeep every [`node::TICK`], or sooner when it asks (nothing without
+/// `[ipam]`).
+pub async fn serve_ipam(switch: Arc<Switch>) {
+    let Some(ipam) = switch.ipam_upkeep() else { return };
+    let mut tick = tokio::time::interval(node::TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = ipam.kicked() => {}
+        }
+        ipam.upkeep().await;
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::net::IpAddr;
 
-use vswitch_api::api::{ApiError, ErrorCode, FlowProtocol, FlowSpec, RouteView, TraceView};
+use vswitch_api::api::{FlowProtocol, FlowSpec, RouteView, TraceView};
 
 use crate::datapath::Snapshot;
 use crate::pipeline::{IcmpLimiter, Next, Pipeline, Trace, MAX_FRAME};
@@ -21,8 +21,27 @@ const TCP_HEADER: usize = 20;
 const UDP_HEADER: usize = 8;
 const SOURCE_PORT: u16 = 40000;
 
-fn invalid(message: impl std::fmt::Display) -> ApiError {
-    ApiError::new(ErrorCode::Invalid, message)
+/// Why a frame or a flow cannot be traced.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TraceError {
+    #[error("no port named '{0}'")]
+    NoSuchPort(String),
+    #[error("no pod or port '{0}'")]
+    NoSuchPod(String),
+    #[error("frame is not hex: {0}")]
+    NotHex(#[from] hex::FromHexError),
+    #[error("frame too long")]
+    FrameTooLong,
+    #[error("'{0}' is not a pod port")]
+    NotAPod(String),
+    #[error("'{from}' has no address of {to}'s family")]
+    NoAddressOfFamily { from: String, to: IpAddr },
+    #[error("{src} and {dst} are of different families")]
+    MixedFamilies { src: IpAddr, dst: IpAddr },
+    #[error("size {size} is outside {min}..={max}")]
+    Size { size: usize, min: usize, max: usize },
+    #[error("GSO frames carry TCP or UDP")]
+    GsoNotTcpUdp,
 }
 
 /// A frame (vnet header first) from `src` (`src_mac`) to `flow.to` (of the same family),
@@ -34,10 +53,10 @@ pub fn flow_frame(
     src_mac: MacAddr,
     gateway_mac: MacAddr,
     mtu: u16,
-) -> Result<(Vec<u8>, usize), ApiError> {
+) -> Result<(Vec<u8>, usize), TraceError> {
     let v6 = src.is_ipv6();
     if v6 != flow.to.is_ipv6() {
-        return Err(invalid(format!("{src} and {} are of different families", flow.to)));
+        return Err(TraceError::MixedFamilies { src, dst: flow.to });
     }
     let ip_header = if v6 { ipv6::HEADER_LEN } else { ipv4::MIN_HEADER_LEN };
     let (protocol, l4_header) = match flow.protocol {
@@ -51,10 +70,10 @@ pub fn flow_frame(
     let min = ip_header + l4_header;
     let max = MAX_FRAME - vnet::LEN - ethernet::HEADER_LEN;
     if !(min..=max.min(65_535)).contains(&size) {
-        return Err(invalid(format!("size {size} is outside {min}..={}", max.min(65_535))));
+        return Err(TraceError::Size { size, min, max: max.min(65_535) });
     }
     if flow.gso && flow.protocol == FlowProtocol::Icmp {
-        return Err(invalid("GSO frames carry TCP or UDP"));
+        return Err(TraceError::GsoNotTcpUdp);
     }
     let mut buf = vec![0u8; vnet::LEN + ethernet::HEADER_LEN + size];
     let l3 = vnet::LEN + ethernet::HEADER_LEN;
@@ -263,7 +282,7 @@ mod tests {
             port: "pod1".into(),
             next_hop: "02:00:00:00:00:0b".into(),
             mtu: 1500,
-            origin: "port".into(),
+            origin: vswitch_api::api::RouteOrigin::Port,
         }];
         for (protocol, gso) in [
             (FlowProtocol::Icmp, false),
@@ -290,6 +309,6 @@ mod tests {
             GW_MAC,
             1500,
         );
-        assert_eq!(mixed.unwrap_err().code, ErrorCode::Invalid);
+        assert!(matches!(mixed.unwrap_err(), TraceError::MixedFamilies { .. }));
     }
 }
