@@ -4,10 +4,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # protobuf-compiler and libprotobuf-dev (google/protobuf/*.proto) build the etcd and CRI clients;
 # etcd-server, etcd-client and openssl run the tests' TLS etcd clusters; prometheus (with
-# promtool) and curl check the metrics endpoint as Prometheus takes it.
+# promtool) and curl check the metrics endpoint as Prometheus takes it; buildah and binutils
+# (strip) build the DaemonSet's image (cni/deploy/build-image.sh).
 packages=(iproute2 iperf3 iputils-ping iptables containernetworking-plugins
     containerd runc protobuf-compiler libprotobuf-dev busybox-static
-    etcd-server etcd-client openssl curl prometheus)
+    etcd-server etcd-client openssl curl prometheus buildah binutils)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
