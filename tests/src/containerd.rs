@@ -502,18 +502,21 @@ fn make_mount_points(dirs: &[&str]) -> Vec<PathBuf> {
 }
 
 /// The shell script that starts containerd in its new mount namespace: each of [`NODE_DIRS`]
-/// bound from `node_root`, then containerd. The mount holding each directory is made private
-/// first (that one mount only, in this namespace), so the binds stay here even where the
-/// machine's mounts are shared (systemd makes them so), while /run/netns, a mount of its own
-/// left shared, still carries the sandboxes' namespaces both ways.
+/// bound from `node_root`, then containerd. The mounts holding those directories are made
+/// private first (those mounts only, in this namespace), so the binds stay here even where the
+/// machine's mounts are shared (systemd makes them so); then shared again, in a peer group of
+/// this namespace alone, as on a systemd node (containerd wants a HostToContainer volume's mount
+/// shared or slave). /run/netns, a mount of its own left as it is, still carries the sandboxes'
+/// namespaces both ways.
 fn node_mounts_script(node_root: &Path, config: &Path) -> String {
     let quote = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', r"'\''"));
-    let mut script = String::from("set -e\n");
+    let mut script = String::from("set -e\nset --\n");
+    script += &format!("for d in {}; do set -- \"$@\" \"$(findmnt -n -o TARGET -T \"$d\")\"; done\n", NODE_DIRS.join(" "));
+    script += "for p in \"$@\"; do mount --make-private \"$p\"; done\n";
     for d in NODE_DIRS {
-        let source = node_root.join(d.trim_start_matches('/'));
-        script += &format!("mount --make-private \"$(findmnt -n -o TARGET -T {d})\"\n");
-        script += &format!("mount --bind {} {d}\n", quote(&source));
+        script += &format!("mount --bind {} {d}\n", quote(&node_root.join(d.trim_start_matches('/'))));
     }
+    script += "for p in \"$@\"; do mount --make-shared \"$p\"; done\n";
     script += &format!("exec containerd --config {}\n", quote(config));
     script
 }

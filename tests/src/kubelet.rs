@@ -96,6 +96,8 @@ pub struct PodMeta {
 pub struct StartedContainer {
     pub name: String,
     pub id: String,
+    /// When StartContainer returned.
+    pub started: Instant,
     /// Its log, as this process reaches it.
     pub log: PathBuf,
 }
@@ -104,6 +106,8 @@ pub struct StartedContainer {
 #[derive(Debug, Clone)]
 pub struct RunningPod {
     pub meta: PodMeta,
+    /// When kubelet took the pod on: its probe workers tick from then on.
+    pub admitted: Instant,
     pub sandbox_id: String,
     pub sandbox_config: PodSandboxConfig,
     /// The pod's spec (`template.spec`) with the image kubelet resolved.
@@ -151,6 +155,7 @@ impl Kubelet<'_> {
     /// does once the scheduler bound it to this node: sandbox, volumes, init containers in order
     /// (each to exit 0), then the containers. Does not wait for readiness ([`Kubelet::wait_ready`]).
     pub fn run_pod(&self, meta: &PodMeta, template: &Value, objects: &ApiObjects) -> Result<RunningPod> {
+        let admitted = Instant::now();
         let spec = &template["spec"];
         let sandbox_config = spec::sandbox_config(meta, template, &self.containerd.cgroup_parent)?;
         let log_dir = self.containerd.node_path(&sandbox_config.log_directory);
@@ -159,6 +164,7 @@ impl Kubelet<'_> {
         let sandbox_id = self.containerd.cri().run_pod_sandbox(sandbox_config.clone())?;
         let mut pod = RunningPod {
             meta: meta.clone(),
+            admitted,
             sandbox_id,
             sandbox_config,
             spec: spec.clone(),
@@ -181,11 +187,14 @@ impl Kubelet<'_> {
         Ok(pod)
     }
 
-    /// Runs `probe` (readinessProbe, livenessProbe, startupProbe) of container `name` as kubelet
-    /// does, after its initialDelaySeconds and every periodSeconds, until it passes
-    /// successThreshold times in a row or `timeout` is over. Returns how long that took.
+    /// Runs `probe` (readinessProbe, livenessProbe, startupProbe) of container `name` as
+    /// kubelet's probe worker does: it ticks every periodSeconds from the pod's admission, and
+    /// probes at the ticks once the container has run initialDelaySeconds, until the probe
+    /// passed successThreshold times in a row or `timeout` (from now) is over. Returns how long
+    /// after the container's start it passed.
     pub fn wait_probe(&self, pod: &RunningPod, name: &str, probe: &str, timeout: Duration) -> Result<Duration> {
         let spec = pod.container_spec(name).ok_or_else(|| KubeletError::Invalid(format!("no container {name}")))?;
+        let started = pod.container(name).ok_or_else(|| KubeletError::Invalid(format!("{name} is not running")))?.started;
         let declared = &spec[probe];
         if declared.is_null() {
             return Err(KubeletError::Invalid(format!("{name} declares no {probe}")));
@@ -193,21 +202,24 @@ impl Kubelet<'_> {
         let seconds = |key: &str, default: u64| Duration::from_secs(declared[key].as_u64().unwrap_or(default));
         let (delay, period) = (seconds("initialDelaySeconds", 0), seconds("periodSeconds", 10));
         let needed = declared["successThreshold"].as_u64().unwrap_or(1);
-        let start = Instant::now();
-        std::thread::sleep(delay);
+        let deadline = Instant::now() + timeout;
+        let mut tick = pod.admitted;
         let (mut passes, mut last) = (0, String::new());
         loop {
+            while tick < started + delay || tick < Instant::now() {
+                tick += period;
+            }
+            if tick > deadline {
+                return Err(KubeletError::ProbeNeverPassed { container: name.into(), probe: probe.into(), last });
+            }
+            std::thread::sleep(tick.saturating_duration_since(Instant::now()));
             match self.probe_once(pod, name, declared) {
                 Ok(()) => passes += 1,
                 Err(e) => (passes, last) = (0, e),
             }
             if passes >= needed {
-                return Ok(start.elapsed());
+                return Ok(started.elapsed());
             }
-            if start.elapsed() + period > timeout {
-                return Err(KubeletError::ProbeNeverPassed { container: name.into(), probe: probe.into(), last });
-            }
-            std::thread::sleep(period);
         }
     }
 
@@ -466,7 +478,7 @@ impl Kubelet<'_> {
         let cri = self.containerd.cri();
         let id = cri.create_container(&pod.sandbox_id, config, pod.sandbox_config.clone())?;
         cri.start_container(&id)?;
-        Ok(StartedContainer { name, id, log })
+        Ok(StartedContainer { name, id, started: Instant::now(), log })
     }
 
     /// The image's id if the node has it and the pull policy lets kubelet use it; this node

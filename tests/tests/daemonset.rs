@@ -225,12 +225,12 @@ impl Ping {
         let out = self.0.wait_with_output().expect("ping ends");
         let text = String::from_utf8_lossy(&out.stdout);
         let summary = text.lines().find(|l| l.contains("packets transmitted")).unwrap_or_else(|| panic!("{text}"));
-        let number = |word: &str| -> u64 {
-            let words: Vec<&str> = summary.split_whitespace().collect();
-            let at = words.iter().position(|w| w.trim_end_matches(',') == word).expect(word);
-            words[at - 1].parse().expect("a count")
+        // "N packets transmitted, M received, ..."
+        let number = |part: usize| -> u64 {
+            let field = summary.split(',').nth(part).and_then(|p| p.split_whitespace().next());
+            field.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("ping's summary: {summary}"))
         };
-        (number("transmitted"), number("received"))
+        (number(0), number(1))
     }
 }
 
@@ -349,35 +349,31 @@ fn the_daemonsets_pod_runs_through_cri_wires_pods_and_hands_over_without_loss() 
     // A rolling update as the manifest declares it, a newer tag of the image.
     let strategy = &ds["spec"]["updateStrategy"];
     assert_eq!(strategy["type"], "RollingUpdate");
-    let surge = strategy["rollingUpdate"]["maxSurge"].as_u64().unwrap_or(0);
+    let rolling = &strategy["rollingUpdate"];
+    assert_eq!((rolling["maxSurge"].as_u64(), rolling["maxUnavailable"].as_u64()), (Some(1), Some(0)), "{strategy}");
     let newer = format!("{}-update", image.reference);
     node.containerd.tag_image(&image.reference, &newer).unwrap_or_else(|e| panic!("{e}"));
     let updated = with_image(&ds["spec"]["template"], &newer);
     let ping = Ping::start(&pods[0].netns, pods[1].ip);
     std::thread::sleep(Duration::from_secs(1));
     let started = Instant::now();
-    let (second, stopped) = if surge >= 1 {
-        // The new pod beside the old; the controller deletes the old one once the new is ready.
-        let second = run_daemonset_pod(&kubelet, &daemonset_pod(ds), &updated, &objects);
-        let old = kubelet.log(&first, "vswitchd");
-        assert!(old.contains("handed over; idle until terminated"), "the old vswitchd's log:\n{old}");
-        let status = node.containerd.cri().container_status(&vswitchd.id).unwrap();
-        assert!(status.running(), "handed over, the old container idles (an exit would restart it): {:?}", status.status);
-        (second, kubelet.delete_pod(&first).expect("delete the old pod"))
-    } else {
-        let stopped = kubelet.delete_pod(&first).expect("delete the old pod");
-        (run_daemonset_pod(&kubelet, &daemonset_pod(ds), &updated, &objects), stopped)
-    };
+    // maxSurge 1: the new pod beside the old; once it is ready, the controller deletes the old.
+    let second = run_daemonset_pod(&kubelet, &daemonset_pod(ds), &updated, &objects);
+    let old_status = node.containerd.cri().container_status(&vswitchd.id).unwrap();
+    let stopped = kubelet.delete_pod(&first).expect("delete the old pod");
     let took = started.elapsed();
     std::thread::sleep(Duration::from_secs(1));
     let (sent, received) = ping.stop();
-    let new_log = kubelet.log(&second, "vswitchd");
+    let (new_log, old_log) = (kubelet.log(&second, "vswitchd"), kubelet.log(&first, "vswitchd"));
     assert!(new_log.contains("took over from the running vswitchd"), "the new vswitchd's log:\n{new_log}");
+    assert!(old_log.contains("handed over; idle until terminated"), "the old vswitchd's log:\n{old_log}");
+    // Handed over, the old container idled until deleted (an exit would restart it).
+    assert!(old_status.running(), "the old container before its pod was deleted: {:?}", old_status.status);
     assert_eq!(stopped.len(), 1);
     assert_eq!(stopped[0].exit_code, 0, "the old vswitchd exits 0 on SIGTERM");
     let lost = sent - received;
     eprintln!(
-        "rolling update (maxSurge {surge}) in {took:.1?}: {lost} of {sent} pings lost; the old container exited {} {:.1?} after SIGTERM",
+        "rolling update (maxSurge 1) in {took:.1?}: {lost} of {sent} pings lost; the old container exited {} {:.1?} after SIGTERM",
         stopped[0].exit_code, stopped[0].took
     );
     assert!(sent >= 300, "the ping ran through the update: {sent} sent");
