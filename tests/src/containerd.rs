@@ -24,8 +24,8 @@ use serde_json::Value;
 
 use crate::cri;
 use crate::netns::{have_tool, unique, Netns, TempDir};
-use leftovers::{descendants, processes_with_arg, remove_cgroups, unix_sockets_of};
 pub use leftovers::{alive, cgroup_dirs, mount_points};
+use leftovers::{descendants, processes_with_arg, remove_cgroups, unix_sockets_of};
 pub use sandbox_image::build_sandbox_image;
 
 /// The sandbox ("pause") image every pod runs, built from Debian's static busybox.
@@ -511,7 +511,8 @@ fn make_mount_points(dirs: &[&str]) -> Vec<PathBuf> {
 fn node_mounts_script(node_root: &Path, config: &Path) -> String {
     let quote = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', r"'\''"));
     let mut script = String::from("set -e\nset --\n");
-    script += &format!("for d in {}; do set -- \"$@\" \"$(findmnt -n -o TARGET -T \"$d\")\"; done\n", NODE_DIRS.join(" "));
+    script +=
+        &format!("for d in {}; do set -- \"$@\" \"$(findmnt -n -o TARGET -T \"$d\")\"; done\n", NODE_DIRS.join(" "));
     script += "for p in \"$@\"; do mount --make-private \"$p\"; done\n";
     for d in NODE_DIRS {
         script += &format!("mount --bind {} {d}\n", quote(&node_root.join(d.trim_start_matches('/'))));

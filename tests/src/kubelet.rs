@@ -44,11 +44,25 @@ pub enum KubeletError {
     /// type, an unknown volume).
     Invalid(String),
     Cri(CriError),
-    Io { path: PathBuf, error: std::io::Error },
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     /// The image is not on the node and the pull policy does not allow using it as it is.
-    Image { image: String, reason: String },
-    InitContainerFailed { name: String, exit_code: i32, log: String },
-    ProbeNeverPassed { container: String, probe: String, last: String },
+    Image {
+        image: String,
+        reason: String,
+    },
+    InitContainerFailed {
+        name: String,
+        exit_code: i32,
+        log: String,
+    },
+    ProbeNeverPassed {
+        container: String,
+        probe: String,
+        last: String,
+    },
 }
 
 impl std::fmt::Display for KubeletError {
@@ -194,7 +208,8 @@ impl Kubelet<'_> {
     /// after the container's start it passed.
     pub fn wait_probe(&self, pod: &RunningPod, name: &str, probe: &str, timeout: Duration) -> Result<Duration> {
         let spec = pod.container_spec(name).ok_or_else(|| KubeletError::Invalid(format!("no container {name}")))?;
-        let started = pod.container(name).ok_or_else(|| KubeletError::Invalid(format!("{name} is not running")))?.started;
+        let started =
+            pod.container(name).ok_or_else(|| KubeletError::Invalid(format!("{name} is not running")))?.started;
         let declared = &spec[probe];
         if declared.is_null() {
             return Err(KubeletError::Invalid(format!("{name} declares no {probe}")));

@@ -70,10 +70,19 @@ fn build_image() -> BuiltImage {
     BuiltImage { reference: lines[0].into(), archive: lines[1].into(), _dir: dir }
 }
 
-/// The manifest's documents, as the API's JSON.
-fn manifest() -> Vec<Value> {
+/// The image the shipped manifest names, which cni/README.md's install has the user replace.
+const SHIPPED_IMAGE: &str = "registry.example/vpc/vswitchd:latest";
+
+/// The manifest's documents, as the API's JSON, with `image` for the shipped image as the
+/// README's install replaces it (`sed 's#registry.example/...:latest#IMAGE#'`).
+fn manifest(image: &str) -> Vec<Value> {
     use serde::Deserialize;
     let text = std::fs::read_to_string(repo(DAEMONSET)).expect("read the DaemonSet manifest");
+    assert!(
+        text.contains(SHIPPED_IMAGE),
+        "{DAEMONSET} no longer names {SHIPPED_IMAGE}: update cni/README.md's install"
+    );
+    let text = text.replace(SHIPPED_IMAGE, image);
     serde_yaml::Deserializer::from_str(&text)
         .map(|d| Value::deserialize(d).expect("the manifest is YAML"))
         .filter(|d| !d.is_null())
@@ -95,13 +104,10 @@ fn api_objects(docs: &[Value], tls: &EtcdTls) -> ApiObjects {
         .map(|(k, p)| (k.to_string(), read(p)))
         .collect();
     let name = config_map["metadata"]["name"].as_str().unwrap().to_string();
-    ApiObjects {
-        config_maps: [(name, data)].into(),
-        secrets: [("vpc-ipam-etcd".to_string(), secret)].into(),
-    }
+    ApiObjects { config_maps: [(name, data)].into(), secrets: [("vpc-ipam-etcd".to_string(), secret)].into() }
 }
 
-/// `template` with every container's image set to `image` (`kubectl set image`).
+/// `template` with every container's image set to `image` (`kubectl set image '*=IMAGE'`).
 fn with_image(template: &Value, image: &str) -> Value {
     let mut t = template.clone();
     for list in ["initContainers", "containers"] {
@@ -245,7 +251,13 @@ fn reaches(lab: &Lab, from: &str, what: &str, to: Ipv4Addr) {
 fn exec(node: &Node, id: &str, args: &[&str]) -> String {
     let cmd: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     let r = node.containerd.cri().exec_sync(id, &cmd, Duration::from_secs(10)).expect("ExecSync");
-    assert_eq!(r.exit_code, 0, "{args:?}: {}{}", String::from_utf8_lossy(&r.stdout), String::from_utf8_lossy(&r.stderr));
+    assert_eq!(
+        r.exit_code,
+        0,
+        "{args:?}: {}{}",
+        String::from_utf8_lossy(&r.stdout),
+        String::from_utf8_lossy(&r.stderr)
+    );
     String::from_utf8_lossy(&r.stdout).into_owned()
 }
 
@@ -289,18 +301,26 @@ fn the_daemonsets_pod_runs_through_cri_wires_pods_and_hands_over_without_loss() 
     lab.delete_pods();
     let node = Node::up(&lab);
     let imported = node.containerd.import_image(&image.archive).unwrap_or_else(|e| panic!("{e}"));
-    assert!(node.containerd.cri().has_image(&image.reference).unwrap(), "{} not seen after:\n{imported}", image.reference);
+    assert!(
+        node.containerd.cri().has_image(&image.reference).unwrap(),
+        "{} not seen after:\n{imported}",
+        image.reference
+    );
 
-    let docs = manifest();
+    let docs = manifest(&image.reference);
     let objects = api_objects(&docs, lab.etcd().expect("etcd runs").tls());
     let ds = of_kind(&docs, "DaemonSet");
-    let template = with_image(&ds["spec"]["template"], &image.reference);
+    let template = ds["spec"]["template"].clone();
     let kubelet = node.kubelet();
 
     // The DaemonSet's pod: its init containers, in order, then vswitchd until ready.
     let first = run_daemonset_pod(&kubelet, &daemonset_pod(ds), &template, &objects);
-    let declared: Vec<&str> =
-        ds["spec"]["template"]["spec"]["initContainers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    let declared: Vec<&str> = ds["spec"]["template"]["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
     let ran: Vec<&str> = first.init_containers.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(ran, declared, "the init containers, each to exit 0, in order");
     let forward = node.ns.exec(&["cat", "/proc/sys/net/ipv4/ip_forward"]);
@@ -308,7 +328,8 @@ fn the_daemonsets_pod_runs_through_cri_wires_pods_and_hands_over_without_loss() 
     let plugin = node.containerd.node_path("/opt/cni/bin/vpc-cni");
     let version = Command::new(&plugin).arg("--version").output().expect("the installed vpc-cni runs");
     assert!(version.status.success(), "{}: {version:?}", plugin.display());
-    let conflist = std::fs::read(node.containerd.node_path("/etc/cni/net.d/10-vpc.conflist")).expect("installed conflist");
+    let conflist =
+        std::fs::read(node.containerd.node_path("/etc/cni/net.d/10-vpc.conflist")).expect("installed conflist");
     assert_eq!(conflist, std::fs::read(repo(CONFLIST)).unwrap(), "install-cni installs the shipped conflist");
     node.containerd.cri().wait_network_ready(Duration::from_secs(20)).expect("containerd loads the conflist");
     let live = first.spec["containers"][0]["livenessProbe"].clone();
@@ -325,8 +346,15 @@ fn the_daemonsets_pod_runs_through_cri_wires_pods_and_hands_over_without_loss() 
     let install = first.init_containers.iter().find(|c| c.name == "install-cni").unwrap();
     let unprivileged = capabilities(&runtime_spec(&node, &install.id));
     assert!(!unprivileged.is_empty() && !unprivileged.contains("CAP_SYS_ADMIN"), "install-cni: {unprivileged:?}");
-    let modes = exec(&node, &vswitchd.id, &["stat", "-L", "-c", "%a %n", "/etc/vswitchd/etcd/tls.key", "/etc/vswitchd/vswitchd.toml"]);
-    assert_eq!(modes.lines().collect::<Vec<_>>(), ["400 /etc/vswitchd/etcd/tls.key", "644 /etc/vswitchd/vswitchd.toml"]);
+    let modes = exec(
+        &node,
+        &vswitchd.id,
+        &["stat", "-L", "-c", "%a %n", "/etc/vswitchd/etcd/tls.key", "/etc/vswitchd/vswitchd.toml"],
+    );
+    assert_eq!(
+        modes.lines().collect::<Vec<_>>(),
+        ["400 /etc/vswitchd/etcd/tls.key", "644 /etc/vswitchd/vswitchd.toml"]
+    );
 
     // Pods through the same CRI: addresses from the cluster pool, and every path.
     let pods = [node.run_pod("web-0"), node.run_pod("web-1")];
@@ -387,7 +415,11 @@ fn the_daemonsets_pod_runs_through_cri_wires_pods_and_hands_over_without_loss() 
     for p in &pods {
         let link = try_run(&["ip", "-n", &p.netns, "-d", "addr", "show", "eth0"]);
         let text = String::from_utf8_lossy(&link.stdout);
-        assert!(text.contains("tun type tap") && text.contains(&format!("inet {}/32", p.ip)), "{}'s eth0: {text}", p.name);
+        assert!(
+            text.contains("tun type tap") && text.contains(&format!("inet {}/32", p.ip)),
+            "{}'s eth0: {text}",
+            p.name
+        );
     }
     let third = run_daemonset_pod(&kubelet, &daemonset_pod(ds), &updated, &objects);
     let log = kubelet.log(&third, "vswitchd");
@@ -520,7 +552,15 @@ fn build_image_sh_lays_out_what_the_containerfile_does_and_tags_the_version() {
     );
     assert_eq!((&built.entrypoint, &built.cmd, &built.env), (&declared.entrypoint, &declared.cmd, &declared.env));
     // What the init containers' scripts and the probes run.
-    for f in ["/usr/bin/vswitchd", "/usr/bin/vswitchctl", "/opt/cni/bin/vpc-cni", "/bin/sh", "/bin/cp", "/bin/chmod", "/bin/mv"] {
+    for f in [
+        "/usr/bin/vswitchd",
+        "/usr/bin/vswitchctl",
+        "/opt/cni/bin/vpc-cni",
+        "/bin/sh",
+        "/bin/cp",
+        "/bin/chmod",
+        "/bin/mv",
+    ] {
         assert!(built.files.contains(f), "{f} is not in the image");
     }
     eprintln!(

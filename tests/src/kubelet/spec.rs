@@ -112,7 +112,8 @@ pub(super) fn container_config(
         });
     }
     let pod_security = &spec["securityContext"];
-    let id = |key: &str| security[key].as_i64().or_else(|| pod_security[key].as_i64()).map(|value| Int64Value { value });
+    let id =
+        |key: &str| security[key].as_i64().or_else(|| pod_security[key].as_i64()).map(|value| Int64Value { value });
     let capabilities = Capability {
         add_capabilities: string_list(&security["capabilities"]["add"]),
         drop_capabilities: string_list(&security["capabilities"]["drop"]),
@@ -193,8 +194,8 @@ fn resources(spec: &Value, container: &Value) -> Result<LinuxContainerResources>
     let memory_request = get("requests", "memory", false)?.or(memory_limit);
     const PERIOD: i64 = 100_000;
     let critical = spec["priorityClassName"] == "system-node-critical";
-    let guaranteed = cpu_limit.is_some() && memory_limit.is_some() && cpu_request == cpu_limit
-        && memory_request == memory_limit;
+    let guaranteed =
+        cpu_limit.is_some() && memory_limit.is_some() && cpu_request == cpu_limit && memory_request == memory_limit;
     let oom_score_adj = if critical || guaranteed {
         -997
     } else if cpu_request.is_none() && memory_request.is_none() {
