@@ -260,10 +260,7 @@ impl Kubelet<'_> {
             if http["scheme"].as_str().is_some_and(|s| s != "HTTP") {
                 return Err(format!("scheme {} is not modelled", http["scheme"]));
             }
-            let host = match http["host"].as_str() {
-                Some(h) => h.parse().map_err(|_| format!("host {h}"))?,
-                None => self.pod_ip(pod)?,
-            };
+            let host = self.probe_host(pod, &http["host"])?;
             let path = http["path"].as_str().unwrap_or("/").to_string();
             let headers: Vec<(String, String)> = http["httpHeaders"]
                 .as_array()
@@ -293,10 +290,7 @@ impl Kubelet<'_> {
             };
         }
         if let Some(tcp) = probe.get("tcpSocket") {
-            let host = match tcp["host"].as_str() {
-                Some(h) => h.parse().map_err(|_| format!("host {h}"))?,
-                None => self.pod_ip(pod)?,
-            };
+            let host = self.probe_host(pod, &tcp["host"])?;
             let to = SocketAddr::from((host, port_of(&tcp["port"])?));
             return in_netns(&self.node_netns, move || {
                 TcpStream::connect_timeout(&to, timeout).map(drop).map_err(|e| format!("connect {to}: {e}"))
@@ -330,6 +324,14 @@ impl Kubelet<'_> {
     pub fn log(&self, pod: &RunningPod, name: &str) -> String {
         let c = pod.containers.iter().chain(&pod.init_containers).find(|c| c.name == name);
         c.and_then(|c| std::fs::read_to_string(&c.log).ok()).unwrap_or_default()
+    }
+
+    /// Where a probe connects: its `host`, else the pod's address.
+    fn probe_host(&self, pod: &RunningPod, host: &Value) -> std::result::Result<Ipv4Addr, String> {
+        match host.as_str() {
+            Some(h) => h.parse().map_err(|_| format!("host {h}")),
+            None => self.pod_ip(pod),
+        }
     }
 
     /// The pod's address: the node's for a host-network pod, else its sandbox's.
