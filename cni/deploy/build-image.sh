@@ -16,8 +16,8 @@
 #   --out DIR      where the archive goes (default: target/image)
 # Prints two lines on stdout: the image reference and the archive's path. Then, on a node:
 #   ctr -n k8s.io images import ARCHIVE
-# Needs buildah, busybox-static and binutils (tests/install-deps.sh installs them). Everything buildah
-# stores lives in a temporary directory that is removed on exit.
+# Needs buildah, busybox-static and binutils (tests/install-deps.sh installs them). Everything
+# buildah stores lives in a temporary directory that is removed on exit.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)

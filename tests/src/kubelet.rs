@@ -10,9 +10,9 @@
 //!
 //! The pod spec is the API's JSON (a manifest's YAML read into [`serde_json::Value`]). What this
 //! kubelet does not model it refuses with [`KubeletError::Unsupported`] rather than ignore:
-//! subPath, volume `items`, other volume types, named-port lookups across containers, gRPC
-//! probes. Not modelled because no API server is here: service links in the environment, the
-//! service-account token volume, the termination-message file.
+//! subPath, volume `items`, other volume types, envFrom, HTTPS and gRPC probes. Left out because
+//! no API server is here: service links in the environment, the service-account token volume,
+//! the termination-message file; and a Secret volume is written to disk, not to a tmpfs.
 
 mod spec;
 
@@ -53,6 +53,11 @@ pub enum KubeletError {
         image: String,
         reason: String,
     },
+    /// An init container still ran after this long.
+    InitContainerStuck {
+        id: String,
+        after: Duration,
+    },
     InitContainerFailed {
         name: String,
         exit_code: i32,
@@ -75,6 +80,9 @@ impl std::fmt::Display for KubeletError {
             KubeletError::Image { image, reason } => write!(f, "image {image}: {reason}"),
             KubeletError::InitContainerFailed { name, exit_code, log } => {
                 write!(f, "init container {name} exited {exit_code}; its log:\n{log}")
+            }
+            KubeletError::InitContainerStuck { id, after } => {
+                write!(f, "init container {id} still runs after {after:?}")
             }
             KubeletError::ProbeNeverPassed { container, probe, last } => {
                 write!(f, "{container}'s {probe} never passed; last: {last}")
@@ -524,7 +532,7 @@ impl Kubelet<'_> {
                 return Ok(status.status.exit_code);
             }
             if Instant::now() > deadline {
-                return Err(KubeletError::Invalid(format!("container {id} still runs after {timeout:?}")));
+                return Err(KubeletError::InitContainerStuck { id: id.into(), after: timeout });
             }
             std::thread::sleep(Duration::from_millis(50));
         }
