@@ -3,28 +3,35 @@
 //!
 //! Everything lives in one unique temporary directory: root, state, the gRPC socket, the runc
 //! root, the CNI bin and conf dirs, the sandbox image, the log of every CNI call. containerd runs
-//! in the network namespace the test gives it (its node), in the machine's mount namespace, so
-//! the sandboxes' namespaces under /run/netns are visible to vswitchd and to the test. Dropping
+//! in the network namespace the test gives it (its node), in the machine's mount namespace or,
+//! as a node's own ([`Containerd::start_node`]), in one where the node's directories are its
+//! own; either way the sandboxes' namespaces under /run/netns are visible to vswitchd and to the
+//! test. Dropping
 //! [`Containerd`] stops and removes every sandbox left, kills containerd, its shims and their
 //! processes, unmounts what they mounted, removes the namespaces and cgroups they made and the
 //! directory, also when the test failed.
 
-use std::collections::{BTreeSet, HashSet};
+mod leftovers;
+mod sandbox_image;
+
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::cri;
-use crate::netns::{have_tool, run, unique, Netns, TempDir};
+use crate::netns::{have_tool, unique, Netns, TempDir};
+pub use leftovers::{alive, cgroup_dirs, mount_points};
+use leftovers::{descendants, processes_with_arg, remove_cgroups, unix_sockets_of};
+pub use sandbox_image::build_sandbox_image;
 
 /// The sandbox ("pause") image every pod runs, built from Debian's static busybox.
 pub const SANDBOX_IMAGE: &str = "docker.io/vpclab/pause:1";
 /// The containerd namespace CRI uses.
 pub const K8S_NAMESPACE: &str = "k8s.io";
-const BUSYBOX: &str = "/bin/busybox";
 
 /// Fails (never skips) unless everything a containerd test needs is here: root, containerd,
 /// runc, ctr, nsenter, iptables-save, Debian's busybox-static and reference CNI plugins.
@@ -87,10 +94,16 @@ impl CniCall {
     }
 }
 
+/// The directories a node keeps apart from other nodes (see [`Containerd::start_node`]): its CNI
+/// plugins and configuration, vswitchd's socket and state, vpc-cni's IPAM files, its logs.
+pub const NODE_DIRS: [&str; 6] =
+    ["/opt/cni/bin", "/etc/cni/net.d", "/run/vswitchd", "/var/lib/vswitchd", "/var/lib/vpc-cni", "/var/log"];
+
 /// A running containerd with its CRI client.
 #[derive(Debug)]
 pub struct Containerd {
     pub socket: PathBuf,
+    /// The CNI configuration directory, as this process reaches it.
     pub cni_conf_dir: PathBuf,
     /// Pods get `cgroup_parent` as their cgroup parent (see [`cri::pod_config`]), so every
     /// cgroup runc makes for them is under it and removed on drop.
@@ -102,6 +115,9 @@ pub struct Containerd {
     /// Network namespaces of sandboxes seen, removed on drop if containerd left them.
     netns_seen: Mutex<BTreeSet<PathBuf>>,
     created_run_containerd: bool,
+    /// Directories made on the machine to mount a node's own over ([`Containerd::start_node`]),
+    /// removed on drop.
+    mount_points_made: Vec<PathBuf>,
     dir: TempDir,
 }
 
@@ -111,42 +127,80 @@ impl Containerd {
     /// reports its network ready.
     pub fn start(node: &Netns, plugins: &[CniPlugin], conflist: &Value) -> Containerd {
         let dir = TempDir::new();
-        let root = dir.0.clone();
-        let (bin_dir, conf_dir, call_dir) = (root.join("cni-bin"), root.join("cni-conf"), root.join("cni-calls"));
-        for d in [&bin_dir, &conf_dir, &call_dir] {
+        let (bin_dir, conf_dir) = (dir.0.join("cni-bin"), dir.0.join("cni-conf"));
+        for d in [&bin_dir, &conf_dir] {
             std::fs::create_dir_all(d).unwrap();
         }
-        for p in plugins {
-            let target = bin_dir.join(&p.name);
-            if p.logged {
-                write_executable(&target, &shim_script(&p.name, &p.path, &call_dir));
-            } else {
-                std::os::unix::fs::symlink(&p.path, &target).unwrap();
-            }
-        }
+        install_plugins(&bin_dir, plugins, &dir.0.join("cni-calls"));
         std::fs::write(conf_dir.join("10-test.conflist"), serde_json::to_vec_pretty(conflist).unwrap()).unwrap();
+        let c = Self::launch(dir, node, &bin_dir, &conf_dir, None);
+        if let Err(e) = c.cri().wait_network_ready(Duration::from_secs(20)) {
+            panic!("{e}\n{}", c.log_tail());
+        }
+        c
+    }
+
+    /// Starts containerd as a node's own: in `node`'s network namespace and in a mount namespace
+    /// of its own in which each of [`NODE_DIRS`] is a directory of this node alone, empty at
+    /// first. Everything containerd starts (shims, runc, containers, CNI plugins) sees the node's,
+    /// so a hostPath volume, the plugin's socket path and its log are this node's, as on a real
+    /// node. The rest of the file system, /run/netns included, is the machine's. The CNI bin_dir
+    /// and conf_dir are the node's /opt/cni/bin, holding `plugins` (the reference plugins a node
+    /// comes with), and /etc/cni/net.d, with no configuration until something installs one: the
+    /// network is not ready until then and this does not wait for it.
+    pub fn start_node(node: &Netns, plugins: &[CniPlugin]) -> Containerd {
+        let dir = TempDir::new();
+        let node_root = dir.0.join("node");
+        for d in NODE_DIRS {
+            std::fs::create_dir_all(node_root.join(d.trim_start_matches('/'))).unwrap();
+        }
+        install_plugins(&node_root.join("opt/cni/bin"), plugins, &dir.0.join("cni-calls"));
+        Self::launch(dir, node, Path::new("/opt/cni/bin"), Path::new("/etc/cni/net.d"), Some(node_root))
+    }
+
+    /// Writes the configuration and the sandbox image, starts containerd (in a mount namespace
+    /// of its own with `node_root`'s directories over the machine's when given), connects and
+    /// imports the sandbox image.
+    fn launch(dir: TempDir, node: &Netns, bin_dir: &Path, conf_dir: &Path, node_root: Option<PathBuf>) -> Containerd {
+        let root = dir.0.clone();
+        let call_dir = root.join("cni-calls");
+        std::fs::create_dir_all(&call_dir).unwrap();
         let socket = root.join("containerd.sock");
         let cgroup_parent = format!("/{}", unique("vpclab-"));
-        std::fs::write(root.join("config.toml"), config_toml(&root, &socket, &bin_dir, &conf_dir)).unwrap();
+        let config = root.join("config.toml");
+        std::fs::write(&config, config_toml(&root, &socket, bin_dir, conf_dir)).unwrap();
         let image = build_sandbox_image(&root.join("image"));
 
         let created_run_containerd = !Path::new("/run/containerd").exists();
         let log = root.join("containerd.log");
         let logf = std::fs::File::create(&log).unwrap();
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", node.path().display()))
-            .arg("containerd")
-            .arg("--config")
-            .arg(root.join("config.toml"))
+        let mut command = Command::new("nsenter");
+        command.arg(format!("--net={}", node.path().display()));
+        let mut mount_points_made = Vec::new();
+        match &node_root {
+            None => {
+                command.arg("containerd").arg("--config").arg(&config);
+            }
+            Some(node_root) => {
+                mount_points_made = make_mount_points(&NODE_DIRS);
+                let script = node_mounts_script(node_root, &config);
+                command.args(["unshare", "--mount", "--propagation", "unchanged", "--", "sh", "-c", &script]);
+            }
+        }
+        let child = command
             .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
             .stdin(Stdio::null())
             .stdout(logf.try_clone().unwrap())
             .stderr(logf)
             .spawn()
             .expect("start containerd");
+        let cni_conf_dir = match &node_root {
+            Some(node_root) => node_root.join(conf_dir.strip_prefix("/").unwrap_or(conf_dir)),
+            None => conf_dir.to_path_buf(),
+        };
         let mut c = Containerd {
             socket,
-            cni_conf_dir: conf_dir,
+            cni_conf_dir,
             cgroup_parent,
             log,
             call_dir,
@@ -154,28 +208,56 @@ impl Containerd {
             client: None,
             netns_seen: Mutex::new(BTreeSet::new()),
             created_run_containerd,
+            mount_points_made,
             dir,
         };
         match cri::Client::connect(&c.socket, Duration::from_secs(20)) {
             Ok(client) => c.client = Some(client),
             Err(e) => panic!("containerd did not come up: {e}\n{}", c.log_tail()),
         }
-        let out = Command::new("ctr")
-            .args(["-a", c.socket.to_str().unwrap(), "-n", K8S_NAMESPACE, "images", "import"])
-            .args(["--snapshotter", "overlayfs"])
-            .arg(&image)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "ctr images import: {}", String::from_utf8_lossy(&out.stderr));
+        if let Err(e) = c.import_image(&image) {
+            panic!("{e}");
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         while !c.cri().has_image(SANDBOX_IMAGE).unwrap_or(false) {
             assert!(Instant::now() < deadline, "CRI does not see {SANDBOX_IMAGE} after the import");
             std::thread::sleep(Duration::from_millis(100));
         }
-        if let Err(e) = c.cri().wait_network_ready(Duration::from_secs(20)) {
-            panic!("{e}\n{}", c.log_tail());
-        }
         c
+    }
+
+    /// Imports the images of an OCI or Docker archive into the CRI namespace, as a node's
+    /// operator does (`ctr -n k8s.io images import`); returns what ctr printed.
+    pub fn import_image(&self, archive: &Path) -> Result<String, String> {
+        self.ctr(&["images", "import", "--snapshotter", "overlayfs", &archive.to_string_lossy()])
+    }
+
+    /// Gives image `from` the name `to` as well (`ctr images tag`).
+    pub fn tag_image(&self, from: &str, to: &str) -> Result<String, String> {
+        self.ctr(&["images", "tag", from, to])
+    }
+
+    /// Runs `ctr` against this containerd in the CRI namespace.
+    fn ctr(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new("ctr")
+            .args(["-a", &self.socket.to_string_lossy(), "-n", K8S_NAMESPACE])
+            .args(args)
+            .output()
+            .map_err(|e| format!("ctr: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(format!("ctr {}: {text}", args.join(" ")))
+        }
+    }
+
+    /// `path` on containerd's node, as this process reaches it: through containerd's own root
+    /// (`/proc/PID/root`), so in its mount namespace (see [`Containerd::start_node`]).
+    pub fn node_path(&self, path: impl AsRef<Path>) -> PathBuf {
+        let pid = self.child.as_ref().map_or(0, Child::id);
+        let path = path.as_ref();
+        Path::new(&format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(path))
     }
 
     /// The CRI client.
@@ -324,6 +406,10 @@ impl Containerd {
             let _ = std::fs::remove_file(ns);
         }
         remove_cgroups(&self.cgroup_parent);
+        // Deepest first, and only while empty: nothing of the node was ever written to them.
+        for d in self.mount_points_made.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
         if self.created_run_containerd {
             // Only if empty: another containerd may be using them.
             let _ = std::fs::remove_dir("/run/containerd/s");
@@ -390,6 +476,52 @@ disabled_plugins = [
     )
 }
 
+/// Puts `plugins` in `bin_dir`: logged ones as a shim recording each call in `call_dir`.
+fn install_plugins(bin_dir: &Path, plugins: &[CniPlugin], call_dir: &Path) {
+    std::fs::create_dir_all(call_dir).unwrap();
+    for p in plugins {
+        let target = bin_dir.join(&p.name);
+        if p.logged {
+            write_executable(&target, &shim_script(&p.name, &p.path, call_dir));
+        } else {
+            std::os::unix::fs::symlink(&p.path, &target).unwrap();
+        }
+    }
+}
+
+/// Makes the directories of `dirs` the machine lacks (a node's directories are mounted over
+/// them); returns those it made, parents first.
+fn make_mount_points(dirs: &[&str]) -> Vec<PathBuf> {
+    let mut made = Vec::new();
+    for d in dirs {
+        let missing: Vec<PathBuf> = Path::new(d).ancestors().filter(|a| !a.exists()).map(Path::to_path_buf).collect();
+        std::fs::create_dir_all(d).unwrap_or_else(|e| panic!("mkdir {d}: {e}"));
+        made.extend(missing.into_iter().rev());
+    }
+    made
+}
+
+/// The shell script that starts containerd in its new mount namespace: each of [`NODE_DIRS`]
+/// bound from `node_root`, then containerd. The mounts holding those directories are made
+/// private first (those mounts only, in this namespace), so the binds stay here even where the
+/// machine's mounts are shared (systemd makes them so); then shared again, in a peer group of
+/// this namespace alone, as on a systemd node (containerd wants a HostToContainer volume's mount
+/// shared or slave). /run/netns, a mount of its own left as it is, still carries the sandboxes'
+/// namespaces both ways.
+fn node_mounts_script(node_root: &Path, config: &Path) -> String {
+    let quote = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', r"'\''"));
+    let mut script = String::from("set -e\nset --\n");
+    script +=
+        &format!("for d in {}; do set -- \"$@\" \"$(findmnt -n -o TARGET -T \"$d\")\"; done\n", NODE_DIRS.join(" "));
+    script += "for p in \"$@\"; do mount --make-private \"$p\"; done\n";
+    for d in NODE_DIRS {
+        script += &format!("mount --bind {} {d}\n", quote(&node_root.join(d.trim_start_matches('/'))));
+    }
+    script += "for p in \"$@\"; do mount --make-shared \"$p\"; done\n";
+    script += &format!("exec containerd --config {}\n", quote(config));
+    script
+}
+
 /// A shim that records one call (environment, stdin, stdout, exit code) in its own directory
 /// under `call_dir`, named so that the calls sort in order, around the real plugin.
 fn shim_script(name: &str, real: &Path, call_dir: &Path) -> String {
@@ -437,197 +569,4 @@ fn read_call(dir: &Path) -> Option<CniCall> {
         // A call still running (or killed) has no exit code yet.
         exit_code: read("rc").and_then(|s| s.trim().parse().ok()).unwrap_or(-1),
     })
-}
-
-/// Builds the sandbox image as an OCI image layout tarball in `dir`: one layer holding Debian's
-/// static busybox, whose entrypoint sleeps for ever (the "pause" process). Returns the tarball.
-pub fn build_sandbox_image(dir: &Path) -> PathBuf {
-    let rootfs = dir.join("rootfs");
-    let blobs = dir.join("oci/blobs/sha256");
-    for d in ["bin", "dev", "proc", "sys", "etc", "tmp", "run"] {
-        std::fs::create_dir_all(rootfs.join(d)).unwrap();
-    }
-    std::fs::create_dir_all(&blobs).unwrap();
-    std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).expect("copy /bin/busybox (busybox-static)");
-    for applet in ["sh", "sleep"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
-    }
-    for f in ["etc/hosts", "etc/hostname", "etc/resolv.conf"] {
-        std::fs::write(rootfs.join(f), "").unwrap();
-    }
-    let layer = dir.join("layer.tar");
-    run(&[
-        "tar",
-        "--sort=name",
-        "--mtime=@0",
-        "--owner=0",
-        "--group=0",
-        "--numeric-owner",
-        "-cf",
-        layer.to_str().unwrap(),
-        "-C",
-        rootfs.to_str().unwrap(),
-        ".",
-    ]);
-    // Stores a file as a blob; returns its descriptor fields (digest, size).
-    let blob = |path: &Path| -> (String, u64) {
-        let out = run(&["sha256sum", path.to_str().unwrap()]);
-        let hex = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string();
-        let size = std::fs::metadata(path).unwrap().len();
-        std::fs::rename(path, blobs.join(&hex)).unwrap();
-        (format!("sha256:{hex}"), size)
-    };
-    let blob_json = |name: &str, v: &Value| {
-        let path = dir.join(name);
-        std::fs::write(&path, serde_json::to_vec(v).unwrap()).unwrap();
-        blob(&path)
-    };
-    let (layer_digest, layer_size) = blob(&layer);
-    let (config_digest, config_size) = blob_json(
-        "config.json",
-        &json!({
-            "architecture": "amd64",
-            "os": "linux",
-            "config": {"Entrypoint": ["/bin/busybox", "sleep", "2147483647"]},
-            "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
-        }),
-    );
-    let (manifest_digest, manifest_size) = blob_json(
-        "manifest.json",
-        &json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer_size}],
-        }),
-    );
-    let index = json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": manifest_digest,
-            "size": manifest_size,
-            "annotations": {
-                "io.containerd.image.name": SANDBOX_IMAGE,
-                "org.opencontainers.image.ref.name": SANDBOX_IMAGE.rsplit(':').next().unwrap(),
-            },
-        }],
-    });
-    std::fs::write(dir.join("oci/index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
-    std::fs::write(dir.join("oci/oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    let tarball = dir.join("sandbox-image.tar");
-    run(&["tar", "-cf", tarball.to_str().unwrap(), "-C", dir.join("oci").to_str().unwrap(), "."]);
-    tarball
-}
-
-/// Processes whose command line has `arg` as one argument (containerd's shims get `-address SOCKET`).
-fn processes_with_arg(arg: &Path) -> Vec<i32> {
-    let want = arg.as_os_str().as_encoded_bytes();
-    all_pids()
-        .into_iter()
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.split(|&b| b == 0).any(|a| a == want))
-        })
-        .collect()
-}
-
-fn all_pids() -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
-        .unwrap_or_default()
-}
-
-fn parent_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // "pid (comm) state ppid ...": comm may hold spaces and parentheses; it ends at the last ')'.
-    stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Every process below `roots` (children, their children, ...).
-fn descendants(roots: &[i32]) -> Vec<i32> {
-    let parents: Vec<(i32, i32)> = all_pids().into_iter().filter_map(|p| Some((p, parent_of(p)?))).collect();
-    let mut found: Vec<i32> = Vec::new();
-    let mut frontier: HashSet<i32> = roots.iter().copied().collect();
-    while !frontier.is_empty() {
-        let next: HashSet<i32> = parents
-            .iter()
-            .filter(|(_, pp)| frontier.contains(pp))
-            .map(|&(p, _)| p)
-            .filter(|p| !found.contains(p))
-            .collect();
-        found.extend(&next);
-        frontier = next;
-    }
-    found
-}
-
-/// Whether process `pid` is running (not gone, not a zombie).
-pub fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| s.rfind(')').and_then(|i| s[i + 1..].split_whitespace().next()) != Some("Z"))
-}
-
-/// The paths of the unix sockets process `pid` holds open.
-fn unix_sockets_of(pid: i32) -> Vec<PathBuf> {
-    let inodes: HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| {
-                    let link = std::fs::read_link(e.path()).ok()?;
-                    let s = link.to_str()?;
-                    Some(s.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let table = std::fs::read_to_string(format!("/proc/{pid}/net/unix")).unwrap_or_default();
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 8 && inodes.contains(f[6]) && f[7].starts_with('/')).then(|| PathBuf::from(f[7]))
-        })
-        .collect()
-}
-
-/// Mount points of this mount namespace, in mount order.
-pub fn mount_points() -> Vec<PathBuf> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4).map(|m| PathBuf::from(m.replace("\\040", " "))))
-        .collect()
-}
-
-/// The directories of cgroup `parent` in every hierarchy that has it.
-pub fn cgroup_dirs(parent: &str) -> Vec<PathBuf> {
-    let rel = parent.trim_start_matches('/');
-    let mut roots: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
-        .map(|d| d.flatten().map(|h| h.path().join(rel)).collect())
-        .unwrap_or_default();
-    // cgroup v2 alone: /sys/fs/cgroup is the hierarchy itself.
-    roots.push(Path::new("/sys/fs/cgroup").join(rel));
-    roots.into_iter().filter(|r| r.is_dir()).collect()
-}
-
-/// Removes cgroup `parent` and everything below it in every hierarchy (deepest first).
-fn remove_cgroups(parent: &str) {
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    let mut stack = cgroup_dirs(parent);
-    while let Some(d) = stack.pop() {
-        if let Ok(entries) = std::fs::read_dir(&d) {
-            stack.extend(entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
-        }
-        dirs.push(d);
-    }
-    dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-    for d in dirs {
-        for _ in 0..50 {
-            if std::fs::remove_dir(&d).is_ok() || !d.exists() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
 }

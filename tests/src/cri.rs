@@ -1,5 +1,6 @@
 //! A small CRI client (Kubernetes `runtime.v1`), the API kubelet drives a container runtime
-//! with: gRPC over the runtime's unix socket. Blocking calls, for tests: each client owns a
+//! with: gRPC over the runtime's unix socket. Sandboxes, their containers, ExecSync (exec
+//! probes) and image status; what kubelet makes of a pod spec is [`crate::kubelet`]. Blocking calls, for tests: each client owns a
 //! single-threaded tokio runtime. The messages come from `tests/proto/cri.proto`, only the part
 //! of CRI the tests use.
 
@@ -18,8 +19,8 @@ pub mod api {
 
 use api::{image_service_client::ImageServiceClient, runtime_service_client::RuntimeServiceClient};
 pub use api::{
-    ListPodSandboxRequest, PodSandbox, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatus,
-    PodSandboxStatusResponse, PortMapping, Protocol,
+    Container, ContainerConfig, ContainerState, ExecSyncResponse, Image, ListPodSandboxRequest, PodSandbox,
+    PodSandboxConfig, PodSandboxMetadata, PodSandboxStatus, PodSandboxStatusResponse, PortMapping, Protocol,
 };
 
 /// An error from a CRI call, with the call's name.
@@ -77,6 +78,28 @@ impl SandboxStatus {
 
     pub fn ready(&self) -> bool {
         self.status.state == api::PodSandboxState::SandboxReady as i32
+    }
+}
+
+/// What one verbose ContainerStatus says.
+#[derive(Debug, Clone)]
+pub struct ContainerStatusInfo {
+    pub status: api::ContainerStatus,
+    /// containerd's verbose `info` (JSON): pid, the OCI runtime spec it gave runc.
+    pub info: serde_json::Value,
+}
+
+impl ContainerStatusInfo {
+    pub fn state(&self) -> ContainerState {
+        ContainerState::try_from(self.status.state).unwrap_or(ContainerState::ContainerUnknown)
+    }
+
+    pub fn exited(&self) -> bool {
+        self.state() == ContainerState::ContainerExited
+    }
+
+    pub fn running(&self) -> bool {
+        self.state() == ContainerState::ContainerRunning
     }
 }
 
@@ -161,12 +184,17 @@ impl Client {
 
     /// Whether the runtime has the image `reference` (CRI ImageStatus).
     pub fn has_image(&self, reference: &str) -> Result<bool> {
+        Ok(self.image_status(reference)?.is_some())
+    }
+
+    /// The image `reference` as the runtime has it (its id, tags, size), if it has it.
+    pub fn image_status(&self, reference: &str) -> Result<Option<Image>> {
         let mut c = self.images.clone();
         let image = Some(api::ImageSpec { image: reference.into(), ..Default::default() });
         let r = self.call("ImageStatus", async move {
             c.image_status(api::ImageStatusRequest { image, verbose: false }).await
         })?;
-        Ok(r.image.is_some())
+        Ok(r.image)
     }
 
     pub fn run_pod_sandbox(&self, config: PodSandboxConfig) -> Result<String> {
@@ -204,6 +232,71 @@ impl Client {
         let mut c = self.runtime.clone();
         self.call("ListPodSandbox", async move { c.list_pod_sandbox(ListPodSandboxRequest { filter: None }).await })
             .map(|r| r.items)
+    }
+
+    /// CreateContainer in sandbox `sandbox_id` (created with `sandbox_config`); returns its id.
+    pub fn create_container(
+        &self,
+        sandbox_id: &str,
+        config: ContainerConfig,
+        sandbox_config: PodSandboxConfig,
+    ) -> Result<String> {
+        let mut c = self.runtime.clone();
+        let request = api::CreateContainerRequest {
+            pod_sandbox_id: sandbox_id.into(),
+            config: Some(config),
+            sandbox_config: Some(sandbox_config),
+        };
+        self.call("CreateContainer", async move { c.create_container(request).await }).map(|r| r.container_id)
+    }
+
+    pub fn start_container(&self, id: &str) -> Result<()> {
+        let mut c = self.runtime.clone();
+        let request = api::StartContainerRequest { container_id: id.into() };
+        self.call("StartContainer", async move { c.start_container(request).await }).map(drop)
+    }
+
+    /// StopContainer: SIGTERM (the image's stop signal), SIGKILL after `timeout`.
+    pub fn stop_container(&self, id: &str, timeout: Duration) -> Result<()> {
+        let mut c = self.runtime.clone();
+        let request = api::StopContainerRequest { container_id: id.into(), timeout: timeout.as_secs() as i64 };
+        self.call("StopContainer", async move { c.stop_container(request).await }).map(drop)
+    }
+
+    pub fn remove_container(&self, id: &str) -> Result<()> {
+        let mut c = self.runtime.clone();
+        let request = api::RemoveContainerRequest { container_id: id.into() };
+        self.call("RemoveContainer", async move { c.remove_container(request).await }).map(drop)
+    }
+
+    /// A verbose ContainerStatus.
+    pub fn container_status(&self, id: &str) -> Result<ContainerStatusInfo> {
+        let mut c = self.runtime.clone();
+        let request = api::ContainerStatusRequest { container_id: id.into(), verbose: true };
+        let r = self.call("ContainerStatus", async move { c.container_status(request).await })?;
+        let info = r.info.get("info").and_then(|s| serde_json::from_str(s).ok()).unwrap_or(serde_json::Value::Null);
+        let status = r.status.ok_or_else(|| CriError {
+            call: "ContainerStatus",
+            status: tonic::Status::internal("the answer has no status"),
+        })?;
+        Ok(ContainerStatusInfo { status, info })
+    }
+
+    /// The containers of sandbox `sandbox_id`, in every state.
+    pub fn list_containers(&self, sandbox_id: &str) -> Result<Vec<Container>> {
+        let mut c = self.runtime.clone();
+        let filter = Some(api::ContainerFilter { pod_sandbox_id: sandbox_id.into(), ..Default::default() });
+        self.call("ListContainers", async move { c.list_containers(api::ListContainersRequest { filter }).await })
+            .map(|r| r.containers)
+    }
+
+    /// ExecSync: runs `cmd` in container `id`, killed after `timeout` (as kubelet runs an exec
+    /// probe).
+    pub fn exec_sync(&self, id: &str, cmd: &[String], timeout: Duration) -> Result<ExecSyncResponse> {
+        let mut c = self.runtime.clone();
+        let request =
+            api::ExecSyncRequest { container_id: id.into(), cmd: cmd.to_vec(), timeout: timeout.as_secs() as i64 };
+        self.call("ExecSync", async move { c.exec_sync(request).await })
     }
 }
 

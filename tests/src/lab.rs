@@ -984,6 +984,12 @@ impl Lab {
         std::mem::forget(self);
         state
     }
+
+    /// The fabric's namespace (its bridge `br0` is the VPC subnet): for a node the test wires
+    /// up itself with [`attach`].
+    pub fn fabric(&self) -> &Netns {
+        &self.fabric
+    }
 }
 
 /// `addr`/64 on `dev`, usable at once (no duplicate address detection: the lab's static
