@@ -215,7 +215,7 @@ fn first_fragments_must_hold_the_whole_header_chain() {
 fn later_fragments_overwriting_the_first_fragments_headers_are_dropped() {
     let mut sw = switch();
     let v6 = |offset, first_header| ipv6_frame(A_MAC, (A6, B6), &[fragment(offset, true)], first_header, &[0; 64]);
-    let v4 = |offset: u16, protocol| ipv4_frame(A_MAC, (A_IP, B_IP), protocol, 0x2000 | offset / 8, &[0; 64]);
+    let v4 = |offset: u16, protocol| ipv4_frame(A_MAC, (A_IP, B_IP), protocol, 0x2000 | (offset / 8), &[0; 64]);
     // Offsets 8 and 16 land in the TCP header; 8 in whatever follows a Destination Options header.
     for (what, mut buf) in [
         ("v6 TCP at 8", v6(8, TCP)),
