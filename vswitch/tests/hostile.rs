@@ -1,7 +1,8 @@
 //! A hostile pod, live: it sends well over 10,000 malformed and spoofed frames, IPv4 and IPv6,
 //! while two other dual-stack pods run traffic through the same vswitchd. The switch stays up,
 //! the pair's traffic goes on, no hostile frame reaches anyone, and every drop is counted by
-//! reason. Needs root.
+//! reason. Then what a router forwards on purpose ([`hardening`]): padded packets cut to their
+//! IP length, fragments whose overlap only the receiving pod can see. Needs root.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
@@ -11,6 +12,9 @@ use vpc_lab::netns::{require_root, Binaries, Daemon, Netns, Pod, TempDir};
 use vswitch::port::packet::PacketSocket;
 use vswitch::port::{netns, PortQueue};
 use vswitch::wire::vnet::{self, VnetHeader};
+
+#[path = "hostile/hardening.rs"]
+mod hardening;
 
 const MARKER: &[u8] = b"HOSTILE-FRAME";
 const GW_MAC: [u8; 6] = [0x02, 0x00, 0xa9, 0xfe, 0x01, 0x01];
@@ -44,7 +48,8 @@ fn checksum(header: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-/// An IPv4 frame from `src_mac` to the gateway, carrying the marker; `mutate` breaks it.
+/// An IPv4 UDP frame from `src_mac` to the gateway (DF set), carrying the marker; `mutate`
+/// breaks it.
 fn ipv4_frame(
     src_mac: [u8; 6],
     src: Ipv4Addr,
@@ -53,20 +58,10 @@ fn ipv4_frame(
     payload: usize,
     mutate: impl FnOnce(&mut Vec<u8>),
 ) -> Vec<u8> {
-    let mut f = vec![0u8; vnet::LEN];
-    f.extend_from_slice(&GW_MAC);
-    f.extend_from_slice(&src_mac);
-    f.extend_from_slice(&[0x08, 0x00]);
-    let total = 20 + 8 + MARKER.len() + payload;
-    let mut ip = vec![0x45, 0, (total >> 8) as u8, total as u8, 0, 1, 0x40, 0, ttl, 17, 0, 0];
-    ip.extend_from_slice(&src.octets());
-    ip.extend_from_slice(&dst.octets());
-    let c = checksum(&ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&[0x30, 0x39, 0x30, 0x39, 0, (8 + MARKER.len() + payload) as u8, 0, 0]); // UDP, no checksum
-    f.extend_from_slice(MARKER);
-    f.extend(std::iter::repeat_n(0xaa, payload));
+    let mut udp = vec![0x30, 0x39, 0x30, 0x39, 0, (8 + MARKER.len() + payload) as u8, 0, 0]; // no checksum
+    udp.extend_from_slice(MARKER);
+    udp.extend(std::iter::repeat_n(0xaa, payload));
+    let mut f = hardening::ipv4_packet(src_mac, (src, dst, ttl), (17, 0x4000, 1), &udp);
     mutate(&mut f);
     f
 }
@@ -249,7 +244,8 @@ fn a_hostile_pod_cannot_hurt_anyone() {
             ipv4_frame(hm, h.ip, b.ip, 64, 0, |f| f[vnet::LEN + 12..vnet::LEN + 14].copy_from_slice(&[0x88, 0xcc])),
         ),
     ];
-    let kinds: Vec<(&str, Vec<u8>)> = kinds.into_iter().chain(ipv6_kinds(&h, (am, bm), v6)).collect();
+    let kinds: Vec<(&str, Vec<u8>)> =
+        kinds.into_iter().chain(ipv6_kinds(&h, (am, bm), v6)).chain(hardening::kinds(&h, &b)).collect();
     // Bad virtio_net_hdr: the kernel itself refuses these at the socket, which is worth knowing.
     let bad_vnet = {
         let mut f = ipv4_frame(hm, h.ip, b.ip, 64, 0, |_| {});
@@ -264,11 +260,15 @@ fn a_hostile_pod_cannot_hurt_anyone() {
         let kinds = kinds.clone();
         std::thread::spawn(move || {
             let (mut sent, mut refused) = (0usize, 0usize);
+            let mut refused_kinds = std::collections::BTreeSet::new();
             for round in 0..700 {
-                for (_, frame) in &kinds {
+                for (name, frame) in &kinds {
                     match hostile.send(frame) {
                         Ok(()) => sent += 1,
-                        Err(_) => refused += 1,
+                        Err(_) => {
+                            refused += 1;
+                            refused_kinds.insert(*name);
+                        }
                     }
                 }
                 refused += hostile.send(&bad_vnet).is_err() as usize;
@@ -276,7 +276,7 @@ fn a_hostile_pod_cannot_hurt_anyone() {
                     std::thread::sleep(Duration::from_millis(5));
                 }
             }
-            (sent, refused)
+            (sent, refused, refused_kinds)
         })
     };
     // Meanwhile the pair runs traffic: pings of both families must all come back, iperf3 must
@@ -289,8 +289,10 @@ fn a_hostile_pod_cannot_hurt_anyone() {
     let iperf = a.ns.exec(&["iperf3", "-c", &b.ip.to_string(), "-p", "5201", "-t", "2", "-J"]);
     let _ = server.kill();
     let _ = server.wait();
-    let (sent, refused) = sender.join().expect("sender");
-    eprintln!("hostile pod: {sent} frames sent, {refused} refused by its own kernel");
+    let (sent, refused, refused_kinds) = sender.join().expect("sender");
+    eprintln!(
+        "hostile pod: {sent} frames sent, {refused} refused by its own kernel (bad vnet header, {refused_kinds:?})"
+    );
     assert!(sent >= 10_000, "only {sent} hostile frames got onto the wire");
     assert!(ping.status.success(), "the pair lost pings during the attack:\n{}", String::from_utf8_lossy(&ping.stdout));
     assert!(ping6.status.success(), "the pair lost IPv6 pings:\n{}", String::from_utf8_lossy(&ping6.stdout));
@@ -334,7 +336,10 @@ fn a_hostile_pod_cannot_hurt_anyone() {
         "ndp_malformed",
         "ndp_spoofed",
         "ra_guard",
-    ] {
+    ]
+    .iter()
+    .chain(hardening::REASONS)
+    {
         let n = daemon.drops(reason);
         assert!(n > 0, "no drops counted as {reason}: {}", daemon.ctl_json(&["counters"]));
     }
@@ -348,6 +353,7 @@ fn a_hostile_pod_cannot_hurt_anyone() {
         dropped + 50 >= hostile_rx,
         "some hostile frames were not dropped: {dropped} drops for {hostile_rx} frames"
     );
+    hardening::forwarded_on_purpose(&h, &b, &hostile, &capture_b);
     drop(daemon);
     let _ = (&node, &dir);
 }

@@ -13,6 +13,8 @@ use vswitch::state::{Fibs, ForwardingState, ForwardingStateBuilder, PortRateLimi
 use vswitch::wire::vnet::{self, VnetHeader};
 use vswitch::wire::MacAddr;
 
+#[path = "pipeline/hardening.rs"]
+mod hardening;
 #[path = "pipeline/ipv6.rs"]
 mod ipv6;
 #[path = "pipeline/udp_gso.rs"]
@@ -371,6 +373,7 @@ fn every_drop_reason_is_reachable_and_named() {
     drop(view);
 
     seen.extend(ipv6::drop_reasons());
+    seen.extend(hardening::drop_reasons());
     // The rest are counted around the pipeline, by the forwarder.
     seen.extend(forwarder_drops());
 

@@ -50,6 +50,11 @@ drop_reasons! {
     Ipv6Truncated => "ipv6_truncated", "shorter than an IPv6 header, or payload length beyond the frame";
     Ipv6BadVersion => "ipv6_bad_version", "IP version field is not 6";
     Ipv6BadExtensionHeaders => "ipv6_bad_extension_headers", "IPv6 extension header chain truncated, malformed, or longer than 8 headers";
+    Ipv6RoutingHeader0 => "ipv6_routing_header_0", "IPv6 Routing Header type 0 with segments left (RFC 5095 deprecated it: one packet bounces between hosts as often as it lists them)";
+    Ipv6AtomicFragment => "ipv6_atomic_fragment", "IPv6 atomic fragment (offset 0, no more fragments) from a pod: no stack has sent one since RFC 8200 (RFC 8021)";
+    FirstFragmentIncomplete => "first_fragment_incomplete", "first fragment without the whole header chain through the upper-layer header (RFC 7112; for IPv4 the transport header, RFC 1858)";
+    FragmentOverlapsHeaders => "fragment_overlaps_headers", "later fragment whose offset lands inside the headers its first fragment holds (RFC 5722, RFC 1858): the overlap visible without reassembly";
+    IpLengthMismatch => "ip_length_mismatch", "bytes past the IP length that cannot be trimmed: in a GSO frame (never padded), or holding the checksum the vnet header asks to complete";
     Ipv6Multicast => "ipv6_multicast", "IPv6 multicast (MLD reports and the like) other than neighbour discovery: not switched";
     Ipv6LinkLocal => "ipv6_link_local", "IPv6 packet from or to a link-local address other than neighbour discovery: not routed off the link";
     SpoofedSourceIp => "spoofed_source_ip", "IP source is not the pod's own address (for IPv6, nor its link-local address)";

@@ -1,12 +1,15 @@
-//! IPv4: input checks (version, header length, total length, checksum), port security, TTL,
-//! FIB lookup, MTU (fragmentation-needed with DF; the switch never fragments), rewrite (MACs, TTL
-//! minus one with an incremental checksum), and the ICMP errors RFC 1812 allows.
+//! IPv4: input checks (version, header length, total length, checksum; the frame cut at the
+//! total length; fragments that hide or overwrite the transport header, RFC 1858), port
+//! security, TTL, FIB lookup, MTU (fragmentation-needed with DF; the switch never fragments),
+//! rewrite (MACs, TTL minus one with an incremental checksum), and the ICMP errors RFC 1812
+//! allows.
 
 use std::net::IpAddr;
 
-use super::{route, to_next_hop, DropReason, Next, Pipeline, Tracer, L2};
+use super::{route, to_next_hop, trim_to_ip, DropReason, Next, Pipeline, Tracer, L2};
 use crate::state::{FibViews, ForwardingState, PortInfo, PortRole};
 use crate::wire::ethernet::EthernetFrame;
+use crate::wire::fragment;
 use crate::wire::icmp::{self, IcmpError};
 use crate::wire::ipv4::{self, Ipv4Error, Ipv4Packet};
 use crate::wire::vnet::{self, VnetHeader};
@@ -44,6 +47,14 @@ impl Pipeline {
         };
         let (src, dst, ttl) = (ip.src(), ip.dst(), ip.ttl());
         trace.step("ipv4", format_args!("{src} > {dst} ttl {ttl} proto {} len {}", ip.protocol(), ip.total_len()));
+        let len = match trim_to_ip(vnet, len, ip.total_len(), trace) {
+            Ok(len) => len,
+            Err(reason) => return Next::Drop(reason),
+        };
+        if let Some(reason) = fragment_check(&ip) {
+            trace.step("ipv4", format_args!("fragment at {}: {}", ip.fragment_offset(), reason.help()));
+            return Next::Drop(reason);
+        }
         if let PortRole::Pod { ip: pod_ip, .. } = port.role {
             if Some(src) != pod_ip {
                 return Next::Drop(DropReason::SpoofedSourceIp);
@@ -124,6 +135,18 @@ impl Pipeline {
         VnetHeader::default().write(&mut buf[..vnet::LEN]);
         trace.step("icmp", format_args!("{error:?} to {to}"));
         Next::Respond { reason, port: port.id, len: L2 + ip_len }
+    }
+}
+
+/// What a fragment alone shows to be an attack (RFC 1858 §3.2): a first fragment too short to
+/// hold its transport header, or a later one whose data would overwrite it at reassembly.
+fn fragment_check(ip: &Ipv4Packet<&[u8]>) -> Option<DropReason> {
+    if ip.is_first_fragment() && ip.payload().len() < fragment::header_floor(ip.protocol()) {
+        Some(DropReason::FirstFragmentIncomplete)
+    } else if fragment::overlaps_headers(ip.fragment_offset(), ip.protocol()) {
+        Some(DropReason::FragmentOverlapsHeaders)
+    } else {
+        None
     }
 }
 

@@ -1,16 +1,19 @@
 //! IPv6 through the same stages as IPv4: input checks (version, payload length, a bounded walk
-//! over the extension headers), port security (a pod sends only from its own /128 or its MAC's
-//! link-local address), neighbour discovery ([`super::ndp`]), hop limit, FIB lookup, MTU (IPv6
-//! routers never fragment: Packet Too Big for anything larger, GSO frames judged by their
-//! segments), rewrite (MACs and the hop limit; IPv6 has no header checksum).
+//! over the extension headers, Routing Header type 0, fragments that hide or overwrite the
+//! header chain; the frame cut at the payload length), port security (a pod sends only from its
+//! own /128 or its MAC's link-local address, and no atomic fragments), neighbour discovery
+//! ([`super::ndp`]), hop limit, FIB lookup, MTU (IPv6 routers never fragment: Packet Too Big for
+//! anything larger, GSO frames judged by their segments), rewrite (MACs and the hop limit; IPv6
+//! has no header checksum).
 
 use std::net::{IpAddr, Ipv6Addr};
 
-use super::{route, to_next_hop, DropReason, Next, Pipeline, Tracer, L2};
+use super::{route, to_next_hop, trim_to_ip, DropReason, Next, Pipeline, Tracer, L2};
 use crate::state::{FibViews, ForwardingState, PortInfo, PortRole};
 use crate::wire::ethernet::EthernetFrame;
+use crate::wire::fragment;
 use crate::wire::icmpv6::{self, Icmpv6Error};
-use crate::wire::ipv6::{self as wire, Ipv6Packet, UpperLayer};
+use crate::wire::ipv6::{self as wire, ChainError, Ipv6Packet, UpperLayer};
 use crate::wire::vnet::{self, VnetHeader};
 use crate::wire::{MacAddr, WireError};
 
@@ -20,6 +23,8 @@ pub(super) struct Checked {
     pub src: Ipv6Addr,
     pub dst: Ipv6Addr,
     pub upper: UpperLayer,
+    /// The fixed header and the payload, without what followed them in the frame.
+    pub total_len: usize,
 }
 
 impl Pipeline {
@@ -42,7 +47,7 @@ impl Pipeline {
                 return Next::Drop(reason);
             }
         };
-        let Checked { src, dst, upper } = checked;
+        let Checked { src, dst, upper, total_len } = checked;
         let hop_limit = buf[L2 + 7];
         trace.step(
             "ipv6",
@@ -51,6 +56,10 @@ impl Pipeline {
                 upper.protocol, upper.extensions
             ),
         );
+        let len = match trim_to_ip(vnet, len, total_len, trace) {
+            Ok(len) => len,
+            Err(reason) => return Next::Drop(reason),
+        };
         let ndp = is_ndp(&buf[L2..len], &upper);
         if let PortRole::Pod { ipv6, mac, .. } = port.role {
             // The unspecified source is what a pod uses before its addresses pass duplicate
@@ -61,6 +70,11 @@ impl Pipeline {
             if !own {
                 trace.step("security", format_args!("{src} is not {}'s", port.name));
                 return Next::Drop(DropReason::SpoofedSourceIp);
+            }
+            // No stack has sent one since RFC 8200; from elsewhere one is passed on, as a legacy
+            // host may send them and the pod processes them in isolation (RFC 6946).
+            if upper.fragment.is_some_and(|f| !f.is_fragmenting()) {
+                return Next::Drop(DropReason::Ipv6AtomicFragment);
             }
         }
         if ndp {
@@ -148,14 +162,26 @@ impl Pipeline {
     }
 }
 
-/// The input checks: the fixed header, and the extension headers walked to the upper layer.
+/// The input checks: the fixed header; the extension headers walked to the upper layer, a first
+/// fragment holding them all (RFC 7112); no Routing Header type 0 left to process (RFC 5095); no
+/// later fragment overwriting the headers of the first (RFC 5722).
 pub(super) fn check(packet: &[u8]) -> Result<Checked, DropReason> {
     let ip = Ipv6Packet::new_checked(packet).map_err(|e| match e {
         WireError::Truncated { .. } => DropReason::Ipv6Truncated,
         WireError::Malformed(_) => DropReason::Ipv6BadVersion,
     })?;
-    let upper = ip.upper_layer().map_err(|_| DropReason::Ipv6BadExtensionHeaders)?;
-    Ok(Checked { src: ip.src(), dst: ip.dst(), upper })
+    let upper = ip.upper_layer().map_err(|e| match e {
+        ChainError::IncompleteFirstFragment { .. } => DropReason::FirstFragmentIncomplete,
+        ChainError::Truncated { .. } | ChainError::Malformed(_) => DropReason::Ipv6BadExtensionHeaders,
+    })?;
+    if upper.routing.is_some_and(|r| r.is_active_type_0()) {
+        return Err(DropReason::Ipv6RoutingHeader0);
+    }
+    // A later fragment's `protocol` is the first header of the fragmentable part.
+    if upper.fragment.is_some_and(|f| fragment::overlaps_headers(f.offset.into(), upper.protocol)) {
+        return Err(DropReason::FragmentOverlapsHeaders);
+    }
+    Ok(Checked { src: ip.src(), dst: ip.dst(), upper, total_len: ip.total_len() })
 }
 
 /// Neighbour discovery (router and neighbour solicitations and advertisements, redirects): the

@@ -30,7 +30,8 @@ use crate::wire::{EtherType, MacAddr};
 /// The fate of a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Next {
-    /// Send the first `len` bytes of the buffer (vnet header included) out of `port`.
+    /// Send the first `len` bytes of the buffer (vnet header included) out of `port`: for IP,
+    /// up to the end of the IP packet, whatever followed it in the frame left behind.
     Tx {
         port: PortId,
         len: usize,
@@ -174,6 +175,30 @@ fn is_local_pod(state: &ForwardingState, fibs: &FibViews<'_>, ip: IpAddr) -> boo
         },
         _ => false,
     })
+}
+
+/// The frame's length cut at the end of its IP packet (`ip_len` bytes after the Ethernet header):
+/// a router forwards the packet, not what follows it (Ethernet pads short frames to 60 bytes; a
+/// sender may append anything). Refused as `ip_length_mismatch` where cutting would leave the
+/// vnet header wrong: a GSO frame (the kernel never pads one, and its receiver's IP layer would
+/// cut it at the IP length where segmentation rewrites the lengths from the frame: ambiguous), or
+/// a header whose checksum to complete, or `hdr_len`, lies past the IP packet.
+fn trim_to_ip<T: Tracer>(vnet: &VnetHeader, len: usize, ip_len: usize, trace: &mut T) -> Result<usize, DropReason> {
+    let end = L2 + ip_len;
+    if end == len {
+        return Ok(len);
+    }
+    let frame_len = end - vnet::LEN;
+    let checksum_end = vnet.csum_start as usize + vnet.csum_offset as usize + 2;
+    if vnet.is_gso()
+        || vnet.hdr_len as usize > frame_len
+        || (vnet.flags & vnet::FLAG_NEEDS_CSUM != 0 && checksum_end > frame_len)
+    {
+        trace.step("trim", format_args!("{} bytes past the IP packet, {vnet}: not cut", len - end));
+        return Err(DropReason::IpLengthMismatch);
+    }
+    trace.step("trim", format_args!("{} bytes past the IP packet cut", len - end));
+    Ok(end)
 }
 
 /// The FIB stage of both families: the adjacency of the route `index` the lookup for `dst` found,

@@ -31,7 +31,7 @@ impl Pipeline {
         len: usize,
         trace: &mut T,
     ) -> Next {
-        let Checked { src, dst, upper } = *checked;
+        let Checked { src, dst, upper, .. } = *checked;
         let packet = &buf[L2..len];
         let message = &packet[upper.offset..ipv6::HEADER_LEN + u16::from_be_bytes([packet[4], packet[5]]) as usize];
         // RFC 4861 §6.1.1/§7.1.1: hop limit 255 proves the message was not routed here; NDP in

@@ -85,16 +85,29 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         self.buffer.as_ref()[field::FLAGS_FRAG.start] & 0x40 != 0
     }
 
+    fn flags_fragment(&self) -> u16 {
+        let b = &self.buffer.as_ref()[field::FLAGS_FRAG];
+        u16::from_be_bytes([b[0], b[1]])
+    }
+
+    /// Where this fragment's data goes in the original datagram, in bytes.
+    pub fn fragment_offset(&self) -> usize {
+        (self.flags_fragment() & 0x1fff) as usize * 8
+    }
+
     /// True for every fragment but the first (they carry no L4 header).
     pub fn is_later_fragment(&self) -> bool {
-        let b = &self.buffer.as_ref()[field::FLAGS_FRAG];
-        u16::from_be_bytes([b[0], b[1]]) & 0x1fff != 0
+        self.fragment_offset() != 0
+    }
+
+    /// True for the first of several fragments: more fragments set, offset 0.
+    pub fn is_first_fragment(&self) -> bool {
+        self.flags_fragment() & 0x3fff == 0x2000
     }
 
     /// True for any fragment, the first included (more fragments set, or an offset).
     pub fn is_fragment(&self) -> bool {
-        let b = &self.buffer.as_ref()[field::FLAGS_FRAG];
-        u16::from_be_bytes([b[0], b[1]]) & 0x3fff != 0
+        self.flags_fragment() & 0x3fff != 0
     }
 
     pub fn ttl(&self) -> u8 {
@@ -168,6 +181,23 @@ mod tests {
         let bytes = ip(&ICMP_ECHO_REPLY);
         let p = Ipv4Packet::new_checked(&bytes[..]).unwrap();
         assert!(!p.dont_fragment());
+    }
+
+    #[test]
+    fn fragment_fields() {
+        let with_flags = |word: u16| {
+            let mut b = ip(&ICMP_ECHO_REQUEST);
+            b[6..8].copy_from_slice(&word.to_be_bytes());
+            b[10..12].fill(0);
+            let c = checksum::checksum(&b[..20]);
+            b[10..12].copy_from_slice(&c.to_be_bytes());
+            let p = Ipv4Packet::new_checked(b).unwrap();
+            (p.fragment_offset(), p.is_first_fragment(), p.is_later_fragment(), p.is_fragment())
+        };
+        assert_eq!(with_flags(0x4000), (0, false, false, false), "DF, whole");
+        assert_eq!(with_flags(0x2000), (0, true, false, true), "first");
+        assert_eq!(with_flags(0x2001), (8, false, true, true), "middle, offset 1");
+        assert_eq!(with_flags(0x00b9), (1480, false, true, true), "last");
     }
 
     #[test]

@@ -8,10 +8,12 @@ pub mod arp;
 pub mod captured;
 pub mod checksum;
 pub mod ethernet;
+pub mod fragment;
 pub mod icmp;
 pub mod icmpv6;
 pub mod ipv4;
 pub mod ipv6;
+pub mod ipv6_chain;
 pub mod udp_gso;
 pub mod vnet;
 

@@ -15,10 +15,10 @@ use super::{
     with_vnet, Switch, A, A_IP, A_MAC, B, B_IP, B_MAC, GW_IP, GW_MAC, HOST, HOST_MAC, UPLINK, UP_IP, UP_MAC, VM_MAC,
 };
 
-const A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 1, 2);
-const B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 1, 3);
+pub(super) const A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 1, 2);
+pub(super) const B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 1, 3);
 const VM6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, 0x50);
-const FAR6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+pub(super) const FAR6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 const VPC_GW6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, 1);
 const UP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, 7);
 
@@ -34,7 +34,7 @@ fn dual() -> ForwardingStateBuilder {
         .host_port(HOST_MAC, 9000)
 }
 
-fn switch() -> Switch {
+pub(super) fn switch() -> Switch {
     Switch::from(dual().route("0.0.0.0/0".parse().unwrap(), HOST).route6("::/0".parse().unwrap(), HOST))
 }
 
@@ -49,7 +49,14 @@ fn with_uplink(known: &[(Ipv6Addr, MacAddr)]) -> Switch {
     Switch::from(known.iter().fold(builder, |b, &(ip, mac)| b.neighbor(ip, mac)))
 }
 
-fn echo6(src_mac: MacAddr, dst_mac: MacAddr, src: Ipv6Addr, dst: Ipv6Addr, hop: u8, payload: usize) -> Vec<u8> {
+pub(super) fn echo6(
+    src_mac: MacAddr,
+    dst_mac: MacAddr,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    hop: u8,
+    payload: usize,
+) -> Vec<u8> {
     let builder =
         PacketBuilder::ethernet2(src_mac.0, dst_mac.0).ipv6(src.octets(), dst.octets(), hop).icmpv6_echo_request(1, 1);
     let mut frame = Vec::new();
