@@ -526,6 +526,12 @@ listed! {
         Ipv6Truncated,
         Ipv6BadVersion,
         Ipv6BadExtensionHeaders,
+        #[serde(rename = "ipv6_routing_header_0")]
+        Ipv6RoutingHeader0,
+        Ipv6AtomicFragment,
+        FirstFragmentIncomplete,
+        FragmentOverlapsHeaders,
+        IpLengthMismatch,
         Ipv6Multicast,
         Ipv6LinkLocal,
         SpoofedSourceIp,
