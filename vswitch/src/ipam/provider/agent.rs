@@ -480,6 +480,11 @@ impl<P: VpcProvider> ProviderIpam<P> {
         self.run_deletes().await
     }
 
+    /// The subnet's free addresses, straight from the API (credentials and reachability).
+    pub async fn check_api(&self) -> Result<u64, ProviderError> {
+        self.call("DescribeSubnet", self.provider.subnet_free()).await
+    }
+
     pub fn report(&self) -> ProviderReport {
         let guard = self.lock();
         let (state, rt) = &*guard;
