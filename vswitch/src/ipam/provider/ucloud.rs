@@ -308,4 +308,100 @@ mod tests {
         vpc_lab::lab::vpc_api::dialect::parse_form(&form_encode(&params), &mut decoded).unwrap();
         assert_eq!(decoded, params);
     }
+
+    /// The client against the lab's VPC API server (in memory, no fabric): every call the pool
+    /// makes, the RetCodes it types, and a wrong key refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_call_against_the_lab_api() {
+        use vpc_lab::lab::vpc_api::server::{run, ServerArgs};
+        use vpc_lab::lab::vpc_api::vpc::{Credential, Faults, NicConfig, SubnetConfig, VpcConfig};
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let nic = |mac: &str, host: &str, port: &str| NicConfig {
+            mac: mac.into(),
+            object_id: host.into(),
+            interface_id: None,
+            subnet_id: "subnet-t".into(),
+            port: port.into(),
+            primary: vec![],
+        };
+        let vpc = VpcConfig {
+            region: "cn-lab".into(),
+            zone: "cn-lab-01".into(),
+            project_id: "org-lab".into(),
+            vpc_id: "uvnet-t".into(),
+            subnets: vec![SubnetConfig {
+                subnet_id: "subnet-t".into(),
+                cidr: "10.0.0.0/24".into(),
+                gateway: "10.0.0.1".parse().unwrap(),
+                ipv6_cidr: None,
+                ipv6_gateway: None,
+                pool: Some("10.0.0.100/30".into()),
+            }],
+            nics: vec![nic("52:54:00:00:00:01", "uhost-1", "p1"), nic("52:54:00:00:00:02", "uhost-2", "p2")],
+            fixed_hosts: vec![],
+            credentials: vec![Credential { public_key: "pub".into(), private_key: "priv".into() }],
+            gateway_port: None,
+            secondary_quota: 8,
+            faults: Faults::default(),
+        };
+        let config_path = dir.path().join("vpc.json");
+        std::fs::write(&config_path, serde_json::to_vec(&vpc).unwrap()).unwrap();
+        let args = ServerArgs {
+            config: config_path,
+            listen: ([127, 0, 0, 1], port).into(),
+            control: dir.path().join("control.sock"),
+            fabric: None,
+        };
+        std::thread::spawn(move || run(args));
+        std::fs::write(dir.path().join("public_key"), "pub\n").unwrap();
+        std::fs::write(dir.path().join("private_key"), "priv\n").unwrap();
+        std::fs::write(dir.path().join("wrong_key"), "wrong").unwrap();
+        let config = |mac: &str, host: &str, private: &str| UCloudConfig {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            region: "cn-lab".into(),
+            zone: "cn-lab-01".into(),
+            project: "org-lab".into(),
+            vpc_id: "uvnet-t".into(),
+            subnet_id: "subnet-t".into(),
+            nic_mac: mac.into(),
+            host_id: host.into(),
+            public_key_file: dir.path().join("public_key"),
+            private_key_file: dir.path().join(private),
+            warm_low: 1,
+            warm_high: 2,
+            cooldown_seconds: 30,
+            fabric_settle_ms: 0,
+        };
+        let one = UCloud::new(&config("52:54:00:00:00:01", "uhost-1", "private_key")).unwrap();
+        let two = UCloud::new(&config("52:54:00:00:00:02", "uhost-2", "private_key")).unwrap();
+        assert!(!format!("{one:?}").contains("priv"), "the key is never printed");
+        let mut free = None;
+        for _ in 0..100 {
+            match one.subnet_free().await {
+                Ok(n) => {
+                    free = Some(n);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        assert_eq!(free, Some(2), "10.0.0.100/30 less its network and broadcast addresses");
+        let a = one.allocate(None).await.unwrap();
+        assert_eq!(a, "10.0.0.101".parse::<IpAddr>().unwrap());
+        let named = two.allocate(Some("10.0.0.103".parse().unwrap())).await.unwrap();
+        assert_eq!(one.describe().await.unwrap(), vec![a]);
+        assert_eq!(one.locate(named).await.unwrap().unwrap().nic, "52:54:00:00:00:02");
+        one.move_here(named, "52:54:00:00:00:02").await.unwrap();
+        assert_eq!(one.describe().await.unwrap(), vec![a, named]);
+        one.allocate(None).await.unwrap();
+        assert!(matches!(one.allocate(None).await, Err(ProviderError::SubnetFull(m)) if m.contains("subnet-t")));
+        one.delete(a).await.unwrap();
+        assert!(matches!(one.delete(a).await, Err(ProviderError::AddressGone(_))));
+        let wrong = UCloud::new(&config("52:54:00:00:00:01", "uhost-1", "wrong_key")).unwrap();
+        assert!(matches!(wrong.subnet_free().await, Err(ProviderError::Auth(m)) if m.contains("171")));
+        let nobody =
+            UCloud::new(&UCloudConfig { endpoint: "http://127.0.0.1:1".into(), ..config("m", "h", "private_key") });
+        assert!(matches!(nobody.unwrap().subnet_free().await, Err(ProviderError::Unavailable(_))));
+    }
 }
