@@ -31,7 +31,7 @@ use crate::ipam::{AddressRequest, IpamError, NodeIpam};
 #[derive(Debug)]
 pub enum Ipam {
     Cluster(NodeIpam<AnyStore>),
-    Provider(ProviderIpam<UCloud>),
+    Provider(Box<ProviderIpam<UCloud>>),
 }
 
 /// The node's IPAM from `[ipam]`, if configured.
@@ -42,7 +42,8 @@ pub fn open(config: &Config) -> Result<Option<Arc<Ipam>>, IpamError> {
         let settings = ucloud.settings().map_err(ProviderSetupError::from)?;
         let client = UCloud::new(ucloud).map_err(ProviderSetupError::from)?;
         tracing::info!(endpoint = %ucloud.endpoint, nic = %ucloud.nic_mac, "provider IPAM on: UCloud VPC");
-        return Ok(Some(Arc::new(Ipam::Provider(ProviderIpam::open(client, settings, &config.state_dir)?))));
+        let provider = ProviderIpam::open(client, settings, &config.state_dir)?;
+        return Ok(Some(Arc::new(Ipam::Provider(Box::new(provider)))));
     }
     let settings = ipam.settings()?;
     let store = ipam.store(&config.state_dir)?;
