@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use vswitch_api::api::{AddressView, AssignSpec, Attachment, ReleasedView, Response};
+use vswitch_api::api::{AddressView, AssignSpec, Attachment, IpFamilies, ReleasedView, Response};
 
 use super::errors::RequestError;
 use super::ports::Ports;
@@ -18,8 +18,9 @@ use super::upgrade::ChangeGate;
 use super::views;
 use crate::control::config::Config;
 use crate::control::registry::{PodAddresses, RegistryError};
-use crate::ipam::error::ProviderSetupError;
+use crate::ipam::error::{InvalidRequest, ProviderSetupError};
 use crate::ipam::node::IpamMetrics;
+use crate::ipam::pool::Family;
 use crate::ipam::provider::config::{ProviderConfigError, ProviderKind};
 use crate::ipam::provider::stats::ApiReport;
 use crate::ipam::provider::ucloud::UCloud;
@@ -111,6 +112,15 @@ impl IpamService {
         let released = |released| Response::Released(ReleasedView { released });
         Ok(match request {
             IpamRequest::Assign(spec) => {
+                // IPv4 only: the lab's API (like UCloud's) hands out IPv6 secondary IPs only by name.
+                if matches!(spec.families, Some(IpFamilies::Ipv6 | IpFamilies::Dual)) {
+                    let pools = "the VPC subnet (provider mode: IPv4 only)".to_string();
+                    return Err(IpamError::from(InvalidRequest::FamilyNotInPool { pools, family: Family::Ipv6 }).into());
+                }
+                // Named addresses (sticky moves) are not served in provider mode yet.
+                if let Some(ip) = spec.ips.first() {
+                    return Err(IpamError::from(InvalidRequest::NotInPool(*ip)).into());
+                }
                 let pod = spec.pod.clone();
                 let (ip, new) = provider.assign(&spec.owner, pod, &self.addresses_in_use()).await?;
                 Response::Address(AddressView { ips: vec![ip], new })
