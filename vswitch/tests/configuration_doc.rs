@@ -84,11 +84,23 @@ fn every_vswitchd_key_is_documented_and_every_documented_key_exists() {
             toml::from_str(
                 r#"node_name = "n1"
                    pools = ["10.10.0.0/16"]
+                   provider = "ucloud"
                    [etcd]
                    endpoints = ["https://10.10.0.5:2379"]
                    ca_file = "ca.crt"
                    cert_file = "c.crt"
-                   key_file = "c.key""#,
+                   key_file = "c.key"
+                   [ucloud]
+                   endpoint = "http://10.10.0.30:80"
+                   region = "cn-lab"
+                   zone = "cn-lab-01"
+                   project = "org-lab"
+                   vpc_id = "uvnet-lab"
+                   subnet_id = "subnet-lab"
+                   nic_mac = "52:54:00:00:00:01"
+                   host_id = "uhost-node1"
+                   public_key_file = "public_key"
+                   private_key_file = "private_key""#,
             )
             .unwrap(),
         ),

@@ -149,6 +149,41 @@ pub struct IpamView {
     /// Released addresses waiting out the reuse delay.
     pub cooling: Vec<CoolingView>,
     pub this_node: LocalIpamView,
+    /// Provider mode: the VPC API's side (absent in the cluster-pool mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<ProviderView>,
+}
+
+/// Provider mode (`[ipam] provider`): this node's NIC and the VPC API as the node sees them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderView {
+    /// `ucloud`.
+    pub provider: String,
+    pub nic: String,
+    pub warm: Vec<IpAddr>,
+    pub cooling: Vec<IpAddr>,
+    /// Deletes queued until the API confirms them.
+    pub deleting: Vec<IpAddr>,
+    /// The NIC's secondary IPs at the last reconcile (none: not described yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nic_secondary: Option<Vec<IpAddr>>,
+    /// The last call reached the API (none: no call yet).
+    pub api_healthy: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backing_off_ms: Option<u64>,
+    pub last_errors: Vec<String>,
+    pub calls: Vec<ApiCallView>,
+}
+
+/// Calls of one VPC API action with one result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiCallView {
+    pub action: String,
+    /// `ok`, `throttled`, `unavailable`, `subnet_full`, `address_gone`, `quota`, `auth`, `other`.
+    pub result: String,
+    pub calls: u64,
+    /// Their total latency.
+    pub millis: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -318,7 +318,41 @@ fn print_neighbors(neighbors: Vec<NeighborView>) {
     }
 }
 
+/// Provider mode: the NIC's addresses and the VPC API's health.
+fn print_provider(v: &IpamView, p: &vswitch_api::api::ProviderView) {
+    let list = |ips: &[std::net::IpAddr]| {
+        if ips.is_empty() {
+            "-".to_string()
+        } else {
+            ips.iter().map(|ip| ip.to_string()).collect::<Vec<_>>().join(" ")
+        }
+    };
+    println!("provider {}   NIC {}   {}", p.provider, p.nic, v.store);
+    let health = match (p.api_healthy, p.backing_off_ms) {
+        (_, Some(ms)) => format!("backing off ({ms} ms left)"),
+        (Some(false), None) => "unreachable".into(),
+        (Some(true), None) => "ok".into(),
+        (None, None) => "not called yet".into(),
+    };
+    println!("API: {health}   subnet free: {}", if v.store_reachable { v.free.to_string() } else { "?".into() });
+    println!("pods: {}   warm: {}", v.this_node.assigned, list(&p.warm));
+    println!("cooling: {}   deletes queued: {}", list(&p.cooling), list(&p.deleting));
+    match &p.nic_secondary {
+        Some(ips) => println!("NIC's secondary IPs (last reconcile): {}", list(ips)),
+        None => println!("NIC's secondary IPs: not described yet"),
+    }
+    for c in &p.calls {
+        println!("  {:<24} {:<14} {:>6} calls {:>8} ms", c.action, c.result, c.calls, c.millis);
+    }
+    for e in &p.last_errors {
+        println!("  error: {e}");
+    }
+}
+
 fn print_ipam(v: IpamView) {
+    if let Some(p) = &v.provider {
+        return print_provider(&v, p);
+    }
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let until = |t: u64| if t > now { format!("in {}s", t - now) } else { "now".to_string() };
     println!("node {}   store {}", v.node, v.store);

@@ -16,6 +16,7 @@ use prometheus_client::registry::Registry;
 use vswitch_api::api::{LinkState, PortCounters, PortRole, PortView};
 
 use crate::ipam::node::IpamMetrics;
+use crate::ipam::provider::stats::ApiReport;
 use crate::pipeline::DropReason;
 
 /// One scrape's worth of figures, gathered under the registry's lock and encoded without it.
@@ -34,6 +35,8 @@ pub struct MetricsSnapshot {
     pub shaping_throttled: u64,
     /// The cluster IPAM's figures, when it is on.
     pub ipam: Option<IpamMetrics>,
+    /// Provider mode: the VPC API's calls.
+    pub provider_api: Option<ApiReport>,
 }
 
 /// The process's own figures, from /proc/self (zero where unreadable).
@@ -174,11 +177,46 @@ impl Collector for MetricsSnapshot {
         if let Some(ipam) = &self.ipam {
             encode_ipam(ipam, &mut encoder)?;
         }
+        if let Some(api) = &self.provider_api {
+            encode_provider_api(api, &mut encoder)?;
+        }
         let mut family =
             encoder.encode_descriptor("vswitch_build_info", "The running build.", None, MetricType::Gauge)?;
         ConstGauge::new(1i64).encode(family.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?)?;
         Ok(())
     }
+}
+
+/// Provider mode: VPC API calls and their latency, by action and result.
+fn encode_provider_api(api: &ApiReport, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        "vswitch_ipam_provider_api_calls",
+        "VPC API calls by action and result (ok, throttled, unavailable, subnet_full, address_gone, quota, auth, other).",
+        None,
+        MetricType::Counter,
+    )?;
+    for (action, result, c) in &api.calls {
+        ConstCounter::new(c.calls)
+            .encode(family.encode_family(&[("action", action.as_str()), ("result", result.as_str())])?)?;
+    }
+    let mut family = encoder.encode_descriptor(
+        "vswitch_ipam_provider_api_seconds",
+        "Time spent in VPC API calls, by action and result.",
+        None,
+        MetricType::Counter,
+    )?;
+    for (action, result, c) in &api.calls {
+        ConstCounter::new(c.seconds)
+            .encode(family.encode_family(&[("action", action.as_str()), ("result", result.as_str())])?)?;
+    }
+    let up = i64::from(api.healthy != Some(false));
+    ConstGauge::new(up).encode(encoder.encode_descriptor(
+        "vswitch_ipam_provider_api_up",
+        "1 when the last VPC API call reached the API.",
+        None,
+        MetricType::Gauge,
+    )?)?;
+    Ok(())
 }
 
 fn encode_ipam(ipam: &IpamMetrics, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -308,8 +346,23 @@ mod tests {
             shaping_delayed: 4,
             shaping_throttled: 0,
             ipam: None,
+            provider_api: Some(ApiReport {
+                calls: vec![(
+                    "AllocateSecondaryIp".into(),
+                    "subnet_full".into(),
+                    crate::ipam::provider::stats::CallCount { calls: 2, seconds: 0.5 },
+                )],
+                last_errors: vec![],
+                healthy: Some(true),
+            }),
         }
         .render();
+        assert!(
+            text.contains(
+                r#"vswitch_ipam_provider_api_calls_total{action="AllocateSecondaryIp",result="subnet_full"} 2"#
+            ),
+            "{text}"
+        );
         assert!(text.contains(r#"port="evil\"}\nname""#), "{text}");
         assert!(!text.contains("evil\"}\nname\""), "a raw newline in a label breaks the format");
         assert!(text.contains(r#"namespace="default",pod="web-0"} 7"#), "{text}");

@@ -9,6 +9,7 @@ use vswitch_api::api::PodRef;
 
 use super::error::{IpamError, SettingsError};
 use super::pool::{Excluded, Pool, PoolPrefix};
+use super::provider::config::{ProviderKind, UCloudConfig};
 use super::store::etcd::{EtcdConfig, EtcdStore};
 use super::store::file::{FileStore, FileStoreError};
 use super::store::AnyStore;
@@ -25,7 +26,9 @@ pub struct IpamConfig {
     /// This node's name in the store; default: the host name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
-    /// The pool: prefixes of the VPC subnet pods get addresses from.
+    /// The pool: prefixes of the VPC subnet pods get addresses from (unused in provider mode,
+    /// where the VPC's subnet is the pool).
+    #[serde(default)]
     pub pools: Vec<PoolPrefix>,
     /// Never handed out: nodes, the VPC gateway, other hosts (addresses or prefixes).
     #[serde(default)]
@@ -58,6 +61,12 @@ pub struct IpamConfig {
     /// The etcd cluster; without it, the node-local file store (one node only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd: Option<EtcdConfig>,
+    /// Provider mode: pod addresses are secondary IPs of this node's NIC, from the VPC's API
+    /// (`ucloud`, with `[ipam.ucloud]`); none: the cluster pool above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<ProviderKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ucloud: Option<UCloudConfig>,
 }
 
 fn default_prefix() -> String {

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use vswitch_api::api::PodRef;
 
 use super::pool::{Family, PoolError};
+use super::provider::agent::ProviderRefusal;
 use super::store::etcd::EtcdSetupError;
 use super::store::StoreError;
 
@@ -55,6 +56,21 @@ pub enum IpamError {
     StoreUnreadable { path: PathBuf, source: std::io::Error },
     #[error("ipam.etcd: {0}")]
     Etcd(#[from] EtcdSetupError),
+    /// Provider mode: no address for an ADD (code 11, retry later).
+    #[error(transparent)]
+    Provider(#[from] ProviderRefusal),
+    /// Provider mode: `[ipam.ucloud]` or its credentials are unusable.
+    #[error(transparent)]
+    ProviderSetup(#[from] ProviderSetupError),
+}
+
+/// Provider mode's configuration as checked at start.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderSetupError {
+    #[error(transparent)]
+    Config(#[from] super::provider::config::ProviderConfigError),
+    #[error(transparent)]
+    Client(#[from] super::provider::ucloud::UCloudSetupError),
 }
 
 /// What is wrong with `[ipam]` as a whole (each prefix was checked as it was read).

@@ -20,6 +20,7 @@ pub mod config;
 pub mod error;
 pub mod node;
 pub mod pool;
+pub mod provider;
 pub mod record;
 pub mod request;
 pub mod store;

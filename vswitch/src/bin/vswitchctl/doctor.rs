@@ -451,6 +451,7 @@ mod tests {
                 pending_sync: 0,
                 fenced_total: 0,
             },
+            provider: None,
         };
         assert_eq!(cluster_pool_of(&view).status, Status::Ok);
         view.free = 10;

@@ -1,33 +1,55 @@
 //! The cluster IPAM as the control plane serves it: the `ipam_*` requests, adopting the pods the
 //! IPAM's state may have lost, and the upkeep rounds that keep the node's lease, sync with the
 //! store and detach pods whose addresses were given to someone else while this node was cut off.
+//! With `[ipam] provider`, the same requests go to the provider pool (secondary IPs of this
+//! node's NIC, `ipam::provider`) instead.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use vswitch_api::api::{AddressView, AssignSpec, Attachment, ReleasedView, Response};
+use vswitch_api::api::{AddressView, AssignSpec, Attachment, IpFamilies, ReleasedView, Response};
 
 use super::errors::RequestError;
 use super::ports::Ports;
+use super::provider_view;
 use super::publisher::Publisher;
 use super::upgrade::ChangeGate;
 use super::views;
 use crate::control::config::Config;
 use crate::control::registry::{PodAddresses, RegistryError};
+use crate::ipam::error::{InvalidRequest, ProviderSetupError};
 use crate::ipam::node::IpamMetrics;
+use crate::ipam::pool::Family;
+use crate::ipam::provider::config::{ProviderConfigError, ProviderKind};
+use crate::ipam::provider::stats::ApiReport;
+use crate::ipam::provider::ucloud::UCloud;
+use crate::ipam::provider::ProviderIpam;
 use crate::ipam::store::AnyStore;
 use crate::ipam::{AddressRequest, IpamError, NodeIpam};
 
-pub type Ipam = NodeIpam<AnyStore>;
+/// The node's IPAM: the cluster pool (etcd or the node-local file), or a VPC provider's.
+#[derive(Debug)]
+pub enum Ipam {
+    Cluster(NodeIpam<AnyStore>),
+    Provider(Box<ProviderIpam<UCloud>>),
+}
 
 /// The node's IPAM from `[ipam]`, if configured.
 pub fn open(config: &Config) -> Result<Option<Arc<Ipam>>, IpamError> {
     let Some(ipam) = &config.ipam else { return Ok(None) };
+    if let Some(ProviderKind::Ucloud) = ipam.provider {
+        let ucloud = ipam.ucloud.as_ref().ok_or(ProviderSetupError::Config(ProviderConfigError::MissingTable))?;
+        let settings = ucloud.settings().map_err(ProviderSetupError::from)?;
+        let client = UCloud::new(ucloud).map_err(ProviderSetupError::from)?;
+        tracing::info!(endpoint = %ucloud.endpoint, nic = %ucloud.nic_mac, "provider IPAM on: UCloud VPC");
+        let provider = ProviderIpam::open(client, settings, &config.state_dir)?;
+        return Ok(Some(Arc::new(Ipam::Provider(Box::new(provider)))));
+    }
     let settings = ipam.settings()?;
     let store = ipam.store(&config.state_dir)?;
     tracing::info!(node = %settings.node, pools = %settings.pool_list(), "cluster IPAM on");
-    Ok(Some(Arc::new(NodeIpam::open(settings, store, &config.state_dir)?)))
+    Ok(Some(Arc::new(Ipam::Cluster(NodeIpam::open(settings, store, &config.state_dir)?))))
 }
 
 /// The IPAM requests, split off [`vswitch_api::api::Request`].
@@ -58,7 +80,11 @@ impl IpamService {
     }
 
     pub async fn handle(&self, request: IpamRequest) -> Result<Response, RequestError> {
-        let requests = self.ipam.requests();
+        let ipam = match &*self.ipam {
+            Ipam::Cluster(ipam) => ipam,
+            Ipam::Provider(provider) => return self.handle_provider(provider, request).await,
+        };
+        let requests = ipam.requests();
         requests.settled(SETTLE_AFTER_START).await;
         let released = |released| Response::Released(ReleasedView { released });
         Ok(match request {
@@ -74,7 +100,51 @@ impl IpamService {
                 ips => Response::Address(AddressView { ips, new: false }),
             },
             IpamRequest::Gc(keep) => released(requests.gc(&keep).await?),
-            IpamRequest::View => Response::Ipam(Box::new(self.ipam.view().await)),
+            IpamRequest::View => Response::Ipam(Box::new(ipam.view().await)),
+        })
+    }
+
+    async fn handle_provider(
+        &self,
+        provider: &ProviderIpam<UCloud>,
+        request: IpamRequest,
+    ) -> Result<Response, RequestError> {
+        let released = |released| Response::Released(ReleasedView { released });
+        Ok(match request {
+            IpamRequest::Assign(spec) => {
+                // IPv4 only: the lab's API (like UCloud's) hands out IPv6 secondary IPs only by name.
+                if matches!(spec.families, Some(IpFamilies::Ipv6 | IpFamilies::Dual)) {
+                    let pools = "the VPC subnet (provider mode: IPv4 only)".to_string();
+                    return Err(IpamError::from(InvalidRequest::FamilyNotInPool { pools, family: Family::Ipv6 }).into());
+                }
+                // Named addresses (sticky moves) are not served in provider mode yet.
+                if let Some(ip) = spec.ips.first() {
+                    return Err(IpamError::from(InvalidRequest::NotInPool(*ip)).into());
+                }
+                let pod = spec.pod.clone();
+                let (ip, new) = provider.assign(&spec.owner, pod, &self.addresses_in_use()).await?;
+                Response::Address(AddressView { ips: vec![ip], new })
+            }
+            IpamRequest::Release(owner) => released(provider.release(&owner)?),
+            IpamRequest::Lookup(owner) => match provider.lookup(&owner) {
+                None => return Err(IpamError::NotFound { container_id: owner.container_id }.into()),
+                Some(ip) => Response::Address(AddressView { ips: vec![ip], new: false }),
+            },
+            IpamRequest::Gc(keep) => released(provider.gc(&keep)?),
+            IpamRequest::View => {
+                // A live DescribeSubnet: the view (and `vswitchctl doctor`) shows whether the
+                // credentials and the endpoint work now, and the subnet's free addresses.
+                let check = provider.check_api().await;
+                let mut view = provider_view::view(provider);
+                match check {
+                    Ok(free) => view.free = free,
+                    Err(e) => {
+                        view.store_reachable = false;
+                        view.store_error = Some(e.to_string());
+                    }
+                }
+                Response::Ipam(Box::new(view))
+            }
         })
     }
 
@@ -100,19 +170,39 @@ impl IpamService {
                 ports.push((ip, owner.clone(), pod.clone(), netns.clone()));
             }
         }
-        self.ipam.requests().adopt_ports(&ports).await;
+        match &*self.ipam {
+            Ipam::Cluster(ipam) => ipam.requests().adopt_ports(&ports).await,
+            Ipam::Provider(provider) => {
+                let ports: Vec<_> = ports.into_iter().map(|(ip, owner, pod, _)| (ip, owner, pod)).collect();
+                if let Err(e) = provider.adopt_ports(&ports) {
+                    tracing::error!(error = %e, "could not record the pods' addresses");
+                }
+            }
+        }
     }
 
     /// Until the next upkeep round is due early (the IPAM asked for one).
     pub async fn kicked(&self) {
-        self.ipam.upkeep().kicked().await
+        match &*self.ipam {
+            Ipam::Cluster(ipam) => ipam.upkeep().kicked().await,
+            Ipam::Provider(provider) => provider.kicked().await,
+        }
     }
 
     /// One upkeep round; detaches the pods whose addresses this node lost.
     pub async fn upkeep(&self) {
         let Ok(_in_flight) = self.gate.enter().await else { return };
+        let ipam = match &*self.ipam {
+            Ipam::Cluster(ipam) => ipam,
+            Ipam::Provider(provider) => {
+                if let Err(e) = provider.tick().await {
+                    tracing::error!(error = %e, "provider IPAM upkeep");
+                }
+                return;
+            }
+        };
         let names: HashSet<String> = self.publisher.registry().ports().map(|p| p.info.name.clone()).collect();
-        for fenced in self.ipam.upkeep().tick(|owner| names.contains(&vswitch_api::api::port_name(owner))).await {
+        for fenced in ipam.upkeep().tick(|owner| names.contains(&vswitch_api::api::port_name(owner))).await {
             let name = vswitch_api::api::port_name(&fenced.owner);
             match self.ports.remove(&name, true).await {
                 Ok(()) => {
@@ -124,7 +214,19 @@ impl IpamService {
         }
     }
 
-    pub fn metrics(&self) -> IpamMetrics {
-        self.ipam.metrics()
+    /// The cluster pool's metrics (none in provider mode: see [`IpamService::provider_api`]).
+    pub fn metrics(&self) -> Option<IpamMetrics> {
+        match &*self.ipam {
+            Ipam::Cluster(ipam) => Some(ipam.metrics()),
+            Ipam::Provider(_) => None,
+        }
+    }
+
+    /// The VPC API's calls in provider mode.
+    pub fn provider_api(&self) -> Option<ApiReport> {
+        match &*self.ipam {
+            Ipam::Cluster(_) => None,
+            Ipam::Provider(provider) => Some(provider.stats().report()),
+        }
     }
 }

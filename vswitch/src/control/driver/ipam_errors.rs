@@ -16,13 +16,15 @@ pub fn api_error(e: IpamError) -> ApiError {
         | IpamError::StateTooNew { .. }
         | IpamError::StoreCorrupt { .. }
         | IpamError::StoreUnreadable { .. }
-        | IpamError::Etcd(_) => ErrorCode::Invalid,
+        | IpamError::Etcd(_)
+        | IpamError::ProviderSetup(_) => ErrorCode::Invalid,
         IpamError::NotFound { .. } => ErrorCode::NotFound,
         IpamError::Exhausted { .. } => ErrorCode::Exhausted,
         IpamError::Conflict(_) => ErrorCode::Conflict,
-        IpamError::StoreUnavailable { .. } | IpamError::StickyBusy(_) | IpamError::StateIo { .. } => {
-            ErrorCode::Unavailable
-        }
+        IpamError::StoreUnavailable { .. }
+        | IpamError::StickyBusy(_)
+        | IpamError::StateIo { .. }
+        | IpamError::Provider(_) => ErrorCode::Unavailable,
     };
     ApiError::new(code, e)
 }

@@ -22,6 +22,7 @@ mod inspect;
 mod ipam;
 mod ipam_errors;
 mod ports;
+mod provider_view;
 mod publisher;
 mod saver;
 mod slow_path;

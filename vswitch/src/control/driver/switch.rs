@@ -289,7 +289,8 @@ impl Switch {
             process: ProcessStats::read(),
             shaping_delayed,
             shaping_throttled,
-            ipam: self.ipam.as_ref().map(|i| i.metrics()),
+            ipam: self.ipam.as_ref().and_then(|i| i.metrics()),
+            provider_api: self.ipam.as_ref().and_then(|i| i.provider_api()),
         }
     }
 

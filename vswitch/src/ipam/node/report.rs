@@ -153,6 +153,7 @@ pub(super) async fn view<S: ClusterStore>(state: &NodeState<S>) -> IpamView {
         sticky: Vec::new(),
         cooling: Vec::new(),
         this_node: local_view(state),
+        provider: None,
     };
     let cluster =
         async { Ok::<_, StoreError>((state.records().await?, state.live_nodes().await?, state.down_marks().await?)) };

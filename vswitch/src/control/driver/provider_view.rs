@@ -1,0 +1,52 @@
+//! `vswitchctl ipam` in provider mode: the pool's report as the API's [`IpamView`].
+
+use vswitch_api::api::{ApiCallView, IpamView, LocalIpamView, ProviderView};
+
+use crate::ipam::provider::{ProviderIpam, VpcProvider};
+
+pub fn view<P: VpcProvider>(provider: &ProviderIpam<P>) -> IpamView {
+    let r = provider.report();
+    let api_up = r.api.healthy != Some(false);
+    IpamView {
+        node: r.nic.clone(),
+        store: format!("{} VPC API (NIC {})", r.provider, r.nic),
+        store_reachable: api_up,
+        store_error: if api_up { None } else { r.api.last_errors.last().cloned() },
+        pools: Vec::new(),
+        exclude: Vec::new(),
+        pool_size: 0,
+        free: 0,
+        nodes: Vec::new(),
+        sticky: Vec::new(),
+        cooling: Vec::new(),
+        this_node: LocalIpamView {
+            warm: r.warm.len() as u64,
+            warm_target: 0,
+            assigned: r.pods.len() as u64,
+            pending_sync: r.deleting.len() as u64,
+            fenced_total: 0,
+        },
+        provider: Some(ProviderView {
+            provider: r.provider,
+            nic: r.nic,
+            warm: r.warm,
+            cooling: r.cooling,
+            deleting: r.deleting,
+            nic_secondary: r.nic_secondary,
+            api_healthy: r.api.healthy,
+            backing_off_ms: r.backing_off_ms,
+            last_errors: r.api.last_errors,
+            calls: r
+                .api
+                .calls
+                .into_iter()
+                .map(|(action, result, c)| ApiCallView {
+                    action,
+                    result,
+                    calls: c.calls,
+                    millis: (c.seconds * 1000.0) as u64,
+                })
+                .collect(),
+        }),
+    }
+}

@@ -1,0 +1,506 @@
+//! The node's pool of secondary IPs in provider mode.
+//!
+//! State (persisted in `ipam-provider.json`, atomic writes): the pods' addresses, the warm pool,
+//! the cooling addresses and the deletes not yet done. The order of writes and calls makes a
+//! kill -9 anywhere safe: a delete is recorded before it is called (and retried until the VPC
+//! says done or gone); an allocation is recorded after the VPC answered, and one the node died
+//! before recording is on the NIC with no owner here, which reconcile adopts into the pool (or
+//! deletes above the high watermark). The VPC is the truth for which addresses this NIC holds;
+//! this file for which pod holds which of them.
+//!
+//! ADD takes a warm address (no API call); only with an empty pool does it call the API itself.
+//! A new address is handed out once the fabric delivers it: [`ProviderSettings::fabric_settle`]
+//! after the API's success. Throttled or unreachable API: exponential backoff with jitter;
+//! ADDs go on from the pool; DELs are queued in the file and retried.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use vswitch_api::api::{Attachment, PodRef};
+
+use super::stats::{ApiReport, ApiStats};
+use super::{ProviderError, VpcProvider};
+use crate::ipam::IpamError;
+
+/// The provider state's file in the state directory.
+pub const STATE_FILE: &str = "ipam-provider.json";
+const FORMAT: u32 = 1;
+
+#[derive(Debug, Clone)]
+pub struct ProviderSettings {
+    pub warm_low: usize,
+    pub warm_high: usize,
+    pub cooldown: Duration,
+    pub fabric_settle: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    pub reconcile_every: Duration,
+}
+
+impl Default for ProviderSettings {
+    fn default() -> Self {
+        ProviderSettings {
+            warm_low: 4,
+            warm_high: 8,
+            cooldown: Duration::from_secs(30),
+            fabric_settle: Duration::from_millis(1200),
+            backoff_min: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            reconcile_every: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Why an ADD got no address (the API's code 11: retry later).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderRefusal {
+    #[error("no warm address on this node and the VPC subnet is full: {0}")]
+    SubnetFull(String),
+    #[error("no warm address on this node and the VPC API is unavailable ({0}); retry later")]
+    Unavailable(String),
+    #[error("no warm address on this node and the VPC API refused an allocation: {0}")]
+    Refused(ProviderError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodAddress {
+    pub ip: IpAddr,
+    pub owner: Attachment,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodRef>,
+}
+
+/// What survives a restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Persisted {
+    format: u32,
+    /// By port name (`container:ifname`).
+    pods: BTreeMap<String, PodAddress>,
+    warm: BTreeSet<IpAddr>,
+    /// Address → when it may be handed out again (ms since the epoch).
+    cooling: BTreeMap<IpAddr, u64>,
+    /// Deletes recorded, not yet confirmed by the VPC.
+    deleting: BTreeSet<IpAddr>,
+}
+
+impl Persisted {
+    fn knows(&self, ip: IpAddr) -> bool {
+        self.warm.contains(&ip)
+            || self.cooling.contains_key(&ip)
+            || self.deleting.contains(&ip)
+            || self.pods.values().any(|p| p.ip == ip)
+    }
+}
+
+/// What does not survive a restart.
+#[derive(Debug, Default)]
+struct Runtime {
+    /// A new address is delivered by the fabric from then on.
+    ready_at: HashMap<IpAddr, Instant>,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    /// Allocations in flight, and how many were started: reconcile skips a round that raced one.
+    allocating: usize,
+    epoch: u64,
+    last_reconcile: Option<Instant>,
+    /// The NIC's secondary IPs at the last reconcile.
+    described: Option<Vec<IpAddr>>,
+    last_transient: Option<String>,
+}
+
+/// The view `vswitchctl ipam` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProviderReport {
+    pub provider: String,
+    pub nic: String,
+    pub pods: Vec<PodAddress>,
+    pub warm: Vec<IpAddr>,
+    pub cooling: Vec<IpAddr>,
+    pub deleting: Vec<IpAddr>,
+    pub nic_secondary: Option<Vec<IpAddr>>,
+    pub backing_off_ms: Option<u64>,
+    pub api: ApiReport,
+}
+
+#[derive(Debug)]
+pub struct ProviderIpam<P> {
+    provider: P,
+    settings: ProviderSettings,
+    path: PathBuf,
+    state: Mutex<(Persisted, Runtime)>,
+    save_lock: Mutex<()>,
+    stats: ApiStats,
+    kick: tokio::sync::Notify,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn key(owner: &Attachment) -> String {
+    vswitch_api::api::port_name(owner)
+}
+
+impl<P: VpcProvider> ProviderIpam<P> {
+    /// The pool as `state_dir` last recorded it (empty if never).
+    pub fn open(provider: P, settings: ProviderSettings, state_dir: &Path) -> Result<ProviderIpam<P>, IpamError> {
+        let path = state_dir.join(STATE_FILE);
+        let persisted = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let p: Persisted = serde_json::from_slice(&bytes)
+                    .map_err(|e| IpamError::StateCorrupt { path: path.clone(), detail: e.to_string() })?;
+                if p.format > FORMAT {
+                    return Err(IpamError::StateTooNew { path, found: p.format, known: FORMAT });
+                }
+                p
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted { format: FORMAT, ..Persisted::default() },
+            Err(source) => return Err(IpamError::StateIo { path, source }),
+        };
+        Ok(ProviderIpam {
+            provider,
+            settings,
+            path,
+            state: Mutex::new((persisted, Runtime::default())),
+            save_lock: Mutex::new(()),
+            stats: ApiStats::default(),
+            kick: tokio::sync::Notify::new(),
+        })
+    }
+
+    pub fn provider(&self) -> &P {
+        &self.provider
+    }
+
+    pub fn stats(&self) -> &ApiStats {
+        &self.stats
+    }
+
+    fn lock(&self) -> MutexGuard<'_, (Persisted, Runtime)> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes the state (temporary file, fsync, rename).
+    fn save(&self) -> Result<(), IpamError> {
+        let _order = self.save_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let bytes = serde_json::to_vec(&self.lock().0).expect("serialisable");
+        vswitch_host::file::write_atomic(&self.path, &bytes)
+            .map_err(|source| IpamError::StateIo { path: self.path.clone(), source })
+    }
+
+    /// One API call, counted and timed.
+    async fn call<T>(
+        &self,
+        action: &'static str,
+        call: impl std::future::Future<Output = Result<T, ProviderError>>,
+    ) -> Result<T, ProviderError> {
+        let started = Instant::now();
+        let result = call.await;
+        self.stats.record(action, started.elapsed(), result.as_ref().map(drop));
+        let mut guard = self.lock();
+        let rt = &mut guard.1;
+        match &result {
+            Err(e) if e.is_transient() => {
+                let base = if rt.backoff.is_zero() { self.settings.backoff_min } else { rt.backoff * 2 };
+                rt.backoff = base.min(self.settings.backoff_max);
+                let jitter = rand::thread_rng().gen_range(0.5..1.0);
+                rt.retry_at = Some(Instant::now() + rt.backoff.mul_f64(jitter));
+                rt.last_transient = Some(e.to_string());
+                tracing::warn!(action, error = %e, backoff_ms = rt.backoff.as_millis() as u64, "VPC API: backing off");
+            }
+            _ => {
+                rt.backoff = Duration::ZERO;
+                rt.retry_at = None;
+            }
+        }
+        result
+    }
+
+    fn backing_off(&self) -> Option<String> {
+        let guard = self.lock();
+        let rt = &guard.1;
+        rt.retry_at.filter(|t| *t > Instant::now()).map(|_| rt.last_transient.clone().unwrap_or_default())
+    }
+
+    /// The address of `owner`, from the warm pool if it has one; with an empty pool from the API.
+    /// Answers once the fabric delivers the address. `in_use`: addresses ports of this node hold.
+    pub async fn assign(
+        &self,
+        owner: &Attachment,
+        pod: Option<PodRef>,
+        in_use: &HashSet<IpAddr>,
+    ) -> Result<(IpAddr, bool), IpamError> {
+        let taken = {
+            let mut guard = self.lock();
+            let (state, rt) = &mut *guard;
+            if let Some(existing) = state.pods.get(&key(owner)) {
+                return Ok((existing.ip, false));
+            }
+            let now = Instant::now();
+            let ready = |ip: &IpAddr| rt.ready_at.get(ip).copied().unwrap_or(now);
+            let best = state.warm.iter().filter(|ip| !in_use.contains(ip)).min_by_key(|ip| ready(ip)).copied();
+            if let Some(ip) = best {
+                state.warm.remove(&ip);
+                state.pods.insert(key(owner), PodAddress { ip, owner: owner.clone(), pod: pod.clone() });
+                if state.warm.len() < self.settings.warm_low {
+                    self.kick.notify_one();
+                }
+                Some((ip, rt.ready_at.remove(&ip)))
+            } else {
+                rt.allocating += 1;
+                rt.epoch += 1;
+                None
+            }
+        };
+        let (ip, ready_at) = match taken {
+            Some(found) => found,
+            None => {
+                let allocated = self.allocate_for(owner, pod).await;
+                self.lock().1.allocating -= 1;
+                allocated?
+            }
+        };
+        self.save()?;
+        if let Some(wait) = ready_at.and_then(|t| t.checked_duration_since(Instant::now())) {
+            tokio::time::sleep(wait).await;
+        }
+        Ok((ip, true))
+    }
+
+    /// An ADD with an empty pool: one allocation, recorded before it is answered.
+    async fn allocate_for(
+        &self,
+        owner: &Attachment,
+        pod: Option<PodRef>,
+    ) -> Result<(IpAddr, Option<Instant>), IpamError> {
+        self.kick.notify_one();
+        if let Some(why) = self.backing_off() {
+            return Err(ProviderRefusal::Unavailable(why).into());
+        }
+        let ip = self.call("AllocateSecondaryIp", self.provider.allocate(None)).await.map_err(|e| match e {
+            ProviderError::SubnetFull(m) => ProviderRefusal::SubnetFull(m),
+            e if e.is_transient() => ProviderRefusal::Unavailable(e.to_string()),
+            e => ProviderRefusal::Refused(e),
+        })?;
+        self.lock().0.pods.insert(key(owner), PodAddress { ip, owner: owner.clone(), pod });
+        Ok((ip, Some(Instant::now() + self.settings.fabric_settle)))
+    }
+
+    pub fn lookup(&self, owner: &Attachment) -> Option<IpAddr> {
+        self.lock().0.pods.get(&key(owner)).map(|p| p.ip)
+    }
+
+    /// DEL: the address cools, then returns to the pool or is deleted.
+    pub fn release(&self, owner: &Attachment) -> Result<Vec<IpAddr>, IpamError> {
+        let released = {
+            let mut guard = self.lock();
+            let state = &mut guard.0;
+            let Some(entry) = state.pods.remove(&key(owner)) else { return Ok(Vec::new()) };
+            state.cooling.insert(entry.ip, now_ms() + self.settings.cooldown.as_millis() as u64);
+            vec![entry.ip]
+        };
+        self.save()?;
+        Ok(released)
+    }
+
+    /// Releases every pod but those in `keep` (CNI GC).
+    pub fn gc(&self, keep: &[Attachment]) -> Result<Vec<IpAddr>, IpamError> {
+        let keep: HashSet<String> = keep.iter().map(key).collect();
+        let gone: Vec<Attachment> =
+            self.lock().0.pods.iter().filter(|(k, _)| !keep.contains(*k)).map(|(_, p)| p.owner.clone()).collect();
+        let mut released = Vec::new();
+        for owner in gone {
+            released.extend(self.release(&owner)?);
+        }
+        Ok(released)
+    }
+
+    /// Ports this node has whose addresses the state lost: recorded as theirs.
+    pub fn adopt_ports(&self, ports: &[(IpAddr, Attachment, Option<PodRef>)]) -> Result<(), IpamError> {
+        {
+            let mut guard = self.lock();
+            let state = &mut guard.0;
+            for (ip, owner, pod) in ports {
+                if state.pods.contains_key(&key(owner)) || state.pods.values().any(|p| p.ip == *ip) {
+                    continue;
+                }
+                state.warm.remove(ip);
+                state.cooling.remove(ip);
+                state.deleting.remove(ip);
+                state.pods.insert(key(owner), PodAddress { ip: *ip, owner: owner.clone(), pod: pod.clone() });
+            }
+        }
+        self.save()
+    }
+
+    /// Until an ADD asks for an early upkeep round.
+    pub async fn kicked(&self) {
+        self.kick.notified().await
+    }
+
+    /// One upkeep round: cooled addresses back to the pool (or queued for deletion), queued
+    /// deletes, the pool between its watermarks, and reconcile when due.
+    pub async fn tick(&self) -> Result<(), IpamError> {
+        self.cool_down();
+        self.save()?;
+        if self.backing_off().is_some() {
+            return Ok(());
+        }
+        self.run_deletes().await?;
+        self.fill().await?;
+        self.trim().await?;
+        let due = self.lock().1.last_reconcile.is_none_or(|t| t.elapsed() >= self.settings.reconcile_every);
+        if due && self.backing_off().is_none() {
+            self.reconcile().await?;
+        }
+        Ok(())
+    }
+
+    fn cool_down(&self) {
+        let mut guard = self.lock();
+        let state = &mut guard.0;
+        let now = now_ms();
+        let cooled: Vec<IpAddr> = state.cooling.iter().filter(|(_, until)| **until <= now).map(|(ip, _)| *ip).collect();
+        for ip in cooled {
+            state.cooling.remove(&ip);
+            if state.warm.len() < self.settings.warm_high {
+                state.warm.insert(ip);
+            } else {
+                state.deleting.insert(ip);
+            }
+        }
+    }
+
+    async fn run_deletes(&self) -> Result<(), IpamError> {
+        let queued: Vec<IpAddr> = self.lock().0.deleting.iter().copied().collect();
+        for ip in queued {
+            match self.call("DeleteSecondaryIp", self.provider.delete(ip)).await {
+                Ok(()) | Err(ProviderError::AddressGone(_)) => {
+                    self.lock().0.deleting.remove(&ip);
+                    self.save()?;
+                }
+                Err(e) if e.is_transient() => return Ok(()),
+                Err(e) => tracing::error!(%ip, error = %e, "VPC refused a delete; retried next round"),
+            }
+        }
+        Ok(())
+    }
+
+    async fn fill(&self) -> Result<(), IpamError> {
+        while self.lock().0.warm.len() < self.settings.warm_low {
+            self.lock().1.allocating += 1;
+            let result = self.call("AllocateSecondaryIp", self.provider.allocate(None)).await;
+            let mut guard = self.lock();
+            guard.1.allocating -= 1;
+            guard.1.epoch += 1;
+            match result {
+                Ok(ip) => {
+                    guard.0.warm.insert(ip);
+                    guard.1.ready_at.insert(ip, Instant::now() + self.settings.fabric_settle);
+                    drop(guard);
+                    self.save()?;
+                }
+                Err(e) => {
+                    if !e.is_transient() {
+                        tracing::warn!(error = %e, "VPC refused a warm address");
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn trim(&self) -> Result<(), IpamError> {
+        loop {
+            let surplus = {
+                let mut guard = self.lock();
+                let state = &mut guard.0;
+                if state.warm.len() <= self.settings.warm_high {
+                    return Ok(());
+                }
+                let ip = state.warm.pop_last().expect("above the high watermark");
+                state.deleting.insert(ip);
+                ip
+            };
+            self.save()?;
+            tracing::debug!(%surplus, "warm pool above its high watermark");
+            self.run_deletes().await?;
+            if self.lock().0.deleting.contains(&surplus) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Compares the NIC's secondary IPs with the state: unknown ones are adopted into the pool
+    /// (or deleted above the high watermark); pool addresses the VPC no longer has are dropped.
+    pub async fn reconcile(&self) -> Result<(), IpamError> {
+        let epoch = {
+            let guard = self.lock();
+            if guard.1.allocating > 0 {
+                return Ok(());
+            }
+            guard.1.epoch
+        };
+        let Ok(listed) = self.call("DescribeSecondaryIp", self.provider.describe()).await else { return Ok(()) };
+        {
+            let mut guard = self.lock();
+            let (state, rt) = &mut *guard;
+            rt.last_reconcile = Some(Instant::now());
+            rt.described = Some(listed.clone());
+            if rt.allocating > 0 || rt.epoch != epoch {
+                return Ok(());
+            }
+            let on_nic: BTreeSet<IpAddr> = listed.iter().copied().collect();
+            for gone in state.warm.iter().filter(|ip| !on_nic.contains(ip)).copied().collect::<Vec<_>>() {
+                tracing::warn!(ip = %gone, "warm address deleted out of band: dropped from the pool");
+                state.warm.remove(&gone);
+            }
+            state.cooling.retain(|ip, _| on_nic.contains(ip));
+            state.deleting.retain(|ip| on_nic.contains(ip));
+            for p in state.pods.values().filter(|p| !on_nic.contains(&p.ip)) {
+                tracing::error!(ip = %p.ip, owner = %key(&p.owner), "a pod's address is not on this NIC in the VPC");
+            }
+            for ip in on_nic.iter().filter(|ip| !state.knows(**ip)).copied().collect::<Vec<_>>() {
+                if state.warm.len() < self.settings.warm_high {
+                    tracing::info!(%ip, "adopted an address of this NIC nobody held into the pool");
+                    state.warm.insert(ip);
+                } else {
+                    tracing::info!(%ip, "deleting an address of this NIC nobody held");
+                    state.deleting.insert(ip);
+                }
+            }
+        }
+        self.save()?;
+        self.run_deletes().await
+    }
+
+    /// The subnet's free addresses, straight from the API (credentials and reachability).
+    pub async fn check_api(&self) -> Result<u64, ProviderError> {
+        self.call("DescribeSubnet", self.provider.subnet_free()).await
+    }
+
+    pub fn report(&self) -> ProviderReport {
+        let guard = self.lock();
+        let (state, rt) = &*guard;
+        ProviderReport {
+            provider: self.provider.name().into(),
+            nic: self.provider.nic().into(),
+            pods: state.pods.values().cloned().collect(),
+            warm: state.warm.iter().copied().collect(),
+            cooling: state.cooling.keys().copied().collect(),
+            deleting: state.deleting.iter().copied().collect(),
+            nic_secondary: rt.described.clone(),
+            backing_off_ms: rt
+                .retry_at
+                .and_then(|t| t.checked_duration_since(Instant::now()))
+                .map(|d| d.as_millis() as u64),
+            api: self.stats.report(),
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! `[ipam] provider = "ucloud"` and its `[ipam.ucloud]` table.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::agent::ProviderSettings;
+
+/// Which VPC API owns the node's pod addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Ucloud,
+}
+
+/// `[ipam.ucloud]`: the VPC, this node's NIC and the API's credentials (read from files, never
+/// logged: in a DaemonSet, a mounted Secret).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UCloudConfig {
+    /// `http://HOST[:PORT]`.
+    pub endpoint: String,
+    pub region: String,
+    pub zone: String,
+    pub project: String,
+    pub vpc_id: String,
+    pub subnet_id: String,
+    /// This node's NIC, whose secondary IPs the pods get.
+    pub nic_mac: String,
+    /// This node's UHost id (`ObjectId`).
+    pub host_id: String,
+    pub public_key_file: PathBuf,
+    pub private_key_file: PathBuf,
+    /// Below this many warm addresses the upkeep allocates more.
+    #[serde(default = "default_warm_low")]
+    pub warm_low: usize,
+    /// Above this many warm addresses the upkeep deletes some.
+    #[serde(default = "default_warm_high")]
+    pub warm_high: usize,
+    /// A released address rests this long before it is handed out again or deleted.
+    #[serde(default = "default_cooldown")]
+    pub cooldown_seconds: u64,
+    /// The longest from an API success to the fabric delivering the address (the VPC's
+    /// flow-table push); a new address is handed out only after it.
+    #[serde(default = "default_fabric_settle")]
+    pub fabric_settle_ms: u64,
+}
+
+fn default_warm_low() -> usize {
+    4
+}
+fn default_warm_high() -> usize {
+    8
+}
+fn default_cooldown() -> u64 {
+    30
+}
+fn default_fabric_settle() -> u64 {
+    1200
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProviderConfigError {
+    #[error("ipam.provider = \"ucloud\" needs an [ipam.ucloud] table")]
+    MissingTable,
+    #[error("ipam.ucloud: warm_low must be at least 1 and at most warm_high")]
+    Watermarks,
+    #[error("ipam.ucloud.{0} is empty")]
+    Empty(&'static str),
+}
+
+impl UCloudConfig {
+    pub fn settings(&self) -> Result<ProviderSettings, ProviderConfigError> {
+        if self.warm_low == 0 || self.warm_high < self.warm_low {
+            return Err(ProviderConfigError::Watermarks);
+        }
+        let fields = [
+            ("endpoint", &self.endpoint),
+            ("region", &self.region),
+            ("zone", &self.zone),
+            ("vpc_id", &self.vpc_id),
+            ("subnet_id", &self.subnet_id),
+            ("nic_mac", &self.nic_mac),
+            ("host_id", &self.host_id),
+        ];
+        if let Some((name, _)) = fields.iter().find(|(_, v)| v.is_empty()) {
+            return Err(ProviderConfigError::Empty(name));
+        }
+        Ok(ProviderSettings {
+            warm_low: self.warm_low,
+            warm_high: self.warm_high,
+            cooldown: Duration::from_secs(self.cooldown_seconds),
+            fabric_settle: Duration::from_millis(self.fabric_settle_ms),
+            ..ProviderSettings::default()
+        })
+    }
+}

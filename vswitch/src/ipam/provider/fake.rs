@@ -1,0 +1,105 @@
+//! An in-memory VPC for the pool's tests: one subnet, NICs by name, the faults the lab API has.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Mutex};
+
+use super::{ProviderError, SecondaryIp, VpcProvider};
+
+#[derive(Debug, Default)]
+pub struct FakeVpc {
+    /// Address → NIC.
+    pub owners: BTreeMap<IpAddr, String>,
+    /// Addresses the subnet hands out, lowest first.
+    pub free: BTreeSet<IpAddr>,
+    pub down: bool,
+    pub throttled: bool,
+    pub calls: u64,
+}
+
+impl FakeVpc {
+    /// A subnet of `size` addresses from 10.0.0.10.
+    pub fn new(size: u8) -> Arc<Mutex<FakeVpc>> {
+        let free = (0..size).map(|i| IpAddr::V4(Ipv4Addr::new(10, 0, 0, 10 + i))).collect();
+        Arc::new(Mutex::new(FakeVpc { free, ..FakeVpc::default() }))
+    }
+
+    pub fn on(&self, nic: &str) -> BTreeSet<IpAddr> {
+        self.owners.iter().filter(|(_, n)| *n == nic).map(|(ip, _)| *ip).collect()
+    }
+}
+
+/// One node's NIC on a [`FakeVpc`].
+#[derive(Debug, Clone)]
+pub struct FakeNic {
+    pub vpc: Arc<Mutex<FakeVpc>>,
+    pub nic: String,
+}
+
+impl FakeNic {
+    fn enter(&self) -> Result<std::sync::MutexGuard<'_, FakeVpc>, ProviderError> {
+        let mut vpc = self.vpc.lock().unwrap();
+        vpc.calls += 1;
+        if vpc.down {
+            return Err(ProviderError::Unavailable("connection refused".into()));
+        }
+        if vpc.throttled {
+            return Err(ProviderError::Throttled("API 请求被限流".into()));
+        }
+        Ok(vpc)
+    }
+}
+
+impl VpcProvider for FakeNic {
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+
+    fn nic(&self) -> &str {
+        &self.nic
+    }
+
+    async fn allocate(&self, ip: Option<IpAddr>) -> Result<IpAddr, ProviderError> {
+        let mut vpc = self.enter()?;
+        let ip = match ip {
+            Some(ip) if vpc.free.remove(&ip) => ip,
+            Some(ip) => {
+                return Err(ProviderError::Other { code: 58222, message: format!("IP {ip} is already in use") })
+            }
+            None => vpc.free.pop_first().ok_or_else(|| ProviderError::SubnetFull("no free IP in subnet-t".into()))?,
+        };
+        vpc.owners.insert(ip, self.nic.clone());
+        Ok(ip)
+    }
+
+    async fn delete(&self, ip: IpAddr) -> Result<(), ProviderError> {
+        let mut vpc = self.enter()?;
+        if vpc.owners.get(&ip) != Some(&self.nic) {
+            return Err(ProviderError::AddressGone(format!("secondary IP {ip} not exists")));
+        }
+        vpc.owners.remove(&ip);
+        vpc.free.insert(ip);
+        Ok(())
+    }
+
+    async fn describe(&self) -> Result<Vec<IpAddr>, ProviderError> {
+        Ok(self.enter()?.on(&self.nic).into_iter().collect())
+    }
+
+    async fn locate(&self, ip: IpAddr) -> Result<Option<SecondaryIp>, ProviderError> {
+        Ok(self.enter()?.owners.get(&ip).map(|nic| SecondaryIp { ip, nic: nic.clone() }))
+    }
+
+    async fn move_here(&self, ip: IpAddr, from: &str) -> Result<(), ProviderError> {
+        let mut vpc = self.enter()?;
+        if vpc.owners.get(&ip).map(String::as_str) != Some(from) {
+            return Err(ProviderError::AddressGone(format!("secondary IP {ip} not exists on {from}")));
+        }
+        vpc.owners.insert(ip, self.nic.clone());
+        Ok(())
+    }
+
+    async fn subnet_free(&self) -> Result<u64, ProviderError> {
+        Ok(self.enter()?.free.len() as u64)
+    }
+}

@@ -1,0 +1,407 @@
+//! UCloud's VPC API for one node's NIC: form-encoded POST, `Signature` = hex SHA1 of every other
+//! parameter sorted by name (name then value, concatenated) followed by the private key, JSON
+//! replies with `RetCode` (as `ucloud-sdk-python3` and UK8S's CNI speak it).
+//!
+//! The transport is a small HTTP/1.1 client on tokio (one connection per call, `Connection:
+//! close`): enough for the lab's `http://` endpoint. A real endpoint (`https://api.ucloud.cn`)
+//! needs TLS (rustls, as etcd-client already links) and should keep connections alive; this
+//! client refuses `https://` with a clear error rather than sending credentials in the clear.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::config::UCloudConfig;
+use super::{ProviderError, SecondaryIp, VpcProvider};
+
+/// A call that takes longer than this counts as the API being unavailable.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Replies larger than this are not the API's.
+const MAX_REPLY: u64 = 4 << 20;
+
+/// Why the client cannot be built from `[ipam.ucloud]`.
+#[derive(Debug, thiserror::Error)]
+pub enum UCloudSetupError {
+    #[error("ipam.ucloud.endpoint '{0}': only http://HOST[:PORT][/PATH] is supported (https needs TLS, not built in)")]
+    Endpoint(String),
+    #[error("ipam.ucloud: reading {path}: {source}")]
+    Credential { path: std::path::PathBuf, source: std::io::Error },
+    #[error("ipam.ucloud: {0} is empty")]
+    EmptyCredential(std::path::PathBuf),
+}
+
+/// The client. Its `Debug` leaves the private key out.
+pub struct UCloud {
+    config: UCloudConfig,
+    host: String,
+    port: u16,
+    path: String,
+    public_key: String,
+    private_key: String,
+    nic: String,
+}
+
+impl std::fmt::Debug for UCloud {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UCloud").field("endpoint", &self.config.endpoint).field("nic", &self.nic).finish()
+    }
+}
+
+fn read_secret(path: &Path) -> Result<String, UCloudSetupError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| UCloudSetupError::Credential { path: path.to_path_buf(), source })?;
+    let text = text.trim().to_string();
+    if text.is_empty() {
+        return Err(UCloudSetupError::EmptyCredential(path.to_path_buf()));
+    }
+    Ok(text)
+}
+
+/// `http://host[:port][/path]` split.
+fn split_endpoint(endpoint: &str) -> Option<(String, u16, String)> {
+    let rest = endpoint.strip_prefix("http://")?;
+    let (authority, path) = match rest.find('/') {
+        Some(at) => (&rest[..at], rest[at..].to_string()),
+        None => (rest, "/".to_string()),
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (h, p.parse().ok()?),
+        _ => (authority, 80),
+    };
+    (!host.is_empty()).then(|| (host.trim_matches(['[', ']']).to_string(), port, path))
+}
+
+/// UCloud's signature of `params` (all but `Signature`) under `private_key`.
+pub fn signature(params: &BTreeMap<String, String>, private_key: &str) -> String {
+    let mut text = String::new();
+    for (key, value) in params.iter().filter(|(k, _)| *k != "Signature") {
+        text.push_str(key);
+        text.push_str(value);
+    }
+    text.push_str(private_key);
+    hex::encode(ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, text.as_bytes()))
+}
+
+/// `application/x-www-form-urlencoded`, as Python's `urlencode` writes it.
+fn form_encode(params: &BTreeMap<String, String>) -> String {
+    let escape = |s: &str| {
+        let mut out = String::with_capacity(s.len());
+        for b in s.bytes() {
+            match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+                b' ' => out.push('+'),
+                _ => out.push_str(&format!("%{b:02X}")),
+            }
+        }
+        out
+    };
+    params.iter().map(|(k, v)| format!("{}={}", escape(k), escape(v))).collect::<Vec<_>>().join("&")
+}
+
+/// The body of an HTTP/1.1 reply read to its end (`Content-Length`, chunked or until close).
+fn http_body(reply: &[u8]) -> Result<&[u8], String> {
+    let end = reply.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no end of headers")?;
+    let head = std::str::from_utf8(&reply[..end]).map_err(|_| "headers not UTF-8")?;
+    let status = head.split_whitespace().nth(1).ok_or("no status")?;
+    if status != "200" {
+        return Err(format!("HTTP status {status}"));
+    }
+    let body = &reply[end + 4..];
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim()))
+    };
+    if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        return Err("chunked replies are not read (the API answers with Content-Length)".into());
+    }
+    match header("content-length").map(str::parse::<usize>) {
+        Some(Ok(n)) if body.len() >= n => Ok(&body[..n]),
+        Some(_) => Err("reply shorter than its Content-Length".into()),
+        None => Ok(body),
+    }
+}
+
+impl UCloud {
+    pub fn new(config: &UCloudConfig) -> Result<UCloud, UCloudSetupError> {
+        let (host, port, path) =
+            split_endpoint(&config.endpoint).ok_or_else(|| UCloudSetupError::Endpoint(config.endpoint.clone()))?;
+        Ok(UCloud {
+            host,
+            port,
+            path,
+            public_key: read_secret(&config.public_key_file)?,
+            private_key: read_secret(&config.private_key_file)?,
+            nic: config.nic_mac.to_ascii_lowercase(),
+            config: config.clone(),
+        })
+    }
+
+    /// The signed form body of `action` with `params` and the common ones.
+    fn body(&self, action: &str, params: &[(&str, String)]) -> String {
+        let mut all: BTreeMap<String, String> = params.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        all.insert("Action".into(), action.into());
+        all.insert("PublicKey".into(), self.public_key.clone());
+        all.insert("Region".into(), self.config.region.clone());
+        all.insert("Zone".into(), self.config.zone.clone());
+        all.insert("ProjectId".into(), self.config.project.clone());
+        let sig = signature(&all, &self.private_key);
+        all.insert("Signature".into(), sig);
+        form_encode(&all)
+    }
+
+    async fn post(&self, body: String) -> Result<Vec<u8>, String> {
+        let exchange = async {
+            let mut stream = TcpStream::connect((self.host.as_str(), self.port)).await.map_err(|e| e.to_string())?;
+            let request = format!(
+                "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+                 Content-Length: {}\r\nConnection: close\r\nUser-Agent: vswitchd\r\n\r\n{body}",
+                self.path,
+                self.host,
+                body.len()
+            );
+            stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+            let mut reply = Vec::new();
+            stream.take(MAX_REPLY).read_to_end(&mut reply).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(reply)
+        };
+        let reply = tokio::time::timeout(CALL_TIMEOUT, exchange).await.map_err(|_| "timed out".to_string())??;
+        http_body(&reply).map(<[u8]>::to_vec)
+    }
+
+    /// One call: the reply's fields on `RetCode` 0, else the typed error.
+    async fn call(&self, action: &str, params: &[(&str, String)]) -> Result<Value, ProviderError> {
+        let body = self
+            .post(self.body(action, params))
+            .await
+            .map_err(|e| ProviderError::Unavailable(format!("{action} {}: {e}", self.config.endpoint)))?;
+        let reply: Value = serde_json::from_slice(&body)
+            .map_err(|e| ProviderError::Unavailable(format!("{action}: the reply is not JSON: {e}")))?;
+        let code = reply["RetCode"].as_u64().unwrap_or(u64::MAX) as u32;
+        let message = reply["Message"].as_str().unwrap_or("").to_string();
+        Err(match code {
+            0 => return Ok(reply),
+            153 => ProviderError::Throttled(message),
+            170..=172 => ProviderError::Auth(format!("RetCode {code}: {message}")),
+            57000 => ProviderError::SubnetFull(message),
+            58221 => ProviderError::AddressGone(message),
+            58223 => ProviderError::Quota(message),
+            u32::MAX => ProviderError::Unavailable(format!("{action}: a reply without RetCode")),
+            code => ProviderError::Other { code, message },
+        })
+    }
+
+    fn subnet_params(&self) -> [(&str, String); 2] {
+        [("VPCId", self.config.vpc_id.clone()), ("SubnetId", self.config.subnet_id.clone())]
+    }
+}
+
+fn ip_of(value: &Value, action: &str) -> Result<IpAddr, ProviderError> {
+    value["Ip"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| ProviderError::Other { code: 0, message: format!("{action}: a reply without a valid Ip") })
+}
+
+fn data_set(reply: &Value) -> &[Value] {
+    reply["DataSet"].as_array().map_or(&[], Vec::as_slice)
+}
+
+impl VpcProvider for UCloud {
+    fn name(&self) -> &'static str {
+        "ucloud"
+    }
+
+    fn nic(&self) -> &str {
+        &self.nic
+    }
+
+    async fn allocate(&self, ip: Option<IpAddr>) -> Result<IpAddr, ProviderError> {
+        let mut params = vec![("Mac", self.nic.clone()), ("ObjectId", self.config.host_id.clone())];
+        params.extend(self.subnet_params());
+        params.extend(ip.map(|ip| ("Ip", ip.to_string())));
+        let reply = self.call("AllocateSecondaryIp", &params).await?;
+        ip_of(&reply["IpInfo"], "AllocateSecondaryIp")
+    }
+
+    async fn delete(&self, ip: IpAddr) -> Result<(), ProviderError> {
+        let mut params = vec![("Ip", ip.to_string()), ("Mac", self.nic.clone())];
+        params.push(("ObjectId", self.config.host_id.clone()));
+        params.extend(self.subnet_params());
+        self.call("DeleteSecondaryIp", &params).await.map(drop)
+    }
+
+    async fn describe(&self) -> Result<Vec<IpAddr>, ProviderError> {
+        let mut params = vec![("Mac", self.nic.clone())];
+        params.extend(self.subnet_params());
+        let reply = self.call("DescribeSecondaryIp", &params).await?;
+        data_set(&reply).iter().map(|v| ip_of(v, "DescribeSecondaryIp")).collect()
+    }
+
+    async fn locate(&self, ip: IpAddr) -> Result<Option<SecondaryIp>, ProviderError> {
+        let mut params = vec![("Ip", ip.to_string())];
+        params.extend(self.subnet_params());
+        let reply = self.call("DescribeSecondaryIp", &params).await?;
+        let found = data_set(&reply).iter().find(|v| ip_of(v, "DescribeSecondaryIp").ok() == Some(ip));
+        Ok(found.map(|v| SecondaryIp { ip, nic: v["Mac"].as_str().unwrap_or("").to_ascii_lowercase() }))
+    }
+
+    async fn move_here(&self, ip: IpAddr, from: &str) -> Result<(), ProviderError> {
+        let params = [
+            ("Ip", ip.to_string()),
+            ("OldMac", from.to_string()),
+            ("NewMac", self.nic.clone()),
+            ("SubnetId", self.config.subnet_id.clone()),
+        ];
+        self.call("MoveSecondaryIPMac", &params).await.map(drop)
+    }
+
+    async fn subnet_free(&self) -> Result<u64, ProviderError> {
+        let params = [("SubnetIds.0", self.config.subnet_id.clone()), ("ShowAvailableIPs", "true".to_string())];
+        let reply = self.call("DescribeSubnet", &params).await?;
+        let subnet = data_set(&reply).iter().find(|s| s["SubnetId"].as_str() == Some(&self.config.subnet_id));
+        subnet.and_then(|s| s["AvailableIPs"].as_u64()).ok_or_else(|| ProviderError::Other {
+            code: 0,
+            message: format!("DescribeSubnet: no subnet {} in the reply", self.config.subnet_id),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(split_endpoint("http://10.10.0.30:80"), Some(("10.10.0.30".into(), 80, "/".into())));
+        assert_eq!(split_endpoint("http://api.lab/v1"), Some(("api.lab".into(), 80, "/v1".into())));
+        assert_eq!(split_endpoint("https://api.ucloud.cn"), None);
+        assert_eq!(split_endpoint("http://"), None);
+    }
+
+    #[test]
+    fn replies() {
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+        assert_eq!(http_body(ok).unwrap(), b"{}");
+        assert!(http_body(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").unwrap_err().contains("502"));
+        assert!(http_body(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n{}").is_err());
+    }
+
+    /// The signature and encoding are the ones the lab's verifier (written after UCloud's SDK)
+    /// accepts: same digest, and the form decodes back to the signed parameters.
+    #[test]
+    fn signature_matches_the_lab_verifier() {
+        let mut params = BTreeMap::new();
+        for (k, v) in
+            [("Action", "DescribeSubnet"), ("PublicKey", "pub+/="), ("Region", "cn-lab"), ("SubnetIds.0", "s 1")]
+        {
+            params.insert(k.to_string(), v.to_string());
+        }
+        let ours = signature(&params, "secret");
+        assert_eq!(ours, vpc_lab::lab::vpc_api::dialect::signature(&params, "secret"));
+        assert_ne!(ours, signature(&params, "other"));
+        let mut decoded = vpc_lab::lab::vpc_api::dialect::Params::new();
+        vpc_lab::lab::vpc_api::dialect::parse_form(&form_encode(&params), &mut decoded).unwrap();
+        assert_eq!(decoded, params);
+    }
+
+    /// The client against the lab's VPC API server (in memory, no fabric): every call the pool
+    /// makes, the RetCodes it types, and a wrong key refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_call_against_the_lab_api() {
+        use vpc_lab::lab::vpc_api::server::{run, ServerArgs};
+        use vpc_lab::lab::vpc_api::vpc::{Credential, Faults, NicConfig, SubnetConfig, VpcConfig};
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let nic = |mac: &str, host: &str, port: &str| NicConfig {
+            mac: mac.into(),
+            object_id: host.into(),
+            interface_id: None,
+            subnet_id: "subnet-t".into(),
+            port: port.into(),
+            primary: vec![],
+        };
+        let vpc = VpcConfig {
+            region: "cn-lab".into(),
+            zone: "cn-lab-01".into(),
+            project_id: "org-lab".into(),
+            vpc_id: "uvnet-t".into(),
+            subnets: vec![SubnetConfig {
+                subnet_id: "subnet-t".into(),
+                cidr: "10.0.0.0/24".into(),
+                gateway: "10.0.0.1".parse().unwrap(),
+                ipv6_cidr: None,
+                ipv6_gateway: None,
+                pool: Some("10.0.0.100/30".into()),
+            }],
+            nics: vec![nic("52:54:00:00:00:01", "uhost-1", "p1"), nic("52:54:00:00:00:02", "uhost-2", "p2")],
+            fixed_hosts: vec![],
+            credentials: vec![Credential { public_key: "pub".into(), private_key: "priv".into() }],
+            gateway_port: None,
+            secondary_quota: 8,
+            faults: Faults::default(),
+        };
+        let config_path = dir.path().join("vpc.json");
+        std::fs::write(&config_path, serde_json::to_vec(&vpc).unwrap()).unwrap();
+        let args = ServerArgs {
+            config: config_path,
+            listen: ([127, 0, 0, 1], port).into(),
+            control: dir.path().join("control.sock"),
+            fabric: None,
+        };
+        std::thread::spawn(move || run(args));
+        std::fs::write(dir.path().join("public_key"), "pub\n").unwrap();
+        std::fs::write(dir.path().join("private_key"), "priv\n").unwrap();
+        std::fs::write(dir.path().join("wrong_key"), "wrong").unwrap();
+        let config = |mac: &str, host: &str, private: &str| UCloudConfig {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            region: "cn-lab".into(),
+            zone: "cn-lab-01".into(),
+            project: "org-lab".into(),
+            vpc_id: "uvnet-t".into(),
+            subnet_id: "subnet-t".into(),
+            nic_mac: mac.into(),
+            host_id: host.into(),
+            public_key_file: dir.path().join("public_key"),
+            private_key_file: dir.path().join(private),
+            warm_low: 1,
+            warm_high: 2,
+            cooldown_seconds: 30,
+            fabric_settle_ms: 0,
+        };
+        let one = UCloud::new(&config("52:54:00:00:00:01", "uhost-1", "private_key")).unwrap();
+        let two = UCloud::new(&config("52:54:00:00:00:02", "uhost-2", "private_key")).unwrap();
+        assert!(!format!("{one:?}").contains("priv"), "the key is never printed");
+        let mut free = None;
+        for _ in 0..100 {
+            match one.subnet_free().await {
+                Ok(n) => {
+                    free = Some(n);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        assert_eq!(free, Some(2), "10.0.0.100/30 less its network and broadcast addresses");
+        let a = one.allocate(None).await.unwrap();
+        assert_eq!(a, "10.0.0.101".parse::<IpAddr>().unwrap());
+        let named = two.allocate(Some("10.0.0.103".parse().unwrap())).await.unwrap();
+        assert_eq!(one.describe().await.unwrap(), vec![a]);
+        assert_eq!(one.locate(named).await.unwrap().unwrap().nic, "52:54:00:00:00:02");
+        one.move_here(named, "52:54:00:00:00:02").await.unwrap();
+        assert_eq!(one.describe().await.unwrap(), vec![a, named]);
+        one.allocate(None).await.unwrap();
+        assert!(matches!(one.allocate(None).await, Err(ProviderError::SubnetFull(m)) if m.contains("subnet-t")));
+        one.delete(a).await.unwrap();
+        assert!(matches!(one.delete(a).await, Err(ProviderError::AddressGone(_))));
+        let wrong = UCloud::new(&config("52:54:00:00:00:01", "uhost-1", "wrong_key")).unwrap();
+        assert!(matches!(wrong.subnet_free().await, Err(ProviderError::Auth(m)) if m.contains("171")));
+        let nobody =
+            UCloud::new(&UCloudConfig { endpoint: "http://127.0.0.1:1".into(), ..config("m", "h", "private_key") });
+        assert!(matches!(nobody.unwrap().subnet_free().await, Err(ProviderError::Unavailable(_))));
+    }
+}
