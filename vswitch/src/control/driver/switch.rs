@@ -339,6 +339,12 @@ impl Switch {
         }
     }
 
+    /// Frozen for an upgrade: from the freeze until the upgrade fails (then thawed) or this
+    /// instance exits.
+    pub fn handing_over(&self) -> bool {
+        self.gate.is_frozen()
+    }
+
     /// The upgrade did not take over: take changes again.
     pub fn thaw(&self) {
         self.gate.thaw();
