@@ -97,8 +97,9 @@ pub async fn serve_slow_path(mut packets: tokio::sync::mpsc::Receiver<SlowPacket
             }
             _ = device_tick.tick() => {
                 // Namespace lookups stat files; keep them off the runtime's thread.
-                let switch = switch.clone();
-                let _ = tokio::task::spawn_blocking(move || switch.check_devices()).await;
+                let checked = switch.clone();
+                let _ = tokio::task::spawn_blocking(move || checked.check_devices()).await;
+                switch.remove_gone_ports().await;
             }
         }
     }
