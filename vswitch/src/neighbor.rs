@@ -115,6 +115,17 @@ impl NeighborTable {
         }
     }
 
+    /// A neighbour the instance this one replaces (an upgrade) had resolved: reachable at once,
+    /// so the first packets after the handover need no ARP (whose reply the old instance, still
+    /// reading the uplink, may take). Ignored when known already or when the table is full.
+    pub fn adopt(&mut self, ip: IpAddr, mac: MacAddr, now: Duration) -> bool {
+        if self.entries.contains_key(&ip) || self.entries.len() >= self.limits.max_entries {
+            return false;
+        }
+        self.entries.insert(ip, State::Reachable { mac, until: now + self.limits.reachable_for });
+        true
+    }
+
     /// An ARP reply (or announcement) says `ip` is at `mac`. Returns the packets that were
     /// waiting for it, and whether the published table must change.
     pub fn on_reply(&mut self, ip: IpAddr, mac: MacAddr, now: Duration) -> (Vec<Vec<u8>>, bool) {

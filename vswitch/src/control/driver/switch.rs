@@ -101,6 +101,7 @@ impl Switch {
             None => None,
         };
         let announcer = startup::open_announcer(&config, &hostnet).await?;
+        let handed_neighbors = handover.as_mut().map(|h| std::mem::take(&mut h.neighbors)).unwrap_or_default();
         let pods = KernelPodIo {
             proxy_ndp_ifindex: announcer.as_ref().map(|a| a.ifindex),
             hostnet,
@@ -119,6 +120,7 @@ impl Switch {
         };
         let switch = Switch::assemble(config, parts);
         switch.publisher.wake_workers();
+        switch.slow_path.adopt_neighbors(&handed_neighbors);
         switch.restore(saved).await;
         if let Some(ipam) = &switch.ipam {
             ipam.adopt_ports().await;
@@ -377,11 +379,14 @@ impl Switch {
     /// Blocks until the changes in flight are done (call it off the async runtime).
     pub fn freeze_and_offer(&self) -> Offer {
         let _no_changes = self.gate.freeze();
+        // Its own statement: the registry's lock is taken again below.
+        let neighbors = self.publisher.registry().neighbors().resolved().into_iter().collect();
         Offer {
             state: self.saved_state(),
             workers: self.config.workers,
             ports: upgrade::offered_queues(&self.publisher.registry()),
             uplink_sender: self.uplink.sender_fd(),
+            neighbors,
         }
     }
 
