@@ -259,6 +259,20 @@ mod tests {
     }
 
     #[test]
+    fn a_handed_over_neighbour_is_reachable_at_once_and_never_replaces_a_known_one() {
+        let mut t = table();
+        assert!(t.adopt(IP, MAC, Duration::ZERO));
+        assert_eq!(t.mac_of(IP), Some(MAC));
+        assert!(!t.adopt(IP, MacAddr([2, 0, 0, 0, 0, 0x99]), Duration::ZERO), "known already");
+        assert_eq!(t.mac_of(IP), Some(MAC));
+        let other = IpAddr::V4(Ipv4Addr::new(10, 10, 0, 51));
+        assert!(t.adopt(other, MAC, Duration::ZERO));
+        assert!(!t.adopt(IpAddr::V4(Ipv4Addr::new(10, 10, 0, 52)), MAC, Duration::ZERO), "the table is full");
+        // Re-confirmed like any entry, after `reachable_for`.
+        assert_eq!(t.on_miss(IP, vec![1], S), vec![]);
+    }
+
+    #[test]
     fn unanswered_requests_are_retried_then_the_packets_dropped() {
         let mut t = table();
         t.on_miss(IP, vec![1], Duration::ZERO);
