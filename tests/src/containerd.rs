@@ -260,6 +260,13 @@ impl Containerd {
         Path::new(&format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(path))
     }
 
+    /// containerd's mount namespace (the node's own after [`Containerd::start_node`]), for a tool
+    /// that must see the node's directories, as `ctr run --cni` reads /etc/cni/net.d.
+    pub fn mount_namespace(&self) -> PathBuf {
+        let pid = self.child.as_ref().map_or(0, Child::id);
+        PathBuf::from(format!("/proc/{pid}/ns/mnt"))
+    }
+
     /// The CRI client.
     pub fn cri(&self) -> &cri::Client {
         self.client.as_ref().expect("connected")

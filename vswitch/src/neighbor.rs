@@ -115,6 +115,17 @@ impl NeighborTable {
         }
     }
 
+    /// A neighbour the instance this one replaces (an upgrade) had resolved: reachable at once,
+    /// so the first packets after the handover need no ARP (whose reply the old instance, still
+    /// reading the uplink, may take). Ignored when known already or when the table is full.
+    pub fn adopt(&mut self, ip: IpAddr, mac: MacAddr, now: Duration) -> bool {
+        if self.entries.contains_key(&ip) || self.entries.len() >= self.limits.max_entries {
+            return false;
+        }
+        self.entries.insert(ip, State::Reachable { mac, until: now + self.limits.reachable_for });
+        true
+    }
+
     /// An ARP reply (or announcement) says `ip` is at `mac`. Returns the packets that were
     /// waiting for it, and whether the published table must change.
     pub fn on_reply(&mut self, ip: IpAddr, mac: MacAddr, now: Duration) -> (Vec<Vec<u8>>, bool) {
@@ -245,6 +256,20 @@ mod tests {
         let (released, changed) = t.on_reply(IP, MAC, S / 2);
         assert_eq!((released, changed), (vec![vec![1], vec![2]], true));
         assert_eq!(t.resolved().get(&IP), Some(&MAC));
+    }
+
+    #[test]
+    fn a_handed_over_neighbour_is_reachable_at_once_and_never_replaces_a_known_one() {
+        let mut t = table();
+        assert!(t.adopt(IP, MAC, Duration::ZERO));
+        assert_eq!(t.mac_of(IP), Some(MAC));
+        assert!(!t.adopt(IP, MacAddr([2, 0, 0, 0, 0, 0x99]), Duration::ZERO), "known already");
+        assert_eq!(t.mac_of(IP), Some(MAC));
+        let other = IpAddr::V4(Ipv4Addr::new(10, 10, 0, 51));
+        assert!(t.adopt(other, MAC, Duration::ZERO));
+        assert!(!t.adopt(IpAddr::V4(Ipv4Addr::new(10, 10, 0, 52)), MAC, Duration::ZERO), "the table is full");
+        // Re-confirmed like any entry, after `reachable_for`.
+        assert_eq!(t.on_miss(IP, vec![1], S), vec![]);
     }
 
     #[test]

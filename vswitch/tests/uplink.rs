@@ -297,3 +297,46 @@ fn attaching_pods_stalls_neither_arp_handling_nor_metrics() {
     eprintln!("slowest /metrics during 100 attaches: {slowest_scrape:?}");
     let _keep = (&fabric, &vm);
 }
+
+/// Pings sent 10 ms apart in each direction an upgrade is checked on; at most 0.5% may be lost.
+const UPGRADE_PINGS: u32 = 400;
+const UPGRADES: usize = 10;
+
+/// `vswitchd --upgrade` in uplink mode, again and again (issue 24): each upgrade happens under
+/// 10 ms pings from a pod to the VM across the uplink and from that pod to another, and loses at
+/// most 0.5% of either. The first upgrade after start is checked like the others.
+#[test]
+fn repeated_upgrades_in_uplink_mode_lose_at_most_half_a_percent_of_pings() {
+    let mut lab = uplink_fabric(2);
+    let a = Pod::new(Ipv4Addr::new(10, 10, 40, 2));
+    let b = Pod::new(Ipv4Addr::new(10, 10, 40, 3));
+    lab.daemon.attach("pod-a", &a);
+    lab.daemon.attach("pod-b", &b);
+    let allowed = UPGRADE_PINGS / 200;
+    let mut losses = Vec::new();
+    for round in 1..=UPGRADES {
+        let old_pid = lab.daemon.child.as_ref().unwrap().id();
+        let count = UPGRADE_PINGS.to_string();
+        let ping = |to: &str| a.ns.spawn(&["ping", "-i", "0.01", "-c", &count, "-W", "1", to]);
+        let (to_vm, to_pod) = (ping("10.10.0.50"), ping(&b.ip.to_string()));
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        lab.daemon.upgrade(&lab.node, 2);
+        assert_ne!(lab.daemon.child.as_ref().unwrap().id(), old_pid, "upgrade {round}: still the old vswitchd");
+        let lost_vm = UPGRADE_PINGS - received(to_vm);
+        let lost_pod = UPGRADE_PINGS - received(to_pod);
+        eprintln!("upgrade {round}: pod to VM lost {lost_vm} of {UPGRADE_PINGS}, pod to pod lost {lost_pod}");
+        losses.push((round, lost_vm, lost_pod));
+    }
+    let over: Vec<_> = losses.iter().filter(|(_, vm, pod)| *vm > allowed || *pod > allowed).collect();
+    assert!(over.is_empty(), "upgrades losing more than {allowed} of {UPGRADE_PINGS} (round, to VM, to pod): {over:?}");
+    let _keep = (&lab.fabric, &lab.vm);
+}
+
+/// The replies a finished `ping` reports received.
+fn received(ping: std::process::Child) -> u32 {
+    let out = ping.wait_with_output().unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = summary.lines().find(|l| l.contains("packets transmitted"));
+    let count = line.and_then(|l| l.split(", ").nth(1)).and_then(|r| r.split_whitespace().next());
+    count.and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no ping summary: {summary}"))
+}

@@ -205,6 +205,7 @@ async fn run(config: Config, upgrade: bool) -> Result<Stopped, Box<dyn std::erro
         }
     };
     std::fs::rename(&staging, &socket).map_err(|e| format!("API socket {}: {e}", socket.display()))?;
+    let api_path = server::OwnedPath::claim(&socket).map_err(|e| format!("API socket {}: {e}", socket.display()))?;
     tokio::spawn(server::serve_api(api, switch.clone()));
     tokio::spawn(server::serve_slow_path(slow_path, switch.clone()));
     tokio::spawn(server::serve_ipam(switch.clone()));
@@ -223,12 +224,14 @@ async fn run(config: Config, upgrade: bool) -> Result<Stopped, Box<dyn std::erro
     }
     let (handed_over, mut taken_over) = tokio::sync::oneshot::channel();
     let upgrades = server::bind_api(&upgrade_socket).map_err(|e| format!("{}: {e}", upgrade_socket.display()))?;
+    let upgrade_path =
+        server::OwnedPath::claim(&upgrade_socket).map_err(|e| format!("{}: {e}", upgrade_socket.display()))?;
     tokio::spawn(server::serve_upgrades(upgrades, switch.clone(), handed_over));
     tracing::info!(socket = %socket.display(), "ready");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let replaced = tokio::select! {
-        _ = tokio::signal::ctrl_c() => false,
-        _ = term.recv() => false,
+        _ = tokio::signal::ctrl_c() => server::stop_after_handover(&switch, &mut taken_over).await,
+        _ = term.recv() => server::stop_after_handover(&switch, &mut taken_over).await,
         _ = &mut taken_over => true,
     };
     switch.shutdown();
@@ -238,8 +241,9 @@ async fn run(config: Config, upgrade: bool) -> Result<Stopped, Box<dyn std::erro
         return Ok(Stopped::HandedOver(lock));
     }
     tracing::info!("stopping; pod TAPs persist for the next start");
-    let _ = std::fs::remove_file(&socket);
-    let _ = std::fs::remove_file(&upgrade_socket);
+    // Only if still ours: a failed or unconfirmed upgrade may have bound these paths already.
+    api_path.remove_if_ours();
+    upgrade_path.remove_if_ours();
     Ok(Stopped::Signalled)
 }
 

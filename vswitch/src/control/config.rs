@@ -13,6 +13,7 @@
 //! icmp_burst = 50
 //! forwarding = "pipeline"                  # "tap_bounce": the benchmark ceiling, no forwarding decision
 //! force_udp_segmentation = false           # tests and diagnosis: cut every UDP GSO frame in vswitchd
+//! gone_port_timeout_seconds = 300          # a port whose namespace vanished without a DEL: removed after this
 //!
 //! [host_port]
 //! name = "vsw0"                             # TAP in the node's namespace
@@ -75,6 +76,9 @@ pub struct Config {
     /// For tests and diagnosis: treat every port as unable to take UDP GSO frames whole, so
     /// vswitchd segments them itself (as it must for a port whose kernel refused USO).
     pub force_udp_segmentation: bool,
+    /// A pod port whose network namespace has been gone this long without a DEL (a runtime that
+    /// never sends one) is removed and its address given back.
+    pub gone_port_timeout_seconds: u64,
     pub host_port: HostPortConfig,
     pub uplink: Option<UplinkConfig>,
     /// Cluster-wide address allocation; without it, vpc-cni uses its node-local ranges.
@@ -162,6 +166,7 @@ impl Default for Config {
             icmp_burst: 50,
             forwarding: Default::default(),
             force_udp_segmentation: false,
+            gone_port_timeout_seconds: 300,
             host_port: HostPortConfig::default(),
             uplink: None,
             ipam: None,

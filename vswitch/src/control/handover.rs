@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, IoSlice, IoSliceMut, Read, Write};
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, Ms
 use serde::{Deserialize, Serialize};
 
 use super::persist::SavedState;
+use crate::wire::MacAddr;
 
 /// Descriptors per message (the kernel takes at most 253).
 const FDS_PER_MESSAGE: usize = 200;
@@ -49,6 +51,9 @@ struct Header {
     ports: Vec<HandedPort>,
     /// The uplink's sending socket, after the ports' descriptors.
     uplink_sender: bool,
+    /// The uplink's resolved neighbours (absent from older instances).
+    #[serde(default)]
+    neighbors: Vec<(IpAddr, MacAddr)>,
 }
 
 /// What the new instance received.
@@ -58,6 +63,8 @@ pub struct Handover {
     pub workers: usize,
     queues: HashMap<String, Vec<OwnedFd>>,
     pub uplink_sender: Option<OwnedFd>,
+    /// The uplink's neighbours the old instance had resolved.
+    pub neighbors: Vec<(IpAddr, MacAddr)>,
 }
 
 impl Handover {
@@ -80,6 +87,7 @@ pub struct Offer {
     pub workers: usize,
     pub ports: Vec<(String, Vec<RawFd>)>,
     pub uplink_sender: Option<RawFd>,
+    pub neighbors: Vec<(IpAddr, MacAddr)>,
 }
 
 fn send_fds(stream: &UnixStream, fds: &[RawFd]) -> std::io::Result<()> {
@@ -123,6 +131,7 @@ pub fn offer(stream: &UnixStream, offer: &Offer) -> std::io::Result<bool> {
         state: offer.state.clone(),
         ports: offer.ports.iter().map(|(name, fds)| HandedPort { name: name.clone(), fds: fds.len() }).collect(),
         uplink_sender: offer.uplink_sender.is_some(),
+        neighbors: offer.neighbors.clone(),
     };
     let bytes = serde_json::to_vec(&header).expect("header serialises");
     let mut w = stream;
@@ -167,7 +176,9 @@ pub fn request(path: &Path) -> std::io::Result<Option<(Handover, UnixStream)>> {
         queues.insert(port.name.clone(), fds.by_ref().take(port.fds).collect());
     }
     let uplink_sender = if header.uplink_sender { fds.next() } else { None };
-    Ok(Some((Handover { state: header.state, workers: header.workers, queues, uplink_sender }, stream)))
+    let handover =
+        Handover { state: header.state, workers: header.workers, queues, uplink_sender, neighbors: header.neighbors };
+    Ok(Some((handover, stream)))
 }
 
 /// The new instance took over: tells the old one to go.
@@ -196,6 +207,7 @@ mod tests {
                 ("big".into(), pipes[2..204].iter().map(|p| p.0.as_raw_fd()).collect()),
             ],
             uplink_sender: Some(pipes[204].0.as_raw_fd()),
+            neighbors: vec![("10.10.0.50".parse().unwrap(), MacAddr([2, 0, 0, 0, 0, 0x50]))],
         };
         let server = std::thread::spawn(move || {
             let (stream, _) = listener.accept().unwrap();
@@ -214,6 +226,7 @@ mod tests {
         let mut byte = [0u8; 1];
         assert_eq!(nix::unistd::read(big[1].as_raw_fd(), &mut byte).unwrap(), 1);
         assert!(handover.uplink_sender.is_some());
+        assert_eq!(handover.neighbors, [("10.10.0.50".parse().unwrap(), MacAddr([2, 0, 0, 0, 0, 0x50]))]);
         confirm(&stream).unwrap();
         assert!(server.join().unwrap(), "the old instance saw the ok");
         assert!(request(&dir.path().join("nobody.sock")).unwrap().is_none());

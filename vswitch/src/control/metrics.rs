@@ -33,6 +33,8 @@ pub struct MetricsSnapshot {
     /// limit stopped reading.
     pub shaping_delayed: u64,
     pub shaping_throttled: u64,
+    /// Pod ports removed because their namespace was gone for `gone_port_timeout_seconds`.
+    pub gone_ports_removed: u64,
     /// The cluster IPAM's figures, when it is on.
     pub ipam: Option<IpamMetrics>,
     /// Provider mode: the VPC API's calls.
@@ -149,6 +151,11 @@ impl Collector for MetricsSnapshot {
         for (name, help, value) in [
             ("vswitch_shaping_delayed_frames", "Frames held back for a port's ingress limit.", self.shaping_delayed),
             ("vswitch_shaping_throttled_batches", "Reads a port's egress limit held back.", self.shaping_throttled),
+            (
+                "vswitch_gone_ports_removed",
+                "Pod ports removed after their namespace was gone for gone_port_timeout_seconds without a DEL.",
+                self.gone_ports_removed,
+            ),
         ] {
             ConstCounter::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)?;
         }
@@ -345,6 +352,7 @@ mod tests {
             process: ProcessStats::read(),
             shaping_delayed: 4,
             shaping_throttled: 0,
+            gone_ports_removed: 2,
             ipam: None,
             provider_api: Some(ApiReport {
                 calls: vec![(
@@ -363,6 +371,7 @@ mod tests {
             ),
             "{text}"
         );
+        assert!(text.contains("vswitch_gone_ports_removed_total 2"), "{text}");
         assert!(text.contains(r#"port="evil\"}\nname""#), "{text}");
         assert!(!text.contains("evil\"}\nname\""), "a raw newline in a label breaks the format");
         assert!(text.contains(r#"namespace="default",pod="web-0"} 7"#), "{text}");

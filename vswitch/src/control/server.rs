@@ -97,8 +97,9 @@ pub async fn serve_slow_path(mut packets: tokio::sync::mpsc::Receiver<SlowPacket
             }
             _ = device_tick.tick() => {
                 // Namespace lookups stat files; keep them off the runtime's thread.
-                let switch = switch.clone();
-                let _ = tokio::task::spawn_blocking(move || switch.check_devices()).await;
+                let checked = switch.clone();
+                let _ = tokio::task::spawn_blocking(move || checked.check_devices()).await;
+                switch.remove_gone_ports().await;
             }
         }
     }
@@ -134,17 +135,7 @@ pub async fn serve_metrics(listener: TcpListener, switch: Arc<Switch>) {
                 let format = Exposition::negotiate(header(&head, "accept"));
                 ("200 OK", format.content_type(), format.render(switch.metrics_snapshot().render()))
             } else if request_line.starts_with("GET /healthz ") {
-                let health = switch.health();
-                let status = switch.status();
-                if health.problems.is_empty() {
-                    let body = format!(
-                        "ok: {} workers forwarding with state {}, {} ports, up {}s\n",
-                        health.workers, health.generation, status.ports, status.uptime_seconds
-                    );
-                    ("200 OK", "text/plain", body)
-                } else {
-                    ("503 Service Unavailable", "text/plain", format!("unhealthy: {}\n", health.problems.join("; ")))
-                }
+                healthz(&switch)
             } else {
                 ("404 Not Found", "text/plain", String::new())
             };
@@ -154,6 +145,77 @@ pub async fn serve_metrics(listener: TcpListener, switch: Arc<Switch>) {
             );
             let _ = stream.write_all(response.as_bytes()).await;
         });
+    }
+}
+
+/// `/healthz`: 503 while handing over to an upgrade (from the freeze on), so a probe marks the
+/// new instance ready only once it answers, and while the datapath is unsound.
+fn healthz(switch: &Switch) -> (&'static str, &'static str, String) {
+    const UNAVAILABLE: &str = "503 Service Unavailable";
+    if switch.handing_over() {
+        return (UNAVAILABLE, "text/plain", "handing over to an upgrade\n".into());
+    }
+    let health = switch.health();
+    let status = switch.status();
+    if health.problems.is_empty() {
+        let body = format!(
+            "ok: {} workers forwarding with state {}, {} ports, up {}s\n",
+            health.workers, health.generation, status.ports, status.uptime_seconds
+        );
+        ("200 OK", "text/plain", body)
+    } else {
+        (UNAVAILABLE, "text/plain", format!("unhealthy: {}\n", health.problems.join("; ")))
+    }
+}
+
+/// A stop asked for (SIGTERM, ^C) while handing over: the handover finishes first, since the new
+/// instance already forwards from the same queues and the old one must not tear anything down
+/// under it. Returns whether the upgrade took over (else: a plain stop).
+pub async fn stop_after_handover(switch: &Switch, taken_over: &mut tokio::sync::oneshot::Receiver<()>) -> bool {
+    if !switch.handing_over() {
+        return false;
+    }
+    tracing::warn!("asked to stop while handing over to an upgrade: letting the handover finish first");
+    let deadline = tokio::time::Instant::now() + super::handover::CONFIRM_TIMEOUT + Duration::from_secs(1);
+    loop {
+        tokio::select! {
+            taken = &mut *taken_over => return taken.is_ok(),
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                if !switch.handing_over() || tokio::time::Instant::now() > deadline {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// A socket path this instance bound, by the identity of the file it made: after an upgrade the
+/// same path may be the new instance's socket, which must not be unlinked on stop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedPath {
+    path: std::path::PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl OwnedPath {
+    /// Records the file now at `path` as ours (call it right after binding it there).
+    pub fn claim(path: &Path) -> std::io::Result<OwnedPath> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::symlink_metadata(path)?;
+        Ok(OwnedPath { path: path.to_path_buf(), dev: meta.dev(), ino: meta.ino() })
+    }
+
+    /// Unlinks the path only if it is still the file this instance made; returns whether it did.
+    pub fn remove_if_ours(&self) -> bool {
+        match OwnedPath::claim(&self.path) {
+            Ok(now) if now == *self => std::fs::remove_file(&self.path).is_ok(),
+            Ok(_) => {
+                tracing::info!(path = %self.path.display(), "socket path belongs to another instance now: left alone");
+                false
+            }
+            Err(_) => false,
+        }
     }
 }
 
@@ -212,5 +274,79 @@ pub async fn serve_upgrades(listener: UnixListener, switch: Arc<Switch>, taken_o
             Ok(Err(e)) => tracing::warn!(error = %e, "an upgrade failed; carrying on"),
             Err(e) => tracing::warn!(error = %e, "the handover task failed; carrying on"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::Config;
+
+    async fn get_healthz(addr: std::net::SocketAddr) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    }
+
+    #[tokio::test]
+    async fn healthz_is_unavailable_from_the_freeze_until_a_failed_handover_thaws() {
+        let switch = Switch::in_memory(Config::default()).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve_metrics(listener, switch.clone()));
+        assert!(get_healthz(addr).await.starts_with("HTTP/1.1 200 OK"));
+        let frozen = switch.clone();
+        tokio::task::spawn_blocking(move || drop(frozen.freeze_and_offer())).await.unwrap();
+        let response = get_healthz(addr).await;
+        assert!(response.starts_with("HTTP/1.1 503 "), "{response}");
+        assert!(response.ends_with("handing over to an upgrade\n"), "{response}");
+        switch.thaw();
+        assert!(get_healthz(addr).await.starts_with("HTTP/1.1 200 OK"));
+    }
+
+    #[tokio::test]
+    async fn a_stop_during_a_handover_waits_for_its_outcome() {
+        let switch = Switch::in_memory(Config::default()).unwrap();
+        // Not handing over: a plain stop at once.
+        let (_sender, mut taken_over) = tokio::sync::oneshot::channel();
+        assert!(!stop_after_handover(&switch, &mut taken_over).await);
+        // Handing over, and the upgrade takes over 100 ms later: the stop reports the takeover.
+        let frozen = switch.clone();
+        tokio::task::spawn_blocking(move || drop(frozen.freeze_and_offer())).await.unwrap();
+        let (sender, mut taken_over) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            sender.send(()).unwrap();
+        });
+        let started = std::time::Instant::now();
+        assert!(stop_after_handover(&switch, &mut taken_over).await);
+        assert!(started.elapsed() >= Duration::from_millis(90));
+        // Handing over, and the upgrade fails (thawed): a plain stop after it.
+        let (_sender, mut taken_over) = tokio::sync::oneshot::channel();
+        let thawing = switch.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            thawing.thaw();
+        });
+        assert!(!stop_after_handover(&switch, &mut taken_over).await);
+    }
+
+    #[test]
+    fn a_socket_path_rebound_by_another_instance_is_not_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.sock");
+        let old = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let ours = OwnedPath::claim(&path).unwrap();
+        // The new instance binds its own socket at the same path (as bind_api does).
+        std::fs::remove_file(&path).unwrap();
+        let new = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        assert!(!ours.remove_if_ours());
+        assert!(path.exists(), "the new instance's socket stays");
+        let theirs = OwnedPath::claim(&path).unwrap();
+        assert!(theirs.remove_if_ours());
+        assert!(!path.exists());
+        drop((old, new));
     }
 }

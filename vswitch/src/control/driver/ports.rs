@@ -2,7 +2,10 @@
 //! without the registry's lock, commit), detached, and marked gone when their namespace vanished
 //! without a DEL. Every change is saved before it is answered.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::errors::RequestError;
 use super::publisher::Publisher;
@@ -11,7 +14,7 @@ use super::uplink::UplinkSender;
 use super::workers::Counters;
 use crate::control::config::Config;
 use crate::control::podio::PodIo;
-use crate::control::registry::{LinkState, PodAddresses, PodReservation, PodSpec};
+use crate::control::registry::{LinkState, PodAddresses, PodName, PodReservation, PodSpec};
 use crate::datapath::PortQueues;
 use crate::pipeline::DropReason;
 use crate::port::{NoUdpGso, PortQueue};
@@ -29,6 +32,19 @@ pub struct Ports {
     /// Queues per port: one per worker.
     workers: usize,
     force_udp_segmentation: bool,
+    /// Since when each gone port has been seen gone (by this instance; an upgrade starts over).
+    gone_since: Mutex<HashMap<String, Instant>>,
+    /// Gone ports removed after `gone_port_timeout_seconds`.
+    gone_removed: AtomicU64,
+}
+
+/// A port whose namespace has been gone for longer than the timeout, as it is removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Orphan {
+    pub name: String,
+    pub pod: Option<PodName>,
+    pub addresses: Vec<std::net::IpAddr>,
+    pub gone_for: Duration,
 }
 
 impl Ports {
@@ -40,7 +56,17 @@ impl Ports {
     ) -> Ports {
         let (publisher, counters, saver, uplink) = parts;
         let (workers, force_udp_segmentation) = (config.workers, config.force_udp_segmentation);
-        Ports { pods, publisher, counters, saver, uplink, workers, force_udp_segmentation }
+        Ports {
+            pods,
+            publisher,
+            counters,
+            saver,
+            uplink,
+            workers,
+            force_udp_segmentation,
+            gone_since: Mutex::default(),
+            gone_removed: AtomicU64::new(0),
+        }
     }
 
     /// Attaches a pod port; a failure leaves nothing reserved.
@@ -121,6 +147,36 @@ impl Ports {
         for (_, name) in gone {
             tracing::warn!(port = %name, "the port's network namespace is gone without a DEL; port marked gone");
         }
+    }
+
+    /// The gone ports seen gone for at least `timeout` (clocked from the first call that sees
+    /// each gone); ports no longer gone are forgotten.
+    pub fn gone_for_at_least(&self, timeout: Duration) -> Vec<Orphan> {
+        let now = Instant::now();
+        let registry = self.publisher.registry();
+        let mut since = self.gone_since.lock().unwrap_or_else(|e| e.into_inner());
+        let gone: Vec<_> = registry.ports().filter(|p| p.link == LinkState::Gone).collect();
+        since.retain(|name, _| gone.iter().any(|p| p.info.name == *name));
+        gone.into_iter()
+            .filter_map(|p| {
+                let gone_for = now - *since.entry(p.info.name.clone()).or_insert(now);
+                (gone_for >= timeout).then(|| Orphan {
+                    name: p.info.name.clone(),
+                    pod: p.attachment.pod.clone(),
+                    addresses: PodAddresses::of_role(&p.info.role).map(|a| a.iter().collect()).unwrap_or_default(),
+                    gone_for,
+                })
+            })
+            .collect()
+    }
+
+    /// Counts a gone port removed.
+    pub fn count_gone_removed(&self) {
+        self.gone_removed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn gone_removed(&self) -> u64 {
+        self.gone_removed.load(Ordering::Relaxed)
     }
 }
 

@@ -44,6 +44,11 @@ impl SlowPath {
         self.uplink.run(work);
     }
 
+    /// Takes the neighbours the replaced instance had resolved (an upgrade).
+    pub fn adopt_neighbors(&self, neighbors: &[(IpAddr, MacAddr)]) {
+        self.publisher.update(|registry, _| registry.adopt_neighbors(neighbors, self.now()))
+    }
+
     /// Neighbour timers: retries, failures, re-confirmation.
     pub fn on_tick(&self) {
         let work = self.publisher.update(|registry, _| registry.on_neighbor_tick(self.now()));

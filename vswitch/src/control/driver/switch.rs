@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use vswitch_api::api::{ApiError, PortView, Request, Response, RouteView, StatusView};
+use vswitch_api::api::{ApiError, Attachment, PortView, Request, Response, RouteView, StatusView};
 
 use super::errors::{ControlError, RequestError};
 use super::inspect::{self, DropWatch};
@@ -24,7 +24,7 @@ use crate::control::hostnet::HostNet;
 use crate::control::metrics::{MetricsSnapshot, ProcessStats};
 use crate::control::persist::{SavedState, StateFile};
 use crate::control::podio::{KernelPodIo, MemoryPodIo, PodIo};
-use crate::control::registry::Registry;
+use crate::control::registry::{Registry, RegistryError};
 use crate::datapath::{Datapath, PortTotals, SlowPacket};
 use crate::ipam::IpamError;
 use crate::pipeline::DropReason;
@@ -101,6 +101,7 @@ impl Switch {
             None => None,
         };
         let announcer = startup::open_announcer(&config, &hostnet).await?;
+        let handed_neighbors = handover.as_mut().map(|h| std::mem::take(&mut h.neighbors)).unwrap_or_default();
         let pods = KernelPodIo {
             proxy_ndp_ifindex: announcer.as_ref().map(|a| a.ifindex),
             hostnet,
@@ -119,6 +120,7 @@ impl Switch {
         };
         let switch = Switch::assemble(config, parts);
         switch.publisher.wake_workers();
+        switch.slow_path.adopt_neighbors(&handed_neighbors);
         switch.restore(saved).await;
         if let Some(ipam) = &switch.ipam {
             ipam.adopt_ports().await;
@@ -289,6 +291,7 @@ impl Switch {
             process: ProcessStats::read(),
             shaping_delayed,
             shaping_throttled,
+            gone_ports_removed: self.ports.gone_removed(),
             ipam: self.ipam.as_ref().and_then(|i| i.metrics()),
             provider_api: self.ipam.as_ref().and_then(|i| i.provider_api()),
         }
@@ -322,6 +325,51 @@ impl Switch {
         }
     }
 
+    /// Removes the pod ports whose namespace has been gone for `gone_port_timeout_seconds`, as a
+    /// DEL would (TAP deleted, and with `[ipam]` the address released into its reuse delay).
+    pub async fn remove_gone_ports(&self) {
+        let timeout = std::time::Duration::from_secs(self.config.gone_port_timeout_seconds);
+        for orphan in self.ports.gone_for_at_least(timeout) {
+            // Held off while handing over: the new instance does it after.
+            let Ok(_in_flight) = self.gate.enter().await else { return };
+            match self.ports.remove(&orphan.name, true).await {
+                Ok(()) => {}
+                // A DEL got there first.
+                Err(RequestError::Registry(RegistryError::NoSuchPort(_))) => continue,
+                Err(e) => {
+                    tracing::warn!(port = %orphan.name, error = %e, "could not remove a port whose namespace is gone");
+                    continue;
+                }
+            }
+            self.ports.count_gone_removed();
+            let (container_id, ifname) = orphan.name.rsplit_once(':').unwrap_or((&orphan.name, ""));
+            let released = match &self.ipam {
+                Some(ipam) => {
+                    let owner = Attachment { container_id: container_id.into(), ifname: ifname.into() };
+                    match ipam.handle(IpamRequest::Release(owner)).await {
+                        Ok(_) => "released (reuse delay)",
+                        Err(e) => {
+                            tracing::warn!(port = %orphan.name, error = %e, "could not release the address of a gone port");
+                            "release failed"
+                        }
+                    }
+                }
+                None => "left to the plugin's IPAM (CNI GC)",
+            };
+            let ips = orphan.addresses.iter().map(|ip| ip.to_string()).collect::<Vec<_>>().join(" ");
+            tracing::warn!(
+                port = %orphan.name,
+                namespace = orphan.pod.as_ref().map_or("", |p| p.namespace.as_str()),
+                pod = orphan.pod.as_ref().map_or("", |p| p.name.as_str()),
+                container_id,
+                %ips,
+                address = released,
+                gone_for = ?orphan.gone_for,
+                "port removed: its network namespace was gone for longer than gone_port_timeout_seconds without a DEL"
+            );
+        }
+    }
+
     /// The state the state file holds (and an upgrade takes over).
     pub fn saved_state(&self) -> SavedState {
         self.saver.saved_state()
@@ -332,12 +380,21 @@ impl Switch {
     /// Blocks until the changes in flight are done (call it off the async runtime).
     pub fn freeze_and_offer(&self) -> Offer {
         let _no_changes = self.gate.freeze();
+        // Its own statement: the registry's lock is taken again below.
+        let neighbors = self.publisher.registry().neighbors().resolved().into_iter().collect();
         Offer {
             state: self.saved_state(),
             workers: self.config.workers,
             ports: upgrade::offered_queues(&self.publisher.registry()),
             uplink_sender: self.uplink.sender_fd(),
+            neighbors,
         }
+    }
+
+    /// Frozen for an upgrade: from the freeze until the upgrade fails (then thawed) or this
+    /// instance exits.
+    pub fn handing_over(&self) -> bool {
+        self.gate.is_frozen()
     }
 
     /// The upgrade did not take over: take changes again.

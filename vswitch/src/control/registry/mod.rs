@@ -451,6 +451,15 @@ impl Registry {
         (work, changed.then(|| self.stage()))
     }
 
+    /// The neighbours an upgrade handed over (see [`NeighborTable::adopt`]).
+    pub fn adopt_neighbors(&mut self, neighbors: &[(IpAddr, MacAddr)], now: Duration) -> Option<Publication> {
+        let mut changed = false;
+        for &(ip, mac) in neighbors {
+            changed |= self.neighbors.adopt(ip, mac, now);
+        }
+        changed.then(|| self.stage())
+    }
+
     /// Neighbour timers: retries, failures, re-confirmation.
     pub fn on_neighbor_tick(&mut self, now: Duration) -> (UplinkWork, Option<Publication>) {
         let (actions, changed) = self.neighbors.on_tick(now);

@@ -208,3 +208,55 @@ fn requests_get_typed_answers_and_error_codes() {
     // A failed attach left nothing reserved: the name and address can be used.
     rt.block_on(switch.handle(Request::AddPort(spec("c", 4)))).unwrap();
 }
+
+/// Pod I/O whose namespaces vanish on demand (as a runtime that removes a sandbox without a DEL).
+#[derive(Debug, Default, Clone)]
+struct VanishingNamespaces(Arc<std::sync::Mutex<Vec<std::path::PathBuf>>>);
+
+impl PodIo for VanishingNamespaces {
+    fn netns_id(&self, path: &std::path::Path) -> Option<(u64, u64)> {
+        let vanished = self.0.lock().unwrap().iter().any(|p| p == path);
+        if vanished {
+            None
+        } else {
+            MemoryPodIo.netns_id(path)
+        }
+    }
+    fn open_queues<'a>(&'a self, spec: &'a PodSpec, workers: usize) -> BoxFuture<'a, Result<PortQueues, PodIoError>> {
+        MemoryPodIo.open_queues(spec, workers)
+    }
+    fn add_host_route(&self, ip: IpAddr) -> BoxFuture<'_, Result<(), PodIoError>> {
+        MemoryPodIo.add_host_route(ip)
+    }
+    fn remove_host_route(&self, ip: IpAddr) -> BoxFuture<'_, Result<(), PodIoError>> {
+        MemoryPodIo.remove_host_route(ip)
+    }
+    fn delete_device(&self, _: std::path::PathBuf, _: String) {}
+}
+
+#[test]
+fn a_port_gone_for_the_timeout_is_removed_counted_and_a_late_del_is_harmless() {
+    let rt = runtime();
+    let namespaces = VanishingNamespaces::default();
+    let config = Config { gone_port_timeout_seconds: 1, ..Config::default() };
+    let switch = Switch::in_memory_with(config, Box::new(namespaces.clone()), None).unwrap();
+    for (name, last) in [("ctr-a:eth0", 2), ("ctr-b:eth0", 3)] {
+        rt.block_on(switch.handle(Request::AddPort(spec(name, last)))).unwrap();
+    }
+    namespaces.0.lock().unwrap().push("/run/netns/ctr-a:eth0".into());
+    let pods = |s: &Switch| s.list_ports().into_iter().filter(|p| p.name.starts_with("ctr-")).count();
+    switch.check_devices();
+    rt.block_on(switch.remove_gone_ports());
+    assert_eq!(pods(&switch), 2, "gone, but not for the timeout yet");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    switch.check_devices();
+    rt.block_on(switch.remove_gone_ports());
+    let left: Vec<String> = switch.list_ports().into_iter().map(|p| p.name).filter(|n| n.starts_with("ctr-")).collect();
+    assert_eq!(left, vec!["ctr-b:eth0".to_string()], "only the gone port is removed");
+    assert!(switch.metrics_snapshot().render().contains("vswitch_gone_ports_removed_total 1"));
+    // The runtime's DEL, late: the port is not found, which the plugin takes as done.
+    let late = rt.block_on(switch.handle(Request::DelPort { name: "ctr-a:eth0".into(), remove_device: true }));
+    assert_eq!(late.unwrap_err().code, ErrorCode::NotFound);
+    // Its address is free for a new pod at once (the registry holds nothing for it).
+    rt.block_on(switch.handle(Request::AddPort(spec("ctr-c:eth0", 2)))).unwrap();
+}
