@@ -315,6 +315,26 @@ impl EtcdCluster {
         assert!(out.status.success(), "etcdctl put {key}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
+    /// Member `i`'s Prometheus figures (`GET /metrics` on its client URL, with the client
+    /// certificate, through curl), for the benchmarks that read etcd's own counters.
+    pub fn metrics(&self, i: usize) -> Result<String, String> {
+        let m = &self.members[i];
+        let mut cmd = self.command(m.netns.as_deref(), "curl");
+        cmd.args(["-sS", "--max-time", "10", "--cacert"])
+            .arg(&self.tls.ca)
+            .arg("--cert")
+            .arg(&self.tls.cert)
+            .arg("--key")
+            .arg(&self.tls.key)
+            .arg(format!("{}/metrics", m.client_url()))
+            .stdin(Stdio::null());
+        let out = cmd.output().map_err(|e| format!("run curl: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("curl {}/metrics: {}", m.client_url(), String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        String::from_utf8(out.stdout).map_err(|e| format!("{}/metrics: {e}", m.client_url()))
+    }
+
     fn command(&self, netns: Option<&str>, program: &str) -> Command {
         let mut cmd = match netns {
             Some(ns) => {

@@ -47,6 +47,27 @@ enum Bench {
         #[arg(long, default_value_t = 300)]
         pods: usize,
     },
+    /// The cluster IPAM at Kubernetes' scale: N simulated nodes (the real node agent, no TAPs)
+    /// on a fresh 3-member etcd per size, filled to P pods each, churned, one node killed and
+    /// one restarted: ADD/DEL latency, etcd's bytes and requests per node (its own /metrics),
+    /// database size, memory per agent, reclaim and reconcile times.
+    IpamScale {
+        /// Cluster sizes, comma-separated: one run each.
+        #[arg(long, value_delimiter = ',', default_values_t = [10, 100, 1000, 2000])]
+        nodes: Vec<usize>,
+        #[arg(long, default_value_t = 30)]
+        pods_per_node: usize,
+        /// Length of the measured steady state.
+        #[arg(long, default_value_t = 30)]
+        steady_seconds: u64,
+        /// A size not full after this many seconds is reported as such.
+        #[arg(long, default_value_t = 180)]
+        ramp_limit: u64,
+        #[arg(long, default_value_t = 10)]
+        lease_ttl: u64,
+        #[arg(long, default_value_t = 5)]
+        quarantine: u64,
+    },
     /// Pod-to-pod forwarding side by side: veth, Linux bridge, kernel-routed, vswitchd, vswitchd
     /// only bouncing frames between the pods' TAPs (tap_bounce, the ceiling), Open vSwitch
     /// netdev (TCP x1/x4, 64-byte UDP rate, UDP GSO throughput, request-response latency, CPU
@@ -217,6 +238,22 @@ fn main() {
                 println!("{}", report.json());
             } else {
                 print!("{}", report.table());
+            }
+        }
+        Bench::IpamScale { nodes, pods_per_node, steady_seconds, ramp_limit, lease_ttl, quarantine } => {
+            let options = benches::ipam_scale::Options {
+                nodes,
+                pods_per_node,
+                steady_seconds,
+                ramp_limit: std::time::Duration::from_secs(ramp_limit),
+                lease_ttl,
+                quarantine,
+            };
+            let runs = benches::ipam_scale::run(&options, |step| eprintln!("  {step}"));
+            if cli.json {
+                println!("{}", benches::ipam_scale::report::json(&runs));
+            } else {
+                print!("{}", benches::ipam_scale::report::table(&runs));
             }
         }
         Bench::Cni { pods } => {

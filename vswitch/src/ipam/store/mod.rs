@@ -120,3 +120,47 @@ impl ClusterStore for AnyStore {
         dispatch!(self, s => s.put_leased(key, value, lease).await)
     }
 }
+
+/// One store shared by several agents in one process (the scale simulation runs many nodes
+/// over a few connections, as a node's processes would share one).
+impl<S: ClusterStore> ClusterStore for std::sync::Arc<S> {
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        (**self).list(prefix).await
+    }
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        (**self).get(key).await
+    }
+    async fn put_if(&self, key: &str, value: Vec<u8>, expected: i64) -> Result<Option<i64>, StoreError> {
+        (**self).put_if(key, value, expected).await
+    }
+    async fn put_if_absent(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected: i64,
+        absent: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        (**self).put_if_absent(key, value, expected, absent).await
+    }
+    async fn delete_if(&self, key: &str, expected: i64) -> Result<bool, StoreError> {
+        (**self).delete_if(key, expected).await
+    }
+    async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), StoreError> {
+        (**self).put(key, value).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        (**self).delete(key).await
+    }
+    async fn grant_lease(&self, ttl: Duration) -> Result<i64, StoreError> {
+        (**self).grant_lease(ttl).await
+    }
+    async fn keep_alive(&self, lease: i64) -> Result<bool, StoreError> {
+        (**self).keep_alive(lease).await
+    }
+    async fn put_leased(&self, key: &str, value: Vec<u8>, lease: i64) -> Result<(), StoreError> {
+        (**self).put_leased(key, value, lease).await
+    }
+}
