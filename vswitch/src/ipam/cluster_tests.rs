@@ -59,6 +59,14 @@ fn none() -> HashSet<IpAddr> {
     HashSet::new()
 }
 
+/// `node` gives `ip` to a new pod, asking for it by name: a returning node that lost it finds it
+/// taken (one that nobody took is taken back instead).
+async fn take_by_name<S: ClusterStore>(node: &NodeIpam<S>, ip: IpAddr) {
+    let IpAddr::V4(v4) = ip else { panic!("an IPv4 pool") };
+    let request = AddressRequest { ipv4: Some(v4), ..spec("taker", None) };
+    assert_eq!(node.requests().assign(&request, &none()).await.unwrap().ips, [ip]);
+}
+
 fn with_families(mut spec: AddressRequest, families: IpFamilies) -> AddressRequest {
     spec.families = Some(families);
     spec
@@ -300,6 +308,8 @@ async fn a_dead_node_is_quarantined_reclaimed_and_fenced_when_it_returns() {
         "{now:?}"
     );
     assert!(now.iter().all(|(_, r)| r.node() != Some("a")), "nothing stays a's: {now:?}");
+    // b hands the address to a pod of its own (by name: the reuse delay does not apply).
+    take_by_name(&b, ip).await;
     // a comes back: its lease is gone, it re-registers and learns that it lost the address.
     let fenced = a.upkeep().tick(|_| true).await;
     assert_eq!(fenced.len(), 1, "{fenced:?}");
@@ -470,6 +480,7 @@ async fn a_node_whose_re_registration_fails_half_way_registers_again_and_is_fenc
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
     assert!(records(dir.path()).await.iter().all(|(_, r)| r.node() != Some("a")));
+    take_by_name(&b, ip).await;
     // a comes back, finds its lease gone and takes a new one, but the store goes away again
     // before it has reconciled.
     faults.lists.store(true, Ordering::Relaxed);
@@ -586,6 +597,8 @@ async fn a_give_back_whose_reply_was_lost_leaves_nothing_in_the_warm_pool() {
     let keys = Keys::new("/vpc-ipam/default");
     let store = FileStore::new(&dir.path().join("store.json"));
     let record = AddressRecord::Warm { node: "a".into(), since: 0 };
+    // (Its index entry goes first, as every claim writes it.)
+    store.put(&keys.held_ip("a", spare), Vec::new()).await.unwrap();
     store.put_if(&keys.ip(spare), record.encode(), 0).await.unwrap().unwrap();
     drop(a);
     let a = faulty_node(dir.path(), "a", "10.0.0.0/28", extra, &faults);
@@ -667,4 +680,34 @@ async fn a_reclaim_planned_while_a_node_was_away_does_not_take_its_addresses_onc
         None => assert_eq!(fenced.iter().map(|f| f.ip).collect::<Vec<_>>(), [ip]),
     }
     assert_eq!(warm_in_store(dir.path(), "a").await, a.local_view().warm, "{now:?}");
+}
+
+#[tokio::test]
+async fn a_returning_node_takes_back_what_nobody_took_and_keeps_the_pod() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(dir.path(), "a", "10.0.0.0/28", "warm_target = 2");
+    let b = node(dir.path(), "b", "10.0.0.0/28", "warm_target = 2");
+    a.upkeep().tick(|_| false).await;
+    let kept = a.requests().assign(&spec("kept", None), &none()).await.unwrap().ips[0];
+    let lost = a.requests().assign(&spec("lost", None), &none()).await.unwrap().ips[0];
+    a.upkeep().tick(|_| true).await;
+    b.upkeep().tick(|_| false).await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    for _ in 0..6 {
+        b.upkeep().tick(|_| false).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let now = records(dir.path()).await;
+    assert!(now.iter().all(|(_, r)| r.node() != Some("a")), "a's addresses reclaimed: {now:?}");
+    take_by_name(&b, lost).await;
+    // a comes back: the cooling address is its pod's again, the taken one is fenced.
+    let fenced = a.upkeep().tick(|_| true).await;
+    assert_eq!(fenced.iter().map(|f| (f.ip, f.now.as_str())).collect::<Vec<_>>(), [(lost, "assigned on b")]);
+    assert_eq!(a.requests().lookup(&spec("kept", None).owner), [kept]);
+    let now = records(dir.path()).await;
+    let record = now.iter().find(|(ip, _)| *ip == kept).map(|(_, r)| r.clone());
+    assert!(
+        matches!(&record, Some(AddressRecord::Assigned { node, owner, .. }) if node == "a" && owner.container_id == "kept"),
+        "{record:?}"
+    );
 }

@@ -308,10 +308,14 @@ impl<S: ClusterStore> Requests<S> {
         version: i64,
     ) -> Result<Option<IpAddr>, IpamError> {
         let record = self.assigned_record(request);
+        self.state.index(ip).await.map_err(unavailable("taking the address"))?;
         let written = self.state.store().put_if(&self.state.keys().ip(ip), record.encode(), version).await;
         let version = match written {
             Ok(Some(version)) => version,
-            Ok(None) => return Ok(None),
+            Ok(None) => {
+                self.state.unindex(ip).await.map_err(unavailable("taking the address"))?;
+                return Ok(None);
+            }
             Err(e) => {
                 // It may be this node's now: looked up again, and then found by the retried ADD.
                 self.state.unsure_about(ip);

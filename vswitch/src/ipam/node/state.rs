@@ -252,6 +252,37 @@ impl<S: ClusterStore> NodeState<S> {
             .collect())
     }
 
+    /// Puts `ip` in this node's index (`held/<node>/<ip>`) ahead of a write that makes its
+    /// record name this node: the leader finds a dead node's addresses there, and a node its
+    /// own, without listing the cluster.
+    pub(super) async fn index(&self, ip: IpAddr) -> Result<(), StoreError> {
+        self.store.put(&self.keys.held_ip(self.node(), ip), Vec::new()).await
+    }
+
+    /// Takes `ip` out of this node's index, once its record names someone else (or nobody).
+    pub(super) async fn unindex(&self, ip: IpAddr) -> Result<(), StoreError> {
+        self.store.delete(&self.keys.held_ip(self.node(), ip)).await
+    }
+
+    /// The addresses in `node`'s index.
+    pub(super) async fn indexed(&self, node: &str) -> Result<Vec<IpAddr>, StoreError> {
+        let entries = self.store.list(&self.keys.held(node)).await?;
+        Ok(entries.iter().filter_map(|e| self.keys.held_ip_of(node, &e.key)).collect())
+    }
+
+    /// The records of `ips`, one read each (absent: free).
+    pub(super) async fn records_of(&self, ips: impl IntoIterator<Item = IpAddr>) -> Result<Records, StoreError> {
+        let mut records = Records::new();
+        for ip in ips {
+            if let Some(e) = self.store.get(&self.keys.ip(ip)).await? {
+                if let Some(record) = AddressRecord::decode(&e.value) {
+                    records.insert(ip, (record, e.version));
+                }
+            }
+        }
+        Ok(records)
+    }
+
     /// The nodes that hold a lease.
     pub(super) async fn live_nodes(&self) -> Result<HashSet<String>, StoreError> {
         Ok(self.named_under(&self.keys.nodes()).await?.into_iter().map(|(node, _)| node).collect())
@@ -298,10 +329,17 @@ impl<S: ClusterStore> NodeState<S> {
         fenced: &mut Vec<Fenced>,
     ) -> Result<(), StoreError> {
         let key = self.keys.ip(ip);
+        if entry.version == 0 && entry.record.node() == Some(self.node()) {
+            // A record this node writes for the first time (an adopted port's address).
+            self.index(ip).await?;
+        }
         match self.store.put_if(&key, entry.record.encode(), entry.version).await? {
             Some(version) => {
                 if let AddressRecord::Sticky { pod, .. } = &entry.record {
                     self.store.put(&self.keys.sticky(pod, Family::of(&ip)), ip.to_string().into_bytes()).await?;
+                }
+                if entry.released() {
+                    self.unindex(ip).await?;
                 }
                 let mut local = self.local();
                 // Changed again meanwhile (a DEL right after the ADD): keep it dirty.
@@ -326,6 +364,9 @@ impl<S: ClusterStore> NodeState<S> {
                     }
                     other => {
                         // (Gone already when another sync of the same address got here first.)
+                        drop(local);
+                        self.unindex(ip).await?;
+                        let mut local = self.local();
                         let lost = local.entries.remove(&ip);
                         if let Some(owner) = lost.as_ref().and_then(LocalEntry::owner) {
                             let now = other.map_or("free".to_string(), |(r, _)| describe(&r));

@@ -163,6 +163,8 @@ impl<S: ClusterStore> Upkeep<S> {
         let node = NodeRecord { lease, since: now_secs() };
         let value = serde_json::to_vec(&node).expect("serialisable");
         state.store().put_leased(&keys.node(state.node()), value, lease).await?;
+        // The leader looks after members: this node's addresses go back to the pool if it dies.
+        state.store().put(&keys.member(state.node()), Vec::new()).await?;
         self.reconcile(fenced).await?;
         state.store().delete(&keys.down(state.node())).await?;
         self.last_keep_alive.ran();
@@ -171,13 +173,21 @@ impl<S: ClusterStore> Upkeep<S> {
         Ok(())
     }
 
-    /// Compares the local state with the store: adopts records that name this node (a claim
-    /// that was written before a crash), and drops what the store gave to someone else.
+    /// Compares the local state with the store, reading only this node's records (its index
+    /// and its local entries): adopts records that name this node (a claim written before a
+    /// crash), takes back by CAS what was reclaimed while it was away and nobody took since (the
+    /// record cooling, or sticky for the same pod, or gone), and gives up only what another node
+    /// holds now.
     async fn reconcile(&self, fenced: &mut Vec<Fenced>) -> Result<(), StoreError> {
         let state = &self.state;
         let me = Some(state.node());
-        let records = state.records().await?;
-        {
+        let indexed = state.indexed(state.node()).await?;
+        let local_ips: Vec<IpAddr> = state.local().entries.keys().copied().collect();
+        let mut ips: Vec<IpAddr> = indexed.clone();
+        ips.extend(local_ips.iter().filter(|ip| !indexed.contains(ip)));
+        let records = state.records_of(ips).await?;
+        // Local entries the store no longer gives this node (their record written at least once).
+        let away: Vec<(IpAddr, LocalEntry)> = {
             let mut local = state.local();
             for (ip, (record, version)) in records.iter().filter(|(_, (r, _))| r.node() == me) {
                 match local.entries.get_mut(ip) {
@@ -188,19 +198,42 @@ impl<S: ClusterStore> Upkeep<S> {
                     }
                 }
             }
-            let lost: Vec<IpAddr> = local
+            local
                 .entries
                 .iter()
                 .filter(|(ip, e)| e.version != 0 && records.get(*ip).is_none_or(|(r, _)| r.node() != me))
-                .map(|(ip, _)| *ip)
-                .collect();
-            for ip in lost {
-                let entry = local.entries.remove(&ip).expect("listed above");
-                let now = records.get(&ip).map_or("free".to_string(), |(r, _)| describe(r));
-                if let Some(owner) = entry.owner() {
-                    fenced.push(Fenced { ip, owner: owner.clone(), now });
+                .map(|(ip, e)| (*ip, e.clone()))
+                .collect()
+        };
+        for (ip, entry) in away {
+            let current = records.get(&ip);
+            if !entry.released() && unclaimed(current, &entry) {
+                let expected = current.map_or(0, |(_, version)| *version);
+                state.index(ip).await?;
+                if let Some(version) = state.store().put_if(&state.keys().ip(ip), entry.record.encode(), expected).await? {
+                    tracing::warn!(%ip, was = %current.map_or("free".into(), |(r, _)| describe(r)),
+                        "address reclaimed while this node was cut off and taken by nobody since: taken back");
+                    if let Some(e) = state.local().entries.get_mut(&ip) {
+                        e.version = version;
+                    }
+                    continue;
                 }
+                // Taken meanwhile: read again to name the holder.
+                let now = state.records_of([ip]).await?;
+                fence(state, ip, now.get(&ip), fenced);
+            } else {
+                fence(state, ip, current, fenced);
             }
+            state.unindex(ip).await?;
+        }
+        // Addresses written before the index existed (an upgrade) join it.
+        let unindexed: Vec<IpAddr> = {
+            let local = state.local();
+            let unindexed = local.entries.iter().filter(|(ip, e)| e.version != 0 && !e.released() && !indexed.contains(ip));
+            unindexed.map(|(ip, _)| *ip).collect()
+        };
+        for ip in unindexed {
+            state.index(ip).await?;
         }
         state.save_in_round().await
     }
@@ -243,5 +276,31 @@ fn adopted(
     } else {
         tracing::info!(%ip, state = record.state_name(), "adopted an address the store gives this node");
         LocalEntry { record: record.clone(), version, dirty: false, netns: None }
+    }
+}
+
+/// Was the address left alone since this node lost it: freed by the reclaim (cooling, or sticky
+/// for the pod that has it here) or gone, and not handed to anyone?
+fn unclaimed(current: Option<&(AddressRecord, i64)>, entry: &LocalEntry) -> bool {
+    match current.map(|(r, _)| r) {
+        None | Some(AddressRecord::Cooling { .. }) => true,
+        Some(AddressRecord::Sticky { pod, .. }) => {
+            matches!(&entry.record, AddressRecord::Assigned { pod: Some(ours), .. } if ours == pod)
+        }
+        Some(_) => false,
+    }
+}
+
+/// Drops a local entry the store gives someone else; its pod (if any) must be detached.
+fn fence<S: ClusterStore>(
+    state: &NodeState<S>,
+    ip: IpAddr,
+    current: Option<&(AddressRecord, i64)>,
+    fenced: &mut Vec<Fenced>,
+) {
+    let entry = state.local().entries.remove(&ip);
+    if let Some(owner) = entry.as_ref().and_then(LocalEntry::owner) {
+        let now = current.map_or("free".to_string(), |(r, _)| describe(r));
+        fenced.push(Fenced { ip, owner: owner.clone(), now });
     }
 }
