@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use vswitch_api::api::{AssignSpec, Attachment, IpFamilies, PodRef};
 
-use super::error::{Conflict, InvalidRequest, StickyBusy};
+use super::error::{Conflict, InvalidRequest, SettingsError, StickyBusy};
 use super::pool::Family;
 use super::record::{AddressRecord, Keys};
 use super::store::file::FileStore;
@@ -408,7 +408,8 @@ impl ClusterStore for Faulty {
     }
     async fn put_if(&self, key: &str, value: Vec<u8>, expected: i64) -> Result<Option<i64>, StoreError> {
         let result = self.inner.put_if(key, value, expected).await?;
-        if self.faults.lose_put_if.swap(false, Ordering::Relaxed) {
+        // (Address records only: the pool's key is written with a CAS at registration too.)
+        if key.contains("/ip/") && self.faults.lose_put_if.swap(false, Ordering::Relaxed) {
             return Err(lost());
         }
         Ok(result)
@@ -710,4 +711,41 @@ async fn a_returning_node_takes_back_what_nobody_took_and_keeps_the_pod() {
         matches!(&record, Some(AddressRecord::Assigned { node, owner, .. }) if node == "a" && owner.container_id == "kept"),
         "{record:?}"
     );
+}
+
+#[tokio::test]
+async fn a_node_configured_with_another_pool_refuses_to_start_ipam_naming_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(dir.path(), "a", "10.0.0.0/28", "");
+    let b = node(dir.path(), "b", "10.0.1.0/28", "");
+    a.upkeep().tick(|_| false).await;
+    b.upkeep().tick(|_| false).await;
+    let err = b.requests().assign(&spec("p", None), &none()).await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, IpamError::Settings(SettingsError::PoolMismatch { .. })), "{err:?}");
+    assert!(text.contains("10.0.1.0/28") && text.contains("10.0.0.0/28"), "{text}");
+    let store = FileStore::new(&dir.path().join("store.json"));
+    assert!(store.get(&Keys::new("/vpc-ipam/default").node("b")).await.unwrap().is_none(), "b never registered");
+    assert!(a.requests().assign(&spec("q", None), &none()).await.is_ok(), "a, with the cluster's pool, works");
+}
+
+#[tokio::test]
+async fn a_node_without_lease_renewals_stops_handing_out_warm_addresses_in_time() {
+    let dir = tempfile::tempdir().unwrap();
+    // Lease 2 s + quarantine 1 s: another node may reclaim after 3 s; the fence is at 1.5 s.
+    let a = node(dir.path(), "a", "10.0.0.0/28", "warm_target = 3");
+    a.upkeep().tick(|_| false).await;
+    let kept = a.requests().assign(&spec("kept", None), &none()).await.unwrap().ips;
+    assert!(!a.metrics().self_fenced);
+    // No round, so no renewal (as when cut off from the store).
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let err = a.requests().assign(&spec("late", None), &none()).await.unwrap_err();
+    assert!(matches!(err, IpamError::StoreUnavailable { .. }), "{err:?}");
+    assert!(err.to_string().contains("no lease renewal"), "{err}");
+    assert!(a.metrics().self_fenced);
+    assert_eq!(a.requests().lookup(&spec("kept", None).owner), kept, "the pod keeps its address");
+    // Back in touch: renewed (or registered again), it hands out warm addresses again.
+    a.upkeep().tick(|_| true).await;
+    assert!(!a.metrics().self_fenced);
+    assert!(a.requests().assign(&spec("again", None), &none()).await.is_ok());
 }

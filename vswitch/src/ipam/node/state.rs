@@ -13,7 +13,7 @@ use vswitch_api::api::Attachment;
 
 use super::stats::IpamStats;
 use crate::ipam::config::{IpamSettings, STATE_FILE};
-use crate::ipam::error::IpamError;
+use crate::ipam::error::{IpamError, SettingsError};
 use crate::ipam::pool::Family;
 use crate::ipam::record::{now_secs, AddressRecord, Keys};
 use crate::ipam::store::{ClusterStore, StoreError};
@@ -26,6 +26,10 @@ pub(super) struct Local {
     format: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) lease: Option<i64>,
+    /// When the store last renewed the lease (seconds since the epoch, taken before asking):
+    /// the self-fence counts from it, across restarts too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) renewed: Option<u64>,
     pub(super) entries: BTreeMap<IpAddr, LocalEntry>,
 }
 
@@ -90,6 +94,8 @@ pub(super) struct NodeState<S: ClusterStore> {
     /// True once this process's first upkeep round is over (see [`NodeState::settled`]).
     first_round: tokio::sync::watch::Sender<bool>,
     stats: IpamStats,
+    /// The pool the store holds, when it is not the configured one: the node does not register.
+    pool_conflict: Mutex<Option<PoolConflict>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -124,6 +130,7 @@ impl<S: ClusterStore> NodeState<S> {
             kick: tokio::sync::Notify::new(),
             first_round: tokio::sync::watch::channel(false).0,
             stats: IpamStats::default(),
+            pool_conflict: Mutex::new(None),
         })
     }
 
@@ -171,6 +178,35 @@ impl<S: ClusterStore> NodeState<S> {
     /// [`NodeState::save`] for the upkeep, where a failed save fails the round like the store.
     pub(super) async fn save_in_round(self: &Arc<Self>) -> Result<(), StoreError> {
         self.save().await.map_err(|e| StoreError(e.to_string()))
+    }
+
+    /// How long without a lease renewal the node still hands out warm addresses: the lease TTL
+    /// plus the quarantine, less a margin. Another node reclaims this node's addresses no sooner
+    /// than that after the last renewal (the lease outlives it by the TTL, the leader waits the
+    /// quarantine after seeing it gone), and hands them out only after the reuse delay on top;
+    /// the margin (2 s, or half the sum when that is shorter) covers the whole seconds the times
+    /// are kept in and the leader's clock against this node's.
+    pub(super) fn fence_after(&self) -> Duration {
+        let sum = self.settings.lease_ttl + self.settings.quarantine;
+        sum - Duration::from_secs(2).min(sum / 2)
+    }
+
+    /// How long the lease has gone without renewal, when that is past [`NodeState::fence_after`]:
+    /// warm addresses are then no longer handed out.
+    pub(super) fn self_fenced(&self) -> Option<Duration> {
+        let renewed = self.local().renewed?;
+        let since = Duration::from_secs(now_secs().saturating_sub(renewed));
+        (since >= self.fence_after()).then_some(since)
+    }
+
+    /// The configured pool disagrees with the store's: set by the upkeep, refused by ADDs.
+    pub(super) fn pool_conflict(&self) -> Option<SettingsError> {
+        let conflict = lock(&self.pool_conflict).clone()?;
+        Some(SettingsError::PoolMismatch { configured: conflict.configured, stored: conflict.stored, key: conflict.key })
+    }
+
+    pub(super) fn set_pool_conflict(&self, conflict: Option<PoolConflict>) {
+        *lock(&self.pool_conflict) = conflict;
     }
 
     /// Asks the upkeep for a round now.
@@ -378,6 +414,14 @@ impl<S: ClusterStore> NodeState<S> {
         }
         Ok(())
     }
+}
+
+/// The pool as configured and as the store holds it, when they differ.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct PoolConflict {
+    pub(super) configured: String,
+    pub(super) stored: String,
+    pub(super) key: String,
 }
 
 /// When a periodic step of the upkeep last ran.

@@ -18,9 +18,9 @@ use std::time::Duration;
 use vswitch_api::api::Attachment;
 
 use super::reclaim::Reclaimer;
-use super::state::{describe, Fenced, LastRun, LocalEntry, NodeState};
+use super::state::{describe, Fenced, LastRun, LocalEntry, NodeState, PoolConflict};
 use super::warm;
-use crate::ipam::pool::Family;
+use crate::ipam::pool::{Excluded, Family, PoolPrefix};
 use crate::ipam::record::{now_secs, AddressRecord, NodeRecord};
 use crate::ipam::store::{ClusterStore, StoreError};
 
@@ -80,11 +80,20 @@ impl<S: ClusterStore> Upkeep<S> {
                     tracing::info!(store = %state.store().describe(), "address store reachable");
                 }
             }
+            Err(_) if state.pool_conflict().is_some() => {}
             Err(e) => {
                 stats.store_errors.fetch_add(1, Ordering::Relaxed);
                 if stats.store_reachable.swap(false, Ordering::Relaxed) || round == 0 {
                     tracing::warn!(store = %state.store().describe(), error = %e, "address store unreachable: ADD uses the warm pool");
                 }
+            }
+        }
+        let fenced_now = state.self_fenced();
+        if fenced_now.is_some() != stats.self_fenced.swap(fenced_now.is_some(), Ordering::Relaxed) {
+            if let Some(since) = fenced_now {
+                tracing::warn!(without_s = since.as_secs(), fence_after_s = state.fence_after().as_secs(),
+                    "no lease renewal for longer than another node waits before reclaiming this node's addresses: \
+                     warm addresses are no longer handed out (assigned pods keep running)");
             }
         }
         self.release_orphans(has_port).await;
@@ -132,9 +141,11 @@ impl<S: ClusterStore> Upkeep<S> {
         if self.registered.load(Ordering::Acquire) && !self.last_keep_alive.due(state.settings().lease_ttl / 3) {
             return Ok(());
         }
+        let asked = now_secs();
         if let Some(lease) = lease {
             if state.store().keep_alive(lease).await? {
                 self.last_keep_alive.ran();
+                self.renewed(asked).await?;
                 if !self.registered.load(Ordering::Acquire) {
                     self.register(lease, fenced).await?;
                 }
@@ -148,8 +159,46 @@ impl<S: ClusterStore> Upkeep<S> {
         }
         let lease = state.store().grant_lease(state.settings().lease_ttl).await?;
         state.local().lease = Some(lease);
-        state.save_in_round().await?;
+        self.renewed(asked).await?;
         self.register(lease, fenced).await
+    }
+
+    /// Records a renewal of the lease asked for at `asked` (the self-fence counts from there).
+    async fn renewed(&self, asked: u64) -> Result<(), StoreError> {
+        let lifted = self.state.self_fenced();
+        self.state.local().renewed = Some(asked);
+        if let Some(since) = lifted {
+            tracing::info!(without_s = since.as_secs(), "lease renewed: warm addresses are handed out again");
+        }
+        self.state.save_in_round().await
+    }
+
+    /// The pool every node must have: written by the first node to register, compared by every
+    /// other one before it registers.
+    async fn check_pool(&self) -> Result<(), StoreError> {
+        let state = &self.state;
+        let settings = state.settings();
+        let configured = pool_definition(&settings.pools, &settings.exclude);
+        let key = state.keys().pool();
+        let stored = match state.store().get(&key).await? {
+            Some(e) => e.value,
+            None => match state.store().put_if(&key, configured.clone().into_bytes(), 0).await? {
+                Some(_) => configured.clone().into_bytes(),
+                None => state.store().get(&key).await?.map(|e| e.value).unwrap_or_default(),
+            },
+        };
+        let stored = String::from_utf8_lossy(&stored).into_owned();
+        if stored == configured {
+            state.set_pool_conflict(None);
+            return Ok(());
+        }
+        let first = state.pool_conflict().is_none();
+        state.set_pool_conflict(Some(PoolConflict { configured, stored, key }));
+        let error = state.pool_conflict().expect("set above").to_string();
+        if first {
+            tracing::error!("{error}");
+        }
+        Err(StoreError(error))
     }
 
     /// The node key goes in first, and only then does the node compare its state with the
@@ -160,6 +209,7 @@ impl<S: ClusterStore> Upkeep<S> {
     /// keep addresses the store gave back to the pool.)
     async fn register(&self, lease: i64, fenced: &mut Vec<Fenced>) -> Result<(), StoreError> {
         let (state, keys) = (&self.state, self.state.keys());
+        self.check_pool().await?;
         let node = NodeRecord { lease, since: now_secs() };
         let value = serde_json::to_vec(&node).expect("serialisable");
         state.store().put_leased(&keys.node(state.node()), value, lease).await?;
@@ -303,4 +353,16 @@ fn fence<S: ClusterStore>(
         let now = current.map_or("free".to_string(), |(r, _)| describe(r));
         fenced.push(Fenced { ip, owner: owner.clone(), now });
     }
+}
+
+/// The pool as the store keeps it: `pools` and `exclude` as configured, each sorted (the order
+/// does not change the pool).
+fn pool_definition(pools: &[PoolPrefix], exclude: &[Excluded]) -> String {
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let pools = sorted(pools.iter().map(ToString::to_string).collect());
+    let exclude = sorted(exclude.iter().map(ToString::to_string).collect());
+    serde_json::json!({ "pools": pools, "exclude": exclude }).to_string()
 }
