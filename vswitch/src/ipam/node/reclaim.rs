@@ -11,6 +11,7 @@
 //! off) still reclaim each address at most once.
 
 use std::collections::HashSet;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -108,32 +109,14 @@ async fn reclaim_dead<S: ClusterStore>(state: &Arc<NodeState<S>>) -> Result<(), 
             }
             Some(since) if now >= since + settings.quarantine.as_secs() => {
                 let indexed = state.indexed(node).await?;
-                let records = state.records_of(indexed.iter().copied()).await?;
+                // One address at a time would take a round trip each: all at once.
+                let outcomes = futures::future::join_all(indexed.iter().map(|ip| reclaim_one(state, node, *ip, now)));
                 let (mut n, mut left) = (0, 0);
-                for ip in &indexed {
-                    let Some((record, version)) = records.get(ip).filter(|(r, _)| r.node() == Some(node.as_str()))
-                    else {
-                        // A stale entry: the record names someone else (or nobody).
-                        store.delete(&keys.held_ip(node, *ip)).await?;
-                        continue;
-                    };
-                    let last_node = node.clone();
-                    let next = match record {
-                        AddressRecord::Assigned { pod: Some(pod), .. } if settings.is_sticky(pod) => {
-                            AddressRecord::Sticky { pod: pod.clone(), until: now + settings.sticky_hold.as_secs(), last_node }
-                        }
-                        _ => AddressRecord::Cooling { released_at: now, last_node },
-                    };
-                    // Only while the node is still without a lease (it may have come back
-                    // since `live` was read).
-                    if store.put_if_absent(&keys.ip(*ip), next.encode(), *version, &keys.node(node)).await?.is_some() {
-                        n += 1;
-                        if let AddressRecord::Sticky { pod, .. } = &next {
-                            store.put(&keys.sticky(pod, Family::of(ip)), ip.to_string().into_bytes()).await?;
-                        }
-                        store.delete(&keys.held_ip(node, *ip)).await?;
-                    } else {
-                        left += 1;
+                for outcome in outcomes.await {
+                    match outcome? {
+                        Reclaimed::Yes => n += 1,
+                        Reclaimed::Stale => {}
+                        Reclaimed::Changed => left += 1,
                     }
                 }
                 state.stats().reclaimed.fetch_add(n, Ordering::Relaxed);
@@ -155,6 +138,46 @@ async fn reclaim_dead<S: ClusterStore>(state: &Arc<NodeState<S>>) -> Result<(), 
         store.delete(&keys.down(node)).await?;
     }
     Ok(())
+}
+
+enum Reclaimed {
+    Yes,
+    /// The index entry was stale (the record names someone else, or nobody): it is gone now.
+    Stale,
+    /// The record changed meanwhile, or the node came back: left for the next look.
+    Changed,
+}
+
+/// Turns dead `node`'s record of `ip` cooling (a sticky pod's: sticky), by CAS and only while the
+/// node's lease key is absent (it may have come back since the leader looked), then takes the
+/// address out of the node's index.
+async fn reclaim_one<S: ClusterStore>(
+    state: &NodeState<S>,
+    node: &str,
+    ip: IpAddr,
+    now: u64,
+) -> Result<Reclaimed, StoreError> {
+    let (settings, keys, store) = (state.settings(), state.keys(), state.store());
+    let records = state.records_of([ip]).await?;
+    let Some((record, version)) = records.get(&ip).filter(|(r, _)| r.node() == Some(node)) else {
+        store.delete(&keys.held_ip(node, ip)).await?;
+        return Ok(Reclaimed::Stale);
+    };
+    let last_node = node.to_string();
+    let next = match record {
+        AddressRecord::Assigned { pod: Some(pod), .. } if settings.is_sticky(pod) => {
+            AddressRecord::Sticky { pod: pod.clone(), until: now + settings.sticky_hold.as_secs(), last_node }
+        }
+        _ => AddressRecord::Cooling { released_at: now, last_node },
+    };
+    if store.put_if_absent(&keys.ip(ip), next.encode(), *version, &keys.node(node)).await?.is_none() {
+        return Ok(Reclaimed::Changed);
+    }
+    if let AddressRecord::Sticky { pod, .. } = &next {
+        store.put(&keys.sticky(pod, Family::of(&ip)), ip.to_string().into_bytes()).await?;
+    }
+    store.delete(&keys.held_ip(node, ip)).await?;
+    Ok(Reclaimed::Yes)
 }
 
 /// The cluster's addresses by state, for the leader's metrics (the only listing of every record,
