@@ -86,6 +86,9 @@ mod tests {
         let c = EtcdCounters::parse(text);
         assert_eq!(c, EtcdCounters { read_bytes: 1.5e6, written_bytes: 2000.0, requests: 15.0, db_bytes: 4.096e6 });
         let later = EtcdCounters { read_bytes: 2.5e6, written_bytes: 3000.0, requests: 20.0, db_bytes: 1.0 };
-        assert_eq!(later.since(&c), EtcdCounters { read_bytes: 1e6, written_bytes: 1000.0, requests: 5.0, db_bytes: 1.0 });
+        assert_eq!(
+            later.since(&c),
+            EtcdCounters { read_bytes: 1e6, written_bytes: 1000.0, requests: 5.0, db_bytes: 1.0 }
+        );
     }
 }

@@ -92,9 +92,7 @@ fn rss_bytes() -> u64 {
 
 fn percentiles(mut samples: Vec<Duration>) -> Latency {
     samples.sort();
-    let at = |q: f64| {
-        samples.get(((samples.len() as f64 * q) as usize).min(samples.len().saturating_sub(1))).copied()
-    };
+    let at = |q: f64| samples.get(((samples.len() as f64 * q) as usize).min(samples.len().saturating_sub(1))).copied();
     let ms = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
     Latency { p50_ms: ms(at(0.5)), p99_ms: ms(at(0.99)), samples: samples.len() }
 }
@@ -122,14 +120,7 @@ async fn run_size(options: &Options, n: usize, progress: &impl Fn(&str)) -> Run 
     let ramp_s = ramp_started.elapsed().as_secs_f64();
     let rss_bytes_per_node = rss_bytes().saturating_sub(rss_before) / n as u64;
 
-    let mut run = Run {
-        nodes: n,
-        pods_per_node: p,
-        reached,
-        ramp_s,
-        rss_bytes_per_node,
-        ..Run::default()
-    };
+    let mut run = Run { nodes: n, pods_per_node: p, reached, ramp_s, rss_bytes_per_node, ..Run::default() };
     if !reached {
         progress(&format!("{n} nodes: not full after {:?}: no steady state measured", options.ramp_limit));
         run.db_bytes = EtcdCounters::read(&cluster, MEMBERS).map_or(f64::NAN, |c| c.db_bytes);
@@ -262,12 +253,7 @@ struct Samples {
 /// Until `stop`: every 100 ms, a tenth of a second's worth of churn (N / [`CHURN_PERIOD_S`]
 /// per second), each on a random node: a DEL of its oldest pod, then an ADD. Latencies are kept
 /// while `measuring`.
-async fn churn(
-    agents: Vec<Arc<Agent>>,
-    stop: Arc<AtomicBool>,
-    measuring: Arc<AtomicBool>,
-    samples: Samples,
-) {
+async fn churn(agents: Vec<Arc<Agent>>, stop: Arc<AtomicBool>, measuring: Arc<AtomicBool>, samples: Samples) {
     let per_tick = agents.len() as f64 / CHURN_PERIOD_S / 10.0;
     let mut owed = 0.0;
     let mut tasks = tokio::task::JoinSet::new();

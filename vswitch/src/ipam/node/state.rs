@@ -202,7 +202,11 @@ impl<S: ClusterStore> NodeState<S> {
     /// The configured pool disagrees with the store's: set by the upkeep, refused by ADDs.
     pub(super) fn pool_conflict(&self) -> Option<SettingsError> {
         let conflict = lock(&self.pool_conflict).clone()?;
-        Some(SettingsError::PoolMismatch { configured: conflict.configured, stored: conflict.stored, key: conflict.key })
+        Some(SettingsError::PoolMismatch {
+            configured: conflict.configured,
+            stored: conflict.stored,
+            key: conflict.key,
+        })
     }
 
     pub(super) fn set_pool_conflict(&self, conflict: Option<PoolConflict>) {

@@ -91,9 +91,12 @@ impl<S: ClusterStore> Upkeep<S> {
         let fenced_now = state.self_fenced();
         if fenced_now.is_some() != stats.self_fenced.swap(fenced_now.is_some(), Ordering::Relaxed) {
             if let Some(since) = fenced_now {
-                tracing::warn!(without_s = since.as_secs(), fence_after_s = state.fence_after().as_secs(),
+                tracing::warn!(
+                    without_s = since.as_secs(),
+                    fence_after_s = state.fence_after().as_secs(),
                     "no lease renewal for longer than another node waits before reclaiming this node's addresses: \
-                     warm addresses are no longer handed out (assigned pods keep running)");
+                     warm addresses are no longer handed out (assigned pods keep running)"
+                );
             }
         }
         self.release_orphans(has_port).await;
@@ -260,7 +263,9 @@ impl<S: ClusterStore> Upkeep<S> {
             if !entry.released() && unclaimed(current, &entry) {
                 let expected = current.map_or(0, |(_, version)| *version);
                 state.index(ip).await?;
-                if let Some(version) = state.store().put_if(&state.keys().ip(ip), entry.record.encode(), expected).await? {
+                if let Some(version) =
+                    state.store().put_if(&state.keys().ip(ip), entry.record.encode(), expected).await?
+                {
                     tracing::warn!(%ip, was = %current.map_or("free".into(), |(r, _)| describe(r)),
                         "address reclaimed while this node was cut off and taken by nobody since: taken back");
                     if let Some(e) = state.local().entries.get_mut(&ip) {
@@ -279,7 +284,8 @@ impl<S: ClusterStore> Upkeep<S> {
         // Addresses written before the index existed (an upgrade) join it.
         let unindexed: Vec<IpAddr> = {
             let local = state.local();
-            let unindexed = local.entries.iter().filter(|(ip, e)| e.version != 0 && !e.released() && !indexed.contains(ip));
+            let unindexed =
+                local.entries.iter().filter(|(ip, e)| e.version != 0 && !e.released() && !indexed.contains(ip));
             unindexed.map(|(ip, _)| *ip).collect()
         };
         for ip in unindexed {
