@@ -161,6 +161,15 @@ async fn two_hundred_nodes_racing_on_4096_addresses_never_duplicate_or_lose() {
             AddressRecord::Assigned { owner, .. } if by_ip.get(ip) == Some(&owner) => {}
             AddressRecord::Warm { node, .. } => *warm_in_store.entry(node.clone()).or_default() += 1,
             AddressRecord::Cooling { .. } => {}
+            AddressRecord::Assigned { node, owner, .. } => {
+                let i: usize = node.trim_start_matches("node-").parse().unwrap();
+                let here = agents[i].requests().lookup(owner);
+                let held = pods.iter().find(|(_, o, _)| o == owner).map(|(_, _, ip)| *ip);
+                lost.push(format!(
+                    "{ip}: assigned to {} on {node}, which has {here:?} for it (the pod holds {held:?})",
+                    owner.container_id
+                ));
+            }
             other => lost.push(format!("{ip}: {other:?}")),
         }
     }

@@ -88,7 +88,7 @@ pub(super) struct NodeState<S: ClusterStore> {
     /// failed without an answer (a timeout, a member lost mid-request). Looked up again before
     /// the next refill, so a claim that went through is not leaked, and a give-back that went
     /// through leaves nothing behind in the warm pool. (Across a restart, `reconcile` does it.)
-    unsure: Mutex<HashSet<IpAddr>>,
+    unsure: Mutex<HashMap<IpAddr, Instant>>,
     /// Wakes the upkeep early: an ADD took from the warm pool, a DEL released.
     kick: tokio::sync::Notify,
     /// True once this process's first upkeep round is over (see [`NodeState::settled`]).
@@ -126,7 +126,7 @@ impl<S: ClusterStore> NodeState<S> {
             local: Mutex::new(local),
             path,
             save_lock: Mutex::new(()),
-            unsure: Mutex::new(HashSet::new()),
+            unsure: Mutex::new(HashMap::new()),
             kick: tokio::sync::Notify::new(),
             first_round: tokio::sync::watch::channel(false).0,
             stats: IpamStats::default(),
@@ -237,11 +237,12 @@ impl<S: ClusterStore> NodeState<S> {
     }
 
     pub(super) fn unsure_about(&self, ip: IpAddr) {
-        lock(&self.unsure).insert(ip);
+        lock(&self.unsure).insert(ip, Instant::now());
     }
 
-    pub(super) fn unsure(&self) -> Vec<IpAddr> {
-        lock(&self.unsure).iter().copied().collect()
+    /// The addresses in doubt, each with how long since its write went unanswered.
+    pub(super) fn unsure(&self) -> Vec<(IpAddr, Duration)> {
+        lock(&self.unsure).iter().map(|(ip, at)| (*ip, at.elapsed())).collect()
     }
 
     pub(super) fn resolved(&self, ip: IpAddr) {

@@ -273,8 +273,15 @@ impl<S: ClusterStore> Upkeep<S> {
                     }
                     continue;
                 }
-                // Taken meanwhile: read again to name the holder.
+                // Changed meanwhile: read again. This node's own ADD may have claimed it since
+                // the records were read (the entry is then that claim's): kept.
                 let now = state.records_of([ip]).await?;
+                if let Some((_, version)) = now.get(&ip).filter(|(r, _)| r.node() == me) {
+                    if let Some(e) = state.local().entries.get_mut(&ip) {
+                        e.version = *version;
+                    }
+                    continue;
+                }
                 fence(state, ip, now.get(&ip), fenced);
             } else {
                 fence(state, ip, current, fenced);

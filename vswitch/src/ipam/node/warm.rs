@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::state::{LocalEntry, NodeState, Records};
 use crate::ipam::pool::Family;
@@ -16,6 +17,13 @@ use crate::ipam::store::{ClusterStore, StoreError};
 /// addresses (the pool is nearly full), so "exhausted" is exact. Larger ones (IPv6: a /64 holds
 /// 2^64) are only ever probed.
 const LISTED_UP_TO: u128 = 1 << 20;
+
+/// How long a write that went unanswered stays in doubt: etcd answers a proposal it could not
+/// commit with "request timed out" after 5 s plus twice the election timeout (7 s with etcd's
+/// defaults), and an overloaded etcd does apply writes whose client gave up. Looked up before
+/// this, an address not (yet) this node's stays in doubt. (One committed later still is leaked,
+/// never given twice: it names this node, and the node's next reconcile adopts it.)
+const UNSURE_SETTLES: Duration = Duration::from_secs(10);
 
 /// Store writes one claim of `count` addresses may try.
 fn max_tries(count: usize) -> usize {
@@ -33,7 +41,7 @@ async fn resolve_unsure<S: ClusterStore>(state: &Arc<NodeState<S>>) -> Result<()
         return Ok(());
     }
     let mut adopted = false;
-    for ip in unsure {
+    for (ip, age) in unsure {
         let current = state.store().get(&state.keys().ip(ip)).await?;
         let record = current.and_then(|e| Some((AddressRecord::decode(&e.value)?, e.version)));
         if let Some((record, version)) = record.filter(|(r, _)| r.node() == Some(state.node())) {
@@ -49,6 +57,10 @@ async fn resolve_unsure<S: ClusterStore>(state: &Arc<NodeState<S>>) -> Result<()
                 slot.insert(LocalEntry { record, version, dirty: refused_add, netns: None });
                 adopted = true;
             }
+        } else if age < UNSURE_SETTLES {
+            // A write that timed out may still be carried out (an overloaded etcd applies it
+            // later): not this node's *yet* is no answer.
+            continue;
         } else if !state.local().entries.contains_key(&ip) {
             // Not this node's: its index entry (written ahead of the write) goes.
             state.unindex(ip).await?;
