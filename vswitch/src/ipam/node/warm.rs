@@ -21,8 +21,8 @@ const LISTED_UP_TO: u128 = 1 << 20;
 /// How long a write that went unanswered stays in doubt: etcd answers a proposal it could not
 /// commit with "request timed out" after 5 s plus twice the election timeout (7 s with etcd's
 /// defaults), and an overloaded etcd does apply writes whose client gave up. Looked up before
-/// this, an address not (yet) this node's stays in doubt. (One committed later still is leaked,
-/// never given twice: it names this node, and the node's next reconcile adopts it.)
+/// this, an address not (yet) this node's stays in doubt. (One committed later still is leaked
+/// until an operator frees it, never given twice: its record names this node.)
 const UNSURE_SETTLES: Duration = Duration::from_secs(10);
 
 /// Store writes one claim of `count` addresses may try.
