@@ -822,6 +822,24 @@ fn a_partitioned_node_is_fenced_when_it_returns() {
     let port = vswitch_api::api::port_name(&victim);
     a.daemon.attach(&port, &pod);
     assert!(has_port(a, &port));
+    // A second pod on A, whose address nobody takes while A is away: A takes it back.
+    let keeper_ns = Netns::new("vtk");
+    let keeper = owner("keeper");
+    let keeper_ip = a
+        .client()
+        .ipam_assign(AssignSpec {
+            owner: keeper.clone(),
+            netns: keeper_ns.path(),
+            pod: None,
+            ips: vec![],
+            families: None,
+        })
+        .unwrap()
+        .ips[0];
+    let IpAddr::V4(kip) = keeper_ip else { panic!("an IPv4 pool gave {keeper_ip}") };
+    let keeper_pod = Pod::in_netns(keeper_ns, kip);
+    let keeper_port = vswitch_api::api::port_name(&keeper);
+    a.daemon.attach(&keeper_port, &keeper_pod);
     lab.wait_synced(Duration::from_secs(10));
     let before = lab.records();
     assert!(
@@ -854,6 +872,21 @@ fn a_partitioned_node_is_fenced_when_it_returns() {
     // A cannot know yet: the pod keeps its port while A is cut off.
     assert!(has_port(a, &port), "A detached the pod before it could know");
     assert_eq!(a.view().this_node.fenced_total, 0);
+    // B gives the victim's address to a pod of its own (by name: no reuse delay); the keeper's
+    // stays cooling.
+    let taker = owner("taker");
+    let taken = b
+        .client()
+        .ipam_assign(AssignSpec {
+            owner: taker.clone(),
+            netns: b.ns.path(),
+            pod: None,
+            ips: vec![assigned_ip],
+            families: None,
+        })
+        .unwrap();
+    assert_eq!(taken.ips, [assigned_ip]);
+    assert!(matches!(lab.records().get(&keeper_ip), Some(AddressRecord::Cooling { .. })));
 
     // Heal: A finds its lease gone, re-registers, learns that the address is not its own any
     // more and detaches the pod.
@@ -880,14 +913,28 @@ fn a_partitioned_node_is_fenced_when_it_returns() {
     let logs = a.logs();
     assert!(logs.contains(FENCING_MESSAGE), "A's log has no fencing message:\n{logs}");
     assert!(logs.contains("pod detached: its address is owned elsewhere"), "{logs}");
+    assert!(logs.contains("assigned on n1"), "the fencing message names the new holder:\n{logs}");
     let metrics = a.metrics();
     assert!(metrics.contains("\nvswitch_ipam_fenced_total 1\n"), "{metrics}");
+    // The keeper's address was taken back: its pod keeps its port and its address.
+    assert!(has_port(a, &keeper_port), "A detached a pod whose address nobody took");
+    assert_eq!(a.client().ipam_lookup(&keeper).unwrap().ips, [keeper_ip]);
+    assert!(
+        matches!(&lab.records()[&keeper_ip], AddressRecord::Assigned { node, owner, .. } if node == "n0" && *owner == keeper),
+        "{:?}",
+        lab.records().get(&keeper_ip)
+    );
+    assert!(logs.contains("taken back"), "{logs}");
     // A is a member again, with a fresh warm pool that is not the addresses it lost.
     wait_for(Duration::from_secs(10), "A is live again with a full warm pool", || {
         lab.live_nodes().contains("n0") && warm_is_full(&a.view())
     });
     let now = lab.records();
     assert!(now.get(&assigned_ip).is_none_or(|r| r.node() != Some("n0")), "{:?}", now.get(&assigned_ip));
+    // The two pods that stay are deleted, so what follows checks what it always did.
+    a.client().ipam_release(&keeper).unwrap();
+    b.client().ipam_release(&taker).unwrap();
+    lab.wait_synced(Duration::from_secs(10));
     let audit = lab.audit();
     eprintln!("etcd after healing: {audit}");
     assert!(audit.lost.is_empty(), "{:#?}", audit.lost);

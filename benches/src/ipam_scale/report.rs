@@ -40,12 +40,14 @@ impl Run {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        let n = |v: f64| if v.is_finite() { json!((v * 1000.0).round() / 1000.0) } else { json!(null) };
+        // Nothing past the fill was measured on a size that never filled.
+        let reached = self.reached;
+        let n = |v: f64| if v.is_finite() && reached { json!((v * 1000.0).round() / 1000.0) } else { json!(null) };
         json!({
             "nodes": self.nodes,
             "pods_per_node": self.pods_per_node,
             "reached": self.reached,
-            "ramp_s": n(self.ramp_s),
+            "ramp_s": (self.ramp_s * 10.0).round() / 10.0,
             "add_p50_ms": n(self.add.p50_ms),
             "add_p99_ms": n(self.add.p99_ms),
             "del_p50_ms": n(self.del.p50_ms),
@@ -58,7 +60,7 @@ impl Run {
             "etcd_read_bytes_per_s": n(self.etcd_read_bytes_per_s),
             "etcd_write_bytes_per_s": n(self.etcd_write_bytes_per_s),
             "etcd_requests_per_s": n(self.etcd_requests_per_s),
-            "etcd_db_bytes": n(self.db_bytes),
+            "etcd_db_bytes": self.db_bytes,
             "rss_bytes_per_node": self.rss_bytes_per_node,
             "reclaim_s": self.reclaim_s.map_or(json!(null), n),
             "reconcile_s": self.reconcile_s.map_or(json!(null), n),

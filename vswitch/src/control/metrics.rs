@@ -287,6 +287,11 @@ fn encode_ipam(ipam: &IpamMetrics, encoder: &mut DescriptorEncoder) -> Result<()
     for (name, help, value) in [
         ("vswitch_ipam_store_up", "1 while the address store answers.", i64::from(ipam.store_up)),
         ("vswitch_ipam_warm_target", "Warm addresses the node keeps claimed.", ipam.local.warm_target as i64),
+        (
+            "vswitch_ipam_self_fenced",
+            "1 while the lease has gone unrenewed too long to hand out warm addresses safely.",
+            i64::from(ipam.self_fenced),
+        ),
     ] {
         ConstGauge::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)?;
     }

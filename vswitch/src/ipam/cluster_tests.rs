@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use vswitch_api::api::{AssignSpec, Attachment, IpFamilies, PodRef};
 
-use super::error::{Conflict, InvalidRequest, StickyBusy};
+use super::error::{Conflict, InvalidRequest, SettingsError, StickyBusy};
 use super::pool::Family;
 use super::record::{AddressRecord, Keys};
 use super::store::file::FileStore;
@@ -57,6 +57,14 @@ async fn records(dir: &Path) -> Vec<(IpAddr, AddressRecord)> {
 
 fn none() -> HashSet<IpAddr> {
     HashSet::new()
+}
+
+/// `node` gives `ip` to a new pod, asking for it by name: a returning node that lost it finds it
+/// taken (one that nobody took is taken back instead).
+async fn take_by_name<S: ClusterStore>(node: &NodeIpam<S>, ip: IpAddr) {
+    let IpAddr::V4(v4) = ip else { panic!("an IPv4 pool") };
+    let request = AddressRequest { ipv4: Some(v4), ..spec("taker", None) };
+    assert_eq!(node.requests().assign(&request, &none()).await.unwrap().ips, [ip]);
 }
 
 fn with_families(mut spec: AddressRequest, families: IpFamilies) -> AddressRequest {
@@ -300,6 +308,8 @@ async fn a_dead_node_is_quarantined_reclaimed_and_fenced_when_it_returns() {
         "{now:?}"
     );
     assert!(now.iter().all(|(_, r)| r.node() != Some("a")), "nothing stays a's: {now:?}");
+    // b hands the address to a pod of its own (by name: the reuse delay does not apply).
+    take_by_name(&b, ip).await;
     // a comes back: its lease is gone, it re-registers and learns that it lost the address.
     let fenced = a.upkeep().tick(|_| true).await;
     assert_eq!(fenced.len(), 1, "{fenced:?}");
@@ -398,7 +408,8 @@ impl ClusterStore for Faulty {
     }
     async fn put_if(&self, key: &str, value: Vec<u8>, expected: i64) -> Result<Option<i64>, StoreError> {
         let result = self.inner.put_if(key, value, expected).await?;
-        if self.faults.lose_put_if.swap(false, Ordering::Relaxed) {
+        // (Address records only: the pool's key is written with a CAS at registration too.)
+        if key.contains("/ip/") && self.faults.lose_put_if.swap(false, Ordering::Relaxed) {
             return Err(lost());
         }
         Ok(result)
@@ -470,6 +481,7 @@ async fn a_node_whose_re_registration_fails_half_way_registers_again_and_is_fenc
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
     assert!(records(dir.path()).await.iter().all(|(_, r)| r.node() != Some("a")));
+    take_by_name(&b, ip).await;
     // a comes back, finds its lease gone and takes a new one, but the store goes away again
     // before it has reconciled.
     faults.lists.store(true, Ordering::Relaxed);
@@ -586,6 +598,8 @@ async fn a_give_back_whose_reply_was_lost_leaves_nothing_in_the_warm_pool() {
     let keys = Keys::new("/vpc-ipam/default");
     let store = FileStore::new(&dir.path().join("store.json"));
     let record = AddressRecord::Warm { node: "a".into(), since: 0 };
+    // (Its index entry goes first, as every claim writes it.)
+    store.put(&keys.held_ip("a", spare), Vec::new()).await.unwrap();
     store.put_if(&keys.ip(spare), record.encode(), 0).await.unwrap().unwrap();
     drop(a);
     let a = faulty_node(dir.path(), "a", "10.0.0.0/28", extra, &faults);
@@ -667,4 +681,71 @@ async fn a_reclaim_planned_while_a_node_was_away_does_not_take_its_addresses_onc
         None => assert_eq!(fenced.iter().map(|f| f.ip).collect::<Vec<_>>(), [ip]),
     }
     assert_eq!(warm_in_store(dir.path(), "a").await, a.local_view().warm, "{now:?}");
+}
+
+#[tokio::test]
+async fn a_returning_node_takes_back_what_nobody_took_and_keeps_the_pod() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(dir.path(), "a", "10.0.0.0/28", "warm_target = 2");
+    let b = node(dir.path(), "b", "10.0.0.0/28", "warm_target = 2");
+    a.upkeep().tick(|_| false).await;
+    let kept = a.requests().assign(&spec("kept", None), &none()).await.unwrap().ips[0];
+    let lost = a.requests().assign(&spec("lost", None), &none()).await.unwrap().ips[0];
+    a.upkeep().tick(|_| true).await;
+    b.upkeep().tick(|_| false).await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    for _ in 0..6 {
+        b.upkeep().tick(|_| false).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let now = records(dir.path()).await;
+    assert!(now.iter().all(|(_, r)| r.node() != Some("a")), "a's addresses reclaimed: {now:?}");
+    take_by_name(&b, lost).await;
+    // a comes back: the cooling address is its pod's again, the taken one is fenced.
+    let fenced = a.upkeep().tick(|_| true).await;
+    assert_eq!(fenced.iter().map(|f| (f.ip, f.now.as_str())).collect::<Vec<_>>(), [(lost, "assigned on b")]);
+    assert_eq!(a.requests().lookup(&spec("kept", None).owner), [kept]);
+    let now = records(dir.path()).await;
+    let record = now.iter().find(|(ip, _)| *ip == kept).map(|(_, r)| r.clone());
+    assert!(
+        matches!(&record, Some(AddressRecord::Assigned { node, owner, .. }) if node == "a" && owner.container_id == "kept"),
+        "{record:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_node_configured_with_another_pool_refuses_to_start_ipam_naming_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(dir.path(), "a", "10.0.0.0/28", "");
+    let b = node(dir.path(), "b", "10.0.1.0/28", "");
+    a.upkeep().tick(|_| false).await;
+    b.upkeep().tick(|_| false).await;
+    let err = b.requests().assign(&spec("p", None), &none()).await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, IpamError::Settings(SettingsError::PoolMismatch { .. })), "{err:?}");
+    assert!(text.contains("10.0.1.0/28") && text.contains("10.0.0.0/28"), "{text}");
+    let store = FileStore::new(&dir.path().join("store.json"));
+    assert!(store.get(&Keys::new("/vpc-ipam/default").node("b")).await.unwrap().is_none(), "b never registered");
+    assert!(a.requests().assign(&spec("q", None), &none()).await.is_ok(), "a, with the cluster's pool, works");
+}
+
+#[tokio::test]
+async fn a_node_without_lease_renewals_stops_handing_out_warm_addresses_in_time() {
+    let dir = tempfile::tempdir().unwrap();
+    // Lease 2 s + quarantine 1 s: another node may reclaim after 3 s; the fence is at 1.5 s.
+    let a = node(dir.path(), "a", "10.0.0.0/28", "warm_target = 3");
+    a.upkeep().tick(|_| false).await;
+    let kept = a.requests().assign(&spec("kept", None), &none()).await.unwrap().ips;
+    assert!(!a.metrics().self_fenced);
+    // No round, so no renewal (as when cut off from the store).
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let err = a.requests().assign(&spec("late", None), &none()).await.unwrap_err();
+    assert!(matches!(err, IpamError::StoreUnavailable { .. }), "{err:?}");
+    assert!(err.to_string().contains("no lease renewal"), "{err}");
+    assert!(a.metrics().self_fenced);
+    assert_eq!(a.requests().lookup(&spec("kept", None).owner), kept, "the pod keeps its address");
+    // Back in touch: renewed (or registered again), it hands out warm addresses again.
+    a.upkeep().tick(|_| true).await;
+    assert!(!a.metrics().self_fenced);
+    assert!(a.requests().assign(&spec("again", None), &none()).await.is_ok());
 }

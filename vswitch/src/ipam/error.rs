@@ -90,6 +90,12 @@ pub enum SettingsError {
     StickyPattern(String),
     #[error("ipam: {0}")]
     Pool(#[from] PoolError),
+    /// Every node must hand out the same pool: the first node to register wrote it to the store.
+    #[error(
+        "ipam: this node's pool ({configured}) is not the cluster's ({stored}, in the store at {key}); \
+         every node's [ipam] pools and exclude must be the same: IPAM does not start until they are"
+    )]
+    PoolMismatch { configured: String, stored: String, key: String },
 }
 
 /// An ADD that asks for what the pool or the request itself rules out.

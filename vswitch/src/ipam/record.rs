@@ -5,6 +5,10 @@
 //! ```text
 //! <prefix>/ip/<address>          AddressRecord (absent: free)
 //! <prefix>/node/<node>           NodeRecord, bound to the node's lease: present while it lives
+//! <prefix>/member/<node>         written at each registration: the nodes the leader watches over
+//! <prefix>/held/<node>/<address> the node's index: present for every record naming the node
+//! <prefix>/leader                the node that reclaims dead nodes' addresses
+//! <prefix>/pool                  the pool every node must be configured with
 //! <prefix>/down/<node>           when a node was first seen without its lease (quarantine)
 //! <prefix>/sticky/<ns>/<name>    the IPv4 address a sticky pod keeps
 //! <prefix>/sticky6/<ns>/<name>   the IPv6 address a sticky pod keeps
@@ -124,6 +128,39 @@ impl Keys {
 
     pub fn node(&self, node: &str) -> String {
         format!("{}/node/{node}", self.prefix)
+    }
+
+    pub fn members(&self) -> String {
+        format!("{}/member/", self.prefix)
+    }
+
+    pub fn member(&self, node: &str) -> String {
+        format!("{}/member/{node}", self.prefix)
+    }
+
+    /// The node's index: one key per address whose record may name it. Written before the
+    /// write that makes a record name the node and deleted only after one that makes it name
+    /// someone else, so it always covers the node's records (and may hold a few stale ones).
+    pub fn held(&self, node: &str) -> String {
+        format!("{}/held/{node}/", self.prefix)
+    }
+
+    pub fn held_ip(&self, node: &str, ip: IpAddr) -> String {
+        format!("{}/held/{node}/{ip}", self.prefix)
+    }
+
+    /// The address of an index key under [`Keys::held`]`(node)`.
+    pub fn held_ip_of(&self, node: &str, key: &str) -> Option<IpAddr> {
+        let text = key.strip_prefix(&self.held(node))?;
+        text.parse().ok().filter(|ip: &IpAddr| ip.to_string() == text)
+    }
+
+    pub fn leader(&self) -> String {
+        format!("{}/leader", self.prefix)
+    }
+
+    pub fn pool(&self) -> String {
+        format!("{}/pool", self.prefix)
     }
 
     pub fn downs(&self) -> String {

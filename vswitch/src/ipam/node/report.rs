@@ -50,6 +50,8 @@ pub struct IpamMetrics {
     pub assigned_from_warm: u64,
     pub assigned_from_store: u64,
     pub refused_unavailable: u64,
+    /// Warm addresses are not handed out: no lease renewal for too long (see `fence_after`).
+    pub self_fenced: bool,
 }
 
 /// Each family's pool size and free addresses, worked out from a view (the API's `pool_size`
@@ -117,6 +119,7 @@ pub(super) fn metrics<S: ClusterStore>(state: &NodeState<S>) -> IpamMetrics {
         assigned_from_warm: load(&stats.assigned_from_warm),
         assigned_from_store: load(&stats.assigned_from_store),
         refused_unavailable: load(&stats.refused_unavailable),
+        self_fenced: state.self_fenced().is_some(),
     }
 }
 

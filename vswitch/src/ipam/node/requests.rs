@@ -78,6 +78,9 @@ impl<S: ClusterStore> Requests<S> {
     /// ADD gets what the attachment has (and any family it still lacks). `in_use`: addresses
     /// ports of this node hold (never handed out).
     pub async fn assign(&self, request: &AddressRequest, in_use: &HashSet<IpAddr>) -> Result<Assigned, IpamError> {
+        if let Some(conflict) = self.state.pool_conflict() {
+            return Err(conflict.into());
+        }
         let wanted = self.wanted(request)?;
         let held = self.lookup(&request.owner);
         let has = |family: Family| held.iter().copied().find(|ip| Family::of(ip) == family);
@@ -159,6 +162,15 @@ impl<S: ClusterStore> Requests<S> {
         in_use: &HashSet<IpAddr>,
     ) -> Result<IpAddr, IpamError> {
         let stats = self.state.stats();
+        if let Some(since) = self.state.self_fenced() {
+            stats.refused_unavailable.fetch_add(1, Ordering::Relaxed);
+            let detail = format!(
+                "no lease renewal for {}s (over {}s, when another node may reclaim this node's addresses)",
+                since.as_secs(),
+                self.state.fence_after().as_secs()
+            );
+            return Err(unavailable("the warm pool is fenced off")(StoreError(detail)));
+        }
         if let Some(ip) = self.take_warm(request, family, in_use) {
             self.state.save().await?;
             stats.assigned_from_warm.fetch_add(1, Ordering::Relaxed);
@@ -308,10 +320,14 @@ impl<S: ClusterStore> Requests<S> {
         version: i64,
     ) -> Result<Option<IpAddr>, IpamError> {
         let record = self.assigned_record(request);
+        self.state.index(ip).await.map_err(unavailable("taking the address"))?;
         let written = self.state.store().put_if(&self.state.keys().ip(ip), record.encode(), version).await;
         let version = match written {
             Ok(Some(version)) => version,
-            Ok(None) => return Ok(None),
+            Ok(None) => {
+                self.state.unindex(ip).await.map_err(unavailable("taking the address"))?;
+                return Ok(None);
+            }
             Err(e) => {
                 // It may be this node's now: looked up again, and then found by the retried ADD.
                 self.state.unsure_about(ip);

@@ -13,7 +13,7 @@ use vswitch_api::api::Attachment;
 
 use super::stats::IpamStats;
 use crate::ipam::config::{IpamSettings, STATE_FILE};
-use crate::ipam::error::IpamError;
+use crate::ipam::error::{IpamError, SettingsError};
 use crate::ipam::pool::Family;
 use crate::ipam::record::{now_secs, AddressRecord, Keys};
 use crate::ipam::store::{ClusterStore, StoreError};
@@ -26,6 +26,10 @@ pub(super) struct Local {
     format: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) lease: Option<i64>,
+    /// When the store last renewed the lease (seconds since the epoch, taken before asking):
+    /// the self-fence counts from it, across restarts too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) renewed: Option<u64>,
     pub(super) entries: BTreeMap<IpAddr, LocalEntry>,
 }
 
@@ -84,12 +88,14 @@ pub(super) struct NodeState<S: ClusterStore> {
     /// failed without an answer (a timeout, a member lost mid-request). Looked up again before
     /// the next refill, so a claim that went through is not leaked, and a give-back that went
     /// through leaves nothing behind in the warm pool. (Across a restart, `reconcile` does it.)
-    unsure: Mutex<HashSet<IpAddr>>,
+    unsure: Mutex<HashMap<IpAddr, Instant>>,
     /// Wakes the upkeep early: an ADD took from the warm pool, a DEL released.
     kick: tokio::sync::Notify,
     /// True once this process's first upkeep round is over (see [`NodeState::settled`]).
     first_round: tokio::sync::watch::Sender<bool>,
     stats: IpamStats,
+    /// The pool the store holds, when it is not the configured one: the node does not register.
+    pool_conflict: Mutex<Option<PoolConflict>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -120,10 +126,11 @@ impl<S: ClusterStore> NodeState<S> {
             local: Mutex::new(local),
             path,
             save_lock: Mutex::new(()),
-            unsure: Mutex::new(HashSet::new()),
+            unsure: Mutex::new(HashMap::new()),
             kick: tokio::sync::Notify::new(),
             first_round: tokio::sync::watch::channel(false).0,
             stats: IpamStats::default(),
+            pool_conflict: Mutex::new(None),
         })
     }
 
@@ -173,6 +180,39 @@ impl<S: ClusterStore> NodeState<S> {
         self.save().await.map_err(|e| StoreError(e.to_string()))
     }
 
+    /// How long without a lease renewal the node still hands out warm addresses: the lease TTL
+    /// plus the quarantine, less a margin. Another node reclaims this node's addresses no sooner
+    /// than that after the last renewal (the lease outlives it by the TTL, the leader waits the
+    /// quarantine after seeing it gone), and hands them out only after the reuse delay on top;
+    /// the margin (2 s, or half the sum when that is shorter) covers the whole seconds the times
+    /// are kept in and the leader's clock against this node's.
+    pub(super) fn fence_after(&self) -> Duration {
+        let sum = self.settings.lease_ttl + self.settings.quarantine;
+        sum - Duration::from_secs(2).min(sum / 2)
+    }
+
+    /// How long the lease has gone without renewal, when that is past [`NodeState::fence_after`]:
+    /// warm addresses are then no longer handed out.
+    pub(super) fn self_fenced(&self) -> Option<Duration> {
+        let renewed = self.local().renewed?;
+        let since = Duration::from_secs(now_secs().saturating_sub(renewed));
+        (since >= self.fence_after()).then_some(since)
+    }
+
+    /// The configured pool disagrees with the store's: set by the upkeep, refused by ADDs.
+    pub(super) fn pool_conflict(&self) -> Option<SettingsError> {
+        let conflict = lock(&self.pool_conflict).clone()?;
+        Some(SettingsError::PoolMismatch {
+            configured: conflict.configured,
+            stored: conflict.stored,
+            key: conflict.key,
+        })
+    }
+
+    pub(super) fn set_pool_conflict(&self, conflict: Option<PoolConflict>) {
+        *lock(&self.pool_conflict) = conflict;
+    }
+
     /// Asks the upkeep for a round now.
     pub(super) fn kick(&self) {
         self.kick.notify_one();
@@ -197,11 +237,12 @@ impl<S: ClusterStore> NodeState<S> {
     }
 
     pub(super) fn unsure_about(&self, ip: IpAddr) {
-        lock(&self.unsure).insert(ip);
+        lock(&self.unsure).insert(ip, Instant::now());
     }
 
-    pub(super) fn unsure(&self) -> Vec<IpAddr> {
-        lock(&self.unsure).iter().copied().collect()
+    /// The addresses in doubt, each with how long since its write went unanswered.
+    pub(super) fn unsure(&self) -> Vec<(IpAddr, Duration)> {
+        lock(&self.unsure).iter().map(|(ip, at)| (*ip, at.elapsed())).collect()
     }
 
     pub(super) fn resolved(&self, ip: IpAddr) {
@@ -252,6 +293,37 @@ impl<S: ClusterStore> NodeState<S> {
             .collect())
     }
 
+    /// Puts `ip` in this node's index (`held/<node>/<ip>`) ahead of a write that makes its
+    /// record name this node: the leader finds a dead node's addresses there, and a node its
+    /// own, without listing the cluster.
+    pub(super) async fn index(&self, ip: IpAddr) -> Result<(), StoreError> {
+        self.store.put(&self.keys.held_ip(self.node(), ip), Vec::new()).await
+    }
+
+    /// Takes `ip` out of this node's index, once its record names someone else (or nobody).
+    pub(super) async fn unindex(&self, ip: IpAddr) -> Result<(), StoreError> {
+        self.store.delete(&self.keys.held_ip(self.node(), ip)).await
+    }
+
+    /// The addresses in `node`'s index.
+    pub(super) async fn indexed(&self, node: &str) -> Result<Vec<IpAddr>, StoreError> {
+        let entries = self.store.list(&self.keys.held(node)).await?;
+        Ok(entries.iter().filter_map(|e| self.keys.held_ip_of(node, &e.key)).collect())
+    }
+
+    /// The records of `ips`, one read each (absent: free).
+    pub(super) async fn records_of(&self, ips: impl IntoIterator<Item = IpAddr>) -> Result<Records, StoreError> {
+        let mut records = Records::new();
+        for ip in ips {
+            if let Some(e) = self.store.get(&self.keys.ip(ip)).await? {
+                if let Some(record) = AddressRecord::decode(&e.value) {
+                    records.insert(ip, (record, e.version));
+                }
+            }
+        }
+        Ok(records)
+    }
+
     /// The nodes that hold a lease.
     pub(super) async fn live_nodes(&self) -> Result<HashSet<String>, StoreError> {
         Ok(self.named_under(&self.keys.nodes()).await?.into_iter().map(|(node, _)| node).collect())
@@ -298,10 +370,17 @@ impl<S: ClusterStore> NodeState<S> {
         fenced: &mut Vec<Fenced>,
     ) -> Result<(), StoreError> {
         let key = self.keys.ip(ip);
+        if entry.version == 0 && entry.record.node() == Some(self.node()) {
+            // A record this node writes for the first time (an adopted port's address).
+            self.index(ip).await?;
+        }
         match self.store.put_if(&key, entry.record.encode(), entry.version).await? {
             Some(version) => {
                 if let AddressRecord::Sticky { pod, .. } = &entry.record {
                     self.store.put(&self.keys.sticky(pod, Family::of(&ip)), ip.to_string().into_bytes()).await?;
+                }
+                if entry.released() {
+                    self.unindex(ip).await?;
                 }
                 let mut local = self.local();
                 // Changed again meanwhile (a DEL right after the ADD): keep it dirty.
@@ -326,6 +405,9 @@ impl<S: ClusterStore> NodeState<S> {
                     }
                     other => {
                         // (Gone already when another sync of the same address got here first.)
+                        drop(local);
+                        self.unindex(ip).await?;
+                        let mut local = self.local();
                         let lost = local.entries.remove(&ip);
                         if let Some(owner) = lost.as_ref().and_then(LocalEntry::owner) {
                             let now = other.map_or("free".to_string(), |(r, _)| describe(&r));
@@ -337,6 +419,14 @@ impl<S: ClusterStore> NodeState<S> {
         }
         Ok(())
     }
+}
+
+/// The pool as configured and as the store holds it, when they differ.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct PoolConflict {
+    pub(super) configured: String,
+    pub(super) stored: String,
+    pub(super) key: String,
 }
 
 /// When a periodic step of the upkeep last ran.

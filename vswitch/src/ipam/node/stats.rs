@@ -18,6 +18,8 @@ pub(super) struct IpamStats {
     pub assigned_from_store: AtomicU64,
     pub refused_unavailable: AtomicU64,
     pub reclaimed: AtomicU64,
+    /// No lease renewal for longer than the self-fence allows: no warm address is handed out.
+    pub self_fenced: AtomicBool,
     /// Cluster-wide counts, from the last scan.
     pub cluster: Mutex<Option<ClusterCounts>>,
 }

@@ -18,9 +18,9 @@ use std::time::Duration;
 use vswitch_api::api::Attachment;
 
 use super::reclaim::Reclaimer;
-use super::state::{describe, Fenced, LastRun, LocalEntry, NodeState};
+use super::state::{describe, Fenced, LastRun, LocalEntry, NodeState, PoolConflict};
 use super::warm;
-use crate::ipam::pool::Family;
+use crate::ipam::pool::{Excluded, Family, PoolPrefix};
 use crate::ipam::record::{now_secs, AddressRecord, NodeRecord};
 use crate::ipam::store::{ClusterStore, StoreError};
 
@@ -80,11 +80,23 @@ impl<S: ClusterStore> Upkeep<S> {
                     tracing::info!(store = %state.store().describe(), "address store reachable");
                 }
             }
+            Err(_) if state.pool_conflict().is_some() => {}
             Err(e) => {
                 stats.store_errors.fetch_add(1, Ordering::Relaxed);
                 if stats.store_reachable.swap(false, Ordering::Relaxed) || round == 0 {
                     tracing::warn!(store = %state.store().describe(), error = %e, "address store unreachable: ADD uses the warm pool");
                 }
+            }
+        }
+        let fenced_now = state.self_fenced();
+        if fenced_now.is_some() != stats.self_fenced.swap(fenced_now.is_some(), Ordering::Relaxed) {
+            if let Some(since) = fenced_now {
+                tracing::warn!(
+                    without_s = since.as_secs(),
+                    fence_after_s = state.fence_after().as_secs(),
+                    "no lease renewal for longer than another node waits before reclaiming this node's addresses: \
+                     warm addresses are no longer handed out (assigned pods keep running)"
+                );
             }
         }
         self.release_orphans(has_port).await;
@@ -132,9 +144,11 @@ impl<S: ClusterStore> Upkeep<S> {
         if self.registered.load(Ordering::Acquire) && !self.last_keep_alive.due(state.settings().lease_ttl / 3) {
             return Ok(());
         }
+        let asked = now_secs();
         if let Some(lease) = lease {
             if state.store().keep_alive(lease).await? {
                 self.last_keep_alive.ran();
+                self.renewed(asked).await?;
                 if !self.registered.load(Ordering::Acquire) {
                     self.register(lease, fenced).await?;
                 }
@@ -148,8 +162,46 @@ impl<S: ClusterStore> Upkeep<S> {
         }
         let lease = state.store().grant_lease(state.settings().lease_ttl).await?;
         state.local().lease = Some(lease);
-        state.save_in_round().await?;
+        self.renewed(asked).await?;
         self.register(lease, fenced).await
+    }
+
+    /// Records a renewal of the lease asked for at `asked` (the self-fence counts from there).
+    async fn renewed(&self, asked: u64) -> Result<(), StoreError> {
+        let lifted = self.state.self_fenced();
+        self.state.local().renewed = Some(asked);
+        if let Some(since) = lifted {
+            tracing::info!(without_s = since.as_secs(), "lease renewed: warm addresses are handed out again");
+        }
+        self.state.save_in_round().await
+    }
+
+    /// The pool every node must have: written by the first node to register, compared by every
+    /// other one before it registers.
+    async fn check_pool(&self) -> Result<(), StoreError> {
+        let state = &self.state;
+        let settings = state.settings();
+        let configured = pool_definition(&settings.pools, &settings.exclude);
+        let key = state.keys().pool();
+        let stored = match state.store().get(&key).await? {
+            Some(e) => e.value,
+            None => match state.store().put_if(&key, configured.clone().into_bytes(), 0).await? {
+                Some(_) => configured.clone().into_bytes(),
+                None => state.store().get(&key).await?.map(|e| e.value).unwrap_or_default(),
+            },
+        };
+        let stored = String::from_utf8_lossy(&stored).into_owned();
+        if stored == configured {
+            state.set_pool_conflict(None);
+            return Ok(());
+        }
+        let first = state.pool_conflict().is_none();
+        state.set_pool_conflict(Some(PoolConflict { configured, stored, key }));
+        let error = state.pool_conflict().expect("set above").to_string();
+        if first {
+            tracing::error!("{error}");
+        }
+        Err(StoreError(error))
     }
 
     /// The node key goes in first, and only then does the node compare its state with the
@@ -160,9 +212,12 @@ impl<S: ClusterStore> Upkeep<S> {
     /// keep addresses the store gave back to the pool.)
     async fn register(&self, lease: i64, fenced: &mut Vec<Fenced>) -> Result<(), StoreError> {
         let (state, keys) = (&self.state, self.state.keys());
+        self.check_pool().await?;
         let node = NodeRecord { lease, since: now_secs() };
         let value = serde_json::to_vec(&node).expect("serialisable");
         state.store().put_leased(&keys.node(state.node()), value, lease).await?;
+        // The leader looks after members: this node's addresses go back to the pool if it dies.
+        state.store().put(&keys.member(state.node()), Vec::new()).await?;
         self.reconcile(fenced).await?;
         state.store().delete(&keys.down(state.node())).await?;
         self.last_keep_alive.ran();
@@ -171,13 +226,21 @@ impl<S: ClusterStore> Upkeep<S> {
         Ok(())
     }
 
-    /// Compares the local state with the store: adopts records that name this node (a claim
-    /// that was written before a crash), and drops what the store gave to someone else.
+    /// Compares the local state with the store, reading only this node's records (its index
+    /// and its local entries): adopts records that name this node (a claim written before a
+    /// crash), takes back by CAS what was reclaimed while it was away and nobody took since (the
+    /// record cooling, or sticky for the same pod, or gone), and gives up only what another node
+    /// holds now.
     async fn reconcile(&self, fenced: &mut Vec<Fenced>) -> Result<(), StoreError> {
         let state = &self.state;
         let me = Some(state.node());
-        let records = state.records().await?;
-        {
+        let indexed = state.indexed(state.node()).await?;
+        let local_ips: Vec<IpAddr> = state.local().entries.keys().copied().collect();
+        let mut ips: Vec<IpAddr> = indexed.clone();
+        ips.extend(local_ips.iter().filter(|ip| !indexed.contains(ip)));
+        let records = state.records_of(ips).await?;
+        // Local entries the store no longer gives this node (their record written at least once).
+        let away: Vec<(IpAddr, LocalEntry)> = {
             let mut local = state.local();
             for (ip, (record, version)) in records.iter().filter(|(_, (r, _))| r.node() == me) {
                 match local.entries.get_mut(ip) {
@@ -188,19 +251,52 @@ impl<S: ClusterStore> Upkeep<S> {
                     }
                 }
             }
-            let lost: Vec<IpAddr> = local
+            local
                 .entries
                 .iter()
                 .filter(|(ip, e)| e.version != 0 && records.get(*ip).is_none_or(|(r, _)| r.node() != me))
-                .map(|(ip, _)| *ip)
-                .collect();
-            for ip in lost {
-                let entry = local.entries.remove(&ip).expect("listed above");
-                let now = records.get(&ip).map_or("free".to_string(), |(r, _)| describe(r));
-                if let Some(owner) = entry.owner() {
-                    fenced.push(Fenced { ip, owner: owner.clone(), now });
+                .map(|(ip, e)| (*ip, e.clone()))
+                .collect()
+        };
+        for (ip, entry) in away {
+            let current = records.get(&ip);
+            if !entry.released() && unclaimed(current, &entry) {
+                let expected = current.map_or(0, |(_, version)| *version);
+                state.index(ip).await?;
+                if let Some(version) =
+                    state.store().put_if(&state.keys().ip(ip), entry.record.encode(), expected).await?
+                {
+                    tracing::warn!(%ip, was = %current.map_or("free".into(), |(r, _)| describe(r)),
+                        "address reclaimed while this node was cut off and taken by nobody since: taken back");
+                    if let Some(e) = state.local().entries.get_mut(&ip) {
+                        e.version = version;
+                    }
+                    continue;
                 }
+                // Changed meanwhile: read again. This node's own ADD may have claimed it since
+                // the records were read (the entry is then that claim's): kept.
+                let now = state.records_of([ip]).await?;
+                if let Some((_, version)) = now.get(&ip).filter(|(r, _)| r.node() == me) {
+                    if let Some(e) = state.local().entries.get_mut(&ip) {
+                        e.version = *version;
+                    }
+                    continue;
+                }
+                fence(state, ip, now.get(&ip), fenced);
+            } else {
+                fence(state, ip, current, fenced);
             }
+            state.unindex(ip).await?;
+        }
+        // Addresses written before the index existed (an upgrade) join it.
+        let unindexed: Vec<IpAddr> = {
+            let local = state.local();
+            let unindexed =
+                local.entries.iter().filter(|(ip, e)| e.version != 0 && !e.released() && !indexed.contains(ip));
+            unindexed.map(|(ip, _)| *ip).collect()
+        };
+        for ip in unindexed {
+            state.index(ip).await?;
         }
         state.save_in_round().await
     }
@@ -244,4 +340,42 @@ fn adopted(
         tracing::info!(%ip, state = record.state_name(), "adopted an address the store gives this node");
         LocalEntry { record: record.clone(), version, dirty: false, netns: None }
     }
+}
+
+/// Was the address left alone since this node lost it: freed by the reclaim (cooling, or sticky
+/// for the pod that has it here) or gone, and not handed to anyone?
+fn unclaimed(current: Option<&(AddressRecord, i64)>, entry: &LocalEntry) -> bool {
+    match current.map(|(r, _)| r) {
+        None | Some(AddressRecord::Cooling { .. }) => true,
+        Some(AddressRecord::Sticky { pod, .. }) => {
+            matches!(&entry.record, AddressRecord::Assigned { pod: Some(ours), .. } if ours == pod)
+        }
+        Some(_) => false,
+    }
+}
+
+/// Drops a local entry the store gives someone else; its pod (if any) must be detached.
+fn fence<S: ClusterStore>(
+    state: &NodeState<S>,
+    ip: IpAddr,
+    current: Option<&(AddressRecord, i64)>,
+    fenced: &mut Vec<Fenced>,
+) {
+    let entry = state.local().entries.remove(&ip);
+    if let Some(owner) = entry.as_ref().and_then(LocalEntry::owner) {
+        let now = current.map_or("free".to_string(), |(r, _)| describe(r));
+        fenced.push(Fenced { ip, owner: owner.clone(), now });
+    }
+}
+
+/// The pool as the store keeps it: `pools` and `exclude` as configured, each sorted (the order
+/// does not change the pool).
+fn pool_definition(pools: &[PoolPrefix], exclude: &[Excluded]) -> String {
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let pools = sorted(pools.iter().map(ToString::to_string).collect());
+    let exclude = sorted(exclude.iter().map(ToString::to_string).collect());
+    serde_json::json!({ "pools": pools, "exclude": exclude }).to_string()
 }

@@ -6,18 +6,24 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use super::state::{LocalEntry, NodeState};
+use super::state::{LocalEntry, NodeState, Records};
 use crate::ipam::pool::Family;
 use crate::ipam::record::{now_secs, AddressRecord};
 use crate::ipam::store::{ClusterStore, StoreError};
 
-/// Pools of up to this many addresses are matched against a listing of the store's records, so
-/// a nearly full pool still finds its last free addresses and "exhausted" is exact. Larger ones
-/// (IPv6: a /64 holds 2^64) are probed instead: consecutive positions from a random start, a
-/// CAS on "absent" each, never a listing, so a refill costs a bounded number of requests
-/// however large the pool and however many records the store holds.
+/// Pools of up to this many addresses may be listed once when probing found too few free
+/// addresses (the pool is nearly full), so "exhausted" is exact. Larger ones (IPv6: a /64 holds
+/// 2^64) are only ever probed.
 const LISTED_UP_TO: u128 = 1 << 20;
+
+/// How long a write that went unanswered stays in doubt: etcd answers a proposal it could not
+/// commit with "request timed out" after 5 s plus twice the election timeout (7 s with etcd's
+/// defaults), and an overloaded etcd does apply writes whose client gave up. Looked up before
+/// this, an address not (yet) this node's stays in doubt. (One committed later still is leaked
+/// until an operator frees it, never given twice: its record names this node.)
+const UNSURE_SETTLES: Duration = Duration::from_secs(10);
 
 /// Store writes one claim of `count` addresses may try.
 fn max_tries(count: usize) -> usize {
@@ -35,7 +41,7 @@ async fn resolve_unsure<S: ClusterStore>(state: &Arc<NodeState<S>>) -> Result<()
         return Ok(());
     }
     let mut adopted = false;
-    for ip in unsure {
+    for (ip, age) in unsure {
         let current = state.store().get(&state.keys().ip(ip)).await?;
         let record = current.and_then(|e| Some((AddressRecord::decode(&e.value)?, e.version)));
         if let Some((record, version)) = record.filter(|(r, _)| r.node() == Some(state.node())) {
@@ -51,6 +57,13 @@ async fn resolve_unsure<S: ClusterStore>(state: &Arc<NodeState<S>>) -> Result<()
                 slot.insert(LocalEntry { record, version, dirty: refused_add, netns: None });
                 adopted = true;
             }
+        } else if age < UNSURE_SETTLES {
+            // A write that timed out may still be carried out (an overloaded etcd applies it
+            // later): not this node's *yet* is no answer.
+            continue;
+        } else if !state.local().entries.contains_key(&ip) {
+            // Not this node's: its index entry (written ahead of the write) goes.
+            state.unindex(ip).await?;
         }
         state.resolved(ip);
     }
@@ -79,9 +92,11 @@ pub(super) async fn refill<S: ClusterStore>(state: &Arc<NodeState<S>>) -> Result
 }
 
 /// Claims up to `count` free addresses of `family` in the store as `record`, one CAS each
-/// (from absent, or from a record whose reuse delay is over), from a random place in the
-/// pool so that nodes rarely race for the same one. Skips what this node knows and
-/// `also_skip`. Each address won is recorded locally at once (with `netns`); the caller
+/// (from absent, or from a record whose reuse delay is over), probing positions from a random
+/// place in the pool so that nodes rarely race for the same one: a claim costs the same however
+/// many nodes and records the cluster has. Only when the probes found too few (a nearly full
+/// pool) does one listing of the records find the last free ones. Skips what this node knows
+/// and `also_skip`. Each address won is recorded locally at once (with `netns`); the caller
 /// saves. A write whose reply was lost is looked up again later (`resolve_unsure`).
 pub(super) async fn claim<S: ClusterStore>(
     state: &Arc<NodeState<S>>,
@@ -91,13 +106,33 @@ pub(super) async fn claim<S: ClusterStore>(
     also_skip: &HashSet<IpAddr>,
     netns: Option<PathBuf>,
 ) -> Result<Vec<(IpAddr, i64)>, StoreError> {
+    let mut won = probe(state, family, count, record, also_skip, &netns, None).await?;
+    if won.len() < count && state.settings().pool.size(family) <= LISTED_UP_TO {
+        let listed = state.records().await?;
+        won.extend(probe(state, family, count - won.len(), record, also_skip, &netns, Some(&listed)).await?);
+    }
+    Ok(won)
+}
+
+/// [`claim`]'s tries: each candidate's record read (or looked up in `listed`), and written only
+/// if it is free: first this node's index, then the record by CAS, then, if the CAS lost, the
+/// index entry taken out again.
+async fn probe<S: ClusterStore>(
+    state: &Arc<NodeState<S>>,
+    family: Family,
+    count: usize,
+    record: &AddressRecord,
+    also_skip: &HashSet<IpAddr>,
+    netns: &Option<PathBuf>,
+    listed: Option<&Records>,
+) -> Result<Vec<(IpAddr, i64)>, StoreError> {
     let settings = state.settings();
-    let listed = if settings.pool.size(family) <= LISTED_UP_TO { Some(state.records().await?) } else { None };
     let now = now_secs();
     let reuse = settings.reuse_delay.as_secs();
     let known: HashSet<IpAddr> = state.local().entries.keys().copied().collect();
     let mut won = Vec::new();
     let mut tried = 0;
+    let (store, keys) = (state.store(), state.keys());
     for ip in settings.pool.candidates(family, rand::random::<u128>()) {
         if won.len() >= count || tried >= max_tries(count) {
             break;
@@ -105,25 +140,19 @@ pub(super) async fn claim<S: ClusterStore>(
         if known.contains(&ip) || also_skip.contains(&ip) {
             continue;
         }
-        let expected = match listed.as_ref().map(|records| records.get(&ip)) {
-            None | Some(None) => 0,
-            Some(Some((existing, version))) if existing.claimable(now, reuse) => *version,
-            Some(Some(_)) => continue,
-        };
         tried += 1;
-        let (store, key) = (state.store(), state.keys().ip(ip));
-        let mut written = store.put_if(&key, record.encode(), expected).await;
-        if listed.is_none() && matches!(written, Ok(None)) {
-            // Probed, and the address has a record: taken only if it is free again.
-            written = match store.get(&key).await {
-                Ok(Some(e)) if AddressRecord::decode(&e.value).is_some_and(|r| r.claimable(now, reuse)) => {
-                    store.put_if(&key, record.encode(), e.version).await
-                }
-                Ok(_) => Ok(None),
-                Err(e) => Err(e),
-            };
-        }
-        match written {
+        let key = keys.ip(ip);
+        let current = match listed {
+            Some(records) => records.get(&ip).cloned(),
+            None => store.get(&key).await?.and_then(|e| Some((AddressRecord::decode(&e.value)?, e.version))),
+        };
+        let expected = match current {
+            None => 0,
+            Some((existing, version)) if existing.claimable(now, reuse) => version,
+            Some(_) => continue,
+        };
+        state.index(ip).await?;
+        match store.put_if(&key, record.encode(), expected).await {
             Ok(Some(version)) => {
                 // Recorded at once (a later failure must not lose it); adopted meanwhile by
                 // `resolve_unsure` it is the same record: that entry stays.
@@ -131,7 +160,7 @@ pub(super) async fn claim<S: ClusterStore>(
                 state.local().entries.entry(ip).or_insert(entry);
                 won.push((ip, version));
             }
-            Ok(None) => {}
+            Ok(None) => state.unindex(ip).await?,
             Err(e) => {
                 state.unsure_about(ip);
                 if !won.is_empty() {
@@ -176,7 +205,11 @@ pub(super) async fn trim<S: ClusterStore>(state: &Arc<NodeState<S>>) -> Result<(
             continue;
         }
         match state.store().delete_if(&state.keys().ip(ip), version).await {
-            Ok(true) => {}
+            Ok(true) => {
+                if let Err(e) = state.unindex(ip).await {
+                    result = Err(e);
+                }
+            }
             Ok(false) => state.unsure_about(ip),
             Err(e) => {
                 state.unsure_about(ip);
