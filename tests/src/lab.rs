@@ -21,11 +21,13 @@
 //! dedicated uplink NIC per node driven by vswitchd. Every server in the lab reports who
 //! connected, which proves there is no NAT on the way.
 
+pub mod load_balancer;
 mod node_config;
 mod paths;
 pub mod sdn;
 mod sticky;
 pub mod ucloud;
+mod unregistered;
 pub mod vpc_api;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -294,6 +296,13 @@ pub struct Topology {
     /// The VPC API and what its clients need ([`VpcMode::Ucloud`]).
     #[serde(default)]
     pub vpc: Option<ucloud::LabVpc>,
+    /// [`VpcMode::Ucloud`]: a pod with an address the VPC was never told about (not in `pods`:
+    /// outside the matrix; [`Topology::check_unregistered`] checks it).
+    #[serde(default)]
+    pub unregistered: Option<LabPod>,
+    /// [`VpcMode::Ucloud`]: the load balancer on the VPC in front of the Service's pods.
+    #[serde(default)]
+    pub load_balancer: Option<load_balancer::LabLoadBalancer>,
 }
 
 /// Everything needed to find and remove a lab later (`vpc-lab down`).
@@ -394,6 +403,8 @@ pub struct Lab {
     etcd_ns: Vec<Netns>,
     /// Killed before the fabric whose SDN it programs goes.
     vpc_api: Option<vpc_api::VpcApi>,
+    /// [`VpcMode::Ucloud`]: the load balancer's namespace.
+    lb_ns: Option<Netns>,
     vm: Netns,
     hybrid: Netns,
     gateway: Netns,
@@ -495,9 +506,22 @@ impl Topology {
         netns: &Path,
         pod: &str,
     ) -> Result<Value, CniFailure> {
+        self.cni_with(&self.cni_conf(node), command, node, container, netns, pod)
+    }
+
+    /// [`Topology::cni`] with network configuration `conf`.
+    fn cni_with(
+        &self,
+        conf: &Value,
+        command: &str,
+        node: usize,
+        container: &str,
+        netns: &Path,
+        pod: &str,
+    ) -> Result<Value, CniFailure> {
         let mut cmd = cni_command(&binary("vpc-cni"), command, container, netns);
         cmd.env("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={POD_NAMESPACE};K8S_POD_NAME={pod}"));
-        let out = run_cni(cmd, &self.cni_conf(node));
+        let out = run_cni(cmd, conf);
         let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if !out.status.success() {
             let code = serde_json::from_str::<Value>(&text).ok().and_then(|v| v["code"].as_u64()).unwrap_or(0);
@@ -609,6 +633,8 @@ impl Lab {
             vm: vm.name.clone(),
             hybrid: hybrid.name.clone(),
             vpc,
+            unregistered: None,
+            load_balancer: None,
         };
         let mut lab = Lab {
             topology,
@@ -620,6 +646,7 @@ impl Lab {
             pod_ns: Vec::new(),
             etcd_ns: Vec::new(),
             vpc_api,
+            lb_ns: None,
             vm,
             hybrid,
             gateway,
@@ -690,7 +717,27 @@ impl Lab {
                 "ClusterIP Service {SERVICE_IP}:80 and NodePort {NODE_PORT} as kube-proxy's DNAT rules on every node"
             )
         });
+        if spec.vpc == VpcMode::Ucloud {
+            let pod = lab.add_unregistered_pod(0);
+            progress(&format!(
+                "pod {} on node1: {} configured by hand (a static address in its network config), never registered \
+                 with the VPC",
+                pod.name,
+                pod.addresses()
+            ));
+        }
         lab.add_service();
+        if spec.vpc == VpcMode::Ucloud {
+            let lb = lab.add_load_balancer();
+            progress(&format!(
+                "a load balancer on the VPC ({}:{}, {} in NAT mode, standing in for UCloud's ULB): the Service's pods \
+                 {} as real servers, no NodePort hop",
+                lb.vip,
+                load_balancer::VIP_PORT,
+                lb.kind,
+                lb.backends.join(", ")
+            ));
+        }
         progress("servers that report their peer's address, in every pod, node, the VM and the hybrid host");
         lab.start_servers();
         lab
@@ -813,7 +860,7 @@ impl Lab {
     }
 
     /// Pod `name` on `node` through vpc-cni ADD; panics with vpc-cni's error on failure.
-    fn add_pod(&mut self, node: usize, name: &str) -> LabPod {
+    pub fn add_pod(&mut self, node: usize, name: &str) -> LabPod {
         let ns = Netns::new(&format!("{}p{name}", self.name));
         let container = format!("{}-{name}", self.name);
         let result = self.cni("ADD", node, &container, &ns.path(), name).unwrap_or_else(|e| {
@@ -929,6 +976,7 @@ impl Lab {
 
     /// Every pod back through vpc-cni DEL.
     pub fn delete_pods(&mut self) {
+        self.delete_unregistered_pod();
         for pod in std::mem::take(&mut self.topology.pods) {
             let path = Path::new("/run/netns").join(&pod.netns);
             if let Err(e) = self.cni("DEL", pod.node, &pod.container_id, &path, &pod.name) {
@@ -949,6 +997,7 @@ impl Lab {
             namespaces.push(ns);
             pids.extend(pid);
         }
+        namespaces.extend(self.lb_ns.iter().map(|n| n.name.clone()));
         namespaces.extend(self.etcd_ns.iter().map(|n| n.name.clone()));
         namespaces.extend(self.nodes.iter().map(|n| n.name.clone()));
         namespaces.extend(self.pod_ns.iter().map(|n| n.name.clone()));

@@ -266,6 +266,52 @@ fn three_nodes_on_the_ucloud_vpc_dedicated_uplink() {
     three_nodes_on_the_ucloud_vpc(UplinkMode::Uplink);
 }
 
+/// vswitchd hands a new secondary IP out only once the fabric delivers it (its ARP probe from
+/// the address to the VPC gateway is answered), not after a fixed wait: with the VPC's
+/// flow-table push slowed to 3 s, an ADD on an empty pool takes about 3 s, the probe time it
+/// records is about 3 s, and the VM's very first packet to the pod right after the ADD is
+/// answered (one ping, one ARP: nothing lost to the SDN).
+#[test]
+fn an_add_on_an_empty_pool_answers_once_the_fabric_delivers_the_address() {
+    require_root();
+    let spec = LabSpec { vpc: VpcMode::Ucloud, ipam: IpamMode::Vpc, pods_per_node: 1, ..LabSpec::default() };
+    let mut lab = Lab::up(spec, |_| {});
+    lab.vpc_api().expect("the VPC API").set_faults(serde_json::json!({"push_delay_ms": 3000}));
+    let probes = |lab: &Lab| lab.daemon(0).ctl_json(&["ipam"])["provider"]["fabric_probe"].clone();
+    // Empty node1's warm pool: ADDs from it answer at once (its addresses were probed before
+    // they joined it), and the refill it starts takes the 3 s push before they join.
+    let warm = lab.daemon(0).ctl_json(&["ipam"])["provider"]["warm"].as_array().expect("warm pool").len();
+    assert!(warm >= 1, "node1 filled its pool");
+    for n in 0..warm {
+        let started = Instant::now();
+        let pod = lab.add_pod(0, &format!("w{n}"));
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "{} from the pool took {:?}",
+            pod.name,
+            started.elapsed()
+        );
+    }
+    let before = probes(&lab)["probes"].as_u64().unwrap_or(0);
+    let started = Instant::now();
+    let pod = lab.add_pod(0, "fresh");
+    let add = started.elapsed();
+    let vm = lab.vm.clone();
+    let first = Command::new("ip")
+        .args(["netns", "exec", &vm, "ping", "-c", "1", "-W", "1", &pod.ip4().to_string()])
+        .output()
+        .unwrap();
+    let probe = probes(&lab);
+    eprintln!("ADD on an empty pool: {add:?}; fabric probe {probe}");
+    assert!(first.status.success(), "the VM's first packet to {} right after its ADD was lost", pod.ip4());
+    assert!(add >= Duration::from_millis(2500) && add < Duration::from_millis(6000), "ADD took {add:?}");
+    assert!(probe["probes"].as_u64().unwrap() > before, "{probe}");
+    let last_ms = probe["last_ms"].as_u64().unwrap();
+    assert!((2500..4500).contains(&last_ms), "the probe time recorded: {last_ms} ms ({probe})");
+    assert_eq!(probe["timeouts"], 0, "{probe}");
+    lab.delete_pods();
+}
+
 /// `vpc-lab up`, `check` and `down` each in its own process, as a person runs them: the etcd
 /// members outlive `up`, each `check` moves the sticky pod on (state kept in between), and
 /// `down` removes every namespace, process and directory.
@@ -279,7 +325,7 @@ fn up_check_and_down_in_separate_processes_leave_nothing_behind() {
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         (out.status.success(), text)
     };
-    let (ok, text) = run(&["up", "--nodes", "2", "--ipam", "etcd"]);
+    let (ok, text) = run(&["up", "--vpc", "l2", "--nodes", "2", "--ipam", "etcd"]);
     let name = text
         .lines()
         .find_map(|l| l.strip_prefix("lab ")?.split_whitespace().next())

@@ -8,6 +8,12 @@
 //! (`--ip-family dual`): the VPC has an IPv6 subnet next to the IPv4 one, the pods an address of
 //! each family (`ipv4` or `ipv6` for one only), and every path of the matrix runs over each
 //! family the pods have.
+//!
+//! The VPC is UCloud's by default (`--vpc ucloud`): its fabric is an SDN that delivers only
+//! addresses registered through the VPC API the lab serves (UCloud's dialect), and each node's
+//! vswitchd gets its pods' addresses from that API as secondary IPs of its NIC (provider mode,
+//! `--ipam vpc`, IPv4 only: the pods have no IPv6 in this mode). `--vpc l2` is the plain
+//! learning bridge, where `--ipam local|etcd` and dual stack (its default) apply.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream};
@@ -87,7 +93,7 @@ struct Shape {
     #[arg(long, default_value_t = 1)]
     workers: usize,
     /// The VPC's fabric.
-    #[arg(long, value_enum, default_value_t = Vpc::L2)]
+    #[arg(long, value_enum, default_value_t = Vpc::Ucloud)]
     vpc: Vpc,
 }
 

@@ -86,6 +86,7 @@ pub fn ruleset(gateway_port: Option<&str>, prefixes: &[IpNet]) -> String {
     );
     rules.push_str(
         "    chain arp_in {\n        arp saddr ip 0.0.0.0 arp daddr ip @addr4 accept\n\
+         \x20       arp saddr ip 0.0.0.0 counter name arp_unknown_target drop\n\
          \x20       arp operation reply arp daddr ip 0.0.0.0 iifname . arp saddr ip @own4 accept\n\
          \x20       iifname . arp saddr ip != @own4 counter name arp_spoofed drop\n\
          \x20       arp daddr ip != @addr4 counter name arp_unknown_target drop\n        accept\n    }\n",
