@@ -12,18 +12,23 @@ use nix::sys::signal::kill;
 use nix::unistd::Pid;
 use vpc_lab::etcd::require_etcd;
 use vpc_lab::lab::{
-    Family, IpFamily, IpamMode, Lab, LabSpec, LabState, UplinkMode, VpcMode, IPAM_PREFIX, POD_NAMESPACE, POD_POOL,
-    POD_POOL6,
+    Family, IpFamily, IpamMode, Lab, LabSpec, LabState, PathCheck, UplinkMode, VpcMode, IPAM_PREFIX, POD_NAMESPACE,
+    POD_POOL, POD_POOL6,
 };
 use vpc_lab::netns::require_root;
+
+/// Every row of `vpc-lab check` passed; the failed ones listed if not.
+fn assert_all_passed(checks: &[PathCheck]) {
+    let failed: Vec<String> =
+        checks.iter().filter(|c| !c.ok).map(|c| format!("{} ({} -> {}): {}", c.path, c.from, c.to, c.detail)).collect();
+    assert!(failed.is_empty(), "paths failed:\n{}", failed.join("\n"));
+}
 
 fn every_path_works(spec: LabSpec) {
     require_root();
     let mut lab = Lab::up(spec, |_| {});
     let checks = lab.check();
-    let failed: Vec<String> =
-        checks.iter().filter(|c| !c.ok).map(|c| format!("{} ({} -> {}): {}", c.path, c.from, c.to, c.detail)).collect();
-    assert!(failed.is_empty(), "paths failed:\n{}", failed.join("\n"));
+    assert_all_passed(&checks);
     // 24 rows per family with two nodes (see three_nodes_on_etcd for the count).
     let families = lab.family.families();
     assert_eq!(checks.len(), 24 * families.len(), "the matrix lost paths");
@@ -103,9 +108,7 @@ fn three_nodes_on_etcd(mode: UplinkMode, family: IpFamily) {
     let mut lab = Lab::up(spec, |_| {});
     let up = started.elapsed();
     let checks = lab.check();
-    let failed: Vec<String> =
-        checks.iter().filter(|c| !c.ok).map(|c| format!("{} ({} -> {}): {}", c.path, c.from, c.to, c.detail)).collect();
-    assert!(failed.is_empty(), "paths failed:\n{}", failed.join("\n"));
+    assert_all_passed(&checks);
     // 3 same node, 6 across, 3 own node, 6 other node, 6 node to pod, 3 ClusterIP, 3 NodePort,
     // 3 + 3 VM, 3 + 3 hybrid, 3 MTU.
     assert_eq!(checks.len(), 45 * family.families().len(), "the matrix lost paths");
@@ -221,9 +224,7 @@ fn three_nodes_on_the_ucloud_vpc(mode: UplinkMode) {
     let mut lab = Lab::up(spec, |_| {});
     let up = started.elapsed();
     let checks = lab.check();
-    let failed: Vec<String> =
-        checks.iter().filter(|c| !c.ok).map(|c| format!("{} ({} -> {}): {}", c.path, c.from, c.to, c.detail)).collect();
-    assert!(failed.is_empty(), "paths failed:\n{}", failed.join("\n"));
+    assert_all_passed(&checks);
     assert!(checks.len() >= 45, "the matrix lost paths: {}", checks.len());
     let state = lab.vpc_api().expect("the VPC API runs with --vpc ucloud").state();
     let vpc = lab.vpc.as_ref().expect("the lab's VPC");
