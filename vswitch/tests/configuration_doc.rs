@@ -100,7 +100,8 @@ fn every_vswitchd_key_is_documented_and_every_documented_key_exists() {
                    nic_mac = "52:54:00:00:00:01"
                    host_id = "uhost-node1"
                    public_key_file = "public_key"
-                   private_key_file = "private_key""#,
+                   private_key_file = "private_key"
+                   fabric_probe_target = "10.10.0.1""#,
             )
             .unwrap(),
         ),

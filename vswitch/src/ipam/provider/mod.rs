@@ -7,10 +7,12 @@
 //!   cloud (AWS EC2, issue 26) is one new file beside [`ucloud`].
 //! - [`agent`]: the node's pool of secondary IPs: ADD/DEL from local state, the upkeep that keeps
 //!   the warm pool between its watermarks, queued deletes, reconcile against the VPC, persistence.
+//! - [`probe`]: whether the fabric delivers a new address yet (an ARP probe, as UK8S's arping).
 //! - [`config`]: `[ipam] provider = "ucloud"` and `[ipam.ucloud]`.
 
 pub mod agent;
 pub mod config;
+pub mod probe;
 pub mod stats;
 pub mod ucloud;
 
