@@ -54,7 +54,7 @@ impl Addresses {
             Addresses::Local(ipam) => ipam.allocate_for(owner, requested, Some(netns))?,
             Addresses::Cluster(vswitch) => {
                 let ips = requested.iter().collect();
-                let spec = AssignSpec { owner: owner.clone(), netns: netns.into(), pod, ips, families };
+                let spec = AssignSpec { owner: owner.clone(), netns: netns.into(), pod, ips, families, sticky: None };
                 let view = vswitch.ipam_assign(spec).map_err(cluster_error)?;
                 (pod_ips(view.ips)?, view.new)
             }

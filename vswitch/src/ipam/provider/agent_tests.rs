@@ -51,10 +51,10 @@ async fn adds_come_from_the_warm_pool_without_api_calls_and_dels_return_to_it() 
     ipam.tick().await.unwrap();
     assert_eq!(ipam.report().warm.len(), 2, "filled to the low watermark");
     let calls = vpc.lock().unwrap().calls;
-    let (ip, new) = ipam.assign(&owner(1), None, &HashSet::new()).await.unwrap();
+    let (ip, new) = ipam.assign(&owner(1), None, None, &HashSet::new()).await.unwrap();
     assert!(new);
     assert_eq!(vpc.lock().unwrap().calls, calls, "ADD from the pool calls nothing");
-    assert_eq!(ipam.assign(&owner(1), None, &HashSet::new()).await.unwrap(), (ip, false), "ADD is idempotent");
+    assert_eq!(ipam.assign(&owner(1), None, None, &HashSet::new()).await.unwrap(), (ip, false), "ADD is idempotent");
     assert_eq!(ipam.lookup(&owner(1)), Some(ip));
     assert_eq!(ipam.release(&owner(1)).unwrap(), vec![ip]);
     assert_eq!(ipam.report().cooling, vec![ip]);
@@ -71,10 +71,10 @@ async fn api_down_adds_from_the_pool_dels_queued_and_nothing_leaks_after_recover
     ipam.tick().await.unwrap();
     vpc.lock().unwrap().down = true;
     let in_use = HashSet::new();
-    let a = ipam.assign(&owner(1), None, &in_use).await.unwrap().0;
-    let b = ipam.assign(&owner(2), None, &in_use).await.unwrap().0;
+    let a = ipam.assign(&owner(1), None, None, &in_use).await.unwrap().0;
+    let b = ipam.assign(&owner(2), None, None, &in_use).await.unwrap().0;
     assert_ne!(a, b);
-    let refused = ipam.assign(&owner(3), None, &in_use).await.unwrap_err();
+    let refused = ipam.assign(&owner(3), None, None, &in_use).await.unwrap_err();
     assert!(
         matches!(refused, IpamError::Provider(ProviderRefusal::Unavailable(ref m)) if m.contains("connection refused"))
     );
@@ -134,15 +134,15 @@ async fn subnet_full_is_refused_with_the_vpcs_message_and_throttling_backs_off()
     let vpc = FakeVpc::new(1);
     let ipam = node(&vpc, dir.path());
     ipam.tick().await.unwrap();
-    ipam.assign(&owner(1), None, &HashSet::new()).await.unwrap();
-    let full = ipam.assign(&owner(2), None, &HashSet::new()).await.unwrap_err();
+    ipam.assign(&owner(1), None, None, &HashSet::new()).await.unwrap();
+    let full = ipam.assign(&owner(2), None, None, &HashSet::new()).await.unwrap_err();
     assert_eq!(full.to_string(), "no warm address on this node and the VPC subnet is full: no free IP in subnet-t");
     let api = ipam.report().api;
     assert!(api.calls.iter().any(|(a, r, c)| a == "AllocateSecondaryIp" && r == "subnet_full" && c.calls >= 1));
     assert!(api.last_errors.iter().any(|e| e.contains("subnet full")));
     vpc.lock().unwrap().throttled = true;
     assert!(matches!(
-        ipam.assign(&owner(3), None, &HashSet::new()).await.unwrap_err(),
+        ipam.assign(&owner(3), None, None, &HashSet::new()).await.unwrap_err(),
         IpamError::Provider(ProviderRefusal::Unavailable(_))
     ));
     assert!(ipam.report().backing_off_ms.is_some(), "throttled: backing off");

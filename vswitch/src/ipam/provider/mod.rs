@@ -7,15 +7,19 @@
 //!   cloud (AWS EC2, issue 26) is one new file beside [`ucloud`].
 //! - [`agent`]: the node's pool of secondary IPs: ADD/DEL from local state, the upkeep that keeps
 //!   the warm pool between its watermarks, queued deletes, reconcile against the VPC, persistence.
+//! - [`claims`]: sticky pods' records in the cluster store (which address a pod keeps).
 //! - [`config`]: `[ipam] provider = "ucloud"` and `[ipam.ucloud]`.
 
 pub mod agent;
+pub mod claims;
 pub mod config;
 pub mod stats;
 pub mod ucloud;
 
 #[cfg(test)]
 mod agent_tests;
+#[cfg(test)]
+mod sticky_tests;
 #[cfg(test)]
 pub(crate) mod fake;
 
