@@ -21,6 +21,7 @@
 //! dedicated uplink NIC per node driven by vswitchd. Every server in the lab reports who
 //! connected, which proves there is no NAT on the way.
 
+mod node_config;
 mod paths;
 pub mod sdn;
 mod sticky;
@@ -113,6 +114,10 @@ pub enum IpamMode {
     /// One pool for the cluster ([`POD_POOL`]), allocated by the nodes' vswitchd in a 3-member
     /// etcd cluster (vpc-cni's `"ipam": {"type": "vswitchd"}`).
     Etcd,
+    /// Secondary IPs of each node's NIC, which the node's vswitchd allocates through the VPC's
+    /// API (`[ipam] provider = "ucloud"`, vpc-cni's `"ipam": {"type": "vswitchd"}`): what
+    /// [`VpcMode::Ucloud`] needs, since its SDN delivers nothing else. IPv4 only.
+    Vpc,
 }
 
 #[derive(Debug, Clone)]
@@ -469,7 +474,7 @@ impl Topology {
                 }
                 json!({"ranges": ranges, "dataDir": self.dir.join(format!("node{}/ipam", node + 1))})
             }
-            IpamMode::Etcd => json!({"type": "vswitchd"}),
+            IpamMode::Etcd | IpamMode::Vpc => json!({"type": "vswitchd"}),
         };
         json!({
             "cniVersion": "1.1.0",
@@ -514,11 +519,6 @@ fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) {
     a.ip(&["link", "add", a_name, "type", "veth", "peer", "name", b_name, "netns", &b.name]);
 }
 
-/// A string as a TOML basic string (JSON's escapes are TOML's).
-fn toml_str(s: &str) -> String {
-    serde_json::to_string(s).expect("a string serialises")
-}
-
 /// Starts `vpc-lab serve` in namespace `ns` under `name`.
 fn start_server(ns: &str, name: &str) -> Child {
     Command::new("ip")
@@ -536,6 +536,13 @@ impl Lab {
     pub fn up(spec: LabSpec, mut progress: impl FnMut(&str)) -> Lab {
         assert!((2..=4).contains(&spec.nodes), "the lab has 2 to 4 nodes, not {}", spec.nodes);
         assert!((1..=26).contains(&spec.pods_per_node), "1 to 26 pods per node, not {}", spec.pods_per_node);
+        assert!(
+            (spec.vpc == VpcMode::Ucloud) == (spec.ipam == IpamMode::Vpc),
+            "--vpc ucloud goes with the VPC's own IPAM (and only it): {:?} with {:?}",
+            spec.vpc,
+            spec.ipam
+        );
+        assert!(spec.ipam != IpamMode::Vpc || spec.family == IpFamily::Ipv4, "provider mode is IPv4 only");
         let v6 = spec.family.has_v6();
         let name = unique("vl");
         let dir = TempDir::new();
@@ -652,6 +659,10 @@ impl Lab {
                     ),
                     (IpamMode::Etcd, family) =>
                         format!(", pods from the cluster pool {} (in etcd)", pools(family).join(" and ")),
+                    (IpamMode::Vpc, _) => format!(
+                        ", pods get secondary IPs of its NIC {} from the VPC API (provider mode, IPv4 only)",
+                        node_config::pod_nic(spec.mode)
+                    ),
                 }
             ));
             lab.add_node(i);
@@ -701,6 +712,11 @@ impl Lab {
         });
     }
 
+    /// The VPC API's server ([`VpcMode::Ucloud`]): its state, SDN counters and faults.
+    pub fn vpc_api(&self) -> Option<&vpc_api::VpcApi> {
+        self.vpc_api.as_ref()
+    }
+
     /// The etcd cluster ([`IpamMode::Etcd`]).
     pub fn etcd(&self) -> Option<&EtcdCluster> {
         self.etcd.as_ref()
@@ -744,27 +760,6 @@ impl Lab {
         format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
     }
 
-    /// `[ipam]` for node `i`: the same on every node but for its name (one ConfigMap).
-    fn ipam_config(&self, i: usize) -> String {
-        let etcd = self.etcd.as_ref().expect("etcd runs in IpamMode::Etcd");
-        let tls = etcd.tls();
-        let endpoints: Vec<String> = etcd.endpoints().iter().map(|e| toml_str(e)).collect();
-        // A small warm pool: a lab node has a few pods. The rest as in production: a released
-        // address waits 120 s before reuse; a node without its lease for 10 s is quarantined.
-        let pools: Vec<String> = pools(self.spec.family).iter().map(|p| toml_str(p)).collect();
-        format!(
-            "[ipam]\nnode_name = \"node{}\"\npools = [{}]\nprefix = \"{IPAM_PREFIX}\"\n\
-             warm_target = 4\nwarm_max = 8\nsticky = [\"{POD_NAMESPACE}/sticky-*\"]\n\
-             [ipam.etcd]\nendpoints = [{}]\nca_file = {}\ncert_file = {}\nkey_file = {}\n",
-            i + 1,
-            pools.join(", "),
-            endpoints.join(", "),
-            toml_str(&tls.ca.to_string_lossy()),
-            toml_str(&tls.cert.to_string_lossy()),
-            toml_str(&tls.key.to_string_lossy()),
-        )
-    }
-
     fn add_node(&mut self, i: usize) {
         let ns = Netns::new(&format!("{}n{}", self.name, i + 1));
         let ip = node_ip(i);
@@ -783,7 +778,7 @@ impl Lab {
             // The node routes its pods' IPv6 (host-routed: between vsw0 and eth0).
             sh(&ns, "echo 1 > /proc/sys/net/ipv6/conf/all/forwarding");
         }
-        let mut config = match self.spec.mode {
+        match self.spec.mode {
             UplinkMode::HostRouted => {
                 // The node answers ARP on the VPC subnet for its pods (it routes them via vsw0),
                 // at once rather than after the default random proxy delay of up to 0.8 s.
@@ -794,13 +789,6 @@ impl Lab {
                     // its pods' IPv6 addresses when it has a NIC to announce them on.
                     sh(&ns, "echo 1 > /proc/sys/net/ipv6/conf/eth0/proxy_ndp && echo 0 > /proc/sys/net/ipv6/neigh/eth0/proxy_delay");
                 }
-                match (self.spec.ipam, v6) {
-                    (IpamMode::Local, false) => String::new(),
-                    // Any address may come to this node from another one (a sticky pod that
-                    // moved): vswitchd announces each pod it attaches from the node's NIC, so the
-                    // VPC forgets the old node at once; and its IPv6 pods get proxy-NDP entries.
-                    _ => "[host_port]\nannounce_on = \"eth0\"\n".to_string(),
-                }
             }
             UplinkMode::Uplink => {
                 veth(&ns, "up0", &self.fabric, &format!("fu{}", i + 1));
@@ -808,23 +796,9 @@ impl Lab {
                     ns.ip(&["link", "set", "up0", "address", &ucloud::uplink_mac(i)]);
                 }
                 self.fabric.ip(&["link", "set", &format!("fu{}", i + 1), "master", "br0", "up"]);
-                let (routes6, uplink6) = if v6 {
-                    (
-                        format!(", \"{ip6}/128\", \"{SERVICE_RANGE6}\""),
-                        format!("subnet6 = \"{VPC_SUBNET6}\"\ngateway6 = \"{GATEWAY_IP6}\"\naddress6 = \"{ip6}\"\n"),
-                    )
-                } else {
-                    (String::new(), String::new())
-                };
-                format!(
-                    "[host_port]\ndefault_route = false\nroutes = [\"{ip}/32\", \"10.96.0.0/12\"{routes6}]\n\
-                     [uplink]\ninterface = \"up0\"\nsubnet = \"10.10.0.0/16\"\ngateway = \"10.10.0.1\"\n{uplink6}"
-                )
             }
-        };
-        if self.spec.ipam == IpamMode::Etcd {
-            config.push_str(&self.ipam_config(i));
         }
+        let config = node_config::vswitchd_toml(&self.spec, i, self.etcd.as_ref(), self.topology.vpc.as_ref());
         let daemon = Daemon::start_with_config(
             &Binaries::beside_current_exe(),
             &ns,

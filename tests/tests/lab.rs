@@ -12,7 +12,8 @@ use nix::sys::signal::kill;
 use nix::unistd::Pid;
 use vpc_lab::etcd::require_etcd;
 use vpc_lab::lab::{
-    Family, IpFamily, IpamMode, Lab, LabSpec, LabState, UplinkMode, IPAM_PREFIX, POD_NAMESPACE, POD_POOL, POD_POOL6,
+    Family, IpFamily, IpamMode, Lab, LabSpec, LabState, UplinkMode, VpcMode, IPAM_PREFIX, POD_NAMESPACE, POD_POOL,
+    POD_POOL6,
 };
 use vpc_lab::netns::require_root;
 
@@ -207,6 +208,62 @@ fn three_nodes_on_etcd_host_routed_dual_stack() {
 #[test]
 fn three_nodes_on_etcd_dedicated_uplink() {
     three_nodes_on_etcd(UplinkMode::Uplink, IpFamily::Ipv4);
+}
+
+/// `--vpc ucloud`: the fabric is an SDN that delivers only addresses registered through the lab's
+/// VPC API, and each node's vswitchd (`[ipam] provider = "ucloud"`) gets its pods' addresses as
+/// secondary IPs of its NIC. Every path for every node pair passes, and the VPC's own view has
+/// each pod's address on the NIC of the pod's node, and nowhere else.
+fn three_nodes_on_the_ucloud_vpc(mode: UplinkMode) {
+    require_root();
+    let started = Instant::now();
+    let spec = LabSpec { mode, vpc: VpcMode::Ucloud, ipam: IpamMode::Vpc, nodes: 3, ..LabSpec::default() };
+    let mut lab = Lab::up(spec, |_| {});
+    let up = started.elapsed();
+    let checks = lab.check();
+    let failed: Vec<String> =
+        checks.iter().filter(|c| !c.ok).map(|c| format!("{} ({} -> {}): {}", c.path, c.from, c.to, c.detail)).collect();
+    assert!(failed.is_empty(), "paths failed:\n{}", failed.join("\n"));
+    assert!(checks.len() >= 45, "the matrix lost paths: {}", checks.len());
+    let state = lab.vpc_api().expect("the VPC API runs with --vpc ucloud").state();
+    let vpc = lab.vpc.as_ref().expect("the lab's VPC");
+    let pod_nic = match mode {
+        UplinkMode::HostRouted => "eth0",
+        UplinkMode::Uplink => "up0",
+    };
+    let secondary: BTreeMap<String, BTreeSet<String>> = state["vpc"]["nics"]
+        .as_array()
+        .expect("the VPC's NICs")
+        .iter()
+        .map(|n| {
+            let ips = n["secondary"].as_array().unwrap().iter().map(|ip| ip.as_str().unwrap().to_string()).collect();
+            (n["mac"].as_str().unwrap().to_string(), ips)
+        })
+        .collect();
+    for pod in &lab.pods {
+        let nic = vpc.nics.iter().find(|n| n.node == pod.node && n.interface == pod_nic).expect("the pod's NIC");
+        let ip = pod.ip4().to_string();
+        let holders: Vec<&String> = secondary.iter().filter(|(_, ips)| ips.contains(&ip)).map(|(mac, _)| mac).collect();
+        assert_eq!(
+            holders,
+            vec![&nic.mac],
+            "{} ({ip}) on node{}: the VPC has it on {holders:?}",
+            pod.name,
+            pod.node + 1
+        );
+    }
+    lab.delete_pods();
+    eprintln!("{mode:?} on the ucloud VPC: up {up:?}, {} paths, total {:?}", checks.len(), started.elapsed());
+}
+
+#[test]
+fn three_nodes_on_the_ucloud_vpc_host_routed() {
+    three_nodes_on_the_ucloud_vpc(UplinkMode::HostRouted);
+}
+
+#[test]
+fn three_nodes_on_the_ucloud_vpc_dedicated_uplink() {
+    three_nodes_on_the_ucloud_vpc(UplinkMode::Uplink);
 }
 
 /// `vpc-lab up`, `check` and `down` each in its own process, as a person runs them: the etcd
