@@ -25,6 +25,7 @@ mod node_config;
 mod paths;
 pub mod sdn;
 mod sticky;
+mod sticky_vpc;
 pub mod ucloud;
 pub mod vpc_api;
 
@@ -196,7 +197,8 @@ pub const POD_POOL6: &str = "fd00:10::64:0/112";
 pub const IPAM_PREFIX: &str = "/vpc-ipam/lab";
 /// Pods live in this Kubernetes namespace (CNI_ARGS K8S_POD_NAMESPACE).
 pub const POD_NAMESPACE: &str = "default";
-/// The sticky pod ([`IpamMode::Etcd`]): `ipam.sticky` is `["default/sticky-*"]`.
+/// The sticky pod ([`IpamMode::Etcd`]: `ipam.sticky` is `["default/sticky-*"]`; [`IpamMode::Vpc`]:
+/// UK8S's static-IP annotations, see `lab/sticky_vpc.rs`).
 pub const STICKY_POD: &str = "sticky-0";
 const STATE_DIR: &str = "/run/vpc-lab";
 
@@ -497,7 +499,11 @@ impl Topology {
     ) -> Result<Value, CniFailure> {
         let mut cmd = cni_command(&binary("vpc-cni"), command, container, netns);
         cmd.env("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={POD_NAMESPACE};K8S_POD_NAME={pod}"));
-        let out = run_cni(cmd, &self.cni_conf(node));
+        let mut conf = self.cni_conf(node);
+        if self.ipam == IpamMode::Vpc && pod == STICKY_POD {
+            sticky_vpc::annotate(&mut conf);
+        }
+        let out = run_cni(cmd, &conf);
         let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if !out.status.success() {
             let code = serde_json::from_str::<Value>(&text).ok().and_then(|v| v["code"].as_u64()).unwrap_or(0);
@@ -626,7 +632,7 @@ impl Lab {
             fabric,
             dir,
         };
-        if spec.ipam == IpamMode::Etcd {
+        if spec.ipam != IpamMode::Local {
             progress(&format!(
                 "etcd: 3 members, each in its own namespace on the fabric ({}-{}), TLS with client certificates",
                 ETCD_IPS[0], ETCD_IPS[2]
@@ -673,7 +679,7 @@ impl Lab {
                 progress(&format!("pod {} on node{}: {} (through vpc-cni ADD)", pod.name, i + 1, pod.addresses()));
             }
         }
-        if spec.ipam == IpamMode::Etcd {
+        if spec.ipam != IpamMode::Local {
             let pod = lab.add_pod(0, STICKY_POD);
             progress(&format!(
                 "sticky pod {POD_NAMESPACE}/{STICKY_POD} on node1: {} (keeps its address on any node)",

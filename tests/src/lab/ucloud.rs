@@ -132,7 +132,8 @@ fn config(spec: &LabSpec, credential: Credential) -> VpcConfig {
         FixedHost { name: "vm".into(), port: "fvm".into(), addresses: both(VM_IP, VM_IP6) },
         FixedHost { name: "vpc-api".into(), port: "fapi".into(), addresses: both(API_IP, API_IP6) },
     ];
-    if spec.ipam == IpamMode::Etcd {
+    // etcd: the etcd mode's pool, or provider mode's sticky records.
+    if spec.ipam != IpamMode::Local {
         for (i, ip) in ETCD_IPS.iter().enumerate() {
             fixed_hosts.push(FixedHost {
                 name: format!("etcd{}", i + 1),
