@@ -39,7 +39,9 @@ fn cluster_error(e: ClientError) -> CniError {
 fn assign_compatibly(vswitch: &Vswitch, spec: AssignSpec) -> Result<AddressView, ClientError> {
     let sticky = spec.sticky.is_some();
     match vswitch.ipam_assign(spec.clone()) {
-        Err(ClientError::Api(e)) if sticky && e.code == ErrorCode::Invalid && e.message.contains("unknown field `sticky`") => {
+        Err(ClientError::Api(e))
+            if sticky && e.code == ErrorCode::Invalid && e.message.contains("unknown field `sticky`") =>
+        {
             eprintln!("vpc-cni: vswitchd is too old for sticky addresses by annotation: assigned without");
             vswitch.ipam_assign(AssignSpec { sticky: None, ..spec })
         }
@@ -171,7 +173,8 @@ mod tests {
         let pod = Some(PodRef { namespace: "db".into(), name: "pg-0".into() });
         let sticky = Some(StickyRequest { hold: ClaimPolicy::Never });
         let addresses = Addresses::Cluster(Vswitch::new(&socket));
-        let (ips, new) = addresses.assign(&owner, PodIps::default(), None, Path::new("/run/netns/c1"), pod, sticky).unwrap();
+        let (ips, new) =
+            addresses.assign(&owner, PodIps::default(), None, Path::new("/run/netns/c1"), pod, sticky).unwrap();
         assert_eq!((ips.to_string(), new), ("10.0.0.7".to_string(), true));
         let seen = server.join().unwrap();
         assert!(seen[0].contains(r#""sticky":{"hold":"Never"}"#), "{}", seen[0]);

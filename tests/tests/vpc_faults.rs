@@ -122,7 +122,10 @@ fn api_down_30_s_during_a_storm_serves_adds_from_the_pools_queues_dels_and_leaks
     let all: Vec<&String> = last.iter().flat_map(|(nic, _)| nic.iter()).collect();
     let distinct: BTreeSet<&&String> = all.iter().collect();
     assert_eq!(all.len(), distinct.len(), "an address on two NICs");
-    eprintln!("after recovery: {:?} secondary IPs per NIC, all accounted for", last.iter().map(|(n, _)| n.len()).collect::<Vec<_>>());
+    eprintln!(
+        "after recovery: {:?} secondary IPs per NIC, all accounted for",
+        last.iter().map(|(n, _)| n.len()).collect::<Vec<_>>()
+    );
     lab.delete_pods();
 }
 

@@ -26,7 +26,12 @@ fn doctor(toml: &Path, conflist: &Path) -> BTreeMap<String, (String, String)> {
     list.as_array()
         .unwrap()
         .iter()
-        .map(|c| (c["check"].as_str().unwrap().into(), (c["status"].as_str().unwrap().into(), c["detail"].as_str().unwrap().into())))
+        .map(|c| {
+            (
+                c["check"].as_str().unwrap().into(),
+                (c["status"].as_str().unwrap().into(), c["detail"].as_str().unwrap().into()),
+            )
+        })
         .collect()
 }
 
@@ -62,7 +67,8 @@ fn lab_api(dir: &Path) -> u16 {
     };
     let config = dir.join("vpc.json");
     std::fs::write(&config, serde_json::to_vec(&vpc).unwrap()).unwrap();
-    let args = ServerArgs { config, listen: ([127, 0, 0, 1], port).into(), control: dir.join("control.sock"), fabric: None };
+    let args =
+        ServerArgs { config, listen: ([127, 0, 0, 1], port).into(), control: dir.join("control.sock"), fabric: None };
     std::thread::spawn(move || run(args));
     let started = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {

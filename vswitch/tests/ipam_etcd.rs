@@ -322,7 +322,14 @@ fn owner(id: &str) -> Attachment {
 }
 
 fn spec(id: &str) -> AssignSpec {
-    AssignSpec { owner: owner(id), netns: format!("/run/netns/{id}").into(), pod: None, ips: vec![], families: None, sticky: None }
+    AssignSpec {
+        owner: owner(id),
+        netns: format!("/run/netns/{id}").into(),
+        pod: None,
+        ips: vec![],
+        families: None,
+        sticky: None,
+    }
 }
 
 /// Whether the daemon could not be reached or its answer was cut off (killed mid-request).

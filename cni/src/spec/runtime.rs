@@ -93,7 +93,8 @@ impl RuntimeConfig {
                 return invalid(POD_ANNOTATIONS_CAPABILITY, format!("must be an object, not {annotations}"));
             };
             let get = |key: &str| map.get(key).and_then(|v| v.as_str()).map(str::to_string);
-            rc.sticky = StickyRequest::from_annotations(get).map_err(|e| bad(POD_ANNOTATIONS_CAPABILITY, e.to_string()))?;
+            rc.sticky =
+                StickyRequest::from_annotations(get).map_err(|e| bad(POD_ANNOTATIONS_CAPABILITY, e.to_string()))?;
         }
         // Anything else a runtime adds: not ours.
         Ok(rc)

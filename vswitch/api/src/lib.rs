@@ -14,7 +14,7 @@
 pub mod api;
 pub mod client;
 pub mod defaults;
-pub mod sticky;
 mod mac;
+pub mod sticky;
 
 pub use mac::{MacAddr, MacParseError};

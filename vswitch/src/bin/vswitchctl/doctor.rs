@@ -334,7 +334,9 @@ pub fn vpc_api(config: &Config) -> Option<Check> {
     let ipam = config.ipam.as_ref()?;
     let Some(ProviderKind::Ucloud) = ipam.provider else { return None };
     let fail = |detail: String| Some(check("vpc_api", Status::Fail, detail));
-    let Some(ucloud) = &ipam.ucloud else { return fail("ipam.provider = \"ucloud\" needs an [ipam.ucloud] table".into()) };
+    let Some(ucloud) = &ipam.ucloud else {
+        return fail("ipam.provider = \"ucloud\" needs an [ipam.ucloud] table".into());
+    };
     let client = match UCloud::new(ucloud) {
         Ok(c) => c,
         Err(e) => return fail(e.to_string()),
@@ -359,9 +361,11 @@ pub fn vpc_api(config: &Config) -> Option<Check> {
                 ucloud.private_key_file.display()
             ),
         ),
-        Err(ProviderError::Unavailable(m)) => {
-            check("vpc_api", Status::Fail, format!("{at} is unreachable ({m}): check ipam.ucloud.endpoint and the route to it"))
-        }
+        Err(ProviderError::Unavailable(m)) => check(
+            "vpc_api",
+            Status::Fail,
+            format!("{at} is unreachable ({m}): check ipam.ucloud.endpoint and the route to it"),
+        ),
         Err(ProviderError::Throttled(m)) => {
             check("vpc_api", Status::Warn, format!("{at} answered, throttling this caller ({m}): the credentials work"))
         }

@@ -19,9 +19,9 @@ pub mod ucloud;
 #[cfg(test)]
 mod agent_tests;
 #[cfg(test)]
-mod sticky_tests;
-#[cfg(test)]
 pub(crate) mod fake;
+#[cfg(test)]
+mod sticky_tests;
 
 use std::future::Future;
 use std::net::IpAddr;

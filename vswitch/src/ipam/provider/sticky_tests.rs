@@ -82,7 +82,8 @@ async fn a_sticky_pod_moves_to_another_node_which_the_old_node_never_deletes_or_
     let (a, b) = (node(&vpc, NIC_A, dir.path(), &store), node(&vpc, NIC_B, dir.path(), &store));
     a.tick().await.unwrap();
     b.tick().await.unwrap();
-    let (ip, _) = a.assign(&owner("a1"), pod("pg-0"), sticky(ClaimPolicy::After(Duration::ZERO)), &none()).await.unwrap();
+    let (ip, _) =
+        a.assign(&owner("a1"), pod("pg-0"), sticky(ClaimPolicy::After(Duration::ZERO)), &none()).await.unwrap();
     a.release(&owner("a1")).unwrap();
     assert_eq!(a.report().held.iter().map(|(ip, _)| *ip).collect::<Vec<_>>(), [ip], "held, not cooling");
     // Node B claims the pod's record, but the move fails (API down): the record names B now.
