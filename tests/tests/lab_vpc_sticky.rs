@@ -6,13 +6,12 @@
 //! `MoveSecondaryIPMac`), and the VM and a pod on node3 reach it within 2 s of the ADD's return
 //! (the flow-table push included). Needs root and etcd.
 
-use std::process::Command;
 use std::time::Instant;
 
 use serde_json::Value;
 use vpc_lab::etcd::require_etcd;
 use vpc_lab::lab::{IpamMode, Lab, LabSpec, UplinkMode, VpcMode};
-use vpc_lab::netns::{binary, require_root};
+use vpc_lab::netns::require_root;
 
 /// The NICs (MACs) the VPC has `ip` on as a secondary IP.
 fn holders(lab: &Lab, ip: &str) -> Vec<String> {
@@ -24,17 +23,6 @@ fn holders(lab: &Lab, ip: &str) -> Vec<String> {
         .filter(|n| n["secondary"].as_array().unwrap().iter().any(|s| s == ip))
         .map(|n| n["mac"].as_str().unwrap().to_string())
         .collect()
-}
-
-/// `vswitchctl ipam --json` of node `node`.
-fn ipam_view(lab: &Lab, node: usize) -> Value {
-    let out = Command::new(binary("vswitchctl"))
-        .arg("--socket")
-        .arg(&lab.sockets[node])
-        .args(["--json", "ipam"])
-        .output()
-        .expect("vswitchctl");
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 /// Successful calls of `action` node `node`'s vswitchd made.
@@ -67,7 +55,7 @@ fn a_sticky_pod_moves_to_another_node_through_the_vpc_api_and_answers_within_2_s
     let ip = before.ip4().to_string();
     assert_eq!(before.node, 0);
     assert_eq!(holders(&lab, &ip), [mac_of(0)], "the sticky pod's address is node1's secondary IP");
-    assert_eq!(api_calls(&ipam_view(&lab, 1), "MoveSecondaryIPMac"), 0);
+    assert_eq!(api_calls(&lab.daemon(1).ctl_json(&["ipam"]), "MoveSecondaryIPMac"), 0);
 
     let moved = lab.move_sticky();
     eprintln!("{}", serde_json::to_string_pretty(&moved).unwrap());
@@ -79,10 +67,10 @@ fn a_sticky_pod_moves_to_another_node_through_the_vpc_api_and_answers_within_2_s
     }
     // The VPC moved it, and node2's vswitchd asked it to.
     assert_eq!(holders(&lab, &ip), [mac_of(1)], "the VPC has it on node2's NIC only");
-    let node2 = ipam_view(&lab, 1);
+    let node2 = lab.daemon(1).ctl_json(&["ipam"]);
     assert_eq!(api_calls(&node2, "MoveSecondaryIPMac"), 1, "{node2}");
     // Node1 handed it to nobody: not in its warm pool (reconcile drops it from its held list).
-    let node1 = ipam_view(&lab, 0);
+    let node1 = lab.daemon(0).ctl_json(&["ipam"]);
     let warm: Vec<&str> = node1["provider"]["warm"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert!(!warm.contains(&ip.as_str()), "node1 pooled the moved address: {node1}");
     lab.delete_pods();

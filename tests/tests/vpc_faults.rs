@@ -11,13 +11,12 @@
 //! Needs root and etcd.
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use vpc_lab::etcd::require_etcd;
 use vpc_lab::lab::{IpamMode, Lab, LabSpec, UplinkMode, VpcMode};
-use vpc_lab::netns::{binary, require_root, unique, Netns};
+use vpc_lab::netns::{require_root, unique, Netns};
 
 fn lab() -> Lab {
     require_root();
@@ -31,17 +30,6 @@ fn lab() -> Lab {
         ..LabSpec::default()
     };
     Lab::up(spec, |_| {})
-}
-
-/// `vswitchctl ipam --json` of node `node`.
-fn ipam_view(lab: &Lab, node: usize) -> Value {
-    let out = Command::new(binary("vswitchctl"))
-        .arg("--socket")
-        .arg(&lab.sockets[node])
-        .args(["--json", "ipam"])
-        .output()
-        .expect("vswitchctl");
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 fn strings(v: &Value) -> BTreeSet<String> {
@@ -60,7 +48,7 @@ fn on_nic(lab: &Lab, node: usize) -> BTreeSet<String> {
 /// What node `node` accounts for: the lab's pods on it, and its warm, cooling, queued and held
 /// addresses; and whether its queues are drained.
 fn accounted(lab: &Lab, node: usize) -> (BTreeSet<String>, bool) {
-    let view = ipam_view(lab, node);
+    let view = lab.daemon(node).ctl_json(&["ipam"]);
     let p = &view["provider"];
     let mut all: BTreeSet<String> = lab.pods.iter().filter(|x| x.node == node).map(|x| x.ip4().to_string()).collect();
     all.extend(strings(&p["warm"]));
@@ -86,7 +74,8 @@ fn add_and_del(lab: &Lab, node: usize, n: usize) -> (Result<(), u64>, Result<(),
 fn api_down_30_s_during_a_storm_serves_adds_from_the_pools_queues_dels_and_leaks_nothing() {
     let mut lab = lab();
     let api = lab.vpc_api().expect("the VPC API");
-    let warm_before: Vec<usize> = (0..3).map(|i| strings(&ipam_view(&lab, i)["provider"]["warm"]).len()).collect();
+    let warm_before: Vec<usize> =
+        (0..3).map(|i| strings(&lab.daemon(i).ctl_json(&["ipam"])["provider"]["warm"]).len()).collect();
     api.set_faults(json!({"down": true}));
     let down_at = Instant::now();
     let (mut served, mut retry_later) = ([0usize; 3], [0usize; 3]);
@@ -103,7 +92,7 @@ fn api_down_30_s_during_a_storm_serves_adds_from_the_pools_queues_dels_and_leaks
     for node in 0..3 {
         assert!(served[node] >= warm_before[node].max(1), "node{}: its warm pool was not used: {served:?}", node + 1);
     }
-    let view = ipam_view(&lab, 0);
+    let view = lab.daemon(0).ctl_json(&["ipam"]);
     assert_eq!(view["provider"]["api_healthy"], false, "the view shows the API down: {view}");
     eprintln!("API down: served {served:?}, code 11 {retry_later:?} (warm before {warm_before:?})");
     std::thread::sleep(Duration::from_secs(30).saturating_sub(down_at.elapsed()));
@@ -156,7 +145,7 @@ fn api_throttled_to_5_calls_per_second_pods_still_start() {
         sandboxes.push((node, ns, container, name));
     }
     let throttled: u64 = (0..3)
-        .flat_map(|i| ipam_view(&lab, i)["provider"]["calls"].as_array().unwrap().clone())
+        .flat_map(|i| lab.daemon(i).ctl_json(&["ipam"])["provider"]["calls"].as_array().unwrap().clone())
         .filter(|c| c["result"] == "throttled")
         .map(|c| c["calls"].as_u64().unwrap())
         .sum();

@@ -5,11 +5,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vpc_lab::lab::vpc_api::server::{run, ServerArgs};
-use vpc_lab::lab::vpc_api::vpc::{Credential, Faults, NicConfig, SubnetConfig, VpcConfig};
+use vpc_lab::lab::vpc_api::local::{serve, small_vpc};
 use vpc_lab::netns::TempDir;
 
 const CTL: &str = env!("CARGO_BIN_EXE_vswitchctl");
@@ -33,49 +31,6 @@ fn doctor(toml: &Path, conflist: &Path) -> BTreeMap<String, (String, String)> {
             )
         })
         .collect()
-}
-
-/// The lab API on a free port of 127.0.0.1, serving one subnet and one NIC, key pair pub/priv.
-fn lab_api(dir: &Path) -> u16 {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let vpc = VpcConfig {
-        region: "cn-lab".into(),
-        zone: "cn-lab-01".into(),
-        project_id: "org-lab".into(),
-        vpc_id: "uvnet-t".into(),
-        subnets: vec![SubnetConfig {
-            subnet_id: "subnet-t".into(),
-            cidr: "10.0.0.0/24".into(),
-            gateway: "10.0.0.1".parse().unwrap(),
-            ipv6_cidr: None,
-            ipv6_gateway: None,
-            pool: Some("10.0.0.100/30".into()),
-        }],
-        nics: vec![NicConfig {
-            mac: "52:54:00:00:00:01".into(),
-            object_id: "uhost-1".into(),
-            interface_id: None,
-            subnet_id: "subnet-t".into(),
-            port: "p1".into(),
-            primary: vec![],
-        }],
-        fixed_hosts: vec![],
-        credentials: vec![Credential { public_key: "pub".into(), private_key: "priv".into() }],
-        gateway_port: None,
-        secondary_quota: 8,
-        faults: Faults::default(),
-    };
-    let config = dir.join("vpc.json");
-    std::fs::write(&config, serde_json::to_vec(&vpc).unwrap()).unwrap();
-    let args =
-        ServerArgs { config, listen: ([127, 0, 0, 1], port).into(), control: dir.join("control.sock"), fabric: None };
-    std::thread::spawn(move || run(args));
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(10), "the lab API did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    port
 }
 
 fn toml(dir: &Path, name: &str, port: u16, private_key: &str) -> std::path::PathBuf {
@@ -108,7 +63,7 @@ private_key_file = "{private}"
 #[test]
 fn doctor_checks_the_vpc_apis_credentials_and_reachability() {
     let dir = TempDir::new();
-    let port = lab_api(&dir.0);
+    let port = serve(&small_vpc(&[("52:54:00:00:00:01", "uhost-1")]), &dir.0);
     std::fs::write(dir.0.join("public_key"), "pub\n").unwrap();
     std::fs::write(dir.0.join("private_key"), "priv\n").unwrap();
     std::fs::write(dir.0.join("wrong_key"), "not-the-key\n").unwrap();

@@ -6,21 +6,9 @@ use std::time::Duration;
 
 use vswitch_api::api::Attachment;
 
-use super::agent::{ProviderIpam, ProviderRefusal, ProviderSettings};
-use super::fake::{FakeNic, FakeVpc};
+use super::agent::{ProviderIpam, ProviderRefusal};
+use super::fake::{quick_settings as settings, FakeNic, FakeVpc};
 use crate::ipam::IpamError;
-
-fn settings() -> ProviderSettings {
-    ProviderSettings {
-        warm_low: 2,
-        warm_high: 3,
-        cooldown: Duration::ZERO,
-        fabric_settle: Duration::ZERO,
-        backoff_min: Duration::from_millis(1),
-        backoff_max: Duration::from_millis(2),
-        reconcile_every: Duration::ZERO,
-    }
-}
 
 fn owner(n: usize) -> Attachment {
     Attachment { container_id: format!("c{n}"), ifname: "eth0".into() }

@@ -10,9 +10,9 @@ use std::time::Duration;
 use vswitch_api::api::{Attachment, PodRef};
 use vswitch_api::sticky::{ClaimPolicy, StickyRequest};
 
-use super::agent::{ProviderIpam, ProviderRefusal, ProviderSettings};
+use super::agent::{ProviderIpam, ProviderRefusal};
 use super::claims::StickyClaims;
-use super::fake::{FakeNic, FakeVpc};
+use super::fake::{quick_settings as settings, FakeNic, FakeVpc};
 use crate::ipam::error::StickyBusy;
 use crate::ipam::store::file::FileStore;
 use crate::ipam::IpamError;
@@ -21,18 +21,6 @@ const NIC_A: &str = "52:54:00:00:00:0a";
 const NIC_B: &str = "52:54:00:00:00:0b";
 
 type Node = ProviderIpam<FakeNic, FileStore>;
-
-fn settings() -> ProviderSettings {
-    ProviderSettings {
-        warm_low: 2,
-        warm_high: 3,
-        cooldown: Duration::ZERO,
-        fabric_settle: Duration::ZERO,
-        backoff_min: Duration::from_millis(1),
-        backoff_max: Duration::from_millis(2),
-        reconcile_every: Duration::ZERO,
-    }
-}
 
 fn node(vpc: &Arc<Mutex<FakeVpc>>, nic: &str, dir: &Path, store: &Path) -> Node {
     let claims = StickyClaims::new(FileStore::open(store).unwrap(), "/t", nic, vec!["db/*".into()], Duration::ZERO);
