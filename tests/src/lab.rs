@@ -23,6 +23,7 @@
 
 mod node_config;
 mod paths;
+mod restart;
 pub mod sdn;
 mod sticky;
 mod sticky_vpc;

@@ -7,6 +7,9 @@
 //!   every DEL succeeds; after recovery each NIC's secondary IPs in the VPC are exactly the node's
 //!   pods, warm, cooling, queued and held addresses: nothing leaked, nothing lost.
 //! - The API throttled to 5 calls/s: pods still start (kubelet's retries included).
+//! - vswitchd killed (-9) while an ADD's `AllocateSecondaryIp` has been committed by the VPC but
+//!   not yet answered: after the restart the address is adopted into the pool or deleted, never
+//!   lost (on the NIC, held by nobody) and never held twice.
 //!
 //! Needs root and etcd.
 
@@ -30,6 +33,20 @@ fn lab() -> Lab {
         ..LabSpec::default()
     };
     Lab::up(spec, |_| {})
+}
+
+/// Until every node's NIC in the VPC holds exactly what the node accounts for, with its queues
+/// drained; panics after `within`. Returns each NIC's secondary IPs.
+fn settled(lab: &Lab, nodes: std::ops::Range<usize>, within: Duration) -> Vec<BTreeSet<String>> {
+    let deadline = Instant::now() + within;
+    loop {
+        let now: Vec<_> = nodes.clone().map(|i| (on_nic(lab, i), accounted(lab, i))).collect();
+        if now.iter().all(|(nic, (ours, drained))| nic == ours && *drained) {
+            return now.into_iter().map(|(nic, _)| nic).collect();
+        }
+        assert!(Instant::now() < deadline, "not settled within {within:?}: {now:#?}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 fn strings(v: &Value) -> BTreeSet<String> {
@@ -99,21 +116,13 @@ fn api_down_30_s_during_a_storm_serves_adds_from_the_pools_queues_dels_and_leaks
     api.set_faults(json!({"down": false}));
 
     // Cooldown (30 s) plus backoff (at most 30 s) plus an upkeep round.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let last = loop {
-        let now: Vec<_> = (0..3).map(|i| (on_nic(&lab, i), accounted(&lab, i))).collect();
-        if now.iter().all(|(nic, (ours, drained))| nic == ours && *drained) {
-            break now;
-        }
-        assert!(Instant::now() < deadline, "not settled 120 s after recovery: {now:#?}");
-        std::thread::sleep(Duration::from_secs(1));
-    };
-    let all: Vec<&String> = last.iter().flat_map(|(nic, _)| nic.iter()).collect();
+    let last = settled(&lab, 0..3, Duration::from_secs(120));
+    let all: Vec<&String> = last.iter().flatten().collect();
     let distinct: BTreeSet<&&String> = all.iter().collect();
     assert_eq!(all.len(), distinct.len(), "an address on two NICs");
     eprintln!(
         "after recovery: {:?} secondary IPs per NIC, all accounted for",
-        last.iter().map(|(n, _)| n.len()).collect::<Vec<_>>()
+        last.iter().map(BTreeSet::len).collect::<Vec<_>>()
     );
     lab.delete_pods();
 }
@@ -153,5 +162,59 @@ fn api_throttled_to_5_calls_per_second_pods_still_start() {
     for (node, ns, container, name) in &sandboxes {
         lab.cni("DEL", *node, container, &ns.path(), name).expect("DEL");
     }
+    lab.delete_pods();
+}
+
+#[test]
+fn kill_9_between_the_vpcs_allocation_and_the_adds_answer_loses_nothing() {
+    let mut lab = lab();
+    let api = lab.vpc_api().expect("the VPC API");
+    // Node1's warm pool emptied while the API is down, so the next ADD must allocate itself.
+    api.set_faults(json!({"down": true}));
+    let mut drained = Vec::new();
+    for n in 0..20 {
+        let ns = Netns::new("vk");
+        let container = format!("drain-{n}-{}", unique(""));
+        match lab.cni("ADD", 0, &container, &ns.path(), &format!("drain-{n}")) {
+            Ok(_) => drained.push((ns, container, format!("drain-{n}"))),
+            Err(e) if e.code == 11 => break,
+            Err(e) => panic!("ADD while draining: {}", e.message),
+        }
+    }
+    let before = on_nic(&lab, 0);
+    // The VPC commits an allocation at once and answers 4 s later.
+    api.set_faults(json!({"down": false, "latency_ms": 4000}));
+    let pid = lab.daemon(0).child.as_ref().expect("node1's vswitchd").id();
+    let ns = Netns::new("vk");
+    let container = format!("killed-{}", unique(""));
+    let add = std::thread::scope(|s| {
+        let add = s.spawn(|| lab.cni("ADD", 0, &container, &ns.path(), "killed"));
+        // Killed once the VPC has the new address and before it answers.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while on_nic(&lab, 0) == before {
+            assert!(Instant::now() < deadline, "no allocation reached the VPC");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+        add.join().unwrap()
+    });
+    assert!(add.is_err(), "the ADD cannot succeed with vswitchd killed under it: {add:?}");
+    let committed: BTreeSet<String> = on_nic(&lab, 0).difference(&before).cloned().collect();
+    api.set_faults(json!({"latency_ms": 0}));
+    lab.restart_vswitchd(0);
+    // The runtime DELs the failed sandbox, as after any failed ADD.
+    lab.cni("DEL", 0, &container, &ns.path(), "killed").expect("DEL of the failed sandbox");
+    // The drained pods go too (their addresses cool back into the pool), so that the node's
+    // accounting below is its pool's and the lab's pods'.
+    for (ns, container, name) in &drained {
+        lab.cni("DEL", 0, container, &ns.path(), name).expect("DEL");
+    }
+    let nic = settled(&lab, 0..1, Duration::from_secs(90)).remove(0);
+    let view = lab.daemon(0).ctl_json(&["ipam"]);
+    let warm = strings(&view["provider"]["warm"]);
+    for ip in &committed {
+        assert!(warm.contains(ip) || !nic.contains(ip), "{ip}: neither adopted nor deleted: {view}");
+    }
+    eprintln!("committed while killed: {committed:?}; after the restart warm {warm:?}, on the NIC {nic:?}");
     lab.delete_pods();
 }
