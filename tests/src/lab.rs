@@ -23,6 +23,7 @@
 
 mod node_config;
 mod paths;
+mod provider_audit;
 mod restart;
 pub mod sdn;
 mod sticky;
@@ -41,6 +42,7 @@ use serde_json::{json, Value};
 use crate::etcd::{DetachedEtcd, EtcdCluster};
 use crate::netns::{binary, cni_command, pids_in, run_cni, unique, Binaries, Daemon, Netns, TempDir};
 
+pub use provider_audit::NicBooks;
 pub use sticky::StickyMove;
 
 /// How pod traffic reaches the VPC.

@@ -16,9 +16,9 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 use vpc_lab::etcd::require_etcd;
-use vpc_lab::lab::{IpamMode, Lab, LabSpec, UplinkMode, VpcMode};
+use vpc_lab::lab::{IpamMode, Lab, LabSpec, NicBooks, UplinkMode, VpcMode};
 use vpc_lab::netns::{require_root, unique, Netns};
 
 fn lab() -> Lab {
@@ -35,46 +35,15 @@ fn lab() -> Lab {
     Lab::up(spec, |_| {})
 }
 
-/// Until every node's NIC in the VPC holds exactly what the node accounts for, with its queues
-/// drained; panics after `within`. Returns each NIC's secondary IPs.
-fn settled(lab: &Lab, nodes: std::ops::Range<usize>, within: Duration) -> Vec<BTreeSet<String>> {
-    let deadline = Instant::now() + within;
-    loop {
-        let now: Vec<_> = nodes.clone().map(|i| (on_nic(lab, i), accounted(lab, i))).collect();
-        if now.iter().all(|(nic, (ours, drained))| nic == ours && *drained) {
-            return now.into_iter().map(|(nic, _)| nic).collect();
-        }
-        assert!(Instant::now() < deadline, "not settled within {within:?}: {now:#?}");
-        std::thread::sleep(Duration::from_secs(1));
-    }
+/// Until every node's books match the VPC's, or a panic with them after `within`.
+fn settled(lab: &Lab, nodes: std::ops::Range<usize>, within: Duration) -> Vec<NicBooks> {
+    let books = lab.settle_nic_books(nodes, within);
+    assert!(books.iter().all(|b| b.quiet && b.on_nic == b.accounted), "not settled within {within:?}: {books:#?}");
+    books
 }
 
-fn strings(v: &Value) -> BTreeSet<String> {
-    v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect()).unwrap_or_default()
-}
-
-/// The VPC's secondary IPs of node `node`'s pod NIC.
-fn on_nic(lab: &Lab, node: usize) -> BTreeSet<String> {
-    let vpc = lab.vpc.as_ref().expect("the lab's VPC");
-    let mac = &vpc.nics.iter().find(|n| n.node == node && n.interface == "eth0").expect("node NIC").mac;
-    let state = lab.vpc_api().expect("the VPC API").state();
-    let nic = state["vpc"]["nics"].as_array().unwrap().iter().find(|n| n["mac"] == mac.as_str()).expect("the NIC");
-    strings(&nic["secondary"])
-}
-
-/// What node `node` accounts for: the lab's pods on it, and its warm, cooling, queued and held
-/// addresses; and whether its queues are drained.
-fn accounted(lab: &Lab, node: usize) -> (BTreeSet<String>, bool) {
-    let view = lab.daemon(node).ctl_json(&["ipam"]);
-    let p = &view["provider"];
-    let mut all: BTreeSet<String> = lab.pods.iter().filter(|x| x.node == node).map(|x| x.ip4().to_string()).collect();
-    all.extend(strings(&p["warm"]));
-    all.extend(strings(&p["cooling"]));
-    all.extend(strings(&p["deleting"]));
-    all.extend(view["sticky"].as_array().unwrap().iter().map(|s| s["ip"].as_str().unwrap().to_string()));
-    // Cooled back into the pool (or deleted) by the upkeep, the deletes done, the API seen up.
-    let drained = strings(&p["deleting"]).is_empty() && strings(&p["cooling"]).is_empty() && p["api_healthy"] == true;
-    (all, drained)
+fn warm(lab: &Lab, node: usize) -> usize {
+    lab.nic_books(node).warm.len()
 }
 
 /// One storm pod: ADD (its result or CNI error code), then DEL.
@@ -91,8 +60,7 @@ fn add_and_del(lab: &Lab, node: usize, n: usize) -> (Result<(), u64>, Result<(),
 fn api_down_30_s_during_a_storm_serves_adds_from_the_pools_queues_dels_and_leaks_nothing() {
     let mut lab = lab();
     let api = lab.vpc_api().expect("the VPC API");
-    let warm_before: Vec<usize> =
-        (0..3).map(|i| strings(&lab.daemon(i).ctl_json(&["ipam"])["provider"]["warm"]).len()).collect();
+    let warm_before: Vec<usize> = (0..3).map(|i| warm(&lab, i)).collect();
     api.set_faults(json!({"down": true}));
     let down_at = Instant::now();
     let (mut served, mut retry_later) = ([0usize; 3], [0usize; 3]);
@@ -117,12 +85,12 @@ fn api_down_30_s_during_a_storm_serves_adds_from_the_pools_queues_dels_and_leaks
 
     // Cooldown (30 s) plus backoff (at most 30 s) plus an upkeep round.
     let last = settled(&lab, 0..3, Duration::from_secs(120));
-    let all: Vec<&String> = last.iter().flatten().collect();
+    let all: Vec<&String> = last.iter().flat_map(|b| &b.on_nic).collect();
     let distinct: BTreeSet<&&String> = all.iter().collect();
     assert_eq!(all.len(), distinct.len(), "an address on two NICs");
     eprintln!(
         "after recovery: {:?} secondary IPs per NIC, all accounted for",
-        last.iter().map(BTreeSet::len).collect::<Vec<_>>()
+        last.iter().map(|b| b.on_nic.len()).collect::<Vec<_>>()
     );
     lab.delete_pods();
 }
@@ -181,7 +149,7 @@ fn kill_9_between_the_vpcs_allocation_and_the_adds_answer_loses_nothing() {
             Err(e) => panic!("ADD while draining: {}", e.message),
         }
     }
-    let before = on_nic(&lab, 0);
+    let before = lab.nic_books(0).on_nic;
     // The VPC commits an allocation at once and answers 4 s later.
     api.set_faults(json!({"down": false, "latency_ms": 4000}));
     let pid = lab.daemon(0).child.as_ref().expect("node1's vswitchd").id();
@@ -191,7 +159,7 @@ fn kill_9_between_the_vpcs_allocation_and_the_adds_answer_loses_nothing() {
         let add = s.spawn(|| lab.cni("ADD", 0, &container, &ns.path(), "killed"));
         // Killed once the VPC has the new address and before it answers.
         let deadline = Instant::now() + Duration::from_secs(3);
-        while on_nic(&lab, 0) == before {
+        while lab.nic_books(0).on_nic == before {
             assert!(Instant::now() < deadline, "no allocation reached the VPC");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -199,7 +167,7 @@ fn kill_9_between_the_vpcs_allocation_and_the_adds_answer_loses_nothing() {
         add.join().unwrap()
     });
     assert!(add.is_err(), "the ADD cannot succeed with vswitchd killed under it: {add:?}");
-    let committed: BTreeSet<String> = on_nic(&lab, 0).difference(&before).cloned().collect();
+    let committed: BTreeSet<String> = lab.nic_books(0).on_nic.difference(&before).cloned().collect();
     api.set_faults(json!({"latency_ms": 0}));
     lab.restart_vswitchd(0);
     // The runtime DELs the failed sandbox, as after any failed ADD.
@@ -209,12 +177,13 @@ fn kill_9_between_the_vpcs_allocation_and_the_adds_answer_loses_nothing() {
     for (ns, container, name) in &drained {
         lab.cni("DEL", 0, container, &ns.path(), name).expect("DEL");
     }
-    let nic = settled(&lab, 0..1, Duration::from_secs(90)).remove(0);
-    let view = lab.daemon(0).ctl_json(&["ipam"]);
-    let warm = strings(&view["provider"]["warm"]);
+    let books = settled(&lab, 0..1, Duration::from_secs(90)).remove(0);
     for ip in &committed {
-        assert!(warm.contains(ip) || !nic.contains(ip), "{ip}: neither adopted nor deleted: {view}");
+        assert!(books.warm.contains(ip) || !books.on_nic.contains(ip), "{ip}: neither adopted nor deleted: {books:?}");
     }
-    eprintln!("committed while killed: {committed:?}; after the restart warm {warm:?}, on the NIC {nic:?}");
+    eprintln!(
+        "committed while killed: {committed:?}; after the restart warm {:?}, on the NIC {:?}",
+        books.warm, books.on_nic
+    );
     lab.delete_pods();
 }
