@@ -4,6 +4,7 @@
 pub mod cni_latency;
 pub mod e2e;
 pub mod ipam;
+pub mod ipam_provider;
 pub mod ipam_scale;
 pub mod scale;
 pub mod tap_cost;

@@ -5,7 +5,8 @@
 use std::net::IpAddr;
 use std::path::Path;
 
-use vswitch_api::api::{AssignSpec, ErrorCode, IpFamilies, PodRef};
+use vswitch_api::api::{AddressView, AssignSpec, ErrorCode, IpFamilies, PodRef};
+use vswitch_api::sticky::StickyRequest;
 
 use crate::client::{ClientError, Vswitch};
 use crate::ipam::Ipam;
@@ -33,6 +34,21 @@ fn cluster_error(e: ClientError) -> CniError {
     }
 }
 
+/// Asks vswitchd for addresses; a vswitchd older than `AssignSpec::sticky` refuses the field as
+/// unknown, and is asked again without it (the pod starts, its address not sticky).
+fn assign_compatibly(vswitch: &Vswitch, spec: AssignSpec) -> Result<AddressView, ClientError> {
+    let sticky = spec.sticky.is_some();
+    match vswitch.ipam_assign(spec.clone()) {
+        Err(ClientError::Api(e))
+            if sticky && e.code == ErrorCode::Invalid && e.message.contains("unknown field `sticky`") =>
+        {
+            eprintln!("vpc-cni: vswitchd is too old for sticky addresses by annotation: assigned without");
+            vswitch.ipam_assign(AssignSpec { sticky: None, ..spec })
+        }
+        other => other,
+    }
+}
+
 /// vswitchd's addresses as a pod's: one per family.
 fn pod_ips(ips: Vec<IpAddr>) -> Result<PodIps, CniError> {
     PodIps::from_ips(ips).map_err(|e| CniError::with_details(Code::SwitchRefused, "vswitchd's addresses", e))
@@ -41,7 +57,8 @@ fn pod_ips(ips: Vec<IpAddr>) -> Result<PodIps, CniError> {
 impl Addresses {
     /// The addresses for `owner` (the ones it has, the requested ones, or new ones; one per
     /// family of the network), and whether this call assigned them (false: undoing a failed ADD
-    /// must not release them).
+    /// must not release them). `sticky`: the pod's annotations ask for a sticky address (only
+    /// vswitchd's IPAM keeps one; the local ranges ignore it).
     pub fn assign(
         &self,
         owner: &Attachment,
@@ -49,13 +66,14 @@ impl Addresses {
         families: Option<IpFamilies>,
         netns: &Path,
         pod: Option<PodRef>,
+        sticky: Option<StickyRequest>,
     ) -> Result<(PodIps, bool), CniError> {
         let (ips, new) = match self {
             Addresses::Local(ipam) => ipam.allocate_for(owner, requested, Some(netns))?,
             Addresses::Cluster(vswitch) => {
                 let ips = requested.iter().collect();
-                let spec = AssignSpec { owner: owner.clone(), netns: netns.into(), pod, ips, families };
-                let view = vswitch.ipam_assign(spec).map_err(cluster_error)?;
+                let spec = AssignSpec { owner: owner.clone(), netns: netns.into(), pod, ips, families, sticky };
+                let view = assign_compatibly(vswitch, spec).map_err(cluster_error)?;
                 (pod_ips(view.ips)?, view.new)
             }
         };
@@ -94,5 +112,84 @@ impl Addresses {
                 Ok(view.this_node.warm > 0 || (view.store_reachable && view.free > 0))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixListener;
+    use vswitch_api::sticky::ClaimPolicy;
+
+    /// `AssignSpec` as vswitchd had it before `sticky`, parsed the way its server parses requests.
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct AssignSpecBeforeSticky {
+        op: String,
+        owner: Attachment,
+        netns: std::path::PathBuf,
+        #[serde(default)]
+        pod: Option<PodRef>,
+        #[serde(default)]
+        ips: Vec<IpAddr>,
+        #[serde(default)]
+        families: Option<IpFamilies>,
+    }
+
+    fn socket_path(test: &str) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("vpc-cni-old-vswitchd-{test}-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        path
+    }
+
+    /// An old vswitchd answering `requests` lines; returns what it was sent.
+    fn old_vswitchd(socket: &Path, requests: usize) -> std::thread::JoinHandle<Vec<String>> {
+        let listener = UnixListener::bind(socket).unwrap();
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for _ in 0..requests {
+                let (stream, _) = listener.accept().unwrap();
+                let mut line = String::new();
+                BufReader::new(&stream).read_line(&mut line).unwrap();
+                let reply = match serde_json::from_str::<AssignSpecBeforeSticky>(&line) {
+                    Ok(_) => r#"{"ok":true,"result":{"ips":["10.0.0.7"],"new":true}}"#.to_string(),
+                    Err(e) => serde_json::json!({"ok": false, "error": {"code": "invalid", "message": format!("bad request: {e}")}})
+                        .to_string(),
+                };
+                (&stream).write_all(format!("{reply}\n").as_bytes()).unwrap();
+                seen.push(line);
+            }
+            seen
+        })
+    }
+
+    #[test]
+    fn a_sticky_request_to_a_vswitchd_without_sticky_is_asked_again_without_it() {
+        let socket = socket_path("sticky");
+        let server = old_vswitchd(&socket, 2);
+        let owner = Attachment { container_id: "c1".into(), ifname: "eth0".into() };
+        let pod = Some(PodRef { namespace: "db".into(), name: "pg-0".into() });
+        let sticky = Some(StickyRequest { hold: ClaimPolicy::Never });
+        let addresses = Addresses::Cluster(Vswitch::new(&socket));
+        let (ips, new) =
+            addresses.assign(&owner, PodIps::default(), None, Path::new("/run/netns/c1"), pod, sticky).unwrap();
+        assert_eq!((ips.to_string(), new), ("10.0.0.7".to_string(), true));
+        let seen = server.join().unwrap();
+        assert!(seen[0].contains(r#""sticky":{"hold":"Never"}"#), "{}", seen[0]);
+        assert!(!seen[1].contains("sticky"), "asked again without it: {}", seen[1]);
+        let _ = std::fs::remove_file(socket);
+    }
+
+    #[test]
+    fn a_request_without_sticky_is_the_old_wire_form() {
+        let socket = socket_path("plain");
+        let server = old_vswitchd(&socket, 1);
+        let owner = Attachment { container_id: "c1".into(), ifname: "eth0".into() };
+        let addresses = Addresses::Cluster(Vswitch::new(&socket));
+        addresses.assign(&owner, PodIps::default(), None, Path::new("/run/netns/c1"), None, None).unwrap();
+        assert!(!server.join().unwrap()[0].contains("sticky"));
+        let _ = std::fs::remove_file(socket);
     }
 }

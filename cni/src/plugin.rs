@@ -223,7 +223,14 @@ impl Plugin {
         let mut undo: Vec<Box<dyn FnOnce()>> = Vec::new();
         let result = (|| {
             let addresses = self.addresses();
-            let (ips, new) = addresses.assign(&owner, requested_ips, self.conf.families(), &netns, self.pod_ref())?;
+            let (ips, new) = addresses.assign(
+                &owner,
+                requested_ips,
+                self.conf.families(),
+                &netns,
+                self.pod_ref(),
+                runtime.sticky,
+            )?;
             if new {
                 let owner = owner.clone();
                 undo.push(Box::new(move || drop(addresses.release(&owner))));

@@ -24,9 +24,12 @@
 pub mod load_balancer;
 mod node_config;
 mod paths;
+mod provider_audit;
+mod restart;
 pub mod sdn;
 mod state;
 mod sticky;
+mod sticky_vpc;
 pub mod ucloud;
 mod unregistered;
 pub mod vpc_api;
@@ -42,6 +45,7 @@ use serde_json::{json, Value};
 use crate::etcd::EtcdCluster;
 use crate::netns::{binary, cni_command, run_cni, unique, Binaries, Daemon, Netns, TempDir};
 
+pub use provider_audit::NicBooks;
 pub use state::LabState;
 pub use sticky::StickyMove;
 
@@ -200,7 +204,8 @@ pub const POD_POOL6: &str = "fd00:10::64:0/112";
 pub const IPAM_PREFIX: &str = "/vpc-ipam/lab";
 /// Pods live in this Kubernetes namespace (CNI_ARGS K8S_POD_NAMESPACE).
 pub const POD_NAMESPACE: &str = "default";
-/// The sticky pod ([`IpamMode::Etcd`]): `ipam.sticky` is `["default/sticky-*"]`.
+/// The sticky pod ([`IpamMode::Etcd`]: `ipam.sticky` is `["default/sticky-*"]`; [`IpamMode::Vpc`]:
+/// UK8S's static-IP annotations, see `lab/sticky_vpc.rs`).
 pub const STICKY_POD: &str = "sticky-0";
 const STATE_DIR: &str = "/run/vpc-lab";
 
@@ -443,7 +448,11 @@ impl Topology {
     ) -> Result<Value, CniFailure> {
         let mut cmd = cni_command(&binary("vpc-cni"), command, container, netns);
         cmd.env("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={POD_NAMESPACE};K8S_POD_NAME={pod}"));
-        let out = run_cni(cmd, conf);
+        let mut conf = conf.clone();
+        if self.ipam == IpamMode::Vpc && pod == STICKY_POD {
+            sticky_vpc::annotate(&mut conf);
+        }
+        let out = run_cni(cmd, &conf);
         let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if !out.status.success() {
             let code = serde_json::from_str::<Value>(&text).ok().and_then(|v| v["code"].as_u64()).unwrap_or(0);
@@ -571,7 +580,7 @@ impl Lab {
             fabric,
             dir,
         };
-        if spec.ipam == IpamMode::Etcd {
+        if spec.ipam != IpamMode::Local {
             progress(&format!(
                 "etcd: 3 members, each in its own namespace on the fabric ({}-{}), TLS with client certificates",
                 ETCD_IPS[0], ETCD_IPS[2]
@@ -618,7 +627,7 @@ impl Lab {
                 progress(&format!("pod {} on node{}: {} (through vpc-cni ADD)", pod.name, i + 1, pod.addresses()));
             }
         }
-        if spec.ipam == IpamMode::Etcd {
+        if spec.ipam != IpamMode::Local {
             let pod = lab.add_pod(0, STICKY_POD);
             progress(&format!(
                 "sticky pod {POD_NAMESPACE}/{STICKY_POD} on node1: {} (keeps its address on any node)",

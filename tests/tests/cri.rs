@@ -16,6 +16,7 @@ use serde_json::Value;
 use vpc_lab::containerd::{alive, cgroup_dirs, mount_points, require_containerd, CniCall, CniPlugin, Containerd};
 use vpc_lab::cri::{pod_config, tcp_port, PortMapping, SandboxStatus};
 use vpc_lab::netns::{binary, iperf3, try_run, unique, Binaries, Daemon, Netns, TempDir};
+use vswitch_api::sticky::{CLAIM_POLICY_ANNOTATION, POD_ANNOTATIONS_CAPABILITY, STATIC_IP_ANNOTATION};
 
 /// The node's own address (on its loopback), what pods and hostPorts are reached at.
 const NODE_IP: &str = "10.10.0.5";
@@ -144,9 +145,12 @@ fn three_pods_through_cri_get_addresses_talk_map_a_host_port_and_leave_nothing()
     let node = node(61);
     let pods: Vec<Pod> = ["web-0", "web-1", "web-2"].iter().map(|n| Pod::new(n)).collect();
     let mut sandboxes: Vec<(String, SandboxStatus, PathBuf)> = Vec::new();
+    // web-1 asks for a sticky address as a UK8S StatefulSet pod does.
+    let sticky = [(STATIC_IP_ANNOTATION, "true"), (CLAIM_POLICY_ANNOTATION, "300s")];
     for (i, pod) in pods.iter().enumerate() {
         let ports = if i == 0 { vec![tcp_port(CONTAINER_PORT, HOST_PORT)] } else { vec![] };
-        let (id, status) = node.run_pod(pod, &[], ports);
+        let annotations: &[(&str, &str)] = if i == 1 { &sticky } else { &[] };
+        let (id, status) = node.run_pod(pod, annotations, ports);
         assert!(status.ready(), "{} is not ready: {:?}", pod.name, status.status);
         let netns =
             status.netns_path().unwrap_or_else(|| panic!("no netns path in the verbose status: {}", status.info));
@@ -258,6 +262,14 @@ fn three_pods_through_cri_get_addresses_talk_map_a_host_port_and_leave_nothing()
         "portmap's runtimeConfig from containerd: {}",
         calls_for(&calls, "portmap", "ADD", &sandboxes[0].0)[0].stdin["runtimeConfig"]
     );
+    // containerd 1.6 passes the pod's annotations to vpc-cni, which the shipped conflist
+    // declares the capability for (without the declaration it sends none).
+    let add = calls_for(&calls, "vpc-cni", "ADD", &sandboxes[1].0)[0];
+    let annotations = &add.stdin["runtimeConfig"][POD_ANNOTATIONS_CAPABILITY];
+    assert_eq!(annotations[STATIC_IP_ANNOTATION], "true", "vpc-cni's runtimeConfig: {}", add.stdin["runtimeConfig"]);
+    assert_eq!(annotations[CLAIM_POLICY_ANNOTATION], "300s", "vpc-cni's runtimeConfig: {}", add.stdin["runtimeConfig"]);
+    let plain = calls_for(&calls, "vpc-cni", "ADD", &sandboxes[0].0)[0];
+    assert!(plain.stdin["runtimeConfig"][POD_ANNOTATIONS_CAPABILITY].get(STATIC_IP_ANNOTATION).is_none());
 
     // StopPodSandbox reclaims the network: no TAP, no port, no address, no portmap rule.
     let dels = |calls: &[CniCall]| calls.iter().filter(|c| c.plugin == "vpc-cni" && c.command == "DEL").count();

@@ -322,7 +322,14 @@ fn owner(id: &str) -> Attachment {
 }
 
 fn spec(id: &str) -> AssignSpec {
-    AssignSpec { owner: owner(id), netns: format!("/run/netns/{id}").into(), pod: None, ips: vec![], families: None }
+    AssignSpec {
+        owner: owner(id),
+        netns: format!("/run/netns/{id}").into(),
+        pod: None,
+        ips: vec![],
+        families: None,
+        sticky: None,
+    }
 }
 
 /// Whether the daemon could not be reached or its answer was cut off (killed mid-request).
@@ -814,6 +821,7 @@ fn a_partitioned_node_is_fenced_when_it_returns() {
             pod: Some(PodRef { namespace: "default".into(), name: "victim".into() }),
             ips: vec![],
             families: None,
+            sticky: None,
         })
         .unwrap();
     let assigned_ip = assigned.ips[0];
@@ -833,6 +841,7 @@ fn a_partitioned_node_is_fenced_when_it_returns() {
             pod: None,
             ips: vec![],
             families: None,
+            sticky: None,
         })
         .unwrap()
         .ips[0];
@@ -883,6 +892,7 @@ fn a_partitioned_node_is_fenced_when_it_returns() {
             pod: None,
             ips: vec![assigned_ip],
             families: None,
+            sticky: None,
         })
         .unwrap();
     assert_eq!(taken.ips, [assigned_ip]);

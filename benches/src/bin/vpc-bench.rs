@@ -29,6 +29,12 @@ struct Runs {
     flows: u16,
 }
 
+/// The VPC providers `vpc-bench ipam --provider` knows (each a lab VPC API).
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum BenchProvider {
+    Ucloud,
+}
+
 #[derive(Subcommand)]
 enum Bench {
     /// ADD and DEL latency of vpc-cni next to the reference bridge + host-local plugins.
@@ -46,6 +52,15 @@ enum Bench {
         /// Pods per backend and phase.
         #[arg(long, default_value_t = 300)]
         pods: usize,
+        /// Instead: a VPC provider's API (`ucloud`, the lab's) against the etcd mode, in one run.
+        #[arg(long)]
+        provider: Option<BenchProvider>,
+        /// With --provider: latency the lab's VPC API adds to every call.
+        #[arg(long, default_value_t = 50)]
+        api_latency_ms: u64,
+        /// With --provider: the lab's VPC API's rate limit (calls per second).
+        #[arg(long, default_value_t = 20.0)]
+        api_rate: f64,
     },
     /// The cluster IPAM at Kubernetes' scale: N simulated nodes (the real node agent, no TAPs)
     /// on a fresh 3-member etcd per size, filled to P pods each, churned, one node killed and
@@ -232,7 +247,16 @@ fn main() {
                 );
             }
         }
-        Bench::Ipam { nodes, pods } => {
+        Bench::Ipam { nodes, pods, provider: Some(BenchProvider::Ucloud), api_latency_ms, api_rate } => {
+            let options = benches::ipam_provider::Options { nodes, pods, api_latency_ms, api_rate };
+            let report = benches::ipam_provider::run(options, |step| eprintln!("  {step}"));
+            if cli.json {
+                println!("{}", report.json());
+            } else {
+                print!("{}", report.table());
+            }
+        }
+        Bench::Ipam { nodes, pods, provider: None, .. } => {
             let report = benches::ipam::run(nodes, pods);
             if cli.json {
                 println!("{}", report.json());

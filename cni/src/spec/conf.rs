@@ -15,7 +15,7 @@ use super::pod_ips::families;
 use super::{supported_versions, valid_network_name, CniError, CniResult, CniVersion, Code, Dns, RuntimeConfig};
 
 /// The capabilities vpc-cni honours when its own plugin entry declares them.
-pub const CAPABILITIES: &[&str] = &["ips", "mac", "bandwidth"];
+pub const CAPABILITIES: &[&str] = &["ips", "mac", "bandwidth", vswitch_api::sticky::POD_ANNOTATIONS_CAPABILITY];
 
 /// The network configuration this plugin reads (one entry of a conflist, with `cniVersion` and
 /// `name` filled in by the runtime; [`NetConf::from_conflist`] does that filling-in for readers

@@ -1,5 +1,8 @@
 //! `runtimeConfig`: the runtime's arguments for the capabilities vpc-cni honours (`ips`,
-//! `mac`, `bandwidth`; `portMappings` is counted for the chained portmap plugin).
+//! `mac`, `bandwidth`, `io.kubernetes.cri.pod-annotations`; `portMappings` is counted for the
+//! chained portmap plugin).
+
+use vswitch_api::sticky::{StickyRequest, POD_ANNOTATIONS_CAPABILITY};
 
 use super::{parse_mac, CniError, Code, PodIps};
 
@@ -17,6 +20,8 @@ pub struct RuntimeConfig {
     pub bandwidth: Option<vswitch_api::api::Bandwidth>,
     /// `portMappings`: the chained portmap plugin's business; counted, not acted on.
     pub port_mappings: usize,
+    /// `io.kubernetes.cri.pod-annotations`: a sticky address asked for by UK8S's annotations.
+    pub sticky: Option<StickyRequest>,
 }
 
 /// The burst used when the runtime gives none (0, or go-cni's MaxUint32 for "unset"): 100 ms
@@ -82,7 +87,16 @@ impl RuntimeConfig {
             let Some(list) = pm.as_array() else { return invalid("portMappings", format!("must be a list, not {pm}")) };
             rc.port_mappings = list.len();
         }
-        // io.kubernetes.cri.pod-annotations and anything else a runtime adds: not ours.
+        // Annotation names are matched exactly, as Kubernetes keys are.
+        if let Some(annotations) = lookup(object, POD_ANNOTATIONS_CAPABILITY) {
+            let Some(map) = annotations.as_object() else {
+                return invalid(POD_ANNOTATIONS_CAPABILITY, format!("must be an object, not {annotations}"));
+            };
+            let get = |key: &str| map.get(key).and_then(|v| v.as_str()).map(str::to_string);
+            rc.sticky =
+                StickyRequest::from_annotations(get).map_err(|e| bad(POD_ANNOTATIONS_CAPABILITY, e.to_string()))?;
+        }
+        // Anything else a runtime adds: not ours.
         Ok(rc)
     }
 }
@@ -117,6 +131,7 @@ mod tests {
                 egress: None,
             }),
             port_mappings: 1,
+            sticky: None,
         };
         assert_eq!(RuntimeConfig::from_value(&go).unwrap(), expected);
         assert_eq!(RuntimeConfig::from_value(&camel).unwrap(), expected);
@@ -143,5 +158,29 @@ mod tests {
         assert!(conf_with(r#","runtimeConfig":{"ips":["10.10.40.15"]}"#).unwrap().runtime().unwrap().ips.v4.is_some());
         let dual = RuntimeConfig::from_value(&serde_json::json!({"ips": ["fd00::15/64", "10.10.40.15/24"]})).unwrap();
         assert_eq!(dual.ips.to_string(), "10.10.40.15,fd00::15");
+    }
+
+    #[test]
+    fn pod_annotations_ask_for_a_sticky_address() {
+        use vswitch_api::sticky::ClaimPolicy;
+        let read = |annotations: serde_json::Value| {
+            RuntimeConfig::from_value(&serde_json::json!({ "io.kubernetes.cri.pod-annotations": annotations }))
+        };
+        let sticky = read(serde_json::json!({
+            "network.beta.kubernetes.io/ucloud-statefulset-static-ip": "true",
+            "network.beta.kubernetes.io/ucloud-statefulset-ip-claim-policy": "300s",
+            "kubernetes.io/config.source": "api",
+        }));
+        let hold = ClaimPolicy::After(std::time::Duration::from_secs(300));
+        assert_eq!(sticky.unwrap().sticky, Some(StickyRequest { hold }));
+        assert_eq!(read(serde_json::json!({"kubernetes.io/config.source": "api"})).unwrap().sticky, None);
+        let bad = read(serde_json::json!({
+            "network.beta.kubernetes.io/ucloud-statefulset-static-ip": "true",
+            "network.beta.kubernetes.io/ucloud-statefulset-ip-claim-policy": "later",
+        }))
+        .unwrap_err();
+        assert_eq!(bad.code, Code::InvalidConfig);
+        assert!(bad.to_string().contains("claim policy 'later'"), "{bad}");
+        assert_eq!(read(serde_json::json!(["x"])).unwrap_err().code, Code::InvalidConfig);
     }
 }

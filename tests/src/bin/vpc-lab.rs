@@ -419,7 +419,7 @@ fn demo(shape: &Shape, seconds: u32) -> ExitCode {
     if ok {
         println!("[2/4] checking every path");
         let mut checks = lab.check();
-        if lab.ipam == IpamMode::Etcd && !stopped() {
+        if lab.sticky_pod().is_some() && !stopped() {
             checks.extend(lab.move_sticky().checks);
         }
         ok = report(&checks, false) == ExitCode::SUCCESS;

@@ -35,7 +35,11 @@ pub(super) fn vswitchd_toml(spec: &LabSpec, i: usize, etcd: Option<&EtcdCluster>
     match spec.ipam {
         IpamMode::Local => {}
         IpamMode::Etcd => config.push_str(&etcd_ipam(spec, i, etcd.expect("etcd runs in IpamMode::Etcd"))),
-        IpamMode::Vpc => config.push_str(&provider_ipam(spec, i, vpc.expect("the VPC API runs with --vpc ucloud"))),
+        IpamMode::Vpc => {
+            config.push_str(&provider_ipam(spec, i, vpc.expect("the VPC API runs with --vpc ucloud")));
+            // Sticky pods' records (by annotation: no `sticky` pattern here), for every node.
+            config.push_str(&etcd_table(etcd.expect("etcd keeps provider mode's sticky records")));
+        }
     }
     config
 }
@@ -64,17 +68,24 @@ fn toml_str(s: &str) -> String {
 /// `[ipam]` for node `i` on the etcd pool: the same on every node but for its name (one
 /// ConfigMap).
 fn etcd_ipam(spec: &LabSpec, i: usize, etcd: &EtcdCluster) -> String {
-    let tls = etcd.tls();
-    let endpoints: Vec<String> = etcd.endpoints().iter().map(|e| toml_str(e)).collect();
     // A small warm pool: a lab node has a few pods. The rest as in production: a released
     // address waits 120 s before reuse; a node without its lease for 10 s is quarantined.
     let pools: Vec<String> = pools(spec.family).iter().map(|p| toml_str(p)).collect();
     format!(
         "[ipam]\nnode_name = \"node{}\"\npools = [{}]\nprefix = \"{IPAM_PREFIX}\"\n\
-         warm_target = 4\nwarm_max = 8\nsticky = [\"{POD_NAMESPACE}/sticky-*\"]\n\
-         [ipam.etcd]\nendpoints = [{}]\nca_file = {}\ncert_file = {}\nkey_file = {}\n",
+         warm_target = 4\nwarm_max = 8\nsticky = [\"{POD_NAMESPACE}/sticky-*\"]\n{}",
         i + 1,
         pools.join(", "),
+        etcd_table(etcd),
+    )
+}
+
+/// `[ipam.etcd]`: the lab's etcd members, with its client certificate.
+fn etcd_table(etcd: &EtcdCluster) -> String {
+    let tls = etcd.tls();
+    let endpoints: Vec<String> = etcd.endpoints().iter().map(|e| toml_str(e)).collect();
+    format!(
+        "[ipam.etcd]\nendpoints = [{}]\nca_file = {}\ncert_file = {}\nkey_file = {}\n",
         endpoints.join(", "),
         toml_str(&tls.ca.to_string_lossy()),
         toml_str(&tls.cert.to_string_lossy()),
@@ -93,7 +104,11 @@ fn provider_ipam(spec: &LabSpec, i: usize, vpc: &LabVpc) -> String {
         .unwrap_or_else(|| panic!("the VPC knows no {} of node{}", pod_nic(spec.mode), i + 1));
     // `pools` is required by `[ipam]` even though provider mode does not use it
     // (docs/configuration.md): the subnet's part the VPC hands secondary IPs from.
-    let mut toml = format!("[ipam]\nprovider = \"ucloud\"\npools = [{}]\n[ipam.ucloud]\n", toml_str(SECONDARY_POOL));
+    let mut toml = format!(
+        "[ipam]\nprovider = \"ucloud\"\nnode_name = \"node{}\"\nprefix = \"{IPAM_PREFIX}\"\npools = [{}]\n[ipam.ucloud]\n",
+        i + 1,
+        toml_str(SECONDARY_POOL)
+    );
     let keys = [
         ("endpoint", vpc.endpoint.clone()),
         ("region", vpc.region.clone()),

@@ -19,8 +19,10 @@ use super::{
 };
 use crate::netns::{binary, pids_in, try_run, unique, Netns};
 
-/// How soon after the ADD the moved pod must answer.
+/// How soon after the ADD the moved pod must answer (etcd mode: only gratuitous ARP moves it).
 pub const STICKY_LIMIT: Duration = Duration::from_secs(1);
+/// The same on the VPC (`--vpc ucloud`): `MoveSecondaryIPMac` and the flow-table push included.
+pub const STICKY_LIMIT_VPC: Duration = Duration::from_secs(2);
 /// How long the new node's ADD is retried while the old node's release is not in etcd yet.
 const ADD_RETRY_FOR: Duration = Duration::from_secs(10);
 /// How long to wait for an answer before calling the path broken.
@@ -304,15 +306,16 @@ impl Topology {
             ),
         };
 
+        let limit = if self.ipam == super::IpamMode::Vpc { STICKY_LIMIT_VPC } else { STICKY_LIMIT };
         let within = |answer: &Result<(f64, String), String>, own: std::net::IpAddr| -> (bool, Option<f64>, String) {
             match answer {
                 Err(e) => (false, None, e.clone()),
                 Ok((ms, peer)) => {
-                    let fast = *ms <= STICKY_LIMIT.as_secs_f64() * 1e3;
+                    let fast = *ms <= limit.as_secs_f64() * 1e3;
                     let no_nat = *peer == own.to_string();
                     let text = format!(
                         "answered {ms:.0} ms after the ADD (limit {} ms){}",
-                        STICKY_LIMIT.as_millis(),
+                        limit.as_millis(),
                         if no_nat { String::new() } else { format!(", but saw {peer}, not {own}") }
                     );
                     (fast && no_nat, Some(*ms), text)

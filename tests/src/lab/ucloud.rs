@@ -134,7 +134,8 @@ fn config(spec: &LabSpec, credential: Credential) -> VpcConfig {
         // The load balancer standing in for UCloud's ULB (super::load_balancer).
         FixedHost { name: "ulb".into(), port: "flb".into(), addresses: vec![IpAddr::V4(super::load_balancer::VIP)] },
     ];
-    if spec.ipam == IpamMode::Etcd {
+    // etcd: the etcd mode's pool, or provider mode's sticky records.
+    if spec.ipam != IpamMode::Local {
         for (i, ip) in ETCD_IPS.iter().enumerate() {
             fixed_hosts.push(FixedHost {
                 name: format!("etcd{}", i + 1),

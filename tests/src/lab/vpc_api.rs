@@ -9,6 +9,7 @@
 //! in its namespace, killed on drop) and [`SdkClient`] (UCloud's Python SDK, run in a namespace).
 
 pub mod dialect;
+pub mod local;
 pub mod server;
 pub mod vpc;
 

@@ -94,6 +94,9 @@ pub struct AssignSpec {
     /// The families wanted; `None`: every family the cluster's pools hold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub families: Option<IpFamilies>,
+    /// The pod's annotations ask for a sticky address (sent only then: see [`crate::sticky`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<crate::sticky::StickyRequest>,
 }
 
 /// Which address families a pod gets.

@@ -6,6 +6,7 @@
 //! - [`client`]: the one blocking client (connect and read timeouts) used by vpc-cni and
 //!   vswitchctl.
 //! - [`defaults`]: the values vswitchd.toml and the conflist must agree on, when neither says.
+//! - [`sticky`]: a pod's request for a sticky address, from its annotations.
 //! - [`MacAddr`].
 //!
 //! What both sides do to the host (TAPs, namespaces, links, files) is `vswitch-host`.
@@ -14,5 +15,6 @@ pub mod api;
 pub mod client;
 pub mod defaults;
 mod mac;
+pub mod sticky;
 
 pub use mac::{MacAddr, MacParseError};

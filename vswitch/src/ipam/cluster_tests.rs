@@ -114,6 +114,7 @@ async fn dual_stack_pods_get_one_address_per_family_and_release_both() {
         pod: None,
         ips,
         families: None,
+        sticky: None,
     };
     let fixed = AddressRequest::try_from(as_asked(wanted.clone())).unwrap();
     assert_eq!(a.requests().assign(&fixed, &none()).await.unwrap().ips, wanted);

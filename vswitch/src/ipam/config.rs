@@ -163,16 +163,21 @@ impl IpamConfig {
 
 impl IpamSettings {
     pub fn is_sticky(&self, pod: &PodRef) -> bool {
-        self.sticky.iter().any(|pattern| {
-            let (ns, name) = pattern.split_once('/').unwrap_or((pattern, "*"));
-            glob(ns, &pod.namespace) && glob(name, &pod.name)
-        })
+        matches_sticky(&self.sticky, pod)
     }
 
     /// The pool's prefixes as messages and views show them: `10.0.0.0/16, fd00::/64`.
     pub fn pool_list(&self) -> String {
         self.pools.iter().map(PoolPrefix::to_string).collect::<Vec<_>>().join(", ")
     }
+}
+
+/// Does an `[ipam] sticky` pattern (`namespace/name`, `*` globs) match the pod?
+pub fn matches_sticky(patterns: &[String], pod: &PodRef) -> bool {
+    patterns.iter().any(|pattern| {
+        let (ns, name) = pattern.split_once('/').unwrap_or((pattern, "*"));
+        glob(ns, &pod.namespace) && glob(name, &pod.name)
+    })
 }
 
 /// `*` matches any run of characters; everything else matches itself.

@@ -91,6 +91,7 @@ mod tests {
             pod: None,
             ips: ips.iter().map(|ip| ip.parse().unwrap()).collect(),
             families: Some(IpFamilies::Dual),
+            sticky: None,
         };
         let request = AddressRequest::try_from(spec(&["fd00::5", "10.0.0.5"])).unwrap();
         assert_eq!(request.specific(Family::Ipv4), Some("10.0.0.5".parse().unwrap()));

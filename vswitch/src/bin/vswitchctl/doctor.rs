@@ -67,6 +67,7 @@ pub fn run(options: &Options) -> Vec<Check> {
     checks.push(config_check);
     if let Some(c) = &config {
         checks.push(uplink(c, Path::new("/sys/class/net")));
+        checks.extend(vpc_api(c));
     }
     let socket = options
         .socket
@@ -321,6 +322,55 @@ pub fn cluster_pool_of(view: &vswitch_api::api::IpamView) -> Check {
     } else {
         check("address_pool", Status::Ok, detail)
     }
+}
+
+/// Provider mode: the VPC API's credentials and reachability, straight from vswitchd.toml (a
+/// `DescribeSubnet`, as vswitchd's own check), so it works with vswitchd down. Refused keys and
+/// an unreachable endpoint are told apart.
+pub fn vpc_api(config: &Config) -> Option<Check> {
+    use vswitch::ipam::provider::config::ProviderKind;
+    use vswitch::ipam::provider::ucloud::UCloud;
+    use vswitch::ipam::provider::{ProviderError, VpcProvider};
+    let ipam = config.ipam.as_ref()?;
+    let Some(ProviderKind::Ucloud) = ipam.provider else { return None };
+    let fail = |detail: String| Some(check("vpc_api", Status::Fail, detail));
+    let Some(ucloud) = &ipam.ucloud else {
+        return fail("ipam.provider = \"ucloud\" needs an [ipam.ucloud] table".into());
+    };
+    let client = match UCloud::new(ucloud) {
+        Ok(c) => c,
+        Err(e) => return fail(e.to_string()),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(format!("cannot start a runtime for the API call: {e}")),
+    };
+    let at = format!("UCloud VPC API at {}", ucloud.endpoint);
+    Some(match runtime.block_on(client.subnet_free()) {
+        Ok(free) => check(
+            "vpc_api",
+            Status::Ok,
+            format!("{at}: credentials accepted; subnet {} has {free} free addresses", ucloud.subnet_id),
+        ),
+        Err(ProviderError::Auth(m)) => check(
+            "vpc_api",
+            Status::Fail,
+            format!(
+                "{at} refused the credentials ({m}): check the keys in {} and {}",
+                ucloud.public_key_file.display(),
+                ucloud.private_key_file.display()
+            ),
+        ),
+        Err(ProviderError::Unavailable(m)) => check(
+            "vpc_api",
+            Status::Fail,
+            format!("{at} is unreachable ({m}): check ipam.ucloud.endpoint and the route to it"),
+        ),
+        Err(ProviderError::Throttled(m)) => {
+            check("vpc_api", Status::Warn, format!("{at} answered, throttling this caller ({m}): the credentials work"))
+        }
+        Err(e) => check("vpc_api", Status::Fail, format!("{at}: DescribeSubnet {}: {e}", ucloud.subnet_id)),
+    })
 }
 
 /// Free addresses in the node IPAM (`dataDir/<network>/state.json`), per family of the ranges:

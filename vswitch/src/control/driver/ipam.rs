@@ -21,12 +21,13 @@ use crate::control::registry::{PodAddresses, RegistryError};
 use crate::ipam::error::{InvalidRequest, ProviderSetupError};
 use crate::ipam::node::IpamMetrics;
 use crate::ipam::pool::Family;
+use crate::ipam::provider::claims::StickyClaims;
 use crate::ipam::provider::config::{ProviderConfigError, ProviderKind};
 use crate::ipam::provider::stats::ApiReport;
 use crate::ipam::provider::ucloud::UCloud;
 use crate::ipam::provider::ProviderIpam;
 use crate::ipam::store::AnyStore;
-use crate::ipam::{AddressRequest, IpamError, NodeIpam};
+use crate::ipam::{AddressRequest, IpamConfig, IpamError, NodeIpam, SettingsError};
 
 /// The node's IPAM: the cluster pool (etcd or the node-local file), or a VPC provider's.
 #[derive(Debug)]
@@ -42,14 +43,29 @@ pub fn open(config: &Config) -> Result<Option<Arc<Ipam>>, IpamError> {
         let ucloud = ipam.ucloud.as_ref().ok_or(ProviderSetupError::Config(ProviderConfigError::MissingTable))?;
         let settings = ucloud.settings().map_err(ProviderSetupError::from)?;
         let client = UCloud::new(ucloud).map_err(ProviderSetupError::from)?;
-        tracing::info!(endpoint = %ucloud.endpoint, nic = %ucloud.nic_mac, "provider IPAM on: UCloud VPC");
-        let provider = ProviderIpam::open(client, settings, &config.state_dir)?;
+        let claims = sticky_claims(ipam, &config.state_dir)?;
+        tracing::info!(endpoint = %ucloud.endpoint, nic = %ucloud.nic_mac, sticky_records = %claims.describe(), "provider IPAM on: UCloud VPC");
+        let provider = ProviderIpam::open_with(client, settings, &config.state_dir, Some(claims))?;
         return Ok(Some(Arc::new(Ipam::Provider(Box::new(provider)))));
     }
     let settings = ipam.settings()?;
     let store = ipam.store(&config.state_dir)?;
     tracing::info!(node = %settings.node, pools = %settings.pool_list(), "cluster IPAM on");
     Ok(Some(Arc::new(Ipam::Cluster(NodeIpam::open(settings, store, &config.state_dir)?))))
+}
+
+/// Provider mode's sticky records: in etcd with `[ipam.etcd]` (a pod finds its address from any
+/// node), else in the node-local file (this node only).
+fn sticky_claims(ipam: &IpamConfig, state_dir: &std::path::Path) -> Result<StickyClaims<AnyStore>, IpamError> {
+    if let Some(pattern) = ipam.sticky.iter().find(|p| p.split('/').count() != 2) {
+        return Err(SettingsError::StickyPattern(pattern.clone()).into());
+    }
+    let node = match &ipam.node_name {
+        Some(n) => n.clone(),
+        None => nix::unistd::gethostname().map_err(SettingsError::NoHostName)?.to_string_lossy().into_owned(),
+    };
+    let hold = std::time::Duration::from_secs(ipam.sticky_hold_seconds);
+    Ok(StickyClaims::new(ipam.store(state_dir)?, &ipam.prefix, &node, ipam.sticky.clone(), hold))
 }
 
 /// The IPAM requests, split off [`vswitch_api::api::Request`].
@@ -117,12 +133,13 @@ impl IpamService {
                     let pools = "the VPC subnet (provider mode: IPv4 only)".to_string();
                     return Err(IpamError::from(InvalidRequest::FamilyNotInPool { pools, family: Family::Ipv6 }).into());
                 }
-                // Named addresses (sticky moves) are not served in provider mode yet.
+                // Addresses by name (runtimeConfig.ips) are not served in provider mode: sticky pods
+                // get theirs by annotation or pattern.
                 if let Some(ip) = spec.ips.first() {
                     return Err(IpamError::from(InvalidRequest::NotInPool(*ip)).into());
                 }
-                let pod = spec.pod.clone();
-                let (ip, new) = provider.assign(&spec.owner, pod, &self.addresses_in_use()).await?;
+                let (ip, new) =
+                    provider.assign(&spec.owner, spec.pod.clone(), spec.sticky, &self.addresses_in_use()).await?;
                 Response::Address(AddressView { ips: vec![ip], new })
             }
             IpamRequest::Release(owner) => released(provider.release(&owner)?),

@@ -1,11 +1,23 @@
 //! `vswitchctl ipam` in provider mode: the pool's report as the API's [`IpamView`].
 
-use vswitch_api::api::{ApiCallView, FabricProbeView, IpamView, LocalIpamView, ProviderView};
+use vswitch_api::api::{ApiCallView, FabricProbeView, IpamView, LocalIpamView, ProviderView, StickyView};
 
 use crate::ipam::provider::{ProviderIpam, VpcProvider};
+use crate::ipam::store::ClusterStore;
 
-pub fn view<P: VpcProvider>(provider: &ProviderIpam<P>) -> IpamView {
+pub fn view<P: VpcProvider, S: ClusterStore>(provider: &ProviderIpam<P, S>) -> IpamView {
     let r = provider.report();
+    // Held for a sticky pod; `until` in seconds since the epoch, u64::MAX for "Never".
+    let sticky = r
+        .held
+        .iter()
+        .map(|(ip, h)| StickyView {
+            ip: *ip,
+            pod: h.pod.clone(),
+            until: h.until_ms.map_or(u64::MAX, |ms| ms / 1000),
+            last_node: r.nic.clone(),
+        })
+        .collect();
     let api_up = r.api.healthy != Some(false);
     IpamView {
         node: r.nic.clone(),
@@ -17,7 +29,7 @@ pub fn view<P: VpcProvider>(provider: &ProviderIpam<P>) -> IpamView {
         pool_size: 0,
         free: 0,
         nodes: Vec::new(),
-        sticky: Vec::new(),
+        sticky,
         cooling: Vec::new(),
         this_node: LocalIpamView {
             warm: r.warm.len() as u64,

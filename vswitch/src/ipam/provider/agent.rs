@@ -16,6 +16,9 @@
 //! warning and counted, since refusing would cost an ADD or a pool an address the fabric is most
 //! likely about to deliver. Throttled or unreachable API: exponential backoff with jitter;
 //! ADDs go on from the pool; DELs are queued in the file and retried.
+//!
+//! Sticky pods (annotations or `[ipam] sticky` patterns) keep their address across deletion and
+//! re-creation on any node: see [`sticky`].
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -26,11 +29,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use vswitch_api::api::{Attachment, PodRef};
+use vswitch_api::sticky::{ClaimPolicy, StickyRequest};
 
+use super::claims::StickyClaims;
 use super::probe::{ArpProbe, FabricProbe};
 use super::stats::{ApiReport, ApiStats};
 use super::{ProviderError, VpcProvider};
+use crate::ipam::store::{AnyStore, ClusterStore};
 use crate::ipam::IpamError;
+
+mod sticky;
 
 /// The provider state's file in the state directory.
 pub const STATE_FILE: &str = "ipam-provider.json";
@@ -74,6 +82,8 @@ pub enum ProviderRefusal {
     Unavailable(String),
     #[error("no warm address on this node and the VPC API refused an allocation: {0}")]
     Refused(ProviderError),
+    #[error("the sticky address {ip} could not be brought to this node: {error}")]
+    Sticky { ip: IpAddr, error: ProviderError },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +92,19 @@ pub struct PodAddress {
     pub owner: Attachment,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<PodRef>,
+    /// A sticky pod's: how long the address is held for it once released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<ClaimPolicy>,
+}
+
+/// A released sticky pod's address, kept on this NIC for the pod until its claim policy ends
+/// (or another node takes it over). Never handed to anyone else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldAddress {
+    pub pod: PodRef,
+    pub policy: ClaimPolicy,
+    /// Deleted from then on (ms since the epoch); none: held until the pod comes back.
+    pub until_ms: Option<u64>,
 }
 
 /// What survives a restart.
@@ -95,6 +118,9 @@ struct Persisted {
     cooling: BTreeMap<IpAddr, u64>,
     /// Deletes recorded, not yet confirmed by the VPC.
     deleting: BTreeSet<IpAddr>,
+    /// Released sticky pods' addresses.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    held: BTreeMap<IpAddr, HeldAddress>,
 }
 
 impl Persisted {
@@ -102,6 +128,7 @@ impl Persisted {
         self.warm.contains(&ip)
             || self.cooling.contains_key(&ip)
             || self.deleting.contains(&ip)
+            || self.held.contains_key(&ip)
             || self.pods.values().any(|p| p.ip == ip)
     }
 }
@@ -129,13 +156,14 @@ pub struct ProviderReport {
     pub warm: Vec<IpAddr>,
     pub cooling: Vec<IpAddr>,
     pub deleting: Vec<IpAddr>,
+    pub held: Vec<(IpAddr, HeldAddress)>,
     pub nic_secondary: Option<Vec<IpAddr>>,
     pub backing_off_ms: Option<u64>,
     pub api: ApiReport,
 }
 
 #[derive(Debug)]
-pub struct ProviderIpam<P, F = ArpProbe> {
+pub struct ProviderIpam<P, S = AnyStore, F = ArpProbe> {
     provider: P,
     probe: F,
     settings: ProviderSettings,
@@ -144,6 +172,8 @@ pub struct ProviderIpam<P, F = ArpProbe> {
     save_lock: Mutex<()>,
     stats: ApiStats,
     kick: tokio::sync::Notify,
+    /// Sticky records (none: no pod is sticky).
+    claims: Option<StickyClaims<S>>,
 }
 
 fn now_ms() -> u64 {
@@ -155,22 +185,46 @@ fn key(owner: &Attachment) -> String {
 }
 
 impl<P: VpcProvider> ProviderIpam<P> {
-    /// The pool as `state_dir` last recorded it (empty if never), probing new addresses with ARP
-    /// on the provider's NIC.
+    /// The pool as `state_dir` last recorded it (empty if never), without sticky pods.
     pub fn open(provider: P, settings: ProviderSettings, state_dir: &Path) -> Result<ProviderIpam<P>, IpamError> {
-        let probe = ArpProbe::new(provider.nic(), settings.fabric_probe_target);
-        ProviderIpam::open_with_probe(provider, probe, settings, state_dir)
+        ProviderIpam::open_with(provider, settings, state_dir, None)
     }
 }
 
-impl<P: VpcProvider, F: FabricProbe> ProviderIpam<P, F> {
-    /// The pool as `state_dir` last recorded it, probing new addresses with `probe`.
+impl<P: VpcProvider, F: FabricProbe> ProviderIpam<P, AnyStore, F> {
+    /// Without sticky pods, probing new addresses with `probe`.
     pub fn open_with_probe(
         provider: P,
         probe: F,
         settings: ProviderSettings,
         state_dir: &Path,
-    ) -> Result<ProviderIpam<P, F>, IpamError> {
+    ) -> Result<Self, IpamError> {
+        ProviderIpam::build(provider, probe, settings, state_dir, None)
+    }
+}
+
+impl<P: VpcProvider, S: ClusterStore> ProviderIpam<P, S> {
+    /// The pool as `state_dir` last recorded it (empty if never), with sticky pods' records in
+    /// `claims`, probing new addresses with ARP on the provider's NIC.
+    pub fn open_with(
+        provider: P,
+        settings: ProviderSettings,
+        state_dir: &Path,
+        claims: Option<StickyClaims<S>>,
+    ) -> Result<ProviderIpam<P, S>, IpamError> {
+        let probe = ArpProbe::new(provider.nic(), settings.fabric_probe_target);
+        ProviderIpam::build(provider, probe, settings, state_dir, claims)
+    }
+}
+
+impl<P: VpcProvider, S: ClusterStore, F: FabricProbe> ProviderIpam<P, S, F> {
+    fn build(
+        provider: P,
+        probe: F,
+        settings: ProviderSettings,
+        state_dir: &Path,
+        claims: Option<StickyClaims<S>>,
+    ) -> Result<Self, IpamError> {
         let path = state_dir.join(STATE_FILE);
         let persisted = match std::fs::read(&path) {
             Ok(bytes) => {
@@ -193,6 +247,7 @@ impl<P: VpcProvider, F: FabricProbe> ProviderIpam<P, F> {
             save_lock: Mutex::new(()),
             stats: ApiStats::default(),
             kick: tokio::sync::Notify::new(),
+            claims,
         })
     }
 
@@ -250,53 +305,68 @@ impl<P: VpcProvider, F: FabricProbe> ProviderIpam<P, F> {
         rt.retry_at.filter(|t| *t > Instant::now()).map(|_| rt.last_transient.clone().unwrap_or_default())
     }
 
-    /// The address of `owner`, from the warm pool if it has one; with an empty pool from the API.
-    /// Answers once the fabric delivers the address. `in_use`: addresses ports of this node hold.
+    /// The address of `owner`, from the warm pool if it has one; with an empty pool from the API;
+    /// a sticky pod's own (see [`sticky`]). Answers once the fabric delivers the address.
+    /// `in_use`: addresses ports of this node hold.
     pub async fn assign(
         &self,
         owner: &Attachment,
         pod: Option<PodRef>,
+        sticky: Option<StickyRequest>,
         in_use: &HashSet<IpAddr>,
     ) -> Result<(IpAddr, bool), IpamError> {
-        let taken = {
-            let mut guard = self.lock();
-            let (state, rt) = &mut *guard;
-            if let Some(existing) = state.pods.get(&key(owner)) {
-                return Ok((existing.ip, false));
-            }
-            if let Some(ip) = state.warm.iter().find(|ip| !in_use.contains(ip)).copied() {
-                state.warm.remove(&ip);
-                state.pods.insert(key(owner), PodAddress { ip, owner: owner.clone(), pod: pod.clone() });
-                if state.warm.len() < self.settings.warm_low {
-                    self.kick.notify_one();
-                }
-                Some(ip)
-            } else {
-                rt.allocating += 1;
-                rt.epoch += 1;
-                None
-            }
+        if let Some(existing) = self.lookup(owner) {
+            return Ok((existing, false));
+        }
+        let hold = self.claims.as_ref().and_then(|c| c.policy(pod.as_ref(), sticky));
+        let (ip, fresh) = match (hold, pod) {
+            (Some(hold), Some(pod)) => self.assign_sticky(owner, pod, hold, in_use).await?,
+            (_, pod) => self.take(owner, pod, None, in_use).await?,
         };
-        let ip = match taken {
-            // Probed before it joined the pool.
-            Some(warm) => {
-                self.save()?;
-                warm
-            }
-            None => {
-                let allocated = self.allocate_for(owner, pod).await;
-                self.lock().1.allocating -= 1;
-                let ip = allocated?;
-                self.save()?;
-                self.probe_fabric(ip).await;
-                ip
-            }
-        };
+        self.save()?;
+        if fresh {
+            // New on this NIC: answered once the fabric delivers it (warm ones were probed).
+            self.probe_fabric(ip).await;
+        }
         Ok((ip, true))
     }
 
+    /// An address from the warm pool, or from the API with an empty pool, recorded as `owner`'s
+    /// (not saved yet), and whether it is new on the NIC (to be probed before it is used).
+    async fn take(
+        &self,
+        owner: &Attachment,
+        pod: Option<PodRef>,
+        hold: Option<ClaimPolicy>,
+        in_use: &HashSet<IpAddr>,
+    ) -> Result<(IpAddr, bool), IpamError> {
+        {
+            let mut guard = self.lock();
+            let (state, rt) = &mut *guard;
+            if let Some(ip) = state.warm.iter().find(|ip| !in_use.contains(ip)).copied() {
+                state.warm.remove(&ip);
+                state.pods.insert(key(owner), PodAddress { ip, owner: owner.clone(), pod, hold });
+                if state.warm.len() < self.settings.warm_low {
+                    self.kick.notify_one();
+                }
+                // Probed before it joined the pool.
+                return Ok((ip, false));
+            }
+            rt.allocating += 1;
+            rt.epoch += 1;
+        }
+        let allocated = self.allocate_for(owner, pod, hold).await;
+        self.lock().1.allocating -= 1;
+        allocated
+    }
+
     /// An ADD with an empty pool: one allocation, recorded before it is answered.
-    async fn allocate_for(&self, owner: &Attachment, pod: Option<PodRef>) -> Result<IpAddr, IpamError> {
+    async fn allocate_for(
+        &self,
+        owner: &Attachment,
+        pod: Option<PodRef>,
+        hold: Option<ClaimPolicy>,
+    ) -> Result<(IpAddr, bool), IpamError> {
         self.kick.notify_one();
         if let Some(why) = self.backing_off() {
             return Err(ProviderRefusal::Unavailable(why).into());
@@ -306,8 +376,8 @@ impl<P: VpcProvider, F: FabricProbe> ProviderIpam<P, F> {
             e if e.is_transient() => ProviderRefusal::Unavailable(e.to_string()),
             e => ProviderRefusal::Refused(e),
         })?;
-        self.lock().0.pods.insert(key(owner), PodAddress { ip, owner: owner.clone(), pod });
-        Ok(ip)
+        self.lock().0.pods.insert(key(owner), PodAddress { ip, owner: owner.clone(), pod, hold });
+        Ok((ip, true))
     }
 
     /// Until the fabric delivers `ip`, bounded by the probe's timeout; measured. A probe that
@@ -328,13 +398,26 @@ impl<P: VpcProvider, F: FabricProbe> ProviderIpam<P, F> {
         self.lock().0.pods.get(&key(owner)).map(|p| p.ip)
     }
 
-    /// DEL: the address cools, then returns to the pool or is deleted.
+    /// DEL: the address cools, then returns to the pool or is deleted; a sticky pod's is held
+    /// for it.
     pub fn release(&self, owner: &Attachment) -> Result<Vec<IpAddr>, IpamError> {
         let released = {
             let mut guard = self.lock();
             let state = &mut guard.0;
             let Some(entry) = state.pods.remove(&key(owner)) else { return Ok(Vec::new()) };
-            state.cooling.insert(entry.ip, now_ms() + self.settings.cooldown.as_millis() as u64);
+            match (entry.hold, entry.pod) {
+                (Some(hold), Some(pod)) => {
+                    let until_ms = match hold {
+                        ClaimPolicy::Never => None,
+                        ClaimPolicy::After(d) => Some(now_ms() + d.as_millis() as u64),
+                    };
+                    tracing::info!(ip = %entry.ip, %pod, %hold, "sticky address held for its pod");
+                    state.held.insert(entry.ip, HeldAddress { pod, policy: hold, until_ms });
+                }
+                _ => {
+                    state.cooling.insert(entry.ip, now_ms() + self.settings.cooldown.as_millis() as u64);
+                }
+            }
             vec![entry.ip]
         };
         self.save()?;
@@ -365,7 +448,8 @@ impl<P: VpcProvider, F: FabricProbe> ProviderIpam<P, F> {
                 state.warm.remove(ip);
                 state.cooling.remove(ip);
                 state.deleting.remove(ip);
-                state.pods.insert(key(owner), PodAddress { ip: *ip, owner: owner.clone(), pod: pod.clone() });
+                let hold = state.held.remove(ip).map(|h| h.policy);
+                state.pods.insert(key(owner), PodAddress { ip: *ip, owner: owner.clone(), pod: pod.clone(), hold });
             }
         }
         self.save()
@@ -384,10 +468,12 @@ impl<P: VpcProvider, F: FabricProbe> ProviderIpam<P, F> {
         if self.backing_off().is_some() {
             return Ok(());
         }
+        let due = self.lock().1.last_reconcile.is_none_or(|t| t.elapsed() >= self.settings.reconcile_every);
+        // Held addresses held "Never" are looked at only as often as reconcile runs.
+        self.expire_held(due).await?;
         self.run_deletes().await?;
         self.fill().await?;
         self.trim().await?;
-        let due = self.lock().1.last_reconcile.is_none_or(|t| t.elapsed() >= self.settings.reconcile_every);
         if due && self.backing_off().is_none() {
             self.reconcile().await?;
         }
@@ -502,6 +588,13 @@ impl<P: VpcProvider, F: FabricProbe> ProviderIpam<P, F> {
             }
             state.cooling.retain(|ip, _| on_nic.contains(ip));
             state.deleting.retain(|ip| on_nic.contains(ip));
+            // Taken over by another node (MoveSecondaryIPMac) or deleted: no longer ours to hold.
+            state.held.retain(|ip, h| {
+                on_nic.contains(ip) || {
+                    tracing::info!(%ip, pod = %h.pod, "held sticky address left this NIC: dropped");
+                    false
+                }
+            });
             for p in state.pods.values().filter(|p| !on_nic.contains(&p.ip)) {
                 tracing::error!(ip = %p.ip, owner = %key(&p.owner), "a pod's address is not on this NIC in the VPC");
             }
@@ -534,6 +627,7 @@ impl<P: VpcProvider, F: FabricProbe> ProviderIpam<P, F> {
             warm: state.warm.iter().copied().collect(),
             cooling: state.cooling.keys().copied().collect(),
             deleting: state.deleting.iter().copied().collect(),
+            held: state.held.iter().map(|(ip, h)| (*ip, h.clone())).collect(),
             nic_secondary: rt.described.clone(),
             backing_off_ms: rt
                 .retry_at

@@ -8,22 +8,10 @@ use std::time::{Duration, Instant};
 use vswitch_api::api::Attachment;
 
 use super::agent::{ProviderIpam, ProviderRefusal, ProviderSettings};
-use super::fake::{FakeNic, FakeVpc};
+use super::fake::{quick_settings as settings, FakeNic, FakeVpc};
 use super::probe::{FabricProbe, ProbeError};
+use crate::ipam::store::AnyStore;
 use crate::ipam::IpamError;
-
-fn settings() -> ProviderSettings {
-    ProviderSettings {
-        warm_low: 2,
-        warm_high: 3,
-        cooldown: Duration::ZERO,
-        fabric_probe_timeout: Duration::from_secs(5),
-        fabric_probe_target: None,
-        backoff_min: Duration::from_millis(1),
-        backoff_max: Duration::from_millis(2),
-        reconcile_every: Duration::ZERO,
-    }
-}
 
 fn owner(n: usize) -> Attachment {
     Attachment { container_id: format!("c{n}"), ifname: "eth0".into() }
@@ -50,7 +38,7 @@ impl FabricProbe for FakeFabric {
     }
 }
 
-type Node = ProviderIpam<FakeNic, FakeFabric>;
+type Node = ProviderIpam<FakeNic, AnyStore, FakeFabric>;
 
 fn node_with(vpc: &Arc<Mutex<FakeVpc>>, dir: &std::path::Path, fabric: FakeFabric) -> Node {
     let nic = FakeNic { vpc: vpc.clone(), nic: "52:54:00:00:00:01".into() };
@@ -81,10 +69,10 @@ async fn adds_come_from_the_warm_pool_without_api_calls_and_dels_return_to_it() 
     ipam.tick().await.unwrap();
     assert_eq!(ipam.report().warm.len(), 2, "filled to the low watermark");
     let calls = vpc.lock().unwrap().calls;
-    let (ip, new) = ipam.assign(&owner(1), None, &HashSet::new()).await.unwrap();
+    let (ip, new) = ipam.assign(&owner(1), None, None, &HashSet::new()).await.unwrap();
     assert!(new);
     assert_eq!(vpc.lock().unwrap().calls, calls, "ADD from the pool calls nothing");
-    assert_eq!(ipam.assign(&owner(1), None, &HashSet::new()).await.unwrap(), (ip, false), "ADD is idempotent");
+    assert_eq!(ipam.assign(&owner(1), None, None, &HashSet::new()).await.unwrap(), (ip, false), "ADD is idempotent");
     assert_eq!(ipam.lookup(&owner(1)), Some(ip));
     assert_eq!(ipam.release(&owner(1)).unwrap(), vec![ip]);
     assert_eq!(ipam.report().cooling, vec![ip]);
@@ -101,10 +89,10 @@ async fn api_down_adds_from_the_pool_dels_queued_and_nothing_leaks_after_recover
     ipam.tick().await.unwrap();
     vpc.lock().unwrap().down = true;
     let in_use = HashSet::new();
-    let a = ipam.assign(&owner(1), None, &in_use).await.unwrap().0;
-    let b = ipam.assign(&owner(2), None, &in_use).await.unwrap().0;
+    let a = ipam.assign(&owner(1), None, None, &in_use).await.unwrap().0;
+    let b = ipam.assign(&owner(2), None, None, &in_use).await.unwrap().0;
     assert_ne!(a, b);
-    let refused = ipam.assign(&owner(3), None, &in_use).await.unwrap_err();
+    let refused = ipam.assign(&owner(3), None, None, &in_use).await.unwrap_err();
     assert!(
         matches!(refused, IpamError::Provider(ProviderRefusal::Unavailable(ref m)) if m.contains("connection refused"))
     );
@@ -164,15 +152,15 @@ async fn subnet_full_is_refused_with_the_vpcs_message_and_throttling_backs_off()
     let vpc = FakeVpc::new(1);
     let ipam = node(&vpc, dir.path());
     ipam.tick().await.unwrap();
-    ipam.assign(&owner(1), None, &HashSet::new()).await.unwrap();
-    let full = ipam.assign(&owner(2), None, &HashSet::new()).await.unwrap_err();
+    ipam.assign(&owner(1), None, None, &HashSet::new()).await.unwrap();
+    let full = ipam.assign(&owner(2), None, None, &HashSet::new()).await.unwrap_err();
     assert_eq!(full.to_string(), "no warm address on this node and the VPC subnet is full: no free IP in subnet-t");
     let api = ipam.report().api;
     assert!(api.calls.iter().any(|(a, r, c)| a == "AllocateSecondaryIp" && r == "subnet_full" && c.calls >= 1));
     assert!(api.last_errors.iter().any(|e| e.contains("subnet full")));
     vpc.lock().unwrap().throttled = true;
     assert!(matches!(
-        ipam.assign(&owner(3), None, &HashSet::new()).await.unwrap_err(),
+        ipam.assign(&owner(3), None, None, &HashSet::new()).await.unwrap_err(),
         IpamError::Provider(ProviderRefusal::Unavailable(_))
     ));
     assert!(ipam.report().backing_off_ms.is_some(), "throttled: backing off");
@@ -203,12 +191,12 @@ async fn new_addresses_are_probed_before_anyone_gets_them() {
     assert_eq!(*fabric.probed.lock().unwrap(), warm, "each warm address probed before it joined");
     assert!(filled >= Duration::from_millis(300) && filled < Duration::from_millis(550), "probed together: {filled:?}");
     let started = Instant::now();
-    ipam.assign(&owner(1), None, &HashSet::new()).await.unwrap();
-    ipam.assign(&owner(2), None, &HashSet::new()).await.unwrap();
+    ipam.assign(&owner(1), None, None, &HashSet::new()).await.unwrap();
+    ipam.assign(&owner(2), None, None, &HashSet::new()).await.unwrap();
     assert!(started.elapsed() < Duration::from_millis(100), "ADDs from the pool wait for nothing");
     assert_eq!(fabric.probed.lock().unwrap().len(), 2, "no probe for a pool address");
     let started = Instant::now();
-    let (ip, _) = ipam.assign(&owner(3), None, &HashSet::new()).await.unwrap();
+    let (ip, _) = ipam.assign(&owner(3), None, None, &HashSet::new()).await.unwrap();
     assert!(started.elapsed() >= Duration::from_millis(300), "the empty pool's ADD waited for its probe");
     assert_eq!(fabric.probed.lock().unwrap().last(), Some(&ip));
     let probe = ipam.report().api.fabric_probe;
@@ -229,7 +217,7 @@ async fn a_probe_that_times_out_hands_the_address_out_anyway() {
     let settings = ProviderSettings { fabric_probe_timeout: Duration::from_millis(200), ..settings() };
     let ipam = ProviderIpam::open_with_probe(nic, fabric, settings, dir.path()).unwrap();
     let started = Instant::now();
-    let (ip, new) = ipam.assign(&owner(1), None, &HashSet::new()).await.unwrap();
+    let (ip, new) = ipam.assign(&owner(1), None, None, &HashSet::new()).await.unwrap();
     let waited = started.elapsed();
     assert!(new && waited >= Duration::from_millis(200) && waited < Duration::from_secs(2), "{waited:?}");
     let probe = ipam.report().api.fabric_probe;

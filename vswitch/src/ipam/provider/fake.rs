@@ -4,7 +4,22 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 
+use super::agent::ProviderSettings;
 use super::{ProviderError, SecondaryIp, VpcProvider};
+
+/// Small watermarks, no waiting: what the pool's tests run with.
+pub fn quick_settings() -> ProviderSettings {
+    ProviderSettings {
+        warm_low: 2,
+        warm_high: 3,
+        cooldown: std::time::Duration::ZERO,
+        fabric_probe_timeout: std::time::Duration::from_secs(5),
+        fabric_probe_target: None,
+        backoff_min: std::time::Duration::from_millis(1),
+        backoff_max: std::time::Duration::from_millis(2),
+        reconcile_every: std::time::Duration::ZERO,
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct FakeVpc {

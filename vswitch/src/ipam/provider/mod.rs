@@ -8,9 +8,11 @@
 //! - [`agent`]: the node's pool of secondary IPs: ADD/DEL from local state, the upkeep that keeps
 //!   the warm pool between its watermarks, queued deletes, reconcile against the VPC, persistence.
 //! - [`probe`]: whether the fabric delivers a new address yet (an ARP probe, as UK8S's arping).
+//! - [`claims`]: sticky pods' records in the cluster store (which address a pod keeps).
 //! - [`config`]: `[ipam] provider = "ucloud"` and `[ipam.ucloud]`.
 
 pub mod agent;
+pub mod claims;
 pub mod config;
 pub mod probe;
 pub mod stats;
@@ -20,6 +22,8 @@ pub mod ucloud;
 mod agent_tests;
 #[cfg(test)]
 pub(crate) mod fake;
+#[cfg(test)]
+mod sticky_tests;
 
 use std::future::Future;
 use std::net::IpAddr;

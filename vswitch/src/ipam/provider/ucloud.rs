@@ -313,47 +313,10 @@ mod tests {
     /// makes, the RetCodes it types, and a wrong key refused.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_call_against_the_lab_api() {
-        use vpc_lab::lab::vpc_api::server::{run, ServerArgs};
-        use vpc_lab::lab::vpc_api::vpc::{Credential, Faults, NicConfig, SubnetConfig, VpcConfig};
+        use vpc_lab::lab::vpc_api::local::{serve, small_vpc};
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let nic = |mac: &str, host: &str, port: &str| NicConfig {
-            mac: mac.into(),
-            object_id: host.into(),
-            interface_id: None,
-            subnet_id: "subnet-t".into(),
-            port: port.into(),
-            primary: vec![],
-        };
-        let vpc = VpcConfig {
-            region: "cn-lab".into(),
-            zone: "cn-lab-01".into(),
-            project_id: "org-lab".into(),
-            vpc_id: "uvnet-t".into(),
-            subnets: vec![SubnetConfig {
-                subnet_id: "subnet-t".into(),
-                cidr: "10.0.0.0/24".into(),
-                gateway: "10.0.0.1".parse().unwrap(),
-                ipv6_cidr: None,
-                ipv6_gateway: None,
-                pool: Some("10.0.0.100/30".into()),
-            }],
-            nics: vec![nic("52:54:00:00:00:01", "uhost-1", "p1"), nic("52:54:00:00:00:02", "uhost-2", "p2")],
-            fixed_hosts: vec![],
-            credentials: vec![Credential { public_key: "pub".into(), private_key: "priv".into() }],
-            gateway_port: None,
-            secondary_quota: 8,
-            faults: Faults::default(),
-        };
-        let config_path = dir.path().join("vpc.json");
-        std::fs::write(&config_path, serde_json::to_vec(&vpc).unwrap()).unwrap();
-        let args = ServerArgs {
-            config: config_path,
-            listen: ([127, 0, 0, 1], port).into(),
-            control: dir.path().join("control.sock"),
-            fabric: None,
-        };
-        std::thread::spawn(move || run(args));
+        let vpc = small_vpc(&[("52:54:00:00:00:01", "uhost-1"), ("52:54:00:00:00:02", "uhost-2")]);
+        let port = serve(&vpc, dir.path());
         std::fs::write(dir.path().join("public_key"), "pub\n").unwrap();
         std::fs::write(dir.path().join("private_key"), "priv\n").unwrap();
         std::fs::write(dir.path().join("wrong_key"), "wrong").unwrap();
