@@ -149,7 +149,7 @@ fn kill_9_between_the_vpcs_allocation_and_the_adds_answer_loses_nothing() {
             Err(e) => panic!("ADD while draining: {}", e.message),
         }
     }
-    let before = lab.nic_books(0).on_nic;
+    let before = lab.nic_secondary(0);
     // The VPC commits an allocation at once and answers 4 s later.
     api.set_faults(json!({"down": false, "latency_ms": 4000}));
     let pid = lab.daemon(0).child.as_ref().expect("node1's vswitchd").id();
@@ -159,7 +159,7 @@ fn kill_9_between_the_vpcs_allocation_and_the_adds_answer_loses_nothing() {
         let add = s.spawn(|| lab.cni("ADD", 0, &container, &ns.path(), "killed"));
         // Killed once the VPC has the new address and before it answers.
         let deadline = Instant::now() + Duration::from_secs(3);
-        while lab.nic_books(0).on_nic == before {
+        while lab.nic_secondary(0) == before {
             assert!(Instant::now() < deadline, "no allocation reached the VPC");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -167,7 +167,7 @@ fn kill_9_between_the_vpcs_allocation_and_the_adds_answer_loses_nothing() {
         add.join().unwrap()
     });
     assert!(add.is_err(), "the ADD cannot succeed with vswitchd killed under it: {add:?}");
-    let committed: BTreeSet<String> = lab.nic_books(0).on_nic.difference(&before).cloned().collect();
+    let committed: BTreeSet<String> = lab.nic_secondary(0).difference(&before).cloned().collect();
     api.set_faults(json!({"latency_ms": 0}));
     lab.restart_vswitchd(0);
     // The runtime DELs the failed sandbox, as after any failed ADD.

@@ -33,13 +33,19 @@ impl NicBooks {
 }
 
 impl Lab {
-    /// Node `node`'s books, now.
-    pub fn nic_books(&self, node: usize) -> NicBooks {
+    /// The VPC's secondary IPs of node `node`'s pod NIC (the VPC's view only: no call to the
+    /// node, so it answers whatever the VPC API's latency).
+    pub fn nic_secondary(&self, node: usize) -> BTreeSet<String> {
         let vpc = self.topology.vpc.as_ref().expect("a lab with --vpc ucloud");
         let pod_nic = super::node_config::pod_nic(self.topology.mode);
         let mac = &vpc.nics.iter().find(|n| n.node == node && n.interface == pod_nic).expect("the node's NIC").mac;
         let state = self.vpc_api().expect("the VPC API").state();
         let nic = state["vpc"]["nics"].as_array().and_then(|a| a.iter().find(|n| n["mac"] == mac.as_str())).cloned();
+        nic.map(|n| strings(&n["secondary"])).unwrap_or_default()
+    }
+
+    /// Node `node`'s books, now.
+    pub fn nic_books(&self, node: usize) -> NicBooks {
         let view = self.daemon(node).ctl_json(&["ipam"]);
         let p = &view["provider"];
         let mut accounted: BTreeSet<String> =
@@ -51,7 +57,7 @@ impl Lab {
             view["sticky"].as_array().into_iter().flatten().filter_map(|s| s["ip"].as_str().map(str::to_string)),
         );
         NicBooks {
-            on_nic: nic.map(|n| strings(&n["secondary"])).unwrap_or_default(),
+            on_nic: self.nic_secondary(node),
             accounted,
             warm: strings(&p["warm"]),
             quiet: strings(&p["deleting"]).is_empty() && strings(&p["cooling"]).is_empty() && p["api_healthy"] == true,
