@@ -185,6 +185,17 @@ impl<P: VpcProvider> ProviderIpam<P> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The warm pool's `(low, high)`: the provider's where it derives them (AWS), else the settings'.
+    fn watermarks(&self, state: &Persisted) -> (usize, usize) {
+        let configured = (self.settings.warm_low, self.settings.warm_high);
+        self.provider.watermarks(state.pods.len()).unwrap_or(configured)
+    }
+
+    fn below_low(&self) -> bool {
+        let guard = self.lock();
+        guard.0.warm.len() < self.watermarks(&guard.0).0
+    }
+
     /// Writes the state (temporary file, fsync, rename).
     fn save(&self) -> Result<(), IpamError> {
         let _order = self.save_lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -247,7 +258,7 @@ impl<P: VpcProvider> ProviderIpam<P> {
             if let Some(ip) = best {
                 state.warm.remove(&ip);
                 state.pods.insert(key(owner), PodAddress { ip, owner: owner.clone(), pod: pod.clone() });
-                if state.warm.len() < self.settings.warm_low {
+                if state.warm.len() < self.watermarks(state).0 {
                     self.kick.notify_one();
                 }
                 Some((ip, rt.ready_at.remove(&ip)))
@@ -368,7 +379,7 @@ impl<P: VpcProvider> ProviderIpam<P> {
         let cooled: Vec<IpAddr> = state.cooling.iter().filter(|(_, until)| **until <= now).map(|(ip, _)| *ip).collect();
         for ip in cooled {
             state.cooling.remove(&ip);
-            if state.warm.len() < self.settings.warm_high {
+            if state.warm.len() < self.watermarks(state).1 {
                 state.warm.insert(ip);
             } else {
                 state.deleting.insert(ip);
@@ -392,7 +403,7 @@ impl<P: VpcProvider> ProviderIpam<P> {
     }
 
     async fn fill(&self) -> Result<(), IpamError> {
-        while self.lock().0.warm.len() < self.settings.warm_low {
+        while self.below_low() {
             self.lock().1.allocating += 1;
             let result = self.call("AllocateSecondaryIp", self.provider.allocate(None)).await;
             let mut guard = self.lock();
@@ -421,7 +432,7 @@ impl<P: VpcProvider> ProviderIpam<P> {
             let surplus = {
                 let mut guard = self.lock();
                 let state = &mut guard.0;
-                if state.warm.len() <= self.settings.warm_high {
+                if state.warm.len() <= self.watermarks(state).1 {
                     return Ok(());
                 }
                 let ip = state.warm.pop_last().expect("above the high watermark");
@@ -467,7 +478,7 @@ impl<P: VpcProvider> ProviderIpam<P> {
                 tracing::error!(ip = %p.ip, owner = %key(&p.owner), "a pod's address is not on this NIC in the VPC");
             }
             for ip in on_nic.iter().filter(|ip| !state.knows(**ip)).copied().collect::<Vec<_>>() {
-                if state.warm.len() < self.settings.warm_high {
+                if state.warm.len() < self.watermarks(state).1 {
                     tracing::info!(%ip, "adopted an address of this NIC nobody held into the pool");
                     state.warm.insert(ip);
                 } else {
@@ -477,7 +488,12 @@ impl<P: VpcProvider> ProviderIpam<P> {
             }
         }
         self.save()?;
-        self.run_deletes().await
+        self.run_deletes().await?;
+        if self.provider.collects_leaked_nics() {
+            // Errors are counted and logged by `call`; the next round tries again.
+            let _ = self.call("CollectLeakedNics", self.provider.collect_leaked_nics()).await;
+        }
+        Ok(())
     }
 
     /// The subnet's free addresses, straight from the API (credentials and reachability).
