@@ -123,8 +123,11 @@ async fn pods_get_secondary_addresses_and_a_second_eni_is_attached_when_the_firs
     for n in 1..=5 {
         ipam.release(&owner(n)).unwrap();
     }
-    ticks_until(&ipam, Duration::from_secs(20), "the surplus unassigned", |i| i.report().warm.len() == 1).await;
-    assert!(ipam.report().deleting.is_empty());
+    ticks_until(&ipam, Duration::from_secs(20), "the surplus unassigned", |i| {
+        let r = i.report();
+        r.warm.len() == 1 && r.cooling.is_empty() && r.deleting.is_empty()
+    })
+    .await;
     assert_accounted(&lab, &ipam);
     assert!(lab.calls()["UnassignPrivateIpAddresses"].as_u64() >= Some(5));
 }
