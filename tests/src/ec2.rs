@@ -130,7 +130,9 @@ impl Ec2Lab {
     /// The secondary addresses of `instance`'s ENIs.
     pub fn secondary_of(&self, instance: &str) -> Vec<String> {
         let enis = self.enis_of(instance);
-        enis.iter().flat_map(|e| e["secondary"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string())).collect()
+        enis.iter()
+            .flat_map(|e| e["secondary"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()))
+            .collect()
     }
 
     /// A detached ENI in the subnet with `tags`; its id.

@@ -7,7 +7,8 @@ never throttles and answers AssignPrivateIpAddresses with every address of the E
   - injects RequestLimitExceeded at a configured rate, latency, and outages (503 Unavailable);
   - refuses an assignment past the subnet's capacity (InsufficientFreeAddressesInSubnet) and
     answers DescribeSubnets with the capacity left;
-  - never hands out an address another ENI holds (moto picks at random: the proxy draws again),
+  - never hands out an address another ENI holds, nor one EC2 reserves (the subnet's first four
+    and its last: moto picks at random among all; the proxy draws again),
     refuses a named address held elsewhere unless AllowReassignment, and then moves it;
   - answers AssignPrivateIpAddresses with the new addresses only, as EC2 does;
   - counts the calls by action.
@@ -20,6 +21,7 @@ set the lab up and read it for the tests (tests/src/lab/ec2.rs).
 """
 
 import argparse
+import ipaddress
 import json
 import random
 import re
@@ -90,6 +92,12 @@ class Lab:
             for a in e["PrivateIpAddresses"]
         ]
 
+    def reserved(self, subnet_id):
+        """The addresses EC2 never hands out in a subnet."""
+        cidr = self.ec2.describe_subnets(SubnetIds=[subnet_id])["Subnets"][0]["CidrBlock"]
+        net = ipaddress.ip_network(cidr)
+        return {str(net.network_address + i) for i in range(4)} | {str(net.broadcast_address)}
+
     def addresses(self, eni_id):
         eni = self.ec2.describe_network_interfaces(NetworkInterfaceIds=[eni_id])["NetworkInterfaces"][0]
         return eni["SubnetId"], [a["PrivateIpAddress"] for a in eni["PrivateIpAddresses"]]
@@ -123,7 +131,7 @@ class Lab:
         status, reply = self.forward(body, headers)
         if status != 200:
             return status, reply
-        taken = {ip for ip, _ in used}
+        taken = {ip for ip, _ in used} | self.reserved(subnet)
         new = [ip for ip in self.addresses(eni_id)[1] if ip not in before]
         for i, ip in enumerate(new):
             # moto drew an address another ENI holds: give it back and draw again.
@@ -139,7 +147,7 @@ class Lab:
     def create_eni(self, params, body, headers):
         used = self.used(params["SubnetId"])
         self.check_capacity(used, 1 + int(params.get("SecondaryPrivateIpAddressCount", "0")))
-        taken = {ip for ip, _ in used}
+        taken = {ip for ip, _ in used} | self.reserved(params["SubnetId"])
         for _ in range(50):
             status, reply = self.forward(body, headers)
             if status != 200:

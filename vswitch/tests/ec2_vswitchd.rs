@@ -166,7 +166,8 @@ fn a_kill_9_between_the_ec2_call_and_the_answer_to_add_loses_and_duplicates_noth
             .chain(addresses(&p["cooling"]))
             .chain(addresses(&p["deleting"]))
             .collect();
-        let on_enis: BTreeSet<Ipv4Addr> = lab.secondary_of(&lab.instances[0]).iter().map(|a| a.parse().unwrap()).collect();
+        let on_enis: BTreeSet<Ipv4Addr> =
+            lab.secondary_of(&lab.instances[0]).iter().map(|a| a.parse().unwrap()).collect();
         known == on_enis && v["this_node"]["assigned"] == 3
     });
     eprintln!("after the kill -9: pods {ips:?}, pool {}", view["provider"]);
