@@ -6,6 +6,8 @@ use super::aws::Ec2;
 use super::ucloud::UCloud;
 use super::{ProviderError, SecondaryIp, VpcProvider};
 
+// One per vswitchd, inside the boxed pool: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum AnyProvider {
     Ucloud(UCloud),
