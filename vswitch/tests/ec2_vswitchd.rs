@@ -104,6 +104,26 @@ fn pods_started_by_vpc_cni_get_secondary_addresses_of_the_instances_enis() {
         v["provider"]["warm"].as_array().is_some_and(|w| w.len() == 1)
     });
     assert_eq!(lab.enis_of(&lab.instances[0]).len(), 2, "{:#?}", lab.enis());
+
+    // The subnet full: the pool's last address still starts a pod; the next ADD is refused with
+    // code 11 (retry later) and EC2's own error, which `vswitchctl ipam` and the metrics show.
+    lab.faults(json!({"capacity": 0}));
+    let last = Netns::new("vawp");
+    add("aws-pod-last", &last, &conf).unwrap_or_else(|e| panic!("ADD from the pool: {e:#}"));
+    let full = Netns::new("vawp");
+    let refused = add("aws-pod-full", &full, &conf).unwrap_err();
+    assert_eq!(refused["code"], 11, "{refused:#}");
+    let said = refused.to_string();
+    assert!(said.contains("InsufficientFreeAddressesInSubnet"), "{refused:#}");
+    let view = daemon.ctl_json(&["ipam"]);
+    let errors = view["provider"]["last_errors"].to_string();
+    assert!(errors.contains("InsufficientFreeAddressesInSubnet"), "{view:#}");
+    let metrics = node.exec(&["curl", "-sS", "http://127.0.0.1:9477/metrics"]);
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    assert!(
+        metrics.lines().any(|l| l.starts_with("vswitch_ipam_provider_api_calls") && l.contains("subnet_full")),
+        "{metrics}"
+    );
 }
 
 #[test]
