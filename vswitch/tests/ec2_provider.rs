@@ -56,14 +56,11 @@ fn owner(n: usize) -> Attachment {
 /// The instance's secondary addresses in moto are exactly those the pool accounts for (a pod's,
 /// warm, cooling or queued), each once, and no address of the subnet is on two ENIs.
 fn assert_accounted(lab: &Ec2Lab, ipam: &ProviderIpam<Ec2>) {
-    let r = ipam.report();
-    let mut held: Vec<IpAddr> = r.pods.iter().map(|p| p.ip).chain(r.warm).chain(r.cooling).chain(r.deleting).collect();
-    let count = held.len();
-    held.sort();
-    held.dedup();
-    assert_eq!(held.len(), count, "an address held twice: {held:?}");
+    let held = ipam.report().held();
+    let distinct: BTreeSet<IpAddr> = held.iter().copied().collect();
+    assert_eq!(distinct.len(), held.len(), "an address held twice: {held:?}");
     let on_enis: BTreeSet<IpAddr> = lab.secondary_of(&lab.instances[0]).iter().map(|a| a.parse().unwrap()).collect();
-    assert_eq!(held.into_iter().collect::<BTreeSet<_>>(), on_enis, "the pool and EC2 disagree");
+    assert_eq!(distinct, on_enis, "the pool and EC2 disagree");
     let all: Vec<String> = lab
         .enis()
         .iter()

@@ -73,22 +73,37 @@ fn addresses(list: &Value) -> Vec<Ipv4Addr> {
     list.as_array().map_or(Vec::new(), |l| l.iter().map(|a| a.as_str().unwrap().parse().unwrap()).collect())
 }
 
-#[test]
-fn pods_started_by_vpc_cni_get_secondary_addresses_of_the_instances_enis() {
+/// A node namespace with moto, the proxy and vswitchd in it (a t3.small instance: 3 ENIs of 3
+/// secondary addresses), its warm pool filled. Fields drop in order: vswitchd first.
+struct AwsNode {
+    daemon: Daemon,
+    lab: Ec2Lab,
+    node: Netns,
+    dir: TempDir,
+}
+
+fn aws_node(prefix: &str) -> AwsNode {
     require_root();
     credentials_in_env();
     let dir = TempDir::new();
-    let node = Netns::new("vaws");
+    let node = Netns::new(prefix);
     let lab = Ec2Lab::start(Some(&node.name), "t3.small", 1);
     let daemon = Daemon::start_with_config(&bins(), &node, &dir.0.join("vswitchd"), 1, &config(&lab));
-    let view = wait_for(&daemon, "the warm pool filled", Duration::from_secs(30), |v| {
+    wait_for(&daemon, "the warm pool filled", Duration::from_secs(30), |v| {
         v["provider"]["warm"].as_array().is_some_and(|w| w.len() == 1)
     });
+    AwsNode { daemon, lab, node, dir }
+}
+
+#[test]
+fn pods_started_by_vpc_cni_get_secondary_addresses_of_the_instances_enis() {
+    let AwsNode { daemon, lab, node, dir } = &aws_node("vaws");
+    let view = daemon.ctl_json(&["ipam"]);
     assert_eq!(view["provider"]["provider"], "aws", "{view:#}");
     assert_eq!(view["provider"]["nic"], lab.instances[0].as_str(), "{view:#}");
     assert_eq!(view["store_reachable"], true, "DescribeSubnets through the proxy: {view:#}");
 
-    let conf = conf(&daemon, &dir);
+    let conf = conf(daemon, dir);
     let pods: Vec<Netns> = (0..4).map(|_| Netns::new("vawp")).collect();
     let mut ips = Vec::new();
     for (n, pod) in pods.iter().enumerate() {
@@ -100,7 +115,7 @@ fn pods_started_by_vpc_cni_get_secondary_addresses_of_the_instances_enis() {
     }
     assert_eq!(ips.iter().collect::<HashSet<_>>().len(), ips.len(), "an address handed out twice: {ips:?}");
     // 4 pods and a warm address on 3 secondary addresses per ENI: a second ENI.
-    wait_for(&daemon, "the pool refilled", Duration::from_secs(30), |v| {
+    wait_for(daemon, "the pool refilled", Duration::from_secs(30), |v| {
         v["provider"]["warm"].as_array().is_some_and(|w| w.len() == 1)
     });
     assert_eq!(lab.enis_of(&lab.instances[0]).len(), 2, "{:#?}", lab.enis());
@@ -128,16 +143,8 @@ fn pods_started_by_vpc_cni_get_secondary_addresses_of_the_instances_enis() {
 
 #[test]
 fn a_kill_9_between_the_ec2_call_and_the_answer_to_add_loses_and_duplicates_nothing() {
-    require_root();
-    credentials_in_env();
-    let dir = TempDir::new();
-    let node = Netns::new("vawk");
-    let lab = Ec2Lab::start(Some(&node.name), "t3.small", 1);
-    let mut daemon = Daemon::start_with_config(&bins(), &node, &dir.0.join("vswitchd"), 1, &config(&lab));
-    wait_for(&daemon, "the warm pool filled", Duration::from_secs(30), |v| {
-        v["provider"]["warm"].as_array().is_some_and(|w| w.len() == 1)
-    });
-    let conf = conf(&daemon, &dir);
+    let AwsNode { daemon, lab, node, dir } = &mut aws_node("vawk");
+    let conf = conf(daemon, dir);
 
     // A storm of 3 pods on a pool of 1: two ADDs call EC2 themselves, and EC2 is slow. vswitchd
     // dies while they wait; EC2 still assigns the addresses.
@@ -159,7 +166,7 @@ fn a_kill_9_between_the_ec2_call_and_the_answer_to_add_loses_and_duplicates_noth
 
     // Back: reconcile adopts what EC2 assigned and nobody recorded; the runtime cleans up the
     // failed ADDs with DEL and retries them.
-    daemon.spawn(&node, 1);
+    daemon.spawn(node, 1);
     let mut ips = Vec::new();
     for (n, pod) in pods.iter().enumerate() {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -177,7 +184,7 @@ fn a_kill_9_between_the_ec2_call_and_the_answer_to_add_loses_and_duplicates_noth
     assert_eq!(ips.iter().collect::<HashSet<_>>().len(), 3, "an address handed out twice: {ips:?}");
 
     // Every secondary address of the instance is a pod's or the pool's, and every pod's is on it.
-    let view = wait_for(&daemon, "the pool settled", Duration::from_secs(30), |v| {
+    let view = wait_for(daemon, "the pool settled", Duration::from_secs(30), |v| {
         let p = &v["provider"];
         let known: BTreeSet<Ipv4Addr> = ips
             .iter()

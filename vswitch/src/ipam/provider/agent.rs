@@ -127,6 +127,14 @@ pub struct ProviderReport {
     pub api: ApiReport,
 }
 
+impl ProviderReport {
+    /// Every address the pool accounts for: the pods', warm, cooling and queued for deletion.
+    pub fn held(&self) -> Vec<IpAddr> {
+        let pods = self.pods.iter().map(|p| p.ip);
+        pods.chain(self.warm.iter().chain(&self.cooling).chain(&self.deleting).copied()).collect()
+    }
+}
+
 #[derive(Debug)]
 pub struct ProviderIpam<P> {
     provider: P,

@@ -91,20 +91,9 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146097 + doe - 719468
 }
 
-/// `time` as RFC 3339 in UTC (`2026-12-06T18:00:00Z`), as the `createdAt` tag says it.
+/// `time` as RFC 3339 in UTC (`2026-12-06T18:40:00.000Z`), as the `createdAt` tag says it.
 pub fn rfc3339(time: SystemTime) -> String {
-    let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
-    let (days, rest) = (secs.div_euclid(86400), secs.rem_euclid(86400));
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rest / 3600, rest % 3600 / 60, rest % 60)
+    cni::log::timestamp(time)
 }
 
 /// An RFC 3339 time (`Z` or `±HH:MM`; fractions ignored).
@@ -175,10 +164,11 @@ mod tests {
     #[test]
     fn times_round_trip() {
         let t = UNIX_EPOCH + Duration::from_secs(1_796_582_400);
-        assert_eq!(rfc3339(t), "2026-12-06T18:40:00Z");
+        assert_eq!(rfc3339(t), "2026-12-06T18:40:00.000Z");
+        assert_eq!(parse_rfc3339(&rfc3339(t)), Some(t));
         assert_eq!(parse_rfc3339("2026-12-06T18:40:00Z"), Some(t));
         assert_eq!(parse_rfc3339("2026-12-06T19:40:00.123+01:00"), Some(t));
-        assert_eq!(parse_rfc3339("2024-02-29T00:00:00Z").map(rfc3339).as_deref(), Some("2024-02-29T00:00:00Z"));
+        assert_eq!(parse_rfc3339("2024-02-29T00:00:00Z").map(rfc3339).as_deref(), Some("2024-02-29T00:00:00.000Z"));
         assert_eq!(parse_rfc3339("yesterday"), None);
     }
 
