@@ -5,13 +5,14 @@ cd "$(dirname "$0")/.."
 # protobuf-compiler and libprotobuf-dev (google/protobuf/*.proto) build the etcd and CRI clients;
 # etcd-server, etcd-client and openssl run the tests' TLS etcd clusters; prometheus (with
 # promtool) and curl check the metrics endpoint as Prometheus takes it; nftables enforces the lab
-# VPC's SDN (`--vpc ucloud`); python3-venv holds the Python tools of tests/requirements.txt
-# (UCloud's own SDK, which the VPC API tests drive the lab's API with, moto's EC2 server for the
-# AWS provider's tests, and the manifest checks);
+# VPC's SDN (`--vpc ucloud`) and ipvsadm its load balancer (IPVS, standing in for UCloud's ULB;
+# where the kernel has no IPVS the lab falls back to iptables DNAT); python3-venv holds the
+# Python tools of tests/requirements.txt (UCloud's own SDK, which the VPC API tests drive the lab's API with,
+# moto's EC2 server for the AWS provider's tests, and the manifest checks);
 # buildah and binutils (strip) build the DaemonSet's image (cni/deploy/build-image.sh).
 packages=(iproute2 iperf3 iputils-ping iptables containernetworking-plugins
     containerd runc protobuf-compiler libprotobuf-dev busybox-static
-    etcd-server etcd-client openssl curl prometheus nftables python3-venv buildah binutils)
+    etcd-server etcd-client openssl curl prometheus nftables ipvsadm python3-venv buildah binutils)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -21,10 +21,14 @@
 //! dedicated uplink NIC per node driven by vswitchd. Every server in the lab reports who
 //! connected, which proves there is no NAT on the way.
 
+pub mod load_balancer;
+mod node_config;
 mod paths;
 pub mod sdn;
+mod state;
 mod sticky;
 pub mod ucloud;
+mod unregistered;
 pub mod vpc_api;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -35,9 +39,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::etcd::{DetachedEtcd, EtcdCluster};
-use crate::netns::{binary, cni_command, pids_in, run_cni, unique, Binaries, Daemon, Netns, TempDir};
+use crate::etcd::EtcdCluster;
+use crate::netns::{binary, cni_command, run_cni, unique, Binaries, Daemon, Netns, TempDir};
 
+pub use state::LabState;
 pub use sticky::StickyMove;
 
 /// How pod traffic reaches the VPC.
@@ -113,6 +118,10 @@ pub enum IpamMode {
     /// One pool for the cluster ([`POD_POOL`]), allocated by the nodes' vswitchd in a 3-member
     /// etcd cluster (vpc-cni's `"ipam": {"type": "vswitchd"}`).
     Etcd,
+    /// Secondary IPs of each node's NIC, which the node's vswitchd allocates through the VPC's
+    /// API (`[ipam] provider = "ucloud"`, vpc-cni's `"ipam": {"type": "vswitchd"}`): what
+    /// [`VpcMode::Ucloud`] needs, since its SDN delivers nothing else. IPv4 only.
+    Vpc,
 }
 
 #[derive(Debug, Clone)]
@@ -289,90 +298,17 @@ pub struct Topology {
     /// The VPC API and what its clients need ([`VpcMode::Ucloud`]).
     #[serde(default)]
     pub vpc: Option<ucloud::LabVpc>,
-}
-
-/// Everything needed to find and remove a lab later (`vpc-lab down`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LabState {
-    pub topology: Topology,
-    pub dir: PathBuf,
-    pub namespaces: Vec<String>,
-    pub pids: Vec<u32>,
-    /// The etcd members ([`IpamMode::Etcd`]): their pids and directory (certificates, data, logs).
+    /// [`VpcMode::Ucloud`]: a pod with an address the VPC was never told about (not in `pods`:
+    /// outside the matrix; [`Topology::check_unregistered`] checks it).
     #[serde(default)]
-    pub etcd: Option<DetachedEtcd>,
+    pub unregistered: Option<LabPod>,
+    /// [`VpcMode::Ucloud`]: the load balancer on the VPC in front of the Service's pods.
+    #[serde(default)]
+    pub load_balancer: Option<load_balancer::LabLoadBalancer>,
 }
 
 fn kill9(pid: u32) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
-}
-
-impl LabState {
-    pub fn path(name: &str) -> PathBuf {
-        Path::new(STATE_DIR).join(format!("{name}.json"))
-    }
-
-    /// The labs that are up.
-    pub fn list() -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(STATE_DIR)
-            .map(|d| {
-                d.flatten().filter_map(|e| e.file_name().to_str()?.strip_suffix(".json").map(str::to_string)).collect()
-            })
-            .unwrap_or_default();
-        names.sort();
-        names
-    }
-
-    pub fn load(name: &str) -> std::io::Result<LabState> {
-        let bytes = std::fs::read(Self::path(name))?;
-        serde_json::from_slice(&bytes).map_err(std::io::Error::other)
-    }
-
-    pub fn save(&self) -> std::io::Result<()> {
-        std::fs::create_dir_all(STATE_DIR)?;
-        std::fs::write(Self::path(&self.topology.name), serde_json::to_vec_pretty(self).expect("serialisable"))
-    }
-
-    /// Moves the sticky pod to the next node (see [`Topology::move_sticky`]) and records where
-    /// it is now: its new namespace and server replace the old ones in the state.
-    pub fn move_sticky(&mut self) -> StickyMove {
-        let moved = self.topology.move_sticky();
-        self.namespaces.retain(|n| *n != moved.old_netns);
-        self.pids.retain(|p| !moved.killed.contains(p));
-        self.namespaces.push(moved.new_netns.keep());
-        // Not waited for: it serves on after this process ends, until `vpc-lab down`.
-        self.pids.push(moved.server.id());
-        if let Err(e) = self.save() {
-            eprintln!("vpc-lab: saving the lab's state: {e}");
-        }
-        moved.report
-    }
-
-    /// Kills the lab's processes (the recorded ones, the etcd members and anything else still
-    /// running in its namespaces) and deletes its namespaces (and so every link in them).
-    pub fn teardown(&self) {
-        for &pid in &self.pids {
-            kill9(pid);
-        }
-        if let Some(etcd) = &self.etcd {
-            for &pid in &etcd.pids {
-                kill9(pid);
-            }
-        }
-        for ns in &self.namespaces {
-            for pid in pids_in(ns) {
-                kill9(pid);
-            }
-        }
-        for ns in self.namespaces.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-        if let Some(etcd) = &self.etcd {
-            let _ = std::fs::remove_dir_all(&etcd.dir);
-        }
-        let _ = std::fs::remove_file(Self::path(&self.topology.name));
-    }
 }
 
 /// A running lab. Dropping it removes everything it made, also after a failure.
@@ -389,6 +325,8 @@ pub struct Lab {
     etcd_ns: Vec<Netns>,
     /// Killed before the fabric whose SDN it programs goes.
     vpc_api: Option<vpc_api::VpcApi>,
+    /// [`VpcMode::Ucloud`]: the load balancer's namespace.
+    lb_ns: Option<Netns>,
     vm: Netns,
     hybrid: Netns,
     gateway: Netns,
@@ -469,7 +407,7 @@ impl Topology {
                 }
                 json!({"ranges": ranges, "dataDir": self.dir.join(format!("node{}/ipam", node + 1))})
             }
-            IpamMode::Etcd => json!({"type": "vswitchd"}),
+            IpamMode::Etcd | IpamMode::Vpc => json!({"type": "vswitchd"}),
         };
         json!({
             "cniVersion": "1.1.0",
@@ -490,9 +428,22 @@ impl Topology {
         netns: &Path,
         pod: &str,
     ) -> Result<Value, CniFailure> {
+        self.cni_with(&self.cni_conf(node), command, node, container, netns, pod)
+    }
+
+    /// [`Topology::cni`] with network configuration `conf`.
+    fn cni_with(
+        &self,
+        conf: &Value,
+        command: &str,
+        node: usize,
+        container: &str,
+        netns: &Path,
+        pod: &str,
+    ) -> Result<Value, CniFailure> {
         let mut cmd = cni_command(&binary("vpc-cni"), command, container, netns);
         cmd.env("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={POD_NAMESPACE};K8S_POD_NAME={pod}"));
-        let out = run_cni(cmd, &self.cni_conf(node));
+        let out = run_cni(cmd, conf);
         let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if !out.status.success() {
             let code = serde_json::from_str::<Value>(&text).ok().and_then(|v| v["code"].as_u64()).unwrap_or(0);
@@ -514,11 +465,6 @@ fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) {
     a.ip(&["link", "add", a_name, "type", "veth", "peer", "name", b_name, "netns", &b.name]);
 }
 
-/// A string as a TOML basic string (JSON's escapes are TOML's).
-fn toml_str(s: &str) -> String {
-    serde_json::to_string(s).expect("a string serialises")
-}
-
 /// Starts `vpc-lab serve` in namespace `ns` under `name`.
 fn start_server(ns: &str, name: &str) -> Child {
     Command::new("ip")
@@ -536,6 +482,9 @@ impl Lab {
     pub fn up(spec: LabSpec, mut progress: impl FnMut(&str)) -> Lab {
         assert!((2..=4).contains(&spec.nodes), "the lab has 2 to 4 nodes, not {}", spec.nodes);
         assert!((1..=26).contains(&spec.pods_per_node), "1 to 26 pods per node, not {}", spec.pods_per_node);
+        // (`--vpc ucloud` with another IPAM is for tests of the SDN: its pods are unregistered.)
+        assert!(spec.ipam != IpamMode::Vpc || spec.vpc == VpcMode::Ucloud, "the VPC's IPAM needs --vpc ucloud");
+        assert!(spec.ipam != IpamMode::Vpc || spec.family == IpFamily::Ipv4, "provider mode is IPv4 only");
         let v6 = spec.family.has_v6();
         let name = unique("vl");
         let dir = TempDir::new();
@@ -602,6 +551,8 @@ impl Lab {
             vm: vm.name.clone(),
             hybrid: hybrid.name.clone(),
             vpc,
+            unregistered: None,
+            load_balancer: None,
         };
         let mut lab = Lab {
             topology,
@@ -613,6 +564,7 @@ impl Lab {
             pod_ns: Vec::new(),
             etcd_ns: Vec::new(),
             vpc_api,
+            lb_ns: None,
             vm,
             hybrid,
             gateway,
@@ -652,6 +604,10 @@ impl Lab {
                     ),
                     (IpamMode::Etcd, family) =>
                         format!(", pods from the cluster pool {} (in etcd)", pools(family).join(" and ")),
+                    (IpamMode::Vpc, _) => format!(
+                        ", pods get secondary IPs of its NIC {} from the VPC API (provider mode, IPv4 only)",
+                        node_config::pod_nic(spec.mode)
+                    ),
                 }
             ));
             lab.add_node(i);
@@ -679,7 +635,27 @@ impl Lab {
                 "ClusterIP Service {SERVICE_IP}:80 and NodePort {NODE_PORT} as kube-proxy's DNAT rules on every node"
             )
         });
+        if spec.ipam == IpamMode::Vpc {
+            let pod = lab.add_unregistered_pod(0);
+            progress(&format!(
+                "pod {} on node1: {} configured by hand (a static address in its network config), never registered \
+                 with the VPC",
+                pod.name,
+                pod.addresses()
+            ));
+        }
         lab.add_service();
+        if spec.ipam == IpamMode::Vpc {
+            let lb = lab.add_load_balancer();
+            progress(&format!(
+                "a load balancer on the VPC ({}:{}, {} in NAT mode, standing in for UCloud's ULB): the Service's pods \
+                 {} as real servers, no NodePort hop",
+                lb.vip,
+                load_balancer::VIP_PORT,
+                lb.kind,
+                lb.backends.join(", ")
+            ));
+        }
         progress("servers that report their peer's address, in every pod, node, the VM and the hybrid host");
         lab.start_servers();
         lab
@@ -699,6 +675,11 @@ impl Lab {
         } else {
             EtcdCluster::start_in(&placement)
         });
+    }
+
+    /// The VPC API's server ([`VpcMode::Ucloud`]): its state, SDN counters and faults.
+    pub fn vpc_api(&self) -> Option<&vpc_api::VpcApi> {
+        self.vpc_api.as_ref()
     }
 
     /// The etcd cluster ([`IpamMode::Etcd`]).
@@ -744,27 +725,6 @@ impl Lab {
         format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
     }
 
-    /// `[ipam]` for node `i`: the same on every node but for its name (one ConfigMap).
-    fn ipam_config(&self, i: usize) -> String {
-        let etcd = self.etcd.as_ref().expect("etcd runs in IpamMode::Etcd");
-        let tls = etcd.tls();
-        let endpoints: Vec<String> = etcd.endpoints().iter().map(|e| toml_str(e)).collect();
-        // A small warm pool: a lab node has a few pods. The rest as in production: a released
-        // address waits 120 s before reuse; a node without its lease for 10 s is quarantined.
-        let pools: Vec<String> = pools(self.spec.family).iter().map(|p| toml_str(p)).collect();
-        format!(
-            "[ipam]\nnode_name = \"node{}\"\npools = [{}]\nprefix = \"{IPAM_PREFIX}\"\n\
-             warm_target = 4\nwarm_max = 8\nsticky = [\"{POD_NAMESPACE}/sticky-*\"]\n\
-             [ipam.etcd]\nendpoints = [{}]\nca_file = {}\ncert_file = {}\nkey_file = {}\n",
-            i + 1,
-            pools.join(", "),
-            endpoints.join(", "),
-            toml_str(&tls.ca.to_string_lossy()),
-            toml_str(&tls.cert.to_string_lossy()),
-            toml_str(&tls.key.to_string_lossy()),
-        )
-    }
-
     fn add_node(&mut self, i: usize) {
         let ns = Netns::new(&format!("{}n{}", self.name, i + 1));
         let ip = node_ip(i);
@@ -783,7 +743,7 @@ impl Lab {
             // The node routes its pods' IPv6 (host-routed: between vsw0 and eth0).
             sh(&ns, "echo 1 > /proc/sys/net/ipv6/conf/all/forwarding");
         }
-        let mut config = match self.spec.mode {
+        match self.spec.mode {
             UplinkMode::HostRouted => {
                 // The node answers ARP on the VPC subnet for its pods (it routes them via vsw0),
                 // at once rather than after the default random proxy delay of up to 0.8 s.
@@ -794,13 +754,6 @@ impl Lab {
                     // its pods' IPv6 addresses when it has a NIC to announce them on.
                     sh(&ns, "echo 1 > /proc/sys/net/ipv6/conf/eth0/proxy_ndp && echo 0 > /proc/sys/net/ipv6/neigh/eth0/proxy_delay");
                 }
-                match (self.spec.ipam, v6) {
-                    (IpamMode::Local, false) => String::new(),
-                    // Any address may come to this node from another one (a sticky pod that
-                    // moved): vswitchd announces each pod it attaches from the node's NIC, so the
-                    // VPC forgets the old node at once; and its IPv6 pods get proxy-NDP entries.
-                    _ => "[host_port]\nannounce_on = \"eth0\"\n".to_string(),
-                }
             }
             UplinkMode::Uplink => {
                 veth(&ns, "up0", &self.fabric, &format!("fu{}", i + 1));
@@ -808,23 +761,9 @@ impl Lab {
                     ns.ip(&["link", "set", "up0", "address", &ucloud::uplink_mac(i)]);
                 }
                 self.fabric.ip(&["link", "set", &format!("fu{}", i + 1), "master", "br0", "up"]);
-                let (routes6, uplink6) = if v6 {
-                    (
-                        format!(", \"{ip6}/128\", \"{SERVICE_RANGE6}\""),
-                        format!("subnet6 = \"{VPC_SUBNET6}\"\ngateway6 = \"{GATEWAY_IP6}\"\naddress6 = \"{ip6}\"\n"),
-                    )
-                } else {
-                    (String::new(), String::new())
-                };
-                format!(
-                    "[host_port]\ndefault_route = false\nroutes = [\"{ip}/32\", \"10.96.0.0/12\"{routes6}]\n\
-                     [uplink]\ninterface = \"up0\"\nsubnet = \"10.10.0.0/16\"\ngateway = \"10.10.0.1\"\n{uplink6}"
-                )
             }
-        };
-        if self.spec.ipam == IpamMode::Etcd {
-            config.push_str(&self.ipam_config(i));
         }
+        let config = node_config::vswitchd_toml(&self.spec, i, self.etcd.as_ref(), self.topology.vpc.as_ref());
         let daemon = Daemon::start_with_config(
             &Binaries::beside_current_exe(),
             &ns,
@@ -839,7 +778,7 @@ impl Lab {
     }
 
     /// Pod `name` on `node` through vpc-cni ADD; panics with vpc-cni's error on failure.
-    fn add_pod(&mut self, node: usize, name: &str) -> LabPod {
+    pub fn add_pod(&mut self, node: usize, name: &str) -> LabPod {
         let ns = Netns::new(&format!("{}p{name}", self.name));
         let container = format!("{}-{name}", self.name);
         let result = self.cni("ADD", node, &container, &ns.path(), name).unwrap_or_else(|e| {
@@ -955,6 +894,7 @@ impl Lab {
 
     /// Every pod back through vpc-cni DEL.
     pub fn delete_pods(&mut self) {
+        self.delete_unregistered_pod();
         for pod in std::mem::take(&mut self.topology.pods) {
             let path = Path::new("/run/netns").join(&pod.netns);
             if let Err(e) = self.cni("DEL", pod.node, &pod.container_id, &path, &pod.name) {
@@ -975,6 +915,7 @@ impl Lab {
             namespaces.push(ns);
             pids.extend(pid);
         }
+        namespaces.extend(self.lb_ns.iter().map(|n| n.name.clone()));
         namespaces.extend(self.etcd_ns.iter().map(|n| n.name.clone()));
         namespaces.extend(self.nodes.iter().map(|n| n.name.clone()));
         namespaces.extend(self.pod_ns.iter().map(|n| n.name.clone()));

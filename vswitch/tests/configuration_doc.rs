@@ -101,6 +101,7 @@ fn every_vswitchd_key_is_documented_and_every_documented_key_exists() {
                    host_id = "uhost-node1"
                    public_key_file = "public_key"
                    private_key_file = "private_key"
+                   fabric_probe_target = "10.10.0.1"
                    [aws]
                    region = "us-east-1"
                    subnet_id = "subnet-1"

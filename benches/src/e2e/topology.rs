@@ -19,7 +19,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use vpc_lab::lab::{attach, node_ip, Lab, LabSpec, UplinkMode};
+use vpc_lab::lab::{attach, node_ip, IpamMode, Lab, LabSpec, UplinkMode, VpcMode};
 use vpc_lab::netns::{cni_command, have_tool, run_cni, Binaries, Daemon, Netns, Pod, TempDir};
 
 use super::IpFamily;
@@ -344,10 +344,21 @@ fn kernel_routed_across() -> Topology {
 }
 
 /// Pods on different nodes through vswitchd: the lab with 2 nodes of one pod each (pods through
-/// vpc-cni, a kube-proxy Service on each node), in uplink mode `mode`. Two daemons forward, so
-/// no single process's CPU is counted.
+/// vpc-cni, a kube-proxy Service on each node), in uplink mode `mode`, on the enforcing VPC
+/// (`--vpc ucloud`: the SDN's nftables checks every frame, and the pods' addresses are
+/// secondary IPs from the VPC API, as on a real VPC). Two daemons forward, so no single
+/// process's CPU is counted.
 fn lab_pods(mode: UplinkMode, workers: usize) -> Topology {
-    let lab = Lab::up(LabSpec { mode, nodes: 2, pods_per_node: 1, workers, ..LabSpec::default() }, |_| {});
+    let spec = LabSpec {
+        mode,
+        nodes: 2,
+        pods_per_node: 1,
+        workers,
+        vpc: VpcMode::Ucloud,
+        ipam: IpamMode::Vpc,
+        ..LabSpec::default()
+    };
+    let lab = Lab::up(spec, |_| {});
     let (a, b) = (&lab.pods[0], &lab.pods[1]);
     assert!(a.node == 0 && b.node == 1, "one pod on each node: {:?}", lab.pods);
     Topology {

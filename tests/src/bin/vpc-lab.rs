@@ -8,6 +8,12 @@
 //! (`--ip-family dual`): the VPC has an IPv6 subnet next to the IPv4 one, the pods an address of
 //! each family (`ipv4` or `ipv6` for one only), and every path of the matrix runs over each
 //! family the pods have.
+//!
+//! The VPC is UCloud's by default (`--vpc ucloud`): its fabric is an SDN that delivers only
+//! addresses registered through the VPC API the lab serves (UCloud's dialect), and each node's
+//! vswitchd gets its pods' addresses from that API as secondary IPs of its NIC (provider mode,
+//! `--ipam vpc`, IPv4 only: the pods have no IPv6 in this mode). `--vpc l2` is the plain
+//! learning bridge, where `--ipam local|etcd` and dual stack (its default) apply.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream};
@@ -43,6 +49,9 @@ enum Ipam {
     Local,
     /// One pool for the cluster, allocated by the nodes' vswitchd in a 3-member etcd cluster.
     Etcd,
+    /// Secondary IPs of each node's NIC from the VPC API, allocated by the node's vswitchd
+    /// (provider mode; IPv4 only). The only one --vpc ucloud delivers, and its default.
+    Vpc,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -71,19 +80,20 @@ struct Shape {
     /// Nodes, each with vswitchd and its pods.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(2..=4))]
     nodes: u8,
-    /// Where pods' addresses come from.
-    #[arg(long, value_enum, default_value_t = Ipam::Local)]
-    ipam: Ipam,
-    /// The pods' address families (the VPC gets the IPv6 subnet fd00:10::/64 with dual or ipv6).
-    #[arg(long, value_enum, default_value_t = Families::Dual)]
-    ip_family: Families,
+    /// Where pods' addresses come from [default: vpc with --vpc ucloud, else local].
+    #[arg(long, value_enum)]
+    ipam: Option<Ipam>,
+    /// The pods' address families (the VPC gets the IPv6 subnet fd00:10::/64 with dual or ipv6)
+    /// [default: ipv4 with --vpc ucloud, whose provider mode is IPv4 only; else dual].
+    #[arg(long, value_enum)]
+    ip_family: Option<Families>,
     #[arg(long, default_value_t = 1500)]
     pod_mtu: u16,
     /// Forwarding threads per vswitchd.
     #[arg(long, default_value_t = 1)]
     workers: usize,
     /// The VPC's fabric.
-    #[arg(long, value_enum, default_value_t = Vpc::L2)]
+    #[arg(long, value_enum, default_value_t = Vpc::Ucloud)]
     vpc: Vpc,
 }
 
@@ -143,30 +153,49 @@ extern "C" fn on_signal(_: libc_int) {
 #[allow(non_camel_case_types)]
 type libc_int = std::os::raw::c_int;
 
-fn spec(shape: &Shape) -> LabSpec {
-    LabSpec {
+/// The lab `shape` asks for, or why it cannot be built.
+fn spec(shape: &Shape) -> Result<LabSpec, String> {
+    let vpc = match shape.vpc {
+        Vpc::L2 => VpcMode::L2,
+        Vpc::Ucloud => VpcMode::Ucloud,
+    };
+    let ipam = match (shape.ipam, vpc) {
+        (None, VpcMode::Ucloud) | (Some(Ipam::Vpc), VpcMode::Ucloud) => IpamMode::Vpc,
+        (None, VpcMode::L2) | (Some(Ipam::Local), VpcMode::L2) => IpamMode::Local,
+        (Some(Ipam::Etcd), VpcMode::L2) => IpamMode::Etcd,
+        (Some(Ipam::Vpc), VpcMode::L2) => {
+            return Err("--ipam vpc needs --vpc ucloud (the L2 fabric has no VPC API)".into())
+        }
+        (Some(_), VpcMode::Ucloud) => {
+            return Err("--vpc ucloud delivers only addresses registered through its API: use --ipam vpc \
+                        (the default there), or --vpc l2 for --ipam local or etcd"
+                .into())
+        }
+    };
+    let family = match (shape.ip_family, ipam) {
+        (None | Some(Families::Ipv4), IpamMode::Vpc) => IpFamily::Ipv4,
+        (Some(_), IpamMode::Vpc) => {
+            return Err("--vpc ucloud is IPv4 only: vswitchd's provider mode allocates IPv4 secondary IPs \
+                        (use --vpc l2 for dual stack)"
+                .into())
+        }
+        (None | Some(Families::Dual), _) => IpFamily::Dual,
+        (Some(Families::Ipv4), _) => IpFamily::Ipv4,
+        (Some(Families::Ipv6), _) => IpFamily::Ipv6,
+    };
+    Ok(LabSpec {
         mode: match shape.mode {
             Mode::HostRouted => UplinkMode::HostRouted,
             Mode::Uplink => UplinkMode::Uplink,
         },
-        ipam: match shape.ipam {
-            Ipam::Local => IpamMode::Local,
-            Ipam::Etcd => IpamMode::Etcd,
-        },
-        family: match shape.ip_family {
-            Families::Ipv4 => IpFamily::Ipv4,
-            Families::Dual => IpFamily::Dual,
-            Families::Ipv6 => IpFamily::Ipv6,
-        },
+        ipam,
+        family,
         nodes: shape.nodes.into(),
         pod_mtu: shape.pod_mtu,
         workers: shape.workers,
-        vpc: match shape.vpc {
-            Vpc::L2 => VpcMode::L2,
-            Vpc::Ucloud => VpcMode::Ucloud,
-        },
+        vpc,
         ..LabSpec::default()
-    }
+    })
 }
 
 fn main() -> ExitCode {
@@ -251,8 +280,12 @@ fn probe(address: SocketAddr) -> ExitCode {
 }
 
 fn up(shape: &Shape) -> ExitCode {
-    let lab = Lab::up(LabSpec { detachable: true, ..spec(shape) }, |step| println!("  {step}"));
-    if lab.ipam == IpamMode::Etcd {
+    let spec = match spec(shape) {
+        Ok(spec) => spec,
+        Err(e) => return usage(&e),
+    };
+    let lab = Lab::up(LabSpec { detachable: true, ..spec }, |step| println!("  {step}"));
+    if lab.ipam != IpamMode::Local {
         print_ipam(&lab);
     }
     if let Some(vpc) = &lab.vpc {
@@ -261,6 +294,12 @@ fn up(shape: &Shape) -> ExitCode {
     let state = lab.detach();
     println!("lab {} is up; `vpc-lab check` checks it, `vpc-lab down` removes it", state.topology.name);
     ExitCode::SUCCESS
+}
+
+/// A shape the lab cannot take: exit 2, as clap does for bad arguments.
+fn usage(why: &str) -> ExitCode {
+    eprintln!("vpc-lab: {why}");
+    ExitCode::from(2)
 }
 
 fn with_state(name: Option<String>, f: impl FnOnce(LabState) -> ExitCode) -> ExitCode {
@@ -303,7 +342,8 @@ fn down(name: Option<String>, all: bool) -> ExitCode {
     })
 }
 
-/// `vswitchctl ipam` on node1: every node's pods from the one pool.
+/// `vswitchctl ipam` on node1: every node's pods from the one pool (etcd), or node1's NIC's
+/// secondary IPs and the VPC API's health (provider mode).
 fn print_ipam(lab: &Lab) {
     println!("  vswitchctl ipam (on node1):");
     for line in lab.ipam_report().lines() {
@@ -364,9 +404,13 @@ fn demo(shape: &Shape, seconds: u32) -> ExitCode {
         let _ = nix::sys::signal::signal(nix::sys::signal::Signal::SIGINT, handler);
         let _ = nix::sys::signal::signal(nix::sys::signal::Signal::SIGTERM, handler);
     }
+    let spec = match spec(shape) {
+        Ok(spec) => spec,
+        Err(e) => return usage(&e),
+    };
     let started = Instant::now();
     println!("[1/4] standing up the lab VPC");
-    let mut lab = Lab::up(spec(shape), |step| println!("  {step}"));
+    let mut lab = Lab::up(spec, |step| println!("  {step}"));
     if let Some(vpc) = &lab.vpc {
         print_vpc(vpc);
     }
@@ -379,7 +423,7 @@ fn demo(shape: &Shape, seconds: u32) -> ExitCode {
             checks.extend(lab.move_sticky().checks);
         }
         ok = report(&checks, false) == ExitCode::SUCCESS;
-        if lab.ipam == IpamMode::Etcd {
+        if lab.ipam != IpamMode::Local {
             print_ipam(&lab);
         }
     }

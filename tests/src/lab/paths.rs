@@ -141,7 +141,7 @@ impl Topology {
     /// Connects from `from_ns` to `to:port` until every backend has answered (kube-proxy
     /// spreads connections at random) or 24 tries; returns the backends that answered with the
     /// peer address each saw, the mean time, and the last error.
-    fn spread(
+    pub(super) fn spread(
         &self,
         from_ns: &str,
         to: IpAddr,
@@ -167,7 +167,7 @@ impl Topology {
         (seen, mean, error)
     }
 
-    fn all_backends(&self, seen: &BTreeSet<(String, String)>) -> bool {
+    pub(super) fn all_backends(&self, seen: &BTreeSet<(String, String)>) -> bool {
         self.backends().iter().all(|b| seen.iter().any(|(name, _)| *name == b.name))
     }
 
@@ -324,7 +324,14 @@ impl Topology {
         for family in self.family.families() {
             plan.extend(self.plan(family));
         }
-        self.run_all(&plan)
+        let mut checks = self.run_all(&plan);
+        // The enforcing VPC's own rows (`--vpc ucloud`), after the matrix: they read the SDN's
+        // counters, which the matrix's parallel checks would move too.
+        checks.extend(self.check_unregistered());
+        checks.extend(self.check_load_balancer());
+        // The sticky move through the API (`MoveSecondaryIPMac`) is a row of its own: see
+        // [`Topology::move_sticky`], which `vpc-lab check` and `demo` run after this.
+        checks
     }
 
     fn plan(&self, family: Family) -> Vec<Check> {

@@ -8,7 +8,8 @@
 //! (`forward`, once per port the bridge sends it to) its destination must be owned by that
 //! port. Outside the VPC's prefixes only the gateway's port may send from, and receive for,
 //! addresses. ARP is checked like IP (the sender address owned by the sending port, the target
-//! owned by someone; a probe from 0.0.0.0 only for an owned target), so an address the SDN does
+//! owned by someone; a probe from 0.0.0.0 only for an owned target, and its reply, whose target
+//! is 0.0.0.0, only from the owner), so an address the SDN does
 //! not know does not even resolve. IPv6 neighbour discovery passes as link control: from
 //! link-local or unspecified sources only towards link-local or multicast destinations (MLD,
 //! DAD, router and neighbour solicitations), and with owned global sources to the solicited-node
@@ -85,6 +86,8 @@ pub fn ruleset(gateway_port: Option<&str>, prefixes: &[IpNet]) -> String {
     );
     rules.push_str(
         "    chain arp_in {\n        arp saddr ip 0.0.0.0 arp daddr ip @addr4 accept\n\
+         \x20       arp saddr ip 0.0.0.0 counter name arp_unknown_target drop\n\
+         \x20       arp operation reply arp daddr ip 0.0.0.0 iifname . arp saddr ip @own4 accept\n\
          \x20       iifname . arp saddr ip != @own4 counter name arp_spoofed drop\n\
          \x20       arp daddr ip != @addr4 counter name arp_unknown_target drop\n        accept\n    }\n",
     );

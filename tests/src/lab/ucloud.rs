@@ -131,6 +131,8 @@ fn config(spec: &LabSpec, credential: Credential) -> VpcConfig {
         FixedHost { name: "gateway".into(), port: "fgw".into(), addresses: both(GATEWAY_IP, GATEWAY_IP6) },
         FixedHost { name: "vm".into(), port: "fvm".into(), addresses: both(VM_IP, VM_IP6) },
         FixedHost { name: "vpc-api".into(), port: "fapi".into(), addresses: both(API_IP, API_IP6) },
+        // The load balancer standing in for UCloud's ULB (super::load_balancer).
+        FixedHost { name: "ulb".into(), port: "flb".into(), addresses: vec![IpAddr::V4(super::load_balancer::VIP)] },
     ];
     if spec.ipam == IpamMode::Etcd {
         for (i, ip) in ETCD_IPS.iter().enumerate() {

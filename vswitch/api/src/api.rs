@@ -173,6 +173,21 @@ pub struct ProviderView {
     pub backing_off_ms: Option<u64>,
     pub last_errors: Vec<String>,
     pub calls: Vec<ApiCallView>,
+    /// The fabric probes of new addresses (none: no address probed yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fabric_probe: Option<FabricProbeView>,
+}
+
+/// Provider mode: how long the fabric took to deliver new addresses (the ARP probe).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FabricProbeView {
+    /// The last probed address, how long it took, and `delivered`, `timeout` or `error`.
+    pub last_ip: IpAddr,
+    pub last_ms: u64,
+    pub last_result: String,
+    pub probes: u64,
+    pub timeouts: u64,
+    pub errors: u64,
 }
 
 /// Calls of one VPC API action with one result.

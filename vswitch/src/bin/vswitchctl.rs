@@ -341,6 +341,13 @@ fn print_provider(v: &IpamView, p: &vswitch_api::api::ProviderView) {
         Some(ips) => println!("NIC's secondary IPs (last reconcile): {}", list(ips)),
         None => println!("NIC's secondary IPs: not described yet"),
     }
+    match &p.fabric_probe {
+        Some(f) => println!(
+            "fabric probe: last {} {} after {} ms ({} probed, {} timed out, {} failed)",
+            f.last_ip, f.last_result, f.last_ms, f.probes, f.timeouts, f.errors
+        ),
+        None => println!("fabric probe: no new address probed yet"),
+    }
     for c in &p.calls {
         println!("  {:<24} {:<14} {:>6} calls {:>8} ms", c.action, c.result, c.calls, c.millis);
     }

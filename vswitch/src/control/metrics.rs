@@ -216,6 +216,23 @@ fn encode_provider_api(api: &ApiReport, encoder: &mut DescriptorEncoder) -> Resu
         ConstCounter::new(c.seconds)
             .encode(family.encode_family(&[("action", action.as_str()), ("result", result.as_str())])?)?;
     }
+    // The time from an address's allocation to the fabric delivering it (the ARP probe).
+    let probe = &api.fabric_probe;
+    if probe.count > 0 {
+        encoder
+            .encode_descriptor(
+                "vswitch_ipam_provider_fabric_probe_seconds",
+                "From a new secondary IP's allocation to the fabric delivering it (the ARP probe; a timed-out probe counts its timeout).",
+                None,
+                MetricType::Histogram,
+            )?
+            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                probe.sum_seconds,
+                probe.count,
+                &probe.buckets,
+                None,
+            )?;
+    }
     let up = i64::from(api.healthy != Some(false));
     ConstGauge::new(up).encode(encoder.encode_descriptor(
         "vswitch_ipam_provider_api_up",
@@ -367,6 +384,11 @@ mod tests {
                 )],
                 last_errors: vec![],
                 healthy: Some(true),
+                fabric_probe: {
+                    let stats = crate::ipam::provider::probe::ProbeStats::default();
+                    stats.record("10.10.64.7".parse().unwrap(), Duration::from_millis(2900), &Ok(()));
+                    stats.report()
+                },
             }),
         }
         .render();
@@ -377,6 +399,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("vswitch_gone_ports_removed_total 2"), "{text}");
+        assert!(text.contains("# TYPE vswitch_ipam_provider_fabric_probe_seconds histogram"), "{text}");
+        assert!(text.contains(r#"vswitch_ipam_provider_fabric_probe_seconds_bucket{le="2.0"} 0"#), "{text}");
+        assert!(text.contains(r#"vswitch_ipam_provider_fabric_probe_seconds_bucket{le="3.0"} 1"#), "{text}");
+        assert!(text.contains("vswitch_ipam_provider_fabric_probe_seconds_count 1"), "{text}");
         assert!(text.contains(r#"port="evil\"}\nname""#), "{text}");
         assert!(!text.contains("evil\"}\nname\""), "a raw newline in a label breaks the format");
         assert!(text.contains(r#"namespace="default",pod="web-0"} 7"#), "{text}");

@@ -1,6 +1,6 @@
 //! `vswitchctl ipam` in provider mode: the pool's report as the API's [`IpamView`].
 
-use vswitch_api::api::{ApiCallView, IpamView, LocalIpamView, ProviderView};
+use vswitch_api::api::{ApiCallView, FabricProbeView, IpamView, LocalIpamView, ProviderView};
 
 use crate::ipam::provider::{ProviderIpam, VpcProvider};
 
@@ -36,6 +36,14 @@ pub fn view<P: VpcProvider>(provider: &ProviderIpam<P>) -> IpamView {
             api_healthy: r.api.healthy,
             backing_off_ms: r.backing_off_ms,
             last_errors: r.api.last_errors,
+            fabric_probe: r.api.fabric_probe.last.as_ref().map(|last| FabricProbeView {
+                last_ip: last.ip,
+                last_ms: (last.seconds * 1e3).round() as u64,
+                last_result: last.result.into(),
+                probes: r.api.fabric_probe.count,
+                timeouts: r.api.fabric_probe.timeouts,
+                errors: r.api.fabric_probe.errors,
+            }),
             calls: r
                 .api
                 .calls

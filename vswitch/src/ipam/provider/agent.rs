@@ -9,12 +9,16 @@
 //! this file for which pod holds which of them.
 //!
 //! ADD takes a warm address (no API call); only with an empty pool does it call the API itself.
-//! A new address is handed out once the fabric delivers it: [`ProviderSettings::fabric_settle`]
-//! after the API's success. Throttled or unreachable API: exponential backoff with jitter;
+//! A new address is handed out once the fabric delivers it ([`super::probe`]): the upkeep probes
+//! the addresses it allocates before they join the pool, so an ADD from the pool never waits; an
+//! ADD on an empty pool waits for its own address's probe. A probe is bounded
+//! ([`ProviderSettings::fabric_probe_timeout`]): past it the address is used anyway, with a
+//! warning and counted, since refusing would cost an ADD or a pool an address the fabric is most
+//! likely about to deliver. Throttled or unreachable API: exponential backoff with jitter;
 //! ADDs go on from the pool; DELs are queued in the file and retried.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::net::IpAddr;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -23,6 +27,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use vswitch_api::api::{Attachment, PodRef};
 
+use super::probe::{ArpProbe, FabricProbe};
 use super::stats::{ApiReport, ApiStats};
 use super::{ProviderError, VpcProvider};
 use crate::ipam::IpamError;
@@ -36,7 +41,10 @@ pub struct ProviderSettings {
     pub warm_low: usize,
     pub warm_high: usize,
     pub cooldown: Duration,
-    pub fabric_settle: Duration,
+    /// The longest a new address is probed before it is used anyway.
+    pub fabric_probe_timeout: Duration,
+    /// Whom the ARP probe asks (none: the node's default gateway).
+    pub fabric_probe_target: Option<Ipv4Addr>,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     pub reconcile_every: Duration,
@@ -48,7 +56,8 @@ impl Default for ProviderSettings {
             warm_low: 4,
             warm_high: 8,
             cooldown: Duration::from_secs(30),
-            fabric_settle: Duration::from_millis(1200),
+            fabric_probe_timeout: Duration::from_secs(5),
+            fabric_probe_target: None,
             backoff_min: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
             reconcile_every: Duration::from_secs(60),
@@ -100,8 +109,6 @@ impl Persisted {
 /// What does not survive a restart.
 #[derive(Debug, Default)]
 struct Runtime {
-    /// A new address is delivered by the fabric from then on.
-    ready_at: HashMap<IpAddr, Instant>,
     retry_at: Option<Instant>,
     backoff: Duration,
     /// Allocations in flight, and how many were started: reconcile skips a round that raced one.
@@ -136,8 +143,9 @@ impl ProviderReport {
 }
 
 #[derive(Debug)]
-pub struct ProviderIpam<P> {
+pub struct ProviderIpam<P, F = ArpProbe> {
     provider: P,
+    probe: F,
     settings: ProviderSettings,
     path: PathBuf,
     state: Mutex<(Persisted, Runtime)>,
@@ -155,8 +163,22 @@ fn key(owner: &Attachment) -> String {
 }
 
 impl<P: VpcProvider> ProviderIpam<P> {
-    /// The pool as `state_dir` last recorded it (empty if never).
+    /// The pool as `state_dir` last recorded it (empty if never), probing new addresses with ARP
+    /// on the provider's NIC.
     pub fn open(provider: P, settings: ProviderSettings, state_dir: &Path) -> Result<ProviderIpam<P>, IpamError> {
+        let probe = ArpProbe::new(provider.nic(), settings.fabric_probe_target);
+        ProviderIpam::open_with_probe(provider, probe, settings, state_dir)
+    }
+}
+
+impl<P: VpcProvider, F: FabricProbe> ProviderIpam<P, F> {
+    /// The pool as `state_dir` last recorded it, probing new addresses with `probe`.
+    pub fn open_with_probe(
+        provider: P,
+        probe: F,
+        settings: ProviderSettings,
+        state_dir: &Path,
+    ) -> Result<ProviderIpam<P, F>, IpamError> {
         let path = state_dir.join(STATE_FILE);
         let persisted = match std::fs::read(&path) {
             Ok(bytes) => {
@@ -172,6 +194,7 @@ impl<P: VpcProvider> ProviderIpam<P> {
         };
         Ok(ProviderIpam {
             provider,
+            probe,
             settings,
             path,
             state: Mutex::new((persisted, Runtime::default())),
@@ -197,11 +220,6 @@ impl<P: VpcProvider> ProviderIpam<P> {
     fn watermarks(&self, state: &Persisted) -> (usize, usize) {
         let configured = (self.settings.warm_low, self.settings.warm_high);
         self.provider.watermarks(state.pods.len()).unwrap_or(configured)
-    }
-
-    fn below_low(&self) -> bool {
-        let guard = self.lock();
-        guard.0.warm.len() < self.watermarks(&guard.0).0
     }
 
     /// Writes the state (temporary file, fsync, rename).
@@ -260,43 +278,39 @@ impl<P: VpcProvider> ProviderIpam<P> {
             if let Some(existing) = state.pods.get(&key(owner)) {
                 return Ok((existing.ip, false));
             }
-            let now = Instant::now();
-            let ready = |ip: &IpAddr| rt.ready_at.get(ip).copied().unwrap_or(now);
-            let best = state.warm.iter().filter(|ip| !in_use.contains(ip)).min_by_key(|ip| ready(ip)).copied();
-            if let Some(ip) = best {
+            if let Some(ip) = state.warm.iter().find(|ip| !in_use.contains(ip)).copied() {
                 state.warm.remove(&ip);
                 state.pods.insert(key(owner), PodAddress { ip, owner: owner.clone(), pod: pod.clone() });
                 if state.warm.len() < self.watermarks(state).0 {
                     self.kick.notify_one();
                 }
-                Some((ip, rt.ready_at.remove(&ip)))
+                Some(ip)
             } else {
                 rt.allocating += 1;
                 rt.epoch += 1;
                 None
             }
         };
-        let (ip, ready_at) = match taken {
-            Some(found) => found,
+        let ip = match taken {
+            // Probed before it joined the pool.
+            Some(warm) => {
+                self.save()?;
+                warm
+            }
             None => {
                 let allocated = self.allocate_for(owner, pod).await;
                 self.lock().1.allocating -= 1;
-                allocated?
+                let ip = allocated?;
+                self.save()?;
+                self.probe_fabric(ip).await;
+                ip
             }
         };
-        self.save()?;
-        if let Some(wait) = ready_at.and_then(|t| t.checked_duration_since(Instant::now())) {
-            tokio::time::sleep(wait).await;
-        }
         Ok((ip, true))
     }
 
     /// An ADD with an empty pool: one allocation, recorded before it is answered.
-    async fn allocate_for(
-        &self,
-        owner: &Attachment,
-        pod: Option<PodRef>,
-    ) -> Result<(IpAddr, Option<Instant>), IpamError> {
+    async fn allocate_for(&self, owner: &Attachment, pod: Option<PodRef>) -> Result<IpAddr, IpamError> {
         self.kick.notify_one();
         if let Some(why) = self.backing_off() {
             return Err(ProviderRefusal::Unavailable(why).into());
@@ -307,7 +321,25 @@ impl<P: VpcProvider> ProviderIpam<P> {
             e => ProviderRefusal::Refused(e),
         })?;
         self.lock().0.pods.insert(key(owner), PodAddress { ip, owner: owner.clone(), pod });
-        Ok((ip, Some(Instant::now() + self.settings.fabric_settle)))
+        Ok(ip)
+    }
+
+    /// Until the fabric delivers `ip`, bounded by the probe's timeout; measured. A probe that
+    /// times out or cannot run only warns: the address is used anyway.
+    async fn probe_fabric(&self, ip: IpAddr) {
+        // A zero timeout turns the probe off (AWS: EC2 assigns an address before it answers).
+        if self.settings.fabric_probe_timeout.is_zero() {
+            return;
+        }
+        let started = Instant::now();
+        let result = self.probe.probe(ip, self.settings.fabric_probe_timeout).await;
+        self.stats.record_probe(ip, started.elapsed(), &result);
+        match result {
+            Ok(()) => {
+                tracing::debug!(%ip, ms = started.elapsed().as_millis() as u64, "the fabric delivers a new address")
+            }
+            Err(e) => tracing::warn!(%ip, error = %e, "fabric probe failed: the address is used anyway"),
+        }
     }
 
     pub fn lookup(&self, owner: &Attachment) -> Option<IpAddr> {
@@ -410,29 +442,38 @@ impl<P: VpcProvider> ProviderIpam<P> {
         Ok(())
     }
 
+    /// Allocates up to the low watermark, then probes the new addresses together; they join the
+    /// pool once probed. Reconcile stays off meanwhile (`allocating`): an allocated address is on
+    /// the NIC but not yet in the state. A crash before they join leaves them to reconcile.
     async fn fill(&self) -> Result<(), IpamError> {
-        while self.below_low() {
-            self.lock().1.allocating += 1;
-            let result = self.call("AllocateSecondaryIp", self.provider.allocate(None)).await;
-            let mut guard = self.lock();
-            guard.1.allocating -= 1;
-            guard.1.epoch += 1;
-            match result {
-                Ok(ip) => {
-                    guard.0.warm.insert(ip);
-                    guard.1.ready_at.insert(ip, Instant::now() + self.settings.fabric_settle);
-                    drop(guard);
-                    self.save()?;
-                }
+        let missing = {
+            let guard = self.lock();
+            self.watermarks(&guard.0).0.saturating_sub(guard.0.warm.len())
+        };
+        if missing == 0 {
+            return Ok(());
+        }
+        self.lock().1.allocating += 1;
+        let mut allocated = Vec::new();
+        for _ in 0..missing {
+            match self.call("AllocateSecondaryIp", self.provider.allocate(None)).await {
+                Ok(ip) => allocated.push(ip),
                 Err(e) => {
                     if !e.is_transient() {
                         tracing::warn!(error = %e, "VPC refused a warm address");
                     }
-                    return Ok(());
+                    break;
                 }
             }
         }
-        Ok(())
+        futures::future::join_all(allocated.iter().map(|ip| self.probe_fabric(*ip))).await;
+        {
+            let mut guard = self.lock();
+            guard.1.allocating -= 1;
+            guard.1.epoch += 1;
+            guard.0.warm.extend(allocated);
+        }
+        self.save()
     }
 
     async fn trim(&self) -> Result<(), IpamError> {

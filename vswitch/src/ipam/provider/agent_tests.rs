@@ -2,12 +2,14 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use vswitch_api::api::Attachment;
 
 use super::agent::{ProviderIpam, ProviderRefusal, ProviderSettings};
 use super::fake::{FakeNic, FakeVpc};
+use super::probe::{FabricProbe, ProbeError};
 use crate::ipam::IpamError;
 
 fn settings() -> ProviderSettings {
@@ -15,7 +17,8 @@ fn settings() -> ProviderSettings {
         warm_low: 2,
         warm_high: 3,
         cooldown: Duration::ZERO,
-        fabric_settle: Duration::ZERO,
+        fabric_probe_timeout: Duration::from_secs(5),
+        fabric_probe_target: None,
         backoff_min: Duration::from_millis(1),
         backoff_max: Duration::from_millis(2),
         reconcile_every: Duration::ZERO,
@@ -26,13 +29,40 @@ fn owner(n: usize) -> Attachment {
     Attachment { container_id: format!("c{n}"), ifname: "eth0".into() }
 }
 
-fn node(vpc: &std::sync::Arc<std::sync::Mutex<FakeVpc>>, dir: &std::path::Path) -> ProviderIpam<FakeNic> {
+/// A fabric that delivers each address `delay` after it is first probed (or never), and the
+/// addresses it was asked about.
+#[derive(Debug, Clone, Default)]
+struct FakeFabric {
+    delay: Duration,
+    never: bool,
+    probed: Arc<Mutex<Vec<IpAddr>>>,
+}
+
+impl FabricProbe for FakeFabric {
+    async fn probe(&self, ip: IpAddr, timeout: Duration) -> Result<(), ProbeError> {
+        self.probed.lock().unwrap().push(ip);
+        if self.never || self.delay > timeout {
+            tokio::time::sleep(timeout).await;
+            return Err(ProbeError::TimedOut { ip, timeout });
+        }
+        tokio::time::sleep(self.delay).await;
+        Ok(())
+    }
+}
+
+type Node = ProviderIpam<FakeNic, FakeFabric>;
+
+fn node_with(vpc: &Arc<Mutex<FakeVpc>>, dir: &std::path::Path, fabric: FakeFabric) -> Node {
     let nic = FakeNic { vpc: vpc.clone(), nic: "52:54:00:00:00:01".into() };
-    ProviderIpam::open(nic, settings(), dir).unwrap()
+    ProviderIpam::open_with_probe(nic, fabric, settings(), dir).unwrap()
+}
+
+fn node(vpc: &Arc<Mutex<FakeVpc>>, dir: &std::path::Path) -> Node {
+    node_with(vpc, dir, FakeFabric::default())
 }
 
 /// Every address on the NIC is a pod's, warm, cooling or queued for deletion: exactly once.
-fn assert_accounted(ipam: &ProviderIpam<FakeNic>, vpc: &std::sync::Arc<std::sync::Mutex<FakeVpc>>) {
+fn assert_accounted(ipam: &Node, vpc: &std::sync::Arc<std::sync::Mutex<FakeVpc>>) {
     let r = ipam.report();
     let mut held: Vec<IpAddr> = r.pods.iter().map(|p| p.ip).chain(r.warm).chain(r.cooling).chain(r.deleting).collect();
     let count = held.len();
@@ -155,4 +185,54 @@ async fn a_corrupt_state_file_stops_the_start() {
     std::fs::write(dir.path().join(super::agent::STATE_FILE), b"{").unwrap();
     let nic = FakeNic { vpc: FakeVpc::new(1), nic: "n".into() };
     assert!(matches!(ProviderIpam::open(nic, settings(), dir.path()), Err(IpamError::StateCorrupt { .. })));
+}
+
+/// The upkeep probes what it allocates before it joins the pool (together, not one by one), so
+/// an ADD from the pool is answered at once; an ADD on an empty pool waits for its own probe.
+#[tokio::test]
+async fn new_addresses_are_probed_before_anyone_gets_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let vpc = FakeVpc::new(16);
+    let fabric = FakeFabric { delay: Duration::from_millis(300), ..FakeFabric::default() };
+    let ipam = node_with(&vpc, dir.path(), fabric.clone());
+    let started = Instant::now();
+    ipam.tick().await.unwrap();
+    let filled = started.elapsed();
+    let warm = ipam.report().warm;
+    assert_eq!(warm.len(), 2);
+    assert_eq!(*fabric.probed.lock().unwrap(), warm, "each warm address probed before it joined");
+    assert!(filled >= Duration::from_millis(300) && filled < Duration::from_millis(550), "probed together: {filled:?}");
+    let started = Instant::now();
+    ipam.assign(&owner(1), None, &HashSet::new()).await.unwrap();
+    ipam.assign(&owner(2), None, &HashSet::new()).await.unwrap();
+    assert!(started.elapsed() < Duration::from_millis(100), "ADDs from the pool wait for nothing");
+    assert_eq!(fabric.probed.lock().unwrap().len(), 2, "no probe for a pool address");
+    let started = Instant::now();
+    let (ip, _) = ipam.assign(&owner(3), None, &HashSet::new()).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(300), "the empty pool's ADD waited for its probe");
+    assert_eq!(fabric.probed.lock().unwrap().last(), Some(&ip));
+    let probe = ipam.report().api.fabric_probe;
+    assert_eq!((probe.count, probe.timeouts), (3, 0));
+    assert_eq!(probe.last.as_ref().map(|l| (l.ip, l.result)), Some((ip, "delivered")));
+    assert!(probe.last.unwrap().seconds >= 0.3);
+    assert_accounted(&ipam, &vpc);
+}
+
+/// A fabric that never delivers: the probe gives up at its timeout and the address is used
+/// anyway, counted as a timeout.
+#[tokio::test]
+async fn a_probe_that_times_out_hands_the_address_out_anyway() {
+    let dir = tempfile::tempdir().unwrap();
+    let vpc = FakeVpc::new(16);
+    let nic = FakeNic { vpc: vpc.clone(), nic: "52:54:00:00:00:01".into() };
+    let fabric = FakeFabric { never: true, ..FakeFabric::default() };
+    let settings = ProviderSettings { fabric_probe_timeout: Duration::from_millis(200), ..settings() };
+    let ipam = ProviderIpam::open_with_probe(nic, fabric, settings, dir.path()).unwrap();
+    let started = Instant::now();
+    let (ip, new) = ipam.assign(&owner(1), None, &HashSet::new()).await.unwrap();
+    let waited = started.elapsed();
+    assert!(new && waited >= Duration::from_millis(200) && waited < Duration::from_secs(2), "{waited:?}");
+    let probe = ipam.report().api.fabric_probe;
+    assert_eq!((probe.count, probe.timeouts), (1, 1));
+    assert_eq!(probe.last.map(|l| (l.ip, l.result)), Some((ip, "timeout")));
 }

@@ -1,5 +1,6 @@
 //! `[ipam] provider = "ucloud"` and its `[ipam.ucloud]` table (`"aws"`: [`super::aws::config`]).
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -42,10 +43,13 @@ pub struct UCloudConfig {
     /// A released address rests this long before it is handed out again or deleted.
     #[serde(default = "default_cooldown")]
     pub cooldown_seconds: u64,
-    /// The longest from an API success to the fabric delivering the address (the VPC's
-    /// flow-table push); a new address is handed out only after it.
-    #[serde(default = "default_fabric_settle")]
-    pub fabric_settle_ms: u64,
+    /// A new address is handed out once the fabric delivers it (an ARP probe from it to the
+    /// gateway is answered), or after this long with a warning.
+    #[serde(default = "default_fabric_probe_timeout")]
+    pub fabric_probe_timeout_ms: u64,
+    /// Whom the probe asks; default: the node's IPv4 default gateway (the VPC gateway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fabric_probe_target: Option<Ipv4Addr>,
 }
 
 fn default_warm_low() -> usize {
@@ -57,8 +61,8 @@ fn default_warm_high() -> usize {
 fn default_cooldown() -> u64 {
     30
 }
-fn default_fabric_settle() -> u64 {
-    1200
+fn default_fabric_probe_timeout() -> u64 {
+    5000
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -96,7 +100,8 @@ impl UCloudConfig {
             warm_low: self.warm_low,
             warm_high: self.warm_high,
             cooldown: Duration::from_secs(self.cooldown_seconds),
-            fabric_settle: Duration::from_millis(self.fabric_settle_ms),
+            fabric_probe_timeout: Duration::from_millis(self.fabric_probe_timeout_ms),
+            fabric_probe_target: self.fabric_probe_target,
             ..ProviderSettings::default()
         })
     }

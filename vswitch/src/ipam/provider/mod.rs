@@ -8,6 +8,7 @@
 //!   one of them chosen at start ([`AnyProvider`]).
 //! - [`agent`]: the node's pool of secondary IPs: ADD/DEL from local state, the upkeep that keeps
 //!   the warm pool between its watermarks, queued deletes, reconcile against the VPC, persistence.
+//! - [`probe`]: whether the fabric delivers a new address yet (an ARP probe, as UK8S's arping).
 //! - [`config`]: `[ipam] provider = "ucloud"` and `[ipam.ucloud]`; `"aws"` and `[ipam.aws]`.
 
 pub mod agent;
@@ -15,6 +16,7 @@ mod any;
 pub mod aws;
 pub mod config;
 pub(crate) mod http;
+pub mod probe;
 pub mod stats;
 pub mod ucloud;
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::probe::{ProbeError, ProbeReport, ProbeStats};
 use super::ProviderError;
 
 /// How many errors the view keeps.
@@ -22,6 +23,8 @@ pub struct CallCount {
 #[derive(Debug, Default)]
 pub struct ApiStats {
     inner: Mutex<Inner>,
+    /// The fabric probes of new addresses (not API calls, but what the API's answer is worth).
+    probe: ProbeStats,
 }
 
 #[derive(Debug, Default)]
@@ -39,6 +42,7 @@ pub struct ApiReport {
     pub last_errors: Vec<String>,
     /// The last call reached the API (none: no call yet).
     pub healthy: Option<bool>,
+    pub fabric_probe: ProbeReport,
 }
 
 impl ApiStats {
@@ -59,12 +63,17 @@ impl ApiStats {
         inner.healthy = Some(!result.is_err_and(ProviderError::is_transient));
     }
 
+    pub fn record_probe(&self, ip: std::net::IpAddr, took: Duration, result: &Result<(), ProbeError>) {
+        self.probe.record(ip, took, result);
+    }
+
     pub fn report(&self) -> ApiReport {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         ApiReport {
             calls: inner.calls.iter().map(|((a, r), c)| (a.to_string(), r.to_string(), c.clone())).collect(),
             last_errors: inner.last_errors.iter().cloned().collect(),
             healthy: inner.healthy,
+            fabric_probe: self.probe.report(),
         }
     }
 

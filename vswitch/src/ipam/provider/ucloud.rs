@@ -286,7 +286,8 @@ mod tests {
             warm_low: 1,
             warm_high: 2,
             cooldown_seconds: 30,
-            fabric_settle_ms: 0,
+            fabric_probe_timeout_ms: 0,
+            fabric_probe_target: None,
         };
         let one = UCloud::new(&config("52:54:00:00:00:01", "uhost-1", "private_key")).unwrap();
         let two = UCloud::new(&config("52:54:00:00:00:02", "uhost-2", "private_key")).unwrap();

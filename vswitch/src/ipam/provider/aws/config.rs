@@ -54,9 +54,6 @@ pub struct AwsConfig {
     /// A detached ENI this node (or cluster) created is deleted once its `createdAt` tag is this old.
     #[serde(default = "default_leaked_eni_age")]
     pub leaked_eni_age_seconds: u64,
-    /// From the API's success to the fabric delivering a new address; ADD waits for it.
-    #[serde(default)]
-    pub fabric_settle_ms: u64,
 }
 
 fn default_imds() -> String {
@@ -132,7 +129,8 @@ impl AwsConfig {
             warm_low,
             warm_high,
             cooldown: Duration::from_secs(self.ip_cooldown_period),
-            fabric_settle: Duration::from_millis(self.fabric_settle_ms),
+            // No ARP probe: EC2 answers once the address is assigned, as AWS's VPC CNI relies on.
+            fabric_probe_timeout: Duration::ZERO,
             ..ProviderSettings::default()
         })
     }
