@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 # promtool) and curl check the metrics endpoint as Prometheus takes it; nftables enforces the lab
 # VPC's SDN (`--vpc ucloud`) and ipvsadm its load balancer (IPVS, standing in for UCloud's ULB;
 # where the kernel has no IPVS the lab falls back to iptables DNAT); python3-venv holds the
-# Python tools of tests/requirements.txt (UCloud's own SDK, which the VPC API tests drive the lab's API with, and the manifest checks);
+# Python tools of tests/requirements.txt (UCloud's own SDK, which the VPC API tests drive the lab's API with,
+# moto's EC2 server for the AWS provider's tests, and the manifest checks);
 # buildah and binutils (strip) build the DaemonSet's image (cni/deploy/build-image.sh).
 packages=(iproute2 iperf3 iputils-ping iptables containernetworking-plugins
     containerd runc protobuf-compiler libprotobuf-dev busybox-static

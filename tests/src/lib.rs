@@ -5,6 +5,7 @@
 
 pub mod containerd;
 pub mod cri;
+pub mod ec2;
 pub mod etcd;
 pub mod kubelet;
 pub mod lab;

@@ -101,7 +101,17 @@ fn every_vswitchd_key_is_documented_and_every_documented_key_exists() {
                    host_id = "uhost-node1"
                    public_key_file = "public_key"
                    private_key_file = "private_key"
-                   fabric_probe_target = "10.10.0.1""#,
+                   fabric_probe_target = "10.10.0.1"
+                   [aws]
+                   region = "us-east-1"
+                   subnet_id = "subnet-1"
+                   instance_id = "i-1"
+                   endpoint = "http://127.0.0.1:5000"
+                   security_group_ids = ["sg-1"]
+                   cluster_name = "lab"
+                   warm_ip_target = 2
+                   minimum_ip_target = 4
+                   max_eni = 2"#,
             )
             .unwrap(),
         ),

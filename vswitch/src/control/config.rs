@@ -222,7 +222,10 @@ impl Config {
             }
         }
         if let Some(ipam) = &self.ipam {
-            ipam.settings().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            // Provider mode checks its own table at start; the pool keys are unused there.
+            if ipam.provider.is_none() {
+                ipam.settings().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            }
         }
         Ok(())
     }

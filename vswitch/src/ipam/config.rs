@@ -9,6 +9,7 @@ use vswitch_api::api::PodRef;
 
 use super::error::{IpamError, SettingsError};
 use super::pool::{Excluded, Pool, PoolPrefix};
+use super::provider::aws::config::AwsConfig;
 use super::provider::config::{ProviderKind, UCloudConfig};
 use super::store::etcd::{EtcdConfig, EtcdStore};
 use super::store::file::{FileStore, FileStoreError};
@@ -62,11 +63,13 @@ pub struct IpamConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd: Option<EtcdConfig>,
     /// Provider mode: pod addresses are secondary IPs of this node's NIC, from the VPC's API
-    /// (`ucloud`, with `[ipam.ucloud]`); none: the cluster pool above.
+    /// (`ucloud`, with `[ipam.ucloud]`; `aws`, with `[ipam.aws]`); none: the cluster pool above.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<ProviderKind>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ucloud: Option<UCloudConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws: Option<AwsConfig>,
 }
 
 fn default_prefix() -> String {

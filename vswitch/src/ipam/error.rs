@@ -59,7 +59,7 @@ pub enum IpamError {
     /// Provider mode: no address for an ADD (code 11, retry later).
     #[error(transparent)]
     Provider(#[from] ProviderRefusal),
-    /// Provider mode: `[ipam.ucloud]` or its credentials are unusable.
+    /// Provider mode: `[ipam.ucloud]`/`[ipam.aws]` or its credentials are unusable.
     #[error(transparent)]
     ProviderSetup(#[from] ProviderSetupError),
 }
@@ -71,6 +71,8 @@ pub enum ProviderSetupError {
     Config(#[from] super::provider::config::ProviderConfigError),
     #[error(transparent)]
     Client(#[from] super::provider::ucloud::UCloudSetupError),
+    #[error(transparent)]
+    Aws(#[from] super::provider::aws::query::AwsSetupError),
 }
 
 /// What is wrong with `[ipam]` as a whole (each prefix was checked as it was read).

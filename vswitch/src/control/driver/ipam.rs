@@ -21,11 +21,12 @@ use crate::control::registry::{PodAddresses, RegistryError};
 use crate::ipam::error::{InvalidRequest, ProviderSetupError};
 use crate::ipam::node::IpamMetrics;
 use crate::ipam::pool::Family;
+use crate::ipam::provider::aws::Ec2;
 use crate::ipam::provider::claims::StickyClaims;
 use crate::ipam::provider::config::{ProviderConfigError, ProviderKind};
 use crate::ipam::provider::stats::ApiReport;
 use crate::ipam::provider::ucloud::UCloud;
-use crate::ipam::provider::ProviderIpam;
+use crate::ipam::provider::{AnyProvider, ProviderIpam};
 use crate::ipam::store::AnyStore;
 use crate::ipam::{AddressRequest, IpamConfig, IpamError, NodeIpam, SettingsError};
 
@@ -33,18 +34,33 @@ use crate::ipam::{AddressRequest, IpamConfig, IpamError, NodeIpam, SettingsError
 #[derive(Debug)]
 pub enum Ipam {
     Cluster(NodeIpam<AnyStore>),
-    Provider(Box<ProviderIpam<UCloud>>),
+    Provider(Box<ProviderIpam<AnyProvider>>),
 }
 
 /// The node's IPAM from `[ipam]`, if configured.
 pub fn open(config: &Config) -> Result<Option<Arc<Ipam>>, IpamError> {
     let Some(ipam) = &config.ipam else { return Ok(None) };
-    if let Some(ProviderKind::Ucloud) = ipam.provider {
-        let ucloud = ipam.ucloud.as_ref().ok_or(ProviderSetupError::Config(ProviderConfigError::MissingTable))?;
-        let settings = ucloud.settings().map_err(ProviderSetupError::from)?;
-        let client = UCloud::new(ucloud).map_err(ProviderSetupError::from)?;
+    let missing = |kind| ProviderSetupError::Config(ProviderConfigError::MissingTable(kind));
+    let provider = match ipam.provider {
+        Some(ProviderKind::Ucloud) => {
+            let ucloud = ipam.ucloud.as_ref().ok_or(missing("ucloud"))?;
+            let settings = ucloud.settings().map_err(ProviderSetupError::from)?;
+            let client = UCloud::new(ucloud).map_err(ProviderSetupError::from)?;
+            tracing::info!(endpoint = %ucloud.endpoint, nic = %ucloud.nic_mac, "provider IPAM on: UCloud VPC");
+            Some((AnyProvider::Ucloud(client), settings))
+        }
+        Some(ProviderKind::Aws) => {
+            let aws = ipam.aws.as_ref().ok_or(missing("aws"))?;
+            let settings = aws.settings().map_err(ProviderSetupError::from)?;
+            let client = Ec2::new(aws).map_err(ProviderSetupError::from)?;
+            tracing::info!(region = %aws.region, subnet = %aws.subnet_id, "provider IPAM on: AWS EC2");
+            Some((AnyProvider::Aws(client), settings))
+        }
+        None => None,
+    };
+    if let Some((client, settings)) = provider {
         let claims = sticky_claims(ipam, &config.state_dir)?;
-        tracing::info!(endpoint = %ucloud.endpoint, nic = %ucloud.nic_mac, sticky_records = %claims.describe(), "provider IPAM on: UCloud VPC");
+        tracing::info!(sticky_records = %claims.describe(), "provider IPAM: sticky pods' records");
         let provider = ProviderIpam::open_with(client, settings, &config.state_dir, Some(claims))?;
         return Ok(Some(Arc::new(Ipam::Provider(Box::new(provider)))));
     }
@@ -122,7 +138,7 @@ impl IpamService {
 
     async fn handle_provider(
         &self,
-        provider: &ProviderIpam<UCloud>,
+        provider: &ProviderIpam<AnyProvider>,
         request: IpamRequest,
     ) -> Result<Response, RequestError> {
         let released = |released| Response::Released(ReleasedView { released });

@@ -162,6 +162,14 @@ pub struct ProviderReport {
     pub api: ApiReport,
 }
 
+impl ProviderReport {
+    /// Every address the pool accounts for: the pods', warm, cooling and queued for deletion.
+    pub fn held(&self) -> Vec<IpAddr> {
+        let pods = self.pods.iter().map(|p| p.ip);
+        pods.chain(self.warm.iter().chain(&self.cooling).chain(&self.deleting).copied()).collect()
+    }
+}
+
 #[derive(Debug)]
 pub struct ProviderIpam<P, S = AnyStore, F = ArpProbe> {
     provider: P,
@@ -263,6 +271,12 @@ impl<P: VpcProvider, S: ClusterStore, F: FabricProbe> ProviderIpam<P, S, F> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The warm pool's `(low, high)`: the provider's where it derives them (AWS), else the settings'.
+    fn watermarks(&self, state: &Persisted) -> (usize, usize) {
+        let configured = (self.settings.warm_low, self.settings.warm_high);
+        self.provider.watermarks(state.pods.len()).unwrap_or(configured)
+    }
+
     /// Writes the state (temporary file, fsync, rename).
     fn save(&self) -> Result<(), IpamError> {
         let _order = self.save_lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -346,7 +360,7 @@ impl<P: VpcProvider, S: ClusterStore, F: FabricProbe> ProviderIpam<P, S, F> {
             if let Some(ip) = state.warm.iter().find(|ip| !in_use.contains(ip)).copied() {
                 state.warm.remove(&ip);
                 state.pods.insert(key(owner), PodAddress { ip, owner: owner.clone(), pod, hold });
-                if state.warm.len() < self.settings.warm_low {
+                if state.warm.len() < self.watermarks(state).0 {
                     self.kick.notify_one();
                 }
                 // Probed before it joined the pool.
@@ -383,6 +397,10 @@ impl<P: VpcProvider, S: ClusterStore, F: FabricProbe> ProviderIpam<P, S, F> {
     /// Until the fabric delivers `ip`, bounded by the probe's timeout; measured. A probe that
     /// times out or cannot run only warns: the address is used anyway.
     async fn probe_fabric(&self, ip: IpAddr) {
+        // A zero timeout turns the probe off (AWS: EC2 assigns an address before it answers).
+        if self.settings.fabric_probe_timeout.is_zero() {
+            return;
+        }
         let started = Instant::now();
         let result = self.probe.probe(ip, self.settings.fabric_probe_timeout).await;
         self.stats.record_probe(ip, started.elapsed(), &result);
@@ -487,7 +505,7 @@ impl<P: VpcProvider, S: ClusterStore, F: FabricProbe> ProviderIpam<P, S, F> {
         let cooled: Vec<IpAddr> = state.cooling.iter().filter(|(_, until)| **until <= now).map(|(ip, _)| *ip).collect();
         for ip in cooled {
             state.cooling.remove(&ip);
-            if state.warm.len() < self.settings.warm_high {
+            if state.warm.len() < self.watermarks(state).1 {
                 state.warm.insert(ip);
             } else {
                 state.deleting.insert(ip);
@@ -514,7 +532,10 @@ impl<P: VpcProvider, S: ClusterStore, F: FabricProbe> ProviderIpam<P, S, F> {
     /// pool once probed. Reconcile stays off meanwhile (`allocating`): an allocated address is on
     /// the NIC but not yet in the state. A crash before they join leaves them to reconcile.
     async fn fill(&self) -> Result<(), IpamError> {
-        let missing = self.settings.warm_low.saturating_sub(self.lock().0.warm.len());
+        let missing = {
+            let guard = self.lock();
+            self.watermarks(&guard.0).0.saturating_sub(guard.0.warm.len())
+        };
         if missing == 0 {
             return Ok(());
         }
@@ -546,7 +567,7 @@ impl<P: VpcProvider, S: ClusterStore, F: FabricProbe> ProviderIpam<P, S, F> {
             let surplus = {
                 let mut guard = self.lock();
                 let state = &mut guard.0;
-                if state.warm.len() <= self.settings.warm_high {
+                if state.warm.len() <= self.watermarks(state).1 {
                     return Ok(());
                 }
                 let ip = state.warm.pop_last().expect("above the high watermark");
@@ -599,7 +620,7 @@ impl<P: VpcProvider, S: ClusterStore, F: FabricProbe> ProviderIpam<P, S, F> {
                 tracing::error!(ip = %p.ip, owner = %key(&p.owner), "a pod's address is not on this NIC in the VPC");
             }
             for ip in on_nic.iter().filter(|ip| !state.knows(**ip)).copied().collect::<Vec<_>>() {
-                if state.warm.len() < self.settings.warm_high {
+                if state.warm.len() < self.watermarks(state).1 {
                     tracing::info!(%ip, "adopted an address of this NIC nobody held into the pool");
                     state.warm.insert(ip);
                 } else {
@@ -609,7 +630,12 @@ impl<P: VpcProvider, S: ClusterStore, F: FabricProbe> ProviderIpam<P, S, F> {
             }
         }
         self.save()?;
-        self.run_deletes().await
+        self.run_deletes().await?;
+        if self.provider.collects_leaked_nics() {
+            // Errors are counted and logged by `call`; the next round tries again.
+            let _ = self.call("CollectLeakedNics", self.provider.collect_leaked_nics()).await;
+        }
+        Ok(())
     }
 
     /// The subnet's free addresses, straight from the API (credentials and reachability).

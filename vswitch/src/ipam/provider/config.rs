@@ -1,4 +1,4 @@
-//! `[ipam] provider = "ucloud"` and its `[ipam.ucloud]` table.
+//! `[ipam] provider = "ucloud"` and its `[ipam.ucloud]` table (`"aws"`: [`super::aws::config`]).
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -13,6 +13,7 @@ use super::agent::ProviderSettings;
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
     Ucloud,
+    Aws,
 }
 
 /// `[ipam.ucloud]`: the VPC, this node's NIC and the API's credentials (read from files, never
@@ -66,12 +67,16 @@ fn default_fabric_probe_timeout() -> u64 {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProviderConfigError {
-    #[error("ipam.provider = \"ucloud\" needs an [ipam.ucloud] table")]
-    MissingTable,
+    #[error("ipam.provider = \"{0}\" needs an [ipam.{0}] table")]
+    MissingTable(&'static str),
     #[error("ipam.ucloud: warm_low must be at least 1 and at most warm_high")]
     Watermarks,
     #[error("ipam.ucloud.{0} is empty")]
     Empty(&'static str),
+    #[error("ipam.aws.{0} is empty")]
+    AwsEmpty(&'static str),
+    #[error("ipam.aws: {0}")]
+    AwsTargets(&'static str),
 }
 
 impl UCloudConfig {

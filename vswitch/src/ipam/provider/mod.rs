@@ -2,18 +2,22 @@
 //! cloud's VPC API, as UK8S's CNI (UCloud) and AWS's VPC CNI do it. The cloud's SDN delivers a
 //! packet only to an address registered to a NIC, so here the VPC, not etcd, says who holds what.
 //!
-//! - [`VpcProvider`]: the small trait a cloud implements (allocate, delete, describe this NIC's
-//!   secondary IPs, move one here, subnet free count), with typed [`ProviderError`]s. A second
-//!   cloud (AWS EC2, issue 26) is one new file beside [`ucloud`].
+//! - [`VpcProvider`]: the small trait a cloud implements (allocate, delete, describe this node's
+//!   secondary IPs, move one here, subnet free count), with typed [`ProviderError`]s; [`ucloud`]
+//!   (one NIC) and [`aws`] (several ENIs per instance, limits by instance type, leaked ENIs),
+//!   one of them chosen at start ([`AnyProvider`]).
 //! - [`agent`]: the node's pool of secondary IPs: ADD/DEL from local state, the upkeep that keeps
 //!   the warm pool between its watermarks, queued deletes, reconcile against the VPC, persistence.
 //! - [`probe`]: whether the fabric delivers a new address yet (an ARP probe, as UK8S's arping).
 //! - [`claims`]: sticky pods' records in the cluster store (which address a pod keeps).
-//! - [`config`]: `[ipam] provider = "ucloud"` and `[ipam.ucloud]`.
+//! - [`config`]: `[ipam] provider = "ucloud"` and `[ipam.ucloud]`; `"aws"` and `[ipam.aws]`.
 
 pub mod agent;
+mod any;
+pub mod aws;
 pub mod claims;
 pub mod config;
+pub(crate) mod http;
 pub mod probe;
 pub mod stats;
 pub mod ucloud;
@@ -29,12 +33,13 @@ use std::future::Future;
 use std::net::IpAddr;
 
 pub use agent::{ProviderIpam, ProviderSettings};
+pub use any::AnyProvider;
 
 /// A secondary IP as the VPC describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecondaryIp {
     pub ip: IpAddr,
-    /// The NIC holding it (MAC, lower case).
+    /// The NIC holding it (UCloud: its MAC, lower case; AWS: the ENI id).
     pub nic: String,
 }
 
@@ -83,13 +88,14 @@ impl ProviderError {
     }
 }
 
-/// A cloud's VPC API for one node's NIC. Futures are `Send`: the upkeep runs them on tokio.
+/// A cloud's VPC API for one node's NICs. Futures are `Send`: the upkeep runs them on tokio.
 pub trait VpcProvider: Send + Sync + 'static {
-    /// The provider's name as configuration and views say it (`ucloud`).
+    /// The provider's name as configuration and views say it (`ucloud`, `aws`).
     fn name(&self) -> &'static str;
-    /// This node's NIC as the API names it.
+    /// This node's NIC as the API names it (AWS: the instance, whose ENIs hold the addresses).
     fn nic(&self) -> &str;
-    /// A new secondary IP on this node's NIC (`ip`: that one).
+    /// A new secondary IP on this node's NIC (`ip`: that one). AWS: on an attached ENI with
+    /// room, or on a new ENI when they are full and the instance type allows another.
     fn allocate(&self, ip: Option<IpAddr>) -> impl Future<Output = Result<IpAddr, ProviderError>> + Send;
     /// Deletes a secondary IP of this node's NIC ([`ProviderError::AddressGone`] if it is not).
     fn delete(&self, ip: IpAddr) -> impl Future<Output = Result<(), ProviderError>> + Send;
@@ -101,4 +107,18 @@ pub trait VpcProvider: Send + Sync + 'static {
     fn move_here(&self, ip: IpAddr, from: &str) -> impl Future<Output = Result<(), ProviderError>> + Send;
     /// Free addresses in the subnet (also the credentials and reachability check).
     fn subnet_free(&self) -> impl Future<Output = Result<u64, ProviderError>> + Send;
+    /// The warm pool's `(low, high)` watermarks with `pods` addresses held, where the provider
+    /// derives them (AWS: its warm targets and the instance type's limits, once known); `None`:
+    /// the configured ones.
+    fn watermarks(&self, _pods: usize) -> Option<(usize, usize)> {
+        None
+    }
+    /// Whether [`VpcProvider::collect_leaked_nics`] does anything (the pool calls it only then).
+    fn collects_leaked_nics(&self) -> bool {
+        false
+    }
+    /// Deletes this node's NICs left detached and unused (AWS: leaked ENIs); how many.
+    fn collect_leaked_nics(&self) -> impl Future<Output = Result<usize, ProviderError>> + Send {
+        async { Ok(0) }
+    }
 }

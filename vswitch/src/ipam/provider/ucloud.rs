@@ -13,16 +13,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::config::UCloudConfig;
+use super::http::{exchange, form_encode, ok_body, split_endpoint};
 use super::{ProviderError, SecondaryIp, VpcProvider};
 
 /// A call that takes longer than this counts as the API being unavailable.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// Replies larger than this are not the API's.
-const MAX_REPLY: u64 = 4 << 20;
 
 /// Why the client cannot be built from `[ipam.ucloud]`.
 #[derive(Debug, thiserror::Error)]
@@ -62,20 +59,6 @@ fn read_secret(path: &Path) -> Result<String, UCloudSetupError> {
     Ok(text)
 }
 
-/// `http://host[:port][/path]` split.
-fn split_endpoint(endpoint: &str) -> Option<(String, u16, String)> {
-    let rest = endpoint.strip_prefix("http://")?;
-    let (authority, path) = match rest.find('/') {
-        Some(at) => (&rest[..at], rest[at..].to_string()),
-        None => (rest, "/".to_string()),
-    };
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (h, p.parse().ok()?),
-        _ => (authority, 80),
-    };
-    (!host.is_empty()).then(|| (host.trim_matches(['[', ']']).to_string(), port, path))
-}
-
 /// UCloud's signature of `params` (all but `Signature`) under `private_key`.
 pub fn signature(params: &BTreeMap<String, String>, private_key: &str) -> String {
     let mut text = String::new();
@@ -85,45 +68,6 @@ pub fn signature(params: &BTreeMap<String, String>, private_key: &str) -> String
     }
     text.push_str(private_key);
     hex::encode(ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, text.as_bytes()))
-}
-
-/// `application/x-www-form-urlencoded`, as Python's `urlencode` writes it.
-fn form_encode(params: &BTreeMap<String, String>) -> String {
-    let escape = |s: &str| {
-        let mut out = String::with_capacity(s.len());
-        for b in s.bytes() {
-            match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
-                b' ' => out.push('+'),
-                _ => out.push_str(&format!("%{b:02X}")),
-            }
-        }
-        out
-    };
-    params.iter().map(|(k, v)| format!("{}={}", escape(k), escape(v))).collect::<Vec<_>>().join("&")
-}
-
-/// The body of an HTTP/1.1 reply read to its end (`Content-Length`, chunked or until close).
-fn http_body(reply: &[u8]) -> Result<&[u8], String> {
-    let end = reply.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no end of headers")?;
-    let head = std::str::from_utf8(&reply[..end]).map_err(|_| "headers not UTF-8")?;
-    let status = head.split_whitespace().nth(1).ok_or("no status")?;
-    if status != "200" {
-        return Err(format!("HTTP status {status}"));
-    }
-    let body = &reply[end + 4..];
-    let header = |name: &str| {
-        head.lines()
-            .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim()))
-    };
-    if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        return Err("chunked replies are not read (the API answers with Content-Length)".into());
-    }
-    match header("content-length").map(str::parse::<usize>) {
-        Some(Ok(n)) if body.len() >= n => Ok(&body[..n]),
-        Some(_) => Err("reply shorter than its Content-Length".into()),
-        None => Ok(body),
-    }
 }
 
 impl UCloud {
@@ -155,22 +99,9 @@ impl UCloud {
     }
 
     async fn post(&self, body: String) -> Result<Vec<u8>, String> {
-        let exchange = async {
-            let mut stream = TcpStream::connect((self.host.as_str(), self.port)).await.map_err(|e| e.to_string())?;
-            let request = format!(
-                "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
-                 Content-Length: {}\r\nConnection: close\r\nUser-Agent: vswitchd\r\n\r\n{body}",
-                self.path,
-                self.host,
-                body.len()
-            );
-            stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
-            let mut reply = Vec::new();
-            stream.take(MAX_REPLY).read_to_end(&mut reply).await.map_err(|e| e.to_string())?;
-            Ok::<_, String>(reply)
-        };
-        let reply = tokio::time::timeout(CALL_TIMEOUT, exchange).await.map_err(|_| "timed out".to_string())??;
-        http_body(&reply).map(<[u8]>::to_vec)
+        let form = [("Content-Type", "application/x-www-form-urlencoded")];
+        let reply = exchange((&self.host, self.port), "POST", &self.path, &form, &body, CALL_TIMEOUT).await?;
+        ok_body(&reply)
     }
 
     /// One call: the reply's fields on `RetCode` 0, else the typed error.
@@ -274,22 +205,6 @@ impl VpcProvider for UCloud {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn endpoints() {
-        assert_eq!(split_endpoint("http://10.10.0.30:80"), Some(("10.10.0.30".into(), 80, "/".into())));
-        assert_eq!(split_endpoint("http://api.lab/v1"), Some(("api.lab".into(), 80, "/v1".into())));
-        assert_eq!(split_endpoint("https://api.ucloud.cn"), None);
-        assert_eq!(split_endpoint("http://"), None);
-    }
-
-    #[test]
-    fn replies() {
-        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
-        assert_eq!(http_body(ok).unwrap(), b"{}");
-        assert!(http_body(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").unwrap_err().contains("502"));
-        assert!(http_body(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n{}").is_err());
-    }
 
     /// The signature and encoding are the ones the lab's verifier (written after UCloud's SDK)
     /// accepts: same digest, and the form decodes back to the signed parameters.

@@ -1,0 +1,204 @@
+//! EC2's Query protocol: a form POST of `Action=...&Version=2016-11-15&...`, signed with SigV4
+//! (`aws-sigv4`, service `ec2`), answered in XML; error replies typed into [`ProviderError`].
+
+use std::time::{Duration, SystemTime};
+
+use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+use aws_sigv4::sign::v4;
+
+use super::credentials::Credentials;
+use super::xml;
+use crate::ipam::provider::http::{exchange, form_encode, host_header, parse_reply, split_endpoint};
+use crate::ipam::provider::ProviderError;
+
+pub const API_VERSION: &str = "2016-11-15";
+/// A call that takes longer than this counts as the API being unavailable.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the client cannot be built from `[ipam.aws]`.
+#[derive(Debug, thiserror::Error)]
+pub enum AwsSetupError {
+    #[error("ipam.aws.{key} '{value}': only http://HOST[:PORT][/PATH] is supported (https needs TLS, not built in)")]
+    Endpoint { key: &'static str, value: String },
+    #[error(transparent)]
+    Credentials(#[from] super::credentials::CredentialsError),
+}
+
+/// One endpoint with one identity. `Debug` leaves the credentials out.
+pub struct Query {
+    endpoint: String,
+    host: String,
+    port: u16,
+    path: String,
+    region: String,
+    credentials: Credentials,
+}
+
+impl std::fmt::Debug for Query {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Query")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("credentials", &self.credentials)
+            .finish()
+    }
+}
+
+/// What an EC2 error code means for the pool.
+pub fn typed_error(status: u16, code: &str, message: &str) -> ProviderError {
+    let said = format!("{code}: {message}");
+    match code {
+        "RequestLimitExceeded" | "Throttling" | "ThrottlingException" => ProviderError::Throttled(said),
+        "InsufficientFreeAddressesInSubnet" => ProviderError::SubnetFull(said),
+        "PrivateIpAddressLimitExceeded" | "AttachmentLimitExceeded" | "NetworkInterfaceLimitExceeded" => {
+            ProviderError::Quota(said)
+        }
+        "AuthFailure"
+        | "SignatureDoesNotMatch"
+        | "InvalidClientTokenId"
+        | "UnauthorizedOperation"
+        | "MissingAuthenticationToken"
+        | "ExpiredToken"
+        | "RequestExpired"
+        | "OptInRequired" => ProviderError::Auth(said),
+        "InternalError" | "InternalFailure" | "ServiceUnavailable" | "Unavailable" => ProviderError::Unavailable(said),
+        _ if status >= 500 => ProviderError::Unavailable(said),
+        _ => ProviderError::Other { code: u32::from(status), message: said },
+    }
+}
+
+impl Query {
+    pub fn new(endpoint: &str, region: &str, credentials: Credentials) -> Result<Query, AwsSetupError> {
+        let (host, port, path) = split_endpoint(endpoint)
+            .ok_or_else(|| AwsSetupError::Endpoint { key: "endpoint", value: endpoint.to_string() })?;
+        Ok(Query { endpoint: endpoint.into(), host, port, path, region: region.into(), credentials })
+    }
+
+    /// The SigV4 headers of a POST of `body`.
+    fn signed_headers(&self, host: &str, body: &str) -> Result<Vec<(String, String)>, String> {
+        let identity = aws_credential_types::Credentials::new(
+            &self.credentials.access_key_id,
+            &self.credentials.secret_access_key,
+            self.credentials.session_token.clone(),
+            None,
+            "vswitchd",
+        )
+        .into();
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region(&self.region)
+            .name("ec2")
+            .time(SystemTime::now())
+            .settings(SigningSettings::default())
+            .build()
+            .map_err(|e| e.to_string())?
+            .into();
+        let url = format!("http://{host}{}", self.path);
+        let headers = [("host", host), ("content-type", "application/x-www-form-urlencoded; charset=utf-8")];
+        let request = SignableRequest::new("POST", url, headers.into_iter(), SignableBody::Bytes(body.as_bytes()))
+            .map_err(|e| e.to_string())?;
+        let (instructions, _) = sign(request, &params).map_err(|e| e.to_string())?.into_parts();
+        let mut all: Vec<(String, String)> = headers[1..].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        all.extend(instructions.headers().map(|(k, v)| (k.to_string(), v.to_string())));
+        Ok(all)
+    }
+
+    /// `action` with `params`: the reply's XML on success, else the typed error.
+    pub async fn call(&self, action: &str, params: &[(String, String)]) -> Result<String, ProviderError> {
+        let mut form = vec![("Action".to_string(), action.to_string()), ("Version".into(), API_VERSION.into())];
+        form.extend(params.iter().cloned());
+        let body = form_encode(form.iter().map(|(k, v)| (k, v)));
+        let host = host_header(&self.host, self.port);
+        let headers =
+            self.signed_headers(&host, &body).map_err(|e| ProviderError::Auth(format!("{action}: signing: {e}")))?;
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let unavailable = |e: String| ProviderError::Unavailable(format!("{action} {}: {e}", self.endpoint));
+        let raw = exchange((&self.host, self.port), "POST", &self.path, &headers, &body, CALL_TIMEOUT)
+            .await
+            .map_err(unavailable)?;
+        let reply = parse_reply(&raw).map_err(unavailable)?;
+        let text = String::from_utf8_lossy(&reply.body).into_owned();
+        if reply.status == 200 {
+            return Ok(text);
+        }
+        Err(match xml::error(&text) {
+            Some((code, message)) => typed_error(reply.status, &code, &message),
+            None if reply.status >= 500 => unavailable(format!("HTTP status {}", reply.status)),
+            None => ProviderError::Other { code: u32::from(reply.status), message: format!("{action}: {text}") },
+        })
+    }
+}
+
+/// Query parameters as the protocol numbers lists: `Filter.1.Name`, `Filter.1.Value.1`, ...
+#[derive(Debug, Default)]
+pub struct Params(pub Vec<(String, String)>);
+
+impl Params {
+    pub fn set(mut self, key: &str, value: impl Into<String>) -> Params {
+        self.0.push((key.to_string(), value.into()));
+        self
+    }
+
+    pub fn filter(self, name: &str, values: &[&str]) -> Params {
+        let n = self.0.iter().filter(|(k, _)| k.ends_with(".Name") && k.starts_with("Filter.")).count() + 1;
+        let mut with = self.set(&format!("Filter.{n}.Name"), name);
+        for (i, v) in values.iter().enumerate() {
+            with = with.set(&format!("Filter.{n}.Value.{}", i + 1), *v);
+        }
+        with
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_are_typed() {
+        assert!(matches!(typed_error(503, "RequestLimitExceeded", "slow down"), ProviderError::Throttled(_)));
+        assert!(matches!(typed_error(400, "InsufficientFreeAddressesInSubnet", ""), ProviderError::SubnetFull(_)));
+        assert!(matches!(typed_error(400, "PrivateIpAddressLimitExceeded", ""), ProviderError::Quota(_)));
+        assert!(matches!(typed_error(401, "AuthFailure", ""), ProviderError::Auth(_)));
+        assert!(matches!(typed_error(500, "Whatever", ""), ProviderError::Unavailable(_)));
+        let other = typed_error(400, "InvalidNetworkInterfaceID.NotFound", "eni-1 does not exist");
+        assert_eq!(
+            other,
+            ProviderError::Other {
+                code: 400,
+                message: "InvalidNetworkInterfaceID.NotFound: eni-1 does not exist".into()
+            }
+        );
+    }
+
+    #[test]
+    fn filters_are_numbered() {
+        let p = Params::default().filter("attachment.instance-id", &["i-1"]).filter("tag-key", &["a", "b"]);
+        let keys: Vec<&str> = p.0.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["Filter.1.Name", "Filter.1.Value.1", "Filter.2.Name", "Filter.2.Value.1", "Filter.2.Value.2"]
+        );
+    }
+
+    /// The signature is SigV4's: an `Authorization` header naming the key, the date, the
+    /// region and service, and the session token when there is one; never the secret.
+    #[test]
+    fn requests_are_signed() {
+        let credentials = Credentials {
+            access_key_id: "AKIDEXAMPLE".into(),
+            secret_access_key: "s3cr3t".into(),
+            session_token: Some("token".into()),
+            source: "test".into(),
+        };
+        let query = Query::new("http://127.0.0.1:5000", "us-east-1", credentials).unwrap();
+        let headers = query.signed_headers("127.0.0.1:5000", "Action=DescribeSubnets&Version=2016-11-15").unwrap();
+        let get = |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
+        let auth = get("authorization").unwrap();
+        assert!(auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/"), "{auth}");
+        assert!(auth.contains("/us-east-1/ec2/aws4_request") && auth.contains("SignedHeaders="), "{auth}");
+        assert!(get("x-amz-date").is_some());
+        assert_eq!(get("x-amz-security-token"), Some("token"));
+        assert!(!format!("{query:?}").contains("s3cr3t") && !auth.contains("s3cr3t"));
+        assert!(Query::new("https://ec2.us-east-1.amazonaws.com", "us-east-1", query.credentials.clone()).is_err());
+    }
+}
