@@ -10,6 +10,8 @@
 //! - vswitchd killed (-9) while an ADD's `AllocateSecondaryIp` has been committed by the VPC but
 //!   not yet answered: after the restart the address is adopted into the pool or deleted, never
 //!   lost (on the NIC, held by nobody) and never held twice.
+//! - The subnet full: once a node's warm pool is spent, ADD answers code 11 with the VPC's own
+//!   message (RetCode 57000), and `vswitchctl ipam` and the metrics show it.
 //!
 //! Needs root and etcd.
 
@@ -185,5 +187,46 @@ fn kill_9_between_the_vpcs_allocation_and_the_adds_answer_loses_nothing() {
         "committed while killed: {committed:?}; after the restart warm {:?}, on the NIC {:?}",
         books.warm, books.on_nic
     );
+    lab.delete_pods();
+}
+
+#[test]
+fn a_full_subnet_answers_code_11_with_the_vpcs_message_shown_in_the_view_and_the_metrics() {
+    let mut lab = lab();
+    let api = lab.vpc_api().expect("the VPC API");
+    // No address left in the subnet's pool: what the nodes hold stays theirs.
+    api.set_faults(json!({"pool_size": 0}));
+    let mut pods = Vec::new();
+    let refused = loop {
+        assert!(pods.len() < 40, "40 ADDs and the subnet never ran out");
+        let ns = Netns::new("vs");
+        let container = format!("full-{}-{}", pods.len(), unique(""));
+        let name = format!("full-{}", pods.len());
+        match lab.cni("ADD", 0, &container, &ns.path(), &name) {
+            Ok(_) => pods.push((ns, container, name)),
+            Err(e) => break e,
+        }
+    };
+    eprintln!("{} ADDs from the warm pool, then: {}", pods.len(), refused.message);
+    assert_eq!(refused.code, 11, "{}", refused.message);
+    assert!(refused.message.contains("no free IP in subnet"), "not the VPC's message: {}", refused.message);
+    let view = lab.daemon(0).ctl_json(&["ipam"]);
+    let errors = view["provider"]["last_errors"].to_string();
+    assert!(errors.contains("no free IP in subnet"), "vswitchctl ipam: {view:#}");
+    let metrics = lab.node_ns(0).exec(&["curl", "-sS", "http://127.0.0.1:9477/metrics"]);
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    assert!(
+        metrics.lines().any(|l| l.starts_with("vswitch_ipam_provider_api_calls") && l.contains("subnet_full")),
+        "no subnet_full call in the metrics: {metrics}"
+    );
+    // Room again: the same pod starts.
+    api.set_faults(json!({"pool_size": null}));
+    let ns = Netns::new("vs");
+    let container = format!("full-again-{}", unique(""));
+    lab.cni("ADD", 0, &container, &ns.path(), "full-again").expect("ADD once the subnet has room");
+    lab.cni("DEL", 0, &container, &ns.path(), "full-again").expect("DEL");
+    for (ns, container, name) in &pods {
+        lab.cni("DEL", 0, container, &ns.path(), name).expect("DEL");
+    }
     lab.delete_pods();
 }

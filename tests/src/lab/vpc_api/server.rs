@@ -137,6 +137,7 @@ impl Shared {
             return Err(ApiError::new(RetCode::BadSignature, "Signature VerifyAC Error"));
         }
         let faults = self.faults();
+        vpc.set_pool_size(faults.pool_size);
         if !lock(&self.bucket).take(Instant::now(), faults.rate_per_sec) {
             return Err(ApiError::new(RetCode::Throttled, "API request throttled (rate limit)"));
         }

@@ -96,11 +96,13 @@ pub struct Faults {
     pub push_delay_ms: u64,
     /// Connections are closed unanswered, as if the API were unreachable.
     pub down: bool,
+    /// The subnet's pool holds only its first this many addresses (a small subnet, to fill).
+    pub pool_size: Option<usize>,
 }
 
 impl Default for Faults {
     fn default() -> Self {
-        Faults { rate_per_sec: None, latency_ms: 0, push_delay_ms: 1000, down: false }
+        Faults { rate_per_sec: None, latency_ms: 0, push_delay_ms: 1000, down: false, pool_size: None }
     }
 }
 
@@ -155,6 +157,8 @@ pub struct Vpc {
     /// NICs by lower-case MAC.
     nics: BTreeMap<String, NicConfig>,
     owners: BTreeMap<IpAddr, Owner>,
+    /// [`Faults::pool_size`].
+    pool_size: Option<usize>,
 }
 
 impl std::fmt::Debug for Vpc {
@@ -186,7 +190,8 @@ impl Vpc {
             }
             subnets.push(Subnet { config: s.clone(), cidr, ipv6, pool });
         }
-        let mut vpc = Vpc { config: config.clone(), subnets, nics: BTreeMap::new(), owners: BTreeMap::new() };
+        let mut vpc =
+            Vpc { config: config.clone(), subnets, nics: BTreeMap::new(), owners: BTreeMap::new(), pool_size: None };
         for s in &config.subnets {
             vpc.claim(IpAddr::V4(s.gateway), Owner::Fixed(format!("gateway of {}", s.subnet_id)))?;
         }
@@ -361,7 +366,13 @@ impl Vpc {
 
     /// The pool's addresses nobody holds, lowest first.
     fn free<'a>(&'a self, subnet: &'a Subnet) -> impl Iterator<Item = Ipv4Addr> + 'a {
-        subnet.pool.hosts().filter(|a| *a != subnet.cidr.network() && !self.owners.contains_key(&IpAddr::V4(*a)))
+        let pool = subnet.pool.hosts().filter(|a| *a != subnet.cidr.network());
+        pool.take(self.pool_size.unwrap_or(usize::MAX)).filter(|a| !self.owners.contains_key(&IpAddr::V4(*a)))
+    }
+
+    /// Sets [`Faults::pool_size`].
+    pub fn set_pool_size(&mut self, size: Option<usize>) {
+        self.pool_size = size;
     }
 
     fn lowest_free(&self, subnet: &Subnet) -> Option<Ipv4Addr> {
