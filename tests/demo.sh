@@ -1,9 +1,21 @@
 #!/usr/bin/env bash
 # The main job, on a fresh Debian 12 machine, as root: stand up the lab VPC on this machine,
 # attach pods through the real vpc-cni, show every communication path working, measure
-# pod-to-pod iperf3, and take it all down. Arguments go to `vpc-lab demo` (e.g. --mode uplink).
+# pod-to-pod iperf3, and take it all down.
+#
+# Without arguments it runs two labs, one after the other:
+#   1. the VPC as a cloud runs it (--vpc ucloud, the default): an SDN that delivers only
+#      addresses registered through the VPC API, pods' IPv4 addresses as secondary IPs of their
+#      node's NIC, three nodes, the unregistered-address, load-balancer and sticky-move rows;
+#   2. a plain L2 network with the cluster's own allocator on etcd (--vpc l2 --ipam etcd),
+#      dual stack: every path over IPv4 and IPv6.
+# With arguments, one lab: they go to `vpc-lab demo` (e.g. --mode uplink, --vpc l2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tests/install-deps.sh
 cargo build --release --workspace --locked
-exec target/release/vpc-lab demo "$@"
+if [ "$#" -gt 0 ]; then
+    exec target/release/vpc-lab demo "$@"
+fi
+target/release/vpc-lab demo --nodes 3
+target/release/vpc-lab demo --vpc l2 --ipam etcd --ip-family dual
