@@ -3,11 +3,9 @@
 //! reconcile), write pending changes, refill and trim the warm pools ([`super::warm`]), reclaim
 //! dead nodes' addresses ([`super::reclaim`]), release addresses whose sandbox is gone.
 //!
-//! Every step reads the cluster by listing keys (`NodeState::{records, live_nodes, down_marks}`,
-//! the only reads of whole prefixes) and writes one compare-and-swap per address. A larger
-//! cluster changes how a step learns what the store holds (a watch-fed cache behind those three
-//! reads) or who runs it (a leader for the reclaim: [`super::reclaim`]), not the order of the
-//! round or the rules, which stay here.
+//! No step reads the whole cluster: a node reads its own index and records, claims by probing,
+//! and learns of other nodes only through watches, and only the leader ([`super::reclaim`])
+//! follows the node prefixes. Every write is one compare-and-swap per address.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -71,7 +69,7 @@ impl<S: ClusterStore> Upkeep<S> {
             self.sync(&mut fenced).await?;
             warm::refill(state).await?;
             warm::trim(state).await?;
-            self.reclaimer.run_if_due(state).await
+            self.reclaimer.run(state).await
         }
         .await;
         match result {
