@@ -171,6 +171,10 @@ async fn run_size(options: &Options, n: usize, progress: &impl Fn(&str)) -> Run 
     run.etcd_read_bytes_per_s = delta.read_bytes / seconds;
     run.etcd_write_bytes_per_s = delta.written_bytes / seconds;
     run.etcd_requests_per_s = delta.requests / seconds;
+    run.etcd_requests_by_method_per_s = delta.by_method.iter().map(|(m, v)| (m.clone(), v / seconds)).collect();
+    let methods: Vec<String> =
+        run.etcd_requests_by_method_per_s.iter().map(|(m, v)| format!("{m} {:.3}", v / n as f64)).collect();
+    progress(&format!("{n} nodes: etcd requests per node per s: {}", methods.join(", ")));
     run.db_bytes = after.db_bytes;
 
     // Nodes die: their agents stop, their leases run out, the leader takes their addresses

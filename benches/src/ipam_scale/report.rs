@@ -38,6 +38,7 @@ pub struct Run {
     pub etcd_read_bytes_per_s: f64,
     pub etcd_write_bytes_per_s: f64,
     pub etcd_requests_per_s: f64,
+    pub etcd_requests_by_method_per_s: std::collections::BTreeMap<String, f64>,
     pub db_bytes: f64,
     pub rss_bytes_per_node: u64,
     /// A node that did not lead killed: until no record names it.
@@ -78,6 +79,11 @@ impl Run {
             "etcd_read_bytes_per_s": n(self.etcd_read_bytes_per_s),
             "etcd_write_bytes_per_s": n(self.etcd_write_bytes_per_s),
             "etcd_requests_per_s": n(self.etcd_requests_per_s),
+            "etcd_requests_per_node_per_s_by_method": self
+                .etcd_requests_by_method_per_s
+                .iter()
+                .map(|(m, v)| (m.clone(), n(self.per_node(*v))))
+                .collect::<serde_json::Map<_, _>>(),
             "etcd_db_bytes": self.db_bytes,
             "rss_bytes_per_node": self.rss_bytes_per_node,
             "reclaim_s": self.reclaim.map_or(json!(null), |r| n(r.from_kill_s)),
