@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vswitch_api::api::Attachment;
 
@@ -64,10 +64,12 @@ impl<S: ClusterStore> Upkeep<S> {
         let stats = state.stats();
         let mut fenced = Vec::new();
         let round = self.rounds.fetch_add(1, Ordering::Relaxed);
+        // The refill stops claiming a third of a lease TTL in: the next round renews the lease.
+        let refill_until = Instant::now() + state.settings().lease_ttl / 3;
         let result = async {
             self.ensure_registered(&mut fenced).await?;
             self.sync(&mut fenced).await?;
-            warm::refill(state).await?;
+            warm::refill(state, refill_until).await?;
             warm::trim(state).await?;
             self.reclaimer.run(state).await
         }
