@@ -12,6 +12,7 @@
 
 pub mod agents;
 pub mod etcd_metrics;
+pub mod machine;
 pub mod report;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -156,12 +157,16 @@ async fn run_size(options: &Options, n: usize, progress: &impl Fn(&str)) -> Run 
     ));
     tokio::time::sleep(Duration::from_secs(options.steady_seconds / 3)).await;
     let before = EtcdCounters::read(&cluster, MEMBERS).expect("etcd metrics");
+    let (load_before, cpu_before, lateness) = (machine::load_average(), machine::cpu_seconds(), machine::Lateness::start());
     let window = Instant::now();
     measuring.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(options.steady_seconds)).await;
     measuring.store(false, Ordering::Relaxed);
     let after = EtcdCounters::read(&cluster, MEMBERS).expect("etcd metrics");
     let seconds = window.elapsed().as_secs_f64();
+    run.load_average = (load_before, machine::load_average());
+    run.agents_cpu = (machine::cpu_seconds() - cpu_before) / seconds;
+    run.wake_lateness = percentiles(lateness.finish());
     stop.store(true, Ordering::Relaxed);
     let _ = churn.await;
     let delta = after.since(&before);

@@ -45,6 +45,12 @@ pub struct Run {
     pub reclaim: Option<Reclaim>,
     /// Then the leader killed: the same, a handover included.
     pub leader_reclaim: Option<Reclaim>,
+    /// The 1-minute load average as the measured window began and ended.
+    pub load_average: (f64, f64),
+    /// CPU seconds per second the simulation process (every agent, the churn) used meanwhile.
+    pub agents_cpu: f64,
+    /// How late the process's runtime woke a 1 ms sleep (the floor under ADD's latency here).
+    pub wake_lateness: Latency,
     /// The quarantine the run used (the reclaim target is this + 5 s after the lease expires).
     pub quarantine_s: u64,
     /// The restarted node's first round (register, reconcile, sync, refill).
@@ -92,6 +98,12 @@ impl Run {
             "leader_reclaim_after_expiry_s": self.leader_reclaim.map_or(json!(null), |r| n(r.after_expiry_s)),
             "reconcile_s": self.reconcile_s.map_or(json!(null), n),
             "restarted_kept": self.restarted_kept,
+            "load_average_before": self.load_average.0,
+            "load_average_after": self.load_average.1,
+            "agents_cpu_per_s": n(self.agents_cpu),
+            "agents_cpu_us_per_node_per_s": n(self.agents_cpu * 1e6 / self.nodes as f64),
+            "wake_lateness_p50_ms": n(self.wake_lateness.p50_ms),
+            "wake_lateness_p99_ms": n(self.wake_lateness.p99_ms),
         })
     }
 }
@@ -190,6 +202,20 @@ pub fn table(runs: &[Run]) -> String {
             r.rss_bytes_per_node / 1024,
             reclaims,
             opt(r.reconcile_s),
+        ));
+    }
+    out.push_str("\nthe machine during each measured window:\n");
+    for r in runs.iter().filter(|r| r.reached) {
+        out.push_str(&format!(
+            "  {:>5} nodes: load average {:.1} -> {:.1}; the agents' process {:.2} CPU s/s ({:.0} us per node per s); \
+             a 1 ms sleep woke late by p50 {:.2} / p99 {:.2} ms\n",
+            r.nodes,
+            r.load_average.0,
+            r.load_average.1,
+            r.agents_cpu,
+            r.agents_cpu * 1e6 / r.nodes as f64,
+            r.wake_lateness.p50_ms,
+            r.wake_lateness.p99_ms,
         ));
     }
     out.push_str("\ntargets:\n");
