@@ -113,8 +113,9 @@ async fn a_listing_past_one_page_and_4_mb_is_whole_and_at_one_revision() {
     let store = store(&cluster);
     // 5,000 keys of 1 KB: 5 MB, three pages.
     let value = vec![b'v'; 1024];
-    for chunk in (0..5000).collect::<Vec<_>>().chunks(100) {
-        let puts = chunk.iter().map(|i| store.put(&format!("/big/ip/{i:05}"), value.clone()));
+    let keys: Vec<String> = (0..5000).map(|i| format!("/big/ip/{i:05}")).collect();
+    for chunk in keys.chunks(100) {
+        let puts = chunk.iter().map(|key| store.put(key, value.clone()));
         for put in futures::future::join_all(puts).await {
             put.unwrap();
         }
