@@ -157,7 +157,8 @@ async fn run_size(options: &Options, n: usize, progress: &impl Fn(&str)) -> Run 
     ));
     tokio::time::sleep(Duration::from_secs(options.steady_seconds / 3)).await;
     let before = EtcdCounters::read(&cluster, MEMBERS).expect("etcd metrics");
-    let (load_before, cpu_before, lateness) = (machine::load_average(), machine::cpu_seconds(), machine::Lateness::start());
+    let (load_before, cpu_before, lateness) =
+        (machine::load_average(), machine::cpu_seconds(), machine::Lateness::start());
     let window = Instant::now();
     measuring.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(options.steady_seconds)).await;
@@ -188,7 +189,8 @@ async fn run_size(options: &Options, n: usize, progress: &impl Fn(&str)) -> Run 
     let observer = store_for(&cluster);
     let keys = Keys::new(agents::PREFIX);
     let limit = Duration::from_secs(options.lease_ttl + options.quarantine + 60);
-    let leader = observer.get(&keys.leader()).await.ok().flatten().map(|e| String::from_utf8_lossy(&e.value).into_owned());
+    let leader =
+        observer.get(&keys.leader()).await.ok().flatten().map(|e| String::from_utf8_lossy(&e.value).into_owned());
     let follower = agents.iter().position(|a| Some(&a.name) != leader.as_ref()).expect("more than one node");
     run.reclaim = kill_and_time(agents.remove(follower), &observer, &keys, limit, progress).await;
     if let Some(at) = agents.iter().position(|a| Some(&a.name) == leader.as_ref()) {

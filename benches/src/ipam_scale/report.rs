@@ -141,7 +141,12 @@ pub fn targets(runs: &[Run]) -> Vec<Target> {
                 let met = large.reached && b <= limit * a;
                 out.push(Target { what: format!("{what} at {l} nodes <= {limit}x at {s}"), measured, met });
             };
-            growth("etcd bytes read per node per s", |r| r.per_node(r.etcd_read_bytes_per_s), READ_GROWTH_TARGET, "B/s");
+            growth(
+                "etcd bytes read per node per s",
+                |r| r.per_node(r.etcd_read_bytes_per_s),
+                READ_GROWTH_TARGET,
+                "B/s",
+            );
             growth("ADD p99", |r| r.add.p99_ms, ADD_P99_GROWTH_TARGET, "ms");
         }
     }
@@ -151,7 +156,9 @@ pub fn targets(runs: &[Run]) -> Vec<Target> {
             let measured = match (r.reached, reclaim) {
                 (false, _) => "never filled".to_string(),
                 (true, None) => "not reclaimed".to_string(),
-                (true, Some(c)) => format!("{:.1} s after expiry ({:.1} s after the kill)", c.after_expiry_s, c.from_kill_s),
+                (true, Some(c)) => {
+                    format!("{:.1} s after expiry ({:.1} s after the kill)", c.after_expiry_s, c.from_kill_s)
+                }
             };
             let met = r.reached && reclaim.is_some_and(|c| c.after_expiry_s <= limit);
             out.push(Target {
@@ -182,7 +189,9 @@ pub fn table(runs: &[Run]) -> String {
             continue;
         }
         let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
-        let reclaim = |c: Option<Reclaim>| c.map_or("-".to_string(), |c| format!("{:.1} ({:.1})", c.after_expiry_s, c.from_kill_s));
+        let reclaim = |c: Option<Reclaim>| {
+            c.map_or("-".to_string(), |c| format!("{:.1} ({:.1})", c.after_expiry_s, c.from_kill_s))
+        };
         let reclaims = format!("{} / {}", reclaim(r.reclaim), reclaim(r.leader_reclaim));
         out.push_str(&format!(
             "{:>5} {:>5}  {:>6.2}/{:<7.2} {:>6.2}/{:<7.2}  {:>18.0} {:>15.0} {:>11.2}  {:>9.2e}/{:.2e}/{:.0}   {:>6.1} {:>12}   {:<44} {:>10}\n",

@@ -765,8 +765,11 @@ async fn a_dead_leaders_addresses_are_reclaimed_by_the_node_that_takes_over_its_
     let b = node(dir.path(), "b", "10.0.0.0/28", "warm_target = 2");
     a.upkeep().tick(|_| false).await;
     b.upkeep().tick(|_| false).await;
-    let leader = |store: FileStore| async move { store.get(&keys.leader()).await.unwrap().map(|e| e.value) };
-    assert_eq!(leader(store.clone()).await, Some(b"a".to_vec()), "the first node to register leads");
+    let leader = || {
+        let (store, key) = (store.clone(), keys.leader());
+        async move { store.get(&key).await.unwrap().map(|e| e.value) }
+    };
+    assert_eq!(leader().await, Some(b"a".to_vec()), "the first node to register leads");
     a.requests().assign(&spec("victim", None), &none()).await.unwrap();
     a.upkeep().tick(|_| true).await;
     // a (the leader) dies: only b runs from now on. Its lease (2 s) ends, the leader key with
@@ -778,6 +781,6 @@ async fn a_dead_leaders_addresses_are_reclaimed_by_the_node_that_takes_over_its_
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(died.elapsed() >= Duration::from_secs(2), "reclaimed before a's lease could end");
-    assert_eq!(leader(store).await, Some(b"b".to_vec()));
+    assert_eq!(leader().await, Some(b"b".to_vec()));
     assert!(b.metrics().reclaimed >= 3, "a's warm and assigned addresses, by b");
 }

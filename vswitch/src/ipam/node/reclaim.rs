@@ -33,8 +33,9 @@ const COUNT_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Default)]
 pub(super) struct Reclaimer {
-    /// Made on the first round (the mirrors need the node's keys).
-    watching: tokio::sync::Mutex<Option<Watching>>,
+    /// Made on the first round (the mirrors need the node's keys); boxed, as the node's agent
+    /// is held by value.
+    watching: tokio::sync::Mutex<Option<Box<Watching>>>,
     last_count: LastRun,
 }
 
@@ -57,7 +58,11 @@ struct Leading {
 
 impl Leading {
     fn new(keys: &Keys) -> Leading {
-        Leading { nodes: Mirror::new(&keys.nodes()), members: Mirror::new(&keys.members()), downs: Mirror::new(&keys.downs()) }
+        Leading {
+            nodes: Mirror::new(&keys.nodes()),
+            members: Mirror::new(&keys.members()),
+            downs: Mirror::new(&keys.downs()),
+        }
     }
 }
 
@@ -68,7 +73,8 @@ impl Reclaimer {
         let (store, keys, me) = (state.store(), state.keys(), state.node());
         let Some(lease) = state.local().lease else { return Ok(()) };
         let mut watching = self.watching.lock().await;
-        let watching = watching.get_or_insert_with(|| Watching { leader: Mirror::new(&keys.leader()), leading: None });
+        let watching =
+            watching.get_or_insert_with(|| Box::new(Watching { leader: Mirror::new(&keys.leader()), leading: None }));
         watching.leader.refresh(store).await?;
         let key = keys.leader();
         let named = watching.leader.get(&key).map(|e| e.value.clone());

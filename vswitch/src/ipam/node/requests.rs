@@ -182,8 +182,13 @@ impl<S: ClusterStore> Requests<S> {
         // straight as assigned, and have the pool refilled behind it.
         self.state.kick();
         let record = self.assigned_record(request);
-        let wanted =
-            warm::Wanted { family, record: &record, also_skip: in_use, netns: Some(request.netns.clone()), until: None };
+        let wanted = warm::Wanted {
+            family,
+            record: &record,
+            also_skip: in_use,
+            netns: Some(request.netns.clone()),
+            until: None,
+        };
         match warm::claim(&self.state, &wanted, 1).await {
             Ok(won) => match won.first() {
                 Some(&(ip, _)) => {

@@ -179,7 +179,11 @@ impl EtcdStore {
 }
 
 fn entry(kv: &KeyValue) -> Entry {
-    Entry { key: String::from_utf8_lossy(kv.key()).into_owned(), value: kv.value().to_vec(), version: kv.mod_revision() }
+    Entry {
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        value: kv.value().to_vec(),
+        version: kv.mod_revision(),
+    }
 }
 
 /// The end of the key range holding every key that starts with `prefix` (etcd's rule).
@@ -383,9 +387,11 @@ impl ClusterStore for EtcdStore {
     }
 
     async fn create_leased(&self, key: &str, value: Vec<u8>, lease: i64) -> Result<Option<i64>, StoreError> {
-        let txn = Txn::new()
-            .when([Compare::version(key, CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease)))]);
+        let txn = Txn::new().when([Compare::version(key, CompareOp::Equal, 0)]).and_then([TxnOp::put(
+            key,
+            value,
+            Some(PutOptions::new().with_lease(lease)),
+        )]);
         let (succeeded, revision) = self.txn(txn).await?;
         Ok(succeeded.then_some(revision))
     }

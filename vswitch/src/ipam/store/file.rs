@@ -80,8 +80,12 @@ impl Data {
         for id in &dead {
             self.leases.remove(id);
         }
-        let gone: Vec<String> =
-            self.keys.iter().filter(|(_, s)| s.lease.is_some_and(|l| dead.contains(&l))).map(|(k, _)| k.clone()).collect();
+        let gone: Vec<String> = self
+            .keys
+            .iter()
+            .filter(|(_, s)| s.lease.is_some_and(|l| dead.contains(&l)))
+            .map(|(k, _)| k.clone())
+            .collect();
         if !gone.is_empty() {
             self.revision += 1;
             for key in gone {
@@ -125,7 +129,11 @@ impl Data {
             return None;
         }
         let under = |k: &String| k.starts_with(prefix);
-        let puts = self.keys.iter().filter(|(k, s)| under(k) && s.version > after).map(|(k, s)| (s.version, Change::Put(entry(k, s))));
+        let puts = self
+            .keys
+            .iter()
+            .filter(|(k, s)| under(k) && s.version > after)
+            .map(|(k, s)| (s.version, Change::Put(entry(k, s))));
         let deletes = self.deleted.iter().filter(|(k, r)| under(k) && **r > after);
         let deletes = deletes.map(|(k, r)| (*r, Change::Delete { key: k.clone(), revision: *r }));
         let mut changes: Vec<(i64, Change)> = puts.chain(deletes).collect();

@@ -26,7 +26,14 @@ pub struct Mirror {
 
 impl Mirror {
     pub fn new(prefix: &str) -> Mirror {
-        Mirror { prefix: prefix.to_string(), entries: BTreeMap::new(), revision: 0, listed: false, watch: None, listings: 0 }
+        Mirror {
+            prefix: prefix.to_string(),
+            entries: BTreeMap::new(),
+            revision: 0,
+            listed: false,
+            watch: None,
+            listings: 0,
+        }
     }
 
     /// Brings the mirror up to date with what the watch has delivered: lists first if it never

@@ -58,7 +58,10 @@ pub enum WatchEvent {
 pub enum Change {
     Put(Entry),
     /// The key and the revision of its deletion.
-    Delete { key: String, revision: i64 },
+    Delete {
+        key: String,
+        revision: i64,
+    },
 }
 
 /// A watch's events; the channel closes when the watch breaks (resume from the last revision).
