@@ -103,10 +103,16 @@ impl EtcdCluster {
     /// parallel tests and processes never collide), client port 2379, peer port 2380. Returns
     /// once every member answers `endpoint health`; panics with the members' logs otherwise.
     pub fn start(members: usize) -> EtcdCluster {
+        Self::start_under(members, &std::env::temp_dir())
+    }
+
+    /// [`EtcdCluster::start`] with the cluster's directory (the members' data) under `parent`:
+    /// `/dev/shm` for a simulation that measures etcd's work, not this machine's disk.
+    pub fn start_under(members: usize, parent: &Path) -> EtcdCluster {
         assert!((1..=254).contains(&members), "1 to 254 members, not {members}");
         require_etcd();
         let [a, x, y] = free_loopback_block(members);
-        Self::launch((1..=members).map(|i| (None, Ipv4Addr::new(a, x, y, i as u8))).collect(), false)
+        Self::launch_under((1..=members).map(|i| (None, Ipv4Addr::new(a, x, y, i as u8))).collect(), false, parent)
     }
 
     /// One member per entry, in namespace `netns` (a name under /run/netns, run through
@@ -148,7 +154,11 @@ impl EtcdCluster {
     }
 
     fn launch(placement: Vec<(Option<String>, Ipv4Addr)>, detached: bool) -> EtcdCluster {
-        let dir = TempDir(std::env::temp_dir().join(unique("vpc-etcd-")));
+        Self::launch_under(placement, detached, &std::env::temp_dir())
+    }
+
+    fn launch_under(placement: Vec<(Option<String>, Ipv4Addr)>, detached: bool, parent: &Path) -> EtcdCluster {
+        let dir = TempDir(parent.join(unique("vpc-etcd-")));
         std::fs::create_dir_all(&dir.0).unwrap_or_else(|e| panic!("create {}: {e}", dir.0.display()));
         let members: Vec<Member> = placement
             .into_iter()

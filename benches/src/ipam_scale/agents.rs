@@ -15,6 +15,9 @@ use vswitch_api::api::{Attachment, PodRef};
 
 pub type Store = Arc<EtcdStore>;
 
+/// The simulated cluster's key prefix.
+pub const PREFIX: &str = "/vpc-ipam/scale";
+
 /// One simulated node: its agent, the task running its upkeep, and its pods (oldest first).
 #[derive(Debug)]
 pub struct Agent {
@@ -29,7 +32,7 @@ pub struct Agent {
 /// The `[ipam]` every simulated node shares (one ConfigMap), as vswitchd.toml would say it.
 pub fn config(node: &str, pool: &str, lease_ttl: u64, quarantine: u64) -> IpamConfig {
     toml::from_str(&format!(
-        "node_name = \"{node}\"\npools = [\"{pool}\"]\nprefix = \"/vpc-ipam/scale\"\n\
+        "node_name = \"{node}\"\npools = [\"{pool}\"]\nprefix = \"{PREFIX}\"\n\
          lease_ttl_seconds = {lease_ttl}\nquarantine_seconds = {quarantine}\n"
     ))
     .expect("a valid [ipam]")

@@ -12,6 +12,7 @@
 
 pub mod agents;
 pub mod etcd_metrics;
+pub mod machine;
 pub mod report;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,7 +27,7 @@ use vswitch::ipam::store::ClusterStore;
 
 use agents::{config, held_in, Agent, Store};
 use etcd_metrics::EtcdCounters;
-pub use report::{Latency, Run};
+pub use report::{Latency, Reclaim, Run};
 
 /// Each node deletes its oldest pod and adds a new one this often, on average.
 pub const CHURN_PERIOD_S: f64 = 10.0;
@@ -35,6 +36,8 @@ const MEMBERS: usize = 3;
 const AGENTS_PER_CONNECTION: usize = 64;
 /// ADDs in flight at once while the nodes fill up.
 const RAMP_CONCURRENCY: usize = 64;
+/// How often a dead node's lease key, then its records, are looked at.
+const LOOK_EVERY: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -100,7 +103,9 @@ fn percentiles(mut samples: Vec<Duration>) -> Latency {
 async fn run_size(options: &Options, n: usize, progress: &impl Fn(&str)) -> Run {
     let p = options.pods_per_node;
     progress(&format!("{n} nodes x {p} pods: starting a 3-member etcd"));
-    let cluster = EtcdCluster::start(MEMBERS);
+    // Its data in memory: etcd's fsyncs on this VM's shared disk are not what a production etcd
+    // runs on, and the runs would measure the disk.
+    let cluster = EtcdCluster::start_under(MEMBERS, std::path::Path::new("/dev/shm"));
     let dir = ShmDir(std::path::Path::new("/dev/shm").join(format!("ipam-scale-{}-{n}", std::process::id())));
     let pool = pool_for(n, p);
     let stores: Vec<Store> = (0..n.div_ceil(AGENTS_PER_CONNECTION)).map(|_| store_for(&cluster)).collect();
@@ -120,7 +125,15 @@ async fn run_size(options: &Options, n: usize, progress: &impl Fn(&str)) -> Run 
     let ramp_s = ramp_started.elapsed().as_secs_f64();
     let rss_bytes_per_node = rss_bytes().saturating_sub(rss_before) / n as u64;
 
-    let mut run = Run { nodes: n, pods_per_node: p, reached, ramp_s, rss_bytes_per_node, ..Run::default() };
+    let mut run = Run {
+        nodes: n,
+        pods_per_node: p,
+        reached,
+        ramp_s,
+        rss_bytes_per_node,
+        quarantine_s: options.quarantine,
+        ..Run::default()
+    };
     if !reached {
         progress(&format!("{n} nodes: not full after {:?}: no steady state measured", options.ramp_limit));
         run.db_bytes = EtcdCounters::read(&cluster, MEMBERS).map_or(f64::NAN, |c| c.db_bytes);
@@ -144,12 +157,17 @@ async fn run_size(options: &Options, n: usize, progress: &impl Fn(&str)) -> Run 
     ));
     tokio::time::sleep(Duration::from_secs(options.steady_seconds / 3)).await;
     let before = EtcdCounters::read(&cluster, MEMBERS).expect("etcd metrics");
+    let (load_before, cpu_before, lateness) =
+        (machine::load_average(), machine::cpu_seconds(), machine::Lateness::start());
     let window = Instant::now();
     measuring.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(options.steady_seconds)).await;
     measuring.store(false, Ordering::Relaxed);
     let after = EtcdCounters::read(&cluster, MEMBERS).expect("etcd metrics");
     let seconds = window.elapsed().as_secs_f64();
+    run.load_average = (load_before, machine::load_average());
+    run.agents_cpu = (machine::cpu_seconds() - cpu_before) / seconds;
+    run.wake_lateness = percentiles(lateness.finish());
     stop.store(true, Ordering::Relaxed);
     let _ = churn.await;
     let delta = after.since(&before);
@@ -159,35 +177,24 @@ async fn run_size(options: &Options, n: usize, progress: &impl Fn(&str)) -> Run 
     run.etcd_read_bytes_per_s = delta.read_bytes / seconds;
     run.etcd_write_bytes_per_s = delta.written_bytes / seconds;
     run.etcd_requests_per_s = delta.requests / seconds;
+    run.etcd_requests_by_method_per_s = delta.by_method.iter().map(|(m, v)| (m.clone(), v / seconds)).collect();
+    let methods: Vec<String> =
+        run.etcd_requests_by_method_per_s.iter().map(|(m, v)| format!("{m} {:.3}", v / n as f64)).collect();
+    progress(&format!("{n} nodes: etcd requests per node per s: {}", methods.join(", ")));
     run.db_bytes = after.db_bytes;
 
-    // A node dies: its agent stops, its lease runs out, the cluster takes its addresses back.
+    // Nodes die: their agents stop, their leases run out, the leader takes their addresses
+    // back. First a node that does not lead, then the leader (a handover on top).
     let mut agents: Vec<Agent> = agents.into_iter().map(|a| Arc::into_inner(a).expect("churn is over")).collect();
-    let victim = agents.remove(0);
-    let (victim_name, watched) = (victim.name.clone(), victim.held());
-    progress(&format!("{n} nodes: killing {victim_name} ({} addresses)", watched.len()));
-    let died = Instant::now();
-    drop(victim.kill());
     let observer = store_for(&cluster);
-    let keys = Keys::new("/vpc-ipam/scale");
+    let keys = Keys::new(agents::PREFIX);
     let limit = Duration::from_secs(options.lease_ttl + options.quarantine + 60);
-    loop {
-        let mut still = 0;
-        for ip in &watched {
-            let record = observer.get(&keys.ip(*ip)).await.ok().flatten();
-            let record = record.and_then(|e| AddressRecord::decode(&e.value));
-            if record.is_some_and(|r| r.node() == Some(victim_name.as_str())) {
-                still += 1;
-            }
-        }
-        if still == 0 {
-            run.reclaim_s = Some(died.elapsed().as_secs_f64());
-            break;
-        }
-        if died.elapsed() > limit {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    let leader =
+        observer.get(&keys.leader()).await.ok().flatten().map(|e| String::from_utf8_lossy(&e.value).into_owned());
+    let follower = agents.iter().position(|a| Some(&a.name) != leader.as_ref()).expect("more than one node");
+    run.reclaim = kill_and_time(agents.remove(follower), &observer, &keys, limit, progress).await;
+    if let Some(at) = agents.iter().position(|a| Some(&a.name) == leader.as_ref()) {
+        run.leader_reclaim = kill_and_time(agents.remove(at), &observer, &keys, limit, progress).await;
     }
 
     // Another node restarts on its state directory: its first round registers and reconciles.
@@ -208,6 +215,48 @@ async fn run_size(options: &Options, n: usize, progress: &impl Fn(&str)) -> Run 
     }
     drop(cluster);
     run
+}
+
+/// Kills `victim` and times until no record names it, from the kill and from its lease's
+/// expiry (its lease key gone, looked at every [`LOOK_EVERY`]).
+async fn kill_and_time(
+    victim: Agent,
+    observer: &EtcdStore,
+    keys: &Keys,
+    limit: Duration,
+    progress: &impl Fn(&str),
+) -> Option<Reclaim> {
+    let (name, watched) = (victim.name.clone(), victim.held());
+    progress(&format!("killing {name} ({} addresses)", watched.len()));
+    let died = Instant::now();
+    drop(victim.kill());
+    let mut expired = None;
+    while died.elapsed() < limit {
+        tokio::time::sleep(LOOK_EVERY).await;
+        if expired.is_none() {
+            if let Ok(None) = observer.get(&keys.node(&name)).await {
+                expired = Some(Instant::now());
+            }
+            continue;
+        }
+        let mut still = 0;
+        for ip in &watched {
+            let record = observer.get(&keys.ip(*ip)).await.ok().flatten();
+            let record = record.and_then(|e| AddressRecord::decode(&e.value));
+            if record.is_some_and(|r| r.node() == Some(name.as_str())) {
+                still += 1;
+            }
+        }
+        if still == 0 {
+            let expired = expired.expect("looked for the records only after");
+            return Some(Reclaim {
+                from_kill_s: died.elapsed().as_secs_f64(),
+                after_expiry_s: expired.elapsed().as_secs_f64(),
+            });
+        }
+    }
+    progress(&format!("{name}: addresses not reclaimed within {limit:?}"));
+    None
 }
 
 /// Brings every node to `pods` pods, at most [`RAMP_CONCURRENCY`] ADDs at a time, retrying

@@ -2,6 +2,20 @@
 
 use serde_json::json;
 
+/// How long until no record named a killed node.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Reclaim {
+    pub from_kill_s: f64,
+    /// From its lease key's disappearance (the lease expired): what the target is about.
+    pub after_expiry_s: f64,
+}
+
+/// Reclaim is done within the quarantine and this much more after the lease expires.
+pub const RECLAIM_SLACK_S: f64 = 5.0;
+/// At the largest size against the smallest of the invocation.
+pub const READ_GROWTH_TARGET: f64 = 1.2;
+pub const ADD_P99_GROWTH_TARGET: f64 = 1.5;
+
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Latency {
     pub p50_ms: f64,
@@ -24,10 +38,21 @@ pub struct Run {
     pub etcd_read_bytes_per_s: f64,
     pub etcd_write_bytes_per_s: f64,
     pub etcd_requests_per_s: f64,
+    pub etcd_requests_by_method_per_s: std::collections::BTreeMap<String, f64>,
     pub db_bytes: f64,
     pub rss_bytes_per_node: u64,
-    /// From the kill to no record naming the dead node.
-    pub reclaim_s: Option<f64>,
+    /// A node that did not lead killed: until no record names it.
+    pub reclaim: Option<Reclaim>,
+    /// Then the leader killed: the same, a handover included.
+    pub leader_reclaim: Option<Reclaim>,
+    /// The 1-minute load average as the measured window began and ended.
+    pub load_average: (f64, f64),
+    /// CPU seconds per second the simulation process (every agent, the churn) used meanwhile.
+    pub agents_cpu: f64,
+    /// How late the process's runtime woke a 1 ms sleep (the floor under ADD's latency here).
+    pub wake_lateness: Latency,
+    /// The quarantine the run used (the reclaim target is this + 5 s after the lease expires).
+    pub quarantine_s: u64,
     /// The restarted node's first round (register, reconcile, sync, refill).
     pub reconcile_s: Option<f64>,
     /// The restarted node still holds every address it held.
@@ -60,24 +85,97 @@ impl Run {
             "etcd_read_bytes_per_s": n(self.etcd_read_bytes_per_s),
             "etcd_write_bytes_per_s": n(self.etcd_write_bytes_per_s),
             "etcd_requests_per_s": n(self.etcd_requests_per_s),
+            "etcd_requests_per_node_per_s_by_method": self
+                .etcd_requests_by_method_per_s
+                .iter()
+                .map(|(m, v)| (m.clone(), n(self.per_node(*v))))
+                .collect::<serde_json::Map<_, _>>(),
             "etcd_db_bytes": self.db_bytes,
             "rss_bytes_per_node": self.rss_bytes_per_node,
-            "reclaim_s": self.reclaim_s.map_or(json!(null), n),
+            "reclaim_s": self.reclaim.map_or(json!(null), |r| n(r.from_kill_s)),
+            "reclaim_after_expiry_s": self.reclaim.map_or(json!(null), |r| n(r.after_expiry_s)),
+            "leader_reclaim_s": self.leader_reclaim.map_or(json!(null), |r| n(r.from_kill_s)),
+            "leader_reclaim_after_expiry_s": self.leader_reclaim.map_or(json!(null), |r| n(r.after_expiry_s)),
             "reconcile_s": self.reconcile_s.map_or(json!(null), n),
             "restarted_kept": self.restarted_kept,
+            "load_average_before": self.load_average.0,
+            "load_average_after": self.load_average.1,
+            "agents_cpu_per_s": n(self.agents_cpu),
+            "agents_cpu_us_per_node_per_s": n(self.agents_cpu * 1e6 / self.nodes as f64),
+            "wake_lateness_p50_ms": n(self.wake_lateness.p50_ms),
+            "wake_lateness_p99_ms": n(self.wake_lateness.p99_ms),
         })
     }
 }
 
 pub fn json(runs: &[Run]) -> serde_json::Value {
-    json!({ "runs": runs.iter().map(Run::json).collect::<Vec<_>>() })
+    let targets: Vec<_> =
+        targets(runs).into_iter().map(|t| json!({ "target": t.what, "measured": t.measured, "met": t.met })).collect();
+    json!({ "runs": runs.iter().map(Run::json).collect::<Vec<_>>(), "targets": targets })
+}
+
+/// One of the issue's targets, judged on this invocation's runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub what: String,
+    pub measured: String,
+    pub met: bool,
+}
+
+/// The issue's targets: the largest size that filled against the smallest (bytes read per node,
+/// ADD p99), and the reclaim after lease expiry at every size, both kills. A size that did not
+/// fill, or a reclaim that never finished, is a target not met.
+pub fn targets(runs: &[Run]) -> Vec<Target> {
+    let mut out = Vec::new();
+    let filled: Vec<&Run> = runs.iter().filter(|r| r.reached).collect();
+    if let (Some(small), Some(large)) = (filled.iter().min_by_key(|r| r.nodes), runs.iter().max_by_key(|r| r.nodes)) {
+        if large.nodes > small.nodes {
+            let (s, l) = (small.nodes, large.nodes);
+            let mut growth = |what: &str, of: fn(&Run) -> f64, limit: f64, unit: &str| {
+                let (a, b) = (of(small), of(large));
+                let measured = if large.reached {
+                    format!("{b:.1} {unit} at {l} vs {a:.1} at {s}: x{:.2}", b / a)
+                } else {
+                    format!("{l} nodes never filled")
+                };
+                let met = large.reached && b <= limit * a;
+                out.push(Target { what: format!("{what} at {l} nodes <= {limit}x at {s}"), measured, met });
+            };
+            growth(
+                "etcd bytes read per node per s",
+                |r| r.per_node(r.etcd_read_bytes_per_s),
+                READ_GROWTH_TARGET,
+                "B/s",
+            );
+            growth("ADD p99", |r| r.add.p99_ms, ADD_P99_GROWTH_TARGET, "ms");
+        }
+    }
+    for r in runs {
+        let limit = r.quarantine_s as f64 + RECLAIM_SLACK_S;
+        for (who, reclaim) in [("a node", r.reclaim), ("the leader", r.leader_reclaim)] {
+            let measured = match (r.reached, reclaim) {
+                (false, _) => "never filled".to_string(),
+                (true, None) => "not reclaimed".to_string(),
+                (true, Some(c)) => {
+                    format!("{:.1} s after expiry ({:.1} s after the kill)", c.after_expiry_s, c.from_kill_s)
+                }
+            };
+            let met = r.reached && reclaim.is_some_and(|c| c.after_expiry_s <= limit);
+            out.push(Target {
+                what: format!("{} nodes: {who}'s addresses reclaimed <= quarantine + {RECLAIM_SLACK_S} s = {limit} s after its lease expired", r.nodes),
+                measured,
+                met,
+            });
+        }
+    }
+    out
 }
 
 /// The runs side by side, one row per size.
 pub fn table(runs: &[Run]) -> String {
     let mut out = String::from(
         "nodes  pods  ADD p50/p99 ms   DEL p50/p99 ms   etcd read B/s/node  write B/s/node  req/s/node  \
-         etcd total read/write/req per s   db MB   RSS KB/node  reclaim s  reconcile s\n",
+         etcd total read/write/req per s   db MB   RSS KB/node  reclaim s: node / leader, after expiry (after kill)  reconcile s\n",
     );
     for r in runs {
         if !r.reached {
@@ -91,8 +189,12 @@ pub fn table(runs: &[Run]) -> String {
             continue;
         }
         let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+        let reclaim = |c: Option<Reclaim>| {
+            c.map_or("-".to_string(), |c| format!("{:.1} ({:.1})", c.after_expiry_s, c.from_kill_s))
+        };
+        let reclaims = format!("{} / {}", reclaim(r.reclaim), reclaim(r.leader_reclaim));
         out.push_str(&format!(
-            "{:>5} {:>5}  {:>6.2}/{:<7.2} {:>6.2}/{:<7.2}  {:>18.0} {:>15.0} {:>11.2}  {:>9.2e}/{:.2e}/{:.0}   {:>6.1} {:>12} {:>10} {:>12}\n",
+            "{:>5} {:>5}  {:>6.2}/{:<7.2} {:>6.2}/{:<7.2}  {:>18.0} {:>15.0} {:>11.2}  {:>9.2e}/{:.2e}/{:.0}   {:>6.1} {:>12}   {:<44} {:>10}\n",
             r.nodes,
             r.pods_per_node,
             r.add.p50_ms,
@@ -107,9 +209,27 @@ pub fn table(runs: &[Run]) -> String {
             r.etcd_requests_per_s,
             r.db_bytes / 1e6,
             r.rss_bytes_per_node / 1024,
-            opt(r.reclaim_s),
+            reclaims,
             opt(r.reconcile_s),
         ));
+    }
+    out.push_str("\nthe machine during each measured window:\n");
+    for r in runs.iter().filter(|r| r.reached) {
+        out.push_str(&format!(
+            "  {:>5} nodes: load average {:.1} -> {:.1}; the agents' process {:.2} CPU s/s ({:.0} us per node per s); \
+             a 1 ms sleep woke late by p50 {:.2} / p99 {:.2} ms\n",
+            r.nodes,
+            r.load_average.0,
+            r.load_average.1,
+            r.agents_cpu,
+            r.agents_cpu * 1e6 / r.nodes as f64,
+            r.wake_lateness.p50_ms,
+            r.wake_lateness.p99_ms,
+        ));
+    }
+    out.push_str("\ntargets:\n");
+    for t in targets(runs) {
+        out.push_str(&format!("  {}: {} ({})\n", t.what, if t.met { "met" } else { "not met" }, t.measured));
     }
     out
 }

@@ -15,7 +15,7 @@ use super::error::{Conflict, InvalidRequest, SettingsError, StickyBusy};
 use super::pool::Family;
 use super::record::{AddressRecord, Keys};
 use super::store::file::FileStore;
-use super::store::{ClusterStore, Entry, StoreError};
+use super::store::{ClusterStore, Entry, Listing, StoreError, Watch};
 use super::{AddressRequest, IpamConfig, IpamError, NodeIpam};
 
 /// `pool`: one prefix, or several separated by commas.
@@ -398,11 +398,14 @@ impl ClusterStore for Faulty {
     fn describe(&self) -> String {
         self.inner.describe()
     }
-    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+    async fn list_at(&self, prefix: &str) -> Result<Listing, StoreError> {
         if self.faults.lists.load(Ordering::Relaxed) {
             return Err(StoreError("unreachable".into()));
         }
-        self.inner.list(prefix).await
+        self.inner.list_at(prefix).await
+    }
+    async fn watch(&self, prefix: &str, after: i64) -> Result<Watch, StoreError> {
+        self.inner.watch(prefix, after).await
     }
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         self.inner.get(key).await
@@ -449,6 +452,9 @@ impl ClusterStore for Faulty {
     }
     async fn put_leased(&self, key: &str, value: Vec<u8>, lease: i64) -> Result<(), StoreError> {
         self.inner.put_leased(key, value, lease).await
+    }
+    async fn create_leased(&self, key: &str, value: Vec<u8>, lease: i64) -> Result<Option<i64>, StoreError> {
+        self.inner.create_leased(key, value, lease).await
     }
 }
 
@@ -749,4 +755,33 @@ async fn a_node_without_lease_renewals_stops_handing_out_warm_addresses_in_time(
     a.upkeep().tick(|_| true).await;
     assert!(!a.metrics().self_fenced);
     assert!(a.requests().assign(&spec("again", None), &none()).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_dead_leaders_addresses_are_reclaimed_by_the_node_that_takes_over_its_lease_bound_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::new(&dir.path().join("store.json"));
+    let keys = Keys::new("/vpc-ipam/default");
+    let a = node(dir.path(), "a", "10.0.0.0/28", "warm_target = 2");
+    let b = node(dir.path(), "b", "10.0.0.0/28", "warm_target = 2");
+    a.upkeep().tick(|_| false).await;
+    b.upkeep().tick(|_| false).await;
+    let leader = || {
+        let (store, key) = (store.clone(), keys.leader());
+        async move { store.get(&key).await.unwrap().map(|e| e.value) }
+    };
+    assert_eq!(leader().await, Some(b"a".to_vec()), "the first node to register leads");
+    a.requests().assign(&spec("victim", None), &none()).await.unwrap();
+    a.upkeep().tick(|_| true).await;
+    // a (the leader) dies: only b runs from now on. Its lease (2 s) ends, the leader key with
+    // it; b takes the key over, marks a down, and reclaims after the quarantine (1 s).
+    let died = std::time::Instant::now();
+    while records(dir.path()).await.iter().any(|(_, r)| r.node() == Some("a")) {
+        assert!(died.elapsed() < Duration::from_secs(6), "a's addresses not reclaimed in time");
+        b.upkeep().tick(|_| false).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(died.elapsed() >= Duration::from_secs(2), "reclaimed before a's lease could end");
+    assert_eq!(leader().await, Some(b"b".to_vec()));
+    assert!(b.metrics().reclaimed >= 3, "a's warm and assigned addresses, by b");
 }

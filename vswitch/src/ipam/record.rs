@@ -7,7 +7,7 @@
 //! <prefix>/node/<node>           NodeRecord, bound to the node's lease: present while it lives
 //! <prefix>/member/<node>         written at each registration: the nodes the leader watches over
 //! <prefix>/held/<node>/<address> the node's index: present for every record naming the node
-//! <prefix>/leader                the node that reclaims dead nodes' addresses
+//! <prefix>/reclaim-leader        the node that reclaims dead nodes' addresses, bound to its lease
 //! <prefix>/pool                  the pool every node must be configured with
 //! <prefix>/down/<node>           when a node was first seen without its lease (quarantine)
 //! <prefix>/sticky/<ns>/<name>    the IPv4 address a sticky pod keeps
@@ -155,8 +155,10 @@ impl Keys {
         text.parse().ok().filter(|ip: &IpAddr| ip.to_string() == text)
     }
 
+    /// Bound to the leader's lease. (Releases before the lease-bound key wrote `<prefix>/leader`
+    /// without a lease; a new name, so such a key never blocks leadership.)
     pub fn leader(&self) -> String {
-        format!("{}/leader", self.prefix)
+        format!("{}/reclaim-leader", self.prefix)
     }
 
     pub fn pool(&self) -> String {

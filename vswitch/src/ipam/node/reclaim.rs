@@ -2,110 +2,130 @@
 //! registered once) without a lease is marked down, and once `quarantine` has passed its
 //! addresses, found through its index (`held/<node>/`), become cooling (sticky pods': sticky).
 //!
-//! Leadership is a key naming the leader (`<prefix>/leader`), taken by CAS only while the named
-//! node's lease key is gone (`put_if_absent`): a leader that dies hands over within its lease
-//! TTL plus one [`RECLAIM_EVERY`]. Every other node reads one key per [`RECLAIM_EVERY`] (the
-//! leader's lease key); only the leader lists, and only the small node and member prefixes.
+//! Nothing here polls. Leadership is a key naming the leader (`<prefix>/reclaim-leader`), bound
+//! to the leader's own lease and created only where it is absent: when the leader dies (or is
+//! cut off) the key goes with its lease, and every node learns it from its watch of that one key
+//! and tries to create it on its next round; one wins. The leader follows the node, member and
+//! down-mark prefixes through one watch each ([`Mirror`]): a node's lease key vanishing is an
+//! event, so its down mark is written within a round of its lease expiring, and its addresses
+//! are reclaimed within a round of the quarantine ending. A non-leader's steady cost is a watch
+//! that sees nothing; the leader's is three that see only registrations and deaths.
+//!
 //! Leadership saves work, it does not keep addresses apart: every reclaim is a CAS made only
 //! while the dead node's lease key is absent, so two nodes that both think they lead (one cut
 //! off) still reclaim each address at most once.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::state::{LastRun, NodeState};
 use super::stats::ClusterCounts;
 use crate::ipam::pool::Family;
-use crate::ipam::record::{now_secs, AddressRecord};
-use crate::ipam::store::{ClusterStore, StoreError};
+use crate::ipam::record::{now_secs, AddressRecord, Keys};
+use crate::ipam::store::mirror::Mirror;
+use crate::ipam::store::{ClusterStore, Entry, StoreError};
 
-/// How often a node checks the leader, and the leader looks for dead nodes.
-const RECLAIM_EVERY: Duration = Duration::from_secs(2);
 /// How often the leader counts the cluster's records for its metrics (one listing of them all).
 const COUNT_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Default)]
 pub(super) struct Reclaimer {
-    last_run: LastRun,
+    /// Made on the first round (the mirrors need the node's keys); boxed, as the node's agent
+    /// is held by value.
+    watching: tokio::sync::Mutex<Option<Box<Watching>>>,
     last_count: LastRun,
-    /// The leader as last read (this node's name when it leads).
-    leader: Mutex<Option<String>>,
+}
+
+#[derive(Debug)]
+struct Watching {
+    /// The leader key.
+    leader: Mirror,
+    /// While this node leads.
+    leading: Option<Leading>,
+}
+
+/// What the leader follows.
+#[derive(Debug)]
+struct Leading {
+    /// Lease keys: the live nodes.
+    nodes: Mirror,
+    members: Mirror,
+    downs: Mirror,
+}
+
+impl Leading {
+    fn new(keys: &Keys) -> Leading {
+        Leading {
+            nodes: Mirror::new(&keys.nodes()),
+            members: Mirror::new(&keys.members()),
+            downs: Mirror::new(&keys.downs()),
+        }
+    }
 }
 
 impl Reclaimer {
-    /// Checks the leader if [`RECLAIM_EVERY`] has passed since the last look, and, leading,
-    /// reclaims dead nodes' addresses.
-    pub(super) async fn run_if_due<S: ClusterStore>(&self, state: &Arc<NodeState<S>>) -> Result<(), StoreError> {
-        if self.last_run.due(RECLAIM_EVERY) {
-            if self.lead(state).await? {
-                reclaim_dead(state).await?;
-                if self.last_count.due(COUNT_EVERY) {
-                    count(state).await?;
-                    self.last_count.ran();
-                }
-            }
-            self.last_run.ran();
-        }
-        Ok(())
-    }
-
-    /// Whether this node leads: the leader key names it. Another node's leadership is checked
-    /// by reading its lease key alone; when that is gone, the leader key is taken by CAS.
-    async fn lead<S: ClusterStore>(&self, state: &Arc<NodeState<S>>) -> Result<bool, StoreError> {
+    /// Follows the leader key (taking it when it is gone) and, leading, reclaims dead nodes'
+    /// addresses. Runs every round: without news from the watches it sends nothing.
+    pub(super) async fn run<S: ClusterStore>(&self, state: &Arc<NodeState<S>>) -> Result<(), StoreError> {
         let (store, keys, me) = (state.store(), state.keys(), state.node());
-        let cached = self.leader.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Some(leader) = cached.filter(|l| l != me) {
-            if store.get(&keys.node(&leader)).await?.is_some() {
-                return Ok(false);
-            }
-        }
-        let current = store.get(&keys.leader()).await?;
-        let named = current.as_ref().map(|e| String::from_utf8_lossy(&e.value).into_owned());
-        let leader = match (&current, &named) {
-            (Some(_), Some(named)) if named == me => me.to_string(),
-            (Some(e), Some(named)) => {
-                let (key, their_lease) = (keys.leader(), keys.node(named));
-                if store.put_if_absent(&key, me.as_bytes().to_vec(), e.version, &their_lease).await?.is_some() {
-                    tracing::info!(previous = %named, "the leader's lease is gone: this node reclaims dead nodes now");
-                    me.to_string()
-                } else {
-                    named.clone()
+        let Some(lease) = state.local().lease else { return Ok(()) };
+        let mut watching = self.watching.lock().await;
+        let watching =
+            watching.get_or_insert_with(|| Box::new(Watching { leader: Mirror::new(&keys.leader()), leading: None }));
+        watching.leader.refresh(store).await?;
+        let key = keys.leader();
+        let named = watching.leader.get(&key).map(|e| e.value.clone());
+        let leads = match named {
+            Some(named) => named == me.as_bytes(),
+            None => match store.create_leased(&key, me.as_bytes().to_vec(), lease).await? {
+                Some(version) => {
+                    tracing::info!("no leader (or its lease ended): this node reclaims dead nodes' addresses now");
+                    watching.leader.wrote(Entry { key, value: me.as_bytes().to_vec(), version });
+                    true
                 }
-            }
-            _ => match store.put_if(&keys.leader(), me.as_bytes().to_vec(), 0).await? {
-                Some(_) => {
-                    tracing::info!("no leader yet: this node reclaims dead nodes now");
-                    me.to_string()
-                }
-                None => return Ok(false),
+                None => false,
             },
         };
-        let leads = leader == me;
-        *self.leader.lock().unwrap_or_else(|p| p.into_inner()) = Some(leader);
-        Ok(leads)
+        if !leads {
+            watching.leading = None;
+            return Ok(());
+        }
+        let leading = watching.leading.get_or_insert_with(|| Leading::new(keys));
+        leading.nodes.refresh(store).await?;
+        leading.members.refresh(store).await?;
+        leading.downs.refresh(store).await?;
+        reclaim_dead(state, leading).await?;
+        if self.last_count.due(COUNT_EVERY) {
+            count(state).await?;
+            self.last_count.ran();
+        }
+        Ok(())
     }
 }
 
 /// Members without a lease: marked down, and after the quarantine their addresses become
 /// cooling (sticky pods' addresses: sticky). A member whose index is empty then leaves.
-async fn reclaim_dead<S: ClusterStore>(state: &Arc<NodeState<S>>) -> Result<(), StoreError> {
+async fn reclaim_dead<S: ClusterStore>(state: &Arc<NodeState<S>>, leading: &mut Leading) -> Result<(), StoreError> {
     let (settings, keys, store) = (state.settings(), state.keys(), state.store());
-    let live = state.live_nodes().await?;
-    let downs = state.down_marks().await?;
-    let members = store.list(&keys.members()).await?;
-    let members: Vec<(String, i64)> = members
-        .into_iter()
-        .filter_map(|e| Some((e.key.strip_prefix(&keys.members())?.to_string(), e.version)))
+    let live: HashSet<String> = leading.nodes.named().map(|(node, _)| node.to_string()).collect();
+    let downs: HashMap<String, u64> = leading
+        .downs
+        .named()
+        .filter_map(|(node, e)| Some((node.to_string(), std::str::from_utf8(&e.value).ok()?.parse().ok()?)))
         .collect();
+    let members: Vec<(String, i64)> = leading.members.named().map(|(node, e)| (node.to_string(), e.version)).collect();
     let now = now_secs();
     for (node, member_version) in members.iter().filter(|(n, _)| !live.contains(n) && n != state.node()) {
         match downs.get(node) {
             None => {
                 tracing::warn!(%node, quarantine_s = settings.quarantine.as_secs(), "node has no lease: quarantined");
-                store.put(&keys.down(node), now.to_string().into_bytes()).await?;
+                let (key, value) = (keys.down(node), now.to_string().into_bytes());
+                if let Some(version) = store.put_if(&key, value.clone(), 0).await? {
+                    leading.downs.wrote(Entry { key, value, version });
+                }
             }
             Some(since) if now >= since + settings.quarantine.as_secs() => {
                 let indexed = state.indexed(node).await?;
@@ -126,8 +146,11 @@ async fn reclaim_dead<S: ClusterStore>(state: &Arc<NodeState<S>>) -> Result<(), 
                 if left == 0 {
                     // Gone for good unless it registers again (which writes its member key anew,
                     // so this delete then fails and the node stays watched over).
-                    store.delete_if(&keys.member(node), *member_version).await?;
+                    if store.delete_if(&keys.member(node), *member_version).await? {
+                        leading.members.deleted(&keys.member(node));
+                    }
                     store.delete(&keys.down(node)).await?;
+                    leading.downs.deleted(&keys.down(node));
                 }
             }
             Some(_) => {}
@@ -136,6 +159,7 @@ async fn reclaim_dead<S: ClusterStore>(state: &Arc<NodeState<S>>) -> Result<(), 
     let members: HashSet<&String> = members.iter().map(|(n, _)| n).collect();
     for node in downs.keys().filter(|n| live.contains(*n) || !members.contains(n)) {
         store.delete(&keys.down(node)).await?;
+        leading.downs.deleted(&keys.down(node));
     }
     Ok(())
 }

@@ -182,7 +182,14 @@ impl<S: ClusterStore> Requests<S> {
         // straight as assigned, and have the pool refilled behind it.
         self.state.kick();
         let record = self.assigned_record(request);
-        match warm::claim(&self.state, family, 1, &record, in_use, Some(request.netns.clone())).await {
+        let wanted = warm::Wanted {
+            family,
+            record: &record,
+            also_skip: in_use,
+            netns: Some(request.netns.clone()),
+            until: None,
+        };
+        match warm::claim(&self.state, &wanted, 1).await {
             Ok(won) => match won.first() {
                 Some(&(ip, _)) => {
                     self.state.save().await?;

@@ -3,17 +3,15 @@
 //! reconcile), write pending changes, refill and trim the warm pools ([`super::warm`]), reclaim
 //! dead nodes' addresses ([`super::reclaim`]), release addresses whose sandbox is gone.
 //!
-//! Every step reads the cluster by listing keys (`NodeState::{records, live_nodes, down_marks}`,
-//! the only reads of whole prefixes) and writes one compare-and-swap per address. A larger
-//! cluster changes how a step learns what the store holds (a watch-fed cache behind those three
-//! reads) or who runs it (a leader for the reclaim: [`super::reclaim`]), not the order of the
-//! round or the rules, which stay here.
+//! No step reads the whole cluster: a node reads its own index and records, claims by probing,
+//! and learns of other nodes only through watches, and only the leader ([`super::reclaim`])
+//! follows the node prefixes. Every write is one compare-and-swap per address.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vswitch_api::api::Attachment;
 
@@ -66,12 +64,14 @@ impl<S: ClusterStore> Upkeep<S> {
         let stats = state.stats();
         let mut fenced = Vec::new();
         let round = self.rounds.fetch_add(1, Ordering::Relaxed);
+        // The refill stops claiming a third of a lease TTL in: the next round renews the lease.
+        let refill_until = Instant::now() + state.settings().lease_ttl / 3;
         let result = async {
             self.ensure_registered(&mut fenced).await?;
             self.sync(&mut fenced).await?;
-            warm::refill(state).await?;
+            warm::refill(state, refill_until).await?;
             warm::trim(state).await?;
-            self.reclaimer.run_if_due(state).await
+            self.reclaimer.run(state).await
         }
         .await;
         match result {

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::state::{LocalEntry, NodeState, Records};
 use crate::ipam::pool::Family;
@@ -73,8 +73,10 @@ async fn resolve_unsure<S: ClusterStore>(state: &Arc<NodeState<S>>) -> Result<()
     Ok(())
 }
 
-/// Claims up to `warm_target - warm` addresses for each family's warm pool.
-pub(super) async fn refill<S: ClusterStore>(state: &Arc<NodeState<S>>) -> Result<(), StoreError> {
+/// Claims up to `warm_target - warm` addresses for each family's warm pool, none once `until`
+/// has passed: under a slow store a full refill takes many round trips, and the next round
+/// (which renews the lease first) must not wait behind it.
+pub(super) async fn refill<S: ClusterStore>(state: &Arc<NodeState<S>>, until: Instant) -> Result<(), StoreError> {
     resolve_unsure(state).await?;
     let target = state.settings().warm_target;
     for family in state.settings().pool.families() {
@@ -83,12 +85,23 @@ pub(super) async fn refill<S: ClusterStore>(state: &Arc<NodeState<S>>) -> Result
             continue;
         }
         let record = AddressRecord::Warm { node: state.node().to_string(), since: now_secs() };
-        let won = claim(state, family, target - warm, &record, &HashSet::new(), None).await?;
+        let wanted = Wanted { family, record: &record, also_skip: &HashSet::new(), netns: None, until: Some(until) };
+        let won = claim(state, &wanted, target - warm).await?;
         if !won.is_empty() {
             state.save_in_round().await?;
         }
     }
     Ok(())
+}
+
+/// What a claim takes: addresses of `family`, written as `record`, never one of `also_skip`
+/// (nor one this node knows), recorded locally with `netns`; no try is begun after `until`.
+pub(super) struct Wanted<'a> {
+    pub(super) family: Family,
+    pub(super) record: &'a AddressRecord,
+    pub(super) also_skip: &'a HashSet<IpAddr>,
+    pub(super) netns: Option<PathBuf>,
+    pub(super) until: Option<Instant>,
 }
 
 /// Claims up to `count` free addresses of `family` in the store as `record`, one CAS each
@@ -100,16 +113,14 @@ pub(super) async fn refill<S: ClusterStore>(state: &Arc<NodeState<S>>) -> Result
 /// saves. A write whose reply was lost is looked up again later (`resolve_unsure`).
 pub(super) async fn claim<S: ClusterStore>(
     state: &Arc<NodeState<S>>,
-    family: Family,
+    wanted: &Wanted<'_>,
     count: usize,
-    record: &AddressRecord,
-    also_skip: &HashSet<IpAddr>,
-    netns: Option<PathBuf>,
 ) -> Result<Vec<(IpAddr, i64)>, StoreError> {
-    let mut won = probe(state, family, count, record, also_skip, &netns, None).await?;
-    if won.len() < count && state.settings().pool.size(family) <= LISTED_UP_TO {
+    let mut won = probe(state, wanted, count, None).await?;
+    let late = wanted.until.is_some_and(|until| Instant::now() >= until);
+    if won.len() < count && !late && state.settings().pool.size(wanted.family) <= LISTED_UP_TO {
         let listed = state.records().await?;
-        won.extend(probe(state, family, count - won.len(), record, also_skip, &netns, Some(&listed)).await?);
+        won.extend(probe(state, wanted, count - won.len(), Some(&listed)).await?);
     }
     Ok(won)
 }
@@ -119,13 +130,11 @@ pub(super) async fn claim<S: ClusterStore>(
 /// index entry taken out again.
 async fn probe<S: ClusterStore>(
     state: &Arc<NodeState<S>>,
-    family: Family,
+    wanted: &Wanted<'_>,
     count: usize,
-    record: &AddressRecord,
-    also_skip: &HashSet<IpAddr>,
-    netns: &Option<PathBuf>,
     listed: Option<&Records>,
 ) -> Result<Vec<(IpAddr, i64)>, StoreError> {
+    let Wanted { family, record, also_skip, netns, until } = wanted;
     let settings = state.settings();
     let now = now_secs();
     let reuse = settings.reuse_delay.as_secs();
@@ -133,8 +142,8 @@ async fn probe<S: ClusterStore>(
     let mut won = Vec::new();
     let mut tried = 0;
     let (store, keys) = (state.store(), state.keys());
-    for ip in settings.pool.candidates(family, rand::random::<u128>()) {
-        if won.len() >= count || tried >= max_tries(count) {
+    for ip in settings.pool.candidates(*family, rand::random::<u128>()) {
+        if won.len() >= count || tried >= max_tries(count) || until.is_some_and(|u| Instant::now() >= u) {
             break;
         }
         if known.contains(&ip) || also_skip.contains(&ip) {
@@ -156,7 +165,7 @@ async fn probe<S: ClusterStore>(
             Ok(Some(version)) => {
                 // Recorded at once (a later failure must not lose it); adopted meanwhile by
                 // `resolve_unsure` it is the same record: that entry stays.
-                let entry = LocalEntry { record: record.clone(), version, dirty: false, netns: netns.clone() };
+                let entry = LocalEntry { record: (*record).clone(), version, dirty: false, netns: netns.clone() };
                 state.local().entries.entry(ip).or_insert(entry);
                 won.push((ip, version));
             }

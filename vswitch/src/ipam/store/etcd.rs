@@ -9,6 +9,11 @@
 //! included, so with one member of three stopped some requests failed although the cluster had
 //! its quorum. Only requests that certainly did not reach the member are sent again; one that
 //! may have been carried out (a timeout, a connection lost mid-request) is reported as failed.
+//!
+//! Listings are read in pages of [`PAGE`] keys at one revision (etcd's advice for large ranges;
+//! it also keeps every answer under the client's 4 MB message limit). A watch is one stream per
+//! prefix with progress notifications, made on the member requests go to; it ends (and is made
+//! again from the last revision seen) when that member loses its leader or the connection.
 
 use std::error::Error as _;
 use std::path::PathBuf;
@@ -16,11 +21,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions, TlsOptions, Txn, TxnOp,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, KeyValue, PutOptions,
+    TlsOptions, Txn, TxnOp, WatchOptions,
 };
 use serde::{Deserialize, Serialize};
 
-use super::{ClusterStore, Entry, StoreError};
+use super::{Change, ClusterStore, Entry, Listing, StoreError, Watch, WatchEvent};
+
+/// Keys per page of a listing.
+const PAGE: i64 = 2000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -169,28 +178,115 @@ impl EtcdStore {
     }
 }
 
+fn entry(kv: &KeyValue) -> Entry {
+    Entry {
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        value: kv.value().to_vec(),
+        version: kv.mod_revision(),
+    }
+}
+
+/// The end of the key range holding every key that starts with `prefix` (etcd's rule).
+fn range_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// One watch response as an event (`None`: nothing to pass on, such as the creation answer).
+fn event_of(response: &etcd_client::WatchResponse) -> Option<WatchEvent> {
+    let events = response.events();
+    if events.is_empty() {
+        // A progress notification: every change up to the header's revision was sent.
+        let revision = response.header().map_or(0, |h| h.revision());
+        return (!response.created() && revision > 0).then_some(WatchEvent::Progress { revision });
+    }
+    let changes: Vec<Change> = events
+        .iter()
+        .filter_map(|e| {
+            let kv = e.kv()?;
+            Some(match e.event_type() {
+                EventType::Put => Change::Put(entry(kv)),
+                EventType::Delete => {
+                    Change::Delete { key: String::from_utf8_lossy(kv.key()).into_owned(), revision: kv.mod_revision() }
+                }
+            })
+        })
+        .collect();
+    let revision = events.iter().filter_map(|e| Some(e.kv()?.mod_revision())).max().unwrap_or(0);
+    Some(WatchEvent::Changed { revision, changes })
+}
+
 impl ClusterStore for EtcdStore {
     fn describe(&self) -> String {
         format!("etcd {}", self.config.endpoints.join(","))
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+    async fn list_at(&self, prefix: &str) -> Result<Listing, StoreError> {
+        let end = range_end(prefix.as_bytes());
+        let mut listing = Listing::default();
+        let mut from = prefix.as_bytes().to_vec();
+        loop {
+            // Every page after the first at the first one's revision: one consistent listing.
+            let options = GetOptions::new().with_range(end.clone()).with_limit(PAGE).with_revision(listing.revision);
+            let response = self
+                .call(|mut c| {
+                    let (from, options) = (from.clone(), options.clone());
+                    async move { c.get(from, Some(options)).await }
+                })
+                .await?;
+            if listing.revision == 0 {
+                listing.revision = response.header().map_or(0, |h| h.revision());
+            }
+            listing.entries.extend(response.kvs().iter().map(entry));
+            match response.kvs().last() {
+                Some(last) if response.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => return Ok(listing),
+            }
+        }
+    }
+
+    async fn watch(&self, prefix: &str, after: i64) -> Result<Watch, StoreError> {
         let prefix = prefix.to_string();
-        let response = self
+        let options = WatchOptions::new().with_prefix().with_start_revision(after + 1).with_progress_notify();
+        let mut stream = self
             .call(|mut c| {
-                let prefix = prefix.clone();
-                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+                let (prefix, options) = (prefix.clone(), options.clone());
+                async move { c.watch(prefix, Some(options)).await }
             })
             .await?;
-        Ok(response
-            .kvs()
-            .iter()
-            .map(|kv| Entry {
-                key: String::from_utf8_lossy(kv.key()).into_owned(),
-                value: kv.value().to_vec(),
-                version: kv.mod_revision(),
-            })
-            .collect())
+        let (events, watch) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            loop {
+                let response = tokio::select! {
+                    response = stream.message() => response,
+                    // Nobody listens any more: dropping the stream cancels the watch.
+                    () = events.closed() => return,
+                };
+                // An error or the end: the channel closes, and the watcher resumes elsewhere.
+                let Ok(Some(response)) = response else { return };
+                if response.canceled() {
+                    if response.compact_revision() > 0 {
+                        let _ = events.send(WatchEvent::Compacted).await;
+                    }
+                    return;
+                }
+                if let Some(event) = event_of(&response) {
+                    if events.send(event).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(watch)
     }
 
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
@@ -201,11 +297,7 @@ impl ClusterStore for EtcdStore {
                 async move { c.get(key, None).await }
             })
             .await?;
-        Ok(response.kvs().first().map(|kv| Entry {
-            key: String::from_utf8_lossy(kv.key()).into_owned(),
-            value: kv.value().to_vec(),
-            version: kv.mod_revision(),
-        }))
+        Ok(response.kvs().first().map(entry))
     }
 
     async fn put_if(&self, key: &str, value: Vec<u8>, expected: i64) -> Result<Option<i64>, StoreError> {
@@ -292,5 +384,25 @@ impl ClusterStore for EtcdStore {
         })
         .await
         .map(drop)
+    }
+
+    async fn create_leased(&self, key: &str, value: Vec<u8>, lease: i64) -> Result<Option<i64>, StoreError> {
+        let txn = Txn::new().when([Compare::version(key, CompareOp::Equal, 0)]).and_then([TxnOp::put(
+            key,
+            value,
+            Some(PutOptions::new().with_lease(lease)),
+        )]);
+        let (succeeded, revision) = self.txn(txn).await?;
+        Ok(succeeded.then_some(revision))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_prefix_range_ends_after_its_last_key() {
+        assert_eq!(super::range_end(b"/a/ip/"), b"/a/ip0");
+        assert_eq!(super::range_end(b"a\xff"), b"b");
+        assert_eq!(super::range_end(b"\xff\xff"), [0]);
     }
 }

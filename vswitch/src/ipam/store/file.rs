@@ -1,6 +1,8 @@
 //! The node-local store: the whole key space in one JSON file, changed under an exclusive
 //! `flock` and replaced atomically, so it keeps its promises across processes and crashes on one
-//! node. Leases expire by the wall clock.
+//! node. Leases expire by the wall clock. Like etcd, every write and deletion is a new revision,
+//! and deletions are remembered (until compacted) so that a watch can resume; a watch polls the
+//! file.
 //!
 //! A file that does not parse is never written over: it is the only record of which addresses
 //! are taken. [`FileStore::open`] refuses it, and every request on it fails until an operator
@@ -14,7 +16,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use super::{ClusterStore, Entry, StoreError};
+use super::{Change, ClusterStore, Entry, Listing, StoreError, Watch, WatchEvent};
+
+/// How often a watch looks at the file.
+const WATCH_POLL: Duration = Duration::from_millis(200);
+/// Deletions remembered for watches to resume over; past this many, the history is compacted.
+const KEPT_DELETIONS: usize = 4096;
 
 #[derive(Debug, Clone)]
 pub struct FileStore {
@@ -46,6 +53,12 @@ struct Data {
     keys: BTreeMap<String, Stored>,
     /// Lease id -> expiry (milliseconds since the epoch) and time to live.
     leases: BTreeMap<i64, (u64, u64)>,
+    /// Deleted key -> the revision of its deletion, for watches.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    deleted: BTreeMap<String, i64>,
+    /// Deletions up to this revision are forgotten: a watch from before it must list again.
+    #[serde(default)]
+    compacted: i64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -67,9 +80,68 @@ impl Data {
         for id in &dead {
             self.leases.remove(id);
         }
-        let before = self.keys.len();
-        self.keys.retain(|_, s| s.lease.is_none_or(|l| !dead.contains(&l)));
-        !dead.is_empty() || before != self.keys.len()
+        let gone: Vec<String> = self
+            .keys
+            .iter()
+            .filter(|(_, s)| s.lease.is_some_and(|l| dead.contains(&l)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        if !gone.is_empty() {
+            self.revision += 1;
+            for key in gone {
+                self.keys.remove(&key);
+                self.deleted.insert(key, self.revision);
+            }
+            self.compact_if_long();
+        }
+        !dead.is_empty()
+    }
+
+    /// Deletes `key` as a new revision (false: it was not there).
+    fn remove(&mut self, key: &str) -> bool {
+        if self.keys.remove(key).is_none() {
+            return false;
+        }
+        self.revision += 1;
+        self.deleted.insert(key.to_string(), self.revision);
+        self.compact_if_long();
+        true
+    }
+
+    fn compact_if_long(&mut self) {
+        if self.deleted.len() > KEPT_DELETIONS {
+            self.compact();
+        }
+    }
+
+    fn compact(&mut self) {
+        self.deleted.clear();
+        self.compacted = self.revision;
+    }
+
+    /// What changed under `prefix` after `after`, as one event (`None`: nothing since);
+    /// `Compacted` when deletions since then are forgotten.
+    fn changes_since(&self, prefix: &str, after: i64) -> Option<WatchEvent> {
+        if after < self.compacted {
+            return Some(WatchEvent::Compacted);
+        }
+        if self.revision <= after {
+            return None;
+        }
+        let under = |k: &String| k.starts_with(prefix);
+        let puts = self
+            .keys
+            .iter()
+            .filter(|(k, s)| under(k) && s.version > after)
+            .map(|(k, s)| (s.version, Change::Put(entry(k, s))));
+        let deletes = self.deleted.iter().filter(|(k, r)| under(k) && **r > after);
+        let deletes = deletes.map(|(k, r)| (*r, Change::Delete { key: k.clone(), revision: *r }));
+        let mut changes: Vec<(i64, Change)> = puts.chain(deletes).collect();
+        if changes.is_empty() {
+            return Some(WatchEvent::Progress { revision: self.revision });
+        }
+        changes.sort_by_key(|(revision, _)| *revision);
+        Some(WatchEvent::Changed { revision: self.revision, changes: changes.into_iter().map(|(_, c)| c).collect() })
     }
 
     fn version(&self, key: &str) -> i64 {
@@ -79,6 +151,7 @@ impl Data {
     fn write(&mut self, key: &str, value: Vec<u8>, lease: Option<i64>) -> i64 {
         self.revision += 1;
         let value = String::from_utf8(value).unwrap_or_default();
+        self.deleted.remove(key);
         self.keys.insert(key.to_string(), Stored { value, version: self.revision, lease });
         self.revision
     }
@@ -96,6 +169,16 @@ impl FileStore {
     pub fn open(path: &Path) -> Result<FileStore, FileStoreError> {
         read(path)?;
         Ok(FileStore::new(path))
+    }
+
+    /// Forgets the deletions so far, as etcd's compaction does: a watch from before now lists
+    /// again.
+    pub async fn compact(&self) -> Result<(), StoreError> {
+        self.with_data(|d| {
+            d.compact();
+            ((), true)
+        })
+        .await
     }
 
     /// Runs `f` on the data under the lock (off the async runtime: it is file I/O), saving it
@@ -137,19 +220,45 @@ impl ClusterStore for FileStore {
         format!("file {}", self.path.display())
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+    async fn list_at(&self, prefix: &str) -> Result<Listing, StoreError> {
         let prefix = prefix.to_string();
         self.with_data(move |d| {
-            (
-                d.keys
-                    .range(prefix.clone()..)
-                    .take_while(|(k, _)| k.starts_with(&prefix))
-                    .map(|(k, s)| entry(k, s))
-                    .collect(),
-                false,
-            )
+            let under = d.keys.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix));
+            (Listing { entries: under.map(|(k, s)| entry(k, s)).collect(), revision: d.revision }, false)
         })
         .await
+    }
+
+    async fn watch(&self, prefix: &str, after: i64) -> Result<Watch, StoreError> {
+        let (events, watch) = tokio::sync::mpsc::channel(64);
+        let (store, prefix) = (self.clone(), prefix.to_string());
+        tokio::spawn(async move {
+            let mut after = after;
+            while !events.is_closed() {
+                let prefix = prefix.clone();
+                // A failed look ends the watch (its channel closes); the watcher makes it again.
+                let Ok(event) = store.with_data(move |d| (d.changes_since(&prefix, after), false)).await else {
+                    return;
+                };
+                match event {
+                    Some(WatchEvent::Compacted) => {
+                        let _ = events.send(WatchEvent::Compacted).await;
+                        return;
+                    }
+                    Some(event) => {
+                        if let WatchEvent::Changed { revision, .. } | WatchEvent::Progress { revision } = &event {
+                            after = *revision;
+                        }
+                        if events.send(event).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => {}
+                }
+                tokio::time::sleep(WATCH_POLL).await;
+            }
+        });
+        Ok(watch)
     }
 
     async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
@@ -190,7 +299,7 @@ impl ClusterStore for FileStore {
         self.with_data(move |d| {
             let matches = expected != 0 && d.version(&key) == expected;
             if matches {
-                d.keys.remove(&key);
+                d.remove(&key);
             }
             (matches, matches)
         })
@@ -208,7 +317,7 @@ impl ClusterStore for FileStore {
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let key = key.to_string();
-        self.with_data(move |d| ((), d.keys.remove(&key).is_some())).await
+        self.with_data(move |d| ((), d.remove(&key))).await
     }
 
     async fn grant_lease(&self, ttl: Duration) -> Result<i64, StoreError> {
@@ -241,6 +350,20 @@ impl ClusterStore for FileStore {
             }
             d.write(&key, value, Some(lease));
             (Ok(()), true)
+        })
+        .await?
+    }
+
+    async fn create_leased(&self, key: &str, value: Vec<u8>, lease: i64) -> Result<Option<i64>, StoreError> {
+        let key = key.to_string();
+        self.with_data(move |d| {
+            if !d.leases.contains_key(&lease) {
+                return (Err(StoreError(format!("lease {lease} has expired"))), false);
+            }
+            if d.keys.contains_key(&key) {
+                return (Ok(None), false);
+            }
+            (Ok(Some(d.write(&key, value, Some(lease)))), true)
         })
         .await?
     }
