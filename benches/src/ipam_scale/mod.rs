@@ -34,6 +34,8 @@ pub const CHURN_PERIOD_S: f64 = 10.0;
 const MEMBERS: usize = 3;
 /// Agents per etcd connection (a connection is one `EtcdStore`).
 const AGENTS_PER_CONNECTION: usize = 64;
+/// Nodes that join per second.
+const JOINS_PER_S: f64 = 40.0;
 /// ADDs in flight at once while the nodes fill up.
 const RAMP_CONCURRENCY: usize = 64;
 /// How often a dead node's lease key, then its records, are looked at.
@@ -110,14 +112,18 @@ async fn run_size(options: &Options, n: usize, progress: &impl Fn(&str)) -> Run 
     let pool = pool_for(n, p);
     let stores: Vec<Store> = (0..n.div_ceil(AGENTS_PER_CONNECTION)).map(|_| store_for(&cluster)).collect();
     let rss_before = rss_bytes();
-    let agents: Vec<Arc<Agent>> = (0..n)
-        .map(|i| {
-            let name = format!("node-{i}");
-            let config = config(&name, &pool, options.lease_ttl, options.quarantine);
-            let store = stores[i % stores.len()].clone();
-            Arc::new(Agent::start(&name, &dir.0.join(&name), &config, store).expect("open the agent"))
-        })
-        .collect();
+    // Nodes join at [`JOINS_PER_S`], as a cluster's nodes boot, not all in one instant: 2,000
+    // first rounds at once (registration, reconcile, a warm pool each) saturated etcd on this VM
+    // and cost leases.
+    let mut agents: Vec<Arc<Agent>> = Vec::with_capacity(n);
+    let mut joins = tokio::time::interval(Duration::from_secs_f64(1.0 / JOINS_PER_S));
+    for i in 0..n {
+        joins.tick().await;
+        let name = format!("node-{i}");
+        let config = config(&name, &pool, options.lease_ttl, options.quarantine);
+        let store = stores[i % stores.len()].clone();
+        agents.push(Arc::new(Agent::start(&name, &dir.0.join(&name), &config, store).expect("open the agent")));
+    }
 
     progress(&format!("{n} nodes: filling to {} pods on {pool}", n * p));
     let ramp_started = Instant::now();
