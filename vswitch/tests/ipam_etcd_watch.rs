@@ -125,3 +125,47 @@ async fn a_listing_past_one_page_and_4_mb_is_whole_and_at_one_revision() {
     assert!(listing.entries.windows(2).all(|w| w[0].key < w[1].key), "in key order, each once");
     assert!(listing.entries.iter().all(|e| e.version <= listing.revision));
 }
+
+/// LeaseKeepAlive streams etcd has started, summed over the running members.
+fn keep_alive_streams_started(cluster: &EtcdCluster) -> u64 {
+    (0..3)
+        .map(|i| {
+            let text = cluster.metrics(i).unwrap();
+            text.lines()
+                .filter(|l| l.starts_with("grpc_server_started_total{") && l.contains("grpc_method=\"LeaseKeepAlive\""))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>() as u64
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alives_share_one_stream_per_lease_which_is_reopened_when_it_breaks() {
+    let mut cluster = EtcdCluster::start(3);
+    let store = store(&cluster);
+    let lease = store.grant_lease(Duration::from_secs(10)).await.unwrap();
+    let before = keep_alive_streams_started(&cluster);
+    for _ in 0..20 {
+        assert!(store.keep_alive(lease).await.unwrap());
+    }
+    let started = keep_alive_streams_started(&cluster) - before;
+    // One per keep-alive before: etcd-client's lease_keep_alive opens a stream each call.
+    assert_eq!(started, 1, "20 keep-alives of one lease started {started} LeaseKeepAlive streams");
+
+    // Its member stops: the stream breaks, and the next keep-alive opens one on another member.
+    let other = store.grant_lease(Duration::from_secs(60)).await.unwrap();
+    assert!(store.keep_alive(other).await.unwrap());
+    for i in 0..3 {
+        cluster.stop_member(i);
+        assert!(store.keep_alive(lease).await.unwrap(), "with member {i} stopped");
+        cluster.start_member(i);
+        cluster.wait_healthy(Duration::from_secs(30)).unwrap();
+    }
+
+    // A lease that expired on an open stream is gone (etcd answers TTL 0), not an error.
+    let short = store.grant_lease(Duration::from_secs(2)).await.unwrap();
+    assert!(store.keep_alive(short).await.unwrap());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(!store.keep_alive(short).await.unwrap(), "expired");
+    assert!(store.keep_alive(other).await.unwrap(), "another lease on the same store lives on");
+}

@@ -1,6 +1,6 @@
 //! etcd v3 as the cluster store: TLS with a client certificate (what real clusters require),
 //! compare-and-swap as a one-key transaction on the key's mod revision (0 for an absent key),
-//! leases with etcd's own keep-alive. Requests need a leader (`require_leader`), so without a
+//! leases with etcd's own keep-alive, on one stream per lease kept open. Requests need a leader (`require_leader`), so without a
 //! quorum they fail at once instead of hanging, and every request has a deadline.
 //!
 //! Requests go to one member at a time (the last one that answered), as etcd's own Go client
@@ -15,13 +15,14 @@
 //! prefix with progress notifications, made on the member requests go to; it ends (and is made
 //! again from the last revision seen) when that member loses its leader or the connection.
 
+use std::collections::HashMap;
 use std::error::Error as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, KeyValue, PutOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, KeyValue, LeaseKeepAliveStream, LeaseKeeper, PutOptions,
     TlsOptions, Txn, TxnOp, WatchOptions,
 };
 use serde::{Deserialize, Serialize};
@@ -66,6 +67,27 @@ pub struct EtcdStore {
     clients: Vec<tokio::sync::Mutex<Option<Client>>>,
     /// The member requests go to first: the last one that answered.
     current: AtomicUsize,
+    /// Each lease's keep-alive stream, kept open between keep-alives (etcd-client's stream is
+    /// bound to one lease; opening one per keep-alive cost etcd a stream set-up each time).
+    keepers: tokio::sync::Mutex<HashMap<i64, LeaseStream>>,
+}
+
+/// A lease's open keep-alive stream and the member it goes to.
+struct LeaseStream {
+    member: usize,
+    keeper: LeaseKeeper,
+    stream: LeaseKeepAliveStream,
+}
+
+/// What one keep-alive on an open stream came to.
+enum Renewal {
+    Alive,
+    /// etcd answered TTL 0: the lease has expired.
+    Gone,
+    /// The stream ended or failed: open another.
+    Broken,
+    /// No answer within the deadline.
+    TimedOut,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -123,7 +145,7 @@ impl EtcdStore {
             .with_keep_alive(Duration::from_secs(2), timeout)
             .with_require_leader(true);
         let clients = config.endpoints.iter().map(|_| tokio::sync::Mutex::new(None)).collect();
-        Ok(EtcdStore { config, options, clients, current: AtomicUsize::new(0) })
+        Ok(EtcdStore { config, options, clients, current: AtomicUsize::new(0), keepers: Default::default() })
     }
 
     /// The client of member `i` (connecting is lazy: the first request makes the connection).
@@ -166,6 +188,22 @@ impl EtcdStore {
             }
         }
         Err(fail(failures.join("; ")))
+    }
+
+    /// One keep-alive on the lease's open stream: a request sent, its answer read (one
+    /// outstanding at a time, so the answer is this request's).
+    async fn renew_on(&self, open: &mut LeaseStream) -> Renewal {
+        let timeout = Duration::from_millis(self.config.timeout_ms);
+        let round = async {
+            open.keeper.keep_alive().await?;
+            open.stream.message().await
+        };
+        match tokio::time::timeout(timeout, round).await {
+            Ok(Ok(Some(answer))) if answer.ttl() > 0 => Renewal::Alive,
+            Ok(Ok(Some(_))) => Renewal::Gone,
+            Ok(Ok(None) | Err(_)) => Renewal::Broken,
+            Err(_) => Renewal::TimedOut,
+        }
     }
 
     async fn txn(&self, txn: Txn) -> Result<(bool, i64), StoreError> {
@@ -363,17 +401,45 @@ impl ClusterStore for EtcdStore {
     }
 
     async fn keep_alive(&self, lease: i64) -> Result<bool, StoreError> {
+        // The lease's stream, out of the map while in use (one keep-alive per lease at a time).
+        let open = self.keepers.lock().await.remove(&lease);
+        if let Some(mut open) = open {
+            match self.renew_on(&mut open).await {
+                Renewal::Alive => {
+                    self.keepers.lock().await.insert(lease, open);
+                    return Ok(true);
+                }
+                Renewal::Gone => return Ok(false),
+                Renewal::TimedOut => {
+                    // The member may be cut off: the next stream and request go to the next one.
+                    let next = (open.member + 1) % self.clients.len();
+                    let _ = self.current.compare_exchange(open.member, next, Ordering::Relaxed, Ordering::Relaxed);
+                    return Err(fail(format!(
+                        "{}: keep-alive of lease {lease:x} timed out",
+                        self.config.endpoints[open.member]
+                    )));
+                }
+                // The stream ended or broke (its member lost its leader, the connection went):
+                // a new one below, on whichever member answers.
+                Renewal::Broken => {}
+            }
+        }
         // etcd-client sends the first keep-alive itself and reports a lease that has expired
         // (etcd answers with TTL 0) as this error: the lease is gone, which is an answer, not a
         // failure (the node must re-register, and learn what it lost meanwhile).
-        self.call(|mut c| async move {
-            match c.lease_keep_alive(lease).await {
-                Ok(_) => Ok(true),
-                Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok(false),
-                Err(e) => Err(e),
-            }
-        })
-        .await
+        let opened = self
+            .call(|mut c| async move {
+                match c.lease_keep_alive(lease).await {
+                    Ok((keeper, stream)) => Ok(Some((keeper, stream))),
+                    Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            })
+            .await?;
+        let Some((keeper, stream)) = opened else { return Ok(false) };
+        let member = self.current.load(Ordering::Relaxed) % self.clients.len();
+        self.keepers.lock().await.insert(lease, LeaseStream { member, keeper, stream });
+        Ok(true)
     }
 
     async fn put_leased(&self, key: &str, value: Vec<u8>, lease: i64) -> Result<(), StoreError> {
