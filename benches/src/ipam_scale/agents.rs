@@ -1,6 +1,11 @@
 //! The simulated nodes: each a real [`NodeIpam`] with its own state directory and its own
 //! upkeep loop (what vswitchd runs), sharing a few etcd connections; ADD and DEL are the
 //! request side's own calls, without TAPs or namespaces.
+//!
+//! Agents run in shards: a thread with its own single-threaded runtime per etcd connection
+//! ([`Shard`]), so an ADD waits behind its shard's tasks only. One runtime for every agent put
+//! the wake-ups of N upkeep loops in one queue in front of each ADD: its latency grew with N,
+//! a cost of the simulation (each vswitchd runs one agent on its own runtime), not the product's.
 
 use std::collections::{HashSet, VecDeque};
 use std::net::IpAddr;
@@ -22,6 +27,8 @@ pub const PREFIX: &str = "/vpc-ipam/scale";
 #[derive(Debug)]
 pub struct Agent {
     pub name: String,
+    /// The runtime its upkeep, ADDs and DELs run on.
+    shard: tokio::runtime::Handle,
     pub dir: PathBuf,
     pub ipam: Arc<NodeIpam<Store>>,
     pub upkeep: tokio::task::JoinHandle<()>,
@@ -40,13 +47,15 @@ pub fn config(node: &str, pool: &str, lease_ttl: u64, quarantine: u64) -> IpamCo
 
 impl Agent {
     /// Opens the node's agent on `dir` (made if missing) and starts its upkeep loop.
-    pub fn start(name: &str, dir: &Path, config: &IpamConfig, store: Store) -> Result<Agent, IpamError> {
+    pub fn start(name: &str, dir: &Path, config: &IpamConfig, store: Store, shard: &Shard) -> Result<Agent, IpamError> {
         std::fs::create_dir_all(dir).map_err(|source| IpamError::StateIo { path: dir.to_path_buf(), source })?;
         let settings = config.settings().expect("checked settings");
         let ipam = Arc::new(NodeIpam::open(settings, store, dir)?);
-        let upkeep = tokio::spawn(upkeep_loop(ipam.clone()));
+        let shard = shard.handle.clone();
+        let upkeep = shard.spawn(upkeep_loop(ipam.clone()));
         Ok(Agent {
             name: name.to_string(),
+            shard,
             dir: dir.to_path_buf(),
             ipam,
             upkeep,
@@ -62,8 +71,13 @@ impl Agent {
         (self.dir, pods)
     }
 
-    /// One ADD: a new pod's addresses. Returns how long the agent took.
-    pub async fn add(&self) -> Result<Duration, IpamError> {
+    /// One ADD on the agent's shard: a new pod's addresses. Returns how long the agent took.
+    pub async fn add(self: &Arc<Self>) -> Result<Duration, IpamError> {
+        let this = self.clone();
+        self.shard.spawn(async move { this.add_here().await }).await.expect("the ADD ran to its end")
+    }
+
+    async fn add_here(&self) -> Result<Duration, IpamError> {
         let n = {
             let mut next = self.next_pod.lock().unwrap();
             *next += 1;
@@ -81,8 +95,13 @@ impl Agent {
         Ok(took)
     }
 
-    /// One DEL of the node's oldest pod (`None`: it has none).
-    pub async fn delete_oldest(&self) -> Option<Result<Duration, IpamError>> {
+    /// One DEL of the node's oldest pod on the agent's shard (`None`: it has none).
+    pub async fn delete_oldest(self: &Arc<Self>) -> Option<Result<Duration, IpamError>> {
+        let this = self.clone();
+        self.shard.spawn(async move { this.delete_oldest_here().await }).await.expect("the DEL ran to its end")
+    }
+
+    async fn delete_oldest_here(&self) -> Option<Result<Duration, IpamError>> {
         let owner = self.pods.lock().unwrap().pop_front()?;
         let started = Instant::now();
         Some(self.ipam.requests().release(&owner).await.map(|_| started.elapsed()))
@@ -109,6 +128,43 @@ async fn upkeep_loop(ipam: Arc<NodeIpam<Store>>) {
         tokio::select! {
             _ = tokio::time::sleep(TICK) => {}
             _ = ipam.upkeep().kicked() => {}
+        }
+    }
+}
+
+/// A thread running a single-threaded runtime for a group of agents; stopped (its tasks
+/// dropped) on drop.
+#[derive(Debug)]
+pub struct Shard {
+    pub handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Shard {
+    pub fn start(i: usize) -> Shard {
+        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(format!("agents-{i}"))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+                handle_tx.send(runtime.handle().clone()).expect("the starter waits");
+                let _ = runtime.block_on(stopped);
+            })
+            .expect("a thread");
+        let handle = handle_rx.recv().expect("the shard's runtime");
+        Shard { handle, stop: Some(stop), thread: Some(thread) }
+    }
+}
+
+impl Drop for Shard {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }

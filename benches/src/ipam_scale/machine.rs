@@ -1,5 +1,5 @@
 //! What the machine was doing while a size was measured: the load average, this process's CPU
-//! time (every simulated node's agent runs in it), and how late the process's runtime wakes a
+//! time (every simulated node's agent runs in it), and how late an agents' runtime wakes a
 //! task that sleeps 1 ms (the floor under any ADD latency measured here: an ADD that waits for
 //! its file write is woken the same way).
 
@@ -33,12 +33,12 @@ pub struct Lateness {
 }
 
 impl Lateness {
-    /// Sleeps 1 ms every 10 ms and keeps how much later than asked it woke.
-    pub fn start() -> Lateness {
+    /// Sleeps 1 ms every 10 ms on `runtime` and keeps how much later than asked it woke.
+    pub fn start(runtime: &tokio::runtime::Handle) -> Lateness {
         let stop = Arc::new(AtomicBool::new(false));
         let samples = Arc::new(Mutex::new(Vec::new()));
         let (stop2, samples2) = (stop.clone(), samples.clone());
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             while !stop2.load(Ordering::Relaxed) {
                 let asked = Instant::now();
                 tokio::time::sleep(Duration::from_millis(1)).await;

@@ -25,14 +25,14 @@ use vswitch::ipam::record::{AddressRecord, Keys};
 use vswitch::ipam::store::etcd::{EtcdConfig, EtcdStore};
 use vswitch::ipam::store::ClusterStore;
 
-use agents::{config, held_in, Agent, Store};
+use agents::{config, held_in, Agent, Shard, Store};
 use etcd_metrics::EtcdCounters;
 pub use report::{Latency, Reclaim, Run};
 
 /// Each node deletes its oldest pod and adds a new one this often, on average.
 pub const CHURN_PERIOD_S: f64 = 10.0;
 const MEMBERS: usize = 3;
-/// Agents per etcd connection (a connection is one `EtcdStore`).
+/// Agents per etcd connection (a connection is one `EtcdStore`) and per runtime ([`Shard`]).
 const AGENTS_PER_CONNECTION: usize = 64;
 /// Nodes that join per second.
 const JOINS_PER_S: f64 = 40.0;
@@ -111,6 +111,7 @@ async fn run_size(options: &Options, n: usize, progress: &impl Fn(&str)) -> Run 
     let dir = ShmDir(std::path::Path::new("/dev/shm").join(format!("ipam-scale-{}-{n}", std::process::id())));
     let pool = pool_for(n, p);
     let stores: Vec<Store> = (0..n.div_ceil(AGENTS_PER_CONNECTION)).map(|_| store_for(&cluster)).collect();
+    let shards: Vec<Shard> = (0..stores.len()).map(Shard::start).collect();
     let rss_before = rss_bytes();
     // Nodes join at [`JOINS_PER_S`], as a cluster's nodes boot, not all in one instant: 2,000
     // first rounds at once (registration, reconcile, a warm pool each) saturated etcd on this VM
@@ -121,8 +122,8 @@ async fn run_size(options: &Options, n: usize, progress: &impl Fn(&str)) -> Run 
         joins.tick().await;
         let name = format!("node-{i}");
         let config = config(&name, &pool, options.lease_ttl, options.quarantine);
-        let store = stores[i % stores.len()].clone();
-        agents.push(Arc::new(Agent::start(&name, &dir.0.join(&name), &config, store).expect("open the agent")));
+        let (store, shard) = (stores[i % stores.len()].clone(), &shards[i % stores.len()]);
+        agents.push(Arc::new(Agent::start(&name, &dir.0.join(&name), &config, store, shard).expect("open the agent")));
     }
 
     progress(&format!("{n} nodes: filling to {} pods on {pool}", n * p));
@@ -164,7 +165,7 @@ async fn run_size(options: &Options, n: usize, progress: &impl Fn(&str)) -> Run 
     tokio::time::sleep(Duration::from_secs(options.steady_seconds / 3)).await;
     let before = EtcdCounters::read(&cluster, MEMBERS).expect("etcd metrics");
     let (load_before, cpu_before, lateness) =
-        (machine::load_average(), machine::cpu_seconds(), machine::Lateness::start());
+        (machine::load_average(), machine::cpu_seconds(), machine::Lateness::start(&shards[0].handle));
     let window = Instant::now();
     measuring.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(options.steady_seconds)).await;

@@ -256,15 +256,6 @@ fn encode_ipam(ipam: &IpamMetrics, encoder: &mut DescriptorEncoder) -> Result<()
                 .encode(family.encode_family(&[("family", f.family.name()), ("state", state)])?)?;
         }
     }
-    let mut family = encoder.encode_descriptor(
-        "vswitch_ipam_cluster_addresses",
-        "Addresses held cluster-wide, by family and state, from this node's last scan of the store.",
-        None,
-        MetricType::Gauge,
-    )?;
-    for ((ip_family, state), n) in &ipam.cluster {
-        ConstGauge::new(*n as i64).encode(family.encode_family(&[("family", ip_family.name()), ("state", *state)])?)?;
-    }
     // Float gauges: an IPv6 /64 holds 2^64 addresses, more than an integer gauge counts.
     let mut family = encoder.encode_descriptor(
         "vswitch_ipam_pool_addresses",
@@ -274,17 +265,6 @@ fn encode_ipam(ipam: &IpamMetrics, encoder: &mut DescriptorEncoder) -> Result<()
     )?;
     for f in &ipam.families {
         ConstGauge::new(f.pool_size as f64).encode(family.encode_family(&[("family", f.family.name())])?)?;
-    }
-    let mut family = encoder.encode_descriptor(
-        "vswitch_ipam_pool_free_addresses",
-        "Addresses of the pool no node holds, by family, from this node's last scan of the store.",
-        None,
-        MetricType::Gauge,
-    )?;
-    for f in &ipam.families {
-        if let Some(free) = f.free {
-            ConstGauge::new(free as f64).encode(family.encode_family(&[("family", f.family.name())])?)?;
-        }
     }
     let mut family = encoder.encode_descriptor(
         "vswitch_ipam_address_info",

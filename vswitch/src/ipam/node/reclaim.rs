@@ -19,24 +19,18 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
-use super::state::{LastRun, NodeState};
-use super::stats::ClusterCounts;
+use super::state::NodeState;
 use crate::ipam::pool::Family;
 use crate::ipam::record::{now_secs, AddressRecord, Keys};
 use crate::ipam::store::mirror::Mirror;
 use crate::ipam::store::{ClusterStore, Entry, StoreError};
-
-/// How often the leader counts the cluster's records for its metrics (one listing of them all).
-const COUNT_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Default)]
 pub(super) struct Reclaimer {
     /// Made on the first round (the mirrors need the node's keys); boxed, as the node's agent
     /// is held by value.
     watching: tokio::sync::Mutex<Option<Box<Watching>>>,
-    last_count: LastRun,
 }
 
 #[derive(Debug)]
@@ -97,12 +91,7 @@ impl Reclaimer {
         leading.nodes.refresh(store).await?;
         leading.members.refresh(store).await?;
         leading.downs.refresh(store).await?;
-        reclaim_dead(state, leading).await?;
-        if self.last_count.due(COUNT_EVERY) {
-            count(state).await?;
-            self.last_count.ran();
-        }
-        Ok(())
+        reclaim_dead(state, leading).await
     }
 }
 
@@ -202,13 +191,4 @@ async fn reclaim_one<S: ClusterStore>(
     }
     store.delete(&keys.held_ip(node, ip)).await?;
     Ok(Reclaimed::Yes)
-}
-
-/// The cluster's addresses by state, for the leader's metrics (the only listing of every record,
-/// once per [`COUNT_EVERY`] by one node).
-async fn count<S: ClusterStore>(state: &Arc<NodeState<S>>) -> Result<(), StoreError> {
-    let records = state.records().await?;
-    let counts = ClusterCounts::of(&state.settings().pool, records.iter().map(|(ip, (r, _))| (ip, r)));
-    *state.stats().cluster.lock().unwrap_or_else(|p| p.into_inner()) = Some(counts);
-    Ok(())
 }

@@ -31,8 +31,6 @@ pub struct FamilyMetrics {
     pub pending: u64,
     /// Usable addresses in the pool.
     pub pool_size: u128,
-    /// Of those, held by nobody, from the last scan (`None` before the first one).
-    pub free: Option<u128>,
 }
 
 #[derive(Debug, Clone)]
@@ -42,8 +40,6 @@ pub struct IpamMetrics {
     pub families: Vec<FamilyMetrics>,
     /// This node's pods' addresses.
     pub addresses: Vec<(IpAddr, Option<PodRef>)>,
-    /// Cluster-wide addresses by family and state, from the last scan.
-    pub cluster: BTreeMap<(Family, &'static str), u64>,
     pub store_up: bool,
     pub store_errors: u64,
     pub reclaimed: u64,
@@ -78,7 +74,6 @@ pub fn pool_summary(view: &IpamView) -> Vec<(Family, u128, u128)> {
 pub(super) fn metrics<S: ClusterStore>(state: &NodeState<S>) -> IpamMetrics {
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let (settings, stats) = (state.settings(), state.stats());
-    let scan = stats.cluster.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let (addresses, families) = {
         let local = state.local();
         let addresses = local
@@ -102,7 +97,6 @@ pub(super) fn metrics<S: ClusterStore>(state: &NodeState<S>) -> IpamMetrics {
                     assigned: count(&LocalEntry::is_assigned),
                     pending: count(&|e| e.dirty),
                     pool_size: settings.pool.size(family),
-                    free: scan.as_ref().map(|s| s.free(&settings.pool, family)),
                 }
             })
             .collect();
@@ -112,7 +106,6 @@ pub(super) fn metrics<S: ClusterStore>(state: &NodeState<S>) -> IpamMetrics {
         local: local_view(state),
         families,
         addresses,
-        cluster: scan.map(|s| s.by_state).unwrap_or_default(),
         store_up: stats.store_reachable.load(Ordering::Relaxed),
         store_errors: load(&stats.store_errors),
         reclaimed: load(&stats.reclaimed),

@@ -1,9 +1,10 @@
-//! What the node counts: its own events, and the cluster's addresses as the last scan found them.
+//! What the node counts: its own events. Cluster-wide figures are the sum of every node's
+//! (Prometheus adds them up), or `vswitchctl ipam`'s listing on demand: no node reads the whole
+//! cluster on a timer.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::Mutex;
 
 use crate::ipam::pool::{Family, Pool};
 use crate::ipam::record::AddressRecord;
@@ -20,11 +21,9 @@ pub(super) struct IpamStats {
     pub reclaimed: AtomicU64,
     /// No lease renewal for longer than the self-fence allows: no warm address is handed out.
     pub self_fenced: AtomicBool,
-    /// Cluster-wide counts, from the last scan.
-    pub cluster: Mutex<Option<ClusterCounts>>,
 }
 
-/// Cluster-wide counts from one listing of the records.
+/// Cluster-wide counts from one listing of the records (the on-demand view's).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterCounts {
     /// Records by family and state.
