@@ -36,6 +36,13 @@ pub struct Agent {
     next_pod: Mutex<u64>,
 }
 
+/// How long an ADD took: in the agent (what the CNI plugin waits for in vswitchd) and around it.
+#[derive(Debug, Clone, Copy)]
+pub struct AddTook {
+    pub agent: Duration,
+    pub around: Duration,
+}
+
 /// The `[ipam]` every simulated node shares (one ConfigMap), as vswitchd.toml would say it.
 pub fn config(node: &str, pool: &str, lease_ttl: u64, quarantine: u64) -> IpamConfig {
     toml::from_str(&format!(
@@ -71,10 +78,13 @@ impl Agent {
         (self.dir, pods)
     }
 
-    /// One ADD on the agent's shard: a new pod's addresses. Returns how long the agent took.
-    pub async fn add(self: &Arc<Self>) -> Result<Duration, IpamError> {
+    /// One ADD on the agent's shard: a new pod's addresses. Returns how long the agent took,
+    /// and how long it took seen from outside (the wait for the shard's runtime included).
+    pub async fn add(self: &Arc<Self>) -> Result<AddTook, IpamError> {
         let this = self.clone();
-        self.shard.spawn(async move { this.add_here().await }).await.expect("the ADD ran to its end")
+        let asked = Instant::now();
+        let agent = self.shard.spawn(async move { this.add_here().await }).await.expect("the ADD ran to its end")?;
+        Ok(AddTook { agent, around: asked.elapsed() })
     }
 
     async fn add_here(&self) -> Result<Duration, IpamError> {

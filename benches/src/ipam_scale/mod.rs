@@ -153,6 +153,7 @@ async fn run_size(options: &Options, n: usize, progress: &impl Fn(&str)) -> Run 
     progress(&format!("{n} nodes: full after {ramp_s:.1} s; churning for {} s", options.steady_seconds * 4 / 3));
     let stop = Arc::new(AtomicBool::new(false));
     let adds = Arc::new(Mutex::new(Vec::new()));
+    let adds_around = Arc::new(Mutex::new(Vec::new()));
     let dels = Arc::new(Mutex::new(Vec::new()));
     let measuring = Arc::new(AtomicBool::new(false));
     let failed = Arc::new(AtomicU64::new(0));
@@ -160,7 +161,7 @@ async fn run_size(options: &Options, n: usize, progress: &impl Fn(&str)) -> Run 
         agents.clone(),
         stop.clone(),
         measuring.clone(),
-        Samples { adds: adds.clone(), dels: dels.clone(), failed: failed.clone() },
+        Samples { adds: adds.clone(), adds_around: adds_around.clone(), dels: dels.clone(), failed: failed.clone() },
     ));
     tokio::time::sleep(Duration::from_secs(options.steady_seconds / 3)).await;
     let before = EtcdCounters::read(&cluster, MEMBERS).expect("etcd metrics");
@@ -180,6 +181,7 @@ async fn run_size(options: &Options, n: usize, progress: &impl Fn(&str)) -> Run 
     let delta = after.since(&before);
     run.add_errors = failed.load(Ordering::Relaxed);
     run.add = percentiles(std::mem::take(&mut *adds.lock().unwrap()));
+    run.add_around = percentiles(std::mem::take(&mut *adds_around.lock().unwrap()));
     run.del = percentiles(std::mem::take(&mut *dels.lock().unwrap()));
     run.etcd_read_bytes_per_s = delta.read_bytes / seconds;
     run.etcd_write_bytes_per_s = delta.written_bytes / seconds;
@@ -302,6 +304,7 @@ async fn fill(agents: &[Arc<Agent>], pods: usize, deadline: Instant) -> bool {
 #[derive(Clone)]
 struct Samples {
     adds: Arc<Mutex<Vec<Duration>>>,
+    adds_around: Arc<Mutex<Vec<Duration>>>,
     dels: Arc<Mutex<Vec<Duration>>>,
     failed: Arc<AtomicU64>,
 }
@@ -329,7 +332,10 @@ async fn churn(agents: Vec<Arc<Agent>>, stop: Arc<AtomicBool>, measuring: Arc<At
                         samples.dels.lock().unwrap().push(d);
                     }
                     match add {
-                        Ok(d) => samples.adds.lock().unwrap().push(d),
+                        Ok(took) => {
+                            samples.adds.lock().unwrap().push(took.agent);
+                            samples.adds_around.lock().unwrap().push(took.around);
+                        }
                         Err(_) => drop(samples.failed.fetch_add(1, Ordering::Relaxed)),
                     }
                 }

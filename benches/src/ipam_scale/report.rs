@@ -32,6 +32,8 @@ pub struct Run {
     pub reached: bool,
     pub ramp_s: f64,
     pub add: Latency,
+    /// The same ADDs timed around the agent: the wait for its shard's runtime included.
+    pub add_around: Latency,
     pub del: Latency,
     /// ADDs refused during the measured churn.
     pub add_errors: u64,
@@ -49,7 +51,7 @@ pub struct Run {
     pub load_average: (f64, f64),
     /// CPU seconds per second the simulation process (every agent, the churn) used meanwhile.
     pub agents_cpu: f64,
-    /// How late the process's runtime woke a 1 ms sleep (the floor under ADD's latency here).
+    /// How late an agents' runtime woke a 1 ms sleep (the floor under ADD's latency here).
     pub wake_lateness: Latency,
     /// The quarantine the run used (the reclaim target is this + 5 s after the lease expires).
     pub quarantine_s: u64,
@@ -102,6 +104,9 @@ impl Run {
             "load_average_after": self.load_average.1,
             "agents_cpu_per_s": n(self.agents_cpu),
             "agents_cpu_us_per_node_per_s": n(self.agents_cpu * 1e6 / self.nodes as f64),
+            "add_samples": self.add.samples,
+            "add_around_p50_ms": n(self.add_around.p50_ms),
+            "add_around_p99_ms": n(self.add_around.p99_ms),
             "wake_lateness_p50_ms": n(self.wake_lateness.p50_ms),
             "wake_lateness_p99_ms": n(self.wake_lateness.p99_ms),
         })
@@ -217,7 +222,8 @@ pub fn table(runs: &[Run]) -> String {
     for r in runs.iter().filter(|r| r.reached) {
         out.push_str(&format!(
             "  {:>5} nodes: load average {:.1} -> {:.1}; the agents' process {:.2} CPU s/s ({:.0} us per node per s); \
-             a 1 ms sleep woke late by p50 {:.2} / p99 {:.2} ms\n",
+             a 1 ms sleep on an agents' runtime woke late by p50 {:.2} / p99 {:.2} ms; \
+             ADD p50/p99 {:.2} / {:.2} ms in the agent, {:.2} / {:.2} ms around it ({} ADDs)\n",
             r.nodes,
             r.load_average.0,
             r.load_average.1,
@@ -225,6 +231,11 @@ pub fn table(runs: &[Run]) -> String {
             r.agents_cpu * 1e6 / r.nodes as f64,
             r.wake_lateness.p50_ms,
             r.wake_lateness.p99_ms,
+            r.add.p50_ms,
+            r.add.p99_ms,
+            r.add_around.p50_ms,
+            r.add_around.p99_ms,
+            r.add.samples,
         ));
     }
     out.push_str("\ntargets:\n");
