@@ -44,9 +44,9 @@ pub struct AddTook {
 }
 
 /// The `[ipam]` every simulated node shares (one ConfigMap), as vswitchd.toml would say it.
-pub fn config(node: &str, pool: &str, lease_ttl: u64, quarantine: u64) -> IpamConfig {
+pub fn config(node: &str, pools: &[String], lease_ttl: u64, quarantine: u64) -> IpamConfig {
     toml::from_str(&format!(
-        "node_name = \"{node}\"\npools = [\"{pool}\"]\nprefix = \"{PREFIX}\"\n\
+        "node_name = \"{node}\"\npools = {pools:?}\nprefix = \"{PREFIX}\"\n\
          lease_ttl_seconds = {lease_ttl}\nquarantine_seconds = {quarantine}\n"
     ))
     .expect("a valid [ipam]")

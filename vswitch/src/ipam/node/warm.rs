@@ -105,8 +105,8 @@ pub(super) struct Wanted<'a> {
 }
 
 /// Claims up to `count` free addresses of `family` in the store as `record`, one CAS each
-/// (from absent, or from a record whose reuse delay is over), probing positions from a random
-/// place in the pool so that nodes rarely race for the same one: a claim costs the same however
+/// (from absent, or from a record whose reuse delay is over), probing random positions in the
+/// pool so that nodes rarely race for the same one: a claim costs the same however
 /// many nodes and records the cluster has. Only when the probes found too few (a nearly full
 /// pool) does one listing of the records find the last free ones. Skips what this node knows
 /// and `also_skip`. Each address won is recorded locally at once (with `netns`); the caller
@@ -142,7 +142,22 @@ async fn probe<S: ClusterStore>(
     let mut won = Vec::new();
     let mut tried = 0;
     let (store, keys) = (state.store(), state.keys());
-    for ip in settings.pool.candidates(*family, rand::random::<u128>()) {
+    // Read from the store, each try is at a new random place: a walk from one random place
+    // crossed whole runs of other nodes' addresses (claims that walk fill the first free
+    // address after a run, so runs grow), a read each, more of them the more nodes there are
+    // around a node's own. Random places cost 1/(1 - occupancy) reads whatever the cluster's
+    // size. From a listing, where reads are free, the walk covers every address.
+    let pool = &settings.pool;
+    let candidates: Box<dyn Iterator<Item = IpAddr> + Send + '_> = match listed {
+        Some(_) => Box::new(pool.candidates(*family, rand::random::<u128>())),
+        // As many tries as the pool has addresses at most: a small pool this node holds all of
+        // ends the loop (its addresses are skipped without a try).
+        None => Box::new(
+            std::iter::from_fn(|| pool.candidates(*family, rand::random::<u128>()).next())
+                .take(usize::try_from(pool.size(*family)).unwrap_or(usize::MAX)),
+        ),
+    };
+    for ip in candidates {
         if won.len() >= count || tried >= max_tries(count) || until.is_some_and(|u| Instant::now() >= u) {
             break;
         }
