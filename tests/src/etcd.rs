@@ -202,6 +202,20 @@ impl EtcdCluster {
         &self.tls
     }
 
+    /// The body of vswitchd.toml's `[ipam.etcd]` for a client of this cluster: its endpoints,
+    /// the CA and the client certificate and key, and the request deadline (parse it into
+    /// vswitch's `EtcdConfig` for a store made in the test itself).
+    pub fn client_toml(&self, timeout_ms: u64) -> String {
+        let path = |p: &Path| format!("{:?}", p.to_str().expect("UTF-8 paths"));
+        format!(
+            "endpoints = {:?}\nca_file = {}\ncert_file = {}\nkey_file = {}\ntimeout_ms = {timeout_ms}\n",
+            self.endpoints(),
+            path(&self.tls.ca),
+            path(&self.tls.cert),
+            path(&self.tls.key),
+        )
+    }
+
     /// The cluster's directory: `pki/`, `m<i>.data/`, `m<i>.log` (removed on drop).
     pub fn dir(&self) -> &Path {
         &self.dir.0

@@ -172,7 +172,6 @@ impl Lab {
         let members: Vec<(String, Ipv4Addr)> =
             etcd_ns.iter().enumerate().map(|(i, ns)| (ns.name.clone(), etcd_ip(i))).collect();
         let etcd = EtcdCluster::start_in(&members);
-        let tls = etcd.tls().clone();
         let mut started_nodes = Vec::new();
         for i in 0..nodes {
             let ns = Netns::new("vin");
@@ -181,12 +180,8 @@ impl Lab {
             let config = format!(
                 "[ipam]\nnode_name = \"{name}\"\npools = {pools:?}\nprefix = \"{PREFIX}\"\n\
                  lease_ttl_seconds = {LEASE_TTL}\nquarantine_seconds = {QUARANTINE}\n{ipam}\n\n\
-                 [ipam.etcd]\nendpoints = {:?}\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\n\
-                 timeout_ms = 1000\n",
-                etcd.endpoints(),
-                tls.ca.to_str().unwrap(),
-                tls.cert.to_str().unwrap(),
-                tls.key.to_str().unwrap(),
+                 [ipam.etcd]\n{}",
+                etcd.client_toml(1000),
             );
             let daemon = Daemon::start_with_config(&bins, &ns, &dir.0.join(&name), 1, &config);
             started_nodes.push(Node { daemon, name, ns });

@@ -46,14 +46,7 @@ fn owner(node: usize, pod: usize) -> Attachment {
 async fn two_hundred_nodes_racing_on_4096_addresses_never_duplicate_or_lose() {
     let cluster = EtcdCluster::start(3);
     let dir = TempDir::new();
-    let tls = cluster.tls();
-    let config = EtcdConfig {
-        endpoints: cluster.endpoints(),
-        ca_file: tls.ca.clone(),
-        cert_file: tls.cert.clone(),
-        key_file: tls.key.clone(),
-        timeout_ms: 5000,
-    };
+    let config: EtcdConfig = toml::from_str(&cluster.client_toml(5000)).expect("the cluster's [ipam.etcd]");
     // A few connections, as a few processes would have.
     let stores: Vec<Arc<EtcdStore>> = (0..4).map(|_| Arc::new(EtcdStore::new(config.clone()).unwrap())).collect();
     let agents: Vec<Agent> = (0..NODES)

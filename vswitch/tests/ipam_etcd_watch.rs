@@ -15,15 +15,8 @@ use vswitch::ipam::store::mirror::Mirror;
 use vswitch::ipam::store::{Change, ClusterStore, Watch, WatchEvent};
 
 fn store(cluster: &EtcdCluster) -> EtcdStore {
-    let tls = cluster.tls();
-    EtcdStore::new(EtcdConfig {
-        endpoints: cluster.endpoints(),
-        ca_file: tls.ca.clone(),
-        cert_file: tls.cert.clone(),
-        key_file: tls.key.clone(),
-        timeout_ms: 5000,
-    })
-    .unwrap()
+    let config: EtcdConfig = toml::from_str(&cluster.client_toml(5000)).expect("the cluster's [ipam.etcd]");
+    EtcdStore::new(config).unwrap()
 }
 
 /// The next event that is not a progress notification (within 10 s).

@@ -92,14 +92,7 @@ fn pool_for(nodes: usize, pods: usize) -> Vec<String> {
 }
 
 fn store_for(cluster: &EtcdCluster) -> Store {
-    let tls = cluster.tls();
-    let config = EtcdConfig {
-        endpoints: cluster.endpoints(),
-        ca_file: tls.ca.clone(),
-        cert_file: tls.cert.clone(),
-        key_file: tls.key.clone(),
-        timeout_ms: 5000,
-    };
+    let config: EtcdConfig = toml::from_str(&cluster.client_toml(5000)).expect("the cluster's [ipam.etcd]");
     Arc::new(EtcdStore::new(config).expect("the cluster's certificates"))
 }
 
@@ -253,7 +246,7 @@ async fn kill_and_time(
     progress(&format!("killing {name} ({} addresses)", watched.len()));
     let died = Instant::now();
     drop(victim.kill());
-    let mut expired = None;
+    let (mut expired, mut still) = (None, watched.len());
     while died.elapsed() < limit {
         tokio::time::sleep(LOOK_EVERY).await;
         if expired.is_none() {
@@ -262,7 +255,7 @@ async fn kill_and_time(
             }
             continue;
         }
-        let mut still = 0;
+        still = 0;
         for ip in &watched {
             let record = observer.get(&keys.ip(*ip)).await.ok().flatten();
             let record = record.and_then(|e| AddressRecord::decode(&e.value));
@@ -278,7 +271,15 @@ async fn kill_and_time(
             });
         }
     }
-    progress(&format!("{name}: addresses not reclaimed within {limit:?}"));
+    // Which step stalled: the lease outliving its TTL, or the leader's reclaim.
+    match expired {
+        None => progress(&format!("{name}: its lease key still there after {limit:?}")),
+        Some(at) => progress(&format!(
+            "{name}: {still} of {} addresses still its {:.1} s after its lease expired",
+            watched.len(),
+            at.elapsed().as_secs_f64()
+        )),
+    }
     None
 }
 
