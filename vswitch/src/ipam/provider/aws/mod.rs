@@ -81,6 +81,11 @@ impl Ec2 {
         })
     }
 
+    /// The instance and where the credentials come from, for `vswitchctl ipam`.
+    pub fn identity(&self) -> String {
+        format!("instance {}, credentials from {}", self.nic(), self.query.credentials_source())
+    }
+
     async fn call(&self, action: &str, params: Params) -> Result<String, ProviderError> {
         self.query.call(action, &params.0).await
     }

@@ -74,6 +74,11 @@ impl Query {
         Ok(Query { endpoint: endpoint.into(), host, port, path, region: region.into(), credentials })
     }
 
+    /// Where the credentials come from (never the credentials).
+    pub fn credentials_source(&self) -> String {
+        self.credentials.source.clone()
+    }
+
     /// The SigV4 headers of a POST of `body`.
     fn signed_headers(&self, host: &str, body: &str) -> Result<Vec<(String, String)>, String> {
         let identity = aws_credential_types::Credentials::new(
