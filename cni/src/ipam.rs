@@ -321,7 +321,10 @@ impl Ipam {
     pub fn release_if_sandbox_gone(&self, owner: &Attachment, netns: &Path) -> Result<PodIps, IpamError> {
         self.with_state(|state| {
             let ips = state.held_by(owner);
-            if ips.is_empty() || netns.exists() || ips.iter().any(|ip| state.sandboxes.get(&ip).map(PathBuf::as_path) != Some(netns)) {
+            if ips.is_empty()
+                || netns.exists()
+                || ips.iter().any(|ip| state.sandboxes.get(&ip).map(PathBuf::as_path) != Some(netns))
+            {
                 return Ok((PodIps::default(), false));
             }
             state.release(ips, now_secs());

@@ -75,7 +75,9 @@ pub fn sweep(ipam: &Ipam, vswitch: &Vswitch) -> Result<Swept, IpamError> {
         match ipam.release_if_sandbox_gone(&allocation.owner, netns) {
             Ok(ips) if !ips.is_empty() => swept.released.push(allocation),
             Ok(_) => {}
-            Err(e) => swept.problems.push(format!("{}: releasing {}: {e}", port_name(&allocation.owner), allocation.ips)),
+            Err(e) => {
+                swept.problems.push(format!("{}: releasing {}: {e}", port_name(&allocation.owner), allocation.ips))
+            }
         }
     }
     Ok(swept)

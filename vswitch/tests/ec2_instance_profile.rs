@@ -167,11 +167,9 @@ async fn calls_are_signed_with_the_instance_profiles_credentials_renewed_before_
         Issue("ASIATHIRD", Duration::from_secs(6 * 3600)),
     ]);
     let home = tempfile::tempdir().unwrap();
-    let ec2 = Ec2::with_credential_source(
-        &config(&lab, &hop.endpoint, &imds),
-        instance_profile_chain(&imds, home.path()),
-    )
-    .unwrap();
+    let ec2 =
+        Ec2::with_credential_source(&config(&lab, &hop.endpoint, &imds), instance_profile_chain(&imds, home.path()))
+            .unwrap();
     assert!(ec2.identity().contains("not fetched yet"), "{}", ec2.identity());
 
     for _ in 0..3 {

@@ -59,7 +59,8 @@ pub fn open(config: &Config, identity: Option<NodeIdentity>) -> Result<Option<Ar
         Some(ProviderKind::Ucloud) => {
             let ucloud = ipam.ucloud.as_ref().ok_or(missing("ucloud"))?;
             let settings = ucloud.settings().map_err(ProviderSetupError::from)?;
-            let identity = identity.or_else(|| ucloud_metadata::configured(ucloud))
+            let identity = identity
+                .or_else(|| ucloud_metadata::configured(ucloud))
                 .ok_or(ProviderSetupError::Metadata(MetadataError::NotDiscovered))?;
             let client = UCloud::new(ucloud, identity).map_err(ProviderSetupError::from)?;
             let nic = client.nic();

@@ -40,7 +40,9 @@ pub struct NodeIdentity {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MetadataError {
     /// A switch built without asking the service (in memory) and a config that leaves it out.
-    #[error("ipam.ucloud: nic_mac and host_id must be set here (the metadata service is asked only at vswitchd's start)")]
+    #[error(
+        "ipam.ucloud: nic_mac and host_id must be set here (the metadata service is asked only at vswitchd's start)"
+    )]
     NotDiscovered,
     #[error(
         "ipam.ucloud: {missing} not set and the UHost metadata service could not tell: GET {endpoint}{DOCUMENT_PATH}: \
@@ -79,9 +81,11 @@ pub async fn identity(config: &UCloudConfig) -> Result<NodeIdentity, MetadataErr
         return Ok(configured(config).expect("both set"));
     };
     let endpoint = config.metadata_endpoint.trim_end_matches('/').to_string();
-    let document = fetch_document(&endpoint)
-        .await
-        .map_err(|error| MetadataError::Unavailable { missing, endpoint: endpoint.clone(), error })?;
+    let document = fetch_document(&endpoint).await.map_err(|error| MetadataError::Unavailable {
+        missing,
+        endpoint: endpoint.clone(),
+        error,
+    })?;
     let absent = |field| MetadataError::NotInDocument { missing, endpoint: endpoint.clone(), field };
     let host_id = match &config.host_id {
         Some(id) => id.clone(),
@@ -89,7 +93,9 @@ pub async fn identity(config: &UCloudConfig) -> Result<NodeIdentity, MetadataErr
     };
     let nic_mac = match &config.nic_mac {
         Some(mac) => mac.to_ascii_lowercase(),
-        None => primary_mac(&document).ok_or_else(|| absent("primary NIC (uhost.network-interfaces, \"default\": true)"))?,
+        None => {
+            primary_mac(&document).ok_or_else(|| absent("primary NIC (uhost.network-interfaces, \"default\": true)"))?
+        }
     };
     Ok(NodeIdentity { nic_mac, host_id, source: format!("metadata {endpoint}") })
 }

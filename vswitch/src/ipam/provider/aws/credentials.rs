@@ -107,7 +107,10 @@ impl CredentialSource {
 
     /// The chain with `env` for the environment: its credentials if it has some, else the
     /// instance profile's (asked on first use, so vswitchd starts while IMDS is unreachable).
-    pub fn chain(env: impl Fn(&str) -> Option<String>, imds_endpoint: &str) -> Result<CredentialSource, CredentialsError> {
+    pub fn chain(
+        env: impl Fn(&str) -> Option<String>,
+        imds_endpoint: &str,
+    ) -> Result<CredentialSource, CredentialsError> {
         match Credentials::from_chain(env) {
             Ok(credentials) => Ok(CredentialSource::Fixed(credentials)),
             Err(e @ CredentialsError::NotFound { .. }) => Ok(CredentialSource::InstanceProfile(InstanceProfile {

@@ -146,7 +146,12 @@ impl Query {
     }
 
     /// One signed exchange.
-    async fn send(&self, action: &str, params: &[(String, String)], credentials: &Credentials) -> Result<String, Refusal> {
+    async fn send(
+        &self,
+        action: &str,
+        params: &[(String, String)],
+        credentials: &Credentials,
+    ) -> Result<String, Refusal> {
         let mut form = vec![("Action".to_string(), action.to_string()), ("Version".into(), API_VERSION.into())];
         form.extend(params.iter().cloned());
         let body = form_encode(form.iter().map(|(k, v)| (k, v)));
@@ -244,6 +249,7 @@ mod tests {
         assert!(get("x-amz-date").is_some());
         assert_eq!(get("x-amz-security-token"), Some("token"));
         assert!(!format!("{query:?}").contains("s3cr3t") && !auth.contains("s3cr3t"));
-        assert!(Query::new("https://ec2.us-east-1.amazonaws.com", "us-east-1", CredentialSource::Fixed(credentials)).is_err());
+        assert!(Query::new("https://ec2.us-east-1.amazonaws.com", "us-east-1", CredentialSource::Fixed(credentials))
+            .is_err());
     }
 }
