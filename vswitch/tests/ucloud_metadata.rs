@@ -109,15 +109,30 @@ fabric_probe_timeout_ms = 0
     )
 }
 
-#[test]
-fn vswitchd_learns_its_nic_and_host_from_the_metadata_service() {
+/// A node namespace with the lab's VPC API and a metadata service serving `document`, and the
+/// vswitchd.toml for them.
+struct UcloudNode {
+    node: Netns,
+    dir: TempDir,
+    config: String,
+    metadata: String,
+    asked: Arc<Mutex<Vec<String>>>,
+}
+
+fn ucloud_node(prefix: &str, document: Option<Value>) -> UcloudNode {
     require_root();
     let dir = TempDir::new();
-    let node = Netns::new("vucm");
+    let node = Netns::new(prefix);
     let api_port = vpc_api(&node, &dir.0);
-    let (metadata, asked) = metadata_service(&node, Some(document()));
-    let daemon =
-        Daemon::start_with_config(&bins(), &node, &dir.0.join("vswitchd"), 1, &config(&dir.0, api_port, &metadata));
+    let (metadata, asked) = metadata_service(&node, document);
+    let config = config(&dir.0, api_port, &metadata);
+    UcloudNode { node, dir, config, metadata, asked }
+}
+
+#[test]
+fn vswitchd_learns_its_nic_and_host_from_the_metadata_service() {
+    let UcloudNode { node, dir, config, metadata, asked } = &ucloud_node("vucm", Some(document()));
+    let daemon = Daemon::start_with_config(&bins(), node, &dir.0.join("vswitchd"), 1, config);
 
     // The warm pool fills only if AllocateSecondaryIp named the lab NIC's own MAC and host id.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -141,13 +156,9 @@ fn vswitchd_learns_its_nic_and_host_from_the_metadata_service() {
 
 #[test]
 fn without_the_metadata_path_the_ipam_refuses_to_start_and_says_why() {
-    require_root();
-    let dir = TempDir::new();
-    let node = Netns::new("vucn");
-    let api_port = vpc_api(&node, &dir.0);
-    let (metadata, asked) = metadata_service(&node, None);
+    let UcloudNode { node, dir, config, metadata, asked } = &ucloud_node("vucn", None);
     let toml = dir.0.join("vswitchd.toml");
-    std::fs::write(&toml, config(&dir.0, api_port, &metadata)).unwrap();
+    std::fs::write(&toml, config).unwrap();
     let mut child = Command::new("ip")
         .args(["netns", "exec", &node.name, env!("CARGO_BIN_EXE_vswitchd"), "--config"])
         .arg(&toml)
