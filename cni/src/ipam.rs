@@ -65,6 +65,15 @@ impl State {
         ips
     }
 
+    /// `ips` become free, released at `now` (their reuse delay starts).
+    fn release(&mut self, ips: PodIps, now: u64) {
+        for ip in ips.iter() {
+            self.allocations.remove(&ip);
+            self.sandboxes.remove(&ip);
+            self.released.insert(ip, now);
+        }
+    }
+
     fn last(&self, ipv6: bool) -> Option<IpAddr> {
         if ipv6 {
             self.last6.map(IpAddr::V6)
@@ -275,12 +284,7 @@ impl Ipam {
     pub fn release(&self, owner: &Attachment) -> Result<PodIps, IpamError> {
         self.with_state(|state| {
             let ips = state.held_by(owner);
-            let now = now_secs();
-            for ip in ips.iter() {
-                state.allocations.remove(&ip);
-                state.sandboxes.remove(&ip);
-                state.released.insert(ip, now);
-            }
+            state.release(ips, now_secs());
             Ok((ips, !ips.is_empty()))
         })
     }
@@ -308,6 +312,23 @@ impl Ipam {
                 entry.netns = entry.netns.take().or_else(|| state.sandboxes.get(ip).cloned());
             }
             Ok((by_owner.into_values().collect(), false))
+        })
+    }
+
+    /// Releases `owner`'s addresses if the sandbox they were allocated for is still recorded as
+    /// `netns` and that path still does not exist (checked under the lock, so a concurrent ADD
+    /// or DEL of the owner wins). Released addresses wait out the reuse delay like any other.
+    pub fn release_if_sandbox_gone(&self, owner: &Attachment, netns: &Path) -> Result<PodIps, IpamError> {
+        self.with_state(|state| {
+            let ips = state.held_by(owner);
+            if ips.is_empty()
+                || netns.exists()
+                || ips.iter().any(|ip| state.sandboxes.get(&ip).map(PathBuf::as_path) != Some(netns))
+            {
+                return Ok((PodIps::default(), false));
+            }
+            state.release(ips, now_secs());
+            Ok((ips, true))
         })
     }
 

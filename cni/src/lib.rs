@@ -8,3 +8,4 @@ pub mod log;
 pub mod plugin;
 pub mod podnet;
 pub mod spec;
+pub mod vanished;

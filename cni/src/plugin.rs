@@ -91,7 +91,7 @@ pub struct Plugin {
 /// Is `ns` a path GC may trust to still name the sandbox it was recorded for? `/proc/PID/ns/net`
 /// may name another process's namespace once the PID is reused; bind mounts (`/run/netns/...`,
 /// what Kubernetes runtimes use) do not move.
-fn stable_netns_path(ns: &Path) -> bool {
+pub(crate) fn stable_netns_path(ns: &Path) -> bool {
     !ns.starts_with("/proc")
 }
 
@@ -220,6 +220,10 @@ impl Plugin {
             return Err(PodNetError::Exists(owner.ifname.clone()).into());
         }
 
+        if self.conf.ipam.source == IpamSource::Local {
+            self.release_vanished_sandboxes()?;
+        }
+
         let mut undo: Vec<Box<dyn FnOnce()>> = Vec::new();
         let result = (|| {
             let addresses = self.addresses();
@@ -282,6 +286,23 @@ impl Plugin {
             }
         }
         result
+    }
+
+    /// The node-local ranges: first give back the addresses of sandboxes that vanished without
+    /// a DEL (`vanished`), so that a runtime that never sends GC does not leak them for ever.
+    fn release_vanished_sandboxes(&self) -> Result<(), CniError> {
+        let swept = crate::vanished::sweep(&self.ipam(), &self.vswitch())?;
+        for gone in &swept.released {
+            let sandbox = gone.netns.as_deref().map_or_else(String::new, |ns| ns.display().to_string());
+            self.warn(format!(
+                "released {} of {}: its sandbox {sandbox} vanished without a DEL",
+                gone.ips, gone.owner.container_id
+            ));
+        }
+        for problem in swept.problems {
+            self.warn(problem);
+        }
+        Ok(())
     }
 
     pub fn del(&self) -> Result<(), CniError> {

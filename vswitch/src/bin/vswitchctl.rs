@@ -328,6 +328,9 @@ fn print_provider(v: &IpamView, p: &vswitch_api::api::ProviderView) {
         }
     };
     println!("provider {}   NIC {}   {}", p.provider, p.nic, v.store);
+    if let Some(identity) = &p.identity {
+        println!("node: {identity}");
+    }
     let health = match (p.api_healthy, p.backing_off_ms) {
         (_, Some(ms)) => format!("backing off ({ms} ms left)"),
         (Some(false), None) => "unreachable".into(),

@@ -73,6 +73,9 @@ pub enum ProviderSetupError {
     Client(#[from] super::provider::ucloud::UCloudSetupError),
     #[error(transparent)]
     Aws(#[from] super::provider::aws::query::AwsSetupError),
+    /// `[ipam.ucloud]` leaves the node's NIC or host id out and the metadata service did not tell.
+    #[error(transparent)]
+    Metadata(#[from] super::provider::ucloud_metadata::MetadataError),
 }
 
 /// What is wrong with `[ipam]` as a whole (each prefix was checked as it was read).

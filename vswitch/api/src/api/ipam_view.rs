@@ -52,6 +52,10 @@ pub struct ProviderView {
     /// `ucloud`.
     pub provider: String,
     pub nic: String,
+    /// Who this node is to the VPC API and where that was learnt (UCloud: `host uhost-..., NIC
+    /// 52:54:... (metadata http://100.80.80.80)`; AWS: the credentials' source).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
     pub warm: Vec<IpAddr>,
     pub cooling: Vec<IpAddr>,
     /// Deletes queued until the API confirms them.

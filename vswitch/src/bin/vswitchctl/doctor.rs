@@ -330,6 +330,7 @@ pub fn cluster_pool_of(view: &vswitch_api::api::IpamView) -> Check {
 pub fn vpc_api(config: &Config) -> Option<Check> {
     use vswitch::ipam::provider::config::ProviderKind;
     use vswitch::ipam::provider::ucloud::UCloud;
+    use vswitch::ipam::provider::ucloud_metadata;
     use vswitch::ipam::provider::{ProviderError, VpcProvider};
     let ipam = config.ipam.as_ref()?;
     let Some(ProviderKind::Ucloud) = ipam.provider else { return None };
@@ -337,13 +338,18 @@ pub fn vpc_api(config: &Config) -> Option<Check> {
     let Some(ucloud) = &ipam.ucloud else {
         return fail("ipam.provider = \"ucloud\" needs an [ipam.ucloud] table".into());
     };
-    let client = match UCloud::new(ucloud) {
-        Ok(c) => c,
-        Err(e) => return fail(e.to_string()),
-    };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => return fail(format!("cannot start a runtime for the API call: {e}")),
+    };
+    // The node's NIC and host as vswitchd would learn them (the metadata service, if not set).
+    let identity = match runtime.block_on(ucloud_metadata::identity(ucloud)) {
+        Ok(identity) => identity,
+        Err(e) => return fail(e.to_string()),
+    };
+    let client = match UCloud::new(ucloud, identity) {
+        Ok(c) => c,
+        Err(e) => return fail(e.to_string()),
     };
     let at = format!("UCloud VPC API at {}", ucloud.endpoint);
     Some(match runtime.block_on(client.subnet_free()) {

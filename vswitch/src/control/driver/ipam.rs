@@ -26,7 +26,8 @@ use crate::ipam::provider::claims::StickyClaims;
 use crate::ipam::provider::config::{ProviderConfigError, ProviderKind};
 use crate::ipam::provider::stats::ApiReport;
 use crate::ipam::provider::ucloud::UCloud;
-use crate::ipam::provider::{AnyProvider, ProviderIpam};
+use crate::ipam::provider::ucloud_metadata::{self, MetadataError, NodeIdentity};
+use crate::ipam::provider::{AnyProvider, ProviderIpam, VpcProvider};
 use crate::ipam::store::AnyStore;
 use crate::ipam::{AddressRequest, IpamConfig, IpamError, NodeIpam, SettingsError};
 
@@ -37,16 +38,33 @@ pub enum Ipam {
     Provider(Box<ProviderIpam<AnyProvider>>),
 }
 
-/// The node's IPAM from `[ipam]`, if configured.
-pub fn open(config: &Config) -> Result<Option<Arc<Ipam>>, IpamError> {
+/// What vswitchd learns about its node before the IPAM opens: on UCloud, the NIC and host id
+/// `[ipam.ucloud]` leaves to the UHost metadata service (asked at start, and only then).
+pub async fn discover(config: &Config) -> Result<Option<NodeIdentity>, IpamError> {
+    let Some(ucloud) = config.ipam.as_ref().filter(|i| i.provider == Some(ProviderKind::Ucloud)) else {
+        return Ok(None);
+    };
+    let Some(ucloud) = &ucloud.ucloud else { return Ok(None) };
+    let identity = ucloud_metadata::identity(ucloud).await.map_err(ProviderSetupError::from)?;
+    tracing::info!(nic = %identity.nic_mac, host = %identity.host_id, from = %identity.source, "UCloud node identity");
+    Ok(Some(identity))
+}
+
+/// The node's IPAM from `[ipam]`, if configured; `identity`: what [`discover`] found (without
+/// it, `[ipam.ucloud]` must name the NIC and host itself).
+pub fn open(config: &Config, identity: Option<NodeIdentity>) -> Result<Option<Arc<Ipam>>, IpamError> {
     let Some(ipam) = &config.ipam else { return Ok(None) };
     let missing = |kind| ProviderSetupError::Config(ProviderConfigError::MissingTable(kind));
     let provider = match ipam.provider {
         Some(ProviderKind::Ucloud) => {
             let ucloud = ipam.ucloud.as_ref().ok_or(missing("ucloud"))?;
             let settings = ucloud.settings().map_err(ProviderSetupError::from)?;
-            let client = UCloud::new(ucloud).map_err(ProviderSetupError::from)?;
-            tracing::info!(endpoint = %ucloud.endpoint, nic = %ucloud.nic_mac, "provider IPAM on: UCloud VPC");
+            let identity = identity
+                .or_else(|| ucloud_metadata::configured(ucloud))
+                .ok_or(ProviderSetupError::Metadata(MetadataError::NotDiscovered))?;
+            let client = UCloud::new(ucloud, identity).map_err(ProviderSetupError::from)?;
+            let nic = client.nic();
+            tracing::info!(endpoint = %ucloud.endpoint, nic, "provider IPAM on: UCloud VPC");
             Some((AnyProvider::Ucloud(client), settings))
         }
         Some(ProviderKind::Aws) => {
@@ -169,6 +187,9 @@ impl IpamService {
                 // credentials and the endpoint work now, and the subnet's free addresses.
                 let check = provider.check_api().await;
                 let mut view = provider_view::view(provider);
+                if let Some(p) = view.provider.as_mut() {
+                    p.identity = provider.provider().identity();
+                }
                 match check {
                     Ok(free) => view.free = free,
                     Err(e) => {

@@ -41,6 +41,8 @@ pub fn view<P: VpcProvider, S: ClusterStore>(provider: &ProviderIpam<P, S>) -> I
         provider: Some(ProviderView {
             provider: r.provider,
             nic: r.nic,
+            // The caller knows the concrete provider (`AnyProvider::identity`).
+            identity: None,
             warm: r.warm,
             cooling: r.cooling,
             deleting: r.deleting,

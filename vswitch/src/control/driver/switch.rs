@@ -87,7 +87,7 @@ impl Switch {
         let datapath =
             Arc::new(Datapath::new(Registry::empty_snapshot(config.gateway_ip, gateway_mac), slow_tx, config.workers));
         let (workers, wakers, counters) = Workers::spawn(&config, &datapath).map_err(ControlError::Workers)?;
-        let ipam = ipam::open(&config)?;
+        let ipam = ipam::open(&config, ipam::discover(&config).await?)?;
         let hostnet = HostNet::connect()?;
         let registry = Registry::new(config.gateway_ip, gateway_mac, config.pod_mtu);
         let publisher = Arc::new(Publisher::new(registry, datapath, wakers));
@@ -141,7 +141,7 @@ impl Switch {
         pods: Box<dyn PodIo>,
         state_file: Option<StateFile>,
     ) -> Result<Arc<Switch>, ApiError> {
-        let ipam = ipam::open(&config).map_err(super::ipam_errors::api_error)?;
+        let ipam = ipam::open(&config, None).map_err(super::ipam_errors::api_error)?;
         let gateway_mac = config.gateway_mac();
         let (slow_tx, _) = tokio::sync::mpsc::channel(1);
         let datapath = Arc::new(Datapath::new(Registry::empty_snapshot(config.gateway_ip, gateway_mac), slow_tx, 0));

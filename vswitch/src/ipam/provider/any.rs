@@ -14,6 +14,19 @@ pub enum AnyProvider {
     Aws(Ec2),
 }
 
+impl AnyProvider {
+    /// Who this node is to the VPC API and where that was learnt, for `vswitchctl ipam`.
+    pub fn identity(&self) -> Option<String> {
+        match self {
+            AnyProvider::Ucloud(p) => {
+                let i = p.identity();
+                Some(format!("host {}, NIC {} ({})", i.host_id, i.nic_mac, i.source))
+            }
+            AnyProvider::Aws(p) => Some(p.identity()),
+        }
+    }
+}
+
 /// `$call` on whichever provider this is.
 macro_rules! each {
     ($self:ident, $p:ident => $call:expr) => {

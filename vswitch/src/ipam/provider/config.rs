@@ -28,10 +28,16 @@ pub struct UCloudConfig {
     pub project: String,
     pub vpc_id: String,
     pub subnet_id: String,
-    /// This node's NIC, whose secondary IPs the pods get.
-    pub nic_mac: String,
-    /// This node's UHost id (`ObjectId`).
-    pub host_id: String,
+    /// This node's NIC, whose secondary IPs the pods get; absent: the primary NIC the UHost
+    /// metadata service names (`ucloud_metadata`), asked at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nic_mac: Option<String>,
+    /// This node's UHost id (`ObjectId`); absent: the metadata service's `instance-id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_id: Option<String>,
+    /// The UHost metadata service, asked only for what `nic_mac` and `host_id` leave out.
+    #[serde(default = "default_metadata_endpoint")]
+    pub metadata_endpoint: String,
     pub public_key_file: PathBuf,
     pub private_key_file: PathBuf,
     /// Below this many warm addresses the upkeep allocates more.
@@ -52,6 +58,9 @@ pub struct UCloudConfig {
     pub fabric_probe_target: Option<Ipv4Addr>,
 }
 
+fn default_metadata_endpoint() -> String {
+    super::ucloud_metadata::METADATA_ENDPOINT.into()
+}
 fn default_warm_low() -> usize {
     4
 }
@@ -84,16 +93,18 @@ impl UCloudConfig {
         if self.warm_low == 0 || self.warm_high < self.warm_low {
             return Err(ProviderConfigError::Watermarks);
         }
+        // Absent is fine (the metadata service tells); set but empty is a mistake.
         let fields = [
-            ("endpoint", &self.endpoint),
-            ("region", &self.region),
-            ("zone", &self.zone),
-            ("vpc_id", &self.vpc_id),
-            ("subnet_id", &self.subnet_id),
-            ("nic_mac", &self.nic_mac),
-            ("host_id", &self.host_id),
+            ("endpoint", Some(&self.endpoint)),
+            ("region", Some(&self.region)),
+            ("zone", Some(&self.zone)),
+            ("vpc_id", Some(&self.vpc_id)),
+            ("subnet_id", Some(&self.subnet_id)),
+            ("nic_mac", self.nic_mac.as_ref()),
+            ("host_id", self.host_id.as_ref()),
+            ("metadata_endpoint", Some(&self.metadata_endpoint)),
         ];
-        if let Some((name, _)) = fields.iter().find(|(_, v)| v.is_empty()) {
+        if let Some((name, _)) = fields.iter().find(|(_, v)| v.is_some_and(String::is_empty)) {
             return Err(ProviderConfigError::Empty(name));
         }
         Ok(ProviderSettings {

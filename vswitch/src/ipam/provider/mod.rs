@@ -11,6 +11,7 @@
 //! - [`probe`]: whether the fabric delivers a new address yet (an ARP probe, as UK8S's arping).
 //! - [`claims`]: sticky pods' records in the cluster store (which address a pod keeps).
 //! - [`config`]: `[ipam] provider = "ucloud"` and `[ipam.ucloud]`; `"aws"` and `[ipam.aws]`.
+//! - [`ucloud_metadata`]: this node's NIC and UHost id from UCloud's metadata service.
 
 pub mod agent;
 mod any;
@@ -21,6 +22,7 @@ pub(crate) mod http;
 pub mod probe;
 pub mod stats;
 pub mod ucloud;
+pub mod ucloud_metadata;
 
 #[cfg(test)]
 mod agent_tests;

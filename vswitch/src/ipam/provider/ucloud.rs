@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use super::config::UCloudConfig;
 use super::http::{exchange, form_encode, ok_body, split_endpoint};
+use super::ucloud_metadata::NodeIdentity;
 use super::{ProviderError, SecondaryIp, VpcProvider};
 
 /// A call that takes longer than this counts as the API being unavailable.
@@ -40,12 +41,13 @@ pub struct UCloud {
     path: String,
     public_key: String,
     private_key: String,
-    nic: String,
+    /// This node's NIC and host, configured or from the metadata service.
+    identity: NodeIdentity,
 }
 
 impl std::fmt::Debug for UCloud {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UCloud").field("endpoint", &self.config.endpoint).field("nic", &self.nic).finish()
+        f.debug_struct("UCloud").field("endpoint", &self.config.endpoint).field("identity", &self.identity).finish()
     }
 }
 
@@ -71,7 +73,8 @@ pub fn signature(params: &BTreeMap<String, String>, private_key: &str) -> String
 }
 
 impl UCloud {
-    pub fn new(config: &UCloudConfig) -> Result<UCloud, UCloudSetupError> {
+    /// The client for `config` on behalf of the node `identity` (`ucloud_metadata::identity`).
+    pub fn new(config: &UCloudConfig, identity: NodeIdentity) -> Result<UCloud, UCloudSetupError> {
         let (host, port, path) =
             split_endpoint(&config.endpoint).ok_or_else(|| UCloudSetupError::Endpoint(config.endpoint.clone()))?;
         Ok(UCloud {
@@ -80,7 +83,7 @@ impl UCloud {
             path,
             public_key: read_secret(&config.public_key_file)?,
             private_key: read_secret(&config.private_key_file)?,
-            nic: config.nic_mac.to_ascii_lowercase(),
+            identity,
             config: config.clone(),
         })
     }
@@ -126,6 +129,10 @@ impl UCloud {
         })
     }
 
+    pub fn identity(&self) -> &NodeIdentity {
+        &self.identity
+    }
+
     fn subnet_params(&self) -> [(&str, String); 2] {
         [("VPCId", self.config.vpc_id.clone()), ("SubnetId", self.config.subnet_id.clone())]
     }
@@ -148,11 +155,11 @@ impl VpcProvider for UCloud {
     }
 
     fn nic(&self) -> &str {
-        &self.nic
+        &self.identity.nic_mac
     }
 
     async fn allocate(&self, ip: Option<IpAddr>) -> Result<IpAddr, ProviderError> {
-        let mut params = vec![("Mac", self.nic.clone()), ("ObjectId", self.config.host_id.clone())];
+        let mut params = vec![("Mac", self.identity.nic_mac.clone()), ("ObjectId", self.identity.host_id.clone())];
         params.extend(self.subnet_params());
         params.extend(ip.map(|ip| ("Ip", ip.to_string())));
         let reply = self.call("AllocateSecondaryIp", &params).await?;
@@ -160,14 +167,14 @@ impl VpcProvider for UCloud {
     }
 
     async fn delete(&self, ip: IpAddr) -> Result<(), ProviderError> {
-        let mut params = vec![("Ip", ip.to_string()), ("Mac", self.nic.clone())];
-        params.push(("ObjectId", self.config.host_id.clone()));
+        let mut params = vec![("Ip", ip.to_string()), ("Mac", self.identity.nic_mac.clone())];
+        params.push(("ObjectId", self.identity.host_id.clone()));
         params.extend(self.subnet_params());
         self.call("DeleteSecondaryIp", &params).await.map(drop)
     }
 
     async fn describe(&self) -> Result<Vec<IpAddr>, ProviderError> {
-        let mut params = vec![("Mac", self.nic.clone())];
+        let mut params = vec![("Mac", self.identity.nic_mac.clone())];
         params.extend(self.subnet_params());
         let reply = self.call("DescribeSecondaryIp", &params).await?;
         data_set(&reply).iter().map(|v| ip_of(v, "DescribeSecondaryIp")).collect()
@@ -185,7 +192,7 @@ impl VpcProvider for UCloud {
         let params = [
             ("Ip", ip.to_string()),
             ("OldMac", from.to_string()),
-            ("NewMac", self.nic.clone()),
+            ("NewMac", self.identity.nic_mac.clone()),
             ("SubnetId", self.config.subnet_id.clone()),
         ];
         self.call("MoveSecondaryIPMac", &params).await.map(drop)
@@ -204,6 +211,7 @@ impl VpcProvider for UCloud {
 
 #[cfg(test)]
 mod tests {
+    use super::super::ucloud_metadata::configured;
     use super::*;
 
     /// The signature and encoding are the ones the lab's verifier (written after UCloud's SDK)
@@ -242,8 +250,9 @@ mod tests {
             project: "org-lab".into(),
             vpc_id: "uvnet-t".into(),
             subnet_id: "subnet-t".into(),
-            nic_mac: mac.into(),
-            host_id: host.into(),
+            nic_mac: Some(mac.into()),
+            host_id: Some(host.into()),
+            metadata_endpoint: "http://127.0.0.1:1".into(),
             public_key_file: dir.path().join("public_key"),
             private_key_file: dir.path().join(private),
             warm_low: 1,
@@ -252,8 +261,9 @@ mod tests {
             fabric_probe_timeout_ms: 0,
             fabric_probe_target: None,
         };
-        let one = UCloud::new(&config("52:54:00:00:00:01", "uhost-1", "private_key")).unwrap();
-        let two = UCloud::new(&config("52:54:00:00:00:02", "uhost-2", "private_key")).unwrap();
+        let client = |c: &UCloudConfig| UCloud::new(c, configured(c).unwrap()).unwrap();
+        let one = client(&config("52:54:00:00:00:01", "uhost-1", "private_key"));
+        let two = client(&config("52:54:00:00:00:02", "uhost-2", "private_key"));
         assert!(!format!("{one:?}").contains("priv"), "the key is never printed");
         let mut free = None;
         for _ in 0..100 {
@@ -277,10 +287,9 @@ mod tests {
         assert!(matches!(one.allocate(None).await, Err(ProviderError::SubnetFull(m)) if m.contains("subnet-t")));
         one.delete(a).await.unwrap();
         assert!(matches!(one.delete(a).await, Err(ProviderError::AddressGone(_))));
-        let wrong = UCloud::new(&config("52:54:00:00:00:01", "uhost-1", "wrong_key")).unwrap();
+        let wrong = client(&config("52:54:00:00:00:01", "uhost-1", "wrong_key"));
         assert!(matches!(wrong.subnet_free().await, Err(ProviderError::Auth(m)) if m.contains("171")));
-        let nobody =
-            UCloud::new(&UCloudConfig { endpoint: "http://127.0.0.1:1".into(), ..config("m", "h", "private_key") });
-        assert!(matches!(nobody.unwrap().subnet_free().await, Err(ProviderError::Unavailable(_))));
+        let nobody = client(&UCloudConfig { endpoint: "http://127.0.0.1:1".into(), ..config("m", "h", "private_key") });
+        assert!(matches!(nobody.subnet_free().await, Err(ProviderError::Unavailable(_))));
     }
 }

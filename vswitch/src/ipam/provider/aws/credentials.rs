@@ -1,9 +1,18 @@
-//! The standard credential chain, the part a node's DaemonSet uses without an SDK: the
-//! environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`), then the
-//! shared credentials file (`AWS_SHARED_CREDENTIALS_FILE` or `~/.aws/credentials`, profile
-//! `AWS_PROFILE` or `default`). The secrets are never printed: `Debug` shows where they came from.
+//! The standard credential chain, the part a node's DaemonSet uses without an SDK, in the SDKs'
+//! order: the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`),
+//! the shared credentials file (`AWS_SHARED_CREDENTIALS_FILE` or `~/.aws/credentials`, profile
+//! `AWS_PROFILE` or `default`), then the instance profile through IMDSv2 ([`CredentialSource`]:
+//! fetched on first use, renewed [`REFRESH_BEFORE`] their `Expiration` and after EC2 refused
+//! them). The secrets are never printed: `Debug` shows where they came from.
 
 use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use super::imds;
+use crate::ipam::provider::ProviderError;
+
+/// Instance-profile credentials are renewed this long before they expire, as the AWS SDKs do.
+pub const REFRESH_BEFORE: Duration = Duration::from_secs(300);
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
@@ -64,6 +73,107 @@ impl Credentials {
             }),
             _ => Err(CredentialsError::NotFound { path, profile }),
         }
+    }
+}
+
+/// Where each call's credentials come from. `Debug` names the source only.
+pub enum CredentialSource {
+    /// The environment's or the shared file's, as read at start.
+    Fixed(Credentials),
+    /// The instance profile's, from IMDS.
+    InstanceProfile(InstanceProfile),
+}
+
+impl std::fmt::Debug for CredentialSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("CredentialSource").field(&self.describe()).finish()
+    }
+}
+
+/// The instance profile's credentials, cached until [`REFRESH_BEFORE`] their expiry.
+#[derive(Debug)]
+pub struct InstanceProfile {
+    imds_endpoint: String,
+    /// Why the chain got this far, for the error when IMDS has nothing either.
+    before: String,
+    cached: tokio::sync::Mutex<Option<(Credentials, SystemTime)>>,
+}
+
+impl CredentialSource {
+    /// The chain as the process's environment says; its last link asks IMDS at `imds_endpoint`.
+    pub fn from_env(imds_endpoint: &str) -> Result<CredentialSource, CredentialsError> {
+        CredentialSource::chain(|name| std::env::var(name).ok().filter(|v| !v.is_empty()), imds_endpoint)
+    }
+
+    /// The chain with `env` for the environment: its credentials if it has some, else the
+    /// instance profile's (asked on first use, so vswitchd starts while IMDS is unreachable).
+    pub fn chain(
+        env: impl Fn(&str) -> Option<String>,
+        imds_endpoint: &str,
+    ) -> Result<CredentialSource, CredentialsError> {
+        match Credentials::from_chain(env) {
+            Ok(credentials) => Ok(CredentialSource::Fixed(credentials)),
+            Err(e @ CredentialsError::NotFound { .. }) => Ok(CredentialSource::InstanceProfile(InstanceProfile {
+                imds_endpoint: imds_endpoint.into(),
+                before: e.to_string(),
+                cached: tokio::sync::Mutex::new(None),
+            })),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Where the credentials come from (never the credentials).
+    pub fn describe(&self) -> String {
+        match self {
+            CredentialSource::Fixed(c) => c.source.clone(),
+            CredentialSource::InstanceProfile(p) => match p.cached.try_lock().ok().and_then(|c| c.clone()) {
+                Some((c, _)) => c.source,
+                None => format!("instance profile (IMDS {}, not fetched yet)", p.imds_endpoint),
+            },
+        }
+    }
+
+    /// The credentials for the next call: the cached instance-profile ones unless they expire
+    /// within [`REFRESH_BEFORE`]; IMDS down, ones not yet expired are used still.
+    pub async fn current(&self) -> Result<Credentials, ProviderError> {
+        let profile = match self {
+            CredentialSource::Fixed(c) => return Ok(c.clone()),
+            CredentialSource::InstanceProfile(p) => p,
+        };
+        let mut cached = profile.cached.lock().await;
+        let now = SystemTime::now();
+        if let Some((c, _)) = cached.as_ref().filter(|(_, expires)| now + REFRESH_BEFORE < *expires) {
+            return Ok(c.clone());
+        }
+        match imds::role_credentials(&profile.imds_endpoint).await {
+            Ok((fresh, expires)) => {
+                let left = expires.duration_since(now).unwrap_or_default().as_secs();
+                tracing::info!(source = %fresh.source, expires_in_seconds = left, "EC2 credentials fetched");
+                *cached = Some((fresh.clone(), expires));
+                Ok(fresh)
+            }
+            Err(e) => match cached.as_ref().filter(|(_, expires)| now < *expires) {
+                Some((c, _)) => {
+                    tracing::warn!(error = %e, "instance-profile credentials not renewed: the current ones serve until they expire");
+                    Ok(c.clone())
+                }
+                None => Err(match e {
+                    ProviderError::Auth(m) => ProviderError::Auth(format!("{}; and {m}", profile.before)),
+                    other => other,
+                }),
+            },
+        }
+    }
+
+    /// EC2 refused `used` (`AuthFailure`, `ExpiredToken`, ...): the next [`Self::current`]
+    /// fetches anew, unless another call already did. Whether retrying can help.
+    pub async fn refused(&self, used: &Credentials) -> bool {
+        let CredentialSource::InstanceProfile(profile) = self else { return false };
+        let mut cached = profile.cached.lock().await;
+        if cached.as_ref().is_some_and(|(c, _)| c.access_key_id == used.access_key_id) {
+            *cached = None;
+        }
+        true
     }
 }
 

@@ -1,30 +1,116 @@
 //! The instance metadata service, IMDSv2: a session token from `PUT /latest/api/token`, then
-//! `GET /latest/meta-data/...` with it (as AWS's VPC CNI reads the instance id).
+//! `GET /latest/meta-data/...` with it (as AWS's VPC CNI reads the instance id, and the SDKs'
+//! credential chain reads the instance profile's credentials).
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use crate::ipam::provider::http::{exchange, ok_body, split_endpoint};
+use serde::Deserialize;
+
+use super::credentials::Credentials;
+use super::enis::parse_rfc3339;
+use crate::ipam::provider::http::{exchange, parse_reply, split_endpoint};
 use crate::ipam::provider::ProviderError;
 
 const TIMEOUT: Duration = Duration::from_secs(2);
+/// The instance profile's role names, one per line (EC2 attaches at most one).
+const ROLES: &str = "iam/security-credentials/";
+
+/// One IMDSv2 session with the service at `endpoint`.
+struct Session {
+    endpoint: String,
+    host: String,
+    port: u16,
+    token: String,
+}
+
+fn unavailable(endpoint: &str) -> impl Fn(String) -> ProviderError + '_ {
+    move |e| ProviderError::Unavailable(format!("instance metadata {endpoint}: {e}"))
+}
+
+impl Session {
+    async fn open(endpoint: &str) -> Result<Session, ProviderError> {
+        let fail = unavailable(endpoint);
+        let (host, port, _) = split_endpoint(endpoint).ok_or_else(|| fail("not an http:// URL".into()))?;
+        let ttl = [("X-aws-ec2-metadata-token-ttl-seconds", "60")];
+        let raw = exchange((&host, port), "PUT", "/latest/api/token", &ttl, "", TIMEOUT).await.map_err(&fail)?;
+        let reply = parse_reply(&raw).map_err(&fail)?;
+        if reply.status != 200 {
+            return Err(fail(format!("token: HTTP status {}", reply.status)));
+        }
+        let token = String::from_utf8(reply.body).map_err(|_| fail("token: not UTF-8".into()))?.trim().to_string();
+        Ok(Session { endpoint: endpoint.into(), host, port, token })
+    }
+
+    /// `meta-data/{item}`: its status and body.
+    async fn get(&self, item: &str) -> Result<(u16, Vec<u8>), ProviderError> {
+        let with = [("X-aws-ec2-metadata-token", self.token.as_str())];
+        let path = format!("/latest/meta-data/{item}");
+        let fail = unavailable(&self.endpoint);
+        let raw = exchange((&self.host, self.port), "GET", &path, &with, "", TIMEOUT).await.map_err(&fail)?;
+        let reply = parse_reply(&raw).map_err(&fail)?;
+        Ok((reply.status, reply.body))
+    }
+}
 
 /// `meta-data/{item}` from the metadata service at `endpoint`.
 pub async fn metadata(endpoint: &str, item: &str) -> Result<String, ProviderError> {
-    let unavailable = |e: String| ProviderError::Unavailable(format!("instance metadata {endpoint}: {e}"));
-    let (host, port, _) = split_endpoint(endpoint).ok_or_else(|| unavailable("not an http:// URL".into()))?;
-    let ttl = [("X-aws-ec2-metadata-token-ttl-seconds", "60")];
-    let token = exchange((&host, port), "PUT", "/latest/api/token", &ttl, "", TIMEOUT).await.map_err(unavailable)?;
-    let token = String::from_utf8(ok_body(&token).map_err(|e| unavailable(format!("token: {e}")))?)
-        .map_err(|_| unavailable("token: not UTF-8".into()))?;
-    let with = [("X-aws-ec2-metadata-token", token.trim())];
-    let path = format!("/latest/meta-data/{item}");
-    let reply = exchange((&host, port), "GET", &path, &with, "", TIMEOUT).await.map_err(unavailable)?;
-    let value = ok_body(&reply).map_err(|e| unavailable(format!("{item}: {e}")))?;
-    let value = String::from_utf8_lossy(&value).trim().to_string();
+    let (status, body) = Session::open(endpoint).await?.get(item).await?;
+    let fail = unavailable(endpoint);
+    if status != 200 {
+        return Err(fail(format!("{item}: HTTP status {status}")));
+    }
+    let value = String::from_utf8_lossy(&body).trim().to_string();
     if value.is_empty() {
-        return Err(unavailable(format!("{item}: empty")));
+        return Err(fail(format!("{item}: empty")));
     }
     Ok(value)
+}
+
+/// The instance profile's credentials as IMDS serves them (`iam/security-credentials/<role>`).
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RoleDocument {
+    #[serde(default)]
+    code: Option<String>,
+    access_key_id: String,
+    secret_access_key: String,
+    #[serde(default)]
+    token: Option<String>,
+    expiration: String,
+}
+
+/// The instance profile's role and its current credentials, with their expiry. No role (no
+/// instance profile attached): [`ProviderError::Auth`]; the service unreachable:
+/// [`ProviderError::Unavailable`]. Errors never quote the document (it holds the secret).
+pub async fn role_credentials(endpoint: &str) -> Result<(Credentials, SystemTime), ProviderError> {
+    let session = Session::open(endpoint).await?;
+    let (status, body) = session.get(ROLES).await?;
+    let role = String::from_utf8_lossy(&body).lines().next().unwrap_or("").trim().to_string();
+    if status == 404 || (status == 200 && role.is_empty()) {
+        return Err(ProviderError::Auth(format!(
+            "instance metadata {endpoint}: no instance profile (GET /latest/meta-data/{ROLES}: HTTP status {status})"
+        )));
+    }
+    if status != 200 {
+        return Err(unavailable(endpoint)(format!("{ROLES}: HTTP status {status}")));
+    }
+    let (status, body) = session.get(&format!("{ROLES}{role}")).await?;
+    let bad = |what: &str| unavailable(endpoint)(format!("{ROLES}{role}: {what}"));
+    if status != 200 {
+        return Err(bad(&format!("HTTP status {status}")));
+    }
+    let doc: RoleDocument = serde_json::from_slice(&body).map_err(|_| bad("not the credentials document"))?;
+    if let Some(code) = doc.code.as_deref().filter(|c| *c != "Success") {
+        return Err(bad(&format!("Code {code}")));
+    }
+    let expires = parse_rfc3339(&doc.expiration).ok_or_else(|| bad("an unreadable Expiration"))?;
+    let credentials = Credentials {
+        access_key_id: doc.access_key_id,
+        secret_access_key: doc.secret_access_key,
+        session_token: doc.token,
+        source: format!("instance profile {role} (IMDS {endpoint})"),
+    };
+    Ok((credentials, expires))
 }
 
 #[cfg(test)]

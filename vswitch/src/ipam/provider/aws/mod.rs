@@ -8,7 +8,8 @@
 //!
 //! - [`config`]: `[ipam.aws]` and the AWS CNI's warm targets mapped onto the pool's watermarks.
 //! - [`query`]: the Query protocol, SigV4, typed errors. [`xml`]: the replies.
-//! - [`credentials`]: environment, then the shared credentials file. [`imds`]: IMDSv2.
+//! - [`credentials`]: environment, the shared credentials file, then the instance profile.
+//!   [`imds`]: IMDSv2 (the instance id, the instance profile's credentials).
 //! - [`enis`]: the ENIs kept between calls, the leak rule, the `createdAt` tag.
 
 pub mod config;
@@ -23,7 +24,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use config::AwsConfig;
-use credentials::Credentials;
+use credentials::{CredentialSource, Credentials};
 use enis::Node;
 use query::{AwsSetupError, Params, Query};
 
@@ -56,12 +57,17 @@ fn unreadable(action: &str) -> impl Fn(String) -> ProviderError + '_ {
 }
 
 impl Ec2 {
-    /// The client for `[ipam.aws]`, with the credentials of the standard chain.
+    /// The client for `[ipam.aws]`, with the credentials of the standard chain (its last link:
+    /// the instance profile, from `imds_endpoint`).
     pub fn new(config: &AwsConfig) -> Result<Ec2, AwsSetupError> {
-        Ec2::with_credentials(config, Credentials::from_env()?)
+        Ec2::with_credential_source(config, CredentialSource::from_env(&config.imds_endpoint)?)
     }
 
     pub fn with_credentials(config: &AwsConfig, credentials: Credentials) -> Result<Ec2, AwsSetupError> {
+        Ec2::with_credential_source(config, CredentialSource::Fixed(credentials))
+    }
+
+    pub fn with_credential_source(config: &AwsConfig, credentials: CredentialSource) -> Result<Ec2, AwsSetupError> {
         let endpoint =
             config.endpoint.clone().unwrap_or_else(|| format!("https://ec2.{}.amazonaws.com", config.region));
         if crate::ipam::provider::http::split_endpoint(&config.imds_endpoint).is_none() {
@@ -71,7 +77,7 @@ impl Ec2 {
         if let Some(id) = &config.instance_id {
             instance.set(id.clone()).expect("empty");
         }
-        tracing::info!(credentials = credentials.source, "EC2 credentials");
+        tracing::info!(credentials = %credentials.describe(), "EC2 credentials");
         Ok(Ec2 {
             query: Query::new(&endpoint, &config.region, credentials)?,
             config: config.clone(),
@@ -79,6 +85,11 @@ impl Ec2 {
             instance,
             limits: Mutex::new(None),
         })
+    }
+
+    /// The instance and where the credentials come from, for `vswitchctl ipam`.
+    pub fn identity(&self) -> String {
+        format!("instance {}, credentials from {}", self.nic(), self.query.credentials_source())
     }
 
     async fn call(&self, action: &str, params: Params) -> Result<String, ProviderError> {

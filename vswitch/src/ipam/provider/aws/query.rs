@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
 use aws_sigv4::sign::v4;
 
-use super::credentials::Credentials;
+use super::credentials::{CredentialSource, Credentials};
 use super::xml;
 use crate::ipam::provider::http::{exchange, form_encode, host_header, parse_reply, split_endpoint};
 use crate::ipam::provider::ProviderError;
@@ -31,7 +31,23 @@ pub struct Query {
     port: u16,
     path: String,
     region: String,
-    credentials: Credentials,
+    credentials: CredentialSource,
+}
+
+/// EC2 error codes after which instance-profile credentials are fetched again and the call is
+/// retried once (rotated or revoked before their `Expiration`).
+const STALE_CREDENTIALS: &[&str] = &["AuthFailure", "ExpiredToken", "InvalidClientTokenId"];
+
+/// A call that failed: the typed error, and EC2's error code when it answered with one.
+struct Refusal {
+    error: ProviderError,
+    code: Option<String>,
+}
+
+impl From<ProviderError> for Refusal {
+    fn from(error: ProviderError) -> Refusal {
+        Refusal { error, code: None }
+    }
 }
 
 impl std::fmt::Debug for Query {
@@ -68,18 +84,28 @@ pub fn typed_error(status: u16, code: &str, message: &str) -> ProviderError {
 }
 
 impl Query {
-    pub fn new(endpoint: &str, region: &str, credentials: Credentials) -> Result<Query, AwsSetupError> {
+    pub fn new(endpoint: &str, region: &str, credentials: CredentialSource) -> Result<Query, AwsSetupError> {
         let (host, port, path) = split_endpoint(endpoint)
             .ok_or_else(|| AwsSetupError::Endpoint { key: "endpoint", value: endpoint.to_string() })?;
         Ok(Query { endpoint: endpoint.into(), host, port, path, region: region.into(), credentials })
     }
 
+    /// Where the credentials come from (never the credentials).
+    pub fn credentials_source(&self) -> String {
+        self.credentials.describe()
+    }
+
     /// The SigV4 headers of a POST of `body`.
-    fn signed_headers(&self, host: &str, body: &str) -> Result<Vec<(String, String)>, String> {
+    fn signed_headers(
+        &self,
+        host: &str,
+        body: &str,
+        credentials: &Credentials,
+    ) -> Result<Vec<(String, String)>, String> {
         let identity = aws_credential_types::Credentials::new(
-            &self.credentials.access_key_id,
-            &self.credentials.secret_access_key,
-            self.credentials.session_token.clone(),
+            &credentials.access_key_id,
+            &credentials.secret_access_key,
+            credentials.session_token.clone(),
             None,
             "vswitchd",
         )
@@ -103,14 +129,36 @@ impl Query {
         Ok(all)
     }
 
-    /// `action` with `params`: the reply's XML on success, else the typed error.
+    /// `action` with `params`: the reply's XML on success, else the typed error. Credentials
+    /// EC2 calls stale are fetched again and the call retried once.
     pub async fn call(&self, action: &str, params: &[(String, String)]) -> Result<String, ProviderError> {
+        let credentials = self.credentials.current().await?;
+        match self.send(action, params, &credentials).await {
+            Err(Refusal { code: Some(code), error })
+                if STALE_CREDENTIALS.contains(&code.as_str()) && self.credentials.refused(&credentials).await =>
+            {
+                tracing::warn!(action, %error, source = %credentials.source, "EC2 refused the credentials: fetching them again");
+                let credentials = self.credentials.current().await?;
+                self.send(action, params, &credentials).await.map_err(|r| r.error)
+            }
+            other => other.map_err(|r| r.error),
+        }
+    }
+
+    /// One signed exchange.
+    async fn send(
+        &self,
+        action: &str,
+        params: &[(String, String)],
+        credentials: &Credentials,
+    ) -> Result<String, Refusal> {
         let mut form = vec![("Action".to_string(), action.to_string()), ("Version".into(), API_VERSION.into())];
         form.extend(params.iter().cloned());
         let body = form_encode(form.iter().map(|(k, v)| (k, v)));
         let host = host_header(&self.host, self.port);
-        let headers =
-            self.signed_headers(&host, &body).map_err(|e| ProviderError::Auth(format!("{action}: signing: {e}")))?;
+        let headers = self
+            .signed_headers(&host, &body, credentials)
+            .map_err(|e| ProviderError::Auth(format!("{action}: signing: {e}")))?;
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let unavailable = |e: String| ProviderError::Unavailable(format!("{action} {}: {e}", self.endpoint));
         let raw = exchange((&self.host, self.port), "POST", &self.path, &headers, &body, CALL_TIMEOUT)
@@ -122,9 +170,9 @@ impl Query {
             return Ok(text);
         }
         Err(match xml::error(&text) {
-            Some((code, message)) => typed_error(reply.status, &code, &message),
-            None if reply.status >= 500 => unavailable(format!("HTTP status {}", reply.status)),
-            None => ProviderError::Other { code: u32::from(reply.status), message: format!("{action}: {text}") },
+            Some((code, message)) => Refusal { error: typed_error(reply.status, &code, &message), code: Some(code) },
+            None if reply.status >= 500 => unavailable(format!("HTTP status {}", reply.status)).into(),
+            None => ProviderError::Other { code: u32::from(reply.status), message: format!("{action}: {text}") }.into(),
         })
     }
 }
@@ -190,8 +238,10 @@ mod tests {
             session_token: Some("token".into()),
             source: "test".into(),
         };
-        let query = Query::new("http://127.0.0.1:5000", "us-east-1", credentials).unwrap();
-        let headers = query.signed_headers("127.0.0.1:5000", "Action=DescribeSubnets&Version=2016-11-15").unwrap();
+        let query =
+            Query::new("http://127.0.0.1:5000", "us-east-1", CredentialSource::Fixed(credentials.clone())).unwrap();
+        let body = "Action=DescribeSubnets&Version=2016-11-15";
+        let headers = query.signed_headers("127.0.0.1:5000", body, &credentials).unwrap();
         let get = |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
         let auth = get("authorization").unwrap();
         assert!(auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/"), "{auth}");
@@ -199,6 +249,7 @@ mod tests {
         assert!(get("x-amz-date").is_some());
         assert_eq!(get("x-amz-security-token"), Some("token"));
         assert!(!format!("{query:?}").contains("s3cr3t") && !auth.contains("s3cr3t"));
-        assert!(Query::new("https://ec2.us-east-1.amazonaws.com", "us-east-1", query.credentials.clone()).is_err());
+        assert!(Query::new("https://ec2.us-east-1.amazonaws.com", "us-east-1", CredentialSource::Fixed(credentials))
+            .is_err());
     }
 }
