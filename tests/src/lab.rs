@@ -21,6 +21,8 @@
 //! dedicated uplink NIC per node driven by vswitchd. Every server in the lab reports who
 //! connected, which proves there is no NAT on the way.
 
+pub mod aws;
+pub mod ec2_sdn;
 pub mod load_balancer;
 mod node_config;
 mod paths;
@@ -111,6 +113,9 @@ pub enum VpcMode {
     /// An SDN as on UCloud: a frame passes only between addresses registered to NICs through
     /// the VPC API (UCloud's dialect), which the lab serves in its own namespace ([`ucloud`]).
     Ucloud,
+    /// The same SDN programmed from EC2's view of the ENIs (moto, in its own namespace:
+    /// [`aws`]): a frame passes only for an address EC2 has on the ENI of the sending port.
+    Aws,
 }
 
 /// Where pods' addresses come from.
@@ -124,7 +129,8 @@ pub enum IpamMode {
     Etcd,
     /// Secondary IPs of each node's NIC, which the node's vswitchd allocates through the VPC's
     /// API (`[ipam] provider = "ucloud"`, vpc-cni's `"ipam": {"type": "vswitchd"}`): what
-    /// [`VpcMode::Ucloud`] needs, since its SDN delivers nothing else. IPv4 only.
+    /// [`VpcMode::Ucloud`] needs, since its SDN delivers nothing else; with [`VpcMode::Aws`],
+    /// secondary private IPs of the instance's ENIs (`[ipam] provider = "aws"`). IPv4 only.
     Vpc,
 }
 
@@ -303,6 +309,9 @@ pub struct Topology {
     /// The VPC API and what its clients need ([`VpcMode::Ucloud`]).
     #[serde(default)]
     pub vpc: Option<ucloud::LabVpc>,
+    /// EC2 and where each host is in it ([`VpcMode::Aws`]).
+    #[serde(default)]
+    pub ec2: Option<aws::LabEc2>,
     /// [`VpcMode::Ucloud`]: a pod with an address the VPC was never told about (not in `pods`:
     /// outside the matrix; [`Topology::check_unregistered`] checks it).
     #[serde(default)]
@@ -330,6 +339,8 @@ pub struct Lab {
     etcd_ns: Vec<Netns>,
     /// Killed before the fabric whose SDN it programs goes.
     vpc_api: Option<vpc_api::VpcApi>,
+    /// [`VpcMode::Aws`]: EC2 and the SDN programmer, killed before the fabric goes.
+    ec2_vpc: Option<aws::Ec2Vpc>,
     /// [`VpcMode::Ucloud`]: the load balancer's namespace.
     lb_ns: Option<Netns>,
     vm: Netns,
@@ -389,6 +400,12 @@ pub struct CniFailure {
 }
 
 impl Topology {
+    /// The control socket of whatever programs the SDN (`state` with its `counters`): the VPC
+    /// API's ([`VpcMode::Ucloud`]) or the EC2 programmer's ([`VpcMode::Aws`]); none on L2.
+    pub fn sdn_control(&self) -> Option<&Path> {
+        self.vpc.as_ref().map(|v| v.control.as_path()).or(self.ec2.as_ref().map(|e| e.control.as_path()))
+    }
+
     /// The first pod of each node is a backend of the Service.
     pub fn backends(&self) -> Vec<&LabPod> {
         (0..self.nodes.len()).filter_map(|n| self.pods.iter().find(|p| p.node == n)).collect()
@@ -492,7 +509,11 @@ impl Lab {
         assert!((2..=4).contains(&spec.nodes), "the lab has 2 to 4 nodes, not {}", spec.nodes);
         assert!((1..=26).contains(&spec.pods_per_node), "1 to 26 pods per node, not {}", spec.pods_per_node);
         // (`--vpc ucloud` with another IPAM is for tests of the SDN: its pods are unregistered.)
-        assert!(spec.ipam != IpamMode::Vpc || spec.vpc == VpcMode::Ucloud, "the VPC's IPAM needs --vpc ucloud");
+        assert!(spec.ipam != IpamMode::Vpc || spec.vpc != VpcMode::L2, "the VPC's IPAM needs --vpc ucloud or aws");
+        assert!(
+            spec.vpc != VpcMode::Aws || (spec.ipam == IpamMode::Vpc && spec.mode == UplinkMode::HostRouted),
+            "--vpc aws is host-routed with --ipam vpc"
+        );
         assert!(spec.ipam != IpamMode::Vpc || spec.family == IpFamily::Ipv4, "provider mode is IPv4 only");
         let v6 = spec.family.has_v6();
         let name = unique("vl");
@@ -501,18 +522,34 @@ impl Lab {
         let fabric = Netns::new(&format!("{name}f"));
         fabric.ip(&["link", "add", "br0", "type", "bridge"]);
         fabric.ip(&["link", "set", "br0", "up"]);
-        let (vpc_api, vpc) = match spec.vpc {
-            VpcMode::L2 => (None, None),
+        let (mut vpc_api, mut vpc, mut ec2_vpc, mut ec2) = (None, None, None, None);
+        match spec.vpc {
+            VpcMode::L2 => {}
             VpcMode::Ucloud => {
-                let (api, vpc) = ucloud::start(&name, &fabric, &spec, &dir.0.join("vpc"));
+                let (api, info) = ucloud::start(&name, &fabric, &spec, &dir.0.join("vpc"));
                 progress(&format!(
                     "SDN on the fabric (nftables, bridge family): frames pass only between addresses registered to \
                      their ports; the VPC API in UCloud's dialect at {} (VPC {}, subnet {}, flow-table push {} ms)",
-                    api.endpoint, vpc.vpc_id, vpc.subnet_id, api.config.faults.push_delay_ms
+                    api.endpoint, info.vpc_id, info.subnet_id, api.config.faults.push_delay_ms
                 ));
-                (Some(api), Some(vpc))
+                (vpc_api, vpc) = (Some(api), Some(info));
             }
-        };
+            VpcMode::Aws => {
+                let (running, info) = aws::start(&name, &fabric, spec.nodes, &dir.0.join("vpc"));
+                progress(&format!(
+                    "EC2 (moto behind the lab's proxy) at {} (VPC {}, subnet {} = 10.10.0.0/16, one {} instance per \
+                     node, the VM and etcd as instances); SDN on the fabric programmed from EC2's \
+                     DescribeNetworkInterfaces every {} ms, applied {} ms after",
+                    info.endpoint,
+                    info.vpc_id,
+                    info.subnet_id,
+                    info.instance_type,
+                    aws::POLL_MS,
+                    aws::PUSH_DELAY_MS
+                ));
+                (ec2_vpc, ec2) = (Some(running), Some(info));
+            }
+        }
 
         progress("VPC gateway, and the hybrid-cloud network behind it (link MTU 1400)");
         let gateway = Netns::new(&format!("{name}g"));
@@ -540,6 +577,7 @@ impl Lab {
         progress("a VM on the VPC subnet (10.10.0.50)");
         let vm = Netns::new(&format!("{name}v"));
         attach(&fabric, &vm, "eth0", "fvm", "10.10.0.50/16");
+        set_ec2_mac(ec2.as_ref(), &vm, "vm");
         vm.ip(&["route", "add", "default", "via", "10.10.0.1"]);
         if v6 {
             add6(&vm, "eth0", VM_IP6);
@@ -560,6 +598,7 @@ impl Lab {
             vm: vm.name.clone(),
             hybrid: hybrid.name.clone(),
             vpc,
+            ec2,
             unregistered: None,
             load_balancer: None,
         };
@@ -573,6 +612,7 @@ impl Lab {
             pod_ns: Vec::new(),
             etcd_ns: Vec::new(),
             vpc_api,
+            ec2_vpc,
             lb_ns: None,
             vm,
             hybrid,
@@ -613,6 +653,12 @@ impl Lab {
                     ),
                     (IpamMode::Etcd, family) =>
                         format!(", pods from the cluster pool {} (in etcd)", pools(family).join(" and ")),
+                    (IpamMode::Vpc, _) if spec.vpc == VpcMode::Aws => format!(
+                        ", instance {}: pods get secondary private IPs of its ENIs from EC2 (provider \"aws\", \
+                         IPv4 only; eth0 has its primary ENI's MAC)",
+                        lab.topology.ec2.as_ref().and_then(|e| e.host(&format!("node{}", i + 1)).instance.clone())
+                            .unwrap_or_default()
+                    ),
                     (IpamMode::Vpc, _) => format!(
                         ", pods get secondary IPs of its NIC {} from the VPC API (provider mode, IPv4 only)",
                         node_config::pod_nic(spec.mode)
@@ -657,11 +703,15 @@ impl Lab {
         if spec.ipam == IpamMode::Vpc {
             let lb = lab.add_load_balancer();
             progress(&format!(
-                "a load balancer on the VPC ({}:{}, {} in NAT mode, standing in for UCloud's ULB): the Service's pods \
+                "a load balancer on the VPC ({}:{}, {} in NAT mode, standing in for {}): the Service's pods \
                  {} as real servers, no NodePort hop",
                 lb.vip,
                 load_balancer::VIP_PORT,
                 lb.kind,
+                match spec.vpc {
+                    VpcMode::Aws => "an NLB with IP targets and client IP preservation, its ENI in EC2",
+                    _ => "UCloud's ULB",
+                },
                 lb.backends.join(", ")
             ));
         }
@@ -676,6 +726,7 @@ impl Lab {
         for (i, ip) in ETCD_IPS.iter().enumerate() {
             let ns = Netns::new(&format!("{}e{}", self.name, i + 1));
             attach(&self.fabric, &ns, "eth0", &format!("fe{}", i + 1), &format!("{ip}/16"));
+            set_ec2_mac(self.topology.ec2.as_ref(), &ns, &format!("etcd{}", i + 1));
             placement.push((ns.name.clone(), *ip));
             self.etcd_ns.push(ns);
         }
@@ -689,6 +740,11 @@ impl Lab {
     /// The VPC API's server ([`VpcMode::Ucloud`]): its state, SDN counters and faults.
     pub fn vpc_api(&self) -> Option<&vpc_api::VpcApi> {
         self.vpc_api.as_ref()
+    }
+
+    /// EC2 and the SDN programmer ([`VpcMode::Aws`]).
+    pub fn ec2_vpc(&self) -> Option<&aws::Ec2Vpc> {
+        self.ec2_vpc.as_ref()
     }
 
     /// The etcd cluster ([`IpamMode::Etcd`]).
@@ -742,6 +798,7 @@ impl Lab {
             // The MAC the VPC API knows this NIC by.
             ns.ip(&["link", "set", "eth0", "address", &ucloud::nic_mac(i)]);
         }
+        set_ec2_mac(self.topology.ec2.as_ref(), &ns, &format!("node{}", i + 1));
         ns.ip(&["route", "add", "default", "via", "10.10.0.1"]);
         sh(&ns, "echo 1 > /proc/sys/net/ipv4/ip_forward");
         let v6 = self.spec.family.has_v6();
@@ -772,13 +829,21 @@ impl Lab {
                 self.fabric.ip(&["link", "set", &format!("fu{}", i + 1), "master", "br0", "up"]);
             }
         }
-        let config = node_config::vswitchd_toml(&self.spec, i, self.etcd.as_ref(), self.topology.vpc.as_ref());
-        let daemon = Daemon::start_with_config(
+        let config = node_config::vswitchd_toml(
+            &self.spec,
+            i,
+            self.etcd.as_ref(),
+            self.topology.vpc.as_ref(),
+            self.topology.ec2.as_ref(),
+        );
+        let env = self.topology.ec2.as_ref().map(aws::vswitchd_env).unwrap_or_default();
+        let daemon = Daemon::start_with_config_env(
             &Binaries::beside_current_exe(),
             &ns,
             &self.dir.0.join(format!("node{}", i + 1)),
             self.spec.workers,
             &config,
+            &env,
         );
         self.topology.sockets.push(daemon.socket.clone());
         self.daemons.push(daemon);
@@ -924,6 +989,11 @@ impl Lab {
             namespaces.push(ns);
             pids.extend(pid);
         }
+        if let Some(ec2) = self.ec2_vpc.take() {
+            let (ns, ec2_pids) = ec2.detach();
+            namespaces.push(ns);
+            pids.extend(ec2_pids);
+        }
         namespaces.extend(self.lb_ns.iter().map(|n| n.name.clone()));
         namespaces.extend(self.etcd_ns.iter().map(|n| n.name.clone()));
         namespaces.extend(self.nodes.iter().map(|n| n.name.clone()));
@@ -939,6 +1009,14 @@ impl Lab {
     /// up itself with [`attach`].
     pub fn fabric(&self) -> &Netns {
         &self.fabric
+    }
+}
+
+/// `ns`'s eth0 takes the MAC of lab host `host`'s ENI in EC2 ([`VpcMode::Aws`]): the SDN
+/// forwards an ENI's addresses to the port whose host has that ENI's MAC.
+fn set_ec2_mac(ec2: Option<&aws::LabEc2>, ns: &Netns, host: &str) {
+    if let Some(mac) = ec2.and_then(|e| e.mac(host)) {
+        ns.ip(&["link", "set", "eth0", "address", mac]);
     }
 }
 
