@@ -306,6 +306,12 @@ def describe(endpoint):
     print(json.dumps(enis))
 
 
+def assign(endpoint, eni, ip):
+    """`ip` on `eni`, as moto alone allows it: even if another ENI holds it (a duplicate)."""
+    ec2(endpoint).assign_private_ip_addresses(NetworkInterfaceId=eni, PrivateIpAddresses=[ip])
+    print(json.dumps({"eni": eni, "ip": ip}))
+
+
 def create_eni(endpoint, subnet, tags):
     spec = [{"ResourceType": "network-interface", "Tags": [{"Key": k, "Value": v} for k, v in tags]}]
     eni = ec2(endpoint).create_network_interface(SubnetId=subnet, TagSpecifications=spec)
@@ -329,6 +335,10 @@ def main():
     p.add_argument("--spec", required=True, help="JSON: cidr, instance_type, hosts")
     p = sub.add_parser("describe")
     p.add_argument("--endpoint", required=True)
+    p = sub.add_parser("assign")
+    p.add_argument("--endpoint", required=True)
+    p.add_argument("--eni", required=True)
+    p.add_argument("--ip", required=True)
     p = sub.add_parser("create-eni")
     p.add_argument("--endpoint", required=True)
     p.add_argument("--subnet", required=True)
@@ -342,6 +352,8 @@ def main():
         seed_lab(args.endpoint, json.loads(args.spec))
     elif args.command == "describe":
         describe(args.endpoint)
+    elif args.command == "assign":
+        assign(args.endpoint, args.eni, args.ip)
     else:
         create_eni(args.endpoint, args.subnet, [t.split("=", 1) for t in args.tag])
 

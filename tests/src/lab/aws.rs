@@ -80,16 +80,34 @@ impl LabEc2 {
         self.hosts.get(name).map(|h| h.mac.as_str())
     }
 
-    /// Every ENI as moto has it (`ec2_lab.py describe`: id, instance, device index, addresses).
-    pub fn enis(&self) -> Vec<Value> {
+    /// `ec2_lab.py SUBCOMMAND --endpoint <moto itself> ARGS` in EC2's namespace: what it printed.
+    fn moto(&self, args: &[&str]) -> Value {
         let out = Command::new("ip")
             .args(["netns", "exec", &self.netns, &format!("{}/bin/python", super::vpc_api::SDK_VENV)])
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/src/ec2_lab.py"))
-            .args(["describe", "--endpoint", &self.upstream])
+            .args([args[0], "--endpoint", &self.upstream])
+            .args(&args[1..])
             .output()
-            .expect("run ec2_lab.py describe");
-        assert!(out.status.success(), "describe: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice::<Value>(&out.stdout).expect("JSON").as_array().cloned().unwrap_or_default()
+            .expect("run ec2_lab.py");
+        assert!(out.status.success(), "ec2_lab.py {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).expect("JSON")
+    }
+
+    /// Every ENI as moto has it (`ec2_lab.py describe`: id, instance, device index, addresses).
+    pub fn enis(&self) -> Vec<Value> {
+        self.moto(&["describe"]).as_array().cloned().unwrap_or_default()
+    }
+
+    /// `ip` assigned on `eni` in moto itself, past the proxy's uniqueness check: a duplicate
+    /// when another ENI holds it, which the SDN must refuse.
+    pub fn assign_behind_the_proxy(&self, eni: &str, ip: Ipv4Addr) {
+        self.moto(&["assign", "--eni", eni, "--ip", &ip.to_string()]);
+    }
+
+    /// The SDN programmer's state (`flow_table`, `duplicates`, `unplaced`, `counters`, ...).
+    pub fn sdn_state(&self) -> Value {
+        super::vpc_api::control(&self.control, &json!({"op": "state"}))
+            .unwrap_or_else(|e| panic!("ec2-sdn state: {e}"))
     }
 }
 
