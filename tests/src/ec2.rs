@@ -85,8 +85,7 @@ impl Ec2Lab {
         let moto_server = format!("{SDK_VENV}/bin/moto_server");
         let moto = spawn(&[&moto_server, "-H", "127.0.0.1", "-p", &moto_port.to_string()]);
         let upstream = format!("http://127.0.0.1:{moto_port}");
-        let proxy_process =
-            spawn(&[&python, SCRIPT, "proxy", "--listen", &proxy.to_string(), "--upstream", &upstream]);
+        let proxy_process = spawn(&[&python, SCRIPT, "proxy", "--listen", &proxy.to_string(), "--upstream", &upstream]);
         Ec2Lab {
             netns: netns.map(Into::into),
             moto: Some(moto),

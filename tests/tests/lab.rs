@@ -321,7 +321,11 @@ fn three_nodes_on_the_aws_vpc() {
     assert!(moved.ok(), "the sticky move: {:#?}", moved.checks);
     let (ip, to) = (moved.ip_before, moved.to_node);
     assert_eq!(holders(&ec2.enis(), ip), vec![node_eni(to)], "the sticky address in EC2 after the move");
-    assert!(forwarded(&ec2.sdn_state(), &format!("fn{}", to + 1), ip), "the sticky address not forwarded to node{}", to + 1);
+    assert!(
+        forwarded(&ec2.sdn_state(), &format!("fn{}", to + 1), ip),
+        "the sticky address not forwarded to node{}",
+        to + 1
+    );
 
     // A duplicate: n1a's address also on node3's ENI, in moto itself (the proxy refuses it).
     let n1a = lab.pod("n1a").expect("n1a").ip4();

@@ -106,8 +106,7 @@ impl LabEc2 {
 
     /// The SDN programmer's state (`flow_table`, `duplicates`, `unplaced`, `counters`, ...).
     pub fn sdn_state(&self) -> Value {
-        super::vpc_api::control(&self.control, &json!({"op": "state"}))
-            .unwrap_or_else(|e| panic!("ec2-sdn state: {e}"))
+        super::vpc_api::control(&self.control, &json!({"op": "state"})).unwrap_or_else(|e| panic!("ec2-sdn state: {e}"))
     }
 }
 
@@ -178,15 +177,18 @@ pub(super) fn start(lab: &str, fabric: &Netns, nodes: usize, dir: &Path) -> (Ec2
         "hosts": plan.iter().map(|(name, ip, kind, _)| json!({"name": name, "ip": ip, "kind": kind})).collect::<Vec<_>>(),
     });
     let seeded = ec2.seed(&["seed-lab", "--spec", &spec.to_string()]);
-    let hosts: BTreeMap<String, Ec2Host> =
-        serde_json::from_value(seeded["hosts"].clone()).expect("seed-lab's hosts");
+    let hosts: BTreeMap<String, Ec2Host> = serde_json::from_value(seeded["hosts"].clone()).expect("seed-lab's hosts");
     // The endpoint's own ENI MAC, as every host on the fabric gets its own.
     ns.ip(&["link", "set", "eth0", "address", &hosts["endpoint"].mac]);
 
     let credentials_file = dir.join("credentials");
     std::fs::write(
         &credentials_file,
-        format!("[default]\naws_access_key_id = AKIALAB{}\naws_secret_access_key = {}\n", random_hex(6), random_hex(20)),
+        format!(
+            "[default]\naws_access_key_id = AKIALAB{}\naws_secret_access_key = {}\n",
+            random_hex(6),
+            random_hex(20)
+        ),
     )
     .expect("write the credentials");
     std::fs::set_permissions(&credentials_file, std::fs::Permissions::from_mode(0o600)).expect("chmod credentials");

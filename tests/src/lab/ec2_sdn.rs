@@ -73,6 +73,9 @@ pub enum SyncError {
     Control(std::io::Error),
 }
 
+/// Addresses on more than one ENI, and those ENIs.
+pub type Duplicates = Vec<(IpAddr, Vec<String>)>;
+
 /// The flow table EC2's view implies. `current` is what the fabric has (or will have once the
 /// queued changes are applied): an address on two ENIs keeps the port it has there, or gets
 /// none. Returns the entries, the duplicates (address, ENIs) and the unplaced ENIs (no port).
@@ -81,7 +84,7 @@ pub fn desired(
     ports: &BTreeMap<String, String>,
     fixed: &[FixedHost],
     current: &BTreeSet<FlowEntry>,
-) -> (BTreeSet<FlowEntry>, Vec<(IpAddr, Vec<String>)>, Vec<DescribedEni>) {
+) -> (BTreeSet<FlowEntry>, Duplicates, Vec<DescribedEni>) {
     let mut entries: BTreeSet<FlowEntry> =
         fixed.iter().flat_map(|h| h.addresses.iter().map(|&addr| FlowEntry { port: h.port.clone(), addr })).collect();
     let mut holders: BTreeMap<IpAddr, Vec<(&str, Option<&String>)>> = BTreeMap::new();
@@ -103,7 +106,8 @@ pub fn desired(
         }
         duplicates.push((addr, on.iter().map(|(id, _)| id.to_string()).collect()));
         // Refused: the port that has it keeps it; a newcomer gets nothing.
-        let kept = on.iter().filter_map(|(_, p)| *p).find(|p| current.contains(&FlowEntry { port: (*p).clone(), addr }));
+        let kept =
+            on.iter().filter_map(|(_, p)| *p).find(|p| current.contains(&FlowEntry { port: (*p).clone(), addr }));
         entries.extend(kept.map(|p| FlowEntry { port: p.clone(), addr }));
     }
     (entries, duplicates, unplaced)
@@ -187,7 +191,7 @@ struct State {
     polls: u64,
     pushes_applied: u64,
     last_error: Option<String>,
-    duplicates: Vec<(IpAddr, Vec<String>)>,
+    duplicates: Duplicates,
     unplaced: Vec<DescribedEni>,
 }
 
@@ -315,7 +319,8 @@ mod tests {
     fn each_enis_addresses_go_to_the_port_with_its_mac_and_a_duplicate_is_refused() {
         let ports: BTreeMap<String, String> =
             [("02:00:00:00:00:01", "fn1"), ("02:00:00:00:00:02", "fn2")].map(|(m, p)| (m.into(), p.into())).into();
-        let gateway = FixedHost { name: "gateway".into(), port: "fgw".into(), addresses: vec!["10.10.0.1".parse().unwrap()] };
+        let gateway =
+            FixedHost { name: "gateway".into(), port: "fgw".into(), addresses: vec!["10.10.0.1".parse().unwrap()] };
         let enis = [
             eni("eni-1", "02:00:00:00:00:01", &["10.10.0.11", "10.10.7.7"]),
             eni("eni-2", "02:00:00:00:00:02", &["10.10.0.12"]),
@@ -334,7 +339,8 @@ mod tests {
         assert_eq!(unplaced.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["eni-9"], "no port: forwards nothing");
 
         // 10.10.7.7 also on eni-2: fn1 keeps it, and it is reported.
-        let both = [eni("eni-1", "02:00:00:00:00:01", &["10.10.7.7"]), eni("eni-2", "02:00:00:00:00:02", &["10.10.7.7"])];
+        let both =
+            [eni("eni-1", "02:00:00:00:00:01", &["10.10.7.7"]), eni("eni-2", "02:00:00:00:00:02", &["10.10.7.7"])];
         let (kept, dups, _) = desired(&both, &ports, &[], &want);
         assert_eq!(kept, [entry("fn1", "10.10.7.7")].into());
         assert_eq!(dups, vec![("10.10.7.7".parse().unwrap(), vec!["eni-1".to_string(), "eni-2".to_string()])]);

@@ -48,8 +48,7 @@ impl ProbeError {
 
 /// Waits until the fabric delivers `ip` on the NIC with MAC `nic`, or `timeout` passes.
 pub trait FabricProbe: Send + Sync + 'static {
-    fn probe(&self, nic: &str, ip: IpAddr, timeout: Duration)
-        -> impl Future<Output = Result<(), ProbeError>> + Send;
+    fn probe(&self, nic: &str, ip: IpAddr, timeout: Duration) -> impl Future<Output = Result<(), ProbeError>> + Send;
 }
 
 /// The ARP probe on the node's VPC NIC that holds the address (the provider names its MAC:
