@@ -12,8 +12,10 @@
 //! The VPC is UCloud's by default (`--vpc ucloud`): its fabric is an SDN that delivers only
 //! addresses registered through the VPC API the lab serves (UCloud's dialect), and each node's
 //! vswitchd gets its pods' addresses from that API as secondary IPs of its NIC (provider mode,
-//! `--ipam vpc`, IPv4 only: the pods have no IPv6 in this mode). `--vpc l2` is the plain
-//! learning bridge, where `--ipam local|etcd` and dual stack (its default) apply.
+//! `--ipam vpc`, IPv4 only: the pods have no IPv6 in this mode). `--vpc aws` is the same SDN
+//! programmed from EC2's view (moto behind the lab's proxy, one instance per node): vswitchd's
+//! `[ipam] provider = "aws"` assigns secondary private IPs on each node's ENI. `--vpc l2` is the
+//! plain learning bridge, where `--ipam local|etcd` and dual stack (its default) apply.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream};
@@ -50,7 +52,7 @@ enum Ipam {
     /// One pool for the cluster, allocated by the nodes' vswitchd in a 3-member etcd cluster.
     Etcd,
     /// Secondary IPs of each node's NIC from the VPC API, allocated by the node's vswitchd
-    /// (provider mode; IPv4 only). The only one --vpc ucloud delivers, and its default.
+    /// (provider mode; IPv4 only). The only one --vpc ucloud and aws deliver, and their default.
     Vpc,
 }
 
