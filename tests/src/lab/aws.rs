@@ -18,7 +18,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -27,7 +27,7 @@ use super::ec2_sdn::SyncConfig;
 use super::vpc_api::vpc::FixedHost;
 use super::{node_ip, ETCD_IPS, GATEWAY_IP, VM_IP};
 use crate::ec2::{Ec2Lab, REGION};
-use crate::netns::{binary, Netns};
+use crate::netns::Netns;
 
 /// Where EC2's endpoint is in the VPC (the address `--vpc ucloud`'s API has).
 pub const ENDPOINT_IP: Ipv4Addr = super::ucloud::API_IP;
@@ -211,19 +211,8 @@ pub(super) fn start(lab: &str, fabric: &Netns, nodes: usize, dir: &Path) -> (Ec2
     std::fs::write(&config, serde_json::to_vec_pretty(&sync).expect("serialisable")).expect("write ec2-sdn.json");
     let control = dir.join("ec2-sdn.sock");
     let log = dir.join("ec2-sdn.log");
-    let out = std::fs::File::create(&log).expect("the programmer's log");
-    let child = Command::new("ip")
-        .args(["netns", "exec", &ns.name])
-        .arg(binary("vpc-lab"))
-        .arg("ec2-sdn")
-        .arg("--config")
-        .arg(&config)
-        .arg("--control")
-        .arg(&control)
-        .stdout(out.try_clone().expect("log"))
-        .stderr(out)
-        .spawn()
-        .expect("start vpc-lab ec2-sdn");
+    let args = ["ec2-sdn".as_ref(), "--config".as_ref(), config.as_os_str()];
+    let child = super::vpc_api::start_server(&ns.name, &args, &control, &log, Duration::from_secs(20));
     let info = LabEc2 {
         endpoint: ec2.endpoint.clone(),
         upstream: ec2.upstream.clone(),
@@ -236,18 +225,7 @@ pub(super) fn start(lab: &str, fabric: &Netns, nodes: usize, dir: &Path) -> (Ec2
         control,
         hosts,
     };
-    let mut vpc = Ec2Vpc { ns, ec2: Some(ec2), sync: Some(child), log };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while super::vpc_api::control(&info.control, &json!({"op": "state"})).is_err() {
-        let exited = vpc.sync.as_mut().and_then(|c| c.try_wait().ok().flatten());
-        assert!(
-            exited.is_none() && Instant::now() < deadline,
-            "vpc-lab ec2-sdn did not come up ({exited:?}): {}",
-            vpc.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (vpc, info)
+    (Ec2Vpc { ns, ec2: Some(ec2), sync: Some(child), log }, info)
 }
 
 /// Node `i`'s `[ipam] provider = "aws"`. With the fabric probe on: the lab's SDN, unlike EC2's
