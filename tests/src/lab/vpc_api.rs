@@ -13,6 +13,7 @@ pub mod local;
 pub mod server;
 pub mod vpc;
 
+use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::net::UnixStream;
@@ -61,37 +62,19 @@ impl VpcApi {
         std::fs::write(&config_path, serde_json::to_vec_pretty(config).expect("serialisable")).expect("write vpc.json");
         let control = dir.join("vpc-api.sock");
         let log = dir.join("vpc-api.log");
-        let out = std::fs::File::create(&log).expect("the API's log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns.name])
-            .arg(binary("vpc-lab"))
-            .arg("vpc-api")
-            .arg("--config")
-            .arg(&config_path)
-            .args(["--listen", &SocketAddr::new(ip, API_PORT).to_string(), "--fabric", &fabric.name])
-            .arg("--control")
-            .arg(&control)
-            .stdout(out.try_clone().expect("log"))
-            .stderr(out)
-            .spawn()
-            .expect("start vpc-lab vpc-api");
+        let listen = SocketAddr::new(ip, API_PORT).to_string();
+        let args = [
+            "vpc-api".as_ref(),
+            "--config".as_ref(),
+            config_path.as_os_str(),
+            "--listen".as_ref(),
+            listen.as_ref(),
+            "--fabric".as_ref(),
+            fabric.name.as_ref(),
+        ];
+        let child = start_server(&ns.name, &args, &control, &log, Duration::from_secs(10));
         let endpoint = format!("http://{}", SocketAddr::new(ip, API_PORT));
-        let mut api = VpcApi { ns, child: Some(child), endpoint, control, config: config.clone(), log };
-        api.wait_ready();
-        api
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while control(&self.control, &json!({"op": "state"})).is_err() {
-            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
-            assert!(
-                exited.is_none() && Instant::now() < deadline,
-                "vpc-api did not come up ({exited:?}): {}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(30));
-        }
+        VpcApi { ns, child: Some(child), endpoint, control, config: config.clone(), log }
     }
 
     pub fn log_text(&self) -> String {
@@ -134,6 +117,35 @@ impl Drop for VpcApi {
             let _ = child.wait();
         }
     }
+}
+
+/// `vpc-lab ARGS --control CONTROL` (a lab server: the VPC API, the EC2 SDN programmer) in
+/// namespace `ns`, its output in `log`, once it answers `{"op": "state"}` on `control`; panics
+/// with its log if it exits first or takes longer than `within`.
+pub fn start_server(ns: &str, args: &[&OsStr], control_socket: &Path, log: &Path, within: Duration) -> Child {
+    let out = std::fs::File::create(log).expect("the server's log");
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(binary("vpc-lab"))
+        .args(args)
+        .arg("--control")
+        .arg(control_socket)
+        .stdout(out.try_clone().expect("log"))
+        .stderr(out)
+        .spawn()
+        .expect("start a vpc-lab server");
+    let deadline = Instant::now() + within;
+    while control(control_socket, &json!({"op": "state"})).is_err() {
+        let exited = child.try_wait().ok().flatten();
+        if exited.is_some() || Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("vpc-lab {args:?} did not come up ({exited:?}): {text}");
+        }
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    child
 }
 
 /// One request and its answer on a server's control socket.
