@@ -73,7 +73,7 @@ impl Ec2 {
         }
         tracing::info!(credentials = credentials.source, "EC2 credentials");
         Ok(Ec2 {
-            query: Query::new(&endpoint, &config.region, credentials)?,
+            query: Query::new(&endpoint, config.ca_file.as_deref(), &config.region, credentials)?,
             config: config.clone(),
             node: tokio::sync::Mutex::new(None),
             instance,
