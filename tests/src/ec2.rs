@@ -4,7 +4,7 @@
 //! loopback (the host's, or a node namespace's so that a vswitchd in it reaches them), stopped on
 //! drop. The VPC, subnet and instances are created through moto's API at start.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -21,10 +21,13 @@ pub const REGION: &str = "us-east-1";
 #[derive(Debug)]
 pub struct Ec2Lab {
     netns: Option<String>,
-    moto: Child,
-    proxy: Child,
-    /// `http://127.0.0.1:PORT` of the proxy: the endpoint vswitchd is given.
+    moto: Option<Child>,
+    proxy: Option<Child>,
+    /// `http://ADDR:PORT` of the proxy: the endpoint vswitchd is given.
     pub endpoint: String,
+    /// `http://127.0.0.1:PORT` of moto itself, behind the proxy: for the lab's own reads, which
+    /// the proxy neither counts nor faults.
+    pub upstream: String,
     pub subnet: String,
     pub instances: Vec<String>,
 }
@@ -46,9 +49,22 @@ impl Ec2Lab {
     /// moto and the proxy on loopback (of `netns` if given), a VPC with the subnet 10.0.1.0/24
     /// and `count` instances of `instance_type` in it.
     pub fn start(netns: Option<&str>, instance_type: &str, count: usize) -> Ec2Lab {
+        let mut lab = Ec2Lab::launch(netns, None);
+        let seeded = lab.seed(&["seed", "--instance-type", instance_type, "--count", &count.to_string()]);
+        lab.subnet = seeded["subnet"].as_str().unwrap().into();
+        lab.instances = seeded["instances"].as_array().unwrap().iter().map(|i| i.as_str().unwrap().into()).collect();
+        lab
+    }
+
+    /// moto on loopback (of `netns` if given) and the proxy in front of it on `proxy` (default:
+    /// loopback too), with nothing in EC2 yet.
+    pub fn launch(netns: Option<&str>, proxy: Option<SocketAddr>) -> Ec2Lab {
         assert!(have_moto(), "moto is not installed in {SDK_VENV}: run tests/install-deps.sh");
         let moto_port = free_port(netns);
-        let proxy_port = if netns.is_some() { moto_port + 1 } else { free_port(netns) };
+        let proxy = proxy.unwrap_or_else(|| {
+            let port = if netns.is_some() { moto_port + 1 } else { free_port(netns) };
+            SocketAddr::from(([127, 0, 0, 1], port))
+        });
         let spawn = |args: &[&str]| {
             let mut cmd = match netns {
                 Some(ns) => {
@@ -69,28 +85,35 @@ impl Ec2Lab {
         let moto_server = format!("{SDK_VENV}/bin/moto_server");
         let moto = spawn(&[&moto_server, "-H", "127.0.0.1", "-p", &moto_port.to_string()]);
         let upstream = format!("http://127.0.0.1:{moto_port}");
-        let listen = format!("127.0.0.1:{proxy_port}");
-        let proxy = spawn(&[&python, SCRIPT, "proxy", "--listen", &listen, "--upstream", &upstream]);
-        let mut lab = Ec2Lab {
+        let proxy_process = spawn(&[&python, SCRIPT, "proxy", "--listen", &proxy.to_string(), "--upstream", &upstream]);
+        Ec2Lab {
             netns: netns.map(Into::into),
-            moto,
-            proxy,
-            endpoint: format!("http://{listen}"),
+            moto: Some(moto),
+            proxy: Some(proxy_process),
+            endpoint: format!("http://{proxy}"),
+            upstream,
             subnet: String::new(),
             instances: Vec::new(),
-        };
+        }
+    }
+
+    /// `ec2_lab.py` seeding subcommand `args` (with the endpoint added), retried until moto is up;
+    /// what it printed.
+    pub fn seed(&self, args: &[&str]) -> Value {
         let deadline = Instant::now() + Duration::from_secs(60);
-        let seeded = loop {
-            let out = lab.script(&["seed", "--instance-type", instance_type, "--count", &count.to_string()]);
+        loop {
+            let out = self.script(args);
             if out.status.success() {
                 break serde_json::from_slice::<Value>(&out.stdout).expect("seed prints JSON");
             }
             assert!(Instant::now() < deadline, "moto did not come up: {}", String::from_utf8_lossy(&out.stderr));
             std::thread::sleep(Duration::from_millis(500));
-        };
-        lab.subnet = seeded["subnet"].as_str().unwrap().into();
-        lab.instances = seeded["instances"].as_array().unwrap().iter().map(|i| i.as_str().unwrap().into()).collect();
-        lab
+        }
+    }
+
+    /// Leaves moto and the proxy running after this handle goes (`vpc-lab up`); their pids.
+    pub fn detach(mut self) -> Vec<u32> {
+        [self.moto.take(), self.proxy.take()].into_iter().flatten().map(|c| c.id()).collect()
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -107,7 +130,7 @@ impl Ec2Lab {
     }
 
     /// `ec2_lab.py SUBCOMMAND --endpoint <proxy> ...`.
-    fn script(&self, args: &[&str]) -> Output {
+    pub fn script(&self, args: &[&str]) -> Output {
         let python = format!("{SDK_VENV}/bin/python");
         let mut full = vec![python.as_str(), SCRIPT, args[0], "--endpoint", &self.endpoint];
         full.extend_from_slice(&args[1..]);
@@ -174,7 +197,7 @@ impl Ec2Lab {
 
 impl Drop for Ec2Lab {
     fn drop(&mut self) {
-        for child in [&mut self.proxy, &mut self.moto] {
+        for child in [&mut self.proxy, &mut self.moto].into_iter().flatten() {
             let _ = child.kill();
             let _ = child.wait();
         }

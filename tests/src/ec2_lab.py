@@ -16,8 +16,8 @@ Faults are set at run time: POST /__lab/faults {"throttle": 0.3, "latency_ms": 5
 "capacity": 12}; GET /__lab/calls gives the counts.
 
 Python, run from the tests' venv, because moto and boto3 are there already: the proxy reads
-moto's state through boto3 instead of a second EC2 client. `seed`, `describe` and `create-eni`
-set the lab up and read it for the tests (tests/src/lab/ec2.rs).
+moto's state through boto3 instead of a second EC2 client. `seed`, `seed-lab`, `describe` and
+`create-eni` set the lab up and read it for the tests (tests/src/ec2.rs).
 """
 
 import argparse
@@ -260,6 +260,42 @@ def seed(endpoint, cidr, subnet_cidr, instance_type, count):
     print(json.dumps({"vpc": vpc, "subnet": subnet, "instances": instances}))
 
 
+def seed_lab(endpoint, spec):
+    """The lab VPC as EC2 sees it (`vpc-lab --vpc aws`): the VPC and one subnet with the lab's
+    CIDR, and each host of `spec["hosts"]` ({"name", "ip", "kind": "instance" | "eni"}) as an
+    instance of `spec["instance_type"]` whose primary ENI has that address, or a bare ENI (the
+    load balancer's, as an NLB's ENI is one). Prints each host's instance, ENI and MAC."""
+    client = ec2(endpoint)
+    vpc = client.create_vpc(CidrBlock=spec["cidr"])["Vpc"]["VpcId"]
+    subnet = client.create_subnet(VpcId=vpc, CidrBlock=spec["cidr"])["Subnet"]["SubnetId"]
+    image = client.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    hosts = {}
+    for host in spec["hosts"]:
+        if host["kind"] == "instance":
+            reply = client.run_instances(
+                ImageId=image,
+                MinCount=1,
+                MaxCount=1,
+                InstanceType=spec["instance_type"],
+                SubnetId=subnet,
+                PrivateIpAddress=host["ip"],
+                TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": host["name"]}]}],
+            )
+            instance = reply["Instances"][0]
+            eni = instance["NetworkInterfaces"][0]
+            hosts[host["name"]] = {"instance": instance["InstanceId"], "eni": eni["NetworkInterfaceId"]}
+        else:
+            eni = client.create_network_interface(
+                SubnetId=subnet, PrivateIpAddress=host["ip"], Description=host["name"]
+            )["NetworkInterface"]
+            hosts[host["name"]] = {"instance": None, "eni": eni["NetworkInterfaceId"]}
+        described = client.describe_network_interfaces(NetworkInterfaceIds=[hosts[host["name"]]["eni"]])
+        eni = described["NetworkInterfaces"][0]
+        assert eni["PrivateIpAddress"] == host["ip"], (host, eni["PrivateIpAddress"])
+        hosts[host["name"]]["mac"] = eni["MacAddress"]
+    print(json.dumps({"vpc": vpc, "subnet": subnet, "hosts": hosts}))
+
+
 def describe(endpoint):
     enis = []
     for e in ec2(endpoint).describe_network_interfaces()["NetworkInterfaces"]:
@@ -275,6 +311,12 @@ def describe(endpoint):
             "tags": {t["Key"]: t["Value"] for t in e.get("TagSet", [])},
         })
     print(json.dumps(enis))
+
+
+def assign(endpoint, eni, ip):
+    """`ip` on `eni`, as moto alone allows it: even if another ENI holds it (a duplicate)."""
+    ec2(endpoint).assign_private_ip_addresses(NetworkInterfaceId=eni, PrivateIpAddresses=[ip])
+    print(json.dumps({"eni": eni, "ip": ip}))
 
 
 def create_eni(endpoint, subnet, tags):
@@ -297,8 +339,15 @@ def main():
     p.add_argument("--subnet-cidr", default="10.0.1.0/24")
     p.add_argument("--instance-type", default="t3.small")
     p.add_argument("--count", type=int, default=1)
+    p = sub.add_parser("seed-lab")
+    p.add_argument("--endpoint", required=True)
+    p.add_argument("--spec", required=True, help="JSON: cidr, instance_type, hosts")
     p = sub.add_parser("describe")
     p.add_argument("--endpoint", required=True)
+    p = sub.add_parser("assign")
+    p.add_argument("--endpoint", required=True)
+    p.add_argument("--eni", required=True)
+    p.add_argument("--ip", required=True)
     p = sub.add_parser("create-eni")
     p.add_argument("--endpoint", required=True)
     p.add_argument("--subnet", required=True)
@@ -308,8 +357,12 @@ def main():
         serve(args.listen, args.upstream, args.tls_cert, args.tls_key)
     elif args.command == "seed":
         seed(args.endpoint, args.cidr, args.subnet_cidr, args.instance_type, args.count)
+    elif args.command == "seed-lab":
+        seed_lab(args.endpoint, json.loads(args.spec))
     elif args.command == "describe":
         describe(args.endpoint)
+    elif args.command == "assign":
+        assign(args.endpoint, args.eni, args.ip)
     else:
         create_eni(args.endpoint, args.subnet, [t.split("=", 1) for t in args.tag])
 

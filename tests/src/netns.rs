@@ -240,6 +240,8 @@ pub struct Daemon {
     pub dir: PathBuf,
     pub host_port: String,
     bins: Binaries,
+    /// Set in vswitchd's environment (`--vpc aws`: where its EC2 credentials file is).
+    env: Vec<(String, String)>,
 }
 
 /// Where the project's binaries are (tests get them from Cargo, tools from their own folder).
@@ -286,11 +288,23 @@ impl Daemon {
 
     /// Starts with `config` (TOML) as the configuration file.
     pub fn start_with_config(bins: &Binaries, node: &Netns, dir: &Path, workers: usize, config: &str) -> Daemon {
+        Daemon::start_with_config_env(bins, node, dir, workers, config, &[])
+    }
+
+    /// [`Daemon::start_with_config`] with `env` in vswitchd's environment (also on restarts).
+    pub fn start_with_config_env(
+        bins: &Binaries,
+        node: &Netns,
+        dir: &Path,
+        workers: usize,
+        config: &str,
+        env: &[(String, String)],
+    ) -> Daemon {
         std::fs::create_dir_all(dir).unwrap();
         std::fs::write(dir.join("vswitchd.toml"), config).unwrap();
         let socket = dir.join("vswitchd.sock");
         let host_port = "vsw0".to_string();
-        let mut d = Daemon { child: None, socket, dir: dir.into(), host_port, bins: bins.clone() };
+        let mut d = Daemon { child: None, socket, dir: dir.into(), host_port, bins: bins.clone(), env: env.to_vec() };
         d.spawn(node, workers);
         d
     }
@@ -329,6 +343,7 @@ impl Daemon {
                 "--workers",
                 &workers.to_string(),
             ])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

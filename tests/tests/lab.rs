@@ -267,6 +267,101 @@ fn three_nodes_on_the_ucloud_vpc_dedicated_uplink() {
     three_nodes_on_the_ucloud_vpc(UplinkMode::Uplink);
 }
 
+/// The ENIs of `enis` (moto's view, `LabEc2::enis`) that hold `ip` as a secondary address.
+fn holders(enis: &[serde_json::Value], ip: Ipv4Addr) -> Vec<String> {
+    let ip = ip.to_string();
+    enis.iter()
+        .filter(|e| e["secondary"].as_array().is_some_and(|a| a.iter().any(|x| x.as_str() == Some(ip.as_str()))))
+        .map(|e| e["id"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Whether the SDN programmer's flow table has `ip` on fabric port `port`.
+fn forwarded(state: &serde_json::Value, port: &str, ip: Ipv4Addr) -> bool {
+    let addr = ip.to_string();
+    state["flow_table"].as_array().is_some_and(|t| t.iter().any(|e| e["port"] == port && e["addr"] == addr.as_str()))
+}
+
+/// `--vpc aws`, one lab for everything: EC2 (moto behind the lab's proxy) holds one instance
+/// per node, and the fabric's SDN is programmed from its `DescribeNetworkInterfaces`. Every path
+/// for every node pair passes; the unregistered address is dropped by the SDN (its rows pass
+/// only when nothing answers and the drop counters moved); each pod's address is on its node's
+/// primary ENI in EC2 and nowhere else, and the SDN forwards it to that node's port; one ENI
+/// per node held everything (nothing unplaced); the sticky pod moves to node2 through
+/// `AssignPrivateIpAddresses` with `AllowReassignment` and the VM and another node's pod reach it
+/// within 2 s of its ADD; an address assigned twice in moto (which does not refuse it) is
+/// refused by the SDN: it stays with the node that had it; and an address of a second ENI is
+/// delivered nowhere (nothing in the node uses that ENI).
+#[test]
+fn three_nodes_on_the_aws_vpc() {
+    require_root();
+    assert!(vpc_lab::ec2::have_moto(), "moto is not installed: run tests/install-deps.sh");
+    let started = Instant::now();
+    let spec = LabSpec { vpc: VpcMode::Aws, ipam: IpamMode::Vpc, nodes: 3, ..LabSpec::default() };
+    let mut lab = Lab::up(spec, |_| {});
+    let up = started.elapsed();
+    let checks = lab.check();
+    assert_all_passed(&checks);
+    assert!(checks.len() >= 45, "the matrix lost paths: {}", checks.len());
+    let unregistered = checks.iter().filter(|c| c.path.starts_with("unregistered address")).count();
+    assert_eq!(unregistered, 3, "the unregistered address's rows");
+
+    let ec2 = lab.ec2.clone().expect("EC2 runs with --vpc aws");
+    let node_eni = |node: usize| ec2.host(&format!("node{}", node + 1)).eni.clone();
+    let enis = ec2.enis();
+    let state = ec2.sdn_state();
+    for pod in &lab.pods {
+        let ip = pod.ip4();
+        assert_eq!(holders(&enis, ip), vec![node_eni(pod.node)], "{} ({ip}) in EC2", pod.name);
+        assert!(forwarded(&state, &format!("fn{}", pod.node + 1), ip), "{} ({ip}) not forwarded: {state}", pod.name);
+    }
+    assert_eq!(state["unplaced"], serde_json::json!([]), "a second ENI was attached");
+
+    let moved = lab.move_sticky();
+    assert!(moved.ok(), "the sticky move: {:#?}", moved.checks);
+    let (ip, to) = (moved.ip_before, moved.to_node);
+    assert_eq!(holders(&ec2.enis(), ip), vec![node_eni(to)], "the sticky address in EC2 after the move");
+    assert!(
+        forwarded(&ec2.sdn_state(), &format!("fn{}", to + 1), ip),
+        "the sticky address not forwarded to node{}",
+        to + 1
+    );
+
+    // A duplicate: n1a's address also on node3's ENI, in moto itself (the proxy refuses it).
+    let n1a = lab.pod("n1a").expect("n1a").ip4();
+    ec2.assign_behind_the_proxy(&node_eni(2), n1a);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let state = loop {
+        let state = ec2.sdn_state();
+        if state["duplicates"].as_array().is_some_and(|d| !d.is_empty()) || Instant::now() > deadline {
+            break state;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(state["duplicates"][0][0], n1a.to_string(), "the SDN saw no duplicate: {state}");
+    assert!(forwarded(&state, "fn1", n1a) && !forwarded(&state, "fn3", n1a), "the duplicate was not refused: {state}");
+    let vm = lab.vm.clone();
+    lab.ping(&vm, n1a).unwrap_or_else(|e| panic!("the VM lost n1a to the duplicate: {e}"));
+
+    // Past one ENI's worth on node3: the provider attaches a second ENI, and a pod gets an
+    // address of it. Nothing in the node brings that ENI up (vswitchd sends the pod's traffic
+    // through eth0, the first ENI), so the SDN, holding EC2 to "an address passes only on its
+    // own ENI's MAC", forwards it nowhere: the VM does not reach it. (This documents what is not
+    // handled yet; see docs/testing.md.)
+    let second = (0..14).find_map(|k| {
+        let pod = lab.add_pod(2, &format!("x{k}"));
+        let on = holders(&ec2.enis(), pod.ip4());
+        (on != vec![node_eni(2)]).then_some((pod, on))
+    });
+    let (pod, on) = second.expect("node3 never got an address of a second ENI");
+    let state = ec2.sdn_state();
+    let unplaced: Vec<&str> = state["unplaced"].as_array().unwrap().iter().filter_map(|e| e["id"].as_str()).collect();
+    assert!(on.len() == 1 && unplaced.contains(&on[0].as_str()), "{} on {on:?}; unplaced {unplaced:?}", pod.ip4());
+    assert!(lab.ping(&vm, pod.ip4()).is_err(), "{} of a second ENI answered the VM", pod.ip4());
+    lab.delete_pods();
+    eprintln!("the aws VPC: up {up:?}, {} paths, total {:?}", checks.len(), started.elapsed());
+}
+
 /// vswitchd hands a new secondary IP out only once the fabric delivers it (its ARP probe from
 /// the address to the VPC gateway is answered), not after a fixed wait: with the VPC's
 /// flow-table push slowed to 3 s, an ADD on an empty pool takes about 3 s, the probe time it

@@ -12,8 +12,10 @@
 //! The VPC is UCloud's by default (`--vpc ucloud`): its fabric is an SDN that delivers only
 //! addresses registered through the VPC API the lab serves (UCloud's dialect), and each node's
 //! vswitchd gets its pods' addresses from that API as secondary IPs of its NIC (provider mode,
-//! `--ipam vpc`, IPv4 only: the pods have no IPv6 in this mode). `--vpc l2` is the plain
-//! learning bridge, where `--ipam local|etcd` and dual stack (its default) apply.
+//! `--ipam vpc`, IPv4 only: the pods have no IPv6 in this mode). `--vpc aws` is the same SDN
+//! programmed from EC2's view (moto behind the lab's proxy, one instance per node): vswitchd's
+//! `[ipam] provider = "aws"` assigns secondary private IPs on each node's ENI. `--vpc l2` is the
+//! plain learning bridge, where `--ipam local|etcd` and dual stack (its default) apply.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream};
@@ -50,7 +52,7 @@ enum Ipam {
     /// One pool for the cluster, allocated by the nodes' vswitchd in a 3-member etcd cluster.
     Etcd,
     /// Secondary IPs of each node's NIC from the VPC API, allocated by the node's vswitchd
-    /// (provider mode; IPv4 only). The only one --vpc ucloud delivers, and its default.
+    /// (provider mode; IPv4 only). The only one --vpc ucloud and aws deliver, and their default.
     Vpc,
 }
 
@@ -61,6 +63,9 @@ enum Vpc {
     /// UCloud's SDN: only addresses registered through the VPC API (UCloud's dialect, served by
     /// the lab) pass; the nodes, the VM, the gateway and etcd are registered from the start.
     Ucloud,
+    /// AWS: EC2 (moto behind the lab's proxy) holds one instance per node; the same SDN
+    /// delivers only the addresses EC2 has on the ENI behind each port (host-routed only).
+    Aws,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -143,6 +148,14 @@ enum Cmd {
         #[arg(long)]
         fabric: Option<String>,
     },
+    /// (inside the lab) Program the fabric's SDN from EC2's DescribeNetworkInterfaces (`--vpc
+    /// aws`), as --config says; its state and push delay on the --control socket.
+    Ec2Sdn {
+        #[arg(long)]
+        config: std::path::PathBuf,
+        #[arg(long)]
+        control: std::path::PathBuf,
+    },
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -158,24 +171,30 @@ fn spec(shape: &Shape) -> Result<LabSpec, String> {
     let vpc = match shape.vpc {
         Vpc::L2 => VpcMode::L2,
         Vpc::Ucloud => VpcMode::Ucloud,
+        Vpc::Aws => VpcMode::Aws,
     };
+    if vpc == VpcMode::Aws && matches!(shape.mode, Mode::Uplink) {
+        return Err("--vpc aws is host-routed only: a dedicated uplink would be a second ENI, whose addresses \
+                    vswitchd does not send through it (see docs/testing.md)"
+            .into());
+    }
     let ipam = match (shape.ipam, vpc) {
-        (None, VpcMode::Ucloud) | (Some(Ipam::Vpc), VpcMode::Ucloud) => IpamMode::Vpc,
+        (None | Some(Ipam::Vpc), VpcMode::Ucloud | VpcMode::Aws) => IpamMode::Vpc,
         (None, VpcMode::L2) | (Some(Ipam::Local), VpcMode::L2) => IpamMode::Local,
         (Some(Ipam::Etcd), VpcMode::L2) => IpamMode::Etcd,
         (Some(Ipam::Vpc), VpcMode::L2) => {
-            return Err("--ipam vpc needs --vpc ucloud (the L2 fabric has no VPC API)".into())
+            return Err("--ipam vpc needs --vpc ucloud or aws (the L2 fabric has no VPC API)".into())
         }
-        (Some(_), VpcMode::Ucloud) => {
-            return Err("--vpc ucloud delivers only addresses registered through its API: use --ipam vpc \
-                        (the default there), or --vpc l2 for --ipam local or etcd"
+        (Some(_), VpcMode::Ucloud | VpcMode::Aws) => {
+            return Err("--vpc ucloud and aws deliver only addresses registered through the VPC's API: use --ipam \
+                        vpc (the default there), or --vpc l2 for --ipam local or etcd"
                 .into())
         }
     };
     let family = match (shape.ip_family, ipam) {
         (None | Some(Families::Ipv4), IpamMode::Vpc) => IpFamily::Ipv4,
         (Some(_), IpamMode::Vpc) => {
-            return Err("--vpc ucloud is IPv4 only: vswitchd's provider mode allocates IPv4 secondary IPs \
+            return Err("--vpc ucloud and aws are IPv4 only: vswitchd's provider mode allocates IPv4 secondary IPs \
                         (use --vpc l2 for dual stack)"
                 .into())
         }
@@ -212,6 +231,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Ec2Sdn { config, control } => match vpc_lab::lab::ec2_sdn::run(config, control) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vpc-lab ec2-sdn: {e}");
+                ExitCode::FAILURE
+            }
+        },
         command => {
             if !nix::unistd::geteuid().is_root() {
                 eprintln!("vpc-lab: needs root (it creates network namespaces)");
@@ -228,7 +254,9 @@ fn main() -> ExitCode {
                 }),
                 Cmd::Down { name, all } => down(name, all),
                 Cmd::Demo { shape, seconds } => demo(&shape, seconds),
-                Cmd::Serve { .. } | Cmd::Probe { .. } | Cmd::VpcApi { .. } => unreachable!("handled above"),
+                Cmd::Serve { .. } | Cmd::Probe { .. } | Cmd::VpcApi { .. } | Cmd::Ec2Sdn { .. } => {
+                    unreachable!("handled above")
+                }
             }
         }
     }
@@ -290,6 +318,9 @@ fn up(shape: &Shape) -> ExitCode {
     }
     if let Some(vpc) = &lab.vpc {
         print_vpc(vpc);
+    }
+    if let Some(ec2) = &lab.ec2 {
+        print_ec2(ec2);
     }
     let state = lab.detach();
     println!("lab {} is up; `vpc-lab check` checks it, `vpc-lab down` removes it", state.topology.name);
@@ -364,6 +395,20 @@ fn print_vpc(vpc: &vpc_lab::lab::ucloud::LabVpc) {
     }
 }
 
+/// Where EC2 is, what its clients need, and each host in it.
+fn print_ec2(ec2: &vpc_lab::lab::aws::LabEc2) {
+    println!(
+        "  EC2: {} (region {}, VPC {}, subnet {}; moto itself at {} in namespace {})",
+        ec2.endpoint, ec2.region, ec2.vpc_id, ec2.subnet_id, ec2.upstream, ec2.netns
+    );
+    println!("    credentials: {} (AWS_SHARED_CREDENTIALS_FILE)", ec2.credentials_file.display());
+    println!("    SDN state and push delay: {} (one JSON line: {{\"op\": \"state\"}})", ec2.control.display());
+    for (name, host) in &ec2.hosts {
+        let instance = host.instance.as_deref().unwrap_or("(no instance)");
+        println!("    {name}: {instance}, ENI {} MAC {}", host.eni, host.mac);
+    }
+}
+
 fn report(checks: &[PathCheck], json: bool) -> ExitCode {
     if json {
         println!("{}", serde_json::to_string_pretty(checks).expect("serialisable"));
@@ -413,6 +458,9 @@ fn demo(shape: &Shape, seconds: u32) -> ExitCode {
     let mut lab = Lab::up(spec, |step| println!("  {step}"));
     if let Some(vpc) = &lab.vpc {
         print_vpc(vpc);
+    }
+    if let Some(ec2) = &lab.ec2 {
+        print_ec2(ec2);
     }
     let stopped = || INTERRUPTED.load(Ordering::SeqCst);
     let mut ok = !stopped();

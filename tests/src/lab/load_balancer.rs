@@ -59,6 +59,8 @@ impl Lab {
         veth(&ns, "eth0", &self.fabric, "flb");
         self.fabric.ip(&["link", "set", "flb", "master", "br0", "up"]);
         ns.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "eth0"]);
+        // `--vpc aws`: the NLB's ENI in EC2, whose MAC the SDN forwards the VIP to.
+        super::set_ec2_mac(self.topology.ec2.as_ref(), &ns, "lb");
         ns.ip(&["link", "set", "eth0", "up"]);
         veth(&ns, "eth1", &self.gateway, "eth2");
         ns.ip(&["addr", "add", &format!("{LINK_BALANCER}/30"), "dev", "eth1"]);

@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 
+use super::aws::LabEc2;
 use super::ucloud::{LabVpc, SECONDARY_POOL};
 use super::{
     node_ip, node_ip6, pools, IpamMode, LabSpec, UplinkMode, GATEWAY_IP6, IPAM_PREFIX, POD_NAMESPACE, SERVICE_RANGE6,
@@ -20,8 +21,14 @@ pub(super) fn pod_nic(mode: UplinkMode) -> &'static str {
 }
 
 /// The whole vswitchd.toml of node `i` (from 0). `etcd` is there with [`IpamMode::Etcd`],
-/// `vpc` with [`IpamMode::Vpc`].
-pub(super) fn vswitchd_toml(spec: &LabSpec, i: usize, etcd: Option<&EtcdCluster>, vpc: Option<&LabVpc>) -> String {
+/// `vpc` or `ec2` with [`IpamMode::Vpc`].
+pub(super) fn vswitchd_toml(
+    spec: &LabSpec,
+    i: usize,
+    etcd: Option<&EtcdCluster>,
+    vpc: Option<&LabVpc>,
+    ec2: Option<&LabEc2>,
+) -> String {
     let mut config = match spec.mode {
         UplinkMode::HostRouted => match (spec.ipam, spec.family.has_v6()) {
             (IpamMode::Local, false) => String::new(),
@@ -36,7 +43,10 @@ pub(super) fn vswitchd_toml(spec: &LabSpec, i: usize, etcd: Option<&EtcdCluster>
         IpamMode::Local => {}
         IpamMode::Etcd => config.push_str(&etcd_ipam(spec, i, etcd.expect("etcd runs in IpamMode::Etcd"))),
         IpamMode::Vpc => {
-            config.push_str(&provider_ipam(spec, i, vpc.expect("the VPC API runs with --vpc ucloud")));
+            match ec2 {
+                Some(ec2) => config.push_str(&super::aws::vswitchd_ipam(ec2, i)),
+                None => config.push_str(&provider_ipam(spec, i, vpc.expect("the VPC API runs with --vpc ucloud"))),
+            }
             // Sticky pods' records (by annotation: no `sticky` pattern here), for every node.
             config.push_str(&etcd_table(etcd.expect("etcd keeps provider mode's sticky records")));
         }

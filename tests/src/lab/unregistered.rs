@@ -1,4 +1,4 @@
-//! `--vpc ucloud`'s "unregistered address" rows: a pod whose address was configured by hand (a
+//! `--vpc ucloud`'s and `--vpc aws`'s "unregistered address" rows: a pod whose address was configured by hand (a
 //! static address in its network config, through vpc-cni's local IPAM, so vswitchd attaches it
 //! like any pod) but never registered with the VPC's API. On a real VPC such a pod is
 //! unreachable and what it sends goes nowhere, whatever ARP says; the lab's SDN must do the same,
@@ -34,10 +34,9 @@ impl Topology {
         conf
     }
 
-    /// The SDN's drop counters `names`, summed (none without a VPC API).
+    /// The SDN's drop counters `names`, summed (none without an SDN).
     fn sdn_drops(&self, names: &[&str]) -> Option<u64> {
-        let vpc = self.vpc.as_ref()?;
-        let state = vpc_api::control(&vpc.control, &json!({"op": "state"})).ok()?;
+        let state = vpc_api::control(self.sdn_control()?, &json!({"op": "state"})).ok()?;
         Some(names.iter().filter_map(|n| state["counters"][*n]["packets"].as_u64()).sum())
     }
 

@@ -220,7 +220,7 @@ impl<P: VpcProvider, S: ClusterStore> ProviderIpam<P, S> {
         state_dir: &Path,
         claims: Option<StickyClaims<S>>,
     ) -> Result<ProviderIpam<P, S>, IpamError> {
-        let probe = ArpProbe::new(provider.nic(), settings.fabric_probe_target);
+        let probe = ArpProbe::new(settings.fabric_probe_target);
         ProviderIpam::build(provider, probe, settings, state_dir, claims)
     }
 }
@@ -395,14 +395,16 @@ impl<P: VpcProvider, S: ClusterStore, F: FabricProbe> ProviderIpam<P, S, F> {
     }
 
     /// Until the fabric delivers `ip`, bounded by the probe's timeout; measured. A probe that
-    /// times out or cannot run only warns: the address is used anyway.
+    /// times out or cannot run only warns: the address is used anyway. Not probed where the
+    /// provider's fabric proves nothing ([`VpcProvider::fabric_probe_mac`]), nor with a zero
+    /// timeout (`ipam.ucloud.fabric_probe_timeout_ms = 0`).
     async fn probe_fabric(&self, ip: IpAddr) {
-        // A zero timeout turns the probe off (AWS: EC2 assigns an address before it answers).
         if self.settings.fabric_probe_timeout.is_zero() {
             return;
         }
+        let Some(nic) = self.provider.fabric_probe_mac(ip).await else { return };
         let started = Instant::now();
-        let result = self.probe.probe(ip, self.settings.fabric_probe_timeout).await;
+        let result = self.probe.probe(&nic, ip, self.settings.fabric_probe_timeout).await;
         self.stats.record_probe(ip, started.elapsed(), &result);
         match result {
             Ok(()) => {

@@ -27,7 +27,7 @@ struct FakeFabric {
 }
 
 impl FabricProbe for FakeFabric {
-    async fn probe(&self, ip: IpAddr, timeout: Duration) -> Result<(), ProbeError> {
+    async fn probe(&self, _nic: &str, ip: IpAddr, timeout: Duration) -> Result<(), ProbeError> {
         self.probed.lock().unwrap().push(ip);
         if self.never || self.delay > timeout {
             tokio::time::sleep(timeout).await;

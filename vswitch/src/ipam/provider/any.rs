@@ -68,4 +68,8 @@ impl VpcProvider for AnyProvider {
     async fn collect_leaked_nics(&self) -> Result<usize, ProviderError> {
         each!(self, p => p.collect_leaked_nics().await)
     }
+
+    async fn fabric_probe_mac(&self, ip: IpAddr) -> Option<String> {
+        each!(self, p => p.fabric_probe_mac(ip).await)
+    }
 }

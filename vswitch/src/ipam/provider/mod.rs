@@ -121,4 +121,13 @@ pub trait VpcProvider: Send + Sync + 'static {
     fn collect_leaked_nics(&self) -> impl Future<Output = Result<usize, ProviderError>> + Send {
         async { Ok(0) }
     }
+    /// The MAC of the NIC a new address `ip` is probed from ([`probe`]: an ARP request with `ip`
+    /// as sender, to the gateway), where the provider's fabric proves delivery by answering it;
+    /// `None`: not probed, the fabric proves nothing. Default: [`VpcProvider::nic`], UCloud's
+    /// NIC MAC (its SDN answers only for registered addresses). AWS: off unless configured
+    /// (the hypervisor answers ARP for the gateway whatever the sender), then the ENI holding `ip`.
+    fn fabric_probe_mac(&self, _ip: IpAddr) -> impl Future<Output = Option<String>> + Send {
+        let mac = self.nic().to_ascii_lowercase();
+        async move { Some(mac) }
+    }
 }

@@ -46,31 +46,30 @@ impl ProbeError {
     }
 }
 
-/// Waits until the fabric delivers `ip`, or `timeout` passes.
+/// Waits until the fabric delivers `ip` on the NIC with MAC `nic`, or `timeout` passes.
 pub trait FabricProbe: Send + Sync + 'static {
-    fn probe(&self, ip: IpAddr, timeout: Duration) -> impl Future<Output = Result<(), ProbeError>> + Send;
+    fn probe(&self, nic: &str, ip: IpAddr, timeout: Duration) -> impl Future<Output = Result<(), ProbeError>> + Send;
 }
 
-/// The ARP probe on this node's VPC NIC.
+/// The ARP probe on the node's VPC NIC that holds the address (the provider names its MAC:
+/// [`super::VpcProvider::fabric_probe_mac`]); its interface is looked up at each probe (it may
+/// come later than vswitchd, and be renamed).
 #[derive(Debug, Clone)]
 pub struct ArpProbe {
-    /// The NIC as the VPC knows it; its interface is looked up at each probe (it may come later
-    /// than vswitchd, and be renamed).
-    nic: String,
     /// Whom to ask; none: the node's IPv4 default gateway.
     target: Option<Ipv4Addr>,
 }
 
 impl ArpProbe {
-    pub fn new(nic: &str, target: Option<Ipv4Addr>) -> ArpProbe {
-        ArpProbe { nic: nic.to_ascii_lowercase(), target }
+    pub fn new(target: Option<Ipv4Addr>) -> ArpProbe {
+        ArpProbe { target }
     }
 }
 
 impl FabricProbe for ArpProbe {
-    async fn probe(&self, ip: IpAddr, timeout: Duration) -> Result<(), ProbeError> {
+    async fn probe(&self, nic: &str, ip: IpAddr, timeout: Duration) -> Result<(), ProbeError> {
         let IpAddr::V4(ip) = ip else { return Err(ProbeError::NotIpv4(ip)) };
-        let (nic, target) = (self.nic.clone(), self.target);
+        let (nic, target) = (nic.to_ascii_lowercase(), self.target);
         tokio::task::spawn_blocking(move || {
             let mac: MacAddr = nic.parse().map_err(|_| ProbeError::NoInterface(nic.clone()))?;
             let ifindex = interface_with_mac(&nic).ok_or_else(|| ProbeError::NoInterface(nic.clone()))?;

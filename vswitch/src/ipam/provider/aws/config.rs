@@ -58,6 +58,16 @@ pub struct AwsConfig {
     /// A detached ENI this node (or cluster) created is deleted once its `createdAt` tag is this old.
     #[serde(default = "default_leaked_eni_age")]
     pub leaked_eni_age_seconds: u64,
+    /// Hand a new address out only once an ARP probe from it (on the ENI holding it) to the
+    /// gateway is answered, as with UCloud. Off by default: on EC2 the hypervisor answers ARP for
+    /// the gateway whatever the sender, so the answer proves nothing, and EC2 delivers an
+    /// address once `AssignPrivateIpAddresses` has answered (AWS's VPC CNI waits for nothing
+    /// either). On for a fabric that enforces ARP per address (the lab's SDN).
+    #[serde(default)]
+    pub fabric_probe: bool,
+    /// With `fabric_probe`: the longest a new address is probed before it is used anyway.
+    #[serde(default = "default_fabric_probe_timeout")]
+    pub fabric_probe_timeout_ms: u64,
 }
 
 fn default_imds() -> String {
@@ -71,6 +81,9 @@ fn default_cooldown() -> u64 {
 }
 fn default_leaked_eni_age() -> u64 {
     300
+}
+fn default_fabric_probe_timeout() -> u64 {
+    5000
 }
 
 /// The pool's targets as AWS's VPC CNI defines them; [`WarmTargets::watermarks`] maps them onto
@@ -133,8 +146,8 @@ impl AwsConfig {
             warm_low,
             warm_high,
             cooldown: Duration::from_secs(self.ip_cooldown_period),
-            // No ARP probe: EC2 answers once the address is assigned, as AWS's VPC CNI relies on.
-            fabric_probe_timeout: Duration::ZERO,
+            // Whether to probe at all is the provider's (`fabric_probe`, `Ec2::fabric_probe_mac`).
+            fabric_probe_timeout: Duration::from_millis(self.fabric_probe_timeout_ms),
             ..ProviderSettings::default()
         })
     }
@@ -160,6 +173,7 @@ mod tests {
         );
         assert_eq!(config.warm_eni_target, 1);
         assert_eq!(config.imds_endpoint, IMDS_ENDPOINT);
+        assert!(!config.fabric_probe, "EC2's ARP answers prove nothing: no probe unless asked");
         assert!(toml::from_str::<AwsConfig>("region = \"r\"\nsubnet_id = \"s\"\nWARM_POOL = 1").is_err());
     }
 

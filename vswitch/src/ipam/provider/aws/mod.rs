@@ -373,4 +373,17 @@ impl VpcProvider for Ec2 {
     async fn collect_leaked_nics(&self) -> Result<usize, ProviderError> {
         self.delete_leaked_enis().await
     }
+
+    /// The MAC of the ENI holding `ip` (`[ipam.aws] fabric_probe` only). An address of a second
+    /// ENI is probed from that ENI's MAC, which no interface of the node has unless something
+    /// brought the ENI up: the probe then fails at once and the address is used anyway.
+    async fn fabric_probe_mac(&self, ip: IpAddr) -> Option<String> {
+        if !self.config.fabric_probe {
+            return None;
+        }
+        let IpAddr::V4(ip) = ip else { return None };
+        let guard = self.node.lock().await;
+        let node = guard.as_ref()?;
+        node.holding(ip).map(|at| node.enis[at].mac.clone()).filter(|m| !m.is_empty())
+    }
 }

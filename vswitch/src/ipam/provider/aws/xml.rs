@@ -16,6 +16,8 @@ pub struct Eni {
     pub instance_id: Option<String>,
     pub device_index: Option<u32>,
     pub attachment_id: Option<String>,
+    /// Lower case, as `/sys/class/net/*/address` has it.
+    pub mac: String,
     pub primary_ip: Option<Ipv4Addr>,
     pub secondary: Vec<Ipv4Addr>,
     pub groups: Vec<String>,
@@ -67,6 +69,7 @@ fn eni(node: Node<'_, '_>) -> Eni {
         instance_id: text(node, &["attachment", "instanceId"]).map(Into::into),
         device_index: text(node, &["attachment", "deviceIndex"]).and_then(|s| s.parse().ok()),
         attachment_id: text(node, &["attachment", "attachmentId"]).map(Into::into),
+        mac: text(node, &["macAddress"]).unwrap_or("").to_ascii_lowercase(),
         ..Eni::default()
     };
     for address in items(node, "privateIpAddressesSet") {

@@ -1,0 +1,370 @@
+//! `--vpc aws`'s SDN programmer (`vpc-lab ec2-sdn`): the fabric's SDN ([`super::sdn`], the same
+//! nftables table and [`FlowTable`] as `--vpc ucloud`) programmed from EC2's own view. It reads
+//! moto's `DescribeNetworkInterfaces` (moto directly, not through the lab's proxy: these reads are
+//! the fabric's, never counted as the provider's calls nor faulted) every `poll_ms`, turns it into
+//! flow entries (each ENI's addresses owned by the fabric port whose host has that ENI's MAC) and
+//! applies the difference `push_delay_ms` after it saw it, in order, as the UCloud API's pushes
+//! are applied (`vpc-lab flow delay`'s semantics). So an address is forwarded only once EC2 has it
+//! on that ENI, and no more once EC2 has unassigned it.
+//!
+//! What EC2 (moto) does not enforce, the SDN does: an address on two ENIs at once stays with
+//! the port that had it (or with neither if both are new), and is reported as a duplicate. An
+//! ENI whose MAC no port has (a second ENI the provider attached: nothing appears in the lab's
+//! node for it) forwards nothing, and its addresses are reported as unplaced.
+//!
+//! A separate process rather than a thread of the lab, because `vpc-lab up` ends while the lab
+//! runs on: it is started and stopped like the UCloud API server ([`super::vpc_api::VpcApi`]),
+//! its pid kept in the lab's state for `vpc-lab down`. Its control socket answers the same
+//! `{"op": "state"}` (with the SDN's `counters`) and `{"op": "faults", "faults":
+//! {"push_delay_ms": N}}` as the API server's.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::sdn::{self, FlowTable, SdnError};
+use super::vpc_api::vpc::{FixedHost, FlowChange, FlowEntry};
+
+/// What `vpc-lab ec2-sdn --config` reads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SyncConfig {
+    /// moto's own `http://127.0.0.1:PORT` (the programmer runs in moto's namespace).
+    pub upstream: String,
+    /// The fabric's namespace, whose SDN this programs.
+    pub fabric: String,
+    /// Fabric port by the MAC of the host behind it (lower case).
+    pub ports: BTreeMap<String, String>,
+    /// Hosts EC2 does not describe (the VPC router, `.1` of the subnet).
+    pub fixed_hosts: Vec<FixedHost>,
+    pub gateway_port: Option<String>,
+    /// The VPC's prefixes (`10.10.0.0/16`): the SDN routes everything else to the gateway.
+    pub prefixes: Vec<String>,
+    pub poll_ms: u64,
+    pub push_delay_ms: u64,
+}
+
+/// An ENI as the programmer needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DescribedEni {
+    pub id: String,
+    pub mac: String,
+    pub addresses: Vec<IpAddr>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("reading {0}: {1}")]
+    Config(PathBuf, String),
+    #[error("DescribeNetworkInterfaces from {upstream}: {detail}")]
+    Describe { upstream: String, detail: String },
+    #[error("programming the SDN: {0}")]
+    Sdn(#[from] SdnError),
+    #[error("the VPC prefix {0:?} is not a prefix")]
+    Prefix(String),
+    #[error("the control socket: {0}")]
+    Control(std::io::Error),
+}
+
+/// Addresses on more than one ENI, and those ENIs.
+pub type Duplicates = Vec<(IpAddr, Vec<String>)>;
+
+/// The flow table EC2's view implies. `current` is what the fabric has (or will have once the
+/// queued changes are applied): an address on two ENIs keeps the port it has there, or gets
+/// none. Returns the entries, the duplicates (address, ENIs) and the unplaced ENIs (no port).
+pub fn desired(
+    enis: &[DescribedEni],
+    ports: &BTreeMap<String, String>,
+    fixed: &[FixedHost],
+    current: &BTreeSet<FlowEntry>,
+) -> (BTreeSet<FlowEntry>, Duplicates, Vec<DescribedEni>) {
+    let mut entries: BTreeSet<FlowEntry> =
+        fixed.iter().flat_map(|h| h.addresses.iter().map(|&addr| FlowEntry { port: h.port.clone(), addr })).collect();
+    let mut holders: BTreeMap<IpAddr, Vec<(&str, Option<&String>)>> = BTreeMap::new();
+    let mut unplaced = Vec::new();
+    for eni in enis {
+        let port = ports.get(&eni.mac.to_ascii_lowercase());
+        if port.is_none() {
+            unplaced.push(eni.clone());
+        }
+        for addr in &eni.addresses {
+            holders.entry(*addr).or_default().push((eni.id.as_str(), port));
+        }
+    }
+    let mut duplicates = Vec::new();
+    for (addr, on) in holders {
+        if let [(_, port)] = on.as_slice() {
+            entries.extend(port.map(|p| FlowEntry { port: p.clone(), addr }));
+            continue;
+        }
+        duplicates.push((addr, on.iter().map(|(id, _)| id.to_string()).collect()));
+        // Refused: the port that has it keeps it; a newcomer gets nothing.
+        let kept =
+            on.iter().filter_map(|(_, p)| *p).find(|p| current.contains(&FlowEntry { port: (*p).clone(), addr }));
+        entries.extend(kept.map(|p| FlowEntry { port: p.clone(), addr }));
+    }
+    (entries, duplicates, unplaced)
+}
+
+/// The changes from `from` to `to`: removals first, so a moved address is never on two ports.
+pub fn changes(from: &BTreeSet<FlowEntry>, to: &BTreeSet<FlowEntry>) -> Vec<FlowChange> {
+    let removed = from.difference(to).cloned().map(FlowChange::Remove);
+    removed.chain(to.difference(from).cloned().map(FlowChange::Add)).collect()
+}
+
+/// The text of `node`'s child element `name`.
+fn named<'a>(node: roxmltree::Node<'a, '_>, name: &str) -> Option<&'a str> {
+    node.children().find(|c| c.is_element() && c.tag_name().name() == name).and_then(|c| c.text()).map(str::trim)
+}
+
+/// `DescribeNetworkInterfaces`' reply, parsed.
+pub fn parse_enis(xml: &str) -> Result<Vec<DescribedEni>, String> {
+    let doc = roxmltree::Document::parse(xml).map_err(|e| format!("not XML: {e}"))?;
+    let set = doc
+        .descendants()
+        .find(|n| n.tag_name().name() == "networkInterfaceSet")
+        .ok_or_else(|| format!("no networkInterfaceSet: {}", xml.chars().take(300).collect::<String>()))?;
+    let mut enis = Vec::new();
+    for item in set.children().filter(|c| c.is_element()) {
+        let mut eni = DescribedEni {
+            id: named(item, "networkInterfaceId").unwrap_or_default().to_string(),
+            mac: named(item, "macAddress").unwrap_or_default().to_ascii_lowercase(),
+            addresses: Vec::new(),
+        };
+        let addresses = item.children().find(|c| c.tag_name().name() == "privateIpAddressesSet");
+        for address in addresses.into_iter().flat_map(|a| a.children().filter(|c| c.is_element())) {
+            eni.addresses.extend(named(address, "privateIpAddress").and_then(|a| a.parse::<IpAddr>().ok()));
+        }
+        enis.push(eni);
+    }
+    Ok(enis)
+}
+
+/// Every ENI, from moto at `upstream` (`http://HOST:PORT`). moto checks no signature; the
+/// header only names the region its state is kept under.
+pub fn describe(upstream: &str) -> Result<Vec<DescribedEni>, SyncError> {
+    let fail = |detail: String| SyncError::Describe { upstream: upstream.to_string(), detail };
+    let host = upstream.strip_prefix("http://").ok_or_else(|| fail("not an http:// URL".into()))?;
+    let mut stream = TcpStream::connect(host).map_err(|e| fail(e.to_string()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| fail(e.to_string()))?;
+    let body = "Action=DescribeNetworkInterfaces&Version=2016-11-15";
+    let auth = format!(
+        "AWS4-HMAC-SHA256 Credential=lab/20260101/{}/ec2/aws4_request, SignedHeaders=host, Signature=0",
+        crate::ec2::REGION
+    );
+    let request = format!(
+        "POST / HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+         Authorization: {auth}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).map_err(|e| fail(e.to_string()))?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).map_err(|e| fail(e.to_string()))?;
+    let (head, body) = reply.split_once("\r\n\r\n").ok_or_else(|| fail("no HTTP reply".into()))?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        return Err(fail(head.lines().next().unwrap_or("").to_string()));
+    }
+    // moto answers with Content-Length; a chunked body would not parse as XML and say so.
+    parse_enis(body).map_err(fail)
+}
+
+/// Changes to make at `due`.
+struct Push {
+    due: Instant,
+    changes: Vec<FlowChange>,
+}
+
+#[derive(Default)]
+struct State {
+    table: FlowTable,
+    /// The flow table once every queued push is applied.
+    target: BTreeSet<FlowEntry>,
+    queue: VecDeque<Push>,
+    push_delay_ms: u64,
+    polls: u64,
+    pushes_applied: u64,
+    last_error: Option<String>,
+    duplicates: Duplicates,
+    unplaced: Vec<DescribedEni>,
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs the programmer until the process is killed.
+pub fn run(config_path: PathBuf, control: PathBuf) -> Result<(), SyncError> {
+    let text = std::fs::read(&config_path).map_err(|e| SyncError::Config(config_path.clone(), e.to_string()))?;
+    let config: SyncConfig =
+        serde_json::from_slice(&text).map_err(|e| SyncError::Config(config_path.clone(), e.to_string()))?;
+    let prefixes = config
+        .prefixes
+        .iter()
+        .map(|p| p.parse::<IpNet>().map_err(|_| SyncError::Prefix(p.clone())))
+        .collect::<Result<Vec<_>, _>>()?;
+    sdn::run_nft(&config.fabric, &sdn::ruleset(config.gateway_port.as_deref(), &prefixes))?;
+    // The start: what EC2 has now, at once (the hosts' primary addresses).
+    let mut state = State { push_delay_ms: config.push_delay_ms, ..State::default() };
+    let enis = describe(&config.upstream)?;
+    let (entries, duplicates, unplaced) = desired(&enis, &config.ports, &config.fixed_hosts, &BTreeSet::new());
+    if let Some(script) = state.table.apply(&changes(&BTreeSet::new(), &entries)) {
+        sdn::run_nft(&config.fabric, &script)?;
+    }
+    (state.target, state.duplicates, state.unplaced, state.polls) = (entries, duplicates, unplaced, 1);
+    let state = Arc::new(Mutex::new(state));
+    let _ = std::fs::remove_file(&control);
+    let listener = UnixListener::bind(&control).map_err(SyncError::Control)?;
+    let (shared, fabric) = (state.clone(), config.fabric.clone());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let _ = answer(&shared, &fabric, stream);
+        }
+    });
+    println!("ec2-sdn: programming {} from {} every {} ms", config.fabric, config.upstream, config.poll_ms);
+    let poll = Duration::from_millis(config.poll_ms);
+    loop {
+        let started = Instant::now();
+        let described = describe(&config.upstream);
+        let mut s = lock(&state);
+        s.polls += 1;
+        match described {
+            Ok(enis) => {
+                let (entries, duplicates, unplaced) = desired(&enis, &config.ports, &config.fixed_hosts, &s.target);
+                let delta = changes(&s.target, &entries);
+                if !delta.is_empty() {
+                    // In the order seen, never before an earlier push.
+                    let due = (Instant::now() + Duration::from_millis(s.push_delay_ms))
+                        .max(s.queue.back().map_or_else(Instant::now, |p| p.due));
+                    s.queue.push_back(Push { due, changes: delta });
+                }
+                (s.target, s.duplicates, s.unplaced) = (entries, duplicates, unplaced);
+            }
+            Err(e) => s.last_error = Some(e.to_string()),
+        }
+        let now = Instant::now();
+        let mut due = Vec::new();
+        while s.queue.front().is_some_and(|p| p.due <= now) {
+            due.extend(s.queue.pop_front().expect("not empty").changes);
+            s.pushes_applied += 1;
+        }
+        if let Some(script) = s.table.apply(&due) {
+            if let Err(e) = sdn::run_nft(&config.fabric, &script) {
+                eprintln!("ec2-sdn: {e}");
+                s.last_error = Some(e.to_string());
+            }
+        }
+        // Until the next poll or the next push, whichever is first.
+        let next = s.queue.front().map_or(started + poll, |p| p.due.min(started + poll));
+        drop(s);
+        std::thread::sleep(next.saturating_duration_since(Instant::now()).max(Duration::from_millis(5)));
+    }
+}
+
+/// One control request (a JSON line) and its answer.
+fn answer(state: &Mutex<State>, fabric: &str, stream: UnixStream) -> std::io::Result<()> {
+    let mut line = String::new();
+    BufReader::new((&stream).take(1 << 16)).read_line(&mut line)?;
+    let request: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+    let reply = match request["op"].as_str() {
+        Some("state") => {
+            let counters = match sdn::counters(fabric) {
+                Ok(c) => json!(c),
+                Err(e) => json!({"error": e.to_string()}),
+            };
+            let s = lock(state);
+            json!({
+                "flow_table": s.table.entries(),
+                "pending_pushes": s.queue.len(),
+                "pushes_applied": s.pushes_applied,
+                "polls": s.polls,
+                "last_error": s.last_error,
+                "duplicates": s.duplicates,
+                "unplaced": s.unplaced,
+                "faults": {"push_delay_ms": s.push_delay_ms},
+                "counters": counters,
+            })
+        }
+        Some("faults") => match request["faults"]["push_delay_ms"].as_u64() {
+            Some(ms) => {
+                lock(state).push_delay_ms = ms;
+                json!({"faults": {"push_delay_ms": ms}})
+            }
+            None => json!({"error": "faults: only push_delay_ms is served here"}),
+        },
+        _ => json!({"error": format!("unknown request {line:?}: ops are state and faults")}),
+    };
+    (&stream).write_all(format!("{reply}\n").as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eni(id: &str, mac: &str, addrs: &[&str]) -> DescribedEni {
+        DescribedEni { id: id.into(), mac: mac.into(), addresses: addrs.iter().map(|a| a.parse().unwrap()).collect() }
+    }
+
+    fn entry(port: &str, addr: &str) -> FlowEntry {
+        FlowEntry { port: port.into(), addr: addr.parse().unwrap() }
+    }
+
+    #[test]
+    fn each_enis_addresses_go_to_the_port_with_its_mac_and_a_duplicate_is_refused() {
+        let ports: BTreeMap<String, String> =
+            [("02:00:00:00:00:01", "fn1"), ("02:00:00:00:00:02", "fn2")].map(|(m, p)| (m.into(), p.into())).into();
+        let gateway =
+            FixedHost { name: "gateway".into(), port: "fgw".into(), addresses: vec!["10.10.0.1".parse().unwrap()] };
+        let enis = [
+            eni("eni-1", "02:00:00:00:00:01", &["10.10.0.11", "10.10.7.7"]),
+            eni("eni-2", "02:00:00:00:00:02", &["10.10.0.12"]),
+            eni("eni-9", "02:00:00:00:00:09", &["10.10.9.9"]),
+        ];
+        let (entries, dups, unplaced) = desired(&enis, &ports, std::slice::from_ref(&gateway), &BTreeSet::new());
+        let want: BTreeSet<FlowEntry> = [
+            entry("fgw", "10.10.0.1"),
+            entry("fn1", "10.10.0.11"),
+            entry("fn1", "10.10.7.7"),
+            entry("fn2", "10.10.0.12"),
+        ]
+        .into();
+        assert_eq!(entries, want);
+        assert!(dups.is_empty());
+        assert_eq!(unplaced.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["eni-9"], "no port: forwards nothing");
+
+        // 10.10.7.7 also on eni-2: fn1 keeps it, and it is reported.
+        let both =
+            [eni("eni-1", "02:00:00:00:00:01", &["10.10.7.7"]), eni("eni-2", "02:00:00:00:00:02", &["10.10.7.7"])];
+        let (kept, dups, _) = desired(&both, &ports, &[], &want);
+        assert_eq!(kept, [entry("fn1", "10.10.7.7")].into());
+        assert_eq!(dups, vec![("10.10.7.7".parse().unwrap(), vec!["eni-1".to_string(), "eni-2".to_string()])]);
+        let (none, _, _) = desired(&both, &ports, &[], &BTreeSet::new());
+        assert!(none.is_empty(), "new on both at once: neither");
+
+        // A move (unassigned on eni-1, assigned on eni-2): removal first.
+        let moved = [eni("eni-2", "02:00:00:00:00:02", &["10.10.7.7"])];
+        let (after, _, _) = desired(&moved, &ports, &[], &kept);
+        assert_eq!(
+            changes(&kept, &after),
+            vec![FlowChange::Remove(entry("fn1", "10.10.7.7")), FlowChange::Add(entry("fn2", "10.10.7.7"))]
+        );
+    }
+
+    #[test]
+    fn moto_replies_parse() {
+        let xml = r#"<DescribeNetworkInterfacesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">
+            <networkInterfaceSet><item><networkInterfaceId>eni-1</networkInterfaceId>
+            <macAddress>02:00:00:AB:00:01</macAddress><privateIpAddress>10.10.0.11</privateIpAddress>
+            <privateIpAddressesSet><item><privateIpAddress>10.10.0.11</privateIpAddress><primary>true</primary></item>
+            <item><privateIpAddress>10.10.7.7</privateIpAddress><primary>false</primary></item></privateIpAddressesSet>
+            </item></networkInterfaceSet></DescribeNetworkInterfacesResponse>"#;
+        assert_eq!(parse_enis(xml).unwrap(), vec![eni("eni-1", "02:00:00:ab:00:01", &["10.10.0.11", "10.10.7.7"])]);
+        assert!(parse_enis("<Response><Errors/></Response>").is_err());
+    }
+}
