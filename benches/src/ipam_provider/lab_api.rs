@@ -10,6 +10,8 @@ use vpc_lab::lab::{Lab, VpcMode};
 pub enum Provider {
     /// `--vpc ucloud`: the lab's emulator of UCloud's VPC API.
     Ucloud,
+    /// `--vpc aws`: moto behind the lab's EC2 proxy.
+    Aws,
 }
 
 /// How the lab's API is held back during the measured phases.
@@ -34,6 +36,7 @@ impl Provider {
     pub fn name(self) -> &'static str {
         match self {
             Provider::Ucloud => "ucloud",
+            Provider::Aws => "aws",
         }
     }
 
@@ -41,6 +44,7 @@ impl Provider {
     pub fn vpc_mode(self) -> VpcMode {
         match self {
             Provider::Ucloud => VpcMode::Ucloud,
+            Provider::Aws => VpcMode::Aws,
         }
     }
 
@@ -48,6 +52,9 @@ impl Provider {
     pub fn describe(self, slow: &ApiSlowdown) -> String {
         match self {
             Provider::Ucloud => format!("{}: {} ms, at most {}/s", self.name(), slow.latency_ms, slow.rate_per_sec),
+            Provider::Aws => {
+                format!("{}: {} ms, {}% RequestLimitExceeded", self.name(), slow.latency_ms, slow.throttle * 100.0)
+            }
         }
     }
 
@@ -59,6 +66,7 @@ impl Provider {
                 let rate = slow.rate_per_sec.is_finite().then_some(slow.rate_per_sec);
                 ucloud_api(lab).set_faults(json!({"latency_ms": slow.latency_ms, "rate_per_sec": rate}));
             }
+            Provider::Aws => ec2(lab).faults(json!({"latency_ms": slow.latency_ms, "throttle": slow.throttle})),
         }
     }
 
@@ -72,10 +80,16 @@ impl Provider {
                 .flatten()
                 .filter_map(|c| c["count"].as_u64())
                 .sum(),
+            // The proxy counts every call it received, throttled ones included.
+            Provider::Aws => ec2(lab).total_calls(),
         }
     }
 }
 
 fn ucloud_api(lab: &Lab) -> &vpc_lab::lab::vpc_api::VpcApi {
     lab.vpc_api().expect("a lab with --vpc ucloud serves the VPC API")
+}
+
+fn ec2(lab: &Lab) -> &vpc_lab::ec2::Ec2Lab {
+    lab.ec2_vpc().expect("a lab with --vpc aws runs EC2").ec2()
 }
