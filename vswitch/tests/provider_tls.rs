@@ -20,35 +20,21 @@ use vswitch::ipam::provider::{ProviderError, VpcProvider};
 
 const PROXY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/src/ec2_lab.py");
 
-fn openssl(args: &[&str]) {
-    let out = Command::new("openssl").args(args).output().expect("openssl");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+/// `openssl` with `args` split at spaces (the paths are a temporary directory's: none in them).
+fn openssl(args: &str) {
+    let out = Command::new("openssl").args(args.split(' ')).output().expect("openssl");
+    assert!(out.status.success(), "openssl {args}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// A CA named `name` in `dir`: (certificate, key).
 fn ca(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     let (cert, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        &format!("/CN={name}"),
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign",
-        "-keyout",
-        key.to_str().unwrap(),
-        "-out",
-        cert.to_str().unwrap(),
-    ]);
+    openssl(&format!(
+        "req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN={name} \
+         -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign -keyout {} -out {}",
+        key.display(),
+        cert.display()
+    ));
     (cert, key)
 }
 
@@ -58,38 +44,19 @@ fn server_cert(dir: &Path, (ca_cert, ca_key): &(PathBuf, PathBuf)) -> (PathBuf, 
         (dir.join("server.crt"), dir.join("server.key"), dir.join("server.csr"), dir.join("server.ext"));
     std::fs::write(&ext, "subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n")
         .unwrap();
-    openssl(&[
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-subj",
-        "/CN=localhost",
-        "-keyout",
-        key.to_str().unwrap(),
-        "-out",
-        csr.to_str().unwrap(),
-    ]);
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        csr.to_str().unwrap(),
-        "-CA",
-        ca_cert.to_str().unwrap(),
-        "-CAkey",
-        ca_key.to_str().unwrap(),
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        ext.to_str().unwrap(),
-        "-out",
-        cert.to_str().unwrap(),
-    ]);
+    openssl(&format!(
+        "req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost -keyout {} -out {}",
+        key.display(),
+        csr.display()
+    ));
+    openssl(&format!(
+        "x509 -req -in {} -CA {} -CAkey {} -CAcreateserial -days 1 -extfile {} -out {}",
+        csr.display(),
+        ca_cert.display(),
+        ca_key.display(),
+        ext.display(),
+        cert.display()
+    ));
     (cert, key)
 }
 
