@@ -192,7 +192,13 @@ fn measure(provider: Provider, options: &Options, progress: &impl Fn(&str)) -> P
     for pod in &burst {
         pod.del(&lab);
     }
-    let calls = provider.api_calls(&lab) - calls_before;
+    let mut calls = provider.api_calls(&lab);
+    for (action, before) in calls_before {
+        *calls.entry(action).or_default() -= before;
+    }
+    calls.retain(|_, n| *n > 0);
+    progress(&format!("{name}: API calls by action: {calls:?}"));
+    let calls: u64 = calls.values().sum();
     provider.slow_api(&lab, &ApiSlowdown::NONE);
     lab.delete_pods();
     progress(&format!("{name}: every pod gone; waiting for the pools to settle (cooldown 30 s)"));

@@ -2,6 +2,8 @@
 //! them, how its API is slowed and rate-limited, and how many calls it answered. The phases
 //! (`super::run`) are one code path for all.
 
+use std::collections::BTreeMap;
+
 use serde_json::json;
 use vpc_lab::lab::{Lab, VpcMode};
 
@@ -70,19 +72,25 @@ impl Provider {
         }
     }
 
-    /// Every call the lab's API received so far, refused ones included (each cost the node a
-    /// round trip), counted by the API itself.
-    pub fn api_calls(self, lab: &Lab) -> u64 {
+    /// Every call the lab's API received so far by action, refused ones included (each cost
+    /// the node a round trip), counted by the API itself.
+    pub fn api_calls(self, lab: &Lab) -> BTreeMap<String, u64> {
+        let mut by_action = BTreeMap::new();
         match self {
-            Provider::Ucloud => ucloud_api(lab).state()["calls"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|c| c["count"].as_u64())
-                .sum(),
-            // The proxy counts every call it received, throttled ones included.
-            Provider::Aws => ec2(lab).total_calls(),
+            Provider::Ucloud => {
+                // One entry per action and RetCode.
+                for call in ucloud_api(lab).state()["calls"].as_array().into_iter().flatten() {
+                    let action = call["action"].as_str().unwrap_or("?").to_string();
+                    *by_action.entry(action).or_default() += call["count"].as_u64().unwrap_or(0);
+                }
+            }
+            Provider::Aws => {
+                let calls = ec2(lab).calls();
+                by_action
+                    .extend(calls.as_object().into_iter().flatten().map(|(a, n)| (a.clone(), n.as_u64().unwrap_or(0))));
+            }
         }
+        by_action
     }
 }
 
