@@ -1,27 +1,34 @@
-//! `vpc-bench ipam --provider ucloud`: pod addresses from a cloud's VPC API (provider mode on
-//! the lab VPC, `--vpc ucloud`, the API slowed and rate-limited as asked) against vswitchd's
+//! `vpc-bench ipam --provider ucloud[,...]`: pod addresses from a cloud's VPC API (provider mode
+//! on the provider's lab VPC, its API slowed and rate-limited as asked) against vswitchd's
 //! cluster IPAM on etcd, in one run on lab nodes of the same shape, through the real vpc-cni.
+//! One etcd phase, then each provider in turn on a lab of its own; what differs between the
+//! providers is [`lab_api`]'s alone.
 //!
 //! - Provider, warm pool: ADDs one after another round-robin over the nodes, `PACE` apart, a
-//!   window of live pods (the NICs' secondary-IP quota is 40), each DEL'd `WINDOW` ADDs later
-//!   (ADDs told to retry later are retried, the time counted): ADD p50/p99,
-//!   VPC API calls per pod over the run, and for every `PROBE_EVERY`th pod the time from the
-//!   ADD's start to the first ping from the VM answered.
+//!   window of live pods, each DEL'd `WINDOW` ADDs later (ADDs told to retry later are retried,
+//!   the time counted): ADD p50/p99, VPC API calls per pod over the run (counted by the lab's
+//!   API), and for every `PROBE_EVERY`th pod the time from the ADD's start to the first ping
+//!   from the VM answered.
 //! - Provider, empty pool: `BURST` ADDs at once on every node, more than its warm pool holds;
 //!   the p99 is the ADDs that had to allocate themselves.
 //! - etcd: the same sequential ADDs on an etcd lab.
 //! - Duplicates: an address handed to a pod while another live pod had it. Leaked: after every
 //!   pod is gone and the pools have settled, a secondary IP of a node's NIC the node does not
-//!   account for.
+//!   account for (the lab's audit of the nodes' books against the VPC's).
+
+mod lab_api;
+mod report;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-use vpc_lab::lab::{IpamMode, Lab, LabSpec, VpcMode};
+use vpc_lab::lab::{IpamMode, Lab, LabSpec};
 use vpc_lab::netns::{unique, Netns};
+
+pub use lab_api::{ApiSlowdown, Provider};
+pub use report::{EtcdFigures, ProviderFigures, ProviderReport};
 
 /// Live pods in the sequential phase, cluster-wide, and the pace of its ADDs: a DEL'd address
 /// cools 30 s on its NIC, and a NIC holds at most 40 secondary IPs (live, warm and cooling).
@@ -34,32 +41,13 @@ const BURST: usize = 12;
 /// Every how many pods the first packet is timed.
 const PROBE_EVERY: usize = 10;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Options {
+    /// Measured one after the other, each on a lab of its own.
+    pub providers: Vec<Provider>,
     pub nodes: usize,
     pub pods: usize,
-    pub api_latency_ms: u64,
-    pub api_rate: f64,
-}
-
-/// One provider's figures (a later provider, AWS, has the same keys).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ProviderFigures {
-    pub add_p50_ms: f64,
-    pub add_p99_ms: f64,
-    pub add_p99_empty_pool_ms: f64,
-    pub api_calls_per_pod: f64,
-    pub first_packet_ms_p50: f64,
-}
-
-#[derive(Debug)]
-pub struct ProviderReport {
-    pub options: Options,
-    pub providers: Vec<(&'static str, ProviderFigures)>,
-    pub etcd_add_p50_ms: f64,
-    pub etcd_add_p99_ms: f64,
-    pub duplicates: usize,
-    pub leaked: usize,
+    pub slow: ApiSlowdown,
 }
 
 fn percentile(samples: &mut [f64], q: f64) -> f64 {
@@ -68,69 +56,6 @@ fn percentile(samples: &mut [f64], q: f64) -> f64 {
     }
     samples.sort_by(f64::total_cmp);
     samples[((samples.len() as f64 - 1.0) * q).round() as usize]
-}
-
-impl ProviderReport {
-    pub fn json(&self) -> Value {
-        let mut providers: serde_json::Map<String, Value> = self
-            .providers
-            .iter()
-            .map(|(name, f)| {
-                let figures = json!({
-                    "add_p50_ms": f.add_p50_ms, "add_p99_ms": f.add_p99_ms,
-                    "add_p99_empty_pool_ms": f.add_p99_empty_pool_ms,
-                    "api_calls_per_pod": f.api_calls_per_pod, "first_packet_ms_p50": f.first_packet_ms_p50,
-                });
-                (name.to_string(), figures)
-            })
-            .collect();
-        providers
-            .insert("etcd".into(), json!({"add_p50_ms": self.etcd_add_p50_ms, "add_p99_ms": self.etcd_add_p99_ms}));
-        json!({"providers": providers, "duplicates": self.duplicates, "leaked": self.leaked})
-    }
-
-    /// The targets: warm-pool ADD p99 at most 1.2x etcd's, at most 1.2 API calls per pod, no
-    /// duplicate, no leak.
-    pub fn targets(&self) -> Vec<(String, bool)> {
-        let mut out = Vec::new();
-        for (name, f) in &self.providers {
-            let ratio = f.add_p99_ms / self.etcd_add_p99_ms;
-            out.push((format!("{name}: warm-pool ADD p99 {ratio:.2}x etcd's (at most 1.2x)"), ratio <= 1.2));
-            out.push((
-                format!("{name}: {:.2} VPC API calls per pod (at most 1.2)", f.api_calls_per_pod),
-                f.api_calls_per_pod <= 1.2,
-            ));
-        }
-        out.push((format!("{} duplicates (0)", self.duplicates), self.duplicates == 0));
-        out.push((format!("{} leaked addresses (0)", self.leaked), self.leaked == 0));
-        out
-    }
-
-    pub fn table(&self) -> String {
-        let o = &self.options;
-        let mut out = format!(
-            "IPAM by provider: {} pods on {} nodes; VPC API latency {} ms, rate {}/s (ms)\n",
-            o.pods, o.nodes, o.api_latency_ms, o.api_rate
-        );
-        out += &format!(
-            "{:<10} {:>8} {:>8} {:>16} {:>14} {:>16}\n",
-            "mode", "ADD p50", "ADD p99", "ADD p99 empty", "API calls/pod", "first packet p50"
-        );
-        for (name, f) in &self.providers {
-            out += &format!(
-                "{name:<10} {:>8.1} {:>8.1} {:>16.1} {:>14.2} {:>16.1}\n",
-                f.add_p50_ms, f.add_p99_ms, f.add_p99_empty_pool_ms, f.api_calls_per_pod, f.first_packet_ms_p50
-            );
-        }
-        out += &format!(
-            "{:<10} {:>8.1} {:>8.1} {:>16} {:>14} {:>16}\n",
-            "etcd", self.etcd_add_p50_ms, self.etcd_add_p99_ms, "-", "-", "-"
-        );
-        for (target, met) in self.targets() {
-            out += &format!("{}: {target}\n", if met { "met    " } else { "NOT MET" });
-        }
-        out
-    }
 }
 
 /// A pod the bench made.
@@ -175,14 +100,6 @@ impl BenchPod {
         lab.cni("DEL", self.node, &self.container, &self.netns.path(), &self.name)
             .unwrap_or_else(|e| panic!("DEL {}: {}", self.name, e.message));
     }
-}
-
-/// Every VPC API call the nodes made so far.
-fn api_calls(lab: &Lab, nodes: usize) -> u64 {
-    (0..nodes)
-        .flat_map(|n| lab.daemon(n).ctl_json(&["ipam"])["provider"]["calls"].as_array().cloned().unwrap_or_default())
-        .filter_map(|c| c["calls"].as_u64())
-        .sum()
 }
 
 /// Until the VM's ping reaches `ip`, from `since`; at most 5 s.
@@ -231,27 +148,38 @@ fn sequential(lab: &Lab, nodes: usize, pods: usize, first_packets: bool) -> (Vec
     (adds, packets, duplicates)
 }
 
-/// Runs both modes. Needs root and etcd.
-pub fn run(options: Options, progress: impl Fn(&str)) -> ProviderReport {
-    let Options { nodes, pods, api_latency_ms, api_rate } = options;
+/// Runs the etcd mode, then every provider. Needs root and etcd.
+pub fn run(options: &Options, progress: impl Fn(&str)) -> ProviderReport {
+    let Options { nodes, pods, .. } = *options;
     progress("etcd mode: lab up");
     let (mut etcd_adds, _, etcd_duplicates) = {
         let lab = Lab::up(LabSpec { nodes, ipam: IpamMode::Etcd, pods_per_node: 1, ..LabSpec::default() }, |_| {});
         progress(&format!("etcd mode: {pods} sequential ADDs"));
         sequential(&lab, nodes, pods, false)
     };
+    let etcd = EtcdFigures {
+        add_p50_ms: percentile(&mut etcd_adds, 0.5),
+        add_p99_ms: percentile(&mut etcd_adds, 0.99),
+        duplicates: etcd_duplicates,
+    };
+    let providers = options.providers.iter().map(|&p| (p, measure(p, options, &progress))).collect();
+    ProviderReport { nodes, pods, slow: options.slow, providers, etcd }
+}
 
-    progress("provider mode (ucloud): lab up");
+/// One provider's phases on a lab of its own.
+fn measure(provider: Provider, options: &Options, progress: &impl Fn(&str)) -> ProviderFigures {
+    let Options { nodes, pods, .. } = *options;
+    let name = provider.name();
+    progress(&format!("provider mode ({name}): lab up"));
     let mut lab = Lab::up(
-        LabSpec { nodes, vpc: VpcMode::Ucloud, ipam: IpamMode::Vpc, pods_per_node: 1, ..LabSpec::default() },
+        LabSpec { nodes, vpc: provider.vpc_mode(), ipam: IpamMode::Vpc, pods_per_node: 1, ..LabSpec::default() },
         |_| {},
     );
-    let api = lab.vpc_api().expect("the VPC API");
-    api.set_faults(json!({"latency_ms": api_latency_ms, "rate_per_sec": api_rate}));
-    let calls_before = api_calls(&lab, nodes);
-    progress(&format!("provider mode: {pods} sequential ADDs"));
+    provider.slow_api(&lab, &options.slow);
+    let calls_before = provider.api_calls(&lab);
+    progress(&format!("{name}: {pods} sequential ADDs"));
     let (mut adds, mut packets, mut duplicates) = sequential(&lab, nodes, pods, true);
-    progress(&format!("provider mode: bursts of {BURST} ADDs per node"));
+    progress(&format!("{name}: bursts of {BURST} ADDs per node"));
     let mut burst: Vec<BenchPod> = (0..nodes * BURST).map(|i| BenchPod::new("burst", i, i % nodes)).collect();
     let mut empty: Vec<f64> = std::thread::scope(|s| {
         let lab = &lab;
@@ -260,32 +188,28 @@ pub fn run(options: Options, progress: impl Fn(&str)) -> ProviderReport {
     });
     let mut seen: HashMap<Ipv4Addr, usize> = HashMap::new();
     burst.iter().filter_map(|p| p.ip).for_each(|ip| *seen.entry(ip).or_default() += 1);
-    duplicates += seen.values().filter(|&&n| n > 1).map(|n| n - 1).sum::<usize>() + etcd_duplicates;
+    duplicates += seen.values().filter(|&&n| n > 1).map(|n| n - 1).sum::<usize>();
     for pod in &burst {
         pod.del(&lab);
     }
-    let calls = api_calls(&lab, nodes) - calls_before;
-    let api_calls_per_pod = calls as f64 / (pods + burst.len()) as f64;
-    api.set_faults(json!({"latency_ms": 0, "rate_per_sec": null}));
+    let mut calls = provider.api_calls(&lab);
+    for (action, before) in calls_before {
+        *calls.entry(action).or_default() -= before;
+    }
+    calls.retain(|_, n| *n > 0);
+    progress(&format!("{name}: API calls by action: {calls:?}"));
+    let calls: u64 = calls.values().sum();
+    provider.slow_api(&lab, &ApiSlowdown::NONE);
     lab.delete_pods();
-    progress("provider mode: every pod gone; waiting for the pools to settle (cooldown 30 s)");
+    progress(&format!("{name}: every pod gone; waiting for the pools to settle (cooldown 30 s)"));
     let books = lab.settle_nic_books(0..nodes, Duration::from_secs(120));
-    let leaked = books.iter().map(|b| b.leaked().len()).sum();
-    ProviderReport {
-        options,
-        providers: vec![(
-            "ucloud",
-            ProviderFigures {
-                add_p50_ms: percentile(&mut adds, 0.5),
-                add_p99_ms: percentile(&mut adds, 0.99),
-                add_p99_empty_pool_ms: percentile(&mut empty, 0.99),
-                api_calls_per_pod,
-                first_packet_ms_p50: percentile(&mut packets, 0.5),
-            },
-        )],
-        etcd_add_p50_ms: percentile(&mut etcd_adds, 0.5),
-        etcd_add_p99_ms: percentile(&mut etcd_adds, 0.99),
+    ProviderFigures {
+        add_p50_ms: percentile(&mut adds, 0.5),
+        add_p99_ms: percentile(&mut adds, 0.99),
+        add_p99_empty_pool_ms: percentile(&mut empty, 0.99),
+        api_calls_per_pod: calls as f64 / (pods + burst.len()) as f64,
+        first_packet_ms_p50: percentile(&mut packets, 0.5),
         duplicates,
-        leaked,
+        leaked: books.iter().map(|b| b.leaked().len()).sum(),
     }
 }

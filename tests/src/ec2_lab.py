@@ -25,6 +25,7 @@ import ipaddress
 import json
 import random
 import re
+import ssl
 import sys
 import threading
 import time
@@ -203,7 +204,7 @@ def assigned_xml(eni_id, addresses):
     ).encode()
 
 
-def serve(listen, upstream):
+def serve(listen, upstream, tls_cert=None, tls_key=None):
     lab = Lab(upstream)
 
     class Handler(BaseHTTPRequestHandler):
@@ -237,6 +238,12 @@ def serve(listen, upstream):
 
     host, port = listen.rsplit(":", 1)
     server = ThreadingHTTPServer((host, int(port)), Handler)
+    if tls_cert:
+        # https:// for the tests of the providers' TLS (vswitch/tests/provider_tls.rs). A client
+        # that refuses the certificate fails its accept (an OSError the server shrugs off).
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tls_cert, tls_key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     print("ready", flush=True)
     server.serve_forever()
 
@@ -324,6 +331,8 @@ def main():
     p = sub.add_parser("proxy")
     p.add_argument("--listen", required=True)
     p.add_argument("--upstream", required=True)
+    p.add_argument("--tls-cert", help="serve https:// with this PEM certificate chain")
+    p.add_argument("--tls-key", help="and this PEM key")
     p = sub.add_parser("seed")
     p.add_argument("--endpoint", required=True)
     p.add_argument("--cidr", default="10.0.0.0/16")
@@ -345,7 +354,7 @@ def main():
     p.add_argument("--tag", action="append", default=[], help="KEY=VALUE")
     args = parser.parse_args()
     if args.command == "proxy":
-        serve(args.listen, args.upstream)
+        serve(args.listen, args.upstream, args.tls_cert, args.tls_key)
     elif args.command == "seed":
         seed(args.endpoint, args.cidr, args.subnet_cidr, args.instance_type, args.count)
     elif args.command == "seed-lab":

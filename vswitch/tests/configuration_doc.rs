@@ -92,6 +92,7 @@ fn every_vswitchd_key_is_documented_and_every_documented_key_exists() {
                    key_file = "c.key"
                    [ucloud]
                    endpoint = "http://10.10.0.30:80"
+                   ca_file = "ucloud-ca.pem"
                    region = "cn-lab"
                    zone = "cn-lab-01"
                    project = "org-lab"
@@ -107,6 +108,7 @@ fn every_vswitchd_key_is_documented_and_every_documented_key_exists() {
                    subnet_id = "subnet-1"
                    instance_id = "i-1"
                    endpoint = "http://127.0.0.1:5000"
+                   ca_file = "aws-ca.pem"
                    security_group_ids = ["sg-1"]
                    cluster_name = "lab"
                    warm_ip_target = 2

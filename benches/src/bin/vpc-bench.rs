@@ -29,12 +29,6 @@ struct Runs {
     flows: u16,
 }
 
-/// The VPC providers `vpc-bench ipam --provider` knows (each a lab VPC API).
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum BenchProvider {
-    Ucloud,
-}
-
 #[derive(Subcommand)]
 enum Bench {
     /// ADD and DEL latency of vpc-cni next to the reference bridge + host-local plugins.
@@ -52,15 +46,20 @@ enum Bench {
         /// Pods per backend and phase.
         #[arg(long, default_value_t = 300)]
         pods: usize,
-        /// Instead: a VPC provider's API (`ucloud`, the lab's) against the etcd mode, in one run.
-        #[arg(long)]
-        provider: Option<BenchProvider>,
+        /// Instead: VPC providers' APIs (comma-separated; each on its lab VPC) against the etcd
+        /// mode, in one run and one table.
+        #[arg(long, value_delimiter = ',')]
+        provider: Vec<benches::ipam_provider::Provider>,
         /// With --provider: latency the lab's VPC API adds to every call.
         #[arg(long, default_value_t = 50)]
         api_latency_ms: u64,
-        /// With --provider: the lab's VPC API's rate limit (calls per second).
+        /// With --provider ucloud: the lab's VPC API's rate limit (calls per second).
         #[arg(long, default_value_t = 20.0)]
         api_rate: f64,
+        /// With --provider aws: the share of calls the lab's EC2 proxy answers
+        /// RequestLimitExceeded.
+        #[arg(long, default_value_t = 0.05)]
+        api_throttle: f64,
     },
     /// The cluster IPAM at Kubernetes' scale: N simulated nodes (the real node agent, no TAPs)
     /// on a fresh 3-member etcd per size, filled to P pods each, churned, one node killed and
@@ -247,16 +246,21 @@ fn main() {
                 );
             }
         }
-        Bench::Ipam { nodes, pods, provider: Some(BenchProvider::Ucloud), api_latency_ms, api_rate } => {
-            let options = benches::ipam_provider::Options { nodes, pods, api_latency_ms, api_rate };
-            let report = benches::ipam_provider::run(options, |step| eprintln!("  {step}"));
+        Bench::Ipam { nodes, pods, provider, api_latency_ms, api_rate, api_throttle } if !provider.is_empty() => {
+            let slow = benches::ipam_provider::ApiSlowdown {
+                latency_ms: api_latency_ms,
+                rate_per_sec: api_rate,
+                throttle: api_throttle,
+            };
+            let options = benches::ipam_provider::Options { providers: provider, nodes, pods, slow };
+            let report = benches::ipam_provider::run(&options, |step| eprintln!("  {step}"));
             if cli.json {
                 println!("{}", report.json());
             } else {
                 print!("{}", report.table());
             }
         }
-        Bench::Ipam { nodes, pods, provider: None, .. } => {
+        Bench::Ipam { nodes, pods, .. } => {
             let report = benches::ipam::run(nodes, pods);
             if cli.json {
                 println!("{}", report.json());

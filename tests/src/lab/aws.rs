@@ -120,6 +120,11 @@ pub struct Ec2Vpc {
 }
 
 impl Ec2Vpc {
+    /// EC2 itself: the proxy's faults and call counts (vpc-bench).
+    pub fn ec2(&self) -> &Ec2Lab {
+        self.ec2.as_ref().expect("EC2 runs until detached")
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -36,7 +36,13 @@ impl Lab {
     /// The VPC's secondary IPs of node `node`'s pod NIC (the VPC's view only: no call to the
     /// node, so it answers whatever the VPC API's latency).
     pub fn nic_secondary(&self, node: usize) -> BTreeSet<String> {
-        let vpc = self.topology.vpc.as_ref().expect("a lab with --vpc ucloud");
+        if let Some(ec2) = &self.topology.ec2 {
+            // --vpc aws: every ENI of the node's instance, as moto has it (not through the proxy).
+            let instance = &ec2.host(&format!("node{}", node + 1)).instance;
+            let enis = ec2.enis().into_iter().filter(|e| e["instance"].as_str() == instance.as_deref());
+            return enis.flat_map(|e| strings(&e["secondary"])).collect();
+        }
+        let vpc = self.topology.vpc.as_ref().expect("a lab with --vpc ucloud or aws");
         let pod_nic = super::node_config::pod_nic(self.topology.mode);
         let mac = &vpc.nics.iter().find(|n| n.node == node && n.interface == pod_nic).expect("the node's NIC").mac;
         let state = self.vpc_api().expect("the VPC API").state();

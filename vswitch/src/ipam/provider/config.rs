@@ -21,8 +21,11 @@ pub enum ProviderKind {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UCloudConfig {
-    /// `http://HOST[:PORT]`.
+    /// `https://HOST[:PORT]` (`http://` inside the VPC only).
     pub endpoint: String,
+    /// PEM: the CA that alone signs the endpoint's certificate (else Mozilla's roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     pub region: String,
     pub zone: String,
     pub project: String,

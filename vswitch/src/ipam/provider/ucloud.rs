@@ -3,9 +3,7 @@
 //! replies with `RetCode` (as `ucloud-sdk-python3` and UK8S's CNI speak it).
 //!
 //! The transport is a small HTTP/1.1 client on tokio (one connection per call, `Connection:
-//! close`): enough for the lab's `http://` endpoint. A real endpoint (`https://api.ucloud.cn`)
-//! needs TLS (rustls, as etcd-client already links) and should keep connections alive; this
-//! client refuses `https://` with a clear error rather than sending credentials in the clear.
+//! close`; `https://` through rustls: [`super::http`]).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -15,7 +13,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::config::UCloudConfig;
-use super::http::{exchange, form_encode, ok_body, split_endpoint};
+use super::http::{form_encode, ok_body, ApiEndpoint};
 use super::ucloud_metadata::NodeIdentity;
 use super::{ProviderError, SecondaryIp, VpcProvider};
 
@@ -25,7 +23,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Why the client cannot be built from `[ipam.ucloud]`.
 #[derive(Debug, thiserror::Error)]
 pub enum UCloudSetupError {
-    #[error("ipam.ucloud.endpoint '{0}': only http://HOST[:PORT][/PATH] is supported (https needs TLS, not built in)")]
+    #[error("ipam.ucloud: {0}")]
     Endpoint(String),
     #[error("ipam.ucloud: reading {path}: {source}")]
     Credential { path: std::path::PathBuf, source: std::io::Error },
@@ -36,9 +34,7 @@ pub enum UCloudSetupError {
 /// The client. Its `Debug` leaves the private key out.
 pub struct UCloud {
     config: UCloudConfig,
-    host: String,
-    port: u16,
-    path: String,
+    endpoint: ApiEndpoint,
     public_key: String,
     private_key: String,
     /// This node's NIC and host, configured or from the metadata service.
@@ -75,12 +71,10 @@ pub fn signature(params: &BTreeMap<String, String>, private_key: &str) -> String
 impl UCloud {
     /// The client for `config` on behalf of the node `identity` (`ucloud_metadata::identity`).
     pub fn new(config: &UCloudConfig, identity: NodeIdentity) -> Result<UCloud, UCloudSetupError> {
-        let (host, port, path) =
-            split_endpoint(&config.endpoint).ok_or_else(|| UCloudSetupError::Endpoint(config.endpoint.clone()))?;
+        let endpoint = ApiEndpoint::new(&config.endpoint, config.ca_file.as_deref())
+            .map_err(|e| UCloudSetupError::Endpoint(e.to_string()))?;
         Ok(UCloud {
-            host,
-            port,
-            path,
+            endpoint,
             public_key: read_secret(&config.public_key_file)?,
             private_key: read_secret(&config.private_key_file)?,
             identity,
@@ -103,7 +97,7 @@ impl UCloud {
 
     async fn post(&self, body: String) -> Result<Vec<u8>, String> {
         let form = [("Content-Type", "application/x-www-form-urlencoded")];
-        let reply = exchange((&self.host, self.port), "POST", &self.path, &form, &body, CALL_TIMEOUT).await?;
+        let reply = self.endpoint.exchange("POST", &form, &body, CALL_TIMEOUT).await?;
         ok_body(&reply)
     }
 
@@ -245,6 +239,7 @@ mod tests {
         std::fs::write(dir.path().join("wrong_key"), "wrong").unwrap();
         let config = |mac: &str, host: &str, private: &str| UCloudConfig {
             endpoint: format!("http://127.0.0.1:{port}"),
+            ca_file: None,
             region: "cn-lab".into(),
             zone: "cn-lab-01".into(),
             project: "org-lab".into(),

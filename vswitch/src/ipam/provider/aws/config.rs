@@ -27,9 +27,13 @@ pub struct AwsConfig {
     pub instance_id: Option<String>,
     #[serde(default = "default_imds")]
     pub imds_endpoint: String,
-    /// `http://HOST[:PORT]` of the EC2 API (moto, a proxy); absent: `https://ec2.REGION.amazonaws.com`.
+    /// `https://HOST[:PORT]` of the EC2 API (`http://` inside the VPC only: moto, a proxy);
+    /// absent: `https://ec2.REGION.amazonaws.com`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// PEM: the CA that alone signs the endpoint's certificate (else Mozilla's roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
     /// Security groups of new ENIs; empty: those of the instance's primary ENI.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub security_group_ids: Vec<String>,

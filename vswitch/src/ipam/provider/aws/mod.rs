@@ -79,7 +79,7 @@ impl Ec2 {
         }
         tracing::info!(credentials = %credentials.describe(), "EC2 credentials");
         Ok(Ec2 {
-            query: Query::new(&endpoint, &config.region, credentials)?,
+            query: Query::new(&endpoint, config.ca_file.as_deref(), &config.region, credentials)?,
             config: config.clone(),
             node: tokio::sync::Mutex::new(None),
             instance,

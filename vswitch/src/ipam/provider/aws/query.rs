@@ -8,7 +8,7 @@ use aws_sigv4::sign::v4;
 
 use super::credentials::{CredentialSource, Credentials};
 use super::xml;
-use crate::ipam::provider::http::{exchange, form_encode, host_header, parse_reply, split_endpoint};
+use crate::ipam::provider::http::{form_encode, parse_reply, ApiEndpoint};
 use crate::ipam::provider::ProviderError;
 
 pub const API_VERSION: &str = "2016-11-15";
@@ -18,18 +18,17 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Why the client cannot be built from `[ipam.aws]`.
 #[derive(Debug, thiserror::Error)]
 pub enum AwsSetupError {
-    #[error("ipam.aws.{key} '{value}': only http://HOST[:PORT][/PATH] is supported (https needs TLS, not built in)")]
+    #[error("ipam.aws.{key} '{value}': only http://HOST[:PORT][/PATH] is supported")]
     Endpoint { key: &'static str, value: String },
+    #[error("ipam.aws: {0}")]
+    Api(String),
     #[error(transparent)]
     Credentials(#[from] super::credentials::CredentialsError),
 }
 
 /// One endpoint with one identity. `Debug` leaves the credentials out.
 pub struct Query {
-    endpoint: String,
-    host: String,
-    port: u16,
-    path: String,
+    endpoint: ApiEndpoint,
     region: String,
     credentials: CredentialSource,
 }
@@ -84,10 +83,15 @@ pub fn typed_error(status: u16, code: &str, message: &str) -> ProviderError {
 }
 
 impl Query {
-    pub fn new(endpoint: &str, region: &str, credentials: CredentialSource) -> Result<Query, AwsSetupError> {
-        let (host, port, path) = split_endpoint(endpoint)
-            .ok_or_else(|| AwsSetupError::Endpoint { key: "endpoint", value: endpoint.to_string() })?;
-        Ok(Query { endpoint: endpoint.into(), host, port, path, region: region.into(), credentials })
+    /// `endpoint`'s server checked against `ca_file` if given (`https://`).
+    pub fn new(
+        endpoint: &str,
+        ca_file: Option<&std::path::Path>,
+        region: &str,
+        credentials: CredentialSource,
+    ) -> Result<Query, AwsSetupError> {
+        let endpoint = ApiEndpoint::new(endpoint, ca_file).map_err(|e| AwsSetupError::Api(e.to_string()))?;
+        Ok(Query { endpoint, region: region.into(), credentials })
     }
 
     /// Where the credentials come from (never the credentials).
@@ -119,7 +123,8 @@ impl Query {
             .build()
             .map_err(|e| e.to_string())?
             .into();
-        let url = format!("http://{host}{}", self.path);
+        // SigV4 signs the host and path, not the scheme.
+        let url = format!("https://{host}{}", self.endpoint.path());
         let headers = [("host", host), ("content-type", "application/x-www-form-urlencoded; charset=utf-8")];
         let request = SignableRequest::new("POST", url, headers.into_iter(), SignableBody::Bytes(body.as_bytes()))
             .map_err(|e| e.to_string())?;
@@ -155,15 +160,13 @@ impl Query {
         let mut form = vec![("Action".to_string(), action.to_string()), ("Version".into(), API_VERSION.into())];
         form.extend(params.iter().cloned());
         let body = form_encode(form.iter().map(|(k, v)| (k, v)));
-        let host = host_header(&self.host, self.port);
+        let host = self.endpoint.host_header();
         let headers = self
             .signed_headers(&host, &body, credentials)
             .map_err(|e| ProviderError::Auth(format!("{action}: signing: {e}")))?;
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let unavailable = |e: String| ProviderError::Unavailable(format!("{action} {}: {e}", self.endpoint));
-        let raw = exchange((&self.host, self.port), "POST", &self.path, &headers, &body, CALL_TIMEOUT)
-            .await
-            .map_err(unavailable)?;
+        let unavailable = |e: String| ProviderError::Unavailable(format!("{action} {}: {e}", self.endpoint.url()));
+        let raw = self.endpoint.exchange("POST", &headers, &body, CALL_TIMEOUT).await.map_err(unavailable)?;
         let reply = parse_reply(&raw).map_err(unavailable)?;
         let text = String::from_utf8_lossy(&reply.body).into_owned();
         if reply.status == 200 {
@@ -239,7 +242,8 @@ mod tests {
             source: "test".into(),
         };
         let query =
-            Query::new("http://127.0.0.1:5000", "us-east-1", CredentialSource::Fixed(credentials.clone())).unwrap();
+            Query::new("http://127.0.0.1:5000", None, "us-east-1", CredentialSource::Fixed(credentials.clone()))
+                .unwrap();
         let body = "Action=DescribeSubnets&Version=2016-11-15";
         let headers = query.signed_headers("127.0.0.1:5000", body, &credentials).unwrap();
         let get = |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
@@ -249,7 +253,9 @@ mod tests {
         assert!(get("x-amz-date").is_some());
         assert_eq!(get("x-amz-security-token"), Some("token"));
         assert!(!format!("{query:?}").contains("s3cr3t") && !auth.contains("s3cr3t"));
-        assert!(Query::new("https://ec2.us-east-1.amazonaws.com", "us-east-1", CredentialSource::Fixed(credentials))
-            .is_err());
+        let with =
+            |endpoint: &str| Query::new(endpoint, None, "us-east-1", CredentialSource::Fixed(credentials.clone()));
+        assert!(with("https://ec2.us-east-1.amazonaws.com").is_ok());
+        assert!(matches!(with("http://52.94.1.1"), Err(AwsSetupError::Api(m)) if m.contains("public address")));
     }
 }
