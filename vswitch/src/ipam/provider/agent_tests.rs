@@ -240,6 +240,11 @@ fn kept(ipam: &Node) -> (usize, BTreeSet<IpAddr>, BTreeSet<IpAddr>) {
     (r.pods.len(), r.warm.into_iter().collect(), r.undeliverable.into_iter().map(|(ip, _)| ip).collect())
 }
 
+/// An ADD refused because its address's NIC is not in the node, saying `why`.
+fn assert_nic_absent(refused: &IpamError, why: &str) {
+    assert!(matches!(refused, IpamError::Provider(ProviderRefusal::NicAbsent(m)) if m.contains(why)), "{refused}");
+}
+
 fn ips(last_octets: std::ops::RangeInclusive<u8>) -> BTreeSet<IpAddr> {
     last_octets.map(|i| IpAddr::from([10, 0, 0, i])).collect()
 }
@@ -258,10 +263,7 @@ async fn addresses_of_a_nic_the_node_lacks_are_kept_but_never_served_until_it_co
     ipam.tick().await.unwrap();
     assert_eq!(kept(&ipam), (2, BTreeSet::new(), ips(12..=13)), "the refill is not served");
     let refused = ipam.assign(&owner(3), None, None, &HashSet::new()).await.unwrap_err();
-    assert!(
-        matches!(&refused, IpamError::Provider(ProviderRefusal::NicAbsent(m)) if m.contains("eni-2 attached but not present in this node")),
-        "{refused}"
-    );
+    assert_nic_absent(&refused, "eni-2 attached but not present in this node");
     assert_eq!(ipam.lookup(&owner(3)), None);
     assert_eq!(kept(&ipam), (2, BTreeSet::new(), ips(12..=14)));
     // Reconcile neither deletes them nor adopts them, and the pool does not allocate more.
@@ -292,9 +294,6 @@ async fn a_probe_that_finds_no_interface_for_the_nic_does_not_hand_the_address_o
     ipam.tick().await.unwrap();
     assert_eq!(kept(&ipam), (0, BTreeSet::new(), ips(10..=11)), "the refill is not served");
     let refused = ipam.assign(&owner(1), None, None, &HashSet::new()).await.unwrap_err();
-    assert!(
-        matches!(&refused, IpamError::Provider(ProviderRefusal::NicAbsent(m)) if m.contains("not present in this node")),
-        "{refused}"
-    );
+    assert_nic_absent(&refused, "not present in this node");
     assert!(refused.to_string().contains("52:54:00:00:00:01"), "names the NIC: {refused}");
 }
