@@ -290,8 +290,8 @@ fn forwarded(state: &serde_json::Value, port: &str, ip: Ipv4Addr) -> bool {
 /// per node held everything (nothing unplaced); the sticky pod moves to node2 through
 /// `AssignPrivateIpAddresses` with `AllowReassignment` and the VM and another node's pod reach it
 /// within 2 s of its ADD; an address assigned twice in moto (which does not refuse it) is
-/// refused by the SDN: it stays with the node that had it; and an address of a second ENI is
-/// delivered nowhere (nothing in the node uses that ENI).
+/// refused by the SDN: it stays with the node that had it; and past one ENI's worth, node3
+/// serves no address of its second ENI (nothing in the node has it): ADD fails with code 11.
 #[test]
 fn three_nodes_on_the_aws_vpc() {
     require_root();
@@ -343,21 +343,46 @@ fn three_nodes_on_the_aws_vpc() {
     let vm = lab.vm.clone();
     lab.ping(&vm, n1a).unwrap_or_else(|e| panic!("the VM lost n1a to the duplicate: {e}"));
 
-    // Past one ENI's worth on node3: the provider attaches a second ENI, and a pod gets an
-    // address of it. Nothing in the node brings that ENI up (vswitchd sends the pod's traffic
-    // through eth0, the first ENI), so the SDN, holding EC2 to "an address passes only on its
-    // own ENI's MAC", forwards it nowhere: the VM does not reach it. (This documents what is not
-    // handled yet; see docs/testing.md.)
-    let second = (0..14).find_map(|k| {
-        let pod = lab.add_pod(2, &format!("x{k}"));
-        let on = holders(&ec2.enis(), pod.ip4());
-        (on != vec![node_eni(2)]).then_some((pod, on))
+    // Past one ENI's worth on node3: the provider attaches a second ENI, which nothing brings
+    // up in the node (no interface has its MAC; on EC2 the pod would be unreachable: the first
+    // ENI does not carry its address). None of its addresses is served: every ADD gets an
+    // address of the first ENI until an ADD fails with code 11 naming the second; no third ENI
+    // is attached after it. (Before: a pod got an address of the second ENI, delivered nowhere.)
+    let node3 = ec2.host("node3").instance.clone().expect("an instance");
+    let mut added = Vec::new();
+    let refused = (0..14).find_map(|k| {
+        let ns = vpc_lab::netns::Netns::new(&format!("{}y{k}", lab.name));
+        let container = format!("{}-y{k}", lab.name);
+        match lab.cni("ADD", 2, &container, &ns.path(), &format!("y{k}")) {
+            Ok(result) => {
+                let ip = result["ips"][0]["address"].as_str().and_then(|a| a.split('/').next()).unwrap().to_string();
+                assert_eq!(holders(&ec2.enis(), ip.parse().unwrap()), vec![node_eni(2)], "y{k} ({ip}) in EC2");
+                added.push((ns, container, k));
+                None
+            }
+            Err(e) => Some(e),
+        }
     });
-    let (pod, on) = second.expect("node3 never got an address of a second ENI");
-    let state = ec2.sdn_state();
-    let unplaced: Vec<&str> = state["unplaced"].as_array().unwrap().iter().filter_map(|e| e["id"].as_str()).collect();
-    assert!(on.len() == 1 && unplaced.contains(&on[0].as_str()), "{} on {on:?}; unplaced {unplaced:?}", pod.ip4());
-    assert!(lab.ping(&vm, pod.ip4()).is_err(), "{} of a second ENI answered the VM", pod.ip4());
+    let refused = refused.expect("node3 never refused an ADD past its first ENI");
+    let node3_enis: Vec<String> = ec2
+        .enis()
+        .iter()
+        .filter(|e| e["instance"] == node3.as_str())
+        .map(|e| e["id"].as_str().unwrap().into())
+        .collect();
+    assert_eq!(node3_enis.len(), 2, "node3's ENIs: {node3_enis:?}");
+    let second_eni = node3_enis.iter().find(|e| **e != node_eni(2)).expect("a second ENI");
+    assert_eq!(refused.code, 11, "{}", refused.message);
+    assert!(
+        refused.message.contains(&format!("{second_eni} attached but not present in this node")),
+        "{}",
+        refused.message
+    );
+    let view = lab.daemon(2).ctl_json(&["ipam"]);
+    assert!(view["provider"]["last_errors"].to_string().contains("attached but not present"), "{view}");
+    for (ns, container, k) in added {
+        let _ = lab.cni("DEL", 2, &container, &ns.path(), &format!("y{k}"));
+    }
     lab.delete_pods();
     eprintln!("the aws VPC: up {up:?}, {} paths, total {:?}", checks.len(), started.elapsed());
 }

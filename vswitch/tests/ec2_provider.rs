@@ -22,7 +22,7 @@ use vswitch_api::api::Attachment;
 fn config(lab: &Ec2Lab, targets: &str) -> AwsConfig {
     let config: AwsConfig = toml::from_str(&format!(
         "region = \"{REGION}\"\nsubnet_id = \"{}\"\ninstance_id = \"{}\"\nendpoint = \"{}\"\n\
-         ip_cooldown_period = 0\n{targets}",
+         ip_cooldown_period = 0\nrequire_eni_interface = false\n{targets}",
         lab.subnet, lab.instances[0], lab.endpoint
     ))
     .unwrap();
@@ -39,7 +39,10 @@ fn credentials() -> Credentials {
 }
 
 fn pool(lab: &Ec2Lab, targets: &str, dir: &std::path::Path) -> ProviderIpam<Ec2> {
-    let config = config(lab, targets);
+    pool_of(config(lab, targets), dir)
+}
+
+fn pool_of(config: AwsConfig, dir: &std::path::Path) -> ProviderIpam<Ec2> {
     let settings = ProviderSettings {
         backoff_min: Duration::from_millis(50),
         backoff_max: Duration::from_millis(400),
@@ -170,6 +173,30 @@ async fn an_outage_and_throttling_during_a_pod_storm_lose_nothing_and_leak_nothi
     ipam.reconcile().await.unwrap();
     assert_accounted(&lab, &ipam);
     ipam.assign(&owner(7), None, None, &HashSet::new()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eni_with_no_interface_in_the_node_gets_no_address_and_no_eni_after_it() {
+    let lab = Ec2Lab::start(None, "t3.small", 1);
+    let dir = tempfile::tempdir().unwrap();
+    // As vswitchd on the instance: here no interface has the primary ENI's (moto's) MAC.
+    let mut config = config(&lab, "WARM_IP_TARGET = 1");
+    config.require_eni_interface = true;
+    let ipam = pool_of(config, dir.path());
+    ipam.tick().await.unwrap();
+    ipam.tick().await.unwrap();
+    assert!(ipam.report().warm.is_empty(), "{:#?}", ipam.report());
+    let refused = ipam.assign(&owner(1), None, None, &HashSet::new()).await.unwrap_err();
+    let eni = lab.enis_of(&lab.instances[0])[0]["id"].as_str().unwrap().to_string();
+    assert!(
+        matches!(&refused, IpamError::Provider(ProviderRefusal::NicAbsent(m))
+            if m.starts_with(&format!("{eni} attached but not present in this node"))),
+        "{refused}"
+    );
+    assert_eq!(lab.enis_of(&lab.instances[0]).len(), 1, "an ENI attached after one the node lacks");
+    assert!(lab.secondary_of(&lab.instances[0]).is_empty(), "an address assigned to an absent ENI");
+    let api = ipam.report().api;
+    assert!(api.calls.iter().any(|(_, result, _)| result == "nic_absent"), "{:?}", api.calls);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,7 +29,8 @@ fn credentials_in_env() {
 fn config(lab: &Ec2Lab) -> String {
     format!(
         "[ipam]\nprovider = \"aws\"\n[ipam.aws]\nregion = \"{REGION}\"\nsubnet_id = \"{}\"\ninstance_id = \"{}\"\n\
-         endpoint = \"{}\"\nWARM_IP_TARGET = 1\nIP_COOLDOWN_PERIOD = 0\n",
+         endpoint = \"{}\"\nWARM_IP_TARGET = 1\nIP_COOLDOWN_PERIOD = 0\n\
+         require_eni_interface = false\n",
         lab.subnet, lab.instances[0], lab.endpoint
     )
 }

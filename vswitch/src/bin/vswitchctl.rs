@@ -340,6 +340,9 @@ fn print_provider(v: &IpamView, p: &vswitch_api::api::ProviderView) {
     println!("API: {health}   subnet free: {}", if v.store_reachable { v.free.to_string() } else { "?".into() });
     println!("pods: {}   warm: {}", v.this_node.assigned, list(&p.warm));
     println!("cooling: {}   deletes queued: {}", list(&p.cooling), list(&p.deleting));
+    for (ip, why) in &p.undeliverable {
+        println!("not served: {ip}: {why}");
+    }
     match &p.nic_secondary {
         Some(ips) => println!("NIC's secondary IPs (last reconcile): {}", list(ips)),
         None => println!("NIC's secondary IPs: not described yet"),

@@ -198,7 +198,7 @@ impl Collector for MetricsSnapshot {
 fn encode_provider_api(api: &ApiReport, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
     let mut family = encoder.encode_descriptor(
         "vswitch_ipam_provider_api_calls",
-        "VPC API calls by action and result (ok, throttled, unavailable, subnet_full, address_gone, quota, auth, other).",
+        "VPC API calls by action and result (ok, throttled, unavailable, subnet_full, address_gone, quota, auth, nic_absent, other).",
         None,
         MetricType::Counter,
     )?;

@@ -60,6 +60,10 @@ pub struct ProviderView {
     pub cooling: Vec<IpAddr>,
     /// Deletes queued until the API confirms them.
     pub deleting: Vec<IpAddr>,
+    /// Addresses of a NIC this node does not have (AWS: an ENI attached but not in the node),
+    /// and why: kept in the VPC, served to nobody.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub undeliverable: Vec<(IpAddr, String)>,
     /// The NIC's secondary IPs at the last reconcile (none: not described yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nic_secondary: Option<Vec<IpAddr>>,

@@ -46,6 +46,7 @@ pub fn view<P: VpcProvider, S: ClusterStore>(provider: &ProviderIpam<P, S>) -> I
             warm: r.warm,
             cooling: r.cooling,
             deleting: r.deleting,
+            undeliverable: r.undeliverable,
             nic_secondary: r.nic_secondary,
             api_healthy: r.api.healthy,
             backing_off_ms: r.backing_off_ms,

@@ -32,7 +32,7 @@ use vswitch_api::api::{Attachment, PodRef};
 use vswitch_api::sticky::{ClaimPolicy, StickyRequest};
 
 use super::claims::StickyClaims;
-use super::probe::{ArpProbe, FabricProbe};
+use super::probe::{ArpProbe, FabricProbe, ProbeError};
 use super::stats::{ApiReport, ApiStats};
 use super::{ProviderError, VpcProvider};
 use crate::ipam::store::{AnyStore, ClusterStore};
@@ -82,6 +82,9 @@ pub enum ProviderRefusal {
     Unavailable(String),
     #[error("no warm address on this node and the VPC API refused an allocation: {0}")]
     Refused(ProviderError),
+    /// Every address this node could get is on a NIC the node does not have (the message names it).
+    #[error("no warm address on this node and none it can deliver: {0}")]
+    NicAbsent(String),
     #[error("the sticky address {ip} could not be brought to this node: {error}")]
     Sticky { ip: IpAddr, error: ProviderError },
 }
@@ -121,6 +124,10 @@ struct Persisted {
     /// Released sticky pods' addresses.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     held: BTreeMap<IpAddr, HeldAddress>,
+    /// Addresses of this node's NICs it cannot deliver (why): kept in the VPC, served to nobody,
+    /// warm again once the NIC is in the node (reconcile looks).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    undeliverable: BTreeMap<IpAddr, String>,
 }
 
 impl Persisted {
@@ -129,6 +136,7 @@ impl Persisted {
             || self.cooling.contains_key(&ip)
             || self.deleting.contains(&ip)
             || self.held.contains_key(&ip)
+            || self.undeliverable.contains_key(&ip)
             || self.pods.values().any(|p| p.ip == ip)
     }
 }
@@ -157,6 +165,8 @@ pub struct ProviderReport {
     pub cooling: Vec<IpAddr>,
     pub deleting: Vec<IpAddr>,
     pub held: Vec<(IpAddr, HeldAddress)>,
+    /// Addresses of a NIC this node does not have, and why: not served.
+    pub undeliverable: Vec<(IpAddr, String)>,
     pub nic_secondary: Option<Vec<IpAddr>>,
     pub backing_off_ms: Option<u64>,
     pub api: ApiReport,
@@ -340,7 +350,15 @@ impl<P: VpcProvider, S: ClusterStore, F: FabricProbe> ProviderIpam<P, S, F> {
         self.save()?;
         if fresh {
             // New on this NIC: answered once the fabric delivers it (warm ones were probed).
-            self.probe_fabric(ip).await;
+            if let Err(why) = self.deliverable(ip).await {
+                {
+                    let mut guard = self.lock();
+                    guard.0.pods.remove(&key(owner));
+                    guard.0.undeliverable.insert(ip, why.clone());
+                }
+                self.save()?;
+                return Err(ProviderRefusal::NicAbsent(why).into());
+            }
         }
         Ok((ip, true))
     }
@@ -387,6 +405,7 @@ impl<P: VpcProvider, S: ClusterStore, F: FabricProbe> ProviderIpam<P, S, F> {
         }
         let ip = self.call("AllocateSecondaryIp", self.provider.allocate(None)).await.map_err(|e| match e {
             ProviderError::SubnetFull(m) => ProviderRefusal::SubnetFull(m),
+            ProviderError::NicAbsent(m) => ProviderRefusal::NicAbsent(m),
             e if e.is_transient() => ProviderRefusal::Unavailable(e.to_string()),
             e => ProviderRefusal::Refused(e),
         })?;
@@ -394,15 +413,35 @@ impl<P: VpcProvider, S: ClusterStore, F: FabricProbe> ProviderIpam<P, S, F> {
         Ok((ip, true))
     }
 
-    /// Until the fabric delivers `ip`, bounded by the probe's timeout; measured. A probe that
-    /// times out or cannot run only warns: the address is used anyway. Not probed where the
-    /// provider's fabric proves nothing ([`VpcProvider::fabric_probe_mac`]), nor with a zero
-    /// timeout (`ipam.ucloud.fabric_probe_timeout_ms = 0`).
-    async fn probe_fabric(&self, ip: IpAddr) {
-        if self.settings.fabric_probe_timeout.is_zero() {
-            return;
+    /// Why this node cannot deliver `ip`: the provider says its NIC is not in the node, or (when
+    /// probed) no interface has the probe's MAC; `None`: nothing known against it.
+    async fn absence(&self, ip: IpAddr) -> Option<String> {
+        if let Some(why) = self.provider.undeliverable(ip).await {
+            return Some(why);
         }
-        let Some(nic) = self.provider.fabric_probe_mac(ip).await else { return };
+        if self.settings.fabric_probe_timeout.is_zero() {
+            return None;
+        }
+        let mac = self.provider.fabric_probe_mac(ip).await?;
+        (!self.probe.has_interface(&mac))
+            .then(|| format!("the NIC holding {ip} is not present in this node: no interface has its MAC {mac}"))
+    }
+
+    /// Whether this node can deliver a new address `ip`: not where the provider says its NIC is
+    /// not in the node ([`VpcProvider::undeliverable`]) nor where no interface has the probe's
+    /// MAC; else once the fabric delivers it, bounded by the probe's timeout (measured). A probe
+    /// that times out or fails otherwise only warns: the address is used anyway. Not probed
+    /// where the provider's fabric proves nothing ([`VpcProvider::fabric_probe_mac`]), nor with
+    /// a zero timeout (`ipam.ucloud.fabric_probe_timeout_ms = 0`). `Err`: why not.
+    async fn deliverable(&self, ip: IpAddr) -> Result<(), String> {
+        if let Some(why) = self.absence(ip).await {
+            tracing::warn!(%ip, "{why}: the address is not served");
+            return Err(why);
+        }
+        if self.settings.fabric_probe_timeout.is_zero() {
+            return Ok(());
+        }
+        let Some(nic) = self.provider.fabric_probe_mac(ip).await else { return Ok(()) };
         let started = Instant::now();
         let result = self.probe.probe(&nic, ip, self.settings.fabric_probe_timeout).await;
         self.stats.record_probe(ip, started.elapsed(), &result);
@@ -410,8 +449,13 @@ impl<P: VpcProvider, S: ClusterStore, F: FabricProbe> ProviderIpam<P, S, F> {
             Ok(()) => {
                 tracing::debug!(%ip, ms = started.elapsed().as_millis() as u64, "the fabric delivers a new address")
             }
+            Err(e @ ProbeError::NoInterface(_)) => {
+                tracing::warn!(%ip, error = %e, "the address's NIC is not in this node: not served");
+                return Err(format!("the NIC holding {ip} is not present in this node: {e}"));
+            }
             Err(e) => tracing::warn!(%ip, error = %e, "fabric probe failed: the address is used anyway"),
         }
+        Ok(())
     }
 
     pub fn lookup(&self, owner: &Attachment) -> Option<IpAddr> {
@@ -535,8 +579,11 @@ impl<P: VpcProvider, S: ClusterStore, F: FabricProbe> ProviderIpam<P, S, F> {
     /// the NIC but not yet in the state. A crash before they join leaves them to reconcile.
     async fn fill(&self) -> Result<(), IpamError> {
         let missing = {
+            // Undeliverable addresses count as warm: their NIC may come, and allocating more
+            // would likely land on the same NIC.
             let guard = self.lock();
-            self.watermarks(&guard.0).0.saturating_sub(guard.0.warm.len())
+            let warmish = guard.0.warm.len() + guard.0.undeliverable.len();
+            self.watermarks(&guard.0).0.saturating_sub(warmish)
         };
         if missing == 0 {
             return Ok(());
@@ -554,12 +601,17 @@ impl<P: VpcProvider, S: ClusterStore, F: FabricProbe> ProviderIpam<P, S, F> {
                 }
             }
         }
-        futures::future::join_all(allocated.iter().map(|ip| self.probe_fabric(*ip))).await;
+        let checked = futures::future::join_all(allocated.iter().map(|ip| self.deliverable(*ip))).await;
         {
             let mut guard = self.lock();
             guard.1.allocating -= 1;
             guard.1.epoch += 1;
-            guard.0.warm.extend(allocated);
+            for (ip, check) in allocated.into_iter().zip(checked) {
+                match check {
+                    Ok(()) => guard.0.warm.insert(ip),
+                    Err(why) => guard.0.undeliverable.insert(ip, why).is_none(),
+                };
+            }
         }
         self.save()
     }
@@ -596,6 +648,12 @@ impl<P: VpcProvider, S: ClusterStore, F: FabricProbe> ProviderIpam<P, S, F> {
             guard.1.epoch
         };
         let Ok(listed) = self.call("DescribeSecondaryIp", self.provider.describe()).await else { return Ok(()) };
+        let mut absent = BTreeMap::new();
+        for ip in &listed {
+            if let Some(why) = self.absence(*ip).await {
+                absent.insert(*ip, why);
+            }
+        }
         {
             let mut guard = self.lock();
             let (state, rt) = &mut *guard;
@@ -610,6 +668,7 @@ impl<P: VpcProvider, S: ClusterStore, F: FabricProbe> ProviderIpam<P, S, F> {
                 state.warm.remove(&gone);
             }
             state.cooling.retain(|ip, _| on_nic.contains(ip));
+            self.sort_undeliverable(state, &on_nic, &absent);
             state.deleting.retain(|ip| on_nic.contains(ip));
             // Taken over by another node (MoveSecondaryIPMac) or deleted: no longer ours to hold.
             state.held.retain(|ip, h| {
@@ -622,7 +681,10 @@ impl<P: VpcProvider, S: ClusterStore, F: FabricProbe> ProviderIpam<P, S, F> {
                 tracing::error!(ip = %p.ip, owner = %key(&p.owner), "a pod's address is not on this NIC in the VPC");
             }
             for ip in on_nic.iter().filter(|ip| !state.knows(**ip)).copied().collect::<Vec<_>>() {
-                if state.warm.len() < self.watermarks(state).1 {
+                if let Some(why) = absent.get(&ip) {
+                    tracing::warn!(%ip, "an address of this node nobody held: {why}; not served");
+                    state.undeliverable.insert(ip, why.clone());
+                } else if state.warm.len() < self.watermarks(state).1 {
                     tracing::info!(%ip, "adopted an address of this NIC nobody held into the pool");
                     state.warm.insert(ip);
                 } else {
@@ -638,6 +700,27 @@ impl<P: VpcProvider, S: ClusterStore, F: FabricProbe> ProviderIpam<P, S, F> {
             let _ = self.call("CollectLeakedNics", self.provider.collect_leaked_nics()).await;
         }
         Ok(())
+    }
+
+    /// Warm addresses whose NIC left the node become undeliverable; undeliverable ones whose NIC
+    /// is in the node again become warm (`absent`: the NIC-less addresses of `on_nic`); those
+    /// the VPC no longer has are dropped. Neither kind is deleted: the NIC may come (EC2 shows an
+    /// attached ENI in the instance seconds later), and deleting would only make room for
+    /// another allocation onto the same NIC.
+    fn sort_undeliverable(&self, state: &mut Persisted, on_nic: &BTreeSet<IpAddr>, absent: &BTreeMap<IpAddr, String>) {
+        state.undeliverable.retain(|ip, _| on_nic.contains(ip));
+        for (ip, why) in absent {
+            if state.warm.remove(ip) {
+                tracing::warn!(%ip, "{why}: taken out of the warm pool");
+                state.undeliverable.insert(*ip, why.clone());
+            }
+        }
+        let back: Vec<IpAddr> = state.undeliverable.keys().filter(|ip| !absent.contains_key(ip)).copied().collect();
+        for ip in back {
+            tracing::info!(%ip, "its NIC is in the node now: back in the warm pool");
+            state.undeliverable.remove(&ip);
+            state.warm.insert(ip);
+        }
     }
 
     /// The subnet's free addresses, straight from the API (credentials and reachability).
@@ -656,6 +739,7 @@ impl<P: VpcProvider, S: ClusterStore, F: FabricProbe> ProviderIpam<P, S, F> {
             cooling: state.cooling.keys().copied().collect(),
             deleting: state.deleting.iter().copied().collect(),
             held: state.held.iter().map(|(ip, h)| (*ip, h.clone())).collect(),
+            undeliverable: state.undeliverable.iter().map(|(ip, why)| (*ip, why.clone())).collect(),
             nic_secondary: rt.described.clone(),
             backing_off_ms: rt
                 .retry_at

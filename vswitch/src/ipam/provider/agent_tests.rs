@@ -23,12 +23,21 @@ fn owner(n: usize) -> Attachment {
 struct FakeFabric {
     delay: Duration,
     never: bool,
+    /// No interface has the NIC's MAC.
+    no_interface: bool,
     probed: Arc<Mutex<Vec<IpAddr>>>,
 }
 
 impl FabricProbe for FakeFabric {
+    fn has_interface(&self, _nic: &str) -> bool {
+        !self.no_interface
+    }
+
     async fn probe(&self, _nic: &str, ip: IpAddr, timeout: Duration) -> Result<(), ProbeError> {
         self.probed.lock().unwrap().push(ip);
+        if self.no_interface {
+            return Err(ProbeError::NoInterface(_nic.into()));
+        }
         if self.never || self.delay > timeout {
             tokio::time::sleep(timeout).await;
             return Err(ProbeError::TimedOut { ip, timeout });
@@ -223,4 +232,68 @@ async fn a_probe_that_times_out_hands_the_address_out_anyway() {
     let probe = ipam.report().api.fabric_probe;
     assert_eq!((probe.count, probe.timeouts), (1, 1));
     assert_eq!(probe.last.map(|l| (l.ip, l.result)), Some((ip, "timeout")));
+}
+
+/// The node's addresses by where the pool keeps them: pods', warm, undeliverable.
+fn kept(ipam: &Node) -> (usize, BTreeSet<IpAddr>, BTreeSet<IpAddr>) {
+    let r = ipam.report();
+    (r.pods.len(), r.warm.into_iter().collect(), r.undeliverable.into_iter().map(|(ip, _)| ip).collect())
+}
+
+/// An ADD refused because its address's NIC is not in the node, saying `why`.
+fn assert_nic_absent(refused: &IpamError, why: &str) {
+    assert!(matches!(refused, IpamError::Provider(ProviderRefusal::NicAbsent(m)) if m.contains(why)), "{refused}");
+}
+
+fn ips(last_octets: std::ops::RangeInclusive<u8>) -> BTreeSet<IpAddr> {
+    last_octets.map(|i| IpAddr::from([10, 0, 0, i])).collect()
+}
+
+#[tokio::test]
+async fn addresses_of_a_nic_the_node_lacks_are_kept_but_never_served_until_it_comes() {
+    let dir = tempfile::tempdir().unwrap();
+    let vpc = FakeVpc::new(16);
+    // The first two addresses are on the node's NIC, the rest on one it does not have.
+    vpc.lock().unwrap().absent = ips(12..=25);
+    let ipam = node(&vpc, dir.path());
+    ipam.tick().await.unwrap();
+    for n in 1..=2 {
+        ipam.assign(&owner(n), None, None, &HashSet::new()).await.unwrap();
+    }
+    ipam.tick().await.unwrap();
+    assert_eq!(kept(&ipam), (2, BTreeSet::new(), ips(12..=13)), "the refill is not served");
+    let refused = ipam.assign(&owner(3), None, None, &HashSet::new()).await.unwrap_err();
+    assert_nic_absent(&refused, "eni-2 attached but not present in this node");
+    assert_eq!(ipam.lookup(&owner(3)), None);
+    assert_eq!(kept(&ipam), (2, BTreeSet::new(), ips(12..=14)));
+    // Reconcile neither deletes them nor adopts them, and the pool does not allocate more.
+    let calls = vpc.lock().unwrap().calls;
+    ipam.tick().await.unwrap();
+    ipam.tick().await.unwrap();
+    assert_eq!(vpc.lock().unwrap().calls, calls + 2, "two describes, no allocation, no delete");
+    assert_eq!(vpc.lock().unwrap().on("52:54:00:00:00:01"), ips(10..=14), "kept in the VPC");
+    assert_eq!(kept(&ipam), (2, BTreeSet::new(), ips(12..=14)));
+    // A restart keeps them apart.
+    drop(ipam);
+    let ipam = node(&vpc, dir.path());
+    assert_eq!(kept(&ipam), (2, BTreeSet::new(), ips(12..=14)));
+    // The NIC comes up in the node: they are served.
+    vpc.lock().unwrap().absent.clear();
+    ipam.tick().await.unwrap();
+    assert_eq!(kept(&ipam), (2, ips(12..=14), BTreeSet::new()));
+    let (ip, _) = ipam.assign(&owner(3), None, None, &HashSet::new()).await.unwrap();
+    assert!(ips(12..=14).contains(&ip));
+}
+
+#[tokio::test]
+async fn a_probe_that_finds_no_interface_for_the_nic_does_not_hand_the_address_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let vpc = FakeVpc::new(16);
+    let fabric = FakeFabric { no_interface: true, ..FakeFabric::default() };
+    let ipam = node_with(&vpc, dir.path(), fabric);
+    ipam.tick().await.unwrap();
+    assert_eq!(kept(&ipam), (0, BTreeSet::new(), ips(10..=11)), "the refill is not served");
+    let refused = ipam.assign(&owner(1), None, None, &HashSet::new()).await.unwrap_err();
+    assert_nic_absent(&refused, "not present in this node");
+    assert!(refused.to_string().contains("52:54:00:00:00:01"), "names the NIC: {refused}");
 }

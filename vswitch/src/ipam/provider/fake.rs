@@ -30,6 +30,8 @@ pub struct FakeVpc {
     pub down: bool,
     pub throttled: bool,
     pub calls: u64,
+    /// Addresses on a NIC the node does not have (as an ENI attached but not in the instance).
+    pub absent: BTreeSet<IpAddr>,
 }
 
 impl FakeVpc {
@@ -116,5 +118,10 @@ impl VpcProvider for FakeNic {
 
     async fn subnet_free(&self) -> Result<u64, ProviderError> {
         Ok(self.enter()?.free.len() as u64)
+    }
+
+    async fn undeliverable(&self, ip: IpAddr) -> Option<String> {
+        let absent = self.vpc.lock().unwrap().absent.contains(&ip);
+        absent.then(|| format!("eni-2 attached but not present in this node: it holds {ip}"))
     }
 }

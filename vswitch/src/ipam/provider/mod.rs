@@ -66,6 +66,11 @@ pub enum ProviderError {
     /// The credentials are refused (bad signature, unknown key).
     #[error("VPC API refused the credentials: {0}")]
     Auth(String),
+    /// The NIC that would hold the address is attached in the VPC but has no interface up in
+    /// this node, which therefore cannot deliver its addresses (AWS: an ENI not yet, or never,
+    /// brought up in the instance). The message names the NIC.
+    #[error("{0}")]
+    NicAbsent(String),
     #[error("VPC API error {code}: {message}")]
     Other { code: u32, message: String },
 }
@@ -85,6 +90,7 @@ impl ProviderError {
             ProviderError::AddressGone(_) => "address_gone",
             ProviderError::Quota(_) => "quota",
             ProviderError::Auth(_) => "auth",
+            ProviderError::NicAbsent(_) => "nic_absent",
             ProviderError::Other { .. } => "other",
         }
     }
@@ -122,6 +128,11 @@ pub trait VpcProvider: Send + Sync + 'static {
     /// Deletes this node's NICs left detached and unused (AWS: leaked ENIs); how many.
     fn collect_leaked_nics(&self) -> impl Future<Output = Result<usize, ProviderError>> + Send {
         async { Ok(0) }
+    }
+    /// Why this node cannot deliver `ip`, a secondary IP of one of its NICs (AWS: the ENI holding
+    /// it has no interface up in the node); `None`: it can. The pool serves no such address.
+    fn undeliverable(&self, _ip: IpAddr) -> impl Future<Output = Option<String>> + Send {
+        async { None }
     }
     /// The MAC of the NIC a new address `ip` is probed from ([`probe`]: an ARP request with `ip`
     /// as sender, to the gateway), where the provider's fabric proves delivery by answering it;

@@ -49,6 +49,10 @@ impl ProbeError {
 /// Waits until the fabric delivers `ip` on the NIC with MAC `nic`, or `timeout` passes.
 pub trait FabricProbe: Send + Sync + 'static {
     fn probe(&self, nic: &str, ip: IpAddr, timeout: Duration) -> impl Future<Output = Result<(), ProbeError>> + Send;
+    /// Whether the node has an interface with the MAC `nic` (without probing).
+    fn has_interface(&self, _nic: &str) -> bool {
+        true
+    }
 }
 
 /// The ARP probe on the node's VPC NIC that holds the address (the provider names its MAC:
@@ -79,16 +83,31 @@ impl FabricProbe for ArpProbe {
         .await
         .map_err(|e| ProbeError::Io(e.to_string()))?
     }
+
+    fn has_interface(&self, nic: &str) -> bool {
+        interface_with_mac(&nic.to_ascii_lowercase()).is_some()
+    }
 }
 
 /// The index of the interface whose MAC is `mac` (lower case, colons).
 fn interface_with_mac(mac: &str) -> Option<u32> {
+    interface_field(mac, "ifindex")?.parse().ok()
+}
+
+/// Whether an interface of this network namespace has the MAC `mac` and is up (`IFF_UP`).
+pub fn interface_up_with_mac(mac: &str) -> bool {
+    let flags = interface_field(&mac.to_ascii_lowercase(), "flags");
+    flags.and_then(|f| u32::from_str_radix(f.trim_start_matches("0x"), 16).ok()).is_some_and(|f| f & 1 != 0)
+}
+
+/// The sysfs attribute `field` of the interface whose MAC is `mac`.
+fn interface_field(mac: &str, field: &str) -> Option<String> {
     std::fs::read_dir("/sys/class/net").ok()?.flatten().find_map(|entry| {
         let address = std::fs::read_to_string(entry.path().join("address")).ok()?;
         if address.trim() != mac {
             return None;
         }
-        std::fs::read_to_string(entry.path().join("ifindex")).ok()?.trim().parse().ok()
+        Some(std::fs::read_to_string(entry.path().join(field)).ok()?.trim().to_string())
     })
 }
 

@@ -26,7 +26,9 @@ fn node(vpc: &Arc<Mutex<FakeVpc>>, nic: &str, dir: &Path, store: &Path) -> Node 
     let claims = StickyClaims::new(FileStore::open(store).unwrap(), "/t", nic, vec!["db/*".into()], Duration::ZERO);
     let dir = dir.join(nic.replace(':', ""));
     std::fs::create_dir_all(&dir).unwrap();
-    ProviderIpam::open_with(FakeNic { vpc: vpc.clone(), nic: nic.into() }, settings(), &dir, Some(claims)).unwrap()
+    // Not probed: the fake NICs' MACs are on no interface here (the real ARP probe would refuse them).
+    let settings = super::ProviderSettings { fabric_probe_timeout: std::time::Duration::ZERO, ..settings() };
+    ProviderIpam::open_with(FakeNic { vpc: vpc.clone(), nic: nic.into() }, settings, &dir, Some(claims)).unwrap()
 }
 
 fn owner(id: &str) -> Attachment {

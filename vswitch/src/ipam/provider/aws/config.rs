@@ -68,6 +68,16 @@ pub struct AwsConfig {
     /// With `fabric_probe`: the longest a new address is probed before it is used anyway.
     #[serde(default = "default_fabric_probe_timeout")]
     pub fabric_probe_timeout_ms: u64,
+    /// Serve an ENI's addresses only while an interface with its MAC is up in this node (else
+    /// the pod is unreachable: the instance's other ENIs do not carry it), and attach no ENI
+    /// while an attached one is still missing. `false` only where vswitchd does not run on the
+    /// instance itself (tests against moto from the host).
+    #[serde(default = "default_true")]
+    pub require_eni_interface: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_imds() -> String {

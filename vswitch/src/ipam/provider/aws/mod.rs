@@ -203,10 +203,30 @@ impl Ec2 {
         Ok(node.enis.len() - 1)
     }
 
-    /// The ENI the next address goes to: the first with room, else a new one.
+    /// Why the node cannot deliver `eni`'s addresses: no interface with its MAC is up in it
+    /// (with `require_eni_interface`); `None`: it can.
+    fn absent(&self, eni: &xml::Eni) -> Option<String> {
+        let present =
+            !self.config.require_eni_interface || eni.mac.is_empty() || super::probe::interface_up_with_mac(&eni.mac);
+        (!present).then(|| {
+            format!(
+                "{} attached but not present in this node: no interface with its MAC {} is up (device index {})",
+                eni.id,
+                eni.mac,
+                eni.device_index.map_or("?".into(), |i| i.to_string())
+            )
+        })
+    }
+
+    /// The ENI the next address goes to: the first present one with room, else a new one. No
+    /// ENI is attached while an attached one is absent from the node (the new one would be too).
     async fn eni_with_room(&self, node: &mut Node) -> Result<usize, ProviderError> {
-        if let Some(at) = node.with_room() {
+        let full = |e: &xml::Eni| e.secondary.len() >= node.per_eni;
+        if let Some(at) = node.enis.iter().position(|e| !full(e) && self.absent(e).is_none()) {
             return Ok(at);
+        }
+        if let Some(why) = node.enis.iter().find_map(|e| self.absent(e)) {
+            return Err(ProviderError::NicAbsent(why));
         }
         if !node.may_attach() {
             return Err(ProviderError::Quota(format!(
@@ -214,7 +234,12 @@ impl Ec2 {
                 node.instance_id, node.instance_type, node.max_enis, node.per_eni
             )));
         }
-        self.attach_new_eni(node).await
+        let at = self.attach_new_eni(node).await?;
+        // On EC2 the new NIC shows up in the instance a few seconds later: until then, no address.
+        match self.absent(&node.enis[at]) {
+            Some(why) => Err(ProviderError::NicAbsent(why)),
+            None => Ok(at),
+        }
     }
 
     /// `AssignPrivateIpAddresses` on the ENI at `at`: one new address, or `ip` (taken from
@@ -385,9 +410,17 @@ impl VpcProvider for Ec2 {
         self.delete_leaked_enis().await
     }
 
-    /// The MAC of the ENI holding `ip` (`[ipam.aws] fabric_probe` only). An address of a second
-    /// ENI is probed from that ENI's MAC, which no interface of the node has unless something
-    /// brought the ENI up: the probe then fails at once and the address is used anyway.
+    /// An address of an ENI no interface of this node has (with `require_eni_interface`).
+    async fn undeliverable(&self, ip: IpAddr) -> Option<String> {
+        let IpAddr::V4(ip) = ip else { return None };
+        let guard = self.node.lock().await;
+        let node = guard.as_ref()?;
+        node.holding(ip).and_then(|at| self.absent(&node.enis[at]))
+    }
+
+    /// The MAC of the ENI holding `ip` (`[ipam.aws] fabric_probe` only). An address of an ENI
+    /// no interface of the node has is not served ([`VpcProvider::undeliverable`]); its probe
+    /// fails at once, and the pool does not use it either.
     async fn fabric_probe_mac(&self, ip: IpAddr) -> Option<String> {
         if !self.config.fabric_probe {
             return None;
