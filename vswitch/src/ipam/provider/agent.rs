@@ -32,12 +32,13 @@ use vswitch_api::api::{Attachment, PodRef};
 use vswitch_api::sticky::{ClaimPolicy, StickyRequest};
 
 use super::claims::StickyClaims;
-use super::probe::{ArpProbe, FabricProbe, ProbeError};
+use super::probe::{ArpProbe, FabricProbe};
 use super::stats::{ApiReport, ApiStats};
 use super::{ProviderError, VpcProvider};
 use crate::ipam::store::{AnyStore, ClusterStore};
 use crate::ipam::IpamError;
 
+mod deliverable;
 mod sticky;
 
 /// The provider state's file in the state directory.
@@ -413,51 +414,6 @@ impl<P: VpcProvider, S: ClusterStore, F: FabricProbe> ProviderIpam<P, S, F> {
         Ok((ip, true))
     }
 
-    /// Why this node cannot deliver `ip`: the provider says its NIC is not in the node, or (when
-    /// probed) no interface has the probe's MAC; `None`: nothing known against it.
-    async fn absence(&self, ip: IpAddr) -> Option<String> {
-        if let Some(why) = self.provider.undeliverable(ip).await {
-            return Some(why);
-        }
-        if self.settings.fabric_probe_timeout.is_zero() {
-            return None;
-        }
-        let mac = self.provider.fabric_probe_mac(ip).await?;
-        (!self.probe.has_interface(&mac))
-            .then(|| format!("the NIC holding {ip} is not present in this node: no interface has its MAC {mac}"))
-    }
-
-    /// Whether this node can deliver a new address `ip`: not where the provider says its NIC is
-    /// not in the node ([`VpcProvider::undeliverable`]) nor where no interface has the probe's
-    /// MAC; else once the fabric delivers it, bounded by the probe's timeout (measured). A probe
-    /// that times out or fails otherwise only warns: the address is used anyway. Not probed
-    /// where the provider's fabric proves nothing ([`VpcProvider::fabric_probe_mac`]), nor with
-    /// a zero timeout (`ipam.ucloud.fabric_probe_timeout_ms = 0`). `Err`: why not.
-    async fn deliverable(&self, ip: IpAddr) -> Result<(), String> {
-        if let Some(why) = self.absence(ip).await {
-            tracing::warn!(%ip, "{why}: the address is not served");
-            return Err(why);
-        }
-        if self.settings.fabric_probe_timeout.is_zero() {
-            return Ok(());
-        }
-        let Some(nic) = self.provider.fabric_probe_mac(ip).await else { return Ok(()) };
-        let started = Instant::now();
-        let result = self.probe.probe(&nic, ip, self.settings.fabric_probe_timeout).await;
-        self.stats.record_probe(ip, started.elapsed(), &result);
-        match result {
-            Ok(()) => {
-                tracing::debug!(%ip, ms = started.elapsed().as_millis() as u64, "the fabric delivers a new address")
-            }
-            Err(e @ ProbeError::NoInterface(_)) => {
-                tracing::warn!(%ip, error = %e, "the address's NIC is not in this node: not served");
-                return Err(format!("the NIC holding {ip} is not present in this node: {e}"));
-            }
-            Err(e) => tracing::warn!(%ip, error = %e, "fabric probe failed: the address is used anyway"),
-        }
-        Ok(())
-    }
-
     pub fn lookup(&self, owner: &Attachment) -> Option<IpAddr> {
         self.lock().0.pods.get(&key(owner)).map(|p| p.ip)
     }
@@ -700,27 +656,6 @@ impl<P: VpcProvider, S: ClusterStore, F: FabricProbe> ProviderIpam<P, S, F> {
             let _ = self.call("CollectLeakedNics", self.provider.collect_leaked_nics()).await;
         }
         Ok(())
-    }
-
-    /// Warm addresses whose NIC left the node become undeliverable; undeliverable ones whose NIC
-    /// is in the node again become warm (`absent`: the NIC-less addresses of `on_nic`); those
-    /// the VPC no longer has are dropped. Neither kind is deleted: the NIC may come (EC2 shows an
-    /// attached ENI in the instance seconds later), and deleting would only make room for
-    /// another allocation onto the same NIC.
-    fn sort_undeliverable(&self, state: &mut Persisted, on_nic: &BTreeSet<IpAddr>, absent: &BTreeMap<IpAddr, String>) {
-        state.undeliverable.retain(|ip, _| on_nic.contains(ip));
-        for (ip, why) in absent {
-            if state.warm.remove(ip) {
-                tracing::warn!(%ip, "{why}: taken out of the warm pool");
-                state.undeliverable.insert(*ip, why.clone());
-            }
-        }
-        let back: Vec<IpAddr> = state.undeliverable.keys().filter(|ip| !absent.contains_key(ip)).copied().collect();
-        for ip in back {
-            tracing::info!(%ip, "its NIC is in the node now: back in the warm pool");
-            state.undeliverable.remove(&ip);
-            state.warm.insert(ip);
-        }
     }
 
     /// The subnet's free addresses, straight from the API (credentials and reachability).
