@@ -17,17 +17,6 @@ fn daemon(node: &Netns, dir: &TempDir, pool: &str) -> Daemon {
     Daemon::start_with_config(&Binaries::beside_current_exe(), node, &dir.0, 1, &config)
 }
 
-fn conf(daemon: &Daemon, dir: &TempDir) -> Value {
-    json!({
-        "cniVersion": "1.1.0",
-        "name": "vpc",
-        "type": "vpc-cni",
-        "vswitchSocket": daemon.socket,
-        "ipam": {"type": "vswitchd"},
-        "logFile": dir.0.join("vpc-cni.log"),
-    })
-}
-
 /// Runs the plugin as a runtime does (no CNI_NETNS for GC and STATUS), with the pod's name in
 /// CNI_ARGS; returns (success, stdout JSON or Null).
 fn cni(command: &str, container: &str, pod: &str, netns: Option<&Path>, conf: &Value) -> (bool, Value) {
@@ -82,7 +71,7 @@ fn pods_get_addresses_from_vswitchd_and_give_them_back() {
     let dir = TempDir::new();
     let node = Netns::new("vcn");
     let daemon = daemon(&node, &dir, "10.61.0.0/28");
-    let conf = conf(&daemon, &dir);
+    let conf = daemon.vswitchd_ipam_conf(&dir.0);
     let (a, b) = (Netns::new("vcp"), Netns::new("vcp"));
     let (ok, ra) = cni("ADD", "ctr-a", "default/web-0", Some(&a.path()), &conf);
     assert!(ok, "{ra}");
@@ -137,7 +126,7 @@ fn cluster_ipam_errors_carry_the_right_cni_codes() {
     let node = Netns::new("vcn");
     // Six usable addresses.
     let daemon = daemon(&node, &dir, "10.62.0.0/29");
-    let conf = conf(&daemon, &dir);
+    let conf = daemon.vswitchd_ipam_conf(&dir.0);
     let pods: Vec<Netns> = (0..7).map(|_| Netns::new("vcp")).collect();
     for (i, pod) in pods.iter().enumerate().take(6) {
         let (ok, r) = cni("ADD", &format!("c{i}"), &format!("default/p{i}"), Some(&pod.path()), &conf);
@@ -157,7 +146,7 @@ fn cluster_ipam_errors_carry_the_right_cni_codes() {
     let plain_dir = TempDir::new();
     let plain_node = Netns::new("vcn");
     let plain = Daemon::start(&Binaries::beside_current_exe(), &plain_node, &plain_dir.0, 1);
-    let r = cni("ADD", "cy", "default/y", Some(&pods[6].path()), &self::conf(&plain, &plain_dir)).1;
+    let r = cni("ADD", "cy", "default/y", Some(&pods[6].path()), &plain.vswitchd_ipam_conf(&plain_dir.0)).1;
     assert_eq!(r["code"], 7, "{r}");
 
     // vswitchd down: ADD is 11; DEL still removes the pod's interface and succeeds.

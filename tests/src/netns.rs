@@ -282,6 +282,19 @@ impl Binaries {
 }
 
 impl Daemon {
+    /// The conflist entry a node with this vswitchd gives vpc-cni when the daemon hands out the
+    /// addresses (`"ipam": {"type": "vswitchd"}`), the plugin's log in `log_dir`.
+    pub fn vswitchd_ipam_conf(&self, log_dir: &Path) -> serde_json::Value {
+        serde_json::json!({
+            "cniVersion": "1.1.0",
+            "name": "vpc",
+            "type": "vpc-cni",
+            "vswitchSocket": self.socket,
+            "ipam": {"type": "vswitchd"},
+            "logFile": log_dir.join("vpc-cni.log"),
+        })
+    }
+
     pub fn start(bins: &Binaries, node: &Netns, dir: &Path, workers: usize) -> Daemon {
         Self::start_with_config(bins, node, dir, workers, "")
     }

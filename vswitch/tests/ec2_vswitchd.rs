@@ -35,17 +35,6 @@ fn config(lab: &Ec2Lab) -> String {
     )
 }
 
-fn conf(daemon: &Daemon, dir: &TempDir) -> Value {
-    json!({
-        "cniVersion": "1.1.0",
-        "name": "vpc",
-        "type": "vpc-cni",
-        "vswitchSocket": daemon.socket,
-        "ipam": {"type": "vswitchd"},
-        "logFile": dir.0.join("vpc-cni.log"),
-    })
-}
-
 /// A CNI ADD as a runtime makes it: the address, or the plugin's error JSON.
 fn add(container: &str, pod: &Netns, conf: &Value) -> Result<Ipv4Addr, Value> {
     let mut cmd = cni_command(&binary("vpc-cni"), "ADD", container, &pod.path());
@@ -104,7 +93,7 @@ fn pods_started_by_vpc_cni_get_secondary_addresses_of_the_instances_enis() {
     assert_eq!(view["provider"]["nic"], lab.instances[0].as_str(), "{view:#}");
     assert_eq!(view["store_reachable"], true, "DescribeSubnets through the proxy: {view:#}");
 
-    let conf = conf(daemon, dir);
+    let conf = daemon.vswitchd_ipam_conf(&dir.0);
     let pods: Vec<Netns> = (0..4).map(|_| Netns::new("vawp")).collect();
     let mut ips = Vec::new();
     for (n, pod) in pods.iter().enumerate() {
@@ -145,7 +134,7 @@ fn pods_started_by_vpc_cni_get_secondary_addresses_of_the_instances_enis() {
 #[test]
 fn a_kill_9_between_the_ec2_call_and_the_answer_to_add_loses_and_duplicates_nothing() {
     let AwsNode { daemon, lab, node, dir } = &mut aws_node("vawk");
-    let conf = conf(daemon, dir);
+    let conf = daemon.vswitchd_ipam_conf(&dir.0);
 
     // A storm of 3 pods on a pool of 1: two ADDs call EC2 themselves, and EC2 is slow. vswitchd
     // dies while they wait; EC2 still assigns the addresses.
