@@ -530,31 +530,16 @@ mod tests {
             port: format!("p{n}"),
             primary: vec![IpAddr::V4(Ipv4Addr::new(10, 0, 0, 10 + n))],
         };
-        Vpc::new(VpcConfig {
-            region: "cn-lab".into(),
-            zone: "cn-lab-01".into(),
-            project_id: "org-lab".into(),
-            vpc_id: "uvnet-t".into(),
-            subnets: vec![SubnetConfig {
-                subnet_id: "subnet-t".into(),
-                cidr: "10.0.0.0/24".into(),
-                gateway: Ipv4Addr::new(10, 0, 0, 1),
-                ipv6_cidr: Some("fd00::/64".into()),
-                ipv6_gateway: None,
-                pool: Some("10.0.0.100/30".into()),
-            }],
-            nics: vec![nic(MAC1, 1), nic(MAC2, 2)],
-            fixed_hosts: vec![FixedHost {
-                name: "vm".into(),
-                port: "pvm".into(),
-                addresses: vec!["10.0.0.50".parse().unwrap()],
-            }],
-            credentials: vec![],
-            gateway_port: None,
-            secondary_quota: quota,
-            faults: Faults::default(),
-        })
-        .unwrap()
+        // The clients' small VPC (one subnet, two free secondary IPs), with IPv6, this test's
+        // NICs and a VM.
+        let mut config = crate::lab::vpc_api::local::small_vpc(&[]);
+        config.subnets[0].ipv6_cidr = Some("fd00::/64".into());
+        config.nics = vec![nic(MAC1, 1), nic(MAC2, 2)];
+        config.fixed_hosts =
+            vec![FixedHost { name: "vm".into(), port: "pvm".into(), addresses: vec!["10.0.0.50".parse().unwrap()] }];
+        config.credentials = vec![];
+        config.secondary_quota = quota;
+        Vpc::new(config).unwrap()
     }
 
     fn params(pairs: &[(&str, &str)]) -> Params {
