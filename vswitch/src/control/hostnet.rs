@@ -36,6 +36,11 @@ impl HostNet {
         Ok(HostNet { handle })
     }
 
+    /// The netlink handle, for the node's other plumbing ([`super::eni`]).
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
     /// Sets `name` up with `mtu`; returns its index and MAC.
     pub async fn bring_up(&self, name: &str, mtu: u16) -> Result<(u32, MacAddr), HostNetError> {
         let (index, mac) = self.link(name).await?;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
+use super::eni::{EniError, EniRouting};
 use super::hostnet::{HostNet, HostNetError};
 use super::registry::PodSpec;
 use crate::datapath::PortQueues;
@@ -24,6 +25,8 @@ pub enum PodIoError {
     Attach { port: String, source: TapError },
     #[error(transparent)]
     HostNet(#[from] HostNetError),
+    #[error("the pod's ENI routing: {0}")]
+    Eni(#[from] EniError),
 }
 
 pub trait PodIo: Send + Sync + std::fmt::Debug {
@@ -35,6 +38,10 @@ pub trait PodIo: Send + Sync + std::fmt::Debug {
     /// The node's route to the pod (so its stack and kube-proxy's DNAT reach it).
     fn add_host_route(&self, ip: IpAddr) -> BoxFuture<'_, Result<(), PodIoError>>;
     fn remove_host_route(&self, ip: IpAddr) -> BoxFuture<'_, Result<(), PodIoError>>;
+    /// Brings the node's routing for its pods in line (stale entries of pods gone removed).
+    fn reconcile_routing(&self) -> BoxFuture<'_, Result<(), PodIoError>> {
+        Box::pin(async { Ok(()) })
+    }
     /// Deletes the pod's TAP in the background (the reply does not wait for the kernel).
     fn delete_device(&self, netns: PathBuf, ifname: String);
 }
@@ -66,6 +73,8 @@ pub struct KernelPodIo {
     /// Without an uplink, the node's NIC on the VPC subnet (`host_port.announce_on`): each pod's
     /// IPv6 address gets a proxy-NDP entry there, so VPC hosts resolve it to the node.
     pub proxy_ndp_ifindex: Option<u32>,
+    /// AWS, host-routed: pods on ENIs past the first leave through their own ENI's NIC.
+    pub eni: Option<Arc<EniRouting>>,
     /// Queues handed over by the vswitchd this one upgrades, by port name: used instead of
     /// opening new ones (see `handover`).
     pub handed: std::sync::Mutex<std::collections::HashMap<String, Vec<std::os::fd::OwnedFd>>>,
@@ -95,6 +104,9 @@ impl PodIo for KernelPodIo {
             if let (IpAddr::V6(ip), Some(nic)) = (ip, self.proxy_ndp_ifindex) {
                 self.hostnet.proxy_ndp(ip, nic).await?;
             }
+            if let Some(eni) = &self.eni {
+                eni.pod_attached(ip).await?;
+            }
             Ok(())
         })
     }
@@ -104,7 +116,19 @@ impl PodIo for KernelPodIo {
             if let (IpAddr::V6(ip), Some(nic)) = (ip, self.proxy_ndp_ifindex) {
                 self.hostnet.remove_proxy_ndp(ip, nic).await?;
             }
+            if let Some(eni) = &self.eni {
+                eni.pod_detached(ip).await?;
+            }
             Ok(self.hostnet.remove_route_to_pod(ip, self.host_ifindex).await?)
+        })
+    }
+
+    fn reconcile_routing(&self) -> BoxFuture<'_, Result<(), PodIoError>> {
+        Box::pin(async move {
+            match &self.eni {
+                Some(eni) => Ok(eni.reconcile().await?),
+                None => Ok(()),
+            }
         })
     }
 

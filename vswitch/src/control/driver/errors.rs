@@ -103,7 +103,7 @@ fn pod_io_code(e: &PodIoError) -> ErrorCode {
         {
             ErrorCode::NotFound
         }
-        PodIoError::Attach { .. } | PodIoError::HostNet(_) => ErrorCode::Unavailable,
+        PodIoError::Attach { .. } | PodIoError::HostNet(_) | PodIoError::Eni(_) => ErrorCode::Unavailable,
     }
 }
 

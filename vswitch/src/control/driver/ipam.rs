@@ -38,6 +38,18 @@ pub enum Ipam {
     Provider(Box<ProviderIpam<AnyProvider>>),
 }
 
+impl crate::control::eni::EniSource for Ipam {
+    fn ec2(&self) -> Option<&Ec2> {
+        match self {
+            Ipam::Provider(p) => match p.provider() {
+                AnyProvider::Aws(ec2) => Some(ec2),
+                AnyProvider::Ucloud(_) => None,
+            },
+            Ipam::Cluster(_) => None,
+        }
+    }
+}
+
 /// What vswitchd learns about its node before the IPAM opens: on UCloud, the NIC and host id
 /// `[ipam.ucloud]` leaves to the UHost metadata service (asked at start, and only then).
 pub async fn discover(config: &Config) -> Result<Option<NodeIdentity>, IpamError> {
@@ -252,6 +264,7 @@ impl IpamService {
                 if let Err(e) = provider.tick().await {
                     tracing::error!(error = %e, "provider IPAM upkeep");
                 }
+                self.ports.reconcile_routing().await;
                 return;
             }
         };

@@ -170,6 +170,13 @@ impl Ports {
             .collect()
     }
 
+    /// Brings the node's routing for the pods in line (AWS: later ENIs' rules); logged.
+    pub async fn reconcile_routing(&self) {
+        if let Err(e) = self.pods.reconcile_routing().await {
+            tracing::warn!(error = %e, "the pods' routing on the node");
+        }
+    }
+
     /// Counts a gone port removed.
     pub fn count_gone_removed(&self) {
         self.gone_removed.fetch_add(1, Ordering::Relaxed);

@@ -19,6 +19,7 @@ use super::uplink::{Announcer, Uplink, UplinkSender};
 use super::views;
 use super::workers::{Counters, Health, Workers};
 use crate::control::config::Config;
+use crate::control::eni::EniRouting;
 use crate::control::handover::{Handover, Offer};
 use crate::control::hostnet::HostNet;
 use crate::control::metrics::{MetricsSnapshot, ProcessStats};
@@ -102,8 +103,14 @@ impl Switch {
         };
         let announcer = startup::open_announcer(&config, &hostnet).await?;
         let handed_neighbors = handover.as_mut().map(|h| std::mem::take(&mut h.neighbors)).unwrap_or_default();
+        // Host-routed on AWS: pods of later ENIs are routed through their NICs by the node.
+        let eni = match (&config.uplink, &ipam) {
+            (None, Some(ipam)) => EniRouting::new(hostnet.handle(), ipam.clone()).map(Arc::new),
+            _ => None,
+        };
         let pods = KernelPodIo {
             proxy_ndp_ifindex: announcer.as_ref().map(|a| a.ifindex),
+            eni,
             hostnet,
             host_ifindex,
             handed: std::sync::Mutex::new(handover.map(|mut h| h.take_all()).unwrap_or_default()),

@@ -20,6 +20,8 @@ pub mod query;
 pub mod xml;
 
 use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::Ipv4Net;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -41,6 +43,26 @@ pub struct Ec2 {
     instance: OnceLock<String>,
     /// Secondary addresses per ENI and in all, once known (the watermarks follow them).
     limits: Mutex<Option<(usize, usize)>>,
+    /// The subnet of the ENIs this node creates (`DescribeSubnets`, once): their NICs' routes.
+    subnet: OnceLock<Ipv4Net>,
+}
+
+/// An attached ENI as the node's routing needs it (host-routed mode: `control::eni` brings its
+/// NIC up and routes its pods through it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EniNic {
+    pub id: String,
+    /// Lower case, as `/sys/class/net/*/address` has it.
+    pub mac: String,
+    pub device_index: u32,
+    pub primary: Ipv4Addr,
+}
+
+impl EniNic {
+    fn of(eni: &xml::Eni) -> Option<EniNic> {
+        let (device_index, primary) = (eni.device_index?, eni.primary_ip?);
+        (!eni.mac.is_empty()).then(|| EniNic { id: eni.id.clone(), mac: eni.mac.clone(), device_index, primary })
+    }
 }
 
 fn v4(ip: IpAddr) -> Result<Ipv4Addr, ProviderError> {
@@ -84,6 +106,7 @@ impl Ec2 {
             node: tokio::sync::Mutex::new(None),
             instance,
             limits: Mutex::new(None),
+            subnet: OnceLock::new(),
         })
     }
 
@@ -296,6 +319,39 @@ impl Ec2 {
         }
     }
 
+    /// The instance's attached ENIs as known (discovered first if they are not yet; no other
+    /// EC2 call): the provider's own attachments are in it as soon as they are made.
+    pub async fn eni_nics(&self) -> Result<Vec<EniNic>, ProviderError> {
+        let guard = self.node().await?;
+        Ok(guard.as_ref().expect("discovered").enis.iter().filter_map(EniNic::of).collect())
+    }
+
+    /// The ENI holding `ip` as a secondary address, from what is known (no EC2 call).
+    pub async fn eni_holding(&self, ip: Ipv4Addr) -> Option<EniNic> {
+        let guard = self.node.lock().await;
+        let node = guard.as_ref()?;
+        node.holding(ip).and_then(|at| EniNic::of(&node.enis[at]))
+    }
+
+    /// The subnet the ENIs are in (`subnet_id`'s CIDR block, asked once).
+    pub async fn subnet(&self) -> Result<Ipv4Net, ProviderError> {
+        if let Some(subnet) = self.subnet.get() {
+            return Ok(*subnet);
+        }
+        let subnet = self.subnet_field("cidrBlock").await?;
+        Ok(*self.subnet.get_or_init(|| subnet))
+    }
+
+    /// `field` of `subnet_id` in `DescribeSubnets`, parsed.
+    async fn subnet_field<T: std::str::FromStr>(&self, field: &str) -> Result<T, ProviderError> {
+        let reply = self.call("DescribeSubnets", Params::default().set("SubnetId.1", &self.config.subnet_id)).await?;
+        let doc = xml::parse(&reply).map_err(unreadable("DescribeSubnets"))?;
+        xml::first_text(&doc, field).and_then(|n| n.parse().ok()).ok_or_else(|| ProviderError::Other {
+            code: 0,
+            message: format!("DescribeSubnets: no {field} of subnet {} in the reply", self.config.subnet_id),
+        })
+    }
+
     /// Deletes the detached ENIs this instance (or cluster) created that are older than the
     /// configured age, as AWS's VPC CNI's leak collection does; how many.
     async fn delete_leaked_enis(&self) -> Result<usize, ProviderError> {
@@ -387,14 +443,7 @@ impl VpcProvider for Ec2 {
     }
 
     async fn subnet_free(&self) -> Result<u64, ProviderError> {
-        let reply = self.call("DescribeSubnets", Params::default().set("SubnetId.1", &self.config.subnet_id)).await?;
-        let doc = xml::parse(&reply).map_err(unreadable("DescribeSubnets"))?;
-        xml::first_text(&doc, "availableIpAddressCount").and_then(|n| n.parse().ok()).ok_or_else(|| {
-            ProviderError::Other {
-                code: 0,
-                message: format!("DescribeSubnets: no subnet {} in the reply", self.config.subnet_id),
-            }
-        })
+        self.subnet_field("availableIpAddressCount").await
     }
 
     fn watermarks(&self, pods: usize) -> Option<(usize, usize)> {
