@@ -291,7 +291,9 @@ fn forwarded(state: &serde_json::Value, port: &str, ip: Ipv4Addr) -> bool {
 /// `AssignPrivateIpAddresses` with `AllowReassignment` and the VM and another node's pod reach it
 /// within 2 s of its ADD; an address assigned twice in moto (which does not refuse it) is
 /// refused by the SDN: it stays with the node that had it; and past one ENI's worth, node3
-/// serves no address of its second ENI (nothing in the node has it): ADD fails with code 11.
+/// gets a second ENI, hot-plugged by the lab's EC2 as `eth1`, brought up by vswitchd, and a pod
+/// on one of its addresses is reached from the VM and from another node's pod, its packets
+/// leaving node3 through `eth1` (its from-rule), its rules gone with its DEL.
 #[test]
 fn three_nodes_on_the_aws_vpc() {
     require_root();
@@ -343,27 +345,39 @@ fn three_nodes_on_the_aws_vpc() {
     let vm = lab.vm.clone();
     lab.ping(&vm, n1a).unwrap_or_else(|e| panic!("the VM lost n1a to the duplicate: {e}"));
 
-    // Past one ENI's worth on node3: the provider attaches a second ENI, which nothing brings
-    // up in the node (no interface has its MAC; on EC2 the pod would be unreachable: the first
-    // ENI does not carry its address). None of its addresses is served: every ADD gets an
-    // address of the first ENI until an ADD fails with code 11 naming the second; no third ENI
-    // is attached after it. (Before: a pod got an address of the second ENI, delivered nowhere.)
+    // Past one ENI's worth on node3: the provider attaches a second ENI, the lab's EC2
+    // hot-plugs its NIC into node3 (eth1, down, on a fabric port of its own), and vswitchd
+    // brings it up and routes the pods of its addresses through it. ADDs go on (one may fail
+    // with code 11 while the NIC is not up yet) until a pod has an address of the second ENI.
     let node3 = ec2.host("node3").instance.clone().expect("an instance");
     let mut added = Vec::new();
-    let refused = (0..14).find_map(|k| {
-        let ns = vpc_lab::netns::Netns::new(&format!("{}y{k}", lab.name));
-        let container = format!("{}-y{k}", lab.name);
-        match lab.cni("ADD", 2, &container, &ns.path(), &format!("y{k}")) {
-            Ok(result) => {
-                let ip = result["ips"][0]["address"].as_str().and_then(|a| a.split('/').next()).unwrap().to_string();
-                assert_eq!(holders(&ec2.enis(), ip.parse().unwrap()), vec![node_eni(2)], "y{k} ({ip}) in EC2");
-                added.push((ns, container, k));
-                None
+    let (second_ip, second_ns) = (0..30)
+        .find_map(|k| {
+            let ns = vpc_lab::netns::Netns::new(&format!("{}y{k}", lab.name));
+            let container = format!("{}-y{k}", lab.name);
+            match lab.cni("ADD", 2, &container, &ns.path(), &format!("y{k}")) {
+                Ok(result) => {
+                    let ip: Ipv4Addr = result["ips"][0]["address"]
+                        .as_str()
+                        .and_then(|a| a.split('/').next())
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    let on = holders(&ec2.enis(), ip);
+                    assert_eq!(on.len(), 1, "y{k} ({ip}) in EC2: {on:?}");
+                    let found = (on[0] != node_eni(2)).then(|| (ip, ns.name.clone()));
+                    added.push((ns, container, k));
+                    found
+                }
+                Err(e) => {
+                    assert_eq!(e.code, 11, "{}", e.message);
+                    assert!(e.message.contains("attached but not present"), "{}", e.message);
+                    std::thread::sleep(Duration::from_millis(500));
+                    None
+                }
             }
-            Err(e) => Some(e),
-        }
-    });
-    let refused = refused.expect("node3 never refused an ADD past its first ENI");
+        })
+        .expect("no pod on node3 got an address of its second ENI");
     let node3_enis: Vec<String> = ec2
         .enis()
         .iter()
@@ -371,18 +385,34 @@ fn three_nodes_on_the_aws_vpc() {
         .map(|e| e["id"].as_str().unwrap().into())
         .collect();
     assert_eq!(node3_enis.len(), 2, "node3's ENIs: {node3_enis:?}");
-    let second_eni = node3_enis.iter().find(|e| **e != node_eni(2)).expect("a second ENI");
-    assert_eq!(refused.code, 11, "{}", refused.message);
-    assert!(
-        refused.message.contains(&format!("{second_eni} attached but not present in this node")),
-        "{}",
-        refused.message
-    );
-    let view = lab.daemon(2).ctl_json(&["ipam"]);
-    assert!(view["provider"]["last_errors"].to_string().contains("attached but not present"), "{view}");
+    let second_eni = holders(&ec2.enis(), second_ip).remove(0);
+    let state = ec2.sdn_state();
+    let plug = &state["plugged"][&second_eni];
+    assert_eq!(plug["ifname"], "eth1", "the second ENI's NIC: {state}");
+    assert!(forwarded(&state, plug["port"].as_str().unwrap(), second_ip), "{second_ip} not on its port: {state}");
+    let node = lab.node_ns(2);
+    let link = String::from_utf8_lossy(&node.ip(&["-o", "link", "show", "eth1"]).stdout).to_string();
+    assert!(link.contains(plug["mac"].as_str().unwrap()) && link.contains("state UP"), "eth1 in node3: {link}");
+    let rules = String::from_utf8_lossy(&node.ip(&["rule", "show"]).stdout).to_string();
+    assert!(rules.contains(&format!("1536:\tfrom {second_ip} lookup 2")), "node3's rules: {rules}");
+    // From the VM, from another node's pod and to it: the replies and requests of the pod on
+    // the second ENI leave node3 through eth1 (what EC2 delivers: its source is that ENI's).
+    let sent = |node: &vpc_lab::netns::Netns| {
+        let out = node.exec(&["cat", "/sys/class/net/eth1/statistics/tx_packets"]);
+        String::from_utf8_lossy(&out.stdout).trim().parse::<u64>().expect("tx_packets")
+    };
+    let before = sent(node);
+    let n1a_ns = lab.pod("n1a").expect("n1a").netns.clone();
+    lab.ping(&vm, second_ip).unwrap_or_else(|e| panic!("the VM to the pod on the second ENI: {e}"));
+    lab.ping(&n1a_ns, second_ip).unwrap_or_else(|e| panic!("n1a to the pod on the second ENI: {e}"));
+    lab.ping(&second_ns, n1a).unwrap_or_else(|e| panic!("the pod on the second ENI to n1a: {e}"));
+    let through_eth1 = sent(node) - before;
+    assert!(through_eth1 >= 6, "{through_eth1} packets left node3 through eth1 for 6 pings' replies and requests");
     for (ns, container, k) in added {
         let _ = lab.cni("DEL", 2, &container, &ns.path(), &format!("y{k}"));
     }
+    let rules = String::from_utf8_lossy(&node.ip(&["rule", "show"]).stdout).to_string();
+    assert!(!rules.contains(&format!("{second_ip} ")), "the pod's rules outlived its DEL: {rules}");
     lab.delete_pods();
     eprintln!("the aws VPC: up {up:?}, {} paths, total {:?}", checks.len(), started.elapsed());
 }

@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::ec2_sdn::SyncConfig;
+use super::ec2_sdn::{NodeInstance, SyncConfig};
 use super::vpc_api::vpc::FixedHost;
 use super::{node_ip, ETCD_IPS, GATEWAY_IP, VM_IP};
 use crate::ec2::{Ec2Lab, REGION};
@@ -211,6 +211,17 @@ pub(super) fn start(lab: &str, fabric: &Netns, nodes: usize, dir: &Path) -> (Ec2
         prefixes: vec!["10.10.0.0/16".into()],
         poll_ms: POLL_MS,
         push_delay_ms: PUSH_DELAY_MS,
+        nodes: (0..nodes)
+            .map(|i| {
+                let host = &hosts[&format!("node{}", i + 1)];
+                NodeInstance {
+                    instance: host.instance.clone().expect("a node is an instance"),
+                    mac: host.mac.to_ascii_lowercase(),
+                    port: format!("fn{}", i + 1),
+                }
+            })
+            .collect(),
+        node_netns_prefix: format!("{lab}n"),
     };
     let config = dir.join("ec2-sdn.json");
     std::fs::write(&config, serde_json::to_vec_pretty(&sync).expect("serialisable")).expect("write ec2-sdn.json");

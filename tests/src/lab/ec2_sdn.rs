@@ -8,9 +8,13 @@
 //! on that ENI, and no more once EC2 has unassigned it.
 //!
 //! What EC2 (moto) does not enforce, the SDN does: an address on two ENIs at once stays with
-//! the port that had it (or with neither if both are new), and is reported as a duplicate. An
-//! ENI whose MAC no port has (a second ENI the provider attached: nothing appears in the lab's
-//! node for it) forwards nothing, and its addresses are reported as unplaced.
+//! the port that had it (or with neither if both are new), and is reported as a duplicate.
+//!
+//! What EC2's hypervisor does on `AttachNetworkInterface`, it does too ([`Plug`]): an ENI
+//! attached to a node's instance at device index N > 0 gets a NIC in that node, `ethN` with the
+//! ENI's MAC, left down, on a new fabric port that owns the ENI's addresses; detached or
+//! deleted, the NIC goes. An ENI whose MAC no port has (attached to no node) forwards nothing,
+//! and its addresses are reported as unplaced.
 //!
 //! A separate process rather than a thread of the lab, because `vpc-lab up` ends while the lab
 //! runs on: it is started and stopped like the UCloud API server ([`super::vpc_api::VpcApi`]),
@@ -49,6 +53,20 @@ pub struct SyncConfig {
     pub prefixes: Vec<String>,
     pub poll_ms: u64,
     pub push_delay_ms: u64,
+    /// The nodes' instances, whose later ENIs are hot-plugged into them.
+    #[serde(default)]
+    pub nodes: Vec<NodeInstance>,
+    /// Every node's namespace is named with this prefix.
+    #[serde(default)]
+    pub node_netns_prefix: String,
+}
+
+/// A node as EC2's hypervisor knows it: its instance, its primary NIC's MAC and fabric port.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeInstance {
+    pub instance: String,
+    pub mac: String,
+    pub port: String,
 }
 
 /// An ENI as the programmer needs it.
@@ -57,6 +75,8 @@ pub struct DescribedEni {
     pub id: String,
     pub mac: String,
     pub addresses: Vec<IpAddr>,
+    /// The instance it is attached to, and at which device index.
+    pub attached: Option<(String, u32)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,7 +157,12 @@ pub fn parse_enis(xml: &str) -> Result<Vec<DescribedEni>, String> {
             id: named(item, "networkInterfaceId").unwrap_or_default().to_string(),
             mac: named(item, "macAddress").unwrap_or_default().to_ascii_lowercase(),
             addresses: Vec::new(),
+            attached: None,
         };
+        if let Some(attachment) = item.children().find(|c| c.tag_name().name() == "attachment") {
+            let index = named(attachment, "deviceIndex").and_then(|i| i.parse().ok());
+            eni.attached = named(attachment, "instanceId").zip(index).map(|(i, d)| (i.to_string(), d));
+        }
         let addresses = item.children().find(|c| c.tag_name().name() == "privateIpAddressesSet");
         for address in addresses.into_iter().flat_map(|a| a.children().filter(|c| c.is_element())) {
             eni.addresses.extend(named(address, "privateIpAddress").and_then(|a| a.parse::<IpAddr>().ok()));
@@ -175,6 +200,121 @@ pub fn describe(upstream: &str) -> Result<Vec<DescribedEni>, SyncError> {
     parse_enis(body).map_err(fail)
 }
 
+/// A later ENI's NIC hot-plugged into its node, as EC2's hypervisor does on
+/// `AttachNetworkInterface`: a veth pair whose node end, `ifname` (the kernel's name for device
+/// index N, `ethN`), has the ENI's MAC and is left down (the node brings it up), and whose other
+/// end is `port` on the fabric's bridge, owning the ENI's addresses in the SDN.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Plug {
+    pub instance: String,
+    pub ifname: String,
+    pub port: String,
+    pub mac: String,
+}
+
+/// The NICs EC2's view implies, by ENI: one per ENI past the first attached to a node.
+pub fn plugs(enis: &[DescribedEni], nodes: &[NodeInstance]) -> BTreeMap<String, Plug> {
+    enis.iter()
+        .filter_map(|eni| {
+            let (instance, index) = eni.attached.as_ref().filter(|(_, index)| *index > 0)?;
+            let node = nodes.iter().find(|n| n.instance == *instance)?;
+            let plug = Plug {
+                instance: instance.clone(),
+                ifname: format!("eth{index}"),
+                port: format!("{}e{index}", node.port),
+                mac: eni.mac.to_ascii_lowercase(),
+            };
+            Some((eni.id.clone(), plug))
+        })
+        .collect()
+}
+
+/// The hot-plugged NICs, kept in step with EC2's attachments.
+#[derive(Debug, Default)]
+struct Hotplug {
+    fabric: String,
+    node_netns_prefix: String,
+    nodes: Vec<NodeInstance>,
+    plugged: BTreeMap<String, Plug>,
+}
+
+/// `ip ARGS`: its stderr if it failed.
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new("ip").args(args).output().map_err(|e| format!("ip {args:?}: {e}"))?;
+    match out.status.success() {
+        true => Ok(()),
+        false => Err(format!("ip {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim())),
+    }
+}
+
+impl Hotplug {
+    /// Plugs the NICs of newly attached ENIs, unplugs those of detached (or deleted) ones.
+    fn sync(&mut self, enis: &[DescribedEni]) -> Result<(), String> {
+        let wanted = plugs(enis, &self.nodes);
+        let gone: Vec<String> =
+            self.plugged.iter().filter(|(id, p)| wanted.get(*id) != Some(p)).map(|(id, _)| id.clone()).collect();
+        for id in gone {
+            let plug = self.plugged.remove(&id).expect("listed");
+            // The pair goes with either end (already gone if the node's namespace went).
+            let _ = ip(&["-n", &self.fabric, "link", "del", &plug.port]);
+            println!("ec2-sdn: unplugged {id} ({}) from {}", plug.ifname, plug.instance);
+        }
+        for (id, plug) in wanted {
+            if self.plugged.contains_key(&id) {
+                continue;
+            }
+            let node = self.node_netns(&plug.instance)?;
+            let _ = ip(&["-n", &self.fabric, "link", "del", &plug.port]);
+            let fabric = self.fabric.as_str();
+            let made = ip(&[
+                "-n",
+                fabric,
+                "link",
+                "add",
+                &plug.port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &plug.ifname,
+                "netns",
+                &node,
+            ])
+            .and_then(|()| ip(&["-n", &node, "link", "set", &plug.ifname, "address", &plug.mac]))
+            .and_then(|()| ip(&["-n", fabric, "link", "set", &plug.port, "master", "br0", "up"]));
+            if let Err(e) = made {
+                let _ = ip(&["-n", fabric, "link", "del", &plug.port]);
+                return Err(e);
+            }
+            println!("ec2-sdn: plugged {id} into {} as {} (fabric port {})", plug.instance, plug.ifname, plug.port);
+            self.plugged.insert(id, plug);
+        }
+        Ok(())
+    }
+
+    /// The namespace of the node running `instance`: the one whose link has its primary MAC.
+    fn node_netns(&self, instance: &str) -> Result<String, String> {
+        let node = self.nodes.iter().find(|n| n.instance == instance).ok_or(format!("{instance} is no node"))?;
+        let names = std::fs::read_dir("/run/netns").map_err(|e| format!("/run/netns: {e}"))?;
+        names
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(String::from))
+            .filter(|name| name.starts_with(&self.node_netns_prefix))
+            .find(|name| {
+                std::process::Command::new("ip")
+                    .args(["-n", name, "-o", "link", "show"])
+                    .output()
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&node.mac))
+            })
+            .ok_or(format!("no namespace {}* has {instance}'s MAC {}", self.node_netns_prefix, node.mac))
+    }
+
+    /// The hot-plugged NICs' fabric ports, by MAC.
+    fn ports(&self) -> impl Iterator<Item = (String, String)> + '_ {
+        self.plugged.values().map(|p| (p.mac.clone(), p.port.clone()))
+    }
+}
+
 /// Changes to make at `due`.
 struct Push {
     due: Instant,
@@ -193,6 +333,18 @@ struct State {
     last_error: Option<String>,
     duplicates: Duplicates,
     unplaced: Vec<DescribedEni>,
+    hotplug: Hotplug,
+}
+
+impl State {
+    /// Hot-plugs and unplugs NICs as EC2's attachments say; the fabric ports by MAC after it.
+    fn plug(&mut self, enis: &[DescribedEni], fixed: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        if let Err(e) = self.hotplug.sync(enis) {
+            eprintln!("ec2-sdn: {e}");
+            self.last_error = Some(e);
+        }
+        fixed.clone().into_iter().chain(self.hotplug.ports()).collect()
+    }
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -211,9 +363,16 @@ pub fn run(config_path: PathBuf, control: PathBuf) -> Result<(), SyncError> {
         .collect::<Result<Vec<_>, _>>()?;
     sdn::run_nft(&config.fabric, &sdn::ruleset(config.gateway_port.as_deref(), &prefixes))?;
     // The start: what EC2 has now, at once (the hosts' primary addresses).
-    let mut state = State { push_delay_ms: config.push_delay_ms, ..State::default() };
+    let hotplug = Hotplug {
+        fabric: config.fabric.clone(),
+        node_netns_prefix: config.node_netns_prefix.clone(),
+        nodes: config.nodes.clone(),
+        ..Hotplug::default()
+    };
+    let mut state = State { push_delay_ms: config.push_delay_ms, hotplug, ..State::default() };
     let enis = describe(&config.upstream)?;
-    let (entries, duplicates, unplaced) = desired(&enis, &config.ports, &config.fixed_hosts, &BTreeSet::new());
+    let ports = state.plug(&enis, &config.ports);
+    let (entries, duplicates, unplaced) = desired(&enis, &ports, &config.fixed_hosts, &BTreeSet::new());
     if let Some(script) = state.table.apply(&changes(&BTreeSet::new(), &entries)) {
         sdn::run_nft(&config.fabric, &script)?;
     }
@@ -236,7 +395,8 @@ pub fn run(config_path: PathBuf, control: PathBuf) -> Result<(), SyncError> {
         s.polls += 1;
         match described {
             Ok(enis) => {
-                let (entries, duplicates, unplaced) = desired(&enis, &config.ports, &config.fixed_hosts, &s.target);
+                let ports = s.plug(&enis, &config.ports);
+                let (entries, duplicates, unplaced) = desired(&enis, &ports, &config.fixed_hosts, &s.target);
                 let delta = changes(&s.target, &entries);
                 if !delta.is_empty() {
                     // In the order seen, never before an earlier push.
@@ -287,6 +447,7 @@ fn answer(state: &Mutex<State>, fabric: &str, stream: UnixStream) -> std::io::Re
                 "last_error": s.last_error,
                 "duplicates": s.duplicates,
                 "unplaced": s.unplaced,
+                "plugged": s.hotplug.plugged,
                 "faults": {"push_delay_ms": s.push_delay_ms},
                 "counters": counters,
             })
@@ -308,7 +469,8 @@ mod tests {
     use super::*;
 
     fn eni(id: &str, mac: &str, addrs: &[&str]) -> DescribedEni {
-        DescribedEni { id: id.into(), mac: mac.into(), addresses: addrs.iter().map(|a| a.parse().unwrap()).collect() }
+        let addresses = addrs.iter().map(|a| a.parse().unwrap()).collect();
+        DescribedEni { id: id.into(), mac: mac.into(), addresses, attached: None }
     }
 
     fn entry(port: &str, addr: &str) -> FlowEntry {
@@ -363,8 +525,35 @@ mod tests {
             <macAddress>02:00:00:AB:00:01</macAddress><privateIpAddress>10.10.0.11</privateIpAddress>
             <privateIpAddressesSet><item><privateIpAddress>10.10.0.11</privateIpAddress><primary>true</primary></item>
             <item><privateIpAddress>10.10.7.7</privateIpAddress><primary>false</primary></item></privateIpAddressesSet>
+            <attachment><deviceIndex>1</deviceIndex><instanceId>i-3</instanceId><status>attached</status></attachment>
             </item></networkInterfaceSet></DescribeNetworkInterfacesResponse>"#;
-        assert_eq!(parse_enis(xml).unwrap(), vec![eni("eni-1", "02:00:00:ab:00:01", &["10.10.0.11", "10.10.7.7"])]);
+        let mut want = eni("eni-1", "02:00:00:ab:00:01", &["10.10.0.11", "10.10.7.7"]);
+        want.attached = Some(("i-3".into(), 1));
+        assert_eq!(parse_enis(xml).unwrap(), vec![want]);
         assert!(parse_enis("<Response><Errors/></Response>").is_err());
+    }
+
+    #[test]
+    fn a_later_eni_attached_to_a_node_gets_a_nic_there_and_no_other_does() {
+        let nodes = [NodeInstance { instance: "i-3".into(), mac: "02:00:00:00:00:03".into(), port: "fn3".into() }];
+        let attached = |id: &str, mac: &str, to: Option<(&str, u32)>| {
+            let mut e = eni(id, mac, &[]);
+            e.attached = to.map(|(i, d)| (i.to_string(), d));
+            e
+        };
+        let enis = [
+            attached("eni-primary", "02:00:00:00:00:03", Some(("i-3", 0))),
+            attached("eni-second", "02:00:00:00:AA:01", Some(("i-3", 1))),
+            attached("eni-vm", "02:00:00:00:00:09", Some(("i-9", 1))),
+            attached("eni-free", "02:00:00:00:00:0a", None),
+        ];
+        let want = Plug {
+            instance: "i-3".into(),
+            ifname: "eth1".into(),
+            port: "fn3e1".into(),
+            mac: "02:00:00:00:aa:01".into(),
+        };
+        assert_eq!(plugs(&enis, &nodes), [("eni-second".to_string(), want)].into());
+        assert!(plugs(&enis[..1], &nodes).is_empty(), "detached: unplugged");
     }
 }
