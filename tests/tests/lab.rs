@@ -408,6 +408,7 @@ fn three_nodes_on_the_aws_vpc() {
     lab.ping(&second_ns, n1a).unwrap_or_else(|e| panic!("the pod on the second ENI to n1a: {e}"));
     let through_eth1 = sent(node) - before;
     assert!(through_eth1 >= 6, "{through_eth1} packets left node3 through eth1 for 6 pings' replies and requests");
+    eprintln!("node3's second ENI {second_eni}: pod {second_ip}, {through_eth1} packets out of eth1 for 6 pings");
     for (ns, container, k) in added {
         let _ = lab.cni("DEL", 2, &container, &ns.path(), &format!("y{k}"));
     }
