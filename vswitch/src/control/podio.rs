@@ -116,10 +116,11 @@ impl PodIo for KernelPodIo {
             if let (IpAddr::V6(ip), Some(nic)) = (ip, self.proxy_ndp_ifindex) {
                 self.hostnet.remove_proxy_ndp(ip, nic).await?;
             }
+            let removed = self.hostnet.remove_route_to_pod(ip, self.host_ifindex).await;
             if let Some(eni) = &self.eni {
                 eni.pod_detached(ip).await?;
             }
-            Ok(self.hostnet.remove_route_to_pod(ip, self.host_ifindex).await?)
+            Ok(removed?)
         })
     }
 
