@@ -1,3 +1,6 @@
+//! The node IPAM against state files in temporary directories: one address per family, all or
+//! nothing, the reuse delay, specific addresses, usage, concurrent allocations.
+
 use super::*;
 
 fn fresh(delay: u64) -> (Ipam, PathBuf) {
