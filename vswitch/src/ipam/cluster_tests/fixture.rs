@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use vswitch_api::api::{Attachment, IpFamilies, PodRef};
 
@@ -77,3 +78,13 @@ pub fn assert_dual(views: &[Vec<IpAddr>]) {
 }
 
 pub const DUAL: &str = "10.0.0.0/28,fd00::/64";
+
+/// Another node has stopped renewing its lease (cut off): `survivor` runs its rounds past that
+/// lease (2 s) and the quarantine (1 s), so the other node's addresses are reclaimed.
+pub async fn outlive_lease_and_quarantine<S: ClusterStore>(survivor: &NodeIpam<S>) {
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    for _ in 0..6 {
+        survivor.upkeep().tick(|_| false).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+}

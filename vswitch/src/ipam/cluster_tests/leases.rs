@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::faulty_store::{faulty_node, warm_in_store, Faults};
-use super::fixture::{node, none, records, spec, take_by_name};
+use super::fixture::{node, none, outlive_lease_and_quarantine, records, spec, take_by_name};
 use crate::ipam::record::{AddressRecord, Keys};
 use crate::ipam::store::file::FileStore;
 use crate::ipam::store::ClusterStore;
@@ -23,11 +23,7 @@ async fn a_dead_node_is_quarantined_reclaimed_and_fenced_when_it_returns() {
     a.upkeep().tick(|_| true).await;
     b.upkeep().tick(|_| false).await;
     // a stops renewing (cut off); b sees it without a lease, quarantines, then reclaims.
-    tokio::time::sleep(Duration::from_millis(2200)).await;
-    for _ in 0..6 {
-        b.upkeep().tick(|_| false).await;
-        tokio::time::sleep(Duration::from_millis(400)).await;
-    }
+    outlive_lease_and_quarantine(&b).await;
     let now = records(dir.path()).await;
     assert!(
         now.iter().any(|(i, r)| *i == ip && matches!(r, AddressRecord::Cooling { last_node, .. } if last_node == "a")),
@@ -118,11 +114,7 @@ async fn a_returning_node_takes_back_what_nobody_took_and_keeps_the_pod() {
     let lost = a.requests().assign(&spec("lost", None), &none()).await.unwrap().ips[0];
     a.upkeep().tick(|_| true).await;
     b.upkeep().tick(|_| false).await;
-    tokio::time::sleep(Duration::from_millis(2200)).await;
-    for _ in 0..6 {
-        b.upkeep().tick(|_| false).await;
-        tokio::time::sleep(Duration::from_millis(400)).await;
-    }
+    outlive_lease_and_quarantine(&b).await;
     let now = records(dir.path()).await;
     assert!(now.iter().all(|(_, r)| r.node() != Some("a")), "a's addresses reclaimed: {now:?}");
     take_by_name(&b, lost).await;

@@ -5,10 +5,9 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::faulty_store::{faulty_node, warm_in_store, Faults};
-use super::fixture::{node, none, records, spec, take_by_name};
+use super::fixture::{node, none, outlive_lease_and_quarantine, records, spec, take_by_name};
 use crate::ipam::record::{AddressRecord, Keys};
 use crate::ipam::store::file::FileStore;
 use crate::ipam::store::ClusterStore;
@@ -51,11 +50,7 @@ async fn a_node_whose_re_registration_fails_half_way_registers_again_and_is_fenc
     let ip = a.requests().assign(&spec("victim", None), &none()).await.unwrap().ips[0];
     a.upkeep().tick(|_| true).await;
     // a is cut off until its lease has expired and b has reclaimed its addresses.
-    tokio::time::sleep(Duration::from_millis(2200)).await;
-    for _ in 0..6 {
-        b.upkeep().tick(|_| false).await;
-        tokio::time::sleep(Duration::from_millis(400)).await;
-    }
+    outlive_lease_and_quarantine(&b).await;
     assert!(records(dir.path()).await.iter().all(|(_, r)| r.node() != Some("a")));
     take_by_name(&b, ip).await;
     // a comes back, finds its lease gone and takes a new one, but the store goes away again
