@@ -3,19 +3,25 @@
 
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{json, Value};
 use vpc_lab::netns::Netns;
 
 use crate::lab::{cni, cni_env, code_of, has_link, lab, link_gone_soon};
+
+/// Pods gc-0, gc-1 and gc-2, each in its own namespace, added with `conf`.
+fn three_pods_added(conf: &Value) -> Vec<Netns> {
+    let pods: Vec<Netns> = (0..3).map(|_| Netns::new("vtp")).collect();
+    for (i, ns) in pods.iter().enumerate() {
+        assert!(cni("ADD", &format!("gc-{i}"), Some(&ns.path()), conf).0);
+    }
+    pods
+}
 
 #[test]
 fn gc_removes_every_attachment_not_in_the_valid_list() {
     let lab = lab(56);
     let conf = lab.conf("1.1.0");
-    let pods: Vec<Netns> = (0..3).map(|_| Netns::new("vtp")).collect();
-    for (i, ns) in pods.iter().enumerate() {
-        assert!(cni("ADD", &format!("gc-{i}"), Some(&ns.path()), &conf).0);
-    }
+    let pods = three_pods_added(&conf);
     let mut gc = conf.clone();
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "gc-1", "ifname": "eth0"}]);
     assert!(cni_env("GC", &[], None, &gc).0);
@@ -42,10 +48,7 @@ fn gc_removes_every_attachment_not_in_the_valid_list() {
 fn gc_with_both_attachment_keys_keeps_their_union() {
     let lab = lab(58);
     let conf = lab.conf("1.1.0");
-    let pods: Vec<Netns> = (0..3).map(|_| Netns::new("vtp")).collect();
-    for (i, ns) in pods.iter().enumerate() {
-        assert!(cni("ADD", &format!("gc-{i}"), Some(&ns.path()), &conf).0);
-    }
+    let pods = three_pods_added(&conf);
     // libcni 1.2.3+ sends both keys.
     let mut gc = conf.clone();
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "gc-0", "ifname": "eth0"}]);
