@@ -1,5 +1,5 @@
 //! vpc-cni with `"ipam": {"type": "vswitchd"}`: addresses come from vswitchd's cluster IPAM (here
-//! with its node-local file store; the etcd cluster is exercised in vswitch/tests/ipam_etcd.rs
+//! with its node-local file store; the etcd cluster is exercised in vswitch/tests/ipam_etcd/
 //! and the lab). Called as a runtime calls it, in real namespaces. Needs root.
 
 use std::net::Ipv4Addr;
