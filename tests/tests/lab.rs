@@ -350,7 +350,7 @@ fn three_nodes_on_the_aws_vpc() {
     // is attached after it. (Before: a pod got an address of the second ENI, delivered nowhere.)
     let node3 = ec2.host("node3").instance.clone().expect("an instance");
     let mut added = Vec::new();
-    let refused = (0..14).find_map(|k| {
+    let refused = (0..vpc_lab::lab::aws::SECONDARY_PER_ENI + 3).find_map(|k| {
         let ns = vpc_lab::netns::Netns::new(&format!("{}y{k}", lab.name));
         let container = format!("{}-y{k}", lab.name);
         match lab.cni("ADD", 2, &container, &ns.path(), &format!("y{k}")) {
