@@ -109,7 +109,14 @@ impl ProviderReport {
         );
         out += &format!(
             "{:<8} {:>8} {:>8} {:>18} {:>14} {:>17} {:>11} {:>7}\n",
-            "mode", "ADD p50", "ADD p99", "ADD p99 empty (n)", "API calls/pod", "first packet p50", "duplicates", "leaked"
+            "mode",
+            "ADD p50",
+            "ADD p99",
+            "ADD p99 empty (n)",
+            "API calls/pod",
+            "first packet p50",
+            "duplicates",
+            "leaked"
         );
         for (provider, f) in &self.providers {
             out += &format!(

@@ -141,15 +141,15 @@ fn ip_of(value: &Value, action: &str) -> Result<IpAddr, ProviderError> {
 
 /// The UCloud VPC API action behind each of the pool's calls.
 pub fn call_name(call: PoolCall) -> &'static str {
-        match call {
-            PoolCall::Allocate => "AllocateSecondaryIp",
-            PoolCall::Delete => "DeleteSecondaryIp",
-            PoolCall::Describe | PoolCall::Locate => "DescribeSecondaryIp",
-            PoolCall::Move => "MoveSecondaryIPMac",
-            PoolCall::SubnetFree => "DescribeSubnet",
-            // UCloud's NIC is the UHost's own: nothing leaks, never called.
-            PoolCall::CollectLeakedNics => "CollectLeakedNics",
-        }
+    match call {
+        PoolCall::Allocate => "AllocateSecondaryIp",
+        PoolCall::Delete => "DeleteSecondaryIp",
+        PoolCall::Describe | PoolCall::Locate => "DescribeSecondaryIp",
+        PoolCall::Move => "MoveSecondaryIPMac",
+        PoolCall::SubnetFree => "DescribeSubnet",
+        // UCloud's NIC is the UHost's own: nothing leaks, never called.
+        PoolCall::CollectLeakedNics => "CollectLeakedNics",
+    }
 }
 
 fn data_set(reply: &Value) -> &[Value] {
