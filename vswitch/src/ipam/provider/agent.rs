@@ -5,7 +5,7 @@
 //! kill -9 anywhere safe: a delete is recorded before it is called (and retried until the VPC
 //! says done or gone); an allocation is recorded after the VPC answered, and one the node died
 //! before recording is on the NIC with no owner here, which reconcile adopts into the pool (or
-//! deletes above the high watermark). The VPC is the truth for which addresses this NIC holds;
+//! deletes beyond the pool's target). The VPC is the truth for which addresses this NIC holds;
 //! this file for which pod holds which of them.
 //!
 //! ADD takes a warm address (no API call); only with an empty pool does it call the API itself.
@@ -477,7 +477,7 @@ impl<P: VpcProvider, S: ClusterStore, F: FabricProbe> ProviderIpam<P, S, F> {
     }
 
     /// One upkeep round: cooled addresses back to the pool (or queued for deletion), queued
-    /// deletes, the pool between its watermarks, and reconcile when due.
+    /// deletes, the pool brought to its target (`upkeep`), and reconcile when due.
     pub async fn tick(&self) -> Result<(), IpamError> {
         self.cool_down();
         self.save()?;
@@ -497,7 +497,7 @@ impl<P: VpcProvider, S: ClusterStore, F: FabricProbe> ProviderIpam<P, S, F> {
     }
 
     /// Compares the NIC's secondary IPs with the state: unknown ones are adopted into the pool
-    /// (or deleted above the high watermark); pool addresses the VPC no longer has are dropped.
+    /// (or deleted beyond its target); pool addresses the VPC no longer has are dropped.
     pub async fn reconcile(&self) -> Result<(), IpamError> {
         let epoch = {
             let guard = self.lock();

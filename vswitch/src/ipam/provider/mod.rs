@@ -7,7 +7,8 @@
 //!   (one NIC) and [`aws`] (several ENIs per instance, limits by instance type, leaked ENIs),
 //!   one of them chosen at start ([`AnyProvider`]).
 //! - [`agent`]: the node's pool of secondary IPs: ADD/DEL from local state, the upkeep that keeps
-//!   the warm pool between its watermarks, queued deletes, reconcile against the VPC, persistence.
+//!   the pool at its target (watermarks, or AWS's warm targets), queued deletes, reconcile
+//!   against the VPC, persistence.
 //! - [`probe`]: whether the fabric delivers a new address yet (an ARP probe, as UK8S's arping).
 //! - [`claims`]: sticky pods' records in the cluster store (which address a pod keeps).
 //! - [`config`]: `[ipam] provider = "ucloud"` and `[ipam.ucloud]`; `"aws"` and `[ipam.aws]`.
