@@ -9,8 +9,11 @@
 //!   the time counted): ADD p50/p99, VPC API calls per pod over the run (counted by the lab's
 //!   API), and for every `PROBE_EVERY`th pod the time from the ADD's start to the first ping
 //!   from the VM answered.
-//! - Provider, empty pool: `BURST` ADDs at once on every node, more than its warm pool holds;
-//!   the p99 is the ADDs that had to allocate themselves.
+//! - Provider, empty pool: `BURST` ADDs at once on every node right after the sequential phase,
+//!   more than its warm pool holds (the addresses cooling are not handed out); the p99 is the
+//!   ADDs that had to allocate themselves: those whose address the node did not hold before the
+//!   burst (its `vswitchctl ipam`: pods', warm, cooling, queued, held, not served). A pool's
+//!   size and the number of those ADDs depend on its targets, so the number is reported too.
 //! - etcd: the same sequential ADDs on an etcd lab.
 //! - Duplicates: an address handed to a pod while another live pod had it. Leaked: after every
 //!   pod is gone and the pools have settled, a secondary IP of a node's NIC the node does not
@@ -19,7 +22,7 @@
 mod lab_api;
 mod report;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -102,6 +105,18 @@ impl BenchPod {
     }
 }
 
+/// Every address node `node`'s pool holds, as its `vswitchctl ipam` shows it.
+fn held_addresses(lab: &Lab, node: usize) -> HashSet<Ipv4Addr> {
+    let view = lab.daemon(node).ctl_json(&["ipam"]);
+    let p = &view["provider"];
+    let listed = ["warm", "cooling", "deleting"].into_iter().flat_map(|k| p[k].as_array().cloned().unwrap_or_default());
+    // `pods` are objects with an `ip`; `held` and `undeliverable` pairs with the address first.
+    let pods = p["pods"].as_array().into_iter().flatten().map(|pod| pod["ip"].clone());
+    let pairs = ["held", "undeliverable"].into_iter().flat_map(|k| p[k].as_array().cloned().unwrap_or_default());
+    let pairs = pairs.map(|pair| pair[0].clone());
+    listed.chain(pods).chain(pairs).filter_map(|v| v.as_str().and_then(|s| s.parse().ok())).collect()
+}
+
 /// Until the VM's ping reaches `ip`, from `since`; at most 5 s.
 fn first_packet(lab: &Lab, ip: Ipv4Addr, since: Instant) -> Option<f64> {
     while since.elapsed() < Duration::from_secs(5) {
@@ -180,12 +195,21 @@ fn measure(provider: Provider, options: &Options, progress: &impl Fn(&str)) -> P
     progress(&format!("{name}: {pods} sequential ADDs"));
     let (mut adds, mut packets, mut duplicates) = sequential(&lab, nodes, pods, true);
     progress(&format!("{name}: bursts of {BURST} ADDs per node"));
+    let held_before: Vec<HashSet<Ipv4Addr>> = (0..nodes).map(|node| held_addresses(&lab, node)).collect();
     let mut burst: Vec<BenchPod> = (0..nodes * BURST).map(|i| BenchPod::new("burst", i, i % nodes)).collect();
-    let mut empty: Vec<f64> = std::thread::scope(|s| {
+    let took: Vec<f64> = std::thread::scope(|s| {
         let lab = &lab;
         let handles: Vec<_> = burst.iter_mut().map(|pod| s.spawn(move || pod.add(lab))).collect();
         handles.into_iter().map(|h| h.join().expect("a burst ADD")).collect()
     });
+    // The ADDs that allocated their own address: one the node did not hold before the burst.
+    let mut empty: Vec<f64> = burst
+        .iter()
+        .zip(took)
+        .filter(|(pod, _)| pod.ip.is_some_and(|ip| !held_before[pod.node].contains(&ip)))
+        .map(|(_, ms)| ms)
+        .collect();
+    progress(&format!("{name}: {} of {} burst ADDs allocated their own address", empty.len(), burst.len()));
     let mut seen: HashMap<Ipv4Addr, usize> = HashMap::new();
     burst.iter().filter_map(|p| p.ip).for_each(|ip| *seen.entry(ip).or_default() += 1);
     duplicates += seen.values().filter(|&&n| n > 1).map(|n| n - 1).sum::<usize>();
@@ -203,9 +227,12 @@ fn measure(provider: Provider, options: &Options, progress: &impl Fn(&str)) -> P
     lab.delete_pods();
     progress(&format!("{name}: every pod gone; waiting for the pools to settle (cooldown 30 s)"));
     let books = lab.settle_nic_books(0..nodes, Duration::from_secs(120));
+    let since_start: u64 = provider.api_calls(&lab).values().sum();
+    progress(&format!("{name}: every call since the lab started, its start and the settling included: {since_start}"));
     ProviderFigures {
         add_p50_ms: percentile(&mut adds, 0.5),
         add_p99_ms: percentile(&mut adds, 0.99),
+        empty_pool_adds: empty.len(),
         add_p99_empty_pool_ms: percentile(&mut empty, 0.99),
         api_calls_per_pod: calls as f64 / (pods + burst.len()) as f64,
         first_packet_ms_p50: percentile(&mut packets, 0.5),

@@ -351,7 +351,7 @@ fn three_nodes_on_the_aws_vpc() {
     // with code 11 while the NIC is not up yet) until a pod has an address of the second ENI.
     let node3 = ec2.host("node3").instance.clone().expect("an instance");
     let mut added = Vec::new();
-    let (second_ip, second_ns) = (0..30)
+    let (second_ip, second_ns) = (0..vpc_lab::lab::aws::SECONDARY_PER_ENI + 20)
         .find_map(|k| {
             let ns = vpc_lab::netns::Netns::new(&format!("{}y{k}", lab.name));
             let container = format!("{}-y{k}", lab.name);

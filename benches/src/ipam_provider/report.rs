@@ -9,7 +9,9 @@ use super::lab_api::{ApiSlowdown, Provider};
 pub struct ProviderFigures {
     pub add_p50_ms: f64,
     pub add_p99_ms: f64,
+    /// Over the burst's ADDs that allocated their own address, `empty_pool_adds` of them.
     pub add_p99_empty_pool_ms: f64,
+    pub empty_pool_adds: usize,
     pub api_calls_per_pod: f64,
     pub first_packet_ms_p50: f64,
     /// An address handed to a pod while another live pod had it.
@@ -23,7 +25,7 @@ impl ProviderFigures {
     fn json(&self) -> Value {
         json!({
             "add_p50_ms": self.add_p50_ms, "add_p99_ms": self.add_p99_ms,
-            "add_p99_empty_pool_ms": self.add_p99_empty_pool_ms,
+            "add_p99_empty_pool_ms": self.add_p99_empty_pool_ms, "empty_pool_adds": self.empty_pool_adds,
             "api_calls_per_pod": self.api_calls_per_pod, "first_packet_ms_p50": self.first_packet_ms_p50,
             "duplicates": self.duplicates, "leaked": self.leaked,
         })
@@ -106,16 +108,23 @@ impl ProviderReport {
             apis.join("; ")
         );
         out += &format!(
-            "{:<8} {:>8} {:>8} {:>14} {:>14} {:>17} {:>11} {:>7}\n",
-            "mode", "ADD p50", "ADD p99", "ADD p99 empty", "API calls/pod", "first packet p50", "duplicates", "leaked"
+            "{:<8} {:>8} {:>8} {:>18} {:>14} {:>17} {:>11} {:>7}\n",
+            "mode",
+            "ADD p50",
+            "ADD p99",
+            "ADD p99 empty (n)",
+            "API calls/pod",
+            "first packet p50",
+            "duplicates",
+            "leaked"
         );
         for (provider, f) in &self.providers {
             out += &format!(
-                "{:<8} {:>8.1} {:>8.1} {:>14.1} {:>14.2} {:>17.1} {:>11} {:>7}\n",
+                "{:<8} {:>8.1} {:>8.1} {:>18} {:>14.2} {:>17.1} {:>11} {:>7}\n",
                 provider.name(),
                 f.add_p50_ms,
                 f.add_p99_ms,
-                f.add_p99_empty_pool_ms,
+                format!("{:.1} ({})", f.add_p99_empty_pool_ms, f.empty_pool_adds),
                 f.api_calls_per_pod,
                 f.first_packet_ms_p50,
                 f.duplicates,
@@ -124,7 +133,7 @@ impl ProviderReport {
         }
         let etcd = &self.etcd;
         out += &format!(
-            "{:<8} {:>8.1} {:>8.1} {:>14} {:>14} {:>17} {:>11} {:>7}\n",
+            "{:<8} {:>8.1} {:>8.1} {:>18} {:>14} {:>17} {:>11} {:>7}\n",
             "etcd", etcd.add_p50_ms, etcd.add_p99_ms, "-", "-", "-", etcd.duplicates, "-"
         );
         for (target, met) in self.targets() {

@@ -32,12 +32,20 @@ use crate::netns::Netns;
 /// Where EC2's endpoint is in the VPC (the address `--vpc ucloud`'s API has).
 pub const ENDPOINT_IP: Ipv4Addr = super::ucloud::API_IP;
 pub const ENDPOINT_PORT: u16 = 80;
-/// 3 ENIs of 12 IPv4 addresses (11 secondary): the first ENI holds a lab node's pods, its
-/// sticky pod and its warm addresses ([`WARM_IP_TARGET`]) with room to spare, so the demo never
-/// needs a second ENI, which the lab's nodes cannot use (see `docs/testing.md`).
-pub const INSTANCE_TYPE: &str = "t3.large";
-/// Free addresses each node keeps (AWS's VPC CNI's `WARM_IP_TARGET`): a lab node has a few pods.
-pub const WARM_IP_TARGET: usize = 3;
+/// 15 ENIs of 50 IPv4 addresses (49 secondary): the first ENI holds a lab node's pods, its
+/// sticky pod and its pool ([`MINIMUM_IP_TARGET`]) with room for `vpc-bench ipam`'s churn and
+/// bursts, so neither the demo nor the bench needs a second ENI, which the lab's nodes cannot
+/// use (see `docs/testing.md`).
+pub const INSTANCE_TYPE: &str = "m5.16xlarge";
+/// [`INSTANCE_TYPE`]'s secondary addresses per ENI.
+pub const SECONDARY_PER_ENI: usize = 49;
+/// The pool as AWS advises for few pods per node (its docs/eni-and-ip-target.md):
+/// `WARM_IP_TARGET` with `MINIMUM_IP_TARGET` a little above the addresses a node holds at once.
+/// AWS counts an address cooling (30 s after its pod's DEL) as available, so that is its pods
+/// and those cooling: `vpc-bench ipam`'s 5 pods per node, each DEL'd ~6 s after its ADD, keep
+/// ~22 cooling. See docs/decisions.md.
+pub const WARM_IP_TARGET: usize = 2;
+pub const MINIMUM_IP_TARGET: usize = 32;
 /// How often the SDN programmer reads EC2, and how long after it saw a change the fabric has it.
 pub const POLL_MS: u64 = 200;
 pub const PUSH_DELAY_MS: u64 = 1000;
@@ -254,7 +262,7 @@ pub(super) fn vswitchd_ipam(ec2: &LabEc2, i: usize) -> String {
     format!(
         "[ipam]\nprovider = \"aws\"\nnode_name = \"{node}\"\nprefix = \"{}\"\npools = [\"10.10.0.0/16\"]\n\
          [ipam.aws]\nregion = \"{}\"\nsubnet_id = \"{}\"\ninstance_id = \"{instance}\"\nendpoint = \"{}\"\n\
-         WARM_IP_TARGET = {WARM_IP_TARGET}\nfabric_probe = true\n",
+         WARM_IP_TARGET = {WARM_IP_TARGET}\nMINIMUM_IP_TARGET = {MINIMUM_IP_TARGET}\nfabric_probe = true\n",
         super::IPAM_PREFIX,
         ec2.region,
         ec2.subnet_id,

@@ -355,7 +355,7 @@ fn print_provider(v: &IpamView, p: &vswitch_api::api::ProviderView) {
         None => println!("fabric probe: no new address probed yet"),
     }
     for c in &p.calls {
-        println!("  {:<24} {:<14} {:>6} calls {:>8} ms", c.action, c.result, c.calls, c.millis);
+        println!("  {:<26} {:<14} {:>6} calls {:>8} ms", c.action, c.result, c.calls, c.millis);
     }
     for e in &p.last_errors {
         println!("  error: {e}");

@@ -5,7 +5,7 @@
 //! kill -9 anywhere safe: a delete is recorded before it is called (and retried until the VPC
 //! says done or gone); an allocation is recorded after the VPC answered, and one the node died
 //! before recording is on the NIC with no owner here, which reconcile adopts into the pool (or
-//! deletes above the high watermark). The VPC is the truth for which addresses this NIC holds;
+//! deletes beyond the pool's target). The VPC is the truth for which addresses this NIC holds;
 //! this file for which pod holds which of them.
 //!
 //! ADD takes a warm address (no API call); only with an empty pool does it call the API itself.
@@ -34,12 +34,13 @@ use vswitch_api::sticky::{ClaimPolicy, StickyRequest};
 use super::claims::StickyClaims;
 use super::probe::{ArpProbe, FabricProbe};
 use super::stats::{ApiReport, ApiStats};
-use super::{ProviderError, VpcProvider};
+use super::{PoolCall, ProviderError, VpcProvider};
 use crate::ipam::store::{AnyStore, ClusterStore};
 use crate::ipam::IpamError;
 
 mod deliverable;
 mod sticky;
+mod upkeep;
 
 /// The provider state's file in the state directory.
 pub const STATE_FILE: &str = "ipam-provider.json";
@@ -282,12 +283,6 @@ impl<P: VpcProvider, S: ClusterStore, F: FabricProbe> ProviderIpam<P, S, F> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The warm pool's `(low, high)`: the provider's where it derives them (AWS), else the settings'.
-    fn watermarks(&self, state: &Persisted) -> (usize, usize) {
-        let configured = (self.settings.warm_low, self.settings.warm_high);
-        self.provider.watermarks(state.pods.len()).unwrap_or(configured)
-    }
-
     /// Writes the state (temporary file, fsync, rename).
     fn save(&self) -> Result<(), IpamError> {
         let _order = self.save_lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -296,12 +291,13 @@ impl<P: VpcProvider, S: ClusterStore, F: FabricProbe> ProviderIpam<P, S, F> {
             .map_err(|source| IpamError::StateIo { path: self.path.clone(), source })
     }
 
-    /// One API call, counted and timed.
+    /// One API call, counted and timed under the provider's name for it.
     async fn call<T>(
         &self,
-        action: &'static str,
+        which: PoolCall,
         call: impl std::future::Future<Output = Result<T, ProviderError>>,
     ) -> Result<T, ProviderError> {
+        let action = self.provider.call_name(which);
         let started = Instant::now();
         let result = call.await;
         self.stats.record(action, started.elapsed(), result.as_ref().map(drop));
@@ -379,7 +375,7 @@ impl<P: VpcProvider, S: ClusterStore, F: FabricProbe> ProviderIpam<P, S, F> {
             if let Some(ip) = state.warm.iter().find(|ip| !in_use.contains(ip)).copied() {
                 state.warm.remove(&ip);
                 state.pods.insert(key(owner), PodAddress { ip, owner: owner.clone(), pod, hold });
-                if state.warm.len() < self.watermarks(state).0 {
+                if self.delta(state).short > 0 {
                     self.kick.notify_one();
                 }
                 // Probed before it joined the pool.
@@ -404,7 +400,7 @@ impl<P: VpcProvider, S: ClusterStore, F: FabricProbe> ProviderIpam<P, S, F> {
         if let Some(why) = self.backing_off() {
             return Err(ProviderRefusal::Unavailable(why).into());
         }
-        let ip = self.call("AllocateSecondaryIp", self.provider.allocate(None)).await.map_err(|e| match e {
+        let ip = self.call(PoolCall::Allocate, self.provider.allocate(None)).await.map_err(|e| match e {
             ProviderError::SubnetFull(m) => ProviderRefusal::SubnetFull(m),
             ProviderError::NicAbsent(m) => ProviderRefusal::NicAbsent(m),
             e if e.is_transient() => ProviderRefusal::Unavailable(e.to_string()),
@@ -481,7 +477,7 @@ impl<P: VpcProvider, S: ClusterStore, F: FabricProbe> ProviderIpam<P, S, F> {
     }
 
     /// One upkeep round: cooled addresses back to the pool (or queued for deletion), queued
-    /// deletes, the pool between its watermarks, and reconcile when due.
+    /// deletes, the pool brought to its target (`upkeep`), and reconcile when due.
     pub async fn tick(&self) -> Result<(), IpamError> {
         self.cool_down();
         self.save()?;
@@ -500,101 +496,8 @@ impl<P: VpcProvider, S: ClusterStore, F: FabricProbe> ProviderIpam<P, S, F> {
         Ok(())
     }
 
-    fn cool_down(&self) {
-        let mut guard = self.lock();
-        let state = &mut guard.0;
-        let now = now_ms();
-        let cooled: Vec<IpAddr> = state.cooling.iter().filter(|(_, until)| **until <= now).map(|(ip, _)| *ip).collect();
-        for ip in cooled {
-            state.cooling.remove(&ip);
-            if state.warm.len() < self.watermarks(state).1 {
-                state.warm.insert(ip);
-            } else {
-                state.deleting.insert(ip);
-            }
-        }
-    }
-
-    async fn run_deletes(&self) -> Result<(), IpamError> {
-        let queued: Vec<IpAddr> = self.lock().0.deleting.iter().copied().collect();
-        for ip in queued {
-            match self.call("DeleteSecondaryIp", self.provider.delete(ip)).await {
-                Ok(()) | Err(ProviderError::AddressGone(_)) => {
-                    self.lock().0.deleting.remove(&ip);
-                    self.save()?;
-                }
-                Err(e) if e.is_transient() => return Ok(()),
-                Err(e) => tracing::error!(%ip, error = %e, "VPC refused a delete; retried next round"),
-            }
-        }
-        Ok(())
-    }
-
-    /// Allocates up to the low watermark, then probes the new addresses together; they join the
-    /// pool once probed. Reconcile stays off meanwhile (`allocating`): an allocated address is on
-    /// the NIC but not yet in the state. A crash before they join leaves them to reconcile.
-    async fn fill(&self) -> Result<(), IpamError> {
-        let missing = {
-            // Undeliverable addresses count as warm: their NIC may come, and allocating more
-            // would likely land on the same NIC.
-            let guard = self.lock();
-            let warmish = guard.0.warm.len() + guard.0.undeliverable.len();
-            self.watermarks(&guard.0).0.saturating_sub(warmish)
-        };
-        if missing == 0 {
-            return Ok(());
-        }
-        self.lock().1.allocating += 1;
-        let mut allocated = Vec::new();
-        for _ in 0..missing {
-            match self.call("AllocateSecondaryIp", self.provider.allocate(None)).await {
-                Ok(ip) => allocated.push(ip),
-                Err(e) => {
-                    if !e.is_transient() {
-                        tracing::warn!(error = %e, "VPC refused a warm address");
-                    }
-                    break;
-                }
-            }
-        }
-        let checked = futures::future::join_all(allocated.iter().map(|ip| self.deliverable(*ip))).await;
-        {
-            let mut guard = self.lock();
-            guard.1.allocating -= 1;
-            guard.1.epoch += 1;
-            for (ip, check) in allocated.into_iter().zip(checked) {
-                match check {
-                    Ok(()) => guard.0.warm.insert(ip),
-                    Err(why) => guard.0.undeliverable.insert(ip, why).is_none(),
-                };
-            }
-        }
-        self.save()
-    }
-
-    async fn trim(&self) -> Result<(), IpamError> {
-        loop {
-            let surplus = {
-                let mut guard = self.lock();
-                let state = &mut guard.0;
-                if state.warm.len() <= self.watermarks(state).1 {
-                    return Ok(());
-                }
-                let ip = state.warm.pop_last().expect("above the high watermark");
-                state.deleting.insert(ip);
-                ip
-            };
-            self.save()?;
-            tracing::debug!(%surplus, "warm pool above its high watermark");
-            self.run_deletes().await?;
-            if self.lock().0.deleting.contains(&surplus) {
-                return Ok(());
-            }
-        }
-    }
-
     /// Compares the NIC's secondary IPs with the state: unknown ones are adopted into the pool
-    /// (or deleted above the high watermark); pool addresses the VPC no longer has are dropped.
+    /// (or deleted beyond its target); pool addresses the VPC no longer has are dropped.
     pub async fn reconcile(&self) -> Result<(), IpamError> {
         let epoch = {
             let guard = self.lock();
@@ -603,7 +506,7 @@ impl<P: VpcProvider, S: ClusterStore, F: FabricProbe> ProviderIpam<P, S, F> {
             }
             guard.1.epoch
         };
-        let Ok(listed) = self.call("DescribeSecondaryIp", self.provider.describe()).await else { return Ok(()) };
+        let Ok(listed) = self.call(PoolCall::Describe, self.provider.describe()).await else { return Ok(()) };
         let mut absent = BTreeMap::new();
         for ip in &listed {
             if let Some(why) = self.absence(*ip).await {
@@ -640,7 +543,7 @@ impl<P: VpcProvider, S: ClusterStore, F: FabricProbe> ProviderIpam<P, S, F> {
                 if let Some(why) = absent.get(&ip) {
                     tracing::warn!(%ip, "an address of this node nobody held: {why}; not served");
                     state.undeliverable.insert(ip, why.clone());
-                } else if state.warm.len() < self.watermarks(state).1 {
+                } else if self.has_room_for_one_more(state) {
                     tracing::info!(%ip, "adopted an address of this NIC nobody held into the pool");
                     state.warm.insert(ip);
                 } else {
@@ -653,14 +556,14 @@ impl<P: VpcProvider, S: ClusterStore, F: FabricProbe> ProviderIpam<P, S, F> {
         self.run_deletes().await?;
         if self.provider.collects_leaked_nics() {
             // Errors are counted and logged by `call`; the next round tries again.
-            let _ = self.call("CollectLeakedNics", self.provider.collect_leaked_nics()).await;
+            let _ = self.call(PoolCall::CollectLeakedNics, self.provider.collect_leaked_nics()).await;
         }
         Ok(())
     }
 
     /// The subnet's free addresses, straight from the API (credentials and reachability).
     pub async fn check_api(&self) -> Result<u64, ProviderError> {
-        self.call("DescribeSubnet", self.provider.subnet_free()).await
+        self.call(PoolCall::SubnetFree, self.provider.subnet_free()).await
     }
 
     pub fn report(&self) -> ProviderReport {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use vswitch_api::api::Attachment;
 
 use super::agent::{ProviderIpam, ProviderRefusal, ProviderSettings};
+use super::aws::config::WarmTargets;
 use super::fake::{quick_settings as settings, FakeNic, FakeVpc};
 use super::probe::{FabricProbe, ProbeError};
 use crate::ipam::store::AnyStore;
@@ -87,6 +88,58 @@ async fn adds_come_from_the_warm_pool_without_api_calls_and_dels_return_to_it() 
     assert_eq!(ipam.report().cooling, vec![ip]);
     ipam.tick().await.unwrap();
     assert!(ipam.report().warm.contains(&ip), "cooled back into the pool");
+    assert_accounted(&ipam, &vpc);
+}
+
+/// AWS's targets (WARM_IP_TARGET = 2, MINIMUM_IP_TARGET = 6) on a VPC that batches as EC2
+/// does: the floor in one call; pods churning within it call nothing, the addresses cooling
+/// counting as available (before: each ADD refilled the pool and each cooled address was
+/// unassigned); past it, the surplus given back as it cools, in one call.
+#[tokio::test]
+async fn aws_targets_batch_calls_and_churn_within_the_floor_calls_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let vpc = FakeVpc::new(32);
+    vpc.lock().unwrap().targets = Some(WarmTargets { warm_eni: 1, warm_ip: Some(2), minimum_ip: Some(6) });
+    vpc.lock().unwrap().batches = true;
+    let cooldown = Duration::from_millis(300);
+    let nic = FakeNic { vpc: vpc.clone(), nic: "52:54:00:00:00:01".into() };
+    // Reconcile (a describe) on the first round only.
+    let settings = ProviderSettings { cooldown, reconcile_every: Duration::from_secs(3600), ..settings() };
+    let ipam: Node = ProviderIpam::open_with_probe(nic, FakeFabric::default(), settings, dir.path()).unwrap();
+    let calls = || vpc.lock().unwrap().calls;
+    let in_use = HashSet::new();
+    ipam.tick().await.unwrap();
+    assert_eq!((ipam.report().warm.len(), calls()), (6, 2), "MINIMUM_IP_TARGET in one call (and a describe)");
+    for round in 0..3 {
+        for o in (round * 4..round * 4 + 4).map(owner) {
+            ipam.assign(&o, None, None, &in_use).await.unwrap();
+        }
+        ipam.tick().await.unwrap();
+        for o in (round * 4..round * 4 + 4).map(owner) {
+            ipam.release(&o).unwrap();
+        }
+        ipam.tick().await.unwrap();
+        assert_eq!(calls(), 2, "round {round}: churn within the floor, cooling addresses available");
+        tokio::time::sleep(cooldown).await;
+        ipam.tick().await.unwrap();
+    }
+    let r = ipam.report();
+    assert_eq!((r.warm.len(), r.cooling.len(), calls()), (6, 0, 2), "{r:?}");
+    // 7 pods: the 7th ADD allocates its own; the upkeep brings WARM_IP_TARGET back in one call.
+    for o in (20..27).map(owner) {
+        ipam.assign(&o, None, None, &in_use).await.unwrap();
+    }
+    ipam.tick().await.unwrap();
+    assert_eq!((ipam.report().warm.len(), calls()), (2, 4));
+    for o in (20..27).map(owner) {
+        ipam.release(&o).unwrap();
+    }
+    ipam.tick().await.unwrap();
+    assert_eq!((ipam.report().warm.len(), calls()), (2, 4), "nothing given back while they cool");
+    tokio::time::sleep(cooldown).await;
+    ipam.tick().await.unwrap();
+    let r = ipam.report();
+    assert_eq!((r.warm.len(), r.deleting.len(), calls()), (6, 0, 5), "back to the floor in one call: {r:?}");
     assert_accounted(&ipam, &vpc);
 }
 

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use super::aws::Ec2;
 use super::ucloud::UCloud;
-use super::{ProviderError, SecondaryIp, VpcProvider};
+use super::{PoolCall, PoolCounts, PoolDelta, ProviderError, SecondaryIp, VpcProvider};
 
 // One per vswitchd, inside the boxed pool: the variants' sizes do not matter.
 #[allow(clippy::large_enum_variant)]
@@ -70,8 +70,20 @@ impl VpcProvider for AnyProvider {
         each!(self, p => p.subnet_free().await)
     }
 
-    fn watermarks(&self, pods: usize) -> Option<(usize, usize)> {
-        each!(self, p => p.watermarks(pods))
+    fn call_name(&self, call: PoolCall) -> &'static str {
+        each!(self, p => p.call_name(call))
+    }
+
+    async fn allocate_batch(&self, count: usize) -> Result<Vec<IpAddr>, ProviderError> {
+        each!(self, p => p.allocate_batch(count).await)
+    }
+
+    async fn delete_batch(&self, ips: &[IpAddr]) -> Result<Vec<IpAddr>, ProviderError> {
+        each!(self, p => p.delete_batch(ips).await)
+    }
+
+    fn pool_delta(&self, counts: PoolCounts) -> Option<PoolDelta> {
+        each!(self, p => p.pool_delta(counts))
     }
 
     fn collects_leaked_nics(&self) -> bool {

@@ -5,7 +5,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 
 use super::agent::ProviderSettings;
-use super::{ProviderError, SecondaryIp, VpcProvider};
+use super::aws::config::WarmTargets;
+use super::{PoolCall, PoolCounts, PoolDelta, ProviderError, SecondaryIp, VpcProvider};
 
 /// Small watermarks, no waiting: what the pool's tests run with.
 pub fn quick_settings() -> ProviderSettings {
@@ -32,6 +33,10 @@ pub struct FakeVpc {
     pub calls: u64,
     /// Addresses on a NIC the node does not have (as an ENI attached but not in the instance).
     pub absent: BTreeSet<IpAddr>,
+    /// AWS's warm targets instead of the configured watermarks.
+    pub targets: Option<WarmTargets>,
+    /// Several addresses allocated or deleted in one call, as EC2 does.
+    pub batches: bool,
 }
 
 impl FakeVpc {
@@ -76,6 +81,11 @@ impl VpcProvider for FakeNic {
         &self.nic
     }
 
+    /// UCloud's names: the pool's tests read them.
+    fn call_name(&self, call: PoolCall) -> &'static str {
+        super::ucloud::call_name(call)
+    }
+
     async fn allocate(&self, ip: Option<IpAddr>) -> Result<IpAddr, ProviderError> {
         let mut vpc = self.enter()?;
         let ip = match ip {
@@ -99,6 +109,33 @@ impl VpcProvider for FakeNic {
         Ok(())
     }
 
+    /// All `count` in one call with `batches`, else one.
+    async fn allocate_batch(&self, count: usize) -> Result<Vec<IpAddr>, ProviderError> {
+        let mut vpc = self.enter()?;
+        let count = if vpc.batches { count.min(vpc.free.len()) } else { 1 };
+        let ips: Vec<IpAddr> = (0..count).filter_map(|_| vpc.free.pop_first()).collect();
+        if ips.is_empty() {
+            return Err(ProviderError::SubnetFull("no free IP in subnet-t".into()));
+        }
+        vpc.owners.extend(ips.iter().map(|ip| (*ip, self.nic.clone())));
+        Ok(ips)
+    }
+
+    /// Every one of `ips` on this NIC in one call with `batches`, else the first.
+    async fn delete_batch(&self, ips: &[IpAddr]) -> Result<Vec<IpAddr>, ProviderError> {
+        let batches = self.vpc.lock().unwrap().batches;
+        if !batches {
+            return self.delete(ips[0]).await.map(|()| vec![ips[0]]);
+        }
+        let mut vpc = self.enter()?;
+        let mine: Vec<IpAddr> = ips.iter().filter(|ip| vpc.owners.get(ip) == Some(&self.nic)).copied().collect();
+        for ip in &mine {
+            vpc.owners.remove(ip);
+            vpc.free.insert(*ip);
+        }
+        Ok(mine)
+    }
+
     async fn describe(&self) -> Result<Vec<IpAddr>, ProviderError> {
         Ok(self.enter()?.on(&self.nic).into_iter().collect())
     }
@@ -118,6 +155,11 @@ impl VpcProvider for FakeNic {
 
     async fn subnet_free(&self) -> Result<u64, ProviderError> {
         Ok(self.enter()?.free.len() as u64)
+    }
+
+    /// With `targets`: an instance of 100 addresses on one ENI.
+    fn pool_delta(&self, counts: PoolCounts) -> Option<PoolDelta> {
+        self.vpc.lock().unwrap().targets.map(|t| t.delta(counts, 100, 100))
     }
 
     async fn undeliverable(&self, ip: IpAddr) -> Option<String> {

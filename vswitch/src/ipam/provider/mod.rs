@@ -7,7 +7,8 @@
 //!   (one NIC) and [`aws`] (several ENIs per instance, limits by instance type, leaked ENIs),
 //!   one of them chosen at start ([`AnyProvider`]).
 //! - [`agent`]: the node's pool of secondary IPs: ADD/DEL from local state, the upkeep that keeps
-//!   the warm pool between its watermarks, queued deletes, reconcile against the VPC, persistence.
+//!   the pool at its target (watermarks, or AWS's warm targets), queued deletes, reconcile
+//!   against the VPC, persistence.
 //! - [`probe`]: whether the fabric delivers a new address yet (an ARP probe, as UK8S's arping).
 //! - [`claims`]: sticky pods' records in the cluster store (which address a pod keeps).
 //! - [`config`]: `[ipam] provider = "ucloud"` and `[ipam.ucloud]`; `"aws"` and `[ipam.aws]`.
@@ -75,6 +76,53 @@ pub enum ProviderError {
     Other { code: u32, message: String },
 }
 
+/// The calls the pool makes, each named as the provider's API names it ([`VpcProvider::call_name`]:
+/// `vswitchctl ipam` and the metrics' `action` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolCall {
+    Allocate,
+    Delete,
+    Describe,
+    /// Where an address is in the VPC (sticky pods).
+    Locate,
+    /// An address moved from another NIC to this node's (sticky pods).
+    Move,
+    SubnetFree,
+    CollectLeakedNics,
+}
+
+/// The pool's addresses as AWS's VPC CNI counts its datastore (`DataStoreStats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolCounts {
+    /// Pods' addresses, and those held for sticky pods: not for a new pod.
+    pub assigned: usize,
+    /// Ready to hand out.
+    pub warm: usize,
+    /// On a NIC the node does not have yet: not served, but likely soon (and allocating more
+    /// would likely land on the same NIC).
+    pub undeliverable: usize,
+    /// Released, resting until their cooldown ends.
+    pub cooling: usize,
+}
+
+impl PoolCounts {
+    /// AWS's `AvailableAddresses`: every address held but not assigned, cooling ones included.
+    pub fn available(&self) -> usize {
+        self.warm + self.undeliverable + self.cooling
+    }
+
+    pub fn total(&self) -> usize {
+        self.assigned + self.available()
+    }
+}
+
+/// How far the pool is from its target: addresses to allocate, or warm ones to give back now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolDelta {
+    pub short: usize,
+    pub over: usize,
+}
+
 impl ProviderError {
     /// Worth retrying later as it is.
     pub fn is_transient(&self) -> bool {
@@ -115,10 +163,23 @@ pub trait VpcProvider: Send + Sync + 'static {
     fn move_here(&self, ip: IpAddr, from: &str) -> impl Future<Output = Result<(), ProviderError>> + Send;
     /// Free addresses in the subnet (also the credentials and reachability check).
     fn subnet_free(&self) -> impl Future<Output = Result<u64, ProviderError>> + Send;
-    /// The warm pool's `(low, high)` watermarks with `pods` addresses held, where the provider
-    /// derives them (AWS: its warm targets and the instance type's limits, once known); `None`:
-    /// the configured ones.
-    fn watermarks(&self, _pods: usize) -> Option<(usize, usize)> {
+    /// `call` as this provider's API names it.
+    fn call_name(&self, call: PoolCall) -> &'static str;
+    /// Up to `count` new secondary IPs in one call, at least one. Default: one
+    /// ([`VpcProvider::allocate`]); AWS: as many as the ENI with room takes.
+    fn allocate_batch(&self, count: usize) -> impl Future<Output = Result<Vec<IpAddr>, ProviderError>> + Send {
+        let _ = count;
+        async { self.allocate(None).await.map(|ip| vec![ip]) }
+    }
+    /// Deletes some of `ips` (at least the first) in one call; those no longer on this node's
+    /// NICs. Default: the first alone ([`VpcProvider::delete`]); AWS: every one on its ENI.
+    fn delete_batch(&self, ips: &[IpAddr]) -> impl Future<Output = Result<Vec<IpAddr>, ProviderError>> + Send {
+        let first = ips[0];
+        async move { self.delete(first).await.map(|()| vec![first]) }
+    }
+    /// How far the pool is from the provider's targets, where it derives them (AWS: its warm
+    /// targets and the instance type's limits, once known); `None`: the configured watermarks.
+    fn pool_delta(&self, _counts: PoolCounts) -> Option<PoolDelta> {
         None
     }
     /// Whether [`VpcProvider::collect_leaked_nics`] does anything (the pool calls it only then).

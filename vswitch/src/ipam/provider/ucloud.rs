@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::config::UCloudConfig;
 use super::http::{form_encode, ok_body, ApiEndpoint};
 use super::ucloud_metadata::NodeIdentity;
-use super::{ProviderError, SecondaryIp, VpcProvider};
+use super::{PoolCall, ProviderError, SecondaryIp, VpcProvider};
 
 /// A call that takes longer than this counts as the API being unavailable.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -139,6 +139,19 @@ fn ip_of(value: &Value, action: &str) -> Result<IpAddr, ProviderError> {
         .ok_or_else(|| ProviderError::Other { code: 0, message: format!("{action}: a reply without a valid Ip") })
 }
 
+/// The UCloud VPC API action behind each of the pool's calls.
+pub fn call_name(call: PoolCall) -> &'static str {
+    match call {
+        PoolCall::Allocate => "AllocateSecondaryIp",
+        PoolCall::Delete => "DeleteSecondaryIp",
+        PoolCall::Describe | PoolCall::Locate => "DescribeSecondaryIp",
+        PoolCall::Move => "MoveSecondaryIPMac",
+        PoolCall::SubnetFree => "DescribeSubnet",
+        // UCloud's NIC is the UHost's own: nothing leaks, never called.
+        PoolCall::CollectLeakedNics => "CollectLeakedNics",
+    }
+}
+
 fn data_set(reply: &Value) -> &[Value] {
     reply["DataSet"].as_array().map_or(&[], Vec::as_slice)
 }
@@ -150,6 +163,10 @@ impl VpcProvider for UCloud {
 
     fn nic(&self) -> &str {
         &self.identity.nic_mac
+    }
+
+    fn call_name(&self, call: PoolCall) -> &'static str {
+        call_name(call)
     }
 
     async fn allocate(&self, ip: Option<IpAddr>) -> Result<IpAddr, ProviderError> {

@@ -21,7 +21,7 @@ use super::{now_ms, HeldAddress, PodAddress, ProviderIpam, ProviderRefusal};
 use crate::ipam::error::StickyBusy;
 use crate::ipam::provider::claims::{same_nic, StickyClaims};
 use crate::ipam::provider::probe::FabricProbe;
-use crate::ipam::provider::{ProviderError, VpcProvider};
+use crate::ipam::provider::{PoolCall, ProviderError, VpcProvider};
 use crate::ipam::store::{ClusterStore, StoreError};
 use crate::ipam::IpamError;
 
@@ -106,15 +106,15 @@ impl<P: VpcProvider, S: ClusterStore, F: FabricProbe> ProviderIpam<P, S, F> {
 
     /// Puts `ip` on this node's NIC: where the VPC has it now (the record's NIC is a hint).
     async fn place_here(&self, ip: IpAddr, recorded_nic: &str) -> Result<(), ProviderError> {
-        match self.call("DescribeSecondaryIp", self.provider.locate(ip)).await? {
+        match self.call(PoolCall::Locate, self.provider.locate(ip)).await? {
             Some(found) if same_nic(&found.nic, self.provider.nic()) => Ok(()),
             Some(found) => {
                 tracing::info!(%ip, from = %found.nic, recorded = %recorded_nic, "moving a sticky address here");
-                self.call("MoveSecondaryIPMac", self.provider.move_here(ip, &found.nic)).await
+                self.call(PoolCall::Move, self.provider.move_here(ip, &found.nic)).await
             }
             None => {
                 tracing::info!(%ip, "a sticky address was deleted in the VPC: allocating it again");
-                self.call("AllocateSecondaryIp", self.provider.allocate(Some(ip))).await.map(drop)
+                self.call(PoolCall::Allocate, self.provider.allocate(Some(ip))).await.map(drop)
             }
         }
     }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ipam::provider::agent::ProviderSettings;
 use crate::ipam::provider::config::ProviderConfigError;
+use crate::ipam::provider::{PoolCounts, PoolDelta};
 
 /// The instance metadata service (IMDSv2) of every EC2 instance.
 pub const IMDS_ENDPOINT: &str = "http://169.254.169.254";
@@ -96,8 +97,8 @@ fn default_fabric_probe_timeout() -> u64 {
     5000
 }
 
-/// The pool's targets as AWS's VPC CNI defines them; [`WarmTargets::watermarks`] maps them onto
-/// the agent's low and high watermarks.
+/// The pool's targets as AWS's VPC CNI defines them; [`WarmTargets::delta`] counts them as its
+/// ipamd does (`datastoreTargetState`, `isDatastorePoolTooLow`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WarmTargets {
     pub warm_eni: usize,
@@ -106,24 +107,26 @@ pub struct WarmTargets {
 }
 
 impl WarmTargets {
-    /// `(low, high)` warm addresses with `pods` addresses held and `per_eni` secondary addresses
-    /// per ENI, `capacity` in all: WARM_IP_TARGET free (and MINIMUM_IP_TARGET in all), trimmed
-    /// to exactly that; else WARM_ENI_TARGET whole ENIs free, trimmed once one more ENI's worth
-    /// is free. Never more than the instance can still hold.
-    pub fn watermarks(&self, pods: usize, per_eni: usize, capacity: usize) -> (usize, usize) {
-        let minimum = self.minimum_ip.unwrap_or(0).saturating_sub(pods);
-        let (low, high) = match self.warm_ip {
-            Some(ip) => {
-                let low = ip.max(minimum);
-                (low, low)
-            }
-            None => {
-                let low = (self.warm_eni * per_eni).max(minimum);
-                (low, low.max((self.warm_eni + 1) * per_eni))
-            }
+    /// How far `counts` is from the targets with `per_eni` secondary addresses per ENI and
+    /// `capacity` in all. With WARM_IP_TARGET or MINIMUM_IP_TARGET: short = max(WARM_IP_TARGET -
+    /// available, MINIMUM_IP_TARGET - total), over = min(available - WARM_IP_TARGET, total -
+    /// MINIMUM_IP_TARGET), where available counts cooling addresses (AWS's `AvailableAddresses`).
+    /// Else WARM_ENI_TARGET whole ENIs available, given back past one more ENI's worth (AWS
+    /// frees whole ENIs instead; the pool gives addresses back). Short never past `capacity`.
+    /// `over` is what to give back now: cooling addresses beyond the target are given back as
+    /// they finish cooling, so the warm ones are the surplus beyond them.
+    pub fn delta(&self, counts: PoolCounts, per_eni: usize, capacity: usize) -> PoolDelta {
+        let (total, available) = (counts.total(), counts.available());
+        let (short, over) = if self.warm_ip.is_some() || self.minimum_ip.is_some() {
+            let (warm, minimum) = (self.warm_ip.unwrap_or(0), self.minimum_ip.unwrap_or(0));
+            let short = warm.saturating_sub(available).max(minimum.saturating_sub(total));
+            let over = available.saturating_sub(warm).min(total.saturating_sub(minimum));
+            (short, over)
+        } else {
+            let low = self.warm_eni * per_eni;
+            (low.saturating_sub(available), available.saturating_sub(low + per_eni))
         };
-        let room = capacity.saturating_sub(pods);
-        (low.min(room).max(1), high.min(room).max(1))
+        PoolDelta { short: short.min(capacity.saturating_sub(total)), over: over.saturating_sub(counts.cooling) }
     }
 }
 
@@ -150,11 +153,12 @@ impl AwsConfig {
         if self.max_eni == Some(0) {
             return Err(ProviderConfigError::AwsTargets("max_eni must be at least 1"));
         }
-        // The watermarks follow the instance type once the provider knows it (`watermarks`).
-        let (warm_low, warm_high) = self.targets().watermarks(0, 1, usize::MAX);
+        // Until the provider knows the instance type (`Ec2::pool_delta`): what an empty pool is
+        // short of, with single-address ENIs.
+        let warm = self.targets().delta(PoolCounts::default(), 1, usize::MAX).short.max(1);
         Ok(ProviderSettings {
-            warm_low,
-            warm_high,
+            warm_low: warm,
+            warm_high: warm,
             cooldown: Duration::from_secs(self.ip_cooldown_period),
             // Whether to probe at all is the provider's (`fabric_probe`, `Ec2::fabric_probe_mac`).
             fabric_probe_timeout: Duration::from_millis(self.fabric_probe_timeout_ms),
@@ -187,17 +191,42 @@ mod tests {
         assert!(toml::from_str::<AwsConfig>("region = \"r\"\nsubnet_id = \"s\"\nWARM_POOL = 1").is_err());
     }
 
+    fn counts(assigned: usize, warm: usize, cooling: usize) -> PoolCounts {
+        PoolCounts { assigned, warm, undeliverable: 0, cooling }
+    }
+
+    fn delta(short: usize, over: usize) -> PoolDelta {
+        PoolDelta { short, over }
+    }
+
+    /// The ENI mode, t3.medium: 5 secondary addresses per ENI, 3 ENIs.
     #[test]
-    fn targets_map_onto_watermarks() {
+    fn warm_eni_target_keeps_an_enis_worth_available() {
         let eni = WarmTargets { warm_eni: 1, warm_ip: None, minimum_ip: None };
-        // t3.medium: 5 secondary addresses per ENI, 3 ENIs.
-        assert_eq!(eni.watermarks(0, 5, 15), (5, 10));
-        assert_eq!(eni.watermarks(12, 5, 15), (3, 3), "never more than the instance holds");
-        let ip = WarmTargets { warm_eni: 1, warm_ip: Some(2), minimum_ip: Some(10) };
-        assert_eq!(ip.watermarks(0, 5, 15), (10, 10), "MINIMUM_IP_TARGET in all");
-        assert_eq!(ip.watermarks(9, 5, 15), (2, 2), "then WARM_IP_TARGET free");
+        assert_eq!(eni.delta(counts(0, 0, 0), 5, 15), delta(5, 0), "one call for a whole ENI's worth");
+        assert_eq!(eni.delta(counts(3, 2, 3), 5, 15), delta(0, 0), "cooling addresses are available");
+        assert_eq!(eni.delta(counts(12, 0, 0), 5, 15), delta(3, 0), "never more than the instance holds");
+        assert_eq!(eni.delta(counts(0, 12, 0), 5, 15), delta(0, 2), "past one more ENI's worth");
+    }
+
+    /// AWS's table (docs/eni-and-ip-target.md) for WARM_IP_TARGET = 2, MINIMUM_IP_TARGET = 5 on
+    /// a t3.small (3 per ENI, 3 ENIs): 0 pods hold 5, 5 pods hold 7, 9 pods hold 9.
+    #[test]
+    fn warm_ip_and_minimum_ip_targets_as_aws_counts_them() {
+        let ip = WarmTargets { warm_eni: 1, warm_ip: Some(2), minimum_ip: Some(5) };
+        assert_eq!(ip.delta(counts(0, 0, 0), 3, 9), delta(5, 0), "MINIMUM_IP_TARGET in one batch");
+        assert_eq!(ip.delta(counts(5, 0, 0), 3, 9), delta(2, 0), "then WARM_IP_TARGET available");
+        assert_eq!(ip.delta(counts(9, 0, 0), 3, 9), delta(0, 0), "never past the instance");
+        assert_eq!(ip.delta(counts(1, 4, 0), 3, 9), delta(0, 0), "churn below the floor costs nothing");
+        // Cooling addresses count as available (the old watermarks allocated for them, then
+        // unassigned them once cooled).
+        assert_eq!(ip.delta(counts(4, 0, 2), 3, 9), delta(0, 0));
+        assert_eq!(ip.delta(counts(4, 3, 0), 3, 9), delta(0, 1), "one above WARM_IP_TARGET");
+        // Above both: the cooling ones are given back as they cool, the warm ones beyond that now.
+        assert_eq!(ip.delta(counts(2, 4, 3), 3, 9), delta(0, 1));
+        assert_eq!(ip.delta(counts(2, 1, 3), 3, 9), delta(0, 0));
         let min_only = WarmTargets { warm_eni: 1, warm_ip: None, minimum_ip: Some(12) };
-        assert_eq!(min_only.watermarks(0, 5, 15), (12, 12));
+        assert_eq!(min_only.delta(counts(0, 0, 0), 5, 15), delta(12, 0), "MINIMUM_IP_TARGET alone: IP mode");
     }
 
     #[test]
@@ -207,6 +236,8 @@ mod tests {
         assert!(matches!(config.settings(), Err(ProviderConfigError::AwsTargets(_))));
         config.warm_ip_target = Some(3);
         assert_eq!(config.settings().unwrap().warm_low, 3);
+        config.minimum_ip_target = Some(10);
+        assert_eq!(config.settings().unwrap().warm_low, 10);
         config.instance_id = Some(String::new());
         assert_eq!(config.settings().unwrap_err(), ProviderConfigError::AwsEmpty("instance_id"));
     }

@@ -6,7 +6,7 @@
 //! (`DescribeInstances`, `DescribeInstanceTypes`) and its ENIs (`DescribeNetworkInterfaces`) are
 //! read on first use, so vswitchd starts while EC2 is unreachable.
 //!
-//! - [`config`]: `[ipam.aws]` and the AWS CNI's warm targets mapped onto the pool's watermarks.
+//! - [`config`]: `[ipam.aws]` and the AWS CNI's warm targets, counted as its ipamd counts them.
 //! - [`query`]: the Query protocol, SigV4, typed errors. [`xml`]: the replies.
 //! - [`credentials`]: environment, the shared credentials file, then the instance profile.
 //!   [`imds`]: IMDSv2 (the instance id, the instance profile's credentials).
@@ -30,7 +30,7 @@ use credentials::{CredentialSource, Credentials};
 use enis::Node;
 use query::{AwsSetupError, Params, Query};
 
-use super::{ProviderError, SecondaryIp, VpcProvider};
+use super::{PoolCall, PoolCounts, PoolDelta, ProviderError, SecondaryIp, VpcProvider};
 
 /// One instance's ENIs on EC2. `Debug` leaves the credentials out.
 #[derive(Debug)]
@@ -41,7 +41,7 @@ pub struct Ec2 {
     node: tokio::sync::Mutex<Option<Node>>,
     /// The instance id once known (the pool's "NIC").
     instance: OnceLock<String>,
-    /// Secondary addresses per ENI and in all, once known (the watermarks follow them).
+    /// Secondary addresses per ENI and in all, once known (the pool's targets follow them).
     limits: Mutex<Option<(usize, usize)>>,
     /// The subnet of the ENIs this node creates (`DescribeSubnets`, once): their NICs' routes.
     subnet: OnceLock<Ipv4Net>,
@@ -265,20 +265,22 @@ impl Ec2 {
         }
     }
 
-    /// `AssignPrivateIpAddresses` on the ENI at `at`: one new address, or `ip` (taken from
-    /// wherever it is with `reassign`).
+    /// `AssignPrivateIpAddresses` on the ENI at `at`: `ip` (taken from wherever it is with
+    /// `reassign`), else up to `count` new addresses (as many as the ENI has room for).
     async fn assign(
         &self,
         node: &mut Node,
         at: usize,
         ip: Option<Ipv4Addr>,
+        count: usize,
         reassign: bool,
-    ) -> Result<Ipv4Addr, ProviderError> {
+    ) -> Result<Vec<Ipv4Addr>, ProviderError> {
+        let room = node.per_eni.saturating_sub(node.enis[at].secondary.len()).max(1);
         let eni = &mut node.enis[at];
         let mut params = Params::default().set("NetworkInterfaceId", &eni.id);
         params = match ip {
             Some(ip) => params.set("PrivateIpAddress.1", ip.to_string()),
-            None => params.set("SecondaryPrivateIpAddressCount", "1"),
+            None => params.set("SecondaryPrivateIpAddressCount", count.clamp(1, room).to_string()),
         };
         if reassign {
             params = params.set("AllowReassignment", "true");
@@ -295,23 +297,30 @@ impl Ec2 {
             other => other?,
         };
         let assigned = xml::assigned_addresses(&reply).map_err(unreadable("AssignPrivateIpAddresses"))?;
-        let new = match ip {
-            Some(ip) => ip,
-            None => *assigned.iter().find(|a| !eni.secondary.contains(a) && Some(**a) != eni.primary_ip).ok_or_else(
-                || ProviderError::Unavailable("AssignPrivateIpAddresses: no new address in the reply".into()),
-            )?,
+        let new: Vec<Ipv4Addr> = match ip {
+            Some(ip) => vec![ip],
+            None => assigned.into_iter().filter(|a| !eni.secondary.contains(a) && Some(*a) != eni.primary_ip).collect(),
         };
-        eni.secondary.push(new);
+        if new.is_empty() {
+            return Err(ProviderError::Unavailable("AssignPrivateIpAddresses: no new address in the reply".into()));
+        }
+        eni.secondary.extend(&new);
         Ok(new)
     }
 
-    /// A new address on this instance (`ip`: that one, `reassign`: even from another ENI).
-    async fn add_address(&self, ip: Option<Ipv4Addr>, reassign: bool) -> Result<Ipv4Addr, ProviderError> {
+    /// New addresses on this instance: `ip` (`reassign`: even from another ENI), else up to
+    /// `count` on the first ENI with room.
+    async fn add_addresses(
+        &self,
+        ip: Option<Ipv4Addr>,
+        count: usize,
+        reassign: bool,
+    ) -> Result<Vec<Ipv4Addr>, ProviderError> {
         let mut guard = self.node().await?;
         let node = guard.as_mut().expect("discovered");
         loop {
             let at = self.eni_with_room(node).await?;
-            match self.assign(node, at, ip, reassign).await {
+            match self.assign(node, at, ip, count, reassign).await {
                 // That ENI was full after all: the next one, or a new one.
                 Err(ProviderError::Quota(_)) if node.with_room().is_some() || node.may_attach() => continue,
                 other => return other,
@@ -352,6 +361,11 @@ impl Ec2 {
         })
     }
 
+    /// `ip` on this instance (`reassign`: even from another ENI).
+    async fn add_address(&self, ip: Ipv4Addr, reassign: bool) -> Result<Ipv4Addr, ProviderError> {
+        Ok(self.add_addresses(Some(ip), 1, reassign).await?[0])
+    }
+
     /// Deletes the detached ENIs this instance (or cluster) created that are older than the
     /// configured age, as AWS's VPC CNI's leak collection does; how many.
     async fn delete_leaked_enis(&self) -> Result<usize, ProviderError> {
@@ -390,34 +404,62 @@ impl VpcProvider for Ec2 {
     }
 
     async fn allocate(&self, ip: Option<IpAddr>) -> Result<IpAddr, ProviderError> {
-        let ip = ip.map(v4).transpose()?;
-        self.add_address(ip, false).await.map(IpAddr::V4)
+        match ip {
+            Some(ip) => self.add_address(v4(ip)?, false).await.map(IpAddr::V4),
+            None => Ok(IpAddr::V4(self.add_addresses(None, 1, false).await?[0])),
+        }
+    }
+
+    /// One `AssignPrivateIpAddresses` with `SecondaryPrivateIpAddressCount`, as AWS's ipamd
+    /// assigns what it is short of (`tryAssignIPs`): up to `count`, as many as the ENI has room for.
+    async fn allocate_batch(&self, count: usize) -> Result<Vec<IpAddr>, ProviderError> {
+        Ok(self.add_addresses(None, count, false).await?.into_iter().map(IpAddr::V4).collect())
     }
 
     async fn delete(&self, ip: IpAddr) -> Result<(), ProviderError> {
-        let ip = v4(ip)?;
+        self.delete_batch(&[ip]).await.map(drop)
+    }
+
+    /// One `UnassignPrivateIpAddresses` for every one of `ips` on the first one's ENI, as AWS's
+    /// ipamd gives back what it is over (`DeallocIPAddresses`).
+    async fn delete_batch(&self, ips: &[IpAddr]) -> Result<Vec<IpAddr>, ProviderError> {
+        let first = v4(ips[0])?;
         let mut guard = self.node().await?;
         let node = guard.as_mut().expect("discovered");
-        if node.holding(ip).is_none() {
+        if node.holding(first).is_none() {
             let described = self.described_enis(&node.instance_id).await?;
             node.set_enis(described);
         }
-        let Some(at) = node.holding(ip) else {
-            return Err(ProviderError::AddressGone(format!("{ip} is on none of {}'s ENIs", node.instance_id)));
+        let Some(at) = node.holding(first) else {
+            return Err(ProviderError::AddressGone(format!("{first} is on none of {}'s ENIs", node.instance_id)));
         };
-        let eni = &mut node.enis[at];
-        let params = Params::default().set("NetworkInterfaceId", &eni.id).set("PrivateIpAddress.1", ip.to_string());
+        let batch: Vec<Ipv4Addr> =
+            ips.iter().filter_map(|ip| v4(*ip).ok()).filter(|ip| node.holding(*ip) == Some(at)).collect();
+        let eni_id = node.enis[at].id.clone();
+        let mut params = Params::default().set("NetworkInterfaceId", &eni_id);
+        for (i, ip) in batch.iter().enumerate() {
+            params = params.set(&format!("PrivateIpAddress.{}", i + 1), ip.to_string());
+        }
         match self.call("UnassignPrivateIpAddresses", params).await {
             Ok(_) => {}
-            // "Some of the specified addresses are not assigned to interface ...".
+            // "Some of the specified addresses are not assigned to interface ...": EC2 unassigned
+            // none of them. Those EC2 no longer has are done; the others are tried again.
             Err(ProviderError::Other { message, .. }) if message.contains("not assigned") => {
-                eni.secondary.retain(|a| *a != ip);
-                return Err(ProviderError::AddressGone(message));
+                let described = self.described_enis(&node.instance_id).await?;
+                node.set_enis(described);
+                let on_eni = |ip: &Ipv4Addr| node.holding(*ip).is_some_and(|k| node.enis[k].id == eni_id);
+                let gone: Vec<IpAddr> = batch.iter().filter(|ip| !on_eni(ip)).map(|ip| IpAddr::V4(*ip)).collect();
+                return match gone.len() {
+                    0 => Err(ProviderError::Other { code: 0, message }),
+                    // One address asked for and gone: as `delete` says it.
+                    _ if batch.len() == 1 => Err(ProviderError::AddressGone(message)),
+                    _ => Ok(gone),
+                };
             }
             Err(e) => return Err(e),
         }
-        eni.secondary.retain(|a| *a != ip);
-        Ok(())
+        node.enis[at].secondary.retain(|a| !batch.contains(a));
+        Ok(batch.into_iter().map(IpAddr::V4).collect())
     }
 
     async fn describe(&self) -> Result<Vec<IpAddr>, ProviderError> {
@@ -439,16 +481,26 @@ impl VpcProvider for Ec2 {
 
     /// EC2 moves an address by assigning it with `AllowReassignment`.
     async fn move_here(&self, ip: IpAddr, _from: &str) -> Result<(), ProviderError> {
-        self.add_address(Some(v4(ip)?), true).await.map(drop)
+        self.add_address(v4(ip)?, true).await.map(drop)
     }
 
     async fn subnet_free(&self) -> Result<u64, ProviderError> {
         self.subnet_field("availableIpAddressCount").await
     }
 
-    fn watermarks(&self, pods: usize) -> Option<(usize, usize)> {
+    fn call_name(&self, call: PoolCall) -> &'static str {
+        match call {
+            PoolCall::Allocate | PoolCall::Move => "AssignPrivateIpAddresses",
+            PoolCall::Delete => "UnassignPrivateIpAddresses",
+            // Leaked ENIs are found by describing the tagged ones (then each deleted).
+            PoolCall::Describe | PoolCall::Locate | PoolCall::CollectLeakedNics => "DescribeNetworkInterfaces",
+            PoolCall::SubnetFree => "DescribeSubnets",
+        }
+    }
+
+    fn pool_delta(&self, counts: PoolCounts) -> Option<PoolDelta> {
         let limits = *self.limits.lock().unwrap_or_else(|e| e.into_inner());
-        limits.map(|(per_eni, capacity)| self.config.targets().watermarks(pods, per_eni, capacity))
+        limits.map(|(per_eni, capacity)| self.config.targets().delta(counts, per_eni, capacity))
     }
 
     fn collects_leaked_nics(&self) -> bool {
