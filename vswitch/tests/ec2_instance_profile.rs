@@ -149,9 +149,9 @@ fn config(lab: &Ec2Lab, endpoint: &str, imds: &str) -> AwsConfig {
 }
 
 /// The chain with nothing in the environment and no credentials file: the instance profile.
-fn instance_profile_chain(imds: &str, home: &std::path::Path) -> CredentialSource {
+fn instance_profile_chain(config: &AwsConfig, home: &std::path::Path) -> CredentialSource {
     let home = home.display().to_string();
-    let source = CredentialSource::chain(move |name| (name == "HOME").then(|| home.clone()), imds).unwrap();
+    let source = CredentialSource::chain(move |name| (name == "HOME").then(|| home.clone()), config).unwrap();
     assert!(matches!(source, CredentialSource::InstanceProfile(_)), "{source:?}");
     source
 }
@@ -167,9 +167,8 @@ async fn calls_are_signed_with_the_instance_profiles_credentials_renewed_before_
         Issue("ASIATHIRD", Duration::from_secs(6 * 3600)),
     ]);
     let home = tempfile::tempdir().unwrap();
-    let ec2 =
-        Ec2::with_credential_source(&config(&lab, &hop.endpoint, &imds), instance_profile_chain(&imds, home.path()))
-            .unwrap();
+    let config = config(&lab, &hop.endpoint, &imds);
+    let ec2 = Ec2::with_credential_source(&config, instance_profile_chain(&config, home.path())).unwrap();
     assert!(ec2.identity().contains("not fetched yet"), "{}", ec2.identity());
 
     for _ in 0..3 {
@@ -218,7 +217,7 @@ async fn without_keys_or_an_instance_profile_the_error_names_every_link() {
          imds_endpoint = \"{imds}\""
     ))
     .unwrap();
-    let ec2 = Ec2::with_credential_source(&config, instance_profile_chain(&imds, home.path())).unwrap();
+    let ec2 = Ec2::with_credential_source(&config, instance_profile_chain(&config, home.path())).unwrap();
     let error = ec2.subnet_free().await.unwrap_err();
     let ProviderError::Auth(said) = &error else { panic!("{error:?}") };
     assert!(said.contains("AWS_ACCESS_KEY_ID") && said.contains("[default]"), "{said}");
