@@ -95,10 +95,10 @@ impl WebIdentity {
         Ok(Some(WebIdentity { role_arn, token_file, session_name, sts, sts_url, renewal: Renewal::default() }))
     }
 
-    /// Where the credentials come from (the role, the token's file, STS), fetched or not.
+    /// Where the credentials come from (the role, the token's file, STS; once fetched, the
+    /// assumed role's session too).
     pub fn describe(&self) -> String {
-        let fetched = if self.renewal.source().is_some() { "" } else { ", not fetched yet" };
-        format!("{}{fetched}", self.source())
+        self.renewal.source().unwrap_or_else(|| format!("{}, not fetched yet", self.source()))
     }
 
     fn source(&self) -> String {
