@@ -127,6 +127,22 @@ fn ec2_calls_carry_the_keys_sts_traded_for_the_token_file_read_again_at_each_ren
     let identity = view["provider"]["identity"].as_str().unwrap_or_default().to_string();
     assert!(identity.contains(&format!("web identity: role {ROLE_ARN}")), "{identity}");
     assert!(identity.contains(&format!("assumed-role/vpc-cni-irsa/{SESSION}")), "{identity}");
+    // `vswitchctl doctor` in vswitchd's environment names the same link.
+    let doctor = Command::new("ip")
+        .args(["netns", "exec", &node.name, env!("CARGO_BIN_EXE_vswitchctl"), "--json", "doctor", "--config"])
+        .arg(dir.0.join("vswitchd/vswitchd.toml"))
+        .arg("--conflist")
+        .arg(dir.0.join("no.conflist"))
+        .envs(env)
+        .output()
+        .unwrap();
+    let checks: Value = serde_json::from_slice(&doctor.stdout).unwrap_or(Value::Null);
+    let vpc_api = checks.as_array().and_then(|l| l.iter().find(|c| c["check"] == "vpc_api")).cloned();
+    let vpc_api = vpc_api.unwrap_or_else(|| panic!("no vpc_api check: {}", String::from_utf8_lossy(&doctor.stdout)));
+    let detail = vpc_api["detail"].as_str().unwrap_or_default();
+    assert_eq!(vpc_api["status"], "ok", "{vpc_api:#}");
+    assert!(detail.contains(&format!("credentials from web identity: role {ROLE_ARN}")), "{detail}");
+    assert_eq!(sts.calls().last().unwrap().param("WebIdentityToken").as_deref(), Some("token-three"));
     // Neither the token nor the keys in vswitchd's log.
     let mut logs = String::new();
     for entry in std::fs::read_dir(dir.0.join("vswitchd")).unwrap().flatten() {
