@@ -386,3 +386,21 @@ impl RecordingHop {
         self.seen.lock().unwrap().clone()
     }
 }
+
+/// `vswitchctl ipam` of `daemon` until `done` says yes (its view), or a panic with `what` after `limit`.
+pub fn wait_for_ipam(
+    daemon: &crate::netns::Daemon,
+    what: &str,
+    limit: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let view = daemon.ctl_json(&["ipam"]);
+        if done(&view) {
+            return view;
+        }
+        assert!(Instant::now() < deadline, "{what}: {view:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

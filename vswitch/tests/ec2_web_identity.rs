@@ -10,10 +10,10 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
-use vpc_lab::ec2::{Ec2Lab, Recorded, RecordingHop, REGION};
+use vpc_lab::ec2::{wait_for_ipam, Ec2Lab, Recorded, RecordingHop, REGION};
 use vpc_lab::netns::{require_root, Binaries, Daemon, Netns, TempDir};
 use vswitch::ipam::provider::aws::enis::rfc3339;
 
@@ -60,18 +60,6 @@ fn issued(call: &Recorded) -> (String, String) {
     (element(&call.reply, "AccessKeyId"), element(&call.reply, "SessionToken"))
 }
 
-fn wait_for(daemon: &Daemon, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let view = daemon.ctl_json(&["ipam"]);
-        if done(&view) {
-            return view;
-        }
-        assert!(Instant::now() < deadline, "{what}: {view:#}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn ec2_calls_carry_the_keys_sts_traded_for_the_token_file_read_again_at_each_renewal() {
     require_root();
@@ -93,7 +81,9 @@ fn ec2_calls_carry_the_keys_sts_traded_for_the_token_file_read_again_at_each_ren
     let env = irsa_env(&token_file, &sts.endpoint, &dir.0);
     let config = config(&lab.subnet, &lab.instances[0], &ec2.endpoint);
     let daemon = Daemon::start_with_config_env(&bins(), &node, &dir.0.join("vswitchd"), 1, &config, &env);
-    wait_for(&daemon, "the warm pool filled", |v| v["provider"]["warm"].as_array().is_some_and(|w| w.len() == 1));
+    wait_for_ipam(&daemon, "the warm pool filled", Duration::from_secs(30), |v| {
+        v["provider"]["warm"].as_array().is_some_and(|w| w.len() == 1)
+    });
 
     let calls = sts.calls();
     assert!(calls.len() >= 2, "STS asked at first use and when the first keys were about to expire: {calls:#?}");
