@@ -4,9 +4,12 @@
 //! loopback (the host's, or a node namespace's so that a vswitchd in it reaches them), stopped on
 //! drop. The VPC, subnet and instances are created through moto's API at start.
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -201,5 +204,203 @@ impl Drop for Ec2Lab {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// One HTTP/1.1 request off `stream`: its head (lines) and body; empty if the peer said nothing.
+pub fn read_request(stream: &mut TcpStream) -> (Vec<String>, Vec<u8>) {
+    let mut data = Vec::new();
+    let mut buf = [0; 8192];
+    let end = loop {
+        let n = stream.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            return (Vec::new(), Vec::new());
+        }
+        data.extend_from_slice(&buf[..n]);
+        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+    };
+    let head: Vec<String> = String::from_utf8_lossy(&data[..end]).lines().map(String::from).collect();
+    let length = header(&head, "content-length").map_or(0, |v| v.parse().unwrap());
+    let mut body = data[end + 4..].to_vec();
+    while body.len() < length {
+        let n = stream.read(&mut buf).unwrap();
+        body.extend_from_slice(&buf[..n]);
+    }
+    (head, body)
+}
+
+/// Header `name`'s value in a request's or reply's head lines.
+pub fn header(head: &[String], name: &str) -> Option<String> {
+    head.iter().find_map(|l| {
+        l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_string())
+    })
+}
+
+/// A whole reply with `status` and `body`.
+pub fn reply(status: &str, body: &str) -> Vec<u8> {
+    format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).into_bytes()
+}
+
+/// `application/x-www-form-urlencoded` decoded.
+fn form_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let (mut out, mut i) = (Vec::new(), 0);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                out.push(u8::from_str_radix(&text[i + 1..i + 3], 16).unwrap_or(b'?'));
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A call that went through a [`RecordingHop`]: the request and the reply it got.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub head: Vec<String>,
+    pub body: String,
+    /// The reply's body (the hop's own when it refused the call).
+    pub reply: String,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<String> {
+        header(&self.head, name)
+    }
+
+    /// The form parameter `key` of the body (Query protocol), decoded.
+    pub fn param(&self, key: &str) -> Option<String> {
+        self.body.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == key).map(|(_, v)| form_decode(v)))
+    }
+
+    /// The access key id SigV4's `Authorization` names (empty: unsigned).
+    pub fn access_key(&self) -> String {
+        let authorization = self.header("authorization").unwrap_or_default();
+        authorization.split("Credential=").nth(1).and_then(|c| c.split('/').next()).unwrap_or("").to_string()
+    }
+
+    /// `X-Amz-Security-Token` (empty: none).
+    pub fn session_token(&self) -> String {
+        self.header("x-amz-security-token").unwrap_or_default()
+    }
+}
+
+/// Edits the next reply (and may act) before the caller gets it: once.
+pub type ReplyHook = Box<dyn FnOnce(&Recorded, String) -> String + Send>;
+
+/// A hop in front of `upstream` (moto or the lab's proxy) that records every call (moto checks
+/// neither signatures nor session tokens), refuses the call after `refuse_next` is set with
+/// EC2's `AuthFailure` without passing it on, and lets [`RecordingHop::before_next_reply`] edit a
+/// reply before the caller sees it.
+pub struct RecordingHop {
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    seen: Arc<Mutex<Vec<Recorded>>>,
+    pub refuse_next: Arc<AtomicBool>,
+    hook: Arc<Mutex<Option<ReplyHook>>>,
+}
+
+impl std::fmt::Debug for RecordingHop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordingHop").field("endpoint", &self.endpoint).finish_non_exhaustive()
+    }
+}
+
+const AUTH_FAILURE: &str = "<Response><Errors><Error><Code>AuthFailure</Code><Message>AWS was not able to validate \
+                            the provided access credentials</Message></Error></Errors><RequestID>r</RequestID></Response>";
+
+/// `raw`'s body replaced with `body`, its `Content-Length` with the new one.
+fn with_body(raw: &[u8], body: &str) -> Vec<u8> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(raw.len());
+    let head = String::from_utf8_lossy(&raw[..end]);
+    let mut out = String::new();
+    for line in head.lines().filter(|l| !l.to_ascii_lowercase().starts_with("content-length:")) {
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    format!("{out}Content-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
+}
+
+impl RecordingHop {
+    /// On loopback, of the network namespace at `netns` if given (where `upstream` is too).
+    pub fn start(netns: Option<PathBuf>, upstream: &str) -> RecordingHop {
+        let upstream = upstream.strip_prefix("http://").unwrap().to_string();
+        let (seen, refuse_next) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicBool::new(false)));
+        let hook: Arc<Mutex<Option<ReplyHook>>> = Arc::new(Mutex::new(None));
+        let (log, refuse, edit) = (seen.clone(), refuse_next.clone(), hook.clone());
+        let (bound, port) = std::sync::mpsc::channel();
+        // The namespace is the thread's: it binds and connects there.
+        std::thread::spawn(move || {
+            if let Some(netns) = netns {
+                let file = std::fs::File::open(netns).unwrap();
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            }
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            bound.send(listener.local_addr().unwrap().port()).unwrap();
+            for mut stream in listener.incoming().map_while(Result::ok) {
+                let (head, body) = read_request(&mut stream);
+                let mut call =
+                    Recorded { head, body: String::from_utf8_lossy(&body).into_owned(), reply: String::new() };
+                let raw = if refuse.swap(false, Ordering::SeqCst) {
+                    reply("401 Unauthorized", AUTH_FAILURE)
+                } else {
+                    let mut up = TcpStream::connect(&upstream).unwrap();
+                    let mut request = call.head.join("\r\n").into_bytes();
+                    request.extend_from_slice(b"\r\n\r\n");
+                    request.extend_from_slice(&body);
+                    up.write_all(&request).unwrap();
+                    let mut raw = Vec::new();
+                    up.read_to_end(&mut raw).unwrap();
+                    raw
+                };
+                let end = raw.windows(4).position(|w| w == b"\r\n\r\n").map_or(raw.len(), |e| e + 4);
+                call.reply = String::from_utf8_lossy(&raw[end..]).into_owned();
+                let raw = match edit.lock().unwrap().take() {
+                    Some(hook) => {
+                        call.reply = hook(&call, call.reply.clone());
+                        with_body(&raw, &call.reply)
+                    }
+                    None => raw,
+                };
+                log.lock().unwrap().push(call);
+                let _ = stream.write_all(&raw);
+            }
+        });
+        let port = port.recv().unwrap();
+        RecordingHop { endpoint: format!("http://127.0.0.1:{port}"), seen, refuse_next, hook }
+    }
+
+    /// `hook` edits the next reply (and may act, e.g. rotate a file) before the caller gets it.
+    pub fn before_next_reply(&self, hook: ReplyHook) {
+        *self.hook.lock().unwrap() = Some(hook);
+    }
+
+    pub fn calls(&self) -> Vec<Recorded> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// `vswitchctl ipam` of `daemon` until `done` says yes (its view), or a panic with `what` after `limit`.
+pub fn wait_for_ipam(
+    daemon: &crate::netns::Daemon,
+    what: &str,
+    limit: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let view = daemon.ctl_json(&["ipam"]);
+        if done(&view) {
+            return view;
+        }
+        assert!(Instant::now() < deadline, "{what}: {view:#}");
+        std::thread::sleep(Duration::from_millis(200));
     }
 }

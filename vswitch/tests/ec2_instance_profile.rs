@@ -6,13 +6,13 @@
 //! Needs the tests' venv with moto (tests/install-deps.sh); no root.
 
 use std::collections::VecDeque;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use vpc_lab::ec2::{Ec2Lab, REGION};
+use vpc_lab::ec2::{header, read_request, reply, Ec2Lab, RecordingHop, REGION};
 use vswitch::ipam::provider::aws::config::AwsConfig;
 use vswitch::ipam::provider::aws::credentials::CredentialSource;
 use vswitch::ipam::provider::aws::enis::rfc3339;
@@ -21,42 +21,8 @@ use vswitch::ipam::provider::{ProviderError, VpcProvider};
 
 const ROLE: &str = "vpc-node-role";
 
-/// One HTTP/1.1 request off `stream`: its head (lines) and body.
-fn read_request(stream: &mut TcpStream) -> (Vec<String>, Vec<u8>) {
-    let mut data = Vec::new();
-    let mut buf = [0; 8192];
-    let end = loop {
-        let n = stream.read(&mut buf).unwrap_or(0);
-        if n == 0 {
-            return (Vec::new(), Vec::new());
-        }
-        data.extend_from_slice(&buf[..n]);
-        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
-            break end;
-        }
-    };
-    let head: Vec<String> = String::from_utf8_lossy(&data[..end]).lines().map(String::from).collect();
-    let length = head
-        .iter()
-        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
-        .map_or(0, |(_, v)| v.trim().parse().unwrap());
-    let mut body = data[end + 4..].to_vec();
-    while body.len() < length {
-        let n = stream.read(&mut buf).unwrap();
-        body.extend_from_slice(&buf[..n]);
-    }
-    (head, body)
-}
-
-fn header(head: &[String], name: &str) -> Option<String> {
-    head.iter().find_map(|l| {
-        l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_string())
-    })
-}
-
 fn answer(stream: &mut TcpStream, status: &str, body: &str) {
-    let reply = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
-    let _ = stream.write_all(reply.as_bytes());
+    let _ = stream.write_all(&reply(status, body));
 }
 
 /// A key pair the fake IMDS hands out: access key id, and its expiry from now.
@@ -100,45 +66,6 @@ fn fake_imds(issues: Vec<Issue>) -> (String, Arc<Mutex<Vec<String>>>) {
     (endpoint, asked)
 }
 
-/// A hop in front of `upstream` that records each call's credentials (`Credential=` key id and
-/// session token) and answers the call after `refuse_next` is set with EC2's `AuthFailure`.
-struct Recorder {
-    endpoint: String,
-    seen: Arc<Mutex<Vec<(String, String)>>>,
-    refuse_next: Arc<AtomicBool>,
-}
-
-fn recorder(upstream: &str) -> Recorder {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    let upstream = upstream.strip_prefix("http://").unwrap().to_string();
-    let (seen, refuse_next) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicBool::new(false)));
-    let (log, refuse) = (seen.clone(), refuse_next.clone());
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().map_while(Result::ok) {
-            let (head, body) = read_request(&mut stream);
-            let authorization = header(&head, "authorization").unwrap_or_default();
-            let key = authorization.split("Credential=").nth(1).and_then(|c| c.split('/').next()).unwrap_or("");
-            log.lock().unwrap().push((key.to_string(), header(&head, "x-amz-security-token").unwrap_or_default()));
-            if refuse.swap(false, Ordering::SeqCst) {
-                let error = "<Response><Errors><Error><Code>AuthFailure</Code><Message>AWS was not able to validate \
-                             the provided access credentials</Message></Error></Errors><RequestID>r</RequestID></Response>";
-                answer(&mut stream, "401 Unauthorized", error);
-                continue;
-            }
-            let mut up = TcpStream::connect(&upstream).unwrap();
-            let mut request = head.join("\r\n").into_bytes();
-            request.extend_from_slice(b"\r\n\r\n");
-            request.extend_from_slice(&body);
-            up.write_all(&request).unwrap();
-            let mut reply = Vec::new();
-            up.read_to_end(&mut reply).unwrap();
-            let _ = stream.write_all(&reply);
-        }
-    });
-    Recorder { endpoint, seen, refuse_next }
-}
-
 fn config(lab: &Ec2Lab, endpoint: &str, imds: &str) -> AwsConfig {
     toml::from_str(&format!(
         "region = \"{REGION}\"\nsubnet_id = \"{}\"\ninstance_id = \"{}\"\nendpoint = \"{endpoint}\"\n\
@@ -149,9 +76,9 @@ fn config(lab: &Ec2Lab, endpoint: &str, imds: &str) -> AwsConfig {
 }
 
 /// The chain with nothing in the environment and no credentials file: the instance profile.
-fn instance_profile_chain(imds: &str, home: &std::path::Path) -> CredentialSource {
+fn instance_profile_chain(config: &AwsConfig, home: &std::path::Path) -> CredentialSource {
     let home = home.display().to_string();
-    let source = CredentialSource::chain(move |name| (name == "HOME").then(|| home.clone()), imds).unwrap();
+    let source = CredentialSource::chain(move |name| (name == "HOME").then(|| home.clone()), config).unwrap();
     assert!(matches!(source, CredentialSource::InstanceProfile(_)), "{source:?}");
     source
 }
@@ -159,7 +86,7 @@ fn instance_profile_chain(imds: &str, home: &std::path::Path) -> CredentialSourc
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_are_signed_with_the_instance_profiles_credentials_renewed_before_expiry_and_after_a_refusal() {
     let lab = Ec2Lab::start(None, "t3.small", 1);
-    let hop = recorder(&lab.endpoint);
+    let hop = RecordingHop::start(None, &lab.endpoint);
     // ASIAFIRST expires within the 5 minutes before which the SDKs renew: used once, then renewed.
     let (imds, asked) = fake_imds(vec![
         Issue("ASIAFIRST", Duration::from_secs(120)),
@@ -167,9 +94,8 @@ async fn calls_are_signed_with_the_instance_profiles_credentials_renewed_before_
         Issue("ASIATHIRD", Duration::from_secs(6 * 3600)),
     ]);
     let home = tempfile::tempdir().unwrap();
-    let ec2 =
-        Ec2::with_credential_source(&config(&lab, &hop.endpoint, &imds), instance_profile_chain(&imds, home.path()))
-            .unwrap();
+    let config = config(&lab, &hop.endpoint, &imds);
+    let ec2 = Ec2::with_credential_source(&config, instance_profile_chain(&config, home.path())).unwrap();
     assert!(ec2.identity().contains("not fetched yet"), "{}", ec2.identity());
 
     for _ in 0..3 {
@@ -180,7 +106,7 @@ async fn calls_are_signed_with_the_instance_profiles_credentials_renewed_before_
     hop.refuse_next.store(true, Ordering::SeqCst);
     ec2.subnet_free().await.unwrap_or_else(|e| panic!("DescribeSubnets after AuthFailure: {e}"));
 
-    let seen = hop.seen.lock().unwrap().clone();
+    let seen: Vec<(String, String)> = hop.calls().iter().map(|c| (c.access_key(), c.session_token())).collect();
     let keys: Vec<&str> = seen.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(keys, ["ASIAFIRST", "ASIASECOND", "ASIASECOND", "ASIASECOND", "ASIATHIRD"]);
     for (key, token) in &seen {
@@ -218,7 +144,7 @@ async fn without_keys_or_an_instance_profile_the_error_names_every_link() {
          imds_endpoint = \"{imds}\""
     ))
     .unwrap();
-    let ec2 = Ec2::with_credential_source(&config, instance_profile_chain(&imds, home.path())).unwrap();
+    let ec2 = Ec2::with_credential_source(&config, instance_profile_chain(&config, home.path())).unwrap();
     let error = ec2.subnet_free().await.unwrap_err();
     let ProviderError::Auth(said) = &error else { panic!("{error:?}") };
     assert!(said.contains("AWS_ACCESS_KEY_ID") && said.contains("[default]"), "{said}");

@@ -10,7 +10,7 @@ use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use vpc_lab::ec2::{Ec2Lab, REGION};
+use vpc_lab::ec2::{wait_for_ipam, Ec2Lab, REGION};
 use vpc_lab::netns::{binary, cni_command, require_root, run_cni, Binaries, Daemon, Netns, TempDir};
 
 fn bins() -> Binaries {
@@ -47,18 +47,6 @@ fn add(container: &str, pod: &Netns, conf: &Value) -> Result<Ipv4Addr, Value> {
     Ok(result["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().parse().unwrap())
 }
 
-fn wait_for(daemon: &Daemon, what: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let view = daemon.ctl_json(&["ipam"]);
-        if done(&view) {
-            return view;
-        }
-        assert!(Instant::now() < deadline, "{what}: {view:#}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 fn addresses(list: &Value) -> Vec<Ipv4Addr> {
     list.as_array().map_or(Vec::new(), |l| l.iter().map(|a| a.as_str().unwrap().parse().unwrap()).collect())
 }
@@ -79,7 +67,7 @@ fn aws_node(prefix: &str) -> AwsNode {
     let node = Netns::new(prefix);
     let lab = Ec2Lab::start(Some(&node.name), "t3.small", 1);
     let daemon = Daemon::start_with_config(&bins(), &node, &dir.0.join("vswitchd"), 1, &config(&lab));
-    wait_for(&daemon, "the warm pool filled", Duration::from_secs(30), |v| {
+    wait_for_ipam(&daemon, "the warm pool filled", Duration::from_secs(30), |v| {
         v["provider"]["warm"].as_array().is_some_and(|w| w.len() == 1)
     });
     AwsNode { daemon, lab, node, dir }
@@ -105,7 +93,7 @@ fn pods_started_by_vpc_cni_get_secondary_addresses_of_the_instances_enis() {
     }
     assert_eq!(ips.iter().collect::<HashSet<_>>().len(), ips.len(), "an address handed out twice: {ips:?}");
     // 4 pods and a warm address on 3 secondary addresses per ENI: a second ENI.
-    wait_for(daemon, "the pool refilled", Duration::from_secs(30), |v| {
+    wait_for_ipam(daemon, "the pool refilled", Duration::from_secs(30), |v| {
         v["provider"]["warm"].as_array().is_some_and(|w| w.len() == 1)
     });
     assert_eq!(lab.enis_of(&lab.instances[0]).len(), 2, "{:#?}", lab.enis());
@@ -174,7 +162,7 @@ fn a_kill_9_between_the_ec2_call_and_the_answer_to_add_loses_and_duplicates_noth
     assert_eq!(ips.iter().collect::<HashSet<_>>().len(), 3, "an address handed out twice: {ips:?}");
 
     // Every secondary address of the instance is a pod's or the pool's, and every pod's is on it.
-    let view = wait_for(daemon, "the pool settled", Duration::from_secs(30), |v| {
+    let view = wait_for_ipam(daemon, "the pool settled", Duration::from_secs(30), |v| {
         let p = &v["provider"];
         let known: BTreeSet<Ipv4Addr> = ips
             .iter()

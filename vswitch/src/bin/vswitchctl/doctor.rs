@@ -20,6 +20,10 @@ use cni::spec::{IpFamilies, IpamSource, NetConf};
 use serde::Serialize;
 use vswitch::control::config::ConfigError;
 use vswitch::control::Config;
+use vswitch::ipam::provider::aws::config::AwsConfig;
+use vswitch::ipam::provider::aws::Ec2;
+use vswitch::ipam::provider::config::UCloudConfig;
+use vswitch::ipam::provider::{ProviderError, VpcProvider};
 use vswitch_api::client::Client;
 use vswitch_api::defaults;
 
@@ -325,23 +329,55 @@ pub fn cluster_pool_of(view: &vswitch_api::api::IpamView) -> Check {
 }
 
 /// Provider mode: the VPC API's credentials and reachability, straight from vswitchd.toml (a
-/// `DescribeSubnet`, as vswitchd's own check), so it works with vswitchd down. Refused keys and
-/// an unreachable endpoint are told apart.
+/// `DescribeSubnet(s)`, as vswitchd's own check), so it works with vswitchd down. Refused keys and
+/// an unreachable endpoint are told apart; for AWS the detail names the chain's link that gave
+/// the credentials (run it in vswitchd's container to see what vswitchd uses).
 pub fn vpc_api(config: &Config) -> Option<Check> {
     use vswitch::ipam::provider::config::ProviderKind;
-    use vswitch::ipam::provider::ucloud::UCloud;
-    use vswitch::ipam::provider::ucloud_metadata;
-    use vswitch::ipam::provider::{ProviderError, VpcProvider};
     let ipam = config.ipam.as_ref()?;
-    let Some(ProviderKind::Ucloud) = ipam.provider else { return None };
     let fail = |detail: String| Some(check("vpc_api", Status::Fail, detail));
-    let Some(ucloud) = &ipam.ucloud else {
-        return fail("ipam.provider = \"ucloud\" needs an [ipam.ucloud] table".into());
-    };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => return fail(format!("cannot start a runtime for the API call: {e}")),
     };
+    match ipam.provider? {
+        ProviderKind::Ucloud => match &ipam.ucloud {
+            Some(ucloud) => Some(ucloud_api(ucloud, &runtime)),
+            None => fail("ipam.provider = \"ucloud\" needs an [ipam.ucloud] table".into()),
+        },
+        ProviderKind::Aws => match &ipam.aws {
+            Some(aws) => Some(aws_api(aws, &runtime)),
+            None => fail("ipam.provider = \"aws\" needs an [ipam.aws] table".into()),
+        },
+    }
+}
+
+/// The check for a subnet query's answer: `at` names the API, `keys` where to fix refused keys,
+/// `endpoint` the key that sets the endpoint.
+fn api_answer(at: &str, subnet: &str, (keys, endpoint): (&str, &str), answer: Result<u64, ProviderError>) -> Check {
+    match answer {
+        Ok(free) => check(
+            "vpc_api",
+            Status::Ok,
+            format!("{at}: credentials accepted; subnet {subnet} has {free} free addresses"),
+        ),
+        Err(ProviderError::Auth(m)) => {
+            check("vpc_api", Status::Fail, format!("{at} refused the credentials ({m}): check {keys}"))
+        }
+        Err(ProviderError::Unavailable(m)) => {
+            check("vpc_api", Status::Fail, format!("{at} is unreachable ({m}): check {endpoint} and the route to it"))
+        }
+        Err(ProviderError::Throttled(m)) => {
+            check("vpc_api", Status::Warn, format!("{at} answered, throttling this caller ({m}): the credentials work"))
+        }
+        Err(e) => check("vpc_api", Status::Fail, format!("{at}: subnet {subnet}: {e}")),
+    }
+}
+
+fn ucloud_api(ucloud: &UCloudConfig, runtime: &tokio::runtime::Runtime) -> Check {
+    use vswitch::ipam::provider::ucloud::UCloud;
+    use vswitch::ipam::provider::ucloud_metadata;
+    let fail = |detail: String| check("vpc_api", Status::Fail, detail);
     // The node's NIC and host as vswitchd would learn them (the metadata service, if not set).
     let identity = match runtime.block_on(ucloud_metadata::identity(ucloud)) {
         Ok(identity) => identity,
@@ -351,32 +387,26 @@ pub fn vpc_api(config: &Config) -> Option<Check> {
         Ok(c) => c,
         Err(e) => return fail(e.to_string()),
     };
+    let keys = format!("the keys in {} and {}", ucloud.public_key_file.display(), ucloud.private_key_file.display());
     let at = format!("UCloud VPC API at {}", ucloud.endpoint);
-    Some(match runtime.block_on(client.subnet_free()) {
-        Ok(free) => check(
-            "vpc_api",
-            Status::Ok,
-            format!("{at}: credentials accepted; subnet {} has {free} free addresses", ucloud.subnet_id),
-        ),
-        Err(ProviderError::Auth(m)) => check(
-            "vpc_api",
-            Status::Fail,
-            format!(
-                "{at} refused the credentials ({m}): check the keys in {} and {}",
-                ucloud.public_key_file.display(),
-                ucloud.private_key_file.display()
-            ),
-        ),
-        Err(ProviderError::Unavailable(m)) => check(
-            "vpc_api",
-            Status::Fail,
-            format!("{at} is unreachable ({m}): check ipam.ucloud.endpoint and the route to it"),
-        ),
-        Err(ProviderError::Throttled(m)) => {
-            check("vpc_api", Status::Warn, format!("{at} answered, throttling this caller ({m}): the credentials work"))
-        }
-        Err(e) => check("vpc_api", Status::Fail, format!("{at}: DescribeSubnet {}: {e}", ucloud.subnet_id)),
-    })
+    api_answer(&at, &ucloud.subnet_id, (&keys, "ipam.ucloud.endpoint"), runtime.block_on(client.subnet_free()))
+}
+
+fn aws_api(aws: &AwsConfig, runtime: &tokio::runtime::Runtime) -> Check {
+    let client = match Ec2::new(aws) {
+        Ok(c) => c,
+        Err(e) => return check("vpc_api", Status::Fail, e.to_string()),
+    };
+    let answer = runtime.block_on(client.subnet_free());
+    let at = format!(
+        "EC2 at {}",
+        aws.endpoint.clone().unwrap_or_else(|| format!("https://ec2.{}.amazonaws.com", aws.region))
+    );
+    let fix = ("the credentials and the role's EC2 permissions", "ipam.aws.endpoint");
+    let mut result = api_answer(&at, &aws.subnet_id, fix, answer);
+    // Asked after the call: the source is then the link that answered (with its role).
+    result.detail.push_str(&format!("; {}", client.identity()));
+    result
 }
 
 /// Free addresses in the node IPAM (`dataDir/<network>/state.json`), per family of the ranges:

@@ -8,8 +8,8 @@
 //!
 //! - [`config`]: `[ipam.aws]` and the AWS CNI's warm targets, counted as its ipamd counts them.
 //! - [`query`]: the Query protocol, SigV4, typed errors. [`xml`]: the replies.
-//! - [`credentials`]: environment, the shared credentials file, then the instance profile.
-//!   [`imds`]: IMDSv2 (the instance id, the instance profile's credentials).
+//! - [`credentials`]: environment, IRSA's web identity ([`web_identity`]: STS), the shared
+//!   credentials file, then the instance profile ([`imds`]: IMDSv2, also the instance id).
 //! - [`enis`]: the ENIs kept between calls, the leak rule, the `createdAt` tag.
 
 pub mod config;
@@ -17,6 +17,7 @@ pub mod credentials;
 pub mod enis;
 pub mod imds;
 pub mod query;
+pub mod web_identity;
 pub mod xml;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -82,7 +83,7 @@ impl Ec2 {
     /// The client for `[ipam.aws]`, with the credentials of the standard chain (its last link:
     /// the instance profile, from `imds_endpoint`).
     pub fn new(config: &AwsConfig) -> Result<Ec2, AwsSetupError> {
-        Ec2::with_credential_source(config, CredentialSource::from_env(&config.imds_endpoint)?)
+        Ec2::with_credential_source(config, CredentialSource::from_env(config)?)
     }
 
     pub fn with_credentials(config: &AwsConfig, credentials: Credentials) -> Result<Ec2, AwsSetupError> {

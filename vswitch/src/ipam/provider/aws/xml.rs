@@ -1,5 +1,6 @@
 //! EC2's XML replies (Query protocol, API version 2016-11-15): lists are `<item>`s under a
-//! `...Set` element, names are the local ones (the namespace is ignored).
+//! `...Set` element, names are the local ones (the namespace is ignored). STS's
+//! `AssumeRoleWithWebIdentity` reply (2011-06-15) too.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -124,6 +125,44 @@ pub fn interface_limits(text: &str) -> Result<(usize, usize), String> {
     Ok((number("maximumNetworkInterfaces")?, number("ipv4AddressesPerInterface")?))
 }
 
+/// The temporary keys of STS's `AssumeRoleWithWebIdentity` reply. `Debug` leaves them out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AssumedRole {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: String,
+    /// RFC 3339, as STS writes it.
+    pub expiration: String,
+    /// `arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION`.
+    pub assumed_arn: Option<String>,
+}
+
+impl std::fmt::Debug for AssumedRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AssumedRole").field("assumed_arn", &self.assumed_arn).finish_non_exhaustive()
+    }
+}
+
+/// `AssumeRoleWithWebIdentityResult`: its `Credentials` and `AssumedRoleUser/Arn`. The error
+/// names what is missing, never a value.
+pub fn assumed_role(text: &str) -> Result<AssumedRole, String> {
+    let doc = parse(text)?;
+    let credentials = find(&doc, "Credentials").ok_or("no Credentials in the reply")?;
+    let field = |name: &str| {
+        self::text(credentials, &[name])
+            .filter(|v| !v.is_empty())
+            .map(String::from)
+            .ok_or(format!("no Credentials/{name} in the reply"))
+    };
+    Ok(AssumedRole {
+        access_key_id: field("AccessKeyId")?,
+        secret_access_key: field("SecretAccessKey")?,
+        session_token: field("SessionToken")?,
+        expiration: field("Expiration")?,
+        assumed_arn: find(&doc, "AssumedRoleUser").and_then(|u| self::text(u, &["Arn"])).map(String::from),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,5 +217,30 @@ mod tests {
                         </assignedPrivateIpAddressesSet></AssignPrivateIpAddressesResponse>";
         assert_eq!(assigned_addresses(assigned).unwrap(), vec![Ipv4Addr::new(10, 0, 1, 9)]);
         assert!(network_interfaces("{json}").is_err());
+    }
+
+    #[test]
+    fn an_assumed_roles_keys_are_read_and_never_printed() {
+        let reply = r#"<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <AssumeRoleWithWebIdentityResult>
+    <Credentials><AccessKeyId>ASIAEXAMPLE</AccessKeyId><SecretAccessKey>s3cr3t/key+</SecretAccessKey>
+      <SessionToken>FQoGZXIvYXdzEBYa</SessionToken><Expiration>2026-12-07T02:09:44.298742Z</Expiration></Credentials>
+    <AssumedRoleUser><AssumedRoleId>ARO1:s1</AssumedRoleId><Arn>arn:aws:sts::123456789012:assumed-role/cni/s1</Arn></AssumedRoleUser>
+  </AssumeRoleWithWebIdentityResult>
+</AssumeRoleWithWebIdentityResponse>"#;
+        let role = assumed_role(reply).unwrap();
+        assert_eq!((role.access_key_id.as_str(), role.secret_access_key.as_str()), ("ASIAEXAMPLE", "s3cr3t/key+"));
+        assert_eq!(
+            (role.session_token.as_str(), role.expiration.as_str()),
+            ("FQoGZXIvYXdzEBYa", "2026-12-07T02:09:44.298742Z")
+        );
+        assert_eq!(role.assumed_arn.as_deref(), Some("arn:aws:sts::123456789012:assumed-role/cni/s1"));
+        assert!(!format!("{role:?}").contains("s3cr3t") && !format!("{role:?}").contains("FQoG"));
+        let no_token = reply.replace("<SessionToken>FQoGZXIvYXdzEBYa</SessionToken>", "");
+        assert_eq!(assumed_role(&no_token).unwrap_err(), "no Credentials/SessionToken in the reply");
+        let refused = "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error><Type>Sender</Type>\
+                       <Code>InvalidIdentityToken</Code><Message>No OpenIDConnect provider found</Message></Error>\
+                       <RequestId>r</RequestId></ErrorResponse>";
+        assert_eq!(error(refused), Some(("InvalidIdentityToken".into(), "No OpenIDConnect provider found".into())));
     }
 }
