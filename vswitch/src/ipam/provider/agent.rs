@@ -51,6 +51,10 @@ pub struct ProviderSettings {
     pub warm_low: usize,
     pub warm_high: usize,
     pub cooldown: Duration,
+    /// At least this long between two rounds that give addresses back, as AWS's ipamd paces
+    /// them (`decreaseIPPoolInterval`, 30 s): pods churning never unassign in consecutive
+    /// rounds. Zero: unpaced (UCloud, whose watermarks leave a gap instead).
+    pub decrease_interval: Duration,
     /// The longest a new address is probed before it is used anyway.
     pub fabric_probe_timeout: Duration,
     /// Whom the ARP probe asks (none: the node's default gateway).
@@ -66,6 +70,7 @@ impl Default for ProviderSettings {
             warm_low: 4,
             warm_high: 8,
             cooldown: Duration::from_secs(30),
+            decrease_interval: Duration::ZERO,
             fabric_probe_timeout: Duration::from_secs(5),
             fabric_probe_target: None,
             backoff_min: Duration::from_millis(500),
@@ -155,6 +160,10 @@ struct Runtime {
     /// The NIC's secondary IPs at the last reconcile.
     described: Option<Vec<IpAddr>>,
     last_transient: Option<String>,
+    /// When the upkeep last gave addresses back (paced by `decrease_interval`).
+    last_decrease: Option<Instant>,
+    /// Why the refill was last refused (warned once, until an allocation succeeds).
+    refill_refused: Option<String>,
 }
 
 /// The view `vswitchctl ipam` shows.
@@ -477,9 +486,12 @@ impl<P: VpcProvider, S: ClusterStore, F: FabricProbe> ProviderIpam<P, S, F> {
     }
 
     /// One upkeep round: cooled addresses back to the pool (or queued for deletion), queued
-    /// deletes, the pool brought to its target (`upkeep`), and reconcile when due.
+    /// deletes, the pool brought to its target (`upkeep`), and reconcile when due. Addresses
+    /// are given back at most once per `decrease_interval`.
     pub async fn tick(&self) -> Result<(), IpamError> {
-        self.cool_down();
+        // Asked once: cooled addresses and warm ones beyond the target go back in the same round.
+        let may_decrease = self.may_decrease();
+        self.cool_down(may_decrease);
         self.save()?;
         if self.backing_off().is_some() {
             return Ok(());
@@ -489,7 +501,7 @@ impl<P: VpcProvider, S: ClusterStore, F: FabricProbe> ProviderIpam<P, S, F> {
         self.expire_held(due).await?;
         self.run_deletes().await?;
         self.fill().await?;
-        self.trim().await?;
+        self.trim(may_decrease).await?;
         if due && self.backing_off().is_none() {
             self.reconcile().await?;
         }

@@ -350,3 +350,109 @@ async fn a_probe_that_finds_no_interface_for_the_nic_does_not_hand_the_address_o
     assert_nic_absent(&refused, "not present in this node");
     assert!(refused.to_string().contains("52:54:00:00:00:01"), "names the NIC: {refused}");
 }
+
+/// AWS's targets (WARM_IP_TARGET = 2) with `decrease_interval` as its ipamd paces decreases:
+/// pods churning give addresses back at most once per interval, the surplus of the rounds in
+/// between together in the first round past it.
+#[tokio::test]
+async fn addresses_are_given_back_at_most_once_per_decrease_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let vpc = FakeVpc::new(32);
+    vpc.lock().unwrap().targets = Some(WarmTargets { warm_eni: 1, warm_ip: Some(2), minimum_ip: None });
+    vpc.lock().unwrap().batches = true;
+    let interval = Duration::from_millis(400);
+    let nic = FakeNic { vpc: vpc.clone(), nic: "52:54:00:00:00:01".into() };
+    let settings =
+        ProviderSettings { decrease_interval: interval, reconcile_every: Duration::from_secs(3600), ..settings() };
+    let ipam: Node = ProviderIpam::open_with_probe(nic, FakeFabric::default(), settings, dir.path()).unwrap();
+    let on_nic = || vpc.lock().unwrap().on("52:54:00:00:00:01").len();
+    let in_use = HashSet::new();
+    ipam.tick().await.unwrap();
+    for pair in [[1, 2], [3, 4]] {
+        for o in pair.map(owner) {
+            ipam.assign(&o, None, None, &in_use).await.unwrap();
+        }
+        ipam.tick().await.unwrap();
+    }
+    assert_eq!((ipam.report().pods.len(), ipam.report().warm.len(), on_nic()), (4, 2, 6));
+    // Two pods go (cooldown 0 here): their addresses are unassigned in the next round.
+    let started = Instant::now();
+    for o in [1, 2].map(owner) {
+        ipam.release(&o).unwrap();
+    }
+    ipam.tick().await.unwrap();
+    assert_eq!((ipam.report().warm.len(), on_nic()), (2, 4), "the first decrease is not paced");
+    // Two more go in the next round, within the interval: kept warm, nothing unassigned.
+    for o in [3, 4].map(owner) {
+        ipam.release(&o).unwrap();
+    }
+    ipam.tick().await.unwrap();
+    assert!(started.elapsed() < interval, "the machine is too slow for this test's interval");
+    let r = ipam.report();
+    assert_eq!((r.warm.len(), r.deleting.len(), on_nic()), (4, 0, 4), "unassigned in consecutive rounds: {r:?}");
+    // Past the interval: the surplus goes back.
+    tokio::time::sleep(interval).await;
+    ipam.tick().await.unwrap();
+    assert_eq!((ipam.report().warm.len(), on_nic()), (2, 2));
+    assert_accounted(&ipam, &vpc);
+}
+
+/// The log lines as text, for a test that counts warnings.
+#[derive(Debug, Clone, Default)]
+struct CapturedLog(Arc<Mutex<Vec<u8>>>);
+
+impl CapturedLog {
+    fn count(&self, what: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).matches(what).count()
+    }
+}
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLog {
+    type Writer = CapturedLog;
+
+    fn make_writer(&'a self) -> CapturedLog {
+        self.clone()
+    }
+}
+
+/// While the only NIC with room is absent from the node, every round's refill is refused: one
+/// warning when it starts, one line when allocations succeed again, not one per round.
+#[tokio::test]
+async fn a_refill_refused_round_after_round_warns_once() {
+    let log = CapturedLog::default();
+    let subscriber = tracing_subscriber::fmt().with_writer(log.clone()).with_ansi(false).finish();
+    // The test's thread only (a current-thread runtime): other tests log elsewhere.
+    let _logging = tracing::subscriber::set_default(subscriber);
+    let dir = tempfile::tempdir().unwrap();
+    let vpc = FakeVpc::new(16);
+    vpc.lock().unwrap().nic_absent = Some("eni-2 attached but not present in this node".into());
+    let ipam = node(&vpc, dir.path());
+    for _ in 0..5 {
+        ipam.tick().await.unwrap();
+    }
+    assert_eq!(ipam.report().warm.len(), 0);
+    assert_eq!(log.count("VPC refused a warm address"), 1, "one warning for five refused rounds");
+    assert_eq!(log.count("eni-2 attached but not present"), 1, "and it says why");
+    vpc.lock().unwrap().nic_absent = None;
+    ipam.tick().await.unwrap();
+    ipam.tick().await.unwrap();
+    assert_eq!(ipam.report().warm.len(), 2);
+    assert_eq!(log.count("VPC allocates warm addresses again"), 1);
+    // Refused again later: warned again.
+    vpc.lock().unwrap().nic_absent = Some("eni-3 attached but not present in this node".into());
+    ipam.assign(&owner(1), None, None, &HashSet::new()).await.unwrap();
+    ipam.tick().await.unwrap();
+    ipam.tick().await.unwrap();
+    assert_eq!(log.count("VPC refused a warm address"), 2);
+}

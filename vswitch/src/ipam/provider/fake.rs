@@ -14,6 +14,7 @@ pub fn quick_settings() -> ProviderSettings {
         warm_low: 2,
         warm_high: 3,
         cooldown: std::time::Duration::ZERO,
+        decrease_interval: std::time::Duration::ZERO,
         fabric_probe_timeout: std::time::Duration::from_secs(5),
         fabric_probe_target: None,
         backoff_min: std::time::Duration::from_millis(1),
@@ -37,6 +38,9 @@ pub struct FakeVpc {
     pub targets: Option<WarmTargets>,
     /// Several addresses allocated or deleted in one call, as EC2 does.
     pub batches: bool,
+    /// Refills refused because the only NIC with room is not in the node (AWS: an ENI attached
+    /// but absent), saying this.
+    pub nic_absent: Option<String>,
 }
 
 impl FakeVpc {
@@ -112,6 +116,9 @@ impl VpcProvider for FakeNic {
     /// All `count` in one call with `batches`, else one.
     async fn allocate_batch(&self, count: usize) -> Result<Vec<IpAddr>, ProviderError> {
         let mut vpc = self.enter()?;
+        if let Some(why) = &vpc.nic_absent {
+            return Err(ProviderError::NicAbsent(why.clone()));
+        }
         let count = if vpc.batches { count.min(vpc.free.len()) } else { 1 };
         let ips: Vec<IpAddr> = (0..count).filter_map(|_| vpc.free.pop_first()).collect();
         if ips.is_empty() {

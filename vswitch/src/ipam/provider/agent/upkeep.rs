@@ -5,8 +5,13 @@
 //! The target is the provider's where it derives one (AWS: `WARM_IP_TARGET`,
 //! `MINIMUM_IP_TARGET`, `WARM_ENI_TARGET` counted as its VPC CNI counts them, cooling addresses
 //! included), else the configured watermarks on the warm addresses alone (UCloud).
+//!
+//! Giving back is paced (`decrease_interval`, AWS: 30 s as its ipamd's
+//! `decreaseIPPoolInterval`): within the interval of the last round that gave back, addresses
+//! beyond the target stay warm, and go back together in the first round past it.
 
 use std::net::IpAddr;
+use std::time::Instant;
 
 use super::{now_ms, Persisted, ProviderIpam};
 use crate::ipam::provider::probe::FabricProbe;
@@ -50,18 +55,25 @@ impl<P: VpcProvider, S: ClusterStore, F: FabricProbe> ProviderIpam<P, S, F> {
         self.delta_of(counts).over == 0
     }
 
-    /// Addresses done cooling go back to the pool, or are queued for deletion beyond its target.
-    pub(super) fn cool_down(&self) {
+    /// Whether this round may give addresses back: none did within `decrease_interval`.
+    pub(super) fn may_decrease(&self) -> bool {
+        self.lock().1.last_decrease.is_none_or(|t| t.elapsed() >= self.settings.decrease_interval)
+    }
+
+    /// Addresses done cooling go back to the pool, or are queued for deletion beyond its target
+    /// (`may_decrease`; else they stay warm until a round may).
+    pub(super) fn cool_down(&self, may_decrease: bool) {
         let mut guard = self.lock();
-        let state = &mut guard.0;
+        let (state, rt) = &mut *guard;
         let now = now_ms();
         let cooled: Vec<IpAddr> = state.cooling.iter().filter(|(_, until)| **until <= now).map(|(ip, _)| *ip).collect();
         for ip in cooled {
             state.cooling.remove(&ip);
-            if self.has_room_for_one_more(state) {
+            if !may_decrease || self.has_room_for_one_more(state) {
                 state.warm.insert(ip);
             } else {
                 state.deleting.insert(ip);
+                rt.last_decrease = Some(Instant::now());
             }
         }
     }
@@ -105,11 +117,14 @@ impl<P: VpcProvider, S: ClusterStore, F: FabricProbe> ProviderIpam<P, S, F> {
         let mut allocated = Vec::new();
         while allocated.len() < short {
             match self.call(PoolCall::Allocate, self.provider.allocate_batch(short - allocated.len())).await {
-                Ok(ips) if !ips.is_empty() => allocated.extend(ips),
+                Ok(ips) if !ips.is_empty() => {
+                    self.refill_allocated();
+                    allocated.extend(ips)
+                }
                 Ok(_) => break,
                 Err(e) => {
                     if !e.is_transient() {
-                        tracing::warn!(error = %e, "VPC refused a warm address");
+                        self.refill_refused(&e);
                     }
                     break;
                 }
@@ -130,16 +145,43 @@ impl<P: VpcProvider, S: ClusterStore, F: FabricProbe> ProviderIpam<P, S, F> {
         self.save()
     }
 
-    /// Warm addresses beyond the target are queued for deletion, then deleted together.
-    pub(super) async fn trim(&self) -> Result<(), IpamError> {
+    /// Warns of a refused refill once while the refusal stays the same (an ENI's NIC absent for
+    /// minutes would warn every round); repeats are logged at debug.
+    fn refill_refused(&self, e: &ProviderError) {
+        let why = e.to_string();
+        let mut guard = self.lock();
+        let rt = &mut guard.1;
+        if rt.refill_refused.as_deref() == Some(why.as_str()) {
+            tracing::debug!(error = %e, "VPC still refuses a warm address");
+        } else {
+            tracing::warn!(error = %e, "VPC refused a warm address (said again only once it changes or an allocation succeeds)");
+            rt.refill_refused = Some(why);
+        }
+    }
+
+    /// Ends a refused refill's quiet (said once).
+    fn refill_allocated(&self) {
+        if let Some(why) = self.lock().1.refill_refused.take() {
+            tracing::info!(before = %why, "VPC allocates warm addresses again");
+        }
+    }
+
+    /// Warm addresses beyond the target are queued for deletion (`may_decrease`), then deleted
+    /// together.
+    pub(super) async fn trim(&self, may_decrease: bool) -> Result<(), IpamError> {
         {
             let mut guard = self.lock();
-            let state = &mut guard.0;
+            let (state, rt) = &mut *guard;
             let over = self.delta(state).over.min(state.warm.len());
             if over == 0 {
                 return Ok(());
             }
+            if !may_decrease {
+                tracing::debug!(over, "warm pool above its target: given back once the decrease interval is over");
+                return Ok(());
+            }
             tracing::debug!(over, "warm pool above its target");
+            rt.last_decrease = Some(Instant::now());
             for _ in 0..over {
                 let ip = state.warm.pop_last().expect("counted");
                 state.deleting.insert(ip);

@@ -56,6 +56,10 @@ pub struct AwsConfig {
     /// A released address rests this long before it is handed out again or unassigned.
     #[serde(default = "default_cooldown", alias = "IP_COOLDOWN_PERIOD")]
     pub ip_cooldown_period: u64,
+    /// At least this long between two upkeep rounds that unassign addresses (ipamd's
+    /// `decreaseIPPoolInterval`): pods churning never unassign in consecutive rounds.
+    #[serde(default = "default_decrease_interval")]
+    pub decrease_ip_pool_interval_seconds: u64,
     /// A detached ENI this node (or cluster) created is deleted once its `createdAt` tag is this old.
     #[serde(default = "default_leaked_eni_age")]
     pub leaked_eni_age_seconds: u64,
@@ -88,6 +92,9 @@ fn default_warm_eni_target() -> usize {
     1
 }
 fn default_cooldown() -> u64 {
+    30
+}
+fn default_decrease_interval() -> u64 {
     30
 }
 fn default_leaked_eni_age() -> u64 {
@@ -160,6 +167,7 @@ impl AwsConfig {
             warm_low: warm,
             warm_high: warm,
             cooldown: Duration::from_secs(self.ip_cooldown_period),
+            decrease_interval: Duration::from_secs(self.decrease_ip_pool_interval_seconds),
             // Whether to probe at all is the provider's (`fabric_probe`, `Ec2::fabric_probe_mac`).
             fabric_probe_timeout: Duration::from_millis(self.fabric_probe_timeout_ms),
             ..ProviderSettings::default()
@@ -186,6 +194,7 @@ mod tests {
             (Some(5), Some(10), 20)
         );
         assert_eq!(config.warm_eni_target, 1);
+        assert_eq!(config.settings().unwrap().decrease_interval, Duration::from_secs(30), "as ipamd paces it");
         assert_eq!(config.imds_endpoint, IMDS_ENDPOINT);
         assert!(!config.fabric_probe, "EC2's ARP answers prove nothing: no probe unless asked");
         assert!(toml::from_str::<AwsConfig>("region = \"r\"\nsubnet_id = \"s\"\nWARM_POOL = 1").is_err());
