@@ -360,7 +360,7 @@ async fn addresses_are_given_back_at_most_once_per_decrease_interval() {
     let vpc = FakeVpc::new(32);
     vpc.lock().unwrap().targets = Some(WarmTargets { warm_eni: 1, warm_ip: Some(2), minimum_ip: None });
     vpc.lock().unwrap().batches = true;
-    let interval = Duration::from_millis(400);
+    let interval = Duration::from_secs(2);
     let nic = FakeNic { vpc: vpc.clone(), nic: "52:54:00:00:00:01".into() };
     let settings =
         ProviderSettings { decrease_interval: interval, reconcile_every: Duration::from_secs(3600), ..settings() };
