@@ -187,6 +187,8 @@ impl EniRouting {
     pub async fn pod_attached(&self, ip: IpAddr) -> Result<(), EniError> {
         let IpAddr::V4(ip) = ip else { return Ok(()) };
         self.pods().insert(ip);
+        // Recorded afresh: the address may be on another ENI than when a failed ADD had it.
+        self.on_later_enis().remove(&ip);
         self.add_rule(PodRule::To(ip)).await?;
         let Some(eni) = self.ec2().eni_holding(ip).await.filter(|e| e.device_index > 0) else { return Ok(()) };
         // Even while its NIC is absent: eth0's announcement would claim it for the wrong ENI.

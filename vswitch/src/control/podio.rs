@@ -38,8 +38,8 @@ pub trait PodIo: Send + Sync + std::fmt::Debug {
     /// The node's route to the pod (so its stack and kube-proxy's DNAT reach it).
     fn add_host_route(&self, ip: IpAddr) -> BoxFuture<'_, Result<(), PodIoError>>;
     fn remove_host_route(&self, ip: IpAddr) -> BoxFuture<'_, Result<(), PodIoError>>;
-    /// Whether [`PodIo::add_host_route`] announced `ip` itself, from the NIC that holds it (a
-    /// later AWS ENI's): the driver then does not announce it from `host_port.announce_on`.
+    /// Whether `ip` is announced here, by [`PodIo::add_host_route`], from the NIC that holds it
+    /// (a later AWS ENI's): the driver then does not announce it from `host_port.announce_on`.
     fn announces_itself(&self, _ip: IpAddr) -> bool {
         false
     }
