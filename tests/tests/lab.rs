@@ -349,14 +349,23 @@ fn three_nodes_on_the_aws_vpc() {
     // hot-plugs its NIC into node3 (eth1, down, on a fabric port of its own), and vswitchd
     // brings it up and routes the pods of its addresses through it. ADDs go on (one may fail
     // with code 11 while the NIC is not up yet) until a pod has an address of the second ENI.
+    // The pod on the second ENI is announced from eth1 only: a gratuitous ARP for it from eth0
+    // (the first ENI, fabric port fn3) would be dropped by the SDN as spoofed.
     let node3 = ec2.host("node3").instance.clone().expect("an instance");
+    let spoofed_from_eth0 = "arp_spoofed_request_fn3";
+    let arp_spoofed = || ec2.sdn_state()["counters"][spoofed_from_eth0]["packets"].as_u64().expect("fn3's counter");
     let mut added = Vec::new();
+    let mut spoofed_by_add = 0;
     let (second_ip, second_ns) = (0..vpc_lab::lab::aws::SECONDARY_PER_ENI + 20)
         .find_map(|k| {
             let ns = vpc_lab::netns::Netns::new(&format!("{}y{k}", lab.name));
             let container = format!("{}-y{k}", lab.name);
+            let spoofed_before = arp_spoofed();
             match lab.cni("ADD", 2, &container, &ns.path(), &format!("y{k}")) {
                 Ok(result) => {
+                    // The announcements leave before the ADD's reply; give the fabric a moment.
+                    std::thread::sleep(Duration::from_millis(200));
+                    spoofed_by_add = arp_spoofed() - spoofed_before;
                     let ip: Ipv4Addr = result["ips"][0]["address"]
                         .as_str()
                         .and_then(|a| a.split('/').next())
@@ -385,6 +394,15 @@ fn three_nodes_on_the_aws_vpc() {
         .map(|e| e["id"].as_str().unwrap().into())
         .collect();
     assert_eq!(node3_enis.len(), 2, "node3's ENIs: {node3_enis:?}");
+    // The set keeps every sender fn3 claimed wrongly, since the lab came up: never this one.
+    let claimed = lab.fabric().exec(&["nft", "list", "set", "bridge", vpc_lab::lab::sdn::TABLE, spoofed_from_eth0]);
+    let claimed = String::from_utf8_lossy(&claimed.stdout).to_string();
+    assert_eq!(
+        spoofed_by_add, 0,
+        "the ADD of {second_ip} (second ENI) sent spoofed ARP requests from node3's eth0: {claimed}"
+    );
+    let mut senders = claimed.split(|c: char| !(c.is_ascii_digit() || c == '.'));
+    assert!(!senders.any(|s| s == second_ip.to_string()), "node3's eth0 announced {second_ip} (second ENI): {claimed}");
     let second_eni = holders(&ec2.enis(), second_ip).remove(0);
     let state = ec2.sdn_state();
     let plug = &state["plugged"][&second_eni];
@@ -409,6 +427,18 @@ fn three_nodes_on_the_aws_vpc() {
     let through_eth1 = sent(node) - before;
     assert!(through_eth1 >= 6, "{through_eth1} packets left node3 through eth1 for 6 pings' replies and requests");
     eprintln!("node3's second ENI {second_eni}: pod {second_ip}, {through_eth1} packets out of eth1 for 6 pings");
+    // Strict reverse-path filtering on eth1 keeps the pod reachable: the check's reverse route,
+    // from the pod's address, is its from-rule's table, out of eth1 itself.
+    let rp_filter = |conf: &str| format!("/proc/sys/net/ipv4/conf/{conf}/rp_filter");
+    let saved: Vec<(String, String)> = ["all", "eth1"]
+        .iter()
+        .map(|c| (rp_filter(c), String::from_utf8_lossy(&node.exec(&["cat", &rp_filter(c)]).stdout).trim().into()))
+        .collect();
+    let set = |path: &str, value: &str| node.exec(&["sh", "-c", &format!("echo {value} > {path}")]);
+    saved.iter().for_each(|(path, _)| assert!(set(path, "1").status.success(), "setting {path}"));
+    let strict = lab.ping(&vm, second_ip);
+    saved.iter().for_each(|(path, value)| assert!(set(path, value).status.success(), "restoring {path}"));
+    strict.unwrap_or_else(|e| panic!("the VM to the pod on the second ENI with rp_filter = 1 on eth1: {e}"));
     // A rule of ours for no pod here (a previous vswitchd's, say) goes at the next upkeep round.
     node.ip(&["rule", "add", "to", "10.10.250.250", "lookup", "main", "priority", "512"]);
     let deadline = Instant::now() + Duration::from_secs(5);

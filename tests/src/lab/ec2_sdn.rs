@@ -351,6 +351,27 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Per node, a counter and a set of sender addresses, `arp_spoofed_request_<port>`: the ARP
+/// requests (announcements, probes) `arp_spoofed` drops that came from the node's first NIC,
+/// which must never announce a later ENI's address. Requests only: the lab's bridge floods a
+/// later ENI's announcement to the node's first NIC too, whose proxy ARP answers it (EC2 floods
+/// no ARP; replies are the kernel's, not vswitchd's).
+fn spoofed_arp_counters(nodes: &[NodeInstance]) -> String {
+    let table = sdn::TABLE;
+    nodes
+        .iter()
+        .map(|n| {
+            let (port, counter) = (&n.port, format!("arp_spoofed_request_{}", n.port));
+            format!(
+                "add counter bridge {table} {counter}\n\
+                 add set bridge {table} {counter} {{ type ipv4_addr; flags dynamic; }}\n\
+                 insert rule bridge {table} arp_in iifname \"{port}\" arp operation request arp saddr ip != 0.0.0.0 \
+                 iifname . arp saddr ip != @own4 add @{counter} {{ arp saddr ip }} counter name {counter}\n"
+            )
+        })
+        .collect()
+}
+
 /// Runs the programmer until the process is killed.
 pub fn run(config_path: PathBuf, control: PathBuf) -> Result<(), SyncError> {
     let text = std::fs::read(&config_path).map_err(|e| SyncError::Config(config_path.clone(), e.to_string()))?;
@@ -362,6 +383,7 @@ pub fn run(config_path: PathBuf, control: PathBuf) -> Result<(), SyncError> {
         .map(|p| p.parse::<IpNet>().map_err(|_| SyncError::Prefix(p.clone())))
         .collect::<Result<Vec<_>, _>>()?;
     sdn::run_nft(&config.fabric, &sdn::ruleset(config.gateway_port.as_deref(), &prefixes))?;
+    sdn::run_nft(&config.fabric, &spoofed_arp_counters(&config.nodes))?;
     // The start: what EC2 has now, at once (the hosts' primary addresses).
     let hotplug = Hotplug {
         fabric: config.fabric.clone(),

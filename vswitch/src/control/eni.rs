@@ -143,6 +143,10 @@ pub struct EniRouting {
     source: Arc<dyn EniSource>,
     /// The local pods' IPv4 addresses, as attached and detached: their rules are kept.
     pods: Mutex<BTreeSet<Ipv4Addr>>,
+    /// Those of them on a later ENI: announced from that ENI's NIC only, never from
+    /// `announce_on` (the first ENI's NIC, which does not hold them: EC2 would take the
+    /// announcement as a claim for the wrong ENI, the lab's SDN drops it as spoofed).
+    on_later_enis: Mutex<BTreeSet<Ipv4Addr>>,
     /// ENIs whose NIC is set up, and its index.
     ready: tokio::sync::Mutex<BTreeMap<String, u32>>,
 }
@@ -151,7 +155,13 @@ impl EniRouting {
     /// The routing for `source`'s EC2 provider, over `handle`; `None` without one.
     pub fn new(handle: Handle, source: Arc<dyn EniSource>) -> Option<EniRouting> {
         source.ec2()?;
-        Some(EniRouting { handle, source, pods: Mutex::default(), ready: tokio::sync::Mutex::default() })
+        Some(EniRouting {
+            handle,
+            source,
+            pods: Mutex::default(),
+            on_later_enis: Mutex::default(),
+            ready: tokio::sync::Mutex::default(),
+        })
     }
 
     fn ec2(&self) -> &Ec2 {
@@ -162,13 +172,27 @@ impl EniRouting {
         self.pods.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn on_later_enis(&self) -> std::sync::MutexGuard<'_, BTreeSet<Ipv4Addr>> {
+        self.on_later_enis.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `ip` is a local pod's on a later ENI, which [`EniRouting::pod_attached`]
+    /// announces from that ENI's NIC: the driver must not announce it from `announce_on`.
+    pub fn announces_itself(&self, ip: IpAddr) -> bool {
+        matches!(ip, IpAddr::V4(ip) if self.on_later_enis().contains(&ip))
+    }
+
     /// A pod with `ip` is attached here: its rules, its ENI's NIC set up if it is a later ENI
     /// (and present), and a gratuitous ARP from that NIC.
     pub async fn pod_attached(&self, ip: IpAddr) -> Result<(), EniError> {
         let IpAddr::V4(ip) = ip else { return Ok(()) };
         self.pods().insert(ip);
+        // Recorded afresh: the address may be on another ENI than when a failed ADD had it.
+        self.on_later_enis().remove(&ip);
         self.add_rule(PodRule::To(ip)).await?;
         let Some(eni) = self.ec2().eni_holding(ip).await.filter(|e| e.device_index > 0) else { return Ok(()) };
+        // Even while its NIC is absent: eth0's announcement would claim it for the wrong ENI.
+        self.on_later_enis().insert(ip);
         let Some(index) = self.set_up(&eni).await? else { return Ok(()) };
         self.add_rule(PodRule::From(ip, table_of(eni.device_index))).await?;
         announce(index, &eni.mac, ip);
@@ -179,6 +203,7 @@ impl EniRouting {
     pub async fn pod_detached(&self, ip: IpAddr) -> Result<(), EniError> {
         let IpAddr::V4(ip) = ip else { return Ok(()) };
         self.pods().remove(&ip);
+        self.on_later_enis().remove(&ip);
         let ours: Vec<RuleMessage> = self
             .kernel_rules()
             .await?
@@ -310,7 +335,7 @@ fn hex_mac(bytes: &[u8]) -> String {
 }
 
 /// A gratuitous ARP for `ip` from the NIC at `index`, so hosts that knew the address elsewhere
-/// learn it is behind this NIC now (the driver's announcement leaves from `announce_on`).
+/// learn it is behind this NIC now (the driver skips these: see [`EniRouting::announces_itself`]).
 fn announce(index: u32, mac: &str, ip: Ipv4Addr) {
     let Ok(mac) = mac.parse::<MacAddr>() else { return };
     let mut frame = vec![0u8; vnet::LEN];

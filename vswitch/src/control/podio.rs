@@ -38,6 +38,11 @@ pub trait PodIo: Send + Sync + std::fmt::Debug {
     /// The node's route to the pod (so its stack and kube-proxy's DNAT reach it).
     fn add_host_route(&self, ip: IpAddr) -> BoxFuture<'_, Result<(), PodIoError>>;
     fn remove_host_route(&self, ip: IpAddr) -> BoxFuture<'_, Result<(), PodIoError>>;
+    /// Whether `ip` is announced here, by [`PodIo::add_host_route`], from the NIC that holds it
+    /// (a later AWS ENI's): the driver then does not announce it from `host_port.announce_on`.
+    fn announces_itself(&self, _ip: IpAddr) -> bool {
+        false
+    }
     /// Brings the node's routing for its pods in line (stale entries of pods gone removed).
     fn reconcile_routing(&self) -> BoxFuture<'_, Result<(), PodIoError>> {
         Box::pin(async { Ok(()) })
@@ -122,6 +127,10 @@ impl PodIo for KernelPodIo {
             }
             Ok(removed?)
         })
+    }
+
+    fn announces_itself(&self, ip: IpAddr) -> bool {
+        self.eni.as_ref().is_some_and(|eni| eni.announces_itself(ip))
     }
 
     fn reconcile_routing(&self) -> BoxFuture<'_, Result<(), PodIoError>> {

@@ -87,8 +87,8 @@ impl Ports {
         })?;
         self.saver.save().await?;
         // Tell the VPC subnet where these addresses live now (a gratuitous ARP, an unsolicited
-        // neighbour advertisement).
-        addresses.iter().for_each(|ip| self.uplink.announce(ip));
+        // neighbour advertisement); those of a later ENI were announced from its NIC already.
+        addresses.iter().filter(|ip| !self.pods.announces_itself(*ip)).for_each(|ip| self.uplink.announce(ip));
         let ips = addresses.iter().map(|ip| ip.to_string()).collect::<Vec<_>>().join(" ");
         tracing::info!(port = %name, %ips, id, ?pod, "pod port attached");
         Ok(id)
