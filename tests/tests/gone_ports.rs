@@ -189,8 +189,12 @@ fn a_port_whose_namespace_is_gone_without_del_is_removed_and_its_address_cools()
     // The poll that saw it gone may lag vswitchd's own first sighting by up to a second or so.
     assert!(gone_for + Duration::from_millis(1500) >= GONE_TIMEOUT, "removed after {gone_for:?}, before the timeout");
 
-    // Its address cools down (the reuse delay), held by nobody.
-    let view = daemon.ctl_json(&["ipam"]);
+    // Its address cools down (the reuse delay), held by nobody. vswitchd releases it just after
+    // the port goes, and the release reaches the store after that: read the view once it has.
+    let view = wait_until("the address to be released in the store", Duration::from_secs(5), || {
+        let view = daemon.ctl_json(&["ipam"]);
+        view["nodes"][0]["assigned"].as_array().is_some_and(|a| a.is_empty()).then_some(view)
+    });
     let cooling: Vec<&str> = view["cooling"].as_array().unwrap().iter().filter_map(|c| c["ip"].as_str()).collect();
     assert_eq!(cooling, [ip.as_str()], "{view}");
     assert_eq!(view["nodes"][0]["assigned"].as_array().map(Vec::len), Some(0), "{view}");

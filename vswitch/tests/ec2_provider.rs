@@ -161,15 +161,18 @@ async fn an_outage_and_throttling_during_a_pod_storm_lose_nothing_and_leak_nothi
     assert_eq!(report.pods.len(), 3);
     assert!(report.backing_off_ms.is_some() || report.api.last_errors.iter().any(|e| e.contains("Unavailable")));
 
-    // Back, but throttled half the time: the pool gets there with backoff.
-    lab.faults(json!({"down": false, "throttle": 0.5}));
+    // Back, but throttling every call until one is counted as throttled (the refill is one
+    // batched call: at 50% it could pass untouched), then half the time: the pool gets there
+    // with backoff.
+    lab.faults(json!({"down": false, "throttle": 1.0}));
+    let throttled = |i: &ProviderIpam<Ec2>| i.report().api.calls.iter().filter(|(_, result, _)| result == "throttled").count();
+    ticks_until(&ipam, Duration::from_secs(30), "a throttled call counted", |i| throttled(i) > 0).await;
+    lab.faults(json!({"throttle": 0.5}));
     ticks_until(&ipam, Duration::from_secs(60), "the pool refilled while throttled", |i| {
         let r = i.report();
         r.warm.len() == 6 && r.deleting.is_empty() && r.cooling.is_empty()
     })
     .await;
-    let throttled = ipam.report().api.calls.iter().filter(|(_, result, _)| result == "throttled").count();
-    assert!(throttled > 0, "no throttled call counted: {:#?}", ipam.report().api);
     lab.faults(json!({"throttle": 0.0}));
     ipam.reconcile().await.unwrap();
     assert_accounted(&lab, &ipam);
