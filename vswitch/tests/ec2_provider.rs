@@ -165,7 +165,8 @@ async fn an_outage_and_throttling_during_a_pod_storm_lose_nothing_and_leak_nothi
     // batched call: at 50% it could pass untouched), then half the time: the pool gets there
     // with backoff.
     lab.faults(json!({"down": false, "throttle": 1.0}));
-    let throttled = |i: &ProviderIpam<Ec2>| i.report().api.calls.iter().filter(|(_, result, _)| result == "throttled").count();
+    let throttled =
+        |i: &ProviderIpam<Ec2>| i.report().api.calls.iter().filter(|(_, result, _)| result == "throttled").count();
     ticks_until(&ipam, Duration::from_secs(30), "a throttled call counted", |i| throttled(i) > 0).await;
     lab.faults(json!({"throttle": 0.5}));
     ticks_until(&ipam, Duration::from_secs(60), "the pool refilled while throttled", |i| {
