@@ -29,13 +29,13 @@ use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, IpVersion, LinkUnspec, RouteMessageBuilder};
 
+use super::driver::gratuitous_arp;
 use super::hostnet::HostNetError;
 use crate::ipam::provider::aws::{Ec2, EniNic};
-use crate::ipam::provider::probe;
 use crate::ipam::provider::ProviderError;
 use crate::port::packet::PacketSocket;
 use crate::port::PortQueue;
-use crate::wire::{vnet, MacAddr};
+use crate::wire::MacAddr;
 
 /// `to POD lookup main`: AWS's VPC CNI's priority for it.
 pub const TO_POD_PRIORITY: u32 = 512;
@@ -338,9 +338,7 @@ fn hex_mac(bytes: &[u8]) -> String {
 /// learn it is behind this NIC now (the driver skips these: see [`EniRouting::announces_itself`]).
 fn announce(index: u32, mac: &str, ip: Ipv4Addr) {
     let Ok(mac) = mac.parse::<MacAddr>() else { return };
-    let mut frame = vec![0u8; vnet::LEN];
-    frame.extend(probe::request_frame(mac, ip, ip));
-    if let Err(e) = PacketSocket::open_sender(index).and_then(|s| s.send(&frame)) {
+    if let Err(e) = PacketSocket::open_sender(index).and_then(|s| s.send(&gratuitous_arp(mac, ip))) {
         tracing::warn!(%ip, error = %e, "could not announce the pod from its ENI");
     }
 }

@@ -30,6 +30,7 @@ mod startup;
 mod switch;
 mod upgrade;
 mod uplink;
+pub(crate) use uplink::gratuitous_arp;
 mod views;
 mod workers;
 

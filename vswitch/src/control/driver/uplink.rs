@@ -136,7 +136,7 @@ impl UplinkSender {
             (None, None) => return,
         };
         let sent = match ip {
-            IpAddr::V4(ip) => sender.send(&arp_frame(mac, Operation::Request, ip, ip)),
+            IpAddr::V4(ip) => sender.send(&gratuitous_arp(mac, ip)),
             IpAddr::V6(ip) => {
                 let mut frame = [0u8; vnet::LEN + ethernet::HEADER_LEN + icmpv6::NA_PACKET_LEN];
                 let mut eth = EthernetFrame::new_checked(&mut frame[vnet::LEN..]).expect("sized");
@@ -154,6 +154,12 @@ impl UplinkSender {
 }
 
 /// A broadcast ARP packet from `mac` (with the packet socket's virtio-net header in front).
+/// A gratuitous ARP (a broadcast request for its own address) announcing `ip` at `mac`, behind
+/// the zero vnet header every sender here takes.
+pub(crate) fn gratuitous_arp(mac: MacAddr, ip: Ipv4Addr) -> [u8; vnet::LEN + ethernet::HEADER_LEN + arp::PACKET_LEN] {
+    arp_frame(mac, Operation::Request, ip, ip)
+}
+
 fn arp_frame(
     mac: MacAddr,
     op: Operation,
