@@ -318,9 +318,11 @@ impl EniRouting {
 
     /// The link whose MAC is `mac` (lower case).
     async fn nic_with_mac(&self, mac: &str) -> Result<Option<Nic>, EniError> {
+        // EC2 gives MACs as text; compared as bytes, not formatted once per link.
+        let Ok(mac) = mac.parse::<MacAddr>() else { return Ok(None) };
         let links: Vec<_> = self.handle.link().get().execute().try_collect().await?;
         Ok(links.into_iter().find_map(|link| {
-            let has_mac = link.attributes.iter().any(|a| matches!(a, LinkAttribute::Address(b) if hex_mac(b) == mac));
+            let has_mac = link.attributes.iter().any(|a| matches!(a, LinkAttribute::Address(b) if b[..] == mac.0[..]));
             let name = link.attributes.iter().find_map(|a| match a {
                 LinkAttribute::IfName(n) => Some(n.clone()),
                 _ => None,
@@ -328,10 +330,6 @@ impl EniRouting {
             has_mac.then(|| Nic { index: link.header.index, name, up: link.header.flags.contains(LinkFlags::Up) })
         }))
     }
-}
-
-fn hex_mac(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 /// A gratuitous ARP for `ip` from the NIC at `index`, so hosts that knew the address elsewhere
