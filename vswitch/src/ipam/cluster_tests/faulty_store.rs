@@ -2,7 +2,7 @@
 //! held at a gate.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +26,10 @@ pub struct Faults {
     pub gated: AtomicBool,
     pub gate: tokio::sync::Mutex<()>,
     pub at_gate: AtomicBool,
+    /// While `put_if_gated`, an address record's `put_if` waits for `gate` too;
+    /// `at_put_if_gate` counts those that got there.
+    pub put_if_gated: AtomicBool,
+    pub at_put_if_gate: AtomicUsize,
 }
 
 /// The file store with [`Faults`].
@@ -56,6 +60,10 @@ impl ClusterStore for Faulty {
         self.inner.get(key).await
     }
     async fn put_if(&self, key: &str, value: Vec<u8>, expected: i64) -> Result<Option<i64>, StoreError> {
+        if key.contains("/ip/") && self.faults.put_if_gated.load(Ordering::Relaxed) {
+            self.faults.at_put_if_gate.fetch_add(1, Ordering::Relaxed);
+            let _wait = self.faults.gate.lock().await;
+        }
         let result = self.inner.put_if(key, value, expected).await?;
         // (Address records only: the pool's key is written with a CAS at registration too.)
         if key.contains("/ip/") && self.faults.lose_put_if.swap(false, Ordering::Relaxed) {

@@ -189,3 +189,47 @@ async fn a_give_back_whose_reply_was_lost_leaves_nothing_in_the_warm_pool() {
         assert!(mine.contains(&ip), "{ip} is not a's in the store: {mine:?}");
     }
 }
+
+/// The refill and an ADD that found the warm pool empty claim at once, both the same free
+/// address: the claim that loses must not take the winner's index entry with it (the index is
+/// how a restarted node, or the leader after its death, finds what the store gives it).
+#[tokio::test]
+async fn two_claims_of_one_node_racing_for_an_address_leave_it_in_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(Faults::default());
+    let a = faulty_node(dir.path(), "a", "10.0.0.9/32", "warm_target = 1", &faults);
+    let gate = faults.gate.lock().await;
+    faults.put_if_gated.store(true, Ordering::Relaxed);
+    let refill = tokio::spawn({
+        let a = a.clone();
+        async move { a.upkeep().tick(|_| false).await }
+    });
+    let at_gate = |n: usize| {
+        let faults = faults.clone();
+        async move {
+            while faults.at_put_if_gate.load(Ordering::Relaxed) < n {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+    };
+    at_gate(1).await;
+    let add = tokio::spawn({
+        let a = a.clone();
+        async move { a.requests().assign(&spec("racer", None), &none()).await }
+    });
+    // The ADD's claim either waits at the gate behind the refill's or gives up on the address.
+    tokio::select! {
+        _ = at_gate(2) => {}
+        _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+    }
+    faults.put_if_gated.store(false, Ordering::Relaxed);
+    drop(gate);
+    refill.await.unwrap();
+    let _ = add.await.unwrap();
+    let ip: IpAddr = "10.0.0.9".parse().unwrap();
+    let now = records(dir.path()).await;
+    assert!(now.iter().any(|(at, r)| *at == ip && r.node() == Some("a")), "a claimed it: {now:?}");
+    let keys = Keys::new("/vpc-ipam/default");
+    let store = FileStore::new(&dir.path().join("store.json"));
+    assert!(store.get(&keys.held_ip("a", ip)).await.unwrap().is_some(), "{ip} is a's, and in a's index");
+}

@@ -319,13 +319,15 @@ impl<S: ClusterStore> Requests<S> {
     }
 
     /// Assigns `ip` to `request` by a CAS from the record's `version`, then records it locally.
-    /// `Ok(None)`: the record changed meanwhile.
+    /// `Ok(None)`: the record changed meanwhile, or this node is writing it already.
     async fn take_from_store(
         &self,
         request: &AddressRequest,
         ip: IpAddr,
         version: i64,
     ) -> Result<Option<IpAddr>, IpamError> {
+        // Another write of this node for it is under way (or in doubt): raced.
+        let Some(_hold) = self.state.hold(ip) else { return Ok(None) };
         let record = self.assigned_record(request);
         self.state.index(ip).await.map_err(unavailable("taking the address"))?;
         let written = self.state.store().put_if(&self.state.keys().ip(ip), record.encode(), version).await;

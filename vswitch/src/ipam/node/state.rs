@@ -89,6 +89,8 @@ pub(super) struct NodeState<S: ClusterStore> {
     /// the next refill, so a claim that went through is not leaked, and a give-back that went
     /// through leaves nothing behind in the warm pool. (Across a restart, `reconcile` does it.)
     unsure: Mutex<HashMap<IpAddr, Instant>>,
+    /// Addresses a store write of this node is under way for (see [`NodeState::hold`]).
+    in_flight: Mutex<HashSet<IpAddr>>,
     /// Wakes the upkeep early: an ADD took from the warm pool, a DEL released.
     kick: tokio::sync::Notify,
     /// True once this process's first upkeep round is over (see [`NodeState::settled`]).
@@ -127,6 +129,7 @@ impl<S: ClusterStore> NodeState<S> {
             path,
             save_lock: Mutex::new(()),
             unsure: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashSet::new()),
             kick: tokio::sync::Notify::new(),
             first_round: tokio::sync::watch::channel(false).0,
             stats: IpamStats::default(),
@@ -247,6 +250,19 @@ impl<S: ClusterStore> NodeState<S> {
 
     pub(super) fn resolved(&self, ip: IpAddr) {
         lock(&self.unsure).remove(&ip);
+    }
+
+    /// Reserves `ip` for one write of this node (a claim, a give-back) until the hold is
+    /// dropped; `None` while another one holds it or its last write is in doubt. The ADD's claim
+    /// and the refill run at once, and each takes its index entry out again when its CAS loses:
+    /// without the hold, a claim that lost to this node's own would delete the winner's index
+    /// entry, and after a crash before the local save nothing would know the address was this
+    /// node's (a warm record leaked for good).
+    pub(super) fn hold(&self, ip: IpAddr) -> Option<Hold<'_>> {
+        if lock(&self.unsure).contains_key(&ip) || !lock(&self.in_flight).insert(ip) {
+            return None;
+        }
+        Some(Hold { ip, in_flight: &self.in_flight })
     }
 
     /// The attachment's addresses here, IPv4 first (empty: none).
@@ -418,6 +434,18 @@ impl<S: ClusterStore> NodeState<S> {
             }
         }
         Ok(())
+    }
+}
+
+/// An address reserved by [`NodeState::hold`], released on drop.
+pub(super) struct Hold<'a> {
+    ip: IpAddr,
+    in_flight: &'a Mutex<HashSet<IpAddr>>,
+}
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        lock(self.in_flight).remove(&self.ip);
     }
 }
 

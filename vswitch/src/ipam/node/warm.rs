@@ -164,6 +164,7 @@ async fn probe<S: ClusterStore>(
         if known.contains(&ip) || also_skip.contains(&ip) {
             continue;
         }
+        let Some(_hold) = state.hold(ip) else { continue };
         tried += 1;
         let key = keys.ip(ip);
         let current = match listed {
@@ -208,14 +209,19 @@ fn warm_count<S: ClusterStore>(state: &NodeState<S>, family: Family) -> usize {
 /// know); a delete that went unanswered or found the record changed is looked up again later.
 pub(super) async fn trim<S: ClusterStore>(state: &Arc<NodeState<S>>) -> Result<(), StoreError> {
     let warm_max = state.settings().warm_max;
-    let excess: Vec<(IpAddr, i64)> = {
+    // Each held until its delete is done: a claim of this node meanwhile must not take it
+    // (the delete's unindex would take the claim's index entry with it).
+    let excess: Vec<(IpAddr, i64, _)> = {
         let mut local = state.local();
         let warm: Vec<IpAddr> =
             local.entries.iter().filter(|(_, e)| e.is_warm() && !e.dirty).map(|(ip, _)| *ip).collect();
         Family::ALL
             .into_iter()
             .flat_map(|family| warm.iter().filter(move |ip| Family::of(ip) == family).skip(warm_max))
-            .filter_map(|ip| Some((*ip, local.entries.remove(ip)?.version)))
+            .filter_map(|ip| {
+                let hold = state.hold(*ip)?;
+                Some((*ip, local.entries.remove(ip)?.version, hold))
+            })
             .collect()
     };
     if excess.is_empty() {
@@ -223,7 +229,7 @@ pub(super) async fn trim<S: ClusterStore>(state: &Arc<NodeState<S>>) -> Result<(
     }
     // Saved without them first: after a crash from here on, `reconcile` adopts what is left.
     let mut result = state.save_in_round().await;
-    for (ip, version) in excess {
+    for (ip, version, _hold) in excess {
         if result.is_err() {
             state.unsure_about(ip);
             continue;
