@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
 use vpc_lab::etcd::require_etcd;
+use vpc_lab::lab::ec2_sdn::HOTPLUG_MTU;
 use vpc_lab::lab::{
     Family, IpFamily, IpamMode, Lab, LabSpec, LabState, PathCheck, UplinkMode, VpcMode, IPAM_PREFIX, POD_NAMESPACE,
     POD_POOL, POD_POOL6,
@@ -411,6 +412,12 @@ fn three_nodes_on_the_aws_vpc() {
     let node = lab.node_ns(2);
     let link = String::from_utf8_lossy(&node.ip(&["-o", "link", "show", "eth1"]).stdout).to_string();
     assert!(link.contains(plug["mac"].as_str().unwrap()) && link.contains("state UP"), "eth1 in node3: {link}");
+    // Plugged with the driver's default MTU, raised to what eth0 (the VPC) carries.
+    let mtu = |nic: &str| {
+        let out = node.exec(&["cat", &format!("/sys/class/net/{nic}/mtu")]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(mtu("eth1"), mtu("eth0"), "eth1, plugged at {HOTPLUG_MTU}, takes eth0's MTU");
     let rules = String::from_utf8_lossy(&node.ip(&["rule", "show"]).stdout).to_string();
     assert!(rules.contains(&format!("1536:\tfrom {second_ip} lookup 2")), "node3's rules: {rules}");
     // From the VM, from another node's pod and to it: the replies and requests of the pod on
@@ -439,6 +446,39 @@ fn three_nodes_on_the_aws_vpc() {
     let strict = lab.ping(&vm, second_ip);
     saved.iter().for_each(|(path, value)| assert!(set(path, value).status.success(), "restoring {path}"));
     strict.unwrap_or_else(|e| panic!("the VM to the pod on the second ENI with rp_filter = 1 on eth1: {e}"));
+    // eth1 reset (a driver reset, the NIC plugged again): the next upkeep round sets it up
+    // again, with its table's routes (the kernel dropped them with the link), and announces the
+    // pods of its ENI from it afresh, counted at its fabric port.
+    let (sdn_table, port) = (vpc_lab::lab::sdn::TABLE, plug["port"].as_str().unwrap());
+    let announced = format!("test_announced_{port}");
+    for script in [
+        format!("add counter bridge {sdn_table} {announced}"),
+        format!(
+            "insert rule bridge {sdn_table} arp_in iifname \"{port}\" arp saddr ip {second_ip} arp daddr ip \
+             {second_ip} counter name {announced}"
+        ),
+    ] {
+        let out = lab.fabric().exec(&["nft", &script]);
+        assert!(out.status.success(), "nft {script}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let announcements = || {
+        let counters = vpc_lab::lab::sdn::counters(&lab.fabric().name).expect("the SDN's counters");
+        counters.get(&announced).map_or(0, |c| c.packets)
+    };
+    assert_eq!(announcements(), 0, "no announcement of {second_ip} since the counter was added");
+    assert!(node.ip(&["link", "set", "eth1", "down"]).status.success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while announcements() == 0 {
+        if Instant::now() >= deadline {
+            let link = String::from_utf8_lossy(&node.ip(&["-o", "link", "show", "eth1"]).stdout).to_string();
+            panic!(
+                "{second_ip} was not announced from eth1 after its reset; eth1: {link}\nnode3's vswitchd: {}",
+                daemon_log_lines(lab.daemon(2), &["ENI", "WARN", "ERROR", "announc"])
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    lab.ping(&vm, second_ip).unwrap_or_else(|e| panic!("the VM to the pod on the second ENI after eth1's reset: {e}"));
     // A rule of ours for no pod here (a previous vswitchd's, say) goes at the next upkeep round.
     node.ip(&["rule", "add", "to", "10.10.250.250", "lookup", "main", "priority", "512"]);
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -567,4 +607,12 @@ fn up_check_and_down_in_separate_processes_leave_nothing_behind() {
     assert!(namespaces.is_empty(), "namespaces left: {namespaces:?}");
     assert!(!state.dir.exists() && !etcd.dir.exists(), "directories left");
     assert!(!LabState::list().contains(&name));
+}
+
+/// The lines of `daemon`'s logs that contain one of `needles`.
+fn daemon_log_lines(daemon: &vpc_lab::netns::Daemon, needles: &[&str]) -> String {
+    let logs = std::fs::read_dir(&daemon.dir).into_iter().flatten().flatten();
+    let logs = logs.filter(|e| e.file_name().to_string_lossy().starts_with("vswitchd-"));
+    let text: String = logs.map(|e| std::fs::read_to_string(e.path()).unwrap_or_default()).collect();
+    text.lines().filter(|l| needles.iter().any(|n| l.contains(n))).collect::<Vec<_>>().join("\n")
 }

@@ -202,8 +202,9 @@ pub fn describe(upstream: &str) -> Result<Vec<DescribedEni>, SyncError> {
 
 /// A later ENI's NIC hot-plugged into its node, as EC2's hypervisor does on
 /// `AttachNetworkInterface`: a veth pair whose node end, `ifname` (the kernel's name for device
-/// index N, `ethN`), has the ENI's MAC and is left down (the node brings it up), and whose other
-/// end is `port` on the fabric's bridge, owning the ENI's addresses in the SDN.
+/// index N, `ethN`), has the ENI's MAC and [`HOTPLUG_MTU`] and is left down (the node brings it
+/// up), and whose other end is `port` on the fabric's bridge, owning the ENI's addresses in the
+/// SDN.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Plug {
     pub instance: String,
@@ -211,6 +212,11 @@ pub struct Plug {
     pub port: String,
     pub mac: String,
 }
+
+/// The MTU a hot-plugged NIC comes up with: its driver's default, not what the VPC carries
+/// (on EC2, 1500 where the VPC and the first NIC have 9001). The lab's VPC carries 1500, so
+/// the lab's driver default is lower, and the node must raise it.
+pub const HOTPLUG_MTU: u32 = 1280;
 
 /// The NICs EC2's view implies, by ENI: one per ENI past the first attached to a node.
 pub fn plugs(enis: &[DescribedEni], nodes: &[NodeInstance]) -> BTreeMap<String, Plug> {
@@ -277,6 +283,8 @@ impl Hotplug {
                 "peer",
                 "name",
                 &plug.ifname,
+                "mtu",
+                &HOTPLUG_MTU.to_string(),
                 "netns",
                 &node,
             ])

@@ -19,6 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
@@ -128,12 +129,27 @@ pub fn wanted_rules(pods: &BTreeMap<Ipv4Addr, Option<u32>>) -> BTreeSet<PodRule>
         .collect()
 }
 
-/// The NIC of an ENI, found in the node.
+/// A link of the node, as an ENI's NIC is looked for among them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Nic {
     index: u32,
     name: String,
     up: bool,
+    mac: Option<MacAddr>,
+    mtu: Option<u32>,
+}
+
+/// The node's link whose MAC is `mac` (EC2 gives MACs as text: parsed once, compared as bytes).
+fn nic_with_mac<'a>(links: &'a [Nic], mac: &str) -> Option<&'a Nic> {
+    let mac = mac.parse::<MacAddr>().ok()?;
+    links.iter().find(|l| l.mac == Some(mac))
+}
+
+/// An ENI's NIC, set up: its index, and whether this call set it up.
+#[derive(Debug, Clone, Copy)]
+struct Ready {
+    index: u32,
+    fresh: bool,
 }
 
 /// The node's policy routing for ENIs past the first.
@@ -193,9 +209,10 @@ impl EniRouting {
         let Some(eni) = self.ec2().eni_holding(ip).await.filter(|e| e.device_index > 0) else { return Ok(()) };
         // Even while its NIC is absent: eth0's announcement would claim it for the wrong ENI.
         self.on_later_enis().insert(ip);
-        let Some(index) = self.set_up(&eni).await? else { return Ok(()) };
+        let links = self.links().await?;
+        let Some(ready) = self.set_up(&eni, &links).await? else { return Ok(()) };
         self.add_rule(PodRule::From(ip, table_of(eni.device_index))).await?;
-        announce(index, &eni.mac, ip);
+        announce(ready.index, &eni.mac, ip);
         Ok(())
     }
 
@@ -218,16 +235,26 @@ impl EniRouting {
     }
 
     /// Sets up the NICs of later ENIs that appeared, then makes our rules those the local pods
-    /// need: stale ones (a previous vswitchd's, a pod gone while it was down) removed.
+    /// need: stale ones (a previous vswitchd's, a pod gone while it was down) removed. Pods on
+    /// an ENI whose NIC appeared only now (after their ADD) are announced from it, once their
+    /// rules are in.
     pub async fn reconcile(&self) -> Result<(), EniError> {
+        let links = self.links().await?;
+        let mut fresh = BTreeMap::new();
         for eni in self.ec2().eni_nics().await?.iter().filter(|e| e.device_index > 0) {
-            self.set_up(eni).await?;
+            if let Some(ready) = self.set_up(eni, &links).await?.filter(|r| r.fresh) {
+                fresh.insert(eni.id.clone(), ready.index);
+            }
         }
         let ready = self.ready.lock().await.clone();
         let pods: Vec<Ipv4Addr> = self.pods().iter().copied().collect();
         let mut tables = BTreeMap::new();
+        let mut to_announce = Vec::new();
         for ip in pods {
             let eni = self.ec2().eni_holding(ip).await.filter(|e| e.device_index > 0 && ready.contains_key(&e.id));
+            if let Some((eni, index)) = eni.as_ref().and_then(|e| Some((e, *fresh.get(&e.id)?))) {
+                to_announce.push((index, eni.mac.clone(), ip));
+            }
             tables.insert(ip, eni.map(|e| table_of(e.device_index)));
         }
         let wanted = wanted_rules(&tables);
@@ -241,6 +268,10 @@ impl EniRouting {
         let have: BTreeSet<PodRule> = present.into_iter().map(|(r, _)| r).collect();
         for rule in wanted.difference(&have) {
             self.add_rule(*rule).await?;
+        }
+        for (index, mac, ip) in to_announce {
+            tracing::info!(%ip, "announcing a pod from its ENI's NIC, which appeared after its ADD");
+            announce(index, &mac, ip);
         }
         Ok(())
     }
@@ -267,33 +298,47 @@ impl EniRouting {
         }
     }
 
-    /// Sets `eni`'s NIC up once (again if it was replaced); its index, `None` while the node
-    /// has no NIC with its MAC.
-    async fn set_up(&self, eni: &EniNic) -> Result<Option<u32>, EniError> {
+    /// Sets `eni`'s NIC (found among `links`) up once (again if it was replaced); `None` while
+    /// the node has no NIC with its MAC.
+    async fn set_up(&self, eni: &EniNic, links: &[Nic]) -> Result<Option<Ready>, EniError> {
         let mut ready = self.ready.lock().await;
-        let Some(nic) = self.nic_with_mac(&eni.mac).await? else {
+        let Some(nic) = nic_with_mac(links, &eni.mac) else {
             ready.remove(&eni.id);
             return Ok(None);
         };
         if nic.up && ready.get(&eni.id) == Some(&nic.index) {
-            return Ok(Some(nic.index));
+            return Ok(Some(Ready { index: nic.index, fresh: false }));
         }
         let subnet = self.ec2().subnet().await?;
-        self.configure(&nic, eni, subnet).await?;
-        tracing::info!(eni = %eni.id, nic = %nic.name, table = table_of(eni.device_index), %subnet, "ENI's NIC set up");
+        let mtu = self.first_eni_mtu(links).await?;
+        self.configure(nic, eni, subnet, mtu).await?;
+        tracing::info!(eni = %eni.id, nic = %nic.name, table = table_of(eni.device_index), %subnet, ?mtu, "ENI's NIC set up");
         ready.insert(eni.id.clone(), nic.index);
-        Ok(Some(nic.index))
+        Ok(Some(Ready { index: nic.index, fresh: true }))
     }
 
-    /// proxy ARP (the VPC asks this NIC for its pods), up, the ENI's primary address, the table.
-    async fn configure(&self, nic: &Nic, eni: &EniNic, subnet: Ipv4Net) -> Result<(), EniError> {
+    /// The MTU of the first ENI's NIC: what the VPC carries (EC2's DHCP gives it, 9001 on
+    /// most instance types), while a hot-plugged NIC comes up with its driver's default.
+    async fn first_eni_mtu(&self, links: &[Nic]) -> Result<Option<u32>, EniError> {
+        let enis = self.ec2().eni_nics().await?;
+        let first = enis.iter().find(|e| e.device_index == 0);
+        Ok(first.and_then(|e| nic_with_mac(links, &e.mac)).and_then(|nic| nic.mtu))
+    }
+
+    /// proxy ARP (the VPC asks this NIC for its pods), the first ENI's MTU, up, the ENI's primary
+    /// address, the table.
+    async fn configure(&self, nic: &Nic, eni: &EniNic, subnet: Ipv4Net, mtu: Option<u32>) -> Result<(), EniError> {
         for (path, value) in [
             (format!("/proc/sys/net/ipv4/conf/{}/proxy_arp", nic.name), "1"),
             (format!("/proc/sys/net/ipv4/neigh/{}/proxy_delay", nic.name), "0"),
         ] {
             std::fs::write(&path, value).map_err(|source| EniError::Sysctl { path, source })?;
         }
-        self.handle.link().set(LinkUnspec::new_with_index(nic.index).up().build()).execute().await?;
+        let mut link = LinkUnspec::new_with_index(nic.index).up();
+        if let Some(mtu) = mtu {
+            link = link.mtu(mtu);
+        }
+        self.handle.link().set(link.build()).execute().await?;
         // Without the main table's subnet route: the subnet stays eth0's there.
         let mut address = self.handle.address().add(nic.index, eni.primary.into(), subnet.prefix_len()).replace();
         address.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Noprefixroute));
@@ -316,29 +361,50 @@ impl EniRouting {
         Ok(())
     }
 
-    /// The link whose MAC is `mac` (lower case).
-    async fn nic_with_mac(&self, mac: &str) -> Result<Option<Nic>, EniError> {
-        // EC2 gives MACs as text; compared as bytes, not formatted once per link.
-        let Ok(mac) = mac.parse::<MacAddr>() else { return Ok(None) };
+    /// The node's links (one dump: a reconcile round looks every ENI up in it).
+    async fn links(&self) -> Result<Vec<Nic>, EniError> {
         let links: Vec<_> = self.handle.link().get().execute().try_collect().await?;
-        Ok(links.into_iter().find_map(|link| {
-            let has_mac = link.attributes.iter().any(|a| matches!(a, LinkAttribute::Address(b) if b[..] == mac.0[..]));
-            let name = link.attributes.iter().find_map(|a| match a {
-                LinkAttribute::IfName(n) => Some(n.clone()),
-                _ => None,
-            })?;
-            has_mac.then(|| Nic { index: link.header.index, name, up: link.header.flags.contains(LinkFlags::Up) })
-        }))
+        Ok(links
+            .into_iter()
+            .filter_map(|link| {
+                let (mut name, mut mac, mut mtu) = (None, None, None);
+                for a in &link.attributes {
+                    match a {
+                        LinkAttribute::IfName(n) => name = Some(n.clone()),
+                        LinkAttribute::Address(b) => mac = <[u8; 6]>::try_from(&b[..]).ok().map(MacAddr),
+                        LinkAttribute::Mtu(m) => mtu = Some(*m),
+                        _ => {}
+                    }
+                }
+                let up = link.header.flags.contains(LinkFlags::Up);
+                Some(Nic { index: link.header.index, name: name?, up, mac, mtu })
+            })
+            .collect())
     }
 }
 
-/// A gratuitous ARP for `ip` from the NIC at `index`, so hosts that knew the address elsewhere
-/// learn it is behind this NIC now (the driver skips these: see [`EniRouting::announces_itself`]).
+/// How many gratuitous ARPs announce a pod from its ENI's NIC, and how far apart: a NIC set up
+/// a moment ago may drop the first (its carrier not up yet), as `arping -U -c 3` allows for.
+const ANNOUNCEMENTS: u32 = 3;
+const ANNOUNCE_EVERY: Duration = Duration::from_millis(300);
+
+/// Gratuitous ARPs for `ip` from the NIC at `index` (in the background), so hosts that knew the
+/// address elsewhere learn it is behind this NIC now (the driver skips these: see
+/// [`EniRouting::announces_itself`]).
 fn announce(index: u32, mac: &str, ip: Ipv4Addr) {
     let Ok(mac) = mac.parse::<MacAddr>() else { return };
-    if let Err(e) = PacketSocket::open_sender(index).and_then(|s| s.send(&gratuitous_arp(mac, ip))) {
-        tracing::warn!(%ip, error = %e, "could not announce the pod from its ENI");
-    }
+    let frame = gratuitous_arp(mac, ip);
+    tokio::spawn(async move {
+        for n in 0..ANNOUNCEMENTS {
+            if n > 0 {
+                tokio::time::sleep(ANNOUNCE_EVERY).await;
+            }
+            if let Err(e) = PacketSocket::open_sender(index).and_then(|s| s.send(&frame)) {
+                tracing::warn!(%ip, error = %e, "could not announce the pod from its ENI");
+                return;
+            }
+        }
+    });
 }
 
 #[cfg(test)]
