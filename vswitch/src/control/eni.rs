@@ -165,6 +165,10 @@ pub struct EniRouting {
     on_later_enis: Mutex<BTreeSet<Ipv4Addr>>,
     /// ENIs whose NIC is set up, and its index.
     ready: tokio::sync::Mutex<BTreeMap<String, u32>>,
+    /// Held by each of attach, detach and reconcile for its whole run. The kernel allows one
+    /// dump at a time per netlink socket (another gets EBUSY), and a reconcile between an
+    /// attach's recording of its pod and its rule's add would take the new rule for stale.
+    serial: tokio::sync::Mutex<()>,
 }
 
 impl EniRouting {
@@ -177,6 +181,7 @@ impl EniRouting {
             pods: Mutex::default(),
             on_later_enis: Mutex::default(),
             ready: tokio::sync::Mutex::default(),
+            serial: tokio::sync::Mutex::default(),
         })
     }
 
@@ -202,6 +207,7 @@ impl EniRouting {
     /// (and present), and a gratuitous ARP from that NIC.
     pub async fn pod_attached(&self, ip: IpAddr) -> Result<(), EniError> {
         let IpAddr::V4(ip) = ip else { return Ok(()) };
+        let _serial = self.serial.lock().await;
         self.pods().insert(ip);
         // Recorded afresh: the address may be on another ENI than when a failed ADD had it.
         self.on_later_enis().remove(&ip);
@@ -219,6 +225,7 @@ impl EniRouting {
     /// The pod with `ip` is gone: its rules go.
     pub async fn pod_detached(&self, ip: IpAddr) -> Result<(), EniError> {
         let IpAddr::V4(ip) = ip else { return Ok(()) };
+        let _serial = self.serial.lock().await;
         self.pods().remove(&ip);
         self.on_later_enis().remove(&ip);
         let ours: Vec<RuleMessage> = self
@@ -239,6 +246,7 @@ impl EniRouting {
     /// an ENI whose NIC appeared only now (after their ADD) are announced from it, once their
     /// rules are in.
     pub async fn reconcile(&self) -> Result<(), EniError> {
+        let _serial = self.serial.lock().await;
         let links = self.links().await?;
         let mut fresh = BTreeMap::new();
         for eni in self.ec2().eni_nics().await?.iter().filter(|e| e.device_index > 0) {
