@@ -349,8 +349,14 @@ fn print_provider(v: &IpamView, p: &vswitch_api::api::ProviderView) {
     }
     match &p.fabric_probe {
         Some(f) => println!(
-            "fabric probe: last {} {} after {} ms ({} probed, {} timed out, {} failed)",
-            f.last_ip, f.last_result, f.last_ms, f.probes, f.timeouts, f.errors
+            "fabric probe: last {} {} after {} ms ({} probed, mean {} ms, {} timed out, {} failed)",
+            f.last_ip,
+            f.last_result,
+            f.last_ms,
+            f.probes,
+            f.total_ms / f.probes.max(1),
+            f.timeouts,
+            f.errors
         ),
         None => println!("fabric probe: no new address probed yet"),
     }

@@ -86,6 +86,9 @@ pub struct FabricProbeView {
     pub last_ms: u64,
     pub last_result: String,
     pub probes: u64,
+    /// The time every probe took, summed (with `probes`: the mean wait for the VPC's SDN).
+    #[serde(default)]
+    pub total_ms: u64,
     pub timeouts: u64,
     pub errors: u64,
 }

@@ -56,6 +56,7 @@ pub fn view<P: VpcProvider, S: ClusterStore>(provider: &ProviderIpam<P, S>) -> I
                 last_ms: (last.seconds * 1e3).round() as u64,
                 last_result: last.result.into(),
                 probes: r.api.fabric_probe.count,
+                total_ms: (r.api.fabric_probe.sum_seconds * 1e3).round() as u64,
                 timeouts: r.api.fabric_probe.timeouts,
                 errors: r.api.fabric_probe.errors,
             }),
