@@ -14,6 +14,8 @@
 //!   ADDs that had to allocate themselves: those whose address the node did not hold before the
 //!   burst (its `vswitchctl ipam`: pods', warm, cooling, queued, held, not served). A pool's
 //!   size and the number of those ADDs depend on its targets, so the number is reported too.
+//!   Where their time went is printed as the nodes timed it (`vswitchctl ipam`): the burst's
+//!   allocation calls and the fabric probes of its new addresses (the wait for the VPC's SDN).
 //! - etcd: the same sequential ADDs on an etcd lab.
 //! - Duplicates: an address handed to a pod while another live pod had it. Leaked: after every
 //!   pod is gone and the pools have settled, a secondary IP of a node's NIC the node does not
@@ -30,6 +32,7 @@ use std::time::{Duration, Instant};
 use vpc_lab::lab::{IpamMode, Lab, LabSpec};
 use vpc_lab::netns::{unique, Netns};
 
+use lab_api::NodeTimings;
 pub use lab_api::{ApiSlowdown, Provider};
 pub use report::{EtcdFigures, ProviderFigures, ProviderReport};
 
@@ -196,6 +199,7 @@ fn measure(provider: Provider, options: &Options, progress: &impl Fn(&str)) -> P
     let (mut adds, mut packets, mut duplicates) = sequential(&lab, nodes, pods, true);
     progress(&format!("{name}: bursts of {BURST} ADDs per node"));
     let held_before: Vec<HashSet<Ipv4Addr>> = (0..nodes).map(|node| held_addresses(&lab, node)).collect();
+    let timed_before = NodeTimings::read(&lab, nodes);
     let mut burst: Vec<BenchPod> = (0..nodes * BURST).map(|i| BenchPod::new("burst", i, i % nodes)).collect();
     let took: Vec<f64> = std::thread::scope(|s| {
         let lab = &lab;
@@ -210,6 +214,11 @@ fn measure(provider: Provider, options: &Options, progress: &impl Fn(&str)) -> P
         .map(|(_, ms)| ms)
         .collect();
     progress(&format!("{name}: {} of {} burst ADDs allocated their own address", empty.len(), burst.len()));
+    // Where their time went, as the nodes timed it (the probe waits for the VPC's SDN).
+    progress(&format!(
+        "{name}: the burst, timed by the nodes: {}",
+        NodeTimings::read(&lab, nodes).since(&timed_before)
+    ));
     let mut seen: HashMap<Ipv4Addr, usize> = HashMap::new();
     burst.iter().filter_map(|p| p.ip).for_each(|ip| *seen.entry(ip).or_default() += 1);
     duplicates += seen.values().filter(|&&n| n > 1).map(|n| n - 1).sum::<usize>();

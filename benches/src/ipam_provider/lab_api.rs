@@ -101,3 +101,45 @@ fn ucloud_api(lab: &Lab) -> &vpc_lab::lab::vpc_api::VpcApi {
 fn ec2(lab: &Lab) -> &vpc_lab::ec2::Ec2Lab {
     lab.ec2_vpc().expect("a lab with --vpc aws runs EC2").ec2()
 }
+
+/// What the nodes themselves timed, summed over `nodes` (their `vswitchctl ipam`): the calls
+/// that allocate addresses, and the fabric probes of new addresses (how long until the VPC's
+/// SDN delivered one). Across a phase, the difference says where an empty-pool ADD's time went.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct NodeTimings {
+    pub allocations: u64,
+    pub allocation_ms: u64,
+    pub probes: u64,
+    pub probe_ms: u64,
+}
+
+impl NodeTimings {
+    pub fn read(lab: &Lab, nodes: usize) -> NodeTimings {
+        let mut t = NodeTimings::default();
+        for node in 0..nodes {
+            let view = &lab.daemon(node).ctl_json(&["ipam"])["provider"];
+            // UCloud's and EC2's names for a call that allocates.
+            for call in view["calls"].as_array().into_iter().flatten() {
+                if ["AllocateSecondaryIp", "AssignPrivateIpAddresses"].contains(&call["action"].as_str().unwrap_or(""))
+                {
+                    t.allocations += call["calls"].as_u64().unwrap_or(0);
+                    t.allocation_ms += call["millis"].as_u64().unwrap_or(0);
+                }
+            }
+            t.probes += view["fabric_probe"]["probes"].as_u64().unwrap_or(0);
+            t.probe_ms += view["fabric_probe"]["total_ms"].as_u64().unwrap_or(0);
+        }
+        t
+    }
+
+    /// What happened since `before`, as "N allocation calls, mean X ms; M probes, mean Y ms".
+    pub fn since(&self, before: &NodeTimings) -> String {
+        let mean = |ms: u64, n: u64| ms.checked_div(n).unwrap_or(0);
+        let (calls, probes) = (self.allocations - before.allocations, self.probes - before.probes);
+        format!(
+            "{calls} allocation calls, mean {} ms; {probes} fabric probes, mean {} ms",
+            mean(self.allocation_ms - before.allocation_ms, calls),
+            mean(self.probe_ms - before.probe_ms, probes)
+        )
+    }
+}
