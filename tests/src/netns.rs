@@ -371,6 +371,19 @@ impl Daemon {
         }
     }
 
+    /// Everything this daemon's processes logged (one `vswitchd-*.log` per start, in order).
+    pub fn logs(&self) -> String {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vswitchd-")))
+            .collect();
+        files.sort();
+        files.iter().map(|f| std::fs::read_to_string(f).unwrap_or_default()).collect()
+    }
+
     pub fn ctl(&self, args: &[&str]) -> Output {
         Command::new(&self.bins.vswitchctl)
             .args(["--socket", self.socket.to_str().unwrap()])

@@ -473,7 +473,12 @@ fn three_nodes_on_the_aws_vpc() {
             let link = String::from_utf8_lossy(&node.ip(&["-o", "link", "show", "eth1"]).stdout).to_string();
             panic!(
                 "{second_ip} was not announced from eth1 after its reset; eth1: {link}\nnode3's vswitchd: {}",
-                daemon_log_lines(lab.daemon(2), &["ENI", "WARN", "ERROR", "announc"])
+                lab.daemon(2)
+                    .logs()
+                    .lines()
+                    .filter(|l| ["ENI", "WARN", "ERROR", "announc"].iter().any(|n| l.contains(n)))
+                    .collect::<Vec<_>>()
+                    .join("\n")
             );
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -607,12 +612,4 @@ fn up_check_and_down_in_separate_processes_leave_nothing_behind() {
     assert!(namespaces.is_empty(), "namespaces left: {namespaces:?}");
     assert!(!state.dir.exists() && !etcd.dir.exists(), "directories left");
     assert!(!LabState::list().contains(&name));
-}
-
-/// The lines of `daemon`'s logs that contain one of `needles`.
-fn daemon_log_lines(daemon: &vpc_lab::netns::Daemon, needles: &[&str]) -> String {
-    let logs = std::fs::read_dir(&daemon.dir).into_iter().flatten().flatten();
-    let logs = logs.filter(|e| e.file_name().to_string_lossy().starts_with("vswitchd-"));
-    let text: String = logs.map(|e| std::fs::read_to_string(e.path()).unwrap_or_default()).collect();
-    text.lines().filter(|l| needles.iter().any(|n| l.contains(n))).collect::<Vec<_>>().join("\n")
 }

@@ -177,12 +177,7 @@ fn a_kill_9_between_the_ec2_call_and_the_answer_to_add_loses_and_duplicates_noth
     });
     eprintln!("after the kill -9: pods {ips:?}, pool {}", view["provider"]);
     // The logs say where the credentials came from, never the secret.
-    let mut logs = String::new();
-    for entry in std::fs::read_dir(dir.0.join("vswitchd")).unwrap().flatten() {
-        if entry.file_name().to_string_lossy().starts_with("vswitchd-") {
-            logs.push_str(&std::fs::read_to_string(entry.path()).unwrap());
-        }
-    }
+    let logs = daemon.logs();
     assert!(logs.contains("EC2 credentials") && logs.contains("environment"), "{logs}");
     assert!(!logs.contains("lab-secret"), "the secret key is in vswitchd's log");
 }

@@ -134,12 +134,7 @@ fn ec2_calls_carry_the_keys_sts_traded_for_the_token_file_read_again_at_each_ren
     assert!(detail.contains(&format!("credentials from web identity: role {ROLE_ARN}")), "{detail}");
     assert_eq!(sts.calls().last().unwrap().param("WebIdentityToken").as_deref(), Some("token-three"));
     // Neither the token nor the keys in vswitchd's log.
-    let mut logs = String::new();
-    for entry in std::fs::read_dir(dir.0.join("vswitchd")).unwrap().flatten() {
-        if entry.file_name().to_string_lossy().starts_with("vswitchd-") {
-            logs.push_str(&std::fs::read_to_string(entry.path()).unwrap());
-        }
-    }
+    let logs = daemon.logs();
     assert!(logs.contains("EC2 credentials fetched") && logs.contains("web identity"), "{logs}");
     let secrets = calls.iter().flat_map(|c| [element(&c.reply, "SecretAccessKey"), element(&c.reply, "SessionToken")]);
     for secret in secrets.chain(["token-one", "token-two", "token-three"].map(String::from)) {

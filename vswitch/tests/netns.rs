@@ -346,12 +346,7 @@ fn a_second_vswitchd_on_the_node_is_refused_and_the_first_keeps_serving() {
     assert_eq!(n.daemon.ctl_json(&["ports"]).as_array().unwrap().len(), 3);
     assert!(n.a.ping(&n.b.ip.to_string(), 2));
     // Its log (a file, not a terminal) has no colour codes.
-    let logs: String = std::fs::read_dir(&n.daemon.dir)
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("vswitchd-"))
-        .map(|e| std::fs::read_to_string(e.path()).unwrap())
-        .collect();
+    let logs = n.daemon.logs();
     assert!(logs.contains("ready") && !logs.contains('\x1b'), "{logs}");
 }
 

@@ -135,11 +135,13 @@ impl NodeTimings {
     /// What happened since `before`, as "N allocation calls, mean X ms; M probes, mean Y ms".
     pub fn since(&self, before: &NodeTimings) -> String {
         let mean = |ms: u64, n: u64| ms.checked_div(n).unwrap_or(0);
-        let (calls, probes) = (self.allocations - before.allocations, self.probes - before.probes);
+        // (Saturating: a vswitchd restarted meanwhile counts from zero again.)
+        let (calls, probes) =
+            (self.allocations.saturating_sub(before.allocations), self.probes.saturating_sub(before.probes));
         format!(
             "{calls} allocation calls, mean {} ms; {probes} fabric probes, mean {} ms",
-            mean(self.allocation_ms - before.allocation_ms, calls),
-            mean(self.probe_ms - before.probe_ms, probes)
+            mean(self.allocation_ms.saturating_sub(before.allocation_ms), calls),
+            mean(self.probe_ms.saturating_sub(before.probe_ms), probes)
         )
     }
 }

@@ -163,12 +163,11 @@ pub struct EniRouting {
     /// `announce_on` (the first ENI's NIC, which does not hold them: EC2 would take the
     /// announcement as a claim for the wrong ENI, the lab's SDN drops it as spoofed).
     on_later_enis: Mutex<BTreeSet<Ipv4Addr>>,
-    /// ENIs whose NIC is set up, and its index.
+    /// ENIs whose NIC is set up, and its index. Held by each of attach, detach and reconcile
+    /// for its whole run: the kernel allows one dump at a time per netlink socket (another gets
+    /// EBUSY), and a reconcile between an attach's recording of its pod and its rule's add would
+    /// take the new rule for stale.
     ready: tokio::sync::Mutex<BTreeMap<String, u32>>,
-    /// Held by each of attach, detach and reconcile for its whole run. The kernel allows one
-    /// dump at a time per netlink socket (another gets EBUSY), and a reconcile between an
-    /// attach's recording of its pod and its rule's add would take the new rule for stale.
-    serial: tokio::sync::Mutex<()>,
 }
 
 impl EniRouting {
@@ -181,7 +180,6 @@ impl EniRouting {
             pods: Mutex::default(),
             on_later_enis: Mutex::default(),
             ready: tokio::sync::Mutex::default(),
-            serial: tokio::sync::Mutex::default(),
         })
     }
 
@@ -207,7 +205,7 @@ impl EniRouting {
     /// (and present), and a gratuitous ARP from that NIC.
     pub async fn pod_attached(&self, ip: IpAddr) -> Result<(), EniError> {
         let IpAddr::V4(ip) = ip else { return Ok(()) };
-        let _serial = self.serial.lock().await;
+        let mut ready = self.ready.lock().await;
         self.pods().insert(ip);
         // Recorded afresh: the address may be on another ENI than when a failed ADD had it.
         self.on_later_enis().remove(&ip);
@@ -216,16 +214,16 @@ impl EniRouting {
         // Even while its NIC is absent: eth0's announcement would claim it for the wrong ENI.
         self.on_later_enis().insert(ip);
         let links = self.links().await?;
-        let Some(ready) = self.set_up(&eni, &links).await? else { return Ok(()) };
+        let Some(nic) = self.set_up(&mut ready, &eni, &links).await? else { return Ok(()) };
         self.add_rule(PodRule::From(ip, table_of(eni.device_index))).await?;
-        announce(ready.index, &eni.mac, ip);
+        announce(nic.index, &eni.mac, ip);
         Ok(())
     }
 
     /// The pod with `ip` is gone: its rules go.
     pub async fn pod_detached(&self, ip: IpAddr) -> Result<(), EniError> {
         let IpAddr::V4(ip) = ip else { return Ok(()) };
-        let _serial = self.serial.lock().await;
+        let _one_at_a_time = self.ready.lock().await;
         self.pods().remove(&ip);
         self.on_later_enis().remove(&ip);
         let ours: Vec<RuleMessage> = self
@@ -246,15 +244,14 @@ impl EniRouting {
     /// an ENI whose NIC appeared only now (after their ADD) are announced from it, once their
     /// rules are in.
     pub async fn reconcile(&self) -> Result<(), EniError> {
-        let _serial = self.serial.lock().await;
+        let mut ready = self.ready.lock().await;
         let links = self.links().await?;
         let mut fresh = BTreeMap::new();
         for eni in self.ec2().eni_nics().await?.iter().filter(|e| e.device_index > 0) {
-            if let Some(ready) = self.set_up(eni, &links).await?.filter(|r| r.fresh) {
-                fresh.insert(eni.id.clone(), ready.index);
+            if let Some(nic) = self.set_up(&mut ready, eni, &links).await?.filter(|n| n.fresh) {
+                fresh.insert(eni.id.clone(), nic.index);
             }
         }
-        let ready = self.ready.lock().await.clone();
         let pods: Vec<Ipv4Addr> = self.pods().iter().copied().collect();
         let mut tables = BTreeMap::new();
         let mut to_announce = Vec::new();
@@ -306,10 +303,14 @@ impl EniRouting {
         }
     }
 
-    /// Sets `eni`'s NIC (found among `links`) up once (again if it was replaced); `None` while
-    /// the node has no NIC with its MAC.
-    async fn set_up(&self, eni: &EniNic, links: &[Nic]) -> Result<Option<Ready>, EniError> {
-        let mut ready = self.ready.lock().await;
+    /// Sets `eni`'s NIC (found among `links`) up once (again if it was replaced), recording it
+    /// in `ready`; `None` while the node has no NIC with its MAC.
+    async fn set_up(
+        &self,
+        ready: &mut BTreeMap<String, u32>,
+        eni: &EniNic,
+        links: &[Nic],
+    ) -> Result<Option<Ready>, EniError> {
         let Some(nic) = nic_with_mac(links, &eni.mac) else {
             ready.remove(&eni.id);
             return Ok(None);
@@ -402,14 +403,18 @@ const ANNOUNCE_EVERY: Duration = Duration::from_millis(300);
 fn announce(index: u32, mac: &str, ip: Ipv4Addr) {
     let Ok(mac) = mac.parse::<MacAddr>() else { return };
     let frame = gratuitous_arp(mac, ip);
+    let warn = move |e: std::io::Error| tracing::warn!(%ip, error = %e, "could not announce the pod from its ENI");
+    let socket = match PacketSocket::open_sender(index) {
+        Ok(socket) => socket,
+        Err(e) => return warn(e),
+    };
     tokio::spawn(async move {
         for n in 0..ANNOUNCEMENTS {
             if n > 0 {
                 tokio::time::sleep(ANNOUNCE_EVERY).await;
             }
-            if let Err(e) = PacketSocket::open_sender(index).and_then(|s| s.send(&frame)) {
-                tracing::warn!(%ip, error = %e, "could not announce the pod from its ENI");
-                return;
+            if let Err(e) = socket.send(&frame) {
+                return warn(e);
             }
         }
     });

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -85,18 +85,7 @@ impl Node {
 
     /// Every log this node's daemons wrote (one file per start).
     pub fn logs(&self) -> String {
-        let mut text = String::new();
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.daemon.dir)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vswitchd-")))
-            .collect();
-        files.sort();
-        for f in files {
-            text.push_str(&std::fs::read_to_string(&f).unwrap_or_default());
-        }
-        text
+        self.daemon.logs()
     }
 
     /// `GET /metrics` from inside the node's namespace (vswitchd listens on 127.0.0.1:9477 there).

@@ -30,7 +30,6 @@ mod startup;
 mod switch;
 mod upgrade;
 mod uplink;
-pub(crate) use uplink::gratuitous_arp;
 mod views;
 mod workers;
 
@@ -38,4 +37,5 @@ pub use errors::{ControlError, RequestError};
 pub use ipam::IpamService;
 pub use saver::SaveError;
 pub use switch::Switch;
+pub(crate) use uplink::gratuitous_arp;
 pub use workers::Health;

@@ -153,13 +153,13 @@ impl UplinkSender {
     }
 }
 
-/// A broadcast ARP packet from `mac` (with the packet socket's virtio-net header in front).
 /// A gratuitous ARP (a broadcast request for its own address) announcing `ip` at `mac`, behind
 /// the zero vnet header every sender here takes.
 pub(crate) fn gratuitous_arp(mac: MacAddr, ip: Ipv4Addr) -> [u8; vnet::LEN + ethernet::HEADER_LEN + arp::PACKET_LEN] {
     arp_frame(mac, Operation::Request, ip, ip)
 }
 
+/// A broadcast ARP packet from `mac` (with the packet socket's virtio-net header in front).
 fn arp_frame(
     mac: MacAddr,
     op: Operation,
